@@ -1,0 +1,174 @@
+"""One box's data directory, opened: settings, keys, databases and the domain objects.
+
+`init_box` makes a data directory for an agency; `open_box` opens one for the CLI and the
+supervisor alike, so `edgebox user add` and a running server see the same objects.
+Layout (DESIGN.md "Roles and ports")::
+
+    DATA/config.json        TinyDB: the box's identity and configuration overrides
+    DATA/keys/              provisioning secret, wrapped data key, TLS CA and server cert
+    DATA/db/directory.sqlite agencies, units, users, administrators
+    DATA/db/mail.sqlite     mailboxes, messages, blob references, outbound queue
+    DATA/blobs/             encrypted message blobs
+    DATA/run/status.json    what a running box listens on (for `edgebox status`)
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Config, load_config
+from appliance.directory import DIRECTORY_MIGRATIONS, Directory, normalise_domain
+from appliance.mail.delivery import Delivery
+from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
+from appliance.security.keys import create_box_keys, load_data_key
+from appliance.security.tls import ensure_tls_material, server_ssl_context
+from appliance.store.blobs import BlobStore
+from appliance.store.database import Database, open_database
+from appliance.store.settings import Settings
+
+
+class BoxError(Exception):
+    """The data directory is missing, for another domain, or otherwise unusable."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this box is; written once by `init_box`."""
+
+    box_id: str
+    domain: str
+    agency_name: str
+    created_at: int
+
+
+@dataclass
+class Box:
+    """The opened data directory; lives as long as the `open_box` block."""
+
+    config: Config
+    identity: Identity
+    hostname: str
+    settings: Settings
+    directory_db: Database
+    mail_db: Database
+    directory: Directory
+    mailstore: Mailstore
+    delivery: Delivery
+    tls: ssl.SSLContext
+
+    @property
+    def status_file(self) -> Path:
+        return self.config.data_dir / "run" / "status.json"
+
+
+def read_identity(data_dir: Path) -> Identity | None:
+    """Return the box's identity, or None if *data_dir* was never initialised."""
+    if not (data_dir / "config.json").exists():
+        return None
+    settings = Settings(data_dir / "config.json")
+    try:
+        box = settings.get("box")
+    finally:
+        settings.close()
+    return Identity(**box) if box else None
+
+
+def configured(data_dir: Path, environ: Mapping[str, str], flags: Mapping[str, Any]) -> Config:
+    """Load the configuration layers for *data_dir* (file values from config.json)."""
+    file_values: dict[str, Any] = {}
+    if (data_dir / "config.json").exists():
+        settings = Settings(data_dir / "config.json")
+        try:
+            file_values = settings.get("config")
+        finally:
+            settings.close()
+    return load_config(data_dir, file_values=file_values, environ=environ, flags=flags)
+
+
+async def init_box(data_dir: Path, domain: str, agency_name: str | None = None) -> bool:
+    """Create a data directory for *domain*; return False if it already existed.
+
+    Running it again for the same domain changes nothing; for another domain it raises
+    `BoxError`, because a box's agency is fixed when it is provisioned.
+    """
+    domain = normalise_domain(domain)
+    existing = read_identity(data_dir)
+    if existing is not None:
+        if existing.domain != domain:
+            raise BoxError(
+                f"{data_dir} already belongs to {existing.domain}; refusing to re-initialise"
+                f" it for {domain} (use a new data directory, or factory-reset this one)"
+            )
+        return False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o750)
+    create_box_keys(data_dir / "keys")
+    identity = Identity(
+        box_id=uuid.uuid4().hex,
+        domain=domain,
+        agency_name=agency_name or domain,
+        created_at=int(time.time()),
+    )
+    config = load_config(data_dir)
+    async with _open_parts(config, identity) as box:
+        await box.directory.add_agency(domain, name_th=identity.agency_name)
+    # The identity is written last: a directory without it is "not initialised" and a
+    # second `edgebox init` simply finishes the job.
+    settings = Settings(data_dir / "config.json")
+    try:
+        settings.update("box", identity.__dict__)
+    finally:
+        settings.close()
+    return True
+
+
+@asynccontextmanager
+async def open_box(config: Config) -> AsyncIterator[Box]:
+    """Open an initialised data directory; raise `BoxError` if it is not one."""
+    identity = read_identity(config.data_dir)
+    if identity is None:
+        raise BoxError(
+            f"{config.data_dir} is not an edgebox data directory;"
+            " create it with `edgebox init --data DIR --domain DOMAIN`"
+        )
+    async with _open_parts(config, identity) as box:
+        yield box
+
+
+@asynccontextmanager
+async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
+    data_dir = config.data_dir
+    hostname = config.hostname or f"mail.{identity.domain}"
+    keys_dir = data_dir / "keys"
+    ensure_tls_material(keys_dir, [hostname])
+    blobs = BlobStore(data_dir / "blobs", load_data_key(keys_dir))
+    settings = Settings(data_dir / "config.json")
+    try:
+        async with (
+            open_database(data_dir / "db" / "directory.sqlite", DIRECTORY_MIGRATIONS) as dir_db,
+            open_database(data_dir / "db" / "mail.sqlite", MAIL_MIGRATIONS) as mail_db,
+        ):
+            directory = Directory(dir_db)
+            mailstore = Mailstore(mail_db, blobs)
+            yield Box(
+                config=config,
+                identity=identity,
+                hostname=hostname,
+                settings=settings,
+                directory_db=dir_db,
+                mail_db=mail_db,
+                directory=directory,
+                mailstore=mailstore,
+                delivery=Delivery(directory, mailstore, hostname),
+                tls=server_ssl_context(keys_dir),
+            )
+    finally:
+        settings.close()

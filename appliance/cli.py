@@ -1,0 +1,308 @@
+"""The `edgebox` command: the box's admin surface for technicians and scripts.
+
+Every sub-command is documented in docs/cli.md; scripts and later tools rely on that
+contract, so change both together. Exit codes: 0 success, 1 failure or unhealthy,
+2 bad usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from appliance.box import Box, BoxError, configured, init_box, open_box, read_identity
+from appliance.config import DEV_PORTS, ConfigError
+from appliance.directory import DirectoryError, User
+from appliance.health import Level
+from appliance.health.disk import check_disk
+from appliance.health.services import check_services
+from appliance.mail.smtp.policy import Port
+from appliance.mail.smtp.server import SMTPService
+from appliance.security.keys import KeyMaterialError
+from appliance.supervisor import Supervisor
+
+DEMO_DOMAIN = "demo.go.th"
+#: The demo agency's users; README.md lists the same addresses and passwords.
+DEMO_USERS = (
+    # address, Thai name, English name, rank, unit, password, agency admin
+    ("somchai@demo.go.th", "สมชาย ใจดี", "Somchai Jaidee", 8, "สำนักงานเลขานุการ",
+     "somchai-demo-2026", True),
+    ("malee@demo.go.th", "มาลี ศรีสุข", "Malee Srisuk", 5, "กองคลัง", "malee-demo-2026", False),
+    ("director@demo.go.th", "อำนวย การดี", "Amnuay Kandee", 10, "สำนักงานผู้อำนวยการ",
+     "director-demo-2026", False),
+)  # fmt: skip
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out; the message is for the operator."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Mail, keys and databases are for this process only; nothing it creates is shared.
+    os.umask(0o077)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        try:
+            result: int = args.handler(args)
+        except BaseExceptionGroup as group:
+            raise _sole_exception(group) from None
+    except (BoxError, DirectoryError, ConfigError, KeyMaterialError, CommandError) as exc:
+        print(f"edgebox: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"edgebox: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return result
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Unwrap nested single-member groups from trio nurseries to the error inside."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgebox", description="Agency mail and chat box.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")),
+                         help="data directory (default: $EDGEBOX_DATA or ./var)")  # fmt: skip
+        return sub
+
+    init = command("init", _init, "create a data directory for an agency")
+    init.add_argument("--domain", required=True, help="the agency's mail domain, e.g. moe.go.th")
+    init.add_argument("--agency-name", help="the agency's name (Thai)")
+
+    run = command("run", _run, "start every service and serve until SIGINT/SIGTERM")
+    run.add_argument("--demo", action="store_true",
+                     help=f"on an empty data directory, create agency {DEMO_DOMAIN} with demo users")  # fmt: skip
+    run.add_argument("--port-offset", type=int, help="add N to every port (several boxes on one host)")
+    run.add_argument("--role", choices=("edge", "hub"), help="edge (default) or hub")
+    run.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
+
+    status = command("status", _status, "show services, queue, store size and disk; exit 1 if unhealthy")
+    status.add_argument("--lang", choices=("th", "en"), default="en")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(required=True, metavar="ACTION")
+
+    def user_command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        sub = user.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")))
+        return sub
+
+    add = user_command("add", _user_add, "add a user to one of the box's agencies")
+    add.add_argument("email")
+    add.add_argument("--name", required=True, help="display name (Thai)")
+    add.add_argument("--name-en", help="display name (English)")
+    add.add_argument("--rank", type=int, default=0, help="rank; a higher number is more senior")
+    add.add_argument("--unit", help="org unit (created if new)")
+    add.add_argument("--position", help="position title")
+    add.add_argument("--phone")
+    add.add_argument("--admin", action="store_true", help="make the user an admin of their agency")
+    add.add_argument("--password-stdin", action="store_true", required=True,
+                     help="read the password from standard input")  # fmt: skip
+
+    lst = user_command("list", _user_list, "list users")
+    lst.add_argument("--agency", help="only this agency's domain")
+
+    passwd = user_command("passwd", _user_passwd, "set a user's password")
+    passwd.add_argument("email")
+    passwd.add_argument("--password-stdin", action="store_true", required=True)
+
+    disable = user_command("disable", _user_disable, "stop a user from signing in and receiving")
+    disable.add_argument("email")
+    enable = user_command("enable", _user_enable, "let a disabled user in again")
+    enable.add_argument("email")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Any:
+    flags = {
+        "port_offset": getattr(args, "port_offset", None),
+        "role": getattr(args, "role", None),
+        "bind": getattr(args, "bind", None),
+    }
+    return configured(args.data, os.environ, flags)
+
+
+def _password_from_stdin() -> str:
+    password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise CommandError("no password on standard input")
+    return password
+
+
+async def _with_box(args: argparse.Namespace, action: Any) -> Any:
+    async with open_box(_config(args)) as box:
+        return await action(box)
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    created = trio.run(init_box, args.data, args.domain, args.agency_name)
+    identity = read_identity(args.data)
+    assert identity is not None
+    if created:
+        print(f"initialised {args.data} for {identity.domain} (box {identity.box_id})")
+    else:
+        print(f"{args.data} is already initialised for {identity.domain}; nothing to do")
+    return 0
+
+
+async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
+    """Add a user with their mailboxes (shared by the CLI and the demo set-up)."""
+    admin = details.pop("admin", False)
+    if details.get("unit"):
+        domain = email.rpartition("@")[2]
+        await box.directory.ensure_unit(domain, details["unit"])
+    user = await box.directory.add_user(email, password=password, **details)
+    await box.mailstore.create_mailboxes(user.address)
+    if admin:
+        await box.directory.grant_admin(user.address, user.agency_domain)
+    return user
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    password = _password_from_stdin()
+
+    async def action(box: Box) -> User:
+        return await add_user(
+            box, args.email, password, name_th=args.name, name_en=args.name_en, rank=args.rank,
+            unit=args.unit, position=args.position, phone=args.phone, admin=args.admin,
+        )  # fmt: skip
+
+    user = trio.run(_with_box, args, action)
+    print(f"added {user.address}")
+    return 0
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    async def action(box: Box) -> tuple[list[User], dict[str, bool]]:
+        users = await box.directory.users(args.agency)
+        admins = {u.address: await box.directory.is_admin(u.address, u.agency_domain) for u in users}
+        return users, admins
+
+    users, admins = trio.run(_with_box, args, action)
+    for user in users:
+        flags = ",".join(f for f, on in (("disabled", user.disabled), ("admin", admins[user.address])) if on)
+        print(f"{user.address}\t{user.name_th}\trank={user.rank}\t{user.unit or '-'}\t{flags or '-'}")
+    return 0
+
+
+def _user_passwd(args: argparse.Namespace) -> int:
+    password = _password_from_stdin()
+    trio.run(_with_box, args, lambda box: box.directory.set_password(args.email, password))
+    print(f"password changed for {args.email}")
+    return 0
+
+
+def _user_disable(args: argparse.Namespace) -> int:
+    trio.run(_with_box, args, lambda box: box.directory.set_disabled(args.email, True))
+    print(f"disabled {args.email}")
+    return 0
+
+
+def _user_enable(args: argparse.Namespace) -> int:
+    trio.run(_with_box, args, lambda box: box.directory.set_disabled(args.email, False))
+    print(f"enabled {args.email}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.demo and read_identity(args.data) is None:
+        trio.run(_create_demo, args)
+    trio.run(_serve, _config(args))
+    return 0
+
+
+async def _create_demo(args: argparse.Namespace) -> None:
+    await init_box(args.data, DEMO_DOMAIN, "หน่วยงานสาธิต (Demo Agency)")
+    async with open_box(_config(args)) as box:
+        for address, name_th, name_en, rank, unit, password, admin in DEMO_USERS:
+            await add_user(box, address, password, name_th=name_th, name_en=name_en, rank=rank,
+                           unit=unit, admin=admin)  # fmt: skip
+    print(f"created demo agency {DEMO_DOMAIN}; users are listed in README.md", flush=True)
+
+
+async def _serve(config: Any) -> None:
+    async with open_box(config) as box:
+        removed = await box.mail_db.write(box.mailstore.remove_orphan_blobs)
+        if removed:
+            logging.getLogger("edgebox").info("removed %d unreferenced blob files", removed)
+        services = [SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)]
+        supervisor = Supervisor(services, box.status_file)
+
+        def announce(listeners: dict[str, list[str]]) -> None:
+            print(f"edgebox {box.identity.domain} ({config.role}) data={config.data_dir}")
+            for name, addresses in listeners.items():
+                for address in addresses:
+                    print(f"{name} listening on {address}")
+            print("ready", flush=True)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await supervisor.run(on_ready=announce)
+    print("edgebox stopped", flush=True)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logging.getLogger("edgebox").info("%s: stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def _status(args: argparse.Namespace) -> int:
+    identity = read_identity(args.data)
+    if identity is None:
+        raise CommandError(f"{args.data} is not an edgebox data directory")
+    config = _config(args)
+    findings = check_services(config.data_dir / "run" / "status.json")
+    findings.append(check_disk(config.data_dir))
+
+    async def action(box: Box) -> tuple[int, int]:
+        queued = await box.mailstore.outbound_length()
+        return queued, box.mailstore.blobs.disk_usage() + _db_size(config.data_dir / "db")
+
+    queued, store_bytes = trio.run(_with_box, args, action)
+    lang = args.lang
+    print(f"box {identity.box_id} · {identity.domain}")
+    for finding in findings:
+        text = finding.th if lang == "th" else finding.en
+        print(f"  [{finding.level.name.lower():5}] {finding.check}: {text}")
+    print(f"  outbound queue: {queued}")
+    print(f"  store size: {store_bytes / 1024**2:.1f} MB")
+    worst = max((f.level for f in findings), default=Level.OK)
+    print("unhealthy" if worst is Level.ERROR else "healthy")
+    return 1 if worst is Level.ERROR else 0
+
+
+def _db_size(db_dir: Path) -> int:
+    return sum(p.stat().st_size for p in db_dir.glob("*.sqlite*"))
+
+
+__all__ = ["DEMO_USERS", "DEV_PORTS", "main"]

@@ -1,0 +1,102 @@
+"""The box's configuration: defaults < config file < environment < command-line flags.
+
+Every tunable lives in `Config` with its default. The config file is the ``config``
+section of ``DATA/config.json`` (TinyDB; written by the admin console or by hand), the
+environment uses ``EDGEBOX_<FIELD>`` (e.g. ``EDGEBOX_PORT_OFFSET=100``), and flags win
+over everything. Unknown keys are refused, so a typo in the file is an error at start-up
+rather than a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Development ports (DESIGN.md "Roles and ports"); the box itself uses the standard ones.
+DEV_PORTS: Mapping[str, int] = {
+    "smtp-mx": 2525,
+    "smtp-submission": 2587,
+    "smtp-submissions": 2465,
+    "imap": 2143,
+    "imaps": 2993,
+    "https": 8443,
+    "hub-sync": 7443,
+}
+
+
+class ConfigError(Exception):
+    """A setting has an unknown name or a value of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    #: "edge" (an office box) or "hub" (the central peer); DESIGN.md principle 7.
+    role: str = "edge"
+    #: Address every listener binds; loopback in development and tests.
+    bind: str = "127.0.0.1"
+    #: Added to every port so several boxes and a hub can run on one machine.
+    port_offset: int = 0
+    #: Name in greetings, Received fields and the TLS certificate ("" = mail.<domain>).
+    hostname: str = ""
+    #: RFC 1870 SIZE limit; see SessionConfig for why 40 MiB fits a 25 MB attachment.
+    max_message_size: int = 40 * 1024 * 1024
+    max_recipients: int = 100
+    #: Simultaneous SMTP connections per listener before 421.
+    max_connections: int = 200
+    #: Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2 suggests 5 minutes).
+    idle_timeout: float = 300.0
+    #: Refuse MAIL on the MX port until STARTTLS. Off by default: RFC 3207 §4 forbids it
+    #: on a publicly referenced MX, and the centre's relay may not offer TLS.
+    mx_require_tls: bool = False
+
+    def port(self, service: str) -> int:
+        """Return the port of *service* after the offset."""
+        return DEV_PORTS[service] + self.port_offset
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "data_dir"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = type(getattr(Config(Path()), name))
+    if kind is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def load_config(
+    data_dir: Path,
+    *,
+    file_values: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective configuration from its four layers."""
+    values: dict[str, Any] = {}
+    for name, value in (file_values or {}).items():
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r} in config.json")
+        values[name] = _coerce(name, value)
+    for key, value in (environ or {}).items():
+        if key.startswith("EDGEBOX_") and key != "EDGEBOX_DATA":
+            name = key.removeprefix("EDGEBOX_").lower()
+            if name not in _FIELDS:
+                raise ConfigError(f"unknown setting {key}")
+            values[name] = _coerce(name, value)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    if values.get("role", "edge") not in ("edge", "hub"):
+        raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
+    return Config(data_dir=data_dir, **values)

@@ -1,0 +1,634 @@
+"""The directory: which agencies this box serves, their org charts, users and admins.
+
+Everything that needs to know "who is this?" asks `Directory`: SMTP for local
+recipients and AUTH, IMAP and the web for logins, chat for ranks and the org chart, the
+admin pages for who may manage whom (REQUIREMENTS.md §2 "per-agency administrators
+manage their own users", §3 ranks and org chart).
+
+The rules kept here:
+
+- Addresses and domains are normalised once, on the way in (`normalise_address`): NFC,
+  then lower case. Thai local parts are allowed (RFC 6531); Thai has no letter case, so
+  only the ASCII and other cased parts change. Lookups normalise the same way, so
+  ``Somchai@MOPH.go.th`` and ``somchai@moph.go.th`` are one user.
+- A user belongs to the agency that serves the domain of their address.
+- Passwords are hashed with `appliance.security.passwords` in a worker thread, never on
+  the event loop, and never leave this module: `User` carries no hash.
+- Every write is one `Database.write` job, so its checks and its change happen in one
+  transaction; every read is one `Database.read`.
+
+What this is not: sessions, lock-out or rate limiting (security/), permission checks of
+the web API (it asks `is_admin` / `admin_scope`), or sync with a central directory.
+"""
+
+from __future__ import annotations
+
+import encodings.idna
+import os
+import sqlite3
+import unicodedata
+from collections.abc import Sequence
+from typing import Any, Final
+
+import trio
+
+from appliance.directory.models import Agency, OrgUnit, User
+from appliance.directory.schema import DEFAULT_QUOTA_BYTES
+from appliance.security import passwords
+from appliance.store.database import Database
+
+#: Password hashes computed at once. Each scrypt call holds 16 MiB; trio's default
+#: thread limit (40) would let a login storm take 640 MiB on a small ARM box. Logins
+#: beyond this wait their turn, which also slows password guessing.
+HASH_WORKERS: Final = max(1, min(4, os.cpu_count() or 1))
+
+#: RFC 5321 §4.5.3.1: local part at most 64 octets, domain 255, whole path (with the
+#: angle brackets) 256, so an address is at most 254 octets.
+MAX_LOCAL_OCTETS: Final = 64
+MAX_DOMAIN_OCTETS: Final = 255
+MAX_ADDRESS_OCTETS: Final = 254
+
+#: Longest name, position or phone text accepted; these end up in mail headers.
+MAX_TEXT_CHARS: Final = 256
+
+# RFC 5322 §3.2.3 atext, the ASCII characters a dot-atom local part may hold.
+_ATEXT: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+)
+# Unicode categories never allowed in an address: controls, invisible format
+# characters (e.g. ZERO WIDTH SPACE, common in Thai text, which would let two
+# addresses look identical), surrogates, private use, unassigned, and separators.
+_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+_USER_COLUMNS: Final = """
+    SELECT u.id, u.address, a.domain, u.name_th, u.name_en, u.position, u.rank,
+           n.name_th, u.phone, u.disabled, u.quota_bytes
+    FROM users u
+    JOIN agencies a ON a.id = u.agency_id
+    LEFT JOIN units n ON n.id = u.unit_id
+"""
+
+_NOW: Final = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+
+class DirectoryError(Exception):
+    """A directory request that cannot be done; the message is for the operator."""
+
+
+# --- normalisation -----------------------------------------------------------------
+
+
+def normalise_address(address: str) -> str:
+    """Return *address* in the form the directory stores, or raise DirectoryError.
+
+    Accepts dot-atom local parts of ASCII atext and UTF-8 characters (RFC 6531 §3.3);
+    quoted local parts are refused, since nobody needs one for a new account.
+    """
+    if not isinstance(address, str):
+        raise DirectoryError(f"a mail address must be text, not {type(address).__name__}")
+    shown = repr(address)
+    if "@" not in address:
+        raise DirectoryError(f"not a valid mail address: {shown} has no @")
+    local, _, domain = address.rpartition("@")
+    if not local:
+        raise DirectoryError(f"not a valid mail address: {shown} has nothing before the @")
+    if not domain:
+        raise DirectoryError(f"not a valid mail address: {shown} has nothing after the @")
+    local = _fold(local)
+    _check_local_part(local, shown)
+    domain = normalise_domain(domain)
+    normalised = f"{local}@{domain}"
+    if len(normalised.encode("utf-8")) > MAX_ADDRESS_OCTETS:
+        raise DirectoryError(
+            f"not a valid mail address: {shown} is longer than {MAX_ADDRESS_OCTETS} bytes"
+        )
+    return normalised
+
+
+def normalise_domain(domain: str) -> str:
+    """Return *domain* as stored: NFC, lower case, Thai labels as U-labels (not xn--)."""
+    if not isinstance(domain, str):
+        raise DirectoryError(f"a domain must be text, not {type(domain).__name__}")
+    shown = repr(domain)
+    folded = _fold(domain)
+    if not folded:
+        raise DirectoryError("the domain is empty")
+    labels = [_domain_label(label, shown) for label in folded.split(".")]
+    normalised = ".".join(labels)
+    ascii_length = sum(len(encodings.idna.ToASCII(label)) + 1 for label in labels) - 1
+    if ascii_length > MAX_DOMAIN_OCTETS:
+        raise DirectoryError(f"not a valid domain: {shown} is too long")
+    return normalised
+
+
+def _fold(text: str) -> str:
+    # NFC, lower, NFC again: lower() can leave a combining sequence that NFC composes
+    # (and vice versa), and normalising twice must give the same answer as once.
+    # lower(), not casefold(): casefold turns "ß" into "ss", which would change the
+    # address mail is delivered to, not just how it is matched.
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).lower())
+
+
+def _check_local_part(local: str, shown: str) -> None:
+    problem = None
+    if len(local.encode("utf-8")) > MAX_LOCAL_OCTETS:
+        problem = f"the part before the @ is longer than {MAX_LOCAL_OCTETS} bytes"
+    elif local.startswith(".") or local.endswith(".") or ".." in local:
+        problem = "dots must sit between other characters, one at a time"
+    else:
+        for char in local:
+            if char == "." or char in _ATEXT:
+                continue
+            if char.isascii() or unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+                problem = f"it contains {_describe(char)}"
+                break
+    if problem is not None:
+        raise DirectoryError(f"not a valid mail address: {shown}: {problem}")
+
+
+def _domain_label(label: str, shown: str) -> str:
+    """Check one label of a folded domain; return its U-label form."""
+    if not label:
+        raise DirectoryError(f"not a valid domain: {shown} has an empty label")
+    if label.startswith("xn--"):
+        # An A-label: store its Thai form, so "xn--o3cw4h" and "ไทย" are one domain.
+        try:
+            label = _fold(encodings.idna.ToUnicode(label))
+        except UnicodeError:
+            raise DirectoryError(f"not a valid domain: {shown}: bad xn-- label") from None
+    if label.startswith("-") or label.endswith("-"):
+        raise DirectoryError(f"not a valid domain: {shown}: a label starts or ends with -")
+    for char in label:
+        if char.isascii():
+            ok = char.isalnum() or char == "-"
+        else:
+            ok = unicodedata.category(char)[0] in "LMN"
+        if not ok:
+            raise DirectoryError(f"not a valid domain: {shown}: it contains {_describe(char)}")
+    if not label.isascii():
+        # IDNA must map the label to itself, or the xn-- form and this form would be
+        # two spellings of the domain that normalise differently.
+        try:
+            round_trip = _fold(encodings.idna.ToUnicode(encodings.idna.ToASCII(label)))
+        except UnicodeError:
+            raise DirectoryError(f"not a valid domain: {shown}: label {label!r}") from None
+        if round_trip != label:
+            raise DirectoryError(f"not a valid domain: {shown}: label {label!r} is not canonical")
+    elif len(label) > 63:
+        raise DirectoryError(f"not a valid domain: {shown}: a label is longer than 63")
+    return label
+
+
+def _describe(char: str) -> str:
+    if char == " ":
+        return "a space"
+    name = unicodedata.name(char, f"U+{ord(char):04X}")
+    return f"{name} ({char!r})" if char.isprintable() else name
+
+
+def _clean_text(value: str | None, what: str) -> str | None:
+    """Return optional free text NFC-normalised and stripped; None if blank."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DirectoryError(f"{what} must be text, not {type(value).__name__}")
+    value = unicodedata.normalize("NFC", value).strip()
+    if not value:
+        return None
+    if len(value) > MAX_TEXT_CHARS:
+        raise DirectoryError(f"{what} is longer than {MAX_TEXT_CHARS} characters")
+    # Names go into mail headers and logs: a newline there would forge a header line.
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise DirectoryError(f"{what} must not contain control characters (line breaks, tabs)")
+    return value
+
+
+def _required_text(value: str | None, what: str) -> str:
+    cleaned = _clean_text(value, what)
+    if cleaned is None:
+        raise DirectoryError(f"{what} must not be empty")
+    return cleaned
+
+
+def _check_count(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DirectoryError(f"{what} must be a whole number 0 or more, not {value!r}")
+    return value
+
+
+# --- row helpers (run inside db.read / db.write jobs) ------------------------------
+
+
+def _user_from_row(row: Sequence[Any]) -> User:
+    return User(
+        id=row[0],
+        address=row[1],
+        agency_domain=row[2],
+        name_th=row[3],
+        name_en=row[4],
+        position=row[5],
+        rank=row[6],
+        unit=row[7],
+        phone=row[8],
+        disabled=bool(row[9]),
+        quota_bytes=row[10],
+    )
+
+
+def _select_user(conn: sqlite3.Connection, address: str) -> User | None:
+    row = conn.execute(_USER_COLUMNS + " WHERE u.address = ?", (address,)).fetchone()
+    return None if row is None else _user_from_row(row)
+
+
+def _agency_id(conn: sqlite3.Connection, domain: str) -> int:
+    row = conn.execute("SELECT id FROM agencies WHERE domain = ?", (domain,)).fetchone()
+    if row is None:
+        raise DirectoryError(f"no agency serves domain {domain}; create it with `edgebox init`")
+    return int(row[0])
+
+
+def _user_id(conn: sqlite3.Connection, address: str) -> int:
+    row = conn.execute("SELECT id FROM users WHERE address = ?", (address,)).fetchone()
+    if row is None:
+        raise DirectoryError(f"no user {address} on this box")
+    return int(row[0])
+
+
+def _unit_id(conn: sqlite3.Connection, agency_id: int, domain: str, name_th: str) -> int:
+    row = conn.execute(
+        "SELECT id FROM units WHERE agency_id = ? AND name_th = ?", (agency_id, name_th)
+    ).fetchone()
+    if row is None:
+        raise DirectoryError(f"no unit {name_th!r} in {domain}; create the unit first")
+    return int(row[0])
+
+
+def _update_user(conn: sqlite3.Connection, address: str, column: str, value: object) -> None:
+    # *column* is always a literal from this module, never user input.
+    cursor = conn.execute(
+        f"UPDATE users SET {column} = ?, updated_at = {_NOW} WHERE address = ?",  # noqa: S608
+        (value, address),
+    )
+    if cursor.rowcount == 0:
+        raise DirectoryError(f"no user {address} on this box")
+
+
+# --- the directory -----------------------------------------------------------------
+
+
+class Directory:
+    """Agencies, org units, users and admins of this box, over the directory database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._hash_limiter = trio.CapacityLimiter(HASH_WORKERS)
+
+    # agencies
+
+    async def add_agency(
+        self, domain: str, name_th: str | None = None, name_en: str | None = None
+    ) -> Agency:
+        """Start serving *domain*; for a domain already served, update the names given."""
+        domain = normalise_domain(domain)
+        name_th = _clean_text(name_th, "the agency's Thai name")
+        name_en = _clean_text(name_en, "the agency's English name")
+
+        def job(conn: sqlite3.Connection) -> Agency:
+            row = conn.execute(
+                "SELECT id, name_th, name_en FROM agencies WHERE domain = ?", (domain,)
+            ).fetchone()
+            if row is None:
+                cursor = conn.execute(
+                    "INSERT INTO agencies (domain, name_th, name_en) VALUES (?, ?, ?)",
+                    (domain, name_th, name_en),
+                )
+                assert cursor.lastrowid is not None
+                return Agency(cursor.lastrowid, domain, name_th, name_en)
+            # Running `edgebox init` again with a corrected name fixes the name;
+            # leaving a name out keeps the one already stored.
+            agency = Agency(int(row[0]), domain, name_th or row[1], name_en or row[2])
+            conn.execute(
+                "UPDATE agencies SET name_th = ?, name_en = ? WHERE id = ?",
+                (agency.name_th, agency.name_en, agency.id),
+            )
+            return agency
+
+        return await self._db.write(job)
+
+    async def agency(self, domain: str) -> Agency | None:
+        """Return the agency serving *domain*, or None."""
+        try:
+            domain = normalise_domain(domain)
+        except DirectoryError:
+            return None
+
+        def query(conn: sqlite3.Connection) -> Agency | None:
+            row = conn.execute(
+                "SELECT id, domain, name_th, name_en FROM agencies WHERE domain = ?", (domain,)
+            ).fetchone()
+            return None if row is None else Agency(*row)
+
+        return await self._db.read(query)
+
+    async def agencies(self) -> list[Agency]:
+        """Return every agency served by this box, by domain."""
+
+        def query(conn: sqlite3.Connection) -> list[Agency]:
+            rows = conn.execute(
+                "SELECT id, domain, name_th, name_en FROM agencies ORDER BY domain"
+            ).fetchall()
+            return [Agency(*row) for row in rows]
+
+        return await self._db.read(query)
+
+    async def local_domains(self) -> frozenset[str]:
+        """Return the mail domains this box delivers to locally."""
+
+        def query(conn: sqlite3.Connection) -> frozenset[str]:
+            return frozenset(row[0] for row in conn.execute("SELECT domain FROM agencies"))
+
+        return await self._db.read(query)
+
+    # org chart
+
+    async def ensure_unit(
+        self,
+        agency_domain: str,
+        name_th: str,
+        name_en: str | None = None,
+        parent: str | None = None,
+    ) -> OrgUnit:
+        """Return the unit *name_th* of the agency, creating it (under *parent*) if new.
+
+        *parent* is the Thai name of an existing unit of the same agency. Asking for an
+        existing unit under a different parent is an error: units are not moved here.
+        """
+        domain = normalise_domain(agency_domain)
+        name_th = _required_text(name_th, "the unit's Thai name")
+        name_en = _clean_text(name_en, "the unit's English name")
+        parent = None if parent is None else _required_text(parent, "the parent unit's name")
+
+        def job(conn: sqlite3.Connection) -> OrgUnit:
+            agency_id = _agency_id(conn, domain)
+            parent_id = None if parent is None else _unit_id(conn, agency_id, domain, parent)
+            row = conn.execute(
+                "SELECT id, name_en, parent_id FROM units WHERE agency_id = ? AND name_th = ?",
+                (agency_id, name_th),
+            ).fetchone()
+            if row is None:
+                cursor = conn.execute(
+                    "INSERT INTO units (agency_id, parent_id, name_th, name_en)"
+                    " VALUES (?, ?, ?, ?)",
+                    (agency_id, parent_id, name_th, name_en),
+                )
+                assert cursor.lastrowid is not None
+                return OrgUnit(cursor.lastrowid, domain, name_th, name_en, parent_id)
+            unit_id, stored_en, stored_parent = int(row[0]), row[1], row[2]
+            if parent is not None and stored_parent != parent_id:
+                raise DirectoryError(
+                    f"unit {name_th!r} of {domain} already exists under another parent;"
+                    f" it was not moved under {parent!r}"
+                )
+            if name_en is not None and name_en != stored_en:
+                conn.execute("UPDATE units SET name_en = ? WHERE id = ?", (name_en, unit_id))
+                stored_en = name_en
+            return OrgUnit(unit_id, domain, name_th, stored_en, stored_parent)
+
+        return await self._db.write(job)
+
+    async def units(self, agency_domain: str) -> list[OrgUnit]:
+        """Return the agency's org units, in the order they were created."""
+        domain = normalise_domain(agency_domain)
+
+        def query(conn: sqlite3.Connection) -> list[OrgUnit]:
+            agency_id = _agency_id(conn, domain)
+            rows = conn.execute(
+                "SELECT id, name_th, name_en, parent_id FROM units WHERE agency_id = ? ORDER BY id",
+                (agency_id,),
+            ).fetchall()
+            return [OrgUnit(row[0], domain, row[1], row[2], row[3]) for row in rows]
+
+        return await self._db.read(query)
+
+    # users
+
+    async def add_user(
+        self,
+        address: str,
+        *,
+        password: str,
+        name_th: str,
+        name_en: str | None = None,
+        rank: int = 0,
+        unit: str | None = None,
+        position: str | None = None,
+        phone: str | None = None,
+        quota_bytes: int | None = None,
+    ) -> User:
+        """Create a user in the agency serving the address's domain."""
+        address = normalise_address(address)
+        domain = address.rpartition("@")[2]
+        name_th = _required_text(name_th, f"the Thai name of {address}")
+        name_en = _clean_text(name_en, f"the English name of {address}")
+        position = _clean_text(position, f"the position of {address}")
+        phone = _clean_text(phone, f"the phone number of {address}")
+        unit = None if unit is None else _required_text(unit, "the unit's name")
+        rank = _check_count(rank, "rank")
+        quota = DEFAULT_QUOTA_BYTES if quota_bytes is None else quota_bytes
+        quota = _check_count(quota, "quota_bytes")
+        password_hash = await self._hash(address, password)
+
+        def job(conn: sqlite3.Connection) -> User:
+            agency_id = _agency_id(conn, domain)
+            unit_id = None if unit is None else _unit_id(conn, agency_id, domain, unit)
+            if conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone():
+                raise DirectoryError(f"user {address} already exists")
+            conn.execute(
+                "INSERT INTO users (agency_id, unit_id, address, name_th, name_en, position,"
+                " rank, phone, password_hash, quota_bytes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    agency_id,
+                    unit_id,
+                    address,
+                    name_th,
+                    name_en,
+                    position,
+                    rank,
+                    phone,
+                    password_hash,
+                    quota,
+                ),
+            )
+            user = _select_user(conn, address)
+            assert user is not None
+            return user
+
+        return await self._db.write(job)
+
+    async def user(self, address: str) -> User | None:
+        """Return the user with *address* (any case), or None."""
+        try:
+            address = normalise_address(address)
+        except DirectoryError:
+            return None
+        return await self._db.read(lambda conn: _select_user(conn, address))
+
+    async def users(self, agency_domain: str | None = None) -> list[User]:
+        """Return the users of one agency, or of the whole box, by address."""
+        domain = None if agency_domain is None else normalise_domain(agency_domain)
+
+        def query(conn: sqlite3.Connection) -> list[User]:
+            if domain is None:
+                rows = conn.execute(_USER_COLUMNS + " ORDER BY u.address").fetchall()
+            else:
+                agency_id = _agency_id(conn, domain)
+                rows = conn.execute(
+                    _USER_COLUMNS + " WHERE u.agency_id = ? ORDER BY u.address", (agency_id,)
+                ).fetchall()
+            return [_user_from_row(row) for row in rows]
+
+        return await self._db.read(query)
+
+    async def set_password(self, address: str, password: str) -> None:
+        """Replace the user's password (a user's own change, or an admin's reset)."""
+        address = normalise_address(address)
+        password_hash = await self._hash(address, password)
+        await self._db.write(
+            lambda conn: _update_user(conn, address, "password_hash", password_hash)
+        )
+
+    async def set_disabled(self, address: str, disabled: bool) -> None:
+        """Disable (no login, kept mail) or re-enable the user."""
+        address = normalise_address(address)
+        await self._db.write(lambda conn: _update_user(conn, address, "disabled", int(disabled)))
+
+    async def set_quota(self, address: str, quota_bytes: int) -> None:
+        """Set the user's mailbox size limit in bytes."""
+        address = normalise_address(address)
+        quota = _check_count(quota_bytes, "quota_bytes")
+        await self._db.write(lambda conn: _update_user(conn, address, "quota_bytes", quota))
+
+    async def authenticate(self, address: str, password: str) -> User | None:
+        """Return the user if *password* is theirs and they are enabled, else None.
+
+        Takes the same time whether or not the address exists: an unknown address is
+        checked against `passwords.DUMMY_HASH`, so response times do not reveal which
+        accounts exist.
+        """
+        try:
+            address = normalise_address(address)
+        except DirectoryError:
+            address = ""
+
+        def query(conn: sqlite3.Connection) -> tuple[User, str] | None:
+            row = conn.execute(
+                "SELECT password_hash FROM users WHERE address = ?", (address,)
+            ).fetchone()
+            user = _select_user(conn, address) if row is not None else None
+            return None if user is None else (user, str(row[0]))
+
+        found = await self._db.read(query) if address else None
+        stored = passwords.DUMMY_HASH if found is None else found[1]
+        matches = await trio.to_thread.run_sync(
+            passwords.verify_password, password, stored, limiter=self._hash_limiter
+        )
+        if found is None or not matches or found[0].disabled:
+            return None
+        user = found[0]
+        if passwords.needs_rehash(stored):
+            # The only moment the plain password is at hand: move this user to today's
+            # scrypt parameters. Guarded by the old hash, so a password changed
+            # meanwhile is not overwritten.
+            fresh = await self._hash(address, password)
+
+            def rehash(conn: sqlite3.Connection) -> None:
+                conn.execute(
+                    f"UPDATE users SET password_hash = ?, updated_at = {_NOW}"  # noqa: S608
+                    " WHERE address = ? AND password_hash = ?",
+                    (fresh, address, stored),
+                )
+
+            await self._db.write(rehash)
+        return user
+
+    # administrators
+
+    async def grant_admin(self, address: str, agency_domain: str | None) -> None:
+        """Make the user an admin of one agency, or of the whole box if *agency_domain*
+        is None. Granting twice is the same as once."""
+        address = normalise_address(address)
+        domain = None if agency_domain is None else normalise_domain(agency_domain)
+
+        def job(conn: sqlite3.Connection) -> None:
+            user_id = _user_id(conn, address)
+            agency_id = None if domain is None else _agency_id(conn, domain)
+            conn.execute(
+                "INSERT OR IGNORE INTO admins (user_id, agency_id) VALUES (?, ?)",
+                (user_id, agency_id),
+            )
+
+        await self._db.write(job)
+
+    async def revoke_admin(self, address: str, agency_domain: str | None) -> None:
+        """Take back one grant made by `grant_admin` (other grants stay)."""
+        address = normalise_address(address)
+        domain = None if agency_domain is None else normalise_domain(agency_domain)
+
+        def job(conn: sqlite3.Connection) -> None:
+            user_id = _user_id(conn, address)
+            agency_id = None if domain is None else _agency_id(conn, domain)
+            conn.execute(
+                "DELETE FROM admins WHERE user_id = ? AND agency_id IS ?", (user_id, agency_id)
+            )
+
+        await self._db.write(job)
+
+    async def is_admin(self, address: str, agency_domain: str | None) -> bool:
+        """Return whether the user may administer the agency (None: the whole box).
+
+        A box-wide admin administers every agency. A disabled user administers nothing.
+        """
+        scope = await self.admin_scope(address)
+        if scope is None:
+            return True
+        if agency_domain is None:
+            return False
+        try:
+            return normalise_domain(agency_domain) in scope
+        except DirectoryError:
+            return False
+
+    async def admin_scope(self, address: str) -> frozenset[str] | None:
+        """Return the domains the user administers; None means every agency on the box.
+
+        An unknown, disabled or ordinary user gets the empty set.
+        """
+        try:
+            address = normalise_address(address)
+        except DirectoryError:
+            return frozenset()
+
+        def query(conn: sqlite3.Connection) -> frozenset[str] | None:
+            rows = conn.execute(
+                "SELECT ad.agency_id, a.domain FROM admins ad"
+                " JOIN users u ON u.id = ad.user_id"
+                " LEFT JOIN agencies a ON a.id = ad.agency_id"
+                " WHERE u.address = ? AND u.disabled = 0",
+                (address,),
+            ).fetchall()
+            if any(agency_id is None for agency_id, _ in rows):
+                return None
+            return frozenset(domain for _, domain in rows)
+
+        return await self._db.read(query)
+
+    # helpers
+
+    async def _hash(self, address: str, password: str) -> str:
+        try:
+            return await trio.to_thread.run_sync(
+                passwords.hash_password, password, limiter=self._hash_limiter
+            )
+        except (ValueError, TypeError) as exc:
+            raise DirectoryError(f"password for {address}: {exc}") from None

@@ -1,0 +1,80 @@
+"""Tables of the directory database: agencies, their org chart, users and admins.
+
+Only the SQL lives here; the rules (normalisation, who may be added where) live in
+`appliance.directory.directory`, which is the only code that writes these tables.
+
+Conventions:
+
+- ``agencies.domain`` and ``users.address`` hold the normalised form (NFC, lower case;
+  see `directory.normalise_address`), so a plain UNIQUE index is a case-insensitive one.
+- Timestamps are ISO 8601 UTC text, readable by an operator in the ``sqlite3`` shell.
+- ``users.rank``: a higher number is more senior (chat rule: no private chat upwards).
+- ``admins.agency_id IS NULL`` means an administrator of the whole box.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from appliance.store.schema import Migration
+
+#: 10 GiB, the per-user mailbox size of the central service (REQUIREMENTS.md §2).
+DEFAULT_QUOTA_BYTES: Final = 10 * 1024**3
+
+_NOW: Final = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+
+DIRECTORY_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "agencies, units, users, admins",
+        f"""
+        CREATE TABLE agencies (
+            id          INTEGER PRIMARY KEY,
+            domain      TEXT NOT NULL UNIQUE CHECK (domain <> '' AND domain = lower(domain)),
+            name_th     TEXT,
+            name_en     TEXT,
+            created_at  TEXT NOT NULL DEFAULT {_NOW}
+        );
+
+        CREATE TABLE units (
+            id          INTEGER PRIMARY KEY,
+            agency_id   INTEGER NOT NULL REFERENCES agencies(id) ON DELETE CASCADE,
+            parent_id   INTEGER REFERENCES units(id) ON DELETE RESTRICT,
+            name_th     TEXT NOT NULL CHECK (name_th <> ''),
+            name_en     TEXT,
+            UNIQUE (agency_id, name_th)
+        );
+        CREATE INDEX units_parent ON units(parent_id);
+
+        CREATE TABLE users (
+            id             INTEGER PRIMARY KEY,
+            agency_id      INTEGER NOT NULL REFERENCES agencies(id) ON DELETE RESTRICT,
+            unit_id        INTEGER REFERENCES units(id) ON DELETE SET NULL,
+            address        TEXT NOT NULL UNIQUE CHECK (address = lower(address)),
+            name_th        TEXT NOT NULL,
+            name_en        TEXT,
+            position       TEXT,
+            rank           INTEGER NOT NULL DEFAULT 0 CHECK (rank >= 0),
+            phone          TEXT,
+            password_hash  TEXT NOT NULL,
+            disabled       INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+            quota_bytes    INTEGER NOT NULL DEFAULT {DEFAULT_QUOTA_BYTES}
+                           CHECK (quota_bytes >= 0),
+            created_at     TEXT NOT NULL DEFAULT {_NOW},
+            updated_at     TEXT NOT NULL DEFAULT {_NOW}
+        );
+        CREATE INDEX users_agency ON users(agency_id);
+        CREATE INDEX users_unit ON users(unit_id);
+
+        CREATE TABLE admins (
+            user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            agency_id  INTEGER REFERENCES agencies(id) ON DELETE CASCADE,
+            UNIQUE (user_id, agency_id)
+        );
+        -- SQLite treats NULLs as distinct in UNIQUE, so the constraint above would let
+        -- one user be made box-wide admin twice; this partial index closes that gap.
+        CREATE UNIQUE INDEX admins_box_wide ON admins(user_id) WHERE agency_id IS NULL;
+        CREATE INDEX admins_agency ON admins(agency_id);
+        """,
+    ),
+)

@@ -1,0 +1,141 @@
+"""Accept a message from SMTP: trace it, classify it, store it once, fan it out.
+
+`Delivery.deliver` is the one place where a message received by the box becomes
+durable. It adds the Received trace field (RFC 5321 §4.4), reads the classification,
+urgency and Message-ID, encrypts the bytes into one blob, and commits in one transaction
+a mailbox row for every local recipient and an outbound-queue row for every other one.
+When it returns, all of that is fsynced; when it raises, none of it is visible.
+
+What this is not: the SMTP dialogue (mail.smtp) or sending the queue out (sync, later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import trio
+
+from appliance.compliance.classification import (
+    CLASSIFICATION_HEADER,
+    URGENCY_HEADER,
+    parse_classification,
+    parse_urgency,
+)
+from appliance.directory import Directory
+from appliance.mail import headers
+from appliance.mail.mailstore import LocalCopy, Mailstore, NewMessage, OutboundCopy
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An accepted RCPT with its DSN parameters (RFC 3461 §4)."""
+
+    address: str
+    local: bool
+    notify: str | None = None
+    orcpt: str | None = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Where a message came from, for the Received field (RFC 5321 §4.4)."""
+
+    helo: str
+    client_ip: str
+    #: RFC 3848 / RFC 6531 §3.7.3 "with" keyword: ESMTP, ESMTPS, ESMTPSA, UTF8SMTPSA, ...
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipients: Sequence[Recipient]
+    trace: Trace
+    ret: str | None = None
+    envid: str | None = None
+
+
+def new_queue_id() -> str:
+    """Return a short random id naming one accepted message in logs and replies."""
+    return secrets.token_hex(8).upper()
+
+
+def with_protocol(*, extended: bool, tls: bool, auth: bool, utf8: bool) -> str:
+    """Name the receiving protocol for the Received field (RFC 3848, RFC 6531 §3.7.3)."""
+    if not extended:
+        return "SMTP"
+    name = ("UTF8SMTP" if utf8 else "ESMTP") + ("S" if tls else "") + ("A" if auth else "")
+    return name
+
+
+class Delivery:
+    """Turns an accepted SMTP transaction into committed mailbox and queue rows."""
+
+    def __init__(self, directory: Directory, mailstore: Mailstore, hostname: str) -> None:
+        self.directory = directory
+        self.mailstore = mailstore
+        self.hostname = hostname
+
+    async def deliver(self, envelope: Envelope, content: bytes) -> str:
+        """Store *content* for every recipient; return the queue id once fsynced.
+
+        Raises `QuotaExceeded` (nothing stored) if a local mailbox has no room.
+        """
+        queue_id = new_queue_id()
+        message = self.received_field(envelope, queue_id) + content
+        fields = headers.parse_headers(message)
+        local: list[LocalCopy] = []
+        outbound: list[OutboundCopy] = []
+        for rcpt in envelope.recipients:
+            if rcpt.local:
+                user = await self.directory.user(rcpt.address)
+                if user is None:
+                    raise LookupError(f"local recipient {rcpt.address} vanished")
+                local.append(LocalCopy(owner=user.address, quota_bytes=user.quota_bytes))
+            else:
+                outbound.append(OutboundCopy(rcpt.address, rcpt.notify, rcpt.orcpt))
+        # The blob is fsynced before the rows that name it are committed.
+        blob_id = await trio.to_thread.run_sync(self.mailstore.blobs.put, message)
+        await self.mailstore.commit(
+            NewMessage(
+                queue_id=queue_id,
+                blob_id=blob_id,
+                size=len(message),
+                content_hash=hashlib.sha256(message).hexdigest(),
+                message_id=headers.message_id(fields),
+                sender=envelope.sender,
+                classification=parse_classification(
+                    headers.first_value(fields, CLASSIFICATION_HEADER)
+                ),
+                urgency=parse_urgency(headers.first_value(fields, URGENCY_HEADER)),
+                ret=envelope.ret,
+                envid=envelope.envid,
+                internal_date=int(time.time()),
+            ),
+            local,
+            outbound,
+        )
+        return queue_id
+
+    def received_field(self, envelope: Envelope, queue_id: str) -> bytes:
+        """Build the Received trace field (RFC 5321 §4.4), folded, CRLF-terminated."""
+        trace = envelope.trace
+        # Name the recipient only when there is one: with several, "for" would tell
+        # each of them who else got the message (RFC 5321 §7.2).
+        recipient = (
+            f"\r\n\tfor <{envelope.recipients[0].address}>" if len(envelope.recipients) == 1 else ""
+        )
+        helo = "".join(c for c in trace.helo if c.isprintable() and c not in "()")[:255]
+        stamp = format_datetime(datetime.now(UTC).astimezone())
+        field = (
+            f"Received: from {helo} ([{trace.client_ip}])\r\n"
+            f"\tby {self.hostname} (edgebox) with {trace.protocol} id {queue_id}"
+            f"{recipient}; {stamp}\r\n"
+        )
+        return field.encode("utf-8")

@@ -1,0 +1,61 @@
+"""Read the header section of a stored message (RFC 5322 §2.2) without trusting it.
+
+Delivery needs a handful of fields (Message-ID, From, the classification headers) from
+messages written by anyone. The stdlib `email` package builds a whole object tree and
+has raised on hostile input in the past; this reader only splits the header block,
+unfolds it and decodes bytes leniently, so it cannot fail on any input.
+"""
+
+from __future__ import annotations
+
+from email.utils import getaddresses
+
+
+def header_block(content: bytes) -> bytes:
+    """Return the bytes before the first empty line (all of it if there is none)."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = content.find(separator)
+        if end >= 0:
+            return content[: end + len(separator) // 2]
+    return content
+
+
+def parse_headers(content: bytes) -> list[tuple[str, str]]:
+    """Return ``(name, unfolded value)`` pairs in order; malformed lines are skipped."""
+    fields: list[tuple[str, str]] = []
+    for raw in header_block(content).decode("utf-8", "replace").splitlines():
+        if raw[:1] in (" ", "\t") and fields:
+            # RFC 5322 §2.2.3: a line starting with white space continues the field.
+            name, value = fields[-1]
+            fields[-1] = (name, value + " " + raw.strip())
+            continue
+        name, colon, value = raw.partition(":")
+        if colon and name and name == name.strip() and name.isprintable():
+            fields.append((name, value.strip()))
+    return fields
+
+
+def first_value(fields: list[tuple[str, str]], name: str) -> str | None:
+    """Return the first value of header *name* (case-insensitive), if present."""
+    wanted = name.lower()
+    for field_name, value in fields:
+        if field_name.lower() == wanted:
+            return value
+    return None
+
+
+def message_id(fields: list[tuple[str, str]]) -> str | None:
+    """Return the Message-ID without angle brackets (RFC 5322 §3.6.4)."""
+    value = first_value(fields, "Message-ID")
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("<") and ">" in value:
+        value = value[1 : value.index(">")]
+    return value[:998] or None
+
+
+def from_addresses(fields: list[tuple[str, str]]) -> list[str]:
+    """Return the addr-specs of every From field, lower-cased."""
+    values = [value for name, value in fields if name.lower() == "from"]
+    return [address.lower() for _, address in getaddresses(values) if "@" in address]

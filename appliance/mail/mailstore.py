@@ -1,0 +1,302 @@
+"""Mailboxes, messages and the outbound queue: the mail database and its blob files.
+
+A message is two things: its bytes, encrypted once in the `BlobStore` however many local
+recipients it has, and one row per mailbox copy carrying what IMAP and sync need (UID,
+UIDVALIDITY via the mailbox, MODSEQ, flags, internal date, size, Message-ID, content hash,
+classification, urgency). Rows point at blobs through the ``blobs`` table, which counts
+references, so a blob is deleted only when its last copy is.
+
+Crash safety comes from ordering: blob files are written and fsynced *before* the rows
+that name them are committed, so a committed row never points at a missing file. A
+crash in between leaves an unreferenced file, which `remove_orphan_blobs` deletes at
+start-up before any service runs.
+
+What this is not: the SMTP or IMAP view of mail. Protocols call it; it knows neither.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from appliance.store.blobs import BlobStore
+from appliance.store.database import Database
+from appliance.store.schema import Migration
+
+#: Mailboxes every user gets, with their RFC 6154 special-use attribute.
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+MAIL_MIGRATIONS = (
+    Migration(
+        1,
+        "mailboxes, messages, blob references, quota usage, outbound queue",
+        """
+        CREATE TABLE mailboxes (
+            id INTEGER PRIMARY KEY,
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            special_use TEXT,
+            uidvalidity INTEGER NOT NULL,
+            uidnext INTEGER NOT NULL DEFAULT 1,
+            highestmodseq INTEGER NOT NULL DEFAULT 1,
+            subscribed INTEGER NOT NULL DEFAULT 1,
+            UNIQUE (owner, name)
+        );
+        CREATE TABLE blobs (
+            id TEXT PRIMARY KEY,
+            size INTEGER NOT NULL,
+            refs INTEGER NOT NULL CHECK (refs >= 0)
+        );
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            mailbox_id INTEGER NOT NULL REFERENCES mailboxes (id),
+            uid INTEGER NOT NULL,
+            modseq INTEGER NOT NULL,
+            flags TEXT NOT NULL DEFAULT '',
+            internal_date INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            blob_id TEXT NOT NULL REFERENCES blobs (id),
+            message_id TEXT,
+            content_hash TEXT NOT NULL,
+            classification INTEGER NOT NULL DEFAULT 0,
+            urgency INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (mailbox_id, uid)
+        );
+        CREATE INDEX messages_by_modseq ON messages (mailbox_id, modseq);
+        CREATE INDEX messages_by_message_id ON messages (message_id);
+        CREATE INDEX messages_by_blob ON messages (blob_id);
+        CREATE TABLE quota_usage (
+            owner TEXT PRIMARY KEY,
+            bytes INTEGER NOT NULL DEFAULT 0,
+            messages INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE outbound (
+            id INTEGER PRIMARY KEY,
+            queue_id TEXT NOT NULL,
+            blob_id TEXT NOT NULL REFERENCES blobs (id),
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            notify TEXT,
+            orcpt TEXT,
+            ret TEXT,
+            envid TEXT,
+            classification INTEGER NOT NULL DEFAULT 0,
+            urgency INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            next_attempt_at INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        -- Most urgent first, oldest first within a level (REQUIREMENTS.md §4).
+        CREATE INDEX outbound_order ON outbound (urgency DESC, created_at, id);
+        """,
+    ),
+)
+
+
+class QuotaExceeded(Exception):
+    """Delivering would take a mailbox over its owner's quota; nothing was written."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(f"mailbox of {owner} is over quota")
+        self.owner = owner
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message row as IMAP and sync see it."""
+
+    id: int
+    owner: str
+    mailbox: str
+    uid: int
+    uidvalidity: int
+    modseq: int
+    flags: tuple[str, ...]
+    internal_date: int
+    size: int
+    blob_id: str
+    message_id: str | None
+    content_hash: str
+    classification: int
+    urgency: int
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """A delivery into one user's mailbox."""
+
+    owner: str
+    quota_bytes: int
+    mailbox: str = "INBOX"
+
+
+@dataclass(frozen=True)
+class OutboundCopy:
+    """A recipient on another domain, to leave through the outbound queue."""
+
+    recipient: str
+    notify: str | None = None
+    orcpt: str | None = None
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message whose blob is already written, ready to be committed."""
+
+    queue_id: str
+    blob_id: str
+    size: int
+    content_hash: str
+    message_id: str | None
+    sender: str
+    classification: int
+    urgency: int
+    ret: str | None = None
+    envid: str | None = None
+    internal_date: int | None = None
+
+
+class Mailstore:
+    """The mail database plus the blob store; all writes are group-committed."""
+
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    async def create_mailboxes(self, owner: str) -> None:
+        """Give *owner* the default mailboxes (idempotent)."""
+        await self.db.write(lambda conn: _ensure_mailboxes(conn, owner))
+
+    async def commit(
+        self, message: NewMessage, local: Sequence[LocalCopy], outbound: Sequence[OutboundCopy]
+    ) -> None:
+        """Commit every copy of *message* in one transaction, or raise and commit none."""
+        now = int(time.time())
+
+        def job(conn: sqlite3.Connection) -> None:
+            copies = len(local) + len(outbound)
+            conn.execute(
+                "INSERT INTO blobs (id, size, refs) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET refs = refs + excluded.refs",
+                (message.blob_id, message.size, copies),
+            )
+            for copy in local:
+                _insert_local(conn, message, copy, now)
+            for out in outbound:
+                conn.execute(
+                    "INSERT INTO outbound (queue_id, blob_id, sender, recipient, notify, orcpt,"
+                    " ret, envid, classification, urgency, created_at, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message.queue_id, message.blob_id, message.sender, out.recipient,
+                        out.notify, out.orcpt, message.ret, message.envid,
+                        message.classification, message.urgency, now, now,
+                    ),
+                )  # fmt: skip
+
+        await self.db.write(job)
+
+    async def usage(self, owner: str) -> int:
+        """Return the bytes *owner*'s mailboxes hold."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT bytes FROM quota_usage WHERE owner = ?", (owner,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self.db.read(query)
+
+    async def messages(self, owner: str, mailbox: str = "INBOX") -> list[StoredMessage]:
+        """Return the messages of one mailbox in UID order."""
+        return await self.db.read(lambda conn: _select_messages(conn, owner, mailbox))
+
+    async def content(self, message: StoredMessage) -> bytes:
+        """Return the decrypted bytes of *message*."""
+        return await trio.to_thread.run_sync(self.blobs.get, message.blob_id)
+
+    async def outbound_length(self) -> int:
+        """Return how many recipients wait in the outbound queue."""
+        return await self.db.read(
+            lambda conn: int(conn.execute("SELECT count(*) FROM outbound").fetchone()[0])
+        )
+
+    def remove_orphan_blobs(self, conn: sqlite3.Connection) -> int:
+        """Delete blob files no committed row names (left by a crash); run at start-up."""
+        known = {row[0] for row in conn.execute("SELECT id FROM blobs")}
+        removed = 0
+        for blob_id in list(self.blobs.iter_ids()):
+            if blob_id not in known:
+                self.blobs.delete(blob_id)
+                removed += 1
+        return removed + self.blobs.clean_temp()
+
+
+def _ensure_mailboxes(conn: sqlite3.Connection, owner: str) -> None:
+    # UIDVALIDITY must change if a mailbox is ever recreated under the same name
+    # (RFC 3501 §2.3.1.1); the creation time in seconds does that.
+    uidvalidity = int(time.time())
+    conn.executemany(
+        "INSERT OR IGNORE INTO mailboxes (owner, name, special_use, uidvalidity)"
+        " VALUES (?, ?, ?, ?)",
+        [(owner, name, use, uidvalidity) for name, use in DEFAULT_MAILBOXES],
+    )
+    conn.execute("INSERT OR IGNORE INTO quota_usage (owner) VALUES (?)", (owner,))
+
+
+def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy, now: int) -> None:
+    _ensure_mailboxes(conn, copy.owner)
+    used = conn.execute("SELECT bytes FROM quota_usage WHERE owner = ?", (copy.owner,)).fetchone()[
+        0
+    ]
+    if used + message.size > copy.quota_bytes:
+        raise QuotaExceeded(copy.owner)
+    # UID and MODSEQ are taken from the mailbox row inside the write transaction, so
+    # they are strictly increasing and never reused (RFC 3501 §2.3.1.1, RFC 7162 §3.1.1).
+    mailbox_id, uid, modseq = conn.execute(
+        "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+        " WHERE owner = ? AND name = ? RETURNING id, uidnext - 1, highestmodseq",
+        (copy.owner, copy.mailbox),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_id,"
+        " message_id, content_hash, classification, urgency)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            mailbox_id, uid, modseq, message.internal_date or now, message.size,
+            message.blob_id, message.message_id, message.content_hash,
+            message.classification, message.urgency,
+        ),
+    )  # fmt: skip
+    conn.execute(
+        "UPDATE quota_usage SET bytes = bytes + ?, messages = messages + 1 WHERE owner = ?",
+        (message.size, copy.owner),
+    )
+
+
+def _select_messages(conn: sqlite3.Connection, owner: str, mailbox: str) -> list[StoredMessage]:
+    rows = conn.execute(
+        "SELECT m.id, b.owner, b.name, m.uid, b.uidvalidity, m.modseq, m.flags,"
+        " m.internal_date, m.size, m.blob_id, m.message_id, m.content_hash,"
+        " m.classification, m.urgency"
+        " FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+        " WHERE b.owner = ? AND b.name = ? ORDER BY m.uid",
+        (owner, mailbox),
+    )
+    return [_row_to_message(row) for row in rows]
+
+
+def _row_to_message(row: tuple[Any, ...]) -> StoredMessage:
+    # Column order is the SELECT above; flags are stored space-separated.
+    return StoredMessage(*row[:6], tuple(row[6].split()), *row[7:])

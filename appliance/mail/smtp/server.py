@@ -1,0 +1,243 @@
+"""The SMTP listeners: move bytes between TCP/TLS streams and the protocol core.
+
+This is the thin I/O layer (STYLE.md, like hypercorn's tcp_server): it owns sockets,
+TLS, timeouts and the connection limit, and hands every decision to the policy and to
+delivery. One `SMTPService` serves one port (MX, submission or submissions).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import trio
+
+from appliance.box import Box
+from appliance.directory import normalise_address
+from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
+from appliance.mail.mailstore import QuotaExceeded
+from appliance.mail.smtp import protocol as smtp
+from appliance.mail.smtp.policy import AUTHZ_DENIED, OVER_QUOTA, Port, SMTPPolicy
+
+log = logging.getLogger("edgebox.smtp")
+
+TOO_MANY_CONNECTIONS = smtp.Reply(421, "4.7.0", "Too many connections, try again later")
+LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Local error in processing, try again later")
+TEMPORARY_AUTH_FAILURE = smtp.Reply(454, "4.7.0", "Temporary authentication failure")
+
+#: Seconds a TLS handshake may take before the connection is dropped.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+RECEIVE_SIZE = 64 * 1024
+
+
+class SMTPService:
+    """One SMTP listener; `serve` is started by the supervisor."""
+
+    def __init__(self, box: Box, port: Port) -> None:
+        self.box = box
+        self.port = port
+        self.name = f"smtp-{port.value}"
+        self.policy = SMTPPolicy(port, box.directory, box.mailstore)
+        self.active = 0
+        config = box.config
+        self.session_config = smtp.SessionConfig(
+            hostname=box.hostname,
+            max_message_size=config.max_message_size,
+            max_recipients=config.max_recipients,
+            starttls_available=port is not Port.SUBMISSIONS,
+            require_auth=port.submission,
+            require_tls=port is Port.MX and config.mx_require_tls,
+            auth_offered=port.submission,
+        )
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.box.config
+        port = config.port(self.name)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=config.bind)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{self.name} cannot listen on {config.bind}:{port}: "
+                          f"{exc.strerror}") from exc  # fmt: skip
+        task_status.started([_address(listener.socket.getsockname()) for listener in listeners])
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection from accept to close."""
+        try:
+            client_ip = stream.socket.getpeername()[0]  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            client_ip = "unknown"
+        if self.active >= self.box.config.max_connections:
+            await _refuse(stream, TOO_MANY_CONNECTIONS)
+            return
+        self.active += 1
+        try:
+            if self.port is Port.SUBMISSIONS:
+                stream = await _start_tls(stream, self.box.tls)
+            session = SMTPSession(self, stream, client_ip)
+            await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TLSTimeout):
+            pass  # the client went away or failed TLS; nothing was promised to it
+        finally:
+            self.active -= 1
+            await trio.aclose_forcefully(stream)
+
+
+class TLSTimeout(Exception):
+    pass
+
+
+class SMTPSession:
+    """One client's session: drive the core, answer its events."""
+
+    def __init__(self, service: SMTPService, stream: trio.abc.Stream, client_ip: str) -> None:
+        self.service = service
+        self.stream = stream
+        self.client_ip = client_ip
+        self.conn = smtp.ServerConnection(
+            service.session_config, tls_active=service.port is Port.SUBMISSIONS
+        )
+        self.recipients: list[Recipient] = []
+
+    async def run(self) -> None:
+        conn = self.conn
+        conn.greet()
+        while True:
+            event = conn.next_event()
+            if event is smtp.NEED_DATA:
+                await self._flush()
+                data = b""
+                with trio.move_on_after(self.service.box.config.idle_timeout) as idle:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                if idle.cancelled_caught:
+                    conn.close(smtp.TIMEOUT)
+                else:
+                    conn.receive_data(data)
+            elif event is smtp.CLOSED:
+                await self._flush()
+                return
+            elif isinstance(event, smtp.StartTLS):
+                await self._flush()
+                self.stream = await _start_tls(self.stream, self.service.box.tls)
+                conn.tls_started()
+                self.recipients = []
+            elif isinstance(event, smtp.AuthAttempt):
+                await self._authenticate(event)
+            elif isinstance(event, smtp.MailFrom):
+                self.recipients = []
+                self._answer(await self.service.policy.check_sender(event, conn.authenticated_as))
+            elif isinstance(event, smtp.RcptTo):
+                await self._recipient(event)
+            elif isinstance(event, smtp.MessageData):
+                await self._message(event)
+
+    async def _authenticate(self, event: smtp.AuthAttempt) -> None:
+        directory = self.service.box.directory
+        try:
+            user = await directory.authenticate(event.authcid, event.password)
+        except Exception:
+            log.exception("authentication backend failed")
+            self.conn.reject(TEMPORARY_AUTH_FAILURE)
+            return
+        if user is None:
+            # Who and from where, never the password (REQUIREMENTS.md §2 logs).
+            log.warning("auth failed user=%r ip=%s port=%s", event.authcid, self.client_ip,
+                        self.service.name)  # fmt: skip
+            self.conn.reject(smtp.AUTH_FAILED)
+            return
+        if event.authzid and _same_address(event.authzid) != user.address:
+            # Acting for another user is for service accounts (sync), not people.
+            self.conn.reject(AUTHZ_DENIED)
+            return
+        log.info("auth ok user=%s ip=%s", user.address, self.client_ip)
+        # The directory's normalised form, so sender checks compare like with like.
+        self.conn.accept(identity=user.address)
+
+    async def _recipient(self, event: smtp.RcptTo) -> None:
+        mail = self.conn.mail_from
+        size = mail.params.get("SIZE") if mail else None
+        refusal, recipient = await self.service.policy.check_recipient(
+            event, int(size) if size else None
+        )
+        if recipient is not None:
+            self.recipients.append(recipient)
+        self._answer(refusal)
+
+    async def _message(self, event: smtp.MessageData) -> None:
+        conn = self.conn
+        refusal = self.service.policy.check_message(event.content, conn.authenticated_as)
+        if refusal is not None:
+            conn.reject(refusal)
+            return
+        envelope = Envelope(
+            sender=event.reverse_path,
+            recipients=tuple(self.recipients),
+            trace=Trace(
+                helo=conn.helo_name or "unknown",
+                client_ip=self.client_ip,
+                protocol=with_protocol(
+                    extended=conn.extended,
+                    tls=conn.tls_active,
+                    auth=conn.authenticated_as is not None,
+                    utf8="SMTPUTF8" in event.mail_params,
+                ),
+            ),
+            ret=event.mail_params.get("RET"),
+            envid=event.mail_params.get("ENVID"),
+        )
+        try:
+            queue_id = await self.service.box.delivery.deliver(envelope, event.content)
+        except QuotaExceeded as exc:
+            log.info("over quota owner=%s", exc.owner)
+            conn.reject(OVER_QUOTA)
+        except Exception:
+            log.exception("delivery failed")
+            conn.reject(LOCAL_ERROR)
+        else:
+            log.info(
+                "accepted id=%s from=<%s> rcpts=%d size=%d ip=%s",
+                queue_id, event.reverse_path, len(self.recipients), len(event.content),
+                self.client_ip,
+            )  # fmt: skip
+            conn.accept(smtp.Reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
+        self.recipients = []
+
+    def _answer(self, refusal: smtp.Reply | None) -> None:
+        if refusal is None:
+            self.conn.accept()
+        else:
+            self.conn.reject(refusal)
+
+    async def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            await self.stream.send_all(out)
+
+
+def _same_address(address: str) -> str | None:
+    try:
+        return normalise_address(address)
+    except Exception:
+        return None
+
+
+async def _start_tls(stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.SSLStream[trio.abc.Stream]:
+    tls = trio.SSLStream(stream, context, server_side=True)
+    with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
+        await tls.do_handshake()
+        return tls
+    raise TLSTimeout()
+
+
+async def _refuse(stream: trio.abc.Stream, reply: smtp.Reply) -> None:
+    with trio.move_on_after(5):
+        try:
+            await stream.send_all(reply.encode(enhanced_codes=False))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+def _address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

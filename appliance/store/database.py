@@ -1,0 +1,195 @@
+"""One SQLite database in WAL mode, behind one writer task with group commit.
+
+Every durable change in edgebox goes through `Database.write`. The rules:
+
+- There is exactly one writer connection per database file, owned by one trio task.
+  Callers hand it a *job* (a plain function taking a `sqlite3.Connection`); the writer
+  takes every job waiting at that moment, runs them in one transaction, commits once
+  (one fsync of the WAL, since ``synchronous=FULL``), and only then wakes the callers.
+  So "await db.write(job) returned" means "on disk and fsynced" — the promise behind
+  SMTP's 250, IMAP's OK and a chat ack (DESIGN.md principle 3).
+- Each job runs inside its own SAVEPOINT: a job that raises is rolled back alone and
+  its caller gets the exception; the other jobs in the batch still commit.
+- Readers run in worker threads on their own connections (WAL lets them read while the
+  writer writes), so a slow search never stalls delivery.
+
+What this is not: an ORM, or a place for domain rules. Jobs are plain SQL written by the
+capability that owns the tables (mail, directory, chat, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from appliance.store.schema import Migration, migrate
+
+T = TypeVar("T")
+
+#: How many jobs one transaction may carry. Large enough that a burst of deliveries
+#: shares one fsync; small enough that one batch never holds the write lock for long.
+MAX_BATCH = 256
+
+#: Readers kept open for reuse; more may be opened under load and are closed after use.
+READ_POOL_SIZE = 4
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection with the pragmas every edgebox connection needs."""
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+        )
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        # WAL: readers never block the writer. synchronous=FULL: every COMMIT fsyncs
+        # the WAL, which is what makes "committed" mean "survives a power cut".
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class DatabaseClosed(Exception):
+    """A write was queued after (or while) the database shut down; nothing was written."""
+
+
+@dataclass(eq=False)
+class _Job:
+    run: Callable[[sqlite3.Connection], Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Database:
+    """A SQLite file with one writer task; see the module docstring for the rules."""
+
+    def __init__(self, path: Path, writer: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
+        self._readers: list[sqlite3.Connection] = []
+        self._read_limiter = trio.CapacityLimiter(READ_POOL_SIZE)
+        #: Transactions committed and jobs run since open; `edgebox status` and the
+        #: benchmarks show the ratio (how well group commit batches).
+        self.commits = 0
+        self.jobs = 0
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *job* in the next group-committed transaction; return once fsynced."""
+        pending = _Job(job)
+        try:
+            self._send.send_nowait(pending)
+        except trio.ClosedResourceError:
+            raise DatabaseClosed(f"{self.path.name} is closed") from None
+        # Shielded: once a job is queued, its caller must learn whether it committed,
+        # otherwise a cancelled SMTP session could not tell "stored" from "not stored".
+        with trio.CancelScope(shield=True):
+            await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[no-any-return]
+
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *query* on a reader connection in a worker thread."""
+        async with self._read_limiter:
+            conn = self._readers.pop() if self._readers else connect(self.path)
+            try:
+                return await trio.to_thread.run_sync(query, conn)
+            finally:
+                if conn.in_transaction:
+                    conn.rollback()
+                self._readers.append(conn)
+
+    async def _run_writer(self) -> None:
+        try:
+            async for first in self._receive:
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                # A batch that started must finish and report, even during shutdown.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._commit_batch, batch)
+                for job in batch:
+                    job.done.set()
+        finally:
+            # Cancelled while idle: whatever is still queued was never run; say so
+            # rather than leave its callers waiting.
+            while True:
+                try:
+                    job = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                job.error = DatabaseClosed(f"{self.path.name} closed before the write ran")
+                job.done.set()
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.run(conn)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    job.error = exc
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # The transaction itself failed (disk full, I/O error): nothing in the
+            # batch is durable, so every caller must hear about it.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for job in batch:
+                if job.error is None:
+                    job.error = exc
+                    job.result = None
+            return
+        self.commits += 1
+        self.jobs += len(batch)
+
+    def close(self) -> None:
+        self._writer.close()
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
+
+
+@asynccontextmanager
+async def open_database(path: Path, migrations: Sequence[Migration]) -> AsyncIterator[Database]:
+    """Open (creating and migrating as needed) the database at *path* with its writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = connect(path)
+    migrate(writer, migrations)
+    db = Database(path, writer)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db._run_writer)
+            try:
+                yield db
+            finally:
+                # Let queued writes finish before the writer stops: a caller that
+                # was promised a commit gets one.
+                db._send.close()
+    except BaseExceptionGroup as group:
+        # The writer task itself never raises, so a group here wraps the one error
+        # raised by the caller's block: give the caller their own exception back.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        db.close()

@@ -1,0 +1,116 @@
+"""Start every service in one trio nursery, restart the one that crashes, tell systemd.
+
+A service is anything with a ``name`` and an ``async serve(task_status=...)`` that binds
+its sockets, reports the addresses it listens on through ``task_status.started`` and
+then serves until cancelled. The supervisor:
+
+- starts them in order and fails fast if one cannot start (a port in use is an error
+  the operator must see, not something to retry quietly);
+- restarts a service that crashes *after* it started, with exponential back-off, so one
+  bad connection handler cannot take the box's mail down for good;
+- tells systemd ``READY=1`` once everything listens and feeds its watchdog
+  (sd_notify(3)), when systemd started us with ``NOTIFY_SOCKET``;
+- writes ``DATA/run/status.json`` (pid and listeners) for `edgebox status`, and removes
+  it on a clean stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from appliance.store.files import write_atomically
+
+log = logging.getLogger("edgebox.supervisor")
+
+#: Longest pause between restarts of a crashing service.
+MAX_BACKOFF = 60.0
+
+
+class Service(Protocol):
+    name: str
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[str]] = ...) -> None: ...
+
+
+class Supervisor:
+    def __init__(self, services: Sequence[Service], status_file: Path) -> None:
+        self.services = list(services)
+        self.status_file = status_file
+        self.listeners: dict[str, list[str]] = {}
+        self.restarts: dict[str, int] = {}
+
+    async def run(self, on_ready: Callable[[dict[str, list[str]]], None] | None = None) -> None:
+        """Run until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for service in self.services:
+                    self.listeners[service.name] = await nursery.start(self._keep_running, service)
+                self._write_status()
+                if on_ready is not None:
+                    on_ready(self.listeners)
+                notify("READY=1")
+                nursery.start_soon(_feed_watchdog)
+        finally:
+            self.status_file.unlink(missing_ok=True)
+
+    async def _keep_running(
+        self, service: Service, *, task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        # The first start is not retried: its failure goes to `run`'s caller.
+        started = False
+        backoff = 1.0
+        while True:
+            began = trio.current_time()
+            try:
+                async with trio.open_nursery() as nursery:
+                    addresses = await nursery.start(service.serve)
+                    if not started:
+                        task_status.started(addresses)
+                        started = True
+                log.error("service %s stopped by itself; restarting", service.name)
+            except Exception:
+                if not started:
+                    raise
+                log.exception("service %s crashed; restarting in %.0fs", service.name, backoff)
+            self.restarts[service.name] = self.restarts.get(service.name, 0) + 1
+            if trio.current_time() - began > MAX_BACKOFF:
+                backoff = 1.0  # it ran well for a while: this is a new fault
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _write_status(self) -> None:
+        status = {"pid": os.getpid(), "started_at": int(time.time()), "services": self.listeners}
+        write_atomically(self.status_file, json.dumps(status, indent=1).encode(), mode=0o644)
+
+
+def notify(message: str) -> None:
+    """Send *message* to systemd if it asked for notifications (sd_notify(3))."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+
+async def _feed_watchdog() -> None:
+    # systemd sets WATCHDOG_USEC when the unit has WatchdogSec=; pet it at half that.
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    if usec <= 0:
+        return
+    while True:
+        notify("WATCHDOG=1")
+        await trio.sleep(usec / 2_000_000)
