@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from appliance.config import Config, load_config
 from appliance.directory import DIRECTORY_MIGRATIONS, Directory, normalise_domain
 from appliance.mail.delivery import Delivery
@@ -108,9 +110,7 @@ async def init_box(data_dir: Path, domain: str, agency_name: str | None = None) 
                 f" it for {domain} (use a new data directory, or factory-reset this one)"
             )
         return False
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o750)
-    create_box_keys(data_dir / "keys")
+    await trio.to_thread.run_sync(_prepare_data_dir, data_dir)
     identity = Identity(
         box_id=uuid.uuid4().hex,
         domain=domain,
@@ -128,6 +128,13 @@ async def init_box(data_dir: Path, domain: str, agency_name: str | None = None) 
     finally:
         settings.close()
     return True
+
+
+def _prepare_data_dir(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Mail, keys and user data: nobody but the box's own user reads this tree.
+    os.chmod(data_dir, 0o700)
+    create_box_keys(data_dir / "keys")
 
 
 @asynccontextmanager

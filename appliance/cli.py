@@ -94,16 +94,25 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--agency-name", help="the agency's name (Thai)")
 
     run = command("run", _run, "start every service and serve until SIGINT/SIGTERM")
-    run.add_argument("--demo", action="store_true",
-                     help=f"on an empty data directory, create agency {DEMO_DOMAIN} with demo users")  # fmt: skip
-    run.add_argument("--port-offset", type=int, help="add N to every port (several boxes on one host)")
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"on an empty data directory, create agency {DEMO_DOMAIN} with demo users",
+    )
+    run.add_argument(
+        "--port-offset", type=int, help="add N to every port (several boxes on one host)"
+    )
     run.add_argument("--role", choices=("edge", "hub"), help="edge (default) or hub")
     run.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
 
-    status = command("status", _status, "show services, queue, store size and disk; exit 1 if unhealthy")
+    status = command(
+        "status", _status, "show services, queue, store size and disk; exit 1 if unhealthy"
+    )
     status.add_argument("--lang", choices=("th", "en"), default="en")
 
-    user = commands.add_parser("user", help="manage users").add_subparsers(required=True, metavar="ACTION")
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        required=True, metavar="ACTION"
+    )
 
     def user_command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
         sub = user.add_parser(name, help=help, description=help)
@@ -119,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--unit", help="org unit (created if new)")
     add.add_argument("--position", help="position title")
     add.add_argument("--phone")
+    add.add_argument("--quota-mb", type=int, help="mailbox quota in MB (default 10 GB)")
     add.add_argument("--admin", action="store_true", help="make the user an admin of their agency")
     add.add_argument("--password-stdin", action="store_true", required=True,
                      help="read the password from standard input")  # fmt: skip
@@ -134,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     disable.add_argument("email")
     enable = user_command("enable", _user_enable, "let a disabled user in again")
     enable.add_argument("email")
+    quota = user_command("quota", _user_quota, "set a user's mailbox quota")
+    quota.add_argument("email")
+    quota.add_argument("--mb", type=int, required=True, help="quota in MB")
     return parser
 
 
@@ -192,6 +205,7 @@ def _user_add(args: argparse.Namespace) -> int:
         return await add_user(
             box, args.email, password, name_th=args.name, name_en=args.name_en, rank=args.rank,
             unit=args.unit, position=args.position, phone=args.phone, admin=args.admin,
+            quota_bytes=args.quota_mb * 1024 * 1024 if args.quota_mb else None,
         )  # fmt: skip
 
     user = trio.run(_with_box, args, action)
@@ -202,13 +216,19 @@ def _user_add(args: argparse.Namespace) -> int:
 def _user_list(args: argparse.Namespace) -> int:
     async def action(box: Box) -> tuple[list[User], dict[str, bool]]:
         users = await box.directory.users(args.agency)
-        admins = {u.address: await box.directory.is_admin(u.address, u.agency_domain) for u in users}
+        admins = {
+            u.address: await box.directory.is_admin(u.address, u.agency_domain) for u in users
+        }
         return users, admins
 
     users, admins = trio.run(_with_box, args, action)
     for user in users:
-        flags = ",".join(f for f, on in (("disabled", user.disabled), ("admin", admins[user.address])) if on)
-        print(f"{user.address}\t{user.name_th}\trank={user.rank}\t{user.unit or '-'}\t{flags or '-'}")
+        flags = ",".join(
+            f for f, on in (("disabled", user.disabled), ("admin", admins[user.address])) if on
+        )
+        print(
+            f"{user.address}\t{user.name_th}\trank={user.rank}\t{user.unit or '-'}\t{flags or '-'}"
+        )
     return 0
 
 
@@ -228,6 +248,13 @@ def _user_disable(args: argparse.Namespace) -> int:
 def _user_enable(args: argparse.Namespace) -> int:
     trio.run(_with_box, args, lambda box: box.directory.set_disabled(args.email, False))
     print(f"enabled {args.email}")
+    return 0
+
+
+def _user_quota(args: argparse.Namespace) -> int:
+    quota = args.mb * 1024 * 1024
+    trio.run(_with_box, args, lambda box: box.directory.set_quota(args.email, quota))
+    print(f"quota of {args.email} set to {args.mb} MB")
     return 0
 
 

@@ -131,17 +131,18 @@ def _fold(text: str) -> str:
 
 def _check_local_part(local: str, shown: str) -> None:
     problem = None
-    if len(local.encode("utf-8")) > MAX_LOCAL_OCTETS:
-        problem = f"the part before the @ is longer than {MAX_LOCAL_OCTETS} bytes"
-    elif local.startswith(".") or local.endswith(".") or ".." in local:
-        problem = "dots must sit between other characters, one at a time"
+    # Characters first: a lone surrogate must be reported, not crash the byte count.
+    for char in local:
+        if char == "." or char in _ATEXT:
+            continue
+        if char.isascii() or unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            problem = f"it contains {_describe(char)}"
+            break
     else:
-        for char in local:
-            if char == "." or char in _ATEXT:
-                continue
-            if char.isascii() or unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-                problem = f"it contains {_describe(char)}"
-                break
+        if local.startswith(".") or local.endswith(".") or ".." in local:
+            problem = "dots must sit between other characters, one at a time"
+        elif len(local.encode("utf-8")) > MAX_LOCAL_OCTETS:
+            problem = f"the part before the @ is longer than {MAX_LOCAL_OCTETS} bytes"
     if problem is not None:
         raise DirectoryError(f"not a valid mail address: {shown}: {problem}")
 
@@ -198,8 +199,11 @@ def _clean_text(value: str | None, what: str) -> str | None:
     if len(value) > MAX_TEXT_CHARS:
         raise DirectoryError(f"{what} is longer than {MAX_TEXT_CHARS} characters")
     # Names go into mail headers and logs: a newline there would forge a header line.
-    if any(unicodedata.category(char) == "Cc" for char in value):
-        raise DirectoryError(f"{what} must not contain control characters (line breaks, tabs)")
+    # A lone surrogate (Cs) is not text at all and SQLite could not store it.
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise DirectoryError(
+            f"{what} must not contain control characters (line breaks, tabs) or broken text"
+        )
     return value
 
 

@@ -43,7 +43,7 @@ def check_services(status_file: Path) -> list[Finding]:
     assert status is not None
     findings = []
     services = status.get("services")
-    for name, addresses in (services.items() if isinstance(services, dict) else []):
+    for name, addresses in services.items() if isinstance(services, dict) else []:
         down = [a for a in addresses if not _answers(a)]
         where = ", ".join(addresses)
         if down:

@@ -108,7 +108,7 @@ class Delivery:
                 blob_id=blob_id,
                 size=len(message),
                 content_hash=hashlib.sha256(message).hexdigest(),
-                message_id=headers.message_id(fields),
+                message_id_digest=_digest(self.mailstore, headers.message_id(fields)),
                 sender=envelope.sender,
                 classification=parse_classification(
                     headers.first_value(fields, CLASSIFICATION_HEADER)
@@ -139,3 +139,9 @@ class Delivery:
             f"{recipient}; {stamp}\r\n"
         )
         return field.encode("utf-8")
+
+
+def _digest(mailstore: Mailstore, message_id: str | None) -> str | None:
+    # The Message-ID is kept only as a keyed digest: the database must hold nothing
+    # readable from a message (DESIGN.md principle 5), yet sync can still match it.
+    return None if message_id is None else mailstore.blobs.digest(message_id.encode())

@@ -68,14 +68,14 @@ MAIL_MIGRATIONS = (
             internal_date INTEGER NOT NULL,
             size INTEGER NOT NULL,
             blob_id TEXT NOT NULL REFERENCES blobs (id),
-            message_id TEXT,
+            message_id_digest TEXT,
             content_hash TEXT NOT NULL,
             classification INTEGER NOT NULL DEFAULT 0,
             urgency INTEGER NOT NULL DEFAULT 0,
             UNIQUE (mailbox_id, uid)
         );
         CREATE INDEX messages_by_modseq ON messages (mailbox_id, modseq);
-        CREATE INDEX messages_by_message_id ON messages (message_id);
+        CREATE INDEX messages_by_message_id ON messages (message_id_digest);
         CREATE INDEX messages_by_blob ON messages (blob_id);
         CREATE TABLE quota_usage (
             owner TEXT PRIMARY KEY,
@@ -128,7 +128,8 @@ class StoredMessage:
     internal_date: int
     size: int
     blob_id: str
-    message_id: str | None
+    #: `BlobStore.digest` of the Message-ID: matchable, but not readable.
+    message_id_digest: str | None
     content_hash: str
     classification: int
     urgency: int
@@ -160,7 +161,7 @@ class NewMessage:
     blob_id: str
     size: int
     content_hash: str
-    message_id: str | None
+    message_id_digest: str | None
     sender: str
     classification: int
     urgency: int
@@ -271,11 +272,11 @@ def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy
     ).fetchone()
     conn.execute(
         "INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, blob_id,"
-        " message_id, content_hash, classification, urgency)"
+        " message_id_digest, content_hash, classification, urgency)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             mailbox_id, uid, modseq, message.internal_date or now, message.size,
-            message.blob_id, message.message_id, message.content_hash,
+            message.blob_id, message.message_id_digest, message.content_hash,
             message.classification, message.urgency,
         ),
     )  # fmt: skip
@@ -288,7 +289,7 @@ def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy
 def _select_messages(conn: sqlite3.Connection, owner: str, mailbox: str) -> list[StoredMessage]:
     rows = conn.execute(
         "SELECT m.id, b.owner, b.name, m.uid, b.uidvalidity, m.modseq, m.flags,"
-        " m.internal_date, m.size, m.blob_id, m.message_id, m.content_hash,"
+        " m.internal_date, m.size, m.blob_id, m.message_id_digest, m.content_hash,"
         " m.classification, m.urgency"
         " FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
         " WHERE b.owner = ? AND b.name = ? ORDER BY m.uid",
@@ -299,4 +300,6 @@ def _select_messages(conn: sqlite3.Connection, owner: str, mailbox: str) -> list
 
 def _row_to_message(row: tuple[Any, ...]) -> StoredMessage:
     # Column order is the SELECT above; flags are stored space-separated.
-    return StoredMessage(*row[:6], tuple(row[6].split()), *row[7:])
+    values = list(row)
+    values[6] = tuple(values[6].split())
+    return StoredMessage(*values)

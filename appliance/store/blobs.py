@@ -69,6 +69,7 @@ MAX_CHUNKS = 1 << 32
 
 _ID_INFO = b"edgebox blob id v1"
 _CONTENT_INFO = b"edgebox blob content v1"
+_DIGEST_INFO = b"edgebox metadata digest v1"
 _TMP_DIR = "tmp"
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -98,12 +99,21 @@ class BlobStore:
         # encrypts them, so neither use can leak anything about the other.
         self._id_key = _derive(data_key, _ID_INFO)
         self._content_key = _derive(data_key, _CONTENT_INFO)
+        self._digest_key = _derive(data_key, _DIGEST_INFO)
         _make_dir(root, parents=True)
         _make_dir(self._tmp)
 
     def blob_id(self, content: bytes) -> str:
         """Return the id ``content`` is stored under: 64 lowercase hex characters."""
         return hmac.new(self._id_key, content, hashlib.sha256).hexdigest()
+
+    def digest(self, value: bytes) -> str:
+        """Return a keyed digest of message metadata (e.g. a Message-ID) for indexes.
+
+        Databases may hold this instead of the value itself: equal values still match,
+        but nothing readable from the message sits under the data directory.
+        """
+        return hmac.new(self._digest_key, value, hashlib.sha256).hexdigest()
 
     def put(self, content: bytes) -> str:
         """Store ``content`` durably unless it is already stored; return its id.

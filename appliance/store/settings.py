@@ -30,7 +30,7 @@ class AtomicJSONStorage(Storage):
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        return json.loads(text) if text.strip() else None  # type: ignore[no-any-return]
+        return json.loads(text) if text.strip() else None
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         payload = json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True)
@@ -62,5 +62,3 @@ class Settings:
 
     def close(self) -> None:
         self._db.close()
-
-

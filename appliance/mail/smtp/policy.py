@@ -20,7 +20,7 @@ from appliance.directory import Directory, DirectoryError, normalise_address
 from appliance.mail import headers
 from appliance.mail.delivery import Recipient
 from appliance.mail.mailstore import Mailstore
-from appliance.mail.smtp.protocol import MailFrom, Reply, RcptTo
+from appliance.mail.smtp.protocol import MailFrom, RcptTo, Reply
 
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: this box accepts mail only for its domains")
 USER_UNKNOWN = Reply(550, "5.1.1", "No such user here")

@@ -50,7 +50,9 @@ class SMTPService:
             auth_offered=port.submission,
         )
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         config = self.box.config
         port = config.port(self.name)
         try:
@@ -106,7 +108,7 @@ class SMTPSession:
             event = conn.next_event()
             if event is smtp.NEED_DATA:
                 await self._flush()
-                data = b""
+                data: bytes | bytearray = b""
                 with trio.move_on_after(self.service.box.config.idle_timeout) as idle:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 if idle.cancelled_caught:
@@ -221,7 +223,9 @@ def _same_address(address: str) -> str | None:
         return None
 
 
-async def _start_tls(stream: trio.abc.Stream, context: ssl.SSLContext) -> trio.SSLStream[trio.abc.Stream]:
+async def _start_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext
+) -> trio.SSLStream[trio.abc.Stream]:
     tls = trio.SSLStream(stream, context, server_side=True)
     with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
         await tls.do_handshake()

@@ -1,0 +1,39 @@
+# edgebox developer entry points. `make run` and `make test` are the two commands in
+# README.md; both work on a fresh Debian machine with Python 3.11+.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= var
+
+.PHONY: run test lint bench system-deps clean
+
+# The virtualenv is rebuilt whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## Start the box on its embedded default: demo agency demo.go.th, loopback dev ports.
+run: $(VENV)/.installed
+	$(BIN)/edgebox run --data $(DATA) --demo
+
+## Install everything (venv; Debian packages when root) and run the whole suite.
+test: system-deps $(VENV)/.installed lint
+	$(BIN)/pytest -m "not bench"
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check appliance tests
+	$(BIN)/mypy
+
+## Debian packages the end-to-end tests and benchmarks drive (swaks, postfix, dovecot, ...).
+system-deps:
+	bash .ci/system-deps
+
+## Benchmarks against Postfix and Dovecot (not part of `make test`); see docs/BENCHMARKS.md.
+bench: system-deps $(VENV)/.installed
+	$(BIN)/python tests/bench/bench_smtp.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""Start real `edgebox` processes for end-to-end tests, on ports no other test uses.
+
+A box is started exactly as an operator would (`edgebox run --data DIR --port-offset N`)
+and is ready when it prints ``ready``; the addresses it printed are what the tests
+connect to. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from appliance.config import DEV_PORTS
+
+EDGEBOX = [sys.executable, "-m", "appliance"]
+READY_TIMEOUT = 60.0
+
+
+def edgebox(
+    *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run one `edgebox` CLI command and return its result."""
+    result = subprocess.run(
+        [*EDGEBOX, *args], input=input, capture_output=True, text=True, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"edgebox {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_offset() -> int:
+    """Return an offset at which every dev port is free right now."""
+    for _ in range(200):
+        offset = random.randrange(10_000, 50_000, 10)
+        if all(_port_free(port + offset) for port in DEV_PORTS.values()):
+            return offset
+    raise RuntimeError("no free port offset found")
+
+
+def require_tool(name: str) -> str:
+    """Return the path of a Debian tool; fail in CI (where `make test` installs it)."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
+    )
+    if path is None:
+        message = f"{name} is not installed (make test installs it when run as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class RunningBox:
+    data: Path
+    offset: int
+    process: subprocess.Popen[str]
+    listeners: dict[str, list[str]] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    @property
+    def ca(self) -> Path:
+        return self.data / "keys" / "ca.pem"
+
+    def port(self, service: str) -> int:
+        return DEV_PORTS[service] + self.offset
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        if self.reader is not None:
+            self.reader.join(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_box(data: Path, *, demo: bool = False, offset: int | None = None,
+              extra: Sequence[str] = ()) -> RunningBox:  # fmt: skip
+    """Start `edgebox run` and wait until it prints ``ready``."""
+    offset = free_port_offset() if offset is None else offset
+    args = [*EDGEBOX, "run", "--data", str(data), "--port-offset", str(offset), *extra]
+    if demo:
+        args.append("--demo")
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    box = RunningBox(data, offset, process)
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            box.output.append(line.rstrip("\n"))
+            name, sep, address = line.strip().partition(" listening on ")
+            if sep:
+                box.listeners.setdefault(name, []).append(address)
+            if line.strip() == "ready":
+                ready.set()
+        ready.set()
+
+    box.reader = threading.Thread(target=read, daemon=True)
+    box.reader.start()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not ready.wait(0.1):
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("edgebox did not become ready:\n" + "\n".join(box.output))
+    if process.poll() is not None or "ready" not in [line.strip() for line in box.output]:
+        raise AssertionError("edgebox exited before ready:\n" + "\n".join(box.output))
+    return box
+
+
+def init_box(data: Path, domain: str, users: dict[str, str]) -> None:
+    """`edgebox init` plus `edgebox user add` for each address → password."""
+    edgebox("init", "--data", str(data), "--domain", domain)
+    for address, password in users.items():
+        edgebox("user", "add", "--data", str(data), address, "--name", address.split("@")[0],
+                "--password-stdin", input=password + "\n")  # fmt: skip
+
+
+async def stored(data: Path, address: str, mailbox: str = "INBOX") -> list[tuple[object, bytes]]:
+    """Open the box's store in-process and return (row, decrypted bytes) per message."""
+    from appliance.box import configured, open_box
+
+    async with open_box(configured(data, {}, {})) as box:
+        rows = await box.mailstore.messages(address, mailbox)
+        return [(row, await box.mailstore.content(row)) for row in rows]
