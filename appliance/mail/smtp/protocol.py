@@ -286,7 +286,7 @@ class ServerConnection:
         self._send(reply)
         self.state = State.CLOSED
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its side."""
         if not data:
             self._eof = True
