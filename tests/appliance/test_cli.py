@@ -1,0 +1,100 @@
+"""The `edgebox` command's contract (docs/cli.md), run in-process."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import trio
+
+from appliance.box import configured, open_box
+from appliance.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str,
+        stdin: str = "") -> tuple[int, str, str]:  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    directory = tmp_path / "box"
+    assert (
+        run(capsys, monkeypatch, "init", "--data", str(directory), "--domain", "Cli.Go.Th")[0] == 0
+    )
+    return directory
+
+
+def test_init_is_idempotent_for_the_same_domain(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    before = (data / "config.json").read_bytes(), (data / "keys" / "data.key.wrapped").read_bytes()
+    code, out, _ = run(capsys, monkeypatch, "init", "--data", str(data), "--domain", "cli.go.th")
+    assert code == 0
+    assert "nothing to do" in out
+    after = (data / "config.json").read_bytes(), (data / "keys" / "data.key.wrapped").read_bytes()
+    assert before == after
+
+
+def test_init_refuses_another_domain(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run(capsys, monkeypatch, "init", "--data", str(data), "--domain", "other.go.th")
+    assert code == 1
+    assert "already belongs to cli.go.th" in err
+    assert "Traceback" not in err
+
+
+def test_user_lifecycle(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    d = str(data)
+    code, _, err = run(capsys, monkeypatch, "user", "add", "--data", d, "Nok@cli.go.th", "--name",
+                       "นก", "--rank", "4", "--unit", "กองกลาง", "--admin", "--password-stdin",
+                       stdin="first-pass\n")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run(capsys, monkeypatch, "user", "list", "--data", d)
+    assert out.split("\t")[:4] == ["nok@cli.go.th", "นก", "rank=4", "กองกลาง"]
+    assert out.strip().endswith("admin")
+
+    async def authenticate(password: str) -> bool:
+        async with open_box(configured(data, {}, {})) as box:
+            mailboxes = await box.mail_db.read(
+                lambda c: [r[0] for r in c.execute("SELECT name FROM mailboxes ORDER BY id")]
+            )
+            assert mailboxes == ["INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"]
+            return await box.directory.authenticate("nok@cli.go.th", password) is not None
+
+    assert trio.run(authenticate, "first-pass")
+    assert run(capsys, monkeypatch, "user", "passwd", "--data", d, "nok@cli.go.th",
+               "--password-stdin", stdin="second-pass\n")[0] == 0  # fmt: skip
+    assert not trio.run(authenticate, "first-pass")
+    assert trio.run(authenticate, "second-pass")
+    assert run(capsys, monkeypatch, "user", "disable", "--data", d, "nok@cli.go.th")[0] == 0
+    assert not trio.run(authenticate, "second-pass")
+    assert "disabled" in run(capsys, monkeypatch, "user", "list", "--data", d)[1]
+
+
+def test_user_add_errors_are_one_clear_line(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    d = str(data)
+    code, _, err = run(capsys, monkeypatch, "user", "add", "--data", d, "x@elsewhere.go.th",
+                       "--name", "X", "--password-stdin", stdin="pw-pw-pw\n")  # fmt: skip
+    assert code == 1
+    assert err.startswith("edgebox: ") and err.count("\n") == 1
+    code, _, err = run(capsys, monkeypatch, "user", "add", "--data", d, "y@cli.go.th",
+                       "--name", "Y", "--password-stdin", stdin="")  # fmt: skip
+    assert (code, err) == (1, "edgebox: no password on standard input\n")
+
+
+def test_commands_on_an_uninitialised_directory(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run(capsys, monkeypatch, "user", "list", "--data", str(tmp_path / "none"))
+    assert code == 1
+    assert "edgebox init" in err
+
+
+def test_status_is_unhealthy_when_not_running(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, monkeypatch, "status", "--data", str(data))
+    assert code == 1
+    assert "edgebox is not running" in out
+    assert out.strip().endswith("unhealthy")
+    assert "outbound queue: 0" in out
