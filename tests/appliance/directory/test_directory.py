@@ -76,6 +76,16 @@ async def test_box_wide_admin_row_is_unique(directory: Directory, db: Database) 
         await db.write(insert)
 
 
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "directory.sqlite"
+    async with open_database(path, DIRECTORY_MIGRATIONS) as db:
+        directory = Directory(db)
+        await directory.add_agency(A)
+        user = await _add(directory, f"somchai@{A}")
+    async with open_database(path, DIRECTORY_MIGRATIONS) as db:
+        assert await Directory(db).authenticate(f"somchai@{A}", PASSWORD) == user
+
+
 # --- agencies ----------------------------------------------------------------------
 
 
@@ -158,7 +168,7 @@ async def test_ensure_unit_fills_in_english_name(directory: Directory) -> None:
 async def test_ensure_unit_errors(directory: Directory) -> None:
     with pytest.raises(DirectoryError, match=r"no agency serves domain c\.go\.th; .*edgebox init"):
         await directory.ensure_unit("c.go.th", "กองคลัง")
-    with pytest.raises(DirectoryError, match="no unit 'กองไม่มี' in a.go.th"):
+    with pytest.raises(DirectoryError, match=r"no unit 'กองไม่มี' in a\.go\.th"):
         await directory.ensure_unit(A, "ฝ่ายบัญชี", parent="กองไม่มี")
     with pytest.raises(DirectoryError, match="must not be empty"):
         await directory.ensure_unit(A, "  ")
@@ -230,6 +240,7 @@ async def test_add_user_twice_is_refused(directory: Directory) -> None:
         ({"name_th": ""}, "Thai name of .* must not be empty"),
         ({"name_th": "สมชาย\nBcc: x@evil"}, "control characters"),
         ({"name_th": "ก" * 257}, "longer than 256"),
+        ({"position": "\ud800"}, "broken text"),
         ({"password": ""}, "password for somchai@a.go.th: password must not be empty"),
         ({"password": "x" * 1025}, "at most 1024 allowed"),
         ({"rank": -1}, "rank must be a whole number"),
@@ -247,7 +258,7 @@ async def test_add_user_refuses_bad_fields(
 
 async def test_unit_of_another_agency_is_not_found(directory: Directory) -> None:
     await directory.ensure_unit(B, "กองคลัง")
-    with pytest.raises(DirectoryError, match="no unit 'กองคลัง' in a.go.th"):
+    with pytest.raises(DirectoryError, match=r"no unit 'กองคลัง' in a\.go\.th"):
         await _add(directory, f"somchai@{A}", unit="กองคลัง")
 
 
@@ -261,6 +272,7 @@ async def test_unit_of_another_agency_is_not_found(directory: Directory) -> None
         ("somchai @a.go.th", "a space"),
         ("tab\t@a.go.th", "CHARACTER TABULATION|U\\+0009"),
         ("nul\x00@a.go.th", "U\\+0000"),
+        ("\ud800@a.go.th", "U\\+D800"),  # a lone surrogate from a broken client
         ("zw\u200bsp@a.go.th", "ZERO WIDTH SPACE"),
         ("nb\u00a0sp@a.go.th", "NO-BREAK SPACE"),
         ("a..b@a.go.th", "dots"),
@@ -298,10 +310,10 @@ def test_address_normalisation(address: str, normalised: str) -> None:
     assert normalise_address(normalised) == normalised
 
 
-_ADDRESS_CHARS = st.sampled_from("aZ9.-_+'!Ééกขปู่่ำ\u0301 @\x00\u200b")
+_ADDRESS_CHARS = st.sampled_from("aZ9.-_+'!Ééกขปู่่ำ\u0301 @\x00\u200b\ud800")
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(_ADDRESS_CHARS, max_size=30), st.text(_ADDRESS_CHARS, max_size=20))
 def test_normalise_address_is_idempotent_or_refuses(local: str, domain: str) -> None:
     try:
@@ -313,7 +325,7 @@ def test_normalise_address_is_idempotent_or_refuses(local: str, domain: str) -> 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=40))
+@given(st.text(st.characters(exclude_categories=()), max_size=40))
 def test_normalise_address_only_raises_directory_error(text: str) -> None:
     try:
         normalise_address(text)
@@ -342,7 +354,7 @@ async def test_users_lists_by_agency(directory: Directory) -> None:
     assert [u.address for u in await directory.users()] == [f"amy@{A}", f"bob@{B}", f"zed@{A}"]
     assert [u.address for u in await directory.users(A.upper())] == [f"amy@{A}", f"zed@{A}"]
     assert [u.address for u in await directory.users(B)] == [f"bob@{B}"]
-    with pytest.raises(DirectoryError, match="no agency serves domain c.go.th"):
+    with pytest.raises(DirectoryError, match=r"no agency serves domain c\.go\.th"):
         await directory.users("c.go.th")
 
 
@@ -407,7 +419,7 @@ async def test_disabled_user_cannot_log_in(directory: Directory) -> None:
     assert await directory.authenticate(f"somchai@{A}", PASSWORD) is None
     await directory.set_disabled(f"somchai@{A}", False)
     assert await directory.authenticate(f"somchai@{A}", PASSWORD) is not None
-    with pytest.raises(DirectoryError, match="no user nobody@a.go.th"):
+    with pytest.raises(DirectoryError, match=r"no user nobody@a\.go\.th"):
         await directory.set_disabled(f"nobody@{A}", True)
 
 
@@ -419,7 +431,7 @@ async def test_set_quota(directory: Directory) -> None:
     assert user.quota_bytes == 3 * 1024**3
     with pytest.raises(DirectoryError, match="quota_bytes must be a whole number"):
         await directory.set_quota(f"somchai@{A}", -1)
-    with pytest.raises(DirectoryError, match="no user nobody@a.go.th"):
+    with pytest.raises(DirectoryError, match=r"no user nobody@a\.go\.th"):
         await directory.set_quota(f"nobody@{A}", 1)
 
 
@@ -548,10 +560,10 @@ async def test_disabled_admin_administers_nothing(directory: Directory) -> None:
 
 
 async def test_grant_admin_errors(directory: Directory) -> None:
-    with pytest.raises(DirectoryError, match="no user nobody@a.go.th"):
+    with pytest.raises(DirectoryError, match=r"no user nobody@a\.go\.th"):
         await directory.grant_admin(f"nobody@{A}", A)
     await _add(directory, f"somchai@{A}")
-    with pytest.raises(DirectoryError, match="no agency serves domain c.go.th"):
+    with pytest.raises(DirectoryError, match=r"no agency serves domain c\.go\.th"):
         await directory.grant_admin(f"somchai@{A}", "c.go.th")
 
 
