@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from appliance.store.files import fsync_dir
+
 PROVISIONING_SECRET_FILE = "provisioning.secret"  # noqa: S105 -- a file name, not a secret
 WRAPPED_DATA_KEY_FILE = "data.key.wrapped"
 
@@ -134,7 +136,7 @@ def destroy_data_key(keys_dir: Path) -> None:
     targets = [keys_dir / WRAPPED_DATA_KEY_FILE, *keys_dir.glob(f".{WRAPPED_DATA_KEY_FILE}.*.tmp")]
     for path in targets:
         _shred(path)
-    _fsync_dir(keys_dir)
+    fsync_dir(keys_dir)
 
 
 def _derive_kek(secret: bytes) -> bytes:
@@ -178,7 +180,7 @@ def _make_private_dir(path: Path) -> None:
     # mkdir's mode is filtered by the umask; set it explicitly so it is 0700 whatever
     # the umask of the process that first boots the box.
     path.chmod(_DIR_MODE)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_new_file(path: Path, data: bytes) -> None:
@@ -206,7 +208,7 @@ def _write_new_file(path: Path, data: bytes) -> None:
             pass  # someone else created it first; theirs is kept, ours is discarded
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _shred(path: Path) -> None:
@@ -220,11 +222,3 @@ def _shred(path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

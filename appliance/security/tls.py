@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from appliance.store.files import write_atomically
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -94,8 +95,8 @@ def ensure_tls_material(keys_dir: Path, hostnames: Sequence[str]) -> TLSPaths:
         ca = _new_ca(dns_names[0], now)
         # Key first: if power fails between the two writes, the next start sees a
         # certificate that does not match its key and makes a new pair.
-        _write_atomic(paths.ca_key, _private_pem(ca[1]), 0o600)
-        _write_atomic(paths.ca_cert, ca[0].public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomically(paths.ca_key, _private_pem(ca[1]), mode=0o600)
+        write_atomically(paths.ca_cert, ca[0].public_bytes(serialization.Encoding.PEM), mode=0o644)
     ca_cert, ca_key = ca
 
     if not _server_is_usable(paths, ca_cert, dns_names, ips, now):
@@ -103,8 +104,8 @@ def ensure_tls_material(keys_dir: Path, hostnames: Sequence[str]) -> TLSPaths:
         chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
             serialization.Encoding.PEM
         )
-        _write_atomic(paths.server_key, _private_pem(key), 0o600)
-        _write_atomic(paths.server_cert, chain, 0o644)
+        write_atomically(paths.server_key, _private_pem(key), mode=0o600)
+        write_atomically(paths.server_cert, chain, mode=0o644)
     return paths
 
 
@@ -342,32 +343,6 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace *path* with *data* so that a power cut leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.unlink()  # left behind by a crash mid-write
-    except FileNotFoundError:
-        pass
-    # O_EXCL: never write through a symlink planted at the temp name. The mode is set at
-    # creation so a private key is never readable by others, not even for a moment.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have taken bits away from a 0644 cert
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def _existing(keys_dir: Path) -> TLSPaths:

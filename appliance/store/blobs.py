@@ -54,6 +54,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from appliance.store.files import fsync_dir
+
 MAGIC = b"EBB1"
 FORMAT_VERSION = 1
 #: Plaintext bytes per chunk. Also the bound on memory a reader needs: a chunk's
@@ -157,7 +159,7 @@ class BlobStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
@@ -202,7 +204,7 @@ class BlobStore:
             path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def iter_ids(self) -> Iterator[str]:
         """Yield the id of every stored blob, in sorted order; stray files are skipped."""
@@ -225,7 +227,7 @@ class BlobStore:
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
         if removed:
-            _fsync_dir(self._tmp)
+            fsync_dir(self._tmp)
         return removed
 
     def disk_usage(self) -> int:
@@ -357,12 +359,4 @@ def _make_dir(path: Path, *, parents: bool = False) -> None:
         pass
     else:
         path.chmod(_DIR_MODE)  # mkdir's mode is filtered by the umask
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
