@@ -1,0 +1,517 @@
+"""SMTP ingest benchmark: edgebox's MX against Postfix + Dovecot (LMTP) on the same box.
+
+What it measures, in one run: Postfix's ``smtp-source`` load generator (default 20
+parallel sessions, 10 KiB messages, 5000 messages, one recipient, 127.0.0.1 only) sent
+(a) to edgebox's MX port and (b) to a private Postfix relaying over LMTP to a private
+Dovecot. The figure is wall time until every message is *delivered*: for edgebox that is
+when smtp-source returns (edgebox answers 250 only after the message is fsynced in the
+mailbox); for the reference it is when the Dovecot Maildir holds every message. Both
+keep fsync on (Postfix and Dovecot at their defaults). It also records peak RSS of
+edgebox's process tree (and of the reference's, for context), sampled every 50 ms.
+
+What it is not: a latency benchmark, a test of correctness, or part of ``make test``.
+It is collected by pytest only with ``-m bench``; normally run it directly:
+
+    .venv/bin/python tests/bench/bench_smtp.py [--messages 500]
+
+Results are printed and written to tests/bench/results/smtp.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Runnable as a plain script (and importable by pytest without a package): make the repo
+# root importable so tests.peers resolves.
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.peers import LOOPBACK, PeerError, port_answers, require_binary  # noqa: E402
+from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.peers.postfix import PostfixServer  # noqa: E402
+
+DOMAIN = "bench.go.th"
+RCPT = f"rcpt@{DOMAIN}"
+RCPT_PASSWORD = "secret-pass-1"
+SENDER = "load@sender.bench.test"
+RESULTS = Path(__file__).resolve().parent / "results" / "smtp.json"
+MX_BASE_PORT = 2525  # edgebox's MX port before --port-offset
+LISTEN_RE = re.compile(r"smtp-mx listening on ([\d.]+):(\d+)")
+
+
+def _time_limit(messages: int) -> float:
+    # Bounded: generous for a slow machine (10 msg/s) but never open-ended.
+    return 60.0 + messages / 10.0
+
+
+# -- measurement helpers ----------------------------------------------------------------
+
+
+class RssSampler:
+    """Peak memory of one or more process trees, summed, sampled every ``interval`` s.
+
+    Summed over the tree because a server may fork workers. ``metric="rss"`` (cheap, read
+    from /proc/PID/statm) counts shared pages once per process, which overstates a
+    many-process server like Postfix+Dovecot several-fold; ``metric="pss"`` splits shared
+    pages fairly but reads smaps, so it is sampled less often to not steal CPU from the
+    servers being measured.
+    """
+
+    def __init__(
+        self, pids: Callable[[], list[int]], interval: float = 0.05, metric: str = "rss"
+    ) -> None:
+        self._pids = pids
+        self._interval = interval
+        self._metric = metric
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.peak = 0
+        self.samples = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self._pids():
+                try:
+                    root = psutil.Process(pid)
+                    procs = [root, *root.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    continue
+                for p in procs:
+                    try:
+                        if self._metric == "pss":
+                            total += p.memory_full_info().pss
+                        else:
+                            total += p.memory_info().rss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+            self.peak = max(self.peak, total)
+            self.samples += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> subprocess.Popen[bytes]:
+    """Start smtp-source against 127.0.0.1:port; output is captured for error reports."""
+    exe = require_binary("smtp-source", "postfix")
+    return subprocess.Popen(
+        [
+            exe,
+            "-s",
+            str(sessions),
+            "-l",
+            str(size),
+            "-m",
+            str(messages),
+            "-f",
+            SENDER,
+            "-t",
+            RCPT,
+            f"{LOOPBACK}:{port}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], deadline: float) -> str:
+    """Wait for smtp-source until ``deadline``; raise if it failed or overran."""
+    try:
+        out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError("smtp-source did not finish in time") from None
+    text = out.decode(errors="replace")
+    # A rejected message is a 'fatal' (exit 1); connection trouble is only a 'warning'.
+    if proc.returncode != 0 or "warning" in text or "fatal" in text:
+        raise RuntimeError(f"smtp-source failed (exit {proc.returncode}):\n{text[-2000:]}")
+    return text
+
+
+def _rate(messages: int, seconds: float) -> float:
+    return round(messages / seconds, 1) if seconds > 0 else 0.0
+
+
+# -- (b) reference: Postfix -> LMTP -> Dovecot -------------------------------------------
+
+
+def bench_reference(workdir: Path, messages: int, sessions: int, size: int) -> dict[str, Any]:
+    limit = _time_limit(messages)
+    with (
+        DovecotServer(workdir, users={RCPT: RCPT_PASSWORD}, tls=False) as dc,
+        PostfixServer(workdir, lmtp_to=(dc.host, dc.lmtp_port), relay_domains=[DOMAIN]) as pf,
+    ):
+        pids = [p for p in (pf.pid, dc.pid) if p is not None]
+        with RssSampler(lambda: pids, interval=0.5, metric="pss") as mem:
+            start = time.monotonic()
+            deadline = start + limit
+            proc = smtp_source(pf.smtp_port, messages, sessions, size)
+            finish(proc, deadline)
+            accepted = time.monotonic() - start
+            # Delivered = in the Maildir. Poll the directory; bounded by the deadline.
+            while dc.message_count(RCPT) < messages:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"reference delivered {dc.message_count(RCPT)}/{messages} in "
+                        f"{limit:.0f}s; queue holds {pf.queue_size()}"
+                    )
+                time.sleep(0.05)
+            delivered = time.monotonic() - start
+        return {
+            "accepted_s": round(accepted, 3),
+            "delivered_s": round(delivered, 3),
+            "rate_msg_s": _rate(messages, delivered),
+            "peak_pss_mb": round(mem.peak / 2**20, 1),
+            "note": "postfix smtpd -> queue (fsync) -> lmtp -> dovecot maildir (fsync)",
+        }
+
+
+# -- (a) edgebox ------------------------------------------------------------------------
+
+
+def _edgebox_exe() -> str:
+    exe = REPO / ".venv" / "bin" / "edgebox"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("edgebox")
+    if found is None:
+        raise RuntimeError("edgebox CLI not installed (pip install -e . into .venv)")
+    return found
+
+
+@contextmanager
+def edgebox_server(
+    workdir: Path, port_offset: int, timeout: float = 60.0
+) -> Iterator[tuple[psutil.Process, int]]:
+    """Init a fresh data dir, add the recipient, run edgebox; yield (process, MX port)."""
+    exe = _edgebox_exe()
+    data = workdir / "edgebox-data"
+    log_path = workdir / "edgebox.log"
+    for argv, stdin in (
+        (["init", "--data", str(data), "--domain", DOMAIN], b""),
+        (
+            ["user", "add", "--data", str(data), RCPT, "--name", "Bench Rcpt", "--password-stdin"],
+            RCPT_PASSWORD.encode(),
+        ),
+    ):
+        done = subprocess.run(
+            [exe, *argv], input=stdin, capture_output=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"edgebox {argv[0]} failed ({done.returncode}):\n"
+                f"{(done.stdout + done.stderr).decode(errors='replace')}"
+            )
+    port = MX_BASE_PORT + port_offset
+    if port_answers(LOOPBACK, port):
+        raise RuntimeError(f"port {port} already in use; pass another --port-offset")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                exe,
+                "run",
+                "--data",
+                str(data),
+                "--port-offset",
+                str(port_offset),
+                "--bind",
+                LOOPBACK,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            # Trust the port edgebox says it bound, if it says so.
+            m = LISTEN_RE.search(log_path.read_text(errors="replace"))
+            if m:
+                port = int(m.group(2))
+            if port_answers(LOOPBACK, port):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"edgebox run exited {proc.returncode}:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"edgebox MX port {port} not answering after {timeout}s")
+            time.sleep(0.1)
+        yield psutil.Process(proc.pid), port
+    finally:
+        tree = []
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        for child in tree:  # a worker that outlived its parent would skew the next run
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def bench_edgebox(
+    workdir: Path, messages: int, sessions: int, size: int, port_offset: int
+) -> dict[str, Any]:
+    limit = _time_limit(messages)
+    with (
+        edgebox_server(workdir, port_offset) as (proc, port),
+        RssSampler(lambda: [proc.pid]) as rss,
+    ):
+        start = time.monotonic()
+        src = smtp_source(port, messages, sessions, size)
+        finish(src, start + limit)
+        delivered = time.monotonic() - start
+        after_rss = proc.memory_info().rss
+    return {
+        "accepted_s": round(delivered, 3),
+        "delivered_s": round(delivered, 3),  # 250 from edgebox = fsynced in the mailbox
+        "rate_msg_s": _rate(messages, delivered),
+        "peak_rss_mb": round(rss.peak / 2**20, 1),
+        "after_rss_mb": round(after_rss / 2**20, 1),
+        "port": port,
+    }
+
+
+# -- driver -----------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def _commit() -> str:
+    """The edgebox source measured: the lead reruns this as the code changes."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+def run(
+    messages: int = 5000,
+    sessions: int = 20,
+    size: int = 10240,
+    port_offset: int = 20000,
+    workdir: Path | None = None,
+    edgebox: bool = True,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """Run both halves ``rounds`` times and return (and write) the results.
+
+    Never raises for a failed half: the error is recorded in its place. With several
+    rounds the halves alternate (reference, edgebox, reference, ...) so a burst of other
+    load on the machine hits both, and each half reports its median-rate round.
+    """
+    own_tmp = workdir is None
+    base = Path(tempfile.mkdtemp(prefix="bench-smtp-")) if workdir is None else workdir
+    result: dict[str, Any] = {
+        "benchmark": "smtp ingest to mailbox",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "params": {
+            "messages": messages,
+            "sessions": sessions,
+            "size_bytes": size,
+            "rounds": rounds,
+            "tool": "postfix smtp-source",
+            "recipients_per_message": 1,
+        },
+        "machine": _machine(),
+        "commit": _commit(),
+    }
+    halves: dict[str, Callable[[Path], dict[str, Any]]] = {
+        "reference": lambda d: bench_reference(d, messages, sessions, size),
+        "edgebox": lambda d: bench_edgebox(d, messages, sessions, size, port_offset),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in halves}
+    errors: dict[str, str] = {}
+    if not edgebox:
+        errors["edgebox"] = "skipped (--reference-only)"
+    try:
+        for rnd in range(rounds):
+            for name, fn in halves.items():
+                if name in errors:
+                    continue
+                d = base / f"{name}-{rnd}"
+                d.mkdir()
+                print(
+                    f"[bench_smtp] {name} round {rnd + 1}/{rounds}: {messages} x {size} B "
+                    f"over {sessions} sessions ...",
+                    flush=True,
+                )
+                # Other load on the box skews the figures; keep it next to them.
+                load = [round(x, 2) for x in os.getloadavg()]
+                try:
+                    r = fn(d)
+                except (PeerError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+                    errors[name] = str(e)
+                    print(f"[bench_smtp] {name} FAILED: {e}", file=sys.stderr, flush=True)
+                    continue
+                r["loadavg_before"] = load
+                runs[name].append(r)
+                print(f"[bench_smtp]   {r['rate_msg_s']} msg/s", flush=True)
+    finally:
+        if own_tmp:
+            shutil.rmtree(base, ignore_errors=True)
+    for name in halves:
+        if name in errors:
+            result[name] = {"error": errors[name]}
+        else:
+            by_rate = sorted(runs[name], key=lambda r: float(r["rate_msg_s"]))
+            median = dict(by_rate[(len(by_rate) - 1) // 2])
+            median["all_rates_msg_s"] = [r["rate_msg_s"] for r in runs[name]]
+            result[name] = median
+    ref, eb = result["reference"], result["edgebox"]
+    if (
+        isinstance(ref, dict)
+        and isinstance(eb, dict)
+        and "rate_msg_s" in ref
+        and "rate_msg_s" in eb
+    ):
+        result["ratio_edgebox_over_reference"] = round(
+            float(eb["rate_msg_s"]) / float(ref["rate_msg_s"]), 2
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = []
+    for name in ("edgebox", "reference"):
+        r = result.get(name)
+        if not isinstance(r, dict):
+            continue
+        if "error" in r:
+            lines.append(f"{name:10} ERROR: {str(r['error']).splitlines()[0]}")
+        else:
+            mem = (
+                f"peak RSS {r['peak_rss_mb']} MB"
+                if "peak_rss_mb" in r
+                else f"peak PSS {r.get('peak_pss_mb')} MB (all processes)"
+            )
+            lines.append(
+                f"{name:10} {r['rate_msg_s']:>8} msg/s  delivered in {r['delivered_s']:>7} s  {mem}"
+            )
+    if "ratio_edgebox_over_reference" in result:
+        lines.append(f"ratio edgebox/reference: {result['ratio_edgebox_over_reference']}")
+    lines.append(f"written to {RESULTS.relative_to(REPO)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=10240, help="message size in bytes")
+    ap.add_argument(
+        "--port-offset",
+        type=int,
+        default=20000,
+        help="edgebox --port-offset (MX port = 2525 + offset)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat both halves, alternating, and report the median round",
+    )
+    ap.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="measure only Postfix+Dovecot (edgebox not runnable yet)",
+    )
+    args = ap.parse_args(argv)
+    result = run(
+        args.messages,
+        args.sessions,
+        args.size,
+        args.port_offset,
+        edgebox=not args.reference_only,
+        rounds=args.rounds,
+    )
+    print(report(result))
+    failed = [
+        n
+        for n in ("reference", "edgebox")
+        if isinstance(result.get(n), dict)
+        and "error" in result[n]
+        and not (n == "edgebox" and args.reference_only)
+    ]
+    return 1 if failed else 0
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(3600)
+def test_bench_smtp(tmp_path: Path) -> None:
+    messages = int(os.environ.get("BENCH_MESSAGES", "5000"))
+    result = run(messages=messages, workdir=tmp_path)
+    print(report(result))
+    for name in ("reference", "edgebox"):
+        r = result[name]
+        assert isinstance(r, dict)
+        assert "error" not in r, r.get("error")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
