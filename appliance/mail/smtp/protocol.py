@@ -38,7 +38,6 @@ State rules (RFC 5321 §4.1.4, §3.3; RFC 3207; RFC 4954):
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import re
 from collections.abc import Callable
@@ -540,7 +539,7 @@ class ServerConnection:
         try:
             decoded = base64.b64decode(line.strip(), validate=True)
             text = decoded.decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # binascii.Error, or non-ASCII input
             self._end_auth()
             self._error(BAD_BASE64)
             return None
@@ -599,7 +598,8 @@ class ServerConnection:
                 return UNKNOWN_PARAMETER
             if key == "SIZE":
                 # RFC 1870 §6: a declared size over the limit is refused up front.
-                if value is None or not value.isdigit() or len(value) > 20:
+                # isascii(): str.isdigit() is also true for digits int() rejects ("፩").
+                if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     return SYNTAX_ERROR
                 if int(value) > self.config.max_message_size:
                     return MESSAGE_TOO_BIG
@@ -687,7 +687,9 @@ class ServerConnection:
             self._data_scanned = len(self._data)
             # Past the limit we keep only a tail long enough to see the terminator, so
             # an oversized message costs no memory while we wait for its end.
-            if len(self._data) > self.config.max_message_size + 2:
+            # Buffer = virtual CRLF + content + at most ".\r" of a terminator still in
+            # flight, so only past max + 4 bytes is the content certainly too big.
+            if len(self._data) > self.config.max_message_size + 4:
                 self._data_too_big = True
                 del self._data[:-4]
                 self._data_scanned = len(self._data)

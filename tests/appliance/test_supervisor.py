@@ -1,0 +1,80 @@
+"""The supervisor: fail fast at start, restart a service that crashes later."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from appliance.supervisor import Supervisor
+
+
+class Flaky:
+    """Starts, then crashes the first *crashes* times it runs."""
+
+    def __init__(self, name: str, crashes: int) -> None:
+        self.name = name
+        self.crashes = crashes
+        self.starts = 0
+        self.running = trio.Event()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.starts += 1
+        task_status.started([f"127.0.0.1:{1000 + self.starts}"])
+        if self.starts <= self.crashes:
+            raise RuntimeError("boom")
+        self.running.set()
+        await trio.sleep_forever()
+
+
+class Broken:
+    name = "broken"
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        raise OSError(98, "smtp-mx cannot listen on 127.0.0.1:2525: Address already in use")
+
+
+async def test_crashed_service_is_restarted_with_backoff(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    flaky = Flaky("flaky", crashes=3)
+    steady = Flaky("steady", crashes=0)
+    supervisor = Supervisor([flaky, steady], tmp_path / "run" / "status.json")
+    ready: list[dict[str, list[str]]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run, ready.append)
+        start = trio.current_time()
+        await flaky.running.wait()
+        # Back-off doubles: 1 + 2 + 4 seconds before the fourth start.
+        assert trio.current_time() - start == pytest.approx(7, abs=0.01)
+        assert flaky.starts == 4
+        assert steady.starts == 1, "a crash elsewhere must not restart healthy services"
+        assert supervisor.restarts == {"flaky": 3}
+        status = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert status["services"] == {"flaky": ["127.0.0.1:1001"], "steady": ["127.0.0.1:1001"]}
+        assert ready == [status["services"]]
+        nursery.cancel_scope.cancel()
+    assert not (tmp_path / "run" / "status.json").exists(), "a clean stop removes the status file"
+
+
+async def test_a_service_that_cannot_start_stops_everything(tmp_path: Path) -> None:
+    steady = Flaky("steady", crashes=0)
+    supervisor = Supervisor([steady, Broken()], tmp_path / "status.json")
+    # The error comes out of nested nurseries; the CLI unwraps it for the operator.
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(OSError, match="Address already in use"), flatten_subgroups=True
+    ):
+        await supervisor.run()
+    assert not (tmp_path / "status.json").exists()
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
