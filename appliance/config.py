@@ -62,17 +62,30 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "data_dir"
 
 
 def _coerce(name: str, value: Any) -> Any:
+    """Return *value* as the type of setting *name*; strings (env, flags) are parsed."""
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown setting {name!r}")
     kind = type(getattr(Config(Path()), name))
-    if kind is bool and isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if kind is bool:
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+        else:
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+    # Values from the JSON file must already have the right type: 1.5 is not a port
+    # offset and true is not a number, even though Python would convert them.
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
 
 
 def load_config(
@@ -85,8 +98,6 @@ def load_config(
     """Build the effective configuration from its four layers."""
     values: dict[str, Any] = {}
     for name, value in (file_values or {}).items():
-        if name not in _FIELDS:
-            raise ConfigError(f"unknown setting {name!r} in config.json")
         values[name] = _coerce(name, value)
     for key, value in (environ or {}).items():
         if key.startswith("EDGEBOX_") and key != "EDGEBOX_DATA":

@@ -93,6 +93,7 @@ def _normalise(value: str) -> str:
         value = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
         pass  # not valid RFC 2047: take the raw text
+    # NFC, and Thai digits (๑๒๓) are decimal digits that int() reads like 1 2 3.
     value = unicodedata.normalize("NFC", value).strip().lower()
     return "-".join(value.replace("_", " ").split())
 
@@ -102,7 +103,7 @@ def parse_classification(value: str | None) -> Classification:
     if value is None:
         return Classification.NONE
     text = _normalise(value)
-    if text.isdigit() and int(text) in Classification._value2member_map_:
+    if text.isdecimal() and int(text) in Classification._value2member_map_:
         return Classification(int(text))
     return _CLASSIFICATION_WORDS.get(text, Classification.NONE)
 
@@ -112,6 +113,6 @@ def parse_urgency(value: str | None) -> Urgency:
     if value is None:
         return Urgency.NORMAL
     text = _normalise(value)
-    if text.isdigit() and int(text) in Urgency._value2member_map_:
+    if text.isdecimal() and int(text) in Urgency._value2member_map_:
         return Urgency(int(text))
     return _URGENCY_WORDS.get(text, Urgency.NORMAL)

@@ -12,12 +12,13 @@ from email.utils import getaddresses
 
 
 def header_block(content: bytes) -> bytes:
-    """Return the bytes before the first empty line (all of it if there is none)."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        end = content.find(separator)
-        if end >= 0:
-            return content[: end + len(separator) // 2]
-    return content
+    """Return the bytes before the first empty line (all of it if there is none).
+
+    The first empty line ends the header section whichever line ending it uses, so
+    text in the body can never be read as a header field.
+    """
+    ends = [i for i in (content.find(b"\n\r\n"), content.find(b"\n\n")) if i >= 0]
+    return content[: min(ends) + 1] if ends else content
 
 
 def parse_headers(content: bytes) -> list[tuple[str, str]]:

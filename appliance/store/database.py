@@ -118,8 +118,8 @@ class Database:
                 while len(batch) < MAX_BATCH:
                     try:
                         batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break  # nothing more now, or closed: commit what we hold
                 # A batch that started must finish and report, even during shutdown.
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self._commit_batch, batch)
@@ -174,7 +174,11 @@ async def open_database(path: Path, migrations: Sequence[Migration]) -> AsyncIte
     """Open (creating and migrating as needed) the database at *path* with its writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = connect(path)
-    migrate(writer, migrations)
+    try:
+        migrate(writer, migrations)
+    except BaseException:
+        writer.close()
+        raise
     db = Database(path, writer)
     try:
         async with trio.open_nursery() as nursery:

@@ -25,8 +25,8 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     # again with fchmod because the umask may have taken bits away.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

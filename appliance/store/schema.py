@@ -66,15 +66,26 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a migration script into statements (executescript would auto-commit)."""
+    """Split a migration script into statements (executescript would auto-commit).
+
+    Splits at every ";" and joins pieces back until SQLite says the statement is
+    complete, so a ";" inside a string or a trigger body does not end it.
+    """
     statements: list[str] = []
     buffer = ""
-    for line in sql.splitlines(keepends=True):
-        buffer += line
+    *pieces, last = sql.split(";")
+    for piece in pieces:
+        buffer += piece + ";"
         if sqlite3.complete_statement(buffer):
-            if buffer.strip():
+            if _has_code(buffer[:-1]):
                 statements.append(buffer.strip())
             buffer = ""
-    if buffer.strip():
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:60]!r}")
+    leftover = buffer + last
+    if _has_code(leftover):
+        raise ValueError(f"incomplete SQL statement in migration: {leftover.strip()[:60]!r}")
     return statements
+
+
+def _has_code(sql: str) -> bool:
+    """Return whether *sql* holds more than white space and ``--`` comments."""
+    return any(line.split("--", 1)[0].strip() for line in sql.splitlines())

@@ -80,7 +80,8 @@ def test_user_add_errors_are_one_clear_line(data: Path, capsys, monkeypatch) -> 
     code, _, err = run(capsys, monkeypatch, "user", "add", "--data", d, "x@elsewhere.go.th",
                        "--name", "X", "--password-stdin", stdin="pw-pw-pw\n")  # fmt: skip
     assert code == 1
-    assert err.startswith("edgebox: ") and err.count("\n") == 1
+    assert err.startswith("edgebox: ")
+    assert err.count("\n") == 1
     code, _, err = run(capsys, monkeypatch, "user", "add", "--data", d, "y@cli.go.th",
                        "--name", "Y", "--password-stdin", stdin="")  # fmt: skip
     assert (code, err) == (1, "edgebox: no password on standard input\n")

@@ -1,0 +1,202 @@
+"""Tests of `appliance.store.schema`: ordered, versioned, all-or-nothing migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.store.database import connect, open_database
+from appliance.store.schema import Migration, SchemaTooNew, migrate, schema_version
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = connect(tmp_path / "test.sqlite")
+    yield connection
+    connection.close()
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {row[0] for row in rows}
+
+
+def recording(log: list[int], version: int) -> Migration:
+    """A migration that creates table t<version> and notes that it ran."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        log.append(version)
+
+    return Migration(version, f"step {version}", f"CREATE TABLE t{version} (x INTEGER);", run)
+
+
+def test_fresh_database_is_version_0(conn: sqlite3.Connection) -> None:
+    assert schema_version(conn) == 0
+
+
+def test_migrations_run_in_order_and_record_the_version(conn: sqlite3.Connection) -> None:
+    log: list[int] = []
+    steps = [recording(log, v) for v in (1, 2, 3)]
+
+    assert migrate(conn, steps) == 3
+
+    assert log == [1, 2, 3]
+    assert schema_version(conn) == 3
+    assert {"t1", "t2", "t3"} <= tables(conn)
+
+
+def test_only_pending_migrations_run(conn: sqlite3.Connection) -> None:
+    log: list[int] = []
+    migrate(conn, [recording(log, 1)])
+    assert log == [1]
+
+    migrate(conn, [recording(log, 1), recording(log, 2), recording(log, 3)])
+
+    assert log == [1, 2, 3]
+    assert schema_version(conn) == 3
+
+
+def test_migrate_twice_is_a_no_op(conn: sqlite3.Connection) -> None:
+    log: list[int] = []
+    steps = [recording(log, 1), recording(log, 2)]
+    migrate(conn, steps)
+
+    assert migrate(conn, steps) == 2
+
+    assert log == [1, 2]
+    assert schema_version(conn) == 2
+
+
+def test_sql_runs_before_code_in_the_same_step(conn: sqlite3.Connection) -> None:
+    def fill(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO items (name) VALUES ('ลับ')")
+
+    migrate(conn, [Migration(1, "items", "CREATE TABLE items (name TEXT);", fill)])
+
+    assert conn.execute("SELECT name FROM items").fetchall() == [("ลับ",)]
+
+
+def test_multi_line_script_with_a_trigger(conn: sqlite3.Connection) -> None:
+    # A trigger body holds semicolons inside BEGIN ... END; it must stay one statement.
+    sql = """
+        CREATE TABLE a (x INTEGER);
+        CREATE TABLE log (x INTEGER);
+        CREATE TRIGGER a_log AFTER INSERT ON a BEGIN
+            INSERT INTO log (x) VALUES (new.x);
+        END;
+        INSERT INTO a (x) VALUES (7);
+    """
+    migrate(conn, [Migration(1, "trigger", sql)])
+
+    assert conn.execute("SELECT x FROM log").fetchall() == [(7,)]
+
+
+@pytest.mark.parametrize("versions", [[1, 3], [2], [0, 1], [2, 1], [1, 1]])
+def test_numbering_must_be_1_to_n_without_gaps(
+    conn: sqlite3.Connection, versions: list[int]
+) -> None:
+    steps = [Migration(v, f"step {v}", f"CREATE TABLE t{i} (x);") for i, v in enumerate(versions)]
+
+    with pytest.raises(ValueError, match="without gaps"):
+        migrate(conn, steps)
+
+    assert schema_version(conn) == 0
+    assert tables(conn) == set()
+
+
+def test_database_newer_than_code_is_refused(conn: sqlite3.Connection) -> None:
+    log: list[int] = []
+    migrate(conn, [recording(log, 1), recording(log, 2)])
+
+    with pytest.raises(SchemaTooNew, match="version 2"):
+        migrate(conn, [recording(log, 1)])
+
+    assert schema_version(conn) == 2
+
+
+def test_failing_sql_rolls_back_the_whole_step(conn: sqlite3.Connection) -> None:
+    migrate(conn, [Migration(1, "base", "CREATE TABLE base (x);")])
+    broken = Migration(
+        2,
+        "half",
+        "CREATE TABLE partial (x);\n"
+        "INSERT INTO base (x) VALUES (1);\n"
+        "INSERT INTO nowhere VALUES (1);",
+    )
+
+    with pytest.raises(sqlite3.OperationalError, match="nowhere"):
+        migrate(conn, [Migration(1, "base", "CREATE TABLE base (x);"), broken])
+
+    assert schema_version(conn) == 1
+    assert "partial" not in tables(conn)
+    assert conn.execute("SELECT count(*) FROM base").fetchone() == (0,)
+    assert not conn.in_transaction
+
+
+def test_failing_code_step_rolls_back_its_sql(conn: sqlite3.Connection) -> None:
+    def boom(c: sqlite3.Connection) -> None:
+        raise RuntimeError("data rewrite failed")
+
+    with pytest.raises(RuntimeError, match="data rewrite failed"):
+        migrate(conn, [Migration(1, "with code", "CREATE TABLE partial (x);", boom)])
+
+    assert schema_version(conn) == 0
+    assert tables(conn) == set()
+
+
+def test_failed_step_can_be_retried_after_a_fix(conn: sqlite3.Connection) -> None:
+    bad = Migration(1, "bad", "CREATE TABLE t (x);\nCREATE TABLE t (x);")
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(conn, [bad])
+
+    migrate(conn, [Migration(1, "fixed", "CREATE TABLE t (x);")])
+
+    assert schema_version(conn) == 1
+    assert tables(conn) == {"t"}
+
+
+def test_incomplete_statement_is_refused_before_anything_runs(conn: sqlite3.Connection) -> None:
+    with pytest.raises(ValueError, match="incomplete SQL"):
+        migrate(conn, [Migration(1, "cut off", "CREATE TABLE a (x);\nCREATE TABLE b (x")])
+
+    assert schema_version(conn) == 0
+    assert tables(conn) == set()
+
+
+def test_two_statements_on_one_line(conn: sqlite3.Connection) -> None:
+    migrate(conn, [Migration(1, "one line", "CREATE TABLE a (x); CREATE TABLE b (x);")])
+
+    assert tables(conn) == {"a", "b"}
+
+
+def test_trailing_comment_after_last_statement(conn: sqlite3.Connection) -> None:
+    migrate(conn, [Migration(1, "commented", "CREATE TABLE a (x);\n-- a closes the step\n")])
+
+    assert tables(conn) == {"a"}
+
+
+async def test_open_database_migrates_and_reopens_idempotently(tmp_path: Path) -> None:
+    log: list[int] = []
+    path = tmp_path / "box.sqlite"
+    steps = [recording(log, 1), recording(log, 2)]
+
+    async with open_database(path, steps) as db:
+        assert await db.read(schema_version) == 2
+    async with open_database(path, steps) as db:
+        assert await db.read(schema_version) == 2
+
+    assert log == [1, 2]
+
+
+async def test_open_database_refuses_a_newer_file(tmp_path: Path) -> None:
+    path = tmp_path / "box.sqlite"
+    log: list[int] = []
+    async with open_database(path, [recording(log, 1), recording(log, 2)]):
+        pass
+
+    with pytest.raises(SchemaTooNew):
+        async with open_database(path, [recording(log, 1)]):
+            pytest.fail("the body must not run on a schema that is too new")
