@@ -72,8 +72,12 @@ class SMTPPolicy:
         self, event: RcptTo, declared_size: int | None
     ) -> tuple[Reply | None, Recipient | None]:
         """Return a refusal, or the accepted recipient with its delivery route."""
+        path = event.forward_path
+        if path.lower() == "postmaster":
+            # RFC 5321 §4.5.1: the bare form means this box's postmaster.
+            path = f"postmaster@{min(await self.directory.local_domains())}"
         try:
-            address = normalise_address(event.forward_path)
+            address = normalise_address(path)
         except DirectoryError:
             return BAD_RECIPIENT, None
         domain = address.rpartition("@")[2]

@@ -265,6 +265,8 @@ class ServerConnection:
         # empty message, and lets one replace() undo dot-stuffing on every line.
         self._data = bytearray()
         self._data_scanned = 0
+        #: Quoting dots seen so far (RFC 1870 §3: not part of the message's size).
+        self._data_stuffing = 0
         self._data_too_big = False
         # Discarding the rest of an over-long command line.
         self._skip_line = False
@@ -437,8 +439,8 @@ class ServerConnection:
         if self.state is State.AUTH:
             return self._auth_response(line)
         verb, _, arg = line.partition(" ")
-        verb = verb.upper()
-        handler = _COMMANDS.get(verb)
+        # ASCII only: str.upper() maps look-alikes onto ASCII ("quıt" -> "QUIT").
+        handler = _COMMANDS.get(verb.upper()) if verb.isascii() else None
         if handler is None:
             self._error(UNKNOWN_COMMAND)
             return None
@@ -452,7 +454,8 @@ class ServerConnection:
         self._hello(arg, extended=False)
 
     def _hello(self, arg: str, *, extended: bool) -> None:
-        if not arg or " " in arg:
+        # The argument is echoed in our reply: no spaces or control characters.
+        if not arg or " " in arg or not arg.isprintable():
             self._error(Reply(501, "5.5.4", "Syntax: EHLO hostname"))
             return
         # EHLO in the middle of a transaction resets it (RFC 5321 §4.1.4).
@@ -517,7 +520,7 @@ class ServerConnection:
             self._error(AUTH_NEEDS_TLS)
             return None
         mechanism, _, initial = arg.partition(" ")
-        mechanism = mechanism.upper()
+        mechanism = mechanism.upper() if mechanism.isascii() else ""
         initial = initial.strip()
         if mechanism not in ("PLAIN", "LOGIN"):
             self._error(UNKNOWN_MECHANISM)
@@ -675,6 +678,7 @@ class ServerConnection:
         self.state = State.DATA
         self._data = bytearray(b"\r\n")
         self._data_scanned = 0
+        self._data_stuffing = 0
         self._data_too_big = False
 
     def _read_data(self) -> MessageData | _Sentinel | None:
@@ -684,12 +688,14 @@ class ServerConnection:
         self._in.clear()
         end = self._data.find(b"\r\n.\r\n", max(0, self._data_scanned - 4))
         if end < 0:
+            # A "\r\n.." match starting 3 bytes back was not complete at the last scan.
+            self._data_stuffing += self._data.count(b"\r\n..", max(0, self._data_scanned - 3))
             self._data_scanned = len(self._data)
             # Past the limit we keep only a tail long enough to see the terminator, so
-            # an oversized message costs no memory while we wait for its end.
-            # Buffer = virtual CRLF + content + at most ".\r" of a terminator still in
-            # flight, so only past max + 4 bytes is the content certainly too big.
-            if len(self._data) > self.config.max_message_size + 4:
+            # an oversized message costs no memory while we wait for its end. Buffer =
+            # virtual CRLF + content + quoting dots + at most ".\r" of a terminator in
+            # flight: past that, the content is certainly too big.
+            if len(self._data) - self._data_stuffing > self.config.max_message_size + 4:
                 self._data_too_big = True
                 del self._data[:-4]
                 self._data_scanned = len(self._data)
@@ -698,14 +704,14 @@ class ServerConnection:
         self._in[:0] = self._data[end + 5 :]
         body = self._data[: end + 2]
         self._data = bytearray()
-        if self._data_too_big or len(body) - 2 > self.config.max_message_size:
+        # RFC 5321 §4.5.2: remove the leading dot the client added to any line
+        # beginning with ".". The virtual CRLF makes the first line no special case.
+        content = bytes(body).replace(b"\r\n.", b"\r\n")[2:]
+        if self._data_too_big or len(content) > self.config.max_message_size:
             self._reset_transaction()
             self.state = State.READY
             self._error(MESSAGE_TOO_BIG)
             return None
-        # RFC 5321 §4.5.2: remove the leading dot the client added to any line
-        # beginning with ".". The virtual CRLF makes the first line no special case.
-        content = bytes(body).replace(b"\r\n.", b"\r\n")[2:]
         assert self._mail is not None
         # The state stays DATA until accept() or reject() answers the event.
         return MessageData(content, self._mail.reverse_path, tuple(self._rcpts), self._mail.params)
@@ -743,7 +749,8 @@ class ServerConnection:
         self, arg: str, keyword: str, *, allow_null: bool
     ) -> tuple[str, dict[str, str | None]] | None:
         """Parse ``FROM:<path> params`` / ``TO:<path> params`` (RFC 5321 §4.1.2)."""
-        if arg[: len(keyword)].upper() != keyword:
+        head = arg[: len(keyword)]
+        if not head.isascii() or head.upper() != keyword:
             self._error(SYNTAX_ERROR)
             return None
         rest = arg[len(keyword) :].lstrip(" ")
@@ -762,6 +769,8 @@ class ServerConnection:
             if not allow_null:
                 self._error(BAD_ADDRESS)
                 return None
+        elif not allow_null and path.lower() == "postmaster":
+            pass  # RFC 5321 §4.1.1.3: RCPT TO:<Postmaster> without a domain is valid
         elif not _valid_mailbox(path):
             self._error(BAD_ADDRESS)
             return None
