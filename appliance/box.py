@@ -9,6 +9,7 @@ Layout (DESIGN.md "Roles and ports")::
     DATA/db/directory.sqlite agencies, units, users, administrators
     DATA/db/mail.sqlite     mailboxes, messages, blob references, outbound queue
     DATA/blobs/             encrypted message blobs
+    DATA/log/traffic/       the traffic log: who sent to whom, when, from where (90 days)
     DATA/run/status.json    what a running box listens on (for `edgebox status`)
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 
 import trio
 
+from appliance.compliance.traffic_log import TrafficLog
 from appliance.config import Config, load_config
 from appliance.directory import DIRECTORY_MIGRATIONS, Directory, normalise_domain
 from appliance.mail.delivery import Delivery
@@ -65,6 +67,7 @@ class Box:
     mailstore: Mailstore
     delivery: Delivery
     tls: ssl.SSLContext
+    traffic: TrafficLog
 
     @property
     def status_file(self) -> Path:
@@ -176,6 +179,7 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
                 mailstore=mailstore,
                 delivery=Delivery(directory, mailstore, hostname),
                 tls=server_ssl_context(keys_dir),
+                traffic=TrafficLog(data_dir / "log" / "traffic"),
             )
     finally:
         settings.close()

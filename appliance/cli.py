@@ -19,6 +19,8 @@ from typing import Any
 import trio
 
 from appliance.box import Box, BoxError, configured, init_box, open_box, read_identity
+from appliance.compliance import traffic_log
+from appliance.compliance.retention import TrafficLogRetention
 from appliance.config import DEV_PORTS, ConfigError
 from appliance.directory import DirectoryError, User
 from appliance.health import Level
@@ -27,7 +29,7 @@ from appliance.health.services import check_services
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.security.keys import KeyMaterialError
-from appliance.supervisor import Supervisor
+from appliance.supervisor import Service, Supervisor
 
 DEMO_DOMAIN = "demo.go.th"
 #: The demo agency's users; README.md lists the same addresses and passwords.
@@ -109,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
         "status", _status, "show services, queue, store size and disk; exit 1 if unhealthy"
     )
     status.add_argument("--lang", choices=("th", "en"), default="en")
+
+    log_commands = commands.add_parser("log", help="the traffic log").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    verify = log_commands.add_parser(
+        "verify", help="check the traffic log's hash chain; exit 1 if it was altered"
+    )
+    verify.set_defaults(handler=_log_verify)
+    verify.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")))
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"
@@ -279,7 +290,10 @@ async def _serve(config: Any) -> None:
         removed = await box.mail_db.write(box.mailstore.remove_orphan_blobs)
         if removed:
             logging.getLogger("edgebox").info("removed %d unreferenced blob files", removed)
-        services = [SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)]
+        services: list[Service] = [
+            SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)
+        ]
+        services.append(TrafficLogRetention(box.traffic))
         supervisor = Supervisor(services, box.status_file)
 
         def announce(listeners: dict[str, list[str]]) -> None:
@@ -287,6 +301,8 @@ async def _serve(config: Any) -> None:
             for name, addresses in listeners.items():
                 for address in addresses:
                     print(f"{name} listening on {address}")
+                if not addresses:
+                    print(f"{name} running")
             print("ready", flush=True)
 
         async with trio.open_nursery() as nursery:
@@ -326,6 +342,16 @@ def _status(args: argparse.Namespace) -> int:
     worst = max((f.level for f in findings), default=Level.OK)
     print("unhealthy" if worst is Level.ERROR else "healthy")
     return 1 if worst is Level.ERROR else 0
+
+
+def _log_verify(args: argparse.Namespace) -> int:
+    result = traffic_log.verify(args.data / "log" / "traffic")
+    if result.ok:
+        print(f"traffic log intact: {result.records} records in {result.files} files")
+        print(f"chain head: {result.head}")
+        return 0
+    print(f"traffic log ALTERED: {result.problem}")
+    return 1
 
 
 def _db_size(db_dir: Path) -> int:

@@ -101,15 +101,26 @@ class RunningBox:
         self.stop(signal.SIGKILL)
 
 
-def start_box(data: Path, *, demo: bool = False, offset: int | None = None,
-              extra: Sequence[str] = ()) -> RunningBox:  # fmt: skip
+def start_box(
+    data: Path,
+    *,
+    demo: bool = False,
+    offset: int | None = None,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> RunningBox:
     """Start `edgebox run` and wait until it prints ``ready``."""
     offset = free_port_offset() if offset is None else offset
     args = [*EDGEBOX, "run", "--data", str(data), "--port-offset", str(offset), *extra]
     if demo:
         args.append("--demo")
     process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env={**os.environ, **(env or {})},
     )
     box = RunningBox(data, offset, process)
     ready = threading.Event()

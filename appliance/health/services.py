@@ -46,7 +46,9 @@ def check_services(status_file: Path) -> list[Finding]:
     for name, addresses in services.items() if isinstance(services, dict) else []:
         down = [a for a in addresses if not _answers(a)]
         where = ", ".join(addresses)
-        if down:
+        if not addresses:
+            findings.append(Finding(name, Level.OK, "running", "ทำงานอยู่"))
+        elif down:
             findings.append(Finding(name, Level.ERROR, f"not answering on {', '.join(down)}",
                                     f"ไม่ตอบที่ {', '.join(down)}"))  # fmt: skip
         else:

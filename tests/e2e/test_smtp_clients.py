@@ -297,3 +297,58 @@ def test_data_dir_has_no_plaintext(box: RunningBox) -> None:
     for path in Path(box.data).rglob("*"):
         if path.is_file():
             assert marker.encode() not in path.read_bytes(), path
+
+
+def test_traffic_log_records_who_sent_what_to_whom(box: RunningBox) -> None:
+    from appliance.compliance.traffic_log import iter_records
+
+    with submission(box) as client:
+        client.mail(f"alice@{DOMAIN}")
+        client.rcpt(f"bob@{DOMAIN}")
+        code, reply = client.data(message(f"alice@{DOMAIN}", "bob", uuid.uuid4().hex))
+    assert code == 250
+    queue_id = reply.decode().rsplit(" ", 1)[1]
+    with smtplib.SMTP("127.0.0.1", box.port("smtp-submission"), timeout=30) as client:
+        client.starttls(context=tls(box))
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login(f"carol@{DOMAIN}", "not-her-password-XYZ")
+
+    records = list(iter_records(box.data / "log" / "traffic"))
+    accepted = [r for r in records if r.message_id == queue_id]
+    assert len(accepted) == 1
+    record = accepted[0]
+    assert (record.event, record.sender, record.recipients) == (
+        "accepted", f"alice@{DOMAIN}", (f"bob@{DOMAIN}",)
+    )  # fmt: skip
+    assert (record.client_ip, record.user, record.result) == (
+        "127.0.0.1", f"alice@{DOMAIN}", "250 2.0.0"
+    )  # fmt: skip
+    assert any(r.event == "auth-failed" and r.user == f"carol@{DOMAIN}" for r in records)
+    assert any(r.event == "rcpt-rejected" and r.recipients == ("victim@example.com",)
+               for r in records)  # fmt: skip
+    for path in (box.data / "log").rglob("*"):
+        if path.is_file():
+            assert b"not-her-password-XYZ" not in path.read_bytes()
+            assert PASSWORD.encode() not in path.read_bytes()
+
+    assert "traffic log intact" in edgebox("log", "verify", "--data", str(box.data)).stdout
+
+
+def test_log_verify_detects_tampering(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
+
+    log_dir = tmp_path / "log" / "traffic"
+    log = TrafficLog(log_dir)
+    for n in range(3):
+        record = TrafficRecord(datetime.now(UTC), "smtp-mx", "accepted", "127.0.0.1",
+                               sender=f"s{n}@x.go.th", recipients=("r@y.go.th",))  # fmt: skip
+        log.append_sync(record)
+    assert edgebox("log", "verify", "--data", str(tmp_path), check=False).returncode == 0
+    day_file = next(log_dir.glob("traffic-*.jsonl"))
+    day_file.write_bytes(day_file.read_bytes().replace(b"s1@x.go.th", b"s9@x.go.th"))
+    result = edgebox("log", "verify", "--data", str(tmp_path), check=False)
+    assert result.returncode == 1
+    assert "ALTERED" in result.stdout
+    assert day_file.name in result.stdout

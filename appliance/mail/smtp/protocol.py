@@ -265,7 +265,7 @@ class ServerConnection:
         # empty message, and lets one replace() undo dot-stuffing on every line.
         self._data = bytearray()
         self._data_scanned = 0
-        #: Quoting dots seen so far (RFC 1870 §3: not part of the message's size).
+        #: Dots unstuffing will remove (RFC 1870 §3: not part of the message's size).
         self._data_stuffing = 0
         self._data_too_big = False
         # Discarding the rest of an over-long command line.
@@ -688,17 +688,20 @@ class ServerConnection:
         self._in.clear()
         end = self._data.find(b"\r\n.\r\n", max(0, self._data_scanned - 4))
         if end < 0:
-            # A "\r\n.." match starting 3 bytes back was not complete at the last scan.
-            self._data_stuffing += self._data.count(b"\r\n..", max(0, self._data_scanned - 3))
-            self._data_scanned = len(self._data)
-            # Past the limit we keep only a tail long enough to see the terminator, so
-            # an oversized message costs no memory while we wait for its end. Buffer =
-            # virtual CRLF + content + quoting dots + at most ".\r" of a terminator in
-            # flight: past that, the content is certainly too big.
-            if len(self._data) - self._data_stuffing > self.config.max_message_size + 4:
-                self._data_too_big = True
+            if self._data_too_big:
+                # Already refused: keep only a tail long enough to see the terminator,
+                # so an oversized message costs no memory while we wait for its end.
                 del self._data[:-4]
-                self._data_scanned = len(self._data)
+            else:
+                # Every "\r\n." loses its dot when unstuffed (the same rule as below);
+                # one starting 2 bytes back was not complete at the last scan.
+                self._data_stuffing += self._data.count(b"\r\n.", max(0, self._data_scanned - 2))
+                # Buffer = virtual CRLF + content + removed dots + at most ".\r" of a
+                # terminator in flight: past max + 4, the content is certainly too big.
+                if len(self._data) - self._data_stuffing > self.config.max_message_size + 4:
+                    self._data_too_big = True
+                    del self._data[:-4]
+            self._data_scanned = len(self._data)
             return NEED_DATA
         # Anything after the terminator is the next pipelined command.
         self._in[:0] = self._data[end + 5 :]

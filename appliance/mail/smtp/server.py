@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+from datetime import UTC, datetime
 
 import trio
 
 from appliance.box import Box
+from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import normalise_address
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
@@ -145,13 +147,16 @@ class SMTPSession:
             # Who and from where, never the password (REQUIREMENTS.md §2 logs).
             log.warning("auth failed user=%r ip=%s port=%s", event.authcid, self.client_ip,
                         self.service.name)  # fmt: skip
+            await self._record("auth-failed", user=event.authcid[:320], result="535 5.7.8")
             self.conn.reject(smtp.AUTH_FAILED)
             return
         if event.authzid and _same_address(event.authzid) != user.address:
             # Acting for another user is for service accounts (sync), not people.
+            await self._record("auth-failed", user=user.address, result="535 5.7.8 authzid")
             self.conn.reject(AUTHZ_DENIED)
             return
         log.info("auth ok user=%s ip=%s", user.address, self.client_ip)
+        await self._record("auth-ok", user=user.address, result="235 2.7.0")
         # The directory's normalised form, so sender checks compare like with like.
         self.conn.accept(identity=user.address)
 
@@ -163,12 +168,21 @@ class SMTPSession:
         )
         if recipient is not None:
             self.recipients.append(recipient)
+        else:
+            assert refusal is not None
+            await self._record(
+                "rcpt-rejected",
+                sender=mail.reverse_path if mail else None,
+                recipients=(event.forward_path[:320],),
+                result=f"{refusal.code} {refusal.enhanced}",
+            )
         self._answer(refusal)
 
     async def _message(self, event: smtp.MessageData) -> None:
         conn = self.conn
         refusal = self.service.policy.check_message(event.content, conn.authenticated_as)
         if refusal is not None:
+            await self._record_message(event, refusal)
             conn.reject(refusal)
             return
         envelope = Envelope(
@@ -191,18 +205,51 @@ class SMTPSession:
             queue_id = await self.service.box.delivery.deliver(envelope, event.content)
         except QuotaExceeded as exc:
             log.info("over quota owner=%s", exc.owner)
+            await self._record_message(event, OVER_QUOTA)
             conn.reject(OVER_QUOTA)
         except Exception:
             log.exception("delivery failed")
+            await self._record_message(event, LOCAL_ERROR)
             conn.reject(LOCAL_ERROR)
         else:
+            accepted = smtp.Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+            await self._record_message(event, accepted, queue_id)
             log.info(
                 "accepted id=%s from=<%s> rcpts=%d size=%d ip=%s",
                 queue_id, event.reverse_path, len(self.recipients), len(event.content),
                 self.client_ip,
             )  # fmt: skip
-            conn.accept(smtp.Reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
+            conn.accept(accepted)
         self.recipients = []
+
+    async def _record(self, event: str, **fields: object) -> None:
+        """Write one traffic-log line (REQUIREMENTS.md §2: kept 90 days)."""
+        record = TrafficRecord(
+            time=datetime.now(UTC),
+            service=self.service.name,
+            event=event,
+            client_ip=self.client_ip if self.client_ip != "unknown" else None,
+            **fields,  # type: ignore[arg-type]
+        )
+        try:
+            await self.service.box.traffic.append(record)
+        except Exception:
+            # A full log disk must not turn into lost mail; the operator sees it here
+            # and in `edgebox status` (free disk).
+            log.exception("traffic log write failed")
+
+    async def _record_message(
+        self, event: smtp.MessageData, reply: smtp.Reply, queue_id: str | None = None
+    ) -> None:
+        await self._record(
+            "accepted" if reply.code < 400 else "rejected",
+            sender=event.reverse_path,
+            recipients=tuple(r.forward_path for r in event.recipients),
+            user=self.conn.authenticated_as,
+            message_id=queue_id,
+            size=len(event.content),
+            result=f"{reply.code} {reply.enhanced}",
+        )
 
     def _answer(self, refusal: smtp.Reply | None) -> None:
         if refusal is None:

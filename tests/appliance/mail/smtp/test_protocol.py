@@ -1593,11 +1593,12 @@ def test_starttls_cannot_be_accepted_or_rejected(
 
 
 # ---------------------------------------------------------------------------------------
-# Known core bugs: each test states the correct behaviour and fails today.
+# Regressions: core bugs these tests found, fixed since
 
 
 @pytest.mark.parametrize("path", ["Postmaster", "postmaster"])
-def test_bug_rcpt_to_bare_postmaster_is_accepted(path: str) -> None:
+def test_rcpt_to_postmaster_without_a_domain_is_accepted(path: str) -> None:
+    # RFC 5321 §4.1.1.3 and §4.5.1.
     client = Client()
     client.ehlo()
     assert client.send("MAIL FROM:<a@x.example>", f"RCPT TO:<{path}>") == [
@@ -1607,23 +1608,95 @@ def test_bug_rcpt_to_bare_postmaster_is_accepted(path: str) -> None:
     assert client.events[-1] == RcptTo(path, {})
 
 
-def test_bug_ehlo_argument_with_bare_cr_is_not_echoed() -> None:
+@pytest.mark.parametrize("arg", [b"a\rb", b"a\x00b", b"a\x1b[2Jb", b"a\tb"])
+def test_ehlo_argument_with_control_characters_is_501_and_not_echoed(arg: bytes) -> None:
+    # It is echoed in the 250 line; RFC 5321 §2.3.8 allows CR only in CRLF.
     client = Client()
-    out = client.feed(b"EHLO a\rb\r\n")
-    assert b"\r" not in out.replace(b"\r\n", b"")
+    assert client.feed(b"EHLO " + arg + b"\r\n") == b"501 Syntax: EHLO hostname\r\n"
+    assert client.conn.state is State.HELO
 
 
-@pytest.mark.parametrize("line", ["qu\u0131t", "r\u017fet", "\u017fTARTTLS"])
-def test_bug_non_ascii_look_alike_verb_is_unrecognized(line: str) -> None:
+def test_ehlo_argument_in_thai_is_accepted() -> None:
+    client = Client()
+    assert client.send("EHLO ตัวอย่าง.ไทย")[0] == "250-box.example greets ตัวอย่าง.ไทย"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "qu\u0131t",  # dotless i: "ı".upper() == "I"
+        "r\u017fet",  # long s: "ſ".upper() == "S"
+        "\u017fTARTTLS",
+    ],
+)
+def test_non_ascii_look_alike_verb_is_unrecognized(line: str) -> None:
     client = Client()
     client.ehlo()
     assert client.send(line) == ["500 5.5.2 Command unrecognized"]
+    assert not client.closed
 
 
-def test_bug_size_limit_counts_stuffing_dots() -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        "MAIL \u017fROM:<a@x.example>",
+        "MAIL FROM\u0131:<a@x.example>",
+        "MAIL FROM\uff1a<a@x.example>",
+    ],
+)
+def test_non_ascii_look_alike_keyword_is_501(command: str) -> None:
+    client = Client()
+    client.ehlo()
+    assert client.send(command) == ["501 5.5.4 Syntax error in parameters or arguments"]
+
+
+def test_non_ascii_look_alike_mechanism_is_504() -> None:
+    client = tls_client()
+    assert client.send("AUTH PLA\u0131N " + b64("\0alice\0secret")) == [
+        "504 5.5.4 Unrecognized authentication mechanism"
+    ]
+
+
+@pytest.mark.parametrize("pieces", [1, 3], ids=["whole", "terminator split"])
+def test_size_limit_excludes_quoting_dots(pieces: int) -> None:
+    # RFC 1870 §3: a message's size does not count the dots doubled by the client.
     client = Client(max_message_size=100)
     client.start_mail()
     client.send("DATA")
     content = b".x" + b"y" * 96 + b"\r\n"  # 100 octets; the client sends 101
-    assert client.feed(b"." + content + b".\r\n") == b"250 2.0.0 Message accepted\r\n"
+    stream = b"." + content + b".\r\n"
+    chunks = [stream] if pieces == 1 else [stream[:-3], stream[-3:-1], stream[-1:]]
+    assert client.feed(*chunks) == b"250 2.0.0 Message accepted\r\n"
     assert [e.content for e in client.of_type(MessageData)] == [content]
+
+
+# ---------------------------------------------------------------------------------------
+# Known core bugs: each test states the correct behaviour and fails today.
+
+
+def test_bug_size_verdict_does_not_depend_on_segmentation_for_unstuffed_dots() -> None:
+    stream = b".x" + b"y" * 97 + b"\r\n.\r\n"  # ".x" not doubled: content is 100 octets
+    verdicts = []
+    for chunks in ([stream], [stream[:-1], stream[-1:]]):  # ".\r" then "\n"
+        client = Client(max_message_size=100)
+        client.start_mail()
+        client.send("DATA")
+        verdicts.append(client.feed(*chunks))
+    assert verdicts == [b"250 2.0.0 Message accepted\r\n"] * 2
+
+
+def test_bug_oversized_message_of_dot_lines_keeps_memory_bounded() -> None:
+    limit = 1000
+    client = Client(max_message_size=limit)
+    client.start_mail()
+    client.send("DATA")
+    chunk = b"..\r\n" * 1024
+    peak = 0
+    for _ in range(256):  # 1 MiB
+        assert client.feed(chunk) == b""
+        peak = max(peak, len(client.conn._data))
+    assert client.feed(b".\r\n") == (
+        b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+    )
+    # Quoting dots do not count, so up to 4/3 of the limit may be held; not more.
+    assert peak <= 4 * (limit + 16) // 3
