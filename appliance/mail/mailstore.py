@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from appliance.mail.changes import ChangeFeed
 from appliance.store.blobs import BlobStore
 from appliance.store.database import Database
 from appliance.store.schema import Migration
@@ -103,6 +104,26 @@ MAIL_MIGRATIONS = (
         CREATE INDEX outbound_order ON outbound (urgency DESC, created_at, id);
         """,
     ),
+    Migration(
+        2,
+        "expunged UIDs for QRESYNC, and a UIDVALIDITY counter that never repeats",
+        """
+        -- RFC 7162 §3.2.5.2: VANISHED (EARLIER) needs the UIDs expunged since a MODSEQ.
+        CREATE TABLE expunged (
+            mailbox_id INTEGER NOT NULL,
+            uid INTEGER NOT NULL,
+            modseq INTEGER NOT NULL,
+            PRIMARY KEY (mailbox_id, uid)
+        ) WITHOUT ROWID;
+        CREATE INDEX expunged_by_modseq ON expunged (mailbox_id, modseq);
+        CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        );
+        INSERT INTO meta (key, value)
+            SELECT 'last_uidvalidity', coalesce(max(uidvalidity), 0) FROM mailboxes;
+        """,
+    ),
 )
 
 
@@ -176,6 +197,8 @@ class Mailstore:
     def __init__(self, db: Database, blobs: BlobStore) -> None:
         self.db = db
         self.blobs = blobs
+        #: Wakes IMAP sessions (and IDLE) when a mailbox they show has changed.
+        self.changes = ChangeFeed()
 
     async def create_mailboxes(self, owner: str) -> None:
         """Give *owner* the default mailboxes (idempotent)."""
@@ -187,15 +210,14 @@ class Mailstore:
         """Commit every copy of *message* in one transaction, or raise and commit none."""
         now = int(time.time())
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: sqlite3.Connection) -> list[int]:
             copies = len(local) + len(outbound)
             conn.execute(
                 "INSERT INTO blobs (id, size, refs) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET refs = refs + excluded.refs",
                 (message.blob_id, message.size, copies),
             )
-            for copy in local:
-                _insert_local(conn, message, copy, now)
+            mailbox_ids = [_insert_local(conn, message, copy, now) for copy in local]
             for out in outbound:
                 conn.execute(
                     "INSERT INTO outbound (queue_id, blob_id, sender, recipient, notify, orcpt,"
@@ -207,8 +229,9 @@ class Mailstore:
                         message.classification, message.urgency, now, now,
                     ),
                 )  # fmt: skip
+            return mailbox_ids
 
-        await self.db.write(job)
+        self.changes.changed(await self.db.write(job))
 
     async def usage(self, owner: str) -> int:
         """Return the bytes *owner*'s mailboxes hold."""
@@ -245,18 +268,32 @@ class Mailstore:
 
 
 def _ensure_mailboxes(conn: sqlite3.Connection, owner: str) -> None:
-    # UIDVALIDITY must change if a mailbox is ever recreated under the same name
-    # (RFC 3501 §2.3.1.1); the creation time in seconds does that.
-    uidvalidity = int(time.time())
-    conn.executemany(
-        "INSERT OR IGNORE INTO mailboxes (owner, name, special_use, uidvalidity)"
-        " VALUES (?, ?, ?, ?)",
-        [(owner, name, use, uidvalidity) for name, use in DEFAULT_MAILBOXES],
-    )
+    if conn.execute(
+        "SELECT 1 FROM mailboxes WHERE owner = ? AND name = 'INBOX'", (owner,)
+    ).fetchone():
+        return
+    for name, use in DEFAULT_MAILBOXES:
+        conn.execute(
+            "INSERT OR IGNORE INTO mailboxes (owner, name, special_use, uidvalidity)"
+            " VALUES (?, ?, ?, ?)",
+            (owner, name, use, next_uidvalidity(conn)),
+        )
     conn.execute("INSERT OR IGNORE INTO quota_usage (owner) VALUES (?)", (owner,))
 
 
-def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy, now: int) -> None:
+def next_uidvalidity(conn: sqlite3.Connection) -> int:
+    """Return a UIDVALIDITY no mailbox of this box ever had (RFC 3501 §2.3.1.1).
+
+    A mailbox deleted and recreated under the same name must get a new one, even within
+    the same second; the creation time keeps values growing across factory resets.
+    """
+    (last,) = conn.execute("SELECT value FROM meta WHERE key = 'last_uidvalidity'").fetchone()
+    value = max(int(time.time()), int(last) + 1)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'last_uidvalidity'", (value,))
+    return value
+
+
+def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy, now: int) -> int:
     _ensure_mailboxes(conn, copy.owner)
     used = conn.execute("SELECT bytes FROM quota_usage WHERE owner = ?", (copy.owner,)).fetchone()[
         0
@@ -284,6 +321,7 @@ def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy
         "UPDATE quota_usage SET bytes = bytes + ?, messages = messages + 1 WHERE owner = ?",
         (message.size, copy.owner),
     )
+    return int(mailbox_id)
 
 
 def _select_messages(conn: sqlite3.Connection, owner: str, mailbox: str) -> list[StoredMessage]:

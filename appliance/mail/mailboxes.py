@@ -1,0 +1,561 @@
+"""What IMAP does to mailboxes, as transactions on the mail database.
+
+Each operation here is one `Database.write` job, so each is atomic and durable before
+it returns: a MOVE is a copy and an expunge in one transaction (RFC 6851 §3.1), so a
+crash can leave the message in the source or in the destination but never in both and
+never in neither. The rules every job keeps:
+
+- UIDs come from the mailbox's ``uidnext`` and are never reused (RFC 3501 §2.3.1.1);
+  a mailbox recreated under an old name gets a new UIDVALIDITY.
+- Every change takes the next MODSEQ of its mailbox, so MODSEQ strictly increases and
+  CONDSTORE clients can ask "what changed since N" (RFC 7162 §3.1). Expunged UIDs are
+  kept with their MODSEQ for QRESYNC's VANISHED (RFC 7162 §3.2.5.2).
+- Blob reference counts follow the rows; a blob whose count reaches zero is deleted
+  from disk after the commit that dropped it.
+- Quota usage follows the rows; a copy or append that would pass the owner's quota is
+  refused with `QuotaExceeded` and changes nothing.
+
+Sessions learn of changes through `Mailstore.changes` (see changes.py).
+
+What this is not: the IMAP syntax (mail.imap) or who may open whose mailbox (the
+session decides that).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import sqlite3
+import time
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from appliance.mail.mailstore import Mailstore, QuotaExceeded, next_uidvalidity
+
+#: Hierarchy separator of mailbox names (advertised by LIST).
+SEPARATOR = "/"
+
+#: RFC 3501 §2.3.2 system flags, by their lower-case form, for canonical spelling.
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+
+
+class MailboxError(Exception):
+    """An operation that cannot be done; `code` is the RFC 5530 response code."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class FlagMode(enum.Enum):
+    #: STORE FLAGS: replace (RFC 3501 §6.4.6)
+    REPLACE = "replace"
+    #: STORE +FLAGS
+    ADD = "add"
+    #: STORE -FLAGS
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True)
+class MailboxInfo:
+    id: int
+    owner: str
+    name: str
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    subscribed: bool
+    messages: int
+    unseen: int
+    size: int
+
+
+@dataclass(frozen=True)
+class MessageState:
+    """The part of a message a session tracks: its UID, flags and MODSEQ."""
+
+    uid: int
+    flags: tuple[str, ...]
+    modseq: int
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    #: Messages whose flags changed, with their new state.
+    changed: tuple[MessageState, ...]
+    #: UIDs refused by UNCHANGEDSINCE (RFC 7162 §3.1.3: the MODIFIED response code).
+    modified: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """For UIDPLUS COPYUID (RFC 4315 §3): source UIDs and the UIDs they got."""
+
+    uidvalidity: int
+    source_uids: tuple[int, ...]
+    destination_uids: tuple[int, ...]
+    #: For MOVE: what left the source mailbox.
+    expunged: tuple[int, ...] = ()
+
+
+def canonical_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """Spell system flags canonically, drop duplicates and \\Recent, keep order."""
+    seen: dict[str, str] = {}
+    for flag in flags:
+        name = SYSTEM_FLAGS.get(flag.lower(), flag)
+        if name.lower() != "\\recent" and name.lower() not in seen:
+            seen[name.lower()] = name
+    return tuple(seen.values())
+
+
+def normalise_name(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 §5.1); other names are kept as given."""
+    name = name.strip(SEPARATOR)
+    head, sep, rest = name.partition(SEPARATOR)
+    return ("INBOX" + sep + rest) if head.upper() == "INBOX" else name
+
+
+class Mailboxes:
+    """Mailbox-level operations for one box; see the module docstring for the rules."""
+
+    def __init__(self, store: Mailstore) -> None:
+        self.store = store
+        self.db = store.db
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def of(self, owner: str) -> list[MailboxInfo]:
+        """Every mailbox of *owner*, INBOX first (what LIST and STATUS show)."""
+        return await self.db.read(lambda conn: _infos(conn, owner, None))
+
+    async def get(self, owner: str, name: str) -> MailboxInfo:
+        name = normalise_name(name)
+        found = await self.db.read(lambda conn: _infos(conn, owner, name))
+        if not found:
+            raise MailboxError("NONEXISTENT", f"no mailbox {name!r}")
+        return found[0]
+
+    async def states(self, mailbox_id: int) -> list[MessageState]:
+        """Every message's UID, flags and MODSEQ in UID order (what SELECT shows)."""
+        return await self.db.read(lambda conn: _states(conn, mailbox_id, 0))
+
+    async def changes_since(
+        self, mailbox_id: int, modseq: int
+    ) -> tuple[list[MessageState], list[int]]:
+        """Messages changed after *modseq*, and UIDs expunged after it (RFC 7162)."""
+
+        def query(conn: sqlite3.Connection) -> tuple[list[MessageState], list[int]]:
+            vanished = [
+                int(uid)
+                for (uid,) in conn.execute(
+                    "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                    (mailbox_id, modseq),
+                )
+            ]
+            return _states(conn, mailbox_id, modseq), vanished
+
+        return await self.db.read(query)
+
+    # -- mailbox management ----------------------------------------------------------
+
+    async def create(self, owner: str, name: str, special_use: str | None = None) -> None:
+        name = normalise_name(name)
+        if not name or any(not part for part in name.split(SEPARATOR)):
+            raise MailboxError("CANNOT", "mailbox names must not be empty")
+
+        def job(conn: sqlite3.Connection) -> None:
+            if _mailbox_id(conn, owner, name) is not None:
+                raise MailboxError("ALREADYEXISTS", f"mailbox {name!r} already exists")
+            conn.execute(
+                "INSERT INTO mailboxes (owner, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
+                (owner, name, special_use, next_uidvalidity(conn)),
+            )
+
+        await self.db.write(job)
+
+    async def delete(self, owner: str, name: str) -> None:
+        name = normalise_name(name)
+        if name == "INBOX":
+            raise MailboxError("CANNOT", "INBOX cannot be deleted")
+
+        def job(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+            mailbox_id = _existing(conn, owner, name)
+            if conn.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = ? AND name LIKE ? ESCAPE '\\' LIMIT 1",
+                (owner, _like_prefix(name + SEPARATOR)),
+            ).fetchone():
+                raise MailboxError("HASCHILDREN", f"{name!r} has child mailboxes")
+            freed = _remove(conn, mailbox_id, owner, _all_uids(conn, mailbox_id), record=False)
+            conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mailbox_id,))
+            conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+            return mailbox_id, freed
+
+        mailbox_id, freed = await self.db.write(job)
+        await self._after(mailbox_id, freed)
+
+    async def rename(self, owner: str, old: str, new: str) -> None:
+        old, new = normalise_name(old), normalise_name(new)
+        if not new or new == "INBOX":
+            raise MailboxError("CANNOT", f"cannot rename to {new!r}")
+
+        def job(conn: sqlite3.Connection) -> int:
+            source = _existing(conn, owner, old)
+            if _mailbox_id(conn, owner, new) is not None:
+                raise MailboxError("ALREADYEXISTS", f"mailbox {new!r} already exists")
+            if old == "INBOX":
+                # RFC 3501 §6.3.5: renaming INBOX moves its messages to a new mailbox
+                # and leaves INBOX empty.
+                target = conn.execute(
+                    "INSERT INTO mailboxes (owner, name, uidvalidity) VALUES (?, ?, ?)"
+                    " RETURNING id",
+                    (owner, new, next_uidvalidity(conn)),
+                ).fetchone()[0]
+                uids = _all_uids(conn, source)
+                _copy(conn, source, target, owner, uids, check_quota=False)
+                _remove(conn, source, owner, uids, record=True, uncharge=False)
+                return int(source)
+            # A renamed mailbox keeps its UIDVALIDITY only if clients cannot confuse it
+            # with the old name: they cannot, the old name stops existing. Children move.
+            for child_id, child in conn.execute(
+                "SELECT id, name FROM mailboxes WHERE owner = ? AND (name = ? OR name LIKE ?"
+                " ESCAPE '\\')",
+                (owner, old, _like_prefix(old + SEPARATOR)),
+            ).fetchall():
+                conn.execute(
+                    "UPDATE mailboxes SET name = ? WHERE id = ?",
+                    (new + child[len(old) :], child_id),
+                )
+            return int(source)
+
+        self.store.changes.changed([await self.db.write(job)])
+
+    async def subscribe(self, owner: str, name: str, subscribed: bool) -> None:
+        name = normalise_name(name)
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE mailboxes SET subscribed = ? WHERE id = ?",
+                (int(subscribed), _existing(conn, owner, name)),
+            )
+
+        await self.db.write(job)
+
+    # -- messages --------------------------------------------------------------------
+
+    async def append(
+        self,
+        owner: str,
+        name: str,
+        content: bytes,
+        *,
+        quota_bytes: int,
+        flags: Sequence[str] = (),
+        internal_date: int | None = None,
+    ) -> tuple[int, int]:
+        """Store *content* in a mailbox (IMAP APPEND); return (UIDVALIDITY, UID).
+
+        Encrypted and single-instance like delivered mail (the same blob store).
+        """
+        name = normalise_name(name)
+        blob_id = await trio.to_thread.run_sync(self.store.blobs.put, content)
+        content_hash = hashlib.sha256(content).hexdigest()
+        flag_text = " ".join(canonical_flags(flags))
+        now = int(time.time())
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            mailbox_id = _existing(conn, owner, name)
+            _charge(conn, owner, len(content), quota_bytes)
+            conn.execute(
+                "INSERT INTO blobs (id, size, refs) VALUES (?, ?, 1)"
+                " ON CONFLICT (id) DO UPDATE SET refs = refs + 1",
+                (blob_id, len(content)),
+            )
+            uid, modseq = _next_uid(conn, mailbox_id)
+            conn.execute(
+                "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size,"
+                " blob_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (mailbox_id, uid, modseq, flag_text, internal_date or now, len(content),
+                 blob_id, content_hash),
+            )  # fmt: skip
+            uidvalidity = conn.execute(
+                "SELECT uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()[0]
+            return mailbox_id, int(uidvalidity), uid
+
+        mailbox_id, uidvalidity, uid = await self.db.write(job)
+        self.store.changes.changed([mailbox_id])
+        return uidvalidity, uid
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Collection[int],
+        mode: FlagMode,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> StoreResult:
+        """Change flags (IMAP STORE); one new MODSEQ for everything this call changes."""
+        wanted = canonical_flags(flags)
+
+        def job(conn: sqlite3.Connection) -> StoreResult:
+            rows = _rows(conn, mailbox_id, uids, "uid, flags, modseq")
+            changed: list[tuple[int, tuple[str, ...]]] = []
+            modified: list[int] = []
+            for uid, text, modseq in rows:
+                if unchanged_since is not None and modseq > unchanged_since:
+                    modified.append(uid)  # RFC 7162 §3.1.3
+                    continue
+                current = tuple(text.split())
+                new = _apply(current, mode, wanted)
+                if {f.lower() for f in new} != {f.lower() for f in current}:
+                    changed.append((uid, new))
+            if not changed:
+                return StoreResult((), tuple(modified))
+            modseq = _bump(conn, mailbox_id)
+            conn.executemany(
+                "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                [(" ".join(new), modseq, mailbox_id, uid) for uid, new in changed],
+            )
+            return StoreResult(
+                tuple(MessageState(uid, new, modseq) for uid, new in changed), tuple(modified)
+            )
+
+        result = await self.db.write(job)
+        if result.changed:
+            self.store.changes.changed([mailbox_id])
+        return result
+
+    async def copy(
+        self, mailbox_id: int, uids: Collection[int], owner: str, destination: str,
+        *, quota_bytes: int, move: bool = False,
+    ) -> CopyResult:  # fmt: skip
+        """COPY (RFC 3501 §6.4.7) or MOVE (RFC 6851) to another mailbox of *owner*."""
+        destination = normalise_name(destination)
+
+        def job(conn: sqlite3.Connection) -> tuple[CopyResult, int]:
+            target = _existing(conn, owner, destination)
+            if target == mailbox_id:
+                raise MailboxError("CANNOT", "source and destination are the same mailbox")
+            present = [uid for (uid,) in _rows(conn, mailbox_id, uids, "uid")]
+            pairs = _copy(conn, mailbox_id, target, owner, present, check_quota=not move,
+                          quota_bytes=quota_bytes)  # fmt: skip
+            uidvalidity = conn.execute(
+                "SELECT uidvalidity FROM mailboxes WHERE id = ?", (target,)
+            ).fetchone()[0]
+            if move:
+                # Same owner on both sides: usage does not change, and every blob keeps
+                # the reference the copy just added, so nothing is freed.
+                _remove(conn, mailbox_id, owner, present, record=True, uncharge=False)
+            result = CopyResult(
+                int(uidvalidity),
+                tuple(src for src, _, _ in pairs),
+                tuple(dst for _, dst, _ in pairs),
+                tuple(present) if move else (),
+            )
+            return result, int(target)
+
+        result, target = await self.db.write(job)
+        self.store.changes.changed([target, mailbox_id] if move else [target])
+        return result
+
+    async def expunge(
+        self, mailbox_id: int, owner: str, uids: Collection[int] | None = None
+    ) -> list[int]:
+        """Remove messages flagged \\Deleted (all, or those among *uids*: UID EXPUNGE)."""
+
+        def job(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
+            scope = _all_uids(conn, mailbox_id) if uids is None else uids
+            candidates = _rows(conn, mailbox_id, scope, "uid, flags")
+            doomed = sorted(uid for uid, text in candidates if "\\deleted" in text.lower().split())
+            return doomed, _remove(conn, mailbox_id, owner, doomed, record=True)
+
+        doomed, freed = await self.db.write(job)
+        if doomed:
+            self.store.changes.changed([mailbox_id])
+        await self._delete_blobs(freed)
+        return doomed
+
+    async def _after(self, mailbox_id: int, freed: list[str]) -> None:
+        self.store.changes.changed([mailbox_id])
+        await self._delete_blobs(freed)
+
+    async def _delete_blobs(self, blob_ids: list[str]) -> None:
+        # After the commit: a crash before this leaves files no row names, which the
+        # start-up sweep removes; deleting first could lose a blob a row still needs.
+        for blob_id in blob_ids:
+            await trio.to_thread.run_sync(self.store.blobs.delete, blob_id)
+
+
+# -- jobs' building blocks (run inside a write transaction) ---------------------------
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _mailbox_id(conn: sqlite3.Connection, owner: str, name: str) -> int | None:
+    row = conn.execute(
+        "SELECT id FROM mailboxes WHERE owner = ? AND name = ?", (owner, name)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _existing(conn: sqlite3.Connection, owner: str, name: str) -> int:
+    mailbox_id = _mailbox_id(conn, owner, name)
+    if mailbox_id is None:
+        raise MailboxError("NONEXISTENT", f"no mailbox {name!r}")
+    return mailbox_id
+
+
+def _infos(conn: sqlite3.Connection, owner: str, name: str | None) -> list[MailboxInfo]:
+    rows = conn.execute(
+        "SELECT b.id, b.owner, b.name, b.special_use, b.uidvalidity, b.uidnext,"
+        " b.highestmodseq, b.subscribed, count(m.id),"
+        " coalesce(sum(instr(' ' || lower(m.flags) || ' ', ' \\seen ') = 0), 0),"
+        " coalesce(sum(m.size), 0)"
+        " FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id"
+        " WHERE b.owner = ? AND (? IS NULL OR b.name = ?)"
+        " GROUP BY b.id ORDER BY b.name = 'INBOX' DESC, b.name",
+        (owner, name, name),
+    ).fetchall()
+    return [
+        MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
+        for r in rows
+    ]
+
+
+def _states(conn: sqlite3.Connection, mailbox_id: int, since: int) -> list[MessageState]:
+    return [
+        MessageState(uid, tuple(flags.split()), modseq)
+        for uid, flags, modseq in conn.execute(
+            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND modseq > ?"
+            " ORDER BY uid",
+            (mailbox_id, since),
+        )
+    ]
+
+
+def _rows(conn: sqlite3.Connection, mailbox_id: int, uids: Collection[int] | None,
+          columns: str) -> list[tuple[Any, ...]]:  # fmt: skip
+    if uids is None:
+        return []
+    # A temporary table keeps one query for any number of UIDs (100k-message mailboxes).
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (uid INTEGER PRIMARY KEY)")
+    conn.execute("DELETE FROM wanted")
+    conn.executemany("INSERT OR IGNORE INTO wanted (uid) VALUES (?)", ((u,) for u in uids))
+    return conn.execute(
+        f"SELECT {columns} FROM messages WHERE mailbox_id = ? AND uid IN (SELECT uid FROM wanted)"  # noqa: S608 - columns are ours
+        " ORDER BY uid",
+        (mailbox_id,),
+    ).fetchall()
+
+
+def _all_uids(conn: sqlite3.Connection, mailbox_id: int) -> list[int]:
+    return [
+        int(uid)
+        for (uid,) in conn.execute(
+            "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+        )
+    ]
+
+
+def _bump(conn: sqlite3.Connection, mailbox_id: int) -> int:
+    (modseq,) = conn.execute(
+        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?"
+        " RETURNING highestmodseq",
+        (mailbox_id,),
+    ).fetchone()
+    return int(modseq)
+
+
+def _next_uid(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:
+    uid, modseq = conn.execute(
+        "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+        " WHERE id = ? RETURNING uidnext - 1, highestmodseq",
+        (mailbox_id,),
+    ).fetchone()
+    return int(uid), int(modseq)
+
+
+def _charge(
+    conn: sqlite3.Connection, owner: str, size: int, quota_bytes: int, count: int = 1
+) -> None:
+    conn.execute("INSERT OR IGNORE INTO quota_usage (owner) VALUES (?)", (owner,))
+    (used,) = conn.execute("SELECT bytes FROM quota_usage WHERE owner = ?", (owner,)).fetchone()
+    if used + size > quota_bytes:
+        raise QuotaExceeded(owner)
+    conn.execute(
+        "UPDATE quota_usage SET bytes = bytes + ?, messages = messages + ? WHERE owner = ?",
+        (size, count, owner),
+    )
+
+
+def _copy(conn: sqlite3.Connection, source: int, target: int, owner: str, uids: Sequence[int],
+          *, check_quota: bool, quota_bytes: int = 0) -> list[tuple[int, int, int]]:  # fmt: skip
+    rows = _rows(conn, source, uids, "uid, flags, internal_date, size, blob_id, message_id_digest,"
+                 " content_hash, classification, urgency")  # fmt: skip
+    pairs = []
+    for uid, flags, internal_date, size, blob_id, digest, content_hash, cls, urgency in rows:
+        new_uid, modseq = _next_uid(conn, target)
+        conn.execute(
+            "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id,"
+            " message_id_digest, content_hash, classification, urgency)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (target, new_uid, modseq, flags, internal_date, size, blob_id, digest, content_hash,
+             cls, urgency),
+        )  # fmt: skip
+        conn.execute("UPDATE blobs SET refs = refs + 1 WHERE id = ?", (blob_id,))
+        pairs.append((uid, new_uid, size))
+    if check_quota:
+        _charge(conn, owner, sum(size for *_, size in pairs), quota_bytes, len(pairs))
+    return pairs
+
+
+def _remove(conn: sqlite3.Connection, mailbox_id: int, owner: str, uids: Sequence[int], *,
+            record: bool, uncharge: bool = True) -> list[str]:  # fmt: skip
+    """Delete message rows; return blob ids whose last reference went with them.
+
+    *record*: keep the UIDs for VANISHED; *uncharge*: give the bytes back to the quota
+    (not when the same owner just got a copy, as in MOVE).
+    """
+    if not uids:
+        return []
+    rows = _rows(conn, mailbox_id, uids, "uid, size, blob_id")
+    modseq = _bump(conn, mailbox_id) if record else 0
+    conn.execute(
+        "DELETE FROM messages WHERE mailbox_id = ? AND uid IN (SELECT uid FROM wanted)",
+        (mailbox_id,),
+    )
+    if record:
+        conn.executemany(
+            "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+            [(mailbox_id, uid, modseq) for uid, _, _ in rows],
+        )
+    if uncharge:
+        conn.execute(
+            "UPDATE quota_usage SET bytes = bytes - ?, messages = messages - ? WHERE owner = ?",
+            (sum(size for _, size, _ in rows), len(rows), owner),
+        )
+    freed: list[str] = []
+    for _, _, blob_id in rows:
+        (refs,) = conn.execute(
+            "UPDATE blobs SET refs = refs - 1 WHERE id = ? RETURNING refs", (blob_id,)
+        ).fetchone()
+        if refs == 0:
+            conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
+            freed.append(blob_id)
+    return freed
+
+
+def _apply(current: tuple[str, ...], mode: FlagMode, flags: tuple[str, ...]) -> tuple[str, ...]:
+    if mode is FlagMode.REPLACE:
+        return flags
+    lowered = {f.lower() for f in flags}
+    if mode is FlagMode.ADD:
+        return canonical_flags(current + flags)
+    return tuple(f for f in current if f.lower() not in lowered)
