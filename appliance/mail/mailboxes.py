@@ -33,7 +33,14 @@ from typing import Any
 
 import trio
 
-from appliance.mail.mailstore import Mailstore, QuotaExceeded, next_uidvalidity
+from appliance.mail.mailstore import (
+    SELECT_MESSAGES,
+    Mailstore,
+    QuotaExceeded,
+    StoredMessage,
+    next_uidvalidity,
+    row_to_message,
+)
 
 #: Hierarchy separator of mailbox names (advertised by LIST).
 SEPARATOR = "/"
@@ -142,6 +149,26 @@ class Mailboxes:
     async def states(self, mailbox_id: int) -> list[MessageState]:
         """Every message's UID, flags and MODSEQ in UID order (what SELECT shows)."""
         return await self.db.read(lambda conn: _states(conn, mailbox_id, 0))
+
+    async def messages(self, mailbox_id: int, uids: Collection[int]) -> list[StoredMessage]:
+        """The stored rows of *uids* (those that still exist), in UID order."""
+
+        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+            wanted = sorted(set(uids))
+            found: list[StoredMessage] = []
+            # Chunks keep the statement under SQLite's variable limit on huge sets.
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"{SELECT_MESSAGES} WHERE m.mailbox_id = ? AND m.uid IN ({marks})"
+                    " ORDER BY m.uid",
+                    (mailbox_id, *chunk),
+                )
+                found.extend(row_to_message(row) for row in rows)
+            return found
+
+        return await self.db.read(query)
 
     async def changes_since(
         self, mailbox_id: int, modseq: int

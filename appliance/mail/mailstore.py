@@ -324,20 +324,25 @@ def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy
     return int(mailbox_id)
 
 
+#: Every StoredMessage column, in field order; callers add WHERE and ORDER BY.
+SELECT_MESSAGES = (
+    "SELECT m.id, b.owner, b.name, m.uid, b.uidvalidity, m.modseq, m.flags,"
+    " m.internal_date, m.size, m.blob_id, m.message_id_digest, m.content_hash,"
+    " m.classification, m.urgency"
+    " FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+)
+
+
 def _select_messages(conn: sqlite3.Connection, owner: str, mailbox: str) -> list[StoredMessage]:
     rows = conn.execute(
-        "SELECT m.id, b.owner, b.name, m.uid, b.uidvalidity, m.modseq, m.flags,"
-        " m.internal_date, m.size, m.blob_id, m.message_id_digest, m.content_hash,"
-        " m.classification, m.urgency"
-        " FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
-        " WHERE b.owner = ? AND b.name = ? ORDER BY m.uid",
+        f"{SELECT_MESSAGES} WHERE b.owner = ? AND b.name = ? ORDER BY m.uid",
         (owner, mailbox),
     )
-    return [_row_to_message(row) for row in rows]
+    return [row_to_message(row) for row in rows]
 
 
-def _row_to_message(row: tuple[Any, ...]) -> StoredMessage:
-    # Column order is the SELECT above; flags are stored space-separated.
+def row_to_message(row: tuple[Any, ...]) -> StoredMessage:
+    """Build a StoredMessage from a row of `SELECT_MESSAGES` (flags space-separated)."""
     values = list(row)
     values[6] = tuple(values[6].split())
     return StoredMessage(*values)

@@ -1715,6 +1715,9 @@ class ServerConnection:
             if event is not None:
                 return event
         if self.state is State.LOGOUT:
+            # Whatever else the client sent will never be read.
+            self._in.clear()
+            self._reset_command()
             return CLOSED
         if self._eof:
             self.state = State.LOGOUT
@@ -1728,7 +1731,8 @@ class ServerConnection:
             if end < 0:
                 self._scanned = len(self._in)
                 refused = None
-                if len(self._in) > limit and not self._skip_line:
+                # "+ 1": the CR of a line of exactly max_line may be all that has come.
+                if len(self._in) > limit + 1 and not self._skip_line:
                     refused = self._line_too_long(bytes(self._in[:256]))
                 if self._skip_line:
                     # Too long and no end in sight: keep only the last bytes, which may
