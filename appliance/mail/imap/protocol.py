@@ -54,10 +54,20 @@ State rules (RFC 3501 §3 and §6; the table is `_ALLOWED`):
 
 Exchanges that take over the line (RFC 3501 §6.2.2 AUTHENTICATE, RFC 2177 IDLE): after
 `Authenticate` or `Idle` is returned, the following lines belong to that exchange
-(SASL responses, or DONE) until the server ends it with `tagged()` for that tag.
+(SASL responses, or DONE) until the server ends it with `tagged()` for that tag. After
+`StartTls` nothing is parsed (`next_event()` says NEED_DATA) until `tls_started()`, or
+until the server answers NO or BAD; `tls_started()` drops the plaintext read so far.
 
-Every BAD the core sends is also returned as a `BadCommand` event, so the I/O layer can
-count errors; it must not answer it again.
+Every BAD the core sends (and the ``NO [PRIVACYREQUIRED]`` for LOGIN or AUTHENTICATE
+before TLS when ``require_tls_for_auth``) is also returned as a `BadCommand` event, so
+the I/O layer can count errors; it must not answer it again. Malformed input never
+raises; misusing the API (``tls_started()`` without STARTTLS, ``tagged(.., "MAYBE")``)
+does.
+
+Strings in commands may be atoms, quoted strings or literals; quoted strings may carry
+UTF-8 (RFC 6855 §3), and every string but a mailbox name is decoded as UTF-8 (a superset
+of the US-ASCII default), invalid UTF-8 being BAD. Mailbox names are modified UTF-7
+(RFC 3501 §5.1.3, see `mutf7`), strictly, and "INBOX" in any case is "INBOX".
 """
 
 from __future__ import annotations
@@ -101,6 +111,8 @@ class _Sentinel:
 NEED_DATA = _Sentinel("NEED_DATA")
 #: The session is over; flush the outbox and close the connection.
 CLOSED = _Sentinel("CLOSED")
+# Internal: input was consumed without an event; look again.
+_AGAIN = _Sentinel("_AGAIN")
 
 
 @dataclass(frozen=True)
@@ -202,7 +214,7 @@ class SearchText:
 
 @dataclass(frozen=True)
 class SearchHeader:
-    """HEADER field-name string."""
+    """HEADER field-name string; the field name is upper-cased."""
 
     field_name: str
     value: str
@@ -251,11 +263,15 @@ class SearchModseq:
 
 @dataclass(frozen=True)
 class SearchNot:
+    """NOT key."""
+
     key: SearchKey
 
 
 @dataclass(frozen=True)
 class SearchOr:
+    """OR key key."""
+
     left: SearchKey
     right: SearchKey
 
@@ -484,7 +500,11 @@ class Unsubscribe:
 
 @dataclass(frozen=True)
 class List:
-    """LIST, with RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE and RFC 5819 STATUS."""
+    """LIST, with RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE and RFC 5819 STATUS.
+
+    The reference and patterns are decoded from modified UTF-7 but, unlike mailbox
+    names, not INBOX-normalised: matching "inbox" against INBOX is the server's job.
+    """
 
     tag: str
     reference: str
@@ -1711,6 +1731,8 @@ class ServerConnection:
                 break
             if isinstance(line, BadCommand):
                 return line
+            if isinstance(line, _Sentinel):  # _AGAIN
+                continue
             event = self._handle_line(line)
             if event is not None:
                 return event
@@ -1724,41 +1746,40 @@ class ServerConnection:
             return CLOSED
         return NEED_DATA
 
-    def _read_line(self) -> bytes | BadCommand | None:
+    def _read_line(self) -> bytes | BadCommand | _Sentinel | None:
         limit = self.config.max_line
-        while True:
-            end = self._in.find(b"\n", self._scanned)
-            if end < 0:
-                self._scanned = len(self._in)
-                refused = None
-                # "+ 1": the CR of a line of exactly max_line may be all that has come.
-                if len(self._in) > limit + 1 and not self._skip_line:
-                    refused = self._line_too_long(bytes(self._in[:256]))
-                if self._skip_line:
-                    # Too long and no end in sight: keep only the last bytes, which may
-                    # turn out to announce a literal.
-                    self._skip_tail = (self._skip_tail + bytes(self._in))[-32:]
-                    self._in.clear()
-                    self._scanned = 0
-                return refused
-            raw = bytes(self._in[:end])
-            del self._in[: end + 1]
-            self._scanned = 0
+        end = self._in.find(b"\n", self._scanned)
+        if end < 0:
+            self._scanned = len(self._in)
+            refused = None
+            # "+ 1": the CR of a line of exactly max_line may be all that has come.
+            if len(self._in) > limit + 1 and not self._skip_line:
+                refused = self._line_too_long(bytes(self._in[:256]))
             if self._skip_line:
-                # The end of an over-long line: if it announced a literal, that is
-                # part of what is skipped.
-                tail = (self._skip_tail + raw)[-32:]
-                self._skip_line = False
-                self._skip_tail = b""
-                self._skip_literal(tail.removesuffix(b"\r"))
-                continue
-            raw = raw.removesuffix(b"\r")
-            if len(raw) > limit:
-                refused = self._line_too_long(raw[:256])
-                self._skip_line = False
-                self._skip_literal(raw[-32:])
-                return refused
-            return raw
+                # Too long and no end in sight: keep only the last bytes, which may
+                # turn out to announce a literal.
+                self._skip_tail = (self._skip_tail + bytes(self._in))[-32:]
+                self._in.clear()
+                self._scanned = 0
+            return refused
+        raw = bytes(self._in[:end])
+        del self._in[: end + 1]
+        self._scanned = 0
+        if self._skip_line:
+            # The end of an over-long line: if it announced a literal, that is
+            # part of what is skipped.
+            tail = (self._skip_tail + raw)[-32:]
+            self._skip_line = False
+            self._skip_tail = b""
+            self._skip_literal(tail.removesuffix(b"\r"))
+            return _AGAIN
+        raw = raw.removesuffix(b"\r")
+        if len(raw) > limit:
+            refused = self._line_too_long(raw[:256])
+            self._skip_line = False
+            self._skip_literal(raw[-32:])
+            return refused
+        return raw
 
     def _line_too_long(self, start: bytes) -> BadCommand:
         # Answer with the tag of the command (or exchange), if the line's start shows one.
@@ -1928,7 +1949,9 @@ class ServerConnection:
         except (binascii.Error, ValueError):
             self._mode = _Mode.COMMAND
             self._exchange_tag = None
-            return self._bad(tag, "Bad base64 in SASL response")
+            refused = self._bad(tag, "Bad base64 in SASL response")
+            self._skip_literal(line)
+            return refused
         return SaslResponse(tag, data)
 
     def _idle_line(self, line: bytes) -> Event:
@@ -1938,7 +1961,10 @@ class ServerConnection:
         self._exchange_tag = None
         if line.strip().upper() == b"DONE":
             return IdleDone(tag)
-        return self._bad(tag, "Expected DONE")
+        refused = self._bad(tag, "Expected DONE")
+        # A command sent instead of DONE may announce a LITERAL+ literal: skip it too.
+        self._skip_literal(line)
+        return refused
 
     def _bad(self, tag: str | None, text: str, code: str | None = None) -> BadCommand:
         self._send_tagged(tag, "BAD", text, code)

@@ -16,6 +16,7 @@ import trio
 from appliance.box import Box
 from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import normalise_address
+from appliance.listeners import addresses, open_listeners, peer_ip, start_tls
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
@@ -27,8 +28,6 @@ TOO_MANY_CONNECTIONS = smtp.Reply(421, "4.7.0", "Too many connections, try again
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Local error in processing, try again later")
 TEMPORARY_AUTH_FAILURE = smtp.Reply(454, "4.7.0", "Temporary authentication failure")
 
-#: Seconds a TLS handshake may take before the connection is dropped.
-TLS_HANDSHAKE_TIMEOUT = 30.0
 RECEIVE_SIZE = 64 * 1024
 
 
@@ -55,40 +54,27 @@ class SMTPService:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        config = self.box.config
-        port = config.port(self.name)
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=config.bind)
-        except OSError as exc:
-            raise OSError(exc.errno, f"{self.name} cannot listen on {config.bind}:{port}: "
-                          f"{exc.strerror}") from exc  # fmt: skip
-        task_status.started([_address(listener.socket.getsockname()) for listener in listeners])
+        listeners = await open_listeners(self.name, self.box.config)
+        task_status.started(addresses(listeners))
         await trio.serve_listeners(self.handle, listeners)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
-        try:
-            client_ip = stream.socket.getpeername()[0]  # type: ignore[attr-defined]
-        except (AttributeError, OSError):
-            client_ip = "unknown"
+        client_ip = peer_ip(stream) or "unknown"
         if self.active >= self.box.config.max_connections:
             await _refuse(stream, TOO_MANY_CONNECTIONS)
             return
         self.active += 1
         try:
             if self.port is Port.SUBMISSIONS:
-                stream = await _start_tls(stream, self.box.tls)
+                stream = await start_tls(stream, self.box.tls)
             session = SMTPSession(self, stream, client_ip)
             await session.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TLSTimeout):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TimeoutError):
             pass  # the client went away or failed TLS; nothing was promised to it
         finally:
             self.active -= 1
             await trio.aclose_forcefully(stream)
-
-
-class TLSTimeout(Exception):
-    pass
 
 
 class SMTPSession:
@@ -122,7 +108,7 @@ class SMTPSession:
                 return
             elif isinstance(event, smtp.StartTLS):
                 await self._flush()
-                self.stream = await _start_tls(self.stream, self.service.box.tls)
+                self.stream = await start_tls(self.stream, self.service.box.tls)
                 conn.tls_started()
                 self.recipients = []
             elif isinstance(event, smtp.AuthAttempt):
@@ -270,16 +256,6 @@ def _same_address(address: str) -> str | None:
         return None
 
 
-async def _start_tls(
-    stream: trio.abc.Stream, context: ssl.SSLContext
-) -> trio.SSLStream[trio.abc.Stream]:
-    tls = trio.SSLStream(stream, context, server_side=True)
-    with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
-        await tls.do_handshake()
-        return tls
-    raise TLSTimeout()
-
-
 async def _refuse(stream: trio.abc.Stream, reply: smtp.Reply) -> None:
     with trio.move_on_after(5):
         try:
@@ -287,8 +263,3 @@ async def _refuse(stream: trio.abc.Stream, reply: smtp.Reply) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     await trio.aclose_forcefully(stream)
-
-
-def _address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1299,3 +1299,10 @@ def test_imap_date_round_trips_through_append() -> None:
     event = parse(b'a APPEND INBOX "%s" {0}\r\n\r\n' % imap_date(when).encode())
     assert isinstance(event, Append)
     assert event.internal_date == when
+
+
+def test_idle_interrupted_by_command_with_literal_plus() -> None:
+    client = Client(State.SELECTED)
+    client.send(b"a IDLE\r\n")
+    events = client.send(b"b LOGIN {3+}\r\nx y\r\nc NOOP\r\n")
+    assert events == [BadCommand("a", "Expected DONE"), Noop("c")]

@@ -1,0 +1,54 @@
+"""What every TCP service of the box does the same way: bind, start TLS, name addresses.
+
+SMTP and IMAP (and later HTTPS) listeners share these so that "port in use" reads the
+same everywhere and every TLS handshake has the same deadline.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import trio
+
+from appliance.config import Config
+
+#: Seconds a client gets to finish a TLS handshake before it is dropped.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+async def open_listeners(name: str, config: Config) -> list[trio.SocketListener]:
+    """Bind service *name*'s port (with the offset); say which service failed and why."""
+    port = config.port(name)
+    try:
+        return await trio.open_tcp_listeners(port, host=config.bind)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"{name} cannot listen on {config.bind}:{port}: {exc.strerror}"
+        ) from exc
+
+
+def addresses(listeners: list[trio.SocketListener]) -> list[str]:
+    """Printable ``host:port`` (``[v6]:port``) of each listener, for `edgebox run`."""
+    out = []
+    for listener in listeners:
+        host, port = listener.socket.getsockname()[:2]
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return out
+
+
+def peer_ip(stream: trio.abc.Stream) -> str | None:
+    """The client's IP address, if the stream is a socket."""
+    try:
+        return str(stream.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return None
+
+
+async def start_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext
+) -> trio.SSLStream[trio.abc.Stream]:
+    """Wrap *stream* in server-side TLS; TimeoutError if the handshake stalls."""
+    tls = trio.SSLStream(stream, context, server_side=True)
+    with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+        await tls.do_handshake()
+    return tls

@@ -1,0 +1,138 @@
+"""The IMAP listeners: move bytes between TCP/TLS streams and the protocol core.
+
+The thin I/O layer (STYLE.md): sockets, TLS, the connection limit and the autologout
+timer live here; parsing lives in protocol.py and the meaning of commands in
+session.py. One `IMAPService` serves one port: "imap" (STARTTLS; LOGIN refused until
+TLS, RFC 3501 §6.2.3 LOGINDISABLED) or "imaps" (implicit TLS, RFC 8314).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import cast
+
+import trio
+
+from appliance.box import Box
+from appliance.listeners import addresses, open_listeners, peer_ip, start_tls
+from appliance.mail.imap import protocol as imap
+from appliance.mail.imap.session import ImapSession
+
+log = logging.getLogger("edgebox.imap")
+
+#: RFC 3501 §5.4: an inactivity autologout timer of at least 30 minutes.
+AUTOLOGOUT = 30 * 60.0
+RECEIVE_SIZE = 64 * 1024
+
+
+class IMAPService:
+    def __init__(self, box: Box, name: str) -> None:
+        if name not in ("imap", "imaps"):
+            raise ValueError(f"unknown IMAP listener {name!r}")
+        self.box = box
+        self.name = name
+        self.active = 0
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await open_listeners(self.name, self.box.config)
+        task_status.started(addresses(listeners))
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        client_ip = peer_ip(stream) or "unknown"
+        if self.active >= self.box.config.max_connections:
+            with trio.move_on_after(5):
+                try:
+                    await stream.send_all(b"* BYE too many connections, try again later\r\n")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
+        self.active += 1
+        try:
+            if self.name == "imaps":
+                stream = await start_tls(stream, self.box.tls)
+            await Connection(self, stream, client_ip).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TimeoutError):
+            pass  # the client went away or failed TLS
+        finally:
+            self.active -= 1
+            await trio.aclose_forcefully(stream)
+
+
+class Connection:
+    """Drives one client's protocol core and session."""
+
+    def __init__(self, service: IMAPService, stream: trio.abc.Stream, client_ip: str) -> None:
+        self.service = service
+        self.stream = stream
+        self.send_lock = trio.Lock()
+        self.conn = imap.ServerConnection(imap.ImapConfig(), tls_active=service.name == "imaps")
+        self.session = ImapSession(
+            conn=self.conn,
+            mailstore=service.box.mailstore,
+            authenticate=service.box.directory.authenticate,
+            flush=self.flush,
+            client_ip=client_ip,
+        )
+
+    async def flush(self) -> None:
+        async with self.send_lock:
+            out = self.conn.data_to_send()
+            if out:
+                await self.stream.send_all(out)
+
+    async def next_event(self) -> imap.Event | None:
+        """The next command, reading from the client as needed; None at the end."""
+        while True:
+            event = self.conn.next_event()
+            if event is imap.CLOSED:
+                return None
+            if event is not imap.NEED_DATA:
+                return cast(imap.Event, event)
+            await self.flush()
+            data: bytes | bytearray = b""
+            with trio.move_on_after(AUTOLOGOUT) as timer:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if timer.cancelled_caught:
+                self.conn.bye("autologout: idle for too long")
+                return None
+            self.conn.receive_data(data)
+
+    async def run(self) -> None:
+        self.conn.untagged(f"OK [CAPABILITY {self.session.capability()}] edgebox IMAP ready")
+        while True:
+            event = await self.next_event()
+            if event is None:
+                await self.flush()
+                return
+            if isinstance(event, imap.BadCommand):
+                continue  # the core has answered it
+            if isinstance(event, imap.StartTls):
+                self.conn.tagged(event.tag, "OK", "begin TLS negotiation now")
+                await self.flush()
+                self.stream = await start_tls(self.stream, self.service.box.tls)
+                self.conn.tls_started()
+                continue
+            if isinstance(event, imap.Idle):
+                await self._idle(event)
+                continue
+            await self.session.handle(event)
+            if isinstance(event, imap.Logout):
+                await self.flush()
+                return
+
+    async def _idle(self, command: imap.Idle) -> None:
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.session.idle, command, done)
+            event = await self.next_event()
+            done.set()
+        if event is None:
+            return
+        # DONE (or anything else, which the core answered BAD) ends IDLE.
+        await self.session.report_changes(expunges=True)
+        self.conn.tagged(command.tag, "OK", "IDLE terminated")

@@ -1,0 +1,802 @@
+"""One IMAP client's session: answer the protocol core's commands from the mail store.
+
+The core (protocol.py) has parsed and state-checked every command; this module decides
+what each one does to whose mailboxes, and keeps the client's view of the selected
+mailbox true (RFC 3501 §5.2, §7.4.1):
+
+- The session holds the selected mailbox's UIDs in sequence order, with the flags and
+  MODSEQ it last told the client. After every command it asks the store what changed
+  since that MODSEQ and reports new messages (EXISTS), flag changes (FETCH) and
+  expunges (EXPUNGE, or VANISHED once QRESYNC is enabled) — made by this session,
+  another session, or SMTP delivery.
+- EXPUNGE responses are held back during FETCH, STORE and SEARCH (RFC 3501 §7.4.1:
+  sequence numbers must not shift under a client's feet); UID commands may get them.
+- IDLE (RFC 2177) waits on the store's change feed, so a new message reaches an idling
+  client within moments of its commit.
+
+What this is not: socket handling (server.py) or parsing (protocol.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from appliance.directory import User
+from appliance.mail.imap import mime
+from appliance.mail.imap import protocol as imap
+from appliance.mail.mailboxes import (
+    SEPARATOR,
+    FlagMode,
+    MailboxError,
+    Mailboxes,
+    MailboxInfo,
+    MessageState,
+)
+from appliance.mail.mailstore import Mailstore, QuotaExceeded, StoredMessage
+
+log = logging.getLogger("edgebox.imap")
+
+#: What every session offers once authenticated (RFC 3501 §6.1.1). Only what works.
+CAPABILITIES = (
+    "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
+    " SPECIAL-USE CHILDREN CONDSTORE QRESYNC QUOTA"
+)
+#: Flags clients may set (RFC 3501 §7.2.6); "\\*" says keywords may be created.
+PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
+FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
+#: FETCH responses are sent in batches of this many, so a 100k-message
+#: `UID FETCH 1:* (FLAGS)` streams instead of building one huge reply.
+FETCH_BATCH = 500
+
+
+@dataclass
+class Selected:
+    """The client's view of its selected mailbox."""
+
+    info: MailboxInfo
+    readonly: bool
+    #: UIDs in sequence-number order: message n is uids[n - 1].
+    uids: list[int] = field(default_factory=list)
+    states: dict[int, MessageState] = field(default_factory=dict)
+    #: Everything up to this MODSEQ has been reported to the client.
+    modseq: int = 0
+
+    def seq_of(self, uid: int) -> int:
+        # Binary search: uids are ascending.
+        lo, hi = 0, len(self.uids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.uids[mid] < uid:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo + 1
+
+
+class ImapSession:
+    """Answers commands for one connection; the server feeds it events."""
+
+    def __init__(
+        self,
+        *,
+        conn: imap.ServerConnection,
+        mailstore: Mailstore,
+        authenticate: Callable[[str, str], Awaitable[User | None]],
+        flush: Callable[[], Awaitable[None]],
+        client_ip: str,
+    ) -> None:
+        self.conn = conn
+        self.store = mailstore
+        self.mailboxes = Mailboxes(mailstore)
+        self._authenticate = authenticate
+        self.flush = flush
+        self.client_ip = client_ip
+        self.user: User | None = None
+        self.selected: Selected | None = None
+        #: RFC 5161 ENABLE: CONDSTORE turns on MODSEQ in FETCH; QRESYNC also VANISHED.
+        self.condstore = False
+        self.qresync = False
+        self._sasl_tag: str | None = None
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def handle(self, command: imap.Command) -> None:
+        """Answer one command completely (untagged data, then the tagged reply)."""
+        handler = getattr(self, f"_on_{type(command).__name__.lower()}", None)
+        if handler is None:
+            self.conn.tagged(command.tag, "BAD", "command not supported")
+            return
+        try:
+            await handler(command)
+        except MailboxError as exc:
+            self.conn.tagged(command.tag, "NO", str(exc), code=exc.code)
+        except QuotaExceeded:
+            self.conn.tagged(command.tag, "NO", "mailbox quota exceeded", code="OVERQUOTA")
+
+    def capability(self) -> str:
+        extra = "" if self.conn.tls_active else " STARTTLS LOGINDISABLED"
+        auth = " AUTH=PLAIN" if self.conn.tls_active else ""
+        return CAPABILITIES + extra + auth
+
+    # -- any state -------------------------------------------------------------------
+
+    async def _on_capability(self, cmd: imap.Capability) -> None:
+        self.conn.untagged(f"CAPABILITY {self.capability()}")
+        self.conn.tagged(cmd.tag, "OK", "CAPABILITY completed")
+
+    async def _on_noop(self, cmd: imap.Noop | imap.Check) -> None:
+        await self.report_changes(expunges=True)
+        self.conn.tagged(cmd.tag, "OK", f"{type(cmd).__name__.upper()} completed")
+
+    _on_check = _on_noop
+
+    async def _on_logout(self, cmd: imap.Logout) -> None:
+        self.conn.untagged("BYE edgebox logging out")
+        self.conn.tagged(cmd.tag, "OK", "LOGOUT completed")
+
+    async def _on_id(self, cmd: imap.Id) -> None:
+        # RFC 2971: say who we are, nothing that helps an attacker fingerprint versions.
+        self.conn.untagged('ID ("name" "edgebox")')
+        self.conn.tagged(cmd.tag, "OK", "ID completed")
+
+    # -- authentication --------------------------------------------------------------
+
+    async def _on_login(self, cmd: imap.Login) -> None:
+        await self._sign_in(cmd.tag, cmd.user, cmd.password, authzid="")
+
+    async def _on_authenticate(self, cmd: imap.Authenticate) -> None:
+        if cmd.mechanism.upper() != "PLAIN":
+            self.conn.tagged(cmd.tag, "NO", "only AUTHENTICATE PLAIN is offered")
+            return
+        if cmd.initial_response is None:
+            self._sasl_tag = cmd.tag
+            self.conn.continuation("")
+            return
+        await self._plain(cmd.tag, cmd.initial_response)
+
+    async def _on_saslresponse(self, cmd: imap.SaslResponse) -> None:
+        self._sasl_tag = None
+        if cmd.data is None:
+            self.conn.tagged(cmd.tag, "BAD", "authentication cancelled")
+            return
+        await self._plain(cmd.tag, cmd.data)
+
+    async def _plain(self, tag: str, response: bytes) -> None:
+        # RFC 4616 §2: [authzid] NUL authcid NUL passwd
+        parts = response.split(b"\0")
+        try:
+            authzid, authcid, password = (part.decode("utf-8") for part in parts)
+        except (ValueError, UnicodeDecodeError):
+            self.conn.tagged(tag, "BAD", "malformed PLAIN response")
+            return
+        await self._sign_in(tag, authcid, password, authzid=authzid)
+
+    async def _sign_in(self, tag: str, user: str, password: str, *, authzid: str) -> None:
+        found = await self._authenticate(user, password)
+        if found is None:
+            log.warning("imap auth failed user=%r ip=%s", user[:320], self.client_ip)
+            self.conn.tagged(tag, "NO", "authentication failed", code="AUTHENTICATIONFAILED")
+            return
+        if authzid and authzid.lower() != found.address:
+            # Acting for another user is for the sync service account (a later issue).
+            self.conn.tagged(
+                tag, "NO", "not allowed to act for that user", code="AUTHORIZATIONFAILED"
+            )
+            return
+        self.user = found
+        self.conn.authenticated()
+        log.info("imap login user=%s ip=%s", found.address, self.client_ip)
+        self.conn.tagged(tag, "OK", f"[CAPABILITY {self.capability()}] logged in")
+
+    # -- authenticated state ---------------------------------------------------------
+
+    @property
+    def owner(self) -> str:
+        assert self.user is not None
+        return self.user.address
+
+    async def _on_enable(self, cmd: imap.Enable) -> None:
+        enabled = []
+        for name in cmd.capabilities:
+            if name.upper() in ("CONDSTORE", "QRESYNC"):
+                self.condstore = True
+                self.qresync = self.qresync or name.upper() == "QRESYNC"
+                enabled.append(name.upper())
+        self.conn.untagged("ENABLED" + "".join(f" {n}" for n in enabled))
+        self.conn.tagged(cmd.tag, "OK", "ENABLE completed")
+
+    async def _on_namespace(self, cmd: imap.Namespace) -> None:
+        self.conn.untagged(f'NAMESPACE (("" "{SEPARATOR}")) NIL NIL')
+        self.conn.tagged(cmd.tag, "OK", "NAMESPACE completed")
+
+    async def _on_create(self, cmd: imap.Create) -> None:
+        use = cmd.special_use[0] if cmd.special_use else None
+        await self.mailboxes.create(self.owner, cmd.mailbox, use)
+        self.conn.tagged(cmd.tag, "OK", "CREATE completed")
+
+    async def _on_delete(self, cmd: imap.Delete) -> None:
+        await self.mailboxes.delete(self.owner, cmd.mailbox)
+        self.conn.tagged(cmd.tag, "OK", "DELETE completed")
+
+    async def _on_rename(self, cmd: imap.Rename) -> None:
+        await self.mailboxes.rename(self.owner, cmd.mailbox, cmd.new_name)
+        self.conn.tagged(cmd.tag, "OK", "RENAME completed")
+
+    async def _on_subscribe(self, cmd: imap.Subscribe | imap.Unsubscribe) -> None:
+        await self.mailboxes.subscribe(self.owner, cmd.mailbox, isinstance(cmd, imap.Subscribe))
+        self.conn.tagged(cmd.tag, "OK", f"{type(cmd).__name__.upper()} completed")
+
+    _on_unsubscribe = _on_subscribe
+
+    async def _on_list(self, cmd: imap.List | imap.Lsub) -> None:
+        patterns = cmd.patterns if isinstance(cmd, imap.List) else (cmd.pattern,)
+        selection = tuple(s.upper() for s in getattr(cmd, "selection", ()))
+        lsub = isinstance(cmd, imap.Lsub) or "SUBSCRIBED" in selection
+        if patterns == ("",):
+            # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and root.
+            self.conn.untagged(f'LIST (\\Noselect) "{SEPARATOR}" ""')
+            self.conn.tagged(cmd.tag, "OK", "LIST completed")
+            return
+        boxes = await self.mailboxes.of(self.owner)
+        names = {box.name for box in boxes}
+        matchers = [_pattern(cmd.reference + p) for p in patterns]
+        verb = "LSUB" if isinstance(cmd, imap.Lsub) else "LIST"
+        for box in boxes:
+            if not any(m(box.name) for m in matchers) or (lsub and not box.subscribed):
+                continue
+            if "SPECIAL-USE" in selection and not box.special_use:
+                continue
+            children = any(n.startswith(box.name + SEPARATOR) for n in names)
+            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
+            if box.special_use:
+                attrs.append(box.special_use)
+            if lsub and verb == "LIST":
+                attrs.append("\\Subscribed")
+            name = imap.mailbox_name(box.name)
+            self.conn.untagged(f'{verb} ({" ".join(attrs)}) "{SEPARATOR}" '.encode() + name)
+        self.conn.tagged(cmd.tag, "OK", f"{verb} completed")
+
+    _on_lsub = _on_list
+
+    async def _on_status(self, cmd: imap.Status) -> None:
+        box = await self.mailboxes.get(self.owner, cmd.mailbox)
+        values = {
+            "MESSAGES": box.messages,
+            "RECENT": 0,
+            "UIDNEXT": box.uidnext,
+            "UIDVALIDITY": box.uidvalidity,
+            "UNSEEN": box.unseen,
+            "HIGHESTMODSEQ": box.highestmodseq,
+            "SIZE": box.size,
+        }
+        items = " ".join(
+            f"{i.upper()} {values[i.upper()]}" for i in cmd.items if i.upper() in values
+        )
+        self.conn.untagged(b"STATUS " + imap.mailbox_name(box.name) + f" ({items})".encode())
+        self.conn.tagged(cmd.tag, "OK", "STATUS completed")
+
+    async def _on_getquotaroot(self, cmd: imap.GetQuotaRoot) -> None:
+        await self.mailboxes.get(self.owner, cmd.mailbox)
+        self.conn.untagged(b"QUOTAROOT " + imap.mailbox_name(cmd.mailbox) + b' ""')
+        await self._quota()
+        self.conn.tagged(cmd.tag, "OK", "GETQUOTAROOT completed")
+
+    async def _on_getquota(self, cmd: imap.GetQuota) -> None:
+        if cmd.root != "":
+            self.conn.tagged(cmd.tag, "NO", "no such quota root", code="NONEXISTENT")
+            return
+        await self._quota()
+        self.conn.tagged(cmd.tag, "OK", "GETQUOTA completed")
+
+    async def _quota(self) -> None:
+        # RFC 9208 §5.1: STORAGE is in units of 1024 octets; one root per user.
+        assert self.user is not None
+        used = await self.store.usage(self.owner)
+        self.conn.untagged(f'QUOTA "" (STORAGE {used // 1024} {self.user.quota_bytes // 1024})')
+
+    async def _on_append(self, cmd: imap.Append) -> None:
+        assert self.user is not None
+        when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
+        uidvalidity, uid = await self.mailboxes.append(
+            self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
+            flags=cmd.flags, internal_date=when,
+        )  # fmt: skip
+        await self.report_changes(expunges=True)
+        self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
+
+    # -- selecting -------------------------------------------------------------------
+
+    async def _on_select(self, cmd: imap.Select) -> None:
+        self._unselect()
+        if cmd.qresync is not None and not self.qresync:
+            self.conn.tagged(cmd.tag, "BAD", "ENABLE QRESYNC first")
+            return
+        box = await self.mailboxes.get(self.owner, cmd.mailbox)
+        if cmd.condstore or cmd.qresync:
+            self.condstore = True
+        states = await self.mailboxes.states(box.id)
+        selected = Selected(box, cmd.readonly, [s.uid for s in states],
+                            {s.uid: s for s in states}, box.highestmodseq)  # fmt: skip
+        self.conn.untagged(f"FLAGS {FLAGS}")
+        self.conn.untagged(f"{len(states)} EXISTS")
+        self.conn.untagged("0 RECENT")
+        self.conn.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
+        self.conn.untagged(f"OK [UIDNEXT {box.uidnext}] predicted next UID")
+        self.conn.untagged(f"OK [PERMANENTFLAGS {'()' if cmd.readonly else PERMANENT_FLAGS}] flags")
+        self.conn.untagged(f"OK [HIGHESTMODSEQ {box.highestmodseq}] highest")
+        if cmd.qresync is not None and cmd.qresync.uidvalidity == box.uidvalidity:
+            await self._qresync(selected, cmd.qresync)
+        self.selected = selected
+        self.conn.selected()
+        mode = "READ-ONLY" if cmd.readonly else "READ-WRITE"
+        self.conn.tagged(cmd.tag, "OK", f"{'EXAMINE' if cmd.readonly else 'SELECT'} completed",
+                         code=mode)  # fmt: skip
+
+    async def _qresync(self, selected: Selected, params: imap.QresyncParams) -> None:
+        # RFC 7162 §3.2.5: what vanished since the client's MODSEQ, then what changed.
+        changed, vanished = await self.mailboxes.changes_since(selected.info.id, params.modseq)
+        if params.known_uids is not None:
+            top = max(selected.uids, default=0)
+            vanished = [u for u in vanished if params.known_uids.contains(u, top)]
+        if vanished:
+            self.conn.untagged(f"VANISHED (EARLIER) {imap.encode_uid_set(vanished)}")
+        for state in changed:
+            seq = selected.seq_of(state.uid)
+            self.conn.untagged(f"{seq} FETCH (UID {state.uid} FLAGS {imap.flag_list(state.flags)}"
+                               f" MODSEQ ({state.modseq}))")  # fmt: skip
+
+    def _unselect(self) -> None:
+        if self.selected is not None:
+            self.selected = None
+            self.conn.unselected()
+
+    async def _on_close(self, cmd: imap.Close) -> None:
+        selected = self._require_selected()
+        if not selected.readonly:
+            # RFC 3501 §6.4.2: CLOSE expunges silently.
+            await self.mailboxes.expunge(selected.info.id, self.owner)
+        self._unselect()
+        self.conn.tagged(cmd.tag, "OK", "CLOSE completed")
+
+    async def _on_unselect(self, cmd: imap.Unselect) -> None:
+        self._unselect()
+        self.conn.tagged(cmd.tag, "OK", "UNSELECT completed")
+
+    def _require_selected(self) -> Selected:
+        assert self.selected is not None, "the core only passes SELECTED-state commands"
+        return self.selected
+
+    # -- selected state --------------------------------------------------------------
+
+    async def _on_expunge(self, cmd: imap.Expunge | imap.UidExpunge) -> None:
+        selected = self._require_selected()
+        if selected.readonly:
+            self.conn.tagged(cmd.tag, "NO", "mailbox is read-only", code="READ-ONLY")
+            return
+        uids = None
+        if isinstance(cmd, imap.UidExpunge):
+            uids = _uids_in(cmd.sequence_set, selected, uid=True)
+        await self.mailboxes.expunge(selected.info.id, self.owner, uids)
+        await self.report_changes(expunges=True)
+        self.conn.tagged(cmd.tag, "OK", "EXPUNGE completed")
+
+    _on_uidexpunge = _on_expunge
+
+    async def _on_store(self, cmd: imap.Store) -> None:
+        selected = self._require_selected()
+        if selected.readonly:
+            self.conn.tagged(cmd.tag, "NO", "mailbox is read-only", code="READ-ONLY")
+            return
+        uids = _uids_in(cmd.sequence_set, selected, uid=cmd.uid)
+        mode = {imap.StoreMode.ADD: FlagMode.ADD, imap.StoreMode.REMOVE: FlagMode.REMOVE,
+                imap.StoreMode.REPLACE: FlagMode.REPLACE}[cmd.mode]  # fmt: skip
+        result = await self.mailboxes.store_flags(selected.info.id, uids, mode, cmd.flags,
+                                                  cmd.unchanged_since)  # fmt: skip
+        if cmd.unchanged_since is not None:
+            self.condstore = True
+        silent = {s.uid for s in result.changed} if cmd.silent else set()
+        # Report our own change like anyone's, except what SILENT asked us to keep quiet
+        # (RFC 7162 §3.1.3 still wants MODSEQ for silent stores under CONDSTORE).
+        await self.report_changes(expunges=cmd.uid, quiet=set() if self.condstore else silent)
+        code = None
+        if result.modified:
+            # RFC 7162 §3.1.3: MODIFIED names UIDs for UID STORE, sequence numbers otherwise.
+            numbers = result.modified if cmd.uid else [selected.seq_of(u) for u in result.modified]
+            code = f"MODIFIED {imap.encode_uid_set(numbers)}"
+        self.conn.tagged(cmd.tag, "OK", "STORE completed", code=code)
+
+    async def _on_copy(self, cmd: imap.Copy | imap.Move) -> None:
+        assert self.user is not None
+        selected = self._require_selected()
+        move = isinstance(cmd, imap.Move)
+        if move and selected.readonly:
+            self.conn.tagged(cmd.tag, "NO", "mailbox is read-only", code="READ-ONLY")
+            return
+        uids = _uids_in(cmd.sequence_set, selected, uid=cmd.uid)
+        try:
+            result = await self.mailboxes.copy(
+                selected.info.id, uids, self.owner, cmd.mailbox,
+                quota_bytes=self.user.quota_bytes, move=move,
+            )  # fmt: skip
+        except MailboxError as exc:
+            if exc.code == "NONEXISTENT":
+                exc.code = "TRYCREATE"  # RFC 3501 §6.4.7
+            raise
+        copyuid = None
+        if result.source_uids:
+            copyuid = (f"COPYUID {result.uidvalidity} {imap.encode_uid_set(result.source_uids)}"
+                       f" {imap.encode_uid_set(result.destination_uids)}")  # fmt: skip
+        if move:
+            # RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
+            if copyuid:
+                self.conn.untagged(f"OK [{copyuid}] moved")
+            await self.report_changes(expunges=True)
+            self.conn.tagged(cmd.tag, "OK", "MOVE completed")
+        else:
+            await self.report_changes(expunges=cmd.uid)
+            self.conn.tagged(cmd.tag, "OK", "COPY completed", code=copyuid)
+
+    _on_move = _on_copy
+
+    async def _on_fetch(self, cmd: imap.Fetch) -> None:
+        selected = self._require_selected()
+        uids = _uids_in(cmd.sequence_set, selected, uid=cmd.uid)
+        items = list(cmd.items)
+        if cmd.uid and imap.FetchAttr("UID") not in items:
+            items.insert(0, imap.FetchAttr("UID"))
+        if cmd.changed_since is not None:
+            self.condstore = True
+            uids = [u for u in uids if selected.states[u].modseq > cmd.changed_since]
+            if cmd.vanished:
+                # RFC 7162 §3.2.6: UID FETCH ... (CHANGEDSINCE n VANISHED)
+                _, gone = await self.mailboxes.changes_since(selected.info.id, cmd.changed_since)
+                within = [
+                    u for u in gone if cmd.sequence_set.contains(u, max(selected.uids, default=0))
+                ]
+                if within:
+                    self.conn.untagged(f"VANISHED (EARLIER) {imap.encode_uid_set(within)}")
+        if self.condstore and imap.FetchAttr("MODSEQ") not in items:
+            items.append(imap.FetchAttr("MODSEQ"))
+        needs_row = any(not (isinstance(i, imap.FetchAttr) and i.name in ("UID", "FLAGS", "MODSEQ"))
+                        for i in items)  # fmt: skip
+        marks_seen = not selected.readonly and any(
+            (isinstance(i, imap.FetchBody) and not i.peek)
+            or (isinstance(i, imap.FetchAttr) and i.name in ("RFC822", "RFC822.TEXT"))
+            for i in items
+        )
+        if marks_seen:
+            # RFC 3501 §6.4.5: BODY[] sets \Seen; the new FLAGS go in the same response.
+            unseen = [u for u in uids if not _has(selected.states[u], "\\seen")]
+            if unseen:
+                result = await self.mailboxes.store_flags(
+                    selected.info.id, unseen, FlagMode.ADD, ["\\Seen"]
+                )
+                for state in result.changed:
+                    selected.states[state.uid] = state
+                if imap.FetchAttr("FLAGS") not in items:
+                    items.append(imap.FetchAttr("FLAGS"))
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start : start + FETCH_BATCH]
+            rows = (
+                {m.uid: m for m in await self.mailboxes.messages(selected.info.id, batch)}
+                if needs_row
+                else {}
+            )
+            for uid in batch:
+                if needs_row and uid not in rows:
+                    continue  # expunged by someone else since; reported later
+                line = await self._fetch_line(selected, uid, items, rows.get(uid))
+                self.conn.untagged(line)
+            await self.flush()
+        await self.report_changes(expunges=cmd.uid)
+        self.conn.tagged(cmd.tag, "OK", "FETCH completed")
+
+    async def _fetch_line(self, selected: Selected, uid: int, items: Sequence[imap.FetchItem],
+                          row: StoredMessage | None) -> bytes:  # fmt: skip
+        state = selected.states[uid]
+        content: bytes | None = None
+        tree: mime.Part | None = None
+        parts: list[bytes] = []
+
+        async def load() -> tuple[bytes, mime.Part]:
+            nonlocal content, tree
+            if content is None:
+                assert row is not None
+                content = await self.store.content(row)
+                tree = mime.parse(content)
+            assert tree is not None
+            return content, tree
+
+        for item in items:
+            if isinstance(item, imap.FetchAttr):
+                name = item.name
+                if name == "UID":
+                    parts.append(f"UID {uid}".encode())
+                elif name == "FLAGS":
+                    parts.append(f"FLAGS {imap.flag_list(state.flags)}".encode())
+                elif name == "MODSEQ":
+                    parts.append(f"MODSEQ ({state.modseq})".encode())
+                elif name == "INTERNALDATE":
+                    assert row is not None
+                    when = dt.datetime.fromtimestamp(row.internal_date, dt.UTC)
+                    parts.append(f'INTERNALDATE "{imap.imap_date(when)}"'.encode())
+                elif name == "RFC822.SIZE":
+                    assert row is not None
+                    parts.append(f"RFC822.SIZE {row.size}".encode())
+                elif name == "ENVELOPE":
+                    data, _ = await load()
+                    parts.append(b"ENVELOPE " + mime.serialize(mime.envelope(data)))
+                elif name in ("BODY", "BODYSTRUCTURE"):
+                    _, root = await load()
+                    structure = mime.bodystructure(root, extended=name == "BODYSTRUCTURE")
+                    parts.append(name.encode() + b" " + mime.serialize(structure))
+                elif name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
+                    data, root = await load()
+                    text = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
+                    body = mime.section(data, mime.SectionSpec((), text), root)
+                    parts.append(name.encode() + b" " + _literal(body))
+            else:
+                data, root = await load()
+                spec = mime.SectionSpec(item.section.part, item.section.text, item.section.fields)
+                body = mime.section(data, spec, root)
+                label = _section_label(item.section)
+                if item.partial is not None:
+                    origin, length = item.partial
+                    body = mime.partial(body, origin, length)
+                    label += f"<{origin}>"
+                parts.append(f"BODY[{label}] ".encode() + _literal(body))
+        return f"{selected.seq_of(uid)} FETCH (".encode() + b" ".join(parts) + b")"
+
+    async def _on_search(self, cmd: imap.Search) -> None:
+        selected = self._require_selected()
+        matcher = _Matcher(self, selected, cmd.criteria)
+        found = [uid for uid in list(selected.uids) if await matcher.matches(uid)]
+        numbers = found if cmd.uid else [selected.seq_of(u) for u in found]
+        result = "SEARCH" + "".join(f" {n}" for n in numbers)
+        if matcher.uses_modseq and found:
+            result += f" (MODSEQ {max(selected.states[u].modseq for u in found)})"
+        self.conn.untagged(result)
+        await self.report_changes(expunges=cmd.uid)
+        self.conn.tagged(cmd.tag, "OK", "SEARCH completed")
+
+    # -- IDLE ------------------------------------------------------------------------
+
+    async def idle(self, cmd: imap.Idle, done: trio.Event) -> None:
+        """Report changes as they happen until *done* is set (RFC 2177)."""
+        selected = self.selected
+        self.conn.continuation("idling")
+        await self.flush()
+        if selected is None:
+            await done.wait()
+            return
+        while not done.is_set():
+            watch = self.store.changes.watch(selected.info.id)
+            await self.report_changes(expunges=True)
+            await self.flush()
+            with trio.move_on_after(60):  # also look now and then for other processes
+                async with trio.open_nursery() as nursery:
+
+                    async def stop_on(event: trio.Event) -> None:
+                        await event.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(stop_on, watch)
+                    nursery.start_soon(stop_on, done)
+
+    # -- keeping the client's view true ----------------------------------------------
+
+    async def report_changes(self, *, expunges: bool, quiet: Iterable[int] = ()) -> None:
+        """Tell the client what changed since it last heard (RFC 3501 §7.4.1, RFC 7162)."""
+        selected = self.selected
+        if selected is None:
+            return
+        changed, vanished = await self.mailboxes.changes_since(selected.info.id, selected.modseq)
+        quiet_set = set(quiet)
+        gone = [u for u in vanished if u in selected.states]
+        if gone and expunges:
+            if self.qresync:
+                self.conn.untagged(f"VANISHED {imap.encode_uid_set(gone)}")
+            for uid in sorted(gone, reverse=True):
+                seq = selected.seq_of(uid)
+                if not self.qresync:
+                    self.conn.untagged(f"{seq} EXPUNGE")
+                del selected.uids[seq - 1]
+                del selected.states[uid]
+        new = [
+            s
+            for s in changed
+            if s.uid not in selected.states and s.uid > max(selected.uids, default=0)
+        ]
+        for state in new:
+            selected.uids.append(state.uid)
+            selected.states[state.uid] = state
+        if new:
+            self.conn.untagged(f"{len(selected.uids)} EXISTS")
+        for state in changed:
+            if state in new or state.uid not in selected.states:
+                continue
+            before = selected.states[state.uid]
+            selected.states[state.uid] = state
+            if state.uid in quiet_set or (before.flags == state.flags and not self.condstore):
+                continue
+            if before == state:
+                continue
+            modseq = f" MODSEQ ({state.modseq})" if self.condstore else ""
+            self.conn.untagged(f"{selected.seq_of(state.uid)} FETCH (UID {state.uid}"
+                               f" FLAGS {imap.flag_list(state.flags)}{modseq})")  # fmt: skip
+        # Expunges held back must be found again next time: then the mark stays put.
+        # Flag changes seen now are not repeated, as their state equals ours.
+        if expunges or not gone:
+            selected.modseq = max([selected.modseq] + [s.modseq for s in changed])
+
+
+class _Matcher:
+    """Evaluates a SEARCH key tree for one message at a time (RFC 3501 §6.4.4)."""
+
+    def __init__(self, session: ImapSession, selected: Selected, criteria: imap.SearchKey) -> None:
+        self.session = session
+        self.selected = selected
+        self.criteria = criteria
+        self.uses_modseq = _uses(criteria, imap.SearchModseq)
+        self._rows: dict[int, StoredMessage] = {}
+
+    async def matches(self, uid: int) -> bool:
+        return await self._eval(self.criteria, uid)
+
+    async def _row(self, uid: int) -> StoredMessage | None:
+        if uid not in self._rows:
+            rows = await self.session.mailboxes.messages(self.selected.info.id, [uid])
+            if not rows:
+                return None
+            self._rows[uid] = rows[0]
+        return self._rows[uid]
+
+    async def _eval(self, key: imap.SearchKey, uid: int) -> bool:
+        selected = self.selected
+        state = selected.states[uid]
+        flags = {f.lower() for f in state.flags}
+        if isinstance(key, imap.SearchAnd):
+            for sub in key.keys:
+                if not await self._eval(sub, uid):
+                    return False
+            return True
+        if isinstance(key, imap.SearchOr):
+            return await self._eval(key.left, uid) or await self._eval(key.right, uid)
+        if isinstance(key, imap.SearchNot):
+            return not await self._eval(key.key, uid)
+        if isinstance(key, imap.SearchFlag):
+            return _flag_matches(key.name.upper(), flags)
+        if isinstance(key, imap.SearchKeyword):
+            return (key.flag.lower() in flags) == (key.name.upper() == "KEYWORD")
+        if isinstance(key, imap.SearchSequence):
+            top = max(selected.uids, default=0) if key.uid else len(selected.uids)
+            number = uid if key.uid else selected.seq_of(uid)
+            return key.sequence_set.contains(number, top)
+        if isinstance(key, imap.SearchModseq):
+            return state.modseq >= key.modseq
+        row = await self._row(uid)
+        if row is None:
+            return False
+        if isinstance(key, imap.SearchSize):
+            return row.size > key.size if key.name.upper() == "LARGER" else row.size < key.size
+        relation = key.name.upper().removeprefix("SENT") if isinstance(key, imap.SearchDate) else ""
+        if isinstance(key, imap.SearchDate) and not key.name.upper().startswith("SENT"):
+            day = dt.datetime.fromtimestamp(row.internal_date, dt.UTC).date()
+            return _compare_day(day, key.date, relation)
+        content = await self.session.store.content(row)
+        if isinstance(key, imap.SearchDate):
+            sent = _sent_date(content)
+            return sent is not None and _compare_day(sent, key.date, relation)
+        if isinstance(key, imap.SearchHeader):
+            return _header_contains(content, key.field_name, key.value)
+        if isinstance(key, imap.SearchText):
+            where = key.name.upper()
+            if where in ("SUBJECT", "FROM", "TO", "CC", "BCC"):
+                return _header_contains(content, where, key.value)
+            wanted = key.value.casefold()
+            if wanted in mime.body_text_for_search(content).casefold():
+                return True
+            return where == "TEXT" and wanted in mime.header_text_for_search(content).casefold()
+        return False
+
+
+def _flag_matches(name: str, flags: set[str]) -> bool:
+    """SEARCH flag keys (RFC 3501 §6.4.4); this box never reports \\Recent."""
+    if name in ("ALL", "OLD"):
+        return True
+    if name in ("NEW", "RECENT"):
+        return False
+    negated = name.startswith("UN")
+    return (f"\\{name.removeprefix('UN').lower()}" in flags) != negated
+
+
+def _header_contains(content: bytes, field_name: str, value: str) -> bool:
+    """HEADER/FROM/SUBJECT...: a case-insensitive substring of a decoded field."""
+    wanted = value.casefold()
+    return any(
+        name.lower() == field_name.lower() and wanted in text.casefold()
+        for name, text in mime.decoded_headers(content)
+    )
+
+
+def _has(state: MessageState, flag: str) -> bool:
+    return flag in {f.lower() for f in state.flags}
+
+
+def _uses(key: imap.SearchKey, kind: type) -> bool:
+    if isinstance(key, kind):
+        return True
+    if isinstance(key, imap.SearchAnd):
+        return any(_uses(k, kind) for k in key.keys)
+    if isinstance(key, imap.SearchOr):
+        return _uses(key.left, kind) or _uses(key.right, kind)
+    if isinstance(key, imap.SearchNot):
+        return _uses(key.key, kind)
+    return False
+
+
+def _compare_day(day: dt.date, when: dt.date, relation: str) -> bool:
+    return {"BEFORE": day < when, "ON": day == when, "SINCE": day >= when}[relation.upper()]
+
+
+def _sent_date(content: bytes) -> dt.date | None:
+    from email.utils import parsedate_to_datetime
+
+    for name, value in mime.decoded_headers(content):
+        if name.lower() == "date":
+            try:
+                return parsedate_to_datetime(value).date()
+            except (TypeError, ValueError, IndexError):
+                return None
+    return None
+
+
+def _uids_in(sequence_set: imap.SequenceSet, selected: Selected, *, uid: bool) -> list[int]:
+    """Resolve a sequence set to existing UIDs (RFC 3501 §6.4.8 for UID sets)."""
+    if uid:
+        top = max(selected.uids, default=0)
+        return [u for u in selected.uids if sequence_set.contains(u, top)]
+    count = len(selected.uids)
+    result: list[int] = []
+    for numbers in sequence_set.resolve(count):
+        result.extend(selected.uids[n - 1] for n in numbers if n <= count)
+    return result
+
+
+def _pattern(pattern: str) -> Callable[[str], bool]:
+    """LIST wildcards (RFC 3501 §6.3.8): * matches anything, % anything but '/'."""
+    pieces = []
+    for char in pattern:
+        if char == "*":
+            pieces.append(".*")
+        elif char == "%":
+            pieces.append(f"[^{re.escape(SEPARATOR)}]*")
+        else:
+            pieces.append(re.escape(char))
+    regex = re.compile("".join(pieces) + r"\Z", re.DOTALL)
+    # INBOX is case-insensitive (RFC 3501 §5.1): "inbox" and "InBox" patterns find it.
+    anycase = re.compile("".join(pieces) + r"\Z", re.DOTALL | re.IGNORECASE)
+
+    def match(name: str) -> bool:
+        return bool(regex.match(name) or (name == "INBOX" and anycase.match(name)))
+
+    return match
+
+
+def _section_label(section: imap.BodySection) -> str:
+    label = ".".join(str(p) for p in section.part)
+    if section.text:
+        label += ("." if label else "") + section.text
+        if section.fields:
+            label += " (" + " ".join(section.fields) + ")"
+    return label
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
