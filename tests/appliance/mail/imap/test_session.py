@@ -1,0 +1,205 @@
+"""The IMAP session in-process: bytes in, responses out, against a real mail store.
+
+The end-to-end tests drive the common paths with real clients; these pin the rules
+real clients rarely exercise (RFC 7162 UNCHANGEDSINCE/CHANGEDSINCE, read-only EXAMINE,
+LIST wildcards, SASL-IR, authorisation identities, SEARCH keys).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from appliance.mail.imap import protocol as imap
+from appliance.mail.imap.session import ImapSession
+from appliance.mail.mailboxes import Mailboxes
+
+from ..conftest import MailBox
+
+PASSWORD = "ทดสอบ-2567"  # the mail conftest's users
+
+
+class Client:
+    """Feeds lines to a core + session pair and returns what the server sent."""
+
+    def __init__(self, box: MailBox) -> None:
+        self.conn = imap.ServerConnection(imap.ImapConfig(), tls_active=True)
+
+        async def flush() -> None:
+            return None
+
+        self.session = ImapSession(
+            conn=self.conn,
+            mailstore=box.mailstore,
+            authenticate=box.directory.authenticate,
+            flush=flush,
+            client_ip="127.0.0.1",
+        )
+
+    async def send(self, data: bytes | str) -> str:
+        self.conn.receive_data(data.encode() if isinstance(data, str) else data)
+        while True:
+            event = self.conn.next_event()
+            if event is imap.NEED_DATA or event is imap.CLOSED:
+                break
+            if not isinstance(event, imap.BadCommand):
+                await self.session.handle(event)  # type: ignore[arg-type]
+        return self.conn.data_to_send().decode("utf-8", "replace")
+
+
+async def signed_in(box: MailBox, user: str | None = None) -> Client:
+    client = Client(box)
+    user = user or box.users[0]
+    await box.mailstore.create_mailboxes(user)
+    reply = await client.send(f'a LOGIN "{user}" "{PASSWORD}"\r\n')
+    assert "a OK" in reply
+    return client
+
+
+async def fill(box: MailBox, user: str, count: int, mailbox: str = "INBOX") -> None:
+    boxes = Mailboxes(box.mailstore)
+    for n in range(count):
+        content = (
+            f"From: sender{n}@x.go.th\r\nSubject: เรื่องที่ {n}\r\n"
+            f"Date: Mon, 0{n % 9 + 1} Jun 2026 10:00:00 +0700\r\n"
+            f"\r\nbody number {n} {'x' * (n * 100)}\r\n"
+        ).encode()
+        await boxes.append(user, mailbox, content, quota_bytes=10**10)
+
+
+async def test_sasl_ir_and_continuation(box: MailBox) -> None:
+    user = box.users[1]
+    await box.mailstore.create_mailboxes(user)
+    token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode()).decode()
+    client = Client(box)
+    assert "a OK" in await client.send(f"a AUTHENTICATE PLAIN {token}\r\n")
+    client = Client(box)
+    assert (await client.send("b AUTHENTICATE PLAIN\r\n")).startswith("+ ")
+    assert "b OK" in await client.send(token + "\r\n")
+    client = Client(box)
+    await client.send("c AUTHENTICATE PLAIN\r\n")
+    assert "c BAD" in await client.send("*\r\n")
+
+
+async def test_authorization_identity_of_someone_else_is_refused(box: MailBox) -> None:
+    client = Client(box)
+    token = base64.b64encode(f"{box.users[2]}\0{box.users[1]}\0{PASSWORD}".encode()).decode()
+    reply = await client.send(f"a AUTHENTICATE PLAIN {token}\r\n")
+    assert "a NO [AUTHORIZATIONFAILED]" in reply
+    assert client.session.user is None
+
+
+async def test_list_wildcards_and_special_use(box: MailBox) -> None:
+    client = await signed_in(box)
+    await client.send('a CREATE "Projects/2569/Budget"\r\n')
+    await client.send('b CREATE "Projects"\r\n')
+    star = await client.send('c LIST "" "Projects*"\r\n')
+    assert star.count("* LIST") == 2
+    percent = await client.send('d LIST "" "%"\r\n')
+    assert '"Projects"' in percent
+    assert "Budget" not in percent
+    assert '(\\HasChildren) "/" "Projects"' in percent
+    assert 'LIST (\\HasNoChildren \\Sent) "/" "Sent"' in percent
+    assert "* LIST" in await client.send('e LIST "" "inbox"\r\n')
+    special = await client.send('f LIST (SPECIAL-USE) "" "*"\r\n')
+    assert special.count("* LIST") == 5
+    root = await client.send('g LIST "" ""\r\n')
+    assert '* LIST (\\Noselect) "/" ""' in root
+
+
+async def test_store_unchangedsince_reports_modified(box: MailBox) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 3)
+    selected = await client.send("a SELECT INBOX (CONDSTORE)\r\n")
+    modseq = int(re.search(r"HIGHESTMODSEQ (\d+)", selected)[1])  # type: ignore[index]
+    await client.send("b UID STORE 1 +FLAGS (\\Seen)\r\n")
+    reply = await client.send(f"c UID STORE 1:3 (UNCHANGEDSINCE {modseq}) +FLAGS (\\Flagged)\r\n")
+    assert "c OK [MODIFIED 1]" in reply
+    assert re.search(r"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", reply)
+
+
+async def test_fetch_changedsince_vanished(box: MailBox) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 4)
+    assert "ENABLED QRESYNC" in await client.send("a ENABLE QRESYNC\r\n")
+    selected = await client.send("b SELECT INBOX\r\n")
+    modseq = int(re.search(r"HIGHESTMODSEQ (\d+)", selected)[1])  # type: ignore[index]
+    await client.send(
+        "c UID STORE 2 +FLAGS (\\Deleted)\r\nd EXPUNGE\r\ne UID STORE 3 +FLAGS (\\Answered)\r\n"
+    )
+    reply = await client.send(f"f UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)\r\n")
+    assert "* VANISHED (EARLIER) 2" in reply
+    assert re.search(r"\* 2 FETCH \((?=.*UID 3\b)(?=.*FLAGS \(\\Answered\))", reply)
+    assert "UID 1 " not in reply
+
+
+async def test_examine_is_read_only(box: MailBox) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 1)
+    assert "[READ-ONLY]" in await client.send("a EXAMINE INBOX\r\n")
+    assert "b NO [READ-ONLY]" in await client.send("b STORE 1 +FLAGS (\\Deleted)\r\n")
+    fetched = await client.send("c FETCH 1 (BODY[TEXT])\r\n")
+    assert "\\Seen" not in fetched, "EXAMINE never sets \\Seen"
+
+
+async def test_close_expunges_and_unselect_does_not(box: MailBox) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 3)
+    await client.send("a SELECT INBOX\r\nb STORE 1 +FLAGS (\\Deleted)\r\nc UNSELECT\r\n")
+    assert "* 3 EXISTS" in await client.send("d SELECT INBOX\r\n")
+    reply = await client.send("e CLOSE\r\n")
+    assert "EXPUNGE" not in reply, "CLOSE expunges silently"
+    assert "* 2 EXISTS" in await client.send("f SELECT INBOX\r\n")
+
+
+@pytest.mark.parametrize(
+    ("criteria", "expected"),
+    [
+        ("ALL", "1 2 3 4"),
+        ("LARGER 250", "3 4"),
+        ("SMALLER 150", "1"),
+        ("NOT LARGER 250", "1 2"),
+        ("OR SMALLER 150 LARGER 350", "1 4"),
+        ("FROM sender2", "3"),
+        ("SENTON 3-Jun-2026", "3"),
+        ("SENTBEFORE 3-Jun-2026", "1 2"),
+        ('BODY "number 1"', "2"),
+        ("UNSEEN", "1 2 3 4"),
+        ("KEYWORD $Urgent", "2"),
+        ("UNKEYWORD $Urgent 1:2", "1"),
+        ("UID 2:3", "2 3"),
+        ("2,4", "2 4"),
+        ("HEADER Subject 3", "4"),
+        ("NEW", ""),
+    ],
+)
+async def test_search_keys(box: MailBox, criteria: str, expected: str) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 4)
+    await client.send("a SELECT INBOX\r\nb STORE 2 +FLAGS ($Urgent)\r\n")
+    reply = await client.send(f"c SEARCH {criteria}\r\n")
+    assert f"* SEARCH{(' ' + expected) if expected else ''}\r\n" in reply
+
+
+async def test_thai_search_with_literal(box: MailBox) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 3)
+    await client.send("a SELECT INBOX\r\n")
+    word = "เรื่องที่ 2".encode()
+    reply = await client.send(b"b SEARCH CHARSET UTF-8 SUBJECT {%d+}\r\n%s\r\n" % (len(word), word))
+    assert "* SEARCH 3\r\n" in reply
+
+
+async def test_quota_and_status(box: MailBox) -> None:
+    client = await signed_in(box, box.small)
+    await fill(box, box.small, 1)
+    reply = await client.send("a GETQUOTAROOT INBOX\r\n")
+    assert '* QUOTAROOT "INBOX" ""' in reply
+    assert re.search(r'\* QUOTA "" \(STORAGE 0 1\)', reply)  # 2000-byte quota -> 1 KiB units
+    status = await client.send("b STATUS INBOX (MESSAGES UNSEEN UIDNEXT SIZE)\r\n")
+    assert re.search(r'\* STATUS "INBOX" \(MESSAGES 1 UNSEEN 1 UIDNEXT 2 SIZE \d+\)', status)
+    big = b"x" * 3000
+    reply = await client.send(b"c APPEND INBOX {%d+}\r\n%s\r\n" % (len(big), big))
+    assert "c NO [OVERQUOTA]" in reply
