@@ -7,6 +7,7 @@ same everywhere and every TLS handshake has the same deadline.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -52,3 +53,40 @@ async def start_tls(
     with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
         await tls.do_handshake()
     return tls
+
+
+class ConnectionGate:
+    """One listener's connection limit, and the life of each connection it admits.
+
+    Over the limit, a client gets *refusal* (a protocol's "try later" line) and is
+    closed. Admitted clients are served by *serve*, after implicit TLS if the
+    listener has a *tls* context; a client that vanishes or fails TLS is not an error.
+    """
+
+    def __init__(self, maximum: int, refusal: bytes, tls: ssl.SSLContext | None = None) -> None:
+        self.maximum = maximum
+        self.refusal = refusal
+        self.tls = tls
+        self.active = 0
+
+    async def admit(
+        self, stream: trio.abc.Stream, serve: Callable[[trio.abc.Stream], Awaitable[None]]
+    ) -> None:
+        if self.active >= self.maximum:
+            with trio.move_on_after(5):
+                try:
+                    await stream.send_all(self.refusal)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
+        self.active += 1
+        try:
+            if self.tls is not None:
+                stream = await start_tls(stream, self.tls)
+            await serve(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TimeoutError):
+            pass  # the client went away or failed TLS; nothing was promised to it
+        finally:
+            self.active -= 1
+            await trio.aclose_forcefully(stream)

@@ -9,13 +9,12 @@ TLS, RFC 3501 §6.2.3 LOGINDISABLED) or "imaps" (implicit TLS, RFC 8314).
 from __future__ import annotations
 
 import logging
-import ssl
 from typing import cast
 
 import trio
 
 from appliance.box import Box
-from appliance.listeners import addresses, open_listeners, peer_ip, start_tls
+from appliance.listeners import ConnectionGate, addresses, open_listeners, peer_ip, start_tls
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.session import ImapSession
 
@@ -32,7 +31,11 @@ class IMAPService:
             raise ValueError(f"unknown IMAP listener {name!r}")
         self.box = box
         self.name = name
-        self.active = 0
+        self.gate = ConnectionGate(
+            box.config.max_connections,
+            b"* BYE too many connections, try again later\r\n",
+            box.tls if name == "imaps" else None,
+        )
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -42,25 +45,9 @@ class IMAPService:
         await trio.serve_listeners(self.handle, listeners)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        if self.active >= self.box.config.max_connections:
-            with trio.move_on_after(5):
-                try:
-                    await stream.send_all(b"* BYE too many connections, try again later\r\n")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            await trio.aclose_forcefully(stream)
-            return
-        self.active += 1
-        try:
-            if self.name == "imaps":
-                stream = await start_tls(stream, self.box.tls)
-            await Connection(self, stream, client_ip).run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TimeoutError):
-            pass  # the client went away or failed TLS
-        finally:
-            self.active -= 1
-            await trio.aclose_forcefully(stream)
+        await self.gate.admit(stream, lambda s: Connection(self, s, client_ip).run())
 
 
 class Connection:

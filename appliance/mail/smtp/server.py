@@ -8,7 +8,6 @@ delivery. One `SMTPService` serves one port (MX, submission or submissions).
 from __future__ import annotations
 
 import logging
-import ssl
 from datetime import UTC, datetime
 
 import trio
@@ -16,7 +15,7 @@ import trio
 from appliance.box import Box
 from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import normalise_address
-from appliance.listeners import addresses, open_listeners, peer_ip, start_tls
+from appliance.listeners import ConnectionGate, addresses, open_listeners, peer_ip, start_tls
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
@@ -39,7 +38,11 @@ class SMTPService:
         self.port = port
         self.name = f"smtp-{port.value}"
         self.policy = SMTPPolicy(port, box.directory, box.mailstore)
-        self.active = 0
+        self.gate = ConnectionGate(
+            box.config.max_connections,
+            TOO_MANY_CONNECTIONS.encode(enhanced_codes=False),
+            box.tls if port is Port.SUBMISSIONS else None,
+        )
         config = box.config
         self.session_config = smtp.SessionConfig(
             hostname=box.hostname,
@@ -61,20 +64,7 @@ class SMTPService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        if self.active >= self.box.config.max_connections:
-            await _refuse(stream, TOO_MANY_CONNECTIONS)
-            return
-        self.active += 1
-        try:
-            if self.port is Port.SUBMISSIONS:
-                stream = await start_tls(stream, self.box.tls)
-            session = SMTPSession(self, stream, client_ip)
-            await session.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TimeoutError):
-            pass  # the client went away or failed TLS; nothing was promised to it
-        finally:
-            self.active -= 1
-            await trio.aclose_forcefully(stream)
+        await self.gate.admit(stream, lambda s: SMTPSession(self, s, client_ip).run())
 
 
 class SMTPSession:
@@ -254,12 +244,3 @@ def _same_address(address: str) -> str | None:
         return normalise_address(address)
     except Exception:
         return None
-
-
-async def _refuse(stream: trio.abc.Stream, reply: smtp.Reply) -> None:
-    with trio.move_on_after(5):
-        try:
-            await stream.send_all(reply.encode(enhanced_codes=False))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-    await trio.aclose_forcefully(stream)
