@@ -142,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--phone")
     add.add_argument("--quota-mb", type=int, help="mailbox quota in MB (default 10 GB)")
     add.add_argument("--admin", action="store_true", help="make the user an admin of their agency")
+    add.add_argument(
+        "--service",
+        action="store_true",
+        help="a service account (sync replicator) that may act for every user of the box",
+    )
     add.add_argument("--password-stdin", action="store_true", required=True,
                      help="read the password from standard input")  # fmt: skip
 
@@ -200,6 +205,7 @@ def _init(args: argparse.Namespace) -> int:
 async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
     """Add a user with their mailboxes (shared by the CLI and the demo set-up)."""
     admin = details.pop("admin", False)
+    service = details.pop("service", False)
     if details.get("unit"):
         domain = email.rpartition("@")[2]
         await box.directory.ensure_unit(domain, details["unit"])
@@ -207,6 +213,8 @@ async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
     await box.mailstore.create_mailboxes(user.address)
     if admin:
         await box.directory.grant_admin(user.address, user.agency_domain)
+    if service:
+        await box.directory.grant_delegation(user.address, None)
     return user
 
 
@@ -217,6 +225,7 @@ def _user_add(args: argparse.Namespace) -> int:
         return await add_user(
             box, args.email, password, name_th=args.name, name_en=args.name_en, rank=args.rank,
             unit=args.unit, position=args.position, phone=args.phone, admin=args.admin,
+            service=args.service,
             quota_bytes=args.quota_mb * 1024 * 1024 if args.quota_mb else None,
         )  # fmt: skip
 

@@ -588,6 +588,54 @@ class Directory:
 
         await self._db.write(job)
 
+    # service accounts
+
+    async def grant_delegation(self, address: str, agency_domain: str | None) -> None:
+        """Let the account act for every user of one agency (None: of every agency).
+
+        This is what a SASL authorisation identity (RFC 4616) is checked against: the
+        sync replicator signs in as itself and opens a user's mailbox as that user.
+        """
+        address = normalise_address(address)
+        domain = None if agency_domain is None else normalise_domain(agency_domain)
+
+        def job(conn: sqlite3.Connection) -> None:
+            user_id = _user_id(conn, address)
+            agency_id = None if domain is None else _agency_id(conn, domain)
+            conn.execute(
+                "INSERT OR IGNORE INTO delegations (user_id, agency_id) VALUES (?, ?)",
+                (user_id, agency_id),
+            )
+
+        await self._db.write(job)
+
+    async def act_as(self, actor: User, target_address: str) -> User | None:
+        """Return *target_address*'s user if *actor* may act for them, else None.
+
+        Acting as oneself is always allowed; acting for someone else needs a delegation
+        covering the target's agency. Disabled actors and targets get None.
+        """
+        try:
+            target_address = normalise_address(target_address)
+        except DirectoryError:
+            return None
+        if target_address == actor.address:
+            return None if actor.disabled else actor
+
+        def query(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM delegations d JOIN users u ON u.id = d.user_id"
+                " WHERE d.user_id = ? AND u.disabled = 0 AND (d.agency_id IS NULL OR"
+                " d.agency_id = (SELECT id FROM agencies WHERE domain = ?)) LIMIT 1",
+                (actor.id, target_address.rpartition("@")[2]),
+            ).fetchone()
+            return row is not None
+
+        if not await self._db.read(query):
+            return None
+        target = await self.user(target_address)
+        return None if target is None or target.disabled else target
+
     async def is_admin(self, address: str, agency_domain: str | None) -> bool:
         """Return whether the user may administer the agency (None: the whole box).
 

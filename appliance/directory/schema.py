@@ -77,4 +77,20 @@ DIRECTORY_MIGRATIONS: Final = (
         CREATE INDEX admins_agency ON admins(agency_id);
         """,
     ),
+    Migration(
+        2,
+        "delegations: service accounts that may act for users (SASL authzid)",
+        """
+        -- RFC 4616 lets a client sign in as one identity and act as another. Only the
+        -- accounts listed here may: the sync replicator and the hub open users'
+        -- mailboxes this way; people never can. agency_id NULL: every agency.
+        CREATE TABLE delegations (
+            user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            agency_id  INTEGER REFERENCES agencies(id) ON DELETE CASCADE,
+            UNIQUE (user_id, agency_id)
+        );
+        CREATE UNIQUE INDEX delegations_box_wide ON delegations(user_id)
+            WHERE agency_id IS NULL;
+        """,
+    ),
 )

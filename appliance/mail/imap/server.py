@@ -62,6 +62,7 @@ class Connection:
             conn=self.conn,
             mailstore=service.box.mailstore,
             authenticate=service.box.directory.authenticate,
+            act_as=service.box.directory.act_as,
             flush=self.flush,
             client_ip=client_ip,
         )

@@ -88,6 +88,7 @@ class ImapSession:
         conn: imap.ServerConnection,
         mailstore: Mailstore,
         authenticate: Callable[[str, str], Awaitable[User | None]],
+        act_as: Callable[[User, str], Awaitable[User | None]],
         flush: Callable[[], Awaitable[None]],
         client_ip: str,
     ) -> None:
@@ -95,6 +96,7 @@ class ImapSession:
         self.store = mailstore
         self.mailboxes = Mailboxes(mailstore)
         self._authenticate = authenticate
+        self._act_as = act_as
         self.flush = flush
         self.client_ip = client_ip
         self.user: User | None = None
@@ -183,12 +185,20 @@ class ImapSession:
             log.warning("imap auth failed user=%r ip=%s", user[:320], self.client_ip)
             self.conn.tagged(tag, "NO", "authentication failed", code="AUTHENTICATIONFAILED")
             return
-        if authzid and authzid.lower() != found.address:
-            # Acting for another user is for the sync service account (a later issue).
-            self.conn.tagged(
-                tag, "NO", "not allowed to act for that user", code="AUTHORIZATIONFAILED"
-            )
-            return
+        if authzid:
+            # RFC 4616: signed in as *user*, acting as *authzid* — only for service
+            # accounts with a delegation (the sync replicator, the hub).
+            target = await self._act_as(found, authzid)
+            if target is None:
+                log.warning("imap authz refused user=%s as=%r ip=%s", found.address,
+                            authzid[:320], self.client_ip)  # fmt: skip
+                self.conn.tagged(tag, "NO", "not allowed to act for that user",
+                                 code="AUTHORIZATIONFAILED")  # fmt: skip
+                return
+            if target.address != found.address:
+                log.info("imap %s acting for %s ip=%s", found.address, target.address,
+                         self.client_ip)  # fmt: skip
+            found = target
         self.user = found
         self.conn.authenticated()
         log.info("imap login user=%s ip=%s", found.address, self.client_ip)

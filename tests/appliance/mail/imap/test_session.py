@@ -34,6 +34,7 @@ class Client:
             conn=self.conn,
             mailstore=box.mailstore,
             authenticate=box.directory.authenticate,
+            act_as=box.directory.act_as,
             flush=flush,
             client_ip="127.0.0.1",
         )
@@ -203,3 +204,26 @@ async def test_quota_and_status(box: MailBox) -> None:
     big = b"x" * 3000
     reply = await client.send(b"c APPEND INBOX {%d+}\r\n%s\r\n" % (len(big), big))
     assert "c NO [OVERQUOTA]" in reply
+
+
+async def test_service_account_acts_for_users_people_cannot(box: MailBox) -> None:
+    service, person, target = box.users[4], box.users[3], box.users[1]
+    await box.mailstore.create_mailboxes(target)
+    await fill(box, target, 2)
+    await box.directory.grant_delegation(service, box.domain)
+
+    def plain(authzid: str, authcid: str) -> str:
+        token = base64.b64encode(f"{authzid}\0{authcid}\0{PASSWORD}".encode()).decode()
+        return f"a AUTHENTICATE PLAIN {token}\r\n"
+
+    refused = Client(box)
+    assert "[AUTHORIZATIONFAILED]" in await refused.send(plain(target, person))
+    acting = Client(box)
+    assert "a OK" in await acting.send(plain(target, service))
+    assert acting.session.owner == target
+    assert "* 2 EXISTS" in await acting.send("b SELECT INBOX\r\n")
+    # A delegation for one agency does not reach users of another.
+    await box.directory.add_agency("other.go.th")
+    await box.directory.add_user("x@other.go.th", password=PASSWORD, name_th="x")
+    elsewhere = Client(box)
+    assert "[AUTHORIZATIONFAILED]" in await elsewhere.send(plain("x@other.go.th", service))
