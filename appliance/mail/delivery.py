@@ -120,6 +120,7 @@ class Delivery:
             ),
             local,
             outbound,
+            content=message,
         )
         return queue_id
 

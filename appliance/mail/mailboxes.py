@@ -296,11 +296,7 @@ class Mailboxes:
         def job(conn: sqlite3.Connection) -> tuple[int, int, int]:
             mailbox_id = _existing(conn, owner, name)
             _charge(conn, owner, len(content), quota_bytes)
-            conn.execute(
-                "INSERT INTO blobs (id, size, refs) VALUES (?, ?, 1)"
-                " ON CONFLICT (id) DO UPDATE SET refs = refs + 1",
-                (blob_id, len(content)),
-            )
+            self.store.reference_blob(conn, blob_id, len(content), 1)
             uid, modseq = _next_uid(conn, mailbox_id)
             conn.execute(
                 "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size,"
@@ -313,7 +309,7 @@ class Mailboxes:
             ).fetchone()[0]
             return mailbox_id, int(uidvalidity), uid
 
-        mailbox_id, uidvalidity, uid = await self.db.write(job)
+        mailbox_id, uidvalidity, uid = await self.store.write_with_blob(job, blob_id, content)
         self.store.changes.changed([mailbox_id])
         return uidvalidity, uid
 
@@ -411,10 +407,7 @@ class Mailboxes:
         await self._delete_blobs(freed)
 
     async def _delete_blobs(self, blob_ids: list[str]) -> None:
-        # After the commit: a crash before this leaves files no row names, which the
-        # start-up sweep removes; deleting first could lose a blob a row still needs.
-        for blob_id in blob_ids:
-            await trio.to_thread.run_sync(self.store.blobs.delete, blob_id)
+        await self.store.release_blobs(blob_ids)
 
 
 # -- jobs' building blocks (run inside a write transaction) ---------------------------

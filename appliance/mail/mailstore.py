@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -28,6 +28,8 @@ from appliance.mail.changes import ChangeFeed
 from appliance.store.blobs import BlobStore
 from appliance.store.database import Database
 from appliance.store.schema import Migration
+
+T = TypeVar("T")
 
 #: Mailboxes every user gets, with their RFC 6154 special-use attribute.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -127,6 +129,10 @@ MAIL_MIGRATIONS = (
 )
 
 
+class BlobVanished(Exception):
+    """The blob file a new row would name was deleted meanwhile; write it again."""
+
+
 class QuotaExceeded(Exception):
     """Delivering would take a mailbox over its owner's quota; nothing was written."""
 
@@ -205,18 +211,22 @@ class Mailstore:
         await self.db.write(lambda conn: _ensure_mailboxes(conn, owner))
 
     async def commit(
-        self, message: NewMessage, local: Sequence[LocalCopy], outbound: Sequence[OutboundCopy]
+        self,
+        message: NewMessage,
+        local: Sequence[LocalCopy],
+        outbound: Sequence[OutboundCopy],
+        *,
+        content: bytes | None = None,
     ) -> None:
-        """Commit every copy of *message* in one transaction, or raise and commit none."""
+        """Commit every copy of *message* in one transaction, or raise and commit none.
+
+        With *content*, a blob deleted meanwhile by an expunge is written again.
+        """
         now = int(time.time())
 
         def job(conn: sqlite3.Connection) -> list[int]:
             copies = len(local) + len(outbound)
-            conn.execute(
-                "INSERT INTO blobs (id, size, refs) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET refs = refs + excluded.refs",
-                (message.blob_id, message.size, copies),
-            )
+            self.reference_blob(conn, message.blob_id, message.size, copies)
             mailbox_ids = [_insert_local(conn, message, copy, now) for copy in local]
             for out in outbound:
                 conn.execute(
@@ -231,7 +241,51 @@ class Mailstore:
                 )  # fmt: skip
             return mailbox_ids
 
-        self.changes.changed(await self.db.write(job))
+        self.changes.changed(await self.write_with_blob(job, message.blob_id, content))
+
+    def reference_blob(self, conn: sqlite3.Connection, blob_id: str, size: int, count: int) -> None:
+        """Add *count* references to a blob inside a write job.
+
+        Blobs are shared by content, and a blob whose last reference goes is deleted
+        after that commit (`release_blobs`). A writer that found the file already on
+        disk and skipped writing it may be racing that deletion; so whoever creates the
+        row afresh checks the file is there, and `release_blobs` deletes only under the
+        same writer when no row has come back. Write jobs run one at a time, so one of
+        the two always sees the other.
+        """
+        known = conn.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+        if known is None and not self.blobs.exists(blob_id):
+            raise BlobVanished(blob_id)
+        conn.execute(
+            "INSERT INTO blobs (id, size, refs) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET refs = refs + excluded.refs",
+            (blob_id, size, count),
+        )
+
+    async def write_with_blob(self, job: Callable[[sqlite3.Connection], T], blob_id: str,
+                              content: bytes | None = None) -> T:  # fmt: skip
+        """Run *job*; if its blob vanished under it, write the blob again and retry."""
+        for _ in range(3):
+            try:
+                return await self.db.write(job)
+            except BlobVanished:
+                if content is None:
+                    raise
+                await trio.to_thread.run_sync(self.blobs.put, content)
+        return await self.db.write(job)
+
+    async def release_blobs(self, blob_ids: Sequence[str]) -> None:
+        """Delete the files of blobs no row names any more (after the commit that freed
+        them; a crash before this leaves files the start-up sweep removes)."""
+        if not blob_ids:
+            return
+
+        def job(conn: sqlite3.Connection) -> None:
+            for blob_id in blob_ids:
+                if conn.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is None:
+                    self.blobs.delete(blob_id)
+
+        await self.db.write(job)
 
     async def usage(self, owner: str) -> int:
         """Return the bytes *owner*'s mailboxes hold."""

@@ -618,18 +618,16 @@ class ImapSession:
                     self.conn.untagged(f"{seq} EXPUNGE")
                 del selected.uids[seq - 1]
                 del selected.states[uid]
-        new = [
-            s
-            for s in changed
-            if s.uid not in selected.states and s.uid > max(selected.uids, default=0)
-        ]
+        # UIDs only grow, so anything above our highest UID is new (RFC 3501 §2.3.1.1).
+        top = selected.uids[-1] if selected.uids else 0
+        new = [s for s in changed if s.uid > top]
         for state in new:
             selected.uids.append(state.uid)
             selected.states[state.uid] = state
         if new:
             self.conn.untagged(f"{len(selected.uids)} EXISTS")
         for state in changed:
-            if state in new or state.uid not in selected.states:
+            if state.uid > top or state.uid not in selected.states:
                 continue
             before = selected.states[state.uid]
             selected.states[state.uid] = state

@@ -191,3 +191,32 @@ def test_canonical_flags() -> None:
     assert canonical_flags(["\\SEEN", "\\seen", "$Label", "\\Recent", "\\deleted"]) == (
         "\\Seen", "$Label", "\\Deleted"
     )  # fmt: skip
+
+
+async def test_blob_freed_by_expunge_while_an_identical_message_arrives(box: MailBox) -> None:
+    """The race: an APPEND of the same bytes finds the blob file present (so skips
+    writing it) just before an expunge frees and deletes it."""
+    from appliance.mail.mailstore import BlobVanished
+
+    boxes = Mailboxes(box.mailstore)
+    owner = box.users[0]
+    await box.mailstore.create_mailboxes(owner)
+    content = mail(42)
+    await boxes.append(owner, "INBOX", content, quota_bytes=BIG)
+    blob_id = box.blobs.put(content)  # the racing writer's first step: file already there
+    inbox = await boxes.get(owner, "INBOX")
+    await boxes.store_flags(inbox.id, [1], FlagMode.ADD, ["\\Deleted"])
+    await boxes.expunge(inbox.id, owner)
+    assert not box.blobs.exists(blob_id), "the freed blob's file is gone"
+
+    def job(conn):  # type: ignore[no-untyped-def]
+        box.mailstore.reference_blob(conn, blob_id, len(content), 1)
+
+    # A fresh row for a missing file is refused, and the retrying path rewrites it.
+    with pytest.raises(BlobVanished):
+        await box.mailstore.db.write(job)
+    await box.mailstore.write_with_blob(job, blob_id, content)
+    assert box.blobs.get(blob_id) == content
+    # With a row back, releasing the blob must not delete its file.
+    await box.mailstore.release_blobs([blob_id])
+    assert box.blobs.exists(blob_id)
