@@ -8,6 +8,7 @@ Layout (DESIGN.md "Roles and ports")::
     DATA/keys/              provisioning secret, wrapped data key, TLS CA and server cert
     DATA/db/directory.sqlite agencies, units, users, administrators
     DATA/db/mail.sqlite     mailboxes, messages, blob references, outbound queue
+    DATA/db/search.sqlite   full-text index (FTS5 trigram), encrypted as a whole file
     DATA/blobs/             encrypted message blobs
     DATA/log/traffic/       the traffic log: who sent to whom, when, from where (90 days)
     DATA/run/status.json    what a running box listens on (for `edgebox status`)
@@ -32,6 +33,7 @@ from appliance.config import Config, load_config
 from appliance.directory import DIRECTORY_MIGRATIONS, Directory, normalise_domain
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
+from appliance.mail.search_index import open_search_index
 from appliance.security.keys import create_box_keys, load_data_key
 from appliance.security.tls import ensure_tls_material, server_ssl_context
 from appliance.store.blobs import BlobStore
@@ -159,15 +161,20 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
     hostname = config.hostname or f"mail.{identity.domain}"
     keys_dir = data_dir / "keys"
     ensure_tls_material(keys_dir, [hostname])
-    blobs = BlobStore(data_dir / "blobs", load_data_key(keys_dir))
+    data_key = load_data_key(keys_dir)
+    blobs = BlobStore(data_dir / "blobs", data_key)
     settings = Settings(data_dir / "config.json")
     try:
         async with (
             open_database(data_dir / "db" / "directory.sqlite", DIRECTORY_MIGRATIONS) as dir_db,
             open_database(data_dir / "db" / "mail.sqlite", MAIL_MIGRATIONS) as mail_db,
+            # A cache of the mail database: unreadable means rebuild, not refuse to boot.
+            open_search_index(
+                data_dir / "db" / "search.sqlite", data_key, recreate_if_unreadable=True
+            ) as search,
         ):
             directory = Directory(dir_db)
-            mailstore = Mailstore(mail_db, blobs)
+            mailstore = Mailstore(mail_db, blobs, search)
             yield Box(
                 config=config,
                 identity=identity,

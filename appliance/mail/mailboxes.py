@@ -41,6 +41,7 @@ from appliance.mail.mailstore import (
     next_uidvalidity,
     row_to_message,
 )
+from appliance.mail.search_index import SearchIndex
 
 #: Hierarchy separator of mailbox names (advertised by LIST).
 SEPARATOR = "/"
@@ -222,6 +223,7 @@ class Mailboxes:
             return mailbox_id, freed
 
         mailbox_id, freed = await self.db.write(job)
+        await self.store.update_index(lambda search: search.remove_mailbox(mailbox_id))
         await self._after(mailbox_id, freed)
 
     async def rename(self, owner: str, old: str, new: str) -> None:
@@ -229,7 +231,7 @@ class Mailboxes:
         if not new or new == "INBOX":
             raise MailboxError("CANNOT", f"cannot rename to {new!r}")
 
-        def job(conn: sqlite3.Connection) -> int:
+        def job(conn: sqlite3.Connection) -> tuple[int, CopyResult | None, int]:
             source = _existing(conn, owner, old)
             if _mailbox_id(conn, owner, new) is not None:
                 raise MailboxError("ALREADYEXISTS", f"mailbox {new!r} already exists")
@@ -242,9 +244,10 @@ class Mailboxes:
                     (owner, new, next_uidvalidity(conn)),
                 ).fetchone()[0]
                 uids = _all_uids(conn, source)
-                _copy(conn, source, target, owner, uids, check_quota=False)
+                pairs = _copy(conn, source, target, owner, uids, check_quota=False)
                 _remove(conn, source, owner, uids, record=True, uncharge=False)
-                return int(source)
+                moved = CopyResult(0, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
+                return int(source), moved, int(target)
             # A renamed mailbox keeps its UIDVALIDITY only if clients cannot confuse it
             # with the old name: they cannot, the old name stops existing. Children move.
             for child_id, child in conn.execute(
@@ -256,9 +259,12 @@ class Mailboxes:
                     "UPDATE mailboxes SET name = ? WHERE id = ?",
                     (new + child[len(old) :], child_id),
                 )
-            return int(source)
+            return int(source), None, 0
 
-        self.store.changes.changed([await self.db.write(job)])
+        source, moved, target = await self.db.write(job)
+        self.store.changes.changed([source])
+        if moved is not None:
+            await self._index_moves(source, target, moved, move=True)
 
     async def subscribe(self, owner: str, name: str, subscribed: bool) -> None:
         name = normalise_name(name)
@@ -311,6 +317,7 @@ class Mailboxes:
 
         mailbox_id, uidvalidity, uid = await self.store.write_with_blob(job, blob_id, content)
         self.store.changes.changed([mailbox_id])
+        await self.store.index([(mailbox_id, uid, content)])
         return uidvalidity, uid
 
     async def store_flags(
@@ -383,7 +390,20 @@ class Mailboxes:
 
         result, target = await self.db.write(job)
         self.store.changes.changed([target, mailbox_id] if move else [target])
+        await self._index_moves(mailbox_id, target, result, move=move)
         return result
+
+    async def _index_moves(
+        self, source: int, target: int, result: CopyResult, *, move: bool
+    ) -> None:
+        # The index entry follows the message without re-reading it (one stored text).
+        async def apply(search: SearchIndex) -> None:
+            for src, dst in zip(result.source_uids, result.destination_uids, strict=True):
+                await search.copy(source, src, target, dst)
+            if move:
+                await search.remove(source, result.source_uids)
+
+        await self.store.update_index(apply)
 
     async def expunge(
         self, mailbox_id: int, owner: str, uids: Collection[int] | None = None
@@ -399,6 +419,7 @@ class Mailboxes:
         doomed, freed = await self.db.write(job)
         if doomed:
             self.store.changes.changed([mailbox_id])
+            await self.store.update_index(lambda search: search.remove(mailbox_id, doomed))
         await self._delete_blobs(freed)
         return doomed
 

@@ -16,20 +16,25 @@ What this is not: the SMTP or IMAP view of mail. Protocols call it; it knows nei
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
 
 from appliance.mail.changes import ChangeFeed
+from appliance.mail.search_index import SearchIndex
 from appliance.store.blobs import BlobStore
 from appliance.store.database import Database
 from appliance.store.schema import Migration
 
 T = TypeVar("T")
+
+log = logging.getLogger("edgebox.mail")
 
 #: Mailboxes every user gets, with their RFC 6154 special-use attribute.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -200,9 +205,11 @@ class NewMessage:
 class Mailstore:
     """The mail database plus the blob store; all writes are group-committed."""
 
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, search: SearchIndex | None = None) -> None:
         self.db = db
         self.blobs = blobs
+        #: The encrypted full-text index; a cache of the mail database, which is the truth.
+        self.search = search
         #: Wakes IMAP sessions (and IDLE) when a mailbox they show has changed.
         self.changes = ChangeFeed()
 
@@ -224,10 +231,10 @@ class Mailstore:
         """
         now = int(time.time())
 
-        def job(conn: sqlite3.Connection) -> list[int]:
+        def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
             copies = len(local) + len(outbound)
             self.reference_blob(conn, message.blob_id, message.size, copies)
-            mailbox_ids = [_insert_local(conn, message, copy, now) for copy in local]
+            placed = [_insert_local(conn, message, copy, now) for copy in local]
             for out in outbound:
                 conn.execute(
                     "INSERT INTO outbound (queue_id, blob_id, sender, recipient, notify, orcpt,"
@@ -239,9 +246,12 @@ class Mailstore:
                         message.classification, message.urgency, now, now,
                     ),
                 )  # fmt: skip
-            return mailbox_ids
+            return placed
 
-        self.changes.changed(await self.write_with_blob(job, message.blob_id, content))
+        placed = await self.write_with_blob(job, message.blob_id, content)
+        self.changes.changed(mailbox_id for mailbox_id, _ in placed)
+        if content is not None:
+            await self.index([(mailbox_id, uid, content) for mailbox_id, uid in placed])
 
     def reference_blob(self, conn: sqlite3.Connection, blob_id: str, size: int, count: int) -> None:
         """Add *count* references to a blob inside a write job.
@@ -287,6 +297,57 @@ class Mailstore:
 
         await self.db.write(job)
 
+    async def index(self, items: Sequence[tuple[int, int, bytes]]) -> None:
+        """Add messages to the search index (best effort: it is a cache).
+
+        A failure here must not turn an accepted message into an error; the message
+        is already stored, and `reconcile_search_index` adds what is missing.
+        """
+        if self.search is None or not items:
+            return
+        try:
+            await self.search.add_many(items)
+        except Exception:
+            log.exception("search index: could not index %d messages", len(items))
+
+    async def update_index(self, action: Callable[[SearchIndex], Awaitable[object]]) -> None:
+        """Apply *action* to the search index if there is one, logging failures."""
+        if self.search is None:
+            return
+        try:
+            await action(self.search)
+        except Exception:
+            log.exception("search index update failed; reconciliation will repair it")
+
+    async def reconcile_search_index(self) -> int:
+        """Make the index hold exactly the messages the mail database holds.
+
+        Run at start-up: it repairs what a crash between the mail commit and the index
+        commit left, and fills a new or rebuilt index. Returns how many were indexed.
+        """
+        if self.search is None:
+            return 0
+        search = self.search
+        mailboxes = await self.db.read(
+            lambda conn: [row[0] for row in conn.execute("SELECT id FROM mailboxes")]
+        )
+        added = 0
+        for mailbox_id in mailboxes:
+            rows = await self.db.read(partial(_blobs_by_uid, mailbox_id=mailbox_id))
+            indexed = await search.indexed_uids(mailbox_id)
+            extra = indexed - rows.keys()
+            if extra:
+                await search.remove(mailbox_id, extra)
+            missing = sorted(rows.keys() - indexed)
+            for start in range(0, len(missing), 200):
+                batch = []
+                for uid in missing[start : start + 200]:
+                    content = await trio.to_thread.run_sync(self.blobs.get, rows[uid])
+                    batch.append((mailbox_id, uid, content))
+                await search.add_many(batch)
+                added += len(batch)
+        return added
+
     async def usage(self, owner: str) -> int:
         """Return the bytes *owner*'s mailboxes hold."""
 
@@ -321,6 +382,11 @@ class Mailstore:
         return removed + self.blobs.clean_temp()
 
 
+def _blobs_by_uid(conn: sqlite3.Connection, mailbox_id: int) -> dict[int, str]:
+    rows = conn.execute("SELECT uid, blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+    return {int(uid): str(blob_id) for uid, blob_id in rows}
+
+
 def _ensure_mailboxes(conn: sqlite3.Connection, owner: str) -> None:
     if conn.execute(
         "SELECT 1 FROM mailboxes WHERE owner = ? AND name = 'INBOX'", (owner,)
@@ -347,7 +413,9 @@ def next_uidvalidity(conn: sqlite3.Connection) -> int:
     return value
 
 
-def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy, now: int) -> int:
+def _insert_local(
+    conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy, now: int
+) -> tuple[int, int]:
     _ensure_mailboxes(conn, copy.owner)
     used = conn.execute("SELECT bytes FROM quota_usage WHERE owner = ?", (copy.owner,)).fetchone()[
         0
@@ -375,7 +443,7 @@ def _insert_local(conn: sqlite3.Connection, message: NewMessage, copy: LocalCopy
         "UPDATE quota_usage SET bytes = bytes + ?, messages = messages + 1 WHERE owner = ?",
         (message.size, copy.owner),
     )
-    return int(mailbox_id)
+    return int(mailbox_id), int(uid)
 
 
 #: Every StoredMessage column, in field order; callers add WHERE and ORDER BY.

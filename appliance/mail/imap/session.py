@@ -653,9 +653,30 @@ class _Matcher:
         self.criteria = criteria
         self.uses_modseq = _uses(criteria, imap.SearchModseq)
         self._rows: dict[int, StoredMessage] = {}
+        # The search index answers text keys for the messages it holds; the others
+        # (indexed a moment later, or before start-up reconciliation) are read directly.
+        self._indexed: set[int] | None = None
+        self._hits: dict[imap.SearchText | imap.SearchHeader, set[int]] = {}
 
     async def matches(self, uid: int) -> bool:
         return await self._eval(self.criteria, uid)
+
+    async def _from_index(self, key: imap.SearchText | imap.SearchHeader, uid: int) -> bool | None:
+        search = self.session.store.search
+        if search is None:
+            return None
+        mailbox_id = self.selected.info.id
+        if self._indexed is None:
+            self._indexed = await search.indexed_uids(mailbox_id)
+        if uid not in self._indexed:
+            return None
+        if key not in self._hits:
+            if isinstance(key, imap.SearchHeader):
+                field = f"HEADER:{key.field_name}"
+            else:
+                field = key.name.upper()
+            self._hits[key] = await search.search(mailbox_id, field, key.value)
+        return uid in self._hits[key]
 
     async def _row(self, uid: int) -> StoredMessage | None:
         if uid not in self._rows:
@@ -688,6 +709,10 @@ class _Matcher:
             return key.sequence_set.contains(number, top)
         if isinstance(key, imap.SearchModseq):
             return state.modseq >= key.modseq
+        if isinstance(key, imap.SearchText | imap.SearchHeader):
+            answer = await self._from_index(key, uid)
+            if answer is not None:
+                return answer
         row = await self._row(uid)
         if row is None:
             return False

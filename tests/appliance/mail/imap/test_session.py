@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,42 @@ async def test_service_account_acts_for_users_people_cannot(box: MailBox) -> Non
     await box.directory.add_user("x@other.go.th", password=PASSWORD, name_th="x")
     elsewhere = Client(box)
     assert "[AUTHORIZATIONFAILED]" in await elsewhere.send(plain("x@other.go.th", service))
+
+
+async def test_search_uses_the_index_and_reads_what_it_lacks(
+    box: MailBox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.mail.search_index import open_search_index
+    from appliance.security.keys import load_data_key
+
+    user = box.users[0]
+    async with open_search_index(
+        tmp_path / "search.sqlite", load_data_key(box.root / "keys")
+    ) as index:
+        box.mailstore.search = index
+        client = await signed_in(box, user)
+        await fill(box, user, 3)  # indexed as they are appended
+        inbox = await Mailboxes(box.mailstore).get(user, "INBOX")
+        assert await index.indexed_uids(inbox.id) == {1, 2, 3}
+        # Indexed messages are answered without reading a single message.
+        real_content = box.mailstore.content
+
+        async def no_reads(message):  # type: ignore[no-untyped-def]
+            raise AssertionError("SEARCH read a message the index holds")
+
+        monkeypatch.setattr(box.mailstore, "content", no_reads)
+        await client.send("a SELECT INBOX\r\n")
+        word = "เรื่องที่ 2".encode()
+        reply = await client.send(
+            b"b SEARCH CHARSET UTF-8 SUBJECT {%d+}\r\n%s\r\n" % (len(word), word)
+        )
+        assert "* SEARCH 3\r\n" in reply
+        assert "* SEARCH 2\r\n" in await client.send('c SEARCH BODY "number 1"\r\n')
+        # A message the index lost (as after a crash) is still found, by reading it.
+        await index.remove(inbox.id, [2])
+        monkeypatch.setattr(box.mailstore, "content", real_content)
+        assert "* SEARCH 2\r\n" in await client.send('d SEARCH BODY "number 1"\r\n')
+        # And start-up reconciliation puts it back.
+        assert await box.mailstore.reconcile_search_index() == 1
+        assert await index.indexed_uids(inbox.id) == {1, 2, 3}
+        box.mailstore.search = None
