@@ -19,6 +19,7 @@ What this is not: socket handling (server.py) or parsing (protocol.py).
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import logging
 import re
@@ -68,15 +69,8 @@ class Selected:
     modseq: int = 0
 
     def seq_of(self, uid: int) -> int:
-        # Binary search: uids are ascending.
-        lo, hi = 0, len(self.uids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.uids[mid] < uid:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo + 1
+        """The sequence number of *uid* (uids are ascending, so a binary search)."""
+        return bisect.bisect_left(self.uids, uid) + 1
 
 
 class ImapSession:
@@ -514,14 +508,20 @@ class ImapSession:
         tree: mime.Part | None = None
         parts: list[bytes] = []
 
-        async def load() -> tuple[bytes, mime.Part]:
-            nonlocal content, tree
+        async def raw() -> bytes:
+            nonlocal content
             if content is None:
                 assert row is not None
                 content = await self.store.content(row)
-                tree = mime.parse(content)
-            assert tree is not None
-            return content, tree
+            return content
+
+        async def load() -> tuple[bytes, mime.Part]:
+            # The MIME tree only for what needs it: BODY[] and RFC822 do not.
+            nonlocal tree
+            data = await raw()
+            if tree is None:
+                tree = mime.parse(data)
+            return data, tree
 
         for item in items:
             if isinstance(item, imap.FetchAttr):
@@ -546,15 +546,21 @@ class ImapSession:
                     _, root = await load()
                     structure = mime.bodystructure(root, extended=name == "BODYSTRUCTURE")
                     parts.append(name.encode() + b" " + mime.serialize(structure))
-                elif name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
+                elif name == "RFC822":
+                    parts.append(b"RFC822 " + _literal(await raw()))
+                elif name in ("RFC822.HEADER", "RFC822.TEXT"):
                     data, root = await load()
-                    text = {"RFC822": None, "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}[name]
+                    text = "HEADER" if name == "RFC822.HEADER" else "TEXT"
                     body = mime.section(data, mime.SectionSpec((), text), root)
                     parts.append(name.encode() + b" " + _literal(body))
             else:
-                data, root = await load()
-                spec = mime.SectionSpec(item.section.part, item.section.text, item.section.fields)
-                body = mime.section(data, spec, root)
+                section = item.section
+                if not section.part and section.text is None:
+                    body = await raw()  # BODY[]: the message as stored
+                else:
+                    data, root = await load()
+                    spec = mime.SectionSpec(section.part, section.text, section.fields)
+                    body = mime.section(data, spec, root)
                 label = _section_label(item.section)
                 if item.partial is not None:
                     origin, length = item.partial
@@ -791,10 +797,21 @@ def _sent_date(content: bytes) -> dt.date | None:
 
 
 def _uids_in(sequence_set: imap.SequenceSet, selected: Selected, *, uid: bool) -> list[int]:
-    """Resolve a sequence set to existing UIDs (RFC 3501 §6.4.8 for UID sets)."""
+    """Resolve a sequence set to existing UIDs (RFC 3501 §6.4.8 for UID sets).
+
+    Cost follows the size of the answer, not of the mailbox: clients such as mbsync
+    send one `UID FETCH n` per message, and a scan per command would be quadratic.
+    """
+    uids = selected.uids
     if uid:
-        top = max(selected.uids, default=0)
-        return [u for u in selected.uids if sequence_set.contains(u, top)]
+        top = uids[-1] if uids else 0
+        result_uids: list[int] = []
+        for wanted in sequence_set.resolve(top):
+            # uids is sorted: slice out those inside the range.
+            start = bisect.bisect_left(uids, wanted.start)
+            stop = bisect.bisect_right(uids, wanted.stop - 1)
+            result_uids.extend(uids[start:stop])
+        return result_uids
     count = len(selected.uids)
     result: list[int] = []
     for numbers in sequence_set.resolve(count):
