@@ -34,6 +34,7 @@ system-deps:
 ## Benchmarks against Postfix and Dovecot (not part of `make test`); see docs/BENCHMARKS.md.
 bench: system-deps $(VENV)/.installed
 	$(BIN)/python tests/bench/bench_smtp.py
+	$(BIN)/python tests/bench/bench_imap.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
