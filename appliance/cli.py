@@ -27,7 +27,7 @@ from appliance.health import Level
 from appliance.health.disk import check_disk
 from appliance.health.services import check_services
 from appliance.mail.imap.server import IMAPService
-from appliance.mail.indexing import SearchIndexReconciler
+from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.security.keys import KeyMaterialError
@@ -305,7 +305,7 @@ async def _serve(config: Any) -> None:
             SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)
         ]
         services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
-        services.append(SearchIndexReconciler(box.mailstore))
+        services.append(SearchIndexer(box.mailstore))
         services.append(TrafficLogRetention(box.traffic))
         supervisor = Supervisor(services, box.status_file)
 

@@ -28,7 +28,7 @@ import trio
 
 from appliance.mail.changes import ChangeFeed
 from appliance.mail.search_index import SearchIndex
-from appliance.store.blobs import BlobStore
+from appliance.store.blobs import BlobCorrupt, BlobMissing, BlobStore
 from appliance.store.database import Database
 from appliance.store.schema import Migration
 
@@ -210,6 +210,9 @@ class Mailstore:
         self.blobs = blobs
         #: The encrypted full-text index; a cache of the mail database, which is the truth.
         self.search = search
+        #: Set by the running box's `SearchIndexer`: new messages are indexed in the
+        #: background rather than on the delivery path.
+        self.index_queue: trio.MemorySendChannel[tuple[int, int]] | None = None
         #: Wakes IMAP sessions (and IDLE) when a mailbox they show has changed.
         self.changes = ChangeFeed()
 
@@ -300,15 +303,37 @@ class Mailstore:
     async def index(self, items: Sequence[tuple[int, int, bytes]]) -> None:
         """Add messages to the search index (best effort: it is a cache).
 
-        A failure here must not turn an accepted message into an error; the message
-        is already stored, and `reconcile_search_index` adds what is missing.
+        With a background indexer attached (`SearchIndexer`, the running box), only
+        ``(mailbox, uid)`` is queued: indexing costs as much CPU as delivery, and an
+        SMTP 250 or an APPEND OK must not wait for it. SEARCH reads messages the index
+        does not hold yet, so nothing is missed meanwhile. Without one (tools, tests)
+        the messages are indexed before returning. A failure never turns a stored
+        message into an error: `reconcile_search_index` repairs the index.
         """
         if self.search is None or not items:
+            return
+        if self.index_queue is not None:
+            for mailbox_id, uid, _ in items:
+                self.index_queue.send_nowait((mailbox_id, uid))
             return
         try:
             await self.search.add_many(items)
         except Exception:
             log.exception("search index: could not index %d messages", len(items))
+
+    async def index_queued(self, keys: Sequence[tuple[int, int]]) -> None:
+        """Index queued ``(mailbox, uid)`` pairs that still exist (the indexer's job)."""
+        if self.search is None or not keys:
+            return
+        rows = await self.db.read(partial(_blobs_of, keys=keys))
+        items = []
+        for (mailbox_id, uid), blob_id in rows.items():
+            try:
+                content = await trio.to_thread.run_sync(self.blobs.get, blob_id)
+            except (BlobMissing, BlobCorrupt):
+                continue  # expunged and freed since it was queued
+            items.append((mailbox_id, uid, content))
+        await self.search.add_many(items)
 
     async def update_index(self, action: Callable[[SearchIndex], Awaitable[object]]) -> None:
         """Apply *action* to the search index if there is one, logging failures."""
@@ -380,6 +405,19 @@ class Mailstore:
                 self.blobs.delete(blob_id)
                 removed += 1
         return removed + self.blobs.clean_temp()
+
+
+def _blobs_of(
+    conn: sqlite3.Connection, keys: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], str]:
+    found: dict[tuple[int, int], str] = {}
+    for mailbox_id, uid in keys:
+        row = conn.execute(
+            "SELECT blob_id FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
+        ).fetchone()
+        if row is not None:
+            found[(mailbox_id, uid)] = str(row[0])
+    return found
 
 
 def _blobs_by_uid(conn: sqlite3.Connection, mailbox_id: int) -> dict[int, str]:
