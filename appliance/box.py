@@ -37,7 +37,7 @@ from appliance.mail.search_index import open_search_index
 from appliance.security.keys import create_box_keys, load_data_key
 from appliance.security.tls import ensure_tls_material, server_ssl_context
 from appliance.store.blobs import BlobStore
-from appliance.store.database import Database, open_database
+from appliance.store.database import SQLiteDatabase, open_database
 from appliance.store.settings import Settings
 
 
@@ -63,8 +63,8 @@ class Box:
     identity: Identity
     hostname: str
     settings: Settings
-    directory_db: Database
-    mail_db: Database
+    directory_db: SQLiteDatabase
+    mail_db: SQLiteDatabase
     directory: Directory
     mailstore: Mailstore
     delivery: Delivery

@@ -35,7 +35,7 @@ import trio
 from appliance.directory.models import Agency, OrgUnit, User
 from appliance.directory.schema import DEFAULT_QUOTA_BYTES
 from appliance.security import passwords
-from appliance.store.database import Database
+from appliance.store.database import SQLiteDatabase
 
 #: Password hashes computed at once. Each scrypt call holds 16 MiB; trio's default
 #: thread limit (40) would let a login storm take 640 MiB on a small ARM box. Logins
@@ -283,7 +283,7 @@ def _update_user(conn: sqlite3.Connection, address: str, column: str, value: obj
 class Directory:
     """Agencies, org units, users and admins of this box, over the directory database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
         self._hash_limiter = trio.CapacityLimiter(HASH_WORKERS)
 

@@ -29,7 +29,7 @@ import trio
 from appliance.mail.changes import ChangeFeed
 from appliance.mail.search_index import SearchIndex
 from appliance.store.blobs import BlobCorrupt, BlobMissing, BlobStore
-from appliance.store.database import Database
+from appliance.store.database import SQLiteDatabase
 from appliance.store.schema import Migration
 
 T = TypeVar("T")
@@ -205,7 +205,9 @@ class NewMessage:
 class Mailstore:
     """The mail database plus the blob store; all writes are group-committed."""
 
-    def __init__(self, db: Database, blobs: BlobStore, search: SearchIndex | None = None) -> None:
+    def __init__(
+        self, db: SQLiteDatabase, blobs: BlobStore, search: SearchIndex | None = None
+    ) -> None:
         self.db = db
         self.blobs = blobs
         #: The encrypted full-text index; a cache of the mail database, which is the truth.

@@ -35,14 +35,13 @@ message data (it keeps folded copies of text, to be thrown away and rebuilt at w
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import apsw
 import trio
@@ -50,6 +49,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from appliance.mail.imap import mime
+from appliance.store.database import Database, DatabaseClosed, running
 from appliance.store.files import fsync_dir
 
 T = TypeVar("T")
@@ -60,11 +60,6 @@ KEY_INFO = b"edgebox search index v1"
 #: The SQLite3 Multiple Ciphers cipher: ChaCha20-Poly1305, authenticated per page.
 CIPHER = "chacha20"
 
-#: How many jobs one transaction may carry (as in `appliance.store.database`).
-MAX_BATCH = 256
-
-#: Readers kept open for reuse.
-READ_POOL_SIZE = 4
 
 #: Body text indexed per message, in UTF-8 bytes of folded text. Text parts beyond the
 #: first MiB are almost always logs, dumps or pasted tables, not what people search for;
@@ -304,30 +299,29 @@ def delete_search_index(path: Path) -> None:
 # --- The index ------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Job:
-    run: Callable[[apsw.Connection], Any]
-    done: trio.Event = field(default_factory=trio.Event)
-    result: Any = None
-    error: BaseException | None = None
-
-
 class SearchIndex:
     """The encrypted search index of one box; open it with `open_search_index`."""
 
     def __init__(self, path: Path, key: bytes, writer: apsw.Connection, created: bool) -> None:
         self.path = path
-        self._key = key
-        self._writer = writer
-        self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
-        self._readers: list[apsw.Connection] = []
-        self._read_limiter = trio.CapacityLimiter(READ_POOL_SIZE)
+        # The same single writer with group commit as the mail databases, on an
+        # encrypted apsw connection; readers open with the same key.
+        self._db: Database[apsw.Connection] = Database(
+            path, writer, connect_reader=lambda: _connect(path, key)
+        )
         #: True when the file was created (or recreated) by this open: it is empty and
         #: the caller should index every message.
         self.rebuild_needed = created
-        #: Transactions committed and jobs run since open (how well group commit batches).
-        self.commits = 0
-        self.jobs = 0
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed since open (how well group commit batches)."""
+        return self._db.commits
+
+    @property
+    def jobs(self) -> int:
+        """Write jobs run since open."""
+        return self._db.jobs
 
     # --- writes ---
 
@@ -389,63 +383,10 @@ class SearchIndex:
         return await self._write(job)
 
     async def _write(self, job: Callable[[apsw.Connection], T]) -> T:
-        pending = _Job(job)
         try:
-            self._send.send_nowait(pending)
-        except trio.ClosedResourceError:
-            raise SearchIndexClosed(f"{self.path.name} is closed") from None
-        # Shielded, as in Database.write: a queued job's caller must learn its outcome.
-        with trio.CancelScope(shield=True):
-            await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result  # type: ignore[no-any-return]
-
-    async def _run_writer(self) -> None:
-        try:
-            async for first in self._receive:
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._commit_batch, batch)
-                for job in batch:
-                    job.done.set()
-        finally:
-            while True:
-                try:
-                    job = self._receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                job.error = SearchIndexClosed(f"{self.path.name} closed before the write ran")
-                job.done.set()
-
-    def _commit_batch(self, batch: list[_Job]) -> None:
-        conn = self._writer
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    job.result = job.run(conn)
-                except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
-                    job.error = exc
-                conn.execute("RELEASE job")
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for job in batch:
-                if job.error is None:
-                    job.error = exc
-                    job.result = None
-            return
-        self.commits += 1
-        self.jobs += len(batch)
+            return await self._db.write(job)
+        except DatabaseClosed as exc:
+            raise SearchIndexClosed(str(exc)) from None
 
     # --- reads ---
 
@@ -486,24 +427,7 @@ class SearchIndex:
         )
 
     async def _read(self, query: Callable[[apsw.Connection], T]) -> T:
-        async with self._read_limiter:
-            conn = (
-                self._readers.pop()
-                if self._readers
-                else await trio.to_thread.run_sync(_connect, self.path, self._key)
-            )
-            try:
-                return await trio.to_thread.run_sync(query, conn)
-            finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._readers.append(conn)
-
-    def close(self) -> None:
-        self._writer.close()
-        for conn in self._readers:
-            conn.close()
-        self._readers.clear()
+        return await self._db.read(query)
 
 
 # --- Jobs and queries (run in worker threads) -----------------------------------------
@@ -617,16 +541,5 @@ async def open_search_index(
     key = derive_key(data_key)
     writer, created = await trio.to_thread.run_sync(_open_writer, path, key, recreate_if_unreadable)
     index = SearchIndex(path, key, writer, created)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(index._run_writer)
-            try:
-                yield index
-            finally:
-                index._send.close()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    finally:
-        index.close()
+    async with running(index._db):
+        yield index

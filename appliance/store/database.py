@@ -14,7 +14,9 @@ Every durable change in edgebox goes through `Database.write`. The rules:
   writer writes), so a slow search never stalls delivery.
 
 What this is not: an ORM, or a place for domain rules. Jobs are plain SQL written by the
-capability that owns the tables (mail, directory, chat, ...).
+capability that owns the tables (mail, directory, chat, ...). The connection type is
+open: the mail and directory databases use the stdlib `sqlite3`, the encrypted search
+index an `apsw` connection; both only need ``execute`` and ``in_transaction``.
 """
 
 from __future__ import annotations
@@ -25,13 +27,27 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
 from appliance.store.schema import Migration, migrate
 
 T = TypeVar("T")
+
+
+class Connection(Protocol):
+    """What the writer and readers need of a SQLite connection (sqlite3 or apsw)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, /) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+C = TypeVar("C", bound=Connection)
 
 #: How many jobs one transaction may carry. Large enough that a burst of deliveries
 #: shares one fsync; small enough that one batch never holds the write lock for long.
@@ -65,27 +81,30 @@ class DatabaseClosed(Exception):
 
 @dataclass(eq=False)
 class _Job:
-    run: Callable[[sqlite3.Connection], Any]
+    run: Callable[[Any], Any]
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
 
 
-class Database:
+class Database(Generic[C]):
     """A SQLite file with one writer task; see the module docstring for the rules."""
 
-    def __init__(self, path: Path, writer: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, writer: C, connect_reader: Callable[[], C] | None = None
+    ) -> None:
         self.path = path
         self._writer = writer
+        self._connect_reader = connect_reader
         self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[C] = []
         self._read_limiter = trio.CapacityLimiter(READ_POOL_SIZE)
         #: Transactions committed and jobs run since open; `edgebox status` and the
         #: benchmarks show the ratio (how well group commit batches).
         self.commits = 0
         self.jobs = 0
 
-    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, job: Callable[[C], T]) -> T:
         """Run *job* in the next group-committed transaction; return once fsynced."""
         pending = _Job(job)
         try:
@@ -100,16 +119,24 @@ class Database:
             raise pending.error
         return pending.result  # type: ignore[no-any-return]
 
-    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, query: Callable[[C], T]) -> T:
         """Run *query* on a reader connection in a worker thread."""
         async with self._read_limiter:
-            conn = self._readers.pop() if self._readers else connect(self.path)
+            if self._readers:
+                conn = self._readers.pop()
+            else:
+                conn = await trio.to_thread.run_sync(self._new_reader)
             try:
                 return await trio.to_thread.run_sync(query, conn)
             finally:
                 if conn.in_transaction:
-                    conn.rollback()
+                    conn.execute("ROLLBACK")
                 self._readers.append(conn)
+
+    def _new_reader(self) -> C:
+        if self._connect_reader is not None:
+            return self._connect_reader()
+        return connect(self.path)  # type: ignore[return-value]
 
     async def _run_writer(self) -> None:
         try:
@@ -169,8 +196,14 @@ class Database:
         self._readers.clear()
 
 
+#: The mail and directory databases: stdlib sqlite3 connections.
+SQLiteDatabase = Database[sqlite3.Connection]
+
+
 @asynccontextmanager
-async def open_database(path: Path, migrations: Sequence[Migration]) -> AsyncIterator[Database]:
+async def open_database(
+    path: Path, migrations: Sequence[Migration]
+) -> AsyncIterator[SQLiteDatabase]:
     """Open (creating and migrating as needed) the database at *path* with its writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = connect(path)
@@ -179,7 +212,13 @@ async def open_database(path: Path, migrations: Sequence[Migration]) -> AsyncIte
     except BaseException:
         writer.close()
         raise
-    db = Database(path, writer)
+    async with running(Database(path, writer)) as db:
+        yield db
+
+
+@asynccontextmanager
+async def running(db: Database[C]) -> AsyncIterator[Database[C]]:
+    """Run *db*'s writer task for the duration of the block, then close it."""
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(db._run_writer)
