@@ -28,6 +28,18 @@ async def open_listeners(name: str, config: Config) -> list[trio.SocketListener]
         ) from exc
 
 
+async def serve_tcp(
+    name: str,
+    config: Config,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """Bind *name*'s port, report its addresses to the supervisor, serve forever."""
+    listeners = await open_listeners(name, config)
+    task_status.started(addresses(listeners))
+    await trio.serve_listeners(handler, listeners)
+
+
 def addresses(listeners: list[trio.SocketListener]) -> list[str]:
     """Printable ``host:port`` (``[v6]:port``) of each listener, for `edgebox run`."""
     out = []

@@ -14,7 +14,7 @@ from typing import cast
 import trio
 
 from appliance.box import Box
-from appliance.listeners import ConnectionGate, addresses, open_listeners, peer_ip, start_tls
+from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.session import ImapSession
 
@@ -40,9 +40,7 @@ class IMAPService:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await open_listeners(self.name, self.box.config)
-        task_status.started(addresses(listeners))
-        await trio.serve_listeners(self.handle, listeners)
+        await serve_tcp(self.name, self.box.config, self.handle, task_status)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""

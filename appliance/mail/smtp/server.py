@@ -15,7 +15,7 @@ import trio
 from appliance.box import Box
 from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import normalise_address
-from appliance.listeners import ConnectionGate, addresses, open_listeners, peer_ip, start_tls
+from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
@@ -57,9 +57,7 @@ class SMTPService:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await open_listeners(self.name, self.box.config)
-        task_status.started(addresses(listeners))
-        await trio.serve_listeners(self.handle, listeners)
+        await serve_tcp(self.name, self.box.config, self.handle, task_status)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
