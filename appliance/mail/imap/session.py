@@ -40,6 +40,7 @@ from appliance.mail.mailboxes import (
     MessageState,
 )
 from appliance.mail.mailstore import Mailstore, QuotaExceeded, StoredMessage
+from appliance.store.blobs import BlobMissing
 
 log = logging.getLogger("edgebox.imap")
 
@@ -467,6 +468,11 @@ class ImapSession:
                     self.conn.untagged(f"VANISHED (EARLIER) {imap.encode_uid_set(within)}")
         if self.condstore and imap.FetchAttr("MODSEQ") not in items:
             items.append(imap.FetchAttr("MODSEQ"))
+        needs_content = any(
+            isinstance(i, imap.FetchBody)
+            or i.name not in ("UID", "FLAGS", "MODSEQ", "INTERNALDATE", "RFC822.SIZE")
+            for i in items
+        )
         needs_row = any(not (isinstance(i, imap.FetchAttr) and i.name in ("UID", "FLAGS", "MODSEQ"))
                         for i in items)  # fmt: skip
         marks_seen = not selected.readonly and any(
@@ -492,19 +498,42 @@ class ImapSession:
                 if needs_row
                 else {}
             )
+            contents = await self._contents(rows) if needs_content else {}
             for uid in batch:
                 if needs_row and uid not in rows:
                     continue  # expunged by someone else since; reported later
-                line = await self._fetch_line(selected, uid, items, rows.get(uid))
+                line = await self._fetch_line(
+                    selected, uid, items, rows.get(uid), contents.get(uid)
+                )
                 self.conn.untagged(line)
             await self.flush()
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "FETCH completed")
 
-    async def _fetch_line(self, selected: Selected, uid: int, items: Sequence[imap.FetchItem],
-                          row: StoredMessage | None) -> bytes:  # fmt: skip
+    async def _contents(self, rows: dict[int, StoredMessage]) -> dict[int, bytes]:
+        """Decrypt a FETCH batch's messages in one worker call, not one hop each."""
+        blobs = self.store.blobs
+
+        def read_all() -> dict[int, bytes]:
+            found = {}
+            for uid, row in rows.items():
+                try:
+                    found[uid] = blobs.get(row.blob_id)
+                except BlobMissing:
+                    continue  # freed by a concurrent expunge; the row is gone too
+            return found
+
+        return await trio.to_thread.run_sync(read_all)
+
+    async def _fetch_line(
+        self,
+        selected: Selected,
+        uid: int,
+        items: Sequence[imap.FetchItem],
+        row: StoredMessage | None,
+        content: bytes | None = None,
+    ) -> bytes:
         state = selected.states[uid]
-        content: bytes | None = None
         tree: mime.Part | None = None
         parts: list[bytes] = []
 
