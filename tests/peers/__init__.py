@@ -30,10 +30,44 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import psutil
 
 LOOPBACK = "127.0.0.1"
+
+
+class PeerServer:
+    """Lifecycle shared by the private peers: a context manager around start()/stop().
+
+    Subclasses set ``self._proc`` when their server process runs.
+    """
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """Root of the instance's process tree."""
+        return self._proc.pid if self._proc is not None else None
 
 
 class PeerError(RuntimeError):

@@ -26,11 +26,11 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from tests.peers import (
     LOOPBACK,
     PeerError,
+    PeerServer,
     ensure_free,
     free_port,
     kill_leftovers,
@@ -51,7 +51,7 @@ def _passwd_line(user: str, password: str) -> str:
     return f"{user}:{{PLAIN}}{password}::::::\n"
 
 
-class DovecotServer:
+class DovecotServer(PeerServer):
     """Private Dovecot; use as a context manager (start on enter, stop + clean up on exit).
 
     Ports left as None are picked free at start. ``imaps_port`` exists only with tls=True.
@@ -102,22 +102,6 @@ class DovecotServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    def __enter__(self) -> DovecotServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
         dovecot = require_binary("dovecot", "dovecot-imapd dovecot-lmtpd")

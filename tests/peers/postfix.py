@@ -27,11 +27,11 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from tests.peers import (
     LOOPBACK,
     PeerError,
+    PeerServer,
     ensure_free,
     free_port,
     kill_leftovers,
@@ -78,7 +78,7 @@ def _hostport(addr: tuple[str, int]) -> str:
     return f"[{addr[0]}]:{addr[1]}"
 
 
-class PostfixServer:
+class PostfixServer(PeerServer):
     """Private Postfix; use as a context manager (start on enter, stop + clean up on exit).
 
     ``lmtp_to``: (host, port) of the LMTP server that receives mail for ``relay_domains``.
@@ -128,23 +128,6 @@ class PostfixServer:
         self._runtime: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-
-    def __enter__(self) -> PostfixServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """Root of the instance's process tree (postfix-script, parent of master)."""
-        return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
         self._postfix = require_binary("postfix", "postfix")
