@@ -1,0 +1,1 @@
+"""HTTPS: the JSON API, WebSocket stream and (later) the web pages."""
