@@ -35,6 +35,7 @@ import trio
 from appliance.directory.models import Agency, OrgUnit, User
 from appliance.directory.schema import DEFAULT_QUOTA_BYTES
 from appliance.security import passwords
+from appliance.security.credential_cache import VerifiedCredentials
 from appliance.store.database import SQLiteDatabase
 
 #: Password hashes computed at once. Each scrypt call holds 16 MiB; trio's default
@@ -286,6 +287,8 @@ class Directory:
     def __init__(self, db: SQLiteDatabase) -> None:
         self._db = db
         self._hash_limiter = trio.CapacityLimiter(HASH_WORKERS)
+        #: Clients reconnecting with the same password skip scrypt for a while.
+        self._verified = VerifiedCredentials()
 
     # agencies
 
@@ -518,7 +521,9 @@ class Directory:
 
         Takes the same time whether or not the address exists: an unknown address is
         checked against `passwords.DUMMY_HASH`, so response times do not reveal which
-        accounts exist.
+        accounts exist. A password verified in the last few minutes against the same
+        stored hash is accepted without hashing again (`VerifiedCredentials`); only a
+        correct password can be that fast.
         """
         try:
             address = normalise_address(address)
@@ -533,6 +538,8 @@ class Directory:
             return None if user is None else (user, str(row[0]))
 
         found = await self._db.read(query) if address else None
+        if found is not None and self._verified.matches(address, password, found[1]):
+            return None if found[0].disabled else found[0]
         stored = passwords.DUMMY_HASH if found is None else found[1]
         matches = await trio.to_thread.run_sync(
             passwords.verify_password, password, stored, limiter=self._hash_limiter
@@ -540,6 +547,7 @@ class Directory:
         if found is None or not matches or found[0].disabled:
             return None
         user = found[0]
+        self._verified.remember(address, password, stored)
         if passwords.needs_rehash(stored):
             # The only moment the plain password is at hand: move this user to today's
             # scrypt parameters. Guarded by the old hash, so a password changed

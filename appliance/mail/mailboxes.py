@@ -27,9 +27,9 @@ import enum
 import hashlib
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -42,6 +42,8 @@ from appliance.mail.mailstore import (
     row_to_message,
 )
 from appliance.mail.search_index import SearchIndex
+
+T = TypeVar("T")
 
 #: Hierarchy separator of mailbox names (advertised by LIST).
 SEPARATOR = "/"
@@ -150,6 +152,25 @@ class Mailboxes:
     async def states(self, mailbox_id: int) -> list[MessageState]:
         """Every message's UID, flags and MODSEQ in UID order (what SELECT shows)."""
         return await self.db.read(lambda conn: _states(conn, mailbox_id, 0))
+
+    async def load_states(
+        self, mailbox_id: int, build: Callable[[Iterable[tuple[int, str, int]]], T]
+    ) -> T:
+        """Feed ``(uid, flags text, modseq)`` rows in UID order to *build*, in the reader.
+
+        For 100k-message mailboxes: the rows stream from SQLite into whatever compact
+        form *build* makes, with no object per message on the way.
+        """
+
+        def query(conn: sqlite3.Connection) -> T:
+            return build(
+                conn.execute(
+                    "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid",
+                    (mailbox_id,),
+                )
+            )
+
+        return await self.db.read(query)
 
     async def messages(self, mailbox_id: int, uids: Collection[int]) -> list[StoredMessage]:
         """The stored rows of *uids* (those that still exist), in UID order."""

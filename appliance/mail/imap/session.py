@@ -19,7 +19,6 @@ What this is not: socket handling (server.py) or parsing (protocol.py).
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import logging
 import re
@@ -31,13 +30,13 @@ import trio
 from appliance.directory import User
 from appliance.mail.imap import mime
 from appliance.mail.imap import protocol as imap
+from appliance.mail.imap.view import MessageView
 from appliance.mail.mailboxes import (
     SEPARATOR,
     FlagMode,
     MailboxError,
     Mailboxes,
     MailboxInfo,
-    MessageState,
 )
 from appliance.mail.mailstore import Mailstore, QuotaExceeded, StoredMessage
 from appliance.store.blobs import BlobMissing
@@ -47,7 +46,7 @@ log = logging.getLogger("edgebox.imap")
 #: What every session offers once authenticated (RFC 3501 §6.1.1). Only what works.
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
-    " SPECIAL-USE CHILDREN CONDSTORE QRESYNC QUOTA"
+    " SPECIAL-USE CHILDREN CONDSTORE QRESYNC QUOTA ESEARCH"
 )
 #: Flags clients may set (RFC 3501 §7.2.6); "\\*" says keywords may be created.
 PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
@@ -63,15 +62,13 @@ class Selected:
 
     info: MailboxInfo
     readonly: bool
-    #: UIDs in sequence-number order: message n is uids[n - 1].
-    uids: list[int] = field(default_factory=list)
-    states: dict[int, MessageState] = field(default_factory=dict)
+    #: What the client was told: message n is messages.uids[n - 1].
+    messages: MessageView = field(default_factory=MessageView)
     #: Everything up to this MODSEQ has been reported to the client.
     modseq: int = 0
 
     def seq_of(self, uid: int) -> int:
-        """The sequence number of *uid* (uids are ascending, so a binary search)."""
-        return bisect.bisect_left(self.uids, uid) + 1
+        return self.messages.seq_of(uid)
 
 
 class ImapSession:
@@ -325,11 +322,10 @@ class ImapSession:
         box = await self.mailboxes.get(self.owner, cmd.mailbox)
         if cmd.condstore or cmd.qresync:
             self.condstore = True
-        states = await self.mailboxes.states(box.id)
-        selected = Selected(box, cmd.readonly, [s.uid for s in states],
-                            {s.uid: s for s in states}, box.highestmodseq)  # fmt: skip
+        view = await self.mailboxes.load_states(box.id, MessageView)
+        selected = Selected(box, cmd.readonly, view, box.highestmodseq)
         self.conn.untagged(f"FLAGS {FLAGS}")
-        self.conn.untagged(f"{len(states)} EXISTS")
+        self.conn.untagged(f"{len(view)} EXISTS")
         self.conn.untagged("0 RECENT")
         self.conn.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.conn.untagged(f"OK [UIDNEXT {box.uidnext}] predicted next UID")
@@ -347,7 +343,7 @@ class ImapSession:
         # RFC 7162 §3.2.5: what vanished since the client's MODSEQ, then what changed.
         changed, vanished = await self.mailboxes.changes_since(selected.info.id, params.modseq)
         if params.known_uids is not None:
-            top = max(selected.uids, default=0)
+            top = selected.messages.top
             vanished = [u for u in vanished if params.known_uids.contains(u, top)]
         if vanished:
             self.conn.untagged(f"VANISHED (EARLIER) {imap.encode_uid_set(vanished)}")
@@ -457,13 +453,12 @@ class ImapSession:
             items.insert(0, imap.FetchAttr("UID"))
         if cmd.changed_since is not None:
             self.condstore = True
-            uids = [u for u in uids if selected.states[u].modseq > cmd.changed_since]
+            uids = [u for u in uids if selected.messages.modseq(u) > cmd.changed_since]
             if cmd.vanished:
                 # RFC 7162 §3.2.6: UID FETCH ... (CHANGEDSINCE n VANISHED)
                 _, gone = await self.mailboxes.changes_since(selected.info.id, cmd.changed_since)
-                within = [
-                    u for u in gone if cmd.sequence_set.contains(u, max(selected.uids, default=0))
-                ]
+                top = selected.messages.top
+                within = [u for u in gone if cmd.sequence_set.contains(u, top)]
                 if within:
                     self.conn.untagged(f"VANISHED (EARLIER) {imap.encode_uid_set(within)}")
         if self.condstore and imap.FetchAttr("MODSEQ") not in items:
@@ -482,13 +477,13 @@ class ImapSession:
         )
         if marks_seen:
             # RFC 3501 §6.4.5: BODY[] sets \Seen; the new FLAGS go in the same response.
-            unseen = [u for u in uids if not _has(selected.states[u], "\\seen")]
+            unseen = [u for u in uids if not _has(selected.messages.flags(u), "\\seen")]
             if unseen:
                 result = await self.mailboxes.store_flags(
                     selected.info.id, unseen, FlagMode.ADD, ["\\Seen"]
                 )
                 for state in result.changed:
-                    selected.states[state.uid] = state
+                    selected.messages.update(state)
                 if imap.FetchAttr("FLAGS") not in items:
                     items.append(imap.FetchAttr("FLAGS"))
         for start in range(0, len(uids), FETCH_BATCH):
@@ -533,7 +528,7 @@ class ImapSession:
         row: StoredMessage | None,
         content: bytes | None = None,
     ) -> bytes:
-        state = selected.states[uid]
+        state = selected.messages.state(uid)
         tree: mime.Part | None = None
         parts: list[bytes] = []
 
@@ -601,11 +596,19 @@ class ImapSession:
     async def _on_search(self, cmd: imap.Search) -> None:
         selected = self._require_selected()
         matcher = _Matcher(self, selected, cmd.criteria)
-        found = [uid for uid in list(selected.uids) if await matcher.matches(uid)]
+        options = cmd.return_options
+        if options is not None and "SAVE" in options:
+            self.conn.tagged(cmd.tag, "BAD", "SEARCH RETURN (SAVE) is not supported")
+            return
+        found = [uid for uid in list(selected.messages) if await matcher.matches(uid)]
         numbers = found if cmd.uid else [selected.seq_of(u) for u in found]
-        result = "SEARCH" + "".join(f" {n}" for n in numbers)
-        if matcher.uses_modseq and found:
-            result += f" (MODSEQ {max(selected.states[u].modseq for u in found)})"
+        modseq = selected.messages.highest_modseq(found) if matcher.uses_modseq else 0
+        if options is None:
+            result = "SEARCH" + "".join(f" {n}" for n in numbers)
+            if modseq:
+                result += f" (MODSEQ {modseq})"
+        else:
+            result = _esearch(cmd.tag, cmd.uid, options or ("ALL",), numbers, modseq)
         self.conn.untagged(result)
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "SEARCH completed")
@@ -643,29 +646,28 @@ class ImapSession:
             return
         changed, vanished = await self.mailboxes.changes_since(selected.info.id, selected.modseq)
         quiet_set = set(quiet)
-        gone = [u for u in vanished if u in selected.states]
+        view = selected.messages
+        gone = [u for u in vanished if u in view]
         if gone and expunges:
             if self.qresync:
                 self.conn.untagged(f"VANISHED {imap.encode_uid_set(gone)}")
-            for uid in sorted(gone, reverse=True):
-                seq = selected.seq_of(uid)
-                if not self.qresync:
-                    self.conn.untagged(f"{seq} EXPUNGE")
-                del selected.uids[seq - 1]
-                del selected.states[uid]
+            else:
+                # Highest first, so each number is still right when the client reads it.
+                for uid in sorted(gone, reverse=True):
+                    self.conn.untagged(f"{view.seq_of(uid)} EXPUNGE")
+            view.remove(gone)
         # UIDs only grow, so anything above our highest UID is new (RFC 3501 §2.3.1.1).
-        top = selected.uids[-1] if selected.uids else 0
+        top = view.top
         new = [s for s in changed if s.uid > top]
         for state in new:
-            selected.uids.append(state.uid)
-            selected.states[state.uid] = state
+            view.append(state)
         if new:
-            self.conn.untagged(f"{len(selected.uids)} EXISTS")
+            self.conn.untagged(f"{len(view)} EXISTS")
         for state in changed:
-            if state.uid > top or state.uid not in selected.states:
+            if state.uid > top or state.uid not in view:
                 continue
-            before = selected.states[state.uid]
-            selected.states[state.uid] = state
+            before = view.state(state.uid)
+            view.update(state)
             if state.uid in quiet_set or (before.flags == state.flags and not self.condstore):
                 continue
             if before == state:
@@ -723,7 +725,7 @@ class _Matcher:
 
     async def _eval(self, key: imap.SearchKey, uid: int) -> bool:
         selected = self.selected
-        state = selected.states[uid]
+        state = selected.messages.state(uid)
         flags = {f.lower() for f in state.flags}
         if isinstance(key, imap.SearchAnd):
             for sub in key.keys:
@@ -739,7 +741,7 @@ class _Matcher:
         if isinstance(key, imap.SearchKeyword):
             return (key.flag.lower() in flags) == (key.name.upper() == "KEYWORD")
         if isinstance(key, imap.SearchSequence):
-            top = max(selected.uids, default=0) if key.uid else len(selected.uids)
+            top = selected.messages.top if key.uid else len(selected.messages)
             number = uid if key.uid else selected.seq_of(uid)
             return key.sequence_set.contains(number, top)
         if isinstance(key, imap.SearchModseq):
@@ -793,8 +795,28 @@ def _header_contains(content: bytes, field_name: str, value: str) -> bool:
     )
 
 
-def _has(state: MessageState, flag: str) -> bool:
-    return flag in {f.lower() for f in state.flags}
+def _esearch(
+    tag: str, uid: bool, options: Sequence[str], numbers: Sequence[int], modseq: int
+) -> str:
+    """An ESEARCH response (RFC 4731 §3.1); MIN, MAX and ALL only when something matched."""
+    result = f'ESEARCH (TAG "{tag}")' + (" UID" if uid else "")
+    if numbers:
+        if "MIN" in options:
+            result += f" MIN {numbers[0]}"
+        if "MAX" in options:
+            result += f" MAX {numbers[-1]}"
+        if "ALL" in options:
+            result += f" ALL {imap.encode_uid_set(numbers)}"
+    if "COUNT" in options:
+        result += f" COUNT {len(numbers)}"
+    if modseq:
+        # RFC 7162 §3.1.5: the highest MODSEQ of the matches, as in SEARCH.
+        result += f" MODSEQ {modseq}"
+    return result
+
+
+def _has(flags: Iterable[str], flag: str) -> bool:
+    return flag in {f.lower() for f in flags}
 
 
 def _uses(key: imap.SearchKey, kind: type) -> bool:
@@ -831,20 +853,15 @@ def _uids_in(sequence_set: imap.SequenceSet, selected: Selected, *, uid: bool) -
     Cost follows the size of the answer, not of the mailbox: clients such as mbsync
     send one `UID FETCH n` per message, and a scan per command would be quadratic.
     """
-    uids = selected.uids
-    if uid:
-        top = uids[-1] if uids else 0
-        result_uids: list[int] = []
-        for wanted in sequence_set.resolve(top):
-            # uids is sorted: slice out those inside the range.
-            start = bisect.bisect_left(uids, wanted.start)
-            stop = bisect.bisect_right(uids, wanted.stop - 1)
-            result_uids.extend(uids[start:stop])
-        return result_uids
-    count = len(selected.uids)
+    view = selected.messages
     result: list[int] = []
+    if uid:
+        for wanted in sequence_set.resolve(view.top):
+            result.extend(view.uid_range(wanted.start, wanted.stop - 1))
+        return result
+    count = len(view)
     for numbers in sequence_set.resolve(count):
-        result.extend(selected.uids[n - 1] for n in numbers if n <= count)
+        result.extend(view.uids[n - 1] for n in numbers if n <= count)
     return result
 
 

@@ -468,6 +468,27 @@ async def test_disabled_and_known_users_check_their_own_hash(
     assert passwords.DUMMY_HASH not in verify_calls
 
 
+async def test_a_repeated_login_skips_the_hash_until_the_password_changes(
+    directory: Directory, verify_calls: list[str]
+) -> None:
+    await _add(directory, f"somchai@{A}")
+    for _ in range(3):
+        assert await directory.authenticate(f"somchai@{A}", PASSWORD) is not None
+    assert len(verify_calls) == 1
+    # A wrong password always pays (and never enters the cache).
+    for _ in range(2):
+        assert await directory.authenticate(f"somchai@{A}", "wrong") is None
+    assert len(verify_calls) == 3
+    # Disabling refuses a cached password at once; so does changing it.
+    await directory.set_disabled(f"somchai@{A}", True)
+    assert await directory.authenticate(f"somchai@{A}", PASSWORD) is None
+    await directory.set_disabled(f"somchai@{A}", False)
+    await directory.set_password(f"somchai@{A}", "รหัสใหม่")
+    verify_calls.clear()
+    assert await directory.authenticate(f"somchai@{A}", PASSWORD) is None
+    assert len(verify_calls) == 1
+
+
 async def test_hashing_runs_off_the_event_loop(
     directory: Directory, monkeypatch: pytest.MonkeyPatch, verify_calls: list[str]
 ) -> None:

@@ -185,6 +185,34 @@ async def test_search_keys(box: MailBox, criteria: str, expected: str) -> None:
     assert f"* SEARCH{(' ' + expected) if expected else ''}\r\n" in reply
 
 
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        # RFC 4731 §3.1: RETURN () means ALL; MIN, MAX and ALL vanish when nothing matched.
+        ("SEARCH RETURN () ALL", '* ESEARCH (TAG "c") ALL 1:4'),
+        ("SEARCH RETURN (MIN MAX COUNT) NOT SEEN", '* ESEARCH (TAG "c") MIN 1 MAX 4 COUNT 3'),
+        ("UID SEARCH RETURN (COUNT ALL) 2:3", '* ESEARCH (TAG "c") UID ALL 2:3 COUNT 2'),
+        ("SEARCH RETURN (MIN MAX ALL COUNT) DELETED", '* ESEARCH (TAG "c") COUNT 0'),
+        ("SEARCH RETURN (MAX) MODSEQ 1", '* ESEARCH (TAG "c") MAX 4 MODSEQ '),
+    ],
+)
+async def test_esearch(box: MailBox, command: str, expected: str) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 4)
+    await client.send("a SELECT INBOX\r\nb STORE 2 +FLAGS (\\Seen)\r\n")
+    reply = await client.send(f"c {command}\r\n")
+    assert expected in reply
+    assert "* SEARCH" not in reply
+    assert "c OK" in reply
+
+
+async def test_esearch_save_is_refused(box: MailBox) -> None:
+    client = await signed_in(box)
+    await client.send("a SELECT INBOX\r\n")
+    reply = await client.send("c SEARCH RETURN (SAVE) ALL\r\n")
+    assert "c BAD" in reply
+
+
 async def test_thai_search_with_literal(box: MailBox) -> None:
     client = await signed_in(box)
     await fill(box, box.users[0], 3)
