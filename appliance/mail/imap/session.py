@@ -46,7 +46,7 @@ log = logging.getLogger("edgebox.imap")
 #: What every session offers once authenticated (RFC 3501 §6.1.1). Only what works.
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
-    " SPECIAL-USE CHILDREN CONDSTORE QRESYNC QUOTA ESEARCH"
+    " SPECIAL-USE CHILDREN LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC QUOTA ESEARCH"
 )
 #: Flags clients may set (RFC 3501 §7.2.6); "\\*" says keywords may be created.
 PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
@@ -237,9 +237,12 @@ class ImapSession:
     _on_unsubscribe = _on_subscribe
 
     async def _on_list(self, cmd: imap.List | imap.Lsub) -> None:
+        # RFC 3501 §6.3.8-9, RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE, RFC 5819.
+        is_list = isinstance(cmd, imap.List)
         patterns = cmd.patterns if isinstance(cmd, imap.List) else (cmd.pattern,)
-        selection = tuple(s.upper() for s in getattr(cmd, "selection", ()))
-        lsub = isinstance(cmd, imap.Lsub) or "SUBSCRIBED" in selection
+        selection = set(cmd.selection) if isinstance(cmd, imap.List) else set()
+        returns = set(cmd.return_options) if isinstance(cmd, imap.List) else set()
+        subscribed_only = not is_list or "SUBSCRIBED" in selection
         if patterns == ("",):
             # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and root.
             self.conn.untagged(f'LIST (\\Noselect) "{SEPARATOR}" ""')
@@ -248,26 +251,50 @@ class ImapSession:
         boxes = await self.mailboxes.of(self.owner)
         names = {box.name for box in boxes}
         matchers = [_pattern(cmd.reference + p) for p in patterns]
-        verb = "LSUB" if isinstance(cmd, imap.Lsub) else "LIST"
+        verb = "LIST" if is_list else "LSUB"
+
+        def chosen(box: MailboxInfo) -> bool:
+            if subscribed_only and not box.subscribed:
+                return False
+            return "SPECIAL-USE" not in selection or box.special_use is not None
+
+        picked = {box.name for box in boxes if chosen(box)}
         for box in boxes:
-            if not any(m(box.name) for m in matchers) or (lsub and not box.subscribed):
+            if not any(m(box.name) for m in matchers):
                 continue
-            if "SPECIAL-USE" in selection and not box.special_use:
-                continue
+            extended = ""
+            if box.name not in picked:
+                # RFC 5258 §3.5: RECURSIVEMATCH also returns a matching parent whose
+                # children meet the selection, with CHILDINFO saying which option.
+                if "RECURSIVEMATCH" not in selection or not any(
+                    n.startswith(box.name + SEPARATOR) for n in picked
+                ):
+                    continue
+                if "SUBSCRIBED" in selection:
+                    extended = ' ("CHILDINFO" ("SUBSCRIBED"))'
             children = any(n.startswith(box.name + SEPARATOR) for n in names)
             attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
             if box.special_use:
                 attrs.append(box.special_use)
-            if lsub and verb == "LIST":
+            if is_list and box.subscribed and ("SUBSCRIBED" in selection | returns):
                 attrs.append("\\Subscribed")
             name = imap.mailbox_name(box.name)
-            self.conn.untagged(f'{verb} ({" ".join(attrs)}) "{SEPARATOR}" '.encode() + name)
+            self.conn.untagged(
+                f'{verb} ({" ".join(attrs)}) "{SEPARATOR}" '.encode() + name + extended.encode()
+            )
+            if isinstance(cmd, imap.List) and "STATUS" in returns:
+                # RFC 5819 §2: a STATUS response follows each selectable mailbox's LIST.
+                self._status_line(box, cmd.status_items)
         self.conn.tagged(cmd.tag, "OK", f"{verb} completed")
 
     _on_lsub = _on_list
 
     async def _on_status(self, cmd: imap.Status) -> None:
         box = await self.mailboxes.get(self.owner, cmd.mailbox)
+        self._status_line(box, cmd.items)
+        self.conn.tagged(cmd.tag, "OK", "STATUS completed")
+
+    def _status_line(self, box: MailboxInfo, wanted: Iterable[str]) -> None:
         values = {
             "MESSAGES": box.messages,
             "RECENT": 0,
@@ -277,11 +304,8 @@ class ImapSession:
             "HIGHESTMODSEQ": box.highestmodseq,
             "SIZE": box.size,
         }
-        items = " ".join(
-            f"{i.upper()} {values[i.upper()]}" for i in cmd.items if i.upper() in values
-        )
+        items = " ".join(f"{i.upper()} {values[i.upper()]}" for i in wanted if i.upper() in values)
         self.conn.untagged(b"STATUS " + imap.mailbox_name(box.name) + f" ({items})".encode())
-        self.conn.tagged(cmd.tag, "OK", "STATUS completed")
 
     async def _on_getquotaroot(self, cmd: imap.GetQuotaRoot) -> None:
         await self.mailboxes.get(self.owner, cmd.mailbox)

@@ -111,6 +111,24 @@ async def test_list_wildcards_and_special_use(box: MailBox) -> None:
     assert '* LIST (\\Noselect) "/" ""' in root
 
 
+async def test_list_extended_selection_and_return_options(box: MailBox) -> None:
+    client = await signed_in(box)
+    await fill(box, box.users[0], 2)
+    await client.send('a CREATE "Projects"\r\na2 CREATE "Projects/2569"\r\n')
+    await client.send('b UNSUBSCRIBE "Projects"\r\nc SUBSCRIBE "Projects/2569"\r\n')
+    # RFC 5258 §3.5: the unsubscribed parent comes back only with RECURSIVEMATCH.
+    plain = await client.send('d LIST (SUBSCRIBED) "" "Projects"\r\n')
+    assert "* LIST" not in plain
+    recursive = await client.send('e LIST (SUBSCRIBED RECURSIVEMATCH) "" "Projects"\r\n')
+    assert '* LIST (\\HasChildren) "/" "Projects" ("CHILDINFO" ("SUBSCRIBED"))' in recursive
+    # RFC 5258 §6 RETURN (SUBSCRIBED) and RFC 5819 RETURN (STATUS (...)).
+    reply = await client.send('f LIST "" "INBOX" RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN))\r\n')
+    assert '* LIST (\\HasNoChildren \\Subscribed) "/" "INBOX"\r\n' in reply
+    assert '* STATUS "INBOX" (MESSAGES 2 UNSEEN 2)\r\n' in reply
+    assert reply.index("* LIST") < reply.index("* STATUS")
+    assert "\\Subscribed" not in await client.send('g LIST "" "INBOX"\r\n')
+
+
 async def test_store_unchangedsince_reports_modified(box: MailBox) -> None:
     client = await signed_in(box)
     await fill(box, box.users[0], 3)
