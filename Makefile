@@ -35,6 +35,7 @@ system-deps:
 bench: system-deps $(VENV)/.installed
 	$(BIN)/python tests/bench/bench_smtp.py
 	$(BIN)/python tests/bench/bench_imap.py
+	$(BIN)/python tests/bench/bench_imap_large.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
