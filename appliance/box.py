@@ -9,6 +9,7 @@ Layout (DESIGN.md "Roles and ports")::
     DATA/db/directory.sqlite agencies, units, users, administrators
     DATA/db/mail.sqlite     mailboxes, messages, blob references, outbound queue
     DATA/db/search.sqlite   full-text index (FTS5 trigram), encrypted as a whole file
+    DATA/db/chat.sqlite     chat rooms, messages, events and their index, encrypted as a whole
     DATA/blobs/             encrypted message blobs
     DATA/log/traffic/       the traffic log: who sent to whom, when, from where (90 days)
     DATA/run/status.json    what a running box listens on (for `edgebox status`)
@@ -28,9 +29,11 @@ from typing import Any
 
 import trio
 
+from appliance.chat import Chat, open_chat
 from appliance.compliance.traffic_log import TrafficLog
 from appliance.config import Config, load_config
 from appliance.directory import DIRECTORY_MIGRATIONS, Directory, normalise_domain
+from appliance.directory.sessions import Sessions
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
 from appliance.mail.search_index import open_search_index
@@ -70,6 +73,8 @@ class Box:
     delivery: Delivery
     tls: ssl.SSLContext
     traffic: TrafficLog
+    chat: Chat
+    sessions: Sessions
 
     @property
     def status_file(self) -> Path:
@@ -175,18 +180,23 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
         ):
             directory = Directory(dir_db)
             mailstore = Mailstore(mail_db, blobs, search)
-            yield Box(
-                config=config,
-                identity=identity,
-                hostname=hostname,
-                settings=settings,
-                directory_db=dir_db,
-                mail_db=mail_db,
-                directory=directory,
-                mailstore=mailstore,
-                delivery=Delivery(directory, mailstore, hostname),
-                tls=server_ssl_context(keys_dir),
-                traffic=TrafficLog(data_dir / "log" / "traffic"),
-            )
+            async with open_chat(
+                data_dir / "db" / "chat.sqlite", data_key, blobs, directory, identity.box_id
+            ) as chat:
+                yield Box(
+                    config=config,
+                    identity=identity,
+                    hostname=hostname,
+                    settings=settings,
+                    directory_db=dir_db,
+                    mail_db=mail_db,
+                    directory=directory,
+                    mailstore=mailstore,
+                    delivery=Delivery(directory, mailstore, hostname),
+                    tls=server_ssl_context(keys_dir),
+                    traffic=TrafficLog(data_dir / "log" / "traffic"),
+                    chat=chat,
+                    sessions=Sessions(dir_db),
+                )
     finally:
         settings.close()

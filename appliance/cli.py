@@ -19,10 +19,12 @@ from typing import Any
 import trio
 
 from appliance.box import Box, BoxError, configured, init_box, open_box, read_identity
+from appliance.chat import SecretSweeper
 from appliance.compliance import traffic_log
 from appliance.compliance.retention import TrafficLogRetention
 from appliance.config import DEV_PORTS, ConfigError
 from appliance.directory import DirectoryError, User
+from appliance.directory.sessions import SessionExpiry
 from appliance.health import Level
 from appliance.health.disk import check_disk
 from appliance.health.services import check_services
@@ -32,6 +34,8 @@ from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.security.keys import KeyMaterialError
 from appliance.supervisor import Service, Supervisor
+from appliance.web.api import api_routes
+from appliance.web.server import HTTPSService
 
 DEMO_DOMAIN = "demo.go.th"
 #: The demo agency's users; README.md lists the same addresses and passwords.
@@ -256,13 +260,24 @@ def _user_list(args: argparse.Namespace) -> int:
 
 def _user_passwd(args: argparse.Namespace) -> int:
     password = _password_from_stdin()
-    trio.run(_with_box, args, lambda box: box.directory.set_password(args.email, password))
-    print(f"password changed for {args.email}")
+
+    async def action(box: Box) -> None:
+        await box.directory.set_password(args.email, password)
+        # Whoever signed in with the old password is signed out (a running box's
+        # session cache forgets them within seconds).
+        await box.sessions.revoke_all(args.email)
+
+    trio.run(_with_box, args, action)
+    print(f"password changed for {args.email}; their web and app sessions are signed out")
     return 0
 
 
 def _user_disable(args: argparse.Namespace) -> int:
-    trio.run(_with_box, args, lambda box: box.directory.set_disabled(args.email, True))
+    async def action(box: Box) -> None:
+        await box.directory.set_disabled(args.email, True)
+        await box.sessions.revoke_all(args.email)
+
+    trio.run(_with_box, args, action)
     print(f"disabled {args.email}")
     return 0
 
@@ -305,8 +320,11 @@ async def _serve(config: Any) -> None:
             SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)
         ]
         services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
+        services.append(HTTPSService(box, api_routes(box), sessions=box.sessions))
         services.append(SearchIndexer(box.mailstore))
         services.append(TrafficLogRetention(box.traffic))
+        services.append(SecretSweeper(box.chat))
+        services.append(SessionExpiry(box.sessions))
         supervisor = Supervisor(services, box.status_file)
 
         def announce(listeners: dict[str, list[str]]) -> None:

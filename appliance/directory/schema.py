@@ -93,4 +93,23 @@ DIRECTORY_MIGRATIONS: Final = (
             WHERE agency_id IS NULL;
         """,
     ),
+    Migration(
+        3,
+        "sessions: web and app sign-ins (appliance.directory.sessions)",
+        f"""
+        -- Only a SHA-256 of each token is kept: a copy of this file (a backup, a
+        -- stolen disk) must not let anyone act as a signed-in user. Times are ISO 8601
+        -- UTC text in one fixed format, so they compare correctly as text.
+        CREATE TABLE sessions (
+            token_hash  BLOB PRIMARY KEY CHECK (length(token_hash) = 32),
+            user_id     INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at  TEXT NOT NULL DEFAULT {_NOW},
+            expires_at  TEXT NOT NULL,
+            client_ip   TEXT,
+            user_agent  TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX sessions_user ON sessions(user_id);
+        CREATE INDEX sessions_expires ON sessions(expires_at);
+        """,
+    ),
 )

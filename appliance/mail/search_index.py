@@ -45,10 +45,9 @@ from typing import TypeVar
 
 import apsw
 import trio
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from appliance.mail.imap import mime
+from appliance.store import encrypted
 from appliance.store.database import Database, DatabaseClosed, running
 from appliance.store.files import fsync_dir
 
@@ -56,9 +55,6 @@ T = TypeVar("T")
 
 #: HKDF ``info`` for the index key; a new version means a new key and a rebuild.
 KEY_INFO = b"edgebox search index v1"
-
-#: The SQLite3 Multiple Ciphers cipher: ChaCha20-Poly1305, authenticated per page.
-CIPHER = "chacha20"
 
 
 #: Body text indexed per message, in UTF-8 bytes of folded text. Text parts beyond the
@@ -227,34 +223,18 @@ def _phrase(query: str) -> str:
 
 def derive_key(data_key: bytes) -> bytes:
     """Return the index's 256-bit key, derived from the box data key with HKDF-SHA256."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=KEY_INFO).derive(data_key)
+    return encrypted.derive_key(data_key, KEY_INFO)
 
 
 def _connect(path: Path, key: bytes) -> apsw.Connection:
-    """Open *path* with the cipher and key set before anything else touches the file."""
-    conn = apsw.Connection(str(path))
     try:
-        # An apsw without SQLite3 Multiple Ciphers ignores these pragmas and would write
-        # plaintext; refuse rather than break principle 5 silently.
-        if conn.pragma("cipher", CIPHER) != CIPHER:
-            raise SearchIndexError(
-                "this SQLite has no encryption (is apsw-sqlite3mc installed?)",
-                rebuild_needed=False,
-            )
-        # x'<64 hex>': a raw 256-bit key, used as is (no passphrase KDF on every open).
-        conn.pragma("key", f"x'{key.hex()}'")
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        except (apsw.NotADBError, apsw.CorruptError) as exc:
-            raise SearchIndexError(
-                f"search index cannot be decrypted ({path.name}: wrong key or damaged file)"
-            ) from exc
-        conn.set_busy_timeout(10_000)
-        conn.pragma("temp_store", "memory")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+        return encrypted.connect_encrypted(path, key)
+    except encrypted.EncryptionUnavailable as exc:
+        raise SearchIndexError(str(exc), rebuild_needed=False) from exc
+    except encrypted.Undecryptable as exc:
+        raise SearchIndexError(
+            f"search index cannot be decrypted ({path.name}: wrong key or damaged file)"
+        ) from exc
 
 
 def _open_writer(path: Path, key: bytes, recreate: bool) -> tuple[apsw.Connection, bool]:

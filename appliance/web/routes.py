@@ -112,6 +112,9 @@ class Route:
     #: JSON Schema of the success body (None: no body, e.g. 204).
     response: Schema | None = None
     status: int = 200
+    #: Other success statuses answered with the same body (e.g. 200 for a retried
+    #: create that found the first one).
+    also: tuple[int, ...] = ()
     #: False only for sign-in and the OpenAPI document itself.
     auth: bool = True
     #: 4xx statuses the handler may answer with, for the document.

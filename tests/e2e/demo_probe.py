@@ -7,7 +7,9 @@ users from README.md can sign in.
 
 from __future__ import annotations
 
+import http.client
 import imaplib
+import json
 import smtplib
 import ssl
 import sys
@@ -22,7 +24,7 @@ from tests.harness import start_box
 def main(data: Path) -> int:
     box = start_box(data, demo=True)
     try:
-        expected = {"smtp-mx", "smtp-submission", "smtp-submissions", "imap", "imaps"}
+        expected = {"smtp-mx", "smtp-submission", "smtp-submissions", "imap", "imaps", "https"}
         assert set(box.listeners) == expected, box.output
         context = ssl.create_default_context(cafile=str(box.ca))
         address, *_, password, _ = DEMO_USERS[0]
@@ -41,6 +43,20 @@ def probe(
     name: str, host: str, port: int, context: ssl.SSLContext, user: str, password: str
 ) -> None:
     """Speak to one listener as a client would, signing in where the port allows it."""
+    if name == "https":
+        connection = http.client.HTTPSConnection(host, port, context=context, timeout=10)
+        body = json.dumps({"address": user, "password": password})
+        connection.request("POST", "/api/v1/session", body,
+                           {"Content-Type": "application/json"})  # fmt: skip
+        answer = connection.getresponse()
+        assert answer.status == 201, (answer.status, answer.read())
+        token = json.loads(answer.read())["token"]
+        connection.request("GET", "/api/v1/rooms", headers={"Authorization": f"Bearer {token}"})
+        answer = connection.getresponse()
+        assert answer.status == 200, (answer.status, answer.read())
+        answer.read()
+        connection.close()
+        return
     if name.startswith("imap"):
         imap = (
             imaplib.IMAP4_SSL(host, port, ssl_context=context)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from appliance.mail.mailboxes import MessageState
 
@@ -102,6 +102,16 @@ class MessageView:
 
     def highest_modseq(self, uids: Iterable[int]) -> int:
         return max((self.modseq(u) for u in uids), default=0)
+
+    def with_flags(
+        self, uids: Iterable[int], predicate: Callable[[tuple[str, ...]], bool]
+    ) -> set[int]:
+        """Those of *uids* whose flags satisfy *predicate*, asked once per distinct set."""
+        wanted = {i for i, flags in enumerate(self._flag_sets) if predicate(flags)}
+        if not wanted:
+            return set()
+        matching = {u for u, f in zip(self.uids, self._flag_ids, strict=True) if f in wanted}
+        return matching.intersection(uids)
 
     def uid_range(self, first: int, last: int) -> Sequence[int]:
         """The UIDs present in first..last inclusive."""

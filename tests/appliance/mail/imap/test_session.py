@@ -231,6 +231,40 @@ async def test_esearch_save_is_refused(box: MailBox) -> None:
     assert "c BAD" in reply
 
 
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        "OR SEEN NOT FLAGGED",
+        "NOT (SEEN OR FLAGGED KEYWORD $Urgent)",
+        "2:4 NOT 3 UNSEEN",
+        "OR (LARGER 1 SUBJECT 2) NOT SUBJECT 3",
+        'UID 1:2 OR DELETED TEXT "เรื่อง"',
+        'NOT OR SUBJECT "ที่ 1" OR SUBJECT "ที่ 2" SINCE 1-Jan-2000',
+    ],
+)
+async def test_set_wise_search_agrees_with_message_by_message(box: MailBox, criteria: str) -> None:
+    from appliance.mail.imap import protocol as imap
+    from appliance.mail.imap.session import _Matcher
+
+    client = await signed_in(box)
+    await fill(box, box.users[0], 5)
+    await client.send("a SELECT INBOX\r\nb STORE 1,3 +FLAGS (\\Seen)\r\n")
+    await client.send("c STORE 2,3 +FLAGS (\\Flagged $Urgent)\r\n")
+    parsed = imap.ServerConnection(imap.ImapConfig(), tls_active=True)
+    parsed.authenticated()
+    parsed.selected()
+    parsed.receive_data(f"t SEARCH CHARSET UTF-8 {criteria}\r\n".encode())
+    command = parsed.next_event()
+    assert isinstance(command, imap.Search), command
+    selected = client.session.selected
+    assert selected is not None
+    uids = list(selected.messages)
+    one_by_one = [u for u in uids if await _Matcher(client.session, selected, command.criteria)
+                  .matches(u)]  # fmt: skip
+    set_wise = await _Matcher(client.session, selected, command.criteria).matching(uids)
+    assert set_wise == one_by_one
+
+
 async def test_thai_search_with_literal(box: MailBox) -> None:
     client = await signed_in(box)
     await fill(box, box.users[0], 3)

@@ -1,0 +1,180 @@
+"""Tables of the chat database (``DATA/db/chat.sqlite``, encrypted as a whole file).
+
+Only the SQL lives here; `appliance.chat.store` is the only code that writes these
+tables and `appliance.chat.rules` says what may be written.
+
+Conventions:
+
+- Ids of rooms, messages and invitations are the global id of the event that created
+  them (``"{origin box}:{seq}"``), so they stay unique when events are replicated.
+- ``events.cursor`` is this box's order of every event it holds (AUTOINCREMENT: a
+  cursor is never reused, so a client's cursor can never point at another event).
+- Times are Unix seconds (REAL), UTC.
+- ``message_text`` (FTS5 trigram) sits in the same database as ``messages``, so a
+  message and its index row commit, and are deleted, in one transaction. Its rowid is
+  ``messages.seq``; it holds folded text (`appliance.chat.store.fold`).
+- Membership rows of a deleted room are kept: its members still see the room's last
+  event (``room.deleted``) on their streams.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from appliance.store.schema import Migration
+
+CHAT_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "rooms, members, messages, receipts, events, invitations, locations, stickers",
+        """
+        CREATE TABLE origins (
+            origin  TEXT PRIMARY KEY,
+            seq     INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE events (
+            cursor      INTEGER PRIMARY KEY AUTOINCREMENT,
+            id          TEXT NOT NULL UNIQUE,
+            type        TEXT NOT NULL,
+            room_id     TEXT,
+            -- The one person a personal event is for (alerts), or the member an event
+            -- concerns who may no longer be in the room (member.removed).
+            subject     TEXT,
+            message_id  TEXT,
+            payload     TEXT NOT NULL,
+            created_at  REAL NOT NULL
+        );
+        CREATE INDEX events_room ON events(room_id, cursor);
+        CREATE INDEX events_subject ON events(subject, cursor) WHERE subject IS NOT NULL;
+        CREATE INDEX events_message ON events(message_id) WHERE message_id IS NOT NULL;
+
+        CREATE TABLE rooms (
+            id          TEXT PRIMARY KEY,
+            kind        TEXT NOT NULL CHECK (kind IN ('direct', 'group', 'broadcast', 'secret')),
+            name        TEXT,
+            owner       TEXT NOT NULL,
+            created_by  TEXT NOT NULL,
+            options     TEXT NOT NULL DEFAULT '{}',
+            -- "a b" (sorted addresses) for direct rooms: one direct room per pair.
+            pair        TEXT UNIQUE,
+            created_at  REAL NOT NULL,
+            deleted     INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+
+        CREATE TABLE members (
+            room_id   TEXT NOT NULL REFERENCES rooms(id),
+            address   TEXT NOT NULL,
+            added_at  REAL NOT NULL,
+            PRIMARY KEY (room_id, address)
+        ) WITHOUT ROWID;
+        CREATE INDEX members_by_address ON members(address, room_id);
+
+        CREATE TABLE uploads (
+            id          TEXT PRIMARY KEY,
+            uploader    TEXT NOT NULL,
+            blob_id     TEXT NOT NULL,
+            media_type  TEXT NOT NULL,
+            name        TEXT NOT NULL,
+            size        INTEGER NOT NULL,
+            created_at  REAL NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE messages (
+            seq         INTEGER PRIMARY KEY,
+            id          TEXT NOT NULL UNIQUE,
+            room_id     TEXT NOT NULL REFERENCES rooms(id),
+            sender      TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            content     TEXT NOT NULL,
+            reply_to    TEXT,
+            client_id   TEXT,
+            blob_id     TEXT,
+            created_at  REAL NOT NULL,
+            edited_at   REAL,
+            deleted     INTEGER NOT NULL DEFAULT 0,
+            secret      INTEGER NOT NULL DEFAULT 0,
+            expires_at  REAL,
+            UNIQUE (sender, client_id)
+        );
+        CREATE INDEX messages_room ON messages(room_id, seq);
+        CREATE INDEX messages_blob ON messages(blob_id) WHERE blob_id IS NOT NULL;
+        CREATE INDEX messages_expiry ON messages(expires_at) WHERE expires_at IS NOT NULL;
+
+        -- case_sensitive 1: text is folded before it is stored, exactly as queries are.
+        CREATE VIRTUAL TABLE message_text USING fts5(
+            text, tokenize = 'trigram case_sensitive 1'
+        );
+
+        CREATE TABLE receipts (
+            message_id  TEXT NOT NULL,
+            reader      TEXT NOT NULL,
+            read_at     REAL NOT NULL,
+            PRIMARY KEY (message_id, reader)
+        ) WITHOUT ROWID;
+        CREATE INDEX receipts_reader ON receipts(reader, message_id);
+
+        -- Recipients of a secret message who have not read it yet; the message goes
+        -- when the last row for it goes (or its TTL passes).
+        CREATE TABLE secret_unread (
+            message_id  TEXT NOT NULL,
+            reader      TEXT NOT NULL,
+            PRIMARY KEY (message_id, reader)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE hidden (
+            address     TEXT NOT NULL,
+            message_id  TEXT NOT NULL,
+            PRIMARY KEY (address, message_id)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE invitations (
+            id          TEXT PRIMARY KEY,
+            room_id     TEXT NOT NULL REFERENCES rooms(id),
+            organiser   TEXT NOT NULL,
+            title       TEXT NOT NULL,
+            starts_at   TEXT NOT NULL,
+            ends_at     TEXT,
+            place       TEXT,
+            created_at  REAL NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE invitees (
+            invitation_id  TEXT NOT NULL REFERENCES invitations(id),
+            address        TEXT NOT NULL,
+            answer         TEXT CHECK (answer IN ('accept', 'decline')),
+            answered_at    REAL,
+            PRIMARY KEY (invitation_id, address)
+        ) WITHOUT ROWID;
+
+        -- Only people who opted in have a row; opting out deletes it.
+        CREATE TABLE locations (
+            address     TEXT PRIMARY KEY,
+            lat         REAL NOT NULL,
+            lon         REAL NOT NULL,
+            updated_at  REAL NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE sticker_packs (
+            id          TEXT PRIMARY KEY,
+            agency      TEXT NOT NULL,
+            name        TEXT NOT NULL,
+            created_by  TEXT NOT NULL,
+            created_at  REAL NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE stickers (
+            id          TEXT PRIMARY KEY,
+            pack_id     TEXT NOT NULL REFERENCES sticker_packs(id),
+            name        TEXT NOT NULL,
+            blob_id     TEXT NOT NULL,
+            media_type  TEXT NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE agency_settings (
+            agency       TEXT PRIMARY KEY,
+            public_mode  INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        """,
+    ),
+)

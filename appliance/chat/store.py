@@ -1,0 +1,1840 @@
+"""The chat domain over its encrypted database: rooms, messages, receipts, events.
+
+Everything users do in chat goes through `Chat`. The rules of each change:
+
+- Every change is one `Database.write` job that reads what it needs, asks
+  `RoomPolicy` (pure rules), writes the rows *and* the event recording the change, all
+  in one transaction. A refused request raises `ChatError` from inside the job, whose
+  SAVEPOINT is then rolled back: a refusal changes nothing. Directory lookups (another
+  database) happen before the job; they only ever narrow what the job may do.
+- Every event gets a global id ``"{origin box}:{seq}"`` and this box's ``cursor``;
+  rooms, messages and invitations take the id of the event that created them.
+- After the commit, the writer publishes the new events to the `StreamHub`, so the
+  method returns once its change is both fsynced and visible on live streams.
+- Chat text is personal data: the database is encrypted as a whole
+  (`appliance.store.encrypted`) and file contents are `BlobStore` blobs.
+
+Secret messages: their content is kept only in the ``messages`` row (and its search
+row and blob), never in an event payload, so deleting those three deletes it from the
+box. For each reader a secret message disappears once they have read it; the box
+deletes it when every recipient has read it or its time to live has passed
+(`sweep_secrets`, run by `appliance.chat.secrets.SecretSweeper`).
+
+What this is not: HTTP (`appliance.chat.api`), or the rules themselves (`rules.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import apsw
+import trio
+
+from appliance.chat import geo
+from appliance.chat.errors import ChatError, not_found
+from appliance.chat.hours import parse_hours
+from appliance.chat.messages import (
+    MAX_LABEL,
+    check_media_type,
+    clean_text,
+    fold,
+    parse_draft,
+    parse_location,
+    searchable_text,
+)
+from appliance.chat.models import (
+    FILE_KINDS,
+    MAX_SECRET_TTL,
+    ROOM_KINDS,
+    Event,
+    EventPage,
+    Message,
+    Room,
+    RoomOptions,
+)
+from appliance.chat.rules import RoomPolicy
+from appliance.chat.schema import CHAT_MIGRATIONS
+from appliance.chat.stream import SCRUBBED_TYPES, StreamHub, Subscription
+from appliance.directory import Directory, User
+from appliance.store.blobs import BlobMissing, BlobStore
+from appliance.store.database import Database, running
+from appliance.store.encrypted import derive_key, open_encrypted_database
+
+T = TypeVar("T")
+Conn = apsw.Connection
+
+#: HKDF ``info`` of the chat database key.
+KEY_INFO = b"edgebox chat database v1"
+
+#: Largest uploaded file (REQUIREMENTS.md-style G-Chat limit).
+MAX_UPLOAD = 25 * 1024 * 1024
+
+#: Chat blobs start with this and 16 random bytes before the content. Blobs are
+#: content-addressed and the store is shared with mail, so without it a chat file equal
+#: to a stored mail (or to another chat file) would share its blob, and deleting a
+#: secret message's file would delete someone else's. With it, every upload is a blob
+#: of its own that chat alone may delete.
+_BLOB_PREFIX = b"edgebox chat blob v1\x00"
+_BLOB_SALT = 16
+
+#: Uploads never used in a message are deleted after this long.
+UPLOAD_TTL = 24 * 3600
+
+MAX_MEMBERS = 5_000
+MAX_NAME = 200
+MAX_PAGE = 500
+#: Trigram search answers three characters or more from the index; shorter scans.
+_TRIGRAM = 3
+
+_EVENT_ID = re.compile(r"[0-9A-Za-z_.-]{1,64}:[1-9][0-9]{0,18}")
+
+
+# --- rows ------------------------------------------------------------------------
+
+
+def _room_from_row(conn: Conn, row: Sequence[Any]) -> Room:
+    members = frozenset(
+        r[0] for r in conn.execute("SELECT address FROM members WHERE room_id = ?", (row[0],))
+    )
+    return Room(
+        id=row[0],
+        kind=row[1],
+        name=row[2],
+        owner=row[3],
+        created_by=row[4],
+        options=RoomOptions.loads(row[5]),
+        created_at=row[6],
+        deleted=bool(row[7]),
+        members=members,
+    )
+
+
+_ROOM_COLUMNS = "SELECT id, kind, name, owner, created_by, options, created_at, deleted FROM rooms"
+
+_MESSAGE_COLUMNS = (
+    "SELECT m.id, m.room_id, m.sender, m.kind, m.content, m.reply_to, m.client_id,"
+    " m.created_at, m.edited_at, m.deleted, m.secret, m.expires_at"
+)
+
+
+def _message_from_row(row: Sequence[Any], hidden: bool = False) -> Message:
+    return Message(
+        id=row[0],
+        room_id=row[1],
+        sender=row[2],
+        kind=row[3],
+        content=json.loads(row[4]),
+        reply_to=row[5],
+        client_id=row[6],
+        created_at=row[7],
+        edited_at=row[8],
+        deleted=bool(row[9]),
+        secret=bool(row[10]),
+        expires_at=row[11],
+        hidden=hidden,
+    )
+
+
+def _event_from_row(row: Sequence[Any]) -> Event:
+    return Event(
+        cursor=row[0],
+        id=row[1],
+        type=row[2],
+        room_id=row[3],
+        subject=row[4],
+        payload=json.loads(row[5]),
+        created_at=row[6],
+    )
+
+
+_EVENT_COLUMNS = "SELECT cursor, id, type, room_id, subject, payload, created_at FROM events"
+
+#: Readers of a message who no longer see it: a secret message they have read.
+_GONE_FOR_READER = (
+    "(m.secret = 1 AND m.sender <> :me AND EXISTS"
+    " (SELECT 1 FROM receipts r WHERE r.message_id = m.id AND r.reader = :me))"
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _wrap_blob(content: bytes) -> bytes:
+    return _BLOB_PREFIX + secrets.token_bytes(_BLOB_SALT) + content
+
+
+def _unwrap_blob(stored: bytes) -> bytes:
+    if not stored.startswith(_BLOB_PREFIX):
+        raise ChatError(404, "not_found", "file not found", "ไม่พบไฟล์")
+    return stored[len(_BLOB_PREFIX) + _BLOB_SALT :]
+
+
+class Chat:
+    """The chat service of one box; open it with `open_chat`."""
+
+    def __init__(
+        self,
+        db: Database[Conn],
+        blobs: BlobStore,
+        directory: Directory,
+        box_id: str,
+        hub: StreamHub,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._blobs = blobs
+        self._directory = directory
+        self.box_id = box_id
+        self.hub = hub
+        self.clock = clock
+        # The highest cursor any job has emitted; a write publishes up to it.
+        self._emitted = hub.published
+
+    @property
+    def directory(self) -> Directory:
+        return self._directory
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def _next_id(self, conn: Conn) -> str:
+        row = conn.execute(
+            "INSERT INTO origins (origin, seq) VALUES (?, 1)"
+            " ON CONFLICT (origin) DO UPDATE SET seq = seq + 1 RETURNING seq",
+            (self.box_id,),
+        ).fetchone()
+        assert row is not None  # RETURNING always yields the row it wrote
+        return f"{self.box_id}:{row[0]}"
+
+    def _emit(
+        self,
+        conn: Conn,
+        type_: str,
+        room_id: str | None,
+        payload: Mapping[str, Any],
+        now: float,
+        *,
+        subject: str | None = None,
+        message_id: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record one event in the job's transaction; return its global id."""
+        event_id = event_id or self._next_id(conn)
+        conn.execute(
+            "INSERT INTO events (id, type, room_id, subject, message_id, payload, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event_id, type_, room_id, subject, message_id, _dumps(payload), now),
+        )
+        self._emitted = max(self._emitted, conn.last_insert_rowid())
+        return event_id
+
+    async def _write(self, job: Callable[[Conn], T]) -> T:
+        result = await self._db.write(job)
+        await self._publish()
+        return result
+
+    async def _publish(self) -> None:
+        """Hand committed events to live streams, in cursor order (see stream.py)."""
+        upto = self._emitted
+        if self.hub.published >= upto:
+            return
+        async with self.hub.lock:
+            while self.hub.published < upto:
+                after = self.hub.published
+                rows = await self._db.read(functools.partial(_events_after, after=after))
+                if not rows:
+                    break  # the job that emitted `upto` was rolled back
+                self.hub.publish(_event_from_row(r) for r in rows)
+
+    async def _user(self, address: str) -> User:
+        user = await self._directory.user(address)
+        RoomPolicy.check_member_candidate(address, user)
+        assert user is not None
+        return user
+
+    async def _users(self, addresses: Iterable[str]) -> list[User]:
+        found: dict[str, User] = {}
+        for address in addresses:
+            user = await self._user(address)
+            found[user.address] = user
+        return list(found.values())
+
+    @staticmethod
+    def _room(conn: Conn, room_id: str) -> Room | None:
+        row = conn.execute(_ROOM_COLUMNS + " WHERE id = ?", (room_id,)).fetchone()
+        return None if row is None else _room_from_row(conn, row)
+
+    def _member_room(self, conn: Conn, room_id: str, actor: str) -> Room:
+        """Return the room if *actor* is a member of it (and it stands), else 404."""
+        room = self._room(conn, room_id)
+        if room is None or room.deleted or actor not in room.members:
+            raise not_found("room", "ห้องสนทนา")
+        return room
+
+    async def _delete_blobs(self, blob_ids: Iterable[str]) -> None:
+        for blob_id in blob_ids:
+            await trio.to_thread.run_sync(self._blobs.delete, blob_id)
+
+    # --- settings ---------------------------------------------------------------
+
+    async def public_mode(self, agency: str) -> bool:
+        """Return whether *agency* runs chat in public mode (anyone may talk to anyone)."""
+        return await self._db.read(lambda conn: _public_mode(conn, agency))
+
+    async def set_public_mode(self, actor: User, agency: str, on: bool) -> None:
+        """Switch public mode for *agency*; only its administrators may."""
+        if not await self._directory.is_admin(actor.address, agency):
+            raise ChatError(
+                403,
+                "not_admin",
+                "Only the agency's administrators may change this",
+                "เฉพาะผู้ดูแลระบบของหน่วยงานเท่านั้นที่เปลี่ยนค่านี้ได้",
+            )
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO agency_settings (agency, public_mode) VALUES (?, ?)"
+                " ON CONFLICT (agency) DO UPDATE SET public_mode = excluded.public_mode",
+                (agency, int(on)),
+            )
+        )
+
+    # --- rooms ------------------------------------------------------------------
+
+    async def create_room(
+        self,
+        actor: User,
+        kind: str,
+        *,
+        name: str | None = None,
+        members: Sequence[str] = (),
+        options: Mapping[str, Any] | None = None,
+    ) -> Room:
+        """Create a room owned by *actor*; direct rooms go through `open_direct`."""
+        if kind not in ROOM_KINDS:
+            raise ChatError(422, "invalid_kind", f"unknown room kind {kind!r}", "ไม่รู้จักประเภทห้องนี้")
+        if kind == "direct":
+            if len(members) != 1:
+                raise ChatError(
+                    422,
+                    "direct_needs_one",
+                    "A direct chat is with exactly one other person",
+                    "ห้องสนทนาส่วนตัวต้องมีอีกหนึ่งคนเท่านั้น",
+                )
+            room, _ = await self.open_direct(actor, members[0])
+            return room
+        name = clean_text(name, "name", MAX_NAME)
+        parsed = parse_options(options or {}, kind)
+        if kind == "broadcast":
+            parsed, audience = await self._audience(actor, parsed)
+            wanted = {*audience, *members}
+        else:
+            wanted = set(members)
+        wanted.discard(actor.address)
+        users = await self._users(sorted(wanted))
+        addresses = {actor.address, *(u.address for u in users)}
+        if len(addresses) > MAX_MEMBERS:
+            raise ChatError(
+                422,
+                "too_many_members",
+                f"A room holds at most {MAX_MEMBERS} members",
+                f"ห้องหนึ่งมีสมาชิกได้ไม่เกิน {MAX_MEMBERS} คน",
+            )
+        if not parsed.posters <= addresses:
+            raise _posters_not_members()
+        # A secret chat with one other person is a private chat: the same rank rule.
+        other = users[0] if kind == "secret" and len(users) == 1 else None
+        public = await self.public_mode(other.agency_domain) if other else False
+        now = self.clock()
+
+        def job(conn: Conn) -> Room:
+            if other is not None:
+                RoomPolicy.check_direct(
+                    actor,
+                    other,
+                    public_mode=public,
+                    restricting_rooms=_restricting_rooms(conn, actor.address, other.address),
+                )
+            room_id = self._next_id(conn)
+            room = Room(
+                room_id,
+                kind,
+                name,
+                actor.address,
+                actor.address,
+                parsed,
+                now,
+                members=frozenset(addresses),
+            )
+            _insert_room(conn, room, pair=None)
+            self._emit(
+                conn,
+                "room.created",
+                room_id,
+                {"room": room.to_json(), "addresses": sorted(addresses)},
+                now,
+                event_id=room_id,
+            )
+            return room
+
+        return await self._write(job)
+
+    async def _audience(self, actor: User, options: RoomOptions) -> tuple[RoomOptions, list[str]]:
+        """Return a broadcast room's audience: its agency, or the chosen units of it."""
+        agency = options.audience_agency or actor.agency_domain
+        if agency != actor.agency_domain and not await self._directory.is_admin(
+            actor.address, agency
+        ):
+            raise ChatError(
+                403,
+                "foreign_audience",
+                "You can broadcast only to your own agency (or one you administer)",
+                "ท่านส่งประกาศได้เฉพาะหน่วยงานของท่าน หรือหน่วยงานที่ท่านดูแลเท่านั้น",
+            )
+        people = await self._directory.users(agency)
+        units = set(options.audience_units)
+        if units:
+            known = {u.name_th for u in await self._directory.units(agency)}
+            if not units <= known:
+                raise ChatError(
+                    422,
+                    "unknown_unit",
+                    f"no such unit in {agency}: {sorted(units - known)}",
+                    f"ไม่พบหน่วยงานย่อยใน {agency}: {sorted(units - known)}",
+                )
+        audience = [u.address for u in people if not u.disabled and (not units or u.unit in units)]
+        return replace(options, audience_agency=agency), audience
+
+    async def open_direct(self, actor: User, other_address: str) -> tuple[Room, bool]:
+        """Return the direct room of *actor* and the other person, creating it if allowed.
+
+        The second value says whether it was created now. An existing room is returned
+        whoever started it: that is how a junior replies to a senior who wrote first.
+        """
+        other = await self._user(other_address)
+        public = await self.public_mode(other.agency_domain)
+        pair = " ".join(sorted((actor.address, other.address)))
+        now = self.clock()
+
+        def job(conn: Conn) -> tuple[Room, bool]:
+            row = conn.execute(_ROOM_COLUMNS + " WHERE pair = ?", (pair,)).fetchone()
+            if row is not None:
+                return _room_from_row(conn, row), False
+            RoomPolicy.check_direct(
+                actor,
+                other,
+                public_mode=public,
+                restricting_rooms=_restricting_rooms(conn, actor.address, other.address),
+            )
+            room_id = self._next_id(conn)
+            addresses = frozenset({actor.address, other.address})
+            room = Room(
+                room_id,
+                "direct",
+                None,
+                actor.address,
+                actor.address,
+                RoomOptions(),
+                now,
+                members=addresses,
+            )
+            _insert_room(conn, room, pair=pair)
+            self._emit(
+                conn,
+                "room.created",
+                room_id,
+                {"room": room.to_json(), "addresses": sorted(addresses)},
+                now,
+                event_id=room_id,
+            )
+            return room, True
+
+        return await self._write(job)
+
+    async def room(self, actor: User, room_id: str) -> Room:
+        """Return a room *actor* is a member of (404 otherwise)."""
+        return await self._db.read(lambda conn: self._member_room(conn, room_id, actor.address))
+
+    async def rooms(self, actor: User) -> list[Room]:
+        """Return *actor*'s rooms, newest first, without those outside working hours."""
+        now = self.clock()
+
+        def query(conn: Conn) -> list[Room]:
+            rows = conn.execute(
+                _ROOM_COLUMNS + " WHERE deleted = 0 AND id IN"  # noqa: S608 (fixed strings; values are bound)
+                " (SELECT room_id FROM members WHERE address = ?) ORDER BY created_at DESC",
+                (actor.address,),
+            ).fetchall()
+            return [_room_from_row(conn, row) for row in rows]
+
+        return [r for r in await self._db.read(query) if RoomPolicy.is_visible(r, now)]
+
+    async def update_room(
+        self,
+        actor: User,
+        room_id: str,
+        *,
+        name: str | None = None,
+        rename: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> Room:
+        """Rename the room (when *rename*) and/or change some of its options (owner only)."""
+        new_name = clean_text(name, "name", MAX_NAME) if rename else None
+        now = self.clock()
+
+        def job(conn: Conn) -> Room:
+            room = self._member_room(conn, room_id, actor.address)
+            RoomPolicy.check_owner(room, actor.address, "change the room", "เปลี่ยนแปลงห้อง")
+            if room.kind == "direct":
+                RoomPolicy.check_membership_change(room)
+            updated = room
+            if rename and new_name != room.name:
+                updated = replace(updated, name=new_name)
+                conn.execute("UPDATE rooms SET name = ? WHERE id = ?", (new_name, room_id))
+                self._emit(
+                    conn, "room.renamed", room_id, {"name": new_name, "by": actor.address}, now
+                )
+            if options:
+                merged = {**room.options.to_json(), **options}
+                # The audience of a broadcast room is fixed at creation.
+                merged["audience"] = room.options.to_json()["audience"]
+                parsed = parse_options(merged, room.kind)
+                if not parsed.posters <= room.members:
+                    raise _posters_not_members()
+                if parsed != room.options:
+                    updated = replace(updated, options=parsed)
+                    conn.execute(
+                        "UPDATE rooms SET options = ? WHERE id = ?", (parsed.dumps(), room_id)
+                    )
+                    self._emit(
+                        conn,
+                        "room.updated",
+                        room_id,
+                        {"options": parsed.to_json(), "by": actor.address},
+                        now,
+                    )
+            return updated
+
+        return await self._write(job)
+
+    async def delete_room(self, actor: User, room_id: str) -> None:
+        """Delete the room and every message in it (owner only)."""
+        now = self.clock()
+
+        def job(conn: Conn) -> list[str]:
+            room = self._member_room(conn, room_id, actor.address)
+            RoomPolicy.check_owner(room, actor.address, "delete the room", "ลบห้อง")
+            ids = [
+                r[0] for r in conn.execute("SELECT id FROM messages WHERE room_id = ?", (room_id,))
+            ]
+            blobs = _remove_messages(conn, ids)
+            conn.execute("UPDATE rooms SET deleted = 1, pair = NULL WHERE id = ?", (room_id,))
+            self._emit(conn, "room.deleted", room_id, {"by": actor.address}, now)
+            return blobs
+
+        await self._delete_blobs(await self._write(job))
+
+    async def transfer_ownership(self, actor: User, room_id: str, new_owner: str) -> Room:
+        """Make *new_owner* (a member) the owner of the room (owner only)."""
+        now = self.clock()
+
+        def job(conn: Conn) -> Room:
+            room = self._member_room(conn, room_id, actor.address)
+            RoomPolicy.check_owner(room, actor.address, "transfer ownership", "โอนความเป็นเจ้าของ")
+            RoomPolicy.check_transfer(room, new_owner)
+            conn.execute("UPDATE rooms SET owner = ? WHERE id = ?", (new_owner, room_id))
+            self._emit(
+                conn,
+                "room.owner_changed",
+                room_id,
+                {"owner": new_owner, "previous": actor.address},
+                now,
+            )
+            return replace(room, owner=new_owner)
+
+        return await self._write(job)
+
+    async def add_members(self, actor: User, room_id: str, addresses: Sequence[str]) -> Room:
+        """Add people to the room at once, without their acceptance (owner only)."""
+        users = await self._users(addresses)
+        now = self.clock()
+
+        def job(conn: Conn) -> Room:
+            room = self._member_room(conn, room_id, actor.address)
+            RoomPolicy.check_owner(room, actor.address, "add members", "เพิ่มสมาชิก")
+            RoomPolicy.check_membership_change(room)
+            new = sorted({u.address for u in users} - room.members)
+            if len(room.members) + len(new) > MAX_MEMBERS:
+                raise ChatError(
+                    422,
+                    "too_many_members",
+                    f"A room holds at most {MAX_MEMBERS} members",
+                    f"ห้องหนึ่งมีสมาชิกได้ไม่เกิน {MAX_MEMBERS} คน",
+                )
+            if not new:
+                return room
+            conn.executemany(
+                "INSERT INTO members (room_id, address, added_at) VALUES (?, ?, ?)",
+                [(room_id, a, now) for a in new],
+            )
+            self._emit(conn, "member.added", room_id, {"addresses": new, "by": actor.address}, now)
+            return replace(room, members=room.members | set(new))
+
+        return await self._write(job)
+
+    async def remove_member(self, actor: User, room_id: str, address: str) -> Room:
+        """Remove someone from the room at once (owner only; never the owner)."""
+        now = self.clock()
+
+        def job(conn: Conn) -> tuple[Room, list[str]]:
+            room = self._member_room(conn, room_id, actor.address)
+            RoomPolicy.check_owner(room, actor.address, "remove members", "นำสมาชิกออก")
+            RoomPolicy.check_membership_change(room)
+            RoomPolicy.check_remove(room, address)
+            conn.execute(
+                "DELETE FROM members WHERE room_id = ? AND address = ?", (room_id, address)
+            )
+            self._emit(
+                conn,
+                "member.removed",
+                room_id,
+                {"address": address, "by": actor.address},
+                now,
+                subject=address,
+            )
+            # They will never read the room's secret messages now; do not wait for them.
+            pending = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT s.message_id FROM secret_unread s"
+                    " JOIN messages m ON m.id = s.message_id WHERE m.room_id = ? AND s.reader = ?",
+                    (room_id, address),
+                )
+            ]
+            conn.execute(
+                "DELETE FROM secret_unread WHERE reader = ? AND message_id IN"
+                " (SELECT id FROM messages WHERE room_id = ?)",
+                (address, room_id),
+            )
+            blobs = self._expire_if_all_read(conn, pending, now)
+            return replace(room, members=room.members - {address}), blobs
+
+        room, blobs = await self._write(job)
+        await self._delete_blobs(blobs)
+        return room
+
+    async def leave(self, actor: User, room_id: str) -> NoReturn:
+        """Refuse: members cannot leave a room (REQUIREMENTS.md §3); 404 if not a member."""
+        room = await self.room(actor, room_id)
+        RoomPolicy.check_leave(room)
+        raise AssertionError("check_leave always refuses")
+
+    # --- messages ---------------------------------------------------------------
+
+    async def upload(self, actor: User, data: bytes, media_type: str, name: str) -> dict[str, Any]:
+        """Store a file for a later message; return its upload id, size and type."""
+        if len(data) > MAX_UPLOAD:
+            raise ChatError(413, "too_large", "Files are limited to 25 MB", "ไฟล์มีขนาดได้ไม่เกิน 25 MB")
+        if not data:
+            raise ChatError(422, "empty_file", "The file is empty", "ไฟล์ว่างเปล่า")
+        clean_name = clean_text(name or "file", "name", MAX_LABEL, required=True)
+        media = clean_text(
+            media_type or "application/octet-stream", "media_type", 200, required=True
+        )
+        assert clean_name is not None
+        assert media is not None
+        if "/" not in media or any(c in media for c in "\r\n"):
+            raise ChatError(422, "invalid_media_type", "not a media type", "ประเภทไฟล์ไม่ถูกต้อง")
+        blob_id = await trio.to_thread.run_sync(self._blobs.put, _wrap_blob(data))
+        now = self.clock()
+        upload_id = secrets.token_hex(16)
+
+        def job(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO uploads (id, uploader, blob_id, media_type, name, size, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (upload_id, actor.address, blob_id, media, clean_name, len(data), now),
+            )
+
+        try:
+            await self._db.write(job)
+        except BaseException:
+            await self._delete_blobs([blob_id])
+            raise
+        return {"upload_id": upload_id, "size": len(data), "media_type": media, "name": clean_name}
+
+    async def post(
+        self, actor: User, room_id: str, body: Mapping[str, Any]
+    ) -> tuple[Message, bool]:
+        """Post a message; return it and whether it is new.
+
+        A retry with the same ``client_id`` returns the message the first attempt
+        stored, never a second one (the ack may have been lost, not the message).
+        """
+        draft = parse_draft(body)
+        now = self.clock()
+
+        def job(conn: Conn) -> tuple[Message, bool]:
+            if draft.client_id is not None:
+                row = conn.execute(
+                    _MESSAGE_COLUMNS + " FROM messages m WHERE m.sender = ? AND m.client_id = ?",
+                    (actor.address, draft.client_id),
+                ).fetchone()
+                if row is not None:
+                    existing = _message_from_row(row)
+                    if existing.room_id != room_id:
+                        raise ChatError(
+                            409,
+                            "client_id_reused",
+                            "This client_id was already used for a message in another room",
+                            "client_id นี้ถูกใช้กับข้อความในห้องอื่นแล้ว",
+                        )
+                    return existing, False
+            room = self._member_room(conn, room_id, actor.address)
+            RoomPolicy.check_post(room, actor.address, now, has_location=draft.location is not None)
+            if draft.reply_to is not None:
+                target = conn.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND room_id = ? AND deleted = 0",
+                    (draft.reply_to, room_id),
+                ).fetchone()
+                if target is None:
+                    raise ChatError(
+                        422,
+                        "invalid_reply_to",
+                        "The message replied to is not in this room",
+                        "ไม่พบข้อความที่ตอบกลับในห้องนี้",
+                    )
+            content: dict[str, Any] = {}
+            blob_id = None
+            if draft.kind == "text":
+                content["text"] = draft.text
+            elif draft.kind == "link":
+                content.update(url=draft.url, title=draft.title)
+            elif draft.kind == "sticker":
+                sticker = conn.execute(
+                    "SELECT s.id, s.pack_id, s.name, p.agency FROM stickers s"
+                    " JOIN sticker_packs p ON p.id = s.pack_id WHERE s.id = ?",
+                    (draft.sticker_id,),
+                ).fetchone()
+                if sticker is None or sticker[3] != actor.agency_domain:
+                    raise ChatError(
+                        422,
+                        "invalid_sticker",
+                        "No such sticker in your agency's packs",
+                        "ไม่พบสติกเกอร์นี้ในชุดสติกเกอร์ของหน่วยงานท่าน",
+                    )
+                content.update(sticker_id=sticker[0], pack_id=sticker[1], name=sticker[2])
+            elif draft.kind in FILE_KINDS:
+                upload = conn.execute(
+                    "SELECT blob_id, media_type, name, size FROM uploads"
+                    " WHERE id = ? AND uploader = ?",
+                    (draft.upload_id, actor.address),
+                ).fetchone()
+                if upload is None:
+                    raise ChatError(
+                        422,
+                        "invalid_upload",
+                        "No such upload of yours (upload the file first)",
+                        "ไม่พบไฟล์ที่อัปโหลด กรุณาอัปโหลดไฟล์ก่อน",
+                    )
+                check_media_type(draft.kind, upload[1])
+                blob_id = upload[0]
+                content.update(
+                    name=upload[2], media_type=upload[1], size=upload[3], text=draft.text
+                )
+                conn.execute("DELETE FROM uploads WHERE id = ?", (draft.upload_id,))
+            if draft.location is not None:
+                content["location"] = draft.location.to_json()
+            secret = room.kind == "secret"
+            expires_at = now + room.options.secret_ttl if secret else None
+            message_id = self._next_id(conn)
+            conn.execute(
+                "INSERT INTO messages (id, room_id, sender, kind, content, reply_to, client_id,"
+                " blob_id, created_at, secret, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    room_id,
+                    actor.address,
+                    draft.kind,
+                    _dumps(content),
+                    draft.reply_to,
+                    draft.client_id,
+                    blob_id,
+                    now,
+                    int(secret),
+                    expires_at,
+                ),
+            )
+            seq = conn.last_insert_rowid()
+            conn.execute(
+                "INSERT INTO message_text (rowid, text) VALUES (?, ?)",
+                (seq, searchable_text(content)),
+            )
+            if secret:
+                conn.executemany(
+                    "INSERT INTO secret_unread (message_id, reader) VALUES (?, ?)",
+                    [(message_id, a) for a in sorted(room.members - {actor.address})],
+                )
+            message = Message(
+                message_id,
+                room_id,
+                actor.address,
+                draft.kind,
+                content,
+                draft.reply_to,
+                draft.client_id,
+                now,
+                None,
+                False,
+                secret,
+                expires_at,
+            )
+            shown = message.to_json()
+            if secret:
+                # Secret content never goes into an event (see the module docstring).
+                shown["content"] = {}
+            self._emit(
+                conn,
+                "message.posted",
+                room_id,
+                {"message_id": message_id, "message": shown},
+                now,
+                message_id=message_id,
+                event_id=message_id,
+            )
+            return message, True
+
+        return await self._write(job)
+
+    def _visible_message(self, conn: Conn, room_id: str, message_id: str, actor: str) -> Message:
+        self._member_room(conn, room_id, actor)
+        row = conn.execute(
+            _MESSAGE_COLUMNS + ", EXISTS (SELECT 1 FROM hidden h WHERE h.address = :me"  # noqa: S608 (fixed strings; values are bound)
+            " AND h.message_id = m.id) FROM messages m"
+            f" WHERE m.id = :id AND m.room_id = :room AND NOT {_GONE_FOR_READER}",
+            {"me": actor, "id": message_id, "room": room_id},
+        ).fetchone()
+        if row is None:
+            raise not_found("message", "ข้อความ")
+        return _message_from_row(row, bool(row[12]))
+
+    async def message(self, actor: User, room_id: str, message_id: str) -> Message:
+        """Return one message of a room *actor* is in (404 if gone for them)."""
+        return await self._db.read(
+            lambda conn: self._visible_message(conn, room_id, message_id, actor.address)
+        )
+
+    async def messages(
+        self, actor: User, room_id: str, *, before: str | None = None, limit: int = 50
+    ) -> list[Message]:
+        """Return a page of the room's messages, newest first, as *actor* sees them.
+
+        New members see the whole history. Messages *actor* hid and secret messages
+        they have read are left out; deleted messages appear as tombstones.
+        """
+        limit = max(1, min(limit, MAX_PAGE))
+
+        def query(conn: Conn) -> list[Message]:
+            self._member_room(conn, room_id, actor.address)
+            bound = 2**62
+            if before is not None:
+                row = conn.execute(
+                    "SELECT seq FROM messages WHERE id = ? AND room_id = ?", (before, room_id)
+                ).fetchone()
+                if row is None:
+                    raise not_found("message", "ข้อความ")
+                bound = row[0]
+            rows = conn.execute(
+                _MESSAGE_COLUMNS + " FROM messages m WHERE m.room_id = :room AND m.seq < :bound"  # noqa: S608 (fixed strings; values are bound)
+                f" AND NOT {_GONE_FOR_READER} AND NOT EXISTS (SELECT 1 FROM hidden h"
+                " WHERE h.address = :me AND h.message_id = m.id)"
+                " ORDER BY m.seq DESC LIMIT :limit",
+                {"room": room_id, "bound": bound, "me": actor.address, "limit": limit},
+            ).fetchall()
+            return [_message_from_row(r) for r in rows]
+
+        return await self._db.read(query)
+
+    async def edit(self, actor: User, room_id: str, message_id: str, text: str) -> Message:
+        """Change the text (or a file's caption, a link's title) of *actor*'s message."""
+        now = self.clock()
+
+        def job(conn: Conn) -> Message:
+            message = self._visible_message(conn, room_id, message_id, actor.address)
+            RoomPolicy.check_author(message, actor.address, "edit", "แก้ไข")
+            content = dict(message.content)
+            if message.kind == "link":
+                content["title"] = clean_text(text, "title", MAX_LABEL)
+            elif message.kind == "text" or message.kind in FILE_KINDS:
+                content["text"] = clean_text(text, "text", 10_000, required=message.kind == "text")
+            else:
+                raise ChatError(
+                    409,
+                    "not_editable",
+                    f"A {message.kind} message cannot be edited",
+                    "ข้อความประเภทนี้แก้ไขไม่ได้",
+                )
+            conn.execute(
+                "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?",
+                (_dumps(content), now, message_id),
+            )
+            seq = _scalar(conn, "SELECT seq FROM messages WHERE id = ?", (message_id,))
+            conn.execute("DELETE FROM message_text WHERE rowid = ?", (seq,))
+            conn.execute(
+                "INSERT INTO message_text (rowid, text) VALUES (?, ?)",
+                (seq, searchable_text(content)),
+            )
+            shown = {} if message.secret else content
+            self._emit(
+                conn,
+                "message.edited",
+                room_id,
+                {"message_id": message_id, "content": shown, "edited_at": now},
+                now,
+                message_id=message_id,
+            )
+            return replace(message, content=content, edited_at=now)
+
+        return await self._write(job)
+
+    async def delete_message(self, actor: User, room_id: str, message_id: str) -> None:
+        """Delete *actor*'s message: a tombstone stays, its content, file and index go."""
+        now = self.clock()
+
+        def job(conn: Conn) -> list[str]:
+            message = self._visible_message(conn, room_id, message_id, actor.address)
+            RoomPolicy.check_author(message, actor.address, "delete", "ลบ")
+            blobs = _remove_content(conn, message_id)
+            conn.execute(
+                "UPDATE messages SET deleted = 1, content = '{}', blob_id = NULL WHERE id = ?",
+                (message_id,),
+            )
+            self._emit(
+                conn,
+                "message.deleted",
+                room_id,
+                {"message_id": message_id, "by": actor.address},
+                now,
+                message_id=message_id,
+            )
+            return blobs
+
+        await self._delete_blobs(await self._write(job))
+
+    async def mark_read(
+        self,
+        actor: User,
+        room_id: str,
+        message_ids: Sequence[str] = (),
+        *,
+        up_to: str | None = None,
+    ) -> list[str]:
+        """Record that *actor* read these messages (or all up to one); return the new ones."""
+        now = self.clock()
+
+        def job(conn: Conn) -> tuple[list[str], list[str]]:
+            self._member_room(conn, room_id, actor.address)
+            wanted = list(dict.fromkeys(message_ids))
+            if up_to is not None:
+                row = conn.execute(
+                    "SELECT seq FROM messages WHERE id = ? AND room_id = ?", (up_to, room_id)
+                ).fetchone()
+                if row is None:
+                    raise not_found("message", "ข้อความ")
+                wanted += [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM messages WHERE room_id = ? AND seq <= ?", (room_id, row[0])
+                    )
+                ]
+            new: list[str] = []
+            secret: list[str] = []
+            for message_id in dict.fromkeys(wanted):
+                row = conn.execute(
+                    "SELECT sender, deleted, secret FROM messages WHERE id = ? AND room_id = ?",
+                    (message_id, room_id),
+                ).fetchone()
+                if row is None:
+                    if up_to is None:
+                        raise not_found("message", "ข้อความ")
+                    continue
+                if row[0] == actor.address or row[1]:
+                    continue  # one's own messages and tombstones have no receipts
+                conn.execute(
+                    "INSERT OR IGNORE INTO receipts (message_id, reader, read_at) VALUES (?, ?, ?)",
+                    (message_id, actor.address, now),
+                )
+                if conn.changes():
+                    new.append(message_id)
+                    if row[2]:
+                        secret.append(message_id)
+                        conn.execute(
+                            "DELETE FROM secret_unread WHERE message_id = ? AND reader = ?",
+                            (message_id, actor.address),
+                        )
+            if new:
+                self._emit(
+                    conn,
+                    "receipt",
+                    room_id,
+                    {"reader": actor.address, "read_at": now, "message_ids": new},
+                    now,
+                )
+            return new, self._expire_if_all_read(conn, secret, now)
+
+        new, blobs = await self._write(job)
+        await self._delete_blobs(blobs)
+        return new
+
+    def _expire_if_all_read(self, conn: Conn, message_ids: Iterable[str], now: float) -> list[str]:
+        """Delete each secret message nobody is waiting to read any more; return its blobs."""
+        blobs: list[str] = []
+        for message_id in message_ids:
+            if conn.execute(
+                "SELECT 1 FROM secret_unread WHERE message_id = ? LIMIT 1", (message_id,)
+            ).fetchone():
+                continue
+            blobs += self._expire(conn, message_id, "read", now)
+        return blobs
+
+    def _expire(self, conn: Conn, message_id: str, reason: str, now: float) -> list[str]:
+        row = conn.execute("SELECT room_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            return []
+        blobs = _remove_messages(conn, [message_id])
+        self._emit(
+            conn,
+            "message.expired",
+            row[0],
+            {"message_id": message_id, "reason": reason},
+            now,
+            message_id=message_id,
+        )
+        return blobs
+
+    async def receipts(self, actor: User, room_id: str, message_id: str) -> dict[str, Any]:
+        """Return who read a message and when, and which members have not yet."""
+
+        def query(conn: Conn) -> dict[str, Any]:
+            message = self._visible_message(conn, room_id, message_id, actor.address)
+            room = self._member_room(conn, room_id, actor.address)
+            read = [
+                {"reader": r[0], "read_at": r[1]}
+                for r in conn.execute(
+                    "SELECT reader, read_at FROM receipts WHERE message_id = ? ORDER BY read_at",
+                    (message_id,),
+                )
+            ]
+            readers = {r["reader"] for r in read}
+            unread = sorted(room.members - readers - {message.sender})
+            return {"message_id": message_id, "read": read, "unread": unread}
+
+        return await self._db.read(query)
+
+    async def hide(self, actor: User, room_id: str, message_id: str, hidden: bool) -> None:
+        """Hide a message from *actor*'s own view (or show it again); search still finds it."""
+        now = self.clock()
+
+        def job(conn: Conn) -> None:
+            self._visible_message(conn, room_id, message_id, actor.address)
+            if hidden:
+                conn.execute(
+                    "INSERT OR IGNORE INTO hidden (address, message_id) VALUES (?, ?)",
+                    (actor.address, message_id),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM hidden WHERE address = ? AND message_id = ?",
+                    (actor.address, message_id),
+                )
+            if conn.changes():
+                # A personal event: the user's other devices hide it too.
+                self._emit(
+                    conn,
+                    "message.hidden" if hidden else "message.shown",
+                    None,
+                    {"room_id": room_id, "message_id": message_id},
+                    now,
+                    subject=actor.address,
+                )
+
+        await self._write(job)
+
+    async def file(self, actor: User, room_id: str, message_id: str) -> tuple[bytes, str, str]:
+        """Return (content, media type, file name) of a file message, for members only."""
+
+        def query(conn: Conn) -> tuple[str, Message]:
+            message = self._visible_message(conn, room_id, message_id, actor.address)
+            row = conn.execute(
+                "SELECT blob_id FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None or row[0] is None:
+                raise not_found("file", "ไฟล์")
+            return row[0], message
+
+        blob_id, message = await self._db.read(query)
+        try:
+            stored = await trio.to_thread.run_sync(self._blobs.get, blob_id)
+        except BlobMissing:
+            raise not_found("file", "ไฟล์") from None
+        return _unwrap_blob(stored), message.content["media_type"], message.content["name"]
+
+    async def media(self, actor: User, room_id: str, kind: str, limit: int = 100) -> list[Message]:
+        """Return the room's links, images, videos, voice or files, newest first (the tab)."""
+        if kind not in ("link", "image", "video", "voice", "file"):
+            raise ChatError(422, "invalid_kind", f"no media tab {kind!r}", "ไม่มีแท็บสื่อประเภทนี้")
+        limit = max(1, min(limit, MAX_PAGE))
+
+        def query(conn: Conn) -> list[Message]:
+            self._member_room(conn, room_id, actor.address)
+            rows = conn.execute(
+                _MESSAGE_COLUMNS + " FROM messages m WHERE m.room_id = :room AND m.kind = :kind"
+                f" AND m.deleted = 0 AND NOT {_GONE_FOR_READER} ORDER BY m.seq DESC LIMIT :limit",
+                {"room": room_id, "kind": kind, "me": actor.address, "limit": limit},
+            ).fetchall()
+            return [_message_from_row(r) for r in rows]
+
+        return await self._db.read(query)
+
+    # --- search -----------------------------------------------------------------
+
+    async def search(self, actor: User, q: str, limit: int = 50) -> list[Message]:
+        """Find messages containing *q* in the rooms *actor* belongs to, newest first.
+
+        Thai substring search: three characters or more use the trigram index, shorter
+        queries scan. Messages the user hid are found (flagged ``hidden``); secret
+        messages already gone for the user, deleted messages and deleted rooms are not.
+        """
+        query_text = fold(clean_text(q, "q", 200, required=True) or "")
+        limit = max(1, min(limit, MAX_PAGE))
+        if len(query_text) >= _TRIGRAM:
+            test = "message_text MATCH :q"
+            q_value = '"' + query_text.replace('"', '""') + '"'  # one literal phrase
+        else:
+            test = "instr(t.text, :q) > 0"
+            q_value = query_text
+
+        def query(conn: Conn) -> list[Message]:
+            rows = conn.execute(
+                _MESSAGE_COLUMNS + ", EXISTS (SELECT 1 FROM hidden h WHERE h.address = :me"  # noqa: S608 (fixed strings; values are bound)
+                " AND h.message_id = m.id)"
+                " FROM message_text t JOIN messages m ON m.seq = t.rowid"
+                " JOIN members mb ON mb.room_id = m.room_id AND mb.address = :me"
+                " JOIN rooms r ON r.id = m.room_id AND r.deleted = 0"
+                f" WHERE {test} AND m.deleted = 0 AND NOT {_GONE_FOR_READER}"
+                " ORDER BY m.seq DESC LIMIT :limit",
+                {"q": q_value, "me": actor.address, "limit": limit},
+            ).fetchall()
+            return [_message_from_row(r, bool(r[12])) for r in rows]
+
+        return await self._db.read(query)
+
+    # --- events -----------------------------------------------------------------
+
+    async def events_for(self, address: str, after_cursor: int, limit: int = 200) -> EventPage:
+        """Return the events *address* sees after *after_cursor*, in cursor order.
+
+        Visible: every event of a room they are a member of now (new members see the
+        room's whole history), and the events about them alone (alerts, their removal,
+        their hidden messages). ``EventPage.cursor`` is where the next page starts.
+        """
+        limit = max(1, min(limit, 1000))
+        recent = self.hub.recent(address, after_cursor, limit)
+        if recent is not None:
+            events, cursor, more = recent
+            return EventPage(events, cursor, more)
+
+        def query(conn: Conn) -> EventPage:
+            # The head first, then only events up to it: the page's cursor is then
+            # exactly what was examined, even while the writer commits more.
+            head = _scalar(conn, "SELECT coalesce(max(cursor), 0) FROM events")
+            rows = conn.execute(
+                _EVENT_COLUMNS + " WHERE cursor > :after AND cursor <= :head AND"  # noqa: S608 (fixed strings; values are bound)
+                " (room_id IN (SELECT room_id FROM members WHERE address = :me)"
+                " OR subject = :me) ORDER BY cursor LIMIT :limit",
+                {"after": after_cursor, "head": head, "me": address, "limit": limit + 1},
+            ).fetchall()
+            events = [_event_from_row(r) for r in rows[:limit]]
+            if len(rows) > limit:
+                return EventPage(events, events[-1].cursor, True)
+            return EventPage(events, max(after_cursor, head), False)
+
+        return await self._db.read(query)
+
+    async def wait(self, after_cursor: int) -> None:
+        """Return once an event with a cursor above *after_cursor* has been published."""
+        await self.hub.wait(after_cursor)
+
+    def subscribe(self, address: str) -> Subscription:
+        """Register a live stream of *address* for ephemeral notices (typing)."""
+        return self.hub.subscribe(address)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self.hub.unsubscribe(subscription)
+
+    def typing(self, address: str, room_id: str) -> bool:
+        """Tell the room's other live members that *address* is typing (not stored)."""
+        if room_id not in self.hub.rooms_of(address):
+            return False
+        self.hub.notify(
+            room_id, {"type": "typing", "room_id": room_id, "address": address}, skip=address
+        )
+        return True
+
+    async def apply_remote(self, event: Mapping[str, Any]) -> bool:
+        """Store an event replicated from another box; return False if already held.
+
+        The idempotence hook of chat sync (DESIGN.md "Sync"): the event's global id is
+        unique in ``events``, so applying one twice has the effect of once. The event
+        is appended with a new local cursor and published to the streams of its room.
+        Materialising its effect on rooms and messages is the replicator's job; it
+        must call this first and act only when it returns True.
+        """
+        event_id = event.get("id")
+        type_ = event.get("type")
+        payload = event.get("payload")
+        room_id = event.get("room_id")
+        subject = event.get("subject")
+        if (
+            not isinstance(event_id, str)
+            or not _EVENT_ID.fullmatch(event_id)
+            or not isinstance(type_, str)
+            or not isinstance(payload, Mapping)
+            or not (room_id is None or isinstance(room_id, str))
+            or not (subject is None or isinstance(subject, str))
+        ):
+            raise ChatError(422, "invalid_event", "not a chat event", "ไม่ใช่เหตุการณ์ของแชต")
+        origin, _, seq = event_id.rpartition(":")
+        created = event.get("created_at")
+        created_at = float(created) if isinstance(created, (int, float)) else self.clock()
+
+        def job(conn: Conn) -> bool:
+            if conn.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
+                return False
+            conn.execute(
+                "INSERT INTO origins (origin, seq) VALUES (?, ?) ON CONFLICT (origin)"
+                " DO UPDATE SET seq = max(seq, excluded.seq)",
+                (origin, int(seq)),
+            )
+            message_id = payload.get("message_id")
+            self._emit(
+                conn,
+                type_,
+                room_id,
+                payload,
+                created_at,
+                subject=subject,
+                message_id=message_id if isinstance(message_id, str) else None,
+                event_id=event_id,
+            )
+            return True
+
+        return await self._write(job)
+
+    # --- invitations ------------------------------------------------------------
+
+    async def invite(
+        self,
+        actor: User,
+        room_id: str,
+        *,
+        title: str,
+        starts_at: str,
+        ends_at: str | None = None,
+        place: str | None = None,
+        invitees: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Invite room members to an event (title, time, place); they accept or decline."""
+        title_ = clean_text(title, "title", MAX_LABEL, required=True)
+        place_ = clean_text(place, "place", MAX_LABEL)
+        start = _parse_time(starts_at, "starts_at")
+        if ends_at is not None and _parse_time(ends_at, "ends_at") < start:
+            raise ChatError(
+                422, "invalid_ends_at", "ends_at is before starts_at", "เวลาสิ้นสุดอยู่ก่อนเวลาเริ่ม"
+            )
+        now = self.clock()
+
+        def job(conn: Conn) -> dict[str, Any]:
+            room = self._member_room(conn, room_id, actor.address)
+            RoomPolicy.check_post(room, actor.address, now, has_location=True)
+            chosen = set(room.members) if invitees is None else set(invitees)
+            chosen.discard(actor.address)
+            if not chosen <= room.members:
+                raise ChatError(
+                    422,
+                    "invitee_not_member",
+                    "Invite only members of the room",
+                    "เชิญได้เฉพาะสมาชิกของห้องเท่านั้น",
+                )
+            invitation_id = self._next_id(conn)
+            conn.execute(
+                "INSERT INTO invitations (id, room_id, organiser, title, starts_at, ends_at,"
+                " place, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (invitation_id, room_id, actor.address, title_, starts_at, ends_at, place_, now),
+            )
+            conn.executemany(
+                "INSERT INTO invitees (invitation_id, address) VALUES (?, ?)",
+                [(invitation_id, a) for a in sorted(chosen)],
+            )
+            invitation = _invitation(conn, invitation_id)
+            self._emit(
+                conn,
+                "invitation.created",
+                room_id,
+                {"invitation": invitation},
+                now,
+                event_id=invitation_id,
+            )
+            return invitation
+
+        return await self._write(job)
+
+    async def answer(self, actor: User, invitation_id: str, answer: str) -> dict[str, Any]:
+        """Accept or decline an invitation (invitees only; a later answer replaces one)."""
+        if answer not in ("accept", "decline"):
+            raise ChatError(
+                422,
+                "invalid_answer",
+                "answer is accept or decline",
+                "ตอบได้เฉพาะ accept หรือ decline",
+            )
+        now = self.clock()
+
+        def job(conn: Conn) -> dict[str, Any]:
+            row = conn.execute(
+                "SELECT room_id FROM invitations WHERE id = ?", (invitation_id,)
+            ).fetchone()
+            if row is None:
+                raise not_found("invitation", "คำเชิญ")
+            self._member_room(conn, row[0], actor.address)
+            conn.execute(
+                "UPDATE invitees SET answer = ?, answered_at = ?"
+                " WHERE invitation_id = ? AND address = ?",
+                (answer, now, invitation_id, actor.address),
+            )
+            if not conn.changes():
+                raise ChatError(
+                    403, "not_invited", "You are not invited to this event", "ท่านไม่ได้รับเชิญในกิจกรรมนี้"
+                )
+            self._emit(
+                conn,
+                "invitation.answered",
+                row[0],
+                {
+                    "invitation_id": invitation_id,
+                    "address": actor.address,
+                    "answer": answer,
+                    "answered_at": now,
+                },
+                now,
+            )
+            return _invitation(conn, invitation_id)
+
+        return await self._write(job)
+
+    async def invitation(self, actor: User, invitation_id: str) -> dict[str, Any]:
+        """Return an invitation with every invitee's answer (members of its room only)."""
+
+        def query(conn: Conn) -> dict[str, Any]:
+            row = conn.execute(
+                "SELECT room_id FROM invitations WHERE id = ?", (invitation_id,)
+            ).fetchone()
+            if row is None:
+                raise not_found("invitation", "คำเชิญ")
+            self._member_room(conn, row[0], actor.address)
+            return _invitation(conn, invitation_id)
+
+        return await self._db.read(query)
+
+    # --- location and alerts ----------------------------------------------------
+
+    async def set_location(
+        self, actor: User, share: bool, location: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Opt in (with the current location) or out of sharing one's location for alerts.
+
+        Opting out deletes the stored location: nothing of it stays on the box.
+        """
+        point = None
+        if share:
+            if location is None:
+                raise ChatError(
+                    422,
+                    "location_required",
+                    "Sharing needs a location",
+                    "การแบ่งปันตำแหน่งต้องระบุตำแหน่ง",
+                )
+            point = parse_location(location)
+        now = self.clock()
+
+        def job(conn: Conn) -> None:
+            if point is None:
+                conn.execute("DELETE FROM locations WHERE address = ?", (actor.address,))
+            else:
+                conn.execute(
+                    "INSERT INTO locations (address, lat, lon, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (address) DO UPDATE SET lat = excluded.lat,"
+                    " lon = excluded.lon, updated_at = excluded.updated_at",
+                    (actor.address, point.lat, point.lon, now),
+                )
+
+        await self._db.write(job)
+        return {"share": point is not None, "updated_at": now if point else None}
+
+    async def send_alert(
+        self,
+        actor: User,
+        *,
+        location: Mapping[str, Any],
+        radius_m: float,
+        text: str,
+        room_id: str | None = None,
+    ) -> int:
+        """Alert the people whose last shared location is within *radius_m* of a point.
+
+        An agency administrator alerts their agency's people; a room's owner alerts the
+        room's members. Each recipient gets a personal ``alert`` event. Returns how
+        many were alerted (never who: where people are is theirs to keep).
+        """
+        centre = parse_location(location)
+        body = clean_text(text, "text", 2_000, required=True)
+        if (
+            isinstance(radius_m, bool)
+            or not isinstance(radius_m, (int, float))
+            or not (0 < radius_m <= 1_000_000)
+        ):
+            raise ChatError(
+                422,
+                "invalid_radius",
+                "radius_m must be from 1 m to 1,000 km",
+                "รัศมีต้องอยู่ระหว่าง 1 เมตร ถึง 1,000 กิโลเมตร",
+            )
+        audience: set[str] | None = None
+        if room_id is None:
+            if not await self._directory.is_admin(actor.address, actor.agency_domain):
+                raise ChatError(
+                    403,
+                    "not_admin",
+                    "Only an agency administrator or a room's owner (for its members) sends alerts",
+                    "เฉพาะผู้ดูแลระบบของหน่วยงาน หรือเจ้าของห้อง (ถึงสมาชิกในห้อง) เท่านั้นที่ส่งการแจ้งเตือนได้",
+                )
+            audience = {
+                u.address
+                for u in await self._directory.users(actor.agency_domain)
+                if not u.disabled
+            }
+        now = self.clock()
+
+        def job(conn: Conn) -> int:
+            people = audience
+            if room_id is not None:
+                room = self._member_room(conn, room_id, actor.address)
+                RoomPolicy.check_owner(
+                    room, actor.address, "send alerts to this room", "ส่งการแจ้งเตือนถึงห้องนี้"
+                )
+                people = set(room.members)
+            assert people is not None
+            alert_id = self._next_id(conn)
+            sent = 0
+            located: list[Any] = conn.execute("SELECT address, lat, lon FROM locations").fetchall()
+            for address, lat, lon in located:
+                if (
+                    address in people
+                    and address != actor.address
+                    and geo.within(lat, lon, centre.lat, centre.lon, radius_m)
+                ):
+                    self._emit(
+                        conn,
+                        "alert",
+                        None,
+                        {
+                            "alert_id": alert_id,
+                            "from": actor.address,
+                            "text": body,
+                            "location": centre.to_json(),
+                            "radius_m": radius_m,
+                        },
+                        now,
+                        subject=address,
+                    )
+                    sent += 1
+            return sent
+
+        return await self._write(job)
+
+    # --- stickers ---------------------------------------------------------------
+
+    async def _check_agency_admin(self, actor: User, agency: str) -> None:
+        if not await self._directory.is_admin(actor.address, agency):
+            raise ChatError(
+                403,
+                "not_admin",
+                "Only the agency's administrators manage sticker packs",
+                "เฉพาะผู้ดูแลระบบของหน่วยงานเท่านั้นที่จัดการชุดสติกเกอร์ได้",
+            )
+
+    async def create_sticker_pack(
+        self, actor: User, name: str, agency: str | None = None
+    ) -> dict[str, Any]:
+        """Create an empty sticker pack for *agency* (its administrators only)."""
+        agency = agency or actor.agency_domain
+        clean = clean_text(name, "name", MAX_LABEL, required=True)
+        await self._check_agency_admin(actor, agency)
+        pack_id = secrets.token_hex(8)
+        now = self.clock()
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO sticker_packs (id, agency, name, created_by, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (pack_id, agency, clean, actor.address, now),
+            )
+        )
+        return {"id": pack_id, "agency": agency, "name": clean, "stickers": []}
+
+    async def add_sticker(
+        self, actor: User, pack_id: str, name: str, data: bytes, media_type: str
+    ) -> dict[str, Any]:
+        """Add an image to a sticker pack (administrators of the pack's agency only)."""
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT agency FROM sticker_packs WHERE id = ?", (pack_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise not_found("sticker pack", "ชุดสติกเกอร์")
+        await self._check_agency_admin(actor, row[0])
+        clean = clean_text(name or "sticker", "name", MAX_LABEL, required=True)
+        check_media_type("image", media_type)
+        if len(data) > 1024 * 1024:
+            raise ChatError(
+                413, "too_large", "A sticker is at most 1 MB", "สติกเกอร์มีขนาดได้ไม่เกิน 1 MB"
+            )
+        blob_id = await trio.to_thread.run_sync(self._blobs.put, _wrap_blob(data))
+        sticker_id = secrets.token_hex(8)
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO stickers (id, pack_id, name, blob_id, media_type)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (sticker_id, pack_id, clean, blob_id, media_type),
+            )
+        )
+        return {"id": sticker_id, "pack_id": pack_id, "name": clean, "media_type": media_type}
+
+    async def sticker_packs(self, actor: User) -> list[dict[str, Any]]:
+        """Return the sticker packs of *actor*'s agency with their stickers."""
+
+        def query(conn: Conn) -> list[dict[str, Any]]:
+            packs = []
+            for pack_id, agency, name in conn.execute(
+                "SELECT id, agency, name FROM sticker_packs WHERE agency = ? ORDER BY created_at",
+                (actor.agency_domain,),
+            ).fetchall():
+                stickers = [
+                    {"id": s[0], "pack_id": pack_id, "name": s[1], "media_type": s[2]}
+                    for s in conn.execute(
+                        "SELECT id, name, media_type FROM stickers WHERE pack_id = ?"
+                        " ORDER BY rowid",
+                        (pack_id,),
+                    )
+                ]
+                packs.append({"id": pack_id, "agency": agency, "name": name, "stickers": stickers})
+            return packs
+
+        return await self._db.read(query)
+
+    async def sticker_image(self, sticker_id: str) -> tuple[bytes, str]:
+        """Return a sticker's image and media type (any signed-in user: stickers travel)."""
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT blob_id, media_type FROM stickers WHERE id = ?", (sticker_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise not_found("sticker", "สติกเกอร์")
+        stored = await trio.to_thread.run_sync(self._blobs.get, row[0])
+        return _unwrap_blob(stored), row[1]
+
+    # --- directory for chat -------------------------------------------------------
+
+    async def find_people(self, q: str | None, limit: int = 50) -> list[User]:
+        """Return enabled users of the box whose name, address, unit or position has *q*."""
+        needle = fold(q or "")
+        found = []
+        for user in await self._directory.users():
+            if user.disabled:
+                continue
+            hay = fold(
+                " ".join(
+                    x or ""
+                    for x in (user.name_th, user.name_en, user.address, user.unit, user.position)
+                )
+            )
+            if needle in hay:
+                found.append(user)
+                if len(found) >= limit:
+                    break
+        return found
+
+    # --- the secret sweeper -------------------------------------------------------
+
+    async def sweep_secrets(self, now: float | None = None) -> int:
+        """Delete secret messages past their TTL (and stale uploads); return how many messages."""
+        at = self.clock() if now is None else now
+
+        def job(conn: Conn) -> tuple[int, list[str]]:
+            expired = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?"
+                    " LIMIT 1000",
+                    (at,),
+                )
+            ]
+            blobs: list[str] = []
+            for message_id in expired:
+                blobs += self._expire(conn, message_id, "ttl", at)
+            stale = conn.execute(
+                "SELECT id, blob_id FROM uploads WHERE created_at <= ?", (at - UPLOAD_TTL,)
+            ).fetchall()
+            for upload_id, blob_id in stale:
+                conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+                blobs.append(str(blob_id))
+            return len(expired), blobs
+
+        count, blobs = await self._write(job)
+        await self._delete_blobs(blobs)
+        return count
+
+
+# --- helpers run inside jobs -------------------------------------------------------
+
+
+def _scalar(conn: Conn, sql: str, params: Sequence[Any] = ()) -> Any:
+    """Return the first column of the one row *sql* yields (it must yield one)."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _events_after(conn: Conn, after: int) -> list[Any]:
+    return list(
+        conn.execute(_EVENT_COLUMNS + " WHERE cursor > ? ORDER BY cursor LIMIT 1000", (after,))
+    )
+
+
+def _public_mode(conn: Conn, agency: str) -> bool:
+    row = conn.execute(
+        "SELECT public_mode FROM agency_settings WHERE agency = ?", (agency,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _insert_room(conn: Conn, room: Room, pair: str | None) -> None:
+    conn.execute(
+        "INSERT INTO rooms (id, kind, name, owner, created_by, options, pair, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            room.id,
+            room.kind,
+            room.name,
+            room.owner,
+            room.created_by,
+            room.options.dumps(),
+            pair,
+            room.created_at,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO members (room_id, address, added_at) VALUES (?, ?, ?)",
+        [(room.id, a, room.created_at) for a in sorted(room.members)],
+    )
+
+
+def _restricting_rooms(conn: Conn, a: str, b: str) -> list[Room]:
+    """Return the standing no-private-chat rooms both *a* and *b* are members of."""
+    rows = conn.execute(
+        _ROOM_COLUMNS  # noqa: S608 (fixed strings; values are bound)
+        + " WHERE deleted = 0 AND id IN (SELECT room_id FROM members WHERE address = ?)"
+        " AND id IN (SELECT room_id FROM members WHERE address = ?)",
+        (a, b),
+    ).fetchall()
+    rooms = [_room_from_row(conn, r) for r in rows]
+    return [r for r in rooms if r.options.no_private_chat]
+
+
+def _remove_content(conn: Conn, message_id: str) -> list[str]:
+    """Delete a message's search row, scrub its content from events; return its blob."""
+    row = conn.execute("SELECT seq, blob_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        return []
+    conn.execute("DELETE FROM message_text WHERE rowid = ?", (row[0],))
+    placeholders = ",".join("?" for _ in SCRUBBED_TYPES)
+    conn.execute(
+        "UPDATE events SET payload = json_object('message_id', message_id, 'removed', json('true'))"  # noqa: S608 (fixed strings; values are bound)
+        f" WHERE message_id = ? AND type IN ({placeholders})",
+        (message_id, *sorted(SCRUBBED_TYPES)),
+    )
+    conn.execute("DELETE FROM secret_unread WHERE message_id = ?", (message_id,))
+    return [row[1]] if row[1] else []
+
+
+def _remove_messages(conn: Conn, message_ids: Iterable[str]) -> list[str]:
+    """Delete messages entirely (row, search row, receipts); return their blobs."""
+    blobs: list[str] = []
+    for message_id in message_ids:
+        blobs += _remove_content(conn, message_id)
+        for table, column in (("receipts", "message_id"), ("hidden", "message_id")):
+            conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (message_id,))  # noqa: S608
+        conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+    return blobs
+
+
+def _invitation(conn: Conn, invitation_id: str) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT id, room_id, organiser, title, starts_at, ends_at, place, created_at"
+        " FROM invitations WHERE id = ?",
+        (invitation_id,),
+    ).fetchone()
+    answers = [
+        {"address": r[0], "answer": r[1], "answered_at": r[2]}
+        for r in conn.execute(
+            "SELECT address, answer, answered_at FROM invitees WHERE invitation_id = ?"
+            " ORDER BY address",
+            (invitation_id,),
+        )
+    ]
+    assert row is not None
+    keys = ("id", "room_id", "organiser", "title", "starts_at", "ends_at", "place", "created_at")
+    return {**dict(zip(keys, row, strict=True)), "invitees": answers}
+
+
+def _parse_time(value: str, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ChatError(
+            422,
+            f"invalid_{field}",
+            f"{field} must be an ISO 8601 date-time with a time zone",
+            f"{field} ต้องเป็นวันเวลาแบบ ISO 8601 พร้อมเขตเวลา",
+        )
+    return parsed
+
+
+def _posters_not_members() -> ChatError:
+    return ChatError(
+        422,
+        "posters_not_members",
+        "Posters of a broadcast room must be its members",
+        "ผู้มีสิทธิ์ส่งข้อความในห้องประกาศต้องเป็นสมาชิกของห้อง",
+    )
+
+
+def parse_options(value: Mapping[str, Any], kind: str) -> RoomOptions:
+    """Return checked `RoomOptions` for a room of *kind*, or raise ChatError 422."""
+    known = {
+        "no_private_chat",
+        "auto_location",
+        "working_hours",
+        "posters",
+        "secret_ttl",
+        "audience",
+    }
+    unknown = set(value) - known
+    if unknown:
+        raise ChatError(
+            422, "invalid_options", f"unknown room options {sorted(unknown)}", "ตัวเลือกห้องไม่ถูกต้อง"
+        )
+    for flag in ("no_private_chat", "auto_location"):
+        if not isinstance(value.get(flag, False), bool):
+            raise ChatError(
+                422, "invalid_options", f"{flag} must be true or false", "ตัวเลือกห้องไม่ถูกต้อง"
+            )
+    hours = value.get("working_hours")
+    posters = value.get("posters") or []
+    if not isinstance(posters, list) or not all(isinstance(p, str) for p in posters):
+        raise ChatError(
+            422, "invalid_options", "posters must be a list of addresses", "ตัวเลือกห้องไม่ถูกต้อง"
+        )
+    if posters and kind != "broadcast":
+        raise ChatError(
+            422, "invalid_options", "only broadcast rooms have posters", "เฉพาะห้องประกาศที่มีผู้ส่งข้อความ"
+        )
+    ttl = value.get("secret_ttl", RoomOptions().secret_ttl)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= MAX_SECRET_TTL:
+        raise ChatError(
+            422,
+            "invalid_options",
+            f"secret_ttl must be 60 to {MAX_SECRET_TTL} seconds",
+            f"secret_ttl ต้องอยู่ระหว่าง 60 ถึง {MAX_SECRET_TTL} วินาที",
+        )
+    audience = value.get("audience") or {}
+    agency = audience.get("agency") if isinstance(audience, Mapping) else None
+    units = audience.get("units") or [] if isinstance(audience, Mapping) else None
+    if (
+        not isinstance(audience, Mapping)
+        or not (agency is None or isinstance(agency, str))
+        or not isinstance(units, list)
+        or not all(isinstance(u, str) for u in units)
+    ):
+        raise ChatError(
+            422, "invalid_options", "audience must be {agency, units}", "ตัวเลือกห้องไม่ถูกต้อง"
+        )
+    if (agency or units) and kind != "broadcast":
+        raise ChatError(
+            422,
+            "invalid_options",
+            "only broadcast rooms have an audience",
+            "เฉพาะห้องประกาศที่มีกลุ่มผู้รับ",
+        )
+    return RoomOptions(
+        no_private_chat=bool(value.get("no_private_chat", False)),
+        auto_location=bool(value.get("auto_location", False)),
+        working_hours=None if hours is None else parse_hours(hours),
+        posters=frozenset(posters),
+        secret_ttl=ttl,
+        audience_agency=agency,
+        audience_units=tuple(units),
+    )
+
+
+# --- opening -----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_chat(
+    path: Path,
+    data_key: bytes,
+    blobs: BlobStore,
+    directory: Directory,
+    box_id: str,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Chat]:
+    """Open (creating, migrating) the chat database at *path* and yield the `Chat`."""
+    key = derive_key(data_key, KEY_INFO)
+    writer, connect_reader = await trio.to_thread.run_sync(
+        open_encrypted_database, path, key, CHAT_MIGRATIONS
+    )
+
+    def load(conn: Conn) -> tuple[int, list[tuple[str, str]]]:
+        head = _scalar(conn, "SELECT coalesce(max(cursor), 0) FROM events")
+        members = [(r[0], r[1]) for r in conn.execute("SELECT address, room_id FROM members")]
+        return int(head), members
+
+    head, memberships = await trio.to_thread.run_sync(load, writer)
+    db: Database[Conn] = Database(path, writer, connect_reader=connect_reader)
+    async with running(db):
+        yield Chat(db, blobs, directory, box_id, StreamHub(head, memberships), clock=clock)
