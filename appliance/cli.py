@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -311,7 +312,23 @@ async def _create_demo(args: argparse.Namespace) -> None:
     print(f"created demo agency {DEMO_DOMAIN}; users are listed in README.md", flush=True)
 
 
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one (systemd starts us at 1,024).
+
+    Each client connection is a file descriptor; thousands of chat streams need more
+    than the usual soft limit, and the hard limit is what the operator allowed.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            logging.getLogger("edgebox").warning("cannot raise the open-files limit")
+
+
 async def _serve(config: Any) -> None:
+    _raise_open_files_limit()
     async with open_box(config) as box:
         removed = await box.mail_db.write(box.mailstore.remove_orphan_blobs)
         if removed:

@@ -47,6 +47,9 @@ class Config:
     max_recipients: int = 100
     #: Simultaneous SMTP connections per listener before 421.
     max_connections: int = 200
+    #: Simultaneous HTTPS connections: every signed-in phone and browser tab holds a
+    #: WebSocket stream open, so an office of 1,000 staff needs a few thousand.
+    max_web_connections: int = 5000
     #: Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2 suggests 5 minutes).
     idle_timeout: float = 300.0
     #: Refuse MAIL on the MX port until STARTTLS. Off by default: RFC 3207 §4 forbids it

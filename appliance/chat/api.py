@@ -604,21 +604,21 @@ class ChatApi:
         raw = request.query.get("cursor") or "0"
         cursor = int(raw) if raw.isdigit() and len(raw) <= 18 else 0
         subscription = self.chat.subscribe(me.address)
-        send_lock = trio.Lock()
+        # Events and notices interleave safely: each send is one whole write.
 
         async def send(message: JSON) -> None:
-            async with send_lock:
-                await ws.send_json(message)
+            await ws.send_json(message)
 
         async def events() -> None:
             nonlocal cursor
             while True:
                 page = await self.chat.events_for(me.address, cursor, STREAM_BATCH)
-                for event in page.events:
-                    await send({"type": "event", "cursor": event.cursor, "event": event.to_json()})
+                if page.events:
+                    # One write for the page, each event encoded once for everyone.
+                    await ws.send_text(*(event.stream_text for event in page.events))
                 cursor = page.cursor
                 if not page.more:
-                    await self.chat.wait(cursor)
+                    await self.chat.wait(cursor, me.address)
 
         async def notices() -> None:
             async for notice in subscription.receive:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from appliance.chat.hours import WorkingHours, parse_hours
@@ -167,6 +168,16 @@ class Event:
             "payload": self.payload,
             "created_at": self.created_at,
         }
+
+    @cached_property
+    def stream_text(self) -> str:
+        """The stream's message for this event, encoded once for all its recipients.
+
+        (A message to a room of 50 goes to 50 streams; a scrubbed event is a new
+        object, so its old text is never reused.)
+        """
+        message = {"type": "event", "cursor": self.cursor, "event": self.to_json()}
+        return json.dumps(message, ensure_ascii=False)
 
 
 @dataclass(frozen=True)

@@ -1171,9 +1171,9 @@ class Chat:
 
         return await self._db.read(query)
 
-    async def wait(self, after_cursor: int) -> None:
-        """Return once an event with a cursor above *after_cursor* has been published."""
-        await self.hub.wait(after_cursor)
+    async def wait(self, after_cursor: int, address: str | None = None) -> None:
+        """Return once an event above *after_cursor* is published (one *address* may see)."""
+        await self.hub.wait(after_cursor, address)
 
     def subscribe(self, address: str) -> Subscription:
         """Register a live stream of *address* for ephemeral notices (typing)."""

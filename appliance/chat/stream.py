@@ -15,7 +15,9 @@ How 1,000 streams stay cheap at 200 messages a second:
 - Membership (address -> set of room ids) is kept in memory, updated from the same
   events as they are published, so a stream decides what its user may see with a set
   lookup, never a query.
-- Every stream waits on one shared `trio.Event`, replaced at each publish.
+- A stream waits on an event of its own user, set only when something that user may
+  see is published: a message to a room of 50 wakes those 50 streams, not all 1,000
+  (waking every stream for every message would cost 200,000 task switches a second).
 - A stream whose cursor is older than the ring (a client back after a long absence)
   reads from the database until it catches up with the ring.
 
@@ -83,6 +85,8 @@ class StreamHub:
             self._rooms[address].add(room_id)
             self._members[room_id].add(address)
         self._wake = trio.Event()
+        #: Streams waiting for news, by user.
+        self._waiting: dict[str, trio.Event] = {}
         self.lock = trio.Lock()
         self._subscriptions: dict[str, set[Subscription]] = defaultdict(set)
 
@@ -105,10 +109,17 @@ class StreamHub:
     def publish(self, events: Iterable[Event]) -> None:
         """Append committed *events* (ascending cursors) and wake every stream."""
         added = False
+        concerned: set[str] = set()
         for event in events:
             if event.cursor <= self.published:
                 continue  # published already by an earlier caller
+            if event.room_id is not None:
+                concerned |= self._members.get(event.room_id, set())  # before a removal
             self._apply_membership(event)
+            if event.room_id is not None:
+                concerned |= self._members.get(event.room_id, set())  # after an addition
+            if event.subject is not None:
+                concerned.add(event.subject)
             if event.type in REMOVING_TYPES and event.payload.get("message_id"):
                 self._scrub(str(event.payload["message_id"]))
             self._ring.append(event)
@@ -123,6 +134,10 @@ class StreamHub:
         if added:
             wake, self._wake = self._wake, trio.Event()
             wake.set()
+            for address in concerned:
+                waiting = self._waiting.pop(address, None)
+                if waiting is not None:
+                    waiting.set()
 
     def _apply_membership(self, event: Event) -> None:
         payload = event.payload
@@ -168,10 +183,22 @@ class StreamHub:
         # Looked at everything published: the next page starts after it.
         return found, max(after, self.published), False
 
-    async def wait(self, after: int) -> None:
-        """Return once an event with a cursor above *after* has been published."""
-        while self.published <= after:
-            await self._wake.wait()
+    async def wait(self, after: int, address: str | None = None) -> None:
+        """Return once an event above *after* is published (that *address* may see).
+
+        With *address*, events the user may not see do not wake the caller; it may
+        still return for one, which costs the stream one empty look.
+        """
+        if address is None:
+            while self.published <= after:
+                await self._wake.wait()
+            return
+        if self.published > after:
+            return
+        waiting = self._waiting.get(address)
+        if waiting is None:
+            waiting = self._waiting[address] = trio.Event()
+        await waiting.wait()
 
     # --- ephemeral notices ---
 

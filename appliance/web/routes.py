@@ -133,6 +133,10 @@ class WebSocket(Protocol):
         """Send one JSON text message; raises `WebSocketClosed` if the peer has gone."""
         ...
 
+    async def send_text(self, *messages: str) -> None:
+        """Send already-encoded JSON text messages in one write (a stream's batch)."""
+        ...
+
     async def receive_json(self) -> JSON | None:
         """Return the next JSON message from the client, or None once it has closed.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -205,6 +206,10 @@ class FakeSocket:
             raise WebSocketClosed()
         self.sent.append(message)
         self.got_one.set()
+
+    async def send_text(self, *messages: str) -> None:
+        for text in messages:
+            await self.send_json(json.loads(text))
 
     async def receive_json(self) -> Any:
         return await self.inbox.receive()

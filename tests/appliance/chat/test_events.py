@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
 from appliance.chat import Chat, ChatError
 from appliance.chat.models import Event
@@ -174,3 +176,24 @@ def test_haversine_distance_bangkok_to_chiang_mai() -> None:
     # About 580 km as the crow flies.
     assert 570_000 < distance_m(13.7563, 100.5018, 18.7883, 98.9853) < 600_000
     assert distance_m(13.0, 100.0, 13.0, 100.0) == 0
+
+
+async def test_a_stream_wakes_only_for_what_its_user_may_see(world: World) -> None:
+    room = await world.chat.create_room(world.lead, "group", members=[world.staff.address])
+    head = world.chat.hub.published
+    woken: list[str] = []
+
+    async def stream_of(address: str) -> None:
+        await world.chat.wait(head, address)
+        woken.append(address)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream_of, world.staff.address)
+        nursery.start_soon(stream_of, world.peer.address)
+        await trio.testing.wait_all_tasks_blocked()
+        await world.chat.post(world.lead, room.id, {"kind": "text", "text": "ถึงสมาชิก"})
+        await trio.testing.wait_all_tasks_blocked()
+        # The member woke; the outsider still sleeps (every stream waking for every
+        # message is what made 1,000 streams slow).
+        assert woken == [world.staff.address]
+        nursery.cancel_scope.cancel()

@@ -518,3 +518,28 @@ async def test_stream_handler_sees_none_after_client_leaves(
     with trio.fail_after(30):
         await finished.wait()
     assert results == [None]
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
+    box: Box, nursery: trio.Nursery
+) -> None:
+    stopped = trio.Event()
+
+    async def flood(request: Request, socket: WebSocket) -> None:
+        chunk = "ก" * 60_000
+        try:
+            for _ in range(100_000):  # bounded; the client stops reading at once
+                await socket.send_text(chunk, chunk)
+        finally:
+            stopped.set()
+
+    limits = Limits(ws_send_timeout=0.6, ws_ping_interval=30)
+    server = await start_server(box, nursery, [StreamRoute("/flood", flood, "f", "t", auth=False)],
+                                sessions=Sessions(box.directory_db), limits=limits)  # fmt: skip
+    client, answer = await WebSocketClient.connect(server, "/flood")
+    assert isinstance(answer, wsproto.events.AcceptConnection)
+    # Read nothing: the server's socket buffer fills, its send blocks, and the
+    # watchdog (not a per-send timeout) ends the stream.
+    with trio.fail_after(30):
+        await stopped.wait()
+    await client.aclose()
