@@ -251,7 +251,9 @@ class Chat:
         async with self.hub.lock:
             while self.hub.published < upto:
                 after = self.hub.published
-                rows = await self._db.read(functools.partial(_events_after, after=after))
+                # Inline: one indexed range read of the events just committed; a
+                # thread hop here would hold every other publisher behind the lock.
+                rows = self._db.read_now(functools.partial(_events_after, after=after))
                 if not rows:
                     break  # the job that emitted `upto` was rolled back
                 self.hub.publish(_event_from_row(r) for r in rows)

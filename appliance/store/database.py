@@ -98,6 +98,7 @@ class Database(Generic[C]):
         self._connect_reader = connect_reader
         self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
         self._readers: list[C] = []
+        self._inline_reader: C | None = None
         self._read_limiter = trio.CapacityLimiter(READ_POOL_SIZE)
         #: Transactions committed and jobs run since open; `edgebox status` and the
         #: benchmarks show the ratio (how well group commit batches).
@@ -132,6 +133,23 @@ class Database(Generic[C]):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 self._readers.append(conn)
+
+    def read_now(self, query: Callable[[C], T]) -> T:
+        """Run a tiny *query* (an indexed lookup) on the calling thread, at once.
+
+        For hot paths where a thread hop, and its wait for the event loop to pick up
+        the result, costs far more than the query: under load that wait, not SQLite,
+        is the time. The query blocks the event loop while it runs, so only what
+        takes microseconds belongs here.
+        """
+        if self._inline_reader is None:
+            self._inline_reader = self._new_reader()
+        conn = self._inline_reader
+        try:
+            return query(conn)
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
     def _new_reader(self) -> C:
         if self._connect_reader is not None:
@@ -191,6 +209,9 @@ class Database(Generic[C]):
 
     def close(self) -> None:
         self._writer.close()
+        if self._inline_reader is not None:
+            self._readers.append(self._inline_reader)
+            self._inline_reader = None
         for conn in self._readers:
             conn.close()
         self._readers.clear()
