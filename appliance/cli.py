@@ -329,11 +329,6 @@ def _raise_open_files_limit() -> None:
 
 async def _serve(config: Any) -> None:
     _raise_open_files_limit()
-    # Database reads and blob decryption run in worker threads; while the event loop is
-    # busy (thousands of stream sends a second) each of their GIL requests would wait
-    # up to the default 5 ms switch interval, several times per query. 0.5 ms keeps a
-    # chat POST's reads from queueing behind the loop.
-    sys.setswitchinterval(0.0005)
     async with open_box(config) as box:
         removed = await box.mail_db.write(box.mailstore.remove_orphan_blobs)
         if removed:

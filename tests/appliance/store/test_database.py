@@ -191,6 +191,21 @@ async def test_reads_run_in_worker_threads_and_see_committed_data(db: Database) 
     assert rows == [(1, "ด่วน")]
 
 
+async def test_read_now_runs_on_the_calling_thread_and_sees_each_commit(db: Database) -> None:
+    main_thread = threading.get_ident()
+
+    def query(conn: sqlite3.Connection) -> tuple[int, list[int]]:
+        conn.execute("BEGIN")  # left open on purpose: read_now must not keep a snapshot
+        return threading.get_ident(), all_items(conn)
+
+    await db.write(insert(1))
+    thread, rows = db.read_now(query)
+    assert thread == main_thread
+    assert rows == [1]
+    await db.write(insert(2))
+    assert db.read_now(query)[1] == [1, 2]
+
+
 async def test_reader_sees_a_write_made_after_its_previous_read(db: Database) -> None:
     # Reader connections are pooled; a reused one must not keep an old snapshot.
     assert await db.read(all_items) == []
