@@ -538,7 +538,9 @@ class _Connection:
             answer = _error_answer(exc, lang)
         except h11.RemoteProtocolError as exc:
             answer = _error_answer(_malformed(exc.error_status_hint, exc), lang)
-        log.debug("%s %s %s %d", self.client_ip, method, request.target, answer.status)
+        # The path only: a query may carry a session token (`/api/v1/stream?token=`).
+        path = request.target.partition(b"?")[0].decode("ascii", "replace")
+        log.debug("%s %s %s %d", self.client_ip, method, path, answer.status)
         await self._send(answer, head=method == "HEAD")
 
     async def _answer(

@@ -430,6 +430,20 @@ async def test_websocket_token_in_query(server: Server) -> None:
     await client.aclose()
 
 
+async def test_a_token_in_a_query_never_reaches_the_log(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await sign_in(server)
+    with caplog.at_level(logging.DEBUG, logger="edgebox.web"):
+        reply = await server.request("GET", f"/api/v1/items/1?token={token}", headers=bearer(token))
+        client, _ = await WebSocketClient.connect(server, f"/api/v1/stream?token={token}")
+        await client.receive_text()
+        await client.aclose()
+    assert reply.status == 200
+    assert any("/api/v1/items/1" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if token in r.getMessage()]
+
+
 async def test_websocket_without_session_is_401_before_upgrade(server: Server) -> None:
     for target in ("/api/v1/stream", "/api/v1/stream?token=wrong"):
         client, answer = await WebSocketClient.connect(server, target)
