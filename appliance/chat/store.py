@@ -593,6 +593,45 @@ class Chat:
 
         return await self._write(job)
 
+    async def join_audiences(self, user: User) -> int:
+        """Add *user* to the broadcast rooms whose audience they now belong to.
+
+        A broadcast's audience (an agency, or units of it) is resolved when the room
+        is made; staff who join the agency or move unit later are added here, at
+        their next sign-in. Returns how many rooms they joined. (Leaving an audience
+        does not remove anyone: only the owner removes members.)
+        """
+        if user.disabled:
+            return 0
+        now = self.clock()
+
+        def job(conn: Conn) -> int:
+            joined = 0
+            rows = conn.execute(
+                _ROOM_COLUMNS + " WHERE kind = 'broadcast' AND deleted = 0"  # noqa: S608 (fixed strings; values are bound)
+                " AND id NOT IN (SELECT room_id FROM members WHERE address = ?)",
+                (user.address,),
+            ).fetchall()
+            for row in rows:
+                room = _room_from_row(conn, row)
+                options = room.options
+                if options.audience_agency != user.agency_domain:
+                    continue
+                if options.audience_units and user.unit not in options.audience_units:
+                    continue
+                if len(room.members) >= MAX_MEMBERS:
+                    continue
+                conn.execute(
+                    "INSERT INTO members (room_id, address, added_at) VALUES (?, ?, ?)",
+                    (room.id, user.address, now),
+                )
+                self._emit(conn, "member.added", room.id,
+                           {"addresses": [user.address], "by": "audience"}, now)  # fmt: skip
+                joined += 1
+            return joined
+
+        return await self._write(job)
+
     async def remove_member(self, actor: User, room_id: str, address: str) -> Room:
         """Remove someone from the room at once (owner only; never the owner)."""
         now = self.clock()

@@ -187,6 +187,8 @@ class SessionApi:
         )
         log.info("sign-in ok user=%s ip=%s", user.address, ip)
         await self._record("auth-ok", user.address, ip, "201")
+        # Staff new to the agency (or to a unit) start receiving its broadcasts.
+        await self.box.chat.join_audiences(user)
         body: JSON = {
             "token": token,
             "expires_at": expires_at.isoformat().replace("+00:00", "Z"),

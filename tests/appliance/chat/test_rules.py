@@ -224,6 +224,25 @@ async def test_broadcast_to_chosen_units(world: World) -> None:
     assert room.members == {world.boss.address, world.staff.address, world.peer.address}
 
 
+async def test_staff_who_join_later_receive_the_broadcasts_of_their_audience(
+    world: World,
+) -> None:
+    agency = await world.chat.create_room(world.boss, "broadcast", name="ประกาศกรม")
+    units = await world.chat.create_room(
+        world.boss, "broadcast", options={"audience": {"units": ["กองช่าง"]}}
+    )
+    newcomer = await world.directory.add_user(
+        f"new@{world.boss.agency_domain}", password="ลับมาก-2567", name_th="พนักงาน ใหม่",
+        unit="กองคลัง",
+    )  # fmt: skip
+    assert await world.chat.join_audiences(newcomer) == 1  # the agency's, not กองช่าง's
+    assert newcomer.address in (await world.chat.room(newcomer, agency.id)).members
+    assert newcomer.address not in (await world.chat.room(world.boss, units.id)).members
+    assert await world.chat.join_audiences(newcomer) == 0  # once only
+    # Outsiders of the agency never join.
+    assert await world.chat.join_audiences(world.other) == 0
+
+
 async def test_auto_location_room_refuses_messages_without_location(world: World) -> None:
     room = await world.chat.create_room(
         world.lead, "group", members=[world.staff.address], options={"auto_location": True}

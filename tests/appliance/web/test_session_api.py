@@ -65,6 +65,22 @@ async def test_sign_in_answers_token_profile_and_cookie(server: Server) -> None:
     assert "max-age=43200" in attributes
 
 
+async def test_signing_in_joins_the_broadcasts_of_ones_agency(server: Server, box: Box) -> None:
+    owner = await box.directory.add_user(
+        "head@test.go.th", password="หัวหน้า-2567", name_th="หัวหน้า ใหญ่"
+    )
+    room = await box.chat.create_room(owner, "broadcast", name="ประกาศ")
+    assert ADDRESS in room.members  # there when the room was made
+    newcomer = await box.directory.add_user(
+        "new@test.go.th", password="ใหม่-รหัส-2567", name_th="พนักงาน ใหม่"
+    )
+    reply = await server.request(
+        "POST", SESSION, {"address": "new@test.go.th", "password": "ใหม่-รหัส-2567"}
+    )
+    assert reply.status == 201
+    assert newcomer.address in (await box.chat.room(newcomer, room.id)).members
+
+
 async def test_app_sign_in_lasts_thirty_days(server: Server) -> None:
     reply = await server.request(
         "POST", SESSION, {"address": ADDRESS, "password": PASSWORD, "client": "app"}
