@@ -40,8 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +53,7 @@ import trio  # noqa: E402
 import wsproto  # noqa: E402
 import wsproto.events as ws  # noqa: E402
 
-from tests.bench.bench_smtp import RssSampler, _commit, _edgebox_exe, _machine  # noqa: E402
+from tests.bench.bench_smtp import RssSampler, _commit, _edgebox_exe, _machine, running_edgebox  # noqa: E402
 from tests.peers import LOOPBACK  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "chat.json"
@@ -106,29 +104,6 @@ def set_up(data: Path, clients: int, rooms: int, out: Path) -> dict[str, Any]:
     )
     result: dict[str, Any] = json.loads(out.read_text())
     return result
-
-
-@contextmanager
-def running_box(data: Path, log_path: Path, offset: int) -> Iterator[tuple[int, int]]:
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [_edgebox_exe(), "run", "--data", str(data), "--port-offset", str(offset),
-             "--bind", LOOPBACK],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while "ready" not in log_path.read_text(errors="replace").split("\n"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("edgebox did not start:\n" + log_path.read_text())
-            time.sleep(0.1)
-        yield proc.pid, HTTPS_BASE_PORT + offset
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 class Bench:
@@ -334,7 +309,8 @@ def run(clients: int, rooms: int, rate: float, seconds: float, work: Path,
     data = work / "data"
     print(f"[chat] setting up {clients} users, {rooms} rooms ...", flush=True)
     setup = set_up(data, clients, rooms, work / "setup.json")
-    with running_box(data, work / "edgebox.log", offset) as (pid, port):
+    port = HTTPS_BASE_PORT + offset
+    with running_edgebox(data, work / "edgebox.log", offset) as pid:
         with RssSampler(lambda: [pid]) as rss:
             print(f"[chat] {clients} streams, {rate}/s for {seconds}s ...", flush=True)
             result = drive(port, data / "keys" / "ca.pem", setup, clients, rate, seconds,

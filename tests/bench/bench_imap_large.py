@@ -48,7 +48,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,8 @@ if str(REPO) not in sys.path:
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.bench.bench_imap import _IMAPS, TLS_NAME, _edgebox_imaps_port, _ok  # noqa: E402
-from tests.bench.bench_smtp import _commit, _edgebox_exe, _machine  # noqa: E402
+from tests.bench.bench_imap import _IMAPS, TLS_NAME, _ok  # noqa: E402
+from tests.bench.bench_smtp import _commit, _edgebox_exe, _machine, running_edgebox  # noqa: E402
 from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
 from tests.peers.dovecot import DovecotServer  # noqa: E402
 
@@ -291,25 +291,6 @@ def search_hits(port: int, cafile: Path) -> dict[str, int]:
     return hits
 
 
-@contextmanager
-def edgebox_running(data: Path, log_path: Path, offset: int) -> Iterator[tuple[int, int]]:
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [_edgebox_exe(), "run", "--data", str(data), "--port-offset", str(offset),
-             "--bind", LOOPBACK],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        port = _edgebox_imaps_port(log_path, IMAPS_BASE_PORT + offset, timeout=600)
-        yield proc.pid, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def _free_offset() -> int:
     for offset in range(7000, 20000, 97):
         with socket.socket() as s:
@@ -337,9 +318,9 @@ def run(count: int, small: int, rounds: int, sessions: int, work: Path) -> dict[
         data = work / "edgebox-data"
         print(f"[large] filling edgebox with {count}+{small} via Mailboxes.append ...", flush=True)
         result["edgebox"]["fill_s"] = fill_edgebox(data, plan)
-        pid, eb_port = stack.enter_context(
-            edgebox_running(data, work / "edgebox.log", _free_offset())
-        )
+        offset = _free_offset()
+        pid = stack.enter_context(running_edgebox(data, work / "edgebox.log", offset))
+        eb_port = IMAPS_BASE_PORT + offset
         servers = {
             "edgebox": (eb_port, data / "keys" / "ca.pem", lambda: [pid]),
             "dovecot": (dc.imaps_port, dc.cert_path, lambda: [dc.pid] if dc.pid else []),

@@ -209,6 +209,33 @@ def _edgebox_exe() -> str:
 
 
 @contextmanager
+def running_edgebox(data: Path, log_path: Path, offset: int, timeout: float = 600) -> Iterator[int]:
+    """Run `edgebox run` on an initialised *data* dir until the block ends; yield its pid.
+
+    Returns once it printed ``ready`` (its ports are the dev ports + *offset*).
+    """
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [_edgebox_exe(), "run", "--data", str(data), "--port-offset", str(offset),
+             "--bind", LOOPBACK],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while "ready" not in log_path.read_text(errors="replace").split("\n"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("edgebox did not start:\n" + log_path.read_text())
+            time.sleep(0.1)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
 def edgebox_server(
     workdir: Path, port_offset: int, timeout: float = 60.0
 ) -> Iterator[tuple[psutil.Process, int]]:
