@@ -755,19 +755,10 @@ class _Matcher:
             flag_key = key
             return view.with_flags(uids, lambda flags: self._flag_key(flag_key, flags))
         if isinstance(key, imap.SearchText | imap.SearchHeader):
-            search = self.session.store.search
-            if search is not None:
-                if self._indexed is None:
-                    self._indexed = await search.indexed_uids(self.selected.info.id)
-                if key not in self._hits:
-                    field = (
-                        f"HEADER:{key.field_name}"
-                        if isinstance(key, imap.SearchHeader)
-                        else key.name.upper()
-                    )
-                    self._hits[key] = await search.search(self.selected.info.id, field, key.value)
-                hits = self._hits[key]
-                unindexed = [u for u in uids if u not in self._indexed]
+            found = await self._index_hits(key)
+            if found is not None:
+                indexed, hits = found
+                unindexed = [u for u in uids if u not in indexed]
                 return {u for u in uids if u in hits} | await self._each(key, unindexed)
         return await self._each(key, uids)
 
@@ -786,22 +777,29 @@ class _Matcher:
             return _flag_matches(key.name.upper(), lowered)
         return (key.flag.lower() in lowered) == (key.name.upper() == "KEYWORD")
 
-    async def _from_index(self, key: imap.SearchText | imap.SearchHeader, uid: int) -> bool | None:
+    async def _index_hits(
+        self, key: imap.SearchText | imap.SearchHeader
+    ) -> tuple[set[int], set[int]] | None:
+        """(UIDs the index holds, those of them matching *key*), or None without an index."""
         search = self.session.store.search
         if search is None:
             return None
         mailbox_id = self.selected.info.id
         if self._indexed is None:
             self._indexed = await search.indexed_uids(mailbox_id)
-        if uid not in self._indexed:
-            return None
         if key not in self._hits:
             if isinstance(key, imap.SearchHeader):
                 field = f"HEADER:{key.field_name}"
             else:
                 field = key.name.upper()
             self._hits[key] = await search.search(mailbox_id, field, key.value)
-        return uid in self._hits[key]
+        return self._indexed, self._hits[key]
+
+    async def _from_index(self, key: imap.SearchText | imap.SearchHeader, uid: int) -> bool | None:
+        found = await self._index_hits(key)
+        if found is None or uid not in found[0]:
+            return None
+        return uid in found[1]
 
     async def _row(self, uid: int) -> StoredMessage | None:
         if uid not in self._rows:
