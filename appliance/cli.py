@@ -35,7 +35,7 @@ from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.security.keys import KeyMaterialError
 from appliance.supervisor import Service, Supervisor
-from appliance.web.api import api_routes
+from appliance.web.api import web_routes
 from appliance.web.server import HTTPSService
 
 DEMO_DOMAIN = "demo.go.th"
@@ -337,7 +337,7 @@ async def _serve(config: Any) -> None:
             SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)
         ]
         services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
-        services.append(HTTPSService(box, api_routes(box), sessions=box.sessions))
+        services.append(HTTPSService(box, web_routes(box), sessions=box.sessions))
         services.append(SearchIndexer(box.mailstore))
         services.append(TrafficLogRetention(box.traffic))
         services.append(SecretSweeper(box.chat))

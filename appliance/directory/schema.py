@@ -112,4 +112,18 @@ DIRECTORY_MIGRATIONS: Final = (
         CREATE INDEX sessions_expires ON sessions(expires_at);
         """,
     ),
+    Migration(
+        4,
+        "preferences: each user's language, theme and font size for the web pages",
+        """
+        -- A missing row means the defaults (Thai, light, medium); only choices made
+        -- on the settings page are stored.
+        CREATE TABLE preferences (
+            user_id    INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+            language   TEXT NOT NULL CHECK (language IN ('th', 'en')),
+            theme      TEXT NOT NULL CHECK (theme IN ('light', 'dark')),
+            font_size  TEXT NOT NULL CHECK (font_size IN ('small', 'medium', 'large'))
+        );
+        """,
+    ),
 )

@@ -1,7 +1,7 @@
-"""The box's whole JSON API: every capability's routes, and the document describing them.
+"""Everything the box's HTTPS port serves: the JSON API, its document, and the pages.
 
-What this is not: any endpoint's behaviour (session_api.py, appliance/chat/api.py) or
-the HTTP machinery (server.py).
+What this is not: any endpoint's behaviour (session_api.py, pages.py, the capabilities'
+route lists) or the HTTP machinery (server.py).
 """
 
 from __future__ import annotations
@@ -11,17 +11,19 @@ from importlib.metadata import PackageNotFoundError, version
 from appliance.box import Box
 from appliance.chat.api import chat_routes
 from appliance.web.openapi import openapi_route
+from appliance.web.pages import CommonPages, PageKit
 from appliance.web.routes import Route, StreamRoute
-from appliance.web.session_api import session_routes
+from appliance.web.session_api import SessionApi
 
 
-def api_routes(box: Box) -> list[Route | StreamRoute]:
-    """Return every /api/v1 endpoint of *box*, the OpenAPI document included."""
-    routes: list[Route | StreamRoute] = [
-        *session_routes(box, box.sessions),
-        *chat_routes(box.chat),
-    ]
-    return [*routes, openapi_route(routes, title="edgebox API", version=_version())]
+def web_routes(box: Box) -> list[Route | StreamRoute]:
+    """Return every route of the HTTPS port of *box*."""
+    session_api = SessionApi(box, box.sessions)
+    kit = PageKit(box, box.sessions)
+    api: list[Route | StreamRoute] = [*session_api.routes(), *chat_routes(box.chat)]
+    api.append(openapi_route(api, title="edgebox API", version=_version()))
+    pages: list[Route | StreamRoute] = [*CommonPages(kit, session_api).routes()]
+    return [*api, *pages]
 
 
 def _version() -> str:

@@ -61,6 +61,37 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True)
+class Upload:
+    """One file of a ``multipart/form-data`` body (RFC 7578 §4.2)."""
+
+    name: str
+    #: The file name the browser sent, reduced to its last path segment; may be "".
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Form:
+    """The fields and files of an HTML form post (urlencoded or multipart)."""
+
+    fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    files: Mapping[str, tuple[Upload, ...]] = field(default_factory=dict)
+
+    def get(self, name: str, default: str = "") -> str:
+        """The first value of field *name*, or *default*."""
+        values = self.fields.get(name)
+        return values[0] if values else default
+
+    def getlist(self, name: str) -> tuple[str, ...]:
+        return self.fields.get(name, ())
+
+    def uploads(self, name: str) -> tuple[Upload, ...]:
+        """The non-empty files sent under *name* (an empty file input sends one empty)."""
+        return tuple(f for f in self.files.get(name, ()) if f.filename or f.data)
+
+
+@dataclass(frozen=True)
 class Request:
     """One HTTP request as a handler sees it (body already parsed and validated)."""
 
@@ -82,6 +113,8 @@ class Request:
     token: str | None
     lang: Language
     client_ip: str
+    #: The parsed form of a page route's POST (empty for JSON routes and GETs).
+    form: Form = field(default_factory=Form)
 
 
 @dataclass
@@ -96,10 +129,16 @@ class Response:
 
 Handler = Callable[[Request], Awaitable["Response | JSON"]]
 
+#: "json": an endpoint of the API under /api/v1, described in the OpenAPI document.
+#: "page": a web page or form post (appliance.web.pages): not in the document; a caller
+#: without a session is sent to the sign-in page; an unsafe request must carry the
+#: session's CSRF token; form bodies arrive parsed in `Request.form`; errors are HTML.
+RouteKind = Literal["json", "page"]
+
 
 @dataclass(frozen=True)
 class Route:
-    """One JSON endpoint under /api/v1."""
+    """One endpoint: a JSON API call under /api/v1, or a web page."""
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     #: e.g. "/api/v1/rooms/{room_id}/messages"; a ``{name}`` matches one path segment.
@@ -124,6 +163,7 @@ class Route:
     #: For non-JSON bodies (uploads): the accepted media type and size limit.
     upload: str | None = None
     max_body: int = 1024 * 1024
+    kind: RouteKind = "json"
 
 
 class WebSocket(Protocol):

@@ -8,18 +8,22 @@ in this order, before a handler runs:
 2. authenticate: bearer header, else the ``edgebox_session`` cookie (401);
 3. CSRF: an unsafe request (RFC 9110 §9.2.1) that authenticates by cookie must carry
    ``X-Requested-With: edgebox`` or an ``Origin`` equal to its ``Host`` (403). Bearer
-   callers are exempt: a browser never adds that header on its own;
+   callers are exempt: a browser never adds that header on its own. A web page's form
+   post must also carry the session's CSRF token (`csrf_token_for`) in the
+   ``csrf_token`` field or the ``X-CSRF-Token`` header; a form posted without a
+   session (sign-in) must come from our own Origin;
 4. size: a declared Content-Length over the route's ``max_body`` gets 413 before any
    body byte is read (a ``100 Continue`` is not sent);
 5. media type (415), JSON syntax (400) and the route's JSON Schema (422, naming the
    field) — see `appliance.web.schema`.
 
-Errors are the JSON body of `ApiError`; anything else a handler raises is logged with a
-reference and answered 500 without detail. Every response carries the security headers
-of `SECURITY_HEADERS`. Limits and timeouts are in `Limits`.
+Errors are the JSON body of `ApiError` (a short HTML page outside ``/api/``, and a
+redirect to the sign-in page for a page route without a session); anything else a
+handler raises is logged with a reference and answered 500 without detail. Every
+response carries the security headers of `SECURITY_HEADERS`. Limits and timeouts are in `Limits`.
 
 What this is not: any endpoint's logic (the capabilities' Route lists, session_api for
-sign-in), the OpenAPI document (openapi.py), or static web pages (later).
+sign-in), the OpenAPI document (openapi.py), or the web pages (pages.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import hashlib
+import html
 import http
 import json
 import logging
@@ -34,7 +40,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import h11
 import trio
@@ -48,9 +54,11 @@ from appliance.directory import User
 from appliance.directory.sessions import Sessions
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.security.tls import server_ssl_context
+from appliance.web.forms import FormError, parse_form
 from appliance.web.routes import (
     JSON,
     ApiError,
+    Form,
     Language,
     Request,
     Response,
@@ -72,16 +80,26 @@ REQUESTED_WITH: Final = "edgebox"
 #: RFC 9110 §9.2.1: methods that are not safe, i.e. may change something.
 UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+#: The form field and header that carry a page's CSRF token.
+CSRF_FIELD: Final = "csrf_token"
+CSRF_HEADER: Final = "x-csrf-token"
+
+#: The Content-Security-Policy of every response (CSP Level 3). Only the box's own
+#: files: no inline script or style at all (so injected markup cannot run or restyle
+#: the page), images also as data:/blob: URLs (previews of a chosen file), no plugins,
+#: no <base>, forms only to the box, and no framing by anyone (click-jacking). The one
+#: page that is framed, a mail body, sets a stricter policy of its own.
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:;"
+    " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
 #: On every response. HSTS (RFC 6797) without includeSubDomains: other hosts of an
-#: agency's domain are not ours to promise HTTPS for. The CSP keeps every page to
-#: resources of the box itself; frame-ancestors forbids framing (click-jacking).
+#: agency's domain are not ours to promise HTTPS for.
 SECURITY_HEADERS: Final = (
     ("strict-transport-security", "max-age=31536000"),
     ("x-content-type-options", "nosniff"),
-    (
-        "content-security-policy",
-        "default-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
-    ),
+    ("content-security-policy", CONTENT_SECURITY_POLICY),
     ("referrer-policy", "same-origin"),
     ("x-frame-options", "DENY"),
 )
@@ -156,6 +174,17 @@ def same_origin(headers: Mapping[str, str]) -> bool:
     if parts.scheme != "https" or parts.path not in ("", "/"):
         return False
     return _default_port(parts.netloc) == _default_port(host)
+
+
+def csrf_token_for(session_token: str) -> str:
+    """The CSRF token of a session: our pages put it in every form they render.
+
+    Derived from the session token, so there is nothing more to store or expire, and a
+    new sign-in gets a new one. A cross-site page cannot compute it: the session token
+    is in an HttpOnly cookie, and SHA-256 does not give it back from the CSRF token.
+    """
+    digest = hashlib.sha256(b"edgebox csrf v1\0" + session_token.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest[:24]).decode("ascii")
 
 
 def _default_port(authority: str) -> str:
@@ -532,14 +561,16 @@ class _Connection:
         headers = _header_map(request.headers)
         method = request.method.decode("ascii")
         lang = preferred_language(headers.get("accept-language"))
+        # The path only: a query may carry a session token (`/api/v1/stream?token=`).
+        path = request.target.partition(b"?")[0].decode("ascii", "replace")
+        html_errors = not path.startswith("/api/")
         try:
             answer = await self._answer(request, method, headers, lang)
         except ApiError as exc:
-            answer = _error_answer(exc, lang)
+            answer = _error_answer(exc, lang, html_page=html_errors)
         except h11.RemoteProtocolError as exc:
-            answer = _error_answer(_malformed(exc.error_status_hint, exc), lang)
-        # The path only: a query may carry a session token (`/api/v1/stream?token=`).
-        path = request.target.partition(b"?")[0].decode("ascii", "replace")
+            error = _malformed(exc.error_status_hint, exc)
+            answer = _error_answer(error, lang, html_page=html_errors)
         log.debug("%s %s %s %d", self.client_ip, method, path, answer.status)
         await self._send(answer, head=method == "HEAD")
 
@@ -558,9 +589,12 @@ class _Connection:
             await self._upgrade(method, target, headers, lang)
         route, params = router.match(method, target.segments)
         token, via = _credentials(headers, target.query, allow_query=False)
-        if method in UNSAFE_METHODS and via == "cookie":
+        page = route.kind == "page"
+        if method in UNSAFE_METHODS and (via == "cookie" or page):
             _check_csrf(headers)
-        user = await self._authenticate(token) if route.auth else None
+        user = None
+        if route.auth:
+            user = await self._authenticate(token, sign_in_from=target if page else None)
 
         declared = headers.get("content-length")
         if declared is not None and int(declared) > route.max_body:
@@ -568,6 +602,7 @@ class _Connection:
         # The deadline of reading the body runs from the request's first byte.
         body = await self._read_body(route.max_body)
         value = _parse_body(route, headers, body)
+        form = _parse_form(route, method, headers, body, token)
         check_query(route.query, target.query)
         call = Request(
             method=method,
@@ -581,6 +616,7 @@ class _Connection:
             token=token,
             lang=lang,
             client_ip=self.client_ip,
+            form=form,
         )
         try:
             result = await route.handler(call)
@@ -600,9 +636,12 @@ class _Connection:
             ) from None
         return _render(route, result)
 
-    async def _authenticate(self, token: str | None) -> User:
+    async def _authenticate(self, token: str | None, *, sign_in_from: Target | None = None) -> User:
+        """The session's user; else 401, or for a page (*sign_in_from*) the sign-in page."""
         user = await self.service.sessions.resolve(token) if token else None
         if user is None:
+            if sign_in_from is not None:
+                raise _sign_in_first(sign_in_from)
             raise ApiError(
                 401,
                 "unauthenticated",
@@ -987,6 +1026,38 @@ def _check_csrf(headers: Mapping[str, str]) -> None:
     raise _csrf_error()
 
 
+def _sign_in_first(target: Target) -> ApiError:
+    """A page asked for without a session: see other (RFC 9110 §15.4.4) at sign-in."""
+    back = target.path + ("?" + urlencode(target.query) if target.query else "")
+    return ApiError(
+        303,
+        "sign_in",
+        "Sign in first",
+        "กรุณาเข้าสู่ระบบก่อน",
+        headers={"Location": "/signin?next=" + quote(back, safe="")},
+    )
+
+
+def _parse_form(
+    route: Route, method: str, headers: Mapping[str, str], body: bytes, token: str | None
+) -> Form:
+    """A page route's form post, parsed, after its CSRF token is checked."""
+    if route.kind != "page" or method not in UNSAFE_METHODS:
+        return Form()
+    try:
+        form = parse_form(headers.get("content-type"), body)
+    except FormError as exc:
+        raise ApiError(400, "bad_form", f"The form is malformed: {exc}",
+                       "ข้อมูลแบบฟอร์มไม่ถูกต้อง") from None  # fmt: skip
+    if token is not None:
+        # Beyond the Origin check: a page's forms carry the session's token, so a
+        # request forged by any means without reading our page is refused.
+        sent = form.get(CSRF_FIELD) or headers.get(CSRF_HEADER, "")
+        if not secrets.compare_digest(sent.encode(), csrf_token_for(token).encode()):
+            raise _csrf_error()
+    return form
+
+
 def _timeout_error() -> ApiError:
     # RFC 9110 §15.5.9: the server may send 408 and close.
     return ApiError(408, "timeout", "The request took too long", "คำขอใช้เวลานานเกินไป")
@@ -1053,14 +1124,40 @@ def _render(route: Route, result: Response | JSON) -> _Answer:
     return _Answer(status, headers, raw)
 
 
-def _error_answer(error: ApiError, lang: Language) -> _Answer:
-    headers = {"content-type": "application/json", "content-language": lang}
+def _error_answer(error: ApiError, lang: Language, *, html_page: bool = False) -> _Answer:
+    if html_page:
+        headers = {"content-type": "text/html; charset=utf-8", "content-language": lang}
+        body = _error_page(error, lang)
+    else:
+        headers = {"content-type": "application/json", "content-language": lang}
+        body = encode_json(error.body(lang))
     headers.update({name.lower(): value for name, value in error.headers.items()})
     if error.status == 401:
         # RFC 9110 §15.5.2: a 401 names a scheme. Bearer, so browsers show no
         # password dialog of their own (they do for Basic).
         headers.setdefault("www-authenticate", 'Bearer realm="edgebox"')
-    return _Answer(error.status, headers, encode_json(error.body(lang)))
+    return _Answer(error.status, headers, body)
+
+
+def _error_page(error: ApiError, lang: Language) -> bytes:
+    """A page for an error a browser shows: both languages, escaped, no script."""
+    first, second = (
+        (error.message_th, error.message_en)
+        if lang == "th"
+        else (error.message_en, error.message_th)
+    )
+    home = "กลับหน้าแรก" if lang == "th" else "Back to the start page"
+    text = (
+        f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{error.status} · edgebox</title>"
+        '<link rel="stylesheet" href="/static/app.css"></head>'
+        f'<body class="error-page"><main><h1>{error.status}</h1>'
+        f'<p>{html.escape(first)}</p><p lang="{"en" if lang == "th" else "th"}">'
+        f"{html.escape(second)}</p>"
+        f'<p><a href="/">{home}</a></p></main></body></html>'
+    )
+    return text.encode("utf-8")
 
 
 def _response_headers(answer: _Answer) -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from appliance.box import Box
@@ -164,31 +164,50 @@ class SessionApi:
             ),
         ]
 
-    async def sign_in(self, request: Request) -> Response:
-        address: str = request.json["address"]
-        password: str = request.json["password"]
+    async def open_session(
+        self,
+        address: str,
+        password: str,
+        *,
+        client_ip: str,
+        user_agent: str | None,
+        ttl: timedelta,
+    ) -> tuple[str, datetime, User]:
+        """Check the password under lock-out, log it, and start a session.
+
+        Shared by this API and the sign-in page; raises `ApiError` 401 or 429.
+        """
         key = _lockout_key(address)
-        ip = request.client_ip
-        wait = self.lockout.retry_after(key, ip)
+        wait = self.lockout.retry_after(key, client_ip)
         if wait > 0:
-            await self._failed(key, ip, "locked out", "429")
+            await self._failed(key, client_ip, "locked out", "429")
             raise _locked(wait)
         user = await self.box.directory.authenticate(address, password)
         if user is None:
-            wait = self.lockout.failure(key, ip)
-            await self._failed(key, ip, "wrong password or unknown/disabled user", "401")
+            wait = self.lockout.failure(key, client_ip)
+            await self._failed(key, client_ip, "wrong password or unknown/disabled user", "401")
             if wait > 0:
                 raise _locked(wait)
             raise _wrong_password()
         self.lockout.success(key)
-        ttl = APP_TTL if request.json.get("client") == "app" else BROWSER_TTL
         token, expires_at = await self.sessions.create(
-            user, client_ip=ip, user_agent=request.headers.get("user-agent"), ttl=ttl
+            user, client_ip=client_ip, user_agent=user_agent, ttl=ttl
         )
-        log.info("sign-in ok user=%s ip=%s", user.address, ip)
-        await self._record("auth-ok", user.address, ip, "201")
+        log.info("sign-in ok user=%s ip=%s", user.address, client_ip)
+        await self._record("auth-ok", user.address, client_ip, "201")
         # Staff new to the agency (or to a unit) start receiving its broadcasts.
         await self.box.chat.join_audiences(user)
+        return token, expires_at, user
+
+    async def sign_in(self, request: Request) -> Response:
+        ttl = APP_TTL if request.json.get("client") == "app" else BROWSER_TTL
+        token, expires_at, user = await self.open_session(
+            request.json["address"],
+            request.json["password"],
+            client_ip=request.client_ip,
+            user_agent=request.headers.get("user-agent"),
+            ttl=ttl,
+        )
         body: JSON = {
             "token": token,
             "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
