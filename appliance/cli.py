@@ -128,6 +128,25 @@ def _parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_log_verify)
     verify.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")))
 
+    agency = commands.add_parser("agency", help="manage the agencies the box serves")
+    agency_commands = agency.add_subparsers(required=True, metavar="ACTION")
+    agency_add = agency_commands.add_parser(
+        "add", help="serve one more agency (mail domain) on this box",
+        description="serve one more agency (mail domain) on this box",
+    )  # fmt: skip
+    agency_add.set_defaults(handler=_agency_add)
+    agency_add.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var"))
+    )
+    agency_add.add_argument("domain", help="the agency's mail domain, e.g. moph.go.th")
+    agency_add.add_argument("--name", help="the agency's name (Thai)")
+    agency_add.add_argument("--name-en", help="the agency's name (English)")
+    agency_list = agency_commands.add_parser("list", help="list the agencies the box serves")
+    agency_list.set_defaults(handler=_agency_list)
+    agency_list.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var"))
+    )
+
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -148,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--phone")
     add.add_argument("--quota-mb", type=int, help="mailbox quota in MB (default 10 GB)")
     add.add_argument("--admin", action="store_true", help="make the user an admin of their agency")
+    add.add_argument("--box-admin", action="store_true",
+                     help="make the user an admin of every agency on the box")  # fmt: skip
     add.add_argument(
         "--service",
         action="store_true",
@@ -211,6 +232,7 @@ def _init(args: argparse.Namespace) -> int:
 async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
     """Add a user with their mailboxes (shared by the CLI and the demo set-up)."""
     admin = details.pop("admin", False)
+    box_admin = details.pop("box_admin", False)
     service = details.pop("service", False)
     if details.get("unit"):
         domain = email.rpartition("@")[2]
@@ -219,6 +241,8 @@ async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
     await box.mailstore.create_mailboxes(user.address)
     if admin:
         await box.directory.grant_admin(user.address, user.agency_domain)
+    if box_admin:
+        await box.directory.grant_admin(user.address, None)
     if service:
         await box.directory.grant_delegation(user.address, None)
     return user
@@ -231,12 +255,27 @@ def _user_add(args: argparse.Namespace) -> int:
         return await add_user(
             box, args.email, password, name_th=args.name, name_en=args.name_en, rank=args.rank,
             unit=args.unit, position=args.position, phone=args.phone, admin=args.admin,
-            service=args.service,
+            box_admin=args.box_admin, service=args.service,
             quota_bytes=args.quota_mb * 1024 * 1024 if args.quota_mb else None,
         )  # fmt: skip
 
     user = trio.run(_with_box, args, action)
     print(f"added {user.address}")
+    return 0
+
+
+def _agency_add(args: argparse.Namespace) -> int:
+    async def action(box: Box) -> None:
+        await box.directory.add_agency(args.domain, name_th=args.name, name_en=args.name_en)
+
+    trio.run(_with_box, args, action)
+    print(f"the box now serves {args.domain}")
+    return 0
+
+
+def _agency_list(args: argparse.Namespace) -> int:
+    for agency in trio.run(_with_box, args, lambda box: box.directory.agencies()):
+        print(f"{agency.domain}\t{agency.name_th or '-'}\t{agency.name_en or '-'}")
     return 0
 
 

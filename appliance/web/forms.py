@@ -28,6 +28,7 @@ MAX_FIELDS = 1000
 #: RFC 2046 §5.1.1: a boundary is 1 to 70 characters of a restricted set.
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]+))')
+_PARAM_RAW = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"([^"]*)"|([^\s;"]+))')
 
 
 class FormError(ValueError):
@@ -49,13 +50,19 @@ def parse_form(content_type: str | None, body: bytes) -> Form:
     raise FormError(f"a form is sent as urlencoded or multipart, not {kind or 'untyped'}")
 
 
-def split_content_type(value: str) -> tuple[str, dict[str, str]]:
-    """Return the lower-case media type and its parameters (RFC 9110 §8.3.1)."""
+def split_content_type(value: str, *, quoted_pairs: bool = True) -> tuple[str, dict[str, str]]:
+    """Return the lower-case media type and its parameters (RFC 9110 §8.3.1).
+
+    *quoted_pairs* False reads quoted values as browsers write them in form parts,
+    where a backslash is just a character (a Windows path), never an escape.
+    """
     kind, _, rest = value.partition(";")
     params: dict[str, str] = {}
-    for match in _PARAM.finditer(";" + rest):
+    for match in (_PARAM if quoted_pairs else _PARAM_RAW).finditer(";" + rest):
         name, quoted, token = match.groups()
-        params[name.lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else token
+        if quoted is not None and quoted_pairs:
+            quoted = re.sub(r"\\(.)", r"\1", quoted)
+        params[name.lower()] = quoted if quoted is not None else token
     return kind.strip().lower(), params
 
 
@@ -130,7 +137,9 @@ def _part(raw: bytes) -> tuple[str, str | Upload]:
     else:
         head, data = raw[:head_end], raw[head_end + 4 :]
     headers = _part_headers(head)
-    disposition, params = split_content_type(headers.get("content-disposition", ""))
+    disposition, params = split_content_type(
+        headers.get("content-disposition", ""), quoted_pairs=False
+    )
     if disposition != "form-data" or "name" not in params:
         raise FormError("every part needs Content-Disposition: form-data with a name")
     name = _unescape(params["name"])

@@ -1,0 +1,224 @@
+"""The pages' common ground: sign-in, settings, static files, CSRF on forms (pages.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+import pytest
+import trio
+
+from appliance.box import Box
+from appliance.web.api import web_routes
+from appliance.web.i18n import format_date, format_short, format_size
+from appliance.web.pages import safe_next
+from appliance.web.server import csrf_token_for
+
+from .conftest import ADDRESS, PASSWORD, Reply, Server, start_server
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.fixture
+async def server(box: Box, nursery: trio.Nursery) -> Server:
+    return await start_server(box, nursery, web_routes(box), sessions=box.sessions)
+
+
+def origin(server: Server) -> dict[str, str]:
+    return {"Origin": f"https://127.0.0.1:{server.port}"}
+
+
+async def sign_in(server: Server) -> str:
+    reply = await server.request(
+        "POST", "/signin", urlencode({"address": ADDRESS, "password": PASSWORD}).encode(),
+        {"Content-Type": FORM, **origin(server)},
+    )  # fmt: skip
+    assert reply.status == 303, reply.body
+    match = re.match(r"edgebox_session=([^;]+);", reply.header("set-cookie") or "")
+    assert match
+    return match.group(1)
+
+
+def cookie(token: str) -> dict[str, str]:
+    return {"Cookie": f"edgebox_session={token}"}
+
+
+async def test_a_page_without_a_session_sends_the_browser_to_sign_in(server: Server) -> None:
+    reply = await server.request("GET", "/settings?x=1")
+    assert reply.status == 303
+    assert reply.header("location") == "/signin?next=%2Fsettings%3Fx%3D1"
+    # The API keeps answering 401 JSON.
+    api = await server.request("GET", "/api/v1/session")
+    assert api.status == 401
+    assert api.json()["error"]["code"] == "unauthenticated"
+
+
+async def test_sign_in_page_is_thai_first_and_has_no_inline_script_or_style(server: Server) -> None:
+    reply = await server.request("GET", "/signin")
+    text = reply.body.decode()
+    assert reply.status == 200
+    assert reply.header("content-type") == "text/html; charset=utf-8"
+    assert '<html lang="th"' in text
+    assert "เข้าสู่ระบบ" in text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", text)
+    assert "style=" not in text
+    assert "<style" not in text
+    english = await server.request("GET", "/signin", headers={"Accept-Language": "en"})
+    assert '<html lang="en"' in english.body.decode()
+
+
+async def test_sign_in_sets_the_cookie_and_goes_to_next(server: Server) -> None:
+    reply = await server.request(
+        "POST", "/signin",
+        urlencode({"address": ADDRESS, "password": PASSWORD, "next": "/settings"}).encode(),
+        {"Content-Type": FORM, **origin(server)},
+    )  # fmt: skip
+    assert reply.status == 303
+    assert reply.header("location") == "/settings"
+    set_cookie = reply.header("set-cookie") or ""
+    for attribute in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/"):
+        assert attribute in set_cookie
+
+
+async def test_wrong_password_shows_the_form_again_with_the_error(server: Server) -> None:
+    reply = await server.request(
+        "POST", "/signin", urlencode({"address": ADDRESS, "password": "wrong"}).encode(),
+        {"Content-Type": FORM, **origin(server)},
+    )  # fmt: skip
+    assert reply.status == 401
+    text = reply.body.decode()
+    assert "ที่อยู่อีเมลหรือรหัสผ่านไม่ถูกต้อง" in text
+    assert f'value="{ADDRESS}"' in text
+    assert reply.header("set-cookie") is None
+
+
+async def test_sign_in_from_another_site_is_refused(server: Server) -> None:
+    # Login CSRF: a foreign page must not sign the browser into an account it chose.
+    reply = await server.request(
+        "POST", "/signin", urlencode({"address": ADDRESS, "password": PASSWORD}).encode(),
+        {"Content-Type": FORM, "Origin": "https://evil.example"},
+    )  # fmt: skip
+    assert reply.status == 403
+    assert reply.header("set-cookie") is None
+
+
+@pytest.mark.parametrize(
+    "next_value",
+    ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"],
+)
+def test_safe_next_never_leaves_the_box(next_value: str) -> None:
+    assert safe_next(next_value) == "/"
+
+
+def test_safe_next_keeps_local_paths() -> None:
+    assert safe_next("/mail/folder/INBOX?page=2") == "/mail/folder/INBOX?page=2"
+
+
+async def test_settings_change_language_theme_and_font(server: Server) -> None:
+    token = await sign_in(server)
+    form = {
+        "language": "en",
+        "theme": "dark",
+        "font_size": "large",
+        "csrf_token": csrf_token_for(token),
+    }
+    reply = await server.request(
+        "POST", "/settings", urlencode(form).encode(),
+        {"Content-Type": FORM, **origin(server), **cookie(token)},
+    )  # fmt: skip
+    assert reply.status == 303
+    page = (await server.request("GET", "/settings?saved=1", headers=cookie(token))).body.decode()
+    assert '<html lang="en" data-theme="dark" data-font="large">' in page
+    assert "Saved" in page
+
+
+async def test_a_form_post_without_the_csrf_token_is_refused(server: Server) -> None:
+    token = await sign_in(server)
+    for form in ({"language": "en", "theme": "dark", "font_size": "large"},
+                 {"language": "en", "theme": "dark", "font_size": "large", "csrf_token": "x" * 32},
+                 {"language": "en", "theme": "dark", "font_size": "large",
+                  "csrf_token": csrf_token_for("another-session")}):  # fmt: skip
+        reply = await server.request(
+            "POST", "/settings", urlencode(form).encode(),
+            {"Content-Type": FORM, **origin(server), **cookie(token)},
+        )  # fmt: skip
+        assert reply.status == 403
+        assert "text/html" in (reply.header("content-type") or "")
+    page = (await server.request("GET", "/settings", headers=cookie(token))).body.decode()
+    assert '<html lang="th" data-theme="light"' in page  # nothing changed
+
+
+async def test_a_bad_choice_is_refused_with_an_html_error(server: Server) -> None:
+    token = await sign_in(server)
+    form = {
+        "language": "fr",
+        "theme": "dark",
+        "font_size": "large",
+        "csrf_token": csrf_token_for(token),
+    }
+    reply = await server.request(
+        "POST", "/settings", urlencode(form).encode(),
+        {"Content-Type": FORM, **origin(server), **cookie(token)},
+    )  # fmt: skip
+    assert reply.status == 422
+    assert "<h1>422</h1>" in reply.body.decode()
+
+
+async def test_sign_out_ends_the_session(server: Server) -> None:
+    token = await sign_in(server)
+    reply = await server.request(
+        "POST", "/signout", urlencode({"csrf_token": csrf_token_for(token)}).encode(),
+        {"Content-Type": FORM, **origin(server), **cookie(token)},
+    )  # fmt: skip
+    assert reply.status == 303
+    assert reply.header("location") == "/signin"
+    assert "Max-Age=0" in (reply.header("set-cookie") or "")
+    assert (await server.request("GET", "/settings", headers=cookie(token))).status == 303
+
+
+async def test_static_files_revalidate_with_etag(server: Server) -> None:
+    first = await server.request("GET", "/static/common.js")
+    assert first.status == 200
+    assert first.header("content-type") == "text/javascript; charset=utf-8"
+    etag = first.header("etag")
+    assert etag
+    assert first.header("cache-control") == "no-cache"
+    again: Reply = await server.request("GET", "/static/common.js", headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert again.body == b""
+    missing = await server.request("GET", "/static/nope.js")
+    assert missing.status == 404
+
+
+async def test_unknown_pages_get_an_html_404_and_api_paths_json(server: Server) -> None:
+    page = await server.request("GET", "/no/such/page")
+    assert page.status == 404
+    assert "text/html" in (page.header("content-type") or "")
+    api = await server.request("GET", "/api/v1/nope")
+    assert api.status == 404
+    assert api.json()["error"]["code"] == "not_found"
+
+
+async def test_error_page_escapes_what_it_shows(server: Server) -> None:
+    # The 404 page shows no part of the path; a 400 for a malformed target neither.
+    reply = await server.request("GET", "/<script>alert(1)</script>")
+    assert b"<script>alert" not in reply.body
+
+
+def test_dates_are_buddhist_era_in_thai_and_thailand_time() -> None:
+    moment = datetime(2026, 11, 22, 7, 5, tzinfo=UTC)  # 14:05 in Bangkok
+    assert format_date(moment, "th") == "22 พ.ย. 2569 14:05"
+    assert format_date(moment, "en") == "22 Nov 2026 14:05"
+    assert (
+        format_date(datetime(2026, 12, 31, 17, 30, tzinfo=UTC), "th", time=False) == "1 ม.ค. 2570"
+    )
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    assert format_short(moment, "th", now) == "14:05"
+    assert format_short(datetime(2026, 1, 2, tzinfo=UTC), "th", now) == "2 ม.ค. 2569"
+
+
+def test_sizes() -> None:
+    assert format_size(512, "th") == "512 ไบต์"
+    assert format_size(2048, "en") == "2.0 KB"
+    assert format_size(25 * 1024 * 1024, "en") == "25 MB"
