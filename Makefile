@@ -36,6 +36,7 @@ bench: system-deps $(VENV)/.installed
 	$(BIN)/python tests/bench/bench_smtp.py
 	$(BIN)/python tests/bench/bench_imap.py
 	$(BIN)/python tests/bench/bench_imap_large.py
+	$(BIN)/python tests/bench/bench_web.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
