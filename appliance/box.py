@@ -165,7 +165,10 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
     data_dir = config.data_dir
     hostname = config.hostname or f"mail.{identity.domain}"
     keys_dir = data_dir / "keys"
-    ensure_tls_material(keys_dir, [hostname])
+    # Mail clients look for their settings at autoconfig.<domain> (Thunderbird) and
+    # autodiscover.<domain> (Outlook); the certificate must name those hosts too.
+    discovery = [f"autoconfig.{identity.domain}", f"autodiscover.{identity.domain}"]
+    ensure_tls_material(keys_dir, [hostname, *discovery])
     data_key = load_data_key(keys_dir)
     blobs = BlobStore(data_dir / "blobs", data_key)
     settings = Settings(data_dir / "config.json")

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from appliance.box import Box
 from appliance.chat.api import chat_routes
+from appliance.mail.autoconfig_pages import autoconfig_routes
 from appliance.web.openapi import openapi_route
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.routes import Route, StreamRoute
@@ -22,7 +23,10 @@ def web_routes(box: Box) -> list[Route | StreamRoute]:
     kit = PageKit(box, box.sessions)
     api: list[Route | StreamRoute] = [*session_api.routes(), *chat_routes(box.chat)]
     api.append(openapi_route(api, title="edgebox API", version=_version()))
-    pages: list[Route | StreamRoute] = [*CommonPages(kit, session_api).routes()]
+    pages: list[Route | StreamRoute] = [
+        *CommonPages(kit, session_api).routes(),
+        *autoconfig_routes(box, kit),
+    ]
     return [*api, *pages]
 
 
