@@ -32,7 +32,7 @@ import trio
 from appliance.chat import Chat, open_chat
 from appliance.compliance.traffic_log import TrafficLog
 from appliance.config import Config, load_config
-from appliance.directory import DIRECTORY_MIGRATIONS, Directory, normalise_domain
+from appliance.directory import DIRECTORY_MIGRATIONS, Directory, User, normalise_domain
 from appliance.directory.sessions import Sessions
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
@@ -203,3 +203,26 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
                 )
     finally:
         settings.close()
+
+
+async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
+    """Add a user with their org unit, mailboxes and grants.
+
+    The one way an account is made: `edgebox user add`, the demo set-up and the admin
+    console all call it, so an account is the same whoever made it.
+    """
+    admin = details.pop("admin", False)
+    box_admin = details.pop("box_admin", False)
+    service = details.pop("service", False)
+    if details.get("unit"):
+        domain = email.rpartition("@")[2]
+        await box.directory.ensure_unit(domain, details["unit"])
+    user = await box.directory.add_user(email, password=password, **details)
+    await box.mailstore.create_mailboxes(user.address)
+    if admin:
+        await box.directory.grant_admin(user.address, user.agency_domain)
+    if box_admin:
+        await box.directory.grant_admin(user.address, None)
+    if service:
+        await box.directory.grant_delegation(user.address, None)
+    return user

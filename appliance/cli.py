@@ -19,7 +19,15 @@ from typing import Any
 
 import trio
 
-from appliance.box import Box, BoxError, configured, init_box, open_box, read_identity
+from appliance.box import (
+    Box,
+    BoxError,
+    add_user,
+    configured,
+    init_box,
+    open_box,
+    read_identity,
+)
 from appliance.chat import SecretSweeper
 from appliance.compliance import traffic_log
 from appliance.compliance.retention import TrafficLogRetention
@@ -227,25 +235,6 @@ def _init(args: argparse.Namespace) -> int:
     else:
         print(f"{args.data} is already initialised for {identity.domain}; nothing to do")
     return 0
-
-
-async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
-    """Add a user with their mailboxes (shared by the CLI and the demo set-up)."""
-    admin = details.pop("admin", False)
-    box_admin = details.pop("box_admin", False)
-    service = details.pop("service", False)
-    if details.get("unit"):
-        domain = email.rpartition("@")[2]
-        await box.directory.ensure_unit(domain, details["unit"])
-    user = await box.directory.add_user(email, password=password, **details)
-    await box.mailstore.create_mailboxes(user.address)
-    if admin:
-        await box.directory.grant_admin(user.address, user.agency_domain)
-    if box_admin:
-        await box.directory.grant_admin(user.address, None)
-    if service:
-        await box.directory.grant_delegation(user.address, None)
-    return user
 
 
 def _user_add(args: argparse.Namespace) -> int:

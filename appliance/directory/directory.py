@@ -692,3 +692,91 @@ class Directory:
             )
         except (ValueError, TypeError) as exc:
             raise DirectoryError(f"password for {address}: {exc}") from None
+
+    # --- edits for the admin console (appliance.admin) ------------------------------
+    #
+    # One method per field, so each change is one small transaction and one line in
+    # the admin log. Each refuses an unknown user with DirectoryError and changes
+    # nothing; the admin console checks *who* may make the change before calling.
+
+    async def set_names(self, address: str, name_th: str, name_en: str | None) -> None:
+        """Replace the user's Thai name (required) and English name (None clears it)."""
+        address = normalise_address(address)
+        thai = _required_text(name_th, f"the Thai name of {address}")
+        english = _clean_text(name_en, f"the English name of {address}")
+
+        def job(conn: sqlite3.Connection) -> None:
+            _update_user(conn, address, "name_th", thai)
+            _update_user(conn, address, "name_en", english)
+
+        await self._db.write(job)
+
+    async def set_rank(self, address: str, rank: int) -> None:
+        """Set the user's rank (a higher number is more senior)."""
+        address = normalise_address(address)
+        value = _check_count(rank, "rank")
+        await self._db.write(lambda conn: _update_user(conn, address, "rank", value))
+
+    async def set_unit(self, address: str, unit: str | None) -> None:
+        """Place the user in *unit* (Thai name of a unit of their agency); None: no unit."""
+        address = normalise_address(address)
+        domain = address.rpartition("@")[2]
+        name = None if unit is None else _required_text(unit, "the unit's name")
+
+        def job(conn: sqlite3.Connection) -> None:
+            unit_id = None
+            if name is not None:
+                unit_id = _unit_id(conn, _agency_id(conn, domain), domain, name)
+            _update_user(conn, address, "unit_id", unit_id)
+
+        await self._db.write(job)
+
+    async def set_position(self, address: str, position: str | None) -> None:
+        """Set the user's position title (None or blank clears it)."""
+        address = normalise_address(address)
+        value = _clean_text(position, f"the position of {address}")
+        await self._db.write(lambda conn: _update_user(conn, address, "position", value))
+
+    async def set_phone(self, address: str, phone: str | None) -> None:
+        """Set the user's phone number (None or blank clears it)."""
+        address = normalise_address(address)
+        value = _clean_text(phone, f"the phone number of {address}")
+        await self._db.write(lambda conn: _update_user(conn, address, "phone", value))
+
+    async def count_users(self) -> dict[str, tuple[int, int]]:
+        """Return, for every agency's domain, (users, of which disabled)."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+            rows = conn.execute(
+                "SELECT a.domain, count(u.id), coalesce(sum(u.disabled), 0)"
+                " FROM agencies a LEFT JOIN users u ON u.agency_id = a.id GROUP BY a.id"
+            ).fetchall()
+            return {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
+
+        return await self._db.read(query)
+
+    async def granted_domains(self, address: str) -> frozenset[str] | None:
+        """Return every agency the user holds a grant over, enabled or not; None: all.
+
+        Both kinds of grant count: administrator (`grant_admin`) and acting for users
+        (`grant_delegation`). Unlike `admin_scope`, a disabled user's grants count too:
+        whoever may re-enable an account must not be able to reset the password of one
+        that would then hold more power than they do.
+        """
+        address = normalise_address(address)
+
+        def query(conn: sqlite3.Connection) -> frozenset[str] | None:
+            rows = conn.execute(
+                "SELECT g.agency_id, a.domain FROM ("
+                " SELECT user_id, agency_id FROM admins"
+                " UNION ALL SELECT user_id, agency_id FROM delegations) g"
+                " JOIN users u ON u.id = g.user_id"
+                " LEFT JOIN agencies a ON a.id = g.agency_id"
+                " WHERE u.address = ?",
+                (address,),
+            ).fetchall()
+            if any(agency_id is None for agency_id, _ in rows):
+                return None
+            return frozenset(str(domain) for _, domain in rows)
+
+        return await self._db.read(query)

@@ -408,6 +408,57 @@ class Mailstore:
                 removed += 1
         return removed + self.blobs.clean_temp()
 
+    # --- read-only views of the outbound queue, for the admin console (appliance.admin)
+
+    async def outbound_groups(self) -> list[tuple[int, str, int, int]]:
+        """Return ``(urgency, sender, recipients waiting, oldest created_at)`` per group.
+
+        One row per urgency level and envelope sender: few rows however long the queue,
+        and enough for a caller to count only the senders it may see.
+        """
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, str, int, int]]:
+            rows = conn.execute(
+                "SELECT urgency, sender, count(*), min(created_at) FROM outbound"
+                " GROUP BY urgency, sender"
+            ).fetchall()
+            return [(int(u), str(s), int(n), int(t)) for u, s, n, t in rows]
+
+        return await self.db.read(query)
+
+    async def outbound_entries(
+        self, limit: int, sender_domains: Sequence[str] | None = None
+    ) -> list[tuple[int, str, str, int, int, int, str | None]]:
+        """Return up to *limit* queued recipients in the order they will leave.
+
+        Rows are ``(id, recipient, sender, urgency, created_at, attempts, last_error)``,
+        most urgent first and oldest first within a level (the ``outbound_order``
+        index). With *sender_domains*, only rows whose envelope sender is at one of
+        them (an empty sequence: none).
+        """
+        where, args = "", []
+        if sender_domains is not None:
+            if not sender_domains:
+                return []
+            # LIKE matches ASCII letters in any case, as domains are compared.
+            where = " WHERE " + " OR ".join("sender LIKE ? ESCAPE '\\'" for _ in sender_domains)
+            for domain in sender_domains:
+                escaped = domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                args.append("%@" + escaped)
+
+        def query(
+            conn: sqlite3.Connection,
+        ) -> list[tuple[int, str, str, int, int, int, str | None]]:
+            # *where* holds only "?" placeholders; the domains travel as parameters.
+            rows = conn.execute(
+                "SELECT id, recipient, sender, urgency, created_at, attempts, last_error"  # noqa: S608
+                " FROM outbound" + where + " ORDER BY urgency DESC, created_at, id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [tuple(row) for row in rows]
+
+        return await self.db.read(query)
+
 
 def _blobs_of(
     conn: sqlite3.Connection, keys: Sequence[tuple[int, int]]

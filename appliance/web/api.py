@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.chat.api import chat_routes
 from appliance.mail.autoconfig_pages import autoconfig_routes
@@ -26,6 +27,7 @@ def web_routes(box: Box) -> list[Route | StreamRoute]:
     pages: list[Route | StreamRoute] = [
         *CommonPages(kit, session_api).routes(),
         *autoconfig_routes(box, kit),
+        *admin_routes(box, kit),
     ]
     return [*api, *pages]
 

@@ -1,0 +1,437 @@
+"""The admin console's rules, apart from HTTP: who may see and change whom, and summaries.
+
+Everything here is what `pages` asks before it renders or changes anything:
+
+- **Scope** (REQUIREMENTS.md §2, per-agency administration). `Directory.admin_scope`
+  says which agencies a user administers: None for a box-wide admin, a set of domains
+  for an agency admin, the empty set for everybody else (who gets no console at all).
+  An agency admin must not even learn that another agency's user exists, so a user
+  outside the scope is answered exactly like an unknown one (`AdminConsole.target`),
+  and every list is filtered here, never in a template.
+- **Escalation.** Seeing a user of one's agency is not enough to change them: the
+  account may hold grants beyond the admin's own (a box-wide admin or the sync
+  service account whose address happens to be in the agency). Resetting that password
+  would hand the admin those powers, so `AdminScope.may_change` compares the target's
+  grants (`Directory.granted_domains`, which counts disabled accounts too) with the
+  admin's scope.
+- **Audit.** Every change is logged on ``edgebox.admin`` and written to the traffic log
+  (who did what to whom, from where; never a password), like sign-ins in session_api.
+- **Summaries**: agencies with user counts, the outbound queue by urgency, health
+  findings, the link to the centre, the org chart as a tree.
+
+What this is not: the pages and forms (pages.py), the directory's own checks of names
+and addresses (appliance.directory), or the queue runner (it only reads the queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+import trio
+
+from appliance.box import Box
+from appliance.compliance.classification import Urgency
+from appliance.compliance.traffic_log import TrafficRecord
+from appliance.directory import Agency, DirectoryError, OrgUnit, User, normalise_domain
+from appliance.health import Finding
+from appliance.health.disk import check_disk
+from appliance.health.services import check_services
+
+log = logging.getLogger("edgebox.admin")
+
+Language = Literal["th", "en"]
+
+#: Queue rows shown on the queue page at most; the summary above it counts them all.
+QUEUE_PAGE_ROWS: Final = 500
+
+#: The form limits of the console (the directory itself only asks for 0 or more).
+MAX_RANK: Final = 1000
+#: 1 TiB in MB: far above any mailbox; stops a typo of extra digits.
+MAX_QUOTA_MB: Final = 1024 * 1024
+MB: Final = 1024 * 1024
+
+_URGENCY_EN: Final = {
+    Urgency.NORMAL: "Normal",
+    Urgency.URGENT: "Urgent",
+    Urgency.VERY_URGENT: "Very urgent",
+    Urgency.MOST_URGENT: "Most urgent",
+}
+
+
+class Refusal(Exception):
+    """A console request refused for a reason the admin can fix; in both languages."""
+
+    def __init__(self, message_en: str, message_th: str) -> None:
+        super().__init__(message_en)
+        self.message_en = message_en
+        self.message_th = message_th
+
+
+# --- scope ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminScope:
+    """One signed-in administrator and the agencies they manage."""
+
+    admin: User
+    #: Normalised domains; None: every agency on the box.
+    domains: frozenset[str] | None
+
+    @property
+    def box_wide(self) -> bool:
+        return self.domains is None
+
+    def covers(self, domain: str) -> bool:
+        """Whether this admin manages the agency serving *domain*."""
+        if self.domains is None:
+            return True
+        try:
+            return normalise_domain(domain) in self.domains
+        except DirectoryError:
+            return False
+
+    def may_change(self, target_grants: frozenset[str] | None) -> bool:
+        """Whether this admin may change an account holding *target_grants*.
+
+        *target_grants* is `Directory.granted_domains` of the target: only an admin
+        whose scope includes all of them may change (or take over) that account.
+        """
+        if self.domains is None:
+            return True
+        return target_grants is not None and target_grants <= self.domains
+
+
+async def scope_of(box: Box, user: User | None) -> AdminScope | None:
+    """Return *user*'s scope, or None if they administer nothing (no console)."""
+    if user is None:
+        return None
+    domains = await box.directory.admin_scope(user.address)
+    if domains is not None and not domains:
+        return None
+    return AdminScope(user, domains)
+
+
+# --- plain values the pages show -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgencySummary:
+    agency: Agency
+    users: int
+    disabled: int
+
+
+@dataclass(frozen=True)
+class QueueLevel:
+    urgency: int
+    count: int
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """The outbound queue as one admin may see it."""
+
+    #: Every urgency level, most urgent first, with zero counts too.
+    levels: tuple[QueueLevel, ...]
+    total: int
+    #: Unix seconds of the oldest waiting recipient, or None when empty.
+    oldest: int | None
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One recipient waiting in the outbound queue."""
+
+    id: int
+    recipient: str
+    sender: str
+    urgency: int
+    #: Unix seconds when it was queued.
+    created_at: int
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    connected: bool
+    th: str
+    en: str
+
+
+@dataclass
+class UnitNode:
+    """One unit of an org chart with the units under it and its members."""
+
+    unit: OrgUnit
+    children: list[UnitNode] = field(default_factory=list)
+    members: list[User] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OrgChart:
+    roots: tuple[UnitNode, ...]
+    #: Users not placed in any unit.
+    unplaced: tuple[User, ...]
+
+
+def link_status() -> LinkStatus:
+    """Whether the box is in touch with the centre.
+
+    Sync with the centre is not built yet, so this always says so. The sync work will
+    replace this function with one that asks its link monitor; the overview page only
+    calls this.
+    """
+    return LinkStatus(
+        connected=False,
+        th="ยังไม่ได้เชื่อมต่อกับส่วนกลาง",
+        en="Not connected to the centre (sync not set up)",
+    )
+
+
+def urgency_name(level: int, lang: Language) -> str:
+    """The speed class as Thai official mail names it (ปกติ ... ด่วนที่สุด)."""
+    try:
+        urgency = Urgency(level)
+    except ValueError:
+        urgency = Urgency.MOST_URGENT if level > 0 else Urgency.NORMAL
+    return urgency.thai if lang == "th" else _URGENCY_EN[urgency]
+
+
+def format_age(seconds: float, lang: Language) -> str:
+    """How long something has waited, in the two largest units: ``3 ชั่วโมง 5 นาที``."""
+    minutes = max(0, int(seconds)) // 60
+    if minutes < 1:
+        return "ไม่ถึง 1 นาที" if lang == "th" else "under a minute"
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    names = (("วัน", "d"), ("ชั่วโมง", "h"), ("นาที", "min"))
+    parts = [
+        f"{value} {th if lang == 'th' else en}"
+        for value, (th, en) in zip((days, hours, minutes), names, strict=True)
+        if value
+    ]
+    return " ".join(parts[:2])
+
+
+def parse_count(text: str, what_en: str, what_th: str, maximum: int) -> int:
+    """Read a whole number 0..*maximum* typed in a form (Thai digits welcome)."""
+    text = unicodedata.normalize("NFKC", text).strip()
+    # isdecimal: Thai digits (๐-๙) and other decimal digits count; "+1", "1.0", "1e3"
+    # and "½" do not.
+    if not text or not text.isdecimal() or len(text) > 12:
+        raise Refusal(f"{what_en} must be a whole number", f"{what_th}ต้องเป็นจำนวนเต็ม")
+    value = int(text)
+    if value > maximum:
+        raise Refusal(f"{what_en} must be at most {maximum}", f"{what_th}ต้องไม่เกิน {maximum}")
+    return value
+
+
+def search_users(users: Iterable[User], query: str) -> list[User]:
+    """The users whose address, Thai or English name contains *query* (any case).
+
+    Thai has no letter case; NFC on both sides makes one spelling of a tone mark
+    over a vowel match the other.
+    """
+    needle = _fold(query)
+    if not needle:
+        return list(users)
+    return [
+        user
+        for user in users
+        if needle in _fold(f"{user.address}\n{user.name_th}\n{user.name_en or ''}")
+    ]
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip().casefold()
+
+
+def org_tree(units: Sequence[OrgUnit], users: Sequence[User]) -> OrgChart:
+    """Arrange one agency's units as a tree, each with its members.
+
+    Every unit appears exactly once: one whose parent is unknown (or that sits in a
+    loop, which the directory never makes) is shown at the top level.
+    """
+    nodes = {unit.id: UnitNode(unit) for unit in units}
+    by_name = {unit.name_th: nodes[unit.id] for unit in units}
+    unplaced = []
+    for user in users:
+        node = by_name.get(user.unit) if user.unit is not None else None
+        if node is None:
+            unplaced.append(user)
+        else:
+            node.members.append(user)
+    attached: set[int] = set()
+    for unit in units:
+        parent = nodes.get(unit.parent_id) if unit.parent_id is not None else None
+        if parent is not None and not _is_ancestor(nodes, unit.id, parent.unit):
+            parent.children.append(nodes[unit.id])
+            attached.add(unit.id)
+    roots = [nodes[unit.id] for unit in units if unit.id not in attached]
+    return OrgChart(tuple(roots), tuple(unplaced))
+
+
+def _is_ancestor(nodes: dict[int, UnitNode], unit_id: int, start: OrgUnit) -> bool:
+    """Whether *unit_id* is *start* or above it (attaching would close a loop)."""
+    seen: set[int] = set()
+    current: OrgUnit | None = start
+    while current is not None and current.id not in seen:
+        if current.id == unit_id:
+            return True
+        seen.add(current.id)
+        parent = nodes.get(current.parent_id) if current.parent_id is not None else None
+        current = parent.unit if parent is not None else None
+    return False
+
+
+# --- the console -----------------------------------------------------------------------
+
+
+class AdminConsole:
+    """Reads and audit records of the admin console for one box."""
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+
+    async def agencies(self, scope: AdminScope) -> list[AgencySummary]:
+        """The agencies in *scope*, by domain, with their user counts."""
+        counts = await self.box.directory.count_users()
+        return [
+            AgencySummary(agency, *counts.get(agency.domain, (0, 0)))
+            for agency in await self.box.directory.agencies()
+            if scope.covers(agency.domain)
+        ]
+
+    async def agency(self, scope: AdminScope, domain: str) -> Agency | None:
+        """The agency serving *domain* if it is in *scope*; None also for unknown ones."""
+        agency = await self.box.directory.agency(domain)
+        if agency is None or not scope.covers(agency.domain):
+            return None
+        return agency
+
+    async def users(self, scope: AdminScope, domain: str | None = None) -> list[User]:
+        """The users of one agency in *scope*, or of every agency in it, by address."""
+        if domain is not None:
+            return await self.box.directory.users(domain) if scope.covers(domain) else []
+        if scope.domains is None:
+            return await self.box.directory.users()
+        found: list[User] = []
+        for each in sorted(scope.domains):
+            if await self.box.directory.agency(each) is not None:
+                found += await self.box.directory.users(each)
+        return sorted(found, key=lambda user: user.address)
+
+    async def target(self, scope: AdminScope, address: str) -> User | None:
+        """The user at *address* if *scope* covers their agency; else None, as if unknown."""
+        user = await self.box.directory.user(address)
+        if user is None or not scope.covers(user.agency_domain):
+            return None
+        return user
+
+    async def may_change(self, scope: AdminScope, target: User) -> bool:
+        """Whether *scope* may change *target* (see the escalation rule above)."""
+        if scope.domains is None:
+            return True
+        return scope.may_change(await self.box.directory.granted_domains(target.address))
+
+    async def units(self, scope: AdminScope, domains: Iterable[str]) -> list[OrgUnit]:
+        """The org units of the agencies in *domains* that *scope* covers."""
+        found: list[OrgUnit] = []
+        for domain in domains:
+            if scope.covers(domain):
+                found += await self.box.directory.units(domain)
+        return found
+
+    async def org_chart(self, scope: AdminScope, domain: str) -> OrgChart:
+        """The org chart of one agency in *scope* (empty for any other)."""
+        if not scope.covers(domain):
+            return OrgChart((), ())
+        directory = self.box.directory
+        return org_tree(await directory.units(domain), await directory.users(domain))
+
+    async def queue_summary(self, scope: AdminScope) -> QueueSummary:
+        """Recipients waiting, by urgency, among the senders *scope* may see."""
+        counts = {level: 0 for level in Urgency}
+        oldest: int | None = None
+        for urgency, sender, count, created_at in await self.box.mailstore.outbound_groups():
+            if not self._sender_visible(scope, sender):
+                continue
+            level = Urgency(min(max(urgency, 0), max(Urgency)))
+            counts[level] += count
+            oldest = created_at if oldest is None else min(oldest, created_at)
+        levels = tuple(QueueLevel(int(level), counts[level]) for level in reversed(Urgency))
+        return QueueSummary(levels, sum(counts.values()), oldest)
+
+    async def queue(self, scope: AdminScope, limit: int = QUEUE_PAGE_ROWS) -> list[QueueItem]:
+        """The first *limit* recipients to leave, among the senders *scope* may see."""
+        domains = None if scope.domains is None else _sender_forms(scope.domains)
+        rows = await self.box.mailstore.outbound_entries(limit, domains)
+        return [QueueItem(*row) for row in rows]
+
+    def _sender_visible(self, scope: AdminScope, sender: str) -> bool:
+        # An agency admin sees the mail its own staff sent; the null sender (bounces,
+        # RFC 5321 §4.5.5) and other senders only the box-wide admin.
+        if scope.domains is None:
+            return True
+        local, at, domain = sender.rpartition("@")
+        return bool(at and local) and scope.covers(domain)
+
+    async def health(self) -> list[Finding]:
+        """Disk space and the services of the status file (appliance.health).
+
+        In a worker thread: the service check opens a TCP connection to every
+        listener, which may take its timeout if one hangs.
+        """
+
+        def run() -> list[Finding]:
+            return [*check_services(self.box.status_file), check_disk(self.box.config.data_dir)]
+
+        return await trio.to_thread.run_sync(run)
+
+    async def record(
+        self,
+        scope: AdminScope,
+        action: str,
+        target: str | None,
+        detail: str,
+        client_ip: str,
+    ) -> None:
+        """Log one admin action and write it to the traffic log (never a password)."""
+        who = scope.admin.address
+        log.info("admin=%s action=%s target=%s %s ip=%s", who, action, target, detail, client_ip)
+        try:
+            record = TrafficRecord(
+                time=datetime.now(UTC),
+                service="web",
+                event=f"admin-{action}",
+                client_ip=client_ip if client_ip != "unknown" else None,
+                user=who,
+                recipients=(target,) if target else (),
+                result=detail[:200],
+            )
+            await self.box.traffic.append(record)
+        except Exception:
+            # Like sign-ins: a full log disk must not stop the change already made;
+            # the operator sees it here.
+            log.exception("traffic log write failed")
+
+
+def _sender_forms(domains: Iterable[str]) -> list[str]:
+    """Each domain as stored (Thai U-labels) and as a client may have sent it (xn--)."""
+    forms: list[str] = []
+    for domain in sorted(domains):
+        forms.append(domain)
+        try:
+            ascii_form = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            continue
+        if ascii_form != domain:
+            forms.append(ascii_form)
+    return forms

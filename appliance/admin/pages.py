@@ -1,0 +1,485 @@
+"""The ``/admin`` pages: overview, users, one user's settings, org chart, outbound queue.
+
+Server-rendered forms, one POST per change, each answered with a 303 back to the page
+it came from and a visible "saved" notice (``?saved=<change>``). The server has already
+checked the session, the CSRF token and the body size; every handler here starts again
+from the signed-in user:
+
+1. `_scope`: administers nothing → 403, on every page and action alike;
+2. `_target` / `_agency`: a user or agency outside the scope → 404, worded exactly like
+   an unknown one, so an agency admin cannot probe for another agency's staff;
+3. `AdminConsole.may_change`: an account holding grants beyond the admin's → 403.
+
+Only then is the form read. Input the admin can fix (a bad number, a short password,
+an existing address) re-renders the page with the message and status 422, having
+changed nothing; the add-user form keeps what was typed, except the passwords.
+
+What this is not: the rules themselves (console.py), the directory's checks
+(appliance.directory), or the CSRF and session machinery (appliance.web.server).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+from urllib.parse import quote, urlencode
+
+from appliance.admin.console import (
+    MAX_QUOTA_MB,
+    MAX_RANK,
+    MB,
+    AdminConsole,
+    AdminScope,
+    Refusal,
+    format_age,
+    link_status,
+    parse_count,
+    scope_of,
+    search_users,
+    urgency_name,
+)
+from appliance.box import Box, add_user
+from appliance.directory import DirectoryError, User, normalise_address
+from appliance.security.passwords import MAX_PASSWORD_CHARS
+from appliance.web.pages import PageKit, redirect
+from appliance.web.routes import ApiError, Form, Request, Response, Route
+
+log = logging.getLogger("edgebox.admin")
+
+#: Rows of the users table per page.
+PAGE_SIZE: Final = 100
+#: Every admin form is a few short fields.
+FORM_MAX_BODY: Final = 16 * 1024
+
+#: The add-user form's fields that are shown again after a refusal (never passwords).
+ADD_FIELDS: Final = (
+    "address", "name_th", "name_en", "rank", "unit", "position", "phone", "quota_mb",
+)  # fmt: skip
+
+#: What the user page says after each change (``?saved=...``), Thai and English.
+SAVED: Final = {
+    "added": ("เพิ่มผู้ใช้เรียบร้อยแล้ว", "User added"),
+    "names": ("บันทึกชื่อแล้ว", "Names saved"),
+    "rank": ("บันทึกระดับแล้ว", "Rank saved"),
+    "unit": ("บันทึกสังกัดแล้ว", "Unit saved"),
+    "position": ("บันทึกตำแหน่งแล้ว", "Position saved"),
+    "phone": ("บันทึกหมายเลขโทรศัพท์แล้ว", "Phone number saved"),
+    "quota": ("บันทึกขนาดกล่องจดหมายแล้ว", "Mailbox quota saved"),
+    "disable": ("ระงับการใช้งานแล้ว และออกจากระบบทุกอุปกรณ์แล้ว",
+                "Account disabled and signed out everywhere"),
+    "enable": ("เปิดใช้งานบัญชีแล้ว", "Account enabled"),
+    "password": ("ตั้งรหัสผ่านใหม่แล้ว และออกจากระบบทุกอุปกรณ์แล้ว",
+                 "Password reset and signed out everywhere"),
+    "sessions": ("ออกจากระบบทุกอุปกรณ์แล้ว", "Signed out everywhere"),
+    "unit-added": ("เพิ่มหน่วยงานย่อยแล้ว", "Unit added"),
+}  # fmt: skip
+
+Change = Callable[[AdminScope, User, Form], Awaitable[str]]
+
+
+def admin_routes(box: Box, kit: PageKit) -> list[Route]:
+    """Return the routes of the admin console (all under ``/admin``, pages only)."""
+    return AdminPages(box, kit).routes()
+
+
+def user_url(address: str) -> str:
+    """The edit page of *address*; a Thai local part is percent-encoded (RFC 3986 §2.1)."""
+    return "/admin/users/" + quote(address, safe="@")
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "not_found", "No such user or agency", "ไม่พบผู้ใช้หรือหน่วยงานนี้")
+
+
+def _not_admin() -> ApiError:
+    return ApiError(403, "not_admin", "Only administrators may use the admin console",
+                    "หน้านี้สำหรับผู้ดูแลระบบเท่านั้น")  # fmt: skip
+
+
+def _beyond_scope() -> ApiError:
+    return ApiError(
+        403,
+        "beyond_scope",
+        "This account holds rights beyond yours; ask the box administrator to change it",
+        "บัญชีนี้มีสิทธิ์เกินกว่าสิทธิ์ของท่าน กรุณาติดต่อผู้ดูแลระบบของเครื่องแม่ข่ายให้เป็นผู้แก้ไข",
+    )
+
+
+def _refusal(exc: DirectoryError) -> Refusal:
+    # The directory speaks English to operators; the page adds a Thai lead-in.
+    return Refusal(str(exc), f"บันทึกไม่ได้: {exc}")
+
+
+class AdminPages:
+    """The handlers of the admin console; `routes` lists them."""
+
+    def __init__(self, box: Box, kit: PageKit) -> None:
+        self.box = box
+        self.kit = kit
+        self.console = AdminConsole(box)
+
+    def routes(self) -> list[Route]:
+        def page(method: Any, path: str, handler: Any, summary: str) -> Route:
+            # GETs keep the default limit: they have no body to read anyway.
+            limit = FORM_MAX_BODY if method == "POST" else Route.max_body
+            return Route(method, path, handler, summary, tag="admin", kind="page", max_body=limit)
+
+        def change(name: str, apply: Change, summary: str) -> Route:
+            async def handler(request: Request) -> Response:
+                return await self._change(request, name, apply)
+
+            return page("POST", f"/admin/users/{{address}}/{name}", handler, summary)
+
+        return [
+            page("GET", "/admin", self.overview, "Admin console: overview"),
+            page("GET", "/admin/users", self.users, "Admin console: users"),
+            page("POST", "/admin/users", self.add_user, "Admin console: add a user"),
+            page("GET", "/admin/users/{address}", self.user, "Admin console: one user"),
+            change("names", self._set_names, "Change a user's names"),
+            change("rank", self._set_rank, "Change a user's rank"),
+            change("unit", self._set_unit, "Move a user to another unit"),
+            change("position", self._set_position, "Change a user's position"),
+            change("phone", self._set_phone, "Change a user's phone number"),
+            change("quota", self._set_quota, "Change a user's mailbox quota"),
+            change("disable", self._disable, "Disable a user and end their sessions"),
+            change("enable", self._enable, "Enable a user again"),
+            change("password", self._reset_password, "Reset a user's password"),
+            change("sessions", self._revoke_sessions, "Sign a user out everywhere"),
+            page("GET", "/admin/org", self.org, "Admin console: org chart"),
+            page("POST", "/admin/org", self.add_unit, "Admin console: add a unit"),
+            page("GET", "/admin/queue", self.queue, "Admin console: outbound queue"),
+        ]
+
+    # --- who is asking, about whom --------------------------------------------------
+
+    async def _scope(self, request: Request) -> AdminScope:
+        scope = await scope_of(self.box, request.user)
+        if scope is None:
+            who = request.user.address if request.user else None
+            log.info("admin console refused: user=%s is no admin ip=%s", who, request.client_ip)
+            raise _not_admin()
+        return scope
+
+    async def _target(self, request: Request, scope: AdminScope) -> User:
+        address = request.params["address"]
+        user = await self.console.target(scope, address)
+        if user is None:
+            log.info("admin=%s asked for unknown or out-of-scope user %r",
+                     scope.admin.address, address[:320])  # fmt: skip
+            raise _not_found()
+        return user
+
+    async def _agency(self, scope: AdminScope, domain: str) -> str:
+        agency = await self.console.agency(scope, domain)
+        if agency is None:
+            raise _not_found()
+        return agency.domain
+
+    async def _render(
+        self, request: Request, template: str, scope: AdminScope, *, status: int = 200,
+        **values: Any,
+    ) -> Response:  # fmt: skip
+        return await self.kit.render(
+            request, template, status=status, scope=scope, user_url=user_url,
+            urgency_name=urgency_name, format_age=format_age, now=time.time(),
+            saved_notices=SAVED, **values,
+        )  # fmt: skip
+
+    # --- overview ---------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        return await self._render(
+            request, "admin/overview.html", scope, section="overview",
+            agencies=await self.console.agencies(scope),
+            queue=await self.console.queue_summary(scope),
+            health=await self.console.health(),
+            link=link_status(),
+        )  # fmt: skip
+
+    # --- users ------------------------------------------------------------------------
+
+    async def users(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        return await self._users_page(request, scope)
+
+    async def _users_page(
+        self,
+        request: Request,
+        scope: AdminScope,
+        *,
+        values: dict[str, str] | None = None,
+        error: Refusal | None = None,
+        status: int = 200,
+    ) -> Response:
+        chosen = request.query.get("agency", "").strip()
+        domain = await self._agency(scope, chosen) if chosen else None
+        query = request.query.get("q", "").strip()[:200]
+        page = _page_number(request.query.get("page", ""))
+        found = search_users(await self.console.users(scope, domain), query)
+        pages = max(1, -(-len(found) // PAGE_SIZE))
+        page = min(page, pages)
+        shown = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        usage = {user.address: await self.box.mailstore.usage(user.address) for user in shown}
+        agencies = await self.console.agencies(scope)
+        unit_domains = [domain] if domain else [a.agency.domain for a in agencies]
+        units = sorted({unit.name_th for unit in await self.console.units(scope, unit_domains)})
+
+        def link(number: int) -> str:
+            params = {"agency": domain or "", "q": query, "page": str(number)}
+            return "/admin/users?" + urlencode({k: v for k, v in params.items() if v})
+
+        return await self._render(
+            request, "admin/users.html", scope, status=status, section="users",
+            agencies=agencies, agency=domain or "", query=query, users=shown, usage=usage,
+            total=len(found), page=page, pages=pages, page_link=link, units=units,
+            values=values or {}, error=error,
+            example_domain=domain or (agencies[0].agency.domain if agencies else "example.go.th"),
+        )  # fmt: skip
+
+    async def add_user(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        form = request.form
+        values = {name: form.get(name) for name in ADD_FIELDS}
+        try:
+            user = await self._create_user(request, scope)
+        except Refusal as exc:
+            return await self._users_page(request, scope, values=values, error=exc, status=422)
+        return redirect(user_url(user.address) + "?saved=added")
+
+    async def _create_user(self, request: Request, scope: AdminScope) -> User:
+        form = request.form
+        try:
+            address = normalise_address(form.get("address").strip())
+        except DirectoryError as exc:
+            raise Refusal(f"Not a valid mail address: {exc}", "ที่อยู่อีเมลไม่ถูกต้อง") from None
+        domain = address.rpartition("@")[2]
+        # Unknown and out-of-scope agencies get one answer: no probing for agencies.
+        if await self.console.agency(scope, domain) is None:
+            raise Refusal("You can add users only to the agencies you manage",
+                          "ท่านเพิ่มผู้ใช้ได้เฉพาะในหน่วยงานที่ท่านดูแลเท่านั้น")  # fmt: skip
+        if await self.box.directory.user(address) is not None:
+            raise Refusal(f"{address} already exists", f"มีผู้ใช้ {address} อยู่แล้ว")
+        name_th = form.get("name_th").strip()
+        if not name_th:
+            raise Refusal("Enter the Thai name", "กรุณากรอกชื่อภาษาไทย")
+        rank_text = form.get("rank").strip()
+        rank = parse_count(rank_text, "Rank", "ระดับ", MAX_RANK) if rank_text else 0
+        quota_text = form.get("quota_mb").strip()
+        quota = _quota_bytes(quota_text) if quota_text else None
+        password = _new_password(form)
+        unit = form.get("unit").strip() or None
+        try:
+            user = await add_user(
+                self.box, address, password, name_th=name_th,
+                name_en=form.get("name_en").strip() or None, rank=rank, unit=unit,
+                position=form.get("position").strip() or None,
+                phone=form.get("phone").strip() or None, quota_bytes=quota,
+            )  # fmt: skip
+        except DirectoryError as exc:
+            raise _refusal(exc) from None
+        await self.console.record(
+            scope, "add-user", user.address,
+            f"unit={user.unit or '-'} rank={user.rank} quota={user.quota_bytes // MB}MB",
+            request.client_ip,
+        )  # fmt: skip
+        return user
+
+    async def user(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        target = await self._target(request, scope)
+        return await self._user_page(request, scope, target)
+
+    async def _user_page(
+        self,
+        request: Request,
+        scope: AdminScope,
+        target: User,
+        *,
+        error: Refusal | None = None,
+        status: int = 200,
+    ) -> Response:
+        saved = request.query.get("saved", "") if error is None else ""
+        grants = await self.box.directory.granted_domains(target.address)
+        chart = await self.box.directory.units(target.agency_domain)
+        units = sorted(unit.name_th for unit in chart)
+        return await self._render(
+            request, "admin/user.html", scope, status=status, section="users",
+            target=target, usage=await self.box.mailstore.usage(target.address),
+            may_change=await self.console.may_change(scope, target),
+            grants=grants, units=units, saved=saved if saved in SAVED else "", error=error,
+            self_edit=target.address == scope.admin.address,
+        )  # fmt: skip
+
+    # --- one change per form ----------------------------------------------------------
+
+    async def _change(self, request: Request, action: str, apply: Change) -> Response:
+        scope = await self._scope(request)
+        target = await self._target(request, scope)
+        if not await self.console.may_change(scope, target):
+            log.warning("admin=%s refused %s on %s: target holds wider grants",
+                        scope.admin.address, action, target.address)  # fmt: skip
+            raise _beyond_scope()
+        try:
+            detail = await apply(scope, target, request.form)
+        except DirectoryError as exc:
+            return await self._user_page(request, scope, target, error=_refusal(exc), status=422)
+        except Refusal as exc:
+            return await self._user_page(request, scope, target, error=exc, status=422)
+        await self.console.record(scope, action, target.address, detail, request.client_ip)
+        return redirect(f"{user_url(target.address)}?saved={action}")
+
+    async def _set_names(self, scope: AdminScope, target: User, form: Form) -> str:
+        name_th = form.get("name_th").strip()
+        if not name_th:
+            raise Refusal("Enter the Thai name", "กรุณากรอกชื่อภาษาไทย")
+        await self.box.directory.set_names(target.address, name_th, form.get("name_en") or None)
+        return "names changed"
+
+    async def _set_rank(self, scope: AdminScope, target: User, form: Form) -> str:
+        rank = parse_count(form.get("rank"), "Rank", "ระดับ", MAX_RANK)
+        await self.box.directory.set_rank(target.address, rank)
+        return f"rank={rank}"
+
+    async def _set_unit(self, scope: AdminScope, target: User, form: Form) -> str:
+        unit = form.get("unit").strip() or None
+        if unit is not None:
+            # As when adding a user: a unit typed anew joins the agency's chart.
+            await self.box.directory.ensure_unit(target.agency_domain, unit)
+        await self.box.directory.set_unit(target.address, unit)
+        return f"unit={unit or '-'}"
+
+    async def _set_position(self, scope: AdminScope, target: User, form: Form) -> str:
+        await self.box.directory.set_position(target.address, form.get("position") or None)
+        return "position changed"
+
+    async def _set_phone(self, scope: AdminScope, target: User, form: Form) -> str:
+        await self.box.directory.set_phone(target.address, form.get("phone") or None)
+        return "phone changed"
+
+    async def _set_quota(self, scope: AdminScope, target: User, form: Form) -> str:
+        quota = _quota_bytes(form.get("quota_mb"))
+        await self.box.directory.set_quota(target.address, quota)
+        return f"quota={quota // MB}MB"
+
+    async def _disable(self, scope: AdminScope, target: User, form: Form) -> str:
+        if target.address == scope.admin.address:
+            raise Refusal("You cannot disable your own account",
+                          "ท่านไม่สามารถระงับบัญชีของตนเองได้")  # fmt: skip
+        await self.box.directory.set_disabled(target.address, True)
+        # As `edgebox user disable`: whoever is signed in is signed out now.
+        ended = await self.box.sessions.revoke_all(target.address)
+        return f"disabled; {ended} sessions ended"
+
+    async def _enable(self, scope: AdminScope, target: User, form: Form) -> str:
+        await self.box.directory.set_disabled(target.address, False)
+        return "enabled"
+
+    async def _reset_password(self, scope: AdminScope, target: User, form: Form) -> str:
+        password = _new_password(form)
+        await self.box.directory.set_password(target.address, password)
+        # As `edgebox user passwd`: whoever knew the old password is signed out.
+        ended = await self.box.sessions.revoke_all(target.address)
+        return f"password reset; {ended} sessions ended"
+
+    async def _revoke_sessions(self, scope: AdminScope, target: User, form: Form) -> str:
+        ended = await self.box.sessions.revoke_all(target.address)
+        return f"{ended} sessions ended"
+
+    # --- org chart --------------------------------------------------------------------
+
+    async def org(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        return await self._org_page(request, scope)
+
+    async def _org_page(
+        self,
+        request: Request,
+        scope: AdminScope,
+        *,
+        domain: str | None = None,
+        error: Refusal | None = None,
+        status: int = 200,
+    ) -> Response:
+        agencies = await self.console.agencies(scope)
+        if domain is None:
+            chosen = request.query.get("agency", "").strip()
+            if chosen:
+                domain = await self._agency(scope, chosen)
+            elif agencies:
+                domain = agencies[0].agency.domain
+            else:
+                raise _not_found()
+        saved = request.query.get("saved", "") if error is None else ""
+        return await self._render(
+            request, "admin/org.html", scope, status=status, section="org",
+            agencies=agencies, agency=domain, chart=await self.console.org_chart(scope, domain),
+            units=await self.box.directory.units(domain), error=error,
+            saved=saved if saved in SAVED else "",
+        )  # fmt: skip
+
+    async def add_unit(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        form = request.form
+        # The agency comes from a hidden field: checked against the scope like any input.
+        domain = await self._agency(scope, form.get("agency").strip())
+        name_th = form.get("name_th").strip()
+        parent = form.get("parent").strip() or None
+        existing = {unit.name_th for unit in await self.box.directory.units(domain)}
+        try:
+            if not name_th:
+                raise Refusal("Enter the unit's Thai name", "กรุณากรอกชื่อหน่วยงานย่อยภาษาไทย")
+            if name_th in existing:
+                raise Refusal(f"There is already a unit named {name_th}",
+                              f"มีหน่วยงานย่อยชื่อ {name_th} อยู่แล้ว")  # fmt: skip
+            if parent is not None and parent not in existing:
+                raise Refusal("Choose the parent unit from the list",
+                              "กรุณาเลือกหน่วยงานต้นสังกัดจากรายการ")  # fmt: skip
+            await self.box.directory.ensure_unit(
+                domain, name_th, form.get("name_en").strip() or None, parent
+            )
+        except DirectoryError as exc:
+            return await self._org_page(request, scope, domain=domain, error=_refusal(exc),
+                                        status=422)  # fmt: skip
+        except Refusal as exc:
+            return await self._org_page(request, scope, domain=domain, error=exc, status=422)
+        await self.console.record(scope, "add-unit", None,
+                                  f"{domain}: {name_th} under {parent or '-'}",
+                                  request.client_ip)  # fmt: skip
+        return redirect("/admin/org?" + urlencode({"agency": domain, "saved": "unit-added"}))
+
+    # --- outbound queue ---------------------------------------------------------------
+
+    async def queue(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        return await self._render(
+            request, "admin/queue.html", scope, section="queue",
+            summary=await self.console.queue_summary(scope),
+            items=await self.console.queue(scope),
+        )  # fmt: skip
+
+
+def _page_number(text: str) -> int:
+    return max(1, int(text)) if text.isascii() and text.isdigit() and 0 < len(text) < 7 else 1
+
+
+def _quota_bytes(text: str) -> int:
+    megabytes = parse_count(text, "The quota in MB", "ขนาดกล่องจดหมาย (MB) ", MAX_QUOTA_MB)
+    if megabytes < 1:
+        raise Refusal("The quota must be at least 1 MB", "ขนาดกล่องจดหมายต้องไม่น้อยกว่า 1 MB")
+    return megabytes * MB
+
+
+def _new_password(form: Form) -> str:
+    """The password typed twice on a form, with the CLI's rules (not empty, not huge)."""
+    password = form.get("password")
+    if not password:
+        raise Refusal("Enter the new password", "กรุณากรอกรหัสผ่าน")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise Refusal(f"The password may have at most {MAX_PASSWORD_CHARS} characters",
+                      f"รหัสผ่านยาวได้ไม่เกิน {MAX_PASSWORD_CHARS} ตัวอักษร")  # fmt: skip
+    if form.get("password_confirm") != password:
+        raise Refusal("The two passwords differ", "รหัสผ่านทั้งสองช่องไม่ตรงกัน")
+    return password

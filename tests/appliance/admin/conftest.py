@@ -1,0 +1,109 @@
+"""A real box serving two agencies, with the admin console on a running HTTPS server.
+
+People on the box (every password is `PASSWORD`):
+
+- ``root@a.go.th``: box-wide administrator (address in agency A);
+- ``admin@a.go.th``: administrator of agency A only;
+- ``staff@a.go.th``, ``staff@b.go.th``: ordinary users, one per agency.
+
+`Console.as_user(address)` signs someone in (a session made directly in the store) and
+returns a client that sends the session cookie and, on POST, the same-origin headers
+and the CSRF token a page of ours would carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import trio
+
+from appliance.admin.pages import admin_routes
+from appliance.box import Box, init_box, open_box
+from appliance.cli import add_user
+from appliance.config import DEV_PORTS, load_config
+from appliance.directory.sessions import BROWSER_TTL
+from appliance.web.pages import CommonPages, PageKit
+from appliance.web.server import csrf_token_for
+from appliance.web.session_api import SessionApi
+from tests.appliance.web.conftest import Reply, Server, start_server
+
+A = "a.go.th"
+B = "b.go.th"
+ROOT = f"root@{A}"
+ADMIN_A = f"admin@{A}"
+STAFF_A = f"staff@{A}"
+STAFF_B = f"staff@{B}"
+PASSWORD = "รหัสผ่าน-ทดสอบ-2567"
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[Box]:
+    data = tmp_path / "data"
+    await init_box(data, A, "กรมเอ")
+    # The offset cancels the dev port: the service binds a free port chosen by the kernel.
+    config = load_config(data, flags={"port_offset": -DEV_PORTS["https"]})
+    async with open_box(config) as opened:
+        await opened.directory.add_agency(B, "กรมบี", "Department B")
+        await add_user(opened, ROOT, PASSWORD, name_th="ผู้ดูแล ส่วนกลาง", name_en="Root Admin")
+        await opened.directory.grant_admin(ROOT, None)
+        await add_user(opened, ADMIN_A, PASSWORD, name_th="ผู้ดูแล กรมเอ", admin=True)
+        await add_user(opened, STAFF_A, PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee",
+                       unit="กองคลัง", rank=3)  # fmt: skip
+        await add_user(opened, STAFF_B, PASSWORD, name_th="มาลี ศรีสุข", name_en="Malee Srisuk",
+                       unit="กองการเจ้าหน้าที่", rank=4)  # fmt: skip
+        yield opened
+
+
+@dataclass
+class Client:
+    """One signed-in browser: cookie, origin and CSRF token of its session."""
+
+    server: Server
+    token: str
+
+    async def get(self, path: str) -> Reply:
+        return await self.server.request("GET", path, headers={"Cookie": self._cookie()})
+
+    async def post(
+        self, path: str, fields: dict[str, str] | None = None, *, csrf: bool = True
+    ) -> Reply:
+        form = dict(fields or {})
+        if csrf:
+            form["csrf_token"] = csrf_token_for(self.token)
+        headers = {
+            "Cookie": self._cookie(),
+            "Origin": f"https://127.0.0.1:{self.server.port}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        return await self.server.request("POST", path, urlencode(form).encode(), headers)
+
+    def _cookie(self) -> str:
+        return f"edgebox_session={self.token}"
+
+
+@dataclass
+class Console:
+    box: Box
+    server: Server
+
+    async def as_user(self, address: str) -> Client:
+        user = await self.box.directory.user(address)
+        assert user is not None
+        token, _ = await self.box.sessions.create(
+            user, client_ip="127.0.0.1", user_agent="pytest", ttl=BROWSER_TTL
+        )
+        return Client(self.server, token)
+
+
+@pytest.fixture
+async def console(box: Box, nursery: trio.Nursery) -> Console:
+    # The box's own Sessions, as in production (appliance.web.api): a revoke through
+    # box.sessions must clear the very cache the server resolves tokens with.
+    kit = PageKit(box, box.sessions)
+    routes = [*CommonPages(kit, SessionApi(box, box.sessions)).routes(), *admin_routes(box, kit)]
+    server = await start_server(box, nursery, routes, sessions=box.sessions)
+    return Console(box, server)
