@@ -21,12 +21,6 @@ from email.utils import format_datetime
 
 import trio
 
-from appliance.compliance.classification import (
-    CLASSIFICATION_HEADER,
-    URGENCY_HEADER,
-    parse_classification,
-    parse_urgency,
-)
 from appliance.directory import Directory
 from appliance.mail import headers
 from appliance.mail.mailstore import LocalCopy, Mailstore, NewMessage, OutboundCopy
@@ -100,6 +94,7 @@ class Delivery:
                 local.append(LocalCopy(owner=user.address, quota_bytes=user.quota_bytes))
             else:
                 outbound.append(OutboundCopy(rcpt.address, rcpt.notify, rcpt.orcpt))
+        classification, urgency = headers.levels(fields)
         # The blob is fsynced before the rows that name it are committed.
         blob_id = await trio.to_thread.run_sync(self.mailstore.blobs.put, message)
         await self.mailstore.commit(
@@ -110,10 +105,8 @@ class Delivery:
                 content_hash=hashlib.sha256(message).hexdigest(),
                 message_id_digest=_digest(self.mailstore, headers.message_id(fields)),
                 sender=envelope.sender,
-                classification=parse_classification(
-                    headers.first_value(fields, CLASSIFICATION_HEADER)
-                ),
-                urgency=parse_urgency(headers.first_value(fields, URGENCY_HEADER)),
+                classification=classification,
+                urgency=urgency,
                 ret=envelope.ret,
                 envid=envelope.envid,
                 internal_date=int(time.time()),

@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from email.utils import getaddresses
 
+from appliance.compliance.classification import (
+    CLASSIFICATION_HEADER,
+    URGENCY_HEADER,
+    Classification,
+    Urgency,
+    parse_classification,
+    parse_urgency,
+)
+
 
 def header_block(content: bytes) -> bytes:
     """Return the bytes before the first empty line (all of it if there is none).
@@ -60,3 +69,11 @@ def from_addresses(fields: list[tuple[str, str]]) -> list[str]:
     """Return the addr-specs of every From field, lower-cased."""
     values = [value for name, value in fields if name.lower() == "from"]
     return [address.lower() for _, address in getaddresses(values) if "@" in address]
+
+
+def levels(fields: list[tuple[str, str]]) -> tuple[Classification, Urgency]:
+    """Return the message's classification and urgency (REQUIREMENTS.md §2)."""
+    return (
+        parse_classification(first_value(fields, CLASSIFICATION_HEADER)),
+        parse_urgency(first_value(fields, URGENCY_HEADER)),
+    )

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from appliance.mail import headers
 from appliance.mail.mailstore import (
     SELECT_MESSAGES,
     Mailstore,
@@ -82,6 +83,19 @@ class MailboxInfo:
     messages: int
     unseen: int
     size: int
+
+
+@dataclass(frozen=True)
+class MailboxHead:
+    """A mailbox as the webmail's folder list shows it: no per-message aggregates
+    except the message count, which SQLite answers from the (mailbox_id, uid) index."""
+
+    id: int
+    name: str
+    special_use: str | None
+    uidvalidity: int
+    highestmodseq: int
+    messages: int
 
 
 @dataclass(frozen=True)
@@ -312,11 +326,14 @@ class Mailboxes:
     ) -> tuple[int, int]:
         """Store *content* in a mailbox (IMAP APPEND); return (UIDVALIDITY, UID).
 
-        Encrypted and single-instance like delivered mail (the same blob store).
+        Encrypted and single-instance like delivered mail (the same blob store), with
+        the same classification and urgency read from its header (list badges, sync
+        order), so Sent and Drafts copies carry them too.
         """
         name = normalise_name(name)
         blob_id = await trio.to_thread.run_sync(self.store.blobs.put, content)
         content_hash = hashlib.sha256(content).hexdigest()
+        classification, urgency = headers.levels(headers.parse_headers(content))
         flag_text = " ".join(canonical_flags(flags))
         now = int(time.time())
 
@@ -327,9 +344,10 @@ class Mailboxes:
             uid, modseq = _next_uid(conn, mailbox_id)
             conn.execute(
                 "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size,"
-                " blob_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " blob_id, content_hash, classification, urgency)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mailbox_id, uid, modseq, flag_text, internal_date or now, len(content),
-                 blob_id, content_hash),
+                 blob_id, content_hash, classification, urgency),
             )  # fmt: skip
             uidvalidity = conn.execute(
                 "SELECT uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,)
@@ -451,6 +469,79 @@ class Mailboxes:
     async def _delete_blobs(self, blob_ids: list[str]) -> None:
         await self.store.release_blobs(blob_ids)
 
+    # -- reading for the webmail (read-only, cheap on 100k-message mailboxes) ------
+
+    async def heads(self, owner: str) -> list[MailboxHead]:
+        """Every mailbox of *owner*, INBOX first, with its message count (index only)."""
+
+        def query(conn: sqlite3.Connection) -> list[MailboxHead]:
+            rows = conn.execute(
+                "SELECT b.id, b.name, b.special_use, b.uidvalidity, b.highestmodseq,"
+                " (SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id)"
+                " FROM mailboxes b WHERE b.owner = ? ORDER BY b.name = 'INBOX' DESC, b.name",
+                (owner,),
+            )
+            return [MailboxHead(*row) for row in rows]
+
+        return await self.db.read(query)
+
+    async def newest(self, mailbox_id: int, offset: int, limit: int) -> list[StoredMessage]:
+        """One page of a mailbox, newest (highest UID) first, walked on the UID index."""
+
+        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                f"{SELECT_MESSAGES} WHERE m.mailbox_id = ? ORDER BY m.uid DESC LIMIT ? OFFSET ?",
+                (mailbox_id, limit, offset),
+            )
+            return [row_to_message(row) for row in rows]
+
+        return await self.db.read(query)
+
+    async def unseen_uids(self, mailbox_id: int) -> tuple[int, set[int]]:
+        """``(HIGHESTMODSEQ, UIDs without \\Seen)`` read in one snapshot (a full scan)."""
+
+        def query(conn: sqlite3.Connection) -> tuple[int, set[int]]:
+            conn.execute("BEGIN")  # both statements must see the same commit
+            modseq = _highestmodseq(conn, mailbox_id)
+            rows = conn.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ?"
+                " AND instr(' ' || lower(flags) || ' ', ' \\seen ') = 0",
+                (mailbox_id,),
+            )
+            return modseq, {int(uid) for (uid,) in rows}
+
+        return await self.db.read(query)
+
+    async def flag_changes(
+        self, mailbox_id: int, modseq: int
+    ) -> tuple[int, list[tuple[int, str]], list[int]]:
+        """``(HIGHESTMODSEQ, (uid, flags) changed after *modseq*, UIDs expunged after it)``.
+
+        One snapshot, both on the MODSEQ indexes: what keeps an unread count up to
+        date without rescanning the mailbox (RFC 7162's CONDSTORE bookkeeping).
+        """
+
+        def query(conn: sqlite3.Connection) -> tuple[int, list[tuple[int, str]], list[int]]:
+            conn.execute("BEGIN")
+            current = _highestmodseq(conn, mailbox_id)
+            changed = [
+                (int(uid), str(flags))
+                for uid, flags in conn.execute(
+                    "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND modseq > ?",
+                    (mailbox_id, modseq),
+                )
+            ]
+            gone = [
+                int(uid)
+                for (uid,) in conn.execute(
+                    "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ?",
+                    (mailbox_id, modseq),
+                )
+            ]
+            return current, changed, gone
+
+        return await self.db.read(query)
+
 
 # -- jobs' building blocks (run inside a write transaction) ---------------------------
 
@@ -489,6 +580,11 @@ def _infos(conn: sqlite3.Connection, owner: str, name: str | None) -> list[Mailb
         MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
         for r in rows
     ]
+
+
+def _highestmodseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
+    row = conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _states(conn: sqlite3.Connection, mailbox_id: int, since: int) -> list[MessageState]:

@@ -12,6 +12,8 @@ from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.chat.api import chat_routes
 from appliance.mail.autoconfig_pages import autoconfig_routes
+from appliance.mail.webmail.compose_pages import compose_routes
+from appliance.mail.webmail.pages import mail_routes
 from appliance.web.openapi import openapi_route
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.routes import Route, StreamRoute
@@ -26,6 +28,8 @@ def web_routes(box: Box) -> list[Route | StreamRoute]:
     api.append(openapi_route(api, title="edgebox API", version=_version()))
     pages: list[Route | StreamRoute] = [
         *CommonPages(kit, session_api).routes(),
+        *mail_routes(box, kit),
+        *compose_routes(box, kit),
         *autoconfig_routes(box, kit),
         *admin_routes(box, kit),
     ]

@@ -50,6 +50,19 @@ async def test_append_assigns_increasing_uids_and_modseqs(box: MailBox) -> None:
     assert sorted((await refs(box)).values()) == [1, 1, 2]
 
 
+async def test_append_reads_classification_and_urgency_like_delivery(box: MailBox) -> None:
+    boxes = Mailboxes(box.mailstore)
+    owner = box.users[0]
+    await box.mailstore.create_mailboxes(owner)
+    marked = "X-Classification: ลับ\r\nX-Urgency: ด่วนที่สุด\r\n".encode() + mail(1)
+    await boxes.append(owner, "Sent", marked, quota_bytes=BIG)
+    await boxes.append(owner, "Sent", mail(2), quota_bytes=BIG)
+    rows = await box.mailstore.db.read(
+        lambda c: c.execute("SELECT classification, urgency FROM messages ORDER BY uid").fetchall()
+    )
+    assert rows == [(1, 3), (0, 0)]
+
+
 async def test_store_flags_bumps_modseq_once_and_honours_unchangedsince(box: MailBox) -> None:
     boxes = Mailboxes(box.mailstore)
     owner = box.users[0]
