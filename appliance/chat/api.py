@@ -319,6 +319,14 @@ class ChatApi:
         )
         return Response(room.to_json(), status=201)
 
+    async def unread(self, request: Request) -> JSON:
+        me = _me(request)
+        # The cursor first: a client that opens the stream from it misses no later change.
+        cursor = self.chat.head_cursor
+        rooms = await self.chat.rooms(me)
+        activity = await self.chat.activity(me, [r.id for r in rooms])
+        return {"cursor": cursor, "rooms": [a.to_json() for a in activity]}
+
     async def open_direct(self, request: Request) -> JSON:
         room, created = await self.chat.open_direct(_me(request), request.json["with"])
         return Response(room.to_json(), status=201 if created else 200)
@@ -700,6 +708,31 @@ def chat_routes(chat: Chat) -> list[Route | StreamRoute]:
                 "additionalProperties": False,
             },
             response=_ROOM,
+        ),
+        route(
+            "GET",
+            "/api/v1/me/unread",
+            api.unread,
+            "Unread count and last message of each of my rooms, and the stream cursor",
+            response={
+                "type": "object",
+                "properties": {
+                    "cursor": {"type": "integer"},
+                    "rooms": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "room_id": {"type": "string"},
+                                "unread": {"type": "integer", "minimum": 0},
+                                "last_message": {"oneOf": [_MESSAGE, {"type": "null"}]},
+                            },
+                            "required": ["room_id", "unread", "last_message"],
+                        },
+                    },
+                },
+                "required": ["cursor", "rooms"],
+            },
         ),
         route(
             "POST",

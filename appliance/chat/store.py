@@ -32,10 +32,10 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import apsw
 import trio
@@ -97,6 +97,28 @@ MAX_PAGE = 500
 _TRIGRAM = 3
 
 _EVENT_ID = re.compile(r"[0-9A-Za-z_.-]{1,64}:[1-9][0-9]{0,18}")
+
+#: Unread counts stop here (a list shows "999+"): counting further costs a scan and
+#: tells the reader nothing more.
+MAX_UNREAD = 999
+
+
+@dataclass(frozen=True)
+class RoomActivity:
+    """What a room list shows of one room: how much is unread, and the last message."""
+
+    room_id: str
+    #: Messages of others after the last one the user read or sent (at most MAX_UNREAD).
+    unread: int
+    #: The newest message the user sees in the room (a tombstone too), or None.
+    last: Message | None
+
+    def to_json(self) -> dict[str, Any]:
+        last = None if self.last is None else self.last.to_json()
+        if last is not None and self.last is not None and self.last.secret:
+            # A list must not show a secret message: seeing it is reading it.
+            last["content"] = {}
+        return {"room_id": self.room_id, "unread": self.unread, "last_message": last}
 
 
 # --- rows ------------------------------------------------------------------------
@@ -1147,6 +1169,115 @@ class Chat:
 
         return await self._db.read(query)
 
+    # --- what the pages show -----------------------------------------------------
+
+    @property
+    def head_cursor(self) -> int:
+        """The cursor of the last event handed to streams.
+
+        A page that reads this *before* it reads rooms and messages can open the stream
+        from it and miss nothing (an event may arrive twice: pages keep the newer).
+        """
+        return self.hub.published
+
+    async def activity(self, actor: User, room_ids: Iterable[str]) -> list[RoomActivity]:
+        """Return the unread count and last message of each of *actor*'s rooms in *room_ids*.
+
+        Unread means the messages of others after the last message *actor* read or
+        sent, not deleted and not hidden: a chat is read from the bottom, and both the
+        browser and the apps mark everything up to what was shown (``/read`` with
+        ``up_to``). Both queries walk the room's index back from its newest message,
+        so the cost follows the unread count, not the room's history.
+        """
+        wanted = list(dict.fromkeys(room_ids))
+
+        def query(conn: Conn) -> list[RoomActivity]:
+            found = []
+            for room_id in wanted:
+                room = self._room(conn, room_id)
+                if room is None or room.deleted or actor.address not in room.members:
+                    continue
+                params = {"room": room_id, "me": actor.address}
+                floor = conn.execute(
+                    "SELECT m.seq FROM messages m WHERE m.room_id = :room AND (m.sender = :me"
+                    " OR EXISTS (SELECT 1 FROM receipts r WHERE r.message_id = m.id"
+                    " AND r.reader = :me)) ORDER BY m.seq DESC LIMIT 1",
+                    params,
+                ).fetchone()
+                counted = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.room_id = :room"
+                    " AND m.seq > :floor AND m.deleted = 0 AND NOT EXISTS (SELECT 1 FROM"
+                    " hidden h WHERE h.address = :me AND h.message_id = m.id) LIMIT :cap)",
+                    {**params, "floor": floor[0] if floor else 0, "cap": MAX_UNREAD},
+                ).fetchone()
+                unread = counted[0] if counted else 0
+                row = conn.execute(
+                    _MESSAGE_COLUMNS + " FROM messages m WHERE m.room_id = :room"  # noqa: S608 (fixed strings; values are bound)
+                    f" AND NOT {_GONE_FOR_READER} AND NOT EXISTS (SELECT 1 FROM hidden h"
+                    " WHERE h.address = :me AND h.message_id = m.id)"
+                    " ORDER BY m.seq DESC LIMIT 1",
+                    params,
+                ).fetchone()
+                last = None if row is None else _message_from_row(row)
+                found.append(RoomActivity(room_id, int(unread), last))
+            return found
+
+        return await self._db.read(query)
+
+    async def readers(
+        self, actor: User, room_id: str, message_ids: Iterable[str]
+    ) -> dict[str, list[tuple[str, float]]]:
+        """Return who read each of these messages of a room and when (members only).
+
+        The receipts of a page of messages in one read, for "read by" under one's own
+        messages; ids not of this room are left out.
+        """
+        wanted = list(dict.fromkeys(message_ids))
+
+        def query(conn: Conn) -> dict[str, list[tuple[str, float]]]:
+            self._member_room(conn, room_id, actor.address)
+            found: dict[str, list[tuple[str, float]]] = {}
+            for message_id in wanted:
+                rows = conn.execute(
+                    "SELECT r.reader, r.read_at FROM receipts r JOIN messages m"
+                    " ON m.id = r.message_id WHERE r.message_id = ? AND m.room_id = ?"
+                    " ORDER BY r.read_at, r.reader",
+                    (message_id, room_id),
+                ).fetchall()
+                found[message_id] = [(str(r[0]), cast(float, r[1])) for r in rows]
+            return found
+
+        return await self._db.read(query)
+
+    async def room_invitations(
+        self, actor: User, room_id: str, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Return the room's latest invitations with every answer, newest first (members)."""
+        limit = max(1, min(limit, MAX_PAGE))
+
+        def query(conn: Conn) -> list[dict[str, Any]]:
+            self._member_room(conn, room_id, actor.address)
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM invitations WHERE room_id = ?"
+                    " ORDER BY created_at DESC, id DESC LIMIT ?",
+                    (room_id, limit),
+                )
+            ]
+            return [_invitation(conn, i) for i in ids]
+
+        return await self._db.read(query)
+
+    async def sharing_location(self, actor: User) -> bool:
+        """Return whether *actor* has opted in to sharing their location for alerts."""
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM locations WHERE address = ?", (actor.address,)
+            ).fetchone()
+        )
+        return row is not None
+
     # --- search -----------------------------------------------------------------
 
     async def search(self, actor: User, q: str, limit: int = 50) -> list[Message]:
@@ -1584,7 +1715,7 @@ class Chat:
                     {"id": s[0], "pack_id": pack_id, "name": s[1], "media_type": s[2]}
                     for s in conn.execute(
                         "SELECT id, name, media_type FROM stickers WHERE pack_id = ?"
-                        " ORDER BY rowid",
+                        " ORDER BY name, id",  # WITHOUT ROWID: no insertion order
                         (pack_id,),
                     )
                 ]

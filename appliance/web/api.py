@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.chat.api import chat_routes
+from appliance.chat.pages import chat_page_routes
 from appliance.mail.autoconfig_pages import autoconfig_routes
 from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.mail.webmail.pages import mail_routes
@@ -30,6 +31,7 @@ def web_routes(box: Box) -> list[Route | StreamRoute]:
         *CommonPages(kit, session_api).routes(),
         *mail_routes(box, kit),
         *compose_routes(box, kit),
+        *chat_page_routes(box, kit),
         *autoconfig_routes(box, kit),
         *admin_routes(box, kit),
     ]

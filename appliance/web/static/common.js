@@ -2,18 +2,24 @@
 // The session cookie goes along by itself (same origin); the two headers are what the
 // server's CSRF rule asks of a cookie-authenticated unsafe request (server.py).
 
-const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+export const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+// What the CSRF rule asks of every unsafe call a page's script makes.
+export const API_HEADERS = Object.freeze({ "X-Requested-With": "edgebox", "X-CSRF-Token": csrfToken });
 
 export class ApiError extends Error {
   constructor(status, body) {
-    super(body?.error?.message ?? `HTTP ${status}`);
+    // The page's language, not the Accept-Language the server answered in.
+    const error = body?.error;
+    const local = document.documentElement.lang === "en" ? error?.message_en : error?.message_th;
+    super(local ?? error?.message ?? `HTTP ${status}`);
     this.status = status;
-    this.code = body?.error?.code ?? "http";
+    this.code = error?.code ?? "http";
+    this.body = body;
   }
 }
 
 export async function api(method, path, body, { raw = false, contentType } = {}) {
-  const headers = { "X-Requested-With": "edgebox", "X-CSRF-Token": csrfToken };
+  const headers = { ...API_HEADERS };
   let payload;
   if (body instanceof Blob || body instanceof ArrayBuffer) {
     payload = body;
