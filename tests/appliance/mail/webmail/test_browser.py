@@ -12,22 +12,15 @@ Screenshots go to tests/artifacts/screenshots, as in tests/e2e/browser.
 from __future__ import annotations
 
 import base64
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from tests.appliance.mail.webmail.conftest import Mail, deliver, message
+from tests.e2e.browser.conftest import ARTIFACTS, CHROMIUM_ARGS
 from tests.harness import require_tool
 
-ARTIFACTS = Path(os.environ.get("EDGEBOX_ARTIFACTS", Path(__file__).parents[3] / "artifacts"))
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage",
-]  # fmt: skip
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
