@@ -29,11 +29,16 @@ def origin(server: Server) -> dict[str, str]:
     return {"Origin": f"https://127.0.0.1:{server.port}"}
 
 
+async def post_form(
+    server: Server, path: str, form: dict[str, str], token: str | None = None
+) -> Reply:
+    """A browser's form post from our own page (our Origin), signed in if *token* is given."""
+    headers = {"Content-Type": FORM, **origin(server), **(cookie(token) if token else {})}
+    return await server.request("POST", path, urlencode(form).encode(), headers)
+
+
 async def sign_in(server: Server) -> str:
-    reply = await server.request(
-        "POST", "/signin", urlencode({"address": ADDRESS, "password": PASSWORD}).encode(),
-        {"Content-Type": FORM, **origin(server)},
-    )  # fmt: skip
+    reply = await post_form(server, "/signin", {"address": ADDRESS, "password": PASSWORD})
     assert reply.status == 303, reply.body
     match = re.match(r"edgebox_session=([^;]+);", reply.header("set-cookie") or "")
     assert match
@@ -82,10 +87,7 @@ async def test_sign_in_sets_the_cookie_and_goes_to_next(server: Server) -> None:
 
 
 async def test_wrong_password_shows_the_form_again_with_the_error(server: Server) -> None:
-    reply = await server.request(
-        "POST", "/signin", urlencode({"address": ADDRESS, "password": "wrong"}).encode(),
-        {"Content-Type": FORM, **origin(server)},
-    )  # fmt: skip
+    reply = await post_form(server, "/signin", {"address": ADDRESS, "password": "wrong"})
     assert reply.status == 401
     text = reply.body.decode()
     assert "ที่อยู่อีเมลหรือรหัสผ่านไม่ถูกต้อง" in text
@@ -123,10 +125,7 @@ async def test_settings_change_language_theme_and_font(server: Server) -> None:
         "font_size": "large",
         "csrf_token": csrf_token_for(token),
     }
-    reply = await server.request(
-        "POST", "/settings", urlencode(form).encode(),
-        {"Content-Type": FORM, **origin(server), **cookie(token)},
-    )  # fmt: skip
+    reply = await post_form(server, "/settings", form, token)
     assert reply.status == 303
     page = (await server.request("GET", "/settings?saved=1", headers=cookie(token))).body.decode()
     assert '<html lang="en" data-theme="dark" data-font="large">' in page
@@ -139,10 +138,7 @@ async def test_a_form_post_without_the_csrf_token_is_refused(server: Server) -> 
                  {"language": "en", "theme": "dark", "font_size": "large", "csrf_token": "x" * 32},
                  {"language": "en", "theme": "dark", "font_size": "large",
                   "csrf_token": csrf_token_for("another-session")}):  # fmt: skip
-        reply = await server.request(
-            "POST", "/settings", urlencode(form).encode(),
-            {"Content-Type": FORM, **origin(server), **cookie(token)},
-        )  # fmt: skip
+        reply = await post_form(server, "/settings", form, token)
         assert reply.status == 403
         assert "text/html" in (reply.header("content-type") or "")
     page = (await server.request("GET", "/settings", headers=cookie(token))).body.decode()
@@ -157,20 +153,14 @@ async def test_a_bad_choice_is_refused_with_an_html_error(server: Server) -> Non
         "font_size": "large",
         "csrf_token": csrf_token_for(token),
     }
-    reply = await server.request(
-        "POST", "/settings", urlencode(form).encode(),
-        {"Content-Type": FORM, **origin(server), **cookie(token)},
-    )  # fmt: skip
+    reply = await post_form(server, "/settings", form, token)
     assert reply.status == 422
     assert "<h1>422</h1>" in reply.body.decode()
 
 
 async def test_sign_out_ends_the_session(server: Server) -> None:
     token = await sign_in(server)
-    reply = await server.request(
-        "POST", "/signout", urlencode({"csrf_token": csrf_token_for(token)}).encode(),
-        {"Content-Type": FORM, **origin(server), **cookie(token)},
-    )  # fmt: skip
+    reply = await post_form(server, "/signout", {"csrf_token": csrf_token_for(token)}, token)
     assert reply.status == 303
     assert reply.header("location") == "/signin"
     assert "Max-Age=0" in (reply.header("set-cookie") or "")
