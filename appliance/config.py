@@ -56,6 +56,23 @@ class Config:
     #: on a publicly referenced MX, and the centre's relay may not offer TLS.
     mx_require_tls: bool = False
 
+    # --- the uplink (appliance.sync); enrolment fills these in -----------------------
+    #: The hub's sync API, ``https://host:port`` ("" = not enrolled).
+    hub_url: str = ""
+    #: The central SMTP relay for mail to other domains: ``smtp://host:port`` (STARTTLS)
+    #: or ``smtps://host:port`` ("" = the hub's own relay once enrolled).
+    central_smtp: str = ""
+    #: The central IMAP server mailboxes replicate with: ``imap://`` or ``imaps://``.
+    central_imap: str = ""
+    #: Days a message may wait in the outbound queue before it bounces. 14, not the 5 of
+    #: Postfix and others: the box must outlast a 7-day cable cut (REQUIREMENTS.md §1).
+    outbound_expiry_days: float = 14.0
+    #: ``host:port`` the link monitor tries to reach to tell "international up" apart
+    #: from "GIN up" ("" = do not probe the international link).
+    international_probe: str = ""
+    #: Seconds between link probes.
+    link_probe_interval: float = 15.0
+
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""
         return DEV_PORTS[service] + self.port_offset
