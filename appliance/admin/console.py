@@ -30,6 +30,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final, Literal
 
 import trio
@@ -41,6 +42,8 @@ from appliance.directory import Agency, DirectoryError, OrgUnit, User, normalise
 from appliance.health import Finding
 from appliance.health.disk import check_disk
 from appliance.health.services import check_services
+from appliance.sync.link import STREAMS, LinkState, read_link_state
+from appliance.sync.status import read_sync_status
 
 log = logging.getLogger("edgebox.admin")
 
@@ -159,10 +162,32 @@ class QueueItem:
 
 
 @dataclass(frozen=True)
+class StreamStatus:
+    """One sync stream's last round (appliance.sync.status)."""
+
+    name: str
+    th: str
+    en: str
+    #: Unix seconds of the last round that succeeded; None: never.
+    last_success: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class LinkStatus:
+    """The uplink as the overview page shows it (`link_status`)."""
+
+    #: Whether the centre is reachable over GIN right now.
     connected: bool
     th: str
     en: str
+    #: "up", "down" or "unknown" (appliance.sync.link.LinkState).
+    gin: str = "unknown"
+    #: "up", "down", "unknown" or "not_probed".
+    international: str = "unknown"
+    #: Unix seconds since gin is in its state; None while unknown.
+    since: float | None = None
+    streams: tuple[StreamStatus, ...] = ()
 
 
 @dataclass
@@ -181,18 +206,79 @@ class OrgChart:
     unplaced: tuple[User, ...]
 
 
-def link_status() -> LinkStatus:
-    """Whether the box is in touch with the centre.
+_STREAM_NAMES: Final = {
+    "outbound": ("อีเมลขาออก", "Outbound mail"),
+    "mailbox": ("กล่องจดหมาย", "Mailboxes"),
+    "chat": ("แชท", "Chat"),
+    "directory": ("สมุดรายชื่อ", "Directory"),
+}
 
-    Sync with the centre is not built yet, so this always says so. The sync work will
-    replace this function with one that asks its link monitor; the overview page only
-    calls this.
+
+def link_status(data_dir: Path | None = None) -> LinkStatus:
+    """The link to the centre, from what the link monitor and the replicators wrote.
+
+    Reads ``DATA/run/link.json`` and ``DATA/run/sync.json`` (small files, read as the
+    page renders). Without *data_dir*, or before the monitor ever ran, it says the box
+    is not connected. A link that is down is a warning, never an error: the office
+    keeps working and outbound mail waits in the queue.
     """
-    return LinkStatus(
-        connected=False,
-        th="ยังไม่ได้เชื่อมต่อกับส่วนกลาง",
-        en="Not connected to the centre (sync not set up)",
+    if data_dir is None:
+        return LinkStatus(
+            connected=False,
+            th="ยังไม่ได้เชื่อมต่อกับส่วนกลาง",
+            en="Not connected to the centre (sync not set up)",
+        )
+    snapshot = read_link_state(data_dir)
+    recorded = read_sync_status(data_dir)
+    streams = tuple(
+        StreamStatus(
+            name,
+            *_STREAM_NAMES.get(name, (name, name)),
+            last_success=_seconds(recorded.get(name, {}).get("last_success")),
+            last_error=recorded.get(name, {}).get("last_error"),
+        )
+        for name in (*STREAMS, *sorted(set(recorded) - set(STREAMS)))
     )
+    if snapshot is None:
+        return LinkStatus(
+            connected=False,
+            th="ยังไม่ได้เชื่อมต่อกับส่วนกลาง (ตัวตรวจการเชื่อมต่อยังไม่เคยทำงาน)",
+            en="Not connected to the centre (the link monitor has not run yet)",
+            streams=streams,
+        )
+    gin = snapshot.gin
+    international = snapshot.international
+    abroad = international.state.value
+    if international.state is LinkState.UNKNOWN and not international.target:
+        abroad = "not_probed"
+    if gin.state is LinkState.UP:
+        th, en = "เชื่อมต่อกับส่วนกลางผ่าน GIN ได้ตามปกติ", "The centre is reachable over GIN"
+    elif gin.state is LinkState.DOWN:
+        th = (
+            "ติดต่อส่วนกลางผ่าน GIN ไม่ได้ งานภายในสำนักงานยังทำได้ตามปกติ"
+            " อีเมลถึงหน่วยงานอื่นรออยู่ในคิวและจะส่งเมื่อกลับมาเชื่อมต่อได้"
+        )
+        en = (
+            "The centre cannot be reached over GIN. Work in the office goes on as usual;"
+            " mail to other agencies waits in the queue and leaves when the link is back"
+        )
+    elif not gin.target:
+        th, en = "ยังไม่ได้ลงทะเบียนกับส่วนกลาง", "Not enrolled with the centre yet"
+    else:
+        th, en = "กำลังตรวจการเชื่อมต่อกับส่วนกลาง", "Checking the link to the centre"
+    return LinkStatus(
+        connected=gin.state is LinkState.UP,
+        th=th,
+        en=en,
+        gin=gin.state.value,
+        international=abroad,
+        since=gin.since,
+        streams=streams,
+    )
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def urgency_name(level: int, lang: Language) -> str:

@@ -196,7 +196,7 @@ class AdminPages:
             agencies=await self.console.agencies(scope),
             queue=await self.console.queue_summary(scope),
             health=await self.console.health(),
-            link=link_status(),
+            link=link_status(self.box.config.data_dir),
         )  # fmt: skip
 
     # --- users ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from appliance.chat.pages import chat_page_routes
 from appliance.mail.autoconfig_pages import autoconfig_routes
 from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.mail.webmail.pages import mail_routes
+from appliance.sync.link_api import link_routes
 from appliance.web.openapi import openapi_route
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.routes import Route, StreamRoute
@@ -25,7 +26,11 @@ def web_routes(box: Box) -> list[Route | StreamRoute]:
     """Return every route of the HTTPS port of *box*."""
     session_api = SessionApi(box, box.sessions)
     kit = PageKit(box, box.sessions)
-    api: list[Route | StreamRoute] = [*session_api.routes(), *chat_routes(box.chat)]
+    api: list[Route | StreamRoute] = [
+        *session_api.routes(),
+        *chat_routes(box.chat),
+        *link_routes(box),
+    ]
     api.append(openapi_route(api, title="edgebox API", version=_version()))
     pages: list[Route | StreamRoute] = [
         *CommonPages(kit, session_api).routes(),

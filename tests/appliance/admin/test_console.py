@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +20,9 @@ from appliance.admin.console import (
     urgency_name,
 )
 from appliance.directory import OrgUnit, User
+from appliance.sync.clock import ManualClock
+from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState
+from appliance.sync.status import SyncStatus
 
 THAI_DIGITS = "๐๑๒๓๔๕๖๗๘๙"
 
@@ -179,8 +185,40 @@ def test_urgency_names_and_ages() -> None:
     assert format_age(-5, "en") == "under a minute"
 
 
-def test_link_status_says_sync_is_not_set_up() -> None:
+def test_link_status_says_sync_is_not_set_up(tmp_path: Path) -> None:
     status = link_status()
     assert not status.connected
     assert status.th == "ยังไม่ได้เชื่อมต่อกับส่วนกลาง"
     assert status.en == "Not connected to the centre (sync not set up)"
+
+    never_ran = link_status(tmp_path)
+    assert not never_ran.connected
+    assert never_ran.th.startswith("ยังไม่ได้เชื่อมต่อกับส่วนกลาง")
+    assert [s.name for s in never_ran.streams] == ["outbound", "mailbox", "chat", "directory"]
+
+
+def test_link_status_reads_the_monitor_and_the_replicators(tmp_path: Path) -> None:
+    clock = ManualClock(1_800_000_000.0)
+    snapshot = LinkSnapshot(
+        gin=LinkReading(LinkState.DOWN, 1_800_000_000.0, "https://hub:7443", "no answer in time"),
+        international=LinkReading(LinkState.UP, 1_700_000_000.0, "8.8.8.8:53"),
+    )
+    (tmp_path / "run").mkdir()
+    (tmp_path / LINK_FILE).write_text(json.dumps(snapshot.to_json()))
+    SyncStatus(tmp_path, clock).success("chat")
+
+    status = link_status(tmp_path)
+
+    assert not status.connected
+    assert (status.gin, status.international, status.since) == ("down", "up", 1_800_000_000.0)
+    assert "ติดต่อส่วนกลางผ่าน GIN ไม่ได้" in status.th
+    assert "mail to other agencies waits in the queue" in status.en
+    chat = next(s for s in status.streams if s.name == "chat")
+    assert (chat.th, chat.last_success, chat.last_error) == ("แชท", 1_800_000_000.0, None)
+
+    up = LinkSnapshot(gin=LinkReading(LinkState.UP, 5.0, "https://hub:7443"))
+    (tmp_path / LINK_FILE).write_text(json.dumps(up.to_json()))
+    status = link_status(tmp_path)
+    assert status.connected
+    assert status.international == "not_probed"
+    assert status.en == "The centre is reachable over GIN"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from datetime import datetime
 from html.parser import HTMLParser
 from urllib.parse import quote
@@ -10,11 +12,14 @@ from urllib.parse import quote
 import pytest
 
 from appliance.admin import pages as admin_pages
+from appliance.admin.console import link_status
 from appliance.admin.pages import user_url
 from appliance.box import Box
 from appliance.compliance.traffic_log import iter_records
 from appliance.directory.preferences import Preferences, PreferenceStore
 from appliance.mail.delivery import Envelope, Recipient, Trace
+from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState
+from appliance.sync.status import SyncStatus
 from appliance.web.i18n import THAILAND
 from tests.appliance.admin.conftest import (
     ADMIN_A,
@@ -615,3 +620,28 @@ async def test_users_table_pages(console: Console, monkeypatch: pytest.MonkeyPat
     filtered = await root.get("/admin/users?agency=a.go.th&q=a.go")
     assert row_addresses(filtered) == [ADMIN_A, ROOT]
     assert 'href="/admin/users?agency=a.go.th&amp;q=a.go&amp;page=2"' in text(filtered)
+
+
+async def test_overview_shows_the_link_monitor_state(
+    console: Console, box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = box.config.data_dir
+    since = time.time() - 3 * 3600
+    snapshot = LinkSnapshot(gin=LinkReading(LinkState.UP, since, "https://hub:7443"))
+    (data_dir / LINK_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (data_dir / LINK_FILE).write_text(json.dumps(snapshot.to_json()))
+    SyncStatus(data_dir).failure("chat", "HubUnavailable: timed out")
+    # Until pages.py passes the data directory itself (any arguments are accepted).
+    monkeypatch.setattr(admin_pages, "link_status", lambda *_: link_status(data_dir))
+    root = await console.as_user(ROOT)
+
+    reply = await root.get("/admin")
+
+    [link] = elements(reply, "link-status")
+    assert link["data-connected"] == "yes"
+    assert [e["data-state"] for e in elements(reply, "link-gin")] == ["up"]
+    assert [e["data-state"] for e in elements(reply, "link-international")] == ["not_probed"]
+    streams = [e["data-stream"] for e in elements(reply, "link-stream")]
+    assert streams == ["outbound", "mailbox", "chat", "directory"]
+    assert "HubUnavailable: timed out" in text(reply)
+    assert "3 ชั่วโมง" in text(reply)

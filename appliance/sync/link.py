@@ -1,0 +1,608 @@
+"""The link monitor: is the centre reachable over GIN, and is the wider internet?
+
+A box keeps serving its office through any outage (DESIGN.md principle 2); what the
+staff and the technician need is to *know* the state of the uplink, and the
+replicators need to know the moment it comes back. Two links are watched apart, since
+they fail apart (an international cable cut leaves GIN up; a GIN fault may leave the
+internet up):
+
+- **gin**: the centre. The hub's sync API (``config.hub_url``) when enrolled, else the
+  central SMTP relay, else the central IMAP server. An ``https``/``smtps``/``imaps``
+  target must complete a TLS handshake with a certificate the box trusts (the same
+  `central_client_context` the replicators use); an ``smtp``/``imap`` (STARTTLS) target
+  must answer with its greeting line (RFC 5321 §4.2, RFC 9051 §7.1). A bare TCP
+  connect is not enough there: a black-holed path can still complete one.
+- **international**: ``config.international_probe`` (``host:port``), a TCP connect.
+  Empty: not probed, shown as "not probed".
+
+Each link is probed every ``config.link_probe_interval`` seconds of the `Clock`, each
+probe bounded by a time-out. One failed probe is not an outage (a lost SYN, a busy
+server): a link goes *down* after `DOWN_AFTER` consecutive failures and *up* again
+after `UP_AFTER` success (`Hysteresis`, a pure state machine). Only changes are acted
+on: each is logged once, written to ``DATA/run/link.json`` (atomically, so `edgebox
+status` and the console never read half a file) and, for gin coming back from down,
+announced to the `on_up` subscribers (the outbound relay and the replicators wake and
+retry at once instead of waiting out their back-off).
+
+`link_report` turns that file, the outbound queue and `sync.json` into the lines of
+`edgebox status`. A cut uplink is never "unhealthy": the box is built for it.
+
+What this is not: the replicators' own error handling (each still fails and retries on
+its own; the monitor only shortens the wait), or a health check of the local services.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import trio
+
+from appliance.box import Box
+from appliance.compliance.classification import Urgency
+from appliance.config import Config
+from appliance.store.files import write_atomically
+from appliance.sync.central import (
+    CentralError,
+    Endpoint,
+    central_client_context,
+    parse_endpoint,
+)
+from appliance.sync.clock import Clock
+from appliance.sync.status import SyncStatus, read_sync_status
+
+log = logging.getLogger("edgebox.link")
+
+LINK_FILE: Final = Path("run") / "link.json"
+#: Consecutive failed probes before a link that was up is declared down.
+DOWN_AFTER: Final = 2
+#: Consecutive good probes before a link that was down is declared up.
+UP_AFTER: Final = 1
+#: Seconds one probe may take (connect, and the handshake or greeting).
+PROBE_TIMEOUT: Final = 10.0
+#: The sync streams `edgebox status` lists, in this order (appliance.sync.status).
+STREAMS: Final = ("outbound", "mailbox", "chat", "directory")
+
+Language = Literal["th", "en"]
+LinkName = Literal["gin", "international"]
+Probe = Callable[[], Awaitable[None]]
+
+
+class LinkState(enum.Enum):
+    #: The last probes reached the target.
+    UP = "up"
+    #: `DOWN_AFTER` probes in a row did not.
+    DOWN = "down"
+    #: Not probed yet, not configured, or the monitor is not running.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class LinkReading:
+    """One link's state as the monitor last decided it."""
+
+    state: LinkState = LinkState.UNKNOWN
+    #: Unix seconds of the change to *state*; None while unknown.
+    since: float | None = None
+    #: What is probed (``https://hub:7443``, ``host:port``); "" when nothing is.
+    target: str = ""
+    #: Why the last probe failed (for down), or why the link is not probed (unknown).
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "since": self.since,
+            "target": self.target,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> LinkReading:
+        if not isinstance(data, dict):
+            return cls()
+        try:
+            state = LinkState(data.get("state"))
+        except ValueError:
+            state = LinkState.UNKNOWN
+        since = data.get("since")
+        error = data.get("error")
+        return cls(
+            state=state,
+            since=float(since) if isinstance(since, int | float) else None,
+            target=str(data.get("target") or ""),
+            error=str(error) if error is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class LinkSnapshot:
+    """Both links, as written to ``DATA/run/link.json``."""
+
+    gin: LinkReading = LinkReading()
+    international: LinkReading = LinkReading()
+    #: Unix seconds when the file was written.
+    written_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gin": self.gin.to_json(),
+            "international": self.international.to_json(),
+            "written_at": self.written_at,
+        }
+
+
+# --- hysteresis (pure) -------------------------------------------------------------------
+
+
+class Hysteresis:
+    """Turns probe results into link states: one bad probe is not an outage.
+
+    ======== ============================ ===================
+    state    after `DOWN_AFTER` failures   after `UP_AFTER` successes
+    ======== ============================ ===================
+    unknown  down                         up
+    up       down                         (stays up)
+    down     (stays down)                 up
+    ======== ============================ ===================
+
+    A success resets the failure count and a failure the success count, so only
+    *consecutive* results count.
+    """
+
+    def __init__(
+        self, target: str, *, down_after: int = DOWN_AFTER, up_after: int = UP_AFTER
+    ) -> None:
+        if down_after < 1 or up_after < 1:
+            raise ValueError("down_after and up_after must be at least 1")
+        self.down_after = down_after
+        self.up_after = up_after
+        self.reading = LinkReading(target=target)
+        self._failures = 0
+        self._successes = 0
+
+    def observe(self, ok: bool, now: float, error: str | None = None) -> LinkReading | None:
+        """Take one probe result; return the new reading if the state changed."""
+        if ok:
+            self._failures, self._successes = 0, self._successes + 1
+            if self.reading.state is not LinkState.UP and self._successes >= self.up_after:
+                return self._become(LinkState.UP, now, None)
+        else:
+            self._successes, self._failures = 0, self._failures + 1
+            if self.reading.state is not LinkState.DOWN and self._failures >= self.down_after:
+                return self._become(LinkState.DOWN, now, error)
+            if self.reading.state is LinkState.DOWN:
+                # Keep the newest reason without calling it a change.
+                self.reading = replace(self.reading, error=error)
+        return None
+
+    def _become(self, state: LinkState, now: float, error: str | None) -> LinkReading:
+        self.reading = replace(self.reading, state=state, since=now, error=error)
+        return self.reading
+
+
+# --- probes ------------------------------------------------------------------------------
+
+
+async def probe_tcp(host: str, port: int) -> None:
+    """Open a TCP connection and close it."""
+    stream = await trio.open_tcp_stream(host, port)
+    await stream.aclose()
+
+
+async def probe_tls(host: str, port: int, context: ssl.SSLContext) -> None:
+    """Complete a TLS handshake (certificate and host name checked) and close."""
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, port, ssl_context=context, https_compatible=True
+    )
+    try:
+        await stream.do_handshake()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def probe_greeting(host: str, port: int, goodbye: bytes) -> None:
+    """Wait for a server's greeting line, say *goodbye* and close.
+
+    The greeting proves the server itself answered, not only some box on the path.
+    """
+    stream = await trio.open_tcp_stream(host, port)
+    try:
+        received = b""
+        while b"\n" not in received and len(received) < 4096:
+            data = await stream.receive_some(1024)
+            if not data:
+                raise ConnectionError("closed before its greeting")
+            received += data
+        # Polite end, so the server logs a session rather than a lost connection.
+        await stream.send_all(goodbye)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+#: What to say after a STARTTLS server's greeting: RFC 5321 §4.1.1.10, RFC 9051 §6.1.3.
+_GOODBYE: Final = {"smtp": b"QUIT\r\n", "imap": b"z LOGOUT\r\n"}
+
+
+@dataclass(frozen=True)
+class _Link:
+    name: LinkName
+    target: str
+    probe: Probe | None
+    #: Why *probe* is None (not configured, bad setting).
+    reason: str | None = None
+
+
+def gin_link(config: Config) -> _Link:
+    """The centre's probe: the hub when enrolled, else the central SMTP, else IMAP."""
+    keys_dir = config.data_dir / "keys"
+    for setting, schemes in (
+        ("hub_url", ("https",)),
+        ("central_smtp", ("smtp", "smtps")),
+        ("central_imap", ("imap", "imaps")),
+    ):
+        url = getattr(config, setting)
+        if not url:
+            continue
+        try:
+            endpoint = parse_endpoint(url, schemes)
+        except CentralError as exc:
+            return _Link("gin", url, None, f"{setting}: {exc}")
+        return _Link("gin", str(endpoint), _endpoint_probe(endpoint, keys_dir))
+    return _Link("gin", "", None, "not enrolled: no hub or central server configured")
+
+
+def _endpoint_probe(endpoint: Endpoint, keys_dir: Path) -> Probe:
+    host, port = endpoint.host, endpoint.port
+    if endpoint.implicit_tls:
+
+        async def tls() -> None:
+            # Built per probe: enrolment may install a new CA or client certificate.
+            await probe_tls(host, port, central_client_context(keys_dir))
+
+        return tls
+    goodbye = _GOODBYE[endpoint.scheme]
+
+    async def greeting() -> None:
+        await probe_greeting(host, port, goodbye)
+
+    return greeting
+
+
+def international_link(config: Config) -> _Link:
+    """The international probe: a TCP connect to ``config.international_probe``."""
+    text = config.international_probe.strip()
+    if not text:
+        return _Link("international", "", None, "not probed (international_probe is empty)")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
+        return _Link("international", text, None, f"international_probe {text!r}: not host:port")
+    number = int(port)
+
+    async def tcp() -> None:
+        await probe_tcp(host, number)
+
+    return _Link("international", text, tcp)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, secret-free reason for a failed probe."""
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    # trio wraps what went wrong: "all attempts to connect failed" from a group of
+    # per-address errors, BrokenResourceError from the socket's own error.
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if cause is not None and isinstance(exc, OSError | trio.BrokenResourceError):
+        return _reason(cause)
+    return str(exc) or type(exc).__name__
+
+
+# --- the service -------------------------------------------------------------------------
+
+
+class LinkMonitor:
+    """Probes gin and international, keeps their state, and tells who asked."""
+
+    name = "link-monitor"
+
+    def __init__(
+        self,
+        box: Box,
+        status: SyncStatus,
+        clock: Clock,
+        *,
+        probe_timeout: float = PROBE_TIMEOUT,
+        down_after: int = DOWN_AFTER,
+        up_after: int = UP_AFTER,
+    ) -> None:
+        self.box = box
+        self.sync_status = status
+        self.clock = clock
+        self.interval = max(0.1, box.config.link_probe_interval)
+        self.probe_timeout = probe_timeout
+        self._down_after, self._up_after = down_after, up_after
+        self.path = box.config.data_dir / LINK_FILE
+        self._links: dict[LinkName, _Link] = {
+            "gin": gin_link(box.config),
+            "international": international_link(box.config),
+        }
+        self._trackers: dict[LinkName, Hysteresis] = {
+            name: Hysteresis(link.target, down_after=down_after, up_after=up_after)
+            for name, link in self._links.items()
+        }
+        for name, link in self._links.items():
+            if link.probe is None:
+                self._trackers[name].reading = LinkReading(target=link.target, error=link.reason)
+        self._on_up: list[Callable[[], None]] = []
+        #: Probes completed per link since start (tests wait on it).
+        self.probes: dict[LinkName, int] = {"gin": 0, "international": 0}
+        self._probed = trio.Event()
+
+    @property
+    def state(self) -> LinkSnapshot:
+        """Both links now."""
+        return LinkSnapshot(
+            gin=self._trackers["gin"].reading,
+            international=self._trackers["international"].reading,
+            written_at=None,
+        )
+
+    @property
+    def sync_streams(self) -> dict[str, dict[str, Any]]:
+        """The last report of every sync stream (the same `SyncStatus` the replicators use)."""
+        return dict(self.sync_status.streams)
+
+    def on_up(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call *callback* each time gin comes back after being down; return an unsubscribe.
+
+        Not at start-up (unknown → up): replicators start a round then anyway. The
+        callback runs in the monitor's task and must not block (set an event, a
+        replicator's ``wake()``).
+        """
+        self._on_up.append(callback)
+        return lambda: self._on_up.remove(callback) if callback in self._on_up else None
+
+    async def wait_for_probes(self, link: LinkName, count: int) -> None:
+        """Return once *link* has been probed *count* times since start."""
+        while self.probes[link] < count:
+            await self._probed.wait()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Whatever an earlier run wrote is stale: start from unknown.
+        self._write()
+        try:
+            async with trio.open_nursery() as nursery:
+                for name, link in self._links.items():
+                    if link.probe is not None:
+                        nursery.start_soon(self._watch, name, link.probe)
+                    else:
+                        log.info("%s link not probed: %s", name, link.reason)
+                task_status.started([])
+                # Nothing to probe is a state too: stay, so the supervisor sees a
+                # running service rather than one that keeps ending.
+                await trio.sleep_forever()
+        finally:
+            # A clean stop says "unknown" rather than leaving an old "up" behind.
+            # A restart (the supervisor's, after a crash) begins with fresh counts.
+            for name, link in self._links.items():
+                if link.probe is not None:
+                    tracker = Hysteresis(
+                        link.target, down_after=self._down_after, up_after=self._up_after
+                    )
+                    tracker.reading = replace(tracker.reading, error="monitor stopped")
+                    self._trackers[name] = tracker
+            self._write()
+
+    async def _watch(self, name: LinkName, probe: Probe) -> None:
+        while True:  # one probe per interval until the service is cancelled
+            ok, error = True, None
+            try:
+                with trio.fail_after(self.probe_timeout):
+                    await probe()
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                ok, error = False, _reason(exc)
+            except Exception as exc:
+                # Anything else (a malformed CA file, an odd host name) is still a
+                # failed probe with a reason, not a dead monitor.
+                log.debug("%s probe failed", name, exc_info=True)
+                ok, error = False, f"{type(exc).__name__}: {exc}"[:300]
+            tracker = self._trackers[name]
+            before = tracker.reading.state
+            changed = tracker.observe(ok, self.clock.now(), error)
+            if changed is not None:
+                self._announce(name, before, changed)
+            self.probes[name] += 1
+            self._probed.set()
+            self._probed = trio.Event()
+            await self.clock.sleep(self.interval)
+
+    def _announce(self, name: LinkName, before: LinkState, reading: LinkReading) -> None:
+        if reading.state is LinkState.UP:
+            log.info("%s link up (%s)", name, reading.target)
+        else:
+            log.warning("%s link down (%s): %s", name, reading.target, reading.error)
+        self._write()
+        if name == "gin" and before is LinkState.DOWN and reading.state is LinkState.UP:
+            for callback in list(self._on_up):
+                try:
+                    callback()
+                except Exception:
+                    # One subscriber's bug must not keep the others asleep.
+                    log.exception("link-up subscriber failed")
+
+    def _write(self) -> None:
+        snapshot = replace(self.state, written_at=self.clock.now())
+        body = json.dumps(snapshot.to_json(), ensure_ascii=False, sort_keys=True).encode()
+        try:
+            # Small and rare (changes only), so written inline: readers see either the
+            # old file or the new one, never a mix.
+            write_atomically(self.path, body, mode=0o644)
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.path, exc.strerror or exc)
+
+
+def read_link_state(data_dir: Path) -> LinkSnapshot | None:
+    """Return what the monitor last wrote, or None if it never ran here."""
+    try:
+        data = json.loads((Path(data_dir) / LINK_FILE).read_text("utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    written = data.get("written_at")
+    return LinkSnapshot(
+        gin=LinkReading.from_json(data.get("gin")),
+        international=LinkReading.from_json(data.get("international")),
+        written_at=float(written) if isinstance(written, int | float) else None,
+    )
+
+
+# --- `edgebox status` ----------------------------------------------------------------------
+
+_URGENCY_EN: Final = {
+    Urgency.MOST_URGENT: "most urgent",
+    Urgency.VERY_URGENT: "very urgent",
+    Urgency.URGENT: "urgent",
+    Urgency.NORMAL: "normal",
+}
+_STREAM_TH: Final = {
+    "outbound": "อีเมลขาออก",
+    "mailbox": "กล่องจดหมาย",
+    "chat": "แชท",
+    "directory": "สมุดรายชื่อ",
+}
+
+
+def age_text(seconds: float, lang: Language) -> str:
+    """A duration in its two largest units: ``3 d 5 h``, ``3 วัน 5 ชั่วโมง``."""
+    minutes = max(0, int(seconds)) // 60
+    if minutes < 1:
+        return "ไม่ถึง 1 นาที" if lang == "th" else "under a minute"
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    names = (("วัน", "d"), ("ชั่วโมง", "h"), ("นาที", "min"))
+    parts = [
+        f"{value} {th if lang == 'th' else en}"
+        for value, (th, en) in zip((days, hours, minutes), names, strict=True)
+        if value
+    ]
+    return " ".join(parts[:2])
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _link_line(name: str, reading: LinkReading, now: float, lang: Language) -> str:
+    if reading.state is LinkState.UNKNOWN:
+        if name == "international" and not reading.target:
+            return f"{name}: not probed" + (" (ไม่ได้ตรวจ)" if lang == "th" else "")
+        why = f" ({reading.error})" if reading.error else ""
+        return f"{name}: unknown{why}"
+    line = f"{name}: {reading.state.value}"
+    if reading.since is not None:
+        ago = age_text(now - reading.since, lang)
+        if lang == "th":
+            line += f" (ตั้งแต่ {_when(reading.since)}, {ago}ที่แล้ว)"
+        else:
+            line += f" (since {_when(reading.since)}, {ago} ago)"
+    if reading.state is LinkState.DOWN and reading.error:
+        line += f": {reading.error}"
+    return line
+
+
+def link_report(
+    data_dir: Path,
+    queue_groups: Iterable[tuple[int, str, int, int]],
+    now: float,
+    lang: Language = "en",
+) -> list[str]:
+    """The uplink lines of `edgebox status`, from files only (the box may be stopped).
+
+    *queue_groups* are `Mailstore.outbound_groups` rows ``(urgency, sender, count,
+    oldest created_at)``. Returns, in order: gin, international, the outbound queue by
+    urgency (most urgent first), the backlog's age, and the last successful sync of
+    each stream. The words ``gin: up|down|unknown`` and ``international:
+    up|down|not probed`` stay English in both languages, for scripts.
+    """
+    snapshot = read_link_state(data_dir)
+    if snapshot is None:
+        missing = "monitor has not run" if lang == "en" else "ยังไม่เคยตรวจ"
+        lines = [f"gin: unknown ({missing})", f"international: unknown ({missing})"]
+    else:
+        lines = [
+            _link_line("gin", snapshot.gin, now, lang),
+            _link_line("international", snapshot.international, now, lang),
+        ]
+
+    counts = dict.fromkeys(Urgency, 0)
+    oldest: int | None = None
+    for urgency, _sender, count, created_at in queue_groups:
+        level = Urgency(min(max(int(urgency), 0), max(Urgency)))
+        counts[level] += int(count)
+        oldest = created_at if oldest is None else min(oldest, created_at)
+    levels = sorted(Urgency, reverse=True)
+    if lang == "th":
+        parts = " · ".join(f"{level.thai} {counts[level]}" for level in levels)
+        lines.append(f"คิวขาออก: {parts} (รวม {sum(counts.values())})")
+    else:
+        parts = " · ".join(f"{_URGENCY_EN[level]} {counts[level]}" for level in levels)
+        lines.append(f"outbound queue: {parts} (total {sum(counts.values())})")
+    if oldest is None:
+        lines.append("ค้างนานสุด: ไม่มี" if lang == "th" else "backlog age: none")
+    elif lang == "th":
+        lines.append(f"ค้างนานสุด: {age_text(now - oldest, lang)} (เข้าคิว {_when(oldest)})")
+    else:
+        lines.append(f"backlog age: {age_text(now - oldest, lang)} (queued {_when(oldest)})")
+
+    streams = read_sync_status(data_dir)
+    for stream in (*STREAMS, *sorted(set(streams) - set(STREAMS))):
+        entry = streams.get(stream, {})
+        label = _STREAM_TH.get(stream, stream) if lang == "th" else stream
+        last = entry.get("last_success")
+        if isinstance(last, int | float):
+            when = (
+                f"{age_text(now - last, lang)}ที่แล้ว"
+                if lang == "th"
+                else f"{age_text(now - last, lang)} ago"
+            )
+        else:
+            when = "ยังไม่เคย" if lang == "th" else "never"
+        line = f"ซิงก์ล่าสุด {label}: {when}" if lang == "th" else f"last sync {label}: {when}"
+        error = entry.get("last_error")
+        if error:
+            line += f" (ผิดพลาดล่าสุด: {error})" if lang == "th" else f" (last error: {error})"
+        lines.append(line)
+    return lines
+
+
+__all__ = [
+    "DOWN_AFTER",
+    "LINK_FILE",
+    "UP_AFTER",
+    "Hysteresis",
+    "LinkMonitor",
+    "LinkReading",
+    "LinkSnapshot",
+    "LinkState",
+    "gin_link",
+    "international_link",
+    "link_report",
+    "read_link_state",
+]
