@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography import x509
 
 from appliance.box import (
     Box,
@@ -32,7 +33,7 @@ from appliance.chat import SecretSweeper
 from appliance.compliance import traffic_log
 from appliance.compliance.retention import TrafficLogRetention
 from appliance.config import DEV_PORTS, ConfigError
-from appliance.directory import DirectoryError, User
+from appliance.directory import DirectoryError, User, normalise_domain
 from appliance.directory.sessions import SessionExpiry
 from appliance.health import Level
 from appliance.health.disk import check_disk
@@ -43,6 +44,11 @@ from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.security.keys import KeyMaterialError
 from appliance.supervisor import Service, Supervisor
+from appliance.sync.enrol import EnrolError, enroll
+from appliance.sync.hub.ca import fingerprint
+from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
+from appliance.sync.hub.routes import hub_sync_routes
+from appliance.sync.hub.server import HubSyncService
 from appliance.web.api import web_routes
 from appliance.web.server import HTTPSService
 
@@ -77,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result: int = args.handler(args)
         except BaseExceptionGroup as group:
             raise _sole_exception(group) from None
-    except (BoxError, DirectoryError, ConfigError, KeyMaterialError, CommandError) as exc:
+    except (
+        BoxError, DirectoryError, ConfigError, KeyMaterialError, CommandError, EnrolError
+    ) as exc:  # fmt: skip
         print(f"edgebox: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -154,6 +162,27 @@ def _parser() -> argparse.ArgumentParser:
     agency_list.add_argument(
         "--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var"))
     )
+
+    hub = commands.add_parser("hub", help="the hub role: enrolment of boxes")
+    hub_commands = hub.add_subparsers(required=True, metavar="ACTION")
+
+    def hub_command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        sub = hub_commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")))
+        return sub
+
+    token = hub_command("token", _hub_token, "print a one-time enrolment token (last line)")
+    token.add_argument("--agency", required=True, help="the agency (mail domain) of the box")
+    token.add_argument("--ttl-hours", type=float, default=DEFAULT_TOKEN_TTL / 3600,
+                       help="hours the token stays valid (default 24)")  # fmt: skip
+    hub_command("boxes", _hub_boxes, "list the boxes enrolled at this hub")
+    revoke = hub_command("revoke", _hub_revoke, "stop accepting a box's certificate")
+    revoke.add_argument("box_id")
+
+    enrol = command("enroll", _enroll, "join this box to its hub with a one-time token")
+    enrol.add_argument("--hub", required=True, help="the hub's sync URL, https://host:port")
+    enrol.add_argument("--token", required=True, help="the token from `edgebox hub token`")
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"
@@ -324,6 +353,59 @@ def _user_quota(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hub_token(args: argparse.Namespace) -> int:
+    domain = normalise_domain(args.agency)
+
+    async def action(box: Box) -> str:
+        # The token pins the CA that signs the hub's server certificate (open_box made
+        # sure it exists); see appliance.sync.enrol.
+        ca = x509.load_pem_x509_certificate((args.data / "keys" / "ca.pem").read_bytes())
+        async with open_hub_database(args.data) as db:
+            try:
+                token = await Enrolment(db).issue_token(
+                    domain, fingerprint(ca), args.ttl_hours * 3600
+                )
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+        return str(token)
+
+    token = trio.run(_with_box, args, action)
+    print(f"enrolment token for a box of {domain}, valid {args.ttl_hours:g} h, usable once:")
+    print(token)
+    return 0
+
+
+def _hub_boxes(args: argparse.Namespace) -> int:
+    async def action(box: Box) -> Any:
+        async with open_hub_database(args.data) as db:
+            return await Enrolment(db).boxes()
+
+    for each in trio.run(_with_box, args, action):
+        state = "revoked" if each.revoked_at is not None else "enrolled"
+        print(f"{each.box_id}\t{each.agency_domain}\t{state}\t{each.service_account}")
+    return 0
+
+
+def _hub_revoke(args: argparse.Namespace) -> int:
+    async def action(box: Box) -> bool:
+        async with open_hub_database(args.data) as db:
+            return await Enrolment(db).revoke(args.box_id)
+
+    if not trio.run(_with_box, args, action):
+        raise CommandError(f"no enrolled box {args.box_id} (or already revoked)")
+    print(f"revoked {args.box_id}; its certificate is refused from now on")
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    done = trio.run(enroll, args.data, args.hub, args.token)
+    print(f"enrolled box {done.box_id} ({done.domain}) with hub {done.hub_url}")
+    print(f"central SMTP relay: {done.central_smtp}")
+    print(f"central IMAP: {done.central_imap}")
+    print(f"service account: {done.username}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.demo and read_identity(args.data) is None:
         trio.run(_create_demo, args)
@@ -370,6 +452,8 @@ async def _serve(config: Any) -> None:
         services.append(TrafficLogRetention(box.traffic))
         services.append(SecretSweeper(box.chat))
         services.append(SessionExpiry(box.sessions))
+        if config.role == "hub":
+            services.append(HubSyncService(box, hub_sync_routes(box)))
         supervisor = Supervisor(services, box.status_file)
 
         def announce(listeners: dict[str, list[str]]) -> None:

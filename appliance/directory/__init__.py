@@ -6,7 +6,7 @@ from appliance.directory.directory import (
     normalise_address,
     normalise_domain,
 )
-from appliance.directory.models import Agency, OrgUnit, User
+from appliance.directory.models import Agency, DirectoryEntry, OrgUnit, User
 from appliance.directory.schema import DEFAULT_QUOTA_BYTES, DIRECTORY_MIGRATIONS
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "DIRECTORY_MIGRATIONS",
     "Agency",
     "Directory",
+    "DirectoryEntry",
     "DirectoryError",
     "OrgUnit",
     "User",

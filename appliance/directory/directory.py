@@ -17,8 +17,14 @@ The rules kept here:
 - Every write is one `Database.write` job, so its checks and its change happen in one
   transaction; every read is one `Database.read`.
 
+- Agencies another box serves (``remote``) hold copies of that box's users, written only
+  by `apply_entries` (directory replication): they are in `users()` and `user()` for the
+  address book and chat, but not in `agencies()` or `local_domains()`, cannot sign in
+  (`authenticate`, `act_as`), cannot be edited here, and nobody can be added to them.
+
 What this is not: sessions, lock-out or rate limiting (security/), permission checks of
-the web API (it asks `is_admin` / `admin_scope`), or sync with a central directory.
+the web API (it asks `is_admin` / `admin_scope`), or the replication protocol itself
+(appliance.sync.directory; here are only the reads and writes it needs).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any, Final
 
 import trio
 
-from appliance.directory.models import Agency, OrgUnit, User
+from appliance.directory.models import Agency, DirectoryEntry, OrgUnit, User
 from appliance.directory.schema import DEFAULT_QUOTA_BYTES
 from appliance.security import passwords
 from appliance.security.credential_cache import VerifiedCredentials
@@ -63,13 +69,26 @@ _FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Z
 
 _USER_COLUMNS: Final = """
     SELECT u.id, u.address, a.domain, u.name_th, u.name_en, u.position, u.rank,
-           n.name_th, u.phone, u.disabled, u.quota_bytes
+           n.name_th, u.phone, u.disabled, u.quota_bytes, a.remote
     FROM users u
     JOIN agencies a ON a.id = u.agency_id
     LEFT JOIN units n ON n.id = u.unit_id
 """
 
 _NOW: Final = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+#: The password hash of users who cannot sign in on this box (remote agencies' users,
+#: and at the hub the users pushed by boxes): no scrypt hash ever equals it.
+NO_PASSWORD: Final = "!"  # noqa: S105 -- the absence of a password, not one
+
+#: What replication reads of a user (`DirectoryEntry`), in its field order.
+_ENTRY_COLUMNS: Final = """
+    SELECT u.change_seq, u.address, a.domain, a.name_th, a.name_en, u.name_th, u.name_en,
+           u.position, u.rank, n.name_th, u.phone, u.disabled
+    FROM users u
+    JOIN agencies a ON a.id = u.agency_id
+    LEFT JOIN units n ON n.id = u.unit_id
+"""
 
 
 class DirectoryError(Exception):
@@ -237,6 +256,7 @@ def _user_from_row(row: Sequence[Any]) -> User:
         phone=row[8],
         disabled=bool(row[9]),
         quota_bytes=row[10],
+        remote=bool(row[11]),
     )
 
 
@@ -245,9 +265,10 @@ def _select_user(conn: sqlite3.Connection, address: str) -> User | None:
     return None if row is None else _user_from_row(row)
 
 
-def _agency_id(conn: sqlite3.Connection, domain: str) -> int:
-    row = conn.execute("SELECT id FROM agencies WHERE domain = ?", (domain,)).fetchone()
-    if row is None:
+def _agency_id(conn: sqlite3.Connection, domain: str, *, remote_ok: bool = False) -> int:
+    """The id of the agency of *domain*; a remote agency only for reads (*remote_ok*)."""
+    row = conn.execute("SELECT id, remote FROM agencies WHERE domain = ?", (domain,)).fetchone()
+    if row is None or (row[1] and not remote_ok):
         raise DirectoryError(f"no agency serves domain {domain}; create it with `edgebox init`")
     return int(row[0])
 
@@ -271,10 +292,15 @@ def _unit_id(conn: sqlite3.Connection, agency_id: int, domain: str, name_th: str
 def _update_user(conn: sqlite3.Connection, address: str, column: str, value: object) -> None:
     # *column* is always a literal from this module, never user input.
     cursor = conn.execute(
-        f"UPDATE users SET {column} = ?, updated_at = {_NOW} WHERE address = ?",  # noqa: S608
+        f"UPDATE users SET {column} = ?, updated_at = {_NOW} WHERE address = ?"  # noqa: S608
+        " AND agency_id IN (SELECT id FROM agencies WHERE remote = 0)",
         (value, address),
     )
     if cursor.rowcount == 0:
+        if conn.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone():
+            raise DirectoryError(
+                f"{address} belongs to an agency served by another box; change it there"
+            )
         raise DirectoryError(f"no user {address} on this box")
 
 
@@ -302,8 +328,15 @@ class Directory:
 
         def job(conn: sqlite3.Connection) -> Agency:
             row = conn.execute(
-                "SELECT id, name_th, name_en FROM agencies WHERE domain = ?", (domain,)
+                "SELECT id, name_th, name_en, remote FROM agencies WHERE domain = ?", (domain,)
             ).fetchone()
+            if row is not None and row[3]:
+                # Its users here are copies without passwords or mailboxes; serving it
+                # would strand them. Another box serves it (directory replication).
+                raise DirectoryError(
+                    f"{domain} is served by another box (known here through the hub);"
+                    " it cannot also be served here"
+                )
             if row is None:
                 cursor = conn.execute(
                     "INSERT INTO agencies (domain, name_th, name_en) VALUES (?, ?, ?)",
@@ -331,7 +364,8 @@ class Directory:
 
         def query(conn: sqlite3.Connection) -> Agency | None:
             row = conn.execute(
-                "SELECT id, domain, name_th, name_en FROM agencies WHERE domain = ?", (domain,)
+                "SELECT id, domain, name_th, name_en FROM agencies WHERE domain = ? AND remote = 0",
+                (domain,),
             ).fetchone()
             return None if row is None else Agency(*row)
 
@@ -342,7 +376,7 @@ class Directory:
 
         def query(conn: sqlite3.Connection) -> list[Agency]:
             rows = conn.execute(
-                "SELECT id, domain, name_th, name_en FROM agencies ORDER BY domain"
+                "SELECT id, domain, name_th, name_en FROM agencies WHERE remote = 0 ORDER BY domain"
             ).fetchall()
             return [Agency(*row) for row in rows]
 
@@ -352,7 +386,8 @@ class Directory:
         """Return the mail domains this box delivers to locally."""
 
         def query(conn: sqlite3.Connection) -> frozenset[str]:
-            return frozenset(row[0] for row in conn.execute("SELECT domain FROM agencies"))
+            rows = conn.execute("SELECT domain FROM agencies WHERE remote = 0")
+            return frozenset(row[0] for row in rows)
 
         return await self._db.read(query)
 
@@ -408,7 +443,7 @@ class Directory:
         domain = normalise_domain(agency_domain)
 
         def query(conn: sqlite3.Connection) -> list[OrgUnit]:
-            agency_id = _agency_id(conn, domain)
+            agency_id = _agency_id(conn, domain, remote_ok=True)
             rows = conn.execute(
                 "SELECT id, name_th, name_en, parent_id FROM units WHERE agency_id = ? ORDER BY id",
                 (agency_id,),
@@ -482,14 +517,18 @@ class Directory:
         return await self._db.read(lambda conn: _select_user(conn, address))
 
     async def users(self, agency_domain: str | None = None) -> list[User]:
-        """Return the users of one agency, or of the whole box, by address."""
+        """Return the users of one agency, or of the whole box, by address.
+
+        The whole box includes the copies of other agencies' users (``User.remote``),
+        so the address book and chat find them.
+        """
         domain = None if agency_domain is None else normalise_domain(agency_domain)
 
         def query(conn: sqlite3.Connection) -> list[User]:
             if domain is None:
                 rows = conn.execute(_USER_COLUMNS + " ORDER BY u.address").fetchall()
             else:
-                agency_id = _agency_id(conn, domain)
+                agency_id = _agency_id(conn, domain, remote_ok=True)
                 rows = conn.execute(
                     _USER_COLUMNS + " WHERE u.agency_id = ? ORDER BY u.address", (agency_id,)
                 ).fetchall()
@@ -535,7 +574,12 @@ class Directory:
                 "SELECT password_hash FROM users WHERE address = ?", (address,)
             ).fetchone()
             user = _select_user(conn, address) if row is not None else None
-            return None if user is None else (user, str(row[0]))
+            # A user of an agency another box serves signs in there, never here; at the
+            # hub, a user pushed by their box has no password here at all. Both take
+            # the unknown-address path, in the same time.
+            if user is None or user.remote or row[0] == NO_PASSWORD:
+                return None
+            return user, str(row[0])
 
         found = await self._db.read(query) if address else None
         if found is not None and self._verified.matches(address, password, found[1]):
@@ -642,7 +686,7 @@ class Directory:
         if not await self._db.read(query):
             return None
         target = await self.user(target_address)
-        return None if target is None or target.disabled else target
+        return None if target is None or target.disabled or target.remote else target
 
     async def is_admin(self, address: str, agency_domain: str | None) -> bool:
         """Return whether the user may administer the agency (None: the whole box).
@@ -749,7 +793,8 @@ class Directory:
         def query(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
             rows = conn.execute(
                 "SELECT a.domain, count(u.id), coalesce(sum(u.disabled), 0)"
-                " FROM agencies a LEFT JOIN users u ON u.agency_id = a.id GROUP BY a.id"
+                " FROM agencies a LEFT JOIN users u ON u.agency_id = a.id"
+                " WHERE a.remote = 0 GROUP BY a.id"
             ).fetchall()
             return {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
 
@@ -780,3 +825,205 @@ class Directory:
             return frozenset(str(domain) for _, domain in rows)
 
         return await self._db.read(query)
+
+    # --- directory replication (appliance.sync.directory) ------------------------------
+    #
+    # The reads and writes replication needs; the protocol (batches, cursors, who may
+    # push what) lives in appliance.sync. Service accounts (anyone holding a
+    # delegation) are never sent: they are this box's plumbing, not people.
+
+    async def entries_after(
+        self,
+        after: int,
+        limit: int,
+        *,
+        agency: str | None = None,
+        except_agency: str | None = None,
+    ) -> list[DirectoryEntry]:
+        """Return up to *limit* users changed after change number *after*, in change order.
+
+        *agency*: only that agency's users; *except_agency*: everyone else's.
+        """
+        # Only literals of this module are joined; values go in as parameters.
+        where = " WHERE u.change_seq > ?"
+        where += " AND NOT EXISTS (SELECT 1 FROM delegations d WHERE d.user_id = u.id)"
+        sql = _ENTRY_COLUMNS + where
+        params: list[Any] = [after]
+        if agency is not None:
+            sql += " AND a.domain = ?"
+            params.append(normalise_domain(agency))
+        if except_agency is not None:
+            sql += " AND a.domain <> ?"
+            params.append(normalise_domain(except_agency))
+        sql += " ORDER BY u.change_seq LIMIT ?"
+        params.append(limit)
+
+        def query(conn: sqlite3.Connection) -> list[DirectoryEntry]:
+            rows = conn.execute(sql, params).fetchall()
+            return [_entry_from_row(row) for row in rows]
+
+        return await self._db.read(query)
+
+    async def apply_entries(
+        self,
+        entries: Sequence[DirectoryEntry],
+        *,
+        remote: bool,
+        cursor: tuple[str, int] | None = None,
+    ) -> list[str]:
+        """Store users sent by replication, in one transaction; return addresses created.
+
+        *remote* True (a box pulling from the hub): the entries' agencies become remote
+        agencies here, and entries of an agency this box serves are ignored: the box is
+        the authority for its own users. *remote* False (the hub storing a box's push):
+        the agency is served here (the hub is its central mail server). Either way a
+        new user gets no usable password (`NO_PASSWORD`), an existing one keeps theirs,
+        and service accounts are never touched. A row is rewritten only if something
+        changed, so applying a batch twice has the effect of once. *cursor*, if given,
+        is stored in the same transaction: the data and the position that covers it
+        commit together.
+        """
+        cleaned = [_clean_entry(entry) for entry in entries]
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            created: list[str] = []
+            for entry in cleaned:
+                if _apply_entry(conn, entry, remote=remote):
+                    created.append(entry.address)
+            if cursor is not None:
+                _store_cursor(conn, *cursor)
+            return created
+
+        return await self._db.write(job)
+
+    async def sync_cursor(self, stream: str) -> int:
+        """Return replication cursor *stream* (0 before the first round)."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT position FROM sync_cursors WHERE stream = ?", (stream,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._db.read(query)
+
+    async def set_sync_cursor(self, stream: str, position: int) -> None:
+        """Move replication cursor *stream* forward to *position* (never back)."""
+        await self._db.write(lambda conn: _store_cursor(conn, stream, position))
+
+
+def _entry_from_row(row: Sequence[Any]) -> DirectoryEntry:
+    return DirectoryEntry(
+        seq=row[0],
+        address=row[1],
+        agency_domain=row[2],
+        agency_name_th=row[3],
+        agency_name_en=row[4],
+        name_th=row[5],
+        name_en=row[6],
+        position=row[7],
+        rank=row[8],
+        unit=row[9],
+        phone=row[10],
+        disabled=bool(row[11]),
+    )
+
+
+def _store_cursor(conn: sqlite3.Connection, stream: str, position: int) -> None:
+    conn.execute(
+        f"INSERT INTO sync_cursors (stream, position) VALUES (?, ?)"  # noqa: S608
+        f" ON CONFLICT (stream) DO UPDATE SET position = max(position, excluded.position),"
+        f" updated_at = {_NOW}",
+        (stream, _check_count(position, "cursor")),
+    )
+
+
+def _clean_entry(entry: DirectoryEntry) -> DirectoryEntry:
+    """Check a replicated entry by the rules of `add_user`; DirectoryError if it breaks one."""
+    address = normalise_address(entry.address)
+    domain = normalise_domain(entry.agency_domain)
+    if address.rpartition("@")[2] != domain:
+        raise DirectoryError(f"{address} is not an address of {domain}")
+    if not isinstance(entry.disabled, bool):
+        raise DirectoryError(f"disabled of {address} must be true or false")
+    unit = entry.unit
+    return DirectoryEntry(
+        seq=_check_count(entry.seq, "seq"),
+        address=address,
+        agency_domain=domain,
+        agency_name_th=_clean_text(entry.agency_name_th, f"the Thai name of {domain}"),
+        agency_name_en=_clean_text(entry.agency_name_en, f"the English name of {domain}"),
+        name_th=_required_text(entry.name_th, f"the Thai name of {address}"),
+        name_en=_clean_text(entry.name_en, f"the English name of {address}"),
+        position=_clean_text(entry.position, f"the position of {address}"),
+        rank=_check_count(entry.rank, f"the rank of {address}"),
+        unit=None if unit is None else _required_text(unit, f"the unit of {address}"),
+        phone=_clean_text(entry.phone, f"the phone number of {address}"),
+        disabled=entry.disabled,
+    )
+
+
+def _apply_entry(conn: sqlite3.Connection, entry: DirectoryEntry, *, remote: bool) -> bool:
+    """Store one cleaned entry; return whether the user was created."""
+    row = conn.execute(
+        "SELECT id, remote, name_th, name_en FROM agencies WHERE domain = ?",
+        (entry.agency_domain,),
+    ).fetchone()
+    if row is None:
+        cursor = conn.execute(
+            "INSERT INTO agencies (domain, name_th, name_en, remote) VALUES (?, ?, ?, ?)",
+            (entry.agency_domain, entry.agency_name_th, entry.agency_name_en, int(remote)),
+        )
+        assert cursor.lastrowid is not None
+        agency_id = cursor.lastrowid
+    else:
+        agency_id = int(row[0])
+        if bool(row[1]) != remote:
+            return False  # this box serves the agency (or, at the hub, never happens)
+        names = (entry.agency_name_th or row[2], entry.agency_name_en or row[3])
+        if names != (row[2], row[3]):
+            conn.execute(
+                "UPDATE agencies SET name_th = ?, name_en = ? WHERE id = ?", (*names, agency_id)
+            )
+    unit_id = None
+    if entry.unit is not None:
+        found = conn.execute(
+            "SELECT id FROM units WHERE agency_id = ? AND name_th = ?", (agency_id, entry.unit)
+        ).fetchone()
+        if found is None:
+            cursor = conn.execute(
+                "INSERT INTO units (agency_id, name_th) VALUES (?, ?)", (agency_id, entry.unit)
+            )
+            unit_id = cursor.lastrowid
+        else:
+            unit_id = int(found[0])
+    values = (
+        unit_id,
+        entry.name_th,
+        entry.name_en,
+        entry.position,
+        entry.rank,
+        entry.phone,
+        int(entry.disabled),
+    )
+    user = conn.execute(
+        "SELECT id, unit_id, name_th, name_en, position, rank, phone, disabled,"
+        " EXISTS (SELECT 1 FROM delegations d WHERE d.user_id = users.id)"
+        " FROM users WHERE address = ?",
+        (entry.address,),
+    ).fetchone()
+    if user is None:
+        conn.execute(
+            "INSERT INTO users (agency_id, unit_id, name_th, name_en, position, rank, phone,"
+            " disabled, address, password_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (agency_id, *values, entry.address, NO_PASSWORD),
+        )
+        return True
+    if user[8] or tuple(user[1:8]) == values:
+        return False  # a service account, or nothing new: no write, no new change number
+    conn.execute(
+        f"UPDATE users SET unit_id = ?, name_th = ?, name_en = ?, position = ?, rank = ?,"  # noqa: S608
+        f" phone = ?, disabled = ?, updated_at = {_NOW} WHERE id = ?",
+        (*values, user[0]),
+    )
+    return False

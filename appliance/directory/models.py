@@ -57,9 +57,33 @@ class User:
     phone: str | None
     disabled: bool
     quota_bytes: int
+    #: A user of an agency another box serves, copied here by directory replication:
+    #: shown in the address book and chat, but cannot sign in or be edited here.
+    remote: bool = False
 
     def display_name(self, lang: Language = "th") -> str:
         """Return the name to show, in *lang* if the user has one in it."""
         if lang == "en":
             return self.name_en or self.name_th or self.address
         return self.name_th or self.name_en or self.address
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """What directory replication sends of one user: never a password hash or quota.
+
+    *seq* is the sender's change number (`users.change_seq`), the replication cursor.
+    """
+
+    seq: int
+    address: str
+    agency_domain: str
+    agency_name_th: str | None
+    agency_name_en: str | None
+    name_th: str
+    name_en: str | None
+    position: str | None
+    rank: int
+    unit: str | None
+    phone: str | None
+    disabled: bool

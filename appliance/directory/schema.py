@@ -10,6 +10,8 @@ Conventions:
 - Timestamps are ISO 8601 UTC text, readable by an operator in the ``sqlite3`` shell.
 - ``users.rank``: a higher number is more senior (chat rule: no private chat upwards).
 - ``admins.agency_id IS NULL`` means an administrator of the whole box.
+- ``agencies.remote = 1``: an agency served by another box, known here only through
+  directory replication (v5); its users have the unusable password hash ``!``.
 """
 
 from __future__ import annotations
@@ -124,6 +126,49 @@ DIRECTORY_MIGRATIONS: Final = (
             theme      TEXT NOT NULL CHECK (theme IN ('light', 'dark')),
             font_size  TEXT NOT NULL CHECK (font_size IN ('small', 'medium', 'large'))
         );
+        """,
+    ),
+    Migration(
+        5,
+        "directory replication: change sequence, remote agencies, sync cursors",
+        """
+        -- remote = 1: an agency another box serves. Its users are copied here from the
+        -- hub so the address book and chat know them; they cannot sign in here, get
+        -- no mailboxes, and mail to them leaves through the central relay.
+        ALTER TABLE agencies ADD COLUMN remote INTEGER NOT NULL DEFAULT 0
+            CHECK (remote IN (0, 1));
+
+        -- Every change of what other boxes see of a user (not the password, quota or
+        -- timestamps) gives the row the next number; replication sends the rows past
+        -- a cursor. Triggers, so every write path (CLI, admin console, replication)
+        -- is covered without anyone remembering to bump it. Numbers are assigned
+        -- inside the single writer's transaction, so they commit in order and a
+        -- reader never sees a later number before an earlier one.
+        ALTER TABLE users ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+        -- Users made before this version have never been sent anywhere.
+        UPDATE users SET change_seq = id;
+        CREATE INDEX users_change_seq ON users(change_seq);
+        CREATE TRIGGER users_seq_insert AFTER INSERT ON users BEGIN
+            UPDATE users SET change_seq = (SELECT max(change_seq) FROM users) + 1
+            WHERE id = NEW.id;
+        END;
+        CREATE TRIGGER users_seq_update
+            AFTER UPDATE OF agency_id, unit_id, name_th, name_en, position, rank, phone,
+                            disabled ON users
+        BEGIN
+            UPDATE users SET change_seq = (SELECT max(change_seq) FROM users) + 1
+            WHERE id = NEW.id;
+        END;
+
+        -- Durable replication cursors (appliance.sync.directory): the last change
+        -- the hub acknowledged ("push"), the last hub change applied here ("pull").
+        -- A cursor moves in the same transaction as the data it covers, or after the
+        -- hub said it committed.
+        CREATE TABLE sync_cursors (
+            stream      TEXT PRIMARY KEY,
+            position    INTEGER NOT NULL CHECK (position >= 0),
+            updated_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        ) WITHOUT ROWID;
         """,
     ),
 )

@@ -1,0 +1,353 @@
+"""The hub's sync listener: JSON over HTTPS with mutual TLS (DESIGN.md "Roles and ports").
+
+A thin trio layer (STYLE.md) between TLS streams and h11 (RFC 9112), and the rules every
+sync request shares, in this order, before a route's handler runs:
+
+1. only ``POST`` (405 with Allow, RFC 9110 §15.5.6) to a known path (404);
+2. who is calling: ``/sync/v1/ca`` and ``/sync/v1/enroll`` need nobody (a box being
+   enrolled has no certificate yet). Every other path needs a client certificate that
+   TLS verified against the hub's sync CA (`ca`), naming a box that `Enrolment` knows
+   with that very certificate serial and has not revoked; no certificate → 401, a
+   certificate of a box not enrolled (any more) → 403. A certificate from another CA
+   fails the TLS handshake itself;
+3. size: a declared Content-Length over the route's ``max_body`` gets 413 before the
+   body is read, and a body that grows past it is cut off the same way;
+4. ``application/json`` (415) holding a JSON object (400).
+
+Answers are JSON objects; errors are ``{"error": {"code", "message"}}`` (`HubError`).
+A handler's unexpected exception is logged with a reference and answered 500, without
+detail. Keep-alive is on: a box's replicators send many small requests in a row.
+
+The listener asks for a client certificate (CERT_OPTIONAL) rather than requiring one,
+so that enrolment works on the same port; the check of step 2 is what enforces it.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import h11
+import trio
+from cryptography import x509
+
+from appliance.box import Box
+from appliance.listeners import ConnectionGate, peer_ip, serve_tcp
+from appliance.security.tls import server_ssl_context
+from appliance.sync.clock import Clock, SystemClock
+from appliance.sync.hub.admission import admit_box
+from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
+from appliance.sync.hub.enrolment import Enrolment, open_hub_database
+from appliance.sync.hub.errors import HubError, bad_request
+from appliance.sync.transport import Peer, SyncRoute
+
+log = logging.getLogger("edgebox.hub")
+
+CA_PATH: Final = "/sync/v1/ca"
+ENROLL_PATH: Final = "/sync/v1/enroll"
+#: Enrolment bodies are a token, an id and a CSR: a few KiB.
+ENROLL_MAX_BODY: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HubLimits:
+    """Sizes and timeouts of the hub-sync listener."""
+
+    #: Request line plus headers; h11 answers 431 beyond it (RFC 6585 §5).
+    max_header_bytes: int = 16 * 1024
+    #: Seconds a kept-alive connection may wait for its next request.
+    idle_timeout: float = 120.0
+    #: Seconds from a request's first byte to its last. Generous: a batch of chat
+    #: events over a congested GIN link at a few hundred kbit/s takes a while.
+    request_timeout: float = 300.0
+    #: Simultaneous connections: a few per enrolled box.
+    max_connections: int = 2000
+    receive_size: int = 64 * 1024
+
+
+class HubSyncService:
+    """The hub-sync listener of a hub (``config.role == "hub"``)."""
+
+    name = "hub-sync"
+
+    def __init__(
+        self,
+        box: Box,
+        routes: Sequence[SyncRoute],
+        *,
+        clock: Clock | None = None,
+        limits: HubLimits | None = None,
+    ) -> None:
+        self.box = box
+        self.routes = {route.path: route for route in routes}
+        if CA_PATH in self.routes or ENROLL_PATH in self.routes:
+            raise ValueError("the enrolment routes belong to the server")
+        self.clock = clock or SystemClock()
+        self.limits = limits or HubLimits()
+        keys_dir = box.config.data_dir / "keys"
+        self.ca: SyncCA = ensure_sync_ca(keys_dir)
+        self.tls = _server_context(box, self.ca)
+        # Over the limit a client is closed without a word: the refusal would be
+        # written before TLS.
+        self.gate = ConnectionGate(self.limits.max_connections, b"", self.tls)
+        self.enrolment: Enrolment | None = None
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[HubSyncService]:
+        """Open the hub database for the block (tests drive `handle` directly)."""
+        async with open_hub_database(self.box.config.data_dir) as db:
+            self.enrolment = Enrolment(db, self.clock)
+            try:
+                yield self
+            finally:
+                self.enrolment = None
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with self.opened():
+            await serve_tcp(self.name, self.box.config, self.handle, task_status)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection from accept to close."""
+        client_ip = peer_ip(stream) or "unknown"
+        await self.gate.admit(stream, lambda s: _Connection(self, s, client_ip).run())
+
+    # what a request is answered with
+
+    async def answer(
+        self, path: str, stream: trio.abc.Stream, host: str, body: Any
+    ) -> dict[str, Any]:
+        """Run the route at *path* for the caller on *stream*; `HubError` to refuse."""
+        enrolment = self.enrolment
+        assert enrolment is not None, "serve() or opened() first"
+        if path == CA_PATH:
+            return {"ca": (self.box.config.data_dir / "keys" / "ca.pem").read_text("ascii")}
+        if path == ENROLL_PATH:
+            return await admit_box(self.box, enrolment, self.ca, self.clock, body, host)
+        route = self.routes[path]
+        peer = await self.authenticate(stream)
+        result = await route.handler(peer, body)
+        if not isinstance(result, dict):
+            raise TypeError(f"route {path} answered {type(result).__name__}, not an object")
+        return result
+
+    async def authenticate(self, stream: trio.abc.Stream) -> Peer:
+        """The enrolled box behind *stream*'s verified client certificate, or refuse."""
+        assert self.enrolment is not None
+        der = _peer_certificate(stream)
+        if der is None:
+            raise HubError(401, "certificate_required", "present the box's sync certificate")
+        cert = x509.load_der_x509_certificate(der)
+        box_id = box_id_of(cert)
+        peer = None if box_id is None else await self.enrolment.peer(box_id, cert.serial_number)
+        if peer is None:
+            raise HubError(
+                403,
+                "not_enrolled",
+                "this certificate does not belong to an enrolled box (revoked or replaced);"
+                " enrol the box again",
+            )
+        return peer
+
+    def max_body(self, path: str) -> int:
+        if path in (CA_PATH, ENROLL_PATH):
+            return ENROLL_MAX_BODY
+        return self.routes[path].max_body
+
+    def known(self, path: str) -> bool:
+        return path in (CA_PATH, ENROLL_PATH) or path in self.routes
+
+
+def _server_context(box: Box, ca: SyncCA) -> ssl.SSLContext:
+    context = server_ssl_context(box.config.data_dir / "keys")
+    # Only the sync CA is trusted for client certificates; not the box CA, and never
+    # the system CAs.
+    context.load_verify_locations(cafile=box.config.data_dir / "keys" / SYNC_CA_CERT)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    # Our own context (not box.tls), so ALPN is offered on this port only (ALPACA).
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _peer_certificate(stream: trio.abc.Stream) -> bytes | None:
+    getpeercert = getattr(stream, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    der = getpeercert(binary_form=True)
+    return bytes(der) if der else None
+
+
+# --- one connection ----------------------------------------------------------------
+
+
+class _Timeout(Exception):
+    """The client was too slow (idle or mid-request)."""
+
+
+class _Connection:
+    """A loop of request → response on one TLS connection, keep-alive between."""
+
+    def __init__(self, service: HubSyncService, stream: trio.abc.Stream, client_ip: str) -> None:
+        self.service = service
+        self.limits = service.limits
+        self.stream = stream
+        self.client_ip = client_ip
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
+        )
+        self.deadline = 0.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                request = await self._next_request()
+            except h11.RemoteProtocolError as exc:
+                await self._send(exc.error_status_hint, _error("bad_request", str(exc)))
+                return
+            except _Timeout:
+                return
+            if request is None:
+                return
+            await self._exchange(request)
+            if not (self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE):
+                return
+            self.conn.start_next_cycle()
+
+    async def _receive(self) -> bool:
+        data: bytes | bytearray = b""
+        with trio.move_on_at(self.deadline) as timer:
+            data = await self.stream.receive_some(self.limits.receive_size)
+        if timer.cancelled_caught:
+            raise _Timeout
+        self.conn.receive_data(bytes(data))
+        return bool(data)
+
+    async def _next_request(self) -> h11.Request | None:
+        self.deadline = trio.current_time() + self.limits.idle_timeout
+        started = False
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, h11.Request):
+                return event
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+            more = await self._receive()
+            if more and not started:
+                started = True
+                self.deadline = trio.current_time() + self.limits.request_timeout
+
+    async def _read_body(self, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    await self._receive()
+                except _Timeout:
+                    raise HubError(408, "timeout", "the request took too long") from None
+                continue
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            else:
+                raise trio.BrokenResourceError("client closed mid-request")
+
+    async def _exchange(self, request: h11.Request) -> None:
+        method = request.method.decode("ascii", "replace")
+        path = request.target.partition(b"?")[0].decode("ascii", "replace")
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers
+        }
+        extra: list[tuple[str, str]] = []
+        try:
+            status, body = 200, await self._route(method, path, headers)
+        except HubError as exc:
+            status, body = exc.status, exc.body()
+            if exc.status == 405:
+                extra.append(("allow", "POST"))
+        except h11.RemoteProtocolError as exc:
+            status, body = exc.error_status_hint, _error("bad_request", str(exc))
+        except Exception:
+            reference = secrets.token_hex(4)
+            # Detail to the log only (CWE-209).
+            log.exception("internal error ref=%s %s ip=%s", reference, path, self.client_ip)
+            status, body = 500, _error("internal", f"hub error (reference {reference})")
+        log.debug("%s %s %s %d", self.client_ip, method, path, status)
+        await self._send(status, body, extra)
+
+    async def _route(self, method: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
+        service = self.service
+        if not service.known(path):
+            raise HubError(404, "not_found", f"no sync route {path}")
+        if method != "POST":
+            raise HubError(405, "method_not_allowed", "sync routes take POST only")
+        limit = service.max_body(path)
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HubError(415, "unsupported_media_type", "send the body as application/json")
+        raw = await self._read_body(limit)
+        try:
+            body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            raise bad_request(f"the body is not JSON: {exc}", "bad_json") from None
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object")
+        return await service.answer(path, self.stream, headers.get("host", ""), body)
+
+    async def _send(
+        self, status: int, body: dict[str, Any], extra: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(payload))),
+            *extra,
+        ]
+        if self.conn.their_state is not h11.DONE:
+            # The body was not read (an early 4xx): the rest of it would be taken for
+            # the next request, so this connection ends here (RFC 9112 §9.6).
+            headers.append(("connection", "close"))
+        if status == 401:
+            # RFC 9110 §15.5.2 wants a challenge; the "scheme" here is the TLS layer.
+            headers.append(("www-authenticate", 'Mutual realm="edgebox-hub"'))
+        try:
+            data = self.conn.send(
+                h11.Response(
+                    status_code=status,
+                    headers=headers,
+                    reason=http.HTTPStatus(status).phrase.encode("ascii"),
+                )
+            )
+            data += self.conn.send(h11.Data(data=payload))
+            data += self.conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            return  # the connection is already past answering (h11 says ERROR)
+        await self.stream.send_all(data)
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _too_large(limit: int) -> HubError:
+    return HubError(413, "too_large", f"the request body is larger than {limit} bytes")
+
+
+def _no_constant(name: str) -> Any:
+    # RFC 8259 has no NaN or Infinity; Python's json would accept them.
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,182 @@
+"""The box's side of the sync API: `HubClient`, one kept-alive HTTPS connection to the hub.
+
+Implements `HubCall` (appliance.sync.transport): ``await hub(path, body)`` posts a JSON
+object and returns the hub's JSON object. h11 (RFC 9112) over trio TLS with the box's
+sync certificate (`central_client_context`: trusts ``central-ca.pem``, checks the host
+name, presents ``sync.pem``).
+
+How failures map, so each replicator knows whether to retry:
+
+- no connection, TLS failure, a cut mid-answer, the time-out, a 5xx, or an answer that
+  is not a JSON object → `HubUnavailable` (try again later; nothing was promised);
+- a 4xx → `HubRefused` with the hub's error code (the request as sent never works).
+
+Requests go one at a time over one connection, reused while it lives: a cut or an error
+closes it and the next call opens a new one. A request on a reused connection that the
+hub had meanwhile closed (its idle time-out) gets no answer at all; that one case is
+retried once on a fresh connection. Every sync route is idempotent (a cursor or a batch
+applied twice is applied once), so sending it twice is safe.
+
+Bodies are never logged: they hold directory rows and chat messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from pathlib import Path
+from typing import Any, Final
+
+import h11
+import trio
+
+from appliance.sync.central import central_client_context, parse_endpoint
+from appliance.sync.transport import JSON, HubRefused, HubUnavailable
+
+log = logging.getLogger("edgebox.sync.hub")
+
+#: Largest answer accepted: a pull batch is bounded by the hub well below this.
+MAX_RESPONSE: Final = 64 * 1024 * 1024
+_RECEIVE: Final = 64 * 1024
+
+
+class _NoAnswer(Exception):
+    """The connection ended before a single byte of the answer arrived."""
+
+
+class HubClient:
+    """`HubCall` over HTTPS with mutual TLS to *hub_url* (``https://host:port``)."""
+
+    def __init__(
+        self,
+        keys_dir: Path,
+        hub_url: str,
+        timeout: float = 60.0,
+        *,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.keys_dir = Path(keys_dir)
+        self.endpoint = parse_endpoint(hub_url, ("https",))
+        self.timeout = timeout
+        #: Fixed context (enrolment pins a CA); else one is made per connection from the
+        #: files in keys_dir, so a certificate installed meanwhile is used at once.
+        self._context = context
+        self._stream: trio.SSLStream[trio.SocketStream] | None = None
+        self._conn: h11.Connection | None = None
+        self._lock = trio.Lock()
+
+    async def __call__(self, path: str, body: JSON) -> JSON:
+        if not path.startswith("/sync/v1/"):
+            raise ValueError(f"not a sync route: {path!r}")
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        async with self._lock:
+            for attempt in (1, 2):
+                reused = self._stream is not None
+                try:
+                    with trio.fail_after(self.timeout):
+                        status, raw = await self._exchange(path, payload)
+                    break
+                except _NoAnswer:
+                    await self.aclose()
+                    if reused and attempt == 1:
+                        continue
+                    raise HubUnavailable(f"{path}: the hub closed the connection") from None
+                except HubUnavailable:
+                    await self.aclose()
+                    raise
+                except trio.TooSlowError:
+                    await self.aclose()
+                    raise HubUnavailable(f"{path}: no answer in {self.timeout:g} s") from None
+                except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+                    await self.aclose()
+                    raise HubUnavailable(f"{path}: {type(exc).__name__}: {exc}") from None
+        return _interpret(path, status, raw)
+
+    async def aclose(self) -> None:
+        """Close the connection (the next call opens a new one)."""
+        stream, self._stream, self._conn = self._stream, None, None
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+
+    async def _connect(self) -> tuple[trio.SSLStream[trio.SocketStream], h11.Connection]:
+        if self._stream is not None and self._conn is not None:
+            return self._stream, self._conn
+        context = self._context or central_client_context(self.keys_dir)
+        context.set_alpn_protocols(["http/1.1"])
+        tcp = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
+        stream = trio.SSLStream(tcp, context, server_hostname=self.endpoint.host)
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        self._stream, self._conn = stream, h11.Connection(h11.CLIENT)
+        return stream, self._conn
+
+    async def _exchange(self, path: str, payload: bytes) -> tuple[int, bytes]:
+        stream, conn = await self._connect()
+        host = str(self.endpoint)[len("https://") :]
+        request = h11.Request(
+            method="POST",
+            target=path,
+            headers=[
+                ("host", host),
+                ("content-type", "application/json"),
+                ("content-length", str(len(payload))),
+                ("accept", "application/json"),
+            ],
+        )
+        message = conn.send(request) + conn.send(h11.Data(data=payload))
+        await stream.send_all(message + conn.send(h11.EndOfMessage()))
+        status = 0
+        chunks: list[bytes] = []
+        size = 0
+        got_any = False
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive_some(_RECEIVE)
+                except (trio.BrokenResourceError, ssl.SSLError, OSError):
+                    if not got_any:
+                        raise _NoAnswer from None
+                    raise
+                if not data and not got_any:
+                    raise _NoAnswer
+                got_any = got_any or bool(data)
+                conn.receive_data(bytes(data))
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_RESPONSE:
+                    raise HubUnavailable(f"{path}: answer larger than {MAX_RESPONSE} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise trio.BrokenResourceError("the hub closed mid-answer")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            await self.aclose()  # "connection: close", or an early answer
+        return status, b"".join(chunks)
+
+
+def _interpret(path: str, status: int, raw: bytes) -> JSON:
+    try:
+        body: Any = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        body = None
+    if 200 <= status < 300:
+        if not isinstance(body, dict):
+            raise HubUnavailable(f"{path}: answer {status} is not a JSON object")
+        return body
+    error = body.get("error") if isinstance(body, dict) else None
+    code = str(error.get("code", "")) if isinstance(error, dict) else ""
+    message = str(error.get("message", "")) if isinstance(error, dict) else ""
+    if 400 <= status < 500:
+        raise HubRefused(status, code or "refused", message or f"HTTP {status}")
+    raise HubUnavailable(f"{path}: HTTP {status} {code} {message}".rstrip())

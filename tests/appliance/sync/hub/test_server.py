@@ -1,0 +1,246 @@
+"""The hub-sync listener: mutual TLS, enrolment, and what it refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from appliance.box import read_identity
+from appliance.sync.central import central_client_context, load_credentials
+from appliance.sync.enrol import EnrolError, enroll
+from appliance.sync.hub.ca import ensure_sync_ca, issue_box_certificate
+from appliance.sync.hub.enrolment import EnrolmentToken
+from appliance.sync.hub.errors import HubError
+from appliance.sync.hub_client import HubClient
+from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute
+from tests.appliance.sync.hub.hubfixture import Hub, new_edge, running_hub
+
+PING = "/sync/v1/ping"
+
+
+async def _ping(data: Path, url: str) -> object:
+    client = HubClient(data / "keys", url, timeout=10)
+    try:
+        return await client(PING, {})
+    finally:
+        await client.aclose()
+
+
+async def test_enrolled_box_is_known_by_its_certificate(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        done = await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        identity = read_identity(edge)
+        assert identity is not None
+        assert await _ping(edge, hub.url) == {"box_id": identity.box_id, "domain": "moe.go.th"}
+        # What the box learnt: the hub's own mail servers, on the host it used.
+        port = hub.box.config.port
+        assert done.central_smtp == f"smtp://127.0.0.1:{port('smtp-submission')}"
+        assert done.central_imap == f"imaps://127.0.0.1:{port('imaps')}"
+        config = json.loads((edge / "config.json").read_text())["config"]["1"]
+        assert config["hub_url"] == hub.url
+        assert config["central_imap"] == done.central_imap
+        # The service account exists at the hub and may act for the agency only.
+        creds = load_credentials(edge / "keys")
+        assert creds is not None
+        assert creds.username == done.username
+        directory = hub.box.directory
+        account = await directory.authenticate(creds.username, creds.password)
+        assert account is not None
+        assert await directory.granted_domains(creds.username) == frozenset({"moe.go.th"})
+        assert (edge / "keys" / "sync.key").stat().st_mode & 0o077 == 0
+        assert (edge / "keys" / "central.json").stat().st_mode & 0o077 == 0
+
+
+async def test_no_client_certificate_is_refused_with_401(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        (edge / "keys" / "sync.pem").rename(edge / "keys" / "sync.pem.away")
+        with pytest.raises(HubRefused) as refused:
+            await _ping(edge, hub.url)
+        assert (refused.value.status, refused.value.code) == (401, "certificate_required")
+
+
+async def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        identity = read_identity(edge)
+        assert identity is not None
+        # Same box id, same key, but signed by a CA the hub never made.
+        other = ensure_sync_ca(tmp_path / "rogue")
+        key = serialization.load_pem_private_key(
+            (edge / "keys" / "sync.key").read_bytes(), password=None
+        )
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+        )
+        forged = issue_box_certificate(other, csr, identity.box_id, dt.datetime.now(dt.UTC))
+        (edge / "keys" / "sync.pem").write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+        # The TLS handshake itself fails: the hub trusts its sync CA only.
+        with pytest.raises(HubUnavailable):
+            await _ping(edge, hub.url)
+
+
+async def test_revoked_and_replaced_certificates_are_refused(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        identity = read_identity(edge)
+        assert identity is not None
+        old_cert = (edge / "keys" / "sync.pem").read_bytes()
+        old_key = (edge / "keys" / "sync.key").read_bytes()
+
+        # Re-enrolment: the new certificate works, the old one no longer does.
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        assert await _ping(edge, hub.url)
+        (edge / "keys" / "sync.pem").write_bytes(old_cert)
+        (edge / "keys" / "sync.key").write_bytes(old_key)
+        with pytest.raises(HubRefused) as refused:
+            await _ping(edge, hub.url)
+        assert (refused.value.status, refused.value.code) == (403, "not_enrolled")
+
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        assert hub.service.enrolment is not None
+        assert await hub.service.enrolment.revoke(identity.box_id)
+        with pytest.raises(HubRefused) as refused:
+            await _ping(edge, hub.url)
+        assert refused.value.status == 403
+
+
+async def test_used_token_is_refused(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        token = await hub.token("moe.go.th")
+        first = await new_edge(tmp_path, "moe.go.th", "first")
+        second = await new_edge(tmp_path, "moe.go.th", "second")
+        await enroll(first, hub.url, token)
+        with pytest.raises(EnrolError, match="already used"):
+            await enroll(second, hub.url, token)
+        assert not (second / "keys" / "sync.pem").exists()
+
+
+async def test_expired_token_is_refused(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        token = await hub.token("moe.go.th", ttl=3600)
+        await hub.clock.advance(3601)
+        edge = await new_edge(tmp_path, "moe.go.th")
+        with pytest.raises(EnrolError, match="expired"):
+            await enroll(edge, hub.url, token)
+        assert not (edge / "keys" / "central.json").exists()
+
+
+async def test_token_for_another_agency_is_refused_and_stays_usable(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        token = await hub.token("moph.go.th")
+        wrong = await new_edge(tmp_path, "moe.go.th", "wrong")
+        with pytest.raises(EnrolError, match=r"moph\.go\.th"):
+            await enroll(wrong, hub.url, token)
+        right = await new_edge(tmp_path, "moph.go.th", "right")
+        await enroll(right, hub.url, token)
+
+
+async def test_token_naming_another_ca_is_not_sent(tmp_path: Path) -> None:
+    """A man in the middle cannot pass the token's CA check; the secret stays unused."""
+    async with running_hub(tmp_path) as hub:
+        token = EnrolmentToken.parse(await hub.token("moe.go.th"))
+        other = EnrolmentToken(token.secret, bytes(32))
+        edge = await new_edge(tmp_path, "moe.go.th")
+        with pytest.raises(EnrolError, match="impersonating"):
+            await enroll(edge, hub.url, str(other))
+        await enroll(edge, hub.url, str(token))  # not spent by the failed attempt
+
+
+async def _raw(hub: Hub, edge: Path, request: bytes) -> tuple[int, dict[str, object]]:
+    """Send raw bytes over mutual TLS; return the status and the JSON body."""
+    context = central_client_context(edge / "keys")
+    port = int(hub.url.rpartition(":")[2])
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
+    data = b""
+    with trio.fail_after(10):
+        await stream.send_all(request)
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    await trio.aclose_forcefully(stream)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /sync/v1/ping HTTP/1.1\r\nhost: h\r\n\r\n", 405, "method_not_allowed"),
+        (b"POST /sync/v1/nope HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\n\r\n{}", 404,
+         "not_found"),
+        (b"POST /sync/v1/ping HTTP/1.1\r\nhost: h\r\ncontent-type: text/plain\r\n"
+         b"content-length: 2\r\n\r\n{}", 415, "unsupported_media_type"),
+        (b"POST /sync/v1/ping HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\n"
+         b"content-length: 3\r\n\r\n{x}", 400, "bad_json"),
+        (b"POST /sync/v1/ping HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\n"
+         b"content-length: 2\r\n\r\n[]", 400, "bad_request"),
+        (b"POST /sync/v1/ping HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\n"
+         b"content-length: 999999\r\n\r\n{", 413, "too_large"),
+        (b"POST /sync/v1/enroll HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\n"
+         b"content-length: 2\r\n\r\n{}", 400, "bad_request"),
+    ],
+)  # fmt: skip
+async def test_bad_requests_get_json_errors(
+    tmp_path: Path, request_bytes: bytes, status: int, code: str
+) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        got_status, body = await _raw(hub, edge, request_bytes)
+        assert got_status == status
+        error = body["error"]
+        assert isinstance(error, dict)
+        assert error["code"] == code
+        assert error["message"]
+
+
+async def test_handler_errors_map_to_refused_or_unavailable(tmp_path: Path) -> None:
+    async def busy(peer: Peer, body: object) -> object:
+        raise HubError(503, "busy", "try later")
+
+    async def broken(peer: Peer, body: object) -> object:
+        raise RuntimeError("secret detail")
+
+    async def refuse(peer: Peer, body: object) -> object:
+        raise HubError(409, "conflict", "no")
+
+    extra = [
+        SyncRoute("/sync/v1/t/busy", busy),
+        SyncRoute("/sync/v1/t/broken", broken),
+        SyncRoute("/sync/v1/t/refuse", refuse),
+    ]
+    async with running_hub(tmp_path, extra_routes=extra) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        try:
+            with pytest.raises(HubUnavailable, match="busy"):
+                await client("/sync/v1/t/busy", {})
+            with pytest.raises(HubUnavailable) as unavailable:
+                await client("/sync/v1/t/broken", {})
+            assert "secret detail" not in str(unavailable.value)
+            with pytest.raises(HubRefused) as refused:
+                await client("/sync/v1/t/refuse", {})
+            assert (refused.value.status, refused.value.code) == (409, "conflict")
+            # The connection survives errors: the next call still works.
+            assert await client(PING, {})
+        finally:
+            await client.aclose()

@@ -1,0 +1,105 @@
+"""`HubClient`: one kept-alive mutual-TLS connection, failures mapped for retries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from appliance.sync.enrol import enroll
+from appliance.sync.hub.server import HubLimits
+from appliance.sync.hub_client import HubClient
+from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute
+from tests.appliance.sync.hub.hubfixture import new_edge, running_hub
+from tests.harness import free_port_offset
+
+PING = "/sync/v1/ping"
+
+
+async def _stall(peer: Peer, body: object) -> object:
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_calls_share_one_connection(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        try:
+            await client(PING, {})
+            first = client._stream
+            for _ in range(3):
+                assert (await client(PING, {}))["domain"] == "moe.go.th"
+            assert client._stream is first
+        finally:
+            await client.aclose()
+
+
+async def test_a_connection_the_hub_closed_is_replaced_once(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, limits=HubLimits(idle_timeout=0.05)) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        try:
+            await client(PING, {})
+            first = client._stream
+            await trio.sleep(0.5)  # the hub drops the idle connection meanwhile
+            assert (await client(PING, {}))["domain"] == "moe.go.th"
+            assert client._stream is not first
+        finally:
+            await client.aclose()
+
+
+async def test_no_answer_in_time_is_unavailable(tmp_path: Path) -> None:
+    async with running_hub(tmp_path, extra_routes=[SyncRoute("/sync/v1/t/stall", _stall)]) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        client = HubClient(edge / "keys", hub.url, timeout=0.5)
+        try:
+            with pytest.raises(HubUnavailable, match="no answer"):
+                await client("/sync/v1/t/stall", {})
+            assert client._stream is None  # the stalled connection is not reused
+            client.timeout = 10
+            assert await client(PING, {})
+        finally:
+            await client.aclose()
+
+
+async def test_hub_down_is_unavailable(tmp_path: Path) -> None:
+    edge = await new_edge(tmp_path, "moe.go.th")
+    port = 7443 + free_port_offset()
+    client = HubClient(edge / "keys", f"https://127.0.0.1:{port}", timeout=10)
+    with pytest.raises(HubUnavailable):
+        await client(PING, {})
+
+
+async def test_not_enrolled_is_refused_not_retried(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        # Trusts the hub (the CA file) but has no certificate of its own.
+        (edge / "keys" / "central-ca.pem").write_bytes(
+            (hub.box.config.data_dir / "keys" / "ca.pem").read_bytes()
+        )
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        with pytest.raises(HubRefused) as refused:
+            await client(PING, {})
+        assert refused.value.status == 401
+        await client.aclose()
+
+
+async def test_a_hub_with_an_untrusted_certificate_is_unavailable(tmp_path: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        # The box trusts its own CA only, not the hub's: the handshake must fail.
+        (edge / "keys" / "central-ca.pem").write_bytes((edge / "keys" / "ca.pem").read_bytes())
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        with pytest.raises(HubUnavailable):
+            await client(PING, {})
+
+
+def test_only_sync_paths_are_called(tmp_path: Path) -> None:
+    client = HubClient(tmp_path, "https://127.0.0.1:1")
+    with pytest.raises(ValueError, match="sync route"):
+        trio.run(client, "/admin", {})
