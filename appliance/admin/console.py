@@ -407,7 +407,9 @@ class AdminConsole:
         if domain is not None:
             return await self.box.directory.users(domain) if scope.covers(domain) else []
         if scope.domains is None:
-            return await self.box.directory.users()
+            # Other agencies' people, replicated for the address book, are not this
+            # box's to administer (appliance.sync.directory).
+            return [user for user in await self.box.directory.users() if not user.remote]
         found: list[User] = []
         for each in sorted(scope.domains):
             if await self.box.directory.agency(each) is not None:
@@ -417,7 +419,7 @@ class AdminConsole:
     async def target(self, scope: AdminScope, address: str) -> User | None:
         """The user at *address* if *scope* covers their agency; else None, as if unknown."""
         user = await self.box.directory.user(address)
-        if user is None or not scope.covers(user.agency_domain):
+        if user is None or user.remote or not scope.covers(user.agency_domain):
             return None
         return user
 

@@ -222,3 +222,32 @@ def test_link_status_reads_the_monitor_and_the_replicators(tmp_path: Path) -> No
     assert status.connected
     assert status.international == "not_probed"
     assert status.en == "The centre is reachable over GIN"
+
+
+# --- people of other agencies, replicated for the address book ----------------------
+
+
+async def test_a_box_admin_never_administers_replicated_people(tmp_path: Path) -> None:
+    from appliance.admin.console import AdminConsole
+    from appliance.box import configured, init_box, open_box
+    from appliance.directory import DirectoryEntry
+
+    await init_box(tmp_path, "a.go.th")
+    async with open_box(configured(tmp_path, {}, {})) as box:
+        admin = await box.directory.add_user(
+            "admin@a.go.th", password="pw-123456789", name_th="ผู้ดูแล"
+        )
+        dara = DirectoryEntry(
+            seq=1, address="dara@b.go.th", agency_domain="b.go.th", agency_name_th="กรมบี",
+            agency_name_en=None, name_th="ดารา", name_en=None, position=None, rank=3,
+            unit=None, phone=None, disabled=False,
+        )  # fmt: skip
+        [created] = await box.directory.apply_entries([dara], remote=True)
+        assert created == "dara@b.go.th"
+        assert await box.directory.user("dara@b.go.th") is not None  # in the address book
+
+        console = AdminConsole(box)
+        box_wide = AdminScope(admin, None)
+        assert [u.address for u in await console.users(box_wide)] == ["admin@a.go.th"]
+        assert await console.target(box_wide, "dara@b.go.th") is None
+        assert await console.target(box_wide, "admin@a.go.th") is not None
