@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.hub.routes import hub_sync_routes
 from appliance.sync.hub.server import HubSyncService
+from appliance.sync.link import link_report
 from appliance.web.api import web_routes
 from appliance.web.server import HTTPSService
 
@@ -487,17 +489,20 @@ def _status(args: argparse.Namespace) -> int:
     findings = check_services(config.data_dir / "run" / "status.json")
     findings.append(check_disk(config.data_dir))
 
-    async def action(box: Box) -> tuple[int, int]:
-        queued = await box.mailstore.outbound_length()
-        return queued, box.mailstore.blobs.disk_usage() + _db_size(config.data_dir / "db")
+    async def action(box: Box) -> tuple[list[tuple[int, str, int, int]], int]:
+        groups = await box.mailstore.outbound_groups()
+        return groups, box.mailstore.blobs.disk_usage() + _db_size(config.data_dir / "db")
 
-    queued, store_bytes = trio.run(_with_box, args, action)
+    groups, store_bytes = trio.run(_with_box, args, action)
     lang = args.lang
     print(f"box {identity.box_id} · {identity.domain}")
     for finding in findings:
         text = finding.th if lang == "th" else finding.en
         print(f"  [{finding.level.name.lower():5}] {finding.check}: {text}")
-    print(f"  outbound queue: {queued}")
+    # The uplink's state is shown, never counted against health: a cut link is what the
+    # box is built to ride out (issue 5), not a fault of the box.
+    for line in link_report(config.data_dir, groups, time.time(), lang):
+        print(f"  {line}")
     print(f"  store size: {store_bytes / 1024**2:.1f} MB")
     worst = max((f.level for f in findings), default=Level.OK)
     print("unhealthy" if worst is Level.ERROR else "healthy")

@@ -98,4 +98,5 @@ def test_status_is_unhealthy_when_not_running(data: Path, capsys, monkeypatch) -
     assert code == 1
     assert "edgebox is not running" in out
     assert out.strip().endswith("unhealthy")
-    assert "outbound queue: 0" in out
+    assert "outbound queue: most urgent 0 · very urgent 0 · urgent 0 · normal 0 (total 0)" in out
+    assert "gin: unknown" in out
