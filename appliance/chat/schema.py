@@ -15,6 +15,14 @@ Conventions:
   ``messages.seq``; it holds folded text (`appliance.chat.store.fold`).
 - Membership rows of a deleted room are kept: its members still see the room's last
   event (``room.deleted``) on their streams.
+- Sync (migration 2, `appliance.chat.replication`): ``events.room_order`` is the hub's
+  one order of the room's shared events, NULL until the hub has ordered the event (or
+  for events that never leave the box); ``events.pending`` marks this box's own events
+  the hub has not answered yet (the push queue); ``events.refusal`` keeps the hub's
+  reason for an event it refused. ``messages.position`` is how a room's messages are
+  listed: by the hub's order, with messages the hub has not ordered yet after all
+  ordered ones, in local order. ``sync_cursors`` holds the pull cursor, committed in
+  the same transaction as the events it covers.
 """
 
 from __future__ import annotations
@@ -174,6 +182,35 @@ CHAT_MIGRATIONS: Final = (
         CREATE TABLE agency_settings (
             agency       TEXT PRIMARY KEY,
             public_mode  INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        """,
+    ),
+    Migration(
+        2,
+        "sync with the hub: room order, push queue, refusals, pull cursor",
+        """
+        ALTER TABLE events ADD COLUMN room_order INTEGER;
+        ALTER TABLE events ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE events ADD COLUMN refusal TEXT;
+        -- Everything written before sync existed is this box's own, not yet pushed.
+        UPDATE events SET pending = 1 WHERE room_id IS NOT NULL AND type IN (
+            'room.created', 'room.renamed', 'room.updated', 'room.deleted',
+            'room.owner_changed', 'member.added', 'member.removed', 'message.posted',
+            'message.edited', 'message.deleted', 'receipt', 'invitation.created',
+            'invitation.answered');
+        CREATE INDEX events_pending ON events(cursor) WHERE pending = 1;
+        CREATE UNIQUE INDEX events_room_order ON events(room_id, room_order)
+            WHERE room_order IS NOT NULL;
+
+        ALTER TABLE messages ADD COLUMN room_order INTEGER;
+        -- 2^40: far above any room order, so unordered messages list after ordered ones.
+        ALTER TABLE messages ADD COLUMN position INTEGER
+            GENERATED ALWAYS AS (coalesce(room_order, 1099511627776 + seq)) VIRTUAL;
+        CREATE INDEX messages_position ON messages(room_id, position);
+
+        CREATE TABLE sync_cursors (
+            name   TEXT PRIMARY KEY,
+            value  INTEGER NOT NULL
         ) WITHOUT ROWID;
         """,
     ),

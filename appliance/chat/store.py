@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import secrets
 import time
@@ -55,12 +56,21 @@ from appliance.chat.messages import (
 from appliance.chat.models import (
     FILE_KINDS,
     MAX_SECRET_TTL,
+    MESSAGE_KINDS,
     ROOM_KINDS,
     Event,
     EventPage,
     Message,
     Room,
     RoomOptions,
+)
+from appliance.chat.replication import (
+    REJECTED_TYPE,
+    REPLICATED_TYPES,
+    SNAPSHOT_TYPES,
+    HubAnswer,
+    ReplicatedEvent,
+    invalid,
 )
 from appliance.chat.rules import RoomPolicy
 from appliance.chat.schema import CHAT_MIGRATIONS
@@ -72,6 +82,8 @@ from appliance.store.encrypted import derive_key, open_encrypted_database
 
 T = TypeVar("T")
 Conn = apsw.Connection
+
+_log = logging.getLogger(__name__)
 
 #: HKDF ``info`` of the chat database key.
 KEY_INFO = b"edgebox chat database v1"
@@ -180,6 +192,11 @@ def _event_from_row(row: Sequence[Any]) -> Event:
 
 
 _EVENT_COLUMNS = "SELECT cursor, id, type, room_id, subject, payload, created_at FROM events"
+#: An event as sync sends it: the stored event, its message id and the hub's order.
+_WIRE_COLUMNS = (
+    "SELECT cursor, id, type, room_id, subject, payload, created_at, message_id, room_order"
+    " FROM events"
+)
 
 #: Readers of a message who no longer see it: a secret message they have read.
 _GONE_FOR_READER = (
@@ -222,6 +239,10 @@ class Chat:
         self.clock = clock
         # The highest cursor any job has emitted; a write publishes up to it.
         self._emitted = hub.published
+        # Events queued for the hub by jobs, and how many the push listeners heard of.
+        self._queued = 0
+        self._queued_told = 0
+        self._push_listeners: list[Callable[[], None]] = []
 
     @property
     def directory(self) -> Directory:
@@ -249,20 +270,45 @@ class Chat:
         subject: str | None = None,
         message_id: str | None = None,
         event_id: str | None = None,
+        push: bool = True,
+        room_order: int | None = None,
     ) -> str:
-        """Record one event in the job's transaction; return its global id."""
+        """Record one event in the job's transaction; return its global id.
+
+        An event of this box that changes a room's shared state is queued for the
+        hub (``pending``) unless *push* is False: events replicated from elsewhere,
+        and local corrections after the hub refused something, stay here.
+        """
         event_id = event_id or self._next_id(conn)
+        pending = push and room_id is not None and type_ in REPLICATED_TYPES
         conn.execute(
-            "INSERT INTO events (id, type, room_id, subject, message_id, payload, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (event_id, type_, room_id, subject, message_id, _dumps(payload), now),
+            "INSERT INTO events (id, type, room_id, subject, message_id, payload, created_at,"
+            " room_order, pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event_id,
+                type_,
+                room_id,
+                subject,
+                message_id,
+                _dumps(payload),
+                now,
+                room_order,
+                int(pending),
+            ),
         )
         self._emitted = max(self._emitted, conn.last_insert_rowid())
+        if pending:
+            self._queued += 1
         return event_id
 
     async def _write(self, job: Callable[[Conn], T]) -> T:
         result = await self._db.write(job)
         await self._publish()
+        if self._queued != self._queued_told:
+            # Live inter-agency chat: the replicator pushes as soon as it hears.
+            self._queued_told = self._queued
+            for listener in self._push_listeners:
+                listener()
         return result
 
     async def _publish(self) -> None:
@@ -663,9 +709,6 @@ class Chat:
             RoomPolicy.check_owner(room, actor.address, "remove members", "นำสมาชิกออก")
             RoomPolicy.check_membership_change(room)
             RoomPolicy.check_remove(room, address)
-            conn.execute(
-                "DELETE FROM members WHERE room_id = ? AND address = ?", (room_id, address)
-            )
             self._emit(
                 conn,
                 "member.removed",
@@ -674,21 +717,7 @@ class Chat:
                 now,
                 subject=address,
             )
-            # They will never read the room's secret messages now; do not wait for them.
-            pending = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT s.message_id FROM secret_unread s"
-                    " JOIN messages m ON m.id = s.message_id WHERE m.room_id = ? AND s.reader = ?",
-                    (room_id, address),
-                )
-            ]
-            conn.execute(
-                "DELETE FROM secret_unread WHERE reader = ? AND message_id IN"
-                " (SELECT id FROM messages WHERE room_id = ?)",
-                (address, room_id),
-            )
-            blobs = self._expire_if_all_read(conn, pending, now)
+            blobs = self._expire_if_all_read(conn, _drop_member(conn, room_id, address), now)
             return replace(room, members=room.members - {address}), blobs
 
         room, blobs = await self._write(job)
@@ -909,19 +938,21 @@ class Chat:
 
         def query(conn: Conn) -> list[Message]:
             self._member_room(conn, room_id, actor.address)
-            bound = 2**62
+            bound = 2**62  # above every position
             if before is not None:
                 row = conn.execute(
-                    "SELECT seq FROM messages WHERE id = ? AND room_id = ?", (before, room_id)
+                    "SELECT position FROM messages WHERE id = ? AND room_id = ?",
+                    (before, room_id),
                 ).fetchone()
                 if row is None:
                     raise not_found("message", "ข้อความ")
                 bound = row[0]
+            # position: the hub's order of the room, then messages not ordered yet.
             rows = conn.execute(
-                _MESSAGE_COLUMNS + " FROM messages m WHERE m.room_id = :room AND m.seq < :bound"  # noqa: S608 (fixed strings; values are bound)
-                f" AND NOT {_GONE_FOR_READER} AND NOT EXISTS (SELECT 1 FROM hidden h"
-                " WHERE h.address = :me AND h.message_id = m.id)"
-                " ORDER BY m.seq DESC LIMIT :limit",
+                _MESSAGE_COLUMNS + " FROM messages m WHERE m.room_id = :room"  # noqa: S608 (fixed strings; values are bound)
+                f" AND m.position < :bound AND NOT {_GONE_FOR_READER} AND NOT EXISTS"
+                " (SELECT 1 FROM hidden h WHERE h.address = :me AND h.message_id = m.id)"
+                " ORDER BY m.position DESC LIMIT :limit",
                 {"room": room_id, "bound": bound, "me": actor.address, "limit": limit},
             ).fetchall()
             return [_message_from_row(r) for r in rows]
@@ -1010,14 +1041,15 @@ class Chat:
             wanted = list(dict.fromkeys(message_ids))
             if up_to is not None:
                 row = conn.execute(
-                    "SELECT seq FROM messages WHERE id = ? AND room_id = ?", (up_to, room_id)
+                    "SELECT position FROM messages WHERE id = ? AND room_id = ?", (up_to, room_id)
                 ).fetchone()
                 if row is None:
                     raise not_found("message", "ข้อความ")
                 wanted += [
                     r[0]
                     for r in conn.execute(
-                        "SELECT id FROM messages WHERE room_id = ? AND seq <= ?", (room_id, row[0])
+                        "SELECT id FROM messages WHERE room_id = ? AND position <= ?",
+                        (room_id, row[0]),
                     )
                 ]
             new: list[str] = []
@@ -1162,7 +1194,8 @@ class Chat:
             self._member_room(conn, room_id, actor.address)
             rows = conn.execute(
                 _MESSAGE_COLUMNS + " FROM messages m WHERE m.room_id = :room AND m.kind = :kind"
-                f" AND m.deleted = 0 AND NOT {_GONE_FOR_READER} ORDER BY m.seq DESC LIMIT :limit",
+                f" AND m.deleted = 0 AND NOT {_GONE_FOR_READER} ORDER BY m.position DESC"
+                " LIMIT :limit",
                 {"room": room_id, "kind": kind, "me": actor.address, "limit": limit},
             ).fetchall()
             return [_message_from_row(r) for r in rows]
@@ -1199,14 +1232,14 @@ class Chat:
                     continue
                 params = {"room": room_id, "me": actor.address}
                 floor = conn.execute(
-                    "SELECT m.seq FROM messages m WHERE m.room_id = :room AND (m.sender = :me"
+                    "SELECT m.position FROM messages m WHERE m.room_id = :room AND (m.sender = :me"
                     " OR EXISTS (SELECT 1 FROM receipts r WHERE r.message_id = m.id"
-                    " AND r.reader = :me)) ORDER BY m.seq DESC LIMIT 1",
+                    " AND r.reader = :me)) ORDER BY m.position DESC LIMIT 1",
                     params,
                 ).fetchone()
                 counted = conn.execute(
                     "SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.room_id = :room"
-                    " AND m.seq > :floor AND m.deleted = 0 AND NOT EXISTS (SELECT 1 FROM"
+                    " AND m.position > :floor AND m.deleted = 0 AND NOT EXISTS (SELECT 1 FROM"
                     " hidden h WHERE h.address = :me AND h.message_id = m.id) LIMIT :cap)",
                     {**params, "floor": floor[0] if floor else 0, "cap": MAX_UNREAD},
                 ).fetchone()
@@ -1215,7 +1248,7 @@ class Chat:
                     _MESSAGE_COLUMNS + " FROM messages m WHERE m.room_id = :room"  # noqa: S608 (fixed strings; values are bound)
                     f" AND NOT {_GONE_FOR_READER} AND NOT EXISTS (SELECT 1 FROM hidden h"
                     " WHERE h.address = :me AND h.message_id = m.id)"
-                    " ORDER BY m.seq DESC LIMIT 1",
+                    " ORDER BY m.position DESC LIMIT 1",
                     params,
                 ).fetchone()
                 last = None if row is None else _message_from_row(row)
@@ -1364,54 +1397,848 @@ class Chat:
         return True
 
     async def apply_remote(self, event: Mapping[str, Any]) -> bool:
-        """Store an event replicated from another box; return False if already held.
+        """Store and apply one event replicated from another box; False if already held.
 
         The idempotence hook of chat sync (DESIGN.md "Sync"): the event's global id is
-        unique in ``events``, so applying one twice has the effect of once. The event
-        is appended with a new local cursor and published to the streams of its room.
-        Materialising its effect on rooms and messages is the replicator's job; it
-        must call this first and act only when it returns True.
+        unique in ``events``, so applying one twice has the effect of once. The sync
+        replicator applies whole pages with `apply_pulled`; this is the one-event form.
         """
-        event_id = event.get("id")
-        type_ = event.get("type")
-        payload = event.get("payload")
-        room_id = event.get("room_id")
-        subject = event.get("subject")
+        from appliance.chat.replication import parse_event
+
+        parsed = parse_event(dict(event))
+        return await self.apply_pulled([parsed]) == 1
+
+    # --- sync with the hub ----------------------------------------------------------
+    #
+    # The edge side (appliance.sync.chat): `outbox` -> the hub -> `settle`, then
+    # `apply_pulled` with the pull cursor. The hub side (appliance.sync.hub.chat):
+    # `accept_pushed`, `hub_pull`, `room_history`. Both sides apply an event with
+    # `_materialise`; on the hub it first checks the event against the hub's state (the
+    # hub is the authority for membership and room rules), on a box it trusts the hub.
+
+    def add_push_listener(self, listener: Callable[[], None]) -> None:
+        """Call *listener* (synchronously) after each write that queued events for the hub."""
+        self._push_listeners.append(listener)
+
+    async def outbox(self, limit: int = 200) -> list[ReplicatedEvent]:
+        """Return up to *limit* of this box's events the hub has not answered, oldest first."""
+
+        def query(conn: Conn) -> list[ReplicatedEvent]:
+            rows = conn.execute(
+                _WIRE_COLUMNS + " WHERE pending = 1 ORDER BY cursor LIMIT ?", (limit,)
+            ).fetchall()
+            return [_wire_event(conn, row) for row in rows]
+
+        return await self._db.read(query)
+
+    async def sync_cursor(self, name: str) -> int:
+        """Return a durable sync cursor (0 before the first commit of it)."""
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT value FROM sync_cursors WHERE name = ?", (name,)
+            ).fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    async def sync_backlog(self) -> int:
+        """Return how many of this box's events wait for the hub's answer."""
+        return int(
+            await self._db.read(
+                lambda conn: _scalar(conn, "SELECT count(*) FROM events WHERE pending = 1")
+            )
+        )
+
+    async def settle(self, answers: Sequence[HubAnswer]) -> tuple[int, int]:
+        """Commit the hub's answers to pushed events; return (accepted, refused).
+
+        Accepted: the event takes the hub's room order and leaves the queue. Refused:
+        it leaves the queue marked with the hub's reason, what it did here is undone
+        where that can be done (a refused message is withdrawn, a refused room closed)
+        and its author gets a ``sync.rejected`` notice on their stream, in Thai and
+        English: never a silent drop. Answers for events not pending are ignored, so
+        an answer applied twice (a retry) has the effect of once.
+        """
+        now = self.clock()
+
+        def job(conn: Conn) -> tuple[int, int, list[str]]:
+            accepted = refused = 0
+            blobs: list[str] = []
+            for answer in answers:
+                row = conn.execute(
+                    _WIRE_COLUMNS + " WHERE id = ? AND pending = 1", (answer.id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                if answer.room_order is not None:
+                    _set_room_order(conn, row[1], row[2], row[7], answer.room_order)
+                    accepted += 1
+                    continue
+                event = _wire_event(conn, row)
+                refusal = {"code": answer.code, "en": answer.message_en, "th": answer.message_th}
+                conn.execute(
+                    "UPDATE events SET pending = 0, refusal = ? WHERE id = ?",
+                    (_dumps(refusal), answer.id),
+                )
+                blobs += self._undo_refused(conn, event, answer, now)
+                refused += 1
+            return accepted, refused, blobs
+
+        accepted, refused, blobs = await self._write(job)
+        await self._delete_blobs(blobs)
+        return accepted, refused
+
+    def _undo_refused(
+        self, conn: Conn, event: ReplicatedEvent, answer: HubAnswer, now: float
+    ) -> list[str]:
+        """Take back what a refused event did on this box; tell its author. Return blobs."""
+        blobs: list[str] = []
+        room_id = event.room_id
+        notice: dict[str, Any] = {
+            "event_id": event.id,
+            "event_type": event.type,
+            "room_id": room_id,
+            "code": answer.code,
+            "message_en": answer.message_en,
+            "message_th": answer.message_th,
+        }
+        if event.type == "message.posted":
+            snapshot = event.message or {}
+            content = snapshot.get("content")
+            if isinstance(content, dict) and not snapshot.get("secret"):
+                # The author's own words, so they can send them again elsewhere.
+                notice["content"] = content
+            if conn.execute("SELECT 1 FROM messages WHERE id = ?", (event.id,)).fetchone():
+                blobs += _remove_messages(conn, [event.id])
+                self._emit(
+                    conn,
+                    "message.expired",
+                    room_id,
+                    {"message_id": event.id, "reason": "rejected"},
+                    now,
+                    message_id=event.id,
+                    push=False,
+                )
+        elif event.type == "room.created":
+            room = self._room(conn, room_id)
+            if room is not None and not room.deleted:
+                ids = [
+                    r[0]
+                    for r in conn.execute("SELECT id FROM messages WHERE room_id = ?", (room_id,))
+                ]
+                blobs += _remove_messages(conn, ids)
+                conn.execute("UPDATE rooms SET deleted = 1, pair = NULL WHERE id = ?", (room_id,))
+                self._emit(
+                    conn, "room.deleted", room_id, {"by": "hub", "reason": answer.code}, now,
+                    push=False,
+                )  # fmt: skip
+        elif event.type == "member.added":
+            added = event.payload.get("addresses")
+            for address in added if isinstance(added, list) else []:
+                if (
+                    isinstance(address, str)
+                    and conn.execute(
+                        "SELECT 1 FROM members WHERE room_id = ? AND address = ?",
+                        (room_id, address),
+                    ).fetchone()
+                ):
+                    blobs += self._expire_if_all_read(
+                        conn, _drop_member(conn, room_id, address), now
+                    )
+                    self._emit(
+                        conn, "member.removed", room_id, {"address": address, "by": "hub"}, now,
+                        subject=address, push=False,
+                    )  # fmt: skip
+        elif event.type == "member.removed":
+            address = event.payload.get("address")
+            room = self._room(conn, room_id)
+            if isinstance(address, str) and room is not None and not room.deleted:
+                conn.execute(
+                    "INSERT OR IGNORE INTO members (room_id, address, added_at) VALUES (?, ?, ?)",
+                    (room_id, address, now),
+                )
+                if conn.changes():
+                    self._emit(
+                        conn, "member.added", room_id, {"addresses": [address], "by": "hub"},
+                        now, push=False,
+                    )  # fmt: skip
+        author = event.actor()
+        if author is not None:
+            self._emit(conn, REJECTED_TYPE, None, notice, now, subject=author, push=False)
+        return blobs
+
+    async def apply_pulled(
+        self, events: Sequence[ReplicatedEvent], *, cursor: tuple[str, int] | None = None
+    ) -> int:
+        """Apply events the hub ordered, and move the pull *cursor*, in one transaction.
+
+        An event already held only takes its room order (that is how the echo of this
+        box's own event confirms it when the push's answer was lost); a new one is
+        applied to rooms and messages and published to the local streams like a local
+        change. Returns how many events were new here.
+        """
+
+        def job(conn: Conn) -> tuple[int, list[str]]:
+            new = 0
+            blobs: list[str] = []
+            for event in events:
+                held = conn.execute(
+                    "SELECT type, message_id, room_order FROM events WHERE id = ?", (event.id,)
+                ).fetchone()
+                if held is not None:
+                    if held[2] is None and event.room_order is not None:
+                        _set_room_order(conn, event.id, held[0], held[1], event.room_order)
+                    continue
+                conn.execute("SAVEPOINT pulled")
+                try:
+                    blobs += self._materialise(conn, event, None)
+                except (ChatError, apsw.ConstraintError, KeyError, TypeError, ValueError) as exc:
+                    # The hub ordered it, so it stands; what cannot be applied here
+                    # (a row this box never had) is skipped, the event still recorded.
+                    conn.execute("ROLLBACK TO pulled")
+                    _log.warning("chat sync: event %s not applied here: %s", event.id, exc)
+                conn.execute("RELEASE pulled")
+                self._record_replicated(conn, event, event.room_order)
+                new += 1
+            if cursor is not None:
+                conn.execute(
+                    "INSERT INTO sync_cursors (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    cursor,
+                )
+            return new, blobs
+
+        new, blobs = await self._write(job)
+        await self._delete_blobs(blobs)
+        return new
+
+    async def rooms_needing_history(
+        self, events: Sequence[ReplicatedEvent], domain: str
+    ) -> list[tuple[str, int]]:
+        """Return (room, room order) for pulled events whose room's past is missing here.
+
+        The hub sends a box the events of rooms its agency is in *now*; a room that
+        gains its first member here brings events from before that this box never
+        received. For each such room this names the first event that needs them.
+        """
+
+        def query(conn: Conn) -> list[tuple[str, int]]:
+            found: dict[str, int] = {}
+            created: set[str] = set()
+            for event in events:
+                if event.room_id in found or event.room_order is None:
+                    continue
+                if event.type == "room.created":
+                    created.add(event.room_id)
+                    continue
+                if event.room_id in created:
+                    continue
+                room = self._room(conn, event.room_id)
+                if room is None:
+                    found[event.room_id] = event.room_order
+                elif event.type == "member.added" and not any(
+                    _domain_of(a) == domain for a in room.members
+                ):
+                    added = event.payload.get("addresses")
+                    if isinstance(added, list) and any(
+                        isinstance(a, str) and _domain_of(a) == domain for a in added
+                    ):
+                        found[event.room_id] = event.room_order
+            return list(found.items())
+
+        return await self._db.read(query)
+
+    def _record_replicated(
+        self, conn: Conn, event: ReplicatedEvent, room_order: int | None
+    ) -> None:
+        """Store a replicated event (never pushed again) and keep its origin's sequence."""
+        origin, _, seq = event.id.rpartition(":")
+        # A box restored from a backup must not hand out ids it already used.
+        conn.execute(
+            "INSERT INTO origins (origin, seq) VALUES (?, ?) ON CONFLICT (origin)"
+            " DO UPDATE SET seq = max(seq, excluded.seq)",
+            (origin, int(seq)),
+        )
+        message_id = event.payload.get("message_id")
+        if event.type in ("message.posted",):
+            message_id = event.id
+        self._emit(
+            conn,
+            event.type,
+            event.room_id,
+            event.payload,
+            event.created_at,
+            subject=event.subject,
+            message_id=message_id if isinstance(message_id, str) else None,
+            event_id=event.id,
+            push=False,
+            room_order=room_order,
+        )
+        if room_order is not None and event.type == "message.posted":
+            conn.execute("UPDATE messages SET room_order = ? WHERE id = ?", (room_order, event.id))
+
+    # --- the hub's side ---
+
+    async def accept_pushed(
+        self,
+        origin: str,
+        authority: Authority,
+        items: Sequence[ReplicatedEvent | tuple[str, ChatError]],
+    ) -> list[HubAnswer]:
+        """Check and apply events pushed by box *origin*, in order (hub side).
+
+        Each event is answered: already held -> accepted with its order, no effect;
+        otherwise checked against this hub's state and the room rules, applied and
+        given the next position in its room, or refused with the rule's reason. An
+        *item* that is ``(id, error)`` did not parse and is refused as such. All in
+        one transaction: the answers are sent only after it is committed.
+        """
+
+        def job(conn: Conn) -> tuple[list[HubAnswer], list[str]]:
+            self._order_own(conn)
+            answers: list[HubAnswer] = []
+            blobs: list[str] = []
+            for item in items:
+                if isinstance(item, tuple):
+                    answers.append(HubAnswer.refused(*item))
+                    continue
+                event = item
+                if event.origin != origin:
+                    answers.append(HubAnswer.refused(event.id, _foreign_origin()))
+                    continue
+                held = conn.execute(
+                    "SELECT room_order, type, message_id FROM events WHERE id = ?", (event.id,)
+                ).fetchone()
+                if held is not None:
+                    order = held[0]
+                    if order is None:  # not expected: an own event of this hub's
+                        order = _next_room_order(conn, event.room_id)
+                        _set_room_order(conn, event.id, held[1], held[2], order)
+                    answers.append(HubAnswer(event.id, int(order)))
+                    continue
+                conn.execute("SAVEPOINT pushed")
+                try:
+                    blobs += self._materialise(conn, event, authority)
+                    order = _next_room_order(conn, event.room_id)
+                    self._record_replicated(conn, event, order)
+                except ChatError as exc:
+                    conn.execute("ROLLBACK TO pushed")
+                    answers.append(HubAnswer.refused(event.id, exc))
+                except apsw.ConstraintError as exc:
+                    conn.execute("ROLLBACK TO pushed")
+                    answers.append(HubAnswer.refused(event.id, _conflict(str(exc))))
+                except (KeyError, TypeError, ValueError) as exc:
+                    conn.execute("ROLLBACK TO pushed")
+                    answers.append(HubAnswer.refused(event.id, invalid(str(exc)[:200])))
+                else:
+                    answers.append(HubAnswer(event.id, order))
+                conn.execute("RELEASE pushed")
+            return answers, blobs
+
+        answers, blobs = await self._write(job)
+        await self._delete_blobs(blobs)
+        return answers
+
+    def _order_own(self, conn: Conn) -> None:
+        """Give this hub's own pending events their room order (it answers for itself)."""
+        rows = conn.execute(
+            "SELECT id, room_id, type, message_id FROM events WHERE pending = 1 ORDER BY cursor"
+        ).fetchall()
+        for event_id, room_id, type_, message_id in cast(list[tuple[str, str, str, Any]], rows):
+            _set_room_order(conn, event_id, type_, message_id, _next_room_order(conn, room_id))
+
+    async def hub_pull(
+        self, domain: str, after: int, limit: int
+    ) -> tuple[list[ReplicatedEvent], int, bool]:
+        """Return the ordered events an agency's box needs after *after* (hub side).
+
+        The events of rooms with a member of *domain* now, and the events that concern
+        one of its people (their removal), in this hub's cursor order. The returned
+        cursor never passes an event of this hub that is not ordered yet, so a pull
+        never skips one; the hub's own events are ordered first.
+        """
+        limit = max(1, min(limit, MAX_PAGE))
+        if await self.sync_backlog():
+            await self._db.write(self._order_own)
+
+        def query(conn: Conn) -> tuple[list[ReplicatedEvent], int, bool]:
+            head = _scalar(conn, "SELECT coalesce(max(cursor), 0) FROM events")
+            first_pending = conn.execute(
+                "SELECT min(cursor) FROM events WHERE pending = 1"
+            ).fetchone()
+            if first_pending and first_pending[0] is not None:
+                head = min(head, int(first_pending[0]) - 1)
+            rooms = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT room_id FROM members"
+                    " WHERE substr(address, instr(address, '@') + 1) = ?",
+                    (domain,),
+                )
+            ]
+            rows = conn.execute(
+                _WIRE_COLUMNS + " WHERE cursor > :after AND cursor <= :head"  # noqa: S608 (fixed strings; values are bound)
+                " AND room_order IS NOT NULL AND (room_id IN (SELECT value FROM json_each(:rooms))"
+                " OR substr(subject, instr(subject, '@') + 1) = :domain)"
+                " ORDER BY cursor LIMIT :limit",
+                {
+                    "after": after,
+                    "head": head,
+                    "rooms": json.dumps(rooms),
+                    "domain": domain,
+                    "limit": limit + 1,
+                },
+            ).fetchall()
+            events = [_wire_event(conn, r) for r in rows[:limit]]
+            if len(rows) > limit:
+                return events, int(cast(int, rows[limit - 1][0])), True
+            return events, max(after, head), False
+
+        return await self._db.read(query)
+
+    async def room_history(
+        self, domain: str, room_id: str, before_order: int, after_order: int, limit: int
+    ) -> tuple[list[ReplicatedEvent], bool]:
+        """Return a room's ordered events between two orders, for a box of *domain* (hub).
+
+        Only for a room that has a member of *domain*: what a box may learn of a room
+        is what its people may read (new members read the whole history).
+        """
+        limit = max(1, min(limit, MAX_PAGE))
+
+        def query(conn: Conn) -> tuple[list[ReplicatedEvent], bool]:
+            member = conn.execute(
+                "SELECT 1 FROM members WHERE room_id = ?"
+                " AND substr(address, instr(address, '@') + 1) = ? LIMIT 1",
+                (room_id, domain),
+            ).fetchone()
+            if member is None:
+                raise not_found("room", "ห้องสนทนา")
+            rows = conn.execute(
+                _WIRE_COLUMNS + " WHERE room_id = ? AND room_order > ? AND room_order < ?"
+                " ORDER BY room_order LIMIT ?",
+                (room_id, after_order, before_order, limit + 1),
+            ).fetchall()
+            return [_wire_event(conn, r) for r in rows[:limit]], len(rows) > limit
+
+        return await self._db.read(query)
+
+    # --- applying a replicated event ---
+
+    def _materialise(
+        self, conn: Conn, event: ReplicatedEvent, authority: Authority | None
+    ) -> list[str]:
+        """Apply *event*'s effect to rooms and messages; return blobs to delete.
+
+        With an *authority* (the hub) the event is first checked against this
+        database's state with the same `RoomPolicy` rules a local request meets, and
+        a refusal raises `ChatError`. Without one (a box applying what the hub
+        ordered) it is applied as far as this box holds what it refers to.
+        """
+        p = event.payload
+        if event.type == "room.created":
+            self._materialise_room(conn, event, authority)
+            return []
+        room = self._room(conn, event.room_id)
+        if room is None or room.deleted:
+            if authority is not None:
+                raise not_found("room", "ห้องสนทนา")
+            return []
+        actor = event.actor()
+        if authority is not None:
+            if event.type == "member.added" and p.get("by") == "audience":
+                pass  # checked below: staff joining a broadcast's audience themselves
+            elif event.type == "message.edited":
+                pass  # the actor is the message's sender, checked below
+            else:
+                authority.check_actor(actor)
+                if actor not in room.members:
+                    raise not_found("room", "ห้องสนทนา")
+        handler = _MATERIALISERS[event.type]
+        return handler(self, conn, event, room, authority)
+
+    def _materialise_room(
+        self, conn: Conn, event: ReplicatedEvent, authority: Authority | None
+    ) -> None:
+        data = _field(event.payload, "room", dict)
+        addresses = _field(event.payload, "addresses", list)
+        kind = data.get("kind")
+        if kind not in ROOM_KINDS or event.room_id != event.id:
+            raise invalid("room.created names its kind and has the room's id")
+        if not addresses or not all(isinstance(a, str) for a in addresses):
+            raise invalid("a room has member addresses")
+        name = data.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
+            raise invalid("name")
+        owner = _field(data, "owner", str)
+        created_by = _field(data, "created_by", str)
+        options = parse_options(_field(data, "options", dict), kind)
+        if self._room(conn, event.room_id) is not None:
+            return
+        members = frozenset(addresses)
+        pair = " ".join(sorted(members)) if kind == "direct" else None
+        if authority is not None:
+            authority.check_actor(created_by)
+            for address in sorted(members):
+                RoomPolicy.check_member_candidate(address, authority.users.get(address))
+            if owner != created_by or created_by not in members:
+                raise invalid("a new room is owned by its creator, who is a member")
+            if len(members) > MAX_MEMBERS:
+                raise ChatError(
+                    422, "too_many_members", f"A room holds at most {MAX_MEMBERS} members",
+                    f"ห้องหนึ่งมีสมาชิกได้ไม่เกิน {MAX_MEMBERS} คน",
+                )  # fmt: skip
+            if kind == "direct" and len(members) != 2:
+                raise invalid("a direct room has two members")
+            if not options.posters <= members:
+                raise _posters_not_members()
         if (
-            not isinstance(event_id, str)
-            or not _EVENT_ID.fullmatch(event_id)
-            or not isinstance(type_, str)
-            or not isinstance(payload, Mapping)
-            or not (room_id is None or isinstance(room_id, str))
-            or not (subject is None or isinstance(subject, str))
+            pair is not None
+            and conn.execute("SELECT 1 FROM rooms WHERE pair = ?", (pair,)).fetchone()
         ):
-            raise ChatError(422, "invalid_event", "not a chat event", "ไม่ใช่เหตุการณ์ของแชต")
-        origin, _, seq = event_id.rpartition(":")
-        created = event.get("created_at")
-        created_at = float(created) if isinstance(created, (int, float)) else self.clock()
+            if authority is not None:
+                raise ChatError(
+                    409,
+                    "direct_exists",
+                    "These two people already have a direct chat; use that one",
+                    "ทั้งสองท่านมีห้องสนทนาส่วนตัวอยู่แล้ว กรุณาใช้ห้องนั้น",
+                )
+            pair = None  # this box's own duplicate will be refused by the hub
+        created_at = data.get("created_at")
+        room = Room(
+            event.room_id,
+            kind,
+            name,
+            owner,
+            created_by,
+            options,
+            float(created_at) if isinstance(created_at, (int, float)) else event.created_at,
+            members=members,
+        )
+        _insert_room(conn, room, pair=pair)
 
-        def job(conn: Conn) -> bool:
-            if conn.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
-                return False
+    def _apply_renamed(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        name = event.payload.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
+            raise invalid("name")
+        if authority is not None:
+            _check_owner_change(room, event.actor(), "change the room", "เปลี่ยนแปลงห้อง")
+        conn.execute("UPDATE rooms SET name = ? WHERE id = ?", (name, room.id))
+        return []
+
+    def _apply_updated(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        merged = {**_field(event.payload, "options", dict)}
+        merged["audience"] = room.options.to_json()["audience"]  # fixed at creation
+        parsed = parse_options(merged, room.kind)
+        if authority is not None:
+            _check_owner_change(room, event.actor(), "change the room", "เปลี่ยนแปลงห้อง")
+            if not parsed.posters <= room.members:
+                raise _posters_not_members()
+        conn.execute("UPDATE rooms SET options = ? WHERE id = ?", (parsed.dumps(), room.id))
+        return []
+
+    def _apply_deleted_room(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        if authority is not None:
+            RoomPolicy.check_owner(room, str(event.actor()), "delete the room", "ลบห้อง")
+        ids = [r[0] for r in conn.execute("SELECT id FROM messages WHERE room_id = ?", (room.id,))]
+        blobs = _remove_messages(conn, ids)
+        conn.execute("UPDATE rooms SET deleted = 1, pair = NULL WHERE id = ?", (room.id,))
+        return blobs
+
+    def _apply_owner(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        owner = _field(event.payload, "owner", str)
+        if authority is not None:
+            actor = str(event.actor())
+            RoomPolicy.check_owner(room, actor, "transfer ownership", "โอนความเป็นเจ้าของ")
+            RoomPolicy.check_transfer(room, owner)
+        conn.execute("UPDATE rooms SET owner = ? WHERE id = ?", (owner, room.id))
+        return []
+
+    def _apply_added(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        added = _field(event.payload, "addresses", list)
+        if not all(isinstance(a, str) for a in added):
+            raise invalid("addresses")
+        if authority is not None:
+            if event.payload.get("by") == "audience":
+                # Staff join a broadcast's audience at sign-in, on their own box.
+                for address in added:
+                    authority.check_actor(address)
+                    user = authority.users.get(address)
+                    assert user is not None  # check_actor found them
+                    if room.kind != "broadcast" or room.options.audience_agency != (
+                        user.agency_domain
+                    ):
+                        raise ChatError(
+                            403, "not_audience", "Not in this broadcast's audience",
+                            "ไม่อยู่ในกลุ่มผู้รับของห้องประกาศนี้",
+                        )  # fmt: skip
+            else:
+                _check_owner_change(room, event.actor(), "add members", "เพิ่มสมาชิก")
+            for address in added:
+                RoomPolicy.check_member_candidate(address, authority.users.get(address))
+            if len(room.members | set(added)) > MAX_MEMBERS:
+                raise ChatError(
+                    422, "too_many_members", f"A room holds at most {MAX_MEMBERS} members",
+                    f"ห้องหนึ่งมีสมาชิกได้ไม่เกิน {MAX_MEMBERS} คน",
+                )  # fmt: skip
+        conn.executemany(
+            "INSERT OR IGNORE INTO members (room_id, address, added_at) VALUES (?, ?, ?)",
+            [(room.id, a, event.created_at) for a in added],
+        )
+        return []
+
+    def _apply_removed(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        address = _field(event.payload, "address", str)
+        if authority is not None:
+            _check_owner_change(room, event.actor(), "remove members", "นำสมาชิกออก")
+            RoomPolicy.check_remove(room, address)
+        if address not in room.members:
+            return []
+        pending = _drop_member(conn, room.id, address)
+        return self._expire_if_all_read(conn, pending, event.created_at)
+
+    def _apply_posted(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        snapshot = event.message
+        if snapshot is None:
+            shown = event.payload.get("message")
+            snapshot = shown if isinstance(shown, dict) else None
+        if snapshot is None or "sender" not in snapshot:
+            # Scrubbed before it was pushed (removed with its room, or a secret message
+            # gone): there is nothing left to apply, only its place in the order.
+            if authority is not None and event.payload.get("removed") is not True:
+                raise invalid("message.posted without its message")
+            return []
+        sender = _field(snapshot, "sender", str)
+        kind = snapshot.get("kind")
+        content = _field(snapshot, "content", dict)
+        if kind not in MESSAGE_KINDS:
+            raise invalid("message kind")
+        deleted = bool(snapshot.get("deleted"))
+        secret = room.kind == "secret"
+        if authority is not None:
+            authority.check_actor(sender)
+            if sender not in room.members:
+                raise not_found("room", "ห้องสนทนา")
+            if not deleted:
+                RoomPolicy.check_post(
+                    room, sender, event.created_at, has_location="location" in content
+                )
+        reply_to = snapshot.get("reply_to")
+        client_id = snapshot.get("client_id")
+        if (
+            not isinstance(client_id, str)
+            or conn.execute(
+                "SELECT 1 FROM messages WHERE sender = ? AND client_id = ?", (sender, client_id)
+            ).fetchone()
+        ):
+            client_id = None
+        expires = snapshot.get("expires_at")
+        expires_at = (
+            (float(expires) if isinstance(expires, (int, float)) else event.created_at
+             + room.options.secret_ttl) if secret else None
+        )  # fmt: skip
+        edited = snapshot.get("edited_at")
+        conn.execute(
+            "INSERT INTO messages (id, room_id, sender, kind, content, reply_to, client_id,"
+            " created_at, edited_at, deleted, secret, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                room.id,
+                sender,
+                kind,
+                _dumps({} if deleted else content),
+                reply_to if isinstance(reply_to, str) else None,
+                client_id,
+                event.created_at,
+                float(edited) if isinstance(edited, (int, float)) else None,
+                int(deleted),
+                int(secret),
+                expires_at,
+            ),
+        )
+        if not deleted:
             conn.execute(
-                "INSERT INTO origins (origin, seq) VALUES (?, ?) ON CONFLICT (origin)"
-                " DO UPDATE SET seq = max(seq, excluded.seq)",
-                (origin, int(seq)),
+                "INSERT INTO message_text (rowid, text) VALUES (?, ?)",
+                (conn.last_insert_rowid(), searchable_text(content)),
             )
-            message_id = payload.get("message_id")
-            self._emit(
-                conn,
-                type_,
-                room_id,
-                payload,
-                created_at,
-                subject=subject,
-                message_id=message_id if isinstance(message_id, str) else None,
-                event_id=event_id,
-            )
-            return True
+            if secret:
+                conn.executemany(
+                    "INSERT INTO secret_unread (message_id, reader) VALUES (?, ?)",
+                    [(event.id, a) for a in sorted(room.members - {sender})],
+                )
+        return []
 
-        return await self._write(job)
+    def _target(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> Message | None:
+        """Return the message an edit or deletion is about (None: not held here)."""
+        message_id = _field(event.payload, "message_id", str)
+        row = conn.execute(
+            _MESSAGE_COLUMNS + " FROM messages m WHERE m.id = ? AND m.room_id = ?",
+            (message_id, room.id),
+        ).fetchone()
+        if row is None:
+            if authority is not None:
+                raise not_found("message", "ข้อความ")
+            return None
+        return _message_from_row(row)
+
+    def _apply_edited(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        message = self._target(conn, event, room, authority)
+        if message is None:
+            return []
+        if authority is not None:
+            authority.check_actor(event.actor())
+            RoomPolicy.check_author(message, str(event.actor()), "edit", "แก้ไข")
+        elif message.deleted:
+            return []
+        # A secret message's new text travels only in the snapshot, never in the event.
+        source = event.message if message.secret and event.message else event.payload
+        content = _field(source, "content", dict)
+        edited = event.payload.get("edited_at")
+        conn.execute(
+            "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?",
+            (
+                _dumps(content),
+                float(edited) if isinstance(edited, (int, float)) else event.created_at,
+                message.id,
+            ),
+        )
+        seq = _scalar(conn, "SELECT seq FROM messages WHERE id = ?", (message.id,))
+        conn.execute("DELETE FROM message_text WHERE rowid = ?", (seq,))
+        conn.execute(
+            "INSERT INTO message_text (rowid, text) VALUES (?, ?)",
+            (seq, searchable_text(content)),
+        )
+        return []
+
+    def _apply_deleted_message(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        message = self._target(conn, event, room, authority)
+        if message is None:
+            return []
+        if authority is not None:
+            RoomPolicy.check_author(message, str(event.actor()), "delete", "ลบ")
+        elif message.deleted:
+            return []
+        blobs = _remove_content(conn, message.id)
+        conn.execute(
+            "UPDATE messages SET deleted = 1, content = '{}', blob_id = NULL WHERE id = ?",
+            (message.id,),
+        )
+        return blobs
+
+    def _apply_receipt(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        reader = _field(event.payload, "reader", str)
+        ids = _field(event.payload, "message_ids", list)
+        read_at = event.payload.get("read_at")
+        at = float(read_at) if isinstance(read_at, (int, float)) else event.created_at
+        secret: list[str] = []
+        for message_id in ids:
+            if not isinstance(message_id, str):
+                raise invalid("message_ids")
+            row = conn.execute(
+                "SELECT sender, deleted, secret FROM messages WHERE id = ? AND room_id = ?",
+                (message_id, room.id),
+            ).fetchone()
+            if row is None or row[0] == reader or row[1]:
+                continue
+            conn.execute(
+                "INSERT OR IGNORE INTO receipts (message_id, reader, read_at) VALUES (?, ?, ?)",
+                (message_id, reader, at),
+            )
+            if conn.changes() and row[2]:
+                secret.append(message_id)
+                conn.execute(
+                    "DELETE FROM secret_unread WHERE message_id = ? AND reader = ?",
+                    (message_id, reader),
+                )
+        return self._expire_if_all_read(conn, secret, event.created_at)
+
+    def _apply_invitation(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        invitation = _field(event.payload, "invitation", dict)
+        organiser = _field(invitation, "organiser", str)
+        title = _field(invitation, "title", str)
+        starts_at = _field(invitation, "starts_at", str)
+        ends_at, place = invitation.get("ends_at"), invitation.get("place")
+        invitees = [
+            i.get("address") for i in _field(invitation, "invitees", list) if isinstance(i, dict)
+        ]
+        if not all(isinstance(a, str) for a in invitees) or invitation.get("id") != event.id:
+            raise invalid("invitation")
+        if authority is not None:
+            RoomPolicy.check_post(room, organiser, event.created_at, has_location=True)
+            if not set(invitees) <= room.members:
+                raise ChatError(
+                    422, "invitee_not_member", "Invite only members of the room",
+                    "เชิญได้เฉพาะสมาชิกของห้องเท่านั้น",
+                )  # fmt: skip
+        conn.execute(
+            "INSERT OR IGNORE INTO invitations (id, room_id, organiser, title, starts_at,"
+            " ends_at, place, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                room.id,
+                organiser,
+                title[:MAX_LABEL],
+                starts_at,
+                ends_at if isinstance(ends_at, str) else None,
+                place if isinstance(place, str) else None,
+                event.created_at,
+            ),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO invitees (invitation_id, address) VALUES (?, ?)",
+            [(event.id, a) for a in invitees],
+        )
+        return []
+
+    def _apply_answered(
+        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+    ) -> list[str]:
+        invitation_id = _field(event.payload, "invitation_id", str)
+        address = _field(event.payload, "address", str)
+        answer = event.payload.get("answer")
+        if answer not in ("accept", "decline"):
+            raise invalid("answer")
+        answered = event.payload.get("answered_at")
+        conn.execute(
+            "UPDATE invitees SET answer = ?, answered_at = ? WHERE invitation_id = ?"
+            " AND address = ? AND invitation_id IN (SELECT id FROM invitations WHERE room_id = ?)",
+            (
+                answer,
+                float(answered) if isinstance(answered, (int, float)) else event.created_at,
+                invitation_id,
+                address,
+                room.id,
+            ),
+        )
+        if authority is not None and not conn.changes():
+            raise ChatError(
+                403, "not_invited", "You are not invited to this event", "ท่านไม่ได้รับเชิญในกิจกรรมนี้"
+            )
+        return []
 
     # --- invitations ------------------------------------------------------------
 
@@ -1788,7 +2615,159 @@ class Chat:
         return count
 
 
+_Materialiser = Callable[["Chat", Conn, ReplicatedEvent, Room, "Authority | None"], list[str]]
+
+#: How each replicated event type (other than room.created) is applied.
+_MATERIALISERS: dict[str, _Materialiser] = {
+    "room.renamed": Chat._apply_renamed,
+    "room.updated": Chat._apply_updated,
+    "room.deleted": Chat._apply_deleted_room,
+    "room.owner_changed": Chat._apply_owner,
+    "member.added": Chat._apply_added,
+    "member.removed": Chat._apply_removed,
+    "message.posted": Chat._apply_posted,
+    "message.edited": Chat._apply_edited,
+    "message.deleted": Chat._apply_deleted_message,
+    "receipt": Chat._apply_receipt,
+    "invitation.created": Chat._apply_invitation,
+    "invitation.answered": Chat._apply_answered,
+}
+
+
+@dataclass(frozen=True)
+class Authority:
+    """What the hub checks a box's pushed events against (`Chat.accept_pushed`).
+
+    A box acts only for its own agency's people: every actor must be a user of
+    *domain* in the hub's directory. *users* holds the directory entries of everyone
+    the batch names (looked up before the write, as every chat job does).
+    """
+
+    domain: str
+    users: Mapping[str, User | None]
+
+    def check_actor(self, address: str | None) -> None:
+        user = self.users.get(address) if address else None
+        if user is None or user.disabled or user.agency_domain != self.domain:
+            raise ChatError(
+                403,
+                "not_your_agency",
+                f"{address} is not a user of {self.domain}; a box acts only for its own people",
+                f"{address} ไม่ใช่ผู้ใช้ของ {self.domain} เครื่องแต่ละหน่วยงานทำรายการได้เฉพาะผู้ใช้ของตนเท่านั้น",
+            )
+
+
 # --- helpers run inside jobs -------------------------------------------------------
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type[T]) -> T:
+    """Return ``data[key]`` if it is a *kind*, else refuse the event as malformed."""
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise invalid(f"{key} must be a {kind.__name__}")
+    return value
+
+
+def _check_owner_change(room: Room, actor: str | None, action_en: str, action_th: str) -> None:
+    RoomPolicy.check_owner(room, str(actor), action_en, action_th)
+    RoomPolicy.check_membership_change(room)
+
+
+def _drop_member(conn: Conn, room_id: str, address: str) -> list[str]:
+    """Take *address* out of a room; return the secret messages no longer waiting for them.
+
+    They will never read the room's secret messages now, so nobody waits for them (the
+    caller expires those everyone else has read).
+    """
+    conn.execute("DELETE FROM members WHERE room_id = ? AND address = ?", (room_id, address))
+    pending = [
+        r[0]
+        for r in conn.execute(
+            "SELECT s.message_id FROM secret_unread s"
+            " JOIN messages m ON m.id = s.message_id WHERE m.room_id = ? AND s.reader = ?",
+            (room_id, address),
+        )
+    ]
+    conn.execute(
+        "DELETE FROM secret_unread WHERE reader = ? AND message_id IN"
+        " (SELECT id FROM messages WHERE room_id = ?)",
+        (address, room_id),
+    )
+    return pending
+
+
+def _message_snapshot(conn: Conn, message_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        _MESSAGE_COLUMNS + " FROM messages m WHERE m.id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    snapshot = _message_from_row(row).to_json()
+    del snapshot["hidden"]  # one reader's view, not the message
+    return snapshot
+
+
+def _wire_event(conn: Conn, row: Sequence[Any]) -> ReplicatedEvent:
+    """Return a stored event (a `_WIRE_COLUMNS` row) as sync sends it."""
+    snapshot = None
+    if row[2] in SNAPSHOT_TYPES and row[7] is not None:
+        snapshot = _message_snapshot(conn, row[7])
+    return ReplicatedEvent(
+        id=row[1],
+        type=row[2],
+        room_id=row[3],
+        subject=row[4],
+        payload=json.loads(row[5]),
+        created_at=row[6],
+        message=snapshot,
+        room_order=row[8],
+    )
+
+
+def _next_room_order(conn: Conn, room_id: str) -> int:
+    return int(
+        _scalar(
+            conn,
+            "SELECT coalesce(max(room_order), 0) + 1 FROM events"
+            " WHERE room_id = ? AND room_order IS NOT NULL",
+            (room_id,),
+        )
+    )
+
+
+def _set_room_order(
+    conn: Conn, event_id: str, type_: str, message_id: str | None, room_order: int
+) -> None:
+    """Give an event (and the message it posted) its room order; it leaves the queue."""
+    conn.execute(
+        "UPDATE events SET room_order = ?, pending = 0 WHERE id = ?", (room_order, event_id)
+    )
+    if type_ == "message.posted":
+        conn.execute(
+            "UPDATE messages SET room_order = ? WHERE id = ?", (room_order, message_id or event_id)
+        )
+
+
+def _foreign_origin() -> ChatError:
+    return ChatError(
+        403,
+        "foreign_origin",
+        "A box pushes only events it made itself",
+        "เครื่องแต่ละเครื่องส่งได้เฉพาะเหตุการณ์ที่เกิดขึ้นบนเครื่องของตนเท่านั้น",
+    )
+
+
+def _conflict(detail: str) -> ChatError:
+    return ChatError(
+        409,
+        "conflict",
+        f"The change conflicts with the room's state at the centre ({detail})",
+        "การเปลี่ยนแปลงนี้ขัดกับสถานะของห้องที่ศูนย์กลาง",
+    )
 
 
 def _scalar(conn: Conn, sql: str, params: Sequence[Any] = ()) -> Any:

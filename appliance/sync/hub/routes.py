@@ -7,6 +7,7 @@ exactly this list (plus the enrolment routes, which belong to the server itself)
 from __future__ import annotations
 
 from appliance.box import Box
+from appliance.sync.hub.chat import chat_hub_routes
 from appliance.sync.hub.directory import directory_routes
 from appliance.sync.transport import JSON, Peer, SyncRoute
 
@@ -23,6 +24,5 @@ def hub_sync_routes(box: Box) -> list[SyncRoute]:
     """Return every sync route the hub *box* serves."""
     routes = [SyncRoute(PING_PATH, _ping, max_body=4096)]
     routes += directory_routes(box)
-    # --- chat (appliance.sync.hub.chat, owned by the chat stream) ------------------
-    # routes += chat_routes(box, ...)
+    routes += chat_hub_routes(box)
     return routes

@@ -1,0 +1,208 @@
+"""The box's side of chat sync: push its new events to the hub, pull its rooms' events.
+
+One round (`ChatReplicator.sync_once`):
+
+1. **Push.** The box's own events the hub has not answered (``events.pending``, in
+   the order they were made) go in batches of `BATCH`. The hub answers each:
+   accepted with its room order, or refused with a reason. The answers are
+   committed (`Chat.settle`) before the next batch is read, so the queue moves only
+   past events whose answer is on disk; a batch sent again after a cut (answer lost)
+   is answered again with the same orders and no second effect.
+2. **Pull.** The events of the box's rooms after the durable pull cursor come back
+   in the hub's order; each page is applied and the cursor moved in one transaction
+   (`Chat.apply_pulled`). A room the box's agency has just joined brings its earlier
+   events first (``/history``). Applying an event twice has the effect of once.
+
+Rounds run at start-up, when a local event is written (so live chat between agencies
+is quick), every `POLL_INTERVAL` for news from the hub, and after a failure with
+exponential back-off; `wake` starts one at once (the link monitor calls it when the
+link comes back). Every round drains what is waiting in bounded batches, so catch-up
+after a week's cut sends everything, not just the latest. Timing reads the `Clock`.
+
+What this is not: the link to the hub (a `HubCall`: HTTPS with mutual TLS in
+production, a direct call in tests) or the rules (the hub's, `appliance.sync.hub.chat`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from appliance.box import Box
+from appliance.chat.errors import ChatError
+from appliance.chat.replication import PulledPage, parse_answers, parse_page
+from appliance.sync.clock import Clock
+from appliance.sync.status import SyncStatus
+from appliance.sync.transport import HubCall, HubRefused, HubUnavailable
+
+log = logging.getLogger(__name__)
+
+PUSH_PATH = "/sync/v1/chat/push"
+PULL_PATH = "/sync/v1/chat/pull"
+HISTORY_PATH = "/sync/v1/chat/history"
+STREAM = "chat"
+#: The name of the pull cursor in the chat database.
+PULL_CURSOR = "hub.pull"
+
+#: Events per push or pull request (the hub accepts at most 500).
+BATCH = 200
+#: Requests of one kind in one round; a longer backlog continues in the next round.
+MAX_REQUESTS = 1_000
+#: Seconds between rounds when idle: how soon news from other boxes arrives.
+POLL_INTERVAL = 5.0
+#: Back-off after a failed round: 1 s, 2 s, 4 s ... up to this.
+MAX_BACKOFF = 300.0
+
+
+class ChatReplicator:
+    """The ``chat-sync`` service of a box: its chat, kept in step with the hub."""
+
+    name = "chat-sync"
+
+    def __init__(
+        self,
+        box: Box,
+        hub: HubCall,
+        status: SyncStatus,
+        clock: Clock,
+        *,
+        batch: int = BATCH,
+        poll_interval: float = POLL_INTERVAL,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> None:
+        self.chat = box.chat
+        #: The agency the hub knows this box by (its certificate's).
+        self.domain = box.identity.domain
+        self.hub = hub
+        self.status = status
+        self.clock = clock
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self.failures = 0
+        #: True while waiting between rounds (tests move a manual clock only then).
+        self.idle = False
+        self._wake = trio.Event()
+        self._local = trio.Event()
+        self.chat.add_push_listener(self._local_event)
+
+    def wake(self) -> None:
+        """Start a round now, even during back-off (the link is back)."""
+        self._wake.set()
+
+    def _local_event(self) -> None:
+        self._local.set()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started([])
+        while True:
+            # Reset before the round: an event written during it starts the next one.
+            self._wake, self._local = trio.Event(), trio.Event()
+            delay, local_cuts_short = await self.run_round()
+            self.idle = True
+            try:
+                await self._idle(delay, local_cuts_short)
+            finally:
+                self.idle = False
+
+    async def run_round(self) -> tuple[float, bool]:
+        """Run one round and report it; return (seconds to wait, may a local event cut it)."""
+        try:
+            pushed, pulled, complete = await self.sync_once()
+        except HubUnavailable as exc:
+            return self._failed(f"hub unavailable: {exc}", refused=False), False
+        except HubRefused as exc:
+            return self._failed(f"hub refused: {exc}", refused=True), False
+        except ChatError as exc:  # the hub's answer was not what the protocol says
+            return self._failed(f"bad answer from the hub: {exc.message_en}", refused=True), False
+        self.failures = 0
+        backlog = await self.chat.sync_backlog()
+        self.status.success(STREAM, pushed=pushed, pulled=pulled, backlog=backlog)
+        return (0.0 if not complete else self.poll_interval), True
+
+    def _failed(self, reason: str, *, refused: bool) -> float:
+        self.failures += 1
+        self.status.failure(STREAM, reason)
+        log.warning("chat sync round failed (%d in a row): %s", self.failures, reason)
+        if refused:
+            # Sent again unchanged it will be refused again: wait long, stay visible.
+            return self.max_backoff
+        return float(min(self.max_backoff, 2.0 ** min(self.failures - 1, 30)))
+
+    async def _idle(self, seconds: float, local_cuts_short: bool) -> None:
+        if seconds <= 0:
+            await trio.lowlevel.checkpoint()
+            return
+        async with trio.open_nursery() as nursery:
+
+            async def after(wait: Any) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(after, lambda: self.clock.sleep(seconds))
+            nursery.start_soon(after, self._wake.wait)
+            if local_cuts_short:
+                # During back-off a local post must not hammer a hub that is down.
+                nursery.start_soon(after, self._local.wait)
+
+    async def sync_once(self) -> tuple[int, int, bool]:
+        """Push what waits, then pull what is new; return (pushed, pulled, all done)."""
+        pushed, push_done = await self.push()
+        pulled, pull_done = await self.pull()
+        return pushed, pulled, push_done and pull_done
+
+    async def push(self) -> tuple[int, bool]:
+        """Send the box's unanswered events in batches; return (answered, queue empty)."""
+        answered = 0
+        for _ in range(MAX_REQUESTS):
+            batch = await self.chat.outbox(self.batch)
+            if not batch:
+                return answered, True
+            reply = await self.hub(PUSH_PATH, {"events": [e.to_json() for e in batch]})
+            sent = {e.id for e in batch}
+            answers = [a for a in parse_answers(reply) if a.id in sent]
+            if not answers:
+                raise HubUnavailable("the hub answered none of the pushed events")
+            _, refused = await self.chat.settle(answers)
+            if refused:
+                log.info("chat sync: the hub refused %d event(s)", refused)
+            answered += len(answers)
+        return answered, False
+
+    async def pull(self) -> tuple[int, bool]:
+        """Fetch and apply the hub's events after the pull cursor; return (new, caught up)."""
+        new = 0
+        for _ in range(MAX_REQUESTS):
+            after = await self.chat.sync_cursor(PULL_CURSOR)
+            page = parse_page(await self.hub(PULL_PATH, {"after": after, "limit": self.batch}))
+            await self._fill_history(page)
+            new += await self.chat.apply_pulled(page.events, cursor=(PULL_CURSOR, page.cursor))
+            if not page.more:
+                return new, True
+        return new, False
+
+    async def _fill_history(self, page: PulledPage) -> None:
+        """Fetch the earlier events of rooms this page brings to the box for the first time."""
+        for room_id, first_order in await self.chat.rooms_needing_history(page.events, self.domain):
+            after = 0
+            for _ in range(MAX_REQUESTS):
+                request = {
+                    "room_id": room_id,
+                    "before_order": first_order,
+                    "after_order": after,
+                    "limit": self.batch,
+                }
+                try:
+                    history = parse_page(await self.hub(HISTORY_PATH, request))
+                except HubRefused as exc:
+                    if exc.status == 404:
+                        break  # no longer a room of this agency: nothing to fill
+                    raise
+                await self.chat.apply_pulled(history.events)
+                if not history.more or not history.events:
+                    break
+                after = max(e.room_order or 0 for e in history.events)

@@ -1,0 +1,126 @@
+"""The hub's chat routes: boxes push their new events and pull the events of their rooms.
+
+The hub is the authority for chat (DESIGN.md "Sync"; issue 5, "Chat"):
+
+- ``POST /sync/v1/chat/push`` ``{"events": [...]}``: up to `MAX_PUSH` events of the
+  calling box, in the order it made them. Each is answered in order, in
+  ``{"results": [...]}``: ``accepted`` with its ``room_order`` (its position in the
+  room's one order; an event the hub already holds is answered the same way again,
+  with no second effect), or ``rejected`` with a ``code`` and a reason in Thai and
+  English. The hub checks each event against its own state with the room rules a
+  local request meets (`appliance.chat.rules`) and acts only on events whose actor is
+  a user of the calling box's agency. Answers are sent after the batch is committed.
+- ``POST /sync/v1/chat/pull`` ``{"after": cursor, "limit": n}``: the events, in the
+  hub's order, of the rooms that have a member of the calling box's agency, and those
+  concerning one of its people (their removal); ``{"events", "cursor", "more"}``.
+- ``POST /sync/v1/chat/history`` ``{"room_id", "before_order", "after_order", "limit"}``:
+  a room's earlier events, for a box whose agency has just joined a room it never held.
+
+Everything here is glue: the checks and the storage are `appliance.chat.Chat`'s
+(`accept_pushed`, `hub_pull`, `room_history`); shapes are `appliance.chat.replication`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.box import Box
+from appliance.chat.errors import ChatError
+from appliance.chat.replication import EVENT_ID, ReplicatedEvent, parse_event
+from appliance.chat.store import Authority
+from appliance.directory import User
+from appliance.sync.hub.errors import HubError, bad_request
+from appliance.sync.transport import JSON, Peer, SyncRoute
+
+PUSH_PATH = "/sync/v1/chat/push"
+PULL_PATH = "/sync/v1/chat/pull"
+HISTORY_PATH = "/sync/v1/chat/history"
+
+#: Events in one push: a week of a busy office is many batches, never one huge body.
+MAX_PUSH = 500
+#: Events in one pull or history answer.
+MAX_PULL = 500
+
+
+def _count(body: dict[str, Any], key: str, default: int, *, low: int = 0) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise bad_request(f"{key} must be an integer of at least {low}")
+    return value
+
+
+def _body(body: JSON) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+class ChatHub:
+    """The chat routes of one hub box."""
+
+    def __init__(self, box: Box) -> None:
+        self.box = box
+
+    def routes(self) -> list[SyncRoute]:
+        return [
+            SyncRoute(PUSH_PATH, self.push),
+            SyncRoute(PULL_PATH, self.pull, max_body=4096),
+            SyncRoute(HISTORY_PATH, self.history, max_body=4096),
+        ]
+
+    async def push(self, peer: Peer, body: JSON) -> JSON:
+        """Check, apply and order a batch of the box's events; answer each."""
+        events = _body(body).get("events")
+        if not isinstance(events, list):
+            raise bad_request("events must be a list")
+        if len(events) > MAX_PUSH:
+            raise HubError(413, "batch_too_large", f"at most {MAX_PUSH} events per push")
+        items: list[ReplicatedEvent | tuple[str, ChatError]] = []
+        for raw in events:
+            try:
+                items.append(parse_event(raw))
+            except ChatError as exc:
+                event_id = raw.get("id") if isinstance(raw, dict) else None
+                if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
+                    # Without an id the box could not tell which event was refused.
+                    raise bad_request(f"an event without a valid id: {exc.message_en}") from None
+                items.append((event_id, exc))
+        names = sorted(
+            {a for item in items if not isinstance(item, tuple) for a in item.addresses()}
+        )
+        users: dict[str, User | None] = {}
+        for address in names:
+            users[address] = await self.box.directory.user(address)
+        authority = Authority(peer.domain, users)
+        answers = await self.box.chat.accept_pushed(peer.box_id, authority, items)
+        return {"results": [a.to_json() for a in answers]}
+
+    async def pull(self, peer: Peer, body: JSON) -> JSON:
+        """Return the ordered events of the box's rooms after its cursor."""
+        request = _body(body)
+        after = _count(request, "after", 0)
+        limit = min(_count(request, "limit", MAX_PULL, low=1), MAX_PULL)
+        events, cursor, more = await self.box.chat.hub_pull(peer.domain, after, limit)
+        return {"events": [e.to_json() for e in events], "cursor": cursor, "more": more}
+
+    async def history(self, peer: Peer, body: JSON) -> JSON:
+        """Return a room's ordered events between two positions (rooms of the box only)."""
+        request = _body(body)
+        room_id = request.get("room_id")
+        if not isinstance(room_id, str) or not EVENT_ID.fullmatch(room_id):
+            raise bad_request("room_id must be a room's id")
+        before = _count(request, "before_order", 2**62, low=1)
+        after = _count(request, "after_order", 0)
+        limit = min(_count(request, "limit", MAX_PULL, low=1), MAX_PULL)
+        try:
+            events, more = await self.box.chat.room_history(
+                peer.domain, room_id, before, after, limit
+            )
+        except ChatError as exc:
+            raise HubError(exc.status, exc.code, exc.message_en) from None
+        return {"events": [e.to_json() for e in events], "more": more}
+
+
+def chat_hub_routes(box: Box) -> list[SyncRoute]:
+    """Return the chat routes the hub *box* serves (for `hub_sync_routes`)."""
+    return ChatHub(box).routes()

@@ -1,0 +1,188 @@
+"""The hub's chat routes: idempotent push, the hub as authority, pull by agency, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.chat.errors import ChatError
+from appliance.chat.replication import parse_answers, parse_event, parse_page
+from appliance.sync.transport import HubRefused, Peer
+from tests.appliance.sync.chatnet import A1, A2, B1, B2, A, B, Net, open_net, post
+
+
+@pytest.fixture
+async def net(tmp_path: Path):  # type: ignore[no-untyped-def]
+    async with open_net(tmp_path) as opened:
+        yield opened
+
+
+async def _push(net: Net, events: list[dict[str, Any]], peer: Peer | None = None) -> Any:
+    link = net.link_a
+    if peer is not None:
+        return await link.routes["/sync/v1/chat/push"](peer, {"events": events})
+    return await link("/sync/v1/chat/push", {"events": events})
+
+
+async def _outbox(net: Net) -> list[dict[str, Any]]:
+    return [e.to_json() for e in await net.a.chat.outbox(500)]
+
+
+async def test_push_is_idempotent_and_orders_each_room(net: Net) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[B1])
+    await post(net, net.a, A1, room.id, "หนึ่ง")
+    await post(net, net.a, A1, room.id, "สอง")
+    events = await _outbox(net)
+    first = await _push(net, events)
+    again = await _push(net, events)
+    assert first == again
+    assert [(r["status"], r["room_order"]) for r in first["results"]] == [
+        ("accepted", 1),
+        ("accepted", 2),
+        ("accepted", 3),
+    ]
+    held, _, _ = await net.hub.chat.hub_pull(B, 0, 500)
+    assert [e.id for e in held] == [e["id"] for e in events]  # once each
+
+
+async def test_hub_refuses_what_the_rules_refuse_with_thai_and_english(net: Net) -> None:
+    room = await net.b.chat.create_room(net.user(net.b, B1), "group", members=[A1])
+    await net.sync_b.sync_once()
+    await net.sync_a.sync_once()
+    # A2 is not in the room at the hub; A's box claims a post by them anyway.
+    forged = {
+        "id": f"{net.a.identity.box_id}:900",
+        "type": "message.posted",
+        "room_id": room.id,
+        "subject": None,
+        "payload": {"message_id": f"{net.a.identity.box_id}:900"},
+        "created_at": 1.0,
+        "message": {"sender": A2, "kind": "text", "content": {"text": "แอบเข้า"}},
+    }
+    # A's box renames B1's room: only the owner may, and B1 is not A's to act for.
+    rename = {
+        "id": f"{net.a.identity.box_id}:901",
+        "type": "room.renamed",
+        "room_id": room.id,
+        "subject": None,
+        "payload": {"name": "ของเรา", "by": A1},
+        "created_at": 1.0,
+    }
+    as_b1 = {**rename, "id": f"{net.a.identity.box_id}:902", "payload": {"name": "x", "by": B1}}
+    from_b = {**rename, "id": f"{net.b.identity.box_id}:903"}
+    answer = await _push(net, [forged, rename, as_b1, from_b])
+    codes = [(r["status"], r.get("code")) for r in answer["results"]]
+    assert codes == [
+        ("rejected", "not_found"),
+        ("rejected", "not_owner"),
+        ("rejected", "not_your_agency"),
+        ("rejected", "foreign_origin"),
+    ]
+    for result in answer["results"]:
+        assert result["message_en"]
+        assert result["message_th"]
+    assert [e.id for e in (await net.hub.chat.hub_pull(A, 0, 500))[0]] == [room.id]
+
+
+async def test_a_malformed_event_is_refused_alone_and_changes_nothing(net: Net) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[A2])
+    [created] = await _outbox(net)
+    broken = {**created, "id": f"{net.a.identity.box_id}:77", "type": "room.created"}
+    broken["payload"] = {"room": {"kind": "group"}, "addresses": "everyone"}
+    answer = await _push(net, [broken, created])
+    assert [r["status"] for r in answer["results"]] == ["rejected", "accepted"]
+    assert answer["results"][0]["code"] == "invalid_event"
+    assert [e.id for e in (await net.hub.chat.hub_pull(A, 0, 500))[0]] == [room.id]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ([], 400),
+        ({"events": "all"}, 400),
+        ({"events": [{"type": "message.posted"}]}, 400),
+        ({"events": [{}] * 501}, 413),
+    ],
+)
+async def test_a_malformed_request_is_refused_whole(net: Net, body: Any, status: int) -> None:
+    with pytest.raises(HubRefused) as exc:
+        await net.link_a("/sync/v1/chat/push", body)
+    assert exc.value.status == status
+
+
+async def test_pull_gives_each_agency_its_rooms_and_its_peoples_removals(net: Net) -> None:
+    only_b = await net.b.chat.create_room(net.user(net.b, B1), "group", members=[B2])
+    shared = await net.b.chat.create_room(net.user(net.b, B1), "group", members=[A1, A2])
+    await net.b.chat.remove_member(net.user(net.b, B1), shared.id, A1)
+    await net.sync_b.sync_once()
+    events, cursor, more = await net.hub.chat.hub_pull(A, 0, 500)
+    assert [(e.type, e.room_id) for e in events] == [
+        ("room.created", shared.id),
+        ("member.removed", shared.id),
+    ]
+    assert not more
+    assert [e.room_order for e in events] == [1, 2]
+    # Paging: the cursor covers what was examined; nothing is sent twice.
+    first, c1, more1 = await net.hub.chat.hub_pull(A, 0, 1)
+    rest, c2, _ = await net.hub.chat.hub_pull(A, c1, 500)
+    assert more1
+    assert [e.id for e in first + rest] == [e.id for e in events]
+    assert c2 == cursor
+    assert (await net.hub.chat.hub_pull(A, cursor, 500))[0] == []
+    with pytest.raises(HubRefused) as exc:
+        await net.link_a("/sync/v1/chat/history", {"room_id": only_b.id, "before_order": 9})
+    assert exc.value.status == 404
+
+
+async def test_the_hubs_own_changes_are_ordered_before_anyone_pulls_them(net: Net) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[B1])
+    await net.sync_a.sync_once()
+    await post(net, net.hub, B1, room.id, "จากศูนย์")  # someone working at the hub itself
+    await net.sync_b.sync_once()
+    [created, message] = (await net.hub.chat.hub_pull(B, 0, 500))[0]
+    assert (created.room_order, message.room_order) == (1, 2)
+
+
+# --- the wire parsers meet garbage -----------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_EVENTISH = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.sampled_from(["box:1", "box:0", ":1", "x" * 70 + ":1"]) | st.text(max_size=10),
+        "type": st.sampled_from(["message.posted", "alert", "room.created"]) | _JSON,
+        "room_id": st.sampled_from(["box:1", None]) | _JSON,
+        "subject": _JSON,
+        "payload": st.dictionaries(st.text(max_size=8), _JSON, max_size=3) | _JSON,
+        "created_at": st.floats() | st.integers() | _JSON,
+        "message": _JSON,
+        "room_order": st.integers() | _JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_EVENTISH | _JSON)
+def test_parsers_accept_well_formed_input_or_refuse_it_cleanly(value: Any) -> None:
+    for parse in (parse_event, parse_answers, parse_page):
+        refusal: ChatError | None = None
+        try:
+            parsed = parse(value)
+        except ChatError as exc:
+            refusal = exc
+        if refusal is not None:
+            assert (refusal.status, refusal.code) == (422, "invalid_event")
+        elif parse is parse_event:
+            # What parses survives the wire and parses to the same event.
+            assert parse_event(json.loads(json.dumps(parsed.to_json()))) == parsed
