@@ -717,3 +717,113 @@ def _apply(current: tuple[str, ...], mode: FlagMode, flags: tuple[str, ...]) -> 
     if mode is FlagMode.ADD:
         return canonical_flags(current + flags)
     return tuple(f for f in current if f.lower() not in lowered)
+
+
+# ===================================================================================
+# Reads for mailbox replication (appliance.sync.mailbox). Read-only, paged on the
+# (mailbox_id, uid) and (mailbox_id, modseq) indexes so a replicator never holds a whole
+# mailbox; nothing above this block depends on it.
+
+
+async def sync_highestmodseq(store: Mailstore, mailbox_id: int) -> int:
+    """The mailbox's HIGHESTMODSEQ now (0 if it no longer exists)."""
+    return await store.db.read(lambda conn: _highestmodseq(conn, mailbox_id))
+
+
+async def sync_new_messages(
+    store: Mailstore, mailbox_id: int, from_uid: int, limit: int
+) -> list[StoredMessage]:
+    """Up to *limit* messages with UID >= *from_uid*, in UID order."""
+
+    def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+        rows = conn.execute(
+            f"{SELECT_MESSAGES} WHERE m.mailbox_id = ? AND m.uid >= ? ORDER BY m.uid LIMIT ?",
+            (mailbox_id, from_uid, limit),
+        )
+        return [row_to_message(row) for row in rows]
+
+    return await store.db.read(query)
+
+
+async def sync_changed_flags(
+    store: Mailstore, mailbox_id: int, since_modseq: int, after_uid: int, below_uid: int,
+    limit: int,
+) -> list[tuple[int, tuple[str, ...]]]:  # fmt: skip
+    """``(uid, flags)`` of up to *limit* messages changed after *since_modseq*, with
+    *after_uid* < UID < *below_uid*, in UID order (one page of RFC 7162 CHANGEDSINCE)."""
+
+    def query(conn: sqlite3.Connection) -> list[tuple[int, tuple[str, ...]]]:
+        rows = conn.execute(
+            "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND modseq > ?"
+            " AND uid > ? AND uid < ? ORDER BY uid LIMIT ?",
+            (mailbox_id, since_modseq, after_uid, below_uid, limit),
+        )
+        return [(int(uid), tuple(flags.split())) for uid, flags in rows]
+
+    return await store.db.read(query)
+
+
+async def sync_expunged_since(
+    store: Mailstore, mailbox_id: int, since_modseq: int, after_uid: int, limit: int
+) -> list[int]:
+    """Up to *limit* UIDs expunged after *since_modseq*, above *after_uid*, in order."""
+
+    def query(conn: sqlite3.Connection) -> list[int]:
+        rows = conn.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? AND uid > ?"
+            " ORDER BY uid LIMIT ?",
+            (mailbox_id, since_modseq, after_uid, limit),
+        )
+        return [int(uid) for (uid,) in rows]
+
+    return await store.db.read(query)
+
+
+async def sync_flags_of(
+    store: Mailstore, mailbox_id: int, uids: Collection[int]
+) -> dict[int, tuple[str, ...]]:
+    """Current flags of those of *uids* that exist."""
+
+    def query(conn: sqlite3.Connection) -> dict[int, tuple[str, ...]]:
+        found: dict[int, tuple[str, ...]] = {}
+        wanted = sorted(set(uids))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for uid, flags in conn.execute(
+                f"SELECT uid, flags FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",  # noqa: S608 - only "?" marks
+                (mailbox_id, *chunk),
+            ):
+                found[int(uid)] = tuple(flags.split())
+        return found
+
+    return await store.db.read(query)
+
+
+async def sync_find_copies(
+    store: Mailstore, mailbox_id: int, content_hash: str, message_id_digest: str | None,
+    min_uid: int, below_uid: int,
+) -> list[int]:  # fmt: skip
+    """UIDs in [*min_uid*, *below_uid*) of messages with this content hash, lowest first.
+
+    Tried first through the Message-ID digest index; then by content hash alone, for
+    copies stored without a digest (IMAP APPEND) or mail without a Message-ID.
+    """
+
+    def query(conn: sqlite3.Connection) -> list[int]:
+        if message_id_digest is not None:
+            rows = conn.execute(
+                "SELECT uid FROM messages WHERE message_id_digest = ? AND mailbox_id = ?"
+                " AND uid >= ? AND uid < ? AND content_hash = ? ORDER BY uid",
+                (message_id_digest, mailbox_id, min_uid, below_uid, content_hash),
+            ).fetchall()
+            if rows:
+                return [int(uid) for (uid,) in rows]
+        rows = conn.execute(
+            "SELECT uid FROM messages WHERE mailbox_id = ? AND uid >= ? AND uid < ?"
+            " AND content_hash = ? ORDER BY uid",
+            (mailbox_id, min_uid, below_uid, content_hash),
+        ).fetchall()
+        return [int(uid) for (uid,) in rows]
+
+    return await store.db.read(query)

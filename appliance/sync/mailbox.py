@@ -1,0 +1,792 @@
+"""Mailbox replication with the central IMAP server: every local user's mail, both ways.
+
+DESIGN.md "Sync, in one paragraph". For each user of this box's agencies the replicator
+logs in to ``config.central_imap`` as the box (``keys/central.json``) acting for the
+user through a SASL PLAIN authorisation identity (RFC 4616), and makes each of the
+user's mailboxes equal to its central twin. A mailbox missing on one side is created
+there. The state of each pair of mailboxes lives in ``db/sync.sqlite``
+(`mailbox_state`): cursors on both sides and a local UID <-> central UID map.
+
+One round of one mailbox, in this order (each step commits before the next starts):
+
+1. SELECT, with ``(QRESYNC (uidvalidity modseq))`` once the pair has a history and the
+   server offers QRESYNC (RFC 7162 §3.2.5), else ``(CONDSTORE)``. A UIDVALIDITY that
+   differs from the stored one on either side restarts the pair from nothing.
+2. Down, changes: flags changed and messages expunged centrally since the last round
+   (from the QRESYNC SELECT; else ``UID FETCH ... (CHANGEDSINCE m)`` plus a walk over
+   the map; else the walk alone) are applied locally.
+3. Down, new: central UIDs at or above the cursor that are not in the map are fetched in
+   batches bounded in count and bytes, and stored through the mail store (quota, search
+   index, MODSEQ all apply). The map rows and the cursor are committed per batch.
+4. Up, changes: local flag changes and expunges since the local MODSEQ cursor go to
+   the centre (``UID STORE ... (UNCHANGEDSINCE m)``, ``UID EXPUNGE``, RFC 4315).
+5. Up, new: local messages at or above the local UID cursor and not in the map are
+   APPENDed; APPENDUID (RFC 4315 §3) gives the map row, committed per batch.
+
+Nothing is ever stored twice: before a central message is stored locally (step 3) it
+is matched against local messages the map does not know yet, by Message-ID digest and
+content hash. Steps 3 and 5 are the only places mail is written, and step 3 runs first:
+an APPEND whose map row was lost to a crash or a cut (step 5) comes back down in the
+next round's step 3 as "a central message not in the map", finds its local original
+by content, and is mapped instead of copied.
+
+Flags follow a three-way merge against the flags both sides last agreed on (the map
+row): a flag changed on one side only takes that side's value; changed on both, they
+agree (a flag is either set or not). When there is no common ancestor (first sync of a
+message found on both sides) the flags are the union. An expunge on either side wins
+over a flag change on the other. A move is an expunge plus a new message.
+
+What this is not: delivery or IMAP serving (both local-first and unaware of this), or
+the outbound relay (``sync.outbound``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import trio
+
+from appliance.directory import User
+from appliance.mail import headers
+from appliance.mail.imap.client import (
+    Event,
+    FetchData,
+    ImapProtocolError,
+    ListEntry,
+    SearchResult,
+    Status,
+    Vanished,
+    parse_uid_set,
+    uid_set,
+)
+from appliance.mail.mailboxes import (
+    SEPARATOR,
+    FlagMode,
+    MailboxError,
+    Mailboxes,
+    canonical_flags,
+    sync_changed_flags,
+    sync_expunged_since,
+    sync_find_copies,
+    sync_flags_of,
+    sync_highestmodseq,
+    sync_new_messages,
+)
+from appliance.mail.mailstore import QuotaExceeded
+from appliance.store.database import open_database
+from appliance.sync.central import (
+    CentralError,
+    central_client_context,
+    load_credentials,
+    parse_endpoint,
+)
+from appliance.sync.clock import Clock
+from appliance.sync.imap_link import CommandFailed, ImapLink, LinkDown
+from appliance.sync.mailbox_state import (
+    MAILBOX_SYNC_MIGRATIONS,
+    MailboxSyncState,
+    Mapped,
+    Pair,
+)
+from appliance.sync.status import SyncStatus
+
+log = logging.getLogger("edgebox.sync.mailbox")
+
+T = TypeVar("T")
+
+STREAM = "mailbox"
+SYNC_DB = "sync.sqlite"
+#: Special-use attributes (RFC 6154) that pair a local mailbox with a central one
+#: whatever either is called.
+_NO_LIMIT = 2**62
+_SPECIAL_USES = ("\\sent", "\\drafts", "\\trash", "\\junk", "\\archive")
+
+
+@dataclass
+class RoundReport:
+    """What one round did, for the status file and the tests."""
+
+    users: int = 0
+    mailboxes: int = 0
+    fetched: int = 0
+    appended: int = 0
+    matched: int = 0
+    flags_down: int = 0
+    flags_up: int = 0
+    expunged_down: int = 0
+    expunged_up: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def figures(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "errors"}
+
+
+@dataclass
+class _Selected:
+    """What SELECT told about the central mailbox."""
+
+    uidvalidity: int = 0
+    uidnext: int = 0
+    #: None: the server keeps no MODSEQs for it (RFC 7162 §3.1.2.2 NOMODSEQ) or no CONDSTORE.
+    highestmodseq: int | None = None
+    #: QRESYNC's report: UID -> flags changed since our MODSEQ, and VANISHED (EARLIER).
+    changed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    vanished: list[tuple[int, int]] = field(default_factory=list)
+
+
+class MailboxReplicator:
+    """The ``mailbox-sync`` service: rounds of replication, one user after another."""
+
+    name = "mailbox-sync"
+
+    def __init__(
+        self,
+        box: Any,
+        status: SyncStatus,
+        clock: Clock,
+        *,
+        interval: float = 60.0,
+        max_backoff: float = 900.0,
+        batch_messages: int = 50,
+        batch_bytes: int = 8 * 1024 * 1024,
+        timeout: float = 60.0,
+        use_condstore: bool = True,
+    ) -> None:
+        self.box = box
+        self.status = status
+        self.clock = clock
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.batch_messages = batch_messages
+        self.batch_bytes = batch_bytes
+        self.timeout = timeout
+        #: False: act as if the centre had no CONDSTORE/QRESYNC (UID ranges only).
+        self.use_condstore = use_condstore
+        self.mailboxes = Mailboxes(box.mailstore)
+        self.state: MailboxSyncState | None = None
+        self._wake = trio.Event()
+
+    # -- the service --------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Start a round now (new local mail, a link that came back, an operator)."""
+        self._wake.set()
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[MailboxReplicator]:
+        """Open the replication state database for the duration of the block."""
+        path = self.box.config.data_dir / "db" / SYNC_DB
+        async with open_database(path, MAILBOX_SYNC_MIGRATIONS) as db:
+            self.state = MailboxSyncState(db)
+            try:
+                yield self
+            finally:
+                self.state = None
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.opened():
+            task_status.started([])
+            failures = 0
+            while True:
+                report = await self.sync_once()
+                failures = 0 if report.ok else failures + 1
+                delay = self.interval
+                if failures:  # back off, but never beyond max_backoff (a days-long cut)
+                    delay = min(self.max_backoff, self.interval * 2 ** min(failures - 1, 10))
+                await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        if not self._wake.is_set():
+            async with trio.open_nursery() as nursery:
+
+                async def timer() -> None:
+                    await self.clock.sleep(seconds)
+                    nursery.cancel_scope.cancel()
+
+                async def woken() -> None:
+                    await self._wake.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(timer)
+                nursery.start_soon(woken)
+        self._wake = trio.Event()
+
+    async def sync_once(self) -> RoundReport:
+        """Run one round for every local user; report it to `SyncStatus`."""
+        report = RoundReport()
+        try:
+            endpoint = parse_endpoint(self.box.config.central_imap, ("imap", "imaps"))
+        except CentralError as exc:
+            report.errors.append(f"central IMAP server not set: {exc}")
+            self.status.failure(STREAM, report.errors[0])
+            return report
+        keys = self.box.config.data_dir / "keys"
+        credentials = load_credentials(keys)
+        if credentials is None:
+            report.errors.append("no central credentials (box not enrolled)")
+            self.status.failure(STREAM, report.errors[0])
+            return report
+        context = central_client_context(keys)
+        users = [u for u in await self.box.directory.users() if not u.remote and not u.disabled]
+        for user in users:
+            try:
+                link = await ImapLink.connect(endpoint, context, io_timeout=self.timeout)
+            except LinkDown as exc:
+                report.errors.append(str(exc))
+                break  # the centre is unreachable: no use trying the next user
+            try:
+                await link.authenticate(user.address, credentials.username, credentials.password)
+                await self._sync_user(link, user, report)
+                report.users += 1
+            except LinkDown as exc:
+                report.errors.append(f"{user.address}: {exc}")
+                break
+            except (CommandFailed, QuotaExceeded, MailboxError, ImapProtocolError) as exc:
+                report.errors.append(f"{user.address}: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug must not stop the other users' mail
+                log.exception("mailbox sync of %s failed", user.address)
+                report.errors.append(f"{user.address}: {type(exc).__name__}: {exc}")
+            finally:
+                report.bytes_in += link.bytes_in
+                report.bytes_out += link.bytes_out
+                await link.logout()
+        if report.ok:
+            self.status.success(STREAM, **report.figures())
+        else:
+            for error in report.errors:
+                log.warning("mailbox sync: %s", error)
+            self.status.failure(STREAM, "; ".join(report.errors))
+        return report
+
+    # -- one user ---------------------------------------------------------------------
+
+    async def _sync_user(self, link: ImapLink, user: User, report: RoundReport) -> None:
+        assert self.state is not None
+        caps = link.conn.capabilities
+        if self.use_condstore and "QRESYNC" in caps:
+            await link.check(link.conn.enable("QRESYNC"), "ENABLE")  # RFC 7162 §3.2.3
+        entries: list[ListEntry] = []
+
+        def on_list(event: Event) -> None:
+            if isinstance(event, ListEntry):
+                entries.append(event)
+
+        await link.check(link.conn.list("", "*"), "LIST", on_list)
+        delimiter = next((e.delimiter for e in entries if e.delimiter), None) or SEPARATOR
+        selectable = {
+            e.name: e for e in entries
+            if not {a.lower() for a in e.attributes} & {"\\noselect", "\\nonexistent"}
+        }  # fmt: skip
+        by_use = {
+            a.lower(): e.name for e in selectable.values() for a in e.attributes
+            if a.lower() in _SPECIAL_USES
+        }  # fmt: skip
+        known = {p.local_name: p.remote_name for p in await self.state.pairs(user.address)}
+        local = {m.name: m for m in await self.mailboxes.heads(user.address)}
+
+        plan: list[tuple[str, str]] = []
+        claimed: set[str] = set()
+        for name, head in local.items():
+            remote = known.get(name) or by_use.get((head.special_use or "").lower())
+            remote = remote or _to_remote(name, delimiter)
+            if remote not in selectable and remote not in claimed:
+                create = await link.run(link.conn.create(remote))
+                if not create.ok and not (create.code and create.code.name == "ALREADYEXISTS"):
+                    raise CommandFailed(f"CREATE {remote}", create)
+            plan.append((name, remote))
+            claimed.add(remote)
+        for remote, entry in selectable.items():
+            if remote in claimed:
+                continue
+            name = _to_local(remote, delimiter)
+            if name not in local:
+                special = next((a for a in entry.attributes if a.lower() in _SPECIAL_USES), None)
+                try:
+                    await self.mailboxes.create(user.address, name, special)
+                except MailboxError as exc:
+                    if exc.code != "ALREADYEXISTS":
+                        raise
+            plan.append((name, remote))
+            claimed.add(remote)
+        for name, remote in plan:
+            await self._sync_mailbox(link, user, name, remote, report)
+            report.mailboxes += 1
+
+    # -- one mailbox ------------------------------------------------------------------
+
+    async def _sync_mailbox(
+        self, link: ImapLink, user: User, name: str, remote: str, report: RoundReport
+    ) -> None:
+        assert self.state is not None
+        conn = link.conn
+        pair = await self.state.pair(user.address, name, remote)
+        pair = replace(pair, remote_name=remote)
+        info = await self.mailboxes.get(user.address, name)
+        qresync = "QRESYNC" in conn.enabled and pair.remote_modseq > 0
+        condstore = self.use_condstore and bool({"CONDSTORE", "QRESYNC"} & conn.capabilities)
+        selected = _Selected()
+
+        def on_select(event: Event) -> None:
+            if isinstance(event, Status) and event.code is not None:
+                code = event.code
+                if code.name == "UIDVALIDITY":
+                    selected.uidvalidity = code.number()
+                elif code.name == "UIDNEXT":
+                    selected.uidnext = code.number()
+                elif code.name == "HIGHESTMODSEQ" and condstore:
+                    selected.highestmodseq = code.number()
+            elif isinstance(event, FetchData) and event.uid is not None and event.flags is not None:
+                selected.changed[event.uid] = event.flags
+            elif isinstance(event, Vanished) and event.earlier:
+                selected.vanished.extend(event.ranges)
+
+        tag = conn.select(
+            remote,
+            condstore=condstore,
+            qresync=(pair.remote_uidvalidity, pair.remote_modseq, None) if qresync else None,
+        )
+        await link.check(tag, f"SELECT {remote}", on_select)
+        if selected.uidvalidity == 0:
+            raise ImapProtocolError(f"SELECT {remote} gave no UIDVALIDITY")
+        if (pair.remote_uidvalidity, pair.local_uidvalidity) != (
+            selected.uidvalidity,
+            info.uidvalidity,
+        ):
+            if pair.remote_uidvalidity or pair.local_uidvalidity:
+                log.warning("%s %s: UIDVALIDITY changed; matching afresh", user.address, name)
+            pair = await self.state.restart(pair, info.uidvalidity, selected.uidvalidity)
+            qresync = False
+        run = _MailboxRound(self, link, user, info.id, pair, selected, report, info.uidnext)
+        await run.down_changes(qresync)
+        await run.down_new()
+        await run.up_changes()
+        await run.up_new()
+        await link.run(conn.unselect() if "UNSELECT" in conn.capabilities else conn.noop())
+
+
+class _MailboxRound:
+    """The steps of one mailbox's round (see the module docstring); holds the pair."""
+
+    def __init__(
+        self,
+        replicator: MailboxReplicator,
+        link: ImapLink,
+        user: User,
+        mailbox_id: int,
+        pair: Pair,
+        selected: _Selected,
+        report: RoundReport,
+        local_uidnext: int,
+    ) -> None:
+        assert replicator.state is not None
+        self.r = replicator
+        self.state = replicator.state
+        self.store = replicator.box.mailstore
+        self.link = link
+        self.conn = link.conn
+        self.user = user
+        self.mailbox_id = mailbox_id
+        self.pair = pair
+        self.selected = selected
+        self.report = report
+        self.condstore = selected.highestmodseq is not None
+        #: The local UIDNEXT when the round began (see `_find_local`).
+        self.local_uidnext = local_uidnext
+
+    # -- step 2: central changes down -------------------------------------------------
+
+    async def down_changes(self, qresync: bool) -> None:
+        pair = self.pair
+        if pair.remote_modseq == 0 and await self.state.count(pair) == 0:
+            pass  # nothing mapped yet
+        elif qresync:
+            await self._apply_remote_flags(self.selected.changed.items())
+            await self._apply_remote_vanished(_expand(self.selected.vanished))
+        else:
+            changed: dict[int, tuple[str, ...]] = {}
+            if self.condstore and pair.remote_modseq:
+                # RFC 7162 §3.1.4: only what changed since the last round.
+                def on_fetch(event: Event) -> None:
+                    if isinstance(event, FetchData) and event.uid and event.flags is not None:
+                        changed[event.uid] = event.flags
+
+                # "1:*", not up to the cursor: our own uploads are mapped above it.
+                tag = self.conn.uid_fetch("1:*", "(UID FLAGS)", changedsince=pair.remote_modseq)
+                await self.link.check(tag, "UID FETCH CHANGEDSINCE", on_fetch)
+                await self._apply_remote_flags(changed.items())
+            await self._walk_map(compare_flags=not (self.condstore and pair.remote_modseq))
+        if self.selected.highestmodseq is not None:
+            self.pair = replace(self.pair, remote_modseq=self.selected.highestmodseq)
+            await self.state.commit(self.pair)
+
+    async def _walk_map(self, *, compare_flags: bool) -> None:
+        """Find central expunges (and, without CONDSTORE, flag changes) by asking for
+        every mapped UID, a bounded page at a time."""
+        after = 0
+        for _ in range(1_000_000):
+            page = await self.state.mapped_page(self.pair, after, 500)
+            if not page:
+                return
+            after = page[-1].remote_uid
+            present: dict[int, tuple[str, ...]] = {}
+
+            def on_fetch(event: Event, present: dict[int, tuple[str, ...]] = present) -> None:
+                if isinstance(event, FetchData) and event.uid is not None:
+                    present[event.uid] = event.flags or ()
+
+            wanted = uid_set(m.remote_uid for m in page)
+            await self.link.check(self.conn.uid_fetch(wanted, "(UID FLAGS)"), "UID FETCH", on_fetch)
+            if compare_flags:
+                await self._apply_remote_flags(
+                    (m.remote_uid, present[m.remote_uid]) for m in page if m.remote_uid in present
+                )
+            await self._apply_remote_vanished(m.remote_uid for m in page
+                                              if m.remote_uid not in present)  # fmt: skip
+
+    async def _apply_remote_flags(self, changes: Iterable[tuple[int, tuple[str, ...]]]) -> None:
+        for chunk in _chunks(changes, 500):
+            mapped = await self.state.by_remote(self.pair, [uid for uid, _ in chunk])
+            local = await sync_flags_of(self.store, self.mailbox_id,
+                                        [m.local_uid for m in mapped.values()])  # fmt: skip
+            to_local: dict[tuple[str, ...], list[int]] = {}
+            to_remote: dict[tuple[str, ...], list[Mapped]] = {}
+            agreed: list[Mapped] = []
+            for remote_uid, remote_flags in chunk:
+                m = mapped.get(remote_uid)
+                if m is None or m.local_uid not in local:
+                    continue  # not ours yet (step 3), or expunged here (step 4 sends it)
+                local_flags = local[m.local_uid]
+                merged = merge_flags(m.flags, local_flags, clean_flags(remote_flags))
+                if not same_flags(merged, local_flags):
+                    to_local.setdefault(_key(merged), []).append(m.local_uid)
+                    self.report.flags_down += 1
+                if not same_flags(merged, remote_flags):
+                    to_remote.setdefault(_key(merged), []).append(replace(m, flags=merged))
+                elif not same_flags(merged, m.flags):
+                    agreed.append(replace(m, flags=merged))
+            for flags, uids in to_local.items():
+                await self.r.mailboxes.store_flags(self.mailbox_id, uids, FlagMode.REPLACE, flags)
+            agreed += await self._store_remote(to_remote)
+            await self.state.commit(self.pair, add=agreed)
+
+    async def _apply_remote_vanished(self, remote_uids: Iterable[int]) -> None:
+        for chunk in _chunks(remote_uids, 500):
+            mapped = await self.state.by_remote(self.pair, chunk)
+            if not mapped:
+                continue
+            local_uids = [m.local_uid for m in mapped.values()]
+            await self.r.mailboxes.store_flags(self.mailbox_id, local_uids, FlagMode.ADD,
+                                               ["\\Deleted"])  # fmt: skip
+            gone = await self.r.mailboxes.expunge(self.mailbox_id, self.user.address, local_uids)
+            self.report.expunged_down += len(gone)
+            await self.state.commit(self.pair, remove_remote=list(mapped))
+
+    async def _store_remote(self, groups: dict[tuple[str, ...], list[Mapped]]) -> list[Mapped]:
+        """Set central flags, group by group; return the rows the centre took.
+
+        UNCHANGEDSINCE the SELECT's HIGHESTMODSEQ (RFC 7162 §3.1.3): a message changed
+        centrally since then is left alone (MODIFIED) and merged again next round.
+        """
+        taken: list[Mapped] = []
+        for flags, rows in groups.items():
+            for chunk in _chunks(rows, 500):
+                tag = self.conn.uid_store(
+                    uid_set(m.remote_uid for m in chunk), "FLAGS", flags, silent=True,
+                    unchangedsince=self.selected.highestmodseq,
+                )  # fmt: skip
+                done = await self.link.check(tag, "UID STORE")
+                refused: set[int] = set()
+                if done.code is not None and done.code.name == "MODIFIED":
+                    refused = set(_expand(parse_uid_set(done.code.args.strip())))
+                taken += [m for m in chunk if m.remote_uid not in refused]
+        return taken
+
+    # -- step 3: new central messages down -------------------------------------------
+
+    async def down_new(self) -> None:
+        start = self.pair.remote_next_uid
+        found: list[int] = []
+
+        def on_search(event: Event) -> None:
+            if isinstance(event, SearchResult):
+                found.extend(n for n in event.numbers if n >= start)
+
+        await self.link.check(self.conn.uid_search(f"UID {start}:*"), "UID SEARCH", on_search)
+        found.sort()
+        for chunk in _chunks(found, 500):
+            mapped = await self.state.by_remote(self.pair, chunk)
+            wanted = [uid for uid in chunk if uid not in mapped]
+            for batch in await self._size_batches(wanted):
+                await self._fetch_batch(batch)
+            self.pair = replace(self.pair, remote_next_uid=max(self.pair.remote_next_uid,
+                                                               chunk[-1] + 1))  # fmt: skip
+            await self.state.commit(self.pair)
+        # Every UID below UIDNEXT as SELECT saw it was in the search, or is gone.
+        if self.selected.uidnext > self.pair.remote_next_uid:
+            self.pair = replace(self.pair, remote_next_uid=self.selected.uidnext)
+            await self.state.commit(self.pair)
+
+    async def _size_batches(self, uids: Sequence[int]) -> list[list[int]]:
+        if not uids:
+            return []
+        sizes: dict[int, int] = {}
+
+        def on_fetch(event: Event) -> None:
+            if isinstance(event, FetchData) and event.uid is not None:
+                sizes[event.uid] = event.size or 0
+
+        tag = self.conn.uid_fetch(uid_set(uids), "(UID RFC822.SIZE)")
+        await self.link.check(tag, "UID FETCH RFC822.SIZE", on_fetch)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        total = 0
+        for uid in uids:
+            if uid not in sizes:
+                continue  # expunged meanwhile
+            if current and (len(current) >= self.r.batch_messages
+                            or total + sizes[uid] > self.r.batch_bytes):  # fmt: skip
+                batches.append(current)
+                current, total = [], 0
+            current.append(uid)
+            total += sizes[uid]
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _fetch_batch(self, uids: list[int]) -> None:
+        fetched: list[FetchData] = []
+
+        def on_fetch(event: Event) -> None:
+            if isinstance(event, FetchData) and event.uid in wanted:
+                fetched.append(event)
+
+        wanted = set(uids)
+        tag = self.conn.uid_fetch(uid_set(uids), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+        await self.link.check(tag, "UID FETCH BODY", on_fetch)
+        adds: list[Mapped] = []
+        claimed: set[int] = set()
+        to_remote: dict[tuple[str, ...], list[Mapped]] = {}
+        unstored: dict[int, Mapped] = {}
+        for item in sorted(fetched, key=lambda f: f.uid or 0):
+            content = item.section("BODY[]")
+            if content is None or item.uid is None:
+                continue
+            remote_flags = clean_flags(item.flags or ())
+            local_uid = await self._find_local(content, claimed)
+            if local_uid is not None:
+                found = await sync_flags_of(self.store, self.mailbox_id, [local_uid])
+                local_flags = found.get(local_uid, ())
+                merged = union_flags(local_flags, remote_flags)  # no common ancestor
+                if not same_flags(merged, local_flags):
+                    await self.r.mailboxes.store_flags(self.mailbox_id, [local_uid],
+                                                       FlagMode.REPLACE, merged)  # fmt: skip
+                mapped = Mapped(local_uid, item.uid, merged)
+                if same_flags(merged, remote_flags):
+                    adds.append(mapped)
+                else:
+                    to_remote.setdefault(_key(merged), []).append(mapped)
+                    # If the centre refuses the store (changed meanwhile), the pair is
+                    # still mapped, with the central flags as the common ancestor: the
+                    # next round's merge then sends the local additions up.
+                    unstored[item.uid] = replace(mapped, flags=remote_flags)
+                self.report.matched += 1
+            else:
+                _, local_uid = await self.r.mailboxes.append(
+                    self.user.address, self.pair.local_name, content,
+                    quota_bytes=self.user.quota_bytes, flags=remote_flags,
+                    internal_date=item.internal_date,
+                )  # fmt: skip
+                adds.append(Mapped(local_uid, item.uid, remote_flags))
+                self.report.fetched += 1
+            claimed.add(local_uid)
+        taken = await self._store_remote(to_remote)
+        adds += taken
+        for m in taken:
+            unstored.pop(m.remote_uid, None)
+        adds += unstored.values()
+        self.pair = replace(self.pair, remote_next_uid=max(self.pair.remote_next_uid,
+                                                           max(uids) + 1))  # fmt: skip
+        await self.state.commit(self.pair, add=adds)
+
+    async def _find_local(self, content: bytes, claimed: set[int]) -> int | None:
+        """A local message with this content that the map does not know yet, if any."""
+        content_hash = hashlib.sha256(content).hexdigest()
+        message_id = headers.message_id(headers.parse_headers(content))
+        digest = None if message_id is None else self.store.blobs.digest(message_id.encode())
+        # Candidates: local mail not yet uploaded or mapped, that existed when the round
+        # began. What this round stored itself is mapped already, and leaving it out
+        # keeps the first sync of a new box free of any search.
+        if self.pair.local_next_uid >= self.local_uidnext:
+            return None
+        candidates = await sync_find_copies(
+            self.store, self.mailbox_id, content_hash, digest,
+            self.pair.local_next_uid, self.local_uidnext,
+        )  # fmt: skip
+        candidates = [uid for uid in candidates if uid not in claimed]
+        if not candidates:
+            return None
+        mapped = await self.state.by_local(self.pair, candidates)
+        return next((uid for uid in candidates if uid not in mapped), None)
+
+    # -- step 4: local changes up -----------------------------------------------------
+
+    async def up_changes(self) -> None:
+        since = self.pair.local_modseq
+        # Changes committed after this snapshot are seen next round; ones made during
+        # this step are seen twice, which costs nothing (the map row already agrees).
+        snapshot = await sync_highestmodseq(self.store, self.mailbox_id)
+        if snapshot <= since:
+            return
+        after = 0
+        for _ in range(1_000_000):
+            page = await sync_changed_flags(self.store, self.mailbox_id, since, after,
+                                            _NO_LIMIT, 500)  # fmt: skip
+            if not page:
+                break
+            after = page[-1][0]
+            mapped = await self.state.by_local(self.pair, [uid for uid, _ in page])
+            to_remote: dict[tuple[str, ...], list[Mapped]] = {}
+            for uid, flags in page:
+                m = mapped.get(uid)
+                if m is not None and not same_flags(flags, m.flags):
+                    to_remote.setdefault(_key(flags), []).append(replace(m, flags=flags))
+            taken = await self._store_remote(to_remote)
+            self.report.flags_up += len(taken)
+            await self.state.commit(self.pair, add=taken)
+        after = 0
+        for _ in range(1_000_000):
+            gone = await sync_expunged_since(self.store, self.mailbox_id, since, after, 500)
+            if not gone:
+                break
+            after = gone[-1]
+            mapped = await self.state.by_local(self.pair, gone)
+            if mapped:
+                remote = uid_set(m.remote_uid for m in mapped.values())
+                tag = self.conn.uid_store(remote, "+FLAGS", ["\\Deleted"], silent=True)
+                await self.link.check(tag, "UID STORE \\Deleted")
+                if "UIDPLUS" in self.conn.capabilities:  # RFC 4315 §2.1: only these
+                    await self.link.check(self.conn.uid_expunge(remote), "UID EXPUNGE")
+                self.report.expunged_up += len(mapped)
+                await self.state.commit(self.pair, remove_local=list(mapped))
+        self.pair = replace(self.pair, local_modseq=snapshot)
+        await self.state.commit(self.pair)
+
+    # -- step 5: new local messages up ------------------------------------------------
+
+    async def up_new(self) -> None:
+        if "UIDPLUS" not in self.conn.capabilities:
+            # Without APPENDUID an upload could not be mapped, and would come back down.
+            log.warning("central server lacks UIDPLUS: %s not uploaded", self.pair.local_name)
+            return
+        for _ in range(1_000_000):
+            page = await sync_new_messages(
+                self.store, self.mailbox_id, self.pair.local_next_uid, self.r.batch_messages
+            )
+            if not page:
+                return
+            mapped = await self.state.by_local(self.pair, [m.uid for m in page])
+            adds: list[Mapped] = []
+            to_remote: dict[tuple[str, ...], list[Mapped]] = {}
+            for message in page:
+                m = mapped.get(message.uid)
+                if m is not None:  # came down this round; a flag may have changed since
+                    if not same_flags(message.flags, m.flags):
+                        to_remote.setdefault(_key(message.flags), []).append(
+                            replace(m, flags=clean_flags(message.flags))
+                        )
+                    continue
+                content = await self.store.content(message)
+                flags = clean_flags(message.flags)
+                tag = self.conn.append(self.pair.remote_name, content, flags=flags,
+                                       internal_date=message.internal_date)  # fmt: skip
+                done = await self.link.check(tag, "APPEND")
+                if done.code is None or done.code.name != "APPENDUID":
+                    raise ImapProtocolError("APPEND OK without APPENDUID despite UIDPLUS")
+                uidvalidity, _, uids = done.code.args.partition(" ")
+                if int(uidvalidity) != self.pair.remote_uidvalidity:
+                    raise ImapProtocolError("central UIDVALIDITY changed during the round")
+                (remote_uid,) = _expand(parse_uid_set(uids.strip()))
+                adds.append(Mapped(message.uid, remote_uid, flags))
+                self.report.appended += 1
+            adds += await self._store_remote(to_remote)
+            self.pair = replace(self.pair, local_next_uid=page[-1].uid + 1)
+            await self.state.commit(self.pair, add=adds)
+
+
+# -- flags -------------------------------------------------------------------------------
+
+
+def clean_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """Canonical spelling, no duplicates, no \\Recent (a session flag, RFC 9051 §2.3.2)."""
+    return canonical_flags(flags)
+
+
+def same_flags(a: Iterable[str], b: Iterable[str]) -> bool:
+    return {f.lower() for f in clean_flags(a)} == {f.lower() for f in clean_flags(b)}
+
+
+def union_flags(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
+    return clean_flags([*a, *b])
+
+
+def merge_flags(
+    base: Iterable[str], local: Iterable[str], remote: Iterable[str]
+) -> tuple[str, ...]:
+    """Three-way merge, flag by flag: the side that changed it since *base* wins.
+
+    A flag is either set or not, so when both sides changed it they changed it the same
+    way: there is never a conflict to break.
+    """
+    spell = {f.lower(): f for f in clean_flags([*base, *local, *remote])}
+    b = {f.lower() for f in clean_flags(base)}
+    loc = {f.lower() for f in clean_flags(local)}
+    rem = {f.lower() for f in clean_flags(remote)}
+    result = []
+    for name, spelling in spell.items():
+        in_local, in_remote = name in loc, name in rem
+        keep = in_local if in_local == in_remote or in_remote == (name in b) else in_remote
+        if keep:
+            result.append(spelling)
+    return clean_flags(result)
+
+
+def _key(flags: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(clean_flags(flags), key=str.lower))
+
+
+# -- names and sets ----------------------------------------------------------------------
+
+
+def _to_remote(name: str, delimiter: str) -> str:
+    return name if delimiter == SEPARATOR else name.replace(SEPARATOR, delimiter)
+
+
+def _to_local(name: str, delimiter: str) -> str:
+    return name if delimiter == SEPARATOR else name.replace(delimiter, SEPARATOR)
+
+
+def _expand(ranges: Iterable[tuple[int, int]]) -> Iterator[int]:
+    for lo, hi in ranges:
+        yield from range(lo, hi + 1)
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
