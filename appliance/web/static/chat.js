@@ -260,6 +260,23 @@ function showAlert(event) {
   box.prepend(notice);
 }
 
+// An action taken while the box was cut off that the hub refused when the link came back
+// (docs/chat-sync.md): say so where the author looks, never drop it silently.
+function showRefusal(event) {
+  const box = root.querySelector(".alert-notices");
+  if (!box) return;
+  const p = event.payload ?? {};
+  const words = typeof p.content?.text === "string" ? p.content.text : "";
+  const notice = el("div", { class: "alert-notice", role: "alert", "data-testid": "sync-refusal" },
+    el("p", {},
+      el("strong", {}, tr("ส่วนกลางไม่รับรายการที่ทำไว้ระหว่างขาดการเชื่อมต่อ", "The centre refused an action taken while offline") + ": "),
+      el("span", {}, tr(String(p.message_th ?? ""), String(p.message_en ?? ""))),
+      words ? el("br") : null,
+      words ? el("span", { class: "muted" }, tr("ข้อความของท่าน: ", "Your message: "), words) : null),
+    el("button", { type: "button", class: "small", onclick: () => notice.remove() }, tr("รับทราบ", "Dismiss")));
+  box.prepend(notice);
+}
+
 // --- keyboard: "/" to search, Esc to close ------------------------------------------------
 
 function typingInField(target) {
@@ -476,6 +493,7 @@ function initList() {
 
   new EventStream(Number(root.dataset.cursor) || 0, (event) => {
     if (event.type === "alert") showAlert(event);
+    else if (event.type === "sync.rejected") showRefusal(event);
     else if (LIST_EVENTS.has(event.type)) {
       clearTimeout(timer);
       timer = setTimeout(refresh, 300);
@@ -769,6 +787,7 @@ function initRoom() {
   function onEvent(event) {
     const p = event.payload ?? {};
     if (event.type === "alert") return showAlert(event);
+    if (event.type === "sync.rejected") return showRefusal(event);
     if (event.type === "message.hidden" && p.room_id === roomId) return messageItem(p.message_id)?.remove();
     if (event.room_id !== roomId) return;
     switch (event.type) {
