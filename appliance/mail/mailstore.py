@@ -459,6 +459,111 @@ class Mailstore:
 
         return await self.db.read(query)
 
+    # --- the outbound relay (appliance.sync.relay): due rows, and settling them --------
+    # Owned by the relay. A queue row is removed only in the writer transaction that
+    # follows the relay's 250 for DATA, so a restart resends nothing already accepted.
+
+    #: Columns of a queued recipient, in the order `outbound_due` returns them.
+    OUTBOUND_COLUMNS = (
+        "id", "queue_id", "blob_id", "sender", "recipient", "notify", "orcpt", "ret",
+        "envid", "urgency", "created_at", "attempts", "last_error",
+    )  # fmt: skip
+
+    async def outbound_due(self, now: int, limit: int) -> list[tuple[Any, ...]]:
+        """Return up to *limit* rows due by *now*, most urgent first, oldest first."""
+        columns = ", ".join(self.OUTBOUND_COLUMNS)
+        return await self.db.read(
+            lambda conn: conn.execute(
+                f"SELECT {columns} FROM outbound WHERE next_attempt_at <= ?"  # noqa: S608
+                " ORDER BY urgency DESC, created_at, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
+
+    async def outbound_expired(self, created_before: int, limit: int) -> list[tuple[Any, ...]]:
+        """Return up to *limit* rows queued before *created_before* (due or not)."""
+        columns = ", ".join(self.OUTBOUND_COLUMNS)
+        return await self.db.read(
+            lambda conn: conn.execute(
+                f"SELECT {columns} FROM outbound WHERE created_at < ?"  # noqa: S608
+                " ORDER BY created_at, id LIMIT ?",
+                (created_before, limit),
+            ).fetchall()
+        )
+
+    async def outbound_next_attempt(self) -> int | None:
+        """Return the earliest next_attempt_at in the queue (None: the queue is empty)."""
+        row = await self.db.read(
+            lambda conn: conn.execute("SELECT min(next_attempt_at) FROM outbound").fetchone()
+        )
+        return None if row[0] is None else int(row[0])
+
+    async def outbound_settle(
+        self,
+        *,
+        done: Sequence[int] = (),
+        deferred: Sequence[tuple[int, int, str]] = (),
+        report: NewMessage | None = None,
+        report_local: Sequence[LocalCopy] = (),
+        report_outbound: Sequence[OutboundCopy] = (),
+        report_content: bytes | None = None,
+    ) -> None:
+        """Settle queue rows in one transaction: fsynced when it returns.
+
+        *done*: row ids delivered or given up, deleted (their blob references released);
+        *deferred*: ``(id, next_attempt_at, error)``, one attempt more; *report*: a
+        bounce whose blob is written, committed in the same transaction for the sender
+        (*report_local* / *report_outbound*). Rows already gone are skipped, so settling
+        twice has the effect of once. Raises `QuotaExceeded` (nothing written) if the
+        sender's mailbox has no room for the report.
+        """
+        now = int(time.time())
+
+        def job(conn: sqlite3.Connection) -> tuple[list[str], list[tuple[int, int]]]:
+            freed: list[str] = []
+            for row_id in done:
+                gone = conn.execute(
+                    "DELETE FROM outbound WHERE id = ? RETURNING blob_id", (row_id,)
+                ).fetchone()
+                if gone is None:
+                    continue
+                (refs,) = conn.execute(
+                    "UPDATE blobs SET refs = refs - 1 WHERE id = ? RETURNING refs", (gone[0],)
+                ).fetchone()
+                if refs == 0:
+                    conn.execute("DELETE FROM blobs WHERE id = ?", (gone[0],))
+                    freed.append(str(gone[0]))
+            conn.executemany(
+                "UPDATE outbound SET attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = ? WHERE id = ?",
+                [(when, error[:500], row_id) for row_id, when, error in deferred],
+            )
+            placed: list[tuple[int, int]] = []
+            if report is not None:
+                copies = len(report_local) + len(report_outbound)
+                self.reference_blob(conn, report.blob_id, report.size, copies)
+                placed = [_insert_local(conn, report, copy, now) for copy in report_local]
+                for out in report_outbound:
+                    conn.execute(
+                        "INSERT INTO outbound (queue_id, blob_id, sender, recipient, notify,"
+                        " orcpt, ret, envid, classification, urgency, created_at,"
+                        " next_attempt_at) VALUES (?, ?, ?, ?, 'NEVER', ?, NULL, NULL, ?, ?,"
+                        " ?, ?)",
+                        (report.queue_id, report.blob_id, report.sender, out.recipient,
+                         out.orcpt, report.classification, report.urgency, now, now),
+                    )  # fmt: skip
+            return freed, placed
+
+        if report is None:
+            freed, placed = await self.db.write(job)
+        else:
+            freed, placed = await self.write_with_blob(job, report.blob_id, report_content)
+        await self.release_blobs(freed)
+        if placed:
+            self.changes.changed(mailbox_id for mailbox_id, _ in placed)
+            if report_content is not None:
+                await self.index([(mailbox_id, uid, report_content) for mailbox_id, uid in placed])
+
 
 def _blobs_of(
     conn: sqlite3.Connection, keys: Sequence[tuple[int, int]]

@@ -152,8 +152,10 @@ class PostfixServer(PeerServer):
         # queue subdirectories owned by mail_owner=postfix and setgid_group=postdrop.
         for d in (self.root, self.config_dir, self.queue_dir):
             d.chmod(0o755)
-        if self.tls:
+        if self.tls and self.cert_path is None:
             # smtpd reads these as root before dropping privileges; 0600 root is fine.
+            # Made once: a stop() + start() (a relay outage in a test) keeps the
+            # certificate its clients were told to trust.
             self.cert_path, self.key_path = self_signed_cert(self.config_dir, self.hostname)
         (self.config_dir / "main.cf").write_text(self._main_cf())
         (self.config_dir / "master.cf").write_text(_MASTER_CF.format(port=self.smtp_port))
