@@ -7,7 +7,10 @@ The rules (issue "Foundation", DESIGN.md, REQUIREMENTS.md §2):
   the box's own domains. Any other domain is refused: the box is never an open relay.
 - **Submission ports** (Outlook, Thunderbird, phones): AUTH is required (the core
   enforces it), the envelope sender and every From address must be the authenticated
-  user, and recipients may be anywhere: other domains go to the outbound queue.
+  user, and recipients may be anywhere: other domains go to the outbound queue. An
+  account with a delegation for the sender's agency may also send as them: that is how
+  an office box relays its users' mail through the central server (here a hub) under
+  its own service account (issue 5; `Directory.act_as`).
 - Both: unknown local users get 550 5.1.1; disabled ones 550 5.2.1; a full mailbox
   452 4.2.2 (try later), a message that cannot fit 552 5.2.2.
 """
@@ -64,7 +67,7 @@ class SMTPPolicy:
             sender = normalise_address(event.reverse_path) if event.reverse_path else ""
         except DirectoryError:
             return BAD_SENDER
-        if sender != authenticated_as:
+        if not await self._may_send_as(authenticated_as, sender):
             return SENDER_NOT_OWNED
         return None
 
@@ -98,14 +101,26 @@ class SMTPPolicy:
             return OVER_QUOTA, None
         return None, Recipient(user.address, local=True, notify=notify, orcpt=orcpt)
 
-    def check_message(self, content: bytes, authenticated_as: str | None) -> Reply | None:
-        """On submission, every From address must be the authenticated user."""
+    async def check_message(self, content: bytes, authenticated_as: str | None) -> Reply | None:
+        """On submission, every From address must be the authenticated user (or one it
+        may act for)."""
         if not self.port.submission:
             return None
         senders = headers.from_addresses(headers.parse_headers(content))
-        if not senders or any(_normalised(sender) != authenticated_as for sender in senders):
+        if not senders:
             return FROM_NOT_OWNED
+        for sender in senders:
+            if not await self._may_send_as(authenticated_as, _normalised(sender)):
+                return FROM_NOT_OWNED
         return None
+
+    async def _may_send_as(self, authenticated_as: str | None, sender: str | None) -> bool:
+        if authenticated_as is None or not sender:
+            return False
+        if sender == authenticated_as:
+            return True
+        actor = await self.directory.user(authenticated_as)
+        return actor is not None and await self.directory.act_as(actor, sender) is not None
 
 
 def _normalised(address: str) -> str | None:

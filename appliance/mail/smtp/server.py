@@ -154,7 +154,7 @@ class SMTPSession:
 
     async def _message(self, event: smtp.MessageData) -> None:
         conn = self.conn
-        refusal = self.service.policy.check_message(event.content, conn.authenticated_as)
+        refusal = await self.service.policy.check_message(event.content, conn.authenticated_as)
         if refusal is not None:
             await self._record_message(event, refusal)
             conn.reject(refusal)
