@@ -48,9 +48,8 @@ from appliance.supervisor import Service, Supervisor
 from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
-from appliance.sync.hub.routes import hub_sync_routes
-from appliance.sync.hub.server import HubSyncService
 from appliance.sync.link import link_report
+from appliance.sync.services import uplink_services
 from appliance.web.api import web_routes
 from appliance.web.server import HTTPSService
 
@@ -454,8 +453,7 @@ async def _serve(config: Any) -> None:
         services.append(TrafficLogRetention(box.traffic))
         services.append(SecretSweeper(box.chat))
         services.append(SessionExpiry(box.sessions))
-        if config.role == "hub":
-            services.append(HubSyncService(box, hub_sync_routes(box)))
+        services += uplink_services(box)
         supervisor = Supervisor(services, box.status_file)
 
         def announce(listeners: dict[str, list[str]]) -> None:

@@ -72,6 +72,9 @@ class Config:
     international_probe: str = ""
     #: Seconds between link probes.
     link_probe_interval: float = 15.0
+    #: Seconds between rounds of mailbox and directory replication when nothing wakes
+    #: them earlier (the link coming back, a local change).
+    sync_interval: float = 60.0
 
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""

@@ -1,0 +1,66 @@
+"""Which uplink services a box runs, from its role and what enrolment configured.
+
+One place decides, so `edgebox run` and the tests start the same set:
+
+- **hub**: the mutual-TLS sync API (`HubSyncService`) serving every stream's hub routes.
+  A hub is also an ordinary box for its own agencies (SMTP, IMAP, web), which is how it
+  acts as the central mail server where no other exists.
+- **edge**: the link monitor always (it says "not set up" until enrolment), then each
+  replicator whose central end is configured — the outbound relay (``central_smtp``),
+  mailbox replication (``central_imap``), and directory and chat replication
+  (``hub_url``). When GIN comes back up the monitor wakes every replicator at once,
+  instead of each waiting out its back-off.
+"""
+
+from __future__ import annotations
+
+from appliance.box import Box
+from appliance.supervisor import Service
+from appliance.sync.chat import POLL_INTERVAL, ChatReplicator
+from appliance.sync.clock import Clock, SystemClock
+from appliance.sync.directory import DirectoryReplicator
+from appliance.sync.hub.routes import hub_sync_routes
+from appliance.sync.hub.server import HubSyncService
+from appliance.sync.hub_client import HubClient
+from appliance.sync.link import LinkMonitor
+from appliance.sync.mailbox import MailboxReplicator
+from appliance.sync.relay import OutboundRelay
+from appliance.sync.status import SyncStatus
+
+
+def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
+    """Return the uplink services *box* should run (none of them binds a LAN port)."""
+    config = box.config
+    clock = clock or SystemClock()
+    if config.role == "hub":
+        return [HubSyncService(box, hub_sync_routes(box))]
+    status = SyncStatus(config.data_dir, clock)
+    monitor = LinkMonitor(box, status, clock)
+    services: list[Service] = [monitor]
+    keys = config.data_dir / "keys"
+    if config.central_smtp:
+        relay = OutboundRelay(box, status, clock)
+        monitor.on_up(relay.wake)
+        services.append(relay)
+    if config.central_imap:
+        mailboxes = MailboxReplicator(box, status, clock, interval=config.sync_interval)
+        monitor.on_up(mailboxes.wake)
+        services.append(mailboxes)
+    if config.hub_url:
+        # One connection per stream, so a long chat catch-up never holds up the
+        # directory (each client serialises its own requests).
+        directory = DirectoryReplicator(
+            box, HubClient(keys, config.hub_url), status, clock, interval=config.sync_interval
+        )
+        services.append(directory)
+        # Chat polls the hub more often than mail: people wait for a chat answer.
+        chat = ChatReplicator(
+            box,
+            HubClient(keys, config.hub_url),
+            status,
+            clock,
+            poll_interval=min(POLL_INTERVAL, config.sync_interval),
+        )
+        monitor.on_up(chat.wake)
+        services.append(chat)
+    return services
