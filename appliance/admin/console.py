@@ -42,7 +42,7 @@ from appliance.directory import Agency, DirectoryError, OrgUnit, User, normalise
 from appliance.health import Finding
 from appliance.health.disk import check_disk
 from appliance.health.services import check_services
-from appliance.sync.link import STREAMS, LinkState, read_link_state
+from appliance.sync.link import STREAMS, LinkState, age_text, read_link_state
 from appliance.sync.status import read_sync_status
 
 log = logging.getLogger("edgebox.admin")
@@ -290,20 +290,9 @@ def urgency_name(level: int, lang: Language) -> str:
     return urgency.thai if lang == "th" else _URGENCY_EN[urgency]
 
 
-def format_age(seconds: float, lang: Language) -> str:
-    """How long something has waited, in the two largest units: ``3 ชั่วโมง 5 นาที``."""
-    minutes = max(0, int(seconds)) // 60
-    if minutes < 1:
-        return "ไม่ถึง 1 นาที" if lang == "th" else "under a minute"
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    names = (("วัน", "d"), ("ชั่วโมง", "h"), ("นาที", "min"))
-    parts = [
-        f"{value} {th if lang == 'th' else en}"
-        for value, (th, en) in zip((days, hours, minutes), names, strict=True)
-        if value
-    ]
-    return " ".join(parts[:2])
+#: How long something has waited, in its two largest units (``3 ชั่วโมง 5 นาที``); the
+#: same words as ``edgebox status`` uses.
+format_age = age_text
 
 
 def parse_count(text: str, what_en: str, what_th: str, maximum: int) -> int:
