@@ -7,6 +7,7 @@ connect to. Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -19,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +165,19 @@ async def stored(data: Path, address: str, mailbox: str = "INBOX") -> list[tuple
     async with open_box(configured(data, {}, {})) as box:
         rows = await box.mailstore.messages(address, mailbox)
         return [(row, await box.mailstore.content(row)) for row in rows]
+
+
+def curl(box: RunningBox, method: str, path: str, body: Any = None,
+         token: str | None = None) -> tuple[int, Any]:  # fmt: skip
+    """One JSON API request to *box* with Debian's curl, trusting the box's CA; return
+    (status, parsed JSON body or None)."""
+    args = [require_tool("curl"), "-sS", "--cacert", str(box.ca), "-X", method,
+            "-o", "-", "-w", "\n%{http_code}",
+            f"https://127.0.0.1:{box.port('https')}{path}"]  # fmt: skip
+    if token:
+        args += ["-H", f"Authorization: Bearer {token}"]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
+    done = subprocess.run(args, capture_output=True, timeout=60, check=True)
+    text, _, status = done.stdout.decode().rpartition("\n")
+    return int(status), json.loads(text) if text.strip() else None

@@ -20,7 +20,7 @@ import trio
 import wsproto
 import wsproto.events as ws
 
-from tests.harness import RunningBox, init_box, require_tool, start_box
+from tests.harness import RunningBox, curl, init_box, start_box
 
 pytestmark = pytest.mark.slow
 
@@ -41,21 +41,6 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
         yield box
     finally:
         box.stop()
-
-
-def curl(box: RunningBox, method: str, path: str, body: Any = None,
-         token: str | None = None) -> tuple[int, Any]:  # fmt: skip
-    """One request with Debian's curl; return (status, parsed JSON body or None)."""
-    args = [require_tool("curl"), "-sS", "--cacert", str(box.ca), "-X", method,
-            "-o", "-", "-w", "\n%{http_code}",
-            f"https://127.0.0.1:{box.port('https')}{path}"]  # fmt: skip
-    if token:
-        args += ["-H", f"Authorization: Bearer {token}"]
-    if body is not None:
-        args += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-    done = subprocess.run(args, capture_output=True, timeout=60, check=True)
-    text, _, status = done.stdout.decode().rpartition("\n")
-    return int(status), json.loads(text) if text.strip() else None
 
 
 def sign_in(box: RunningBox, address: str) -> str:

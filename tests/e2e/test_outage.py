@@ -15,20 +15,18 @@ import contextlib
 import email
 import email.policy
 import imaplib
-import json
 import smtplib
 import ssl
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from tests.faults.proxy import ProxyProcess
-from tests.harness import RunningBox, edgebox, init_box, require_tool, start_box
+from tests.harness import RunningBox, curl, edgebox, init_box, start_box
 
 pytestmark = pytest.mark.slow
 
@@ -52,20 +50,6 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = SETTLE) 
             return last
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def curl(box: RunningBox, method: str, path: str, body: Any = None,
-         token: str | None = None) -> tuple[int, Any]:  # fmt: skip
-    args = [require_tool("curl"), "-sS", "--cacert", str(box.ca), "-X", method,
-            "-o", "-", "-w", "\n%{http_code}",
-            f"https://127.0.0.1:{box.port('https')}{path}"]  # fmt: skip
-    if token:
-        args += ["-H", f"Authorization: Bearer {token}"]
-    if body is not None:
-        args += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-    done = subprocess.run(args, capture_output=True, timeout=60, check=True)
-    text, _, status = done.stdout.decode().rpartition("\n")
-    return int(status), json.loads(text) if text.strip() else None
 
 
 def sign_in(box: RunningBox, address: str) -> str:
