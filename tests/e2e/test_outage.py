@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.faults.proxy import ProxyProcess
+from tests.faults.proxy import Flap, ProxyProcess
 from tests.harness import RunningBox, curl, edgebox, init_box, start_box
 
 pytestmark = pytest.mark.slow
@@ -124,48 +124,123 @@ def uplink_of(hub: RunningBox) -> Iterator[tuple[list[ProxyProcess], dict[str, s
 FAST = {"EDGEBOX_LINK_PROBE_INTERVAL": "1", "EDGEBOX_SYNC_INTERVAL": "2"}
 
 
-def test_a_cut_box_keeps_serving_and_everything_converges(tmp_path: Path) -> None:
+class Network:
+    """The hub, box A behind its proxies and box B, running; A can be killed and restarted."""
+
+    def __init__(self, hub: RunningBox, a: RunningBox, b: RunningBox,
+                 proxies: list[ProxyProcess], a_env: dict[str, str]) -> None:  # fmt: skip
+        self.hub, self.a, self.b, self.proxies, self.a_env = hub, a, b, proxies, a_env
+        self.stopped: list[RunningBox] = []
+
+    def kill_and_restart_a(self) -> None:
+        self.a.kill()
+        self.stopped.append(self.a)
+        self.a = start_box(self.a.data, offset=self.a.offset, env=self.a_env)
+
+    def set_uplink(self, action: Callable[[ProxyProcess], None]) -> None:
+        for proxy in self.proxies:
+            action(proxy)
+
+
+@contextlib.contextmanager
+def network(tmp_path: Path) -> Iterator[Network]:
     hub_data, a_data, b_data = tmp_path / "hub", tmp_path / "a", tmp_path / "b"
     init_box(hub_data, "hub.go.th", {})
     init_box(a_data, "a.go.th", {k: v for k, v in PASSWORDS.items() if k.endswith("a.go.th")})
     init_box(b_data, "b.go.th", {"dara@b.go.th": PASSWORDS["dara@b.go.th"]})
     hub = start_box(hub_data, extra=["--role", "hub"], env=FAST)
-    boxes: list[RunningBox] = [hub]
+    running: list[RunningBox] = [hub]
+    net: Network | None = None
     try:
         enrol(hub, hub_data, a_data, "a.go.th")
         enrol(hub, hub_data, b_data, "b.go.th")
         with uplink_of(hub) as (proxies, settings):
-            a = start_box(a_data, env={**FAST, **settings})
-            boxes.append(a)
-            b = start_box(b_data, env=FAST)
-            boxes.append(b)
-            run_scenario(a, b, proxies)
+            a_env = {**FAST, **settings}
+            running.append(start_box(a_data, env=a_env))
+            running.append(start_box(b_data, env=FAST))
+            net = Network(hub, running[1], running[2], proxies, a_env)
+            yield net
     finally:
-        for box in reversed(boxes):
+        if net is not None:
+            running[1] = net.a
+        for box in [*reversed(running), *(net.stopped if net else [])]:
             box.stop()
             # Shown by pytest only when the test fails: what each process said.
             print(f"--- {box.data.name} ---", *box.output[-60:], sep="\n")
 
 
-def run_scenario(a: RunningBox, b: RunningBox, proxies: list[ProxyProcess]) -> None:
-    somchai, dara = sign_in(a, "somchai@a.go.th"), sign_in(b, "dara@b.go.th")
+def inter_agency_room(net: Network) -> tuple[str, str, str]:
+    """Open a room on A with B's dara once the directory has travelled; return
+    (room id, somchai's token on A, dara's token on B)."""
+    somchai, dara = sign_in(net.a, "somchai@a.go.th"), sign_in(net.b, "dara@b.go.th")
 
-    # The directory travelled: A can open a room with B's people.
     def room_made() -> str | None:
-        status, room = curl(a, "POST", "/api/v1/rooms",
+        status, room = curl(net.a, "POST", "/api/v1/rooms",
                             {"kind": "group", "name": "ประสานงาน ก-ข",
                              "members": ["dara@b.go.th"]}, token=somchai)  # fmt: skip
         return str(room["id"]) if status == 201 else None
 
-    room_id = wait_for("dara@b.go.th in A's directory", room_made)
-    status, _ = curl(a, "POST", f"/api/v1/rooms/{room_id}/messages",
-                     {"kind": "text", "text": "ก่อนตัด"}, token=somchai)  # fmt: skip
-    assert status == 201
+    return wait_for("dara@b.go.th in A's directory", room_made), somchai, dara
+
+
+def post(box: RunningBox, token: str, room_id: str, text: str) -> None:
+    status, answer = curl(box, "POST", f"/api/v1/rooms/{room_id}/messages",
+                          {"kind": "text", "text": text}, token=token)  # fmt: skip
+    assert status == 201, answer
+
+
+def test_a_cut_box_keeps_serving_and_everything_converges(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        run_scenario(net)
+
+
+def test_a_flapping_link_and_a_killed_box_converge(tmp_path: Path) -> None:
+    """Up 2 s, down 2 s while both sides work, box A SIGKILLed twice mid-sync."""
+    with network(tmp_path) as net:
+        room_id, somchai, dara = inter_agency_room(net)
+        post(net.a, somchai, room_id, "เริ่ม")
+        wait_for("the room on B", lambda: "เริ่ม" in room_texts(net.b, dara, room_id))
+        net.set_uplink(lambda proxy: proxy.control.set(Flap(2, 2)))
+        sent: list[str] = []
+        for n in range(12):
+            subject = f"สลับ {n}"
+            submit(net.a, "somchai@a.go.th", "dara@b.go.th", subject,
+                   urgency="ด่วน" if n % 3 == 0 else None)  # fmt: skip
+            sent.append(subject)
+            post(net.a, somchai, room_id, f"ก {n}")
+            post(net.b, dara, room_id, f"ข {n}")
+            if n in (4, 8):
+                net.kill_and_restart_a()
+                somchai = sign_in(net.a, "somchai@a.go.th")
+            time.sleep(0.5)
+        net.set_uplink(lambda proxy: proxy.control.restore())
+
+        def all_mail() -> list[str] | None:
+            subjects = inbox_subjects(net.b, "dara@b.go.th")
+            return subjects if len(subjects) >= len(sent) else None
+
+        arrived = wait_for("every mail on B", all_mail, timeout=SETTLE * 2)
+        assert sorted(arrived) == sorted(sent)  # each once
+
+        expected = sorted(["เริ่ม"] + [f"ก {n}" for n in range(12)] + [f"ข {n}" for n in range(12)])
+
+        def converged() -> list[str] | None:
+            on_a = room_texts(net.a, somchai, room_id)
+            on_b = room_texts(net.b, dara, room_id)
+            return on_a if on_a == on_b and sorted(on_a) == expected else None
+
+        wait_for("one room history on A and B", converged, timeout=SETTLE * 2)
+
+
+def run_scenario(net: Network) -> None:
+    a, b = net.a, net.b
+    # The directory travelled: A can open a room with B's people.
+    room_id, somchai, dara = inter_agency_room(net)
+    post(a, somchai, room_id, "ก่อนตัด")
     wait_for("the room on B", lambda: "ก่อนตัด" in room_texts(b, dara, room_id))
 
     # --- cut A's uplink ---------------------------------------------------------------
-    for proxy in proxies:
-        proxy.control.cut()
+    net.set_uplink(lambda proxy: proxy.control.cut())
     wait_for("A to see GIN down", lambda: "gin: down" in edgebox("status", "--data", str(a.data),
                                                                check=False).stdout)  # fmt: skip
 
@@ -175,19 +250,14 @@ def run_scenario(a: RunningBox, b: RunningBox, proxies: list[ProxyProcess]) -> N
     # Local mail and chat go on as before.
     assert wait_for("local mail on A", lambda: inbox_subjects(a, "malee@a.go.th")) == ["ในสำนักงาน"]
     for n in range(3):
-        status, _ = curl(a, "POST", f"/api/v1/rooms/{room_id}/messages",
-                         {"kind": "text", "text": f"ก ระหว่างตัด {n}"}, token=somchai)  # fmt: skip
-        assert status == 201
-        status, _ = curl(b, "POST", f"/api/v1/rooms/{room_id}/messages",
-                         {"kind": "text", "text": f"ข ระหว่างตัด {n}"}, token=dara)  # fmt: skip
-        assert status == 201
+        post(a, somchai, room_id, f"ก ระหว่างตัด {n}")
+        post(b, dara, room_id, f"ข ระหว่างตัด {n}")
     status_text = edgebox("status", "--data", str(a.data), check=False).stdout
     assert "(total 2)" in status_text, status_text
     assert "ก ระหว่างตัด 0" not in room_texts(b, dara, room_id)
 
     # --- restore ----------------------------------------------------------------------
-    for proxy in proxies:
-        proxy.control.restore()
+    net.set_uplink(lambda proxy: proxy.control.restore())
 
     def both_mails() -> list[str] | None:
         subjects = inbox_subjects(b, "dara@b.go.th")
