@@ -461,6 +461,12 @@ class _Answer:
     body: bytes
 
 
+#: How long, and how much, a connection keeps reading after an answer that left the
+#: request body unread (see `_Connection._linger`).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
+
+
 class _Connection:
     """One client connection: a loop of request → response, keep-alive between."""
 
@@ -554,8 +560,29 @@ class _Connection:
             except _Upgraded:
                 return
             if not (self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE):
+                if self.conn.our_state is h11.DONE:
+                    await self._linger()
                 return
             self.conn.start_next_cycle()
+
+    async def _linger(self) -> None:
+        """Read and drop what the client still sends, briefly, before closing.
+
+        After an early answer (413 before the body was read) a close at once leaves
+        unread bytes behind; the kernel then resets the connection and the client,
+        still writing its body, may never read the answer (RFC 9112 §9.6). Bounded in
+        time and bytes so a client cannot hold the connection open this way.
+        """
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < LINGER_BYTES:
+                try:
+                    data = await self.stream.receive_some(self.limits.receive_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+                if not data:
+                    return
+                drained += len(data)
 
     async def _exchange(self, request: h11.Request) -> None:
         headers = _header_map(request.headers)
