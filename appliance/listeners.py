@@ -62,8 +62,12 @@ async def start_tls(
 ) -> trio.SSLStream[trio.abc.Stream]:
     """Wrap *stream* in server-side TLS; TimeoutError if the handshake stalls."""
     tls = trio.SSLStream(stream, context, server_side=True)
-    with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+    # TimeoutError, not trio's TooSlowError (which is no TimeoutError): the gate ends a
+    # stalled client quietly rather than let the error reach the listener's nursery.
+    with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as timer:
         await tls.do_handshake()
+    if timer.cancelled_caught:
+        raise TimeoutError("TLS handshake took too long")
     return tls
 
 

@@ -626,7 +626,9 @@ class ChatApi:
                     await ws.send_text(*(event.stream_text for event in page.events))
                 cursor = page.cursor
                 if not page.more:
-                    await self.chat.wait(cursor, me.address)
+                    # Caught up: new events go straight from the publisher to the
+                    # socket while it keeps up; we read on from where it stopped.
+                    cursor = await self.chat.hub.park(subscription, cursor, ws.try_send_text)
 
         async def notices() -> None:
             async for notice in subscription.receive:

@@ -177,6 +177,16 @@ class WebSocket(Protocol):
         """Send already-encoded JSON text messages in one write (a stream's batch)."""
         ...
 
+    def try_send_text(self, messages: list[str]) -> bool:
+        """Send already-encoded messages now, without waiting, if the connection is free.
+
+        True: they are on their way, before anything sent later (written, or their
+        tail queued for the connection to write). False: nothing was sent (another
+        send is under way, the client is behind, or the connection is closing); the
+        caller sends them with `send_text` instead. Not a checkpoint.
+        """
+        ...
+
     async def receive_json(self) -> JSON | None:
         """Return the next JSON message from the client, or None once it has closed.
 

@@ -37,7 +37,7 @@ import http
 import json
 import logging
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -52,7 +52,7 @@ from wsproto.connection import ConnectionState
 from appliance.box import Box
 from appliance.directory import User
 from appliance.directory.sessions import Sessions
-from appliance.listeners import ConnectionGate, peer_ip, serve_tcp
+from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.security.tls import server_ssl_context
 from appliance.web.forms import FormError, parse_form
 from appliance.web.routes import (
@@ -69,6 +69,7 @@ from appliance.web.routes import (
     WebSocketClosed,
 )
 from appliance.web.schema import SchemaError, validate
+from appliance.web.tls_stream import start_socket_tls
 
 log = logging.getLogger("edgebox.web")
 
@@ -432,8 +433,9 @@ class HTTPSService:
         self.tls = server_ssl_context(box.config.data_dir / "keys")
         self.tls.set_alpn_protocols(["http/1.1"])
         # Over the limit a client is closed without a word: the refusal would be
-        # written before TLS, and plain text to a TLS client is noise to it.
-        self.gate = ConnectionGate(box.config.max_web_connections, b"", self.tls)
+        # written before TLS, and plain text to a TLS client is noise to it. TLS is
+        # started by `_serve` (not by the gate): see `appliance.web.tls_stream`.
+        self.gate = ConnectionGate(box.config.max_web_connections, b"")
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -443,7 +445,23 @@ class HTTPSService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        await self.gate.admit(stream, lambda s: _Connection(self, s, client_ip).run())
+        await self.gate.admit(stream, lambda s: self._serve(s, client_ip))
+
+    async def _serve(self, stream: trio.abc.Stream, client_ip: str) -> None:
+        """Start TLS on an admitted connection and serve it; close it at the end.
+
+        An accepted socket gets `SocketTLSStream` (OpenSSL writes the socket itself:
+        the chat stream's thousands of small sends a second are cheap); any other
+        stream `trio.SSLStream`. Handshake failures and time-outs end at the gate.
+        """
+        if isinstance(stream, trio.SocketStream):
+            tls: trio.abc.Stream = await start_socket_tls(stream, self.tls)
+        else:
+            tls = await start_tls(stream, self.tls)
+        try:
+            await _Connection(self, tls, client_ip).run()
+        finally:
+            await trio.aclose_forcefully(tls)
 
 
 class _Timeout(TimeoutError):
@@ -775,6 +793,41 @@ class _Connection:
 
 # --- WebSocket ---------------------------------------------------------------------
 
+#: Frames of recent server→client messages, by their text: a chat event goes to every
+#: member's stream as the same `str` object, so its frame is built once, not per
+#: recipient. Bounded in entries and in the size of a frame worth keeping.
+_FRAME_CACHE: dict[str, bytes] = {}
+_FRAME_CACHE_ENTRIES: Final = 1024
+_FRAME_CACHE_LARGEST: Final = 16 * 1024
+
+
+def text_frame(text: str) -> bytes:
+    """Return the single unmasked text frame (RFC 6455 §5.2, §5.6) that carries *text*.
+
+    A server never masks (§5.1), so the bytes are the same for every recipient; built
+    here rather than by wsproto's per-connection machinery, which costs several times
+    more and adds nothing for a whole message with no extension. wsproto still makes
+    the handshake's answer, pings, pongs and close frames, and reads the client's frames.
+    """
+    frame = _FRAME_CACHE.get(text)
+    if frame is not None:
+        return frame
+    payload = text.encode("utf-8")
+    size = len(payload)
+    # §5.2: FIN + opcode 0x1 (text), then the payload length in 7, 7+16 or 7+64 bits.
+    if size < 126:
+        head = bytes((0x81, size))
+    elif size < 1 << 16:
+        head = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    frame = head + payload
+    if len(frame) <= _FRAME_CACHE_LARGEST:
+        if len(_FRAME_CACHE) >= _FRAME_CACHE_ENTRIES:
+            del _FRAME_CACHE[next(iter(_FRAME_CACHE))]  # the oldest
+        _FRAME_CACHE[text] = frame
+    return frame
+
 
 class _WebSocket:
     """An accepted WebSocket (RFC 6455): the `routes.WebSocket` a stream handler gets.
@@ -783,16 +836,24 @@ class _WebSocket:
     bytes, text only, JSON only) and hands them to `receive_json` through a short
     queue: a handler that stops reading stops the reader too, so a fast client cannot
     fill memory. `send_json` waits for the stream (backpressure) at most
-    `Limits.ws_send_timeout`. When the client has gone, `receive_json` answers None and
-    the handler has `Limits.ws_handler_grace` seconds to return before it is cancelled.
+    `Limits.ws_send_timeout`; a send the socket takes at once does not pass through
+    the scheduler (it is no checkpoint: a handler's schedule points are its own
+    waits, as the chat stream's wait for news). When the client has gone,
+    `receive_json` answers None and the handler has `Limits.ws_handler_grace` seconds
+    to return before it is cancelled.
     """
 
     def __init__(self, stream: trio.abc.Stream, trailing: bytes, limits: Limits) -> None:
         self._stream = stream
+        #: `SocketTLSStream.send_nowait`, when the stream has it.
+        self._send_nowait: Callable[[bytes], int] | None = getattr(stream, "send_nowait", None)
         self._limits = limits
         self._ws = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
         self._trailing = trailing
         self._send_lock = trio.Lock()
+        #: The unsent tail of a `try_send_text`: written before anything else.
+        self._backlog = b""
+        self._backlog_queued = trio.Event()
         self._inbox_in, self._inbox = trio.open_memory_channel[JSON](16)
         #: Set once no more frames will come: close handshake done or stream broken.
         self._finished = trio.Event()
@@ -812,7 +873,34 @@ class _WebSocket:
                 len(text.encode("utf-8")) > self._limits.ws_max_message
             ):
                 raise ValueError("message larger than the WebSocket limit")
-        await self._send(*(wsproto.events.TextMessage(data=text) for text in messages))
+        await self._write((), b"".join([text_frame(text) for text in messages]))
+
+    def try_send_text(self, messages: list[str]) -> bool:
+        # Free means: no send under way (the lock), no tail of an earlier message
+        # still queued, and the socket can be written without waiting.
+        if (
+            self._send_nowait is None
+            or self._broken
+            or self._backlog
+            or self._send_lock.locked()
+            or self._ws.state is not ConnectionState.OPEN
+        ):
+            return False
+        if any(len(text) > self._limits.ws_max_message // 4 for text in messages):
+            return False  # maybe too big: `send_text` checks it properly
+        data = b"".join([text_frame(text) for text in messages])
+        try:
+            sent = self._send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._broken = True
+            self._finished.set()
+            return False
+        if sent < len(data):
+            # The socket took part: the rest must be the next bytes on the wire, so
+            # it waits here, and `_flush` (or whichever send comes first) writes it.
+            self._backlog = data[sent:]
+            self._backlog_queued.set()
+        return True
 
     async def receive_json(self) -> JSON | None:
         try:
@@ -835,6 +923,11 @@ class _WebSocket:
     # machinery
 
     async def _send(self, *events: wsproto.events.Event) -> None:
+        """Send control frames (ping, pong, close) through wsproto."""
+        await self._write(events, b"")
+
+    async def _write(self, events: tuple[wsproto.events.Event, ...], frames: bytes) -> None:
+        """Send wsproto *events*, or else ready-made text *frames* (`text_frame`)."""
         # The lock keeps frames whole when tasks send at once. Taken without a
         # checkpoint when free, as it nearly always is: at thousands of sends a
         # second the scheduler round trips of `async with lock` are a large share.
@@ -843,29 +936,51 @@ class _WebSocket:
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
-            await self._send_locked(events)
+            await self._write_locked(events, frames)
         finally:
             self._send_lock.release()
 
-    async def _send_locked(self, events: tuple[wsproto.events.Event, ...]) -> None:
+    async def _write_locked(self, events: tuple[wsproto.events.Event, ...], frames: bytes) -> None:
         if self._broken:
             raise WebSocketClosed("the connection is broken")
+        if events:
+            try:
+                data = b"".join([self._ws.send(event) for event in events])
+            except wsproto.utilities.LocalProtocolError:
+                raise WebSocketClosed("the WebSocket is closing or closed") from None
+        elif not frames:
+            data = b""
+        elif self._ws.state is ConnectionState.OPEN:
+            # What wsproto itself allows: messages only while open (not after either
+            # side's close frame, RFC 6455 §5.5.1). No extension is ever negotiated
+            # here, so its frames would be these very bytes.
+            data = frames
+        else:
+            raise WebSocketClosed("the WebSocket is closing or closed")
+        if self._backlog:
+            data, self._backlog = self._backlog + data, b""
+        if not data:
+            return
         try:
-            data = b"".join([self._ws.send(event) for event in events])
-        except wsproto.utilities.LocalProtocolError:
-            raise WebSocketClosed("the WebSocket is closing or closed") from None
-        # No cancel scope per send (at thousands of sends a second it is a good part
-        # of the cost): `_keep_alive` watches this mark instead and drops a client
-        # that has not taken a frame for `ws_send_timeout`.
-        self._sending_since = trio.current_time()
-        try:
-            await self._stream.send_all(data)
+            if self._send_nowait is not None:
+                # Most sends fit in the socket at once: then no trip through the
+                # scheduler (the handler's own waits are its schedule points).
+                sent = self._send_nowait(data)
+                if sent == len(data):
+                    return
+                data = data[sent:]  # the rest must be the very next bytes sent
+            # No cancel scope per send (at thousands of sends a second it is a good
+            # part of the cost): `_keep_alive` watches this mark instead and drops a
+            # client that has not taken a frame for `ws_send_timeout`.
+            self._sending_since = trio.current_time()
+            try:
+                await self._stream.send_all(data)
+            finally:
+                self._sending_since = None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._broken = True
             self._finished.set()
             raise WebSocketClosed("the client has gone") from exc
-        finally:
-            self._sending_since = None
 
     async def serve(self, handler: StreamHandler, request: Request) -> None:
         handler_done = trio.Event()
@@ -896,7 +1011,18 @@ class _WebSocket:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
             nursery.start_soon(self._keep_alive, nursery.cancel_scope)
+            nursery.start_soon(self._flush)
             nursery.start_soon(run_handler)
+
+    async def _flush(self) -> None:
+        """Write what `try_send_text` left queued, unless another send does it first."""
+        while True:
+            await self._backlog_queued.wait()
+            self._backlog_queued = trio.Event()
+            try:
+                await self._write((), b"")
+            except WebSocketClosed:
+                return
 
     async def _keep_alive(self, scope: trio.CancelScope) -> None:
         interval = self._limits.ws_ping_interval

@@ -211,6 +211,13 @@ class FakeSocket:
         for text in messages:
             await self.send_json(json.loads(text))
 
+    def try_send_text(self, messages: list[str]) -> bool:
+        if self.closed:
+            return False
+        self.sent.extend(json.loads(text) for text in messages)
+        self.got_one.set()
+        return True
+
     async def receive_json(self) -> Any:
         return await self.inbox.receive()
 
