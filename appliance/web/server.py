@@ -55,6 +55,7 @@ from appliance.directory.sessions import Sessions
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.security.tls import server_ssl_context
 from appliance.web.forms import FormError, parse_form
+from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow
 from appliance.web.routes import (
     JSON,
     ApiError,
@@ -464,10 +465,6 @@ class HTTPSService:
             await trio.aclose_forcefully(tls)
 
 
-class _Timeout(TimeoutError):
-    """The client was too slow (idle or mid-request); the gate closes quietly."""
-
-
 class _Upgraded(Exception):
     """The connection became a WebSocket and has been served to its end."""
 
@@ -479,12 +476,6 @@ class _Answer:
     body: bytes
 
 
-#: How long, and how much, a connection keeps reading after an answer that left the
-#: request body unread (see `_Connection._linger`).
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 4 * 1024 * 1024
-
-
 class _Connection:
     """One client connection: a loop of request → response, keep-alive between."""
 
@@ -493,83 +484,19 @@ class _Connection:
         self.limits = service.limits
         self.stream = stream
         self.client_ip = client_ip
-        self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
-        )
-        self.deadline = 0.0
-
-    # reading
-
-    async def _next_event(self) -> Any:
-        """The next h11 event, reading until `self.deadline`; `_Timeout` after it."""
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            await self._receive()
-
-    async def _receive(self) -> bool:
-        """Feed h11 one read; return whether it held data (not end of stream)."""
-        data: bytes | bytearray = b""
-        with trio.move_on_at(self.deadline) as timer:
-            data = await self.stream.receive_some(self.limits.receive_size)
-        if timer.cancelled_caught:
-            raise _Timeout
-        self.conn.receive_data(bytes(data))
-        return bool(data)
-
-    async def _next_request(self) -> h11.Request | None:
-        """Wait for the next request head; None when the client is done or idle."""
-        self.deadline = trio.current_time() + self.limits.idle_timeout
-        started = False
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, h11.Request):
-                return event
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return None
-            try:
-                more = await self._receive()
-            except _Timeout:
-                if started:
-                    await self._send_error(_timeout_error(), "th")
-                return None
-            if more and not started:
-                started = True
-                self.deadline = trio.current_time() + self.limits.request_timeout
-
-    async def _read_body(self, limit: int) -> bytes:
-        if self.conn.they_are_waiting_for_100_continue:
-            # RFC 9110 §10.1.1: the client waits for this before sending its body.
-            await self.stream.send_all(
-                self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            try:
-                event = await self._next_event()
-            except _Timeout:
-                raise _timeout_error() from None
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            else:
-                raise trio.BrokenResourceError("client closed mid-request")
-
-    # the loop
+        self.reader = RequestReader(stream, self.limits)
+        self.conn = self.reader.conn
 
     async def run(self) -> None:
         while True:
             try:
-                request = await self._next_request()
+                request = await self.reader.next_request()
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 await self._send_error(_malformed(status, exc), "th")
+                return
+            except TooSlow:
+                await self._send_error(_timeout_error(), "th")
                 return
             if request is None:
                 return
@@ -577,30 +504,10 @@ class _Connection:
                 await self._exchange(request)
             except _Upgraded:
                 return
-            if not (self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE):
-                if self.conn.our_state is h11.DONE:
-                    await self._linger()
+            if not self.reader.finished_exchange():
+                await self.reader.linger()
                 return
             self.conn.start_next_cycle()
-
-    async def _linger(self) -> None:
-        """Read and drop what the client still sends, briefly, before closing.
-
-        After an early answer (413 before the body was read) a close at once leaves
-        unread bytes behind; the kernel then resets the connection and the client,
-        still writing its body, may never read the answer (RFC 9112 §9.6). Bounded in
-        time and bytes so a client cannot hold the connection open this way.
-        """
-        drained = 0
-        with trio.move_on_after(LINGER_SECONDS):
-            while drained < LINGER_BYTES:
-                try:
-                    data = await self.stream.receive_some(self.limits.receive_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return
-                if not data:
-                    return
-                drained += len(data)
 
     async def _exchange(self, request: h11.Request) -> None:
         headers = _header_map(request.headers)
@@ -641,11 +548,13 @@ class _Connection:
         if route.auth:
             user = await self._authenticate(token, sign_in_from=target if page else None)
 
-        declared = headers.get("content-length")
-        if declared is not None and int(declared) > route.max_body:
-            raise _too_large(route.max_body)
         # The deadline of reading the body runs from the request's first byte.
-        body = await self._read_body(route.max_body)
+        try:
+            body = await self.reader.read_body(request, route.max_body)
+        except BodyTooLarge as exc:
+            raise _too_large(exc.limit) from None
+        except TooSlow:
+            raise _timeout_error() from None
         value = _parse_body(route, headers, body)
         form = _parse_form(route, method, headers, body, token)
         check_query(route.query, target.query)
@@ -757,7 +666,10 @@ class _Connection:
             raise _csrf_error()
         user = await self._authenticate(token) if route.auth else None
         check_query(route.query, {k: v for k, v in target.query.items() if k != "token"})
-        event = await self._next_event()
+        try:
+            event = await self.reader.next_event()
+        except TooSlow:
+            raise _timeout_error() from None
         if not isinstance(event, h11.EndOfMessage):
             raise ApiError(400, "bad_handshake", "A WebSocket handshake has no body",
                            "การเปิด WebSocket ต้องไม่มีเนื้อหา")  # fmt: skip

@@ -47,6 +47,7 @@ from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_c
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
 from appliance.sync.transport import Peer, SyncRoute
+from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow
 
 log = logging.getLogger("edgebox.hub")
 
@@ -188,82 +189,33 @@ def _peer_certificate(stream: trio.abc.Stream) -> bytes | None:
 # --- one connection ----------------------------------------------------------------
 
 
-class _Timeout(Exception):
-    """The client was too slow (idle or mid-request)."""
-
-
 class _Connection:
     """A loop of request → response on one TLS connection, keep-alive between."""
 
     def __init__(self, service: HubSyncService, stream: trio.abc.Stream, client_ip: str) -> None:
         self.service = service
-        self.limits = service.limits
         self.stream = stream
         self.client_ip = client_ip
-        self.conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
-        )
-        self.deadline = 0.0
+        self.reader = RequestReader(stream, service.limits)
+        self.conn = self.reader.conn
 
     async def run(self) -> None:
         while True:
             try:
-                request = await self._next_request()
+                request = await self.reader.next_request()
             except h11.RemoteProtocolError as exc:
                 await self._send(exc.error_status_hint, _error("bad_request", str(exc)))
                 return
-            except _Timeout:
+            except TooSlow:
+                await self._send(408, _error("timeout", "the request took too long"))
                 return
             if request is None:
                 return
             await self._exchange(request)
-            if not (self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE):
+            if not self.reader.finished_exchange():
+                await self.reader.linger()
                 return
             self.conn.start_next_cycle()
-
-    async def _receive(self) -> bool:
-        data: bytes | bytearray = b""
-        with trio.move_on_at(self.deadline) as timer:
-            data = await self.stream.receive_some(self.limits.receive_size)
-        if timer.cancelled_caught:
-            raise _Timeout
-        self.conn.receive_data(bytes(data))
-        return bool(data)
-
-    async def _next_request(self) -> h11.Request | None:
-        self.deadline = trio.current_time() + self.limits.idle_timeout
-        started = False
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, h11.Request):
-                return event
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return None
-            more = await self._receive()
-            if more and not started:
-                started = True
-                self.deadline = trio.current_time() + self.limits.request_timeout
-
-    async def _read_body(self, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    await self._receive()
-                except _Timeout:
-                    raise HubError(408, "timeout", "the request took too long") from None
-                continue
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            else:
-                raise trio.BrokenResourceError("client closed mid-request")
 
     async def _exchange(self, request: h11.Request) -> None:
         method = request.method.decode("ascii", "replace")
@@ -273,7 +225,7 @@ class _Connection:
         }
         extra: list[tuple[str, str]] = []
         try:
-            status, body = 200, await self._route(method, path, headers)
+            status, body = 200, await self._route(request, method, path, headers)
         except HubError as exc:
             status, body = exc.status, exc.body()
             if exc.status == 405:
@@ -288,19 +240,22 @@ class _Connection:
         log.debug("%s %s %s %d", self.client_ip, method, path, status)
         await self._send(status, body, extra)
 
-    async def _route(self, method: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    async def _route(
+        self, request: h11.Request, method: str, path: str, headers: dict[str, str]
+    ) -> dict[str, Any]:
         service = self.service
         if not service.known(path):
             raise HubError(404, "not_found", f"no sync route {path}")
         if method != "POST":
             raise HubError(405, "method_not_allowed", "sync routes take POST only")
-        limit = service.max_body(path)
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
         if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise HubError(415, "unsupported_media_type", "send the body as application/json")
-        raw = await self._read_body(limit)
+        try:
+            raw = await self.reader.read_body(request, service.max_body(path))
+        except BodyTooLarge as exc:
+            raise HubError(413, "too_large", str(exc)) from None
+        except TooSlow:
+            raise HubError(408, "timeout", "the request took too long") from None
         try:
             body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
@@ -342,10 +297,6 @@ class _Connection:
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
-
-
-def _too_large(limit: int) -> HubError:
-    return HubError(413, "too_large", f"the request body is larger than {limit} bytes")
 
 
 def _no_constant(name: str) -> Any:

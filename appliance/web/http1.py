@@ -1,0 +1,154 @@
+"""Reading HTTP/1.1 requests off a server connection: what every h11 listener shares.
+
+The HTTPS listener (`appliance.web.server`) and the hub's sync listener
+(`appliance.sync.hub.server`) answer differently but read the same way: an idle
+deadline while waiting for a request, a request deadline from its first byte to its
+last (the slow-loris guard), a body limit checked against the declared length before
+reading and against the bytes as they come, and a bounded linger after an early
+answer. Each listener turns `TooSlow` and `BodyTooLarge` into its own error answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import h11
+import trio
+
+
+class ReadLimits(Protocol):
+    """The sizes and timeouts a listener's limits must name."""
+
+    #: Request line plus headers; h11 answers 431 beyond it (RFC 6585 §5).
+    @property
+    def max_header_bytes(self) -> int: ...
+    #: Seconds a kept-alive connection may wait for its next request.
+    @property
+    def idle_timeout(self) -> float: ...
+    #: Seconds from a request's first byte to its last.
+    @property
+    def request_timeout(self) -> float: ...
+    @property
+    def receive_size(self) -> int: ...
+
+
+class TooSlow(TimeoutError):
+    """The client was too slow mid-request (RFC 9110 §15.5.9 allows a 408 and a close)."""
+
+
+class BodyTooLarge(Exception):
+    """The request body is (declared or found) larger than *limit* bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+#: How long, and how much, a connection keeps reading after an answer that left the
+#: request body unread (see `RequestReader.linger`).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
+
+
+class RequestReader:
+    """The reading half of one server connection, over its h11 state machine."""
+
+    def __init__(self, stream: trio.abc.Stream, limits: ReadLimits) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        self.deadline = 0.0
+
+    async def next_request(self) -> h11.Request | None:
+        """Wait for the next request head.
+
+        None when the client closed or stayed idle past the idle timeout; `TooSlow`
+        when a request had started but its head did not arrive in time.
+        """
+        self.deadline = trio.current_time() + self.limits.idle_timeout
+        started = False
+        while True:
+            event = self.conn.next_event()
+            if isinstance(event, h11.Request):
+                return event
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+            try:
+                more = await self.receive()
+            except TooSlow:
+                if started:
+                    raise
+                return None
+            if more and not started:
+                started = True
+                self.deadline = trio.current_time() + self.limits.request_timeout
+
+    async def read_body(self, request: h11.Request, limit: int) -> bytes:
+        """The whole body of *request*, at most *limit* bytes, by the request deadline.
+
+        A declared Content-Length over the limit is refused before anything is read.
+        """
+        declared = dict(request.headers).get(b"content-length")
+        if declared is not None and int(declared) > limit:
+            raise BodyTooLarge(limit)
+        if self.conn.they_are_waiting_for_100_continue:
+            # RFC 9110 §10.1.1: the client waits for this before sending its body.
+            await self.stream.send_all(
+                self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            else:
+                raise trio.BrokenResourceError("client closed mid-request")
+
+    async def next_event(self) -> Any:
+        """The next h11 event, reading until `deadline`; `TooSlow` after it."""
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self.receive()
+
+    async def receive(self) -> bool:
+        """Feed h11 one read; return whether it held data (not end of stream)."""
+        data: bytes | bytearray = b""
+        with trio.move_on_at(self.deadline) as timer:
+            data = await self.stream.receive_some(self.limits.receive_size)
+        if timer.cancelled_caught:
+            raise TooSlow("the request took too long")
+        self.conn.receive_data(bytes(data))
+        return bool(data)
+
+    def finished_exchange(self) -> bool:
+        """Whether request and response are both complete, so keep-alive may go on."""
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    async def linger(self) -> None:
+        """Read and drop what the client still sends, briefly, before closing.
+
+        After an early answer (413 before the body was read) a close at once leaves
+        unread bytes behind; the kernel then resets the connection and the client,
+        still writing its body, may never read the answer (RFC 9112 §9.6). Bounded in
+        time and bytes so a client cannot hold the connection open this way.
+        """
+        if self.conn.our_state is not h11.DONE:
+            return
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < LINGER_BYTES:
+                try:
+                    data = await self.stream.receive_some(self.limits.receive_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+                if not data:
+                    return
+                drained += len(data)

@@ -1,0 +1,131 @@
+"""The shared HTTP/1.1 request reader, over an in-memory stream pair."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+import pytest
+import trio
+import trio.testing
+
+from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_header_bytes: int = 4096
+    idle_timeout: float = 10.0
+    request_timeout: float = 5.0
+    receive_size: int = 1024
+
+
+def _pair() -> tuple[trio.abc.Stream, RequestReader]:
+    client, server = trio.testing.memory_stream_pair()
+    return client, RequestReader(server, _Limits())
+
+
+HEAD = b"POST /x HTTP/1.1\r\nHost: box\r\nContent-Length: %d\r\n\r\n"
+
+
+async def test_a_request_and_its_body_are_read() -> None:
+    client, reader = _pair()
+    await client.send_all(HEAD % 5 + b"hello")
+    request = await reader.next_request()
+    assert isinstance(request, h11.Request)
+    assert request.target == b"/x"
+    assert await reader.read_body(request, 5) == b"hello"
+
+
+async def test_an_idle_client_is_let_go_quietly(autojump_clock: trio.abc.Clock) -> None:
+    _, reader = _pair()
+    started = trio.current_time()
+    assert await reader.next_request() is None
+    assert trio.current_time() - started == pytest.approx(10.0)
+
+
+async def test_a_head_that_stops_halfway_is_too_slow(autojump_clock: trio.abc.Clock) -> None:
+    client, reader = _pair()
+    await client.send_all(b"POST /x HTTP/1.1\r\nHo")
+    with pytest.raises(TooSlow):
+        await reader.next_request()
+
+
+async def test_a_closed_connection_ends_the_loop() -> None:
+    client, reader = _pair()
+    await client.aclose()
+    assert await reader.next_request() is None
+
+
+async def test_a_declared_length_over_the_limit_is_refused_unread() -> None:
+    client, reader = _pair()
+    await client.send_all(HEAD % 1_000_000)
+    request = await reader.next_request()
+    assert request is not None
+    with pytest.raises(BodyTooLarge) as caught:
+        await reader.read_body(request, 1000)
+    assert caught.value.limit == 1000
+    assert reader.conn.their_state is h11.SEND_BODY  # nothing of the body was consumed
+    assert not reader.finished_exchange()
+
+
+async def test_a_chunked_body_growing_past_the_limit_is_refused() -> None:
+    client, reader = _pair()
+    head = b"POST /x HTTP/1.1\r\nHost: box\r\nTransfer-Encoding: chunked\r\n\r\n"
+    await client.send_all(head + b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+    request = await reader.next_request()
+    assert request is not None
+    with pytest.raises(BodyTooLarge):
+        await reader.read_body(request, 10)
+
+
+async def test_a_body_that_stalls_is_too_slow(autojump_clock: trio.abc.Clock) -> None:
+    client, reader = _pair()
+    await client.send_all(HEAD % 10 + b"abc")
+    request = await reader.next_request()
+    assert request is not None
+    with pytest.raises(TooSlow):
+        await reader.read_body(request, 100)
+
+
+async def test_expect_100_continue_is_answered_before_the_body() -> None:
+    client, reader = _pair()
+    await client.send_all(
+        b"POST /x HTTP/1.1\r\nHost: box\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    request = await reader.next_request()
+    assert request is not None
+
+    async def client_side() -> None:
+        interim = await client.receive_some(1024)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        await client.send_all(b"ok")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client_side)
+        assert await reader.read_body(request, 10) == b"ok"
+
+
+async def test_linger_drains_a_client_still_sending_then_stops(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, reader = _pair()
+    await client.send_all(HEAD % 100_000)
+    request = await reader.next_request()
+    assert request is not None
+    # The early answer: response complete, request body unread.
+    reader.conn.send(h11.Response(status_code=413, headers=[("content-length", "0")]))
+    reader.conn.send(h11.EndOfMessage())
+    await client.send_all(b"x" * 5000)
+    started = trio.current_time()
+    await reader.linger()
+    # The client never stopped nor closed: linger gives up at its time bound.
+    assert trio.current_time() - started == pytest.approx(2.0)
+
+
+async def test_linger_does_nothing_before_an_answer_was_sent() -> None:
+    client, reader = _pair()
+    await client.send_all(HEAD % 10)
+    assert await reader.next_request() is not None
+    with trio.fail_after(1):
+        await reader.linger()
