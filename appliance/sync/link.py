@@ -56,6 +56,7 @@ from appliance.sync.central import (
     parse_endpoint,
 )
 from appliance.sync.clock import Clock
+from appliance.sync.renewal import certificate_expiry
 from appliance.sync.status import SyncStatus, read_sync_status
 
 log = logging.getLogger("edgebox.link")
@@ -486,6 +487,7 @@ _STREAM_TH: Final = {
     "mailbox": "กล่องจดหมาย",
     "chat": "แชท",
     "directory": "สมุดรายชื่อ",
+    "certificate": "ใบรับรอง",
 }
 
 
@@ -589,6 +591,17 @@ def link_report(
         if error:
             line += f" (ผิดพลาดล่าสุด: {error})" if lang == "th" else f" (last error: {error})"
         lines.append(line)
+
+    expiry = certificate_expiry(data_dir / "keys")
+    if expiry is not None:
+        left = age_text(expiry.timestamp() - now, lang) if expiry.timestamp() > now else None
+        day = expiry.date().isoformat()
+        if lang == "th":
+            lines.append(f"ใบรับรองซิงก์: ใช้ได้ถึง {day} (เหลือ {left})" if left
+                         else f"ใบรับรองซิงก์: หมดอายุแล้วเมื่อ {day}")  # fmt: skip
+        else:
+            lines.append(f"sync certificate: valid until {day} ({left} left)" if left
+                         else f"sync certificate: EXPIRED on {day}")  # fmt: skip
     return lines
 
 

@@ -8,8 +8,8 @@ One place decides, so `edgebox run` and the tests start the same set:
 - **edge**: the link monitor always (it says "not set up" until enrolment), then each
   replicator whose central end is configured — the outbound relay (``central_smtp``),
   mailbox replication (``central_imap``), and directory and chat replication
-  (``hub_url``). When GIN comes back up the monitor wakes every replicator at once,
-  instead of each waiting out its back-off.
+  (``hub_url``), and the renewal of the box's sync certificate. When GIN comes back up
+  the monitor wakes every replicator at once, instead of each waiting out its back-off.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from appliance.sync.hub_client import HubClient
 from appliance.sync.link import LinkMonitor
 from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
+from appliance.sync.renewal import CertificateRenewal, finish_renewal
 from appliance.sync.status import SyncStatus
 
 
@@ -34,10 +35,12 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     clock = clock or SystemClock()
     if config.role == "hub":
         return [HubSyncService(box, hub_sync_routes(box))]
+    keys = config.data_dir / "keys"
+    # Before any service opens a connection with the sync key and certificate.
+    finish_renewal(keys)
     status = SyncStatus(config.data_dir, clock)
     monitor = LinkMonitor(box, status, clock)
     services: list[Service] = [monitor]
-    keys = config.data_dir / "keys"
     if config.central_smtp:
         relay = OutboundRelay(box, status, clock)
         monitor.on_up(relay.wake)
@@ -63,4 +66,7 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         )
         monitor.on_up(chat.wake)
         services.append(chat)
+        services.append(
+            CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
+        )
     return services

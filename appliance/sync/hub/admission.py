@@ -47,6 +47,7 @@ from appliance.sync.hub.enrolment import (
     TokenFormatError,
 )
 from appliance.sync.hub.errors import HubError, bad_request
+from appliance.sync.transport import Peer
 
 #: Local part prefix of a box's service account at the hub.
 SERVICE_PREFIX = "sync-"
@@ -124,6 +125,37 @@ async def admit_box(
         "central_smtp": config.central_smtp or f"smtp://{host}:{config.port('smtp-submission')}",
         "central_imap": config.central_imap or f"imaps://{host}:{config.port('imaps')}",
         "credentials": {"username": username, "password": password},
+    }
+
+
+async def renew_box(
+    enrolment: Enrolment,
+    ca: SyncCA,
+    clock: Clock,
+    peer: Peer,
+    calling_serial: int,
+    body: Any,
+) -> dict[str, Any]:
+    """Sign a new certificate for the enrolled box *peer*, which called with *calling_serial*.
+
+    A box renews well before its certificate expires (`appliance.sync.renewal`), over
+    the mutual-TLS connection its current certificate opens, so no token is needed: the
+    caller is already proven. The key is new (the CSR's); the box id is the caller's,
+    whatever the CSR says.
+    """
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    try:
+        csr = load_csr(body.get("csr"))
+    except CertificateRequestError as exc:
+        raise bad_request(str(exc), "bad_csr") from None
+    now = dt.datetime.fromtimestamp(clock.now(), dt.UTC)
+    cert = issue_box_certificate(ca, csr, peer.box_id, now)
+    if not await enrolment.renew(peer.box_id, calling_serial, cert.serial_number):
+        raise HubError(403, "not_enrolled", "this box is no longer enrolled; enrol it again")
+    return {
+        "certificate": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        "not_after": cert.not_valid_after_utc.isoformat(),
     }
 
 

@@ -11,7 +11,8 @@ printed token to the box, where ``edgebox enroll`` redeems it once. The hub data
 - ``boxes``: each enrolled box, its agency, the serial of the certificate it holds now
   and its service account at the hub's mail server. A box is known to the sync API only
   while its row says so: re-enrolment replaces the serial (the old certificate stops
-  working), revocation sets ``revoked_at``.
+  working), revocation sets ``revoked_at``. Renewal (`renew`) installs a new serial
+  and keeps the one the box renewed with as ``previous_serial`` until the next renewal.
 
 Times are Unix seconds from the hub's `Clock`, so expiry is tested by moving a
 `ManualClock`, not by waiting a day.
@@ -71,6 +72,15 @@ HUB_MIGRATIONS: Final = (
             enrolled_at      REAL NOT NULL,
             revoked_at       REAL
         ) WITHOUT ROWID;
+        """,
+    ),
+    Migration(
+        2,
+        "a renewed box's previous certificate stays valid until the box uses the new one",
+        """
+        -- Lower-case hex of the certificate the box renewed with: accepted beside
+        -- cert_serial, so a renewal whose answer was lost strands nobody.
+        ALTER TABLE boxes ADD COLUMN previous_serial TEXT;
         """,
     ),
 )
@@ -197,7 +207,8 @@ class Enrolment:
                 " ON CONFLICT (box_id) DO UPDATE SET agency_domain = excluded.agency_domain,"
                 " cert_serial = excluded.cert_serial,"
                 " service_account = excluded.service_account,"
-                " enrolled_at = excluded.enrolled_at, revoked_at = NULL",
+                " enrolled_at = excluded.enrolled_at, revoked_at = NULL,"
+                " previous_serial = NULL",
                 (box_id, agency, format(cert_serial, "x"), service_account, now),
             )
             return agency
@@ -208,14 +219,36 @@ class Enrolment:
         """Return the enrolled, unrevoked box holding certificate *cert_serial*, or None."""
 
         def query(conn: sqlite3.Connection) -> Peer | None:
+            serial = format(cert_serial, "x")
             row = conn.execute(
-                "SELECT agency_domain FROM boxes WHERE box_id = ? AND cert_serial = ?"
-                " AND revoked_at IS NULL",
-                (box_id, format(cert_serial, "x")),
+                "SELECT agency_domain FROM boxes WHERE box_id = ?"
+                " AND (cert_serial = ? OR previous_serial = ?) AND revoked_at IS NULL",
+                (box_id, serial, serial),
             ).fetchone()
             return None if row is None else Peer(box_id, str(row[0]))
 
         return await self._db.read(query)
+
+    async def renew(self, box_id: str, calling_serial: int, new_serial: int) -> bool:
+        """Make *new_serial* the certificate of *box_id*, which called with *calling_serial*.
+
+        The calling certificate stays valid beside the new one (``previous_serial``):
+        the box switches only once it has the answer, and if that answer is lost it
+        renews again with the same old certificate. A certificate older than the
+        calling one stops working. False (nothing changed) if the box is revoked or
+        *calling_serial* is not one of its certificates.
+        """
+        calling = format(calling_serial, "x")
+
+        def job(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE boxes SET previous_serial = ?, cert_serial = ? WHERE box_id = ?"
+                " AND (cert_serial = ? OR previous_serial = ?) AND revoked_at IS NULL",
+                (calling, format(new_serial, "x"), box_id, calling, calling),
+            )
+            return cursor.rowcount > 0
+
+        return await self._db.write(job)
 
     async def revoke(self, box_id: str) -> bool:
         """Stop accepting *box_id*'s certificate; return False if no such box."""

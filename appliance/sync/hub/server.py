@@ -42,7 +42,7 @@ from appliance.box import Box
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.security.tls import server_ssl_context
 from appliance.sync.clock import Clock, SystemClock
-from appliance.sync.hub.admission import admit_box
+from appliance.sync.hub.admission import admit_box, renew_box
 from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
@@ -53,6 +53,10 @@ log = logging.getLogger("edgebox.hub")
 
 CA_PATH: Final = "/sync/v1/ca"
 ENROLL_PATH: Final = "/sync/v1/enroll"
+#: A box's new certificate, asked for with its current one (`renew_box`).
+RENEW_PATH: Final = "/sync/v1/renew"
+#: The paths the server answers itself, before any stream's routes.
+_SERVER_PATHS: Final = (CA_PATH, ENROLL_PATH, RENEW_PATH)
 #: Enrolment bodies are a token, an id and a CSR: a few KiB.
 ENROLL_MAX_BODY: Final = 64 * 1024
 
@@ -88,8 +92,8 @@ class HubSyncService:
     ) -> None:
         self.box = box
         self.routes = {route.path: route for route in routes}
-        if CA_PATH in self.routes or ENROLL_PATH in self.routes:
-            raise ValueError("the enrolment routes belong to the server")
+        if any(path in self.routes for path in _SERVER_PATHS):
+            raise ValueError("the enrolment and renewal routes belong to the server")
         self.clock = clock or SystemClock()
         self.limits = limits or HubLimits()
         keys_dir = box.config.data_dir / "keys"
@@ -133,14 +137,16 @@ class HubSyncService:
             return {"ca": (self.box.config.data_dir / "keys" / "ca.pem").read_text("ascii")}
         if path == ENROLL_PATH:
             return await admit_box(self.box, enrolment, self.ca, self.clock, body, host)
+        peer, cert = await self.authenticate(stream)
+        if path == RENEW_PATH:
+            return await renew_box(enrolment, self.ca, self.clock, peer, cert.serial_number, body)
         route = self.routes[path]
-        peer = await self.authenticate(stream)
         result = await route.handler(peer, body)
         if not isinstance(result, dict):
             raise TypeError(f"route {path} answered {type(result).__name__}, not an object")
         return result
 
-    async def authenticate(self, stream: trio.abc.Stream) -> Peer:
+    async def authenticate(self, stream: trio.abc.Stream) -> tuple[Peer, x509.Certificate]:
         """The enrolled box behind *stream*'s verified client certificate, or refuse."""
         assert self.enrolment is not None
         der = _peer_certificate(stream)
@@ -156,15 +162,15 @@ class HubSyncService:
                 "this certificate does not belong to an enrolled box (revoked or replaced);"
                 " enrol the box again",
             )
-        return peer
+        return peer, cert
 
     def max_body(self, path: str) -> int:
-        if path in (CA_PATH, ENROLL_PATH):
+        if path in _SERVER_PATHS:
             return ENROLL_MAX_BODY
         return self.routes[path].max_body
 
     def known(self, path: str) -> bool:
-        return path in (CA_PATH, ENROLL_PATH) or path in self.routes
+        return path in _SERVER_PATHS or path in self.routes
 
 
 def _server_context(box: Box, ca: SyncCA) -> ssl.SSLContext:

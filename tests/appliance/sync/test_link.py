@@ -7,6 +7,7 @@ clock. After moving the clock, a test waits for the probe that woke to finish
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import shutil
@@ -17,6 +18,10 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -370,3 +375,29 @@ def test_status_lines_before_the_monitor_ever_ran(tmp_path: Path) -> None:
     odd = read_link_state(tmp_path)
     assert odd is not None
     assert odd.gin == LinkReading()
+
+
+def test_status_shows_when_the_sync_certificate_ends(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "box")])
+    ends = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(ends - dt.timedelta(days=365)).not_valid_after(ends)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (keys / "sync.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    before = (ends - dt.timedelta(days=20)).timestamp()
+    assert link_report(tmp_path, [], before, "en")[-1] == (
+        "sync certificate: valid until 2027-03-01 (20 d left)"
+    )
+    assert link_report(tmp_path, [], before, "th")[-1] == (
+        "ใบรับรองซิงก์: ใช้ได้ถึง 2027-03-01 (เหลือ 20 วัน)"
+    )
+    after = (ends + dt.timedelta(hours=1)).timestamp()
+    assert link_report(tmp_path, [], after, "en")[-1] == "sync certificate: EXPIRED on 2027-03-01"
+    # Without a certificate (not enrolled) there is no such line.
+    assert not any("certificate" in line for line in link_report(tmp_path / "x", [], after))
