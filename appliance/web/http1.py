@@ -140,7 +140,9 @@ class RequestReader:
         still writing its body, may never read the answer (RFC 9112 §9.6). Bounded in
         time and bytes so a client cannot hold the connection open this way.
         """
-        if self.conn.our_state is not h11.DONE:
+        # The early answer carries "Connection: close", after which h11 says MUST_CLOSE
+        # rather than DONE; before an answer was sent there is nothing to linger for.
+        if self.conn.our_state not in (h11.DONE, h11.MUST_CLOSE):
             return
         drained = 0
         with trio.move_on_after(LINGER_SECONDS):

@@ -113,8 +113,10 @@ async def test_linger_drains_a_client_still_sending_then_stops(
     await client.send_all(HEAD % 100_000)
     request = await reader.next_request()
     assert request is not None
-    # The early answer: response complete, request body unread.
-    reader.conn.send(h11.Response(status_code=413, headers=[("content-length", "0")]))
+    # The early answer, as the listeners send it: complete, "Connection: close", with the
+    # request body unread.
+    headers = [("content-length", "0"), ("connection", "close")]
+    reader.conn.send(h11.Response(status_code=413, headers=headers))
     reader.conn.send(h11.EndOfMessage())
     await client.send_all(b"x" * 5000)
     started = trio.current_time()
