@@ -206,6 +206,18 @@ class Mailboxes:
 
         return await self.db.read(query)
 
+    async def pending_uids(self, mailbox_id: int) -> set[int]:
+        """UIDs whose body is still at the centre (on a partial index: cheap when none)."""
+
+        def query(conn: sqlite3.Connection) -> set[int]:
+            rows = conn.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? AND pending_structure IS NOT NULL",
+                (mailbox_id,),
+            )
+            return {int(uid) for (uid,) in rows}
+
+        return await self.db.read(query)
+
     async def changes_since(
         self, mailbox_id: int, modseq: int
     ) -> tuple[list[MessageState], list[int]]:
@@ -359,6 +371,56 @@ class Mailboxes:
         await self.store.index([(mailbox_id, uid, content)])
         return uidvalidity, uid
 
+    async def append_pending(
+        self,
+        owner: str,
+        name: str,
+        header: bytes,
+        size: int,
+        structure: str,
+        *,
+        quota_bytes: int,
+        flags: Sequence[str] = (),
+        internal_date: int | None = None,
+    ) -> tuple[int, int]:
+        """Store a message listed by the centre whose body comes later; return
+        (UIDVALIDITY, UID).
+
+        *header* is its header block (through the empty line), *size* its RFC822.SIZE
+        and *structure* its BODYSTRUCTURE (`mime.stored_structure`). The quota is
+        charged the full size now, so the body, when it comes, always fits. The row is
+        not search-indexed until the body is stored (`Mailstore.fill_body`).
+        """
+        name = normalise_name(name)
+        blob_id = await trio.to_thread.run_sync(self.store.blobs.put, header)
+        fields = headers.parse_headers(header)
+        message_id = headers.message_id(fields)
+        digest = None if message_id is None else self.store.blobs.digest(message_id.encode())
+        classification, urgency = headers.levels(fields)
+        flag_text = " ".join(canonical_flags(flags))
+        now = int(time.time())
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            mailbox_id = _existing(conn, owner, name)
+            _charge(conn, owner, size, quota_bytes)
+            self.store.reference_blob(conn, blob_id, len(header), 1)
+            uid, modseq = _next_uid(conn, mailbox_id)
+            conn.execute(
+                "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size,"
+                " blob_id, message_id_digest, content_hash, classification, urgency,"
+                " pending_structure) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?)",
+                (mailbox_id, uid, modseq, flag_text, internal_date or now, size, blob_id,
+                 digest, classification, urgency, structure),
+            )  # fmt: skip
+            uidvalidity = conn.execute(
+                "SELECT uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()[0]
+            return mailbox_id, int(uidvalidity), uid
+
+        mailbox_id, uidvalidity, uid = await self.store.write_with_blob(job, blob_id, header)
+        self.store.changes.changed([mailbox_id])
+        return uidvalidity, uid
+
     async def store_flags(
         self,
         mailbox_id: int,
@@ -409,7 +471,12 @@ class Mailboxes:
             target = _existing(conn, owner, destination)
             if target == mailbox_id:
                 raise MailboxError("CANNOT", "source and destination are the same mailbox")
-            present = [uid for (uid,) in _rows(conn, mailbox_id, uids, "uid")]
+            rows = _rows(conn, mailbox_id, uids, "uid, pending_structure IS NOT NULL")
+            if any(pending for _, pending in rows):
+                # The copy would have to be uploaded, and its body is not here: the
+                # caller fetches pending bodies first (`Mailstore.ensure_bodies`).
+                raise MailboxError("UNAVAILABLE", "a message body is still on the central server")
+            present = [uid for uid, _ in rows]
             pairs = _copy(conn, mailbox_id, target, owner, present, check_quota=not move,
                           quota_bytes=quota_bytes)  # fmt: skip
             uidvalidity = conn.execute(
@@ -656,16 +723,27 @@ def _charge(
 def _copy(conn: sqlite3.Connection, source: int, target: int, owner: str, uids: Sequence[int],
           *, check_quota: bool, quota_bytes: int = 0) -> list[tuple[int, int, int]]:  # fmt: skip
     rows = _rows(conn, source, uids, "uid, flags, internal_date, size, blob_id, message_id_digest,"
-                 " content_hash, classification, urgency")  # fmt: skip
+                 " content_hash, classification, urgency, pending_structure")  # fmt: skip
     pairs = []
-    for uid, flags, internal_date, size, blob_id, digest, content_hash, cls, urgency in rows:
+    for (
+        uid,
+        flags,
+        internal_date,
+        size,
+        blob_id,
+        digest,
+        content_hash,
+        cls,
+        urgency,
+        pending,
+    ) in rows:
         new_uid, modseq = _next_uid(conn, target)
         conn.execute(
             "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id,"
-            " message_id_digest, content_hash, classification, urgency)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " message_id_digest, content_hash, classification, urgency, pending_structure)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (target, new_uid, modseq, flags, internal_date, size, blob_id, digest, content_hash,
-             cls, urgency),
+             cls, urgency, pending),
         )  # fmt: skip
         conn.execute("UPDATE blobs SET refs = refs + 1 WHERE id = ?", (blob_id,))
         pairs.append((uid, new_uid, size))
@@ -825,5 +903,33 @@ async def sync_find_copies(
             (mailbox_id, min_uid, below_uid, content_hash),
         ).fetchall()
         return [int(uid) for (uid,) in rows]
+
+    return await store.db.read(query)
+
+
+async def sync_find_listed_copies(
+    store: Mailstore, mailbox_id: int, message_id_digest: str | None, size: int,
+    min_uid: int, below_uid: int,
+) -> list[tuple[int, str]]:  # fmt: skip
+    """``(uid, blob_id)`` in [*min_uid*, *below_uid*) that may be a message the centre
+    listed without its body: the same size and Message-ID digest, else (copies stored
+    by APPEND carry no digest) the same size alone, lowest UID first. The caller
+    compares header blocks to be sure."""
+
+    def query(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        if message_id_digest is not None:
+            rows = conn.execute(
+                "SELECT uid, blob_id FROM messages WHERE message_id_digest = ?"
+                " AND mailbox_id = ? AND uid >= ? AND uid < ? AND size = ? ORDER BY uid",
+                (message_id_digest, mailbox_id, min_uid, below_uid, size),
+            ).fetchall()
+            if rows:
+                return [(int(uid), str(blob_id)) for uid, blob_id in rows]
+        rows = conn.execute(
+            "SELECT uid, blob_id FROM messages WHERE mailbox_id = ? AND uid >= ?"
+            " AND uid < ? AND size = ? ORDER BY uid",
+            (mailbox_id, min_uid, below_uid, size),
+        ).fetchall()
+        return [(int(uid), str(blob_id)) for uid, blob_id in rows]
 
     return await store.db.read(query)

@@ -16,13 +16,14 @@ What this is not: the SMTP or IMAP view of mail. Protocols call it; it knows nei
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -131,11 +132,46 @@ MAIL_MIGRATIONS = (
             SELECT 'last_uidvalidity', coalesce(max(uidvalidity), 0) FROM mailboxes;
         """,
     ),
+    Migration(
+        3,
+        "messages listed from the centre whose body is not here yet",
+        """
+        -- Not NULL: the body is pending. The row's blob is then the header block only,
+        -- size is the central RFC822.SIZE, content_hash is '' and this column holds the
+        -- central BODYSTRUCTURE in our own shape (mime.stored_structure).
+        ALTER TABLE messages ADD COLUMN pending_structure TEXT;
+        CREATE INDEX messages_pending ON messages (mailbox_id, uid)
+            WHERE pending_structure IS NOT NULL;
+        """,
+    ),
 )
+
+#: How long a reader (an IMAP FETCH, the webmail) waits for a pending body it asked
+#: the replicator for before it answers "unavailable": long enough for a small body
+#: over a slow link, short enough that no client times out or looks hung.
+BODY_WAIT_SECONDS = 5.0
 
 
 class BlobVanished(Exception):
     """The blob file a new row would name was deleted meanwhile; write it again."""
+
+
+class BodyUnavailable(Exception):
+    """A message's body is not on the box yet and could not be fetched now (link down).
+
+    IMAP answers it with ``NO [UNAVAILABLE]`` (RFC 5530 §3).
+    """
+
+
+class BodyFetcher(Protocol):
+    """Fetches pending bodies from the centre (mailbox replication provides it).
+
+    Called with message row ids (`StoredMessage.id`); returns when it has stored what it could,
+    or raises `BodyUnavailable` at once when it knows it cannot (the link is down).
+    The caller bounds the wait; a fetch still under way when it gives up goes on.
+    """
+
+    async def __call__(self, message_ids: Sequence[int]) -> None: ...
 
 
 class QuotaExceeded(Exception):
@@ -165,6 +201,13 @@ class StoredMessage:
     content_hash: str
     classification: int
     urgency: int
+    #: Not None while the body is still at the centre (see migration 3): the blob holds
+    #: only the header block, and this is the central BODYSTRUCTURE to serve meanwhile.
+    pending_structure: str | None = None
+
+    @property
+    def body_pending(self) -> bool:
+        return self.pending_structure is not None
 
 
 @dataclass(frozen=True)
@@ -217,6 +260,9 @@ class Mailstore:
         self.index_queue: trio.MemorySendChannel[tuple[int, int]] | None = None
         #: Wakes IMAP sessions (and IDLE) when a mailbox they show has changed.
         self.changes = ChangeFeed()
+        #: Set by mailbox replication while it runs: asks the centre for pending bodies.
+        self.body_fetcher: BodyFetcher | None = None
+        self.body_wait = BODY_WAIT_SECONDS
 
     async def create_mailboxes(self, owner: str) -> None:
         """Give *owner* the default mailboxes (idempotent)."""
@@ -389,8 +435,142 @@ class Mailstore:
         return await self.db.read(lambda conn: _select_messages(conn, owner, mailbox))
 
     async def content(self, message: StoredMessage) -> bytes:
-        """Return the decrypted bytes of *message*."""
+        """Return the decrypted bytes of *message* (its header block while it is pending)."""
         return await trio.to_thread.run_sync(self.blobs.get, message.blob_id)
+
+    # --- bodies listed but not fetched yet (mailbox replication on a slow link) ------
+
+    async def ensure_bodies(self, rows: Sequence[StoredMessage]) -> list[StoredMessage]:
+        """Return *rows* with every pending body fetched, or raise `BodyUnavailable`.
+
+        Asks the `body_fetcher` and waits at most `body_wait` seconds: never a hang. A
+        row expunged meanwhile is left out of the result.
+        """
+        wanted = sorted({m.id for m in rows if m.body_pending})
+        if not wanted:
+            return list(rows)
+        fetcher = self.body_fetcher
+        if fetcher is None:
+            raise BodyUnavailable("the message body is still on the central server")
+        with trio.move_on_after(self.body_wait):
+            await fetcher(wanted)
+        fresh = await self.db.read(partial(_rows_by_id, ids=wanted))
+        if any(row.body_pending for row in fresh.values()):
+            raise BodyUnavailable("the message body is still on the central server")
+        return [fresh[m.id] if m.body_pending else m for m in rows
+                if not m.body_pending or m.id in fresh]  # fmt: skip
+
+    async def read_for_display(self, message: StoredMessage) -> tuple[bytes, bool]:
+        """``(content, body still pending)`` for a reader: the webmail's message page.
+
+        A pending body is asked for (bounded wait); if it does not come, the header
+        block is returned with True, so the page can say so instead of failing.
+        """
+        if message.body_pending:
+            try:
+                (message,) = await self.ensure_bodies([message])
+            except (BodyUnavailable, ValueError):
+                return await self.content(message), True
+        return await self.content(message), False
+
+    async def fill_body(self, mailbox_id: int, uid: int, content: bytes) -> bool:
+        """Store the body of a pending message in one commit; True if it was filled.
+
+        *content* must start with the header block the row holds (the same message);
+        otherwise nothing changes. Every pending row sharing that header blob and size
+        (the same message in another mailbox, or another local user's copy) is filled
+        by the same commit. Filling twice is harmless: the second finds nothing pending.
+        """
+        row = await self.db.read(partial(_pending_row, mailbox_id=mailbox_id, uid=uid))
+        if row is None:
+            return False
+        header_blob, size = row
+        header = await trio.to_thread.run_sync(self.blobs.get, header_blob)
+        if not content.startswith(header):
+            log.warning("body of %d/%d does not match its listed header; not stored",
+                        mailbox_id, uid)  # fmt: skip
+            return False
+        blob_id = await trio.to_thread.run_sync(self.blobs.put, content)
+        content_hash = hashlib.sha256(content).hexdigest()
+
+        def job(conn: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[str]]:
+            rows = conn.execute(
+                "SELECT m.id, m.mailbox_id, m.uid, m.size, b.owner FROM messages m"
+                " JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.blob_id = ?"
+                " AND m.pending_structure IS NOT NULL"
+                " AND (m.size = ? OR (m.mailbox_id = ? AND m.uid = ?))",
+                (header_blob, size, mailbox_id, uid),
+            ).fetchall()
+            if not rows:
+                return [], []
+            self.reference_blob(conn, blob_id, len(content), len(rows))
+            for row_id, _, _, old_size, owner in rows:
+                conn.execute(
+                    "UPDATE messages SET blob_id = ?, content_hash = ?, size = ?,"
+                    " pending_structure = NULL WHERE id = ?",
+                    (blob_id, content_hash, len(content), row_id),
+                )
+                if old_size != len(content):  # a server whose RFC822.SIZE was wrong
+                    conn.execute(
+                        "UPDATE quota_usage SET bytes = bytes + ? WHERE owner = ?",
+                        (len(content) - old_size, owner),
+                    )
+            return [(int(r[1]), int(r[2])) for r in rows], _unreference(
+                conn, header_blob, len(rows)
+            )
+
+        filled, freed = await self.write_with_blob(job, blob_id, content)
+        await self.release_blobs(freed)
+        if filled:
+            # Indexed only now: a pending message is never in the index (SEARCH reads
+            # its header block directly), so a crash here leaves it for reconciliation.
+            await self.index([(mb, u, content) for mb, u in filled])
+            self.changes.changed(mb for mb, _ in filled)
+        return bool(filled)
+
+    async def pending_bodies(self, owner: str, limit: int) -> list[tuple[int, int, str, int, int]]:
+        """``(message id, mailbox_id, mailbox name, uid, size)`` of *owner*'s pending
+        bodies, newest first (by internal date): the order replication fetches them in."""
+
+        def query(conn: sqlite3.Connection) -> list[tuple[int, int, str, int, int]]:
+            rows = conn.execute(
+                "SELECT m.id, m.mailbox_id, b.name, m.uid, m.size FROM messages m"
+                " JOIN mailboxes b ON b.id = m.mailbox_id"
+                " WHERE b.owner = ? AND m.pending_structure IS NOT NULL"
+                " ORDER BY m.internal_date DESC, m.id DESC LIMIT ?",
+                (owner, limit),
+            ).fetchall()
+            return [(int(a), int(b), str(c), int(d), int(e)) for a, b, c, d, e in rows]
+
+        return await self.db.read(query)
+
+    async def pending_count(self, owner: str) -> int:
+        """How many of *owner*'s messages wait for their body."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+                " WHERE b.owner = ? AND m.pending_structure IS NOT NULL",
+                (owner,),
+            ).fetchone()
+            return int(count)
+
+        return await self.db.read(query)
+
+    async def locate(self, message_id: int) -> tuple[int, str, str, int, bool] | None:
+        """``(mailbox_id, owner, mailbox name, uid, body pending)`` of one message row."""
+
+        def query(conn: sqlite3.Connection) -> tuple[int, str, str, int, bool] | None:
+            row = conn.execute(
+                "SELECT m.mailbox_id, b.owner, b.name, m.uid, m.pending_structure IS NOT NULL"
+                " FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            return int(row[0]), str(row[1]), str(row[2]), int(row[3]), bool(row[4])
+
+        return await self.db.read(query)
 
     async def outbound_length(self) -> int:
         """Return how many recipients wait in the outbound queue."""
@@ -565,13 +745,44 @@ class Mailstore:
                 await self.index([(mailbox_id, uid, report_content) for mailbox_id, uid in placed])
 
 
+def _rows_by_id(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, StoredMessage]:
+    found: dict[int, StoredMessage] = {}
+    for message_id in ids:
+        row = conn.execute(f"{SELECT_MESSAGES} WHERE m.id = ?", (message_id,)).fetchone()
+        if row is not None:
+            found[message_id] = row_to_message(row)
+    return found
+
+
+def _pending_row(conn: sqlite3.Connection, mailbox_id: int, uid: int) -> tuple[str, int] | None:
+    row = conn.execute(
+        "SELECT blob_id, size FROM messages WHERE mailbox_id = ? AND uid = ?"
+        " AND pending_structure IS NOT NULL",
+        (mailbox_id, uid),
+    ).fetchone()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+def _unreference(conn: sqlite3.Connection, blob_id: str, count: int) -> list[str]:
+    """Drop *count* references to a blob; return it in a list if that was the last."""
+    (refs,) = conn.execute(
+        "UPDATE blobs SET refs = refs - ? WHERE id = ? RETURNING refs", (count, blob_id)
+    ).fetchone()
+    if refs <= 0:
+        conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
+        return [blob_id]
+    return []
+
+
 def _blobs_of(
     conn: sqlite3.Connection, keys: Sequence[tuple[int, int]]
 ) -> dict[tuple[int, int], str]:
     found: dict[tuple[int, int], str] = {}
     for mailbox_id, uid in keys:
         row = conn.execute(
-            "SELECT blob_id FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)
+            "SELECT blob_id FROM messages WHERE mailbox_id = ? AND uid = ?"
+            " AND pending_structure IS NULL",  # indexed when the body comes
+            (mailbox_id, uid),
         ).fetchone()
         if row is not None:
             found[(mailbox_id, uid)] = str(row[0])
@@ -579,7 +790,10 @@ def _blobs_of(
 
 
 def _blobs_by_uid(conn: sqlite3.Connection, mailbox_id: int) -> dict[int, str]:
-    rows = conn.execute("SELECT uid, blob_id FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+    rows = conn.execute(
+        "SELECT uid, blob_id FROM messages WHERE mailbox_id = ? AND pending_structure IS NULL",
+        (mailbox_id,),
+    )
     return {int(uid): str(blob_id) for uid, blob_id in rows}
 
 
@@ -646,7 +860,7 @@ def _insert_local(
 SELECT_MESSAGES = (
     "SELECT m.id, b.owner, b.name, m.uid, b.uidvalidity, m.modseq, m.flags,"
     " m.internal_date, m.size, m.blob_id, m.message_id_digest, m.content_hash,"
-    " m.classification, m.urgency"
+    " m.classification, m.urgency, m.pending_structure"
     " FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
 )
 

@@ -18,10 +18,18 @@ One round of one mailbox, in this order (each step commits before the next start
 3. Down, new: central UIDs at or above the cursor that are not in the map are fetched in
    batches bounded in count and bytes, and stored through the mail store (quota, search
    index, MODSEQ all apply). The map rows and the cursor are committed per batch.
+   Messages over `WHOLE_BELOW` are only *listed* (header block, size, flags, date,
+   BODYSTRUCTURE) and stored with their body pending (`Mailboxes.append_pending`).
 4. Up, changes: local flag changes and expunges since the local MODSEQ cursor go to
    the centre (``UID STORE ... (UNCHANGEDSINCE m)``, ``UID EXPUNGE``, RFC 4315).
 5. Up, new: local messages at or above the local UID cursor and not in the map are
    APPENDed; APPENDUID (RFC 4315 §3) gives the map row, committed per batch.
+
+After every user's steps 1-5, a second pass fetches pending bodies user by user (those
+a reader asked for first, then newest first) and fills each in with one commit
+(`Mailstore.fill_body`). A reader that needs a pending body now (IMAP FETCH, webmail)
+goes through `request_body`, installed as the mail store's `body_fetcher` while the
+replicator runs: it is fetched on a connection of its own, whatever the round is doing.
 
 Nothing is ever stored twice: before a central message is stored locally (step 3) it
 is matched against local messages the map does not know yet, by Message-ID digest and
@@ -44,7 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -53,6 +61,7 @@ import trio
 
 from appliance.directory import User
 from appliance.mail import headers
+from appliance.mail.imap import mime
 from appliance.mail.imap.client import (
     Event,
     FetchData,
@@ -73,11 +82,13 @@ from appliance.mail.mailboxes import (
     sync_changed_flags,
     sync_expunged_since,
     sync_find_copies,
+    sync_find_listed_copies,
     sync_flags_of,
     sync_highestmodseq,
     sync_new_messages,
 )
-from appliance.mail.mailstore import QuotaExceeded
+from appliance.mail.mailstore import BodyUnavailable, QuotaExceeded
+from appliance.store.blobs import BlobCorrupt, BlobMissing
 from appliance.store.database import open_database
 from appliance.sync.central import (
     CentralError,
@@ -105,6 +116,18 @@ SYNC_DB = "sync.sqlite"
 #: whatever either is called.
 _NO_LIMIT = 2**62
 _SPECIAL_USES = ("\\sent", "\\drafts", "\\trash", "\\junk", "\\archive")
+#: Central messages up to this size come down whole in the listing phase; larger ones
+#: are listed (header, size, flags, structure) and their bodies follow. Listing first
+#: exists so that a few large attachments cannot hold back the rest of a backlog; a
+#: body this small costs about 50 ms at 10 Mbit/s, less than the extra command and
+#: round trip fetching it separately would, and most office mail (text, a signature
+#: image) is under it. It also keeps the usual case on the content-hash match.
+WHOLE_BELOW = 64 * 1024
+#: A body a user asked for is fetched on its own connection, which gives up sooner
+#: than a round's (the reader waits `Mailstore.body_wait` at most anyway).
+REQUEST_TIMEOUT = 15.0
+#: Body requests queued at once; beyond that a reader is told "unavailable" at once.
+MAX_REQUESTS = 64
 
 
 @dataclass
@@ -114,6 +137,12 @@ class RoundReport:
     users: int = 0
     mailboxes: int = 0
     fetched: int = 0
+    #: Large central messages stored without their body (listing phase) ...
+    listed: int = 0
+    #: ... and bodies stored later (body phase, or asked for by a reader).
+    bodies: int = 0
+    #: Bodies still at the centre after the round (0 once caught up).
+    bodies_pending: int = 0
     appended: int = 0
     matched: int = 0
     flags_down: int = 0
@@ -145,6 +174,29 @@ class _Selected:
     vanished: list[tuple[int, int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Incoming:
+    """A central message on its way down: whole (*content*) or listed (*header*)."""
+
+    uid: int
+    flags: tuple[str, ...]
+    internal_date: int | None
+    size: int
+    content: bytes | None = None
+    header: bytes | None = None
+    #: `mime.stored_structure` of its BODYSTRUCTURE, for a listed message.
+    structure: str | None = None
+
+
+@dataclass
+class _BodyRequest:
+    """Bodies a reader is waiting for (`MailboxReplicator.request_body`)."""
+
+    message_ids: tuple[int, ...]
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str | None = None
+
+
 class MailboxReplicator:
     """The ``mailbox-sync`` service: rounds of replication, one user after another."""
 
@@ -162,6 +214,8 @@ class MailboxReplicator:
         batch_bytes: int = 8 * 1024 * 1024,
         timeout: float = 60.0,
         use_condstore: bool = True,
+        whole_below: int | None = WHOLE_BELOW,
+        fetch_bodies: bool = True,
     ) -> None:
         self.box = box
         self.status = status
@@ -173,9 +227,18 @@ class MailboxReplicator:
         self.timeout = timeout
         #: False: act as if the centre had no CONDSTORE/QRESYNC (UID ranges only).
         self.use_condstore = use_condstore
+        #: Size above which a central message is listed first (None: never; all whole).
+        self.whole_below = whole_below
+        #: False: rounds list and never fetch pending bodies (readers' requests still
+        #: are); for tests of the phases, and an operator's "listing only" on a bad day.
+        self.fetch_bodies = fetch_bodies
         self.mailboxes = Mailboxes(box.mailstore)
         self.state: MailboxSyncState | None = None
         self._wake = trio.Event()
+        #: Bodies readers asked for: fetched first by the body phase if their own
+        #: request failed (the link was down).
+        self._requested: set[int] = set()
+        self._requests: trio.MemorySendChannel[_BodyRequest] | None = None
 
     # -- the service --------------------------------------------------------------------
 
@@ -189,8 +252,19 @@ class MailboxReplicator:
         path = self.box.config.data_dir / "db" / SYNC_DB
         async with open_database(path, MAILBOX_SYNC_MIGRATIONS) as db:
             self.state = MailboxSyncState(db)
+            send, receive = trio.open_memory_channel[_BodyRequest](MAX_REQUESTS)
+            store = self.box.mailstore
             try:
-                yield self
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._serve_requests, receive)
+                    self._requests = send
+                    store.body_fetcher = self.request_body
+                    try:
+                        yield self
+                    finally:
+                        store.body_fetcher = None
+                        self._requests = None
+                        nursery.cancel_scope.cancel()
             finally:
                 self.state = None
 
@@ -239,19 +313,45 @@ class MailboxReplicator:
             return report
         context = central_client_context(keys)
         users = [u for u in await self.box.directory.users() if not u.remote and not u.disabled]
+        # Two passes: every user's listing first, then bodies, so a large backlog of
+        # attachments for one user does not delay new mail being listed for the others.
+        reachable = await self._pass(endpoint, context, credentials, users, report,
+                                     self._sync_user)  # fmt: skip
+        if reachable and self.fetch_bodies:
+            await self._pass(endpoint, context, credentials, users, report, self._fetch_bodies)
         for user in users:
+            report.bodies_pending += await self.box.mailstore.pending_count(user.address)
+        if report.ok:
+            self.status.success(STREAM, **report.figures())
+        else:
+            for error in report.errors:
+                log.warning("mailbox sync: %s", error)
+            self.status.failure(STREAM, "; ".join(report.errors))
+        return report
+
+    async def _pass(
+        self, endpoint: Any, context: Any, credentials: Any, users: list[User],
+        report: RoundReport, work: Any,
+    ) -> bool:  # fmt: skip
+        """Run *work(link, user, report)* for each user on its own authenticated link;
+        return False if the centre became unreachable (the pass stopped there)."""
+        first = work == self._sync_user
+        for user in users:
+            if not first and not await self.box.mailstore.pending_bodies(user.address, 1):
+                continue  # nothing to fetch: no connection
             try:
                 link = await ImapLink.connect(endpoint, context, io_timeout=self.timeout)
             except LinkDown as exc:
                 report.errors.append(str(exc))
-                break  # the centre is unreachable: no use trying the next user
+                return False  # the centre is unreachable: no use trying the next user
             try:
                 await link.authenticate(user.address, credentials.username, credentials.password)
-                await self._sync_user(link, user, report)
-                report.users += 1
+                await work(link, user, report)
+                if first:
+                    report.users += 1
             except LinkDown as exc:
                 report.errors.append(f"{user.address}: {exc}")
-                break
+                return False
             except (CommandFailed, QuotaExceeded, MailboxError, ImapProtocolError) as exc:
                 report.errors.append(f"{user.address}: {type(exc).__name__}: {exc}")
             except Exception as exc:  # a bug must not stop the other users' mail
@@ -261,13 +361,150 @@ class MailboxReplicator:
                 report.bytes_in += link.bytes_in
                 report.bytes_out += link.bytes_out
                 await link.logout()
-        if report.ok:
-            self.status.success(STREAM, **report.figures())
-        else:
-            for error in report.errors:
-                log.warning("mailbox sync: %s", error)
-            self.status.failure(STREAM, "; ".join(report.errors))
-        return report
+        return True
+
+    # -- bodies listed earlier (phase 2), and readers' requests --------------------------
+
+    async def _fetch_bodies(self, link: ImapLink, user: User, report: RoundReport) -> None:
+        """Fetch *user*'s pending bodies: those readers asked for first, then newest first."""
+        store = self.box.mailstore
+        skipped: set[int] = set()
+        for _ in range(1_000_000):  # each pass stores or skips at least one body
+            asked = []
+            for message_id in sorted(self._requested - skipped):
+                found = await store.locate(message_id)
+                if found is not None and found[1] == user.address and found[4]:
+                    asked.append((message_id, found[0], found[2], found[3], 0))
+            page = await store.pending_bodies(user.address, len(skipped) + 500)
+            chosen = {item[0] for item in asked} | skipped
+            todo = order_bodies(asked + [p for p in page if p[0] not in chosen], self._requested)
+            if not todo:
+                return
+            batch: list[tuple[int, int, str, int, int]] = []
+            total = 0
+            for item in todo:
+                if batch and (len(batch) >= self.batch_messages
+                              or total + item[4] > self.batch_bytes):  # fmt: skip
+                    break
+                batch.append(item)
+                total += item[4]
+            done = await self._fetch_some(link, user, batch)
+            report.bodies += len(done)
+            skipped.update(item[0] for item in batch if item[0] not in done)
+            self._requested.difference_update(done)
+
+    async def _fetch_some(
+        self, link: ImapLink, user: User, items: Sequence[tuple[int, int, str, int, int]]
+    ) -> set[int]:
+        """Fetch and store the bodies of *items* (message id, mailbox id, mailbox, uid,
+        size) of one user; return the message ids now stored."""
+        assert self.state is not None
+        pairs = {p.local_name: p for p in await self.state.pairs(user.address)}
+        by_mailbox: dict[str, list[tuple[int, int, int]]] = {}
+        for message_id, mailbox_id, name, uid, _ in items:
+            by_mailbox.setdefault(name, []).append((message_id, mailbox_id, uid))
+        stored: set[int] = set()
+        conn = link.conn
+        for name, wanted in by_mailbox.items():
+            pair = pairs.get(name)
+            if pair is None:
+                continue  # never replicated: no central original to ask for
+            mapped = await self.state.by_local(pair, [uid for _, _, uid in wanted])
+            remote = {mapped[uid].remote_uid: (message_id, mailbox_id, uid)
+                      for message_id, mailbox_id, uid in wanted if uid in mapped}  # fmt: skip
+            if not remote:
+                continue
+            select = await link.run(conn.select(pair.remote_name, readonly=True))
+            if not select.ok:
+                continue  # the central mailbox is gone; the next round sorts it out
+            bodies: dict[int, bytes] = {}
+
+            def on_fetch(
+                event: Event, bodies: dict[int, bytes] = bodies, remote: dict[int, Any] = remote
+            ) -> None:
+                if isinstance(event, FetchData) and event.uid in remote:
+                    content = event.section("BODY[]")
+                    if content is not None:
+                        bodies[event.uid] = content
+
+            tag = conn.uid_fetch(uid_set(remote), "(UID BODY.PEEK[])")
+            await link.check(tag, "UID FETCH BODY", on_fetch)
+            for remote_uid, content in sorted(bodies.items()):
+                message_id, mailbox_id, uid = remote[remote_uid]
+                await self.box.mailstore.fill_body(mailbox_id, uid, content)
+                stored.add(message_id)
+            await link.run(conn.unselect() if "UNSELECT" in conn.capabilities else conn.noop())
+        # A body filled by another path meanwhile (the same message elsewhere) counts.
+        for item in items:
+            found = await self.box.mailstore.locate(item[0])
+            if found is None or not found[4]:
+                stored.add(item[0])
+        return stored
+
+    async def request_body(self, message_ids: Sequence[int]) -> None:
+        """The `BodyFetcher` the mail store calls when a reader needs a pending body.
+
+        Queues the request for `_serve_requests`, which fetches on its own connection
+        (a round may be busy with another user), and waits for it. Raises
+        `BodyUnavailable` when the link is down or too many requests wait; the caller
+        bounds the wait.
+        """
+        queue = self._requests
+        if queue is None:
+            raise BodyUnavailable("mailbox replication is not running")
+        request = _BodyRequest(tuple(message_ids))
+        self._requested.update(request.message_ids)
+        try:
+            queue.send_nowait(request)
+        except trio.WouldBlock:
+            raise BodyUnavailable("too many bodies are being fetched; try again") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise BodyUnavailable(request.error)
+
+    async def _serve_requests(self, receive: trio.MemoryReceiveChannel[_BodyRequest]) -> None:
+        async for request in receive:
+            try:
+                await self._answer(request)
+            except (LinkDown, CentralError) as exc:
+                request.error = f"the central server cannot be reached ({exc})"
+            except (CommandFailed, ImapProtocolError, MailboxError) as exc:
+                request.error = f"the central server refused: {exc}"
+            except Exception as exc:  # a bug must not stop later requests
+                log.exception("fetching requested bodies failed")
+                request.error = f"{type(exc).__name__}"
+            finally:
+                request.done.set()
+
+    async def _answer(self, request: _BodyRequest) -> None:
+        store = self.box.mailstore
+        by_owner: dict[str, list[tuple[int, int, str, int, int]]] = {}
+        for message_id in request.message_ids:
+            found = await store.locate(message_id)
+            if found is None or not found[4]:
+                continue  # expunged, or stored meanwhile
+            mailbox_id, owner, name, uid, _ = found
+            by_owner.setdefault(owner, []).append((message_id, mailbox_id, name, uid, 0))
+        if not by_owner:
+            return
+        endpoint = parse_endpoint(self.box.config.central_imap, ("imap", "imaps"))
+        keys = self.box.config.data_dir / "keys"
+        credentials = load_credentials(keys)
+        if credentials is None:
+            raise CentralError("no central credentials (box not enrolled)")
+        context = central_client_context(keys)
+        timeout = min(self.timeout, REQUEST_TIMEOUT)
+        for owner, items in by_owner.items():
+            user = await self.box.directory.user(owner)
+            if user is None:
+                continue
+            link = await ImapLink.connect(endpoint, context, io_timeout=timeout)
+            try:
+                await link.authenticate(owner, credentials.username, credentials.password)
+                stored = await self._fetch_some(link, user, items)
+                self._requested.difference_update(stored)
+            finally:
+                await link.logout()
 
     # -- one user ---------------------------------------------------------------------
 
@@ -527,8 +764,11 @@ class _MailboxRound:
         for chunk in _chunks(found, 500):
             mapped = await self.state.by_remote(self.pair, chunk)
             wanted = [uid for uid in chunk if uid not in mapped]
-            for batch in await self._size_batches(wanted):
-                await self._fetch_batch(batch)
+            for whole, batch in await self._batches(wanted):
+                if whole:
+                    await self._fetch_batch(batch)
+                else:
+                    await self._list_batch(batch)
             self.pair = replace(self.pair, remote_next_uid=max(self.pair.remote_next_uid,
                                                                chunk[-1] + 1))  # fmt: skip
             await self.state.commit(self.pair)
@@ -537,7 +777,12 @@ class _MailboxRound:
             self.pair = replace(self.pair, remote_next_uid=self.selected.uidnext)
             await self.state.commit(self.pair)
 
-    async def _size_batches(self, uids: Sequence[int]) -> list[list[int]]:
+    async def _batches(self, uids: Sequence[int]) -> list[tuple[bool, list[int]]]:
+        """Split *uids* into ``(whole, batch)``: fetched whole, or listed (body later).
+
+        Batches stay in UID order, because each commit moves the cursor past its last
+        UID: a batch must never get ahead of an earlier UID not yet stored.
+        """
         if not uids:
             return []
         sizes: dict[int, int] = {}
@@ -548,20 +793,25 @@ class _MailboxRound:
 
         tag = self.conn.uid_fetch(uid_set(uids), "(UID RFC822.SIZE)")
         await self.link.check(tag, "UID FETCH RFC822.SIZE", on_fetch)
-        batches: list[list[int]] = []
+        batches: list[tuple[bool, list[int]]] = []
         current: list[int] = []
+        kind = True
         total = 0
         for uid in uids:
             if uid not in sizes:
                 continue  # expunged meanwhile
-            if current and (len(current) >= self.r.batch_messages
-                            or total + sizes[uid] > self.r.batch_bytes):  # fmt: skip
-                batches.append(current)
+            whole = self.r.whole_below is None or sizes[uid] <= self.r.whole_below
+            # A listed message costs its header, not its size, on the wire.
+            cost = sizes[uid] if whole else 0
+            if current and (whole != kind or len(current) >= self.r.batch_messages
+                            or total + cost > self.r.batch_bytes):  # fmt: skip
+                batches.append((kind, current))
                 current, total = [], 0
+            kind = whole
             current.append(uid)
-            total += sizes[uid]
+            total += cost
         if current:
-            batches.append(current)
+            batches.append((kind, current))
         return batches
 
     async def _fetch_batch(self, uids: list[int]) -> None:
@@ -574,16 +824,82 @@ class _MailboxRound:
         wanted = set(uids)
         tag = self.conn.uid_fetch(uid_set(uids), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
         await self.link.check(tag, "UID FETCH BODY", on_fetch)
+        incoming = []
+        for item in fetched:
+            content = item.section("BODY[]")
+            if content is not None and item.uid is not None:
+                incoming.append(_Incoming(item.uid, clean_flags(item.flags or ()),
+                                          item.internal_date, len(content), content))  # fmt: skip
+        await self._store_incoming(incoming, uids)
+
+    async def _list_batch(self, uids: list[int]) -> None:
+        """Phase 1 for large messages: header, size, flags, date and structure only.
+
+        A message whose BODYSTRUCTURE we cannot read (or that comes without its header)
+        is fetched whole instead, in the same batch and the same commit.
+        """
+        listed: list[FetchData] = []
+
+        def on_fetch(event: Event) -> None:
+            if isinstance(event, FetchData) and event.uid in wanted:
+                listed.append(event)
+
+        wanted = set(uids)
+        tag = self.conn.uid_fetch(
+            uid_set(uids),
+            "(UID FLAGS INTERNALDATE RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER])",
+        )
+        await self.link.check(tag, "UID FETCH BODYSTRUCTURE", on_fetch)
+        incoming: list[_Incoming] = []
+        whole: list[int] = []
+        for item in listed:
+            header = item.section("BODY[HEADER]")
+            if item.uid is None:
+                continue
+            try:
+                if header is None or item.size is None or item.size < len(header):
+                    raise mime.StructureError("no header or size")
+                structure = mime.structure_from_server(item.bodystructure)
+            except mime.StructureError as exc:
+                log.info("%s: central UID %d listed badly (%s); fetched whole",
+                         self.pair.local_name, item.uid, exc)  # fmt: skip
+                whole.append(item.uid)
+                continue
+            incoming.append(_Incoming(item.uid, clean_flags(item.flags or ()), item.internal_date,
+                                      item.size, None, header,
+                                      mime.stored_structure(structure)))  # fmt: skip
+        if whole:
+            fetched: list[FetchData] = []
+
+            def on_whole(event: Event) -> None:
+                if isinstance(event, FetchData) and event.uid in set(whole):
+                    fetched.append(event)
+
+            tag = self.conn.uid_fetch(uid_set(whole), "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+            await self.link.check(tag, "UID FETCH BODY", on_whole)
+            for item in fetched:
+                content = item.section("BODY[]")
+                if content is not None and item.uid is not None:
+                    flags = clean_flags(item.flags or ())
+                    incoming.append(
+                        _Incoming(item.uid, flags, item.internal_date, len(content), content)
+                    )
+        await self._store_incoming(incoming, uids)
+
+    async def _store_incoming(self, incoming: list[_Incoming], uids: list[int]) -> None:
+        """Match or store one batch of central messages, then commit its map rows and
+        the cursor past *uids* in one transaction."""
         adds: list[Mapped] = []
         claimed: set[int] = set()
         to_remote: dict[tuple[str, ...], list[Mapped]] = {}
         unstored: dict[int, Mapped] = {}
-        for item in sorted(fetched, key=lambda f: f.uid or 0):
-            content = item.section("BODY[]")
-            if content is None or item.uid is None:
-                continue
-            remote_flags = clean_flags(item.flags or ())
-            local_uid = await self._find_local(content, claimed)
+        for item in sorted(incoming, key=lambda i: i.uid):
+            remote_flags = item.flags
+            if item.content is not None:
+                local_uid = await self._find_local(item.content, claimed)
+            else:
+                assert item.header is not None
+                local_uid = await self._find_listed(item.header, item.size, claimed)
             if local_uid is not None:
                 found = await sync_flags_of(self.store, self.mailbox_id, [local_uid])
                 local_flags = found.get(local_uid, ())
@@ -601,14 +917,24 @@ class _MailboxRound:
                     # next round's merge then sends the local additions up.
                     unstored[item.uid] = replace(mapped, flags=remote_flags)
                 self.report.matched += 1
-            else:
+            elif item.content is not None:
                 _, local_uid = await self.r.mailboxes.append(
-                    self.user.address, self.pair.local_name, content,
+                    self.user.address, self.pair.local_name, item.content,
                     quota_bytes=self.user.quota_bytes, flags=remote_flags,
                     internal_date=item.internal_date,
                 )  # fmt: skip
                 adds.append(Mapped(local_uid, item.uid, remote_flags))
                 self.report.fetched += 1
+            else:
+                assert item.header is not None
+                assert item.structure is not None
+                _, local_uid = await self.r.mailboxes.append_pending(
+                    self.user.address, self.pair.local_name, item.header, item.size,
+                    item.structure, quota_bytes=self.user.quota_bytes, flags=remote_flags,
+                    internal_date=item.internal_date,
+                )  # fmt: skip
+                adds.append(Mapped(local_uid, item.uid, remote_flags))
+                self.report.listed += 1
             claimed.add(local_uid)
         taken = await self._store_remote(to_remote)
         adds += taken
@@ -618,6 +944,36 @@ class _MailboxRound:
         self.pair = replace(self.pair, remote_next_uid=max(self.pair.remote_next_uid,
                                                            max(uids) + 1))  # fmt: skip
         await self.state.commit(self.pair, add=adds)
+
+    async def _find_listed(self, header: bytes, size: int, claimed: set[int]) -> int | None:
+        """A local message the map does not know yet with this header block and size.
+
+        The listing has no body to hash, so a copy is recognised by its Message-ID
+        digest (or size alone, for copies without one) and then by its whole header
+        block, which carries the Message-ID, the date and every Received line.
+        """
+        if self.pair.local_next_uid >= self.local_uidnext:
+            return None
+        message_id = headers.message_id(headers.parse_headers(header))
+        digest = None if message_id is None else self.store.blobs.digest(message_id.encode())
+        candidates = await sync_find_listed_copies(
+            self.store, self.mailbox_id, digest, size, self.pair.local_next_uid,
+            self.local_uidnext,
+        )  # fmt: skip
+        candidates = [(uid, blob) for uid, blob in candidates if uid not in claimed]
+        if not candidates:
+            return None
+        mapped = await self.state.by_local(self.pair, [uid for uid, _ in candidates])
+        for uid, blob_id in candidates:
+            if uid in mapped:
+                continue
+            try:
+                stored = await trio.to_thread.run_sync(self.store.blobs.get, blob_id)
+            except (BlobMissing, BlobCorrupt):
+                continue
+            if stored.startswith(header):
+                return uid
+        return None
 
     async def _find_local(self, content: bytes, claimed: set[int]) -> int | None:
         """A local message with this content that the map does not know yet, if any."""
@@ -706,6 +1062,13 @@ class _MailboxRound:
                             replace(m, flags=clean_flags(message.flags))
                         )
                     continue
+                if message.body_pending:
+                    # Only a message listed from the centre is pending, and the map
+                    # knows it, unless its central original was expunged before the map
+                    # row was committed: there is no body to upload, and none to fetch.
+                    log.warning("%s: local UID %d has no body and no central original;"
+                                " not uploaded", self.pair.local_name, message.uid)  # fmt: skip
+                    continue
                 content = await self.store.content(message)
                 flags = clean_flags(message.flags)
                 tag = self.conn.append(self.pair.remote_name, content, flags=flags,
@@ -722,6 +1085,14 @@ class _MailboxRound:
             adds += await self._store_remote(to_remote)
             self.pair = replace(self.pair, local_next_uid=page[-1].uid + 1)
             await self.state.commit(self.pair, add=adds)
+
+
+def order_bodies(
+    pending: Sequence[tuple[int, int, str, int, int]], requested: Collection[int]
+) -> list[tuple[int, int, str, int, int]]:
+    """The body phase's order: bodies readers asked for first, then as given (newest
+    first, from `Mailstore.pending_bodies`)."""
+    return sorted(pending, key=lambda item: item[0] not in requested)
 
 
 # -- flags -------------------------------------------------------------------------------

@@ -215,6 +215,8 @@ class FetchData:
     sections: tuple[tuple[str, bytes | None], ...] = ()
     #: ENVELOPE as parsed values (lists, bytes, None), for callers that want it.
     envelope: object = None
+    #: BODYSTRUCTURE as parsed values, likewise (mailbox replication keeps it).
+    bodystructure: object = None
 
     def section(self, name: str = "BODY[]") -> bytes | None:
         return dict(self.sections).get(name.upper())
@@ -712,7 +714,9 @@ class _Reader:
             self.pos += 1
             items: list[object] = []
             while self.peek() != 0x29:
-                if items:
+                # RFC 3501 §9 writes lists of lists without a space between them:
+                # address lists ``((...)(...))`` and multipart bodies ``((...)(...) "MIXED")``.
+                if items and not (isinstance(items[-1], list) and self.peek() == 0x28):
                     self.sp()
                 items.append(self.value(depth + 1))
             self.pos += 1
@@ -959,4 +963,5 @@ def _fetch(r: _Reader, seq: int) -> FetchData:
         internal_date=date if isinstance(date, int) else None,
         sections=tuple(sections),
         envelope=fields.get("ENVELOPE"),
+        bodystructure=fields.get("BODYSTRUCTURE"),
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import binascii
 import html
+import json
 import re
 import unicodedata
 from bisect import bisect_left
@@ -848,6 +849,186 @@ def _wire_params(params: Params) -> tuple[Value, ...] | None:
             )
             values += [name.upper() + "*", "utf-8''" + escaped]
     return tuple(values) or None
+
+
+# A structure told by another server, for a message whose body is not here yet
+# (mailbox replication lists large central mail first and fetches bodies later). It is
+# rewritten into the shape `bodystructure` gives once the body is local: the same
+# fields, upper-cased the same way, with the extension data padded or cut to exactly
+# body-ext-1part / body-ext-mpart (RFC 3501 §7.4.2, §9), so a client sees no difference
+# between the two. What does not fit that grammar is refused (the caller then fetches
+# the whole message instead).
+
+
+class StructureError(ValueError):
+    """A BODYSTRUCTURE from a server that does not follow RFC 3501 §9."""
+
+
+def structure_from_server(value: object) -> tuple[Value, ...]:
+    """Return our BODYSTRUCTURE for a server's parsed BODYSTRUCTURE value.
+
+    *value* is what an IMAP client parser gives for it: lists, bytes (strings), str
+    (atoms), int and None (NIL). Raises `StructureError` if it is not a body.
+    """
+    return _server_body(value, 0)
+
+
+def stored_structure(structure: tuple[Value, ...]) -> str:
+    """Encode a structure from `structure_from_server` for the mail database (JSON)."""
+    return json.dumps(structure, ensure_ascii=True, separators=(",", ":"))
+
+
+def pending_bodystructure(stored: str, extended: bool) -> tuple[Value, ...]:
+    """BODYSTRUCTURE (or BODY, *extended* false) from `stored_structure`'s text."""
+    value = _from_json(json.loads(stored))
+    if not isinstance(value, tuple):
+        raise StructureError("stored structure is not a list")
+    return value if extended else _without_extensions(value)
+
+
+def _from_json(value: object) -> Value:
+    if isinstance(value, list):
+        return tuple(_from_json(v) for v in value)
+    if value is None or isinstance(value, str | int):
+        return value
+    raise StructureError(f"unexpected stored value {value!r:.40}")
+
+
+def _without_extensions(body: tuple[Value, ...]) -> tuple[Value, ...]:
+    if isinstance(body[0], tuple):  # multipart: the parts, then the subtype
+        count = next(i for i, v in enumerate(body) if not isinstance(v, tuple))
+        return (*(_without_extensions(_as_body(c)) for c in body[:count]), body[count])
+    kind = (body[0], body[1])
+    if kind == ("MESSAGE", "RFC822"):
+        return (*body[:8], _without_extensions(_as_body(body[8])), body[9])
+    return body[:8] if kind[0] == "TEXT" else body[:7]
+
+
+def _as_body(value: Value) -> tuple[Value, ...]:
+    if not isinstance(value, tuple) or not value:
+        raise StructureError("a body must be a non-empty list")
+    return value
+
+
+def _server_body(value: object, depth: int) -> tuple[Value, ...]:
+    if depth > MAX_DEPTH:
+        raise StructureError("body nested too deeply")
+    if not isinstance(value, list) or not value:
+        raise StructureError("a body must be a non-empty list")
+    if isinstance(value[0], list):  # body-type-mpart: 1*body SP media-subtype [ext]
+        count = next((i for i, v in enumerate(value) if not isinstance(v, list)), len(value))
+        children = [_server_body(child, depth + 1) for child in value[:count]]
+        rest = value[count:]
+        if not rest:
+            raise StructureError("multipart without a subtype")
+        subtype = _server_string(rest[0]).upper()
+        ext = _pad(rest[1:], 4)
+        return (*children, subtype, _server_params(ext[0]), _server_disposition(ext[1]),
+                _server_language(ext[2]), _server_nstring(ext[3]))  # fmt: skip
+    if len(value) < 7:
+        raise StructureError("single-part body with fewer than 7 fields")
+    kind = _server_string(value[0]).upper()
+    subtype = _server_string(value[1]).upper()
+    fields: list[Value] = [
+        kind,
+        subtype,
+        _server_params(value[2]),
+        _server_nstring(value[3]),
+        _server_nstring(value[4]),
+        _server_string(value[5]).upper(),
+        _server_number(value[6]),
+    ]
+    rest = value[7:]
+    if (kind, subtype) == ("MESSAGE", "RFC822"):
+        if len(rest) < 3:
+            raise StructureError("message/rfc822 body without envelope, body and lines")
+        fields += [_server_envelope(rest[0]), _server_body(rest[1], depth + 1),
+                   _server_number(rest[2])]  # fmt: skip
+        rest = rest[3:]
+    elif kind == "TEXT":
+        if not rest:
+            raise StructureError("text body without a line count")
+        fields.append(_server_number(rest[0]))
+        rest = rest[1:]
+    ext = _pad(rest, 4)
+    fields += [_server_nstring(ext[0]), _server_disposition(ext[1]), _server_language(ext[2]),
+               _server_nstring(ext[3])]  # fmt: skip
+    return tuple(fields)
+
+
+def _pad(values: list[object], count: int) -> list[object]:
+    """Extension data cut or padded with NIL to *count* fields (RFC 3501 §7.4.2: fields
+    a server leaves out at the end are NIL; later extensions we do not send)."""
+    return (values + [None] * count)[:count]
+
+
+def _server_string(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, str):  # an atom where a string belongs: lenient
+        return value
+    raise StructureError(f"expected a string, got {value!r:.40}")
+
+
+def _server_nstring(value: object) -> str | None:
+    return None if value is None else _server_string(value)
+
+
+def _server_number(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise StructureError(f"expected a number, got {value!r:.40}")
+
+
+def _server_params(value: object) -> tuple[Value, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) % 2:
+        raise StructureError("body-fld-param must be name-value pairs")
+    out: list[Value] = []
+    for name, param in zip(value[::2], value[1::2], strict=True):
+        out += [_server_string(name).upper(), _server_string(param)]
+    return tuple(out) or None
+
+
+def _server_disposition(value: object) -> Value:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise StructureError("body-fld-dsp must be (type params)")
+    return (_server_string(value[0]).upper(), _server_params(value[1]))
+
+
+def _server_language(value: object) -> Value:
+    if isinstance(value, list):
+        languages = tuple(_server_string(v) for v in value)
+        return languages[0] if len(languages) == 1 else (languages or None)
+    return _server_nstring(value)
+
+
+def _server_envelope(value: object) -> tuple[Value, ...]:
+    if not isinstance(value, list) or len(value) != 10:
+        raise StructureError("an envelope has 10 fields")
+    fields: list[Value] = []
+    for index, field in enumerate(value):
+        if 2 <= index <= 7:
+            fields.append(_server_addresses(field))
+        else:
+            fields.append(_server_nstring(field))
+    return tuple(fields)
+
+
+def _server_addresses(value: object) -> tuple[Value, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise StructureError("an address list must be a non-empty list or NIL")
+    out: list[Value] = []
+    for address in value:
+        if not isinstance(address, list) or len(address) != 4:
+            raise StructureError("an address has 4 fields")
+        out.append(tuple(_server_nstring(v) for v in address))
+    return tuple(out)
 
 
 def serialize(value: Value) -> bytes:

@@ -38,7 +38,7 @@ from appliance.mail.mailboxes import (
     Mailboxes,
     MailboxInfo,
 )
-from appliance.mail.mailstore import Mailstore, QuotaExceeded, StoredMessage
+from appliance.mail.mailstore import BodyUnavailable, Mailstore, QuotaExceeded, StoredMessage
 from appliance.store.blobs import BlobMissing
 
 log = logging.getLogger("edgebox.imap")
@@ -112,6 +112,10 @@ class ImapSession:
             self.conn.tagged(command.tag, "NO", str(exc), code=exc.code)
         except QuotaExceeded:
             self.conn.tagged(command.tag, "NO", "mailbox quota exceeded", code="OVERQUOTA")
+        except BodyUnavailable as exc:
+            # RFC 5530 §3: "a subsystem is down"; the client may try again later. Raised
+            # before anything of the command was sent or changed (see `_ensure_bodies`).
+            self.conn.tagged(command.tag, "NO", f"{exc}; try again later", code="UNAVAILABLE")
 
     def capability(self) -> str:
         extra = "" if self.conn.tls_active else " STARTTLS LOGINDISABLED"
@@ -444,6 +448,7 @@ class ImapSession:
             self.conn.tagged(cmd.tag, "NO", "mailbox is read-only", code="READ-ONLY")
             return
         uids = _uids_in(cmd.sequence_set, selected, uid=cmd.uid)
+        await self._ensure_bodies(selected, uids)  # a copy may be uploaded: it needs its body
         try:
             result = await self.mailboxes.copy(
                 selected.info.id, uids, self.owner, cmd.mailbox,
@@ -494,6 +499,11 @@ class ImapSession:
         )
         needs_row = any(not (isinstance(i, imap.FetchAttr) and i.name in ("UID", "FLAGS", "MODSEQ"))
                         for i in items)  # fmt: skip
+        if any(_needs_body(i) for i in items):
+            # All or nothing: every body this FETCH returns must be here before the
+            # first response line is sent, so an unavailable one fails the whole command
+            # with nothing half-sent and no \Seen set (RFC 3501 §6.4.5).
+            await self._ensure_bodies(selected, uids)
         marks_seen = not selected.readonly and any(
             (isinstance(i, imap.FetchBody) and not i.peek)
             or (isinstance(i, imap.FetchAttr) and i.name in ("RFC822", "RFC822.TEXT"))
@@ -528,6 +538,14 @@ class ImapSession:
             await self.flush()
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "FETCH completed")
+
+    async def _ensure_bodies(self, selected: Selected, uids: Sequence[int]) -> None:
+        """Fetch the pending bodies among *uids* now, or raise `BodyUnavailable`."""
+        pending = await self.mailboxes.pending_uids(selected.info.id)
+        wanted = pending.intersection(uids)
+        if wanted:
+            rows = await self.mailboxes.messages(selected.info.id, wanted)
+            await self.store.ensure_bodies(rows)
 
     async def _contents(self, rows: dict[int, StoredMessage]) -> dict[int, bytes]:
         """Decrypt a FETCH batch's messages in one worker call, not one hop each."""
@@ -591,8 +609,13 @@ class ImapSession:
                     data, _ = await load()
                     parts.append(b"ENVELOPE " + mime.serialize(mime.envelope(data)))
                 elif name in ("BODY", "BODYSTRUCTURE"):
-                    _, root = await load()
-                    structure = mime.bodystructure(root, extended=name == "BODYSTRUCTURE")
+                    extended = name == "BODYSTRUCTURE"
+                    if row is not None and row.pending_structure is not None:
+                        # The centre's structure, in the shape ours will have.
+                        structure = mime.pending_bodystructure(row.pending_structure, extended)
+                    else:
+                        _, root = await load()
+                        structure = mime.bodystructure(root, extended=extended)
                     parts.append(name.encode() + b" " + mime.serialize(structure))
                 elif name == "RFC822":
                     parts.append(b"RFC822 " + _literal(await raw()))
@@ -969,6 +992,15 @@ def _pattern(pattern: str) -> Callable[[str], bool]:
         return bool(regex.match(name) or (name == "INBOX" and anycase.match(name)))
 
     return match
+
+
+def _needs_body(item: imap.FetchItem) -> bool:
+    """Whether a FETCH item needs more than the header block (of a pending message)."""
+    if isinstance(item, imap.FetchAttr):
+        return item.name in ("RFC822", "RFC822.TEXT")
+    section = item.section
+    header_only = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
+    return bool(section.part) or (section.text or "").upper() not in header_only
 
 
 def _section_label(section: imap.BodySection) -> str:

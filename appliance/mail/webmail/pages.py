@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -233,8 +234,12 @@ class MailPages:
     async def message(self, request: Request) -> Response:
         assert request.user is not None
         _, folder, stored = await self._located(request)
-        content = await self.box.mailstore.content(stored)
-        view = await trio.to_thread.run_sync(reading.read_message, content)
+        # A body still on the central server is asked for (bounded wait); if the link
+        # is down the page says so instead of failing.
+        content, pending = await self.box.mailstore.read_for_display(stored)
+        view = await trio.to_thread.run_sync(
+            partial(reading.read_message, content, body_pending=pending)
+        )
         blocked = 0
         if view.body.kind == "html":
             blocked = (await trio.to_thread.run_sync(sanitise.sanitise, view.body.text)).blocked
@@ -312,6 +317,11 @@ class MailPages:
             await self._apply(user.address, user.quota_bytes, folders, folder, action, uids,
                               form.get("target"))  # fmt: skip
         except MailboxError as exc:
+            if exc.code == "UNAVAILABLE":
+                raise _bad("unavailable", "Some of these messages are still being downloaded"
+                           " from the central server; try again when the link is back",
+                           "จดหมายบางฉบับยังดาวน์โหลดจากเครื่องแม่ข่ายกลางไม่เสร็จ"
+                           " กรุณาลองใหม่เมื่อเชื่อมต่อได้") from None  # fmt: skip
             raise _bad("mailbox", f"The messages could not be moved ({exc})",
                        "ย้ายจดหมายไม่ได้") from None  # fmt: skip
         return redirect(back)

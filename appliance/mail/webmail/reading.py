@@ -97,8 +97,9 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Body:
-    #: "html": show sanitised in a frame; "plain": show escaped; "none": nothing to show.
-    kind: Literal["html", "plain", "none"]
+    #: "html": show sanitised in a frame; "plain": show escaped; "none": nothing to show;
+    #: "pending": the body is still on the central server and the link is down.
+    kind: Literal["html", "plain", "none", "pending"]
     text: str
     part: str | None = None
 
@@ -386,14 +387,22 @@ def inline_images(content: bytes, root: Part, inline: dict[str, str]) -> dict[st
 # --- the whole message ------------------------------------------------------------------
 
 
-def read_message(content: bytes) -> MessageView:
-    """Everything the reading view shows of *content*; never raises on any input."""
+def read_message(content: bytes, *, body_pending: bool = False) -> MessageView:
+    """Everything the reading view shows of *content*; never raises on any input.
+
+    *body_pending*: *content* is only the header block of a message whose body is
+    still at the centre (`Mailstore.read_for_display`): the headers are shown, with a
+    "not downloaded yet" notice in place of the body and no attachments.
+    """
     root = mime.parse(content)
     fields = header_values(content)
     envelope = mime.envelope(content)
     found = structure(root)
     body = Body("none", "")
-    if found.body is not None:
+    if body_pending:
+        found = Structure(None, (), {})
+        body = Body("pending", "")
+    elif found.body is not None:
         number, part = found.body
         kind: Literal["html", "plain"] = "html" if part.subtype == "html" else "plain"
         body = Body(kind, part_text(content, part), number)
