@@ -13,98 +13,29 @@ and the hub twice each mid-sync, watching every process's memory.
 from __future__ import annotations
 
 import contextlib
-import email
-import email.policy
-import imaplib
-import smtplib
-import ssl
 import time
 from collections.abc import Callable, Iterator
-from email.message import EmailMessage
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 import pytest
 
+from tests.e2e.uplink import (
+    FAST,
+    PASSWORDS,
+    SETTLE,
+    enrol,
+    inbox_subjects,
+    post,
+    room_texts,
+    sign_in,
+    submit,
+    wait_for,
+)
 from tests.faults.proxy import Flap, ProxyProcess
 from tests.harness import RunningBox, curl, edgebox, init_box, start_box
 
 pytestmark = pytest.mark.slow
-
-PASSWORDS = {
-    "somchai@a.go.th": "somchai-pass-2026",
-    "malee@a.go.th": "malee-pass-2026",
-    "dara@b.go.th": "dara-pass-2026",
-}
-#: Seconds any one convergence may take; every wait below is bounded by it.
-SETTLE = 90.0
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = SETTLE) -> T:
-    """Poll *probe* until it returns something truthy; fail with *what* after *timeout*."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def sign_in(box: RunningBox, address: str) -> str:
-    body = {"address": address, "password": PASSWORDS[address], "client": "app"}
-    status, answer = curl(box, "POST", "/api/v1/session", body)
-    assert status == 201, answer
-    return str(answer["token"])
-
-
-def room_texts(box: RunningBox, token: str, room_id: str) -> list[str]:
-    status, page = curl(box, "GET", f"/api/v1/rooms/{room_id}/messages?limit=200", token=token)
-    if status == 404:  # not replicated to this box yet
-        return []
-    assert status == 200, page
-    messages = page["messages"] if isinstance(page, dict) else page
-    return [m["content"].get("text", "") for m in messages if m.get("content")]
-
-
-def submit(box: RunningBox, sender: str, to: str, subject: str, urgency: str | None = None) -> None:
-    message = EmailMessage()
-    message["From"], message["To"], message["Subject"] = sender, to, subject
-    if urgency:
-        message["X-Urgency"] = urgency
-    message.set_content(f"{subject}\n")
-    context = ssl.create_default_context(cafile=str(box.ca))
-    context.check_hostname = False
-    with smtplib.SMTP("127.0.0.1", box.port("smtp-submission"), timeout=30) as smtp:
-        smtp.starttls(context=context)
-        smtp.login(sender, PASSWORDS[sender])
-        smtp.send_message(message)
-
-
-def inbox_subjects(box: RunningBox, address: str) -> list[str]:
-    """Subjects in *address*'s INBOX on *box*, in UID order (arrival order)."""
-    context = ssl.create_default_context(cafile=str(box.ca))
-    context.check_hostname = False
-    with imaplib.IMAP4_SSL("127.0.0.1", box.port("imaps"), ssl_context=context) as imap:
-        imap.login(address, PASSWORDS[address])
-        imap.select("INBOX", readonly=True)
-        _, data = imap.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    subjects = []
-    for item in data:
-        if isinstance(item, tuple):
-            fields = email.message_from_bytes(item[1], policy=email.policy.default)
-            subjects.append(str(fields["Subject"]))
-    return subjects
-
-
-def enrol(hub: RunningBox, hub_data: Path, data: Path, domain: str) -> None:
-    issued = edgebox("hub", "token", "--data", str(hub_data), "--agency", domain)
-    token = issued.stdout.strip().splitlines()[-1]
-    url = f"https://127.0.0.1:{hub.port('hub-sync')}"
-    edgebox("enroll", "--data", str(data), "--hub", url, "--token", token)
 
 
 @contextlib.contextmanager
@@ -121,9 +52,6 @@ def uplink_of(hub: RunningBox) -> Iterator[tuple[list[ProxyProcess], dict[str, s
             "EDGEBOX_CENTRAL_IMAP": f"imaps://127.0.0.1:{imap.port}",
         }
         yield [sync, smtp, imap], settings
-
-
-FAST = {"EDGEBOX_LINK_PROBE_INTERVAL": "1", "EDGEBOX_SYNC_INTERVAL": "2"}
 
 
 class Network:
@@ -196,12 +124,6 @@ def inter_agency_room(net: Network) -> tuple[str, str, str]:
         return str(room["id"]) if status == 201 else None
 
     return wait_for("dara@b.go.th in A's directory", room_made), somchai, dara
-
-
-def post(box: RunningBox, token: str, room_id: str, text: str) -> None:
-    status, answer = curl(box, "POST", f"/api/v1/rooms/{room_id}/messages",
-                          {"kind": "text", "text": text}, token=token)  # fmt: skip
-    assert status == 201, answer
 
 
 def test_a_cut_box_keeps_serving_and_everything_converges(tmp_path: Path) -> None:

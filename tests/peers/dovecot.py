@@ -2,8 +2,10 @@
 
 What it is: Debian's ``dovecot`` binary run in the foreground (``dovecot -F -c FILE``) with
 a configuration generated here, passwd-file users with plain-text passwords, Maildir
-storage, an optional master user (for SASL PLAIN "act as user": authcid = master user,
-authzid = target user), and IMAPS with a throw-away self-signed certificate. fsync
+storage, optional master users (for SASL PLAIN "act as user": authcid = master user,
+authzid = target user), IMAPS with a throw-away self-signed certificate, and optionally
+Dovecot's auth service on TCP for Postfix (``smtpd_sasl_type = dovecot``), so one
+account is both a master user and an SMTP AUTH identity, with one password. fsync
 settings are left at Dovecot's defaults on purpose: the SMTP benchmark compares against
 an edgebox that fsyncs before answering 250.
 
@@ -13,6 +15,10 @@ the system instance and never binds 143/993/24.
     with DovecotServer(tmp_path, users={"a@x.go.th": "pw"}, master_user=("svc", "pw")) as dc:
         imaplib.IMAP4(dc.host, dc.imap_port) ...
         dc.message_count("a@x.go.th")
+
+    # Postfix SASL through this Dovecot; "svc" may also AUTH to Postfix as itself:
+    with DovecotServer(tmp_path, users={...}, master_users={"svc": "pw"}, sasl=True) as dc:
+        PostfixServer(tmp_path, sasl_dovecot=(dc.host, dc.auth_port), ...)
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ class DovecotServer(PeerServer):
         imaps_port: int | None = None,
         lmtp_port: int | None = None,
         master_user: tuple[str, str] | None = None,
+        master_users: Mapping[str, str] | None = None,
+        sasl: bool = False,
+        auth_port: int | None = None,
         tls: bool = True,
         hostname: str = "imap.peer.test",
         mail_user: str = "mail",
@@ -82,6 +91,14 @@ class DovecotServer(PeerServer):
         self.imaps_port = imaps_port
         self.lmtp_port = lmtp_port
         self.master_user = master_user
+        #: Every master user (``master_user`` is the one-account shorthand).
+        self.master_users = dict(master_users or {})
+        if master_user is not None:
+            self.master_users[master_user[0]] = master_user[1]
+        #: With sasl=True: Dovecot's auth service also listens on auth_port (TCP) for
+        #: Postfix, and master users may authenticate as themselves (no authzid).
+        self.sasl = sasl
+        self.auth_port = auth_port
         self.tls = tls
         self.hostname = hostname
         self.debug = debug
@@ -106,10 +123,11 @@ class DovecotServer(PeerServer):
     def start(self) -> None:
         dovecot = require_binary("dovecot", "dovecot-imapd dovecot-lmtpd")
         # A port that already answers would make the readiness check lie.
-        ensure_free(self.imap_port, self.imaps_port, self.lmtp_port)
+        ensure_free(self.imap_port, self.imaps_port, self.lmtp_port, self.auth_port)
         self.root.mkdir(parents=True, exist_ok=True)
         self.imap_port = self.imap_port or free_port()
         self.lmtp_port = self.lmtp_port or free_port()
+        self.auth_port = (self.auth_port or free_port()) if self.sasl else None
         if self.tls:
             self.imaps_port = self.imaps_port or free_port()
             self.cert_path, self.key_path = self_signed_cert(self.root, self.hostname)
@@ -150,6 +168,7 @@ class DovecotServer(PeerServer):
                 start_new_session=True,
             )
         ports = [self.imap_port, self.lmtp_port] + ([self.imaps_port] if self.imaps_port else [])
+        ports += [self.auth_port] if self.auth_port else []
         try:
             wait_for_ports(
                 self.host, ports, self.start_timeout, self._proc, self.stdout_path, "dovecot"
@@ -193,6 +212,11 @@ class DovecotServer(PeerServer):
         self.users[user] = password
         self._write_users()
 
+    def add_master_user(self, user: str, password: str) -> None:
+        """Add or change a master user while running (the file is re-read on change)."""
+        self.master_users[user] = password
+        self._write_users()
+
     def maildir(self, user: str) -> Path:
         local, _, domain = user.partition("@")
         return self.mail_root / domain / local / "Maildir"
@@ -216,9 +240,11 @@ class DovecotServer(PeerServer):
         tmp.write_text("".join(_passwd_line(u, p) for u, p in self.users.items()))
         tmp.chmod(0o600)
         tmp.replace(self.users_path)
-        if self.master_user is not None:
-            self.masters_path.write_text(_passwd_line(*self.master_user))
-            self.masters_path.chmod(0o600)
+        if self.master_users:
+            tmp = self.masters_path.with_suffix(".tmp")
+            tmp.write_text("".join(_passwd_line(u, p) for u, p in self.master_users.items()))
+            tmp.chmod(0o600)
+            tmp.replace(self.masters_path)
 
     def _config(self) -> str:
         assert self._runtime is not None
@@ -227,7 +253,7 @@ class DovecotServer(PeerServer):
         # the symlink above (it is removed on stop while a process could still run).
         home = f"{self._mail_store}/%d/%n"
         master = ""
-        if self.master_user is not None:
+        if self.master_users:
             # pass = yes: the target user must also exist in the normal passdb.
             master = f"""
 passdb {{
@@ -248,6 +274,27 @@ ssl_key = <{self.key_path}
         else:
             ssl = "ssl = no\n"
             imaps = "port = 0"
+        as_themselves = auth_listener = ""
+        if self.sasl:
+            # A master user logging in without an authorisation identity (a box's relay
+            # doing AUTH PLAIN at Postfix) is found here, after the people: it
+            # authenticates, but has no userdb entry, so it can never open a mailbox of
+            # its own. So one service account is the SMTP AUTH identity and the IMAP
+            # master user, with one password.
+            if self.master_users:
+                as_themselves = f"""
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {self.masters_path}
+}}
+"""
+            # An auth-client socket on TCP (Postfix: smtpd_sasl_path = inet:host:port);
+            # a unix socket would have to be reachable by the postfix user.
+            auth_listener = f"""
+  inet_listener auth-client {{
+    address = {self.host}
+    port = {self.auth_port}
+  }}"""
         debug = "auth_debug = yes\nmail_debug = yes\nauth_verbose = yes\n" if self.debug else ""
         return f"""# Generated by tests/peers/dovecot.py -- private test instance, not production.
 instance_name = dovecot-peer-{self.lmtp_port}
@@ -272,6 +319,7 @@ passdb {{
   driver = passwd-file
   args = scheme=PLAIN {self.users_path}
 }}
+{as_themselves}
 userdb {{
   driver = passwd-file
   args = {self.users_path}
@@ -296,7 +344,7 @@ service lmtp {{
 # auth reads the passwd-files in the caller's tmpdir, which may sit under a 0700
 # directory the dovecot user cannot enter.
 service auth {{
-  user = root
+  user = root{auth_listener}
 }}
 service auth-worker {{
   user = root

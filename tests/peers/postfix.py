@@ -6,7 +6,9 @@ smtpd on a non-25 loopback port, no local delivery (mydestination is empty), no 
 (every next hop is an explicit IP), and its log in a file (maillog_file) so no syslog is
 needed. Mail for ``relay_domains`` goes to an LMTP server (typically
 :class:`tests.peers.dovecot.DovecotServer`), other mail to an optional SMTP ``relayhost``
-or per-domain ``transport_map`` entries. Clients on 127.0.0.0/8 may relay.
+or per-domain ``transport_map`` entries. Clients on 127.0.0.0/8 may relay, unless
+``sasl_dovecot`` is given: then relaying needs SMTP AUTH (after STARTTLS), checked by a
+Dovecot auth service (``smtpd_sasl_type = dovecot``), as at a real central relay.
 
 What it is not: a production or hardened configuration; it never reads or changes
 /etc/postfix, the system queue, or the system instance.
@@ -86,7 +88,9 @@ class PostfixServer(PeerServer):
     mail bounces at once: nothing is looked up in DNS).
     ``tls``: offer STARTTLS with a self-signed cert (``cert_path``) and try it outbound.
     ``transport_map``: domain -> Postfix next hop, e.g. {"y.go.th": "smtp:[127.0.0.1]:2525"},
-    overriding both. ``main_cf``: extra main.cf settings, applied last.
+    overriding both. ``sasl_dovecot``: (host, port) of a Dovecot auth-client listener
+    (`DovecotServer` with sasl=True); relaying then requires AUTH. ``main_cf``: extra
+    main.cf settings, applied last.
     """
 
     host = LOOPBACK
@@ -100,6 +104,7 @@ class PostfixServer(PeerServer):
         lmtp_to: tuple[str, int] | None = None,
         relayhost: tuple[str, int] | None = None,
         transport_map: Mapping[str, str] | None = None,
+        sasl_dovecot: tuple[str, int] | None = None,
         hostname: str = "relay.peer.test",
         tls: bool = True,
         main_cf: Mapping[str, str] | None = None,
@@ -111,6 +116,9 @@ class PostfixServer(PeerServer):
         self.lmtp_to = lmtp_to
         self.relayhost = relayhost
         self.transport_map = dict(transport_map or {})
+        self.sasl_dovecot = sasl_dovecot
+        if sasl_dovecot is not None and not tls:
+            raise ValueError("sasl_dovecot needs tls=True: AUTH is offered only after STARTTLS")
         self.hostname = hostname
         self.tls = tls
         self.extra_main_cf = dict(main_cf or {})
@@ -292,6 +300,21 @@ class PostfixServer(PeerServer):
                     "smtpd_tls_security_level": "may",
                     "smtp_tls_security_level": "may",
                     "smtpd_tls_received_header": "yes",
+                }
+            )
+        if self.sasl_dovecot is not None:
+            host, port = self.sasl_dovecot
+            settings.update(
+                {
+                    # RFC 4954 AUTH, checked by Dovecot; offered only inside TLS, and
+                    # the only way to relay: loopback (mynetworks) is not enough.
+                    "smtpd_sasl_auth_enable": "yes",
+                    "smtpd_sasl_type": "dovecot",
+                    "smtpd_sasl_path": f"inet:{host}:{port}",
+                    "smtpd_tls_auth_only": "yes",
+                    "smtpd_relay_restrictions": (
+                        "permit_sasl_authenticated, reject_unauth_destination"
+                    ),
                 }
             )
         if self.lmtp_to is not None:
