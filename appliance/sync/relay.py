@@ -4,8 +4,11 @@ Mail for other domains waits in the mail database's ``outbound`` table (one row 
 recipient, written by `Delivery` in the same transaction as the 250 to the user). This
 service takes due rows most urgent first (ด่วนที่สุด, ด่วนมาก, ด่วน, then normal;
 older first within a level: REQUIREMENTS.md §4), sends each message once for all its
-due recipients over one authenticated TLS session to ``config.central_smtp``, and
-settles every recipient by the reply that decides it (`client.Transaction`):
+due recipients over an authenticated TLS session to ``config.central_smtp``, and
+settles every recipient by the reply that decides it (`client.Transaction`). A
+backlog (`PARALLEL_FROM` messages of a level or more, as after a cut) goes over up to
+four sessions at once, so the line is not idle while the relay commits each message;
+each urgency level still finishes before the next starts:
 
 - 2xx: the row is deleted, in the writer transaction right after the relay's 250 for
   the content, so a restart resends nothing the relay has accepted;
@@ -64,6 +67,8 @@ STREAM = "outbound"
 #: RFC 5321 §4.5.3.1.8: a server must take 100 recipients per transaction; more are
 #: sent in further transactions of the same message.
 MAX_RECIPIENTS = 100
+#: Messages of one urgency level from which a round uses several sessions at once.
+PARALLEL_FROM = 20
 RECEIVE_SIZE = 64 * 1024
 SEND_CHUNK = 64 * 1024
 
@@ -140,6 +145,17 @@ class QueuedMessage:
     @property
     def first(self) -> QueuedRecipient:
         return self.recipients[0]
+
+
+def by_urgency(messages: Sequence[QueuedMessage]) -> list[list[QueuedMessage]]:
+    """Split messages (most urgent first, as the queue hands them out) by urgency level."""
+    levels: list[list[QueuedMessage]] = []
+    for message in messages:
+        if levels and levels[-1][0].first.urgency == message.first.urgency:
+            levels[-1].append(message)
+        else:
+            levels.append([message])
+    return levels
 
 
 def group_messages(rows: Sequence[tuple[Any, ...]]) -> list[QueuedMessage]:
@@ -442,7 +458,8 @@ class OutboundRelay:
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         rng: random.Random | None = None,
-        batch: int = 200,
+        batch: int = 500,
+        sessions: int = 4,
     ) -> None:
         self.box = box
         self.sync_status = status
@@ -451,6 +468,8 @@ class OutboundRelay:
         self.timeouts = timeouts or Timeouts()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.batch = batch
+        #: Most SMTP sessions used at once for a large backlog (`PARALLEL_FROM`).
+        self.sessions = max(1, sessions)
         #: Rounds finished (a round: expire, then send what is due). Tests wait on it.
         self.rounds = 0
         self._link_failures = 0
@@ -551,17 +570,67 @@ class OutboundRelay:
         counts = {"sent": 0, "deferred": 0, "bounced": 0}
         context = central_client_context(self.keys_dir)
         credentials = load_credentials(self.keys_dir)
-        session = await RelaySession.open(
-            endpoint, context, self.box.hostname, credentials, self.timeouts
-        )
+
+        async def open_session() -> RelaySession:
+            return await RelaySession.open(
+                endpoint, context, self.box.hostname, credentials, self.timeouts
+            )
+
+        sessions = [await open_session()]
         try:
-            for message in messages:
-                await self._send_message(session, message, counts)
+            for level in by_urgency(messages):
+                # A catch-up runs on several sessions, so the line carries the next
+                # message while the relay commits the last one (one session leaves it
+                # idle for a round trip and a commit per message). A few messages go
+                # on one session, strictly in queue order.
+                wanted = self.sessions if len(level) >= PARALLEL_FROM else 1
+                while len(sessions) < wanted:
+                    try:
+                        sessions.append(await open_session())
+                    except RelayUnavailable as exc:
+                        log.info(
+                            "outbound relay: going on with %d sessions: %s", len(sessions), exc
+                        )
+                        wanted = len(sessions)
+                await self._send_level(sessions[:wanted], level, counts)
         except BaseException:
-            await session.abort()
+            for session in sessions:
+                await session.abort()
             raise
-        await session.close()
+        for session in sessions:
+            await session.close()
         return counts
+
+    async def _send_level(
+        self, sessions: list[RelaySession], level: list[QueuedMessage], counts: dict[str, int]
+    ) -> None:
+        """Send one urgency level's messages, each session taking the next in queue order.
+
+        The level is done before the next, less urgent one starts. If a session breaks,
+        the others finish the message in hand and stop (cancelling them mid-message
+        would risk sending those twice); the failure is then raised.
+        """
+        if len(sessions) == 1:
+            for message in level:
+                await self._send_message(sessions[0], message, counts)
+            return
+        waiting = iter(level)
+        failures: list[RelayUnavailable] = []
+
+        async def work(session: RelaySession) -> None:
+            for message in waiting:  # shared: the next message in queue order
+                try:
+                    await self._send_message(session, message, counts)
+                except RelayUnavailable as exc:
+                    failures.append(exc)
+                if failures:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            for session in sessions:
+                nursery.start_soon(work, session)
+        if failures:
+            raise failures[0]
 
     async def _send_message(
         self, session: RelaySession, message: QueuedMessage, counts: dict[str, int]
@@ -732,5 +801,6 @@ __all__ = [
     "RelayUnavailable",
     "RetryPolicy",
     "Timeouts",
+    "by_urgency",
     "group_messages",
 ]

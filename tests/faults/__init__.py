@@ -15,6 +15,7 @@ from tests.faults.proxy import (
     Pass,
     ProxyControl,
     ProxyProcess,
+    SharedLink,
     Stall,
     parse_modes,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Pass",
     "ProxyControl",
     "ProxyProcess",
+    "SharedLink",
     "Stall",
     "parse_modes",
 ]

@@ -9,7 +9,8 @@ switch its mode while traffic flows. Two kinds of mode, combinable:
   `Pass` and `Cut`).
 - **How bytes move while it passes** (any of): `Latency(ms)` added in each direction,
   `Bandwidth(bits_per_s)` one token bucket shared by every connection and both
-  directions (a 10 Mbit/s office line), `Stall(stall_s, every_s)` (transfers freeze for
+  directions (a 10 Mbit/s office line; `SharedLink` extends one line over several
+  proxies), `Stall(stall_s, every_s)` (transfers freeze for
   *stall_s* at the end of every *every_s*: the loss bursts of a congested line, where
   TCP retransmits and nothing moves for a while).
 
@@ -195,8 +196,8 @@ def _check(modes: Sequence[Mode]) -> None:
 class _Pacer:
     """A token bucket for the whole link: each chunk waits for its line time."""
 
-    def __init__(self) -> None:
-        self.bits_per_s: float | None = None
+    def __init__(self, bits_per_s: float | None = None) -> None:
+        self.bits_per_s = bits_per_s
         self._free_at = 0.0
 
     def set_rate(self, bits_per_s: float | None) -> None:
@@ -212,6 +213,26 @@ class _Pacer:
         start = max(self._free_at, trio.current_time() - BURST_SECONDS)
         self._free_at = start + size * 8 / self.bits_per_s
         await trio.sleep_until(self._free_at)
+
+
+class SharedLink:
+    """One office line under several proxies: a token bucket they all draw from.
+
+    A box reaches the centre on separate ports (hub sync, SMTP relay, IMAP), one proxy
+    each, yet all of them cross the same 10 Mbit/s line. Give every proxy the same
+    ``SharedLink(10_000_000)`` (``FaultProxy(target, link=line)``) and the sum of their
+    connections, both directions, runs at that rate. It applies on top of each proxy's
+    own modes (a proxy's `Bandwidth` still limits that proxy alone). Proxies sharing a
+    link must run in one trio run (one process).
+    """
+
+    def __init__(self, bits_per_s: float) -> None:
+        _positive("bits_per_s", bits_per_s)
+        self.bits_per_s = bits_per_s
+        self._pacer = _Pacer(bits_per_s)
+
+    async def pace(self, size: int) -> None:
+        await self._pacer.pace(size)
 
 
 def _reset(stream: trio.SocketStream | None) -> None:
@@ -243,8 +264,12 @@ class _Connection:
 class FaultProxy:
     """One proxied link from 127.0.0.1:`port` to *target*; use as ``async with``."""
 
-    def __init__(self, target: tuple[str, int], *, listen_port: int = 0) -> None:
+    def __init__(
+        self, target: tuple[str, int], *, listen_port: int = 0, link: SharedLink | None = None
+    ) -> None:
         self.target = target
+        #: The line this proxy shares with others (None: only its own modes apply).
+        self.link = link
         #: The port clients connect to (chosen free unless *listen_port* is given).
         self.port = listen_port
         #: Bytes delivered client → target and target → client.
@@ -478,6 +503,8 @@ class FaultProxy:
                         break
                     await self._gate()
                     await self._pacer.pace(len(data))
+                    if self.link is not None:
+                        await self.link.pace(len(data))
                     await send.send((trio.current_time() + self._latency, data))
 
     async def _deliver(

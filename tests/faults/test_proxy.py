@@ -25,6 +25,7 @@ from tests.faults.proxy import (
     Latency,
     Pass,
     ProxyProcess,
+    SharedLink,
     Stall,
     mode_json,
     parse_modes,
@@ -308,6 +309,43 @@ async def test_bandwidth_is_shared_by_connections_and_directions(nursery: trio.N
     assert wire >= upload + download
     measured = wire * 8 / elapsed
     assert measured == pytest.approx(rate, rel=0.05)
+
+
+async def test_a_shared_link_limits_several_proxies_together(nursery: trio.Nursery) -> None:
+    rate = 10_000_000
+    each = 1_000_000  # through each of two proxies: 1.6 s together at the shared rate
+    line = SharedLink(rate)
+    first = await start_target(nursery, _sink_or_source)
+    second = await start_target(nursery, _sink_or_source)
+    async with (
+        FaultProxy(first.address, link=line) as one,
+        FaultProxy(second.address, link=line) as two,
+    ):
+
+        async def pull(proxy: FaultProxy) -> None:
+            sock = await connect(proxy.port)
+            with sock:
+                await sock.send(f"source {each}\n".encode())
+                count = 0
+                while chunk := await sock.recv(65536):
+                    count += len(chunk)
+            assert count == each
+
+        start = trio.current_time()
+        with trio.fail_after(30):
+            async with trio.open_nursery() as transfers:
+                transfers.start_soon(pull, one)
+                transfers.start_soon(pull, two)
+        elapsed = trio.current_time() - start
+    wire = one.bytes_up + one.bytes_down + two.bytes_up + two.bytes_down
+    assert wire >= 2 * each
+    # Each proxy alone has no limit: only the shared line slows them, to its rate.
+    assert wire * 8 / elapsed == pytest.approx(rate, rel=0.05)
+
+
+def test_a_shared_link_needs_a_positive_rate() -> None:
+    with pytest.raises(ValueError, match="bits_per_s"):
+        SharedLink(0)
 
 
 async def _sink_or_source(target: Target, stream: trio.SocketStream) -> None:

@@ -30,7 +30,7 @@ from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.smtp import protocol as server
 from appliance.sync.central import CENTRAL_CA_FILE, CentralCredentials, save_credentials
 from appliance.sync.clock import ManualClock
-from appliance.sync.relay import OutboundRelay, Timeouts
+from appliance.sync.relay import PARALLEL_FROM, OutboundRelay, Timeouts
 from appliance.sync.status import SyncStatus, read_sync_status
 from tests.peers import self_signed_cert
 
@@ -603,3 +603,48 @@ async def test_a_row_with_control_characters_bounces_instead_of_crashing(
     assert relay_server.rcpts == []
     (bounce,) = await inbox(box)
     assert "Status: 5.1.3" in delivery_status(bounce)
+
+
+async def test_a_backlog_goes_over_several_sessions_each_level_before_the_next(
+    box: Box, relay_server: ScriptedRelay
+) -> None:
+    clock = manual_clock()
+    normal = [f"normal-{n}" for n in range(PARALLEL_FROM + 5)]
+    urgent = [f"urgent-{n}" for n in range(PARALLEL_FROM)]
+    for subject in normal:
+        await queue(box, subject)
+    for subject in urgent:
+        await queue(box, subject, urgency="ด่วน")
+    async with trio.open_nursery() as nursery:
+        point_at(box, await relay_server.serve(nursery))
+        relay = start_relay(box, clock, sessions=3)
+        await nursery.start(relay.serve)
+        await until(_queue_empty(box), "queue drained")
+        nursery.cancel_scope.cancel()
+    subjects = [a.subject for a in relay_server.accepted]
+    assert sorted(subjects) == sorted(normal + urgent)  # each once
+    assert set(subjects[: len(urgent)]) == set(urgent)  # the whole level first
+    assert relay_server.connections == 3
+
+
+async def test_a_session_breaking_in_a_backlog_stops_the_round_and_loses_nothing(
+    box: Box, relay_server: ScriptedRelay
+) -> None:
+    clock = manual_clock()
+    subjects = [f"m-{n}" for n in range(PARALLEL_FROM + 10)]
+    for subject in subjects:
+        await queue(box, subject)
+    relay_server.hang_subject = {"m-3"}
+    quick = Timeouts(connect=15, greeting=15, command=15, data_start=15, data_block=15, data_end=1)
+    async with trio.open_nursery() as nursery:
+        point_at(box, await relay_server.serve(nursery))
+        relay = start_relay(box, clock, sessions=3, timeouts=quick)
+        await nursery.start(relay.serve)
+        await until(lambda: relay.rounds >= 1, "the round with the hung message")
+        assert (await relay.status()).link == "down"
+        relay_server.hang_subject = set()
+        relay.wake()
+        await until(_queue_empty(box), "the rest sent")
+        nursery.cancel_scope.cancel()
+    accepted = [a.subject for a in relay_server.accepted]
+    assert sorted(accepted) == sorted(subjects)  # m-3 was never answered: sent again once

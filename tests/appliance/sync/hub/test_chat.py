@@ -139,6 +139,21 @@ async def test_pull_gives_each_agency_its_rooms_and_its_peoples_removals(net: Ne
     assert exc.value.status == 404
 
 
+async def test_a_box_does_not_pull_back_its_own_events(net: Net) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[B1])
+    await post(net, net.a, A1, room.id, "ของเอง")
+    await net.sync_a.push()
+    await net.sync_b.sync_once()  # B learns the room
+    await post(net, net.b, B1, room.id, "จาก ข")
+    await net.sync_b.sync_once()
+    page = parse_page(await net.link_a("/sync/v1/chat/pull", {"after": 0, "limit": 500}))
+    assert [e.origin for e in page.events] == [net.b.identity.box_id]  # B's post only
+    assert not page.more
+    held, cursor, _ = await net.hub.chat.hub_pull(A, 0, 500)
+    assert len(held) == 3
+    assert page.cursor == cursor  # the cursor passed A's own events all the same
+
+
 async def test_the_hubs_own_changes_are_ordered_before_anyone_pulls_them(net: Net) -> None:
     room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[B1])
     await net.sync_a.sync_once()
