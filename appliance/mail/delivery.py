@@ -12,9 +12,10 @@ What this is not: the SMTP dialogue (mail.smtp) or sending the queue out (sync, 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -24,6 +25,8 @@ import trio
 from appliance.directory import Directory
 from appliance.mail import headers
 from appliance.mail.mailstore import LocalCopy, Mailstore, NewMessage, OutboundCopy
+
+log = logging.getLogger("edgebox.mail")
 
 
 @dataclass(frozen=True)
@@ -95,27 +98,47 @@ class Delivery:
             else:
                 outbound.append(OutboundCopy(rcpt.address, rcpt.notify, rcpt.orcpt))
         classification, urgency = headers.levels(fields)
+        message_id = headers.message_id(fields)
         # The blob is fsynced before the rows that name it are committed.
         blob_id = await trio.to_thread.run_sync(self.mailstore.blobs.put, message)
-        await self.mailstore.commit(
+        resent = await self.mailstore.commit(
             NewMessage(
                 queue_id=queue_id,
                 blob_id=blob_id,
                 size=len(message),
                 content_hash=hashlib.sha256(message).hexdigest(),
-                message_id_digest=_digest(self.mailstore, headers.message_id(fields)),
+                message_id_digest=_digest(self.mailstore, message_id),
                 sender=envelope.sender,
                 classification=classification,
                 urgency=urgency,
                 ret=envelope.ret,
                 envid=envelope.envid,
                 internal_date=int(time.time()),
+                resend_key=self.resend_key(message_id, content),
             ),
             local,
             outbound,
             content=message,
         )
+        if resent:
+            log.info("resend dropped id=%s rcpts=%d: accepted before", queue_id, len(resent))
         return queue_id
+
+    def resend_key(self, message_id: str | None, content: bytes) -> Callable[[str], str] | None:
+        """Name each copy of *content* so the same message sent again matches it.
+
+        A sender that lost our 250 sends the same bytes again; a hop in between that
+        lost one sends its copy with a new Received field of its own on top. So the key
+        is the Message-ID and the message below its trace fields. Mail without a
+        Message-ID is never matched: two alike messages then may well be two messages.
+        """
+        if message_id is None:
+            return None
+        body = hashlib.sha256(headers.without_trace(content)).hexdigest()
+        digest = self.mailstore.blobs.digest
+        return lambda recipient: digest(
+            b"\0".join((message_id.encode(), body.encode(), recipient.lower().encode()))
+        )
 
     def received_field(self, envelope: Envelope, queue_id: str) -> bytes:
         """Build the Received trace field (RFC 5321 §4.4), folded, CRLF-terminated."""

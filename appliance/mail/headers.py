@@ -45,6 +45,35 @@ def parse_headers(content: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+#: Fields each hop puts on top of a message (RFC 5321 §4.4): the only difference between
+#: two copies of one message that took different paths or were sent twice.
+TRACE_FIELDS = frozenset({"received", "return-path"})
+
+
+def without_trace(content: bytes) -> bytes:
+    """Return *content* without the trace fields on top of it (RFC 5321 §4.4).
+
+    Only the leading run is removed, continuation lines included: a trace field
+    further down belongs to the message as its author sent it.
+    """
+    start = 0
+    in_trace = False
+    while start < len(content):
+        end = content.find(b"\n", start)
+        end = len(content) if end < 0 else end + 1
+        line = content[start:end]
+        if line[:1] in (b" ", b"\t"):
+            if not in_trace:
+                break
+        else:
+            name, colon, _ = line.partition(b":")
+            in_trace = bool(colon) and name.strip().lower().decode("latin-1") in TRACE_FIELDS
+            if not in_trace:
+                break
+        start = end
+    return content[start:]
+
+
 def first_value(fields: list[tuple[str, str]], name: str) -> str | None:
     """Return the first value of header *name* (case-insensitive), if present."""
     wanted = name.lower()

@@ -144,12 +144,29 @@ MAIL_MIGRATIONS = (
             WHERE pending_structure IS NOT NULL;
         """,
     ),
+    Migration(
+        4,
+        "copies accepted recently, so a message sent again after a lost reply is dropped",
+        """
+        -- One row per (message, recipient) accepted in the last RESEND_WINDOW, as a
+        -- keyed digest (`Delivery.resend_key`): nothing readable, only matchable.
+        CREATE TABLE accepted_copies (
+            digest TEXT PRIMARY KEY,
+            accepted_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX accepted_copies_by_age ON accepted_copies (accepted_at);
+        """,
+    ),
 )
 
 #: How long a reader (an IMAP FETCH, the webmail) waits for a pending body it asked
 #: the replicator for before it answers "unavailable": long enough for a small body
 #: over a slow link, short enough that no client times out or looks hung.
 BODY_WAIT_SECONDS = 5.0
+
+#: How long an accepted copy is remembered for dropping a resend of it. A sender resends
+#: only while the message is in its queue, which gives up after 14 days by default.
+RESEND_WINDOW_SECONDS = 16 * 86400
 
 
 class BlobVanished(Exception):
@@ -243,6 +260,9 @@ class NewMessage:
     ret: str | None = None
     envid: str | None = None
     internal_date: int | None = None
+    #: Makes a copy's digest in ``accepted_copies`` (see `Mailstore.commit`); None for
+    #: a message that is never a resend (a report we made, mail without a Message-ID).
+    resend_key: Callable[[str], str] | None = None
 
 
 class Mailstore:
@@ -275,18 +295,31 @@ class Mailstore:
         outbound: Sequence[OutboundCopy],
         *,
         content: bytes | None = None,
-    ) -> None:
+    ) -> list[str]:
         """Commit every copy of *message* in one transaction, or raise and commit none.
+
+        Returns the recipients whose copy was dropped as a resend: the same message was
+        accepted for them within `RESEND_WINDOW_SECONDS`. SMTP cannot tell a sender
+        whose connection broke after the final dot whether its message was taken
+        (RFC 5321 §4.1.1.4, RFC 1047), so it sends again; remembering each copy in
+        the same transaction that stores it makes the second one a no-op.
 
         With *content*, a blob deleted meanwhile by an expunge is written again.
         """
         now = int(time.time())
 
-        def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-            copies = len(local) + len(outbound)
-            self.reference_blob(conn, message.blob_id, message.size, copies)
-            placed = [_insert_local(conn, message, copy, now) for copy in local]
-            for out in outbound:
+        def job(conn: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[str], int]:
+            resent: list[str] = []
+            kept_local, kept_outbound = list(local), list(outbound)
+            if message.resend_key is not None:
+                resent = _remember_copies(conn, message.resend_key, local, outbound, now)
+                kept_local = [copy for copy in local if copy.owner not in resent]
+                kept_outbound = [copy for copy in outbound if copy.recipient not in resent]
+            copies = len(kept_local) + len(kept_outbound)
+            if copies:
+                self.reference_blob(conn, message.blob_id, message.size, copies)
+            placed = [_insert_local(conn, message, copy, now) for copy in kept_local]
+            for out in kept_outbound:
                 conn.execute(
                     "INSERT INTO outbound (queue_id, blob_id, sender, recipient, notify, orcpt,"
                     " ret, envid, classification, urgency, created_at, next_attempt_at)"
@@ -297,12 +330,15 @@ class Mailstore:
                         message.classification, message.urgency, now, now,
                     ),
                 )  # fmt: skip
-            return placed
+            return placed, resent, copies
 
-        placed = await self.write_with_blob(job, message.blob_id, content)
+        placed, resent, copies = await self.write_with_blob(job, message.blob_id, content)
+        if not copies:
+            await self.release_blobs([message.blob_id])
         self.changes.changed(mailbox_id for mailbox_id, _ in placed)
         if content is not None:
             await self.index([(mailbox_id, uid, content) for mailbox_id, uid in placed])
+        return resent
 
     def reference_blob(self, conn: sqlite3.Connection, blob_id: str, size: int, count: int) -> None:
         """Add *count* references to a blob inside a write job.
@@ -821,6 +857,32 @@ def next_uidvalidity(conn: sqlite3.Connection) -> int:
     value = max(int(time.time()), int(last) + 1)
     conn.execute("UPDATE meta SET value = ? WHERE key = 'last_uidvalidity'", (value,))
     return value
+
+
+def _remember_copies(
+    conn: sqlite3.Connection, resend_key: Callable[[str], str],
+    local: Sequence[LocalCopy], outbound: Sequence[OutboundCopy], now: int,
+) -> list[str]:  # fmt: skip
+    """Record each copy as accepted; return the recipients it was already recorded for."""
+    # Forget old copies a few at a time, so no single delivery pays for a large sweep.
+    conn.execute(
+        "DELETE FROM accepted_copies WHERE digest IN (SELECT digest FROM accepted_copies"
+        " WHERE accepted_at < ? ORDER BY accepted_at LIMIT 64)",
+        (now - RESEND_WINDOW_SECONDS,),
+    )
+    resent: list[str] = []
+    recipients = [copy.owner for copy in local] + [copy.recipient for copy in outbound]
+    for recipient in dict.fromkeys(recipients):
+        # A row past the window that the sweep has not reached yet counts as new.
+        inserted = conn.execute(
+            "INSERT INTO accepted_copies (digest, accepted_at) VALUES (?, ?)"
+            " ON CONFLICT (digest) DO UPDATE SET accepted_at = excluded.accepted_at"
+            " WHERE accepted_at < ? RETURNING 1",
+            (resend_key(recipient), now, now - RESEND_WINDOW_SECONDS),
+        ).fetchone()
+        if inserted is None:
+            resent.append(recipient)
+    return resent
 
 
 def _insert_local(

@@ -21,7 +21,7 @@ from appliance.mail.delivery import (
     new_queue_id,
     with_protocol,
 )
-from appliance.mail.mailstore import QuotaExceeded, StoredMessage
+from appliance.mail.mailstore import RESEND_WINDOW_SECONDS, QuotaExceeded, StoredMessage
 
 if TYPE_CHECKING:
     from conftest import MailBox  # tests/appliance/mail/conftest.py
@@ -248,6 +248,87 @@ async def test_remote_recipients_go_to_the_outbound_queue(box: MailBox) -> None:
     [(blob_id,)] = await rows(box, "SELECT DISTINCT blob_id FROM outbound")
     stored, _ = await only_message(box, box.users[0])
     assert blob_id == stored.blob_id
+
+
+# --- a message sent again ------------------------------------------------------------------
+
+
+async def test_a_resend_is_accepted_and_stored_once(box: MailBox) -> None:
+    """The sender lost our 250 and sends the same message again (RFC 1047)."""
+    mixed = envelope(Recipient(box.users[0], local=True), Recipient("far@other.go.th", local=False))
+    await box.delivery.deliver(mixed, MESSAGE)
+    again = await box.delivery.deliver(mixed, MESSAGE)
+
+    assert re.fullmatch(r"[0-9A-F]{16}", again)
+    assert len(await box.mailstore.messages(box.users[0])) == 1
+    assert await rows(box, "SELECT count(*) FROM outbound") == [(1,)]
+    assert await rows(box, "SELECT refs FROM blobs") == [(2,)]
+    assert len(box.blob_files()) == 1  # the second copy's blob was not left behind
+
+
+async def test_a_copy_that_came_another_way_is_a_resend_too(box: MailBox) -> None:
+    # A hop in between sent its copy twice, each with its own Received field on top.
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), MESSAGE)
+    hop = b"Received: from hub ([127.0.0.1])\r\n\tby a.go.th with ESMTPS id 2; now\r\n"
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), hop + MESSAGE)
+
+    assert len(await box.mailstore.messages(box.users[0])) == 1
+
+
+async def test_a_resend_still_reaches_recipients_it_did_not_reach_before(box: MailBox) -> None:
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), MESSAGE)
+    await box.delivery.deliver(envelope(*to_local(box.users[0], box.users[1])), MESSAGE)
+
+    assert len(await box.mailstore.messages(box.users[0])) == 1
+    assert len(await box.mailstore.messages(box.users[1])) == 1
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        MESSAGE.replace(b"Hello.", b"Hello again."),  # same Message-ID, other text
+        MESSAGE.replace(b"plain-1@", b"plain-2@"),  # the same text sent twice
+        MESSAGE.replace(b"Subject: test\r\n", b"Subject: test\r\nReceived: x\r\n"),
+    ],
+    ids=["other-text", "other-message-id", "trace-field-below-the-top"],
+)
+async def test_a_different_message_is_not_a_resend(box: MailBox, second: bytes) -> None:
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), MESSAGE)
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), second)
+
+    assert len(await box.mailstore.messages(box.users[0])) == 2
+
+
+async def test_mail_without_a_message_id_is_never_taken_for_a_resend(box: MailBox) -> None:
+    anonymous = b"Subject: disk full\r\n\r\n/var is full\r\n"
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), anonymous)
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), anonymous)
+
+    assert len(await box.mailstore.messages(box.users[0])) == 2
+
+
+async def test_a_copy_is_forgotten_after_the_resend_window(box: MailBox) -> None:
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), MESSAGE)
+    await box.mailstore.db.write(
+        lambda conn: conn.execute(
+            "UPDATE accepted_copies SET accepted_at = accepted_at - ?",
+            (RESEND_WINDOW_SECONDS + 1,),
+        )
+    )
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), MESSAGE)
+
+    assert len(await box.mailstore.messages(box.users[0])) == 2
+    assert await rows(box, "SELECT count(*) FROM accepted_copies") == [(1,)]
+
+
+async def test_a_refused_delivery_is_not_remembered(box: MailBox) -> None:
+    big = MESSAGE + b"x" * box.small_quota
+    with pytest.raises(QuotaExceeded):
+        await box.delivery.deliver(envelope(*to_local(box.users[0], box.small)), big)
+
+    assert await rows(box, "SELECT count(*) FROM accepted_copies") == [(0,)]
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), big)
+    assert len(await box.mailstore.messages(box.users[0])) == 1
 
 
 async def test_quota_exceeded_stores_nothing(box: MailBox) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from appliance.mail.headers import (
@@ -12,6 +12,7 @@ from appliance.mail.headers import (
     header_block,
     message_id,
     parse_headers,
+    without_trace,
 )
 
 MESSAGE = (
@@ -232,3 +233,50 @@ def test_reading_never_raises(content: bytes) -> None:
     assert mid is None or isinstance(mid, str)
     addresses = from_addresses(fields)
     assert all("@" in address and address == address.lower() for address in addresses)
+
+
+# --- trace fields ------------------------------------------------------------------------
+
+
+def test_without_trace_drops_the_leading_trace_fields_and_their_continuations() -> None:
+    traced = (
+        b"Return-Path: <somchai@test.go.th>\r\n"
+        b"Received: from hub ([127.0.0.1])\r\n\tby b.go.th (edgebox) with ESMTPS id 1;\r\n"
+        b"\t Sat, 21 Nov 2026 10:00:00 +0700\r\n"
+        b"received: from a ([127.0.0.1]) by hub; Sat, 21 Nov 2026 09:59:59 +0700\r\n"
+    )
+    assert without_trace(traced + MESSAGE) == MESSAGE
+
+
+def test_without_trace_keeps_trace_fields_below_the_first_other_field() -> None:
+    message = b"Subject: x\r\nReceived: kept\r\n\r\nReceived: body\r\n"
+    assert without_trace(message) == message
+    assert without_trace(b"Received: a\r\n" + message) == message
+
+
+def test_without_trace_keeps_a_body_that_starts_with_white_space() -> None:
+    # No header at all: a leading continuation line belongs to no trace field.
+    assert without_trace(b" Received: x\r\n") == b" Received: x\r\n"
+
+
+trace_fields = st.lists(
+    st.tuples(
+        st.sampled_from([b"Received", b"Return-Path", b"RECEIVED"]),
+        st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+        st.lists(st.binary(max_size=20).map(lambda b: b"\t" + b.replace(b"\n", b"")), max_size=2),
+    ).map(lambda t: t[0] + b":" + t[1] + b"\r\n" + b"".join(c + b"\r\n" for c in t[2])),
+    max_size=4,
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(trace_fields, st.one_of(st.binary(max_size=300), header_like))
+def test_trace_fields_put_on_top_never_change_what_is_below(trace: bytes, content: bytes) -> None:
+    """Whatever hops add on top, the message below reads the same (the resend key).
+
+    (A message can only start with white space by being malformed; below a trace field
+    that line would continue it, as RFC 5322 §2.2.3 says.)
+    """
+    assume(content[:1] not in (b" ", b"\t"))
+    assert without_trace(trace + without_trace(content)) == without_trace(content)
+    assert content.endswith(without_trace(content))
