@@ -69,6 +69,7 @@ from appliance.mail.imap.client import (
     ListEntry,
     SearchResult,
     Status,
+    StatusData,
     Vanished,
     parse_uid_set,
     uid_set,
@@ -78,6 +79,7 @@ from appliance.mail.mailboxes import (
     FlagMode,
     MailboxError,
     Mailboxes,
+    MailboxHead,
     canonical_flags,
     sync_changed_flags,
     sync_expunged_since,
@@ -112,9 +114,9 @@ T = TypeVar("T")
 
 STREAM = "mailbox"
 SYNC_DB = "sync.sqlite"
+_NO_LIMIT = 2**62
 #: Special-use attributes (RFC 6154) that pair a local mailbox with a central one
 #: whatever either is called.
-_NO_LIMIT = 2**62
 _SPECIAL_USES = ("\\sent", "\\drafts", "\\trash", "\\junk", "\\archive")
 #: Central messages up to this size come down whole in the listing phase; larger ones
 #: are listed (header, size, flags, structure) and their bodies follow. Listing first
@@ -128,6 +130,9 @@ WHOLE_BELOW = 64 * 1024
 REQUEST_TIMEOUT = 15.0
 #: Body requests queued at once; beyond that a reader is told "unavailable" at once.
 MAX_REQUESTS = 64
+#: Folder renames and deletions carried over per user and round: each one is followed by
+#: a fresh LIST, since renaming a parent renames its children too (RFC 9051 §6.3.6).
+MAX_FOLDER_CHANGES = 32
 
 
 @dataclass
@@ -149,6 +154,9 @@ class RoundReport:
     flags_up: int = 0
     expunged_down: int = 0
     expunged_up: int = 0
+    #: Folders renamed or deleted on one side and then on the other.
+    folders_renamed: int = 0
+    folders_deleted: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     errors: list[str] = field(default_factory=list)
@@ -513,24 +521,18 @@ class MailboxReplicator:
         caps = link.conn.capabilities
         if self.use_condstore and "QRESYNC" in caps:
             await link.check(link.conn.enable("QRESYNC"), "ENABLE")  # RFC 7162 §3.2.3
-        entries: list[ListEntry] = []
-
-        def on_list(event: Event) -> None:
-            if isinstance(event, ListEntry):
-                entries.append(event)
-
-        await link.check(link.conn.list("", "*"), "LIST", on_list)
-        delimiter = next((e.delimiter for e in entries if e.delimiter), None) or SEPARATOR
-        selectable = {
-            e.name: e for e in entries
-            if not {a.lower() for a in e.attributes} & {"\\noselect", "\\nonexistent"}
-        }  # fmt: skip
+        for _ in range(MAX_FOLDER_CHANGES):
+            delimiter, selectable = await _list(link)
+            local = {m.name: m for m in await self.mailboxes.heads(user.address)}
+            pairs = await self.state.pairs(user.address)
+            if not await self._follow_folders(link, user, pairs, local, selectable, delimiter,
+                                              report):  # fmt: skip
+                break
         by_use = {
             a.lower(): e.name for e in selectable.values() for a in e.attributes
             if a.lower() in _SPECIAL_USES
         }  # fmt: skip
-        known = {p.local_name: p.remote_name for p in await self.state.pairs(user.address)}
-        local = {m.name: m for m in await self.mailboxes.heads(user.address)}
+        known = {p.local_name: p.remote_name for p in pairs}
 
         plan: list[tuple[str, str]] = []
         claimed: set[str] = set()
@@ -559,6 +561,108 @@ class MailboxReplicator:
         for name, remote in plan:
             await self._sync_mailbox(link, user, name, remote, report)
             report.mailboxes += 1
+
+    async def _follow_folders(
+        self, link: ImapLink, user: User, pairs: Sequence[Pair], local: dict[str, MailboxHead],
+        selectable: dict[str, ListEntry], delimiter: str, report: RoundReport,
+    ) -> bool:  # fmt: skip
+        """Carry one folder rename or deletion over to the other side; True if it did.
+
+        A replicated folder missing on one side was renamed or deleted there. A mailbox
+        keeps its UIDVALIDITY through RENAME (the box's does; Dovecot's does), so the
+        same UIDVALIDITY under a new, unpaired name is the folder renamed. Otherwise it
+        was deleted, and the deletion is carried over only if the other side holds
+        nothing the box has not replicated yet: new mail at the centre, or new local
+        mail not yet uploaded, must not go with it. Such a folder is kept and comes
+        back on the side that deleted it, with everything in it.
+        """
+        assert self.state is not None
+        settled = [p for p in pairs if p.local_uidvalidity and p.remote_uidvalidity]
+        moved = [p for p in settled if p.local_name not in local or p.remote_name not in selectable]
+        if not moved:
+            return False
+        paired_local = {p.local_name for p in pairs}
+        paired_remote = {p.remote_name for p in pairs}
+        local_by_uidvalidity = {
+            head.uidvalidity: name for name, head in local.items() if name not in paired_local
+        }
+        remote_by_uidvalidity: dict[int, list[str]] = {}
+        if any(p.remote_name not in selectable for p in moved):
+            for name in selectable.keys() - paired_remote:
+                uidvalidity, _ = await _status(link, name)
+                remote_by_uidvalidity.setdefault(uidvalidity, []).append(name)
+        # Parents first: their rename carries the children along on that side.
+        for pair in sorted(moved, key=lambda p: p.local_name.count(SEPARATOR)):
+            local_now = (pair.local_name if pair.local_name in local
+                         else local_by_uidvalidity.get(pair.local_uidvalidity))  # fmt: skip
+            candidates = remote_by_uidvalidity.get(pair.remote_uidvalidity, [])
+            remote_now = (
+                pair.remote_name
+                if pair.remote_name in selectable
+                else (candidates[0] if len(candidates) == 1 else None)
+            )
+            if local_now is not None and remote_now is not None:
+                if remote_now == pair.remote_name:  # renamed on the box
+                    remote_now = _to_remote(local_now, delimiter)
+                    if remote_now in selectable:
+                        continue
+                    await link.check(link.conn.rename(pair.remote_name, remote_now), "RENAME")
+                elif local_now == pair.local_name:  # renamed at the centre
+                    local_now = _to_local(remote_now, delimiter)
+                    if local_now in local:
+                        continue
+                    await self.mailboxes.rename(user.address, pair.local_name, local_now)
+                # else: a parent's rename already carried it along on both sides.
+                log.info("%s: folder %r is now %r", user.address, pair.local_name, local_now)
+                await self.state.rename(pair, local_now, remote_now)
+                report.folders_renamed += 1
+                return True
+            if local_now is None and remote_now is None:
+                await self.state.forget(pair)
+                return True
+            if "INBOX" in (pair.local_name, pair.remote_name.upper()):
+                continue
+            if remote_now is not None:  # deleted on the box
+                if await self._central_has_unseen(link, pair, remote_now):
+                    continue
+                await link.check(link.conn.delete(remote_now), "DELETE")
+            else:  # deleted at the centre
+                assert local_now is not None
+                info = await self.mailboxes.get(user.address, local_now)
+                if info.uidvalidity != pair.local_uidvalidity or info.uidnext > pair.local_next_uid:
+                    continue
+                try:
+                    await self.mailboxes.delete(user.address, local_now)
+                except MailboxError:  # it has children now
+                    continue
+            log.info("%s: folder %r deleted on both sides", user.address, pair.local_name)
+            await self.state.forget(pair)
+            report.folders_deleted += 1
+            return True
+        return False
+
+    async def _central_has_unseen(self, link: ImapLink, pair: Pair, remote: str) -> bool:
+        """Does central *remote* hold a message the box has not replicated yet?"""
+        assert self.state is not None
+        uidvalidity, uidnext = await _status(link, remote)
+        if uidvalidity != pair.remote_uidvalidity:
+            return True
+        start = pair.remote_next_uid
+        if uidnext <= start:
+            return False
+        # Above the cursor are the box's own uploads of the last round, and anything new.
+        found: list[int] = []
+
+        def on_search(event: Event) -> None:
+            if isinstance(event, SearchResult):
+                found.extend(n for n in event.numbers if n >= start)
+
+        await link.check(link.conn.select(remote, readonly=True), f"EXAMINE {remote}")
+        await link.check(link.conn.uid_search(f"UID {start}:*"), "UID SEARCH", on_search)
+        await link.run(link.conn.unselect() if "UNSELECT" in link.conn.capabilities
+                       else link.conn.noop())  # fmt: skip
+        mapped = await self.state.by_remote(pair, found)
+        return any(uid not in mapped for uid in found)
 
     # -- one mailbox ------------------------------------------------------------------
 
@@ -1137,6 +1241,32 @@ def _key(flags: Iterable[str]) -> tuple[str, ...]:
 
 
 # -- names and sets ----------------------------------------------------------------------
+
+
+async def _list(link: ImapLink) -> tuple[str, dict[str, ListEntry]]:
+    """LIST every central mailbox; return the hierarchy delimiter and the selectable ones."""
+    entries: list[ListEntry] = []
+
+    def on_list(event: Event) -> None:
+        if isinstance(event, ListEntry):
+            entries.append(event)
+
+    await link.check(link.conn.list("", "*"), "LIST", on_list)
+    delimiter = next((e.delimiter for e in entries if e.delimiter), None) or SEPARATOR
+    selectable = {
+        e.name: e for e in entries
+        if not {a.lower() for a in e.attributes} & {"\\noselect", "\\nonexistent"}
+    }  # fmt: skip
+    return delimiter, selectable
+
+
+async def _status(link: ImapLink, mailbox: str) -> tuple[int, int]:
+    """STATUS (UIDVALIDITY UIDNEXT) of a central mailbox (RFC 9051 §6.3.11)."""
+    events, _ = await link.collect(link.conn.status(mailbox, "UIDVALIDITY", "UIDNEXT"), "STATUS")
+    for event in events:
+        if isinstance(event, StatusData):
+            return event.get("UIDVALIDITY") or 0, event.get("UIDNEXT") or 0
+    raise ImapProtocolError(f"STATUS {mailbox} gave no answer")
 
 
 def _to_remote(name: str, delimiter: str) -> str:

@@ -142,6 +142,28 @@ class MailboxSyncState:
         await self.db.write(job)
         return fresh
 
+    async def rename(self, pair: Pair, local_name: str, remote_name: str) -> Pair:
+        """Follow a folder renamed on either side: the map and cursors stay valid."""
+        renamed = replace(pair, local_name=local_name, remote_name=remote_name)
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE mailbox_pairs SET local_name = ?, remote_name = ? WHERE id = ?",
+                (local_name, remote_name, pair.id),
+            )
+
+        await self.db.write(job)
+        return renamed
+
+    async def forget(self, pair: Pair) -> None:
+        """Drop a pair whose folder is gone on both sides, with its map."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM mailbox_uid_map WHERE pair_id = ?", (pair.id,))
+            conn.execute("DELETE FROM mailbox_pairs WHERE id = ?", (pair.id,))
+
+        await self.db.write(job)
+
     async def commit(
         self,
         pair: Pair,

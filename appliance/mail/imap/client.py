@@ -440,6 +440,15 @@ class ClientConnection:
     def create(self, mailbox: str) -> str:
         return self.command("CREATE", mailbox_arg(mailbox))
 
+    def delete(self, mailbox: str) -> str:
+        return self.command("DELETE", mailbox_arg(mailbox))
+
+    def rename(self, old: str, new: str) -> str:
+        return self.command("RENAME", mailbox_arg(old), mailbox_arg(new))
+
+    def status(self, mailbox: str, *items: str) -> str:
+        return self.command("STATUS", mailbox_arg(mailbox), "(" + " ".join(items) + ")")
+
     def select(
         self,
         mailbox: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import imaplib
+import re
 import shutil
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -94,7 +95,7 @@ class Central:
         """UID -> (content hash, flags) of every message in *mailbox*."""
 
         def fn(imap: imaplib.IMAP4) -> dict[int, tuple[str, set[str]]]:
-            typ, _ = imap.select(mailbox, readonly=True)
+            typ, _ = imap.select(f'"{mailbox}"', readonly=True)  # imaplib does not quote
             if typ != "OK":
                 return {}
             typ, data = imap.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[])")
@@ -137,10 +138,10 @@ class Central:
     async def mailboxes(self) -> set[str]:
         def fn(imap: imaplib.IMAP4) -> set[str]:
             _, data = imap.list()
-            return {
-                line.decode().rsplit(" ", 1)[1].strip('"') for line in data
-                if isinstance(line, bytes)
-            }  # fmt: skip
+            # * LIST (\HasNoChildren) "." "Name with spaces" (or an atom)
+            listed = (re.fullmatch(r'\(.*?\) (?:"."|NIL) (.*)', line.decode())
+                      for line in data if isinstance(line, bytes))  # fmt: skip
+            return {m[1].strip('"') for m in listed if m}
 
         result: set[str] = await self.run(fn)
         return result
@@ -180,7 +181,8 @@ class Env:
     async def assert_converged(self, *mailboxes: str) -> None:
         for name in mailboxes:
             local = sorted((h, sorted(f)) for h, f in (await self.local(name)).values())
-            remote = sorted((h, sorted(f)) for h, f in (await self.central.contents(name)).values())
+            central = await self.central.contents(name.replace("/", "."))  # Dovecot's separator
+            remote = sorted((h, sorted(f)) for h, f in central.values())
             assert local == remote, name
             hashes = [h for h, _ in local]
             assert len(hashes) == len(set(hashes)) or name == "dup", f"duplicates in {name}"
@@ -472,5 +474,101 @@ async def test_against_an_edgebox_as_central_server(tmp_path: Path) -> None:
             assert report.ok, report.errors
             await env.assert_converged("INBOX", "Sent")
             assert len(await env.local("INBOX")) == 4
+            # Our own RENAME keeps UIDVALIDITY too, so a renamed folder is followed.
+            await env.boxes.create(USER, "Projects")
+            await env.append_local("Projects", mail(4, "box"))
+            assert (await env.sync()).ok
+            await env.boxes.rename(USER, "Projects", "Done")
+            report = await env.sync()
+            assert (report.folders_renamed, report.appended, report.fetched) == (1, 0, 0)
+            names = await env.central.mailboxes()
+            assert "Done" in names and "Projects" not in names
+            await env.assert_converged("Done")
     finally:
         await trio.to_thread.run_sync(running.stop)
+
+
+# -- folders renamed and deleted -------------------------------------------------------
+
+
+async def central_call(env: Env, command: str, *args: str) -> None:
+    def fn(imap: imaplib.IMAP4) -> None:
+        typ, data = getattr(imap, command)(*(f'"{arg}"' for arg in args))  # imaplib won't quote
+        assert typ == "OK", data
+
+    await env.central.run(fn)
+
+
+async def test_a_folder_renamed_on_the_box_is_renamed_at_the_centre(env: Env) -> None:
+    await env.central.append("Projects", mail(1, "p"))
+    await env.central.append("Projects.2026", mail(2, "p"))
+    assert (await env.sync()).ok
+    await env.boxes.rename(USER, "Projects", "Archive/Old projects")
+    await env.append_local("Archive/Old projects", mail(3, "p"))
+
+    report = await env.sync()
+    assert report.ok, report.errors
+    assert report.folders_renamed >= 1
+    assert report.fetched == 0  # followed, not copied afresh
+    names = await env.central.mailboxes()
+    assert {"Archive.Old projects", "Archive.Old projects.2026"} <= names
+    assert not {"Projects", "Projects.2026"} & names
+    await env.assert_converged("Archive/Old projects", "Archive/Old projects/2026")
+    assert len(await env.local("Archive/Old projects")) == 2
+    again = await env.sync()
+    assert (again.folders_renamed, again.fetched, again.appended) == (0, 0, 0)
+
+
+async def test_a_folder_renamed_at_the_centre_is_renamed_on_the_box(env: Env) -> None:
+    await env.boxes.create(USER, "Reports")
+    await env.append_local("Reports", mail(1, "r"), ("\\Seen",))
+    assert (await env.sync()).ok
+    await central_call(env, "rename", "Reports", "Reports 2569")
+
+    report = await env.sync()
+    assert report.ok, report.errors
+    assert report.folders_renamed == 1
+    assert (report.fetched, report.appended) == (0, 0)
+    heads = {m.name for m in await env.boxes.heads(USER)}
+    assert "Reports 2569" in heads and "Reports" not in heads
+    await env.assert_converged("Reports 2569")
+
+
+async def test_a_folder_deleted_on_either_side_is_deleted_on_the_other(env: Env) -> None:
+    await env.boxes.create(USER, "Old")
+    await env.append_local("Old", mail(1, "o"))
+    await env.central.append("Gone", mail(2, "g"))
+    assert (await env.sync()).ok
+    await env.boxes.delete(USER, "Old")
+    await central_call(env, "delete", "Gone")
+
+    report = await env.sync()
+    assert report.ok, report.errors
+    assert report.folders_deleted == 2
+    assert not {"Old", "Gone"} & await env.central.mailboxes()
+    assert not {"Old", "Gone"} & {m.name for m in await env.boxes.heads(USER)}
+    again = await env.sync()
+    assert (again.folders_deleted, again.fetched, again.appended) == (0, 0, 0)
+
+
+async def test_a_deleted_folder_with_mail_the_other_side_has_not_seen_comes_back(
+    env: Env,
+) -> None:
+    """Deleting a folder must not take mail nobody on the deleting side ever saw."""
+    await env.boxes.create(USER, "Cases")
+    await env.append_local("Cases", mail(1, "c"))
+    await env.central.append("Notes", mail(2, "n"))
+    assert (await env.sync()).ok
+    # Deleted on the box while new mail reached the central copy ...
+    await env.boxes.delete(USER, "Cases")
+    await env.central.append("Cases", mail(3, "c"))
+    # ... and deleted at the centre while new mail was filed on the box.
+    await central_call(env, "delete", "Notes")
+    await env.append_local("Notes", mail(4, "n"))
+
+    report = await env.sync()
+    assert report.ok, report.errors
+    assert report.folders_deleted == 0
+    await env.assert_converged("Cases", "Notes")
+    assert len(await env.local("Cases")) == 2
+    assert len(await env.local("Notes")) == 2
