@@ -36,7 +36,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, Final, NoReturn, TypeVar, cast
 
 import apsw
 import trio
@@ -1420,14 +1420,18 @@ class Chat:
         """Call *listener* (synchronously) after each write that queued events for the hub."""
         self._push_listeners.append(listener)
 
-    async def outbox(self, limit: int = 200) -> list[ReplicatedEvent]:
-        """Return up to *limit* of this box's events the hub has not answered, oldest first."""
+    async def outbox(self, limit: int = 200, *, compact: bool = False) -> list[ReplicatedEvent]:
+        """Return up to *limit* of this box's events the hub has not answered, oldest first.
+
+        *compact*: leave out the snapshots that repeat the event (`_wire_event`), for a
+        hub that said it reads wire format 2.
+        """
 
         def query(conn: Conn) -> list[ReplicatedEvent]:
             rows = conn.execute(
                 _WIRE_COLUMNS + " WHERE pending = 1 ORDER BY cursor LIMIT ?", (limit,)
             ).fetchall()
-            return [_wire_event(conn, row) for row in rows]
+            return [_wire_event(conn, row, compact=compact) for row in rows]
 
         return await self._db.read(query)
 
@@ -1580,6 +1584,7 @@ class Chat:
         def job(conn: Conn) -> tuple[int, list[str]]:
             new = 0
             blobs: list[str] = []
+            rooms: dict[str, Room | None] = {}
             for event in events:
                 held = conn.execute(
                     "SELECT type, message_id, room_order FROM events WHERE id = ?", (event.id,)
@@ -1590,13 +1595,15 @@ class Chat:
                     continue
                 conn.execute("SAVEPOINT pulled")
                 try:
-                    blobs += self._materialise(conn, event, None)
+                    blobs += self._materialise(conn, event, None, rooms)
                 except (ChatError, apsw.ConstraintError, KeyError, TypeError, ValueError) as exc:
                     # The hub ordered it, so it stands; what cannot be applied here
                     # (a row this box never had) is skipped, the event still recorded.
                     conn.execute("ROLLBACK TO pulled")
                     _log.warning("chat sync: event %s not applied here: %s", event.id, exc)
                 conn.execute("RELEASE pulled")
+                if event.type not in _ROOM_KEEPING_TYPES:
+                    rooms.pop(event.room_id, None)
                 self._record_replicated(conn, event, event.room_order)
                 new += 1
             if cursor is not None:
@@ -1648,16 +1655,21 @@ class Chat:
         return await self._db.read(query)
 
     def _record_replicated(
-        self, conn: Conn, event: ReplicatedEvent, room_order: int | None
+        self,
+        conn: Conn,
+        event: ReplicatedEvent,
+        room_order: int | None,
+        *,
+        keep_origin: bool = True,
     ) -> None:
-        """Store a replicated event (never pushed again) and keep its origin's sequence."""
-        origin, _, seq = event.id.rpartition(":")
-        # A box restored from a backup must not hand out ids it already used.
-        conn.execute(
-            "INSERT INTO origins (origin, seq) VALUES (?, ?) ON CONFLICT (origin)"
-            " DO UPDATE SET seq = max(seq, excluded.seq)",
-            (origin, int(seq)),
-        )
+        """Store a replicated event (never pushed again) and keep its origin's sequence.
+
+        Without *keep_origin* the caller keeps the origin's sequence itself (once for a
+        whole batch). A posted message took *room_order* when `_apply_posted` wrote it.
+        """
+        if keep_origin:
+            origin, _, seq = event.id.rpartition(":")
+            _keep_origin(conn, origin, int(seq))
         message_id = event.payload.get("message_id")
         if event.type in ("message.posted",):
             message_id = event.id
@@ -1673,8 +1685,6 @@ class Chat:
             push=False,
             room_order=room_order,
         )
-        if room_order is not None and event.type == "message.posted":
-            conn.execute("UPDATE messages SET room_order = ? WHERE id = ?", (room_order, event.id))
 
     # --- the hub's side ---
 
@@ -1691,12 +1701,38 @@ class Chat:
         given the next position in its room, or refused with the rule's reason. An
         *item* that is ``(id, error)`` did not parse and is refused as such. All in
         one transaction: the answers are sent only after it is committed.
+
+        A catch-up pushes hundreds of events a request, so what can be is done once
+        per batch: one read of which events are held already, each room read once
+        (again only after an event that changes it), each room's next order counted
+        from the last one given, the origin's sequence kept once at the end.
         """
 
         def job(conn: Conn) -> tuple[list[HubAnswer], list[str]]:
             self._order_own(conn)
             answers: list[HubAnswer] = []
             blobs: list[str] = []
+            ids = [item.id for item in items if not isinstance(item, tuple)]
+            held_rows: dict[str, tuple[Any, str, Any]] = {
+                row[0]: (row[1], row[2], row[3])
+                for row in conn.execute(
+                    "SELECT id, room_order, type, message_id FROM events"
+                    " WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(ids),),
+                )
+            }
+            #: Events accepted earlier in this batch (a batch may name one twice).
+            accepted: dict[str, int] = {}
+            #: The last room order given per room in this job.
+            last_order: dict[str, int] = {}
+            rooms: dict[str, Room | None] = {}
+            top_seq = 0
+
+            def next_order(room_id: str) -> int:
+                if room_id not in last_order:
+                    last_order[room_id] = _next_room_order(conn, room_id) - 1
+                return last_order[room_id] + 1
+
             for item in items:
                 if isinstance(item, tuple):
                     answers.append(HubAnswer.refused(*item))
@@ -1705,21 +1741,23 @@ class Chat:
                 if event.origin != origin:
                     answers.append(HubAnswer.refused(event.id, _foreign_origin()))
                     continue
-                held = conn.execute(
-                    "SELECT room_order, type, message_id FROM events WHERE id = ?", (event.id,)
-                ).fetchone()
+                if event.id in accepted:
+                    answers.append(HubAnswer(event.id, accepted[event.id]))
+                    continue
+                held = held_rows.get(event.id)
                 if held is not None:
                     order = held[0]
                     if order is None:  # not expected: an own event of this hub's
-                        order = _next_room_order(conn, event.room_id)
+                        order = last_order[event.room_id] = next_order(event.room_id)
                         _set_room_order(conn, event.id, held[1], held[2], order)
                     answers.append(HubAnswer(event.id, int(order)))
                     continue
+                order = next_order(event.room_id)
+                event = replace(event, room_order=order)
                 conn.execute("SAVEPOINT pushed")
                 try:
-                    blobs += self._materialise(conn, event, authority)
-                    order = _next_room_order(conn, event.room_id)
-                    self._record_replicated(conn, event, order)
+                    blobs += self._materialise(conn, event, authority, rooms)
+                    self._record_replicated(conn, event, order, keep_origin=False)
                 except ChatError as exc:
                     conn.execute("ROLLBACK TO pushed")
                     answers.append(HubAnswer.refused(event.id, exc))
@@ -1731,7 +1769,13 @@ class Chat:
                     answers.append(HubAnswer.refused(event.id, invalid(str(exc)[:200])))
                 else:
                     answers.append(HubAnswer(event.id, order))
+                    accepted[event.id] = last_order[event.room_id] = order
+                    top_seq = max(top_seq, int(event.id.rpartition(":")[2]))
                 conn.execute("RELEASE pushed")
+                if event.type not in _ROOM_KEEPING_TYPES:
+                    rooms.pop(event.room_id, None)  # changed (or refused): read it again
+            if top_seq:
+                _keep_origin(conn, origin, top_seq)
             return answers, blobs
 
         answers, blobs = await self._write(job)
@@ -1747,7 +1791,7 @@ class Chat:
             _set_room_order(conn, event_id, type_, message_id, _next_room_order(conn, room_id))
 
     async def hub_pull(
-        self, domain: str, after: int, limit: int
+        self, domain: str, after: int, limit: int, *, compact: bool = False
     ) -> tuple[list[ReplicatedEvent], int, bool]:
         """Return the ordered events an agency's box needs after *after* (hub side).
 
@@ -1788,7 +1832,7 @@ class Chat:
                     "limit": limit + 1,
                 },
             ).fetchall()
-            events = [_wire_event(conn, r) for r in rows[:limit]]
+            events = [_wire_event(conn, r, compact=compact) for r in rows[:limit]]
             if len(rows) > limit:
                 return events, int(cast(int, rows[limit - 1][0])), True
             return events, max(after, head), False
@@ -1796,7 +1840,14 @@ class Chat:
         return await self._db.read(query)
 
     async def room_history(
-        self, domain: str, room_id: str, before_order: int, after_order: int, limit: int
+        self,
+        domain: str,
+        room_id: str,
+        before_order: int,
+        after_order: int,
+        limit: int,
+        *,
+        compact: bool = False,
     ) -> tuple[list[ReplicatedEvent], bool]:
         """Return a room's ordered events between two orders, for a box of *domain* (hub).
 
@@ -1818,27 +1869,39 @@ class Chat:
                 " ORDER BY room_order LIMIT ?",
                 (room_id, after_order, before_order, limit + 1),
             ).fetchall()
-            return [_wire_event(conn, r) for r in rows[:limit]], len(rows) > limit
+            events = [_wire_event(conn, r, compact=compact) for r in rows[:limit]]
+            return events, len(rows) > limit
 
         return await self._db.read(query)
 
     # --- applying a replicated event ---
 
     def _materialise(
-        self, conn: Conn, event: ReplicatedEvent, authority: Authority | None
+        self,
+        conn: Conn,
+        event: ReplicatedEvent,
+        authority: Authority | None,
+        rooms: dict[str, Room | None] | None = None,
     ) -> list[str]:
         """Apply *event*'s effect to rooms and messages; return blobs to delete.
 
         With an *authority* (the hub) the event is first checked against this
         database's state with the same `RoomPolicy` rules a local request meets, and
         a refusal raises `ChatError`. Without one (a box applying what the hub
-        ordered) it is applied as far as this box holds what it refers to.
+        ordered) it is applied as far as this box holds what it refers to. *rooms*
+        caches rooms read within one job: the caller drops a room from it after an
+        event that may change it.
         """
         p = event.payload
         if event.type == "room.created":
             self._materialise_room(conn, event, authority)
             return []
-        room = self._room(conn, event.room_id)
+        if rooms is None:
+            room = self._room(conn, event.room_id)
+        elif event.room_id in rooms:
+            room = rooms[event.room_id]
+        else:
+            room = rooms[event.room_id] = self._room(conn, event.room_id)
         if room is None or room.deleted:
             if authority is not None:
                 raise not_found("room", "ห้องสนทนา")
@@ -2053,8 +2116,8 @@ class Chat:
         edited = snapshot.get("edited_at")
         conn.execute(
             "INSERT INTO messages (id, room_id, sender, kind, content, reply_to, client_id,"
-            " created_at, edited_at, deleted, secret, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, edited_at, deleted, secret, expires_at, room_order)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.id,
                 room.id,
@@ -2068,6 +2131,8 @@ class Chat:
                 int(deleted),
                 int(secret),
                 expires_at,
+                # The hub's order (pulled) or the one the hub is giving it (pushed).
+                event.room_order,
             ),
         )
         if not deleted:
@@ -2711,20 +2776,66 @@ def _message_snapshot(conn: Conn, message_id: str) -> dict[str, Any] | None:
     return snapshot
 
 
-def _wire_event(conn: Conn, row: Sequence[Any]) -> ReplicatedEvent:
-    """Return a stored event (a `_WIRE_COLUMNS` row) as sync sends it."""
+def _wire_event(conn: Conn, row: Sequence[Any], *, compact: bool = False) -> ReplicatedEvent:
+    """Return a stored event (a `_WIRE_COLUMNS` row) as sync sends it.
+
+    *compact* (wire format 2, docs/chat-sync.md): a snapshot that repeats what the
+    event already says is left out, so a message's text crosses the line once.
+    ``message.posted``: when the row is still exactly the message the payload shows
+    (not edited, deleted or secret since), the receiver takes the payload's. A
+    non-secret ``message.edited`` needs only the snapshot's sender (who edits: the
+    hub checks it); its text is the payload's.
+    """
+    payload = json.loads(row[5])
     snapshot = None
     if row[2] in SNAPSHOT_TYPES and row[7] is not None:
         snapshot = _message_snapshot(conn, row[7])
+    if compact and snapshot is not None:
+        if row[2] == "message.posted":
+            shown = payload.get("message")
+            # The payload's copy also says "hidden" (false): one reader's view.
+            if (
+                isinstance(shown, dict)
+                and {key: value for key, value in shown.items() if key != "hidden"} == snapshot
+            ):
+                snapshot = None
+        elif not snapshot.get("secret"):
+            snapshot = {"sender": snapshot.get("sender")}
     return ReplicatedEvent(
         id=row[1],
         type=row[2],
         room_id=row[3],
         subject=row[4],
-        payload=json.loads(row[5]),
+        payload=payload,
         created_at=row[6],
         message=snapshot,
         room_order=row[8],
+    )
+
+
+#: Events that leave their room's row and members as they were (`accept_pushed` keeps
+#: the room it read for the next event of the same room).
+_ROOM_KEEPING_TYPES: Final = frozenset(
+    {
+        "message.posted",
+        "message.edited",
+        "message.deleted",
+        "receipt",
+        "invitation.created",
+        "invitation.answered",
+    }
+)
+
+
+def _keep_origin(conn: Conn, origin: str, seq: int) -> None:
+    """Remember the highest sequence seen from *origin*.
+
+    A box restored from a backup must not hand out ids it already used.
+    """
+    conn.execute(
+        "INSERT INTO origins (origin, seq) VALUES (?, ?) ON CONFLICT (origin)"
+        " DO UPDATE SET seq = max(seq, excluded.seq)",
+        (origin, seq),
     )
 
 

@@ -19,6 +19,11 @@ exponential back-off; `wake` starts one at once (the link monitor calls it when 
 link comes back). Every round drains what is waiting in bounded batches, so catch-up
 after a week's cut sends everything, not just the latest. Timing reads the `Clock`.
 
+Wire format: the first push of a run sends every event whole (format 1); once the
+hub's answer says ``"wire": 2`` the next batches leave out the message snapshots that
+repeat their event, so a message's text crosses the line once (a hub that never says
+so keeps getting format 1). Pulls say ``"wire": 2`` to get the same from the hub.
+
 What this is not: the link to the hub (a `HubCall`: HTTPS with mutual TLS in
 production, a direct call in tests) or the rules (the hub's, `appliance.sync.hub.chat`).
 """
@@ -48,6 +53,9 @@ PULL_CURSOR = "hub.pull"
 
 #: Events per push or pull request (the hub accepts at most 500).
 BATCH = 200
+#: The chat wire format this box reads (docs/chat-sync.md): 2 leaves out snapshots
+#: that repeat their event. Pushes use it only once the hub has said it reads it.
+WIRE_FORMAT = 2
 #: Requests of one kind in one round; a longer backlog continues in the next round.
 MAX_REQUESTS = 1_000
 #: Seconds between rounds when idle: how soon news from other boxes arrives.
@@ -82,6 +90,8 @@ class ChatReplicator:
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
         self.failures = 0
+        #: The wire format the hub said it reads (in its push answers); 1 until it has.
+        self.hub_wire = 1
         #: True while waiting between rounds (tests move a manual clock only then).
         self.idle = False
         self._wake = trio.Event()
@@ -159,10 +169,12 @@ class ChatReplicator:
         """Send the box's unanswered events in batches; return (answered, queue empty)."""
         answered = 0
         for _ in range(MAX_REQUESTS):
-            batch = await self.chat.outbox(self.batch)
+            batch = await self.chat.outbox(self.batch, compact=self.hub_wire >= 2)
             if not batch:
                 return answered, True
             reply = await self.hub(PUSH_PATH, {"events": [e.to_json() for e in batch]})
+            wire = reply.get("wire", 1) if isinstance(reply, dict) else 1
+            self.hub_wire = wire if isinstance(wire, int) and not isinstance(wire, bool) else 1
             sent = {e.id for e in batch}
             answers = [a for a in parse_answers(reply) if a.id in sent]
             if not answers:
@@ -178,7 +190,8 @@ class ChatReplicator:
         new = 0
         for _ in range(MAX_REQUESTS):
             after = await self.chat.sync_cursor(PULL_CURSOR)
-            page = parse_page(await self.hub(PULL_PATH, {"after": after, "limit": self.batch}))
+            request = {"after": after, "limit": self.batch, "wire": WIRE_FORMAT}
+            page = parse_page(await self.hub(PULL_PATH, request))
             await self._fill_history(page)
             new += await self.chat.apply_pulled(page.events, cursor=(PULL_CURSOR, page.cursor))
             if not page.more:
@@ -195,6 +208,7 @@ class ChatReplicator:
                     "before_order": first_order,
                     "after_order": after,
                     "limit": self.batch,
+                    "wire": WIRE_FORMAT,
                 }
                 try:
                     history = parse_page(await self.hub(HISTORY_PATH, request))

@@ -17,13 +17,21 @@ The hub is the authority for chat (DESIGN.md "Sync"; issue 5, "Chat"):
 - ``POST /sync/v1/chat/history`` ``{"room_id", "before_order", "after_order", "limit"}``:
   a room's earlier events, for a box whose agency has just joined a room it never held.
 
+Wire format (docs/chat-sync.md "Wire format and compression"): a push answer says
+``"wire": 2``, which tells the box it may leave out a ``message.posted`` snapshot that
+repeats the event's own ``payload.message`` (the hub puts it back here, before any
+check); a box that says ``"wire": 2`` in its pull or history request gets its events
+in that form too. Without it (an older box) every event carries its snapshot, as in
+format 1.
+
 Everything here is glue: the checks and the storage are `appliance.chat.Chat`'s
 (`accept_pushed`, `hub_pull`, `room_history`); shapes are `appliance.chat.replication`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Any, Final
 
 from appliance.box import Box
 from appliance.chat.errors import ChatError
@@ -41,6 +49,9 @@ HISTORY_PATH = "/sync/v1/chat/history"
 MAX_PUSH = 500
 #: Events in one pull or history answer.
 MAX_PULL = 500
+#: The chat wire format this hub reads and writes (1: every snapshot sent; 2: a
+#: snapshot that repeats the event is left out).
+WIRE_FORMAT: Final = 2
 
 
 def _count(body: dict[str, Any], key: str, default: int, *, low: int = 0) -> int:
@@ -79,7 +90,7 @@ class ChatHub:
         items: list[ReplicatedEvent | tuple[str, ChatError]] = []
         for raw in events:
             try:
-                items.append(parse_event(raw))
+                items.append(_with_snapshot(parse_event(raw)))
             except ChatError as exc:
                 event_id = raw.get("id") if isinstance(raw, dict) else None
                 if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
@@ -94,14 +105,17 @@ class ChatHub:
             users[address] = await self.box.directory.user(address)
         authority = Authority(peer.domain, users)
         answers = await self.box.chat.accept_pushed(peer.box_id, authority, items)
-        return {"results": [a.to_json() for a in answers]}
+        return {"results": [a.to_json() for a in answers], "wire": WIRE_FORMAT}
 
     async def pull(self, peer: Peer, body: JSON) -> JSON:
         """Return the ordered events of the box's rooms after its cursor."""
         request = _body(body)
         after = _count(request, "after", 0)
         limit = min(_count(request, "limit", MAX_PULL, low=1), MAX_PULL)
-        events, cursor, more = await self.box.chat.hub_pull(peer.domain, after, limit)
+        compact = _compact(request)
+        events, cursor, more = await self.box.chat.hub_pull(
+            peer.domain, after, limit, compact=compact
+        )
         # The caller's own events are not sent back: it holds them, and their room
         # order came in the push answer. After a week's cut that halves what crosses
         # the line. The cursor still moves past them.
@@ -120,11 +134,29 @@ class ChatHub:
         limit = min(_count(request, "limit", MAX_PULL, low=1), MAX_PULL)
         try:
             events, more = await self.box.chat.room_history(
-                peer.domain, room_id, before, after, limit
+                peer.domain, room_id, before, after, limit, compact=_compact(request)
             )
         except ChatError as exc:
             raise HubError(exc.status, exc.code, exc.message_en) from None
         return {"events": [e.to_json() for e in events], "more": more}
+
+
+def _compact(request: dict[str, Any]) -> bool:
+    """Does the box read wire format 2 (it says so in its request)?"""
+    wire = request.get("wire", 1)
+    return isinstance(wire, int) and not isinstance(wire, bool) and wire >= 2
+
+
+def _with_snapshot(event: ReplicatedEvent) -> ReplicatedEvent:
+    """Put back the snapshot a wire-2 box left out of a ``message.posted``.
+
+    It left it out because it was the payload's ``message``; the checks (who posted)
+    and the apply read the snapshot, exactly as for a format-1 event.
+    """
+    shown = event.payload.get("message")
+    if event.type == "message.posted" and event.message is None and isinstance(shown, dict):
+        return replace(event, message=shown)
+    return event
 
 
 def chat_hub_routes(box: Box) -> list[SyncRoute]:

@@ -10,9 +10,19 @@ sync request shares, in this order, before a route's handler runs:
    with that very certificate serial and has not revoked; no certificate → 401, a
    certificate of a box not enrolled (any more) → 403. A certificate from another CA
    fails the TLS handshake itself;
-3. size: a declared Content-Length over the route's ``max_body`` gets 413 before the
-   body is read, and a body that grows past it is cut off the same way;
-4. ``application/json`` (415) holding a JSON object (400).
+3. ``application/json`` (415), in content coding ``gzip`` or identity (other codings
+   415 with ``Accept-Encoding: gzip``, RFC 9110 §15.5.16);
+4. size: a declared Content-Length over the route's ``max_body`` gets 413 before the
+   body is read, and a body that grows past it is cut off the same way. A gzip body's
+   limit is on what it inflates to: it is inflated a step at a time and refused 413
+   one byte past ``max_body``, so a small "bomb" never inflates whole; a gzip stream
+   that is corrupt or cut short is 400 (`appliance.sync.content_coding`);
+5. a JSON object (400).
+
+Every answer says ``Accept-Encoding: gzip``: that is how a box learns it may send
+gzip bodies (RFC 9110 §12.5.3). An answer is gzip'ed when the request's
+``Accept-Encoding`` takes gzip and the answer is not tiny; a request without it (an
+older box) gets identity, as before.
 
 Answers are JSON objects; errors are ``{"error": {"code", "message"}}`` (`HubError`).
 A handler's unexpected exception is logged with a reference and answered 500, without
@@ -41,6 +51,7 @@ from cryptography import x509
 from appliance.box import Box
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.security.tls import server_ssl_context
+from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.hub.admission import admit_box, renew_box
 from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
@@ -226,9 +237,8 @@ class _Connection:
     async def _exchange(self, request: h11.Request) -> None:
         method = request.method.decode("ascii", "replace")
         path = request.target.partition(b"?")[0].decode("ascii", "replace")
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers
-        }
+        headers = _header_fields(request.headers)
+        gzip_answer = content_coding.accepts_gzip(headers.get("accept-encoding"))
         extra: list[tuple[str, str]] = []
         try:
             status, body = 200, await self._route(request, method, path, headers)
@@ -244,7 +254,7 @@ class _Connection:
             log.exception("internal error ref=%s %s ip=%s", reference, path, self.client_ip)
             status, body = 500, _error("internal", f"hub error (reference {reference})")
         log.debug("%s %s %s %d", self.client_ip, method, path, status)
-        await self._send(status, body, extra)
+        await self._send(status, body, extra, gzip_answer=gzip_answer)
 
     async def _route(
         self, request: h11.Request, method: str, path: str, headers: dict[str, str]
@@ -256,12 +266,26 @@ class _Connection:
             raise HubError(405, "method_not_allowed", "sync routes take POST only")
         if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise HubError(415, "unsupported_media_type", "send the body as application/json")
+        encoding = headers.get("content-encoding")
+        if any(name != content_coding.GZIP for name in content_coding.codings(encoding)):
+            raise HubError(
+                415, "unsupported_encoding", "send the body as identity or gzip (RFC 9110 §8.4)"
+            )
+        limit = service.max_body(path)
         try:
-            raw = await self.reader.read_body(request, service.max_body(path))
+            # A gzip body is smaller than what it inflates to: the same limit holds
+            # for the bytes on the line, then for what they inflate to.
+            raw = await self.reader.read_body(request, limit)
         except BodyTooLarge as exc:
             raise HubError(413, "too_large", str(exc)) from None
         except TooSlow:
             raise HubError(408, "timeout", "the request took too long") from None
+        try:
+            raw = content_coding.decode(raw, encoding, limit)
+        except content_coding.TooLarge as exc:
+            raise HubError(413, "too_large", str(exc)) from None
+        except content_coding.BadCoding as exc:
+            raise bad_request(str(exc), "bad_encoding") from None
         try:
             body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
@@ -271,12 +295,23 @@ class _Connection:
         return await service.answer(path, self.stream, headers.get("host", ""), body)
 
     async def _send(
-        self, status: int, body: dict[str, Any], extra: Sequence[tuple[str, str]] = ()
+        self,
+        status: int,
+        body: dict[str, Any],
+        extra: Sequence[tuple[str, str]] = (),
+        *,
+        gzip_answer: bool = False,
     ) -> None:
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        headers = [
-            ("content-type", "application/json"),
+        # The answer may differ by the request's Accept-Encoding (RFC 9110 §12.5.5).
+        headers = [("content-type", "application/json"), ("vary", "accept-encoding")]
+        if gzip_answer and len(payload) >= content_coding.MIN_SIZE:
+            payload = content_coding.encode(payload)
+            headers.append(("content-encoding", content_coding.GZIP))
+        headers += [
             ("content-length", str(len(payload))),
+            # What this hub takes in requests (RFC 9110 §12.5.3): boxes gzip theirs.
+            ("accept-encoding", content_coding.GZIP),
             *extra,
         ]
         if self.conn.their_state is not h11.DONE:
@@ -299,6 +334,19 @@ class _Connection:
         except h11.LocalProtocolError:
             return  # the connection is already past answering (h11 says ERROR)
         await self.stream.send_all(data)
+
+
+def _header_fields(fields: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Request header fields by (lower-case) name; repeated ones joined with commas.
+
+    RFC 9110 §5.3: a field sent on several lines means the comma-joined list, so
+    ``Content-Encoding: gzip`` twice is gzip applied twice, not once.
+    """
+    found: dict[str, str] = {}
+    for name, value in fields:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

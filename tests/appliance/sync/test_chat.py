@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -91,6 +92,32 @@ async def test_catch_up_sends_everything_in_bounded_batches(tmp_path: Path) -> N
         assert len(pushes) == 6  # ceil(40 / 7): every batch bounded, all of the backlog
         await net.sync_b.sync_once()
         assert [m[0] for m in await _same_everywhere(net, room_id)] == sent
+
+
+async def test_snapshots_are_left_out_only_once_the_hub_said_it_reads_wire_2(
+    tmp_path: Path,
+) -> None:
+    async with open_net(tmp_path, batch=3) as net:
+        room_id = await _shared_room(net)
+        bodies: list[dict[str, Any]] = []
+        call = net.link_a.__call__
+
+        async def spy(path: str, body: dict[str, Any]) -> Any:
+            if path.endswith("/push"):
+                bodies.append(body)
+            return await call(path, body)
+
+        net.sync_a.hub = spy
+        net.sync_a.hub_wire = 1  # as after a restart: the hub has not said yet
+        for i in range(6):
+            await post(net, net.a, A1, room_id, f"ข้อ {i}")
+        assert net.sync_a.hub_wire == 1
+        await net.sync_a.push()
+        assert net.sync_a.hub_wire == 2
+        snapshots = [["message" in e for e in body["events"]] for body in bodies]
+        assert snapshots == [[True] * 3, [False] * 3]  # whole first, then format 2
+        await net.sync_b.sync_once()
+        assert [m[2] for m in await _same_everywhere(net, room_id)] == [f"ข้อ {i}" for i in range(6)]
 
 
 async def test_push_retried_after_a_lost_answer_mid_backlog_has_no_duplicate(

@@ -13,7 +13,19 @@ from hypothesis import strategies as st
 from appliance.chat.errors import ChatError
 from appliance.chat.replication import parse_answers, parse_event, parse_page
 from appliance.sync.transport import HubRefused, Peer
-from tests.appliance.sync.chatnet import A1, A2, B1, B2, A, B, Net, open_net, post
+from tests.appliance.sync.chatnet import (
+    A1,
+    A2,
+    B1,
+    B2,
+    A,
+    B,
+    Net,
+    history,
+    hub_history,
+    open_net,
+    post,
+)
 
 
 @pytest.fixture
@@ -201,3 +213,98 @@ def test_parsers_accept_well_formed_input_or_refuse_it_cleanly(value: Any) -> No
         elif parse is parse_event:
             # What parses survives the wire and parses to the same event.
             assert parse_event(json.loads(json.dumps(parsed.to_json()))) == parsed
+
+
+# --- wire format 2 and the batched apply --------------------------------------------
+
+
+async def test_wire_2_sends_a_messages_text_once_and_the_hub_reads_it(net: Net) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[A2, B1])
+    await post(net, net.a, A1, room.id, "ครั้งเดียว")
+    edited = await post(net, net.a, A2, room.id, "ก่อนแก้")
+    await net.a.chat.edit(net.user(net.a, A2), room.id, edited, "หลังแก้")
+    full = await net.a.chat.outbox(500)
+    compact = await net.a.chat.outbox(500, compact=True)
+    assert [e.id for e in full] == [e.id for e in compact]
+    by_type = {e.type: e for e in compact}
+    # Posted, then edited: the row no longer matches the payload, so the snapshot stays.
+    assert [e.message is None for e in compact if e.type == "message.posted"] == [True, False]
+    assert by_type["message.edited"].message == {"sender": A2}
+    assert sum(len(json.dumps(e.to_json())) for e in compact) < sum(
+        len(json.dumps(e.to_json())) for e in full
+    )
+    answer = await _push(net, [e.to_json() for e in compact])
+    assert answer["wire"] == 2
+    assert [r["status"] for r in answer["results"]] == ["accepted"] * len(compact)
+    assert [m[2] for m in await hub_history(net, room.id)] == ["ครั้งเดียว", "หลังแก้"]
+    # Sent again in the other form: the same answers, no second effect.
+    again = await _push(net, [e.to_json() for e in full])
+    assert again == answer
+    assert len(await hub_history(net, room.id)) == 2
+
+
+async def test_a_compact_post_is_checked_like_a_whole_one(net: Net) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[A2])
+    await post(net, net.a, A1, room.id, "ของ ก")
+    [created, posted] = [e.to_json() for e in await net.a.chat.outbox(500, compact=True)]
+    assert "message" not in posted
+    # The payload claims someone of another agency posted it: refused, as whole.
+    forged = json.loads(json.dumps(posted))
+    forged["payload"]["message"]["sender"] = B1
+    answer = await _push(net, [created, forged])
+    assert [(r["status"], r.get("code")) for r in answer["results"]] == [
+        ("accepted", None),
+        ("rejected", "not_your_agency"),
+    ]
+
+
+async def test_pull_in_wire_2_leaves_out_repeated_snapshots_only_when_asked(net: Net) -> None:
+    room = await net.b.chat.create_room(net.user(net.b, B1), "group", members=[A1])
+    await post(net, net.b, B1, room.id, "จาก ข")
+    await net.sync_b.sync_once()
+    old = await net.link_a("/sync/v1/chat/pull", {"after": 0, "limit": 500})
+    new = await net.link_a("/sync/v1/chat/pull", {"after": 0, "limit": 500, "wire": 2})
+    [old_post] = [e for e in old["events"] if e["type"] == "message.posted"]
+    [new_post] = [e for e in new["events"] if e["type"] == "message.posted"]
+    assert old_post["message"]["content"] == {"text": "จาก ข"}
+    assert "message" not in new_post
+    assert {**old_post, "message": None} == {**new_post, "message": None}
+    await net.sync_a.sync_once()  # pulls in wire 2
+    assert [m[2] for m in await history(net, net.a, A1, room.id)] == ["จาก ข"]
+
+
+async def test_a_batch_sees_each_change_of_a_room_before_the_next_event(net: Net) -> None:
+    """The apply reads a room once per batch, but again after an event changes it."""
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[A2, B1])
+    await post(net, net.a, A2, room.id, "ยังเป็นสมาชิก")
+    await net.a.chat.remove_member(net.user(net.a, A1), room.id, A2)
+    events = [e.to_json() for e in await net.a.chat.outbox(500, compact=True)]
+    box = net.a.identity.box_id
+    late = {**events[1], "id": f"{box}:900", "payload": {
+        **events[1]["payload"], "message_id": f"{box}:900",
+        "message": {**events[1]["payload"]["message"], "id": f"{box}:900"},
+    }}  # fmt: skip
+    other = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[A2])
+    [other_created] = [e.to_json() for e in await net.a.chat.outbox(500) if e.id == other.id]
+    # created, posted, removed, then A2 posts again (no longer a member), the same
+    # event twice in one batch, and a second room in between.
+    batch = [*events, late, other_created, events[1]]
+    answer = await _push(net, batch)
+    got = [(r["status"], r.get("room_order"), r.get("code")) for r in answer["results"]]
+    assert got == [
+        ("accepted", 1, None),
+        ("accepted", 2, None),
+        ("accepted", 3, None),
+        ("rejected", None, "not_found"),
+        ("accepted", 1, None),
+        ("accepted", 2, None),  # named twice: the same answer, applied once
+    ]
+    assert [m[2] for m in await hub_history(net, room.id)] == ["ยังเป็นสมาชิก"]
+    # The next batch goes on from each room's last order.
+    await post(net, net.a, A1, room.id, "ต่อ")
+    await post(net, net.a, A1, other.id, "ห้องสอง")
+    pending = [e.to_json() for e in await net.a.chat.outbox(500) if e.id not in {
+        e["id"] for e in batch
+    }]  # fmt: skip
+    answer = await _push(net, pending)
+    assert [r["room_order"] for r in answer["results"]] == [4, 2]

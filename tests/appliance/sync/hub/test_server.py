@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 from pathlib import Path
 
+import h11
 import pytest
 import trio
 from cryptography import x509
@@ -244,3 +246,144 @@ async def test_handler_errors_map_to_refused_or_unavailable(tmp_path: Path) -> N
             assert await client(PING, {})
         finally:
             await client.aclose()
+
+
+# --- content codings (RFC 9110 §8.4, §12.5.3) ------------------------------------------
+
+
+async def _exchange(
+    hub: Hub, edge: Path, path: str, body: bytes, headers: list[tuple[str, str]]
+) -> tuple[int, dict[str, str], bytes]:
+    """POST *body* with *headers* over mutual TLS; return status, headers, raw body."""
+    context = central_client_context(edge / "keys")
+    port = int(hub.url.rpartition(":")[2])
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1")
+    conn = h11.Connection(h11.CLIENT)
+    fields = [("host", "h"), ("content-length", str(len(body))), *headers]
+    status, answer_headers, chunks = 0, {}, []
+    try:
+        with trio.fail_after(10):
+            await stream.send_all(
+                conn.send(h11.Request(method="POST", target=path, headers=fields))
+                + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage())
+            )
+            for _ in range(10_000):
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(bytes(await stream.receive_some(65536)))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    answer_headers = {n.decode(): v.decode() for n, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+    finally:
+        await trio.aclose_forcefully(stream)
+    return status, answer_headers, b"".join(chunks)
+
+
+async def _echo(peer: Peer, body: object) -> object:
+    return {"echo": body}
+
+
+ECHO = "/sync/v1/t/echo"
+JSON_TYPE = ("content-type", "application/json")
+
+
+async def test_gzip_requests_and_answers_and_identity_still_work(tmp_path: Path) -> None:
+    routes = [SyncRoute(ECHO, _echo, max_body=64 * 1024)]
+    async with running_hub(tmp_path, extra_routes=routes) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        text = {"text": "ข้อความภาษาไทย " * 200}
+        plain = json.dumps(text).encode()
+        # A box that gzips and takes gzip.
+        status, headers, raw = await _exchange(
+            hub, edge, ECHO, gzip.compress(plain),
+            [JSON_TYPE, ("content-encoding", "gzip"), ("accept-encoding", "gzip")],
+        )  # fmt: skip
+        assert status == 200
+        assert headers["content-encoding"] == "gzip"
+        assert headers["accept-encoding"] == "gzip"
+        assert int(headers["content-length"]) == len(raw) < len(plain)
+        assert json.loads(gzip.decompress(raw)) == {"echo": text}
+        # An older box: identity both ways, as before.
+        status, headers, raw = await _exchange(hub, edge, ECHO, plain, [JSON_TYPE])
+        assert status == 200
+        assert "content-encoding" not in headers
+        assert json.loads(raw) == {"echo": text}
+        # gzip asked for, but an answer this small goes as it is.
+        status, headers, raw = await _exchange(
+            hub, edge, PING, b"{}", [JSON_TYPE, ("accept-encoding", "gzip, br")]
+        )
+        assert status == 200
+        assert "content-encoding" not in headers
+        assert json.loads(raw)["domain"] == "moe.go.th"
+
+
+@pytest.mark.parametrize(
+    ("make_body", "encoding", "status", "code"),
+    [
+        # A bomb: 32 MiB of zeros in about 32 KiB, against the route's 64 KiB limit.
+        (lambda: gzip.compress(bytes(32 << 20), 9), "gzip", 413, "too_large"),
+        # Inflates to one byte more than the limit.
+        (lambda: gzip.compress(b" " * (64 * 1024 - 1) + b"{}"), "gzip", 413, "too_large"),
+        (lambda: gzip.compress(b"{}")[:-4], "gzip", 400, "bad_encoding"),
+        (lambda: b"{}", "gzip", 400, "bad_encoding"),
+        (lambda: gzip.compress(b"{x"), "x-gzip", 400, "bad_json"),
+        (lambda: b"{}", "br", 415, "unsupported_encoding"),
+        (lambda: b"{}", "gzip, deflate", 415, "unsupported_encoding"),
+    ],
+)  # fmt: skip
+async def test_bad_gzip_bodies_are_refused(
+    tmp_path: Path, make_body: object, encoding: str, status: int, code: str
+) -> None:
+    routes = [SyncRoute(ECHO, _echo, max_body=64 * 1024)]
+    async with running_hub(tmp_path, extra_routes=routes) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        assert callable(make_body)
+        body = make_body()
+        got, headers, raw = await _exchange(
+            hub, edge, ECHO, body, [JSON_TYPE, ("content-encoding", encoding)]
+        )
+        assert got == status
+        assert json.loads(raw)["error"]["code"] == code
+        assert headers["accept-encoding"] == "gzip"  # what it takes instead
+
+
+async def test_the_client_gzips_once_the_hub_says_it_takes_gzip(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    async def measure(peer: Peer, body: object) -> object:
+        seen.append(len(json.dumps(body)))
+        return {"n": len(seen), "pad": "ก" * 2000}
+
+    routes = [SyncRoute(ECHO, measure)]
+    async with running_hub(tmp_path, extra_routes=routes) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        sent: list[bytes] = []
+        exchange = client._exchange
+
+        async def spy(path: str, payload: bytes, *, gzipped: bool) -> tuple[int, bytes]:
+            sent.append(gzip.compress(payload) if gzipped else payload)
+            return await exchange(path, payload, gzipped=gzipped)
+
+        client._exchange = spy  # type: ignore[method-assign]
+        body = {"events": ["ข้อความ"] * 500}
+        try:
+            assert not client.hub_takes_gzip
+            first = await client(ECHO, body)
+            assert client.hub_takes_gzip  # the answer said Accept-Encoding: gzip
+            second = await client(ECHO, body)
+        finally:
+            await client.aclose()
+        assert (first["n"], second["n"]) == (1, 2)
+        assert first["pad"] == second["pad"] == "ก" * 2000  # a gzip'ed answer, inflated
+        assert len(sent[1]) < len(sent[0]) / 10  # identity first, then gzip
+        assert seen[0] == seen[1]
