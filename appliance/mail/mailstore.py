@@ -464,7 +464,8 @@ class Mailstore:
             row = conn.execute("SELECT bytes FROM quota_usage WHERE owner = ?", (owner,)).fetchone()
             return int(row[0]) if row else 0
 
-        return await self.db.read(query)
+        # One primary-key lookup, asked for every RCPT: a thread hop would cost far more.
+        return self.db.read_now(query)
 
     async def messages(self, owner: str, mailbox: str = "INBOX") -> list[StoredMessage]:
         """Return the messages of one mailbox in UID order."""

@@ -7,11 +7,12 @@ older first within a level: REQUIREMENTS.md §4), sends each message once for al
 due recipients over an authenticated TLS session to ``config.central_smtp``, and
 settles every recipient by the reply that decides it (`client.Transaction`). A
 backlog (`PARALLEL_FROM` messages of a level or more, as after a cut) goes over up to
-four sessions at once, so the line is not idle while the relay commits each message;
-each urgency level still finishes before the next starts:
+`SESSIONS` sessions at once, so the line is not idle while the relay commits each
+message; each urgency level still finishes before the next starts:
 
 - 2xx: the row is deleted, in the writer transaction right after the relay's 250 for
-  the content, so a restart resends nothing the relay has accepted;
+  the content (committed while the session sends its next message: `SettleBehind`),
+  so a restart resends nothing the relay has accepted;
 - 4xx: the row waits, 1 minute doubling to 1 hour with jitter, and counts an attempt;
 - 5xx: the row is deleted and the sender gets a bounce (appliance.mail.dsn);
 - queued longer than ``outbound_expiry_days`` (14): bounced as expired (4.4.7).
@@ -36,7 +37,7 @@ import hashlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -69,6 +70,13 @@ STREAM = "outbound"
 MAX_RECIPIENTS = 100
 #: Messages of one urgency level from which a round uses several sessions at once.
 PARALLEL_FROM = 20
+#: Sessions a backlog uses at once. Each message costs a session a round trip or two
+#: and the relay's fsyncs before its 250; over a 10 Mbit/s line to the centre four
+#: sessions left the line idle a third of the time (tests/bench/bench_relay.py).
+SESSIONS = 8
+#: Messages larger than this go one at a time (across sessions): a session holds its
+#: message in memory, so eight 40 MB attachments at once would be 320 MB.
+LARGE_MESSAGE = 1024 * 1024
 RECEIVE_SIZE = 64 * 1024
 SEND_CHUNK = 64 * 1024
 
@@ -198,6 +206,10 @@ class RelaySession:
         self.timeouts = timeouts
         self.transactions = 0
         self.last_reply: smtp.Reply | None = None
+        #: No transaction is open at the server: the last one ended with the reply to
+        #: its content (RFC 5321 §4.1.1.4), or none was started. Otherwise (MAIL taken
+        #: but every RCPT or DATA refused) the next one starts with RSET.
+        self.clean = True
 
     @classmethod
     async def open(
@@ -294,10 +306,14 @@ class RelaySession:
         Raises RelayUnavailable if the session breaks or the relay answers 421.
         """
         first = message.first
-        if self.transactions:
+        if not self.clean:
+            # Only after a transaction that did not end with the reply to its content:
+            # after that reply the server is ready for MAIL again, so an RSET per
+            # message would cost a round trip for nothing.
             reply = await self.command(smtp.Rset(), self.timeouts.command)
             if not reply.positive:
                 raise RelayUnavailable(f"RSET refused: {reply}")
+            self.clean = True
         self.transactions += 1
         addresses = [first.sender, *(r.recipient for r in recipients)]
         params = [first.ret, first.envid, *(v for r in recipients for v in (r.notify, r.orcpt))]
@@ -316,6 +332,7 @@ class RelaySession:
         commands += [smtp.Rcpt(r.recipient, r.notify, r.orcpt) for r in recipients]
         commands.append(smtp.Data())
         transaction = smtp.Transaction([r.recipient for r in recipients])
+        self.clean = False
         await self._guarded(self._exchange(commands, transaction))
         if transaction.content_wanted:
             # RFC 2920 §3.1: a server that said 354 with no recipient gets an empty
@@ -325,6 +342,7 @@ class RelaySession:
             await self._guarded(self._flush(self.timeouts.data_block, chunked=True))
             reply = await self._guarded(self._reply(self.timeouts.data_end))
             transaction.record(smtp.Content(b""), reply)
+            self.clean = True
         results = transaction.outcome()
         if any(reply.code == 421 for reply in results):
             raise RelayUnavailable(f"relay is closing: {next(r for r in results if r.code == 421)}")
@@ -440,6 +458,36 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+class SettleBehind:
+    """Commit one session's replies while it sends its next message.
+
+    Settling a message (deleting its rows, fsynced) takes the box's writer a commit;
+    waiting for it before the next MAIL left the session idle for that long. The
+    settle runs one message behind instead, never more (a session's settles stay in
+    order and hold at most one message's content). A crash in between sends that
+    message again, the window SMTP always has between the relay's 250 and our commit
+    (module docstring); the receiving box drops such a resend (`Delivery.resend_key`).
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._previous: trio.Event | None = None
+
+    async def start(self, settle: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Wait for this session's previous settle, then start *settle* in the background."""
+        if self._previous is not None:
+            await self._previous.wait()
+        finished = self._previous = trio.Event()
+
+        async def run() -> None:
+            try:
+                await settle(*args)
+            finally:
+                finished.set()
+
+        self._nursery.start_soon(run)
+
+
 # ---------------------------------------------------------------------------------------
 # The service
 
@@ -459,7 +507,7 @@ class OutboundRelay:
         timeouts: Timeouts | None = None,
         rng: random.Random | None = None,
         batch: int = 500,
-        sessions: int = 4,
+        sessions: int = SESSIONS,
     ) -> None:
         self.box = box
         self.sync_status = status
@@ -478,6 +526,8 @@ class OutboundRelay:
         self._last_error: str | None = None
         self._woken = False
         self._pause_scope: trio.CancelScope | None = None
+        #: Held while a `LARGE_MESSAGE` is read and sent: one at a time.
+        self._large = trio.Lock()
 
     @property
     def keys_dir(self) -> Any:
@@ -610,35 +660,56 @@ class OutboundRelay:
         the others finish the message in hand and stop (cancelling them mid-message
         would risk sending those twice); the failure is then raised.
         """
-        if len(sessions) == 1:
-            for message in level:
-                await self._send_message(sessions[0], message, counts)
-            return
         waiting = iter(level)
         failures: list[RelayUnavailable] = []
 
-        async def work(session: RelaySession) -> None:
+        async def work(session: RelaySession, settling: trio.Nursery) -> None:
+            behind = SettleBehind(settling)
             for message in waiting:  # shared: the next message in queue order
                 try:
-                    await self._send_message(session, message, counts)
+                    await self._send_message(session, message, counts, behind)
                 except RelayUnavailable as exc:
                     failures.append(exc)
                 if failures:
                     return
 
-        async with trio.open_nursery() as nursery:
-            for session in sessions:
-                nursery.start_soon(work, session)
+        # Settles run in their own nursery, so the level (and the round) ends only once
+        # every reply has been committed, including after a session broke.
+        async with trio.open_nursery() as settling:
+            if len(sessions) == 1:
+                # A few messages: one session, strictly in queue order.
+                await work(sessions[0], settling)
+            else:
+                async with trio.open_nursery() as nursery:
+                    for session in sessions:
+                        nursery.start_soon(work, session, settling)
         if failures:
             raise failures[0]
 
     async def _send_message(
-        self, session: RelaySession, message: QueuedMessage, counts: dict[str, int]
+        self,
+        session: RelaySession,
+        message: QueuedMessage,
+        counts: dict[str, int],
+        behind: SettleBehind,
     ) -> None:
+        blobs = self.box.mailstore.blobs
+        blob_id = message.first.blob_id
+
+        def load(limit: int | None) -> bytes | None:
+            # One thread hop for the usual small message: the size is in the header.
+            if limit is not None and blobs.size(blob_id) > limit:
+                return None
+            return blobs.get(blob_id)
+
         try:
-            content = await trio.to_thread.run_sync(
-                self.box.mailstore.blobs.get, message.first.blob_id
-            )
+            content = await trio.to_thread.run_sync(load, LARGE_MESSAGE)
+            if content is None:
+                async with self._large:
+                    content = await trio.to_thread.run_sync(load, None)
+                    assert content is not None
+                    await self._deliver_chunks(session, message, content, counts, behind)
+                return
         except (BlobMissing, BlobCorrupt) as exc:
             # Not the relay's fault and never going to improve: tell the sender.
             log.error("outbound id=%s: content unreadable (%s)", message.first.queue_id, exc)
@@ -648,11 +719,21 @@ class OutboundRelay:
             await self._bounce(message, failures, b"")
             counts["bounced"] += len(failures)
             return
+        await self._deliver_chunks(session, message, content, counts, behind)
+
+    async def _deliver_chunks(
+        self,
+        session: RelaySession,
+        message: QueuedMessage,
+        content: bytes,
+        counts: dict[str, int],
+        behind: SettleBehind,
+    ) -> None:
         recipients = message.recipients
         for start in range(0, len(recipients), MAX_RECIPIENTS):
             chunk = recipients[start : start + MAX_RECIPIENTS]
             replies = await session.deliver(message, chunk, content)
-            await self._settle(message, chunk, replies, content, counts)
+            await behind.start(self._settle, message, chunk, replies, content, counts)
 
     async def _settle(
         self,

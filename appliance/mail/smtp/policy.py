@@ -101,16 +101,28 @@ class SMTPPolicy:
             return OVER_QUOTA, None
         return None, Recipient(user.address, local=True, notify=notify, orcpt=orcpt)
 
-    async def check_message(self, content: bytes, authenticated_as: str | None) -> Reply | None:
+    async def check_message(
+        self, content: bytes, authenticated_as: str | None, envelope_sender: str | None = None
+    ) -> Reply | None:
         """On submission, every From address must be the authenticated user (or one it
-        may act for)."""
+        may act for).
+
+        *envelope_sender* is this transaction's MAIL FROM, which `check_sender` already
+        allowed for the same authenticated user (AUTH cannot change inside a
+        transaction), so a From naming it is not looked up again: the usual message
+        costs no directory lookup here.
+        """
         if not self.port.submission:
             return None
         senders = headers.from_addresses(headers.parse_headers(content))
         if not senders:
             return FROM_NOT_OWNED
+        allowed = _normalised(envelope_sender) if envelope_sender else None
         for sender in senders:
-            if not await self._may_send_as(authenticated_as, _normalised(sender)):
+            address = _normalised(sender)
+            if address is not None and address == allowed:
+                continue
+            if not await self._may_send_as(authenticated_as, address):
                 return FROM_NOT_OWNED
         return None
 

@@ -154,7 +154,9 @@ class SMTPSession:
 
     async def _message(self, event: smtp.MessageData) -> None:
         conn = self.conn
-        refusal = await self.service.policy.check_message(event.content, conn.authenticated_as)
+        refusal = await self.service.policy.check_message(
+            event.content, conn.authenticated_as, event.reverse_path
+        )
         if refusal is not None:
             await self._record_message(event, refusal)
             conn.reject(refusal)

@@ -28,6 +28,7 @@ from appliance.box import Box, add_user, init_box, open_box
 from appliance.config import load_config
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.smtp import protocol as server
+from appliance.sync import relay as relay_module
 from appliance.sync.central import CENTRAL_CA_FILE, CentralCredentials, save_credentials
 from appliance.sync.clock import ManualClock
 from appliance.sync.relay import PARALLEL_FROM, OutboundRelay, Timeouts
@@ -78,6 +79,8 @@ class ScriptedRelay:
     #: Every content received, answered or not, by subject.
     contents: list[str] = field(default_factory=list)
     rcpts: list[str] = field(default_factory=list)
+    #: RSET commands received (counted in the bytes; test contents never hold one).
+    rsets: int = 0
     auths: list[tuple[str, str, str]] = field(default_factory=list)
     connections: int = 0
     port: int = 0
@@ -119,7 +122,9 @@ class ScriptedRelay:
                     await stream.send_all(out)
                 if event is server.CLOSED:
                     return
-                conn.receive_data(await stream.receive_some(65536))
+                data = await stream.receive_some(65536)
+                self.rsets += data.count(b"RSET\r\n")
+                conn.receive_data(data)
             elif isinstance(event, server.StartTLS):
                 await stream.send_all(conn.data_to_send())
                 stream = trio.SSLStream(stream, self.context, server_side=True)
@@ -212,11 +217,13 @@ async def queue(
     sender: str = SENDER,
     notify: str | None = None,
     ret: str | None = None,
+    padding: int = 0,
 ) -> None:
     head = f"From: {sender or 'x@a.go.th'}\r\nTo: someone@b.go.th\r\nSubject: {subject}\r\n"
     if urgency:
         head += f"X-Urgency: {urgency}\r\n"
-    content = (head + f"Message-ID: <{subject}@a.go.th>\r\n\r\nbody of {subject}\r\n").encode()
+    body = f"body of {subject}\r\n" + ("x" * 70 + "\r\n") * (padding // 72)
+    content = (head + f"Message-ID: <{subject}@a.go.th>\r\n\r\n{body}").encode()
     envelope = Envelope(
         sender,
         tuple(Recipient(r, local=False, notify=notify) for r in recipients),
@@ -311,7 +318,8 @@ async def test_most_urgent_first_over_one_authenticated_tls_session(
         "normal-1",
         "normal-2",
     ]
-    assert relay_server.connections == 1  # one session, RSET between messages
+    assert relay_server.connections == 1  # one session for all five
+    assert relay_server.rsets == 0  # each transaction ended with its 250: no RSET needed
     assert relay_server.auths == [("", "box-a", BOX_SECRET)]
     assert all(a.tls and a.sender == SENDER for a in relay_server.accepted)
     assert relay_server.accepted[0].mail_params.get("SIZE") is not None
@@ -648,3 +656,43 @@ async def test_a_session_breaking_in_a_backlog_stops_the_round_and_loses_nothing
         nursery.cancel_scope.cancel()
     accepted = [a.subject for a in relay_server.accepted]
     assert sorted(accepted) == sorted(subjects)  # m-3 was never answered: sent again once
+
+
+async def test_rset_only_after_a_transaction_the_relay_cut_short(
+    box: Box, relay_server: ScriptedRelay
+) -> None:
+    clock = manual_clock()
+    relay_server.refuse_rcpt = {"nobody@b.go.th": server.Reply(550, "5.1.1", "No such user")}
+    await queue(box, "refused", recipients=("nobody@b.go.th",))
+    await queue(box, "ok-1")
+    await queue(box, "ok-2")
+    async with trio.open_nursery() as nursery:
+        point_at(box, await relay_server.serve(nursery))
+        relay = start_relay(box, clock)
+        await nursery.start(relay.serve)
+        await until(_queue_empty(box), "queue drained")
+        nursery.cancel_scope.cancel()
+    # MAIL was taken, RCPT and DATA refused: the server's transaction is still open,
+    # so the next one starts with RSET; after ok-1's 250 none is needed.
+    assert [a.subject for a in relay_server.accepted] == ["ok-1", "ok-2"]
+    assert relay_server.rsets == 1
+    assert relay_server.connections == 1
+
+
+async def test_large_messages_in_a_backlog_all_go_once(
+    box: Box, relay_server: ScriptedRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "LARGE_MESSAGE", 2000)
+    clock = manual_clock()
+    subjects = [f"m-{n}" for n in range(PARALLEL_FROM + 4)]
+    for n, subject in enumerate(subjects):
+        await queue(box, subject, padding=5000 if n % 3 == 0 else 0)
+    async with trio.open_nursery() as nursery:
+        point_at(box, await relay_server.serve(nursery))
+        relay = start_relay(box, clock, sessions=3)
+        await nursery.start(relay.serve)
+        await until(_queue_empty(box), "queue drained")
+        nursery.cancel_scope.cancel()
+    accepted = sorted(a.subject for a in relay_server.accepted)
+    assert accepted == sorted(subjects)
+    assert all(len(a.content) > 5000 for a in relay_server.accepted if int(a.subject[2:]) % 3 == 0)

@@ -51,3 +51,23 @@ async def test_the_mx_port_does_not_check_senders(box: MailBox) -> None:
     policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
     assert await policy.check_sender(mail_from("anyone@elsewhere.go.th"), None) is None
     assert await policy.check_message(message_from("anyone@elsewhere.go.th"), None) is None
+
+
+async def test_a_from_naming_the_allowed_envelope_sender_is_not_looked_up_again(
+    box: MailBox,
+) -> None:
+    policy = SMTPPolicy(Port.SUBMISSION, box.directory, box.mailstore)
+    me, other = box.users[0], box.users[1]
+    lookups: list[object] = []
+    may_send_as = policy._may_send_as
+
+    async def counted(actor: str | None, sender: str | None) -> bool:
+        lookups.append(sender)
+        return await may_send_as(actor, sender)
+
+    policy._may_send_as = counted  # type: ignore[method-assign]
+    assert await policy.check_message(message_from(me.upper()), me, me) is None
+    assert lookups == []
+    # Any other From is still checked, whatever the envelope said.
+    assert await policy.check_message(message_from(other), me, me) == FROM_NOT_OWNED
+    assert lookups == [other]
