@@ -44,6 +44,7 @@ from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.security.keys import KeyMaterialError
+from appliance.store.database import limit_allocator_retention
 from appliance.supervisor import Service, Supervisor
 from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub.ca import fingerprint
@@ -74,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Mail, keys and databases are for this process only; nothing it creates is shared.
     os.umask(0o077)
+    # Before any worker thread exists: bounds the memory glibc keeps per thread heap.
+    limit_allocator_retention()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

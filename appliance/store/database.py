@@ -21,8 +21,10 @@ index an `apsw` connection; both only need ``execute`` and ``in_transaction``.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,6 +77,48 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+#: glibc `mallopt` parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+#: Allocations this big get a mapping of their own (returned to the system when freed)
+#: whenever the heaps have no free room for them, instead of growing a heap.
+ALLOCATOR_MMAP_THRESHOLD = 64 * 1024
+#: Heaps ("arenas") glibc may keep for the process's threads (default: 8 per core).
+ALLOCATOR_ARENAS = 2
+
+
+def limit_allocator_retention() -> bool:
+    """Keep glibc from holding freed memory of the stores' worker threads; True if set.
+
+    Call once, first thing in the process, before any thread starts. Why: the stores
+    run in trio worker threads (one writer per database, readers, blob encryption),
+    and glibc gives threads heaps of their own, up to 8 per core. Mail bodies and
+    blobs pass through them as 2-200 KB `bytes`; freed, they leave free space that
+    each heap keeps for itself rather than returns. Measured on a hub during a
+    catch-up (docs/BENCHMARKS.md "Sync catch-up", 5 % scale): memory in use stayed
+    about 20 MB while memory held free grew from 16 to 86 MB, and RSS with it, to a
+    192 MB peak; with two heaps the peak was 126 MB, with the fixed mapping threshold
+    as well 122 MB, and the catch-up took no longer. The threshold is fixed because
+    glibc otherwise raises it to the size of any mapping it frees, so later large
+    bodies grow the heaps too. Only glibc has these `mallopt` parameters; elsewhere
+    this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # mallopt returns 1 on success; musl's stub returns 0 and changes nothing.
+    fixed: bool = mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_MMAP_THRESHOLD) == 1
+    limited: bool = mallopt(_M_ARENA_MAX, ALLOCATOR_ARENAS) == 1
+    return fixed and limited
+
+
 class DatabaseClosed(Exception):
     """A write was queued after (or while) the database shut down; nothing was written."""
 
@@ -110,7 +154,8 @@ class Database(Generic[C]):
         pending = _Job(job)
         try:
             self._send.send_nowait(pending)
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # Closed by us, or the writer has stopped (its end is closed on the way out).
             raise DatabaseClosed(f"{self.path.name} is closed") from None
         # Shielded: once a job is queued, its caller must learn whether it committed,
         # otherwise a cancelled SMTP session could not tell "stored" from "not stored".
@@ -172,7 +217,9 @@ class Database(Generic[C]):
                     job.done.set()
         finally:
             # Cancelled while idle: whatever is still queued was never run; say so
-            # rather than leave its callers waiting.
+            # rather than leave its callers waiting. Then refuse new jobs: a task of the
+            # same cancelled scope may reach `write` after this (cancellation reaches
+            # each task at its own next checkpoint), and would wait shielded, forever.
             while True:
                 try:
                     job = self._receive.receive_nowait()
@@ -180,6 +227,7 @@ class Database(Generic[C]):
                     break
                 job.error = DatabaseClosed(f"{self.path.name} closed before the write ran")
                 job.done.set()
+            self._receive.close()  # no checkpoint since the loop: nothing slipped in
 
     def _commit_batch(self, batch: list[_Job]) -> None:
         conn = self._writer

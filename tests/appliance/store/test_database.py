@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sqlite3
 import subprocess
 import sys
@@ -250,6 +251,27 @@ async def test_write_after_close_raises_database_closed(tmp_path: Path) -> None:
         await db.write(insert(2))
 
 
+async def test_a_write_after_the_writer_was_cancelled_fails_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    """A cancelled scope reaches each task at its own next checkpoint: the writer may
+    stop first and a task of the same scope still call `write`, shielded. It must be
+    told at once, not wait forever (seen as a hung mailbox-sync round)."""
+    outcome: list[BaseException] = []
+    with trio.move_on_after(5) as guard, trio.CancelScope() as scope:
+        async with open_database(tmp_path / "test.sqlite", MIGRATIONS) as db:
+            scope.cancel()
+            await trio.lowlevel.cancel_shielded_checkpoint()  # the writer sees it first
+            try:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(0.01)  # ... while this task is still busy
+                    await db.write(insert(1))
+            except DatabaseClosed as exc:
+                outcome.append(exc)
+    assert not guard.cancelled_caught, "write waited forever"
+    assert len(outcome) == 1
+
+
 async def test_batch_in_flight_at_close_is_committed(tmp_path: Path) -> None:
     path = tmp_path / "test.sqlite"
     results: list[int] = []
@@ -373,3 +395,81 @@ async def test_cancelled_caller_still_learns_the_outcome(db: Database) -> None:
 
     assert result == [9]
     assert await db.read(all_items) == [9]
+
+
+# glibc only, and process-wide: run in a child so this test process keeps its allocator.
+ALLOCATOR = r"""
+import ctypes, sys, threading
+
+from appliance.store.database import limit_allocator_retention
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    )]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+libc.mallinfo2.restype = MallInfo2
+
+if sys.argv[1] == "limit":
+    print("set", limit_allocator_retention())
+
+# Free one 200 KB mapping: glibc's own rule then raises its threshold to 200 KB...
+libc.free(libc.malloc(200 * 1024))
+# ... so, unless the threshold is fixed, 100 KB bodies grow a heap rather than get
+# mappings. (glibc maps only when its free space cannot hold a block: hence fifty.)
+before = libc.mallinfo2().hblks
+bodies = [libc.malloc(100 * 1024) for _ in range(50)]
+print("mapped", libc.mallinfo2().hblks - before)
+for body in bodies:
+    libc.free(body)
+
+# Threads that allocate at once get heaps of their own, up to the limit.
+start = threading.Barrier(8)
+def churn():
+    start.wait()
+    for _ in range(2000):
+        libc.free(libc.malloc(300))
+threads = [threading.Thread(target=churn) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+path = sys.argv[2].encode()
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+libc.malloc_info.argtypes = (ctypes.c_int, ctypes.c_void_p)
+libc.fclose.argtypes = (ctypes.c_void_p,)
+out = libc.fopen(path, b"w")
+libc.malloc_info(0, out)
+libc.fclose(out)
+print("heaps", open(path).read().count("<heap nr="))
+"""
+
+
+def _allocator_child(mode: str, tmp_path: Path) -> dict[str, str]:
+    child = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR, mode, str(tmp_path / f"{mode}.xml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    return dict(line.split() for line in child.stdout.splitlines())
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc",
+    reason="mallopt's parameters are glibc's",
+)
+def test_limit_allocator_retention_fixes_threshold_and_heaps(tmp_path: Path) -> None:
+    limited = _allocator_child("limit", tmp_path)
+    default = _allocator_child("default", tmp_path)
+
+    assert limited["set"] == "True"
+    # A large body gets a mapping of its own (returned when freed), not a heap hole.
+    assert int(limited["mapped"]) >= 45
+    assert int(default["mapped"]) <= 5  # glibc's drifting threshold, which the fix stops
+    assert int(limited["heaps"]) <= 2
