@@ -428,19 +428,20 @@ class RelaySession:
         ) as exc:
             raise RelayUnavailable(f"session with the relay broke: {_describe(exc)}") from None
 
-    async def close(self) -> None:
-        """QUIT politely (briefly), then close the stream."""
+    async def quit(self) -> None:
+        """Say QUIT (briefly); `abort` then closes the stream."""
         try:
             if self.conn.state not in (smtp.State.CLOSED, smtp.State.CONTENT):
                 with trio.move_on_after(5):
                     await self.command(smtp.Quit(), 5)
         except (RelayUnavailable, RuntimeError):
             pass
-        finally:
-            await self.abort()
 
     async def abort(self) -> None:
-        """Close the stream without a word (the session is broken or cancelled)."""
+        """Close the stream without a word (the session is broken, cancelled or done).
+
+        Closing twice is harmless, so this is safe in any ``finally``.
+        """
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
                 await self.stream.aclose()
@@ -627,6 +628,8 @@ class OutboundRelay:
             )
 
         sessions = [await open_session()]
+        # Every session is closed on the way out, whatever happens: a cancel that lands
+        # in the first QUIT must not leave the others' sockets to the garbage collector.
         try:
             for level in by_urgency(messages):
                 # A catch-up runs on several sessions, so the line carries the next
@@ -643,12 +646,11 @@ class OutboundRelay:
                         )
                         wanted = len(sessions)
                 await self._send_level(sessions[:wanted], level, counts)
-        except BaseException:
+            for session in sessions:
+                await session.quit()
+        finally:
             for session in sessions:
                 await session.abort()
-            raise
-        for session in sessions:
-            await session.close()
         return counts
 
     async def _send_level(
