@@ -373,14 +373,19 @@ class Mailstore:
 
     async def release_blobs(self, blob_ids: Sequence[str]) -> None:
         """Delete the files of blobs no row names any more (after the commit that freed
-        them; a crash before this leaves files the start-up sweep removes)."""
+        them; a crash before this leaves files the start-up sweep removes).
+
+        The unlink runs under the writer (see `reference_blob`) but is not fsynced: a
+        crash that undoes it leaves a file no row names, which the same sweep removes,
+        and the writer does not wait a directory fsync per message meanwhile.
+        """
         if not blob_ids:
             return
 
         def job(conn: sqlite3.Connection) -> None:
             for blob_id in blob_ids:
                 if conn.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is None:
-                    self.blobs.delete(blob_id)
+                    self.blobs.delete(blob_id, durable=False)
 
         await self.db.write(job)
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.store import blobs as blobs_module
 from appliance.store.blobs import (
     CHUNK_SIZE,
     HEADER_SIZE,
@@ -364,6 +365,20 @@ def test_delete(store: BlobStore) -> None:
         store.get(gone)
     store.delete(gone)  # absent: no error
     assert store.get(keep) == b"keep"
+
+
+def test_only_a_durable_delete_fsyncs_the_directory(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    durable, quick = store.put(b"durable"), store.put(b"quick")
+    synced: list[Path] = []
+    monkeypatch.setattr(blobs_module, "fsync_dir", synced.append)
+    store.delete(quick, durable=False)
+    assert synced == []
+    assert not store.exists(quick)
+    store.delete(durable)
+    assert synced == [blob_path(store, durable).parent]
+    assert not store.exists(durable)
 
 
 def test_iter_ids_lists_every_blob_and_nothing_else(store: BlobStore) -> None:
