@@ -2814,16 +2814,10 @@ def _wire_event(conn: Conn, row: Sequence[Any], *, compact: bool = False) -> Rep
 
 
 #: Events that leave their room's row and members as they were (`accept_pushed` keeps
-#: the room it read for the next event of the same room).
+#: the room it read for the next event of the same room): every replicated type but
+#: the room.* and member.* ones.
 _ROOM_KEEPING_TYPES: Final = frozenset(
-    {
-        "message.posted",
-        "message.edited",
-        "message.deleted",
-        "receipt",
-        "invitation.created",
-        "invitation.answered",
-    }
+    kind for kind in REPLICATED_TYPES if not kind.startswith(("room.", "member."))
 )
 
 
