@@ -337,6 +337,18 @@ def _queue_empty(box: Box) -> Callable[[], Awaitable[bool]]:
     return check
 
 
+async def relay_until_drained(
+    box: Box, relay_server: ScriptedRelay, clock: ManualClock, what: str, **options: Any
+) -> None:
+    """Point *box* at the scripted relay, run its outbound relay until the queue is empty."""
+    async with trio.open_nursery() as nursery:
+        point_at(box, await relay_server.serve(nursery))
+        relay = start_relay(box, clock, **options)
+        await nursery.start(relay.serve)
+        await until(_queue_empty(box), what)
+        nursery.cancel_scope.cancel()
+
+
 async def test_each_recipient_settled_by_its_own_reply(
     box: Box, relay_server: ScriptedRelay
 ) -> None:
@@ -554,12 +566,7 @@ async def test_refused_content_bounces_every_accepted_recipient(
     clock = manual_clock()
     relay_server.refuse_subject = {"virus": server.Reply(554, "5.7.1", "Message rejected")}
     await queue(box, "virus", recipients=("one@b.go.th", "two@c.go.th"), ret="HDRS")
-    async with trio.open_nursery() as nursery:
-        point_at(box, await relay_server.serve(nursery))
-        relay = start_relay(box, clock)
-        await nursery.start(relay.serve)
-        await until(_queue_empty(box), "queue settled")
-        nursery.cancel_scope.cancel()
+    await relay_until_drained(box, relay_server, clock, "queue settled")
     (bounce,) = await inbox(box)
     status = delivery_status(bounce)
     assert status.count("Action: failed") == 2
@@ -602,12 +609,7 @@ async def test_a_row_with_control_characters_bounces_instead_of_crashing(
             "UPDATE outbound SET recipient = ?", ("x@b.go.th>\r\nRCPT TO:<evil@z.go.th",)
         )
     )
-    async with trio.open_nursery() as nursery:
-        point_at(box, await relay_server.serve(nursery))
-        relay = start_relay(box, clock)
-        await nursery.start(relay.serve)
-        await until(_queue_empty(box), "row settled")
-        nursery.cancel_scope.cancel()
+    await relay_until_drained(box, relay_server, clock, "row settled")
     assert relay_server.rcpts == []
     (bounce,) = await inbox(box)
     assert "Status: 5.1.3" in delivery_status(bounce)
@@ -623,12 +625,7 @@ async def test_a_backlog_goes_over_several_sessions_each_level_before_the_next(
         await queue(box, subject)
     for subject in urgent:
         await queue(box, subject, urgency="ด่วน")
-    async with trio.open_nursery() as nursery:
-        point_at(box, await relay_server.serve(nursery))
-        relay = start_relay(box, clock, sessions=3)
-        await nursery.start(relay.serve)
-        await until(_queue_empty(box), "queue drained")
-        nursery.cancel_scope.cancel()
+    await relay_until_drained(box, relay_server, clock, "queue drained", sessions=3)
     subjects = [a.subject for a in relay_server.accepted]
     assert sorted(subjects) == sorted(normal + urgent)  # each once
     assert set(subjects[: len(urgent)]) == set(urgent)  # the whole level first
@@ -666,12 +663,7 @@ async def test_rset_only_after_a_transaction_the_relay_cut_short(
     await queue(box, "refused", recipients=("nobody@b.go.th",))
     await queue(box, "ok-1")
     await queue(box, "ok-2")
-    async with trio.open_nursery() as nursery:
-        point_at(box, await relay_server.serve(nursery))
-        relay = start_relay(box, clock)
-        await nursery.start(relay.serve)
-        await until(_queue_empty(box), "queue drained")
-        nursery.cancel_scope.cancel()
+    await relay_until_drained(box, relay_server, clock, "queue drained")
     # MAIL was taken, RCPT and DATA refused: the server's transaction is still open,
     # so the next one starts with RSET; after ok-1's 250 none is needed.
     assert [a.subject for a in relay_server.accepted] == ["ok-1", "ok-2"]
@@ -687,12 +679,7 @@ async def test_large_messages_in_a_backlog_all_go_once(
     subjects = [f"m-{n}" for n in range(PARALLEL_FROM + 4)]
     for n, subject in enumerate(subjects):
         await queue(box, subject, padding=5000 if n % 3 == 0 else 0)
-    async with trio.open_nursery() as nursery:
-        point_at(box, await relay_server.serve(nursery))
-        relay = start_relay(box, clock, sessions=3)
-        await nursery.start(relay.serve)
-        await until(_queue_empty(box), "queue drained")
-        nursery.cancel_scope.cancel()
+    await relay_until_drained(box, relay_server, clock, "queue drained", sessions=3)
     accepted = sorted(a.subject for a in relay_server.accepted)
     assert accepted == sorted(subjects)
     assert all(len(a.content) > 5000 for a in relay_server.accepted if int(a.subject[2:]) % 3 == 0)
