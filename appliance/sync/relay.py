@@ -330,11 +330,20 @@ class RelaySession:
         )
         commands: list[smtp.Command] = [mail]
         commands += [smtp.Rcpt(r.recipient, r.notify, r.orcpt) for r in recipients]
-        commands.append(smtp.Data())
+        extensions = self.conn.extensions
+        chunking = "CHUNKING" in extensions and "PIPELINING" in extensions
+        # RFC 3030 with RFC 2920: MAIL, the RCPTs and the message as one BDAT chunk go in
+        # one write: one round trip per message instead of two (no wait for 354), and
+        # no dot-stuffing on either side. (If every RCPT is refused the content has
+        # crossed the line for nothing; for a relay taking the box's mail that is rare.)
+        commands.append(smtp.Bdat(content) if chunking else smtp.Data())
         transaction = smtp.Transaction([r.recipient for r in recipients])
         self.clean = False
         await self._guarded(self._exchange(commands, transaction))
-        if transaction.content_wanted:
+        if chunking:
+            # A refused chunk may leave the relay's transaction open: RSET before the next.
+            self.clean = transaction.final is not None and transaction.final.positive
+        elif transaction.content_wanted:
             # RFC 2920 §3.1: a server that said 354 with no recipient gets an empty
             # message, which it must then refuse.
             body = content if transaction.accepted_any else b""
@@ -370,12 +379,12 @@ class RelaySession:
             # RFC 2920: MAIL, every RCPT and DATA in one write, then all their replies.
             for command in commands:
                 self.conn.send(command)
-            await self._flush(self.timeouts.command)
+            if isinstance(commands[-1], smtp.Bdat):
+                await self._flush(self.timeouts.data_block, chunked=True)
+            else:
+                await self._flush(self.timeouts.command)
             for command in commands:
-                reply = await self._reply(
-                    self.timeouts.data_start if isinstance(command, smtp.Data) else 0
-                )
-                transaction.record(command, reply)
+                transaction.record(command, await self._reply(self._reply_timeout(command)))
             return
         for command in commands:
             if isinstance(command, smtp.Rcpt) and not (
@@ -386,8 +395,15 @@ class RelaySession:
                 return
             self.conn.send(command)
             await self._flush(self.timeouts.command)
-            timeout = self.timeouts.data_start if isinstance(command, smtp.Data) else 0
-            transaction.record(command, await self._reply(timeout))
+            transaction.record(command, await self._reply(self._reply_timeout(command)))
+
+    def _reply_timeout(self, command: smtp.Command) -> float:
+        """RFC 5321 §4.5.3.2: DATA's 354 and the outcome of the content wait longer."""
+        if isinstance(command, smtp.Data):
+            return self.timeouts.data_start
+        if isinstance(command, smtp.Bdat):
+            return self.timeouts.data_end
+        return self.timeouts.command
 
     async def _reply(self, seconds: float) -> smtp.Reply:
         while True:
@@ -400,7 +416,7 @@ class RelaySession:
                 last = self.last_reply
                 after = f" after {last}" if last is not None and last.code == 421 else ""
                 raise RelayUnavailable(f"relay closed the connection{after}")
-            await self._receive(seconds or self.timeouts.command)
+            await self._receive(seconds)
 
     async def _receive(self, seconds: float) -> None:
         with trio.fail_after(seconds):

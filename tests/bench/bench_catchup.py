@@ -85,7 +85,7 @@ import pytest  # noqa: E402
 import trio  # noqa: E402
 
 from tests.bench.bench_smtp import RssSampler, _commit, _machine  # noqa: E402
-from tests.faults.proxy import Bandwidth, FaultProxy, SharedLink  # noqa: E402
+from tests.faults.proxy import FaultProxy, SharedLink  # noqa: E402
 from tests.harness import RunningBox, edgebox, start_box  # noqa: E402
 from tests.peers.postfix import PostfixServer  # noqa: E402
 
@@ -405,12 +405,16 @@ def hub_mail_count(hub_data: Path) -> tuple[int, int]:
 
 
 class Uplink:
-    """Fault proxies to *targets* running in a thread of their own, on one shared line."""
+    """Fault proxies to *targets* running in a thread of their own, on one shared line.
 
-    def __init__(self, targets: dict[str, int], bits_per_s: float, *, shared: bool = True) -> None:
+    The line is full-duplex unless *full_duplex* is False: *bits_per_s* each way, as
+    the office's leased line has; half-duplex makes replies wait behind the upload.
+    """
+
+    def __init__(self, targets: dict[str, int], bits_per_s: float, *, full_duplex: bool) -> None:
         self.targets = targets
         self.bits_per_s = bits_per_s
-        self.shared = shared
+        self.full_duplex = full_duplex
         self.proxies: dict[str, FaultProxy] = {}
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -428,13 +432,11 @@ class Uplink:
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        line = SharedLink(self.bits_per_s) if self.shared else None
+        line = SharedLink(self.bits_per_s, full_duplex=self.full_duplex)
         async with trio.open_nursery() as nursery:
             for name, port in self.targets.items():
                 proxy = FaultProxy(("127.0.0.1", port), link=line)
                 await nursery.start(self._keep, proxy)
-                if not self.shared:
-                    proxy.set(Bandwidth(self.bits_per_s))
                 self.proxies[name] = proxy
             self._ready.set()
             await self._stop.wait()
@@ -538,7 +540,9 @@ def watch(
     return mail_done, chat_done
 
 
-def run(scale: float, seed: int, reference_fraction: float, keep: bool) -> dict[str, Any]:
+def run(
+    scale: float, seed: int, reference_fraction: float, keep: bool, *, full_duplex: bool = True
+) -> dict[str, Any]:
     mails, chats = max(1, round(MAILS * scale)), max(1, round(CHATS * scale))
     root = Path(tempfile.mkdtemp(prefix="bench-catchup-"))
     hub_data, a_data = root / "hub", root / "a"
@@ -548,6 +552,7 @@ def run(scale: float, seed: int, reference_fraction: float, keep: bool) -> dict[
         "machine": _machine(),
         "commit": _commit(),
         "link_bits_per_s": LINK_BITS_PER_S,
+        "link_duplex": "full" if full_duplex else "half",
     }
     hub: RunningBox | None = None
     try:
@@ -595,13 +600,13 @@ def run(scale: float, seed: int, reference_fraction: float, keep: bool) -> dict[
         log(f"payload {payload / 1e6:.1f} MB: at 10 Mbit/s {payload * 8 / LINK_BITS_PER_S:.0f} s")
         base_copies, base_ids = hub_mail_count(hub_data)
 
-        # 4. The line comes back: A starts behind proxies sharing one 10 Mbit/s bucket.
+        # 4. The line comes back: A starts behind proxies sharing one 10 Mbit/s line.
         targets = {
             "hub-sync": hub.port("hub-sync"),
             "smtp": hub.port("smtp-submission"),
             "imap": hub.port("imaps"),
         }
-        with Uplink(targets, LINK_BITS_PER_S) as line:
+        with Uplink(targets, LINK_BITS_PER_S, full_duplex=full_duplex) as line:
             env = {
                 **FAST,
                 "EDGEBOX_HUB_URL": f"https://127.0.0.1:{line.port('hub-sync')}",
@@ -645,7 +650,9 @@ def run(scale: float, seed: int, reference_fraction: float, keep: bool) -> dict[
         }
         log(json.dumps(result["edgebox"], indent=1))
         if reference_fraction > 0:
-            result["postfix"] = reference(root, hub_data, a_data, mails, seed, reference_fraction)
+            result["postfix"] = reference(
+                root, hub_data, a_data, mails, seed, reference_fraction, full_duplex
+            )
             ours = result["edgebox"]["mail_payload_rate_bytes_s"]
             result["mail_rate_edgebox_per_postfix"] = round(
                 ours / result["postfix"]["mail_payload_rate_bytes_s"], 3
@@ -661,7 +668,13 @@ def run(scale: float, seed: int, reference_fraction: float, keep: bool) -> dict[
 
 
 def reference(
-    root: Path, hub_data: Path, a_data: Path, mails: int, seed: int, fraction: float
+    root: Path,
+    hub_data: Path,
+    a_data: Path,
+    mails: int,
+    seed: int,
+    fraction: float,
+    full_duplex: bool,
 ) -> dict[str, Any]:
     """Postfix relaying (a fraction of) the same mail backlog through the same kind of line."""
     count = max(1, round(mails * fraction))
@@ -669,7 +682,8 @@ def reference(
     hub = start_box(hub_data, extra=["--role", "hub"], env=FAST)
     try:
         base_copies, base_ids = hub_mail_count(hub_data)
-        with Uplink({"smtp": hub.port("smtp-submission")}, LINK_BITS_PER_S, shared=False) as line:
+        port = {"smtp": hub.port("smtp-submission")}
+        with Uplink(port, LINK_BITS_PER_S, full_duplex=full_duplex) as line:
             relay = ("127.0.0.1", line.port("smtp"))
             holds = root / "hold_checks"
             holds.write_text("/^Message-ID:/ HOLD bench backlog\n")
@@ -804,6 +818,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="share of the mails Postfix relays (default: all up to 10,000)",
     )
+    parser.add_argument(
+        "--half-duplex",
+        action="store_true",
+        help="both directions share the 10 Mbit/s (the stricter model of sessions 4-8)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
     args = parser.parse_args(argv)
@@ -812,7 +831,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fraction = args.reference_fraction
     if fraction is None:
         fraction = min(1.0, 10_000 / max(1, MAILS * args.scale))
-    result = run(args.scale, args.seed, fraction, args.keep)
+    result = run(args.scale, args.seed, fraction, args.keep, full_duplex=not args.half_duplex)
     report(result)
     if not args.no_write:
         RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

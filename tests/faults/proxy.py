@@ -224,15 +224,25 @@ class SharedLink:
     connections, both directions, runs at that rate. It applies on top of each proxy's
     own modes (a proxy's `Bandwidth` still limits that proxy alone). Proxies sharing a
     link must run in one trio run (one process).
+
+    ``full_duplex=True`` gives each direction its own bucket at the rate, as a leased
+    line or an Ethernet uplink has: a reply coming down no longer waits behind the
+    upload in flight. Without it (the default) the line is half-duplex, the stricter
+    model: both directions share one bucket.
     """
 
-    def __init__(self, bits_per_s: float) -> None:
+    def __init__(self, bits_per_s: float, *, full_duplex: bool = False) -> None:
         _positive("bits_per_s", bits_per_s)
         self.bits_per_s = bits_per_s
-        self._pacer = _Pacer(bits_per_s)
+        self.full_duplex = full_duplex
+        up = _Pacer(bits_per_s)
+        self._pacers: dict[Direction, _Pacer] = {
+            "up": up,
+            "down": _Pacer(bits_per_s) if full_duplex else up,
+        }
 
-    async def pace(self, size: int) -> None:
-        await self._pacer.pace(size)
+    async def pace(self, size: int, direction: Direction = "up") -> None:
+        await self._pacers[direction].pace(size)
 
 
 def _reset(stream: trio.SocketStream | None) -> None:
@@ -504,7 +514,7 @@ class FaultProxy:
                     await self._gate()
                     await self._pacer.pace(len(data))
                     if self.link is not None:
-                        await self.link.pace(len(data))
+                        await self.link.pace(len(data), direction)
                     await send.send((trio.current_time() + self._latency, data))
 
     async def _deliver(

@@ -274,35 +274,11 @@ async def test_bandwidth_is_shared_by_connections_and_directions(nursery: trio.N
         proxy.set(Bandwidth(rate))
         assert proxy.stats()["modes"] == [{"mode": "bandwidth", "bits_per_s": rate}]
         received: dict[str, int] = {}
-
-        async def push() -> None:
-            sock = await connect(proxy.port)
-            with sock:
-                await sock.send(b"sink\n")
-                block = b"u" * 65536
-                left = upload
-                while left:
-                    left -= await sock.send(block[: min(left, len(block))])
-                sock.shutdown(trio.socket.SHUT_WR)
-                reply = b""
-                while not reply.endswith(b"\n"):
-                    reply += await sock.recv(64)
-                received["up"] = int(reply)
-
-        async def pull() -> None:
-            sock = await connect(proxy.port)
-            with sock:
-                await sock.send(f"source {download}\n".encode())
-                count = 0
-                while chunk := await sock.recv(65536):
-                    count += len(chunk)
-                received["down"] = count
-
         start = trio.current_time()
         with trio.fail_after(30):
             async with trio.open_nursery() as transfers:
-                transfers.start_soon(push)
-                transfers.start_soon(pull)
+                transfers.start_soon(_push, proxy.port, upload, received)
+                transfers.start_soon(_pull, proxy.port, download, received)
         elapsed = trio.current_time() - start
     assert received == {"up": upload, "down": download}
     wire = proxy.bytes_up + proxy.bytes_down
@@ -321,26 +297,73 @@ async def test_a_shared_link_limits_several_proxies_together(nursery: trio.Nurse
         FaultProxy(first.address, link=line) as one,
         FaultProxy(second.address, link=line) as two,
     ):
-
-        async def pull(proxy: FaultProxy) -> None:
-            sock = await connect(proxy.port)
-            with sock:
-                await sock.send(f"source {each}\n".encode())
-                count = 0
-                while chunk := await sock.recv(65536):
-                    count += len(chunk)
-            assert count == each
-
+        received: dict[str, int] = {}
         start = trio.current_time()
         with trio.fail_after(30):
             async with trio.open_nursery() as transfers:
-                transfers.start_soon(pull, one)
-                transfers.start_soon(pull, two)
+                transfers.start_soon(_pull, one.port, each, received, "one")
+                transfers.start_soon(_pull, two.port, each, received, "two")
         elapsed = trio.current_time() - start
+    assert received == {"one": each, "two": each}
     wire = one.bytes_up + one.bytes_down + two.bytes_up + two.bytes_down
     assert wire >= 2 * each
     # Each proxy alone has no limit: only the shared line slows them, to its rate.
     assert wire * 8 / elapsed == pytest.approx(rate, rel=0.05)
+
+
+@pytest.mark.parametrize("full_duplex", [False, True])
+async def test_a_full_duplex_link_carries_the_rate_each_way(
+    nursery: trio.Nursery, full_duplex: bool
+) -> None:
+    rate = 10_000_000
+    each = 1_000_000  # up through one proxy while as much comes down through the other
+    line = SharedLink(rate, full_duplex=full_duplex)
+    first = await start_target(nursery, _sink_or_source)
+    second = await start_target(nursery, _sink_or_source)
+    async with (
+        FaultProxy(first.address, link=line) as one,
+        FaultProxy(second.address, link=line) as two,
+    ):
+        received: dict[str, int] = {}
+        start = trio.current_time()
+        with trio.fail_after(30):
+            async with trio.open_nursery() as transfers:
+                transfers.start_soon(_push, one.port, each, received)
+                transfers.start_soon(_pull, two.port, each, received)
+        elapsed = trio.current_time() - start
+    assert received == {"up": each, "down": each}
+    wire = one.bytes_up + one.bytes_down + two.bytes_up + two.bytes_down
+    # Half-duplex: the two transfers share the rate (1.6 s); full-duplex: each
+    # direction has all of it, so they finish together in half the time.
+    expected = 2 * rate if full_duplex else rate
+    assert wire * 8 / elapsed == pytest.approx(expected, rel=0.08)
+
+
+async def _push(port: int, size: int, received: dict[str, int], key: str = "up") -> None:
+    """Send *size* bytes to the sink behind *port*; record the count it reports."""
+    sock = await connect(port)
+    with sock:
+        await sock.send(b"sink\n")
+        block = b"u" * 65536
+        left = size
+        while left:
+            left -= await sock.send(block[: min(left, len(block))])
+        sock.shutdown(trio.socket.SHUT_WR)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            reply += await sock.recv(64)
+        received[key] = int(reply)
+
+
+async def _pull(port: int, size: int, received: dict[str, int], key: str = "down") -> None:
+    """Ask the source behind *port* for *size* bytes; record how many arrived."""
+    sock = await connect(port)
+    with sock:
+        await sock.send(f"source {size}\n".encode())
+        count = 0
+        while chunk := await sock.recv(65536):
+            count += len(chunk)
+        received[key] = count
 
 
 def test_a_shared_link_needs_a_positive_rate() -> None:
@@ -452,9 +475,13 @@ def test_bad_modes_are_refused_with_a_reason(bad: object) -> None:
         parse_modes(bad)
 
 
+def _json_containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner)
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    _json_containers,
     max_leaves=10,
 )
 

@@ -3,7 +3,7 @@
 This is the sending half of SMTP, the mirror of `protocol.ServerConnection`: the
 outbound relay (appliance.sync.relay) uses it to hand queued mail to the central relay.
 The caller *sends* commands (`Ehlo`, `StartTLS`, `AuthPlain`, `Mail`, `Rcpt`, `Data`,
-`Content`, `Rset`, `Quit`), which are rendered into an outbox, and *receives* bytes,
+`Content`, `Bdat`, `Rset`, `Quit`), which are rendered into an outbox, and *receives* bytes,
 which come back out as `Greeting` and `Replied` events, each reply paired with the
 command it answers. There are no sockets, no trio and no clock in this file (DESIGN.md
 principle 1), so every exchange can be tested byte for byte and the reply parser can be
@@ -24,7 +24,9 @@ Rules the core enforces (RFC 5321 §4.1.4, §4.3.2; RFC 2920; RFC 3207; RFC 4954
   followed by another command before their reply arrives (RFC 2920 §3.1); EHLO, DATA,
   AUTH, STARTTLS, NOOP and QUIT end a group.
 - Message content goes only after a 354 to DATA, dot-stuffed, with CRLF line ends
-  (RFC 5321 §4.5.2, §2.3.8).
+  (RFC 5321 §4.5.2, §2.3.8) -- or, where CHUNKING is offered, as BDAT chunks: counted
+  octets sent as they are, which may follow MAIL and RCPT in one pipelined group
+  (RFC 3030 §2, §4.2), so a whole transaction costs one round trip.
 - After STARTTLS's 220 the caller wraps the stream and calls `tls_started()`; everything
   learnt from the server before it is forgotten and EHLO must be sent again (RFC 3207
   §4.2).
@@ -233,6 +235,15 @@ class Content:
 
 
 @dataclass(frozen=True)
+class Bdat:
+    """BDAT (RFC 3030 §2): one chunk of the message, its octets as they are; ``last``
+    ends the message, and the reply to that chunk is the transaction's outcome."""
+
+    chunk: bytes = field(repr=False)
+    last: bool = True
+
+
+@dataclass(frozen=True)
 class Rset:
     """RSET (RFC 5321 §4.1.1.5): abort the transaction; reuse the session for the next."""
 
@@ -247,10 +258,11 @@ class Quit:
     """QUIT (RFC 5321 §4.1.1.10): the server answers 221 and closes."""
 
 
-Command = Ehlo | StartTLS | AuthPlain | Mail | Rcpt | Data | Content | Rset | Noop | Quit
+Command = Ehlo | StartTLS | AuthPlain | Mail | Rcpt | Data | Content | Bdat | Rset | Noop | Quit
 
-# RFC 2920 §3.1: only these may be followed by another command in the same group.
-_GROUPABLE = (Rset, Mail, Rcpt)
+# RFC 2920 §3.1: only these may be followed by another command in the same group;
+# RFC 3030 §4.2 adds BDAT.
+_GROUPABLE = (Rset, Mail, Rcpt, Bdat)
 
 
 # ---------------------------------------------------------------------------------------
@@ -391,7 +403,7 @@ class ClientConnection:
         self._waiting.append(command)
         if isinstance(command, Mail):
             self.state = State.TRANSACTION
-        elif isinstance(command, Content):
+        elif isinstance(command, Content) or (isinstance(command, Bdat) and command.last):
             # The content's reply is the transaction's outcome; nothing follows it.
             self.state = State.READY
 
@@ -419,8 +431,10 @@ class ClientConnection:
             raise RuntimeError("AUTH and STARTTLS are not allowed inside a mail transaction")
         if isinstance(command, Mail) and state is State.TRANSACTION:
             raise RuntimeError("MAIL inside a transaction: send RSET first")
-        if isinstance(command, Rcpt | Data) and state is not State.TRANSACTION:
+        if isinstance(command, Rcpt | Data | Bdat) and state is not State.TRANSACTION:
             raise RuntimeError(f"{type(command).__name__} needs MAIL first")
+        if isinstance(command, Bdat) and "CHUNKING" not in self.extensions:
+            raise RuntimeError("BDAT without CHUNKING")
 
     def tls_started(self) -> None:
         """The stream is now TLS: forget what the server said before (RFC 3207 §4.2)."""
@@ -488,11 +502,10 @@ class ClientConnection:
             elif self.state is State.TRANSACTION:
                 self.state = State.READY
         elif (
-            isinstance(command, Rset)
-            and reply.positive
-            and self.state is State.TRANSACTION
-            and not self._waiting_for(Mail)
-        ):
+            # A positive RSET ends the transaction; so does a refused chunk (RFC 3030 §2).
+            (isinstance(command, Rset) and reply.positive)
+            or (isinstance(command, Bdat) and not reply.positive)
+        ) and (self.state is State.TRANSACTION and not self._waiting_for(Mail)):
             self.state = State.READY
 
     def _waiting_for(self, kind: type) -> bool:
@@ -502,6 +515,10 @@ class ClientConnection:
 def _render(command: Command, extensions: Extensions) -> bytes:
     if isinstance(command, Content):
         return dot_stuff(command.message)
+    if isinstance(command, Bdat):
+        # RFC 3030 §2: the octets follow the command line's CRLF, counted, unstuffed.
+        last = " LAST" if command.last else ""
+        return f"BDAT {len(command.chunk)}{last}\r\n".encode("ascii") + command.chunk
     return (_command_line(command, extensions) + "\r\n").encode("utf-8")
 
 
@@ -600,7 +617,9 @@ class Transaction:
             self.rcpt.append(reply)
         elif isinstance(command, Data):
             self.data = reply
-        elif isinstance(command, Content):
+        elif isinstance(command, Content | Bdat) and (self.final is None or self.final.positive):
+            # The reply to the last BDAT chunk is the outcome, as the reply after DATA's
+            # content is; a refused earlier chunk has failed it already (RFC 3030 §2).
             self.final = reply
 
     @property
@@ -626,10 +645,12 @@ class Transaction:
             rcpt = self.rcpt[index] if index < len(self.rcpt) else _NO_REPLY
             if not rcpt.positive:
                 results.append(rcpt)
+            elif self.final is not None:
+                results.append(self.final)
             elif self.data is None or self.data.code != 354:
                 results.append(self.data or _NO_REPLY)
             else:
-                results.append(self.final or _NO_REPLY)
+                results.append(_NO_REPLY)
         return results
 
 

@@ -31,6 +31,8 @@ State rules (RFC 5321 §4.1.4, §3.3; RFC 3207; RFC 4954):
 - ``READY``: MAIL starts a transaction; AUTH and STARTTLS only here.
 - ``MAIL`` → ``RCPT`` after the first accepted recipient; DATA needs one.
 - ``DATA``: content until ``CRLF.CRLF``; then back to ``READY``.
+- ``CHUNK``: the octets of one BDAT (RFC 3030 CHUNKING), counted, not scanned; after
+  ``BDAT n LAST`` the message is complete. DATA and BDAT do not mix in one transaction.
 - STARTTLS resets the session to ``HELO`` and forgets everything learnt before it.
 - AUTH is refused before TLS is active (538) and not offered in EHLO.
 """
@@ -92,6 +94,9 @@ NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command first")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command first")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT in one transaction")
+BAD_CHUNK_SIZE = Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
+LOST_FRAMING = Reply(421, "4.5.0", "Cannot find where that chunk ends, closing connection")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 ALREADY_TLS = Reply(503, "5.5.1", "TLS already active")
@@ -127,6 +132,8 @@ class State(enum.Enum):
     RCPT = "rcpt"
     #: Reading message content up to CRLF.CRLF (RFC 5321 §4.1.1.4).
     DATA = "data"
+    #: Reading the octets of one BDAT chunk (RFC 3030 §2).
+    CHUNK = "chunk"
     #: Inside a SASL exchange (RFC 4954 §4).
     AUTH = "auth"
     #: QUIT, 421 or EOF: nothing more is read (RFC 5321 §4.1.1.10).
@@ -268,6 +275,13 @@ class ServerConnection:
         #: Dots unstuffing will remove (RFC 1870 §3: not part of the message's size).
         self._data_stuffing = 0
         self._data_too_big = False
+        # BDAT reading (RFC 3030): the message so far (None: no BDAT in this transaction),
+        # the octets of the current chunk still to come, and what to do once they have.
+        self._chunks: bytearray | None = None
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._chunk_refusal: Reply | None = None
+        self._chunk_resume = State.READY
         # Discarding the rest of an over-long command line.
         self._skip_line = False
         # SASL exchange.
@@ -375,6 +389,8 @@ class ServerConnection:
             event: Event | _Sentinel | None
             if self.state is State.DATA:
                 event = self._read_data()
+            elif self.state is State.CHUNK:
+                event = self._read_chunk()
             else:
                 line = self._read_line()
                 if line is None:
@@ -474,6 +490,7 @@ class ServerConnection:
             "SMTPUTF8",  # RFC 6531
             "ENHANCEDSTATUSCODES",  # RFC 2034
             "DSN",  # RFC 3461
+            "CHUNKING",  # RFC 3030
         ]
         if self._starttls_possible():
             lines.append("STARTTLS")  # RFC 3207
@@ -674,6 +691,9 @@ class ServerConnection:
             # RFC 2920 §3.1: with pipelining, all RCPTs may have failed before DATA.
             self._error(NO_VALID_RECIPIENTS if self._rcpt_attempted else NEED_RCPT)
             return
+        if self._chunks is not None:
+            self._error(DATA_AFTER_BDAT)  # RFC 3030 §2
+            return
         self._send(START_DATA)
         self.state = State.DATA
         self._data = bytearray(b"\r\n")
@@ -717,6 +737,74 @@ class ServerConnection:
             return None
         assert self._mail is not None
         # The state stays DATA until accept() or reject() answers the event.
+        return MessageData(content, self._mail.reverse_path, tuple(self._rcpts), self._mail.params)
+
+    # RFC 3030 §2: BDAT chunk-size [LAST]
+    def _cmd_bdat(self, arg: str) -> None:
+        size, _, marker = arg.partition(" ")
+        if (
+            not (size.isascii() and size.isdigit())
+            or len(size) > 20
+            or marker.upper() not in ("", "LAST")
+        ):
+            # The chunk's octets follow this line, and without its size there is no
+            # telling where they end: reading them as commands would let a message
+            # smuggle commands in. Say why, then hang up.
+            self._error(BAD_CHUNK_SIZE)
+            if self.state is not State.CLOSED:
+                self._send(LOST_FRAMING)
+                self.state = State.CLOSED
+            return
+        chunk = int(size)
+        refusal = None
+        if self.state is State.HELO:
+            refusal = NEED_HELO
+        elif self.state is State.READY:
+            refusal = NEED_MAIL
+        elif self.state is State.MAIL:
+            refusal = NO_VALID_RECIPIENTS if self._rcpt_attempted else NEED_RCPT
+        elif len(self._chunks or b"") + chunk > self.config.max_message_size:
+            refusal = MESSAGE_TOO_BIG
+        # RFC 3030 §2: a refused chunk is still read (and thrown away) before the reply,
+        # so the next command is found where the client put it.
+        self._chunk_refusal = refusal
+        self._chunk_left = chunk
+        self._chunk_last = marker != ""
+        self._chunk_resume = self.state
+        if refusal is None and self._chunks is None:
+            self._chunks = bytearray()
+        self.state = State.CHUNK
+
+    def _read_chunk(self) -> MessageData | _Sentinel | None:
+        if self._chunk_left:
+            if not self._in:
+                return NEED_DATA
+            take = min(self._chunk_left, len(self._in))
+            if self._chunk_refusal is None:
+                assert self._chunks is not None
+                self._chunks += self._in[:take]
+            del self._in[:take]
+            self._chunk_left -= take
+            if self._chunk_left:
+                return NEED_DATA
+        self.state = self._chunk_resume
+        if self._chunk_refusal is not None:
+            if self._chunk_refusal is MESSAGE_TOO_BIG:
+                # The transaction has failed; chunks already pipelined behind this one
+                # find no MAIL and are read and refused the same way (RFC 3030 §2).
+                self._reset_transaction()
+                self.state = State.READY
+            self._error(self._chunk_refusal)
+            return None
+        if not self._chunk_last:
+            self._send(Reply(250, "2.0.0", f"{len(self._chunks or b'')} octets received"))
+            return None
+        assert self._mail is not None
+        assert self._chunks is not None
+        content = bytes(self._chunks)
+        self._chunks = None
+        # The state is CHUNK again until accept() or reject() answers the event.
+        self.state = State.CHUNK
         return MessageData(content, self._mail.reverse_path, tuple(self._rcpts), self._mail.params)
 
     # RFC 5321 §4.1.1.5–4.1.1.10
@@ -795,6 +883,7 @@ class ServerConnection:
         self._rcpt_attempted = False
         self._data = bytearray()
         self._data_too_big = False
+        self._chunks = None
 
     def _take_pending(self) -> Event:
         event = self._pending
@@ -847,6 +936,7 @@ _COMMANDS: dict[str, Callable[[ServerConnection, str], Event | None]] = {
     "MAIL": ServerConnection._cmd_mail,
     "RCPT": ServerConnection._cmd_rcpt,
     "DATA": ServerConnection._cmd_data,
+    "BDAT": ServerConnection._cmd_bdat,
     "RSET": ServerConnection._cmd_rset,
     "NOOP": ServerConnection._cmd_noop,
     "HELP": ServerConnection._cmd_help,

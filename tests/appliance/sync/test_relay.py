@@ -65,6 +65,8 @@ class ScriptedRelay:
 
     directory: Path
     starttls: bool = True
+    #: Offer CHUNKING (RFC 3030); without it the relay must use DATA.
+    chunking: bool = True
     #: Recipient address -> the refusal its RCPT gets.
     refuse_rcpt: dict[str, server.Reply] = field(default_factory=dict)
     #: Subject -> the refusal its content gets.
@@ -79,8 +81,11 @@ class ScriptedRelay:
     #: Every content received, answered or not, by subject.
     contents: list[str] = field(default_factory=list)
     rcpts: list[str] = field(default_factory=list)
-    #: RSET commands received (counted in the bytes; test contents never hold one).
+    #: RSET, DATA and BDAT commands received (counted in the bytes; test contents never
+    #: hold one).
     rsets: int = 0
+    datas: int = 0
+    bdats: int = 0
     auths: list[tuple[str, str, str]] = field(default_factory=list)
     connections: int = 0
     port: int = 0
@@ -119,11 +124,15 @@ class ScriptedRelay:
             event = conn.next_event()
             if event is server.NEED_DATA or event is server.CLOSED:
                 if out := conn.data_to_send():
+                    if not self.chunking:
+                        out = out.replace(b"250-CHUNKING\r\n", b"")
                     await stream.send_all(out)
                 if event is server.CLOSED:
                     return
                 data = await stream.receive_some(65536)
                 self.rsets += data.count(b"RSET\r\n")
+                self.datas += data.count(b"DATA\r\n")
+                self.bdats += data.count(b"BDAT ")
                 conn.receive_data(data)
             elif isinstance(event, server.StartTLS):
                 await stream.send_all(conn.data_to_send())
@@ -349,10 +358,12 @@ async def relay_until_drained(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("chunking", [True, False], ids=["BDAT", "DATA"])
 async def test_each_recipient_settled_by_its_own_reply(
-    box: Box, relay_server: ScriptedRelay
+    box: Box, relay_server: ScriptedRelay, chunking: bool
 ) -> None:
     clock = manual_clock()
+    relay_server.chunking = chunking
     relay_server.refuse_rcpt = {
         "busy@b.go.th": server.Reply(450, "4.2.1", "Mailbox busy, try later"),
         "nobody@b.go.th": server.Reply(550, "5.1.1", "No such user here"),
@@ -386,6 +397,8 @@ async def test_each_recipient_settled_by_its_own_reply(
     assert "busy@b.go.th" not in status
     assert "ok@b.go.th" not in status
     assert bounce["From"].addresses[0].username == "MAILER-DAEMON"
+    # The content went as one BDAT chunk where CHUNKING was offered, else after DATA.
+    assert (relay_server.bdats, relay_server.datas) == ((2, 0) if chunking else (0, 2))
 
 
 async def _count_inbox(box: Box, count: int) -> bool:
@@ -655,17 +668,19 @@ async def test_a_session_breaking_in_a_backlog_stops_the_round_and_loses_nothing
     assert sorted(accepted) == sorted(subjects)  # m-3 was never answered: sent again once
 
 
+@pytest.mark.parametrize("chunking", [True, False], ids=["BDAT", "DATA"])
 async def test_rset_only_after_a_transaction_the_relay_cut_short(
-    box: Box, relay_server: ScriptedRelay
+    box: Box, relay_server: ScriptedRelay, chunking: bool
 ) -> None:
     clock = manual_clock()
+    relay_server.chunking = chunking
     relay_server.refuse_rcpt = {"nobody@b.go.th": server.Reply(550, "5.1.1", "No such user")}
     await queue(box, "refused", recipients=("nobody@b.go.th",))
     await queue(box, "ok-1")
     await queue(box, "ok-2")
     await relay_until_drained(box, relay_server, clock, "queue drained")
-    # MAIL was taken, RCPT and DATA refused: the server's transaction is still open,
-    # so the next one starts with RSET; after ok-1's 250 none is needed.
+    # MAIL was taken, RCPT and DATA (or BDAT) refused: the server's transaction is
+    # still open, so the next one starts with RSET; after ok-1's 250 none is needed.
     assert [a.subject for a in relay_server.accepted] == ["ok-1", "ok-2"]
     assert relay_server.rsets == 1
     assert relay_server.connections == 1

@@ -12,6 +12,7 @@ from appliance.mail.smtp.client import (
     CLOSED,
     NEED_DATA,
     AuthPlain,
+    Bdat,
     ClientConnection,
     Content,
     Data,
@@ -260,6 +261,56 @@ def test_pipelined_transaction_with_dsn_parameters() -> None:
     assert x.code == 250
     assert y.code == 450
     assert conn.state is State.READY
+
+
+CHUNKING_EHLO = EHLO_REPLY.replace(b"250-DSN\r\n", b"250-DSN\r\n250-CHUNKING\r\n")
+
+
+def test_a_bdat_transaction_is_one_pipelined_write_with_the_octets_as_they_are() -> None:
+    conn = greeted(CHUNKING_EHLO)
+    content = b"Subject: x\r\n\r\n.hidden\r\n.\r\nend"
+    for command in (Mail("a@a.go.th"), Rcpt("x@b.go.th"), Rcpt("y@b.go.th"), Bdat(content)):
+        conn.send(command)
+    # RFC 3030 §2, §4.2: no 354 to wait for, no dot-stuffing, no terminator.
+    assert conn.data_to_send() == (
+        b"MAIL FROM:<a@a.go.th>\r\nRCPT TO:<x@b.go.th>\r\nRCPT TO:<y@b.go.th>\r\n"
+        b"BDAT %d LAST\r\n" % len(content) + content
+    )
+    assert conn.state is State.READY
+    transaction = Transaction(["x@b.go.th", "y@b.go.th"])
+    replies = b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n450 4.2.0 busy\r\n250 2.0.0 queued\r\n"
+    for event in events(conn, replies):
+        assert isinstance(event, Replied)
+        transaction.record(event.command, event.reply)
+    assert [r.code for r in transaction.outcome()] == [250, 450]
+    conn.send(Mail("a@a.go.th"))  # the next transaction may start at once
+
+
+def test_bdat_chunks_and_a_refused_chunk_fail_the_transaction() -> None:
+    conn = greeted(CHUNKING_EHLO)
+    for command in (Mail("a@a.go.th"), Rcpt("x@b.go.th"), Bdat(b"abc", last=False)):
+        conn.send(command)
+    assert conn.data_to_send().endswith(b"BDAT 3\r\nabc")
+    assert conn.state is State.TRANSACTION
+    conn.send(Bdat(b"de"))
+    transaction = Transaction(["x@b.go.th"])
+    replies = b"250 ok\r\n250 ok\r\n552 5.3.4 too big\r\n503 5.5.1 no MAIL\r\n"
+    for event in events(conn, replies):
+        assert isinstance(event, Replied)
+        transaction.record(event.command, event.reply)
+    # The first refusal decides, not the 503 to the chunk pipelined behind it.
+    assert [str(r) for r in transaction.outcome()] == ["552 5.3.4 too big"]
+    assert conn.state is State.READY
+
+
+def test_bdat_only_when_offered_and_inside_a_transaction() -> None:
+    conn = greeted()
+    conn.send(Mail("a@a.go.th"))
+    with pytest.raises(RuntimeError, match="CHUNKING"):
+        conn.send(Bdat(b"x"))
+    conn = greeted(CHUNKING_EHLO)
+    with pytest.raises(RuntimeError, match="MAIL first"):
+        conn.send(Bdat(b"x"))
 
 
 def test_parameters_only_when_offered() -> None:

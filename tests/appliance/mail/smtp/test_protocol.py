@@ -153,7 +153,15 @@ def b64(text: str) -> str:
 
 
 def ehlo_reply(*, starttls: bool, auth: bool, size: int = 41943040) -> list[str]:
-    keywords = ["PIPELINING", f"SIZE {size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN"]
+    keywords = [
+        "PIPELINING",
+        f"SIZE {size}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+        "CHUNKING",
+    ]
     if starttls:
         keywords.append("STARTTLS")
     if auth:
@@ -210,6 +218,7 @@ def test_ehlo_lists_every_extension_in_a_multiline_250() -> None:
         "250-SMTPUTF8",
         "250-ENHANCEDSTATUSCODES",
         "250-DSN",
+        "250-CHUNKING",
         "250-STARTTLS",
         "250 HELP",
     ]
@@ -533,6 +542,132 @@ def test_content_is_not_read_as_commands() -> None:
     assert not client.closed
     assert client.feed(b".\r\n") == b"250 2.0.0 Message accepted\r\n"
     assert client.of_type(MessageData)[0].content == b"QUIT\r\nRSET\r\n"
+
+
+# ---------------------------------------------------------------------------------------
+# CHUNKING: BDAT (RFC 3030)
+
+
+def test_bdat_last_delivers_the_octets_as_they_are() -> None:
+    client = Client()
+    client.start_mail()
+    # No unstuffing and no terminator: a leading dot and a "CRLF.CRLF" are content.
+    content = b".hidden\r\nline\r\n.\r\nmore"
+    assert reply_lines(client.feed(b"BDAT %d LAST\r\n" % len(content) + content)) == [
+        "250 2.0.0 Message accepted"
+    ]
+    message = client.of_type(MessageData)[0]
+    assert message.content == content
+    assert message.recipients == (RcptTo("b@rcpt.example", {}),)
+    assert client.conn.state is State.READY
+
+
+def test_bdat_chunks_are_joined_and_each_is_acknowledged() -> None:
+    client = Client()
+    client.start_mail()
+    # Split anywhere, even inside the command line and inside a chunk.
+    sent = client.feed(b"BDAT 6\r\nHel", b"lo ", b"BD", b"AT 5 LAST\r\nworld")
+    assert reply_lines(sent) == ["250 2.0.0 6 octets received", "250 2.0.0 Message accepted"]
+    assert [m.content for m in client.of_type(MessageData)] == [b"Hello world"]
+
+
+def test_a_whole_pipelined_transaction_with_bdat_gets_its_replies_in_one_write() -> None:
+    client = Client()
+    client.ehlo()
+    client.flushes.clear()
+    client.feed(
+        b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@x.example>\r\nBDAT 2 LAST\r\nhi"
+        b"MAIL FROM:<c@x.example>\r\nRCPT TO:<d@x.example>\r\nBDAT 0 LAST\r\n"
+    )
+    assert [reply_lines(flush) for flush in client.flushes] == [
+        ["250 2.1.0 Sender OK", "250 2.1.5 Recipient OK", "250 2.0.0 Message accepted"] * 2
+    ]
+    assert [m.content for m in client.of_type(MessageData)] == [b"hi", b""]
+
+
+@pytest.mark.parametrize(
+    ("before", "refusal"),
+    [
+        pytest.param([], "503 5.5.1 Need MAIL command first", id="no MAIL"),
+        pytest.param(
+            ["MAIL FROM:<a@x.example>"], "503 5.5.1 Need RCPT command first", id="no RCPT"
+        ),
+    ],
+)
+def test_a_refused_bdat_chunk_is_read_and_thrown_away(before: list[str], refusal: str) -> None:
+    client = Client()
+    client.ehlo()
+    for line in before:
+        client.send(line)
+    # RFC 3030 §2: the chunk is consumed before the reply, so a command inside it is
+    # never run (the "QUIT" here), and the command after it is.
+    sent = client.feed(b"BDAT 6\r\nQUIT\r\nNOOP\r\n")
+    assert reply_lines(sent) == [refusal, "250 2.0.0 OK"]
+    assert not client.closed
+    assert client.of_type(MessageData) == []
+
+
+def test_bdat_after_every_rcpt_was_refused_is_554() -> None:
+    client = Client(decide=rejecting({RcptTo: Reply(550, "5.1.1", "User unknown")}))
+    client.ehlo()
+    sent = client.feed(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@x.example>\r\nBDAT 2 LAST\r\nhi")
+    assert reply_lines(sent)[-1] == "554 5.5.1 No valid recipients"
+    assert client.of_type(MessageData) == []
+
+
+def test_data_and_bdat_do_not_mix_in_one_transaction() -> None:
+    client = Client()
+    client.start_mail()
+    assert reply_lines(client.feed(b"BDAT 3\r\nabc")) == ["250 2.0.0 3 octets received"]
+    assert client.send("DATA") == ["503 5.5.1 DATA not allowed after BDAT in one transaction"]
+    # The transaction goes on with BDAT.
+    assert reply_lines(client.feed(b"BDAT 1 LAST\r\nd")) == ["250 2.0.0 Message accepted"]
+    assert client.of_type(MessageData)[0].content == b"abcd"
+
+
+def test_rset_drops_the_chunks_received_so_far() -> None:
+    client = Client()
+    client.start_mail()
+    client.feed(b"BDAT 3\r\nold")
+    assert client.send("RSET") == ["250 2.0.0 Reset OK"]
+    client.send("MAIL FROM:<a@x.example>", "RCPT TO:<b@x.example>")
+    client.feed(b"BDAT 3 LAST\r\nnew")
+    assert [m.content for m in client.of_type(MessageData)] == [b"new"]
+
+
+def test_chunks_over_the_size_limit_fail_the_transaction_without_being_kept() -> None:
+    client = Client(max_message_size=10)
+    client.start_mail()
+    sent = client.feed(b"BDAT 6\r\n123456", b"BDAT 6\r\n789012", b"BDAT 1 LAST\r\nx")
+    # The chunk that passes the limit is refused and the transaction is over; the
+    # chunk already pipelined behind it finds no MAIL (RFC 3030 §2).
+    assert reply_lines(sent) == [
+        "250 2.0.0 6 octets received",
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+        "503 5.5.1 Need MAIL command first",
+    ]
+    assert client.of_type(MessageData) == []
+    assert client.conn.state is State.READY
+
+
+@pytest.mark.parametrize("arg", ["", "x", "-1", "1.5", "10 FIRST", "10 LAST x", "๑๒", "9" * 21])
+def test_a_bdat_without_a_readable_size_closes_the_session(arg: str) -> None:
+    client = Client()
+    client.start_mail()
+    # Where the chunk ends cannot be known, and reading it as commands would let a
+    # message smuggle commands in: refuse, then hang up.
+    assert client.send(f"BDAT {arg}".rstrip(), "QUIT") == [
+        "501 5.5.4 Syntax: BDAT chunk-size [LAST]",
+        "421 4.5.0 Cannot find where that chunk ends, closing connection",
+    ]
+    assert client.closed
+
+
+def test_a_rejected_bdat_message_ends_the_transaction() -> None:
+    client = Client(decide=rejecting({MessageData: Reply(554, "5.7.1", "Virus found")}))
+    client.start_mail()
+    assert reply_lines(client.feed(b"BDAT 1 LAST\r\nx")) == ["554 5.7.1 Virus found"]
+    assert client.send("MAIL FROM:<a@x.example>") == ["250 2.1.0 Sender OK"]
 
 
 # ---------------------------------------------------------------------------------------

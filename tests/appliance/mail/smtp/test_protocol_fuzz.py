@@ -319,6 +319,20 @@ TRANSACTIONS = st.builds(
     st.text(max_size=300).filter(lambda t: "\r\n.\r\n" not in "\r\n" + t + "\r\n"),
 )
 
+# The same as BDAT chunks (RFC 3030), the last marked LAST; chunk sizes count octets.
+CHUNKED_TRANSACTIONS = st.builds(
+    lambda chunks: (
+        "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+        + "".join(
+            f"BDAT {len(chunk.encode('utf-8', 'surrogatepass'))}"
+            + (" LAST" if i == len(chunks) - 1 else "")
+            + f"\r\n{chunk}"
+            for i, chunk in enumerate(chunks)
+        )
+    ),
+    st.lists(st.text(max_size=100), min_size=1, max_size=4),
+)
+
 # ESMTP parameters with odd values, digits from every script among them.
 PARAM_LINES = st.builds(
     "{} {}={}\r\n".format,
@@ -338,6 +352,7 @@ LINES = st.one_of(
     st.sampled_from(GOOD_LINES).map(lambda line: line + "\r\n"),
     st.sampled_from(GOOD_LINES).map(lambda line: line + "\r\n"),
     TRANSACTIONS,
+    CHUNKED_TRANSACTIONS,
     PARAM_LINES,
     SASL_LINES,
     RANDOM_LINES,
@@ -536,6 +551,40 @@ def test_any_content_survives_dot_stuffing_and_any_split(
         b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
         + stuffed
         + b".\r\nQUIT\r\n"
+    )
+    harness = Harness(
+        SessionConfig("box.example"), tls_active=False, decide=deterministic_decisions
+    )
+    for piece in split_randomly(data, stream):
+        harness.feed(piece)
+    assert harness.closed
+    messages = [e for e in harness.events if isinstance(e, MessageData)]
+    assert [m.content for m in messages] == [content]
+    assert harness.sent.endswith(b"250 2.0.0 Message accepted\r\n221 2.0.0 Bye\r\n")
+
+
+@FUZZ
+@given(
+    data=st.data(),
+    content=st.binary(max_size=600)
+    | st.sampled_from([b"", b".\r\n", b"x\r\n.\r\nQUIT\r\n", b"BDAT 5\r\n"]),
+)
+def test_any_content_arrives_unchanged_in_any_bdat_chunks_and_any_split(
+    data: st.DataObject, content: bytes
+) -> None:
+    # RFC 3030 §2: chunks are counted octets: no stuffing, no terminator, nothing
+    # inside them is a command, however the chunks and the TCP reads cut the message.
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(content)), max_size=4), label="chunks"))
+    bounds = [0, *cuts, len(content)]
+    pieces = [content[a:b] for a, b in itertools.pairwise(bounds)]
+    chunks = b"".join(
+        b"BDAT %d%s\r\n" % (len(piece), b" LAST" if i == len(pieces) - 1 else b"") + piece
+        for i, piece in enumerate(pieces)
+    )
+    stream = (
+        b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+        + chunks
+        + b"QUIT\r\n"
     )
     harness = Harness(
         SessionConfig("box.example"), tls_active=False, decide=deterministic_decisions
