@@ -407,8 +407,9 @@ def hub_mail_count(hub_data: Path) -> tuple[int, int]:
 class Uplink:
     """Fault proxies to *targets* running in a thread of their own, on one shared line.
 
-    The line is full-duplex unless *full_duplex* is False: *bits_per_s* each way, as
-    the office's leased line has; half-duplex makes replies wait behind the upload.
+    Half-duplex (the default of the bench): both directions share *bits_per_s*, so a
+    reply waits behind the upload in flight, the stricter model. Full-duplex gives each
+    direction the rate, as the office's leased line has.
     """
 
     def __init__(self, targets: dict[str, int], bits_per_s: float, *, full_duplex: bool) -> None:
@@ -541,7 +542,7 @@ def watch(
 
 
 def run(
-    scale: float, seed: int, reference_fraction: float, keep: bool, *, full_duplex: bool = True
+    scale: float, seed: int, reference_fraction: float, keep: bool, *, full_duplex: bool = False
 ) -> dict[str, Any]:
     mails, chats = max(1, round(MAILS * scale)), max(1, round(CHATS * scale))
     root = Path(tempfile.mkdtemp(prefix="bench-catchup-"))
@@ -819,9 +820,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="share of the mails Postfix relays (default: all up to 10,000)",
     )
     parser.add_argument(
-        "--half-duplex",
+        "--full-duplex",
         action="store_true",
-        help="both directions share the 10 Mbit/s (the stricter model of sessions 4-8)",
+        help="10 Mbit/s each way (default: both directions share it, the stricter model)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     parser.add_argument("--no-write", action="store_true", help="do not write the results file")
@@ -831,7 +832,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fraction = args.reference_fraction
     if fraction is None:
         fraction = min(1.0, 10_000 / max(1, MAILS * args.scale))
-    result = run(args.scale, args.seed, fraction, args.keep, full_duplex=not args.half_duplex)
+    result = run(args.scale, args.seed, fraction, args.keep, full_duplex=args.full_duplex)
     report(result)
     if not args.no_write:
         RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             base, _ = hub_mail_count(hub_data)
             targets = {"hub-sync": hub.port("hub-sync"), "smtp": hub.port("smtp-submission")}
-            with Uplink(targets, args.link or 10**12, full_duplex=not args.half_duplex) as line:
+            with Uplink(targets, args.link or 10**12, full_duplex=args.full_duplex) as line:
                 env = {
                     **QUIET,
                     "EDGEBOX_HUB_URL": f"https://127.0.0.1:{line.port('hub-sync')}",
@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--link", type=float, default=0, help="bits/s; 0 = unthrottled")
-    parser.add_argument("--half-duplex", action="store_true", help="one bucket for both ways")
+    parser.add_argument("--full-duplex", action="store_true", help="the rate each way")
     parser.add_argument("--profile", help="directory for py-spy raw stacks (hub.txt, a.txt)")
     parser.add_argument("--prepared", help="keep/reuse the set-up (hub, enrolled A) here")
     parser.add_argument("--keep", action="store_true")
