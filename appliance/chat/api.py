@@ -937,8 +937,9 @@ def chat_routes(chat: Chat) -> list[Route | StreamRoute]:
             "GET",
             message + "/file",
             api.download,
-            "Download a message's file (members)",
-            errors=(404,),
+            "Download a message's file (members; 503 while one posted on another box"
+            " cannot be fetched from the centre yet)",
+            errors=(404, 503),
         ),
         route(
             "GET",

@@ -214,4 +214,14 @@ CHAT_MIGRATIONS: Final = (
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        3,
+        "files of file messages between boxes: which ones the hub still lacks",
+        """
+        -- 0: this box holds the content and has not yet handed it to the hub.
+        ALTER TABLE messages ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX messages_to_share ON messages(seq)
+            WHERE shared = 0 AND blob_id IS NOT NULL;
+        """,
+    ),
 )

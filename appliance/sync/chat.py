@@ -12,6 +12,11 @@ One round (`ChatReplicator.sync_once`):
    in the hub's order; each page is applied and the cursor moved in one transaction
    (`Chat.apply_pulled`). A room the box's agency has just joined brings its earlier
    events first (``/history``). Applying an event twice has the effect of once.
+3. **Files.** Events carry a file message's name, type and size, never its content.
+   The contents of this box's file messages the hub has ordered go up next, one
+   request each, up to `FILE_BYTES_PER_ROUND` a round (chat text goes first); a box
+   of another agency fetches a file from the hub when one of its members opens it
+   (`fetch_file`, installed as the chat store's ``fetch_shared_file``).
 
 Rounds run at start-up, when a local event is written (so live chat between agencies
 is quick), every `POLL_INTERVAL` for news from the hub, and after a failure with
@@ -30,6 +35,8 @@ production, a direct call in tests) or the rules (the hub's, `appliance.sync.hub
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from typing import Any
 
@@ -47,6 +54,8 @@ log = logging.getLogger(__name__)
 PUSH_PATH = "/sync/v1/chat/push"
 PULL_PATH = "/sync/v1/chat/pull"
 HISTORY_PATH = "/sync/v1/chat/history"
+FILE_PUT_PATH = "/sync/v1/chat/file/put"
+FILE_GET_PATH = "/sync/v1/chat/file/get"
 STREAM = "chat"
 #: The name of the pull cursor in the chat database.
 PULL_CURSOR = "hub.pull"
@@ -62,6 +71,11 @@ MAX_REQUESTS = 1_000
 POLL_INTERVAL = 5.0
 #: Back-off after a failed round: 1 s, 2 s, 4 s ... up to this.
 MAX_BACKOFF = 300.0
+#: File contents sent up in one round, at most (at least one file goes): after a cut,
+#: chat text keeps flowing between rounds while a backlog of files moves.
+FILE_BYTES_PER_ROUND = 16 * 1024 * 1024
+#: File messages looked at per round.
+FILES_PER_ROUND = 100
 
 
 class ChatReplicator:
@@ -97,6 +111,7 @@ class ChatReplicator:
         self._wake = trio.Event()
         self._local = trio.Event()
         self.chat.add_push_listener(self._local_event)
+        self.chat.fetch_shared_file = self.fetch_file
 
     def wake(self) -> None:
         """Start a round now, even during back-off (the link is back)."""
@@ -160,10 +175,11 @@ class ChatReplicator:
                 nursery.start_soon(after, self._local.wait)
 
     async def sync_once(self) -> tuple[int, int, bool]:
-        """Push what waits, then pull what is new; return (pushed, pulled, all done)."""
+        """Push what waits, pull what is new, then send files; return (pushed, pulled, all done)."""
         pushed, push_done = await self.push()
         pulled, pull_done = await self.pull()
-        return pushed, pulled, push_done and pull_done
+        files_done = await self.share_files()
+        return pushed, pulled, push_done and pull_done and files_done
 
     async def push(self) -> tuple[int, bool]:
         """Send the box's unanswered events in batches; return (answered, queue empty)."""
@@ -197,6 +213,56 @@ class ChatReplicator:
             if not page.more:
                 return new, True
         return new, False
+
+    async def share_files(self) -> bool:
+        """Send the hub the contents of this box's file messages it has ordered.
+
+        Returns True once none is left. A file the hub will never take (refused: the
+        message was refused or deleted meanwhile) is logged and not offered again.
+        """
+        sent = 0
+        waiting = await self.chat.files_to_share(FILES_PER_ROUND)
+        for message_id in waiting:
+            if sent >= FILE_BYTES_PER_ROUND:
+                return False
+            data = await self.chat.own_file(message_id)
+            if data is not None:
+                request = {"message_id": message_id, "content": base64.b64encode(data).decode()}
+                try:
+                    await self.hub(FILE_PUT_PATH, request)
+                except HubRefused as exc:
+                    log.warning("chat sync: the hub refused the file of %s: %s", message_id, exc)
+                sent += len(data)
+            await self.chat.file_shared(message_id)
+        return len(waiting) < FILES_PER_ROUND
+
+    async def fetch_file(self, message_id: str) -> bytes:
+        """Fetch the content of a file message posted on another box, from the hub."""
+        try:
+            answer = await self.hub(FILE_GET_PATH, {"message_id": message_id})
+        except HubUnavailable:
+            raise ChatError(
+                503,
+                "file_unavailable",
+                "The file is not on this box yet and the centre cannot be reached; try again later",
+                "ไฟล์นี้ยังไม่มาถึงเครื่องนี้ และติดต่อส่วนกลางไม่ได้ กรุณาลองใหม่ภายหลัง",
+            ) from None
+        except HubRefused as exc:
+            if exc.status == 404:
+                raise ChatError(
+                    503,
+                    "file_not_yet_shared",
+                    "The file has not reached the centre yet; try again later",
+                    "ไฟล์นี้ยังไม่ถึงส่วนกลาง กรุณาลองใหม่ภายหลัง",
+                ) from None
+            raise ChatError(exc.status, exc.code, exc.message, exc.message) from None
+        content = answer.get("content") if isinstance(answer, dict) else None
+        try:
+            return base64.b64decode(content if isinstance(content, str) else "", validate=True)
+        except (binascii.Error, ValueError):
+            raise ChatError(
+                502, "bad_hub_answer", "The centre sent a damaged file", "ส่วนกลางส่งไฟล์ที่เสียหายมา"
+            ) from None
 
     async def _fill_history(self, page: PulledPage) -> None:
         """Fetch the earlier events of rooms this page brings to the box for the first time."""

@@ -46,6 +46,10 @@ log = logging.getLogger("edgebox.sync.hub")
 
 #: Largest answer accepted: a pull batch is bounded by the hub well below this.
 MAX_RESPONSE: Final = 64 * 1024 * 1024
+#: Bytes a second a request's body and its answer are each given on top of the time
+#: limit: a chat file (up to 34 MB as JSON, either way) needs minutes on a 1 Mbit/s
+#: provincial line, a batch of events seconds.
+SLOWEST_LINE: Final = 128 * 1024
 _RECEIVE: Final = 64 * 1024
 
 
@@ -87,9 +91,10 @@ class HubClient:
                     self.hub_takes_gzip and not identity and len(payload) >= content_coding.MIN_SIZE
                 )
                 reused = self._stream is not None
+                timeout = self.timeout + len(payload) / SLOWEST_LINE
                 try:
-                    with trio.fail_after(self.timeout):
-                        status, raw = await self._exchange(path, payload, gzipped=gzipped)
+                    with trio.fail_after(timeout) as limit:
+                        status, raw = await self._exchange(path, payload, limit, gzipped=gzipped)
                 except _NoAnswer:
                     await self.aclose()
                     if reused and not retried:
@@ -101,7 +106,7 @@ class HubClient:
                     raise
                 except trio.TooSlowError:
                     await self.aclose()
-                    raise HubUnavailable(f"{path}: no answer in {self.timeout:g} s") from None
+                    raise HubUnavailable(f"{path}: no answer in time") from None
                 except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
                     await self.aclose()
                     raise HubUnavailable(f"{path}: {type(exc).__name__}: {exc}") from None
@@ -132,7 +137,9 @@ class HubClient:
         self._stream, self._conn = stream, h11.Connection(h11.CLIENT)
         return stream, self._conn
 
-    async def _exchange(self, path: str, payload: bytes, *, gzipped: bool) -> tuple[int, bytes]:
+    async def _exchange(
+        self, path: str, payload: bytes, limit: trio.CancelScope, *, gzipped: bool
+    ) -> tuple[int, bytes]:
         stream, conn = await self._connect()
         host = str(self.endpoint)[len("https://") :]
         headers = [
@@ -165,6 +172,8 @@ class HubClient:
                 if not data and not got_any:
                     raise _NoAnswer
                 got_any = got_any or bool(data)
+                # A long answer (a chat file) earns its time as it arrives.
+                limit.deadline += len(data) / SLOWEST_LINE
                 conn.receive_data(bytes(data))
                 continue
             if isinstance(event, h11.Response):

@@ -16,6 +16,12 @@ The hub is the authority for chat (DESIGN.md "Sync"; issue 5, "Chat"):
   (it has them, ordered by the push answers); ``{"events", "cursor", "more"}``.
 - ``POST /sync/v1/chat/history`` ``{"room_id", "before_order", "after_order", "limit"}``:
   a room's earlier events, for a box whose agency has just joined a room it never held.
+- ``POST /sync/v1/chat/file/put`` ``{"message_id", "content"}`` (base64): the poster's
+  box hands over a file message's content once the hub has ordered the message; only
+  a box of the poster's agency may, and the size must be the one the event announced.
+  ``{}`` once it is kept (sending it again changes nothing).
+- ``POST /sync/v1/chat/file/get`` ``{"message_id"}``: ``{"content"}`` for a box whose
+  agency has a member in the message's room; 404 while the hub does not have it yet.
 
 Wire format (docs/chat-sync.md "Wire format and compression"): a push answer says
 ``"wire": 2``, which tells the box it may leave out a ``message.posted`` snapshot that
@@ -30,13 +36,15 @@ Everything here is glue: the checks and the storage are `appliance.chat.Chat`'s
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import replace
 from typing import Any, Final
 
 from appliance.box import Box
 from appliance.chat.errors import ChatError
 from appliance.chat.replication import EVENT_ID, ReplicatedEvent, parse_event
-from appliance.chat.store import Authority
+from appliance.chat.store import MAX_UPLOAD, Authority
 from appliance.directory import User
 from appliance.sync.hub.errors import HubError, bad_request
 from appliance.sync.transport import JSON, Peer, SyncRoute
@@ -44,6 +52,8 @@ from appliance.sync.transport import JSON, Peer, SyncRoute
 PUSH_PATH = "/sync/v1/chat/push"
 PULL_PATH = "/sync/v1/chat/pull"
 HISTORY_PATH = "/sync/v1/chat/history"
+FILE_PUT_PATH = "/sync/v1/chat/file/put"
+FILE_GET_PATH = "/sync/v1/chat/file/get"
 
 #: Events in one push: a week of a busy office is many batches, never one huge body.
 MAX_PUSH = 500
@@ -78,6 +88,9 @@ class ChatHub:
             SyncRoute(PUSH_PATH, self.push),
             SyncRoute(PULL_PATH, self.pull, max_body=4096),
             SyncRoute(HISTORY_PATH, self.history, max_body=4096),
+            # The largest upload in base64 (4/3) with room for the JSON around it.
+            SyncRoute(FILE_PUT_PATH, self.put_file, max_body=MAX_UPLOAD * 4 // 3 + 4096),
+            SyncRoute(FILE_GET_PATH, self.get_file, max_body=4096),
         ]
 
     async def push(self, peer: Peer, body: JSON) -> JSON:
@@ -139,6 +152,39 @@ class ChatHub:
         except ChatError as exc:
             raise HubError(exc.status, exc.code, exc.message_en) from None
         return {"events": [e.to_json() for e in events], "more": more}
+
+    async def put_file(self, peer: Peer, body: JSON) -> JSON:
+        """Keep the content of a file message posted on the calling box."""
+        request = _body(body)
+        message_id = _message_id(request)
+        content = request.get("content")
+        if not isinstance(content, str):
+            raise bad_request("content must be the file in base64")
+        try:
+            data = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request("content is not base64") from None
+        try:
+            await self.box.chat.attach_shared_file(message_id, data, poster_domain=peer.domain)
+        except ChatError as exc:
+            raise HubError(exc.status, exc.code, exc.message_en) from None
+        return {}
+
+    async def get_file(self, peer: Peer, body: JSON) -> JSON:
+        """Return a file message's content to a box whose agency is in its room."""
+        message_id = _message_id(_body(body))
+        try:
+            data = await self.box.chat.shared_file(peer.domain, message_id)
+        except ChatError as exc:
+            raise HubError(exc.status, exc.code, exc.message_en) from None
+        return {"content": base64.b64encode(data).decode("ascii")}
+
+
+def _message_id(request: dict[str, Any]) -> str:
+    message_id = request.get("message_id")
+    if not isinstance(message_id, str) or not EVENT_ID.fullmatch(message_id):
+        raise bad_request("message_id must be a message's id")
+    return message_id
 
 
 def _compact(request: dict[str, Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.chat.errors import ChatError
 from appliance.chat.replication import REJECTED_TYPE
-from appliance.sync.chat import PULL_CURSOR, ChatReplicator
+from appliance.sync.chat import FILE_GET_PATH, FILE_PUT_PATH, PULL_CURSOR, ChatReplicator
 from appliance.sync.status import read_sync_status
-from appliance.sync.transport import HubUnavailable
+from appliance.sync.transport import HubRefused, HubUnavailable
 from tests.appliance.sync.chatnet import (
     A1,
     A2,
@@ -237,6 +239,104 @@ async def test_secret_messages_reach_the_other_box_with_their_content(net: Net) 
     await net.b.chat.mark_read(net.user(net.b, B1), room.id, [message.id])
     await _converge(net)
     assert await history(net, net.a, A1, room.id) == []
+
+
+async def _post_file(net: Net, room_id: str, data: bytes, name: str = "แผนที่.png") -> str:
+    upload = await net.a.chat.upload(net.user(net.a, A1), data, "image/png", name)
+    message, _ = await net.a.chat.post(
+        net.user(net.a, A1), room_id, {"kind": "image", "upload_id": upload["upload_id"]}
+    )
+    return message.id
+
+
+async def test_a_file_posted_on_one_box_opens_on_the_other(net: Net) -> None:
+    room_id = await _shared_room(net)
+    data = b"\x89PNG " + bytes(range(256)) * 40
+    message_id = await _post_file(net, room_id, data)
+    await _converge(net)
+    assert net.link_a.calls.count(FILE_PUT_PATH) == 1
+    # B holds the message, not yet its content: the first member to open it fetches it.
+    got = await net.b.chat.file(net.user(net.b, B1), room_id, message_id)
+    assert got == (data, "image/png", "แผนที่.png")
+    assert net.link_b.calls.count(FILE_GET_PATH) == 1
+    # From then on it is B's own copy: it opens with the link cut, and is not fetched again.
+    net.link_b.up = False
+    assert (await net.b.chat.file(net.user(net.b, B2), room_id, message_id))[0] == data
+    assert net.link_b.calls.count(FILE_GET_PATH) == 1
+    # Nor is it sent anywhere again: B's copy is not B's to share, A's went once.
+    await _converge(net)
+    assert FILE_PUT_PATH not in net.link_b.calls
+    assert net.link_a.calls.count(FILE_PUT_PATH) == 1
+
+
+async def test_a_file_not_yet_here_is_a_clear_503_while_the_link_is_down(net: Net) -> None:
+    room_id = await _shared_room(net)
+    message_id = await _post_file(net, room_id, b"\x89PNG plan")
+    await net.sync_a.push()  # ordered at the hub, the content not sent yet
+    await net.sync_b.pull()
+    with pytest.raises(ChatError) as not_yet:
+        await net.b.chat.file(net.user(net.b, B1), room_id, message_id)
+    assert (not_yet.value.status, not_yet.value.code) == (503, "file_not_yet_shared")
+    await net.sync_a.sync_once()
+    net.link_b.up = False
+    with pytest.raises(ChatError) as cut:
+        await net.b.chat.file(net.user(net.b, B1), room_id, message_id)
+    assert (cut.value.status, cut.value.code) == (503, "file_unavailable")
+    assert "ส่วนกลาง" in cut.value.message_th
+    net.link_b.up = True
+    assert (await net.b.chat.file(net.user(net.b, B1), room_id, message_id))[0] == b"\x89PNG plan"
+
+
+async def test_a_file_send_whose_answer_was_lost_is_sent_again_harmlessly(net: Net) -> None:
+    room_id = await _shared_room(net)
+    message_id = await _post_file(net, room_id, b"\x89PNG twice")
+    await net.sync_a.push()
+    net.link_a.lose = {len(net.link_a.calls) + 2}  # the pull, then the file's answer
+    with pytest.raises(HubUnavailable):
+        await net.sync_a.sync_once()
+    await _converge(net)
+    assert net.link_a.calls.count(FILE_PUT_PATH) == 2
+    got = await net.b.chat.file(net.user(net.b, B1), room_id, message_id)
+    assert got[0] == b"\x89PNG twice"
+    # The hub kept one copy, not one per send.
+    assert len(list(net.hub.mailstore.blobs.iter_ids())) == 1
+
+
+async def test_the_hub_takes_a_file_only_from_the_posters_agency_and_gives_it_to_members(
+    net: Net,
+) -> None:
+    room_id = await _shared_room(net, members=(A2,))  # no one of B in it
+    message_id = await _post_file(net, room_id, b"\x89PNG inside")
+    await net.sync_a.push()
+    content = base64.b64encode(b"\x89PNG forged").decode()
+    # The right size from the wrong agency, the wrong size from the right one.
+    with pytest.raises(HubRefused) as forged:
+        await net.link_b(FILE_PUT_PATH, {"message_id": message_id, "content": content})
+    assert (forged.value.status, forged.value.code) == (403, "not_the_poster")
+    short = base64.b64encode(b"\x89PNG").decode()
+    with pytest.raises(HubRefused) as wrong_size:
+        await net.link_a(FILE_PUT_PATH, {"message_id": message_id, "content": short})
+    assert (wrong_size.value.status, wrong_size.value.code) == (422, "size_mismatch")
+    with pytest.raises(HubRefused) as bad:
+        await net.link_a(FILE_PUT_PATH, {"message_id": message_id, "content": "not base64!"})
+    assert bad.value.status == 400
+    assert await net.sync_a.share_files()
+    # B's agency has no member in the room: to B the file does not exist.
+    with pytest.raises(HubRefused) as hidden:
+        await net.link_b(FILE_GET_PATH, {"message_id": message_id})
+    assert hidden.value.status == 404
+    answer = await net.link_a(FILE_GET_PATH, {"message_id": message_id})
+    assert base64.b64decode(answer["content"]) == b"\x89PNG inside"
+
+
+async def test_a_file_deleted_before_it_was_sent_is_not_sent(net: Net) -> None:
+    room_id = await _shared_room(net)
+    message_id = await _post_file(net, room_id, b"\x89PNG regret")
+    await net.sync_a.push()
+    await net.a.chat.delete_message(net.user(net.a, A1), room_id, message_id)
+    await _converge(net)
+    assert FILE_PUT_PATH not in net.link_a.calls
+    assert await net.a.chat.files_to_share(10) == []
 
 
 async def _until_idle(sync: ChatReplicator) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 
 import pytest
 import trio
 
+from appliance.sync import hub_client
 from appliance.sync.enrol import enroll
 from appliance.sync.hub.server import HubLimits
 from appliance.sync.hub_client import HubClient
 from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute
 from tests.appliance.sync.hub.hubfixture import new_edge, running_hub
+from tests.faults.proxy import Bandwidth, FaultProxy
 from tests.harness import free_port_offset
 
 PING = "/sync/v1/ping"
@@ -65,6 +69,38 @@ async def test_no_answer_in_time_is_unavailable(tmp_path: Path) -> None:
             assert await client(PING, {})
         finally:
             await client.aclose()
+
+
+async def _big_answer(peer: Peer, body: object) -> object:
+    # Incompressible, so gzip does not shrink it: ~1.3 MB on the line.
+    return {"content": base64.b64encode(os.urandom(1_000_000)).decode()}
+
+
+@pytest.mark.parametrize("earned", [True, False], ids=["long answer earns time", "it does not"])
+async def test_a_long_answer_earns_time_as_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, earned: bool
+) -> None:
+    # Each byte earns 1/SLOWEST_LINE s. Through a 5 Mbit/s line the 1.3 MB answer
+    # takes ~2.1 s, far past the 0.4 s limit: at 256 KB/s of credit it earns ~5 s
+    # and arrives; at 20 MB/s it earns ~0.07 s and the call gives up.
+    monkeypatch.setattr(hub_client, "SLOWEST_LINE", 2**18 if earned else 20 * 2**20)
+    routes = [SyncRoute("/sync/v1/t/big", _big_answer)]
+    async with running_hub(tmp_path, extra_routes=routes) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        port = int(hub.url.rpartition(":")[2])
+        async with FaultProxy(("127.0.0.1", port)) as line:
+            line.set(Bandwidth(5_000_000))
+            client = HubClient(edge / "keys", f"https://127.0.0.1:{line.port}", timeout=0.4)
+            try:
+                if earned:
+                    answer = await client("/sync/v1/t/big", {})
+                    assert len(base64.b64decode(answer["content"])) == 1_000_000
+                else:
+                    with pytest.raises(HubUnavailable, match="no answer in time"):
+                        await client("/sync/v1/t/big", {})
+            finally:
+                await client.aclose()
 
 
 async def test_hub_down_is_unavailable(tmp_path: Path) -> None:

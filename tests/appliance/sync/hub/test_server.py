@@ -370,9 +370,11 @@ async def test_the_client_gzips_once_the_hub_says_it_takes_gzip(tmp_path: Path) 
         sent: list[bytes] = []
         exchange = client._exchange
 
-        async def spy(path: str, payload: bytes, *, gzipped: bool) -> tuple[int, bytes]:
+        async def spy(
+            path: str, payload: bytes, limit: trio.CancelScope, *, gzipped: bool
+        ) -> tuple[int, bytes]:
             sent.append(gzip.compress(payload) if gzipped else payload)
-            return await exchange(path, payload, gzipped=gzipped)
+            return await exchange(path, payload, limit, gzipped=gzipped)
 
         client._exchange = spy  # type: ignore[method-assign]
         body = {"events": ["ข้อความ"] * 500}
