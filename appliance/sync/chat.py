@@ -60,10 +60,11 @@ STREAM = "chat"
 #: The name of the pull cursor in the chat database.
 PULL_CURSOR = "hub.pull"
 
-#: Events per push or pull request: the most the hub accepts. Each request costs a
-#: round trip and a commit on both sides; after a week's cut (200,000 events) fewer,
-#: larger ones leave the line and the CPUs to the mail moving beside them.
-BATCH = 500
+#: Events per push or pull request (the hub takes up to 500). Small on purpose: the hub
+#: checks and orders a batch in one job of its single chat writer, and a long job
+#: stalls the hub's SMTP sessions while a mail backlog moves beside the chat. In the
+#: week's catch-up 500 slowed the mail against 200 (docs/BENCHMARKS.md).
+BATCH = 100
 #: The chat wire format this box reads (docs/chat-sync.md): 2 leaves out snapshots
 #: that repeat their event. Pushes use it only once the hub has said it reads it.
 WIRE_FORMAT = 2
