@@ -60,11 +60,11 @@ STREAM = "chat"
 #: The name of the pull cursor in the chat database.
 PULL_CURSOR = "hub.pull"
 
-#: Events per push or pull request (the hub takes up to 500). Small on purpose: the hub
-#: checks and orders a batch in one job of its single chat writer, and a long job
-#: stalls the hub's SMTP sessions while a mail backlog moves beside the chat. In the
-#: week's catch-up 500 slowed the mail against 200 (docs/BENCHMARKS.md).
-BATCH = 100
+#: Events per push or pull request (the hub takes up to 500). The hub checks and orders
+#: a batch in one job of its single chat writer, which stalls its SMTP sessions while a
+#: mail backlog moves beside the chat. In one week's catch-up each, 500 and 100 moved
+#: the mail 3-4 % more slowly than 200: no better, if within noise (docs/BENCHMARKS.md).
+BATCH = 200
 #: The chat wire format this box reads (docs/chat-sync.md): 2 leaves out snapshots
 #: that repeat their event. Pushes use it only once the hub has said it reads it.
 WIRE_FORMAT = 2
