@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 
 ## Install everything (venv; Debian packages when root) and run the whole suite.
 test: system-deps $(VENV)/.installed lint
-	$(BIN)/pytest -m "not bench"
+	$(BIN)/pytest -m "not bench" --durations=20
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check appliance tests

@@ -256,6 +256,7 @@ def imap_round(port: int, cafile: Path, expected: int) -> dict[str, float]:
     figures: dict[str, float] = {}
     client = connect(port, cafile)
     try:
+
         def select() -> None:
             typ, data = client.select("INBOX", readonly=True)
             _ok(typ, data, "SELECT")

@@ -189,7 +189,7 @@ def test_openapi_document_matches_the_running_server(running: RunningBox, tmp_pa
          "--exclude-checks", "ignored_auth,positive_data_acceptance",
          "--max-examples", "5", "--seed", "20261122", "--workers", "2",
          "--phases", "examples,coverage,fuzzing", "--no-color",
-         "--request-timeout", "20", "--max-time", "90"],
+         "--request-timeout", "20", "--max-time", "60"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     report = done.stdout[-6000:] + done.stderr[-2000:]

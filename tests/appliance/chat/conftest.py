@@ -69,7 +69,5 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         blobs = BlobStore(tmp_path / "blobs", DATA_KEY)
         clock = Clock()
         path = tmp_path / "chat.sqlite"
-        async with open_chat(
-            path, DATA_KEY, blobs, directory, BOX_ID, clock=clock
-        ) as chat:
+        async with open_chat(path, DATA_KEY, blobs, directory, BOX_ID, clock=clock) as chat:
             yield World(chat, directory, blobs, clock, path, boss, lead, staff, peer, other)
