@@ -1192,11 +1192,18 @@ class Chat:
             data = await self.fetch_shared_file(message_id)
             await self.attach_shared_file(message_id, data)
         else:
-            try:
-                data = _unwrap_blob(await trio.to_thread.run_sync(self._blobs.get, blob_id))
-            except BlobMissing:
-                raise not_found("file", "ไฟล์") from None
+            stored = await self._read_blob(blob_id)
+            if stored is None:
+                raise not_found("file", "ไฟล์")
+            data = stored
         return data, message.content["media_type"], message.content["name"]
+
+    async def _read_blob(self, blob_id: str) -> bytes | None:
+        """Return a chat blob's content, or None if its file is gone."""
+        try:
+            return _unwrap_blob(await trio.to_thread.run_sync(self._blobs.get, blob_id))
+        except BlobMissing:
+            return None
 
     # --- files of file messages between boxes (through the hub) ----------------------
     #
@@ -1230,10 +1237,7 @@ class Chat:
         )
         if row is None or row[0] is None:
             return None
-        try:
-            return _unwrap_blob(await trio.to_thread.run_sync(self._blobs.get, row[0]))
-        except BlobMissing:
-            return None
+        return await self._read_blob(row[0])
 
     async def file_shared(self, message_id: str) -> None:
         """Note that the hub holds the file (or never will): stop offering it."""
@@ -1314,11 +1318,10 @@ class Chat:
                 raise not_found("file", "ไฟล์")
             return str(row[0])
 
-        blob_id = await self._db.read(query)
-        try:
-            return _unwrap_blob(await trio.to_thread.run_sync(self._blobs.get, blob_id))
-        except BlobMissing:
-            raise not_found("file", "ไฟล์") from None
+        data = await self._read_blob(await self._db.read(query))
+        if data is None:
+            raise not_found("file", "ไฟล์")
+        return data
 
     async def media(self, actor: User, room_id: str, kind: str, limit: int = 100) -> list[Message]:
         """Return the room's links, images, videos, voice or files, newest first (the tab)."""
