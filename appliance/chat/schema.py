@@ -224,4 +224,14 @@ CHAT_MIGRATIONS: Final = (
             WHERE shared = 0 AND blob_id IS NOT NULL;
         """,
     ),
+    Migration(
+        4,
+        "indexes for the foreign keys from invitations and stickers",
+        """
+        -- Deleting a room or a sticker pack makes SQLite look for the rows naming it;
+        -- an index keeps that from being a scan of the whole child table.
+        CREATE INDEX invitations_room ON invitations(room_id);
+        CREATE INDEX stickers_pack ON stickers(pack_id);
+        """,
+    ),
 )

@@ -171,4 +171,13 @@ DIRECTORY_MIGRATIONS: Final = (
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        6,
+        "an index for the foreign key from delegations to agencies",
+        """
+        -- Removing an agency cascades to its delegations; without this index SQLite
+        -- finds them with a scan of the whole table.
+        CREATE INDEX delegations_agency ON delegations(agency_id);
+        """,
+    ),
 )

@@ -157,6 +157,16 @@ MAIL_MIGRATIONS = (
         CREATE INDEX accepted_copies_by_age ON accepted_copies (accepted_at);
         """,
     ),
+    Migration(
+        5,
+        "the outbound queue indexed by blob, for the foreign key from outbound to blobs",
+        """
+        -- Deleting a blob row makes SQLite look for outbound rows still naming it;
+        -- without this index that is a scan of the whole queue per sent message, and
+        -- draining a week's queue of 60,000 rows took quadratic time (docs/BENCHMARKS.md).
+        CREATE INDEX outbound_by_blob ON outbound (blob_id);
+        """,
+    ),
 )
 
 #: How long a reader (an IMAP FETCH, the webmail) waits for a pending body it asked

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from appliance.chat.schema import CHAT_MIGRATIONS
+from appliance.directory.schema import DIRECTORY_MIGRATIONS
+from appliance.mail.mailstore import MAIL_MIGRATIONS
 from appliance.store.database import connect, open_database
 from appliance.store.schema import Migration, SchemaTooNew, migrate, schema_version
+from appliance.sync.hub.enrolment import HUB_MIGRATIONS
+from appliance.sync.mailbox_state import MAILBOX_SYNC_MIGRATIONS
 
 
 @pytest.fixture
@@ -200,3 +205,44 @@ async def test_open_database_refuses_a_newer_file(tmp_path: Path) -> None:
     with pytest.raises(SchemaTooNew):
         async with open_database(path, [recording(log, 1)]):
             pytest.fail("the body must not run on a schema that is too new")
+
+
+def _unindexed_foreign_keys(conn: sqlite3.Connection) -> list[str]:
+    """Child columns of foreign keys that no index (or rowid) starts with."""
+    missing = []
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in names:
+        leading = {
+            conn.execute(f"PRAGMA index_info('{index[1]}')").fetchone()[2]
+            for index in conn.execute(f"PRAGMA index_list('{table}')")
+        }
+        # An INTEGER PRIMARY KEY is the rowid itself: the table is keyed by it.
+        leading |= {
+            column[1]
+            for column in conn.execute(f"PRAGMA table_info('{table}')")
+            if column[5] == 1 and column[2].upper() == "INTEGER"
+        }
+        for key in conn.execute(f"PRAGMA foreign_key_list('{table}')"):
+            if key[3] not in leading:
+                missing.append(f"{table}.{key[3]} -> {key[2]}")
+    return missing
+
+
+@pytest.mark.parametrize(
+    "migrations",
+    [MAIL_MIGRATIONS, CHAT_MIGRATIONS, DIRECTORY_MIGRATIONS, HUB_MIGRATIONS,
+     MAILBOX_SYNC_MIGRATIONS],
+    ids=["mail", "chat", "directory", "hub", "mailbox-sync"],
+)  # fmt: skip
+def test_every_foreign_key_has_an_index(
+    conn: sqlite3.Connection, migrations: Sequence[Migration]
+) -> None:
+    """Deleting a parent row makes SQLite find its children (foreign keys are on).
+
+    Without an index on the child column that is a scan of the whole child table per
+    deleted row: on a box draining a week's queue, every sent message's blob row was
+    deleted with a scan of the 60,000-row outbound table (docs/BENCHMARKS.md).
+    """
+    migrate(conn, migrations)
+
+    assert _unindexed_foreign_keys(conn) == []
