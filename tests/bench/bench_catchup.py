@@ -401,6 +401,23 @@ def hub_mail_count(hub_data: Path) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def hub_mail_arrived(hub_data: Path) -> int:
+    """Messages in the mailboxes of b.go.th, from the per-owner counters: for polling.
+
+    Each delivery adds one to its owner's counter in the transaction that stores it,
+    so this moves with `hub_mail_count`'s rows, but reads 200 rows instead of
+    counting and de-duplicating tens of thousands twice a second: that poll took a
+    third of a core by the end of a full week, from the two the measured processes
+    share. The closing figures still come from `hub_mail_count`.
+    """
+    uri = f"file:{hub_data / 'db' / 'mail.sqlite'}?mode=ro"
+    with sqlite3.connect(uri, uri=True, timeout=30) as db:
+        row = db.execute(
+            "SELECT coalesce(sum(messages), 0) FROM quota_usage WHERE owner LIKE '%@b.go.th'"
+        ).fetchone()
+    return int(row[0])
+
+
 # --- the line: fault proxies in a thread, one shared token bucket -------------------------
 
 
@@ -519,14 +536,14 @@ def watch(
 ) -> tuple[float, float]:
     """Wait until every mail copy is at the hub and A's chat is answered; return when."""
     started = time.monotonic()
-    base, _ = hub_mail_count(hub_data)
+    base = hub_mail_arrived(hub_data)
     mail_done = chat_done = 0.0
     last_log = started
     while not (mail_done and chat_done):  # bounded by MAX_WAIT
         now = time.monotonic()
         if now - started > MAX_WAIT:
             raise TimeoutError("the backlog did not arrive within the time limit")
-        got = hub_mail_count(hub_data)[0] - base
+        got = hub_mail_arrived(hub_data) - base
         if not mail_done and got >= backlog["copies"]:
             mail_done = now
             log(f"mail: all {got} copies at the hub after {now - started:.1f} s")
@@ -743,10 +760,10 @@ def reference(
                         check=False,
                         capture_output=True,
                     )
-                    target = base_copies + copies
+                    target = hub_mail_arrived(hub_data) + copies
                     done = wait_until(
                         "Postfix's mail at the hub",
-                        lambda: hub_mail_count(hub_data)[0] >= target,
+                        lambda: hub_mail_arrived(hub_data) >= target,
                         MAX_WAIT,
                         0.5,
                     )

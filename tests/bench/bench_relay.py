@@ -40,6 +40,7 @@ from tests.bench.bench_catchup import (  # noqa: E402
     _add_users,
     directory_count,
     halt,
+    hub_mail_arrived,
     hub_mail_count,
     log,
     make_mail,
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hub = start_box(hub_data, extra=["--role", "hub"], env=QUIET)
         spies = []
         try:
-            base, _ = hub_mail_count(hub_data)
+            base = hub_mail_arrived(hub_data)
             targets = {"hub-sync": hub.port("hub-sync"), "smtp": hub.port("smtp-submission")}
             with Uplink(targets, args.link or 10**12, full_duplex=args.full_duplex) as line:
                 env = {
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     try:
                         done = wait_until(
                             "mail at the hub",
-                            lambda: hub_mail_count(hub_data)[0] - base >= backlog["copies"],
+                            lambda: hub_mail_arrived(hub_data) - base >= backlog["copies"],
                             3600,
                             0.25,
                         )
