@@ -73,6 +73,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -390,15 +391,21 @@ def _count(conn: Any, sql: str, *params: Any) -> int:
     return int(conn.execute(sql, params).fetchone()[0])
 
 
+def _hub_mail_row(hub_data: Path, sql: str) -> tuple[Any, ...]:
+    """One row of a read-only query on the hub's mail database."""
+    uri = f"file:{hub_data / 'db' / 'mail.sqlite'}?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
+        return tuple(db.execute(sql).fetchone())
+
+
 def hub_mail_count(hub_data: Path) -> tuple[int, int]:
     """(copies, distinct Message-ID digests) in the hub's mailboxes of b.go.th."""
-    uri = f"file:{hub_data / 'db' / 'mail.sqlite'}?mode=ro"
-    with sqlite3.connect(uri, uri=True, timeout=30) as db:
-        row = db.execute(
-            "SELECT count(*), count(DISTINCT m.message_id_digest) FROM messages m"
-            " JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.owner LIKE '%@b.go.th'"
-        ).fetchone()
-    return int(row[0]), int(row[1])
+    copies, distinct = _hub_mail_row(
+        hub_data,
+        "SELECT count(*), count(DISTINCT m.message_id_digest) FROM messages m"
+        " JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.owner LIKE '%@b.go.th'",
+    )
+    return int(copies), int(distinct)
 
 
 def hub_mail_arrived(hub_data: Path) -> int:
@@ -410,12 +417,11 @@ def hub_mail_arrived(hub_data: Path) -> int:
     third of a core by the end of a full week, from the two the measured processes
     share. The closing figures still come from `hub_mail_count`.
     """
-    uri = f"file:{hub_data / 'db' / 'mail.sqlite'}?mode=ro"
-    with sqlite3.connect(uri, uri=True, timeout=30) as db:
-        row = db.execute(
-            "SELECT coalesce(sum(messages), 0) FROM quota_usage WHERE owner LIKE '%@b.go.th'"
-        ).fetchone()
-    return int(row[0])
+    (arrived,) = _hub_mail_row(
+        hub_data,
+        "SELECT coalesce(sum(messages), 0) FROM quota_usage WHERE owner LIKE '%@b.go.th'",
+    )
+    return int(arrived)
 
 
 # --- the line: fault proxies in a thread, one shared token bucket -------------------------
