@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= var
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench system-deps fresh-root clean
 
 # The virtualenv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,11 @@ lint: $(VENV)/.installed
 ## Debian packages the end-to-end tests and benchmarks drive (swaks, postfix, dovecot, ...).
 system-deps:
 	bash .ci/system-deps
+
+## Prove the install steps: the README's test command in a fresh minimal Debian 12 root
+## (root and mmdebstrap needed; docs/testing.md).
+fresh-root:
+	bash .ci/fresh-root
 
 ## Benchmarks against Postfix and Dovecot (not part of `make test`); see docs/BENCHMARKS.md.
 bench: system-deps $(VENV)/.installed

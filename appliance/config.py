@@ -133,4 +133,19 @@ def load_config(
             values[name] = _coerce(name, value)
     if values.get("role", "edge") not in ("edge", "hub"):
         raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
+    _check_port_offset(values.get("port_offset", 0))
     return Config(data_dir=data_dir, **values)
+
+
+def _check_port_offset(offset: int) -> None:
+    """Refuse an offset that would push a port outside 1-65535.
+
+    The kernel takes a port modulo 65536 where a program packs it into 16 bits, so an
+    offset of 60000 would otherwise put HTTPS on 2907 without a word.
+    """
+    low, high = min(DEV_PORTS.values()), max(DEV_PORTS.values())
+    if low + offset < 1 or high + offset > 65535:
+        raise ConfigError(
+            f"port_offset {offset} puts ports outside 1-65535 "
+            f"(allowed: {1 - low} to {65535 - high})"
+        )

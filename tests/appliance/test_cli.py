@@ -100,3 +100,10 @@ def test_status_is_unhealthy_when_not_running(data: Path, capsys, monkeypatch) -
     assert out.strip().endswith("unhealthy")
     assert "outbound queue: most urgent 0 · very urgent 0 · urgent 0 · normal 0 (total 0)" in out
     assert "gin: unknown" in out
+
+
+def test_run_refuses_a_port_offset_past_the_port_range(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run(capsys, monkeypatch, "run", "--data", str(data), "--port-offset", "60000")
+    assert code == 1
+    assert "port_offset 60000 puts ports outside 1-65535" in err
+    assert "Traceback" not in err

@@ -208,3 +208,24 @@ def test_bad_role_is_refused(layer: str, values: dict[str, Any]) -> None:
 def test_a_bad_role_in_a_lower_layer_is_fine_if_overridden() -> None:
     config = load_config(DATA, file_values={"role": "hub"}, flags={"role": "edge"})
     assert config.role == "edge"
+
+
+@pytest.mark.parametrize("offset", [57092, 0, -2142])
+def test_port_offsets_that_keep_every_port_valid(offset: int) -> None:
+    config = load_config(DATA, flags={"port_offset": offset})
+    assert all(1 <= config.port(service) <= 65535 for service in DEV_PORTS)
+
+
+@pytest.mark.parametrize(
+    ("layer", "values"),
+    [
+        ("flags", {"port_offset": 60000}),
+        ("flags", {"port_offset": 57093}),
+        ("environ", {"EDGEBOX_PORT_OFFSET": "-2143"}),
+        ("file_values", {"port_offset": 70000}),
+    ],
+)
+def test_port_offset_past_the_port_range_is_refused(layer: str, values: dict[str, Any]) -> None:
+    # A port past 65535 would otherwise wrap around: 60000 put HTTPS on 2907.
+    with pytest.raises(ConfigError, match="outside 1-65535"):
+        load_config(DATA, **{layer: values})

@@ -14,17 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import require_tool
+from tests.harness import missing_prerequisite, require_tool
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_boots_without_network(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        message = "unshare --net needs root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_prerequisite("unshare --net needs root")
     unshare, ip = require_tool("unshare"), require_tool("ip")
     data = tmp_path / "empty"
     probe = Path(__file__).with_name("demo_probe.py")
