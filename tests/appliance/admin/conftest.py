@@ -13,6 +13,7 @@ and the CSRF token a page of ours would carry.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,9 @@ PASSWORD = "รหัสผ่าน-ทดสอบ-2567"
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     data = tmp_path / "data"
     await init_box(data, A, "กรมเอ")
-    # The offset cancels the dev port: the service binds a free port chosen by the kernel.
-    config = load_config(data, flags={"port_offset": -DEV_PORTS["https"]})
+    # The offset cancels the dev port: the service binds a free port chosen by the kernel
+    # (set on the built Config: load_config refuses an offset that leaves the port range).
+    config = dataclasses.replace(load_config(data), port_offset=-DEV_PORTS["https"])
     async with open_box(config) as opened:
         await opened.directory.add_agency(B, "กรมบี", "Department B")
         await add_user(opened, ROOT, PASSWORD, name_th="ผู้ดูแล ส่วนกลาง", name_en="Root Admin")

@@ -12,7 +12,6 @@ from urllib.parse import quote
 import pytest
 
 from appliance.admin import pages as admin_pages
-from appliance.admin.console import link_status
 from appliance.admin.pages import user_url
 from appliance.box import Box
 from appliance.compliance.traffic_log import iter_records
@@ -622,17 +621,13 @@ async def test_users_table_pages(console: Console, monkeypatch: pytest.MonkeyPat
     assert 'href="/admin/users?agency=a.go.th&amp;q=a.go&amp;page=2"' in text(filtered)
 
 
-async def test_overview_shows_the_link_monitor_state(
-    console: Console, box: Box, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_overview_shows_the_link_monitor_state(console: Console, box: Box) -> None:
     data_dir = box.config.data_dir
     since = time.time() - 3 * 3600
     snapshot = LinkSnapshot(gin=LinkReading(LinkState.UP, since, "https://hub:7443"))
     (data_dir / LINK_FILE).parent.mkdir(parents=True, exist_ok=True)
     (data_dir / LINK_FILE).write_text(json.dumps(snapshot.to_json()))
     SyncStatus(data_dir).failure("chat", "HubUnavailable: timed out")
-    # Until pages.py passes the data directory itself (any arguments are accepted).
-    monkeypatch.setattr(admin_pages, "link_status", lambda *_: link_status(data_dir))
     root = await console.as_user(ROOT)
 
     reply = await root.get("/admin")

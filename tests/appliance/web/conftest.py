@@ -8,6 +8,7 @@ with wsproto's client side. Everything connects to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import ssl
@@ -39,8 +40,9 @@ async def box(tmp_path: Path) -> AsyncIterator[Box]:
     data = tmp_path / "data"
     await init_box(data, DOMAIN)
     # The offset cancels the dev port, so the service binds port 0: a free port
-    # chosen by the kernel, which `serve` reports back.
-    config = load_config(data, flags={"port_offset": -DEV_PORTS["https"]})
+    # chosen by the kernel, which `serve` reports back. load_config refuses an offset
+    # that leaves the port range, so the test sets it on the built Config directly.
+    config = dataclasses.replace(load_config(data), port_offset=-DEV_PORTS["https"])
     async with open_box(config) as opened:
         await opened.directory.add_user(
             ADDRESS, password=PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee"
