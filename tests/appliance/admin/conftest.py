@@ -13,7 +13,6 @@ and the CSRF token a page of ours would carry.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ import trio
 from appliance.admin.pages import admin_routes
 from appliance.box import Box, init_box, open_box
 from appliance.cli import add_user
-from appliance.config import DEV_PORTS, load_config
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
+from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 A = "a.go.th"
@@ -45,9 +44,7 @@ PASSWORD = "รหัสผ่าน-ทดสอบ-2567"
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     data = tmp_path / "data"
     await init_box(data, A, "กรมเอ")
-    # The offset cancels the dev port: the service binds a free port chosen by the kernel
-    # (set on the built Config: load_config refuses an offset that leaves the port range).
-    config = dataclasses.replace(load_config(data), port_offset=-DEV_PORTS["https"])
+    config = https_on_a_free_port(data)
     async with open_box(config) as opened:
         await opened.directory.add_agency(B, "กรมบี", "Department B")
         await add_user(opened, ROOT, PASSWORD, name_th="ผู้ดูแล ส่วนกลาง", name_en="Root Admin")

@@ -31,13 +31,13 @@ from appliance.chat.pages import (
     link_segments,
     parse_addresses,
 )
-from appliance.config import DEV_PORTS, load_config
 from appliance.directory import User
 from appliance.directory.preferences import Preferences
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
+from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 DOMAIN = "pages.go.th"
@@ -186,7 +186,7 @@ class Site:
 async def site(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Site]:
     data = tmp_path / "data"
     await init_box(data, DOMAIN)
-    config = load_config(data, flags={"port_offset": -DEV_PORTS["https"]})
+    config = https_on_a_free_port(data)
     async with open_box(config) as box:
         directory = box.directory
         await directory.ensure_unit(DOMAIN, "กองคลัง", "Finance")

@@ -11,7 +11,6 @@ import pytest
 import trio
 
 from appliance.box import Box, add_user, init_box, open_box
-from appliance.config import DEV_PORTS, load_config
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.sync.clock import ManualClock
@@ -20,6 +19,7 @@ from appliance.sync.link_api import PATH, RESPONSE_SCHEMA, link_routes
 from appliance.sync.status import SyncStatus
 from appliance.web.openapi import openapi_route
 from appliance.web.schema import validate
+from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Server, start_server
 
 A = "a.go.th"
@@ -36,7 +36,7 @@ SINCE = 1_800_000_000.0
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     data = tmp_path / "data"
     await init_box(data, A, "กรมเอ")
-    config = load_config(data, flags={"port_offset": -DEV_PORTS["https"]})
+    config = https_on_a_free_port(data)
     async with open_box(config) as opened:
         await opened.directory.add_agency(B, "กรมบี", "Department B")
         await add_user(opened, ROOT, PASSWORD, name_th="ผู้ดูแล ส่วนกลาง", box_admin=True)

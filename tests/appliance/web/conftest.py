@@ -8,7 +8,6 @@ with wsproto's client side. Everything connects to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import ssl
@@ -23,12 +22,12 @@ import wsproto
 import wsproto.events
 
 from appliance.box import Box, init_box, open_box
-from appliance.config import DEV_PORTS, load_config
 from appliance.directory.sessions import Sessions
 from appliance.security.lockout import Lockout
 from appliance.security.tls import client_ssl_context
 from appliance.web.routes import Route, StreamRoute
 from appliance.web.server import HTTPSService, Limits
+from tests.appliance.configs import https_on_a_free_port
 
 DOMAIN = "test.go.th"
 ADDRESS = f"somchai@{DOMAIN}"
@@ -39,10 +38,7 @@ PASSWORD = "รหัสลับ-ทดสอบ-2567"
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     data = tmp_path / "data"
     await init_box(data, DOMAIN)
-    # The offset cancels the dev port, so the service binds port 0: a free port
-    # chosen by the kernel, which `serve` reports back. load_config refuses an offset
-    # that leaves the port range, so the test sets it on the built Config directly.
-    config = dataclasses.replace(load_config(data), port_offset=-DEV_PORTS["https"])
+    config = https_on_a_free_port(data)
     async with open_box(config) as opened:
         await opened.directory.add_user(
             ADDRESS, password=PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee"

@@ -17,7 +17,6 @@ import pytest
 import trio
 
 from appliance.box import Box, init_box, open_box
-from appliance.config import DEV_PORTS, load_config
 from appliance.directory import User
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
@@ -27,6 +26,7 @@ from appliance.mail.webmail.pages import MailPages
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
+from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 DOMAIN = "test.go.th"
@@ -41,7 +41,7 @@ TRACE = Trace(helo="client.test.go.th", client_ip="192.0.2.7", protocol="ESMTPSA
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     data = tmp_path / "data"
     await init_box(data, DOMAIN)
-    config = load_config(data, flags={"port_offset": -DEV_PORTS["https"]})
+    config = https_on_a_free_port(data)
     async with open_box(config) as opened:
         await opened.directory.add_user(
             ADDRESS, password=PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee"

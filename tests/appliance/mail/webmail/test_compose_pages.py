@@ -23,7 +23,6 @@ import trio
 
 from appliance.box import Box, init_box, open_box
 from appliance.compliance.traffic_log import iter_records
-from appliance.config import DEV_PORTS, load_config
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.mailboxes import Mailboxes
@@ -31,6 +30,7 @@ from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
+from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 DOMAIN = "test.go.th"
@@ -44,7 +44,7 @@ MB = 1024 * 1024
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     data = tmp_path / "data"
     await init_box(data, DOMAIN)
-    config = load_config(data, flags={"port_offset": -DEV_PORTS["https"]})
+    config = https_on_a_free_port(data)
     async with open_box(config) as opened:
         for address, thai, english in (
             (SOMCHAI, "สมชาย ใจดี", "Somchai Jaidee"),
