@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.security.guard import Admission, AuthGuard, GuardPolicy, source_key
 
@@ -190,3 +192,38 @@ def test_memory_is_bounded() -> None:
     clock.now = 10_000
     fail(g, "late@x.go.th", "10.1.1.1")
     assert len(g) == 2, "stale entries are dropped"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a@x.go.th", "b@x.go.th", "c@y.go.th"]),
+            st.sampled_from([ATTACKER, "10.0.0.67", "2001:db8::1", None]),
+            st.booleans(),
+            st.floats(min_value=0, max_value=1200),
+        ),
+        max_size=300,
+    )
+)
+def test_no_history_refuses_or_long_delays_an_owner_on_a_clean_source(
+    events: list[tuple[str, str | None, bool, float]],
+) -> None:
+    clock = Clock()
+    g = guard(clock)
+    for account, source, right, wait in events:
+        clock.now += wait
+        admission = g.admit(account, source)
+        if admission.refused:
+            assert admission.refused_for <= 4 * 3600
+            continue
+        assert admission.delay <= 15
+        if right:
+            g.succeeded(account, source)
+        else:
+            g.failed(account, source)
+    for account in ("a@x.go.th", "b@x.go.th", "c@y.go.th"):
+        owner = g.admit(account, OWNER_PC)
+        assert not owner.refused
+        assert owner.delay <= 4
+        g.abandoned(OWNER_PC)
