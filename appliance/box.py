@@ -34,9 +34,11 @@ from appliance.compliance.traffic_log import TrafficLog
 from appliance.config import Config, load_config
 from appliance.directory import DIRECTORY_MIGRATIONS, Directory, User, normalise_domain
 from appliance.directory.sessions import Sessions
+from appliance.directory.signin import SignIn
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
 from appliance.mail.search_index import open_search_index
+from appliance.security.guard import AuthGuard, GuardPolicy
 from appliance.security.keys import create_box_keys, load_data_key
 from appliance.security.tls import ensure_tls_material, server_ssl_context
 from appliance.store.blobs import BlobStore
@@ -75,6 +77,9 @@ class Box:
     traffic: TrafficLog
     chat: Chat
     sessions: Sessions
+    #: Every password check of every protocol goes through `signin`, under `guard`.
+    guard: AuthGuard
+    signin: SignIn
 
     @property
     def status_file(self) -> Path:
@@ -183,6 +188,9 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
         ):
             directory = Directory(dir_db)
             mailstore = Mailstore(mail_db, blobs, search)
+            traffic = TrafficLog(data_dir / "log" / "traffic")
+            # trio's clock: the guard's delays are trio sleeps (MockClock in tests).
+            guard = AuthGuard(guard_policy(config), clock=trio.current_time)
             async with open_chat(
                 data_dir / "db" / "chat.sqlite", data_key, blobs, directory, identity.box_id
             ) as chat:
@@ -197,12 +205,28 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
                     mailstore=mailstore,
                     delivery=Delivery(directory, mailstore, hostname),
                     tls=server_ssl_context(keys_dir),
-                    traffic=TrafficLog(data_dir / "log" / "traffic"),
+                    traffic=traffic,
                     chat=chat,
                     sessions=Sessions(dir_db),
+                    guard=guard,
+                    signin=SignIn(directory, guard, traffic),
                 )
     finally:
         settings.close()
+
+
+def guard_policy(config: Config) -> GuardPolicy:
+    """The sign-in guard's numbers from the box's settings."""
+    return GuardPolicy(
+        delay=config.auth_delay,
+        max_delay=config.auth_max_delay,
+        source_limit=config.auth_source_limit,
+        account_delay_after=config.auth_account_delay_after,
+        account_max_delay=config.auth_account_max_delay,
+        window=config.auth_window,
+        refusal=config.auth_refusal,
+        max_refusal=config.auth_max_refusal,
+    )
 
 
 async def add_user(box: Box, email: str, password: str, **details: Any) -> User:

@@ -50,8 +50,39 @@ class Config:
     #: Simultaneous HTTPS connections: every signed-in phone and browser tab holds a
     #: WebSocket stream open, so an office of 1,000 staff needs a few thousand.
     max_web_connections: int = 5000
+    #: Simultaneous connections from one source (an IPv4 address or an IPv6 /64) per
+    #: SMTP or IMAP listener, so one host cannot take every slot. 20 is Postfix's
+    #: default concurrency towards one destination, so the centre's relay fits.
+    max_connections_per_source: int = 20
+    #: The same for HTTPS: a browser opens about 6 connections and each tab or phone
+    #: holds a WebSocket stream.
+    max_web_connections_per_source: int = 100
     #: Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2 suggests 5 minutes).
     idle_timeout: float = 300.0
+    #: Seconds an IMAP client (before LOGIN) or a submission client (before AUTH) may
+    #: stay silent: nobody types a password that slowly, and an idle unauthenticated
+    #: connection only holds a slot (Dovecot allows 3 minutes before login).
+    preauth_idle_timeout: float = 180.0
+
+    # --- the sign-in guard (appliance.security.guard; docs/sign-in-protection.md) ---
+    #: Seconds the first back-off after a wrong password waits; doubles per failure.
+    auth_delay: float = 1.0
+    #: The longest back-off before an attempt from a source that guessed wrong.
+    auth_max_delay: float = 15.0
+    #: Wrong passwords from one source within the window before it is refused.
+    auth_source_limit: int = 10
+    #: Wrong passwords on one account (all sources) before its attempts wait too.
+    auth_account_delay_after: int = 5
+    #: The longest wait an account's failures add (never a refusal).
+    auth_account_max_delay: float = 4.0
+    #: Seconds a wrong password is remembered.
+    auth_window: float = 3600.0
+    #: Seconds a source is refused the first time; doubles per refusal.
+    auth_refusal: float = 900.0
+    #: The longest refusal.
+    auth_max_refusal: float = 4 * 3600.0
+    #: Wrong passwords on one IMAP or SMTP connection before it is closed.
+    auth_failures_per_connection: int = 3
     #: Refuse MAIL on the MX port until STARTTLS. Off by default: RFC 3207 §4 forbids it
     #: on a publicly referenced MX, and the centre's relay may not offer TLS.
     mx_require_tls: bool = False

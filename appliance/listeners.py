@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from appliance.config import Config
+from appliance.security.guard import source_key
 
 #: Seconds a client gets to finish a TLS handshake before it is dropped.
 TLS_HANDSHAKE_TIMEOUT = 30.0
@@ -72,23 +73,38 @@ async def start_tls(
 
 
 class ConnectionGate:
-    """One listener's connection limit, and the life of each connection it admits.
+    """One listener's connection limits, and the life of each connection it admits.
 
-    Over the limit, a client gets *refusal* (a protocol's "try later" line) and is
-    closed. Admitted clients are served by *serve*, after implicit TLS if the
+    Over the limit — *maximum* in all, or *per_source* from one source (an IPv4
+    address or an IPv6 /64, as the sign-in guard counts them) — a client gets
+    *refusal* (a protocol's "try later" line) and is closed. The per-source limit is
+    what keeps one host from taking every slot: others are still served while it
+    floods. Admitted clients are served by *serve*, after implicit TLS if the
     listener has a *tls* context; a client that vanishes or fails TLS is not an error.
     """
 
-    def __init__(self, maximum: int, refusal: bytes, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        maximum: int,
+        refusal: bytes,
+        tls: ssl.SSLContext | None = None,
+        *,
+        per_source: int | None = None,
+    ) -> None:
         self.maximum = maximum
+        self.per_source = maximum if per_source is None else per_source
         self.refusal = refusal
         self.tls = tls
         self.active = 0
+        #: Connections per source; a source leaves the map with its last connection.
+        self.by_source: dict[str, int] = {}
 
     async def admit(
         self, stream: trio.abc.Stream, serve: Callable[[trio.abc.Stream], Awaitable[None]]
     ) -> None:
-        if self.active >= self.maximum:
+        source = source_key(peer_ip(stream))
+        held = self.by_source.get(source, 0)
+        if self.active >= self.maximum or held >= self.per_source:
             with trio.move_on_after(5):
                 try:
                     await stream.send_all(self.refusal)
@@ -97,6 +113,7 @@ class ConnectionGate:
             await trio.aclose_forcefully(stream)
             return
         self.active += 1
+        self.by_source[source] = held + 1
         try:
             if self.tls is not None:
                 stream = await start_tls(stream, self.tls)
@@ -105,4 +122,9 @@ class ConnectionGate:
             pass  # the client went away or failed TLS; nothing was promised to it
         finally:
             self.active -= 1
+            left = self.by_source[source] - 1
+            if left:
+                self.by_source[source] = left
+            else:
+                del self.by_source[source]
             await trio.aclose_forcefully(stream)

@@ -18,6 +18,10 @@ Everything here is what `pages` asks before it renders or changes anything:
   (who did what to whom, from where; never a password), like sign-ins in session_api.
 - **Summaries**: agencies with user counts, the outbound queue by urgency, health
   findings, the link to the centre, the org chart as a tree.
+- **Sign-in protection**: the sources and accounts the sign-in guard is counting
+  wrong passwords for (`appliance.security.guard`), each admin seeing only the
+  accounts of their agencies, and the unlocks. An agency admin may unlock a source only
+  if every account it guessed at is theirs: the refusal also protects other agencies.
 
 What this is not: the pages and forms (pages.py), the directory's own checks of names
 and addresses (appliance.directory), or the queue runner (it only reads the queue).
@@ -42,6 +46,7 @@ from appliance.directory import Agency, DirectoryError, OrgUnit, User, normalise
 from appliance.health import Finding
 from appliance.health.disk import check_disk
 from appliance.health.services import check_services
+from appliance.security.guard import AccountState, SourceState
 from appliance.sync.link import STREAMS, LinkState, age_text, read_link_state
 from appliance.sync.status import read_sync_status
 
@@ -204,6 +209,25 @@ class OrgChart:
     roots: tuple[UnitNode, ...]
     #: Users not placed in any unit.
     unplaced: tuple[User, ...]
+
+
+@dataclass(frozen=True)
+class WatchedSource:
+    """A source with wrong passwords, as one admin may see it."""
+
+    state: SourceState
+    #: The accounts of the admin's agencies it guessed at, with counts, most first.
+    accounts: tuple[tuple[str, int], ...]
+    #: Whether this admin may lift its refusal (every account it tried is theirs).
+    may_unlock: bool
+
+
+@dataclass(frozen=True)
+class SignInWatch:
+    """The sign-in protection page: who guessed wrong, at whom."""
+
+    sources: tuple[WatchedSource, ...]
+    accounts: tuple[AccountState, ...]
 
 
 _STREAM_NAMES: Final = {
@@ -460,6 +484,38 @@ class AdminConsole:
         local, at, domain = sender.rpartition("@")
         return bool(at and local) and scope.covers(domain)
 
+    def sign_in_watch(self, scope: AdminScope) -> SignInWatch:
+        """The guard's sources and accounts within *scope* (see the module docstring)."""
+        guard = self.box.guard
+        sources = []
+        for state in guard.sources():
+            mine = tuple(item for item in state.accounts if _account_in(scope, item[0]))
+            if mine:
+                sources.append(WatchedSource(state, mine, len(mine) == len(state.accounts)))
+        accounts = tuple(state for state in guard.accounts() if _account_in(scope, state.account))
+        return SignInWatch(tuple(sources), accounts)
+
+    def unlock_source(self, scope: AdminScope, source: str) -> None:
+        """Lift a source's refusal and forget its failures; `Refusal` if not this admin's."""
+        tried = self.box.guard.tried_from(source)
+        mine = {account for account in tried if _account_in(scope, account)}
+        if not mine:
+            raise Refusal("That address has no failed sign-ins on your agencies' accounts",
+                          "ไม่พบการเข้าสู่ระบบผิดจากที่อยู่นี้ในบัญชีของหน่วยงานที่ท่านดูแล")  # fmt: skip
+        if mine != tried:
+            raise Refusal(
+                "That address also guessed at other agencies' accounts; ask the box"
+                " administrator to unlock it",
+                "ที่อยู่นี้เดารหัสผ่านบัญชีของหน่วยงานอื่นด้วย กรุณาติดต่อผู้ดูแลระบบของเครื่องแม่ข่ายให้เป็นผู้ปลดล็อก",
+            )
+        self.box.guard.unlock_source(source)
+
+    def unlock_account(self, scope: AdminScope, account: str) -> None:
+        """End an account's extra delay; `Refusal` if it is not in *scope* or not slowed."""
+        if not _account_in(scope, account) or not self.box.guard.unlock_account(account):
+            raise Refusal("That account has no failed sign-ins to forget",
+                          "บัญชีนี้ไม่มีการเข้าสู่ระบบผิดที่ต้องล้าง")  # fmt: skip
+
     async def health(self) -> list[Finding]:
         """Disk space and the services of the status file (appliance.health).
 
@@ -498,6 +554,11 @@ class AdminConsole:
             # Like sign-ins: a full log disk must not stop the change already made;
             # the operator sees it here.
             log.exception("traffic log write failed")
+
+
+def _account_in(scope: AdminScope, account: str) -> bool:
+    local, at, domain = account.rpartition("@")
+    return bool(at and local) and scope.covers(domain)
 
 
 def _sender_forms(domains: Iterable[str]) -> list[str]:

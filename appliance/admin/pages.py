@@ -1,4 +1,5 @@
-"""The ``/admin`` pages: overview, users, one user's settings, org chart, outbound queue.
+"""The ``/admin`` pages: overview, users, one user's settings, org chart, outbound queue,
+sign-in protection (wrong passwords by source and account, and unlocking).
 
 Server-rendered forms, one POST per change, each answered with a 303 back to the page
 it came from and a visible "saved" notice (``?saved=<change>``). The server has already
@@ -74,6 +75,10 @@ SAVED: Final = {
                  "Password reset and signed out everywhere"),
     "sessions": ("ออกจากระบบทุกอุปกรณ์แล้ว", "Signed out everywhere"),
     "unit-added": ("เพิ่มหน่วยงานย่อยแล้ว", "Unit added"),
+    "source-unlocked": ("ปลดล็อกที่อยู่นี้แล้ว เข้าสู่ระบบจากที่อยู่นี้ได้อีกครั้ง",
+                        "Address unlocked: sign-ins from it are checked again"),
+    "account-unlocked": ("ล้างการเข้าสู่ระบบผิดของบัญชีนี้แล้ว",
+                         "The account's failed sign-ins are forgotten"),
 }  # fmt: skip
 
 Change = Callable[[AdminScope, User, Form], Awaitable[str]]
@@ -150,6 +155,9 @@ class AdminPages:
             page("GET", "/admin/org", self.org, "Admin console: org chart"),
             page("POST", "/admin/org", self.add_unit, "Admin console: add a unit"),
             page("GET", "/admin/queue", self.queue, "Admin console: outbound queue"),
+            page("GET", "/admin/security", self.security, "Admin console: sign-in protection"),
+            page("POST", "/admin/security/unlock-source", self.unlock_source, "Unlock an address"),
+            page("POST", "/admin/security/unlock-account", self.unlock_account, "Forget failures"),
         ]
 
     # --- who is asking, about whom --------------------------------------------------
@@ -459,6 +467,47 @@ class AdminPages:
             summary=await self.console.queue_summary(scope),
             items=await self.console.queue(scope),
         )  # fmt: skip
+
+    # --- sign-in protection -------------------------------------------------------------
+
+    async def security(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        return await self._security_page(request, scope)
+
+    async def _security_page(
+        self, request: Request, scope: AdminScope, *, error: Refusal | None = None,
+        status: int = 200,
+    ) -> Response:  # fmt: skip
+        saved = request.query.get("saved", "") if error is None else ""
+        policy = self.box.guard.policy
+        return await self._render(
+            request, "admin/security.html", scope, status=status, section="security",
+            watch=self.console.sign_in_watch(scope), policy=policy, error=error,
+            saved=saved if saved in SAVED else "",
+            per_connection=self.box.config.auth_failures_per_connection,
+        )  # fmt: skip
+
+    async def unlock_source(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        source = request.form.get("source").strip()[:100]
+        try:
+            self.console.unlock_source(scope, source)
+        except Refusal as exc:
+            return await self._security_page(request, scope, error=exc, status=422)
+        await self.console.record(scope, "unlock-source", None, f"source={source}",
+                                  request.client_ip)  # fmt: skip
+        return redirect("/admin/security?saved=source-unlocked")
+
+    async def unlock_account(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        account = request.form.get("account").strip()[:320]
+        try:
+            self.console.unlock_account(scope, account)
+        except Refusal as exc:
+            return await self._security_page(request, scope, error=exc, status=422)
+        await self.console.record(scope, "unlock-account", account, "failed sign-ins forgotten",
+                                  request.client_ip)  # fmt: skip
+        return redirect("/admin/security?saved=account-unlocked")
 
 
 def _page_number(text: str) -> int:

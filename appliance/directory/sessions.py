@@ -16,7 +16,7 @@ A session is created after `Directory.authenticate` accepted a password and live
   disabled through `Directory` is refused at most `CACHE_SECONDS` later.
 
 What this is not: password checking (`Directory.authenticate`), lock-out
-(`appliance.security.lockout`) or cookies and HTTP (`appliance.web.session_api`).
+(`appliance.security.guard`) or cookies and HTTP (`appliance.web.session_api`).
 """
 
 from __future__ import annotations

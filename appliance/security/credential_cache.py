@@ -13,7 +13,7 @@ minutes, in memory only:
   at once, without anyone having to invalidate anything.
 - Failures are never remembered: every wrong guess pays full price.
 
-What this is not: a session store (directory/sessions.py) or a lock-out (lockout.py).
+What this is not: a session store (directory/sessions.py) or the sign-in guard (guard.py).
 """
 
 from __future__ import annotations

@@ -436,7 +436,11 @@ class HTTPSService:
         # Over the limit a client is closed without a word: the refusal would be
         # written before TLS, and plain text to a TLS client is noise to it. TLS is
         # started by `_serve` (not by the gate): see `appliance.web.tls_stream`.
-        self.gate = ConnectionGate(box.config.max_web_connections, b"")
+        self.gate = ConnectionGate(
+            box.config.max_web_connections,
+            b"",
+            per_source=box.config.max_web_connections_per_source,
+        )
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED

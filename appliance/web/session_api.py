@@ -1,18 +1,19 @@
 """Sign-in over HTTPS: create, read and end a session (``/api/v1/session``).
 
-``POST`` checks the password with `Directory.authenticate` (which refuses unknown and
-disabled users in the same time as a wrong password), applies `Lockout`, and answers a
+``POST`` checks the password through `SignIn` (the sign-in guard shared with IMAP and
+SMTP: back-off delays, and 429 for a source that guessed wrong too often; unknown and
+disabled users fail in the time of a wrong password), and answers a
 token plus the ``edgebox_session`` cookie: ``HttpOnly`` (page scripts cannot read it),
 ``Secure``, ``SameSite=Strict`` (RFC 6265bis §4.1.2.7: never sent on cross-site
 requests) and ``Path=/``. Browsers use the cookie; the phone app sends
 ``{"client": "app"}``, keeps the token (30 days instead of 12 hours) and sends it as
 ``Authorization: Bearer``.
 
-Every sign-in, failure and sign-out is logged (``edgebox.web``) and written to the
-traffic log with the address and the client's IP; the password never is.
+Every sign-in, failure and sign-out is logged and written to the traffic log with the
+address and the client's IP (sign-ins and failures by `SignIn`); the password never is.
 
-What this is not: the session store (directory/sessions.py), the lock-out counting
-(security/lockout.py), or checking a session on other routes (server.py).
+What this is not: the session store (directory/sessions.py), the guard's counting
+(security/guard.py), or checking a session on other routes (server.py).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any, Final
 
 from appliance.box import Box
 from appliance.compliance.traffic_log import TrafficRecord
-from appliance.directory import DirectoryError, User, normalise_address
+from appliance.directory import User
 from appliance.directory.sessions import APP_TTL, BROWSER_TTL, Sessions
-from appliance.security.lockout import Lockout
+from appliance.directory.signin import Refused, SignIn
 from appliance.web.routes import JSON, ApiError, Request, Response, Route
 from appliance.web.server import SESSION_COOKIE
 
@@ -111,25 +112,25 @@ def _wrong_password() -> ApiError:
     )
 
 
-def _locked(wait: float) -> ApiError:
-    minutes = max(1, math.ceil(wait / 60))
+def _locked(refused: Refused) -> ApiError:
+    minutes = refused.minutes
     return ApiError(
         429,
         "locked_out",
-        f"Too many wrong passwords; try again in {minutes} minutes",
-        f"ใส่รหัสผ่านผิดหลายครั้งเกินไป กรุณาลองใหม่ในอีก {minutes} นาที",
+        f"Too many wrong passwords from this device; try again in {minutes} minutes",
+        f"มีการใส่รหัสผ่านผิดจากอุปกรณ์นี้หลายครั้งเกินไป กรุณาลองใหม่ในอีก {minutes} นาที",
         # RFC 6585 §4 / RFC 9110 §10.2.3: seconds, a whole number.
-        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        headers={"Retry-After": str(max(1, math.ceil(refused.retry_after)))},
     )
 
 
 class SessionApi:
     """The handlers of ``/api/v1/session``; `routes` lists them."""
 
-    def __init__(self, box: Box, sessions: Sessions, lockout: Lockout | None = None) -> None:
+    def __init__(self, box: Box, sessions: Sessions, signin: SignIn | None = None) -> None:
         self.box = box
         self.sessions = sessions
-        self.lockout = lockout if lockout is not None else Lockout()
+        self.signin = signin if signin is not None else box.signin
 
     def routes(self) -> list[Route]:
         return [
@@ -173,28 +174,21 @@ class SessionApi:
         user_agent: str | None,
         ttl: timedelta,
     ) -> tuple[str, datetime, User]:
-        """Check the password under lock-out, log it, and start a session.
+        """Check the password under the sign-in guard and start a session.
 
         Shared by this API and the sign-in page; raises `ApiError` 401 or 429.
         """
-        key = _lockout_key(address)
-        wait = self.lockout.retry_after(key, client_ip)
-        if wait > 0:
-            await self._failed(key, client_ip, "locked out", "429")
-            raise _locked(wait)
-        user = await self.box.directory.authenticate(address, password)
-        if user is None:
-            wait = self.lockout.failure(key, client_ip)
-            await self._failed(key, client_ip, "wrong password or unknown/disabled user", "401")
-            if wait > 0:
-                raise _locked(wait)
+        checked = await self.signin.check("web", address, password, client_ip)
+        if isinstance(checked, Refused):
+            raise _locked(checked)
+        if checked is None:
+            log.warning("sign-in failed user=%r ip=%s", address[:320], client_ip)
             raise _wrong_password()
-        self.lockout.success(key)
+        user = checked
         token, expires_at = await self.sessions.create(
             user, client_ip=client_ip, user_agent=user_agent, ttl=ttl
         )
         log.info("sign-in ok user=%s ip=%s", user.address, client_ip)
-        await self._record("auth-ok", user.address, client_ip, "201")
         # Staff new to the agency (or to a unit) start receiving its broadcasts.
         await self.box.chat.join_audiences(user)
         return token, expires_at, user
@@ -232,11 +226,6 @@ class SessionApi:
             await self._record("logout", address, request.client_ip, "204")
         return Response(body=None, status=204, headers={"Set-Cookie": session_cookie("", 0)})
 
-    async def _failed(self, address: str, ip: str, why: str, result: str) -> None:
-        # Who and from where, never the password (REQUIREMENTS.md §2 logs).
-        log.warning("sign-in failed user=%r ip=%s: %s", address, ip, why)
-        await self._record("auth-failed", address, ip, result)
-
     async def _record(self, event: str, user: str, ip: str, result: str) -> None:
         try:
             client_ip: str | None = ip if ip != "unknown" else None
@@ -254,14 +243,6 @@ class SessionApi:
             log.exception("traffic log write failed")
 
 
-def _lockout_key(address: str) -> str:
-    """The address as lock-out counts it: normalised, so case tricks share a count."""
-    try:
-        return normalise_address(address)
-    except DirectoryError:
-        return address.strip().lower()[:320]
-
-
-def session_routes(box: Box, sessions: Sessions, lockout: Lockout | None = None) -> list[Route]:
+def session_routes(box: Box, sessions: Sessions, signin: SignIn | None = None) -> list[Route]:
     """Return the three ``/api/v1/session`` routes (sign in, who am I, sign out)."""
-    return SessionApi(box, sessions, lockout).routes()
+    return SessionApi(box, sessions, signin).routes()

@@ -214,11 +214,15 @@ def running_edgebox(data: Path, log_path: Path, offset: int, timeout: float = 60
 
     Returns once it printed ``ready`` (its ports are the dev ports + *offset*).
     """
+    # Every simulated user connects from LOOPBACK: the per-source share of each listener
+    # (docs/sign-in-protection.md) would cap the load, so it is lifted to the totals.
+    env = {**os.environ, "EDGEBOX_MAX_CONNECTIONS_PER_SOURCE": "200",
+           "EDGEBOX_MAX_WEB_CONNECTIONS_PER_SOURCE": "5000"}  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [_edgebox_exe(), "run", "--data", str(data), "--port-offset", str(offset),
              "--bind", LOOPBACK],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """The IMAP listeners: move bytes between TCP/TLS streams and the protocol core.
 
-The thin I/O layer (STYLE.md): sockets, TLS, the connection limit and the autologout
-timer live here; parsing lives in protocol.py and the meaning of commands in
+The thin I/O layer (STYLE.md): sockets, TLS, the connection limits and the idle
+timers live here; parsing lives in protocol.py and the meaning of commands in
 session.py. One `IMAPService` serves one port: "imap" (STARTTLS; LOGIN refused until
 TLS, RFC 3501 §6.2.3 LOGINDISABLED) or "imaps" (implicit TLS, RFC 8314).
 """
@@ -14,13 +14,17 @@ from typing import cast
 import trio
 
 from appliance.box import Box
+from appliance.directory import User
+from appliance.directory.signin import Refused
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.session import ImapSession
 
 log = logging.getLogger("edgebox.imap")
 
-#: RFC 3501 §5.4: an inactivity autologout timer of at least 30 minutes.
+#: RFC 9051 §5.4 (and RFC 3501 §5.4): once authenticated, an inactivity autologout
+#: timer of at least 30 minutes. Before login the shorter `preauth_idle_timeout`
+#: applies (the RFC allows any timer then).
 AUTOLOGOUT = 30 * 60.0
 RECEIVE_SIZE = 64 * 1024
 
@@ -35,6 +39,7 @@ class IMAPService:
             box.config.max_connections,
             b"* BYE too many connections, try again later\r\n",
             box.tls if name == "imaps" else None,
+            per_source=box.config.max_connections_per_source,
         )
 
     async def serve(
@@ -56,13 +61,19 @@ class Connection:
         self.stream = stream
         self.send_lock = trio.Lock()
         self.conn = imap.ServerConnection(imap.ImapConfig(), tls_active=service.name == "imaps")
+        box = service.box
+
+        async def authenticate(user: str, password: str) -> User | Refused | None:
+            return await box.signin.check(service.name, user, password, client_ip)
+
         self.session = ImapSession(
             conn=self.conn,
-            mailstore=service.box.mailstore,
-            authenticate=service.box.directory.authenticate,
-            act_as=service.box.directory.act_as,
+            mailstore=box.mailstore,
+            authenticate=authenticate,
+            act_as=box.directory.act_as,
             flush=self.flush,
             client_ip=client_ip,
+            max_auth_failures=box.config.auth_failures_per_connection,
         )
 
     async def flush(self) -> None:
@@ -81,7 +92,8 @@ class Connection:
                 return cast(imap.Event, event)
             await self.flush()
             data: bytes | bytearray = b""
-            with trio.move_on_after(AUTOLOGOUT) as timer:
+            idle = self.service.box.config.preauth_idle_timeout
+            with trio.move_on_after(AUTOLOGOUT if self.session.user else idle) as timer:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             if timer.cancelled_caught:
                 self.conn.bye("autologout: idle for too long")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from appliance.directory import User
+from appliance.directory.signin import Refused
 from appliance.mail.imap import mime
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.view import MessageView
@@ -79,10 +80,11 @@ class ImapSession:
         *,
         conn: imap.ServerConnection,
         mailstore: Mailstore,
-        authenticate: Callable[[str, str], Awaitable[User | None]],
+        authenticate: Callable[[str, str], Awaitable[User | Refused | None]],
         act_as: Callable[[User, str], Awaitable[User | None]],
         flush: Callable[[], Awaitable[None]],
         client_ip: str,
+        max_auth_failures: int = 3,
     ) -> None:
         self.conn = conn
         self.store = mailstore
@@ -97,6 +99,9 @@ class ImapSession:
         self.condstore = False
         self.qresync = False
         self._sasl_tag: str | None = None
+        #: Wrong passwords on this connection; at `max_auth_failures` it is closed.
+        self.auth_failures = 0
+        self.max_auth_failures = max_auth_failures
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -177,9 +182,21 @@ class ImapSession:
 
     async def _sign_in(self, tag: str, user: str, password: str, *, authzid: str) -> None:
         found = await self._authenticate(user, password)
+        if isinstance(found, Refused):
+            # RFC 5530 §3 UNAVAILABLE: try later, the password may be right. Nothing
+            # from this source is checked for a while, so the connection is of no use.
+            self.conn.tagged(tag, "NO", "too many failed sign-ins from your address; try"
+                             f" again in {found.minutes} minutes", code="UNAVAILABLE")  # fmt: skip
+            self.conn.bye("too many failed sign-ins from your address")
+            return
         if found is None:
             log.warning("imap auth failed user=%r ip=%s", user[:320], self.client_ip)
             self.conn.tagged(tag, "NO", "authentication failed", code="AUTHENTICATIONFAILED")
+            self.auth_failures += 1
+            if self.auth_failures >= self.max_auth_failures:
+                # Like Dovecot: a client that keeps guessing on one connection is cut off
+                # (the guard's back-off follows it to the next one).
+                self.conn.bye("too many failed sign-ins")
             return
         if authzid:
             # RFC 4616: signed in as *user*, acting as *authzid* — only for service

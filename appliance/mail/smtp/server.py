@@ -15,6 +15,7 @@ import trio
 from appliance.box import Box
 from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import normalise_address
+from appliance.directory.signin import Refused
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
@@ -26,6 +27,12 @@ log = logging.getLogger("edgebox.smtp")
 TOO_MANY_CONNECTIONS = smtp.Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Local error in processing, try again later")
 TEMPORARY_AUTH_FAILURE = smtp.Reply(454, "4.7.0", "Temporary authentication failure")
+#: The sign-in guard refuses the source (RFC 5321 §3.8: 421 may answer any command).
+AUTH_REFUSED = smtp.Reply(
+    421, "4.7.0", "Too many failed sign-ins from your address, try again later"
+)
+#: Closing after this connection's own repeated 535s.
+TOO_MANY_AUTH_FAILURES = smtp.Reply(421, "4.7.0", "Too many failed sign-ins, closing connection")
 
 RECEIVE_SIZE = 64 * 1024
 
@@ -42,6 +49,7 @@ class SMTPService:
             box.config.max_connections,
             TOO_MANY_CONNECTIONS.encode(enhanced_codes=False),
             box.tls if port is Port.SUBMISSIONS else None,
+            per_source=box.config.max_connections_per_source,
         )
         config = box.config
         self.session_config = smtp.SessionConfig(
@@ -76,6 +84,15 @@ class SMTPSession:
             service.session_config, tls_active=service.port is Port.SUBMISSIONS
         )
         self.recipients: list[Recipient] = []
+        self.auth_failures = 0
+
+    def _idle_timeout(self) -> float:
+        config = self.service.box.config
+        if self.service.port.submission and self.conn.authenticated_as is None:
+            # Only a password is awaited; a silent client just holds a slot. The MX
+            # port keeps RFC 5321 §4.5.3.2's 5 minutes: it has nobody to authenticate.
+            return min(config.idle_timeout, config.preauth_idle_timeout)
+        return config.idle_timeout
 
     async def run(self) -> None:
         conn = self.conn
@@ -85,7 +102,7 @@ class SMTPSession:
             if event is smtp.NEED_DATA:
                 await self._flush()
                 data: bytes | bytearray = b""
-                with trio.move_on_after(self.service.box.config.idle_timeout) as idle:
+                with trio.move_on_after(self._idle_timeout()) as idle:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 if idle.cancelled_caught:
                     conn.close(smtp.TIMEOUT)
@@ -110,19 +127,26 @@ class SMTPSession:
                 await self._message(event)
 
     async def _authenticate(self, event: smtp.AuthAttempt) -> None:
-        directory = self.service.box.directory
+        signin = self.service.box.signin
         try:
-            user = await directory.authenticate(event.authcid, event.password)
+            user = await signin.check(
+                self.service.name, event.authcid, event.password, self.client_ip
+            )
         except Exception:
             log.exception("authentication backend failed")
             self.conn.reject(TEMPORARY_AUTH_FAILURE)
             return
+        if isinstance(user, Refused):
+            # The guard has logged it; a refused source gets nothing more here.
+            self.conn.close(AUTH_REFUSED)
+            return
         if user is None:
-            # Who and from where, never the password (REQUIREMENTS.md §2 logs).
-            log.warning("auth failed user=%r ip=%s port=%s", event.authcid, self.client_ip,
-                        self.service.name)  # fmt: skip
-            await self._record("auth-failed", user=event.authcid[:320], result="535 5.7.8")
+            # `SignIn` has logged who and from where (never the password).
             self.conn.reject(smtp.AUTH_FAILED)
+            self.auth_failures += 1
+            limit = self.service.box.config.auth_failures_per_connection
+            if self.auth_failures >= limit and self.conn.state is not smtp.State.CLOSED:
+                self.conn.close(TOO_MANY_AUTH_FAILURES)
             return
         if event.authzid and _same_address(event.authzid) != user.address:
             # Acting for another user is for service accounts (sync), not people.
@@ -130,7 +154,6 @@ class SMTPSession:
             self.conn.reject(AUTHZ_DENIED)
             return
         log.info("auth ok user=%s ip=%s", user.address, self.client_ip)
-        await self._record("auth-ok", user=user.address, result="235 2.7.0")
         # The directory's normalised form, so sender checks compare like with like.
         self.conn.accept(identity=user.address)
 

@@ -85,6 +85,9 @@ class HubLimits:
     request_timeout: float = 300.0
     #: Simultaneous connections: a few per enrolled box.
     max_connections: int = 2000
+    #: From one source (address or IPv6 /64): boxes behind one NAT share it, so this
+    #: is generous; it still keeps one flooding host from taking all 2000.
+    max_connections_per_source: int = 100
     receive_size: int = 64 * 1024
 
 
@@ -112,7 +115,12 @@ class HubSyncService:
         self.tls = _server_context(box, self.ca)
         # Over the limit a client is closed without a word: the refusal would be
         # written before TLS.
-        self.gate = ConnectionGate(self.limits.max_connections, b"", self.tls)
+        self.gate = ConnectionGate(
+            self.limits.max_connections,
+            b"",
+            self.tls,
+            per_source=self.limits.max_connections_per_source,
+        )
         self.enrolment: Enrolment | None = None
 
     @asynccontextmanager

@@ -12,7 +12,7 @@ import http.client
 import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ import wsproto.events
 
 from appliance.box import Box, init_box, open_box
 from appliance.directory.sessions import Sessions
-from appliance.security.lockout import Lockout
 from appliance.security.tls import client_ssl_context
 from appliance.web.routes import Route, StreamRoute
 from appliance.web.server import HTTPSService, Limits
@@ -53,7 +52,6 @@ class Server:
     service: HTTPSService
     port: int
     context: ssl.SSLContext
-    lockout: Lockout = field(default_factory=Lockout)
 
     async def request(
         self,
@@ -61,8 +59,12 @@ class Server:
         path: str,
         body: Any = None,
         headers: dict[str, str] | None = None,
+        *,
+        source: str | None = None,
     ) -> Reply:
-        return await http_request(self.port, self.context, method, path, body, headers)
+        """One request; *source* is the loopback address to send it from (127.0.0.x)."""
+        return await http_request(self.port, self.context, method, path, body, headers,
+                                  source=source)  # fmt: skip
 
     async def raw(self) -> RawClient:
         stream = await trio.open_ssl_over_tcp_stream(
@@ -116,12 +118,17 @@ async def http_request(
     path: str,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    *,
+    source: str | None = None,
 ) -> Reply:
     headers = dict(headers or {})
     data = _encode(body, headers)
+    bind = (source, 0) if source else None
 
     def run() -> Reply:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=context, timeout=30, source_address=bind
+        )
         try:
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()

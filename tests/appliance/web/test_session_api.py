@@ -12,7 +12,8 @@ import trio
 from appliance.box import Box
 from appliance.compliance.traffic_log import iter_records
 from appliance.directory.sessions import Sessions
-from appliance.security.lockout import Lockout
+from appliance.directory.signin import SignIn
+from appliance.security.guard import AuthGuard, GuardPolicy
 from appliance.web.session_api import session_routes
 from tests.appliance.web.conftest import ADDRESS, PASSWORD, Server, start_server
 
@@ -36,11 +37,10 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def server(box: Box, nursery: trio.Nursery, clock: FakeClock) -> AsyncIterator[Server]:
     sessions = Sessions(box.directory_db)
-    lockout = Lockout(clock=clock)
-    routes = session_routes(box, sessions, lockout)
-    server = await start_server(box, nursery, routes, sessions=sessions)
-    server.lockout = lockout
-    return server
+    # No back-off delays here (the guard's tests and e2e cover them): refusals only.
+    guard = AuthGuard(GuardPolicy(delay=0, source_limit=5), clock=clock)
+    routes = session_routes(box, sessions, SignIn(box.directory, guard, box.traffic))
+    return await start_server(box, nursery, routes, sessions=sessions)
 
 
 def cookie_attributes(set_cookie: str) -> tuple[str, set[str]]:
@@ -159,16 +159,21 @@ async def test_sign_in_body_is_validated(server: Server) -> None:
     assert extra.json()["error"]["field"] == "body.admin"
 
 
-async def test_five_failures_lock_the_address(server: Server, clock: FakeClock) -> None:
+async def test_five_failures_refuse_the_source_not_the_owner(
+    server: Server, clock: FakeClock
+) -> None:
+    # Issue 16: the old lock of the *address* kept its owner out from everywhere.
     wrong = {"address": ADDRESS, "password": "wrong"}
     statuses = [(await server.request("POST", SESSION, wrong)).status for _ in range(5)]
-    assert statuses == [401, 401, 401, 401, 429]
-    # Locked: even the right password is refused, with a Retry-After in seconds.
+    assert statuses == [401, 401, 401, 401, 401]
+    # The source is refused: even the right password, with a Retry-After in seconds.
     right = {"address": ADDRESS.upper(), "password": PASSWORD}
     locked = await server.request("POST", SESSION, right)
     assert locked.status == 429
     assert locked.json()["error"]["code"] == "locked_out"
     assert locked.header("Retry-After") == "900"
+    # The owner, from another address, signs in at once.
+    assert (await server.request("POST", SESSION, right, source="127.0.0.2")).status == 201
     clock.now += 899
     assert (await server.request("POST", SESSION, right)).status == 429
     clock.now += 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from tests.e2e.browser.conftest import DOMAIN, OTHER, USERS, Browsers
+from tests.e2e.test_auth_guard import web_sign_in
 
 
 def test_agency_admin_adds_a_user_who_can_then_sign_in(browsers: Browsers) -> None:
@@ -71,3 +72,26 @@ def test_agency_admin_sees_only_their_own_agency(browsers: Browsers) -> None:
     ]
     assert addresses == [f"nida@{OTHER}"]
     assert other.go(f"/admin/users/malee@{DOMAIN}").status == 404
+
+
+def test_agency_admin_sees_a_guessing_address_and_unlocks_it(browsers: Browsers) -> None:
+    box = browsers.box
+    attacker = "127.0.0.77"
+    for _ in range(2):
+        assert web_sign_in(box, attacker, f"malee@{DOMAIN}", "guess-wrong-42")[0] == 401
+    admin = browsers.signed_in(f"somchai@{DOMAIN}")
+    page = admin.page
+    admin.go("/admin")
+    page.get_by_test_id("admin-nav-security").click()
+    page.wait_for_load_state()
+    row = page.locator(f'[data-testid="guard-source"][data-source="{attacker}"]')
+    assert row.count() == 1
+    assert f"malee@{DOMAIN}" in row.inner_text()
+    account = page.locator(f'[data-testid="guard-account"][data-account="malee@{DOMAIN}"]')
+    assert account.count() == 1
+    admin.screenshot("admin-failed-sign-ins")
+    row.get_by_role("button", name="ปลดล็อก").click()
+    page.wait_for_load_state()
+    assert page.get_by_test_id("saved-notice").is_visible()
+    assert page.locator(f'[data-testid="guard-source"][data-source="{attacker}"]').count() == 0
+    admin.assert_clean()
