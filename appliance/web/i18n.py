@@ -1,8 +1,13 @@
-"""Thai and English for the web pages: words, dates, sizes.
+"""Thai and English for the web pages: words, dates, sizes, service names.
 
 Templates carry both languages side by side, ``{{ tr("กล่องจดหมาย", "Inbox") }}``, so a
 page is read and reviewed in one place and no catalogue can fall out of step with it.
-Thai comes first because it is the default (REQUIREMENTS.md §2).
+Thai comes first because it is the default (REQUIREMENTS.md §2). The one catalogue is
+for words that come from code rather than a template: the names of the box's services
+(`SERVICE_LABELS`), which the admin overview shows instead of their internal ids.
+
+Sizes: one unit system for every page and script (`format_size`, twinned by
+``static/common.js``).
 
 Dates: when Thai is chosen, years are in the Buddhist Era (พ.ศ. = C.E. + 543), the
 convention of every Thai government document, with Thai month abbreviations. Times are
