@@ -44,6 +44,7 @@ from appliance.admin.console import (
 from appliance.box import Box, add_user
 from appliance.directory import DirectoryError, User, normalise_address
 from appliance.security.passwords import MAX_PASSWORD_CHARS
+from appliance.web.i18n import service_label
 from appliance.web.pages import PageKit, redirect
 from appliance.web.routes import ApiError, Form, Request, Response, Route
 
@@ -192,6 +193,7 @@ class AdminPages:
         return await self.kit.render(
             request, template, status=status, scope=scope, user_url=user_url,
             urgency_name=urgency_name, format_age=format_age, now=time.time(),
+            service_label=service_label,
             saved_notices=SAVED, **values,
         )  # fmt: skip
 

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from appliance.box import Box
-from appliance.directory import User
+from appliance.directory import DirectoryError, User, normalise_address
 from appliance.directory.preferences import (
     FONT_SIZES,
     LANGUAGES,
@@ -200,15 +200,48 @@ class CommonPages:
     async def sign_in_form(self, request: Request) -> Response:
         if request.token and await self.kit.sessions.resolve(request.token):
             return redirect(safe_next(request.query.get("next")))
+        return await self._sign_in_page(
+            request, next=safe_next(request.query.get("next")), error=None, address=""
+        )
+
+    async def _sign_in_page(
+        self,
+        request: Request,
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        **values: Any,
+    ) -> Response:
+        """The sign-in form, saying whose box this is: agency, domain and server name."""
+        domain = self.kit.box.identity.domain
+        agency = await self.kit.box.directory.agency(domain)
+        lang = await self.kit.language(request)
+        names = (agency.name_th, agency.name_en) if agency else (None, None)
+        chosen = names[1] if lang == "en" else names[0]
+        name = chosen or names[0] or names[1] or self.kit.box.identity.agency_name or domain
         return await self.kit.render(
-            request, "signin.html", next=safe_next(request.query.get("next")), error=None,
-            address="",
+            request, "signin.html", status=status, headers=headers, agency_name=name,
+            agency_domain=domain, box_name=self.kit.box.hostname, **values,
         )  # fmt: skip
 
     async def sign_in(self, request: Request) -> Response:
         form = request.form
         address = form.get("address").strip()
         target = safe_next(form.get("next"))
+        try:
+            # The field is plain text (a Thai local part must get through, RFC 6531),
+            # so the server is where a mistyped address is caught; it costs no
+            # lock-out attempt, as no password was tried.
+            normalise_address(address)
+        except DirectoryError:
+            lang = await self.kit.language(request)
+            return await self._sign_in_page(
+                request, status=422, next=target, address=address,
+                error=i18n.translator(lang)(
+                    "กรุณากรอกที่อยู่อีเมลให้ครบ เช่น สมชาย@หน่วยงาน.go.th",
+                    "Enter a whole email address, such as somchai@agency.go.th",
+                ),
+            )  # fmt: skip
         try:
             token, _expires, _user = await self.session_api.open_session(
                 address,
@@ -220,8 +253,8 @@ class CommonPages:
         except ApiError as exc:
             lang = await self.kit.language(request)
             message = exc.message_th if lang == "th" else exc.message_en
-            return await self.kit.render(
-                request, "signin.html", status=exc.status, headers=exc.headers, next=target,
+            return await self._sign_in_page(
+                request, status=exc.status, headers=exc.headers, next=target,
                 error=message, address=address,
             )  # fmt: skip
         cookie = session_cookie(token, int(BROWSER_TTL.total_seconds()))

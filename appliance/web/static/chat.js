@@ -12,7 +12,7 @@
 // is an http(s) URL. Errors are shown in the page's language, from the API's
 // message_th / message_en.
 
-import { API_HEADERS, ApiError, api, csrfToken, el, formatDate, lang, tr } from "./common.js";
+import { API_HEADERS, ApiError, api, csrfToken, el, formatDate, formatSize as sizeText, lang, tr } from "./common.js";
 
 const root = document.querySelector(".chat[data-chat-page]");
 const enc = encodeURIComponent;
@@ -108,19 +108,6 @@ function shortDate(seconds) {
     return then.toISOString().slice(11, 16);
   }
   return formatDate(seconds * 1000, { time: false });
-}
-
-function sizeText(bytes) {
-  const units = lang === "th" ? ["ไบต์", "KB", "MB", "GB"] : ["bytes", "KB", "MB", "GB"];
-  let value = bytes;
-  for (const unit of units) {
-    if (value < 1024 || unit === units[units.length - 1]) {
-      if (unit === units[0]) return `${Math.trunc(value)} ${unit}`;
-      return value < 10 ? `${value.toFixed(1)} ${unit}` : `${Math.round(value)} ${unit}`;
-    }
-    value /= 1024;
-  }
-  return String(bytes);
 }
 
 function mapUrl(place) {

@@ -66,6 +66,27 @@ export function formatDate(value, { time = true } = {}) {
   return text;
 }
 
+// Sizes as the pages show them, the twin of i18n.format_size: KB, MB, GB, TB in both
+// languages, 1024-based, one decimal below ten, halves up. Whole numbers only (exact
+// below 2^53 / 10 bytes), because toFixed() rounds ties unlike Python's format.
+const SIZE_UNITS = ["KB", "MB", "GB", "TB"];
+
+export function formatSize(bytes) {
+  const size = Math.max(0, Math.trunc(Number(bytes) || 0));
+  for (const [index, unit] of SIZE_UNITS.entries()) {
+    const divisor = 1024 ** (index + 1);
+    const tenths = Math.floor((size * 10 + divisor / 2) / divisor);
+    if (tenths < 100) {
+      if (!size) return `0 ${unit}`;
+      const shown = Math.max(tenths, 1); // a file that is not empty never shows as nothing
+      return `${Math.floor(shown / 10)}.${shown % 10} ${unit}`;
+    }
+    const whole = Math.floor((size + divisor / 2) / divisor);
+    if (whole < 1024 || index === SIZE_UNITS.length - 1) return `${whole} ${unit}`;
+  }
+  return `${size}`;
+}
+
 // Build DOM from text only: scripts never assign innerHTML with data, so a message's
 // text can never become markup.
 export function el(tag, attrs = {}, ...children) {

@@ -4,7 +4,7 @@
 //   attachments pass the limit before anything is uploaded (the server refuses it too);
 // - Ctrl+Enter (Cmd+Enter on a Mac) sends; Enter in a one-line field does not.
 
-import { el, lang, tr } from "./common.js";
+import { el, formatSize, tr } from "./common.js";
 
 const form = document.getElementById("compose-form");
 if (form) setUp(form);
@@ -84,18 +84,4 @@ function setUp(form) {
       event.preventDefault();
     }
   });
-}
-
-// Sizes as the server shows them (i18n.format_size): 1024-based, Thai or English unit.
-function formatSize(size) {
-  const units = lang === "th" ? ["ไบต์", "KB", "MB", "GB"] : ["bytes", "KB", "MB", "GB"];
-  let value = size;
-  for (const [index, unit] of units.entries()) {
-    if (value < 1024 || index === units.length - 1) {
-      if (index === 0) return `${Math.trunc(value)} ${unit}`;
-      return value < 10 ? `${value.toFixed(1)} ${unit}` : `${Math.round(value)} ${unit}`;
-    }
-    value /= 1024;
-  }
-  return `${size}`;
 }

@@ -8,10 +8,19 @@ from urllib.parse import urlencode
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from appliance.box import Box
 from appliance.web.api import web_routes
-from appliance.web.i18n import format_date, format_short, format_size
+from appliance.web.i18n import (
+    SERVICE_LABELS,
+    SIZE_UNITS,
+    format_date,
+    format_short,
+    format_size,
+    service_label,
+)
 from appliance.web.pages import safe_next
 from appliance.web.server import csrf_token_for
 
@@ -209,6 +218,98 @@ def test_dates_are_buddhist_era_in_thai_and_thailand_time() -> None:
 
 
 def test_sizes() -> None:
-    assert format_size(512, "th") == "512 ไบต์"
+    # Issue 14: one unit system, the same in both languages ("419 ไบต์" beside "1.3 KB"
+    # read as two); below 1 KB a size is a fraction of a KB.
+    assert format_size(512, "th") == "0.5 KB"
     assert format_size(2048, "en") == "2.0 KB"
     assert format_size(25 * 1024 * 1024, "en") == "25 MB"
+    assert format_size(0, "th") == "0 KB"
+    assert format_size(1, "th") == "0.1 KB"  # not empty, so never shown as nothing
+    assert format_size(419, "th") == format_size(419, "en") == "0.4 KB"
+    assert format_size(256, "en") == "0.3 KB"  # halves round up, as in the script's twin
+    assert format_size(1300, "th") == "1.3 KB"
+    assert format_size(10 * 1024 - 1, "th") == "10 KB"
+    assert format_size(1024 * 1024 - 1, "th") == "1.0 MB"  # never "1024 KB"
+    assert format_size(3 * 1024**3 // 2, "th") == "1.5 GB"
+
+
+@given(st.integers(min_value=0, max_value=2**50))
+def test_every_size_reads_in_one_system_and_keeps_its_order(size: int) -> None:
+    text = format_size(size, "th")
+    assert text == format_size(size, "en")
+    match = re.fullmatch(r"(\d+)(?:\.(\d))? (KB|MB|GB|TB)", text)
+    assert match, text
+    scale = 1024 ** (SIZE_UNITS.index(match.group(3)) + 1)
+    # Off by at most half the last digit shown (a tenth or a whole unit), except that
+    # a tiny file shows as 0.1 KB rather than as nothing.
+    step = (0.1 if match.group(2) else 1) * scale
+    assert abs(_bytes(text) - size) <= step / 2 or text == "0.1 KB"
+    # A bigger size never reads smaller.
+    assert _bytes(format_size(size + 1024, "th")) >= _bytes(text)
+
+
+def _bytes(text: str) -> float:
+    number, unit = text.split()
+    return float(number) * 1024 ** (SIZE_UNITS.index(unit) + 1)
+
+
+def test_every_service_and_health_check_has_words_in_both_languages() -> None:
+    """The admin overview names services in words; a new service needs its label."""
+    from appliance.chat.secrets import SecretSweeper
+    from appliance.compliance.retention import TrafficLogRetention
+    from appliance.config import DEV_PORTS
+    from appliance.directory.sessions import SessionExpiry
+    from appliance.mail.indexing import SearchIndexer
+    from appliance.mail.smtp.server import Port
+    from appliance.sync.chat import ChatReplicator
+    from appliance.sync.directory import DirectoryReplicator
+    from appliance.sync.hub.server import HubSyncService
+    from appliance.sync.link import LinkMonitor
+    from appliance.sync.mailbox import MailboxReplicator
+    from appliance.sync.relay import OutboundRelay
+    from appliance.sync.renewal import CertificateRenewal
+    from appliance.web.server import HTTPSService
+
+    background = [SecretSweeper, TrafficLogRetention, SessionExpiry, SearchIndexer,
+                  ChatReplicator, DirectoryReplicator, HubSyncService, LinkMonitor,
+                  MailboxReplicator, OutboundRelay, CertificateRenewal, HTTPSService]  # fmt: skip
+    ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
+           *(service.name for service in background), "disk", "services"}  # fmt: skip
+    assert ids <= set(SERVICE_LABELS), ids - set(SERVICE_LABELS)
+    for check, (thai, english) in SERVICE_LABELS.items():
+        assert thai
+        assert english
+        assert check not in (thai, english)
+        assert service_label(check, "th") == thai
+        assert service_label(check, "en") == english
+    assert service_label("some-new-thing", "th") == "some-new-thing"
+
+
+async def test_sign_in_page_says_whose_box_it_is(server: Server, box: Box) -> None:
+    await box.directory.add_agency("other.go.th", name_th="กรมอื่น")
+    reply = await server.request("GET", "/signin")
+    text = reply.body.decode()
+    # The box's own agency (test.go.th, named after its domain by init), and its name.
+    assert 'data-testid="agency-domain">(test.go.th)</span>' in text
+    assert f'data-testid="box-name">{box.hostname}</dd>' in text
+    assert "กรมอื่น" not in text
+
+
+async def test_sign_in_takes_a_thai_local_part_and_refuses_half_an_address(
+    server: Server, box: Box
+) -> None:
+    thai = "สมศรี@test.go.th"
+    await box.directory.add_user(thai, password=PASSWORD, name_th="สมศรี ใจงาม")
+    page = (await server.request("GET", "/signin")).body.decode()
+    field = re.search(r'<input id="address"[^>]*>', page)
+    assert field
+    assert 'type="text"' in field[0]
+    assert 'inputmode="email"' in field[0]
+    reply = await post_form(server, "/signin", {"address": thai, "password": PASSWORD})
+    assert reply.status == 303
+    assert "edgebox_session=" in (reply.header("set-cookie") or "")
+    for half in ("สมศรี", "สมศรี@", "@test.go.th", "a b@test.go.th"):
+        reply = await post_form(server, "/signin", {"address": half, "password": PASSWORD})
+        assert reply.status == 422, half
+        assert "กรุณากรอกที่อยู่อีเมลให้ครบ" in reply.body.decode()
+        assert reply.header("set-cookie") is None
