@@ -5,8 +5,8 @@ so the one rule for each thing lives in one place:
 
 - **Text** (`display_text`): chat text, room and file names, display names and mail
   headers lose control characters and the bidirectional embedding, override and
-  isolate controls (U+202A-U+202E, U+2066-U+2069). With those, ``invoice‮fdp.exe``
-  shows as "invoice" + "exe.pdf" reversed. The marks U+200E, U+200F and U+061C stay:
+  isolate controls (U+202A-U+202E, U+2066-U+2069). With those, ``invoice``, U+202E,
+  ``fdp.exe`` shows as "invoiceexe.pdf". The marks U+200E, U+200F and U+061C stay:
   they only steer neutral characters next to them, cannot reverse a run of text, and
   mixed Thai/Arabic/Latin text needs them.
 - **Declared types** (`parse_media_type`): a Content-Type as RFC 9110 §8.3.1 writes
