@@ -142,7 +142,7 @@ def parse_media_type(value: str | None) -> MediaType | None:
     if found is None:
         return None
     kind, subtype = found["type"].lower(), found["subtype"].lower()
-    if "*" in (kind, subtype):
+    if "*" in kind + subtype:  # a range or a wildcard, never a file's type
         return None
     params: list[tuple[str, str]] = []
     for param in _PARAMETER.finditer(found["params"]):

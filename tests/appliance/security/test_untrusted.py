@@ -77,6 +77,7 @@ def test_one_type_is_read_as_its_essence(value: str, essence: str) -> None:
         "/png",
         "image/*",
         "*/*",
+        "image/pn*",
         "image/svg+xml\r\nX-Evil: 1",
         "image/p\u00f1g",
         "",
