@@ -199,4 +199,15 @@ def test_uploaded_svg_and_javascript_never_run_in_the_box_origin(browsers: Brows
         link.click()
     assert download.value.suggested_filename == "evil.js"
     assert "pwned" not in page.title()
+
+    # 4. Attached in the room: the page asks the box what a file is. A real PNG is a
+    # picture; an SVG, whatever the browser calls it, is a file to download.
+    attach = page.get_by_test_id("attach-input")
+    attach.set_input_files(files=[{"name": "ภาพ.png", "mimeType": "image/png", "buffer": PNG}])
+    picture = page.locator("a.image img[alt='ภาพ.png']")
+    picture.wait_for()
+    attach.set_input_files(files=[{"name": "map2.svg", "mimeType": "image/svg+xml", "buffer": svg}])
+    page.get_by_role("link", name="map2.svg").wait_for()
+    assert page.locator("img[alt='map2.svg']").count() == 0
+    assert "pwned" not in page.title()
     assert [url for url in requests if "/__ran__/" in url and "control" not in url] == []
