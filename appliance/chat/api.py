@@ -13,8 +13,8 @@ The stream (``GET /api/v1/stream?cursor=N``, a WebSocket) is described in the
 from __future__ import annotations
 
 import functools
+import mimetypes
 import re
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +35,7 @@ from appliance.web.routes import (
     WebSocket,
     WebSocketClosed,
 )
+from appliance.web.user_content import sniffed
 
 TAG = "chat"
 
@@ -446,16 +447,9 @@ class ChatApi:
         data, media_type, name = await self.chat.file(
             _me(request), request.params["room_id"], request.params["message_id"]
         )
-        # RFC 6266 / RFC 8187: the UTF-8 file name (Thai names) percent-encoded.
-        quoted = urllib.parse.quote(name, safe="")
-        return Response(
-            data,
-            content_type=media_type,
-            headers={
-                "content-disposition": f"attachment; filename*=UTF-8''{quoted}",
-                "x-content-type-options": "nosniff",
-            },
-        )
+        # Inline only if the bytes are a raster image, audio or video; the declared
+        # type only tells audio from video. Anything else is an octet-stream download.
+        return sniffed(data, name, media_type)
 
     async def media(self, request: Request) -> JSON:
         items = await self.chat.media(
@@ -555,7 +549,9 @@ class ChatApi:
     async def sticker_image(self, request: Request) -> JSON:
         _me(request)
         data, media_type = await self.chat.sticker_image(request.params["sticker_id"])
-        return Response(data, content_type=media_type, headers={"cache-control": "private"})
+        # Stickers stored before uploads were checked (an SVG, say) become downloads.
+        name = "sticker" + (mimetypes.guess_extension(media_type) or "")
+        return sniffed(data, name, media_type, headers={"cache-control": "private"})
 
     # settings and directory
 

@@ -20,6 +20,12 @@ from typing import Any
 
 from appliance.chat.errors import ChatError
 from appliance.chat.models import FILE_KINDS, MESSAGE_KINDS, MessageKind
+from appliance.security.untrusted import (
+    OCTET_STREAM,
+    RASTER_IMAGE_TYPES,
+    display_text,
+    parse_media_type,
+)
 
 #: Longest message text: a long memo pasted into a chat, not a document.
 MAX_TEXT = 10_000
@@ -76,13 +82,16 @@ def clean_text(value: Any, field: str, limit: int, *, required: bool = False) ->
     # SQLite cannot store lone surrogates or (usefully) NUL; neither is text a person typed.
     if _SURROGATES.search(value) or "\x00" in value:
         raise _bad(field, f"{field} holds characters that are not text", f"{field} มีอักขระที่ไม่ถูกต้อง")
-    if required and not value.strip():
-        raise _bad(field, f"{field} must not be empty", f"{field} ต้องไม่ว่าง")
     if len(value) > limit:
         raise _bad(
             field, f"{field} is longer than {limit} characters", f"{field} ยาวเกิน {limit} ตัวอักษร"
         )
-    return str(value)
+    # As mail does: controls and bidi overrides go (a file name "invoice\u202efdp.exe"
+    # would show as "invoiceexe.pdf"), whatever the field.
+    shown = display_text(value)
+    if required and not shown.strip():
+        raise _bad(field, f"{field} must not be empty", f"{field} ต้องไม่ว่าง")
+    return shown
 
 
 def parse_location(value: Any) -> Location:
@@ -150,14 +159,42 @@ def parse_draft(body: Any) -> Draft:
 
 
 def check_media_type(kind: str, media_type: str) -> None:
-    """An image message carries an image, a video a video, a voice message audio."""
+    """An image message carries a raster image, a video a video, a voice message audio.
+
+    An SVG is not an image message: the box never shows one inline (it is a document
+    that can carry script), so it goes as a file.
+    """
     prefix = _MEDIA_PREFIX.get(kind)
-    if prefix is not None and not media_type.lower().startswith(prefix):
+    if prefix is None:
+        return
+    ok = media_type.lower().startswith(prefix)
+    if kind == "image":
+        ok = media_type.lower() in RASTER_IMAGE_TYPES
+        prefix = "PNG, JPEG, GIF or WebP "
+    if not ok:
         raise _bad(
             "upload",
             f"a {kind} message needs a {prefix}* file, not {media_type}",
             f"ข้อความประเภท {kind} ต้องเป็นไฟล์ {prefix}* ไม่ใช่ {media_type}",
         )
+
+
+def declared_type(value: str | None) -> str:
+    """Return the bare ``type/subtype`` an upload declares (RFC 9110 §8.3.1), or raise 422.
+
+    Exactly one type: ``image/png, text/javascript`` or a parameter hiding a second
+    type is refused, never half-read. No type at all is application/octet-stream.
+    """
+    if value is None or not value.strip():
+        return OCTET_STREAM
+    parsed = parse_media_type(value)
+    if parsed is None:
+        raise _bad(
+            "media_type",
+            "The Content-Type is not one media type (type/subtype)",
+            "Content-Type ต้องเป็นประเภทสื่อเดียว (type/subtype)",
+        )
+    return parsed.essence
 
 
 def fold(text: str) -> str:

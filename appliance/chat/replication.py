@@ -4,7 +4,8 @@ Chat sync (DESIGN.md "Sync, in one paragraph") moves *events*, never table rows:
 change a user makes is already one event with a global id ``"{origin box}:{seq}"``,
 and the receiving side re-applies it (`appliance.chat.store.Chat`). This module is the
 sans-I/O part: `parse_event` turns untrusted JSON into a `ReplicatedEvent` or raises
-`ChatError` 422, and nothing here reads a database, a clock or the network.
+`ChatError` 422, and nothing here reads a database, a clock or the network. Every string
+of a parsed event has lost its controls and bidi overrides (`display_json`).
 
 Which events travel: those that change a room's shared state (`REPLICATED_TYPES`).
 Personal events (alerts, "hidden from my view", sync notices) and what every box
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from appliance.chat.errors import ChatError
+from appliance.security.untrusted import display_json
 
 #: The event types that change shared room state and so go through the hub.
 REPLICATED_TYPES: Final = frozenset(
@@ -188,6 +190,13 @@ def parse_event(value: object, *, ordered: bool = False) -> ReplicatedEvent:
         raise invalid("payload is not plain JSON") from None
     if size > MAX_EVENT_BYTES:
         raise invalid(f"larger than {MAX_EVENT_BYTES} bytes")
+    # Another box's text is shown here as if typed here: it loses controls and bidi
+    # overrides on the way in, as local text does (`appliance.chat.messages.clean_text`).
+    try:
+        payload = display_json(payload)
+        message = None if message is None else display_json(message)
+    except RecursionError:
+        raise invalid("payload is nested too deeply") from None
     return ReplicatedEvent(
         id=event_id,
         type=type_,

@@ -42,6 +42,7 @@ from appliance.directory.models import Agency, DirectoryEntry, OrgUnit, User
 from appliance.directory.schema import DEFAULT_QUOTA_BYTES
 from appliance.security import passwords
 from appliance.security.credential_cache import VerifiedCredentials
+from appliance.security.untrusted import display_text
 from appliance.store.database import SQLiteDatabase
 
 #: Password hashes computed at once. Each scrypt call holds 16 MiB; trio's default
@@ -224,7 +225,9 @@ def _clean_text(value: str | None, what: str) -> str | None:
         raise DirectoryError(
             f"{what} must not contain control characters (line breaks, tabs) or broken text"
         )
-    return value
+    # Bidi overrides (format characters, not controls) would make a name read as
+    # another: they go, as in mail and chat.
+    return display_text(value).strip() or None
 
 
 def _required_text(value: str | None, what: str) -> str:
@@ -243,16 +246,21 @@ def _check_count(value: int, what: str) -> int:
 # --- row helpers (run inside db.read / db.write jobs) ------------------------------
 
 
+def _shown(value: str | None) -> str | None:
+    return None if value is None else display_text(value)
+
+
 def _user_from_row(row: Sequence[Any]) -> User:
     return User(
         id=row[0],
         address=row[1],
         agency_domain=row[2],
-        name_th=row[3],
-        name_en=row[4],
-        position=row[5],
+        # Shown to everyone: a name stored before bidi overrides were removed loses them.
+        name_th=display_text(row[3]),
+        name_en=_shown(row[4]),
+        position=_shown(row[5]),
         rank=row[6],
-        unit=row[7],
+        unit=_shown(row[7]),
         phone=row[8],
         disabled=bool(row[9]),
         quota_bytes=row[10],

@@ -54,6 +54,7 @@ from appliance.directory import User
 from appliance.directory.sessions import Sessions
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.security.tls import server_ssl_context
+from appliance.security.untrusted import parse_media_type
 from appliance.web.forms import FormError, parse_form
 from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow
 from appliance.web.routes import (
@@ -1164,6 +1165,15 @@ def _parse_body(route: Route, headers: Mapping[str, str], body: bytes) -> JSON:
         return value
     if route.upload is not None:
         wanted = route.upload.lower()
+        # Exactly one declared type (RFC 9110 §8.3.1): "image/png, text/javascript"
+        # must not pass as an image because it starts like one.
+        declared = headers.get("content-type")
+        parsed = parse_media_type(declared)
+        if declared is not None and parsed is None:
+            raise ApiError(415, "unsupported_media_type",
+                           "The Content-Type is not one media type (type/subtype)",
+                           "Content-Type ต้องเป็นประเภทสื่อเดียว (type/subtype)")  # fmt: skip
+        kind = "" if parsed is None else parsed.essence
         # RFC 9110 §12.5.1 media ranges: "*/*" takes any type, "image/*" any image.
         ok = (
             wanted == "*/*"

@@ -50,6 +50,7 @@ from appliance.mail.webmail.folders import (
 from appliance.mail.webmail.listing import PAGE_SIZE, Summaries, badges
 from appliance.web.pages import HTML, PageKit, redirect, safe_next
 from appliance.web.routes import ApiError, Request, Response, Route
+from appliance.web.user_content import user_content
 
 #: Longest search text taken (the index answers substrings; more is never useful).
 MAX_QUERY: Final = 200
@@ -59,8 +60,6 @@ MAX_ACTION_UIDS: Final = 1000
 ACTIONS: Final = ("read", "unread", "flag", "unflag", "move", "delete")
 #: Search fields of `SearchIndex.search`, unioned (the brief's "subject, from, to, body").
 SEARCH_FIELDS: Final = ("SUBJECT", "FROM", "TO", "BODY")
-#: The policy of an attachment download: never rendered as a page of the box.
-DOWNLOAD_POLICY: Final = "default-src 'none'; sandbox"
 _UID_LIMIT: Final = 2**32 - 1  # RFC 3501 §2.3.1.1: nz-number, 32 bits
 
 
@@ -278,14 +277,8 @@ class MailPages:
         if found is None:
             raise _not_found()
         data, content_type, name = found
-        return Response(
-            body=data,
-            content_type=content_type,
-            headers={
-                "Content-Disposition": reading.content_disposition(name),
-                "Content-Security-Policy": DOWNLOAD_POLICY,
-            },
-        )
+        # Always an attachment, of a harmless type or octet-stream (reading.download_type).
+        return user_content(data, name, content_type=content_type)
 
     # -- actions ---------------------------------------------------------------------
 

@@ -30,15 +30,15 @@ import dataclasses
 import email.utils
 import mimetypes
 import re
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from appliance.mail.imap import mime
 from appliance.mail.imap.mime import Part
+from appliance.security import untrusted
 
 #: Media types an attachment is downloaded as; any other type becomes
 #: application/octet-stream. Never HTML, SVG, XML or script: served from the box's
@@ -62,12 +62,9 @@ INLINE_IMAGE_TYPES: Final = frozenset({"png", "jpeg", "gif", "webp", "bmp"})
 #: Bytes of inline images one message may put in its frame.
 INLINE_IMAGE_BUDGET: Final = 10 * 1024 * 1024
 
-#: RFC 8187 §3.2.1 attr-char, besides letters and digits: left as is in filename*.
-_ATTR_CHAR_EXTRA: Final = "!#$&+-.^_`|~"
 _PART_NUMBER: Final = re.compile(r"[1-9][0-9]{0,4}(?:\.[1-9][0-9]{0,4}){0,19}\Z")
 _BASE64_JUNK: Final = bytes(b for b in range(256) if not (
     0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or 0x30 <= b <= 0x39 or b in b"+/"))  # fmt: skip
-_CONTROLS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
@@ -134,10 +131,10 @@ def clean_text(value: str) -> str:
     """Text safe to put in a page: valid UTF-8, NFC, no control or bidi-override characters.
 
     Undecodable bytes (kept as lone surrogates by the MIME reader) become U+FFFD; bidi
-    overrides go because they make a file name or address read as something else.
+    overrides go because they make a file name or address read as something else. The
+    rule is shared with chat and the directory (`appliance.security.untrusted`).
     """
-    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return _CONTROLS.sub("", unicodedata.normalize("NFC", value))
+    return untrusted.display_text(value)
 
 
 def header_values(content: bytes) -> dict[str, str]:
@@ -356,12 +353,7 @@ def download_type(part: Part) -> str:
 
 def content_disposition(name: str) -> str:
     """``attachment`` with an ASCII fallback and the UTF-8 name (RFC 6266 §4.3, RFC 8187)."""
-    name = _one_line(clean_text(name)) or "attachment"
-    fallback = "".join(
-        c if (c.isascii() and c.isprintable() and c not in '"\\%') else "_" for c in name
-    )
-    encoded = quote(name, safe=_ATTR_CHAR_EXTRA)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+    return untrusted.content_disposition(name)
 
 
 def inline_images(content: bytes, root: Part, inline: dict[str, str]) -> dict[str, str]:

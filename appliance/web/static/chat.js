@@ -1020,6 +1020,9 @@ function initRoom() {
     replying.hidden = true;
   }
 
+  /** The images an image message may carry (appliance.security.untrusted.RASTER_IMAGE_TYPES). */
+  const RASTER_IMAGES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
   function uploadFile(file) {
     // XMLHttpRequest, not fetch: only it reports upload progress.
     return new Promise((resolve, reject) => {
@@ -1054,12 +1057,14 @@ function initRoom() {
       showError(tr("ไฟล์ว่างเปล่า", "The file is empty"));
       return;
     }
-    const type = file.type || "";
-    const kind = type.startsWith("image/") ? "image" : type.startsWith("video/") ? "video"
-      : type.startsWith("audio/") ? "voice" : "file";
     uploadStatus.textContent = tr(`กำลังอัปโหลด ${file.name} 0%`, `Uploading ${file.name}: 0%`);
     try {
       const upload = await uploadFile(file);
+      // The box's type, not the browser's guess: it is the bytes' own type when they
+      // are a picture or sound, and an SVG is never shown as a picture (it is a file).
+      const type = String(upload.media_type ?? "");
+      const kind = RASTER_IMAGES.includes(type) ? "image" : type.startsWith("video/") ? "video"
+        : type.startsWith("audio/") ? "voice" : "file";
       uploadStatus.textContent = tr("อัปโหลดแล้ว กำลังส่ง…", "Uploaded; sending…");
       const caption = composer.value.trim();
       if (await send({ kind, upload_id: upload.upload_id, ...(caption ? { text: caption } : {}) }) && caption) composer.value = "";

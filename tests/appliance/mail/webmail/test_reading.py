@@ -171,6 +171,8 @@ async def test_attachments_are_listed_and_download_safely(mail: Mail) -> None:
         assert hostile.header("Content-Type") == "application/octet-stream"
         assert hostile.header("Content-Disposition").startswith("attachment;")
         assert unquote(hostile.header("Content-Disposition").rpartition("''")[2]) == name
+        assert hostile.header("Content-Security-Policy") == "default-src 'none'; sandbox"
+        assert hostile.header("X-Content-Type-Options") == "nosniff"
 
     for missing in ("9", "0", "1.1", "2.1", "x", "1..2"):
         assert (await mail.me.get(f"/mail/folder/INBOX/1/part/{missing}")).status == 404
