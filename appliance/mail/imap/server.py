@@ -35,6 +35,7 @@ class IMAPService:
             box.config.max_connections,
             b"* BYE too many connections, try again later\r\n",
             box.tls if name == "imaps" else None,
+            service=name,
         )
 
     async def serve(
@@ -45,7 +46,7 @@ class IMAPService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        await self.gate.admit(stream, lambda s: Connection(self, s, client_ip).run())
+        await self.gate.admit(stream, lambda s: Connection(self, s, client_ip))
 
 
 class Connection:
@@ -89,6 +90,20 @@ class Connection:
             self.conn.receive_data(data)
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            # Shielded and short: the session's hold on expunged messages must go even
+            # when a cancel or a fault ends the connection (mail/reclamation.py).
+            with trio.CancelScope(shield=True):
+                await self.session.close()
+
+    async def fault(self, reference: str) -> None:
+        """Say goodbye after a server bug (RFC 3501 §7.1.5 BYE, RFC 5530 SERVERBUG)."""
+        self.conn.bye(f"[SERVERBUG] internal error (reference {reference}); please reconnect")
+        await self.flush()
+
+    async def _serve(self) -> None:
         self.conn.untagged(f"OK [CAPABILITY {self.session.capability()}] edgebox IMAP ready")
         while True:
             event = await self.next_event()
