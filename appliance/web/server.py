@@ -773,6 +773,8 @@ class _WebSocket:
         #: Set once no more frames will come: close handshake done or stream broken.
         self._finished = trio.Event()
         self._broken = False
+        #: The frame reader failed on a bug of ours: the close says 1011, not 1000.
+        self._faulted = False
         self._last_heard = trio.current_time()
         #: When the send under way began (None: not sending); see `_keep_alive`.
         self._sending_since: float | None = None
@@ -914,7 +916,7 @@ class _WebSocket:
                                   request.client_ip)  # fmt: skip
             handler_done.set()
             self._inbox.close()
-            await self.close(code)
+            await self.close(1011 if self._faulted else code)
             nursery.cancel_scope.cancel()
 
         async def reader() -> None:
@@ -1016,6 +1018,12 @@ class _WebSocket:
             pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
+        except Exception:
+            # A bug of ours, not the client's: the handler sees the end of the stream,
+            # the close says 1011 (RFC 6455 §7.4.1), and the error goes on to the
+            # listener, which logs it (appliance.listeners).
+            self._faulted = True
+            raise
         finally:
             self._finished.set()
             self._inbox_in.close()

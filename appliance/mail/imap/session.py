@@ -128,7 +128,9 @@ class ImapSession:
 
     async def close(self) -> None:
         """Let go of the selected mailbox at the end of the connection."""
-        self._unselect()
+        selected, self.selected = self.selected, None
+        if selected is not None and selected.reader is not None:
+            self._freed += selected.reader.close()
         await self._reclaim()
 
     async def _reclaim(self) -> None:
