@@ -131,7 +131,12 @@ class ImapSession:
         selected, self.selected = self.selected, None
         if selected is not None and selected.reader is not None:
             self._freed += selected.reader.close()
-        await self._reclaim()
+        try:
+            await self._reclaim()
+        except Exception:
+            # Not this client's concern: the files stay, and no row names them, so
+            # the start-up sweep collects them (Mailstore.remove_orphan_blobs).
+            log.exception("imap: could not free the blobs of expunged messages now")
 
     async def _reclaim(self) -> None:
         if self._freed:
