@@ -40,6 +40,9 @@ MAX_SECONDS = 20.0
 MESSAGE_SIZE = 150 * 1024
 APPENDS_PER_ROUND = 3
 LITERAL = re.compile(rb"BODY\[\] \{(\d+)\}$")
+APPENDUID = re.compile(rb"\[APPENDUID \d+ (\d+)\]")
+#: Messages appended first and never expunged.
+KEPT = 20
 
 
 def _message(n: int) -> bytes:
@@ -97,6 +100,15 @@ def test_fetch_bodies_race_expunge_in_another_session(tmp_path: Path) -> None:
             finally:
                 stop.set()
 
+        def append(client: imaplib.IMAP4_SSL, n: int) -> bytes:
+            content = _message(n)
+            sent[f"race-{n:06d}".encode()] = content
+            typ, answer = client.append("INBOX", None, None, content)
+            if typ != "OK":
+                errors.append(f"APPEND answered {typ} {answer!r}")
+            uid = APPENDUID.search(answer[-1] or b"")
+            return uid[1] if uid else b""
+
         def writer() -> None:
             client = connect()
             n = 0
@@ -104,18 +116,14 @@ def test_fetch_bodies_race_expunge_in_another_session(tmp_path: Path) -> None:
                 for _ in range(MAX_ROUNDS):
                     if stop.is_set() or time.monotonic() > deadline:
                         break
+                    uids = []
                     for _ in range(APPENDS_PER_ROUND):
                         n += 1
-                        content = _message(n)
-                        sent[f"race-{n:06d}".encode()] = content
-                        typ, answer = client.append("INBOX", None, None, content)
-                        if typ != "OK":
-                            errors.append(f"APPEND answered {typ} {answer!r}")
-                    for command in (
-                        lambda: client.store("1:*", "+FLAGS.SILENT", "(\\Deleted)"),
-                        client.expunge,
+                        uids.append(append(client, n))
+                    for typ, answer in (
+                        client.uid("STORE", b",".join(uids), "+FLAGS.SILENT", "(\\Deleted)"),
+                        client.expunge(),
                     ):
-                        typ, answer = command()
                         if typ != "OK":
                             errors.append(f"STORE/EXPUNGE answered {typ} {answer!r}")
                 client.logout()
@@ -123,6 +131,13 @@ def test_fetch_bodies_race_expunge_in_another_session(tmp_path: Path) -> None:
                 errors.append(f"writer: {type(exc).__name__}: {exc}")
             finally:
                 stop.set()
+
+        # Messages that stay: each FETCH decrypts them before it reaches the new ones,
+        # which widens the window in which the writer's EXPUNGE can free those.
+        filler = connect()
+        for n in range(1, KEPT + 1):
+            append(filler, 900_000 + n)
+        filler.logout()
 
         threads = [threading.Thread(target=reader) for _ in range(READERS)]
         threads.append(threading.Thread(target=writer))
