@@ -139,7 +139,7 @@ class ConnectionGate:
         self.tls = tls
         self.service = service
         self.active = 0
-        #: Sessions ended by a fault since start (for tests and `edgebox status`).
+        #: Sessions ended by a fault since start.
         self.faults = 0
 
     async def admit(
