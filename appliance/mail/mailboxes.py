@@ -43,6 +43,7 @@ from appliance.mail.mailstore import (
     next_uidvalidity,
     row_to_message,
 )
+from appliance.mail.reclamation import Reclamation
 from appliance.mail.search_index import SearchIndex
 
 T = TypeVar("T")
@@ -265,7 +266,8 @@ class Mailboxes:
                 (owner, _like_prefix(name + SEPARATOR)),
             ).fetchone():
                 raise MailboxError("HASCHILDREN", f"{name!r} has child mailboxes")
-            removal = _remove(conn, mailbox_id, owner, _all_uids(conn, mailbox_id), record=False)
+            removal = _remove(conn, mailbox_id, owner, _all_uids(conn, mailbox_id), record=False,
+                              reclamation=self.store.reclamation)  # fmt: skip
             conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mailbox_id,))
             conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
             return mailbox_id, removal
@@ -294,7 +296,8 @@ class Mailboxes:
                 ).fetchone()[0]
                 uids = _all_uids(conn, source)
                 pairs = _copy(conn, source, target, owner, uids, check_quota=False)
-                removal = _remove(conn, source, owner, uids, record=True, uncharge=False)
+                removal = _remove(conn, source, owner, uids, record=True, uncharge=False,
+                                  reclamation=self.store.reclamation)  # fmt: skip
                 moved = CopyResult(0, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
                 return int(source), moved, int(target), removal
             # A renamed mailbox keeps its UIDVALIDITY only if clients cannot confuse it
@@ -490,7 +493,8 @@ class Mailboxes:
             if move:
                 # Same owner on both sides: usage does not change, and every blob keeps
                 # the reference the copy just added, so nothing is freed.
-                removal = _remove(conn, mailbox_id, owner, present, record=True, uncharge=False)
+                removal = _remove(conn, mailbox_id, owner, present, record=True, uncharge=False,
+                                  reclamation=self.store.reclamation)  # fmt: skip
             result = CopyResult(
                 int(uidvalidity),
                 tuple(src for src, _, _ in pairs),
@@ -527,7 +531,8 @@ class Mailboxes:
             scope = _all_uids(conn, mailbox_id) if uids is None else uids
             candidates = _rows(conn, mailbox_id, scope, "uid, flags")
             doomed = sorted(uid for uid, text in candidates if "\\deleted" in text.lower().split())
-            return doomed, _remove(conn, mailbox_id, owner, doomed, record=True)
+            return doomed, _remove(conn, mailbox_id, owner, doomed, record=True,
+                                   reclamation=self.store.reclamation)  # fmt: skip
 
         doomed, removal = await self.db.write(job)
         self._retire(mailbox_id, removal)
@@ -538,8 +543,9 @@ class Mailboxes:
         return doomed
 
     def _retire(self, mailbox_id: int, removal: Removal) -> None:
-        # Before any checkpoint after the commit: a session that has not been told yet
-        # keeps the rows, and their blobs, before anyone can delete a blob (reclamation.py).
+        # `_remove` gave the rows to the readers open when the job ran; this gives them
+        # to any reader opened since, whose view may have been read before the commit.
+        # Before any checkpoint after the commit, so before any later writer job.
         self.store.reclamation.retire(mailbox_id, removal.rows)
 
     async def _after(self, mailbox_id: int, freed: list[str]) -> None:
@@ -773,11 +779,13 @@ class Removal(NamedTuple):
 
 
 def _remove(conn: sqlite3.Connection, mailbox_id: int, owner: str, uids: Sequence[int], *,
-            record: bool, uncharge: bool = True) -> Removal:  # fmt: skip
+            record: bool, reclamation: Reclamation, uncharge: bool = True) -> Removal:  # fmt: skip
     """Delete message rows; return them, and the blob ids whose last reference went.
 
     *record*: keep the UIDs for VANISHED; *uncharge*: give the bytes back to the quota
-    (not when the same owner just got a copy, as in MOVE).
+    (not when the same owner just got a copy, as in MOVE). The rows go to the sessions
+    reading the mailbox now, in the writer: a blob release queued in the same batch
+    must already see them held (the caller gives them again after the commit).
     """
     if not uids:
         return Removal([], [])
@@ -791,6 +799,7 @@ def _remove(conn: sqlite3.Connection, mailbox_id: int, owner: str, uids: Sequenc
         )
     ]
     rows = [(m.uid, m.size, m.blob_id) for m in removed]
+    reclamation.retire(mailbox_id, removed)
     modseq = _bump(conn, mailbox_id) if record else 0
     conn.execute(
         "DELETE FROM messages WHERE mailbox_id = ? AND uid IN (SELECT uid FROM wanted)",

@@ -10,16 +10,20 @@ kept here, in memory, and its blob file stays on disk until nobody can reach it:
 
 - a session that selects a mailbox opens a `MailboxReader` on it *before* it loads its
   view, so no expunge can fall between the two unseen;
-- right after each commit that removed rows from a mailbox, `Reclamation.retire` gives
-  every reader open on it those rows ("ghosts") and counts a hold on each ghost's blob;
+- each job that removes rows from a mailbox gives every reader open on it those rows
+  ("ghosts") and counts a hold on each ghost's blob (`Reclamation.retire`, on the
+  writer thread, so a blob release later in the same batch sees the hold), and the
+  caller gives them again right after the commit, to readers opened meanwhile (a
+  rolled-back job leaves ghosts of rows that still exist: never read, and they hold
+  only blobs that rows still name);
 - `Mailstore.release_blobs`, under the database writer, deletes a blob whose last
   reference went only if no ghost holds it (`keep`); a held one waits in ``pending``;
 - a reader drops a ghost once its client has been sent the EXPUNGE (the view no longer
   holds the UID), and all of them when it closes (UNSELECT, another SELECT, the end of
   the connection); a pending blob whose last hold goes is handed back to be deleted.
 
-The hold check runs on the writer thread while sessions change holds on the trio
-thread, hence the lock. Crash: a pending blob has no row in ``blobs`` (its last
+The writer thread and the sessions' trio thread both change ghosts and holds, hence
+the lock. Crash: a pending blob has no row in ``blobs`` (its last
 reference was committed away), so the start-up sweep (`Mailstore.remove_orphan_blobs`)
 deletes it; sessions do not outlive a restart, so nothing they held is lost.
 
@@ -55,10 +59,10 @@ class Reclamation:
         return reader
 
     def retire(self, mailbox_id: int, rows: Iterable[StoredMessage]) -> None:
-        """Give every reader of *mailbox_id* the rows a commit just removed from it.
+        """Give every reader of *mailbox_id* the rows a job removes from it (idempotent).
 
-        Call it right after the commit returns, before the next checkpoint: then no
-        `Mailstore.release_blobs` of another task can run between the two.
+        Called in the writer job that removes them, and again right after its commit
+        (before the next checkpoint) for readers opened in between.
         """
         with self._lock:
             readers = self._readers.get(mailbox_id)
@@ -91,13 +95,14 @@ class Reclamation:
         with self._lock:
             return len(self._readers.get(mailbox_id, ()))
 
-    def _drop(self, reader: MailboxReader, uids: Iterable[int], *, close: bool) -> list[str]:
+    def _drop(
+        self, reader: MailboxReader, keep: Callable[[int], bool], *, close: bool
+    ) -> list[str]:
         freed: list[str] = []
+        # Under the lock: the writer thread may be adding ghosts (`retire`) meanwhile.
         with self._lock:
-            for uid in list(uids):
-                row = reader.ghosts.pop(uid, None)
-                if row is None:
-                    continue
+            for uid in [uid for uid in reader.ghosts if not keep(uid)]:
+                row = reader.ghosts.pop(uid)
                 left = self._holds[row.blob_id] - 1
                 if left:
                     self._holds[row.blob_id] = left
@@ -137,12 +142,11 @@ class MailboxReader:
         """
         if not self.ghosts:
             return []
-        gone = [uid for uid in self.ghosts if not still_shown(uid)]
-        return self._reclamation._drop(self, gone, close=False) if gone else []
+        return self._reclamation._drop(self, still_shown, close=False)
 
     def close(self) -> list[str]:
         """Stop reading: drop every ghost; return blobs now free. Idempotent."""
         if self.closed:
             return []
         self.closed = True
-        return self._reclamation._drop(self, list(self.ghosts), close=True)
+        return self._reclamation._drop(self, lambda uid: False, close=True)
