@@ -9,6 +9,9 @@ operations that IMAP, the webmail and mailbox replication use.
 
 from __future__ import annotations
 
+import pytest
+
+from appliance.mail.imap.session import ImapSession
 from appliance.mail.mailboxes import FlagMode, Mailboxes
 from appliance.mail.mailstore import Mailstore, StoredMessage
 from appliance.mail.reclamation import Reclamation
@@ -52,6 +55,33 @@ async def test_an_expunged_message_stays_readable_until_the_session_is_told(
     assert sorted(box.blob_files()) == sorted(
         m.blob_id for m in await box.mailstore.messages(owner)
     )
+
+
+async def test_an_expunge_between_a_fetchs_rows_and_its_bodies_is_answered(
+    box: MailBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving that stopped IMAPS (issue 15), made deterministic: another
+    session's EXPUNGE commits, and frees the blobs, after this FETCH read its rows and
+    before it read their bodies."""
+    owner = box.users[0]
+    client = await signed_in(box)
+    await fill(box, owner, 3)
+    await client.send("a SELECT INBOX\r\n")
+    original = ImapSession._contents
+
+    async def expunge_first(self: ImapSession, rows: dict[int, StoredMessage]) -> dict[int, bytes]:
+        monkeypatch.setattr(ImapSession, "_contents", original)
+        await _expunge_elsewhere(box, owner, [1, 2, 3])
+        return await original(self, rows)
+
+    monkeypatch.setattr(ImapSession, "_contents", expunge_first)
+    reply = await client.send("b UID FETCH 1:* (BODY.PEEK[])\r\n")
+    assert all(f"body number {n}" in reply for n in range(3))
+    assert reply.count(" FETCH (") == 3
+    # A UID command may carry the expunges (after the FETCH data); then nothing is held.
+    assert reply.endswith("* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\nb OK FETCH completed\r\n")
+    assert box.blob_files() == []
+    assert box.mailstore.reclamation.pending == frozenset()
 
 
 async def test_an_expunge_nobody_can_see_frees_the_blob_at_once(box: MailBox) -> None:
