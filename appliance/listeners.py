@@ -1,21 +1,43 @@
-"""What every TCP service of the box does the same way: bind, start TLS, name addresses.
+"""What every TCP service of the box does the same way: bind, start TLS, name addresses,
+admit connections, and keep one session's fault from reaching the listener.
 
-SMTP and IMAP (and later HTTPS) listeners share these so that "port in use" reads the
-same everywhere and every TLS handshake has the same deadline.
+SMTP, IMAP, HTTPS and the hub's sync listener share these so that "port in use" reads
+the same everywhere, every TLS handshake has the same deadline, and a bug met by one
+session ends that session only: `ConnectionGate.admit` logs it with its traceback and a
+reference, lets the connection say its protocol's last words (`ServedConnection.fault`:
+IMAP ``* BYE [SERVERBUG]``, SMTP ``421 4.3.0``, HTTP 500, WebSocket close 1011) and
+closes it, while the listener and every other session carry on. Without this, the
+exception would reach `trio.serve_listeners`' nursery, which would cancel every other
+connection and stop the port until the supervisor restarted the service.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
 from appliance.config import Config
 from appliance.security.guard import source_key
 
+log = logging.getLogger("edgebox.listeners")
+
 #: Seconds a client gets to finish a TLS handshake before it is dropped.
 TLS_HANDSHAKE_TIMEOUT = 30.0
+#: Seconds a failed session's last words may take before its connection is dropped.
+LAST_WORDS_TIMEOUT = 5.0
+#: What a client that vanished or failed TLS raises: nothing was promised to it, so
+#: these end its connection quietly.
+CLIENT_GONE: tuple[type[BaseException], ...] = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    ssl.SSLError,
+    TimeoutError,
+)
 
 
 async def open_listeners(name: str, config: Config) -> list[trio.SocketListener]:
@@ -72,6 +94,32 @@ async def start_tls(
     return tls
 
 
+class ServedConnection(Protocol):
+    """One client's connection as a listener runs it (IMAP, SMTP, HTTPS, hub sync)."""
+
+    async def run(self) -> None:
+        """Serve the client until it leaves or the protocol ends the session."""
+
+    async def fault(self, reference: str) -> None:
+        """Tell the client, in the protocol's own words, that the server failed.
+
+        Called after `run` raised something unexpected; best effort (the stream may be
+        broken too) and bounded by `LAST_WORDS_TIMEOUT`. The connection is closed after.
+        """
+
+
+#: Starts TLS on an admitted stream: a context (`start_tls`), or a function of the
+#: listener's own (HTTPS moves the socket under `SocketTLSStream`).
+TLSStarter = ssl.SSLContext | Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
+
+
+def client_gone(exc: BaseException) -> bool:
+    """Whether *exc* only says the client went away (also inside an exception group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(client_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, CLIENT_GONE)
+
+
 class ConnectionGate:
     """One listener's connection limits, and the life of each connection it admits.
 
@@ -79,30 +127,40 @@ class ConnectionGate:
     address or an IPv6 /64, as the sign-in guard counts them) — a client gets
     *refusal* (a protocol's "try later" line) and is closed. The per-source limit is
     what keeps one host from taking every slot: others are still served while it
-    floods. Admitted clients are served by *serve*, after implicit TLS if the
-    listener has a *tls* context; a client that vanishes or fails TLS is not an error.
+    floods. Admitted clients are served by the `ServedConnection` that *connect*
+    makes, after implicit TLS if the listener has *tls*; a client that vanishes or
+    fails TLS is not an error. Anything else the connection raises is a fault of this
+    one session: logged with its traceback under *service*, answered with the
+    connection's `fault` words, and the connection closed; it never reaches the
+    listener (see the module docstring).
     """
 
     def __init__(
         self,
         maximum: int,
         refusal: bytes,
-        tls: ssl.SSLContext | None = None,
+        tls: TLSStarter | None = None,
         *,
+        service: str,
         per_source: int | None = None,
     ) -> None:
         self.maximum = maximum
         self.per_source = maximum if per_source is None else per_source
         self.refusal = refusal
         self.tls = tls
+        self.service = service
         self.active = 0
         #: Connections per source; a source leaves the map with its last connection.
         self.by_source: dict[str, int] = {}
+        #: Sessions ended by a fault since start.
+        self.faults = 0
 
     async def admit(
-        self, stream: trio.abc.Stream, serve: Callable[[trio.abc.Stream], Awaitable[None]]
+        self, stream: trio.abc.Stream, connect: Callable[[trio.abc.Stream], ServedConnection]
     ) -> None:
-        source = source_key(peer_ip(stream))
+        """Serve one accepted *stream* from admission to close; never raises Exception."""
+        client_ip = peer_ip(stream)
+        source = source_key(client_ip)
         held = self.by_source.get(source, 0)
         if self.active >= self.maximum or held >= self.per_source:
             with trio.move_on_after(5):
@@ -114,12 +172,17 @@ class ConnectionGate:
             return
         self.active += 1
         self.by_source[source] = held + 1
+        connection: ServedConnection | None = None
         try:
-            if self.tls is not None:
+            if isinstance(self.tls, ssl.SSLContext):
                 stream = await start_tls(stream, self.tls)
-            await serve(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, TimeoutError):
-            pass  # the client went away or failed TLS; nothing was promised to it
+            elif self.tls is not None:
+                stream = await self.tls(stream)
+            connection = connect(stream)
+            await connection.run()
+        except Exception as exc:
+            if not client_gone(exc):
+                await self._fault(connection, client_ip or "unknown", exc)
         finally:
             self.active -= 1
             left = self.by_source[source] - 1
@@ -128,3 +191,22 @@ class ConnectionGate:
             else:
                 del self.by_source[source]
             await trio.aclose_forcefully(stream)
+
+    async def _fault(
+        self, connection: ServedConnection | None, client_ip: str, exc: Exception
+    ) -> None:
+        self.faults += 1
+        # The reference goes to the client too, so a user's report finds this entry.
+        reference = secrets.token_hex(4)
+        log.error(
+            "%s: session from %s failed (reference %s): %s: %s; that session is closed,"
+            " the listener and other sessions carry on",
+            self.service, client_ip, reference, type(exc).__name__, exc, exc_info=exc,
+        )  # fmt: skip
+        if connection is None:
+            return
+        with trio.move_on_after(LAST_WORDS_TIMEOUT):
+            try:
+                await connection.fault(reference)
+            except Exception:  # noqa: S110 - the stream may be broken too; logged above
+                pass

@@ -11,7 +11,8 @@ never in neither. The rules every job keeps:
   CONDSTORE clients can ask "what changed since N" (RFC 7162 §3.1). Expunged UIDs are
   kept with their MODSEQ for QRESYNC's VANISHED (RFC 7162 §3.2.5.2).
 - Blob reference counts follow the rows; a blob whose count reaches zero is deleted
-  from disk after the commit that dropped it.
+  from disk after the commit that dropped it, or, while an IMAP session not yet told of
+  the removal can still read the message, once it cannot (`Mailstore.reclamation`).
 - Quota usage follows the rows; a copy or append that would pass the owner's quota is
   refused with `QuotaExceeded` and changes nothing.
 
@@ -29,7 +30,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import trio
 
@@ -42,6 +43,7 @@ from appliance.mail.mailstore import (
     next_uidvalidity,
     row_to_message,
 )
+from appliance.mail.reclamation import Reclamation
 from appliance.mail.search_index import SearchIndex
 
 T = TypeVar("T")
@@ -257,28 +259,30 @@ class Mailboxes:
         if name == "INBOX":
             raise MailboxError("CANNOT", "INBOX cannot be deleted")
 
-        def job(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+        def job(conn: sqlite3.Connection) -> tuple[int, Removal]:
             mailbox_id = _existing(conn, owner, name)
             if conn.execute(
                 "SELECT 1 FROM mailboxes WHERE owner = ? AND name LIKE ? ESCAPE '\\' LIMIT 1",
                 (owner, _like_prefix(name + SEPARATOR)),
             ).fetchone():
                 raise MailboxError("HASCHILDREN", f"{name!r} has child mailboxes")
-            freed = _remove(conn, mailbox_id, owner, _all_uids(conn, mailbox_id), record=False)
+            removal = _remove(conn, mailbox_id, owner, _all_uids(conn, mailbox_id), record=False,
+                              reclamation=self.store.reclamation)  # fmt: skip
             conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mailbox_id,))
             conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
-            return mailbox_id, freed
+            return mailbox_id, removal
 
-        mailbox_id, freed = await self.db.write(job)
+        mailbox_id, removal = await self.db.write(job)
+        self._retire(mailbox_id, removal)
         await self.store.update_index(lambda search: search.remove_mailbox(mailbox_id))
-        await self._after(mailbox_id, freed)
+        await self._after(mailbox_id, removal.freed)
 
     async def rename(self, owner: str, old: str, new: str) -> None:
         old, new = normalise_name(old), normalise_name(new)
         if not new or new == "INBOX":
             raise MailboxError("CANNOT", f"cannot rename to {new!r}")
 
-        def job(conn: sqlite3.Connection) -> tuple[int, CopyResult | None, int]:
+        def job(conn: sqlite3.Connection) -> tuple[int, CopyResult | None, int, Removal | None]:
             source = _existing(conn, owner, old)
             if _mailbox_id(conn, owner, new) is not None:
                 raise MailboxError("ALREADYEXISTS", f"mailbox {new!r} already exists")
@@ -292,9 +296,10 @@ class Mailboxes:
                 ).fetchone()[0]
                 uids = _all_uids(conn, source)
                 pairs = _copy(conn, source, target, owner, uids, check_quota=False)
-                _remove(conn, source, owner, uids, record=True, uncharge=False)
+                removal = _remove(conn, source, owner, uids, record=True, uncharge=False,
+                                  reclamation=self.store.reclamation)  # fmt: skip
                 moved = CopyResult(0, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
-                return int(source), moved, int(target)
+                return int(source), moved, int(target), removal
             # A renamed mailbox keeps its UIDVALIDITY only if clients cannot confuse it
             # with the old name: they cannot, the old name stops existing. Children move.
             for child_id, child in conn.execute(
@@ -306,9 +311,11 @@ class Mailboxes:
                     "UPDATE mailboxes SET name = ? WHERE id = ?",
                     (new + child[len(old) :], child_id),
                 )
-            return int(source), None, 0
+            return int(source), None, 0, None
 
-        source, moved, target = await self.db.write(job)
+        source, moved, target, removal = await self.db.write(job)
+        if removal is not None:
+            self._retire(source, removal)
         self.store.changes.changed([source])
         if moved is not None:
             await self._index_moves(source, target, moved, move=True)
@@ -467,7 +474,7 @@ class Mailboxes:
         """COPY (RFC 3501 §6.4.7) or MOVE (RFC 6851) to another mailbox of *owner*."""
         destination = normalise_name(destination)
 
-        def job(conn: sqlite3.Connection) -> tuple[CopyResult, int]:
+        def job(conn: sqlite3.Connection) -> tuple[CopyResult, int, Removal | None]:
             target = _existing(conn, owner, destination)
             if target == mailbox_id:
                 raise MailboxError("CANNOT", "source and destination are the same mailbox")
@@ -482,19 +489,23 @@ class Mailboxes:
             uidvalidity = conn.execute(
                 "SELECT uidvalidity FROM mailboxes WHERE id = ?", (target,)
             ).fetchone()[0]
+            removal = None
             if move:
                 # Same owner on both sides: usage does not change, and every blob keeps
                 # the reference the copy just added, so nothing is freed.
-                _remove(conn, mailbox_id, owner, present, record=True, uncharge=False)
+                removal = _remove(conn, mailbox_id, owner, present, record=True, uncharge=False,
+                                  reclamation=self.store.reclamation)  # fmt: skip
             result = CopyResult(
                 int(uidvalidity),
                 tuple(src for src, _, _ in pairs),
                 tuple(dst for _, dst, _ in pairs),
                 tuple(present) if move else (),
             )
-            return result, int(target)
+            return result, int(target), removal
 
-        result, target = await self.db.write(job)
+        result, target, removal = await self.db.write(job)
+        if removal is not None:
+            self._retire(mailbox_id, removal)
         self.store.changes.changed([target, mailbox_id] if move else [target])
         await self._index_moves(mailbox_id, target, result, move=move)
         return result
@@ -516,18 +527,26 @@ class Mailboxes:
     ) -> list[int]:
         """Remove messages flagged \\Deleted (all, or those among *uids*: UID EXPUNGE)."""
 
-        def job(conn: sqlite3.Connection) -> tuple[list[int], list[str]]:
+        def job(conn: sqlite3.Connection) -> tuple[list[int], Removal]:
             scope = _all_uids(conn, mailbox_id) if uids is None else uids
             candidates = _rows(conn, mailbox_id, scope, "uid, flags")
             doomed = sorted(uid for uid, text in candidates if "\\deleted" in text.lower().split())
-            return doomed, _remove(conn, mailbox_id, owner, doomed, record=True)
+            return doomed, _remove(conn, mailbox_id, owner, doomed, record=True,
+                                   reclamation=self.store.reclamation)  # fmt: skip
 
-        doomed, freed = await self.db.write(job)
+        doomed, removal = await self.db.write(job)
+        self._retire(mailbox_id, removal)
         if doomed:
             self.store.changes.changed([mailbox_id])
             await self.store.update_index(lambda search: search.remove(mailbox_id, doomed))
-        await self._delete_blobs(freed)
+        await self._delete_blobs(removal.freed)
         return doomed
+
+    def _retire(self, mailbox_id: int, removal: Removal) -> None:
+        # `_remove` gave the rows to the readers open when the job ran; this gives them
+        # to any reader opened since, whose view may have been read before the commit.
+        # Before any checkpoint after the commit, so before any later writer job.
+        self.store.reclamation.retire(mailbox_id, removal.rows)
 
     async def _after(self, mailbox_id: int, freed: list[str]) -> None:
         self.store.changes.changed([mailbox_id])
@@ -752,16 +771,35 @@ def _copy(conn: sqlite3.Connection, source: int, target: int, owner: str, uids: 
     return pairs
 
 
+class Removal(NamedTuple):
+    """What `_remove` took out: the rows as they were, and blobs left with no reference."""
+
+    rows: list[StoredMessage]
+    freed: list[str]
+
+
 def _remove(conn: sqlite3.Connection, mailbox_id: int, owner: str, uids: Sequence[int], *,
-            record: bool, uncharge: bool = True) -> list[str]:  # fmt: skip
-    """Delete message rows; return blob ids whose last reference went with them.
+            record: bool, reclamation: Reclamation, uncharge: bool = True) -> Removal:  # fmt: skip
+    """Delete message rows; return them, and the blob ids whose last reference went.
 
     *record*: keep the UIDs for VANISHED; *uncharge*: give the bytes back to the quota
-    (not when the same owner just got a copy, as in MOVE).
+    (not when the same owner just got a copy, as in MOVE). The rows go to the sessions
+    reading the mailbox now, in the writer: a blob release queued in the same batch
+    must already see them held (the caller gives them again after the commit).
     """
     if not uids:
-        return []
-    rows = _rows(conn, mailbox_id, uids, "uid, size, blob_id")
+        return Removal([], [])
+    _rows(conn, mailbox_id, uids, "uid")  # fills the temporary table `wanted`
+    removed = [
+        row_to_message(row)
+        for row in conn.execute(
+            f"{SELECT_MESSAGES} WHERE m.mailbox_id = ? AND m.uid IN (SELECT uid FROM wanted)"  # noqa: S608 - our own columns
+            " ORDER BY m.uid",
+            (mailbox_id,),
+        )
+    ]
+    rows = [(m.uid, m.size, m.blob_id) for m in removed]
+    reclamation.retire(mailbox_id, removed)
     modseq = _bump(conn, mailbox_id) if record else 0
     conn.execute(
         "DELETE FROM messages WHERE mailbox_id = ? AND uid IN (SELECT uid FROM wanted)",
@@ -785,7 +823,7 @@ def _remove(conn: sqlite3.Connection, mailbox_id: int, owner: str, uids: Sequenc
         if refs == 0:
             conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
             freed.append(blob_id)
-    return freed
+    return Removal(removed, freed)
 
 
 def _apply(current: tuple[str, ...], mode: FlagMode, flags: tuple[str, ...]) -> tuple[str, ...]:

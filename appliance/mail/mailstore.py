@@ -9,7 +9,8 @@ references, so a blob is deleted only when its last copy is.
 Crash safety comes from ordering: blob files are written and fsynced *before* the rows
 that name them are committed, so a committed row never points at a missing file. A
 crash in between leaves an unreferenced file, which `remove_orphan_blobs` deletes at
-start-up before any service runs.
+start-up before any service runs. A blob whose last row went stays on disk while an
+IMAP session not yet told of the expunge can still read it (reclamation.py).
 
 What this is not: the SMTP or IMAP view of mail. Protocols call it; it knows neither.
 """
@@ -28,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from appliance.mail.changes import ChangeFeed
+from appliance.mail.reclamation import Reclamation
 from appliance.mail.search_index import SearchIndex
 from appliance.store.blobs import BlobCorrupt, BlobMissing, BlobStore
 from appliance.store.database import SQLiteDatabase
@@ -290,6 +292,8 @@ class Mailstore:
         self.index_queue: trio.MemorySendChannel[tuple[int, int]] | None = None
         #: Wakes IMAP sessions (and IDLE) when a mailbox they show has changed.
         self.changes = ChangeFeed()
+        #: Removed messages that sessions not yet told may still read (reclamation.py).
+        self.reclamation = Reclamation()
         #: Set by mailbox replication while it runs: asks the centre for pending bodies.
         self.body_fetcher: BodyFetcher | None = None
         self.body_wait = BODY_WAIT_SECONDS
@@ -387,14 +391,18 @@ class Mailstore:
 
         The unlink runs under the writer (see `reference_blob`) but is not fsynced: a
         crash that undoes it leaves a file no row names, which the same sweep removes,
-        and the writer does not wait a directory fsync per message meanwhile.
+        and the writer does not wait a directory fsync per message meanwhile. A blob a
+        session may still read (an expunge it has not been told of) stays until that
+        session lets go (`Reclamation`), and is then passed here again.
         """
         if not blob_ids:
             return
 
         def job(conn: sqlite3.Connection) -> None:
             for blob_id in blob_ids:
-                if conn.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is None:
+                if conn.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone():
+                    continue  # referenced again meanwhile
+                if not self.reclamation.keep(blob_id):
                     self.blobs.delete(blob_id, durable=False)
 
         await self.db.write(job)
@@ -631,7 +639,12 @@ class Mailstore:
         )
 
     def remove_orphan_blobs(self, conn: sqlite3.Connection) -> int:
-        """Delete blob files no committed row names (left by a crash); run at start-up."""
+        """Delete blob files no committed row names; run at start-up.
+
+        They are left by a crash between a blob's write and its row's commit, and by
+        a stop while sessions still held expunged messages (`Reclamation`): either
+        way no row names them, and no session survived the stop to read them.
+        """
         known = {row[0] for row in conn.execute("SELECT id FROM blobs")}
         removed = 0
         for blob_id in list(self.blobs.iter_ids()):

@@ -436,10 +436,12 @@ class HTTPSService:
         self.tls.set_alpn_protocols(["http/1.1"])
         # Over the limit a client is closed without a word: the refusal would be
         # written before TLS, and plain text to a TLS client is noise to it. TLS is
-        # started by `_serve` (not by the gate): see `appliance.web.tls_stream`.
+        # started by `_start_tls`: see `appliance.web.tls_stream`.
         self.gate = ConnectionGate(
             box.config.max_web_connections,
             b"",
+            self._start_tls,
+            service=self.name,
             per_source=box.config.max_web_connections_per_source,
         )
 
@@ -451,23 +453,18 @@ class HTTPSService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        await self.gate.admit(stream, lambda s: self._serve(s, client_ip))
+        await self.gate.admit(stream, lambda s: _Connection(self, s, client_ip))
 
-    async def _serve(self, stream: trio.abc.Stream, client_ip: str) -> None:
-        """Start TLS on an admitted connection and serve it; close it at the end.
+    async def _start_tls(self, stream: trio.abc.Stream) -> trio.abc.Stream:
+        """Start TLS on an admitted connection (the gate closes it at the end).
 
         An accepted socket gets `SocketTLSStream` (OpenSSL writes the socket itself:
         the chat stream's thousands of small sends a second are cheap); any other
         stream `trio.SSLStream`. Handshake failures and time-outs end at the gate.
         """
         if isinstance(stream, trio.SocketStream):
-            tls: trio.abc.Stream = await start_socket_tls(stream, self.tls)
-        else:
-            tls = await start_tls(stream, self.tls)
-        try:
-            await _Connection(self, tls, client_ip).run()
-        finally:
-            await trio.aclose_forcefully(tls)
+            return await start_socket_tls(stream, self.tls)
+        return await start_tls(stream, self.tls)
 
 
 class _Upgraded(Exception):
@@ -491,6 +488,16 @@ class _Connection:
         self.client_ip = client_ip
         self.reader = RequestReader(stream, self.limits)
         self.conn = self.reader.conn
+        #: Set once the connection has become a WebSocket.
+        self.websocket: _WebSocket | None = None
+
+    async def fault(self, reference: str) -> None:
+        """Say the server failed: 500 if no response was started, else WebSocket 1011."""
+        if self.websocket is not None:
+            # RFC 6455 §7.4.1: 1011, an unexpected condition on the server.
+            await self.websocket.close(1011, f"internal error (reference {reference})")
+            return
+        await self._send_error(_internal_error(reference), "th")
 
     async def run(self) -> None:
         while True:
@@ -587,12 +594,7 @@ class _Connection:
             # attacker about the code and the data (CWE-209).
             log.exception("internal error ref=%s %s %s ip=%s", reference, method,
                           route.path, self.client_ip)  # fmt: skip
-            raise ApiError(
-                500,
-                "internal",
-                f"Something went wrong on the box (reference {reference})",
-                f"เกิดข้อผิดพลาดในเครื่องแม่ข่าย (รหัสอ้างอิง {reference})",
-            ) from None
+            raise _internal_error(reference) from None
         return _render(route, result)
 
     async def _authenticate(self, token: str | None, *, sign_in_from: Target | None = None) -> User:
@@ -704,6 +706,7 @@ class _Connection:
         )
         log.debug("%s websocket %s", self.client_ip, route.path)
         socket = _WebSocket(self.stream, bytes(trailing), self.limits)
+        self.websocket = socket
         await socket.serve(route.handler, call)
         raise _Upgraded
 
@@ -775,6 +778,8 @@ class _WebSocket:
         #: Set once no more frames will come: close handshake done or stream broken.
         self._finished = trio.Event()
         self._broken = False
+        #: The frame reader failed on a bug of ours: the close says 1011, not 1000.
+        self._faulted = False
         self._last_heard = trio.current_time()
         #: When the send under way began (None: not sending); see `_keep_alive`.
         self._sending_since: float | None = None
@@ -916,7 +921,7 @@ class _WebSocket:
                                   request.client_ip)  # fmt: skip
             handler_done.set()
             self._inbox.close()
-            await self.close(code)
+            await self.close(1011 if self._faulted else code)
             nursery.cancel_scope.cancel()
 
         async def reader() -> None:
@@ -1018,6 +1023,12 @@ class _WebSocket:
             pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
+        except Exception:
+            # A bug of ours, not the client's: the handler sees the end of the stream,
+            # the close says 1011 (RFC 6455 §7.4.1), and the error goes on to the
+            # listener, which logs it (appliance.listeners).
+            self._faulted = True
+            raise
         finally:
             self._finished.set()
             self._inbox_in.close()
@@ -1126,6 +1137,15 @@ def _parse_form(
         if not secrets.compare_digest(sent.encode(), csrf_token_for(token).encode()):
             raise _csrf_error()
     return form
+
+
+def _internal_error(reference: str) -> ApiError:
+    return ApiError(
+        500,
+        "internal",
+        f"Something went wrong on the box (reference {reference})",
+        f"เกิดข้อผิดพลาดในเครื่องแม่ข่าย (รหัสอ้างอิง {reference})",
+    )
 
 
 def _timeout_error() -> ApiError:

@@ -39,6 +39,7 @@ class IMAPService:
             box.config.max_connections,
             b"* BYE too many connections, try again later\r\n",
             box.tls if name == "imaps" else None,
+            service=name,
             per_source=box.config.max_connections_per_source,
         )
 
@@ -50,7 +51,7 @@ class IMAPService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        await self.gate.admit(stream, lambda s: Connection(self, s, client_ip).run())
+        await self.gate.admit(stream, lambda s: Connection(self, s, client_ip))
 
 
 class Connection:
@@ -101,6 +102,20 @@ class Connection:
             self.conn.receive_data(data)
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            # Shielded and short: the session's hold on expunged messages must go even
+            # when a cancel or a fault ends the connection (mail/reclamation.py).
+            with trio.CancelScope(shield=True):
+                await self.session.close()
+
+    async def fault(self, reference: str) -> None:
+        """Say goodbye after a server bug (RFC 3501 §7.1.5 BYE, RFC 5530 SERVERBUG)."""
+        self.conn.bye(f"[SERVERBUG] internal error (reference {reference}); please reconnect")
+        await self.flush()
+
+    async def _serve(self) -> None:
         self.conn.untagged(f"OK [CAPABILITY {self.session.capability()}] edgebox IMAP ready")
         while True:
             event = await self.next_event()

@@ -11,6 +11,9 @@ mailbox true (RFC 3501 §5.2, §7.4.1):
   another session, or SMTP delivery.
 - EXPUNGE responses are held back during FETCH, STORE and SEARCH (RFC 3501 §7.4.1:
   sequence numbers must not shift under a client's feet); UID commands may get them.
+  Until the client is told, a message expunged elsewhere stays readable: the session
+  holds a `MailboxReader` on its selected mailbox, which keeps the removed rows and
+  their blobs for it (mail/reclamation.py).
 - IDLE (RFC 2177) waits on the store's change feed, so a new message reaches an idling
   client within moments of its commit.
 
@@ -40,6 +43,7 @@ from appliance.mail.mailboxes import (
     MailboxInfo,
 )
 from appliance.mail.mailstore import BodyUnavailable, Mailstore, QuotaExceeded, StoredMessage
+from appliance.mail.reclamation import MailboxReader
 from appliance.store.blobs import BlobMissing
 
 log = logging.getLogger("edgebox.imap")
@@ -67,6 +71,8 @@ class Selected:
     messages: MessageView = field(default_factory=MessageView)
     #: Everything up to this MODSEQ has been reported to the client.
     modseq: int = 0
+    #: Keeps messages removed meanwhile readable until the client is told.
+    reader: MailboxReader | None = None
 
     def seq_of(self, uid: int) -> int:
         return self.messages.seq_of(uid)
@@ -102,6 +108,8 @@ class ImapSession:
         #: Wrong passwords on this connection; at `max_auth_failures` it is closed.
         self.auth_failures = 0
         self.max_auth_failures = max_auth_failures
+        #: Blobs a closed reader let go of, to hand to `Mailstore.release_blobs`.
+        self._freed: list[str] = []
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -113,6 +121,7 @@ class ImapSession:
             return
         try:
             await handler(command)
+            await self._reclaim()
         except MailboxError as exc:
             self.conn.tagged(command.tag, "NO", str(exc), code=exc.code)
         except QuotaExceeded:
@@ -121,6 +130,23 @@ class ImapSession:
             # RFC 5530 §3: "a subsystem is down"; the client may try again later. Raised
             # before anything of the command was sent or changed (see `_ensure_bodies`).
             self.conn.tagged(command.tag, "NO", f"{exc}; try again later", code="UNAVAILABLE")
+
+    async def close(self) -> None:
+        """Let go of the selected mailbox at the end of the connection."""
+        selected, self.selected = self.selected, None
+        if selected is not None and selected.reader is not None:
+            self._freed += selected.reader.close()
+        try:
+            await self._reclaim()
+        except Exception:
+            # Not this client's concern: the files stay, and no row names them, so
+            # the start-up sweep collects them (Mailstore.remove_orphan_blobs).
+            log.exception("imap: could not free the blobs of expunged messages now")
+
+    async def _reclaim(self) -> None:
+        if self._freed:
+            freed, self._freed = self._freed, []
+            await self.store.release_blobs(freed)
 
     def capability(self) -> str:
         extra = "" if self.conn.tls_active else " STARTTLS LOGINDISABLED"
@@ -367,8 +393,14 @@ class ImapSession:
         box = await self.mailboxes.get(self.owner, cmd.mailbox)
         if cmd.condstore or cmd.qresync:
             self.condstore = True
-        view = await self.mailboxes.load_states(box.id, MessageView)
-        selected = Selected(box, cmd.readonly, view, box.highestmodseq)
+        # Open before the view is read, so no expunge can fall between the two unkept.
+        reader = self.store.reclamation.open(box.id)
+        try:
+            view = await self.mailboxes.load_states(box.id, MessageView)
+        except BaseException:
+            self._freed += reader.close()
+            raise
+        selected = Selected(box, cmd.readonly, view, box.highestmodseq, reader)
         self.conn.untagged(f"FLAGS {FLAGS}")
         self.conn.untagged(f"{len(view)} EXISTS")
         self.conn.untagged("0 RECENT")
@@ -399,6 +431,8 @@ class ImapSession:
 
     def _unselect(self) -> None:
         if self.selected is not None:
+            if self.selected.reader is not None:
+                self._freed += self.selected.reader.close()
             self.selected = None
             self.conn.unselected()
 
@@ -539,15 +573,17 @@ class ImapSession:
                     items.append(imap.FetchAttr("FLAGS"))
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start : start + FETCH_BATCH]
-            rows = (
-                {m.uid: m for m in await self.mailboxes.messages(selected.info.id, batch)}
-                if needs_row
-                else {}
-            )
+            rows = await self._rows(selected, batch) if needs_row else {}
             contents = await self._contents(rows) if needs_content else {}
+            if len(contents) < len(rows) and needs_content:
+                # A body that came from the centre meanwhile replaced the header-only
+                # blob the row named (`Mailstore.fill_body`): read those rows again.
+                again = await self._rows(selected, [u for u in rows if u not in contents])
+                rows.update(again)
+                contents.update(await self._contents(again))
             for uid in batch:
                 if needs_row and uid not in rows:
-                    continue  # expunged by someone else since; reported later
+                    continue  # removed before this session opened the mailbox
                 line = await self._fetch_line(
                     selected, uid, items, rows.get(uid), contents.get(uid)
                 )
@@ -564,6 +600,18 @@ class ImapSession:
             rows = await self.mailboxes.messages(selected.info.id, wanted)
             await self.store.ensure_bodies(rows)
 
+    async def _rows(self, selected: Selected, uids: Sequence[int]) -> dict[int, StoredMessage]:
+        """The rows of *uids*: stored, or removed since but not yet reported (RFC 3501
+        §7.4.1: until the client is told, the message is still there for it)."""
+        found = {m.uid: m for m in await self.mailboxes.messages(selected.info.id, uids)}
+        reader = selected.reader
+        if reader is not None and len(found) < len(uids):
+            for uid in uids:
+                ghost = None if uid in found else reader.ghost(uid)
+                if ghost is not None:
+                    found[uid] = ghost
+        return found
+
     async def _contents(self, rows: dict[int, StoredMessage]) -> dict[int, bytes]:
         """Decrypt a FETCH batch's messages in one worker call, not one hop each."""
         blobs = self.store.blobs
@@ -574,7 +622,7 @@ class ImapSession:
                 try:
                     found[uid] = blobs.get(row.blob_id)
                 except BlobMissing:
-                    continue  # freed by a concurrent expunge; the row is gone too
+                    continue  # the caller reads the row again (see `_on_fetch`)
             return found
 
         return await trio.to_thread.run_sync(read_all)
@@ -743,6 +791,11 @@ class ImapSession:
         # Flag changes seen now are not repeated, as their state equals ours.
         if expunges or not gone:
             selected.modseq = max([selected.modseq] + [s.modseq for s in changed])
+        if selected.reader is not None:
+            # Removed messages the client no longer sees (told now, or never shown)
+            # need not be kept for it any more.
+            self._freed += selected.reader.release(view.__contains__)
+            await self._reclaim()
 
 
 class _Matcher:
@@ -806,8 +859,7 @@ class _Matcher:
         """Evaluate *key* message by message, with their rows read in one go."""
         missing = [u for u in uids if u not in self._rows]
         if missing and not isinstance(key, imap.SearchSequence | imap.SearchModseq):
-            for row in await self.session.mailboxes.messages(self.selected.info.id, missing):
-                self._rows[row.uid] = row
+            self._rows.update(await self.session._rows(self.selected, missing))
         return {u for u in uids if await self._eval(key, u)}
 
     @staticmethod
@@ -843,10 +895,10 @@ class _Matcher:
 
     async def _row(self, uid: int) -> StoredMessage | None:
         if uid not in self._rows:
-            rows = await self.session.mailboxes.messages(self.selected.info.id, [uid])
-            if not rows:
+            rows = await self.session._rows(self.selected, [uid])
+            if uid not in rows:
                 return None
-            self._rows[uid] = rows[0]
+            self._rows[uid] = rows[uid]
         return self._rows[uid]
 
     async def _eval(self, key: imap.SearchKey, uid: int) -> bool:

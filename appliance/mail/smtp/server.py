@@ -26,6 +26,9 @@ log = logging.getLogger("edgebox.smtp")
 
 TOO_MANY_CONNECTIONS = smtp.Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Local error in processing, try again later")
+#: RFC 5321 §3.8: a server that must end a session says 421 first (RFC 3463 4.3.0:
+#: other or undefined mail system status).
+SERVER_FAULT = "Internal error (reference {}), closing connection; try again later"
 TEMPORARY_AUTH_FAILURE = smtp.Reply(454, "4.7.0", "Temporary authentication failure")
 #: The sign-in guard refuses the source (RFC 5321 §3.8: 421 may answer any command).
 AUTH_REFUSED = smtp.Reply(
@@ -49,6 +52,7 @@ class SMTPService:
             box.config.max_connections,
             TOO_MANY_CONNECTIONS.encode(enhanced_codes=False),
             box.tls if port is Port.SUBMISSIONS else None,
+            service=self.name,
             per_source=box.config.max_connections_per_source,
         )
         config = box.config
@@ -70,7 +74,7 @@ class SMTPService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        await self.gate.admit(stream, lambda s: SMTPSession(self, s, client_ip).run())
+        await self.gate.admit(stream, lambda s: SMTPSession(self, s, client_ip))
 
 
 class SMTPSession:
@@ -125,6 +129,11 @@ class SMTPSession:
                 await self._recipient(event)
             elif isinstance(event, smtp.MessageData):
                 await self._message(event)
+
+    async def fault(self, reference: str) -> None:
+        """End the session with 421 4.3.0 after a server bug; nothing pending was taken."""
+        self.conn.close(smtp.Reply(421, "4.3.0", SERVER_FAULT.format(reference)))
+        await self._flush()
 
     async def _authenticate(self, event: smtp.AuthAttempt) -> None:
         signin = self.service.box.signin

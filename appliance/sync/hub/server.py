@@ -119,6 +119,7 @@ class HubSyncService:
             self.limits.max_connections,
             b"",
             self.tls,
+            service=self.name,
             per_source=self.limits.max_connections_per_source,
         )
         self.enrolment: Enrolment | None = None
@@ -142,7 +143,7 @@ class HubSyncService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        await self.gate.admit(stream, lambda s: _Connection(self, s, client_ip).run())
+        await self.gate.admit(stream, lambda s: _Connection(self, s, client_ip))
 
     # what a request is answered with
 
@@ -241,6 +242,14 @@ class _Connection:
                 await self.reader.linger()
                 return
             self.conn.start_next_cycle()
+
+    async def fault(self, reference: str) -> None:
+        """Answer 500 after a server bug, if no answer to this request was started."""
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = _error("internal", f"hub error (reference {reference})")
+            # `_send` says "close" itself when the request's body was not read.
+            close = [("connection", "close")] if self.conn.their_state is h11.DONE else []
+            await self._send(500, body, close)
 
     async def _exchange(self, request: h11.Request) -> None:
         method = request.method.decode("ascii", "replace")

@@ -3,6 +3,7 @@ CSRF, languages and WebSocket streams."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import wsproto.events
 
 from appliance.box import Box
 from appliance.directory.sessions import Sessions
+from appliance.web import server as web_server
 from appliance.web.openapi import openapi_route
 from appliance.web.routes import ApiError, Request, Response, Route, StreamRoute, WebSocket
 from appliance.web.server import Limits, parse_cookie, parse_target, preferred_language
@@ -557,3 +559,85 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
     with trio.fail_after(30):
         await stopped.wait()
     await client.aclose()
+
+
+# --- one connection's fault (appliance.listeners.ConnectionGate) ----------------------
+
+
+async def test_a_fault_outside_any_handler_ends_only_that_connection(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await sign_in(server)
+    stream, answer = await WebSocketClient.connect(server, f"/api/v1/stream?token={token}")
+    assert isinstance(answer, wsproto.events.AcceptConnection)
+    assert json.loads(await stream.receive_text()) == {"hello": ADDRESS}
+    original = web_server._Connection._exchange
+
+    async def faulty(self: Any, request: Any) -> None:
+        if request.target == b"/api/v1/open?fault=1":
+            raise RuntimeError("injected fault for one request")
+        await original(self, request)
+
+    monkeypatch.setattr(web_server._Connection, "_exchange", faulty)
+    try:
+        with caplog.at_level(logging.ERROR, logger="edgebox.listeners"):
+            reply = await server.request("GET", "/api/v1/open?fault=1")
+        # No response was started: a 500 with the JSON error body, and the connection ends.
+        assert reply.status == 500
+        assert reply.header("Content-Type") == "application/json"
+        assert reply.json()["error"]["code"] == "internal"
+        assert reply.will_close
+        reference = reply.json()["error"]["message_en"].rpartition(" ")[2].rstrip(")")
+        (record,) = caplog.records
+        assert (
+            f"https: session from 127.0.0.1 failed (reference {reference})" in record.getMessage()
+        )
+        assert record.exc_info is not None
+        assert "injected fault" in str(record.exc_info[1])
+        # The open WebSocket and new requests are served as before.
+        await stream.send_json({"after": 1})
+        assert json.loads(await stream.receive_text()) == {"echo": {"after": 1}}
+        assert (await server.request("GET", "/api/v1/open")).status == 200
+        assert server.service.gate.faults == 1
+    finally:
+        await stream.aclose()
+
+
+async def test_a_websocket_fault_outside_its_handler_closes_it_with_1011(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await sign_in(server)
+    original = web_server._WebSocket._deliver
+
+    async def faulty(self: Any, value: Any) -> None:
+        if value == {"fault": True}:
+            raise RuntimeError("injected fault in the frame reader")
+        await original(self, value)
+
+    monkeypatch.setattr(web_server._WebSocket, "_deliver", faulty)
+    streams = []
+    try:
+        for _ in range(2):
+            stream, answer = await WebSocketClient.connect(server, f"/api/v1/stream?token={token}")
+            assert isinstance(answer, wsproto.events.AcceptConnection)
+            assert json.loads(await stream.receive_text()) == {"hello": ADDRESS}
+            streams.append(stream)
+        faulty_stream, other = streams
+        with caplog.at_level(logging.ERROR, logger="edgebox.listeners"):
+            await faulty_stream.send_json({"fault": True})
+            closing = await faulty_stream.next_event()
+            # RFC 6455 §7.4.1: 1011, an unexpected condition on the server.
+            assert isinstance(closing, wsproto.events.CloseConnection)
+            assert closing.code == 1011
+            await faulty_stream.send(closing.response())
+            # The gate logs before it closes the connection: wait for the close.
+            with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+                while await faulty_stream.stream.receive_some(65536):
+                    pass
+        assert any("https: session from 127.0.0.1 failed" in r.getMessage() for r in caplog.records)
+        await other.send_json({"still": "here"})
+        assert json.loads(await other.receive_text()) == {"echo": {"still": "here"}}
+        assert (await server.request("GET", "/api/v1/open")).status == 200
+    finally:
+        for stream in streams:
+            await stream.aclose()

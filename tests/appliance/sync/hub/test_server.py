@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import h11
 import pytest
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from appliance.box import read_identity
 from appliance.sync.central import central_client_context, load_credentials
 from appliance.sync.enrol import EnrolError, enroll
+from appliance.sync.hub import server as hub_server
 from appliance.sync.hub.ca import ensure_sync_ca, issue_box_certificate
 from appliance.sync.hub.enrolment import EnrolmentToken
 from appliance.sync.hub.errors import HubError
@@ -389,3 +392,41 @@ async def test_the_client_gzips_once_the_hub_says_it_takes_gzip(tmp_path: Path) 
         assert first["pad"] == second["pad"] == "ก" * 2000  # a gzip'ed answer, inflated
         assert len(sent[1]) < len(sent[0]) / 10  # identity first, then gzip
         assert seen[0] == seen[1]
+
+
+# --- one connection's fault (appliance.listeners.ConnectionGate) ----------------------
+
+
+async def test_a_fault_outside_any_handler_ends_only_that_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = hub_server._Connection._exchange
+
+    async def faulty(self: Any, request: h11.Request) -> None:
+        if request.target == b"/sync/v1/t/fault":
+            raise RuntimeError("injected fault for one request")
+        await original(self, request)
+
+    monkeypatch.setattr(hub_server._Connection, "_exchange", faulty)
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        try:
+            assert await client(PING, {})  # a kept-alive connection, open across the fault
+            with caplog.at_level(logging.ERROR, logger="edgebox.listeners"):
+                status, headers, body = await _exchange(
+                    hub, edge, "/sync/v1/t/fault", b"{}", [JSON_TYPE]
+                )
+            assert status == 500
+            assert headers["connection"] == "close"
+            assert json.loads(body)["error"]["code"] == "internal"
+            (record,) = caplog.records
+            assert "hub-sync: session from 127.0.0.1 failed (reference" in record.getMessage()
+            assert record.exc_info is not None
+            assert hub.service.gate.faults == 1
+            # The other connection and new ones are served as before.
+            assert await client(PING, {})
+            assert await _ping(edge, hub.url)
+        finally:
+            await client.aclose()
