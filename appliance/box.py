@@ -168,7 +168,8 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
     # Mail clients look for their settings at autoconfig.<domain> (Thunderbird) and
     # autodiscover.<domain> (Outlook); the certificate must name those hosts too.
     discovery = [f"autoconfig.{identity.domain}", f"autodiscover.{identity.domain}"]
-    ensure_tls_material(keys_dir, [hostname, *discovery])
+    # The CA may vouch for the agency's domain and the box's names only (name constraints).
+    ensure_tls_material(keys_dir, [hostname, *discovery], [identity.domain])
     data_key = load_data_key(keys_dir)
     blobs = BlobStore(data_dir / "blobs", data_key)
     settings = Settings(data_dir / "config.json")

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance.box import read_identity
+from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 from appliance.store.settings import Settings
 from appliance.sync.central import (
@@ -149,16 +150,14 @@ async def _call(client: HubClient, path: str, body: dict[str, Any]) -> dict[str,
 def _unverified() -> ssl.SSLContext:
     # Only for fetching the CA, whose fingerprint is then checked against the token;
     # nothing secret is sent on this connection.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
 
 
 def _pinned_context(ca_cert: x509.Certificate) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.load_verify_locations(cadata=ca_cert.public_bytes(serialization.Encoding.PEM).decode())
     return context
 
