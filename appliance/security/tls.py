@@ -398,6 +398,10 @@ def _server_is_usable(
         leaf.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
+    # A certificate from an older version may span more than clients take (825 days
+    # and a day): replace it now rather than at two thirds of its long life.
+    if leaf.not_valid_after_utc - leaf.not_valid_before_utc > SERVER_VALIDITY:
+        return False
     if server_renewal_due(leaf, now):
         return False
     try:

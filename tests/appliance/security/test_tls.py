@@ -506,3 +506,16 @@ async def test_cbc_client_is_refused(keys: Path) -> None:
             nursery.start_soon(side, "server", server)
             nursery.start_soon(side, "client", client)
     assert sorted(outcomes) == ["client refused", "server refused"]
+
+
+def test_older_long_certificate_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tls, "SERVER_VALIDITY", dt.timedelta(days=826))
+    before = _files(ensure_tls_material(tmp_path, [HOST]))
+    monkeypatch.undo()
+    paths = ensure_tls_material(tmp_path, [HOST])
+    assert paths.server_cert.read_bytes() != before["server_cert"]
+    assert paths.ca_cert.read_bytes() == before["ca_cert"]
+    leaf = _chain(paths)[0]
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(days=397)
