@@ -55,6 +55,10 @@ class Config:
     #: Refuse MAIL on the MX port until STARTTLS. Off by default: RFC 3207 §4 forbids it
     #: on a publicly referenced MX, and the centre's relay may not offer TLS.
     mx_require_tls: bool = False
+    #: Addresses or networks (comma- or space-separated) that may deliver mail claiming
+    #: one of the box's own domains as sender on the MX port: the hub and the central
+    #: relay (enrolment adds them). Everyone else gets 550 5.7.1 for such mail.
+    mx_trusted_relays: str = ""
 
     # --- the uplink (appliance.sync); enrolment fills these in -----------------------
     #: The hub's sync API, ``https://host:port`` ("" = not enrolled).
