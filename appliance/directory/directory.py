@@ -705,10 +705,13 @@ class Directory:
         except DirectoryError:
             return False
 
-    async def agency_admins(self, agency_domain: str) -> list[str]:
+    async def agency_admins(
+        self, agency_domain: str, *, include_box_wide: bool = False
+    ) -> list[str]:
         """Return the enabled admins of the agency, or the box's own admins if it has none.
 
         The agency's postmaster (RFC 5321 §4.5.1) is delivered to these addresses.
+        With *include_box_wide*, everyone who administers the agency: both kinds.
         """
         domain = normalise_domain(agency_domain)
 
@@ -722,7 +725,9 @@ class Directory:
                 (domain,),
             ).fetchall()
             own = [address for address, box_wide in rows if not box_wide]
-            return own or [address for address, _ in rows]
+            if include_box_wide or not own:
+                return [address for address, _ in rows]
+            return own
 
         return self._db.read_now(query)
 
