@@ -418,6 +418,23 @@ class Chat:
             )
         )
 
+    async def declared_settings(self, agency: str) -> dict[str, Any] | None:
+        """Return the settings *agency*'s box last declared to this hub; None if never."""
+
+        def query(conn: Conn) -> dict[str, Any] | None:
+            admins = _declared_admins(conn, agency)
+            if admins is None:
+                return None
+            return {
+                "public_mode": _public_mode(conn, agency),
+                "broadcast_creators": "everyone"
+                if _broadcast_by_everyone(conn, agency)
+                else "admins",
+                "admins": sorted(admins),
+            }
+
+        return await self._db.read(query)
+
     async def members_of(self, room_ids: Iterable[str]) -> set[str]:
         """Return everyone in any of these rooms (the hub looks their ranks up)."""
         wanted = json.dumps(sorted(set(room_ids)))
