@@ -47,10 +47,15 @@ class TLSRenewal:
         self.hostnames = list(hostnames)
         self.domains = list(domains)
         self.interval = interval
+        #: The chain the listeners were loaded with. Compared with the file rather than
+        #: with the file before our own renewal: an `edgebox` command run beside the
+        #: box (which opens the box, and so renews a due certificate) changes it too.
+        self.loaded: bytes | None = None
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        self.loaded = TLSPaths.in_dir(self.keys_dir).server_cert.read_bytes()
         task_status.started([])
         while True:
             await trio.sleep(self.interval)
@@ -60,13 +65,16 @@ class TLSRenewal:
         """Reissue the certificate if due and reload the listeners; True if it changed."""
         chain = TLSPaths.in_dir(self.keys_dir).server_cert
         try:
-            before = chain.read_bytes()
+            if self.loaded is None:
+                self.loaded = chain.read_bytes()
             await trio.to_thread.run_sync(
                 ensure_tls_material, self.keys_dir, self.hostnames, self.domains
             )
-            if chain.read_bytes() == before:
+            current = chain.read_bytes()
+            if current == self.loaded:
                 return False
             count = reload_server_contexts(self.keys_dir)
+            self.loaded = current
         except (OSError, ValueError, KeyMaterialError) as exc:
             log.warning("server certificate renewal failed: %s", exc)
             return False

@@ -52,6 +52,24 @@ async def test_running_box_renews_and_reloads(
     assert not await renewal.renew_if_due()
 
 
+async def test_a_certificate_renewed_by_a_command_beside_the_box_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_tls_material(tmp_path, [HOST], ["moe.go.th"])
+    reloaded: list[Path] = []
+    monkeypatch.setattr(
+        "appliance.security.tls_renewal.reload_server_contexts",
+        lambda keys: reloaded.append(keys) or 1,
+    )
+    renewal = TLSRenewal(tmp_path, [HOST], ["moe.go.th"])
+    assert not await renewal.renew_if_due()
+    # `edgebox user add` opens the box and reissues (here: for a new name) meanwhile.
+    ensure_tls_material(tmp_path, [HOST, "box2.moe.go.th"])
+    assert await renewal.renew_if_due()
+    assert reloaded == [tmp_path]
+    assert not await renewal.renew_if_due()
+
+
 def test_health_ok_warn_error(tmp_path: Path) -> None:
     ensure_tls_material(tmp_path, [HOST], ["moe.go.th"])
     leaf = _leaf(tmp_path)
