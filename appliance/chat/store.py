@@ -394,8 +394,11 @@ class Chat:
         """Keep the settings *agency*'s box declared (hub side), for checking its events.
 
         The box is the authority for its own agency's settings, as it is for its
-        people's actions; a malformed declaration changes nothing.
+        people's actions; a malformed declaration changes nothing, and one equal to
+        what is kept costs a read, not a write (every push carries it).
         """
+        if declared == await self.declared_settings(agency):
+            return
         if not isinstance(declared, dict):
             return
         public = declared.get("public_mode")
@@ -465,14 +468,23 @@ class Chat:
         public = bool(seniors) and all([await self.public_mode(a) for a in seniors])
         RoomPolicy.check_not_disguised_direct(owner, others, public_mode=public)
 
-    async def _member_users(self, room_id: str) -> dict[str, User]:
-        """Return the directory entries of a room's members (before a membership change)."""
+    async def _ranked_members(
+        self, actor: User, room_id: str
+    ) -> tuple[frozenset[str], dict[str, User]] | None:
+        """Return a group's members and their directory entries, if *actor* owns it.
+
+        None for any other room: the rank rule of groups does not apply (and a large
+        broadcast room is not looked up member by member).
+        """
+        if await self._db.read(lambda conn: _grouped_by(conn, room_id)) != actor.address:
+            return None
+        addresses = frozenset(await self.members_of([room_id]))
         found: dict[str, User] = {}
-        for address in await self.members_of([room_id]):
+        for address in addresses:
             user = await self._directory.user(address)
             if user is not None:
                 found[address] = user
-        return found
+        return addresses, found
 
     async def set_public_mode(self, actor: User, agency: str, on: bool) -> None:
         """Switch public mode for *agency*; only its administrators may."""
@@ -753,16 +765,15 @@ class Chat:
         now = self.clock()
         # Ranks are looked up before the write (as every chat job does); the job checks
         # that the room still has the members the rule was checked with.
-        members = await self._member_users(room_id)
-        after = {**members, **{u.address: u for u in users}}
-        if await self._db.read(lambda conn: _grouped_by(conn, room_id)) == actor.address:
-            await self._check_group(actor, after.values())
+        ranked = await self._ranked_members(actor, room_id)
+        if ranked is not None:
+            await self._check_group(actor, [*ranked[1].values(), *users])
 
         def job(conn: Conn) -> Room:
             room = self._member_room(conn, room_id, actor.address)
             RoomPolicy.check_owner(room, actor.address, "add members", "เพิ่มสมาชิก")
             RoomPolicy.check_membership_change(room)
-            if set(members) != set(room.members):
+            if ranked is not None and ranked[0] != room.members:
                 raise _changed_meanwhile()
             new = sorted({u.address for u in users} - room.members)
             if len(room.members) + len(new) > MAX_MEMBERS:
@@ -825,17 +836,16 @@ class Chat:
     async def remove_member(self, actor: User, room_id: str, address: str) -> Room:
         """Remove someone from the room at once (owner only; never the owner)."""
         now = self.clock()
-        members = await self._member_users(room_id)
-        owner = await self._db.read(lambda conn: _grouped_by(conn, room_id))
-        if owner == actor.address and address in members:
-            await self._check_group(actor, [u for a, u in members.items() if a != address])
+        ranked = await self._ranked_members(actor, room_id)
+        if ranked is not None and address in ranked[0]:
+            await self._check_group(actor, [u for a, u in ranked[1].items() if a != address])
 
         def job(conn: Conn) -> tuple[Room, list[str]]:
             room = self._member_room(conn, room_id, actor.address)
             RoomPolicy.check_owner(room, actor.address, "remove members", "นำสมาชิกออก")
             RoomPolicy.check_membership_change(room)
             RoomPolicy.check_remove(room, address)
-            if set(members) != set(room.members):
+            if ranked is not None and ranked[0] != room.members:
                 raise _changed_meanwhile()
             self._emit(
                 conn,
