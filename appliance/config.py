@@ -10,6 +10,7 @@ rather than a setting silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,4 +138,11 @@ def load_config(
             values[name] = _coerce(name, value)
     if values.get("role", "edge") not in ("edge", "hub"):
         raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
+    for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"mx_trusted_relays: {entry!r} is not an IP address or network"
+            ) from None
     return Config(data_dir=data_dir, **values)

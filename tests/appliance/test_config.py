@@ -208,3 +208,10 @@ def test_bad_role_is_refused(layer: str, values: dict[str, Any]) -> None:
 def test_a_bad_role_in_a_lower_layer_is_fine_if_overridden() -> None:
     config = load_config(DATA, file_values={"role": "hub"}, flags={"role": "edge"})
     assert config.role == "edge"
+
+
+def test_mx_trusted_relays_must_be_addresses(tmp_path: Path) -> None:
+    config = load_config(tmp_path, file_values={"mx_trusted_relays": "10.0.0.5, 10.1.0.0/16"})
+    assert config.mx_trusted_relays == "10.0.0.5, 10.1.0.0/16"
+    with pytest.raises(ConfigError, match="'hub' is not an IP address"):
+        load_config(tmp_path, environ={"EDGEBOX_MX_TRUSTED_RELAYS": "10.0.0.5 hub"})
