@@ -8,8 +8,10 @@ import h11
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
-from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow
+from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow, check_head
 
 
 @dataclass(frozen=True)
@@ -184,3 +186,28 @@ async def test_a_body_may_hold_anything() -> None:
     request = await reader.next_request()
     assert request is not None
     assert await reader.read_body(request, 100) == body
+
+
+@given(st.binary(max_size=300))
+def test_check_head_takes_any_bytes(data: bytes) -> None:
+    refused: h11.RemoteProtocolError | None = None
+    try:
+        check_head(data)
+    except h11.RemoteProtocolError as exc:
+        refused = exc
+    assert refused is None or refused.error_status_hint == 400
+
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+_VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 ;=,", max_size=20).map(str.strip)
+
+
+@given(st.lists(st.tuples(_TOKEN, _VALUE), max_size=8), st.binary(max_size=50))
+def test_check_head_passes_unfolded_heads_whatever_the_body(
+    fields: list[tuple[str, str]], body: bytes
+) -> None:
+    head = b"POST /x HTTP/1.1\r\n" + b"".join(
+        f"{name}: {value}\r\n".encode() for name, value in fields
+    )
+    check_head(head + b"\r\n" + body)  # a body may hold " " after a line break
+    check_head(head)  # an incomplete head, as it arrives
