@@ -34,7 +34,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.security import keys as box_keys
 from appliance.security import tls
-from tests.harness import RunningBox, curl, require_tool, start_box, stored
+from tests.harness import RunningBox, curl, edgebox, require_tool, start_box, stored
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +90,12 @@ def test_certificate_within_397_days_and_verified(box: RunningBox, tmp_path: Pat
     keys_dir = box.data / "keys"
     assert not (keys_dir / "ca.key").exists()
     assert b"PRIVATE KEY" not in (keys_dir / "ca.key.sealed").read_bytes()
+
+
+def test_status_shows_the_certificates_healthy(box: RunningBox) -> None:
+    status = edgebox("status", "--data", str(box.data), "--lang", "en", check=False)
+    assert "[ok   ] certificate: server certificate valid until" in status.stdout
+    assert "[ok   ] ca: box CA limited to the agency's names" in status.stdout
 
 
 def _signed_by_box_ca(box: RunningBox, name: str, path: Path) -> Path:
