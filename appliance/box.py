@@ -85,6 +85,18 @@ class Box:
     def status_file(self) -> Path:
         return self.config.data_dir / "run" / "status.json"
 
+    @property
+    def tls_names(self) -> list[str]:
+        """The names the box's server certificate carries."""
+        return tls_names(self.hostname, self.identity.domain)
+
+
+def tls_names(hostname: str, domain: str) -> list[str]:
+    """Return the host names for the server certificate of a box of *domain*."""
+    # Mail clients look for their settings at autoconfig.<domain> (Thunderbird) and
+    # autodiscover.<domain> (Outlook); the certificate must name those hosts too.
+    return [hostname, f"autoconfig.{domain}", f"autodiscover.{domain}"]
+
 
 def read_identity(data_dir: Path) -> Identity | None:
     """Return the box's identity, or None if *data_dir* was never initialised."""
@@ -170,10 +182,8 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
     data_dir = config.data_dir
     hostname = config.hostname or f"mail.{identity.domain}"
     keys_dir = data_dir / "keys"
-    # Mail clients look for their settings at autoconfig.<domain> (Thunderbird) and
-    # autodiscover.<domain> (Outlook); the certificate must name those hosts too.
-    discovery = [f"autoconfig.{identity.domain}", f"autodiscover.{identity.domain}"]
-    ensure_tls_material(keys_dir, [hostname, *discovery])
+    # The CA may vouch for the agency's domain and the box's names only (name constraints).
+    ensure_tls_material(keys_dir, tls_names(hostname, identity.domain), [identity.domain])
     data_key = load_data_key(keys_dir)
     blobs = BlobStore(data_dir / "blobs", data_key)
     settings = Settings(data_dir / "config.json")

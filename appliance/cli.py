@@ -37,6 +37,7 @@ from appliance.config import DEV_PORTS, ConfigError
 from appliance.directory import DirectoryError, User, normalise_domain
 from appliance.directory.sessions import SessionExpiry
 from appliance.health import Level
+from appliance.health.certificates import check_certificates
 from appliance.health.disk import check_disk
 from appliance.health.services import check_services
 from appliance.mail.imap.server import IMAPService
@@ -44,6 +45,7 @@ from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.security.keys import KeyMaterialError
+from appliance.security.tls_renewal import TLSRenewal
 from appliance.store.database import limit_allocator_retention
 from appliance.supervisor import Service, Supervisor
 from appliance.sync.enrol import EnrolError, enroll
@@ -456,6 +458,7 @@ async def _serve(config: Any) -> None:
         services.append(TrafficLogRetention(box.traffic))
         services.append(SecretSweeper(box.chat))
         services.append(SessionExpiry(box.sessions))
+        services.append(TLSRenewal(config.data_dir / "keys", box.tls_names, [box.identity.domain]))
         services += uplink_services(box)
         supervisor = Supervisor(services, box.status_file)
 
@@ -489,6 +492,7 @@ def _status(args: argparse.Namespace) -> int:
     config = _config(args)
     findings = check_services(config.data_dir / "run" / "status.json")
     findings.append(check_disk(config.data_dir))
+    findings += check_certificates(config.data_dir / "keys")
 
     async def action(box: Box) -> tuple[list[tuple[int, str, int, int]], int]:
         groups = await box.mailstore.outbound_groups()

@@ -10,6 +10,7 @@ rather than a setting silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,10 @@ class Config:
     #: Refuse MAIL on the MX port until STARTTLS. Off by default: RFC 3207 §4 forbids it
     #: on a publicly referenced MX, and the centre's relay may not offer TLS.
     mx_require_tls: bool = False
+    #: Addresses or networks (comma- or space-separated) that may deliver mail claiming
+    #: one of the box's own domains as sender on the MX port: the hub and the central
+    #: relay (enrolment adds them). Everyone else gets 550 5.7.1 for such mail.
+    mx_trusted_relays: str = ""
 
     # --- the uplink (appliance.sync); enrolment fills these in -----------------------
     #: The hub's sync API, ``https://host:port`` ("" = not enrolled).
@@ -165,6 +170,13 @@ def load_config(
     if values.get("role", "edge") not in ("edge", "hub"):
         raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
     _check_port_offset(values.get("port_offset", 0))
+    for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"mx_trusted_relays: {entry!r} is not an IP address or network"
+            ) from None
     return Config(data_dir=data_dir, **values)
 
 

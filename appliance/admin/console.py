@@ -44,6 +44,7 @@ from appliance.compliance.classification import Urgency
 from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import Agency, DirectoryError, OrgUnit, User, normalise_domain
 from appliance.health import Finding
+from appliance.health.certificates import check_certificates
 from appliance.health.disk import check_disk
 from appliance.health.services import check_services
 from appliance.security.guard import AccountState, SourceState
@@ -524,7 +525,12 @@ class AdminConsole:
         """
 
         def run() -> list[Finding]:
-            return [*check_services(self.box.status_file), check_disk(self.box.config.data_dir)]
+            data_dir = self.box.config.data_dir
+            return [
+                *check_services(self.box.status_file),
+                check_disk(data_dir),
+                *check_certificates(data_dir / "keys"),
+            ]
 
         return await trio.to_thread.run_sync(run)
 

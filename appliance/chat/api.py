@@ -124,6 +124,15 @@ _MESSAGE: Schema = {
     "required": ["id", "room_id", "sender", "kind", "content", "created_at"],
 }
 _MESSAGES: Schema = {"type": "array", "items": _MESSAGE}
+_SETTINGS: Schema = {
+    "type": "object",
+    "properties": {
+        "agency": {"type": "string"},
+        "public_mode": {"type": "boolean"},
+        # Issue 16: who may create broadcast rooms (admins only unless opened to all).
+        "broadcast_creators": {"enum": ["admins", "everyone"]},
+    },
+}
 _COMMON_MESSAGE = {
     "location": _LOCATION,
     "reply_to": _ID,
@@ -557,16 +566,28 @@ class ChatApi:
 
     async def settings(self, request: Request) -> JSON:
         me = _me(request)
+        return await self._settings(me.agency_domain)
+
+    async def _settings(self, agency: str) -> JSON:
+        everyone = await self.chat.broadcast_by_everyone(agency)
         return {
-            "agency": me.agency_domain,
-            "public_mode": await self.chat.public_mode(me.agency_domain),
+            "agency": agency,
+            "public_mode": await self.chat.public_mode(agency),
+            "broadcast_creators": "everyone" if everyone else "admins",
         }
 
     async def set_settings(self, request: Request) -> JSON:
         me = _me(request)
         agency = request.json.get("agency") or me.agency_domain
-        await self.chat.set_public_mode(me, agency, request.json["public_mode"])
-        return {"agency": agency, "public_mode": request.json["public_mode"]}
+        if "public_mode" not in request.json and "broadcast_creators" not in request.json:
+            raise ApiError(422, "invalid", "Name a setting to change: public_mode or "
+                           "broadcast_creators", "กรุณาระบุค่าที่จะเปลี่ยน")  # fmt: skip
+        if "public_mode" in request.json:
+            await self.chat.set_public_mode(me, agency, request.json["public_mode"])
+        if "broadcast_creators" in request.json:
+            everyone = request.json["broadcast_creators"] == "everyone"
+            await self.chat.set_broadcast_creators(me, agency, everyone)
+        return await self._settings(agency)
 
     async def people(self, request: Request) -> JSON:
         _me(request)
@@ -1121,26 +1142,24 @@ def chat_routes(chat: Chat) -> list[Route | StreamRoute]:
             "/api/v1/chat/settings",
             api.settings,
             "My agency's chat settings",
-            response={
-                "type": "object",
-                "properties": {"agency": {"type": "string"}, "public_mode": {"type": "boolean"}},
-            },
+            response=_SETTINGS,
         ),
         route(
             "PUT",
             "/api/v1/chat/settings",
             api.set_settings,
-            "Switch public mode for an agency (agency admin)",
-            errors=(403,),
+            "Switch public mode, or who creates broadcast rooms, for an agency (agency admin)",
+            errors=(403, 422),
             request={
                 "type": "object",
                 "properties": {
                     "public_mode": {"type": "boolean"},
+                    "broadcast_creators": {"enum": ["admins", "everyone"]},
                     "agency": {"type": "string", "maxLength": 255},
                 },
-                "required": ["public_mode"],
                 "additionalProperties": False,
             },
+            response=_SETTINGS,
         ),
         route(
             "GET",

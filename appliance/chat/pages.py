@@ -678,6 +678,7 @@ class ChatPages:
             ttls=SECRET_TTLS,
             units=units,
             public_mode=public,
+            broadcast_everyone=await self.chat.broadcast_by_everyone(me.agency_domain),
             mode_text=PUBLIC_MODE if public else NORMAL_MODE,
             agency_admin=admin,
             values=values,
@@ -723,6 +724,9 @@ class ChatPages:
         try:
             await self.chat.set_public_mode(
                 me, me.agency_domain, request.form.get("public_mode") == "on"
+            )
+            await self.chat.set_broadcast_creators(
+                me, me.agency_domain, request.form.get("broadcast_everyone") == "on"
             )
         except ChatError as exc:
             raise _api_error(exc) from None

@@ -9,11 +9,18 @@ write.
 The rules, in the order a room meets them:
 
 ==========================  ==========================================================
-who may create a room       any user; members must be users of this box's agencies
+who may create a room       any user; members must be users of this box's agencies;
+                            a broadcast room only an agency admin, unless the agency
+                            lets everyone (``broadcast_creators``; issue 16)
 direct rooms                one per pair; not with yourself; in normal mode not with
                             someone of higher rank (public mode, or the senior person
                             starting it, allows it); not between two members of a
                             ``no_private_chat`` room (except its owner)
+group and secret rooms      in normal mode the owner may not create, add to or remove
+                            from a room so that everyone else in it outranks them:
+                            that is a direct chat with a senior in disguise (issue
+                            16). Public mode of the seniors' agencies allows it, and a
+                            senior who makes or hands over such a room chose it.
 who changes a room          only the owner: add or remove members (at once, nobody
                             accepts), rename, change options, delete, transfer
                             ownership (to a member)
@@ -87,6 +94,41 @@ class RoomPolicy:
                 f"Members of the room {blocking[0].name or blocking[0].id!r} may not chat "
                 "privately with each other",
                 f"สมาชิกของห้อง {blocking[0].name or blocking[0].id!r} ไม่สามารถสนทนาส่วนตัวระหว่างกันได้",
+            )
+
+    @staticmethod
+    def check_not_disguised_direct(
+        owner: User, others: Collection[User], *, public_mode: bool
+    ) -> None:
+        """May *owner* hold a group or secret room with exactly these *others*?
+
+        Refused in normal mode when there is someone else and every one of them
+        outranks the owner: the room would reach seniors the direct-chat rule protects.
+        *public_mode*: whether every outranking member's agency runs chat in public mode.
+        """
+        if public_mode or not others:
+            return
+        if all(other.rank > owner.rank for other in others):
+            raise ChatError(
+                403,
+                "higher_rank_group",
+                "A room whose other members all outrank you is a private chat with them, "
+                "which you cannot start; add a colleague of your own rank or below, "
+                "or ask them to start it",
+                "ห้องที่สมาชิกอื่นทุกคนมีตำแหน่งสูงกว่าท่าน เท่ากับการสนทนาส่วนตัวกับผู้บังคับบัญชา "
+                "ซึ่งท่านเริ่มเองไม่ได้ กรุณาเพิ่มผู้ร่วมงานที่มีตำแหน่งเท่ากันหรือต่ำกว่า "
+                "หรือขอให้ผู้บังคับบัญชาเป็นผู้เริ่ม",
+            )
+
+    @staticmethod
+    def check_broadcast_creator(*, is_admin: bool, everyone_may: bool) -> None:
+        """Only agency admins create broadcast rooms, unless the agency lets everyone."""
+        if not (is_admin or everyone_may):
+            raise ChatError(
+                403,
+                "broadcast_admins_only",
+                "Only the agency's administrators may create a broadcast room",
+                "เฉพาะผู้ดูแลระบบของหน่วยงานเท่านั้นที่สร้างห้องประกาศได้",
             )
 
     @staticmethod

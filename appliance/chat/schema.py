@@ -234,4 +234,15 @@ CHAT_MIGRATIONS: Final = (
         CREATE INDEX stickers_pack ON stickers(pack_id);
         """,
     ),
+    Migration(
+        5,
+        "who may create broadcast rooms; on the hub, each agency's settings as its box says",
+        """
+        -- 'admins' (the default, issue 16) or 'everyone'.
+        ALTER TABLE agency_settings ADD COLUMN broadcast_creators TEXT NOT NULL
+            DEFAULT 'admins' CHECK (broadcast_creators IN ('admins', 'everyone'));
+        -- Hub only: the agency's admins (JSON list) as its box last declared them.
+        ALTER TABLE agency_settings ADD COLUMN admins TEXT;
+        """,
+    ),
 )

@@ -387,8 +387,94 @@ class Chat:
         """Return whether *agency* runs chat in public mode (anyone may talk to anyone)."""
         return await self._db.read(lambda conn: _public_mode(conn, agency))
 
-    async def set_public_mode(self, actor: User, agency: str, on: bool) -> None:
-        """Switch public mode for *agency*; only its administrators may."""
+    async def broadcast_by_everyone(self, agency: str) -> bool:
+        """Return whether anyone of *agency* may create broadcast rooms (else admins only)."""
+        return await self._db.read(lambda conn: _broadcast_by_everyone(conn, agency))
+
+    async def set_broadcast_creators(self, actor: User, agency: str, everyone: bool) -> None:
+        """Let everyone of *agency*, or only its admins, create broadcast rooms (admins only)."""
+        await self._check_admin(actor, agency)
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO agency_settings (agency, broadcast_creators) VALUES (?, ?)"
+                " ON CONFLICT (agency) DO UPDATE SET"
+                " broadcast_creators = excluded.broadcast_creators",
+                (agency, "everyone" if everyone else "admins"),
+            )
+        )
+
+    async def agency_settings(self, agency: str) -> dict[str, Any]:
+        """Return what a box declares to the hub with each push: *agency*'s chat settings."""
+        return {
+            "public_mode": await self.public_mode(agency),
+            "broadcast_creators": "everyone" if await self.broadcast_by_everyone(agency)
+            else "admins",
+            "admins": await self._directory.agency_admins(agency, include_box_wide=True),
+        }  # fmt: skip
+
+    async def record_agency_settings(self, agency: str, declared: Any) -> None:
+        """Keep the settings *agency*'s box declared (hub side), for checking its events.
+
+        The box is the authority for its own agency's settings, as it is for its
+        people's actions; a malformed declaration changes nothing, and one equal to
+        what is kept costs a read, not a write (every push carries it).
+        """
+        if declared == await self.declared_settings(agency):
+            return
+        if not isinstance(declared, dict):
+            return
+        public = declared.get("public_mode")
+        creators = declared.get("broadcast_creators")
+        admins = declared.get("admins")
+        if not (
+            isinstance(public, bool)
+            and creators in ("admins", "everyone")
+            and isinstance(admins, list)
+            and all(isinstance(a, str) for a in admins)
+        ):
+            return
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO agency_settings (agency, public_mode, broadcast_creators, admins)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (agency) DO UPDATE SET"
+                " public_mode = excluded.public_mode,"
+                " broadcast_creators = excluded.broadcast_creators, admins = excluded.admins",
+                (agency, int(public), creators, json.dumps(sorted(admins))),
+            )
+        )
+
+    async def declared_settings(self, agency: str) -> dict[str, Any] | None:
+        """Return the settings *agency*'s box last declared to this hub; None if never."""
+
+        def query(conn: Conn) -> dict[str, Any] | None:
+            admins = _declared_admins(conn, agency)
+            if admins is None:
+                return None
+            return {
+                "public_mode": _public_mode(conn, agency),
+                "broadcast_creators": "everyone"
+                if _broadcast_by_everyone(conn, agency)
+                else "admins",
+                "admins": sorted(admins),
+            }
+
+        return await self._db.read(query)
+
+    async def members_of(self, room_ids: Iterable[str]) -> set[str]:
+        """Return everyone in any of these rooms (the hub looks their ranks up)."""
+        wanted = json.dumps(sorted(set(room_ids)))
+
+        def query(conn: Conn) -> set[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT address FROM members"
+                " WHERE room_id IN (SELECT value FROM json_each(?))",
+                (wanted,),
+            )
+            return {row[0] for row in rows}
+
+        return await self._db.read(query)
+
+    async def _check_admin(self, actor: User, agency: str) -> None:
         if not await self._directory.is_admin(actor.address, agency):
             raise ChatError(
                 403,
@@ -396,6 +482,35 @@ class Chat:
                 "Only the agency's administrators may change this",
                 "เฉพาะผู้ดูแลระบบของหน่วยงานเท่านั้นที่เปลี่ยนค่านี้ได้",
             )
+
+    async def _check_group(self, owner: User, others: Iterable[User]) -> None:
+        """Apply the disguised-direct-chat rule to a group or secret room's members."""
+        others = [o for o in others if o.address != owner.address]
+        seniors = {o.agency_domain for o in others if o.rank > owner.rank}
+        public = bool(seniors) and all([await self.public_mode(a) for a in seniors])
+        RoomPolicy.check_not_disguised_direct(owner, others, public_mode=public)
+
+    async def _ranked_members(
+        self, actor: User, room_id: str
+    ) -> tuple[frozenset[str], dict[str, User]] | None:
+        """Return a group's members and their directory entries, if *actor* owns it.
+
+        None for any other room: the rank rule of groups does not apply (and a large
+        broadcast room is not looked up member by member).
+        """
+        if await self._db.read(lambda conn: _grouped_by(conn, room_id)) != actor.address:
+            return None
+        addresses = frozenset(await self.members_of([room_id]))
+        found: dict[str, User] = {}
+        for address in addresses:
+            user = await self._directory.user(address)
+            if user is not None:
+                found[address] = user
+        return addresses, found
+
+    async def set_public_mode(self, actor: User, agency: str, on: bool) -> None:
+        """Switch public mode for *agency*; only its administrators may."""
+        await self._check_admin(actor, agency)
         await self._db.write(
             lambda conn: conn.execute(
                 "INSERT INTO agency_settings (agency, public_mode) VALUES (?, ?)"
@@ -431,6 +546,10 @@ class Chat:
         name = clean_text(name, "name", MAX_NAME)
         parsed = parse_options(options or {}, kind)
         if kind == "broadcast":
+            RoomPolicy.check_broadcast_creator(
+                is_admin=await self._directory.is_admin(actor.address, actor.agency_domain),
+                everyone_may=await self.broadcast_by_everyone(actor.agency_domain),
+            )
             parsed, audience = await self._audience(actor, parsed)
             wanted = {*audience, *members}
         else:
@@ -447,6 +566,9 @@ class Chat:
             )
         if not parsed.posters <= addresses:
             raise _posters_not_members()
+        if kind == "group" or (kind == "secret" and len(users) != 1):
+            # (A secret chat with one other person meets the direct rule just below.)
+            await self._check_group(actor, users)
         # A secret chat with one other person is a private chat: the same rank rule.
         other = users[0] if kind == "secret" and len(users) == 1 else None
         public = await self.public_mode(other.agency_domain) if other else False
@@ -663,11 +785,18 @@ class Chat:
         """Add people to the room at once, without their acceptance (owner only)."""
         users = await self._users(addresses)
         now = self.clock()
+        # Ranks are looked up before the write (as every chat job does); the job checks
+        # that the room still has the members the rule was checked with.
+        ranked = await self._ranked_members(actor, room_id)
+        if ranked is not None:
+            await self._check_group(actor, [*ranked[1].values(), *users])
 
         def job(conn: Conn) -> Room:
             room = self._member_room(conn, room_id, actor.address)
             RoomPolicy.check_owner(room, actor.address, "add members", "เพิ่มสมาชิก")
             RoomPolicy.check_membership_change(room)
+            if ranked is not None and ranked[0] != room.members:
+                raise _changed_meanwhile()
             new = sorted({u.address for u in users} - room.members)
             if len(room.members) + len(new) > MAX_MEMBERS:
                 raise ChatError(
@@ -729,12 +858,17 @@ class Chat:
     async def remove_member(self, actor: User, room_id: str, address: str) -> Room:
         """Remove someone from the room at once (owner only; never the owner)."""
         now = self.clock()
+        ranked = await self._ranked_members(actor, room_id)
+        if ranked is not None and address in ranked[0]:
+            await self._check_group(actor, [u for a, u in ranked[1].items() if a != address])
 
         def job(conn: Conn) -> tuple[Room, list[str]]:
             room = self._member_room(conn, room_id, actor.address)
             RoomPolicy.check_owner(room, actor.address, "remove members", "นำสมาชิกออก")
             RoomPolicy.check_membership_change(room)
             RoomPolicy.check_remove(room, address)
+            if ranked is not None and ranked[0] != room.members:
+                raise _changed_meanwhile()
             self._emit(
                 conn,
                 "member.removed",
@@ -2115,6 +2249,18 @@ class Chat:
                 raise invalid("a direct room has two members")
             if not options.posters <= members:
                 raise _posters_not_members()
+            if kind in ("group", "secret"):
+                _check_group_at_hub(conn, created_by, members, authority)
+            if kind == "broadcast":
+                creator = authority.users.get(created_by)
+                admins = _declared_admins(conn, authority.domain)
+                # A box that never declared its settings (an older version) is not
+                # second-guessed: the hub has nothing to check against.
+                if creator is not None and admins is not None:
+                    RoomPolicy.check_broadcast_creator(
+                        is_admin=created_by in admins,
+                        everyone_may=_broadcast_by_everyone(conn, authority.domain),
+                    )
         if (
             pair is not None
             and conn.execute("SELECT 1 FROM rooms WHERE pair = ?", (pair,)).fetchone()
@@ -2207,6 +2353,8 @@ class Chat:
                         )  # fmt: skip
             else:
                 _check_owner_change(room, event.actor(), "add members", "เพิ่มสมาชิก")
+                if room.kind in ("group", "secret"):
+                    _check_group_at_hub(conn, room.owner, room.members | set(added), authority)
             for address in added:
                 RoomPolicy.check_member_candidate(address, authority.users.get(address))
             if len(room.members | set(added)) > MAX_MEMBERS:
@@ -2227,6 +2375,8 @@ class Chat:
         if authority is not None:
             _check_owner_change(room, event.actor(), "remove members", "นำสมาชิกออก")
             RoomPolicy.check_remove(room, address)
+            if room.kind in ("group", "secret") and address in room.members:
+                _check_group_at_hub(conn, room.owner, room.members - {address}, authority)
         if address not in room.members:
             return []
         pending = _drop_member(conn, room.id, address)
@@ -3057,6 +3207,53 @@ def _events_after(conn: Conn, after: int) -> list[Any]:
     return list(
         conn.execute(_EVENT_COLUMNS + " WHERE cursor > ? ORDER BY cursor LIMIT 1000", (after,))
     )
+
+
+def _grouped_by(conn: Conn, room_id: str) -> str | None:
+    """The owner of a standing group or secret room (what the rank rule applies to)."""
+    row = conn.execute(
+        "SELECT owner FROM rooms WHERE id = ? AND deleted = 0 AND kind IN ('group', 'secret')",
+        (room_id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _check_group_at_hub(
+    conn: Conn, owner: str, members: Iterable[str], authority: Authority
+) -> None:
+    """The disguised-direct-chat rule on the hub, with the ranks of its directory.
+
+    Public mode is the one each senior's box last declared (`record_agency_settings`).
+    """
+    user = authority.users.get(owner)
+    if user is None:
+        return  # check_actor refuses an unknown actor; an unknown owner is not ours
+    others = [u for a in members if a != owner and (u := authority.users.get(a)) is not None]
+    seniors = {o.agency_domain for o in others if o.rank > user.rank}
+    public = bool(seniors) and all(_public_mode(conn, agency) for agency in seniors)
+    RoomPolicy.check_not_disguised_direct(user, others, public_mode=public)
+
+
+def _changed_meanwhile() -> ChatError:
+    return ChatError(
+        409,
+        "room_changed",
+        "The room's members changed meanwhile; try again",
+        "สมาชิกของห้องเปลี่ยนไประหว่างนี้ กรุณาลองใหม่",
+    )
+
+
+def _broadcast_by_everyone(conn: Conn, agency: str) -> bool:
+    row = conn.execute(
+        "SELECT broadcast_creators FROM agency_settings WHERE agency = ?", (agency,)
+    ).fetchone()
+    return bool(row and row[0] == "everyone")
+
+
+def _declared_admins(conn: Conn, agency: str) -> set[str] | None:
+    """The admins *agency*'s box last declared to this hub; None if it never did."""
+    row = conn.execute("SELECT admins FROM agency_settings WHERE agency = ?", (agency,)).fetchone()
+    return None if row is None or row[0] is None else set(json.loads(row[0]))
 
 
 def _public_mode(conn: Conn, agency: str) -> bool:

@@ -713,6 +713,32 @@ class Directory:
         except DirectoryError:
             return False
 
+    async def agency_admins(
+        self, agency_domain: str, *, include_box_wide: bool = False
+    ) -> list[str]:
+        """Return the enabled admins of the agency, or the box's own admins if it has none.
+
+        The agency's postmaster (RFC 5321 §4.5.1) is delivered to these addresses.
+        With *include_box_wide*, everyone who administers the agency: both kinds.
+        """
+        domain = normalise_domain(agency_domain)
+
+        def query(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT u.address, ad.agency_id IS NULL FROM admins ad"
+                " JOIN users u ON u.id = ad.user_id"
+                " LEFT JOIN agencies a ON a.id = ad.agency_id"
+                " WHERE u.disabled = 0 AND (a.domain = ? OR ad.agency_id IS NULL)"
+                " ORDER BY u.address",
+                (domain,),
+            ).fetchall()
+            own = [address for address, box_wide in rows if not box_wide]
+            if include_box_wide or not own:
+                return [address for address, _ in rows]
+            return own
+
+        return self._db.read_now(query)
+
     async def admin_scope(self, address: str) -> frozenset[str] | None:
         """Return the domains the user administers; None means every agency on the box.
 

@@ -37,6 +37,9 @@ class Recipient:
     local: bool
     notify: str | None = None
     orcpt: str | None = None
+    #: The local users who receive this recipient's copy when the address is not a
+    #: user's own (postmaster: the agency admins); empty: the address itself.
+    mailboxes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,13 @@ class Delivery:
         outbound: list[OutboundCopy] = []
         for rcpt in envelope.recipients:
             if rcpt.local:
-                user = await self.directory.user(rcpt.address)
-                if user is None:
-                    raise LookupError(f"local recipient {rcpt.address} vanished")
-                local.append(LocalCopy(owner=user.address, quota_bytes=user.quota_bytes))
+                for mailbox in rcpt.mailboxes or (rcpt.address,):
+                    user = await self.directory.user(mailbox)
+                    if user is None:
+                        raise LookupError(f"local recipient {mailbox} vanished")
+                    # An admin named twice (as themselves and as postmaster) gets one copy.
+                    if all(copy.owner != user.address for copy in local):
+                        local.append(LocalCopy(owner=user.address, quota_bytes=user.quota_bytes))
             else:
                 outbound.append(OutboundCopy(rcpt.address, rcpt.notify, rcpt.orcpt))
         classification, urgency = headers.levels(fields)

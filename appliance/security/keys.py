@@ -13,9 +13,11 @@ file                              mode   content
 ================================  =====  ================================================
 ``provisioning.secret``           0600   32 random bytes
 ``data.key.wrapped``              0600   version (1 byte) | nonce (12) | GCM(data key) (48)
+``*.sealed`` (e.g. ``ca.key``)    0600   another private key sealed the same way (`seal`)
 ================================  =====  ================================================
 
-What this is not: a key store for TLS or DKIM keys, or the provisioning flow itself. A
+What this is not: the provisioning flow itself, or the place where the TLS files live
+(`appliance.security.tls` seals the CA key with `seal`). A
 later provisioning step will deliver the secret from a signed USB stick or the setup
 wizard; until then :func:`create_box_keys` generates it locally.
 
@@ -68,18 +70,9 @@ def create_box_keys(keys_dir: Path) -> None:
     reason to make a new secret: a new secret could never unwrap the old key, and
     silently replacing it would make every stored blob unreadable.
     """
-    _make_private_dir(keys_dir)
+    ensure_provisioning_secret(keys_dir)
     secret_path = keys_dir / PROVISIONING_SECRET_FILE
     wrapped_path = keys_dir / WRAPPED_DATA_KEY_FILE
-
-    if not secret_path.exists():
-        if wrapped_path.exists():
-            raise KeyMaterialError(
-                f"provisioning secret {secret_path} is missing but a wrapped data key exists; "
-                "refusing to create a new secret, which could never unwrap it. Restore the "
-                "secret from the provisioning media, or factory-reset the box."
-            )
-        _write_new_file(secret_path, secrets.token_bytes(SECRET_SIZE))
 
     if not wrapped_path.exists():
         # Read the secret back from disk rather than reusing the bytes generated above:
@@ -87,6 +80,67 @@ def create_box_keys(keys_dir: Path) -> None:
         # wrapped under the secret that is actually stored.
         secret = _read_secret(secret_path)
         _write_new_file(wrapped_path, _wrap(secret, secrets.token_bytes(DATA_KEY_SIZE)))
+
+
+def ensure_provisioning_secret(keys_dir: Path) -> None:
+    """Create the provisioning secret if it is missing (and nothing depends on an old one).
+
+    Anything already wrapped under a secret (the data key, the CA key) makes a missing
+    secret an error: a new secret could never unwrap what the old one sealed.
+    """
+    _make_private_dir(keys_dir)
+    secret_path = keys_dir / PROVISIONING_SECRET_FILE
+    if secret_path.exists():
+        return
+    sealed = [p.name for p in (keys_dir / WRAPPED_DATA_KEY_FILE, *keys_dir.glob("*.sealed"))]
+    sealed = [name for name in sealed if (keys_dir / name).exists()]
+    if sealed:
+        raise KeyMaterialError(
+            f"provisioning secret {secret_path} is missing but {', '.join(sealed)} exist; "
+            "refusing to create a new secret, which could never unwrap them. Restore the "
+            "secret from the provisioning media, or factory-reset the box."
+        )
+    _write_new_file(secret_path, secrets.token_bytes(SECRET_SIZE))
+
+
+def seal(keys_dir: Path, purpose: str, plaintext: bytes) -> bytes:
+    """Encrypt *plaintext* (a private key) under the provisioning secret for *purpose*.
+
+    The same scheme as the data key: AES-256-GCM under a key derived with HKDF from the
+    provisioning secret, the *purpose* in both the HKDF info and the associated data,
+    so a sealed CA key can never be passed off as the data key or the other way round.
+    Format: version (1 byte) | nonce (12) | GCM(plaintext) with its tag.
+    """
+    secret = _read_secret(keys_dir / PROVISIONING_SECRET_FILE)
+    nonce = secrets.token_bytes(_NONCE_SIZE)
+    label = purpose.encode("ascii")
+    sealed = AESGCM(_derive_kek(secret, b"edgebox seal v1 " + label)).encrypt(
+        nonce, plaintext, label
+    )
+    return bytes([WRAP_VERSION]) + nonce + sealed
+
+
+def unseal(keys_dir: Path, purpose: str, sealed: bytes) -> bytes:
+    """Decrypt what `seal` made for *purpose*; raise KeyMaterialError if it cannot."""
+    secret = _read_secret(keys_dir / PROVISIONING_SECRET_FILE)
+    if len(sealed) < 1 + _NONCE_SIZE + _TAG_SIZE or sealed[0] != WRAP_VERSION:
+        raise KeyMaterialError(f"sealed {purpose} is truncated or of an unknown format")
+    label = purpose.encode("ascii")
+    nonce = sealed[1 : 1 + _NONCE_SIZE]
+    try:
+        return AESGCM(_derive_kek(secret, b"edgebox seal v1 " + label)).decrypt(
+            nonce, sealed[1 + _NONCE_SIZE :], label
+        )
+    except InvalidTag:
+        raise KeyMaterialError(
+            f"sealed {purpose} cannot be opened: wrong provisioning secret or corrupted file"
+        ) from None
+
+
+def shred(path: Path) -> None:
+    """Overwrite *path* with zeros, fsync and unlink it (best effort, see below)."""
+    _shred(path)
+    fsync_dir(path.parent)
 
 
 def load_data_key(keys_dir: Path) -> bytes:
@@ -139,11 +193,11 @@ def destroy_data_key(keys_dir: Path) -> None:
     fsync_dir(keys_dir)
 
 
-def _derive_kek(secret: bytes) -> bytes:
+def _derive_kek(secret: bytes, info: bytes = _WRAP_INFO) -> bytes:
     # No salt: the secret is already 256 uniformly random bits, so HKDF-Extract has
     # nothing to add (RFC 5869 §3.1); the info string separates this use of the secret
     # from any other key a later version derives from it.
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_WRAP_INFO)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info)
     return hkdf.derive(secret)
 
 

@@ -7,12 +7,31 @@ CA. Clients that should trust the box (mail clients, the hub, tests) import ``ca
 once; the server certificate can then be reissued (new hostname, near expiry) without
 anyone noticing.
 
+The rules the certificates keep, and why:
+
+- The server certificate spans at most 397 days, backdating included: Apple platforms
+  refuse a server certificate from a user-installed CA that spans more than 825 days and
+  every public-CA rule since 2020 caps it at 398. It is reissued once two thirds of its
+  life are gone (`server_renewal_due`), by `ensure_tls_material` at start and by
+  `appliance.security.tls_renewal` while the box runs.
+- The CA carries X.509 name constraints (RFC 5280 §4.2.1.10): it may vouch only for
+  names under the agency's domains, the box's own host names and ``localhost``, and for
+  the box's own IP addresses and loopback. A stolen CA key cannot then mint a
+  certificate for a bank or a ministry web site that a phone trusting this CA accepts.
+  A CA made before the constraints existed is kept (replacing it would make every
+  phone and PC that trusts it refuse the box) and `appliance.health.certificates`
+  warns until an admin replaces it; a constrained CA that does not cover the names the
+  box now needs is replaced at once, since clients would refuse its certificates anyway.
+- The CA private key is sealed under the provisioning secret like the data key
+  (`appliance.security.keys.seal`); a plain ``ca.key`` left by an older version is
+  sealed and shredded at the next start.
+
 Files in ``keys_dir``::
 
-    ca.pem       the CA certificate (public; hand it to clients)
-    ca.key       the CA private key (0600)
-    server.pem   the server certificate followed by the CA certificate
-    server.key   the server private key (0600)
+    ca.pem          the CA certificate (public; hand it to clients)
+    ca.key.sealed   the CA private key, sealed (0600)
+    server.pem      the server certificate followed by the CA certificate
+    server.key      the server private key (0600; the listeners read it at every start)
 
 What this is not: a certificate authority service, ACME, or revocation. Mutual TLS to
 the hub and the data-key handling live with sync and the blob store.
@@ -22,8 +41,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import ssl
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -34,26 +55,36 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.security import keys
 from appliance.store.files import write_atomically
+
+log = logging.getLogger("edgebox.tls")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CA_VALIDITY: Final = dt.timedelta(days=3650)
-#: 825 days: the longest server-certificate lifetime Apple platforms (iOS, macOS mail
-#: clients) accept, so the box's certificate is usable by every client family listed in
-#: REQUIREMENTS.md §2.
-SERVER_VALIDITY: Final = dt.timedelta(days=825)
-#: A certificate (or CA) that ends sooner than this is replaced at the next start.
+#: The whole span of a server certificate, from its (backdated) start to its end: 397
+#: days is within every client's limit (Apple: 825 for a user-installed CA, 398 for
+#: public CAs; browsers: 398), with a day to spare for clocks that round.
+SERVER_VALIDITY: Final = dt.timedelta(days=397)
+#: A CA that ends sooner than this is replaced at the next start.
 RENEW_BEFORE: Final = dt.timedelta(days=30)
-#: Certificates start one day in the past. A box fresh out of the box may have its RTC
-#: set to Thai local time (UTC+7) or be a few hours off until NTP runs on GIN; a
-#: certificate "not yet valid" would make every client refuse the box.
+#: Certificates start one day in the past, inside `SERVER_VALIDITY`. A box fresh out
+#: of the box may have its RTC set to Thai local time (UTC+7) or be a few hours off
+#: until NTP runs on GIN; a certificate "not yet valid" would make every client refuse it.
 BACKDATE: Final = dt.timedelta(days=1)
 
 #: Names the server certificate always carries, whatever the configured hostnames:
 #: the technician's laptop and the box's own health checks connect through loopback.
 ALWAYS_DNS: Final = ("localhost",)
 ALWAYS_IP: Final = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+#: IP ranges the CA may always vouch for: loopback, where the dev box and the box's
+#: own checks connect.
+LOOPBACK_NETWORKS: Final = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+#: The `keys.seal` purpose of the CA key, and the file of a pre-sealing plain key.
+CA_KEY_PURPOSE: Final = "tls-ca-key"
+LEGACY_CA_KEY: Final = "ca.key"
 
 
 @dataclass(frozen=True)
@@ -71,31 +102,47 @@ class TLSPaths:
         keys_dir = Path(keys_dir)
         return cls(
             ca_cert=keys_dir / "ca.pem",
-            ca_key=keys_dir / "ca.key",
+            ca_key=keys_dir / "ca.key.sealed",
             server_cert=keys_dir / "server.pem",
             server_key=keys_dir / "server.key",
         )
 
 
-def ensure_tls_material(keys_dir: Path, hostnames: Sequence[str]) -> TLSPaths:
+def ensure_tls_material(
+    keys_dir: Path,
+    hostnames: Sequence[str],
+    domains: Iterable[str] = (),
+    *,
+    now: dt.datetime | None = None,
+) -> TLSPaths:
     """Create the CA and server certificate in *keys_dir* unless usable ones exist.
 
-    Idempotent: files that are present, consistent and valid for 30 more days are left
+    Idempotent: files that are present, consistent and not yet due for renewal are left
     byte for byte as they are. The server certificate is reissued from the same CA when
-    it lacks one of *hostnames* or is about to expire; the CA itself is replaced only if
-    it is missing, unreadable, or about to expire (and then the server certificate too).
+    it lacks one of *hostnames* or two thirds of its life are gone. The CA is replaced
+    if it is missing, unreadable, about to expire, or constrained to names that leave
+    out one of *hostnames* (then the server certificate too). A new CA may vouch for
+    names under *domains* (the agency's mail domains) and the host names only.
     """
     dns_names, ips = _subject_names(hostnames)
     paths = TLSPaths.in_dir(keys_dir)
-    Path(keys_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
+    keys_dir = Path(keys_dir)
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys.ensure_provisioning_secret(keys_dir)
+    now = now or dt.datetime.now(dt.UTC)
+    _seal_legacy_ca_key(keys_dir, paths)
 
     ca = _load_ca(paths, now)
+    if ca is not None and not _ca_covers(ca[0], dns_names, ips):
+        log.warning("the CA's name constraints leave out %s; making a new CA", hostnames)
+        ca = None
     if ca is None:
-        ca = _new_ca(dns_names[0], now)
+        permitted = permitted_names(dns_names, ips, domains)
+        ca = _new_ca(dns_names[0], permitted, now)
         # Key first: if power fails between the two writes, the next start sees a
         # certificate that does not match its key and makes a new pair.
-        write_atomically(paths.ca_key, _private_pem(ca[1]), mode=0o600)
+        sealed = keys.seal(keys_dir, CA_KEY_PURPOSE, _private_pem(ca[1]))
+        write_atomically(paths.ca_key, sealed, mode=0o600)
         write_atomically(paths.ca_cert, ca[0].public_bytes(serialization.Encoding.PEM), mode=0o644)
     ca_cert, ca_key = ca
 
@@ -109,15 +156,97 @@ def ensure_tls_material(keys_dir: Path, hostnames: Sequence[str]) -> TLSPaths:
     return paths
 
 
-def server_ssl_context(keys_dir: Path) -> ssl.SSLContext:
-    """Return a server-side context (TLS 1.2 or newer) with the box's certificate chain."""
-    paths = _existing(keys_dir)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+#: The TLS 1.2 cipher suites every listener and client of the box offers: ECDHE key
+#: exchange (forward secrecy) with an AEAD cipher only, as in Mozilla's "intermediate"
+#: profile and BSI TR-02102-2. CBC suites (Lucky 13, padding oracles) and static-RSA key
+#: exchange are never offered. RSA authentication stays listed for peers with RSA
+#: certificates (a central Postfix or Zimbra); the box's own certificates are ECDSA.
+#: TLS 1.3 suites are all AEAD with forward secrecy and are not affected by this string.
+TLS12_CIPHERS: Final = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def harden(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Restrict *context* to TLS 1.2+ with AEAD, forward-secret suites; return it.
+
+    Every TLS context the box makes, server or client, goes through here.
+    """
     # TLS 1.2 is the floor: older Outlook and Android clients still in government
     # offices speak it, and nothing below it is safe.
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(paths.server_cert, paths.server_key)
+    context.set_ciphers(TLS12_CIPHERS)
     return context
+
+
+#: Every live server context and the keys directory it was loaded from, so a renewed
+#: certificate reaches every listener (`reload_server_contexts`).
+_SERVER_CONTEXTS: weakref.WeakKeyDictionary[ssl.SSLContext, Path] = weakref.WeakKeyDictionary()
+
+
+def server_ssl_context(keys_dir: Path) -> ssl.SSLContext:
+    """Return a server-side context (TLS 1.2 or newer) with the box's certificate chain."""
+    paths = _existing(keys_dir)
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    context.load_cert_chain(paths.server_cert, paths.server_key)
+    _SERVER_CONTEXTS[context] = Path(keys_dir)
+    return context
+
+
+def reload_server_contexts(keys_dir: Path) -> int:
+    """Load the current chain into every live server context of *keys_dir*; return how many.
+
+    OpenSSL copies the certificate into each new connection, so handshakes from now on
+    present the new certificate and connections already open keep theirs.
+    """
+    paths = _existing(keys_dir)
+    count = 0
+    for context, where in list(_SERVER_CONTEXTS.items()):
+        if where == Path(keys_dir):
+            context.load_cert_chain(paths.server_cert, paths.server_key)
+            count += 1
+    return count
+
+
+def server_renewal_due(cert: x509.Certificate, now: dt.datetime) -> bool:
+    """Return whether two thirds of *cert*'s life are gone (or it expires within 30 days)."""
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    left = cert.not_valid_after_utc - now
+    return left < max(life / 3, RENEW_BEFORE)
+
+
+def permitted_names(
+    dns_names: Sequence[str], ips: Sequence[IPAddress], domains: Iterable[str] = ()
+) -> x509.NameConstraints:
+    """Return the name constraints of a CA for these host names, IPs and mail domains.
+
+    A DNS subtree ``demo.go.th`` permits that name and every name below it (RFC 5280
+    §4.2.1.10). IP addresses get a subtree too, even when the box has none of its own:
+    without one, a CA with DNS constraints could still vouch for any IP address.
+    """
+    subtrees: list[str] = []
+    for name in sorted({_dns_name(d, d.strip().rstrip(".").lower()) for d in domains}):
+        subtrees.append(name)
+    for name in dns_names:
+        if not any(_within(name, tree) for tree in subtrees):
+            subtrees.append(name)
+    networks = list(LOOPBACK_NETWORKS)
+    for ip in ips:
+        if not any(ip in net for net in networks):
+            networks.append(ipaddress.ip_network(ip))
+    permitted: list[x509.GeneralName] = [x509.DNSName(tree) for tree in subtrees]
+    permitted += [x509.IPAddress(net) for net in networks]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def ca_name_constraints(ca_cert: x509.Certificate) -> x509.NameConstraints | None:
+    """Return the CA's name constraints, or None for an unconstrained (older) CA."""
+    try:
+        return ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def client_ssl_context(keys_dir: Path) -> ssl.SSLContext:
@@ -125,8 +254,7 @@ def client_ssl_context(keys_dir: Path) -> ssl.SSLContext:
     paths = _existing(keys_dir)
     # PROTOCOL_TLS_CLIENT already requires a valid certificate and checks the hostname.
     # No system CAs are loaded: this context is for talking to edgeboxes.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.load_verify_locations(cafile=paths.ca_cert)
     # Strict X.509 checks: what we issue must pass them, as newer Pythons turn them on
     # by default and real clients are at least this fussy.
@@ -189,14 +317,56 @@ def _is_ldh_label(label: str) -> bool:
 # --- checking what is on disk ------------------------------------------------------
 
 
+def _within(name: str, tree: str) -> bool:
+    return name == tree or name.endswith("." + tree)
+
+
+def _ca_covers(
+    ca_cert: x509.Certificate, dns_names: Sequence[str], ips: Sequence[IPAddress]
+) -> bool:
+    """Return whether the CA may vouch for every one of these names (unconstrained: yes)."""
+    constraints = ca_name_constraints(ca_cert)
+    if constraints is None:
+        return True
+    permitted = list(constraints.permitted_subtrees or ())
+    trees = [g.value for g in permitted if isinstance(g, x509.DNSName)]
+    networks = [
+        g.value
+        for g in permitted
+        if isinstance(g, x509.IPAddress)
+        and isinstance(g.value, ipaddress.IPv4Network | ipaddress.IPv6Network)
+    ]
+    return all(any(_within(n, t) for t in trees) for n in dns_names) and all(
+        any(ip in net for net in networks) for ip in ips
+    )
+
+
+def _seal_legacy_ca_key(keys_dir: Path, paths: TLSPaths) -> None:
+    """Seal a plain ``ca.key`` left by an older version, then shred the plain file."""
+    legacy = keys_dir / LEGACY_CA_KEY
+    if not legacy.exists():
+        return
+    if not paths.ca_key.exists():
+        try:
+            key = serialization.load_pem_private_key(legacy.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            key = None  # unreadable: the CA is replaced below, as it always was
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            sealed = keys.seal(keys_dir, CA_KEY_PURPOSE, _private_pem(key))
+            write_atomically(paths.ca_key, sealed, mode=0o600)
+    # Only once the sealed copy is on disk (fsynced) does the plain one go.
+    keys.shred(legacy)
+
+
 def _load_ca(
     paths: TLSPaths, now: dt.datetime
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
     """Return the CA on disk if it is whole, self-consistent and not about to expire."""
     try:
         cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-        key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError):
+        pem = keys.unseal(paths.ca_key.parent, CA_KEY_PURPOSE, paths.ca_key.read_bytes())
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (OSError, ValueError, TypeError, keys.KeyMaterialError):
         return None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         return None
@@ -228,7 +398,11 @@ def _server_is_usable(
         leaf.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
         return False
-    if leaf.not_valid_after_utc - now < RENEW_BEFORE:
+    # A certificate from an older version may span more than clients take (825 days
+    # and a day): replace it now rather than at two thirds of its long life.
+    if leaf.not_valid_after_utc - leaf.not_valid_before_utc > SERVER_VALIDITY:
+        return False
+    if server_renewal_due(leaf, now):
         return False
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -242,7 +416,9 @@ def _server_is_usable(
 # --- making new material -----------------------------------------------------------
 
 
-def _new_ca(primary: str, now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _new_ca(
+    primary: str, permitted: x509.NameConstraints, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
@@ -275,6 +451,9 @@ def _new_ca(primary: str, now: dt.datetime) -> tuple[x509.Certificate, ec.Ellipt
             ),
             critical=True,
         )
+        # RFC 5280 §4.2.1.10: name constraints MUST be marked critical, so a client that
+        # cannot apply them refuses the CA rather than trusting it for everything.
+        .add_extension(permitted, critical=True)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
@@ -293,8 +472,10 @@ def _new_server(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    # The backdated day counts towards the span, so the whole span stays within limits.
     # A leaf must not outlive its issuer; clients would reject the tail end anyway.
-    not_after = min(now + SERVER_VALIDITY, ca_cert.not_valid_after_utc)
+    not_before = now - BACKDATE
+    not_after = min(not_before + SERVER_VALIDITY, ca_cert.not_valid_after_utc)
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     sans += [x509.IPAddress(ip) for ip in ips]
     cert = (
@@ -303,7 +484,7 @@ def _new_server(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
+        .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -336,8 +517,9 @@ def _new_server(
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    # Unencrypted on purpose: the box must start unattended after a power cut, with no
-    # one to type a passphrase. The file mode (0600) and the box's disk are the guard.
+    # No passphrase: the box must start unattended after a power cut, with no one to
+    # type one. The server key is kept plain (0600), as every mail server keeps its
+    # own; the CA key, which could vouch for other names, is sealed by the caller.
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

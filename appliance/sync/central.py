@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 
 CREDENTIALS_FILE = "central.json"
@@ -103,8 +104,7 @@ def central_client_context(keys_dir: Path) -> ssl.SSLContext:
     """A client TLS context for the centre: trusts ``central-ca.pem`` (else the system
     CAs), checks the host name, and presents the box's sync certificate when it has one."""
     keys_dir = Path(keys_dir)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     ca = keys_dir / CENTRAL_CA_FILE
     if ca.exists():
         context.load_verify_locations(cafile=ca)

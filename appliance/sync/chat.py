@@ -191,7 +191,14 @@ class ChatReplicator:
             batch = await self.chat.outbox(self.batch, compact=self.hub_wire >= 2)
             if not batch:
                 return answered, True
-            reply = await self.hub(PUSH_PATH, {"events": [e.to_json() for e in batch]})
+            reply = await self.hub(
+                PUSH_PATH,
+                {
+                    "events": [e.to_json() for e in batch],
+                    # The hub checks the room rules with the agency's own settings.
+                    "agency": await self.chat.agency_settings(self.domain),
+                },
+            )
             wire = reply.get("wire", 1) if isinstance(reply, dict) else 1
             self.hub_wire = wire if isinstance(wire, int) and not isinstance(wire, bool) else 1
             sent = {e.id for e in batch}

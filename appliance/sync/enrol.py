@@ -15,7 +15,9 @@ What happens, in order:
    endpoints parse) and installed under ``DATA/keys``: ``sync.key`` (0600) first, then
    ``sync.pem``, ``central-ca.pem`` and ``central.json`` (0600); then ``hub_url``,
    ``central_smtp`` and ``central_imap`` go into the ``config`` section of
-   ``DATA/config.json``. Every file is written atomically.
+   ``DATA/config.json``, and the addresses of the hub and the central relay join
+   ``mx_trusted_relays`` (the centre may deliver mail from the agency's own domain on
+   port 25; nobody else may). Every file is written atomically.
 
 The hub spends the token when it answers. If the box loses power between that answer
 and the last write, running ``edgebox enroll`` again needs a new token; the hub then
@@ -31,12 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance.box import read_identity
+from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 from appliance.store.settings import Settings
 from appliance.sync.central import (
@@ -118,19 +122,39 @@ async def enroll(
         keys_dir / CENTRAL_CA_FILE, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644
     )
     save_credentials(keys_dir, credentials)
+    relays = await _centre_addresses([enrolled.hub_url, enrolled.central_smtp])
     settings = Settings(data_dir / "config.json")
     try:
+        earlier = str(settings.get("config").get("mx_trusted_relays", ""))
+        trusted = list(dict.fromkeys([*earlier.replace(",", " ").split(), *relays]))
         settings.update(
             "config",
             {
                 "hub_url": enrolled.hub_url,
                 "central_smtp": enrolled.central_smtp,
                 "central_imap": enrolled.central_imap,
+                "mx_trusted_relays": " ".join(trusted),
             },
         )
     finally:
         settings.close()
     return enrolled
+
+
+async def _centre_addresses(urls: list[str]) -> list[str]:
+    """Return the IP addresses the hosts of *urls* resolve to now (unresolvable: none)."""
+    addresses: list[str] = []
+    for url in urls:
+        if not url:
+            continue
+        try:
+            host = parse_endpoint(url, ("https", "smtp", "smtps")).host
+            infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+        except (CentralError, OSError):
+            # Not fatal: the admin can list the relay in mx_trusted_relays by hand.
+            continue
+        addresses += [str(info[4][0]) for info in infos]
+    return list(dict.fromkeys(addresses))
 
 
 async def _call(client: HubClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -149,16 +173,14 @@ async def _call(client: HubClient, path: str, body: dict[str, Any]) -> dict[str,
 def _unverified() -> ssl.SSLContext:
     # Only for fetching the CA, whose fingerprint is then checked against the token;
     # nothing secret is sent on this connection.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
 
 
 def _pinned_context(ca_cert: x509.Certificate) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     context.load_verify_locations(cadata=ca_cert.public_bytes(serialization.Encoding.PEM).decode())
     return context
 

@@ -2,12 +2,13 @@
 
 A box certificate lives a year (`appliance.sync.hub.ca.BOX_VALIDITY`), and boxes of a
 province are enrolled in the same weeks: without renewal they would all stop syncing
-on the same day. `CertificateRenewal` checks twice a day and, once fewer than
-`RENEW_BEFORE` days are left, makes a new EC P-256 key here and sends a CSR to the
-hub's ``/sync/v1/renew`` over the mutual-TLS connection the current certificate still
-opens. The hub keeps accepting the certificate the box renewed with until the next
-renewal (`Enrolment.renew`), so an answer lost on a cut link costs nothing: the box
-asks again.
+on the same day. `CertificateRenewal` checks twice a day and, once two thirds of the
+certificate's life are gone (or fewer than `RENEW_BEFORE` days are left, whichever
+comes first; issue 16: four months of retries, not one), makes a new EC P-256 key
+here and sends a CSR to the hub's ``/sync/v1/renew`` over the mutual-TLS connection the
+current certificate still opens. The hub keeps accepting the certificate the box
+renewed with until the next renewal (`Enrolment.renew`), so an answer lost on a cut
+link costs nothing: the box asks again.
 
 Installing is crash-safe although it changes two files. The new key and certificate are
 first written together to ``keys/sync-next.pem`` (0600); then ``sync.key`` and
@@ -109,12 +110,14 @@ class CertificateRenewal:
             await self.clock.sleep(CHECK_INTERVAL if ok else RETRY_INTERVAL)
 
     def due(self) -> bool:
-        """Whether the certificate is within `renew_before` of expiring (or expired)."""
-        expiry = certificate_expiry(self.keys_dir)
-        if expiry is None:
+        """Whether two thirds of the certificate's life are gone, or `renew_before` is left."""
+        try:
+            cert = x509.load_pem_x509_certificate((self.keys_dir / SYNC_CERT_FILE).read_bytes())
+        except (FileNotFoundError, ValueError):
             return False  # not enrolled: enrolment, not renewal, makes the first one
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
         now = dt.datetime.fromtimestamp(self.clock.now(), dt.UTC)
-        return expiry - now <= self.renew_before
+        return cert.not_valid_after_utc - now <= max(self.renew_before, life / 3)
 
     async def renew_if_due(self) -> bool:
         """Renew if due; False after a failed attempt (to be retried sooner)."""

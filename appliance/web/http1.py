@@ -6,10 +6,21 @@ deadline while waiting for a request, a request deadline from its first byte to 
 last (the slow-loris guard), a body limit checked against the declared length before
 reading and against the bytes as they come, and a bounded linger after an early
 answer. Each listener turns `TooSlow` and `BodyTooLarge` into its own error answer.
+
+Two framing rules h11 leaves to us are kept here, so both listeners keep them:
+
+- RFC 9112 §6.1: a request with both Content-Length and Transfer-Encoding is what
+  request smuggling through a proxy looks like. h11 reads it as chunked and keeps the
+  connection; we refuse it with 400 (the RFC allows that) and close.
+- RFC 9112 §5.2: obsolete line folding (a header line starting with a space or tab)
+  must be rejected with 400 or replaced; h11 quietly unfolds it, which would let a
+  folded ``Transfer-Encoding`` mean one thing here and another to a proxy in front. We
+  reject it in every header, by looking at the raw head before h11 parses it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 import h11
@@ -44,6 +55,38 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+#: A header line that continues the one before it: a line break then a space or tab.
+_OBS_FOLD = re.compile(rb"\n[ \t]")
+#: The end of a request head (RFC 9112 §2.1; a bare LF ends lines too, as h11 reads them).
+_END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
+
+
+def check_framing(request: h11.Request) -> None:
+    """Refuse a request with both Content-Length and Transfer-Encoding (RFC 9112 §6.1)."""
+    names = {name for name, _ in request.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        raise h11.RemoteProtocolError(
+            "a request may not carry both Content-Length and Transfer-Encoding",
+            error_status_hint=400,
+        )
+
+
+def check_head(pending: bytes) -> None:
+    """Refuse obsolete line folding in the head at the start of *pending* (RFC 9112 §5.2).
+
+    *pending* is what h11 holds unparsed while it waits for a request; it begins with
+    the next request's head (after any empty lines RFC 9112 §2.2 lets a server skip).
+    """
+    pending = pending.lstrip(b"\r\n")
+    end = _END_OF_HEAD.search(pending)
+    head = pending if end is None else pending[: end.start() + 1]
+    if _OBS_FOLD.search(head):
+        raise h11.RemoteProtocolError(
+            "obsolete line folding (a header line starting with a space or tab)",
+            error_status_hint=400,
+        )
+
+
 #: How long, and how much, a connection keeps reading after an answer that left the
 #: request body unread (see `RequestReader.linger`).
 LINGER_SECONDS = 2.0
@@ -68,8 +111,10 @@ class RequestReader:
         self.deadline = trio.current_time() + self.limits.idle_timeout
         started = False
         while True:
+            check_head(self.conn.trailing_data[0])
             event = self.conn.next_event()
             if isinstance(event, h11.Request):
+                check_framing(event)
                 return event
             if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None

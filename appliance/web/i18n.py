@@ -126,6 +126,10 @@ SERVICE_LABELS: Final[dict[str, tuple[str, str]]] = {
     "directory-sync": ("การซิงก์สมุดรายชื่อ", "Directory sync"),
     "chat-sync": ("การซิงก์แชต", "Chat sync"),
     "cert-renewal": ("การต่ออายุใบรับรองของเครื่อง", "Renewing the box's certificate"),
+    "tls-renewal": ("การต่ออายุใบรับรอง TLS ของเว็บและอีเมล", "Renewing the web and mail TLS certificate"),
+    "certificate": ("ใบรับรองความปลอดภัยของเครื่อง", "The box's security certificate"),
+    "ca": ("ผู้ออกใบรับรองของเครื่อง (CA)", "The box's certificate authority (CA)"),
+    "sync-certificate": ("ใบรับรองสำหรับซิงก์กับส่วนกลาง", "The certificate for sync with the centre"),
     "disk": ("พื้นที่จัดเก็บข้อมูล", "Storage space"),
     "services": ("บริการของเครื่อง", "The box's services"),
 }  # fmt: skip

@@ -506,6 +506,9 @@ class _Connection:
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 await self._send_error(_malformed(status, exc), "th")
+                # A refused head may have a body behind it (RFC 9112 §6.1 CL+TE): drain
+                # it briefly so the client reads the 400 rather than a reset.
+                await self.reader.linger()
                 return
             except TooSlow:
                 await self._send_error(_timeout_error(), "th")

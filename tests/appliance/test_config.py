@@ -229,3 +229,10 @@ def test_port_offset_past_the_port_range_is_refused(layer: str, values: dict[str
     # A port past 65535 would otherwise wrap around: 60000 put HTTPS on 2907.
     with pytest.raises(ConfigError, match="outside 1-65535"):
         load_config(DATA, **{layer: values})
+
+
+def test_mx_trusted_relays_must_be_addresses(tmp_path: Path) -> None:
+    config = load_config(tmp_path, file_values={"mx_trusted_relays": "10.0.0.5, 10.1.0.0/16"})
+    assert config.mx_trusted_relays == "10.0.0.5, 10.1.0.0/16"
+    with pytest.raises(ConfigError, match="'hub' is not an IP address"):
+        load_config(tmp_path, environ={"EDGEBOX_MX_TRUSTED_RELAYS": "10.0.0.5 hub"})

@@ -5,6 +5,14 @@ The rules (issue "Foundation", DESIGN.md, REQUIREMENTS.md §2):
 
 - **MX port** (mail from the centre and the LAN): recipients must be users of one of
   the box's own domains. Any other domain is refused: the box is never an open relay.
+  Mail claiming one of the box's own domains as its sender (MAIL FROM or a From
+  address) is refused with 550 5.7.1 unless it comes from a trusted relay (the hub or
+  the central relay: ``mx_trusted_relays``, filled in at enrolment). The box's own users
+  send through submission with a password; anything else claiming to be them on port
+  25 is a forgery that webmail would show exactly like internal mail (issue 16). This
+  stands until DMARC checks (RFC 7489) can tell a forgery apart by itself.
+- **postmaster** (bare, or at any local domain) is always accepted (RFC 5321 §4.5.1)
+  and delivered to the agency's admins unless an account of that name exists.
 - **Submission ports** (Outlook, Thunderbird, phones): AUTH is required (the core
   enforces it), the envelope sender and every From address must be the authenticated
   user, and recipients may be anywhere: other domains go to the outbound queue. An
@@ -18,6 +26,8 @@ The rules (issue "Foundation", DESIGN.md, REQUIREMENTS.md §2):
 from __future__ import annotations
 
 import enum
+import ipaddress
+from collections.abc import Iterable, Sequence
 
 from appliance.directory import Directory, DirectoryError, normalise_address
 from appliance.mail import headers
@@ -35,6 +45,13 @@ FROM_NOT_OWNED = Reply(550, "5.7.1", "From header does not match the authenticat
 BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
 AUTHZ_DENIED = Reply(535, "5.7.8", "Not allowed to act for that user")
+LOCAL_SENDER_FORGED = Reply(
+    550,
+    "5.7.1",
+    "Mail from this box's own domain is refused on port 25; its users send on the"
+    " submission port (587 or 465) with their password",
+)
+NO_POSTMASTER = Reply(451, "4.3.0", "No administrator receives postmaster mail yet, try later")
 
 
 class Port(enum.Enum):
@@ -50,16 +67,65 @@ class Port(enum.Enum):
         return self is not Port.MX
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_trusted_relays(setting: str) -> list[IPNetwork]:
+    """Parse ``mx_trusted_relays``: addresses or networks, separated by commas or spaces.
+
+    Raises ValueError naming the entry that is neither.
+    """
+    networks: list[IPNetwork] = []
+    for entry in setting.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"mx_trusted_relays: {entry!r} is not an IP address or network"
+            ) from None
+    return networks
+
+
 class SMTPPolicy:
     """Answers `MailFrom`, `RcptTo` and message checks for one listener."""
 
-    def __init__(self, port: Port, directory: Directory, mailstore: Mailstore) -> None:
+    def __init__(
+        self,
+        port: Port,
+        directory: Directory,
+        mailstore: Mailstore,
+        trusted_relays: Iterable[IPNetwork] = (),
+    ) -> None:
         self.port = port
         self.directory = directory
         self.mailstore = mailstore
+        self.trusted_relays: Sequence[IPNetwork] = list(trusted_relays)
 
-    async def check_sender(self, event: MailFrom, authenticated_as: str | None) -> Reply | None:
+    def trusted_relay(self, client_ip: str | None) -> bool:
+        """Return whether *client_ip* may send mail for the box's own domains on port 25."""
+        try:
+            ip = ipaddress.ip_address(client_ip or "")
+        except ValueError:
+            return False
+        # An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.trusted_relays)
+
+    async def _claims_local_domain(self, address: str | None) -> bool:
+        normalised = _normalised(address) if address else None
+        if normalised is None:
+            return False
+        return normalised.rpartition("@")[2] in await self.directory.local_domains()
+
+    async def check_sender(
+        self, event: MailFrom, authenticated_as: str | None, client_ip: str | None = None
+    ) -> Reply | None:
         if not self.port.submission:
+            if await self._claims_local_domain(event.reverse_path) and not self.trusted_relay(
+                client_ip
+            ):
+                return LOCAL_SENDER_FORGED
             return None
         # RFC 6409 §4.3 lets a submission server check the sender; we insist, so one
         # official cannot send as another.
@@ -90,6 +156,8 @@ class SMTPPolicy:
                 return RELAY_DENIED, None
             return None, Recipient(address, local=False, notify=notify, orcpt=orcpt)
         user = await self.directory.user(address)
+        if user is None and address.partition("@")[0] == "postmaster":
+            return await self._postmaster(address, domain, notify, orcpt)
         if user is None:
             return USER_UNKNOWN, None
         if user.disabled:
@@ -102,7 +170,11 @@ class SMTPPolicy:
         return None, Recipient(user.address, local=True, notify=notify, orcpt=orcpt)
 
     async def check_message(
-        self, content: bytes, authenticated_as: str | None, envelope_sender: str | None = None
+        self,
+        content: bytes,
+        authenticated_as: str | None,
+        envelope_sender: str | None = None,
+        client_ip: str | None = None,
     ) -> Reply | None:
         """On submission, every From address must be the authenticated user (or one it
         may act for).
@@ -113,6 +185,12 @@ class SMTPPolicy:
         costs no directory lookup here.
         """
         if not self.port.submission:
+            if self.trusted_relay(client_ip):
+                return None
+            # The From is what webmail and every mail client show as the sender.
+            for sender in headers.from_addresses(headers.parse_headers(content)):
+                if await self._claims_local_domain(sender):
+                    return LOCAL_SENDER_FORGED
             return None
         senders = headers.from_addresses(headers.parse_headers(content))
         if not senders:
@@ -125,6 +203,22 @@ class SMTPPolicy:
             if not await self._may_send_as(authenticated_as, address):
                 return FROM_NOT_OWNED
         return None
+
+    async def _postmaster(
+        self, address: str, domain: str, notify: str | None, orcpt: str | None
+    ) -> tuple[Reply | None, Recipient | None]:
+        """Accept postmaster@<local domain> for the agency's admins (RFC 5321 §4.5.1).
+
+        A real account named postmaster is delivered to as any user (above); otherwise
+        the agency's enabled admins get the mail. No quota check: mail about mail
+        problems must get through, and a 452 here would hide exactly that. With no admin
+        at all there is no one to deliver to, and the refusal says so.
+        """
+        admins = await self.directory.agency_admins(domain)
+        if not admins:
+            return NO_POSTMASTER, None
+        return None, Recipient(address, local=True, notify=notify, orcpt=orcpt,
+                               mailboxes=tuple(admins))  # fmt: skip
 
     async def _may_send_as(self, authenticated_as: str | None, sender: str | None) -> bool:
         if authenticated_as is None or not sender:

@@ -20,7 +20,13 @@ from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
-from appliance.mail.smtp.policy import AUTHZ_DENIED, OVER_QUOTA, Port, SMTPPolicy
+from appliance.mail.smtp.policy import (
+    AUTHZ_DENIED,
+    OVER_QUOTA,
+    Port,
+    SMTPPolicy,
+    parse_trusted_relays,
+)
 
 log = logging.getLogger("edgebox.smtp")
 
@@ -47,7 +53,9 @@ class SMTPService:
         self.box = box
         self.port = port
         self.name = f"smtp-{port.value}"
-        self.policy = SMTPPolicy(port, box.directory, box.mailstore)
+        self.policy = SMTPPolicy(
+            port, box.directory, box.mailstore, parse_trusted_relays(box.config.mx_trusted_relays)
+        )
         self.gate = ConnectionGate(
             box.config.max_connections,
             TOO_MANY_CONNECTIONS.encode(enhanced_codes=False),
@@ -124,7 +132,11 @@ class SMTPSession:
                 await self._authenticate(event)
             elif isinstance(event, smtp.MailFrom):
                 self.recipients = []
-                self._answer(await self.service.policy.check_sender(event, conn.authenticated_as))
+                self._answer(
+                    await self.service.policy.check_sender(
+                        event, conn.authenticated_as, self.client_ip
+                    )
+                )
             elif isinstance(event, smtp.RcptTo):
                 await self._recipient(event)
             elif isinstance(event, smtp.MessageData):
@@ -187,7 +199,7 @@ class SMTPSession:
     async def _message(self, event: smtp.MessageData) -> None:
         conn = self.conn
         refusal = await self.service.policy.check_message(
-            event.content, conn.authenticated_as, event.reverse_path
+            event.content, conn.authenticated_as, event.reverse_path, self.client_ip
         )
         if refusal is not None:
             await self._record_message(event, refusal)

@@ -5,7 +5,7 @@ A hub holds two CAs, on purpose:
 - the box CA every edgebox has (``keys/ca.pem``, `appliance.security.tls`), which signs
   the hub's *server* certificate for HTTPS, SMTP and IMAP. Boxes install it as
   ``central-ca.pem`` and trust it for the hub and the hub's mail servers;
-- this *sync CA* (``keys/sync-ca.pem`` / ``sync-ca.key``), which signs only *client*
+- this *sync CA* (``keys/sync-ca.pem`` / ``sync-ca.key.sealed``), which signs only *client*
   certificates of enrolled boxes and is the only CA the hub-sync listener accepts
   client certificates from.
 
@@ -36,10 +36,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.security import keys
 from appliance.store.files import write_atomically
 
 SYNC_CA_CERT: Final = "sync-ca.pem"
-SYNC_CA_KEY: Final = "sync-ca.key"
+#: The sync CA's private key, sealed under the provisioning secret like the data key
+#: and the box CA's key (`appliance.security.keys.seal`; issue 16).
+SYNC_CA_KEY: Final = "sync-ca.key.sealed"
+#: Where a hub of an older version kept the key in the clear; sealed at the next start.
+LEGACY_SYNC_CA_KEY: Final = "sync-ca.key"
+SYNC_CA_KEY_PURPOSE: Final = "sync-ca-key"
 
 CA_VALIDITY: Final = dt.timedelta(days=3650)
 #: A box certificate lasts a year; re-enrolment (a new token) issues a fresh one.
@@ -90,22 +96,42 @@ def ensure_sync_ca(keys_dir: Path, now: dt.datetime | None = None) -> SyncCA:
     now = now or dt.datetime.now(dt.UTC)
     keys_dir = Path(keys_dir)
     cert_path, key_path = keys_dir / SYNC_CA_CERT, keys_dir / SYNC_CA_KEY
+    keys.ensure_provisioning_secret(keys_dir)
+    _seal_legacy_key(keys_dir, key_path)
     loaded = _load(cert_path, key_path, now)
     if loaded is not None:
         return loaded
     ca = _new_ca(now)
     # Key first, as in `appliance.security.tls`: a crash between the writes leaves a
     # pair that does not match, which the next start replaces.
-    write_atomically(key_path, _private_pem(ca.key), mode=0o600)
+    sealed = keys.seal(keys_dir, SYNC_CA_KEY_PURPOSE, _private_pem(ca.key))
+    write_atomically(key_path, sealed, mode=0o600)
     write_atomically(cert_path, ca.pem, mode=0o644)
     return ca
+
+
+def _seal_legacy_key(keys_dir: Path, key_path: Path) -> None:
+    """Seal a plain ``sync-ca.key`` of an older hub, then shred the plain file."""
+    legacy = keys_dir / LEGACY_SYNC_CA_KEY
+    if not legacy.exists():
+        return
+    if not key_path.exists():
+        try:
+            key = serialization.load_pem_private_key(legacy.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            key = None  # unreadable: a new CA is made, as it always was
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            sealed = keys.seal(keys_dir, SYNC_CA_KEY_PURPOSE, _private_pem(key))
+            write_atomically(key_path, sealed, mode=0o600)
+    keys.shred(legacy)
 
 
 def _load(cert_path: Path, key_path: Path, now: dt.datetime) -> SyncCA | None:
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError):
+        pem = keys.unseal(key_path.parent, SYNC_CA_KEY_PURPOSE, key_path.read_bytes())
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (OSError, ValueError, TypeError, keys.KeyMaterialError):
         return None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or cert.public_key() != key.public_key():
         return None
@@ -233,7 +259,7 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    # Unencrypted, like the box CA's key: the hub restarts unattended.
+    # No passphrase (the hub restarts unattended): the caller seals it instead.
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

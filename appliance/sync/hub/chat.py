@@ -110,9 +110,20 @@ class ChatHub:
                     # Without an id the box could not tell which event was refused.
                     raise bad_request(f"an event without a valid id: {exc.message_en}") from None
                 items.append((event_id, exc))
-        names = sorted(
-            {a for item in items if not isinstance(item, tuple) for a in item.addresses()}
-        )
+        # The box's word on its agency's chat settings (public mode, who creates
+        # broadcasts), which the room rules below need; see `record_agency_settings`.
+        await self.box.chat.record_agency_settings(peer.domain, _body(body).get("agency"))
+        named = {a for item in items if not isinstance(item, tuple) for a in item.addresses()}
+        # The rank rule of group rooms weighs everyone who stays in a room a membership
+        # change touches, not only the people the event names.
+        changed = {
+            item.room_id
+            for item in items
+            if not isinstance(item, tuple) and item.type in ("member.added", "member.removed")
+        }
+        if changed:
+            named |= await self.box.chat.members_of(changed)
+        names = sorted(named)
         users: dict[str, User | None] = {}
         for address in names:
             users[address] = await self.box.directory.user(address)

@@ -382,3 +382,27 @@ def test_parse_hours_accepts_or_refuses_with_422(value: dict[str, Any]) -> None:
         assert hours.start < hours.end
         assert hours.days <= set(range(7))
         assert parse_hours(hours.to_json()) == hours
+
+
+async def test_broadcast_creators_setting_via_the_api(world: World) -> None:
+    """Issue 16: who creates broadcast rooms is an agency setting, admins only by default."""
+    path = "/api/v1/chat/settings"
+    _, shown = await call(world, "GET", path, world.staff)
+    assert shown["broadcast_creators"] == "admins"
+    with pytest.raises(ApiError) as exc:
+        await call(world, "POST", "/api/v1/rooms", world.staff,
+                   json={"kind": "broadcast", "name": "ประกาศ"})  # fmt: skip
+    assert exc.value.body("en")["error"]["code"] == "broadcast_admins_only"
+    with pytest.raises(ApiError) as exc:
+        await call(world, "PUT", path, world.staff, json={"broadcast_creators": "everyone"})
+    assert exc.value.status == 403
+    await world.directory.grant_admin(world.lead.address, world.lead.agency_domain)
+    _, changed = await call(world, "PUT", path, world.lead, json={"broadcast_creators": "everyone"})
+    assert changed == {"agency": "a.go.th", "public_mode": False, "broadcast_creators": "everyone"}
+    status, room = await call(world, "POST", "/api/v1/rooms", world.staff,
+                              json={"kind": "broadcast", "name": "ประกาศ"})  # fmt: skip
+    assert status == 201
+    assert room["kind"] == "broadcast"
+    with pytest.raises(ApiError) as exc:
+        await call(world, "PUT", path, world.lead, json={})
+    assert exc.value.status == 422

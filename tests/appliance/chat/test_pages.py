@@ -534,6 +534,11 @@ async def test_refusals_are_shown_in_the_users_language(site: Site) -> None:
     allowed = await site.post("staff", "/chat/new", [("kind", "direct"), ("with", boss)])
     assert allowed.status == 303
     assert (await site.post("staff", "/chat/settings", [("public_mode", "off")])).status == 403
+    # Issue 16: the same form lets everyone create broadcast rooms, or only admins.
+    assert not await site.box.chat.broadcast_by_everyone(DOMAIN)
+    opened = [("public_mode", "on"), ("broadcast_everyone", "on")]
+    assert (await site.post("boss", "/chat/settings", opened)).status == 303
+    assert await site.box.chat.broadcast_by_everyone(DOMAIN)
 
     no_days = await site.post("peer", "/chat/new", [("kind", "working_hours"), ("name", "x")])
     assert no_days.status == 422

@@ -203,7 +203,13 @@ async def test_group_room_members_post(world: World) -> None:
     assert message.kind == "text"
 
 
+async def _broadcaster(world: World) -> None:
+    """Make boss an agency admin: only admins create broadcasts by default (issue 16)."""
+    await world.directory.grant_admin(world.boss.address, world.boss.agency_domain)
+
+
 async def test_broadcast_reaches_the_agency_and_only_owner_and_posters_post(world: World) -> None:
+    await _broadcaster(world)
     room = await world.chat.create_room(
         world.boss, "broadcast", name="ประกาศกรม", options={"posters": [world.lead.address]}
     )
@@ -218,6 +224,7 @@ async def test_broadcast_reaches_the_agency_and_only_owner_and_posters_post(worl
 
 
 async def test_broadcast_to_chosen_units(world: World) -> None:
+    await _broadcaster(world)
     room = await world.chat.create_room(
         world.boss, "broadcast", options={"audience": {"units": ["กองช่าง"]}}
     )
@@ -227,6 +234,7 @@ async def test_broadcast_to_chosen_units(world: World) -> None:
 async def test_staff_who_join_later_receive_the_broadcasts_of_their_audience(
     world: World,
 ) -> None:
+    await _broadcaster(world)
     agency = await world.chat.create_room(world.boss, "broadcast", name="ประกาศกรม")
     units = await world.chat.create_room(
         world.boss, "broadcast", options={"audience": {"units": ["กองช่าง"]}}
@@ -306,3 +314,91 @@ async def test_new_members_read_the_whole_history(world: World) -> None:
     await world.chat.add_members(world.lead, room_id, [world.boss.address])
     [message] = await world.chat.messages(world.boss, room_id)
     assert message.content["text"] == "ก่อนเข้าร่วม"
+
+
+# --- issue 16: a group cannot be a direct chat with a senior in disguise ------------
+
+
+async def test_a_group_of_only_seniors_is_refused(world: World) -> None:
+    for members in ([world.boss.address], [world.boss.address, world.lead.address]):
+        with pytest.raises(ChatError) as exc:
+            await world.chat.create_room(world.staff, "group", members=members)
+        assert exc.value.status == 403
+        assert _code(exc) == "higher_rank_group"
+        assert "ตำแหน่งสูงกว่า" in exc.value.message_th
+    # A secret room of several people, too.
+    members = [world.boss.address, world.lead.address]
+    with pytest.raises(ChatError) as exc:
+        await world.chat.create_room(world.staff, "secret", members=members)
+    assert _code(exc) == "higher_rank_group"
+    assert await world.chat.rooms(world.staff) == []
+
+
+async def test_a_group_with_a_peer_or_started_by_the_senior_is_allowed(world: World) -> None:
+    mixed = await world.chat.create_room(
+        world.staff, "group", members=[world.boss.address, world.peer.address]
+    )
+    assert world.boss.address in mixed.members
+    own = await world.chat.create_room(world.boss, "group", members=[world.staff.address])
+    assert own.owner == world.boss.address
+    alone = await world.chat.create_room(world.staff, "group", name="โน้ตของฉัน")
+    assert alone.members == {world.staff.address}
+
+
+async def test_removing_the_last_peer_is_refused(world: World) -> None:
+    room = await world.chat.create_room(
+        world.staff, "group", members=[world.boss.address, world.peer.address]
+    )
+    with pytest.raises(ChatError) as exc:
+        await world.chat.remove_member(world.staff, room.id, world.peer.address)
+    assert _code(exc) == "higher_rank_group"
+    assert (await world.chat.room(world.staff, room.id)).members == room.members
+    # Removing the senior instead is fine.
+    await world.chat.remove_member(world.staff, room.id, world.boss.address)
+
+
+async def test_adding_only_seniors_is_refused(world: World) -> None:
+    alone = await world.chat.create_room(world.staff, "group", name="ห้องว่าง")
+    with pytest.raises(ChatError) as exc:
+        await world.chat.add_members(world.staff, alone.id, [world.boss.address])
+    assert _code(exc) == "higher_rank_group"
+    assert (await world.chat.room(world.staff, alone.id)).members == {world.staff.address}
+    # With a peer in the room, a senior may be added.
+    await world.chat.add_members(world.staff, alone.id, [world.peer.address])
+    room = await world.chat.add_members(world.staff, alone.id, [world.boss.address])
+    assert world.boss.address in room.members
+
+
+async def test_public_mode_lifts_the_group_rule(world: World) -> None:
+    await world.directory.grant_admin(world.lead.address, "a.go.th")
+    await world.chat.set_public_mode(world.lead, "a.go.th", True)
+    room = await world.chat.create_room(world.staff, "group", members=[world.boss.address])
+    assert room.members == {world.staff.address, world.boss.address}
+
+
+# --- issue 16: who creates broadcast rooms -------------------------------------------
+
+
+async def test_only_admins_create_broadcasts_by_default(world: World) -> None:
+    agency = world.staff.agency_domain
+    assert not await world.chat.broadcast_by_everyone(agency)
+    with pytest.raises(ChatError) as exc:
+        await world.chat.create_room(world.staff, "broadcast", name="ประกาศ")
+    assert exc.value.status == 403
+    assert _code(exc) == "broadcast_admins_only"
+    # Only an admin may open it to everyone.
+    with pytest.raises(ChatError) as exc:
+        await world.chat.set_broadcast_creators(world.staff, agency, True)
+    assert _code(exc) == "not_admin"
+    await world.directory.grant_admin(world.lead.address, agency)
+    await world.chat.create_room(world.lead, "broadcast", name="ประกาศกอง")
+    await world.chat.set_broadcast_creators(world.lead, agency, True)
+    assert await world.chat.broadcast_by_everyone(agency)
+    room = await world.chat.create_room(world.staff, "broadcast", name="ประกาศ")
+    assert room.kind == "broadcast"
+    settings = await world.chat.agency_settings(agency)
+    assert settings == {
+        "public_mode": False,
+        "broadcast_creators": "everyone",
+        "admins": [world.lead.address],
+    }

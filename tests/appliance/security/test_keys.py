@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance.security import keys
 from appliance.security.keys import (
     DATA_KEY_SIZE,
     PROVISIONING_SECRET_FILE,
+    SECRET_SIZE,
     WRAPPED_DATA_KEY_FILE,
     WRAPPED_SIZE,
     KeyMaterialError,
@@ -240,3 +242,28 @@ def test_lost_creation_race_keeps_the_existing_file(
     assert (keys_dir / PROVISIONING_SECRET_FILE).read_bytes() == theirs
     assert len(load_data_key(keys_dir)) == DATA_KEY_SIZE
     assert not [p for p in keys_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- sealing other private keys (issue 16: the TLS CA key) ---------------------------
+
+
+def test_seal_round_trip_and_purpose_binding(keys_dir: Path) -> None:
+    create_box_keys(keys_dir)
+    sealed = keys.seal(keys_dir, "tls-ca-key", b"private key bytes")
+    assert b"private key bytes" not in sealed
+    assert keys.unseal(keys_dir, "tls-ca-key", sealed) == b"private key bytes"
+    # Another purpose, or another box's secret, cannot open it.
+    with pytest.raises(KeyMaterialError, match="cannot be opened"):
+        keys.unseal(keys_dir, "dkim-key", sealed)
+    (keys_dir / PROVISIONING_SECRET_FILE).write_bytes(os.urandom(SECRET_SIZE))
+    with pytest.raises(KeyMaterialError, match="cannot be opened"):
+        keys.unseal(keys_dir, "tls-ca-key", sealed)
+
+
+def test_no_new_secret_over_sealed_keys(keys_dir: Path) -> None:
+    keys.ensure_provisioning_secret(keys_dir)
+    (keys_dir / "ca.key.sealed").write_bytes(keys.seal(keys_dir, "tls-ca-key", b"k"))
+    (keys_dir / PROVISIONING_SECRET_FILE).unlink()
+    with pytest.raises(KeyMaterialError, match=r"ca\.key\.sealed"):
+        keys.ensure_provisioning_secret(keys_dir)
+    assert not (keys_dir / PROVISIONING_SECRET_FILE).exists()

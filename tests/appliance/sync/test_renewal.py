@@ -78,6 +78,16 @@ async def test_nothing_happens_while_the_certificate_is_young(tmp_path: Path) ->
         assert _files(keys) == before
 
 
+async def test_renewal_is_due_at_two_thirds_of_the_certificate_life(tmp_path: Path) -> None:
+    async with _enrolled_box(tmp_path) as (_, _keys, renewal):
+        # A one-year certificate (plus a backdated day): due from day 243 on, with four
+        # months of retries left before it ends (issue 16), not at 30 days.
+        await _box_clock(renewal).advance(200 * DAY)
+        assert not renewal.due()
+        await _box_clock(renewal).advance(50 * DAY)
+        assert renewal.due()
+
+
 async def test_a_certificate_near_expiry_is_renewed_and_the_new_one_works(
     tmp_path: Path,
 ) -> None:

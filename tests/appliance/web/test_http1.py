@@ -8,8 +8,10 @@ import h11
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
-from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow
+from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow, check_head
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,81 @@ async def test_linger_does_nothing_before_an_answer_was_sent() -> None:
     assert await reader.next_request() is not None
     with trio.fail_after(1):
         await reader.linger()
+
+
+# --- issue 16: RFC 9112 §6.1 and §5.2 -----------------------------------------------
+
+
+async def test_content_length_with_transfer_encoding_is_refused() -> None:
+    client, reader = _pair()
+    await client.send_all(
+        b"POST /x HTTP/1.1\r\nHost: box\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: box\r\n\r\n"
+    )
+    with pytest.raises(h11.RemoteProtocolError, match="both Content-Length") as caught:
+        await reader.next_request()
+    assert caught.value.error_status_hint == 400
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /x HTTP/1.1\r\nHost: box\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: box\r\nTransfer-Encoding: gzip,\r\n\tchunked\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: box\r\nX-Note: a\r\n b\r\n\r\n",
+        b"GET /x HTTP/1.1\nHost: box\nX-Note: a\n b\n\n",
+    ],
+)
+async def test_obs_fold_is_refused(head: bytes) -> None:
+    client, reader = _pair()
+    await client.send_all(head)
+    with pytest.raises(h11.RemoteProtocolError, match="line folding") as caught:
+        await reader.next_request()
+    assert caught.value.error_status_hint == 400
+
+
+async def test_obs_fold_split_across_reads_is_refused() -> None:
+    # Seven bytes a read: the fold is seen whichever read completes it.
+    client, server = trio.testing.memory_stream_pair()
+    reader = RequestReader(server, _Limits(receive_size=7))
+    await client.send_all(
+        b"POST /x HTTP/1.1\r\nHost: box\r\nTransfer-Encoding: x\r\n chunked\r\n\r\n"
+    )
+    with pytest.raises(h11.RemoteProtocolError, match="line folding"):
+        await reader.next_request()
+
+
+async def test_a_body_may_hold_anything() -> None:
+    # Spaces after line breaks in a body, which arrives in the same read as the head,
+    # are not folding: only the head is looked at.
+    client, reader = _pair()
+    body = b"a\r\n b\r\n\tc"
+    await client.send_all(HEAD % len(body) + body)
+    request = await reader.next_request()
+    assert request is not None
+    assert await reader.read_body(request, 100) == body
+
+
+@given(st.binary(max_size=300))
+def test_check_head_takes_any_bytes(data: bytes) -> None:
+    refused: h11.RemoteProtocolError | None = None
+    try:
+        check_head(data)
+    except h11.RemoteProtocolError as exc:
+        refused = exc
+    assert refused is None or refused.error_status_hint == 400
+
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+_VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 ;=,", max_size=20).map(str.strip)
+
+
+@given(st.lists(st.tuples(_TOKEN, _VALUE), max_size=8), st.binary(max_size=50))
+def test_check_head_passes_unfolded_heads_whatever_the_body(
+    fields: list[tuple[str, str]], body: bytes
+) -> None:
+    head = b"POST /x HTTP/1.1\r\n" + b"".join(
+        f"{name}: {value}\r\n".encode() for name, value in fields
+    )
+    check_head(head + b"\r\n" + body)  # a body may hold " " after a line break
+    check_head(head)  # an incomplete head, as it arrives

@@ -267,14 +267,17 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     from appliance.sync.link import LinkMonitor
     from appliance.sync.mailbox import MailboxReplicator
     from appliance.sync.relay import OutboundRelay
+    from appliance.security.tls_renewal import TLSRenewal
     from appliance.sync.renewal import CertificateRenewal
     from appliance.web.server import HTTPSService
 
     background = [SecretSweeper, TrafficLogRetention, SessionExpiry, SearchIndexer,
                   ChatReplicator, DirectoryReplicator, HubSyncService, LinkMonitor,
-                  MailboxReplicator, OutboundRelay, CertificateRenewal, HTTPSService]  # fmt: skip
+                  MailboxReplicator, OutboundRelay, CertificateRenewal, TLSRenewal,
+                  HTTPSService]  # fmt: skip
     ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
-           *(service.name for service in background), "disk", "services"}  # fmt: skip
+           *(service.name for service in background), "disk", "services",
+           "certificate", "ca", "sync-certificate"}  # fmt: skip
     assert ids <= set(SERVICE_LABELS), ids - set(SERVICE_LABELS)
     for check, (thai, english) in SERVICE_LABELS.items():
         assert thai

@@ -294,6 +294,32 @@ async def test_malformed_request_is_400(server: Server) -> None:
     await client.aclose()
 
 
+async def test_content_length_and_transfer_encoding_is_400_and_closes(server: Server) -> None:
+    # RFC 9112 §6.1: the smuggling shape; the pipelined GET behind it is never answered.
+    client = await server.raw()
+    await client.send(
+        b"POST /api/v1/open HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /api/v1/open HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    data = await client.read_all()  # returns only once the server has closed
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert data.count(b"HTTP/1.1 ") == 1
+    assert b"connection: close" in data.lower()
+    await client.aclose()
+
+
+async def test_obs_fold_is_400(server: Server) -> None:
+    # RFC 9112 §5.2, in Transfer-Encoding and in any other header.
+    for head in (b"Transfer-Encoding:\r\n chunked", b"X-Note: a\r\n\tb"):
+        client = await server.raw()
+        await client.send(b"GET /api/v1/open HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n")
+        data = await client.read_all()
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert b"folding" in data
+        await client.aclose()
+
+
 async def test_oversized_header_is_431(server: Server) -> None:
     client = await server.raw()
     await client.send(

@@ -69,6 +69,8 @@ async def test_signing_in_joins_the_broadcasts_of_ones_agency(server: Server, bo
     owner = await box.directory.add_user(
         "head@test.go.th", password="หัวหน้า-2567", name_th="หัวหน้า ใหญ่"
     )
+    # Only agency admins create broadcast rooms by default (issue 16).
+    await box.directory.grant_admin(owner.address, owner.agency_domain)
     room = await box.chat.create_room(owner, "broadcast", name="ประกาศ")
     assert ADDRESS in room.members  # there when the room was made
     newcomer = await box.directory.add_user(

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from appliance.mail.smtp.policy import FROM_NOT_OWNED, SENDER_NOT_OWNED, Port, SMTPPolicy
-from appliance.mail.smtp.protocol import MailFrom
+import ipaddress
+
+import pytest
+
+from appliance.mail.delivery import Envelope, Trace
+from appliance.mail.smtp.policy import (
+    FROM_NOT_OWNED,
+    LOCAL_SENDER_FORGED,
+    NO_POSTMASTER,
+    SENDER_NOT_OWNED,
+    USER_UNKNOWN,
+    Port,
+    SMTPPolicy,
+    parse_trusted_relays,
+)
+from appliance.mail.smtp.protocol import MailFrom, RcptTo
 from tests.appliance.mail.conftest import DOMAIN, MailBox
 
 
@@ -71,3 +85,99 @@ async def test_a_from_naming_the_allowed_envelope_sender_is_not_looked_up_again(
     # Any other From is still checked, whatever the envelope said.
     assert await policy.check_message(message_from(other), me, me) == FROM_NOT_OWNED
     assert lookups == [other]
+
+
+# --- issue 16: forged local senders on the MX port, postmaster ----------------------
+
+CENTRE = parse_trusted_relays("10.20.0.5, 10.30.0.0/24 fd00::5")
+
+
+@pytest.mark.parametrize("port", [Port.MX])
+async def test_mx_refuses_a_local_sender_from_an_untrusted_source(box: MailBox, port: Port) -> None:
+    policy = SMTPPolicy(port, box.directory, box.mailstore, CENTRE)
+    me = box.users[0]
+    for source in ("192.168.1.50", "127.0.0.1", None, "10.30.1.1"):
+        assert await policy.check_sender(mail_from(me), None, source) == LOCAL_SENDER_FORGED
+        assert await policy.check_sender(mail_from(me.upper()), None, source) == (
+            LOCAL_SENDER_FORGED
+        )
+        # The envelope says someone else, the From one of ours: refused at the end of DATA.
+        assert await policy.check_sender(mail_from("x@other.go.th"), None, source) is None
+        assert await policy.check_message(message_from(me), None, "x@other.go.th", source) == (
+            LOCAL_SENDER_FORGED
+        )
+    assert LOCAL_SENDER_FORGED.code == 550
+    assert LOCAL_SENDER_FORGED.enhanced == "5.7.1"
+
+
+@pytest.mark.parametrize("source", ["10.20.0.5", "10.30.0.77", "fd00::5", "::ffff:10.20.0.5"])
+async def test_mx_takes_local_senders_from_the_centre(box: MailBox, source: str) -> None:
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore, CENTRE)
+    me = box.users[0]
+    assert await policy.check_sender(mail_from(me), None, source) is None
+    assert await policy.check_message(message_from(me), None, me, source) is None
+
+
+async def test_mx_still_takes_bounces_and_other_domains(box: MailBox) -> None:
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore, CENTRE)
+    assert await policy.check_sender(mail_from(""), None, "192.168.1.50") is None
+    assert await policy.check_message(message_from("a@other.go.th"), None, "", "192.168.1.50") is (
+        None
+    )
+
+
+def test_trusted_relays_setting() -> None:
+    assert parse_trusted_relays("") == []
+    assert parse_trusted_relays("10.0.0.1") == [ipaddress.ip_network("10.0.0.1/32")]
+    with pytest.raises(ValueError, match=r"'hub\.go\.th' is not an IP address"):
+        parse_trusted_relays("10.0.0.1, hub.go.th")
+
+
+async def _deliver_to_postmaster(box: MailBox, path: str) -> list[str]:
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
+    refusal, recipient = await policy.check_recipient(RcptTo(path, {}), None)
+    assert refusal is None
+    assert recipient is not None
+    trace = Trace("client.test", "192.0.2.1", "ESMTP")
+    await box.delivery.deliver(
+        Envelope("a@other.go.th", (recipient,), trace), b"Subject: x\r\n\r\nhi\r\n"
+    )
+    owners = []
+    for user in box.users:
+        owners += [user] * len(await box.mailstore.messages(user, "INBOX"))
+    return owners
+
+
+@pytest.mark.parametrize("path", ["postmaster", "Postmaster", f"postmaster@{DOMAIN}",
+                                  f"POSTMASTER@{DOMAIN.upper()}"])  # fmt: skip
+async def test_postmaster_reaches_the_agency_admins(box: MailBox, path: str) -> None:
+    await box.directory.grant_admin(box.users[1], DOMAIN)
+    await box.directory.grant_admin(box.users[3], DOMAIN)
+    assert await _deliver_to_postmaster(box, path) == [box.users[1], box.users[3]]
+
+
+async def test_postmaster_falls_back_to_box_admins(box: MailBox) -> None:
+    policy = SMTPPolicy(Port.SUBMISSION, box.directory, box.mailstore)
+    # No admin at all: a temporary refusal that says why, never "no such user".
+    refusal, _ = await policy.check_recipient(RcptTo(f"postmaster@{DOMAIN}", {}), None)
+    assert refusal == NO_POSTMASTER
+    await box.directory.grant_admin(box.users[4], None)
+    assert await _deliver_to_postmaster(box, "postmaster") == [box.users[4]]
+    # Other local parts are still unknown users.
+    refusal, _ = await policy.check_recipient(RcptTo(f"hostmaster@{DOMAIN}", {}), None)
+    assert refusal == USER_UNKNOWN
+
+
+async def test_an_admin_named_twice_gets_one_copy(box: MailBox) -> None:
+    await box.directory.grant_admin(box.users[0], DOMAIN)
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
+    recipients = []
+    for path in (box.users[0], "postmaster"):
+        _, recipient = await policy.check_recipient(RcptTo(path, {}), None)
+        assert recipient is not None
+        recipients.append(recipient)
+    trace = Trace("client.test", "192.0.2.1", "ESMTP")
+    await box.delivery.deliver(
+        Envelope("a@other.go.th", tuple(recipients), trace), b"S: x\r\n\r\n.\r\n"
+    )
+    assert len(await box.mailstore.messages(box.users[0], "INBOX")) == 1

@@ -308,3 +308,57 @@ async def test_a_batch_sees_each_change_of_a_room_before_the_next_event(net: Net
     }]  # fmt: skip
     answer = await _push(net, pending)
     assert [r["room_order"] for r in answer["results"]] == [4, 2]
+
+
+# --- issue 16: the hub keeps the group rank rule and the broadcast setting -----------
+
+
+def _as_an_older_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the box make what it now refuses, as a box of an older version would."""
+    from appliance.chat.rules import RoomPolicy
+
+    monkeypatch.setattr(RoomPolicy, "check_not_disguised_direct", lambda *a, **k: None)
+    monkeypatch.setattr(RoomPolicy, "check_broadcast_creator", lambda *a, **k: None)
+
+
+async def test_hub_refuses_a_group_of_only_seniors(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        _as_an_older_box(patch)
+        await net.a.chat.create_room(net.user(net.a, A2), "group", members=[B1])
+    answer = await _push(net, await _outbox(net))
+    (result,) = answer["results"]
+    assert (result["status"], result["code"]) == ("rejected", "higher_rank_group")
+    assert result["message_th"]
+    assert (await net.hub.chat.hub_pull(B, 0, 500))[0] == []
+
+
+async def test_hub_refuses_removing_the_last_peer(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A2), "group", members=[B1, B2])
+    await net.sync_a.sync_once()
+    with monkeypatch.context() as patch:
+        _as_an_older_box(patch)
+        await net.a.chat.remove_member(net.user(net.a, A2), room.id, B2)
+    answer = await _push(net, await _outbox(net))
+    (result,) = answer["results"]
+    assert (result["status"], result["code"]) == ("rejected", "higher_rank_group")
+
+
+async def test_hub_refuses_a_broadcast_by_a_non_admin_the_box_declared(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The box's replicator declares its agency's settings with every push.
+    await net.a.directory.grant_admin(A1, A)
+    await net.a.chat.create_room(net.user(net.a, A1), "group", members=[A2])
+    await net.sync_a.sync_once()
+    declared = await net.hub.chat.declared_settings(A)
+    assert declared == {"public_mode": False, "broadcast_creators": "admins", "admins": [A1]}
+    with monkeypatch.context() as patch:
+        _as_an_older_box(patch)
+        await net.a.chat.create_room(net.user(net.a, A2), "broadcast", name="ประกาศ")
+    answer = await _push(net, await _outbox(net))
+    (result,) = answer["results"]
+    assert (result["status"], result["code"]) == ("rejected", "broadcast_admins_only")

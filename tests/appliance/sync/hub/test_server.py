@@ -201,6 +201,12 @@ async def _raw(hub: Hub, edge: Path, request: bytes) -> tuple[int, dict[str, obj
          b"content-length: 999999\r\n\r\n{", 413, "too_large"),
         (b"POST /sync/v1/enroll HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\n"
          b"content-length: 2\r\n\r\n{}", 400, "bad_request"),
+        # Issue 16: RFC 9112 §6.1 (CL with TE) and §5.2 (obs-fold) on the hub's reader too.
+        (b"POST /sync/v1/ping HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\n"
+         b"content-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400,
+         "bad_request"),
+        (b"POST /sync/v1/ping HTTP/1.1\r\nhost: h\r\ncontent-type: application/json\r\n"
+         b"transfer-encoding:\r\n chunked\r\n\r\n0\r\n\r\n", 400, "bad_request"),
     ],
 )  # fmt: skip
 async def test_bad_requests_get_json_errors(
