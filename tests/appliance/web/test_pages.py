@@ -261,13 +261,13 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     from appliance.directory.sessions import SessionExpiry
     from appliance.mail.indexing import SearchIndexer
     from appliance.mail.smtp.server import Port
+    from appliance.security.tls_renewal import TLSRenewal
     from appliance.sync.chat import ChatReplicator
     from appliance.sync.directory import DirectoryReplicator
     from appliance.sync.hub.server import HubSyncService
     from appliance.sync.link import LinkMonitor
     from appliance.sync.mailbox import MailboxReplicator
     from appliance.sync.relay import OutboundRelay
-    from appliance.security.tls_renewal import TLSRenewal
     from appliance.sync.renewal import CertificateRenewal
     from appliance.web.server import HTTPSService
 
