@@ -468,9 +468,10 @@ class Mailboxes:
         destination = normalise_name(destination)
 
         def job(conn: sqlite3.Connection) -> tuple[CopyResult, int]:
+            # The destination may be the source itself: RFC 3501 §6.4.7 and RFC 6851 do
+            # not forbid it and clients use it (a MOVE there renumbers the messages:
+            # new UIDs, the old ones expunged, as `doveadm sync` through imapc expects).
             target = _existing(conn, owner, destination)
-            if target == mailbox_id:
-                raise MailboxError("CANNOT", "source and destination are the same mailbox")
             rows = _rows(conn, mailbox_id, uids, "uid, pending_structure IS NOT NULL")
             if any(pending for _, pending in rows):
                 # The copy would have to be uploaded, and its body is not here: the

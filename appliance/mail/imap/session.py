@@ -217,6 +217,20 @@ class ImapSession:
         self.conn.untagged("ENABLED" + "".join(f" {n}" for n in enabled))
         self.conn.tagged(cmd.tag, "OK", "ENABLE completed")
 
+    def _enable_condstore(self) -> None:
+        """Turn CONDSTORE on for a CONDSTORE enabling command (RFC 7162 §3.1).
+
+        FETCH ... MODSEQ, SEARCH ... MODSEQ, STORE (UNCHANGEDSINCE) and FETCH
+        (CHANGEDSINCE) enable it as ENABLE CONDSTORE does; the first one with a mailbox
+        selected also tells the client the mailbox's HIGHESTMODSEQ, which SELECT did
+        not send it as a CONDSTORE-aware answer.
+        """
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None:
+            self.conn.untagged(f"OK [HIGHESTMODSEQ {self.selected.modseq}] highest")
+
     async def _on_namespace(self, cmd: imap.Namespace) -> None:
         self.conn.untagged(f'NAMESPACE (("" "{SEPARATOR}")) NIL NIL')
         self.conn.tagged(cmd.tag, "OK", "NAMESPACE completed")
@@ -243,7 +257,10 @@ class ImapSession:
     async def _on_list(self, cmd: imap.List | imap.Lsub) -> None:
         # RFC 3501 §6.3.8-9, RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE, RFC 5819.
         is_list = isinstance(cmd, imap.List)
-        patterns = cmd.patterns if isinstance(cmd, imap.List) else (cmd.pattern,)
+        if isinstance(cmd, imap.List):
+            patterns = cmd.patterns
+        else:
+            patterns = () if cmd.pattern is None else (cmd.pattern,)
         selection = set(cmd.selection) if isinstance(cmd, imap.List) else set()
         returns = set(cmd.return_options) if isinstance(cmd, imap.List) else set()
         subscribed_only = not is_list or "SUBSCRIBED" in selection
@@ -333,10 +350,15 @@ class ImapSession:
     async def _on_append(self, cmd: imap.Append) -> None:
         assert self.user is not None
         when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
-        uidvalidity, uid = await self.mailboxes.append(
-            self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
-            flags=cmd.flags, internal_date=when,
-        )  # fmt: skip
+        try:
+            uidvalidity, uid = await self.mailboxes.append(
+                self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
+                flags=cmd.flags, internal_date=when,
+            )  # fmt: skip
+        except MailboxError as exc:
+            if exc.code == "NONEXISTENT":
+                exc.code = "TRYCREATE"  # RFC 3501 §6.3.11: the client may CREATE, retry
+            raise
         await self.report_changes(expunges=True)
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
 
@@ -428,7 +450,7 @@ class ImapSession:
         result = await self.mailboxes.store_flags(selected.info.id, uids, mode, cmd.flags,
                                                   cmd.unchanged_since)  # fmt: skip
         if cmd.unchanged_since is not None:
-            self.condstore = True
+            self._enable_condstore()
         silent = {s.uid for s in result.changed} if cmd.silent else set()
         # Report our own change like anyone's, except what SILENT asked us to keep quiet
         # (RFC 7162 §3.1.3 still wants MODSEQ for silent stores under CONDSTORE).
@@ -480,8 +502,9 @@ class ImapSession:
         items = list(cmd.items)
         if cmd.uid and imap.FetchAttr("UID") not in items:
             items.insert(0, imap.FetchAttr("UID"))
+        if cmd.changed_since is not None or imap.FetchAttr("MODSEQ") in items:
+            self._enable_condstore()
         if cmd.changed_since is not None:
-            self.condstore = True
             uids = [u for u in uids if selected.messages.modseq(u) > cmd.changed_since]
             if cmd.vanished:
                 # RFC 7162 §3.2.6: UID FETCH ... (CHANGEDSINCE n VANISHED)
@@ -632,12 +655,14 @@ class ImapSession:
                     data, root = await load()
                     spec = mime.SectionSpec(section.part, section.text, section.fields)
                     body = mime.section(data, spec, root)
-                label = _section_label(item.section)
+                label = f"BODY[{_section_label(item.section)}]"
                 if item.partial is not None:
+                    # RFC 3501 §7.4.2: the answer names the origin after the brackets,
+                    # "BODY[TEXT]<0>", never inside them.
                     origin, length = item.partial
                     body = mime.partial(body, origin, length)
                     label += f"<{origin}>"
-                parts.append(f"BODY[{label}] ".encode() + _literal(body))
+                parts.append(f"{label} ".encode() + _literal(body))
         return f"{selected.seq_of(uid)} FETCH (".encode() + b" ".join(parts) + b")"
 
     async def _on_search(self, cmd: imap.Search) -> None:
@@ -647,9 +672,19 @@ class ImapSession:
         if options is not None and "SAVE" in options:
             self.conn.tagged(cmd.tag, "BAD", "SEARCH RETURN (SAVE) is not supported")
             return
+        if matcher.uses_modseq:
+            self._enable_condstore()
         found = await matcher.matching(list(selected.messages))
         numbers = found if cmd.uid else [selected.seq_of(u) for u in found]
-        modseq = selected.messages.highest_modseq(found) if matcher.uses_modseq else 0
+        modseq = 0
+        if matcher.uses_modseq:
+            # RFC 7162 §3.1.5: the highest MODSEQ of the messages the answer returns;
+            # RETURN (MIN) / (MAX) alone return one or two of them, not all matches.
+            returned = found
+            if options and found and not {"ALL", "COUNT"} & set(options):
+                returned = [found[0]] if "MIN" in options else []
+                returned += [found[-1]] if "MAX" in options else []
+            modseq = selected.messages.highest_modseq(returned)
         if options is None:
             result = "SEARCH" + "".join(f" {n}" for n in numbers)
             if modseq:
@@ -877,7 +912,7 @@ class _Matcher:
         if isinstance(key, imap.SearchText):
             where = key.name.upper()
             if where in ("SUBJECT", "FROM", "TO", "CC", "BCC"):
-                return _header_contains(content, where, key.value)
+                return _header_contains(content, where, key.value, addresses=where != "SUBJECT")
             wanted = key.value.casefold()
             if wanted in mime.body_text_for_search(content).casefold():
                 return True
@@ -895,11 +930,18 @@ def _flag_matches(name: str, flags: set[str]) -> bool:
     return (f"\\{name.removeprefix('UN').lower()}" in flags) != negated
 
 
-def _header_contains(content: bytes, field_name: str, value: str) -> bool:
-    """HEADER/FROM/SUBJECT...: a case-insensitive substring of a decoded field."""
+def _header_contains(
+    content: bytes, field_name: str, value: str, *, addresses: bool = False
+) -> bool:
+    """HEADER/FROM/SUBJECT...: a case-insensitive substring of a decoded field.
+
+    *addresses*: the field is an address list, also matched in its comment-free
+    address form (`mime.address_search_text`), as the search index matches it.
+    """
     wanted = value.casefold()
     return any(
-        name.lower() == field_name.lower() and wanted in text.casefold()
+        name.lower() == field_name.lower()
+        and wanted in (mime.address_search_text(text) if addresses else text).casefold()
         for name, text in mime.decoded_headers(content)
     )
 
