@@ -103,6 +103,11 @@ class MessageView:
     def highest_modseq(self, uids: Iterable[int]) -> int:
         return max((self.modseq(u) for u in uids), default=0)
 
+    def keywords(self) -> set[str]:
+        """Every keyword (a flag without a backslash) some message has now."""
+        used = set(self._flag_ids)
+        return {f for i in used for f in self._flag_sets[i] if not f.startswith("\\")}
+
     def with_flags(
         self, uids: Iterable[int], predicate: Callable[[tuple[str, ...]], bool]
     ) -> set[int]:

@@ -90,7 +90,7 @@ async def test_fetch_modseq_enables_condstore(box: MailBox) -> None:
     again = await client.send("b FETCH 1 MODSEQ\r\n")
     assert "HIGHESTMODSEQ" not in again  # only the first enabling command says it
     stored = await client.send("c STORE 2 +FLAGS (\\Seen)\r\n")
-    assert re.search(r"\* 2 FETCH \(UID 2 FLAGS \(\\Seen\) MODSEQ \(\d+\)\)", stored)
+    assert re.search(r"\* 2 FETCH \(UID 2 FLAGS \(\\Recent \\Seen\) MODSEQ \(\d+\)\)", stored)
 
 
 async def test_search_modseq_enables_condstore(box: MailBox) -> None:
@@ -147,3 +147,139 @@ async def test_search_from_finds_an_address_written_with_comments(
         assert "* SEARCH 1 2 3 4\r\n" in found
         assert "* SEARCH 2\r\n" in await client.send('b SEARCH FROM "(comment)"\r\n')
         assert "* SEARCH 5\r\n" in await client.send("c SEARCH FROM else.org\r\n")
+
+
+async def test_recent_belongs_to_the_first_session_that_selects(box: MailBox) -> None:
+    # RFC 3501 §2.3.2: \Recent in exactly one session; EXAMINE does not take it.
+    user = box.users[0]
+    first, second = await signed_in(box, user), await signed_in(box, user)
+    await fill(box, user, 2)
+    assert "RECENT 2)" in await first.send("a STATUS INBOX (MESSAGES RECENT)\r\n")
+    examined = await first.send("b EXAMINE INBOX\r\n")
+    assert "* 2 RECENT\r\n" in examined
+    assert "* OK [UNSEEN 1]" in examined
+    await first.send("c CLOSE\r\n")
+    selected = await first.send("d SELECT INBOX\r\n")
+    assert "* 2 RECENT\r\n" in selected
+    assert "(\\Recent)" in await first.send("e FETCH 1 FLAGS\r\n")
+    assert "* SEARCH 1 2\r\n" in await first.send("f SEARCH RECENT\r\n")
+    assert "* SEARCH 1 2\r\n" in await first.send("g SEARCH NEW\r\n")
+    assert "* SEARCH\r\n" in await first.send("h SEARCH OLD\r\n")
+    # The other session sees them as old, and STATUS counts none left to take.
+    assert "* 0 RECENT\r\n" in await second.send("a SELECT INBOX\r\n")
+    assert "(\\Recent" not in await second.send("b FETCH 1:* FLAGS\r\n")
+    assert "RECENT 0)" in await second.send("c STATUS INBOX (RECENT)\r\n")
+    # A new message is recent in the selected session that hears of it first.
+    await fill(box, user, 1)
+    told = await first.send("i NOOP\r\n")
+    assert "* 3 EXISTS\r\n* 3 RECENT\r\n" in told
+    assert "* 3 EXISTS\r\n* 0 RECENT\r\n" in await second.send("d NOOP\r\n")
+    # Seen messages are recent but no longer new.
+    await first.send("j STORE 1 +FLAGS (\\Seen)\r\n")
+    assert "* SEARCH 2 3\r\n" in await first.send("k SEARCH NEW\r\n")
+
+
+async def test_recent_survives_only_in_its_session(box: MailBox) -> None:
+    user = box.users[0]
+    first = await signed_in(box, user)
+    await fill(box, user, 1)
+    assert "* 1 RECENT" in await first.send("a SELECT INBOX\r\n")
+    again = await signed_in(box, user)
+    # Taken and kept in the mail database: a later session never gets it back.
+    assert "* 0 RECENT" in await again.send("a SELECT INBOX\r\n")
+    assert "* 0 RECENT" in await first.send("b SELECT INBOX\r\n")
+
+
+async def test_new_keywords_are_announced_before_use(box: MailBox) -> None:
+    # RFC 3501 §7.2.6: FLAGS lists the mailbox's keywords; a new one is announced with
+    # FLAGS and PERMANENTFLAGS before any FETCH shows it, and a later SELECT lists it.
+    user = box.users[0]
+    client, other = await signed_in(box, user), await signed_in(box, user)
+    await fill(box, user, 2)
+    selected = await client.send("s SELECT INBOX\r\n")
+    assert "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n" in selected
+    await other.send("s SELECT INBOX\r\n")
+    stored = await client.send("a STORE 1 +FLAGS ($Work)\r\n")
+    announced = "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n"
+    assert announced in stored
+    assert "PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)" in stored
+    assert stored.index(announced) < stored.index("* 1 FETCH")
+    # Another session learns of it the same way, before the FETCH that shows it.
+    noop = await other.send("a NOOP\r\n")
+    assert noop.index(announced) < noop.index("* 1 FETCH")
+    assert "$Work" not in (await client.send("b STORE 2 +FLAGS ($Work)\r\n")).split("* 2")[0]
+    assert announced in await signed_in_select(box, user)
+
+
+async def signed_in_select(box: MailBox, user: str) -> str:
+    return await (await signed_in(box, user)).send("s SELECT INBOX\r\n")
+
+
+async def test_subscriptions_are_kept_apart_from_mailboxes(box: MailBox) -> None:
+    # RFC 3501 §6.3.3: CREATE does not subscribe; §6.3.9: a subscription outlives the
+    # mailbox it names, so DELETE keeps it and UNSUBSCRIBE still works.
+    client = await signed_in(box)
+    await client.send("a CREATE Projects\r\n")
+    assert "* LSUB" not in await client.send('b LSUB "" Projects\r\n')
+    assert "c OK" in await client.send("c SUBSCRIBE Projects\r\n")
+    await client.send("d DELETE Projects\r\n")
+    assert "* LSUB (\\Noselect) " in await client.send('e LSUB "" Projects\r\n')
+    listed = await client.send('f LIST (SUBSCRIBED) "" Projects\r\n')
+    assert '* LIST (\\NonExistent \\Subscribed \\HasNoChildren) "/" "Projects"\r\n' in listed
+    assert "g OK" in await client.send("g UNSUBSCRIBE Projects\r\n")
+    assert (await client.send("h UNSUBSCRIBE Projects\r\n")).startswith("h NO ")
+    assert "i NO [NONEXISTENT]" in await client.send("i SUBSCRIBE Nowhere\r\n")
+    # The standard folders are subscribed from the start.
+    assert '* LSUB () "/" "Sent"' in await client.send('j LSUB "" Sent\r\n')
+
+
+async def test_subscriptions_follow_a_renamed_mailbox(box: MailBox) -> None:
+    client = await signed_in(box)
+    await client.send("a CREATE Old/Child\r\na2 CREATE Old\r\nb SUBSCRIBE Old/Child\r\n")
+    assert "c OK" in await client.send("c RENAME Old New\r\n")
+    lsub = await client.send('d LSUB "" *\r\n')
+    assert '"New/Child"' in lsub
+    assert "Old" not in lsub
+
+
+async def test_list_shows_levels_without_a_mailbox(box: MailBox) -> None:
+    # RFC 3501 §6.3.8: "%" returns the levels of hierarchy that match it; one with no
+    # mailbox of its own is \Noselect, with \HasChildren.
+    client = await signed_in(box)
+    await client.send("a CREATE a/b/c\r\n")
+    percent = await client.send('b LIST "" a/%\r\n')
+    assert percent == '* LIST (\\Noselect \\HasChildren) "/" "a/b"\r\nb OK LIST completed\r\n'
+    top = await client.send('c LIST "" %\r\n')
+    assert '* LIST (\\Noselect \\HasChildren) "/" "a"\r\n' in top
+    star = await client.send('d LIST "" a/*\r\n')
+    assert star == '* LIST (\\HasNoChildren) "/" "a/b/c"\r\nd OK LIST completed\r\n'
+
+
+async def test_lsub_percent_shows_unsubscribed_parents_as_noselect(box: MailBox) -> None:
+    client = await signed_in(box)
+    await client.send("a CREATE t/one\r\na2 CREATE t/two/deep\r\na3 CREATE t/two\r\n")
+    await client.send("b SUBSCRIBE t/one\r\nb2 SUBSCRIBE t/two/deep\r\n")
+    reply = await client.send('c LSUB "" t/%\r\n')
+    assert reply == (
+        '* LSUB () "/" "t/one"\r\n* LSUB (\\Noselect) "/" "t/two"\r\nc OK LSUB completed\r\n'
+    )
+    assert 't/two"' not in await client.send('d LSUB "" t/*\r\n')
+
+
+async def test_recursivematch_childinfo_for_children_not_returned(box: MailBox) -> None:
+    # RFC 5258 §3.5, as imaptest's listext test checks it.
+    client = await signed_in(box)
+    for name in ("m/t2/t1", "m/t2", "m/t8/t8", "m/t8/t9"):
+        await client.send(f"c CREATE {name}\r\n")
+    for name in ("m/t2/t1", "m/t8/t8", "m/t8/t9"):
+        await client.send(f"s SUBSCRIBE {name}\r\n")
+    parent = await client.send('a LIST (SUBSCRIBED RECURSIVEMATCH) "" m/t2% RETURN (CHILDREN)\r\n')
+    assert parent == (
+        '* LIST (\\HasChildren) "/" "m/t2" ("CHILDINFO" ("SUBSCRIBED"))\r\na OK LIST completed\r\n'
+    )
+    both = await client.send('b LIST (SUBSCRIBED RECURSIVEMATCH) "" (m/t2 m/t2/t1)\r\n')
+    assert "CHILDINFO" not in both
+    assert '"m/t2/t1"' in both
+    hole = await client.send('c LIST (SUBSCRIBED RECURSIVEMATCH) "" m*t8\r\n')
+    assert '"m/t8" ("CHILDINFO" ("SUBSCRIBED"))' in hole
+    assert '* LIST (\\Subscribed \\HasNoChildren) "/" "m/t8/t8"\r\n' in hole
