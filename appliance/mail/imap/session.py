@@ -420,6 +420,10 @@ class ImapSession:
     # -- selecting -------------------------------------------------------------------
 
     async def _on_select(self, cmd: imap.Select) -> None:
+        if self.selected is not None:
+            # RFC 7162 §3.2.11: say where the old mailbox's responses end, so a client
+            # can tell them from the new one's (required of a QRESYNC server).
+            self.conn.untagged("OK [CLOSED] previous mailbox closed")
         self._unselect()
         if cmd.qresync is not None and not self.qresync:
             self.conn.tagged(cmd.tag, "BAD", "ENABLE QRESYNC first")
@@ -440,10 +444,10 @@ class ImapSession:
         self.conn.untagged(f"FLAGS {self._flags(selected)}")
         self.conn.untagged(f"{len(view)} EXISTS")
         self.conn.untagged(f"{selected.recent_count()} RECENT")
-        unseen = view.with_flags(view, lambda flags: not _has(flags, "\\seen"))
-        if unseen:
+        unseen = view.first_with_flags(lambda flags: not _has(flags, "\\seen"))
+        if unseen is not None:
             # RFC 3501 §7.1: the first unseen message's sequence number.
-            self.conn.untagged(f"OK [UNSEEN {view.seq_of(min(unseen))}] first unseen")
+            self.conn.untagged(f"OK [UNSEEN {view.seq_of(unseen)}] first unseen")
         self.conn.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.conn.untagged(f"OK [UIDNEXT {box.uidnext}] predicted next UID")
         self.conn.untagged(f"OK [PERMANENTFLAGS {self._permanent_flags(selected)}] flags")

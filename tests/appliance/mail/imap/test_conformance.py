@@ -283,3 +283,12 @@ async def test_recursivematch_childinfo_for_children_not_returned(box: MailBox) 
     hole = await client.send('c LIST (SUBSCRIBED RECURSIVEMATCH) "" m*t8\r\n')
     assert '"m/t8" ("CHILDINFO" ("SUBSCRIBED"))' in hole
     assert '* LIST (\\Subscribed \\HasNoChildren) "/" "m/t8/t8"\r\n' in hole
+
+
+async def test_select_while_selected_says_closed(box: MailBox) -> None:
+    # RFC 7162 §3.2.11: OK [CLOSED] before the new mailbox's responses.
+    client = await signed_in(box)
+    assert "[CLOSED]" not in await client.send("a SELECT INBOX\r\n")
+    reply = await client.send("b EXAMINE Sent\r\n")
+    assert reply.startswith("* OK [CLOSED] ")
+    assert reply.index("[CLOSED]") < reply.index("EXISTS")
