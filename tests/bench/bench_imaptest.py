@@ -85,6 +85,11 @@ COMMANDS_RE = re.compile(
     r"^(base protocol|extensions): (\d+)/(\d+) individual commands failed", re.M
 )
 CRASH_RE = re.compile(r"service imaps crashed")
+#: The last line of a logged traceback: what the crash was.
+EXCEPTION_RE = re.compile(r"^(?:\w+\.)*\w+(?:Error|Exception|Missing): .*$", re.M)
+#: imaptest's lines about the connection, not about an answer (a refused connect while
+#: the port is down, a reset when a service stops): counted apart from protocol errors.
+CONNECTION_ERROR_RE = re.compile(r"connect\(\) failed|Client disconnected|Connection reset")
 IMAPTEST_SLACK = 120.0  # seconds beyond --secs before a run counts as hung
 
 
@@ -169,12 +174,16 @@ def stress(binary: Path, port: int, mbox: Path, clients: int, secs: int) -> dict
     )
     totals = parse_totals(output)
     errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    protocol = [line for line in errors if not CONNECTION_ERROR_RE.search(line)]
     return {
         "commands": totals,
         "per_second": {k: round(v / secs, 1) for k, v in totals.items()},
         "total_per_second": round(sum(totals.values()) / secs, 1),
         "errors": len(errors),
+        "connection_errors": len(errors) - len(protocol),
+        "protocol_errors": len(protocol),
         "first_errors": errors[:5],
+        "first_protocol_errors": protocol[:5],
     }
 
 
@@ -219,8 +228,9 @@ def run(
             crashes_before = len(CRASH_RE.findall(box_log.read_text(errors="replace")))
             result[name] = stress(imaptest, ports[name], mbox, clients, secs)
             if name == "edgebox":
-                crashes = len(CRASH_RE.findall(box_log.read_text(errors="replace")))
-                result[name]["service_restarts"] = crashes - crashes_before
+                log = box_log.read_text(errors="replace")
+                result[name]["service_restarts"] = len(CRASH_RE.findall(log)) - crashes_before
+                result[name]["exceptions_logged"] = sorted(set(EXCEPTION_RE.findall(log)))[:10]
         if scripted is not None:
             for name in SERVERS:
                 output = _imaptest(imaptest, ports[name], [f"test={scripted}"], timeout=600)
@@ -256,9 +266,12 @@ def report(result: dict[str, Any]) -> str:
         f"{dove['total_per_second']:>10} {result['ratio_total']:>6}"
     )
     lines.append(
-        f"errors: edgebox {edge['errors']}, dovecot {dove['errors']}; "
-        f"edgebox service restarts {edge.get('service_restarts')}"
+        f"errors: edgebox {edge['errors']} ({edge['protocol_errors']} about answers,"
+        f" {edge['connection_errors']} about connections), dovecot {dove['errors']};"
+        f" edgebox service restarts {edge.get('service_restarts')}"
     )
+    for exception in edge.get("exceptions_logged", []):
+        lines.append(f"  edgebox logged: {exception[:160]}")
     for name in SERVERS:
         scripted = result[name].get("scripted")
         if scripted:
