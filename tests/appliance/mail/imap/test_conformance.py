@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from appliance.mail.imap import mime
 from appliance.mail.mailboxes import Mailboxes
 from appliance.mail.search_index import open_search_index
 from appliance.security.keys import load_data_key
@@ -292,3 +295,24 @@ async def test_select_while_selected_says_closed(box: MailBox) -> None:
     reply = await client.send("b EXAMINE Sent\r\n")
     assert reply.startswith("* OK [CLOSED] ")
     assert reply.index("[CLOSED]") < reply.index("EXISTS")
+
+
+@given(st.text(max_size=200))
+def test_address_search_text_takes_any_field_value(value: str) -> None:
+    # Hostile headers reach it from SEARCH and the indexer: never raise, keep the text.
+    assert mime.address_search_text(value).startswith(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "forms"),
+    [
+        ("<user (c)@ (c) domain.org>", ["c <user@domain.org>"]),
+        ("Real Name <a@b.org>, x@y.org (X)", ["Real Name <a@b.org>", "X <x@y.org>"]),
+        ("team: a@b.org, c@d.org;", ["a@b.org", "c@d.org"]),
+        ("undisclosed-recipients:;", []),
+    ],
+)
+def test_address_search_text_adds_each_address_without_comments(
+    value: str, forms: list[str]
+) -> None:
+    assert mime.address_search_text(value).split("\n") == [value, *forms]
