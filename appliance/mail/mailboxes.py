@@ -85,6 +85,10 @@ class MailboxInfo:
     messages: int
     unseen: int
     size: int
+    #: Messages no session has yet seen as \Recent (RFC 3501 §2.3.2; STATUS RECENT).
+    recent: int = 0
+    #: The lowest UID no session has claimed as \Recent yet.
+    first_recent_uid: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,14 @@ class Mailboxes:
 
     # -- mailbox management ----------------------------------------------------------
 
-    async def create(self, owner: str, name: str, special_use: str | None = None) -> None:
+    async def create(
+        self, owner: str, name: str, special_use: str | None = None, *, subscribe: bool = False
+    ) -> None:
+        """Make a mailbox; IMAP CREATE does not subscribe to it (RFC 3501 §6.3.3).
+
+        *subscribe*: also subscribe, for the folders the box makes on the user's behalf
+        (mirrored from the centre, or a standard folder made again).
+        """
         name = normalise_name(name)
         if not name or any(not part for part in name.split(SEPARATOR)):
             raise MailboxError("CANNOT", "mailbox names must not be empty")
@@ -251,6 +262,11 @@ class Mailboxes:
                 "INSERT INTO mailboxes (owner, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
                 (owner, name, special_use, next_uidvalidity(conn)),
             )
+            if subscribe:
+                conn.execute(
+                    "INSERT OR IGNORE INTO subscriptions (owner, name) VALUES (?, ?)",
+                    (owner, name),
+                )
 
         await self.db.write(job)
 
@@ -311,6 +327,13 @@ class Mailboxes:
                     "UPDATE mailboxes SET name = ? WHERE id = ?",
                     (new + child[len(old) :], child_id),
                 )
+            # Subscriptions follow the folders they name, so a client that shows only
+            # subscribed folders still shows the renamed ones.
+            conn.execute(
+                "UPDATE OR REPLACE subscriptions SET name = ? || substr(name, ?)"
+                " WHERE owner = ? AND (name = ? OR name LIKE ? ESCAPE '\\')",
+                (new, len(old) + 1, owner, old, _like_prefix(old + SEPARATOR)),
+            )
             return int(source), None, 0, None
 
         source, moved, target, removal = await self.db.write(job)
@@ -321,15 +344,68 @@ class Mailboxes:
             await self._index_moves(source, target, moved, move=True)
 
     async def subscribe(self, owner: str, name: str, subscribed: bool) -> None:
+        """SUBSCRIBE / UNSUBSCRIBE (RFC 3501 §6.3.6-7).
+
+        Only an existing mailbox can be subscribed to; a subscription outlives its
+        mailbox (DELETE keeps it, §6.3.9), so UNSUBSCRIBE works on any subscribed name.
+        """
         name = normalise_name(name)
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE mailboxes SET subscribed = ? WHERE id = ?",
-                (int(subscribed), _existing(conn, owner, name)),
-            )
+            if subscribed:
+                _existing(conn, owner, name)
+                conn.execute(
+                    "INSERT OR IGNORE INTO subscriptions (owner, name) VALUES (?, ?)",
+                    (owner, name),
+                )
+                return
+            gone = conn.execute(
+                "DELETE FROM subscriptions WHERE owner = ? AND name = ? RETURNING name",
+                (owner, name),
+            ).fetchone()
+            if gone is None:
+                raise MailboxError("NONEXISTENT", f"not subscribed to {name!r}")
 
         await self.db.write(job)
+
+    async def subscriptions(self, owner: str) -> set[str]:
+        """Every name *owner* is subscribed to, whether or not it exists now."""
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute("SELECT name FROM subscriptions WHERE owner = ?", (owner,))
+            return {str(name) for (name,) in rows}
+
+        return await self.db.read(query)
+
+    async def claim_recent(self, mailbox_id: int) -> tuple[int, int]:
+        """Claim the messages no session has seen yet as \\Recent; return their UID range.
+
+        RFC 3501 §2.3.2: a message is recent in exactly one session. The caller owns
+        UIDs first <= uid < last; every later claim starts at *last*.
+        """
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int]:
+            first, last = conn.execute(
+                "SELECT first_recent_uid, uidnext FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if last > first:
+                conn.execute(
+                    "UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (last, mailbox_id)
+                )
+            return int(first), int(last)
+
+        return await self.db.write(job)
+
+    async def first_recent_uid(self, mailbox_id: int) -> int:
+        """The lowest UID not yet claimed as \\Recent (for a read-only EXAMINE)."""
+
+        def query(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT first_recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self.db.read(query)
 
     # -- messages --------------------------------------------------------------------
 
@@ -475,9 +551,10 @@ class Mailboxes:
         destination = normalise_name(destination)
 
         def job(conn: sqlite3.Connection) -> tuple[CopyResult, int, Removal | None]:
+            # The destination may be the source itself: RFC 3501 §6.4.7 and RFC 6851 do
+            # not forbid it and clients use it (a MOVE there renumbers the messages:
+            # new UIDs, the old ones expunged, as `doveadm sync` through imapc expects).
             target = _existing(conn, owner, destination)
-            if target == mailbox_id:
-                raise MailboxError("CANNOT", "source and destination are the same mailbox")
             rows = _rows(conn, mailbox_id, uids, "uid, pending_structure IS NOT NULL")
             if any(pending for _, pending in rows):
                 # The copy would have to be uploaded, and its body is not here: the
@@ -654,16 +731,21 @@ def _existing(conn: sqlite3.Connection, owner: str, name: str) -> int:
 def _infos(conn: sqlite3.Connection, owner: str, name: str | None) -> list[MailboxInfo]:
     rows = conn.execute(
         "SELECT b.id, b.owner, b.name, b.special_use, b.uidvalidity, b.uidnext,"
-        " b.highestmodseq, b.subscribed, count(m.id),"
+        " b.highestmodseq,"
+        " EXISTS (SELECT 1 FROM subscriptions s WHERE s.owner = b.owner AND s.name = b.name),"
+        " count(m.id),"
         " coalesce(sum(instr(' ' || lower(m.flags) || ' ', ' \\seen ') = 0), 0),"
-        " coalesce(sum(m.size), 0)"
+        " coalesce(sum(m.size), 0), coalesce(sum(m.uid >= b.first_recent_uid), 0),"
+        " b.first_recent_uid"
         " FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id"
         " WHERE b.owner = ? AND (? IS NULL OR b.name = ?)"
         " GROUP BY b.id ORDER BY b.name = 'INBOX' DESC, b.name",
         (owner, name, name),
     ).fetchall()
     return [
-        MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
+        MailboxInfo(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10], r[11], r[12]
+        )
         for r in rows
     ]
 

@@ -169,6 +169,28 @@ MAIL_MIGRATIONS = (
         CREATE INDEX outbound_by_blob ON outbound (blob_id);
         """,
     ),
+    Migration(
+        6,
+        "\\Recent per mailbox, and subscriptions kept apart from the mailboxes they name",
+        """
+        -- RFC 3501 §2.3.2: a message is \\Recent in the one session that first sees it.
+        -- UIDs at or above this mark have not been claimed by any session yet; a
+        -- read-write SELECT (and a selected session learning of new mail) moves it to
+        -- uidnext. Existing mail is not recent after the upgrade.
+        ALTER TABLE mailboxes ADD COLUMN first_recent_uid INTEGER NOT NULL DEFAULT 1;
+        UPDATE mailboxes SET first_recent_uid = uidnext;
+        -- RFC 3501 §6.3.6 and §6.3.9: a subscription names a mailbox that may not exist
+        -- (DELETE keeps it; CREATE does not add one). mailboxes.subscribed is no longer
+        -- read.
+        CREATE TABLE subscriptions (
+            owner TEXT NOT NULL,
+            name TEXT NOT NULL,
+            PRIMARY KEY (owner, name)
+        ) WITHOUT ROWID;
+        INSERT INTO subscriptions (owner, name)
+            SELECT owner, name FROM mailboxes WHERE subscribed = 1;
+        """,
+    ),
 )
 
 #: How long a reader (an IMAP FETCH, the webmail) waits for a pending body it asked
@@ -872,6 +894,11 @@ def _ensure_mailboxes(conn: sqlite3.Connection, owner: str) -> None:
             "INSERT OR IGNORE INTO mailboxes (owner, name, special_use, uidvalidity)"
             " VALUES (?, ?, ?, ?)",
             (owner, name, use, next_uidvalidity(conn)),
+        )
+        # The standard folders are subscribed, so clients that show only subscribed
+        # folders show them.
+        conn.execute(
+            "INSERT OR IGNORE INTO subscriptions (owner, name) VALUES (?, ?)", (owner, name)
         )
     conn.execute("INSERT OR IGNORE INTO quota_usage (owner) VALUES (?)", (owner,))
 

@@ -198,7 +198,7 @@ def extract(message: bytes) -> Document:
     fields: dict[str, list[str]] = {name: [] for name in _HEADER_COLUMNS}
     for name, value in mime.decoded_headers(message):
         if name in fields:
-            fields[name].append(value)
+            fields[name].append(value if name == "subject" else mime.address_search_text(value))
     body = fold(mime.body_text_for_search(message))
     if len(body) > BODY_CAP_BYTES // 3:  # cheap test first: a char is at most 4 bytes
         body = body.encode("utf-8")[:BODY_CAP_BYTES].decode("utf-8", "ignore")

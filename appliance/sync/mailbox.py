@@ -552,7 +552,7 @@ class MailboxReplicator:
             if name not in local:
                 special = next((a for a in entry.attributes if a.lower() in _SPECIAL_USES), None)
                 try:
-                    await self.mailboxes.create(user.address, name, special)
+                    await self.mailboxes.create(user.address, name, special, subscribe=True)
                 except MailboxError as exc:
                     if exc.code != "ALREADYEXISTS":
                         raise

@@ -150,6 +150,8 @@ def test_idle_sees_new_mail_within_a_second(box: RunningBox) -> None:
     thread.join()
     assert line == f"* {count + 1} EXISTS\r\n".encode()
     assert seen_at - delivered_at[0] < 1.0
+    # RFC 3501 §7.3.2: the new message is \Recent in this session, so RECENT follows.
+    assert re.fullmatch(rb"\* \d+ RECENT\r\n", watcher.readline())
     watcher.send(b"DONE\r\n")
     assert watcher.readline().startswith(tag + b" OK")
     watcher.logout()

@@ -1267,6 +1267,23 @@ def decoded_headers(
         return []
 
 
+def address_search_text(value: str) -> str:
+    """Return an address field's *value* followed by each address as ``name <local@domain>``.
+
+    RFC 3501 §6.4.4: SEARCH FROM/TO/CC/BCC match a substring of the field. A client
+    searching ``user@domain`` expects to find ``<user (comment)@ (comment) domain>``
+    too (Dovecot does; imaptest checks it), so the comment-free address form each
+    mailbox parses to is searched beside the field as written.
+    """
+    forms = []
+    for name, _, local, domain in _addresses(value) or ():
+        if local is None or domain is None:
+            continue  # a group's start or end marker (RFC 3501 §7.4.2)
+        address = f"{local}@{domain}" if domain else local
+        forms.append(f"{name} <{address}>" if name else address)
+    return "\n".join([value, *forms])
+
+
 def header_text_for_search(message: bytes) -> str:
     """Return the top-level header fields as ``name: decoded value`` lines."""
     return "".join(f"{name}: {value}\n" for name, value in decoded_headers(message))

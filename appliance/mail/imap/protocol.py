@@ -378,11 +378,16 @@ class QresyncParams:
 
 @dataclass(frozen=True)
 class BadCommand:
-    """The core answered BAD (``tag`` None: ``* BAD``); reported for error counting."""
+    """The core answered the command itself (``tag`` None: ``* BAD``); for error counting.
+
+    ``status`` is BAD for a malformed command, NO for a well-formed one the core can
+    refuse on its own (a mailbox name that is not valid modified UTF-7).
+    """
 
     tag: str | None
     text: str
     code: str | None = None
+    status: str = "BAD"
 
 
 @dataclass(frozen=True)
@@ -521,7 +526,8 @@ class List:
 class Lsub:
     tag: str
     reference: str
-    pattern: str
+    #: None: the pattern is not modified UTF-7, so nothing matches it.
+    pattern: str | None
 
 
 @dataclass(frozen=True)
@@ -754,10 +760,11 @@ _T = TypeVar("_T")
 
 
 class _ParseError(Exception):
-    def __init__(self, text: str, code: str | None = None) -> None:
+    def __init__(self, text: str, code: str | None = None, *, status: str = "BAD") -> None:
         super().__init__(text)
         self.text = text
         self.code = code
+        self.status = status
 
 
 # ATOM-CHAR: any CHAR except atom-specials "(" ")" "{" SP CTL "%" "*" DQUOTE "\" "]".
@@ -912,12 +919,15 @@ class _Parser:
     def mailbox(self) -> str:
         return _decode_mailbox(self.astring())
 
-    def list_mailbox(self) -> str:
+    def list_mailbox(self) -> str | None:
+        """A LIST pattern; None for one that is not modified UTF-7 (it matches nothing)."""
         raw = self.string() if self.at_string() else self.chars(_LIST_CHARS, "mailbox pattern")
         try:
             return mutf7.decode(raw)
-        except mutf7.MUTF7Error as exc:
-            raise _ParseError(f"Bad mailbox pattern: {exc}") from None
+        except mutf7.MUTF7Error:
+            # Well-formed syntax, a name no mailbox can have: LIST answers OK with no
+            # match, as Dovecot does, rather than BAD (the command itself is valid).
+            return None
 
     def paren(self, item: Callable[[], _T], *, empty: bool = False) -> list[_T]:
         self.expect(b"(")
@@ -1009,7 +1019,9 @@ def _decode_mailbox(raw: bytes) -> str:
     try:
         return mutf7.decode(raw)
     except mutf7.MUTF7Error as exc:
-        raise _ParseError(f"Bad mailbox name: {exc}") from None
+        # The command is well-formed (an astring); only the name cannot exist: that is
+        # a NO (RFC 3501 §6.3.1-§6.3.4 answer NO for an unusable name), not a BAD.
+        raise _ParseError(f"Bad mailbox name: {exc}", "CANNOT", status="NO") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -1191,13 +1203,16 @@ def _p_list(p: _Parser, tag: str, uid: bool) -> Command:
         for opt in selection:
             if opt not in _LIST_SELECT:
                 raise _ParseError(f"Unknown LIST selection option {opt}")
-        # RFC 5258 §3.1: RECURSIVEMATCH needs another option beside it.
-        if "RECURSIVEMATCH" in selection and len(set(selection)) == 1:
+        # RFC 5258 §3.1: RECURSIVEMATCH needs another option beside it, and REMOTE
+        # does not count ("MUST NOT occur as the only selection option (or only with
+        # REMOTE)").
+        if "RECURSIVEMATCH" in selection and set(selection) <= {"RECURSIVEMATCH", "REMOTE"}:
             raise _ParseError("RECURSIVEMATCH needs another selection option")
         p.sp()
     reference = p.mailbox()
     p.sp()
-    patterns = tuple(p.paren(p.list_mailbox)) if p.peek() == 0x28 else (p.list_mailbox(),)
+    found = p.paren(p.list_mailbox) if p.peek() == 0x28 else [p.list_mailbox()]
+    patterns = tuple(pattern for pattern in found if pattern is not None)
     returns: list[str] = []
     status: list[str] = []
     if p.try_sp():
@@ -1921,7 +1936,7 @@ class ServerConnection:
                 raise _ParseError(f"{name} not allowed in state {self.state.value}")
             command = parse(p, tag, uid)
         except _ParseError as exc:
-            return self._bad(tag, exc.text, exc.code)
+            return self._bad(tag, exc.text, exc.code, status=exc.status)
         except RecursionError:
             return self._bad(tag, "Command nested too deeply")
         return self._started(command)
@@ -1966,9 +1981,11 @@ class ServerConnection:
         self._skip_literal(line)
         return refused
 
-    def _bad(self, tag: str | None, text: str, code: str | None = None) -> BadCommand:
-        self._send_tagged(tag, "BAD", text, code)
-        return BadCommand(tag, text, code)
+    def _bad(
+        self, tag: str | None, text: str, code: str | None = None, *, status: str = "BAD"
+    ) -> BadCommand:
+        self._send_tagged(tag, status, text, code)
+        return BadCommand(tag, text, code, status)
 
 
 def _one_line(text: str) -> bytes:

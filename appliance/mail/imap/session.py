@@ -41,6 +41,7 @@ from appliance.mail.mailboxes import (
     MailboxError,
     Mailboxes,
     MailboxInfo,
+    MessageState,
 )
 from appliance.mail.mailstore import BodyUnavailable, Mailstore, QuotaExceeded, StoredMessage
 from appliance.mail.reclamation import MailboxReader
@@ -53,9 +54,14 @@ CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
     " SPECIAL-USE CHILDREN LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC QUOTA ESEARCH"
 )
-#: Flags clients may set (RFC 3501 §7.2.6); "\\*" says keywords may be created.
-PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
-FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
+#: The system flags (RFC 3501 §2.3.2) every mailbox's FLAGS and PERMANENTFLAGS list; the
+#: keywords its messages carry follow them, and PERMANENTFLAGS ends with "\*" (clients
+#: may create keywords, §7.2.6).
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+#: \Recent is never stored: a session derives it from the UIDs it claimed.
+RECENT = "\\Recent"
+#: Above any UID: an open end of a range of recent UIDs.
+_NO_END = 2**63
 #: FETCH responses are sent in batches of this many, so a 100k-message
 #: `UID FETCH 1:* (FLAGS)` streams instead of building one huge reply.
 FETCH_BATCH = 500
@@ -73,9 +79,24 @@ class Selected:
     modseq: int = 0
     #: Keeps messages removed meanwhile readable until the client is told.
     reader: MailboxReader | None = None
+    #: UID ranges [first, last) that are \Recent in this session (RFC 3501 §2.3.2).
+    recent: list[tuple[int, int]] = field(default_factory=list)
+    #: Keywords the client has been told of in FLAGS and PERMANENTFLAGS (§7.2.6).
+    keywords: set[str] = field(default_factory=set)
 
     def seq_of(self, uid: int) -> int:
         return self.messages.seq_of(uid)
+
+    def is_recent(self, uid: int) -> bool:
+        return any(first <= uid < last for first, last in self.recent)
+
+    def recent_count(self) -> int:
+        view = self.messages
+        return sum(len(view.uid_range(first, last - 1)) for first, last in self.recent)
+
+    def flags_of(self, uid: int, flags: tuple[str, ...]) -> str:
+        """The FLAGS list the client sees: the stored flags, \\Recent first if it is."""
+        return imap.flag_list((RECENT, *flags) if self.is_recent(uid) else flags)
 
 
 class ImapSession:
@@ -260,6 +281,20 @@ class ImapSession:
         self.conn.untagged("ENABLED" + "".join(f" {n}" for n in enabled))
         self.conn.tagged(cmd.tag, "OK", "ENABLE completed")
 
+    def _enable_condstore(self) -> None:
+        """Turn CONDSTORE on for a CONDSTORE enabling command (RFC 7162 §3.1).
+
+        FETCH ... MODSEQ, SEARCH ... MODSEQ, STORE (UNCHANGEDSINCE) and FETCH
+        (CHANGEDSINCE) enable it as ENABLE CONDSTORE does; the first one with a mailbox
+        selected also tells the client the mailbox's HIGHESTMODSEQ, which SELECT did
+        not send it as a CONDSTORE-aware answer.
+        """
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.selected is not None:
+            self.conn.untagged(f"OK [HIGHESTMODSEQ {self.selected.modseq}] highest")
+
     async def _on_namespace(self, cmd: imap.Namespace) -> None:
         self.conn.untagged(f'NAMESPACE (("" "{SEPARATOR}")) NIL NIL')
         self.conn.tagged(cmd.tag, "OK", "NAMESPACE completed")
@@ -284,52 +319,89 @@ class ImapSession:
     _on_unsubscribe = _on_subscribe
 
     async def _on_list(self, cmd: imap.List | imap.Lsub) -> None:
-        # RFC 3501 §6.3.8-9, RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE, RFC 5819.
+        """LIST and LSUB: RFC 3501 §6.3.8-9, RFC 5258, RFC 6154 SPECIAL-USE, RFC 5819.
+
+        Three kinds of name can be answered: an existing mailbox; a subscribed name
+        whose mailbox does not exist (any more), for LSUB and LIST (SUBSCRIBED); and a
+        level of hierarchy with no mailbox of its own ("a/b" when only "a/b/c" exists),
+        which a pattern ending in "%" also returns (§6.3.8), as \\Noselect.
+        """
         is_list = isinstance(cmd, imap.List)
-        patterns = cmd.patterns if isinstance(cmd, imap.List) else (cmd.pattern,)
-        selection = set(cmd.selection) if isinstance(cmd, imap.List) else set()
-        returns = set(cmd.return_options) if isinstance(cmd, imap.List) else set()
-        subscribed_only = not is_list or "SUBSCRIBED" in selection
+        if isinstance(cmd, imap.List):
+            patterns = cmd.patterns
+            selection, returns = set(cmd.selection), set(cmd.return_options)
+        else:
+            patterns = () if cmd.pattern is None else (cmd.pattern,)
+            selection, returns = set(), set()
+        verb = "LIST" if is_list else "LSUB"
         if patterns == ("",):
             # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and root.
-            self.conn.untagged(f'LIST (\\Noselect) "{SEPARATOR}" ""')
-            self.conn.tagged(cmd.tag, "OK", "LIST completed")
+            self.conn.untagged(f'{verb} (\\Noselect) "{SEPARATOR}" ""')
+            self.conn.tagged(cmd.tag, "OK", f"{verb} completed")
             return
-        boxes = await self.mailboxes.of(self.owner)
-        names = {box.name for box in boxes}
-        matchers = [_pattern(cmd.reference + p) for p in patterns]
-        verb = "LIST" if is_list else "LSUB"
+        boxes = {box.name: box for box in await self.mailboxes.of(self.owner)}
+        subscribed = await self.mailboxes.subscriptions(self.owner)
+        full = [cmd.reference + p for p in patterns]
+        matchers = [_pattern(p) for p in full]
+        # Hierarchy levels are returned for patterns whose last character is "%".
+        level_matchers = [m for p, m in zip(full, matchers, strict=True) if p.endswith("%")]
 
-        def chosen(box: MailboxInfo) -> bool:
-            if subscribed_only and not box.subscribed:
-                return False
-            return "SPECIAL-USE" not in selection or box.special_use is not None
+        def matches(name: str) -> bool:
+            return any(m(name) for m in matchers)
 
-        picked = {box.name for box in boxes if chosen(box)}
-        for box in boxes:
-            if not any(m(box.name) for m in matchers):
-                continue
-            extended = ""
-            if box.name not in picked:
-                # RFC 5258 §3.5: RECURSIVEMATCH also returns a matching parent whose
-                # children meet the selection, with CHILDINFO saying which option.
-                if "RECURSIVEMATCH" not in selection or not any(
-                    n.startswith(box.name + SEPARATOR) for n in picked
-                ):
-                    continue
-                if "SUBSCRIBED" in selection:
-                    extended = ' ("CHILDINFO" ("SUBSCRIBED"))'
-            children = any(n.startswith(box.name + SEPARATOR) for n in names)
-            attrs = ["\\HasChildren" if children else "\\HasNoChildren"]
-            if box.special_use:
-                attrs.append(box.special_use)
-            if is_list and box.subscribed and ("SUBSCRIBED" in selection | returns):
-                attrs.append("\\Subscribed")
-            name = imap.mailbox_name(box.name)
+        def has_children(name: str) -> bool:
+            prefix = name + SEPARATOR
+            return any(n.startswith(prefix) for n in boxes)
+
+        # name -> attributes, and the names returned with CHILDINFO (RFC 5258 §3.5).
+        answer: dict[str, list[str]] = {}
+        childinfo: set[str] = set()
+        if not is_list or "SUBSCRIBED" in selection:
+            chosen = {
+                n
+                for n in subscribed
+                if "SPECIAL-USE" not in selection or (n in boxes and boxes[n].special_use)
+            }
+            for name in sorted(chosen):
+                if matches(name):
+                    answer[name] = ["\\Subscribed"] if is_list else []
+                    if name not in boxes:
+                        # RFC 5258 §3.4: \\NonExistent (LSUB has only \\Noselect).
+                        answer[name].insert(0, "\\NonExistent" if is_list else "\\Noselect")
+            # A level above a chosen name that is not returned itself: LSUB with "%"
+            # shows it \\Noselect (§6.3.9); RECURSIVEMATCH returns it with CHILDINFO.
+            for name in chosen - answer.keys():
+                for ancestor in _ancestors(name):
+                    if not is_list and any(m(ancestor) for m in level_matchers):
+                        answer.setdefault(ancestor, ["\\Noselect"])
+                    elif "RECURSIVEMATCH" in selection and matches(ancestor):
+                        answer.setdefault(ancestor, [])
+                        childinfo.add(ancestor)
+        else:
+            for name, info in boxes.items():
+                if matches(name) and ("SPECIAL-USE" not in selection or info.special_use):
+                    answer[name] = []
+            if "SPECIAL-USE" not in selection:
+                for name in list(boxes):
+                    for ancestor in _ancestors(name):
+                        if ancestor not in boxes and any(m(ancestor) for m in level_matchers):
+                            answer.setdefault(ancestor, ["\\Noselect"])
+        for name in sorted(answer, key=lambda n: (n != "INBOX", n)):
+            attrs = answer[name]
+            box = boxes.get(name)
+            if is_list:
+                attrs.append("\\HasChildren" if has_children(name) else "\\HasNoChildren")
+                if box is not None and box.special_use:
+                    attrs.append(box.special_use)
+                if "SUBSCRIBED" in returns and name in subscribed and "\\Subscribed" not in attrs:
+                    attrs.append("\\Subscribed")
+            extended = ' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else ""
             self.conn.untagged(
-                f'{verb} ({" ".join(attrs)}) "{SEPARATOR}" '.encode() + name + extended.encode()
+                f'{verb} ({" ".join(attrs)}) "{SEPARATOR}" '.encode()
+                + imap.mailbox_name(name)
+                + extended.encode()
             )
-            if isinstance(cmd, imap.List) and "STATUS" in returns:
+            if isinstance(cmd, imap.List) and "STATUS" in returns and box is not None:
                 # RFC 5819 §2: a STATUS response follows each selectable mailbox's LIST.
                 self._status_line(box, cmd.status_items)
         self.conn.tagged(cmd.tag, "OK", f"{verb} completed")
@@ -344,7 +416,7 @@ class ImapSession:
     def _status_line(self, box: MailboxInfo, wanted: Iterable[str]) -> None:
         values = {
             "MESSAGES": box.messages,
-            "RECENT": 0,
+            "RECENT": box.recent,
             "UIDNEXT": box.uidnext,
             "UIDVALIDITY": box.uidvalidity,
             "UNSEEN": box.unseen,
@@ -376,16 +448,25 @@ class ImapSession:
     async def _on_append(self, cmd: imap.Append) -> None:
         assert self.user is not None
         when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
-        uidvalidity, uid = await self.mailboxes.append(
-            self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
-            flags=cmd.flags, internal_date=when,
-        )  # fmt: skip
+        try:
+            uidvalidity, uid = await self.mailboxes.append(
+                self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
+                flags=cmd.flags, internal_date=when,
+            )  # fmt: skip
+        except MailboxError as exc:
+            if exc.code == "NONEXISTENT":
+                exc.code = "TRYCREATE"  # RFC 3501 §6.3.11: the client may CREATE, retry
+            raise
         await self.report_changes(expunges=True)
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
 
     # -- selecting -------------------------------------------------------------------
 
     async def _on_select(self, cmd: imap.Select) -> None:
+        if self.selected is not None:
+            # RFC 7162 §3.2.11: say where the old mailbox's responses end, so a client
+            # can tell them from the new one's (required of a QRESYNC server).
+            self.conn.untagged("OK [CLOSED] previous mailbox closed")
         self._unselect()
         if cmd.qresync is not None and not self.qresync:
             self.conn.tagged(cmd.tag, "BAD", "ENABLE QRESYNC first")
@@ -397,16 +478,28 @@ class ImapSession:
         reader = self.store.reclamation.open(box.id)
         try:
             view = await self.mailboxes.load_states(box.id, MessageView)
+            selected = Selected(box, cmd.readonly, view, box.highestmodseq, reader)
+            # RFC 3501 §2.3.2: SELECT takes the messages no session has seen yet as this
+            # session's \Recent ones (a write only when there are any); EXAMINE shows them
+            # as recent without taking them from the next session.
+            if cmd.readonly:
+                selected.recent = [(box.first_recent_uid, _NO_END)]
+            elif box.recent:
+                selected.recent = [await self.mailboxes.claim_recent(box.id)]
         except BaseException:
             self._freed += reader.close()
             raise
-        selected = Selected(box, cmd.readonly, view, box.highestmodseq, reader)
-        self.conn.untagged(f"FLAGS {FLAGS}")
+        selected.keywords = view.keywords()
+        self.conn.untagged(f"FLAGS {self._flags(selected)}")
         self.conn.untagged(f"{len(view)} EXISTS")
-        self.conn.untagged("0 RECENT")
+        self.conn.untagged(f"{selected.recent_count()} RECENT")
+        unseen = view.first_with_flags(lambda flags: not _has(flags, "\\seen"))
+        if unseen is not None:
+            # RFC 3501 §7.1: the first unseen message's sequence number.
+            self.conn.untagged(f"OK [UNSEEN {view.seq_of(unseen)}] first unseen")
         self.conn.untagged(f"OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
         self.conn.untagged(f"OK [UIDNEXT {box.uidnext}] predicted next UID")
-        self.conn.untagged(f"OK [PERMANENTFLAGS {'()' if cmd.readonly else PERMANENT_FLAGS}] flags")
+        self.conn.untagged(f"OK [PERMANENTFLAGS {self._permanent_flags(selected)}] flags")
         self.conn.untagged(f"OK [HIGHESTMODSEQ {box.highestmodseq}] highest")
         if cmd.qresync is not None and cmd.qresync.uidvalidity == box.uidvalidity:
             await self._qresync(selected, cmd.qresync)
@@ -415,6 +508,30 @@ class ImapSession:
         mode = "READ-ONLY" if cmd.readonly else "READ-WRITE"
         self.conn.tagged(cmd.tag, "OK", f"{'EXAMINE' if cmd.readonly else 'SELECT'} completed",
                          code=mode)  # fmt: skip
+
+    @staticmethod
+    def _flags(selected: Selected) -> str:
+        return imap.flag_list(SYSTEM_FLAGS + tuple(sorted(selected.keywords)))
+
+    @staticmethod
+    def _permanent_flags(selected: Selected) -> str:
+        if selected.readonly:
+            return "()"
+        return imap.flag_list(SYSTEM_FLAGS + tuple(sorted(selected.keywords)) + ("\\*",))
+
+    def _announce_keywords(self, selected: Selected, states: Iterable[MessageState]) -> None:
+        """Send FLAGS and PERMANENTFLAGS again before a keyword the client has not heard of.
+
+        RFC 3501 §7.2.6: FLAGS lists the flags "applicable for this mailbox"; a client
+        (and imaptest) may reject a FETCH naming a keyword it was not told of.
+        """
+        new = {f for s in states for f in s.flags if not f.startswith("\\")}
+        new -= selected.keywords
+        if not new:
+            return
+        selected.keywords |= new
+        self.conn.untagged(f"FLAGS {self._flags(selected)}")
+        self.conn.untagged(f"OK [PERMANENTFLAGS {self._permanent_flags(selected)}] flags")
 
     async def _qresync(self, selected: Selected, params: imap.QresyncParams) -> None:
         # RFC 7162 §3.2.5: what vanished since the client's MODSEQ, then what changed.
@@ -426,7 +543,8 @@ class ImapSession:
             self.conn.untagged(f"VANISHED (EARLIER) {imap.encode_uid_set(vanished)}")
         for state in changed:
             seq = selected.seq_of(state.uid)
-            self.conn.untagged(f"{seq} FETCH (UID {state.uid} FLAGS {imap.flag_list(state.flags)}"
+            flags = selected.flags_of(state.uid, state.flags)
+            self.conn.untagged(f"{seq} FETCH (UID {state.uid} FLAGS {flags}"
                                f" MODSEQ ({state.modseq}))")  # fmt: skip
 
     def _unselect(self) -> None:
@@ -479,7 +597,7 @@ class ImapSession:
         result = await self.mailboxes.store_flags(selected.info.id, uids, mode, cmd.flags,
                                                   cmd.unchanged_since)  # fmt: skip
         if cmd.unchanged_since is not None:
-            self.condstore = True
+            self._enable_condstore()
         silent = {s.uid for s in result.changed} if cmd.silent else set()
         # Report our own change like anyone's, except what SILENT asked us to keep quiet
         # (RFC 7162 §3.1.3 still wants MODSEQ for silent stores under CONDSTORE).
@@ -531,8 +649,9 @@ class ImapSession:
         items = list(cmd.items)
         if cmd.uid and imap.FetchAttr("UID") not in items:
             items.insert(0, imap.FetchAttr("UID"))
+        if cmd.changed_since is not None or imap.FetchAttr("MODSEQ") in items:
+            self._enable_condstore()
         if cmd.changed_since is not None:
-            self.condstore = True
             uids = [u for u in uids if selected.messages.modseq(u) > cmd.changed_since]
             if cmd.vanished:
                 # RFC 7162 §3.2.6: UID FETCH ... (CHANGEDSINCE n VANISHED)
@@ -660,7 +779,7 @@ class ImapSession:
                 if name == "UID":
                     parts.append(f"UID {uid}".encode())
                 elif name == "FLAGS":
-                    parts.append(f"FLAGS {imap.flag_list(state.flags)}".encode())
+                    parts.append(f"FLAGS {selected.flags_of(uid, state.flags)}".encode())
                 elif name == "MODSEQ":
                     parts.append(f"MODSEQ ({state.modseq})".encode())
                 elif name == "INTERNALDATE":
@@ -697,12 +816,14 @@ class ImapSession:
                     data, root = await load()
                     spec = mime.SectionSpec(section.part, section.text, section.fields)
                     body = mime.section(data, spec, root)
-                label = _section_label(item.section)
+                label = f"BODY[{_section_label(item.section)}]"
                 if item.partial is not None:
+                    # RFC 3501 §7.4.2: the answer names the origin after the brackets,
+                    # "BODY[TEXT]<0>", never inside them.
                     origin, length = item.partial
                     body = mime.partial(body, origin, length)
                     label += f"<{origin}>"
-                parts.append(f"BODY[{label}] ".encode() + _literal(body))
+                parts.append(f"{label} ".encode() + _literal(body))
         return f"{selected.seq_of(uid)} FETCH (".encode() + b" ".join(parts) + b")"
 
     async def _on_search(self, cmd: imap.Search) -> None:
@@ -712,9 +833,19 @@ class ImapSession:
         if options is not None and "SAVE" in options:
             self.conn.tagged(cmd.tag, "BAD", "SEARCH RETURN (SAVE) is not supported")
             return
+        if matcher.uses_modseq:
+            self._enable_condstore()
         found = await matcher.matching(list(selected.messages))
         numbers = found if cmd.uid else [selected.seq_of(u) for u in found]
-        modseq = selected.messages.highest_modseq(found) if matcher.uses_modseq else 0
+        modseq = 0
+        if matcher.uses_modseq:
+            # RFC 7162 §3.1.5: the highest MODSEQ of the messages the answer returns;
+            # RETURN (MIN) / (MAX) alone return one or two of them, not all matches.
+            returned = found
+            if options and found and not {"ALL", "COUNT"} & set(options):
+                returned = [found[0]] if "MIN" in options else []
+                returned += [found[-1]] if "MAX" in options else []
+            modseq = selected.messages.highest_modseq(returned)
         if options is None:
             result = "SEARCH" + "".join(f" {n}" for n in numbers)
             if modseq:
@@ -771,10 +902,14 @@ class ImapSession:
         # UIDs only grow, so anything above our highest UID is new (RFC 3501 §2.3.1.1).
         top = view.top
         new = [s for s in changed if s.uid > top]
+        self._announce_keywords(selected, changed)
         for state in new:
             view.append(state)
         if new:
+            if not selected.readonly:
+                await self._claim_recent(selected, new[-1].uid)
             self.conn.untagged(f"{len(view)} EXISTS")
+            self.conn.untagged(f"{selected.recent_count()} RECENT")
         for state in changed:
             if state.uid > top or state.uid not in view:
                 continue
@@ -785,8 +920,9 @@ class ImapSession:
             if before == state:
                 continue
             modseq = f" MODSEQ ({state.modseq})" if self.condstore else ""
+            flags = selected.flags_of(state.uid, state.flags)
             self.conn.untagged(f"{selected.seq_of(state.uid)} FETCH (UID {state.uid}"
-                               f" FLAGS {imap.flag_list(state.flags)}{modseq})")  # fmt: skip
+                               f" FLAGS {flags}{modseq})")  # fmt: skip
         # Expunges held back must be found again next time: then the mark stays put.
         # Flag changes seen now are not repeated, as their state equals ours.
         if expunges or not gone:
@@ -796,6 +932,15 @@ class ImapSession:
             # need not be kept for it any more.
             self._freed += selected.reader.release(view.__contains__)
             await self._reclaim()
+
+    async def _claim_recent(self, selected: Selected, newest: int) -> None:
+        """Take new messages as \\Recent unless another session took them first."""
+        # A read first: with several sessions on one mailbox, only the first to hear of
+        # a message writes; the others see the mark already past it.
+        if await self.mailboxes.first_recent_uid(selected.info.id) <= newest:
+            first, last = await self.mailboxes.claim_recent(selected.info.id)
+            if last > first:
+                selected.recent.append((first, last))
 
 
 class _Matcher:
@@ -844,6 +989,8 @@ class _Matcher:
         if isinstance(key, imap.SearchNot):
             inner = await self._set(key.key, uids)
             return {u for u in uids if u not in inner}
+        if isinstance(key, imap.SearchFlag) and key.name.upper() in _RECENT_KEYS:
+            return {u for u in uids if self._recent_key(key.name.upper(), u)}
         if isinstance(key, imap.SearchFlag | imap.SearchKeyword):
             flag_key = key
             return view.with_flags(uids, lambda flags: self._flag_key(flag_key, flags))
@@ -861,6 +1008,15 @@ class _Matcher:
         if missing and not isinstance(key, imap.SearchSequence | imap.SearchModseq):
             self._rows.update(await self.session._rows(self.selected, missing))
         return {u for u in uids if await self._eval(key, u)}
+
+    def _recent_key(self, name: str, uid: int) -> bool:
+        """RECENT, OLD (not recent) and NEW (recent and unseen), RFC 3501 §6.4.4."""
+        recent = self.selected.is_recent(uid)
+        if name == "OLD":
+            return not recent
+        if name == "NEW":
+            return recent and not _has(self.selected.messages.flags(uid), "\\seen")
+        return recent
 
     @staticmethod
     def _flag_key(key: imap.SearchFlag | imap.SearchKeyword, flags: tuple[str, ...]) -> bool:
@@ -914,6 +1070,8 @@ class _Matcher:
             return await self._eval(key.left, uid) or await self._eval(key.right, uid)
         if isinstance(key, imap.SearchNot):
             return not await self._eval(key.key, uid)
+        if isinstance(key, imap.SearchFlag) and key.name.upper() in _RECENT_KEYS:
+            return self._recent_key(key.name.upper(), uid)
         if isinstance(key, imap.SearchFlag):
             return _flag_matches(key.name.upper(), flags)
         if isinstance(key, imap.SearchKeyword):
@@ -946,7 +1104,7 @@ class _Matcher:
         if isinstance(key, imap.SearchText):
             where = key.name.upper()
             if where in ("SUBJECT", "FROM", "TO", "CC", "BCC"):
-                return _header_contains(content, where, key.value)
+                return _header_contains(content, where, key.value, addresses=where != "SUBJECT")
             wanted = key.value.casefold()
             if wanted in mime.body_text_for_search(content).casefold():
                 return True
@@ -954,21 +1112,30 @@ class _Matcher:
         return False
 
 
+#: SEARCH keys about \Recent, which only the session knows (`_Matcher._recent_key`).
+_RECENT_KEYS = frozenset({"NEW", "OLD", "RECENT"})
+
+
 def _flag_matches(name: str, flags: set[str]) -> bool:
-    """SEARCH flag keys (RFC 3501 §6.4.4); this box never reports \\Recent."""
-    if name in ("ALL", "OLD"):
+    """SEARCH flag keys on stored flags (RFC 3501 §6.4.4); see _RECENT_KEYS for the rest."""
+    if name == "ALL":
         return True
-    if name in ("NEW", "RECENT"):
-        return False
     negated = name.startswith("UN")
     return (f"\\{name.removeprefix('UN').lower()}" in flags) != negated
 
 
-def _header_contains(content: bytes, field_name: str, value: str) -> bool:
-    """HEADER/FROM/SUBJECT...: a case-insensitive substring of a decoded field."""
+def _header_contains(
+    content: bytes, field_name: str, value: str, *, addresses: bool = False
+) -> bool:
+    """HEADER/FROM/SUBJECT...: a case-insensitive substring of a decoded field.
+
+    *addresses*: the field is an address list, also matched in its comment-free
+    address form (`mime.address_search_text`), as the search index matches it.
+    """
     wanted = value.casefold()
     return any(
-        name.lower() == field_name.lower() and wanted in text.casefold()
+        name.lower() == field_name.lower()
+        and wanted in (mime.address_search_text(text) if addresses else text).casefold()
         for name, text in mime.decoded_headers(content)
     )
 
@@ -1061,6 +1228,12 @@ def _pattern(pattern: str) -> Callable[[str], bool]:
         return bool(regex.match(name) or (name == "INBOX" and anycase.match(name)))
 
     return match
+
+
+def _ancestors(name: str) -> list[str]:
+    """The hierarchy levels above *name*: "a/b/c" -> ["a", "a/b"]."""
+    parts = name.split(SEPARATOR)
+    return [SEPARATOR.join(parts[:n]) for n in range(1, len(parts))]
 
 
 def _needs_body(item: imap.FetchItem) -> bool:

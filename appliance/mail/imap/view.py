@@ -103,6 +103,20 @@ class MessageView:
     def highest_modseq(self, uids: Iterable[int]) -> int:
         return max((self.modseq(u) for u in uids), default=0)
 
+    def keywords(self) -> set[str]:
+        """Every keyword (a flag without a backslash) some message has now."""
+        used = set(self._flag_ids)
+        return {f for i in used for f in self._flag_sets[i] if not f.startswith("\\")}
+
+    def first_with_flags(self, predicate: Callable[[tuple[str, ...]], bool]) -> int | None:
+        """The lowest UID whose flags satisfy *predicate* (asked once per distinct set)."""
+        wanted = {i for i, flags in enumerate(self._flag_sets) if predicate(flags)}
+        if wanted:
+            for uid, number in zip(self.uids, self._flag_ids, strict=True):
+                if number in wanted:
+                    return uid
+        return None
+
     def with_flags(
         self, uids: Iterable[int], predicate: Callable[[tuple[str, ...]], bool]
     ) -> set[int]:

@@ -397,7 +397,7 @@ class ComposePages:
             )
         except MailboxError:
             # Deleted by the user (IMAP DELETE): made again, as mail clients do.
-            await self.mailboxes.create(user.address, name, special_use)
+            await self.mailboxes.create(user.address, name, special_use, subscribe=True)
             _, uid = await self.mailboxes.append(
                 user.address, name, content, quota_bytes=user.quota_bytes, flags=flags
             )

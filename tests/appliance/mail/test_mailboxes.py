@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.mailboxes import FlagMode, MailboxError, Mailboxes, canonical_flags
-from appliance.mail.mailstore import QuotaExceeded
+from appliance.mail.mailstore import MAIL_MIGRATIONS, QuotaExceeded
+from appliance.store.database import connect
+from appliance.store.schema import migrate
 
 from .conftest import MailBox
 
@@ -233,3 +237,23 @@ async def test_blob_freed_by_expunge_while_an_identical_message_arrives(box: Mai
     # With a row back, releasing the blob must not delete its file.
     await box.mailstore.release_blobs([blob_id])
     assert box.blobs.exists(blob_id)
+
+
+def test_upgrade_keeps_subscriptions_and_makes_no_mail_recent(tmp_path: Path) -> None:
+    # Migration 6: subscriptions move to their own table as they were; mail already in
+    # a mailbox is not \Recent after the upgrade (RFC 3501 §2.3.2 has no "before").
+    conn = connect(tmp_path / "mail.sqlite")
+    try:
+        migrate(conn, MAIL_MIGRATIONS[:5])
+        conn.executemany(
+            "INSERT INTO mailboxes (owner, name, uidvalidity, uidnext, subscribed)"
+            " VALUES ('a@x.go.th', ?, 1, ?, ?)",
+            [("INBOX", 8, 1), ("Old", 3, 0)],
+        )
+        migrate(conn, MAIL_MIGRATIONS)
+        rows = conn.execute("SELECT owner, name FROM subscriptions").fetchall()
+        assert rows == [("a@x.go.th", "INBOX")]
+        marks = conn.execute("SELECT name, first_recent_uid FROM mailboxes ORDER BY name")
+        assert marks.fetchall() == [("INBOX", 8), ("Old", 3)]
+    finally:
+        conn.close()

@@ -580,9 +580,6 @@ def test_mailbox_commands(line: bytes, event: Event) -> None:
     "line",
     [
         b"a SELECT",
-        b"a SELECT &U,BTFw",  # unterminated modified UTF-7
-        b"a SELECT &AGE-",  # not canonical
-        b'a SELECT "\xe0\xb8\x81"',  # raw UTF-8 is not modified UTF-7
         b"a SELECT INBOX (FROB)",
         b"a SELECT INBOX ()",
         b"a SELECT INBOX (QRESYNC (0 2))",
@@ -598,6 +595,39 @@ def test_mailbox_commands(line: bytes, event: Event) -> None:
 )
 def test_mailbox_commands_malformed(line: bytes) -> None:
     bad(line + b"\r\n", State.AUTHENTICATED)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"a SELECT &U,BTFw",  # unterminated modified UTF-7
+        b"a SELECT &AGE-",  # not canonical
+        b'a SELECT "\xe0\xb8\x81"',  # raw UTF-8 is not modified UTF-7
+        b"a CREATE !#$$&'+,-.0123456789",  # imaptest's atoms test
+        b"a DELETE &U,BTFw",
+    ],
+)
+def test_invalid_mutf7_name_is_no_not_bad(line: bytes) -> None:
+    # A well-formed command naming a mailbox that cannot exist: NO, as Dovecot answers.
+    event, out = bad(line + b"\r\n", State.AUTHENTICATED)
+    assert event.status == "NO"
+    assert out.startswith(b"a NO [CANNOT] Bad mailbox name")
+
+
+@pytest.mark.parametrize(
+    ("args", "patterns"),
+    [
+        (b'"" &', ()),
+        (b'"" !#$$&\'+,-.0123456789:;<=>?@^_`|[}%*', ()),
+        (b'"" (INBOX &U,BTFw)', ("INBOX",)),
+    ],
+)
+def test_list_invalid_mutf7_pattern_matches_nothing(args: bytes, patterns: tuple[str]) -> None:
+    assert parse(b"a LIST " + args + b"\r\n", State.AUTHENTICATED) == List("a", "", patterns)
+
+
+def test_lsub_invalid_mutf7_pattern_matches_nothing() -> None:
+    assert parse(b'a LSUB "" &\r\n', State.AUTHENTICATED) == Lsub("a", "", None)
 
 
 @pytest.mark.parametrize(
@@ -635,11 +665,11 @@ def test_list(args: bytes, event: List) -> None:
         b'""',
         b'(FROB) "" *',
         b'(RECURSIVEMATCH) "" *',
+        b'(RECURSIVEMATCH REMOTE) "" ""',  # RFC 5258 §3.1: REMOTE does not count
         b'"" * RETURN (FROB)',
         b'"" * RETURN CHILDREN',
         b'"" * RETURNS (CHILDREN)',
         b'"" ()',
-        b'"" &',
     ],
 )
 def test_list_malformed(args: bytes) -> None:

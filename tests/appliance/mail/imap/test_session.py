@@ -137,7 +137,8 @@ async def test_store_unchangedsince_reports_modified(box: MailBox) -> None:
     await client.send("b UID STORE 1 +FLAGS (\\Seen)\r\n")
     reply = await client.send(f"c UID STORE 1:3 (UNCHANGEDSINCE {modseq}) +FLAGS (\\Flagged)\r\n")
     assert "c OK [MODIFIED 1]" in reply
-    assert re.search(r"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", reply)
+    # \Recent: this session was the first to see the new messages (RFC 3501 §2.3.2).
+    assert re.search(r"\* 2 FETCH \(UID 2 FLAGS \(\\Recent \\Flagged\) MODSEQ \(\d+\)\)", reply)
 
 
 async def test_fetch_changedsince_vanished(box: MailBox) -> None:
@@ -151,7 +152,7 @@ async def test_fetch_changedsince_vanished(box: MailBox) -> None:
     )
     reply = await client.send(f"f UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)\r\n")
     assert "* VANISHED (EARLIER) 2" in reply
-    assert re.search(r"\* 2 FETCH \((?=.*UID 3\b)(?=.*FLAGS \(\\Answered\))", reply)
+    assert re.search(r"\* 2 FETCH \((?=.*UID 3\b)(?=.*FLAGS \(\\Recent \\Answered\))", reply)
     assert "UID 1 " not in reply
 
 
@@ -192,7 +193,9 @@ async def test_close_expunges_and_unselect_does_not(box: MailBox) -> None:
         ("UID 2:3", "2 3"),
         ("2,4", "2 4"),
         ("HEADER Subject 3", "4"),
-        ("NEW", ""),
+        # RFC 3501 §2.3.2: the first session to select the mailbox holds them \Recent.
+        ("NEW", "1 2 3 4"),
+        ("OLD", ""),
     ],
 )
 async def test_search_keys(box: MailBox, criteria: str, expected: str) -> None:
