@@ -84,7 +84,13 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(tmp_path: Path) -> None:
         load = threading.Thread(target=_burst, args=(box.port("smtp-mx"), round_no, attempted,
                                                      acked, stop))  # fmt: skip
         load.start()
-        time.sleep(rng.uniform(0.8, 2.0))
+        # Killed after a random amount of *work*, not of time: on a slow or busy machine
+        # a fixed sleep would kill before much was acknowledged.
+        target = len(acked) + rng.randint(15, 30)
+        for _ in range(1200):  # 120 s at most: a bound, not a measurement
+            if len(acked) >= target or not load.is_alive():
+                break
+            time.sleep(0.1)
         box.kill()
         stop.set()
         load.join(timeout=180)

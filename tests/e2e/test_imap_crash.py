@@ -260,6 +260,19 @@ def _burst(port: int, ca: Path, round_no: int, ledger: Ledger,
         thread.join(timeout=120)
 
 
+def _wait_for_appends(ledger: Ledger, more: int, load: threading.Thread) -> None:
+    """Return once *more* APPENDs were confirmed (or the load ended, or 120 s passed)."""
+    with ledger.lock:
+        target = ledger.counts.get("append", 0) + more
+    for _ in range(1200):  # 120 s at most: a bound, not a measurement
+        with ledger.lock:
+            if ledger.counts.get("append", 0) >= target:
+                return
+        if not load.is_alive():
+            return
+        time.sleep(0.1)
+
+
 def test_sigkill_mid_imap_burst_keeps_every_ok(tmp_path: Path) -> None:
     data = tmp_path / "box"
     init_box(data, DOMAIN, {user: PASSWORD for user in USERS})
@@ -272,7 +285,9 @@ def test_sigkill_mid_imap_burst_keeps_every_ok(tmp_path: Path) -> None:
         load = threading.Thread(target=_burst, args=(box.port("imaps"), box.ca, round_no,
                                                      ledger, owned, stop))  # fmt: skip
         load.start()
-        time.sleep(rng.uniform(0.8, 2.0))
+        # The kill comes after a random amount of *work*, not of time: on a slow or busy
+        # machine a fixed sleep would kill before much was done.
+        _wait_for_appends(ledger, rng.randint(15, 30), load)
         box.kill()
         stop.set()
         load.join(timeout=180)
