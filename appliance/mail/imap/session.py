@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from appliance.directory import User
-from appliance.mail.imap import mime
+from appliance.mail.imap import mime, sort, thread
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.view import MessageView
 from appliance.mail.mailboxes import (
@@ -47,7 +47,10 @@ log = logging.getLogger("edgebox.imap")
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
     " SPECIAL-USE CHILDREN LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC QUOTA ESEARCH"
+    " MULTIAPPEND BINARY SORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES ESORT PARTIAL"
 )
+#: RFC 5256 §3 and RFC 3501 §6.4.4: the charsets SORT, THREAD and SEARCH take.
+SORT_CHARSETS = ("UTF-8", "US-ASCII")
 #: Flags clients may set (RFC 3501 §7.2.6); "\\*" says keywords may be created.
 PERMANENT_FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
 FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
@@ -332,6 +335,9 @@ class ImapSession:
 
     async def _on_append(self, cmd: imap.Append) -> None:
         assert self.user is not None
+        if cmd.more or not cmd.message:
+            await self._append_all(cmd)
+            return
         when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
         uidvalidity, uid = await self.mailboxes.append(
             self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
@@ -339,6 +345,32 @@ class ImapSession:
         )  # fmt: skip
         await self.report_changes(expunges=True)
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
+
+    async def _append_all(self, cmd: imap.Append) -> None:
+        """MULTIAPPEND (RFC 3502 §6.3.11): every message stored in one commit, or none."""
+        assert self.user is not None
+        messages = cmd.messages()
+        if any(not m.message for m in messages):
+            # RFC 3502 §6.3.11: a zero-length message is an error and cancels the
+            # whole command; clients use it to abandon a MULTIAPPEND half-way.
+            self.conn.tagged(cmd.tag, "NO", "empty message: nothing was appended")
+            return
+        batch = [
+            (m.message, m.flags, int(m.internal_date.timestamp()) if m.internal_date else None)
+            for m in messages
+        ]
+        try:
+            uidvalidity, uids = await self.mailboxes.append_many(
+                self.owner, cmd.mailbox, batch, quota_bytes=self.user.quota_bytes
+            )
+        except MailboxError as exc:
+            if exc.code == "NONEXISTENT":
+                exc.code = "TRYCREATE"  # RFC 3501 §6.3.11
+            raise
+        await self.report_changes(expunges=True)
+        # RFC 4315 §3: APPENDUID with a UID set for a MULTIAPPEND, in message order.
+        code = f"APPENDUID {uidvalidity} {sort.ordered_set(uids)}"
+        self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=code)
 
     # -- selecting -------------------------------------------------------------------
 
@@ -493,7 +525,7 @@ class ImapSession:
         if self.condstore and imap.FetchAttr("MODSEQ") not in items:
             items.append(imap.FetchAttr("MODSEQ"))
         needs_content = any(
-            isinstance(i, imap.FetchBody)
+            isinstance(i, imap.FetchBody | imap.FetchBinary)
             or i.name not in ("UID", "FLAGS", "MODSEQ", "INTERNALDATE", "RFC822.SIZE")
             for i in items
         )
@@ -506,6 +538,8 @@ class ImapSession:
             await self._ensure_bodies(selected, uids)
         marks_seen = not selected.readonly and any(
             (isinstance(i, imap.FetchBody) and not i.peek)
+            # RFC 3516 §4.2: BINARY sets \Seen like BODY; BINARY.SIZE reads nothing.
+            or (isinstance(i, imap.FetchBinary) and not i.peek and not i.size)
             or (isinstance(i, imap.FetchAttr) and i.name in ("RFC822", "RFC822.TEXT"))
             for i in items
         )
@@ -624,6 +658,9 @@ class ImapSession:
                     text = "HEADER" if name == "RFC822.HEADER" else "TEXT"
                     body = mime.section(data, mime.SectionSpec((), text), root)
                     parts.append(name.encode() + b" " + _literal(body))
+            elif isinstance(item, imap.FetchBinary):
+                data, root = await load()
+                parts.append(_binary_item(item, data, root))
             else:
                 section = item.section
                 if not section.part and section.text is None:
@@ -656,9 +693,94 @@ class ImapSession:
                 result += f" (MODSEQ {modseq})"
         else:
             result = _esearch(cmd.tag, cmd.uid, options or ("ALL",), numbers, modseq)
+            if cmd.partial is not None:
+                result += " " + sort.partial_data(numbers, cmd.partial)
         self.conn.untagged(result)
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "SEARCH completed")
+
+    # -- SORT and THREAD (RFC 5256) ----------------------------------------------------
+
+    async def _on_sort(self, cmd: imap.Sort) -> None:
+        selected = self._require_selected()
+        if cmd.charset not in SORT_CHARSETS:
+            # RFC 5256 §3: an unknown charset is NO, not BAD.
+            self.conn.tagged(cmd.tag, "NO", "unsupported charset",
+                             code=f"BADCHARSET ({' '.join(SORT_CHARSETS)})")  # fmt: skip
+            return
+        matcher = _Matcher(self, selected, cmd.search)
+        found = await matcher.matching(list(selected.messages))
+        items = await self._sort_items(selected, found, header=sort.needs_header(cmd.criteria))
+        ordered = sort.sort_uids(items, cmd.criteria)
+        numbers = ordered if cmd.uid else [selected.seq_of(u) for u in ordered]
+        # RFC 7162 §3.1.5: a search with MODSEQ reports the highest MODSEQ found.
+        modseq = selected.messages.highest_modseq(found) if matcher.uses_modseq else 0
+        if cmd.return_options is None:
+            result = "SORT" + "".join(f" {n}" for n in numbers)
+            if modseq:
+                result += f" (MODSEQ {modseq})"
+        else:
+            result = sort.esort(cmd.tag, cmd.uid, cmd.return_options, numbers, cmd.partial)
+            if modseq:
+                result += f" MODSEQ {modseq}"
+        self.conn.untagged(result)
+        await self.report_changes(expunges=cmd.uid)
+        self.conn.tagged(cmd.tag, "OK", "SORT completed")
+
+    async def _on_thread(self, cmd: imap.Thread) -> None:
+        selected = self._require_selected()
+        if cmd.charset not in SORT_CHARSETS:
+            self.conn.tagged(cmd.tag, "NO", "unsupported charset",
+                             code=f"BADCHARSET ({' '.join(SORT_CHARSETS)})")  # fmt: skip
+            return
+        found = await _Matcher(self, selected, cmd.search).matching(list(selected.messages))
+        items = await self._sort_items(selected, found, header=True)
+        if cmd.algorithm == "ORDEREDSUBJECT":
+            roots = thread.ordered_subject(items)
+        else:
+            roots = thread.references(items)
+        number = (lambda uid: uid) if cmd.uid else selected.seq_of
+        self.conn.untagged("THREAD " + thread.render(roots, number))
+        await self.report_changes(expunges=cmd.uid)
+        self.conn.tagged(cmd.tag, "OK", "THREAD completed")
+
+    async def _sort_items(
+        self, selected: Selected, uids: Sequence[int], *, header: bool
+    ) -> list[sort.SortItem]:
+        """The rows of *uids* with their header facts, for SORT and THREAD.
+
+        Facts come from the process-wide cache; the messages it lacks are decrypted
+        and read in one worker call for the whole command, never one hop per message.
+        """
+        rows = await self.mailboxes.messages(selected.info.id, uids)
+        facts: dict[int, sort.HeaderFacts] = {}
+        missing: list[StoredMessage] = []
+        if header:
+            for row in rows:
+                known = sort.CACHE.get(row.blob_id)
+                if known is None:
+                    missing.append(row)
+                else:
+                    facts[row.uid] = known
+        if missing:
+            blobs = self.store.blobs
+
+            def read_all() -> list[tuple[StoredMessage, sort.HeaderFacts]]:
+                found = []
+                for row in missing:
+                    try:
+                        found.append((row, sort.facts_of(blobs.get(row.blob_id))))
+                    except BlobMissing:
+                        continue  # freed by a concurrent expunge: sorted as if blank
+                return found
+
+            for row, known in await trio.to_thread.run_sync(read_all):
+                sort.CACHE.put(row.blob_id, known)
+                facts[row.uid] = known
+        return [
+            sort.SortItem(row.uid, row.internal_date, row.size, facts.get(row.uid, _NO_FACTS))
+            for row in rows
+        ]
 
     # -- IDLE ------------------------------------------------------------------------
 
@@ -1014,3 +1136,26 @@ def _section_label(section: imap.BodySection) -> str:
 
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+#: What a message whose content could not be read sorts as: empty strings, no date.
+_NO_FACTS = sort.HeaderFacts("", False, None, "", "", "", None, ())
+
+
+def _binary_item(item: imap.FetchBinary, message: bytes, root: mime.Part) -> bytes:
+    """One BINARY[...] / BINARY.SIZE[...] item of a FETCH answer (RFC 3516 §4.2)."""
+    label = ".".join(str(n) for n in item.section.part)
+    decoded = mime.decoded_part(message, item.section.part, root)
+    if decoded is None:
+        # RFC 3516 §4.3: the part's Content-Transfer-Encoding is not one we know.
+        raise MailboxError("UNKNOWN-CTE", f"cannot decode BINARY[{label}]")
+    if item.size:
+        return f"BINARY.SIZE[{label}] {len(decoded)}".encode()
+    head = f"BINARY[{label}]"
+    if item.partial is not None:
+        origin, length = item.partial
+        decoded = mime.partial(decoded, origin, length)
+        head += f"<{origin}>"
+    # RFC 3516 §4.2: data holding NUL must go as literal8; the rest as a plain literal.
+    marker = b"~" if b"\0" in decoded else b""
+    return head.encode() + b" " + marker + _literal(decoded)
