@@ -740,7 +740,8 @@ class ImapSession:
         else:
             roots = thread.references(items)
         number = (lambda uid: uid) if cmd.uid else selected.seq_of
-        self.conn.untagged("THREAD " + thread.render(roots, number))
+        # RFC 5256 §5: thread-data = "THREAD" [SP 1*thread-list]
+        self.conn.untagged(" ".join(("THREAD", thread.render(roots, number))).rstrip())
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "THREAD completed")
 

@@ -1,0 +1,136 @@
+"""SORT, THREAD, ESORT, MULTIAPPEND and BINARY against a real `edgebox run`.
+
+Python's imaplib is the client for SORT and THREAD (its `sort()` and `thread()`), the
+way a webmail front-end such as Roundcube drives them: sort the INBOX by date, newest
+first, and thread it by References. MULTIAPPEND and BINARY go over a plain TLS socket,
+as imaplib has no command for either.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import socket
+import ssl
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import RunningBox, init_box, start_box
+
+pytestmark = pytest.mark.slow
+
+DOMAIN = "sort.go.th"
+PASSWORD = "sort-pass-2026"
+USER = f"kanya@{DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
+    data = tmp_path_factory.mktemp("sortbox")
+    init_box(data, DOMAIN, {USER: PASSWORD})
+    running = start_box(data)
+    yield running
+    assert running.stop() == 0
+
+
+def session(box: RunningBox) -> imaplib.IMAP4:
+    context = ssl.create_default_context(cafile=str(box.ca))
+    client = imaplib.IMAP4_SSL("127.0.0.1", box.port("imaps"), ssl_context=context, timeout=30)
+    client.login(USER, PASSWORD)
+    return client
+
+
+def mail(subject: str, date: str, message_id: str, references: str = "") -> bytes:
+    refs = f"References: {references}\r\n" if references else ""
+    return (
+        f"From: somsak@{DOMAIN}\r\nTo: {USER}\r\nSubject: {subject}\r\nDate: {date}\r\n"
+        f"Message-ID: <{message_id}@{DOMAIN}>\r\n{refs}\r\nbody\r\n"
+    ).encode()
+
+
+def test_sort_and_thread_with_imaplib(box: RunningBox) -> None:
+    client = session(box)
+    assert {"SORT", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT"} <= set(
+        client.capabilities
+    )
+    client.create("Circulars")
+    messages = [
+        mail("หนังสือเวียน 1/2570", "Tue, 02 Jun 2026 09:00:00 +0700", "c1"),
+        mail("Re: หนังสือเวียน 1/2570", "Tue, 02 Jun 2026 13:00:00 +0700", "c2", f"<c1@{DOMAIN}>"),
+        mail("Agenda", "Mon, 01 Jun 2026 09:00:00 +0700", "c3"),
+        mail(
+            "Re: หนังสือเวียน 1/2570",
+            "Wed, 03 Jun 2026 08:00:00 +0700",
+            "c4",
+            f"<c1@{DOMAIN}> <c2@{DOMAIN}>",
+        ),
+        mail("Re: Agenda", "Mon, 01 Jun 2026 10:00:00 +0700", "c5", f"<c3@{DOMAIN}>"),
+    ]
+    for content in messages:
+        assert client.append("Circulars", None, None, content)[0] == "OK"
+    client.select("Circulars")
+    status, data = client.sort("(REVERSE DATE)", "UTF-8", "ALL")
+    assert status == "OK"
+    assert data == [b"4 2 1 5 3"]
+    status, data = client.uid("SORT", "(SUBJECT DATE)", "UTF-8", "ALL")
+    assert data == [b"3 5 1 2 4"]
+    status, data = client.thread("REFERENCES", "UTF-8", "ALL")
+    assert status == "OK"
+    assert data == [b"(3 5)(1 2 4)"]
+    status, data = client.thread("ORDEREDSUBJECT", "UTF-8", "SINCE 1-Jan-2020")
+    assert data == [b"(3 5)(1 (2)(4))"]
+    # ESORT: a webmail page of the newest two and the count (RFC 5267, RFC 9394).
+    status, data = client._simple_command(  # imaplib has no ESORT call
+        "SORT", "RETURN (COUNT PARTIAL 1:2)", "(REVERSE DATE)", "UTF-8", "ALL"
+    )
+    assert status == "OK"
+    _, esearch = client._untagged_response(status, data, "ESEARCH")
+    assert esearch[0] is not None
+    assert re.search(rb"COUNT 5 PARTIAL \(1:2 4,2\)", esearch[0])
+    client.logout()
+
+
+def raw(box: RunningBox) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(box.ca))
+    sock = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", box.port("imaps")), timeout=30),
+        server_hostname="127.0.0.1",
+    )
+    read_until(sock, b"* OK")
+    sock.sendall(f'a LOGIN "{USER}" "{PASSWORD}"\r\n'.encode())
+    assert b"a OK" in read_until(sock, b"a ")
+    return sock
+
+
+def read_until(sock: ssl.SSLSocket, tag: bytes) -> bytes:
+    """Read until a line starting with *tag* has ended (bounded by the socket timeout)."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+        lines = data.split(b"\r\n")
+        if any(line.startswith(tag) for line in lines[:-1]):
+            return data
+
+
+def test_multiappend_and_binary_over_tls(box: RunningBox) -> None:
+    sock = raw(box)
+    first = b"Subject: one\r\n\r\nfirst\r\n"
+    second = (
+        b"Subject: two\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nAAECAw==\r\n"
+    )
+    sock.sendall(
+        b"m APPEND INBOX (\\Seen) {%d+}\r\n%s ~{%d+}\r\n%s\r\n"
+        % (len(first), first, len(second), second)
+    )
+    answer = read_until(sock, b"m ")
+    assert re.search(rb"m OK \[APPENDUID \d+ 1:2\]", answer), answer
+    sock.sendall(b"s SELECT INBOX\r\nf FETCH 2 (BINARY.PEEK[1] BINARY.SIZE[1])\r\n")
+    answer = read_until(sock, b"f ")
+    assert b"* 2 FETCH (BINARY[1] ~{4}\r\n\x00\x01\x02\x03 BINARY.SIZE[1] 4)" in answer
+    sock.sendall(b"z LOGOUT\r\n")
+    read_until(sock, b"z ")
+    sock.close()
