@@ -97,7 +97,8 @@ async def test_sort_uses_sequence_numbers_after_an_expunge(threaded: Client) -> 
     ("command", "answer"),
     [
         ("SORT RETURN () (DATE) UTF-8 ALL", 'ESEARCH (TAG "s") ALL 5,3,1,4,2'),
-        ("UID SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL", 'ESEARCH (TAG "s") UID MIN 5 MAX 2 COUNT 5'),
+        ("UID SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+         'ESEARCH (TAG "s") UID MIN 5 MAX 2 COUNT 5'),
         ("SORT RETURN (ALL) (SIZE) UTF-8 1:2,4", 'ESEARCH (TAG "s") ALL 1,4,2'),
         ("SORT RETURN (COUNT MIN) (DATE) UTF-8 DELETED", 'ESEARCH (TAG "s") COUNT 0'),
         ("SORT RETURN (PARTIAL 1:2) (DATE) UTF-8 ALL", 'ESEARCH (TAG "s") PARTIAL (1:2 5,3)'),
