@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -154,14 +155,38 @@ async def test_sorting_again_reads_no_message(threaded: Client, box: MailBox) ->
     def refuse(blob_id: str) -> bytes:
         raise AssertionError("a cached message was read again")
 
-    original = blobs.get
-    blobs.get = refuse  # type: ignore[method-assign]
+    original = blobs.get, blobs.iter_plaintext
+    blobs.get = blobs.iter_plaintext = refuse  # type: ignore[method-assign, assignment]
     try:
         reply = await threaded.send("s2 SORT (FROM) UTF-8 ALL\r\nt THREAD REFERENCES UTF-8 ALL\r\n")
     finally:
-        blobs.get = original  # type: ignore[method-assign]
+        blobs.get, blobs.iter_plaintext = original  # type: ignore[method-assign]
     assert "s2 OK" in reply
     assert "t OK" in reply
+
+
+async def test_sort_decrypts_only_the_header_of_a_large_message(
+    box: MailBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sort.CACHE = sort.FactsCache()
+    client = await signed_in(box)
+    video = b"Subject: video\r\n\r\n" + b"v" * (3 * 1024 * 1024)  # four 1 MiB chunks
+    await put(box, box.users[0], video, message("a", "b@c.th", "Mon, 01 Jun 2026 09:00:00 +0000"))
+    await client.send("a SELECT INBOX\r\n")
+    blobs = box.mailstore.blobs
+    pieces = 0
+    iter_plaintext = blobs.iter_plaintext
+
+    def counting(blob_id: str, chunk_size: int | None = None) -> Iterator[bytes]:
+        nonlocal pieces
+        for piece in iter_plaintext(blob_id, chunk_size):
+            pieces += 1
+            yield piece
+
+    monkeypatch.setattr(blobs, "iter_plaintext", counting)
+    reply = await client.send("s SORT (SUBJECT) UTF-8 ALL\r\n")
+    assert reply == "* SORT 2 1\r\ns OK SORT completed\r\n"
+    assert pieces == 2  # one chunk of each message
 
 
 # ---------------------------------------------------------------------------------------
