@@ -1152,6 +1152,23 @@ def partial(data: bytes, origin: int, length: int | None) -> bytes:
     return data[origin : origin + max(length, 0)]
 
 
+def header_fields(message: bytes) -> dict[str, str]:
+    """Return the first raw (unfolded, undecoded) value of each top-level header field,
+    keyed by lower-case name: one pass for callers that need several (SORT, THREAD)."""
+    try:
+        return _fields(message, 0, _header_end(message, 0, len(message)))
+    except Exception:  # hostile headers sort as empty ones
+        return {}
+
+
+def addresses(value: str | None) -> AddressList:
+    """Parse an address field's raw value as ENVELOPE does (None when absent)."""
+    try:
+        return _addresses(value)
+    except Exception:
+        return None
+
+
 def decoded_part(message: bytes, numbers: tuple[int, ...], root: Part) -> bytes | None:
     """Return BINARY[numbers] (RFC 3516 §4.2): the part's body with its transfer
     encoding undone; None for an encoding we cannot undo (the caller answers

@@ -157,11 +157,9 @@ def base_subject(subject: str) -> tuple[str, bool]:
 
 def facts_of(content: bytes) -> HeaderFacts:
     """Read the facts SORT and THREAD need from a message's header (never raises)."""
-    fields: dict[str, str] = {}
-    for name, value in mime.decoded_headers(content):
-        fields.setdefault(name, value)  # RFC 5322: the first occurrence counts
-    subject, is_reply = base_subject(fields.get("subject", ""))
-    envelope = mime.envelope(content)
+    # One pass over the header; only the subject needs RFC 2047 decoding (§2.1 step 1).
+    fields = mime.header_fields(content)
+    subject, is_reply = base_subject(mime.decode_words(fields.get("subject", "")))
     references = tuple(_MSG_ID.findall(fields.get("references", "")))[-MAX_REFERENCES:]
     if not references:
         # RFC 5256 §4 step 1B: without References, the first msg-id of In-Reply-To.
@@ -171,9 +169,9 @@ def facts_of(content: bytes) -> HeaderFacts:
         subject=subject,
         is_reply=is_reply,
         sent=_sent(fields.get("date")),
-        from_=_first_mailbox(envelope[2]),
-        to=_first_mailbox(envelope[5]),
-        cc=_first_mailbox(envelope[6]),
+        from_=_first_mailbox(mime.addresses(fields.get("from"))),
+        to=_first_mailbox(mime.addresses(fields.get("to"))),
+        cc=_first_mailbox(mime.addresses(fields.get("cc"))),
         message_id=ids[0] if ids else None,
         references=references,
     )
