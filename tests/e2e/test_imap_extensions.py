@@ -1,4 +1,5 @@
-"""SORT, THREAD, ESORT, MULTIAPPEND and BINARY against a real `edgebox run`.
+"""SORT, THREAD, ESORT, MULTIAPPEND and BINARY against a real `edgebox run`, and SORT
+and THREAD answers compared with Dovecot's on the same messages.
 
 Python's imaplib is the client for SORT and THREAD (its `sort()` and `thread()`), the
 way a webmail front-end such as Roundcube drives them: sort the INBOX by date, newest
@@ -13,6 +14,7 @@ import re
 import socket
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +136,92 @@ def test_multiappend_and_binary_over_tls(box: RunningBox) -> None:
     sock.sendall(b"z LOGOUT\r\n")
     read_until(sock, b"z ")
     sock.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The same answers as Dovecot
+
+
+def corpus() -> list[tuple[str, bytes]]:
+    """(INTERNALDATE, message) pairs that exercise RFC 5256's corners."""
+    rows = [
+        ("Budget 2570", "Mon, 01 Jun 2026 09:00:00 +0700", "<b1@x>", ""),
+        ("Re: Budget 2570", "Mon, 01 Jun 2026 11:00:00 +0700", "<b2@x>", "<b1@x>"),
+        ("RE: [moe] Re: Budget 2570", "Mon, 01 Jun 2026 10:00:00 +0700", "<b3@x>", "<b1@x> <b2@x>"),
+        ("Fwd: Budget 2570 (fwd)", "Tue, 02 Jun 2026 08:00:00 +0000", "<b4@x>", ""),
+        ("[Fwd: Minutes]", "Sun, 31 May 2026 23:00:00 -0500", "<m1@x>", ""),
+        ("Minutes", "Mon, 01 Jun 2026 03:00:00 +0000", "<m2@x>", ""),
+        ("minutes", "garbage date", "<m3@x>", ""),
+        ("Re: lost parent", "Wed, 03 Jun 2026 09:00:00 +0700", "<l1@x>", "<gone@x>"),
+        ("Re: lost parent", "Wed, 03 Jun 2026 08:00:00 +0700", "<l2@x>", "<gone@x>"),
+        ("ประชุม", "Thu, 04 Jun 2026 09:00:00 +0700", "<t1@x>", ""),
+        ("Re: ประชุม", "Thu, 04 Jun 2026 10:00:00 +0700", "<t2@x>", "<t1@x>"),
+        ("", "Fri, 05 Jun 2026 09:00:00 +0700", "", ""),
+        ("Duplicate", "Fri, 05 Jun 2026 10:00:00 +0700", "<d@x>", ""),
+        ("Duplicate", "Fri, 05 Jun 2026 10:00:00 +0700", "<d@x>", ""),
+    ]
+    out = []
+    for n, (subject, date, message_id, refs) in enumerate(rows):
+        sender = ["ann@x.go.th", "Bob <bob@x.go.th>", "carl@x.go.th",
+                  "=?utf-8?b?4Liq4Lih4LiK4Liy4Lii?= <somchai@x.go.th>"][n % 4]  # fmt: skip
+        head = f"From: {sender}\r\nTo: user{n % 3}@x.go.th\r\n"
+        if n % 2:
+            head += f"Cc: cc{(n * 7) % 5}@x.go.th\r\n"
+        head += f"Subject: {subject}\r\nDate: {date}\r\n"
+        if message_id:
+            head += f"Message-ID: {message_id}\r\n"
+        if refs:
+            head += f"References: {refs}\r\n"
+        body = "x" * ((n * 37) % 200)
+        out.append((f'"{10 + n:02d}-Jun-2026 10:00:00 +0000"', f"{head}\r\n{body}\r\n".encode()))
+    return out
+
+
+COMPARED = [
+    "SORT (ARRIVAL) UTF-8 ALL",
+    "SORT (REVERSE ARRIVAL) UTF-8 ALL",
+    "SORT (DATE) UTF-8 ALL",
+    "SORT (REVERSE DATE) UTF-8 ALL",
+    "SORT (SUBJECT) UTF-8 ALL",
+    "SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+    "SORT (FROM) UTF-8 ALL",
+    "SORT (TO DATE) UTF-8 ALL",
+    "SORT (CC SIZE) UTF-8 ALL",
+    "SORT (SIZE) UTF-8 ALL",
+    "UID SORT (REVERSE SUBJECT) UTF-8 UNDELETED",
+    "THREAD ORDEREDSUBJECT UTF-8 ALL",
+    "THREAD REFERENCES UTF-8 ALL",
+]
+
+
+def test_sort_and_thread_answer_like_dovecot(box: RunningBox, tmp_path: Path) -> None:
+    """Byte for byte the answers of Dovecot 2.3 (the reference the issue names) on the
+    same mailbox: replies, forwards, list blobs, unreadable dates, lost parents,
+    duplicate Message-IDs, Thai subjects."""
+    from tests.peers.dovecot import DovecotServer
+
+    user = f"ref@{DOMAIN}"
+    with DovecotServer(tmp_path, users={user: PASSWORD}, tls=False) as dovecot:
+        theirs = imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
+        theirs.login(user, PASSWORD)
+        ours = session(box)
+        for client in (ours, theirs):
+            client.create("Corpus")
+            for when, content in corpus():
+                assert client.append("Corpus", None, when, content)[0] == "OK"
+            client.select("Corpus")
+        differences = []
+        for command in COMPARED:
+            answers = []
+            for client in (ours, theirs):
+                tag = client._new_tag().decode()
+                client.send(f"{tag} {command}\r\n".encode())
+                lines = []
+                while not (line := client.readline()).startswith(tag.encode()):
+                    lines.append(line.rstrip(b"\r\n").decode())
+                answers.append(lines)
+            if answers[0] != answers[1]:
+                differences.append((command, answers[0], answers[1]))
+        ours.logout()
+        theirs.logout()
+    assert differences == []
