@@ -621,6 +621,14 @@ class Search:
 
 
 @dataclass(frozen=True)
+class CancelUpdate:
+    """CANCELUPDATE (RFC 5267 §4.2): end the live results of SEARCHes with these tags."""
+
+    tag: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SortCriterion:
     """One sort key of SORT (RFC 5256 §3): ARRIVAL, CC, DATE, FROM, SIZE, SUBJECT, TO."""
 
@@ -753,6 +761,7 @@ Command = (
     | Expunge
     | UidExpunge
     | Search
+    | CancelUpdate
     | Sort
     | Thread
     | Fetch
@@ -1390,7 +1399,9 @@ _SEARCH_KEYS_WITH_ARGS = (
     | _SEARCH_DATES
     | {"HEADER", "KEYWORD", "UNKEYWORD", "LARGER", "SMALLER", "UID", "NOT", "OR", "MODSEQ"}
 )
-_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL"})
+# RFC 4731 §3.1, RFC 9394 PARTIAL; RFC 5267 §4.1 UPDATE (a live result) and CONTEXT
+# (a hint that one may follow, which changes nothing here).
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "UPDATE", "CONTEXT"})
 # RFC 5267 §3.2: what ESORT returns (SAVE would need SEARCHRES, which is not offered).
 _SORT_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL"})
 # RFC 5256 §3: sort-key.
@@ -1519,6 +1530,17 @@ def _p_search(p: _Parser, tag: str, uid: bool) -> Command:
         p.sp()
     criteria = _search_criteria(p)
     return Search(tag, uid, charset, criteria, returns, partial)
+
+
+def _p_cancelupdate(p: _Parser, tag: str, uid: bool) -> Command:
+    # RFC 5267 §5: "CANCELUPDATE" 1*(SP tag-string), tag-string = string
+    tags = []
+    while p.try_sp():
+        tags.append(p.text(p.string(), "tag"))
+    if not tags:
+        raise _ParseError("Expected a tag")
+    p.end()
+    return CancelUpdate(tag, tuple(tags))
 
 
 def _p_sort(p: _Parser, tag: str, uid: bool) -> Command:
@@ -1768,6 +1790,7 @@ _COMMANDS: dict[str, tuple[frozenset[State], Callable[[_Parser, str, bool], Comm
     "EXPUNGE": (frozenset({_S}), _p_expunge),  # §6.4.3, RFC 4315 §2.1
     "SEARCH": (frozenset({_S}), _p_search),  # §6.4.4, RFC 4731
     "SORT": (frozenset({_S}), _p_sort),  # RFC 5256 §3, RFC 5267
+    "CANCELUPDATE": (frozenset({_S}), _p_cancelupdate),  # RFC 5267 §4.2
     "THREAD": (frozenset({_S}), _p_thread),  # RFC 5256 §3
     "FETCH": (frozenset({_S}), _p_fetch),  # §6.4.5
     "STORE": (frozenset({_S}), _p_store),  # §6.4.6

@@ -48,7 +48,10 @@ CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
     " SPECIAL-USE CHILDREN LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC QUOTA ESEARCH"
     " MULTIAPPEND BINARY SORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES ESORT PARTIAL"
+    " CONTEXT=SEARCH"
 )
+#: Live SEARCH results (RFC 5267 §4 UPDATE) one session may keep at once.
+MAX_LIVE_SEARCHES = 16
 #: RFC 5256 §3 and RFC 3501 §6.4.4: the charsets SORT, THREAD and SEARCH take.
 SORT_CHARSETS = ("UTF-8", "US-ASCII")
 #: Flags clients may set (RFC 3501 §7.2.6); "\\*" says keywords may be created.
@@ -57,6 +60,17 @@ FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
 #: FETCH responses are sent in batches of this many, so a 100k-message
 #: `UID FETCH 1:* (FLAGS)` streams instead of building one huge reply.
 FETCH_BATCH = 500
+
+
+@dataclass
+class LiveSearch:
+    """A SEARCH RETURN (UPDATE) whose result the client keeps current (RFC 5267 §4)."""
+
+    tag: str
+    uid: bool
+    criteria: imap.SearchKey
+    #: The UIDs the client was last told match.
+    uids: set[int]
 
 
 @dataclass
@@ -100,6 +114,8 @@ class ImapSession:
         self.condstore = False
         self.qresync = False
         self._sasl_tag: str | None = None
+        #: RFC 5267 §4: live SEARCH results by tag; they end with the selection.
+        self._live: dict[str, LiveSearch] = {}
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -413,6 +429,7 @@ class ImapSession:
                                f" MODSEQ ({state.modseq}))")  # fmt: skip
 
     def _unselect(self) -> None:
+        self._live.clear()
         if self.selected is not None:
             self.selected = None
             self.conn.unselected()
@@ -696,8 +713,54 @@ class ImapSession:
             if cmd.partial is not None:
                 result += " " + sort.partial_data(numbers, cmd.partial)
         self.conn.untagged(result)
+        if options is not None and "UPDATE" in options:
+            self._start_live(cmd, found)
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "SEARCH completed")
+
+    # -- live SEARCH results (RFC 5267 §4: CONTEXT=SEARCH) ----------------------------
+
+    def _start_live(self, cmd: imap.Search, found: Sequence[int]) -> None:
+        if cmd.tag not in self._live and len(self._live) >= MAX_LIVE_SEARCHES:
+            # RFC 5267 §4.2: the search is answered, but it will not be kept current.
+            self.conn.untagged(f'NO [NOUPDATE "{sort.imap_string(cmd.tag)}"] too many updates')
+            return
+        self._live[cmd.tag] = LiveSearch(cmd.tag, cmd.uid, cmd.criteria, set(found))
+
+    async def _on_cancelupdate(self, cmd: imap.CancelUpdate) -> None:
+        unknown = [t for t in cmd.tags if t not in self._live]
+        if unknown:
+            self.conn.tagged(cmd.tag, "NO", f"no live search tagged {unknown[0]}")
+            return
+        for tag in cmd.tags:
+            del self._live[tag]
+        self.conn.tagged(cmd.tag, "OK", "CANCELUPDATE completed")
+
+    def _live_expunged(self, selected: Selected, gone: Sequence[int]) -> None:
+        """REMOVEFROM for expunged matches, numbered as the client still knows them."""
+        for live in self._live.values():
+            removed = [u for u in gone if u in live.uids]
+            if removed:
+                live.uids.difference_update(removed)
+                self.conn.untagged(_live_update(live, selected, removed, []))
+
+    async def _live_changed(self, selected: Selected, uids: Sequence[int]) -> None:
+        """ADDTO and REMOVEFROM for new and changed messages, after EXISTS and FETCH.
+
+        Only the messages that changed are evaluated again. Positions are 0: the
+        results of SEARCH are a set (RFC 5267 §4.3), and Dovecot answers the same.
+        """
+        if not uids:
+            return
+        ordered = sorted(uids)
+        for live in list(self._live.values()):
+            hits = set(await _Matcher(self, selected, live.criteria).matching(ordered))
+            added = [u for u in ordered if u in hits and u not in live.uids]
+            removed = [u for u in ordered if u in live.uids and u not in hits]
+            if added or removed:
+                live.uids.difference_update(removed)
+                live.uids.update(added)
+                self.conn.untagged(_live_update(live, selected, removed, added))
 
     # -- SORT and THREAD (RFC 5256) ----------------------------------------------------
 
@@ -818,6 +881,8 @@ class ImapSession:
         quiet_set = set(quiet)
         view = selected.messages
         gone = [u for u in vanished if u in view]
+        if gone and expunges and self._live:
+            self._live_expunged(selected, gone)  # before the EXPUNGEs renumber
         if gone and expunges:
             if self.qresync:
                 self.conn.untagged(f"VANISHED {imap.encode_uid_set(gone)}")
@@ -845,6 +910,8 @@ class ImapSession:
             modseq = f" MODSEQ ({state.modseq})" if self.condstore else ""
             self.conn.untagged(f"{selected.seq_of(state.uid)} FETCH (UID {state.uid}"
                                f" FLAGS {imap.flag_list(state.flags)}{modseq})")  # fmt: skip
+        if self._live:
+            await self._live_changed(selected, [s.uid for s in changed if s.uid in view])
         # Expunges held back must be found again next time: then the mark stays put.
         # Flag changes seen now are not repeated, as their state equals ours.
         if expunges or not gone:
@@ -1153,6 +1220,22 @@ def _header_block(blobs: BlobStore, blob_id: str) -> bytes:
         if isinstance(pieces, Generator):
             pieces.close()  # the blob file is closed now, not at garbage collection
     return data
+
+
+def _live_update(
+    live: LiveSearch, selected: Selected, removed: Sequence[int], added: Sequence[int]
+) -> str:
+    """``ESEARCH (TAG "t") [UID] REMOVEFROM (0 set) ADDTO (0 set)`` (RFC 5267 §4.3)."""
+
+    def numbers(uids: Sequence[int]) -> str:
+        return imap.encode_uid_set(uids if live.uid else [selected.seq_of(u) for u in uids])
+
+    line = f'ESEARCH (TAG "{sort.imap_string(live.tag)}")' + (" UID" if live.uid else "")
+    if removed:
+        line += f" REMOVEFROM (0 {numbers(removed)})"
+    if added:
+        line += f" ADDTO (0 {numbers(added)})"
+    return line
 
 
 #: What a message whose content could not be read sorts as: empty strings, no date.

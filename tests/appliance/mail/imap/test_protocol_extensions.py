@@ -19,6 +19,7 @@ from appliance.mail.imap.protocol import (
     AppendMessage,
     BadCommand,
     BodySection,
+    CancelUpdate,
     Fetch,
     FetchAttr,
     FetchBinary,
@@ -171,6 +172,19 @@ def test_search_return_partial() -> None:
     )
     event, _ = bad(b"s SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL\r\n")
     assert event.text == "PARTIAL given twice"
+
+
+def test_search_return_update_and_cancelupdate() -> None:
+    # RFC 5267 §4: UPDATE keeps the result live, CONTEXT is only a hint.
+    event = parse(b"s SEARCH RETURN (UPDATE CONTEXT COUNT) UNSEEN\r\n")
+    assert event == Search("s", False, None, SearchFlag("UNSEEN"), ("UPDATE", "CONTEXT", "COUNT"))
+    assert parse(b'c CANCELUPDATE "s" {1}\r\nt\r\n') == CancelUpdate("c", ("s", "t"))
+    event, _ = bad(b"c CANCELUPDATE\r\n")
+    assert event.text == "Expected a tag"
+    event, _ = bad(b"c CANCELUPDATE s\r\n")  # tag-string is a string, not an atom
+    assert event.text == "Expected string"
+    event, _ = bad(b"s SORT RETURN (UPDATE) (DATE) UTF-8 ALL\r\n")  # no CONTEXT=SORT
+    assert event.text == "Unknown SORT return option UPDATE"
 
 
 sort_keys = st.sampled_from(["ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"])

@@ -341,3 +341,61 @@ async def test_worker_calls_do_not_grow_with_the_mailbox(
         counts.append(hops)
     assert counts[0] == counts[1]
     assert 1 <= counts[1] <= 6, counts
+
+
+# ---------------------------------------------------------------------------------------
+# CONTEXT=SEARCH: live results (RFC 5267 §4)
+
+
+async def test_live_search_follows_changes_by_another_session(box: MailBox) -> None:
+    user = box.users[0]
+    watcher, other = await signed_in(box), await signed_in(box)
+    await put(box, user, *(f"Subject: s{n}\r\n\r\nx\r\n".encode() for n in range(4)))
+    await other.send("a SELECT INBOX\r\nb STORE 2,4 +FLAGS (\\Seen)\r\n")
+    await watcher.send("a SELECT INBOX\r\n")
+    reply = await watcher.send("s1 SEARCH RETURN (UPDATE ALL) UNSEEN\r\n")
+    assert reply == '* ESEARCH (TAG "s1") ALL 1,3\r\ns1 OK SEARCH completed\r\n'
+    reply = await watcher.send("s2 UID SEARCH RETURN (UPDATE COUNT) UNSEEN\r\n")
+    assert reply == '* ESEARCH (TAG "s2") UID COUNT 2\r\ns2 OK SEARCH completed\r\n'
+    assert "s3 OK" in await watcher.send("s3 SEARCH RETURN (UPDATE) FLAGGED\r\n")
+    # A new unseen message, 1 read, 2 unread again: the same as Dovecot 2.3 answers.
+    await put(box, user, b"Subject: new\r\n\r\nx\r\n")
+    await other.send("c STORE 1 +FLAGS (\\Seen)\r\nd STORE 2 -FLAGS (\\Seen)\r\n")
+    reply = await watcher.send("n NOOP\r\n")
+    assert "* 5 EXISTS\r\n" in reply
+    assert '* ESEARCH (TAG "s1") REMOVEFROM (0 1) ADDTO (0 2,5)\r\n' in reply
+    assert '* ESEARCH (TAG "s2") UID REMOVEFROM (0 1) ADDTO (0 2,5)\r\n' in reply
+    assert 'TAG "s3"' not in reply
+    assert reply.index("EXISTS") < reply.index("ESEARCH")
+    # An expunge: REMOVEFROM comes before the EXPUNGE, in the numbers the client knows.
+    await other.send("e STORE 3 +FLAGS (\\Deleted)\r\nf EXPUNGE\r\n")
+    reply = await watcher.send("n2 NOOP\r\n")
+    assert reply.index('* ESEARCH (TAG "s1") REMOVEFROM (0 3)\r\n') < reply.index("* 3 EXPUNGE")
+    assert '* ESEARCH (TAG "s2") UID REMOVEFROM (0 3)\r\n' in reply
+    # CANCELUPDATE ends one; an unknown tag is refused; the other goes on.
+    assert "c1 OK" in await watcher.send('c1 CANCELUPDATE "s1"\r\n')
+    assert "c2 NO" in await watcher.send('c2 CANCELUPDATE "s1"\r\n')
+    await other.send("g STORE 1 -FLAGS (\\Seen)\r\n")
+    reply = await watcher.send("n3 NOOP\r\n")
+    assert 'TAG "s1"' not in reply
+    assert '* ESEARCH (TAG "s2") UID ADDTO (0 1)\r\n' in reply
+
+
+async def test_live_searches_end_with_the_selection_and_are_bounded(box: MailBox) -> None:
+    from appliance.mail.imap.session import MAX_LIVE_SEARCHES
+
+    user = box.users[0]
+    client = await signed_in(box)
+    await put(box, user, b"Subject: a\r\n\r\nx\r\n")
+    await client.send("a SELECT INBOX\r\n")
+    for n in range(MAX_LIVE_SEARCHES):
+        assert "NOUPDATE" not in await client.send(f"s{n} SEARCH RETURN (UPDATE) ALL\r\n")
+    reply = await client.send("x SEARCH RETURN (UPDATE COUNT) ALL\r\n")
+    assert '* NO [NOUPDATE "x"]' in reply
+    assert "x OK" in reply
+    await client.send("b SELECT INBOX\r\n")
+    assert "NOUPDATE" not in await client.send("y SEARCH RETURN (UPDATE) ALL\r\n")
+    assert "z NO" in await client.send('z CANCELUPDATE "s0"\r\n')
+    await put(box, user, b"Subject: b\r\n\r\nx\r\n")
+    reply = await client.send("n NOOP\r\n")
+    assert reply == '* 2 EXISTS\r\n* ESEARCH (TAG "y") ADDTO (0 2)\r\nn OK NOOP completed\r\n'
