@@ -225,3 +225,59 @@ def test_sort_and_thread_answer_like_dovecot(box: RunningBox, tmp_path: Path) ->
         ours.logout()
         theirs.logout()
     assert differences == []
+
+
+def command(client: imaplib.IMAP4, line: str) -> list[str]:
+    """Send one raw command; return its untagged lines (imaplib has no call for these)."""
+    tag = client._new_tag().decode()
+    client.send(f"{tag} {line}\r\n".encode())
+    lines = []
+    while not (answer := client.readline()).startswith(tag.encode()):
+        lines.append(answer.rstrip(b"\r\n").decode())
+    assert answer.split()[1] == b"OK", answer
+    return lines
+
+
+def test_live_search_updates_like_dovecot(box: RunningBox, tmp_path: Path) -> None:
+    """CONTEXT=SEARCH: the ESEARCH updates Dovecot 2.3 sends for the same changes."""
+    from tests.peers.dovecot import DovecotServer
+
+    user = f"live@{DOMAIN}"
+    with DovecotServer(tmp_path, users={user: PASSWORD}, tls=False) as dovecot:
+        transcripts = []
+
+        def dovecot_client() -> imaplib.IMAP4:
+            return imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=30)
+
+        for connect in (lambda: session(box), dovecot_client):
+            watcher, other = connect(), connect()
+            for client in (watcher, other):
+                if client.state == "NONAUTH":
+                    client.login(user, PASSWORD)
+            other.create("Live")
+            for n in range(4):
+                flags = "(\\Seen)" if n % 2 else None
+                other.append("Live", flags, None, f"Subject: s{n}\r\n\r\nx\r\n".encode())
+            watcher.select("Live")
+            other.select("Live")
+            seen = []
+            seen += command(watcher, "SEARCH RETURN (UPDATE ALL) UNSEEN")
+            seen += command(watcher, "UID SEARCH RETURN (UPDATE COUNT) UNSEEN")
+            other.append("Live", None, None, b"Subject: s9\r\n\r\nx\r\n")
+            other.store("1", "+FLAGS", "\\Seen")
+            other.store("2", "-FLAGS", "\\Seen")
+            seen += command(watcher, "NOOP")
+            other.store("3", "+FLAGS", "\\Deleted")
+            other.expunge()
+            seen += command(watcher, "NOOP")
+            # Tags differ between the two runs; RECENT and FETCH lines are not compared.
+            wanted = [line for line in seen if re.search(r"ESEARCH|EXPUNGE|EXISTS", line)]
+            transcripts.append([re.sub(r'TAG "[^"]+"', "TAG", line) for line in wanted])
+            watcher.logout()
+            other.logout()
+    assert transcripts[0] == transcripts[1]
+    assert transcripts[0][-3:] == [
+        "* ESEARCH (TAG) REMOVEFROM (0 3)",
+        "* ESEARCH (TAG) UID REMOVEFROM (0 3)",
+        "* 3 EXPUNGE",
+    ]
