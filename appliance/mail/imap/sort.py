@@ -28,13 +28,16 @@ from typing import Any
 from appliance.mail.imap import mime
 from appliance.mail.imap import protocol as imap
 
-#: Header facts kept for this many distinct messages (a few hundred bytes each).
-CACHE_SIZE = 50_000
-#: References beyond this many per message are dropped: threading needs the chain's
-#: ends, and a hostile header must not cost unbounded work.
+#: Header facts kept for at most this many bytes of text (about 100,000 ordinary
+#: messages); the least recently used go first.
+CACHE_BYTES = 32 * 1024 * 1024
+#: References beyond this many per message are dropped (the nearest are kept): a
+#: hostile header must not cost unbounded work or memory.
 MAX_REFERENCES = 100
+#: Longer "msg-id"s are not ids anyone will refer to; they are ignored.
+MAX_MSG_ID = 250
 
-_MSG_ID = re.compile(r"<([^<>\s]+)>")
+_MSG_ID = re.compile(rf"<([^<>\s]{{1,{MAX_MSG_ID}}})>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +75,11 @@ class SortItem:
 
 
 class FactsCache:
-    """Header facts by blob id, least recently used dropped first."""
+    """Header facts by blob id within a byte budget, least recently used dropped first."""
 
-    def __init__(self, size: int = CACHE_SIZE) -> None:
-        self.size = size
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self.budget = budget
+        self.used = 0
         self._facts: OrderedDict[str, HeaderFacts] = OrderedDict()
 
     def get(self, blob_id: str) -> HeaderFacts | None:
@@ -85,10 +89,20 @@ class FactsCache:
         return found
 
     def put(self, blob_id: str, facts: HeaderFacts) -> None:
+        old = self._facts.pop(blob_id, None)
+        if old is not None:
+            self.used -= _cost(blob_id, old)
         self._facts[blob_id] = facts
-        self._facts.move_to_end(blob_id)
-        while len(self._facts) > self.size:
-            self._facts.popitem(last=False)
+        self.used += _cost(blob_id, facts)
+        while self.used > self.budget and self._facts:
+            gone_id, gone = self._facts.popitem(last=False)
+            self.used -= _cost(gone_id, gone)
+
+
+def _cost(blob_id: str, facts: HeaderFacts) -> int:
+    # Text lengths plus a fixed allowance for the objects around them.
+    text = (facts.subject, facts.from_, facts.to, facts.cc, facts.message_id or "")
+    return 300 + len(blob_id) + sum(map(len, text)) + sum(len(r) + 60 for r in facts.references)
 
 
 #: One cache for the process: every session of every user shares it.

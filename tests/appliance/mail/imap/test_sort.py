@@ -170,8 +170,8 @@ def test_esort_answers() -> None:
 
 
 def test_facts_cache_drops_the_least_recent() -> None:
-    cache = sort.FactsCache(size=2)
     facts = facts_of(b"Subject: x\r\n\r\n")
+    cache = sort.FactsCache(budget=2 * sort._cost("a", facts))
     cache.put("a", facts)
     cache.put("b", facts)
     assert cache.get("a") is facts  # "a" is now the most recent
@@ -179,3 +179,12 @@ def test_facts_cache_drops_the_least_recent() -> None:
     assert cache.get("b") is None
     assert cache.get("a") is facts
     assert cache.get("c") is facts
+    assert cache.used == 2 * sort._cost("a", facts)
+
+
+def test_hostile_ids_are_bounded() -> None:
+    many = " ".join(f"<{n}@x>" for n in range(500))
+    facts = facts_of(f"References: {many}\r\nMessage-ID: <{'y' * 300}@x>\r\n\r\n".encode())
+    assert len(facts.references) == sort.MAX_REFERENCES
+    assert facts.references[-1] == "499@x"  # the nearest ancestors are kept
+    assert facts.message_id is None
