@@ -83,6 +83,39 @@ def test_multiappend_literals_share_the_append_limit() -> None:
     assert client.send(b"b NOOP\r\n") == [Noop("b")]
 
 
+appended = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(["\\Seen", "\\Draft", "$Work", "$Label1"]),
+                 unique=True, max_size=3),
+        st.none() | st.datetimes(dt.datetime(1990, 1, 1), dt.datetime(2100, 1, 1)),
+        st.binary(max_size=40),
+        st.booleans(),  # literal8
+    ),
+    min_size=1,
+    max_size=5,
+)  # fmt: skip
+
+
+@given(appended)
+def test_any_multiappend_parses_back(
+    messages: list[tuple[list[str], dt.datetime | None, bytes, bool]],
+) -> None:
+    line = b"a APPEND Drafts"
+    expected = []
+    for flags, when, content, binary in messages:
+        if flags:
+            line += b" (" + " ".join(flags).encode() + b")"
+        zone = dt.timezone(dt.timedelta(hours=7))
+        stamp = None if when is None else when.replace(microsecond=0, tzinfo=zone)
+        if stamp is not None:
+            line += b' "' + stamp.strftime("%d-%b-%Y %H:%M:%S +0700").encode() + b'"'
+        line += b" " + (b"~" if binary else b"") + b"{%d+}\r\n" % len(content) + content
+        expected.append(AppendMessage(tuple(flags), stamp, content))
+    event = parse(line + b"\r\n", State.AUTHENTICATED)
+    assert isinstance(event, Append)
+    assert event.messages() == tuple(expected)
+
+
 @pytest.mark.parametrize(
     "line",
     [
