@@ -37,6 +37,7 @@ import trio
 from appliance.mail import headers
 from appliance.mail.mailstore import (
     SELECT_MESSAGES,
+    BlobVanished,
     Mailstore,
     QuotaExceeded,
     StoredMessage,
@@ -453,6 +454,75 @@ class Mailboxes:
         self.store.changes.changed([mailbox_id])
         await self.store.index([(mailbox_id, uid, content)])
         return uidvalidity, uid
+
+    async def append_many(
+        self,
+        owner: str,
+        name: str,
+        messages: Sequence[tuple[bytes, Sequence[str], int | None]],
+        *,
+        quota_bytes: int,
+    ) -> tuple[int, list[int]]:
+        """Store several ``(content, flags, internal date)`` in one mailbox at once, or
+        none of them (IMAP MULTIAPPEND, RFC 3502 §6.3.11); return (UIDVALIDITY, UIDs).
+
+        The blobs are written and fsynced first (one worker call for all), then one
+        transaction inserts every row and charges the quota for the total: a crash
+        or a refusal (quota, missing mailbox) leaves no row, only blob files that the
+        start-up sweep removes.
+        """
+        name = normalise_name(name)
+        blobs = self.store.blobs
+
+        def put_all() -> list[str]:
+            return [blobs.put(content) for content, _, _ in messages]
+
+        blob_ids = await trio.to_thread.run_sync(put_all)
+        now = int(time.time())
+        prepared = []
+        for (content, flags, internal_date), blob_id in zip(messages, blob_ids, strict=True):
+            classification, urgency = headers.levels(headers.parse_headers(content))
+            prepared.append((
+                blob_id, len(content), hashlib.sha256(content).hexdigest(),
+                " ".join(canonical_flags(flags)), internal_date or now, classification, urgency,
+            ))  # fmt: skip
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int, list[int]]:
+            mailbox_id = _existing(conn, owner, name)
+            total = sum(size for _, size, *_ in prepared)
+            _charge(conn, owner, total, quota_bytes, len(prepared))
+            uids = []
+            for blob_id, size, content_hash, flag_text, when, classification, urgency in prepared:
+                self.store.reference_blob(conn, blob_id, size, 1)
+                uid, modseq = _next_uid(conn, mailbox_id)
+                conn.execute(
+                    "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size,"
+                    " blob_id, content_hash, classification, urgency)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mailbox_id, uid, modseq, flag_text, when, size, blob_id, content_hash,
+                     classification, urgency),
+                )  # fmt: skip
+                uids.append(uid)
+            uidvalidity = conn.execute(
+                "SELECT uidvalidity FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()[0]
+            return mailbox_id, int(uidvalidity), uids
+
+        contents = dict(zip(blob_ids, (content for content, _, _ in messages), strict=True))
+        for _ in range(3):
+            try:
+                mailbox_id, uidvalidity, uids = await self.db.write(job)
+                break
+            except BlobVanished as exc:
+                # A concurrent expunge freed a shared blob between put and commit
+                # (see `Mailstore.reference_blob`): write it again and retry.
+                await trio.to_thread.run_sync(blobs.put, contents[exc.args[0]])
+        else:
+            mailbox_id, uidvalidity, uids = await self.db.write(job)
+        self.store.changes.changed([mailbox_id])
+        placed = zip(uids, (content for content, _, _ in messages), strict=True)
+        await self.store.index([(mailbox_id, uid, content) for uid, content in placed])
+        return uidvalidity, uids
 
     async def append_pending(
         self,

@@ -1152,6 +1152,49 @@ def partial(data: bytes, origin: int, length: int | None) -> bytes:
     return data[origin : origin + max(length, 0)]
 
 
+def header_fields(message: bytes) -> dict[str, str]:
+    """Return the first raw (unfolded, undecoded) value of each top-level header field,
+    keyed by lower-case name: one pass for callers that need several (SORT, THREAD)."""
+    try:
+        return _fields(message, 0, _header_end(message, 0, len(message)))
+    except Exception:  # hostile headers sort as empty ones
+        return {}
+
+
+def addresses(value: str | None) -> AddressList:
+    """Parse an address field's raw value as ENVELOPE does (None when absent)."""
+    try:
+        return _addresses(value)
+    except Exception:
+        return None
+
+
+def decoded_part(message: bytes, numbers: tuple[int, ...], root: Part) -> bytes | None:
+    """Return BINARY[numbers] (RFC 3516 §4.2): the part's body with its transfer
+    encoding undone; None for an encoding we cannot undo (the caller answers
+    UNKNOWN-CTE), and empty when the part does not exist.
+
+    ``BINARY[]`` is the whole message as stored. A multipart or message/rfc822 part is
+    returned as it is: RFC 2045 §6.4 allows them only identity encodings.
+    """
+    if not numbers:
+        return message
+    part = _locate(root, numbers)
+    if part is None:
+        return b""
+    body = message[part.body_start : part.body_end]
+    if part.is_multipart or part.is_message:
+        return body
+    encoding = part.encoding.lower()
+    if encoding in _IDENTITY_ENCODINGS:
+        return body
+    if encoding == "base64":
+        return _base64(body)
+    if encoding == "quoted-printable":
+        return _quoted_printable(body)
+    return None
+
+
 # --------------------------------------------------------------------------------------
 # Decoded text for SEARCH
 

@@ -37,7 +37,9 @@ Framing rules (RFC 3501 §4.3, §7.5; RFC 7888):
   either close the connection or read and discard them. We discard: a countdown, no
   buffer, then skip to the end of the command and carry on. A size above
   ``max_discard`` is not worth waiting for: the core says BYE and closes.
-- literal8 (``~{n}``, RFC 3516 BINARY) is refused with BAD in the same way.
+- literal8 (``~{n}``, RFC 3516 §4.4) is taken in APPEND only, where a message may hold
+  NUL bytes; in any other command it is refused with BAD in the same way. The
+  messages of one MULTIAPPEND (RFC 3502) share APPEND's ``max_literal``.
 - A line longer than ``max_line`` is answered BAD and skipped to its end.
 
 State rules (RFC 3501 §3 and §6; the table is `_ALLOWED`):
@@ -47,8 +49,8 @@ State rules (RFC 3501 §3 and §6; the table is `_ALLOWED`):
 - ``AUTHENTICATED``: ENABLE (RFC 5161 §3.1), and the mailbox commands, which are also
   allowed in ``SELECTED``: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,
   UNSUBSCRIBE, LIST, LSUB, NAMESPACE, STATUS, APPEND, IDLE, GETQUOTA, GETQUOTAROOT.
-- ``SELECTED``: CHECK, CLOSE, UNSELECT, EXPUNGE, SEARCH, FETCH, STORE, COPY, MOVE and
-  their UID forms.
+- ``SELECTED``: CHECK, CLOSE, UNSELECT, EXPUNGE, SEARCH, SORT, THREAD, FETCH, STORE,
+  COPY, MOVE and their UID forms.
 - The server moves the core between states with `authenticated()`, `selected()` and
   `unselected()`; the LOGOUT command moves it to ``LOGOUT`` itself.
 
@@ -327,7 +329,22 @@ class FetchBody:
     partial: tuple[int, int] | None = None
 
 
-FetchItem = FetchAttr | FetchBody
+@dataclass(frozen=True)
+class FetchBinary:
+    """BINARY[part]<origin.length>, BINARY.PEEK[...] or BINARY.SIZE[part] (RFC 3516 §4).
+
+    The part's content with its Content-Transfer-Encoding undone; *section* carries
+    only part numbers (RFC 3516 §6: section-binary).
+    """
+
+    section: BodySection
+    peek: bool = False
+    #: BINARY.SIZE: the decoded size, not the data.
+    size: bool = False
+    partial: tuple[int, int] | None = None
+
+
+FetchItem = FetchAttr | FetchBody | FetchBinary
 
 # RFC 3501 §6.4.5: the macros, and the items they stand for.
 _FETCH_MACROS = {
@@ -543,12 +560,29 @@ class Status:
 
 
 @dataclass(frozen=True)
+class AppendMessage:
+    """One message of a MULTIAPPEND after the first (RFC 3502 §6.3.11)."""
+
+    flags: tuple[str, ...]
+    internal_date: dt.datetime | None
+    message: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Append:
+    """APPEND (RFC 3501 §6.3.11); *more* holds the further messages of a MULTIAPPEND
+    (RFC 3502), to be stored with the first all together or not at all."""
+
     tag: str
     mailbox: str
     flags: tuple[str, ...]
     internal_date: dt.datetime | None
     message: bytes = field(repr=False)
+    more: tuple[AppendMessage, ...] = field(default=(), repr=False)
+
+    def messages(self) -> tuple[AppendMessage, ...]:
+        """Every message of the command, the first included, in order."""
+        return (AppendMessage(self.flags, self.internal_date, self.message), *self.more)
 
 
 @dataclass(frozen=True)
@@ -588,6 +622,52 @@ class Search:
     charset: str | None
     criteria: SearchKey
     return_options: tuple[str, ...] | None = None
+    #: RFC 9394 RETURN (PARTIAL first:last); negative numbers count from the end.
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class CancelUpdate:
+    """CANCELUPDATE (RFC 5267 §4.2): end the live results of SEARCHes with these tags."""
+
+    tag: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SortCriterion:
+    """One sort key of SORT (RFC 5256 §3): ARRIVAL, CC, DATE, FROM, SIZE, SUBJECT, TO."""
+
+    key: str
+    reverse: bool = False
+
+
+@dataclass(frozen=True)
+class Sort:
+    """SORT or UID SORT (RFC 5256 §3), with RFC 5267 ESORT return options.
+
+    *return_options* None means a plain ``* SORT`` answer; () is ESORT ALL. The server
+    answers NO [BADCHARSET] to a *charset* other than UTF-8 and US-ASCII (§3: not BAD).
+    """
+
+    tag: str
+    uid: bool
+    criteria: tuple[SortCriterion, ...]
+    charset: str
+    search: SearchKey
+    return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Thread:
+    """THREAD or UID THREAD (RFC 5256 §3): ORDEREDSUBJECT or REFERENCES."""
+
+    tag: str
+    uid: bool
+    algorithm: str
+    charset: str
+    search: SearchKey
 
 
 @dataclass(frozen=True)
@@ -687,6 +767,9 @@ Command = (
     | Expunge
     | UidExpunge
     | Search
+    | CancelUpdate
+    | Sort
+    | Thread
     | Fetch
     | Store
     | Copy
@@ -870,10 +953,10 @@ class _Parser:
             else:
                 out.append(c)
 
-    def literal(self) -> bytes:
+    def literal(self, *, literal8: bool = False) -> bytes:
         # The framer has checked the size and placed exactly n bytes after the CRLF.
         m = _LITERAL_AT.match(self.data, self.pos)
-        if m is None or m.group(1):
+        if m is None or (m.group(1) and not literal8):
             raise _ParseError("Bad literal")
         n = int(m.group(2))
         start = m.end()
@@ -1263,10 +1346,22 @@ def _p_status(p: _Parser, tag: str, uid: bool) -> Command:
 
 
 def _p_append(p: _Parser, tag: str, uid: bool) -> Command:
-    # RFC 3501 §6.3.11: APPEND mailbox [SP flag-list] [SP date-time] SP literal
+    # RFC 3502 §6.3.11: append = "APPEND" SP mailbox 1*append-message
+    #   append-message = append-opts SP append-data
+    #   append-opts = [SP flag-list] [SP date-time]
+    # and RFC 3516 §6: append-data =/ literal8.
     p.sp()
     mailbox = p.mailbox()
     p.sp()
+    first = _append_message(p)
+    more: list[AppendMessage] = []
+    while p.try_sp():
+        more.append(_append_message(p))
+    p.end()
+    return Append(tag, mailbox, first.flags, first.internal_date, first.message, tuple(more))
+
+
+def _append_message(p: _Parser) -> AppendMessage:
     flags: tuple[str, ...] = ()
     when: dt.datetime | None = None
     if p.peek() == 0x28:
@@ -1275,11 +1370,9 @@ def _p_append(p: _Parser, tag: str, uid: bool) -> Command:
     if p.peek() == 0x22:
         when = p.date_time()
         p.sp()
-    if p.peek() != 0x7B:
+    if p.peek() != 0x7B and not p.data.startswith(b"~{", p.pos):
         raise _ParseError("APPEND needs the message as a literal")
-    message = p.literal()
-    p.end()
-    return Append(tag, mailbox, flags, when, message)
+    return AppendMessage(flags, when, p.literal(literal8=True))
 
 
 def _p_uid_expunge(p: _Parser, tag: str, uid: bool) -> Command:
@@ -1321,7 +1414,14 @@ _SEARCH_KEYS_WITH_ARGS = (
     | _SEARCH_DATES
     | {"HEADER", "KEYWORD", "UNKEYWORD", "LARGER", "SMALLER", "UID", "NOT", "OR", "MODSEQ"}
 )
-_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+# RFC 4731 §3.1, RFC 9394 PARTIAL; RFC 5267 §4.1 UPDATE (a live result) and CONTEXT
+# (a hint that one may follow, which changes nothing here).
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "UPDATE", "CONTEXT"})
+# RFC 5267 §3.2: what ESORT returns (SAVE would need SEARCHRES, which is not offered).
+_SORT_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "PARTIAL"})
+# RFC 5256 §3: sort-key.
+_SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
+_THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
 _CHARSETS = ("UTF-8", "US-ASCII")
 
 
@@ -1374,19 +1474,68 @@ def _search_key(p: _Parser, depth: int) -> SearchKey:
     raise _ParseError(f"Unknown search key {name}")
 
 
+def _return_options(
+    p: _Parser, allowed: frozenset[str], what: str
+) -> tuple[tuple[str, ...] | None, tuple[int, int] | None]:
+    """Parse ``RETURN (...) SP`` if it comes next: (options, PARTIAL range) or (None, None).
+
+    RFC 4731 §3 / RFC 5267 §3: search-return-opts; RFC 9394 §3 adds
+    ``PARTIAL SP partial-range``, where ``-1:-100`` counts from the last result.
+    """
+    if p.data[p.pos : p.pos + 7].upper() != b"RETURN ":
+        return None, None
+    p.pos += 7
+    partial: tuple[int, int] | None = None
+
+    def option() -> str:
+        nonlocal partial
+        name = p.keyword()
+        if name not in allowed:
+            raise _ParseError(f"Unknown {what} return option {name}")
+        if name == "PARTIAL":
+            if partial is not None:
+                raise _ParseError("PARTIAL given twice")
+            p.sp()
+            partial = _partial_range(p)
+        return name
+
+    returns = tuple(p.paren(option, empty=True))
+    p.sp()
+    return returns, partial
+
+
+def _partial_range(p: _Parser) -> tuple[int, int]:
+    # RFC 9394 §3: partial-range = partial-range-first / partial-range-last
+    #   partial-range-first = nz-number ":" nz-number
+    #   partial-range-last  = MINUS nz-number ":" MINUS nz-number
+    # 500:400 is the same as 400:500, and -1:-100 as -100:-1; kept nearest-first.
+    negative = p.peek() == 0x2D
+    if negative:
+        p.pos += 1
+    first = p.number(nonzero=True)
+    p.expect(b":")
+    if negative:
+        p.expect(b"-")
+    last = p.number(nonzero=True)
+    first, last = min(first, last), max(first, last)
+    return (-first, -last) if negative else (first, last)
+
+
+def _search_criteria(p: _Parser) -> SearchKey:
+    # search-key *(SP search-key): several keys in a row must all match.
+    keys = [_search_key(p, 0)]
+    while p.try_sp():
+        keys.append(_search_key(p, 0))
+    p.end()
+    return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
+
+
 def _p_search(p: _Parser, tag: str, uid: bool) -> Command:
     # RFC 4731 §3: search = "SEARCH" [search-return-opts] SP ["CHARSET" SP astring SP]
     #                       search-key *(SP search-key)
     p.sp()
-    returns: tuple[str, ...] | None = None
     charset: str | None = None
-    if p.data[p.pos : p.pos + 7].upper() == b"RETURN ":
-        p.pos += 7
-        returns = tuple(p.paren(p.keyword, empty=True))
-        for opt in returns:
-            if opt not in _SEARCH_RETURN:
-                raise _ParseError(f"Unknown SEARCH return option {opt}")
-        p.sp()
+    returns, partial = _return_options(p, _SEARCH_RETURN, "SEARCH")
     if p.data[p.pos : p.pos + 8].upper() == b"CHARSET ":
         p.pos += 8
         charset = p.astr("charset").upper()
@@ -1394,17 +1543,64 @@ def _p_search(p: _Parser, tag: str, uid: bool) -> Command:
         if charset not in _CHARSETS:
             raise _ParseError("Unsupported charset", f"BADCHARSET ({' '.join(_CHARSETS)})")
         p.sp()
-    keys = [_search_key(p, 0)]
+    criteria = _search_criteria(p)
+    return Search(tag, uid, charset, criteria, returns, partial)
+
+
+def _p_cancelupdate(p: _Parser, tag: str, uid: bool) -> Command:
+    # RFC 5267 §5: "CANCELUPDATE" 1*(SP tag-string), tag-string = string
+    tags = []
     while p.try_sp():
-        keys.append(_search_key(p, 0))
+        tags.append(p.text(p.string(), "tag"))
+    if not tags:
+        raise _ParseError("Expected a tag")
     p.end()
-    criteria = keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
-    return Search(tag, uid, charset, criteria, returns)
+    return CancelUpdate(tag, tuple(tags))
+
+
+def _p_sort(p: _Parser, tag: str, uid: bool) -> Command:
+    # RFC 5256 §5 and RFC 5267 §3:
+    #   sort = ["UID" SP] "SORT" [search-return-opts] SP sort-criteria SP search-criteria
+    #   sort-criteria = "(" sort-criterion *(SP sort-criterion) ")"
+    #   sort-criterion = ["REVERSE" SP] sort-key
+    #   search-criteria = charset 1*(SP search-key)
+    p.sp()
+    returns, partial = _return_options(p, _SORT_RETURN, "SORT")
+
+    def criterion() -> SortCriterion:
+        name = p.keyword()
+        reverse = name == "REVERSE"
+        if reverse:
+            p.sp()
+            name = p.keyword()
+        if name not in _SORT_KEYS:
+            raise _ParseError(f"Unknown sort key {name}")
+        return SortCriterion(name, reverse)
+
+    criteria = tuple(p.paren(criterion))
+    p.sp()
+    charset = p.astr("charset").upper()
+    p.sp()
+    return Sort(tag, uid, criteria, charset, _search_criteria(p), returns, partial)
+
+
+def _p_thread(p: _Parser, tag: str, uid: bool) -> Command:
+    # RFC 5256 §5: thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria
+    p.sp()
+    algorithm = p.keyword()
+    if algorithm not in _THREAD_ALGORITHMS:
+        raise _ParseError(f"Unknown threading algorithm {algorithm}")
+    p.sp()
+    charset = p.astr("charset").upper()
+    p.sp()
+    return Thread(tag, uid, algorithm, charset, _search_criteria(p))
 
 
 def _fetch_item(p: _Parser) -> FetchItem:
     # RFC 3501 §9: fetch-att
     name = p.chars(_FETCH_NAME_CHARS, "fetch item").decode("ascii").upper()
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+        return _fetch_binary(p, name)
     if name in ("BODY", "BODY.PEEK") and p.peek() == 0x5B:
         section = _section(p)
         partial: tuple[int, int] | None = None
@@ -1420,6 +1616,30 @@ def _fetch_item(p: _Parser) -> FetchItem:
     if name not in _FETCH_ATTRS:
         raise _ParseError(f"Unknown fetch item {name}")
     return FetchAttr(name)
+
+
+def _fetch_binary(p: _Parser, name: str) -> FetchBinary:
+    # RFC 3516 §6: "BINARY" [".PEEK"] section-binary [partial] /
+    #              "BINARY.SIZE" section-binary
+    #   section-binary = "[" [section-part] "]"
+    p.expect(b"[")
+    part: list[int] = []
+    if p.peek() != 0x5D:
+        part.append(p.number(nonzero=True))
+        while p.peek() == 0x2E:
+            p.pos += 1
+            part.append(p.number(nonzero=True))
+    p.expect(b"]")
+    partial: tuple[int, int] | None = None
+    if p.peek() == 0x3C and name != "BINARY.SIZE":
+        p.pos += 1
+        origin = p.number()
+        p.expect(b".")
+        length = p.number(nonzero=True)
+        p.expect(b">")
+        partial = (origin, length)
+    section = BodySection(tuple(part))
+    return FetchBinary(section, name == "BINARY.PEEK", name == "BINARY.SIZE", partial)
 
 
 def _section(p: _Parser) -> BodySection:
@@ -1584,13 +1804,18 @@ _COMMANDS: dict[str, tuple[frozenset[State], Callable[[_Parser, str, bool], Comm
     "UNSELECT": (frozenset({_S}), _p_none(Unselect)),  # RFC 3691
     "EXPUNGE": (frozenset({_S}), _p_expunge),  # §6.4.3, RFC 4315 §2.1
     "SEARCH": (frozenset({_S}), _p_search),  # §6.4.4, RFC 4731
+    "SORT": (frozenset({_S}), _p_sort),  # RFC 5256 §3, RFC 5267
+    "CANCELUPDATE": (frozenset({_S}), _p_cancelupdate),  # RFC 5267 §4.2
+    "THREAD": (frozenset({_S}), _p_thread),  # RFC 5256 §3
     "FETCH": (frozenset({_S}), _p_fetch),  # §6.4.5
     "STORE": (frozenset({_S}), _p_store),  # §6.4.6
     "COPY": (frozenset({_S}), _p_copy(Copy)),  # §6.4.7
     "MOVE": (frozenset({_S}), _p_copy(Move)),  # RFC 6851
 }
 # RFC 3501 §6.4.8: UID COPY / FETCH / STORE / SEARCH; RFC 4315 UID EXPUNGE; RFC 6851.
-_UID_COMMANDS = frozenset({"COPY", "FETCH", "STORE", "SEARCH", "EXPUNGE", "MOVE"})
+_UID_COMMANDS = frozenset(
+    {"COPY", "FETCH", "STORE", "SEARCH", "EXPUNGE", "MOVE", "SORT", "THREAD"}  # + RFC 5256
+)
 
 # The head of a command line: tag, command name, and the UID sub-command.
 _HEAD = re.compile(rb"([\x21-\x7e]+) ([A-Za-z]+)(?: ([A-Za-z]+))?")
@@ -1889,8 +2114,9 @@ class ServerConnection:
         sync = not m.group(3)
         limit = self.config.max_literal if self._cmd_name == "APPEND" else self.config.max_line
         refusal: tuple[str, str | None] | None = None
-        if m.group(1):
-            refusal = ("literal8 is not supported", None)
+        if m.group(1) and self._cmd_name != "APPEND":
+            # RFC 3516 §4.4: literal8 belongs to APPEND's message data only.
+            refusal = ("literal8 is not supported here", None)
         elif self._cmd_literals + size > limit:
             # RFC 7888 §4 and RFC 4469 §5: BAD [TOOBIG], before the bytes are sent.
             refusal = ("Literal too big", "TOOBIG")

@@ -25,14 +25,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from appliance.directory import User
 from appliance.directory.signin import Refused
-from appliance.mail.imap import mime
+from appliance.mail.imap import mime, sort, thread
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.view import MessageView
 from appliance.mail.mailboxes import (
@@ -45,7 +45,7 @@ from appliance.mail.mailboxes import (
 )
 from appliance.mail.mailstore import BodyUnavailable, Mailstore, QuotaExceeded, StoredMessage
 from appliance.mail.reclamation import MailboxReader
-from appliance.store.blobs import BlobMissing
+from appliance.store.blobs import BlobMissing, BlobStore
 
 log = logging.getLogger("edgebox.imap")
 
@@ -53,6 +53,8 @@ log = logging.getLogger("edgebox.imap")
 CAPABILITIES = (
     "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT"
     " SPECIAL-USE CHILDREN LIST-EXTENDED LIST-STATUS CONDSTORE QRESYNC QUOTA ESEARCH"
+    " MULTIAPPEND BINARY SORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES ESORT PARTIAL"
+    " CONTEXT=SEARCH"
 )
 #: The system flags (RFC 3501 §2.3.2) every mailbox's FLAGS and PERMANENTFLAGS list; the
 #: keywords its messages carry follow them, and PERMANENTFLAGS ends with "\*" (clients
@@ -62,9 +64,24 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 RECENT = "\\Recent"
 #: Above any UID: an open end of a range of recent UIDs.
 _NO_END = 2**63
+#: Live SEARCH results (RFC 5267 §4 UPDATE) one session may keep at once.
+MAX_LIVE_SEARCHES = 16
+#: RFC 5256 §3 and RFC 3501 §6.4.4: the charsets SORT, THREAD and SEARCH take.
+SORT_CHARSETS = ("UTF-8", "US-ASCII")
 #: FETCH responses are sent in batches of this many, so a 100k-message
 #: `UID FETCH 1:* (FLAGS)` streams instead of building one huge reply.
 FETCH_BATCH = 500
+
+
+@dataclass
+class LiveSearch:
+    """A SEARCH RETURN (UPDATE) whose result the client keeps current (RFC 5267 §4)."""
+
+    tag: str
+    uid: bool
+    criteria: imap.SearchKey
+    #: The UIDs the client was last told match.
+    uids: set[int]
 
 
 @dataclass
@@ -131,6 +148,8 @@ class ImapSession:
         self.max_auth_failures = max_auth_failures
         #: Blobs a closed reader let go of, to hand to `Mailstore.release_blobs`.
         self._freed: list[str] = []
+        #: RFC 5267 §4: live SEARCH results by tag; they end with the selection.
+        self._live: dict[str, LiveSearch] = {}
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -447,6 +466,9 @@ class ImapSession:
 
     async def _on_append(self, cmd: imap.Append) -> None:
         assert self.user is not None
+        if cmd.more or not cmd.message:
+            await self._append_all(cmd)
+            return
         when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
         try:
             uidvalidity, uid = await self.mailboxes.append(
@@ -459,6 +481,32 @@ class ImapSession:
             raise
         await self.report_changes(expunges=True)
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
+
+    async def _append_all(self, cmd: imap.Append) -> None:
+        """MULTIAPPEND (RFC 3502 §6.3.11): every message stored in one commit, or none."""
+        assert self.user is not None
+        messages = cmd.messages()
+        if any(not m.message for m in messages):
+            # RFC 3502 §6.3.11: a zero-length message is an error and cancels the
+            # whole command; clients use it to abandon a MULTIAPPEND half-way.
+            self.conn.tagged(cmd.tag, "NO", "empty message: nothing was appended")
+            return
+        batch = [
+            (m.message, m.flags, int(m.internal_date.timestamp()) if m.internal_date else None)
+            for m in messages
+        ]
+        try:
+            uidvalidity, uids = await self.mailboxes.append_many(
+                self.owner, cmd.mailbox, batch, quota_bytes=self.user.quota_bytes
+            )
+        except MailboxError as exc:
+            if exc.code == "NONEXISTENT":
+                exc.code = "TRYCREATE"  # RFC 3501 §6.3.11
+            raise
+        await self.report_changes(expunges=True)
+        # RFC 4315 §3: APPENDUID with a UID set for a MULTIAPPEND, in message order.
+        code = f"APPENDUID {uidvalidity} {sort.ordered_set(uids)}"
+        self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=code)
 
     # -- selecting -------------------------------------------------------------------
 
@@ -548,6 +596,7 @@ class ImapSession:
                                f" MODSEQ ({state.modseq}))")  # fmt: skip
 
     def _unselect(self) -> None:
+        self._live.clear()
         if self.selected is not None:
             if self.selected.reader is not None:
                 self._freed += self.selected.reader.close()
@@ -663,7 +712,7 @@ class ImapSession:
         if self.condstore and imap.FetchAttr("MODSEQ") not in items:
             items.append(imap.FetchAttr("MODSEQ"))
         needs_content = any(
-            isinstance(i, imap.FetchBody)
+            isinstance(i, imap.FetchBody | imap.FetchBinary)
             or i.name not in ("UID", "FLAGS", "MODSEQ", "INTERNALDATE", "RFC822.SIZE")
             for i in items
         )
@@ -676,6 +725,8 @@ class ImapSession:
             await self._ensure_bodies(selected, uids)
         marks_seen = not selected.readonly and any(
             (isinstance(i, imap.FetchBody) and not i.peek)
+            # RFC 3516 §4.2: BINARY sets \Seen like BODY; BINARY.SIZE reads nothing.
+            or (isinstance(i, imap.FetchBinary) and not i.peek and not i.size)
             or (isinstance(i, imap.FetchAttr) and i.name in ("RFC822", "RFC822.TEXT"))
             for i in items
         )
@@ -808,6 +859,9 @@ class ImapSession:
                     text = "HEADER" if name == "RFC822.HEADER" else "TEXT"
                     body = mime.section(data, mime.SectionSpec((), text), root)
                     parts.append(name.encode() + b" " + _literal(body))
+            elif isinstance(item, imap.FetchBinary):
+                data, root = await load()
+                parts.append(_binary_item(item, data, root))
             else:
                 section = item.section
                 if not section.part and section.text is None:
@@ -852,9 +906,141 @@ class ImapSession:
                 result += f" (MODSEQ {modseq})"
         else:
             result = _esearch(cmd.tag, cmd.uid, options or ("ALL",), numbers, modseq)
+            if cmd.partial is not None:
+                result += " " + sort.partial_data(numbers, cmd.partial)
         self.conn.untagged(result)
+        if options is not None and "UPDATE" in options:
+            self._start_live(cmd, found)
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "SEARCH completed")
+
+    # -- live SEARCH results (RFC 5267 §4: CONTEXT=SEARCH) ----------------------------
+
+    def _start_live(self, cmd: imap.Search, found: Sequence[int]) -> None:
+        if cmd.tag not in self._live and len(self._live) >= MAX_LIVE_SEARCHES:
+            # RFC 5267 §4.2: the search is answered, but it will not be kept current.
+            self.conn.untagged(f'NO [NOUPDATE "{sort.imap_string(cmd.tag)}"] too many updates')
+            return
+        self._live[cmd.tag] = LiveSearch(cmd.tag, cmd.uid, cmd.criteria, set(found))
+
+    async def _on_cancelupdate(self, cmd: imap.CancelUpdate) -> None:
+        unknown = [t for t in cmd.tags if t not in self._live]
+        if unknown:
+            self.conn.tagged(cmd.tag, "NO", f"no live search tagged {unknown[0]}")
+            return
+        for tag in cmd.tags:
+            del self._live[tag]
+        self.conn.tagged(cmd.tag, "OK", "CANCELUPDATE completed")
+
+    def _live_expunged(self, selected: Selected, gone: Sequence[int]) -> None:
+        """REMOVEFROM for expunged matches, numbered as the client still knows them."""
+        for live in self._live.values():
+            removed = [u for u in gone if u in live.uids]
+            if removed:
+                live.uids.difference_update(removed)
+                self.conn.untagged(_live_update(live, selected, removed, []))
+
+    async def _live_changed(self, selected: Selected, uids: Sequence[int]) -> None:
+        """ADDTO and REMOVEFROM for new and changed messages, after EXISTS and FETCH.
+
+        Only the messages that changed are evaluated again. Positions are 0: the
+        results of SEARCH are a set (RFC 5267 §4.3), and Dovecot answers the same.
+        """
+        if not uids:
+            return
+        ordered = sorted(uids)
+        for live in list(self._live.values()):
+            hits = set(await _Matcher(self, selected, live.criteria).matching(ordered))
+            added = [u for u in ordered if u in hits and u not in live.uids]
+            removed = [u for u in ordered if u in live.uids and u not in hits]
+            if added or removed:
+                live.uids.difference_update(removed)
+                live.uids.update(added)
+                self.conn.untagged(_live_update(live, selected, removed, added))
+
+    # -- SORT and THREAD (RFC 5256) ----------------------------------------------------
+
+    async def _on_sort(self, cmd: imap.Sort) -> None:
+        selected = self._require_selected()
+        if cmd.charset not in SORT_CHARSETS:
+            # RFC 5256 §3: an unknown charset is NO, not BAD.
+            self.conn.tagged(cmd.tag, "NO", "unsupported charset",
+                             code=f"BADCHARSET ({' '.join(SORT_CHARSETS)})")  # fmt: skip
+            return
+        matcher = _Matcher(self, selected, cmd.search)
+        found = await matcher.matching(list(selected.messages))
+        items = await self._sort_items(selected, found, header=sort.needs_header(cmd.criteria))
+        ordered = sort.sort_uids(items, cmd.criteria)
+        numbers = ordered if cmd.uid else [selected.seq_of(u) for u in ordered]
+        # RFC 7162 §3.1.5: a search with MODSEQ reports the highest MODSEQ found.
+        modseq = selected.messages.highest_modseq(found) if matcher.uses_modseq else 0
+        if cmd.return_options is None:
+            result = "SORT" + "".join(f" {n}" for n in numbers)
+            if modseq:
+                result += f" (MODSEQ {modseq})"
+        else:
+            result = sort.esort(cmd.tag, cmd.uid, cmd.return_options, numbers, cmd.partial)
+            if modseq:
+                result += f" MODSEQ {modseq}"
+        self.conn.untagged(result)
+        await self.report_changes(expunges=cmd.uid)
+        self.conn.tagged(cmd.tag, "OK", "SORT completed")
+
+    async def _on_thread(self, cmd: imap.Thread) -> None:
+        selected = self._require_selected()
+        if cmd.charset not in SORT_CHARSETS:
+            self.conn.tagged(cmd.tag, "NO", "unsupported charset",
+                             code=f"BADCHARSET ({' '.join(SORT_CHARSETS)})")  # fmt: skip
+            return
+        found = await _Matcher(self, selected, cmd.search).matching(list(selected.messages))
+        items = await self._sort_items(selected, found, header=True)
+        if cmd.algorithm == "ORDEREDSUBJECT":
+            roots = thread.ordered_subject(items)
+        else:
+            roots = thread.references(items)
+        number = (lambda uid: uid) if cmd.uid else selected.seq_of
+        # RFC 5256 §5: thread-data = "THREAD" [SP 1*thread-list]
+        self.conn.untagged(" ".join(("THREAD", thread.render(roots, number))).rstrip())
+        await self.report_changes(expunges=cmd.uid)
+        self.conn.tagged(cmd.tag, "OK", "THREAD completed")
+
+    async def _sort_items(
+        self, selected: Selected, uids: Sequence[int], *, header: bool
+    ) -> list[sort.SortItem]:
+        """The rows of *uids* with their header facts, for SORT and THREAD.
+
+        Facts come from the process-wide cache; the messages it lacks are decrypted
+        and read in one worker call for the whole command, never one hop per message.
+        """
+        rows = await self.mailboxes.messages(selected.info.id, uids)
+        facts: dict[int, sort.HeaderFacts] = {}
+        missing: list[StoredMessage] = []
+        if header:
+            for row in rows:
+                known = sort.CACHE.get(row.blob_id)
+                if known is None:
+                    missing.append(row)
+                else:
+                    facts[row.uid] = known
+        if missing:
+            blobs = self.store.blobs
+
+            def read_all() -> list[tuple[StoredMessage, sort.HeaderFacts]]:
+                found = []
+                for row in missing:
+                    try:
+                        found.append((row, sort.facts_of(_header_block(blobs, row.blob_id))))
+                    except BlobMissing:
+                        continue  # freed by a concurrent expunge: sorted as if blank
+                return found
+
+            for row, known in await trio.to_thread.run_sync(read_all):
+                sort.CACHE.put(row.blob_id, known)
+                facts[row.uid] = known
+        return [
+            sort.SortItem(row.uid, row.internal_date, row.size, facts.get(row.uid, _NO_FACTS))
+            for row in rows
+        ]
 
     # -- IDLE ------------------------------------------------------------------------
 
@@ -891,6 +1077,8 @@ class ImapSession:
         quiet_set = set(quiet)
         view = selected.messages
         gone = [u for u in vanished if u in view]
+        if gone and expunges and self._live:
+            self._live_expunged(selected, gone)  # before the EXPUNGEs renumber
         if gone and expunges:
             if self.qresync:
                 self.conn.untagged(f"VANISHED {imap.encode_uid_set(gone)}")
@@ -923,6 +1111,8 @@ class ImapSession:
             flags = selected.flags_of(state.uid, state.flags)
             self.conn.untagged(f"{selected.seq_of(state.uid)} FETCH (UID {state.uid}"
                                f" FLAGS {flags}{modseq})")  # fmt: skip
+        if self._live:
+            await self._live_changed(selected, [s.uid for s in changed if s.uid in view])
         # Expunges held back must be found again next time: then the mark stays put.
         # Flag changes seen now are not repeated, as their state equals ours.
         if expunges or not gone:
@@ -1256,3 +1446,58 @@ def _section_label(section: imap.BodySection) -> str:
 
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def _header_block(blobs: BlobStore, blob_id: str) -> bytes:
+    """The start of a message up to its header's end, decrypting no more chunks than
+    that takes: a 25 MB attachment costs SORT one 1 MiB chunk, not 25."""
+    data = b""
+    pieces = blobs.iter_plaintext(blob_id)
+    try:
+        for piece in pieces:
+            data += piece
+            if b"\r\n\r\n" in data or b"\n\n" in data or len(data) >= mime.MAX_HEADER_READ:
+                break
+    finally:
+        if isinstance(pieces, Generator):
+            pieces.close()  # the blob file is closed now, not at garbage collection
+    return data
+
+
+def _live_update(
+    live: LiveSearch, selected: Selected, removed: Sequence[int], added: Sequence[int]
+) -> str:
+    """``ESEARCH (TAG "t") [UID] REMOVEFROM (0 set) ADDTO (0 set)`` (RFC 5267 §4.3)."""
+
+    def numbers(uids: Sequence[int]) -> str:
+        return imap.encode_uid_set(uids if live.uid else [selected.seq_of(u) for u in uids])
+
+    line = f'ESEARCH (TAG "{sort.imap_string(live.tag)}")' + (" UID" if live.uid else "")
+    if removed:
+        line += f" REMOVEFROM (0 {numbers(removed)})"
+    if added:
+        line += f" ADDTO (0 {numbers(added)})"
+    return line
+
+
+#: What a message whose content could not be read sorts as: empty strings, no date.
+_NO_FACTS = sort.HeaderFacts("", False, None, "", "", "", None, ())
+
+
+def _binary_item(item: imap.FetchBinary, message: bytes, root: mime.Part) -> bytes:
+    """One BINARY[...] / BINARY.SIZE[...] item of a FETCH answer (RFC 3516 §4.2)."""
+    label = ".".join(str(n) for n in item.section.part)
+    decoded = mime.decoded_part(message, item.section.part, root)
+    if decoded is None:
+        # RFC 3516 §4.3: the part's Content-Transfer-Encoding is not one we know.
+        raise MailboxError("UNKNOWN-CTE", f"cannot decode BINARY[{label}]")
+    if item.size:
+        return f"BINARY.SIZE[{label}] {len(decoded)}".encode()
+    head = f"BINARY[{label}]"
+    if item.partial is not None:
+        origin, length = item.partial
+        decoded = mime.partial(decoded, origin, length)
+        head += f"<{origin}>"
+    # RFC 3516 §4.2: data holding NUL must go as literal8; the rest as a plain literal.
+    marker = b"~" if b"\0" in decoded else b""
+    return head.encode() + b" " + marker + _literal(decoded)

@@ -805,17 +805,18 @@ def test_absurd_non_synchronising_literal_closes() -> None:
     )
 
 
-def test_literal8_is_refused() -> None:
+def test_literal8_outside_append_is_refused() -> None:
+    # RFC 3516 §4.4: literal8 is APPEND's message data only (since BINARY).
     client = Client(State.AUTHENTICATED)
-    events = client.send(b"a APPEND INBOX ~{5}\r\nb NOOP\r\n")
-    assert events == [BadCommand("a", "literal8 is not supported"), Noop("b")]
-    assert client.out() == b"a BAD literal8 is not supported\r\n"
+    events = client.send(b"a SELECT ~{5}\r\nb NOOP\r\n")
+    assert events == [BadCommand("a", "literal8 is not supported here"), Noop("b")]
+    assert client.out() == b"a BAD literal8 is not supported here\r\n"
 
 
-def test_literal8_non_synchronising_is_discarded() -> None:
+def test_literal8_non_synchronising_outside_append_is_discarded() -> None:
     client = Client(State.AUTHENTICATED)
-    events = client.send(b"a APPEND INBOX ~{5+}\r\n\x00\x01\x02\r\n\r\nb NOOP\r\n")
-    assert events == [BadCommand("a", "literal8 is not supported"), Noop("b")]
+    events = client.send(b"a SELECT ~{5+}\r\n\x00\x01\x02\r\n\r\nb NOOP\r\n")
+    assert events == [BadCommand("a", "literal8 is not supported here"), Noop("b")]
 
 
 def test_line_too_long() -> None:

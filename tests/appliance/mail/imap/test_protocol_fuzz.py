@@ -251,6 +251,12 @@ SEARCH_WORDS = [
     b"2,4:6",
     b"CHARSET UTF-8",
     b"RETURN (MIN)",
+    b"RETURN (PARTIAL -1:-10 COUNT)",
+    b"(REVERSE DATE SUBJECT)",
+    b"(ARRIVAL)",
+    b"REFERENCES",
+    b"ORDEREDSUBJECT",
+    b"UTF-8",
 ]
 FETCH_WORDS = [
     b"FLAGS",
@@ -271,6 +277,9 @@ FETCH_WORDS = [
     b"(VANISHED)",
     b"MODSEQ",
     b"INTERNALDATE",
+    b"BINARY[1]",
+    b"BINARY.PEEK[]<0.10>",
+    b"BINARY.SIZE[2.1]",
 ]
 COMMANDS = [
     b"CAPABILITY",
@@ -312,6 +321,10 @@ COMMANDS = [
     b"IDLE",
     b"GETQUOTA",
     b"GETQUOTAROOT",
+    b"SORT",
+    b"UID SORT",
+    b"THREAD",
+    b"UID THREAD",
 ]
 
 
