@@ -42,6 +42,7 @@ DOMAIN = "faults.go.th"
 PASSWORD = "faults-test-2569"  # imaplib sends LOGIN in ASCII
 GOOD = f"good@{DOMAIN}"
 FAULTY = f"faulty@{DOMAIN}"
+OUTSIDER = "colleague@other.example"
 
 T = TypeVar("T")
 
@@ -137,10 +138,10 @@ async def test_smtp_fault_ends_only_that_session(
 ) -> None:
     original = SMTPPolicy.check_sender
 
-    async def faulty_sender(self: SMTPPolicy, event: Any, authenticated: Any) -> Any:
+    async def faulty_sender(self: SMTPPolicy, event: Any, *args: Any, **kwargs: Any) -> Any:
         if event.reverse_path == FAULTY:
             raise RuntimeError("injected fault for one sender")
-        return await original(self, event, authenticated)
+        return await original(self, event, *args, **kwargs)
 
     monkeypatch.setattr(SMTPPolicy, "check_sender", faulty_sender)
     service = SMTPService(box, Port.MX)
@@ -168,8 +169,9 @@ async def test_smtp_fault_ends_only_that_session(
         assert record.exc_info is not None
 
         # The other session delivers, and a new connection is served.
-        message = f"From: <{GOOD}>\r\nTo: <{GOOD}>\r\nSubject: after\r\n\r\nfine\r\n"
-        assert await in_thread(lambda: good.sendmail(GOOD, [GOOD], message)) == {}
+        # From outside: the MX port refuses senders in the box's own domains.
+        message = f"From: <{OUTSIDER}>\r\nTo: <{GOOD}>\r\nSubject: after\r\n\r\nfine\r\n"
+        assert await in_thread(lambda: good.sendmail(OUTSIDER, [GOOD], message)) == {}
         fresh = await in_thread(connect)
         assert (await in_thread(fresh.noop))[0] == 250
         await in_thread(fresh.quit)
