@@ -8,9 +8,10 @@ auth penalty rather than a lock an attacker could pull on someone else's account
 - **Per source** (an IPv4 address, or an IPv6 /64: one host holds a whole /64). Each
   failure within `GuardPolicy.window` makes the next attempt from that source wait
   before its password is even checked: ``delay`` seconds after the first failure,
-  doubling with each one, at most ``max_delay``. Attempts already in flight from the
-  source count as failures for this purpose, so opening many connections at once buys
-  no parallel guesses. After ``source_limit`` failures the source is *refused*: no
+  doubling with each one, at most ``max_delay``. Once a source has failed, attempts
+  already in flight from it count as failures for this purpose, so opening many
+  connections at once buys no parallel guesses; a source with no failures is never
+  slowed, however many sign-ins it runs at once (clients open several connections). After ``source_limit`` failures the source is *refused*: no
   password from it is checked (not even the right one) for ``refusal`` seconds; each
   further refusal after more failures doubles that, at most ``max_refusal``.
 - **Per account**, from every source together. After ``account_delay_after`` failures
@@ -178,7 +179,12 @@ class AuthGuard:
                 return Admission(refused_for=record.refused_until - now)
         pending = 0
         if record is not None:
-            pending = len(record.failures) + record.in_flight
+            # Attempts in flight count only once the source has failed: a phone or an
+            # office behind one address opening several connections at once (Thunderbird
+            # opens five) must not wait, but a source that guessed wrong gets no parallel
+            # guesses for free.
+            if record.failures:
+                pending = len(record.failures) + record.in_flight
             record.in_flight += 1
         else:
             # Tracked from its first attempt, so parallel first attempts see each other.
