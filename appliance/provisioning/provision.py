@@ -32,6 +32,10 @@ from appliance.provisioning.reset import erase_agency_data
 
 LOCK_FILE = "box.lock"
 
+#: The first admin administers the whole box from anywhere on the LAN: a password a
+#: guesser behind the sign-in guard cannot reach (the console's forms ask for none).
+MIN_ADMIN_PASSWORD = 10
+
 
 class ProvisioningError(Exception):
     """A provisioning request the box refuses; nothing was changed."""
@@ -70,6 +74,11 @@ class ProvisioningRequest:
             raise ProvisioningError(
                 "the agency's and the admin's Thai names are required",
                 "ต้องระบุชื่อภาษาไทยของหน่วยงานและของผู้ดูแลระบบ",
+            )
+        if len(self.admin_password) < MIN_ADMIN_PASSWORD:
+            raise ProvisioningError(
+                f"the first admin's password needs at least {MIN_ADMIN_PASSWORD} characters",
+                f"รหัสผ่านของผู้ดูแลระบบคนแรกต้องยาวอย่างน้อย {MIN_ADMIN_PASSWORD} ตัวอักษร",
             )
         return ProvisioningRequest(
             domain=domain,

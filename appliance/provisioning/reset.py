@@ -87,10 +87,8 @@ def _shred(path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    try:
-        size = os.fstat(fd).st_size
-        os.write(fd, bytes(size))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(fd, "wb", closefd=True) as f:
+        f.write(bytes(os.fstat(f.fileno()).st_size))
+        f.flush()
+        os.fsync(f.fileno())
     path.unlink(missing_ok=True)
