@@ -77,8 +77,9 @@ def namespaces() -> Iterator[Namespaces]:
             "peer", "name", "peer0", "netns", ns.lan)  # fmt: skip
         _ip("link", "add", "up0", "netns", ns.box, "type", "veth",
             "peer", "name", "peer0", "netns", ns.uplink)  # fmt: skip
-        for name, dev, address in ((ns.box, "lan0", BOX_LAN), (ns.lan, "peer0", PEER_LAN),
-                                   (ns.box, "up0", BOX_UP), (ns.uplink, "peer0", PEER_UP)):  # fmt: skip
+        ends = [(ns.box, "lan0", BOX_LAN), (ns.lan, "peer0", PEER_LAN),
+                (ns.box, "up0", BOX_UP), (ns.uplink, "peer0", PEER_UP)]  # fmt: skip
+        for name, dev, address in ends:
             _ip("-n", name, "addr", "add", f"{address}/24", "dev", dev)
             _ip("-n", name, "link", "set", dev, "up")
         yield ns
@@ -196,7 +197,8 @@ def test_box_is_found_on_the_lan_only_and_its_state_follows(
         code = console_value(box, "setup code")
         body = json.dumps({
             "setup_code": code, "domain": "lan.go.th", "agency_name_th": "สำนักงานบนแลน",
-            "admin": {"address": "admin@lan.go.th", "name_th": "ผู้ดูแล", "password": "lan-admin-2569"},
+            "admin": {"address": "admin@lan.go.th", "name_th": "ผู้ดูแล",
+                      "password": "lan-admin-2569"},
         })  # fmt: skip
         done = subprocess.run(
             [*ns.exec(ns.box), require_tool("curl"), "-sS", "-k", "-X", "POST",
