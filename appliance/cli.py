@@ -491,6 +491,7 @@ async def _serve_setup(config: Any, lifecycle: Lifecycle) -> None:
     supervisor = Supervisor([https], config.data_dir / "run" / "status.json")
 
     def announce(listeners: dict[str, list[str]]) -> None:
+        lifecycle.serving(BoxState.UNPROVISIONED, {"https": config.port("https")})
         status = lifecycle.status()
         print(f"edgebox unprovisioned: box {status.box_id} ({status.hostname})"
               f" data={config.data_dir}")  # fmt: skip
@@ -500,7 +501,6 @@ async def _serve_setup(config: Any, lifecycle: Lifecycle) -> None:
             for address in addresses:
                 print(f"{name} listening on {address}")
         print("ready", flush=True)
-        lifecycle.serving(BoxState.UNPROVISIONED, {"https": config.port("https")})
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(supervisor.run, announce)

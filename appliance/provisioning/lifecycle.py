@@ -99,9 +99,12 @@ class Lifecycle:
         return self._changed
 
     def _certificate(self) -> Path:
-        if self._state is BoxState.UNPROVISIONED:
+        server = self.data_dir / "keys" / "server.pem"
+        # Between a reset and the setup path's start the agency's certificate is gone
+        # already: the device's is what will be served next.
+        if self._state is BoxState.UNPROVISIONED or not server.exists():
             return self.device.cert_file
-        return self.data_dir / "keys" / "server.pem"
+        return server
 
     # --- the runner ------------------------------------------------------------------
 

@@ -172,3 +172,49 @@ def test_unprovisioned_box_is_set_up_with_the_code_then_takes_mail(tmp_path: Pat
         assert again_box.stop() == 0
     # The mail from before the reset is gone with its agency.
     assert trio.run(stored, data, ADMIN) == []
+
+
+def test_admin_console_reset_brings_the_running_box_back_to_setup(tmp_path: Path) -> None:
+    from appliance.web.server import csrf_token_for
+
+    data = tmp_path / "box"
+    box = start_box(data, env=GUARD_ENV)
+    try:
+        first_code = console_value(box, "setup code")
+        status, _ = setup_request(box, "POST", "/api/v1/setup/provision",
+                                  provision_body(first_code))  # fmt: skip
+        assert status == 200
+        wait_for_line(box, "ready", 2)
+        status, session = setup_request(box, "POST", "/api/v1/session",
+                                        {"address": ADMIN, "password": PASSWORD})  # fmt: skip
+        assert status == 201, session
+        token = session["token"]
+        short = json.loads((data / "device" / "identity.json").read_text())["box_id"][:6]
+        origin = f"https://localhost:{box.port('https')}"
+        form = ["-d", f"csrf_token={csrf_token_for(token)}", "-d", f"confirm={short}",
+                "-d", f"password={PASSWORD}"]  # fmt: skip
+        done = subprocess.run(
+            [require_tool("curl"), "-sS", "--cacert", str(box.ca), "-o", "-",
+             "-w", "\n%{http_code}", "-H", f"Cookie: edgebox_session={token}",
+             "-H", f"Origin: {origin}", *form, f"{origin}/admin/factory-reset"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert done.stdout.endswith("\n200"), done.stdout[-500:]
+        assert 'data-testid="reset-started"' in done.stdout
+
+        # The same process stops every service, erases, and serves setup again.
+        wait_for_line(box, "factory reset done; the box is unprovisioned", 1)
+        wait_for_line(box, "ready", 3)
+        assert not (data / "keys").exists()
+        assert port_closed(box.port("smtp-submissions"))
+        status, state = setup_request(box, "GET", "/api/v1/setup")
+        assert status == 200
+        assert state["state"] == "unprovisioned"
+        new_code = console_value(box, "setup code")
+        assert new_code != first_code
+        status, _ = setup_request(box, "POST", "/api/v1/setup/provision",
+                                  provision_body(new_code))  # fmt: skip
+        assert status == 200
+        wait_for_line(box, "ready", 4)
+    finally:
+        assert box.stop() == 0
