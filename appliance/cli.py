@@ -47,7 +47,12 @@ from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
-from appliance.provisioning.provision import ProvisioningError, box_lock, discard_unfinished
+from appliance.provisioning.provision import (
+    SETUP_LOCK_FILE,
+    ProvisioningError,
+    box_lock,
+    discard_unfinished,
+)
 from appliance.provisioning.reset import factory_reset
 from appliance.provisioning.setup_api import NoSessions, SetupApi, SetupHost
 from appliance.security.guard import AuthGuard
@@ -482,6 +487,11 @@ async def _run_box(config: Any) -> None:
 
 async def _serve_setup(config: Any, lifecycle: Lifecycle) -> None:
     """Serve the setup path until the box is provisioned through it."""
+    with box_lock(config.data_dir, exclusive=True, name=SETUP_LOCK_FILE):
+        await _serve_setup_locked(config, lifecycle)
+
+
+async def _serve_setup_locked(config: Any, lifecycle: Lifecycle) -> None:
     if await trio.to_thread.run_sync(discard_unfinished, config.data_dir):
         logging.getLogger("edgebox").warning("discarded an unfinished provisioning")
     guard = AuthGuard(guard_policy(config), clock=trio.current_time)

@@ -31,6 +31,9 @@ from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.reset import erase_agency_data
 
 LOCK_FILE = "box.lock"
+#: Held exclusive while a process serves the setup path: a second `edgebox run` on the
+#: same blank directory must not discard what the first is provisioning.
+SETUP_LOCK_FILE = "setup.lock"
 
 #: The first admin administers the whole box from anywhere on the LAN: a password a
 #: guesser behind the sign-in guard cannot reach (the console's forms ask for none).
@@ -138,7 +141,7 @@ def discard_unfinished(data_dir: Path) -> bool:
 
 
 @contextmanager
-def box_lock(data_dir: Path, *, exclusive: bool) -> Iterator[None]:
+def box_lock(data_dir: Path, *, exclusive: bool, name: str = LOCK_FILE) -> Iterator[None]:
     """Hold the data directory's lock: shared while a box runs, exclusive to change state.
 
     `edgebox run` holds it shared (so a second `run` still reaches its port clash);
@@ -147,7 +150,7 @@ def box_lock(data_dir: Path, *, exclusive: bool) -> Iterator[None]:
     """
     path = data_dir / DEVICE_DIR
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

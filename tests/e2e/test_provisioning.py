@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.harness import RunningBox, edgebox, require_tool, start_box, stored
+from tests.harness import EDGEBOX, RunningBox, edgebox, require_tool, start_box, stored
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +102,14 @@ def test_unprovisioned_box_is_set_up_with_the_code_then_takes_mail(tmp_path: Pat
         assert status == 200
         assert "ยังไม่ได้ตั้งค่า" in page
         assert setup_request(box, "GET", "/")[0] == 303
+        # A second box on the same blank directory would discard what this one is
+        # provisioning: refused before it touches anything.
+        second = subprocess.run(
+            [*EDGEBOX, "run", "--data", str(data), "--port-offset", str(box.offset + 5)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert "a box is running" in second.stderr
 
         # A guesser: refused outright after three wrong codes, even with the right one.
         for _ in range(3):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import appliance.box
 from appliance.box import configured, open_box, read_identity
@@ -124,6 +126,32 @@ async def test_a_failure_between_steps_leaves_the_old_state(
     _assert_factory_new(tmp_path)
     await provision(tmp_path, REQUEST)
     await _assert_provisioned(tmp_path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    domain=st.text(max_size=80),
+    address=st.text(max_size=80),
+    name=st.text(max_size=20),
+    password=st.text(max_size=30),
+)
+def test_any_answers_are_checked_or_refused_in_both_languages(
+    domain: str, address: str, name: str, password: str
+) -> None:
+    request = ProvisioningRequest(domain, name, None, address, name, None, password)
+    try:
+        checked = request.checked()
+    except ProvisioningError as exc:
+        refusal = exc
+    else:
+        refusal = None
+    if refusal is not None:
+        assert refusal.message_en
+        assert refusal.message_th
+        return
+    assert checked.admin_address.rpartition("@")[2] == checked.domain
+    assert len(checked.admin_password) >= 10
+    assert checked.agency_name_th
 
 
 def test_init_and_reset_refuse_while_a_box_runs_on_the_directory(tmp_path: Path) -> None:
