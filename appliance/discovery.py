@@ -215,23 +215,42 @@ class DiscoveryService:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         hostname = self.lifecycle.device.hostname
-        announcer = _Announcer(self._addresses(), hostname)
-        task_status.started([f"{hostname} on {', '.join(announcer.addresses) or 'no address'}"])
+        # The first look is the loop's: a failing one is retried, not a failed start.
+        announcer = _Announcer((), hostname)
+        task_status.started([f"mDNS as {hostname}"])
         try:
             while True:
                 changed = self.lifecycle.changed()
-                wanted = advertisements(self.lifecycle.status(), self.version)
-                addresses = self._addresses()
-                if addresses != announcer.addresses:
-                    log.info("LAN addresses now %s: announcing again", addresses or "none")
-                    await trio.to_thread.run_sync(announcer.close)
-                    announcer = _Announcer(addresses, hostname)
-                await trio.to_thread.run_sync(announcer.apply, wanted)
+                try:
+                    wanted = advertisements(self.lifecycle.status(), self.version)
+                    addresses = self._addresses()
+                    if addresses != announcer.addresses:
+                        log.info("LAN addresses now %s: announcing again", addresses or "none")
+                        await _close(announcer)
+                        announcer = _Announcer(addresses, hostname)
+                    if announcer.addresses:
+                        await trio.to_thread.run_sync(announcer.apply, wanted)
+                except Exception:
+                    # Being found is a convenience; mail and chat must not stop for it.
+                    # Start afresh at the next look (an address gone mid-announce, a
+                    # socket error).
+                    log.exception("mDNS announcement failed; trying again")
+                    try:
+                        await _close(announcer)
+                    except Exception:
+                        log.exception("closing the mDNS announcer failed")
+                    announcer = _Announcer((), hostname)
                 with trio.move_on_after(self.config.discovery_poll_interval):
                     await changed.wait()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(announcer.close)
+                await _close(announcer)
 
     def _addresses(self) -> tuple[str, ...]:
         return advertised_addresses(self.interfaces(), self.excluded)
+
+
+async def _close(announcer: _Announcer) -> None:
+    """Send the goodbyes of *announcer* (in a thread: zeroconf blocks), if it announced."""
+    if announcer.zc is not None:
+        await trio.to_thread.run_sync(announcer.close)

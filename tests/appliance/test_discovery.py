@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from appliance.config import load_config
 from appliance.discovery import (
     EDGEBOX_TYPE,
     HTTPS_TYPE,
     IMAPS_TYPE,
     SUBMISSIONS_TYPE,
+    DiscoveryService,
     InterfaceAddress,
     advertised_addresses,
     advertisements,
 )
-from appliance.provisioning.lifecycle import BoxState, SetupStatus
+from appliance.provisioning.device import ensure_device
+from appliance.provisioning.lifecycle import BoxState, Lifecycle, SetupStatus
 
 
 def _status(state: BoxState, ports: dict[str, int]) -> SetupStatus:
@@ -67,3 +76,28 @@ def test_only_lan_addresses_of_interfaces_that_are_up_and_not_excluded() -> None
     assert advertised_addresses(found, ("eth1",)) == ("192.168.1.9", "192.168.1.20")
     assert advertised_addresses(found, ()) == ("10.1.2.3", "192.168.1.9", "192.168.1.20")
     assert advertised_addresses(found, ("eth0", "eth1")) == ()
+
+
+async def test_a_failing_look_at_the_interfaces_never_stops_the_service(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = dataclasses.replace(load_config(tmp_path), discovery=True)
+    lifecycle = Lifecycle(tmp_path, ensure_device(tmp_path))
+    lifecycle.serving(BoxState.UNPROVISIONED, {"https": 8443})
+    calls = 0
+
+    def interfaces() -> list[InterfaceAddress]:
+        nonlocal calls
+        calls += 1
+        if calls % 2:
+            raise OSError("netlink said no")
+        return []  # no LAN address: nothing is announced, nothing is bound
+
+    service = DiscoveryService(config, lifecycle, interfaces=interfaces)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve)
+        await trio.sleep(config.discovery_poll_interval * 10)
+        lifecycle.serving(BoxState.PROVISIONED, {"https": 8443})  # a wake-up too
+        await trio.sleep(config.discovery_poll_interval * 2)
+        nursery.cancel_scope.cancel()
+    assert calls >= 12
