@@ -612,11 +612,14 @@ def _factory_reset(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     identity = read_identity(args.data)
-    if identity is None:
-        raise CommandError(f"{args.data} is not an edgebox data directory")
     config = _config(args)
     findings = check_services(config.data_dir / "run" / "status.json")
     findings.append(check_disk(config.data_dir))
+    if identity is None:
+        device = read_device(args.data)
+        if device is None:
+            raise CommandError(f"{args.data} is not an edgebox data directory")
+        return _status_unprovisioned(device.box_id, findings, args.lang)
 
     async def action(box: Box) -> tuple[list[tuple[int, str, int, int]], int]:
         groups = await box.mailstore.outbound_groups()
@@ -633,6 +636,17 @@ def _status(args: argparse.Namespace) -> int:
     for line in link_report(config.data_dir, groups, time.time(), lang):
         print(f"  {line}")
     print(f"  store size: {store_bytes / 1024**2:.1f} MB")
+    worst = max((f.level for f in findings), default=Level.OK)
+    print("unhealthy" if worst is Level.ERROR else "healthy")
+    return 1 if worst is Level.ERROR else 0
+
+
+def _status_unprovisioned(box_id: str, findings: list[Any], lang: str) -> int:
+    """`edgebox status` of a box that serves only its setup path (no store to read)."""
+    print(f"box {box_id} · unprovisioned: serves the setup path (docs/provisioning.md)")
+    for finding in findings:
+        text = finding.th if lang == "th" else finding.en
+        print(f"  [{finding.level.name.lower():5}] {finding.check}: {text}")
     worst = max((f.level for f in findings), default=Level.OK)
     print("unhealthy" if worst is Level.ERROR else "healthy")
     return 1 if worst is Level.ERROR else 0

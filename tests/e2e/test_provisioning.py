@@ -102,6 +102,10 @@ def test_unprovisioned_box_is_set_up_with_the_code_then_takes_mail(tmp_path: Pat
         assert status == 200
         assert "ยังไม่ได้ตั้งค่า" in page
         assert setup_request(box, "GET", "/")[0] == 303
+        status_out = edgebox("status", "--data", str(data), check=False)
+        assert status_out.returncode == 0, status_out.stdout + status_out.stderr
+        assert "unprovisioned: serves the setup path" in status_out.stdout
+        assert f"[ok   ] https: listening on 127.0.0.1:{box.port('https')}" in status_out.stdout
         # A second box on the same blank directory would discard what this one is
         # provisioning: refused before it touches anything.
         second = subprocess.run(
