@@ -9,15 +9,21 @@ check itself is shown to work.
 from __future__ import annotations
 
 import hashlib
+import os
+import pty
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import trio
 
+import appliance.provisioning.reset
 from appliance.box import configured, open_box, read_identity
 from appliance.provisioning.device import ensure_device
 from appliance.provisioning.lifecycle import BoxState, box_state
-from appliance.provisioning.provision import provision
+from appliance.provisioning.provision import discard_unfinished, provision
 from appliance.provisioning.reset import factory_reset
 from appliance.security.keys import (
     PROVISIONING_SECRET_FILE,
@@ -104,3 +110,60 @@ async def test_reset_is_rerun_safe_and_a_blank_directory_is_fine(tmp_path: Path)
     _assert_factory_new(data)
     await provision(data, REQUEST)
     assert box_state(data) is BoxState.PROVISIONED
+
+
+async def test_a_reset_cut_short_is_finished_by_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "box"
+    await provision(data, REQUEST)
+    calls = 0
+
+    def shred_then_fail(path: Path) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # after the wrapped data key and one more secret
+            raise OSError("power cut")
+        original(path)
+
+    original = appliance.provisioning.reset._shred
+    monkeypatch.setattr(appliance.provisioning.reset, "_shred", shred_then_fail)
+    with pytest.raises(OSError, match="power cut"):
+        factory_reset(data)
+    monkeypatch.undo()
+    # Already unprovisioned (the identity went first), key already destroyed ...
+    assert box_state(data) is BoxState.UNPROVISIONED
+    assert not (data / "keys" / WRAPPED_DATA_KEY_FILE).exists()
+    # ... and the next start's discard finishes the erase.
+    assert discard_unfinished(data)
+    _assert_factory_new(data)
+
+
+def test_the_cli_asks_for_the_short_id_on_a_terminal(tmp_path: Path) -> None:
+    data = tmp_path / "box"
+    trio.run(provision, data, REQUEST)
+    short = ensure_device(data).short_id
+
+    def reset_typing(text: str) -> tuple[int, str]:
+        controller, terminal = pty.openpty()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "appliance", "factory-reset", "--data", str(data)],
+                stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cwd=Path(__file__).resolve().parents[3],
+            )  # fmt: skip
+            os.write(controller, text.encode() + b"\n")
+            out, _ = process.communicate(timeout=60)
+        finally:
+            os.close(controller)
+            os.close(terminal)
+        return process.returncode, out
+
+    code, out = reset_typing("not-it")
+    assert code == 1
+    assert "not confirmed; nothing was changed" in out
+    assert box_state(data) is BoxState.PROVISIONED
+    code, out = reset_typing(short)
+    assert code == 0, out
+    assert f"Type {short} to go on" in out
+    assert box_state(data) is BoxState.UNPROVISIONED
