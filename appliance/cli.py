@@ -593,6 +593,9 @@ def _factory_reset(args: argparse.Namespace) -> int:
     data: Path = args.data
     device = read_device(data)
     identity = read_identity(data)
+    if device is None and identity is None and not (data / "keys").exists():
+        # A mistyped path must not become a new, empty box directory.
+        raise CommandError(f"{data} is not an edgebox data directory")
     if not args.yes:
         if not sys.stdin.isatty():
             raise CommandError("confirm with --yes, or run it on a terminal to type the box id")
@@ -612,13 +615,14 @@ def _factory_reset(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     identity = read_identity(args.data)
+    device = read_device(args.data)
+    if identity is None and device is None:
+        raise CommandError(f"{args.data} is not an edgebox data directory")
     config = _config(args)
     findings = check_services(config.data_dir / "run" / "status.json")
     findings.append(check_disk(config.data_dir))
     if identity is None:
-        device = read_device(args.data)
-        if device is None:
-            raise CommandError(f"{args.data} is not an edgebox data directory")
+        assert device is not None
         return _status_unprovisioned(device.box_id, findings, args.lang)
 
     async def action(box: Box) -> tuple[list[tuple[int, str, int, int]], int]:

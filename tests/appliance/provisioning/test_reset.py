@@ -167,3 +167,14 @@ def test_the_cli_asks_for_the_short_id_on_a_terminal(tmp_path: Path) -> None:
     assert code == 0, out
     assert f"Type {short} to go on" in out
     assert box_state(data) is BoxState.UNPROVISIONED
+
+
+def test_the_cli_never_makes_a_box_of_a_mistyped_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli import main
+
+    missing = tmp_path / "no-such-box"
+    assert main(["factory-reset", "--data", str(missing), "--yes"]) == 1
+    assert "not an edgebox data directory" in capsys.readouterr().err
+    assert not missing.exists()
