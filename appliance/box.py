@@ -122,11 +122,31 @@ def configured(data_dir: Path, environ: Mapping[str, str], flags: Mapping[str, A
     return load_config(data_dir, file_values=file_values, environ=environ, flags=flags)
 
 
-async def init_box(data_dir: Path, domain: str, agency_name: str | None = None) -> bool:
+@dataclass(frozen=True)
+class FirstAdmin:
+    """The account provisioning makes: an admin of the agency and of the box."""
+
+    address: str
+    password: str
+    name_th: str
+    name_en: str | None = None
+
+
+async def init_box(
+    data_dir: Path,
+    domain: str,
+    agency_name: str | None = None,
+    *,
+    agency_name_en: str | None = None,
+    box_id: str | None = None,
+    first_admin: FirstAdmin | None = None,
+) -> bool:
     """Create a data directory for *domain*; return False if it already existed.
 
     Running it again for the same domain changes nothing; for another domain it raises
-    `BoxError`, because a box's agency is fixed when it is provisioned.
+    `BoxError`, because a box's agency is fixed when it is provisioned. *box_id* is the
+    device's own id (appliance.provisioning.device) when there is one; *first_admin*
+    is made before the identity is written, so a box that has an identity has its admin.
     """
     domain = normalise_domain(domain)
     existing = read_identity(data_dir)
@@ -139,16 +159,22 @@ async def init_box(data_dir: Path, domain: str, agency_name: str | None = None) 
         return False
     await trio.to_thread.run_sync(_prepare_data_dir, data_dir)
     identity = Identity(
-        box_id=uuid.uuid4().hex,
+        box_id=box_id or uuid.uuid4().hex,
         domain=domain,
         agency_name=agency_name or domain,
         created_at=int(time.time()),
     )
     config = load_config(data_dir)
     async with _open_parts(config, identity) as box:
-        await box.directory.add_agency(domain, name_th=identity.agency_name)
-    # The identity is written last: a directory without it is "not initialised" and a
-    # second `edgebox init` simply finishes the job.
+        await box.directory.add_agency(domain, name_th=identity.agency_name, name_en=agency_name_en)
+        if first_admin is not None:
+            await add_user(
+                box, first_admin.address, first_admin.password, name_th=first_admin.name_th,
+                name_en=first_admin.name_en, admin=True, box_admin=True,
+            )  # fmt: skip
+    # The identity is written last, in one atomic replace of config.json: it is the
+    # moment the box becomes provisioned. A directory without it is "not initialised";
+    # provisioning discards what such a directory holds and starts again.
     settings = Settings(data_dir / "config.json")
     try:
         settings.update("box", identity.__dict__)

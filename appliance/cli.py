@@ -26,6 +26,7 @@ from appliance.box import (
     BoxError,
     add_user,
     configured,
+    guard_policy,
     init_box,
     open_box,
     read_identity,
@@ -36,6 +37,7 @@ from appliance.compliance.retention import TrafficLogRetention
 from appliance.config import DEV_PORTS, ConfigError
 from appliance.directory import DirectoryError, User, normalise_domain
 from appliance.directory.sessions import SessionExpiry
+from appliance.discovery import DiscoveryService
 from appliance.health import Level
 from appliance.health.certificates import check_certificates
 from appliance.health.disk import check_disk
@@ -44,6 +46,17 @@ from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
+from appliance.provisioning.device import ensure_device, read_device
+from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
+from appliance.provisioning.provision import (
+    SETUP_LOCK_FILE,
+    ProvisioningError,
+    box_lock,
+    discard_unfinished,
+)
+from appliance.provisioning.reset import factory_reset
+from appliance.provisioning.setup_api import NoSessions, SetupApi, SetupHost
+from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.security.tls_renewal import TLSRenewal
 from appliance.store.database import limit_allocator_retention
@@ -90,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseExceptionGroup as group:
             raise _sole_exception(group) from None
     except (
-        BoxError, DirectoryError, ConfigError, KeyMaterialError, CommandError, EnrolError
+        BoxError, DirectoryError, ConfigError, KeyMaterialError, CommandError, EnrolError,
+        ProvisioningError,
     ) as exc:  # fmt: skip
         print(f"edgebox: {exc}", file=sys.stderr)
         return 1
@@ -135,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--role", choices=("edge", "hub"), help="edge (default) or hub")
     run.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
+
+    reset = command(
+        "factory-reset",
+        _factory_reset,
+        "erase the agency's data and keys; the box comes back unprovisioned",
+    )
+    reset.add_argument("--yes", action="store_true", help="do not ask for the typed confirmation")
 
     status = command(
         "status", _status, "show services, queue, store size and disk; exit 1 if unhealthy"
@@ -261,8 +282,21 @@ async def _with_box(args: argparse.Namespace, action: Any) -> Any:
 # -- commands ------------------------------------------------------------------------
 
 
+async def _init_scripted(data_dir: Path, domain: str, agency_name: str | None) -> bool:
+    """Provision *data_dir* for *domain* without a first admin (`edgebox init`, --demo).
+
+    The same steps as the setup path: the device's box id, leftovers of an unfinished
+    provisioning discarded, the identity written last (appliance.provisioning).
+    """
+    device = await trio.to_thread.run_sync(ensure_device, data_dir)
+    if read_identity(data_dir) is None:
+        await trio.to_thread.run_sync(discard_unfinished, data_dir)
+    return await init_box(data_dir, domain, agency_name, box_id=device.box_id)
+
+
 def _init(args: argparse.Namespace) -> int:
-    created = trio.run(init_box, args.data, args.domain, args.agency_name)
+    with box_lock(args.data, exclusive=True):
+        created = trio.run(_init_scripted, args.data, args.domain, args.agency_name)
     identity = read_identity(args.data)
     assert identity is not None
     if created:
@@ -413,14 +447,83 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
     if args.demo and read_identity(args.data) is None:
         trio.run(_create_demo, args)
-    trio.run(_serve, _config(args))
+    trio.run(_run_box, config)
     return 0
 
 
+#: Seconds the runner lets a last answer leave (the provisioning request's 200, the
+#: reset page) before it closes the listener that is sending it.
+ANSWER_GRACE = 1.0
+
+
+async def _run_box(config: Any) -> None:
+    """Serve the box in its state until SIGINT/SIGTERM, switching state as asked.
+
+    Unprovisioned: only the setup path (and discovery, and the panel). Provisioned by
+    the setup path: every service starts, no restart needed. Reset from the admin
+    console or the panel: every service stops, the data is erased, setup again.
+    """
+    _raise_open_files_limit()
+    with box_lock(config.data_dir, exclusive=False):
+        device = await trio.to_thread.run_sync(ensure_device, config.data_dir)
+        lifecycle = Lifecycle(config.data_dir, device)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            if config.discovery:
+                # Across both states: the records change, the announcer stays.
+                await nursery.start(DiscoveryService(config, lifecycle).serve)
+            while True:
+                if box_state(config.data_dir) is BoxState.UNPROVISIONED:
+                    await _serve_setup(config, lifecycle)
+                    continue
+                await _serve(config, lifecycle)
+                logging.getLogger("edgebox").warning("factory reset: erasing the agency's data")
+                await trio.to_thread.run_sync(factory_reset, config.data_dir)
+                await trio.to_thread.run_sync(ensure_device, config.data_dir)  # a new code
+                print("factory reset done; the box is unprovisioned", flush=True)
+    print("edgebox stopped", flush=True)
+
+
+async def _serve_setup(config: Any, lifecycle: Lifecycle) -> None:
+    """Serve the setup path until the box is provisioned through it."""
+    with box_lock(config.data_dir, exclusive=True, name=SETUP_LOCK_FILE):
+        await _serve_setup_locked(config, lifecycle)
+
+
+async def _serve_setup_locked(config: Any, lifecycle: Lifecycle) -> None:
+    if await trio.to_thread.run_sync(discard_unfinished, config.data_dir):
+        logging.getLogger("edgebox").warning("discarded an unfinished provisioning")
+    guard = AuthGuard(guard_policy(config), clock=trio.current_time)
+    api = SetupApi(lifecycle, guard)
+    https = HTTPSService(SetupHost(config), api.routes(), sessions=NoSessions(),
+                         tls=lifecycle.device.ssl_context())  # fmt: skip
+    supervisor = Supervisor([https], config.data_dir / "run" / "status.json")
+
+    def announce(listeners: dict[str, list[str]]) -> None:
+        lifecycle.serving(BoxState.UNPROVISIONED, {"https": config.port("https")})
+        status = lifecycle.status()
+        print(f"edgebox unprovisioned: box {status.box_id} ({status.hostname})"
+              f" data={config.data_dir}")  # fmt: skip
+        print(f"setup code: {status.setup_code}")
+        print(f"certificate fingerprint: {status.fingerprint}")
+        for name, addresses in listeners.items():
+            for address in addresses:
+                print(f"{name} listening on {address}")
+        print("ready", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run, announce)
+        await lifecycle.wait_provisioned()
+        await trio.sleep(ANSWER_GRACE)
+        nursery.cancel_scope.cancel()
+    print("provisioned; starting every service", flush=True)
+
+
 async def _create_demo(args: argparse.Namespace) -> None:
-    await init_box(args.data, DEMO_DOMAIN, "หน่วยงานสาธิต (Demo Agency)")
+    await _init_scripted(args.data, DEMO_DOMAIN, "หน่วยงานสาธิต (Demo Agency)")
     async with open_box(_config(args)) as box:
         for address, name_th, name_en, rank, unit, password, admin in DEMO_USERS:
             await add_user(box, address, password, name_th=name_th, name_en=name_en, rank=rank,
@@ -443,8 +546,8 @@ def _raise_open_files_limit() -> None:
             logging.getLogger("edgebox").warning("cannot raise the open-files limit")
 
 
-async def _serve(config: Any) -> None:
-    _raise_open_files_limit()
+async def _serve(config: Any, lifecycle: Lifecycle) -> None:
+    """Serve every service of a provisioned box until a factory reset is asked for."""
     async with open_box(config) as box:
         removed = await box.mail_db.write(box.mailstore.remove_orphan_blobs)
         if removed:
@@ -453,7 +556,7 @@ async def _serve(config: Any) -> None:
             SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)
         ]
         services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
-        services.append(HTTPSService(box, web_routes(box), sessions=box.sessions))
+        services.append(HTTPSService(box, web_routes(box, lifecycle), sessions=box.sessions))
         services.append(SearchIndexer(box.mailstore))
         services.append(TrafficLogRetention(box.traffic))
         services.append(SecretSweeper(box.chat))
@@ -470,11 +573,15 @@ async def _serve(config: Any) -> None:
                 if not addresses:
                     print(f"{name} running")
             print("ready", flush=True)
+            lifecycle.serving(BoxState.PROVISIONED, {
+                name: config.port(name) for name in ("https", "imaps", "smtp-submissions")
+            })  # fmt: skip
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            await supervisor.run(on_ready=announce)
-    print("edgebox stopped", flush=True)
+            nursery.start_soon(supervisor.run, announce)
+            await lifecycle.wait_reset_requested()
+            await trio.sleep(ANSWER_GRACE)
+            nursery.cancel_scope.cancel()
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
@@ -485,13 +592,41 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
+def _factory_reset(args: argparse.Namespace) -> int:
+    data: Path = args.data
+    device = read_device(data)
+    identity = read_identity(data)
+    if device is None and identity is None and not (data / "keys").exists():
+        # A mistyped path must not become a new, empty box directory.
+        raise CommandError(f"{data} is not an edgebox data directory")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError("confirm with --yes, or run it on a terminal to type the box id")
+        shown = device.short_id if device else "RESET"
+        print(f"This erases every mail, chat, user and key of "
+              f"{identity.domain if identity else 'this box'} in {data}.")  # fmt: skip
+        print(f"Type {shown} to go on:", end=" ", flush=True)
+        if sys.stdin.readline().strip() != shown:
+            raise CommandError("not confirmed; nothing was changed")
+    with box_lock(data, exclusive=True):
+        factory_reset(data)
+        kept = ensure_device(data)
+    print(f"factory reset done: box {kept.box_id} is unprovisioned;"
+          " `edgebox run` serves the setup path")  # fmt: skip
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     identity = read_identity(args.data)
-    if identity is None:
+    device = read_device(args.data)
+    if identity is None and device is None:
         raise CommandError(f"{args.data} is not an edgebox data directory")
     config = _config(args)
     findings = check_services(config.data_dir / "run" / "status.json")
     findings.append(check_disk(config.data_dir))
+    if identity is None:
+        assert device is not None
+        return _status_unprovisioned(device.box_id, findings, args.lang)
     findings += check_certificates(config.data_dir / "keys")
 
     async def action(box: Box) -> tuple[list[tuple[int, str, int, int]], int]:
@@ -509,6 +644,17 @@ def _status(args: argparse.Namespace) -> int:
     for line in link_report(config.data_dir, groups, time.time(), lang):
         print(f"  {line}")
     print(f"  store size: {store_bytes / 1024**2:.1f} MB")
+    worst = max((f.level for f in findings), default=Level.OK)
+    print("unhealthy" if worst is Level.ERROR else "healthy")
+    return 1 if worst is Level.ERROR else 0
+
+
+def _status_unprovisioned(box_id: str, findings: list[Any], lang: str) -> int:
+    """`edgebox status` of a box that serves only its setup path (no store to read)."""
+    print(f"box {box_id} · unprovisioned: serves the setup path (docs/provisioning.md)")
+    for finding in findings:
+        text = finding.th if lang == "th" else finding.en
+        print(f"  [{finding.level.name.lower():5}] {finding.check}: {text}")
     worst = max((f.level for f in findings), default=Level.OK)
     print("unhealthy" if worst is Level.ERROR else "healthy")
     return 1 if worst is Level.ERROR else 0

@@ -112,6 +112,15 @@ class Config:
     #: them earlier (the link coming back, a local change).
     sync_interval: float = 60.0
 
+    # --- found on the LAN (appliance.discovery; docs/provisioning.md) -----------------
+    #: Announce the box over mDNS / DNS-SD. Off in development and tests; the box's
+    #: image turns it on (EDGEBOX_DISCOVERY=1).
+    discovery: bool = False
+    #: Interfaces never announced on, comma-separated (the uplink), e.g. "eth1,wwan0".
+    discovery_exclude_interfaces: str = ""
+    #: Seconds between looks at the interfaces' addresses (a change re-announces).
+    discovery_poll_interval: float = 5.0
+
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""
         return DEV_PORTS[service] + self.port_offset

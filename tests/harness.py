@@ -120,10 +120,15 @@ def start_box(
     offset: int | None = None,
     extra: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> RunningBox:
-    """Start `edgebox run` and wait until it prints ``ready``."""
+    """Start `edgebox run` and wait until it prints ``ready``.
+
+    *wrap* goes before the command, e.g. ``ip netns exec NS`` to run the box in a
+    network namespace.
+    """
     offset = free_port_offset() if offset is None else offset
-    args = [*EDGEBOX, "run", "--data", str(data), "--port-offset", str(offset), *extra]
+    args = [*wrap, *EDGEBOX, "run", "--data", str(data), "--port-offset", str(offset), *extra]
     if demo:
         args.append("--demo")
     process = subprocess.Popen(

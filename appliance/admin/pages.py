@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode
 
 from appliance.admin.console import (
@@ -47,6 +47,9 @@ from appliance.security.passwords import MAX_PASSWORD_CHARS
 from appliance.web.i18n import service_label
 from appliance.web.pages import PageKit, redirect
 from appliance.web.routes import ApiError, Form, Request, Response, Route
+
+if TYPE_CHECKING:
+    from appliance.provisioning.lifecycle import Lifecycle
 
 log = logging.getLogger("edgebox.admin")
 
@@ -85,9 +88,9 @@ SAVED: Final = {
 Change = Callable[[AdminScope, User, Form], Awaitable[str]]
 
 
-def admin_routes(box: Box, kit: PageKit) -> list[Route]:
+def admin_routes(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) -> list[Route]:
     """Return the routes of the admin console (all under ``/admin``, pages only)."""
-    return AdminPages(box, kit).routes()
+    return AdminPages(box, kit, lifecycle).routes()
 
 
 def user_url(address: str) -> str:
@@ -121,10 +124,11 @@ def _refusal(exc: DirectoryError) -> Refusal:
 class AdminPages:
     """The handlers of the admin console; `routes` lists them."""
 
-    def __init__(self, box: Box, kit: PageKit) -> None:
+    def __init__(self, box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) -> None:
         self.box = box
         self.kit = kit
         self.console = AdminConsole(box)
+        self.lifecycle = lifecycle
 
     def routes(self) -> list[Route]:
         def page(method: Any, path: str, handler: Any, summary: str) -> Route:
@@ -159,6 +163,8 @@ class AdminPages:
             page("GET", "/admin/security", self.security, "Admin console: sign-in protection"),
             page("POST", "/admin/security/unlock-source", self.unlock_source, "Unlock an address"),
             page("POST", "/admin/security/unlock-account", self.unlock_account, "Forget failures"),
+            page("GET", "/admin/factory-reset", self.factory_reset_page, "Factory reset: confirm"),
+            page("POST", "/admin/factory-reset", self.factory_reset, "Factory reset the box"),
         ]
 
     # --- who is asking, about whom --------------------------------------------------
@@ -510,6 +516,63 @@ class AdminPages:
         await self.console.record(scope, "unlock-account", account, "failed sign-ins forgotten",
                                   request.client_ip)  # fmt: skip
         return redirect("/admin/security?saved=account-unlocked")
+
+    # --- factory reset (appliance.provisioning.reset; docs/provisioning.md) ---------------
+
+    async def _box_admin(self, request: Request) -> AdminScope:
+        scope = await self._scope(request)
+        if not scope.box_wide:
+            # An agency admin manages their agency; erasing the box takes every agency
+            # on it with it, so only an admin of the whole box may.
+            raise ApiError(403, "not_box_admin",
+                           "Only an administrator of the whole box may reset it",
+                           "เฉพาะผู้ดูแลระบบของทั้งเครื่องเท่านั้นที่ล้างเครื่องได้")  # fmt: skip
+        return scope
+
+    async def factory_reset_page(self, request: Request) -> Response:
+        scope = await self._box_admin(request)
+        return await self._reset_page(request, scope)
+
+    async def _reset_page(
+        self, request: Request, scope: AdminScope, *, error: Refusal | None = None,
+        status: int = 200, resetting: bool = False,
+    ) -> Response:  # fmt: skip
+        return await self._render(
+            request, "admin/factory_reset.html", scope, status=status, section="reset",
+            error=error, resetting=resetting, available=self.lifecycle is not None,
+            box_id=self.box.identity.box_id,
+        )  # fmt: skip
+
+    async def factory_reset(self, request: Request) -> Response:
+        """Check the admin's password again and the typed confirmation, then reset."""
+        scope = await self._box_admin(request)
+        if self.lifecycle is None:
+            return await self._reset_page(
+                request, scope, status=409,
+                error=Refusal("this server cannot reset itself; use `edgebox factory-reset`",
+                              "เซิร์ฟเวอร์นี้ล้างตัวเองไม่ได้ ใช้คำสั่ง edgebox factory-reset"),
+            )  # fmt: skip
+        confirm = request.form.get("confirm").strip().lower()
+        if confirm != self.box.identity.box_id[:6]:
+            return await self._reset_page(
+                request, scope, status=422,
+                error=Refusal("type the box's short id to confirm",
+                              "กรุณาพิมพ์รหัสเครื่องแบบสั้นเพื่อยืนยัน"),
+            )  # fmt: skip
+        checked = await self.box.signin.check(
+            "web", scope.admin.address, request.form.get("password"), request.client_ip
+        )
+        if not isinstance(checked, User) or checked.address != scope.admin.address:
+            return await self._reset_page(
+                request, scope, status=403,
+                error=Refusal("wrong password; nothing was changed",
+                              "รหัสผ่านไม่ถูกต้อง ไม่มีการเปลี่ยนแปลงใด ๆ"),
+            )  # fmt: skip
+        await self.console.record(scope, "factory-reset", None, "the box is being erased",
+                                  request.client_ip)  # fmt: skip
+        log.warning("factory reset by %s ip=%s", scope.admin.address, request.client_ip)
+        self.lifecycle.request_reset()
+        return await self._reset_page(request, scope, resetting=True)
 
 
 def _page_number(text: str) -> int:

@@ -11,9 +11,10 @@ auth penalty rather than a lock an attacker could pull on someone else's account
   doubling with each one, at most ``max_delay``. Once a source has failed, attempts
   already in flight from it count as failures for this purpose, so opening many
   connections at once buys no parallel guesses; a source with no failures is never
-  slowed, however many sign-ins it runs at once (clients open several connections). After ``source_limit`` failures the source is *refused*: no
-  password from it is checked (not even the right one) for ``refusal`` seconds; each
-  further refusal after more failures doubles that, at most ``max_refusal``.
+  slowed, however many sign-ins it runs at once (clients open several connections).
+  After ``source_limit`` failures the source is *refused*: no password from it is
+  checked (not even the right one) for ``refusal`` seconds; each further refusal after
+  more failures doubles that, at most ``max_refusal``.
 - **Per account**, from every source together. After ``account_delay_after`` failures
   within the window every attempt on the account waits a modest delay (doubling from
   ``delay``, at most ``account_max_delay``), which slows a guesser spread over many

@@ -7,6 +7,7 @@ route lists) or the HTTP machinery (server.py).
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from appliance.admin.pages import admin_routes
 from appliance.box import Box
@@ -15,15 +16,24 @@ from appliance.chat.pages import chat_page_routes
 from appliance.mail.autoconfig_pages import autoconfig_routes
 from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.mail.webmail.pages import mail_routes
+from appliance.provisioning.setup_api import provisioned_setup_routes
 from appliance.sync.link_api import link_routes
 from appliance.web.openapi import openapi_route
 from appliance.web.pages import CommonPages, PageKit
 from appliance.web.routes import Route, StreamRoute
 from appliance.web.session_api import SessionApi
 
+if TYPE_CHECKING:
+    from appliance.provisioning.lifecycle import Lifecycle
 
-def web_routes(box: Box) -> list[Route | StreamRoute]:
-    """Return every route of the HTTPS port of *box*."""
+
+def web_routes(box: Box, lifecycle: Lifecycle | None = None) -> list[Route | StreamRoute]:
+    """Return every route of the HTTPS port of *box*.
+
+    *lifecycle* is the running box's state (appliance.provisioning.lifecycle): the admin
+    console's factory reset asks it to reset; without one (tests that serve the routes
+    in-process) that page says the reset is not available.
+    """
     session_api = SessionApi(box, box.sessions)
     kit = PageKit(box, box.sessions)
     api: list[Route | StreamRoute] = [
@@ -38,7 +48,8 @@ def web_routes(box: Box) -> list[Route | StreamRoute]:
         *compose_routes(box, kit),
         *chat_page_routes(box, kit),
         *autoconfig_routes(box, kit),
-        *admin_routes(box, kit),
+        *admin_routes(box, kit, lifecycle),
+        *provisioned_setup_routes(),
     ]
     return [*api, *pages]
 

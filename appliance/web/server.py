@@ -37,9 +37,10 @@ import http
 import json
 import logging
 import secrets
+import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import h11
@@ -49,9 +50,8 @@ import wsproto.events
 import wsproto.utilities
 from wsproto.connection import ConnectionState
 
-from appliance.box import Box
+from appliance.config import Config
 from appliance.directory import User
-from appliance.directory.sessions import Sessions
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.security.tls import server_ssl_context
 from appliance.security.untrusted import parse_media_type
@@ -411,6 +411,19 @@ def _unprocessable(exc: SchemaError) -> ApiError:
 # --- the service -------------------------------------------------------------------
 
 
+class WebHost(Protocol):
+    """What the HTTPS listener needs of the box: its settings (the full box, or the
+    unprovisioned box's setup path, appliance.provisioning.setup_api)."""
+
+    config: Config
+
+
+class SessionResolver(Protocol):
+    """Who a session token belongs to (appliance.directory.sessions.Sessions)."""
+
+    async def resolve(self, token: str) -> User | None: ...
+
+
 class HTTPSService:
     """The HTTPS listener of the box: routes, sign-in sessions, WebSocket streams."""
 
@@ -418,11 +431,12 @@ class HTTPSService:
 
     def __init__(
         self,
-        box: Box,
+        box: WebHost,
         routes: Sequence[Route | StreamRoute],
         *,
-        sessions: Sessions,
+        sessions: SessionResolver,
         limits: Limits | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.box = box
         self.router = Router(routes)
@@ -431,8 +445,9 @@ class HTTPSService:
         # A context of our own, not box.tls: ALPN "http/1.1" must be offered only on
         # this port. On the shared context it would also answer on IMAPS/SMTPS, and a
         # server that accepts any protocol's ALPN is what the ALPACA cross-protocol
-        # attacks need. Same key files, so the same certificate.
-        self.tls = server_ssl_context(box.config.data_dir / "keys")
+        # attacks need. Same key files, so the same certificate. The unprovisioned box
+        # passes its device certificate's context (*tls*) instead.
+        self.tls = tls or server_ssl_context(box.config.data_dir / "keys")
         self.tls.set_alpn_protocols(["http/1.1"])
         # Over the limit a client is closed without a word: the refusal would be
         # written before TLS, and plain text to a TLS client is noise to it. TLS is
