@@ -24,6 +24,8 @@ DEV_PORTS: Mapping[str, int] = {
     "imaps": 2993,
     "https": 8443,
     "hub-sync": 7443,
+    #: Prometheus `/metrics`, always on loopback (appliance.health.metrics).
+    "metrics": 7464,
 }
 
 
@@ -106,6 +108,15 @@ class Config:
     #: Seconds between rounds of mailbox and directory replication when nothing wakes
     #: them earlier (the link coming back, a local change).
     sync_interval: float = 60.0
+
+    # --- health (appliance.health; docs/health.md) ---------------------------------
+    #: Free bytes on the data volume below which the disk check warns.
+    disk_warn_free: int = 2 * 1024**3
+    #: Free bytes kept in reserve: below it new mail, uploads and chat posts get
+    #: temporary refusals (SMTP 452 4.3.1, IMAP NO [LIMIT], HTTP 507).
+    disk_hard_free: int = 512 * 1024**2
+    #: Seconds between rounds of the health checks.
+    health_interval: float = 30.0
 
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""

@@ -28,7 +28,7 @@ def web_routes(box: Box) -> list[Route | StreamRoute]:
     kit = PageKit(box, box.sessions)
     api: list[Route | StreamRoute] = [
         *session_api.routes(),
-        *chat_routes(box.chat),
+        *chat_routes(box.chat, box.disk_guard, box.metrics),
         *link_routes(box),
     ]
     api.append(openapi_route(api, title="edgebox API", version=_version()))

@@ -29,6 +29,7 @@ import trio
 
 from appliance.directory import User
 from appliance.directory.signin import Refused
+from appliance.health.disk_guard import is_disk_full
 from appliance.mail.imap import mime
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.view import MessageView
@@ -55,6 +56,7 @@ FLAGS = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
 #: FETCH responses are sent in batches of this many, so a 100k-message
 #: `UID FETCH 1:* (FLAGS)` streams instead of building one huge reply.
 FETCH_BATCH = 500
+STORAGE_FULL_TEXT = "insufficient storage on the server, try again later"
 
 
 @dataclass
@@ -85,8 +87,11 @@ class ImapSession:
         flush: Callable[[], Awaitable[None]],
         client_ip: str,
         max_auth_failures: int = 3,
+        room_for: Callable[[int], bool] = lambda size: True,
     ) -> None:
         self.conn = conn
+        #: The disk guard: may *size* more bytes be stored? (appliance.health.disk_guard)
+        self.room_for = room_for
         self.store = mailstore
         self.mailboxes = Mailboxes(mailstore)
         self._authenticate = authenticate
@@ -349,11 +354,23 @@ class ImapSession:
 
     async def _on_append(self, cmd: imap.Append) -> None:
         assert self.user is not None
+        # RFC 5530 §3 LIMIT: the data volume is at the reserve the box keeps so that
+        # what it already accepted stays safe; nothing is stored, the client may retry.
+        if not self.room_for(len(cmd.message)):
+            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+            return
         when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
-        uidvalidity, uid = await self.mailboxes.append(
-            self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
-            flags=cmd.flags, internal_date=when,
-        )  # fmt: skip
+        try:
+            uidvalidity, uid = await self.mailboxes.append(
+                self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
+                flags=cmd.flags, internal_date=when,
+            )  # fmt: skip
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("APPEND failed: %s", exc)
+            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+            return
         await self.report_changes(expunges=True)
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
 
