@@ -456,7 +456,7 @@ async def _serve(config: Any) -> None:
         ]
         services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
         services.append(HTTPSService(box, web_routes(box), sessions=box.sessions))
-        services.append(SearchIndexer(box.mailstore))
+        services.append(SearchIndexer(box.mailstore, box.disk_guard.room_for_background))
         services.append(TrafficLogRetention(box.traffic))
         services.append(SecretSweeper(box.chat))
         services.append(SessionExpiry(box.sessions))

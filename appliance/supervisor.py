@@ -102,7 +102,7 @@ class Supervisor:
                 if not started:
                     raise
                 log.exception("service %s crashed; restarting in %.0fs", service.name, backoff)
-                self._set_running(service.name, False, f"{type(exc).__name__}: {exc}"[:200])
+                self._set_running(service.name, False, _describe(exc))
             self.restarts[service.name] = self.restarts.get(service.name, 0) + 1
             if trio.current_time() - began > MAX_BACKOFF:
                 backoff = 1.0  # it ran well for a while: this is a new fault
@@ -131,6 +131,13 @@ class Supervisor:
             "states": states,
         }
         write_atomically(self.status_file, json.dumps(status, indent=1).encode(), mode=0o644)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the error inside the service's nursery, for the operator."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def notify(message: str) -> None:

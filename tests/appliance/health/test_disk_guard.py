@@ -72,3 +72,14 @@ def test_disk_full_errors_are_recognised() -> None:
     assert is_disk_full(sqlite3.OperationalError("database or disk is full"))
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
     assert not is_disk_full(ValueError("bad"))
+
+
+def test_a_burst_between_readings_is_counted_against_the_cached_figure() -> None:
+    disk_guard, readings, clock = guard(free=130 * MiB)
+    granted = sum(disk_guard.room_for(1 * MiB) for _ in range(100))
+    assert granted == 30, "30 MiB above the reserve, then no more on the same reading"
+    assert readings.disk_reads == 1
+    # A fresh reading replaces the count (the writes are in it now).
+    readings.default_disk = DiskReading(total=1000 * MiB, free=100 * MiB)
+    clock.now = 2.0
+    assert not disk_guard.room_for(1)
