@@ -15,17 +15,20 @@ def run(snapshot: Snapshot) -> list[Finding]:
     gin = getattr(link, "gin", None)
     state = getattr(getattr(gin, "state", None), "value", "unknown")
     if state == "up":
-        return [Finding("link", Level.OK, "GIN up", "เชื่อมต่อ GIN ได้")]
+        return [Finding("link", Level.OK, "GIN up", "เชื่อมต่อเครือข่ายภาครัฐ (GIN) ได้")]
     if state == "down":
         since = getattr(gin, "since", None)
         minutes = f" for {(snapshot.now - since) / 60:.0f} min" if since else ""
         minutes_th = f" มา {(snapshot.now - since) / 60:.0f} นาที" if since else ""
         return [Finding("link", Level.WARN, f"GIN down{minutes}; mail and chat wait in the queue",
-                        f"การเชื่อมต่อ GIN ขาด{minutes_th} จดหมายและแชตรอในคิว",
+                        f"การเชื่อมต่อเครือข่ายภาครัฐ (GIN) ขาด{minutes_th} จดหมายและแชตรอในคิว",
                         "check the uplink cable and router; local service continues",
                         "ตรวจสายและเราเตอร์ของการเชื่อมต่อ บริการภายในยังใช้งานได้")]  # fmt: skip
-    why = getattr(gin, "error", None) or "not probed"
-    return [Finding("link", Level.OK, f"GIN not known ({why})", f"ยังไม่ทราบสถานะ GIN ({why})")]
+    # The monitor's reason (not enrolled, not probed yet) is for the technician, in
+    # English like the rest of link.json; the Thai text stays in words.
+    why = getattr(gin, "error", None) or "not probed yet"
+    return [Finding("link", Level.OK, f"GIN not checked ({why})",
+                    "ยังไม่ได้ตรวจการเชื่อมต่อเครือข่ายภาครัฐ (GIN)")]  # fmt: skip
 
 
 CHECK = Check("link", run)
