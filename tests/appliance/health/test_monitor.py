@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.box import Box, init_box, open_box
 from appliance.config import DEV_PORTS, load_config
@@ -161,3 +164,25 @@ async def test_metrics_on_loopback_cover_every_area_and_promtool_accepts_them(
     # The listener survived all of that.
     again = await _scrape(int(port), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     assert again.startswith(b"HTTP/1.1 200")
+
+
+@settings(max_examples=150, deadline=None)
+@given(request=st.binary(max_size=600))
+def test_any_bytes_get_an_answer_or_a_close_never_a_crash(request: bytes) -> None:
+    from appliance.health.metrics import BoxMetrics
+
+    service = MetricsService(load_config(Path("/nonexistent")), BoxMetrics())
+
+    async def main() -> bytes:
+        client, server = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.handle, server)
+            await client.send_all(request)
+            await client.send_eof()
+            chunks = []
+            while chunk := await client.receive_some(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    reply = trio.run(main)
+    assert reply == b"" or re.match(rb"HTTP/1\.1 (200|400|404|405) ", reply), reply[:80]
