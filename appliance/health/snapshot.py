@@ -118,9 +118,12 @@ def read_machine(readings: SystemReadings, data_dir: Path, pid: int) -> dict[str
     ):
         try:
             values[name] = read()
-        except (OSError, psutil.Error) as exc:
-            errors[name] = str(exc)
-    rss = readings.process_rss(pid)
+        except Exception as exc:  # a reading that fails is a finding, not a crash
+            errors[name] = str(exc) or type(exc).__name__
+    try:
+        rss = readings.process_rss(pid)
+    except Exception:  # the box's RSS is informative only
+        rss = None
     values["rss"] = {"edgebox": rss} if rss is not None else {}
     values["errors"] = errors
     return values

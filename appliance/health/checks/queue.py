@@ -19,6 +19,12 @@ def _hours(seconds: float) -> str:
 
 
 def run(snapshot: Snapshot) -> list[Finding]:
+    if "queue" in snapshot.errors:
+        why = snapshot.errors["queue"]
+        return [Finding("queue", Level.ERROR, f"cannot read the outbound queue: {why}",
+                        f"อ่านคิวจดหมายขาออกไม่ได้: {why}",
+                        "restart the box; if it recurs, call the vendor",
+                        "เริ่มเครื่องใหม่ หากเกิดซ้ำให้ติดต่อผู้ดูแลระบบ")]  # fmt: skip
     if not snapshot.queue:
         return [Finding("queue", Level.OK, "outbound queue empty", "ไม่มีจดหมายรอส่งออก")]
     total = sum(g.recipients for g in snapshot.queue)

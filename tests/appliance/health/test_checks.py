@@ -204,3 +204,21 @@ def test_every_warning_and_error_says_what_to_do_in_both_languages() -> None:
         assert finding.todo_th, finding
         assert finding.todo("th") == finding.todo_th
         assert finding.text("en") == finding.en
+
+
+def test_readings_that_fail_become_findings_not_crashes() -> None:
+    class Broken(FakeReadings):
+        def temperatures(self) -> dict[str, Temperature]:
+            raise RuntimeError("sensor driver bug")
+
+        def process_rss(self, pid: int) -> int | None:
+            raise PermissionError(1, "denied")
+
+    broken = snap(Broken())
+    broken = dataclasses.replace(broken, errors={**broken.errors, "queue": "database is locked"})
+    found = {f.check: f for f in run_checks(broken)}
+    assert found["temperature"].level is Level.WARN
+    assert "sensor driver bug" in found["temperature"].en
+    assert found["queue"].level is Level.ERROR
+    assert "database is locked" in found["queue"].th
+    assert broken.rss == {}
