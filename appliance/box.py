@@ -35,6 +35,9 @@ from appliance.config import Config, load_config
 from appliance.directory import DIRECTORY_MIGRATIONS, Directory, User, normalise_domain
 from appliance.directory.sessions import Sessions
 from appliance.directory.signin import SignIn
+from appliance.health.disk_guard import DiskGuard
+from appliance.health.metrics import BoxMetrics
+from appliance.health.readings import PsutilReadings
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
 from appliance.mail.search_index import open_search_index
@@ -80,6 +83,10 @@ class Box:
     #: Every password check of every protocol goes through `signin`, under `guard`.
     guard: AuthGuard
     signin: SignIn
+    #: Asked before SMTP, IMAP APPEND and chat accept new data (appliance.health).
+    disk_guard: DiskGuard
+    #: The counters behind `/metrics`.
+    metrics: BoxMetrics
 
     @property
     def status_file(self) -> Path:
@@ -246,6 +253,8 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
                     sessions=Sessions(dir_db),
                     guard=guard,
                     signin=SignIn(directory, guard, traffic),
+                    disk_guard=DiskGuard(data_dir, PsutilReadings(), config.disk_hard_free),
+                    metrics=BoxMetrics(),
                 )
     finally:
         settings.close()

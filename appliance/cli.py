@@ -38,10 +38,21 @@ from appliance.config import DEV_PORTS, ConfigError
 from appliance.directory import DirectoryError, User, normalise_domain
 from appliance.directory.sessions import SessionExpiry
 from appliance.discovery import DiscoveryService
-from appliance.health import Level
-from appliance.health.certificates import check_certificates
-from appliance.health.disk import check_disk
-from appliance.health.services import check_services
+from appliance.health import Finding, Level, worst
+from appliance.health.checks import disk as disk_check
+from appliance.health.checks import run_checks
+from appliance.health.checks import services as services_check
+from appliance.health.metrics import SnapshotCollector
+from appliance.health.metrics_service import MetricsService
+from appliance.health.monitor import HealthMonitor, gather_snapshot
+from appliance.health.readings import PsutilReadings
+from appliance.health.snapshot import (
+    Limits,
+    Snapshot,
+    read_machine,
+    read_status_file,
+    services_from_status_file,
+)
 from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
@@ -557,13 +568,23 @@ async def _serve(config: Any, lifecycle: Lifecycle) -> None:
         ]
         services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
         services.append(HTTPSService(box, web_routes(box, lifecycle), sessions=box.sessions))
-        services.append(SearchIndexer(box.mailstore))
+        services.append(SearchIndexer(box.mailstore, box.disk_guard.room_for_background))
         services.append(TrafficLogRetention(box.traffic))
         services.append(SecretSweeper(box.chat))
         services.append(SessionExpiry(box.sessions))
         services.append(TLSRenewal(config.data_dir / "keys", box.tls_names, [box.identity.domain]))
         services += uplink_services(box)
+        health = HealthMonitor(box, PsutilReadings())
+        box.metrics.attach(
+            SnapshotCollector(
+                health.latest,
+                streams=box.chat.hub.stream_count,
+                refusing=lambda: box.disk_guard.refusing,
+            )
+        )
+        services += [health, MetricsService(config, box.metrics)]
         supervisor = Supervisor(services, box.status_file)
+        health.service_states = supervisor.service_states
 
         def announce(listeners: dict[str, list[str]]) -> None:
             print(f"edgebox {box.identity.domain} ({config.role}) data={config.data_dir}")
@@ -622,42 +643,58 @@ def _status(args: argparse.Namespace) -> int:
     if identity is None and device is None:
         raise CommandError(f"{args.data} is not an edgebox data directory")
     config = _config(args)
-    findings = check_services(config.data_dir / "run" / "status.json")
-    findings.append(check_disk(config.data_dir))
+    status_file = config.data_dir / "run" / "status.json"
+    running, services = services_from_status_file(status_file)
+    status = read_status_file(status_file) or {}
+    pid = status.get("pid") if running else None
     if identity is None:
         assert device is not None
+        # No store yet: the services and the disk are all there is to judge.
+        machine = read_machine(PsutilReadings(), config.data_dir, pid or os.getpid())
+        bare = Snapshot(
+            now=time.time(), data_dir=config.data_dir, limits=Limits.from_config(config),
+            box_running=running, services=services, errors=machine.pop("errors"), **machine,
+        )  # fmt: skip
+        findings = run_checks(bare, (services_check.CHECK, disk_check.CHECK))
         return _status_unprovisioned(device.box_id, findings, args.lang)
-    findings += check_certificates(config.data_dir / "keys")
 
-    async def action(box: Box) -> tuple[list[tuple[int, str, int, int]], int]:
+    async def action(box: Box) -> tuple[list[Finding], list[tuple[int, str, int, int]], int]:
+        # The same snapshot and checks as the running box's health monitor and console.
+        snapshot = await gather_snapshot(
+            box, PsutilReadings(), services=services, box_running=running,
+            pid=pid if isinstance(pid, int) else None,
+        )  # fmt: skip
         groups = await box.mailstore.outbound_groups()
-        return groups, box.mailstore.blobs.disk_usage() + _db_size(config.data_dir / "db")
+        size = box.mailstore.blobs.disk_usage() + _db_size(config.data_dir / "db")
+        return run_checks(snapshot), groups, size
 
-    groups, store_bytes = trio.run(_with_box, args, action)
+    findings, groups, store_bytes = trio.run(_with_box, args, action)
     lang = args.lang
     print(f"box {identity.box_id} · {identity.domain}")
     for finding in findings:
-        text = finding.th if lang == "th" else finding.en
-        print(f"  [{finding.level.name.lower():5}] {finding.check}: {text}")
+        print(f"  [{finding.level.name.lower():5}] {finding.check}: {finding.text(lang)}")
+        if finding.level is not Level.OK and finding.todo(lang):
+            print(f"          → {finding.todo(lang)}")
     # The uplink's state is shown, never counted against health: a cut link is what the
     # box is built to ride out (issue 5), not a fault of the box.
     for line in link_report(config.data_dir, groups, time.time(), lang):
         print(f"  {line}")
     print(f"  store size: {store_bytes / 1024**2:.1f} MB")
-    worst = max((f.level for f in findings), default=Level.OK)
-    print("unhealthy" if worst is Level.ERROR else "healthy")
-    return 1 if worst is Level.ERROR else 0
+    level = worst(findings)
+    print("unhealthy" if level is Level.ERROR else "healthy")
+    return 1 if level is Level.ERROR else 0
 
 
-def _status_unprovisioned(box_id: str, findings: list[Any], lang: str) -> int:
+def _status_unprovisioned(box_id: str, findings: list[Finding], lang: str) -> int:
     """`edgebox status` of a box that serves only its setup path (no store to read)."""
     print(f"box {box_id} · unprovisioned: serves the setup path (docs/provisioning.md)")
     for finding in findings:
-        text = finding.th if lang == "th" else finding.en
-        print(f"  [{finding.level.name.lower():5}] {finding.check}: {text}")
-    worst = max((f.level for f in findings), default=Level.OK)
-    print("unhealthy" if worst is Level.ERROR else "healthy")
-    return 1 if worst is Level.ERROR else 0
+        print(f"  [{finding.level.name.lower():5}] {finding.check}: {finding.text(lang)}")
+        if finding.level is not Level.OK and finding.todo(lang):
+            print(f"          → {finding.todo(lang)}")
+    level = worst(findings)
+    print("unhealthy" if level is Level.ERROR else "healthy")
+    return 1 if level is Level.ERROR else 0
 
 
 def _log_verify(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ DEV_PORTS: Mapping[str, int] = {
     "imaps": 2993,
     "https": 8443,
     "hub-sync": 7443,
+    #: Prometheus `/metrics`, always on loopback (appliance.health.metrics).
+    "metrics": 7464,
 }
 
 
@@ -120,6 +122,15 @@ class Config:
     discovery_exclude_interfaces: str = ""
     #: Seconds between looks at the interfaces' addresses (a change re-announces).
     discovery_poll_interval: float = 5.0
+
+    # --- health (appliance.health; docs/health.md) ---------------------------------
+    #: Free bytes on the data volume below which the disk check warns.
+    disk_warn_free: int = 2 * 1024**3
+    #: Free bytes kept in reserve: below it new mail, uploads and chat posts get
+    #: temporary refusals (SMTP 452 4.3.1, IMAP NO [LIMIT], HTTP 507).
+    disk_hard_free: int = 512 * 1024**2
+    #: Seconds between rounds of the health checks.
+    health_interval: float = 30.0
 
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""

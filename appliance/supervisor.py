@@ -10,8 +10,9 @@ then serves until cancelled. The supervisor:
   bad connection handler cannot take the box's mail down for good;
 - tells systemd ``READY=1`` once everything listens and feeds its watchdog
   (sd_notify(3)), when systemd started us with ``NOTIFY_SOCKET``;
-- writes ``DATA/run/status.json`` (pid and listeners) for `edgebox status`, and removes
-  it on a clean stop.
+- writes ``DATA/run/status.json`` (pid, listeners, and each service's state and
+  restarts, rewritten when one crashes or comes back) for `edgebox status`, and removes
+  it on a clean stop; `service_states` gives the same to the health monitor in-process.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Protocol
 
 import trio
 
+from appliance.health.snapshot import ServiceState
 from appliance.store.files import write_atomically
 
 log = logging.getLogger("edgebox.supervisor")
@@ -47,6 +49,22 @@ class Supervisor:
         self.status_file = status_file
         self.listeners: dict[str, list[str]] = {}
         self.restarts: dict[str, int] = {}
+        self.running: dict[str, bool] = {}
+        self.last_error: dict[str, str] = {}
+        self._ready = False
+        self.started_at = int(time.time())
+
+    def service_states(self) -> dict[str, ServiceState]:
+        """Each started service: running or not, restarts, addresses, last crash."""
+        return {
+            name: ServiceState(
+                running=self.running.get(name, False),
+                restarts=self.restarts.get(name, 0),
+                addresses=tuple(addresses),
+                last_error=self.last_error.get(name, ""),
+            )
+            for name, addresses in self.listeners.items()
+        }
 
     async def run(self, on_ready: Callable[[dict[str, list[str]]], None] | None = None) -> None:
         """Run until cancelled."""
@@ -54,6 +72,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 for service in self.services:
                     self.listeners[service.name] = await nursery.start(self._keep_running, service)
+                self._ready = True
                 self._write_status()
                 if on_ready is not None:
                     on_ready(self.listeners)
@@ -73,23 +92,52 @@ class Supervisor:
             try:
                 async with trio.open_nursery() as nursery:
                     addresses = await nursery.start(service.serve)
+                    self._set_running(service.name, True)
                     if not started:
                         task_status.started(addresses)
                         started = True
                 log.error("service %s stopped by itself; restarting", service.name)
-            except Exception:
+                self._set_running(service.name, False, "stopped by itself")
+            except Exception as exc:
                 if not started:
                     raise
                 log.exception("service %s crashed; restarting in %.0fs", service.name, backoff)
+                self._set_running(service.name, False, _describe(exc))
             self.restarts[service.name] = self.restarts.get(service.name, 0) + 1
             if trio.current_time() - began > MAX_BACKOFF:
                 backoff = 1.0  # it ran well for a while: this is a new fault
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
+    def _set_running(self, name: str, running: bool, error: str = "") -> None:
+        if self.running.get(name) == running:
+            return
+        self.running[name] = running
+        if error:
+            self.last_error[name] = error
+        if self._ready:
+            # Crashes are rare: rewriting the small file each time costs nothing.
+            self._write_status()
+
     def _write_status(self) -> None:
-        status = {"pid": os.getpid(), "started_at": int(time.time()), "services": self.listeners}
+        states = {
+            name: {"running": s.running, "restarts": s.restarts, "last_error": s.last_error}
+            for name, s in self.service_states().items()
+        }
+        status = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "services": self.listeners,
+            "states": states,
+        }
         write_atomically(self.status_file, json.dumps(status, indent=1).encode(), mode=0o644)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the error inside the service's nursery, for the operator."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def notify(message: str) -> None:

@@ -44,9 +44,10 @@ from appliance.compliance.classification import Urgency
 from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import Agency, DirectoryError, OrgUnit, User, normalise_domain
 from appliance.health import Finding
-from appliance.health.certificates import check_certificates
-from appliance.health.disk import check_disk
-from appliance.health.services import check_services
+from appliance.health.checks import run_checks
+from appliance.health.monitor import gather_snapshot
+from appliance.health.readings import PsutilReadings, SystemReadings
+from appliance.health.snapshot import Snapshot, services_from_status_file
 from appliance.security.guard import AccountState, SourceState
 from appliance.sync.link import STREAMS, LinkState, age_text, read_link_state
 from appliance.sync.status import read_sync_status
@@ -397,8 +398,9 @@ def _is_ancestor(nodes: dict[int, UnitNode], unit_id: int, start: OrgUnit) -> bo
 class AdminConsole:
     """Reads and audit records of the admin console for one box."""
 
-    def __init__(self, box: Box) -> None:
+    def __init__(self, box: Box, readings: SystemReadings | None = None) -> None:
         self.box = box
+        self.readings = readings or PsutilReadings()
 
     async def agencies(self, scope: AdminScope) -> list[AgencySummary]:
         """The agencies in *scope*, by domain, with their user counts."""
@@ -518,21 +520,23 @@ class AdminConsole:
                           "บัญชีนี้ไม่มีการเข้าสู่ระบบผิดที่ต้องล้าง")  # fmt: skip
 
     async def health(self) -> list[Finding]:
-        """Disk space and the services of the status file (appliance.health).
+        """Every health check's findings (appliance.health.checks), in registry order."""
+        return (await self.health_report())[1]
 
-        In a worker thread: the service check opens a TCP connection to every
-        listener, which may take its timeout if one hangs.
+    async def health_report(self) -> tuple[Snapshot, list[Finding]]:
+        """The figures the checks judged, and their findings.
+
+        The same gathering as `edgebox status`: the services as the status file says
+        and as their listeners answer, in a worker thread (each TCP probe may take its
+        timeout if a listener hangs).
         """
-
-        def run() -> list[Finding]:
-            data_dir = self.box.config.data_dir
-            return [
-                *check_services(self.box.status_file),
-                check_disk(data_dir),
-                *check_certificates(data_dir / "keys"),
-            ]
-
-        return await trio.to_thread.run_sync(run)
+        running, services = await trio.to_thread.run_sync(
+            services_from_status_file, self.box.status_file
+        )
+        snapshot = await gather_snapshot(
+            self.box, self.readings, services=services, box_running=running
+        )
+        return snapshot, run_checks(snapshot)
 
     async def record(
         self,

@@ -43,6 +43,7 @@ from appliance.admin.console import (
 )
 from appliance.box import Box, add_user
 from appliance.directory import DirectoryError, User, normalise_address
+from appliance.health import worst
 from appliance.security.passwords import MAX_PASSWORD_CHARS
 from appliance.web.i18n import service_label
 from appliance.web.pages import PageKit, redirect
@@ -160,6 +161,7 @@ class AdminPages:
             page("GET", "/admin/org", self.org, "Admin console: org chart"),
             page("POST", "/admin/org", self.add_unit, "Admin console: add a unit"),
             page("GET", "/admin/queue", self.queue, "Admin console: outbound queue"),
+            page("GET", "/admin/health", self.health, "Admin console: the box's health"),
             page("GET", "/admin/security", self.security, "Admin console: sign-in protection"),
             page("POST", "/admin/security/unlock-source", self.unlock_source, "Unlock an address"),
             page("POST", "/admin/security/unlock-account", self.unlock_account, "Forget failures"),
@@ -213,6 +215,16 @@ class AdminPages:
             queue=await self.console.queue_summary(scope),
             health=await self.console.health(),
             link=link_status(self.box.config.data_dir),
+        )  # fmt: skip
+
+    # --- health -----------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        snapshot, findings = await self.console.health_report()
+        return await self._render(
+            request, "admin/health.html", scope, section="health",
+            health=findings, snapshot=snapshot, worst=worst(findings),
         )  # fmt: skip
 
     # --- users ------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from appliance.chat.errors import ChatError
 from appliance.chat.models import ROOM_KINDS, Message
 from appliance.chat.store import MAX_UPLOAD, Chat
 from appliance.directory import DirectoryError, User
+from appliance.health.disk_guard import DiskGuard
+from appliance.health.metrics import BoxMetrics
 from appliance.web.routes import (
     JSON,
     ApiError,
@@ -310,8 +312,29 @@ def _messages(items: list[Message]) -> list[dict[str, Any]]:
 class ChatApi:
     """The handlers, bound to one `Chat`."""
 
-    def __init__(self, chat: Chat) -> None:
+    def __init__(
+        self,
+        chat: Chat,
+        disk_guard: DiskGuard | None = None,
+        metrics: BoxMetrics | None = None,
+    ) -> None:
         self.chat = chat
+        self.disk_guard = disk_guard
+        self.metrics = metrics
+
+    def _ensure_room(self, size: int, what: str) -> None:
+        """Refuse with 507 while the data volume is at its reserve (appliance.health)."""
+        if self.disk_guard is None or self.disk_guard.room_for(size):
+            return
+        if self.metrics is not None:
+            self.metrics.storage_refusals.labels(f"chat-{what}").inc()
+        # RFC 4918 §11.5: 507 Insufficient Storage; nothing was stored, try again later.
+        raise ApiError(
+            507,
+            "insufficient_storage",
+            "The server's disk is full; nothing was saved. Try again later.",
+            "พื้นที่เก็บข้อมูลของเครื่องแม่ข่ายเต็ม ระบบยังไม่ได้บันทึกข้อความนี้ กรุณาลองใหม่ภายหลัง",
+        )
 
     # rooms
 
@@ -396,9 +419,12 @@ class ChatApi:
         return _messages(items)
 
     async def post_message(self, request: Request) -> JSON:
+        self._ensure_room(len(request.body or b""), "post")
         message, created = await self.chat.post(
             _me(request), request.params["room_id"], request.json
         )
+        if self.metrics is not None:
+            self.metrics.chat_posts.labels("created" if created else "repeated").inc()
         # 200 for a retried client_id: the client learns its first attempt landed.
         return Response(message.to_json(), status=201 if created else 200)
 
@@ -467,6 +493,7 @@ class ChatApi:
         return _messages(items)
 
     async def upload(self, request: Request) -> JSON:
+        self._ensure_room(len(request.body or b""), "upload")
         result = await self.chat.upload(
             _me(request),
             request.body,
@@ -546,6 +573,7 @@ class ChatApi:
         return Response(pack, status=201)
 
     async def add_sticker(self, request: Request) -> JSON:
+        self._ensure_room(len(request.body or b""), "sticker")
         sticker = await self.chat.add_sticker(
             _me(request),
             request.params["pack_id"],
@@ -675,9 +703,11 @@ class ChatApi:
             self.chat.unsubscribe(subscription)
 
 
-def chat_routes(chat: Chat) -> list[Route | StreamRoute]:
-    """Return every chat endpoint, bound to *chat*."""
-    api = ChatApi(chat)
+def chat_routes(
+    chat: Chat, disk_guard: DiskGuard | None = None, metrics: BoxMetrics | None = None
+) -> list[Route | StreamRoute]:
+    """Return every chat endpoint, bound to *chat* (and the box's disk guard and metrics)."""
+    api = ChatApi(chat, disk_guard, metrics)
     room = "/api/v1/rooms/{room_id}"
     message = room + "/messages/{message_id}"
 
@@ -871,7 +901,7 @@ def chat_routes(chat: Chat) -> list[Route | StreamRoute]:
             also=(200,),
             request=_DRAFT,
             response=_MESSAGE,
-            errors=(403, 404, 409, 422),
+            errors=(403, 404, 409, 422, 507),
         ),
         route("GET", message, api.get_message, "Get one message", response=_MESSAGE, errors=(404,)),
         route(
@@ -973,7 +1003,7 @@ def chat_routes(chat: Chat) -> list[Route | StreamRoute]:
             api.upload,
             "Upload a file (≤ 25 MB) for an image/video/voice/file message (?name=)",
             status=201,
-            errors=(413, 422),
+            errors=(413, 422, 507),
             upload="*/*",
             max_body=MAX_UPLOAD,
             query={"name": {"type": "string", "maxLength": 256}},
@@ -1125,7 +1155,7 @@ def chat_routes(chat: Chat) -> list[Route | StreamRoute]:
             api.add_sticker,
             "Add an image to a sticker pack (agency admin; ?name=)",
             status=201,
-            errors=(403, 404, 413, 422),
+            errors=(403, 404, 413, 422, 507),
             upload="image/*",
             max_body=1024 * 1024,
             query={"name": {"type": "string", "maxLength": 256}},

@@ -292,6 +292,10 @@ class StreamHub:
 
     # --- ephemeral notices ---
 
+    def stream_count(self) -> int:
+        """Open subscriptions (each a WebSocket stream), for `/metrics`."""
+        return sum(len(subscriptions) for subscriptions in self._subscriptions.values())
+
     def subscribe(self, address: str) -> Subscription:
         send, receive = trio.open_memory_channel[dict[str, Any]](EPHEMERAL_BUFFER)
         subscription = Subscription(address, send, receive)

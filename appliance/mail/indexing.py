@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -28,13 +29,18 @@ BATCH = 200
 QUIET_SECONDS = 1.0
 #: ...or once this many wait (each queued entry is two integers).
 MAX_BACKLOG = 20_000
+#: Seconds between looks at the disk while indexing waits for space.
+SPACE_RETRY_SECONDS = 5.0
 
 
 class SearchIndexer:
     name = "search-index"
 
-    def __init__(self, mailstore: Mailstore) -> None:
+    def __init__(self, mailstore: Mailstore, may_write: Callable[[], bool] = lambda: True) -> None:
         self.mailstore = mailstore
+        #: The disk guard's `room_for_background`: the index waits while the data
+        #: volume nears its reserve (appliance.health.disk_guard).
+        self.may_write = may_write
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -57,6 +63,11 @@ class SearchIndexer:
                         backlog.append(await receive.receive())
                     if quiet.cancelled_caught:
                         break
+                if not self.may_write():
+                    log.warning("search index: waiting for disk space (%d queued)", len(backlog))
+                    # Freed space announces itself to nobody: polling is the only way.
+                    while not self.may_write():  # noqa: ASYNC110
+                        await trio.sleep(SPACE_RETRY_SECONDS)
                 for start in range(0, len(backlog), BATCH):
                     batch = backlog[start : start + BATCH]
                     try:

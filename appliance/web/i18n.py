@@ -133,6 +133,13 @@ SERVICE_LABELS: Final[dict[str, tuple[str, str]]] = {
     "sync-certificate": ("ใบรับรองสำหรับซิงก์กับส่วนกลาง", "The certificate for sync with the centre"),
     "disk": ("พื้นที่จัดเก็บข้อมูล", "Storage space"),
     "services": ("บริการของเครื่อง", "The box's services"),
+    "memory": ("หน่วยความจำ", "Memory"),
+    "temperature": ("อุณหภูมิเครื่อง", "Temperature"),
+    "clock": ("นาฬิกาของเครื่อง", "The box's clock"),
+    "queue": ("อีเมลที่รอส่งออก", "Mail waiting to leave"),
+    "link": ("การเชื่อมต่อกับส่วนกลาง (GIN)", "Link to the centre (GIN)"),
+    "health": ("การตรวจสุขภาพเครื่อง", "Health checks"),
+    "metrics": ("ข้อมูลสำหรับระบบเฝ้าดู (Prometheus)", "Figures for monitoring (Prometheus)"),
 }  # fmt: skip
 
 

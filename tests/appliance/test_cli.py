@@ -102,6 +102,15 @@ def test_status_is_unhealthy_when_not_running(data: Path, capsys, monkeypatch) -
     assert "gin: unknown" in out
 
 
+def test_status_runs_every_check_and_says_what_to_do(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, monkeypatch, "status", "--data", str(data), "--lang", "th")
+    assert code == 1
+    for check in ("services", "disk", "memory", "temperature", "clock", "queue", "link"):
+        assert f"] {check}: " in out, check
+    assert "edgebox ไม่ได้ทำงานอยู่" in out
+    assert "→ สั่งเริ่มระบบ: systemctl start edgebox" in out
+
+
 def test_run_refuses_a_port_offset_past_the_port_range(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     code, _, err = run(capsys, monkeypatch, "run", "--data", str(data), "--port-offset", "60000")
     assert code == 1

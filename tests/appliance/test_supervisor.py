@@ -78,3 +78,28 @@ async def test_a_service_that_cannot_start_stops_everything(tmp_path: Path) -> N
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_the_health_check_sees_a_crashed_service_and_its_restarts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    flaky = Flaky("flaky", crashes=2)
+    status_file = tmp_path / "run" / "status.json"
+    supervisor = Supervisor([flaky, Flaky("steady", crashes=0)], status_file)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        # The first crash comes at once; the restart waits 1 s of back-off.
+        await trio.sleep(0.5)
+        down = supervisor.service_states()["flaky"]
+        assert not down.running
+        assert down.last_error == "RuntimeError: boom"
+        written = json.loads(status_file.read_text())["states"]["flaky"]
+        assert written == {"running": False, "restarts": 1, "last_error": "RuntimeError: boom"}
+        await flaky.running.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the supervisor's side of the start
+        up = supervisor.service_states()["flaky"]
+        assert up.running
+        assert up.restarts == 2
+        assert json.loads(status_file.read_text())["states"]["flaky"]["running"] is True
+        assert supervisor.service_states()["steady"].running
+        nursery.cancel_scope.cancel()

@@ -51,7 +51,13 @@ class IMAPService:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
-        await self.gate.admit(stream, lambda s: Connection(self, s, client_ip))
+        # Counted from admission: a refused client holds its place for a moment only.
+        sessions = self.box.metrics.imap_sessions.labels(self.name)
+        sessions.inc()
+        try:
+            await self.gate.admit(stream, lambda s: Connection(self, s, client_ip))
+        finally:
+            sessions.dec()
 
 
 class Connection:
@@ -75,7 +81,15 @@ class Connection:
             flush=self.flush,
             client_ip=client_ip,
             max_auth_failures=box.config.auth_failures_per_connection,
+            room_for=self._room_for,
         )
+
+    def _room_for(self, size: int) -> bool:
+        box = self.service.box
+        if box.disk_guard.room_for(size):
+            return True
+        box.metrics.storage_refusals.labels(self.service.name).inc()
+        return False
 
     async def flush(self) -> None:
         async with self.send_lock:
@@ -133,6 +147,7 @@ class Connection:
             if isinstance(event, imap.Idle):
                 await self._idle(event)
                 continue
+            self.service.box.metrics.imap_commands.labels(type(event).__name__.upper()).inc()
             await self.session.handle(event)
             if isinstance(event, imap.Logout):
                 await self.flush()

@@ -32,6 +32,7 @@ import trio
 
 from appliance.directory import User
 from appliance.directory.signin import Refused
+from appliance.health.disk_guard import is_disk_full
 from appliance.mail.imap import mime, sort, thread
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.view import MessageView
@@ -71,6 +72,7 @@ SORT_CHARSETS = ("UTF-8", "US-ASCII")
 #: FETCH responses are sent in batches of this many, so a 100k-message
 #: `UID FETCH 1:* (FLAGS)` streams instead of building one huge reply.
 FETCH_BATCH = 500
+STORAGE_FULL_TEXT = "insufficient storage on the server, try again later"
 
 
 @dataclass
@@ -129,8 +131,11 @@ class ImapSession:
         flush: Callable[[], Awaitable[None]],
         client_ip: str,
         max_auth_failures: int = 3,
+        room_for: Callable[[int], bool] = lambda size: True,
     ) -> None:
         self.conn = conn
+        #: The disk guard: may *size* more bytes be stored? (appliance.health.disk_guard)
+        self.room_for = room_for
         self.store = mailstore
         self.mailboxes = Mailboxes(mailstore)
         self._authenticate = authenticate
@@ -466,6 +471,11 @@ class ImapSession:
 
     async def _on_append(self, cmd: imap.Append) -> None:
         assert self.user is not None
+        # RFC 5530 §3 LIMIT: the data volume is at the reserve the box keeps so that
+        # what it already accepted stays safe; nothing is stored, the client may retry.
+        if not self.room_for(sum(len(m.message) for m in cmd.messages())):
+            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+            return
         if cmd.more or not cmd.message:
             await self._append_all(cmd)
             return
@@ -479,6 +489,12 @@ class ImapSession:
             if exc.code == "NONEXISTENT":
                 exc.code = "TRYCREATE"  # RFC 3501 §6.3.11: the client may CREATE, retry
             raise
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("APPEND failed: %s", exc)
+            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+            return
         await self.report_changes(expunges=True)
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
 
@@ -503,6 +519,12 @@ class ImapSession:
             if exc.code == "NONEXISTENT":
                 exc.code = "TRYCREATE"  # RFC 3501 §6.3.11
             raise
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("MULTIAPPEND failed: %s", exc)
+            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+            return
         await self.report_changes(expunges=True)
         # RFC 4315 §3: APPENDUID with a UID set for a MULTIAPPEND, in message order.
         code = f"APPENDUID {uidvalidity} {sort.ordered_set(uids)}"

@@ -16,6 +16,7 @@ from appliance.box import Box
 from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import normalise_address
 from appliance.directory.signin import Refused
+from appliance.health.disk_guard import is_disk_full
 from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
@@ -42,6 +43,11 @@ AUTH_REFUSED = smtp.Reply(
 )
 #: Closing after this connection's own repeated 535s.
 TOO_MANY_AUTH_FAILURES = smtp.Reply(421, "4.7.0", "Too many failed sign-ins, closing connection")
+
+#: The disk guard holds the data volume's reserve (appliance.health.disk_guard).
+#: RFC 5321 §4.2.3 452 "insufficient system storage", RFC 3463 §3.4 4.3.1 "mail system
+#: full": temporary, so the sender keeps the message and retries.
+STORAGE_FULL = smtp.Reply(452, "4.3.1", "Insufficient system storage, try again later")
 
 RECEIVE_SIZE = 64 * 1024
 
@@ -132,11 +138,7 @@ class SMTPSession:
                 await self._authenticate(event)
             elif isinstance(event, smtp.MailFrom):
                 self.recipients = []
-                self._answer(
-                    await self.service.policy.check_sender(
-                        event, conn.authenticated_as, self.client_ip
-                    )
-                )
+                self._answer(await self._sender(event))
             elif isinstance(event, smtp.RcptTo):
                 await self._recipient(event)
             elif isinstance(event, smtp.MessageData):
@@ -178,6 +180,18 @@ class SMTPSession:
         # The directory's normalised form, so sender checks compare like with like.
         self.conn.accept(identity=user.address)
 
+    async def _sender(self, event: smtp.MailFrom) -> smtp.Reply | None:
+        # Refused before the client sends a byte of DATA when the disk is at its
+        # reserve; RFC 1870 SIZE, when given, is counted against it too.
+        size = event.params.get("SIZE")
+        announced = int(size) if size and size.isdigit() else 0
+        if not self.service.box.disk_guard.room_for(announced):
+            self.service.box.metrics.storage_refusals.labels(self.service.name).inc()
+            return STORAGE_FULL
+        return await self.service.policy.check_sender(
+            event, self.conn.authenticated_as, self.client_ip
+        )
+
     async def _recipient(self, event: smtp.RcptTo) -> None:
         mail = self.conn.mail_from
         size = mail.params.get("SIZE") if mail else None
@@ -205,6 +219,13 @@ class SMTPSession:
             await self._record_message(event, refusal)
             conn.reject(refusal)
             return
+        box = self.service.box
+        if not box.disk_guard.room_for(len(event.content)):
+            box.metrics.storage_refusals.labels(self.service.name).inc()
+            await self._record_message(event, STORAGE_FULL)
+            conn.reject(STORAGE_FULL)
+            self.recipients = []
+            return
         envelope = Envelope(
             sender=event.reverse_path,
             recipients=tuple(self.recipients),
@@ -227,10 +248,13 @@ class SMTPSession:
             log.info("over quota owner=%s", exc.owner)
             await self._record_message(event, OVER_QUOTA)
             conn.reject(OVER_QUOTA)
-        except Exception:
+        except Exception as exc:
+            # The guard's reserve makes a full disk here rare; if it fills anyway the
+            # store kept nothing durable and the sender will retry on the 4xx.
             log.exception("delivery failed")
-            await self._record_message(event, LOCAL_ERROR)
-            conn.reject(LOCAL_ERROR)
+            reply = STORAGE_FULL if is_disk_full(exc) else LOCAL_ERROR
+            await self._record_message(event, reply)
+            conn.reject(reply)
         else:
             accepted = smtp.Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
             await self._record_message(event, accepted, queue_id)
@@ -261,6 +285,8 @@ class SMTPSession:
     async def _record_message(
         self, event: smtp.MessageData, reply: smtp.Reply, queue_id: str | None = None
     ) -> None:
+        result = "accepted" if reply.code < 400 else "deferred" if reply.code < 500 else "refused"
+        self.service.box.metrics.smtp_messages.labels(self.service.port.value, result).inc()
         await self._record(
             "accepted" if reply.code < 400 else "rejected",
             sender=event.reverse_path,

@@ -297,6 +297,8 @@ class ComposePages:
             composition, _author(user), message_id=new_message_id(self.box.hostname),
             date=datetime.now(THAILAND), include_bcc=True,
         )  # fmt: skip
+        if not self.box.disk_guard.room_for(len(content)):
+            return await self._again(post, [_disk_full_problem()], 507)
         try:
             uid = await self._append(user, "Drafts", "\\Drafts", content, ("\\Draft", "\\Seen"))
         except QuotaExceeded:
@@ -332,6 +334,10 @@ class ComposePages:
         # called back, and the user must not lose the record of it.
         if await self.box.mailstore.usage(user.address) + len(own_copy) > user.quota_bytes:
             return await self._again(post, [_own_quota_problem()], 507)
+        # The disk guard's reserve (appliance.health.disk_guard), as SMTP's 452 4.3.1:
+        # nothing is sent, the form comes back whole, and the user may try again later.
+        if not self.box.disk_guard.room_for(len(delivered) + len(own_copy)):
+            return await self._again(post, [_disk_full_problem()], 507)
         envelope = Envelope(
             sender=user.address,
             recipients=tuple(recipients),
@@ -511,6 +517,14 @@ def _full_problem(address: str) -> Problem:
         "to",
         f"กล่องจดหมายของ {address} เต็ม ส่งถึงไม่ได้ในขณะนี้",
         f"The mailbox of {address} is full; it cannot take this message now",
+    )
+
+
+def _disk_full_problem() -> Problem:
+    return Problem(
+        "attachments",
+        "พื้นที่เก็บข้อมูลของเครื่องแม่ข่ายเต็ม ยังไม่ได้ส่งหรือบันทึกข้อความนี้ กรุณาลองใหม่ภายหลัง",
+        "The server's disk is full, so nothing was sent or saved; please try again later",
     )
 
 

@@ -573,6 +573,40 @@ async def test_overview_shows_health_and_the_link_status(console: Console) -> No
     assert link["data-connected"] == "no"
 
 
+async def test_health_page_lists_every_check_with_what_to_do_thai_first(
+    console: Console, box: Box
+) -> None:
+    root = await console.as_user(ROOT)
+
+    thai = await root.get("/admin/health")
+
+    assert thai.status == 200
+    findings = {e["data-check"]: e["data-level"] for e in elements(thai, "health-finding")}
+    # No supervisor runs here: the services check says so, and the box is unhealthy.
+    assert findings["services"] == "error"
+    assert {"disk", "memory", "temperature", "clock", "queue", "link"} <= set(findings)
+    [summary] = elements(thai, "health-summary")
+    assert summary["data-level"] == "error"
+    assert "edgebox ไม่ได้ทำงานอยู่" in text(thai)
+    assert "สั่งเริ่มระบบ: systemctl start edgebox" in text(thai)
+    assert "สถานะเครื่อง" in text(thai)
+    assert elements(thai, "health-readings")
+    assert elements(thai, "health-disk-free")
+
+    await PreferenceStore(box.directory_db).set(ROOT, Preferences(language="en"))
+    english = await root.get("/admin/health")
+    assert "edgebox is not running" in text(english)
+    assert "start it: systemctl start edgebox" in text(english)
+    assert "Box health" in text(english)
+
+
+async def test_health_page_is_for_admins_only(console: Console) -> None:
+    staff = await console.as_user(STAFF_A)
+    reply = await staff.get("/admin/health")
+    assert reply.status != 200
+    assert not elements(reply, "health-finding")
+
+
 async def test_dates_are_in_the_buddhist_era_in_thai_and_not_in_english(
     console: Console, box: Box
 ) -> None:

@@ -406,3 +406,56 @@ async def test_broadcast_creators_setting_via_the_api(world: World) -> None:
     with pytest.raises(ApiError) as exc:
         await call(world, "PUT", path, world.lead, json={})
     assert exc.value.status == 422
+
+
+async def test_posts_and_uploads_at_the_disk_reserve_are_507_and_change_nothing(
+    world: World,
+) -> None:
+    from pathlib import Path
+
+    from appliance.health.disk_guard import DiskGuard
+    from appliance.health.metrics import BoxMetrics
+    from appliance.health.readings import DiskReading, FakeReadings
+
+    readings = FakeReadings(default_disk=DiskReading(total=10**9, free=10**6))
+    now = [0.0]
+    guard = DiskGuard(Path("/data"), readings, hard_free=2 * 10**6, clock=lambda: now[0])
+    metrics = BoxMetrics()
+    routes = {
+        (getattr(r, "method", "WS"), r.path): r for r in chat_routes(world.chat, guard, metrics)
+    }
+
+    async def guarded(method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        route = routes[method, path]
+        assert isinstance(route, Route)
+        assert 507 in route.errors, "the OpenAPI document names the refusal"
+        request = Request(method=method, path=path, params=kwargs.get("params", {}),
+                          query=kwargs.get("query", {}), headers={}, json=kwargs.get("json"),
+                          body=kwargs.get("body", b""), user=world.lead, token="t", lang="th",
+                          client_ip="127.0.0.1")  # fmt: skip
+        try:
+            result = await route.handler(request)
+        except ApiError as exc:
+            return exc.status, exc
+        return (result.status, result.body) if isinstance(result, Response) else (201, result)
+
+    _, room = await call(world, "POST", "/api/v1/rooms", world.lead,
+                         json={"kind": "group", "members": [world.staff.address]})  # fmt: skip
+    post = {"params": {"room_id": room["id"]}, "json": {"kind": "text", "text": "ประชุม"},
+            "body": b'{"kind": "text", "text": "x"}'}  # fmt: skip
+    status, error = await guarded("POST", "/api/v1/rooms/{room_id}/messages", **post)
+    assert status == 507
+    assert error.code == "insufficient_storage"
+    assert "เต็ม" in error.message_th
+    status, _ = await guarded("POST", "/api/v1/uploads", body=b"\xff\xd8jpeg")
+    assert status == 507
+    _, page = await call(world, "GET", "/api/v1/rooms/{room_id}/messages", world.lead,
+                         params={"room_id": room["id"]})  # fmt: skip
+    assert not [m for m in page if m.get("kind") == "text"], "nothing was stored"
+    assert b'edgebox_storage_refusals_total{service="chat-post"} 1.0' in metrics.render()
+
+    # Space freed: the next reading lets posts in again.
+    readings.default_disk = DiskReading(total=10**9, free=10**8)
+    now[0] = 5.0
+    status, _ = await guarded("POST", "/api/v1/rooms/{room_id}/messages", **post)
+    assert status == 201

@@ -350,3 +350,39 @@ async def test_search_uses_the_index_and_reads_what_it_lacks(
         assert await box.mailstore.reconcile_search_index() == 1
         assert await index.indexed_uids(inbox.id) == {1, 2, 3}
         box.mailstore.search = None
+
+
+async def test_append_at_the_disk_reserve_is_no_limit_and_stores_nothing(box: MailBox) -> None:
+    client = await signed_in(box)
+    room = {"ok": False}
+    offered: list[int] = []
+
+    def room_for(size: int) -> bool:
+        offered.append(size)
+        return room["ok"]
+
+    client.session.room_for = room_for
+    message = b"Subject: full\r\n\r\nhello\r\n"
+    reply = await client.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(message), message))
+    # RFC 5530 §3: LIMIT; the client may try again later.
+    assert re.search(r"a NO \[LIMIT\] insufficient storage", reply), reply
+    assert offered == [len(message)]
+    assert await box.mailstore.messages(box.users[0], "INBOX") == []
+
+    room["ok"] = True
+    reply = await client.send(b"b APPEND INBOX {%d+}\r\n%s\r\n" % (len(message), message))
+    assert "b OK [APPENDUID" in reply
+
+
+async def test_append_that_meets_a_full_disk_is_no_limit_not_a_dropped_session(
+    box: MailBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await signed_in(box)
+
+    async def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(client.session.mailboxes, "append", full)
+    reply = await client.send(b"a APPEND INBOX {2+}\r\nhi\r\n")
+    assert "a NO [LIMIT]" in reply
+    assert "b OK" in await client.send("b NOOP\r\n")

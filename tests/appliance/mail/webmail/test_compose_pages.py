@@ -214,6 +214,29 @@ async def test_sending_to_a_local_user_delivers_and_keeps_a_sent_copy(
     )  # fmt: skip
 
 
+async def test_a_full_disk_sends_and_saves_nothing_and_keeps_the_form(
+    box: Box, somchai: Browser
+) -> None:
+    from appliance.health.disk_guard import DiskGuard
+    from appliance.health.readings import DiskReading, FakeReadings
+
+    readings = FakeReadings(default_disk=DiskReading(total=10**9, free=10**6))
+    box.disk_guard = DiskGuard(box.config.data_dir, readings, hard_free=2 * 10**6, max_age=0)
+    for action in ("send", "save_draft"):
+        reply = await somchai.post([("action", action), ("to", SOMYING),
+                                    ("subject", "ขอเชิญประชุม"), ("body", "เรียน")])  # fmt: skip
+        assert reply.status == 507
+        assert "พื้นที่เก็บข้อมูลของเครื่องแม่ข่ายเต็ม" in page_text(reply)
+        assert "ขอเชิญประชุม" in page_text(reply), "the form comes back as typed"
+    assert await messages(box, SOMYING, "INBOX") == []
+    assert await messages(box, SOMCHAI, "Sent") == []
+    assert await messages(box, SOMCHAI, "Drafts") == []
+
+    readings.default_disk = DiskReading(total=10**9, free=10**8)
+    reply = await somchai.post(send(to=SOMYING, subject="ขอเชิญประชุม", body="เรียน"))
+    assert reply.status == 303, page_text(reply)
+
+
 async def test_sending_outside_queues_it_with_its_urgency(box: Box, somchai: Browser) -> None:
     reply = await somchai.post(
         send(to="Official <Director@Other-Agency.go.th>", subject="Urgent", urgency="3",
