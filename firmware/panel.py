@@ -60,6 +60,7 @@ class Panel:
         # Open drain idles released (1); the host's reset is active low.
         self.reset_line = machine.Pin(board.HOST_RESET, machine.Pin.OPEN_DRAIN, value=1)
         self.wdt = machine.WDT(timeout=board.MCU_WDT_MS)
+        # The host starts every session; the panel answers its HELLO.
         self.link = L.Link(ACCEPTS, "edgebox-panel " + version.VERSION)
         self.state = {}
         self.page = pages.BOX
@@ -69,8 +70,9 @@ class Panel:
         #: Heartbeat timeout the host asked for, ms; 0 = not armed.
         self.watchdog_ms = 0
         self.last_heard = 0
-        #: Frames for the host that wait for a session (button requests, reset reason).
+        #: Frames for the host (button requests, the reset reason), kept until acknowledged.
         self.outbox = []
+        self.awaiting = None
         if self.button.value() == 0:
             # Held while powering on: the technician asks for recovery.
             self.outbox.append((L.BUTTON, L.BUTTON_RECOVERY))
@@ -87,7 +89,6 @@ class Panel:
     # -- link -----------------------------------------------------------------
 
     async def link_task(self):
-        self.link.connect(self.clock.now())
         while True:
             data = self.uart.read()
             now = self.clock.now()
@@ -99,12 +100,10 @@ class Panel:
                 if event is None:
                     break
                 self.on_event(event, now)
-            if self.link.connected and self.outbox:
+            if self.link.connected and self.outbox and self.awaiting is None:
                 frame_type, body = self.outbox[0]
                 if self.link.send(frame_type, body, now):
-                    self.outbox.pop(0)
-                    if frame_type == L.RESET_REASON:
-                        _clear_reset_reason()
+                    self.awaiting = frame_type
             out = self.link.data_to_send()
             if out:
                 self.uart.write(out)
@@ -112,7 +111,22 @@ class Panel:
 
     def on_event(self, event, now):
         if event.kind == L.LOST:
-            self.link.connect(now)
+            # The host is gone (reset, rebooting): what we were sending goes again once
+            # it says HELLO.
+            self.awaiting = None
+            return
+        if event.kind == L.REFUSED:
+            # An older host that does not know this frame: drop it, go on with the rest.
+            if self.awaiting is not None and event.type == self.awaiting and self.outbox:
+                self.outbox.pop(0)
+            self.awaiting = None
+            return
+        if event.kind == L.ACKED:
+            if self.awaiting is not None and event.type == self.awaiting and self.outbox:
+                frame_type = self.outbox.pop(0)[0]
+                if frame_type == L.RESET_REASON:
+                    _clear_reset_reason()
+            self.awaiting = None
             return
         if event.kind in (L.CONNECTED, L.PEER_HELLO):
             self.last_heard = now

@@ -113,7 +113,7 @@ class PanelClient:
         self.heartbeat_s = heartbeat_s
         self.watchdog_s = watchdog_s
         self.tick_s = tick_s
-        self.link = L.Link(ACCEPTS, SOFTWARE)
+        self.link = L.Link(ACCEPTS, SOFTWARE, initiator=True)
         #: What the panel said it runs (``edgebox-panel VERSION``), once connected.
         self.panel_software = ""
         self._fields: dict[str, str] = {}

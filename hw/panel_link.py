@@ -8,24 +8,26 @@ uses only what both have: no ``__future__``, ``typing``, ``enum``, ``dataclasses
 firmware` copies it next to the firmware's own modules.
 
 Wire format. A frame is ``type, seq, len, body[len], crc16`` (CRC-16/CCITT-FALSE over
-type..body, big-endian), COBS-encoded and followed by one 0x00 delimiter. COBS leaves
+type..body, big-endian), COBS-encoded between two 0x00 delimiters. COBS leaves
 no zero byte inside a frame, so a receiver resynchronises at the next 0x00 whatever it
 was fed: garbage, a bit flip (the CRC fails, the frame is dropped and counted), a
 truncated frame (the length or CRC fails) or an overlong run (dropped at `MAX_WIRE`).
 
 Rules of the link:
 
-- Either end may send HELLO (its lowest and highest protocol version and its software
-  version). The receiver picks the highest common version, resets its receive state
-  and answers WELCOME, or answers ERROR(NO_VERSION) and stays down. The HELLO sender
-  is connected when the WELCOME comes; it resends HELLO every `retransmit_ms` until then.
+- The initiator (the host) sends HELLO (its lowest and highest protocol version and
+  its software version) at start and whenever the link went down. The receiver picks
+  the highest common version, resets its receive state and answers WELCOME, or answers
+  ERROR(NO_VERSION) and stays down. The HELLO sender is connected when the WELCOME
+  comes; it resends HELLO every `retransmit_ms` until then.
 - Every other frame but ACK and ERROR is reliable: sent one at a time (stop and wait),
   resent every `retransmit_ms` until its ACK (same seq), given up after `max_tries`
-  (then the link is down and the event says so). A duplicate (the peer missed our ACK)
-  is acknowledged again and not delivered twice.
+  (then the link is down, the event says so and the initiator says HELLO again). A
+  duplicate (the peer missed our ACK) is acknowledged again and not delivered twice.
 - A frame whose type this end does not know is refused with ERROR(UNKNOWN_TYPE), and
   the link stays up; the sender drops that frame and reports it refused. A reliable
-  frame before any HELLO is refused with ERROR(NO_SESSION): the peer then says HELLO.
+  frame before any HELLO is answered with ERROR(NO_SESSION): the sender
+  keeps the frame for the next session, and the initiator starts one.
 """
 
 # Frame types of the link itself (every version).
@@ -52,6 +54,7 @@ MESSAGE = 2  #: a reliable frame arrived, once: `type`, `body`
 REFUSED = 3  #: the peer refused our frame: `type`, `code`
 LOST = 4  #: a frame went unacknowledged `max_tries` times; the link is down
 PEER_HELLO = 5  #: the peer (re)started its session: `version`, `peer_software`
+ACKED = 6  #: the peer acknowledged our reliable frame of `type`
 
 #: Button words in a BUTTON body.
 BUTTON_NEXT = b"next"
@@ -62,6 +65,8 @@ BUTTON_RECOVERY = b"recovery"
 MAX_BODY = 255
 #: Largest encoded frame: COBS adds one byte per 254, plus the delimiter.
 MAX_WIRE = 3 + MAX_BODY + 2 + 4
+#: Longest STATE value: four display lines of 16 characters.
+MAX_VALUE = 64
 #: Frames waiting for their turn; a full queue drops the new frame (`send` says so).
 MAX_QUEUE = 32
 
@@ -129,12 +134,14 @@ def cobs_decode(data: bytes) -> bytes | None:
 
 
 def encode_frame(frame_type: int, seq: int, body: bytes = b"") -> bytes:
-    """Return one frame as it goes on the wire, delimiter included."""
+    """Return one frame as it goes on the wire, delimiters included."""
     if len(body) > MAX_BODY:
         raise ValueError("frame body too long")
     raw = bytes([frame_type & 0xFF, seq & 0xFF, len(body)]) + body
     crc = crc16(raw)
-    return cobs_encode(raw + bytes([crc >> 8, crc & 0xFF])) + b"\x00"
+    # A delimiter on both sides: the leading one ends whatever partial frame line noise
+    # left in the receiver, so this frame is read whole (an empty frame is ignored).
+    return b"\x00" + cobs_encode(raw + bytes([crc >> 8, crc & 0xFF])) + b"\x00"
 
 
 def decode_frame(wire: bytes) -> tuple[int, int, bytes] | None:
@@ -190,6 +197,7 @@ class Link:
         max_version: int = 1,
         retransmit_ms: int = 250,
         max_tries: int = 8,
+        initiator: bool = False,
     ) -> None:
         #: Application frame types this end understands; others are refused.
         self.accepts = accepts
@@ -198,6 +206,8 @@ class Link:
         self.max_version = max_version
         self.retransmit_ms = retransmit_ms
         self.max_tries = max_tries
+        #: The end that says HELLO (the host). One initiator: HELLOs never cross.
+        self.initiator = initiator
         #: The negotiated version; 0 while the link is down.
         self.version = 0
         #: Frames that failed COBS, length or CRC checks (resynchronised past).
@@ -333,27 +343,34 @@ class Link:
             self._on_hello(seq, body, now)
         elif frame_type == WELCOME:
             if self._hello_at is not None and seq == self._hello_seq and len(body) >= 1:
+                # The receive state is kept: the peer is the same instance it was, and
+                # its unacknowledged frame, resent, must not be delivered twice.
                 self._hello_at = None
                 self.version = body[0]
-                self._last_rx_seq = -1
                 self._events.append(
                     Event(CONNECTED, version=body[0], peer_software=_text(body[1:]))
                 )
                 self._pump(now)
         elif frame_type == ACK:
             if self._inflight is not None and seq == self._inflight[0]:
+                self._events.append(Event(ACKED, self._inflight[1]))
                 self._inflight = None
                 self._pump(now)
         elif frame_type == ERROR:
             if self._inflight is not None and seq == self._inflight[0]:
-                refused = self._inflight[1]
-                self._inflight = None
                 code = body[0] if body else 0
-                self._events.append(Event(REFUSED, refused, code=code))
                 if code == NO_SESSION:
-                    # The peer restarted and forgot us: start a new session.
-                    self._queue = []
-                    self.connect(now)
+                    # The peer restarted and forgot us: the frame was not refused for
+                    # what it says. It goes first in the next session, which the
+                    # initiator starts now and the other end waits for.
+                    self._queue.insert(0, (self._inflight[1], self._inflight[2]))
+                    self._inflight = None
+                    self.version = 0
+                    if self.initiator:
+                        self.connect(now)
+                    return
+                self._events.append(Event(REFUSED, self._inflight[1], code=code))
+                self._inflight = None
                 self._pump(now)
             elif self._hello_at is not None and seq == self._hello_seq:
                 self._events.append(Event(REFUSED, HELLO, code=body[0] if body else 0))
@@ -401,13 +418,16 @@ def _text(data: bytes) -> str:
 
 
 def encode_state(fields: dict[str, str]) -> bytes:
-    """Return a STATE body: ``key=value`` lines, cut to `MAX_BODY` bytes at a line end."""
+    """Return a STATE body: ``key=value`` lines, values cut to `MAX_VALUE` characters.
+
+    A line that would overflow `MAX_BODY` is left out; the others still go.
+    """
     out = b""
     for key in sorted(fields):
-        line = (key + "=" + fields[key].replace("\n", " ")).encode() + b"\n"
-        if len(out) + len(line) > MAX_BODY:
-            break
-        out += line
+        value = fields[key].replace("\n", " ")[:MAX_VALUE]
+        line = (key + "=" + value).encode() + b"\n"
+        if len(out) + len(line) <= MAX_BODY:
+            out += line
     return out
 
 

@@ -58,8 +58,8 @@ class PanelSimulator:
     """The panel firmware running on a simulated board, its UART at `host_path`."""
 
     def __init__(self, root: Path, firmware: Path) -> None:
-        self.root = root
-        self.firmware = firmware
+        self.root = root.resolve()
+        self.firmware = firmware.resolve()
         (root / "pins").mkdir(parents=True, exist_ok=True)
         self.flash = root / "flash"
         self.flash.mkdir(exist_ok=True)

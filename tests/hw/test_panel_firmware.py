@@ -7,7 +7,9 @@ lines. No wall-clock assertions: every wait is for an outcome, with a generous b
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -121,3 +123,55 @@ async def test_a_clean_stop_disarms_the_watchdog(panel: PanelSimulator) -> None:
     await trio.sleep(4)
     assert panel.host_resets() == 0
     port.close()
+
+
+async def test_garbage_on_the_line_does_not_stop_the_panel(panel: PanelSimulator) -> None:
+    client = PanelClient(TTYPort(panel.host_path), lambda e: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        with trio.fail_after(20):
+            await client.wait_connected()
+        rng = random.Random(7)
+        for n in range(20):
+            panel.inject(rng.randbytes(rng.randrange(1, 300)))
+            client.show({**STATE, "queue": str(n)})
+            await trio.sleep(0.05)
+        client.show({**STATE, "gin": "down", "queue": "42"})
+        links = render(["LINKS", "GIN: down", "INTL: up", "Queue: 42"])
+        await eventually(lambda: panel.display() == links)
+        nursery.cancel_scope.cancel()
+    assert "Traceback" not in panel.output()
+
+
+async def test_a_ten_second_hold_asks_for_factory_reset(panel: PanelSimulator) -> None:
+    events: list[PanelEvent] = []
+    client = PanelClient(TTYPort(panel.host_path), events.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        with trio.fail_after(20):
+            await client.wait_connected()
+        client.show(STATE)
+        panel.set_button(True)
+        await eventually(lambda: ButtonPressed("factory-reset") in events, seconds=30)
+        asked = render(["FACTORY RESET", "asked the host", "release button"])
+        await eventually(lambda: panel.display() == asked)
+        panel.set_button(False)
+        client.confirm("reset noted")
+        await eventually(lambda: panel.display() == render(["HOST SAYS", "reset noted"]))
+        nursery.cancel_scope.cancel()
+    # The hold was no page press.
+    assert ButtonPressed("next") not in events
+
+
+async def test_held_at_power_on_asks_for_recovery(tmp_path: Path, firmware: Path) -> None:
+    events: list[PanelEvent] = []
+    with PanelSimulator(tmp_path / "panel", firmware) as panel:
+        panel.set_button(True)  # before start: `with` started it already, so restart
+        panel.stop()
+        panel.start()
+        client = PanelClient(TTYPort(panel.host_path), events.append)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await eventually(lambda: ButtonPressed("recovery") in events)
+            await eventually(lambda: panel.display() == render(["RECOVERY", "asked the host"]))
+            nursery.cancel_scope.cancel()
