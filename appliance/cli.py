@@ -43,6 +43,7 @@ from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
+from appliance.panel import panel_services
 from appliance.security.keys import KeyMaterialError
 from appliance.store.database import limit_allocator_retention
 from appliance.supervisor import Service, Supervisor
@@ -457,6 +458,7 @@ async def _serve(config: Any) -> None:
         services.append(SecretSweeper(box.chat))
         services.append(SessionExpiry(box.sessions))
         services += uplink_services(box)
+        services += panel_services(box)
         supervisor = Supervisor(services, box.status_file)
 
         def announce(listeners: dict[str, list[str]]) -> None:

@@ -18,6 +18,7 @@ import os
 import pty
 import selectors
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -178,24 +179,34 @@ class PanelSimulator:
 
 
 class FakeWatchdogDevice:
-    """A ``/dev/watchdog`` stand-in: a file whose writes are kept, in order.
+    """A ``/dev/watchdog`` stand-in: a file whose writes are kept, and an ioctl recorder.
 
-    `hw.watchdog.KernelWatchdog` opens it like the real device; ioctls do not apply to
-    a regular file, so the watchdog takes ``ioctl=False`` for a twin and the timeout is
-    recorded as ``T<seconds>`` instead.
+    Pass `ioctl` to `hw.watchdog.KernelWatchdog` in place of ``fcntl.ioctl`` (a regular
+    file has no watchdog ioctls); the rest of the kernel API is the real one.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, granularity: int = 1) -> None:
         self.path = path
+        self.granularity = granularity
+        #: ``(request, int argument)`` per ioctl, in order.
+        self.ioctls: list[tuple[int, int]] = []
         path.write_bytes(b"")
+
+    def ioctl(self, fd: int, request: int, arg: bytes) -> bytes:
+        (value,) = struct.unpack("i", arg)
+        self.ioctls.append((request, value))
+        # Like a driver whose hardware counts in steps: round the timeout up.
+        chosen = -(-value // self.granularity) * self.granularity
+        return struct.pack("i", chosen)
 
     def writes(self) -> bytes:
         return self.path.read_bytes()
 
     def keepalives(self) -> int:
-        return self.writes().replace(b"V", b"").replace(b"T", b"").count(b"\x00")
+        return self.writes().count(b"\0")
 
     def closed_cleanly(self) -> bool:
+        """True when the last write was the magic close ``V``."""
         return self.writes().endswith(b"V")
 
 
