@@ -106,7 +106,7 @@ class PanelClient:
         on_event: Callable[[PanelEvent], None],
         heartbeat_s: float = 1.0,
         watchdog_s: int = 0,
-        tick_s: float = 0.05,
+        tick_s: float = 0.1,
     ) -> None:
         self.port = port
         self.on_event = on_event

@@ -37,6 +37,9 @@ log = logging.getLogger("edgebox.panel")
 REQUESTS_FILE = "run/panel-requests.jsonl"
 #: Seconds between health checks for the panel (the disk check reads the file system).
 HEALTH_INTERVAL = 30.0
+#: Seconds between looks at the outbound queue (a database read in a worker thread; the
+#: link state file is read every ``panel_refresh``, as a link change is what is urgent).
+QUEUE_INTERVAL = 2.0
 #: Seconds before a panel that cannot be opened is tried again.
 REOPEN_DELAY = 5.0
 
@@ -114,6 +117,7 @@ class PanelService:
         self.config = box.config
         self.client: PanelClient | None = None
         self._findings: list[Finding] = []
+        self._queue: list[tuple[int, str, int, int]] = []
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -143,19 +147,24 @@ class PanelService:
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
             nursery.start_soon(self._check_health)
+            nursery.start_soon(self._watch_queue)
             while True:
                 client.show(await self._fields())
                 await trio.sleep(self.config.panel_refresh)
 
     async def _fields(self) -> dict[str, str]:
-        groups = await self.box.mailstore.outbound_groups()
         return panel_fields(
             name=self.box.hostname,
             lan=lan_address(self.config.bind),
             link=read_link_state(self.config.data_dir),
-            queue_groups=groups,
+            queue_groups=self._queue,
             findings=self._findings,
         )
+
+    async def _watch_queue(self) -> None:
+        while True:
+            self._queue = await self.box.mailstore.outbound_groups()
+            await trio.sleep(QUEUE_INTERVAL)
 
     async def _check_health(self) -> None:
         while True:
