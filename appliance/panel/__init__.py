@@ -24,11 +24,12 @@ import trio
 
 from appliance.box import Box
 from appliance.compliance.classification import Urgency
+from appliance.config import ConfigError
 from appliance.health import Finding, Level
 from appliance.health.disk import check_disk
 from appliance.supervisor import Service
 from appliance.sync.link import LinkSnapshot, LinkState, read_link_state
-from hw.boards import detect_board
+from hw.boards import UnknownBoard, detect_board
 from hw.panel import ButtonPressed, HostWasReset, PanelClient, PanelEvent, TTYPort
 
 log = logging.getLogger("edgebox.panel")
@@ -198,7 +199,10 @@ def panel_services(box: Box) -> list[Service]:
     """Return the panel service if the box has a front panel, else nothing."""
     device = box.config.panel_device
     if not device:
-        board = detect_board(override=box.config.board)
+        try:
+            board = detect_board(override=box.config.board)
+        except UnknownBoard as exc:
+            raise ConfigError(str(exc)) from None
         device = str(board.panel_device) if board and board.panel_device else ""
         if not device or not Path(device).exists():
             return []

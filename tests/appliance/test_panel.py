@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from appliance.box import Box
+from appliance.config import ConfigError, load_config
 from appliance.health import Finding, Level
-from appliance.panel import panel_fields
+from appliance.panel import PanelService, panel_fields, panel_services
 from appliance.sync.link import LinkReading, LinkSnapshot, LinkState
 from hw import panel_link
 
@@ -61,3 +69,19 @@ def test_no_monitor_yet_an_empty_queue_and_unprovisioned() -> None:
         "",
     )
     assert (fields["prov"], fields["setup"], fields["update"]) == ("no", "123-456", "40")
+
+
+def box_with(tmp_path: Path, **flags: str) -> Box:
+    return cast(Box, SimpleNamespace(config=load_config(tmp_path, flags=flags)))
+
+
+def test_the_service_runs_only_with_a_panel(tmp_path: Path) -> None:
+    [service] = panel_services(box_with(tmp_path, panel_device="/dev/ttyACM3"))
+    assert isinstance(service, PanelService)
+    assert service.device == Path("/dev/ttyACM3")
+    # A board whose panel device is not there (a development machine): no service.
+    board_only = box_with(tmp_path, board="arm64")
+    assert not Path("/dev/ttyAMA1").exists()
+    assert panel_services(board_only) == []
+    with pytest.raises(ConfigError, match="riscv"):
+        panel_services(box_with(tmp_path, board="riscv"))
