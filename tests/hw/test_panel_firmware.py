@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from hw.panel import ButtonPressed, HostWasReset, PanelClient, PanelEvent, TTYPort
-from hw.twins import HOST_RESET_GPIO, PanelSimulator
+from hw.twins import HOST_RESET_GPIO, LED_GPIO, PanelSimulator
 from tests.hw.conftest import render
 
 pytestmark = pytest.mark.slow
@@ -175,3 +175,28 @@ async def test_held_at_power_on_asks_for_recovery(tmp_path: Path, firmware: Path
             await eventually(lambda: ButtonPressed("recovery") in events)
             await eventually(lambda: panel.display() == render(["RECOVERY", "asked the host"]))
             nursery.cancel_scope.cancel()
+
+
+async def test_the_led_blinks_while_booting_and_in_error_and_is_steady_when_ok(
+    panel: PanelSimulator,
+) -> None:
+    def changes() -> int:
+        return len(panel.pin_log(LED_GPIO))
+
+    # Booting (no word from the host): blinking.
+    await eventually(lambda: changes() >= 6)
+    client = PanelClient(TTYPort(panel.host_path), lambda e: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        client.show(STATE)
+        # OK: the LED settles on and stays on (no more changes).
+        await eventually(lambda: panel.pin_log(LED_GPIO)[-1][1] == 1)
+        await trio.sleep(2.5)
+        settled = changes()
+        await trio.sleep(2.5)
+        assert changes() == settled
+        assert panel.pin_log(LED_GPIO)[-1][1] == 1
+        # A failing check: blinking again.
+        client.show({**STATE, "health": "error", "check": "disk: 0.1 GB free"})
+        await eventually(lambda: changes() >= settled + 6)
+        nursery.cancel_scope.cancel()
