@@ -12,6 +12,7 @@ surface judges the same figures with the same checks.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from appliance.health import Finding, Level, worst
+from appliance.health.certificates import check_certificates
 from appliance.health.checks import CHECKS, run_checks
 from appliance.health.readings import SystemReadings
 from appliance.health.snapshot import (
@@ -64,9 +66,12 @@ async def gather_snapshot(
     except Exception as exc:  # the queue check reports it; the other checks still run
         errors["queue"] = str(exc)
         queue = []
+    now = readings.wall_time()
+    certificates = check_certificates(data_dir / "keys", dt.datetime.fromtimestamp(now, dt.UTC))
     return Snapshot(
-        now=readings.wall_time(),
+        now=now,
         data_dir=data_dir,
+        certificates=certificates,
         limits=Limits.from_config(box.config),
         box_running=box_running,
         services=dict(services),

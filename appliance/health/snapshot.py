@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from appliance.health import Finding
 from appliance.health.readings import DiskReading, MemoryReading, SystemReadings, Temperature
 
 
@@ -104,6 +105,9 @@ class Snapshot:
     last_seen_time: float | None = None
     #: Reading name -> why it failed ("disk": "Permission denied", ...).
     errors: Mapping[str, str] = field(default_factory=dict)
+    #: The certificates' state as read from ``keys/`` (appliance.health.certificates
+    #: reads and judges the files together; gathered here so that checks stay pure).
+    certificates: Sequence[Finding] = ()
 
 
 def read_machine(readings: SystemReadings, data_dir: Path, pid: int) -> dict[str, Any]:

@@ -168,7 +168,16 @@ def test_a_cut_link_warns_and_never_makes_the_box_unhealthy() -> None:
 def test_the_registry_has_one_uniquely_named_check_per_plug_in() -> None:
     names = [check.name for check in CHECKS]
     assert len(names) == len(set(names))
-    assert set(names) == {"services", "disk", "memory", "temperature", "clock", "queue", "link"}
+    assert set(names) == {
+        "services",
+        "disk",
+        "memory",
+        "temperature",
+        "clock",
+        "certificates",
+        "queue",
+        "link",
+    }
 
 
 def test_a_check_that_raises_becomes_an_error_finding_and_the_others_still_run() -> None:
@@ -222,3 +231,13 @@ def test_readings_that_fail_become_findings_not_crashes() -> None:
     assert found["queue"].level is Level.ERROR
     assert "database is locked" in found["queue"].th
     assert broken.rss == {}
+
+
+def test_the_certificates_check_reports_what_was_read_with_the_snapshot() -> None:
+    expiring = Finding("certificate", Level.ERROR, "server certificate ends in 3 days",
+                       "ใบรับรองหมดอายุใน 3 วัน")  # fmt: skip
+    findings = run_checks(
+        dataclasses.replace(snap(), certificates=(expiring,)),
+        tuple(check for check in CHECKS if check.name == "certificates"),
+    )
+    assert findings == [expiring]
