@@ -111,6 +111,9 @@ class Config:
     #: Seconds between rounds of mailbox and directory replication when nothing wakes
     #: them earlier (the link coming back, a local change).
     sync_interval: float = 60.0
+    #: Where `edgebox run` writes its daily backup (a USB disk's mount point); empty: none
+    #: (docs/backup.md).
+    backup_target: str = ""
 
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""
