@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import segno
 import trio
 from cryptography import x509
 
@@ -267,7 +268,8 @@ def _backup_parser(commands: Any) -> None:
     restore.add_argument("--from", dest="source", type=Path, required=True,
                          help="a backup target (its newest) or one backup's folder")  # fmt: skip
     restore.add_argument("--key", help="the recovery key's words (default: read from stdin)")
-    action("key", _backup_key, "print the backup key for the agency's recovery sheet")
+    key = action("key", _backup_key, "print the backup key for the agency's recovery sheet")
+    key.add_argument("--qr", type=Path, help="also write the key as a QR code (.svg or .png)")
     verify = action("verify", _backup_verify, "check every file of a backup; exit 1 if damaged")
     verify.add_argument("--from", dest="source", type=Path, required=True)
     verify.add_argument("--key", help="the recovery key's words (default: this box's key)")
@@ -581,7 +583,13 @@ def _backup_key(args: argparse.Namespace) -> int:
     key = ensure_backup_key(args.data / "keys")
     print("edgebox backup recovery key — keep this sheet in the agency's safe")
     print(f"box {read_identity(args.data).box_id}  key id {key_id(key)}")  # type: ignore[union-attr]
-    print(key_to_words(key))
+    words = key_to_words(key)
+    print(words)
+    if args.qr is not None:
+        # The QR code holds the same words (error correction M), for a phone or scanner
+        # at restore time; segno writes SVG or PNG by the file's extension.
+        segno.make(words, error="m").save(str(args.qr), scale=8, border=4)
+        print(f"QR code written to {args.qr}")
     return 0
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from appliance.backup import service as service_module
-from appliance.backup.crypto import BackupDamaged, ensure_backup_key
+from appliance.backup.crypto import BackupDamaged, ensure_backup_key, key_to_words, words_to_key
 from appliance.backup.health import check_last_backup
 from appliance.backup.restore import RestoreError, restore_backup, verify_backup
 from appliance.backup.service import DailyBackup, read_state
@@ -23,6 +23,7 @@ from appliance.backup.snapshot import (
     create_backup,
 )
 from appliance.box import add_user, configured, init_box, open_box
+from appliance.cli import main
 from appliance.health import Level
 from appliance.mail.delivery import Envelope, Recipient, Trace
 
@@ -54,8 +55,7 @@ async def contents(data: Path) -> dict[tuple[str, int], str]:
     return found
 
 
-@pytest.fixture
-async def data(tmp_path: Path) -> Path:
+async def _make_data(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     await init_box(data, DOMAIN)
     async with open_box(configured(data, {}, {})) as box:
@@ -63,6 +63,17 @@ async def data(tmp_path: Path) -> Path:
             await add_user(box, address, "pw-" + address, name_th=address)
     await deliver(data, 6, "first")
     return data
+
+
+@pytest.fixture
+async def data(tmp_path: Path) -> Path:
+    return await _make_data(tmp_path)
+
+
+@pytest.fixture
+def plain_data(tmp_path: Path) -> Path:
+    """The same data directory, for tests that are not trio tests (the CLI runs its own)."""
+    return trio.run(_make_data, tmp_path)
 
 
 def _key(data: Path) -> bytes:
@@ -219,3 +230,35 @@ def test_health_check_warns_after_two_days(tmp_path: Path) -> None:
     assert stale.level is Level.WARN
     assert "days" in stale.en
     assert "วัน" in stale.th
+
+
+def test_cli_prints_the_recovery_sheet_with_a_qr_code(
+    plain_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["backup", "key", "--data", str(plain_data), "--qr", str(tmp_path / "key.svg")]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    words = next(line for line in lines if len(line.split()) == 17)
+    assert words_to_key(words) == _key(plain_data)
+    assert qr.read_text().lstrip().startswith("<?xml")
+
+
+def test_cli_restore_of_a_damaged_backup_names_the_file_and_check(
+    plain_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    usb = tmp_path / "usb"
+    assert main(["backup", "create", "--data", str(plain_data), "--to", str(usb)]) == 0
+    (backup,) = complete_backups(usb)
+    _flip(backup / "data" / "db" / "mail.sqlite", 100)
+    words = key_to_words(_key(plain_data))
+    target = tmp_path / "r"
+    capsys.readouterr()
+    code = main(["backup", "restore", "--data", str(target), "--from", str(usb), "--key", words])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "db/mail.sqlite: chunk 0 failed authentication" in error
+    assert "left untouched" in error
+    assert not target.exists()
+    assert main(["backup", "verify", "--data", str(plain_data), "--from", str(usb)]) == 1
+    assert "db/mail.sqlite" in capsys.readouterr().out
