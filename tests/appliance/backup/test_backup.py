@@ -235,9 +235,8 @@ def test_health_check_warns_after_two_days(tmp_path: Path) -> None:
 def test_cli_prints_the_recovery_sheet_with_a_qr_code(
     plain_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        main(["backup", "key", "--data", str(plain_data), "--qr", str(tmp_path / "key.svg")]) == 0
-    )
+    qr = tmp_path / "key.svg"
+    assert main(["backup", "key", "--data", str(plain_data), "--qr", str(qr)]) == 0
     lines = capsys.readouterr().out.splitlines()
     words = next(line for line in lines if len(line.split()) == 17)
     assert words_to_key(words) == _key(plain_data)
