@@ -113,7 +113,7 @@ def create_backup(data_dir: Path, target: Path, *, now: float | None = None) -> 
     if not (data_dir / "config.json").exists() or not keys_dir.is_dir():
         raise BackupError(f"{data_dir} is not an edgebox data directory")
     key = ensure_backup_key(keys_dir)
-    target.mkdir(parents=True, exist_ok=True)
+    (target / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
     _remove_partials(target)
     stamp = time.gmtime(time.time() if now is None else now)
     name = time.strftime("%Y%m%dT%H%M%SZ", stamp)

@@ -261,3 +261,12 @@ def test_cli_restore_of_a_damaged_backup_names_the_file_and_check(
     assert not target.exists()
     assert main(["backup", "verify", "--data", str(plain_data), "--from", str(usb)]) == 1
     assert "db/mail.sqlite" in capsys.readouterr().out
+
+
+async def test_a_box_without_mail_backs_up_and_restores(tmp_path: Path) -> None:
+    data = tmp_path / "empty"
+    await init_box(data, DOMAIN)
+    report = create_backup(data, tmp_path / "usb")
+    assert report.blobs == 0
+    restore_backup(tmp_path / "r", tmp_path / "usb", _key(data))
+    assert await contents(tmp_path / "r") == {}
