@@ -594,6 +594,8 @@ def _backup_key(args: argparse.Namespace) -> int:
 
 
 def _recovery_key(args: argparse.Namespace) -> bytes:
+    if args.key is None and sys.stdin.isatty():
+        print("recovery key (17 groups): ", end="", file=sys.stderr, flush=True)
     words = args.key if args.key is not None else sys.stdin.readline()
     try:
         return words_to_key(words)
