@@ -37,6 +37,7 @@ What this is not: the schedule (`appliance.backup.service`) or restore.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -67,6 +68,7 @@ MANIFEST_FORMAT = 1
 MANIFEST = "manifest"
 KEY_ID_FILE = "key.id"
 PARTIAL_PREFIX = ".partial-"
+LOCK_FILE = ".lock"
 BLOBS_DIR = "blobs"
 #: The data directory's folders a backup never holds: run-time state, and the blobs
 #: and databases it copies its own way.
@@ -114,6 +116,15 @@ def create_backup(data_dir: Path, target: Path, *, now: float | None = None) -> 
         raise BackupError(f"{data_dir} is not an edgebox data directory")
     key = ensure_backup_key(keys_dir)
     (target / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
+    with _exclusive(data_dir / "backup" / "lock"), _exclusive(target / LOCK_FILE):
+        return _create_locked(data_dir, target, key, now, started)
+
+
+def _create_locked(
+    data_dir: Path, target: Path, key: bytes, now: float | None, started: float
+) -> BackupReport:
+    # Only under both locks: another backup's partial folder or scratch copy is never
+    # mistaken for a killed one's.
     _remove_partials(target)
     stamp = time.gmtime(time.time() if now is None else now)
     name = time.strftime("%Y%m%dT%H%M%SZ", stamp)
@@ -426,6 +437,21 @@ def _remove_partials(target: Path) -> None:
         for tmp in blobs.glob("*/.*.tmp"):
             with suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an advisory lock on *path* (released by the kernel if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(f"another backup is running ({path} is locked)") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _identity(data_dir: Path) -> dict[str, Any]:

@@ -270,3 +270,12 @@ async def test_a_box_without_mail_backs_up_and_restores(tmp_path: Path) -> None:
     assert report.blobs == 0
     restore_backup(tmp_path / "r", tmp_path / "usb", _key(data))
     assert await contents(tmp_path / "r") == {}
+
+
+async def test_a_second_backup_at_the_same_time_is_refused(data: Path, tmp_path: Path) -> None:
+    from appliance.backup.snapshot import BackupError, _exclusive
+
+    with _exclusive(data / "backup" / "lock"), pytest.raises(BackupError, match="another"):
+        create_backup(data, tmp_path / "usb")
+    assert complete_backups(tmp_path / "usb") == []
+    create_backup(data, tmp_path / "usb")  # the lock went with its holder
