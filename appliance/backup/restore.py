@@ -30,6 +30,7 @@ from appliance.backup.snapshot import (
     MANIFEST,
     complete_backups,
     read_manifest,
+    sync_filesystem,
 )
 from appliance.security.keys import KeyMaterialError, load_data_key
 from appliance.store.files import fsync_dir
@@ -104,7 +105,7 @@ def restore_backup(data_dir: Path, source: Path, key: bytes) -> RestoreReport:
             raise BackupDamaged(
                 "keys", f"the restored keys do not open the data key: {exc}"
             ) from None
-        _fsync_tree(staging)
+        sync_filesystem(staging)
         if data_dir.exists():
             data_dir.rmdir()  # empty, checked above
         os.rename(staging, data_dir)
@@ -138,9 +139,8 @@ def verify_backup(source: Path, key: bytes) -> tuple[str, int, int]:
 def _restore_file(key: bytes, label: str, stored: Path, dest: Path, entry: dict[str, Any]) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with dest.open("xb") as out:
+        # Made durable all at once by `sync_filesystem` before the rename.
         size = _check_file(key, label, stored, entry, out)
-        out.flush()
-        os.fsync(out.fileno())
     os.chmod(dest, 0o600)
     return size
 
@@ -172,10 +172,3 @@ def _safe_relative(path: Any) -> str:
     if pure.is_absolute() or ".." in pure.parts or not pure.parts:
         raise BackupDamaged(MANIFEST, f"unsafe path {path!r}")
     return pure.as_posix()
-
-
-def _fsync_tree(root: Path) -> None:
-    for here, dirs, _names in os.walk(root):
-        for d in dirs:
-            fsync_dir(Path(here) / d)
-    fsync_dir(root)
