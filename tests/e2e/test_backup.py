@@ -250,3 +250,34 @@ def test_edgebox_run_backs_up_to_the_configured_target(tmp_path: Path) -> None:
         box.stop()
     # What the health check reads: the last good backup, recorded after its rename.
     assert read_state(data)["last_name"] == complete_backups(usb)[0].name
+
+
+@pytest.mark.slow
+def test_restore_of_a_damaged_backup_names_the_part_from_the_command_line(
+    tmp_path: Path,
+) -> None:
+    data, usb = tmp_path / "data", tmp_path / "usb"
+    init_box(data, DOMAIN, dict(list(USERS.items())[:1]))
+    blobs = BlobStore(data / "blobs", load_data_key(data / "keys"))
+    blob_id = blobs.put(b"a message body " * 1000)
+    edgebox("backup", "create", "--data", str(data), "--to", str(usb))
+    words = _recovery_words(data)
+    (backup,) = complete_backups(usb)
+    for victim, part in [
+        (usb / "blobs" / blob_id[:2] / blob_id, f"blob/{blob_id}"),
+        (backup / "data" / "db" / "directory.sqlite", "db/directory.sqlite"),
+        (backup / "manifest", "manifest"),
+    ]:
+        original = victim.read_bytes()
+        damaged = bytearray(original)
+        damaged[len(damaged) // 2] ^= 0x01
+        victim.write_bytes(bytes(damaged))
+        target = tmp_path / "restored"
+        done = edgebox("backup", "restore", "--data", str(target), "--from", str(usb),
+                       "--key", words, check=False)  # fmt: skip
+        assert done.returncode == 1
+        assert f"damaged backup: {part}: chunk 0 failed authentication" in done.stderr
+        assert not target.exists()
+        victim.write_bytes(original)
+    edgebox("backup", "restore", "--data", str(tmp_path / "restored"), "--from", str(usb),
+            "--key", words)  # fmt: skip
