@@ -499,7 +499,9 @@ async def _serve(config: Any) -> None:
         services.append(TLSRenewal(config.data_dir / "keys", box.tls_names, [box.identity.domain]))
         services += uplink_services(box)
         if config.backup_target:
-            services.append(DailyBackup(config.data_dir, Path(config.backup_target)))
+            services.append(
+                DailyBackup(config.data_dir, Path(config.backup_target), keep=config.backup_keep)
+            )
         supervisor = Supervisor(services, box.status_file)
 
         def announce(listeners: dict[str, list[str]]) -> None:
@@ -565,12 +567,12 @@ def _log_verify(args: argparse.Namespace) -> int:
 
 
 def _backup_create(args: argparse.Namespace) -> int:
-    configured_target = _config(args).backup_target
-    target = args.to or (Path(configured_target) if configured_target else None)
+    config = _config(args)
+    target = args.to or (Path(config.backup_target) if config.backup_target else None)
     if target is None:
         raise CommandError("no --to given and no backup_target configured")
     try:
-        name = backup_and_record(args.data, target)
+        name = backup_and_record(args.data, target, config.backup_keep)
     except (BackupError, BackupDamaged) as exc:
         raise CommandError(f"backup failed: {exc}") from None
     print(f"backup {name} complete in {target}")

@@ -114,6 +114,8 @@ class Config:
     #: Where `edgebox run` writes its daily backup (a USB disk's mount point); empty: none
     #: (docs/backup.md).
     backup_target: str = ""
+    #: How many backups to keep in the target (the newest); 0 keeps every one.
+    backup_keep: int = 14
 
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""

@@ -17,7 +17,8 @@ from typing import Any
 
 import trio
 
-from appliance.backup.snapshot import create_backup
+from appliance.backup.crypto import load_backup_key
+from appliance.backup.snapshot import create_backup, prune_backups
 from appliance.store.files import write_atomically
 
 log = logging.getLogger("edgebox.backup")
@@ -44,8 +45,11 @@ def record(data_dir: Path, **changes: Any) -> None:
     write_atomically(data_dir / STATE_FILE, json.dumps(state, sort_keys=True).encode("utf-8"))
 
 
-def backup_and_record(data_dir: Path, target: Path) -> str:
-    """Make one backup and record it as the last good one; return its name."""
+def backup_and_record(data_dir: Path, target: Path, keep: int = 0) -> str:
+    """Make one backup, record it as the last good one, keep the newest *keep*; return its name.
+
+    *keep* 0 keeps every backup.
+    """
     try:
         report = create_backup(data_dir, target)
     except Exception as exc:
@@ -60,6 +64,10 @@ def backup_and_record(data_dir: Path, target: Path) -> str:
     )  # fmt: skip
     for blob_id in report.blobs_vanished:
         log.warning("backup %s: blob %s was freed while the backup ran", report.name, blob_id)
+    if keep:
+        removed = prune_backups(target, load_backup_key(data_dir / "keys"), keep)
+        if removed:
+            log.info("removed %d old backups from %s: %s", len(removed), target, ", ".join(removed))
     return report.name
 
 
@@ -69,10 +77,17 @@ class DailyBackup:
     name = "backup"
 
     def __init__(
-        self, data_dir: Path, target: Path, *, interval: float = DAILY, retry: float = RETRY
+        self,
+        data_dir: Path,
+        target: Path,
+        *,
+        keep: int = 0,
+        interval: float = DAILY,
+        retry: float = RETRY,
     ) -> None:
         self.data_dir = data_dir
         self.target = target
+        self.keep = keep
         self.interval = interval
         self.retry = retry
 
@@ -88,7 +103,9 @@ class DailyBackup:
                 continue
             try:
                 # A worker thread: the copy is file and SQLite work; the box keeps serving.
-                await trio.to_thread.run_sync(backup_and_record, self.data_dir, self.target)
+                await trio.to_thread.run_sync(
+                    backup_and_record, self.data_dir, self.target, self.keep
+                )
             except Exception as exc:  # a failed backup must not stop the box
                 log.error("backup to %s failed: %s; trying again in %.0f s",
                           self.target, exc, self.retry)  # fmt: skip

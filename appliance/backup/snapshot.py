@@ -486,3 +486,53 @@ def _identity(data_dir: Path) -> dict[str, Any]:
         return {k: box.get(k) for k in ("box_id", "domain")}
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def prune_backups(target: Path, key: bytes, keep: int) -> list[str]:
+    """Delete all but the newest *keep* backups and the blobs only they used; return names.
+
+    Blobs are shared between backups, so a blob is deleted only when no kept backup's
+    manifest lists it. That needs every manifest in the target to be readable with this
+    box's key: a target shared with another box, or a damaged manifest, stops the blob
+    sweep (old folders are still removed; their blobs stay, which wastes space but loses
+    nothing). Runs under the same locks as a backup, so no backup is half written.
+    """
+    if keep < 1:
+        return []
+    with _exclusive(target / LOCK_FILE):
+        backups = complete_backups(target)
+        if len(backups) <= keep:
+            return []
+        old, kept = backups[:-keep], backups[-keep:]
+        referenced: set[str] = set()
+        sweep = True
+        for backup in kept:
+            try:
+                referenced.update(b["id"] for b in read_manifest(backup, key)["blobs"])
+            except (BackupDamaged, ValueError, OSError, KeyError) as exc:
+                log.warning("backup %s: manifest unreadable (%s); blobs are not swept", backup, exc)
+                sweep = False
+        for backup in old:
+            # Renamed first: a prune killed halfway leaves a dot-folder no restore takes.
+            doomed = target / f".deleting-{backup.name}"
+            os.rename(backup, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        for leftover in target.glob(".deleting-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        fsync_dir(target)
+        if sweep:
+            for blob_id, path in _target_blobs(target):
+                if blob_id not in referenced:
+                    path.unlink(missing_ok=True)
+        return [b.name for b in old]
+
+
+def _target_blobs(target: Path) -> Iterator[tuple[str, Path]]:
+    root = target / BLOBS_DIR
+    if not root.is_dir():
+        return
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    yield path.name, path

@@ -21,6 +21,7 @@ from appliance.backup.snapshot import (
     PARTIAL_PREFIX,
     complete_backups,
     create_backup,
+    prune_backups,
 )
 from appliance.box import add_user, configured, init_box, open_box
 from appliance.cli import main
@@ -199,15 +200,15 @@ async def test_daily_service_backs_up_when_due_and_records_it(
     done = trio.Event()
     original = service_module.backup_and_record
 
-    def recorded(data_dir: Path, to: Path) -> str:
-        name = original(data_dir, to)
+    def recorded(data_dir: Path, to: Path, keep: int) -> str:
+        name = original(data_dir, to, keep)
         trio.from_thread.run_sync(done.set)
         return name
 
     monkeypatch.setattr(service_module, "backup_and_record", recorded)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(DailyBackup(data, target).serve)
+            nursery.start_soon(DailyBackup(data, target, keep=3).serve)
             await done.wait()
             nursery.cancel_scope.cancel()
     state = read_state(data)
@@ -279,3 +280,57 @@ async def test_a_second_backup_at_the_same_time_is_refused(data: Path, tmp_path:
         create_backup(data, tmp_path / "usb")
     assert complete_backups(tmp_path / "usb") == []
     create_backup(data, tmp_path / "usb")  # the lock went with its holder
+
+
+def test_pruning_keeps_the_newest_and_only_their_blobs(plain_data: Path, tmp_path: Path) -> None:
+    usb, data = tmp_path / "usb", plain_data
+    first = create_backup(data, usb, now=1_000_000)
+    second = create_backup(data, usb, now=1_000_100)
+    # A blob only the first two backups hold: gone from the box before the third.
+    gone = sorted(data.glob("blobs/*/*/*"))[0]
+    gone.rename(tmp_path / "aside")
+    third = create_backup(data, usb, now=1_000_200)
+    assert third.blobs == 5
+    assert prune_backups(usb, _key(data), keep=1) == [first.name, second.name]
+    assert [b.name for b in complete_backups(usb)] == [third.name]
+    assert not (usb / BLOBS_DIR / gone.name[:2] / gone.name).exists()
+    assert len(list((usb / BLOBS_DIR).glob("*/*"))) == 5
+    verify_backup(usb, _key(data))
+    assert prune_backups(usb, _key(data), keep=1) == []
+
+
+def test_pruning_sweeps_no_blob_when_a_kept_manifest_is_unreadable(
+    plain_data: Path, tmp_path: Path
+) -> None:
+    usb = tmp_path / "usb"
+    create_backup(plain_data, usb, now=1_000_000)
+    create_backup(plain_data, usb, now=1_000_100)
+    _flip(complete_backups(usb)[-1] / "manifest", 40)
+    before = len(list((usb / BLOBS_DIR).glob("*/*")))
+    assert len(prune_backups(usb, _key(plain_data), keep=1)) == 1
+    assert len(list((usb / BLOBS_DIR).glob("*/*"))) == before
+
+
+async def test_daily_service_survives_a_failed_backup_and_tries_again(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = trio.Event()
+    calls: list[str] = []
+    original = service_module.backup_and_record
+
+    def flaky(data_dir: Path, to: Path, keep: int) -> str:
+        calls.append("try")
+        if len(calls) == 1:
+            raise OSError("No space left on device")
+        name = original(data_dir, to, keep)
+        trio.from_thread.run_sync(done.set)
+        return name
+
+    monkeypatch.setattr(service_module, "backup_and_record", flaky)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(DailyBackup(data, tmp_path / "usb", retry=0.01).serve)
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    assert calls == ["try", "try"]
+    assert read_state(data)["last_good"]
