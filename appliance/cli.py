@@ -18,9 +18,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import segno
 import trio
 from cryptography import x509
 
+from appliance.backup.crypto import (
+    BackupDamaged,
+    BadRecoveryKey,
+    ensure_backup_key,
+    key_id,
+    key_to_words,
+    load_backup_key,
+    words_to_key,
+)
+from appliance.backup.restore import RestoreError, restore_backup, verify_backup
+from appliance.backup.service import DailyBackup, backup_and_record
+from appliance.backup.snapshot import BackupError
 from appliance.box import (
     Box,
     BoxError,
@@ -223,6 +236,8 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--hub", required=True, help="the hub's sync URL, https://host:port")
     enrol.add_argument("--token", required=True, help="the token from `edgebox hub token`")
 
+    _backup_parser(commands)
+
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -268,6 +283,29 @@ def _parser() -> argparse.ArgumentParser:
     quota.add_argument("email")
     quota.add_argument("--mb", type=int, required=True, help="quota in MB")
     return parser
+
+
+def _backup_parser(commands: Any) -> None:
+    backup = commands.add_parser("backup", help="encrypted backups of the data directory")
+    actions = backup.add_subparsers(required=True, metavar="ACTION")
+
+    def action(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = actions.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")))
+        return sub
+
+    create = action("create", _backup_create, "back the data directory up (the box may run)")
+    create.add_argument("--to", type=Path, help="backup target folder (default: backup_target)")
+    restore = action("restore", _backup_restore, "restore a backup onto a blank data directory")
+    restore.add_argument("--from", dest="source", type=Path, required=True,
+                         help="a backup target (its newest) or one backup's folder")  # fmt: skip
+    restore.add_argument("--key", help="the recovery key's words (default: read from stdin)")
+    key = action("key", _backup_key, "print the backup key for the agency's recovery sheet")
+    key.add_argument("--qr", type=Path, help="also write the key as a QR code (.svg or .png)")
+    verify = action("verify", _backup_verify, "check every file of a backup; exit 1 if damaged")
+    verify.add_argument("--from", dest="source", type=Path, required=True)
+    verify.add_argument("--key", help="the recovery key's words (default: this box's key)")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -585,6 +623,10 @@ async def _serve(config: Any, lifecycle: Lifecycle) -> None:
         )
         services += [health, MetricsService(config, box.metrics)]
         services += panel_services(box, health.findings)
+        if config.backup_target:
+            services.append(
+                DailyBackup(config.data_dir, Path(config.backup_target), keep=config.backup_keep)
+            )
         supervisor = Supervisor(services, box.status_file)
         health.service_states = supervisor.service_states
 
@@ -707,6 +749,71 @@ def _log_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"traffic log ALTERED: {result.problem}")
     return 1
+
+
+def _backup_create(args: argparse.Namespace) -> int:
+    config = _config(args)
+    target = args.to or (Path(config.backup_target) if config.backup_target else None)
+    if target is None:
+        raise CommandError("no --to given and no backup_target configured")
+    try:
+        name = backup_and_record(args.data, target, config.backup_keep)
+    except (BackupError, BackupDamaged) as exc:
+        raise CommandError(f"backup failed: {exc}") from None
+    print(f"backup {name} complete in {target}")
+    return 0
+
+
+def _backup_key(args: argparse.Namespace) -> int:
+    if read_identity(args.data) is None:
+        raise CommandError(f"{args.data} is not an edgebox data directory")
+    key = ensure_backup_key(args.data / "keys")
+    print("edgebox backup recovery key — keep this sheet in the agency's safe")
+    print(f"box {read_identity(args.data).box_id}  key id {key_id(key)}")  # type: ignore[union-attr]
+    words = key_to_words(key)
+    print(words)
+    if args.qr is not None:
+        # The QR code holds the same words (error correction M), for a phone or scanner
+        # at restore time; segno writes SVG or PNG by the file's extension.
+        segno.make(words, error="m").save(str(args.qr), scale=8, border=4)
+        print(f"QR code written to {args.qr}")
+    return 0
+
+
+def _recovery_key(args: argparse.Namespace) -> bytes:
+    if args.key is None and sys.stdin.isatty():
+        print("recovery key (17 groups): ", end="", file=sys.stderr, flush=True)
+    words = args.key if args.key is not None else sys.stdin.readline()
+    try:
+        return words_to_key(words)
+    except BadRecoveryKey as exc:
+        raise CommandError(f"recovery key: {exc}") from None
+
+
+def _backup_restore(args: argparse.Namespace) -> int:
+    key = _recovery_key(args)
+    try:
+        done = restore_backup(args.data, args.source, key)
+    except BackupDamaged as exc:
+        raise CommandError(
+            f"restore refused, {args.data} left untouched: damaged backup: {exc}"
+        ) from None
+    except RestoreError as exc:
+        raise CommandError(f"restore refused, {args.data} left untouched: {exc}") from None
+    print(f"restored backup {done.name} into {args.data}: {done.files} files, "
+          f"{done.blobs} blobs, {done.bytes / 1e6:.1f} MB")  # fmt: skip
+    return 0
+
+
+def _backup_verify(args: argparse.Namespace) -> int:
+    key = _recovery_key(args) if args.key is not None else load_backup_key(args.data / "keys")
+    try:
+        name, files, blobs = verify_backup(args.source, key)
+    except (BackupDamaged, RestoreError) as exc:
+        print(f"backup DAMAGED or unreadable: {exc}")
+        return 1
+    print(f"backup {name} intact: {files} files, {blobs} blobs")
+    return 0
 
 
 def _db_size(db_dir: Path) -> int:

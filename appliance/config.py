@@ -113,6 +113,11 @@ class Config:
     #: Seconds between rounds of mailbox and directory replication when nothing wakes
     #: them earlier (the link coming back, a local change).
     sync_interval: float = 60.0
+    #: Where `edgebox run` writes its daily backup (a USB disk's mount point); empty: none
+    #: (docs/backup.md).
+    backup_target: str = ""
+    #: How many backups to keep in the target (the newest); 0 keeps every one.
+    backup_keep: int = 14
 
     # --- found on the LAN (appliance.discovery; docs/provisioning.md) -----------------
     #: Announce the box over mDNS / DNS-SD. Off in development and tests; the box's

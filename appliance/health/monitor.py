@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from appliance.backup.health import check_last_backup
 from appliance.health import Finding, Level, worst
 from appliance.health.certificates import check_certificates
 from appliance.health.checks import CHECKS, run_checks
@@ -72,6 +73,7 @@ async def gather_snapshot(
         now=now,
         data_dir=data_dir,
         certificates=certificates,
+        backup=[check_last_backup(data_dir, box.config.backup_target, now)],
         limits=Limits.from_config(box.config),
         box_running=box_running,
         services=dict(services),

@@ -108,6 +108,8 @@ class Snapshot:
     #: The certificates' state as read from ``keys/`` (appliance.health.certificates
     #: reads and judges the files together; gathered here so that checks stay pure).
     certificates: Sequence[Finding] = ()
+    #: The last good backup's age, judged from ``backup/state.json`` (appliance.backup).
+    backup: Sequence[Finding] = ()
 
 
 def read_machine(readings: SystemReadings, data_dir: Path, pid: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from appliance.health import Check, Finding
 from appliance.health.checks import (
+    backup,
     certificates,
     clock,
     disk,
@@ -26,6 +27,7 @@ CHECKS: tuple[Check, ...] = (
     temperature.CHECK,
     clock.CHECK,
     certificates.CHECK,
+    backup.CHECK,
     queue.CHECK,
     link.CHECK,
 )

@@ -255,12 +255,18 @@ def _bytes(text: str) -> float:
 
 def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     """The admin overview names services in words; a new service needs its label."""
+    from appliance.backup.service import DailyBackup
     from appliance.chat.secrets import SecretSweeper
     from appliance.compliance.retention import TrafficLogRetention
     from appliance.config import DEV_PORTS
     from appliance.directory.sessions import SessionExpiry
+    from appliance.discovery import DiscoveryService
+    from appliance.health.checks import CHECKS
+    from appliance.health.metrics_service import MetricsService
+    from appliance.health.monitor import HealthMonitor
     from appliance.mail.indexing import SearchIndexer
     from appliance.mail.smtp.server import Port
+    from appliance.panel import PanelService
     from appliance.security.tls_renewal import TLSRenewal
     from appliance.sync.chat import ChatReplicator
     from appliance.sync.directory import DirectoryReplicator
@@ -274,9 +280,10 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     background = [SecretSweeper, TrafficLogRetention, SessionExpiry, SearchIndexer,
                   ChatReplicator, DirectoryReplicator, HubSyncService, LinkMonitor,
                   MailboxReplicator, OutboundRelay, CertificateRenewal, TLSRenewal,
-                  HTTPSService]  # fmt: skip
+                  HTTPSService, DailyBackup, DiscoveryService, HealthMonitor,
+                  MetricsService, PanelService]  # fmt: skip
     ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
-           *(service.name for service in background), "disk", "services",
+           *(service.name for service in background), *(check.name for check in CHECKS),
            "certificate", "ca", "sync-certificate"}  # fmt: skip
     assert ids <= set(SERVICE_LABELS), ids - set(SERVICE_LABELS)
     for check, (thai, english) in SERVICE_LABELS.items():
