@@ -1195,6 +1195,63 @@ def decoded_part(message: bytes, numbers: tuple[int, ...], root: Part) -> bytes 
     return None
 
 
+def encode_nul_parts(message: bytes) -> bytes:
+    """Re-encode as base64 each leaf part whose body holds NUL; return the rest as is.
+
+    RFC 3516 §4.4: APPEND's literal8 lets a client store binary content (typically a
+    part labelled ``Content-Transfer-Encoding: binary``), but BODY[...] answers are
+    plain literals, which cannot carry NUL (RFC 3501 §4.3, CHAR8). Such a part is
+    stored base64-encoded under a new Content-Transfer-Encoding: BODY[] then shows
+    valid data, and BINARY[...] still returns the very bytes the client sent.
+    """
+    if b"\0" not in message:
+        return message
+    try:
+        root = parse(message)
+    except Exception:  # unreadable structure: stored as sent, as any other message
+        return message
+    out = bytearray()
+    pos = 0
+    for part in _leaves(root):
+        body = message[part.body_start : part.body_end]
+        if b"\0" not in body or part.header_start < pos:
+            continue
+        out += message[pos : part.header_start]
+        out += _base64_header(message, part)
+        encoded = binascii.b2a_base64(body, newline=False)
+        out += b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+        if part is root:
+            out += b"\r\n"  # no boundary delimiter follows to end the last line
+        pos = part.body_end
+    out += message[pos:]
+    return bytes(out)
+
+
+def _leaves(part: Part) -> Iterator[Part]:
+    """The parts without children, in the order they appear in the message."""
+    if not part.children:
+        yield part
+    for child in part.children:
+        yield from _leaves(child)
+
+
+def _base64_header(message: bytes, part: Part) -> bytes:
+    """The part's header with its Content-Transfer-Encoding fields replaced by base64."""
+    kept = bytearray()
+    pos = fields_end = part.header_start
+    for name, start, _, end in _field_spans(message, part.header_start, part.header_end):
+        if name == "content-transfer-encoding":
+            kept += message[pos:start]
+            pos = end
+        fields_end = end
+    kept += message[pos:fields_end]
+    # The new field goes last, before the empty line that ends the header.
+    if kept and not kept.endswith(b"\n"):
+        kept += b"\r\n"
+    kept += b"Content-Transfer-Encoding: base64\r\n"
+    return bytes(kept) + message[max(fields_end, pos) : part.header_end]
+
+
 # --------------------------------------------------------------------------------------
 # Decoded text for SEARCH
 
@@ -1286,7 +1343,16 @@ def _base64(data: bytes) -> bytes:
         return b""
 
 
+# RFC 2045 §6.7 rule 3: white space at the end of an encoded line is transport padding.
+_QP_PADDING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
+
+
 def _quoted_printable(data: bytes, header: bool = False) -> bytes:
+    """Decode quoted-printable; soft line breaks ("=" then padding) join lines."""
+    if not header:
+        # RFC 2045 §6.7 rule 3: the padding is deleted on decoding, which also makes an
+        # "=" followed by padding a soft line break (rule 5); binascii keeps both.
+        data = _QP_PADDING.sub(b"", data)
     try:
         return binascii.a2b_qp(data, header=header)
     except (binascii.Error, ValueError):

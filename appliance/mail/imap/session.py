@@ -481,8 +481,10 @@ class ImapSession:
             return
         when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
         try:
+            # RFC 3516 §4.4: binary content from literal8 is kept in a form BODY[] can show.
             uidvalidity, uid = await self.mailboxes.append(
-                self.owner, cmd.mailbox, cmd.message, quota_bytes=self.user.quota_bytes,
+                self.owner, cmd.mailbox, mime.encode_nul_parts(cmd.message),
+                quota_bytes=self.user.quota_bytes,
                 flags=cmd.flags, internal_date=when,
             )  # fmt: skip
         except MailboxError as exc:
@@ -507,8 +509,13 @@ class ImapSession:
             # whole command; clients use it to abandon a MULTIAPPEND half-way.
             self.conn.tagged(cmd.tag, "NO", "empty message: nothing was appended")
             return
+        # RFC 3516 §4.4: binary content from literal8 is kept in a form BODY[] can show.
         batch = [
-            (m.message, m.flags, int(m.internal_date.timestamp()) if m.internal_date else None)
+            (
+                mime.encode_nul_parts(m.message),
+                m.flags,
+                int(m.internal_date.timestamp()) if m.internal_date else None,
+            )
             for m in messages
         ]
         try:

@@ -208,9 +208,11 @@ def _sent(value: str | None) -> float | None:
 
 
 def _first_mailbox(addresses: mime.AddressList) -> str:
-    # RFC 5256 §3: the addr-mailbox of the first address; a group's markers skipped.
-    for _, _, mailbox, host in addresses or ():
-        if mailbox is not None and host is not None:
+    # RFC 5256 §3: the addr-mailbox of the first address as ENVELOPE shows it. A group
+    # comes first as its start marker, whose addr-mailbox is the group's name (RFC 3501
+    # §7.4.2), so "Cc: team: a@x;" sorts by "team", as Dovecot sorts it.
+    for _, _, mailbox, _ in addresses or ():
+        if mailbox is not None:
             return mailbox.translate(_ASCII_UPPER)
     return ""
 

@@ -761,3 +761,40 @@ def test_delimiter_index_agrees_with_scanning(data: bytes) -> None:
         assert parse(data) == indexed
     finally:
         mime.MAX_DASH_LINES = saved
+
+
+# RFC 3516 §4.4: parts holding NUL are stored base64-encoded; BINARY[] undoes it.
+_BINARY_PART = b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    first=st.binary(max_size=300),
+    second=st.binary(max_size=300).filter(lambda b: b"--b" not in b and b"\n" not in b[-1:]),
+)
+def test_encode_nul_parts_keeps_every_part_s_bytes(first: bytes, second: bytes) -> None:
+    # Part 2 must not hold the boundary, and may not end with a line break the
+    # delimiter would take as its own (RFC 2046 §5.1.1).
+    first = b"\0" + first.replace(b"\n", b"")  # a single part: everything is its body
+    single = b"From: a@b.th\r\n" + _BINARY_PART + b"\r\n" + first
+    multi = (
+        b'From: a@b.th\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nplain text\r\n"
+        b"--b\r\n" + _BINARY_PART + b"\r\n" + second + b"\r\n--b--\r\n"
+    )
+    for message, numbers, body in ((single, (1,), first), (multi, (2,), second)):
+        stored = mime.encode_nul_parts(message)
+        assert b"\0" not in stored
+        root = mime.parse(stored)
+        assert mime.decoded_part(stored, numbers, root) == body
+        if b"\0" in body:
+            assert mime.section(stored, mime.SectionSpec(numbers, "MIME"), root).endswith(
+                b"Content-Transfer-Encoding: base64\r\n\r\n"
+            )
+    # Part 1 holds no NUL and is left alone, to the byte.
+    assert mime.encode_nul_parts(multi).startswith(multi[: multi.index(b"plain text") + 12])
+
+
+def test_encode_nul_parts_leaves_nul_free_mail_untouched() -> None:
+    message = b"From: a@b.th\r\n" + _BINARY_PART + b"\r\n\xe4\xff\r\n"
+    assert mime.encode_nul_parts(message) is message

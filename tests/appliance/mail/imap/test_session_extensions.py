@@ -79,6 +79,27 @@ async def test_sort(threaded: Client, command: str, answer: str) -> None:
     assert reply == f"{answer}\r\ns OK SORT completed\r\n"
 
 
+async def test_sort_by_address_compares_the_first_mailbox_only(box: MailBox) -> None:
+    # RFC 5256 §3: the addr-mailbox of the first address, case-insensitively; the host
+    # is no key (ties keep UID order), and a group counts by its name (RFC 3501 §7.4.2).
+    sort.CACHE = sort.FactsCache()
+    client = await signed_in(box)
+    await put(
+        box, box.users[0],
+        b"From: User2@domain2.org\r\nCc: user2@domain2.org (foo bar)\r\n\r\n1\r\n",
+        b"From: user2@domain1.org\r\nCc: user2: blah@domain1.org;\r\n\r\n2\r\n",
+        b"From: USER1@domain3.org\r\nCc: user1@domain1.org\r\n\r\n3\r\n",
+    )  # fmt: skip
+    await client.send("a SELECT INBOX\r\n")
+    for command, answer in (
+        ("SORT (FROM) US-ASCII ALL", "* SORT 3 1 2"),
+        ("SORT (CC) US-ASCII ALL", "* SORT 3 1 2"),
+        ("SORT (REVERSE CC) US-ASCII ALL", "* SORT 1 2 3"),
+        ("SORT (CC ARRIVAL) US-ASCII ALL", "* SORT 3 2 1"),  # arrival runs backwards
+    ):
+        assert await client.send(f"s {command}\r\n") == f"{answer}\r\ns OK SORT completed\r\n"
+
+
 async def test_sort_refuses_an_unknown_charset_with_no(threaded: Client) -> None:
     reply = await threaded.send("s SORT (DATE) ISO-8859-1 ALL\r\n")
     assert reply == "s NO [BADCHARSET (UTF-8 US-ASCII)] unsupported charset\r\n"
@@ -204,8 +225,9 @@ async def test_multiappend_stores_all_with_a_uid_set(box: MailBox) -> None:
     assert match is not None, reply
     await client.send("b SELECT Drafts\r\n")
     reply = await client.send("c FETCH 1:* (FLAGS INTERNALDATE BODY.PEEK[])\r\n")
-    assert '* 1 FETCH (FLAGS (\\Draft) INTERNALDATE "' in reply
-    assert '* 3 FETCH (FLAGS () INTERNALDATE "01-Jun-2026 03:00:00 +0000"' in reply
+    # Recent to this session, the first to select Drafts since they came.
+    assert '* 1 FETCH (FLAGS (\\Recent \\Draft) INTERNALDATE "' in reply
+    assert '* 3 FETCH (FLAGS (\\Recent) INTERNALDATE "01-Jun-2026 03:00:00 +0000"' in reply
     assert "Subject: th\x00ee" in reply
 
 
@@ -290,7 +312,8 @@ async def test_fetch_binary_decodes_the_transfer_encoding(box: MailBox) -> None:
 async def test_fetch_binary_partial_and_seen(box: MailBox) -> None:
     client = await binary_client(box)
     reply = await client.send("f FETCH 1 (BINARY[1]<6.6>)\r\n")
-    assert reply.startswith("* 1 FETCH (BINARY[1]<6> {6}\r\n\u0e31\u0e2a FLAGS (\\Seen))")
+    # The message is \Recent to this session, the first to select its mailbox.
+    assert reply.startswith("* 1 FETCH (BINARY[1]<6> {6}\r\n\u0e31\u0e2a FLAGS (\\Recent \\Seen))")
     # BINARY without PEEK sets \Seen like BODY.
     whole = await client.send("g FETCH 1 (BINARY.PEEK[] BINARY.SIZE[])\r\n")
     assert f"BINARY[] {{{len(MULTIPART)}}}\r\n" in whole
@@ -304,6 +327,62 @@ async def test_fetch_binary_of_an_unknown_encoding_is_unknown_cte(box: MailBox) 
     reply = await client.send("f FETCH 1 (BINARY.PEEK[3])\r\n")
     assert reply == "f NO [UNKNOWN-CTE] cannot decode BINARY[3]\r\n"
     assert "g OK" in await client.send("g FETCH 1 (BINARY.SIZE[1])\r\n")
+
+
+async def test_fetch_binary_undoes_quoted_printable_padding_and_soft_breaks(
+    box: MailBox,
+) -> None:
+    # RFC 2045 §6.7 rule 3: spaces and tabs ending an encoded line are padding, gone on
+    # decoding, so "=" followed by them is still a soft line break (rule 5).
+    client = await signed_in(box)
+    encoded = b"hello  \r\nbar=\r\n\r\nfoo\t \t= \r\n=62\r\nfoo = \t\r\nbar\r\nfoo_bar\r\n"
+    await put(
+        box, box.users[0],
+        b"From: a@test.go.th\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed;"
+        b' boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded + b"\r\n--b--\r\n",
+    )  # fmt: skip
+    await client.send("s SELECT INBOX\r\n")
+    reply = await client.send("f FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] BINARY.PEEK[1]<3.6>)\r\n")
+    decoded = "hello\r\nbar\r\nfoo\t \tb\r\nfoo bar\r\nfoo_bar\r\n"
+    assert reply == (
+        f"* 1 FETCH (BINARY.SIZE[1] {len(decoded)} BINARY[1] {{{len(decoded)}}}\r\n{decoded}"
+        " BINARY[1]<3> {6}\r\nlo\r\nba)\r\nf OK FETCH completed\r\n"
+    )
+
+
+async def test_append_of_binary_content_keeps_body_fetches_free_of_nul(box: MailBox) -> None:
+    # RFC 3516 §4.4: literal8 may carry NUL, which no BODY[] literal can (RFC 3501 §4.3):
+    # the part is stored base64-encoded, and BINARY[] gives back the bytes sent.
+    client = await signed_in(box)
+    content = b"\x00-\xe4\n\r\n\n"
+    appended = (
+        b"From: user@domain.org\r\nMime-Version: 1.0\r\n"
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\n" + content
+    )
+    reply = await client.send(b"a APPEND INBOX ~{%d+}\r\n" % len(appended) + appended + b"\r\n")
+    assert "a OK [APPENDUID" in reply
+    await client.send("s SELECT INBOX\r\n")
+    client.conn.receive_data(
+        b"f FETCH 1 (BODY.PEEK[1] BODY.PEEK[1.MIME] BINARY.SIZE[1] BINARY.PEEK[1])\r\n"
+    )
+    await client.session.handle(client.conn.next_event())  # type: ignore[arg-type]
+    raw = client.conn.data_to_send()
+    header = (
+        b"From: user@domain.org\r\nMime-Version: 1.0\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    )
+    assert raw == (
+        b"* 1 FETCH (BODY[1] {14}\r\nAC3kCg0KCg==\r\n"
+        b" BODY[1.MIME] {%d}\r\n"
+        % len(header)
+        + header
+        + b" BINARY.SIZE[1] 7 BINARY[1] ~{7}\r\n"
+        + content
+        + b")\r\n"
+        b"f OK FETCH completed\r\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -398,4 +477,6 @@ async def test_live_searches_end_with_the_selection_and_are_bounded(box: MailBox
     assert "z NO" in await client.send('z CANCELUPDATE "s0"\r\n')
     await put(box, user, b"Subject: b\r\n\r\nx\r\n")
     reply = await client.send("n NOOP\r\n")
-    assert reply == '* 2 EXISTS\r\n* ESEARCH (TAG "y") ADDTO (0 2)\r\nn OK NOOP completed\r\n'
+    assert reply == (
+        '* 2 EXISTS\r\n* 1 RECENT\r\n* ESEARCH (TAG "y") ADDTO (0 2)\r\nn OK NOOP completed\r\n'
+    )

@@ -68,7 +68,9 @@ def test_facts_of_a_message() -> None:
     assert facts.subject == "ประชุม"
     assert facts.is_reply
     assert facts.from_ == "SOMCHAI"
-    assert facts.to == "MALEE"  # the group marker is not an address
+    # RFC 3501 §7.4.2: a group's start marker is the first address, its addr-mailbox
+    # the group's name (Dovecot sorts so, and imaptest's sort-addresses checks it).
+    assert facts.to == "UNDISCLOSED"
     assert facts.cc == ""
     assert facts.sent == 1780282800.0  # 03:00 UTC
     assert facts.message_id == "a@moe.go.th"
