@@ -72,6 +72,7 @@ def panel_fields(
     findings: Iterable[Finding],
     provisioned: bool = True,
     setup_code: str = "",
+    fingerprint: str = "",
     update_percent: int | None = None,
 ) -> dict[str, str]:
     """Return the panel's STATE fields for the box's state (firmware/pages.py reads them)."""
@@ -98,6 +99,8 @@ def panel_fields(
     }
     if not provisioned:
         fields["setup"] = setup_code
+        # The certificate the setup page presents: checked before the code is typed.
+        fields["fp"] = fingerprint
     if update_percent is not None:
         fields["update"] = str(update_percent)
     return fields
@@ -217,6 +220,7 @@ class PanelService:
                 findings=[],
                 provisioned=False,
                 setup_code=status.setup_code or "",
+                fingerprint=status.fingerprint,
             )
         return panel_fields(
             name=view.hostname if view else (status.hostname if status else "edgebox"),

@@ -169,6 +169,7 @@ async def test_unprovisioned_shows_the_setup_code_and_refuses_a_reset(tmp_path: 
     fields = service._fields()
     assert fields["prov"] == "no"
     assert fields["setup"] == service._status.setup_code
+    assert fields["fp"] == service._status.fingerprint
     assert fields["name"] == service._status.hostname
     assert (fields["queue"], fields["health"], fields["gin"]) == ("0", "ok", "unknown")
     service._on_event(ButtonPressed("factory-reset"))

@@ -55,8 +55,8 @@ def showing(panel: PanelSimulator, lines: list[str], what: str, timeout: float =
     wait_for(what, lambda: panel.display() == expected, timeout=timeout)
 
 
-def setup_page(code: str) -> list[str]:
-    return ["SETUP CODE", code, "open https://", "127.0.0.1"]
+def setup_page(code: str, fingerprint: str) -> list[str]:
+    return ["SETUP CODE", code, "open https://", "127.0.0.1", fingerprint.replace("-", "")]
 
 
 def led_periods(panel: PanelSimulator, since: int) -> list[tuple[int, int]]:
@@ -73,7 +73,8 @@ def test_unprovisioned_shows_the_setup_code_then_provisioned_pages(
     try:
         code = console_value(box, "setup code")
         # The code the console printed is the one on the display, the first page shown.
-        showing(panel, setup_page(code), "setup code page")
+        fingerprint = console_value(box, "certificate fingerprint")
+        showing(panel, setup_page(code, fingerprint), "setup code page")
         # The LED blinks "unprovisioned": long on (1.5 s), short off (0.5 s), in the
         # panel's own milliseconds (sleeps are minimums: a busy machine only stretches).
         seen = len(panel.pin_log(LED_GPIO))
@@ -115,7 +116,8 @@ def test_the_hold_and_a_confirm_on_the_panel_reset_a_provisioned_box(
         assert "factory reset done; the box is unprovisioned" in box.output
         assert any("front panel confirmed the factory reset" in line for line in box.output)
         new_code = console_value(box, "setup code")
-        showing(panel, setup_page(new_code), "new setup code")
+        fingerprint = console_value(box, "certificate fingerprint")
+        showing(panel, setup_page(new_code, fingerprint), "new setup code")
         # The agency is gone: the setup path serves again.
         status, state = setup_request(box, "GET", "/api/v1/setup")
         assert status == 200
