@@ -483,17 +483,18 @@ async def _run_box(config: Any) -> None:
     with box_lock(config.data_dir, exclusive=False):
         device = await trio.to_thread.run_sync(ensure_device, config.data_dir)
         lifecycle = Lifecycle(config.data_dir, device)
+        # Made outside the nursery: a bad board setting is a plain ConfigError.
+        views = BoxViewSlot()
+        panel = panel_service(config, lifecycle, views)
+        watchdog = hardware_watchdog(config)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             if config.discovery:
                 # Across both states: the records change, the announcer stays.
                 await nursery.start(DiscoveryService(config, lifecycle).serve)
             # The panel too: the setup code while unprovisioned, the box's state after.
-            views = BoxViewSlot()
-            panel = panel_service(config, lifecycle, views)
             if panel is not None:
                 await nursery.start(panel.serve)
-            watchdog = hardware_watchdog(config)
             if watchdog is not None:
                 await nursery.start(watchdog.serve)
             while True:
