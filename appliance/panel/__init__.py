@@ -41,7 +41,7 @@ from hw.panel import ButtonPressed, HostWasReset, PanelClient, PanelEvent, TTYPo
 
 log = logging.getLogger("edgebox.panel")
 
-#: The hook file for requests from the panel's button (one JSON object a line).
+#: Where the panel's recovery requests and host-reset reports are kept (JSON a line).
 REQUESTS_FILE = "run/panel-requests.jsonl"
 #: Seconds between looks at the outbound queue (a database read in a worker thread; the
 #: link state file is read every ``panel_refresh``, as a link change is what is urgent).
