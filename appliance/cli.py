@@ -70,7 +70,7 @@ from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
-from appliance.panel import panel_services
+from appliance.panel import BoxView, BoxViewSlot, panel_service
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import (
@@ -91,6 +91,7 @@ from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.link import link_report
 from appliance.sync.services import uplink_services
+from appliance.watchdog import hardware_watchdog
 from appliance.web.api import web_routes
 from appliance.web.server import HTTPSService
 
@@ -520,16 +521,25 @@ async def _run_box(config: Any) -> None:
     with box_lock(config.data_dir, exclusive=False):
         device = await trio.to_thread.run_sync(ensure_device, config.data_dir)
         lifecycle = Lifecycle(config.data_dir, device)
+        # Made outside the nursery: a bad board setting is a plain ConfigError.
+        views = BoxViewSlot()
+        panel = panel_service(config, lifecycle, views)
+        watchdog = hardware_watchdog(config)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             if config.discovery:
                 # Across both states: the records change, the announcer stays.
                 await nursery.start(DiscoveryService(config, lifecycle).serve)
+            # The panel too: the setup code while unprovisioned, the box's state after.
+            if panel is not None:
+                await nursery.start(panel.serve)
+            if watchdog is not None:
+                await nursery.start(watchdog.serve)
             while True:
                 if box_state(config.data_dir) is BoxState.UNPROVISIONED:
                     await _serve_setup(config, lifecycle)
                     continue
-                await _serve(config, lifecycle)
+                await _serve(config, lifecycle, views)
                 logging.getLogger("edgebox").warning("factory reset: erasing the agency's data")
                 await trio.to_thread.run_sync(factory_reset, config.data_dir)
                 await trio.to_thread.run_sync(ensure_device, config.data_dir)  # a new code
@@ -596,7 +606,7 @@ def _raise_open_files_limit() -> None:
             logging.getLogger("edgebox").warning("cannot raise the open-files limit")
 
 
-async def _serve(config: Any, lifecycle: Lifecycle) -> None:
+async def _serve(config: Any, lifecycle: Lifecycle, views: BoxViewSlot) -> None:
     """Serve every service of a provisioned box until a factory reset is asked for."""
     async with open_box(config) as box:
         removed = await box.mail_db.write(box.mailstore.remove_orphan_blobs)
@@ -622,7 +632,6 @@ async def _serve(config: Any, lifecycle: Lifecycle) -> None:
             )
         )
         services += [health, MetricsService(config, box.metrics)]
-        services += panel_services(box, health.findings)
         if config.backup_target:
             services.append(
                 DailyBackup(config.data_dir, Path(config.backup_target), keep=config.backup_keep)
@@ -642,11 +651,13 @@ async def _serve(config: Any, lifecycle: Lifecycle) -> None:
                 name: config.port(name) for name in ("https", "imaps", "smtp-submissions")
             })  # fmt: skip
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(supervisor.run, announce)
-            await lifecycle.wait_reset_requested()
-            await trio.sleep(ANSWER_GRACE)
-            nursery.cancel_scope.cancel()
+        view = BoxView(box.hostname, health.findings, box.mailstore.outbound_groups)
+        with views.published(view):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(supervisor.run, announce)
+                await lifecycle.wait_reset_requested()
+                await trio.sleep(ANSWER_GRACE)
+                nursery.cancel_scope.cancel()
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

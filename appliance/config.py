@@ -150,6 +150,16 @@ class Config:
     #: Seconds between looks at the link state and the outbound queue for the panel.
     panel_refresh: float = 0.5
 
+    # --- the kernel watchdog (appliance.watchdog, hw.watchdog; docs/front-panel.md) ------
+    #: Open the board's kernel watchdog and keep it alive while the runner is alive.
+    #: Off in development and tests; the box's image turns it on
+    #: (EDGEBOX_HARDWARE_WATCHDOG=1) and leaves systemd's RuntimeWatchdogSec= unset.
+    hardware_watchdog: bool = False
+    #: The watchdog device ("" = the board profile's, else ``/dev/watchdog``).
+    watchdog_device: str = ""
+    #: Seconds the box may hang before the watchdog resets it (WDIOC_SETTIMEOUT).
+    watchdog_timeout: int = 60
+
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""
         return DEV_PORTS[service] + self.port_offset

@@ -104,7 +104,12 @@ def lines(page, state):
     if page == BOX:
         return ["EDGEBOX", state.get("name", "?"), "LAN", state.get("lan", "-")]
     if page == SETUP:
-        return ["SETUP CODE", state.get("setup", "-"), "open https://", state.get("lan", "-")]
+        text = ["SETUP CODE", state.get("setup", "-"), "open https://", state.get("lan", "-")]
+        fingerprint = state.get("fp", "")
+        if fingerprint:
+            # 16 hex digits fill a line exactly; the dashes the console prints do not fit.
+            text.append(fingerprint.replace("-", ""))
+        return text
     if page == LINKS:
         return [
             "LINKS",

@@ -1,14 +1,21 @@
 """The panel service: shows the box's state on the front panel and hears its button.
 
-It reads what other parts already keep (the link monitor's state file, the outbound
-queue, the health checks), turns it into the panel's STATE fields (`panel_fields`, a
-pure function) and hands them to `hw.panel.PanelClient`, which owns the serial link.
-Button requests that the box cannot act on yet (factory reset and recovery: the
-provisioning issue builds them) are logged, acknowledged on the panel and appended to
-``DATA/run/panel-requests.jsonl``, the documented hook a later service reads.
+It runs for the box's whole life, beside discovery in the runner (appliance.cli
+``_run_box``), across the switch between the setup path and the provisioned services:
+the `Lifecycle` says which state the box is in and gives the setup code; while
+provisioned, the running service set publishes a `BoxView` (health findings, outbound
+queue, host name) in a `BoxViewSlot` and clears it when it stops. The service turns
+that into the panel's STATE fields (`panel_fields`, a pure function) and hands them to
+`hw.panel.PanelClient`, which owns the serial link.
+
+The button's factory-reset request (the firmware timed the 10-s hold) arms
+``lifecycle.panel_reset``; the panel shows a confirm prompt and a short press within
+the window resets the box through `Lifecycle.request_reset`, the admin console's path.
+Requests the box cannot act on yet (recovery) and the panel's reports of a host reset
+are logged and appended to ``DATA/run/panel-requests.jsonl``.
 
 Not started when there is no panel: no ``panel_device`` setting and no board profile
-that has one (`panel_services` returns nothing).
+that has one (`panel_service` returns None).
 """
 
 from __future__ import annotations
@@ -16,30 +23,37 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import trio
 
-from appliance.box import Box
 from appliance.compliance.classification import Urgency
-from appliance.config import ConfigError
+from appliance.config import Config, ConfigError
 from appliance.health import Finding, Level
-from appliance.supervisor import Service
+from appliance.provisioning.lifecycle import BoxState, Lifecycle, SetupStatus
 from appliance.sync.link import LinkSnapshot, LinkState, read_link_state
 from hw.boards import UnknownBoard, detect_board
 from hw.panel import ButtonPressed, HostWasReset, PanelClient, PanelEvent, TTYPort
 
 log = logging.getLogger("edgebox.panel")
 
-#: The hook file for requests from the panel's button (one JSON object a line).
+#: Where the panel's recovery requests and host-reset reports are kept (JSON a line).
 REQUESTS_FILE = "run/panel-requests.jsonl"
 #: Seconds between looks at the outbound queue (a database read in a worker thread; the
 #: link state file is read every ``panel_refresh``, as a link change is what is urgent).
 QUEUE_INTERVAL = 2.0
 #: Seconds before a panel that cannot be opened is tried again.
 REOPEN_DELAY = 5.0
+#: Seconds between repeats of the reset prompt: the firmware shows a host's notice
+#: for 5 s, and the prompt must stay up for the whole confirm window.
+PROMPT_REPEAT = 4.0
+RESET_PROMPT = "erase ALL mail and reset? press button = yes"
+
+QueueGroups = list[tuple[int, str, int, int]]
 
 _URGENCY_WORDS = {
     Urgency.MOST_URGENT: "most urgent",
@@ -58,6 +72,7 @@ def panel_fields(
     findings: Iterable[Finding],
     provisioned: bool = True,
     setup_code: str = "",
+    fingerprint: str = "",
     update_percent: int | None = None,
 ) -> dict[str, str]:
     """Return the panel's STATE fields for the box's state (firmware/pages.py reads them)."""
@@ -84,6 +99,8 @@ def panel_fields(
     }
     if not provisioned:
         fields["setup"] = setup_code
+        # The certificate the setup page presents: checked before the code is typed.
+        fields["fp"] = fingerprint
     if update_percent is not None:
         fields["update"] = str(update_percent)
     return fields
@@ -104,36 +121,75 @@ def lan_address(bind: str) -> str:
     return "127.0.0.1"
 
 
+@dataclass(frozen=True)
+class BoxView:
+    """What a running provisioned box offers the panel (published by ``cli._serve``)."""
+
+    hostname: str
+    #: The health monitor's last round (appliance.health.monitor), in registry order.
+    findings: Callable[[], list[Finding]]
+    #: The outbound queue by urgency and sender (`MailStore.outbound_groups`).
+    outbound_groups: Callable[[], Awaitable[QueueGroups]]
+
+
+class BoxViewSlot:
+    """Where the provisioned service set publishes its `BoxView` while it runs."""
+
+    def __init__(self) -> None:
+        self.current: BoxView | None = None
+
+    @contextmanager
+    def published(self, view: BoxView) -> Iterator[None]:
+        """Publish *view* for the block: cleared before the box's databases close."""
+        self.current = view
+        try:
+            yield
+        finally:
+            self.current = None
+
+
 class PanelService:
     """Keep the front panel showing the box's state; hear its button."""
 
     name = "panel"
 
-    def __init__(self, box: Box, device: Path, findings: Callable[[], list[Finding]]) -> None:
-        self.box = box
+    def __init__(
+        self, config: Config, device: Path, lifecycle: Lifecycle, views: BoxViewSlot
+    ) -> None:
+        self.config = config
         self.device = device
-        self.config = box.config
+        self.lifecycle = lifecycle
+        self.views = views
         self.client: PanelClient | None = None
-        #: The health monitor's last round (appliance.health.monitor), in registry order.
-        self.findings = findings
-        self._queue: list[tuple[int, str, int, int]] = []
+        self._queue: QueueGroups = []
+        self._status: SetupStatus | None = None
+        self._prompted_at: float | None = None
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         # Started before the device opens: a missing panel must never keep mail down.
         task_status.started([])
-        while True:
-            try:
-                port = TTYPort(self.device)
-            except OSError as exc:
-                log.error("front panel %s: %s; retrying", self.device, exc.strerror or exc)
-                await trio.sleep(REOPEN_DELAY)
-                continue
-            try:
-                await self._drive(port)
-            finally:
-                port.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_lifecycle)
+            nursery.start_soon(self._watch_queue)
+            while True:
+                try:
+                    port = TTYPort(self.device)
+                except OSError as exc:
+                    log.error("front panel %s: %s; retrying", self.device, exc.strerror or exc)
+                    await trio.sleep(REOPEN_DELAY)
+                    continue
+                try:
+                    await self._drive(port)
+                except Exception:
+                    # Outside any supervisor (it outlives the service sets): a fault in
+                    # the panel's link is logged and the panel opened afresh, and mail
+                    # never stops for it.
+                    log.exception("front panel link failed; opening it again")
+                    await trio.sleep(REOPEN_DELAY)
+                finally:
+                    port.close()
 
     async def _drive(self, port: TTYPort) -> None:
         client = PanelClient(
@@ -145,35 +201,104 @@ class PanelService:
         self.client = client
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)
-            nursery.start_soon(self._watch_queue)
             while True:
-                client.show(await self._fields())
+                self._prompt(trio.current_time())
+                client.show(self._fields())
                 await trio.sleep(self.config.panel_refresh)
 
-    async def _fields(self) -> dict[str, str]:
+    def _fields(self) -> dict[str, str]:
+        status = self._status
+        view = self.views.current
+        lan = lan_address(self.config.bind)
+        if status is not None and status.state is BoxState.UNPROVISIONED:
+            # The setup path: no agency, no queue, no link monitor, no health monitor.
+            return panel_fields(
+                name=status.hostname,
+                lan=lan,
+                link=None,
+                queue_groups=[],
+                findings=[],
+                provisioned=False,
+                setup_code=status.setup_code or "",
+                fingerprint=status.fingerprint,
+            )
         return panel_fields(
-            name=self.box.hostname,
-            lan=lan_address(self.config.bind),
+            name=view.hostname if view else (status.hostname if status else "edgebox"),
+            lan=lan,
             link=read_link_state(self.config.data_dir),
-            queue_groups=self._queue,
-            findings=self.findings(),
+            queue_groups=self._queue if view else [],
+            findings=view.findings() if view else [],
         )
+
+    async def _watch_lifecycle(self) -> None:
+        while True:
+            changed = self.lifecycle.changed()
+            try:
+                self._status = self.lifecycle.status()
+            except OSError as exc:
+                # Mid-reset the device certificate may be gone for a moment.
+                log.warning("panel: cannot read the box's status: %s", exc.strerror or exc)
+                with trio.move_on_after(REOPEN_DELAY):
+                    await changed.wait()
+                continue
+            await changed.wait()
 
     async def _watch_queue(self) -> None:
         while True:
-            self._queue = await self.box.mailstore.outbound_groups()
+            view = self.views.current
+            try:
+                self._queue = await view.outbound_groups() if view else []
+            except Exception:
+                # The service set is stopping under us (its database closing): the
+                # next look sees the new view.
+                log.debug("panel: outbound queue not readable now", exc_info=True)
+                self._queue = []
             await trio.sleep(QUEUE_INTERVAL)
 
+    def _prompt(self, now: float) -> None:
+        """Keep the reset prompt on the display for the confirm window, then drop it."""
+        hold = self.lifecycle.panel_reset
+        if hold.lapse(now):
+            log.warning("front panel factory reset not confirmed in time; nothing done")
+            self._prompted_at = None
+            self._confirm("reset not confirmed; nothing changed")
+            return
+        if not hold.awaiting_confirmation:
+            self._prompted_at = None
+            return
+        if self._prompted_at is None or now - self._prompted_at >= PROMPT_REPEAT:
+            self._prompted_at = now
+            self._confirm(RESET_PROMPT)
+
+    def _confirm(self, text: str) -> None:
+        if self.client is not None:
+            self.client.confirm(text)
+
     def _on_event(self, event: PanelEvent) -> None:
+        now = trio.current_time()
+        hold = self.lifecycle.panel_reset
         if isinstance(event, HostWasReset):
             log.warning("the front panel reset this box: %s", event.reason)
             self._record({"what": "host-was-reset", "reason": event.reason})
-        elif isinstance(event, ButtonPressed) and event.what in ("factory-reset", "recovery"):
-            # The provisioning issue acts on these; until then the box says it heard.
+        elif isinstance(event, ButtonPressed) and event.what == "factory-reset":
+            log.warning("front panel asks for factory-reset")
+            if hold.held(now):
+                self._prompted_at = None
+                self._prompt(now)
+            else:
+                self._confirm("box is unprovisioned already; nothing to reset")
+        elif isinstance(event, ButtonPressed) and event.what == "next":
+            if hold.awaiting_confirmation and hold.confirm(now):
+                # The same request as the admin console's reset after its password:
+                # the runner stops every service, erases, and serves the setup path.
+                log.warning("front panel confirmed the factory reset: resetting the box")
+                self._prompted_at = None
+                self._confirm("factory reset: erasing, wait")
+        elif isinstance(event, ButtonPressed) and event.what == "recovery":
+            # No recovery image yet: the box says it heard and keeps the request.
             log.warning("front panel asks for %s (recorded in %s)", event.what, REQUESTS_FILE)
             self._record({"what": event.what})
-            if self.client is not None:
-                self.client.confirm(f"{event.what} request noted")
+            self._confirm(f"{event.what} request noted")
 
     def _record(self, entry: dict[str, str]) -> None:
         path = self.config.data_dir / REQUESTS_FILE
@@ -186,15 +311,15 @@ class PanelService:
             log.error("cannot write %s: %s", path, exc.strerror or exc)
 
 
-def panel_services(box: Box, findings: Callable[[], list[Finding]]) -> list[Service]:
-    """Return the panel service if the box has a front panel, else nothing."""
-    device = box.config.panel_device
+def panel_service(config: Config, lifecycle: Lifecycle, views: BoxViewSlot) -> PanelService | None:
+    """Return the panel service if the box has a front panel, else None."""
+    device = config.panel_device
     if not device:
         try:
-            board = detect_board(override=box.config.board)
+            board = detect_board(override=config.board)
         except UnknownBoard as exc:
             raise ConfigError(str(exc)) from None
         device = str(board.panel_device) if board and board.panel_device else ""
         if not device or not Path(device).exists():
-            return []
-    return [PanelService(box, Path(device), findings)]
+            return None
+    return PanelService(config, Path(device), lifecycle, views)

@@ -172,9 +172,26 @@ class ResetHold:
         down, self._down_at = self._down_at, None
         if down is None or now - down < self.HOLD:
             return False
+        return self.held(now)
+
+    def held(self, now: float) -> bool:
+        """Arm the confirm prompt for a hold the panel timed itself; True if armed.
+
+        The firmware measures the 10-s hold on the button and sends one
+        ``factory-reset`` request (docs/front-panel.md), so the host sees the end of
+        the hold, not its start.
+        """
+        self._down_at = None
         if self._lifecycle.state is not BoxState.PROVISIONED:
             return False  # nothing to reset: an unprovisioned box is already factory-new
         self._armed_until = now + self.CONFIRM_WINDOW
+        return True
+
+    def lapse(self, now: float) -> bool:
+        """Drop a confirm prompt whose window has passed; True if one was dropped."""
+        if self._armed_until is None or now <= self._armed_until:
+            return False
+        self._armed_until = None
         return True
 
     def confirm(self, now: float) -> bool:

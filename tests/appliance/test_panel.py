@@ -1,19 +1,34 @@
-"""The panel service's picture of the box (`panel_fields`): a pure function."""
+"""The panel service: its picture of the box (`panel_fields`, a pure function) in both
+states, and the button's factory reset (hold, prompt, confirm) through the lifecycle."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import cast
 
 import pytest
+import trio
+import trio.testing
 
-from appliance.box import Box
-from appliance.config import ConfigError, load_config
+from appliance.config import Config, ConfigError, load_config
 from appliance.health import Finding, Level
-from appliance.panel import PanelService, panel_fields, panel_services
+from appliance.panel import (
+    PROMPT_REPEAT,
+    REQUESTS_FILE,
+    RESET_PROMPT,
+    BoxViewSlot,
+    PanelService,
+    panel_fields,
+    panel_service,
+)
+from appliance.provisioning.device import ensure_device
+from appliance.provisioning.lifecycle import BoxState, Lifecycle, ResetHold
+from appliance.provisioning.provision import provision
 from appliance.sync.link import LinkReading, LinkSnapshot, LinkState
 from hw import panel_link
+from hw.panel import ButtonPressed, HostWasReset, PanelClient
+from tests.appliance.provisioning.test_provision import REQUEST
 
 
 def snapshot(gin: LinkState, international: LinkState) -> LinkSnapshot:
@@ -71,17 +86,103 @@ def test_no_monitor_yet_an_empty_queue_and_unprovisioned() -> None:
     assert (fields["prov"], fields["setup"], fields["update"]) == ("no", "123-456", "40")
 
 
-def box_with(tmp_path: Path, **flags: str) -> Box:
-    return cast(Box, SimpleNamespace(config=load_config(tmp_path, flags=flags)))
+def config_with(tmp_path: Path, **flags: str) -> Config:
+    return load_config(tmp_path, flags=flags)
 
 
 def test_the_service_runs_only_with_a_panel(tmp_path: Path) -> None:
-    [service] = panel_services(box_with(tmp_path, panel_device="/dev/ttyACM3"), list)
+    lifecycle = Lifecycle(tmp_path, ensure_device(tmp_path))
+    views = BoxViewSlot()
+    service = panel_service(config_with(tmp_path, panel_device="/dev/ttyACM3"), lifecycle, views)
     assert isinstance(service, PanelService)
     assert service.device == Path("/dev/ttyACM3")
     # A board whose panel device is not there (a development machine): no service.
-    board_only = box_with(tmp_path, board="arm64")
+    board_only = config_with(tmp_path, board="arm64")
     assert not Path("/dev/ttyAMA1").exists()
-    assert panel_services(board_only, list) == []
+    assert panel_service(board_only, lifecycle, views) is None
     with pytest.raises(ConfigError, match="riscv"):
-        panel_services(box_with(tmp_path, board="riscv"), list)
+        panel_service(config_with(tmp_path, board="riscv"), lifecycle, views)
+
+
+class FakeClient:
+    """Records what the service tells the panel (`PanelClient.confirm`)."""
+
+    def __init__(self) -> None:
+        self.notices: list[str] = []
+
+    def confirm(self, text: str) -> None:
+        self.notices.append(text)
+
+
+async def _service(tmp_path: Path, provisioned: bool) -> tuple[PanelService, FakeClient]:
+    if provisioned:
+        await provision(tmp_path, REQUEST)
+    lifecycle = Lifecycle(tmp_path, ensure_device(tmp_path))
+    state = BoxState.PROVISIONED if provisioned else BoxState.UNPROVISIONED
+    lifecycle.serving(state, {})
+    service = PanelService(config_with(tmp_path), Path("/dev/null"), lifecycle, BoxViewSlot())
+    client = FakeClient()
+    service.client = cast(PanelClient, client)
+    return service, client
+
+
+async def _reset_asked(lifecycle: Lifecycle) -> bool:
+    with trio.move_on_after(0.01):
+        await lifecycle.wait_reset_requested()
+        return True
+    return False
+
+
+async def test_the_long_press_prompts_and_a_short_press_resets(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    service, client = await _service(tmp_path, provisioned=True)
+    service._on_event(ButtonPressed("factory-reset"))
+    assert client.notices == [RESET_PROMPT]
+    # The prompt is repeated so the panel keeps showing it through the window.
+    await trio.sleep(PROMPT_REPEAT)
+    service._prompt(trio.current_time())
+    assert client.notices == [RESET_PROMPT, RESET_PROMPT]
+    service._on_event(ButtonPressed("next"))
+    assert client.notices[-1] == "factory reset: erasing, wait"
+    assert await _reset_asked(service.lifecycle)
+    # Nothing was written to the old hook file: the real path took the request.
+    assert not (tmp_path / REQUESTS_FILE).exists()
+
+
+async def test_a_prompt_left_unanswered_lapses_and_a_page_press_resets_nothing(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    service, client = await _service(tmp_path, provisioned=True)
+    service._on_event(ButtonPressed("next"))  # a page press, no prompt: nothing
+    service._on_event(ButtonPressed("factory-reset"))
+    await trio.sleep(ResetHold.CONFIRM_WINDOW + 1)
+    service._prompt(trio.current_time())
+    assert client.notices == [RESET_PROMPT, "reset not confirmed; nothing changed"]
+    service._on_event(ButtonPressed("next"))
+    assert not await _reset_asked(service.lifecycle)
+
+
+async def test_unprovisioned_shows_the_setup_code_and_refuses_a_reset(tmp_path: Path) -> None:
+    service, client = await _service(tmp_path, provisioned=False)
+    service._status = service.lifecycle.status()
+    fields = service._fields()
+    assert fields["prov"] == "no"
+    assert fields["setup"] == service._status.setup_code
+    assert fields["fp"] == service._status.fingerprint
+    assert fields["name"] == service._status.hostname
+    assert (fields["queue"], fields["health"], fields["gin"]) == ("0", "ok", "unknown")
+    service._on_event(ButtonPressed("factory-reset"))
+    assert client.notices == ["box is unprovisioned already; nothing to reset"]
+    assert not service.lifecycle.panel_reset.awaiting_confirmation
+
+
+async def test_a_host_reset_and_a_recovery_request_are_recorded(tmp_path: Path) -> None:
+    service, client = await _service(tmp_path, provisioned=True)
+    service._on_event(HostWasReset("no heartbeat for 9 s (limit 8 s)"))
+    service._on_event(ButtonPressed("recovery"))
+    lines = (tmp_path / REQUESTS_FILE).read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [e["what"] for e in entries] == ["host-was-reset", "recovery"]
+    assert entries[0]["reason"] == "no heartbeat for 9 s (limit 8 s)"
+    assert client.notices == ["recovery request noted"]

@@ -35,7 +35,9 @@ if str(REPO) not in sys.path:
 import trio  # noqa: E402
 
 from appliance.box import configured, init_box, open_box  # noqa: E402
-from appliance.panel import PanelService  # noqa: E402
+from appliance.panel import BoxView, BoxViewSlot, PanelService  # noqa: E402
+from appliance.provisioning.device import ensure_device  # noqa: E402
+from appliance.provisioning.lifecycle import Lifecycle  # noqa: E402
 from appliance.store.files import write_atomically  # noqa: E402
 from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState  # noqa: E402
 from hw.twins import PanelSimulator, build_firmware  # noqa: E402
@@ -71,7 +73,10 @@ async def bench(work: Path, idle: float, flips: int) -> dict[str, object]:
     with PanelSimulator(work / "panel", firmware) as panel:
         config = configured(data, {"EDGEBOX_PANEL_DEVICE": str(panel.host_path)}, {})
         async with open_box(config) as box, trio.open_nursery() as nursery:
-            service = PanelService(box, panel.host_path, list)
+            lifecycle = Lifecycle(data, ensure_device(data))
+            views = BoxViewSlot()
+            service = PanelService(config, panel.host_path, lifecycle, views)
+            views.current = BoxView(box.hostname, list, box.mailstore.outbound_groups)
             await nursery.start(service.serve)
             box_page = render(["EDGEBOX", "mail.a.go.th", "LAN", "127.0.0.1"])
             with trio.fail_after(60):

@@ -81,3 +81,19 @@ def test_any_state_body_draws_every_page(body: bytes) -> None:
 )
 def test_state_round_trips(fields: dict[str, str]) -> None:
     assert L.decode_state(L.encode_state(fields)) == fields
+
+
+def test_the_setup_page_shows_the_fingerprint_in_one_line() -> None:
+    state = {**OK, "prov": "no", "setup": "R4MTP-9TM9J", "fp": "b914-6ddf-489d-07f8"}
+    state["lan"] = "192.168.1.10"
+    lines = pages.fit(pages.lines(pages.SETUP, state))
+    assert lines == [
+        "SETUP CODE",
+        "R4MTP-9TM9J",
+        "open https://",
+        "192.168.1.10",
+        "b9146ddf489d07f8",
+    ]
+    # A host that sends no fingerprint (an older one): the page without it.
+    del state["fp"]
+    assert len(pages.lines(pages.SETUP, state)) == 4

@@ -80,3 +80,24 @@ async def test_an_unprovisioned_box_has_nothing_to_reset(tmp_path: Path) -> None
     assert not lifecycle.panel_reset.released(60.0)
     lifecycle.request_reset()
     assert not await _reset_asked(lifecycle)
+
+
+async def test_a_hold_timed_by_the_panel_arms_the_prompt_until_it_lapses(tmp_path: Path) -> None:
+    lifecycle = await _provisioned_lifecycle(tmp_path)
+    hold = lifecycle.panel_reset
+    assert hold.held(50.0)
+    assert not hold.lapse(50.0 + ResetHold.CONFIRM_WINDOW)
+    assert hold.lapse(50.0 + ResetHold.CONFIRM_WINDOW + 0.1)
+    assert not hold.awaiting_confirmation
+    assert not hold.confirm(50.0 + ResetHold.CONFIRM_WINDOW + 0.2)
+    assert not await _reset_asked(lifecycle)
+    # Armed again and confirmed within the window: the runner is asked to reset.
+    assert hold.held(100.0)
+    assert hold.confirm(110.0)
+    assert await _reset_asked(lifecycle)
+
+
+async def test_the_panel_cannot_arm_a_reset_on_an_unprovisioned_box(tmp_path: Path) -> None:
+    lifecycle = Lifecycle(tmp_path, ensure_device(tmp_path))
+    assert not lifecycle.panel_reset.held(0.0)
+    assert not lifecycle.panel_reset.awaiting_confirmation
