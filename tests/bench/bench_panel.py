@@ -3,13 +3,14 @@
 In one process: a box (``a.go.th``, made here) opened as `edgebox run` opens it, and
 only its `PanelService`, talking to the real firmware under the MicroPython unix port
 (`hw.twins.PanelSimulator`). Idle: the service runs at its defaults (refresh 0.5 s, the
-queue every 2 s, heartbeat 2 s, the disk check every 30 s) for ``--idle`` seconds; the
-figure is this process's CPU time over that wall time (all threads: the queue query
-runs in a worker) as a percentage of one core. The simulator's own CPU is reported
-apart (on the box that is the panel's MCU, not the host). Latency: the link monitor's
-state file is flipped between gin up and down ``--flips`` times, each time timing until
-the display's RAM shows the new links page (the panel turns to it by itself on "down";
-on "up" it is still showing). Targets: idle < 1 % of one core, change to display < 1 s.
+queue every 2 s, heartbeat 2 s; health findings come from the box's monitor) for
+``--idle`` seconds; the figure is this process's CPU time over that wall time (all
+threads: the queue query runs in a worker) as a percentage of one core. The simulator's
+own CPU is reported apart (on the box that is the panel's MCU, not the host). Latency:
+the link monitor's state file is flipped between gin up and down ``--flips`` times, each
+time timing until the display's RAM shows the new links page (the panel turns to it by
+itself on "down"; on "up" it is still showing). Targets: idle < 1 % of one core, change
+to display < 1 s.
 
     .venv/bin/python tests/bench/bench_panel.py [--idle 60] [--flips 10]
 
