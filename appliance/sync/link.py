@@ -539,7 +539,8 @@ class LinkMonitor:
         cut = self.watch.probe_succeeded(started, after_trouble=returned)
         if cut:
             log.info("gin link back: %d silent wait(s) on the uplink cut short", cut)
-        if returned:
+        if returned or cut:
+            # A cut round fails; its replicator must not then sit out a back-off.
             self._wake_subscribers()
 
     def _announce(self, name: LinkName, reading: LinkReading) -> None:

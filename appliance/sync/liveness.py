@@ -151,14 +151,15 @@ class LinkWatch:
 
         Handshakes silent since before *started* are cut always (the probe's own
         handshake just completed). After trouble (a failed or hung probe, gin down)
-        every step silent since before *started* is cut, and `returns` counts a
-        return. Return the number of steps cut.
+        every step silent since before *started* is cut. Either way, if anything was
+        cut or there was trouble, `returns` counts a return of the link. Return the
+        number of steps cut.
         """
-        if after_trouble:
-            self.returns += 1
         kinds = (StepKind.HANDSHAKE, StepKind.EXCHANGE) if after_trouble else (StepKind.HANDSHAKE,)
-        why = "the link came back (a probe got through)"
-        return self._cut(started, kinds, why)
+        cut = self._cut(started, kinds, "the link came back (a probe got through)")
+        if after_trouble or cut:
+            self.returns += 1
+        return cut
 
     def link_down(self, since: float) -> int:
         """Gin was declared down; cut every step silent since before trio time *since*."""
