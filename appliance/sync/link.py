@@ -25,8 +25,9 @@ status` and the console never read half a file).
 Gin is also what tells the replicators the link is back (issue 24). A probe does not
 wait for the one before it: a probe lost in a black hole would otherwise hide the
 link's return until its time-out. While gin is in *trouble* (a probe failed or has
-hung for `SLOW_PROBE`, or gin is down) it is probed every `RECOVERY_INTERVAL`, and a
-replicator's wait silent for `SUSPECT_AFTER` asks for a probe at once. The first probe
+hung for `SLOW_PROBE`, or gin is down) it is probed every `RECOVERY_INTERVAL`; a
+replicator's connection that fails (refused, reset, timed out) or a wait silent for
+`SUSPECT_AFTER` asks for a probe at once. The first probe
 that gets through after trouble is the link's return: the shared `LinkWatch` cuts
 short every wait that has not moved a byte since that probe began, and the `on_up`
 subscribers (the outbound relay and the replicators) start a round at once instead of
@@ -491,6 +492,9 @@ class LinkMonitor:
         last = self._last_start["gin"]
         if self._trouble_since is not None:
             return now - last >= self.recovery_interval
+        failed = self.watch.failed_at
+        if failed is not None and failed >= last:
+            return True  # a replicator's connection was refused, reset or timed out
         silent = self.watch.stalled_since(SUSPECT_AFTER)
         # A replicator's wait went silent after the last probe began: ask the link now.
         return silent is not None and silent + SUSPECT_AFTER > last

@@ -117,6 +117,9 @@ class LinkWatch:
         self.returns = 0
         #: Steps cut short since start (tests and figures).
         self.cuts = 0
+        #: trio time a step last failed on its own (refused, reset, deadline): the
+        #: link monitor probes at once rather than at its next interval.
+        self.failed_at: float | None = None
 
     @contextmanager
     def step(self, what: str, idle: float, kind: StepKind = StepKind.EXCHANGE) -> Iterator[IoStep]:
@@ -130,9 +133,14 @@ class LinkWatch:
         try:
             with io.scope:
                 yield io
+        except (OSError, trio.BrokenResourceError):
+            self.failed_at = trio.current_time()  # refused or reset: ask the link now
+            raise
         finally:
             self._steps.discard(io)
         if io.scope.cancelled_caught:
+            if io.cut_reason is None:
+                self.failed_at = trio.current_time()
             raise LinkStalled(io.reason())
 
     @property
