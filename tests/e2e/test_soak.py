@@ -111,7 +111,7 @@ def test_a_thousand_cuts_converge_with_flat_memory(tmp_path: Path) -> None:
     if dump:
         here = str(Path(__file__).parent / "memdump")
         env = {"SOAK_MEMDUMP_DIR": dump, "PYTHONPATH": os.pathsep.join([here, *sys.path])}
-        env["PYTHONTRACEMALLOC"] = os.environ.get("SOAK_TRACEMALLOC", "")
+        env["SOAK_MEMDUMP_FRAMES"] = os.environ.get("SOAK_TRACEMALLOC", "")
     rng = random.Random(24)
     with network(tmp_path, env) as net:
         room_id, somchai, dara = inter_agency_room(net)
