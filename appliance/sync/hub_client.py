@@ -14,7 +14,8 @@ How failures map, so each replicator knows whether to retry:
 Requests go one at a time over one connection, reused while it lives: a cut or an error
 closes it and the next call opens a new one. A request on a reused connection that the
 hub had meanwhile closed (its idle time-out) gets no answer at all; that one case is
-retried once on a fresh connection. Every sync route is idempotent (a cursor or a batch
+retried once on a fresh connection, and so is one that fails while the request is being
+sent (a cut reset the kept-alive connection). Every sync route is idempotent (a cursor or a batch
 applied twice is applied once), so sending it twice is safe.
 
 Bodies go gzip'ed (RFC 9110 §8.4) once the hub has said it takes gzip (its answers carry
@@ -45,6 +46,7 @@ from appliance.sync.liveness import (
     HANDSHAKE_DEADLINE,
     LinkStalled,
     LinkWatch,
+    describe,
     open_tcp,
     start_tls,
 )
@@ -106,12 +108,13 @@ class HubClient:
                 try:
                     with trio.fail_after(timeout) as limit:
                         status, raw = await self._exchange(path, payload, limit, gzipped=gzipped)
-                except _NoAnswer:
+                except _NoAnswer as exc:
                     await self.aclose()
                     if reused and not retried:
                         retried = True
                         continue
-                    raise HubUnavailable(f"{path}: the hub closed the connection") from None
+                    why = str(exc) or "the hub closed the connection"
+                    raise HubUnavailable(f"{path}: {why}") from None
                 except HubUnavailable:
                     await self.aclose()
                     raise
@@ -170,8 +173,13 @@ class HubClient:
         request = h11.Request(method="POST", target=path, headers=headers)
         message = conn.send(request) + conn.send(h11.Data(data=payload))
         wire = message + conn.send(h11.EndOfMessage())
-        with self.watch.step(f"sending {path} to {host}", limit.deadline - trio.current_time()):
-            await stream.send_all(wire)
+        try:
+            with self.watch.step(f"sending {path} to {host}", limit.deadline - trio.current_time()):
+                await stream.send_all(wire)
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            # A kept-alive connection that died meanwhile (a cut reset it) fails on
+            # the send as often as on the answer: the same one retry on a fresh one.
+            raise _NoAnswer(f"sending failed: {describe(exc)}") from None
         status = 0
         encoding: str | None = None
         chunks: list[bytes] = []
