@@ -30,10 +30,44 @@ def _dump_forever(folder: str, every: float, frames: int) -> None:
         counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
         body = {"time": time.time(), "objects": len(gc.get_objects()),
                 "by_type": dict(counts.most_common(60))}  # fmt: skip
+        wanted = [w for w in os.environ.get("SOAK_MEMDUMP_REFERRERS", "").split(",") if w]
+        if wanted:
+            body["referrers"] = _referrers(wanted)
         with open(os.path.join(folder, f"{pid}-{n:04d}.json"), "w") as out:
             json.dump(body, out)
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(os.path.join(folder, f"{pid}-{n:04d}.trace"))
+
+
+def _describe(thing: object) -> str:
+    name = type(thing).__qualname__
+    if isinstance(thing, dict):
+        keys = [str(k)[:30] for k in list(thing)[:6]]
+        return f"dict{keys}"
+    if type(thing).__name__ == "frame":
+        code = thing.f_code  # type: ignore[attr-defined]
+        return f"frame {code.co_filename.rsplit('/', 2)[-1]}:{code.co_name}"
+    return name
+
+
+def _referrers(wanted: list[str]) -> dict[str, list[list[str]]]:
+    """For up to 5 live objects of each wanted type: who refers to them, two levels up."""
+    found: dict[str, list[list[str]]] = {}
+    objects = gc.get_objects()
+    for type_name in wanted:
+        sample = [o for o in objects if type(o).__qualname__ == type_name][-5:]
+        chains = []
+        for thing in sample:
+            chain = []
+            for first in gc.get_referrers(thing)[:4]:
+                if first is objects or first is sample:
+                    continue
+                above = [_describe(r) for r in gc.get_referrers(first)[:4]
+                         if r is not objects and r is not sample]  # fmt: skip
+                chain.append(f"{_describe(first)} <- {above}")
+            chains.append(chain)
+        found[type_name] = chains
+    return found
 
 
 _folder = os.environ.get("SOAK_MEMDUMP_DIR")
