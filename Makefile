@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= var
 
-.PHONY: run test lint bench firmware system-deps fresh-root clean
+.PHONY: run test lint bench soak firmware system-deps fresh-root clean
 
 # The virtualenv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 
 ## Install everything (venv; Debian packages when root) and run the whole suite.
 test: system-deps $(VENV)/.installed lint
-	$(BIN)/pytest -m "not bench" --durations=20
+	$(BIN)/pytest -m "not bench and not soak" --durations=20
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check appliance hw tests
@@ -30,6 +30,10 @@ lint: $(VENV)/.installed
 ## Debian packages the end-to-end tests and benchmarks drive (swaks, postfix, dovecot, ...).
 system-deps:
 	bash .ci/system-deps
+
+## The long flapping soak (1,000 link cuts, about 30 minutes; tests/e2e/test_soak.py).
+soak: system-deps $(VENV)/.installed
+	$(BIN)/pytest -m soak -s
 
 ## Prove the install steps: the README's test command in a fresh minimal Debian 12 root
 ## (root and mmdebstrap needed; docs/testing.md).

@@ -77,14 +77,31 @@ class DirectoryReplicator:
         self.clock = clock
         self.interval = interval
         self.batch = max(1, min(batch, MAX_BATCH))
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        """Start a round now (the link came back)."""
+        self._wake.set()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
         while True:
+            # Reset before the round: a wake during it (the link came back and cut
+            # its dead wait short) starts the next round at once.
+            self._wake = trio.Event()
             await self.sync_round()
-            await self.clock.sleep(self.interval)
+            with trio.CancelScope() as pause:
+
+                async def woken(scope: trio.CancelScope = pause) -> None:
+                    await self._wake.wait()
+                    scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(woken)
+                    await self.clock.sleep(self.interval)
+                    nursery.cancel_scope.cancel()
 
     async def sync_round(self) -> bool:
         """Push, then pull; report to `SyncStatus`; return whether the round succeeded."""

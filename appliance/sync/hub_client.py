@@ -14,7 +14,8 @@ How failures map, so each replicator knows whether to retry:
 Requests go one at a time over one connection, reused while it lives: a cut or an error
 closes it and the next call opens a new one. A request on a reused connection that the
 hub had meanwhile closed (its idle time-out) gets no answer at all; that one case is
-retried once on a fresh connection. Every sync route is idempotent (a cursor or a batch
+retried once on a fresh connection, and so is one that fails while the request is being
+sent (a cut reset the kept-alive connection). Every sync route is idempotent (a cursor or a batch
 applied twice is applied once), so sending it twice is safe.
 
 Bodies go gzip'ed (RFC 9110 §8.4) once the hub has said it takes gzip (its answers carry
@@ -40,6 +41,15 @@ import trio
 
 from appliance.sync import content_coding
 from appliance.sync.central import central_client_context, parse_endpoint
+from appliance.sync.liveness import (
+    CONNECT_DEADLINE,
+    HANDSHAKE_DEADLINE,
+    LinkStalled,
+    LinkWatch,
+    describe,
+    open_tcp,
+    start_tls,
+)
 from appliance.sync.transport import JSON, HubRefused, HubUnavailable
 
 log = logging.getLogger("edgebox.sync.hub")
@@ -67,14 +77,17 @@ class HubClient:
         timeout: float = 60.0,
         *,
         context: ssl.SSLContext | None = None,
+        watch: LinkWatch | None = None,
     ) -> None:
         self.keys_dir = Path(keys_dir)
+        #: Shared with the link monitor, which cuts waits short when the link returns.
+        self.watch = watch or LinkWatch()
         self.endpoint = parse_endpoint(hub_url, ("https",))
         self.timeout = timeout
         #: Fixed context (enrolment pins a CA); else one is made per connection from the
         #: files in keys_dir, so a certificate installed meanwhile is used at once.
         self._context = context
-        self._stream: trio.SSLStream[trio.SocketStream] | None = None
+        self._stream: trio.SSLStream[trio.abc.Stream] | None = None
         self._conn: h11.Connection | None = None
         self._lock = trio.Lock()
         #: The hub said it takes gzip request bodies (kept across connections).
@@ -95,18 +108,24 @@ class HubClient:
                 try:
                     with trio.fail_after(timeout) as limit:
                         status, raw = await self._exchange(path, payload, limit, gzipped=gzipped)
-                except _NoAnswer:
+                except _NoAnswer as exc:
                     await self.aclose()
                     if reused and not retried:
                         retried = True
                         continue
-                    raise HubUnavailable(f"{path}: the hub closed the connection") from None
+                    why = str(exc) or "the hub closed the connection"
+                    raise HubUnavailable(f"{path}: {why}") from None
                 except HubUnavailable:
                     await self.aclose()
                     raise
                 except trio.TooSlowError:
                     await self.aclose()
-                    raise HubUnavailable(f"{path}: no answer in time") from None
+                    raise HubUnavailable(
+                        f"{path}: no answer in time (limit {timeout:.1f} s)"
+                    ) from None
+                except LinkStalled as exc:
+                    await self.aclose()
+                    raise HubUnavailable(f"{path}: {exc}") from None
                 except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
                     await self.aclose()
                     raise HubUnavailable(f"{path}: {type(exc).__name__}: {exc}") from None
@@ -122,18 +141,17 @@ class HubClient:
         if stream is not None:
             await trio.aclose_forcefully(stream)
 
-    async def _connect(self) -> tuple[trio.SSLStream[trio.SocketStream], h11.Connection]:
+    async def _connect(self) -> tuple[trio.SSLStream[trio.abc.Stream], h11.Connection]:
         if self._stream is not None and self._conn is not None:
             return self._stream, self._conn
         context = self._context or central_client_context(self.keys_dir)
         context.set_alpn_protocols(["http/1.1"])
-        tcp = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
-        stream = trio.SSLStream(tcp, context, server_hostname=self.endpoint.host)
-        try:
-            await stream.do_handshake()
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
+        host, port = self.endpoint.host, self.endpoint.port
+        # Seconds for the set-up, whatever the request's own limit: a handshake lost in
+        # a black hole is never answered, and the next try should start soon.
+        tcp = await open_tcp(self.watch, host, port, deadline=min(self.timeout, CONNECT_DEADLINE))
+        deadline = min(self.timeout, HANDSHAKE_DEADLINE)
+        stream = await start_tls(self.watch, tcp, context, host, deadline=deadline)
         self._stream, self._conn = stream, h11.Connection(h11.CLIENT)
         return stream, self._conn
 
@@ -154,7 +172,14 @@ class HubClient:
         headers.append(("content-length", str(len(payload))))
         request = h11.Request(method="POST", target=path, headers=headers)
         message = conn.send(request) + conn.send(h11.Data(data=payload))
-        await stream.send_all(message + conn.send(h11.EndOfMessage()))
+        wire = message + conn.send(h11.EndOfMessage())
+        try:
+            with self.watch.step(f"sending {path} to {host}", limit.deadline - trio.current_time()):
+                await stream.send_all(wire)
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            # A kept-alive connection that died meanwhile (a cut reset it) fails on
+            # the send as often as on the answer: the same one retry on a fresh one.
+            raise _NoAnswer(f"sending failed: {describe(exc)}") from None
         status = 0
         encoding: str | None = None
         chunks: list[bytes] = []
@@ -164,7 +189,8 @@ class HubClient:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 try:
-                    data = await stream.receive_some(_RECEIVE)
+                    with self.watch.step(f"waiting for {path} from {host}", self.timeout):
+                        data = await stream.receive_some(_RECEIVE)
                 except (trio.BrokenResourceError, ssl.SSLError, OSError):
                     if not got_any:
                         raise _NoAnswer from None

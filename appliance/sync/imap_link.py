@@ -8,8 +8,10 @@ only the I/O layer can: TLS, time-outs and the order of the opening exchange.
   connection: there is no fallback, a server without STARTTLS is an error.
 - Certificates are verified with the context the caller gives (`central_client_context`:
   the centre's CA, host name checked).
-- Every read waits at most `timeout` seconds; a silent server (a black-holed link) is a
-  `LinkDown`, never a hang.
+- Every read waits at most `timeout` seconds without a byte, the connect and the TLS
+  handshake seconds (`appliance.sync.liveness`); a silent server (a black-holed link) is
+  a `LinkDown`, never a hang, and the link monitor cuts a wait short when the link
+  comes back. Every `LinkDown` says why (the step, the host, the seconds).
 
 What this is not: replication logic (`appliance.sync.mailbox`), or an IMAP library for
 the rest of the box.
@@ -31,6 +33,19 @@ from appliance.mail.imap.client import (
     Status,
 )
 from appliance.sync.central import Endpoint
+from appliance.sync.liveness import (
+    CONNECT_DEADLINE,
+    HANDSHAKE_DEADLINE,
+    LinkStalled,
+    LinkWatch,
+    StepKind,
+    describe,
+    open_tcp,
+    start_tls,
+)
+
+#: Bytes handed to the stream at once when sending (a step's deadline restarts after each).
+_SEND_PIECE = 64 * 1024
 
 
 class LinkDown(Exception):
@@ -49,27 +64,41 @@ class CommandFailed(Exception):
 class ImapLink:
     """An open, TLS-protected IMAP connection; use `connect`, then `authenticate`."""
 
-    def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, timeout: float, watch: LinkWatch | None = None
+    ) -> None:
         self.stream = stream
         self.conn = ClientConnection()
         self.timeout = timeout
+        self.watch = watch or LinkWatch()
+        self.host = ""
         #: Bytes read and written, for the status figures (payload vs wire).
         self.bytes_in = 0
         self.bytes_out = 0
 
     @classmethod
     async def connect(
-        cls, endpoint: Endpoint, context: ssl.SSLContext, *, io_timeout: float = 60.0
+        cls,
+        endpoint: Endpoint,
+        context: ssl.SSLContext,
+        *,
+        io_timeout: float = 60.0,
+        watch: LinkWatch | None = None,
     ) -> ImapLink:
         """Open a connection to *endpoint* and bring TLS up; raise `LinkDown` if not."""
         if endpoint.scheme not in ("imap", "imaps"):
             raise ValueError(f"not an IMAP endpoint: {endpoint}")
+        watch = watch or LinkWatch()
         try:
-            with trio.fail_after(io_timeout):
-                tcp: trio.abc.Stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-        except (OSError, trio.TooSlowError) as exc:
+            tcp: trio.abc.Stream = await open_tcp(
+                watch, endpoint.host, endpoint.port, deadline=min(io_timeout, CONNECT_DEADLINE)
+            )
+        except LinkStalled as exc:
             raise LinkDown(f"cannot connect to {endpoint}: {exc}") from None
-        link = cls(tcp, io_timeout)
+        except OSError as exc:
+            raise LinkDown(f"cannot connect to {endpoint}: {describe(exc)}") from None
+        link = cls(tcp, io_timeout, watch)
+        link.host = endpoint.host
         try:
             if endpoint.implicit_tls:
                 await link._start_tls(context, endpoint.host)
@@ -92,16 +121,19 @@ class ImapLink:
         return link
 
     async def _start_tls(self, context: ssl.SSLContext, host: str) -> None:
-        tls = trio.SSLStream(self.stream, context, server_hostname=host)
+        deadline = min(self.timeout, HANDSHAKE_DEADLINE)
         try:
-            with trio.fail_after(self.timeout):
-                await tls.do_handshake()
-        except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
-            raise LinkDown(f"TLS handshake with {host} failed: {exc}") from None
+            tls = await start_tls(self.watch, self.stream, context, host, deadline=deadline)
+        except LinkStalled as exc:
+            raise LinkDown(str(exc)) from None
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            # An empty reason once hid a time-out here (issue 24): always name the error.
+            raise LinkDown(f"TLS handshake with {host} failed: {describe(exc)}") from None
         self.stream = tls
 
     async def _greeting(self) -> Status:
-        event = await self._next()
+        # RFC 9051 §7.1: the server greets at once; a silent one is a dead connection.
+        event = await self._next(min(self.timeout, HANDSHAKE_DEADLINE), StepKind.HANDSHAKE)
         if not isinstance(event, Status) or event.kind not in ("OK", "PREAUTH"):
             raise LinkDown(f"unexpected greeting: {event!r}"[:200])
         return event
@@ -167,15 +199,25 @@ class ImapLink:
         if not data:
             return
         try:
-            with trio.fail_after(self.timeout):
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+            with self.watch.step(f"sending to {self.host}", self.timeout) as step:
+                # In pieces, so a large APPEND earns its time as it goes.
+                for start in range(0, len(data), _SEND_PIECE):
+                    piece = data[start : start + _SEND_PIECE]
+                    await self.stream.send_all(piece)
+                    step.moved(len(piece))
+        except LinkStalled as exc:
+            raise LinkDown(f"send failed: {exc}") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError,
                 ssl.SSLError, OSError) as exc:  # fmt: skip
-            raise LinkDown(f"send failed: {exc!r}") from None
+            raise LinkDown(f"send failed: {describe(exc)}") from None
         self.bytes_out += len(data)
 
-    async def _next(self) -> Event:
-        """The next event, reading (and sending literal continuations) as needed."""
+    async def _next(self, idle: float | None = None, kind: StepKind = StepKind.EXCHANGE) -> Event:
+        """The next event, reading (and sending literal continuations) as needed.
+
+        Each read waits at most *idle* seconds (default: the link's time-out).
+        """
+        idle = self.timeout if idle is None else idle
         for _ in range(10_000_000):  # bounded: each pass reads or returns
             try:
                 event = self.conn.next_event()
@@ -188,11 +230,13 @@ class ImapLink:
             if self.conn.at_eof:
                 raise LinkDown("server closed the connection")
             try:
-                with trio.fail_after(self.timeout):
+                with self.watch.step(f"waiting for {self.host}", idle, kind):
                     data = await self.stream.receive_some(256 * 1024)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+            except LinkStalled as exc:
+                raise LinkDown(f"receive failed: {exc}") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError,
                     ssl.SSLError, OSError) as exc:  # fmt: skip
-                raise LinkDown(f"receive failed: {exc!r}") from None
+                raise LinkDown(f"receive failed: {describe(exc)}") from None
             self.bytes_in += len(data)
             self.conn.receive_data(bytes(data))
         raise LinkDown("no response")

@@ -19,10 +19,19 @@ Each link is probed every ``config.link_probe_interval`` seconds of the `Clock`,
 probe bounded by a time-out. One failed probe is not an outage (a lost SYN, a busy
 server): a link goes *down* after `DOWN_AFTER` consecutive failures and *up* again
 after `UP_AFTER` success (`Hysteresis`, a pure state machine). Only changes are acted
-on: each is logged once, written to ``DATA/run/link.json`` (atomically, so `edgebox
-status` and the console never read half a file) and, for gin coming back from down,
-announced to the `on_up` subscribers (the outbound relay and the replicators wake and
-retry at once instead of waiting out their back-off).
+on: each is logged once and written to ``DATA/run/link.json`` (atomically, so `edgebox
+status` and the console never read half a file).
+
+Gin is also what tells the replicators the link is back (issue 24). A probe does not
+wait for the one before it: a probe lost in a black hole would otherwise hide the
+link's return until its time-out. While gin is in *trouble* (a probe failed or has
+hung for `SLOW_PROBE`, or gin is down) it is probed every `RECOVERY_INTERVAL`; a
+replicator's connection that fails (refused, reset, timed out) or a wait silent for
+`SUSPECT_AFTER` asks for a probe at once. The first probe
+that gets through after trouble is the link's return: the shared `LinkWatch` cuts
+short every wait that has not moved a byte since that probe began, and the `on_up`
+subscribers (the outbound relay and the replicators) start a round at once instead of
+waiting out their back-off. Gin going down cuts the silent waits too.
 
 `link_report` turns that file, the outbound queue and `sync.json` into the lines of
 `edgebox status`. A cut uplink is never "unhealthy": the box is built for it.
@@ -34,8 +43,10 @@ its own; the monitor only shortens the wait), or a health check of the local ser
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -56,6 +67,7 @@ from appliance.sync.central import (
     parse_endpoint,
 )
 from appliance.sync.clock import Clock
+from appliance.sync.liveness import LinkWatch
 from appliance.sync.renewal import certificate_expiry
 from appliance.sync.status import SyncStatus, read_sync_status
 
@@ -67,7 +79,18 @@ DOWN_AFTER: Final = 2
 #: Consecutive good probes before a link that was down is declared up.
 UP_AFTER: Final = 1
 #: Seconds one probe may take (connect, and the handshake or greeting).
-PROBE_TIMEOUT: Final = 10.0
+PROBE_TIMEOUT: Final = 5.0
+#: Seconds between gin probes while gin is in trouble: the link's return is seen
+#: within this (at any `link_probe_interval`).
+RECOVERY_INTERVAL: Final = 1.0
+#: A gin probe still running after this many seconds is trouble (a black hole holds it).
+SLOW_PROBE: Final = 2.0
+#: A replicator's wait silent this many seconds asks for a gin probe at once.
+SUSPECT_AFTER: Final = 2.0
+#: Probes of one link running at once (in a black hole each runs to its time-out).
+MAX_IN_FLIGHT: Final = 8
+#: Seconds of trio time between looks at the probes in flight and the waits.
+_LOOK_EVERY: Final = 0.25
 #: The sync streams `edgebox status` lists, in this order (appliance.sync.status).
 STREAMS: Final = ("outbound", "mailbox", "chat", "directory")
 
@@ -329,12 +352,27 @@ class LinkMonitor:
         probe_timeout: float = PROBE_TIMEOUT,
         down_after: int = DOWN_AFTER,
         up_after: int = UP_AFTER,
+        watch: LinkWatch | None = None,
+        recovery_interval: float = RECOVERY_INTERVAL,
     ) -> None:
         self.box = box
         self.sync_status = status
         self.clock = clock
         self.interval = max(0.1, box.config.link_probe_interval)
         self.probe_timeout = probe_timeout
+        #: The replicators' waits, cut short when the link returns (`LinkWatch`).
+        self.watch = watch or LinkWatch()
+        self.recovery_interval = max(0.1, recovery_interval)
+        #: Gin is in trouble since this trio time (None: it is not): a probe failed or
+        #: hung, so the next success is the link's return.
+        self._trouble_since: float | None = None
+        #: Probes running, per link: number -> trio time started.
+        self._in_flight: dict[LinkName, dict[int, float]] = {"gin": {}, "international": {}}
+        #: Start (trio time) of the newest probe whose result was counted; an older
+        #: probe finishing later (a black hole held it) is not counted.
+        self._counted: dict[LinkName, float] = {"gin": -math.inf, "international": -math.inf}
+        self._last_start: dict[LinkName, float] = {"gin": -math.inf, "international": -math.inf}
+        self._numbers = itertools.count()
         self._down_after, self._up_after = down_after, up_after
         self.path = box.config.data_dir / LINK_FILE
         self._links: dict[LinkName, _Link] = {
@@ -368,8 +406,10 @@ class LinkMonitor:
         return dict(self.sync_status.streams)
 
     def on_up(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call *callback* each time gin comes back after being down; return an unsubscribe.
+        """Call *callback* each time gin comes back after trouble; return an unsubscribe.
 
+        Trouble is a failed or hung probe (gin need not have been declared down: a
+        short black hole is hidden by the hysteresis but still kills connections).
         Not at start-up (unknown → up): replicators start a round then anyway. The
         callback runs in the monitor's task and must not block (set an event, a
         replicator's ``wake()``).
@@ -411,41 +451,116 @@ class LinkMonitor:
             self._write()
 
     async def _watch(self, name: LinkName, probe: Probe) -> None:
-        while True:  # one probe per interval until the service is cancelled
-            ok, error = True, None
-            try:
-                with trio.fail_after(self.probe_timeout):
-                    await probe()
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                ok, error = False, _reason(exc)
-            except Exception as exc:
-                # Anything else (a malformed CA file, an odd host name) is still a
-                # failed probe with a reason, not a dead monitor.
-                log.debug("%s probe failed", name, exc_info=True)
-                ok, error = False, f"{type(exc).__name__}: {exc}"[:300]
-            tracker = self._trackers[name]
-            before = tracker.reading.state
-            changed = tracker.observe(ok, self.clock.now(), error)
-            if changed is not None:
-                self._announce(name, before, changed)
-            self.probes[name] += 1
-            self._probed.set()
-            self._probed = trio.Event()
-            await self.clock.sleep(self.interval)
+        async with trio.open_nursery() as running:
+            while True:  # a probe per interval (or per look) until cancelled
+                if len(self._in_flight[name]) < MAX_IN_FLIGHT:
+                    number, started = next(self._numbers), trio.current_time()
+                    self._in_flight[name][number] = started
+                    self._last_start[name] = started
+                    running.start_soon(self._probe, name, probe, number, started)
+                await self._pause(name)
 
-    def _announce(self, name: LinkName, before: LinkState, reading: LinkReading) -> None:
+    async def _pause(self, name: LinkName) -> None:
+        """Wait for the next probe: the interval, or sooner while gin is in trouble."""
+        if name != "gin":
+            await self.clock.sleep(self.interval)
+            return
+        async with trio.open_nursery() as pause:
+
+            async def interval() -> None:
+                await self.clock.sleep(self.interval)
+                pause.cancel_scope.cancel()
+
+            async def look() -> None:
+                # In trio time, the time of the waits and of the probes in flight.
+                while True:
+                    if self._probe_now():
+                        pause.cancel_scope.cancel()
+                        return
+                    await trio.sleep(_LOOK_EVERY)
+
+            pause.start_soon(interval)
+            pause.start_soon(look)
+
+    def _probe_now(self) -> bool:
+        """Whether gin should be probed before its interval is over."""
+        now = trio.current_time()
+        for started in self._in_flight["gin"].values():
+            if now - started >= SLOW_PROBE:
+                # A probe this slow is in a black hole (or the hub is swamped).
+                self._troubled(started)
+        last = self._last_start["gin"]
+        if self._trouble_since is not None:
+            return now - last >= self.recovery_interval
+        failed = self.watch.failed_at
+        if failed is not None and failed >= last:
+            return True  # a replicator's connection was refused, reset or timed out
+        silent = self.watch.stalled_since(SUSPECT_AFTER)
+        # A replicator's wait went silent after the last probe began: ask the link now.
+        return silent is not None and silent + SUSPECT_AFTER > last
+
+    def _troubled(self, since: float) -> None:
+        if self._trouble_since is None or since < self._trouble_since:
+            self._trouble_since = since
+
+    async def _probe(self, name: LinkName, probe: Probe, number: int, started: float) -> None:
+        ok, error = True, None
+        try:
+            with trio.fail_after(self.probe_timeout):
+                await probe()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            ok, error = False, _reason(exc)
+        except Exception as exc:
+            # Anything else (a malformed CA file, an odd host name) is still a
+            # failed probe with a reason, not a dead monitor.
+            log.debug("%s probe failed", name, exc_info=True)
+            ok, error = False, f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            del self._in_flight[name][number]
+        self.probes[name] += 1
+        self._probed.set()
+        self._probed = trio.Event()
+        if started < self._counted[name]:
+            return  # a newer probe has spoken already; this one is old news
+        self._counted[name] = started
+        tracker = self._trackers[name]
+        before = tracker.reading.state
+        changed = tracker.observe(ok, self.clock.now(), error)
+        if changed is not None:
+            self._announce(name, changed)
+        if name != "gin":
+            return
+        if not ok:
+            self._troubled(started)
+            if changed is not None and changed.state is LinkState.DOWN:
+                assert self._trouble_since is not None
+                cut = self.watch.link_down(self._trouble_since)
+                if cut:
+                    log.info("gin link down: %d wait(s) on the uplink cut short", cut)
+            return
+        returned = self._trouble_since is not None or before is LinkState.DOWN
+        self._trouble_since = None
+        cut = self.watch.probe_succeeded(started, after_trouble=returned)
+        if cut:
+            log.info("gin link back: %d silent wait(s) on the uplink cut short", cut)
+        if returned or cut:
+            # A cut round fails; its replicator must not then sit out a back-off.
+            self._wake_subscribers()
+
+    def _announce(self, name: LinkName, reading: LinkReading) -> None:
         if reading.state is LinkState.UP:
             log.info("%s link up (%s)", name, reading.target)
         else:
             log.warning("%s link down (%s): %s", name, reading.target, reading.error)
         self._write()
-        if name == "gin" and before is LinkState.DOWN and reading.state is LinkState.UP:
-            for callback in list(self._on_up):
-                try:
-                    callback()
-                except Exception:
-                    # One subscriber's bug must not keep the others asleep.
-                    log.exception("link-up subscriber failed")
+
+    def _wake_subscribers(self) -> None:
+        for callback in list(self._on_up):
+            try:
+                callback()
+            except Exception:
+                # One subscriber's bug must not keep the others asleep.
+                log.exception("link-up subscriber failed")
 
     def _write(self) -> None:
         snapshot = replace(self.state, written_at=self.clock.now())

@@ -100,6 +100,7 @@ from appliance.sync.central import (
 )
 from appliance.sync.clock import Clock
 from appliance.sync.imap_link import CommandFailed, ImapLink, LinkDown
+from appliance.sync.liveness import LinkWatch
 from appliance.sync.mailbox_state import (
     MAILBOX_SYNC_MIGRATIONS,
     MailboxSyncState,
@@ -224,8 +225,11 @@ class MailboxReplicator:
         use_condstore: bool = True,
         whole_below: int | None = WHOLE_BELOW,
         fetch_bodies: bool = True,
+        watch: LinkWatch | None = None,
     ) -> None:
         self.box = box
+        #: Shared with the link monitor, which cuts waits short when the link returns.
+        self.watch = watch or LinkWatch()
         self.status = status
         self.clock = clock
         self.interval = interval
@@ -281,15 +285,22 @@ class MailboxReplicator:
             task_status.started([])
             failures = 0
             while True:
+                returns = self.watch.returns
                 report = await self.sync_once()
                 failures = 0 if report.ok else failures + 1
                 delay = self.interval
                 if failures:  # back off, but never beyond max_backoff (a days-long cut)
                     delay = min(self.max_backoff, self.interval * 2 ** min(failures - 1, 10))
+                if not report.ok and self.watch.returns != returns:
+                    # The link came back during the round and cut its dead waits
+                    # short: go again now, not after a back-off.
+                    delay = 0.0
                 await self._sleep(delay)
 
     async def _sleep(self, seconds: float) -> None:
-        if not self._wake.is_set():
+        if seconds <= 0:
+            await trio.lowlevel.checkpoint()
+        elif not self._wake.is_set():
             async with trio.open_nursery() as nursery:
 
                 async def timer() -> None:
@@ -348,7 +359,9 @@ class MailboxReplicator:
             if not first and not await self.box.mailstore.pending_bodies(user.address, 1):
                 continue  # nothing to fetch: no connection
             try:
-                link = await ImapLink.connect(endpoint, context, io_timeout=self.timeout)
+                link = await ImapLink.connect(
+                    endpoint, context, io_timeout=self.timeout, watch=self.watch
+                )
             except LinkDown as exc:
                 report.errors.append(str(exc))
                 return False  # the centre is unreachable: no use trying the next user
@@ -506,7 +519,7 @@ class MailboxReplicator:
             user = await self.box.directory.user(owner)
             if user is None:
                 continue
-            link = await ImapLink.connect(endpoint, context, io_timeout=timeout)
+            link = await ImapLink.connect(endpoint, context, io_timeout=timeout, watch=self.watch)
             try:
                 await link.authenticate(owner, credentials.username, credentials.password)
                 stored = await self._fetch_some(link, user, items)

@@ -58,6 +58,14 @@ from appliance.sync.central import (
     parse_endpoint,
 )
 from appliance.sync.clock import Clock, SystemClock
+from appliance.sync.liveness import (
+    CONNECT_DEADLINE,
+    HANDSHAKE_DEADLINE,
+    LinkStalled,
+    LinkWatch,
+    open_tcp,
+    start_tls,
+)
 from appliance.sync.status import SyncStatus
 
 T = TypeVar("T")
@@ -199,11 +207,17 @@ class RelaySession:
     """An open, TLS-protected, authenticated session with the central relay."""
 
     def __init__(
-        self, stream: trio.abc.Stream, conn: smtp.ClientConnection, timeouts: Timeouts
+        self,
+        stream: trio.abc.Stream,
+        conn: smtp.ClientConnection,
+        timeouts: Timeouts,
+        watch: LinkWatch | None = None,
     ) -> None:
         self.stream = stream
         self.conn = conn
         self.timeouts = timeouts
+        self.watch = watch or LinkWatch()
+        self.host = ""
         self.transactions = 0
         self.last_reply: smtp.Reply | None = None
         #: No transaction is open at the server: the last one ended with the reply to
@@ -219,14 +233,19 @@ class RelaySession:
         ehlo_name: str,
         credentials: CentralCredentials | None,
         timeouts: Timeouts,
+        watch: LinkWatch | None = None,
     ) -> RelaySession:
         """Connect, secure and authenticate; RelayUnavailable if any step fails."""
+        watch = watch or LinkWatch()
+        deadline = min(timeouts.connect, CONNECT_DEADLINE)
         try:
-            with trio.fail_after(timeouts.connect):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-        except (OSError, trio.TooSlowError) as exc:
+            stream: trio.abc.Stream = await open_tcp(
+                watch, endpoint.host, endpoint.port, deadline=deadline
+            )
+        except (OSError, LinkStalled) as exc:
             raise RelayUnavailable(f"cannot connect to {endpoint}: {_describe(exc)}") from None
-        session = cls(stream, smtp.ClientConnection(tls_active=False), timeouts)
+        session = cls(stream, smtp.ClientConnection(tls_active=False), timeouts, watch)
+        session.host = endpoint.host
         try:
             await session._start(endpoint, context, ehlo_name, credentials)
         except BaseException:
@@ -270,13 +289,13 @@ class RelaySession:
                 raise RelayUnavailable(f"relay refused the box's credentials: {reply}")
 
     async def _wrap_tls(self, endpoint: Endpoint, context: ssl.SSLContext) -> None:
-        tls = trio.SSLStream(self.stream, context, server_hostname=endpoint.host)
+        deadline = min(self.timeouts.greeting, HANDSHAKE_DEADLINE)
         try:
-            with trio.fail_after(self.timeouts.greeting):
-                await tls.do_handshake()
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            self.stream = await start_tls(
+                self.watch, self.stream, context, endpoint.host, deadline=deadline
+            )
+        except (OSError, trio.BrokenResourceError, LinkStalled) as exc:
             raise RelayUnavailable(f"TLS with {endpoint} failed: {_describe(exc)}") from None
-        self.stream = tls
 
     async def _ehlo(self, name: str) -> None:
         reply = await self.command(smtp.Ehlo(name), self.timeouts.command)
@@ -419,7 +438,7 @@ class RelaySession:
             await self._receive(seconds)
 
     async def _receive(self, seconds: float) -> None:
-        with trio.fail_after(seconds):
+        with self.watch.step(f"waiting for the relay {self.host}", seconds):
             data = await self.stream.receive_some(RECEIVE_SIZE)
         self.conn.receive_data(data)
 
@@ -428,7 +447,7 @@ class RelaySession:
         step = SEND_CHUNK if chunked else max(len(out), 1)
         # Each chunk gets its own time limit (RFC 5321 §4.5.3.2.5: "data block").
         for start in range(0, len(out), step):
-            with trio.fail_after(seconds):
+            with self.watch.step(f"sending to the relay {self.host}", seconds):
                 await self.stream.send_all(out[start : start + step])
 
     async def _guarded(self, work: Awaitable[T]) -> T:
@@ -440,6 +459,7 @@ class RelaySession:
             trio.BrokenResourceError,
             trio.ClosedResourceError,
             trio.TooSlowError,
+            LinkStalled,
             smtp.SMTPProtocolError,
         ) as exc:
             raise RelayUnavailable(f"session with the relay broke: {_describe(exc)}") from None
@@ -472,6 +492,8 @@ def _unsafe(value: str) -> bool:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if isinstance(exc, LinkStalled):
+        return str(exc)  # names the step, the host and the seconds
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -525,6 +547,7 @@ class OutboundRelay:
         rng: random.Random | None = None,
         batch: int = 500,
         sessions: int = SESSIONS,
+        watch: LinkWatch | None = None,
     ) -> None:
         self.box = box
         self.sync_status = status
@@ -533,6 +556,8 @@ class OutboundRelay:
         self.timeouts = timeouts or Timeouts()
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.batch = batch
+        #: Shared with the link monitor, which cuts waits short when the link returns.
+        self.watch = watch or LinkWatch()
         #: Most SMTP sessions used at once for a large backlog (`PARALLEL_FROM`).
         self.sessions = max(1, sessions)
         #: Rounds finished (a round: expire, then send what is due). Tests wait on it.
@@ -612,10 +637,15 @@ class OutboundRelay:
             )
             self._link_down(reason, now, quiet=reason == self._last_error)
             return self._link_retry_at - now
+        returns = self.watch.returns
         try:
             counts = await self._send(endpoint, group_messages(rows))
         except RelayUnavailable as exc:
             self._link_down(str(exc), now)
+            if self.watch.returns != returns:
+                # The link came back meanwhile and cut this round's dead waits
+                # short: the next round goes at once, not after a back-off.
+                self._link_retry_at = now
             return self._link_retry_at - now
         self._link_failures = 0
         self._link = "up"
@@ -640,7 +670,7 @@ class OutboundRelay:
 
         async def open_session() -> RelaySession:
             return await RelaySession.open(
-                endpoint, context, self.box.hostname, credentials, self.timeouts
+                endpoint, context, self.box.hostname, credentials, self.timeouts, self.watch
             )
 
         sessions = [await open_session()]

@@ -9,7 +9,9 @@ One place decides, so `edgebox run` and the tests start the same set:
   replicator whose central end is configured — the outbound relay (``central_smtp``),
   mailbox replication (``central_imap``), and directory and chat replication
   (``hub_url``), and the renewal of the box's sync certificate. When GIN comes back up
-  the monitor wakes every replicator at once, instead of each waiting out its back-off.
+  the monitor cuts short every wait on a dead connection (one `LinkWatch` shared by the
+  monitor and every replicator's connections) and wakes every replicator at once,
+  instead of each waiting out its time-out and back-off.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from appliance.sync.hub.routes import hub_sync_routes
 from appliance.sync.hub.server import HubSyncService
 from appliance.sync.hub_client import HubClient
 from appliance.sync.link import LinkMonitor
+from appliance.sync.liveness import LinkWatch
 from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
@@ -39,27 +42,35 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     # Before any service opens a connection with the sync key and certificate.
     finish_renewal(keys)
     status = SyncStatus(config.data_dir, clock)
-    monitor = LinkMonitor(box, status, clock)
+    watch = LinkWatch()
+    monitor = LinkMonitor(box, status, clock, watch=watch)
     services: list[Service] = [monitor]
     if config.central_smtp:
-        relay = OutboundRelay(box, status, clock)
+        relay = OutboundRelay(box, status, clock, watch=watch)
         monitor.on_up(relay.wake)
         services.append(relay)
     if config.central_imap:
-        mailboxes = MailboxReplicator(box, status, clock, interval=config.sync_interval)
+        mailboxes = MailboxReplicator(
+            box, status, clock, interval=config.sync_interval, watch=watch
+        )
         monitor.on_up(mailboxes.wake)
         services.append(mailboxes)
     if config.hub_url:
         # One connection per stream, so a long chat catch-up never holds up the
         # directory (each client serialises its own requests).
         directory = DirectoryReplicator(
-            box, HubClient(keys, config.hub_url), status, clock, interval=config.sync_interval
+            box,
+            HubClient(keys, config.hub_url, watch=watch),
+            status,
+            clock,
+            interval=config.sync_interval,
         )
+        monitor.on_up(directory.wake)
         services.append(directory)
         # Chat polls the hub more often than mail: people wait for a chat answer.
         chat = ChatReplicator(
             box,
-            HubClient(keys, config.hub_url),
+            HubClient(keys, config.hub_url, watch=watch),
             status,
             clock,
             poll_interval=min(POLL_INTERVAL, config.sync_interval),

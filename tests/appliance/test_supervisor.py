@@ -9,7 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from appliance.supervisor import Supervisor
+from appliance import supervisor as supervisor_module
+from appliance.supervisor import COLLECT_EVERY, Supervisor
 
 
 class Flaky:
@@ -73,6 +74,25 @@ async def test_a_service_that_cannot_start_stops_everything(tmp_path: Path) -> N
     ):
         await supervisor.run()
     assert not (tmp_path / "status.json").exists()
+
+
+async def test_garbage_is_collected_once_a_minute(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collected: list[float] = []
+
+    def collect() -> int:
+        collected.append(trio.current_time())
+        return 0
+
+    monkeypatch.setattr(supervisor_module.gc, "collect", collect)
+    supervisor = Supervisor([Flaky("steady", crashes=0)], tmp_path / "status.json")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        start = trio.current_time()
+        await trio.sleep(3 * COLLECT_EVERY + 1)
+        nursery.cancel_scope.cancel()
+    assert [round(t - start) for t in collected] == [60, 120, 180]
 
 
 @pytest.fixture

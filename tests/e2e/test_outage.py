@@ -86,21 +86,23 @@ class Network:
 
 
 @contextlib.contextmanager
-def network(tmp_path: Path) -> Iterator[Network]:
+def network(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[Network]:
+    """Start the hub, box A behind its proxies and box B, each with FAST and *env*."""
+    fast = {**FAST, **(env or {})}
     hub_data, a_data, b_data = tmp_path / "hub", tmp_path / "a", tmp_path / "b"
     init_box(hub_data, "hub.go.th", {})
     init_box(a_data, "a.go.th", {k: v for k, v in PASSWORDS.items() if k.endswith("a.go.th")})
     init_box(b_data, "b.go.th", {"dara@b.go.th": PASSWORDS["dara@b.go.th"]})
-    hub = start_box(hub_data, extra=["--role", "hub"], env=FAST)
+    hub = start_box(hub_data, extra=["--role", "hub"], env=fast)
     running: list[RunningBox] = [hub]
     net: Network | None = None
     try:
         enrol(hub, hub_data, a_data, "a.go.th")
         enrol(hub, hub_data, b_data, "b.go.th")
         with uplink_of(hub) as (proxies, settings):
-            a_env = {**FAST, **settings}
+            a_env = {**fast, **settings}
             running.append(start_box(a_data, env=a_env))
-            running.append(start_box(b_data, env=FAST))
+            running.append(start_box(b_data, env=fast))
             net = Network(hub, running[1], running[2], proxies, a_env)
             yield net
     finally:

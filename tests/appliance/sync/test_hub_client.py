@@ -41,6 +41,28 @@ async def test_calls_share_one_connection(tmp_path: Path) -> None:
             await client.aclose()
 
 
+async def test_a_kept_alive_connection_a_cut_reset_is_replaced_once(tmp_path: Path) -> None:
+    # Issue 24: after an RST cut, directory sync's next request failed on the send
+    # (not on the answer) and its round waited a full interval.
+    async with running_hub(tmp_path) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        port = int(hub.url.rpartition(":")[2])
+        async with FaultProxy(("127.0.0.1", port)) as line:
+            client = HubClient(edge / "keys", f"https://127.0.0.1:{line.port}", timeout=10)
+            try:
+                await client(PING, {})
+                first = client._stream
+                line.cut()  # RST on the kept-alive connection
+                await trio.sleep(0.1)
+                line.restore()
+                assert (await client(PING, {}))["domain"] == "moe.go.th"
+                assert client._stream is not first
+                assert line.connections == 2
+            finally:
+                await client.aclose()
+
+
 async def test_a_connection_the_hub_closed_is_replaced_once(tmp_path: Path) -> None:
     async with running_hub(tmp_path, limits=HubLimits(idle_timeout=0.05)) as hub:
         edge = await new_edge(tmp_path, "moe.go.th")

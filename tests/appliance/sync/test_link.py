@@ -107,7 +107,9 @@ async def test_gin_goes_down_after_two_failures_and_up_after_one_success(
     async with FaultProxy(centre) as proxy:
         hub = f"https://127.0.0.1:{proxy.port}"
         async with edge_box(tmp_path, tmp_path / "centre", hub_url=hub) as box:
-            monitor = LinkMonitor(box, SyncStatus(box.config.data_dir, clock), clock)
+            monitor = LinkMonitor(
+                box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+            )
             woken: list[float] = []
             monitor.on_up(lambda: woken.append(clock.now()))
             unsubscribed: list[float] = []
@@ -170,7 +172,11 @@ async def test_a_black_hole_is_down_although_tcp_connects(
         hub = f"https://127.0.0.1:{proxy.port}"
         async with edge_box(tmp_path, tmp_path / "centre", hub_url=hub) as box:
             monitor = LinkMonitor(
-                box, SyncStatus(box.config.data_dir, clock), clock, probe_timeout=0.3
+                box,
+                SyncStatus(box.config.data_dir, clock),
+                clock,
+                probe_timeout=0.3,
+                recovery_interval=INTERVAL,
             )
             async with running(monitor):
                 with trio.fail_after(30):
@@ -186,7 +192,9 @@ async def test_an_untrusted_centre_is_not_up(tmp_path: Path, nursery: trio.Nurse
     clock = ManualClock(START)
     hub = f"https://127.0.0.1:{centre[1]}"
     async with edge_box(tmp_path, None, hub_url=hub) as box:  # central-ca.pem missing
-        monitor = LinkMonitor(box, SyncStatus(box.config.data_dir, clock), clock)
+        monitor = LinkMonitor(
+            box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+        )
         async with running(monitor):
             with trio.fail_after(30):
                 await monitor.wait_for_probes("gin", 1)
@@ -218,7 +226,9 @@ async def test_a_starttls_relay_must_greet_and_international_is_a_tcp_connect(
             "international_probe": f"127.0.0.1:{cable.port}",
         }
         async with edge_box(tmp_path, None, **settings) as box:
-            monitor = LinkMonitor(box, SyncStatus(box.config.data_dir, clock), clock)
+            monitor = LinkMonitor(
+                box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+            )
             async with running(monitor):
                 with trio.fail_after(30):
                     await monitor.wait_for_probes("gin", 1)
@@ -241,7 +251,9 @@ async def test_a_starttls_relay_must_greet_and_international_is_a_tcp_connect(
 async def test_nothing_configured_probes_nothing(tmp_path: Path) -> None:
     clock = ManualClock(START)
     async with edge_box(tmp_path, None) as box:
-        monitor = LinkMonitor(box, SyncStatus(box.config.data_dir, clock), clock)
+        monitor = LinkMonitor(
+            box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+        )
         async with running(monitor):
             await clock.advance(10 * INTERVAL)
             assert monitor.probes == {"gin": 0, "international": 0}
@@ -258,7 +270,9 @@ async def test_a_bad_setting_is_reported_not_fatal(tmp_path: Path) -> None:
     clock = ManualClock(START)
     settings = {"hub_url": "ftp://hub", "international_probe": "nonsense"}
     async with edge_box(tmp_path, None, **settings) as box:
-        monitor = LinkMonitor(box, SyncStatus(box.config.data_dir, clock), clock)
+        monitor = LinkMonitor(
+            box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+        )
         async with running(monitor):
             state = monitor.state
         assert state.gin.state is LinkState.UNKNOWN
