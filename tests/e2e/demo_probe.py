@@ -24,7 +24,15 @@ from tests.harness import start_box
 def main(data: Path) -> int:
     box = start_box(data, demo=True)
     try:
-        expected = {"smtp-mx", "smtp-submission", "smtp-submissions", "imap", "imaps", "https"}
+        expected = {
+            "smtp-mx",
+            "smtp-submission",
+            "smtp-submissions",
+            "imap",
+            "imaps",
+            "https",
+            "metrics",
+        }
         assert set(box.listeners) == expected, box.output
         context = ssl.create_default_context(cafile=str(box.ca))
         address, *_, password, _ = DEMO_USERS[0]
@@ -55,6 +63,15 @@ def probe(
         answer = connection.getresponse()
         assert answer.status == 200, (answer.status, answer.read())
         answer.read()
+        connection.close()
+        return
+    if name == "metrics":
+        # Plain HTTP on loopback only (docs/health.md): a scraper's view.
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        connection.request("GET", "/metrics")
+        answer = connection.getresponse()
+        assert answer.status == 200, (answer.status, answer.read())
+        assert b"edgebox_" in answer.read()
         connection.close()
         return
     if name.startswith("imap"):

@@ -33,7 +33,7 @@ def test_demo_boots_without_network(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for service in ("smtp-mx", "smtp-submission", "smtp-submissions", "imap", "imaps"):
         assert f"\n{service} " in "\n" + result.stdout
-    assert result.stdout.count("answered") == 6
+    assert result.stdout.count("answered") == 7
     # The namespace really had no way out: only loopback.
     check = subprocess.run([unshare, "--net", "--", ip, "-o", "link"], capture_output=True,
                            text=True, timeout=30)  # fmt: skip
