@@ -163,7 +163,8 @@ def _manifest(body: Any) -> Manifest:
         # type() rather than isinstance: JSON true is not a time.
         if type(value) is not int or not 0 <= value < 2**40:
             raise _malformed("created_at / not_after")
-    assert isinstance(created_at, int) and isinstance(not_after, int)
+    assert isinstance(created_at, int)
+    assert isinstance(not_after, int)
     box_ids = body.get("box_ids", [])
     if not isinstance(box_ids, list) or not all(
         isinstance(b, str) and _HEX32.fullmatch(b) for b in box_ids
