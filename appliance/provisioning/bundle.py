@@ -14,7 +14,8 @@ A bundle is a folder ``edgebox-provisioning`` at the top of a stick (`BUNDLE_DIR
     users.csv          optional: users to add
     token.txt          optional: an enrolment token for the hub named in the answers
 
-Only the manifest is signed; every payload file is bound to it by its hash, so a byte
+Only the manifest is signed; every other file (payload, certificates, CRL) is bound to it
+by its hash in the manifest, so a byte
 flipped anywhere (manifest, signature, certificate or payload) is refused. A file the
 manifest does not name is ignored (a stick may hold other things, and the result file).
 
@@ -61,6 +62,10 @@ ANSWERS: Final = "answers.toml"
 USERS: Final = "users.csv"
 TOKEN: Final = "token.txt"  # noqa: S105 (a file name)
 PAYLOAD_FILES: Final = (ANSWERS, USERS, TOKEN)
+#: Every file but the manifest and its signature is hashed in the manifest, the
+#: certificates too: the box ignores the CA a stick brings, and a flipped byte there
+#: must still be refused.
+HASHED_FILES: Final = (*PAYLOAD_FILES, SIGNER, CRL)
 #: What the box reads off a stick, and no more: a stick is untrusted until verified.
 MAX_FILE: Final = 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -143,13 +148,13 @@ def parse_bundle(files: Mapping[str, bytes]) -> Bundle:
     except ValueError:
         raise _malformed("signer.pem holds no certificate") from None
     crl = None
-    if CRL in files:
+    if CRL in files and CRL in manifest.files:
         try:
             crl = x509.load_pem_x509_crl(files[CRL])
         except ValueError:
             raise _malformed("provisioning-crl.pem is not a revocation list") from None
-    payload = {name: files[name] for name in manifest.files if name in files}
-    return Bundle(manifest, raw, files[SIGNATURE], chain, crl, payload)
+    named = {name: files[name] for name in manifest.files if name in files}
+    return Bundle(manifest, raw, files[SIGNATURE], chain, crl, named)
 
 
 def _manifest(body: Any) -> Manifest:
@@ -173,8 +178,9 @@ def _manifest(body: Any) -> Manifest:
     hashes_ = body.get("files")
     if (
         not isinstance(hashes_, dict)
-        or not hashes_
-        or not all(n in PAYLOAD_FILES and isinstance(h, str) and _HEX64.fullmatch(h)
+        or SIGNER not in hashes_
+        or not any(n in PAYLOAD_FILES for n in hashes_)
+        or not all(n in HASHED_FILES and isinstance(h, str) and _HEX64.fullmatch(h)
                    for n, h in hashes_.items())
     ):  # fmt: skip
         raise _malformed("files")
@@ -411,23 +417,17 @@ def create_bundle(
         raise ValueError("the key does not belong to the certificate")
     if not_after <= now:
         raise ValueError("not-after must be in the future")
+    hashed = {**payload, SIGNER: chain_pem, **({CRL: crl_pem} if crl_pem is not None else {})}
     manifest = {
         "format": FORMAT,
         "bundle_id": uuid.uuid4().hex,
         "created_at": int(now.timestamp()),
         "not_after": int(not_after.timestamp()),
         "box_ids": list(box_ids),
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in payload.items()},
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in hashed.items()},
     }
     raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    files = {
-        **payload,
-        MANIFEST: raw,
-        SIGNATURE: key.sign(raw, ec.ECDSA(hashes.SHA256())),
-        SIGNER: chain_pem,
-    }
-    if crl_pem is not None:
-        files[CRL] = crl_pem
+    files = {**hashed, MANIFEST: raw, SIGNATURE: key.sign(raw, ec.ECDSA(hashes.SHA256()))}
     read_payload(parse_bundle(files))  # the box's own reading, before anything is written
     folder = out_dir / BUNDLE_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -495,3 +495,11 @@ class UsbProvisioning:
         write_atomically(results / f"{stem}.json.sig", signature, mode=0o644)
         fsync_dir(results)
         os.sync()  # the technician pulls the stick as soon as the panel says done
+
+
+def usb_service(config: Any, lifecycle: Lifecycle) -> UsbProvisioning | None:
+    """The stick service the settings ask for (``usb_provisioning``), or None (off)."""
+    if not config.usb_provisioning:
+        return None
+    devices = UdevBlockDevices(accepts(config.usb_provisioning))
+    return UsbProvisioning(config, lifecycle, devices)
