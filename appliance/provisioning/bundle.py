@@ -15,8 +15,7 @@ A bundle is a folder ``edgebox-provisioning`` at the top of a stick (`BUNDLE_DIR
     token.txt          optional: an enrolment token for the hub named in the answers
 
 Only the manifest is signed; every other file (payload, certificates, CRL) is bound to it
-by its hash in the manifest, so a byte
-flipped anywhere (manifest, signature, certificate or payload) is refused. A file the
+by its hash in the manifest, so a byte flipped anywhere (manifest, signature, certificate or payload) is refused. A file the
 manifest does not name is ignored (a stick may hold other things, and the result file).
 
 Checking is sans-I/O: `parse_bundle` takes the folder's files as bytes, `verify_bundle`
