@@ -14,9 +14,10 @@ A bundle is a folder ``edgebox-provisioning`` at the top of a stick (`BUNDLE_DIR
     users.csv          optional: users to add
     token.txt          optional: an enrolment token for the hub named in the answers
 
-Only the manifest is signed; every other file (payload, certificates, CRL) is bound to it
-by its hash in the manifest, so a byte flipped anywhere (manifest, signature, certificate or payload) is refused. A file the
-manifest does not name is ignored (a stick may hold other things, and the result file).
+Only the manifest is signed; every other file (payload, certificates, CRL) is bound to
+it by its hash in the manifest, so a byte flipped anywhere (manifest, signature,
+certificate or payload) is refused. A file the manifest does not name is ignored (a
+stick may hold other things, and the result files).
 
 Checking is sans-I/O: `parse_bundle` takes the folder's files as bytes, `verify_bundle`
 takes the trust anchors, revocation lists, the time, the box id and the ids applied

@@ -31,7 +31,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -86,7 +86,9 @@ class Stick(Protocol):
 class BlockDevices(Protocol):
     """The sticks inserted from now on, one at a time."""
 
-    def sticks(self) -> AsyncIterator[Stick]: ...
+    async def next_stick(self) -> Stick:
+        """Wait for the next stick inserted."""
+        ...
 
 
 @dataclass
@@ -119,9 +121,8 @@ class FolderSticks:
     async def insert(self, stick: Stick) -> None:
         await self._send.send(stick)
 
-    async def sticks(self) -> AsyncIterator[Stick]:
-        async for stick in self._receive:
-            yield stick
+    async def next_stick(self) -> Stick:
+        return await self._receive.receive()
 
 
 @dataclass
@@ -187,13 +188,15 @@ class UdevBlockDevices:
         self._accept = accept
         self._seen: set[str] = set()
 
-    async def sticks(self) -> AsyncIterator[Stick]:
+    async def next_stick(self) -> Stick:
         while True:
-            await trio.lowlevel.wait_readable(self._monitor.fileno())
-            while (device := self._monitor.poll(timeout=0)) is not None:
-                stick = self._stick(device)
-                if stick is not None:
-                    yield stick
+            device = self._monitor.poll(timeout=0)
+            if device is None:
+                await trio.lowlevel.wait_readable(self._monitor.fileno())
+                continue
+            stick = self._stick(device)
+            if stick is not None:
+                return stick
 
     def _stick(self, device: Any) -> KernelStick | None:
         devnode = device.device_node or f"/dev/{device.sys_name}"
@@ -355,9 +358,9 @@ class UsbProvisioning:
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for stick in self.devices.sticks():
+        while True:
             # One stick at a time: two sticks at once must not race to provision.
-            await self.handle(stick)
+            await self.handle(await self.devices.next_stick())
 
     async def handle(self, stick: Stick) -> Outcome | None:
         """Read, verify and apply one stick; write its result. None: no bundle on it."""
@@ -383,6 +386,11 @@ class UsbProvisioning:
             return outcome
         finally:
             await stick.unmount()
+            if box_state(self.data_dir) is BoxState.PROVISIONED and (
+                self.lifecycle.state is BoxState.UNPROVISIONED
+            ):
+                # After the result is on the stick: the runner starts every service.
+                self.lifecycle.provisioned()
 
     async def _check_and_apply(self, folder: Path, now: dt.datetime) -> Outcome:
         outcome = Outcome()
@@ -452,8 +460,6 @@ class UsbProvisioning:
                                        "th": f"ลงทะเบียนกับศูนย์ไม่สำเร็จ: {exc}"})  # fmt: skip
         if outcome.applied:
             outcome.status = "applied" if not outcome.errors else "partial"
-        if "provision" in outcome.applied and self.lifecycle.state is BoxState.UNPROVISIONED:
-            self.lifecycle.provisioned()  # the runner starts every service
 
     async def _add_users(self, payload: Payload, outcome: Outcome) -> None:
         """Add every user, or none if any is refused up front (exists, wrong domain)."""

@@ -1,0 +1,242 @@
+"""The box's stick service through the folder twin: apply, refuse, answer on the stick.
+
+The twin (`FolderSticks`) hands over a folder as if the stick were mounted; the kernel
+path (pyudev, mount) is in tests/e2e/test_usb_stick.py on a loop device.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from appliance.box import configured, open_box, read_identity
+from appliance.provisioning.bundle import BUNDLE_DIR, MANIFEST
+from appliance.provisioning.device import DEVICE_DIR, ensure_device
+from appliance.provisioning.lifecycle import Lifecycle
+from appliance.provisioning.provisioning_ca import CA_CERT
+from appliance.provisioning.reset import factory_reset
+from appliance.provisioning.usb import (
+    APPLIED_FILE,
+    RESULTS_DIR,
+    FolderStick,
+    FolderSticks,
+    UsbProvisioning,
+    verify_result,
+)
+
+from .stick import (
+    ADMIN,
+    ANSWERS_TOML,
+    DOMAIN,
+    PASSWORD,
+    USERS_CSV,
+    Technician,
+    technician,
+    write_bundle,
+)
+
+
+def new_box(data: Path, tech: Technician) -> UsbProvisioning:
+    device = ensure_device(data)
+    # The image's copy of the hub's provisioning CA (survives a factory reset).
+    (data / DEVICE_DIR / CA_CERT).write_bytes(tech.ca_pem)
+    return UsbProvisioning(configured(data, {}, {}), Lifecycle(data, device), FolderSticks())
+
+
+def snapshot(data: Path) -> dict[str, str]:
+    """Every file under *data* and its content hash (locks and the setup code aside)."""
+    return {
+        str(path.relative_to(data)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(data.rglob("*"))
+        if path.is_file() and not path.name.endswith(".lock")
+    }
+
+
+def results(stick: Path) -> list[dict[str, object]]:
+    found = []
+    for path in sorted((stick / RESULTS_DIR).glob("*.json")):
+        signature = path.with_name(path.name + ".sig").read_bytes()
+        found.append(verify_result(path.read_bytes(), signature))
+    return found
+
+
+@pytest.fixture
+def tech(tmp_path: Path) -> Technician:
+    return technician(tmp_path / "hub")
+
+
+async def test_a_good_stick_provisions_the_box_and_gets_a_signed_result(
+    tmp_path: Path, tech: Technician
+) -> None:
+    service = new_box(tmp_path / "data", tech)
+    stick = tmp_path / "stick"
+    bundle_id = write_bundle(stick, tech, users=USERS_CSV)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve)
+        assert isinstance(service.devices, FolderSticks)
+        await service.devices.insert(FolderStick(stick))
+        # The service tells the runner to start every service.
+        await service.lifecycle.wait_provisioned()
+        nursery.cancel_scope.cancel()
+
+    identity = read_identity(tmp_path / "data")
+    assert identity is not None
+    assert identity.domain == DOMAIN
+    assert identity.box_id == service.lifecycle.device.box_id
+    async with open_box(configured(tmp_path / "data", {}, {})) as box:
+        for address in (ADMIN, f"somchai@{DOMAIN}", f"suda@{DOMAIN}"):
+            assert await box.directory.user(address) is not None
+        assert (await box.directory.user(f"somchai@{DOMAIN}")).name_en == "Somchai"  # type: ignore[union-attr]
+    [result] = results(stick)
+    assert result["status"] == "applied"
+    assert result["applied"] == ["provision", "add-users:2"]
+    assert result["errors"] == []
+    assert result["box_id"] == identity.box_id
+    assert result["bundle_id"] == bundle_id
+    assert result["state"] == "provisioned"
+    # The agency's certificate now: the one the technician will see on the HTTPS port.
+    assert result["fingerprint"] != result["device_fingerprint"]
+
+
+def tamper(stick: Path) -> None:
+    path = stick / BUNDLE_DIR / "answers.toml"
+    path.write_bytes(path.read_bytes().replace(b"usb.go.th", b"usb.go.tt"))
+
+
+def expire(stick: Path) -> None:
+    manifest = json.loads((stick / BUNDLE_DIR / MANIFEST).read_text())
+    manifest["not_after"] = 1  # re-signing is what the technician cannot do
+    (stick / BUNDLE_DIR / MANIFEST).write_text(json.dumps(manifest))
+
+
+def malformed(stick: Path) -> None:
+    (stick / BUNDLE_DIR / MANIFEST).write_bytes(b"{not json")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [(tamper, "tampered"), (expire, "tampered"), (malformed, "malformed")],
+)
+async def test_a_spoiled_stick_changes_nothing_and_says_why(
+    tmp_path: Path, tech: Technician, spoil: object, reason: str
+) -> None:
+    service = new_box(tmp_path / "data", tech)
+    stick = tmp_path / "stick"
+    write_bundle(stick, tech)
+    spoil(stick)  # type: ignore[operator]
+    before = snapshot(tmp_path / "data")
+    outcome = await service.handle(FolderStick(stick))
+    assert outcome is not None
+    assert outcome.status == reason
+    assert snapshot(tmp_path / "data") == before
+    [result] = results(stick)
+    assert result["status"] == reason
+    [error] = result["errors"]  # type: ignore[misc]
+    assert error["en"]
+    assert error["th"]
+
+
+async def test_an_expired_foreign_or_other_boxs_bundle_changes_nothing(
+    tmp_path: Path, tech: Technician
+) -> None:
+    service = new_box(tmp_path / "data", tech)
+    before = snapshot(tmp_path / "data")
+    ten_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    cases = {
+        # Made ten days ago for a week.
+        "expired": lambda stick: write_bundle(stick, tech, now=ten_days_ago),
+        "foreign": lambda stick: write_bundle(stick, technician(tmp_path / "stranger")),
+        "wrong-box": lambda stick: write_bundle(stick, tech, box_ids=("a" * 32,)),
+    }
+    for reason, make in cases.items():
+        stick = tmp_path / reason
+        make(stick)
+        outcome = await service.handle(FolderStick(stick))
+        assert outcome is not None
+        assert outcome.status == reason, outcome.errors
+        assert snapshot(tmp_path / "data") == before
+        assert results(stick)[0]["status"] == reason
+
+
+async def test_a_bundle_is_applied_once_even_after_a_factory_reset(
+    tmp_path: Path, tech: Technician
+) -> None:
+    data = tmp_path / "data"
+    service = new_box(data, tech)
+    stick = tmp_path / "stick"
+    write_bundle(stick, tech)
+    assert (await service.handle(FolderStick(stick))).status == "applied"  # type: ignore[union-attr]
+    assert (await service.handle(FolderStick(stick))).status == "replayed"  # type: ignore[union-attr]
+    factory_reset(data)
+    ensure_device(data)
+    assert (data / DEVICE_DIR / APPLIED_FILE).exists()
+    before = snapshot(data)
+    assert (await service.handle(FolderStick(stick))).status == "replayed"  # type: ignore[union-attr]
+    assert read_identity(data) is None
+    assert snapshot(data) == before
+    assert [r["status"] for r in results(stick)] == ["applied", "replayed", "replayed"]
+
+
+async def test_a_provisioned_box_takes_users_but_never_new_answers(
+    tmp_path: Path, tech: Technician
+) -> None:
+    data = tmp_path / "data"
+    service = new_box(data, tech)
+    write_bundle(tmp_path / "first", tech)
+    assert (await service.handle(FolderStick(tmp_path / "first"))).status == "applied"  # type: ignore[union-attr]
+    identity = read_identity(data)
+
+    # Another agency's answers: refused, the box is not provisioned again.
+    other = ANSWERS_TOML.replace(b"usb.go.th", b"other.go.th")
+    write_bundle(tmp_path / "again", tech, answers=other, users=USERS_CSV)
+    before = snapshot(data)
+    outcome = await service.handle(FolderStick(tmp_path / "again"))
+    assert outcome is not None
+    assert outcome.status == "already-provisioned"
+    assert "never provision again" in outcome.errors[0]["en"]
+    assert snapshot(data) == before
+    assert read_identity(data) == identity
+
+    # Users alone: added.
+    write_bundle(tmp_path / "users", tech, answers=None, users=USERS_CSV)
+    outcome = await service.handle(FolderStick(tmp_path / "users"))
+    assert outcome is not None
+    assert (outcome.status, outcome.applied) == ("applied", ["add-users:2"])
+
+    # The same users again (a new bundle): refused as a whole, nothing added.
+    shutil.rmtree(tmp_path / "users")
+    write_bundle(tmp_path / "users", tech, answers=None, users=USERS_CSV)
+    outcome = await service.handle(FolderStick(tmp_path / "users"))
+    assert outcome is not None
+    assert outcome.status == "users-exist"
+    assert outcome.applied == []
+
+
+async def test_refused_answers_leave_the_box_unprovisioned_and_may_be_fixed(
+    tmp_path: Path, tech: Technician
+) -> None:
+    data = tmp_path / "data"
+    service = new_box(data, tech)
+    short = ANSWERS_TOML.replace(PASSWORD.encode(), b"short")  # too short a password
+    write_bundle(tmp_path / "stick", tech, answers=short)
+    outcome = await service.handle(FolderStick(tmp_path / "stick"))
+    assert outcome is not None
+    assert outcome.status == "refused"
+    assert "10" in outcome.errors[0]["th"]
+    assert read_identity(data) is None
+    # Not recorded: the technician fixes the answers at the desk and comes back.
+    assert not (data / DEVICE_DIR / APPLIED_FILE).exists()
+
+
+async def test_a_stick_without_a_bundle_is_left_alone(tmp_path: Path, tech: Technician) -> None:
+    service = new_box(tmp_path / "data", tech)
+    (tmp_path / "photos").mkdir()
+    assert await service.handle(FolderStick(tmp_path / "photos")) is None
+    assert list((tmp_path / "photos").iterdir()) == []
