@@ -134,8 +134,9 @@ def _bundle_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "technician"
+def _slug(name: str, serial: int) -> str:
+    """A file name for *name*'s key: its ASCII letters, else the serial (Thai names)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or f"{serial:x}"[:12]
 
 
 def _hub_provisioning_cert(args: argparse.Namespace) -> int:
@@ -145,7 +146,7 @@ def _hub_provisioning_cert(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ProvisioningError(str(exc), f"ออกใบรับรองไม่ได้: {exc}") from None
     cert = x509.load_pem_x509_certificate(chain_pem)
-    stem = args.out / f"provisioning-{_slug(args.name)}"
+    stem = args.out / f"provisioning-{_slug(args.name, cert.serial_number)}"
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(stem.with_suffix(".key"), key_pem, mode=0o600)
     write_atomically(stem.with_suffix(".pem"), chain_pem, mode=0o644)
