@@ -79,6 +79,26 @@ def stick_image(tmp_path: Path) -> Path:
     return image
 
 
+def users_only_image(tmp_path: Path) -> Path:
+    """A second stick for the same box: one more user, no answers."""
+    content = tmp_path / "stick2"
+    content.mkdir()
+    (tmp_path / "users2.csv").write_text(
+        "email,name_th,name_en,unit,password,admin\n"
+        f"suda@{DOMAIN},สุดา รักงาน,Suda,,suda-pass-2569-ok,no\n"
+    )
+    tech = tmp_path / "tech"
+    edgebox("provision", "bundle", "create", "--users", str(tmp_path / "users2.csv"),
+            "--key", str(tech / "provisioning-somsak.key"),
+            "--cert", str(tech / "provisioning-somsak.pem"), "--out", str(content))  # fmt: skip
+    image = tmp_path / "stick2.img"
+    with image.open("wb") as handle:
+        handle.truncate(32 * 1024 * 1024)
+    subprocess.run([require_tool("mkfs.ext4"), "-q", "-F", "-d", str(content), str(image)],
+                   check=True)  # fmt: skip
+    return image
+
+
 def new_data(tmp_path: Path, name: str = "data") -> Path:
     """An unprovisioned box's data directory whose image trusts the hub's CA."""
     data = tmp_path / name
@@ -134,6 +154,18 @@ def test_a_stick_on_a_loop_device_provisions_a_running_box(
         with smtplib.SMTP_SSL("localhost", box.port("smtp-submissions"), context=context,
                               timeout=30) as smtp:  # fmt: skip
             smtp.login(ADMIN, PASSWORD)
+
+        # A second stick on the now provisioned, running box: users only, added live.
+        subprocess.run(["losetup", "-d", devnode], check=True)
+        second = users_only_image(tmp_path)
+        subprocess.run(["losetup", devnode, str(second)], check=True)
+        deadline = time.monotonic() + 60
+        while not any("applied (applied: add-users:1)" in line for line in box.output):
+            assert time.monotonic() < deadline, "\n".join(box.output)
+            time.sleep(0.1)
+        with smtplib.SMTP_SSL("localhost", box.port("smtp-submissions"), context=context,
+                              timeout=30) as smtp:  # fmt: skip
+            smtp.login(f"suda@{DOMAIN}", "suda-pass-2569-ok")
     finally:
         box.stop()
         detach(devnode)
