@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
+import appliance.provisioning.usb
 from appliance.box import configured, open_box, read_identity
-from appliance.provisioning.bundle import BUNDLE_DIR, MANIFEST
+from appliance.provisioning.bundle import ANSWERS, BUNDLE_DIR, MANIFEST, TOKEN, create_bundle
 from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.provisioning_ca import CA_CERT
@@ -29,6 +30,7 @@ from appliance.provisioning.usb import (
     UsbProvisioning,
     verify_result,
 )
+from appliance.sync.enrol import EnrolError
 
 from .stick import (
     ADMIN,
@@ -240,3 +242,39 @@ async def test_a_stick_without_a_bundle_is_left_alone(tmp_path: Path, tech: Tech
     (tmp_path / "photos").mkdir()
     assert await service.handle(FolderStick(tmp_path / "photos")) is None
     assert list((tmp_path / "photos").iterdir()) == []
+
+
+async def test_a_token_enrols_after_provisioning_and_a_failed_enrolment_is_reported(
+    tmp_path: Path, tech: Technician, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hub is faked at its boundary (appliance.sync.enrol.enroll has its own tests
+    # against a real hub): here only what the stick asks for and what the result says.
+    calls: list[tuple[Path, str, str]] = []
+
+    async def enroll(data_dir: Path, hub_url: str, token: str) -> None:
+        calls.append((data_dir, hub_url, token))
+        if token == "bad":
+            raise EnrolError("the hub refused the token")
+
+    monkeypatch.setattr(appliance.provisioning.usb, "enroll", enroll)
+    data = tmp_path / "data"
+    service = new_box(data, tech)
+    answers = ANSWERS_TOML + b'\n[uplink]\nhub = "https://hub.test:8443"\n'
+    for name, token in (("first", "good"), ("second", "bad")):
+        stick = tmp_path / name
+        payload = {ANSWERS: answers if name == "first" else b"[uplink]\nhub = \"https://hub.test:8443\"\n",
+                   TOKEN: token.encode()}  # fmt: skip
+        create_bundle(stick, payload=payload, key_pem=tech.key, chain_pem=tech.chain,
+                      not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))  # fmt: skip
+        outcome = await service.handle(FolderStick(stick))
+        assert outcome is not None
+        if token == "good":
+            assert (outcome.status, outcome.applied) == ("applied", ["provision", "enrol"])
+        else:
+            # A provisioned box may rotate its enrolment; a failure is said, not hidden.
+            assert (outcome.status, outcome.applied) == ("refused", [])
+            assert "the hub refused the token" in outcome.errors[0]["en"]
+    assert calls == [
+        (data, "https://hub.test:8443", "good"),
+        (data, "https://hub.test:8443", "bad"),
+    ]
