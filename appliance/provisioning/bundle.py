@@ -38,13 +38,14 @@ import json
 import re
 import tomllib
 import uuid
+import warnings
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -68,6 +69,10 @@ PAYLOAD_FILES: Final = (ANSWERS, USERS, TOKEN)
 HASHED_FILES: Final = (*PAYLOAD_FILES, SIGNER, CRL)
 #: What the box reads off a stick, and no more: a stick is untrusted until verified.
 MAX_FILE: Final = 1024 * 1024
+#: What `cryptography` raises on a damaged certificate or CRL, at load or on access.
+_X509_ERRORS: Final = (
+    ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+)  # fmt: skip
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -144,17 +149,34 @@ def parse_bundle(files: Mapping[str, bytes]) -> Bundle:
         raise _malformed("manifest.json is not JSON") from None
     manifest = _manifest(body)
     try:
-        chain = tuple(x509.load_pem_x509_certificates(files[SIGNER]))
-    except ValueError:
-        raise _malformed("signer.pem holds no certificate") from None
+        with warnings.catch_warnings():
+            # `cryptography` only warns of some damage (an attribute's length): here a
+            # damaged certificate is a refused one.
+            warnings.simplefilter("error")
+            chain = tuple(x509.load_pem_x509_certificates(files[SIGNER]))
+            for cert in chain:
+                _parsed_now(cert)
+    except (*_X509_ERRORS, Warning):
+        raise _malformed("signer.pem holds no readable certificate") from None
     crl = None
     if CRL in files and CRL in manifest.files:
         try:
-            crl = x509.load_pem_x509_crl(files[CRL])
-        except ValueError:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                crl = x509.load_pem_x509_crl(files[CRL])
+                _ = (crl.issuer, crl.extensions, list(crl))
+        except (*_X509_ERRORS, Warning):
             raise _malformed("provisioning-crl.pem is not a revocation list") from None
     named = {name: files[name] for name in manifest.files if name in files}
     return Bundle(manifest, raw, files[SIGNATURE], chain, crl, named)
+
+
+def _parsed_now(cert: x509.Certificate) -> None:
+    """Touch every field verification reads: `cryptography` parses them lazily, and a
+    damaged field must be a malformed bundle here, not a ValueError later."""
+    _ = (cert.subject, cert.issuer, cert.serial_number, cert.extensions)
+    _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+    _ = (cert.public_key(), cert.signature_hash_algorithm)
 
 
 def _manifest(body: Any) -> Manifest:
@@ -281,10 +303,13 @@ def _trusted_signer(
         break
     else:
         raise foreign
-    if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
+    if not (
+        signer.not_valid_before_utc <= now <= signer.not_valid_after_utc
+        and issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc
+    ):
         raise BundleError(
-            "expired", "the technician's certificate is not valid now",
-            "ใบรับรองของช่างเทคนิคหมดอายุหรือยังไม่เริ่มใช้",
+            "expired", "the technician's certificate (or its CA) is not valid now",
+            "ใบรับรองของช่างเทคนิค (หรือของผู้ออกใบรับรอง) หมดอายุหรือยังไม่เริ่มใช้",
         )  # fmt: skip
     try:
         usages = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
