@@ -179,3 +179,41 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def published(keys_dir: Path) -> dict[str, str]:
+    """What the hub hands an enrolling box: its provisioning CA and CRL, if it has them."""
+    answer = {}
+    for field, name in (("provisioning_ca", CA_CERT), ("provisioning_crl", CRL_FILE)):
+        if (keys_dir / name).exists():
+            answer[field] = (keys_dir / name).read_text("ascii")
+    return answer
+
+
+def install_published(keys_dir: Path, answer: dict[str, object]) -> bool:
+    """Install the provisioning CA and CRL from the hub's enrolment answer; return whether.
+
+    The answer came over the connection pinned to the hub's CA (appliance.sync.enrol),
+    so it is the hub's own. Anything unreadable is skipped: enrolment does not fail for
+    the stick's trust, and the image's CA still applies.
+    """
+    ca_pem, crl_pem = answer.get("provisioning_ca"), answer.get("provisioning_crl")
+    if not isinstance(ca_pem, str):
+        return False
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem.encode("ascii"))
+        if not ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+        crl = None
+        if isinstance(crl_pem, str):
+            crl = x509.load_pem_x509_crl(crl_pem.encode("ascii"))
+            if not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+                crl = None
+    except (ValueError, UnicodeEncodeError, x509.ExtensionNotFound):
+        return False
+    write_atomically(keys_dir / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    if crl is not None:
+        write_atomically(
+            keys_dir / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM), mode=0o644
+        )
+    return True

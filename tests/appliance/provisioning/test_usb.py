@@ -20,7 +20,11 @@ from appliance.box import configured, open_box, read_identity
 from appliance.provisioning.bundle import ANSWERS, BUNDLE_DIR, MANIFEST, TOKEN, create_bundle
 from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.lifecycle import Lifecycle
-from appliance.provisioning.provisioning_ca import CA_CERT
+from appliance.provisioning.provisioning_ca import (
+    CA_CERT,
+    issue_technician_certificate,
+    revoke_technician_certificate,
+)
 from appliance.provisioning.reset import factory_reset
 from appliance.provisioning.usb import (
     APPLIED_FILE,
@@ -28,6 +32,8 @@ from appliance.provisioning.usb import (
     FolderStick,
     FolderSticks,
     UsbProvisioning,
+    known_crls,
+    trust_anchors,
     verify_result,
 )
 from appliance.sync.enrol import EnrolError
@@ -278,3 +284,30 @@ async def test_a_token_enrols_after_provisioning_and_a_failed_enrolment_is_repor
         (data, "https://hub.test:8443", "good"),
         (data, "https://hub.test:8443", "bad"),
     ]
+
+
+async def test_enrolment_installs_the_hubs_provisioning_ca_and_crl(tmp_path: Path) -> None:
+    """A box enrolled with a hub takes that hub's technicians' sticks (keys/ trust)."""
+    from appliance.sync.enrol import enroll
+    from tests.appliance.sync.hub.hubfixture import new_edge, running_hub
+
+    async with running_hub(tmp_path) as hub:
+        hub_keys = hub.box.config.data_dir / "keys"
+        tech = Technician(hub_keys, *issue_technician_certificate(hub_keys, "Somsak"))
+        revoke_technician_certificate(hub_keys, 12345)  # a list with something in it
+        edge = await new_edge(tmp_path, DOMAIN)
+        await enroll(edge, hub.url, await hub.token(DOMAIN))
+    assert (edge / "keys" / CA_CERT).read_bytes() == tech.ca_pem
+    assert (
+        trust_anchors(edge)[0].subject.rfc4514_string()
+        == "CN=edgebox hub provisioning CA,O=edgebox"
+    )
+    [crl] = known_crls(edge)
+    assert crl.get_revoked_certificate_by_serial_number(12345) is not None
+    # ... and so a stick this hub's technician signed adds users to it.
+    service = UsbProvisioning(configured(edge, {}, {}), Lifecycle(edge, ensure_device(edge)),
+                              FolderSticks())  # fmt: skip
+    write_bundle(tmp_path / "stick", tech, answers=None, users=USERS_CSV)
+    outcome = await service.handle(FolderStick(tmp_path / "stick"))
+    assert outcome is not None
+    assert (outcome.status, outcome.applied) == ("applied", ["add-users:2"])
