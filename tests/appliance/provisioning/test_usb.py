@@ -20,6 +20,7 @@ from appliance.box import configured, open_box, read_identity
 from appliance.provisioning.bundle import ANSWERS, BUNDLE_DIR, MANIFEST, TOKEN, create_bundle
 from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.lifecycle import Lifecycle
+from appliance.provisioning.provision import ProvisioningError, ProvisioningRequest, provision
 from appliance.provisioning.provisioning_ca import (
     CA_CERT,
     issue_technician_certificate,
@@ -311,3 +312,39 @@ async def test_enrolment_installs_the_hubs_provisioning_ca_and_crl(tmp_path: Pat
     outcome = await service.handle(FolderStick(tmp_path / "stick"))
     assert outcome is not None
     assert (outcome.status, outcome.applied) == ("applied", ["add-users:2"])
+
+
+async def test_a_stick_and_the_setup_path_at_once_provision_only_once(
+    tmp_path: Path, tech: Technician
+) -> None:
+    data = tmp_path / "data"
+    service = new_box(data, tech)
+    write_bundle(tmp_path / "stick", tech)
+    web = ProvisioningRequest(
+        domain="web.go.th", agency_name_th="ทางเว็บ", agency_name_en=None,
+        admin_address="admin@web.go.th", admin_name_th="ผู้ดูแล", admin_name_en=None,
+        admin_password="web-setup-2569",
+    )  # fmt: skip
+    answers: dict[str, str] = {}
+
+    async def by_web() -> None:
+        try:
+            answers["web"] = (await provision(data, web)).domain
+        except ProvisioningError as exc:
+            answers["web"] = exc.message_en
+
+    async def by_stick() -> None:
+        outcome = await service.handle(FolderStick(tmp_path / "stick"))
+        assert outcome is not None
+        answers["stick"] = outcome.status
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(by_web)
+        nursery.start_soon(by_stick)
+    identity = read_identity(data)
+    assert identity is not None
+    if identity.domain == DOMAIN:
+        assert answers == {"stick": "applied", "web": answers["web"]}
+        assert "already provisioned" in answers["web"]
+    else:
+        assert answers == {"web": "web.go.th", "stick": "refused"}
