@@ -32,7 +32,9 @@ from appliance.provisioning.usb import (
     RESULTS_DIR,
     FolderStick,
     FolderSticks,
+    UdevBlockDevices,
     UsbProvisioning,
+    accepts,
     known_crls,
     trust_anchors,
     verify_result,
@@ -348,3 +350,50 @@ async def test_a_stick_and_the_setup_path_at_once_provision_only_once(
         assert "already provisioned" in answers["web"]
     else:
         assert answers == {"web": "web.go.th", "stick": "refused"}
+
+
+class FakeAttributes:
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    def asstring(self, name: str) -> str:
+        return self.values[name]
+
+
+class FakeDevice:
+    """What the service reads of a pyudev device (kernel uevent, no udevd properties)."""
+
+    def __init__(
+        self, name: str, action: str, size: str = "32768", *,
+        disk: FakeDevice | None = None, removable: str = "0",
+    ) -> None:  # fmt: skip
+        self.sys_name = name
+        self.device_node = f"/dev/{name}"
+        self.action = action
+        self.device_type = "partition" if disk is not None else "disk"
+        self._disk = disk
+        self.attributes = FakeAttributes({"size": size, "removable": removable})
+
+    def find_parent(self, subsystem: str) -> FakeDevice | None:
+        return self._disk
+
+
+def test_only_allowed_devices_with_a_medium_become_sticks_once_each() -> None:
+    devices = UdevBlockDevices.__new__(UdevBlockDevices)  # no netlink socket needed here
+    devices._accept = accepts("removable")
+    devices._seen = set()
+    usb = FakeDevice("sdb", "add", removable="1")
+    assert devices._stick(FakeDevice("sda", "add")) is None  # the box's own disk
+    assert devices._stick(FakeDevice("sdb1", "add", disk=usb)).devnode == "/dev/sdb1"  # type: ignore[union-attr]
+    assert devices._stick(FakeDevice("sdb1", "change", disk=usb)) is None  # handled already
+    assert devices._stick(FakeDevice("sdb1", "remove", disk=usb)) is None
+    assert devices._stick(FakeDevice("sdb1", "add", disk=usb)) is not None  # back again
+    assert devices._stick(FakeDevice("sdb", "add", size="0", removable="1")) is None  # no medium
+
+    devices._accept = accepts("loop7, sdc*")
+    devices._seen = set()
+    assert devices._stick(FakeDevice("loop6", "change")) is None
+    assert devices._stick(FakeDevice("loop7", "change")) is not None
+    assert devices._stick(FakeDevice("loop7", "change", size="0")) is None  # detached
+    assert devices._stick(FakeDevice("loop7", "change")) is not None  # a new image
+    assert devices._stick(FakeDevice("sdc2", "add")) is not None
