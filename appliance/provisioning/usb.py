@@ -381,8 +381,13 @@ class UsbProvisioning:
             try:
                 await stick.make_writable()
                 await trio.to_thread.run_sync(self._write_result, folder, outcome, now)
-            except Exception:  # the box's change stands; only the receipt is lost
-                log.exception("could not write the result to stick %s", stick.name)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                # A write-protected or full stick: the box's change stands, and the
+                # result is kept on the box instead (docs/provisioning.md).
+                kept = self.data_dir / "log" / RESULTS_DIR
+                await trio.to_thread.run_sync(self._write_result, kept.parent, outcome, now)
+                log.warning("result not written to stick %s (%s); kept in %s",
+                            stick.name, exc, kept)  # fmt: skip
             return outcome
         finally:
             await stick.unmount()
@@ -493,7 +498,7 @@ class UsbProvisioning:
     def _write_result(self, folder: Path, outcome: Outcome, now: dt.datetime) -> None:
         data, signature = signed_result(self.lifecycle, outcome, now)
         results = folder / RESULTS_DIR
-        results.mkdir(exist_ok=True)
+        results.mkdir(parents=True, exist_ok=True)
         # One file per insertion: a later (say, replayed) insertion never hides an
         # earlier result.
         stem = f"{self.lifecycle.device.short_id}-{now.strftime('%Y%m%dT%H%M%S%f')}"

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,22 @@ def test_only_allowed_devices_with_a_medium_become_sticks_once_each() -> None:
     assert devices._stick(FakeDevice("loop7", "change", size="0")) is None  # detached
     assert devices._stick(FakeDevice("loop7", "change")) is not None  # a new image
     assert devices._stick(FakeDevice("sdc2", "add")) is not None
+
+
+class WriteProtectedStick(FolderStick):
+    async def make_writable(self) -> None:
+        raise subprocess.CalledProcessError(32, ["mount", "-o", "remount,rw"])
+
+
+async def test_a_write_protected_stick_still_applies_and_the_result_stays_on_the_box(
+    tmp_path: Path, tech: Technician
+) -> None:
+    data = tmp_path / "data"
+    service = new_box(data, tech)
+    write_bundle(tmp_path / "stick", tech)
+    outcome = await service.handle(WriteProtectedStick(tmp_path / "stick"))
+    assert outcome is not None
+    assert outcome.status == "applied"
+    assert not (tmp_path / "stick" / RESULTS_DIR).exists()
+    [kept] = results(data / "log")
+    assert kept["status"] == "applied"
