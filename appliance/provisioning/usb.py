@@ -18,8 +18,8 @@ English) and the log. Sources of sticks sit behind `BlockDevices`: `UdevBlockDev
 reads the kernel's uevents through pyudev (no udevd needed), `FolderSticks` is the twin
 that hands over already mounted folders.
 
-What this is not: the panel's display of progress (the panel service reads the log's
-findings later), or installing an update bundle (not in a stick's payload yet).
+What this is not: the panel's display of progress (not wired yet: the result file and
+the log say what happened), or installing an update bundle (not in a stick's payload).
 """
 
 from __future__ import annotations
