@@ -71,6 +71,7 @@ from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.panel import BoxView, BoxViewSlot, panel_service
+from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import (
@@ -81,6 +82,7 @@ from appliance.provisioning.provision import (
 )
 from appliance.provisioning.reset import factory_reset
 from appliance.provisioning.setup_api import NoSessions, SetupApi, SetupHost
+from appliance.provisioning.usb import usb_service
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.security.tls_renewal import TLSRenewal
@@ -232,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     hub_command("boxes", _hub_boxes, "list the boxes enrolled at this hub")
     revoke = hub_command("revoke", _hub_revoke, "stop accepting a box's certificate")
     revoke.add_argument("box_id")
+
+    provisioning_commands.add(commands, hub_command)
 
     enrol = command("enroll", _enroll, "join this box to its hub with a one-time token")
     enrol.add_argument("--hub", required=True, help="the hub's sync URL, https://host:port")
@@ -535,6 +539,8 @@ async def _run_box(config: Any) -> None:
                 await nursery.start(panel.serve)
             if watchdog is not None:
                 await nursery.start(watchdog.serve)
+            if (usb := usb_service(config, lifecycle)) is not None:
+                await nursery.start(usb.serve)  # across both states, like discovery
             while True:
                 if box_state(config.data_dir) is BoxState.UNPROVISIONED:
                     await _serve_setup(config, lifecycle)

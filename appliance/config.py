@@ -128,6 +128,12 @@ class Config:
     #: Seconds between looks at the interfaces' addresses (a change re-announces).
     discovery_poll_interval: float = 5.0
 
+    # --- the signed USB provisioning stick (appliance.provisioning.usb) ---------------
+    #: Which block devices may carry a stick: "" = none (off), ``removable`` = removable
+    #: disks and their partitions (the image's setting), or device names, comma-separated
+    #: (``loop7,sdb1``: tests and special set-ups).
+    usb_provisioning: str = ""
+
     # --- health (appliance.health; docs/health.md) ---------------------------------
     #: Free bytes on the data volume below which the disk check warns.
     disk_warn_free: int = 2 * 1024**3

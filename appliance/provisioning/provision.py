@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -101,6 +102,17 @@ async def provision(data_dir: Path, request: ProvisioningRequest) -> Identity:
     refused (bad domain, short password ...); the box then stays unprovisioned.
     """
     request = request.checked()
+    # The setup path and a USB stick may ask at the same moment: one at a time, so the
+    # second sees the first's identity and is refused.
+    async with _ONE_AT_A_TIME:
+        return await _provision(data_dir, request)
+
+
+#: Provisioning in this process, serialised (the box lock keeps other processes out).
+_ONE_AT_A_TIME: Final = trio.Lock()
+
+
+async def _provision(data_dir: Path, request: ProvisioningRequest) -> Identity:
     if read_identity(data_dir) is not None:
         raise ProvisioningError(
             "the box is already provisioned; only a factory reset makes it new again",

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance.box import read_identity
+from appliance.provisioning.provisioning_ca import install_published
 from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 from appliance.store.settings import Settings
@@ -122,6 +123,7 @@ async def enroll(
         keys_dir / CENTRAL_CA_FILE, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644
     )
     save_credentials(keys_dir, credentials)
+    install_published(keys_dir, answer)  # the hub's provisioning CA, for USB sticks
     relays = await _centre_addresses([enrolled.hub_url, enrolled.central_smtp])
     settings = Settings(data_dir / "config.json")
     try:

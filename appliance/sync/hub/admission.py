@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from appliance.box import Box, add_user
 from appliance.directory import DirectoryError, normalise_domain
+from appliance.provisioning.provisioning_ca import published
 from appliance.sync.clock import Clock
 from appliance.sync.hub.ca import (
     CertificateRequestError,
@@ -125,6 +126,8 @@ async def admit_box(
         "central_smtp": config.central_smtp or f"smtp://{host}:{config.port('smtp-submission')}",
         "central_imap": config.central_imap or f"imaps://{host}:{config.port('imaps')}",
         "credentials": {"username": username, "password": password},
+        # The USB stick's trust: boxes then take sticks this hub's technicians signed.
+        **published(config.data_dir / "keys"),
     }
 
 
