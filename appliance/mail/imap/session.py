@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -49,6 +50,8 @@ from appliance.mail.reclamation import MailboxReader
 from appliance.store.blobs import BlobMissing, BlobStore
 
 log = logging.getLogger("edgebox.imap")
+
+_T = TypeVar("_T")
 
 #: What every session offers once authenticated (RFC 3501 §6.1.1). Only what works.
 CAPABILITIES = (
@@ -480,23 +483,14 @@ class ImapSession:
             await self._append_all(cmd)
             return
         when = int(cmd.internal_date.timestamp()) if cmd.internal_date else None
-        try:
-            # RFC 3516 §4.4: binary content from literal8 is kept in a form BODY[] can show.
-            uidvalidity, uid = await self.mailboxes.append(
-                self.owner, cmd.mailbox, mime.encode_nul_parts(cmd.message),
-                quota_bytes=self.user.quota_bytes,
-                flags=cmd.flags, internal_date=when,
-            )  # fmt: skip
-        except MailboxError as exc:
-            if exc.code == "NONEXISTENT":
-                exc.code = "TRYCREATE"  # RFC 3501 §6.3.11: the client may CREATE, retry
-            raise
-        except Exception as exc:
-            if not is_disk_full(exc):
-                raise
-            log.warning("APPEND failed: %s", exc)
-            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+        # RFC 3516 §4.4: binary content from literal8 is kept in a form BODY[] can show.
+        stored = await self._store_append(cmd, self.mailboxes.append(
+            self.owner, cmd.mailbox, mime.encode_nul_parts(cmd.message),
+            quota_bytes=self.user.quota_bytes, flags=cmd.flags, internal_date=when,
+        ))  # fmt: skip
+        if stored is None:
             return
+        uidvalidity, uid = stored
         await self.report_changes(expunges=True)
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=f"APPENDUID {uidvalidity} {uid}")
 
@@ -518,24 +512,38 @@ class ImapSession:
             )
             for m in messages
         ]
-        try:
-            uidvalidity, uids = await self.mailboxes.append_many(
+        stored = await self._store_append(
+            cmd,
+            self.mailboxes.append_many(
                 self.owner, cmd.mailbox, batch, quota_bytes=self.user.quota_bytes
-            )
-        except MailboxError as exc:
-            if exc.code == "NONEXISTENT":
-                exc.code = "TRYCREATE"  # RFC 3501 §6.3.11
-            raise
-        except Exception as exc:
-            if not is_disk_full(exc):
-                raise
-            log.warning("MULTIAPPEND failed: %s", exc)
-            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+            ),
+        )
+        if stored is None:
             return
+        uidvalidity, uids = stored
         await self.report_changes(expunges=True)
         # RFC 4315 §3: APPENDUID with a UID set for a MULTIAPPEND, in message order.
         code = f"APPENDUID {uidvalidity} {sort.ordered_set(uids)}"
         self.conn.tagged(cmd.tag, "OK", "APPEND completed", code=code)
+
+    async def _store_append(self, cmd: imap.Append, storing: Awaitable[_T]) -> _T | None:
+        """Await the store of an APPEND; answer a full disk here, None if it was answered.
+
+        A missing mailbox is ``NO [TRYCREATE]`` (RFC 3501 §6.3.11: the client may CREATE
+        and retry); a full data volume ``NO [LIMIT]`` (RFC 5530 §3), nothing stored.
+        """
+        try:
+            return await storing
+        except MailboxError as exc:
+            if exc.code == "NONEXISTENT":
+                exc.code = "TRYCREATE"
+            raise
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("APPEND failed: %s", exc)
+            self.conn.tagged(cmd.tag, "NO", STORAGE_FULL_TEXT, code="LIMIT")
+            return None
 
     # -- selecting -------------------------------------------------------------------
 
