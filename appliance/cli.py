@@ -732,30 +732,35 @@ def _status(args: argparse.Namespace) -> int:
     findings, groups, store_bytes = trio.run(_with_box, args, action)
     lang = args.lang
     print(f"box {identity.box_id} · {identity.domain}")
-    for finding in findings:
-        print(f"  [{finding.level.name.lower():5}] {finding.check}: {finding.text(lang)}")
-        if finding.level is not Level.OK and finding.todo(lang):
-            print(f"          → {finding.todo(lang)}")
+    _print_findings(findings, lang)
     # The uplink's state is shown, never counted against health: a cut link is what the
     # box is built to ride out (issue 5), not a fault of the box.
     for line in link_report(config.data_dir, groups, time.time(), lang):
         print(f"  {line}")
     print(f"  store size: {store_bytes / 1024**2:.1f} MB")
-    level = worst(findings)
-    print("unhealthy" if level is Level.ERROR else "healthy")
-    return 1 if level is Level.ERROR else 0
+    return _verdict(findings)
+
+
+def _print_findings(findings: list[Finding], lang: str) -> None:
+    """One line per finding, and what to do under a warning or an error."""
+    for finding in findings:
+        print(f"  [{finding.level.name.lower():5}] {finding.check}: {finding.text(lang)}")
+        if finding.level is not Level.OK and finding.todo(lang):
+            print(f"          → {finding.todo(lang)}")
+
+
+def _verdict(findings: list[Finding]) -> int:
+    """Print the last line of `edgebox status`; its exit code (1 on any error)."""
+    unhealthy = worst(findings) is Level.ERROR
+    print("unhealthy" if unhealthy else "healthy")
+    return 1 if unhealthy else 0
 
 
 def _status_unprovisioned(box_id: str, findings: list[Finding], lang: str) -> int:
     """`edgebox status` of a box that serves only its setup path (no store to read)."""
     print(f"box {box_id} · unprovisioned: serves the setup path (docs/provisioning.md)")
-    for finding in findings:
-        print(f"  [{finding.level.name.lower():5}] {finding.check}: {finding.text(lang)}")
-        if finding.level is not Level.OK and finding.todo(lang):
-            print(f"          → {finding.todo(lang)}")
-    level = worst(findings)
-    print("unhealthy" if level is Level.ERROR else "healthy")
-    return 1 if level is Level.ERROR else 0
+    _print_findings(findings, lang)
+    return _verdict(findings)
 
 
 def _log_verify(args: argparse.Namespace) -> int:
