@@ -158,9 +158,10 @@ def start_box(
     deadline = time.monotonic() + READY_TIMEOUT
     while not ready.wait(0.1):
         if time.monotonic() > deadline:
-            process.kill()
+            box.kill()  # closes its output too, so nothing leaks into a later test
             raise AssertionError("edgebox did not become ready:\n" + "\n".join(box.output))
     if process.poll() is not None or "ready" not in [line.strip() for line in box.output]:
+        box.kill()
         raise AssertionError("edgebox exited before ready:\n" + "\n".join(box.output))
     return box
 
