@@ -24,7 +24,7 @@ test: system-deps $(VENV)/.installed lint
 	$(BIN)/pytest -m "not bench and not soak" --durations=20
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check appliance hw tests
+	$(BIN)/ruff check appliance hw firmware tests
 	$(BIN)/mypy
 
 ## Debian packages the end-to-end tests and benchmarks drive (swaks, postfix, dovecot, ...).
