@@ -13,36 +13,17 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hw.twins import PanelSimulator, build_firmware
+from hw.twins import PanelSimulator
+from tests.e2e.panel import showing
 from tests.e2e.uplink import FAST, PASSWORDS, submit, wait_for
 from tests.faults.proxy import ProxyProcess
 from tests.harness import RunningBox, init_box, start_box
-from tests.hw.conftest import render
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("firmware")
-    build_firmware(out)
-    return out
-
-
-@pytest.fixture
-def panel(tmp_path: Path, firmware: Path) -> Iterator[PanelSimulator]:
-    with PanelSimulator(tmp_path / "panel", firmware) as simulator:
-        yield simulator
-
-
-def showing(panel: PanelSimulator, lines: list[str], what: str, timeout: float = 60) -> None:
-    expected = render(lines)
-    wait_for(what, lambda: panel.display() == expected, timeout=timeout)
 
 
 def box_a(tmp_path: Path, panel: PanelSimulator, **settings: str) -> RunningBox:

@@ -11,12 +11,12 @@ comes back unprovisioned and the panel shows the new setup code.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hw.twins import LED_GPIO, PanelSimulator, build_firmware
+from hw.twins import LED_GPIO, PanelSimulator
+from tests.e2e.panel import showing
 from tests.e2e.test_provisioning import (
     GUARD_ENV,
     console_value,
@@ -26,7 +26,6 @@ from tests.e2e.test_provisioning import (
 )
 from tests.e2e.uplink import PASSWORDS, wait_for
 from tests.harness import init_box, start_box
-from tests.hw.conftest import render
 
 pytestmark = pytest.mark.slow
 
@@ -35,24 +34,6 @@ pytestmark = pytest.mark.slow
 PROMPT = ["HOST SAYS", "erase ALL mail", "and reset? press", "button = yes"]
 #: Long enough for the firmware's LONG_HOLD_MS (10 s), with room for a busy machine.
 HOLD_SECONDS = 11.0
-
-
-@pytest.fixture(scope="module")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("firmware")
-    build_firmware(out)
-    return out
-
-
-@pytest.fixture
-def panel(tmp_path: Path, firmware: Path) -> Iterator[PanelSimulator]:
-    with PanelSimulator(tmp_path / "panel", firmware) as simulator:
-        yield simulator
-
-
-def showing(panel: PanelSimulator, lines: list[str], what: str, timeout: float = 60) -> None:
-    expected = render(lines)
-    wait_for(what, lambda: panel.display() == expected, timeout=timeout)
 
 
 def setup_page(code: str, fingerprint: str) -> list[str]:

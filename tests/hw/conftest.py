@@ -1,32 +1,10 @@
-"""The panel firmware, built once per session, and a simulated panel per test."""
+"""Helpers for the panel tests (the firmware and panel fixtures: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from hw.twins import PanelSimulator, build_firmware, micropython
-
-
-@pytest.fixture(scope="session")
-def firmware(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("firmware")
-    build_firmware(out)
-    return out
-
-
-@pytest.fixture
-def panel(tmp_path: Path, firmware: Path) -> Iterator[PanelSimulator]:
-    simulator = PanelSimulator(tmp_path / "panel", firmware)
-    simulator.start()
-    try:
-        yield simulator
-    finally:
-        simulator.close()
-        print(simulator.output())
+from hw.twins import micropython
 
 
 def render(lines: list[str], pitch: int = 13) -> bytes:
