@@ -96,6 +96,7 @@ def credentials(
 
 
 def csrf_error() -> ApiError:
+    """403: the request did not come from the box's own pages."""
     return ApiError(
         403,
         "csrf",
@@ -105,6 +106,7 @@ def csrf_error() -> ApiError:
 
 
 def check_csrf(headers: Mapping[str, str]) -> None:
+    """Refuse (403) an unsafe cookie-authenticated request not sent by our own pages."""
     # A cross-site page can make a browser send our cookie (form posts, fetch with
     # credentials) but cannot add a custom header without a CORS preflight, which
     # this server never grants; and the Origin a browser sends cannot be forged by

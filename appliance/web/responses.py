@@ -52,6 +52,7 @@ class Answer:
 
 
 def render(route: Route, result: Response | JSON) -> Answer:
+    """Turn a handler's result (a `Response`, or JSON for the route's status) into an answer."""
     if isinstance(result, Response):
         status, body, content_type = result.status, result.body, result.content_type
         extra = {name.lower(): value for name, value in result.headers.items()}
@@ -69,6 +70,7 @@ def render(route: Route, result: Response | JSON) -> Answer:
 
 
 def error_answer(error: ApiError, lang: Language, *, html_page: bool = False) -> Answer:
+    """Turn *error* into its JSON body, or into a page in both languages (*html_page*)."""
     if html_page:
         headers = {"content-type": "text/html; charset=utf-8", "content-language": lang}
         body = _error_page(error, lang)
@@ -105,6 +107,7 @@ def _error_page(error: ApiError, lang: Language) -> bytes:
 
 
 def response_headers(answer: Answer) -> list[tuple[str, str]]:
+    """The header fields of *answer*: the common ones, then its own, then the length."""
     headers = dict(SECURITY_HEADERS)
     headers["cache-control"] = "no-store"  # API answers are personal; never cache them
     headers["date"] = email.utils.formatdate(usegmt=True)  # RFC 9110 §6.6.1
@@ -117,6 +120,7 @@ def response_headers(answer: Answer) -> list[tuple[str, str]]:
 
 
 def not_found() -> ApiError:
+    """404: no route has this path."""
     return ApiError(404, "not_found", "No such address", "ไม่พบที่อยู่นี้")
 
 
@@ -134,6 +138,7 @@ class FieldError(ApiError):
 
 
 def unprocessable(exc: SchemaError) -> ApiError:
+    """422 naming the field a JSON Schema check refused."""
     return FieldError(
         exc.path,
         f"{exc.path} {exc.message}",
@@ -142,6 +147,7 @@ def unprocessable(exc: SchemaError) -> ApiError:
 
 
 def internal_error(reference: str) -> ApiError:
+    """500 with only a *reference* to the log entry (CWE-209: no detail to the client)."""
     return ApiError(
         500,
         "internal",
@@ -151,16 +157,19 @@ def internal_error(reference: str) -> ApiError:
 
 
 def timeout_error() -> ApiError:
+    """408: the request took longer than the listener allows."""
     # RFC 9110 §15.5.9: the server may send 408 and close.
     return ApiError(408, "timeout", "The request took too long", "คำขอใช้เวลานานเกินไป")
 
 
 def malformed(status: int, exc: Exception) -> ApiError:
+    """A 4xx for a request h11 could not read (*status* is h11's hint)."""
     return ApiError(status, "bad_request", f"Malformed HTTP request: {exc}",
                     "คำขอ HTTP ไม่ถูกต้อง")  # fmt: skip
 
 
 def too_large(limit: int) -> ApiError:
+    """413: the body is larger than the route's *limit*."""
     return ApiError(
         413,
         "too_large",
