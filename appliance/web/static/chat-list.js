@@ -14,7 +14,7 @@ const KIND_WORDS = {
   secret: tr("ห้องลับ", "Secret chat"),
 };
 
-// As pages.preview: who, and what (a secret message is never shown in a list).
+// As preview in appliance/chat/pages/views.py: who, and what (a secret message is never shown in a list).
 function previewText(message, me) {
   if (!message) return "";
   const who = message.sender === me ? tr("ท่าน", "You") : nameOf(message.sender);

@@ -6,7 +6,7 @@
 
 import { el, formatDate } from "./common.js";
 
-// The same rule as pages.link_segments: ASCII URL characters only, trailing sentence
+// The same rule as link_segments in appliance/chat/pages/text.py: ASCII URL characters only, trailing sentence
 // punctuation and unmatched closing brackets left outside the link.
 const LINK = /https?:\/\/[A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=%]+/gi;
 const TRAILING = ".,;:!?'";
