@@ -9,11 +9,11 @@ panel, alerts, the room list's live badges, the new-room form and the keyboard.
 from __future__ import annotations
 
 import base64
-import re
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.browser.conftest import DOMAIN, Browsers
 from tests.e2e.browser.test_chat import group_room, open_room
@@ -60,7 +60,7 @@ def test_composer_actions_typing_files_location_and_stickers(browsers: Browsers)
     say(malee, "เอกสารถึงแล้วหรือยัง")
     # Her message arriving clears the typing line.
     message(somchai, "เอกสารถึงแล้วหรือยัง").wait_for()
-    somchai.page.get_by_test_id("typing").filter(has_text=re.compile("^$")).wait_for()
+    expect(somchai.page.get_by_test_id("typing")).to_have_text("")
 
     # A reply quotes the message, on both pages.
     message(somchai, "เอกสารถึงแล้วหรือยัง").get_by_test_id("reply").click()
@@ -98,8 +98,9 @@ def test_composer_actions_typing_files_location_and_stickers(browsers: Browsers)
     sent.wait_for()
     assert sent.get_attribute("data-kind") == "file"
     assert "รายงานประจำเดือน" in sent.inner_text()
-    assert somchai.page.get_by_test_id("composer").input_value() == ""
-    assert somchai.page.get_by_test_id("upload-status").inner_text() == ""
+    # Once sent, the caption leaves the composer and the progress line clears.
+    expect(somchai.page.get_by_test_id("composer")).to_have_value("")
+    expect(somchai.page.get_by_test_id("upload-status")).to_have_text("")
     # An empty file is refused in the page, before any upload.
     somchai.page.get_by_test_id("attach-input").set_input_files(
         files=[{"name": "empty.txt", "mimeType": "text/plain", "buffer": b""}]
@@ -124,6 +125,9 @@ def test_composer_actions_typing_files_location_and_stickers(browsers: Browsers)
 
     # The media panel lists the file under its tab.
     somchai.page.get_by_test_id("media-panel").locator("summary").click()
+    # Opening it loads the links first; the files tab once that is done.
+    listed = somchai.page.get_by_test_id("media-list").locator("li")
+    listed.filter(has_not_text="กำลังโหลด").first.wait_for()
     somchai.page.locator('[data-media-kind="file"]').click()
     somchai.page.get_by_test_id("media-item").filter(has_text="report.txt").wait_for()
     somchai.assert_clean()
@@ -132,6 +136,7 @@ def test_composer_actions_typing_files_location_and_stickers(browsers: Browsers)
 
 def test_earlier_messages_list_badges_and_alerts(browsers: Browsers) -> None:
     box = browsers.box
+    group_room(box, "ห้องข้างเคียง")  # so that the list has a room to move to
     room_id = group_room(box, "ห้องประวัติยาว")
     token = sign_in(box, SOMCHAI)
     for n in range(55):
