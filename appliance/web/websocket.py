@@ -406,7 +406,7 @@ class ServerWebSocket:
         except Exception:
             # A bug of ours, not the client's: the handler sees the end of the stream,
             # the close says 1011 (RFC 6455 §7.4.1), and the error goes on to the
-            # listener, which logs it (appliance.listeners).
+            # listener, which logs it (appliance.net.listeners).
             self._faulted = True
             raise
         finally:

@@ -590,7 +590,7 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
     await client.aclose()
 
 
-# --- one connection's fault (appliance.listeners.ConnectionGate) ----------------------
+# --- one connection's fault (appliance.net.listeners.ConnectionGate) ----------------------
 
 
 async def test_a_fault_outside_any_handler_ends_only_that_connection(
