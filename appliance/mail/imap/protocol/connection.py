@@ -457,3 +457,11 @@ class ServerConnection:
     ) -> BadCommand:
         self._send_tagged(tag, status, text, code)
         return BadCommand(tag, text, code, status)
+
+
+__all__ = [
+    "CLOSED",
+    "NEED_DATA",
+    "ImapConfig",
+    "ServerConnection",
+]

@@ -84,3 +84,13 @@ def one_line(text: str) -> bytes:
     """Response text as one line of UTF-8: CR and LF become spaces."""
     # Response text is one line (RFC 3501 §9: TEXT-CHAR excludes CR and LF).
     return text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
+
+
+__all__ = [
+    "encode_uid_set",
+    "flag_list",
+    "imap_date",
+    "mailbox_name",
+    "nstring",
+    "quote",
+]

@@ -124,3 +124,13 @@ def allowed(state: State, command: str) -> bool:
 def next_state(state: State, transition: Transition) -> State | None:
     """The state *transition* leads to from *state*, or None if it cannot happen there."""
     return TRANSITIONS.get((state, transition))
+
+
+__all__ = [
+    "ALLOWED",
+    "TRANSITIONS",
+    "State",
+    "Transition",
+    "allowed",
+    "next_state",
+]
