@@ -3,11 +3,11 @@
 The HTTPS listener (`appliance.web.server`) and the hub's sync listener
 (`appliance.sync.hub.server`) answer differently but run the same loop
 (`HTTPServerConnection`: request, response, keep-alive; a whole response written by
-`send_response`) and read the same way (`RequestReader`): an idle
-deadline while waiting for a request, a request deadline from its first byte to its
-last (the slow-loris guard), a body limit checked against the declared length before
-reading and against the bytes as they come, and a bounded linger after an early
-answer. Each listener turns `TooSlow` and `BodyTooLarge` into its own error answer.
+`send_response`) and read the same way (`RequestReader`): an idle deadline while
+waiting for a request, a request deadline from its first byte to its last (the
+slow-loris guard), a body limit checked against the declared length before reading and
+against the bytes as they come, and a bounded linger after an early answer. Each
+listener turns `TooSlow` and `BodyTooLarge` into its own error answer.
 
 Two framing rules h11 leaves to us are kept here, so both listeners keep them:
 
