@@ -41,6 +41,8 @@ from appliance.health.readings import PsutilReadings
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
 from appliance.mail.search_index import open_search_index
+from appliance.protection import Protection
+from appliance.protection.engines import protection_from_config
 from appliance.security.guard import AuthGuard, GuardPolicy
 from appliance.security.keys import create_box_keys, load_data_key
 from appliance.security.tls import ensure_tls_material, server_ssl_context
@@ -87,6 +89,8 @@ class Box:
     disk_guard: DiskGuard
     #: The counters behind `/metrics`.
     metrics: BoxMetrics
+    #: Anti-virus and anti-spam scanning (appliance.protection); None when it is off.
+    protection: Protection | None = None
 
     @property
     def status_file(self) -> Path:
@@ -255,6 +259,11 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
                     signin=SignIn(directory, guard, traffic),
                     disk_guard=DiskGuard(data_dir, PsutilReadings(), config.disk_hard_free),
                     metrics=BoxMetrics(),
+                    protection=(
+                        protection_from_config(config, lambda: settings.get("protection"))
+                        if config.protection
+                        else None
+                    ),
                 )
     finally:
         settings.close()

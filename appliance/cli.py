@@ -71,6 +71,7 @@ from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.panel import BoxView, BoxViewSlot, panel_service
+from appliance.protection.engines import EngineWatch
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
@@ -621,6 +622,9 @@ async def _serve(config: Any, lifecycle: Lifecycle, views: BoxViewSlot) -> None:
         services: list[Service] = [
             SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)
         ]
+        if box.protection is not None:
+            # The scanning engines first: they take longest to start (appliance.protection).
+            services.insert(0, EngineWatch(config, box.protection))
         services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
         services.append(HTTPSService(box, web_routes(box, lifecycle), sessions=box.sessions))
         services.append(SearchIndexer(box.mailstore, box.disk_guard.room_for_background))

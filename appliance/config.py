@@ -166,6 +166,20 @@ class Config:
     #: Seconds the box may hang before the watchdog resets it (WDIOC_SETTIMEOUT).
     watchdog_timeout: int = 60
 
+    #: Anti-virus and anti-spam scanning of everything that enters (docs/protection.md).
+    protection: bool = False
+    #: "box": edgebox runs clamd and rspamd itself; "system": systemd does (the image).
+    protection_engines: str = "box"
+    protection_clamd_socket: str = ""
+    protection_clamd_database: str = "/var/lib/clamav"
+    protection_rspamd_port: int = 11333
+    protection_rspamd_local: str = ""
+    protection_junk_score: float = 6.0
+    protection_reject_score: float = 15.0
+    #: What submission does when a scanner is down: "tempfail" (451) or "accept".
+    protection_submission_unavailable: str = "tempfail"
+    protection_scan_timeout: float = 60.0
+
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""
         return DEV_PORTS[service] + self.port_offset
@@ -224,6 +238,7 @@ def load_config(
     if values.get("role", "edge") not in ("edge", "hub"):
         raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
     _check_port_offset(values.get("port_offset", 0))
+    _check_protection(values)
     for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
         try:
             ipaddress.ip_network(entry, strict=False)
@@ -232,6 +247,17 @@ def load_config(
                 f"mx_trusted_relays: {entry!r} is not an IP address or network"
             ) from None
     return Config(data_dir=data_dir, **values)
+
+
+def _check_protection(values: Mapping[str, Any]) -> None:
+    """Refuse protection settings that cannot work, naming the setting."""
+    if values.get("protection_engines", "box") not in ("box", "system"):
+        raise ConfigError("protection_engines must be box or system")
+    if values.get("protection_submission_unavailable", "tempfail") not in ("tempfail", "accept"):
+        raise ConfigError("protection_submission_unavailable must be tempfail or accept")
+    junk = values.get("protection_junk_score", Config.protection_junk_score)
+    if junk > values.get("protection_reject_score", Config.protection_reject_score):
+        raise ConfigError("protection_junk_score must not be above protection_reject_score")
 
 
 def _check_port_offset(offset: int) -> None:

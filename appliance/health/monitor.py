@@ -36,6 +36,7 @@ from appliance.health.snapshot import (
     read_last_seen_time,
     read_machine,
 )
+from appliance.protection.health import check_engines
 from appliance.store.files import write_atomically
 from appliance.sync.link import read_link_state
 from appliance.sync.status import read_sync_status
@@ -74,6 +75,7 @@ async def gather_snapshot(
         data_dir=data_dir,
         certificates=certificates,
         backup=[check_last_backup(data_dir, box.config.backup_target, now)],
+        protection=[check_engines(data_dir, box.config.protection, box_running, now)],
         limits=Limits.from_config(box.config),
         box_running=box_running,
         services=dict(services),

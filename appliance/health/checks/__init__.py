@@ -14,6 +14,7 @@ from appliance.health.checks import (
     disk,
     link,
     memory,
+    protection,
     queue,
     services,
     temperature,
@@ -30,6 +31,7 @@ CHECKS: tuple[Check, ...] = (
     backup.CHECK,
     queue.CHECK,
     link.CHECK,
+    protection.CHECK,
 )
 
 

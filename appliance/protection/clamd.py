@@ -1,0 +1,116 @@
+"""The clamd wire protocol, sans-I/O: the INSTREAM request and the daemon's one reply.
+
+clamd (ClamAV's scanning daemon, clamd(8) "COMMANDS") reads a command on its socket and
+answers one line. We use only ``zINSTREAM``: the ``z`` prefix makes the command and
+its reply end with a NUL byte instead of a newline, so a virus name holding odd bytes
+cannot end the reply early. The request is the command, then the message in chunks,
+each preceded by its length as a 4-byte unsigned integer in network byte order, and a
+chunk of length zero to end it. The reply is one of::
+
+    stream: OK\\0                           nothing found
+    stream: <signature name> FOUND\\0       a signature matched
+    <reason> ERROR\\0                       the scan failed (size limit, read error, ...)
+
+This module makes the bytes and reads the reply; it has no socket and no clock. The
+trio client is `appliance.protection.scanner.ClamdClient`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+#: clamd(8): the NUL-delimited form of INSTREAM.
+INSTREAM_COMMAND = b"zINSTREAM\0"
+#: Below clamd's default StreamMaxLength chunking needs; each chunk is at most this.
+CHUNK_SIZE = 64 * 1024
+#: A reply longer than this is not clamd's (the longest signature names are ~200 bytes).
+MAX_REPLY = 4096
+
+
+class ClamdProtocolError(Exception):
+    """The bytes received are not a clamd reply."""
+
+
+@dataclass(frozen=True)
+class Clean:
+    """clamd found nothing."""
+
+
+@dataclass(frozen=True)
+class Infected:
+    """clamd matched *signature* (e.g. ``Win.Test.EICAR_HDB-1``)."""
+
+    signature: str
+
+
+@dataclass(frozen=True)
+class ScanFailed:
+    """clamd could not scan the stream; *reason* is its own words."""
+
+    reason: str
+
+
+ClamdResult = Clean | Infected | ScanFailed
+
+
+def instream_request(content: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield the bytes of one ``zINSTREAM`` request carrying *content*."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    yield INSTREAM_COMMAND
+    view = memoryview(content)
+    for start in range(0, len(content), chunk_size):
+        chunk = view[start : start + chunk_size]
+        yield struct.pack("!I", len(chunk)) + bytes(chunk)
+    yield struct.pack("!I", 0)
+
+
+class ReplyReader:
+    """Collect a clamd reply from the bytes received; `result` once it is whole."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.result: ClamdResult | None = None
+
+    def receive_data(self, data: bytes) -> ClamdResult | None:
+        """Feed received bytes; return the result once the terminating NUL arrived.
+
+        ``data == b""`` means the daemon closed the connection: a reply cut short is a
+        `ClamdProtocolError`, never a clean result.
+        """
+        if self.result is not None:
+            return self.result
+        if not data:
+            raise ClamdProtocolError("clamd closed the connection before its reply ended")
+        self._buffer += data
+        end = self._buffer.find(b"\0")
+        if end < 0:
+            if len(self._buffer) > MAX_REPLY:
+                raise ClamdProtocolError("clamd reply too long")
+            return None
+        self.result = parse_reply(bytes(self._buffer[:end]))
+        return self.result
+
+
+def parse_reply(line: bytes) -> ClamdResult:
+    """Read one reply line (without its terminator) into a result.
+
+    Raises `ClamdProtocolError` for anything that is none of the three forms.
+    """
+    text = line.decode("utf-8", "replace").strip()
+    if text.endswith(" ERROR"):
+        return ScanFailed(text.removesuffix(" ERROR").strip() or "unknown error")
+    # With IDSESSION a reply starts "<id>: "; we never open a session, but the stream
+    # name ("stream") is the part that matters.
+    name, sep, status = text.partition(": ")
+    if not sep or name.strip() != "stream":
+        raise ClamdProtocolError(f"not a clamd reply: {text[:80]!r}")
+    if status == "OK":
+        return Clean()
+    if status.endswith(" FOUND"):
+        signature = status.removesuffix(" FOUND").strip()
+        if signature:
+            return Infected(signature)
+    raise ClamdProtocolError(f"not a clamd reply: {text[:80]!r}")

@@ -1,0 +1,180 @@
+"""Ask the engines: thin trio clients for clamd and rspamd, and the `Protection` façade.
+
+The clients only move bytes between a socket and the sans-I/O codecs
+(`appliance.protection.clamd`, `appliance.protection.rspamd`); time-outs live here.
+Any failure to get an answer — no socket, a refused connection, a time-out, a reply
+that is not one — is `ScannerUnavailable`: the caller must then not accept the
+message (docs/protection.md, "When a scanner is down").
+
+`Protection` is what the entry points (SMTP, webmail, replication, chat uploads) call:
+`scan_message` runs both engines at once and decides with the recipient agencies'
+thresholds; `scan_file` asks clamd alone (a chat file is not mail).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h11
+import trio
+
+from appliance.protection import clamd, rspamd
+from appliance.protection.verdict import Outcome, Thresholds, Verdict, decide
+
+log = logging.getLogger("edgebox.protection")
+
+RECEIVE_SIZE = 64 * 1024
+
+
+class ScannerUnavailable(Exception):
+    """An engine gave no verdict; the message must not be accepted unscanned."""
+
+
+@dataclass
+class ClamdClient:
+    """clamd over its unix socket, one connection per scan."""
+
+    socket_path: Path
+    timeout: float = 60.0
+
+    async def scan(self, content: bytes) -> str | None:
+        """Return the matched signature, or None if *content* is clean."""
+        try:
+            with trio.fail_after(self.timeout):
+                stream = await trio.open_unix_socket(str(self.socket_path))
+                async with stream:
+                    for piece in clamd.instream_request(content):
+                        await stream.send_all(piece)
+                    reader = clamd.ReplyReader()
+                    result = None
+                    while result is None:
+                        result = reader.receive_data(await stream.receive_some(RECEIVE_SIZE))
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise ScannerUnavailable(f"clamd: {type(exc).__name__}: {exc}") from exc
+        except clamd.ClamdProtocolError as exc:
+            raise ScannerUnavailable(f"clamd: {exc}") from exc
+        if isinstance(result, clamd.ScanFailed):
+            raise ScannerUnavailable(f"clamd: {result.reason}")
+        if isinstance(result, clamd.Infected):
+            return result.signature
+        return None
+
+    async def ping(self) -> bool:
+        """Return whether clamd answers ``zPING`` with ``PONG``."""
+        try:
+            with trio.fail_after(5):
+                stream = await trio.open_unix_socket(str(self.socket_path))
+                async with stream:
+                    await stream.send_all(b"zPING\0")
+                    reply = await stream.receive_some(64)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+            return False
+        return reply.rstrip(b"\0\n") == b"PONG"
+
+
+@dataclass
+class RspamdClient:
+    """rspamd's normal worker over HTTP/1.1 (h11), one connection per scan."""
+
+    host: str
+    port: int
+    timeout: float = 60.0
+
+    async def check(self, content: bytes, envelope: rspamd.Envelope) -> rspamd.SpamReport:
+        """Return rspamd's verdict on *content*."""
+        try:
+            with trio.fail_after(self.timeout):
+                return await self._check(content, envelope)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, h11.ProtocolError) as exc:
+            raise ScannerUnavailable(f"rspamd: {type(exc).__name__}: {exc}") from exc
+        except rspamd.RspamdProtocolError as exc:
+            raise ScannerUnavailable(f"rspamd: {exc}") from exc
+
+    async def _check(self, content: bytes, envelope: rspamd.Envelope) -> rspamd.SpamReport:
+        conn = h11.Connection(h11.CLIENT)
+        stream = await trio.open_tcp_stream(self.host, self.port)
+        async with stream:
+            request = rspamd.check_request(f"{self.host}:{self.port}", len(content), envelope)
+            out = conn.send(request) or b""
+            out += conn.send(h11.Data(data=content)) or b""
+            out += conn.send(h11.EndOfMessage()) or b""
+            await stream.send_all(out)
+            status = 0
+            body = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > rspamd.MAX_REPLY:
+                        raise rspamd.RspamdProtocolError("rspamd reply too long")
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+        return rspamd.parse_verdict(status, bytes(body))
+
+    async def ping(self) -> bool:
+        """Return whether rspamd answers ``GET /ping``."""
+        try:
+            with trio.fail_after(5):
+                stream = await trio.open_tcp_stream(self.host, self.port)
+                async with stream:
+                    await stream.send_all(
+                        b"GET /ping HTTP/1.1\r\nHost: rspamd\r\nConnection: close\r\n\r\n"
+                    )
+                    reply = await stream.receive_some(1024)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+            return False
+        return reply.startswith(b"HTTP/1.") and b"pong" in reply
+
+
+class Protection:
+    """The box's scanning: what every entry point asks before it accepts data."""
+
+    def __init__(
+        self,
+        clamd_client: ClamdClient,
+        rspamd_client: RspamdClient,
+        thresholds_for: Callable[[str], Thresholds] = lambda domain: Thresholds(),
+        *,
+        submission_unavailable: str = "tempfail",
+    ) -> None:
+        self.clamd = clamd_client
+        self.rspamd = rspamd_client
+        self.thresholds_for = thresholds_for
+        #: "tempfail" (default) or "accept": what submission does when a scanner is down.
+        self.submission_unavailable = submission_unavailable
+
+    async def scan_message(
+        self, content: bytes, envelope: rspamd.Envelope, domains: Iterable[str]
+    ) -> Verdict:
+        """Scan *content* with both engines; judge it with the strictest of *domains*'
+        thresholds. Never raises for an engine's failure: that is `Outcome.UNAVAILABLE`.
+        """
+        thresholds = Thresholds.strictest([self.thresholds_for(d) for d in set(domains)])
+        results: dict[str, Any] = {}
+
+        async def run(name: str, job: Callable[[], Any]) -> None:
+            try:
+                results[name] = await job()
+            except ScannerUnavailable as exc:
+                results[name] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "clamd", lambda: self.clamd.scan(content))
+            nursery.start_soon(run, "rspamd", lambda: self.rspamd.check(content, envelope))
+        for name in ("clamd", "rspamd"):
+            if isinstance(results[name], ScannerUnavailable):
+                log.warning("scanner unavailable: %s", results[name])
+                return Verdict(Outcome.UNAVAILABLE, str(results[name]), thresholds=thresholds)
+        return decide(results["clamd"], results["rspamd"], thresholds)
+
+    async def scan_file(self, data: bytes) -> str | None:
+        """Return the virus signature in *data*, or None; raises `ScannerUnavailable`."""
+        return await self.clamd.scan(data)
