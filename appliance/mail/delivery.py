@@ -82,10 +82,10 @@ class Delivery:
         self.mailstore = mailstore
         self.hostname = hostname
 
-    async def deliver(self, envelope: Envelope, content: bytes, *, mailbox: str = "INBOX") -> str:
+    async def deliver(self, envelope: Envelope, content: bytes, *, folder: str = "INBOX") -> str:
         """Store *content* for every recipient; return the queue id once fsynced.
 
-        Local copies go into *mailbox* ("Junk" for spam below the reject score).
+        Local copies go into the mailbox *folder* ("Junk": spam below the reject score).
 
         Raises `QuotaExceeded` (nothing stored) if a local mailbox has no room.
         """
@@ -102,7 +102,7 @@ class Delivery:
                         raise LookupError(f"local recipient {mailbox} vanished")
                     # An admin named twice (as themselves and as postmaster) gets one copy.
                     if all(copy.owner != user.address for copy in local):
-                        local.append(LocalCopy(user.address, user.quota_bytes, mailbox))
+                        local.append(LocalCopy(user.address, user.quota_bytes, folder))
             else:
                 outbound.append(OutboundCopy(rcpt.address, rcpt.notify, rcpt.orcpt))
         classification, urgency = headers.levels(fields)

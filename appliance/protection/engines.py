@@ -5,8 +5,8 @@ Two ways (``protection_engines``):
 - ``box`` (development, tests, a box without the image's units): edgebox writes a
   configuration for each engine into ``DATA/run/protection/`` and runs them as its own
   children — clamd on a private unix socket, rspamd's normal worker on a loopback
-  port — restarting one that exits, with back-off. They die with the box
-  (``PR_SET_PDEATHSIG``), so a killed box leaves no engine behind.
+  port — restarting one that exits, with back-off. A clean stop stops them; after a
+  killed box, the next start stops what it left running (`stop_leftover`).
 - ``system`` (the image): systemd runs them from the units in ``image_build/systemd/``
   on their Debian sockets; edgebox only watches them.
 
@@ -17,16 +17,15 @@ which the health check (appliance.health.checks.protection) and `edgebox status`
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import psutil
 import trio
 
 from appliance.config import Config
@@ -118,10 +117,20 @@ def rspamd_config(config: Config) -> str:
     )
 
 
-def _die_with_parent() -> None:
-    # Linux prctl(2) PR_SET_PDEATHSIG: the engine gets SIGTERM when the box dies.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+def stop_leftover(pid_file: Path, config_file: Path) -> None:
+    """Stop an engine a killed box left running (its pid file names it).
+
+    Not PR_SET_PDEATHSIG: trio forks from a worker thread, and the signal fires when
+    that *thread* ends, killing a healthy engine a few seconds after its start.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+        process = psutil.Process(pid)
+        if str(config_file) in " ".join(process.cmdline()):
+            process.terminate()
+            process.wait(10)
+    except (OSError, ValueError, psutil.Error):
+        return
 
 
 def _append_to(path: Path) -> BinaryIO:
@@ -186,6 +195,8 @@ class EngineWatch:
                 run.mkdir(parents=True, exist_ok=True)
                 for name in ("rspamd-db", "rspamd-log"):
                     (run / name).mkdir(exist_ok=True)
+                stop_leftover(run / "clamd.pid", run / "clamd.conf")
+                stop_leftover(run / "rspamd.pid", run / "rspamd.conf")
                 write_atomically(run / "clamd.conf", clamd_config(config).encode())
                 write_atomically(run / "rspamd.conf", rspamd_config(config).encode())
                 nursery.start_soon(self._keep_running, "clamd", self._clamd_command())
@@ -218,7 +229,7 @@ class EngineWatch:
                 with _append_to(log_path) as output:
                     process = await trio.lowlevel.open_process(
                         command, stdin=subprocess.DEVNULL, stdout=output,
-                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                        stderr=subprocess.STDOUT, start_new_session=True,
                     )  # fmt: skip
             except OSError as exc:
                 state.error = f"cannot start {command[0]}: {exc}"

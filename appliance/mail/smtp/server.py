@@ -229,7 +229,7 @@ class SMTPSession:
             conn.reject(STORAGE_FULL)
             self.recipients = []
             return
-        content, mailbox = event.content, "INBOX"
+        content, folder = event.content, "INBOX"
         verdict = await self._scan(event)
         if verdict is not None:
             reply = scanning.refusal(
@@ -244,7 +244,7 @@ class SMTPSession:
             if verdict.accepted:
                 # A sender's own X-Spam-* fields go: only the box's may say "scanned".
                 content = scan_headers(verdict, box.hostname) + strip_scan_headers(content)
-                mailbox = "Junk" if verdict.outcome is Outcome.JUNK else "INBOX"
+                folder = "Junk" if verdict.outcome is Outcome.JUNK else "INBOX"
         envelope = Envelope(
             sender=event.reverse_path,
             recipients=tuple(self.recipients),
@@ -262,7 +262,7 @@ class SMTPSession:
             envid=event.mail_params.get("ENVID"),
         )
         try:
-            queue_id = await self.service.box.delivery.deliver(envelope, content, mailbox=mailbox)
+            queue_id = await self.service.box.delivery.deliver(envelope, content, folder=folder)
         except QuotaExceeded as exc:
             log.info("over quota owner=%s", exc.owner)
             await self._record_message(event, OVER_QUOTA)

@@ -1,0 +1,110 @@
+"""The clamd codec: INSTREAM framing and the three reply forms, byte for byte."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance.protection.clamd import (
+    MAX_REPLY,
+    ClamdProtocolError,
+    Clean,
+    Infected,
+    ReplyReader,
+    ScanFailed,
+    instream_request,
+    parse_reply,
+)
+
+
+def test_instream_frames_chunks_and_ends_with_zero_length() -> None:
+    pieces = list(instream_request(b"abcdefg", chunk_size=3))
+    assert pieces == [
+        b"zINSTREAM\0",
+        b"\0\0\0\3abc",
+        b"\0\0\0\3def",
+        b"\0\0\0\1g",
+        b"\0\0\0\0",
+    ]
+
+
+def test_empty_content_is_only_the_terminator() -> None:
+    assert list(instream_request(b"")) == [b"zINSTREAM\0", b"\0\0\0\0"]
+
+
+@given(st.binary(max_size=5000), st.integers(min_value=1, max_value=700))
+def test_instream_round_trips(content: bytes, chunk: int) -> None:
+    wire = b"".join(instream_request(content, chunk))
+    assert wire.startswith(b"zINSTREAM\0")
+    rest, out = wire[len(b"zINSTREAM\0") :], b""
+    while True:
+        (length,) = struct.unpack("!I", rest[:4])
+        rest = rest[4:]
+        if length == 0:
+            break
+        assert length <= chunk
+        out, rest = out + rest[:length], rest[length:]
+    assert rest == b""
+    assert out == content
+
+
+@pytest.mark.parametrize(
+    ("line", "result"),
+    [
+        (b"stream: OK", Clean()),
+        (b"stream: Win.Test.EICAR_HDB-1 FOUND", Infected("Win.Test.EICAR_HDB-1")),
+        (b"stream: Edgebox-Test-EICAR.UNOFFICIAL FOUND", Infected("Edgebox-Test-EICAR.UNOFFICIAL")),
+        (b"INSTREAM size limit exceeded. ERROR", ScanFailed("INSTREAM size limit exceeded.")),
+        (b"1: stream: OK", None),
+    ],
+)
+def test_reply_forms(line: bytes, result: object) -> None:
+    if result is None:
+        with pytest.raises(ClamdProtocolError):
+            parse_reply(line)
+    else:
+        assert parse_reply(line) == result
+
+
+@pytest.mark.parametrize("line", [b"", b"PONG", b"stream: ", b"stream: FOUND", b"stream: maybe"])
+def test_other_lines_are_protocol_errors(line: bytes) -> None:
+    with pytest.raises(ClamdProtocolError):
+        parse_reply(line)
+
+
+def test_reader_waits_for_the_nul_and_refuses_a_cut_reply() -> None:
+    reader = ReplyReader()
+    assert reader.receive_data(b"stream: Eicar") is None
+    assert reader.receive_data(b" FOUND\0") == Infected("Eicar")
+    cut = ReplyReader()
+    cut.receive_data(b"stream: O")
+    with pytest.raises(ClamdProtocolError):
+        cut.receive_data(b"")
+
+
+def test_reader_refuses_an_endless_reply() -> None:
+    reader = ReplyReader()
+    with pytest.raises(ClamdProtocolError):
+        reader.receive_data(b"x" * (MAX_REPLY + 1))
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_reader_never_says_clean_unless_clamd_did(pieces: list[bytes]) -> None:
+    """Garbage gives an error or a result, and Clean only for exactly ``stream: OK``."""
+    reader = ReplyReader()
+    received = b""
+    try:
+        for piece in pieces:
+            received += piece
+            result = reader.receive_data(piece)
+            if result is not None:
+                break
+        else:
+            return
+    except ClamdProtocolError:
+        return
+    if isinstance(result, Clean):
+        assert received.split(b"\0", 1)[0].decode("utf-8", "replace").strip() == "stream: OK"
