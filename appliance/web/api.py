@@ -38,7 +38,7 @@ def web_routes(box: Box, lifecycle: Lifecycle | None = None) -> list[Route | Str
     kit = PageKit(box, box.sessions)
     api: list[Route | StreamRoute] = [
         *session_api.routes(),
-        *chat_routes(box.chat, box.disk_guard, box.metrics),
+        *chat_routes(box.chat, box.disk_guard, box.metrics, box.protection, box.traffic),
         *link_routes(box),
     ]
     api.append(openapi_route(api, title="edgebox API", version=_version()))

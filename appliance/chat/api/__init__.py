@@ -31,22 +31,29 @@ from appliance.chat.api.rooms import RoomHandlers
 from appliance.chat.api.settings import SettingsHandlers, person
 from appliance.chat.api.stream import StreamHandler
 from appliance.chat.store import Chat
+from appliance.compliance.traffic_log import TrafficLog
 from appliance.health.disk_guard import DiskGuard
 from appliance.health.metrics import BoxMetrics
+from appliance.protection import Protection
 from appliance.web.routes import Route, StreamRoute
 
 __all__ = ["chat_routes", "person"]
 
 
 def chat_routes(
-    chat: Chat, disk_guard: DiskGuard | None = None, metrics: BoxMetrics | None = None
+    chat: Chat,
+    disk_guard: DiskGuard | None = None,
+    metrics: BoxMetrics | None = None,
+    protection: Protection | None = None,
+    traffic: TrafficLog | None = None,
 ) -> list[Route | StreamRoute]:
-    """Return every chat endpoint, bound to *chat* (and the box's disk guard and metrics)."""
+    """Return every chat endpoint, bound to *chat* (and the box's disk guard and metrics;
+    uploads are scanned by *protection* and logged in *traffic* when given)."""
     storage = StorageGuard(disk_guard, metrics)
     return [
         *RoomHandlers(chat).routes(),
         *MessageHandlers(chat, storage, metrics).routes(),
-        *FileHandlers(chat, storage).routes(),
+        *FileHandlers(chat, storage, protection, traffic).routes(),
         *HistoryHandlers(chat).routes(),
         *ExtraHandlers(chat, storage).routes(),
         *SettingsHandlers(chat).routes(),

@@ -7,19 +7,36 @@ image, audio or video is shown inline, anything else is a download
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+from datetime import UTC, datetime
+
 from appliance.chat.api import schemas as s
 from appliance.chat.api.common import MESSAGE, ROOM, StorageGuard, me, messages_json, route
 from appliance.chat.store import MAX_UPLOAD, Chat
-from appliance.web.routes import JSON, Request, Response, Route
+from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
+from appliance.protection import Protection, ScannerUnavailable
+from appliance.web.routes import JSON, ApiError, Request, Response, Route
 from appliance.web.user_content import sniffed
+
+log = logging.getLogger("edgebox.chat")
 
 
 class FileHandlers:
     """The file endpoints, bound to one `Chat`."""
 
-    def __init__(self, chat: Chat, storage: StorageGuard) -> None:
+    def __init__(
+        self,
+        chat: Chat,
+        storage: StorageGuard,
+        protection: Protection | None = None,
+        traffic: TrafficLog | None = None,
+    ) -> None:
         self.chat = chat
         self.storage = storage
+        #: Every upload is scanned for viruses first when scanning is on (docs/protection.md).
+        self.protection = protection
+        self.traffic = traffic
 
     async def download(self, request: Request) -> JSON:
         data, media_type, name = await self.chat.file(
@@ -37,6 +54,7 @@ class FileHandlers:
 
     async def upload(self, request: Request) -> JSON:
         self.storage.ensure_room(len(request.body or b""), "upload")
+        await self._scan(request)
         result = await self.chat.upload(
             me(request),
             request.body,
@@ -44,6 +62,47 @@ class FileHandlers:
             request.query.get("name", "file"),
         )
         return Response(result, status=201)
+
+    async def _scan(self, request: Request) -> None:
+        """Refuse an upload holding a virus (422), or any while clamd is down (503)."""
+        if self.protection is None:
+            return
+        body = request.body or b""
+        try:
+            virus = await self.protection.scan_file(body)
+        except ScannerUnavailable as exc:
+            log.warning("upload refused, scanner unavailable: %s", exc)
+            await self._record(request, len(body), "503 unavailable")
+            raise ApiError(
+                503, "scanning_unavailable",
+                "Virus scanning is unavailable for now, so the file was not accepted;"
+                " please try again later",
+                "ระบบตรวจไวรัสไม่พร้อมใช้งานชั่วคราว จึงยังไม่รับไฟล์นี้ กรุณาลองใหม่ภายหลัง",
+            ) from None  # fmt: skip
+        if virus is not None:
+            await self._record(request, len(body), f"422 virus {virus[:120]}")
+            raise ApiError(
+                422, "virus_found",
+                f"The file was refused: a virus was found in it ({virus})",
+                f"ไม่รับไฟล์นี้: พบไวรัสในไฟล์ ({virus})",
+            )  # fmt: skip
+        await self._record(request, len(body), "201 clean")
+
+    async def _record(self, request: Request, size: int, result: str) -> None:
+        if self.traffic is None:
+            return
+        user = request.user.address if request.user is not None else None
+        try:
+            client_ip: str | None = str(ipaddress.ip_address(request.client_ip))
+        except ValueError:
+            client_ip = None
+        try:
+            await self.traffic.append(TrafficRecord(
+                time=datetime.now(UTC), service="chat", event="upload-scanned",
+                client_ip=client_ip, sender=user, user=user, size=size, result=result,
+            ))  # fmt: skip
+        except Exception:
+            log.exception("traffic log write failed")
 
     def routes(self) -> list[Route]:
         """Return the download, media and upload endpoints."""
@@ -71,7 +130,7 @@ class FileHandlers:
                 self.upload,
                 "Upload a file (≤ 25 MB) for an image/video/voice/file message (?name=)",
                 status=201,
-                errors=(413, 422, 507),
+                errors=(413, 422, 503, 507),
                 upload="*/*",
                 max_body=MAX_UPLOAD,
                 query=s.NAME_QUERY,

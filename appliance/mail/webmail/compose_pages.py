@@ -67,6 +67,10 @@ from appliance.mail.webmail.compose import (
     read_original,
     reply_form,
 )
+from appliance.protection import Outcome, Verdict
+from appliance.protection import smtp as scanning
+from appliance.protection.rspamd import Envelope as scan_envelope
+from appliance.protection.verdict import scan_headers
 from appliance.web.i18n import THAILAND, format_size
 from appliance.web.pages import PageKit, redirect
 from appliance.web.routes import ApiError, Request, Response, Route
@@ -351,12 +355,17 @@ class ComposePages:
             ),
         )  # fmt: skip
         addresses = [r.address for r in recipients]
+        scanned = await self._scan(post, delivered, addresses)
+        if isinstance(scanned, Response):
+            return scanned
+        delivered, folder, verdict_text = scanned
         try:
-            queue_id = await self.box.delivery.deliver(envelope, delivered)
+            queue_id = await self.box.delivery.deliver(envelope, delivered, folder=folder)
         except QuotaExceeded as exc:
             await self._record(post, "rejected", addresses, None, len(delivered), "552 5.2.2")
             return await self._again(post, [_full_problem(exc.owner)])
-        await self._record(post, "accepted", addresses, queue_id, len(delivered), "250 2.0.0")
+        await self._record(post, "accepted", addresses, queue_id, len(delivered),
+                           "250 2.0.0" + verdict_text)  # fmt: skip
         log.info("webmail sent id=%s from=<%s> rcpts=%d size=%d", queue_id, user.address,
                  len(recipients), len(delivered))  # fmt: skip
         try:
@@ -369,6 +378,42 @@ class ComposePages:
         # RFC 5550 §5.9 / IANA IMAP keywords: $Forwarded, as mail clients set it.
         await self._flag(user, post.hidden.get("forward_of"), "$Forwarded")
         return redirect("/mail/folder/Sent?sent=1")
+
+    async def _scan(
+        self, post: _Post, content: bytes, addresses: list[str]
+    ) -> Response | tuple[bytes, str, str]:
+        """Scan a message before it is sent, as submission does (appliance.protection).
+
+        Returns the form again with the reason, or the bytes to deliver (with the
+        scan headers), the local recipients' folder and the verdict for the traffic log.
+        """
+        protection = self.box.protection
+        if protection is None:
+            return content, "INBOX", ""
+        user = post.user.address
+        verdict = await protection.scan_message(
+            content,
+            scan_envelope(client_ip=_ip(post.request.client_ip), helo=WEBMAIL_HELO,
+                          sender=user, recipients=addresses, user=user),
+            [user.rpartition("@")[2]],
+        )  # fmt: skip
+        refusal = scanning.refusal(
+            verdict, submission=True,
+            submission_unavailable=self.box.config.protection_submission_unavailable,
+        )  # fmt: skip
+        if refusal is not None:
+            result = f"{refusal.code} {refusal.enhanced} {verdict.log_result()}"
+            await self._record(post, "rejected", addresses, None, len(content), result)
+            return await self._again(post, [_scan_problem(verdict)], 422)
+        if not verdict.accepted:
+            # Unscanned, as the setting protection_submission_unavailable allows.
+            return content, "INBOX", f" {verdict.log_result()}"
+        folder = "Junk" if verdict.outcome is Outcome.JUNK else "INBOX"
+        return (
+            scan_headers(verdict, self.box.hostname) + content,
+            folder,
+            f" {verdict.log_result()}",
+        )
 
     # -- the store -----------------------------------------------------------------------
 
@@ -517,6 +562,27 @@ def _full_problem(address: str) -> Problem:
         "to",
         f"กล่องจดหมายของ {address} เต็ม ส่งถึงไม่ได้ในขณะนี้",
         f"The mailbox of {address} is full; it cannot take this message now",
+    )
+
+
+def _scan_problem(verdict: Verdict) -> Problem:
+    if verdict.outcome is Outcome.VIRUS:
+        return Problem(
+            "attachments",
+            f"ไม่ได้ส่ง: พบไวรัสในข้อความหรือไฟล์แนบ ({verdict.detail}) กรุณานำไฟล์นั้นออก",
+            f"Not sent: a virus was found in the message or an attachment ({verdict.detail});"
+            " remove that file",
+        )
+    if verdict.outcome is Outcome.SPAM:
+        return Problem(
+            "body",
+            "ไม่ได้ส่ง: ระบบตรวจพบว่าข้อความนี้เป็นสแปม",
+            "Not sent: the message was judged to be spam",
+        )
+    return Problem(
+        "attachments",
+        "ไม่ได้ส่ง: ระบบตรวจไวรัสและสแปมไม่พร้อมใช้งานชั่วคราว กรุณาลองใหม่ภายหลัง",
+        "Not sent: virus and spam scanning is unavailable for now; please try again later",
     )
 
 
