@@ -90,6 +90,8 @@ from appliance.mail.mailboxes import (
     sync_new_messages,
 )
 from appliance.mail.mailstore import BodyUnavailable, QuotaExceeded
+from appliance.protection import Protection, ScannerUnavailable
+from appliance.protection.notice import pending_virus_notice, virus_notice
 from appliance.store.blobs import BlobCorrupt, BlobMissing
 from appliance.store.database import open_database
 from appliance.sync.central import (
@@ -226,8 +228,11 @@ class MailboxReplicator:
         whole_below: int | None = WHOLE_BELOW,
         fetch_bodies: bool = True,
         watch: LinkWatch | None = None,
+        protection: Protection | None = None,
     ) -> None:
         self.box = box
+        #: Scans what comes down before it is stored (docs/protection.md); None: off.
+        self.protection = protection
         #: Shared with the link monitor, which cuts waits short when the link returns.
         self.watch = watch or LinkWatch()
         self.status = status
@@ -373,7 +378,8 @@ class MailboxReplicator:
             except LinkDown as exc:
                 report.errors.append(f"{user.address}: {exc}")
                 return False
-            except (CommandFailed, QuotaExceeded, MailboxError, ImapProtocolError) as exc:
+            except (CommandFailed, QuotaExceeded, MailboxError, ImapProtocolError,
+                    ScannerUnavailable) as exc:  # fmt: skip
                 report.errors.append(f"{user.address}: {type(exc).__name__}: {exc}")
             except Exception as exc:  # a bug must not stop the other users' mail
                 log.exception("mailbox sync of %s failed", user.address)
@@ -452,6 +458,10 @@ class MailboxReplicator:
             await link.check(tag, "UID FETCH BODY", on_fetch)
             for remote_uid, content in sorted(bodies.items()):
                 message_id, mailbox_id, uid = remote[remote_uid]
+                virus = await self.scan(content)
+                if virus is not None:
+                    header = content[: content.find(b"\r\n\r\n") + 4]
+                    content = pending_virus_notice(header, virus, self.box.hostname)
                 await self.box.mailstore.fill_body(mailbox_id, uid, content)
                 stored.add(message_id)
             await link.run(conn.unselect() if "UNSELECT" in conn.capabilities else conn.noop())
@@ -461,6 +471,18 @@ class MailboxReplicator:
             if found is None or not found[4]:
                 stored.add(item[0])
         return stored
+
+    async def scan(self, content: bytes) -> str | None:
+        """Return the virus clamd finds in central mail about to be stored, or None.
+
+        Raises `ScannerUnavailable` while clamd is down: nothing from the centre is
+        stored unscanned; the batch is not committed and the next round takes it again
+        (what was stored before it is matched by content, never stored twice). Spam is
+        the centre's to judge: it accepted the message into the user's mailbox.
+        """
+        if self.protection is None:
+            return None
+        return await self.protection.scan_file(content)
 
     async def request_body(self, message_ids: Sequence[int]) -> None:
         """The `BodyFetcher` the mail store calls when a reader needs a pending body.
@@ -1035,8 +1057,14 @@ class _MailboxRound:
                     unstored[item.uid] = replace(mapped, flags=remote_flags)
                 self.report.matched += 1
             elif item.content is not None:
+                content = item.content
+                virus = await self.r.scan(content)
+                if virus is not None:
+                    log.warning("%s: central UID %d holds %s; its content is not kept",
+                                self.pair.local_name, item.uid, virus)  # fmt: skip
+                    content = virus_notice(content, virus, self.r.box.hostname)
                 _, local_uid = await self.r.mailboxes.append(
-                    self.user.address, self.pair.local_name, item.content,
+                    self.user.address, self.pair.local_name, content,
                     quota_bytes=self.user.quota_bytes, flags=remote_flags,
                     internal_date=item.internal_date,
                 )  # fmt: skip

@@ -51,7 +51,12 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         services.append(relay)
     if config.central_imap:
         mailboxes = MailboxReplicator(
-            box, status, clock, interval=config.sync_interval, watch=watch
+            box,
+            status,
+            clock,
+            interval=config.sync_interval,
+            watch=watch,
+            protection=box.protection,
         )
         monitor.on_up(mailboxes.wake)
         services.append(mailboxes)

@@ -16,6 +16,7 @@ import os
 import signal
 import smtplib
 import ssl
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import pytest
 import trio
 
 from appliance.store.settings import Settings
-from tests.harness import RunningBox, edgebox, init_box, require_tool, start_box, stored
+from tests.harness import RunningBox, curl, edgebox, init_box, require_tool, start_box, stored
 
 pytestmark = pytest.mark.slow
 
@@ -268,3 +269,30 @@ async def test_clamd_killed_in_a_burst_gives_451s_and_comes_back(box: RunningBox
         assert time.monotonic() < deadline, "clamd did not come back"
         await trio.sleep(1)
     assert engines_state(box)["clamd"]["restarts"] >= 1
+
+
+def upload(box: RunningBox, token: str, data: bytes, name: str) -> tuple[int, dict[str, object]]:
+    """POST /api/v1/uploads with Debian's curl; return (status, JSON body)."""
+    args = [require_tool("curl"), "-sS", "--cacert", str(box.ca), "-X", "POST",
+            "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/octet-stream",
+            "-H", "Accept-Language: en", "--data-binary", "@-", "-o", "-", "-w", "\n%{http_code}",
+            f"https://127.0.0.1:{box.port('https')}/api/v1/uploads?name={name}"]  # fmt: skip
+    done = subprocess.run(args, input=data, capture_output=True, timeout=60, check=True)
+    text, _, status = done.stdout.decode().rpartition("\n")
+    return int(status), json.loads(text)
+
+
+def test_a_chat_upload_with_eicar_is_refused_and_a_clean_one_taken(box: RunningBox) -> None:
+    credentials = {"address": f"alice@{DOMAIN}", "password": PASSWORD, "client": "app"}
+    _, session = curl(box, "POST", "/api/v1/session", credentials)
+    token = session["token"]
+    status, body = upload(box, token, EICAR, "eicar.com")
+    assert status == 422, body
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "virus_found"
+    assert "Edgebox-Test-EICAR" in str(error["message_en"])
+    assert "พบไวรัส" in str(error["message_th"])
+    status, body = upload(box, token, b"minutes of the meeting\n", "minutes.txt")
+    assert status == 201, body
+    assert "201 clean" in traffic_results(box)
