@@ -1,0 +1,44 @@
+"""The engines' configuration made from the box's settings, and the settings' checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.config import ConfigError, load_config
+from appliance.protection.engines import clamd_config, clamd_socket, rspamd_address, rspamd_config
+
+
+def test_box_engines_live_in_the_data_directory(tmp_path: Path) -> None:
+    values = {"port_offset": 100, "protection_rspamd_local": "/x/rules.conf"}
+    config = load_config(tmp_path, file_values=values)
+    assert clamd_socket(config) == tmp_path / "run" / "protection" / "clamd.sock"
+    assert rspamd_address(config) == ("127.0.0.1", 11433)
+    text = clamd_config(config)
+    assert f"LocalSocket {tmp_path}/run/protection/clamd.sock\n" in text
+    assert "DatabaseDirectory /var/lib/clamav\n" in text
+    # clamd must read the biggest message whole: one it cannot is an error, not clean.
+    assert int(text.split("StreamMaxLength ")[1].split()[0]) > config.max_message_size
+    conf = rspamd_config(config)
+    assert 'bind_socket = "127.0.0.1:11433"' in conf
+    assert '.include(try=true,priority=10) "/x/rules.conf"' in conf
+
+
+def test_system_engines_are_debians(tmp_path: Path) -> None:
+    config = load_config(tmp_path, file_values={"protection_engines": "system"})
+    assert str(clamd_socket(config)) == "/run/clamav/clamd.ctl"
+    assert rspamd_address(config) == ("127.0.0.1", 11333)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"protection_engines": "cloud"},
+        {"protection_submission_unavailable": "maybe"},
+        {"protection_junk_score": 20.0, "protection_reject_score": 10.0},
+    ],
+)
+def test_settings_that_cannot_work_are_refused(tmp_path: Path, values: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="protection_"):
+        load_config(tmp_path, file_values=values)
