@@ -71,6 +71,7 @@ from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.panel import BoxView, BoxViewSlot, panel_service
+from appliance.protection.commands import add_threshold_command
 from appliance.protection.engines import EngineWatch
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
@@ -213,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     agency_add.add_argument("domain", help="the agency's mail domain, e.g. moph.go.th")
     agency_add.add_argument("--name", help="the agency's name (Thai)")
     agency_add.add_argument("--name-en", help="the agency's name (English)")
+    add_threshold_command(agency_commands)
     agency_list = agency_commands.add_parser("list", help="list the agencies the box serves")
     agency_list.set_defaults(handler=_agency_list)
     agency_list.add_argument(

@@ -42,3 +42,27 @@ def test_system_engines_are_debians(tmp_path: Path) -> None:
 def test_settings_that_cannot_work_are_refused(tmp_path: Path, values: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="protection_"):
         load_config(tmp_path, file_values=values)
+
+
+def test_agency_thresholds_command_sets_what_the_scanner_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.cli import main
+    from appliance.protection.engines import protection_from_config
+    from appliance.protection.verdict import Thresholds
+    from appliance.store.settings import Settings
+
+    data = ["--data", str(tmp_path)]
+    assert main(["agency", "thresholds", *data, "moe.go.th", "--junk-score", "4",
+                 "--reject-score", "9"]) == 0  # fmt: skip
+    assert main(["agency", "thresholds", *data, "moe.go.th", "--junk-score", "12"]) == 2
+    settings = Settings(tmp_path / "config.json")
+    try:
+        scanner = protection_from_config(load_config(tmp_path), lambda: settings.get("protection"))
+        assert scanner.thresholds_for("moe.go.th") == Thresholds(4.0, 9.0)
+        assert scanner.thresholds_for("other.go.th") == Thresholds(6.0, 15.0)
+        assert main(["agency", "thresholds", *data, "moe.go.th", "--default"]) == 0
+        assert scanner.thresholds_for("moe.go.th") == Thresholds(6.0, 15.0)
+    finally:
+        settings.close()
+    assert "moe.go.th" in capsys.readouterr().out
