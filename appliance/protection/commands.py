@@ -38,7 +38,8 @@ def _thresholds(args: argparse.Namespace) -> int:
     settings = Settings(args.data / "config.json")
     try:
         section = settings.get(SECTION)
-        current = section.get(domain) if isinstance(section.get(domain), dict) else {}
+        found = section.get(domain)
+        current: dict[str, Any] = found if isinstance(found, dict) else {}
         if args.default:
             settings.update(SECTION, {domain: {}})  # update merges: empty means default
             print(f"{domain}: the box's default scores")
