@@ -75,7 +75,15 @@ async def gather_snapshot(
         data_dir=data_dir,
         certificates=certificates,
         backup=[check_last_backup(data_dir, box.config.backup_target, now)],
-        protection=[check_engines(data_dir, box.config.protection, box_running, now)],
+        protection=[
+            check_engines(
+                data_dir,
+                box.config.protection,
+                box_running,
+                now,
+                box.config.protection_submission_unavailable,
+            )
+        ],
         limits=Limits.from_config(box.config),
         box_running=box_running,
         services=dict(services),

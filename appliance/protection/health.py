@@ -12,8 +12,11 @@ from appliance.protection.engines import PROBE_INTERVAL, read_state
 STALE_AFTER = 6 * PROBE_INTERVAL
 
 
-def check_engines(data_dir: Path, enabled: bool, box_running: bool, now: float) -> Finding:
-    """One finding on the scanning engines."""
+def check_engines(
+    data_dir: Path, enabled: bool, box_running: bool, now: float, submission: str = "tempfail"
+) -> Finding:
+    """One finding on the scanning engines; *submission* is the setting
+    ``protection_submission_unavailable``, said with a failure."""
     if not enabled:
         # Shown, not judged: a box without the engines installed (development, the
         # demo) is not unhealthy; the image turns scanning on (docs/protection.md).
@@ -36,9 +39,14 @@ def check_engines(data_dir: Path, enabled: bool, box_running: bool, now: float) 
     ]  # fmt: skip
     if down:
         names = " and ".join(down)
+        sub_en = ("submission accepts mail unscanned" if submission == "accept"
+                  else "submission too")  # fmt: skip
+        sub_th = ("พอร์ตส่งจดหมายรับโดยไม่ตรวจ" if submission == "accept"
+                  else "พอร์ตส่งจดหมายก็เช่นกัน")  # fmt: skip
         return Finding("protection", Level.ERROR,
-                       f"{names} not answering: incoming mail is refused for now (451 4.7.1)",
-                       f"{names} ไม่ตอบสนอง: ปฏิเสธจดหมายเข้าชั่วคราว (451 4.7.1)",
+                       f"{names} not answering: incoming mail is refused for now (451 4.7.1);"
+                       f" {sub_en}",
+                       f"{names} ไม่ตอบสนอง: ปฏิเสธจดหมายเข้าชั่วคราว (451 4.7.1); {sub_th}",
                        "wait a minute (the box restarts it); if it stays, see docs/protection.md",
                        "รอสักครู่ (เครื่องจะเริ่มใหม่เอง) หากยังไม่หาย ดู docs/protection.md")  # fmt: skip
     return Finding("protection", Level.OK, "clamd and rspamd answer; mail is scanned",

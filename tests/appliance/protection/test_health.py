@@ -37,6 +37,9 @@ def test_an_engine_down_is_an_error_that_names_it_and_the_451(tmp_path: Path) ->
     assert "clamd" in finding.en
     assert "451" in finding.en
     assert "clamd" in finding.th
+    assert "submission too" in finding.en
+    accepting = check_engines(tmp_path, True, True, NOW, submission="accept")
+    assert "submission accepts mail unscanned" in accepting.en
 
 
 def test_a_stale_or_missing_file_is_an_error(tmp_path: Path) -> None:
