@@ -59,9 +59,9 @@ log = logging.getLogger("edgebox.chat")
 RING_SIZE = 10_000
 #: How far past RING_SIZE the ring grows before its oldest events are dropped, as a
 #: share of RING_SIZE: they go a batch at a time, as each cut shifts the whole list.
-#: An event takes about 2-2.5 KB in memory (a text post: its decoded payload, and its
-#: stream text once sent), so this share is what bounds the ring: 11,250 events, about
-#: 28 MB. Twice RING_SIZE, as before, let it reach 20,000 and 50 MB on a busy hub
+#: An event takes about 2-3 KB in memory (a text post: its decoded payload, and its
+#: stream text once sent), so this share is what bounds the ring: 11,250 events, 22-34
+#: MB. Twice RING_SIZE, as before, let it reach 20,000 and 40-60 MB on a busy hub
 #: (issue 24 soak, where it was part of what grew).
 RING_SLACK = 1 / 8
 
