@@ -54,7 +54,7 @@ CUTS = int(os.environ.get("SOAK_CUTS", "1000"))
 #: How much the last third's mean RSS, less SQLite's growth, may exceed the first
 #: third's, per process: 10 % of the first third, and never less than 4 MiB. What it
 #: leaves room for is bounded too, but not filled within the soak: chat's ring of the
-#: last 10,000 events (appliance/chat/stream.py; the soak makes about 2 a second),
+#: last 10,000-11,250 events (appliance/chat/stream.py; the soak makes under 1 a second),
 #: trio's heap of deadlines (pruned at 1,000 stale), the allocators' free lists.
 RSS_TOLERANCE = 0.10
 RSS_FLOOR = 4 * 1024 * 1024
