@@ -260,7 +260,7 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
                     disk_guard=DiskGuard(data_dir, PsutilReadings(), config.disk_hard_free),
                     metrics=BoxMetrics(),
                     protection=(
-                        protection_from_config(config, lambda: settings.get("protection"))
+                        protection_from_config(config, lambda: settings.get("protection"), hostname)
                         if config.protection
                         else None
                     ),

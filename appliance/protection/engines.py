@@ -147,7 +147,9 @@ class EngineState:
     error: str = ""
 
 
-def protection_from_config(config: Config, agencies: Any = None) -> Protection:
+def protection_from_config(
+    config: Config, agencies: Any = None, hostname: str | None = None
+) -> Protection:
     """The scanning façade for *config*; *agencies* reads the per-agency section."""
     defaults = Thresholds(config.protection_junk_score, config.protection_reject_score)
 
@@ -171,6 +173,7 @@ def protection_from_config(config: Config, agencies: Any = None) -> Protection:
         RspamdClient(host, port, config.protection_scan_timeout),
         lookup,
         submission_unavailable=config.protection_submission_unavailable,
+        hostname=hostname or config.hostname or "edgebox",
     )
 
 

@@ -23,7 +23,8 @@ import h11
 import trio
 
 from appliance.protection import clamd, rspamd
-from appliance.protection.verdict import Outcome, Thresholds, Verdict, decide
+from appliance.protection.notice import pending_virus_notice, virus_notice
+from appliance.protection.verdict import Outcome, Thresholds, Verdict, decide, scan_headers
 
 log = logging.getLogger("edgebox.protection")
 
@@ -144,8 +145,11 @@ class Protection:
         thresholds_for: Callable[[str], Thresholds] = lambda domain: Thresholds(),
         *,
         submission_unavailable: str = "tempfail",
+        hostname: str = "edgebox",
     ) -> None:
         self.clamd = clamd_client
+        #: The box's name, in the headers and notices it adds.
+        self.hostname = hostname
         self.rspamd = rspamd_client
         self.thresholds_for = thresholds_for
         #: "tempfail" (default) or "accept": what submission does when a scanner is down.
@@ -174,6 +178,18 @@ class Protection:
                 log.warning("scanner unavailable: %s", results[name])
                 return Verdict(Outcome.UNAVAILABLE, str(results[name]), thresholds=thresholds)
         return decide(results["clamd"], results["rspamd"], thresholds)
+
+    def headers(self, verdict: Verdict) -> bytes:
+        """The scan header fields to put on top of an accepted message."""
+        return scan_headers(verdict, self.hostname)
+
+    def virus_notice(self, content: bytes, signature: str) -> bytes:
+        """The message kept in place of replicated *content* holding *signature*."""
+        return virus_notice(content, signature, self.hostname)
+
+    def pending_virus_notice(self, header: bytes, signature: str) -> bytes:
+        """The body filled in for a listed message whose body holds *signature*."""
+        return pending_virus_notice(header, signature, self.hostname)
 
     async def scan_file(self, data: bytes) -> str | None:
         """Return the virus signature in *data*, or None; raises `ScannerUnavailable`."""

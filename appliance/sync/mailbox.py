@@ -91,7 +91,6 @@ from appliance.mail.mailboxes import (
 )
 from appliance.mail.mailstore import BodyUnavailable, QuotaExceeded
 from appliance.protection import Protection, ScannerUnavailable
-from appliance.protection.notice import pending_virus_notice, virus_notice
 from appliance.store.blobs import BlobCorrupt, BlobMissing
 from appliance.store.database import open_database
 from appliance.sync.central import (
@@ -459,9 +458,9 @@ class MailboxReplicator:
             for remote_uid, content in sorted(bodies.items()):
                 message_id, mailbox_id, uid = remote[remote_uid]
                 virus = await self.scan(content)
-                if virus is not None:
+                if virus is not None and self.protection is not None:
                     header = content[: content.find(b"\r\n\r\n") + 4]
-                    content = pending_virus_notice(header, virus, self.box.hostname)
+                    content = self.protection.pending_virus_notice(header, virus)
                 await self.box.mailstore.fill_body(mailbox_id, uid, content)
                 stored.add(message_id)
             await link.run(conn.unselect() if "UNSELECT" in conn.capabilities else conn.noop())
@@ -1059,10 +1058,10 @@ class _MailboxRound:
             elif item.content is not None:
                 content = item.content
                 virus = await self.r.scan(content)
-                if virus is not None:
+                if virus is not None and self.r.protection is not None:
                     log.warning("%s: central UID %d holds %s; its content is not kept",
                                 self.pair.local_name, item.uid, virus)  # fmt: skip
-                    content = virus_notice(content, virus, self.r.box.hostname)
+                    content = self.r.protection.virus_notice(content, virus)
                 _, local_uid = await self.r.mailboxes.append(
                     self.user.address, self.pair.local_name, content,
                     quota_bytes=self.user.quota_bytes, flags=remote_flags,

@@ -28,9 +28,9 @@ from appliance.mail.smtp.policy import (
     parse_trusted_relays,
 )
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
-from appliance.protection import Outcome, Verdict, rspamd
+from appliance.protection import Outcome, Protection, Verdict, rspamd
 from appliance.protection import smtp as scanning
-from appliance.protection.verdict import scan_headers, strip_scan_headers
+from appliance.protection.verdict import strip_scan_headers
 
 log = logging.getLogger("edgebox.smtp")
 
@@ -230,11 +230,12 @@ class SMTPSession:
             self.recipients = []
             return
         content, folder = event.content, "INBOX"
-        verdict = await self._scan(event)
-        if verdict is not None:
+        protection = box.protection
+        verdict = await self._scan(protection, event) if protection is not None else None
+        if protection is not None and verdict is not None:
             reply = scanning.refusal(
                 verdict, submission=self.service.port.submission,
-                submission_unavailable=box.config.protection_submission_unavailable,
+                submission_unavailable=protection.submission_unavailable,
             )  # fmt: skip
             if reply is not None:
                 await self._record_message(event, reply, verdict=verdict)
@@ -243,7 +244,7 @@ class SMTPSession:
                 return
             if verdict.accepted:
                 # A sender's own X-Spam-* fields go: only the box's may say "scanned".
-                content = scan_headers(verdict, box.hostname) + strip_scan_headers(content)
+                content = protection.headers(verdict) + strip_scan_headers(content)
                 folder = "Junk" if verdict.outcome is Outcome.JUNK else "INBOX"
         envelope = Envelope(
             sender=event.reverse_path,
@@ -285,11 +286,8 @@ class SMTPSession:
             conn.accept(accepted)
         self.recipients = []
 
-    async def _scan(self, event: smtp.MessageData) -> Verdict | None:
-        """Scan the message (appliance.protection), or None when scanning is off."""
-        protection = self.service.box.protection
-        if protection is None:
-            return None
+    async def _scan(self, protection: Protection, event: smtp.MessageData) -> Verdict:
+        """Scan the message before it is accepted (appliance.protection)."""
         user = self.conn.authenticated_as
         if self.service.port.submission:
             # The sender's agency sets the thresholds of what its users send.

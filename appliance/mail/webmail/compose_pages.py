@@ -70,7 +70,6 @@ from appliance.mail.webmail.compose import (
 from appliance.protection import Outcome, Verdict
 from appliance.protection import smtp as scanning
 from appliance.protection.rspamd import Envelope as scan_envelope
-from appliance.protection.verdict import scan_headers
 from appliance.web.i18n import THAILAND, format_size
 from appliance.web.pages import PageKit, redirect
 from appliance.web.routes import ApiError, Request, Response, Route
@@ -399,7 +398,7 @@ class ComposePages:
         )  # fmt: skip
         refusal = scanning.refusal(
             verdict, submission=True,
-            submission_unavailable=self.box.config.protection_submission_unavailable,
+            submission_unavailable=protection.submission_unavailable,
         )  # fmt: skip
         if refusal is not None:
             result = f"{refusal.code} {refusal.enhanced} {verdict.log_result()}"
@@ -410,7 +409,7 @@ class ComposePages:
             return content, "INBOX", f" {verdict.log_result()}"
         folder = "Junk" if verdict.outcome is Outcome.JUNK else "INBOX"
         return (
-            scan_headers(verdict, self.box.hostname) + content,
+            protection.headers(verdict) + content,
             folder,
             f" {verdict.log_result()}",
         )
