@@ -130,3 +130,17 @@ async def test_replicated_mail_with_a_virus_is_kept_as_a_notice(
     assert "นำเนื้อหาและไฟล์แนบออก".encode() in notice
     again = await env.sync(protection=protection_from_config(engines))
     assert (again.fetched, again.appended) == (0, 0)
+
+
+async def test_a_listed_body_with_a_virus_is_filled_with_a_notice(
+    env: Env, engines: Config
+) -> None:
+    await env.central.append("INBOX", infected_mail(2))
+    # Above whole_below a message is listed first and its body fetched after.
+    report = await env.sync(protection=protection_from_config(engines), whole_below=100)
+    assert report.ok, report.errors
+    [row] = await env.box.mailstore.messages(USER, "INBOX")
+    content = await env.box.mailstore.content(row)
+    assert b"Subject: infected 2" in content
+    assert EICAR not in content and base64.b64encode(EICAR)[:20] not in content
+    assert b"[virus removed by edgebox: Edgebox-Test-EICAR" in content
