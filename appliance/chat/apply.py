@@ -154,9 +154,7 @@ class EventApplier:
             blobs += self.expire(conn, message_id, "read", now)
         return blobs
 
-    def expire(
-        self, conn: Conn, message_id: str, reason: str, now: float, *, push: bool = True
-    ) -> list[str]:
+    def expire(self, conn: Conn, message_id: str, reason: str, now: float) -> list[str]:
         """Delete a message entirely (read, past its time, refused); return its blobs."""
         row = conn.execute("SELECT room_id FROM messages WHERE id = ?", (message_id,)).fetchone()
         if row is None:
@@ -170,7 +168,6 @@ class EventApplier:
             {"message_id": message_id, "reason": reason},
             now,
             message_id=message_id,
-            push=push,
         )
         return remove_messages(conn, [message_id])
 

@@ -142,7 +142,7 @@ class EdgeSync:
             if isinstance(content, dict) and not snapshot.get("secret"):
                 # The author's own words, so they can send them again elsewhere.
                 notice["content"] = content
-            blobs += self._apply.expire(conn, event.id, "rejected", now, push=False)
+            blobs += self._apply.expire(conn, event.id, "rejected", now)
         elif event.type == "room.created":
             room = read_room(conn, room_id)
             if room is not None and not room.deleted:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from appliance.chat.apply import EventApplier
 from appliance.chat.errors import ChatError
 from appliance.chat.messages import clean_text
-from appliance.chat.models import ROOM_KINDS, Room, RoomOptions
+from appliance.chat.models import ROOM_KINDS, Room, RoomKind, RoomOptions
 from appliance.chat.rules import RoomPolicy
 from appliance.chat.settings import AgencySettings
 from appliance.chat.tables import (
@@ -117,34 +117,42 @@ class Rooms:
 
         def job(conn: Conn) -> Room:
             if other is not None:
-                RoomPolicy.check_direct(
-                    actor,
-                    other,
-                    public_mode=public,
-                    restricting_rooms=restricting_rooms(conn, actor.address, other.address),
-                )
-            room_id = self._w.next_id(conn)
-            room = Room(
-                room_id,
-                kind,
-                name,
-                actor.address,
-                actor.address,
-                parsed,
-                now,
-                members=frozenset(addresses),
-            )
-            self._apply.commit(
-                conn,
-                "room.created",
-                room_id,
-                {"room": room.to_json(), "addresses": sorted(addresses)},
-                now,
-                event_id=room_id,
-            )
-            return room
+                _check_direct(conn, actor, other, public)
+            return self._create(conn, actor, kind, name, parsed, addresses, now)
 
         return await self._w.write(job)
+
+    def _create(
+        self,
+        conn: Conn,
+        actor: User,
+        kind: RoomKind,
+        name: str | None,
+        options: RoomOptions,
+        addresses: set[str],
+        now: float,
+    ) -> Room:
+        """Make a room owned by *actor* (rules checked): its event, applied; return it."""
+        room_id = self._w.next_id(conn)
+        room = Room(
+            room_id,
+            kind,
+            name,
+            actor.address,
+            actor.address,
+            options,
+            now,
+            members=frozenset(addresses),
+        )
+        self._apply.commit(
+            conn,
+            "room.created",
+            room_id,
+            {"room": room.to_json(), "addresses": sorted(addresses)},
+            now,
+            event_id=room_id,
+        )
+        return room
 
     async def _audience(self, actor: User, options: RoomOptions) -> tuple[RoomOptions, list[str]]:
         """Return a broadcast room's audience: its agency, or the chosen units of it."""
@@ -187,34 +195,10 @@ class Rooms:
             row = conn.execute(ROOM_COLUMNS + " WHERE pair = ?", (pair,)).fetchone()
             if row is not None:
                 return room_from_row(conn, row), False
-            RoomPolicy.check_direct(
-                actor,
-                other,
-                public_mode=public,
-                restricting_rooms=restricting_rooms(conn, actor.address, other.address),
-            )
-            room_id = self._w.next_id(conn)
-            addresses = frozenset({actor.address, other.address})
-            room = Room(
-                room_id,
-                "direct",
-                None,
-                actor.address,
-                actor.address,
-                RoomOptions(),
-                now,
-                members=addresses,
-            )
-            # The direct pair is the room's members, which is how applying the event
-            # keeps it (`pair` in the rooms table).
-            self._apply.commit(
-                conn,
-                "room.created",
-                room_id,
-                {"room": room.to_json(), "addresses": sorted(addresses)},
-                now,
-                event_id=room_id,
-            )
+            _check_direct(conn, actor, other, public)
+            # Applying the event keeps the pair of a direct room (`rooms.pair`).
+            addresses = {actor.address, other.address}
+            room = self._create(conn, actor, "direct", None, RoomOptions(), addresses, now)
             return room, True
 
         return await self._w.write(job)
@@ -458,3 +442,13 @@ class Rooms:
             if user is not None:
                 found[address] = user
         return addresses, found
+
+
+def _check_direct(conn: Conn, actor: User, other: User, public: bool) -> None:
+    """Apply the direct-chat rule with the no-private-chat rooms both are in."""
+    RoomPolicy.check_direct(
+        actor,
+        other,
+        public_mode=public,
+        restricting_rooms=restricting_rooms(conn, actor.address, other.address),
+    )
