@@ -494,9 +494,18 @@ class EventApplier:
         return []
 
     def _target(
-        self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
+        self,
+        conn: Conn,
+        event: ReplicatedEvent,
+        room: Room,
+        authority: Authority | None,
+        action: tuple[str, str],
     ) -> Message | None:
-        """Return the message an edit or deletion is about (None: not held here)."""
+        """Return the message an edit or deletion (*action*) is about, once checked.
+
+        With an *authority* only its sender may, and only while it stands; without,
+        None when there is nothing to change here (not held, or deleted already).
+        """
         message_id = required(event.payload, "message_id", str)
         row = conn.execute(
             MESSAGE_COLUMNS + " FROM messages m WHERE m.id = ? AND m.room_id = ?",
@@ -506,18 +515,19 @@ class EventApplier:
             if authority is not None:
                 raise not_found("message", "ข้อความ")
             return None
-        return message_from_row(row)
+        message = message_from_row(row)
+        if authority is not None:
+            authority.check_actor(event.actor())
+            RoomPolicy.check_author(message, str(event.actor()), *action)
+        elif message.deleted:
+            return None
+        return message
 
     def _apply_edited(
         self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
     ) -> list[str]:
-        message = self._target(conn, event, room, authority)
+        message = self._target(conn, event, room, authority, ("edit", "แก้ไข"))
         if message is None:
-            return []
-        if authority is not None:
-            authority.check_actor(event.actor())
-            RoomPolicy.check_author(message, str(event.actor()), "edit", "แก้ไข")
-        elif message.deleted:
             return []
         # A secret message's new text travels only in the snapshot, never in the event.
         source = event.message if message.secret and event.message else event.payload
@@ -542,12 +552,8 @@ class EventApplier:
     def _apply_deleted_message(
         self, conn: Conn, event: ReplicatedEvent, room: Room, authority: Authority | None
     ) -> list[str]:
-        message = self._target(conn, event, room, authority)
+        message = self._target(conn, event, room, authority, ("delete", "ลบ"))
         if message is None:
-            return []
-        if authority is not None:
-            RoomPolicy.check_author(message, str(event.actor()), "delete", "ลบ")
-        elif message.deleted:
             return []
         blobs = remove_content(conn, message.id)
         conn.execute(
