@@ -94,14 +94,14 @@ def test_the_ring_holds_at_most_its_size_and_slack(monkeypatch: pytest.MonkeyPat
     # Issue 24: the ring's bound is what a busy hub holds in memory; cut in batches of
     # an eighth, never let to double.
     monkeypatch.setattr(stream_module, "RING_SIZE", 16)
-    hub = StreamHub(0, [("a@x.go.th", "r1")])
+    fanout = Fanout(0, [("a@x.go.th", "r1")])
     held = []
     for cursor in range(1, 101):
-        hub.publish([_event(cursor, "message.posted", "r1")])
-        held.append(hub.published - hub.ring_floor)  # cursors here are consecutive
+        fanout.publish([_event(cursor, "message.posted", "r1")])
+        held.append(fanout.published - fanout.ring_floor)  # cursors here are consecutive
     assert max(held) == 16 + 2
     assert min(held[40:]) == 16
-    assert hub.recent("a@x.go.th", hub.ring_floor, 100) is not None
+    assert fanout.recent("a@x.go.th", fanout.ring_floor, 100) is not None
 
 
 async def test_a_parked_stream_gets_events_through_its_sink_without_waking() -> None:
