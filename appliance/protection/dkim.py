@@ -44,12 +44,20 @@ from datetime import date
 from pathlib import Path
 
 import dkim
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appliance.mail import headers
 from appliance.security.keys import seal, shred, unseal
 from appliance.store.files import write_atomically
+
+log = logging.getLogger("edgebox.dkim")
+#: dkimpy's own complaints (a missing key, a bad signature) under our name.
+_dkimpy_log = logging.getLogger("edgebox.dkim.dkimpy")
 
 #: RFC 6376 §3.3.3 / RFC 8301 §3.2: at least 1024 bits, 2048 recommended.
 KEY_BITS = 2048
@@ -347,20 +355,37 @@ def verify(content: bytes, dnsfunc: DnsFunc) -> list[DkimResult]:
     ]
     if not signatures:
         return [DkimResult("none")]
-    checker = dkim.DKIM(content, logger=_dkimpy_log, minkey=1024, timeout=DNS_TIMEOUT)
+    signatures = signatures[:MAX_SIGNATURES]
+    try:
+        checker = dkim.DKIM(content, logger=_dkimpy_log, minkey=1024, timeout=DNS_TIMEOUT)
+    except Exception as exc:
+        # Whatever dkimpy makes of hostile bytes, the message still gets its verdict
+        # (and is accepted or refused by the rest of the MX), never a failed session.
+        reason = _reason(f"message unreadable: {exc}")
+        return [
+            DkimResult("permerror", t.get("d") or None, t.get("s") or None, reason)
+            for t in signatures
+        ]
     results: list[DkimResult] = []
-    for index, tags in enumerate(signatures[:MAX_SIGNATURES]):
+    for index, tags in enumerate(signatures):
         domain, selector = tags.get("d") or None, tags.get("s") or None
         lookup = _KeyLookup(dnsfunc)
         try:
             ok = checker.verify(idx=index, dnsfunc=lookup)
+        except dkim.DnsTimeoutError:
+            results.append(DkimResult("temperror", domain, selector, "key lookup timed out"))
+            continue
         except dkim.ValidationError as exc:
             # dkimpy raises for a body hash mismatch (RFC 6376 §6.1.3): verification
             # failed, a "fail" (RFC 8601 §2.7.1); its other checks are of the signature's form.
             verdict = "fail" if "body hash mismatch" in str(exc) else "permerror"
             results.append(DkimResult(verdict, domain, selector, _reason(str(exc))))
             continue
-        except dkim.DKIMException as exc:
+        except Exception as exc:
+            # dkimpy's own errors (DKIMException) and anything else its parsers raise
+            # on malformed signatures: the signature cannot be evaluated (RFC 8601 §2.7.1).
+            if not isinstance(exc, dkim.DKIMException):
+                log.warning("DKIM: dkimpy failed on signature %d: %r", index, exc)
             results.append(DkimResult("permerror", domain, selector, _reason(str(exc))))
             continue
         if ok:
@@ -371,9 +396,6 @@ def verify(content: bytes, dnsfunc: DnsFunc) -> list[DkimResult]:
             verdict, reason = lookup.verdict()
             results.append(DkimResult(verdict, domain, selector, reason))
     return results
-
-
-_dkimpy_log = logging.getLogger("edgebox.dkim.verify")
 
 
 class _KeyLookup:
@@ -406,6 +428,9 @@ class _KeyLookup:
             return "permerror", "no key for signature"
         if self.outcome == "unusable":
             return "permerror", "unusable key"
+        if self.outcome == "not asked":
+            # dkimpy gave up before the look-up: the signature field itself is unusable.
+            return "permerror", "signature unreadable"
         return "fail", "signature did not verify"
 
 
@@ -502,9 +527,27 @@ def authenticate_inbound(content: bytes, our_id: str, dnsfunc: DnsFunc) -> bytes
     return results_field(our_id, results) + without_our_results(content, our_id)
 
 
-def system_dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-    """Look up a TXT record through the system resolver (dnspython, via dkimpy)."""
-    from dkim.dnsplug import get_txt
+def system_dnsfunc(name: bytes, timeout: float = DNS_TIMEOUT) -> bytes | None:
+    """Look up a DKIM key's TXT record through the system resolver (dnspython).
 
-    result: bytes | None = get_txt(name, timeout=timeout)
-    return result
+    No record (NXDOMAIN, no TXT) is None: a PERMFAIL for the signature. A timeout, a
+    SERVFAIL or no resolver at all is `dkim.DnsTimeoutError`: a TEMPFAIL (RFC 6376
+    §6.1.2), which a cut of the link must never turn into a permanent verdict.
+    """
+    try:
+        qname = dns.name.from_text(name.decode("ascii"))
+    except (UnicodeError, dns.exception.DNSException):
+        return None  # not a name that can have a key
+    try:
+        answer = dns.resolver.resolve(
+            qname, "TXT", lifetime=timeout, search=False, raise_on_no_answer=False
+        )
+    except dns.resolver.NXDOMAIN:
+        return None
+    except dns.exception.DNSException as exc:
+        raise dkim.DnsTimeoutError(f"{qname}: {exc}") from None
+    for rrset in answer.response.answer:
+        if rrset.rdtype == dns.rdatatype.TXT:
+            # RFC 6376 §3.6.2.2: the strings of one record are joined without spaces.
+            return b"".join(next(iter(rrset)).strings)
+    return None

@@ -12,6 +12,7 @@ import email
 import email.policy
 import os
 import smtplib
+import socket
 import stat
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
+import dns.resolver
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.box import Box, init_box, open_box
@@ -391,3 +393,58 @@ def test_zone_lines_cut_long_values_into_255_octet_strings() -> None:
     strings = line.split('( "')[1].split('" )')[0].split('" "')
     assert [len(s) for s in strings] == [255, 255, 101]
     assert "".join(strings) == record.value
+
+
+# -- hostile input, and the production look-up ------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"DKIM-Signature: v=1; a=rsa-sha256; d=a.go.th; s=eb20261207; b=AAAA; bh=AAAA;"
+                b" h=from\r\n",
+                b"DKIM-Signature: \r\n",
+                b"DKIM-Signature: v=1; d=; s=\x00; h=;;==\r\n",
+                b"DKIM-Signature: v=1; a=rsa-sha256; d=x..y; s=-; c=bogus/bogus; b=!!; bh=\r\n",
+                b"From: somchai@a.go.th\r\n",
+                b"\tfolded continuation\r\n",
+                b"Subject: \xff\xfe\r\n",
+                b"no colon here\r\n",
+            ]
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.binary(max_size=100),
+)
+def test_hostile_signatures_get_a_verdict_never_an_exception(
+    lines: list[bytes], body: bytes
+) -> None:
+    message = b"".join(lines) + b"\r\n" + body
+    out = dkim.authenticate_inbound(message, HOST, dict_dns({}))
+    (field,) = results_of(out)
+    assert field.startswith("mail.a.go.th; dkim=")
+    assert "dkim=pass" not in field
+
+
+def test_system_lookup_finds_misses_and_times_out(
+    keyring: dkim.DkimKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = dns_of(keyring)
+    (name,) = records
+    with txt_server(records) as port:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = port
+        monkeypatch.setattr(dns.resolver, "default_resolver", resolver)
+        assert dkim.system_dnsfunc(name.encode() + b".") == records[name].encode()
+        assert dkim.system_dnsfunc(b"nobody._domainkey.a.go.th.") is None
+        assert dkim.system_dnsfunc(b"\xff\xfe") is None
+    # A server that never answers: a temporary error, never "no key".
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        resolver.port = silent.getsockname()[1]
+        with pytest.raises(dkim.dkim.DnsTimeoutError):
+            dkim.system_dnsfunc(name.encode(), timeout=0.5)
