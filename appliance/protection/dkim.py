@@ -346,6 +346,11 @@ class DkimResult:
     reason: str | None = None
 
 
+def is_signed(content: bytes) -> bool:
+    """Tell whether *content* has a DKIM-Signature field (and so needs key look-ups)."""
+    return any(name.lower() == "dkim-signature" for name, _ in headers.parse_headers(content))
+
+
 def verify(content: bytes, dnsfunc: DnsFunc) -> list[DkimResult]:
     """Verify each DKIM-Signature of *content* (at most `MAX_SIGNATURES`); none: [none]."""
     signatures = [

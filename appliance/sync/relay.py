@@ -786,10 +786,10 @@ class OutboundRelay:
         if domain is None or await self.box.directory.agency(domain) is None:
             return content
         keyring = dkim.DkimKeyring(self.keys_dir)
+        today = datetime.now(UTC).date()
 
         def signed() -> bytes:
             try:
-                keyring.ensure(domain, datetime.now(UTC).date())
                 return dkim.sign_outbound(keyring, content)
             except (dkim.DkimKeyError, KeyMaterialError) as exc:
                 # A damaged key must not hold the agency's mail: it goes unsigned, and
@@ -797,9 +797,15 @@ class OutboundRelay:
                 log.error("DKIM: cannot sign for %s, sending unsigned: %s", domain, exc)
                 return content
 
-        # One at a time: sessions sending at once must not both make an agency's first key.
-        async with self._dkim_lock:
-            return await trio.to_thread.run_sync(signed)
+        try:
+            # One at a time: sessions sending at once must not both make an agency's
+            # first key. Once it exists this is one small file read.
+            async with self._dkim_lock:
+                await trio.to_thread.run_sync(keyring.ensure, domain, today)
+        except (dkim.DkimKeyError, KeyMaterialError, OSError) as exc:
+            log.error("DKIM: no key for %s, sending unsigned: %s", domain, exc)
+            return content
+        return await trio.to_thread.run_sync(signed)
 
     async def _deliver_chunks(
         self,

@@ -232,9 +232,13 @@ class SMTPSession:
         content = event.content
         if self.service.port is Port.MX:
             # RFC 8601: the DKIM verdict on top, for the recipients' clients and filters.
-            content = await trio.to_thread.run_sync(
-                dkim.authenticate_inbound, content, box.hostname, self.service.dkim_dns
-            )
+            # Only a signed message needs the DNS (and so a worker thread).
+            if dkim.is_signed(content):
+                content = await trio.to_thread.run_sync(
+                    dkim.authenticate_inbound, content, box.hostname, self.service.dkim_dns
+                )
+            else:
+                content = dkim.authenticate_inbound(content, box.hostname, self.service.dkim_dns)
         envelope = Envelope(
             sender=event.reverse_path,
             recipients=tuple(self.recipients),

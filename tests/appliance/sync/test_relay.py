@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -738,3 +739,16 @@ async def test_mail_leaves_signed_once_even_when_sent_again(
     assert [r.result for r in results] == ["pass"]
     # The author is not of an agency this box serves: not ours to sign.
     assert b"DKIM-Signature:" not in by_subject["foreign"]
+
+
+async def test_a_damaged_dkim_key_lets_mail_go_unsigned(
+    box: Box, relay_server: ScriptedRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    keyring = dkim.DkimKeyring(box.config.data_dir / "keys")
+    keys = keyring.ensure(DOMAIN, date(2026, 12, 7))
+    (box.config.data_dir / "keys" / f"dkim-{DOMAIN}-{keys.active}.sealed").write_bytes(b"\1junk")
+    await queue(box, "unsigned")
+    await relay_until_drained(box, relay_server, manual_clock(), "sent unsigned")
+    (accepted,) = relay_server.accepted
+    assert b"DKIM-Signature:" not in accepted.content
+    assert "sending unsigned" in caplog.text
