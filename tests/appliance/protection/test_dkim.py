@@ -448,3 +448,40 @@ def test_system_lookup_finds_misses_and_times_out(
         resolver.port = silent.getsockname()[1]
         with pytest.raises(dkim.dkim.DnsTimeoutError):
             dkim.system_dnsfunc(name.encode(), timeout=0.5)
+
+
+async def test_a_resend_with_another_verdict_is_still_stored_once(
+    box: Box, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # The first try's key look-up times out (temperror), the resend's passes: the two
+    # copies differ only in our Authentication-Results, a trace field (RFC 8601 §2.1).
+    sender_keys = tmp_path / "sender-keys"
+    create_box_keys(sender_keys)
+    sender = dkim.DkimKeyring(sender_keys)
+    sender.ensure("b.go.th", TODAY)
+    message = MESSAGE.replace(b"Somchai <somchai@a.go.th>", b"khun.b@b.go.th").replace(
+        b"To: khun.b@b.go.th", b"To: somchai@a.go.th"
+    )
+    signed = dkim.sign_outbound(sender, message)
+    records = dns_of(sender)
+    answers = iter(["timeout", "pass"])
+
+    def flaky(name: bytes, timeout: float = 5) -> bytes | None:
+        if next(answers) == "timeout":
+            raise dkim.dkim.DnsTimeoutError("timed out")
+        return dict_dns(records)(name)
+
+    service = SMTPService(box, Port.MX)
+    service.dkim_dns = flaky
+    await nursery.start(service.serve)
+    port = box.config.port(service.name)
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("khun.b@b.go.th", [f"somchai@{DOMAIN}"], signed)
+
+    await trio.to_thread.run_sync(send)
+    await trio.to_thread.run_sync(send)
+    (row,) = await box.mailstore.messages(f"somchai@{DOMAIN}")
+    (result,) = results_of(await box.mailstore.content(row))
+    assert "dkim=temperror" in result
