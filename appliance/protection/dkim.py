@@ -35,6 +35,7 @@ appliance.protection); the signing and verification arithmetic (dkimpy).
 from __future__ import annotations
 
 import base64
+import encodings.idna
 import json
 import logging
 import re
@@ -89,7 +90,9 @@ DNS_TIMEOUT = 5
 #: A DNS TXT look-up as dkimpy calls it: the name, and a timeout in seconds.
 DnsFunc = Callable[..., bytes | None]
 
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63}|xn--[a-z0-9-]{1,59})$"
+)
 _SELECTOR = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -236,7 +239,13 @@ def _purpose(domain: str, selector: str) -> str:
 
 
 def _checked_domain(domain: str) -> str:
-    normal = domain.strip().lower().rstrip(".")
+    # RFC 6376 §3.5 / RFC 8616 §4: d= and the key's DNS name are in A-labels, so a Thai
+    # agency domain (stored as U-labels by the directory) is signed as xn--….
+    try:
+        labels = [encodings.idna.ToASCII(label) for label in domain.strip().rstrip(".").split(".")]
+    except UnicodeError:
+        raise DkimKeyError(f"not a mail domain: {domain!r}") from None
+    normal = b".".join(labels).decode("ascii").lower()
     if not _DOMAIN.match(normal):
         raise DkimKeyError(f"not a mail domain: {domain!r}")
     return normal

@@ -141,6 +141,22 @@ def test_a_key_sealed_for_one_selector_does_not_open_as_another(
         keyring.private_key(DOMAIN, "eb20270601")
 
 
+def test_a_thai_domain_signs_and_publishes_in_a_labels(keyring: dkim.DkimKeyring) -> None:
+    # RFC 8616 §4: d= and the key's name are A-labels; the directory keeps U-labels.
+    thai = "กรมทดสอบ.ไทย"
+    keys = keyring.ensure(thai, TODAY)
+    a_label = thai.encode("idna").decode()
+    assert keys.domain == a_label
+    assert keyring.keys(a_label) == keys  # one domain, however it is written
+    (record,) = keyring.records(thai)
+    assert record.name == f"eb20261207._domainkey.{a_label}"
+    message = MESSAGE.replace(b"somchai@a.go.th", f"somchai@{thai}".encode())
+    signed = dkim.sign_outbound(keyring, message)
+    assert dkim.parse_tags(dkim_field(signed))["d"] == a_label
+    (result,) = dkim.verify(signed, dict_dns(dns_of(keyring)))
+    assert result.result == "pass"
+
+
 def test_bad_domains_and_selectors_are_refused(keyring: dkim.DkimKeyring) -> None:
     for bad in ("../etc", "a..go.th", "", "x" * 300):
         with pytest.raises(dkim.DkimKeyError):
