@@ -71,6 +71,7 @@ from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.panel import BoxView, BoxViewSlot, panel_service
+from appliance.protection import dkim_commands
 from appliance.protection.commands import add_threshold_command
 from appliance.protection.engines import EngineWatch
 from appliance.provisioning import commands as provisioning_commands
@@ -239,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("box_id")
 
     provisioning_commands.add(commands, hub_command)
+    dkim_commands.add(commands)
 
     enrol = command("enroll", _enroll, "join this box to its hub with a one-time token")
     enrol.add_argument("--hub", required=True, help="the hub's sync URL, https://host:port")

@@ -1,6 +1,7 @@
-"""Anti-virus and anti-spam scanning of everything that enters the box (issue 23).
+"""Mail protection: anti-virus and anti-spam scanning of everything that enters the box,
+and DKIM signing and verification (issue 23).
 
-One folder, split the house's way:
+One folder, split the house's way. Scanning:
 
 - ``clamd.py``, ``rspamd.py``: the engines' wire protocols, sans-I/O.
 - ``verdict.py``: from the engines' answers and an agency's thresholds to a decision
@@ -11,7 +12,7 @@ One folder, split the house's way:
 
 The entry points (SMTP MX and submission, webmail compose, mailbox replication, chat
 uploads) each ask `Protection` before they accept; docs/protection.md says what a
-sender sees.
+sender sees. DKIM: the ``dkim*`` modules.
 """
 
 from appliance.protection.scanner import Protection, ScannerUnavailable
