@@ -42,6 +42,8 @@ def add(commands: Any) -> None:
                              help="data directory (default: $EDGEBOX_DATA or ./var)")  # fmt: skip
             sub.add_argument("--rauc-conf", type=Path,
                              help="RAUC system.conf (default /etc/rauc/system.conf)")  # fmt: skip
+            # A sandbox (tests, a technician's bench) plays the reboots itself.
+            sub.add_argument("--boot-id", default="", help=argparse.SUPPRESS)
         return sub
 
     keyring = action("keyring", _keyring, "make a channel's update signing keyring (build machine)",
@@ -112,7 +114,9 @@ def _install(args: argparse.Namespace) -> int:
     data: Path = args.data
     try:
         bundle = fetch(args.source, data) if "://" in args.source else Path(args.source)
-        done = install_bundle(data, _rauc(args), bundle, now=time.time, this_boot=boot_id())
+        done = install_bundle(
+            data, _rauc(args), bundle, now=time.time, this_boot=args.boot_id or boot_id()
+        )
     except (UpdateError, RaucError) as exc:
         return _fail(f"update not installed, nothing changed on this system: {exc}")
     print(f"edgebox {done.version} written to slot {done.to_slot}; it runs after a reboot "
@@ -131,7 +135,7 @@ def _confirm(args: argparse.Namespace) -> int:
     try:
         done = trio.run(
             lambda: confirm_boot(
-                config.data_dir, _rauc(args), gather, now=time.time, this_boot=boot_id(),
+                config.data_dir, _rauc(args), gather, now=time.time, this_boot=args.boot_id or boot_id(),
                 wait=args.wait, reboot=None if args.no_reboot else _reboot,
             )
         )  # fmt: skip

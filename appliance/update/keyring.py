@@ -98,6 +98,10 @@ def ensure_keyring(directory: Path, channel: str, *, now: dt.datetime | None = N
         write_atomically(ca_key_path, _private_pem(ca_key), mode=0o600)
         write_atomically(keyring.ca_cert, _pem(ca_cert), mode=0o644)
     if not (keyring.signing_cert.exists() and keyring.signing_key.exists()):
+        if ca_cert.not_valid_after_utc <= now:
+            # A new CA means every box in the field needs a new keyring: a ceremony, not
+            # something a build script does by itself.
+            raise KeyringError(f"the {channel} update CA has expired; make a new keyring")
         key = ec.generate_private_key(ec.SECP384R1())
         cert = _signing_certificate(channel, key, ca_cert, ca_key, now)
         write_atomically(keyring.signing_key, _private_pem(key), mode=0o600)
