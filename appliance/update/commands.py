@@ -132,10 +132,11 @@ def _confirm(args: argparse.Namespace) -> int:
     async def gather(now: float) -> Any:
         return await read_gate(config, now)
 
+    this_boot = args.boot_id or boot_id()
     try:
         done = trio.run(
             lambda: confirm_boot(
-                config.data_dir, _rauc(args), gather, now=time.time, this_boot=args.boot_id or boot_id(),
+                config.data_dir, _rauc(args), gather, now=time.time, this_boot=this_boot,
                 wait=args.wait, reboot=None if args.no_reboot else _reboot,
             )
         )  # fmt: skip

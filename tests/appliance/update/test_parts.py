@@ -170,7 +170,7 @@ def test_keyrings_are_separate_and_sign_with_code_signing_only(tmp_path: Path) -
 def test_keyring_errors_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(KeyringError, match="unknown update channel"):
         ensure_keyring(tmp_path, "staging")
-    with pytest.raises(KeyringError, match="lacks ca.pem, signing.pem, signing.key"):
+    with pytest.raises(KeyringError, match=r"lacks ca\.pem, signing\.pem, signing\.key"):
         open_keyring(tmp_path, "release")
 
 
