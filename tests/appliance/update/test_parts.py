@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.health import Level
 from appliance.health.snapshot import ServiceState
+from appliance.sync.hub.errors import HubError
+from appliance.sync.status import SyncStatus
+from appliance.sync.transport import HubUnavailable, Peer
 from appliance.update import outcome
 from appliance.update.confirm import Action, decide
 from appliance.update.gate import GateReading, judge, passed
@@ -19,6 +24,7 @@ from appliance.update.health import check_updates
 from appliance.update.keyring import KeyringError, ensure_keyring, open_keyring
 from appliance.update.manifest import Manifest
 from appliance.update.outcome import Pending
+from appliance.update.report import UpdateReporter, read_reports, update_report_routes
 from appliance.update.system_conf import box_system_conf
 
 LISTENING = ServiceState(running=True, addresses=("127.0.0.1:2525",))
@@ -207,3 +213,69 @@ def test_the_manifest_names_version_format_and_image() -> None:
         Manifest("edgebox-amd64", "1.0\n[hooks]").render()
     with pytest.raises(ValueError, match="bad bundle format"):
         Manifest("edgebox-amd64", "1.0", bundle_format="casync").render()
+
+
+class FakeClock:
+    def now(self) -> float:
+        return 1000.0
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+
+class LinkToHub:
+    """The hub's route called in-process; down raises what `HubClient` raises on a cut."""
+
+    def __init__(self, hub_data: Path, box_id: str) -> None:
+        (self.route,) = update_report_routes(hub_data)
+        self.peer = Peer(box_id=box_id, domain="a.go.th")
+        self.down = False
+        self.calls = 0
+
+    async def __call__(self, path: str, body: Any) -> Any:
+        assert path == self.route.path
+        self.calls += 1
+        if self.down:
+            raise HubUnavailable("GIN down")
+        return await self.route.handler(self.peer, body)
+
+
+async def test_rollback_reaches_the_hub_when_the_link_is_back_and_only_once(tmp_path: Path) -> None:
+    box_data, hub_data = tmp_path / "box", tmp_path / "hub"
+    outcome.record(box_data, "installed", "2.0", "B", 1.0, pending=PENDING)
+    outcome.record(box_data, "rolled_back", "2.0", "B", 2.0, "health gate failed", pending=None)
+    hub = LinkToHub(hub_data, "box-1")
+    reporter = UpdateReporter(box_data, hub, SyncStatus(box_data, FakeClock()), FakeClock())
+    hub.down = True
+    assert await reporter.report_round() == 0
+    assert [e.id for e in outcome.read_state(box_data).unreported()] == [1, 2]
+    assert read_reports(hub_data, "box-1") == []
+
+    hub.down = False
+    assert await reporter.report_round() == 2
+    assert [e["event"] for e in read_reports(hub_data, "box-1")] == ["installed", "rolled_back"]
+    assert read_reports(hub_data, "box-1")[1]["reason"] == "health gate failed"
+    assert outcome.read_state(box_data).unreported() == []
+    calls = hub.calls
+    assert await reporter.report_round() == 0
+    assert hub.calls == calls, "nothing new: no request"
+
+    # An answer lost on the way back: the batch is sent again and stored once.
+    outcome.record(box_data, "good", "2.1", "B", 3.0)
+    outcome.acknowledge(box_data, 2)
+    await reporter.report_round()
+    state = outcome.read_state(box_data)
+    state.reported = 2
+    outcome.write_state(box_data, state)
+    await reporter.report_round()
+    assert [e["id"] for e in read_reports(hub_data, "box-1")] == [1, 2, 3]
+
+
+async def test_the_hub_refuses_malformed_reports(tmp_path: Path) -> None:
+    (route,) = update_report_routes(tmp_path)
+    peer = Peer(box_id="box-1", domain="a.go.th")
+    for body in ({}, {"events": "x"}, {"events": [{"id": "1"}]}):
+        with pytest.raises(HubError) as refused:
+            await route.handler(peer, body)
+        assert refused.value.status == 400
+    assert read_reports(tmp_path, "box-1") == []
