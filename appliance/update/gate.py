@@ -32,7 +32,8 @@ class GateReading:
     now: float
     box_running: bool
     services: Mapping[str, ServiceState] = field(default_factory=dict)
-    #: Database name -> (schema version found, newest this release knows).
+    #: Database name -> (schema version found, newest this release knows); found may be
+    #: newer after a rollback (additive steps only, appliance.store.schema).
     schemas: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     #: Why the store's write-and-read-back failed ("" when it worked; None: not tried,
     #: because the box could not be opened).
@@ -75,7 +76,10 @@ def _migrations(reading: GateReading) -> list[Finding]:
         return [Finding("migrations", Level.ERROR, f"the data cannot be opened: {why}",
                         f"เปิดข้อมูลไม่ได้: {why}")]  # fmt: skip
     schemas = sorted(reading.schemas.items())
-    behind = [f"{name} {found}/{newest}" for name, (found, newest) in schemas if found != newest]
+    # Newer than this release is fine once the box opened it: only a file whose newer
+    # steps are all additive gets that far (appliance.store.schema), which is how a
+    # release that was rolled back to serves the data the failed one migrated.
+    behind = [f"{name} {found}/{newest}" for name, (found, newest) in schemas if found < newest]
     if behind or not reading.schemas:
         what = ", ".join(behind) or "no database read"
         return [Finding("migrations", Level.ERROR, f"schema not at this release's version: {what}",

@@ -56,6 +56,7 @@ def test_a_healthy_box_passes_the_gate() -> None:
          "smtp", "not answering"),
         ({"services": {}}, "services", "no listener"),
         ({"schemas": {"mail": (4, 5)}}, "migrations", "mail 4/5"),
+        ({"schemas": {"mail": (6, 5), "directory": (2, 3)}}, "migrations", "directory 2/3"),
         ({"schemas": {}}, "migrations", "no database"),
         ({"open_error": "schema is version 9", "store_error": None}, "migrations", "version 9"),
         ({"store_error": "disk I/O error"}, "store", "disk I/O error"),
