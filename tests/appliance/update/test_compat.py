@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from appliance.box import configured, open_box
+from appliance.box import configured
 from appliance.directory.schema import DIRECTORY_MIGRATIONS
 from appliance.mail.mailstore import MAIL_MIGRATIONS
 from appliance.store.database import connect
