@@ -197,7 +197,8 @@ def test_signing_certificate_never_outlives_its_ca(tmp_path: Path) -> None:
 def test_the_box_system_conf_trusts_one_keyring_and_checks_the_purpose() -> None:
     text = box_system_conf("edgebox-arm64").render()
     assert "compatible=edgebox-arm64\n" in text
-    assert "bootloader=custom\n" in text
+    assert "bootloader=grub\ngrubenv=/boot/efi/EFI/edgebox/grubenv\n" in text
+    assert "custom" not in text
     assert "path=/etc/rauc/keyring.pem\ncheck-purpose=codesign\n" in text
     assert text.count("[slot.rootfs.") == 2
     assert "bootname=A" in text
