@@ -74,8 +74,14 @@ def wheelhouse(out: Path, epoch: str) -> Path:
     subprocess.run([*pip, "download", "--quiet", "--only-binary=:all:", "--no-deps",
                     "--require-hashes", "-r", str(HERE / "requirements.lock"), "-d", str(out)],
                    check=True, env=env)  # fmt: skip
-    subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(REPO)], check=True, env=env)  # fmt: skip
+    # From the commit, not the working tree: what is built is what is committed.
+    source = out.parent / "source"
+    source.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "HEAD"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "-w", str(out), str(source)],
+                   check=True, env=env)  # fmt: skip
     (own,) = out.glob("edgebox-*.whl")
     digest = hashlib.sha256(own.read_bytes()).hexdigest()
     lock = (HERE / "requirements.lock").read_text()
@@ -94,8 +100,8 @@ def rootfs(out: Path, *, small: bool, keyring: Path | None, work: Path) -> Path:
         f"--customize-hook=chroot \"$1\" python3 -m venv --without-pip {VENV}",
         # pip from Debian's python3-pip-whl (python3-venv's dependency), run from the
         # wheel: nothing of it is left in the venv.
-        "--customize-hook=chroot \"$1\" sh -c 'PYTHONDONTWRITEBYTECODE=1 python3 "
-        "/usr/share/python-wheels/pip-*.whl/pip install --quiet --no-index --no-compile "
+        "--customize-hook=chroot \"$1\" sh -c 'PIP=$(echo /usr/share/python-wheels/pip-*.whl); "
+        "PYTHONDONTWRITEBYTECODE=1 python3 $PIP/pip install --quiet --no-index --no-compile "
         "--find-links /tmp/wheelhouse "
         f"--require-hashes --python {VENV}/bin/python -r /tmp/wheelhouse/requirements.txt'",
         # Hash-based byte code: valid without matching mtimes, same bytes every build.
