@@ -101,9 +101,9 @@ def rootfs(out: Path, *, small: bool, keyring: Path | None, work: Path) -> Path:
         # pip from Debian's python3-pip-whl (python3-venv's dependency), run from the
         # wheel: nothing of it is left in the venv.
         "--customize-hook=chroot \"$1\" sh -c 'PIP=$(echo /usr/share/python-wheels/pip-*.whl); "
-        "PYTHONDONTWRITEBYTECODE=1 python3 $PIP/pip install --quiet --no-index --no-compile "
-        "--find-links /tmp/wheelhouse "
-        f"--require-hashes --python {VENV}/bin/python -r /tmp/wheelhouse/requirements.txt'",
+        f"PYTHONDONTWRITEBYTECODE=1 {VENV}/bin/python $PIP/pip install --quiet --no-index "
+        "--no-compile --find-links /tmp/wheelhouse --require-hashes "
+        "-r /tmp/wheelhouse/requirements.txt'",
         # Hash-based byte code: valid without matching mtimes, same bytes every build.
         f"--customize-hook=chroot \"$1\" {VENV}/bin/python -m compileall -q "
         f"--invalidation-mode unchecked-hash {VENV}/lib",
