@@ -114,12 +114,14 @@ def rootfs(out: Path, *, small: bool, keyring: Path | None, work: Path) -> Path:
     if not small:
         hooks += _box_hooks(keyring)
     hooks.append("--customize-hook=cd \"$1\" && rm -rf " + " ".join(VOLATILE))
-    hooks.append(f"--customize-hook=find \"$1\" -newermt @{epoch} -print0 | "
+    # /proc, /sys and /dev are mounted during the hooks (mmdebstrap leaves them empty).
+    hooks.append(f"--customize-hook=cd \"$1\" && find . -xdev \\( -path ./proc -o -path ./sys "
+                 f"-o -path ./dev \\) -prune -o -newermt @{epoch} -print0 | "
                  f"xargs -0r touch --no-dereference --date=@{epoch}")  # fmt: skip
     packages = SMALL_PACKAGES if small else PACKAGES
     env = {**os.environ, "SOURCE_DATE_EPOCH": epoch}
     subprocess.run(
-        ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages)}",
+        ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
          "--mode=root", *hooks, SUITE, str(out), f"deb {MIRROR} {SUITE} main"],
         check=True, env=env,
     )  # fmt: skip

@@ -51,7 +51,7 @@ def main() -> None:
             source = root / "rootfs.d"
             source.mkdir()
             with (source / "payload").open("wb") as out:
-                for _ in range(args.size_mib - 8):
+                for _ in range(args.size_mib - 64):
                     out.write(os.urandom(1 << 20))
             (source / "etc").mkdir()
             (source / "etc" / "edgebox-release").write_text("bench\n")
