@@ -10,6 +10,7 @@ is listed by path. Minutes, root and the Debian mirror: its own marker, ``image`
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -21,8 +22,6 @@ import pytest
 from tests.harness import missing_prerequisite, require_tool
 
 BUILD = Path(__file__).parents[2] / "image_build" / "build.py"
-
-pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 
 
 def tree(path: Path) -> dict[str, tuple[object, ...]]:
@@ -59,6 +58,8 @@ def build(out: Path, epoch: str) -> Path:
     return out
 
 
+@pytest.mark.image
+@pytest.mark.timeout(3600)
 def test_two_builds_of_the_root_tree_are_identical(tmp_path: Path) -> None:
     require_tool("mmdebstrap")
     if os.geteuid() != 0:
@@ -70,3 +71,24 @@ def test_two_builds_of_the_root_tree_are_identical(tmp_path: Path) -> None:
     assert "./usr/lib/edgebox/bin/edgebox" in first
     listed = differences(first, second)
     assert listed == [], "\n".join(listed[:200])
+
+
+def test_a_difference_is_listed_by_path_and_field(tmp_path: Path) -> None:
+    """The comparison itself, on two small tars (no build: runs in every suite)."""
+
+    def tar_of(name: str, files: dict[str, tuple[bytes, int]]) -> Path:
+        path = tmp_path / name
+        with tarfile.open(path, "w") as tar:
+            for member, (content, mtime) in files.items():
+                info = tarfile.TarInfo(member)
+                info.size, info.mtime = len(content), mtime
+                tar.addfile(info, io.BytesIO(content))
+        return path
+
+    a = tree(tar_of("a.tar", {"./etc/x": (b"1", 10), "./etc/same": (b"s", 10),
+                              "./only-a": (b"", 10)}))  # fmt: skip
+    b = tree(tar_of("b.tar", {"./etc/x": (b"2", 11), "./etc/same": (b"s", 10)}))
+    assert differences(a, b) == [
+        "./etc/x: mtime, sha256 differ",
+        "./only-a: only in build 1",
+    ]
