@@ -25,7 +25,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # EFI: GRUB built standalone with our grub.cfg as its prefix config.
 grub-mkstandalone --format=x86_64-efi --output="$work/BOOTX64.EFI" \
-    --modules="part_gpt ext2 fat search_label search_part_label loadenv test" \
+    --modules="part_gpt ext2 fat loadenv test linux echo" \
     "boot/grub/grub.cfg=$root/usr/share/edgebox/grub.cfg"
 grub-editenv "$work/grubenv" create
 grub-editenv "$work/grubenv" set ORDER="A B" A_OK=1 A_TRY=0 B_OK=0 B_TRY=0
@@ -36,10 +36,10 @@ mcopy -i "$work/efi.img" -m "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$work/efi.img" -m "$work/grubenv" ::/EFI/edgebox/grubenv
 # Partition offsets from sfdisk, in 512-byte sectors.
 mapfile -t starts < <(sfdisk --dump "$disk" | sed -n 's/.*start= *\([0-9]*\),.*/\1/p')
-dd if="$work/efi.img" of="$disk" bs=512 seek="${starts[0]}" conv=notrunc status=none
-dd if="$rootfs" of="$disk" bs=512 seek="${starts[1]}" conv=notrunc status=none
-dd if="$rootfs" of="$disk" bs=512 seek="${starts[2]}" conv=notrunc status=none
+dd if="$work/efi.img" of="$disk" bs=512 seek="${starts[0]}" conv=notrunc,sparse status=none
+dd if="$rootfs" of="$disk" bs=512 seek="${starts[1]}" conv=notrunc,sparse status=none
+dd if="$rootfs" of="$disk" bs=512 seek="${starts[2]}" conv=notrunc,sparse status=none
 E2FSPROGS_FAKE_TIME=$epoch mkfs.ext4 -q -F -L edgebox-data \
     -U 5e1f0b0c-0000-4000-8000-00000000da7a "$work/data.img" "${data_mib}M"
-dd if="$work/data.img" of="$disk" bs=512 seek="${starts[3]}" conv=notrunc status=none
+dd if="$work/data.img" of="$disk" bs=512 seek="${starts[3]}" conv=notrunc,sparse status=none
 echo "disk image $disk: ${total} MiB"
