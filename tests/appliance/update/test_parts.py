@@ -21,6 +21,7 @@ from appliance.update import outcome
 from appliance.update.confirm import Action, decide
 from appliance.update.gate import GateReading, judge, passed
 from appliance.update.health import check_updates
+from appliance.update.install import UpdateError, fetch
 from appliance.update.keyring import KeyringError, ensure_keyring, open_keyring
 from appliance.update.manifest import Manifest
 from appliance.update.outcome import Pending
@@ -281,3 +282,11 @@ async def test_the_hub_refuses_malformed_reports(tmp_path: Path) -> None:
             await route.handler(peer, body)
         assert refused.value.status == 400
     assert read_reports(tmp_path, "box-1") == []
+
+
+def test_only_https_urls_are_fetched(tmp_path: Path) -> None:
+    with pytest.raises(UpdateError, match="only https"):
+        fetch("http://127.0.0.1:1/edgebox.raucb", tmp_path)
+    with pytest.raises(UpdateError, match="cannot download"):
+        fetch("https://127.0.0.1:1/edgebox.raucb", tmp_path)
+    assert not (tmp_path / "update" / "incoming.raucb").exists()
