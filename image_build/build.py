@@ -52,7 +52,7 @@ VOLATILE = [
     "var/lib/apt/lists", "var/cache/apt", "var/cache/ldconfig/aux-cache", "var/log/apt",
     "var/log/dpkg.log", "var/log/alternatives.log", "var/cache/debconf/config.dat-old",
     "var/cache/debconf/templates.dat-old", "var/lib/dpkg/status-old",
-    "var/lib/dpkg/diversions-old", "etc/machine-id", "var/lib/dbus/machine-id",
+    "var/lib/dpkg/diversions-old", "var/lib/dbus/machine-id",
     "tmp/wheelhouse", "etc/ssh/ssh_host_*",
 ]  # fmt: skip
 
@@ -114,6 +114,11 @@ def rootfs(out: Path, *, small: bool, keyring: Path | None, work: Path) -> Path:
     if not small:
         hooks += _box_hooks(keyring)
     hooks.append("--customize-hook=cd \"$1\" && rm -rf " + " ".join(VOLATILE))
+    # An empty machine-id: systemd makes a transient one at every boot of the read-only
+    # root (systemd-machine-id-setup), and every image is the same. Mount points exist
+    # in the image because the read-only root cannot create them at boot.
+    hooks.append("--customize-hook=: > \"$1/etc/machine-id\" && mkdir -p \"$1/boot/efi\" "
+                 "\"$1/var/lib/edgebox\"")  # fmt: skip
     # /proc, /sys and /dev are mounted during the hooks (mmdebstrap leaves them empty).
     hooks.append(f"--customize-hook=cd \"$1\" && find . -xdev \\( -path ./proc -o -path ./sys "
                  f"-o -path ./dev \\) -prune -o -newermt @{epoch} -print0 | "
@@ -140,6 +145,9 @@ def _box_hooks(keyring: Path | None) -> list[str]:
         "PARTLABEL=edgebox-efi /boot/efi vfat umask=0077 0 1\n"
         "tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
         "tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
+        # systemd's own state (timesyncd's clock file, random seed) on a read-only root.
+        "tmpfs /var/lib/systemd tmpfs mode=0755,nosuid,nodev 0 0\n"
+        "tmpfs /var/lib/private tmpfs mode=0700,nosuid,nodev 0 0\n"
     )
     subprocess.run([sys.executable, str(REPO / "firmware" / "build.py"), str(staging / "firmware")],
                    check=True, cwd=REPO)  # fmt: skip
