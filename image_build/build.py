@@ -151,8 +151,12 @@ def _box_hooks(keyring: Path | None) -> list[str]:
     )
     subprocess.run([sys.executable, str(REPO / "firmware" / "build.py"), str(staging / "firmware")],
                    check=True, cwd=REPO)  # fmt: skip
+    # The box serves the office LAN, not only loopback (the ports are still the
+    # development ones: appliance.config has no box port set yet).
+    (staging / "edgebox.env").write_text("EDGEBOX_BIND=0.0.0.0\n")
     hooks = [
         f"--customize-hook=install -D -m 0644 {staging}/system.conf \"$1/etc/rauc/system.conf\"",
+        f"--customize-hook=install -D -m 0644 {staging}/edgebox.env \"$1/etc/edgebox/edgebox.env\"",
         f"--customize-hook=install -m 0644 {staging}/fstab \"$1/etc/fstab\"",
         f"--customize-hook=cp {HERE}/systemd/*.service \"$1/etc/systemd/system/\"",
         f"--customize-hook=cp {HERE}/udev/*.rules \"$1/etc/udev/rules.d/\"",
