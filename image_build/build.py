@@ -160,6 +160,8 @@ def _box_hooks(keyring: Path | None) -> list[str]:
         f"--customize-hook=install -m 0644 {staging}/fstab \"$1/etc/fstab\"",
         f"--customize-hook=cp {HERE}/systemd/*.service \"$1/etc/systemd/system/\"",
         f"--customize-hook=cp {HERE}/udev/*.rules \"$1/etc/udev/rules.d/\"",
+        f"--customize-hook=install -D -m 0644 {HERE}/dbus/edgebox-rauc.conf "
+        "\"$1/etc/dbus-1/system.d/edgebox-rauc.conf\"",
         "--customize-hook=chroot \"$1\" systemctl enable edgebox.service "
         "edgebox-update-confirm.service",
         f"--customize-hook=mkdir -p \"$1/usr/share/edgebox\" && "

@@ -20,7 +20,7 @@ import trio
 from appliance.box import configured
 from appliance.update import outcome
 from appliance.update.bundle import BundleError, make_bundle
-from appliance.update.confirm import DEFAULT_WAIT, boot_id, confirm_boot, read_gate
+from appliance.update.confirm import DEFAULT_WAIT, Action, boot_id, confirm_boot, read_gate
 from appliance.update.install import UpdateError, fetch, install_bundle
 from appliance.update.keyring import CHANNELS, KeyringError, ensure_keyring, open_keyring
 from appliance.update.manifest import Manifest
@@ -141,13 +141,19 @@ def _confirm(args: argparse.Namespace) -> int:
             )
         )  # fmt: skip
     except RaucError as exc:
-        return _fail(f"RAUC: {exc}")
+        # Exit 2, not 1: the unit reboots on failure (FailureAction=reboot), and a RAUC
+        # that cannot be asked is no reason to reboot; the boot counter still decides.
+        _fail(f"RAUC: {exc}")
+        return 2
     for finding in done.findings:
         print(f"  [{finding.level.name.lower():5}] {finding.check}: {finding.en}")
     print(
         f"{done.verdict.action.value}" + (f": {done.verdict.reason}" if done.verdict.reason else "")
     )
-    return 1 if done.verdict.action.value in ("fall-back", "nothing") else 0
+    # Exit 1 only for a slot marked bad: edgebox-update-confirm.service then reboots
+    # into the old slot (FailureAction=reboot). An unhealthy box with no update pending
+    # is the health checks' business, not a reason to reboot.
+    return 1 if done.verdict.action is Action.FALL_BACK else 0
 
 
 def _status(args: argparse.Namespace) -> int:

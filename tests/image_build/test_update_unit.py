@@ -25,6 +25,11 @@ def test_the_confirm_unit_verifies_and_waits_for_edgebox(tmp_path: Path) -> None
     assert done.stderr.strip() == "", done.stderr
     unit = (UNITS / "edgebox-update-confirm.service").read_text()
     assert "After=edgebox.service" in unit
-    assert "update confirm --data /var/lib/edgebox --wait 300" in unit
+    assert "update confirm --data /var/lib/edgebox --wait 300 --no-reboot" in unit
+    # Exit 1 (slot marked bad) reboots into the other slot; exit 2 (RAUC unreachable) not.
+    assert "FailureAction=reboot" in unit
+    assert "SuccessExitStatus=2" in unit
+    # The gate writes into the store: never as root.
+    assert "User=edgebox" in unit
     # The gate may retry for 300 s: systemd must not kill it before.
     assert "TimeoutStartSec=420" in unit
