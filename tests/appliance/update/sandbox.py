@@ -70,7 +70,7 @@ os.replace(STATE + ".tmp", STATE)
 
 def require_sandbox() -> None:
     """Fail (or skip under the opt-out) unless the sandbox can run here."""
-    for tool in ("rauc", "dbus-daemon", "mksquashfs", "mkfs.ext4"):
+    for tool in ("rauc", "dbus-daemon", "mksquashfs", "mkfs.ext4", "debugfs"):
         require_tool(tool)
     if os.geteuid() != 0:
         missing_prerequisite("RAUC mounts bundles through loop devices: run as root")
