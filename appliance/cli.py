@@ -96,6 +96,7 @@ from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.link import link_report
 from appliance.sync.services import uplink_services
+from appliance.update import commands as update_commands
 from appliance.watchdog import hardware_watchdog
 from appliance.web.api import web_routes
 from appliance.web.server import HTTPSService
@@ -247,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--token", required=True, help="the token from `edgebox hub token`")
 
     _backup_parser(commands)
+    update_commands.add(commands)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"

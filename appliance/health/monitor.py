@@ -40,6 +40,7 @@ from appliance.protection.health import check_engines
 from appliance.store.files import write_atomically
 from appliance.sync.link import read_link_state
 from appliance.sync.status import read_sync_status
+from appliance.update.health import check_updates
 
 if TYPE_CHECKING:
     from appliance.box import Box
@@ -84,6 +85,7 @@ async def gather_snapshot(
                 box.config.protection_submission_unavailable,
             )
         ],
+        update=check_updates(data_dir),
         limits=Limits.from_config(box.config),
         box_running=box_running,
         services=dict(services),

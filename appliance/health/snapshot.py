@@ -112,6 +112,8 @@ class Snapshot:
     backup: Sequence[Finding] = ()
     #: The scanning engines, judged from ``run/protection.json`` (appliance.protection).
     protection: Sequence[Finding] = ()
+    #: The last system update's outcome, from ``update/state.json`` (appliance.update).
+    update: Sequence[Finding] = ()
 
 
 def read_machine(readings: SystemReadings, data_dir: Path, pid: int) -> dict[str, Any]:

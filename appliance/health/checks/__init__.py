@@ -18,6 +18,7 @@ from appliance.health.checks import (
     queue,
     services,
     temperature,
+    update,
 )
 from appliance.health.snapshot import Snapshot
 
@@ -29,6 +30,7 @@ CHECKS: tuple[Check, ...] = (
     clock.CHECK,
     certificates.CHECK,
     backup.CHECK,
+    update.CHECK,
     queue.CHECK,
     link.CHECK,
     protection.CHECK,
