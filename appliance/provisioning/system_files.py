@@ -31,7 +31,7 @@ TIMESYNCD_FILE: Final = "etc/systemd/timesyncd.conf.d/10-edgebox.conf"
 TIMEZONE_FILE: Final = "etc/timezone"
 LOCALTIME_LINK: Final = "etc/localtime"
 
-_HEADER: Final = "# Written by the edgebox setup wizard (docs/technician-guide.md); edit by hand to change.\n"
+_HEADER: Final = "# Written by the edgebox setup wizard (docs/technician-guide.md).\n"
 
 
 def system_root(config: Any) -> Path:

@@ -278,7 +278,9 @@ class SetupWizard:
             draft.save_step(step, answers)
             await trio.to_thread.run_sync(save_draft, self.data_dir, draft)
         following = STEPS[min(STEPS.index(step) + 1, len(STEPS) - 1)]
-        return redirect(f"/setup/{following}{_lang_query(request)}")
+        # The language step's answer is the language from here on, whatever the link said.
+        query = "" if step == "language" else _lang_query(request)
+        return redirect(f"/setup/{following}{query}")
 
     async def uplink_check(self, request: Request) -> Response:
         draft = await self._claimed(request)

@@ -417,3 +417,37 @@ async def test_a_write_protected_stick_still_applies_and_the_result_stays_on_the
     assert not (tmp_path / "stick" / RESULTS_DIR).exists()
     [kept] = results(data / "log")
     assert kept["status"] == "applied"
+
+
+async def test_the_panel_hears_each_step_and_the_result(tmp_path: Path, tech: Technician) -> None:
+    service = new_box(tmp_path / "data", tech)
+    heard: list[tuple[str, bool]] = []
+    tell = service.lifecycle.stick_news
+
+    def record(text: str, *, final: bool = False) -> None:
+        heard.append((text, final))
+        tell(text, final=final)
+
+    service.lifecycle.stick_news = record  # type: ignore[method-assign]
+    good, spoiled = tmp_path / "good", tmp_path / "spoiled"
+    write_bundle(good, tech, users=USERS_CSV)
+    write_bundle(spoiled, tech)
+    tamper(spoiled)
+    await service.handle(FolderStick(spoiled))
+    assert heard == [
+        ("USB: checking bundle", False),
+        ("USB: writing result", False),
+        ("USB refused: tampered; nothing changed", True),
+    ]
+    heard.clear()
+    await service.handle(FolderStick(good))
+    assert heard == [
+        ("USB: checking bundle", False),
+        ("USB: applying, keep stick in", False),
+        ("USB: writing result", False),
+        ("USB done: provision, add-users:2; remove stick", True),
+    ]
+    news = service.lifecycle.stick
+    assert news is not None
+    assert news.final
+    assert news.number == 7
