@@ -51,7 +51,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from tests.harness import RunningBox, edgebox, init_box, require_tool, start_box, stored  # noqa: E402
+from tests.harness import RunningBox, edgebox, init_box, require_tool, start_box, stored
 
 RESULTS = Path(__file__).parent / "results" / "provisioning.json"
 DOMAIN = "bench.go.th"
@@ -109,7 +109,8 @@ class Browser:
     def post(self, path: str, **fields: str) -> str:
         if self.csrf:
             fields = {"csrf_token": self.csrf, **fields}
-        request = urllib.request.Request(
+        # Always https://127.0.0.1:PORT (our own base), never a file: or other scheme.
+        request = urllib.request.Request(  # noqa: S310
             self.base + path, data=urllib.parse.urlencode(fields).encode(),
             headers={"Origin": self.base}, method="POST",
         )  # fmt: skip
@@ -175,6 +176,7 @@ def wizard_round(tmp: Path, hub: RunningBox, hub_data: Path) -> dict[str, float]
 
 def stick_image(tmp: Path, hub: RunningBox, hub_data: Path, tech: Path) -> Path:
     token = edgebox("hub", "token", "--data", str(hub_data), "--agency", DOMAIN)
+    tmp.mkdir(parents=True, exist_ok=True)
     answers = tmp / "answers.toml"
     answers.write_text(
         f'[agency]\ndomain = "{DOMAIN}"\nname_th = "สำนักงานทดสอบความเร็ว"\n\n'
@@ -218,8 +220,8 @@ def stick_round(tmp: Path, hub: RunningBox, hub_data: Path, tech: Path) -> dict[
         now = time.monotonic()
         steps["test mail submitted and stored"] = now - mark
         steps["total"] = now - started
-        assert any("applied (applied: provision, enrol)" in line for line in box.output), (
-            "\n".join(box.output)
+        assert any("applied (applied: provision, enrol)" in line for line in box.output), "\n".join(
+            box.output
         )
     finally:
         box.stop()
