@@ -270,7 +270,7 @@ class SetupWizard:
                     return self._step_page(request, draft, step, fields, status=422,
                                            checks=checks)  # fmt: skip
             if step == "restore" and answers:
-                await trio.to_thread.run_sync(_check_backup, answers)
+                await trio.to_thread.run_sync(check_backup, answers)
         except StepError as exc:
             return self._step_page(request, draft, step, fields, status=422, error=exc)
         async with self.api.lock:
@@ -330,13 +330,13 @@ class SetupWizard:
             restore = draft.step_answers("restore")
             try:
                 report.restored = await trio.to_thread.run_sync(
-                    _restore_onto, self.data_dir, restore
+                    restore_onto, self.data_dir, restore
                 )
             except (RestoreError, BadRecoveryKey, OSError) as exc:
                 raise ProvisioningError(f"the backup was not restored: {exc}",
                                         f"กู้คืนข้อมูลสำรองไม่สำเร็จ: {exc}") from None  # fmt: skip
             identity = read_identity(self.data_dir)
-            assert identity is not None  # the backup's, written last by _restore_onto
+            assert identity is not None  # the backup's, written last by restore_onto
             report.domain = identity.domain
         else:
             agency, admin = draft.step_answers("agency"), draft.step_answers("admin")
@@ -415,7 +415,7 @@ def _missing(draft: Draft) -> list[str]:
     return [step for step in needed if step not in draft.answers]
 
 
-def _check_backup(answers: dict[str, Any]) -> None:
+def check_backup(answers: dict[str, Any]) -> None:
     """Refuse a backup folder that holds no backup, or a key that is not its key."""
     try:
         key = words_to_key(answers["key"])
@@ -435,7 +435,7 @@ def _check_backup(answers: dict[str, Any]) -> None:
                         f"ข้อมูลสำรอง {backup.name} ใช้กุญแจอื่น ({needed})")  # fmt: skip
 
 
-def _restore_onto(data_dir: Path, answers: dict[str, Any]) -> str:
+def restore_onto(data_dir: Path, answers: dict[str, Any]) -> str:
     """Restore the backup into the running unprovisioned box; return the backup's name.
 
     `restore_backup` wants a blank folder, and this one holds the device and the run

@@ -15,8 +15,12 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from appliance.backup.crypto import ensure_backup_key, key_to_words
+from appliance.backup.snapshot import create_backup
+from appliance.box import configured, open_box, read_identity
 from appliance.config import Config
 from appliance.provisioning.device import ensure_device, forget_setup_code
+from appliance.provisioning.provision import provision
 from appliance.provisioning.system_files import (
     LOCALTIME_LINK,
     NETWORK_FILE,
@@ -38,6 +42,8 @@ from appliance.provisioning.wizard import (
     parse_units,
     save_draft,
 )
+from appliance.provisioning.wizard_pages import check_backup, restore_onto
+from tests.appliance.provisioning.test_provision import REQUEST
 
 AGENCY = {"domain": "Wizard.GO.th", "name_th": "สำนักงานทดสอบ", "name_en": "", "units": ""}
 ADMIN = {"local": "somchai", "name_th": "สมชาย", "password": "long-enough-1",
@@ -205,3 +211,36 @@ async def test_a_malformed_token_is_refused_before_any_connection(tmp_path: Path
     with trio.fail_after(1):
         lines = await check_uplink(tmp_path, "https://127.0.0.1:1", "not-a-token")
     assert [(line.what, line.ok) for line in lines] == [("token", False)]
+
+
+async def test_restore_brings_a_backup_into_the_running_blank_box(tmp_path: Path) -> None:
+    old, usb, blank = tmp_path / "old", tmp_path / "usb", tmp_path / "blank"
+    await provision(old, REQUEST)
+    create_backup(old, usb)
+    words = key_to_words(ensure_backup_key(old / "keys"))
+    device = ensure_device(blank)
+    (blank / "run").mkdir()
+    (blank / "run" / "status.json").write_text("{}")
+    answers = {"source": str(usb), "key": words}
+
+    # The step's check: a folder without a backup, a key that is not the backup's.
+    with pytest.raises(StepError) as no_backup:
+        check_backup({**answers, "source": str(tmp_path)})
+    assert no_backup.value.field == "source"
+    other = key_to_words(bytes(32))
+    with pytest.raises(StepError) as wrong_key:
+        check_backup({**answers, "key": other})
+    assert wrong_key.value.field == "key"
+    check_backup(answers)
+
+    name = await trio.to_thread.run_sync(restore_onto, blank, answers)
+    assert name
+    identity = read_identity(blank)
+    assert identity is not None
+    assert identity.domain == REQUEST.domain
+    # The box keeps its own device and run state; nothing of the staging is left.
+    assert ensure_device(blank).box_id == device.box_id
+    assert (blank / "run" / "status.json").read_text() == "{}"
+    assert not (blank / "restored").exists()
+    async with open_box(configured(blank, {}, {})) as box:
+        assert await box.directory.user(REQUEST.admin_address) is not None
