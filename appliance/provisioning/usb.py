@@ -60,6 +60,7 @@ from appliance.provisioning.device import DEVICE_DIR, certificate_fingerprint
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import ProvisioningError, provision
 from appliance.provisioning.provisioning_ca import CA_CERT, CRL_FILE
+from appliance.provisioning.system_files import system_root, write_system_files
 from appliance.store.files import fsync_dir, write_atomically
 from appliance.sync.enrol import EnrolError, enroll
 
@@ -449,7 +450,8 @@ class UsbProvisioning:
 
     async def _apply(self, payload: Payload, outcome: Outcome) -> None:
         provisioned = read_identity(self.data_dir) is not None
-        if provisioned and payload.request is not None:
+        system = payload.network is not None or payload.time is not None
+        if provisioned and (payload.request is not None or system):
             outcome.refuse(
                 "already-provisioned",
                 "the box is already provisioned; a stick may only add users or rotate the"
@@ -472,6 +474,18 @@ class UsbProvisioning:
                 outcome.refuse("refused", exc.message_en, exc.message_th)
                 return
             outcome.applied.append("provision")
+            if system:
+                # The wizard's network and time steps, the same files (system_files.py).
+                try:
+                    root = system_root(self.config)
+                    await trio.to_thread.run_sync(
+                        write_system_files, root, payload.network, payload.time
+                    )
+                    outcome.applied.append("system")
+                except OSError as exc:
+                    outcome.errors.append({"reason": "system",
+                                           "en": f"network and time files not written: {exc}",
+                                           "th": f"เขียนไฟล์เครือข่ายและเวลาไม่ได้: {exc}"})  # fmt: skip
         if payload.users:
             await self._add_users(payload, outcome)
         if payload.token and payload.hub_url:
