@@ -60,6 +60,11 @@ def claim_form(box: RunningBox, code: str, source: str) -> int:
     return int(subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout)
 
 
+def fits(watched: Watched, width: int) -> None:
+    """Nothing wider than the screen: no sideways scrolling on a phone."""
+    assert watched.page.evaluate("document.documentElement.scrollWidth") <= width
+
+
 def save(watched: Watched, step: str) -> None:
     page = watched.page
     page.get_by_test_id("next").click()
@@ -90,6 +95,12 @@ def test_the_wizard_from_a_blank_box_to_mail_chat_and_the_hub(
             box, "certificate fingerprint"
         )
         shot(phone, "1-claim-360")
+        fits(phone, PHONE["width"])
+        # English is one link away; Thai is where every page starts.
+        page.get_by_role("link", name="English").click()
+        assert page.get_by_role("heading").inner_text() == "Set up this box"
+        page.get_by_role("link", name="ภาษาไทย").click()
+        assert page.get_by_role("heading").inner_text() == "ตั้งค่าเครื่องแม่ข่าย"
         page.get_by_label(re.compile("รหัสตั้งค่า")).fill("AAAAA-AAAAA")
         with page.expect_response(re.compile(r".*/setup/claim$")) as answer:
             page.get_by_role("button", name="เริ่มตั้งค่า").click()
@@ -113,6 +124,7 @@ def test_the_wizard_from_a_blank_box_to_mail_chat_and_the_hub(
         page.get_by_label("ชื่อหน่วยงาน (ภาษาอังกฤษ)").fill("Provincial Test Office")
         page.get_by_label(re.compile("หน่วยงานย่อย")).fill("กองคลัง | Finance\nกองช่าง")
         shot(phone, "2-agency-360")
+        fits(phone, PHONE["width"])
         save(phone, "admin")
         # A refused answer keeps the page, says why, and saves nothing.
         page.get_by_label("ชื่อผู้ใช้ของผู้ดูแลระบบ").fill("admin")
@@ -172,6 +184,7 @@ def test_the_wizard_from_a_blank_box_to_mail_chat_and_the_hub(
         phone.go("/setup/review")
         assert "mail-box1" in page.get_by_test_id("review").inner_text()
         shot(phone, "5-review-360")
+        fits(phone, PHONE["width"])
         page.get_by_test_id("apply").click()
         page.wait_for_selector("[data-testid=done-title]")
         assert page.get_by_test_id("done-hub").inner_text() == hub_url
