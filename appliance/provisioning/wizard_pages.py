@@ -77,6 +77,8 @@ FORM_LIMIT: Final = 64 * 1024
 #: Steps a new agency needs answered before apply; a restore brings its own agency.
 _NEEDED_NEW: Final = ("agency", "admin", "network", "time", "uplink")
 _NEEDED_RESTORE: Final = ("network", "time", "uplink", "restore")
+#: Steps that may be passed empty, for a restore (their answers come from the backup).
+SKIPPABLE: Final = ("agency", "admin")
 
 
 @dataclass
@@ -248,6 +250,7 @@ class SetupWizard:
         return self._render(
             request, "setup/step.html", draft, status=status, step=step,
             index=STEPS.index(step), values=values, error=error, checks=checks,
+            skippable=step in SKIPPABLE,
             missing=_missing(draft), defaults=self._defaults(),
         )  # fmt: skip
 
@@ -263,7 +266,12 @@ class SetupWizard:
             return redirect(f"/setup/{draft.current}")
         fields = {name: request.form.get(name) for name in request.form.fields}
         try:
-            answers = check_step(step, fields, draft)
+            if step in SKIPPABLE and fields.get("skip") == "1":
+                # Restoring a backup brings its own agency and admin: the technician
+                # may pass these two steps empty (apply then needs the restore step).
+                answers: dict[str, Any] = {}
+            else:
+                answers = check_step(step, fields, draft)
             if step == "uplink" and answers.get("mode") == "hub":
                 checks = await check_uplink(self.data_dir, answers["hub_url"], answers["token"])
                 if not all(line.ok for line in checks):
@@ -412,7 +420,7 @@ def _lang_query(request: Request) -> str:
 def _missing(draft: Draft) -> list[str]:
     """The steps apply still needs answered, in wizard order."""
     needed = _NEEDED_RESTORE if draft.restoring else _NEEDED_NEW
-    return [step for step in needed if step not in draft.answers]
+    return [step for step in needed if not draft.answers.get(step)]
 
 
 def check_backup(answers: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.box import read_identity
 from tests.e2e.test_provisioning import console_value
 from tests.harness import RunningBox, require_tool, start_box
 
@@ -98,5 +99,19 @@ def test_claim_csrf_and_a_restart_in_the_middle(tmp_path: Path) -> None:
         assert 'lang="en"' in page  # the language chosen before the stop
         # The first browser's claim still holds too (it is in the draft, hashed).
         assert tech("GET", "/setup")[:2] == (303, "/setup/admin")
+
+        # The admin step passed empty (as for a restore), the rest answered: apply
+        # does not run without a first admin or a backup, and says which step is open.
+        assert again.post("/setup/admin", skip="1")[:2] == (303, "/setup/network")
+        again("GET", "/setup/network")
+        again.post("/setup/network", mode="dhcp", hostname="forms-box")
+        again.post("/setup/time", timezone="Asia/Bangkok")
+        again.post("/setup/uplink", mode="standalone")
+        assert again.post("/setup/restore", mode="new")[:2] == (303, "/setup/review")
+        _, _, review = again("GET", "/setup/review")
+        assert 'href="/setup/admin"' in review
+        assert "disabled" in review
+        assert again.post("/setup/apply")[:2] == (303, "/setup/admin")
+        assert read_identity(data) is None
     finally:
         assert box.stop() == 0
