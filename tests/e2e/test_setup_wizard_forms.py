@@ -3,7 +3,8 @@
 A real `edgebox run` on an empty directory. Without the claim (the setup code) no step
 opens; a form without the page's CSRF token, or from another site's Origin, is refused;
 the answers survive the box being stopped and started again (the draft is on disk), and
-the step reached is where a new claim lands; a step cannot be skipped.
+the step reached is where a new claim lands; a step cannot be skipped. And a
+replacement box restored from another box's backup through the wizard's restore step.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from appliance.box import read_identity
-from tests.e2e.test_provisioning import console_value
-from tests.harness import RunningBox, require_tool, start_box
+from tests.e2e.test_provisioning import console_value, wait_for_line
+from tests.harness import RunningBox, curl, edgebox, init_box, require_tool, start_box
 
 pytestmark = pytest.mark.slow
 
@@ -113,5 +114,40 @@ def test_claim_csrf_and_a_restart_in_the_middle(tmp_path: Path) -> None:
         assert "disabled" in review
         assert again.post("/setup/apply")[:2] == (303, "/setup/admin")
         assert read_identity(data) is None
+    finally:
+        assert box.stop() == 0
+
+
+def test_a_replacement_box_restored_from_a_backup_by_the_wizard(tmp_path: Path) -> None:
+    old, usb = tmp_path / "old", tmp_path / "usb"
+    init_box(old, "restore.go.th", {"somchai@restore.go.th": "somchai-pass-2569"})
+    edgebox("backup", "create", "--data", str(old), "--to", str(usb))
+    words = edgebox("backup", "key", "--data", str(old)).stdout.strip().splitlines()[-1]
+
+    box = start_box(tmp_path / "new")
+    try:
+        tech = Curl(box, tmp_path / "tech")
+        tech("POST", "/setup/claim", code=console_value(box, "setup code"))
+        tech("GET", "/setup/language")
+        tech.post("/setup/language", lang="th")
+        assert tech.post("/setup/agency", skip="1")[:2] == (303, "/setup/admin")
+        tech.post("/setup/admin", skip="1")
+        tech.post("/setup/network", mode="dhcp", hostname="restored-box")
+        tech.post("/setup/time")
+        tech.post("/setup/uplink", mode="standalone")
+        # A wrong key is caught at the step, before apply.
+        status, _, page = tech.post("/setup/restore", mode="restore", source=str(usb),
+                                    key="0000 " * 16)  # fmt: skip
+        assert status == 422, page
+        assert tech.post("/setup/restore", mode="restore", source=str(usb), key=words)[0] == 303
+        status, _, done = tech.post("/setup/apply")
+        assert status == 200, done
+        assert "restore.go.th" in done
+        wait_for_line(box, "ready", 2)
+        # The backup's people sign in on the replacement box.
+        status, session = curl(box, "POST", "/api/v1/session", {
+            "address": "somchai@restore.go.th", "password": "somchai-pass-2569", "client": "app",
+        })  # fmt: skip
+        assert status == 201, session
     finally:
         assert box.stop() == 0
