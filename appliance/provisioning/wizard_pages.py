@@ -127,7 +127,7 @@ class SetupWizard:
             page("POST", "/setup/uplink-check", self.uplink_check,
                  "Setup wizard: check the hub and the central mail servers", max_body=FORM_LIMIT),
             page("POST", "/setup/apply", self.apply, "Setup wizard: set the box up",
-                 max_body=8 * 1024, errors=(409, 422)),
+                 max_body=8 * 1024, errors=(422,)),
             page("GET", "/static/{name}", self.static, "Style sheet, scripts"),
             # Every other page leads to the wizard while the box is unprovisioned.
             page("GET", "/", self.elsewhere, "Setup: every page leads to /setup"),
@@ -284,6 +284,11 @@ class SetupWizard:
         async with self.api.lock:
             draft = await self._draft()
             draft.save_step(step, answers)
+            admin = draft.step_answers("admin").get("address", "")
+            if step == "agency" and admin and admin.rpartition("@")[2] != answers.get("domain"):
+                # A new domain: the admin's address was in the old one, so it is asked again
+                # (review names the step) rather than refused at apply.
+                del draft.answers["admin"]
             await trio.to_thread.run_sync(save_draft, self.data_dir, draft)
         following = STEPS[min(STEPS.index(step) + 1, len(STEPS) - 1)]
         # The language step's answer is the language from here on, whatever the link said.

@@ -101,6 +101,17 @@ def test_claim_csrf_and_a_restart_in_the_middle(tmp_path: Path) -> None:
         # The first browser's claim still holds too (it is in the draft, hashed).
         assert tech("GET", "/setup")[:2] == (303, "/setup/admin")
 
+        # A new domain after the admin was saved: the admin (in the old domain) is asked
+        # again rather than refused at apply.
+        admin = {"local": "admin", "name_th": "ผู้ดูแล", "password": "forms-pass-2569",
+                 "password2": "forms-pass-2569"}  # fmt: skip
+        again("GET", "/setup/admin")
+        assert again.post("/setup/admin", **admin)[:2] == (303, "/setup/network")
+        draft = data / "device" / "wizard.json"
+        assert "admin@forms.go.th" in draft.read_text()
+        again.post("/setup/agency", domain="other.go.th", name_th="สำนักงานอื่น")
+        assert '"admin"' not in draft.read_text()
+
         # The admin step passed empty (as for a restore), the rest answered: apply
         # does not run without a first admin or a backup, and says which step is open.
         assert again.post("/setup/admin", skip="1")[:2] == (303, "/setup/network")
