@@ -18,7 +18,7 @@ for that rule) and come from our own Origin. Pages are Thai first, English on th
 language step or ``?lang=en``, and laid out for a 360-px phone as well as a desktop.
 
 What this is not: the checks of the answers (wizard.py), provisioning (provision.py) or
-the HTTPS machinery (appliance.web.server).
+the HTTPS machinery (appliance.web.server, appliance.net).
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ from appliance.provisioning.wizard import (
 from appliance.store.files import fsync_dir
 from appliance.sync.enrol import EnrolError, enroll
 from appliance.web import i18n
+from appliance.web.csrf import CSRF_FIELD, csrf_token_for
 from appliance.web.pages import HTML, TEMPLATES, StaticFile, load_static, redirect
 from appliance.web.routes import ApiError, Language, Request, Response, Route
-from appliance.web.server import CSRF_FIELD, csrf_token_for
 from appliance.web.session_api import session_cookie
 
 log = logging.getLogger("edgebox.setup")
