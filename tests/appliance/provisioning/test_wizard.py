@@ -244,3 +244,24 @@ async def test_restore_brings_a_backup_into_the_running_blank_box(tmp_path: Path
     assert not (blank / "restored").exists()
     async with open_box(configured(blank, {}, {})) as box:
         assert await box.directory.user(REQUEST.admin_address) is not None
+
+
+FIELD_NAMES = ("lang", "domain", "name_th", "name_en", "units", "local", "password",
+               "password2", "mode", "hostname", "interface", "address", "gateway", "dns",
+               "timezone", "ntp", "hub_url", "token", "source", "key")  # fmt: skip
+
+
+@given(
+    st.sampled_from(STEPS),
+    st.dictionaries(st.sampled_from(FIELD_NAMES), st.text(max_size=80), max_size=12),
+)
+def test_any_form_gets_answers_or_a_step_error(step: str, fields: dict[str, str]) -> None:
+    draft = answered(("agency", AGENCY))
+    try:
+        answers = check_step(step, fields, draft)
+    except StepError as exc:
+        refused_field = exc.field
+    else:
+        refused_field = ""
+        assert isinstance(answers, dict)
+    assert refused_field in ("", *FIELD_NAMES)
