@@ -121,12 +121,15 @@ def load_draft(data_dir: Path) -> Draft:
         return Draft()
     if not isinstance(raw, dict):
         return Draft()
-    return Draft(
-        reached=int(raw.get("reached", 0)),
-        lang="en" if raw.get("lang") == "en" else "th",
-        answers=dict(raw.get("answers", {})),
-        claims=[str(c) for c in raw.get("claims", [])],
-    )
+    try:
+        return Draft(
+            reached=min(max(int(raw.get("reached", 0)), 0), len(STEPS)),
+            lang="en" if raw.get("lang") == "en" else "th",
+            answers={str(k): dict(v) for k, v in dict(raw.get("answers", {})).items()},
+            claims=[str(c) for c in raw.get("claims", [])],
+        )
+    except (TypeError, ValueError):
+        return Draft()  # written by us atomically, so only a hand edit gets here
 
 
 def save_draft(data_dir: Path, draft: Draft) -> None:

@@ -158,8 +158,9 @@ def test_the_draft_resumes_where_it_stopped_and_holds_claims_not_tokens(tmp_path
 
 def test_a_damaged_draft_starts_over(tmp_path: Path) -> None:
     draft_path(tmp_path).parent.mkdir(parents=True)
-    draft_path(tmp_path).write_text("[1, 2")
-    assert load_draft(tmp_path) == Draft()
+    for damaged in ("[1, 2", "[]", '{"reached": "x"}', '{"answers": [1]}', '{"claims": 5}'):
+        draft_path(tmp_path).write_text(damaged)
+        assert load_draft(tmp_path) == Draft()
     assert STEPS[0] == Draft().current
 
 
