@@ -134,8 +134,8 @@ class Config:
     #: (``loop7,sdb1``: tests and special set-ups).
     usb_provisioning: str = ""
     #: Where the setup wizard writes the OS's network and time files
-    #: (appliance.provisioning.system_files): ``/`` on the box's image; "" = under
-    #: ``DATA/system``, so a developer's or test machine's /etc is never written.
+    #: (appliance.provisioning.system_files): "" = under ``DATA/system`` (a test or
+    #: developer machine's /etc is never written); ``/`` writes them in place.
     system_root: str = ""
 
     # --- health (appliance.health; docs/health.md) ---------------------------------

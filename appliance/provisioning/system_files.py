@@ -7,14 +7,17 @@ The box's OS reads these at boot (and networkd/timesyncd on reload)::
     etc/systemd/timesyncd.conf.d/10-edgebox.conf  timesyncd.conf(5): NTP=
     etc/timezone, etc/localtime -> /usr/share/zoneinfo/ZONE   (Debian's pair)
 
-They go under a root folder, the ``system_root`` setting: ``/`` on the box's image, and
-by default ``DATA/system`` — so `edgebox run` on a developer's or a test machine never
-writes the host's ``/etc``. Each file is written atomically (temp, fsync, rename); the
-wizard writes them after provisioning succeeded, so a refused provisioning leaves the
-OS as it was.
+They go under a root folder, the ``system_root`` setting; by default ``DATA/system``,
+so `edgebox run` never writes a machine's ``/etc`` on its own — on a developer's or test
+machine that is the point, and on the box's image edgebox runs unprivileged under
+``ProtectSystem=strict`` and could not. A privileged step that installs them into
+``/etc`` (a path unit watching ``DATA/system``) belongs to the image and is not built
+yet; ``system_root = "/"`` writes them in place where the process may. Each file is
+written atomically (temp, fsync, rename); the wizard writes them after provisioning
+succeeded, so a refused provisioning leaves them as they were.
 
-What this is not: applying them to the running OS (the image's
-``edgebox-apply-system.path`` unit restarts networkd/timesyncd when they change).
+What this is not: applying them to the running OS (networkd and timesyncd read them at
+their next start).
 """
 
 from __future__ import annotations
