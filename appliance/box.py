@@ -38,6 +38,7 @@ from appliance.directory.signin import SignIn
 from appliance.health.disk_guard import DiskGuard
 from appliance.health.metrics import BoxMetrics
 from appliance.health.readings import PsutilReadings
+from appliance.identity import Identity, read_identity
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
 from appliance.mail.search_index import open_search_index
@@ -51,16 +52,6 @@ from appliance.store.settings import Settings
 
 class BoxError(Exception):
     """The data directory is missing, for another domain, or otherwise unusable."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who this box is; written once by `init_box`."""
-
-    box_id: str
-    domain: str
-    agency_name: str
-    created_at: int
 
 
 @dataclass
@@ -103,18 +94,6 @@ def tls_names(hostname: str, domain: str) -> list[str]:
     # Mail clients look for their settings at autoconfig.<domain> (Thunderbird) and
     # autodiscover.<domain> (Outlook); the certificate must name those hosts too.
     return [hostname, f"autoconfig.{domain}", f"autodiscover.{domain}"]
-
-
-def read_identity(data_dir: Path) -> Identity | None:
-    """Return the box's identity, or None if *data_dir* was never initialised."""
-    if not (data_dir / "config.json").exists():
-        return None
-    settings = Settings(data_dir / "config.json")
-    try:
-        box = settings.get("box")
-    finally:
-        settings.close()
-    return Identity(**box) if box else None
 
 
 def configured(data_dir: Path, environ: Mapping[str, str], flags: Mapping[str, Any]) -> Config:

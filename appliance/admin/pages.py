@@ -32,19 +32,18 @@ from appliance.admin.console import (
     MAX_RANK,
     MB,
     AdminConsole,
-    AdminScope,
     Refusal,
     format_age,
-    link_status,
     parse_count,
-    scope_of,
     search_users,
     urgency_name,
 )
 from appliance.box import Box, add_user
 from appliance.directory import DirectoryError, User, normalise_address
+from appliance.directory.scope import AdminScope, scope_of
 from appliance.health import worst
 from appliance.security.passwords import MAX_PASSWORD_CHARS
+from appliance.sync.uplink import read_uplink
 from appliance.web.i18n import service_label
 from appliance.web.pages import PageKit, redirect
 from appliance.web.routes import ApiError, Form, Request, Response, Route
@@ -172,7 +171,7 @@ class AdminPages:
     # --- who is asking, about whom --------------------------------------------------
 
     async def _scope(self, request: Request) -> AdminScope:
-        scope = await scope_of(self.box, request.user)
+        scope = await scope_of(self.box.directory, request.user)
         if scope is None:
             who = request.user.address if request.user else None
             log.info("admin console refused: user=%s is no admin ip=%s", who, request.client_ip)
@@ -214,7 +213,7 @@ class AdminPages:
             agencies=await self.console.agencies(scope),
             queue=await self.console.queue_summary(scope),
             health=await self.console.health(),
-            link=link_status(self.box.config.data_dir),
+            link=read_uplink(self.box.config.data_dir),
         )  # fmt: skip
 
     # --- health -----------------------------------------------------------------------

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from appliance.box import Box
 from appliance.chat.errors import ChatError
 from appliance.chat.models import Message, Room
 from appliance.chat.store import MAX_UNREAD, Chat, RoomActivity
@@ -1023,9 +1022,9 @@ def _invitation_views(
     return views
 
 
-def chat_page_routes(box: Box, kit: PageKit) -> list[Route]:
-    """Return the chat pages of *box* (room list, room, new room, search, forms)."""
-    return ChatPages(box.chat, box.directory, kit).routes()
+def chat_page_routes(chat: Chat, directory: Directory, kit: PageKit) -> list[Route]:
+    """Return the chat pages (room list, room, new room, search, forms)."""
+    return ChatPages(chat, directory, kit).routes()
 
 
 # --- form fields -----------------------------------------------------------------------

@@ -27,7 +27,7 @@ import trio
 from appliance.box import Box, add_user, init_box, open_box
 from appliance.config import load_config
 from appliance.mail.smtp.policy import Port
-from appliance.mail.smtp.server import SMTPService
+from appliance.registry import smtp_service
 from appliance.sync.central import CENTRAL_CA_FILE
 from appliance.sync.clock import SystemClock
 from appliance.sync.relay import OutboundRelay, RetryPolicy, Timeouts
@@ -109,7 +109,7 @@ async def test_mail_reaches_box_b_once_and_urgent_leaves_first_after_an_outage(
         port = config.port("smtp-submission")
         ca = data / "keys" / "ca.pem"
         async with trio.open_nursery() as nursery:
-            await nursery.start(SMTPService(box, Port.SUBMISSION).serve)
+            await nursery.start(smtp_service(box, Port.SUBMISSION).serve)
             await nursery.start(relay.serve)
 
             # 1. The link is up: a message goes through at once.

@@ -10,19 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.admin.console import (
-    AdminScope,
     Refusal,
     format_age,
-    link_status,
     org_tree,
     parse_count,
     search_users,
     urgency_name,
 )
 from appliance.directory import OrgUnit, User
+from appliance.directory.scope import AdminScope
 from appliance.sync.clock import ManualClock
 from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState
 from appliance.sync.status import SyncStatus
+from appliance.sync.uplink import read_uplink as link_status
 
 THAI_DIGITS = "๐๑๒๓๔๕๖๗๘๙"
 

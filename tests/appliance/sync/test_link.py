@@ -36,10 +36,10 @@ from appliance.sync.link import (
     LinkReading,
     LinkSnapshot,
     LinkState,
-    link_report,
     read_link_state,
 )
 from appliance.sync.status import SyncStatus
+from appliance.sync.uplink import link_report
 from tests.faults import FaultProxy
 
 DOMAIN = "link.go.th"
