@@ -3,6 +3,8 @@
 This is the one place that knows every capability. Everything below it is handed only
 the parts it uses — the settings, the directory, the mail store, the chat… — never
 the whole opened box (`appliance.box.Box`); only this module takes a part out of it.
+One exception is left: the hub's sync API (`HubSyncService`, `hub_sync_routes`) still
+takes the hub's `Box` while its server is being split (issue 17).
 `appliance.cli` runs what this module lists, and tests that start a service in-process
 call the same functions, so a test serves what the box serves.
 
@@ -230,23 +232,28 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     finish_renewal(keys)
     status = SyncStatus(config.data_dir, clock)
     watch = LinkWatch()
-    monitor = LinkMonitor(box, status, clock, watch=watch)
+    monitor = LinkMonitor(config, status, clock, watch=watch)
     services: list[Service] = [monitor]
     if config.central_smtp:
-        relay = OutboundRelay(box, status, clock, watch=watch)
+        relay = OutboundRelay(
+            status, clock, config=config, hostname=box.hostname, directory=box.directory,
+            mailstore=box.mailstore, watch=watch,
+        )  # fmt: skip
         monitor.on_up(relay.wake)
         services.append(relay)
     if config.central_imap:
         mailboxes = MailboxReplicator(
-            box, status, clock, interval=config.sync_interval, watch=watch
-        )
+            status, clock, config=config, directory=box.directory, mailstore=box.mailstore,
+            interval=config.sync_interval, watch=watch,
+        )  # fmt: skip
         monitor.on_up(mailboxes.wake)
         services.append(mailboxes)
     if config.hub_url:
         # One connection per stream, so a long chat catch-up never holds up the
         # directory (each client serialises its own requests).
         directory = DirectoryReplicator(
-            box,
+            box.directory,
+            box.identity.domain,
             HubClient(keys, config.hub_url, watch=watch),
             status,
             clock,
@@ -256,7 +263,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         services.append(directory)
         # Chat polls the hub more often than mail: people wait for a chat answer.
         chat = ChatReplicator(
-            box,
+            box.chat,
+            box.identity.domain,
             HubClient(keys, config.hub_url, watch=watch),
             status,
             clock,
@@ -325,11 +333,20 @@ def web_routes(box: Box, lifecycle: Lifecycle | None = None) -> list[Route | Str
             identity=box.identity,
             hostname=box.hostname,
         ),
-        *admin_routes(box, kit, lifecycle),
+        *admin_console(box, kit, lifecycle),
         # The setup path's pages answer "already set up" on a provisioned box.
         *provisioned_setup_routes(),
     ]
     return [*api, *pages]
+
+
+def admin_console(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) -> list[Route]:
+    """The admin console's pages: they read and change most of the box."""
+    return admin_routes(
+        kit, config=box.config, identity=box.identity, directory=box.directory,
+        mailstore=box.mailstore, sessions=box.sessions, signin=box.signin, guard=box.guard,
+        traffic=box.traffic, status_file=box.status_file, lifecycle=lifecycle,
+    )  # fmt: skip
 
 
 def _version() -> str:

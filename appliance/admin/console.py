@@ -36,22 +36,24 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final, Literal
 
 import trio
 
-from appliance.box import Box
 from appliance.compliance.classification import Urgency
-from appliance.compliance.traffic_log import TrafficRecord
-from appliance.directory import Agency, OrgUnit, User
+from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
+from appliance.config import Config
+from appliance.directory import Agency, Directory, OrgUnit, User
 from appliance.directory.scope import AdminScope
 from appliance.health import Finding
 from appliance.health.checks import run_checks
 from appliance.health.monitor import gather_snapshot
 from appliance.health.readings import PsutilReadings, SystemReadings
 from appliance.health.snapshot import Snapshot, services_from_status_file
+from appliance.mail.mailstore import Mailstore
 from appliance.mail.outbound import QueueItem, QueueSummary, summarise_queue
-from appliance.security.guard import AccountState, SourceState
+from appliance.security.guard import AccountState, AuthGuard, SourceState
 from appliance.sync.uplink import age_text
 
 log = logging.getLogger("edgebox.admin")
@@ -218,24 +220,44 @@ def _is_ancestor(nodes: dict[int, UnitNode], unit_id: int, start: OrgUnit) -> bo
 
 
 class AdminConsole:
-    """Reads and audit records of the admin console for one box."""
+    """Reads and audit records of the admin console for one box.
 
-    def __init__(self, box: Box, readings: SystemReadings | None = None) -> None:
-        self.box = box
+    It is handed the parts of the box it reads: the settings, the directory, the mail
+    store (the queue), the sign-in guard, the traffic log and the supervisor's status
+    file (`edgebox status` reads the same file).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        directory: Directory,
+        mailstore: Mailstore,
+        guard: AuthGuard,
+        traffic: TrafficLog,
+        status_file: Path,
+        readings: SystemReadings | None = None,
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.mailstore = mailstore
+        self.guard = guard
+        self.traffic = traffic
+        self.status_file = status_file
         self.readings = readings or PsutilReadings()
 
     async def agencies(self, scope: AdminScope) -> list[AgencySummary]:
         """The agencies in *scope*, by domain, with their user counts."""
-        counts = await self.box.directory.count_users()
+        counts = await self.directory.count_users()
         return [
             AgencySummary(agency, *counts.get(agency.domain, (0, 0)))
-            for agency in await self.box.directory.agencies()
+            for agency in await self.directory.agencies()
             if scope.covers(agency.domain)
         ]
 
     async def agency(self, scope: AdminScope, domain: str) -> Agency | None:
         """The agency serving *domain* if it is in *scope*; None also for unknown ones."""
-        agency = await self.box.directory.agency(domain)
+        agency = await self.directory.agency(domain)
         if agency is None or not scope.covers(agency.domain):
             return None
         return agency
@@ -243,20 +265,20 @@ class AdminConsole:
     async def users(self, scope: AdminScope, domain: str | None = None) -> list[User]:
         """The users of one agency in *scope*, or of every agency in it, by address."""
         if domain is not None:
-            return await self.box.directory.users(domain) if scope.covers(domain) else []
+            return await self.directory.users(domain) if scope.covers(domain) else []
         if scope.domains is None:
             # Other agencies' people, replicated for the address book, are not this
             # box's to administer (appliance.sync.directory).
-            return [user for user in await self.box.directory.users() if not user.remote]
+            return [user for user in await self.directory.users() if not user.remote]
         found: list[User] = []
         for each in sorted(scope.domains):
-            if await self.box.directory.agency(each) is not None:
-                found += await self.box.directory.users(each)
+            if await self.directory.agency(each) is not None:
+                found += await self.directory.users(each)
         return sorted(found, key=lambda user: user.address)
 
     async def target(self, scope: AdminScope, address: str) -> User | None:
         """The user at *address* if *scope* covers their agency; else None, as if unknown."""
-        user = await self.box.directory.user(address)
+        user = await self.directory.user(address)
         if user is None or user.remote or not scope.covers(user.agency_domain):
             return None
         return user
@@ -265,36 +287,36 @@ class AdminConsole:
         """Whether *scope* may change *target* (see the escalation rule above)."""
         if scope.domains is None:
             return True
-        return scope.may_change(await self.box.directory.granted_domains(target.address))
+        return scope.may_change(await self.directory.granted_domains(target.address))
 
     async def units(self, scope: AdminScope, domains: Iterable[str]) -> list[OrgUnit]:
         """The org units of the agencies in *domains* that *scope* covers."""
         found: list[OrgUnit] = []
         for domain in domains:
             if scope.covers(domain):
-                found += await self.box.directory.units(domain)
+                found += await self.directory.units(domain)
         return found
 
     async def org_chart(self, scope: AdminScope, domain: str) -> OrgChart:
         """The org chart of one agency in *scope* (empty for any other)."""
         if not scope.covers(domain):
             return OrgChart((), ())
-        directory = self.box.directory
+        directory = self.directory
         return org_tree(await directory.units(domain), await directory.users(domain))
 
     async def queue_summary(self, scope: AdminScope) -> QueueSummary:
         """Recipients waiting, by urgency, among the senders *scope* may see."""
-        return summarise_queue(await self.box.mailstore.outbound_groups(), scope.sees_sender)
+        return summarise_queue(await self.mailstore.outbound_groups(), scope.sees_sender)
 
     async def queue(self, scope: AdminScope, limit: int = QUEUE_PAGE_ROWS) -> list[QueueItem]:
         """The first *limit* recipients to leave, among the senders *scope* may see."""
         domains = None if scope.domains is None else _sender_forms(scope.domains)
-        rows = await self.box.mailstore.outbound_entries(limit, domains)
+        rows = await self.mailstore.outbound_entries(limit, domains)
         return [QueueItem(*row) for row in rows]
 
     def sign_in_watch(self, scope: AdminScope) -> SignInWatch:
         """The guard's sources and accounts within *scope* (see the module docstring)."""
-        guard = self.box.guard
+        guard = self.guard
         sources = []
         for state in guard.sources():
             mine = tuple(item for item in state.accounts if scope.covers_account(item[0]))
@@ -305,7 +327,7 @@ class AdminConsole:
 
     def unlock_source(self, scope: AdminScope, source: str) -> None:
         """Lift a source's refusal and forget its failures; `Refusal` if not this admin's."""
-        tried = self.box.guard.tried_from(source)
+        tried = self.guard.tried_from(source)
         mine = {account for account in tried if scope.covers_account(account)}
         if not mine:
             raise Refusal("That address has no failed sign-ins on your agencies' accounts",
@@ -316,11 +338,11 @@ class AdminConsole:
                 " administrator to unlock it",
                 "ที่อยู่นี้เดารหัสผ่านบัญชีของหน่วยงานอื่นด้วย กรุณาติดต่อผู้ดูแลระบบของเครื่องแม่ข่ายให้เป็นผู้ปลดล็อก",
             )
-        self.box.guard.unlock_source(source)
+        self.guard.unlock_source(source)
 
     def unlock_account(self, scope: AdminScope, account: str) -> None:
         """End an account's extra delay; `Refusal` if it is not in *scope* or not slowed."""
-        if not scope.covers_account(account) or not self.box.guard.unlock_account(account):
+        if not scope.covers_account(account) or not self.guard.unlock_account(account):
             raise Refusal("That account has no failed sign-ins to forget",
                           "บัญชีนี้ไม่มีการเข้าสู่ระบบผิดที่ต้องล้าง")  # fmt: skip
 
@@ -336,11 +358,11 @@ class AdminConsole:
         timeout if a listener hangs).
         """
         running, services = await trio.to_thread.run_sync(
-            services_from_status_file, self.box.status_file
+            services_from_status_file, self.status_file
         )
         snapshot = await gather_snapshot(
-            self.box.config,
-            self.box.mailstore.outbound_groups,
+            self.config,
+            self.mailstore.outbound_groups,
             self.readings,
             services=services,
             box_running=running,
@@ -368,7 +390,7 @@ class AdminConsole:
                 recipients=(target,) if target else (),
                 result=detail[:200],
             )
-            await self.box.traffic.append(record)
+            await self.traffic.append(record)
         except Exception:
             # Like sign-ins: a full log disk must not stop the change already made;
             # the operator sees it here.

@@ -56,7 +56,6 @@ from typing import Any, Final, Literal
 
 import trio
 
-from appliance.box import Box
 from appliance.config import Config
 from appliance.store.files import write_atomically
 from appliance.sync.central import (
@@ -340,7 +339,7 @@ class LinkMonitor:
 
     def __init__(
         self,
-        box: Box,
+        config: Config,
         status: SyncStatus,
         clock: Clock,
         *,
@@ -350,10 +349,9 @@ class LinkMonitor:
         watch: LinkWatch | None = None,
         recovery_interval: float = RECOVERY_INTERVAL,
     ) -> None:
-        self.box = box
         self.sync_status = status
         self.clock = clock
-        self.interval = max(0.1, box.config.link_probe_interval)
+        self.interval = max(0.1, config.link_probe_interval)
         self.probe_timeout = probe_timeout
         #: The replicators' waits, cut short when the link returns (`LinkWatch`).
         self.watch = watch or LinkWatch()
@@ -369,10 +367,10 @@ class LinkMonitor:
         self._last_start: dict[LinkName, float] = {"gin": -math.inf, "international": -math.inf}
         self._numbers = itertools.count()
         self._down_after, self._up_after = down_after, up_after
-        self.path = box.config.data_dir / LINK_FILE
+        self.path = config.data_dir / LINK_FILE
         self._links: dict[LinkName, _Link] = {
-            "gin": gin_link(box.config),
-            "international": international_link(box.config),
+            "gin": gin_link(config),
+            "international": international_link(config),
         }
         self._trackers: dict[LinkName, Hysteresis] = {
             name: Hysteresis(link.target, down_after=down_after, up_after=up_after)

@@ -68,11 +68,22 @@ async def test_the_https_port_serves_every_capability(box: Box) -> None:
         assert path in paths
 
 
-def test_a_plain_box_has_no_lifelong_service_but_discovery(tmp_path: Path) -> None:
+def test_the_lifelong_services_start_in_order_when_turned_on(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    config = configured(data, {}, {})
     lifecycle = Lifecycle(data, ensure_device(data))
-    names = [
-        type(service).__name__ for service in lifelong_services(config, lifecycle, BoxViewSlot())
-    ]
-    assert names == (["DiscoveryService"] if config.discovery else [])
+    plain = configured(data, {}, {})
+    assert not any(
+        type(service).__name__ in ("DiscoveryService", "HardwareWatchdogService")
+        for service in lifelong_services(plain, lifecycle, BoxViewSlot())
+    )
+    flags = {
+        "discovery": True,
+        "hardware_watchdog": True,
+        "watchdog_device": str(tmp_path / "watchdog"),
+    }
+    config = configured(data, {}, flags)
+    services = lifelong_services(config, lifecycle, BoxViewSlot())
+    names = [type(service).__name__ for service in services]
+    # The panel, if this machine has one, sits between the two.
+    assert names[0] == "DiscoveryService"
+    assert names[-1] == "HardwareWatchdogService"

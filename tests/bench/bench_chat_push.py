@@ -147,7 +147,9 @@ async def run(messages: int, profile: Path | None) -> dict[str, Any]:
                 return json.loads(out)
 
             clock = ManualClock()
-            replicator = ChatReplicator(a, link, SyncStatus(root / "a", clock), clock, batch=BATCH)
+            replicator = ChatReplicator(
+                a.chat, a.identity.domain, link, SyncStatus(root / "a", clock), clock, batch=BATCH
+            )
             events, done = await replicator.push()
             assert done
             if profiler and profile:

@@ -99,9 +99,12 @@ async def test_mail_reaches_box_b_once_and_urgent_leaves_first_after_an_outage(
         await add_user(box, SENDER, PASSWORD, name_th="สมชาย")
         shutil.copy(postfix.cert_path, data / "keys" / CENTRAL_CA_FILE)
         relay = OutboundRelay(
-            box,
             SyncStatus(data),
             SystemClock(),
+            config=box.config,
+            hostname=box.hostname,
+            directory=box.directory,
+            mailstore=box.mailstore,
             retry=RetryPolicy(poll=0.2, link_first=0.5, link_cap=2.0),
             timeouts=Timeouts(connect=5, greeting=10, command=10, data_start=10,
                               data_block=10, data_end=30),

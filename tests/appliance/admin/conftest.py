@@ -21,11 +21,10 @@ from urllib.parse import urlencode
 import pytest
 import trio
 
-from appliance.admin.pages import admin_routes
 from appliance.box import Box, init_box, open_box
 from appliance.cli import add_user
 from appliance.directory.sessions import BROWSER_TTL
-from appliance.registry import page_kit, session_api
+from appliance.registry import admin_console, page_kit, session_api
 from appliance.web.pages import CommonPages
 from appliance.web.server import csrf_token_for
 from tests.appliance.configs import https_on_a_free_port
@@ -103,6 +102,6 @@ async def console(box: Box, nursery: trio.Nursery) -> Console:
     # The box's own Sessions, as in production (appliance.registry): a revoke through
     # box.sessions must clear the very cache the server resolves tokens with.
     kit = page_kit(box)
-    routes = [*CommonPages(kit, session_api(box)).routes(), *admin_routes(box, kit)]
+    routes = [*CommonPages(kit, session_api(box)).routes(), *admin_console(box, kit)]
     server = await start_server(box, nursery, routes, sessions=box.sessions)
     return Console(box, server)

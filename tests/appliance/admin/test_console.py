@@ -246,7 +246,10 @@ async def test_a_box_admin_never_administers_replicated_people(tmp_path: Path) -
         assert created == "dara@b.go.th"
         assert await box.directory.user("dara@b.go.th") is not None  # in the address book
 
-        console = AdminConsole(box)
+        console = AdminConsole(
+            config=box.config, directory=box.directory, mailstore=box.mailstore,
+            guard=box.guard, traffic=box.traffic, status_file=box.status_file,
+        )  # fmt: skip
         box_wide = AdminScope(admin, None)
         assert [u.address for u in await console.users(box_wide)] == ["admin@a.go.th"]
         assert await console.target(box_wide, "dara@b.go.th") is None

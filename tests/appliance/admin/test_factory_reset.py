@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.provisioning.device import ensure_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle
-from appliance.registry import page_kit, session_api
+from appliance.registry import admin_console, page_kit, session_api
 from appliance.web.pages import CommonPages
 from tests.appliance.admin.conftest import ADMIN_A, PASSWORD, ROOT, Console
 from tests.appliance.web.conftest import start_server
@@ -22,7 +21,7 @@ async def resettable(box: Box, nursery: trio.Nursery) -> tuple[Console, Lifecycl
     lifecycle.serving(BoxState.PROVISIONED, {})
     kit = page_kit(box)
     routes = [*CommonPages(kit, session_api(box)).routes(),
-              *admin_routes(box, kit, lifecycle)]  # fmt: skip
+              *admin_console(box, kit, lifecycle)]  # fmt: skip
     server = await start_server(box, nursery, routes, sessions=box.sessions)
     return Console(box, server), lifecycle
 

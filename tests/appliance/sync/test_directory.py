@@ -64,7 +64,10 @@ def replicator(
     direct = DirectHub(hub, Peer(box.identity.box_id, box.identity.domain))
     clock = ManualClock()
     status = SyncStatus(box.config.data_dir, clock)
-    return DirectoryReplicator(box, direct, status, clock, batch=batch), direct
+    replicator = DirectoryReplicator(
+        box.directory, box.identity.domain, direct, status, clock, batch=batch
+    )
+    return replicator, direct
 
 
 async def test_users_flow_from_one_box_through_the_hub_to_another(tmp_path: Path) -> None:
