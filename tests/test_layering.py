@@ -51,6 +51,10 @@ LAYERS: tuple[Layer, ...] = (
             "appliance.mail.imap.client",
             "appliance.mail.imap.mutf7",
             "appliance.mail.imap.mime",
+            "appliance.mail.mime",
+            "appliance.sync.codec",
+            # Checks of untrusted text and JSON, shared by the codecs.
+            "appliance.security.untrusted",
             "hw.panel_link",
         ),
         open=True,
@@ -93,9 +97,18 @@ LAYERS: tuple[Layer, ...] = (
     Layer("entry point", ("appliance.__main__",)),
 )
 
-#: Entries being made right now by other parts of issue 17 (the generic network layer);
-#: the stale-entry check forgives them until they exist. Empty this once they land.
-PENDING: frozenset[str] = frozenset({"appliance.net"})
+#: Entries that other parts of issue 17 are creating or moving away right now (the
+#: generic network layer, the pure codecs, mime.py beside mail): the stale-entry check
+#: forgives them while they are on the way. Empty this once those changes have landed.
+MOVING: frozenset[str] = frozenset(
+    {
+        "appliance.net",
+        "appliance.listeners",
+        "appliance.sync.codec",
+        "appliance.mail.mime",
+        "appliance.mail.imap.mime",
+    }
+)
 
 #: Imports allowed against the rule, each with its reason and the change that ends it.
 #: Keep it short: an entry here is a debt.
@@ -183,7 +196,7 @@ def test_every_entry_names_modules() -> None:
         entry
         for layer in LAYERS
         for entry in layer.entries
-        if entry not in PENDING
+        if entry not in MOVING
         and not any(m == entry or m.startswith(entry + ".") for m in modules())
     ]
     assert not stale, f"no module under these entries any more: {stale}"
@@ -243,7 +256,14 @@ def test_the_check_catches_upward_and_sideways_imports() -> None:
 
 @pytest.mark.parametrize("core", LAYERS[0].entries)
 def test_protocol_cores_do_no_io(core: str) -> None:
-    io = sorted(imports_of(core) & IO_MODULES)
+    if core in MOVING and not any(m == core or m.startswith(core + ".") for m in modules()):
+        pytest.skip(f"{core} is on its way")
+    io = sorted(
+        name
+        for module in modules()
+        if module == core or module.startswith(core + ".")
+        for name in imports_of(module) & IO_MODULES
+    )
     assert not io, f"{core} is a sans-I/O protocol core but imports {io}"
 
 
