@@ -3,8 +3,8 @@
 This is the one place that knows every capability. Everything below it is handed only
 the parts it uses — the settings, the directory, the mail store, the chat… — never
 the whole opened box (`appliance.box.Box`); only this module takes a part out of it.
-One exception is left: the hub's sync API (`HubSyncService`, `hub_sync_routes`) still
-takes the hub's `Box` while its server is being split (issue 17).
+One exception is left: the hub's sync server (`HubSyncService`: TLS, enrolment, which
+makes service accounts) still takes the hub's `Box` while it is being split (issue 17).
 `appliance.cli` runs what this module lists, and tests that start a service in-process
 call the same functions, so a test serves what the box serves.
 
@@ -226,7 +226,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     config = box.config
     clock = clock or SystemClock()
     if config.role == "hub":
-        return [HubSyncService(box, hub_sync_routes(box))]
+        routes = hub_sync_routes(box.chat, box.directory, box.mailstore)
+        return [HubSyncService(box, routes)]
     keys = config.data_dir / "keys"
     # Before any service opens a connection with the sync key and certificate.
     finish_renewal(keys)

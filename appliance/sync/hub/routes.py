@@ -6,7 +6,9 @@ exactly this list (plus the enrolment routes, which belong to the server itself)
 
 from __future__ import annotations
 
-from appliance.box import Box
+from appliance.chat import Chat
+from appliance.directory import Directory
+from appliance.mail.mailstore import Mailstore
 from appliance.sync.hub.chat import chat_hub_routes
 from appliance.sync.hub.directory import directory_routes
 from appliance.sync.transport import JSON, Peer, SyncRoute
@@ -20,9 +22,9 @@ async def _ping(peer: Peer, body: JSON) -> JSON:
     return {"box_id": peer.box_id, "domain": peer.domain}
 
 
-def hub_sync_routes(box: Box) -> list[SyncRoute]:
-    """Return every sync route the hub *box* serves."""
+def hub_sync_routes(chat: Chat, directory: Directory, mailstore: Mailstore) -> list[SyncRoute]:
+    """Return every sync route the hub serves, over its chat, directory and mail store."""
     routes = [SyncRoute(PING_PATH, _ping, max_body=4096)]
-    routes += directory_routes(box)
-    routes += chat_hub_routes(box)
+    routes += directory_routes(directory, mailstore)
+    routes += chat_hub_routes(chat, directory)
     return routes

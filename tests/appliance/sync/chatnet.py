@@ -48,7 +48,9 @@ class Link:
     calls: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.routes = {r.path: r.handler for r in chat_hub_routes(self.hub)}
+        self.routes = {
+            r.path: r.handler for r in chat_hub_routes(self.hub.chat, self.hub.directory)
+        }
 
     async def __call__(self, path: str, body: JSON) -> JSON:
         if not self.up:

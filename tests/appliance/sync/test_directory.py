@@ -25,7 +25,7 @@ class DirectHub:
     """`HubCall` straight into the hub's handlers, with the JSON round trip of the wire."""
 
     def __init__(self, hub: Box, peer: Peer) -> None:
-        self.routes = {r.path: r.handler for r in directory_routes(hub)}
+        self.routes = {r.path: r.handler for r in directory_routes(hub.directory, hub.mailstore)}
         self.peer = peer
         self.sent: list[tuple[str, Any]] = []
         #: Paths whose answer is lost after the hub committed (a cut at the worst time).

@@ -51,7 +51,7 @@ async def running_hub(
     # Real time as the start: the certificates the hub signs must be valid now.
     clock = ManualClock(start=time.time())
     async with open_box(config) as box:
-        routes = [*hub_sync_routes(box), *extra_routes]
+        routes = [*hub_sync_routes(box.chat, box.directory, box.mailstore), *extra_routes]
         service = HubSyncService(box, routes, clock=clock, limits=limits)
         async with trio.open_nursery() as nursery:
             await nursery.start(service.serve)
