@@ -240,6 +240,32 @@ def test_no_import_runs_upward() -> None:
     assert not wrong, "imports against docs/architecture.md's layers:\n" + "\n".join(wrong)
 
 
+#: The modules that may import appliance.box: the composition root and the command,
+#: and what makes or opens a box's data directory itself. Everything else is handed the
+#: parts it uses (docs/architecture.md, "The registry"); who needs the box's identity
+#: reads appliance.identity.
+BOX_USERS: frozenset[str] = frozenset(
+    {
+        "appliance.cli",
+        "appliance.registry",
+        # Provisioning makes the data directory (init_box); the USB stick adds users.
+        "appliance.provisioning.provision",
+        "appliance.provisioning.usb",
+        # The hub's sync server and its admission of boxes (which makes service
+        # accounts) still take the hub's Box: the server is being split (issue 17).
+        "appliance.sync.hub.server",
+        "appliance.sync.hub.admission",
+    }
+)
+
+
+def test_only_the_composition_root_hands_out_the_box() -> None:
+    users = {module for module in modules() if "appliance.box" in imports_of(module)}
+    assert users <= BOX_USERS, (
+        f"these take the whole Box; hand them its parts instead: {sorted(users - BOX_USERS)}"
+    )
+
+
 def test_the_check_catches_upward_and_sideways_imports() -> None:
     graph = {
         "appliance.mail.smtp.server": {"appliance.box", "appliance.directory", "trio"},
