@@ -266,6 +266,14 @@ def test_only_the_composition_root_hands_out_the_box() -> None:
     )
 
 
+def test_the_architecture_page_lists_the_same_layers() -> None:
+    """docs/architecture.md draws the layers top first; the names must match `LAYERS`."""
+    page = (ROOT / "docs" / "architecture.md").read_text("utf-8")
+    block = page.split("## Layers", 1)[1].split("```", 2)[1]
+    drawn = [line.split("  ")[0] for line in block.splitlines() if line and line[0] != " "]
+    assert drawn == [layer.name for layer in reversed(LAYERS)]
+
+
 def test_the_check_catches_upward_and_sideways_imports() -> None:
     graph = {
         "appliance.mail.smtp.server": {"appliance.box", "appliance.directory", "trio"},
