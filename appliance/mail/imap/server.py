@@ -19,10 +19,10 @@ from appliance.directory import Directory, User
 from appliance.directory.signin import Refused, SignIn
 from appliance.health.disk_guard import DiskGuard
 from appliance.health.metrics import BoxMetrics
-from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.session import ImapSession
 from appliance.mail.mailstore import Mailstore
+from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 
 log = logging.getLogger("edgebox.imap")
 

@@ -19,7 +19,6 @@ from appliance.directory import Directory, normalise_address
 from appliance.directory.signin import Refused, SignIn
 from appliance.health.disk_guard import DiskGuard, is_disk_full
 from appliance.health.metrics import BoxMetrics
-from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.delivery import Delivery, Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import Mailstore, QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
@@ -30,6 +29,7 @@ from appliance.mail.smtp.policy import (
     SMTPPolicy,
     parse_trusted_relays,
 )
+from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 
 log = logging.getLogger("edgebox.smtp")
 

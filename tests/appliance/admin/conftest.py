@@ -25,8 +25,8 @@ from appliance.box import Box, init_box, open_box
 from appliance.cli import add_user
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.registry import admin_console, page_kit, session_api
+from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages
-from appliance.web.server import csrf_token_for
 from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 

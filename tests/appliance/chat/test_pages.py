@@ -35,8 +35,8 @@ from appliance.directory import User
 from appliance.directory.preferences import Preferences
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.registry import page_kit, session_api
+from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages
-from appliance.web.server import csrf_token_for
 from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 

@@ -24,8 +24,8 @@ from appliance.mail.mailboxes import Mailboxes
 from appliance.mail.mailstore import StoredMessage
 from appliance.mail.webmail.pages import MailPages
 from appliance.registry import page_kit, session_api
+from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages
-from appliance.web.server import csrf_token_for
 from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 
