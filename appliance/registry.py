@@ -3,8 +3,6 @@
 This is the one place that knows every capability. Everything below it is handed only
 the parts it uses — the settings, the directory, the mail store, the chat… — never
 the whole opened box (`appliance.box.Box`); only this module takes a part out of it.
-One exception is left: the hub's sync server (`HubSyncService`: TLS, enrolment, which
-makes service accounts) still takes the hub's `Box` while it is being split (issue 17).
 `appliance.cli` runs what this module lists, and tests that start a service in-process
 call the same functions, so a test serves what the box serves.
 
@@ -227,7 +225,11 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     clock = clock or SystemClock()
     if config.role == "hub":
         routes = hub_sync_routes(box.chat, box.directory, box.mailstore)
-        return [HubSyncService(box, routes)]
+        hub = HubSyncService(
+            routes, config=config, hostname=box.hostname, directory=box.directory,
+            mailstore=box.mailstore,
+        )  # fmt: skip
+        return [hub]
     keys = config.data_dir / "keys"
     # Before any service opens a connection with the sync key and certificate.
     finish_renewal(keys)

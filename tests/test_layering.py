@@ -251,10 +251,6 @@ BOX_USERS: frozenset[str] = frozenset(
         # Provisioning makes the data directory (init_box); the USB stick adds users.
         "appliance.provisioning.provision",
         "appliance.provisioning.usb",
-        # The hub's sync server and its admission of boxes (which makes service
-        # accounts) still take the hub's Box: the server is being split (issue 17).
-        "appliance.sync.hub.server",
-        "appliance.sync.hub.admission",
     }
 )
 

@@ -52,7 +52,10 @@ async def running_hub(
     clock = ManualClock(start=time.time())
     async with open_box(config) as box:
         routes = [*hub_sync_routes(box.chat, box.directory, box.mailstore), *extra_routes]
-        service = HubSyncService(box, routes, clock=clock, limits=limits)
+        service = HubSyncService(
+            routes, config=box.config, hostname=box.hostname, directory=box.directory,
+            mailstore=box.mailstore, clock=clock, limits=limits,
+        )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(service.serve)
             yield Hub(box, service, clock, f"https://127.0.0.1:{config.port('hub-sync')}")
