@@ -151,7 +151,7 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
     box.metrics.attach(
         SnapshotCollector(
             health.latest,
-            streams=box.chat.hub.stream_count,
+            streams=box.chat.fanout.stream_count,
             refusing=lambda: box.disk_guard.refusing,
         )
     )
