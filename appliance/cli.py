@@ -61,6 +61,7 @@ from appliance.health.snapshot import (
 )
 from appliance.identity import read_identity
 from appliance.panel import BoxViewSlot
+from appliance.protection import dkim_commands
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
@@ -80,6 +81,7 @@ from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.uplink import link_report
+from appliance.update import commands as update_commands
 
 DEMO_DOMAIN = "demo.go.th"
 #: The demo agency's users; README.md lists the same addresses and passwords.
@@ -220,12 +222,14 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("box_id")
 
     provisioning_commands.add(commands, hub_command)
+    dkim_commands.add(commands)
 
     enrol = command("enroll", _enroll, "join this box to its hub with a one-time token")
     enrol.add_argument("--hub", required=True, help="the hub's sync URL, https://host:port")
     enrol.add_argument("--token", required=True, help="the token from `edgebox hub token`")
 
     _backup_parser(commands)
+    update_commands.add(commands)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"

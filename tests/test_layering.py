@@ -71,12 +71,14 @@ LAYERS: tuple[Layer, ...] = (
     Layer("framework", ("appliance.web", "appliance.health")),
     # The domain capabilities, each with its services and routes.
     Layer("domain", ("appliance.mail", "appliance.chat")),
+    # Mail protection: DKIM signing (where mail leaves) and verification (at the MX).
+    Layer("protection", ("appliance.protection",)),
     # The opened data directory: the domain objects of one box.
     Layer("box", ("appliance.box",)),
     # What works on the whole box's data: the uplink and the hub; backups.
     Layer("uplink", ("appliance.sync", "appliance.backup")),
-    # The box's states: setup path, USB stick, factory reset.
-    Layer("provisioning", ("appliance.provisioning",)),
+    # The box's life: its states, setup path, USB stick, factory reset; A/B updates.
+    Layer("lifecycle", ("appliance.provisioning", "appliance.update")),
     # Services around the box: mDNS, the front panel, the watchdog, the health monitor,
     # and the supervisor that runs services.
     Layer(
@@ -91,6 +93,8 @@ LAYERS: tuple[Layer, ...] = (
     ),
     # The admin console: it reads every capability.
     Layer("presentation", ("appliance.admin",)),
+    # Capabilities' sub-commands of `edgebox` (they open the box themselves).
+    Layer("commands", ("appliance.protection.dkim_commands", "appliance.update.commands")),
     # The composition root: which services and routes, each handed its parts.
     Layer("registry", ("appliance.registry",)),
     Layer("command", ("appliance.cli",)),
@@ -118,6 +122,9 @@ EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
         # points 6 and 7); then these two lines go.
         ("appliance.sync.enrol", "appliance.provisioning.provisioning_ca"),
         ("appliance.sync.hub.admission", "appliance.provisioning.provisioning_ca"),
+        # The MX's DKIM verdict (RFC 8601): the registry should hand SMTPService an
+        # inbound filter, so mail need not know protection; until then, this line.
+        ("appliance.mail.smtp.server", "appliance.protection.dkim"),
     }
 )
 
@@ -251,6 +258,10 @@ BOX_USERS: frozenset[str] = frozenset(
         # Provisioning makes the data directory (init_box); the USB stick adds users.
         "appliance.provisioning.provision",
         "appliance.provisioning.usb",
+        # Sub-commands that open the box, and the update's health gate after a reboot.
+        "appliance.protection.dkim_commands",
+        "appliance.update.commands",
+        "appliance.update.confirm",
     }
 )
 

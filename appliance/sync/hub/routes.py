@@ -23,7 +23,8 @@ async def _ping(peer: Peer, body: JSON) -> JSON:
 
 
 def hub_sync_routes(chat: Chat, directory: Directory, mailstore: Mailstore) -> list[SyncRoute]:
-    """Return every sync route the hub serves, over its chat, directory and mail store."""
+    """Return the sync streams' routes the hub serves, over its chat, directory and mail
+    store (other capabilities' hub routes are added by appliance.registry)."""
     routes = [SyncRoute(PING_PATH, _ping, max_body=4096)]
     routes += directory_routes(directory, mailstore)
     routes += chat_hub_routes(chat, directory)
