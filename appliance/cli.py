@@ -525,12 +525,21 @@ async def _run_box(config: Any) -> None:
                 if box_state(config.data_dir) is BoxState.UNPROVISIONED:
                     await _serve_setup(config, lifecycle)
                     continue
+                # Read again: the wizard may have enrolled the box (hub_url and the
+                # central servers are in config.json now).
+                config = _reloaded(config)
                 await _serve(config, lifecycle, views)
                 logging.getLogger("edgebox").warning("factory reset: erasing the agency's data")
                 await trio.to_thread.run_sync(factory_reset, config.data_dir)
                 await trio.to_thread.run_sync(ensure_device, config.data_dir)  # a new code
                 print("factory reset done; the box is unprovisioned", flush=True)
     print("edgebox stopped", flush=True)
+
+
+def _reloaded(config: Any) -> Any:
+    """*config* read again from config.json, the environment and the same flags."""
+    flags = {"port_offset": config.port_offset, "role": config.role, "bind": config.bind}
+    return configured(config.data_dir, os.environ, flags)
 
 
 async def _serve_setup(config: Any, lifecycle: Lifecycle) -> None:

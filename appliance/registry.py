@@ -65,6 +65,7 @@ from appliance.provisioning.setup_api import (
     provisioned_setup_routes,
 )
 from appliance.provisioning.usb import usb_service
+from appliance.provisioning.wizard_pages import SetupWizard
 from appliance.security.guard import AuthGuard
 from appliance.security.tls_renewal import TLSRenewal
 from appliance.supervisor import Service
@@ -124,8 +125,9 @@ def lifelong_services(
 def setup_services(config: Config, guard: AuthGuard, lifecycle: Lifecycle) -> list[Service]:
     """The services of an unprovisioned box: the setup path on the HTTPS port only."""
     api = SetupApi(lifecycle, guard)
+    routes = api.routes() + SetupWizard(config, lifecycle, api).routes()
     # Nobody is signed in (there are no users yet); the device's own certificate.
-    https = HTTPSService(SetupHost(config), api.routes(), sessions=NoSessions(),
+    https = HTTPSService(SetupHost(config), routes, sessions=NoSessions(),
                          tls=lifecycle.device.ssl_context())  # fmt: skip
     return [https]
 

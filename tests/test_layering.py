@@ -255,9 +255,11 @@ BOX_USERS: frozenset[str] = frozenset(
     {
         "appliance.cli",
         "appliance.registry",
-        # Provisioning makes the data directory (init_box); the USB stick adds users.
+        # Provisioning makes the data directory (init_box); the USB stick and the
+        # setup wizard add users.
         "appliance.provisioning.provision",
         "appliance.provisioning.usb",
+        "appliance.provisioning.wizard_pages",
         # Sub-commands that open the box, and the update's health gate after a reboot.
         "appliance.protection.dkim_commands",
         "appliance.update.commands",
