@@ -34,7 +34,7 @@ from appliance.chat.store import Chat
 from appliance.compliance.traffic_log import TrafficLog
 from appliance.health.disk_guard import DiskGuard
 from appliance.health.metrics import BoxMetrics
-from appliance.protection import Protection
+from appliance.protection.scanner import Protection
 from appliance.web.routes import Route, StreamRoute
 
 __all__ = ["chat_routes", "person"]

@@ -15,7 +15,7 @@ from appliance.chat.api import schemas as s
 from appliance.chat.api.common import MESSAGE, ROOM, StorageGuard, me, messages_json, route
 from appliance.chat.store import MAX_UPLOAD, Chat
 from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
-from appliance.protection import Protection, ScannerUnavailable
+from appliance.protection.scanner import Protection, ScannerUnavailable
 from appliance.web.routes import JSON, ApiError, Request, Response, Route
 from appliance.web.user_content import sniffed
 

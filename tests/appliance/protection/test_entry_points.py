@@ -15,11 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from appliance.box import Box
 from appliance.compliance.traffic_log import iter_records
 from appliance.config import Config
+from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.protection.engines import protection_from_config
+from appliance.protection.scanner import Protection
+from appliance.registry import page_kit, session_api
+from appliance.web.pages import CommonPages
 from tests.appliance.mail.webmail.test_compose_pages import (  # noqa: F401 - fixtures
     SOMCHAI,
     SOMYING,
@@ -28,11 +33,11 @@ from tests.appliance.mail.webmail.test_compose_pages import (  # noqa: F401 - fi
     messages,
     page_text,
     send,
-    server,
-    somchai,
+    sign_in,
 )
 from tests.appliance.protection.engines import EICAR, running_engines
 from tests.appliance.sync.test_mailbox import USER, Env, dovecot, env  # noqa: F401 - fixtures
+from tests.appliance.web.conftest import start_server
 from tests.harness import require_tool
 
 pytestmark = pytest.mark.slow
@@ -45,12 +50,23 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
         yield config
 
 
+async def compose_as_somchai(box: Box, nursery: trio.Nursery, protection: Protection) -> Browser:
+    """The compose page served with *protection*, and Somchai signed in to it."""
+    kit = page_kit(box)
+    compose = compose_routes(
+        kit, directory=box.directory, mailstore=box.mailstore, delivery=box.delivery,
+        traffic=box.traffic, disk_guard=box.disk_guard, hostname=box.hostname,
+        max_recipients=box.config.max_recipients, protection=protection,
+    )  # fmt: skip
+    routes = [*CommonPages(kit, session_api(box)).routes(), *compose]
+    server = await start_server(box, nursery, routes, sessions=box.sessions)
+    return await sign_in(server, SOMCHAI)
+
+
 async def test_webmail_refuses_an_eicar_attachment_and_sends_a_clean_one(
-    box: Box,
-    somchai: Browser,
-    engines: Config,
+    box: Box, nursery: trio.Nursery, engines: Config
 ) -> None:
-    box.protection = protection_from_config(engines)
+    somchai = await compose_as_somchai(box, nursery, protection_from_config(engines))
     reply = await somchai.post(
         send(to=SOMYING, subject="แฟ้มงาน", body="ตามแนบ"),
         [("eicar.com", "application/octet-stream", EICAR)],
@@ -73,14 +89,10 @@ async def test_webmail_refuses_an_eicar_attachment_and_sends_a_clean_one(
 
 
 async def test_webmail_says_try_later_while_a_scanner_is_down(
-    box: Box,
-    somchai: Browser,
-    engines: Config,
-    tmp_path: Path,
+    box: Box, nursery: trio.Nursery, engines: Config, tmp_path: Path
 ) -> None:
-
     gone = dataclasses.replace(engines, protection_clamd_socket=str(tmp_path / "none.sock"))
-    box.protection = protection_from_config(gone)
+    somchai = await compose_as_somchai(box, nursery, protection_from_config(gone))
     reply = await somchai.post(send(to=SOMYING, subject="x", body="y"))
     assert reply.status == 422
     assert "ไม่พร้อมใช้งานชั่วคราว" in page_text(reply)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.box import Box
-from appliance.web.api import web_routes
+from appliance.registry import web_routes
 from appliance.web.csrf import csrf_token_for
 from appliance.web.i18n import (
     SERVICE_LABELS,
