@@ -60,8 +60,7 @@ from typing import Any, TypeVar
 import trio
 
 from appliance.directory import User
-from appliance.mail import headers
-from appliance.mail.imap import mime
+from appliance.mail import headers, mime
 from appliance.mail.imap.client import (
     Event,
     FetchData,

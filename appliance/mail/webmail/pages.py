@@ -36,7 +36,7 @@ from urllib.parse import urlencode
 import trio
 
 from appliance.box import Box
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.mail.mailboxes import FlagMode, MailboxError, Mailboxes, normalise_name
 from appliance.mail.mailstore import StoredMessage
 from appliance.mail.webmail import reading, sanitise
