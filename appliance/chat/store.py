@@ -65,14 +65,6 @@ from appliance.chat.models import (
     Room,
     RoomOptions,
 )
-from appliance.chat.replication import (
-    REJECTED_TYPE,
-    REPLICATED_TYPES,
-    SNAPSHOT_TYPES,
-    HubAnswer,
-    ReplicatedEvent,
-    invalid,
-)
 from appliance.chat.rules import RoomPolicy
 from appliance.chat.schema import CHAT_MIGRATIONS
 from appliance.chat.stream import SCRUBBED_TYPES, StreamHub, Subscription
@@ -87,6 +79,14 @@ from appliance.security.untrusted import (
 from appliance.store.blobs import BlobMissing, BlobStore
 from appliance.store.database import Database, running
 from appliance.store.encrypted import derive_key, open_encrypted_database
+from appliance.sync.codec.chat import (
+    REJECTED_TYPE,
+    REPLICATED_TYPES,
+    SNAPSHOT_TYPES,
+    HubAnswer,
+    ReplicatedEvent,
+    invalid,
+)
 
 T = TypeVar("T")
 Conn = apsw.Connection
@@ -1698,7 +1698,7 @@ class Chat:
         unique in ``events``, so applying one twice has the effect of once. The sync
         replicator applies whole pages with `apply_pulled`; this is the one-event form.
         """
-        from appliance.chat.replication import parse_event
+        from appliance.sync.codec.chat import parse_event
 
         parsed = parse_event(dict(event))
         return await self.apply_pulled([parsed]) == 1
