@@ -73,6 +73,7 @@ from appliance.mail.smtp.server import SMTPService
 from appliance.panel import BoxView, BoxViewSlot, panel_service
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
+from appliance.provisioning.enrol import EnrolError, enroll
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import (
     SETUP_LOCK_FILE,
@@ -88,7 +89,6 @@ from appliance.security.keys import KeyMaterialError
 from appliance.security.tls_renewal import TLSRenewal
 from appliance.store.database import limit_allocator_retention
 from appliance.supervisor import Service, Supervisor
-from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.link import link_report
@@ -453,7 +453,7 @@ def _hub_token(args: argparse.Namespace) -> int:
 
     async def action(box: Box) -> str:
         # The token pins the CA that signs the hub's server certificate (open_box made
-        # sure it exists); see appliance.sync.enrol.
+        # sure it exists); see appliance.provisioning.enrol.
         ca = x509.load_pem_x509_certificate((args.data / "keys" / "ca.pem").read_bytes())
         async with open_hub_database(args.data) as db:
             try:

@@ -152,7 +152,7 @@ def published(keys_dir: Path) -> dict[str, str]:
 def install_published(keys_dir: Path, answer: dict[str, object]) -> bool:
     """Install the provisioning CA and CRL from the hub's enrolment answer; return whether.
 
-    The answer came over the connection pinned to the hub's CA (appliance.sync.enrol),
+    The answer came over the connection pinned to the hub's CA (appliance.provisioning.enrol),
     so it is the hub's own. Anything unreadable is skipped: enrolment does not fail for
     the stick's trust, and the image's CA still applies.
     """

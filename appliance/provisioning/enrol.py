@@ -1,5 +1,10 @@
 """``edgebox enroll``: join a box to its hub with one command and one token.
 
+Enrolment is a provisioning step (it turns a box with an agency into a box the hub
+knows), so it lives here with the other ways a box is provisioned; the signed USB
+stick (`appliance.provisioning.usb`) runs the same `enroll`. What it installs is read
+by the sync services (`appliance.sync.central`), which never enrol by themselves.
+
 What happens, in order:
 
 1. The token (`EnrolmentToken`) carries a one-time secret and the SHA-256 fingerprint of
@@ -41,6 +46,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.box import read_identity
 from appliance.provisioning.provisioning_ca import install_published
+from appliance.security.certificates import new_key, private_pem
 from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 from appliance.store.settings import Settings
@@ -96,7 +102,7 @@ async def enroll(
     ca_cert = _pinned_ca(ca_pem.get("ca"), parsed.ca_fingerprint)
 
     # 2. The CSR, over a connection verified against that CA.
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.box_id)]))
@@ -114,10 +120,7 @@ async def enroll(
     # 3. Check, then install.
     enrolled, cert_pem, credentials = _checked(answer, key, ca_cert, identity.box_id, url)
     keys_dir = data_dir / "keys"
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomically(keys_dir / SYNC_KEY_FILE, key_pem, mode=0o600)
+    write_atomically(keys_dir / SYNC_KEY_FILE, private_pem(key), mode=0o600)
     write_atomically(keys_dir / SYNC_CERT_FILE, cert_pem, mode=0o644)
     write_atomically(
         keys_dir / CENTRAL_CA_FILE, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644
