@@ -52,9 +52,7 @@ from appliance.directory import DirectoryError, User, normalise_domain
 from appliance.directory.sessions import SessionExpiry
 from appliance.discovery import DiscoveryService
 from appliance.health import Finding, Level, worst
-from appliance.health.checks import disk as disk_check
-from appliance.health.checks import run_checks
-from appliance.health.checks import services as services_check
+from appliance.health.checks import UNPROVISIONED_CHECKS, run_checks
 from appliance.health.metrics import SnapshotCollector
 from appliance.health.metrics_service import MetricsService
 from appliance.health.monitor import HealthMonitor, gather_snapshot
@@ -716,7 +714,7 @@ def _status(args: argparse.Namespace) -> int:
             now=time.time(), data_dir=config.data_dir, limits=Limits.from_config(config),
             box_running=running, services=services, errors=machine.pop("errors"), **machine,
         )  # fmt: skip
-        findings = run_checks(bare, (services_check.CHECK, disk_check.CHECK))
+        findings = run_checks(bare, UNPROVISIONED_CHECKS)
         return _status_unprovisioned(device.box_id, findings, args.lang)
 
     async def action(box: Box) -> tuple[list[Finding], list[tuple[int, str, int, int]], int]:
