@@ -1,6 +1,7 @@
 """The one certificate factory: every CA the box or the hub keeps, and what each signs.
 
-Three CAs are made with it, each for one job (DESIGN.md "Security"):
+Three CAs are made with it, each for one job (DESIGN.md "Security"), and the device
+certificate an unprovisioned box shows on its setup path (`self_signed`):
 
 - the box CA (`appliance.security.tls`): signs the box's *server* certificate, under
   X.509 name constraints;
@@ -148,6 +149,35 @@ def new_ca(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
         )
     return CertificateAuthority(builder.sign(key, hashes.SHA256()), key)
+
+
+def self_signed(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    usage: x509.ObjectIdentifier,
+    alt_names: Sequence[x509.GeneralName],
+) -> x509.Certificate:
+    """Make a self-signed leaf (not a CA): the unprovisioned box's device certificate.
+
+    Nobody is asked to trust it as an issuer; the technician compares its fingerprint
+    with the one the panel shows (`appliance.provisioning.device`).
+    """
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(list(alt_names)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def key_usage(*, ca: bool) -> x509.KeyUsage:

@@ -1,4 +1,4 @@
-"""The certificate factory: each of the six kinds it makes keeps its exact shape.
+"""The certificate factory: each of the seven kinds it makes keeps its exact shape.
 
 Boxes, phones and the hub already trust certificates of these shapes, so a change in a
 CA's extensions, criticality, key type or lifetime is a change in who trusts what. Each
@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from appliance.provisioning.device import ensure_device
 from appliance.provisioning.provisioning_ca import (
     ensure_provisioning_ca,
     issue_technician_certificate,
@@ -148,3 +149,14 @@ def test_a_sealed_ca_loads_back_and_a_mismatched_pair_does_not(tmp_path: Path) -
     other = new_ca(ca_name("other CA"), not_before=NOW, not_after=NOW + dt.timedelta(days=90))
     cert_path.write_bytes(other.pem)
     assert load() is None
+
+
+def test_the_device_certificate_of_an_unprovisioned_box(tmp_path: Path) -> None:
+    device = ensure_device(tmp_path)
+    cert = x509.load_pem_x509_certificate(device.cert_file.read_bytes())
+
+    assert shape(cert) == [(SAN, False), (BC, True), (EKU, False)]
+    assert cert.issuer == cert.subject
+    assert cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == device.box_id
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=3651)
+    assert is_p256(cert)
