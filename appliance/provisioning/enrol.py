@@ -40,13 +40,12 @@ from typing import Any
 
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from appliance.box import read_identity
 from appliance.provisioning.provisioning_ca import install_published
-from appliance.security.certificates import new_key, private_pem
+from appliance.security.certificates import new_key, private_pem, signing_request
 from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 from appliance.store.settings import Settings
@@ -103,16 +102,11 @@ async def enroll(
 
     # 2. The CSR, over a connection verified against that CA.
     key = new_key()
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.box_id)]))
-        .sign(key, hashes.SHA256())
-    )
     request = {
         "token": str(parsed),
         "box_id": identity.box_id,
         "domain": identity.domain,
-        "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        "csr": signing_request(key, identity.box_id),
     }
     pinned = HubClient(data_dir, url, answer_within, context=_pinned_context(ca_cert))
     answer = await _call(pinned, "/sync/v1/enroll", request)

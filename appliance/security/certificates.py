@@ -1,7 +1,8 @@
 """The one certificate factory: every CA the box or the hub keeps, and what each signs.
 
-Three CAs are made with it, each for one job (DESIGN.md "Security"), and the device
-certificate an unprovisioned box shows on its setup path (`self_signed`):
+Three CAs are made with it, each for one job (DESIGN.md "Security"), the device
+certificate an unprovisioned box shows on its setup path (`self_signed`), and the
+request a box sends the hub to enrol or renew (`signing_request`):
 
 - the box CA (`appliance.security.tls`): signs the box's *server* certificate, under
   X.509 name constraints;
@@ -178,6 +179,20 @@ def self_signed(
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .sign(key, hashes.SHA256())
     )
+
+
+def signing_request(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:
+    """Return a PEM certificate signing request for *key*, naming *common_name*.
+
+    What a box sends the hub to enrol or renew: the hub takes only the key from it
+    (RFC 2986 §3: the signature proves the box holds it) and writes the rest itself.
+    """
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 def key_usage(*, ca: bool) -> x509.KeyUsage:

@@ -31,11 +31,10 @@ from typing import Any, Final
 
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from appliance.security.certificates import new_key, private_pem
+from appliance.security.certificates import new_key, private_pem, signing_request
 from appliance.store.files import write_atomically
 from appliance.sync.central import SYNC_CERT_FILE, SYNC_KEY_FILE
 from appliance.sync.clock import Clock, SystemClock
@@ -142,14 +141,7 @@ class CertificateRenewal:
         if box_id is None:
             raise RenewalError("the installed certificate names no box")
         key = new_key()
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, box_id)]))
-            .sign(key, hashes.SHA256())
-        )
-        answer = await self.hub(
-            RENEW_PATH, {"csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")}
-        )
+        answer = await self.hub(RENEW_PATH, {"csr": signing_request(key, box_id)})
         cert = _checked(answer, key, box_id)
         pending = private_pem(key) + cert.public_bytes(serialization.Encoding.PEM)
         write_atomically(self.keys_dir / PENDING_FILE, pending, mode=0o600)

@@ -26,7 +26,9 @@ from appliance.security.certificates import (
     ca_name,
     load_sealed_ca,
     new_ca,
+    new_key,
     private_pem,
+    signing_request,
     store_sealed_ca,
 )
 from appliance.security.keys import ensure_provisioning_secret
@@ -160,3 +162,10 @@ def test_the_device_certificate_of_an_unprovisioned_box(tmp_path: Path) -> None:
     assert cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == device.box_id
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=3651)
     assert is_p256(cert)
+
+
+def test_a_box_signing_request_is_one_the_hub_accepts() -> None:
+    key = new_key()
+    csr = load_csr(signing_request(key, "box-1"))
+    assert csr.public_key() == key.public_key()
+    assert csr.subject.rfc4514_string() == "CN=box-1"
