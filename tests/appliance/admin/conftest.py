@@ -25,8 +25,8 @@ from appliance.admin.pages import admin_routes
 from appliance.box import Box, init_box, open_box
 from appliance.cli import add_user
 from appliance.directory.sessions import BROWSER_TTL
+from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages, PageKit
-from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
 from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
