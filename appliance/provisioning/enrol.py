@@ -44,8 +44,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.box import read_identity
-from appliance.provisioning.provisioning_ca import install_published
 from appliance.security.certificates import new_key, private_pem, signing_request
+from appliance.security.provisioning_ca import install_published
 from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 from appliance.store.settings import Settings

@@ -57,7 +57,7 @@ from appliance.provisioning.device import DEVICE_DIR, certificate_fingerprint
 from appliance.provisioning.enrol import EnrolError, enroll
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import ProvisioningError, provision
-from appliance.provisioning.provisioning_ca import CA_CERT, CRL_FILE
+from appliance.security.provisioning_ca import CA_CERT, CRL_FILE
 from appliance.store.files import fsync_dir, write_atomically
 
 log = logging.getLogger("edgebox.usb")

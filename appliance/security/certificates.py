@@ -8,7 +8,7 @@ request a box sends the hub to enrol or renew (`signing_request`):
   X.509 name constraints;
 - the hub's sync CA (`appliance.sync.hub.ca`): signs enrolled boxes' *client*
   certificates;
-- the hub's provisioning CA (`appliance.provisioning.provisioning_ca`): signs the
+- the hub's provisioning CA (`appliance.security.provisioning_ca`): signs the
   technicians' *code-signing* certificates for USB sticks.
 
 They differ in names, lifetimes and one or two extensions, which their modules choose;

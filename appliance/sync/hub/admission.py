@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from appliance.box import Box, add_user
 from appliance.directory import DirectoryError, normalise_domain
-from appliance.provisioning.provisioning_ca import published
+from appliance.security.provisioning_ca import published
 from appliance.sync.clock import Clock
 from appliance.sync.hub.ca import (
     CertificateRequestError,

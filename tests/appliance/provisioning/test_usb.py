@@ -23,11 +23,6 @@ from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.enrol import EnrolError
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.provision import ProvisioningError, ProvisioningRequest, provision
-from appliance.provisioning.provisioning_ca import (
-    CA_CERT,
-    issue_technician_certificate,
-    revoke_technician_certificate,
-)
 from appliance.provisioning.reset import factory_reset
 from appliance.provisioning.usb import (
     APPLIED_FILE,
@@ -40,6 +35,11 @@ from appliance.provisioning.usb import (
     known_crls,
     trust_anchors,
     verify_result,
+)
+from appliance.security.provisioning_ca import (
+    CA_CERT,
+    issue_technician_certificate,
+    revoke_technician_certificate,
 )
 
 from .stick import (

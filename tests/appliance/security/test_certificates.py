@@ -17,10 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from appliance.provisioning.device import ensure_device
-from appliance.provisioning.provisioning_ca import (
-    ensure_provisioning_ca,
-    issue_technician_certificate,
-)
 from appliance.security.certificates import (
     CertificateAuthority,
     ca_name,
@@ -32,6 +28,10 @@ from appliance.security.certificates import (
     store_sealed_ca,
 )
 from appliance.security.keys import ensure_provisioning_secret
+from appliance.security.provisioning_ca import (
+    ensure_provisioning_ca,
+    issue_technician_certificate,
+)
 from appliance.security.tls import ensure_tls_material
 from appliance.sync.hub.ca import ensure_sync_ca, issue_box_certificate, load_csr
 

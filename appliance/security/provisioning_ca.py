@@ -15,7 +15,9 @@ works on a box that never saw the newer list.
 
 What this is not: the box CA (server TLS) or the sync CA (enrolled boxes' client
 certificates); a provisioning key can sign a stick and nothing else. All three are made
-by the one certificate factory, `appliance.security.certificates`.
+by the one certificate factory, `appliance.security.certificates`. It is in `security/`
+rather than `provisioning/` because the hub's sync routes publish it to enrolling boxes
+(`published`) and the box's provisioning trusts it: both build on it.
 """
 
 from __future__ import annotations
