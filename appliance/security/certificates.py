@@ -21,6 +21,9 @@ certificate without guessing. A CA's private key is kept sealed under the provis
 secret (`appliance.security.keys.seal`), written key first: a power cut between the two
 writes leaves a pair that does not match, which the next start replaces.
 
+The update keyring (`appliance.update.keyring`, P-384 and SHA-384, on the build machine
+only) shares the key usages and the PEM form; its two certificates are still built there.
+
 What this is not: policy. When a CA is replaced, which names a certificate carries and
 how long it lives are decided by the modules above.
 """
