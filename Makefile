@@ -23,8 +23,11 @@ run: $(VENV)/.installed
 test: system-deps $(VENV)/.installed lint
 	$(BIN)/pytest -m "not bench and not soak and not image and not qemu" --durations=20
 
+## ruff on every Python folder (the firmware's MicroPython too); the format check and mypy
+## on the CPython code: appliance/, hw/, tests/ and the firmware's build script.
 lint: $(VENV)/.installed
 	$(BIN)/ruff check appliance hw firmware tests
+	$(BIN)/ruff format --check appliance hw tests firmware/build.py
 	$(BIN)/mypy
 
 ## Debian packages the end-to-end tests and benchmarks drive (swaks, postfix, dovecot, ...).

@@ -47,9 +47,7 @@ from appliance.compliance import traffic_log
 from appliance.config import DEV_PORTS, ConfigError
 from appliance.directory import DirectoryError, User, normalise_domain
 from appliance.health import Finding, Level, worst
-from appliance.health.checks import disk as disk_check
-from appliance.health.checks import run_checks
-from appliance.health.checks import services as services_check
+from appliance.health.checks import UNPROVISIONED_CHECKS, run_checks
 from appliance.health.monitor import gather_snapshot
 from appliance.health.readings import PsutilReadings
 from appliance.health.snapshot import (
@@ -65,6 +63,7 @@ from appliance.protection import dkim_commands
 from appliance.protection.commands import add_threshold_command
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
+from appliance.provisioning.enrol import EnrolError, enroll
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import (
     SETUP_LOCK_FILE,
@@ -78,7 +77,6 @@ from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.store.database import limit_allocator_retention
 from appliance.supervisor import Supervisor
-from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.uplink import link_report
@@ -443,7 +441,7 @@ def _hub_token(args: argparse.Namespace) -> int:
 
     async def action(box: Box) -> str:
         # The token pins the CA that signs the hub's server certificate (open_box made
-        # sure it exists); see appliance.sync.enrol.
+        # sure it exists); see appliance.provisioning.enrol.
         ca = x509.load_pem_x509_certificate((args.data / "keys" / "ca.pem").read_bytes())
         async with open_hub_database(args.data) as db:
             try:
@@ -681,7 +679,7 @@ def _status(args: argparse.Namespace) -> int:
             now=time.time(), data_dir=config.data_dir, limits=Limits.from_config(config),
             box_running=running, services=services, errors=machine.pop("errors"), **machine,
         )  # fmt: skip
-        findings = run_checks(bare, (services_check.CHECK, disk_check.CHECK))
+        findings = run_checks(bare, UNPROVISIONED_CHECKS)
         return _status_unprovisioned(device.box_id, findings, args.lang)
 
     async def action(box: Box) -> tuple[list[Finding], list[tuple[int, str, int, int]], int]:

@@ -26,7 +26,6 @@ from typing import Any
 from appliance.chat.errors import ChatError, not_found
 from appliance.chat.messages import MAX_LABEL, searchable_text
 from appliance.chat.models import MESSAGE_KINDS, ROOM_KINDS, Message, Room
-from appliance.chat.replication import ReplicatedEvent, invalid
 from appliance.chat.rules import RoomPolicy
 from appliance.chat.tables import (
     MAX_MEMBERS,
@@ -53,6 +52,7 @@ from appliance.chat.tables import (
 )
 from appliance.chat.writer import ChatWriter
 from appliance.directory import User
+from appliance.sync.codec.chat import ReplicatedEvent, invalid
 
 
 @dataclass(frozen=True)

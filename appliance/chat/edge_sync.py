@@ -21,7 +21,6 @@ import apsw
 from appliance.chat.apply import EventApplier
 from appliance.chat.errors import ChatError
 from appliance.chat.models import Room
-from appliance.chat.replication import REJECTED_TYPE, HubAnswer, ReplicatedEvent, parse_event
 from appliance.chat.tables import (
     ROOM_KEEPING_TYPES,
     WIRE_COLUMNS,
@@ -34,6 +33,7 @@ from appliance.chat.tables import (
     wire_event,
 )
 from appliance.chat.writer import ChatWriter
+from appliance.sync.codec.chat import REJECTED_TYPE, HubAnswer, ReplicatedEvent, parse_event
 
 _log = logging.getLogger(__name__)
 

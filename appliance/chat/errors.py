@@ -9,16 +9,13 @@ found or not yours to see, 409 conflicts with the room's state, 422 malformed).
 
 from __future__ import annotations
 
+from appliance.sync.codec.chat import Refusal
 
-class ChatError(Exception):
-    """A chat request refused; nothing was changed."""
-
-    def __init__(self, status: int, code: str, message_en: str, message_th: str) -> None:
-        super().__init__(message_en)
-        self.status = status
-        self.code = code
-        self.message_en = message_en
-        self.message_th = message_th
+#: A chat request refused; nothing was changed. It is the sync wire's `Refusal` (a
+#: status, a code, a message in Thai and English) under the domain's name: the pure
+#: event codec refuses a malformed event with it without importing the chat domain, and
+#: a refusal from either reaches the hub's answer, or the API, the same way.
+ChatError = Refusal
 
 
 def not_found(what_en: str, what_th: str) -> ChatError:

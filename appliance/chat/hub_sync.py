@@ -23,7 +23,6 @@ import apsw
 from appliance.chat.apply import Authority, EventApplier
 from appliance.chat.errors import ChatError, not_found
 from appliance.chat.models import Room
-from appliance.chat.replication import HubAnswer, ReplicatedEvent, invalid
 from appliance.chat.tables import (
     MAX_PAGE,
     ROOM_KEEPING_TYPES,
@@ -37,6 +36,7 @@ from appliance.chat.tables import (
     wire_event,
 )
 from appliance.chat.writer import ChatWriter
+from appliance.sync.codec.chat import HubAnswer, ReplicatedEvent, invalid
 
 
 class HubSync:

@@ -15,7 +15,7 @@ Conventions:
   ``messages.seq``; it holds folded text (`appliance.chat.store.fold`).
 - Membership rows of a deleted room are kept: its members still see the room's last
   event (``room.deleted``) on their streams.
-- Sync (migration 2, `appliance.chat.replication`): ``events.room_order`` is the hub's
+- Sync (migration 2, `appliance.sync.codec.chat`): ``events.room_order`` is the hub's
   one order of the room's shared events, NULL until the hub has ordered the event (or
   for events that never leave the box); ``events.pending`` marks this box's own events
   the hub has not answered yet (the push queue); ``events.refusal`` keeps the hub's

@@ -19,10 +19,10 @@ import apsw
 from appliance.chat.errors import ChatError, not_found
 from appliance.chat.hours import parse_hours
 from appliance.chat.models import MAX_SECRET_TTL, Event, Message, Room, RoomOptions
-from appliance.chat.replication import REPLICATED_TYPES, SNAPSHOT_TYPES, ReplicatedEvent, invalid
 from appliance.chat.rules import RoomPolicy
 from appliance.chat.stream import SCRUBBED_TYPES
 from appliance.security.untrusted import display_json, display_text, has_controls
+from appliance.sync.codec.chat import REPLICATED_TYPES, SNAPSHOT_TYPES, ReplicatedEvent, invalid
 
 T = TypeVar("T")
 Conn = apsw.Connection

@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import trio
 
 from appliance.chat.errors import ChatError
-from appliance.chat.replication import REPLICATED_TYPES
 from appliance.chat.stream import Fanout
 from appliance.chat.tables import Conn, dumps, event_from_row, events_after
 from appliance.store.blobs import BlobMissing, BlobStore
 from appliance.store.database import Database
+from appliance.sync.codec.chat import REPLICATED_TYPES
 
 T = TypeVar("T")
 

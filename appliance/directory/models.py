@@ -13,6 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# What directory replication sends of a user is defined with the sync wire format (a
+# pure module below the domain) and is one of the directory's values all the same.
+from appliance.sync.codec.directory import DirectoryEntry
+
+__all__ = ["Agency", "DirectoryEntry", "Language", "OrgUnit", "User"]
+
 Language = Literal["th", "en"]
 
 
@@ -66,24 +72,3 @@ class User:
         if lang == "en":
             return self.name_en or self.name_th or self.address
         return self.name_th or self.name_en or self.address
-
-
-@dataclass(frozen=True)
-class DirectoryEntry:
-    """What directory replication sends of one user: never a password hash or quota.
-
-    *seq* is the sender's change number (`users.change_seq`), the replication cursor.
-    """
-
-    seq: int
-    address: str
-    agency_domain: str
-    agency_name_th: str | None
-    agency_name_en: str | None
-    name_th: str
-    name_en: str | None
-    position: str | None
-    rank: int
-    unit: str | None
-    phone: str | None
-    disabled: bool

@@ -63,6 +63,10 @@ class SystemReadings(Protocol):
         """Resident bytes of process *pid*; None if it is gone."""
         ...
 
+    def process_exists(self, pid: int) -> bool:
+        """Whether a process *pid* exists (whoever owns it)."""
+        ...
+
     def wall_time(self) -> float:
         """The system clock, Unix seconds (the clock sanity check judges it)."""
         ...
@@ -102,6 +106,9 @@ class PsutilReadings:
         except psutil.Error:
             return None
 
+    def process_exists(self, pid: int) -> bool:
+        return bool(psutil.pid_exists(pid))
+
     def wall_time(self) -> float:
         return time.time()
 
@@ -117,6 +124,8 @@ class FakeReadings:
     default_disk: DiskReading = DiskReading(total=100 * 1024**3, free=50 * 1024**3)
     sensors: dict[str, Temperature] = field(default_factory=dict)
     rss: dict[int, int] = field(default_factory=dict)
+    #: Processes that exist besides those in `rss`.
+    processes: set[int] = field(default_factory=set)
     now: float = 1_796_000_000.0
     #: Raised by `disk` when set: an unreadable data volume.
     disk_error: OSError | None = None
@@ -140,6 +149,9 @@ class FakeReadings:
 
     def process_rss(self, pid: int) -> int | None:
         return self.rss.get(pid)
+
+    def process_exists(self, pid: int) -> bool:
+        return pid in self.processes or pid in self.rss
 
     def wall_time(self) -> float:
         return self.now

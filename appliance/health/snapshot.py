@@ -22,10 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from appliance.health import Finding
-from appliance.health.readings import DiskReading, MemoryReading, SystemReadings, Temperature
+from appliance.health.readings import (
+    DiskReading,
+    MemoryReading,
+    PsutilReadings,
+    SystemReadings,
+    Temperature,
+)
 
 
 @dataclass(frozen=True)
@@ -178,15 +182,19 @@ def _answers(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def services_from_status_file(status_file: Path) -> tuple[bool, dict[str, ServiceState]]:
+def services_from_status_file(
+    status_file: Path, readings: SystemReadings | None = None
+) -> tuple[bool, dict[str, ServiceState]]:
     """Return (box running, services) as another process sees them; blocks on TCP probes.
 
-    The file is trusted only as far as it can be verified: the pid must be alive and
-    every address must accept a TCP connection.
+    The file is trusted only as far as it can be verified: the pid must be alive (asked
+    of *readings*, the real machine by default) and every address must accept a TCP
+    connection.
     """
+    readings = readings or PsutilReadings()
     status = read_status_file(status_file)
     pid = status.get("pid") if status else None
-    if status is None or not isinstance(pid, int) or not psutil.pid_exists(pid):
+    if status is None or not isinstance(pid, int) or not readings.process_exists(pid):
         return False, {}
     listeners = status.get("services")
     states = status.get("states")

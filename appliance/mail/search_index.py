@@ -46,7 +46,7 @@ from typing import TypeVar
 import apsw
 import trio
 
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.store import encrypted
 from appliance.store.database import Database, DatabaseClosed, running
 from appliance.store.files import fsync_dir

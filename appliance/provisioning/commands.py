@@ -24,7 +24,7 @@ from appliance.provisioning.bundle import (
     create_bundle,
 )
 from appliance.provisioning.provision import ProvisioningError
-from appliance.provisioning.provisioning_ca import (
+from appliance.security.provisioning_ca import (
     CRL_FILE,
     DEFAULT_DAYS,
     issue_technician_certificate,

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.security.certificates import new_key, private_pem, self_signed
 from appliance.store.files import fsync_dir, write_atomically
 
 DEVICE_DIR: Final = "device"
@@ -170,7 +170,7 @@ def certificate_fingerprint(cert_pem: bytes) -> str:
 
 
 def _make_device_certificate(device: Device) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_key()
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, device.hostname),
@@ -185,25 +185,16 @@ def _make_device_certificate(device: Device) -> None:
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+    cert = self_signed(
+        name,
+        key,
         # A day back: a box fresh out of the carton may have its clock hours off.
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + DEVICE_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
+        not_before=now - dt.timedelta(days=1),
+        not_after=now + DEVICE_VALIDITY,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        alt_names=names,
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    key_pem = private_pem(key)
     # The key first: a certificate without its key is useless, a key without its
     # certificate is simply made again with a new certificate.
     write_atomically(device.key_file, key_pem, mode=0o600)

@@ -5,7 +5,7 @@ use them, and says which part failed:
 
 1. the token parses, and the hub's address is an ``https://`` URL;
 2. the hub answers ``/sync/v1/ca`` with the CA whose fingerprint the token carries
-   (appliance.sync.enrol.fetch_hub_ca) — so a wrong hub or a man in the middle is caught
+   (appliance.provisioning.enrol.fetch_hub_ca) — so a wrong hub or a man in the middle is caught
    here, before the one-time token is spent at apply;
 3. the central mail servers that answer names (submission and IMAP) greet as mail
    servers do: ``220`` from SMTP (RFC 5321 §4.2), ``* OK`` from IMAP (RFC 9051 §7.1.1),
@@ -15,7 +15,7 @@ use them, and says which part failed:
 Nothing is sent but the CA request and the greetings are only read; the token is not
 used up. `greeting_ok` is the pure part; `check_uplink` does the I/O.
 
-What this is not: enrolment (appliance.sync.enrol, run at apply).
+What this is not: enrolment (appliance.provisioning.enrol, run at apply).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Final
 
 import trio
 
+from appliance.provisioning.enrol import EnrolError, fetch_hub_ca
 from appliance.security.tls import harden
 from appliance.sync.central import CentralError, parse_endpoint
-from appliance.sync.enrol import EnrolError, fetch_hub_ca
 from appliance.sync.hub.enrolment import EnrolmentToken, TokenFormatError
 
 #: Seconds each part of the check may take: a technician is waiting at the page.

@@ -58,12 +58,12 @@ from appliance.provisioning.bundle import (
     verify_bundle,
 )
 from appliance.provisioning.device import DEVICE_DIR, certificate_fingerprint
+from appliance.provisioning.enrol import EnrolError, enroll
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import ProvisioningError, provision
-from appliance.provisioning.provisioning_ca import CA_CERT, CRL_FILE
 from appliance.provisioning.system_files import system_root, write_system_files
+from appliance.security.provisioning_ca import CA_CERT, CRL_FILE
 from appliance.store.files import fsync_dir, write_atomically
-from appliance.sync.enrol import EnrolError, enroll
 
 log = logging.getLogger("edgebox.usb")
 

@@ -41,6 +41,7 @@ from appliance.backup.snapshot import KEY_ID_FILE
 from appliance.box import open_box
 from appliance.directory.preferences import Preferences
 from appliance.identity import read_identity
+from appliance.provisioning.enrol import EnrolError, enroll
 from appliance.provisioning.lifecycle import BoxState, Lifecycle
 from appliance.provisioning.provision import (
     ProvisioningError,
@@ -62,7 +63,6 @@ from appliance.provisioning.wizard import (
     save_draft,
 )
 from appliance.store.files import fsync_dir
-from appliance.sync.enrol import EnrolError, enroll
 from appliance.web import i18n
 from appliance.web.csrf import CSRF_FIELD, csrf_token_for
 from appliance.web.pages import HTML, TEMPLATES, StaticFile, load_static, redirect

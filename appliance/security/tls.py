@@ -33,6 +33,9 @@ Files in ``keys_dir``::
     server.pem      the server certificate followed by the CA certificate
     server.key      the server private key (0600; the listeners read it at every start)
 
+The certificates are made by the one certificate factory,
+`appliance.security.certificates`; this module decides their names and lifetimes.
+
 What this is not: a certificate authority service, ACME, or revocation. Mutual TLS to
 the hub and the data-key handling live with sync and the blob store.
 """
@@ -51,11 +54,21 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.security import keys
+from appliance.security.certificates import (
+    CertificateAuthority,
+    ca_name,
+    load_sealed_ca,
+    new_ca,
+    new_key,
+    private_pem,
+    seal_legacy_key,
+    store_sealed_ca,
+)
 from appliance.store.files import write_atomically
 
 log = logging.getLogger("edgebox.tls")
@@ -130,28 +143,30 @@ def ensure_tls_material(
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys.ensure_provisioning_secret(keys_dir)
     now = now or dt.datetime.now(dt.UTC)
-    _seal_legacy_ca_key(keys_dir, paths)
+    seal_legacy_key(keys_dir / LEGACY_CA_KEY, paths.ca_key, CA_KEY_PURPOSE)
 
-    ca = _load_ca(paths, now)
-    if ca is not None and not _ca_covers(ca[0], dns_names, ips):
+    ca = load_sealed_ca(
+        paths.ca_cert, paths.ca_key, CA_KEY_PURPOSE, now=now, renew_before=RENEW_BEFORE
+    )
+    if ca is not None and not _ca_covers(ca.cert, dns_names, ips):
         log.warning("the CA's name constraints leave out %s; making a new CA", hostnames)
         ca = None
     if ca is None:
         permitted = permitted_names(dns_names, ips, domains)
-        ca = _new_ca(dns_names[0], permitted, now)
+        ca = new_ca(
+            ca_name(f"edgebox local CA {dns_names[0]}"),
+            not_before=now - BACKDATE,
+            not_after=now + CA_VALIDITY,
+            name_constraints=permitted,
+        )
         # Key first: if power fails between the two writes, the next start sees a
         # certificate that does not match its key and makes a new pair.
-        sealed = keys.seal(keys_dir, CA_KEY_PURPOSE, _private_pem(ca[1]))
-        write_atomically(paths.ca_key, sealed, mode=0o600)
-        write_atomically(paths.ca_cert, ca[0].public_bytes(serialization.Encoding.PEM), mode=0o644)
-    ca_cert, ca_key = ca
+        store_sealed_ca(ca, paths.ca_cert, paths.ca_key, CA_KEY_PURPOSE)
 
-    if not _server_is_usable(paths, ca_cert, dns_names, ips, now):
-        cert, key = _new_server(ca_cert, ca_key, dns_names, ips, now)
-        chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
-            serialization.Encoding.PEM
-        )
-        write_atomically(paths.server_key, _private_pem(key), mode=0o600)
+    if not _server_is_usable(paths, ca.cert, dns_names, ips, now):
+        cert, key = _new_server(ca, dns_names, ips, now)
+        chain = cert.public_bytes(serialization.Encoding.PEM) + ca.pem
+        write_atomically(paths.server_key, private_pem(key), mode=0o600)
         write_atomically(paths.server_cert, chain, mode=0o644)
     return paths
 
@@ -341,42 +356,6 @@ def _ca_covers(
     )
 
 
-def _seal_legacy_ca_key(keys_dir: Path, paths: TLSPaths) -> None:
-    """Seal a plain ``ca.key`` left by an older version, then shred the plain file."""
-    legacy = keys_dir / LEGACY_CA_KEY
-    if not legacy.exists():
-        return
-    if not paths.ca_key.exists():
-        try:
-            key = serialization.load_pem_private_key(legacy.read_bytes(), password=None)
-        except (ValueError, TypeError):
-            key = None  # unreadable: the CA is replaced below, as it always was
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            sealed = keys.seal(keys_dir, CA_KEY_PURPOSE, _private_pem(key))
-            write_atomically(paths.ca_key, sealed, mode=0o600)
-    # Only once the sealed copy is on disk (fsynced) does the plain one go.
-    keys.shred(legacy)
-
-
-def _load_ca(
-    paths: TLSPaths, now: dt.datetime
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
-    """Return the CA on disk if it is whole, self-consistent and not about to expire."""
-    try:
-        cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
-        pem = keys.unseal(paths.ca_key.parent, CA_KEY_PURPOSE, paths.ca_key.read_bytes())
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (OSError, ValueError, TypeError, keys.KeyMaterialError):
-        return None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        return None
-    if cert.public_key() != key.public_key():
-        return None
-    if cert.not_valid_after_utc - now < RENEW_BEFORE:
-        return None
-    return cert, key
-
-
 def _server_is_usable(
     paths: TLSPaths,
     ca_cert: x509.Certificate,
@@ -416,115 +395,31 @@ def _server_is_usable(
 # --- making new material -----------------------------------------------------------
 
 
-def _new_ca(
-    primary: str, permitted: x509.NameConstraints, now: dt.datetime
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgebox"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"edgebox local CA {primary}"),
-        ]
-    )
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_VALIDITY)
-        # path_length=0: this CA signs server certificates only, never another CA.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        # RFC 5280 §4.2.1.10: name constraints MUST be marked critical, so a client that
-        # cannot apply them refuses the CA rather than trusting it for everything.
-        .add_extension(permitted, critical=True)
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
 def _new_server(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
+    ca: CertificateAuthority,
     dns_names: Sequence[str],
     ips: Sequence[IPAddress],
     now: dt.datetime,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    key = new_key()
     # The backdated day counts towards the span, so the whole span stays within limits.
     # A leaf must not outlive its issuer; clients would reject the tail end anyway.
     not_before = now - BACKDATE
-    not_after = min(not_before + SERVER_VALIDITY, ca_cert.not_valid_after_utc)
+    not_after = min(not_before + SERVER_VALIDITY, ca.cert.not_valid_after_utc)
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     sans += [x509.IPAddress(ip) for ip in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    cert = ca.issue(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]),
+        key.public_key(),
+        not_before=not_before,
+        not_after=not_after,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        alt_names=sans,
     )
     return cert, key
 
 
 # --- files -------------------------------------------------------------------------
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    # No passphrase: the box must start unattended after a power cut, with no one to
-    # type one. The server key is kept plain (0600), as every mail server keeps its
-    # own; the CA key, which could vouch for other names, is sealed by the caller.
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _existing(keys_dir: Path) -> TLSPaths:

@@ -44,8 +44,8 @@ import trio
 
 from appliance.chat import Chat
 from appliance.chat.errors import ChatError
-from appliance.chat.replication import PulledPage, parse_answers, parse_page
 from appliance.sync.clock import Clock
+from appliance.sync.codec.chat import PulledPage, parse_answers, parse_page
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import HubCall, HubRefused, HubUnavailable
 

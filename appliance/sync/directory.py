@@ -18,39 +18,39 @@ disabled. Never password hashes, quotas or service accounts. Users pulled from t
 become users of remote agencies here (`Directory.apply_entries`): visible, but they
 cannot sign in here and mail to them goes out through the central relay.
 
-Wire format (``POST /sync/v1/directory/push`` and ``/pull``, see `hub.directory`)::
-
-    push  → {"entries": [ENTRY, ...]}              ← {"accepted": N}
-    pull  → {"after": CURSOR, "limit": N}           ← {"entries": [...], "cursor": C, "more": B}
-    ENTRY = {"seq", "address", "agency": {"domain", "name_th", "name_en"}, "name_th",
-             "name_en", "position", "rank", "unit", "phone", "disabled"}
+The wire format, and the check of an entry, are the pure codec
+`appliance.sync.codec.directory`; the hub's side is `appliance.sync.hub.directory`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from appliance.directory import Directory, DirectoryEntry, DirectoryError
 from appliance.sync.clock import Clock
+from appliance.sync.codec.directory import (
+    MAX_BATCH,
+    PULL_PATH,
+    PUSH_PATH,
+    entry_from_json,
+    entry_to_json,
+    is_count,
+)
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable
 
 log = logging.getLogger("edgebox.sync.directory")
 
-PUSH_PATH: Final = "/sync/v1/directory/push"
-PULL_PATH: Final = "/sync/v1/directory/pull"
 PUSH_CURSOR: Final = "directory.push"
 PULL_CURSOR: Final = "directory.pull"
 STREAM: Final = "directory"
 
 #: Users per request: a few hundred rows are a few tens of KiB, quick even on a slow link.
 BATCH: Final = 200
-#: Largest batch a hub hands out or accepts.
-MAX_BATCH: Final = 500
 #: Batches per round and direction; a bigger backlog goes on in the next round.
 MAX_BATCHES: Final = 1000
 
@@ -168,7 +168,7 @@ class DirectoryReplicator:
 def _pull_answer(answer: JSON, after: int) -> tuple[int, list[DirectoryEntry], bool]:
     try:
         cursor, raw, more = answer["cursor"], answer["entries"], answer.get("more", False)
-        if not _count(cursor) or cursor < after or not isinstance(raw, list):
+        if not is_count(cursor) or cursor < after or not isinstance(raw, list):
             raise ValueError("bad cursor or entries")
     except (KeyError, TypeError, ValueError) as exc:
         raise HubUnavailable(f"{PULL_PATH}: malformed answer ({exc})") from None
@@ -179,70 +179,3 @@ def _pull_answer(answer: JSON, after: int) -> tuple[int, list[DirectoryEntry], b
         except ValueError as exc:
             log.warning("directory sync: skipped a malformed entry from the hub: %s", exc)
     return cursor, entries, more is True
-
-
-# --- the wire form of an entry (shared with the hub's routes) -------------------------
-
-
-def entry_to_json(entry: DirectoryEntry) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "address": entry.address,
-        "agency": {
-            "domain": entry.agency_domain,
-            "name_th": entry.agency_name_th,
-            "name_en": entry.agency_name_en,
-        },
-        "name_th": entry.name_th,
-        "name_en": entry.name_en,
-        "position": entry.position,
-        "rank": entry.rank,
-        "unit": entry.unit,
-        "phone": entry.phone,
-        "disabled": entry.disabled,
-    }
-
-
-def entry_from_json(value: Any) -> DirectoryEntry:
-    """Parse one wire entry; ValueError naming the field that is wrong."""
-    if not isinstance(value, dict):
-        raise ValueError("an entry must be an object")
-    agency = value.get("agency")
-    if not isinstance(agency, dict):
-        raise ValueError("agency must be an object")
-    seq: Any = value.get("seq")
-    rank: Any = value.get("rank")
-    disabled: Any = value.get("disabled")
-    if not _count(seq):
-        raise ValueError("seq must be a whole number >= 0")
-    if not _count(rank):
-        raise ValueError("rank must be a whole number >= 0")
-    if not isinstance(disabled, bool):
-        raise ValueError("disabled must be true or false")
-    return DirectoryEntry(
-        seq=seq,
-        address=_text(value, "address", required=True),
-        agency_domain=_text(agency, "domain", required=True),
-        agency_name_th=_text(agency, "name_th"),
-        agency_name_en=_text(agency, "name_en"),
-        name_th=_text(value, "name_th", required=True),
-        name_en=_text(value, "name_en"),
-        position=_text(value, "position"),
-        rank=rank,
-        unit=_text(value, "unit"),
-        phone=_text(value, "phone"),
-        disabled=disabled,
-    )
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-
-
-def _text(value: dict[str, Any], name: str, *, required: bool = False) -> Any:
-    found = value.get(name)
-    if found is None and not required:
-        return None
-    if not isinstance(found, str) or len(found) > 1024:
-        raise ValueError(f"{name} must be text")
-    return found

@@ -61,8 +61,7 @@ import trio
 
 from appliance.config import Config
 from appliance.directory import Directory, User
-from appliance.mail import headers
-from appliance.mail.imap import mime
+from appliance.mail import headers, mime
 from appliance.mail.imap.client import (
     Event,
     FetchData,

@@ -31,10 +31,10 @@ from typing import Any, Final
 
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from appliance.security.certificates import new_key, private_pem, signing_request
 from appliance.store.files import write_atomically
 from appliance.sync.central import SYNC_CERT_FILE, SYNC_KEY_FILE
 from appliance.sync.clock import Clock, SystemClock
@@ -140,17 +140,10 @@ class CertificateRenewal:
         box_id = box_id_of(current)
         if box_id is None:
             raise RenewalError("the installed certificate names no box")
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, box_id)]))
-            .sign(key, hashes.SHA256())
-        )
-        answer = await self.hub(
-            RENEW_PATH, {"csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")}
-        )
+        key = new_key()
+        answer = await self.hub(RENEW_PATH, {"csr": signing_request(key, box_id)})
         cert = _checked(answer, key, box_id)
-        pending = _private_pem(key) + cert.public_bytes(serialization.Encoding.PEM)
+        pending = private_pem(key) + cert.public_bytes(serialization.Encoding.PEM)
         write_atomically(self.keys_dir / PENDING_FILE, pending, mode=0o600)
         _install(self.keys_dir, key, cert)
         return cert.not_valid_after_utc
@@ -171,18 +164,8 @@ def _checked(answer: Any, key: ec.EllipticCurvePrivateKey, box_id: str) -> x509.
 
 
 def _install(keys_dir: Path, key: Any, cert: x509.Certificate) -> None:
-    write_atomically(keys_dir / SYNC_KEY_FILE, _private_pem(key), mode=0o600)
+    write_atomically(keys_dir / SYNC_KEY_FILE, private_pem(key), mode=0o600)
     write_atomically(
         keys_dir / SYNC_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM), mode=0o644
     )
     (keys_dir / PENDING_FILE).unlink(missing_ok=True)
-
-
-def _private_pem(key: Any) -> bytes:
-    return bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )

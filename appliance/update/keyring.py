@@ -16,7 +16,7 @@ Files of one keyring folder (on the build machine, never on a box)::
 The signing certificate carries the codeSigning extended key usage (and the box's
 system.conf sets ``check-purpose=codesign``), so a TLS certificate issued by a CA the box
 happens to trust cannot sign an update. What this is not: the box's own TLS CA, the sync
-CA or the provisioning CA (appliance.provisioning.provisioning_ca); those certify other
+CA or the provisioning CA (appliance.security.provisioning_ca); those certify other
 things and RAUC never sees them.
 """
 
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.security.certificates import key_usage, private_pem
 from appliance.store.files import write_atomically
 
 CHANNELS: Final = ("development", "release")
@@ -95,7 +96,7 @@ def ensure_keyring(directory: Path, channel: str, *, now: dt.datetime | None = N
     else:
         ca_key = ec.generate_private_key(ec.SECP384R1())
         ca_cert = _ca_certificate(channel, ca_key, now)
-        write_atomically(ca_key_path, _private_pem(ca_key), mode=0o600)
+        write_atomically(ca_key_path, private_pem(ca_key), mode=0o600)
         write_atomically(keyring.ca_cert, _pem(ca_cert), mode=0o644)
     if not (keyring.signing_cert.exists() and keyring.signing_key.exists()):
         if ca_cert.not_valid_after_utc <= now:
@@ -104,7 +105,7 @@ def ensure_keyring(directory: Path, channel: str, *, now: dt.datetime | None = N
             raise KeyringError(f"the {channel} update CA has expired; make a new keyring")
         key = ec.generate_private_key(ec.SECP384R1())
         cert = _signing_certificate(channel, key, ca_cert, ca_key, now)
-        write_atomically(keyring.signing_key, _private_pem(key), mode=0o600)
+        write_atomically(keyring.signing_key, private_pem(key), mode=0o600)
         write_atomically(keyring.signing_cert, _pem(cert), mode=0o644)
     return keyring
 
@@ -134,7 +135,7 @@ def _ca_certificate(
         .not_valid_after(now + CA_VALIDITY)
         # path_length=0: it certifies signing keys, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
@@ -163,7 +164,7 @@ def _signing_certificate(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(min(now + SIGNING_VALIDITY, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(key_usage(ca=False), critical=True)
         # RFC 5280 §4.2.1.12: id-kp-codeSigning, and nothing else.
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=True)
         .add_extension(
@@ -173,27 +174,5 @@ def _signing_certificate(
     )
 
 
-def _key_usage(*, ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not ca,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )

@@ -37,6 +37,11 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+#: What can be judged of a box before it is provisioned (no store yet): its services and
+#: its disk. `edgebox status` runs these on an unprovisioned box.
+UNPROVISIONED_CHECKS: tuple[Check, ...] = (services.CHECK, disk.CHECK)
+
+
 def run_checks(snapshot: Snapshot, checks: tuple[Check, ...] = CHECKS) -> list[Finding]:
     """Every finding of every check on *snapshot*, in registry order."""
     return [finding for check in checks for finding in check(snapshot)]

@@ -34,8 +34,9 @@ import trio
 from appliance.directory import User
 from appliance.directory.signin import Refused
 from appliance.health.disk_guard import is_disk_full
-from appliance.mail.imap import mime, sort, thread
+from appliance.mail import mime
 from appliance.mail.imap import protocol as imap
+from appliance.mail.imap import sort, thread
 from appliance.mail.imap.view import MessageView
 from appliance.mail.mailboxes import (
     SEPARATOR,

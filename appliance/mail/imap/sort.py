@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.mail.imap import protocol as imap
 
 #: Header facts kept for at most this many bytes of text (about 100,000 ordinary

@@ -23,7 +23,7 @@ from typing import Final
 import trio
 
 from appliance.compliance.classification import Classification, Urgency
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.mail.mailstore import StoredMessage
 from appliance.mail.webmail import reading
 from appliance.mail.webmail.reading import Address

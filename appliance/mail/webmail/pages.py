@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 
 import trio
 
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.mail.mailboxes import FlagMode, MailboxError, Mailboxes, normalise_name
 from appliance.mail.mailstore import Mailstore, StoredMessage
 from appliance.mail.webmail import reading, sanitise

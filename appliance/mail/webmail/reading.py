@@ -1,6 +1,6 @@
 """A stored message taken apart for people: decoded headers, the body to show, attachments.
 
-Built on the IMAP MIME reader (`appliance.mail.imap.mime`), which never raises on any
+Built on the MIME reader (`appliance.mail.mime`), which never raises on any
 input and keeps only offsets into the message, so hostile and broken mail is read the
 same way here as by IMAP clients. Every function here is pure and CPU-bound: the pages
 call them in a worker thread.
@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 from urllib.parse import unquote
 
-from appliance.mail.imap import mime
-from appliance.mail.imap.mime import Part
+from appliance.mail import mime
+from appliance.mail.mime import Part
 from appliance.security import untrusted
 
 #: Media types an attachment is downloaded as; any other type becomes

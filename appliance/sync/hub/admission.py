@@ -34,7 +34,7 @@ from appliance.config import Config
 from appliance.directory import Directory, DirectoryError, normalise_domain
 from appliance.mail.accounts import create_account
 from appliance.mail.mailstore import Mailstore
-from appliance.provisioning.provisioning_ca import published
+from appliance.security.provisioning_ca import published
 from appliance.sync.clock import Clock
 from appliance.sync.hub.ca import (
     CertificateRequestError,

@@ -18,6 +18,9 @@ A box certificate (`issue_box_certificate`) has subject CN = box id, a SAN URI
 for one year. The CSR's own signature is checked first (RFC 2986 §3: it proves the box
 holds the key it asks a certificate for).
 
+Both are made by the one certificate factory (`appliance.security.certificates`); this
+module decides their names, usages and lifetimes.
+
 What this is not: revocation lists or OCSP. The hub refuses a revoked box by looking up
 the certificate's serial among the enrolled boxes (`enrolment`) on every request.
 """
@@ -27,17 +30,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.security import keys
-from appliance.store.files import write_atomically
+from appliance.security.certificates import (
+    CertificateAuthority,
+    ca_name,
+    load_sealed_ca,
+    new_ca,
+    seal_legacy_key,
+    store_sealed_ca,
+)
 
 SYNC_CA_CERT: Final = "sync-ca.pem"
 #: The sync CA's private key, sealed under the provisioning secret like the data key
@@ -69,16 +78,8 @@ class CertificateRequestError(Exception):
     """A CSR that the hub will not sign; the message says why (for a 400 answer)."""
 
 
-@dataclass(frozen=True)
-class SyncCA:
-    """The hub's client CA, loaded."""
-
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
+#: The hub's client CA, loaded.
+SyncCA = CertificateAuthority
 
 
 def valid_box_id(box_id: object) -> bool:
@@ -97,76 +98,18 @@ def ensure_sync_ca(keys_dir: Path, now: dt.datetime | None = None) -> SyncCA:
     keys_dir = Path(keys_dir)
     cert_path, key_path = keys_dir / SYNC_CA_CERT, keys_dir / SYNC_CA_KEY
     keys.ensure_provisioning_secret(keys_dir)
-    _seal_legacy_key(keys_dir, key_path)
-    loaded = _load(cert_path, key_path, now)
+    seal_legacy_key(keys_dir / LEGACY_SYNC_CA_KEY, key_path, SYNC_CA_KEY_PURPOSE)
+    loaded = load_sealed_ca(
+        cert_path, key_path, SYNC_CA_KEY_PURPOSE, now=now, renew_before=RENEW_BEFORE
+    )
     if loaded is not None:
         return loaded
-    ca = _new_ca(now)
-    # Key first, as in `appliance.security.tls`: a crash between the writes leaves a
-    # pair that does not match, which the next start replaces.
-    sealed = keys.seal(keys_dir, SYNC_CA_KEY_PURPOSE, _private_pem(ca.key))
-    write_atomically(key_path, sealed, mode=0o600)
-    write_atomically(cert_path, ca.pem, mode=0o644)
+    # It signs box certificates only (pathLen 0), never another CA.
+    ca = new_ca(
+        ca_name("edgebox hub sync CA"), not_before=now - BACKDATE, not_after=now + CA_VALIDITY
+    )
+    store_sealed_ca(ca, cert_path, key_path, SYNC_CA_KEY_PURPOSE)
     return ca
-
-
-def _seal_legacy_key(keys_dir: Path, key_path: Path) -> None:
-    """Seal a plain ``sync-ca.key`` of an older hub, then shred the plain file."""
-    legacy = keys_dir / LEGACY_SYNC_CA_KEY
-    if not legacy.exists():
-        return
-    if not key_path.exists():
-        try:
-            key = serialization.load_pem_private_key(legacy.read_bytes(), password=None)
-        except (ValueError, TypeError):
-            key = None  # unreadable: a new CA is made, as it always was
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            sealed = keys.seal(keys_dir, SYNC_CA_KEY_PURPOSE, _private_pem(key))
-            write_atomically(key_path, sealed, mode=0o600)
-    keys.shred(legacy)
-
-
-def _load(cert_path: Path, key_path: Path, now: dt.datetime) -> SyncCA | None:
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        pem = keys.unseal(key_path.parent, SYNC_CA_KEY_PURPOSE, key_path.read_bytes())
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (OSError, ValueError, TypeError, keys.KeyMaterialError):
-        return None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or cert.public_key() != key.public_key():
-        return None
-    if cert.not_valid_after_utc - now < RENEW_BEFORE:
-        return None
-    return SyncCA(cert, key)
-
-
-def _new_ca(now: dt.datetime) -> SyncCA:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgebox"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "edgebox hub sync CA"),
-        ]
-    )
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_VALIDITY)
-        # path_length=0: it signs box certificates, never another CA.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return SyncCA(cert, key)
 
 
 def load_csr(pem: object) -> x509.CertificateSigningRequest:
@@ -199,30 +142,15 @@ def issue_box_certificate(
     """
     if not valid_box_id(box_id):
         raise CertificateRequestError("box_id must be 1-40 lower-case letters, digits or -")
-    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     public_key = csr.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey)  # load_csr checked it
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, box_id)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(now + BOX_VALIDITY, ca.cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(BOX_URI_PREFIX + box_id)]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
+    return ca.issue(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, box_id)]),
+        public_key,
+        not_before=now - BACKDATE,
+        not_after=min(now + BOX_VALIDITY, ca.cert.not_valid_after_utc),
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        alt_names=[x509.UniformResourceIdentifier(BOX_URI_PREFIX + box_id)],
     )
 
 
@@ -242,26 +170,3 @@ def box_id_of(cert: x509.Certificate) -> str | None:
     if len(ids) != 1 or len(common_names) != 1 or common_names[0].value != ids[0]:
         return None
     return ids[0] if valid_box_id(ids[0]) else None
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    # No passphrase (the hub restarts unattended): the caller seals it instead.
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )

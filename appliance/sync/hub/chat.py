@@ -31,7 +31,7 @@ in that form too. Without it (an older box) every event carries its snapshot, as
 format 1.
 
 Everything here is glue: the checks and the storage are `appliance.chat.Chat`'s
-(`accept_pushed`, `hub_pull`, `room_history`); shapes are `appliance.chat.replication`.
+(`accept_pushed`, `hub_pull`, `room_history`); shapes are `appliance.sync.codec.chat`.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from typing import Any, Final
 
 from appliance.chat import Chat
 from appliance.chat.errors import ChatError
-from appliance.chat.replication import EVENT_ID, ReplicatedEvent, parse_event
 from appliance.chat.store import MAX_UPLOAD, Authority
 from appliance.directory import Directory, User
+from appliance.sync.codec.chat import EVENT_ID, ReplicatedEvent, parse_event
 from appliance.sync.hub.errors import HubError, bad_request
 from appliance.sync.transport import JSON, Peer, SyncRoute
 

@@ -12,14 +12,14 @@
   ask from next and whether more are waiting. The hub's own users are included; its
   service accounts (``sync-...``) never are.
 
-The wire form of an entry is `appliance.sync.directory.entry_to_json`.
+The wire form of an entry is `appliance.sync.codec.directory`.
 """
 
 from __future__ import annotations
 
 from appliance.directory import Directory, DirectoryError, normalise_address, normalise_domain
 from appliance.mail.mailstore import Mailstore
-from appliance.sync.directory import (
+from appliance.sync.codec.directory import (
     MAX_BATCH,
     PULL_PATH,
     PUSH_PATH,

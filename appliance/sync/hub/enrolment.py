@@ -20,7 +20,7 @@ Times are Unix seconds from the hub's `Clock`, so expiry is tested by moving a
 The token format (`EnrolmentToken`) is ``eb1.<secret>.<ca>``: 18 random bytes and the
 SHA-256 fingerprint of the hub's box CA (the one that signs its server certificate),
 both base64url. The fingerprint lets the box check, before it sends the secret, that it
-talks to the real hub and not to someone in between (see `appliance.sync.enrol`).
+talks to the real hub and not to someone in between (see `appliance.provisioning.enrol`).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from urllib.parse import quote, unquote
 import pytest
 import trio
 
-from appliance.chat.replication import parse_event
 from appliance.chat.writer import wrap_blob as _wrap_blob
+from appliance.sync.codec.chat import parse_event
 from tests.appliance.chat.test_pages import Site, site  # noqa: F401 (the fixture)
 from tests.appliance.security.test_untrusted import GIF, JPEG, JS, PNG, WEBM
 from tests.appliance.web.conftest import Reply

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 from appliance.box import add_user, init_box, open_box
 from appliance.config import load_config
-from appliance.mail import headers
-from appliance.mail.imap import mime
+from appliance.mail import headers, mime
 from appliance.mail.imap.client import _Reader
 from appliance.mail.mailboxes import MailboxError, Mailboxes
 from appliance.mail.mailstore import BodyUnavailable, Mailstore

@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography import x509
 
 from appliance.provisioning.bundle import ANSWERS, USERS, create_bundle
-from appliance.provisioning.provisioning_ca import (
+from appliance.security.provisioning_ca import (
     CA_CERT,
     CRL_FILE,
     issue_technician_certificate,

@@ -23,7 +23,7 @@ from appliance.provisioning.bundle import (
     read_payload,
     verify_bundle,
 )
-from appliance.provisioning.provisioning_ca import revoke_technician_certificate
+from appliance.security.provisioning_ca import revoke_technician_certificate
 
 from .stick import ADMIN, DOMAIN, USERS_CSV, technician, write_bundle
 

@@ -27,13 +27,9 @@ from appliance.provisioning.bundle import (
     create_bundle,
 )
 from appliance.provisioning.device import DEVICE_DIR, ensure_device
+from appliance.provisioning.enrol import EnrolError
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.provision import ProvisioningError, ProvisioningRequest, provision
-from appliance.provisioning.provisioning_ca import (
-    CA_CERT,
-    issue_technician_certificate,
-    revoke_technician_certificate,
-)
 from appliance.provisioning.reset import factory_reset
 from appliance.provisioning.usb import (
     APPLIED_FILE,
@@ -47,7 +43,11 @@ from appliance.provisioning.usb import (
     trust_anchors,
     verify_result,
 )
-from appliance.sync.enrol import EnrolError
+from appliance.security.provisioning_ca import (
+    CA_CERT,
+    issue_technician_certificate,
+    revoke_technician_certificate,
+)
 
 from .stick import (
     ADMIN,
@@ -264,7 +264,7 @@ async def test_a_stick_without_a_bundle_is_left_alone(tmp_path: Path, tech: Tech
 async def test_a_token_enrols_after_provisioning_and_a_failed_enrolment_is_reported(
     tmp_path: Path, tech: Technician, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The hub is faked at its boundary (appliance.sync.enrol.enroll has its own tests
+    # The hub is faked at its boundary (appliance.provisioning.enrol.enroll has its own tests
     # against a real hub): here only what the stick asks for and what the result says.
     calls: list[tuple[Path, str, str]] = []
 
@@ -299,7 +299,7 @@ async def test_a_token_enrols_after_provisioning_and_a_failed_enrolment_is_repor
 
 async def test_enrolment_installs_the_hubs_provisioning_ca_and_crl(tmp_path: Path) -> None:
     """A box enrolled with a hub takes that hub's technicians' sticks (keys/ trust)."""
-    from appliance.sync.enrol import enroll
+    from appliance.provisioning.enrol import enroll
     from tests.appliance.sync.hub.hubfixture import new_edge, running_hub
 
     async with running_hub(tmp_path) as hub:

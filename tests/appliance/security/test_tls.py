@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.security import keys as box_keys
 from appliance.security import tls
+from appliance.security.certificates import private_pem
 from appliance.security.tls import (
     TLSPaths,
     client_ssl_context,
@@ -205,7 +206,7 @@ def test_ca_near_expiry_replaces_everything(
 def test_mismatched_server_key_is_repaired(keys: Path) -> None:
     paths = TLSPaths.in_dir(keys)
     # As if power failed after the new key was written but before its certificate.
-    paths.server_key.write_bytes(tls._private_pem(ec.generate_private_key(ec.SECP256R1())))
+    paths.server_key.write_bytes(private_pem(ec.generate_private_key(ec.SECP256R1())))
     ensure_tls_material(keys, [HOST])
     leaf = _chain(paths)[0]
     key = serialization.load_pem_private_key(paths.server_key.read_bytes(), password=None)
@@ -410,7 +411,7 @@ def test_plain_ca_key_of_an_older_box_is_sealed_and_shredded(keys: Path) -> None
     before = _files(paths)
     paths.ca_key.unlink()
     legacy = keys / "ca.key"
-    legacy.write_bytes(tls._private_pem(key))
+    legacy.write_bytes(private_pem(key))
     ensure_tls_material(keys, [HOST])
     assert not legacy.exists()
     assert _ca_key(paths).private_numbers() == key.private_numbers()

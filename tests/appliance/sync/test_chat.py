@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.chat.errors import ChatError
-from appliance.chat.replication import REJECTED_TYPE
 from appliance.sync.chat import FILE_GET_PATH, FILE_PUT_PATH, PULL_CURSOR, ChatReplicator
+from appliance.sync.codec.chat import REJECTED_TYPE
 from appliance.sync.status import read_sync_status
 from appliance.sync.transport import HubRefused, HubUnavailable
 from tests.appliance.sync.chatnet import (

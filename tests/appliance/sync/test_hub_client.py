@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from appliance.provisioning.enrol import enroll
 from appliance.sync import hub_client
-from appliance.sync.enrol import enroll
 from appliance.sync.hub.server import HubLimits
 from appliance.sync.hub_client import HubClient
 from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.mail.mailstore import BodyUnavailable
 from appliance.sync.mailbox import WHOLE_BELOW, order_bodies
 from appliance.sync.mailbox_state import MailboxSyncState

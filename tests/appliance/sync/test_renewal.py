@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from appliance.box import read_identity
+from appliance.provisioning.enrol import enroll
 from appliance.sync.clock import ManualClock
-from appliance.sync.enrol import enroll
 from appliance.sync.hub_client import HubClient
 from appliance.sync.renewal import (
     PENDING_FILE,

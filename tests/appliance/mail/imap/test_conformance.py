@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.mail.mailboxes import Mailboxes
 from appliance.mail.search_index import open_search_index
 from appliance.security.keys import load_data_key

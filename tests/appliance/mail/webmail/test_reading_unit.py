@@ -8,7 +8,7 @@ from urllib.parse import unquote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.mail.imap import mime
+from appliance.mail import mime
 from appliance.mail.webmail import reading
 from appliance.mail.webmail.listing import Summary, badges, summarise
 

@@ -114,14 +114,14 @@ def test_certificate_without_the_box_uri_names_no_box(tmp_path: Path) -> None:
 
 def test_sync_ca_key_is_sealed_and_an_older_plain_key_is_sealed_in_place(tmp_path: Path) -> None:
     """Issue 16: CA keys are protected at rest like the data key."""
-    from appliance.sync.hub import ca as hub_ca
+    from appliance.security.certificates import private_pem
 
     first = ensure_sync_ca(tmp_path, NOW)
     sealed = tmp_path / "sync-ca.key.sealed"
     assert b"PRIVATE KEY" not in sealed.read_bytes()
     # As an older hub left it: the same key in the clear.
     sealed.unlink()
-    (tmp_path / "sync-ca.key").write_bytes(hub_ca._private_pem(first.key))
+    (tmp_path / "sync-ca.key").write_bytes(private_pem(first.key))
     again = ensure_sync_ca(tmp_path, NOW)
     assert again.pem == first.pem  # the same CA: enrolled boxes' certificates stay valid
     assert not (tmp_path / "sync-ca.key").exists()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.chat.errors import ChatError
-from appliance.chat.replication import parse_answers, parse_event, parse_page
+from appliance.sync.codec.chat import parse_answers, parse_event, parse_page
 from appliance.sync.transport import HubRefused, Peer
 from tests.appliance.sync.chatnet import (
     A1,

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.box import read_identity
+from appliance.provisioning.enrol import EnrolError, enroll
 from appliance.sync.central import central_client_context, load_credentials
-from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub import server as hub_server
 from appliance.sync.hub.ca import ensure_sync_ca, issue_box_certificate
 from appliance.sync.hub.enrolment import EnrolmentToken

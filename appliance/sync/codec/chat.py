@@ -4,8 +4,14 @@ Chat sync (DESIGN.md "Sync, in one paragraph") moves *events*, never table rows:
 change a user makes is already one event with a global id ``"{origin box}:{seq}"``,
 and the receiving side re-applies it (`appliance.chat.store.Chat`). This module is the
 sans-I/O part: `parse_event` turns untrusted JSON into a `ReplicatedEvent` or raises
-`ChatError` 422, and nothing here reads a database, a clock or the network. Every string
-of a parsed event has lost its controls and bidi overrides (`display_json`).
+`InvalidEvent` (a 422 `Refusal`), and nothing here reads a database, a clock or the
+network. Every string of a parsed event has lost its controls and bidi overrides
+(`display_json`).
+
+`Refusal` is the shape of every refusal that crosses the link: a status, a code and a
+message in Thai and English, exactly what the hub's "rejected" answer carries. The
+chat domain raises the same class under its own name (`appliance.chat.errors.ChatError`),
+so a malformed event and a refused change are caught, and answered, alike.
 
 Which events travel: those that change a room's shared state (`REPLICATED_TYPES`).
 Personal events (alerts, "hidden from my view", sync notices) and what every box
@@ -27,7 +33,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from appliance.chat.errors import ChatError
 from appliance.security.untrusted import display_json
 
 #: The event types that change shared room state and so go through the hub.
@@ -61,6 +66,26 @@ MAX_EVENT_BYTES: Final = 256 * 1024
 
 EVENT_ID: Final = re.compile(r"[0-9A-Za-z_.-]{1,64}:[1-9][0-9]{0,18}")
 _MAX_ADDRESS = 320
+
+
+class Refusal(Exception):
+    """A change or a message refused, with a status and a message in Thai and English.
+
+    The status is an HTTP number because it is the most useful short name for the kind
+    of refusal (403 not allowed, 404 not found, 409 conflicts, 422 malformed); nothing
+    here knows more of HTTP than that.
+    """
+
+    def __init__(self, status: int, code: str, message_en: str, message_th: str) -> None:
+        super().__init__(message_en)
+        self.status = status
+        self.code = code
+        self.message_en = message_en
+        self.message_th = message_th
+
+
+class InvalidEvent(Refusal):
+    """A value that is not a well-formed replicated event or hub answer (422)."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +163,9 @@ class ReplicatedEvent:
         return sorted({a for a in named if a and "@" in a})
 
 
-def invalid(reason: str) -> ChatError:
+def invalid(reason: str) -> InvalidEvent:
     """Return the refusal of an event that is not a well-formed replicated event."""
-    return ChatError(
+    return InvalidEvent(
         422, "invalid_event", f"not a valid chat event: {reason}", f"เหตุการณ์แชตไม่ถูกต้อง: {reason}"
     )
 
@@ -149,7 +174,7 @@ def parse_event(value: object, *, ordered: bool = False) -> ReplicatedEvent:
     """Check untrusted JSON and return the `ReplicatedEvent` it describes.
 
     With *ordered* (events pulled from the hub) ``room_order`` must be present.
-    Raises `ChatError` 422 ``invalid_event`` saying what is wrong.
+    Raises `InvalidEvent` (422 ``invalid_event``) saying what is wrong.
     """
     if not isinstance(value, dict):
         raise invalid("an event is a JSON object")
@@ -225,7 +250,7 @@ class HubAnswer:
         return self.room_order is not None
 
     @classmethod
-    def refused(cls, event_id: str, error: ChatError) -> HubAnswer:
+    def refused(cls, event_id: str, error: Refusal) -> HubAnswer:
         return cls(event_id, None, error.code, error.message_en, error.message_th)
 
     def to_json(self) -> dict[str, Any]:

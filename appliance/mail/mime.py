@@ -1,5 +1,9 @@
 """The MIME structure of a stored message, as IMAP sees it (RFC 3501 §7.4.2, §6.4.5).
 
+A pure reader shared by the IMAP server (FETCH, SEARCH, SORT), the webmail, the search
+index and mailbox replication; it lives in `appliance.mail`, not under `imap/`, because
+IMAP is one of its several users.
+
 Everything FETCH and SEARCH need to know about a message's inside lives here: the part
 tree (`parse`), ENVELOPE (`envelope`), BODY and BODYSTRUCTURE (`bodystructure`), the
 wire form of those nested values (`serialize`), BODY[section] and <partial> content

@@ -14,13 +14,15 @@ a box only through a CRL the box has seen, so a short life bounds how long a sto
 works on a box that never saw the newer list.
 
 What this is not: the box CA (server TLS) or the sync CA (enrolled boxes' client
-certificates); a provisioning key can sign a stick and nothing else.
+certificates); a provisioning key can sign a stick and nothing else. All three are made
+by the one certificate factory, `appliance.security.certificates`. It is in `security/`
+rather than `provisioning/` because the hub's sync routes publish it to enrolling boxes
+(`published`) and the box's provisioning trusts it: both build on it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +32,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.security import keys
+from appliance.security.certificates import (
+    CertificateAuthority,
+    ca_name,
+    new_ca,
+    new_key,
+    private_pem,
+    store_sealed_ca,
+)
 from appliance.store.files import write_atomically
 
 CA_CERT: Final = "provisioning-ca.pem"
@@ -41,14 +51,8 @@ DEFAULT_DAYS: Final = 30
 BACKDATE: Final = dt.timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class ProvisioningCA:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
+#: The provisioning CA, loaded.
+ProvisioningCA = CertificateAuthority
 
 
 def ensure_provisioning_ca(keys_dir: Path) -> ProvisioningCA:
@@ -62,32 +66,15 @@ def ensure_provisioning_ca(keys_dir: Path) -> ProvisioningCA:
         if isinstance(key, ec.EllipticCurvePrivateKey) and cert.public_key() == key.public_key():
             return ProvisioningCA(cert, key)
     # Never silently replaced once boxes trust it: only a missing or broken pair is made.
+    # It certifies technicians' keys only (pathLen 0), never another CA.
     now = dt.datetime.now(dt.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgebox"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "edgebox hub provisioning CA"),
-        ]
+    ca = new_ca(
+        ca_name("edgebox hub provisioning CA"),
+        not_before=now - BACKDATE,
+        not_after=now + CA_VALIDITY,
+        authority_key_identifier=False,
     )
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + CA_VALIDITY)
-        # path_length=0: it certifies technicians' keys, never another CA.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
-        .add_extension(ski, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    ca = ProvisioningCA(cert, key)
-    write_atomically(key_path, keys.seal(keys_dir, _KEY_PURPOSE, _private_pem(key)), mode=0o600)
-    write_atomically(cert_path, ca.pem, mode=0o644)
+    store_sealed_ca(ca, cert_path, key_path, _KEY_PURPOSE)
     _write_crl(keys_dir, ca, [])
     return ca
 
@@ -100,29 +87,23 @@ def issue_technician_certificate(
         raise ValueError("a technician's name and a positive number of days are required")
     ca = ensure_provisioning_ca(keys_dir)
     now = dt.datetime.now(dt.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgebox technician"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, name.strip()),
-                ]
-            )
-        )
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .sign(ca.key, hashes.SHA256())
+    key = new_key()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgebox technician"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name.strip()),
+        ]
+    )
+    cert = ca.issue(
+        subject,
+        key.public_key(),
+        not_before=now - BACKDATE,
+        not_after=now + dt.timedelta(days=days),
+        usage=ExtendedKeyUsageOID.CODE_SIGNING,
+        key_identifiers=False,
     )
     chain = cert.public_bytes(serialization.Encoding.PEM) + ca.pem
-    return _private_pem(key), chain
+    return private_pem(key), chain
 
 
 def revoke_technician_certificate(keys_dir: Path, serial: int) -> bytes:
@@ -161,26 +142,6 @@ def _write_crl(keys_dir: Path, ca: ProvisioningCA, serials: list[int]) -> bytes:
     return pem
 
 
-def _key_usage(*, ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not ca,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def published(keys_dir: Path) -> dict[str, str]:
     """What the hub hands an enrolling box: its provisioning CA and CRL, if it has them."""
     answer = {}
@@ -193,7 +154,7 @@ def published(keys_dir: Path) -> dict[str, str]:
 def install_published(keys_dir: Path, answer: dict[str, object]) -> bool:
     """Install the provisioning CA and CRL from the hub's enrolment answer; return whether.
 
-    The answer came over the connection pinned to the hub's CA (appliance.sync.enrol),
+    The answer came over the connection pinned to the hub's CA (appliance.provisioning.enrol),
     so it is the hub's own. Anything unreadable is skipped: enrolment does not fail for
     the stick's trust, and the image's CA still applies.
     """

@@ -1,5 +1,10 @@
 """``edgebox enroll``: join a box to its hub with one command and one token.
 
+Enrolment is a provisioning step (it turns a box with an agency into a box the hub
+knows), so it lives here with the other ways a box is provisioned; the signed USB
+stick (`appliance.provisioning.usb`) runs the same `enroll`. What it installs is read
+by the sync services (`appliance.sync.central`), which never enrol by themselves.
+
 What happens, in order:
 
 1. The token (`EnrolmentToken`) carries a one-time secret and the SHA-256 fingerprint of
@@ -35,12 +40,12 @@ from typing import Any
 
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from appliance.identity import read_identity
-from appliance.provisioning.provisioning_ca import install_published
+from appliance.security.certificates import new_key, private_pem, signing_request
+from appliance.security.provisioning_ca import install_published
 from appliance.security.tls import harden
 from appliance.store.files import write_atomically
 from appliance.store.settings import Settings
@@ -93,17 +98,12 @@ async def enroll(
     ca_cert, _ = await fetch_hub_ca(data_dir, url, parsed, answer_within)
 
     # 2. The CSR, over a connection verified against that CA.
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity.box_id)]))
-        .sign(key, hashes.SHA256())
-    )
+    key = new_key()
     request = {
         "token": str(parsed),
         "box_id": identity.box_id,
         "domain": identity.domain,
-        "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        "csr": signing_request(key, identity.box_id),
     }
     pinned = HubClient(data_dir, url, answer_within, context=_pinned_context(ca_cert))
     answer = await _call(pinned, "/sync/v1/enroll", request)
@@ -111,10 +111,7 @@ async def enroll(
     # 3. Check, then install.
     enrolled, cert_pem, credentials = _checked(answer, key, ca_cert, identity.box_id, url)
     keys_dir = data_dir / "keys"
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomically(keys_dir / SYNC_KEY_FILE, key_pem, mode=0o600)
+    write_atomically(keys_dir / SYNC_KEY_FILE, private_pem(key), mode=0o600)
     write_atomically(keys_dir / SYNC_CERT_FILE, cert_pem, mode=0o644)
     write_atomically(
         keys_dir / CENTRAL_CA_FILE, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644

@@ -10,8 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from appliance.box import configured
+from appliance.provisioning.enrol import EnrolError, enroll
 from appliance.sync.central import load_credentials
-from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub.enrolment import EnrolmentToken
 from tests.appliance.sync.hub.hubfixture import new_edge, running_hub
 from tests.harness import free_port_offset

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.mail.imap import mime
-from appliance.mail.imap.mime import (
+from appliance.mail import mime
+from appliance.mail.mime import (
     Part,
     SectionSpec,
     body_text_for_search,
