@@ -31,12 +31,6 @@ from tests.appliance.sync.chatnet import (
 )
 
 
-@pytest.fixture
-async def net(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with open_net(tmp_path) as opened:
-        yield opened
-
-
 async def _converge(net: Net) -> None:
     """Restore both links and sync until nothing moves (bounded)."""
     net.link_a.up = net.link_b.up = True

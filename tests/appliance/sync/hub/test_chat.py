@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,15 +22,8 @@ from tests.appliance.sync.chatnet import (
     Net,
     history,
     hub_history,
-    open_net,
     post,
 )
-
-
-@pytest.fixture
-async def net(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with open_net(tmp_path) as opened:
-        yield opened
 
 
 async def _push(net: Net, events: list[dict[str, Any]], peer: Peer | None = None) -> Any:
