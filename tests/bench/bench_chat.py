@@ -58,10 +58,18 @@ import pytest  # noqa: E402
 import trio  # noqa: E402
 from wsproto.utilities import generate_accept_token  # noqa: E402
 
-from tests.bench.bench_smtp import RssSampler, _commit, _edgebox_exe, _machine, running_edgebox  # noqa: E402
+from tests.bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    RssSampler,
+    commit,
+    edgebox_exe,
+    machine,
+    running_edgebox,
+    write_results,
+)
 from tests.peers import LOOPBACK  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "chat.json"
+RESULTS = RESULTS_DIR / "chat.json"
 DOMAIN = "chat.bench.go.th"
 HTTPS_BASE_PORT = 8443
 
@@ -99,7 +107,7 @@ trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
 
 
 def set_up(data: Path, clients: int, rooms: int, out: Path) -> dict[str, Any]:
-    exe = _edgebox_exe()
+    exe = edgebox_exe()
     subprocess.run([exe, "init", "--data", str(data), "--domain", DOMAIN], check=True,
                    capture_output=True)  # fmt: skip
     subprocess.run(
@@ -459,7 +467,7 @@ def run(clients: int, rooms: int, rate: float, seconds: float, work: Path,
             result = drive(port, data / "keys" / "ca.pem", setup, clients, rate, seconds,
                            work, processes, pid)  # fmt: skip
         result["peak_rss_mb"] = rss.peak / 1e6
-    result.update(commit=_commit(), machine=_machine())
+    result.update(commit=commit(), machine=machine())
     return result
 
 
@@ -487,8 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     return 0
 
 

@@ -25,7 +25,6 @@ import argparse
 import cProfile
 import gzip
 import json
-import random
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import trio
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.bench.bench_catchup import USERS, chat_plan, thai_text  # noqa: E402
+from tests.bench.bench_catchup import USERS, chat_plan, create_rooms  # noqa: E402
 
 ROOMS = 80
 BATCH = 200
@@ -77,17 +76,7 @@ async def run(messages: int, profile: Path | None) -> dict[str, Any]:
             layout, posts = chat_plan(7, ROOMS, messages)
             # Only a.go.th people: this bench has no b.go.th.
             layout = [[m for m in ms if m.endswith("@a.go.th")] for ms in layout]
-            room_ids: list[str] = []
-            for members in layout:
-                creator = await a.directory.user(members[0])
-                assert creator is not None
-                room = await a.chat.create_room(
-                    creator,
-                    "group",
-                    name=thai_text(random.Random(len(room_ids)), 20),
-                    members=members[1:],
-                )
-                room_ids.append(room.id)
+            room_ids = await create_rooms(a, layout)
             users = {m: await a.directory.user(m) for ms in layout for m in ms}
             text_bytes = 0
 

@@ -33,7 +33,6 @@ import argparse
 import base64
 import datetime
 import imaplib
-import json
 import os
 import random
 import re
@@ -41,7 +40,6 @@ import shutil
 import smtplib
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,19 +58,22 @@ if str(REPO) not in sys.path:
 
 import pytest  # noqa: E402
 
-from tests.bench.bench_smtp import (  # noqa: E402
+from tests.bench.common import (  # noqa: E402
     RCPT,
     RCPT_PASSWORD,
+    RESULTS_DIR,
     SENDER,
     RssSampler,
-    _commit,
-    _machine,
+    commit,
     edgebox_server,
+    machine,
+    median,
+    write_results,
 )
 from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
 from tests.peers.dovecot import DovecotServer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "imap.json"
+RESULTS = RESULTS_DIR / "imap.json"
 # Both certificates name "localhost" (edgebox always does; Dovecot's is made for it), and
 # mbsync checks DNS names, not IP addresses. Connections still go to 127.0.0.1 only.
 TLS_NAME = "localhost"
@@ -373,10 +374,6 @@ def _edgebox_imaps_port(log: Path, default: int, timeout: float = 60.0) -> int:
     raise RuntimeError(f"edgebox did not print 'ready' in {timeout:.0f}s")
 
 
-def _median(values: list[float]) -> float:
-    return round(statistics.median(values), 4)
-
-
 def run(
     messages: int = 10000,
     rounds: int = 3,
@@ -399,8 +396,8 @@ def run(
             "seed": SEED,
             "client": f"python imaplib {sys.version.split()[0]}; mbsync (isync)",
         },
-        "machine": _machine(),
-        "commit": _commit(),
+        "machine": machine(),
+        "commit": commit(),
     }
     t_start = time.monotonic()
     msgs = make_messages(messages)
@@ -470,7 +467,7 @@ def run(
             for name in SERVERS:
                 rs = runs[name]
                 result[name] = {
-                    "median_s": {op: _median([r[op] for r in rs]) for op in OPS},
+                    "median_s": {op: median([r[op] for r in rs]) for op in OPS},
                     "all_s": {op: [round(r[op], 4) for r in rs] for op in OPS},
                     "body_bytes": rs[-1]["body_bytes"],
                     "message_ids_ok": all(r["message_ids_ok"] for r in rs),
@@ -489,8 +486,7 @@ def run(
         if own_tmp:
             shutil.rmtree(base, ignore_errors=True)
     result["bench_wall_s"] = round(time.monotonic() - t_start, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     return result
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import imaplib
-import json
 import os
 import random
 import shutil
@@ -57,15 +56,23 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.bench.bench_imap import _IMAPS, TLS_NAME, _ok  # noqa: E402
-from tests.bench.bench_smtp import _commit, _edgebox_exe, _machine, running_edgebox  # noqa: E402
+from tests.bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    commit,
+    edgebox_exe,
+    machine,
+    running_edgebox,
+    timed,
+    tree_memory,
+    write_results,
+)
 from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
 from tests.peers.dovecot import DovecotServer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "imap_large.json"
+RESULTS = RESULTS_DIR / "imap_large.json"
 DOMAIN = "bench.go.th"
 USER = f"reader@{DOMAIN}"
 PASSWORD = "bench-reader-2026"
@@ -157,7 +164,7 @@ trio.run(main, sys.argv[1], sys.argv[2], pickle.loads(bytes.fromhex(sys.argv[3])
 def fill_edgebox(data: Path, plan: list[tuple[str, int, int]]) -> float:
     import pickle
 
-    exe = _edgebox_exe()
+    exe = edgebox_exe()
     for argv, stdin in (
         (["init", "--data", str(data), "--domain", DOMAIN], ""),
         (["user", "add", "--data", str(data), USER, "--name", "Reader", "--password-stdin"],
@@ -204,28 +211,10 @@ def connect(port: int, cafile: Path) -> imaplib.IMAP4_SSL:
     return client
 
 
-def timed(action: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
-def rss_of(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for p in [root, *root.children(recursive=True)]:
-                total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def session_memory(port: int, cafile: Path, pids: Callable[[], list[int]], mailbox: str,
                    sessions: int) -> float:  # fmt: skip
     """Server RSS growth per session holding *mailbox* selected after a FLAGS fetch."""
-    before = rss_of(pids())
+    before = tree_memory(pids())
     clients = []
     try:
         for _ in range(sessions):
@@ -234,7 +223,7 @@ def session_memory(port: int, cafile: Path, pids: Callable[[], list[int]], mailb
             _ok(*client.uid("FETCH", "1:*", "(FLAGS)"), "FETCH")
             clients.append(client)
         time.sleep(0.5)
-        after = rss_of(pids())
+        after = tree_memory(pids())
     finally:
         for client in clients:
             client.logout()
@@ -307,7 +296,7 @@ def run(count: int, small: int, rounds: int, sessions: int, work: Path) -> dict[
     require_binary("dovecot", "dovecot-imapd")
     plan = [("INBOX", count, SEED), ("Small", small, SEED + 1)]
     result: dict[str, Any] = {
-        "commit": _commit(), "machine": _machine(), "messages": count, "small": small,
+        "commit": commit(), "machine": machine(), "messages": count, "small": small,
         "rounds": rounds, "sessions": sessions, "edgebox": {}, "dovecot": {},
     }  # fmt: skip
     with ExitStack() as stack:
@@ -348,7 +337,7 @@ def run(count: int, small: int, rounds: int, sessions: int, work: Path) -> dict[
                 result[name][f"{key}_rounds"] = values
             result[name]["session_bytes_large"] = session_memory(port, ca, pids, "INBOX", sessions)
             result[name]["session_bytes_small"] = session_memory(port, ca, pids, "Small", sessions)
-            result[name]["rss_after"] = rss_of(pids())
+            result[name]["rss_after"] = tree_memory(pids())
     return result
 
 
@@ -391,8 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(report(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_results(RESULTS, result)
     return 0
 
 

@@ -33,7 +33,6 @@ Results are printed and written to tests/bench/results/imaptest.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -54,17 +53,19 @@ if str(REPO) not in sys.path:
 import pytest  # noqa: E402
 
 from tests.bench.bench_imap import IMAPS_RE, make_messages  # noqa: E402
-from tests.bench.bench_smtp import (  # noqa: E402
+from tests.bench.common import (  # noqa: E402
     RCPT,
     RCPT_PASSWORD,
-    _commit,
-    _machine,
+    RESULTS_DIR,
+    commit,
     edgebox_server,
+    machine,
+    write_results,
 )
 from tests.peers import LOOPBACK  # noqa: E402
 from tests.peers.dovecot import DovecotServer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "imaptest.json"
+RESULTS = RESULTS_DIR / "imaptest.json"
 SERVERS = ("edgebox", "dovecot")
 #: imaptest's column heads (src/client-state.c) and what they count.
 COLUMNS = {
@@ -199,8 +200,8 @@ def run(
 ) -> dict[str, Any]:
     started = time.monotonic()
     result: dict[str, Any] = {
-        "machine": _machine(),
-        "commit": _commit(),
+        "machine": machine(),
+        "commit": commit(),
         "secs": secs,
         "clients": clients,
         "messages": messages,
@@ -243,8 +244,7 @@ def run(
     }
     result["ratio_total"] = round(edge["total_per_second"] / dove["total_per_second"], 2)
     result["bench_wall_s"] = round(time.monotonic() - started, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     return result
 
 

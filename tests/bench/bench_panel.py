@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -42,17 +41,13 @@ from appliance.provisioning.lifecycle import Lifecycle  # noqa: E402
 from appliance.store.files import write_atomically  # noqa: E402
 from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState  # noqa: E402
 from hw.twins import PanelSimulator, build_firmware  # noqa: E402
+from tests.bench.common import RESULTS_DIR, cpu_seconds, write_results  # noqa: E402
 from tests.hw.conftest import render  # noqa: E402
 
 
 def process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def child_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_link(data: Path, gin: LinkState) -> None:
@@ -86,9 +81,9 @@ async def bench(work: Path, idle: float, flips: int) -> dict[str, object]:
             await trio.sleep(2)  # settle: the first disk check, the first queue query
 
             assert panel.process is not None
-            cpu0, sim0, wall0 = process_cpu(), child_cpu(panel.process.pid), time.monotonic()
+            cpu0, sim0, wall0 = process_cpu(), cpu_seconds(panel.process.pid), time.monotonic()
             await trio.sleep(idle)
-            cpu1, sim1, wall1 = process_cpu(), child_cpu(panel.process.pid), time.monotonic()
+            cpu1, sim1, wall1 = process_cpu(), cpu_seconds(panel.process.pid), time.monotonic()
 
             latencies = []
             for n in range(flips):
@@ -125,9 +120,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-panel-") as tmp:
         result = trio.run(bench, Path(tmp), args.idle, args.flips)
-    text = json.dumps(result, indent=2)
-    print(text)
-    (REPO / "tests/bench/results/panel.json").write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    write_results(RESULTS_DIR / "panel.json", result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -46,18 +45,12 @@ from tests.bench.bench_catchup import (  # noqa: E402
     make_mail,
     wait_until,
 )
-from tests.bench.bench_smtp import RssSampler  # noqa: E402
+from tests.bench.common import RssSampler, cpu_seconds  # noqa: E402
 from tests.harness import edgebox, start_box  # noqa: E402
 
 USERS = 50
 FAST = {"EDGEBOX_LINK_PROBE_INTERVAL": "2", "EDGEBOX_SYNC_INTERVAL": "5"}
 QUIET = {"EDGEBOX_SYNC_INTERVAL": "600"}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of *pid*, all threads (proc(5): fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def prepare(root: Path) -> None:

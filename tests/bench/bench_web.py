@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import imaplib
-import json
 import re
 import shutil
 import ssl
@@ -67,12 +66,18 @@ from tests.bench.bench_imap_large import (  # noqa: E402
     fill_dovecot,
     fill_edgebox,
 )
-from tests.bench.bench_smtp import _commit, _machine, running_edgebox  # noqa: E402
+from tests.bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    commit,
+    machine,
+    running_edgebox,
+    write_results,
+)
 from tests.harness import free_port_offset  # noqa: E402
 from tests.peers import PeerError, require_binary  # noqa: E402
 from tests.peers.dovecot import DovecotServer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "web.json"
+RESULTS = RESULTS_DIR / "web.json"
 SEARCH = "เดินทางไปราชการ"
 
 
@@ -154,7 +159,7 @@ def run(count: int, large: int, requests: int, work: Path) -> dict[str, Any]:
     require_binary("dovecot", "dovecot-imapd")
     plan = [("INBOX", count, SEED)] + ([("Large", large, SEED + 1)] if large else [])
     result: dict[str, Any] = {
-        "commit": _commit(), "machine": _machine(), "messages": count, "large": large,
+        "commit": commit(), "machine": machine(), "messages": count, "large": large,
         "requests": requests, "edgebox": {}, "dovecot": {},
     }  # fmt: skip
     with ExitStack() as stack:
@@ -224,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(report(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_results(RESULTS, result)
     return 0
 
 
