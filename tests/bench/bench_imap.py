@@ -68,6 +68,7 @@ from tests.bench.common import (  # noqa: E402
     edgebox_server,
     machine,
     median,
+    ratio,
     write_results,
 )
 from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
@@ -475,7 +476,7 @@ def run(
                 }
             result["dovecot"]["version"] = _dovecot_version()
             result["ratio_edgebox_over_dovecot"] = {
-                op: round(result["edgebox"]["median_s"][op] / result["dovecot"]["median_s"][op], 2)
+                op: ratio(result["edgebox"]["median_s"][op], result["dovecot"]["median_s"][op])
                 for op in OPS
                 if result["dovecot"]["median_s"][op] > 0
             }
@@ -520,11 +521,11 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"ERROR: {result['error']}")
     if "ratio_edgebox_over_dovecot" in result:
         eb, dc = result["edgebox"]["median_s"], result["dovecot"]["median_s"]
-        ratio = result["ratio_edgebox_over_dovecot"]
+        ratios = result["ratio_edgebox_over_dovecot"]
         lines.append(f"{'operation (median s)':46} {'edgebox':>9} {'dovecot':>9} {'ratio':>6}")
         for op in OPS:
-            mark = "" if op == "connect" else ("  ok" if ratio[op] <= 2.0 else "  > 2x")
-            lines.append(f"{LABELS[op]:46} {eb[op]:>9.3f} {dc[op]:>9.3f} {ratio[op]:>6.2f}{mark}")
+            mark = "" if op == "connect" else ("  ok" if ratios[op] <= 2.0 else "  > 2x")
+            lines.append(f"{LABELS[op]:46} {eb[op]:>9.3f} {dc[op]:>9.3f} {ratios[op]:>6.2f}{mark}")
         rss = result["edgebox_peak_rss_mb"]
         lines.append(
             f"edgebox peak RSS: {rss['populate']} MB while populating, {rss['imap']} MB serving"

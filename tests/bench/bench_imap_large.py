@@ -64,6 +64,7 @@ from tests.bench.common import (  # noqa: E402
     commit,
     edgebox_exe,
     machine,
+    ratio,
     running_edgebox,
     timed,
     tree_memory,
@@ -351,8 +352,7 @@ def report(result: dict[str, Any]) -> str:
              f"{'':24} {'edgebox':>10} {'dovecot':>10} {'ratio':>7}"]  # fmt: skip
     keys = ["select_large", "fetch_flags_large"] + [name for name, _, _ in SEARCHES]
     for key in keys:
-        ratio = eb[key] / dc[key] if dc[key] else float("inf")
-        lines.append(f"{key:24} {eb[key]:10.3f} {dc[key]:10.3f} {ratio:7.2f}")
+        lines.append(f"{key:24} {eb[key]:10.3f} {dc[key]:10.3f} {ratio(eb[key], dc[key]):7.2f}")
     for key in ("session_bytes_large", "session_bytes_small"):
         lines.append(f"{key:24} {eb[key] / 1e6:9.2f}M {dc[key] / 1e6:9.2f}M")
     lines.append(f"fill (s): edgebox {eb['fill_s']:.0f}, dovecot {dc['fill_s']:.0f}")

@@ -60,6 +60,7 @@ from tests.bench.common import (  # noqa: E402
     commit,
     edgebox_server,
     machine,
+    ratio,
     write_results,
 )
 from tests.peers import LOOPBACK  # noqa: E402
@@ -238,11 +239,11 @@ def run(
                 result[name]["scripted"] = parse_scripted(output)
     edge, dove = result["edgebox"], result["dovecot"]
     result["ratio"] = {
-        head: round(edge["per_second"][head] / dove["per_second"][head], 2)
+        head: ratio(edge["per_second"][head], dove["per_second"][head])
         for head in COLUMNS
         if dove["per_second"].get(head)
     }
-    result["ratio_total"] = round(edge["total_per_second"] / dove["total_per_second"], 2)
+    result["ratio_total"] = ratio(edge["total_per_second"], dove["total_per_second"])
     result["bench_wall_s"] = round(time.monotonic() - started, 1)
     write_results(RESULTS, result)
     return result
@@ -256,10 +257,10 @@ def report(result: dict[str, Any]) -> str:
     ]
     edge, dove = result["edgebox"], result["dovecot"]
     for head, what in COLUMNS.items():
-        ratio = result["ratio"].get(head, "-")
+        of_head = result["ratio"].get(head, "-")
         lines.append(
             f"{what:<30} {edge['per_second'].get(head, 0):>10} "
-            f"{dove['per_second'].get(head, 0):>10} {ratio:>6}"
+            f"{dove['per_second'].get(head, 0):>10} {of_head:>6}"
         )
     lines.append(
         f"{'all commands':<30} {edge['total_per_second']:>10} "

@@ -46,6 +46,7 @@ from tests.bench.common import (  # noqa: E402
     SENDER,
     RssSampler,
     edgebox_server,
+    ratio,
     stamp,
     write_results,
 )
@@ -245,8 +246,8 @@ def run(
         and "rate_msg_s" in ref
         and "rate_msg_s" in eb
     ):
-        result["ratio_edgebox_over_reference"] = round(
-            float(eb["rate_msg_s"]) / float(ref["rate_msg_s"]), 2
+        result["ratio_edgebox_over_reference"] = ratio(
+            float(eb["rate_msg_s"]), float(ref["rate_msg_s"])
         )
     write_results(RESULTS, result)
     return result

@@ -70,6 +70,7 @@ from tests.bench.common import (  # noqa: E402
     RESULTS_DIR,
     commit,
     machine,
+    ratio,
     running_edgebox,
     write_results,
 )
@@ -208,9 +209,9 @@ def report(result: dict[str, Any]) -> str:
         if isinstance(figures, dict):
             lines.append(f"{name:14} {figures['median_ms']:10.1f} {figures['p95_ms']:8.1f} "
                          f"{figures['bytes']:9}")  # fmt: skip
-    ratio = eb["inbox"]["median_ms"] / dc["inbox"]["median_ms"]
+    inbox = ratio(eb["inbox"]["median_ms"], dc["inbox"]["median_ms"])
     lines.append(f"{'dovecot fetch':14} {dc['inbox']['median_ms']:10.1f} "
-                 f"{dc['inbox']['p95_ms']:8.1f}   (ratio inbox/dovecot {ratio:.2f})")  # fmt: skip
+                 f"{dc['inbox']['p95_ms']:8.1f}   (ratio inbox/dovecot {inbox:.2f})")  # fmt: skip
     return "\n".join(lines)
 
 
