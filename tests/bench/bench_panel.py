@@ -41,7 +41,7 @@ from appliance.provisioning.lifecycle import Lifecycle  # noqa: E402
 from appliance.store.files import write_atomically  # noqa: E402
 from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState  # noqa: E402
 from hw.twins import PanelSimulator, build_firmware  # noqa: E402
-from tests.bench.common import RESULTS_DIR, cpu_seconds, write_results  # noqa: E402
+from tests.bench.common import RESULTS_DIR, commit, cpu_seconds, machine, write_results  # noqa: E402
 from tests.hw.conftest import render  # noqa: E402
 
 
@@ -120,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-panel-") as tmp:
         result = trio.run(bench, Path(tmp), args.idle, args.flips)
+    result.update(commit=commit(), machine=machine())
     print(json.dumps(result, indent=2))
     write_results(RESULTS_DIR / "panel.json", result)
 
