@@ -78,17 +78,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
-import trio  # noqa: E402
+import pytest
+import trio
 
-from tests.bench.common import RESULTS_DIR, RssSampler, commit, log, machine, write_results  # noqa: E402
-from tests.faults.proxy import FaultProxy, SharedLink  # noqa: E402
-from tests.harness import RunningBox, edgebox, start_box  # noqa: E402
-from tests.peers.postfix import PostfixServer  # noqa: E402
+from tests.bench.common import RESULTS_DIR, RssSampler, commit, log, machine, write_results
+from tests.faults.proxy import FaultProxy, SharedLink
+from tests.harness import RunningBox, edgebox, start_box
+from tests.peers.postfix import PostfixServer
 
 RESULTS = RESULTS_DIR / "catchup.json"
 LINK_BITS_PER_S = 10_000_000

@@ -37,37 +37,36 @@ import os
 import random
 import select
 import selectors
-import shutil
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import h11  # noqa: E402
-import psutil  # noqa: E402
-import pytest  # noqa: E402
-import trio  # noqa: E402
-from wsproto.utilities import generate_accept_token  # noqa: E402
+import h11
+import psutil
+import pytest
+import trio
+from wsproto.utilities import generate_accept_token
 
-from tests.bench.common import (  # noqa: E402
+from tests.bench.common import (
+    REPO,
     RESULTS_DIR,
     RssSampler,
     commit,
     edgebox_exe,
     machine,
     running_edgebox,
+    scratch_dir,
     write_results,
 )
-from tests.peers import LOOPBACK  # noqa: E402
+from tests.peers import LOOPBACK
 
 RESULTS = RESULTS_DIR / "chat.json"
 DOMAIN = "chat.bench.go.th"
@@ -481,8 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="listener processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-chat-"))
-    try:
+    with scratch_dir("bench-chat-") as work:
         result = run(
             args.clients,
             args.rooms,
@@ -492,8 +490,6 @@ def main(argv: list[str] | None = None) -> int:
             args.port_offset,
             args.processes,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
     write_results(args.out, result)
     return 0

@@ -33,10 +33,10 @@ from typing import Any
 
 import trio
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_catchup import USERS, chat_plan, create_rooms  # noqa: E402
+from tests.bench.bench_catchup import USERS, chat_plan, create_rooms
 
 ROOMS = 80
 BATCH = 200

@@ -30,21 +30,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import psutil  # noqa: E402
-import pytest  # noqa: E402
-import trio  # noqa: E402
+import psutil
+import pytest
+import trio
 
-from appliance.box import init_box, open_box  # noqa: E402
-from appliance.config import Config, load_config  # noqa: E402
-from appliance.health.metrics import SnapshotCollector  # noqa: E402
-from appliance.health.monitor import HealthMonitor  # noqa: E402
-from appliance.health.readings import PsutilReadings  # noqa: E402
-from tests.bench.common import RESULTS_DIR, commit, write_results  # noqa: E402
-from tests.harness import start_box  # noqa: E402
+from appliance.box import init_box, open_box
+from appliance.config import Config, load_config
+from appliance.health.metrics import SnapshotCollector
+from appliance.health.monitor import HealthMonitor
+from appliance.health.readings import PsutilReadings
+from tests.bench.common import RESULTS_DIR, commit, write_results
+from tests.harness import start_box
 
 RESULTS = RESULTS_DIR / "health.json"
 SCRAPE_INTERVAL = 15.0

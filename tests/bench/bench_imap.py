@@ -50,17 +50,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-# Runnable as a plain script (and importable by pytest without a package): make the repo
-# root importable so tests.peers and tests.bench resolve.
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.bench.common import (  # noqa: E402
+from tests.bench.common import (
     RCPT,
     RCPT_PASSWORD,
+    REPO,
     RESULTS_DIR,
     SENDER,
     RssSampler,
@@ -71,8 +69,8 @@ from tests.bench.common import (  # noqa: E402
     ratio,
     write_results,
 )
-from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.peers import LOOPBACK, PeerError, require_binary
+from tests.peers.dovecot import DovecotServer
 
 RESULTS = RESULTS_DIR / "imap.json"
 # Both certificates name "localhost" (edgebox always does; Dovecot's is made for it), and

@@ -37,13 +37,11 @@ import datetime as dt
 import imaplib
 import os
 import random
-import shutil
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -52,26 +50,27 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.bench.bench_imap import _IMAPS, TLS_NAME, _ok  # noqa: E402
-from tests.bench.common import (  # noqa: E402
+from tests.bench.bench_imap import _IMAPS, TLS_NAME, _ok
+from tests.bench.common import (
+    REPO,
     RESULTS_DIR,
     commit,
     edgebox_exe,
     machine,
     ratio,
     running_edgebox,
+    scratch_dir,
     timed,
     tree_memory,
     write_results,
 )
-from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.peers import LOOPBACK, PeerError, require_binary
+from tests.peers.dovecot import DovecotServer
 
 RESULTS = RESULTS_DIR / "imap_large.json"
 DOMAIN = "bench.go.th"
@@ -368,17 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=10)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-imap-large-"))
     try:
-        result = run(args.messages, args.small, args.rounds, args.sessions, work)
+        with scratch_dir("bench-imap-large-") as work:
+            result = run(args.messages, args.small, args.rounds, args.sessions, work)
     except PeerError as exc:
         print(f"[large] cannot run: {exc}", file=sys.stderr)
         return 2
     except SearchDisagrees as exc:
         print(f"[large] FAILED: {exc}", file=sys.stderr)
         return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(report(result))
     write_results(RESULTS, result)
     return 0

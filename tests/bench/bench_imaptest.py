@@ -44,18 +44,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-# Runnable as a plain script (and importable by pytest without a package): make the repo
-# root importable so tests.peers and tests.bench resolve.
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.bench.bench_imap import IMAPS_RE, make_messages  # noqa: E402
-from tests.bench.common import (  # noqa: E402
+from tests.bench.bench_imap import IMAPS_RE, make_messages
+from tests.bench.common import (
     RCPT,
     RCPT_PASSWORD,
+    REPO,
     RESULTS_DIR,
     commit,
     edgebox_server,
@@ -63,8 +61,8 @@ from tests.bench.common import (  # noqa: E402
     ratio,
     write_results,
 )
-from tests.peers import LOOPBACK  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.peers import LOOPBACK
+from tests.peers.dovecot import DovecotServer
 
 RESULTS = RESULTS_DIR / "imaptest.json"
 SERVERS = ("edgebox", "dovecot")

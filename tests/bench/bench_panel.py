@@ -28,21 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import trio  # noqa: E402
+import trio
 
-from appliance.box import configured, init_box, open_box  # noqa: E402
-from appliance.panel import BoxView, BoxViewSlot, PanelService  # noqa: E402
-from appliance.provisioning.device import ensure_device  # noqa: E402
-from appliance.provisioning.lifecycle import Lifecycle  # noqa: E402
-from appliance.store.files import write_atomically  # noqa: E402
-from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState  # noqa: E402
-from hw.twins import PanelSimulator, build_firmware  # noqa: E402
-from tests.bench.common import RESULTS_DIR, commit, cpu_seconds, machine, write_results  # noqa: E402
-from tests.hw.conftest import render  # noqa: E402
+from appliance.box import configured, init_box, open_box
+from appliance.panel import BoxView, BoxViewSlot, PanelService
+from appliance.provisioning.device import ensure_device
+from appliance.provisioning.lifecycle import Lifecycle
+from appliance.store.files import write_atomically
+from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState
+from hw.twins import PanelSimulator, build_firmware
+from tests.bench.common import RESULTS_DIR, commit, cpu_seconds, machine, write_results
+from tests.hw.conftest import render
 
 
 def process_cpu() -> float:

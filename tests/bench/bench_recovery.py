@@ -35,16 +35,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from appliance.sync.status import read_sync_status  # noqa: E402
-from tests.bench import common  # noqa: E402
-from tests.bench.common import commit, percentile  # noqa: E402
-from tests.e2e.test_outage import inter_agency_room, network  # noqa: E402
-from tests.e2e.uplink import post, submit  # noqa: E402
-from tests.faults.proxy import Blackhole, Cut  # noqa: E402
+from appliance.sync.status import read_sync_status
+from tests.bench import common
+from tests.bench.common import commit, percentile
+from tests.e2e.test_outage import inter_agency_room, network
+from tests.e2e.uplink import post, submit
+from tests.faults.proxy import Blackhole, Cut
 
 INTERVALS = {
     "default": {"EDGEBOX_LINK_PROBE_INTERVAL": "15", "EDGEBOX_SYNC_INTERVAL": "60"},

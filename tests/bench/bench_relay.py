@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import trio  # noqa: E402
+import trio
 
-from tests.bench.bench_catchup import (  # noqa: E402
+from tests.bench.bench_catchup import (
     RECIPIENTS,
     Uplink,
     _add_users,
@@ -45,8 +44,8 @@ from tests.bench.bench_catchup import (  # noqa: E402
     make_mail,
     wait_until,
 )
-from tests.bench.common import RssSampler, cpu_seconds  # noqa: E402
-from tests.harness import edgebox, start_box  # noqa: E402
+from tests.bench.common import RssSampler, cpu_seconds
+from tests.harness import edgebox, start_box
 
 USERS = 50
 FAST = {"EDGEBOX_LINK_PROBE_INTERVAL": "2", "EDGEBOX_SYNC_INTERVAL": "5"}

@@ -39,11 +39,9 @@ import argparse
 import http.client
 import imaplib
 import re
-import shutil
 import ssl
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -51,32 +49,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
+import pytest
 
-from appliance.config import DEV_PORTS  # noqa: E402
-from tests.bench.bench_imap import TLS_NAME  # noqa: E402
-from tests.bench.bench_imap_large import (  # noqa: E402
-    PASSWORD,
-    SEED,
-    USER,
-    fill_dovecot,
-    fill_edgebox,
-)
-from tests.bench.common import (  # noqa: E402
+from appliance.config import DEV_PORTS
+from tests.bench.bench_imap import TLS_NAME
+from tests.bench.bench_imap_large import PASSWORD, SEED, USER, fill_dovecot, fill_edgebox
+from tests.bench.common import (
     RESULTS_DIR,
     commit,
     machine,
     ratio,
     running_edgebox,
+    scratch_dir,
     write_results,
 )
-from tests.harness import free_port_offset  # noqa: E402
-from tests.peers import PeerError, require_binary  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.harness import free_port_offset
+from tests.peers import PeerError, require_binary
+from tests.peers.dovecot import DovecotServer
 
 RESULTS = RESULTS_DIR / "web.json"
 SEARCH = "เดินทางไปราชการ"
@@ -221,14 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-web-"))
     try:
-        result = run(args.messages, args.large, args.requests, work)
+        with scratch_dir("bench-web-") as work:
+            result = run(args.messages, args.large, args.requests, work)
     except PeerError as exc:
         print(f"[web] cannot run: {exc}", file=sys.stderr)
         return 2
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(report(result))
     write_results(RESULTS, result)
     return 0

@@ -18,17 +18,7 @@ from appliance.chat.replication import REJECTED_TYPE
 from appliance.sync.chat import FILE_GET_PATH, FILE_PUT_PATH, PULL_CURSOR, ChatReplicator
 from appliance.sync.status import read_sync_status
 from appliance.sync.transport import HubRefused, HubUnavailable
-from tests.appliance.sync.chatnet import (
-    A1,
-    A2,
-    B1,
-    B2,
-    Net,
-    history,
-    hub_history,
-    open_net,
-    post,
-)
+from tests.appliance.sync.chatnet import A1, A2, B1, B2, Net, history, hub_history, open_net, post
 
 
 async def _converge(net: Net) -> None:

@@ -12,18 +12,7 @@ from hypothesis import strategies as st
 from appliance.chat.errors import ChatError
 from appliance.chat.replication import parse_answers, parse_event, parse_page
 from appliance.sync.transport import HubRefused, Peer
-from tests.appliance.sync.chatnet import (
-    A1,
-    A2,
-    B1,
-    B2,
-    A,
-    B,
-    Net,
-    history,
-    hub_history,
-    post,
-)
+from tests.appliance.sync.chatnet import A1, A2, B1, B2, A, B, Net, history, hub_history, post
 
 
 async def _push(net: Net, events: list[dict[str, Any]], peer: Peer | None = None) -> Any:
