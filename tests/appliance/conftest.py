@@ -15,11 +15,11 @@ test ends, after the test's own fixtures that use it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 import trio
@@ -54,20 +54,10 @@ class Agency:
     name_en: str | None = None
 
 
-class BoxFactory(Protocol):
-    """Open a box in ``tmp_path / name``; it is closed when the test ends."""
-
-    async def __call__(
-        self,
-        domain: str,
-        *,
-        agency_name: str | None = None,
-        agencies: Sequence[Agency] = (),
-        people: Sequence[Person] = (),
-        mailboxes: bool = True,
-        config: Callable[[Path], Config] = https_on_a_free_port,
-        name: str = "data",
-    ) -> Box: ...
+#: ``await make_box(domain, *, agency_name=None, agencies=(), people=(), mailboxes=True,
+#: config=https_on_a_free_port, name="data")`` (`make_box`): an open box, closed when
+#: the test ends.
+BoxFactory = Callable[..., Awaitable[Box]]
 
 
 @pytest.fixture

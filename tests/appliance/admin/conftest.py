@@ -39,6 +39,11 @@ PASSWORD = "รหัสผ่าน-ทดสอบ-2567"
 
 @pytest.fixture
 async def box(make_box: BoxFactory) -> Box:
+    return await two_agencies(make_box)
+
+
+async def two_agencies(make_box: BoxFactory) -> Box:
+    """Open the box described above: agencies A and B, their admins and staff."""
     people = [
         Person(ROOT, PASSWORD, "ผู้ดูแล ส่วนกลาง", "Root Admin", box_admin=True),
         Person(ADMIN_A, PASSWORD, "ผู้ดูแล กรมเอ", admin=True),

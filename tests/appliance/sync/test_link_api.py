@@ -17,30 +17,17 @@ from appliance.sync.link_api import PATH, RESPONSE_SCHEMA, link_routes
 from appliance.sync.status import SyncStatus
 from appliance.web.openapi import openapi_route
 from appliance.web.schema import validate
-from tests.appliance.conftest import Agency, BoxFactory, Person
+from tests.appliance.admin.conftest import ADMIN_A, ROOT, STAFF_A, STAFF_B, two_agencies
+from tests.appliance.conftest import BoxFactory
 from tests.appliance.web.conftest import Server, start_server
 
-A = "a.go.th"
-B = "b.go.th"
-ROOT = f"root@{A}"
-ADMIN_A = f"admin@{A}"
-STAFF_A = f"staff@{A}"
-STAFF_B = f"staff@{B}"
-PASSWORD = "รหัสผ่าน-ทดสอบ-2567"
 SINCE = 1_800_000_000.0
 
 
 @pytest.fixture
 async def box(make_box: BoxFactory) -> Box:
-    people = [
-        Person(ROOT, PASSWORD, "ผู้ดูแล ส่วนกลาง", box_admin=True),
-        Person(ADMIN_A, PASSWORD, "ผู้ดูแล กรมเอ", admin=True),
-        Person(STAFF_A, PASSWORD, "สมชาย ใจดี"),
-        Person(STAFF_B, PASSWORD, "มาลี ศรีสุข"),
-    ]
-    return await make_box(
-        A, agency_name="กรมเอ", agencies=[Agency(B, "กรมบี", "Department B")], people=people
-    )
+    # The admin console's people: a box-wide admin, an admin of A, staff of A and B.
+    return await two_agencies(make_box)
 
 
 @pytest.fixture
