@@ -71,11 +71,6 @@ async def test_a_round_judges_the_box_and_the_panel_reads_the_first_problem(box:
     assert (box.config.data_dir / "run" / "clock.json").exists()
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 async def test_the_monitor_runs_on_its_interval(
     box: Box, autojump_clock: trio.testing.MockClock
 ) -> None:
