@@ -20,14 +20,13 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance.compliance.traffic_log import iter_records
-from tests.harness import RunningBox, init_box, require_tool, start_box
+from tests.e2e.conftest import BoxStarter
+from tests.harness import RunningBox, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -40,23 +39,17 @@ BACKOFF = 0.2 + 0.4 * (LIMIT - 2)
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
-    data: Path = tmp_path_factory.mktemp("guard")
-    init_box(data, DOMAIN, PASSWORDS)
-    running = start_box(
-        data,
-        env={
-            "EDGEBOX_AUTH_DELAY": "0.2",
-            "EDGEBOX_AUTH_MAX_DELAY": "0.4",
-            "EDGEBOX_AUTH_ACCOUNT_MAX_DELAY": "0.4",
-            "EDGEBOX_AUTH_SOURCE_LIMIT": str(LIMIT),
-            "EDGEBOX_MAX_CONNECTIONS_PER_SOURCE": "3",
-            "EDGEBOX_MAX_WEB_CONNECTIONS_PER_SOURCE": "3",
-            "EDGEBOX_PREAUTH_IDLE_TIMEOUT": "2",
-        },
-    )
-    yield running
-    assert running.stop() == 0
+def box(start_running_box: BoxStarter) -> RunningBox:
+    env = {
+        "EDGEBOX_AUTH_DELAY": "0.2",
+        "EDGEBOX_AUTH_MAX_DELAY": "0.4",
+        "EDGEBOX_AUTH_ACCOUNT_MAX_DELAY": "0.4",
+        "EDGEBOX_AUTH_SOURCE_LIMIT": str(LIMIT),
+        "EDGEBOX_MAX_CONNECTIONS_PER_SOURCE": "3",
+        "EDGEBOX_MAX_WEB_CONNECTIONS_PER_SOURCE": "3",
+        "EDGEBOX_PREAUTH_IDLE_TIMEOUT": "2",
+    }
+    return start_running_box("guard", DOMAIN, PASSWORDS, env=env)
 
 
 def tls(box: RunningBox) -> ssl.SSLContext:

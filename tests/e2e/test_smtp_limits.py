@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.harness import RunningBox, init_box, start_box
+from tests.e2e.conftest import BoxStarter
+from tests.harness import RunningBox
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
-    data: Path = tmp_path_factory.mktemp("limits")
-    init_box(data, "limits.go.th", {"a@limits.go.th": "limits-pass-1"})
-    running = start_box(data, env={"EDGEBOX_MAX_CONNECTIONS": "2", "EDGEBOX_IDLE_TIMEOUT": "1.5"})
-    yield running
-    assert running.stop() == 0
+def box(start_running_box: BoxStarter) -> RunningBox:
+    env = {"EDGEBOX_MAX_CONNECTIONS": "2", "EDGEBOX_IDLE_TIMEOUT": "1.5"}
+    return start_running_box("limits", "limits.go.th", {"a@limits.go.th": "limits-pass-1"},
+                             env=env)  # fmt: skip
 
 
 def read_reply(sock: socket.socket) -> bytes:
