@@ -26,7 +26,7 @@ import pytest
 
 from appliance.compliance.traffic_log import iter_records
 from tests.e2e.conftest import BoxStarter
-from tests.harness import RunningBox, require_tool
+from tests.harness import RunningBox, read_line, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -240,16 +240,6 @@ def connect_from(box: RunningBox, service: str, source: str) -> socket.socket:
     )
 
 
-def first_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 @pytest.mark.parametrize(
     ("service", "greeting", "refusal"),
     [
@@ -264,12 +254,12 @@ def test_one_source_at_its_limit_does_not_keep_another_out(
     hog = [connect_from(box, service, "127.0.0.51") for _ in range(3)]
     try:
         for sock in hog:
-            assert first_line(sock).startswith(greeting)
+            assert read_line(sock).startswith(greeting)
         with connect_from(box, service, "127.0.0.51") as fourth:
-            assert first_line(fourth) == refusal
+            assert read_line(fourth) == refusal
             assert fourth.recv(100) == b""
         with connect_from(box, service, "127.0.0.52") as other:
-            assert first_line(other).startswith(greeting)
+            assert read_line(other).startswith(greeting)
     finally:
         for sock in hog:
             sock.close()
@@ -297,9 +287,9 @@ def test_one_source_at_its_limit_does_not_keep_another_off_the_web(box: RunningB
 
 def test_an_idle_client_is_let_go_before_login_but_not_after(box: RunningBox) -> None:
     with connect_from(box, "imap", "127.0.0.61") as idle:
-        assert first_line(idle).startswith(b"* OK ")
+        assert read_line(idle).startswith(b"* OK ")
         # EDGEBOX_PREAUTH_IDLE_TIMEOUT=2 (the default is 3 minutes).
-        assert first_line(idle) == b"* BYE autologout: idle for too long\r\n"
+        assert read_line(idle) == b"* BYE autologout: idle for too long\r\n"
         assert idle.recv(100) == b""
     client = imap_from(box, "127.0.0.62")
     client.login(f"imap@{DOMAIN}", PASSWORDS[f"imap@{DOMAIN}"])
