@@ -2,7 +2,7 @@
 
 A box in tmp_path serves the sign-in pages, the chat API and the chat pages on a free
 port; each person has a browser session (cookie) and the pages' CSRF token. What a
-browser's script would do is done here through the API, as chat.js does it.
+browser's script would do is done here through the API, as the chat scripts do.
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ async def test_room_list_shows_unread_counts_that_fall_after_reading(site: Site)
     # The room with the newest message comes first.
     assert [e.attrs["data-room-id"] for e in page.all("room-item")] == [room.id, quiet.id]
 
-    # chat.js marks what the reader saw, up to the newest message.
+    # static/chat-room-reading.js marks what the reader saw, up to the newest message.
     read = await site.api("boss", "POST", f"/api/v1/rooms/{room.id}/read", {"up_to": last})
     assert read.status == 200
     page = await site.page("boss", "/chat")

@@ -21,7 +21,7 @@ from appliance.web.i18n import (
     format_size,
     service_label,
 )
-from appliance.web.pages import safe_next
+from appliance.web.pages import STATIC, safe_next
 from appliance.web.server import csrf_token_for
 
 from .conftest import ADDRESS, PASSWORD, Reply, Server, start_server
@@ -188,6 +188,21 @@ async def test_static_files_revalidate_with_etag(server: Server) -> None:
     assert again.body == b""
     missing = await server.request("GET", "/static/nope.js")
     assert missing.status == 404
+
+
+async def test_every_script_is_served_as_a_module_the_csp_allows(server: Server) -> None:
+    # A browser runs a module only with a JavaScript MIME type (nosniff: no guessing),
+    # and the pages' CSP must let scripts come from the box itself.
+    scripts = sorted(p.name for p in STATIC.glob("*.js"))
+    assert "chat-room.js" in scripts
+    for name in scripts:
+        reply = await server.request("GET", f"/static/{name}")
+        assert reply.status == 200, name
+        assert reply.header("content-type") == "text/javascript; charset=utf-8", name
+        assert reply.header("x-content-type-options") == "nosniff", name
+        policy = reply.header("content-security-policy") or ""
+        assert "default-src 'self'" in policy, name
+        assert "script-src" not in policy, name
 
 
 async def test_unknown_pages_get_an_html_404_and_api_paths_json(server: Server) -> None:
