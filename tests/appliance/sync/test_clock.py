@@ -42,7 +42,7 @@ async def test_a_retry_loop_gets_every_wake_up_it_would_have_had() -> None:
     assert attempts == [0.0, 600.0, 1200.0, 1800.0, 2400.0, 3000.0, 3600.0]
 
 
-async def test_sleep_of_nothing_returns_at_once() -> None:
+async def test_sleep_of_nothing_returns_at_once(autojump_clock: trio.abc.Clock) -> None:
     clock = ManualClock()
     before = clock.now()
     with trio.fail_after(1):
