@@ -278,6 +278,31 @@ async def create_rooms(box: Any, layout: list[list[str]]) -> list[str]:
     return room_ids
 
 
+async def post_plan(
+    box: Any, layout: list[list[str]], posts: list[tuple[int, int, str]], *, tasks: int
+) -> int:
+    """Make the plan's rooms on *box* and post its messages from *tasks* tasks at once.
+
+    Return the bytes of text posted.
+    """
+    room_ids = await create_rooms(box, layout)
+    users = {m: await box.directory.user(m) for ms in layout for m in ms}
+    text_bytes = 0
+
+    async def post_from(chunk: list[tuple[int, int, str]]) -> None:
+        nonlocal text_bytes
+        for room, member, text in chunk:
+            actor = users[layout[room][member]]
+            assert actor is not None
+            await box.chat.post(actor, room_ids[room], {"kind": "text", "text": text})
+            text_bytes += len(text.encode())
+
+    async with trio.open_nursery() as nursery:
+        for w in range(tasks):
+            nursery.start_soon(post_from, posts[w::tasks])
+    return text_bytes
+
+
 async def _add_users(data: Path, domain: str, prefix: str, count: int) -> None:
     from appliance.box import add_user, configured, open_box
     from appliance.security import passwords
@@ -326,21 +351,7 @@ async def _write_backlog(data: Path, mails: int, chats: int, seed: int) -> dict[
 
         started = time.monotonic()
         layout, posts = chat_plan(seed, ROOMS, chats)
-        room_ids = await create_rooms(box, layout)
-        users = {a: await box.directory.user(a) for a in {m for ms in layout for m in ms}}
-        text_bytes = 0
-
-        async def post_from(chunk: list[tuple[int, int, str]]) -> None:
-            nonlocal text_bytes
-            for room, member, text in chunk:
-                actor = users[layout[room][member]]
-                assert actor is not None
-                await box.chat.post(actor, room_ids[room], {"kind": "text", "text": text})
-                text_bytes += len(text.encode())
-
-        async with trio.open_nursery() as nursery:
-            for w in range(workers * 2):
-                nursery.start_soon(post_from, posts[w :: workers * 2])
+        text_bytes = await post_plan(box, layout, posts, tasks=workers * 2)
         figures["chat_messages"] = chats
         figures["chat_rooms"] = len(layout)
         figures["chat_bytes"] = text_bytes

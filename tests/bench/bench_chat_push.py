@@ -36,7 +36,7 @@ import trio
 # Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_catchup import USERS, chat_plan, create_rooms
+from tests.bench.bench_catchup import USERS, chat_plan, post_plan
 
 ROOMS = 80
 BATCH = 200
@@ -76,22 +76,8 @@ async def run(messages: int, profile: Path | None) -> dict[str, Any]:
             layout, posts = chat_plan(7, ROOMS, messages)
             # Only a.go.th people: this bench has no b.go.th.
             layout = [[m for m in ms if m.endswith("@a.go.th")] for ms in layout]
-            room_ids = await create_rooms(a, layout)
-            users = {m: await a.directory.user(m) for ms in layout for m in ms}
-            text_bytes = 0
-
-            async def post_from(chunk: list[tuple[int, int, str]]) -> None:
-                nonlocal text_bytes
-                for room_index, member, text in chunk:
-                    actor = users[layout[room_index][member]]
-                    assert actor is not None
-                    await a.chat.post(actor, room_ids[room_index], {"kind": "text", "text": text})
-                    text_bytes += len(text.encode())
-
             started = time.monotonic()
-            async with trio.open_nursery() as nursery:
-                for w in range(32):
-                    nursery.start_soon(post_from, posts[w::32])
+            text_bytes = await post_plan(a, layout, posts, tasks=32)
             print(f"posted {messages} in {time.monotonic() - started:.0f} s", flush=True)
 
             route = ChatHub(hub).push
