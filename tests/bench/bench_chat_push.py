@@ -37,6 +37,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.bench_catchup import USERS, chat_plan, post_plan
+from tests.bench.common import commit
 
 ROOMS = 80
 BATCH = 200
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the hub's part")
     args = parser.parse_args(argv)
-    result = trio.run(run, args.messages, args.profile)
+    result = {"commit": commit(), **trio.run(run, args.messages, args.profile)}
     print(json.dumps(result, indent=1))
     return result
 

@@ -44,7 +44,7 @@ from tests.bench.bench_catchup import (
     make_mail,
     wait_until,
 )
-from tests.bench.common import RssSampler, cpu_seconds
+from tests.bench.common import RssSampler, commit, cpu_seconds
 from tests.harness import edgebox, start_box
 
 USERS = 50
@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--prepared", help="keep/reuse the set-up (hub, enrolled A) here")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(run(args), indent=1))
+    print(json.dumps({"commit": commit(), **run(args)}, indent=1))
 
 
 if __name__ == "__main__":
