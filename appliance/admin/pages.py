@@ -16,7 +16,7 @@ an existing address) re-renders the page with the message and status 422, having
 changed nothing; the add-user form keeps what was typed, except the passwords.
 
 What this is not: the rules themselves (console.py), the directory's checks
-(appliance.directory), or the CSRF and session machinery (appliance.web.server).
+(appliance.directory), or the CSRF and session machinery (appliance.web.csrf).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import trio
 
 from appliance.config import Config
 from appliance.health.metrics import CONTENT_TYPE, BoxMetrics
-from appliance.listeners import addresses
+from appliance.net.listeners import addresses
 
 log = logging.getLogger("edgebox.metrics")
 

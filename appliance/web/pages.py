@@ -48,8 +48,8 @@ from appliance.directory.preferences import (
 )
 from appliance.directory.sessions import BROWSER_TTL, Sessions
 from appliance.web import i18n
+from appliance.web.csrf import CSRF_FIELD, csrf_token_for
 from appliance.web.routes import ApiError, Language, Request, Response, Route
-from appliance.web.server import CSRF_FIELD, csrf_token_for
 from appliance.web.session_api import SessionApi, session_cookie
 
 log = logging.getLogger("edgebox.web")

@@ -28,8 +28,8 @@ from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import User
 from appliance.directory.sessions import APP_TTL, BROWSER_TTL, Sessions
 from appliance.directory.signin import Refused, SignIn
+from appliance.web.csrf import SESSION_COOKIE
 from appliance.web.routes import JSON, ApiError, Request, Response, Route
-from appliance.web.server import SESSION_COOKIE
 
 log = logging.getLogger("edgebox.web")
 

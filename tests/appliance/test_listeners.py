@@ -1,4 +1,4 @@
-"""One session's fault ends that session only (listeners.py `ConnectionGate`).
+"""One session's fault ends that session only (appliance.net.listeners `ConnectionGate`).
 
 IMAP and SMTP are started in-process on a real box and driven with the standard
 library's clients (imaplib, smtplib) in worker threads; a fault is injected into one
@@ -30,11 +30,11 @@ import trio.testing
 
 from appliance.box import Box
 from appliance.config import Config, load_config
-from appliance.listeners import ConnectionGate
 from appliance.mail.imap.server import IMAPService
 from appliance.mail.imap.session import ImapSession
 from appliance.mail.smtp.policy import Port, SMTPPolicy
 from appliance.mail.smtp.server import SMTPService
+from appliance.net.listeners import ConnectionGate
 from appliance.security.tls import client_ssl_context
 from tests.appliance.conftest import BoxFactory, Person
 from tests.harness import free_port_offset

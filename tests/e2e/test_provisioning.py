@@ -187,7 +187,7 @@ def test_unprovisioned_box_is_set_up_with_the_code_then_takes_mail(tmp_path: Pat
 
 
 def test_admin_console_reset_brings_the_running_box_back_to_setup(tmp_path: Path) -> None:
-    from appliance.web.server import csrf_token_for
+    from appliance.web.csrf import csrf_token_for
 
     data = tmp_path / "box"
     box = start_box(data, env=GUARD_ENV)

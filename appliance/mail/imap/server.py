@@ -16,9 +16,9 @@ import trio
 from appliance.box import Box
 from appliance.directory import User
 from appliance.directory.signin import Refused
-from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.session import ImapSession
+from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 
 log = logging.getLogger("edgebox.imap")
 

@@ -25,9 +25,10 @@ How the server drives it::
 Replies are collected in an outbox and sent only when the core needs more input, which
 is exactly the batching PIPELINING (RFC 2920 §3.2) asks of a server.
 
-State rules (RFC 5321 §4.1.4, §3.3; RFC 3207; RFC 4954):
+State rules (RFC 5321 §4.1.4, §3.3; RFC 3207; RFC 4954; the table is `COMMAND_ORDER`):
 
-- ``HELO``: only EHLO/HELO, NOOP, RSET, QUIT, HELP, VRFY, STARTTLS are allowed.
+- ``HELO``: EHLO/HELO, NOOP, RSET, QUIT, HELP, VRFY, EXPN; anything else is answered
+  503 "Send EHLO or HELO first".
 - ``READY``: MAIL starts a transaction; AUTH and STARTTLS only here.
 - ``MAIL`` → ``RCPT`` after the first accepted recipient; DATA needs one.
 - ``DATA``: content until ``CRLF.CRLF``; then back to ``READY``.
@@ -42,8 +43,10 @@ from __future__ import annotations
 import base64
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
 
 # ---------------------------------------------------------------------------------------
 # Replies
@@ -225,6 +228,46 @@ class SessionConfig:
     require_tls: bool = False
     #: Offer AUTH at all (after TLS). The MX port of a box does not.
     auth_offered: bool = True
+
+
+# ---------------------------------------------------------------------------------------
+# The order of commands (RFC 5321 §4.1.4)
+
+#: Command -> the states it is out of order in, each with the reply that refuses it
+#: there; a state not named allows the command. Only the states that read command lines
+#: appear (HELO, READY, MAIL, RCPT): in AUTH a line is a SASL response, in DATA and
+#: CHUNK it is message content. EHLO/HELO, RSET, NOOP, HELP, VRFY, EXPN and QUIT may
+#: come at any time (§4.1.4: "may be issued at any time"; EHLO resets a transaction).
+#: Other checks of a command (its syntax, TLS, AUTH) are made in its handler, some
+#: before this one, so that a reply names the first thing wrong as RFC 5321 §4.1.4 and
+#: the RFCs of STARTTLS and AUTH order them.
+COMMAND_ORDER: Final[Mapping[str, Mapping[State, Reply]]] = MappingProxyType(
+    {
+        "EHLO": {},
+        "HELO": {},
+        # RFC 3207 §4.2 and RFC 4954 §4: after EHLO, never inside a transaction.
+        "STARTTLS": {
+            State.HELO: NEED_HELO,
+            State.MAIL: BAD_SEQUENCE,
+            State.RCPT: BAD_SEQUENCE,
+        },
+        "AUTH": {State.HELO: NEED_HELO, State.MAIL: BAD_SEQUENCE, State.RCPT: BAD_SEQUENCE},
+        # §4.1.4: MAIL starts a transaction, "if there is already a transaction, 503".
+        "MAIL": {State.HELO: NEED_HELO, State.MAIL: NESTED_MAIL, State.RCPT: NESTED_MAIL},
+        "RCPT": {State.HELO: NEED_HELO, State.READY: NEED_MAIL},
+        # §4.1.1.4: DATA after at least one accepted RCPT. In MAIL, RFC 2920 §3.1 turns
+        # NEED_RCPT into NO_VALID_RECIPIENTS once RCPTs were tried and all refused.
+        "DATA": {State.HELO: NEED_HELO, State.READY: NEED_MAIL, State.MAIL: NEED_RCPT},
+        # RFC 3030 §2: BDAT as DATA (its chunk is still read before the refusal).
+        "BDAT": {State.HELO: NEED_HELO, State.READY: NEED_MAIL, State.MAIL: NEED_RCPT},
+        "RSET": {},
+        "NOOP": {},
+        "HELP": {},
+        "VRFY": {},
+        "EXPN": {},
+        "QUIT": {},
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -510,8 +553,8 @@ class ServerConnection:
         if not self._starttls_possible():
             self._error(TLS_UNAVAILABLE)
             return None
-        if self.state is not State.READY:
-            self._error(NEED_HELO if self.state is State.HELO else BAD_SEQUENCE)
+        if (refusal := self._out_of_order("STARTTLS")) is not None:
+            self._error(refusal)
             return None
         self._send(READY_FOR_TLS)
         # Bytes pipelined after STARTTLS arrived in plaintext and must not be taken as
@@ -524,11 +567,8 @@ class ServerConnection:
         if not self.config.auth_offered:
             self._error(NOT_IMPLEMENTED)
             return None
-        if self.state is State.HELO:
-            self._error(NEED_HELO)
-            return None
-        if self.state is not State.READY:
-            self._error(BAD_SEQUENCE)
+        if (refusal := self._out_of_order("AUTH")) is not None:
+            self._error(refusal)
             return None
         if self.authenticated_as is not None:
             self._error(ALREADY_AUTHENTICATED)
@@ -588,11 +628,8 @@ class ServerConnection:
 
     # RFC 5321 §4.1.1.2: MAIL
     def _cmd_mail(self, arg: str) -> MailFrom | None:
-        if self.state is State.HELO:
-            self._error(NEED_HELO)
-            return None
-        if self.state in (State.MAIL, State.RCPT):
-            self._error(NESTED_MAIL)
+        if (refusal := self._out_of_order("MAIL")) is not None:
+            self._error(refusal)
             return None
         if self.config.require_tls and not self.tls_active:
             self._error(TLS_REQUIRED)
@@ -641,11 +678,8 @@ class ServerConnection:
 
     # RFC 5321 §4.1.1.3: RCPT
     def _cmd_rcpt(self, arg: str) -> RcptTo | None:
-        if self.state is State.HELO:
-            self._error(NEED_HELO)
-            return None
-        if self.state not in (State.MAIL, State.RCPT):
-            self._error(NEED_MAIL)
+        if (refusal := self._out_of_order("RCPT")) is not None:
+            self._error(refusal)
             return None
         parsed = self._parse_path_command(arg, "TO:", allow_null=False)
         if parsed is None:
@@ -681,15 +715,8 @@ class ServerConnection:
         if arg:
             self._error(Reply(501, "5.5.4", "Syntax: DATA (no parameters)"))
             return
-        if self.state is State.HELO:
-            self._error(NEED_HELO)
-            return
-        if self.state is State.READY:
-            self._error(NEED_MAIL)
-            return
-        if self.state is State.MAIL:
-            # RFC 2920 §3.1: with pipelining, all RCPTs may have failed before DATA.
-            self._error(NO_VALID_RECIPIENTS if self._rcpt_attempted else NEED_RCPT)
+        if (refusal := self._out_of_order("DATA")) is not None:
+            self._error(refusal)
             return
         if self._chunks is not None:
             self._error(DATA_AFTER_BDAT)  # RFC 3030 §2
@@ -756,14 +783,8 @@ class ServerConnection:
                 self.state = State.CLOSED
             return
         chunk = int(size)
-        refusal = None
-        if self.state is State.HELO:
-            refusal = NEED_HELO
-        elif self.state is State.READY:
-            refusal = NEED_MAIL
-        elif self.state is State.MAIL:
-            refusal = NO_VALID_RECIPIENTS if self._rcpt_attempted else NEED_RCPT
-        elif len(self._chunks or b"") + chunk > self.config.max_message_size:
+        refusal = self._out_of_order("BDAT")
+        if refusal is None and len(self._chunks or b"") + chunk > self.config.max_message_size:
             refusal = MESSAGE_TOO_BIG
         # RFC 3030 §2: a refused chunk is still read (and thrown away) before the reply,
         # so the next command is found where the client put it.
@@ -873,6 +894,14 @@ class ServerConnection:
                 return None
             params[key.upper()] = value if eq else None
         return path, params
+
+    def _out_of_order(self, command: str) -> Reply | None:
+        """The reply refusing *command* in this state (`COMMAND_ORDER`), or None."""
+        refusal = COMMAND_ORDER[command].get(self.state)
+        if refusal is NEED_RCPT and self._rcpt_attempted:
+            # RFC 2920 §3.1: with pipelining, all RCPTs may have failed before DATA.
+            return NO_VALID_RECIPIENTS
+        return refusal
 
     def _starttls_possible(self) -> bool:
         return self.config.starttls_available and not self.tls_active

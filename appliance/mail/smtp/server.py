@@ -17,7 +17,6 @@ from appliance.compliance.traffic_log import TrafficRecord
 from appliance.directory import normalise_address
 from appliance.directory.signin import Refused
 from appliance.health.disk_guard import is_disk_full
-from appliance.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
@@ -28,6 +27,7 @@ from appliance.mail.smtp.policy import (
     SMTPPolicy,
     parse_trusted_relays,
 )
+from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 
 log = logging.getLogger("edgebox.smtp")
 

@@ -1,6 +1,7 @@
 """The hub's sync listener: JSON over HTTPS with mutual TLS (DESIGN.md "Roles and ports").
 
-A thin trio layer (STYLE.md) between TLS streams and h11 (RFC 9112), and the rules every
+A thin trio layer (STYLE.md) on the box's network layer (`appliance.net`: the
+connection gate, TLS, the HTTP/1.1 request loop over h11, RFC 9112), and the rules every
 sync request shares, in this order, before a route's handler runs:
 
 1. only ``POST`` (405 with Allow, RFC 9110 §15.5.6) to a known path (404);
@@ -34,8 +35,6 @@ so that enrolment works on the same port; the check of step 2 is what enforces i
 
 from __future__ import annotations
 
-import http
-import json
 import logging
 import secrets
 import ssl
@@ -49,7 +48,15 @@ import trio
 from cryptography import x509
 
 from appliance.box import Box
-from appliance.listeners import ConnectionGate, peer_ip, serve_tcp
+from appliance.net.http1 import (
+    BodyTooLarge,
+    HTTPLimits,
+    HTTPServerConnection,
+    TooSlow,
+    header_fields,
+)
+from appliance.net.jsonbody import encode_json, parse_json
+from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.security.tls import server_ssl_context
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
@@ -58,7 +65,6 @@ from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_c
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
 from appliance.sync.transport import Peer, SyncRoute
-from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow
 
 log = logging.getLogger("edgebox.hub")
 
@@ -73,11 +79,9 @@ ENROLL_MAX_BODY: Final = 64 * 1024
 
 
 @dataclass(frozen=True)
-class HubLimits:
+class HubLimits(HTTPLimits):
     """Sizes and timeouts of the hub-sync listener."""
 
-    #: Request line plus headers; h11 answers 431 beyond it (RFC 6585 §5).
-    max_header_bytes: int = 16 * 1024
     #: Seconds a kept-alive connection may wait for its next request.
     idle_timeout: float = 120.0
     #: Seconds from a request's first byte to its last. Generous: a batch of chat
@@ -88,7 +92,6 @@ class HubLimits:
     #: From one source (address or IPv6 /64): boxes behind one NAT share it, so this
     #: is generous; it still keeps one flooding host from taking all 2000.
     max_connections_per_source: int = 100
-    receive_size: int = 64 * 1024
 
 
 class HubSyncService:
@@ -215,46 +218,36 @@ def _peer_certificate(stream: trio.abc.Stream) -> bytes | None:
 # --- one connection ----------------------------------------------------------------
 
 
-class _Connection:
+class _Connection(HTTPServerConnection):
     """A loop of request → response on one TLS connection, keep-alive between."""
 
     def __init__(self, service: HubSyncService, stream: trio.abc.Stream, client_ip: str) -> None:
+        super().__init__(stream, service.limits)
         self.service = service
-        self.stream = stream
         self.client_ip = client_ip
-        self.reader = RequestReader(stream, service.limits)
-        self.conn = self.reader.conn
 
-    async def run(self) -> None:
-        while True:
-            try:
-                request = await self.reader.next_request()
-            except h11.RemoteProtocolError as exc:
-                await self._send(exc.error_status_hint, _error("bad_request", str(exc)))
-                return
-            except TooSlow:
-                await self._send(408, _error("timeout", "the request took too long"))
-                return
-            if request is None:
-                return
-            await self._exchange(request)
-            if not self.reader.finished_exchange():
-                await self.reader.linger()
-                return
-            self.conn.start_next_cycle()
+    async def refuse_malformed(self, exc: h11.RemoteProtocolError) -> None:
+        await self._send(exc.error_status_hint, _error("bad_request", str(exc)))
+
+    async def refuse_slow(self) -> None:
+        await self._send(408, _error("timeout", "the request took too long"))
 
     async def fault(self, reference: str) -> None:
         """Answer 500 after a server bug, if no answer to this request was started."""
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.can_answer():
             body = _error("internal", f"hub error (reference {reference})")
-            # `_send` says "close" itself when the request's body was not read.
+            # `send_response` says "close" itself when the request's body was not read.
             close = [("connection", "close")] if self.conn.their_state is h11.DONE else []
             await self._send(500, body, close)
+
+    async def exchange(self, request: h11.Request) -> bool:
+        await self._exchange(request)
+        return True
 
     async def _exchange(self, request: h11.Request) -> None:
         method = request.method.decode("ascii", "replace")
         path = request.target.partition(b"?")[0].decode("ascii", "replace")
-        headers = _header_fields(request.headers)
+        headers = header_fields(request.headers)
         gzip_answer = content_coding.accepts_gzip(headers.get("accept-encoding"))
         extra: list[tuple[str, str]] = []
         try:
@@ -304,8 +297,8 @@ class _Connection:
         except content_coding.BadCoding as exc:
             raise bad_request(str(exc), "bad_encoding") from None
         try:
-            body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
+            body = parse_json(raw)
+        except ValueError as exc:
             raise bad_request(f"the body is not JSON: {exc}", "bad_json") from None
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
@@ -319,7 +312,7 @@ class _Connection:
         *,
         gzip_answer: bool = False,
     ) -> None:
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        payload = encode_json(body)
         # The answer may differ by the request's Accept-Encoding (RFC 9110 §12.5.5).
         headers = [("content-type", "application/json"), ("vary", "accept-encoding")]
         if gzip_answer and len(payload) >= content_coding.MIN_SIZE:
@@ -331,45 +324,14 @@ class _Connection:
             ("accept-encoding", content_coding.GZIP),
             *extra,
         ]
-        if self.conn.their_state is not h11.DONE:
-            # The body was not read (an early 4xx): the rest of it would be taken for
-            # the next request, so this connection ends here (RFC 9112 §9.6).
-            headers.append(("connection", "close"))
         if status == 401:
             # RFC 9110 §15.5.2 wants a challenge; the "scheme" here is the TLS layer.
             headers.append(("www-authenticate", 'Mutual realm="edgebox-hub"'))
         try:
-            data = self.conn.send(
-                h11.Response(
-                    status_code=status,
-                    headers=headers,
-                    reason=http.HTTPStatus(status).phrase.encode("ascii"),
-                )
-            )
-            data += self.conn.send(h11.Data(data=payload))
-            data += self.conn.send(h11.EndOfMessage())
+            await self.send_response(status, headers, payload)
         except h11.LocalProtocolError:
             return  # the connection is already past answering (h11 says ERROR)
-        await self.stream.send_all(data)
-
-
-def _header_fields(fields: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Request header fields by (lower-case) name; repeated ones joined with commas.
-
-    RFC 9110 §5.3: a field sent on several lines means the comma-joined list, so
-    ``Content-Encoding: gzip`` twice is gzip applied twice, not once.
-    """
-    found: dict[str, str] = {}
-    for name, value in fields:
-        key, text = name.decode("latin-1"), value.decode("latin-1")
-        found[key] = f"{found[key]}, {text}" if key in found else text
-    return found
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
-
-
-def _no_constant(name: str) -> Any:
-    # RFC 8259 has no NaN or Infinity; Python's json would accept them.
-    raise ValueError(f"{name} is not JSON")

@@ -22,8 +22,8 @@ import trio
 from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.directory.sessions import BROWSER_TTL
+from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages, PageKit
-from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
 from tests.appliance.conftest import Agency, BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server

@@ -34,8 +34,8 @@ from appliance.chat.pages import (
 from appliance.directory import User
 from appliance.directory.preferences import Preferences
 from appliance.directory.sessions import BROWSER_TTL
+from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages, PageKit
-from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
 from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server

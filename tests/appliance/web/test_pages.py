@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from appliance.box import Box
 from appliance.web.api import web_routes
+from appliance.web.csrf import csrf_token_for
 from appliance.web.i18n import (
     SERVICE_LABELS,
     SIZE_UNITS,
@@ -22,7 +23,6 @@ from appliance.web.i18n import (
     service_label,
 )
 from appliance.web.pages import STATIC, safe_next
-from appliance.web.server import csrf_token_for
 
 from .conftest import ADDRESS, PASSWORD, Reply, Server, start_server
 

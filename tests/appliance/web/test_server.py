@@ -17,9 +17,12 @@ import wsproto.events
 from appliance.box import Box
 from appliance.directory.sessions import Sessions
 from appliance.web import server as web_server
+from appliance.web import websocket as web_websocket
+from appliance.web.csrf import parse_cookie
 from appliance.web.openapi import openapi_route
+from appliance.web.router import parse_target
 from appliance.web.routes import ApiError, Request, Response, Route, StreamRoute, WebSocket
-from appliance.web.server import Limits, parse_cookie, parse_target, preferred_language
+from appliance.web.server import Limits, preferred_language
 from tests.appliance.web.conftest import ADDRESS, Server, WebSocketClient, start_server
 
 ITEM = {
@@ -587,7 +590,7 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
     await client.aclose()
 
 
-# --- one connection's fault (appliance.listeners.ConnectionGate) ----------------------
+# --- one connection's fault (appliance.net.listeners.ConnectionGate) ----------------------
 
 
 async def test_a_fault_outside_any_handler_ends_only_that_connection(
@@ -633,14 +636,14 @@ async def test_a_websocket_fault_outside_its_handler_closes_it_with_1011(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = await sign_in(server)
-    original = web_server._WebSocket._deliver
+    original = web_websocket.ServerWebSocket._deliver
 
     async def faulty(self: Any, value: Any) -> None:
         if value == {"fault": True}:
             raise RuntimeError("injected fault in the frame reader")
         await original(self, value)
 
-    monkeypatch.setattr(web_server._WebSocket, "_deliver", faulty)
+    monkeypatch.setattr(web_websocket.ServerWebSocket, "_deliver", faulty)
     streams = []
     try:
         for _ in range(2):

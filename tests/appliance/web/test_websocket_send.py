@@ -14,7 +14,7 @@ import wsproto.events
 from appliance.box import Box
 from appliance.directory.sessions import Sessions
 from appliance.web.routes import Request, StreamRoute, WebSocket
-from appliance.web.server import text_frame
+from appliance.web.websocket import text_frame
 from tests.appliance.web.conftest import WebSocketClient, start_server
 
 

@@ -26,8 +26,8 @@ from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.mailboxes import Mailboxes
 from appliance.mail.webmail.compose_pages import compose_routes
+from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages, PageKit
-from appliance.web.server import csrf_token_for
 from appliance.web.session_api import SessionApi
 from tests.appliance.conftest import BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server

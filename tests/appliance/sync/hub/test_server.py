@@ -400,7 +400,7 @@ async def test_the_client_gzips_once_the_hub_says_it_takes_gzip(tmp_path: Path) 
         assert seen[0] == seen[1]
 
 
-# --- one connection's fault (appliance.listeners.ConnectionGate) ----------------------
+# --- one connection's fault (appliance.net.listeners.ConnectionGate) ----------------------
 
 
 async def test_a_fault_outside_any_handler_ends_only_that_connection(

@@ -1,11 +1,13 @@
-"""Reading HTTP/1.1 requests off a server connection: what every h11 listener shares.
+"""HTTP/1.1 on a server connection: what every h11 listener shares.
 
 The HTTPS listener (`appliance.web.server`) and the hub's sync listener
-(`appliance.sync.hub.server`) answer differently but read the same way: an idle
-deadline while waiting for a request, a request deadline from its first byte to its
-last (the slow-loris guard), a body limit checked against the declared length before
-reading and against the bytes as they come, and a bounded linger after an early
-answer. Each listener turns `TooSlow` and `BodyTooLarge` into its own error answer.
+(`appliance.sync.hub.server`) answer differently but run the same loop
+(`HTTPServerConnection`: request, response, keep-alive; a whole response written by
+`send_response`) and read the same way (`RequestReader`): an idle deadline while
+waiting for a request, a request deadline from its first byte to its last (the
+slow-loris guard), a body limit checked against the declared length before reading and
+against the bytes as they come, and a bounded linger after an early answer. Each
+listener turns `TooSlow` and `BodyTooLarge` into its own error answer.
 
 Two framing rules h11 leaves to us are kept here, so both listeners keep them:
 
@@ -20,7 +22,11 @@ Two framing rules h11 leaves to us are kept here, so both listeners keep them:
 
 from __future__ import annotations
 
+import abc
+import http
 import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import h11
@@ -41,6 +47,19 @@ class ReadLimits(Protocol):
     def request_timeout(self) -> float: ...
     @property
     def receive_size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    """The sizes and timeouts every HTTP/1.1 listener has; each listener's limits add theirs."""
+
+    #: Request line plus headers; h11 answers 431 beyond it (RFC 6585 §5).
+    max_header_bytes: int = 16 * 1024
+    #: Seconds a kept-alive connection may wait for its next request.
+    idle_timeout: float = 60.0
+    #: Seconds from a request's first byte to its last (slow-loris guard); 408 after.
+    request_timeout: float = 30.0
+    receive_size: int = 64 * 1024
 
 
 class TooSlow(TimeoutError):
@@ -199,3 +218,98 @@ class RequestReader:
                 if not data:
                     return
                 drained += len(data)
+
+
+def header_fields(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Request header fields by (lower-case) name; repeated ones joined with commas.
+
+    RFC 9110 §5.3: a field sent on several lines means the comma-joined list, so
+    ``Content-Encoding: gzip`` twice is gzip applied twice, not once. h11 lower-cases
+    names; values are latin-1 (RFC 9110 §5.5 obs-text).
+    """
+    found: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
+
+
+class HTTPServerConnection(abc.ABC):
+    """One client connection of an h11 listener: request → response, keep-alive between.
+
+    A listener says how to answer a request (`exchange`) and how to refuse a head that
+    is malformed or came too slowly (`refuse_malformed`, `refuse_slow`); the loop,
+    keep-alive and the linger after an answer that left a body unread are shared.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, limits: ReadLimits) -> None:
+        self.stream = stream
+        self.reader = RequestReader(stream, limits)
+        self.conn = self.reader.conn
+
+    async def run(self) -> None:
+        """Serve requests until the client leaves or the connection cannot go on."""
+        while True:
+            try:
+                request = await self.reader.next_request()
+            except h11.RemoteProtocolError as exc:
+                await self.refuse_malformed(exc)
+                return
+            except TooSlow:
+                await self.refuse_slow()
+                return
+            if request is None:
+                return
+            if not await self.exchange(request):
+                return
+            if not self.reader.finished_exchange():
+                await self.reader.linger()
+                return
+            self.conn.start_next_cycle()
+
+    @abc.abstractmethod
+    async def exchange(self, request: h11.Request) -> bool:
+        """Answer *request*; False if the connection was taken over (a WebSocket)."""
+
+    @abc.abstractmethod
+    async def refuse_malformed(self, exc: h11.RemoteProtocolError) -> None:
+        """Answer a malformed head (``exc.error_status_hint``); the connection ends."""
+
+    @abc.abstractmethod
+    async def refuse_slow(self) -> None:
+        """Answer a head that did not arrive in time (408); the connection ends."""
+
+    def can_answer(self) -> bool:
+        """Whether a response may still be started on this connection."""
+        return self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+
+    async def send_response(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        head: bool = False,
+    ) -> None:
+        """Send one whole response (no body for HEAD); h11 errors are the caller's."""
+        fields = list(headers)
+        if self.conn.their_state is not h11.DONE:
+            # The body was not read (an early 4xx): the rest of it would be taken for
+            # the next request, so this connection ends here (RFC 9112 §9.6).
+            fields.append(("connection", "close"))
+        data = self.conn.send(
+            h11.Response(
+                status_code=status,
+                headers=fields,
+                reason=http.HTTPStatus(status).phrase.encode("ascii"),
+            )
+        )
+        if body and not head:
+            data += self.conn.send(h11.Data(data=body))
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+
+def header_tokens(value: str | None) -> set[str]:
+    """The comma-separated tokens of a header field, lower case (``Connection: Upgrade``)."""
+    return {item.strip().lower() for item in (value or "").split(",") if item.strip()}

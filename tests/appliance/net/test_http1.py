@@ -11,7 +11,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.web.http1 import BodyTooLarge, RequestReader, TooSlow, check_head
+from appliance.net.http1 import BodyTooLarge, RequestReader, TooSlow, check_head
 
 
 @dataclass(frozen=True)

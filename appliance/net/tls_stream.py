@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import trio
 
-from appliance.listeners import TLS_HANDSHAKE_TIMEOUT
+from appliance.net.listeners import TLS_HANDSHAKE_TIMEOUT
 
 #: Largest plaintext handed to one SSL_write: OpenSSL cuts it into 16 KiB records
 #: anyway, and a bounded slice keeps one call from holding the loop for long.
@@ -47,7 +47,7 @@ class SocketTLSStream(trio.abc.Stream):
 
     def __init__(self, tls: ssl.SSLSocket) -> None:
         self._tls = tls
-        #: The TCP socket, for `appliance.listeners.peer_ip` and socket options.
+        #: The TCP socket, for `appliance.net.listeners.peer_ip` and socket options.
         self.socket = tls
         self._sending = False
         self._receiving = False

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from appliance.net import tls_stream
+from appliance.net.tls_stream import SocketTLSStream, start_socket_tls
 from appliance.security.tls import client_ssl_context, ensure_tls_material, server_ssl_context
-from appliance.web import tls_stream
-from appliance.web.tls_stream import SocketTLSStream, start_socket_tls
 
 
 @dataclass
