@@ -57,6 +57,13 @@ log = logging.getLogger("edgebox.chat")
 
 #: Recent events kept in memory: at 200 messages/s, almost a minute of them.
 RING_SIZE = 10_000
+#: How far past RING_SIZE the ring grows before its oldest events are dropped, as a
+#: share of RING_SIZE: they go a batch at a time, as each cut shifts the whole list.
+#: An event takes about 2-3 KB in memory (a text post: its decoded payload, and its
+#: stream text once sent), so this share is what bounds the ring: 11,250 events, 22-34
+#: MB. Twice RING_SIZE, as before, let it reach 20,000 and 40-60 MB on a busy hub
+#: (issue 24 soak, where it was part of what grew).
+RING_SLACK = 1 / 8
 
 #: Ephemeral notices queued per stream before further ones are dropped.
 EPHEMERAL_BUFFER = 64
@@ -164,7 +171,7 @@ class StreamHub:
                 self._by_subject.setdefault(event.subject, []).append(event.cursor)
             self.published = event.cursor
             added.append(event)
-        if len(self._ring) > 2 * RING_SIZE:
+        if len(self._ring) > RING_SIZE + max(1, int(RING_SIZE * RING_SLACK)):
             cut = len(self._ring) - RING_SIZE
             self.ring_floor = self._cursors[cut - 1]
             del self._ring[:cut]

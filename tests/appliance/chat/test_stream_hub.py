@@ -90,6 +90,20 @@ def test_recent_after_the_ring_is_cut_still_indexes_by_room(
     assert [e.cursor for e in page[0]] == [c for c in range(hub.ring_floor + 1, 21) if c % 2]
 
 
+def test_the_ring_holds_at_most_its_size_and_slack(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 24: the ring's bound is what a busy hub holds in memory; cut in batches of
+    # an eighth, never let to double.
+    monkeypatch.setattr(stream_module, "RING_SIZE", 16)
+    hub = StreamHub(0, [("a@x.go.th", "r1")])
+    held = []
+    for cursor in range(1, 101):
+        hub.publish([_event(cursor, "message.posted", "r1")])
+        held.append(hub.published - hub.ring_floor)  # cursors here are consecutive
+    assert max(held) == 16 + 2
+    assert min(held[40:]) == 16
+    assert hub.recent("a@x.go.th", hub.ring_floor, 100) is not None
+
+
 async def test_a_parked_stream_gets_events_through_its_sink_without_waking() -> None:
     hub = StreamHub(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
     subscription = hub.subscribe("a@x.go.th")

@@ -5,7 +5,8 @@
 For each process id in DIR: the live objects by type that grew most between its second
 dump and its last (the first is taken before tracing starts), and, where tracemalloc
 snapshots exist, the source lines whose allocations grew most between the first
-snapshot and the last.
+snapshot and the last; and each dump's native memory (SQLite, glibc heap, RssAnon) as
+a curve in MB.
 """
 
 from __future__ import annotations
@@ -30,14 +31,19 @@ def main() -> None:
         first, last = (json.loads(p.read_text()) for p in (counts[1], counts[-1]))
         minutes = (last["time"] - first["time"]) / 60
         print(f"== pid {pid}: {len(counts)} dumps, {minutes:.1f} min between those compared")
-        print(f"   objects {first['objects']} -> {last['objects']}")
+        print(f"   objects {first.get('objects')} -> {last.get('objects')}")
+        series = [json.loads(p.read_text()).get("native", {}) for p in counts]
+        for key in sorted({k for dump in series for k in dump}):
+            if key != "blocks":
+                curve = " ".join(f"{dump.get(key, 0) / 2**20:.1f}" for dump in series)
+                print(f"   {key:>16} MB: {curve}")
         grew = {
-            name: last["by_type"].get(name, 0) - first["by_type"].get(name, 0)
-            for name in set(first["by_type"]) | set(last["by_type"])
+            name: last.get("by_type", {}).get(name, 0) - first.get("by_type", {}).get(name, 0)
+            for name in set(first.get("by_type", {})) | set(last.get("by_type", {}))
         }
         for name, delta in sorted(grew.items(), key=lambda kv: -kv[1])[: args.top]:
             if delta > 0:
-                print(f"   +{delta:7d} {name} ({last['by_type'].get(name, 0)})")
+                print(f"   +{delta:7d} {name} ({last['by_type'][name]})")
         if len(traces) >= 2:
             old = tracemalloc.Snapshot.load(str(traces[0]))
             new = tracemalloc.Snapshot.load(str(traces[-1]))
