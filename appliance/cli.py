@@ -633,7 +633,7 @@ async def _serve(config: Any, lifecycle: Lifecycle, views: BoxViewSlot) -> None:
         box.metrics.attach(
             SnapshotCollector(
                 health.latest,
-                streams=box.chat.hub.stream_count,
+                streams=box.chat.fanout.stream_count,
                 refusing=lambda: box.disk_guard.refusing,
             )
         )

@@ -37,7 +37,7 @@ Typing notices are ephemeral: never stored, sent only to the live streams of the
 members, dropped for a stream that is not keeping up.
 
 What this is not: the WebSocket itself (the web server) or the rules of who may see a
-room (that is membership, kept by `appliance.chat.store`).
+room (that is membership, kept by the chat tables, `appliance.chat.rooms`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def scrubbed_payload(message_id: str) -> dict[str, Any]:
 
 
 #: Writes a stream's messages now if its socket takes them without waiting (True), or
-#: sends nothing (False). See `StreamHub.park`.
+#: sends nothing (False). See `Fanout.park`.
 Sink = Callable[[list[str]], bool]
 
 
@@ -105,8 +105,8 @@ class Subscription:
     wakeup: trio.Event = field(default_factory=trio.Event)
 
 
-class StreamHub:
-    """Published events, membership and live subscriptions of one chat database."""
+class Fanout:
+    """The in-process fan-out of one chat database: published events, membership, streams."""
 
     def __init__(self, head: int, memberships: Iterable[tuple[str, str]]) -> None:
         #: The last cursor published: every event up to it is in the ring or older.

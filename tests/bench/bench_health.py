@@ -54,7 +54,7 @@ async def _rounds(data: Path, rounds: int) -> dict[str, Any]:
     config: Config = load_config(data)
     async with open_box(config) as box:
         monitor = HealthMonitor(box, PsutilReadings())
-        box.metrics.attach(SnapshotCollector(monitor.latest, streams=box.chat.hub.stream_count))
+        box.metrics.attach(SnapshotCollector(monitor.latest, streams=box.chat.fanout.stream_count))
         await monitor.check_now()  # warm up: imports, first psutil reads
         box.metrics.render()
         began = time.process_time()

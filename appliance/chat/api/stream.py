@@ -45,7 +45,7 @@ class StreamHandler:
                 if not page.more:
                     # Caught up: new events go straight from the publisher to the
                     # socket while it keeps up; we read on from where it stopped.
-                    cursor = await self.chat.hub.park(subscription, cursor, ws.try_send_text)
+                    cursor = await self.chat.fanout.park(subscription, cursor, ws.try_send_text)
 
         async def notices() -> None:
             async for notice in subscription.receive:

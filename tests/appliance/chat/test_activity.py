@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.chat import store
+from appliance.chat import posts
 from appliance.chat.models import Room
 from appliance.directory import User
 from tests.appliance.chat.conftest import World
@@ -64,7 +64,7 @@ async def test_hidden_and_deleted_messages_are_not_unread(world: World) -> None:
 
 
 async def test_unread_stops_at_the_cap(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "MAX_UNREAD", 3)
+    monkeypatch.setattr(posts, "MAX_UNREAD", 3)
     room = await group(world, world.staff)
     for n in range(5):
         await say(world, world.staff, room, f"ข้อความ {n}")
@@ -104,7 +104,7 @@ async def test_readers_of_a_page_of_messages(world: World) -> None:
     ]
     assert readers[two] == [(world.staff.address, world.clock.now - 5)]
     assert readers[elsewhere] == []  # not a message of this room
-    with pytest.raises(store.ChatError):
+    with pytest.raises(posts.ChatError):
         await world.chat.readers(world.other, room.id, [one])
 
 
@@ -120,7 +120,7 @@ async def test_room_invitations_newest_first_and_location_sharing(world: World) 
     assert listed[0]["invitees"] == [
         {"address": world.staff.address, "answer": None, "answered_at": None}
     ]
-    with pytest.raises(store.ChatError):
+    with pytest.raises(posts.ChatError):
         await world.chat.room_invitations(world.peer, room.id)
 
     assert not await world.chat.sharing_location(world.staff)

@@ -284,7 +284,7 @@ async def test_typing_goes_to_other_members_live_streams_only(world: World) -> N
     route = _routes(world)["WS", "/api/v1/stream"]
     assert isinstance(route, StreamRoute)
     room = await world.chat.create_room(world.lead, "group", members=[world.staff.address])
-    head = world.chat.hub.published
+    head = world.chat.fanout.published
 
     def request(user: User) -> Request:
         return Request(
@@ -304,7 +304,7 @@ async def test_typing_goes_to_other_members_live_streams_only(world: World) -> N
         await lead_socket.inbox_send.send(None)
         await boss_socket.inbox_send.send(None)
     assert boss_socket.sent == []
-    assert world.chat.hub.live_streams() == 0
+    assert world.chat.fanout.live_streams() == 0
     # Typing was not stored.
     assert (await world.chat.events_for(world.lead.address, head, 10)).events == []
 

@@ -55,7 +55,7 @@ async def test_database_path_and_memory_path_agree(world: World) -> None:
         await world.chat.post(world.lead, room.id, {"kind": "text", "text": f"ข้อ {i}"})
     from_memory = await _all_events(world.chat, world.staff.address)
     # Pretend the ring was trimmed: every page must now come from the database.
-    world.chat.hub.ring_floor = world.chat.hub.published
+    world.chat.fanout.ring_floor = world.chat.fanout.published
     from_db = await _all_events(world.chat, world.staff.address)
     assert [(e.cursor, e.id, e.payload) for e in from_db] == [
         (e.cursor, e.id, e.payload) for e in from_memory
@@ -78,7 +78,7 @@ async def test_deleted_message_content_is_scrubbed_from_events(world: World) -> 
     await world.chat.delete_message(world.lead, room.id, message.id)
     for source in ("memory", "database"):
         if source == "database":
-            world.chat.hub.ring_floor = world.chat.hub.published
+            world.chat.fanout.ring_floor = world.chat.fanout.published
         events = await _all_events(world.chat, world.staff.address)
         assert "พิมพ์ผิด" not in str([e.payload for e in events]), source
         assert events[-1].type == "message.deleted"
@@ -105,7 +105,7 @@ async def test_wait_wakes_when_an_event_commits(world: World, autojump_clock: ob
     import trio
 
     room = await world.chat.create_room(world.lead, "group", members=[world.staff.address])
-    head = world.chat.hub.published
+    head = world.chat.fanout.published
     woke = trio.Event()
 
     async def waiter() -> None:
@@ -180,7 +180,7 @@ def test_haversine_distance_bangkok_to_chiang_mai() -> None:
 
 async def test_a_stream_wakes_only_for_what_its_user_may_see(world: World) -> None:
     room = await world.chat.create_room(world.lead, "group", members=[world.staff.address])
-    head = world.chat.hub.published
+    head = world.chat.fanout.published
     woken: list[str] = []
 
     async def stream_of(address: str) -> None:

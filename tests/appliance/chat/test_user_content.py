@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from appliance.chat.replication import parse_event
-from appliance.chat.store import _wrap_blob
+from appliance.chat.writer import wrap_blob as _wrap_blob
 from tests.appliance.chat.test_pages import Site, site  # noqa: F401 (the fixture)
 from tests.appliance.security.test_untrusted import GIF, JPEG, JS, PNG, WEBM
 from tests.appliance.web.conftest import Reply

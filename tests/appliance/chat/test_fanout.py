@@ -1,4 +1,4 @@
-"""StreamHub without a database: the ring's per-room index, and parked streams.
+"""Fanout without a database: the ring's per-room index, and parked streams.
 
 `recent` is checked against the rule it must follow (`visible`, scanned event by
 event) on random histories; `park` is checked with sinks that take or refuse.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from appliance.chat import stream as stream_module
 from appliance.chat.models import Event
-from appliance.chat.stream import StreamHub
+from appliance.chat.stream import Fanout
 
 ROOMS = ["r1", "r2", "r3"]
 PEOPLE = ["a@x.go.th", "b@x.go.th", "c@x.go.th"]
@@ -27,8 +27,8 @@ def _event(cursor: int, type_: str, room: str | None, subject: str | None = None
     return Event(cursor, f"box:{cursor}", type_, room, subject, dict(payload), 0.0)
 
 
-def _reference(hub: StreamHub, events: list[Event], address: str, after: int) -> list[int]:
-    return [e.cursor for e in events if e.cursor > after and hub.visible(e, address)]
+def _reference(fanout: Fanout, events: list[Event], address: str, after: int) -> list[int]:
+    return [e.cursor for e in events if e.cursor > after and fanout.visible(e, address)]
 
 
 @settings(max_examples=60, deadline=None)
@@ -47,7 +47,7 @@ def _reference(hub: StreamHub, events: list[Event], address: str, after: int) ->
 def test_recent_finds_what_visible_allows_page_by_page(
     steps: list[tuple[str, str, str]], start: int, limit: int
 ) -> None:
-    hub = StreamHub(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
+    fanout = Fanout(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
     events = []
     for cursor, (kind, room, person) in enumerate(steps, start=1):
         if kind == "member.added":
@@ -58,14 +58,14 @@ def test_recent_finds_what_visible_allows_page_by_page(
             event = _event(cursor, kind, None, person)
         else:
             event = _event(cursor, kind, room)
-        hub.publish([event])
+        fanout.publish([event])
         events.append(event)
     for address in PEOPLE:
-        after = min(start, hub.published)
-        want = _reference(hub, events, address, after)
+        after = min(start, fanout.published)
+        want = _reference(fanout, events, address, after)
         got: list[int] = []
         while True:
-            page = hub.recent(address, after, limit)
+            page = fanout.recent(address, after, limit)
             assert page is not None
             found, after, more = page
             assert len(found) <= limit
@@ -73,40 +73,40 @@ def test_recent_finds_what_visible_allows_page_by_page(
             if not more:
                 break
         assert got == want
-        assert after == hub.published
+        assert after == fanout.published
 
 
 def test_recent_after_the_ring_is_cut_still_indexes_by_room(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(stream_module, "RING_SIZE", 4)
-    hub = StreamHub(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
+    fanout = Fanout(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
     for cursor in range(1, 21):
-        hub.publish([_event(cursor, "message.posted", "r1" if cursor % 2 else "r2")])
-    assert hub.ring_floor > 0
-    assert hub.recent("a@x.go.th", 0, 10) is None  # older than the ring
-    page = hub.recent("a@x.go.th", hub.ring_floor, 10)
+        fanout.publish([_event(cursor, "message.posted", "r1" if cursor % 2 else "r2")])
+    assert fanout.ring_floor > 0
+    assert fanout.recent("a@x.go.th", 0, 10) is None  # older than the ring
+    page = fanout.recent("a@x.go.th", fanout.ring_floor, 10)
     assert page is not None
-    assert [e.cursor for e in page[0]] == [c for c in range(hub.ring_floor + 1, 21) if c % 2]
+    assert [e.cursor for e in page[0]] == [c for c in range(fanout.ring_floor + 1, 21) if c % 2]
 
 
 def test_the_ring_holds_at_most_its_size_and_slack(monkeypatch: pytest.MonkeyPatch) -> None:
     # Issue 24: the ring's bound is what a busy hub holds in memory; cut in batches of
     # an eighth, never let to double.
     monkeypatch.setattr(stream_module, "RING_SIZE", 16)
-    hub = StreamHub(0, [("a@x.go.th", "r1")])
+    fanout = Fanout(0, [("a@x.go.th", "r1")])
     held = []
     for cursor in range(1, 101):
-        hub.publish([_event(cursor, "message.posted", "r1")])
-        held.append(hub.published - hub.ring_floor)  # cursors here are consecutive
+        fanout.publish([_event(cursor, "message.posted", "r1")])
+        held.append(fanout.published - fanout.ring_floor)  # cursors here are consecutive
     assert max(held) == 16 + 2
     assert min(held[40:]) == 16
-    assert hub.recent("a@x.go.th", hub.ring_floor, 100) is not None
+    assert fanout.recent("a@x.go.th", fanout.ring_floor, 100) is not None
 
 
 async def test_a_parked_stream_gets_events_through_its_sink_without_waking() -> None:
-    hub = StreamHub(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
-    subscription = hub.subscribe("a@x.go.th")
+    fanout = Fanout(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
+    subscription = fanout.subscribe("a@x.go.th")
     written: list[str] = []
     returned: list[int] = []
 
@@ -115,13 +115,13 @@ async def test_a_parked_stream_gets_events_through_its_sink_without_waking() -> 
         return True
 
     async def parked() -> None:
-        returned.append(await hub.park(subscription, 0, sink))
+        returned.append(await fanout.park(subscription, 0, sink))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(parked)
         await trio.testing.wait_all_tasks_blocked()
-        hub.publish([_event(1, "message.posted", "r1"), _event(2, "message.posted", "r2")])
-        hub.publish([_event(3, "message.posted", "r1")])
+        fanout.publish([_event(1, "message.posted", "r1"), _event(2, "message.posted", "r2")])
+        fanout.publish([_event(3, "message.posted", "r1")])
         await trio.testing.wait_all_tasks_blocked()
         assert [json.loads(t)["cursor"] for t in written] == [1, 3]  # r2 is not hers
         assert returned == []  # still asleep
@@ -131,8 +131,8 @@ async def test_a_parked_stream_gets_events_through_its_sink_without_waking() -> 
 
 
 async def test_a_refusing_sink_wakes_the_stream_at_the_last_cursor_it_took() -> None:
-    hub = StreamHub(0, [("a@x.go.th", "r1")])
-    subscription = hub.subscribe("a@x.go.th")
+    fanout = Fanout(0, [("a@x.go.th", "r1")])
+    subscription = fanout.subscribe("a@x.go.th")
     answers = [True, False]
     written: list[str] = []
 
@@ -146,23 +146,23 @@ async def test_a_refusing_sink_wakes_the_stream_at_the_last_cursor_it_took() -> 
         result: list[int] = []
 
         async def parked() -> None:
-            result.append(await hub.park(subscription, 0, sink))
+            result.append(await fanout.park(subscription, 0, sink))
 
         nursery.start_soon(parked)
         await trio.testing.wait_all_tasks_blocked()
-        hub.publish([_event(1, "message.posted", "r1")])
-        hub.publish([_event(2, "message.posted", "r1")])  # refused: wakes
-        hub.publish([_event(3, "message.posted", "r1")])  # unparked: not offered
+        fanout.publish([_event(1, "message.posted", "r1")])
+        fanout.publish([_event(2, "message.posted", "r1")])  # refused: wakes
+        fanout.publish([_event(3, "message.posted", "r1")])  # unparked: not offered
     assert [json.loads(t)["cursor"] for t in written] == [1]
     assert result == [1]  # the stream reads on from 1: events 2 and 3 come once
-    page = hub.recent("a@x.go.th", 1, 10)
+    page = fanout.recent("a@x.go.th", 1, 10)
     assert page is not None
     assert [e.cursor for e in page[0]] == [2, 3]
 
 
 async def test_a_membership_change_wakes_parked_streams_instead() -> None:
-    hub = StreamHub(0, [("a@x.go.th", "r1")])
-    subscription = hub.subscribe("a@x.go.th")
+    fanout = Fanout(0, [("a@x.go.th", "r1")])
+    subscription = fanout.subscribe("a@x.go.th")
     offered: list[list[str]] = []
 
     def sink(texts: list[str]) -> bool:
@@ -173,19 +173,19 @@ async def test_a_membership_change_wakes_parked_streams_instead() -> None:
         result: list[int] = []
 
         async def parked() -> None:
-            result.append(await hub.park(subscription, 0, sink))
+            result.append(await fanout.park(subscription, 0, sink))
 
         nursery.start_soon(parked)
         await trio.testing.wait_all_tasks_blocked()
-        hub.publish([_event(1, "member.added", "r1", addresses=["b@x.go.th"])])
+        fanout.publish([_event(1, "member.added", "r1", addresses=["b@x.go.th"])])
     assert offered == []
     assert result == [0]
 
 
 async def test_park_returns_at_once_when_behind() -> None:
-    hub = StreamHub(0, [("a@x.go.th", "r1")])
-    hub.publish([_event(1, "message.posted", "r1")])
-    subscription = hub.subscribe("a@x.go.th")
+    fanout = Fanout(0, [("a@x.go.th", "r1")])
+    fanout.publish([_event(1, "message.posted", "r1")])
+    subscription = fanout.subscribe("a@x.go.th")
     with trio.fail_after(1):
-        assert await hub.park(subscription, 0, lambda texts: True) == 0
+        assert await fanout.park(subscription, 0, lambda texts: True) == 0
     assert subscription.sink is None
