@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= var
 
-.PHONY: run test lint bench soak firmware system-deps fresh-root clean
+.PHONY: run test lint bench soak firmware system-deps fresh-root image image-test clean
 
 # The virtualenv is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 
 ## Install everything (venv; Debian packages when root) and run the whole suite.
 test: system-deps $(VENV)/.installed lint
-	$(BIN)/pytest -m "not bench and not soak" --durations=20
+	$(BIN)/pytest -m "not bench and not soak and not image and not qemu" --durations=20
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check appliance hw firmware tests
@@ -50,6 +50,17 @@ bench: system-deps $(VENV)/.installed
 	$(BIN)/python tests/bench/bench_imap.py
 	$(BIN)/python tests/bench/bench_imap_large.py
 	$(BIN)/python tests/bench/bench_web.py
+
+## The box's disk image (root, mmdebstrap; docs/updates.md): build/image/disk.img and
+## rootfs.ext4 (the image `edgebox update bundle` signs). KEYRING: the CA the box trusts.
+KEYRING ?= keys/release/ca.pem
+image: $(VENV)/.installed
+	$(BIN)/python image_build/build.py image --out build/image --keyring $(KEYRING)
+
+## Two builds of the root tree from this commit must be identical, the full tree holds the
+## box, and the disk image boots under qemu to `ready` (root; several minutes each).
+image-test: $(VENV)/.installed
+	$(BIN)/pytest -m "image or qemu" tests/image_build -s
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -71,6 +71,7 @@ from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.panel import BoxView, BoxViewSlot, panel_service
+from appliance.protection import dkim_commands
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
@@ -93,6 +94,7 @@ from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.link import link_report
 from appliance.sync.services import uplink_services
+from appliance.update import commands as update_commands
 from appliance.watchdog import hardware_watchdog
 from appliance.web.api import web_routes
 from appliance.web.server import HTTPSService
@@ -236,12 +238,14 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("box_id")
 
     provisioning_commands.add(commands, hub_command)
+    dkim_commands.add(commands)
 
     enrol = command("enroll", _enroll, "join this box to its hub with a one-time token")
     enrol.add_argument("--hub", required=True, help="the hub's sync URL, https://host:port")
     enrol.add_argument("--token", required=True, help="the token from `edgebox hub token`")
 
     _backup_parser(commands)
+    update_commands.add(commands)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"

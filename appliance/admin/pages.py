@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode
 
+import trio
+
 from appliance.admin.console import (
     MAX_QUOTA_MB,
     MAX_RANK,
@@ -44,6 +46,8 @@ from appliance.admin.console import (
 from appliance.box import Box, add_user
 from appliance.directory import DirectoryError, User, normalise_address
 from appliance.health import worst
+from appliance.protection.dkim import DkimKeyError, DkimKeyring, TxtRecord
+from appliance.security.keys import KeyMaterialError
 from appliance.security.passwords import MAX_PASSWORD_CHARS
 from appliance.web.i18n import service_label
 from appliance.web.pages import PageKit, redirect
@@ -162,6 +166,7 @@ class AdminPages:
             page("POST", "/admin/org", self.add_unit, "Admin console: add a unit"),
             page("GET", "/admin/queue", self.queue, "Admin console: outbound queue"),
             page("GET", "/admin/health", self.health, "Admin console: the box's health"),
+            page("GET", "/admin/dkim", self.dkim, "Admin console: DKIM records to publish"),
             page("GET", "/admin/security", self.security, "Admin console: sign-in protection"),
             page("POST", "/admin/security/unlock-source", self.unlock_source, "Unlock an address"),
             page("POST", "/admin/security/unlock-account", self.unlock_account, "Forget failures"),
@@ -225,6 +230,28 @@ class AdminPages:
         return await self._render(
             request, "admin/health.html", scope, section="health",
             health=findings, snapshot=snapshot, worst=worst(findings),
+        )  # fmt: skip
+
+    # --- DKIM (read-only: keys are made and rotated with `edgebox dkim`) ----------------
+
+    async def dkim(self, request: Request) -> Response:
+        scope = await self._scope(request)
+        domains = [summary.agency.domain for summary in await self.console.agencies(scope)]
+        keyring = DkimKeyring(self.box.config.data_dir / "keys")
+
+        def read() -> list[tuple[str, list[TxtRecord] | None]]:
+            found: list[tuple[str, list[TxtRecord] | None]] = []
+            for domain in domains:
+                try:
+                    found.append((domain, keyring.records(domain)))
+                except (DkimKeyError, KeyMaterialError) as exc:
+                    log.error("DKIM key of %s unreadable: %s", domain, exc)
+                    found.append((domain, None))
+            return found
+
+        return await self._render(
+            request, "admin/dkim.html", scope, section="dkim",
+            dkim_domains=await trio.to_thread.run_sync(read),
         )  # fmt: skip
 
     # --- users ------------------------------------------------------------------------

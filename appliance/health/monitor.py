@@ -39,6 +39,7 @@ from appliance.health.snapshot import (
 from appliance.store.files import write_atomically
 from appliance.sync.link import read_link_state
 from appliance.sync.status import read_sync_status
+from appliance.update.health import check_updates
 
 if TYPE_CHECKING:
     from appliance.box import Box
@@ -74,6 +75,7 @@ async def gather_snapshot(
         data_dir=data_dir,
         certificates=certificates,
         backup=[check_last_backup(data_dir, box.config.backup_target, now)],
+        update=check_updates(data_dir),
         limits=Limits.from_config(box.config),
         box_running=box_running,
         services=dict(services),

@@ -110,6 +110,8 @@ class Snapshot:
     certificates: Sequence[Finding] = ()
     #: The last good backup's age, judged from ``backup/state.json`` (appliance.backup).
     backup: Sequence[Finding] = ()
+    #: The last system update's outcome, from ``update/state.json`` (appliance.update).
+    update: Sequence[Finding] = ()
 
 
 def read_machine(readings: SystemReadings, data_dir: Path, pid: int) -> dict[str, Any]:

@@ -46,8 +46,10 @@ def parse_headers(content: bytes) -> list[tuple[str, str]]:
 
 
 #: Fields each hop puts on top of a message (RFC 5321 §4.4): the only difference between
-#: two copies of one message that took different paths or were sent twice.
-TRACE_FIELDS = frozenset({"received", "return-path"})
+#: two copies of one message that took different paths or were sent twice. RFC 8601 §2.1
+#: makes Authentication-Results a trace field too: the MX adds one, and a resend may get
+#: another verdict (a DNS look-up that timed out the first time) yet is the same message.
+TRACE_FIELDS = frozenset({"received", "return-path", "authentication-results"})
 
 
 def without_trace(content: bytes) -> bytes:

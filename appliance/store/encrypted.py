@@ -23,7 +23,12 @@ import apsw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from appliance.store.schema import Migration, SchemaTooNew, _statements
+from appliance.store.schema import (
+    Migration,
+    _statements,
+    floor_statements,
+    refuse_if_too_new,
+)
 
 #: The SQLite3 Multiple Ciphers cipher: ChaCha20-Poly1305, authenticated per page.
 CIPHER = "chacha20"
@@ -83,11 +88,7 @@ def migrate_encrypted(conn: apsw.Connection, migrations: Sequence[Migration]) ->
         raise ValueError(f"migrations must be numbered 1..n without gaps, got {versions}")
     row = conn.execute("PRAGMA user_version").fetchone()
     current = 0 if row is None else int(row[0])
-    if current > len(migrations):
-        raise SchemaTooNew(
-            f"database schema is version {current}, this edgebox knows only up to "
-            f"{len(migrations)}; refusing to open it (was the software rolled back?)"
-        )
+    refuse_if_too_new(conn, current, len(migrations))
     for step in migrations[current:]:
         if step.run is not None:
             raise ValueError("encrypted databases take SQL-only migrations")
@@ -95,13 +96,15 @@ def migrate_encrypted(conn: apsw.Connection, migrations: Sequence[Migration]) ->
         try:
             for statement in _statements(step.sql):
                 conn.execute(statement)
+            for statement in floor_statements(conn, step):
+                conn.execute(statement)
             # PRAGMA takes no parameters; the value is an int we control.
             conn.execute(f"PRAGMA user_version = {int(step.version)}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return len(migrations)
+    return max(current, len(migrations))
 
 
 def open_encrypted_database(

@@ -39,6 +39,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import trio
@@ -48,6 +49,8 @@ from appliance.mail import dsn, headers
 from appliance.mail.delivery import new_queue_id
 from appliance.mail.mailstore import LocalCopy, NewMessage, OutboundCopy, QuotaExceeded
 from appliance.mail.smtp import client as smtp
+from appliance.protection import dkim
+from appliance.security.keys import KeyMaterialError
 from appliance.store.blobs import BlobCorrupt, BlobMissing
 from appliance.sync.central import (
     CentralCredentials,
@@ -570,6 +573,7 @@ class OutboundRelay:
         self._pause_scope: trio.CancelScope | None = None
         #: Held while a `LARGE_MESSAGE` is read and sent: one at a time.
         self._large = trio.Lock()
+        self._dkim_lock = trio.Lock()
 
     @property
     def keys_dir(self) -> Any:
@@ -756,6 +760,7 @@ class OutboundRelay:
                 async with self._large:
                     content = await trio.to_thread.run_sync(load, None)
                     assert content is not None
+                    content = await self._dkim_signed(content)
                     await self._deliver_chunks(session, message, content, counts, behind)
                 return
         except (BlobMissing, BlobCorrupt) as exc:
@@ -767,7 +772,40 @@ class OutboundRelay:
             await self._bounce(message, failures, b"")
             counts["bounced"] += len(failures)
             return
+        content = await self._dkim_signed(content)
         await self._deliver_chunks(session, message, content, counts, behind)
+
+    async def _dkim_signed(self, content: bytes) -> bytes:
+        """Sign *content* for its author's agency (RFC 6376), making the key if need be.
+
+        Signed here, where mail leaves the box, from the stored blob, which is never
+        changed: a resend is signed afresh from the same bytes, not signed twice.
+        Mail whose author is not of an agency this box serves goes as it came.
+        """
+        domain = dkim.author_domain(content)
+        if domain is None or await self.box.directory.agency(domain) is None:
+            return content
+        keyring = dkim.DkimKeyring(self.keys_dir)
+        today = datetime.now(UTC).date()
+
+        def signed() -> bytes:
+            try:
+                return dkim.sign_outbound(keyring, content)
+            except (dkim.DkimKeyError, KeyMaterialError) as exc:
+                # A damaged key must not hold the agency's mail: it goes unsigned, and
+                # loudly (receivers may then treat it as unauthenticated).
+                log.error("DKIM: cannot sign for %s, sending unsigned: %s", domain, exc)
+                return content
+
+        try:
+            # One at a time: sessions sending at once must not both make an agency's
+            # first key. Once it exists this is one small file read.
+            async with self._dkim_lock:
+                await trio.to_thread.run_sync(keyring.ensure, domain, today)
+        except (dkim.DkimKeyError, KeyMaterialError, OSError) as exc:
+            log.error("DKIM: no key for %s, sending unsigned: %s", domain, exc)
+            return content
+        return await trio.to_thread.run_sync(signed)
 
     async def _deliver_chunks(
         self,

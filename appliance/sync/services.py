@@ -7,11 +7,11 @@ One place decides, so `edgebox run` and the tests start the same set:
   acts as the central mail server where no other exists.
 - **edge**: the link monitor always (it says "not set up" until enrolment), then each
   replicator whose central end is configured — the outbound relay (``central_smtp``),
-  mailbox replication (``central_imap``), and directory and chat replication
-  (``hub_url``), and the renewal of the box's sync certificate. When GIN comes back up
-  the monitor cuts short every wait on a dead connection (one `LinkWatch` shared by the
-  monitor and every replicator's connections) and wakes every replicator at once,
-  instead of each waiting out its time-out and back-off.
+  mailbox replication (``central_imap``), directory and chat replication and the update
+  outcome report (``hub_url``), and the renewal of the box's sync certificate. When GIN
+  comes back up the monitor cuts short every wait on a dead connection (one `LinkWatch`
+  shared by the monitor and every replicator's connections) and wakes every replicator
+  at once, instead of each waiting out its time-out and back-off.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
 from appliance.sync.status import SyncStatus
+from appliance.update.report import UpdateReporter
 
 
 def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
@@ -77,6 +78,12 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         )
         monitor.on_up(chat.wake)
         services.append(chat)
+        # What became of the box's updates (rollbacks above all), once the link is up.
+        reporter = UpdateReporter(
+            config.data_dir, HubClient(keys, config.hub_url, watch=watch), status, clock
+        )
+        monitor.on_up(reporter.wake)
+        services.append(reporter)
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )

@@ -17,6 +17,7 @@ from appliance.health.checks import (
     queue,
     services,
     temperature,
+    update,
 )
 from appliance.health.snapshot import Snapshot
 
@@ -28,6 +29,7 @@ CHECKS: tuple[Check, ...] = (
     clock.CHECK,
     certificates.CHECK,
     backup.CHECK,
+    update.CHECK,
     queue.CHECK,
     link.CHECK,
 )

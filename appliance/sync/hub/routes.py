@@ -10,6 +10,7 @@ from appliance.box import Box
 from appliance.sync.hub.chat import chat_hub_routes
 from appliance.sync.hub.directory import directory_routes
 from appliance.sync.transport import JSON, Peer, SyncRoute
+from appliance.update.report import update_report_routes
 
 PING_PATH = "/sync/v1/ping"
 
@@ -25,4 +26,5 @@ def hub_sync_routes(box: Box) -> list[SyncRoute]:
     routes = [SyncRoute(PING_PATH, _ping, max_body=4096)]
     routes += directory_routes(box)
     routes += chat_hub_routes(box)
+    routes += update_report_routes(box.config.data_dir)
     return routes

@@ -19,6 +19,7 @@ from appliance.directory.preferences import Preferences, PreferenceStore
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState
 from appliance.sync.status import SyncStatus
+from appliance.update import outcome
 from appliance.web.i18n import THAILAND
 from tests.appliance.admin.conftest import (
     ADMIN_A,
@@ -674,3 +675,16 @@ async def test_overview_shows_the_link_monitor_state(console: Console, box: Box)
     assert streams == ["outbound", "mailbox", "chat", "directory"]
     assert "HubUnavailable: timed out" in text(reply)
     assert "3 ชั่วโมง" in text(reply)
+
+
+async def test_health_page_shows_a_rolled_back_update_and_why(console: Console, box: Box) -> None:
+    outcome.record(box.config.data_dir, "rolled_back", "2026.12.1", "B", 1.0,
+                   "health gate failed: store: disk I/O error", pending=None)  # fmt: skip
+    root = await console.as_user(ROOT)
+
+    thai = await root.get("/admin/health")
+
+    findings = {e["data-check"]: e["data-level"] for e in elements(thai, "health-finding")}
+    assert findings["update"] == "warn"
+    assert "ยกเลิกการปรับรุ่น 2026.12.1" in text(thai)
+    assert "disk I/O error" in text(thai)

@@ -176,6 +176,7 @@ def test_the_registry_has_one_uniquely_named_check_per_plug_in() -> None:
         "clock",
         "certificates",
         "backup",
+        "update",
         "queue",
         "link",
     }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from appliance.store.encrypted import WRITER_CACHE_KIB, open_encrypted_database
-from appliance.store.schema import Migration
+from appliance.store.schema import Migration, SchemaTooNew
 
 KEY = bytes(range(32))
 STEPS = [Migration(1, "one table", "CREATE TABLE notes (text TEXT NOT NULL);")]
@@ -29,3 +31,24 @@ def test_the_writer_gets_the_larger_page_cache_and_readers_the_default(tmp_path:
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"CREATE TABLE" not in on_disk
     assert "ข้อความ".encode() not in on_disk
+
+
+def test_an_older_release_opens_an_encrypted_file_whose_newer_step_is_additive(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "chat.sqlite"
+    newer = (
+        Migration(1, "base", "CREATE TABLE base (x);"),
+        Migration(2, "extra", "CREATE TABLE extra (y);", older_releases_may_open=True),
+        Migration(3, "rewrite", "CREATE TABLE rewritten (z);"),
+    )
+    writer, _ = open_encrypted_database(path, KEY, newer[:2])
+    writer.close()
+    writer, _ = open_encrypted_database(path, KEY, newer[:1])
+    writer.execute("INSERT INTO base (x) VALUES (1)")
+    assert writer.execute("PRAGMA user_version").fetchone()[0] == 2
+    writer.close()
+    writer, _ = open_encrypted_database(path, KEY, newer)
+    writer.close()
+    with pytest.raises(SchemaTooNew):
+        open_encrypted_database(path, KEY, newer[:2])

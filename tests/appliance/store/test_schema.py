@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -246,3 +246,47 @@ def test_every_foreign_key_has_an_index(
     migrate(conn, migrations)
 
     assert _unindexed_foreign_keys(conn) == []
+
+
+# -- release N opening what release N+1 left (docs/updates.md, "Data compatibility") ----
+
+
+def release(n: int, *, additive: Collection[int] = ()) -> list[Migration]:
+    return [
+        Migration(v, f"step {v}", f"CREATE TABLE t{v} (x);", older_releases_may_open=v in additive)
+        for v in range(1, n + 1)
+    ]
+
+
+def test_an_older_release_opens_and_writes_a_file_whose_newer_steps_are_additive(
+    conn: sqlite3.Connection,
+) -> None:
+    migrate(conn, release(3, additive={3}))
+    assert migrate(conn, release(2)) == 3  # opened as it is: nothing ran, nothing lowered
+    assert schema_version(conn) == 3
+    conn.execute("INSERT INTO t2 (x) VALUES (1)")
+    assert conn.execute("SELECT x FROM t2").fetchall() == [(1,)]
+    # Release 3 again (the fixed update): nothing to do.
+    assert migrate(conn, release(3, additive={3})) == 3
+
+
+def test_a_breaking_step_sets_the_floor_and_older_releases_are_refused(
+    conn: sqlite3.Connection,
+) -> None:
+    migrate(conn, release(4, additive={2, 4}))
+    # Step 3 breaks older readers: 3 may open a version-4 file, 2 may not.
+    assert migrate(conn, release(3)) == 4
+    with pytest.raises(SchemaTooNew, match="version 4"):
+        migrate(conn, release(2))
+    assert schema_version(conn) == 4
+
+
+def test_the_floor_table_exists_only_while_older_releases_may_open(
+    conn: sqlite3.Connection,
+) -> None:
+    migrate(conn, release(1))
+    assert "edgebox_schema_floor" not in tables(conn)
+    migrate(conn, release(2, additive={2}))
+    assert "edgebox_schema_floor" in tables(conn)
+    migrate(conn, release(3, additive={2}))
+    assert "edgebox_schema_floor" not in tables(conn)

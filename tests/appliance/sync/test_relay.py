@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from appliance.box import Box
 from appliance.config import load_config
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.smtp import protocol as server
+from appliance.protection import dkim
 from appliance.sync import relay as relay_module
 from appliance.sync.central import CENTRAL_CA_FILE, CentralCredentials, save_credentials
 from appliance.sync.clock import ManualClock
@@ -696,3 +698,55 @@ async def test_large_messages_in_a_backlog_all_go_once(
     accepted = sorted(a.subject for a in relay_server.accepted)
     assert accepted == sorted(subjects)
     assert all(len(a.content) > 5000 for a in relay_server.accepted if int(a.subject[2:]) % 3 == 0)
+
+
+# -- DKIM (appliance.protection.dkim) ------------------------------------------------
+
+
+def _dkim_dns(box: Box) -> Callable[..., bytes | None]:
+    keyring = dkim.DkimKeyring(box.config.data_dir / "keys")
+    records = {r.name: r.value for r in keyring.records(DOMAIN)}
+    return lambda name, timeout=5: (records.get(name.decode().rstrip(".")) or "").encode() or None
+
+
+@pytest.mark.slow
+async def test_mail_leaves_signed_once_even_when_sent_again(
+    box: Box, relay_server: ScriptedRelay
+) -> None:
+    clock = manual_clock()
+    await queue(box, "signed")
+    await queue(box, "foreign", sender="someone@elsewhere.example")
+    # The link dies after "signed" was sent and before its reply: it goes again.
+    relay_server.hang_subject = {"signed"}
+    async with trio.open_nursery() as nursery:
+        point_at(box, await relay_server.serve(nursery))
+        # The hung reply is waited for 5 s, not FAST's 15: this test only needs it to end.
+        relay = start_relay(box, clock, timeouts=dataclasses.replace(FAST, data_end=5))
+        await nursery.start(relay.serve)
+        await until(lambda: "signed" in relay_server.contents, "first attempt sent")
+        await until(lambda: relay.rounds >= 1, "the round with the hung message")
+        relay_server.hang_subject = set()
+        relay.wake()
+        await until(_queue_empty(box), "sent again")
+        nursery.cancel_scope.cancel()
+    by_subject = {a.subject: a.content for a in relay_server.accepted}
+    signed = by_subject["signed"]
+    assert signed.count(b"DKIM-Signature:") == 1
+    assert signed.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=a.go.th;")
+    results = dkim.verify(signed, _dkim_dns(box))
+    assert [r.result for r in results] == ["pass"]
+    # The author is not of an agency this box serves: not ours to sign.
+    assert b"DKIM-Signature:" not in by_subject["foreign"]
+
+
+async def test_a_damaged_dkim_key_lets_mail_go_unsigned(
+    box: Box, relay_server: ScriptedRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    keyring = dkim.DkimKeyring(box.config.data_dir / "keys")
+    keys = keyring.ensure(DOMAIN, date(2026, 12, 7))
+    (box.config.data_dir / "keys" / f"dkim-{DOMAIN}-{keys.active}.sealed").write_bytes(b"\1junk")
+    await queue(box, "unsigned")
+    await relay_until_drained(box, relay_server, manual_clock(), "sent unsigned")
+    (accepted,) = relay_server.accepted
+    assert b"DKIM-Signature:" not in accepted.content
+    assert "sending unsigned" in caplog.text

@@ -1,0 +1,1 @@
+"""Mail protection: DKIM signing and verification (and, beside it, scanning)."""

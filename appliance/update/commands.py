@@ -1,0 +1,185 @@
+"""``edgebox update …``: make keyrings and bundles (build machine), install and confirm
+updates (the box). Documented in docs/cli.md and docs/updates.md.
+
+Each handler returns the exit code and prints one line for a refusal (exit 1); RAUC's
+own reason is part of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from appliance.box import configured
+from appliance.update import outcome
+from appliance.update.bundle import BundleError, make_bundle
+from appliance.update.confirm import DEFAULT_WAIT, Action, boot_id, confirm_boot, read_gate
+from appliance.update.install import UpdateError, fetch, install_bundle
+from appliance.update.keyring import CHANNELS, KeyringError, ensure_keyring, open_keyring
+from appliance.update.manifest import Manifest
+from appliance.update.rauc import RaucCommand, RaucError
+from appliance.update.system_conf import box_system_conf
+
+
+def add(commands: Any) -> None:
+    """Add ``edgebox update`` and its actions to the top-level *commands*."""
+    update = commands.add_parser("update", help="signed A/B system updates (RAUC)")
+    actions = update.add_subparsers(required=True, metavar="ACTION")
+
+    def action(name: str, handler: Any, help: str, *, box: bool = True) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = actions.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        if box:
+            default = Path(os.environ.get("EDGEBOX_DATA", "var"))
+            sub.add_argument("--data", type=Path, default=default,
+                             help="data directory (default: $EDGEBOX_DATA or ./var)")  # fmt: skip
+            sub.add_argument("--rauc-conf", type=Path,
+                             help="RAUC system.conf (default /etc/rauc/system.conf)")  # fmt: skip
+            # A sandbox (tests, a technician's bench) plays the reboots itself.
+            sub.add_argument("--boot-id", default="", help=argparse.SUPPRESS)
+        return sub
+
+    keyring = action("keyring", _keyring, "make a channel's update signing keyring (build machine)",
+                     box=False)  # fmt: skip
+    keyring.add_argument("--dir", type=Path, required=True, help="the keyrings' folder")
+    keyring.add_argument("--channel", choices=CHANNELS, required=True)
+
+    bundle = action("bundle", _bundle, "sign a root filesystem image into a RAUC bundle",
+                    box=False)  # fmt: skip
+    bundle.add_argument("--rootfs", type=Path, required=True, help="the root filesystem (ext4)")
+    bundle.add_argument("--keyring", type=Path, required=True, help="the keyrings' folder")
+    bundle.add_argument("--channel", choices=CHANNELS, required=True)
+    bundle.add_argument("--version", required=True, help="the release, e.g. 2026.12.1")
+    bundle.add_argument("--compatible", default="edgebox-amd64")
+    bundle.add_argument("--format", choices=("verity", "plain"), default="verity",
+                        help="verity (boxes) or plain (no device-mapper)")  # fmt: skip
+    bundle.add_argument("--out", type=Path, required=True, help="the bundle file to write")
+
+    conf = action("system-conf", _system_conf, "print the box's RAUC system.conf (image build)",
+                  box=False)  # fmt: skip
+    conf.add_argument("--compatible", default="edgebox-amd64")
+
+    install = action("install", _install, "install a signed bundle into the other slot")
+    install.add_argument("source", help="a bundle file or an https:// URL")
+    install.add_argument("--reboot", action="store_true", help="reboot into it when written")
+
+    confirm = action(
+        "confirm", _confirm, "after boot: keep this slot if its health gate passes, else fall back"
+    )
+    confirm.add_argument(
+        "--wait", type=float, default=DEFAULT_WAIT,
+        help=f"seconds to retry a failing gate (default {DEFAULT_WAIT:.0f})",
+    )  # fmt: skip
+    confirm.add_argument("--no-reboot", action="store_true",
+                         help="mark a failing slot bad, do not reboot")  # fmt: skip
+
+    action("status", _status, "show the pending update and the update history")
+
+
+def _keyring(args: argparse.Namespace) -> int:
+    try:
+        keyring = ensure_keyring(args.dir, args.channel)
+    except KeyringError as exc:
+        return _fail(str(exc))
+    print(f"{args.channel} keyring: boxes trust {keyring.ca_cert}; "
+          f"bundles are signed with {keyring.signing_cert}")  # fmt: skip
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    try:
+        keyring = open_keyring(args.keyring, args.channel)
+        manifest = Manifest(args.compatible, args.version, bundle_format=args.format)
+        make_bundle(args.rootfs, keyring, args.out, manifest)
+    except (KeyringError, BundleError, ValueError) as exc:
+        return _fail(str(exc))
+    print(f"bundle {args.out}: edgebox {args.version} for {args.compatible}, "
+          f"signed by the {args.channel} keyring")  # fmt: skip
+    return 0
+
+
+def _system_conf(args: argparse.Namespace) -> int:
+    sys.stdout.write(box_system_conf(args.compatible).render())
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    data: Path = args.data
+    try:
+        bundle = fetch(args.source, data) if "://" in args.source else Path(args.source)
+        done = install_bundle(
+            data, _rauc(args), bundle, now=time.time, this_boot=args.boot_id or boot_id()
+        )
+    except (UpdateError, RaucError) as exc:
+        return _fail(f"update not installed, nothing changed on this system: {exc}")
+    print(f"edgebox {done.version} written to slot {done.to_slot}; it runs after a reboot "
+          "and is kept only if it passes its health checks")  # fmt: skip
+    if args.reboot:
+        _reboot()
+    return 0
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    config = configured(args.data, os.environ, {})
+
+    async def gather(now: float) -> Any:
+        return await read_gate(config, now)
+
+    this_boot = args.boot_id or boot_id()
+    try:
+        done = trio.run(
+            lambda: confirm_boot(
+                config.data_dir, _rauc(args), gather, now=time.time, this_boot=this_boot,
+                wait=args.wait, reboot=None if args.no_reboot else _reboot,
+            )
+        )  # fmt: skip
+    except RaucError as exc:
+        # Exit 2, not 1: the unit reboots on failure (FailureAction=reboot), and a RAUC
+        # that cannot be asked is no reason to reboot; the boot counter still decides.
+        _fail(f"RAUC: {exc}")
+        return 2
+    for finding in done.findings:
+        print(f"  [{finding.level.name.lower():5}] {finding.check}: {finding.en}")
+    print(
+        f"{done.verdict.action.value}" + (f": {done.verdict.reason}" if done.verdict.reason else "")
+    )
+    # Exit 1 only for a slot marked bad: edgebox-update-confirm.service then reboots
+    # into the old slot (FailureAction=reboot). An unhealthy box with no update pending
+    # is the health checks' business, not a reason to reboot.
+    return 1 if done.verdict.action is Action.FALL_BACK else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    state = outcome.read_state(args.data)
+    if state.pending:
+        p = state.pending
+        print(f"pending: edgebox {p.version} in slot {p.to_slot} (from {p.from_slot}), "
+              "judged at the next boot")  # fmt: skip
+    if not state.events:
+        print("no update installed yet")
+    for event in state.events[-10:]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.at))
+        why = f" — {event.reason}" if event.reason else ""
+        print(f"{when} UTC  {event.event:11} {event.version or '-':12} slot {event.slot}{why}")
+    return 0
+
+
+def _rauc(args: argparse.Namespace) -> RaucCommand:
+    return RaucCommand(args.rauc_conf)
+
+
+def _reboot() -> None:
+    print("rebooting")
+    subprocess.run(["systemctl", "reboot"], check=False)  # noqa: S607 - systemd's own tool
+
+
+def _fail(message: str) -> int:
+    print(f"edgebox: {message}", file=sys.stderr)
+    return 1

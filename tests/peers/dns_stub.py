@@ -1,0 +1,83 @@
+"""A loopback DNS server answering TXT queries from a dict, for DKIM tests.
+
+Real DNS over UDP on 127.0.0.1 (dnspython's message codec), so an independent verifier
+such as dkimpy's ``dkimverify`` script can look keys up exactly as it would on a real
+network; `resolver_override` writes the ``sitecustomize`` that points its resolver here.
+Names not in the dict get NXDOMAIN. It serves in a thread until the context exits; each
+wait is bounded by a socket timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+
+def _quoted(value: str) -> str:
+    # RFC 1035 §3.3.14: a TXT record is strings of at most 255 octets each.
+    return " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+
+
+@contextmanager
+def txt_server(records: dict[str, str]) -> Iterator[int]:
+    """Serve *records* (name without trailing dot -> TXT value); yield the UDP port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                wire, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            query = dns.message.from_wire(wire)
+            response = dns.message.make_response(query)
+            question = query.question[0]
+            name = question.name.to_text().rstrip(".").lower()
+            value = records.get(name)
+            if value is None or question.rdtype != dns.rdatatype.TXT:
+                response.set_rcode(dns.rcode.NXDOMAIN if value is None else dns.rcode.NOERROR)
+            else:
+                response.answer.append(
+                    dns.rrset.from_text(question.name, 60, dns.rdataclass.IN, "TXT", _quoted(value))
+                )
+            sock.sendto(response.to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+def resolver_override(directory: Path, port: int) -> Path:
+    """Write a ``sitecustomize.py`` sending dnspython's queries to 127.0.0.1:*port*.
+
+    Put the returned folder first on PYTHONPATH of a subprocess: Python imports
+    ``sitecustomize`` at start-up, before the program runs, so the program itself is
+    unchanged; only where its resolver asks is.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(
+        "import dns.resolver\n"
+        "_r = dns.resolver.Resolver(configure=False)\n"
+        "_r.nameservers = ['127.0.0.1']\n"
+        f"_r.port = {port}\n"
+        "_r.timeout = _r.lifetime = 5\n"
+        "dns.resolver.default_resolver = _r\n"
+    )
+    return directory
