@@ -84,6 +84,7 @@ from appliance.provisioning.provision import (
 from appliance.provisioning.reset import factory_reset
 from appliance.provisioning.setup_api import NoSessions, SetupApi, SetupHost
 from appliance.provisioning.usb import usb_service
+from appliance.provisioning.wizard_pages import SetupWizard
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.security.tls_renewal import TLSRenewal
@@ -549,12 +550,21 @@ async def _run_box(config: Any) -> None:
                 if box_state(config.data_dir) is BoxState.UNPROVISIONED:
                     await _serve_setup(config, lifecycle)
                     continue
+                # Read again: the wizard may have enrolled the box (hub_url and the
+                # central servers are in config.json now).
+                config = _reloaded(config)
                 await _serve(config, lifecycle, views)
                 logging.getLogger("edgebox").warning("factory reset: erasing the agency's data")
                 await trio.to_thread.run_sync(factory_reset, config.data_dir)
                 await trio.to_thread.run_sync(ensure_device, config.data_dir)  # a new code
                 print("factory reset done; the box is unprovisioned", flush=True)
     print("edgebox stopped", flush=True)
+
+
+def _reloaded(config: Any) -> Any:
+    """*config* read again from config.json, the environment and the same flags."""
+    flags = {"port_offset": config.port_offset, "role": config.role, "bind": config.bind}
+    return configured(config.data_dir, os.environ, flags)
 
 
 async def _serve_setup(config: Any, lifecycle: Lifecycle) -> None:
@@ -568,7 +578,8 @@ async def _serve_setup_locked(config: Any, lifecycle: Lifecycle) -> None:
         logging.getLogger("edgebox").warning("discarded an unfinished provisioning")
     guard = AuthGuard(guard_policy(config), clock=trio.current_time)
     api = SetupApi(lifecycle, guard)
-    https = HTTPSService(SetupHost(config), api.routes(), sessions=NoSessions(),
+    routes = api.routes() + SetupWizard(config, lifecycle, api).routes()
+    https = HTTPSService(SetupHost(config), routes, sessions=NoSessions(),
                          tls=lifecycle.device.ssl_context())  # fmt: skip
     supervisor = Supervisor([https], config.data_dir / "run" / "status.json")
 

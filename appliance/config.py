@@ -133,6 +133,10 @@ class Config:
     #: disks and their partitions (the image's setting), or device names, comma-separated
     #: (``loop7,sdb1``: tests and special set-ups).
     usb_provisioning: str = ""
+    #: Where the setup wizard writes the OS's network and time files
+    #: (appliance.provisioning.system_files): "" = under ``DATA/system`` (a test or
+    #: developer machine's /etc is never written); ``/`` writes them in place.
+    system_root: str = ""
 
     # --- health (appliance.health; docs/health.md) ---------------------------------
     #: Free bytes on the data volume below which the disk check warns.

@@ -52,6 +52,8 @@ REOPEN_DELAY = 5.0
 #: for 5 s, and the prompt must stay up for the whole confirm window.
 PROMPT_REPEAT = 4.0
 RESET_PROMPT = "erase ALL mail and reset? press button = yes"
+#: Seconds a USB stick's result stays on the display (repeated every PROMPT_REPEAT).
+STICK_RESULT_HOLD = 60.0
 
 QueueGroups = list[tuple[int, str, int, int]]
 
@@ -164,6 +166,8 @@ class PanelService:
         self._queue: QueueGroups = []
         self._status: SetupStatus | None = None
         self._prompted_at: float | None = None
+        #: The USB stick news last shown: its number, when first shown, when repeated.
+        self._stick_shown = (0, 0.0, 0.0)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -203,6 +207,7 @@ class PanelService:
             await nursery.start(client.run)
             while True:
                 self._prompt(trio.current_time())
+                self._stick(trio.current_time())
                 client.show(self._fields())
                 await trio.sleep(self.config.panel_refresh)
 
@@ -269,6 +274,21 @@ class PanelService:
         if self._prompted_at is None or now - self._prompted_at >= PROMPT_REPEAT:
             self._prompted_at = now
             self._confirm(RESET_PROMPT)
+
+    def _stick(self, now: float) -> None:
+        """Show a USB stick's progress once per step, and its result for a minute."""
+        news = self.lifecycle.stick
+        if news is None:
+            return
+        number, first, last = self._stick_shown
+        if news.number != number:
+            self._stick_shown = (news.number, now, now)
+            self._confirm(news.text)
+        elif news.final and now - first < STICK_RESULT_HOLD and now - last >= PROMPT_REPEAT:
+            # The firmware shows a host's notice for 5 s: repeated, the result stays up
+            # until the technician has looked (and pulled the stick).
+            self._stick_shown = (number, first, now)
+            self._confirm(news.text)
 
     def _confirm(self, text: str) -> None:
         if self.client is not None:

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.provisioning.provision import ProvisioningRequest
+from appliance.provisioning.wizard import Draft, StepError, check_step
 from appliance.store.files import fsync_dir, write_atomically
 
 BUNDLE_DIR: Final = "edgebox-provisioning"
@@ -132,6 +133,9 @@ class Payload:
     token: str | None = None
     hub_url: str | None = None
     kinds: tuple[str, ...] = field(default=())
+    #: The wizard's network and time answers (wizard.check_step), or None.
+    network: dict[str, Any] | None = None
+    time: dict[str, Any] | None = None
 
 
 # --- parsing (structure only) -----------------------------------------------------------
@@ -328,10 +332,14 @@ def read_payload(bundle: Bundle) -> Payload:
     """Return what a verified *bundle* asks for; raise `BundleError` if malformed."""
     kinds: list[str] = []
     request = hub_url = token = None
+    network = time = None
     if ANSWERS in bundle.files:
         request, hub_url = parse_answers(bundle.files[ANSWERS])
         if request is not None:
             kinds.append("provision")
+        network, time = parse_system_answers(bundle.files[ANSWERS])
+        if network or time:
+            kinds.append("system")
     users: tuple[UserEntry, ...] = ()
     if USERS in bundle.files:
         users = parse_users(bundle.files[USERS])
@@ -341,7 +349,44 @@ def read_payload(bundle: Bundle) -> Payload:
         if not token or not hub_url:
             raise _malformed("an enrolment token needs [uplink] hub in answers.toml")
         kinds.append("enrol")
-    return Payload(request, users, token, hub_url, tuple(kinds))
+    return Payload(request, users, token, hub_url, tuple(kinds), network, time)
+
+
+def parse_system_answers(data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The ``[network]`` and ``[time]`` tables, checked as the web wizard checks them.
+
+    Keys as the wizard's form fields (``mode``, ``interface``, ``hostname``, ``address``,
+    ``gateway``, ``dns``; ``timezone``, ``ntp``); lists of DNS or NTP servers may be
+    TOML arrays. A table that is absent is None: the box keeps the image's settings.
+    """
+    try:
+        answers = tomllib.loads(_text(data, ANSWERS))
+    except tomllib.TOMLDecodeError as exc:
+        raise _malformed(f"answers.toml: {exc}") from None
+    checked: list[dict[str, Any] | None] = []
+    for step in ("network", "time"):
+        table = answers.get(step)
+        if table is None:
+            checked.append(None)
+            continue
+        if not isinstance(table, dict):
+            raise _malformed(f"answers.toml [{step}] must be a table")
+        fields: dict[str, str] = {}
+        for key, value in table.items():
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                value = " ".join(value)
+            if not isinstance(value, str):
+                raise _malformed(f"answers.toml [{step}] {key} must be text")
+            fields[str(key)] = value
+        if step == "network":
+            fields.setdefault("mode", "static" if "address" in fields else "dhcp")
+        try:
+            checked.append(check_step(step, fields, Draft()))
+        except StepError as exc:
+            where = f"answers.toml [{step}] {exc.field}"
+            en, th = f"{where}: {exc.message_en}", f"{where}: {exc.message_th}"
+            raise BundleError("refused", en, th) from None
+    return checked[0], checked[1]
 
 
 def _text(data: bytes, name: str) -> str:

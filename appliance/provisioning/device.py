@@ -6,6 +6,7 @@ Files in ``DATA/device`` (mode 0700)::
     device.key      the device's private key (0600), EC P-256
     device.pem      its self-signed certificate: ``edgebox-<short id>.local``, localhost
     setup.code      the setup code (0600); made again after every factory reset
+    wizard.json     the setup wizard's answers so far (0600); gone once set up
 
 The device certificate is what the setup path (HTTPS while unprovisioned) presents;
 its short fingerprint is in the mDNS TXT record and on the panel, so the technician can
@@ -42,6 +43,8 @@ IDENTITY_FILE: Final = "identity.json"
 DEVICE_KEY_FILE: Final = "device.key"
 DEVICE_CERT_FILE: Final = "device.pem"
 SETUP_CODE_FILE: Final = "setup.code"
+#: The setup wizard's saved answers and claims (appliance.provisioning.wizard).
+WIZARD_FILE: Final = "wizard.json"
 
 #: Letters a person reads off a small panel and types without confusing them: no 0/O,
 #: 1/I/L, 2/Z, 5/S, 8/B. 25 symbols; 10 of them give 46 bits, and the guard allows a
@@ -149,8 +152,10 @@ def read_device(data_dir: Path) -> Device | None:
 
 
 def forget_setup_code(data_dir: Path) -> None:
-    """Remove the setup code (factory reset): the next start makes a new one."""
+    """Remove the setup code and the wizard's claims (factory reset): the next start
+    makes a new code, and nobody who held the old one is still let in."""
     (data_dir / DEVICE_DIR / SETUP_CODE_FILE).unlink(missing_ok=True)
+    (data_dir / DEVICE_DIR / WIZARD_FILE).unlink(missing_ok=True)
 
 
 def certificate_fingerprint(cert_pem: bytes) -> str:

@@ -60,6 +60,18 @@ class SetupStatus:
     ports: dict[str, int]
 
 
+@dataclass(frozen=True)
+class StickNews:
+    """What a USB provisioning stick is going through, for the panel (usb.py tells)."""
+
+    #: Counts up with every piece of news: the panel shows each one once.
+    number: int
+    #: One short ASCII line: the panel's font has no Thai.
+    text: str
+    #: The stick is done (applied or refused): the panel keeps showing this a while.
+    final: bool
+
+
 class Lifecycle:
     """The running box's state and the requests that change it."""
 
@@ -72,6 +84,8 @@ class Lifecycle:
         self._provisioned = trio.Event()
         self._reset = trio.Event()
         self.panel_reset = ResetHold(self)
+        #: The last USB stick's progress or result (None: no stick since the start).
+        self.stick: StickNews | None = None
 
     # --- reading -------------------------------------------------------------------
 
@@ -125,6 +139,11 @@ class Lifecycle:
         """Return once someone confirmed a factory reset."""
         await self._reset.wait()
         self._reset = trio.Event()
+
+    def stick_news(self, text: str, *, final: bool = False) -> None:
+        """A USB stick's progress or result: the panel shows it (usb.py calls this)."""
+        number = self.stick.number + 1 if self.stick is not None else 1
+        self.stick = StickNews(number, text, final)
 
     # --- requests ----------------------------------------------------------------------
 

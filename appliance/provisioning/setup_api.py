@@ -1,12 +1,12 @@
 """The setup path an unprovisioned box serves on its HTTPS port.
 
-Three routes, and nothing else (no mail, no chat, no sign-in while unprovisioned):
+The JSON half of the setup path an unprovisioned box serves (no mail, no chat, no
+sign-in while unprovisioned); the web wizard (wizard_pages.py) is the other half:
 
-- ``GET /setup``: a page saying the box's state, id and certificate fingerprint (the
-  full web wizard replaces it; issue 19, later parts);
-- ``GET /api/v1/setup``: the same as JSON;
-- ``POST /api/v1/setup/provision``: provision with the setup code shown on the panel
-  and printed on the console, the agency and the first admin.
+- ``GET /api/v1/setup``: the box's state, id and certificate fingerprint as JSON;
+- ``POST /api/v1/setup/provision``: provision in one call with the setup code shown on
+  the panel and printed on the console, the agency and the first admin (scripts,
+  the benchmark; a technician uses the wizard at ``/setup``).
 
 Wrong setup codes go through the box's `AuthGuard` under one account ("setup"), so a
 source that guesses is slowed, then refused, like a wrong password (docs/
@@ -20,7 +20,6 @@ What this is not: the HTTPS machinery (appliance.web.server) or provisioning its
 
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
@@ -36,7 +35,7 @@ from appliance.provisioning.provision import (
     provision,
 )
 from appliance.security.guard import AuthGuard
-from appliance.web.routes import ApiError, Request, Response, Route
+from appliance.web.routes import ApiError, Request, Route
 
 log = logging.getLogger("edgebox.setup")
 
@@ -95,7 +94,7 @@ class NoSessions:
         return None
 
 
-def _already_provisioned() -> ApiError:
+def already_provisioned() -> ApiError:
     return ApiError(
         403,
         "already_provisioned",
@@ -112,14 +111,10 @@ class SetupApi:
         self.guard = guard
         # One provisioning at a time: a second browser's request waits, then finds
         # the box provisioned and is refused.
-        self._lock = trio.Lock()
+        self.lock = trio.Lock()
 
     def routes(self) -> list[Route]:
         return [
-            Route("GET", "/setup", self.page, "Setup: the box's state", tag="setup",
-                  auth=False, kind="page"),
-            Route("GET", "/", self.home, "Setup: every page leads to /setup", tag="setup",
-                  auth=False, kind="page"),
             Route("GET", "/api/v1/setup", self.state, "Setup: the box's state", tag="setup",
                   auth=False, response=SETUP_STATE),
             Route("POST", "/api/v1/setup/provision", self.provision,
@@ -141,59 +136,10 @@ class SetupApi:
     async def state(self, request: Request) -> dict[str, Any]:
         return self._state_body()
 
-    async def home(self, request: Request) -> Response:
-        return Response(status=303, headers={"Location": "/setup"})
-
-    async def page(self, request: Request) -> Response:
-        status = self.lifecycle.status()
-        fields = [
-            ("สถานะ / State", status.state.value),
-            ("รหัสเครื่อง / Box id", status.box_id),
-            ("ชื่อเครื่อง / Host name", status.hostname),
-            ("ลายนิ้วมือใบรับรอง / Certificate fingerprint", status.fingerprint),
-        ]
-        rows = "".join(
-            f"<tr><th scope='row'>{html.escape(k)}</th><td data-testid='setup-{i}'>"
-            f"{html.escape(v)}</td></tr>"
-            for i, (k, v) in enumerate(fields)
-        )
-        body = (
-            "<!doctype html><html lang='th'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            "<title>ตั้งค่าเครื่อง · Box setup</title></head><body><main>"
-            "<h1>ตั้งค่าเครื่องแม่ข่าย · Box setup</h1>"
-            "<p>เครื่องนี้ยังไม่ได้ตั้งค่า ตรวจสอบลายนิ้วมือใบรับรองให้ตรงกับหน้าจอของเครื่อง"
-            " แล้วใช้รหัสตั้งค่าที่แสดงบนหน้าจอเครื่อง</p>"
-            "<p>This box is not set up yet. Check that the certificate fingerprint matches"
-            " the one on the box's panel, then use the setup code the panel shows.</p>"
-            f"<table>{rows}</table></main></body></html>"
-        )
-        return Response(body=body.encode(), content_type="text/html; charset=utf-8")
-
     async def provision(self, request: Request) -> dict[str, Any]:
         body = request.json
         source = request.client_ip
-        admission = self.guard.admit(SETUP_ACCOUNT, source)
-        if admission.refused:
-            raise _too_many(admission.refused_for)
-        try:
-            if admission.delay > 0:
-                await trio.sleep(admission.delay)
-            if not self.lifecycle.device.check_setup_code(body["setup_code"]):
-                self.guard.failed(SETUP_ACCOUNT, source)
-                log.warning("wrong setup code ip=%s", source)
-                raise ApiError(
-                    403,
-                    "wrong_setup_code",
-                    "Wrong setup code: read it again from the box's panel or console",
-                    "รหัสตั้งค่าไม่ถูกต้อง กรุณาอ่านรหัสจากหน้าจอของเครื่องอีกครั้ง",
-                )
-        except ApiError:
-            raise
-        except BaseException:
-            self.guard.abandoned(source)
-            raise
-        self.guard.succeeded(SETUP_ACCOUNT, source)
+        await self.check_code(body["setup_code"], source)
         admin = body["admin"]
         wanted = ProvisioningRequest(
             domain=body["domain"],
@@ -204,9 +150,9 @@ class SetupApi:
             admin_name_en=admin.get("name_en"),
             admin_password=admin["password"],
         )
-        async with self._lock:
+        async with self.lock:
             if self.lifecycle.state is not BoxState.UNPROVISIONED:
-                raise _already_provisioned()
+                raise already_provisioned()
             try:
                 identity = await provision(self.lifecycle.data_dir, wanted)
             except ProvisioningError as exc:
@@ -224,6 +170,34 @@ class SetupApi:
         )
         return answer
 
+    async def check_code(self, offered: str, source: str) -> None:
+        """Return if *offered* is the setup code; else raise 403, or 429 once refused.
+
+        The API's provision call and the wizard's claim both come through here, so a
+        guesser meets one guard whichever door they try.
+        """
+        admission = self.guard.admit(SETUP_ACCOUNT, source)
+        if admission.refused:
+            raise _too_many(admission.refused_for)
+        try:
+            if admission.delay > 0:
+                await trio.sleep(admission.delay)
+            if not self.lifecycle.device.check_setup_code(offered):
+                self.guard.failed(SETUP_ACCOUNT, source)
+                log.warning("wrong setup code ip=%s", source)
+                raise ApiError(
+                    403,
+                    "wrong_setup_code",
+                    "Wrong setup code: read it again from the box's panel or console",
+                    "รหัสตั้งค่าไม่ถูกต้อง กรุณาอ่านรหัสจากหน้าจอของเครื่องอีกครั้ง",
+                )
+        except ApiError:
+            raise
+        except BaseException:
+            self.guard.abandoned(source)
+            raise
+        self.guard.succeeded(SETUP_ACCOUNT, source)
+
 
 def _too_many(wait: float) -> ApiError:
     seconds = int(wait) + 1
@@ -240,7 +214,7 @@ def provisioned_setup_routes() -> list[Route]:
     """The setup paths on a provisioned box: each refused with 403."""
 
     async def refuse(request: Request) -> None:
-        raise _already_provisioned()
+        raise already_provisioned()
 
     return [
         Route("GET", "/setup", refuse, "Setup: refused once provisioned", tag="setup",
@@ -249,4 +223,9 @@ def provisioned_setup_routes() -> list[Route]:
               auth=False, errors=(403,)),
         Route("POST", "/api/v1/setup/provision", refuse, "Setup: refused once provisioned",
               tag="setup", auth=False, errors=(403,)),
+        # The wizard's pages and forms (wizard_pages.py): the same clear refusal.
+        Route("GET", "/setup/{step}", refuse, "Setup: refused once provisioned", tag="setup",
+              auth=False, kind="page", errors=(403,)),
+        Route("POST", "/setup/{step}", refuse, "Setup: refused once provisioned", tag="setup",
+              auth=False, kind="page", errors=(403,), max_body=64 * 1024),
     ]  # fmt: skip

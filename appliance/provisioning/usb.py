@@ -18,8 +18,11 @@ English) and the log. Sources of sticks sit behind `BlockDevices`: `UdevBlockDev
 reads the kernel's uevents through pyudev (no udevd needed), `FolderSticks` is the twin
 that hands over already mounted folders.
 
-What this is not: the panel's display of progress (not wired yet: the result file and
-the log say what happened), or installing an update bundle (not in a stick's payload).
+The panel follows each stick: every phase and the result go to `Lifecycle.stick_news`,
+which the panel service shows as notices (appliance.panel), the result for a minute.
+
+What this is not: the panel itself, or installing an update bundle (not in a stick's
+payload).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from appliance.provisioning.device import DEVICE_DIR, certificate_fingerprint
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, box_state
 from appliance.provisioning.provision import ProvisioningError, provision
 from appliance.provisioning.provisioning_ca import CA_CERT, CRL_FILE
+from appliance.provisioning.system_files import system_root, write_system_files
 from appliance.store.files import fsync_dir, write_atomically
 from appliance.sync.enrol import EnrolError, enroll
 
@@ -301,6 +305,15 @@ class Outcome:
         self.errors.append({"reason": reason, "en": en, "th": th})
 
 
+def panel_result(outcome: Outcome) -> str:
+    """The stick's result as one ASCII line for the panel (its font has no Thai)."""
+    if outcome.status in ("applied", "partial"):
+        done = ", ".join(outcome.applied)
+        word = "done" if outcome.status == "applied" else "partly done"
+        return f"USB {word}: {done}; remove stick"
+    return f"USB refused: {outcome.status}; nothing changed"
+
+
 def signed_result(lifecycle: Lifecycle, outcome: Outcome, now: dt.datetime) -> tuple[bytes, bytes]:
     """Return the result (JSON) and its signature (DER ECDSA) made with the device key."""
     device = lifecycle.device
@@ -375,12 +388,15 @@ class UsbProvisioning:
             if not (folder / BUNDLE_DIR).is_dir():
                 log.info("stick %s carries no %s folder; ignored", stick.name, BUNDLE_DIR)
                 return None
+            self.lifecycle.stick_news("USB: checking bundle")
             now = dt.datetime.now(dt.UTC)
             outcome = await self._check_and_apply(folder / BUNDLE_DIR, now)
             self.outcomes.append(outcome)
+            self.lifecycle.stick_news("USB: writing result")
             try:
                 await stick.make_writable()
                 await trio.to_thread.run_sync(self._write_result, folder, outcome, now)
+                self.lifecycle.stick_news(panel_result(outcome), final=True)
             except (OSError, subprocess.CalledProcessError) as exc:
                 # A write-protected or full stick: the box's change stands, and the
                 # result is kept on the box instead (docs/provisioning.md).
@@ -388,6 +404,8 @@ class UsbProvisioning:
                 await trio.to_thread.run_sync(self._write_result, kept.parent, outcome, now)
                 log.warning("result not written to stick %s (%s); kept in %s",
                             stick.name, exc, kept)  # fmt: skip
+                self.lifecycle.stick_news(panel_result(outcome) + "; result kept on box",
+                                          final=True)  # fmt: skip
             return outcome
         finally:
             await stick.unmount()
@@ -420,6 +438,7 @@ class UsbProvisioning:
                            f"อ่านแฟลชไดรฟ์ไม่ได้: {exc}")  # fmt: skip
             log.warning("USB stick unreadable: %s", exc)
             return outcome
+        self.lifecycle.stick_news("USB: applying, keep stick in")
         await self._apply(payload, outcome)
         if outcome.applied:
             # Recorded only once something changed: a bundle refused as a whole (a
@@ -431,7 +450,8 @@ class UsbProvisioning:
 
     async def _apply(self, payload: Payload, outcome: Outcome) -> None:
         provisioned = read_identity(self.data_dir) is not None
-        if provisioned and payload.request is not None:
+        system = payload.network is not None or payload.time is not None
+        if provisioned and (payload.request is not None or system):
             outcome.refuse(
                 "already-provisioned",
                 "the box is already provisioned; a stick may only add users or rotate the"
@@ -454,6 +474,18 @@ class UsbProvisioning:
                 outcome.refuse("refused", exc.message_en, exc.message_th)
                 return
             outcome.applied.append("provision")
+            if system:
+                # The wizard's network and time steps, the same files (system_files.py).
+                try:
+                    root = system_root(self.config)
+                    await trio.to_thread.run_sync(
+                        write_system_files, root, payload.network, payload.time
+                    )
+                    outcome.applied.append("system")
+                except OSError as exc:
+                    outcome.errors.append({"reason": "system",
+                                           "en": f"network and time files not written: {exc}",
+                                           "th": f"เขียนไฟล์เครือข่ายและเวลาไม่ได้: {exc}"})  # fmt: skip
         if payload.users:
             await self._add_users(payload, outcome)
         if payload.token and payload.hub_url:

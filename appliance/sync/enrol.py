@@ -90,10 +90,7 @@ async def enroll(
         raise EnrolError(str(exc)) from None
 
     # 1. The hub's CA, accepted only if it is the one the token names.
-    ca_pem = await _call(
-        HubClient(data_dir, url, answer_within, context=_unverified()), "/sync/v1/ca", {}
-    )
-    ca_cert = _pinned_ca(ca_pem.get("ca"), parsed.ca_fingerprint)
+    ca_cert, _ = await fetch_hub_ca(data_dir, url, parsed, answer_within)
 
     # 2. The CSR, over a connection verified against that CA.
     key = ec.generate_private_key(ec.SECP256R1())
@@ -141,6 +138,20 @@ async def enroll(
     finally:
         settings.close()
     return enrolled
+
+
+async def fetch_hub_ca(
+    data_dir: Path, url: str, token: EnrolmentToken, answer_within: float
+) -> tuple[x509.Certificate, dict[str, Any]]:
+    """Return the hub's CA, checked against *token*'s fingerprint, and the whole answer.
+
+    The answer also names the central mail servers (``central_smtp``, ``central_imap``);
+    the setup wizard's live check uses it before enrolling. Raises `EnrolError`.
+    """
+    answer = await _call(
+        HubClient(data_dir, url, answer_within, context=_unverified()), "/sync/v1/ca", {}
+    )
+    return _pinned_ca(answer.get("ca"), token.ca_fingerprint), answer
 
 
 async def _centre_addresses(urls: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from appliance.panel import (
     PROMPT_REPEAT,
     REQUESTS_FILE,
     RESET_PROMPT,
+    STICK_RESULT_HOLD,
     BoxViewSlot,
     PanelService,
     panel_fields,
@@ -186,3 +187,25 @@ async def test_a_host_reset_and_a_recovery_request_are_recorded(tmp_path: Path) 
     assert [e["what"] for e in entries] == ["host-was-reset", "recovery"]
     assert entries[0]["reason"] == "no heartbeat for 9 s (limit 8 s)"
     assert client.notices == ["recovery request noted"]
+
+
+async def test_a_sticks_steps_show_once_and_its_result_for_a_minute(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    service, client = await _service(tmp_path, provisioned=False)
+    lifecycle = service.lifecycle
+    service._stick(trio.current_time())
+    assert client.notices == []  # no stick yet
+    lifecycle.stick_news("USB: checking bundle")
+    service._stick(trio.current_time())
+    await trio.sleep(PROMPT_REPEAT)
+    service._stick(trio.current_time())  # progress: shown once
+    assert client.notices == ["USB: checking bundle"]
+    lifecycle.stick_news("USB done: provision; remove stick", final=True)
+    for _ in range(int(STICK_RESULT_HOLD / PROMPT_REPEAT) + 5):
+        service._stick(trio.current_time())
+        await trio.sleep(PROMPT_REPEAT)
+    shown = client.notices[1:]
+    assert set(shown) == {"USB done: provision; remove stick"}
+    # Repeated through the minute the firmware's 5-s notice would otherwise leave blank.
+    assert len(shown) == int(STICK_RESULT_HOLD / PROMPT_REPEAT)

@@ -116,15 +116,14 @@ async def admit_box(
         raise HubError(403, exc.code, exc.message) from None
 
     config = hub.config
-    host = _url_host(host or hub.hostname)
+    host = url_host(host or hub.hostname)
     return {
         "box_id": box_id,
         "domain": agency,
         "certificate": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         "ca": (config.data_dir / "keys" / "ca.pem").read_text("ascii"),
         "hub_url": f"https://{host}:{config.port('hub-sync')}",
-        "central_smtp": config.central_smtp or f"smtp://{host}:{config.port('smtp-submission')}",
-        "central_imap": config.central_imap or f"imaps://{host}:{config.port('imaps')}",
+        **central_endpoints(config, host),
         "credentials": {"username": username, "password": password},
         # The USB stick's trust: boxes then take sticks this hub's technicians signed.
         **published(config.data_dir / "keys"),
@@ -174,7 +173,19 @@ async def _ensure_service_account(hub: Box, agency: str, username: str, password
     await directory.grant_delegation(username, agency)
 
 
-def _url_host(host: str) -> str:
+def central_endpoints(config: Any, host: str) -> dict[str, str]:
+    """The central mail servers the hub hands a box: its settings, else itself at *host*.
+
+    Public (no secret): the CA answer carries them too, so the setup wizard can check
+    they answer before the box enrols (appliance.provisioning.uplink_check).
+    """
+    return {
+        "central_smtp": config.central_smtp or f"smtp://{host}:{config.port('smtp-submission')}",
+        "central_imap": config.central_imap or f"imaps://{host}:{config.port('imaps')}",
+    }
+
+
+def url_host(host: str) -> str:
     """The host part of a Host header value, ready to put back into a URL."""
     host = host.strip()
     if host.startswith("["):  # RFC 3986 §3.2.2: an IPv6 literal keeps its brackets

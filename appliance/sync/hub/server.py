@@ -60,7 +60,7 @@ from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.security.tls import server_ssl_context
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
-from appliance.sync.hub.admission import admit_box, renew_box
+from appliance.sync.hub.admission import admit_box, central_endpoints, renew_box, url_host
 from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
@@ -157,7 +157,10 @@ class HubSyncService:
         enrolment = self.enrolment
         assert enrolment is not None, "serve() or opened() first"
         if path == CA_PATH:
-            return {"ca": (self.box.config.data_dir / "keys" / "ca.pem").read_text("ascii")}
+            ca = (self.box.config.data_dir / "keys" / "ca.pem").read_text("ascii")
+            # The centre's mail servers too: the setup wizard checks them before enrolling.
+            where = url_host(host or self.box.hostname)
+            return {"ca": ca, **central_endpoints(self.box.config, where)}
         if path == ENROLL_PATH:
             return await admit_box(self.box, enrolment, self.ca, self.clock, body, host)
         peer, cert = await self.authenticate(stream)

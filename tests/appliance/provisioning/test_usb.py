@@ -18,7 +18,14 @@ import trio
 
 import appliance.provisioning.usb
 from appliance.box import configured, open_box, read_identity
-from appliance.provisioning.bundle import ANSWERS, BUNDLE_DIR, MANIFEST, TOKEN, create_bundle
+from appliance.provisioning.bundle import (
+    ANSWERS,
+    BUNDLE_DIR,
+    MANIFEST,
+    TOKEN,
+    BundleError,
+    create_bundle,
+)
 from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.provision import ProvisioningError, ProvisioningRequest, provision
@@ -417,3 +424,84 @@ async def test_a_write_protected_stick_still_applies_and_the_result_stays_on_the
     assert not (tmp_path / "stick" / RESULTS_DIR).exists()
     [kept] = results(data / "log")
     assert kept["status"] == "applied"
+
+
+async def test_the_panel_hears_each_step_and_the_result(tmp_path: Path, tech: Technician) -> None:
+    service = new_box(tmp_path / "data", tech)
+    heard: list[tuple[str, bool]] = []
+    tell = service.lifecycle.stick_news
+
+    def record(text: str, *, final: bool = False) -> None:
+        heard.append((text, final))
+        tell(text, final=final)
+
+    service.lifecycle.stick_news = record  # type: ignore[method-assign]
+    good, spoiled = tmp_path / "good", tmp_path / "spoiled"
+    write_bundle(good, tech, users=USERS_CSV)
+    write_bundle(spoiled, tech)
+    tamper(spoiled)
+    await service.handle(FolderStick(spoiled))
+    assert heard == [
+        ("USB: checking bundle", False),
+        ("USB: writing result", False),
+        ("USB refused: tampered; nothing changed", True),
+    ]
+    heard.clear()
+    await service.handle(FolderStick(good))
+    assert heard == [
+        ("USB: checking bundle", False),
+        ("USB: applying, keep stick in", False),
+        ("USB: writing result", False),
+        ("USB done: provision, add-users:2; remove stick", True),
+    ]
+    news = service.lifecycle.stick
+    assert news is not None
+    assert news.final
+    assert news.number == 7
+
+
+SYSTEM_TOML = b"""
+[network]
+hostname = "stick-box"
+interface = "eth0"
+address = "10.20.30.40/24"
+gateway = "10.20.30.1"
+dns = ["10.20.30.1", "1.1.1.1"]
+
+[time]
+timezone = "Asia/Bangkok"
+ntp = ["ntp.go.th"]
+"""
+
+
+async def test_a_stick_carries_the_wizards_network_and_time_answers(
+    tmp_path: Path, tech: Technician
+) -> None:
+    service = new_box(tmp_path / "data", tech)
+    stick = tmp_path / "stick"
+    write_bundle(stick, tech, answers=ANSWERS_TOML + SYSTEM_TOML)
+    outcome = await service.handle(FolderStick(stick))
+    assert outcome is not None
+    assert (outcome.status, outcome.applied) == ("applied", ["provision", "system"])
+    system = tmp_path / "data" / "system"  # system_root: never the host's /etc in tests
+    network = (system / "etc/systemd/network/10-edgebox-lan.network").read_text()
+    assert "Address=10.20.30.40/24\nGateway=10.20.30.1\nDNS=10.20.30.1\nDNS=1.1.1.1\n" in network
+    assert (system / "etc/hostname").read_text() == "stick-box\n"
+    assert "NTP=ntp.go.th" in (system / "etc/systemd/timesyncd.conf.d/10-edgebox.conf").read_text()
+
+    # On a provisioned box a stick never changes the network: refused, nothing written.
+    again = tmp_path / "again"
+    write_bundle(again, tech, answers=SYSTEM_TOML.replace(b"stick-box", b"other-box"))
+    outcome = await service.handle(FolderStick(again))
+    assert outcome is not None
+    assert outcome.status == "already-provisioned"
+    assert (system / "etc/hostname").read_text() == "stick-box\n"
+
+
+def test_bad_network_answers_are_refused_at_the_desk(tmp_path: Path, tech: Technician) -> None:
+    bad = ANSWERS_TOML + SYSTEM_TOML.replace(b'10.20.30.1"\n', b'192.168.9.1"\n')
+    with pytest.raises(BundleError) as refused:
+        write_bundle(tmp_path / "stick", tech, answers=bad)
+    assert refused.value.reason == "refused"
+    assert "gateway" in refused.value.message_en
+    assert not (tmp_path / "stick" / BUNDLE_DIR).exists()

@@ -1,0 +1,268 @@
+"""The setup wizard's answers: each step's checks, the saved draft, the OS files.
+
+The pages themselves are walked in Chromium (tests/e2e/browser/test_setup_wizard.py);
+these are the pure parts, without a box or a socket.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance.backup.crypto import ensure_backup_key, key_to_words
+from appliance.backup.snapshot import create_backup
+from appliance.box import configured, open_box, read_identity
+from appliance.config import Config
+from appliance.provisioning.device import ensure_device, forget_setup_code
+from appliance.provisioning.provision import provision
+from appliance.provisioning.system_files import (
+    LOCALTIME_LINK,
+    NETWORK_FILE,
+    TIMESYNCD_FILE,
+    network_unit,
+    system_root,
+    write_system_files,
+)
+from appliance.provisioning.uplink_check import check_uplink, greeting_ok
+from appliance.provisioning.wizard import (
+    DEFAULT_NTP,
+    MAX_CLAIMS,
+    STEPS,
+    Draft,
+    StepError,
+    check_step,
+    draft_path,
+    load_draft,
+    parse_units,
+    save_draft,
+)
+from appliance.provisioning.wizard_pages import check_backup, restore_onto
+from tests.appliance.provisioning.test_provision import REQUEST
+
+AGENCY = {"domain": "Wizard.GO.th", "name_th": "สำนักงานทดสอบ", "name_en": "", "units": ""}
+ADMIN = {"local": "somchai", "name_th": "สมชาย", "password": "long-enough-1",
+         "password2": "long-enough-1"}  # fmt: skip
+STATIC = {"mode": "static", "hostname": "box1", "interface": "eth0", "address": "192.168.1.10/24",
+          "gateway": "192.168.1.1", "dns": "192.168.1.1, 1.1.1.1"}  # fmt: skip
+
+
+def answered(*steps: tuple[str, dict[str, str]]) -> Draft:
+    draft = Draft()
+    for step, fields in steps:
+        draft.save_step(step, check_step(step, fields, draft))
+    return draft
+
+
+def refused(step: str, fields: dict[str, str], draft: Draft | None = None) -> StepError:
+    with pytest.raises(StepError) as caught:
+        check_step(step, fields, draft or Draft())
+    assert caught.value.message_th
+    assert caught.value.message_en
+    return caught.value
+
+
+def test_agency_is_normalised_with_its_units() -> None:
+    fields = {**AGENCY, "units": "กองคลัง | Finance\n\n  กองช่าง  \n"}
+    answers = check_step("agency", fields, Draft())
+    assert answers["domain"] == "wizard.go.th"
+    assert answers["name_en"] is None
+    assert answers["units"] == [
+        {"name_th": "กองคลัง", "name_en": "Finance"},
+        {"name_th": "กองช่าง", "name_en": None},
+    ]
+    assert refused("agency", {**AGENCY, "domain": "no_dots"}).field == "domain"
+    assert refused("agency", {**AGENCY, "name_th": "  "}).field == "name_th"
+    assert refused("agency", {**AGENCY, "units": "กองคลัง\nกองคลัง | x"}).field == "units"
+
+
+def test_the_admin_lives_in_the_agency_domain_with_a_long_password() -> None:
+    draft = answered(("agency", AGENCY))
+    answers = check_step("admin", ADMIN, draft)
+    assert answers["address"] == "somchai@wizard.go.th"
+    short = {**ADMIN, "password": "short", "password2": "short"}
+    assert refused("admin", short, draft).field == "password"
+    assert refused("admin", {**ADMIN, "password2": "long-enough-2"}, draft).field == "password2"
+    assert refused("admin", {**ADMIN, "local": "a b"}, draft).field == "local"
+
+
+def test_network_dhcp_or_a_static_address_in_the_gateway_network() -> None:
+    assert check_step("network", {"mode": "dhcp", "hostname": "Box-1"}, Draft()) == {
+        "mode": "dhcp", "interface": "eth0", "hostname": "box-1",
+    }  # fmt: skip
+    answers = check_step("network", STATIC, Draft())
+    assert answers["dns"] == ["192.168.1.1", "1.1.1.1"]
+    assert refused("network", {**STATIC, "gateway": "10.0.0.1"}).field == "gateway"
+    assert refused("network", {**STATIC, "address": "192.168.1.10"}).field == "address"
+    assert refused("network", {**STATIC, "dns": "dns.example"}).field == "dns"
+    assert refused("network", {**STATIC, "hostname": "-bad-"}).field == "hostname"
+    assert refused("network", {**STATIC, "interface": "eth0; rm"}).field == "interface"
+
+
+def test_time_zone_and_ntp_servers() -> None:
+    assert check_step("time", {"timezone": "", "ntp": ""}, Draft()) == {
+        "timezone": "Asia/Bangkok", "ntp": list(DEFAULT_NTP),
+    }  # fmt: skip
+    answers = check_step("time", {"timezone": "Asia/Bangkok", "ntp": "10.0.0.1 ntp.go.th"}, Draft())
+    assert answers["ntp"] == ["10.0.0.1", "ntp.go.th"]
+    assert refused("time", {"timezone": "Mars/Olympus"}).field == "timezone"
+    assert refused("time", {"ntp": "bad_name!"}).field == "ntp"
+
+
+def test_uplink_standalone_or_an_https_hub_with_a_token() -> None:
+    assert check_step("uplink", {"mode": "standalone", "token": "x"}, Draft()) == {
+        "mode": "standalone"
+    }
+    plain = {"mode": "hub", "hub_url": "http://hub", "token": "t"}
+    assert refused("uplink", plain).field == "hub_url"
+    assert refused("uplink", {"mode": "hub", "hub_url": "https://hub"}).field == "token"
+
+
+def test_restore_is_optional_and_needs_a_full_path_and_a_key() -> None:
+    assert check_step("restore", {"mode": "new", "source": "/x"}, Draft()) == {}
+    assert refused("restore", {"mode": "restore", "source": "media", "key": "k"}).field == "source"
+    draft = answered(("restore", {"mode": "restore", "source": "/media/b", "key": " ab  cd "}))
+    assert draft.restoring
+    assert draft.step_answers("restore")["key"] == "ab cd"
+
+
+def test_the_draft_resumes_where_it_stopped_and_holds_claims_not_tokens(tmp_path: Path) -> None:
+    ensure_device(tmp_path)
+    draft = answered(("language", {"lang": "en"}), ("agency", AGENCY))
+    assert draft.current == "admin"
+    assert draft.lang == "en"
+    assert draft.open_to("admin")
+    assert not draft.open_to("network")
+    for n in range(MAX_CLAIMS + 1):
+        draft.add_claim(f"token-{n}")
+    save_draft(tmp_path, draft)
+    assert os.stat(draft_path(tmp_path)).st_mode & 0o777 == 0o600
+    assert "token-1" not in draft_path(tmp_path).read_text()
+    again = load_draft(tmp_path)
+    assert again.current == "admin"
+    assert again.lang == "en"
+    assert again.step_answers("agency")["domain"] == "wizard.go.th"
+    assert again.has_claim(f"token-{MAX_CLAIMS}")
+    assert not again.has_claim("token-0")
+    assert not again.has_claim(None)
+    assert not again.has_claim("guess")
+    # A factory reset forgets the draft with the setup code: nobody who claimed stays in.
+    forget_setup_code(tmp_path)
+    assert load_draft(tmp_path) == Draft()
+
+
+def test_a_damaged_draft_starts_over(tmp_path: Path) -> None:
+    draft_path(tmp_path).parent.mkdir(parents=True)
+    for damaged in ("[1, 2", "[]", '{"reached": "x"}', '{"answers": [1]}', '{"claims": 5}'):
+        draft_path(tmp_path).write_text(damaged)
+        assert load_draft(tmp_path) == Draft()
+    assert STEPS[0] == Draft().current
+
+
+@given(st.text(max_size=400))
+def test_parse_units_answers_units_or_a_step_error(text: str) -> None:
+    try:
+        units = parse_units(text)
+    except StepError as exc:
+        refused_field = exc.field
+    else:
+        refused_field = ""
+    if refused_field:
+        assert refused_field == "units"
+        return
+    assert all(unit["name_th"] and unit["name_th"].strip() == unit["name_th"] for unit in units)
+    assert len({unit["name_th"] for unit in units}) == len(units)
+
+
+def test_networkd_and_timesyncd_files_under_the_configured_root(tmp_path: Path) -> None:
+    network: dict[str, Any] = check_step("network", STATIC, Draft())
+    time = check_step("time", {"ntp": "ntp.go.th"}, Draft())
+    assert system_root(Config(tmp_path)) == tmp_path / "system"  # never the host's /etc
+    assert system_root(Config(tmp_path, system_root="/")) == Path("/")
+    root = tmp_path / "root"
+    written = write_system_files(root, network, time)
+    assert NETWORK_FILE in written
+    assert TIMESYNCD_FILE in written
+    unit = (root / NETWORK_FILE).read_text()
+    assert "[Match]\nName=eth0\n" in unit
+    assert "Address=192.168.1.10/24\nGateway=192.168.1.1\nDNS=192.168.1.1\nDNS=1.1.1.1\n" in unit
+    assert (root / "etc/hostname").read_text() == "box1\n"
+    assert (root / TIMESYNCD_FILE).read_text().endswith("[Time]\nNTP=ntp.go.th\n")
+    assert os.readlink(root / LOCALTIME_LINK) == "/usr/share/zoneinfo/Asia/Bangkok"
+    # Written again (a second apply after a reset): replaced, not refused.
+    write_system_files(root, {"mode": "dhcp", "interface": "eth1", "hostname": "b"}, time)
+    assert "DHCP=yes" in (root / NETWORK_FILE).read_text()
+    assert "DHCP=yes" in network_unit({"mode": "dhcp", "interface": "eth0"})
+
+
+def test_mail_server_greetings() -> None:
+    assert greeting_ok("smtp", b"220 hub.go.th ESMTP\r\n")
+    assert not greeting_ok("smtps", b"554 no service\r\n")
+    assert greeting_ok("imaps", b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+    assert greeting_ok("imap", b"* PREAUTH hi\r\n")
+    assert not greeting_ok("imap", b"HTTP/1.1 400\r\n")
+
+
+async def test_a_malformed_token_is_refused_before_any_connection(tmp_path: Path) -> None:
+    with trio.fail_after(1):
+        lines = await check_uplink(tmp_path, "https://127.0.0.1:1", "not-a-token")
+    assert [(line.what, line.ok) for line in lines] == [("token", False)]
+
+
+async def test_restore_brings_a_backup_into_the_running_blank_box(tmp_path: Path) -> None:
+    old, usb, blank = tmp_path / "old", tmp_path / "usb", tmp_path / "blank"
+    await provision(old, REQUEST)
+    create_backup(old, usb)
+    words = key_to_words(ensure_backup_key(old / "keys"))
+    device = ensure_device(blank)
+    (blank / "run").mkdir()
+    (blank / "run" / "status.json").write_text("{}")
+    answers = {"source": str(usb), "key": words}
+
+    # The step's check: a folder without a backup, a key that is not the backup's.
+    with pytest.raises(StepError) as no_backup:
+        check_backup({**answers, "source": str(tmp_path)})
+    assert no_backup.value.field == "source"
+    other = key_to_words(bytes(32))
+    with pytest.raises(StepError) as wrong_key:
+        check_backup({**answers, "key": other})
+    assert wrong_key.value.field == "key"
+    check_backup(answers)
+
+    name = await trio.to_thread.run_sync(restore_onto, blank, answers)
+    assert name
+    identity = read_identity(blank)
+    assert identity is not None
+    assert identity.domain == REQUEST.domain
+    # The box keeps its own device and run state; nothing of the staging is left.
+    assert ensure_device(blank).box_id == device.box_id
+    assert (blank / "run" / "status.json").read_text() == "{}"
+    assert not (blank / "restored").exists()
+    async with open_box(configured(blank, {}, {})) as box:
+        assert await box.directory.user(REQUEST.admin_address) is not None
+
+
+FIELD_NAMES = ("lang", "domain", "name_th", "name_en", "units", "local", "password",
+               "password2", "mode", "hostname", "interface", "address", "gateway", "dns",
+               "timezone", "ntp", "hub_url", "token", "source", "key")  # fmt: skip
+
+
+@given(
+    st.sampled_from(STEPS),
+    st.dictionaries(st.sampled_from(FIELD_NAMES), st.text(max_size=80), max_size=12),
+)
+def test_any_form_gets_answers_or_a_step_error(step: str, fields: dict[str, str]) -> None:
+    draft = answered(("agency", AGENCY))
+    try:
+        answers = check_step(step, fields, draft)
+    except StepError as exc:
+        refused_field = exc.field
+    else:
+        refused_field = ""
+        assert isinstance(answers, dict)
+    assert refused_field in ("", *FIELD_NAMES)
