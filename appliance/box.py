@@ -38,6 +38,8 @@ from appliance.directory.signin import SignIn
 from appliance.health.disk_guard import DiskGuard
 from appliance.health.metrics import BoxMetrics
 from appliance.health.readings import PsutilReadings
+from appliance.identity import Identity, read_identity
+from appliance.mail.accounts import create_account
 from appliance.mail.delivery import Delivery
 from appliance.mail.mailstore import MAIL_MIGRATIONS, Mailstore
 from appliance.mail.search_index import open_search_index
@@ -51,16 +53,6 @@ from appliance.store.settings import Settings
 
 class BoxError(Exception):
     """The data directory is missing, for another domain, or otherwise unusable."""
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who this box is; written once by `init_box`."""
-
-    box_id: str
-    domain: str
-    agency_name: str
-    created_at: int
 
 
 @dataclass
@@ -103,18 +95,6 @@ def tls_names(hostname: str, domain: str) -> list[str]:
     # Mail clients look for their settings at autoconfig.<domain> (Thunderbird) and
     # autodiscover.<domain> (Outlook); the certificate must name those hosts too.
     return [hostname, f"autoconfig.{domain}", f"autodiscover.{domain}"]
-
-
-def read_identity(data_dir: Path) -> Identity | None:
-    """Return the box's identity, or None if *data_dir* was never initialised."""
-    if not (data_dir / "config.json").exists():
-        return None
-    settings = Settings(data_dir / "config.json")
-    try:
-        box = settings.get("box")
-    finally:
-        settings.close()
-    return Identity(**box) if box else None
 
 
 def configured(data_dir: Path, environ: Mapping[str, str], flags: Mapping[str, Any]) -> Config:
@@ -275,23 +255,10 @@ def guard_policy(config: Config) -> GuardPolicy:
 
 
 async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
-    """Add a user with their org unit, mailboxes and grants.
+    """Add a user with their org unit, mailboxes and grants (`create_account`).
 
     The one way an account is made: `edgebox user add`, the demo set-up and the admin
-    console all call it, so an account is the same whoever made it.
+    console all come to `appliance.mail.accounts.create_account`, so an account is the
+    same whoever made it.
     """
-    admin = details.pop("admin", False)
-    box_admin = details.pop("box_admin", False)
-    service = details.pop("service", False)
-    if details.get("unit"):
-        domain = email.rpartition("@")[2]
-        await box.directory.ensure_unit(domain, details["unit"])
-    user = await box.directory.add_user(email, password=password, **details)
-    await box.mailstore.create_mailboxes(user.address)
-    if admin:
-        await box.directory.grant_admin(user.address, user.agency_domain)
-    if box_admin:
-        await box.directory.grant_admin(user.address, None)
-    if service:
-        await box.directory.grant_delegation(user.address, None)
-    return user
+    return await create_account(box.directory, box.mailstore, email, password, **details)

@@ -32,7 +32,7 @@ from appliance.backup.crypto import (
     words_to_key,
 )
 from appliance.backup.restore import RestoreError, restore_backup, verify_backup
-from appliance.backup.service import DailyBackup, backup_and_record
+from appliance.backup.service import backup_and_record
 from appliance.backup.snapshot import BackupError
 from appliance.box import (
     Box,
@@ -42,22 +42,15 @@ from appliance.box import (
     guard_policy,
     init_box,
     open_box,
-    read_identity,
 )
-from appliance.chat import SecretSweeper
 from appliance.compliance import traffic_log
-from appliance.compliance.retention import TrafficLogRetention
 from appliance.config import DEV_PORTS, ConfigError
 from appliance.directory import DirectoryError, User, normalise_domain
-from appliance.directory.sessions import SessionExpiry
-from appliance.discovery import DiscoveryService
 from appliance.health import Finding, Level, worst
 from appliance.health.checks import disk as disk_check
 from appliance.health.checks import run_checks
 from appliance.health.checks import services as services_check
-from appliance.health.metrics import SnapshotCollector
-from appliance.health.metrics_service import MetricsService
-from appliance.health.monitor import HealthMonitor, gather_snapshot
+from appliance.health.monitor import gather_snapshot
 from appliance.health.readings import PsutilReadings
 from appliance.health.snapshot import (
     Limits,
@@ -66,11 +59,8 @@ from appliance.health.snapshot import (
     read_status_file,
     services_from_status_file,
 )
-from appliance.mail.imap.server import IMAPService
-from appliance.mail.indexing import SearchIndexer
-from appliance.mail.smtp.policy import Port
-from appliance.mail.smtp.server import SMTPService
-from appliance.panel import BoxView, BoxViewSlot, panel_service
+from appliance.identity import read_identity
+from appliance.panel import BoxViewSlot
 from appliance.protection import dkim_commands
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
@@ -82,23 +72,16 @@ from appliance.provisioning.provision import (
     discard_unfinished,
 )
 from appliance.provisioning.reset import factory_reset
-from appliance.provisioning.setup_api import NoSessions, SetupApi, SetupHost
-from appliance.provisioning.usb import usb_service
-from appliance.provisioning.wizard_pages import SetupWizard
+from appliance.registry import lifelong_services, provisioned_services, setup_services
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
-from appliance.security.tls_renewal import TLSRenewal
 from appliance.store.database import limit_allocator_retention
-from appliance.supervisor import Service, Supervisor
+from appliance.supervisor import Supervisor
 from appliance.sync.enrol import EnrolError, enroll
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
-from appliance.sync.link import link_report
-from appliance.sync.services import uplink_services
+from appliance.sync.uplink import link_report
 from appliance.update import commands as update_commands
-from appliance.watchdog import hardware_watchdog
-from appliance.web.api import web_routes
-from appliance.web.server import HTTPSService
 
 DEMO_DOMAIN = "demo.go.th"
 #: The demo agency's users; README.md lists the same addresses and passwords.
@@ -530,22 +513,14 @@ async def _run_box(config: Any) -> None:
     with box_lock(config.data_dir, exclusive=False):
         device = await trio.to_thread.run_sync(ensure_device, config.data_dir)
         lifecycle = Lifecycle(config.data_dir, device)
-        # Made outside the nursery: a bad board setting is a plain ConfigError.
         views = BoxViewSlot()
-        panel = panel_service(config, lifecycle, views)
-        watchdog = hardware_watchdog(config)
+        # Made outside the nursery: a bad board setting is a plain ConfigError.
+        lifelong = lifelong_services(config, lifecycle, views)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            if config.discovery:
-                # Across both states: the records change, the announcer stays.
-                await nursery.start(DiscoveryService(config, lifecycle).serve)
-            # The panel too: the setup code while unprovisioned, the box's state after.
-            if panel is not None:
-                await nursery.start(panel.serve)
-            if watchdog is not None:
-                await nursery.start(watchdog.serve)
-            if (usb := usb_service(config, lifecycle)) is not None:
-                await nursery.start(usb.serve)  # across both states, like discovery
+            # Discovery, the panel, the watchdog, the USB stick: across both states.
+            for service in lifelong:
+                await nursery.start(service.serve)
             while True:
                 if box_state(config.data_dir) is BoxState.UNPROVISIONED:
                     await _serve_setup(config, lifecycle)
@@ -577,11 +552,8 @@ async def _serve_setup_locked(config: Any, lifecycle: Lifecycle) -> None:
     if await trio.to_thread.run_sync(discard_unfinished, config.data_dir):
         logging.getLogger("edgebox").warning("discarded an unfinished provisioning")
     guard = AuthGuard(guard_policy(config), clock=trio.current_time)
-    api = SetupApi(lifecycle, guard)
-    routes = api.routes() + SetupWizard(config, lifecycle, api).routes()
-    https = HTTPSService(SetupHost(config), routes, sessions=NoSessions(),
-                         tls=lifecycle.device.ssl_context())  # fmt: skip
-    supervisor = Supervisor([https], config.data_dir / "run" / "status.json")
+    services = setup_services(config, guard, lifecycle)
+    supervisor = Supervisor(services, config.data_dir / "run" / "status.json")
 
     def announce(listeners: dict[str, list[str]]) -> None:
         lifecycle.serving(BoxState.UNPROVISIONED, {"https": config.port("https")})
@@ -633,32 +605,9 @@ async def _serve(config: Any, lifecycle: Lifecycle, views: BoxViewSlot) -> None:
         removed = await box.mail_db.write(box.mailstore.remove_orphan_blobs)
         if removed:
             logging.getLogger("edgebox").info("removed %d unreferenced blob files", removed)
-        services: list[Service] = [
-            SMTPService(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)
-        ]
-        services += [IMAPService(box, "imap"), IMAPService(box, "imaps")]
-        services.append(HTTPSService(box, web_routes(box, lifecycle), sessions=box.sessions))
-        services.append(SearchIndexer(box.mailstore, box.disk_guard.room_for_background))
-        services.append(TrafficLogRetention(box.traffic))
-        services.append(SecretSweeper(box.chat))
-        services.append(SessionExpiry(box.sessions))
-        services.append(TLSRenewal(config.data_dir / "keys", box.tls_names, [box.identity.domain]))
-        services += uplink_services(box)
-        health = HealthMonitor(box, PsutilReadings())
-        box.metrics.attach(
-            SnapshotCollector(
-                health.latest,
-                streams=box.chat.fanout.stream_count,
-                refusing=lambda: box.disk_guard.refusing,
-            )
-        )
-        services += [health, MetricsService(config, box.metrics)]
-        if config.backup_target:
-            services.append(
-                DailyBackup(config.data_dir, Path(config.backup_target), keep=config.backup_keep)
-            )
-        supervisor = Supervisor(services, box.status_file)
-        health.service_states = supervisor.service_states
+        composed = provisioned_services(box, lifecycle)
+        supervisor = Supervisor(composed.services, box.status_file)
+        composed.health.service_states = supervisor.service_states
 
         def announce(listeners: dict[str, list[str]]) -> None:
             print(f"edgebox {box.identity.domain} ({config.role}) data={config.data_dir}")
@@ -672,8 +621,7 @@ async def _serve(config: Any, lifecycle: Lifecycle, views: BoxViewSlot) -> None:
                 name: config.port(name) for name in ("https", "imaps", "smtp-submissions")
             })  # fmt: skip
 
-        view = BoxView(box.hostname, health.findings, box.mailstore.outbound_groups)
-        with views.published(view):
+        with views.published(composed.view):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(supervisor.run, announce)
                 await lifecycle.wait_reset_requested()
@@ -737,7 +685,8 @@ def _status(args: argparse.Namespace) -> int:
     async def action(box: Box) -> tuple[list[Finding], list[tuple[int, str, int, int]], int]:
         # The same snapshot and checks as the running box's health monitor and console.
         snapshot = await gather_snapshot(
-            box, PsutilReadings(), services=services, box_running=running,
+            box.config, box.mailstore.outbound_groups, PsutilReadings(), services=services,
+            box_running=running,
             pid=pid if isinstance(pid, int) else None,
         )  # fmt: skip
         groups = await box.mailstore.outbound_groups()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, urlencode
 
@@ -34,21 +35,27 @@ from appliance.admin.console import (
     MAX_RANK,
     MB,
     AdminConsole,
-    AdminScope,
     Refusal,
     format_age,
-    link_status,
     parse_count,
-    scope_of,
     search_users,
     urgency_name,
 )
-from appliance.box import Box, add_user
-from appliance.directory import DirectoryError, User, normalise_address
+from appliance.compliance.traffic_log import TrafficLog
+from appliance.config import Config
+from appliance.directory import Directory, DirectoryError, User, normalise_address
+from appliance.directory.scope import AdminScope, scope_of
+from appliance.directory.sessions import Sessions
+from appliance.directory.signin import SignIn
 from appliance.health import worst
+from appliance.identity import Identity
+from appliance.mail.accounts import create_account
+from appliance.mail.mailstore import Mailstore
 from appliance.protection.dkim import DkimKeyError, DkimKeyring, TxtRecord
+from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.security.passwords import MAX_PASSWORD_CHARS
+from appliance.sync.uplink import read_uplink
 from appliance.web.i18n import service_label
 from appliance.web.pages import PageKit, redirect
 from appliance.web.routes import ApiError, Form, Request, Response, Route
@@ -93,9 +100,34 @@ SAVED: Final = {
 Change = Callable[[AdminScope, User, Form], Awaitable[str]]
 
 
-def admin_routes(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) -> list[Route]:
-    """Return the routes of the admin console (all under ``/admin``, pages only)."""
-    return AdminPages(box, kit, lifecycle).routes()
+def admin_routes(
+    kit: PageKit,
+    *,
+    config: Config,
+    identity: Identity,
+    directory: Directory,
+    mailstore: Mailstore,
+    sessions: Sessions,
+    signin: SignIn,
+    guard: AuthGuard,
+    traffic: TrafficLog,
+    status_file: Path,
+    lifecycle: Lifecycle | None = None,
+) -> list[Route]:
+    """Return the routes of the admin console (all under ``/admin``, pages only).
+
+    The console reads and changes most of the box, and is handed each part it uses;
+    *lifecycle* (the running box's state) is what its factory reset asks.
+    """
+    console = AdminConsole(
+        config=config, directory=directory, mailstore=mailstore, guard=guard,
+        traffic=traffic, status_file=status_file,
+    )  # fmt: skip
+    return AdminPages(
+        kit, console, config=config, identity=identity, directory=directory,
+        mailstore=mailstore, sessions=sessions, signin=signin, guard=guard,
+        lifecycle=lifecycle,
+    ).routes()  # fmt: skip
 
 
 def user_url(address: str) -> str:
@@ -129,10 +161,29 @@ def _refusal(exc: DirectoryError) -> Refusal:
 class AdminPages:
     """The handlers of the admin console; `routes` lists them."""
 
-    def __init__(self, box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) -> None:
-        self.box = box
+    def __init__(
+        self,
+        kit: PageKit,
+        console: AdminConsole,
+        *,
+        config: Config,
+        identity: Identity,
+        directory: Directory,
+        mailstore: Mailstore,
+        sessions: Sessions,
+        signin: SignIn,
+        guard: AuthGuard,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
         self.kit = kit
-        self.console = AdminConsole(box)
+        self.console = console
+        self.config = config
+        self.identity = identity
+        self.directory = directory
+        self.mailstore = mailstore
+        self.sessions = sessions
+        self.signin = signin
+        self.guard = guard
         self.lifecycle = lifecycle
 
     def routes(self) -> list[Route]:
@@ -177,7 +228,7 @@ class AdminPages:
     # --- who is asking, about whom --------------------------------------------------
 
     async def _scope(self, request: Request) -> AdminScope:
-        scope = await scope_of(self.box, request.user)
+        scope = await scope_of(self.directory, request.user)
         if scope is None:
             who = request.user.address if request.user else None
             log.info("admin console refused: user=%s is no admin ip=%s", who, request.client_ip)
@@ -219,7 +270,7 @@ class AdminPages:
             agencies=await self.console.agencies(scope),
             queue=await self.console.queue_summary(scope),
             health=await self.console.health(),
-            link=link_status(self.box.config.data_dir),
+            link=read_uplink(self.config.data_dir),
         )  # fmt: skip
 
     # --- health -----------------------------------------------------------------------
@@ -237,7 +288,7 @@ class AdminPages:
     async def dkim(self, request: Request) -> Response:
         scope = await self._scope(request)
         domains = [summary.agency.domain for summary in await self.console.agencies(scope)]
-        keyring = DkimKeyring(self.box.config.data_dir / "keys")
+        keyring = DkimKeyring(self.config.data_dir / "keys")
 
         def read() -> list[tuple[str, list[TxtRecord] | None]]:
             found: list[tuple[str, list[TxtRecord] | None]] = []
@@ -277,7 +328,7 @@ class AdminPages:
         pages = max(1, -(-len(found) // PAGE_SIZE))
         page = min(page, pages)
         shown = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-        usage = {user.address: await self.box.mailstore.usage(user.address) for user in shown}
+        usage = {user.address: await self.mailstore.usage(user.address) for user in shown}
         agencies = await self.console.agencies(scope)
         unit_domains = [domain] if domain else [a.agency.domain for a in agencies]
         units = sorted({unit.name_th for unit in await self.console.units(scope, unit_domains)})
@@ -315,7 +366,7 @@ class AdminPages:
         if await self.console.agency(scope, domain) is None:
             raise Refusal("You can add users only to the agencies you manage",
                           "ท่านเพิ่มผู้ใช้ได้เฉพาะในหน่วยงานที่ท่านดูแลเท่านั้น")  # fmt: skip
-        if await self.box.directory.user(address) is not None:
+        if await self.directory.user(address) is not None:
             raise Refusal(f"{address} already exists", f"มีผู้ใช้ {address} อยู่แล้ว")
         name_th = form.get("name_th").strip()
         if not name_th:
@@ -327,8 +378,8 @@ class AdminPages:
         password = _new_password(form)
         unit = form.get("unit").strip() or None
         try:
-            user = await add_user(
-                self.box, address, password, name_th=name_th,
+            user = await create_account(
+                self.directory, self.mailstore, address, password, name_th=name_th,
                 name_en=form.get("name_en").strip() or None, rank=rank, unit=unit,
                 position=form.get("position").strip() or None,
                 phone=form.get("phone").strip() or None, quota_bytes=quota,
@@ -357,12 +408,12 @@ class AdminPages:
         status: int = 200,
     ) -> Response:
         saved = request.query.get("saved", "") if error is None else ""
-        grants = await self.box.directory.granted_domains(target.address)
-        chart = await self.box.directory.units(target.agency_domain)
+        grants = await self.directory.granted_domains(target.address)
+        chart = await self.directory.units(target.agency_domain)
         units = sorted(unit.name_th for unit in chart)
         return await self._render(
             request, "admin/user.html", scope, status=status, section="users",
-            target=target, usage=await self.box.mailstore.usage(target.address),
+            target=target, usage=await self.mailstore.usage(target.address),
             may_change=await self.console.may_change(scope, target),
             grants=grants, units=units, saved=saved if saved in SAVED else "", error=error,
             self_edit=target.address == scope.admin.address,
@@ -390,57 +441,57 @@ class AdminPages:
         name_th = form.get("name_th").strip()
         if not name_th:
             raise Refusal("Enter the Thai name", "กรุณากรอกชื่อภาษาไทย")
-        await self.box.directory.set_names(target.address, name_th, form.get("name_en") or None)
+        await self.directory.set_names(target.address, name_th, form.get("name_en") or None)
         return "names changed"
 
     async def _set_rank(self, scope: AdminScope, target: User, form: Form) -> str:
         rank = parse_count(form.get("rank"), "Rank", "ระดับ", MAX_RANK)
-        await self.box.directory.set_rank(target.address, rank)
+        await self.directory.set_rank(target.address, rank)
         return f"rank={rank}"
 
     async def _set_unit(self, scope: AdminScope, target: User, form: Form) -> str:
         unit = form.get("unit").strip() or None
         if unit is not None:
             # As when adding a user: a unit typed anew joins the agency's chart.
-            await self.box.directory.ensure_unit(target.agency_domain, unit)
-        await self.box.directory.set_unit(target.address, unit)
+            await self.directory.ensure_unit(target.agency_domain, unit)
+        await self.directory.set_unit(target.address, unit)
         return f"unit={unit or '-'}"
 
     async def _set_position(self, scope: AdminScope, target: User, form: Form) -> str:
-        await self.box.directory.set_position(target.address, form.get("position") or None)
+        await self.directory.set_position(target.address, form.get("position") or None)
         return "position changed"
 
     async def _set_phone(self, scope: AdminScope, target: User, form: Form) -> str:
-        await self.box.directory.set_phone(target.address, form.get("phone") or None)
+        await self.directory.set_phone(target.address, form.get("phone") or None)
         return "phone changed"
 
     async def _set_quota(self, scope: AdminScope, target: User, form: Form) -> str:
         quota = _quota_bytes(form.get("quota_mb"))
-        await self.box.directory.set_quota(target.address, quota)
+        await self.directory.set_quota(target.address, quota)
         return f"quota={quota // MB}MB"
 
     async def _disable(self, scope: AdminScope, target: User, form: Form) -> str:
         if target.address == scope.admin.address:
             raise Refusal("You cannot disable your own account",
                           "ท่านไม่สามารถระงับบัญชีของตนเองได้")  # fmt: skip
-        await self.box.directory.set_disabled(target.address, True)
+        await self.directory.set_disabled(target.address, True)
         # As `edgebox user disable`: whoever is signed in is signed out now.
-        ended = await self.box.sessions.revoke_all(target.address)
+        ended = await self.sessions.revoke_all(target.address)
         return f"disabled; {ended} sessions ended"
 
     async def _enable(self, scope: AdminScope, target: User, form: Form) -> str:
-        await self.box.directory.set_disabled(target.address, False)
+        await self.directory.set_disabled(target.address, False)
         return "enabled"
 
     async def _reset_password(self, scope: AdminScope, target: User, form: Form) -> str:
         password = _new_password(form)
-        await self.box.directory.set_password(target.address, password)
+        await self.directory.set_password(target.address, password)
         # As `edgebox user passwd`: whoever knew the old password is signed out.
-        ended = await self.box.sessions.revoke_all(target.address)
+        ended = await self.sessions.revoke_all(target.address)
         return f"password reset; {ended} sessions ended"
 
     async def _revoke_sessions(self, scope: AdminScope, target: User, form: Form) -> str:
-        ended = await self.box.sessions.revoke_all(target.address)
+        ended = await self.sessions.revoke_all(target.address)
         return f"{ended} sessions ended"
 
     # --- org chart --------------------------------------------------------------------
@@ -471,7 +522,7 @@ class AdminPages:
         return await self._render(
             request, "admin/org.html", scope, status=status, section="org",
             agencies=agencies, agency=domain, chart=await self.console.org_chart(scope, domain),
-            units=await self.box.directory.units(domain), error=error,
+            units=await self.directory.units(domain), error=error,
             saved=saved if saved in SAVED else "",
         )  # fmt: skip
 
@@ -482,7 +533,7 @@ class AdminPages:
         domain = await self._agency(scope, form.get("agency").strip())
         name_th = form.get("name_th").strip()
         parent = form.get("parent").strip() or None
-        existing = {unit.name_th for unit in await self.box.directory.units(domain)}
+        existing = {unit.name_th for unit in await self.directory.units(domain)}
         try:
             if not name_th:
                 raise Refusal("Enter the unit's Thai name", "กรุณากรอกชื่อหน่วยงานย่อยภาษาไทย")
@@ -492,7 +543,7 @@ class AdminPages:
             if parent is not None and parent not in existing:
                 raise Refusal("Choose the parent unit from the list",
                               "กรุณาเลือกหน่วยงานต้นสังกัดจากรายการ")  # fmt: skip
-            await self.box.directory.ensure_unit(
+            await self.directory.ensure_unit(
                 domain, name_th, form.get("name_en").strip() or None, parent
             )
         except DirectoryError as exc:
@@ -526,12 +577,12 @@ class AdminPages:
         status: int = 200,
     ) -> Response:  # fmt: skip
         saved = request.query.get("saved", "") if error is None else ""
-        policy = self.box.guard.policy
+        policy = self.guard.policy
         return await self._render(
             request, "admin/security.html", scope, status=status, section="security",
             watch=self.console.sign_in_watch(scope), policy=policy, error=error,
             saved=saved if saved in SAVED else "",
-            per_connection=self.box.config.auth_failures_per_connection,
+            per_connection=self.config.auth_failures_per_connection,
         )  # fmt: skip
 
     async def unlock_source(self, request: Request) -> Response:
@@ -579,7 +630,7 @@ class AdminPages:
         return await self._render(
             request, "admin/factory_reset.html", scope, status=status, section="reset",
             error=error, resetting=resetting, available=self.lifecycle is not None,
-            box_id=self.box.identity.box_id,
+            box_id=self.identity.box_id,
         )  # fmt: skip
 
     async def factory_reset(self, request: Request) -> Response:
@@ -592,13 +643,13 @@ class AdminPages:
                               "เซิร์ฟเวอร์นี้ล้างตัวเองไม่ได้ ใช้คำสั่ง edgebox factory-reset"),
             )  # fmt: skip
         confirm = request.form.get("confirm").strip().lower()
-        if confirm != self.box.identity.box_id[:6]:
+        if confirm != self.identity.box_id[:6]:
             return await self._reset_page(
                 request, scope, status=422,
                 error=Refusal("type the box's short id to confirm",
                               "กรุณาพิมพ์รหัสเครื่องแบบสั้นเพื่อยืนยัน"),
             )  # fmt: skip
-        checked = await self.box.signin.check(
+        checked = await self.signin.check(
             "web", scope.admin.address, request.form.get("password"), request.client_ip
         )
         if not isinstance(checked, User) or checked.address != scope.admin.address:

@@ -16,13 +16,13 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
 from appliance.backup.health import check_last_backup
+from appliance.config import Config
 from appliance.health import Finding, Level, worst
 from appliance.health.certificates import check_certificates
 from appliance.health.checks import CHECKS, run_checks
@@ -41,30 +41,35 @@ from appliance.sync.link import read_link_state
 from appliance.sync.status import read_sync_status
 from appliance.update.health import check_updates
 
-if TYPE_CHECKING:
-    from appliance.box import Box
-
 log = logging.getLogger("edgebox.health")
 
 #: Seconds between writes of ``run/clock.json``: often enough to catch a clock that
 #: jumps back by days, rarely enough not to wear flash with an fsync per round.
 CLOCK_WRITE_INTERVAL = 600.0
 
+#: `Mailstore.outbound_groups`: ``(urgency, sender, count, oldest created_at)`` rows.
+OutboundGroups = Callable[[], Awaitable[list[tuple[int, str, int, int]]]]
+
 
 async def gather_snapshot(
-    box: Box,
+    config: Config,
+    outbound_groups: OutboundGroups,
     readings: SystemReadings,
     *,
     services: Mapping[str, ServiceState],
     box_running: bool = True,
     pid: int | None = None,
 ) -> Snapshot:
-    """Read everything the checks judge for *box*; never raises for a failed reading."""
-    data_dir = box.config.data_dir
+    """Read everything the checks judge; never raises for a failed reading.
+
+    *config* names the data directory and the limits; *outbound_groups* reads the
+    outbound queue (`Mailstore.outbound_groups`).
+    """
+    data_dir = config.data_dir
     machine = read_machine(readings, data_dir, pid if pid is not None else os.getpid())
     errors = dict(machine.pop("errors"))
     try:
-        queue = groups_by_urgency(await box.mailstore.outbound_groups())
+        queue = groups_by_urgency(await outbound_groups())
     except Exception as exc:  # the queue check reports it; the other checks still run
         errors["queue"] = str(exc)
         queue = []
@@ -74,9 +79,9 @@ async def gather_snapshot(
         now=now,
         data_dir=data_dir,
         certificates=certificates,
-        backup=[check_last_backup(data_dir, box.config.backup_target, now)],
+        backup=[check_last_backup(data_dir, config.backup_target, now)],
         update=check_updates(data_dir),
-        limits=Limits.from_config(box.config),
+        limits=Limits.from_config(config),
         box_running=box_running,
         services=dict(services),
         queue=queue,
@@ -95,17 +100,19 @@ class HealthMonitor:
 
     def __init__(
         self,
-        box: Box,
+        config: Config,
+        outbound_groups: OutboundGroups,
         readings: SystemReadings,
         *,
         service_states: Callable[[], Mapping[str, ServiceState]] = dict,
         interval: float | None = None,
     ) -> None:
-        self.box = box
+        self.config = config
+        self.outbound_groups = outbound_groups
         self.readings = readings
         #: Set by the composition root to the supervisor's `service_states`.
         self.service_states = service_states
-        self.interval = interval if interval is not None else box.config.health_interval
+        self.interval = interval if interval is not None else config.health_interval
         self._snapshot: Snapshot | None = None
         self._findings: list[Finding] = []
         self._clock_written = float("-inf")
@@ -131,7 +138,9 @@ class HealthMonitor:
 
     async def check_now(self) -> list[Finding]:
         """Run one round at once and return its findings."""
-        snapshot = await gather_snapshot(self.box, self.readings, services=self.service_states())
+        snapshot = await gather_snapshot(
+            self.config, self.outbound_groups, self.readings, services=self.service_states()
+        )
         self._snapshot = snapshot
         self._findings = run_checks(snapshot, CHECKS)
         await self._remember_time(snapshot)

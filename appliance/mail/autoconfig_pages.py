@@ -31,8 +31,9 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from appliance.box import Box
-from appliance.directory import DirectoryError, normalise_address
+from appliance.config import Config
+from appliance.directory import Directory, DirectoryError, normalise_address
+from appliance.identity import Identity
 from appliance.mail.autoconfig import (
     AUTODISCOVER_TYPE,
     ERROR_ADDRESS_NOT_FOUND,
@@ -62,19 +63,33 @@ log = logging.getLogger("edgebox.web")
 _ADDRESS_QUERY = {"type": "string", "maxLength": 320}
 
 
-def autoconfig_routes(box: Box, kit: PageKit) -> list[Route]:
-    """Return the Thunderbird, Outlook and Apple autoconfiguration routes of *box*."""
-    return AutoconfigPages(box, kit).routes()
+def autoconfig_routes(
+    kit: PageKit, *, config: Config, directory: Directory, identity: Identity, hostname: str
+) -> list[Route]:
+    """Return the Thunderbird, Outlook and Apple autoconfiguration routes of the box."""
+    return AutoconfigPages(
+        kit, config=config, directory=directory, identity=identity, hostname=hostname
+    ).routes()
 
 
 class AutoconfigPages:
     """Answers mail clients' questions about the box, from its configuration."""
 
-    def __init__(self, box: Box, kit: PageKit) -> None:
-        self.box = box
+    def __init__(
+        self,
+        kit: PageKit,
+        *,
+        config: Config,
+        directory: Directory,
+        identity: Identity,
+        hostname: str,
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.identity = identity
         self.kit = kit
         # The ports the listeners bind (config + offset) and the name in the certificate.
-        self.endpoints = MailEndpoints.of(box.config, box.hostname)
+        self.endpoints = MailEndpoints.of(config, hostname)
 
     def routes(self) -> list[Route]:
         def route(method: Any, path: str, handler: Any, summary: str, **extra: Any) -> Route:
@@ -104,14 +119,14 @@ class AutoconfigPages:
     # Thunderbird
 
     async def thunderbird(self, request: Request) -> Response:
-        domains = await self.box.directory.local_domains()
+        domains = await self.directory.local_domains()
         asked = request.query.get("emailaddress")
         if asked is not None and _domain_of(asked) not in domains:
             # Not ours: a 404 sends Thunderbird on to its next way of finding settings
             # instead of setting up an account this box would never accept.
             raise ApiError(404, "unknown_domain", "This box does not serve that address",
                            "เครื่องนี้ไม่ได้ให้บริการที่อยู่อีเมลนี้")  # fmt: skip
-        identity = self.box.identity
+        identity = self.identity
         document = thunderbird_config(
             self.endpoints,
             provider=identity.domain,
@@ -142,7 +157,7 @@ class AutoconfigPages:
             address = normalise_address(address)
         except DirectoryError:
             return self._error(ERROR_INVALID_REQUEST, "Invalid Request")
-        if address.rpartition("@")[2] not in await self.box.directory.local_domains():
+        if address.rpartition("@")[2] not in await self.directory.local_domains():
             return self._error(ERROR_ADDRESS_NOT_FOUND, "The email address cannot be found.")
         document = autodiscover_settings(self.endpoints, address)
         return Response(body=document, content_type=AUTODISCOVER_TYPE)
@@ -163,8 +178,8 @@ class AutoconfigPages:
         profile = apple_profile(
             self.endpoints,
             ProfileUser(user.address, user.display_name(lang)),
-            box_id=self.box.identity.box_id,
-            organisation=self.box.identity.agency_name,
+            box_id=self.identity.box_id,
+            organisation=self.identity.agency_name,
             ca_der=keys.ca.public_bytes(serialization.Encoding.DER),
             lang=lang,
         )
@@ -175,7 +190,7 @@ class AutoconfigPages:
 
     @property
     def _keys_dir(self) -> Path:
-        return self.box.config.data_dir / "keys"
+        return self.config.data_dir / "keys"
 
 
 @dataclass(frozen=True)

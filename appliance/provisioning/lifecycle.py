@@ -23,7 +23,7 @@ from typing import Final
 
 import trio
 
-from appliance.box import read_identity
+from appliance.identity import read_identity
 from appliance.provisioning.device import Device, certificate_fingerprint, format_setup_code
 
 

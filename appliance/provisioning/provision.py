@@ -1,7 +1,7 @@
 """Provisioning: turn an unprovisioned box into an agency's box, atomically.
 
 The box is *provisioned* exactly when ``DATA/config.json`` holds its identity (the
-``box`` section; appliance.box.read_identity). `provision` makes everything else first —
+``box`` section; appliance.identity.read_identity). `provision` makes everything else first —
 keys, databases, the agency, the first admin — and writes the identity last, in one
 atomic replace of config.json (temp file, fsync, rename, fsync the folder;
 appliance.store.settings). A crash at any point therefore leaves either the old state
@@ -26,8 +26,9 @@ from typing import Final
 
 import trio
 
-from appliance.box import FirstAdmin, Identity, init_box, read_identity
+from appliance.box import FirstAdmin, init_box
 from appliance.directory import DirectoryError, normalise_address, normalise_domain
+from appliance.identity import Identity, read_identity
 from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.reset import erase_agency_data
 

@@ -44,8 +44,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.box import BoxError, add_user, open_box, read_identity
+from appliance.box import BoxError, add_user, open_box
 from appliance.directory import DirectoryError
+from appliance.identity import read_identity
 from appliance.provisioning.bundle import (
     BUNDLE_DIR,
     Bundle,

@@ -38,8 +38,9 @@ import trio
 from appliance.backup.crypto import BadRecoveryKey, key_id, words_to_key
 from appliance.backup.restore import RestoreError, find_backup, restore_backup
 from appliance.backup.snapshot import KEY_ID_FILE
-from appliance.box import open_box, read_identity
+from appliance.box import open_box
 from appliance.directory.preferences import Preferences
+from appliance.identity import read_identity
 from appliance.provisioning.lifecycle import BoxState, Lifecycle
 from appliance.provisioning.provision import (
     ProvisioningError,

@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from appliance.box import Box
+from appliance.chat import Chat
 from appliance.chat.errors import ChatError
 from appliance.chat.replication import PulledPage, parse_answers, parse_page
 from appliance.sync.clock import Clock
@@ -88,7 +88,8 @@ class ChatReplicator:
 
     def __init__(
         self,
-        box: Box,
+        chat: Chat,
+        domain: str,
         hub: HubCall,
         status: SyncStatus,
         clock: Clock,
@@ -97,9 +98,9 @@ class ChatReplicator:
         poll_interval: float = POLL_INTERVAL,
         max_backoff: float = MAX_BACKOFF,
     ) -> None:
-        self.chat = box.chat
+        self.chat = chat
         #: The agency the hub knows this box by (its certificate's).
-        self.domain = box.identity.domain
+        self.domain = domain
         self.hub = hub
         self.status = status
         self.clock = clock

@@ -34,8 +34,7 @@ from typing import Any, Final
 
 import trio
 
-from appliance.box import Box
-from appliance.directory import DirectoryEntry, DirectoryError
+from appliance.directory import Directory, DirectoryEntry, DirectoryError
 from appliance.sync.clock import Clock
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable
@@ -63,7 +62,8 @@ class DirectoryReplicator:
 
     def __init__(
         self,
-        box: Box,
+        directory: Directory,
+        domain: str,
         hub: HubCall,
         status: SyncStatus,
         clock: Clock,
@@ -71,7 +71,9 @@ class DirectoryReplicator:
         interval: float = 60.0,
         batch: int = BATCH,
     ) -> None:
-        self.box = box
+        self.directory = directory
+        #: The agency the hub knows this box by (its certificate's).
+        self.domain = domain
         self.hub = hub
         self.status = status
         self.clock = clock
@@ -117,13 +119,11 @@ class DirectoryReplicator:
 
     async def push(self) -> int:
         """Send this box's changed users after the push cursor; return how many."""
-        directory = self.box.directory
+        directory = self.directory
         after = await directory.sync_cursor(PUSH_CURSOR)
         sent = 0
         for _ in range(MAX_BATCHES):
-            entries = await directory.entries_after(
-                after, self.batch, agency=self.box.identity.domain
-            )
+            entries = await directory.entries_after(after, self.batch, agency=self.domain)
             if not entries:
                 break
             await self.hub(PUSH_PATH, {"entries": [entry_to_json(e) for e in entries]})
@@ -135,7 +135,7 @@ class DirectoryReplicator:
 
     async def pull(self) -> int:
         """Apply the hub's changed users after the pull cursor; return how many."""
-        directory = self.box.directory
+        directory = self.directory
         after = await directory.sync_cursor(PULL_CURSOR)
         applied = 0
         for _ in range(MAX_BATCHES):
@@ -149,7 +149,7 @@ class DirectoryReplicator:
         return applied
 
     async def _apply(self, entries: Sequence[DirectoryEntry], cursor: int) -> None:
-        directory = self.box.directory
+        directory = self.directory
         try:
             await directory.apply_entries(entries, remote=True, cursor=(PULL_CURSOR, cursor))
             return

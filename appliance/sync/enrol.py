@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from appliance.box import read_identity
+from appliance.identity import read_identity
 from appliance.provisioning.provisioning_ca import install_published
 from appliance.security.tls import harden
 from appliance.store.files import write_atomically

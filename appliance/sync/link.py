@@ -33,8 +33,9 @@ short every wait that has not moved a byte since that probe began, and the `on_u
 subscribers (the outbound relay and the replicators) start a round at once instead of
 waiting out their back-off. Gin going down cuts the silent waits too.
 
-`link_report` turns that file, the outbound queue and `sync.json` into the lines of
-`edgebox status`. A cut uplink is never "unhealthy": the box is built for it.
+`appliance.sync.uplink` reads that file, with `sync.json`, for every surface (the
+console, ``/api/v1/link``, `edgebox status`). A cut uplink is never "unhealthy": the
+box is built for it.
 
 What this is not: the replicators' own error handling (each still fails and retries on
 its own; the monitor only shortens the wait), or a health check of the local services.
@@ -48,16 +49,13 @@ import json
 import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import trio
 
-from appliance.box import Box
-from appliance.compliance.classification import Urgency
 from appliance.config import Config
 from appliance.store.files import write_atomically
 from appliance.sync.central import (
@@ -68,8 +66,7 @@ from appliance.sync.central import (
 )
 from appliance.sync.clock import Clock
 from appliance.sync.liveness import LinkWatch
-from appliance.sync.renewal import certificate_expiry
-from appliance.sync.status import SyncStatus, read_sync_status
+from appliance.sync.status import SyncStatus
 
 log = logging.getLogger("edgebox.link")
 
@@ -91,10 +88,7 @@ SUSPECT_AFTER: Final = 2.0
 MAX_IN_FLIGHT: Final = 8
 #: Seconds of trio time between looks at the probes in flight and the waits.
 _LOOK_EVERY: Final = 0.25
-#: The sync streams `edgebox status` lists, in this order (appliance.sync.status).
-STREAMS: Final = ("outbound", "mailbox", "chat", "directory")
 
-Language = Literal["th", "en"]
 LinkName = Literal["gin", "international"]
 Probe = Callable[[], Awaitable[None]]
 
@@ -345,7 +339,7 @@ class LinkMonitor:
 
     def __init__(
         self,
-        box: Box,
+        config: Config,
         status: SyncStatus,
         clock: Clock,
         *,
@@ -355,10 +349,9 @@ class LinkMonitor:
         watch: LinkWatch | None = None,
         recovery_interval: float = RECOVERY_INTERVAL,
     ) -> None:
-        self.box = box
         self.sync_status = status
         self.clock = clock
-        self.interval = max(0.1, box.config.link_probe_interval)
+        self.interval = max(0.1, config.link_probe_interval)
         self.probe_timeout = probe_timeout
         #: The replicators' waits, cut short when the link returns (`LinkWatch`).
         self.watch = watch or LinkWatch()
@@ -374,10 +367,10 @@ class LinkMonitor:
         self._last_start: dict[LinkName, float] = {"gin": -math.inf, "international": -math.inf}
         self._numbers = itertools.count()
         self._down_after, self._up_after = down_after, up_after
-        self.path = box.config.data_dir / LINK_FILE
+        self.path = config.data_dir / LINK_FILE
         self._links: dict[LinkName, _Link] = {
-            "gin": gin_link(box.config),
-            "international": international_link(box.config),
+            "gin": gin_link(config),
+            "international": international_link(config),
         }
         self._trackers: dict[LinkName, Hysteresis] = {
             name: Hysteresis(link.target, down_after=down_after, up_after=up_after)
@@ -589,137 +582,6 @@ def read_link_state(data_dir: Path) -> LinkSnapshot | None:
     )
 
 
-# --- `edgebox status` ----------------------------------------------------------------------
-
-_URGENCY_EN: Final = {
-    Urgency.MOST_URGENT: "most urgent",
-    Urgency.VERY_URGENT: "very urgent",
-    Urgency.URGENT: "urgent",
-    Urgency.NORMAL: "normal",
-}
-_STREAM_TH: Final = {
-    "outbound": "อีเมลขาออก",
-    "mailbox": "กล่องจดหมาย",
-    "chat": "แชท",
-    "directory": "สมุดรายชื่อ",
-    "certificate": "ใบรับรอง",
-}
-
-
-def age_text(seconds: float, lang: Language) -> str:
-    """A duration in its two largest units: ``3 d 5 h``, ``3 วัน 5 ชั่วโมง``."""
-    minutes = max(0, int(seconds)) // 60
-    if minutes < 1:
-        return "ไม่ถึง 1 นาที" if lang == "th" else "under a minute"
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    names = (("วัน", "d"), ("ชั่วโมง", "h"), ("นาที", "min"))
-    parts = [
-        f"{value} {th if lang == 'th' else en}"
-        for value, (th, en) in zip((days, hours, minutes), names, strict=True)
-        if value
-    ]
-    return " ".join(parts[:2])
-
-
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _link_line(name: str, reading: LinkReading, now: float, lang: Language) -> str:
-    if reading.state is LinkState.UNKNOWN:
-        if name == "international" and not reading.target:
-            return f"{name}: not probed" + (" (ไม่ได้ตรวจ)" if lang == "th" else "")
-        why = f" ({reading.error})" if reading.error else ""
-        return f"{name}: unknown{why}"
-    line = f"{name}: {reading.state.value}"
-    if reading.since is not None:
-        ago = age_text(now - reading.since, lang)
-        if lang == "th":
-            line += f" (ตั้งแต่ {_when(reading.since)}, {ago}ที่แล้ว)"
-        else:
-            line += f" (since {_when(reading.since)}, {ago} ago)"
-    if reading.state is LinkState.DOWN and reading.error:
-        line += f": {reading.error}"
-    return line
-
-
-def link_report(
-    data_dir: Path,
-    queue_groups: Iterable[tuple[int, str, int, int]],
-    now: float,
-    lang: Language = "en",
-) -> list[str]:
-    """The uplink lines of `edgebox status`, from files only (the box may be stopped).
-
-    *queue_groups* are `Mailstore.outbound_groups` rows ``(urgency, sender, count,
-    oldest created_at)``. Returns, in order: gin, international, the outbound queue by
-    urgency (most urgent first), the backlog's age, and the last successful sync of
-    each stream. The words ``gin: up|down|unknown`` and ``international:
-    up|down|not probed`` stay English in both languages, for scripts.
-    """
-    snapshot = read_link_state(data_dir)
-    if snapshot is None:
-        missing = "monitor has not run" if lang == "en" else "ยังไม่เคยตรวจ"
-        lines = [f"gin: unknown ({missing})", f"international: unknown ({missing})"]
-    else:
-        lines = [
-            _link_line("gin", snapshot.gin, now, lang),
-            _link_line("international", snapshot.international, now, lang),
-        ]
-
-    counts = dict.fromkeys(Urgency, 0)
-    oldest: int | None = None
-    for urgency, _sender, count, created_at in queue_groups:
-        level = Urgency(min(max(int(urgency), 0), max(Urgency)))
-        counts[level] += int(count)
-        oldest = created_at if oldest is None else min(oldest, created_at)
-    levels = sorted(Urgency, reverse=True)
-    if lang == "th":
-        parts = " · ".join(f"{level.thai} {counts[level]}" for level in levels)
-        lines.append(f"คิวขาออก: {parts} (รวม {sum(counts.values())})")
-    else:
-        parts = " · ".join(f"{_URGENCY_EN[level]} {counts[level]}" for level in levels)
-        lines.append(f"outbound queue: {parts} (total {sum(counts.values())})")
-    if oldest is None:
-        lines.append("ค้างนานสุด: ไม่มี" if lang == "th" else "backlog age: none")
-    elif lang == "th":
-        lines.append(f"ค้างนานสุด: {age_text(now - oldest, lang)} (เข้าคิว {_when(oldest)})")
-    else:
-        lines.append(f"backlog age: {age_text(now - oldest, lang)} (queued {_when(oldest)})")
-
-    streams = read_sync_status(data_dir)
-    for stream in (*STREAMS, *sorted(set(streams) - set(STREAMS))):
-        entry = streams.get(stream, {})
-        label = _STREAM_TH.get(stream, stream) if lang == "th" else stream
-        last = entry.get("last_success")
-        if isinstance(last, int | float):
-            when = (
-                f"{age_text(now - last, lang)}ที่แล้ว"
-                if lang == "th"
-                else f"{age_text(now - last, lang)} ago"
-            )
-        else:
-            when = "ยังไม่เคย" if lang == "th" else "never"
-        line = f"ซิงก์ล่าสุด {label}: {when}" if lang == "th" else f"last sync {label}: {when}"
-        error = entry.get("last_error")
-        if error:
-            line += f" (ผิดพลาดล่าสุด: {error})" if lang == "th" else f" (last error: {error})"
-        lines.append(line)
-
-    expiry = certificate_expiry(data_dir / "keys")
-    if expiry is not None:
-        left = age_text(expiry.timestamp() - now, lang) if expiry.timestamp() > now else None
-        day = expiry.date().isoformat()
-        if lang == "th":
-            lines.append(f"ใบรับรองซิงก์: ใช้ได้ถึง {day} (เหลือ {left})" if left
-                         else f"ใบรับรองซิงก์: หมดอายุแล้วเมื่อ {day}")  # fmt: skip
-        else:
-            lines.append(f"sync certificate: valid until {day} ({left} left)" if left
-                         else f"sync certificate: EXPIRED on {day}")  # fmt: skip
-    return lines
-
-
 __all__ = [
     "DOWN_AFTER",
     "LINK_FILE",
@@ -731,6 +593,5 @@ __all__ = [
     "LinkState",
     "gin_link",
     "international_link",
-    "link_report",
     "read_link_state",
 ]

@@ -5,12 +5,13 @@ reachable: staff wonder why a mail to another ministry has not left, and the ans
 "the uplink is down since 09:40" is theirs to know. What the uplink *carries* is not:
 the outbound queue by urgency, the backlog's age, the probe targets and errors, and
 each sync stream's last success are for administrators only, and an agency admin's
-queue figures count only their own agency's senders (the same rule as the admin
-console, `AdminConsole.queue_summary`).
+queue figures count only their own agency's senders (`AdminScope.sees_sender`, the
+same rule as the admin console).
 
-Everything is read from files the link monitor and the replicators write
-(``DATA/run/link.json``, ``DATA/run/sync.json``) and from the queue in the mail
-database, so the answer is the same whichever process serves it.
+The link and the streams come from the one read model of the uplink
+(`appliance.sync.uplink.read_uplink`: files the link monitor and the replicators
+write) and the queue from the mail database (`appliance.mail.outbound`), so the
+answer is the same whichever process serves it and whichever surface asks.
 
 What this is not: the monitor (link.py) or the console page (appliance.admin).
 """
@@ -19,13 +20,16 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
-from appliance.admin.console import AdminConsole, scope_of
-from appliance.box import Box
 from appliance.compliance.classification import Urgency
-from appliance.sync.link import STREAMS, LinkReading, LinkState, read_link_state
-from appliance.sync.status import read_sync_status
+from appliance.directory import Directory
+from appliance.directory.scope import scope_of
+from appliance.mail.mailstore import Mailstore
+from appliance.mail.outbound import summarise_queue
+from appliance.sync.link import LinkReading
+from appliance.sync.uplink import read_uplink, state_word
 from appliance.web.routes import JSON, ApiError, Request, Route, Schema
 
 TAG: Final = "link"
@@ -97,13 +101,9 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def _link(name: str, reading: LinkReading | None, admin: bool) -> dict[str, Any]:
+    state = state_word(name, reading)
     if reading is None:  # the monitor never ran on this box
         reading = LinkReading(error="link monitor has not run")
-        state = "unknown"
-    elif name == "international" and reading.state is LinkState.UNKNOWN and not reading.target:
-        state = "not_probed"
-    else:
-        state = reading.state.value
     body: dict[str, Any] = {"state": state, "since": _iso(reading.since)}
     if admin:
         body["target"] = reading.target
@@ -112,26 +112,26 @@ def _link(name: str, reading: LinkReading | None, admin: bool) -> dict[str, Any]
 
 
 class LinkApi:
-    def __init__(self, box: Box) -> None:
-        self.box = box
-        self.console = AdminConsole(box)
+    """The handler of ``GET /api/v1/link``, given the parts it reads."""
+
+    def __init__(self, data_dir: Path, directory: Directory, mailstore: Mailstore) -> None:
+        self.data_dir = data_dir
+        self.directory = directory
+        self.mailstore = mailstore
 
     async def link(self, request: Request) -> JSON:
         if request.user is None:  # the server authenticates the route; belt and braces
             raise ApiError(401, "unauthenticated", "Sign in first", "กรุณาเข้าสู่ระบบก่อน")
-        data_dir = self.box.config.data_dir
-        snapshot = read_link_state(data_dir)
-        scope = await scope_of(self.box, request.user)
+        uplink = read_uplink(self.data_dir)
+        scope = await scope_of(self.directory, request.user)
         admin = scope is not None
         body: dict[str, Any] = {
-            "gin": _link("gin", snapshot.gin if snapshot else None, admin),
-            "international": _link(
-                "international", snapshot.international if snapshot else None, admin
-            ),
+            "gin": _link("gin", uplink.gin_reading, admin),
+            "international": _link("international", uplink.international_reading, admin),
         }
         if scope is None:
             return body
-        summary = await self.console.queue_summary(scope)
+        summary = summarise_queue(await self.mailstore.outbound_groups(), scope.sees_sender)
         body["queue"] = {
             "levels": [
                 {"urgency": lv.urgency, "name_th": Urgency(lv.urgency).thai, "count": lv.count}
@@ -143,24 +143,19 @@ class LinkApi:
                 max(0.0, time.time() - summary.oldest) if summary.oldest is not None else None
             ),
         }
-        streams = read_sync_status(data_dir)
         body["streams"] = {
-            name: {
-                "last_success": _iso(_number(streams.get(name, {}).get("last_success"))),
-                "last_error": streams.get(name, {}).get("last_error"),
+            stream.name: {
+                "last_success": _iso(stream.last_success),
+                "last_error": stream.last_error,
             }
-            for name in (*STREAMS, *sorted(set(streams) - set(STREAMS)))
+            for stream in uplink.streams
         }
         return body
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def link_routes(box: Box) -> list[Route]:
-    """Return the link endpoint of *box*."""
-    api = LinkApi(box)
+def link_routes(data_dir: Path, directory: Directory, mailstore: Mailstore) -> list[Route]:
+    """Return the link endpoint of the box in *data_dir*."""
+    api = LinkApi(data_dir, directory, mailstore)
     return [
         Route(
             "GET",

@@ -59,7 +59,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from appliance.directory import User
+from appliance.config import Config
+from appliance.directory import Directory, User
 from appliance.mail import headers
 from appliance.mail.imap import mime
 from appliance.mail.imap.client import (
@@ -89,7 +90,7 @@ from appliance.mail.mailboxes import (
     sync_highestmodseq,
     sync_new_messages,
 )
-from appliance.mail.mailstore import BodyUnavailable, QuotaExceeded
+from appliance.mail.mailstore import BodyUnavailable, Mailstore, QuotaExceeded
 from appliance.store.blobs import BlobCorrupt, BlobMissing
 from appliance.store.database import open_database
 from appliance.sync.central import (
@@ -207,16 +208,22 @@ class _BodyRequest:
 
 
 class MailboxReplicator:
-    """The ``mailbox-sync`` service: rounds of replication, one user after another."""
+    """The ``mailbox-sync`` service: rounds of replication, one user after another.
+
+    It is handed the parts of the box it uses: the settings (the central IMAP server,
+    the data directory), the directory (whose mailboxes) and the mail store.
+    """
 
     name = "mailbox-sync"
 
     def __init__(
         self,
-        box: Any,
         status: SyncStatus,
         clock: Clock,
         *,
+        config: Config,
+        directory: Directory,
+        mailstore: Mailstore,
         interval: float = 60.0,
         max_backoff: float = 900.0,
         batch_messages: int = 50,
@@ -227,7 +234,9 @@ class MailboxReplicator:
         fetch_bodies: bool = True,
         watch: LinkWatch | None = None,
     ) -> None:
-        self.box = box
+        self.config = config
+        self.directory = directory
+        self.mailstore = mailstore
         #: Shared with the link monitor, which cuts waits short when the link returns.
         self.watch = watch or LinkWatch()
         self.status = status
@@ -244,7 +253,7 @@ class MailboxReplicator:
         #: False: rounds list and never fetch pending bodies (readers' requests still
         #: are); for tests of the phases, and an operator's "listing only" on a bad day.
         self.fetch_bodies = fetch_bodies
-        self.mailboxes = Mailboxes(box.mailstore)
+        self.mailboxes = Mailboxes(mailstore)
         self.state: MailboxSyncState | None = None
         self._wake = trio.Event()
         #: Bodies readers asked for: fetched first by the body phase if their own
@@ -261,11 +270,11 @@ class MailboxReplicator:
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[MailboxReplicator]:
         """Open the replication state database for the duration of the block."""
-        path = self.box.config.data_dir / "db" / SYNC_DB
+        path = self.config.data_dir / "db" / SYNC_DB
         async with open_database(path, MAILBOX_SYNC_MIGRATIONS) as db:
             self.state = MailboxSyncState(db)
             send, receive = trio.open_memory_channel[_BodyRequest](MAX_REQUESTS)
-            store = self.box.mailstore
+            store = self.mailstore
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._serve_requests, receive)
@@ -319,19 +328,19 @@ class MailboxReplicator:
         """Run one round for every local user; report it to `SyncStatus`."""
         report = RoundReport()
         try:
-            endpoint = parse_endpoint(self.box.config.central_imap, ("imap", "imaps"))
+            endpoint = parse_endpoint(self.config.central_imap, ("imap", "imaps"))
         except CentralError as exc:
             report.errors.append(f"central IMAP server not set: {exc}")
             self.status.failure(STREAM, report.errors[0])
             return report
-        keys = self.box.config.data_dir / "keys"
+        keys = self.config.data_dir / "keys"
         credentials = load_credentials(keys)
         if credentials is None:
             report.errors.append("no central credentials (box not enrolled)")
             self.status.failure(STREAM, report.errors[0])
             return report
         context = central_client_context(keys)
-        users = [u for u in await self.box.directory.users() if not u.remote and not u.disabled]
+        users = [u for u in await self.directory.users() if not u.remote and not u.disabled]
         # Two passes: every user's listing first, then bodies, so a large backlog of
         # attachments for one user does not delay new mail being listed for the others.
         reachable = await self._pass(endpoint, context, credentials, users, report,
@@ -339,7 +348,7 @@ class MailboxReplicator:
         if reachable and self.fetch_bodies:
             await self._pass(endpoint, context, credentials, users, report, self._fetch_bodies)
         for user in users:
-            report.bodies_pending += await self.box.mailstore.pending_count(user.address)
+            report.bodies_pending += await self.mailstore.pending_count(user.address)
         if report.ok:
             self.status.success(STREAM, **report.figures())
         else:
@@ -356,7 +365,7 @@ class MailboxReplicator:
         return False if the centre became unreachable (the pass stopped there)."""
         first = work == self._sync_user
         for user in users:
-            if not first and not await self.box.mailstore.pending_bodies(user.address, 1):
+            if not first and not await self.mailstore.pending_bodies(user.address, 1):
                 continue  # nothing to fetch: no connection
             try:
                 link = await ImapLink.connect(
@@ -388,7 +397,7 @@ class MailboxReplicator:
 
     async def _fetch_bodies(self, link: ImapLink, user: User, report: RoundReport) -> None:
         """Fetch *user*'s pending bodies: those readers asked for first, then newest first."""
-        store = self.box.mailstore
+        store = self.mailstore
         skipped: set[int] = set()
         for _ in range(1_000_000):  # each pass stores or skips at least one body
             asked = []
@@ -452,12 +461,12 @@ class MailboxReplicator:
             await link.check(tag, "UID FETCH BODY", on_fetch)
             for remote_uid, content in sorted(bodies.items()):
                 message_id, mailbox_id, uid = remote[remote_uid]
-                await self.box.mailstore.fill_body(mailbox_id, uid, content)
+                await self.mailstore.fill_body(mailbox_id, uid, content)
                 stored.add(message_id)
             await link.run(conn.unselect() if "UNSELECT" in conn.capabilities else conn.noop())
         # A body filled by another path meanwhile (the same message elsewhere) counts.
         for item in items:
-            found = await self.box.mailstore.locate(item[0])
+            found = await self.mailstore.locate(item[0])
             if found is None or not found[4]:
                 stored.add(item[0])
         return stored
@@ -498,7 +507,7 @@ class MailboxReplicator:
                 request.done.set()
 
     async def _answer(self, request: _BodyRequest) -> None:
-        store = self.box.mailstore
+        store = self.mailstore
         by_owner: dict[str, list[tuple[int, int, str, int, int]]] = {}
         for message_id in request.message_ids:
             found = await store.locate(message_id)
@@ -508,15 +517,15 @@ class MailboxReplicator:
             by_owner.setdefault(owner, []).append((message_id, mailbox_id, name, uid, 0))
         if not by_owner:
             return
-        endpoint = parse_endpoint(self.box.config.central_imap, ("imap", "imaps"))
-        keys = self.box.config.data_dir / "keys"
+        endpoint = parse_endpoint(self.config.central_imap, ("imap", "imaps"))
+        keys = self.config.data_dir / "keys"
         credentials = load_credentials(keys)
         if credentials is None:
             raise CentralError("no central credentials (box not enrolled)")
         context = central_client_context(keys)
         timeout = min(self.timeout, REQUEST_TIMEOUT)
         for owner, items in by_owner.items():
-            user = await self.box.directory.user(owner)
+            user = await self.directory.user(owner)
             if user is None:
                 continue
             link = await ImapLink.connect(endpoint, context, io_timeout=timeout, watch=self.watch)
@@ -746,7 +755,7 @@ class _MailboxRound:
         assert replicator.state is not None
         self.r = replicator
         self.state = replicator.state
-        self.store = replicator.box.mailstore
+        self.store = replicator.mailstore
         self.link = link
         self.conn = link.conn
         self.user = user

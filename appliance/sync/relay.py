@@ -44,10 +44,17 @@ from typing import Any, TypeVar
 
 import trio
 
-from appliance.box import Box
+from appliance.config import Config
+from appliance.directory import Directory
 from appliance.mail import dsn, headers
 from appliance.mail.delivery import new_queue_id
-from appliance.mail.mailstore import LocalCopy, NewMessage, OutboundCopy, QuotaExceeded
+from appliance.mail.mailstore import (
+    LocalCopy,
+    Mailstore,
+    NewMessage,
+    OutboundCopy,
+    QuotaExceeded,
+)
 from appliance.mail.smtp import client as smtp
 from appliance.protection import dkim
 from appliance.security.keys import KeyMaterialError
@@ -535,16 +542,24 @@ class SettleBehind:
 
 
 class OutboundRelay:
-    """Send the outbound queue through the central relay; `serve` runs until cancelled."""
+    """Send the outbound queue through the central relay; `serve` runs until cancelled.
+
+    It is handed the parts of the box it uses: the settings (the relay's address, the
+    expiry), the host name it greets with, the directory (local domains and users, for
+    bounces) and the mail store (the queue).
+    """
 
     name = "outbound-relay"
 
     def __init__(
         self,
-        box: Box,
         status: SyncStatus,
         clock: Clock | None = None,
         *,
+        config: Config,
+        hostname: str,
+        directory: Directory,
+        mailstore: Mailstore,
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         rng: random.Random | None = None,
@@ -552,7 +567,10 @@ class OutboundRelay:
         sessions: int = SESSIONS,
         watch: LinkWatch | None = None,
     ) -> None:
-        self.box = box
+        self.config = config
+        self.hostname = hostname
+        self.directory = directory
+        self.mailstore = mailstore
         self.sync_status = status
         self.clock = clock or SystemClock()
         self.retry = retry or RetryPolicy()
@@ -577,7 +595,7 @@ class OutboundRelay:
 
     @property
     def keys_dir(self) -> Any:
-        return self.box.config.data_dir / "keys"
+        return self.config.data_dir / "keys"
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -608,7 +626,7 @@ class OutboundRelay:
         """Return the queue by urgency, its oldest message, and the link as last seen."""
         queued: dict[int, int] = {}
         oldest: int | None = None
-        for urgency, _sender, count, created in await self.box.mailstore.outbound_groups():
+        for urgency, _sender, count, created in await self.mailstore.outbound_groups():
             queued[urgency] = queued.get(urgency, 0) + count
             oldest = created if oldest is None else min(oldest, created)
         retry_at = self._link_retry_at if self._link_retry_at > self.clock.now() else None
@@ -628,16 +646,16 @@ class OutboundRelay:
         await self._expire(now)
         if now < self._link_retry_at:
             return min(self._link_retry_at - now, self.retry.link_cap)
-        rows = await self.box.mailstore.outbound_due(int(now), self.batch)
+        rows = await self.mailstore.outbound_due(int(now), self.batch)
         if not rows:
-            upcoming = await self.box.mailstore.outbound_next_attempt()
+            upcoming = await self.mailstore.outbound_next_attempt()
             wait = self.retry.poll if upcoming is None else upcoming - now
             return max(0.0, min(self.retry.poll, wait))
         try:
-            endpoint = parse_endpoint(self.box.config.central_smtp, ("smtp", "smtps"))
+            endpoint = parse_endpoint(self.config.central_smtp, ("smtp", "smtps"))
         except CentralError as exc:
             reason = (
-                "no central SMTP relay configured" if not self.box.config.central_smtp else str(exc)
+                "no central SMTP relay configured" if not self.config.central_smtp else str(exc)
             )
             self._link_down(reason, now, quiet=reason == self._last_error)
             return self._link_retry_at - now
@@ -654,7 +672,7 @@ class OutboundRelay:
         self._link_failures = 0
         self._link = "up"
         self._last_error = None
-        queued = await self.box.mailstore.outbound_length()
+        queued = await self.mailstore.outbound_length()
         self.sync_status.success(STREAM, queued=queued, **counts)
         return 0.0  # look again at once: more may be due, or arrived meanwhile
 
@@ -674,7 +692,7 @@ class OutboundRelay:
 
         async def open_session() -> RelaySession:
             return await RelaySession.open(
-                endpoint, context, self.box.hostname, credentials, self.timeouts, self.watch
+                endpoint, context, self.hostname, credentials, self.timeouts, self.watch
             )
 
         sessions = [await open_session()]
@@ -745,7 +763,7 @@ class OutboundRelay:
         counts: dict[str, int],
         behind: SettleBehind,
     ) -> None:
-        blobs = self.box.mailstore.blobs
+        blobs = self.mailstore.blobs
         blob_id = message.first.blob_id
 
         def load(limit: int | None) -> bytes | None:
@@ -783,7 +801,7 @@ class OutboundRelay:
         Mail whose author is not of an agency this box serves goes as it came.
         """
         domain = dkim.author_domain(content)
-        if domain is None or await self.box.directory.agency(domain) is None:
+        if domain is None or await self.directory.agency(domain) is None:
             return content
         keyring = dkim.DkimKeyring(self.keys_dir)
         today = datetime.now(UTC).date()
@@ -842,7 +860,7 @@ class OutboundRelay:
             if reply.permanent
         ]
         # Deleted right after the 250: a restart from here on resends nothing accepted.
-        await self.box.mailstore.outbound_settle(done=done, deferred=deferred)
+        await self.mailstore.outbound_settle(done=done, deferred=deferred)
         first = message.first
         if done:
             log.info("relayed id=%s from=<%s> rcpts=%d", first.queue_id, first.sender, len(done))
@@ -857,16 +875,16 @@ class OutboundRelay:
     # -- expiry and bounces ------------------------------------------------------------
 
     async def _expire(self, now: float) -> None:
-        days = self.box.config.outbound_expiry_days
+        days = self.config.outbound_expiry_days
         cutoff = int(now - days * 86400)
         for _ in range(1000):  # bounded: each pass removes the rows it read
-            rows = await self.box.mailstore.outbound_expired(cutoff, self.batch)
+            rows = await self.mailstore.outbound_expired(cutoff, self.batch)
             if not rows:
                 return
             for message in group_messages(rows):
                 try:
                     content = await trio.to_thread.run_sync(
-                        self.box.mailstore.blobs.get, message.first.blob_id
+                        self.mailstore.blobs.get, message.first.blob_id
                     )
                 except (BlobMissing, BlobCorrupt):
                     content = b""
@@ -900,17 +918,17 @@ class OutboundRelay:
         ]  # fmt: skip
         if not first.sender or not noticed:
             # RFC 5321 §4.5.5: never a bounce for a bounce; RFC 3461 §4.1: NOTIFY.
-            await self.box.mailstore.outbound_settle(done=ids)
+            await self.mailstore.outbound_settle(done=ids)
             return
         local, outbound = await self._bounce_route(first.sender)
         if not local and not outbound:
             log.warning(
                 "bounce for id=%s dropped: sender <%s> is gone", first.queue_id, first.sender
             )
-            await self.box.mailstore.outbound_settle(done=ids)
+            await self.mailstore.outbound_settle(done=ids)
             return
         report = dsn.build_bounce(
-            reporting_mta=self.box.hostname,
+            reporting_mta=self.hostname,
             sender=first.sender,
             recipients=noticed,
             original=content,
@@ -920,7 +938,7 @@ class OutboundRelay:
             envid=first.envid,
             expired_after_days=expired_after_days,
         )
-        blobs = self.box.mailstore.blobs
+        blobs = self.mailstore.blobs
         blob_id = await trio.to_thread.run_sync(blobs.put, report)
         message_id = headers.message_id(headers.parse_headers(report))
         new = NewMessage(
@@ -935,7 +953,7 @@ class OutboundRelay:
             internal_date=int(self.clock.now()),
         )
         try:
-            await self.box.mailstore.outbound_settle(
+            await self.mailstore.outbound_settle(
                 done=ids, report=new, report_local=local, report_outbound=outbound,
                 report_content=report,
             )  # fmt: skip
@@ -943,16 +961,16 @@ class OutboundRelay:
             log.warning(
                 "bounce for id=%s dropped: <%s> is over quota", first.queue_id, first.sender
             )
-            await self.box.mailstore.outbound_settle(done=ids)
-            await self.box.mailstore.release_blobs([blob_id])
+            await self.mailstore.outbound_settle(done=ids)
+            await self.mailstore.release_blobs([blob_id])
             return
         log.info("bounced id=%s to <%s>: %d recipients", first.queue_id, first.sender, len(ids))
 
     async def _bounce_route(self, sender: str) -> tuple[list[LocalCopy], list[OutboundCopy]]:
         """Where the bounce for *sender* goes: their mailbox here, or out through the queue."""
         domain = sender.rpartition("@")[2].lower()
-        if domain in await self.box.directory.local_domains():
-            user = await self.box.directory.user(sender)
+        if domain in await self.directory.local_domains():
+            user = await self.directory.user(sender)
             if user is None:
                 return [], []
             return [LocalCopy(owner=user.address, quota_bytes=user.quota_bytes)], []

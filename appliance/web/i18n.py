@@ -132,6 +132,8 @@ SERVICE_LABELS: Final[dict[str, tuple[str, str]]] = {
     "ca": ("ผู้ออกใบรับรองของเครื่อง (CA)", "The box's certificate authority (CA)"),
     "sync-certificate": ("ใบรับรองสำหรับซิงก์กับส่วนกลาง", "The certificate for sync with the centre"),
     "backup": ("การสำรองข้อมูล", "Backups"),
+    "update": ("การปรับปรุงซอฟต์แวร์", "Software updates"),
+    "update-report": ("การแจ้งผลการปรับปรุงซอฟต์แวร์ไปยังศูนย์", "Reporting updates to the hub"),
     "certificates": ("ใบรับรองความปลอดภัย", "Security certificates"),
     "discovery": ("การประกาศเครื่องบนเครือข่ายภายใน (mDNS)", "Announcing the box on the LAN (mDNS)"),
     "panel": ("หน้าจอและไฟสถานะหน้าเครื่อง", "The front panel"),

@@ -37,8 +37,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 
-from appliance.box import Box
-from appliance.directory import DirectoryError, User, normalise_address
+from appliance.directory import Directory, DirectoryError, User, normalise_address
 from appliance.directory.preferences import (
     FONT_SIZES,
     LANGUAGES,
@@ -47,6 +46,7 @@ from appliance.directory.preferences import (
     PreferenceStore,
 )
 from appliance.directory.sessions import BROWSER_TTL, Sessions
+from appliance.identity import Identity
 from appliance.web import i18n
 from appliance.web.csrf import CSRF_FIELD, csrf_token_for
 from appliance.web.routes import ApiError, Language, Request, Response, Route
@@ -96,12 +96,28 @@ def safe_next(target: str | None) -> str:
 
 
 class PageKit:
-    """Renders templates with the shared context; one per HTTPS service."""
+    """Renders templates with the shared context; one per HTTPS service.
 
-    def __init__(self, box: Box, sessions: Sessions, templates: Path = TEMPLATES) -> None:
-        self.box = box
+    It is handed what every page shows: the directory (who is signed in, whether they
+    administer anything, the agency's names), the sessions, the users' preferences,
+    whose box this is and its host name.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Directory,
+        sessions: Sessions,
+        preferences: PreferenceStore,
+        identity: Identity,
+        hostname: str,
+        templates: Path = TEMPLATES,
+    ) -> None:
+        self.directory = directory
         self.sessions = sessions
-        self.preferences = PreferenceStore(box.directory_db)
+        self.preferences = preferences
+        self.identity = identity
+        self.hostname = hostname
         self.static_files = load_static()
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(templates),
@@ -130,7 +146,7 @@ class PageKit:
         user = request.user
         prefs = await self.preferences.get(user.address) if user else Preferences()
         lang: Language = prefs.language if user else await self.language(request)
-        scope = await self.box.directory.admin_scope(user.address) if user else frozenset()
+        scope = await self.directory.admin_scope(user.address) if user else frozenset()
         return {
             "user": user,
             "lang": lang,
@@ -213,15 +229,15 @@ class CommonPages:
         **values: Any,
     ) -> Response:
         """The sign-in form, saying whose box this is: agency, domain and server name."""
-        domain = self.kit.box.identity.domain
-        agency = await self.kit.box.directory.agency(domain)
+        domain = self.kit.identity.domain
+        agency = await self.kit.directory.agency(domain)
         lang = await self.kit.language(request)
         names = (agency.name_th, agency.name_en) if agency else (None, None)
         chosen = names[1] if lang == "en" else names[0]
-        name = chosen or names[0] or names[1] or self.kit.box.identity.agency_name or domain
+        name = chosen or names[0] or names[1] or self.kit.identity.agency_name or domain
         return await self.kit.render(
             request, "signin.html", status=status, headers=headers, agency_name=name,
-            agency_domain=domain, box_name=self.kit.box.hostname, **values,
+            agency_domain=domain, box_name=self.kit.hostname, **values,
         )  # fmt: skip
 
     async def sign_in(self, request: Request) -> Response:

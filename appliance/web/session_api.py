@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from appliance.box import Box
-from appliance.compliance.traffic_log import TrafficRecord
+from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
 from appliance.directory import User
 from appliance.directory.sessions import APP_TTL, BROWSER_TTL, Sessions
 from appliance.directory.signin import Refused, SignIn
@@ -125,12 +125,23 @@ def _locked(refused: Refused) -> ApiError:
 
 
 class SessionApi:
-    """The handlers of ``/api/v1/session``; `routes` lists them."""
+    """The handlers of ``/api/v1/session``; `routes` lists them.
 
-    def __init__(self, box: Box, sessions: Sessions, signin: SignIn | None = None) -> None:
-        self.box = box
+    *on_sign_in* runs after each sign-in (the chat adds staff new to the agency or a
+    unit to its broadcasts): the web layer calls the capability without knowing it.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        signin: SignIn,
+        traffic: TrafficLog,
+        on_sign_in: Callable[[User], Awaitable[object]] | None = None,
+    ) -> None:
         self.sessions = sessions
-        self.signin = signin if signin is not None else box.signin
+        self.signin = signin
+        self.traffic = traffic
+        self.on_sign_in = on_sign_in
 
     def routes(self) -> list[Route]:
         return [
@@ -189,8 +200,9 @@ class SessionApi:
             user, client_ip=client_ip, user_agent=user_agent, ttl=ttl
         )
         log.info("sign-in ok user=%s ip=%s", user.address, client_ip)
-        # Staff new to the agency (or to a unit) start receiving its broadcasts.
-        await self.box.chat.join_audiences(user)
+        if self.on_sign_in is not None:
+            # E.g. staff new to the agency (or to a unit) start receiving its broadcasts.
+            await self.on_sign_in(user)
         return token, expires_at, user
 
     async def sign_in(self, request: Request) -> Response:
@@ -237,12 +249,17 @@ class SessionApi:
                 user=user[:320],
                 result=result,
             )
-            await self.box.traffic.append(record)
+            await self.traffic.append(record)
         except Exception:
             # A full log disk must not lock everybody out; the operator sees it here.
             log.exception("traffic log write failed")
 
 
-def session_routes(box: Box, sessions: Sessions, signin: SignIn | None = None) -> list[Route]:
+def session_routes(
+    sessions: Sessions,
+    signin: SignIn,
+    traffic: TrafficLog,
+    on_sign_in: Callable[[User], Awaitable[object]] | None = None,
+) -> list[Route]:
     """Return the three ``/api/v1/session`` routes (sign in, who am I, sign out)."""
-    return SessionApi(box, sessions, signin).routes()
+    return SessionApi(sessions, signin, traffic, on_sign_in).routes()

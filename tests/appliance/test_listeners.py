@@ -30,11 +30,10 @@ import trio.testing
 
 from appliance.box import Box
 from appliance.config import Config, load_config
-from appliance.mail.imap.server import IMAPService
 from appliance.mail.imap.session import ImapSession
 from appliance.mail.smtp.policy import Port, SMTPPolicy
-from appliance.mail.smtp.server import SMTPService
 from appliance.net.listeners import ConnectionGate
+from appliance.registry import imap_service, smtp_service
 from appliance.security.tls import client_ssl_context
 from tests.appliance.conftest import BoxFactory, Person
 from tests.harness import free_port_offset
@@ -80,7 +79,7 @@ async def test_imap_fault_ends_only_that_session(
         await original(self, cmd)
 
     monkeypatch.setattr(ImapSession, "_on_noop", faulty_noop)
-    service = IMAPService(box, "imaps")
+    service = imap_service(box, "imaps")
     await nursery.start(service.serve)
     port = box.config.port("imaps")
     context = tls_context(box)
@@ -143,7 +142,7 @@ async def test_smtp_fault_ends_only_that_session(
         return await original(self, event, *args, **kwargs)
 
     monkeypatch.setattr(SMTPPolicy, "check_sender", faulty_sender)
-    service = SMTPService(box, Port.MX)
+    service = smtp_service(box, Port.MX)
     await nursery.start(service.serve)
     port = box.config.port(service.name)
 

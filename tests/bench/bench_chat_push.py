@@ -81,7 +81,7 @@ async def run(messages: int, profile: Path | None) -> dict[str, Any]:
             text_bytes = await post_plan(a, layout, posts, tasks=32)
             print(f"posted {messages} in {time.monotonic() - started:.0f} s", flush=True)
 
-            route = ChatHub(hub).push
+            route = ChatHub(hub.chat, hub.directory).push
             peer = Peer(a.identity.box_id, "a.go.th")
             figures = {"json_req": 0, "gzip_req": 0, "json_ans": 0, "gzip_ans": 0}
             hub_time = {"cpu": 0.0, "wall": 0.0, "writer": 0.0}
@@ -123,7 +123,9 @@ async def run(messages: int, profile: Path | None) -> dict[str, Any]:
                 return json.loads(out)
 
             clock = ManualClock()
-            replicator = ChatReplicator(a, link, SyncStatus(root / "a", clock), clock, batch=BATCH)
+            replicator = ChatReplicator(
+                a.chat, a.identity.domain, link, SyncStatus(root / "a", clock), clock, batch=BATCH
+            )
             events, done = await replicator.push()
             assert done
             if profiler and profile:

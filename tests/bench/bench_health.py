@@ -53,7 +53,7 @@ async def _rounds(data: Path, rounds: int) -> dict[str, Any]:
     await init_box(data, "bench.go.th")
     config: Config = load_config(data)
     async with open_box(config) as box:
-        monitor = HealthMonitor(box, PsutilReadings())
+        monitor = HealthMonitor(box.config, box.mailstore.outbound_groups, PsutilReadings())
         box.metrics.attach(SnapshotCollector(monitor.latest, streams=box.chat.fanout.stream_count))
         await monitor.check_now()  # warm up: imports, first psutil reads
         box.metrics.render()

@@ -28,8 +28,8 @@ from appliance.box import Box, add_user, init_box, open_box
 from appliance.config import load_config
 from appliance.mail.headers import parse_headers
 from appliance.mail.smtp.policy import Port
-from appliance.mail.smtp.server import SMTPService
 from appliance.protection.dkim import DkimKeyring
+from appliance.registry import smtp_service
 from appliance.sync.central import CENTRAL_CA_FILE
 from appliance.sync.clock import SystemClock
 from appliance.sync.relay import OutboundRelay, RetryPolicy, Timeouts
@@ -121,16 +121,19 @@ async def test_signed_by_a_verified_by_b_through_postfix(
         keyring.ensure("a.go.th", datetime.now(UTC).date())
         records.update({r.name: r.value for r in keyring.records("a.go.th")})
         relay = OutboundRelay(
-            box,
             SyncStatus(data),
             SystemClock(),
+            config=box.config,
+            hostname=box.hostname,
+            directory=box.directory,
+            mailstore=box.mailstore,
             retry=RetryPolicy(poll=0.2, link_first=0.5, link_cap=2.0),
             timeouts=Timeouts(connect=5, greeting=10, command=10, data_start=10,
                               data_block=10, data_end=30),
         )  # fmt: skip
         port = config.port("smtp-submission")
         async with trio.open_nursery() as nursery:
-            await nursery.start(SMTPService(box, Port.SUBMISSION).serve)
+            await nursery.start(smtp_service(box, Port.SUBMISSION).serve)
             await nursery.start(relay.serve)
             await trio.to_thread.run_sync(submit, port, data / "keys" / "ca.pem")
             await wait_for(_queue_empty(box), "A's queue to drain")

@@ -27,7 +27,7 @@ import trio
 from appliance.box import Box, add_user, init_box, open_box
 from appliance.config import load_config
 from appliance.mail.smtp.policy import Port
-from appliance.mail.smtp.server import SMTPService
+from appliance.registry import smtp_service
 from appliance.sync.central import CENTRAL_CA_FILE
 from appliance.sync.clock import SystemClock
 from appliance.sync.relay import OutboundRelay, RetryPolicy, Timeouts
@@ -99,9 +99,12 @@ async def test_mail_reaches_box_b_once_and_urgent_leaves_first_after_an_outage(
         await add_user(box, SENDER, PASSWORD, name_th="สมชาย")
         shutil.copy(postfix.cert_path, data / "keys" / CENTRAL_CA_FILE)
         relay = OutboundRelay(
-            box,
             SyncStatus(data),
             SystemClock(),
+            config=box.config,
+            hostname=box.hostname,
+            directory=box.directory,
+            mailstore=box.mailstore,
             retry=RetryPolicy(poll=0.2, link_first=0.5, link_cap=2.0),
             timeouts=Timeouts(connect=5, greeting=10, command=10, data_start=10,
                               data_block=10, data_end=30),
@@ -109,7 +112,7 @@ async def test_mail_reaches_box_b_once_and_urgent_leaves_first_after_an_outage(
         port = config.port("smtp-submission")
         ca = data / "keys" / "ca.pem"
         async with trio.open_nursery() as nursery:
-            await nursery.start(SMTPService(box, Port.SUBMISSION).serve)
+            await nursery.start(smtp_service(box, Port.SUBMISSION).serve)
             await nursery.start(relay.serve)
 
             # 1. The link is up: a message goes through at once.

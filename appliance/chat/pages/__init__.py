@@ -28,7 +28,7 @@ What this is not: the chat rules (`appliance.chat.rules`), the API
 
 from __future__ import annotations
 
-from appliance.box import Box
+from appliance.chat import Chat
 from appliance.chat.pages.forms import bangkok_time, parse_addresses
 from appliance.chat.pages.new_room import NewRoomPage
 from appliance.chat.pages.room import RoomPage
@@ -37,6 +37,7 @@ from appliance.chat.pages.room_list import RoomListPage
 from appliance.chat.pages.search import SearchPage
 from appliance.chat.pages.text import highlight, link_segments
 from appliance.chat.pages.words import PRESETS
+from appliance.directory import Directory
 from appliance.web.pages import PageKit
 from appliance.web.routes import Route
 
@@ -50,9 +51,8 @@ __all__ = [
 ]
 
 
-def chat_page_routes(box: Box, kit: PageKit) -> list[Route]:
-    """Return the chat pages of *box* (room list, room, new room, search, forms)."""
-    chat, directory = box.chat, box.directory
+def chat_page_routes(chat: Chat, directory: Directory, kit: PageKit) -> list[Route]:
+    """Return the chat pages (room list, room, new room, search, forms)."""
     room = RoomPage(chat, directory, kit)
     return [
         *RoomListPage(chat, directory, kit).routes(),

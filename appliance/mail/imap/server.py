@@ -9,15 +9,19 @@ TLS, RFC 3501 §6.2.3 LOGINDISABLED) or "imaps" (implicit TLS, RFC 8314).
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import cast
 
 import trio
 
-from appliance.box import Box
-from appliance.directory import User
-from appliance.directory.signin import Refused
+from appliance.config import Config
+from appliance.directory import Directory, User
+from appliance.directory.signin import Refused, SignIn
+from appliance.health.disk_guard import DiskGuard
+from appliance.health.metrics import BoxMetrics
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.session import ImapSession
+from appliance.mail.mailstore import Mailstore
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 
 log = logging.getLogger("edgebox.imap")
@@ -30,29 +34,53 @@ RECEIVE_SIZE = 64 * 1024
 
 
 class IMAPService:
-    def __init__(self, box: Box, name: str) -> None:
+    """One IMAP listener; `serve` is started by the supervisor.
+
+    It is handed the parts of the box it uses (appliance.registry composes them): the
+    settings, the TLS context, the sign-in check, the mail store, the directory (whom
+    a delegate may act for), the disk guard and the metrics.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: Config,
+        tls: ssl.SSLContext,
+        signin: SignIn,
+        mailstore: Mailstore,
+        directory: Directory,
+        disk_guard: DiskGuard,
+        metrics: BoxMetrics,
+    ) -> None:
         if name not in ("imap", "imaps"):
             raise ValueError(f"unknown IMAP listener {name!r}")
-        self.box = box
         self.name = name
+        self.config = config
+        self.tls = tls
+        self.signin = signin
+        self.mailstore = mailstore
+        self.directory = directory
+        self.disk_guard = disk_guard
+        self.metrics = metrics
         self.gate = ConnectionGate(
-            box.config.max_connections,
+            config.max_connections,
             b"* BYE too many connections, try again later\r\n",
-            box.tls if name == "imaps" else None,
+            tls if name == "imaps" else None,
             service=name,
-            per_source=box.config.max_connections_per_source,
+            per_source=config.max_connections_per_source,
         )
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await serve_tcp(self.name, self.box.config, self.handle, task_status)
+        await serve_tcp(self.name, self.config, self.handle, task_status)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
         client_ip = peer_ip(stream) or "unknown"
         # Counted from admission: a refused client holds its place for a moment only.
-        sessions = self.box.metrics.imap_sessions.labels(self.name)
+        sessions = self.metrics.imap_sessions.labels(self.name)
         sessions.inc()
         try:
             await self.gate.admit(stream, lambda s: Connection(self, s, client_ip))
@@ -68,27 +96,26 @@ class Connection:
         self.stream = stream
         self.send_lock = trio.Lock()
         self.conn = imap.ServerConnection(imap.ImapConfig(), tls_active=service.name == "imaps")
-        box = service.box
 
         async def authenticate(user: str, password: str) -> User | Refused | None:
-            return await box.signin.check(service.name, user, password, client_ip)
+            return await service.signin.check(service.name, user, password, client_ip)
 
         self.session = ImapSession(
             conn=self.conn,
-            mailstore=box.mailstore,
+            mailstore=service.mailstore,
             authenticate=authenticate,
-            act_as=box.directory.act_as,
+            act_as=service.directory.act_as,
             flush=self.flush,
             client_ip=client_ip,
-            max_auth_failures=box.config.auth_failures_per_connection,
+            max_auth_failures=service.config.auth_failures_per_connection,
             room_for=self._room_for,
         )
 
     def _room_for(self, size: int) -> bool:
-        box = self.service.box
-        if box.disk_guard.room_for(size):
+        service = self.service
+        if service.disk_guard.room_for(size):
             return True
-        box.metrics.storage_refusals.labels(self.service.name).inc()
+        service.metrics.storage_refusals.labels(self.service.name).inc()
         return False
 
     async def flush(self) -> None:
@@ -107,7 +134,7 @@ class Connection:
                 return cast(imap.Event, event)
             await self.flush()
             data: bytes | bytearray = b""
-            idle = self.service.box.config.preauth_idle_timeout
+            idle = self.service.config.preauth_idle_timeout
             with trio.move_on_after(AUTOLOGOUT if self.session.user else idle) as timer:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             if timer.cancelled_caught:
@@ -141,13 +168,13 @@ class Connection:
             if isinstance(event, imap.StartTls):
                 self.conn.tagged(event.tag, "OK", "begin TLS negotiation now")
                 await self.flush()
-                self.stream = await start_tls(self.stream, self.service.box.tls)
+                self.stream = await start_tls(self.stream, self.service.tls)
                 self.conn.tls_started()
                 continue
             if isinstance(event, imap.Idle):
                 await self._idle(event)
                 continue
-            self.service.box.metrics.imap_commands.labels(type(event).__name__.upper()).inc()
+            self.service.metrics.imap_commands.labels(type(event).__name__.upper()).inc()
             await self.session.handle(event)
             if isinstance(event, imap.Logout):
                 await self.flush()

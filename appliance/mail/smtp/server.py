@@ -8,17 +8,19 @@ delivery. One `SMTPService` serves one port (MX, submission or submissions).
 from __future__ import annotations
 
 import logging
+import ssl
 from datetime import UTC, datetime
 
 import trio
 
-from appliance.box import Box
-from appliance.compliance.traffic_log import TrafficRecord
-from appliance.directory import normalise_address
-from appliance.directory.signin import Refused
-from appliance.health.disk_guard import is_disk_full
-from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
-from appliance.mail.mailstore import QuotaExceeded
+from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
+from appliance.config import Config
+from appliance.directory import Directory, normalise_address
+from appliance.directory.signin import Refused, SignIn
+from appliance.health.disk_guard import DiskGuard, is_disk_full
+from appliance.health.metrics import BoxMetrics
+from appliance.mail.delivery import Delivery, Envelope, Recipient, Trace, with_protocol
+from appliance.mail.mailstore import Mailstore, QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
 from appliance.mail.smtp.policy import (
     AUTHZ_DENIED,
@@ -54,27 +56,53 @@ RECEIVE_SIZE = 64 * 1024
 
 
 class SMTPService:
-    """One SMTP listener; `serve` is started by the supervisor."""
+    """One SMTP listener; `serve` is started by the supervisor.
 
-    def __init__(self, box: Box, port: Port) -> None:
-        self.box = box
+    It is handed the parts of the box it uses (appliance.registry composes them): the
+    settings, the host name it greets with, the TLS context, the directory and the
+    mail store (the policy's lookups), delivery, the sign-in check, the traffic log,
+    the disk guard and the metrics.
+    """
+
+    def __init__(
+        self,
+        port: Port,
+        *,
+        config: Config,
+        hostname: str,
+        tls: ssl.SSLContext,
+        directory: Directory,
+        mailstore: Mailstore,
+        delivery: Delivery,
+        signin: SignIn,
+        traffic: TrafficLog,
+        disk_guard: DiskGuard,
+        metrics: BoxMetrics,
+    ) -> None:
         self.port = port
+        self.config = config
+        self.hostname = hostname
+        self.tls = tls
+        self.delivery = delivery
+        self.signin = signin
+        self.traffic = traffic
+        self.disk_guard = disk_guard
+        self.metrics = metrics
         self.name = f"smtp-{port.value}"
         self.policy = SMTPPolicy(
-            port, box.directory, box.mailstore, parse_trusted_relays(box.config.mx_trusted_relays)
+            port, directory, mailstore, parse_trusted_relays(config.mx_trusted_relays)
         )
         self.gate = ConnectionGate(
-            box.config.max_connections,
+            config.max_connections,
             TOO_MANY_CONNECTIONS.encode(enhanced_codes=False),
-            box.tls if port is Port.SUBMISSIONS else None,
+            tls if port is Port.SUBMISSIONS else None,
             service=self.name,
-            per_source=box.config.max_connections_per_source,
+            per_source=config.max_connections_per_source,
         )
         #: The TXT look-up that DKIM verification on the MX uses; tests put a dict's here.
         self.dkim_dns: dkim.DnsFunc = dkim.system_dnsfunc
-        config = box.config
         self.session_config = smtp.SessionConfig(
-            hostname=box.hostname,
+            hostname=hostname,
             max_message_size=config.max_message_size,
             max_recipients=config.max_recipients,
             starttls_available=port is not Port.SUBMISSIONS,
@@ -86,7 +114,7 @@ class SMTPService:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await serve_tcp(self.name, self.box.config, self.handle, task_status)
+        await serve_tcp(self.name, self.config, self.handle, task_status)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
@@ -108,7 +136,7 @@ class SMTPSession:
         self.auth_failures = 0
 
     def _idle_timeout(self) -> float:
-        config = self.service.box.config
+        config = self.service.config
         if self.service.port.submission and self.conn.authenticated_as is None:
             # Only a password is awaited; a silent client just holds a slot. The MX
             # port keeps RFC 5321 §4.5.3.2's 5 minutes: it has nobody to authenticate.
@@ -134,7 +162,7 @@ class SMTPSession:
                 return
             elif isinstance(event, smtp.StartTLS):
                 await self._flush()
-                self.stream = await start_tls(self.stream, self.service.box.tls)
+                self.stream = await start_tls(self.stream, self.service.tls)
                 conn.tls_started()
                 self.recipients = []
             elif isinstance(event, smtp.AuthAttempt):
@@ -153,7 +181,7 @@ class SMTPSession:
         await self._flush()
 
     async def _authenticate(self, event: smtp.AuthAttempt) -> None:
-        signin = self.service.box.signin
+        signin = self.service.signin
         try:
             user = await signin.check(
                 self.service.name, event.authcid, event.password, self.client_ip
@@ -170,7 +198,7 @@ class SMTPSession:
             # `SignIn` has logged who and from where (never the password).
             self.conn.reject(smtp.AUTH_FAILED)
             self.auth_failures += 1
-            limit = self.service.box.config.auth_failures_per_connection
+            limit = self.service.config.auth_failures_per_connection
             if self.auth_failures >= limit and self.conn.state is not smtp.State.CLOSED:
                 self.conn.close(TOO_MANY_AUTH_FAILURES)
             return
@@ -188,8 +216,8 @@ class SMTPSession:
         # reserve; RFC 1870 SIZE, when given, is counted against it too.
         size = event.params.get("SIZE")
         announced = int(size) if size and size.isdigit() else 0
-        if not self.service.box.disk_guard.room_for(announced):
-            self.service.box.metrics.storage_refusals.labels(self.service.name).inc()
+        if not self.service.disk_guard.room_for(announced):
+            self.service.metrics.storage_refusals.labels(self.service.name).inc()
             return STORAGE_FULL
         return await self.service.policy.check_sender(
             event, self.conn.authenticated_as, self.client_ip
@@ -222,9 +250,9 @@ class SMTPSession:
             await self._record_message(event, refusal)
             conn.reject(refusal)
             return
-        box = self.service.box
-        if not box.disk_guard.room_for(len(event.content)):
-            box.metrics.storage_refusals.labels(self.service.name).inc()
+        service = self.service
+        if not service.disk_guard.room_for(len(event.content)):
+            service.metrics.storage_refusals.labels(self.service.name).inc()
             await self._record_message(event, STORAGE_FULL)
             conn.reject(STORAGE_FULL)
             self.recipients = []
@@ -235,10 +263,10 @@ class SMTPSession:
             # Only a signed message needs the DNS (and so a worker thread).
             if dkim.is_signed(content):
                 content = await trio.to_thread.run_sync(
-                    dkim.authenticate_inbound, content, box.hostname, self.service.dkim_dns
+                    dkim.authenticate_inbound, content, service.hostname, service.dkim_dns
                 )
             else:
-                content = dkim.authenticate_inbound(content, box.hostname, self.service.dkim_dns)
+                content = dkim.authenticate_inbound(content, service.hostname, service.dkim_dns)
         envelope = Envelope(
             sender=event.reverse_path,
             recipients=tuple(self.recipients),
@@ -256,7 +284,7 @@ class SMTPSession:
             envid=event.mail_params.get("ENVID"),
         )
         try:
-            queue_id = await self.service.box.delivery.deliver(envelope, content)
+            queue_id = await self.service.delivery.deliver(envelope, content)
         except QuotaExceeded as exc:
             log.info("over quota owner=%s", exc.owner)
             await self._record_message(event, OVER_QUOTA)
@@ -289,7 +317,7 @@ class SMTPSession:
             **fields,  # type: ignore[arg-type]
         )
         try:
-            await self.service.box.traffic.append(record)
+            await self.service.traffic.append(record)
         except Exception:
             # A full log disk must not turn into lost mail; the operator sees it here
             # and in `edgebox status` (free disk).
@@ -299,7 +327,7 @@ class SMTPSession:
         self, event: smtp.MessageData, reply: smtp.Reply, queue_id: str | None = None
     ) -> None:
         result = "accepted" if reply.code < 400 else "deferred" if reply.code < 500 else "refused"
-        self.service.box.metrics.smtp_messages.labels(self.service.port.value, result).inc()
+        self.service.metrics.smtp_messages.labels(self.service.port.value, result).inc()
         await self._record(
             "accepted" if reply.code < 400 else "rejected",
             sender=event.reverse_path,

@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from appliance.box import Box
 from appliance.compliance.classification import Classification, Urgency
-from appliance.compliance.traffic_log import TrafficRecord
-from appliance.directory import User
-from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
+from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
+from appliance.directory import Directory, User
+from appliance.health.disk_guard import DiskGuard
+from appliance.mail.delivery import Delivery, Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailboxes import FlagMode, MailboxError, Mailboxes
-from appliance.mail.mailstore import QuotaExceeded, StoredMessage
+from appliance.mail.mailstore import Mailstore, QuotaExceeded, StoredMessage
 from appliance.mail.smtp import policy as smtp_policy
 from appliance.mail.smtp.policy import Port, SMTPPolicy
 from appliance.mail.smtp.protocol import RcptTo, Reply
@@ -99,9 +99,22 @@ URGENCIES: Final = (
 )
 
 
-def compose_routes(box: Box, kit: PageKit) -> list[Route]:
-    """The compose page's routes, for `appliance.web.api.web_routes`."""
-    return ComposePages(box, kit).routes()
+def compose_routes(
+    kit: PageKit,
+    *,
+    directory: Directory,
+    mailstore: Mailstore,
+    delivery: Delivery,
+    traffic: TrafficLog,
+    disk_guard: DiskGuard,
+    hostname: str,
+    max_recipients: int,
+) -> list[Route]:
+    """The compose page's routes, for the registry (`appliance.registry.web_routes`)."""
+    return ComposePages(
+        kit, directory=directory, mailstore=mailstore, delivery=delivery, traffic=traffic,
+        disk_guard=disk_guard, hostname=hostname, max_recipients=max_recipients,
+    ).routes()  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -155,11 +168,28 @@ def _not_found() -> ApiError:
 class ComposePages:
     """Handlers of GET and POST /mail/compose."""
 
-    def __init__(self, box: Box, kit: PageKit) -> None:
-        self.box = box
+    def __init__(
+        self,
+        kit: PageKit,
+        *,
+        directory: Directory,
+        mailstore: Mailstore,
+        delivery: Delivery,
+        traffic: TrafficLog,
+        disk_guard: DiskGuard,
+        hostname: str,
+        max_recipients: int,
+    ) -> None:
         self.kit = kit
-        self.mailboxes = Mailboxes(box.mailstore)
-        self.policy = SMTPPolicy(Port.SUBMISSION, box.directory, box.mailstore)
+        self.directory = directory
+        self.mailstore = mailstore
+        self.delivery = delivery
+        self.traffic = traffic
+        self.disk_guard = disk_guard
+        self.hostname = hostname
+        self.max_recipients = max_recipients
+        self.mailboxes = Mailboxes(mailstore)
+        self.policy = SMTPPolicy(Port.SUBMISSION, directory, mailstore)
 
     def routes(self) -> list[Route]:
         return [
@@ -215,7 +245,7 @@ class ComposePages:
         saved: bool = False,
         status: int = 200,
     ) -> Response:
-        people = await self.box.directory.users(user.agency_domain)
+        people = await self.directory.users(user.agency_domain)
         lang = await self.kit.language(request)
         return await self.kit.render(
             request,
@@ -274,7 +304,7 @@ class ComposePages:
                 form,
                 attachments,
                 require_recipients=action == "send",
-                max_recipients=self.box.config.max_recipients,
+                max_recipients=self.max_recipients,
             )
         except ComposeError as exc:
             return await self._again(post, exc.problems)
@@ -294,10 +324,10 @@ class ComposePages:
     async def _save_draft(self, post: _Post, composition: Composition) -> Response:
         user = post.user
         content = build_message(
-            composition, _author(user), message_id=new_message_id(self.box.hostname),
+            composition, _author(user), message_id=new_message_id(self.hostname),
             date=datetime.now(THAILAND), include_bcc=True,
         )  # fmt: skip
-        if not self.box.disk_guard.room_for(len(content)):
+        if not self.disk_guard.room_for(len(content)):
             return await self._again(post, [_disk_full_problem()], 507)
         try:
             uid = await self._append(user, "Drafts", "\\Drafts", content, ("\\Draft", "\\Seen"))
@@ -309,7 +339,7 @@ class ComposePages:
 
     async def _send(self, post: _Post, composition: Composition) -> Response:
         user, author = post.user, _author(post.user)
-        message_id = new_message_id(self.box.hostname)
+        message_id = new_message_id(self.hostname)
         now = datetime.now(THAILAND)
         delivered = build_message(composition, author, message_id=message_id, date=now,
                                   include_bcc=False)  # fmt: skip
@@ -332,11 +362,11 @@ class ComposePages:
             return await self._again(post, [_recipient_problem(a, r) for a, r in refusals])
         # The Sent copy is checked before sending: once delivered, a message cannot be
         # called back, and the user must not lose the record of it.
-        if await self.box.mailstore.usage(user.address) + len(own_copy) > user.quota_bytes:
+        if await self.mailstore.usage(user.address) + len(own_copy) > user.quota_bytes:
             return await self._again(post, [_own_quota_problem()], 507)
         # The disk guard's reserve (appliance.health.disk_guard), as SMTP's 452 4.3.1:
         # nothing is sent, the form comes back whole, and the user may try again later.
-        if not self.box.disk_guard.room_for(len(delivered) + len(own_copy)):
+        if not self.disk_guard.room_for(len(delivered) + len(own_copy)):
             return await self._again(post, [_disk_full_problem()], 507)
         envelope = Envelope(
             sender=user.address,
@@ -352,7 +382,7 @@ class ComposePages:
         )  # fmt: skip
         addresses = [r.address for r in recipients]
         try:
-            queue_id = await self.box.delivery.deliver(envelope, delivered)
+            queue_id = await self.delivery.deliver(envelope, delivered)
         except QuotaExceeded as exc:
             await self._record(post, "rejected", addresses, None, len(delivered), "552 5.2.2")
             return await self._again(post, [_full_problem(exc.owner)])
@@ -389,14 +419,14 @@ class ComposePages:
         if found is None:
             raise _not_found()
         _, stored = found
-        content = await self.box.mailstore.content(stored)
+        content = await self.mailstore.content(stored)
         return Ref(stored.mailbox, stored.uid), read_original(content)
 
     async def _append(
         self, user: User, name: str, special_use: str, content: bytes, flags: Sequence[str]
     ) -> int:
         """Append to one of the user's special mailboxes, making it if it is missing."""
-        await self.box.mailstore.create_mailboxes(user.address)
+        await self.mailstore.create_mailboxes(user.address)
         try:
             _, uid = await self.mailboxes.append(
                 user.address, name, content, quota_bytes=user.quota_bytes, flags=flags
@@ -444,7 +474,7 @@ class ComposePages:
             result=result,
         )
         try:
-            await self.box.traffic.append(record)
+            await self.traffic.append(record)
         except Exception:
             # As in SMTP: a full log disk must not turn into lost mail.
             log.exception("traffic log write failed")

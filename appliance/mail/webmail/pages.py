@@ -35,10 +35,9 @@ from urllib.parse import urlencode
 
 import trio
 
-from appliance.box import Box
 from appliance.mail.imap import mime
 from appliance.mail.mailboxes import FlagMode, MailboxError, Mailboxes, normalise_name
-from appliance.mail.mailstore import StoredMessage
+from appliance.mail.mailstore import Mailstore, StoredMessage
 from appliance.mail.webmail import reading, sanitise
 from appliance.mail.webmail.folders import (
     Folder,
@@ -63,9 +62,9 @@ SEARCH_FIELDS: Final = ("SUBJECT", "FROM", "TO", "BODY")
 _UID_LIMIT: Final = 2**32 - 1  # RFC 3501 §2.3.1.1: nz-number, 32 bits
 
 
-def mail_routes(box: Box, kit: PageKit) -> list[Route]:
+def mail_routes(mailstore: Mailstore, kit: PageKit) -> list[Route]:
     """Every reading page of the webmail (compose has its own routes)."""
-    return MailPages(box, kit).routes()
+    return MailPages(mailstore, kit).routes()
 
 
 def _not_found() -> ApiError:
@@ -119,12 +118,12 @@ def _paging(page: int, total: int, url: Callable[[int], str]) -> Paging:
 class MailPages:
     """The reading pages of one HTTPS service."""
 
-    def __init__(self, box: Box, kit: PageKit) -> None:
-        self.box = box
+    def __init__(self, mailstore: Mailstore, kit: PageKit) -> None:
+        self.mailstore = mailstore
         self.kit = kit
-        self.mailboxes = Mailboxes(box.mailstore)
+        self.mailboxes = Mailboxes(mailstore)
         self.unread = UnreadCounts(self.mailboxes)
-        self.summaries = Summaries(box.mailstore.blobs)
+        self.summaries = Summaries(mailstore.blobs)
 
     def routes(self) -> list[Route]:
         def page(method: Any, path: str, handler: Any, summary: str, **extra: Any) -> Route:
@@ -148,7 +147,7 @@ class MailPages:
         folders = await self.unread.folders(owner)
         if not folders:
             # A user who has never received mail has no mailboxes yet.
-            await self.box.mailstore.create_mailboxes(owner)
+            await self.mailstore.create_mailboxes(owner)
             folders = await self.unread.folders(owner)
         return folders
 
@@ -207,7 +206,7 @@ class MailPages:
         folders = await self._folders(request.user.address)
         folder = self._find(folders, request.query.get("folder") or "INBOX")
         query = " ".join(request.query.get("q", "").split())[:MAX_QUERY]
-        index = self.box.mailstore.search
+        index = self.mailstore.search
         found: set[int] = set()
         if query and index is not None:
             for field in SEARCH_FIELDS:
@@ -235,7 +234,7 @@ class MailPages:
         _, folder, stored = await self._located(request)
         # A body still on the central server is asked for (bounded wait); if the link
         # is down the page says so instead of failing.
-        content, pending = await self.box.mailstore.read_for_display(stored)
+        content, pending = await self.mailstore.read_for_display(stored)
         view = await trio.to_thread.run_sync(
             partial(reading.read_message, content, body_pending=pending)
         )
@@ -256,7 +255,7 @@ class MailPages:
 
     async def body(self, request: Request) -> Response:
         _, _, stored = await self._located(request)
-        content = await self.box.mailstore.content(stored)
+        content = await self.mailstore.content(stored)
         remote = request.query.get("images") == "1"
         document = await trio.to_thread.run_sync(_frame, content, remote)
         return Response(
@@ -271,7 +270,7 @@ class MailPages:
 
     async def part(self, request: Request) -> Response:
         _, _, stored = await self._located(request)
-        content = await self.box.mailstore.content(stored)
+        content = await self.mailstore.content(stored)
         number = request.params["part"]
         found = await trio.to_thread.run_sync(_download, content, number)
         if found is None:

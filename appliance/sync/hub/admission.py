@@ -30,8 +30,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from appliance.box import Box, add_user
-from appliance.directory import DirectoryError, normalise_domain
+from appliance.config import Config
+from appliance.directory import Directory, DirectoryError, normalise_domain
+from appliance.mail.accounts import create_account
+from appliance.mail.mailstore import Mailstore
 from appliance.provisioning.provisioning_ca import published
 from appliance.sync.clock import Clock
 from appliance.sync.hub.ca import (
@@ -60,14 +62,22 @@ def service_account(box_id: str, domain: str) -> str:
 
 
 async def admit_box(
-    hub: Box,
     enrolment: Enrolment,
     ca: SyncCA,
     clock: Clock,
     body: Any,
     host: str,
+    *,
+    config: Config,
+    hostname: str,
+    directory: Directory,
+    mailstore: Mailstore,
 ) -> dict[str, Any]:
-    """Enrol the box described by *body*; return the enrol answer or raise `HubError`."""
+    """Enrol the box described by *body*; return the enrol answer or raise `HubError`.
+
+    *config* and *hostname* say where the hub answers; the box's service account is
+    made in the hub's *directory*, with its mailboxes in *mailstore*.
+    """
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     token_text, box_id, domain, csr_pem = (
@@ -106,7 +116,7 @@ async def admit_box(
 
     username = service_account(box_id, agency)
     password = secrets.token_urlsafe(24)
-    await _ensure_service_account(hub, agency, username, password)
+    await _ensure_service_account(directory, mailstore, agency, username, password)
 
     now = dt.datetime.fromtimestamp(clock.now(), dt.UTC)
     cert = issue_box_certificate(ca, csr, box_id, now)
@@ -115,8 +125,7 @@ async def admit_box(
     except EnrolmentRefused as exc:
         raise HubError(403, exc.code, exc.message) from None
 
-    config = hub.config
-    host = url_host(host or hub.hostname)
+    host = url_host(host or hostname)
     return {
         "box_id": box_id,
         "domain": agency,
@@ -161,12 +170,14 @@ async def renew_box(
     }
 
 
-async def _ensure_service_account(hub: Box, agency: str, username: str, password: str) -> None:
-    directory = hub.directory
+async def _ensure_service_account(
+    directory: Directory, mailstore: Mailstore, agency: str, username: str, password: str
+) -> None:
     # The hub serves every enrolled agency as their central mail server.
     await directory.add_agency(agency)
     if await directory.user(username) is None:
-        await add_user(hub, username, password, name_th=f"sync {username.partition('@')[0]}")
+        name = f"sync {username.partition('@')[0]}"
+        await create_account(directory, mailstore, username, password, name_th=name)
     else:
         await directory.set_password(username, password)
         await directory.set_disabled(username, False)

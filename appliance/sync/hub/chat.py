@@ -41,11 +41,11 @@ import binascii
 from dataclasses import replace
 from typing import Any, Final
 
-from appliance.box import Box
+from appliance.chat import Chat
 from appliance.chat.errors import ChatError
 from appliance.chat.replication import EVENT_ID, ReplicatedEvent, parse_event
 from appliance.chat.store import MAX_UPLOAD, Authority
-from appliance.directory import User
+from appliance.directory import Directory, User
 from appliance.sync.hub.errors import HubError, bad_request
 from appliance.sync.transport import JSON, Peer, SyncRoute
 
@@ -78,10 +78,11 @@ def _body(body: JSON) -> dict[str, Any]:
 
 
 class ChatHub:
-    """The chat routes of one hub box."""
+    """The chat routes of one hub box, over its chat and its directory."""
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
+    def __init__(self, chat: Chat, directory: Directory) -> None:
+        self.chat = chat
+        self.directory = directory
 
     def routes(self) -> list[SyncRoute]:
         return [
@@ -112,7 +113,7 @@ class ChatHub:
                 items.append((event_id, exc))
         # The box's word on its agency's chat settings (public mode, who creates
         # broadcasts), which the room rules below need; see `record_agency_settings`.
-        await self.box.chat.record_agency_settings(peer.domain, _body(body).get("agency"))
+        await self.chat.record_agency_settings(peer.domain, _body(body).get("agency"))
         named = {a for item in items if not isinstance(item, tuple) for a in item.addresses()}
         # The rank rule of group rooms weighs everyone who stays in a room a membership
         # change touches, not only the people the event names.
@@ -122,13 +123,13 @@ class ChatHub:
             if not isinstance(item, tuple) and item.type in ("member.added", "member.removed")
         }
         if changed:
-            named |= await self.box.chat.members_of(changed)
+            named |= await self.chat.members_of(changed)
         names = sorted(named)
         users: dict[str, User | None] = {}
         for address in names:
-            users[address] = await self.box.directory.user(address)
+            users[address] = await self.directory.user(address)
         authority = Authority(peer.domain, users)
-        answers = await self.box.chat.accept_pushed(peer.box_id, authority, items)
+        answers = await self.chat.accept_pushed(peer.box_id, authority, items)
         return {"results": [a.to_json() for a in answers], "wire": WIRE_FORMAT}
 
     async def pull(self, peer: Peer, body: JSON) -> JSON:
@@ -137,9 +138,7 @@ class ChatHub:
         after = _count(request, "after", 0)
         limit = min(_count(request, "limit", MAX_PULL, low=1), MAX_PULL)
         compact = _compact(request)
-        events, cursor, more = await self.box.chat.hub_pull(
-            peer.domain, after, limit, compact=compact
-        )
+        events, cursor, more = await self.chat.hub_pull(peer.domain, after, limit, compact=compact)
         # The caller's own events are not sent back: it holds them, and their room
         # order came in the push answer. After a week's cut that halves what crosses
         # the line. The cursor still moves past them.
@@ -157,7 +156,7 @@ class ChatHub:
         after = _count(request, "after_order", 0)
         limit = min(_count(request, "limit", MAX_PULL, low=1), MAX_PULL)
         try:
-            events, more = await self.box.chat.room_history(
+            events, more = await self.chat.room_history(
                 peer.domain, room_id, before, after, limit, compact=_compact(request)
             )
         except ChatError as exc:
@@ -176,7 +175,7 @@ class ChatHub:
         except (binascii.Error, ValueError):
             raise bad_request("content is not base64") from None
         try:
-            await self.box.chat.attach_shared_file(message_id, data, poster_domain=peer.domain)
+            await self.chat.attach_shared_file(message_id, data, poster_domain=peer.domain)
         except ChatError as exc:
             raise HubError(exc.status, exc.code, exc.message_en) from None
         return {}
@@ -185,7 +184,7 @@ class ChatHub:
         """Return a file message's content to a box whose agency is in its room."""
         message_id = _message_id(_body(body))
         try:
-            data = await self.box.chat.shared_file(peer.domain, message_id)
+            data = await self.chat.shared_file(peer.domain, message_id)
         except ChatError as exc:
             raise HubError(exc.status, exc.code, exc.message_en) from None
         return {"content": base64.b64encode(data).decode("ascii")}
@@ -216,6 +215,6 @@ def _with_snapshot(event: ReplicatedEvent) -> ReplicatedEvent:
     return event
 
 
-def chat_hub_routes(box: Box) -> list[SyncRoute]:
-    """Return the chat routes the hub *box* serves (for `hub_sync_routes`)."""
-    return ChatHub(box).routes()
+def chat_hub_routes(chat: Chat, directory: Directory) -> list[SyncRoute]:
+    """Return the chat routes the hub serves (for `hub_sync_routes`)."""
+    return ChatHub(chat, directory).routes()

@@ -17,8 +17,8 @@ The wire form of an entry is `appliance.sync.directory.entry_to_json`.
 
 from __future__ import annotations
 
-from appliance.box import Box
-from appliance.directory import DirectoryError, normalise_address, normalise_domain
+from appliance.directory import Directory, DirectoryError, normalise_address, normalise_domain
+from appliance.mail.mailstore import Mailstore
 from appliance.sync.directory import (
     MAX_BATCH,
     PULL_PATH,
@@ -33,8 +33,9 @@ from appliance.sync.transport import JSON, Peer, SyncRoute
 class DirectoryRoutes:
     """Push and pull handlers over the hub's directory."""
 
-    def __init__(self, box: Box) -> None:
-        self.box = box
+    def __init__(self, directory: Directory, mailstore: Mailstore) -> None:
+        self.directory = directory
+        self.mailstore = mailstore
 
     async def push(self, peer: Peer, body: JSON) -> JSON:
         raw = body.get("entries")
@@ -53,13 +54,13 @@ class DirectoryRoutes:
             # A box speaks for its own agency only; nothing of the batch is stored.
             raise HubError(403, "foreign_agency", f"this box may push users of {peer.domain} only")
         try:
-            await self.box.directory.apply_entries(entries, remote=False)
+            await self.directory.apply_entries(entries, remote=False)
         except DirectoryError as exc:
             raise bad_request(str(exc), "bad_entry") from None
         for address in addresses:
             # Idempotent, and done for every entry (not just new ones): a hub that
             # stopped between the commit above and here makes them on the retry.
-            await self.box.mailstore.create_mailboxes(address)
+            await self.mailstore.create_mailboxes(address)
         return {"accepted": len(entries)}
 
     async def pull(self, peer: Peer, body: JSON) -> JSON:
@@ -67,7 +68,7 @@ class DirectoryRoutes:
         if not _count(after) or not _count(limit) or limit < 1:
             raise bad_request("after and limit must be whole numbers (limit >= 1)")
         limit = min(limit, MAX_BATCH)
-        entries = await self.box.directory.entries_after(after, limit, except_agency=peer.domain)
+        entries = await self.directory.entries_after(after, limit, except_agency=peer.domain)
         cursor = entries[-1].seq if entries else after
         return {
             "entries": [entry_to_json(e) for e in entries],
@@ -76,8 +77,9 @@ class DirectoryRoutes:
         }
 
 
-def directory_routes(box: Box) -> list[SyncRoute]:
-    routes = DirectoryRoutes(box)
+def directory_routes(directory: Directory, mailstore: Mailstore) -> list[SyncRoute]:
+    """Return the directory routes the hub serves (for `hub_sync_routes`)."""
+    routes = DirectoryRoutes(directory, mailstore)
     return [
         SyncRoute(PUSH_PATH, routes.push, max_body=4 * 1024 * 1024),
         SyncRoute(PULL_PATH, routes.pull, max_body=4096),

@@ -6,11 +6,12 @@ exactly this list (plus the enrolment routes, which belong to the server itself)
 
 from __future__ import annotations
 
-from appliance.box import Box
+from appliance.chat import Chat
+from appliance.directory import Directory
+from appliance.mail.mailstore import Mailstore
 from appliance.sync.hub.chat import chat_hub_routes
 from appliance.sync.hub.directory import directory_routes
 from appliance.sync.transport import JSON, Peer, SyncRoute
-from appliance.update.report import update_report_routes
 
 PING_PATH = "/sync/v1/ping"
 
@@ -21,10 +22,10 @@ async def _ping(peer: Peer, body: JSON) -> JSON:
     return {"box_id": peer.box_id, "domain": peer.domain}
 
 
-def hub_sync_routes(box: Box) -> list[SyncRoute]:
-    """Return every sync route the hub *box* serves."""
+def hub_sync_routes(chat: Chat, directory: Directory, mailstore: Mailstore) -> list[SyncRoute]:
+    """Return the sync streams' routes the hub serves, over its chat, directory and mail
+    store (other capabilities' hub routes are added by appliance.registry)."""
     routes = [SyncRoute(PING_PATH, _ping, max_body=4096)]
-    routes += directory_routes(box)
-    routes += chat_hub_routes(box)
-    routes += update_report_routes(box.config.data_dir)
+    routes += directory_routes(directory, mailstore)
+    routes += chat_hub_routes(chat, directory)
     return routes

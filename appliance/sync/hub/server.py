@@ -47,7 +47,9 @@ import h11
 import trio
 from cryptography import x509
 
-from appliance.box import Box
+from appliance.config import Config
+from appliance.directory import Directory
+from appliance.mail.mailstore import Mailstore
 from appliance.net.http1 import (
     BodyTooLarge,
     HTTPLimits,
@@ -101,21 +103,29 @@ class HubSyncService:
 
     def __init__(
         self,
-        box: Box,
         routes: Sequence[SyncRoute],
         *,
+        config: Config,
+        hostname: str,
+        directory: Directory,
+        mailstore: Mailstore,
         clock: Clock | None = None,
         limits: HubLimits | None = None,
     ) -> None:
-        self.box = box
+        # The hub's settings and name (TLS, the enrol answer), and where admission
+        # makes each box's service account.
+        self.config = config
+        self.hostname = hostname
+        self.directory = directory
+        self.mailstore = mailstore
         self.routes = {route.path: route for route in routes}
         if any(path in self.routes for path in _SERVER_PATHS):
             raise ValueError("the enrolment and renewal routes belong to the server")
         self.clock = clock or SystemClock()
         self.limits = limits or HubLimits()
-        keys_dir = box.config.data_dir / "keys"
+        keys_dir = config.data_dir / "keys"
         self.ca: SyncCA = ensure_sync_ca(keys_dir)
-        self.tls = _server_context(box, self.ca)
+        self.tls = _server_context(config, self.ca)
         # Over the limit a client is closed without a word: the refusal would be
         # written before TLS.
         self.gate = ConnectionGate(
@@ -130,7 +140,7 @@ class HubSyncService:
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[HubSyncService]:
         """Open the hub database for the block (tests drive `handle` directly)."""
-        async with open_hub_database(self.box.config.data_dir) as db:
+        async with open_hub_database(self.config.data_dir) as db:
             self.enrolment = Enrolment(db, self.clock)
             try:
                 yield self
@@ -141,7 +151,7 @@ class HubSyncService:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with self.opened():
-            await serve_tcp(self.name, self.box.config, self.handle, task_status)
+            await serve_tcp(self.name, self.config, self.handle, task_status)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
@@ -157,12 +167,15 @@ class HubSyncService:
         enrolment = self.enrolment
         assert enrolment is not None, "serve() or opened() first"
         if path == CA_PATH:
-            ca = (self.box.config.data_dir / "keys" / "ca.pem").read_text("ascii")
+            ca = (self.config.data_dir / "keys" / "ca.pem").read_text("ascii")
             # The centre's mail servers too: the setup wizard checks them before enrolling.
-            where = url_host(host or self.box.hostname)
-            return {"ca": ca, **central_endpoints(self.box.config, where)}
+            where = url_host(host or self.hostname)
+            return {"ca": ca, **central_endpoints(self.config, where)}
         if path == ENROLL_PATH:
-            return await admit_box(self.box, enrolment, self.ca, self.clock, body, host)
+            return await admit_box(
+                enrolment, self.ca, self.clock, body, host, config=self.config,
+                hostname=self.hostname, directory=self.directory, mailstore=self.mailstore,
+            )  # fmt: skip
         peer, cert = await self.authenticate(stream)
         if path == RENEW_PATH:
             return await renew_box(enrolment, self.ca, self.clock, peer, cert.serial_number, body)
@@ -199,11 +212,11 @@ class HubSyncService:
         return path in _SERVER_PATHS or path in self.routes
 
 
-def _server_context(box: Box, ca: SyncCA) -> ssl.SSLContext:
-    context = server_ssl_context(box.config.data_dir / "keys")
+def _server_context(config: Config, ca: SyncCA) -> ssl.SSLContext:
+    context = server_ssl_context(config.data_dir / "keys")
     # Only the sync CA is trusted for client certificates; not the box CA, and never
     # the system CAs.
-    context.load_verify_locations(cafile=box.config.data_dir / "keys" / SYNC_CA_CERT)
+    context.load_verify_locations(cafile=config.data_dir / "keys" / SYNC_CA_CERT)
     context.verify_mode = ssl.CERT_OPTIONAL
     # Our own context (not box.tls), so ALPN is offered on this port only (ALPACA).
     context.set_alpn_protocols(["http/1.1"])

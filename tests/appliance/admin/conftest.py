@@ -19,12 +19,11 @@ from urllib.parse import urlencode
 import pytest
 import trio
 
-from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.directory.sessions import BROWSER_TTL
+from appliance.registry import admin_console, page_kit, session_api
 from appliance.web.csrf import csrf_token_for
-from appliance.web.pages import CommonPages, PageKit
-from appliance.web.session_api import SessionApi
+from appliance.web.pages import CommonPages
 from tests.appliance.conftest import Agency, BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
@@ -98,9 +97,9 @@ class Console:
 
 @pytest.fixture
 async def console(box: Box, nursery: trio.Nursery) -> Console:
-    # The box's own Sessions, as in production (appliance.web.api): a revoke through
+    # The box's own Sessions, as in production (appliance.registry): a revoke through
     # box.sessions must clear the very cache the server resolves tokens with.
-    kit = PageKit(box, box.sessions)
-    routes = [*CommonPages(kit, SessionApi(box, box.sessions)).routes(), *admin_routes(box, kit)]
+    kit = page_kit(box)
+    routes = [*CommonPages(kit, session_api(box)).routes(), *admin_console(box, kit)]
     server = await start_server(box, nursery, routes, sessions=box.sessions)
     return Console(box, server)

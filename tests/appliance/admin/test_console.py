@@ -10,19 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.admin.console import (
-    AdminScope,
     Refusal,
     format_age,
-    link_status,
     org_tree,
     parse_count,
     search_users,
     urgency_name,
 )
 from appliance.directory import OrgUnit, User
+from appliance.directory.scope import AdminScope
 from appliance.sync.clock import ManualClock
 from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState
 from appliance.sync.status import SyncStatus
+from appliance.sync.uplink import read_uplink as link_status
 
 THAI_DIGITS = "๐๑๒๓๔๕๖๗๘๙"
 
@@ -246,7 +246,10 @@ async def test_a_box_admin_never_administers_replicated_people(tmp_path: Path) -
         assert created == "dara@b.go.th"
         assert await box.directory.user("dara@b.go.th") is not None  # in the address book
 
-        console = AdminConsole(box)
+        console = AdminConsole(
+            config=box.config, directory=box.directory, mailstore=box.mailstore,
+            guard=box.guard, traffic=box.traffic, status_file=box.status_file,
+        )  # fmt: skip
         box_wide = AdminScope(admin, None)
         assert [u.address for u in await console.users(box_wide)] == ["admin@a.go.th"]
         assert await console.target(box_wide, "dara@b.go.th") is None

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.provisioning.device import ensure_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle
-from appliance.web.pages import CommonPages, PageKit
-from appliance.web.session_api import SessionApi
+from appliance.registry import admin_console, page_kit, session_api
+from appliance.web.pages import CommonPages
 from tests.appliance.admin.conftest import ADMIN_A, PASSWORD, ROOT, Console
 from tests.appliance.web.conftest import start_server
 
@@ -20,9 +19,9 @@ from tests.appliance.web.conftest import start_server
 async def resettable(box: Box, nursery: trio.Nursery) -> tuple[Console, Lifecycle]:
     lifecycle = Lifecycle(box.config.data_dir, ensure_device(box.config.data_dir))
     lifecycle.serving(BoxState.PROVISIONED, {})
-    kit = PageKit(box, box.sessions)
-    routes = [*CommonPages(kit, SessionApi(box, box.sessions)).routes(),
-              *admin_routes(box, kit, lifecycle)]  # fmt: skip
+    kit = page_kit(box)
+    routes = [*CommonPages(kit, session_api(box)).routes(),
+              *admin_console(box, kit, lifecycle)]  # fmt: skip
     server = await start_server(box, nursery, routes, sessions=box.sessions)
     return Console(box, server), lifecycle
 

@@ -34,9 +34,9 @@ from appliance.chat.pages import (
 from appliance.directory import User
 from appliance.directory.preferences import Preferences
 from appliance.directory.sessions import BROWSER_TTL
+from appliance.registry import page_kit, session_api
 from appliance.web.csrf import csrf_token_for
-from appliance.web.pages import CommonPages, PageKit
-from appliance.web.session_api import SessionApi
+from appliance.web.pages import CommonPages
 from tests.appliance.configs import https_on_a_free_port
 from tests.appliance.web.conftest import Reply, Server, start_server
 
@@ -177,7 +177,7 @@ class Site:
         return str(message.id)
 
     async def english(self, who: str) -> None:
-        await PageKit(self.box, self.box.sessions).preferences.set(
+        await page_kit(self.box).preferences.set(
             self.people[who].address, Preferences(language="en")
         )
 
@@ -207,11 +207,11 @@ async def site(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Site]:
             tokens[key], _ = await box.sessions.create(
                 person, client_ip="127.0.0.1", user_agent=None, ttl=BROWSER_TTL
             )
-        kit = PageKit(box, box.sessions)
+        kit = page_kit(box)
         routes = [
-            *CommonPages(kit, SessionApi(box, box.sessions)).routes(),
+            *CommonPages(kit, session_api(box)).routes(),
             *chat_routes(box.chat),
-            *chat_page_routes(box, kit),
+            *chat_page_routes(box.chat, box.directory, kit),
         ]
         server = await start_server(box, nursery, routes, sessions=box.sessions)
         yield Site(server, box, people, tokens)

@@ -54,7 +54,9 @@ def states() -> dict[str, ServiceState]:
 
 async def test_a_round_judges_the_box_and_the_panel_reads_the_first_problem(box: Box) -> None:
     readings = fake_machine()
-    monitor = HealthMonitor(box, readings, service_states=states, interval=30.0)
+    monitor = HealthMonitor(
+        box.config, box.mailstore.outbound_groups, readings, service_states=states, interval=30.0
+    )
     assert monitor.findings() == []
     assert monitor.first_problem() is None
 
@@ -74,7 +76,13 @@ async def test_a_round_judges_the_box_and_the_panel_reads_the_first_problem(box:
 async def test_the_monitor_runs_on_its_interval(
     box: Box, autojump_clock: trio.testing.MockClock
 ) -> None:
-    monitor = HealthMonitor(box, fake_machine(), service_states=states, interval=30.0)
+    monitor = HealthMonitor(
+        box.config,
+        box.mailstore.outbound_groups,
+        fake_machine(),
+        service_states=states,
+        interval=30.0,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(monitor.serve)
         await monitor.wait_for_round()
@@ -109,7 +117,9 @@ async def test_metrics_on_loopback_cover_every_area_and_promtool_accepts_them(
 ) -> None:
     SyncStatus(box.config.data_dir).success("mailbox")
     await _queue(box, "ด่วนที่สุด")
-    monitor = HealthMonitor(box, fake_machine(), service_states=states)
+    monitor = HealthMonitor(
+        box.config, box.mailstore.outbound_groups, fake_machine(), service_states=states
+    )
     box.metrics.attach(SnapshotCollector(monitor.latest, streams=lambda: 2))
     box.metrics.smtp_messages.labels("mx", "accepted").inc()
     box.metrics.imap_commands.labels("SELECT").inc()

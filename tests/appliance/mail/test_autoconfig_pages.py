@@ -23,8 +23,8 @@ from appliance.config import Config, load_config
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.autoconfig import AUTODISCOVER_NS, OUTLOOK_RESPONSE_NS, profile_uuids
 from appliance.mail.autoconfig_pages import autoconfig_routes
-from appliance.web.pages import CommonPages, PageKit
-from appliance.web.session_api import SessionApi
+from appliance.registry import page_kit, session_api
+from appliance.web.pages import CommonPages
 from tests.appliance.conftest import Agency, BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
@@ -57,9 +57,17 @@ async def office(make_box: BoxFactory) -> Box:
 
 @pytest.fixture
 async def server(office: Box, nursery: trio.Nursery) -> Server:
-    kit = PageKit(office, office.sessions)
-    session_api = SessionApi(office, office.sessions)
-    routes = [*CommonPages(kit, session_api).routes(), *autoconfig_routes(office, kit)]
+    kit = page_kit(office)
+    routes = [
+        *CommonPages(kit, session_api(office)).routes(),
+        *autoconfig_routes(
+            kit,
+            config=office.config,
+            directory=office.directory,
+            identity=office.identity,
+            hostname=office.hostname,
+        ),
+    ]
     free_port = dataclasses.replace(
         office.config, port_offset=office.config.port_offset - office.config.port("https")
     )

@@ -29,9 +29,9 @@ from appliance.box import Box, init_box
 from appliance.cli import main
 from appliance.config import Config, load_config
 from appliance.mail.smtp.policy import Port
-from appliance.mail.smtp.server import SMTPService
 from appliance.protection import dkim
 from appliance.protection.dkim_commands import zone_lines
+from appliance.registry import smtp_service
 from appliance.security.keys import create_box_keys
 from tests.appliance.conftest import BoxFactory, Person
 from tests.harness import free_port_offset
@@ -351,7 +351,7 @@ async def test_mx_adds_authentication_results_and_strips_forgeries(
     signed = dkim.sign_outbound(sender, message)
     forged = f"Authentication-Results: {box.hostname}; dkim=pass\r\n".encode()
 
-    service = SMTPService(box, Port.MX)
+    service = smtp_service(box, Port.MX)
     service.dkim_dns = dict_dns(dns_of(sender))
     await nursery.start(service.serve)
     port = box.config.port(service.name)
@@ -486,7 +486,7 @@ async def test_a_resend_with_another_verdict_is_still_stored_once(
             raise dkim.dkim.DnsTimeoutError("timed out")
         return dict_dns(records)(name)
 
-    service = SMTPService(box, Port.MX)
+    service = smtp_service(box, Port.MX)
     service.dkim_dns = flaky
     await nursery.start(service.serve)
     port = box.config.port(service.name)

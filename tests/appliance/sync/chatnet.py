@@ -48,7 +48,9 @@ class Link:
     calls: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.routes = {r.path: r.handler for r in chat_hub_routes(self.hub)}
+        self.routes = {
+            r.path: r.handler for r in chat_hub_routes(self.hub.chat, self.hub.directory)
+        }
 
     async def __call__(self, path: str, body: JSON) -> JSON:
         if not self.up:
@@ -106,8 +108,12 @@ async def open_net(tmp_path: Path, *, batch: int = 200) -> AsyncIterator[Net]:
         clock = ManualClock()
         link_a = Link(hub, Peer(a.identity.box_id, A))
         link_b = Link(hub, Peer(b.identity.box_id, B))
-        sync_a = ChatReplicator(a, link_a, SyncStatus(tmp_path / "a", clock), clock, batch=batch)
-        sync_b = ChatReplicator(b, link_b, SyncStatus(tmp_path / "b", clock), clock, batch=batch)
+        sync_a = ChatReplicator(
+            a.chat, A, link_a, SyncStatus(tmp_path / "a", clock), clock, batch=batch
+        )
+        sync_b = ChatReplicator(
+            b.chat, B, link_b, SyncStatus(tmp_path / "b", clock), clock, batch=batch
+        )
         yield Net(hub, a, b, link_a, link_b, sync_a, sync_b, clock, users)
 
 

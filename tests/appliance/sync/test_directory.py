@@ -25,7 +25,7 @@ class DirectHub:
     """`HubCall` straight into the hub's handlers, with the JSON round trip of the wire."""
 
     def __init__(self, hub: Box, peer: Peer) -> None:
-        self.routes = {r.path: r.handler for r in directory_routes(hub)}
+        self.routes = {r.path: r.handler for r in directory_routes(hub.directory, hub.mailstore)}
         self.peer = peer
         self.sent: list[tuple[str, Any]] = []
         #: Paths whose answer is lost after the hub committed (a cut at the worst time).
@@ -64,7 +64,10 @@ def replicator(
     direct = DirectHub(hub, Peer(box.identity.box_id, box.identity.domain))
     clock = ManualClock()
     status = SyncStatus(box.config.data_dir, clock)
-    return DirectoryReplicator(box, direct, status, clock, batch=batch), direct
+    replicator = DirectoryReplicator(
+        box.directory, box.identity.domain, direct, status, clock, batch=batch
+    )
+    return replicator, direct
 
 
 async def test_users_flow_from_one_box_through_the_hub_to_another(tmp_path: Path) -> None:

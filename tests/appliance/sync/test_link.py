@@ -36,10 +36,10 @@ from appliance.sync.link import (
     LinkReading,
     LinkSnapshot,
     LinkState,
-    link_report,
     read_link_state,
 )
 from appliance.sync.status import SyncStatus
+from appliance.sync.uplink import link_report
 from tests.faults import FaultProxy
 
 DOMAIN = "link.go.th"
@@ -108,7 +108,10 @@ async def test_gin_goes_down_after_two_failures_and_up_after_one_success(
         hub = f"https://127.0.0.1:{proxy.port}"
         async with edge_box(tmp_path, tmp_path / "centre", hub_url=hub) as box:
             monitor = LinkMonitor(
-                box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+                box.config,
+                SyncStatus(box.config.data_dir, clock),
+                clock,
+                recovery_interval=INTERVAL,
             )
             woken: list[float] = []
             monitor.on_up(lambda: woken.append(clock.now()))
@@ -172,7 +175,7 @@ async def test_a_black_hole_is_down_although_tcp_connects(
         hub = f"https://127.0.0.1:{proxy.port}"
         async with edge_box(tmp_path, tmp_path / "centre", hub_url=hub) as box:
             monitor = LinkMonitor(
-                box,
+                box.config,
                 SyncStatus(box.config.data_dir, clock),
                 clock,
                 probe_timeout=0.3,
@@ -193,7 +196,7 @@ async def test_an_untrusted_centre_is_not_up(tmp_path: Path, nursery: trio.Nurse
     hub = f"https://127.0.0.1:{centre[1]}"
     async with edge_box(tmp_path, None, hub_url=hub) as box:  # central-ca.pem missing
         monitor = LinkMonitor(
-            box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+            box.config, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
         )
         async with running(monitor):
             with trio.fail_after(30):
@@ -227,7 +230,10 @@ async def test_a_starttls_relay_must_greet_and_international_is_a_tcp_connect(
         }
         async with edge_box(tmp_path, None, **settings) as box:
             monitor = LinkMonitor(
-                box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+                box.config,
+                SyncStatus(box.config.data_dir, clock),
+                clock,
+                recovery_interval=INTERVAL,
             )
             async with running(monitor):
                 with trio.fail_after(30):
@@ -252,7 +258,7 @@ async def test_nothing_configured_probes_nothing(tmp_path: Path) -> None:
     clock = ManualClock(START)
     async with edge_box(tmp_path, None) as box:
         monitor = LinkMonitor(
-            box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+            box.config, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
         )
         async with running(monitor):
             await clock.advance(10 * INTERVAL)
@@ -271,7 +277,7 @@ async def test_a_bad_setting_is_reported_not_fatal(tmp_path: Path) -> None:
     settings = {"hub_url": "ftp://hub", "international_probe": "nonsense"}
     async with edge_box(tmp_path, None, **settings) as box:
         monitor = LinkMonitor(
-            box, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
+            box.config, SyncStatus(box.config.data_dir, clock), clock, recovery_interval=INTERVAL
         )
         async with running(monitor):
             state = monitor.state

@@ -32,7 +32,7 @@ async def box(make_box: BoxFactory) -> Box:
 
 @pytest.fixture
 async def server(box: Box, nursery: trio.Nursery) -> Server:
-    routes = link_routes(box)
+    routes = link_routes(box.config.data_dir, box.directory, box.mailstore)
     document = openapi_route(list(routes), title="edgebox API", version="0")
     return await start_server(box, nursery, [*routes, document], sessions=box.sessions)
 

@@ -155,7 +155,7 @@ def scripted_monitor(tmp_path: Path, link: ScriptedLink, watch: LinkWatch) -> Li
     )
     clock = SystemClock()  # trio.sleep, so on the mock clock
     monitor = LinkMonitor(
-        SimpleNamespace(config=config),  # type: ignore[arg-type]
+        config,
         SyncStatus(tmp_path, clock),
         clock,
         watch=watch,

@@ -164,7 +164,11 @@ class Env:
         return Mailboxes(self.box.mailstore)
 
     def replicator(self, **options: Any) -> MailboxReplicator:
-        return MailboxReplicator(self.box, self.status, ManualClock(), **options)
+        box = self.box
+        return MailboxReplicator(
+            self.status, ManualClock(), config=box.config, directory=box.directory,
+            mailstore=box.mailstore, **options,
+        )  # fmt: skip
 
     async def sync(self, **options: Any) -> Any:
         replicator = self.replicator(**options)
@@ -402,7 +406,10 @@ async def eventually(read: Any, count: int) -> None:
 async def test_wake_runs_a_round_and_service_reports(env: Env) -> None:
     await env.central.append("INBOX", mail(1, "c"))
     clock = ManualClock()
-    replicator = MailboxReplicator(env.box, env.status, clock, interval=3600)
+    replicator = MailboxReplicator(
+        env.status, clock, config=env.box.config, directory=env.box.directory,
+        mailstore=env.box.mailstore, interval=3600,
+    )  # fmt: skip
     async with trio.open_nursery() as nursery:
         await nursery.start(replicator.serve)
         await eventually(lambda: env.local("INBOX"), 1)

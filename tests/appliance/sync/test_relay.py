@@ -286,7 +286,10 @@ async def inbox(box: Box) -> list[email.message.EmailMessage]:
 def start_relay(box: Box, clock: ManualClock, **kwargs: Any) -> OutboundRelay:
     status = SyncStatus(box.config.data_dir, clock)
     kwargs.setdefault("timeouts", FAST)
-    return OutboundRelay(box, status, clock, **kwargs)
+    return OutboundRelay(
+        status, clock, config=box.config, hostname=box.hostname, directory=box.directory,
+        mailstore=box.mailstore, **kwargs,
+    )  # fmt: skip
 
 
 def delivery_status(report: email.message.EmailMessage) -> str:

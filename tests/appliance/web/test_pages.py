@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.box import Box
-from appliance.web.api import web_routes
+from appliance.registry import web_routes
 from appliance.web.csrf import csrf_token_for
 from appliance.web.i18n import (
     SERVICE_LABELS,
@@ -290,13 +290,14 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     from appliance.sync.mailbox import MailboxReplicator
     from appliance.sync.relay import OutboundRelay
     from appliance.sync.renewal import CertificateRenewal
+    from appliance.update.report import UpdateReporter
     from appliance.web.server import HTTPSService
 
     background = [SecretSweeper, TrafficLogRetention, SessionExpiry, SearchIndexer,
                   ChatReplicator, DirectoryReplicator, HubSyncService, LinkMonitor,
                   MailboxReplicator, OutboundRelay, CertificateRenewal, TLSRenewal,
                   HTTPSService, DailyBackup, DiscoveryService, HealthMonitor,
-                  MetricsService, PanelService]  # fmt: skip
+                  MetricsService, PanelService, UpdateReporter]  # fmt: skip
     ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
            *(service.name for service in background), *(check.name for check in CHECKS),
            "certificate", "ca", "sync-certificate"}  # fmt: skip

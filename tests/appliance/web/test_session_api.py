@@ -39,7 +39,9 @@ async def server(box: Box, nursery: trio.Nursery, clock: FakeClock) -> AsyncIter
     sessions = Sessions(box.directory_db)
     # No back-off delays here (the guard's tests and e2e cover them): refusals only.
     guard = AuthGuard(GuardPolicy(delay=0, source_limit=5), clock=clock)
-    routes = session_routes(box, sessions, SignIn(box.directory, guard, box.traffic))
+    routes = session_routes(
+        sessions, SignIn(box.directory, guard, box.traffic), box.traffic, box.chat.join_audiences
+    )
     return await start_server(box, nursery, routes, sessions=sessions)
 
 

@@ -22,9 +22,9 @@ from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.mailboxes import Mailboxes
 from appliance.mail.mailstore import StoredMessage
 from appliance.mail.webmail.pages import MailPages
+from appliance.registry import page_kit, session_api
 from appliance.web.csrf import csrf_token_for
-from appliance.web.pages import CommonPages, PageKit
-from appliance.web.session_api import SessionApi
+from appliance.web.pages import CommonPages
 from tests.appliance.conftest import BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
@@ -154,9 +154,9 @@ async def _browser(box: Box, server: Server, address: str) -> Browser:
 
 @pytest.fixture
 async def mail(box: Box, nursery: trio.Nursery) -> Mail:
-    kit = PageKit(box, box.sessions)
-    pages = MailPages(box, kit)
-    routes = [*CommonPages(kit, SessionApi(box, box.sessions)).routes(), *pages.routes()]
+    kit = page_kit(box)
+    pages = MailPages(box.mailstore, kit)
+    routes = [*CommonPages(kit, session_api(box)).routes(), *pages.routes()]
     server = await start_server(box, nursery, routes, sessions=box.sessions)
     return Mail(
         box, server, pages, await _browser(box, server, ADDRESS), await _browser(box, server, OTHER)

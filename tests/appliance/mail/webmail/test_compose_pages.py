@@ -26,9 +26,9 @@ from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.mailboxes import Mailboxes
 from appliance.mail.webmail.compose_pages import compose_routes
+from appliance.registry import page_kit, session_api
 from appliance.web.csrf import csrf_token_for
-from appliance.web.pages import CommonPages, PageKit
-from appliance.web.session_api import SessionApi
+from appliance.web.pages import CommonPages
 from tests.appliance.conftest import BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
@@ -106,8 +106,18 @@ def multipart(
 
 @pytest.fixture
 async def server(box: Box, nursery: trio.Nursery) -> Server:
-    kit = PageKit(box, box.sessions)
-    routes = [*CommonPages(kit, SessionApi(box, box.sessions)).routes(), *compose_routes(box, kit)]
+    kit = page_kit(box)
+    compose = compose_routes(
+        kit,
+        directory=box.directory,
+        mailstore=box.mailstore,
+        delivery=box.delivery,
+        traffic=box.traffic,
+        disk_guard=box.disk_guard,
+        hostname=box.hostname,
+        max_recipients=box.config.max_recipients,
+    )
+    routes = [*CommonPages(kit, session_api(box)).routes(), *compose]
     return await start_server(box, nursery, routes, sessions=box.sessions)
 
 
@@ -208,11 +218,13 @@ async def test_sending_to_a_local_user_delivers_and_keeps_a_sent_copy(
 async def test_a_full_disk_sends_and_saves_nothing_and_keeps_the_form(
     box: Box, somchai: Browser
 ) -> None:
-    from appliance.health.disk_guard import DiskGuard
     from appliance.health.readings import DiskReading, FakeReadings
 
     readings = FakeReadings(default_disk=DiskReading(total=10**9, free=10**6))
-    box.disk_guard = DiskGuard(box.config.data_dir, readings, hard_free=2 * 10**6, max_age=0)
+    # The pages hold the box's own guard (the registry hands each part over once):
+    # point that guard at the fake readings.
+    guard = box.disk_guard
+    guard.readings, guard.hard_free, guard.max_age = readings, 2 * 10**6, 0
     for action in ("send", "save_draft"):
         reply = await somchai.post([("action", action), ("to", SOMYING),
                                     ("subject", "ขอเชิญประชุม"), ("body", "เรียน")])  # fmt: skip

@@ -18,6 +18,7 @@ from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.routes import hub_sync_routes
 from appliance.sync.hub.server import HubLimits, HubSyncService
 from appliance.sync.transport import SyncRoute
+from appliance.update.report import update_report_routes
 from tests.harness import free_port_offset
 
 HUB_DOMAIN = "hub.go.th"
@@ -51,8 +52,15 @@ async def running_hub(
     # Real time as the start: the certificates the hub signs must be valid now.
     clock = ManualClock(start=time.time())
     async with open_box(config) as box:
-        routes = [*hub_sync_routes(box), *extra_routes]
-        service = HubSyncService(box, routes, clock=clock, limits=limits)
+        routes = [
+            *hub_sync_routes(box.chat, box.directory, box.mailstore),
+            *update_report_routes(box.config.data_dir),
+            *extra_routes,
+        ]
+        service = HubSyncService(
+            routes, config=box.config, hostname=box.hostname, directory=box.directory,
+            mailstore=box.mailstore, clock=clock, limits=limits,
+        )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(service.serve)
             yield Hub(box, service, clock, f"https://127.0.0.1:{config.port('hub-sync')}")

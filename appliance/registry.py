@@ -1,0 +1,373 @@
+"""The composition root: which services the box runs in each state, and what HTTPS serves.
+
+This is the one place that knows every capability. Everything below it is handed only
+the parts it uses — the settings, the directory, the mail store, the chat… — never
+the whole opened box (`appliance.box.Box`); only this module takes a part out of it.
+`appliance.cli` runs what this module lists, and tests that start a service in-process
+call the same functions, so a test serves what the box serves.
+
+The box's states and what runs in each (docs/architecture.md, "The registry"):
+
+- **Across both states** (`lifelong_services`): mDNS discovery, the front panel, the
+  hardware watchdog and the USB provisioning stick. They run from `edgebox run` to its
+  end: the panel shows the setup code, then the box's state; the records change, the
+  announcer stays.
+- **Unprovisioned** (`setup_services`): only the setup path on the HTTPS port.
+- **Provisioned** (`provisioned_services`): mail, the web port, the background jobs,
+  the uplink of the box's role (`uplink_services`: edge or hub), health, `/metrics`
+  and the daily backup, in that start order; the supervisor starts them one by one
+  and restarts one that crashes (appliance.supervisor).
+
+The routes of the HTTPS port (`web_routes`): the JSON API first (its document is built
+from them), then the pages. Adding a capability is its folder and one line here: a
+service in `provisioned_services`, or a route list in `web_routes`, handed the parts
+it uses.
+
+What this is not: the state machine of the box (appliance.provisioning.lifecycle) or
+the runner (appliance.cli runs the states, appliance.supervisor the services).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.admin.pages import admin_routes
+from appliance.backup.service import DailyBackup
+from appliance.box import Box
+from appliance.chat import SecretSweeper
+from appliance.chat.api import chat_routes
+from appliance.chat.pages import chat_page_routes
+from appliance.compliance.retention import TrafficLogRetention
+from appliance.config import Config
+from appliance.directory.preferences import PreferenceStore
+from appliance.directory.sessions import SessionExpiry
+from appliance.discovery import DiscoveryService
+from appliance.health.metrics import SnapshotCollector
+from appliance.health.metrics_service import MetricsService
+from appliance.health.monitor import HealthMonitor
+from appliance.health.readings import PsutilReadings
+from appliance.mail.autoconfig_pages import autoconfig_routes
+from appliance.mail.imap.server import IMAPService
+from appliance.mail.indexing import SearchIndexer
+from appliance.mail.smtp.policy import Port
+from appliance.mail.smtp.server import SMTPService
+from appliance.mail.webmail.compose_pages import compose_routes
+from appliance.mail.webmail.pages import mail_routes
+from appliance.panel import BoxView, BoxViewSlot, panel_service
+from appliance.provisioning.lifecycle import Lifecycle
+from appliance.provisioning.setup_api import (
+    NoSessions,
+    SetupApi,
+    SetupHost,
+    provisioned_setup_routes,
+)
+from appliance.provisioning.usb import usb_service
+from appliance.provisioning.wizard_pages import SetupWizard
+from appliance.security.guard import AuthGuard
+from appliance.security.tls_renewal import TLSRenewal
+from appliance.supervisor import Service
+from appliance.sync.chat import POLL_INTERVAL, ChatReplicator
+from appliance.sync.clock import Clock, SystemClock
+from appliance.sync.directory import DirectoryReplicator
+from appliance.sync.hub.routes import hub_sync_routes
+from appliance.sync.hub.server import HubSyncService
+from appliance.sync.hub_client import HubClient
+from appliance.sync.link import LinkMonitor
+from appliance.sync.link_api import link_routes
+from appliance.sync.liveness import LinkWatch
+from appliance.sync.mailbox import MailboxReplicator
+from appliance.sync.relay import OutboundRelay
+from appliance.sync.renewal import CertificateRenewal, finish_renewal
+from appliance.sync.status import SyncStatus
+from appliance.update.report import UpdateReporter, update_report_routes
+from appliance.watchdog import hardware_watchdog
+from appliance.web.openapi import openapi_route
+from appliance.web.pages import CommonPages, PageKit
+from appliance.web.routes import Route, StreamRoute
+from appliance.web.server import HTTPSService
+from appliance.web.session_api import SessionApi
+
+# --- across both states ------------------------------------------------------------------
+
+
+class LifelongService(Protocol):
+    """A service the runner starts in its own nursery: not supervised, never restarted."""
+
+    async def serve(self, *, task_status: Any = ...) -> None: ...
+
+
+def lifelong_services(
+    config: Config, lifecycle: Lifecycle, views: BoxViewSlot
+) -> list[LifelongService]:
+    """The services that run in every state of the box, in start order.
+
+    Made before any of them starts, so a bad board or watchdog setting is a plain
+    `ConfigError` at start-up. Each is optional: discovery by its setting, the panel
+    if the board has one, the watchdog and the USB stick service by theirs.
+    """
+    services: list[LifelongService | None] = [
+        # The records change with the state; the announcer stays.
+        DiscoveryService(config, lifecycle) if config.discovery else None,
+        # The setup code while unprovisioned, the box's state (`views`) after.
+        panel_service(config, lifecycle, views),
+        hardware_watchdog(config),
+        usb_service(config, lifecycle),
+    ]
+    return [service for service in services if service is not None]
+
+
+# --- unprovisioned -----------------------------------------------------------------------
+
+
+def setup_services(config: Config, guard: AuthGuard, lifecycle: Lifecycle) -> list[Service]:
+    """The services of an unprovisioned box: the setup path on the HTTPS port only."""
+    api = SetupApi(lifecycle, guard)
+    routes = api.routes() + SetupWizard(config, lifecycle, api).routes()
+    # Nobody is signed in (there are no users yet); the device's own certificate.
+    https = HTTPSService(SetupHost(config), routes, sessions=NoSessions(),
+                         tls=lifecycle.device.ssl_context())  # fmt: skip
+    return [https]
+
+
+# --- provisioned -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """A provisioned box's services, and what the runner wires around them."""
+
+    #: In start order.
+    services: list[Service]
+    #: Its `service_states` is set to the supervisor's once the supervisor exists.
+    health: HealthMonitor
+    #: What the front panel shows while these services run.
+    view: BoxView
+
+
+def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provisioned:
+    """Every service of a provisioned box, in start order; see the module docstring."""
+    config = box.config
+    health = HealthMonitor(box.config, box.mailstore.outbound_groups, PsutilReadings())
+    box.metrics.attach(
+        SnapshotCollector(
+            health.latest,
+            streams=box.chat.fanout.stream_count,
+            refusing=lambda: box.disk_guard.refusing,
+        )
+    )
+    services: list[Service] = [
+        *(smtp_service(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)),
+        imap_service(box, "imap"),
+        imap_service(box, "imaps"),
+        https_service(box, lifecycle),
+        SearchIndexer(box.mailstore, box.disk_guard.room_for_background),
+        TrafficLogRetention(box.traffic),
+        SecretSweeper(box.chat),
+        SessionExpiry(box.sessions),
+        TLSRenewal(config.data_dir / "keys", box.tls_names, [box.identity.domain]),
+        *uplink_services(box),
+        health,
+        MetricsService(config, box.metrics),
+    ]
+    if config.backup_target:
+        services.append(
+            DailyBackup(config.data_dir, Path(config.backup_target), keep=config.backup_keep)
+        )
+    view = BoxView(box.hostname, health.findings, box.mailstore.outbound_groups)
+    return Provisioned(services, health, view)
+
+
+def smtp_service(box: Box, port: Port) -> SMTPService:
+    """The SMTP listener of *port* (MX, submission or submissions)."""
+    return SMTPService(
+        port, config=box.config, hostname=box.hostname, tls=box.tls, directory=box.directory,
+        mailstore=box.mailstore, delivery=box.delivery, signin=box.signin, traffic=box.traffic,
+        disk_guard=box.disk_guard, metrics=box.metrics,
+    )  # fmt: skip
+
+
+def imap_service(box: Box, name: str) -> IMAPService:
+    """The IMAP listener *name*: "imap" (STARTTLS) or "imaps"."""
+    return IMAPService(
+        name, config=box.config, tls=box.tls, signin=box.signin, mailstore=box.mailstore,
+        directory=box.directory, disk_guard=box.disk_guard, metrics=box.metrics,
+    )  # fmt: skip
+
+
+@dataclass
+class _WebSettings:
+    """What the HTTPS listener needs of the box (`appliance.web.server.WebHost`)."""
+
+    config: Config
+
+
+def https_service(box: Box, lifecycle: Lifecycle | None = None) -> HTTPSService:
+    """The HTTPS listener of a provisioned box, serving `web_routes`."""
+    return HTTPSService(_WebSettings(box.config), web_routes(box, lifecycle), sessions=box.sessions)
+
+
+def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
+    """Return the uplink services of the box's role (none of them binds a LAN port).
+
+    - **hub**: the mutual-TLS sync API (`HubSyncService`) serving every stream's hub
+      routes. A hub is also an ordinary box for its own agencies (SMTP, IMAP, web),
+      which is how it acts as the central mail server where no other exists.
+    - **edge**: the link monitor always (it says "not set up" until enrolment), then
+      each replicator whose central end is configured — the outbound relay
+      (``central_smtp``), mailbox replication (``central_imap``), directory and chat
+      replication and the update outcome report (``hub_url``), and the renewal of the
+      box's sync certificate.
+      When GIN comes back up the monitor cuts short every wait on a dead connection
+      (one `LinkWatch` shared by the monitor and every replicator's connections) and
+      wakes every replicator at once, instead of each waiting out its time-out and
+      back-off.
+    """
+    config = box.config
+    clock = clock or SystemClock()
+    if config.role == "hub":
+        routes = [
+            *hub_sync_routes(box.chat, box.directory, box.mailstore),
+            # The boxes' reports of what became of their updates.
+            *update_report_routes(config.data_dir),
+        ]
+        hub = HubSyncService(
+            routes, config=config, hostname=box.hostname, directory=box.directory,
+            mailstore=box.mailstore,
+        )  # fmt: skip
+        return [hub]
+    keys = config.data_dir / "keys"
+    # Before any service opens a connection with the sync key and certificate.
+    finish_renewal(keys)
+    status = SyncStatus(config.data_dir, clock)
+    watch = LinkWatch()
+    monitor = LinkMonitor(config, status, clock, watch=watch)
+    services: list[Service] = [monitor]
+    if config.central_smtp:
+        relay = OutboundRelay(
+            status, clock, config=config, hostname=box.hostname, directory=box.directory,
+            mailstore=box.mailstore, watch=watch,
+        )  # fmt: skip
+        monitor.on_up(relay.wake)
+        services.append(relay)
+    if config.central_imap:
+        mailboxes = MailboxReplicator(
+            status, clock, config=config, directory=box.directory, mailstore=box.mailstore,
+            interval=config.sync_interval, watch=watch,
+        )  # fmt: skip
+        monitor.on_up(mailboxes.wake)
+        services.append(mailboxes)
+    if config.hub_url:
+        # One connection per stream, so a long chat catch-up never holds up the
+        # directory (each client serialises its own requests).
+        directory = DirectoryReplicator(
+            box.directory,
+            box.identity.domain,
+            HubClient(keys, config.hub_url, watch=watch),
+            status,
+            clock,
+            interval=config.sync_interval,
+        )
+        monitor.on_up(directory.wake)
+        services.append(directory)
+        # Chat polls the hub more often than mail: people wait for a chat answer.
+        chat = ChatReplicator(
+            box.chat,
+            box.identity.domain,
+            HubClient(keys, config.hub_url, watch=watch),
+            status,
+            clock,
+            poll_interval=min(POLL_INTERVAL, config.sync_interval),
+        )
+        monitor.on_up(chat.wake)
+        services.append(chat)
+        # What became of the box's updates (rollbacks above all), once the link is up.
+        reporter = UpdateReporter(
+            config.data_dir, HubClient(keys, config.hub_url, watch=watch), status, clock
+        )
+        monitor.on_up(reporter.wake)
+        services.append(reporter)
+        services.append(
+            CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
+        )
+    return services
+
+
+# --- the HTTPS port ----------------------------------------------------------------------
+
+
+def page_kit(box: Box) -> PageKit:
+    """The pages' shared renderer, handed what every page shows."""
+    return PageKit(
+        directory=box.directory,
+        sessions=box.sessions,
+        preferences=PreferenceStore(box.directory_db),
+        identity=box.identity,
+        hostname=box.hostname,
+    )
+
+
+def session_api(box: Box) -> SessionApi:
+    """``/api/v1/session``: sign-in under the guard; a sign-in joins the chat audiences."""
+    return SessionApi(box.sessions, box.signin, box.traffic, box.chat.join_audiences)
+
+
+def web_routes(box: Box, lifecycle: Lifecycle | None = None) -> list[Route | StreamRoute]:
+    """Return every route of the HTTPS port of a provisioned box.
+
+    *lifecycle* is the running box's state (appliance.provisioning.lifecycle): the admin
+    console's factory reset asks it to reset; without one (tests that serve the routes
+    in-process) that page says the reset is not available.
+    """
+    sessions = session_api(box)
+    kit = page_kit(box)
+    api: list[Route | StreamRoute] = [
+        *sessions.routes(),
+        *chat_routes(box.chat, box.disk_guard, box.metrics),
+        *link_routes(box.config.data_dir, box.directory, box.mailstore),
+    ]
+    api.append(openapi_route(api, title="edgebox API", version=_version()))
+    pages: list[Route | StreamRoute] = [
+        *CommonPages(kit, sessions).routes(),
+        *mail_routes(box.mailstore, kit),
+        *compose_routes(
+            kit,
+            directory=box.directory,
+            mailstore=box.mailstore,
+            delivery=box.delivery,
+            traffic=box.traffic,
+            disk_guard=box.disk_guard,
+            hostname=box.hostname,
+            max_recipients=box.config.max_recipients,
+        ),
+        *chat_page_routes(box.chat, box.directory, kit),
+        *autoconfig_routes(
+            kit,
+            config=box.config,
+            directory=box.directory,
+            identity=box.identity,
+            hostname=box.hostname,
+        ),
+        *admin_console(box, kit, lifecycle),
+        # The setup path's pages answer "already set up" on a provisioned box.
+        *provisioned_setup_routes(),
+    ]
+    return [*api, *pages]
+
+
+def admin_console(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) -> list[Route]:
+    """The admin console's pages: they read and change most of the box."""
+    return admin_routes(
+        kit, config=box.config, identity=box.identity, directory=box.directory,
+        mailstore=box.mailstore, sessions=box.sessions, signin=box.signin, guard=box.guard,
+        traffic=box.traffic, status_file=box.status_file, lifecycle=lifecycle,
+    )  # fmt: skip
+
+
+def _version() -> str:
+    try:
+        return version("edgebox")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0"
