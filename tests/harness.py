@@ -197,3 +197,14 @@ def curl(box: RunningBox, method: str, path: str, body: Any = None,
     done = subprocess.run(args, capture_output=True, timeout=60, check=True)
     text, _, status = done.stdout.decode().rpartition("\n")
     return int(status), json.loads(text) if text.strip() else None
+
+
+def read_line(sock: socket.socket) -> bytes:
+    """Read one CRLF-ended line (a greeting, a reply) from a plain socket; b"" if closed."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data

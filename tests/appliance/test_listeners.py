@@ -19,7 +19,7 @@ import logging
 import smtplib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,13 +28,14 @@ import pytest
 import trio
 import trio.testing
 
-from appliance.box import Box, init_box, open_box
-from appliance.config import load_config
+from appliance.box import Box
+from appliance.config import Config, load_config
 from appliance.mail.imap.session import ImapSession
 from appliance.mail.smtp.policy import Port, SMTPPolicy
 from appliance.net.listeners import ConnectionGate
 from appliance.registry import imap_service, smtp_service
 from appliance.security.tls import client_ssl_context
+from tests.appliance.conftest import BoxFactory, Person
 from tests.harness import free_port_offset
 
 DOMAIN = "faults.go.th"
@@ -46,16 +47,14 @@ OUTSIDER = "colleague@other.example"
 T = TypeVar("T")
 
 
+def _ports_at_a_free_offset(data: Path) -> Config:
+    return load_config(data, flags={"port_offset": free_port_offset()})
+
+
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN)
-    config = load_config(data, flags={"port_offset": free_port_offset()})
-    async with open_box(config) as opened:
-        for address in (GOOD, FAULTY):
-            await opened.directory.add_user(address, password=PASSWORD, name_th="ผู้ทดสอบ")
-            await opened.mailstore.create_mailboxes(address)
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    people = [Person(address, PASSWORD, "ผู้ทดสอบ") for address in (GOOD, FAULTY)]
+    return await make_box(DOMAIN, people=people, config=_ports_at_a_free_offset)
 
 
 async def in_thread(call: Callable[[], T]) -> T:

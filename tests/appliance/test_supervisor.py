@@ -95,11 +95,6 @@ async def test_garbage_is_collected_once_a_minute(
     assert [round(t - start) for t in collected] == [60, 120, 180]
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 async def test_the_health_check_sees_a_crashed_service_and_its_restarts(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -16,14 +16,9 @@ The figures go to tests/bench/results/backup.json and docs/BENCHMARKS.md. Not pa
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import random
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -33,12 +28,13 @@ from appliance.backup.restore import restore_backup, verify_backup
 from appliance.backup.snapshot import create_backup
 from appliance.box import add_user, configured, init_box, open_box
 from appliance.mail.delivery import Envelope, Recipient, Trace
+from tests.bench.common import RESULTS_DIR, commit, machine, write_results
 
 DOMAIN = "office.go.th"
 USERS = 500
 MESSAGES_PER_USER = 4
 ATTACHMENT = 300 * 1024
-RESULTS = Path(__file__).parent / "results" / "backup.json"
+RESULTS = RESULTS_DIR / "backup.json"
 TRACE = Trace(helo="hub.go.th", client_ip="192.0.2.1", protocol="ESMTPS")
 
 
@@ -85,17 +81,6 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(),
-            "kernel": platform.release()}  # fmt: skip
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                          text=True, check=False, cwd=Path(__file__).parent)  # fmt: skip
-    return done.stdout.strip()
-
-
 @pytest.mark.bench
 @pytest.mark.timeout(1800)
 def test_bench_backup_500_users(tmp_path: Path) -> None:
@@ -128,13 +113,13 @@ def test_bench_backup_500_users(tmp_path: Path) -> None:
           f"{restored.seconds:.2f} s = {rate:.1f} MB/s")  # fmt: skip
     target_bytes = _size(usb)
     print(f"target size after two backups: {target_bytes / 1e6:.1f} MB")
-    RESULTS.write_text(json.dumps({
+    write_results(RESULTS, {
         "benchmark": "backup and restore of a 500-user office",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "params": {"users": USERS, "messages_per_user": MESSAGES_PER_USER,
                    "attachment_bytes": ATTACHMENT},
-        "machine": _machine(),
-        "commit": _commit(),
+        "machine": machine(),
+        "commit": commit(),
         "data_dir_mb": round(data_bytes / 1e6, 1),
         "full": {"mb": round(full_bytes / 1e6, 1), "s": round(full.seconds, 2),
                  "mb_s": round(full_bytes / 1e6 / full.seconds, 1), "blobs": full.blobs},
@@ -144,5 +129,5 @@ def test_bench_backup_500_users(tmp_path: Path) -> None:
         "restore": {"mb": round(restored.bytes / 1e6, 1), "s": round(restored.seconds, 2),
                     "mb_s": round(restored.bytes / 1e6 / restored.seconds, 1)},
         "target_mb": round(target_bytes / 1e6, 1),
-    }, indent=2, ensure_ascii=False) + "\n")  # fmt: skip
+    })  # fmt: skip
     assert second.blobs_copied == 50

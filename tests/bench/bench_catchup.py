@@ -78,19 +78,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
-import trio  # noqa: E402
+import pytest
+import trio
 
-from tests.bench.bench_smtp import RssSampler, _commit, _machine  # noqa: E402
-from tests.faults.proxy import FaultProxy, SharedLink  # noqa: E402
-from tests.harness import RunningBox, edgebox, start_box  # noqa: E402
-from tests.peers.postfix import PostfixServer  # noqa: E402
+from tests.bench.common import RESULTS_DIR, RssSampler, commit, log, machine, write_results
+from tests.faults.proxy import FaultProxy, SharedLink
+from tests.harness import RunningBox, edgebox, start_box
+from tests.peers.postfix import PostfixServer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "catchup.json"
+RESULTS = RESULTS_DIR / "catchup.json"
 LINK_BITS_PER_S = 10_000_000
 TARGET_RATIO = 1.25
 TARGET_RSS = 300 * 2**20
@@ -151,10 +150,6 @@ THAI_WORDS = [
     "อาคาร",
 ]
 URGENCIES = (("ด่วนที่สุด", 0.02), ("ด่วนมาก", 0.05), ("ด่วน", 0.13))
-
-
-def log(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
 # --- the backlog, deterministic from a seed ------------------------------------------------
@@ -267,6 +262,47 @@ def chat_plan(
 # --- set-up, in-process with the appliance's own APIs ------------------------------------
 
 
+async def create_rooms(box: Any, layout: list[list[str]]) -> list[str]:
+    """Create a group room for each member list of *layout*; its first member creates it."""
+    room_ids: list[str] = []
+    for members in layout:
+        creator = await box.directory.user(members[0])
+        assert creator is not None
+        room = await box.chat.create_room(
+            creator,
+            "group",
+            name=thai_text(random.Random(len(room_ids)), 20),
+            members=members[1:],
+        )
+        room_ids.append(room.id)
+    return room_ids
+
+
+async def post_plan(
+    box: Any, layout: list[list[str]], posts: list[tuple[int, int, str]], *, tasks: int
+) -> int:
+    """Make the plan's rooms on *box* and post its messages from *tasks* tasks at once.
+
+    Return the bytes of text posted.
+    """
+    room_ids = await create_rooms(box, layout)
+    users = {m: await box.directory.user(m) for ms in layout for m in ms}
+    text_bytes = 0
+
+    async def post_from(chunk: list[tuple[int, int, str]]) -> None:
+        nonlocal text_bytes
+        for room, member, text in chunk:
+            actor = users[layout[room][member]]
+            assert actor is not None
+            await box.chat.post(actor, room_ids[room], {"kind": "text", "text": text})
+            text_bytes += len(text.encode())
+
+    async with trio.open_nursery() as nursery:
+        for w in range(tasks):
+            nursery.start_soon(post_from, posts[w::tasks])
+    return text_bytes
+
+
 async def _add_users(data: Path, domain: str, prefix: str, count: int) -> None:
     from appliance.box import add_user, configured, open_box
     from appliance.security import passwords
@@ -315,31 +351,7 @@ async def _write_backlog(data: Path, mails: int, chats: int, seed: int) -> dict[
 
         started = time.monotonic()
         layout, posts = chat_plan(seed, ROOMS, chats)
-        room_ids: list[str] = []
-        for members in layout:
-            creator = await box.directory.user(members[0])
-            assert creator is not None
-            room = await box.chat.create_room(
-                creator,
-                "group",
-                name=thai_text(random.Random(len(room_ids)), 20),
-                members=members[1:],
-            )
-            room_ids.append(room.id)
-        users = {a: await box.directory.user(a) for a in {m for ms in layout for m in ms}}
-        text_bytes = 0
-
-        async def post_from(chunk: list[tuple[int, int, str]]) -> None:
-            nonlocal text_bytes
-            for room, member, text in chunk:
-                actor = users[layout[room][member]]
-                assert actor is not None
-                await box.chat.post(actor, room_ids[room], {"kind": "text", "text": text})
-                text_bytes += len(text.encode())
-
-        async with trio.open_nursery() as nursery:
-            for w in range(workers * 2):
-                nursery.start_soon(post_from, posts[w :: workers * 2])
+        text_bytes = await post_plan(box, layout, posts, tasks=workers * 2)
         figures["chat_messages"] = chats
         figures["chat_rooms"] = len(layout)
         figures["chat_bytes"] = text_bytes
@@ -573,8 +585,8 @@ def run(
     result: dict[str, Any] = {
         "scale": scale,
         "seed": seed,
-        "machine": _machine(),
-        "commit": _commit(),
+        "machine": machine(),
+        "commit": commit(),
         "link_bits_per_s": LINK_BITS_PER_S,
         "link_duplex": "full" if full_duplex else "half",
     }
@@ -858,7 +870,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(args.scale, args.seed, fraction, args.keep, full_duplex=args.full_duplex)
     report(result)
     if not args.no_write:
-        RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        write_results(RESULTS, result)
     return result
 
 

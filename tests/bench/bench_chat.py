@@ -37,31 +37,38 @@ import os
 import random
 import select
 import selectors
-import shutil
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import h11  # noqa: E402
-import psutil  # noqa: E402
-import pytest  # noqa: E402
-import trio  # noqa: E402
-from wsproto.utilities import generate_accept_token  # noqa: E402
+import h11
+import psutil
+import pytest
+import trio
+from wsproto.utilities import generate_accept_token
 
-from tests.bench.bench_smtp import RssSampler, _commit, _edgebox_exe, _machine, running_edgebox  # noqa: E402
-from tests.peers import LOOPBACK  # noqa: E402
+from tests.bench.common import (
+    REPO,
+    RESULTS_DIR,
+    RssSampler,
+    commit,
+    edgebox_exe,
+    machine,
+    running_edgebox,
+    scratch_dir,
+    write_results,
+)
+from tests.peers import LOOPBACK
 
-RESULTS = Path(__file__).resolve().parent / "results" / "chat.json"
+RESULTS = RESULTS_DIR / "chat.json"
 DOMAIN = "chat.bench.go.th"
 HTTPS_BASE_PORT = 8443
 
@@ -99,7 +106,7 @@ trio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
 
 
 def set_up(data: Path, clients: int, rooms: int, out: Path) -> dict[str, Any]:
-    exe = _edgebox_exe()
+    exe = edgebox_exe()
     subprocess.run([exe, "init", "--data", str(data), "--domain", DOMAIN], check=True,
                    capture_output=True)  # fmt: skip
     subprocess.run(
@@ -459,7 +466,7 @@ def run(clients: int, rooms: int, rate: float, seconds: float, work: Path,
             result = drive(port, data / "keys" / "ca.pem", setup, clients, rate, seconds,
                            work, processes, pid)  # fmt: skip
         result["peak_rss_mb"] = rss.peak / 1e6
-    result.update(commit=_commit(), machine=_machine())
+    result.update(commit=commit(), machine=machine())
     return result
 
 
@@ -473,8 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="listener processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-chat-"))
-    try:
+    with scratch_dir("bench-chat-") as work:
         result = run(
             args.clients,
             args.rooms,
@@ -484,11 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             args.port_offset,
             args.processes,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     return 0
 
 

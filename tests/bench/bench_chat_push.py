@@ -25,7 +25,6 @@ import argparse
 import cProfile
 import gzip
 import json
-import random
 import sys
 import tempfile
 import time
@@ -34,10 +33,11 @@ from typing import Any
 
 import trio
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.bench_catchup import USERS, chat_plan, thai_text  # noqa: E402
+from tests.bench.bench_catchup import USERS, chat_plan, post_plan
+from tests.bench.common import commit
 
 ROOMS = 80
 BATCH = 200
@@ -77,32 +77,8 @@ async def run(messages: int, profile: Path | None) -> dict[str, Any]:
             layout, posts = chat_plan(7, ROOMS, messages)
             # Only a.go.th people: this bench has no b.go.th.
             layout = [[m for m in ms if m.endswith("@a.go.th")] for ms in layout]
-            room_ids: list[str] = []
-            for members in layout:
-                creator = await a.directory.user(members[0])
-                assert creator is not None
-                room = await a.chat.create_room(
-                    creator,
-                    "group",
-                    name=thai_text(random.Random(len(room_ids)), 20),
-                    members=members[1:],
-                )
-                room_ids.append(room.id)
-            users = {m: await a.directory.user(m) for ms in layout for m in ms}
-            text_bytes = 0
-
-            async def post_from(chunk: list[tuple[int, int, str]]) -> None:
-                nonlocal text_bytes
-                for room_index, member, text in chunk:
-                    actor = users[layout[room_index][member]]
-                    assert actor is not None
-                    await a.chat.post(actor, room_ids[room_index], {"kind": "text", "text": text})
-                    text_bytes += len(text.encode())
-
             started = time.monotonic()
-            async with trio.open_nursery() as nursery:
-                for w in range(32):
-                    nursery.start_soon(post_from, posts[w::32])
+            text_bytes = await post_plan(a, layout, posts, tasks=32)
             print(f"posted {messages} in {time.monotonic() - started:.0f} s", flush=True)
 
             route = ChatHub(hub.chat, hub.directory).push
@@ -174,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the hub's part")
     args = parser.parse_args(argv)
-    result = trio.run(run, args.messages, args.profile)
+    result = {"commit": commit(), **trio.run(run, args.messages, args.profile)}
     print(json.dumps(result, indent=1))
     return result
 

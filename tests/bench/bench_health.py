@@ -23,31 +23,29 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import psutil  # noqa: E402
-import pytest  # noqa: E402
-import trio  # noqa: E402
+import psutil
+import pytest
+import trio
 
-from appliance.box import init_box, open_box  # noqa: E402
-from appliance.config import Config, load_config  # noqa: E402
-from appliance.health.metrics import SnapshotCollector  # noqa: E402
-from appliance.health.monitor import HealthMonitor  # noqa: E402
-from appliance.health.readings import PsutilReadings  # noqa: E402
-from tests.harness import start_box  # noqa: E402
+from appliance.box import init_box, open_box
+from appliance.config import Config, load_config
+from appliance.health.metrics import SnapshotCollector
+from appliance.health.monitor import HealthMonitor
+from appliance.health.readings import PsutilReadings
+from tests.bench.common import RESULTS_DIR, commit, write_results
+from tests.harness import start_box
 
-RESULTS = Path(__file__).resolve().parent / "results" / "health.json"
+RESULTS = RESULTS_DIR / "health.json"
 SCRAPE_INTERVAL = 15.0
 
 
@@ -105,11 +103,9 @@ def run(rounds: int, window: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
         health = trio.run(_rounds, Path(tmp) / "box", rounds)
         idle = _demo_idle(Path(tmp), window)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
     return {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": commit,
+        "commit": commit(),
         "machine": {
             "cpus": psutil.cpu_count(),
             "python": platform.python_version(),
@@ -145,5 +141,4 @@ if __name__ == "__main__":
     args = parser.parse_args()
     outcome = run(args.rounds, args.window)
     report(outcome)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(outcome, indent=1) + "\n")
+    write_results(RESULTS, outcome)

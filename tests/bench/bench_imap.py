@@ -33,7 +33,6 @@ import argparse
 import base64
 import datetime
 import imaplib
-import json
 import os
 import random
 import re
@@ -41,7 +40,6 @@ import shutil
 import smtplib
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,27 +50,29 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-# Runnable as a plain script (and importable by pytest without a package): make the repo
-# root importable so tests.peers and tests.bench resolve.
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.bench.bench_smtp import (  # noqa: E402
+from tests.bench.common import (
     RCPT,
     RCPT_PASSWORD,
+    REPO,
+    RESULTS_DIR,
     SENDER,
     RssSampler,
-    _commit,
-    _machine,
+    commit,
     edgebox_server,
+    machine,
+    median,
+    ratio,
+    write_results,
 )
-from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.peers import LOOPBACK, PeerError, require_binary
+from tests.peers.dovecot import DovecotServer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "imap.json"
+RESULTS = RESULTS_DIR / "imap.json"
 # Both certificates name "localhost" (edgebox always does; Dovecot's is made for it), and
 # mbsync checks DNS names, not IP addresses. Connections still go to 127.0.0.1 only.
 TLS_NAME = "localhost"
@@ -373,10 +373,6 @@ def _edgebox_imaps_port(log: Path, default: int, timeout: float = 60.0) -> int:
     raise RuntimeError(f"edgebox did not print 'ready' in {timeout:.0f}s")
 
 
-def _median(values: list[float]) -> float:
-    return round(statistics.median(values), 4)
-
-
 def run(
     messages: int = 10000,
     rounds: int = 3,
@@ -399,8 +395,8 @@ def run(
             "seed": SEED,
             "client": f"python imaplib {sys.version.split()[0]}; mbsync (isync)",
         },
-        "machine": _machine(),
-        "commit": _commit(),
+        "machine": machine(),
+        "commit": commit(),
     }
     t_start = time.monotonic()
     msgs = make_messages(messages)
@@ -470,7 +466,7 @@ def run(
             for name in SERVERS:
                 rs = runs[name]
                 result[name] = {
-                    "median_s": {op: _median([r[op] for r in rs]) for op in OPS},
+                    "median_s": {op: median([r[op] for r in rs]) for op in OPS},
                     "all_s": {op: [round(r[op], 4) for r in rs] for op in OPS},
                     "body_bytes": rs[-1]["body_bytes"],
                     "message_ids_ok": all(r["message_ids_ok"] for r in rs),
@@ -478,7 +474,7 @@ def run(
                 }
             result["dovecot"]["version"] = _dovecot_version()
             result["ratio_edgebox_over_dovecot"] = {
-                op: round(result["edgebox"]["median_s"][op] / result["dovecot"]["median_s"][op], 2)
+                op: ratio(result["edgebox"]["median_s"][op], result["dovecot"]["median_s"][op])
                 for op in OPS
                 if result["dovecot"]["median_s"][op] > 0
             }
@@ -489,8 +485,7 @@ def run(
         if own_tmp:
             shutil.rmtree(base, ignore_errors=True)
     result["bench_wall_s"] = round(time.monotonic() - t_start, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     return result
 
 
@@ -524,11 +519,11 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"ERROR: {result['error']}")
     if "ratio_edgebox_over_dovecot" in result:
         eb, dc = result["edgebox"]["median_s"], result["dovecot"]["median_s"]
-        ratio = result["ratio_edgebox_over_dovecot"]
+        ratios = result["ratio_edgebox_over_dovecot"]
         lines.append(f"{'operation (median s)':46} {'edgebox':>9} {'dovecot':>9} {'ratio':>6}")
         for op in OPS:
-            mark = "" if op == "connect" else ("  ok" if ratio[op] <= 2.0 else "  > 2x")
-            lines.append(f"{LABELS[op]:46} {eb[op]:>9.3f} {dc[op]:>9.3f} {ratio[op]:>6.2f}{mark}")
+            mark = "" if op == "connect" else ("  ok" if ratios[op] <= 2.0 else "  > 2x")
+            lines.append(f"{LABELS[op]:46} {eb[op]:>9.3f} {dc[op]:>9.3f} {ratios[op]:>6.2f}{mark}")
         rss = result["edgebox_peak_rss_mb"]
         lines.append(
             f"edgebox peak RSS: {rss['populate']} MB while populating, {rss['imap']} MB serving"

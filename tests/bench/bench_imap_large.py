@@ -35,16 +35,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import imaplib
-import json
 import os
 import random
-import shutil
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -53,19 +50,29 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import psutil  # noqa: E402
-import pytest  # noqa: E402
+import pytest
 
-from tests.bench.bench_imap import _IMAPS, TLS_NAME, _ok  # noqa: E402
-from tests.bench.bench_smtp import _commit, _edgebox_exe, _machine, running_edgebox  # noqa: E402
-from tests.peers import LOOPBACK, PeerError, require_binary  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.bench.bench_imap import _IMAPS, TLS_NAME, _ok
+from tests.bench.common import (
+    REPO,
+    RESULTS_DIR,
+    commit,
+    edgebox_exe,
+    machine,
+    ratio,
+    running_edgebox,
+    scratch_dir,
+    timed,
+    tree_memory,
+    write_results,
+)
+from tests.peers import LOOPBACK, PeerError, require_binary
+from tests.peers.dovecot import DovecotServer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "imap_large.json"
+RESULTS = RESULTS_DIR / "imap_large.json"
 DOMAIN = "bench.go.th"
 USER = f"reader@{DOMAIN}"
 PASSWORD = "bench-reader-2026"
@@ -157,7 +164,7 @@ trio.run(main, sys.argv[1], sys.argv[2], pickle.loads(bytes.fromhex(sys.argv[3])
 def fill_edgebox(data: Path, plan: list[tuple[str, int, int]]) -> float:
     import pickle
 
-    exe = _edgebox_exe()
+    exe = edgebox_exe()
     for argv, stdin in (
         (["init", "--data", str(data), "--domain", DOMAIN], ""),
         (["user", "add", "--data", str(data), USER, "--name", "Reader", "--password-stdin"],
@@ -204,28 +211,10 @@ def connect(port: int, cafile: Path) -> imaplib.IMAP4_SSL:
     return client
 
 
-def timed(action: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
-def rss_of(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for p in [root, *root.children(recursive=True)]:
-                total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def session_memory(port: int, cafile: Path, pids: Callable[[], list[int]], mailbox: str,
                    sessions: int) -> float:  # fmt: skip
     """Server RSS growth per session holding *mailbox* selected after a FLAGS fetch."""
-    before = rss_of(pids())
+    before = tree_memory(pids())
     clients = []
     try:
         for _ in range(sessions):
@@ -234,7 +223,7 @@ def session_memory(port: int, cafile: Path, pids: Callable[[], list[int]], mailb
             _ok(*client.uid("FETCH", "1:*", "(FLAGS)"), "FETCH")
             clients.append(client)
         time.sleep(0.5)
-        after = rss_of(pids())
+        after = tree_memory(pids())
     finally:
         for client in clients:
             client.logout()
@@ -307,7 +296,7 @@ def run(count: int, small: int, rounds: int, sessions: int, work: Path) -> dict[
     require_binary("dovecot", "dovecot-imapd")
     plan = [("INBOX", count, SEED), ("Small", small, SEED + 1)]
     result: dict[str, Any] = {
-        "commit": _commit(), "machine": _machine(), "messages": count, "small": small,
+        "commit": commit(), "machine": machine(), "messages": count, "small": small,
         "rounds": rounds, "sessions": sessions, "edgebox": {}, "dovecot": {},
     }  # fmt: skip
     with ExitStack() as stack:
@@ -348,7 +337,7 @@ def run(count: int, small: int, rounds: int, sessions: int, work: Path) -> dict[
                 result[name][f"{key}_rounds"] = values
             result[name]["session_bytes_large"] = session_memory(port, ca, pids, "INBOX", sessions)
             result[name]["session_bytes_small"] = session_memory(port, ca, pids, "Small", sessions)
-            result[name]["rss_after"] = rss_of(pids())
+            result[name]["rss_after"] = tree_memory(pids())
     return result
 
 
@@ -362,8 +351,7 @@ def report(result: dict[str, Any]) -> str:
              f"{'':24} {'edgebox':>10} {'dovecot':>10} {'ratio':>7}"]  # fmt: skip
     keys = ["select_large", "fetch_flags_large"] + [name for name, _, _ in SEARCHES]
     for key in keys:
-        ratio = eb[key] / dc[key] if dc[key] else float("inf")
-        lines.append(f"{key:24} {eb[key]:10.3f} {dc[key]:10.3f} {ratio:7.2f}")
+        lines.append(f"{key:24} {eb[key]:10.3f} {dc[key]:10.3f} {ratio(eb[key], dc[key]):7.2f}")
     for key in ("session_bytes_large", "session_bytes_small"):
         lines.append(f"{key:24} {eb[key] / 1e6:9.2f}M {dc[key] / 1e6:9.2f}M")
     lines.append(f"fill (s): edgebox {eb['fill_s']:.0f}, dovecot {dc['fill_s']:.0f}")
@@ -379,20 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sessions", type=int, default=10)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-imap-large-"))
     try:
-        result = run(args.messages, args.small, args.rounds, args.sessions, work)
+        with scratch_dir("bench-imap-large-") as work:
+            result = run(args.messages, args.small, args.rounds, args.sessions, work)
     except PeerError as exc:
         print(f"[large] cannot run: {exc}", file=sys.stderr)
         return 2
     except SearchDisagrees as exc:
         print(f"[large] FAILED: {exc}", file=sys.stderr)
         return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(report(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_results(RESULTS, result)
     return 0
 
 

@@ -33,7 +33,6 @@ Results are printed and written to tests/bench/results/imaptest.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -45,26 +44,27 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-# Runnable as a plain script (and importable by pytest without a package): make the repo
-# root importable so tests.peers and tests.bench resolve.
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.bench.bench_imap import IMAPS_RE, make_messages  # noqa: E402
-from tests.bench.bench_smtp import (  # noqa: E402
+from tests.bench.bench_imap import IMAPS_RE, make_messages
+from tests.bench.common import (
     RCPT,
     RCPT_PASSWORD,
-    _commit,
-    _machine,
+    REPO,
+    RESULTS_DIR,
+    commit,
     edgebox_server,
+    machine,
+    ratio,
+    write_results,
 )
-from tests.peers import LOOPBACK  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.peers import LOOPBACK
+from tests.peers.dovecot import DovecotServer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "imaptest.json"
+RESULTS = RESULTS_DIR / "imaptest.json"
 SERVERS = ("edgebox", "dovecot")
 #: imaptest's column heads (src/client-state.c) and what they count.
 COLUMNS = {
@@ -199,8 +199,8 @@ def run(
 ) -> dict[str, Any]:
     started = time.monotonic()
     result: dict[str, Any] = {
-        "machine": _machine(),
-        "commit": _commit(),
+        "machine": machine(),
+        "commit": commit(),
         "secs": secs,
         "clients": clients,
         "messages": messages,
@@ -237,14 +237,13 @@ def run(
                 result[name]["scripted"] = parse_scripted(output)
     edge, dove = result["edgebox"], result["dovecot"]
     result["ratio"] = {
-        head: round(edge["per_second"][head] / dove["per_second"][head], 2)
+        head: ratio(edge["per_second"][head], dove["per_second"][head])
         for head in COLUMNS
         if dove["per_second"].get(head)
     }
-    result["ratio_total"] = round(edge["total_per_second"] / dove["total_per_second"], 2)
+    result["ratio_total"] = ratio(edge["total_per_second"], dove["total_per_second"])
     result["bench_wall_s"] = round(time.monotonic() - started, 1)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     return result
 
 
@@ -256,10 +255,10 @@ def report(result: dict[str, Any]) -> str:
     ]
     edge, dove = result["edgebox"], result["dovecot"]
     for head, what in COLUMNS.items():
-        ratio = result["ratio"].get(head, "-")
+        of_head = result["ratio"].get(head, "-")
         lines.append(
             f"{what:<30} {edge['per_second'].get(head, 0):>10} "
-            f"{dove['per_second'].get(head, 0):>10} {ratio:>6}"
+            f"{dove['per_second'].get(head, 0):>10} {of_head:>6}"
         )
     lines.append(
         f"{'all commands':<30} {edge['total_per_second']:>10} "

@@ -22,37 +22,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import trio  # noqa: E402
+import trio
 
-from appliance.box import configured, init_box, open_box  # noqa: E402
-from appliance.panel import BoxView, BoxViewSlot, PanelService  # noqa: E402
-from appliance.provisioning.device import ensure_device  # noqa: E402
-from appliance.provisioning.lifecycle import Lifecycle  # noqa: E402
-from appliance.store.files import write_atomically  # noqa: E402
-from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState  # noqa: E402
-from hw.twins import PanelSimulator, build_firmware  # noqa: E402
-from tests.hw.conftest import render  # noqa: E402
+from appliance.box import configured, init_box, open_box
+from appliance.panel import BoxView, BoxViewSlot, PanelService
+from appliance.provisioning.device import ensure_device
+from appliance.provisioning.lifecycle import Lifecycle
+from appliance.store.files import write_atomically
+from appliance.sync.link import LINK_FILE, LinkReading, LinkSnapshot, LinkState
+from hw.twins import PanelSimulator, build_firmware
+from tests.bench.common import RESULTS_DIR, commit, cpu_seconds, machine, write_results
+from tests.hw.conftest import render
 
 
 def process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def child_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_link(data: Path, gin: LinkState) -> None:
@@ -86,9 +80,9 @@ async def bench(work: Path, idle: float, flips: int) -> dict[str, object]:
             await trio.sleep(2)  # settle: the first disk check, the first queue query
 
             assert panel.process is not None
-            cpu0, sim0, wall0 = process_cpu(), child_cpu(panel.process.pid), time.monotonic()
+            cpu0, sim0, wall0 = process_cpu(), cpu_seconds(panel.process.pid), time.monotonic()
             await trio.sleep(idle)
-            cpu1, sim1, wall1 = process_cpu(), child_cpu(panel.process.pid), time.monotonic()
+            cpu1, sim1, wall1 = process_cpu(), cpu_seconds(panel.process.pid), time.monotonic()
 
             latencies = []
             for n in range(flips):
@@ -125,9 +119,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-panel-") as tmp:
         result = trio.run(bench, Path(tmp), args.idle, args.flips)
-    text = json.dumps(result, indent=2)
-    print(text)
-    (REPO / "tests/bench/results/panel.json").write_text(text + "\n")
+    result.update(commit=commit(), machine=machine())
+    print(json.dumps(result, indent=2))
+    write_results(RESULTS_DIR / "panel.json", result)
 
 
 if __name__ == "__main__":

@@ -29,22 +29,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from appliance.sync.status import read_sync_status  # noqa: E402
-from tests.e2e.test_outage import inter_agency_room, network  # noqa: E402
-from tests.e2e.uplink import post, submit  # noqa: E402
-from tests.faults.proxy import Blackhole, Cut  # noqa: E402
+from appliance.sync.status import read_sync_status
+from tests.bench import common
+from tests.bench.common import commit, percentile
+from tests.e2e.test_outage import inter_agency_room, network
+from tests.e2e.uplink import post, submit
+from tests.faults.proxy import Blackhole, Cut
 
 INTERVALS = {
     "default": {"EDGEBOX_LINK_PROBE_INTERVAL": "15", "EDGEBOX_SYNC_INTERVAL": "60"},
@@ -56,12 +55,7 @@ GIVE_UP = 120.0
 
 
 def log(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+    common.log(text, file=sys.stderr)
 
 
 def measure(net: Any, restored_at: float, started: float) -> dict[str, float]:
@@ -135,8 +129,6 @@ def main() -> None:
     parser.add_argument("--intervals", default="default,e2e", help="default, e2e or both")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
     results: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-recovery-") as root,
@@ -145,7 +137,7 @@ def main() -> None:
         for name in args.intervals.split(","):
             results += run_intervals(name.strip(), args.cycles, args.down, Path(root))
     report = {
-        "commit": commit,
+        "commit": commit(),
         "cycles_per_kind": args.cycles,
         "down_s": args.down,
         "summary": summary(results),

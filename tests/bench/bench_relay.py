@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,13 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import trio  # noqa: E402
+import trio
 
-from tests.bench.bench_catchup import (  # noqa: E402
+from tests.bench.bench_catchup import (
     RECIPIENTS,
     Uplink,
     _add_users,
@@ -46,18 +44,12 @@ from tests.bench.bench_catchup import (  # noqa: E402
     make_mail,
     wait_until,
 )
-from tests.bench.bench_smtp import RssSampler  # noqa: E402
-from tests.harness import edgebox, start_box  # noqa: E402
+from tests.bench.common import RssSampler, commit, cpu_seconds
+from tests.harness import edgebox, start_box
 
 USERS = 50
 FAST = {"EDGEBOX_LINK_PROBE_INTERVAL": "2", "EDGEBOX_SYNC_INTERVAL": "5"}
 QUIET = {"EDGEBOX_SYNC_INTERVAL": "600"}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of *pid*, all threads (proc(5): fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def prepare(root: Path) -> None:
@@ -228,7 +220,7 @@ def main() -> None:
     parser.add_argument("--prepared", help="keep/reuse the set-up (hub, enrolled A) here")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(run(args), indent=1))
+    print(json.dumps({"commit": commit(), **run(args)}, indent=1))
 
 
 if __name__ == "__main__":

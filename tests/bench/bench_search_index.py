@@ -18,6 +18,7 @@ import pytest
 
 from appliance.mail.search_index import open_search_index
 from tests.appliance.mail.test_search_index import DATA_KEY, INBOX, _files, message
+from tests.bench.common import commit
 
 THAI_WORDS = [
     "การ",
@@ -104,7 +105,8 @@ async def test_bench_100k(tmp_path: Path) -> None:
             await index.add_many(items)
         indexed = time.perf_counter() - started
         size = sum(f.stat().st_size for f in _files(path))
-        print(f"\nindexed {total} messages in {indexed:.1f} s ({total / indexed:.0f}/s)")
+        print(f"\ncommit {commit()}: indexed {total} messages in {indexed:.1f} s "
+              f"({total / indexed:.0f}/s)")  # fmt: skip
         print(f"index size {size / 2**20:.1f} MiB (db + wal)")
         for field, query in [
             ("BODY", "รหัสพิเศษหายาก"),

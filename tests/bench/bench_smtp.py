@@ -20,43 +20,39 @@ Results are printed and written to tests/bench/results/smtp.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Runnable as a plain script (and importable by pytest without a package): make the repo
-# root importable so tests.peers resolves.
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import psutil  # noqa: E402
-import pytest  # noqa: E402
+import pytest
 
-from tests.peers import LOOPBACK, PeerError, port_answers, require_binary  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
-from tests.peers.postfix import PostfixServer  # noqa: E402
+from tests.bench.common import (
+    DOMAIN,
+    RCPT,
+    RCPT_PASSWORD,
+    REPO,
+    RESULTS_DIR,
+    SENDER,
+    RssSampler,
+    edgebox_server,
+    ratio,
+    stamp,
+    write_results,
+)
+from tests.peers import LOOPBACK, PeerError, require_binary
+from tests.peers.dovecot import DovecotServer
+from tests.peers.postfix import PostfixServer
 
-DOMAIN = "bench.go.th"
-RCPT = f"rcpt@{DOMAIN}"
-RCPT_PASSWORD = "secret-pass-1"
-SENDER = "load@sender.bench.test"
-RESULTS = Path(__file__).resolve().parent / "results" / "smtp.json"
-MX_BASE_PORT = 2525  # edgebox's MX port before --port-offset
-LISTEN_RE = re.compile(r"smtp-mx listening on ([\d.]+):(\d+)")
+RESULTS = RESULTS_DIR / "smtp.json"
 
 
 def _time_limit(messages: int) -> float:
@@ -65,57 +61,6 @@ def _time_limit(messages: int) -> float:
 
 
 # -- measurement helpers ----------------------------------------------------------------
-
-
-class RssSampler:
-    """Peak memory of one or more process trees, summed, sampled every ``interval`` s.
-
-    Summed over the tree because a server may fork workers. ``metric="rss"`` (cheap, read
-    from /proc/PID/statm) counts shared pages once per process, which overstates a
-    many-process server like Postfix+Dovecot several-fold; ``metric="pss"`` splits shared
-    pages fairly but reads smaps, so it is sampled less often to not steal CPU from the
-    servers being measured.
-    """
-
-    def __init__(
-        self, pids: Callable[[], list[int]], interval: float = 0.05, metric: str = "rss"
-    ) -> None:
-        self._pids = pids
-        self._interval = interval
-        self._metric = metric
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.peak = 0
-        self.samples = 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for pid in self._pids():
-                try:
-                    root = psutil.Process(pid)
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    continue
-                for p in procs:
-                    try:
-                        if self._metric == "pss":
-                            total += p.memory_full_info().pss
-                        else:
-                            total += p.memory_info().rss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        pass
-            self.peak = max(self.peak, total)
-            self.samples += 1
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int) -> subprocess.Popen[bytes]:
@@ -198,128 +143,6 @@ def bench_reference(workdir: Path, messages: int, sessions: int, size: int) -> d
 # -- (a) edgebox ------------------------------------------------------------------------
 
 
-def _edgebox_exe() -> str:
-    exe = REPO / ".venv" / "bin" / "edgebox"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("edgebox")
-    if found is None:
-        raise RuntimeError("edgebox CLI not installed (pip install -e . into .venv)")
-    return found
-
-
-@contextmanager
-def running_edgebox(data: Path, log_path: Path, offset: int, timeout: float = 600) -> Iterator[int]:
-    """Run `edgebox run` on an initialised *data* dir until the block ends; yield its pid.
-
-    Returns once it printed ``ready`` (its ports are the dev ports + *offset*).
-    """
-    # Every simulated user connects from LOOPBACK: the per-source share of each listener
-    # (docs/sign-in-protection.md) would cap the load, so it is lifted to the totals.
-    env = {**os.environ, "EDGEBOX_MAX_CONNECTIONS_PER_SOURCE": "200",
-           "EDGEBOX_MAX_WEB_CONNECTIONS_PER_SOURCE": "5000"}  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [_edgebox_exe(), "run", "--data", str(data), "--port-offset", str(offset),
-             "--bind", LOOPBACK],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout
-        while "ready" not in log_path.read_text(errors="replace").split("\n"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("edgebox did not start:\n" + log_path.read_text())
-            time.sleep(0.1)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@contextmanager
-def edgebox_server(
-    workdir: Path, port_offset: int, timeout: float = 60.0
-) -> Iterator[tuple[psutil.Process, int]]:
-    """Init a fresh data dir, add the recipient, run edgebox; yield (process, MX port)."""
-    exe = _edgebox_exe()
-    data = workdir / "edgebox-data"
-    log_path = workdir / "edgebox.log"
-    for argv, stdin in (
-        (["init", "--data", str(data), "--domain", DOMAIN], b""),
-        (
-            ["user", "add", "--data", str(data), RCPT, "--name", "Bench Rcpt", "--password-stdin"],
-            RCPT_PASSWORD.encode(),
-        ),
-    ):
-        done = subprocess.run(
-            [exe, *argv], input=stdin, capture_output=True, timeout=60, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"edgebox {argv[0]} failed ({done.returncode}):\n"
-                f"{(done.stdout + done.stderr).decode(errors='replace')}"
-            )
-    port = MX_BASE_PORT + port_offset
-    if port_answers(LOOPBACK, port):
-        raise RuntimeError(f"port {port} already in use; pass another --port-offset")
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "run",
-                "--data",
-                str(data),
-                "--port-offset",
-                str(port_offset),
-                "--bind",
-                LOOPBACK,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            # Trust the port edgebox says it bound, if it says so.
-            m = LISTEN_RE.search(log_path.read_text(errors="replace"))
-            if m:
-                port = int(m.group(2))
-            if port_answers(LOOPBACK, port):
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"edgebox run exited {proc.returncode}:\n"
-                    f"{log_path.read_text(errors='replace')[-3000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"edgebox MX port {port} not answering after {timeout}s")
-            time.sleep(0.1)
-        yield psutil.Process(proc.pid), port
-    finally:
-        tree = []
-        try:
-            tree = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            pass
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for child in tree:  # a worker that outlived its parent would skew the next run
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-
 def bench_edgebox(
     workdir: Path, messages: int, sessions: int, size: int, port_offset: int
 ) -> dict[str, Any]:
@@ -346,39 +169,6 @@ def bench_edgebox(
 # -- driver -----------------------------------------------------------------------------
 
 
-def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def _commit() -> str:
-    """The edgebox source measured: the lead reruns this as the code changes."""
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return done.stdout.strip() or "unknown"
-
-
 def run(
     messages: int = 5000,
     sessions: int = 20,
@@ -396,20 +186,15 @@ def run(
     """
     own_tmp = workdir is None
     base = Path(tempfile.mkdtemp(prefix="bench-smtp-")) if workdir is None else workdir
-    result: dict[str, Any] = {
-        "benchmark": "smtp ingest to mailbox",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "params": {
-            "messages": messages,
-            "sessions": sessions,
-            "size_bytes": size,
-            "rounds": rounds,
-            "tool": "postfix smtp-source",
-            "recipients_per_message": 1,
-        },
-        "machine": _machine(),
-        "commit": _commit(),
+    params = {
+        "messages": messages,
+        "sessions": sessions,
+        "size_bytes": size,
+        "rounds": rounds,
+        "tool": "postfix smtp-source",
+        "recipients_per_message": 1,
     }
+    result = stamp("smtp ingest to mailbox", params)
     halves: dict[str, Callable[[Path], dict[str, Any]]] = {
         "reference": lambda d: bench_reference(d, messages, sessions, size),
         "edgebox": lambda d: bench_edgebox(d, messages, sessions, size, port_offset),
@@ -459,11 +244,10 @@ def run(
         and "rate_msg_s" in ref
         and "rate_msg_s" in eb
     ):
-        result["ratio_edgebox_over_reference"] = round(
-            float(eb["rate_msg_s"]) / float(ref["rate_msg_s"]), 2
+        result["ratio_edgebox_over_reference"] = ratio(
+            float(eb["rate_msg_s"]), float(ref["rate_msg_s"])
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     return result
 
 

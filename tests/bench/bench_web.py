@@ -38,13 +38,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import imaplib
-import json
 import re
-import shutil
 import ssl
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -52,27 +49,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import pytest  # noqa: E402
+import pytest
 
-from appliance.config import DEV_PORTS  # noqa: E402
-from tests.bench.bench_imap import TLS_NAME  # noqa: E402
-from tests.bench.bench_imap_large import (  # noqa: E402
-    PASSWORD,
-    SEED,
-    USER,
-    fill_dovecot,
-    fill_edgebox,
+from appliance.config import DEV_PORTS
+from tests.bench.bench_imap import TLS_NAME
+from tests.bench.bench_imap_large import PASSWORD, SEED, USER, fill_dovecot, fill_edgebox
+from tests.bench.common import (
+    RESULTS_DIR,
+    commit,
+    machine,
+    ratio,
+    running_edgebox,
+    scratch_dir,
+    write_results,
 )
-from tests.bench.bench_smtp import _commit, _machine, running_edgebox  # noqa: E402
-from tests.harness import free_port_offset  # noqa: E402
-from tests.peers import PeerError, require_binary  # noqa: E402
-from tests.peers.dovecot import DovecotServer  # noqa: E402
+from tests.harness import free_port_offset
+from tests.peers import PeerError, require_binary
+from tests.peers.dovecot import DovecotServer
 
-RESULTS = Path(__file__).resolve().parent / "results" / "web.json"
+RESULTS = RESULTS_DIR / "web.json"
 SEARCH = "เดินทางไปราชการ"
 
 
@@ -154,7 +152,7 @@ def run(count: int, large: int, requests: int, work: Path) -> dict[str, Any]:
     require_binary("dovecot", "dovecot-imapd")
     plan = [("INBOX", count, SEED)] + ([("Large", large, SEED + 1)] if large else [])
     result: dict[str, Any] = {
-        "commit": _commit(), "machine": _machine(), "messages": count, "large": large,
+        "commit": commit(), "machine": machine(), "messages": count, "large": large,
         "requests": requests, "edgebox": {}, "dovecot": {},
     }  # fmt: skip
     with ExitStack() as stack:
@@ -203,9 +201,9 @@ def report(result: dict[str, Any]) -> str:
         if isinstance(figures, dict):
             lines.append(f"{name:14} {figures['median_ms']:10.1f} {figures['p95_ms']:8.1f} "
                          f"{figures['bytes']:9}")  # fmt: skip
-    ratio = eb["inbox"]["median_ms"] / dc["inbox"]["median_ms"]
+    inbox = ratio(eb["inbox"]["median_ms"], dc["inbox"]["median_ms"])
     lines.append(f"{'dovecot fetch':14} {dc['inbox']['median_ms']:10.1f} "
-                 f"{dc['inbox']['p95_ms']:8.1f}   (ratio inbox/dovecot {ratio:.2f})")  # fmt: skip
+                 f"{dc['inbox']['p95_ms']:8.1f}   (ratio inbox/dovecot {inbox:.2f})")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -215,17 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-web-"))
     try:
-        result = run(args.messages, args.large, args.requests, work)
+        with scratch_dir("bench-web-") as work:
+            result = run(args.messages, args.large, args.requests, work)
     except PeerError as exc:
         print(f"[web] cannot run: {exc}", file=sys.stderr)
         return 2
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     print(report(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_results(RESULTS, result)
     return 0
 
 

@@ -12,7 +12,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ import trio
 import wsproto
 import wsproto.events as ws
 
-from tests.harness import RunningBox, curl, init_box, start_box
+from tests.e2e.conftest import BoxStarter
+from tests.harness import RunningBox, curl
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +34,8 @@ USERS = {
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
-    data = tmp_path_factory.mktemp("chat") / "box"
-    init_box(data, DOMAIN, USERS)
-    box = start_box(data)
-    try:
-        yield box
-    finally:
-        box.stop()
+def running(start_running_box: BoxStarter) -> RunningBox:
+    return start_running_box("chat", DOMAIN, USERS, clean_exit=False)
 
 
 def sign_in(box: RunningBox, address: str) -> str:

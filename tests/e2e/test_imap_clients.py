@@ -16,12 +16,12 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import RunningBox, init_box, require_tool, start_box
+from tests.e2e.conftest import BoxStarter
+from tests.harness import RunningBox, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,8 @@ USERS = {f"{n}@{DOMAIN}": PASSWORD for n in ("ann", "ben", "sync")}
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
-    data = tmp_path_factory.mktemp("imapbox")
-    init_box(data, DOMAIN, USERS)
-    running = start_box(data)
-    yield running
-    assert running.stop() == 0
+def box(start_running_box: BoxStarter) -> RunningBox:
+    return start_running_box("imapbox", DOMAIN, USERS)
 
 
 def deliver(box: RunningBox, to: str, subject: str, body: str = "hello") -> bytes:

@@ -13,12 +13,12 @@ import imaplib
 import re
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import RunningBox, init_box, start_box
+from tests.e2e.conftest import BoxStarter
+from tests.harness import RunningBox
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,8 @@ USER = f"kanya@{DOMAIN}"
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
-    data = tmp_path_factory.mktemp("sortbox")
-    init_box(data, DOMAIN, {USER: PASSWORD})
-    running = start_box(data)
-    yield running
-    assert running.stop() == 0
+def box(start_running_box: BoxStarter) -> RunningBox:
+    return start_running_box("sortbox", DOMAIN, {USER: PASSWORD})
 
 
 def session(box: RunningBox) -> imaplib.IMAP4:

@@ -22,7 +22,6 @@ import socket
 import ssl
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,8 @@ from cryptography.x509.oid import NameOID
 
 from appliance.security import keys as box_keys
 from appliance.security import tls
-from tests.harness import RunningBox, curl, edgebox, require_tool, start_box, stored
+from tests.e2e.conftest import BoxStarter
+from tests.harness import RunningBox, curl, edgebox, require_tool, stored
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,8 @@ PASSWORDS = {
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
-    running = start_box(tmp_path_factory.mktemp("probe") / "var", demo=True)
-    try:
-        yield running
-    finally:
-        running.stop()
+def box(start_running_box: BoxStarter) -> RunningBox:
+    return start_running_box("probe", demo=True, clean_exit=False)
 
 
 def _openssl(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -13,12 +13,12 @@ import smtplib
 import ssl
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import RunningBox, edgebox, init_box, require_tool, start_box, stored
+from tests.e2e.conftest import BoxStarter
+from tests.harness import RunningBox, edgebox, require_tool, stored
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,8 @@ PASSWORD = "correct-horse-42"
 USERS = {f"{name}@{DOMAIN}": PASSWORD for name in ("alice", "bob", "carol", "dave", "erin")}
 
 
-@pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
-    data = tmp_path_factory.mktemp("box")
-    init_box(data, DOMAIN, USERS)
+def _special_users(data: Path) -> None:
+    """A 1 MB quota, a disabled account and a Thai local part, as an operator makes them."""
     edgebox("user", "add", "--data", str(data), f"tiny@{DOMAIN}", "--name", "Tiny",
             "--quota-mb", "1", "--password-stdin", input=PASSWORD + "\n")  # fmt: skip
     edgebox("user", "add", "--data", str(data), f"gone@{DOMAIN}", "--name", "Gone",
@@ -38,9 +36,11 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
     edgebox("user", "disable", "--data", str(data), f"gone@{DOMAIN}")
     edgebox("user", "add", "--data", str(data), f"สมชาย@{DOMAIN}", "--name", "สมชาย",
             "--password-stdin", input=PASSWORD + "\n")  # fmt: skip
-    running = start_box(data)
-    yield running
-    assert running.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def box(start_running_box: BoxStarter) -> RunningBox:
+    return start_running_box("box", DOMAIN, USERS, prepare=_special_users)
 
 
 def tls(box: RunningBox) -> ssl.SSLContext:

@@ -13,21 +13,18 @@ and the CSRF token a page of ours would carry.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 import trio
 
-from appliance.box import Box, init_box, open_box
-from appliance.cli import add_user
+from appliance.box import Box
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.registry import admin_console, page_kit, session_api
 from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages
-from tests.appliance.configs import https_on_a_free_port
+from tests.appliance.conftest import Agency, BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 A = "a.go.th"
@@ -40,20 +37,21 @@ PASSWORD = "รหัสผ่าน-ทดสอบ-2567"
 
 
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, A, "กรมเอ")
-    config = https_on_a_free_port(data)
-    async with open_box(config) as opened:
-        await opened.directory.add_agency(B, "กรมบี", "Department B")
-        await add_user(opened, ROOT, PASSWORD, name_th="ผู้ดูแล ส่วนกลาง", name_en="Root Admin")
-        await opened.directory.grant_admin(ROOT, None)
-        await add_user(opened, ADMIN_A, PASSWORD, name_th="ผู้ดูแล กรมเอ", admin=True)
-        await add_user(opened, STAFF_A, PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee",
-                       unit="กองคลัง", rank=3)  # fmt: skip
-        await add_user(opened, STAFF_B, PASSWORD, name_th="มาลี ศรีสุข", name_en="Malee Srisuk",
-                       unit="กองการเจ้าหน้าที่", rank=4)  # fmt: skip
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    return await two_agencies(make_box)
+
+
+async def two_agencies(make_box: BoxFactory) -> Box:
+    """Open the box described above: agencies A and B, their admins and staff."""
+    people = [
+        Person(ROOT, PASSWORD, "ผู้ดูแล ส่วนกลาง", "Root Admin", box_admin=True),
+        Person(ADMIN_A, PASSWORD, "ผู้ดูแล กรมเอ", admin=True),
+        Person(STAFF_A, PASSWORD, "สมชาย ใจดี", "Somchai Jaidee", unit="กองคลัง", rank=3),
+        Person(STAFF_B, PASSWORD, "มาลี ศรีสุข", "Malee Srisuk", unit="กองการเจ้าหน้าที่", rank=4),
+    ]
+    return await make_box(
+        A, agency_name="กรมเอ", agencies=[Agency(B, "กรมบี", "Department B")], people=people
+    )
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import pytest
 import trio
 import trio.testing
 
@@ -15,11 +14,6 @@ from appliance.security.guard import AuthGuard, GuardPolicy
 
 PASSWORD = "ถูกต้อง-2569"
 OWNER = "malee@demo.go.th"
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 class Passwords:

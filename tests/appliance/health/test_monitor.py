@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.box import Box, init_box, open_box
-from appliance.config import DEV_PORTS, load_config
+from appliance.box import Box
+from appliance.config import DEV_PORTS, Config, load_config
 from appliance.health import Level
 from appliance.health.metrics import SnapshotCollector
 from appliance.health.metrics_service import MetricsService
@@ -23,20 +22,21 @@ from appliance.health.readings import DiskReading, FakeReadings, Temperature
 from appliance.health.snapshot import ServiceState
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.sync.status import SyncStatus
+from tests.appliance.conftest import BoxFactory
 from tests.harness import require_tool
 
 GiB = 1024**3
 DOMAIN = "health.go.th"
 
 
-@pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN)
+def _metrics_on_a_free_port(data: Path) -> Config:
     # Offset cancels the metrics dev port: the listener binds port 0 and reports its port.
-    config = dataclasses.replace(load_config(data), port_offset=-DEV_PORTS["metrics"])
-    async with open_box(config) as opened:
-        yield opened
+    return dataclasses.replace(load_config(data), port_offset=-DEV_PORTS["metrics"])
+
+
+@pytest.fixture
+async def box(make_box: BoxFactory) -> Box:
+    return await make_box(DOMAIN, config=_metrics_on_a_free_port)
 
 
 def fake_machine() -> FakeReadings:
@@ -71,11 +71,6 @@ async def test_a_round_judges_the_box_and_the_panel_reads_the_first_problem(box:
     assert problem.check == "disk"
     # The clock check's memory of the latest time seen survives a restart.
     assert (box.config.data_dir / "run" / "clock.json").exists()
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 async def test_the_monitor_runs_on_its_interval(

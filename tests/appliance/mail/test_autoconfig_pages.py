@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import plistlib
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,14 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from appliance.box import Box, init_box, open_box
-from appliance.config import load_config
+from appliance.box import Box
+from appliance.config import Config, load_config
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.autoconfig import AUTODISCOVER_NS, OUTLOOK_RESPONSE_NS, profile_uuids
 from appliance.mail.autoconfig_pages import autoconfig_routes
 from appliance.registry import page_kit, session_api
 from appliance.web.pages import CommonPages
+from tests.appliance.conftest import Agency, BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 from .test_autoconfig import BILLION_LAUGHS, XXE, outlook_request, parse
@@ -39,16 +39,20 @@ HOSTNAME = "mail.test.go.th"
 R = f"{{{OUTLOOK_RESPONSE_NS}}}"
 
 
+def _ports_at_offset(data: Path) -> Config:
+    return load_config(data, flags={"port_offset": OFFSET})
+
+
 @pytest.fixture
-async def office(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN, "สำนักงานทดสอบ")
-    async with open_box(load_config(data, flags={"port_offset": OFFSET})) as box:
-        await box.directory.add_agency(OTHER, name_th="กระทรวงตัวอย่าง")
-        await box.directory.add_user(
-            ADDRESS, password=PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee"
-        )
-        yield box
+async def office(make_box: BoxFactory) -> Box:
+    return await make_box(
+        DOMAIN,
+        agency_name="สำนักงานทดสอบ",
+        agencies=[Agency(OTHER, "กระทรวงตัวอย่าง")],
+        people=[Person(ADDRESS, PASSWORD, "สมชาย ใจดี", "Somchai Jaidee")],
+        mailboxes=False,
+        config=_ports_at_offset,
+    )
 
 
 @pytest.fixture

@@ -127,7 +127,9 @@ async def test_linger_drains_a_client_still_sending_then_stops(
     assert trio.current_time() - started == pytest.approx(2.0)
 
 
-async def test_linger_does_nothing_before_an_answer_was_sent() -> None:
+async def test_linger_does_nothing_before_an_answer_was_sent(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     client, reader = _pair()
     await client.send_all(HEAD % 10)
     assert await reader.next_request() is not None

@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
@@ -26,14 +25,15 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.box import Box, init_box, open_box
+from appliance.box import Box, init_box
 from appliance.cli import main
-from appliance.config import load_config
+from appliance.config import Config, load_config
 from appliance.mail.smtp.policy import Port
 from appliance.protection import dkim
 from appliance.protection.dkim_commands import zone_lines
 from appliance.registry import smtp_service
 from appliance.security.keys import create_box_keys
+from tests.appliance.conftest import BoxFactory, Person
 from tests.harness import free_port_offset
 from tests.peers.dns_stub import resolver_override, txt_server
 
@@ -327,15 +327,14 @@ def test_stripping_touches_only_our_results(
 # -- the MX port, in-process ----------------------------------------------------------
 
 
+def _ports_at_a_free_offset(data: Path) -> Config:
+    return load_config(data, flags={"port_offset": free_port_offset()})
+
+
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN)
-    config = load_config(data, flags={"port_offset": free_port_offset()})
-    async with open_box(config) as opened:
-        await opened.directory.add_user(f"somchai@{DOMAIN}", password="x-2569", name_th="สมชาย")
-        await opened.mailstore.create_mailboxes(f"somchai@{DOMAIN}")
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    somchai = Person(f"somchai@{DOMAIN}", "x-2569", "สมชาย")
+    return await make_box(DOMAIN, people=[somchai], config=_ports_at_a_free_offset)
 
 
 async def test_mx_adds_authentication_results_and_strips_forgeries(

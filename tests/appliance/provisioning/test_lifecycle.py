@@ -12,7 +12,9 @@ from appliance.provisioning.provision import provision
 from tests.appliance.provisioning.test_provision import DOMAIN, REQUEST
 
 
-async def test_status_follows_the_state_and_the_certificate(tmp_path: Path) -> None:
+async def test_status_follows_the_state_and_the_certificate(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
     device = ensure_device(tmp_path)
     lifecycle = Lifecycle(tmp_path, device)
     before = lifecycle.status()

@@ -18,23 +18,7 @@ from appliance.sync.chat import FILE_GET_PATH, FILE_PUT_PATH, PULL_CURSOR, ChatR
 from appliance.sync.codec.chat import REJECTED_TYPE
 from appliance.sync.status import read_sync_status
 from appliance.sync.transport import HubRefused, HubUnavailable
-from tests.appliance.sync.chatnet import (
-    A1,
-    A2,
-    B1,
-    B2,
-    Net,
-    history,
-    hub_history,
-    open_net,
-    post,
-)
-
-
-@pytest.fixture
-async def net(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with open_net(tmp_path) as opened:
-        yield opened
+from tests.appliance.sync.chatnet import A1, A2, B1, B2, Net, history, hub_history, open_net, post
 
 
 async def _converge(net: Net) -> None:

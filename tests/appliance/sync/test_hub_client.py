@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import ssl
 from pathlib import Path
 
+import h11
 import pytest
 import trio
+import trio.testing
 
 from appliance.provisioning.enrol import enroll
 from appliance.sync import hub_client
@@ -15,7 +19,7 @@ from appliance.sync.hub.server import HubLimits
 from appliance.sync.hub_client import HubClient
 from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute
 from tests.appliance.sync.hub.hubfixture import new_edge, running_hub
-from tests.faults.proxy import Bandwidth, FaultProxy
+from tests.faults.proxy import FaultProxy
 from tests.harness import free_port_offset
 
 PING = "/sync/v1/ping"
@@ -93,36 +97,69 @@ async def test_no_answer_in_time_is_unavailable(tmp_path: Path) -> None:
             await client.aclose()
 
 
-async def _big_answer(peer: Peer, body: object) -> object:
-    # Incompressible, so gzip does not shrink it: ~1.3 MB on the line.
-    return {"content": base64.b64encode(os.urandom(1_000_000)).decode()}
+async def _slow_hub(
+    stream: trio.abc.Stream, answer: bytes, bits_per_s: int, chunk: int = 16_384
+) -> None:
+    """Read one request; answer 200 with *answer*, paced like a line of *bits_per_s*."""
+    conn = h11.Connection(h11.SERVER)
+    while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65_536))
+    head = h11.Response(
+        status_code=200,
+        headers=[("content-type", "application/json"), ("content-length", str(len(answer)))],
+    )
+    try:
+        await stream.send_all(conn.send(head))
+        for start in range(0, len(answer), chunk):
+            await trio.sleep(chunk * 8 / bits_per_s)
+            await stream.send_all(conn.send(h11.Data(data=answer[start : start + chunk])))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client gave up
 
 
 @pytest.mark.parametrize("earned", [True, False], ids=["long answer earns time", "it does not"])
 async def test_a_long_answer_earns_time_as_it_arrives(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, earned: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.abc.Clock,
+    earned: bool,
 ) -> None:
     # Each byte earns 1/SLOWEST_LINE s. Through a 5 Mbit/s line the 1.3 MB answer
     # takes ~2.1 s, far past the 0.4 s limit: at 256 KB/s of credit it earns ~5 s
     # and arrives; at 20 MB/s it earns ~0.07 s and the call gives up.
+    # The line is faked below the client's TLS (a memory stream) and time is trio's
+    # mock clock: only the line's pacing takes time, so a busy machine cannot turn
+    # "arrives" into "gives up". The real transport is tested above.
     monkeypatch.setattr(hub_client, "SLOWEST_LINE", 2**18 if earned else 20 * 2**20)
-    routes = [SyncRoute("/sync/v1/t/big", _big_answer)]
-    async with running_hub(tmp_path, extra_routes=routes) as hub:
-        edge = await new_edge(tmp_path, "moe.go.th")
-        await enroll(edge, hub.url, await hub.token("moe.go.th"))
-        port = int(hub.url.rpartition(":")[2])
-        async with FaultProxy(("127.0.0.1", port)) as line:
-            line.set(Bandwidth(5_000_000))
-            client = HubClient(edge / "keys", f"https://127.0.0.1:{line.port}", timeout=0.4)
-            try:
-                if earned:
-                    answer = await client("/sync/v1/t/big", {})
-                    assert len(base64.b64decode(answer["content"])) == 1_000_000
-                else:
-                    with pytest.raises(HubUnavailable, match="no answer in time"):
-                        await client("/sync/v1/t/big", {})
-            finally:
-                await client.aclose()
+    content = os.urandom(1_000_000)  # incompressible: ~1.3 MB as base64 in JSON
+    answer = json.dumps({"content": base64.b64encode(content).decode()}).encode()
+    ours, hubs = trio.testing.memory_stream_pair()
+
+    async def line_to_the_hub(*args: object, **kwargs: object) -> trio.abc.Stream:
+        return ours
+
+    async def no_tls(watch: object, stream: trio.abc.Stream, *args: object, **kw: object) -> object:
+        return stream
+
+    monkeypatch.setattr(hub_client, "open_tcp", line_to_the_hub)
+    monkeypatch.setattr(hub_client, "start_tls", no_tls)
+    client = HubClient(
+        tmp_path, "https://hub.gin.go.th:7443", timeout=0.4, context=ssl.create_default_context()
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_slow_hub, hubs, answer, 5_000_000)
+        try:
+            if earned:
+                answer_json = await client("/sync/v1/t/big", {})
+                assert len(base64.b64decode(answer_json["content"])) == 1_000_000
+            else:
+                with pytest.raises(HubUnavailable, match="no answer in time"):
+                    await client("/sync/v1/t/big", {})
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()
 
 
 async def test_hub_down_is_unavailable(tmp_path: Path) -> None:

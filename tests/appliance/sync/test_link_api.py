@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from appliance.box import Box, add_user, init_box, open_box
+from appliance.box import Box
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.sync.clock import ManualClock
@@ -19,31 +17,17 @@ from appliance.sync.link_api import PATH, RESPONSE_SCHEMA, link_routes
 from appliance.sync.status import SyncStatus
 from appliance.web.openapi import openapi_route
 from appliance.web.schema import validate
-from tests.appliance.configs import https_on_a_free_port
+from tests.appliance.admin.conftest import ADMIN_A, ROOT, STAFF_A, STAFF_B, two_agencies
+from tests.appliance.conftest import BoxFactory
 from tests.appliance.web.conftest import Server, start_server
 
-A = "a.go.th"
-B = "b.go.th"
-ROOT = f"root@{A}"
-ADMIN_A = f"admin@{A}"
-STAFF_A = f"staff@{A}"
-STAFF_B = f"staff@{B}"
-PASSWORD = "รหัสผ่าน-ทดสอบ-2567"
 SINCE = 1_800_000_000.0
 
 
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, A, "กรมเอ")
-    config = https_on_a_free_port(data)
-    async with open_box(config) as opened:
-        await opened.directory.add_agency(B, "กรมบี", "Department B")
-        await add_user(opened, ROOT, PASSWORD, name_th="ผู้ดูแล ส่วนกลาง", box_admin=True)
-        await add_user(opened, ADMIN_A, PASSWORD, name_th="ผู้ดูแล กรมเอ", admin=True)
-        await add_user(opened, STAFF_A, PASSWORD, name_th="สมชาย ใจดี")
-        await add_user(opened, STAFF_B, PASSWORD, name_th="มาลี ศรีสุข")
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    # The admin console's people: a box-wide admin, an admin of A, staff of A and B.
+    return await two_agencies(make_box)
 
 
 @pytest.fixture

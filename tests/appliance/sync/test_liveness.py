@@ -35,11 +35,6 @@ from appliance.sync.liveness import (
 from appliance.sync.status import SyncStatus
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 async def test_an_idle_deadline_moves_only_while_bytes_move(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -16,7 +16,7 @@ import shutil
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 
-from appliance.box import Box, add_user, init_box, open_box
+from appliance.box import Box
 from appliance.config import load_config
 from appliance.mail.delivery import Envelope, Recipient, Trace
 from appliance.mail.smtp import protocol as server
@@ -35,6 +35,7 @@ from appliance.sync.central import CENTRAL_CA_FILE, CentralCredentials, save_cre
 from appliance.sync.clock import ManualClock
 from appliance.sync.relay import PARALLEL_FROM, OutboundRelay, Timeouts
 from appliance.sync.status import SyncStatus, read_sync_status
+from tests.appliance.conftest import BoxFactory, Person
 from tests.peers import self_signed_cert
 
 DOMAIN = "a.go.th"
@@ -183,13 +184,10 @@ class ScriptedRelay:
 
 
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN)
-    async with open_box(load_config(data)) as opened:
-        await add_user(opened, SENDER, PASSWORD, name_th="สมชาย")
-        save_credentials(data / "keys", CentralCredentials("box-a", BOX_SECRET))
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    opened = await make_box(DOMAIN, people=[Person(SENDER, PASSWORD, "สมชาย")], config=load_config)
+    save_credentials(opened.config.data_dir / "keys", CentralCredentials("box-a", BOX_SECRET))
+    return opened
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +20,12 @@ import trio
 import wsproto
 import wsproto.events
 
-from appliance.box import Box, init_box, open_box
+from appliance.box import Box
 from appliance.directory.sessions import Sessions
 from appliance.security.tls import client_ssl_context
 from appliance.web.routes import Route, StreamRoute
 from appliance.web.server import HTTPSService, Limits
-from tests.appliance.configs import https_on_a_free_port
+from tests.appliance.conftest import BoxFactory, Person
 
 DOMAIN = "test.go.th"
 ADDRESS = f"somchai@{DOMAIN}"
@@ -34,15 +33,9 @@ PASSWORD = "รหัสลับ-ทดสอบ-2567"
 
 
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN)
-    config = https_on_a_free_port(data)
-    async with open_box(config) as opened:
-        await opened.directory.add_user(
-            ADDRESS, password=PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee"
-        )
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    somchai = Person(ADDRESS, PASSWORD, "สมชาย ใจดี", "Somchai Jaidee")
+    return await make_box(DOMAIN, people=[somchai], mailboxes=False)
 
 
 @dataclass

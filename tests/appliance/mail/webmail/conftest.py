@@ -8,15 +8,14 @@ through `box.delivery.deliver`, the path SMTP takes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 import trio
 
-from appliance.box import Box, init_box, open_box
+from appliance.box import Box
 from appliance.directory import User
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
@@ -26,7 +25,7 @@ from appliance.mail.webmail.pages import MailPages
 from appliance.registry import page_kit, session_api
 from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages
-from tests.appliance.configs import https_on_a_free_port
+from tests.appliance.conftest import BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 DOMAIN = "test.go.th"
@@ -38,18 +37,13 @@ TRACE = Trace(helo="client.test.go.th", client_ip="192.0.2.7", protocol="ESMTPSA
 
 
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN)
-    config = https_on_a_free_port(data)
-    async with open_box(config) as opened:
-        await opened.directory.add_user(
-            ADDRESS, password=PASSWORD, name_th="สมชาย ใจดี", name_en="Somchai Jaidee"
-        )
-        await opened.directory.add_user(
-            OTHER, password=PASSWORD, name_th="สมศรี รักงาน", name_en="Somsri Rakngan"
-        )
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    # No mailboxes yet: the first delivery or webmail visit makes them (tests rely on it).
+    people = [
+        Person(ADDRESS, PASSWORD, "สมชาย ใจดี", "Somchai Jaidee"),
+        Person(OTHER, PASSWORD, "สมศรี รักงาน", "Somsri Rakngan"),
+    ]
+    return await make_box(DOMAIN, people=people, mailboxes=False)
 
 
 def message(

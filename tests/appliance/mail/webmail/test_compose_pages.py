@@ -12,16 +12,15 @@ import email.policy
 import html
 import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 import trio
 
-from appliance.box import Box, init_box, open_box
+from appliance.box import Box
 from appliance.compliance.traffic_log import iter_records
 from appliance.directory.sessions import BROWSER_TTL
 from appliance.mail.delivery import Envelope, Recipient, Trace
@@ -30,7 +29,7 @@ from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.registry import page_kit, session_api
 from appliance.web.csrf import csrf_token_for
 from appliance.web.pages import CommonPages
-from tests.appliance.configs import https_on_a_free_port
+from tests.appliance.conftest import BoxFactory, Person
 from tests.appliance.web.conftest import Reply, Server, start_server
 
 DOMAIN = "test.go.th"
@@ -41,20 +40,12 @@ MB = 1024 * 1024
 
 
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    data = tmp_path / "data"
-    await init_box(data, DOMAIN)
-    config = https_on_a_free_port(data)
-    async with open_box(config) as opened:
-        for address, thai, english in (
-            (SOMCHAI, "สมชาย ใจดี", "Somchai Jaidee"),
-            (SOMYING, "สมหญิง รักดี", "Somying Rakdee"),
-        ):
-            await opened.directory.add_user(
-                address, password=PASSWORD, name_th=thai, name_en=english
-            )
-            await opened.mailstore.create_mailboxes(address)
-        yield opened
+async def box(make_box: BoxFactory) -> Box:
+    people = [
+        Person(SOMCHAI, PASSWORD, "สมชาย ใจดี", "Somchai Jaidee"),
+        Person(SOMYING, PASSWORD, "สมหญิง รักดี", "Somying Rakdee"),
+    ]
+    return await make_box(DOMAIN, people=people)
 
 
 @dataclass

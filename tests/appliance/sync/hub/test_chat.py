@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,25 +12,7 @@ from hypothesis import strategies as st
 from appliance.chat.errors import ChatError
 from appliance.sync.codec.chat import parse_answers, parse_event, parse_page
 from appliance.sync.transport import HubRefused, Peer
-from tests.appliance.sync.chatnet import (
-    A1,
-    A2,
-    B1,
-    B2,
-    A,
-    B,
-    Net,
-    history,
-    hub_history,
-    open_net,
-    post,
-)
-
-
-@pytest.fixture
-async def net(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with open_net(tmp_path) as opened:
-        yield opened
+from tests.appliance.sync.chatnet import A1, A2, B1, B2, A, B, Net, history, hub_history, post
 
 
 async def _push(net: Net, events: list[dict[str, Any]], peer: Peer | None = None) -> Any:
