@@ -125,13 +125,7 @@ MOVING: frozenset[str] = frozenset()
 
 #: Imports allowed against the rule, each with its reason and the change that ends it.
 #: Keep it short: an entry here is a debt.
-EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        # The MX's DKIM verdict (RFC 8601): the registry should hand SMTPService an
-        # inbound filter, so mail need not know protection; until then, this line.
-        ("appliance.mail.smtp.server", "appliance.protection.dkim"),
-    }
-)
+EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 
 #: What a protocol core must not import: it would bring I/O or a clock into the core.
 IO_MODULES = frozenset({"trio", "socket", "ssl", "asyncio", "selectors", "threading", "time"})

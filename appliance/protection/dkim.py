@@ -565,3 +565,22 @@ def system_dnsfunc(name: bytes, timeout: float = DNS_TIMEOUT) -> bytes | None:
             # RFC 6376 §3.6.2.2: the strings of one record are joined without spaces.
             return b"".join(next(iter(rrset)).strings)
     return None
+
+
+@dataclass
+class InboundDkim:
+    """Verify DKIM on the MX port and put our RFC 8601 field on top.
+
+    The registry hands one to the MX's SMTPService, so mail does not import the
+    protection layer; *dns* is the TXT look-up (tests put a dict's here).
+    """
+
+    hostname: str
+    dns: DnsFunc = system_dnsfunc
+
+    def needs_lookup(self, content: bytes) -> bool:
+        """True when verifying needs the DNS (so a worker thread): only signed mail."""
+        return is_signed(content)
+
+    def __call__(self, content: bytes) -> bytes:
+        return authenticate_inbound(content, self.hostname, self.dns)

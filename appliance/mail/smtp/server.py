@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 from datetime import UTC, datetime
+from typing import Protocol
 
 import trio
 
@@ -30,12 +31,21 @@ from appliance.mail.smtp.policy import (
     parse_trusted_relays,
 )
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
-from appliance.protection import dkim, rspamd
+from appliance.protection import rspamd
 from appliance.protection import smtp as scanning
 from appliance.protection.scanner import Protection
 from appliance.protection.verdict import Outcome, Verdict, strip_scan_headers
 
 log = logging.getLogger("edgebox.smtp")
+
+
+class InboundAuthentication(Protocol):
+    """What the MX asks of a message before storing it (appliance.protection.dkim)."""
+
+    def needs_lookup(self, content: bytes) -> bool: ...
+
+    def __call__(self, content: bytes) -> bytes: ...
+
 
 TOO_MANY_CONNECTIONS = smtp.Reply(421, "4.7.0", "Too many connections, try again later")
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -82,6 +92,7 @@ class SMTPService:
         disk_guard: DiskGuard,
         metrics: BoxMetrics,
         protection: Protection | None = None,
+        authenticate: InboundAuthentication | None = None,
     ) -> None:
         self.port = port
         #: Scans every message before it is accepted (appliance.protection); None: off.
@@ -105,8 +116,8 @@ class SMTPService:
             service=self.name,
             per_source=config.max_connections_per_source,
         )
-        #: The TXT look-up that DKIM verification on the MX uses; tests put a dict's here.
-        self.dkim_dns: dkim.DnsFunc = dkim.system_dnsfunc
+        #: The MX's DKIM verification (RFC 8601 field on top); None on the other ports.
+        self.authenticate = authenticate
         self.session_config = smtp.SessionConfig(
             hostname=hostname,
             max_message_size=config.max_message_size,
@@ -276,15 +287,14 @@ class SMTPSession:
                 conn.reject(reply)
                 self.recipients = []
                 return
-        if self.service.port is Port.MX:
+        authenticate = service.authenticate
+        if authenticate is not None:
             # RFC 8601: the DKIM verdict on top, for the recipients' clients and filters.
             # Only a signed message needs the DNS (and so a worker thread).
-            if dkim.is_signed(content):
-                content = await trio.to_thread.run_sync(
-                    dkim.authenticate_inbound, content, service.hostname, service.dkim_dns
-                )
+            if authenticate.needs_lookup(content):
+                content = await trio.to_thread.run_sync(authenticate, content)
             else:
-                content = dkim.authenticate_inbound(content, service.hostname, service.dkim_dns)
+                content = authenticate(content)
         if protection is not None and verdict is not None and verdict.accepted:
             # A sender's own X-Spam-* fields go: only the box's may say "scanned".
             content = protection.headers(verdict) + strip_scan_headers(content)

@@ -352,7 +352,7 @@ async def test_mx_adds_authentication_results_and_strips_forgeries(
     forged = f"Authentication-Results: {box.hostname}; dkim=pass\r\n".encode()
 
     service = smtp_service(box, Port.MX)
-    service.dkim_dns = dict_dns(dns_of(sender))
+    service.authenticate = dkim.InboundDkim(box.hostname, dict_dns(dns_of(sender)))
     await nursery.start(service.serve)
     port = box.config.port(service.name)
 
@@ -487,7 +487,7 @@ async def test_a_resend_with_another_verdict_is_still_stored_once(
         return dict_dns(records)(name)
 
     service = smtp_service(box, Port.MX)
-    service.dkim_dns = flaky
+    service.authenticate = dkim.InboundDkim(box.hostname, flaky)
     await nursery.start(service.serve)
     port = box.config.port(service.name)
 
