@@ -18,6 +18,7 @@ What this is not: the agency's keys, or anything a factory reset must destroy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -158,7 +159,8 @@ def forget_setup_code(data_dir: Path) -> None:
     (data_dir / DEVICE_DIR / SETUP_CODE_FILE).unlink(missing_ok=True)
     # The wizard's draft holds the first admin's password hash: overwritten, not only
     # unlinked (keys.shred), as apply does (wizard.forget_draft).
-    shred(data_dir / DEVICE_DIR / WIZARD_FILE)
+    with contextlib.suppress(FileNotFoundError):  # a box that never had a device folder
+        shred(data_dir / DEVICE_DIR / WIZARD_FILE)
 
 
 def certificate_fingerprint(cert_pem: bytes) -> str:
