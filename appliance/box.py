@@ -118,9 +118,11 @@ class FirstAdmin:
     """The account provisioning makes: an admin of the agency and of the box."""
 
     address: str
-    password: str
+    #: None when *password_hash* is given (the setup wizard keeps only the hash).
+    password: str | None
     name_th: str
     name_en: str | None = None
+    password_hash: str | None = None
 
 
 async def init_box(
@@ -162,6 +164,7 @@ async def init_box(
             await add_user(
                 box, first_admin.address, first_admin.password, name_th=first_admin.name_th,
                 name_en=first_admin.name_en, admin=True, box_admin=True,
+                password_hash=first_admin.password_hash,
             )  # fmt: skip
     # The identity is written last, in one atomic replace of config.json: it is the
     # moment the box becomes provisioned. A directory without it is "not initialised";
@@ -263,7 +266,7 @@ def guard_policy(config: Config) -> GuardPolicy:
     )
 
 
-async def add_user(box: Box, email: str, password: str, **details: Any) -> User:
+async def add_user(box: Box, email: str, password: str | None, **details: Any) -> User:
     """Add a user with their org unit, mailboxes and grants (`create_account`).
 
     The one way an account is made: `edgebox user add`, the demo set-up and the admin

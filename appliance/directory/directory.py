@@ -468,7 +468,8 @@ class Directory:
         self,
         address: str,
         *,
-        password: str,
+        password: str | None = None,
+        password_hash: str | None = None,
         name_th: str,
         name_en: str | None = None,
         rank: int = 0,
@@ -477,8 +478,15 @@ class Directory:
         phone: str | None = None,
         quota_bytes: int | None = None,
     ) -> User:
-        """Create a user in the agency serving the address's domain."""
+        """Create a user in the agency serving the address's domain.
+
+        Exactly one of *password* (hashed here) and *password_hash* (made earlier by
+        `passwords.hash_password`, e.g. in the setup wizard, so its draft never held the
+        password) is given. A given hash is checked to be in our format, never trusted.
+        """
         address = normalise_address(address)
+        if (password is None) == (password_hash is None):
+            raise DirectoryError(f"user {address}: give a password or its hash, not both")
         domain = address.rpartition("@")[2]
         name_th = _required_text(name_th, f"the Thai name of {address}")
         name_en = _clean_text(name_en, f"the English name of {address}")
@@ -488,7 +496,10 @@ class Directory:
         rank = _check_count(rank, "rank")
         quota = DEFAULT_QUOTA_BYTES if quota_bytes is None else quota_bytes
         quota = _check_count(quota, "quota_bytes")
-        password_hash = await self._hash(address, password)
+        if password is not None:
+            password_hash = await self._hash(address, password)
+        elif not passwords.is_password_hash(password_hash):
+            raise DirectoryError(f"password hash for {address} is not in the box's format")
 
         def job(conn: sqlite3.Connection) -> User:
             agency_id = _agency_id(conn, domain)

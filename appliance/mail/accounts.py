@@ -18,11 +18,16 @@ from appliance.mail.mailstore import Mailstore
 
 
 async def create_account(
-    directory: Directory, mailstore: Mailstore, email: str, password: str, **details: Any
+    directory: Directory,
+    mailstore: Mailstore,
+    email: str,
+    password: str | None,
+    **details: Any,
 ) -> User:
     """Add a user with their org unit, mailboxes and grants.
 
-    *details* are `Directory.add_user`'s, plus ``admin`` (of their agency),
+    *password* is None when *details* carry a ``password_hash`` instead (the setup
+    wizard's first admin). *details* are `Directory.add_user`'s, plus ``admin`` (of their agency),
     ``box_admin`` (of every agency on the box) and ``service`` (a sync service account
     that may act for every user of the box).
     """

@@ -18,6 +18,7 @@ What this is not: the agency's keys, or anything a factory reset must destroy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.security.certificates import new_key, private_pem, self_signed
+from appliance.security.keys import shred
 from appliance.store.files import fsync_dir, write_atomically
 
 DEVICE_DIR: Final = "device"
@@ -155,7 +157,10 @@ def forget_setup_code(data_dir: Path) -> None:
     """Remove the setup code and the wizard's claims (factory reset): the next start
     makes a new code, and nobody who held the old one is still let in."""
     (data_dir / DEVICE_DIR / SETUP_CODE_FILE).unlink(missing_ok=True)
-    (data_dir / DEVICE_DIR / WIZARD_FILE).unlink(missing_ok=True)
+    # The wizard's draft holds the first admin's password hash: overwritten, not only
+    # unlinked (keys.shred), as apply does (wizard.forget_draft).
+    with contextlib.suppress(FileNotFoundError):  # a box that never had a device folder
+        shred(data_dir / DEVICE_DIR / WIZARD_FILE)
 
 
 def certificate_fingerprint(cert_pem: bytes) -> str:

@@ -31,6 +31,7 @@ from appliance.directory import DirectoryError, normalise_address, normalise_dom
 from appliance.identity import Identity, read_identity
 from appliance.provisioning.device import DEVICE_DIR, ensure_device
 from appliance.provisioning.reset import erase_agency_data
+from appliance.security import passwords
 
 LOCK_FILE = "box.lock"
 #: Held exclusive while a process serves the setup path: a second `edgebox run` on the
@@ -61,7 +62,11 @@ class ProvisioningRequest:
     admin_address: str
     admin_name_th: str
     admin_name_en: str | None
-    admin_password: str
+    #: Exactly one of the two: the password (`edgebox init`, the USB stick) or its hash
+    #: (`passwords.hash_password`; the setup wizard, whose draft must not hold the
+    #: password, checked its length before hashing it).
+    admin_password: str | None = None
+    admin_password_hash: str | None = None
 
     def checked(self) -> ProvisioningRequest:
         """Return the request with its domain and address normalised, or raise."""
@@ -80,7 +85,18 @@ class ProvisioningRequest:
                 "the agency's and the admin's Thai names are required",
                 "ต้องระบุชื่อภาษาไทยของหน่วยงานและของผู้ดูแลระบบ",
             )
-        if len(self.admin_password) < MIN_ADMIN_PASSWORD:
+        if (self.admin_password is None) == (self.admin_password_hash is None):
+            raise ProvisioningError(
+                "give the first admin's password or its hash, not both",
+                "ต้องระบุรหัสผ่านของผู้ดูแลระบบคนแรก หรือค่าแฮชของรหัสผ่าน อย่างใดอย่างหนึ่ง",
+            )
+        if self.admin_password_hash is not None:
+            if not passwords.is_password_hash(self.admin_password_hash):
+                raise ProvisioningError(
+                    "the first admin's password hash is not in the box's format",
+                    "ค่าแฮชรหัสผ่านของผู้ดูแลระบบคนแรกไม่อยู่ในรูปแบบของเครื่อง",
+                )
+        elif len(self.admin_password or "") < MIN_ADMIN_PASSWORD:
             raise ProvisioningError(
                 f"the first admin's password needs at least {MIN_ADMIN_PASSWORD} characters",
                 f"รหัสผ่านของผู้ดูแลระบบคนแรกต้องยาวอย่างน้อย {MIN_ADMIN_PASSWORD} ตัวอักษร",
@@ -93,6 +109,7 @@ class ProvisioningRequest:
             admin_name_th=self.admin_name_th.strip(),
             admin_name_en=(self.admin_name_en or "").strip() or None,
             admin_password=self.admin_password,
+            admin_password_hash=self.admin_password_hash,
         )
 
 
@@ -125,7 +142,7 @@ async def _provision(data_dir: Path, request: ProvisioningRequest) -> Identity:
     await trio.to_thread.run_sync(discard_unfinished, data_dir)
     admin = FirstAdmin(
         request.admin_address, request.admin_password, request.admin_name_th,
-        request.admin_name_en,
+        request.admin_name_en, request.admin_password_hash,
     )  # fmt: skip
     try:
         await init_box(

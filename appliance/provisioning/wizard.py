@@ -8,9 +8,11 @@ The wizard (wizard_pages.py serves it) asks in this order::
 Every step's answers are checked here (`check_step`, pure: form fields in, answers or
 `StepError` out) and kept in a `Draft` saved to ``DATA/device/wizard.json`` (0600, the
 device folder is 0700) with an atomic replace after every step, so a reload, a second
-browser or a restart of the box continues at the same step. The draft holds the first
-admin's password until the box is set up; apply deletes it, and a factory reset
-forgets it with the setup code.
+browser or a restart of the box continues at the same step. No secret is kept in clear:
+the first admin's password only as its scrypt hash (the directory's format,
+`passwords.hash_password`), and a restore's recovery key not at all, only its public
+fingerprint (`key_id`); the technician types the key again on the review page, at
+apply. Apply and a factory reset overwrite the draft before unlinking it (`shred`).
 
 A browser that typed the right setup code holds a *claim*: a random token in the
 session cookie, of which the draft keeps only the SHA-256. A claim is good until the
@@ -32,9 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from appliance.backup.crypto import BadRecoveryKey, key_id, words_to_key
 from appliance.directory import DirectoryError, normalise_address, normalise_domain
 from appliance.provisioning.device import DEVICE_DIR, WIZARD_FILE
 from appliance.provisioning.provision import MIN_ADMIN_PASSWORD
+from appliance.security.keys import shred
+from appliance.security.passwords import hash_password
 from appliance.store.files import write_atomically
 
 #: The steps in the order the wizard walks them (claim comes before, apply after).
@@ -122,7 +127,7 @@ def load_draft(data_dir: Path) -> Draft:
     if not isinstance(raw, dict):
         return Draft()
     try:
-        return Draft(
+        draft = Draft(
             reached=min(max(int(raw.get("reached", 0)), 0), len(STEPS)),
             lang="en" if raw.get("lang") == "en" else "th",
             answers={str(k): dict(v) for k, v in dict(raw.get("answers", {})).items()},
@@ -130,6 +135,12 @@ def load_draft(data_dir: Path) -> Draft:
         )
     except (TypeError, ValueError):
         return Draft()  # written by us atomically, so only a hand edit gets here
+    # A draft saved by an older release held the password and the key words in clear:
+    # those steps are asked again (and the next save rewrites the file without them).
+    for step, secret in (("admin", "password"), ("restore", "key")):
+        if secret in draft.answers.get(step, {}):
+            del draft.answers[step]
+    return draft
 
 
 def save_draft(data_dir: Path, draft: Draft) -> None:
@@ -145,9 +156,14 @@ def save_draft(data_dir: Path, draft: Draft) -> None:
 
 
 def forget_draft(data_dir: Path) -> None:
-    """Remove the draft (after apply, at a factory reset): it holds a password."""
+    """Overwrite and remove the draft (after apply, at a factory reset).
+
+    It holds no secret in clear, but a password hash and the agency's answers are
+    nobody's business once the box is set up; `shred` zeroes the bytes before the
+    unlink (best effort on flash, see `shred`) and syncs the folder.
+    """
     with contextlib.suppress(FileNotFoundError):
-        draft_path(data_dir).unlink()
+        shred(draft_path(data_dir))
 
 
 # --- the steps' checks -------------------------------------------------------------------
@@ -244,12 +260,14 @@ def _admin(fields: dict[str, str], draft: Draft) -> dict[str, Any]:
         raise StepError("password", "at most 1024 characters", "ไม่เกิน 1024 ตัวอักษร")
     if fields.get("password2", "") != password:
         raise StepError("password2", "the two passwords differ", "รหัสผ่านสองช่องไม่ตรงกัน")
+    name_th = _required(fields, "name_th", "the admin's Thai name", "ชื่อภาษาไทยของผู้ดูแลระบบ")
+    name_en = _text(fields, "name_en") or None
+    # Only the hash is kept (the draft is a file until apply); the checks above are the
+    # last that see the password. scrypt costs ~0.1 s: the pages call this in a thread.
     return {
-        "address": address,
-        "name_th": _required(fields, "name_th", "the admin's Thai name", "ชื่อภาษาไทยของผู้ดูแลระบบ"),
-        "name_en": _text(fields, "name_en") or None,
-        "password": password,
-    }
+        "address": address, "name_th": name_th, "name_en": name_en,
+        "password_hash": hash_password(password),
+    }  # fmt: skip
 
 
 def check_hostname(name: str) -> str:
@@ -347,5 +365,15 @@ def _restore(fields: dict[str, str], draft: Draft) -> dict[str, Any]:
         raise StepError("source", "a full path, like /media/backup",
                         "ระบุเส้นทางเต็ม เช่น /media/backup")  # fmt: skip
     words = _required(fields, "key", "the recovery key", "กุญแจกู้คืน", 2000)
+    try:
+        key = words_to_key(words)
+    except BadRecoveryKey as exc:
+        raise StepError("key", f"the recovery key is not valid: {exc}",
+                        f"กุญแจกู้คืนไม่ถูกต้อง: {exc}") from None  # fmt: skip
+    # The words are not kept, only the key's public fingerprint (the backup has it in
+    # clear too): the review page, the one step between here and apply, asks for the
+    # words again. Sealing them instead would need a secret that an unprovisioned box
+    # does not have (DATA/keys is made, and discarded, by provisioning itself), and a
+    # second typing of 17 groups is a small price for nothing secret on the disk.
     # The backup itself is checked by wizard_pages (it reads the disk).
-    return {"source": source, "key": " ".join(words.split())}
+    return {"source": source, "key_id": key_id(key)}

@@ -10,7 +10,8 @@ port, and nothing else: every other page redirects to ``/setup``.
 - ``GET``/``POST /setup/{step}``: each step (wizard.py `STEPS`), saved on every post;
 - ``POST /setup/uplink-check``: the live check of the hub and the central mail servers
   (uplink_check.py), shown on the uplink page without saving;
-- ``POST /setup/apply``: provision (or restore the backup), write the OS's network and
+- ``POST /setup/apply``: provision (or restore the backup, with the recovery key typed
+  again on the review page: the draft keeps only its fingerprint), write the OS's network and
   time files, enrol with the hub, forget the draft, and hand over to the full services.
 
 Forms post with the page's CSRF token (server.py: the claim cookie is the session token
@@ -272,7 +273,8 @@ class SetupWizard:
                 # may pass these two steps empty (apply then needs the restore step).
                 answers: dict[str, Any] = {}
             else:
-                answers = check_step(step, fields, draft)
+                # In a thread: the admin step hashes the password (scrypt, ~0.1 s).
+                answers = await trio.to_thread.run_sync(check_step, step, fields, draft)
             if step == "uplink" and answers.get("mode") == "hub":
                 checks = await check_uplink(self.data_dir, answers["hub_url"], answers["token"])
                 if not all(line.ok for line in checks):
@@ -318,17 +320,26 @@ class SetupWizard:
         missing = _missing(draft)
         if missing:
             return redirect(f"/setup/{missing[0]}")
+        words = ""
+        if draft.restoring:
+            # The draft kept only the key's fingerprint (wizard._restore says why).
+            words = request.form.get("key") or ""
+            try:
+                check_key(words, draft.step_answers("restore"))
+            except StepError as exc:
+                return self._step_page(request, draft, "review", {}, status=422, error=exc)
         async with self.api.lock:
             self._refuse_if_provisioned()
             try:
-                report = await self._apply(draft)
+                report = await self._apply(draft, words)
             except ProvisioningError as exc:
                 return self._step_page(
                     request, draft, "review", {}, status=422,
                     error=StepError("apply", exc.message_en, exc.message_th),
                 )  # fmt: skip
             lang = self._lang(request, draft)
-            # The draft (and its password) goes once the box is set up; so do the claims.
+            # The draft (and the password's hash) goes once the box is set up; so do the
+            # claims.
             await trio.to_thread.run_sync(forget_draft, self.data_dir)
             log.info("set up by the wizard for %s from ip=%s", report.domain, request.client_ip)
             self.lifecycle.provisioned()
@@ -338,10 +349,11 @@ class SetupWizard:
             headers={"Set-Cookie": session_cookie("", 0)},
         )  # fmt: skip
 
-    async def _apply(self, draft: Draft) -> ApplyReport:
+    async def _apply(self, draft: Draft, words: str) -> ApplyReport:
+        """Set the box up from *draft*; *words* is the recovery key for a restore."""
         report = ApplyReport()
         if draft.restoring:
-            restore = draft.step_answers("restore")
+            restore = {"source": draft.step_answers("restore")["source"], "key": words}
             try:
                 report.restored = await trio.to_thread.run_sync(
                     restore_onto, self.data_dir, restore
@@ -358,7 +370,7 @@ class SetupWizard:
                 domain=agency["domain"], agency_name_th=agency["name_th"],
                 agency_name_en=agency.get("name_en"), admin_address=admin["address"],
                 admin_name_th=admin["name_th"], admin_name_en=admin.get("name_en"),
-                admin_password=admin["password"],
+                admin_password_hash=admin["password_hash"],
             )  # fmt: skip
             identity = await provision(self.data_dir, wanted)
             report.domain, report.admin = identity.domain, admin["address"]
@@ -429,13 +441,23 @@ def _missing(draft: Draft) -> list[str]:
     return [step for step in needed if not draft.answers.get(step)]
 
 
-def check_backup(answers: dict[str, Any]) -> None:
-    """Refuse a backup folder that holds no backup, or a key that is not its key."""
+def check_key(words: str, answers: dict[str, Any]) -> None:
+    """Refuse recovery key *words* that are not the key the restore step was given."""
     try:
-        key = words_to_key(answers["key"])
+        key = words_to_key(words)
     except BadRecoveryKey as exc:
         raise StepError("key", f"the recovery key is not valid: {exc}",
                         f"กุญแจกู้คืนไม่ถูกต้อง: {exc}") from None  # fmt: skip
+    if key_id(key) != answers.get("key_id"):
+        raise StepError("key", "not the recovery key given at the restore step",
+                        "ไม่ใช่กุญแจกู้คืนที่ระบุไว้ในขั้นตอนกู้คืนข้อมูล")  # fmt: skip
+
+
+def check_backup(answers: dict[str, Any]) -> None:
+    """Refuse a backup folder that holds no backup, or a key that is not its key.
+
+    *answers* are the restore step's: the folder and the key's fingerprint.
+    """
     try:
         backup = find_backup(Path(answers["source"]))
     except (RestoreError, OSError) as exc:
@@ -444,7 +466,7 @@ def check_backup(answers: dict[str, Any]) -> None:
         needed = (backup / KEY_ID_FILE).read_text("ascii").strip()
     except (OSError, UnicodeDecodeError):
         needed = ""
-    if needed and needed != key_id(key):
+    if needed and needed != answers["key_id"]:
         raise StepError("key", f"backup {backup.name} was made with another key ({needed})",
                         f"ข้อมูลสำรอง {backup.name} ใช้กุญแจอื่น ({needed})")  # fmt: skip
 

@@ -88,6 +88,15 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def is_password_hash(stored: object) -> bool:
+    """Return whether *stored* is a hash in our format, with costs we are willing to check.
+
+    For a hash made elsewhere and handed in (the setup wizard's draft): the directory
+    stores only what this accepts, so a row never holds a plaintext or a foreign scheme.
+    """
+    return _parse(stored) is not None
+
+
 def needs_rehash(stored: str) -> bool:
     """Return whether *stored* should be replaced by a hash with today's parameters."""
     parsed = _parse(stored)

@@ -109,6 +109,7 @@ def test_claim_csrf_and_a_restart_in_the_middle(tmp_path: Path) -> None:
         assert again.post("/setup/admin", **admin)[:2] == (303, "/setup/network")
         draft = data / "device" / "wizard.json"
         assert "admin@forms.go.th" in draft.read_text()
+        assert b"forms-pass-2569" not in draft.read_bytes()  # only its hash
         again.post("/setup/agency", domain="other.go.th", name_th="สำนักงานอื่น")
         assert '"admin"' not in draft.read_text()
 
@@ -151,7 +152,13 @@ def test_a_replacement_box_restored_from_a_backup_by_the_wizard(tmp_path: Path) 
                                     key="0000 " * 16)  # fmt: skip
         assert status == 422, page
         assert tech.post("/setup/restore", mode="restore", source=str(usb), key=words)[0] == 303
-        status, _, done = tech.post("/setup/apply")
+        # The draft kept only the key's fingerprint: review asks for the words again.
+        assert tech.post("/setup/apply")[0] == 422
+        status, _, page = tech.post("/setup/apply", key="0000 " * 16)
+        assert status == 422, page
+        draft = (box.data / "device" / "wizard.json").read_bytes()
+        assert " ".join(words.split()[:2]).encode() not in draft
+        status, _, done = tech.post("/setup/apply", key=words)
         assert status == 200, done
         assert "restore.go.th" in done
         wait_for_line(box, "ready", 2)

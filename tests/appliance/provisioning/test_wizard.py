@@ -6,6 +6,8 @@ these are the pure parts, without a box or a socket.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,13 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.backup.crypto import ensure_backup_key, key_to_words
+from appliance.backup.crypto import ensure_backup_key, key_id, key_to_words
 from appliance.backup.snapshot import create_backup
 from appliance.box import configured, open_box, read_identity
 from appliance.config import Config
+from appliance.directory import DirectoryError
 from appliance.provisioning.device import ensure_device, forget_setup_code
-from appliance.provisioning.provision import provision
+from appliance.provisioning.provision import ProvisioningError, ProvisioningRequest, provision
 from appliance.provisioning.system_files import (
     LOCALTIME_LINK,
     NETWORK_FILE,
@@ -38,11 +41,13 @@ from appliance.provisioning.wizard import (
     StepError,
     check_step,
     draft_path,
+    forget_draft,
     load_draft,
     parse_units,
     save_draft,
 )
-from appliance.provisioning.wizard_pages import check_backup, restore_onto
+from appliance.provisioning.wizard_pages import check_backup, check_key, restore_onto
+from appliance.security.passwords import verify_password
 from tests.appliance.provisioning.test_provision import REQUEST
 
 AGENCY = {"domain": "Wizard.GO.th", "name_th": "สำนักงานทดสอบ", "name_en": "", "units": ""}
@@ -85,6 +90,9 @@ def test_the_admin_lives_in_the_agency_domain_with_a_long_password() -> None:
     draft = answered(("agency", AGENCY))
     answers = check_step("admin", ADMIN, draft)
     assert answers["address"] == "somchai@wizard.go.th"
+    # Checked, then kept only as the directory's hash.
+    assert "password" not in answers
+    assert verify_password("long-enough-1", answers["password_hash"])
     short = {**ADMIN, "password": "short", "password2": "short"}
     assert refused("admin", short, draft).field == "password"
     assert refused("admin", {**ADMIN, "password2": "long-enough-2"}, draft).field == "password2"
@@ -126,9 +134,102 @@ def test_uplink_standalone_or_an_https_hub_with_a_token() -> None:
 def test_restore_is_optional_and_needs_a_full_path_and_a_key() -> None:
     assert check_step("restore", {"mode": "new", "source": "/x"}, Draft()) == {}
     assert refused("restore", {"mode": "restore", "source": "media", "key": "k"}).field == "source"
-    draft = answered(("restore", {"mode": "restore", "source": "/media/b", "key": " ab  cd "}))
+    assert (
+        refused("restore", {"mode": "restore", "source": "/media/b", "key": "ab cd"}).field == "key"
+    )
+    words = "  " + key_to_words(bytes(range(32))).replace(" ", "  ")
+    draft = answered(("restore", {"mode": "restore", "source": "/media/b", "key": words}))
     assert draft.restoring
-    assert draft.step_answers("restore")["key"] == "ab cd"
+    # Only the key's public fingerprint is kept; the words are typed again at apply.
+    assert draft.step_answers("restore") == {
+        "source": "/media/b",
+        "key_id": key_id(bytes(range(32))),
+    }
+    check_key(words, draft.step_answers("restore"))
+    with pytest.raises(StepError) as other:
+        check_key(key_to_words(bytes(32)), draft.step_answers("restore"))
+    assert other.value.field == "key"
+    with pytest.raises(StepError) as garbled:
+        check_key("not a key", draft.step_answers("restore"))
+    assert garbled.value.field == "key"
+
+
+def test_the_saved_draft_holds_neither_the_password_nor_the_key_words(tmp_path: Path) -> None:
+    ensure_device(tmp_path)
+    words = key_to_words(bytes(range(32)))
+    restore = {"mode": "restore", "source": "/media/b", "key": words}
+    draft = answered(("agency", AGENCY), ("admin", ADMIN), ("restore", restore))
+    save_draft(tmp_path, draft)
+    saved = draft_path(tmp_path).read_bytes()
+    assert b"long-enough-1" not in saved
+    groups = words.split()
+    for pair in itertools.pairwise(groups):  # not the words, nor a part of them
+        assert " ".join(pair).encode() not in saved
+        assert "".join(pair).encode() not in saved
+    assert words.replace(" ", "").encode() not in saved
+    again = load_draft(tmp_path)
+    assert verify_password("long-enough-1", again.step_answers("admin")["password_hash"])
+    assert again.step_answers("restore")["key_id"] == key_id(bytes(range(32)))
+    # Apply forgets the draft: overwritten, then gone.
+    forget_draft(tmp_path)
+    assert not draft_path(tmp_path).exists()
+    forget_draft(tmp_path)  # twice is harmless
+
+
+def test_an_older_draft_with_secrets_in_clear_asks_those_steps_again(tmp_path: Path) -> None:
+    ensure_device(tmp_path)
+    old = {"reached": 7, "answers": {
+        "agency": {"domain": "wizard.go.th"},
+        "admin": {"address": "a@wizard.go.th", "name_th": "ก", "password": "long-enough-1"},
+        "restore": {"source": "/media/b", "key": "ab cd"},
+    }}  # fmt: skip
+    draft_path(tmp_path).write_text(json.dumps(old))
+    draft = load_draft(tmp_path)
+    assert set(draft.answers) == {"agency"}
+    assert not draft.restoring
+
+
+async def test_the_first_admin_made_from_the_drafts_hash_signs_in(tmp_path: Path) -> None:
+    draft = answered(("agency", AGENCY), ("admin", ADMIN))
+    admin = draft.step_answers("admin")
+    request = ProvisioningRequest(
+        domain="wizard.go.th", agency_name_th="สำนักงานทดสอบ", agency_name_en=None,
+        admin_address=admin["address"], admin_name_th=admin["name_th"], admin_name_en=None,
+        admin_password_hash=admin["password_hash"],
+    )  # fmt: skip
+    # Exactly one of the password and its hash; a hash must be in our format.
+    both = ProvisioningRequest(**{**request.__dict__, "admin_password": "long-enough-1"})
+    neither = ProvisioningRequest(**{**request.__dict__, "admin_password_hash": None})
+    plain = ProvisioningRequest(**{**request.__dict__, "admin_password_hash": "long-enough-1"})
+    for bad in (both, neither, plain):
+        with pytest.raises(ProvisioningError):
+            await provision(tmp_path, bad)
+    assert read_identity(tmp_path) is None
+    await provision(tmp_path, request)
+    async with open_box(configured(tmp_path, {}, {})) as box:
+        assert await box.directory.authenticate("somchai@wizard.go.th", "long-enough-1")
+        assert not await box.directory.authenticate("somchai@wizard.go.th", "long-enough-2")
+        assert await box.directory.is_admin("somchai@wizard.go.th", None)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "long-enough-1",  # a plaintext is never stored as if it were a hash
+        "scrypt$14$8$1$c2FsdA==",  # a part missing
+        "scrypt$30$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,  # a cost we refuse to run
+        "bcrypt$14$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,  # another scheme
+        "",
+    ],
+)
+async def test_the_directory_refuses_a_malformed_password_hash(tmp_path: Path, stored: str) -> None:
+    await provision(tmp_path, REQUEST)
+    async with open_box(configured(tmp_path, {}, {})) as box:
+        with pytest.raises(DirectoryError):
+            await box.directory.add_user(f"x@{REQUEST.domain}", password_hash=stored, name_th="ก")
+        with pytest.raises(DirectoryError):  # both, or neither
+            await box.directory.add_user(f"y@{REQUEST.domain}", name_th="ข")
+        assert await box.directory.user(f"x@{REQUEST.domain}") is None
 
 
 def test_the_draft_resumes_where_it_stopped_and_holds_claims_not_tokens(tmp_path: Path) -> None:
@@ -223,16 +324,16 @@ async def test_restore_brings_a_backup_into_the_running_blank_box(tmp_path: Path
     (blank / "run").mkdir()
     (blank / "run" / "status.json").write_text("{}")
     answers = {"source": str(usb), "key": words}
+    step = check_step("restore", {"mode": "restore", **answers}, Draft())
 
     # The step's check: a folder without a backup, a key that is not the backup's.
     with pytest.raises(StepError) as no_backup:
-        check_backup({**answers, "source": str(tmp_path)})
+        check_backup({**step, "source": str(tmp_path)})
     assert no_backup.value.field == "source"
-    other = key_to_words(bytes(32))
     with pytest.raises(StepError) as wrong_key:
-        check_backup({**answers, "key": other})
+        check_backup({**step, "key_id": key_id(bytes(32))})
     assert wrong_key.value.field == "key"
-    check_backup(answers)
+    check_backup(step)
 
     name = await trio.to_thread.run_sync(restore_onto, blank, answers)
     assert name
