@@ -22,7 +22,7 @@ def check_engines(
         # demo) is not unhealthy; the image turns scanning on (docs/protection.md).
         return Finding("protection", Level.OK,
                        "anti-virus and anti-spam scanning is off (setting protection)",
-                       "ปิดการตรวจไวรัสและสแปมอยู่ (ค่า protection)")  # fmt: skip
+                       "ปิดการตรวจไวรัสและสแปมอยู่ (เปิดได้ในการตั้งค่าของเครื่อง)")  # fmt: skip
     state = read_state(data_dir)
     if not box_running:
         return Finding("protection", Level.OK, "scanning: box not running",
