@@ -26,6 +26,8 @@ def header_block(content: bytes) -> bytes:
     The first empty line ends the header section whichever line ending it uses, so
     text in the body can never be read as a header field.
     """
+    if content.startswith((b"\r\n", b"\n")):
+        return b""  # no header fields at all: everything after the empty line is body
     ends = [i for i in (content.find(b"\n\r\n"), content.find(b"\n\n")) if i >= 0]
     return content[: min(ends) + 1] if ends else content
 

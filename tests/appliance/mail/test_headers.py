@@ -64,6 +64,14 @@ def test_message_without_headers() -> None:
     assert parse_headers(b"") == []
 
 
+def test_a_body_after_an_empty_header_section_is_never_read_as_fields() -> None:
+    # Found by hypothesis in the DKIM stripping test: with no blank line further down,
+    # the body's "Name: value" lines were read as header fields.
+    assert header_block(b"\r\nSubject: in the body") == b""
+    assert parse_headers(b"\r\nSubject: in the body\r\n!:") == []
+    assert parse_headers(b"\nX-Body: yes") == []
+
+
 def test_lf_only_headers_with_crlf_crlf_in_the_body() -> None:
     content = b"Subject: a\n\nX-Urgency: 3\r\n\r\nmore body\r\n"
 
