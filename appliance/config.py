@@ -29,6 +29,24 @@ DEV_PORTS: Mapping[str, int] = {
     "metrics": 7464,
 }
 
+#: The box's own ports (DESIGN.md "Roles and ports"), the image's profile
+#: (``EDGEBOX_PORTS=box`` in /etc/edgebox/edgebox.env). Below 1024: the service gets
+#: CAP_NET_BIND_SERVICE from systemd (image_build/systemd/edgebox.service) and nothing
+#: else. The hub's sync API and the loopback-only metrics keep their numbers.
+BOX_PORTS: Mapping[str, int] = {
+    "smtp-mx": 25,
+    "smtp-submission": 587,
+    "smtp-submissions": 465,
+    "imap": 143,
+    "imaps": 993,
+    "https": 443,
+    "hub-sync": 7443,
+    "metrics": 7464,
+}
+
+#: The port sets by the name the ``ports`` setting takes.
+PORT_PROFILES: Mapping[str, Mapping[str, int]] = {"dev": DEV_PORTS, "box": BOX_PORTS}
+
 
 class ConfigError(Exception):
     """A setting has an unknown name or a value of the wrong kind."""
@@ -41,6 +59,9 @@ class Config:
     role: str = "edge"
     #: Address every listener binds; loopback in development and tests.
     bind: str = "127.0.0.1"
+    #: Which port set the listeners use: ``dev`` (2525, 8443 …: development and tests,
+    #: no privilege needed) or ``box`` (25, 443 …: the image).
+    ports: str = "dev"
     #: Added to every port so several boxes and a hub can run on one machine.
     port_offset: int = 0
     #: Name in greetings, Received fields and the TLS certificate ("" = mail.<domain>).
@@ -185,8 +206,8 @@ class Config:
     protection_scan_timeout: float = 60.0
 
     def port(self, service: str) -> int:
-        """Return the port of *service* after the offset."""
-        return DEV_PORTS[service] + self.port_offset
+        """Return the port of *service* in the configured set, after the offset."""
+        return PORT_PROFILES[self.ports][service] + self.port_offset
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "data_dir"}
@@ -241,7 +262,9 @@ def load_config(
             values[name] = _coerce(name, value)
     if values.get("role", "edge") not in ("edge", "hub"):
         raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
-    _check_port_offset(values.get("port_offset", 0))
+    if values.get("ports", "dev") not in PORT_PROFILES:
+        raise ConfigError(f"ports must be {' or '.join(PORT_PROFILES)}, not {values['ports']!r}")
+    _check_port_offset(values.get("port_offset", 0), PORT_PROFILES[values.get("ports", "dev")])
     _check_protection(values)
     for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
         try:
@@ -264,13 +287,13 @@ def _check_protection(values: Mapping[str, Any]) -> None:
         raise ConfigError("protection_junk_score must not be above protection_reject_score")
 
 
-def _check_port_offset(offset: int) -> None:
+def _check_port_offset(offset: int, ports: Mapping[str, int]) -> None:
     """Refuse an offset that would push a port outside 1-65535.
 
     The kernel takes a port modulo 65536 where a program packs it into 16 bits, so an
     offset of 60000 would otherwise put HTTPS on 2907 without a word.
     """
-    low, high = min(DEV_PORTS.values()), max(DEV_PORTS.values())
+    low, high = min(ports.values()), max(ports.values())
     if low + offset < 1 or high + offset > 65535:
         raise ConfigError(
             f"port_offset {offset} puts ports outside 1-65535 "

@@ -38,13 +38,23 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 VENV = "/usr/lib/edgebox"
 
-#: What the box runs besides edgebox. Not Postfix: the box is the mail server.
+#: What the box runs besides edgebox. Not Postfix: the box is the mail server. The
+#: network is systemd-networkd's (the setup wizard writes its files) with resolved for
+#: DNS; clamd and rspamd are Debian's own services (docs/protection.md).
 PACKAGES = [
-    "python3", "python3-venv", "ca-certificates", "systemd", "systemd-sysv", "udev",
-    "systemd-timesyncd", "rauc", "e2fsprogs", "squashfs-tools", "clamav-daemon",
-    "clamav-freshclam", "iproute2", "ifupdown", "isc-dhcp-client", "avahi-daemon",
-    "linux-image-amd64", "grub-efi-amd64-bin", "grub-common", "dosfstools",
+    "python3", "python3-venv", "ca-certificates", "systemd", "systemd-sysv", "udev", "dbus",
+    "systemd-timesyncd", "systemd-resolved", "rauc", "rauc-service", "e2fsprogs", "squashfs-tools",
+    "clamav-daemon", "clamav-freshclam", "rspamd", "iproute2", "avahi-daemon", "dosfstools",
+    "grub-common",
 ]  # fmt: skip
+#: The kernel and the EFI GRUB of each architecture, and its GPT root partition type
+#: (the Discoverable Partitions Specification), which tells root A/B from the data.
+ARCHES = {
+    "amd64": (["linux-image-amd64", "grub-efi-amd64-bin"],
+              "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "x86_64-efi", "BOOTX64.EFI"),
+    "arm64": (["linux-image-arm64", "grub-efi-arm64-bin"],
+              "B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "arm64-efi", "BOOTAA64.EFI"),
+}  # fmt: skip
 SMALL_PACKAGES = ["python3", "python3-venv", "ca-certificates"]
 
 #: Left by the build, never needed on the box, and different at every build.
@@ -65,36 +75,68 @@ def source_date_epoch() -> str:
                           check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
 
 
-def wheelhouse(out: Path, epoch: str) -> Path:
-    """Download the locked wheels (hash-checked) and build edgebox's own; write the
-    requirements file the image installs from."""
+def lock_file(arch: str) -> Path:
+    """The wheel lock of *arch*: requirements.lock (amd64), requirements-ARCH.lock."""
+    return HERE / ("requirements.lock" if arch == "amd64" else f"requirements-{arch}.lock")
+
+
+def wheelhouse(out: Path, epoch: str, arch: str = "amd64") -> Path:
+    """Download the locked files (hash-checked), build wheels from the locked sdists and
+    edgebox's own from this commit; write the requirements file the image installs from.
+
+    A package PyPI has no wheel for (dkimpy) is locked by its sdist's hash and built
+    here with SOURCE_DATE_EPOCH, so the wheel is the same bytes every build; the image
+    installs it by the built wheel's hash.
+    """
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": epoch}
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "download", "--quiet", "--only-binary=:all:", "--no-deps",
-                    "--require-hashes", "-r", str(HERE / "requirements.lock"), "-d", str(out)],
+    downloads = out.parent / "downloads"
+    subprocess.run([*pip, "download", "--quiet", "--no-deps", "--require-hashes",
+                    "-r", str(lock_file(arch)), "-d", str(downloads)],
                    check=True, env=env)  # fmt: skip
+    for wheel in downloads.glob("*.whl"):
+        shutil.copy2(wheel, out / wheel.name)
+    built = [*sorted(downloads.glob("*.tar.gz"))]
     # From the commit, not the working tree: what is built is what is committed.
     source = out.parent / "source"
     source.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "HEAD"],
                              check=True, capture_output=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-    subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "-w", str(out), str(source)],
-                   check=True, env=env)  # fmt: skip
-    (own,) = out.glob("edgebox-*.whl")
-    digest = hashlib.sha256(own.read_bytes()).hexdigest()
-    lock = (HERE / "requirements.lock").read_text()
-    (out / "requirements.txt").write_text(
-        lock + f"edgebox @ file:///tmp/wheelhouse/{own.name} --hash=sha256:{digest}\n"
-    )
+    for sdist in [*built, source]:
+        subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "-w", str(out), str(sdist)],
+                       check=True, env=env)  # fmt: skip
+    lines = []
+    from_source = {_project(sdist.name) for sdist in built}
+    for line in lock_file(arch).read_text().splitlines():
+        name = line.split("==")[0].strip()
+        if line.startswith("#") or _project(name) not in from_source:
+            lines.append(line)
+    for name in sorted(from_source | {"edgebox"}):
+        (wheel,) = [w for w in out.glob("*.whl") if _project(w.name.split("-")[0]) == name]
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        lines.append(f"{name} @ file:///tmp/wheelhouse/{wheel.name} --hash=sha256:{digest}")
+    (out / "requirements.txt").write_text("\n".join(lines) + "\n")
     return out
 
 
-def rootfs(out: Path, *, small: bool, keyring: Path | None, work: Path) -> Path:
-    """Build the root filesystem tree as a tar at *out*."""
+def _project(name: str) -> str:
+    """The normalised project name of a distribution file's or requirement's name."""
+    base = name.removesuffix(".tar.gz").rsplit("-", 1)[0] if name.endswith(".tar.gz") else name
+    return base.lower().replace("_", "-").replace(".", "-")
+
+
+def rootfs(
+    out: Path, *, small: bool, keyring: Path | None, work: Path, arch: str = "amd64"
+) -> Path:
+    """Build the root filesystem tree of *arch* as a tar at *out*.
+
+    Another architecture than the build machine's runs its maintainer scripts, pip and
+    compileall under qemu-user-static through binfmt_misc (``ensure_binfmt``).
+    """
     epoch = source_date_epoch()
-    wheels = wheelhouse(work / "wheelhouse", epoch)
+    wheels = wheelhouse(work / "wheelhouse", epoch, arch)
     hooks = [
         f"--customize-hook=mkdir -p \"$1/tmp/wheelhouse\" && cp -r {wheels}/. \"$1/tmp/wheelhouse/\"",
         f"--customize-hook=chroot \"$1\" python3 -m venv --without-pip {VENV}",
@@ -112,74 +154,112 @@ def rootfs(out: Path, *, small: bool, keyring: Path | None, work: Path) -> Path:
         "--no-create-home --shell /usr/sbin/nologin edgebox",
     ]
     if not small:
-        hooks += _box_hooks(keyring)
+        hooks += _box_hooks(keyring, arch)
     hooks.append("--customize-hook=cd \"$1\" && rm -rf " + " ".join(VOLATILE))
     # An empty machine-id: systemd makes a transient one at every boot of the read-only
-    # root (systemd-machine-id-setup), and every image is the same. Mount points exist
-    # in the image because the read-only root cannot create them at boot.
+    # root (systemd-machine-id-setup), and every image is the same; D-Bus reads the same
+    # one through its link. Mount points exist in the image because the read-only root
+    # cannot create them at boot.
     hooks.append("--customize-hook=: > \"$1/etc/machine-id\" && mkdir -p \"$1/boot/efi\" "
-                 "\"$1/var/lib/edgebox\"")  # fmt: skip
+                 "\"$1/var/lib/edgebox\" \"$1/var/lib/dbus\" && "
+                 "ln -sfn /etc/machine-id \"$1/var/lib/dbus/machine-id\"")  # fmt: skip
     # /proc, /sys and /dev are mounted during the hooks (mmdebstrap leaves them empty).
     hooks.append(f"--customize-hook=cd \"$1\" && find . -xdev \\( -path ./proc -o -path ./sys "
                  f"-o -path ./dev \\) -prune -o -newermt @{epoch} -print0 | "
                  f"xargs -0r touch --no-dereference --date=@{epoch}")  # fmt: skip
-    packages = SMALL_PACKAGES if small else PACKAGES
+    packages = SMALL_PACKAGES if small else PACKAGES + ARCHES[arch][0]
     env = {**os.environ, "SOURCE_DATE_EPOCH": epoch}
+    # The build machine's pip settings (find-links, extra indexes) are not the image's.
+    env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+    if arch != _native_arch():
+        ensure_binfmt(arch)
     subprocess.run(
-        ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
-         "--mode=root", *hooks, SUITE, str(out), f"deb {MIRROR} {SUITE} main"],
+        ["mmdebstrap", "--variant=minbase", f"--architectures={arch}",
+         f"--include={','.join(packages)}", "--mode=root", *hooks, SUITE, str(out),
+         f"deb {MIRROR} {SUITE} main"],
         check=True, env=env,
     )  # fmt: skip
     return out
 
 
-def _box_hooks(keyring: Path | None) -> list[str]:
-    """The box's own files: units, udev rules, RAUC's config and keyring, firmware, a
-    read-only root with the data partition on /var/lib/edgebox."""
-    conf = subprocess.run([sys.executable, "-m", "appliance", "update", "system-conf"],
+def _native_arch() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+
+
+def ensure_binfmt(arch: str) -> None:
+    """Let the kernel run *arch*'s programs through qemu-user-static (the F flag: the
+    interpreter is opened now, so it works inside the chroot too)."""
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt)], check=True)
+    name = {"arm64": "qemu-aarch64"}[arch]
+    if not (binfmt / name).exists():
+        subprocess.run(["update-binfmts", "--enable", name], check=True)
+
+
+def _box_hooks(keyring: Path | None, arch: str) -> list[str]:
+    """The box's own files: units and their drop-ins, udev rules, RAUC's config and
+    keyring, firmware, the network, clamd's and rspamd's settings, and a read-only root
+    with the data partition's folders bound into place (etc/fstab)."""
+    conf = subprocess.run([sys.executable, "-m", "appliance", "update", "system-conf",
+                           "--compatible", f"edgebox-{arch}"],
                           check=True, capture_output=True, text=True, cwd=REPO).stdout  # fmt: skip
     staging = Path(tempfile.mkdtemp(prefix="edgebox-image-"))
     (staging / "system.conf").write_text(conf)
-    (staging / "fstab").write_text(
-        "PARTLABEL=edgebox-data /var/lib/edgebox ext4 defaults,noatime,nodev,nosuid 0 2\n"
-        "PARTLABEL=edgebox-efi /boot/efi vfat umask=0077 0 1\n"
-        "tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
-        "tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
-        # systemd's own state (timesyncd's clock file, random seed) on a read-only root.
-        "tmpfs /var/lib/systemd tmpfs mode=0755,nosuid,nodev 0 0\n"
-        "tmpfs /var/lib/private tmpfs mode=0700,nosuid,nodev 0 0\n"
-    )
     subprocess.run([sys.executable, str(REPO / "firmware" / "build.py"), str(staging / "firmware")],
                    check=True, cwd=REPO)  # fmt: skip
-    # The box serves the office LAN, not only loopback (the ports are still the
-    # development ones: appliance.config has no box port set yet).
-    (staging / "edgebox.env").write_text("EDGEBOX_BIND=0.0.0.0\n")
-    hooks = [
+    units = " ".join(
+        f"{HERE}/systemd/{p.name}" for p in sorted((HERE / "systemd").iterdir())
+    )
+    return [
         f"--customize-hook=install -D -m 0644 {staging}/system.conf \"$1/etc/rauc/system.conf\"",
-        f"--customize-hook=install -D -m 0644 {staging}/edgebox.env \"$1/etc/edgebox/edgebox.env\"",
-        f"--customize-hook=install -m 0644 {staging}/fstab \"$1/etc/fstab\"",
-        f"--customize-hook=cp {HERE}/systemd/*.service \"$1/etc/systemd/system/\"",
+        # fstab, edgebox.env, the default network, journald: image_build/etc as it is.
+        f"--customize-hook=cp -r --no-preserve=ownership {HERE}/etc/. \"$1/etc/\"",
+        f"--customize-hook=cp -r --no-preserve=ownership {units} \"$1/etc/systemd/system/\"",
         f"--customize-hook=cp {HERE}/udev/*.rules \"$1/etc/udev/rules.d/\"",
         f"--customize-hook=install -D -m 0644 {HERE}/dbus/edgebox-rauc.conf "
         "\"$1/etc/dbus-1/system.d/edgebox-rauc.conf\"",
+        f"--customize-hook=install -m 0755 {HERE}/sbin/edgebox-apply-system-files "
+        "\"$1/usr/sbin/edgebox-apply-system-files\"",
+        f"--customize-hook=install -D -m 0644 -t \"$1/usr/share/edgebox/repart.d\" "
+        f"{HERE}/repart.d/*.conf",
+        f"--customize-hook=install -D -m 0644 -t \"$1/etc/rspamd/local.d\" {HERE}/rspamd/*.inc",
+        # clamd and freshclam log to the journal, not to files (Debian's conf writes
+        # /var/log/clamav, which is in memory here anyway).
+        "--customize-hook=sed -i -e '/^LogSyslog /d' -e 's/^LogFile .*/LogSyslog true/' "
+        "-e 's/^UpdateLogFile .*/LogSyslog true/' \"$1/etc/clamav/clamd.conf\" "
+        "\"$1/etc/clamav/freshclam.conf\"",
+        # The time zone the wizard chose, through /run (edgebox-apply-system-files).
+        "--customize-hook=ln -sfn /run/edgebox/localtime \"$1/etc/localtime\" && "
+        "ln -sfn /run/edgebox/timezone \"$1/etc/timezone\" && echo edgebox > \"$1/etc/hostname\"",
+        # DNS from networkd through resolved's stub (the root cannot take a resolv.conf).
+        "--customize-hook=ln -sfn ../run/systemd/resolve/stub-resolv.conf \"$1/etc/resolv.conf\"",
         "--customize-hook=chroot \"$1\" systemctl enable edgebox.service "
-        "edgebox-update-confirm.service",
+        "edgebox-update-confirm.service edgebox-system-files.service edgebox-system-files.path "
+        "edgebox-grow-data.service systemd-networkd.service systemd-resolved.service "
+        "rspamd.service clamav-daemon.service clamav-freshclam.service",
+        # Nothing waits for the uplink (edgebox.service says why).
+        "--customize-hook=chroot \"$1\" systemctl disable systemd-networkd-wait-online.service",
         f"--customize-hook=mkdir -p \"$1/usr/share/edgebox\" && "
         f"cp -r {staging}/firmware \"$1/usr/share/edgebox/firmware\"",
-        # Read-only root: the journal in memory, state only on the data partition.
-        "--customize-hook=mkdir -p \"$1/etc/systemd/journald.conf.d\" && printf "
-        "'[Journal]\\nStorage=volatile\\n' > \"$1/etc/systemd/journald.conf.d/edgebox.conf\"",
         f"--customize-hook=install -m 0644 {HERE}/grub.cfg \"$1/usr/share/edgebox/grub.cfg\"",
-    ]
-    if keyring is not None:
-        hooks.append(f"--customize-hook=install -m 0644 {keyring} \"$1/etc/rauc/keyring.pem\"")
-    return hooks
+        # Mount points: the read-only root cannot create them at boot.
+        "--customize-hook=mkdir -p \"$1/data\" \"$1/var/lib/rspamd\" \"$1/var/lib/clamav\"",
+        *([f"--customize-hook=install -m 0644 {keyring} \"$1/etc/rauc/keyring.pem\""]
+          if keyring is not None else []),
+    ]  # fmt: skip
 
 
-def image(out: Path, keyring: Path, work: Path) -> None:
-    """rootfs.ext4 (the bundle's image) and disk.img (GPT: EFI, A, B, data)."""
+def image(out: Path, keyring: Path, work: Path, arch: str = "amd64",
+          tree: Path | None = None) -> None:
+    """rootfs.ext4 (the bundle's image) and disk.img (GPT: EFI, A, B, data).
+
+    *tree*: a root tree `rootfs` built before (the same commit), instead of building it.
+    """
     epoch = source_date_epoch()
-    tree = rootfs(work / "rootfs.tar", small=False, keyring=keyring, work=work)
+    if tree is None:
+        tree = rootfs(work / "rootfs.tar", small=False, keyring=keyring, work=work, arch=arch)
     root = work / "root"
     root.mkdir()
     subprocess.run(["tar", "-C", str(root), "-xpf", str(tree)], check=True)
@@ -192,49 +272,85 @@ def image(out: Path, keyring: Path, work: Path) -> None:
          "-E", f"hash_seed={uuid},root_owner=0:0", "-d", str(root), str(ext4), "2G"],
         check=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": epoch},
     )  # fmt: skip
+    _, root_type, grub_format, efi_name = ARCHES[arch]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": epoch, "ROOT_TYPE": root_type,
+           "GRUB_FORMAT": grub_format, "EFI_NAME": efi_name}  # fmt: skip
     subprocess.run(["bash", str(HERE / "assemble-disk.sh"), str(ext4), str(root),
-                    str(out / "disk.img")], check=True, env={**os.environ, "SOURCE_DATE_EPOCH": epoch})  # fmt: skip
+                    str(out / "disk.img")], check=True, env=env)  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("lock", help="refresh requirements.lock from pyproject's pins")
+    lock = actions.add_parser("lock", help="refresh the wheel lock from pyproject's pins")
+    lock.add_argument("--arch", choices=sorted(ARCHES), default="amd64")
     tree = actions.add_parser("rootfs", help="the root filesystem tree, as a tar")
+    tree.add_argument("--arch", choices=sorted(ARCHES), default="amd64")
     tree.add_argument("--out", type=Path, required=True)
     tree.add_argument("--small", action="store_true", help="no kernel, bootloader, services")
     tree.add_argument("--keyring", type=Path, help="the channel CA the box will trust")
     disk = actions.add_parser("image", help="rootfs.ext4 and disk.img")
     disk.add_argument("--out", type=Path, required=True)
     disk.add_argument("--keyring", type=Path, required=True)
+    disk.add_argument("--arch", choices=sorted(ARCHES), default="amd64")
+    disk.add_argument("--rootfs", type=Path, help="a root tree `rootfs` built (same commit)")
     args = parser.parse_args()
     if args.action == "lock":
-        return _lock()
+        return _lock(args.arch)
     with tempfile.TemporaryDirectory(prefix="edgebox-build-") as work:
         if args.action == "rootfs":
-            rootfs(args.out, small=args.small, keyring=args.keyring, work=Path(work))
+            rootfs(args.out, small=args.small, keyring=args.keyring, work=Path(work),
+                   arch=args.arch)  # fmt: skip
         else:
-            image(args.out, args.keyring, Path(work))
+            image(args.out, args.keyring, Path(work), args.arch, args.rootfs)
     return 0
 
 
-def _lock() -> int:
-    """Resolve pyproject's runtime pins to wheels and write them with their hashes."""
+def _lock(arch: str) -> int:
+    """Resolve pyproject's runtime pins to wheels (an sdist where PyPI has no wheel) and
+    write them with their hashes.
+
+    amd64 resolves on this machine; another architecture takes the same names and
+    versions and asks for its manylinux wheels (CPython 3.11, Debian 12's), or the sdist
+    of a pure-Python package that has no wheel.
+    """
     import tomllib
 
     pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pip = [sys.executable, "-m", "pip", "download", "--quiet"]
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                        "-d", tmp, *pins], check=True)  # fmt: skip
+        if arch == "amd64":
+            # --prefer-binary: a wheel wherever one exists for CPython 3.11 here.
+            subprocess.run([*pip, "--prefer-binary", "-d", tmp, *pins], check=True)
+        else:
+            platform = {"arm64": "aarch64"}[arch]
+            for line in lock_file("amd64").read_text().splitlines():
+                if line.startswith("#"):
+                    continue
+                pin = line.split()[0]
+                wheel = subprocess.run(
+                    [*pip, "--no-deps", "--only-binary=:all:", "--implementation", "cp",
+                     "--python-version", "3.11", "--abi", "cp311", "--abi", "abi3",
+                     "--abi", "none", "--platform", f"manylinux2014_{platform}",
+                     "--platform", f"manylinux_2_28_{platform}", "--platform", "any",
+                     "-d", tmp, pin],
+                )  # fmt: skip
+                if wheel.returncode != 0:
+                    subprocess.run([*pip, "--no-deps", "--no-binary=:all:", "-d", tmp, pin],
+                                   check=True)  # fmt: skip
         lines = ["# Every Python package of the image, pinned with its wheel's hash "
-                 "(amd64, CPython 3.11).",
-                 "# Made by `python image_build/build.py lock`; pip installs with --require-hashes."]  # fmt: skip
-        for wheel in sorted(Path(tmp).glob("*.whl")):
-            name, version = wheel.name.split("-")[:2]
-            digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-            lines.append(f"{name.replace('_', '-')}=={version} --hash=sha256:{digest}")
-    (HERE / "requirements.lock").write_text("\n".join(lines) + "\n")
-    shutil.rmtree(Path(tmp), ignore_errors=True)
+                 f"({arch}, CPython 3.11);",
+                 "# an sdist's hash where PyPI has no wheel (build.py builds it reproducibly).",
+                 f"# Made by `python image_build/build.py lock --arch {arch}`; pip installs "
+                 "with --require-hashes."]  # fmt: skip
+        for file in sorted(Path(tmp).iterdir()):
+            if file.name.endswith(".whl"):
+                name, version = file.name.split("-")[:2]
+            else:
+                name, version = file.name.removesuffix(".tar.gz").rsplit("-", 1)
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            lines.append(f"{_project(name)}=={version} --hash=sha256:{digest}")
+    lock_file(arch).write_text("\n".join(lines) + "\n")
     return 0
 
 

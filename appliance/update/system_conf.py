@@ -80,11 +80,13 @@ class SystemConf:
 
 
 def box_system_conf(compatible: str = "edgebox-amd64") -> SystemConf:
-    """The system.conf of a real box: partitions by GPT label, data on /var/lib/edgebox."""
+    """The system.conf of a real box: partitions by GPT label, RAUC's state on the data
+    partition beside (not inside) edgebox's private data directory, which a factory
+    reset empties as the unprivileged edgebox user (image_build/etc/fstab)."""
     return SystemConf(
         compatible=compatible,
         keyring=Path("/etc/rauc/keyring.pem"),
-        data_directory=Path("/var/lib/edgebox/rauc"),
+        data_directory=Path("/data/rauc"),
         slots=(
             RootSlot(Path("/dev/disk/by-partlabel/edgebox-root-a"), "A"),
             RootSlot(Path("/dev/disk/by-partlabel/edgebox-root-b"), "B"),

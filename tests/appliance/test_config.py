@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from appliance.config import DEV_PORTS, Config, ConfigError, load_config
+from appliance.config import BOX_PORTS, DEV_PORTS, Config, ConfigError, load_config
 
 DATA = Path("/var/lib/edgebox-test")
 
@@ -117,6 +117,31 @@ def test_port_with_offset_from_environment() -> None:
     assert {name: config.port(name) for name in DEV_PORTS} == {
         name: port + 100 for name, port in DEV_PORTS.items()
     }
+
+
+def test_the_box_profile_uses_the_standard_ports() -> None:
+    # DESIGN.md "Roles and ports": the image sets EDGEBOX_PORTS=box.
+    config = load_config(DATA, environ={"EDGEBOX_PORTS": "box"})
+
+    assert {name: config.port(name) for name in BOX_PORTS} == {
+        "smtp-mx": 25, "smtp-submission": 587, "smtp-submissions": 465, "imap": 143,
+        "imaps": 993, "https": 443, "hub-sync": 7443, "metrics": 7464,
+    }  # fmt: skip
+    assert set(BOX_PORTS) == set(DEV_PORTS)
+    # Development and tests stay on the unprivileged set unless asked.
+    assert load_config(DATA).port("smtp-mx") == 2525
+
+
+def test_an_unknown_port_profile_is_refused() -> None:
+    with pytest.raises(ConfigError, match="ports must be dev or box, not 'prod'"):
+        load_config(DATA, file_values={"ports": "prod"})
+
+
+def test_the_offset_range_follows_the_profile() -> None:
+    # 25 - 25 = 0 is not a port; the dev set would allow an offset of -25.
+    assert load_config(DATA, flags={"port_offset": -25}).port("smtp-mx") == 2500
+    with pytest.raises(ConfigError, match="outside 1-65535"):
+        load_config(DATA, environ={"EDGEBOX_PORTS": "box"}, flags={"port_offset": -25})
 
 
 def test_unknown_service_has_no_port() -> None:

@@ -44,10 +44,14 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
         conf = read("./etc/rauc/system.conf")
         keyring_pem = read("./etc/rauc/keyring.pem")
         fstab = read("./etc/fstab")
+        env = read("./etc/edgebox/edgebox.env")
+        clamd = read("./etc/clamav/clamd.conf")
+        links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
     blocks = [b for b in status.split("\n\n") if "Status: install ok installed" in b]
     installed = {block.split("\n", 1)[0].removeprefix("Package: ") for block in blocks}
-    assert {"rauc", "systemd", "clamav-daemon", "systemd-timesyncd", "linux-image-amd64",
-            "python3"} <= installed  # fmt: skip
+    assert {"rauc", "rauc-service", "systemd", "clamav-daemon", "clamav-freshclam", "rspamd",
+            "systemd-timesyncd", "systemd-resolved", "linux-image-amd64", "python3",
+            "dbus"} <= installed  # fmt: skip
     assert not {p for p in installed if p.startswith("postfix")}
     assert "./usr/lib/edgebox/bin/edgebox" in names
     assert "./usr/bin/edgebox" in names
@@ -56,4 +60,35 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
     assert any(n.startswith("./usr/share/edgebox/firmware/") for n in names)
     assert "check-purpose=codesign" in conf
     assert keyring_pem == keyring.ca_cert.read_text()
-    assert "PARTLABEL=edgebox-data /var/lib/edgebox ext4" in fstab
+    assert fstab == (BUILD.parent / "etc" / "fstab").read_text()
+    assert "EDGEBOX_PORTS=box\n" in env
+    assert "EDGEBOX_BIND=0.0.0.0\n" in env
+    wants = "./etc/systemd/system/multi-user.target.wants/"
+    for unit in (
+        "edgebox-system-files.service",
+        "systemd-networkd.service",
+        "rspamd.service",
+        "clamav-daemon.service",
+    ):
+        assert wants + unit in names, unit
+    assert "./etc/systemd/system/paths.target.wants/edgebox-system-files.path" in names
+    assert "./etc/systemd/system/data.mount.requires/edgebox-grow-data.service" in names
+    assert wants + "systemd-networkd-wait-online.service" not in names
+    # clamd and rspamd with the box's drop-ins and rspamd's local.d files.
+    for dropin in (
+        "edgebox.service.d/protection.conf",
+        "clamav-daemon.service.d/edgebox.conf",
+        "rspamd.service.d/edgebox.conf",
+    ):
+        assert f"./etc/systemd/system/{dropin}" in names, dropin
+    for inc in ("options.inc", "worker-normal.inc", "logging.inc"):
+        assert f"./etc/rspamd/local.d/{inc}" in names, inc
+    assert "LogSyslog true" in clamd
+    assert "\nLogFile " not in clamd
+    assert "./usr/sbin/edgebox-apply-system-files" in names
+    assert "./usr/share/edgebox/repart.d/50-data.conf" in names
+    # The read-only root's links into /run.
+    assert links["./etc/localtime"] == "/run/edgebox/localtime"
+    assert links["./etc/resolv.conf"] == "../run/systemd/resolve/stub-resolv.conf"
+    assert links["./var/lib/dbus/machine-id"] == "/etc/machine-id"
+    assert "data-directory=/data/rauc" in conf

@@ -204,7 +204,7 @@ def test_the_box_system_conf_trusts_one_keyring_and_checks_the_purpose() -> None
     assert text.count("[slot.rootfs.") == 2
     assert "bootname=A" in text
     assert "bootname=B" in text
-    assert "data-directory=/var/lib/edgebox/rauc\n" in text
+    assert "data-directory=/data/rauc\n" in text
 
 
 def test_the_manifest_names_version_format_and_image() -> None:
