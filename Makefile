@@ -55,13 +55,18 @@ bench: system-deps $(VENV)/.installed
 	$(BIN)/python tests/bench/bench_web.py
 
 ## The box's disk image (root, mmdebstrap; docs/updates.md): build/image/disk.img and
-## rootfs.ext4 (the image `edgebox update bundle` signs). KEYRING: the CA the box trusts.
+## rootfs.ext4 (the image `edgebox update bundle` signs). KEYRING: the CA the box trusts;
+## ARCH=arm64 builds the ARM image (qemu-user-static runs its programs; build/image-arm64).
 KEYRING ?= keys/release/ca.pem
+ARCH ?= amd64
+IMAGE_OUT = build/image$(if $(filter amd64,$(ARCH)),,-$(ARCH))
 image: $(VENV)/.installed
-	$(BIN)/python image_build/build.py image --out build/image --keyring $(KEYRING)
+	$(BIN)/python image_build/build.py image --arch $(ARCH) --out $(IMAGE_OUT) --keyring $(KEYRING)
 
 ## Two builds of the root tree from this commit must be identical, the full tree holds the
-## box, and the disk image boots under qemu to `ready` (root; several minutes each).
+## box, and the disk image boots under qemu (software emulation) into a box that answers
+## SMTP and HTTPS (root; minutes each: docs/BENCHMARKS.md). EDGEBOX_TEST_IMAGE=disk.img
+## boots an image `make image` built instead of building one more.
 image-test: $(VENV)/.installed
 	$(BIN)/pytest -m "image or qemu" tests/image_build -s
 

@@ -92,9 +92,23 @@ def wheelhouse(out: Path, epoch: str, arch: str = "amd64") -> Path:
     env = {**os.environ, "SOURCE_DATE_EPOCH": epoch}
     pip = [sys.executable, "-m", "pip"]
     downloads = out.parent / "downloads"
-    subprocess.run([*pip, "download", "--quiet", "--no-deps", "--require-hashes",
-                    "-r", str(lock_file(arch)), "-d", str(downloads)],
-                   check=True, env=env)  # fmt: skip
+    if arch == _native_arch():
+        subprocess.run([*pip, "download", "--quiet", "--no-deps", "--require-hashes",
+                        "-r", str(lock_file(arch)), "-d", str(downloads)],
+                       check=True, env=env)  # fmt: skip
+    else:
+        # pip checks a wheel against this machine's platform unless told another one;
+        # with a platform it takes wheels only, so an sdist line goes without.
+        for line in lock_file(arch).read_text().splitlines():
+            if line.startswith("#"):
+                continue
+            with tempfile.NamedTemporaryFile("w", suffix=".txt") as single:
+                single.write(line + "\n")
+                single.flush()
+                one = [*pip, "download", "--quiet", "--no-deps", "--require-hashes",
+                       "-r", single.name, "-d", str(downloads)]  # fmt: skip
+                if subprocess.run([*one, *_platform_options(arch)], env=env).returncode:
+                    subprocess.run(one, check=True, env=env)
     for wheel in downloads.glob("*.whl"):
         shutil.copy2(wheel, out / wheel.name)
     built = [*sorted(downloads.glob("*.tar.gz"))]
@@ -180,6 +194,15 @@ def rootfs(
         check=True, env=env,
     )  # fmt: skip
     return out
+
+
+def _platform_options(arch: str) -> list[str]:
+    """pip's options for *arch*'s wheels for Debian 12's CPython 3.11 (glibc 2.36)."""
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}[arch]
+    return ["--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
+            "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+            "--platform", f"manylinux2014_{machine}", "--platform", f"manylinux_2_28_{machine}",
+            "--platform", "any"]  # fmt: skip
 
 
 def _native_arch() -> str:
@@ -323,18 +346,12 @@ def _lock(arch: str) -> int:
             # --prefer-binary: a wheel wherever one exists for CPython 3.11 here.
             subprocess.run([*pip, "--prefer-binary", "-d", tmp, *pins], check=True)
         else:
-            platform = {"arm64": "aarch64"}[arch]
             for line in lock_file("amd64").read_text().splitlines():
                 if line.startswith("#"):
                     continue
                 pin = line.split()[0]
-                wheel = subprocess.run(
-                    [*pip, "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-                     "--python-version", "3.11", "--abi", "cp311", "--abi", "abi3",
-                     "--abi", "none", "--platform", f"manylinux2014_{platform}",
-                     "--platform", f"manylinux_2_28_{platform}", "--platform", "any",
-                     "-d", tmp, pin],
-                )  # fmt: skip
+                wheel = subprocess.run([*pip, "--no-deps", *_platform_options(arch), "-d", tmp,
+                                        pin])  # fmt: skip
                 if wheel.returncode != 0:
                     subprocess.run([*pip, "--no-deps", "--no-binary=:all:", "-d", tmp, pin],
                                    check=True)  # fmt: skip
