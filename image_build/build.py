@@ -107,7 +107,9 @@ def wheelhouse(out: Path, epoch: str, arch: str = "amd64") -> Path:
                 single.flush()
                 one = [*pip, "download", "--quiet", "--no-deps", "--require-hashes",
                        "-r", single.name, "-d", str(downloads)]  # fmt: skip
-                if subprocess.run([*one, *_platform_options(arch)], env=env).returncode:
+                wheel = subprocess.run([*one, *_platform_options(arch)], env=env,
+                                       capture_output=True)  # fmt: skip
+                if wheel.returncode:
                     subprocess.run(one, check=True, env=env)
     for wheel in downloads.glob("*.whl"):
         shutil.copy2(wheel, out / wheel.name)
@@ -188,8 +190,12 @@ def rootfs(
     if arch != _native_arch():
         ensure_binfmt(arch)
     subprocess.run(
+        # --skip=cleanup/reproducible: the hooks above remove what it would (VOLATILE)
+        # and it would also remove D-Bus's link to the machine id, which the read-only
+        # root cannot make at boot.
         ["mmdebstrap", "--variant=minbase", f"--architectures={arch}",
-         f"--include={','.join(packages)}", "--mode=root", *hooks, SUITE, str(out),
+         f"--include={','.join(packages)}", "--mode=root", "--skip=cleanup/reproducible",
+         *hooks, SUITE, str(out),
          f"deb {MIRROR} {SUITE} main"],
         check=True, env=env,
     )  # fmt: skip
