@@ -25,14 +25,18 @@ BUILD = Path(__file__).parents[2] / "image_build" / "build.py"
 @pytest.mark.image
 @pytest.mark.timeout(3600)
 def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
-    require_tool("mmdebstrap")
-    if os.geteuid() != 0:
-        missing_prerequisite("mmdebstrap --mode=root needs root")
-    keyring = ensure_keyring(tmp_path / "keys", "release")
-    out = tmp_path / "rootfs.tar"
-    command = [sys.executable, str(BUILD), "rootfs", "--out", str(out),
-               "--keyring", str(keyring.ca_cert)]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True)
+    prebuilt = os.environ.get("EDGEBOX_TEST_ROOTFS")  # a tree built from this commit
+    if prebuilt:
+        out = Path(prebuilt)
+    else:
+        require_tool("mmdebstrap")
+        if os.geteuid() != 0:
+            missing_prerequisite("mmdebstrap --mode=root needs root")
+        keyring = ensure_keyring(tmp_path / "keys", "release")
+        out = tmp_path / "rootfs.tar"
+        command = [sys.executable, str(BUILD), "rootfs", "--out", str(out),
+                   "--keyring", str(keyring.ca_cert)]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True)
     with tarfile.open(out) as tar:
         names = set(tar.getnames())
 
@@ -60,7 +64,9 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
     assert "./etc/systemd/system/multi-user.target.wants/edgebox-update-confirm.service" in names
     assert any(n.startswith("./usr/share/edgebox/firmware/") for n in names)
     assert "check-purpose=codesign" in conf
-    assert keyring_pem == keyring.ca_cert.read_text()
+    assert "BEGIN CERTIFICATE" in keyring_pem
+    if not prebuilt:
+        assert keyring_pem == keyring.ca_cert.read_text()
     assert fstab == (BUILD.parent / "etc" / "fstab").read_text()
     assert "EDGEBOX_PORTS=box\n" in env
     assert "EDGEBOX_BIND=0.0.0.0\n" in env
