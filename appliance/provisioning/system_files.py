@@ -10,14 +10,15 @@ The box's OS reads these at boot (and networkd/timesyncd on reload)::
 They go under a root folder, the ``system_root`` setting; by default ``DATA/system``,
 so `edgebox run` never writes a machine's ``/etc`` on its own — on a developer's or test
 machine that is the point, and on the box's image edgebox runs unprivileged under
-``ProtectSystem=strict`` and could not. A privileged step that installs them into
-``/etc`` (a path unit watching ``DATA/system``) belongs to the image and is not built
-yet; ``system_root = "/"`` writes them in place where the process may. Each file is
+``ProtectSystem=strict`` and could not: there a root-owned script started by a path
+unit watching these files (image_build/sbin/edgebox-apply-system-files) checks them
+line by line and installs them into ``/run``, where networkd and timesyncd read
+run-time configuration. ``system_root = "/"`` writes them in place where the process
+may. Each file is
 written atomically (temp, fsync, rename); the wizard writes them after provisioning
 succeeded, so a refused provisioning leaves them as they were.
 
-What this is not: applying them to the running OS (networkd and timesyncd read them at
-their next start).
+What this is not: applying them to the running OS (on the image the script does that).
 """
 
 from __future__ import annotations
