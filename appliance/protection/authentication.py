@@ -171,7 +171,7 @@ def _disposition(spf_check: SpfCheck | None, verdicts: Sequence[dmarc.DmarcResul
 
 def _spf_text(check: SpfCheck) -> str:
     text = f"spf={check.result}"
-    if check.reason:
+    if check.reason and check.result not in ("pass", "none"):
         text += f" ({dkim.reason_comment(check.reason)})"
     if check.domain:
         # RFC 8601 §2.7.2: smtp.mailfrom, or smtp.helo when HELO was the identity.

@@ -7,6 +7,12 @@ import ipaddress
 import pytest
 
 from appliance.mail.delivery import Envelope, Trace
+from appliance.mail.smtp.authentication import (
+    AUTHENTICATION_UNAVAILABLE,
+    Disposition,
+    MessageCheck,
+    SpfCheck,
+)
 from appliance.mail.smtp.policy import (
     FROM_NOT_OWNED,
     LOCAL_SENDER_FORGED,
@@ -124,6 +130,37 @@ async def test_mx_still_takes_bounces_and_other_domains(box: MailBox) -> None:
     assert await policy.check_message(message_from("a@other.go.th"), None, "", "192.168.1.50") is (
         None
     )
+
+
+# --- issue 23: DMARC's proof replaces the blanket refusal --------------------------------
+
+
+def proof(*domains: str, temporary: bool = False) -> MessageCheck:
+    return MessageCheck(b"", Disposition.DELIVER, frozenset(domains), temporary, "")
+
+
+async def test_mx_takes_a_local_sender_that_proves_itself(box: MailBox) -> None:
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore, CENTRE)
+    me, source = box.users[0], "192.168.1.50"
+    # MAIL FROM: the domain's own SPF record names the client.
+    assert await policy.check_sender(mail_from(me), None, source, SpfCheck("pass", DOMAIN)) is None
+    for result in ("fail", "softfail", "neutral", "none", "permerror"):
+        spf = SpfCheck(result, DOMAIN)
+        assert await policy.check_sender(mail_from(me), None, source, spf) == LOCAL_SENDER_FORGED
+    temporary = SpfCheck("temperror", DOMAIN)
+    assert await policy.check_sender(mail_from(me), None, source, temporary) == (
+        AUTHENTICATION_UNAVAILABLE
+    )
+    # From: an SPF or DKIM pass aligned with our domain (DMARC's test, record or not).
+    content = message_from(me)
+    assert await policy.check_message(content, None, "x@o.go.th", source, proof(DOMAIN)) is None
+    assert await policy.check_message(content, None, "x@o.go.th", source, proof("o.go.th")) == (
+        LOCAL_SENDER_FORGED
+    )
+    assert await policy.check_message(
+        content, None, "x@o.go.th", source, proof(temporary=True)
+    ) == (AUTHENTICATION_UNAVAILABLE)
+    assert AUTHENTICATION_UNAVAILABLE.code == 451
 
 
 def test_trusted_relays_setting() -> None:
