@@ -25,7 +25,7 @@ from appliance.config import Config, load_config
 from appliance.mail.headers import parse_headers
 from appliance.mail.smtp.authentication import Disposition, SpfCheck
 from appliance.mail.smtp.policy import Port
-from appliance.protection import dkim, spf
+from appliance.protection import dkim, publish, spf
 from appliance.protection.authentication import InboundAuthenticator, from_domains
 from appliance.protection.resolver import DnsTemporaryError, Resolver
 from appliance.registry import smtp_service
@@ -344,3 +344,15 @@ async def test_own_envelope_sender_without_spf_pass_is_refused_at_mail_from(
     assert refused[0] == 550
     records = [r for r in traffic(box) if r.event == "sender-rejected"]
     assert [(r.sender, r.result) for r in records] == [(me, "550 5.7.1 spf=fail")]
+
+
+# --- what an agency should publish ----------------------------------------------------------
+
+
+def test_the_spf_record_names_the_central_relay() -> None:
+    assert publish.spf_value("") == "v=spf1 mx -all"
+    assert publish.spf_value("smtp://relay.gin.go.th:587") == "v=spf1 mx a:relay.gin.go.th -all"
+    assert publish.spf_value("smtps://10.20.0.5:465") == "v=spf1 mx ip4:10.20.0.5 -all"
+    assert publish.spf_value("smtp://[fd00::5]:25") == "v=spf1 mx ip6:fd00::5 -all"
+    thai = publish.sender_records("กรม.go.th", "")
+    assert [r.name for r in thai] == ["xn--12c8df.go.th", "_dmarc.xn--12c8df.go.th"]

@@ -389,7 +389,12 @@ def test_cli_shows_rotates_and_retires(tmp_path: Path, capsys: pytest.CaptureFix
     data = tmp_path / "data"
     trio.run(init_box, data, DOMAIN)
     assert main(["dkim", "show", "--data", str(data), "--agency", DOMAIN]) == 0
-    (line,) = capsys.readouterr().out.splitlines()
+    # The key's record, then the SPF and DMARC records the agency should publish too.
+    line, spf_line, dmarc_line = capsys.readouterr().out.splitlines()
+    assert spf_line == f'{DOMAIN}. IN TXT ( "v=spf1 mx -all" ) ; SPF'
+    assert (
+        dmarc_line == f'_dmarc.{DOMAIN}. IN TXT ( "v=DMARC1; p=reject; adkim=r; aspf=r" ) ; DMARC'
+    )
     assert line.startswith("eb")
     assert '._domainkey.a.go.th. IN TXT ( "v=DKIM1; k=rsa; p=' in line
     assert line.endswith("; signs now")
