@@ -76,8 +76,8 @@ def _run(args: argparse.Namespace, change: Any, *, sender: bool = False) -> int:
         return 1
     for record in records:
         print(zone_lines(record))
-    for record, note in zip(others, ("SPF", "DMARC"), strict=True):
-        print(zone_lines(record, note))
+    for record in others:
+        print(zone_lines(record, "DMARC" if record.name.startswith("_dmarc.") else "SPF"))
     return 0
 
 
