@@ -209,7 +209,7 @@ class SMTPPolicy:
             for sender in headers.from_addresses(headers.parse_headers(content)):
                 if not await self._claims_local_domain(sender):
                     continue
-                if sender.rpartition("@")[2] in proven:
+                if (_normalised(sender) or sender).rpartition("@")[2] in proven:
                     continue
                 if authentication is not None and authentication.temporary:
                     return AUTHENTICATION_UNAVAILABLE

@@ -218,3 +218,19 @@ async def test_an_admin_named_twice_gets_one_copy(box: MailBox) -> None:
         Envelope("a@other.go.th", tuple(recipients), trace), b"S: x\r\n\r\n.\r\n"
     )
     assert len(await box.mailstore.messages(box.users[0], "INBOX")) == 1
+
+
+async def test_a_thai_domain_proven_in_a_labels_matches_its_own_spelling(
+    box: MailBox,
+) -> None:
+    await box.directory.add_agency("กรม.go.th", name_th="กรม")
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
+    content = message_from("director@กรม.go.th")
+    # The authenticator reports DNS names (A-labels); the directory keeps U-labels.
+    assert (
+        await policy.check_message(content, None, "", "192.168.1.50", proof("xn--12c8df.go.th"))
+        is None
+    )
+    assert await policy.check_message(content, None, "", "192.168.1.50", proof()) == (
+        LOCAL_SENDER_FORGED
+    )
