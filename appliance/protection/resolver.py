@@ -50,8 +50,9 @@ class Resolver:
             qname = dns.name.from_text(name.rstrip(".") + ".")
         except (UnicodeError, dns.exception.DNSException):
             return []  # not a name that can hold a record (RFC 7208 §4.3)
-        resolver = self._resolver or dns.resolver.get_default_resolver()
         try:
+            # No /etc/resolv.conf is NoResolverConfiguration: temporary, like a timeout.
+            resolver = self._resolver or dns.resolver.get_default_resolver()
             answer = resolver.resolve(
                 qname, rdtype, lifetime=timeout, search=False, raise_on_no_answer=False
             )

@@ -356,3 +356,60 @@ def test_the_spf_record_names_the_central_relay() -> None:
     assert publish.spf_value("smtp://[fd00::5]:25") == "v=spf1 mx ip6:fd00::5 -all"
     thai = publish.sender_records("กรม.go.th", "")
     assert [r.name for r in thai] == ["xn--12c8df.go.th", "_dmarc.xn--12c8df.go.th"]
+
+
+def test_no_resolver_configuration_is_temporary(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unconfigured() -> dns.resolver.Resolver:
+        raise dns.resolver.NoResolverConfiguration("no /etc/resolv.conf")
+
+    monkeypatch.setattr(dns.resolver, "get_default_resolver", unconfigured)
+    with pytest.raises(DnsTemporaryError):
+        Resolver().txt("_dmarc.b.go.th")
+    checked = InboundAuthenticator(HOST).authenticate(
+        message("khun@b.go.th"), spf.check_host("192.0.2.1", "x@b.go.th", "h", Resolver())
+    )
+    assert checked.temporary
+    (field,) = results_of(checked.content)
+    assert field.startswith(f"{HOST}; spf=temperror (SPF Temporary Error: DNS b.go.th TXT")
+    assert field.endswith(
+        "dmarc=temperror (_dmarc.b.go.th TXT: no /etc/resolv.conf) header.from=b.go.th"
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "v=spf1",
+                    "-all",
+                    "~all",
+                    "?all",
+                    "+all",
+                    "a",
+                    "mx",
+                    "ptr",
+                    "exists:%{i}.x.go.th",
+                    "include:b.go.th",
+                    "redirect=b.go.th",
+                    "ip4:192.0.2.0/24",
+                    "ip6:::1/200",
+                    "ip4:300.1.1.1",
+                    "exp=%{l}",
+                    "a:%{d}/33",
+                    "%{z}",
+                    "mx/24//64",
+                    "=a",
+                ]
+            ),
+            st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=12),
+        ),
+        max_size=8,
+    )
+)
+def test_any_spf_record_gets_a_result_never_an_exception(terms: list[str]) -> None:
+    record = " ".join(["v=spf1", *terms])
+    resolver = DictResolver({"b.go.th": record, "x.go.th": "v=spf1 -all"})
+    checked = spf.check_host("192.0.2.10", "someone@b.go.th", "h.b.go.th", resolver, 2.0)
+    assert checked.result in spf.RESULTS
