@@ -75,7 +75,7 @@ class InboundAuthenticator:
             lambda: spf.check_host(client_ip, mail_from, helo, self.dns, self.spf_time_limit),
             # pyspf keeps its own limit; this one is for a look-up that ignores it.
             self.spf_time_limit + 5,
-            timed_out,
+            lambda: timed_out,
         )
 
     async def check_message(self, content: bytes, spf_check: SpfCheck | None) -> MessageCheck:
@@ -83,7 +83,7 @@ class InboundAuthenticator:
         return await _in_thread(
             lambda: self.authenticate(content, spf_check),
             self.message_time_limit,
-            self._timed_out(content, spf_check),
+            lambda: self._timed_out(content, spf_check),
         )
 
     def authenticate(self, content: bytes, spf_check: SpfCheck | None) -> MessageCheck:
@@ -206,11 +206,11 @@ def _summary(
     return " ".join(parts)
 
 
-async def _in_thread(work: Callable[[], T], limit: float, timed_out: T) -> T:
+async def _in_thread(work: Callable[[], T], limit: float, timed_out: Callable[[], T]) -> T:
     # The checks block on DNS: a worker thread keeps the event loop serving. A thread
     # cannot be stopped; past the limit it is abandoned (its DNS waits are bounded) and
     # the verdict is a temporary error.
     with trio.move_on_after(limit):
         return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
     log.warning("sender authentication took longer than %.0f s: temperror", limit)
-    return timed_out
+    return timed_out()
