@@ -71,6 +71,7 @@ from appliance.provisioning.wizard_pages import SetupWizard
 from appliance.security.guard import AuthGuard
 from appliance.security.tls_renewal import TLSRenewal
 from appliance.supervisor import Service
+from appliance.sync.central import central_client_context
 from appliance.sync.chat import POLL_INTERVAL, ChatReplicator
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.directory import DirectoryReplicator
@@ -84,6 +85,9 @@ from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
 from appliance.sync.status import SyncStatus
+from appliance.update.channel import channel_downloads, channel_routes
+from appliance.update.follow import ChannelFollower, reboot_command
+from appliance.update.rauc import RaucCommand
 from appliance.update.report import UpdateReporter, update_report_routes
 from appliance.watchdog import hardware_watchdog
 from appliance.web.openapi import openapi_route
@@ -238,10 +242,12 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             *hub_sync_routes(box.chat, box.directory, box.mailstore),
             # The boxes' reports of what became of their updates.
             *update_report_routes(config.data_dir),
+            # The update channel's offers; its bundles are downloads.
+            *channel_routes(config.data_dir),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
-            mailstore=box.mailstore,
+            mailstore=box.mailstore, downloads=channel_downloads(config.data_dir),
         )  # fmt: skip
         return [hub]
     keys = config.data_dir / "keys"
@@ -295,10 +301,27 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         )
         monitor.on_up(reporter.wake)
         services.append(reporter)
+        # The hub's update channel: offers, the bundle's download while the link is up,
+        # the install in the maintenance window or when the admin asks.
+        follower = ChannelFollower(
+            config.data_dir, HubClient(keys, config.hub_url, watch=watch), config.hub_url,
+            lambda: central_client_context(keys), update_rauc(config), status, clock,
+            channel=config.update_channel, compatible=config.update_compatible,
+            installs=config.updates, window=config.update_window,
+            rate=config.update_download_rate, reboot=reboot_command(config.update_reboot),
+            interval=config.sync_interval,
+        )  # fmt: skip
+        monitor.on_up(follower.wake)
+        services.append(follower)
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )
     return services
+
+
+def update_rauc(config: Config) -> RaucCommand:
+    """RAUC as the box's settings name it (``rauc_conf``)."""
+    return RaucCommand(Path(config.rauc_conf) if config.rauc_conf else None)
 
 
 # --- the HTTPS port ----------------------------------------------------------------------
