@@ -56,9 +56,9 @@ def requested_range(value: str | None, size: int) -> ByteRange | None:
             raise Unsatisfiable
         return ByteRange(max(0, size - count), size - 1, size)
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None  # invalid: §14.1.1 says to ignore it
     if start >= size:
         raise Unsatisfiable
+    end = int(last) if last else size - 1
     return ByteRange(start, min(end, size - 1), size)
