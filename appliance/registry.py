@@ -87,6 +87,7 @@ from appliance.sync.renewal import CertificateRenewal, finish_renewal
 from appliance.sync.status import SyncStatus
 from appliance.update.channel import channel_downloads, channel_routes
 from appliance.update.follow import ChannelFollower, reboot_command
+from appliance.update.installer import UpdateInstaller
 from appliance.update.rauc import RaucCommand
 from appliance.update.report import UpdateReporter, update_report_routes
 from appliance.watchdog import hardware_watchdog
@@ -120,7 +121,8 @@ def lifelong_services(
         # The setup code while unprovisioned, the box's state (`views`) after.
         panel_service(config, lifecycle, views),
         hardware_watchdog(config),
-        usb_service(config, lifecycle),
+        # A stick's system update installs the way the hub channel's does.
+        usb_service(config, lifecycle, update_installer(config)),
     ]
     return [service for service in services if service is not None]
 
@@ -322,6 +324,13 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
 def update_rauc(config: Config) -> RaucCommand:
     """RAUC as the box's settings name it (``rauc_conf``)."""
     return RaucCommand(Path(config.rauc_conf) if config.rauc_conf else None)
+
+
+def update_installer(config: Config) -> UpdateInstaller:
+    """The box's installer for updates that arrive on a stick."""
+    return UpdateInstaller(
+        config.data_dir, update_rauc(config), reboot_command(config.update_reboot)
+    )
 
 
 # --- the HTTPS port ----------------------------------------------------------------------
