@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from appliance.update.outcome import read_state
+
 PROGRESS_FILE: Final = Path("run") / "update-progress.json"
 #: The phases in the order an update goes through them.
 DOWNLOADING: Final = "downloading"
@@ -68,3 +70,38 @@ def read_progress(data_dir: Path, now: float) -> Progress | None:
     if progress.phase in BUSY and now - progress.at > STALE_AFTER:
         return None
     return progress
+
+
+#: How long the panel keeps showing how the last update ended (good, rolled back,
+#: refused) once nothing is in hand.
+RESULT_HOLD: Final = 24 * 3600.0
+#: Outcome events as the panel words them (appliance.update.outcome).
+_RESULT_WORDS: Final = {
+    "installed": "installed", "good": "good", "rolled_back": "rolled-back", "refused": "refused",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UpdateView:
+    """What the front panel's UPDATE page shows."""
+
+    #: A `PHASES` word, or "installed" (waiting for a reboot), "good" or "rolled-back".
+    phase: str
+    #: 0-100 while downloading, verifying or installing; None otherwise.
+    percent: int | None
+    version: str
+    reason: str = ""
+
+
+def update_view(data_dir: Path, now: float) -> UpdateView | None:
+    """The update in hand, else how the last one ended (for a day), else None."""
+    current = read_progress(data_dir, now)
+    if current is not None and current.phase != REFUSED:
+        percent = current.percent if current.phase in (DOWNLOADING, VERIFYING, INSTALLING) else None
+        return UpdateView(current.phase, percent, current.version)
+    last = read_state(data_dir).last()
+    if current is not None and (last is None or current.at >= last.at):
+        return UpdateView(REFUSED, None, current.version, current.reason)
+    if last is None or last.event not in _RESULT_WORDS or now - last.at > RESULT_HOLD:
+        return None
+    return UpdateView(_RESULT_WORDS[last.event], None, last.version, last.reason)
