@@ -402,6 +402,7 @@ def admin_console(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) ->
         kit, config=box.config, identity=box.identity, directory=box.directory,
         mailstore=box.mailstore, sessions=box.sessions, signin=box.signin, guard=box.guard,
         traffic=box.traffic, status_file=box.status_file, lifecycle=lifecycle,
+        rauc=update_rauc(box.config),
     )  # fmt: skip
 
 
