@@ -299,7 +299,11 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         services.append(chat)
         # What became of the box's updates (rollbacks above all), once the link is up.
         reporter = UpdateReporter(
-            config.data_dir, HubClient(keys, config.hub_url, watch=watch), status, clock
+            config.data_dir,
+            HubClient(keys, config.hub_url, watch=watch),
+            status,
+            clock,
+            interval=config.sync_interval,
         )
         monitor.on_up(reporter.wake)
         services.append(reporter)
@@ -311,7 +315,7 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             channel=config.update_channel, compatible=config.update_compatible,
             installs=config.updates, window=config.update_window,
             rate=config.update_download_rate, reboot=reboot_command(config.update_reboot),
-            interval=config.sync_interval,
+            interval=config.sync_interval, on_outcome=reporter.wake,
         )  # fmt: skip
         monitor.on_up(follower.wake)
         services.append(follower)

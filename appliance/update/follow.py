@@ -202,6 +202,7 @@ class ChannelFollower:
         interval: float = 600.0,
         release_file: Path = RELEASE_FILE,
         localtime: Callable[[float], time.struct_time] = time.localtime,
+        on_outcome: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.hub = hub
@@ -219,6 +220,8 @@ class ChannelFollower:
         self.interval = interval
         self.release_file = release_file
         self.localtime = localtime
+        #: Told when the history got a new event (the reporter sends it to the hub).
+        self.on_outcome = on_outcome
         self._wake = trio.Event()
 
     def wake(self) -> None:
@@ -362,6 +365,8 @@ class ChannelFollower:
 
     async def _save(self, state: OfferState) -> OfferState:
         await trio.to_thread.run_sync(_write_offer_state, self.data_dir, state)
+        if state.stage in ("installed", "refused") and self.on_outcome is not None:
+            self.on_outcome()  # the hub hears of it now, not at the reporter's next round
         return state
 
 
