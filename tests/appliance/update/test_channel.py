@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h11
 import pytest
 import trio
 
@@ -188,3 +189,75 @@ def test_publishing_against_a_keyring_refuses_a_stranger(tmp_path: Path, bundle:
     done = publish(tmp_path / "hub", bundle, "stable")
     raw = json.loads((tmp_path / "hub" / "update-channel" / "stable.json").read_text())
     assert raw["sha256"] == done.sha256 == sha256_of(bundle)
+
+
+async def _get(
+    hub: Hub, edge: Path, requests: list[tuple[str, str, list[tuple[str, str]]]]
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send each (method, path, headers) in turn on ONE kept-alive mutual-TLS connection."""
+    context = central_client_context(edge / "keys")
+    port = int(hub.url.rpartition(":")[2])
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), context,
+                            server_hostname="127.0.0.1")  # fmt: skip
+    conn = h11.Connection(h11.CLIENT)
+    answers = []
+    try:
+        with trio.fail_after(30):
+            for method, path, headers in requests:
+                request = h11.Request(method=method, target=path, headers=[("host", "h"), *headers])
+                await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                status, fields, chunks = 0, {}, []
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                        fields = {n.decode(): v.decode() for n, v in event.headers}
+                    elif isinstance(event, h11.Data):
+                        chunks.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                answers.append((status, fields, b"".join(chunks)))
+                conn.start_next_cycle()
+    finally:
+        await trio.aclose_forcefully(stream)
+    return answers
+
+
+async def test_ranges_head_and_keep_alive_on_the_bundle_route(tmp_path: Path, bundle: Path) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await enrolled(tmp_path, hub)
+        done = publish(hub.box.config.data_dir, bundle, "stable")
+        path = f"{BUNDLE_PREFIX}{done.sha256}.raucb"
+        whole = content(bundle)
+        answers = await _get(hub, edge, [
+            ("GET", path, [("range", "bytes=100-199")]),
+            ("HEAD", path, []),
+            ("GET", path, [("range", f"bytes={done.size}-")]),
+            ("GET", path, [("range", "bytes=-10")]),
+        ])  # fmt: skip
+        (ranged, head, past, suffix) = answers
+        assert ranged[0] == 206
+        assert ranged[1]["content-range"] == f"bytes 100-199/{done.size}"
+        assert ranged[2] == whole[100:200]
+        assert (head[0], head[1]["content-length"], head[2]) == (200, str(done.size), b"")
+        assert head[1]["accept-ranges"] == "bytes"
+        assert (past[0], past[1]["content-range"]) == (416, f"bytes */{done.size}")
+        assert (suffix[0], suffix[2]) == (206, whole[-10:])
+
+
+async def test_a_whole_part_is_checked_as_it_is_without_fetching_again(
+    tmp_path: Path, bundle: Path
+) -> None:
+    async with running_hub(tmp_path) as hub:
+        edge = await enrolled(tmp_path, hub)
+        done = publish(hub.box.config.data_dir, bundle, "stable")
+        url = f"{hub.url}{BUNDLE_PREFIX}{done.sha256}.raucb"
+        await download(url, edge, central_client_context(edge / "keys"))
+        # Again, no promise known: the server says there is nothing past what is held.
+        seen: list[int] = []
+        part = await download(url, edge, central_client_context(edge / "keys"),
+                              progress=lambda held, total: seen.append(held))  # fmt: skip
+        assert seen == [done.size]
+        assert content(part) == content(bundle)
