@@ -4,6 +4,7 @@ states, and the button's factory reset (hold, prompt, confirm) through the lifec
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import cast
 
@@ -255,3 +256,17 @@ def test_an_update_in_hand_then_how_it_ended_reaches_the_panel(tmp_path: Path) -
     # A refusal written by the installer (a stick's bad bundle) outranks older history.
     progress.write_progress(tmp_path, progress.Progress("refused", 0, "", 3000.0, "tampered"))
     assert (fields_now(3001.0)["uphase"], fields_now(3001.0)["uwhy"]) == ("refused", "tampered")
+
+
+@pytest.mark.parametrize("provisioned", [True, False])
+async def test_the_service_shows_whoever_installs_on_the_update_page(
+    tmp_path: Path, provisioned: bool
+) -> None:
+    # A stick may update an unprovisioned box too: both states carry the fields.
+    service, _client = await _service(tmp_path, provisioned=provisioned)
+    service._status = service.lifecycle.status()
+    assert "uphase" not in service._fields()
+    # Another process (`edgebox update install`) writes its progress; the panel reads it.
+    progress.write_progress(tmp_path, progress.Progress("downloading", 7, "2026.12.2", time.time()))
+    fields = service._fields()
+    assert (fields["uphase"], fields["update"], fields["uver"]) == ("downloading", "7", "2026.12.2")
