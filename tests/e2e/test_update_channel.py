@@ -176,8 +176,8 @@ def test_a_running_box_follows_the_channel_and_installs_when_the_admin_asks(
         assert pending is not None
         assert pending.version == "2.0"
         box_id = (data / "device" / "identity.json").read_text().split('"box_id": "')[1][:32]
-        wait_for("the hub hears of the install",
-                 lambda: [e["event"] for e in read_reports(hub.data, box_id)] == ["installed"])  # fmt: skip
+        reported = lambda: [e["event"] for e in read_reports(hub.data, box_id)]  # noqa: E731
+        wait_for("the hub hears of the install", lambda: reported() == ["installed"])
 
         # The reboot (the sandbox plays the firmware) and the after-boot check: 2.0 runs.
         assert sandbox.boot() == "B"
