@@ -382,7 +382,11 @@ def _offer(answer: object) -> Offer | None:
 
 
 def _keep(part: Path, bundle: Path) -> None:
+    """Make the checked download the one bundle waiting to install."""
     bundle.parent.mkdir(parents=True, exist_ok=True)
+    # An older offer's bundle will never install now: its hundreds of MiB go.
+    for stale in bundle.parent.glob("*.raucb"):
+        stale.unlink()
     os.replace(part, bundle)
     fsync_dir(bundle.parent)
 

@@ -79,6 +79,11 @@ def follower(
     )  # fmt: skip
 
 
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 async def enrolled(tmp_path: Path, hub: Hub) -> Path:
     edge = await new_edge(tmp_path, "moe.go.th")
     await enroll(edge, hub.url, await hub.token("moe.go.th"))
@@ -95,12 +100,17 @@ async def test_an_offer_is_fetched_at_once_and_installed_when_the_admin_asks(
         reboots: list[str] = []
         follow = follower(edge, hub, box, reboots, local=NOON)
         untouched = box.fingerprint()
+        # An older offer's bundle still lying there goes when the newer one is fetched.
+        stale = edge / READY_DIR / f"{'c' * 64}.raucb"
+        write(stale, b"an older offer")
 
         # Noon: outside the window. Fetched and checked, not installed.
         state = await follow.round()
+        assert not stale.exists()
         assert (state.decision, state.stage, state.running) == ("newer", "ready", "1.0")
         assert (edge / READY_DIR / f"{published.sha256}.raucb").exists()
         assert box.fingerprint() == untouched
+
         assert reboots == []
         # A second round changes nothing and fetches nothing again.
         assert (await follow.round()).stage == "ready"
