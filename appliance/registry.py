@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.admin.pages import admin_routes
+from appliance.backup.offsite.routes import backup_hub_routes
+from appliance.backup.offsite.upload import OffsiteBackup
 from appliance.backup.service import DailyBackup
 from appliance.box import Box
 from appliance.chat import SecretSweeper
@@ -83,6 +85,7 @@ from appliance.sync.liveness import LinkWatch
 from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
+from appliance.sync.share import LinkShare, SharedHubCall
 from appliance.sync.status import SyncStatus
 from appliance.update.report import UpdateReporter, update_report_routes
 from appliance.watchdog import hardware_watchdog
@@ -224,8 +227,10 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     - **edge**: the link monitor always (it says "not set up" until enrolment), then
       each replicator whose central end is configured — the outbound relay
       (``central_smtp``), mailbox replication (``central_imap``), directory and chat
-      replication and the update outcome report (``hub_url``), and the renewal of the
-      box's sync certificate.
+      replication and the update outcome report (``hub_url``), the renewal of the
+      box's sync certificate, and the daily offsite backup to the hub
+      (``backup_offsite``), which steps aside while the replicators use the link
+      (`LinkShare`).
       When GIN comes back up the monitor cuts short every wait on a dead connection
       (one `LinkWatch` shared by the monitor and every replicator's connections) and
       wakes every replicator at once, instead of each waiting out its time-out and
@@ -238,6 +243,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             *hub_sync_routes(box.chat, box.directory, box.mailstore),
             # The boxes' reports of what became of their updates.
             *update_report_routes(config.data_dir),
+            # Each box's offsite backup sets and its escrowed backup key.
+            *backup_hub_routes(config.data_dir, config.backup_hub_keep),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
@@ -266,12 +273,15 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         monitor.on_up(mailboxes.wake)
         services.append(mailboxes)
     if config.hub_url:
+        # What the offsite backup steps aside for: the replicators' requests to the hub
+        # and mail waiting to leave.
+        share = LinkShare(_mail_waiting(box) if config.central_smtp else None)
         # One connection per stream, so a long chat catch-up never holds up the
         # directory (each client serialises its own requests).
         directory = DirectoryReplicator(
             box.directory,
             box.identity.domain,
-            HubClient(keys, config.hub_url, watch=watch),
+            SharedHubCall(HubClient(keys, config.hub_url, watch=watch), share),
             status,
             clock,
             interval=config.sync_interval,
@@ -282,7 +292,7 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         chat = ChatReplicator(
             box.chat,
             box.identity.domain,
-            HubClient(keys, config.hub_url, watch=watch),
+            SharedHubCall(HubClient(keys, config.hub_url, watch=watch), share),
             status,
             clock,
             poll_interval=min(POLL_INTERVAL, config.sync_interval),
@@ -298,7 +308,24 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )
+        if config.backup_offsite:
+            # Daily to the hub, throttled, on a connection of its own.
+            offsite = OffsiteBackup(
+                config.data_dir, HubClient(keys, config.hub_url, timeout=120, watch=watch),
+                status, rate=config.backup_offsite_rate, share=share,
+            )  # fmt: skip
+            monitor.on_up(offsite.wake)
+            services.append(offsite)
     return services
+
+
+def _mail_waiting(box: Box) -> Any:
+    """Whether mail waits in the outbound queue (it needs the link before a backup does)."""
+
+    async def waiting() -> bool:
+        return any(group[2] > 0 for group in await box.mailstore.outbound_groups())
+
+    return waiting
 
 
 # --- the HTTPS port ----------------------------------------------------------------------
