@@ -123,7 +123,6 @@ def object_path(folder: Path, set_name: str, name: object, *, partial: bool) -> 
         or len(pure.parts) < 2
         or ".." in pure.parts
         or pure.is_absolute()
-        or any(part.startswith(".") for part in pure.parts)
     ):
         raise BackupRefused("bad_object", f"not an object of a backup set: {name!r}")
     return base / pure
@@ -134,8 +133,11 @@ def begin(folder: Path, set_name: str) -> dict[str, Any]:
 
     Another set's unfinished upload is removed: a box uploads one set at a time, and a
     set it abandoned will not be finished. The set's own partial folder is kept, so a
-    box that was cut off resumes it.
+    box that was cut off resumes it. A name already taken by a complete set is refused
+    (two backups in one second): the box picks another.
     """
+    if (folder / set_name).is_dir():
+        raise BackupRefused("set_exists", f"set {set_name} exists already; name the new one anew")
     folder.mkdir(parents=True, exist_ok=True)
     for other in folder.glob(f"{PARTIAL_PREFIX}*"):
         if other.name != f"{PARTIAL_PREFIX}{set_name}":

@@ -191,7 +191,16 @@ async def create_offsite_backup(
         record(data_dir, offsite_pending=name)
         report = OffsiteReport(name)
         sender = _Sender(hub, name, rate, share, yield_limit, report)
-        begun = await sender.call(BEGIN_PATH, {"set": name, "key_id": kid})
+        try:
+            begun = await sender.call(BEGIN_PATH, {"set": name, "key_id": kid})
+        except HubRefused as exc:
+            if exc.code != "set_exists":
+                raise
+            # Two backups in one second, or a set whose commit went through unheard.
+            name = f"{_set_name(now)}-{secrets.token_hex(2)}"
+            record(data_dir, offsite_pending=name)
+            report.name = sender.name = name
+            begun = await sender.call(BEGIN_PATH, {"set": name, "key_id": kid})
         held = set(_list(begun.get("blobs")))
         arrived: dict[str, int] = begun.get("files") or {}
         pending_objects: dict[str, int] = begun.get("pending") or {}

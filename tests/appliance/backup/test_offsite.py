@@ -234,7 +234,7 @@ async def test_the_hub_refuses_another_boxs_backup_set(tmp_path: Path, data: Pat
                        {"set": report.name, "object": "manifest", "offset": 0})  # fmt: skip
     assert refused.value.status == 404
     # Nor can a name climb out of the box's folder.
-    for bad in ("data/../../x", "blob/../../etc", "data/.x", "/etc/passwd"):
+    for bad in ("data/../../x", "blob/../../etc", "data", "/etc/passwd", "manifest/x"):
         with pytest.raises(HubRefused) as refused:
             await hub("/sync/v1/backup/get", {"set": report.name, "object": bad, "offset": 0})
         assert refused.value.status == 400
@@ -268,8 +268,11 @@ async def test_the_first_backup_escrows_the_key_which_only_the_hub_unwraps(
     hub = _hub(tmp_path, data)
     first = await create_offsite_backup(data, hub, rate=1e9, now=1_800_000_000)
     assert first.escrowed
-    second = await create_offsite_backup(data, hub, rate=1e9, now=1_800_000_100)
+    second = await create_offsite_backup(data, hub, rate=1e9, now=1_800_000_000)
     assert not second.escrowed  # the hub holds it already
+    # The same second: the hub refuses the taken name and the box picks another.
+    assert second.name.startswith(first.name + "-")
+    assert len(complete_backups(box_folder(tmp_path / "hub", _box_id(data)))) == 2
     key = ensure_backup_key(data / "keys")
     (held,) = read_escrow(box_folder(tmp_path / "hub", _box_id(data)))
     assert held["key_id"] == key_id(key)
@@ -363,7 +366,8 @@ async def test_the_backup_waits_while_a_replicator_uses_the_link(
         assert "backup put" not in events
         release.set()
     assert events.index("chat done") < events.index("backup put")
-    # With a replicator that never stops, the backup still goes after the bound.
+    # With a replicator that never stops, the backup still goes after the bound (and
+    # in the same second as the last set: it is named anew).
     share.started()
     await deliver(data, 1, "later")
     report = await create_offsite_backup(data, hub, rate=1e9, share=share, yield_limit=5)
