@@ -224,8 +224,12 @@ class AdminPages:
             page("POST", "/admin/security/unlock-source", self.unlock_source, "Unlock an address"),
             page("POST", "/admin/security/unlock-account", self.unlock_account, "Forget failures"),
             page("GET", "/admin/backup", self.backup, "Admin console: backups"),
-            page("POST", "/admin/backup/recovery-sheet", self.recovery_sheet,
-                 "The agency's recovery sheet (the backup key; password again)"),
+            page(
+                "POST",
+                "/admin/backup/recovery-sheet",
+                self.recovery_sheet,
+                "The agency's recovery sheet (the backup key; password again)",
+            ),
             page("GET", "/admin/factory-reset", self.factory_reset_page, "Factory reset: confirm"),
             page("POST", "/admin/factory-reset", self.factory_reset, "Factory reset the box"),
         ]

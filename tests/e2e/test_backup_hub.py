@@ -116,8 +116,10 @@ def test_backup_under_load_to_the_hub_restores_onto_a_blank_box(tmp_path: Path) 
         try:
             wait_for(
                 "the restored box's directory sync with the hub",
-                lambda: (read_sync_status(restored).get("directory", {}).get("last_success") or 0)
-                > started,
+                lambda: (
+                    (read_sync_status(restored).get("directory", {}).get("last_success") or 0)
+                    > started
+                ),
             )
             status, page = curl(again, "GET", f"/api/v1/rooms/{room['id']}/messages?limit=200",
                                 token=_sign_in(again, boss))  # fmt: skip

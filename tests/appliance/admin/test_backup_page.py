@@ -44,9 +44,11 @@ async def test_a_box_admin_sees_both_backups_and_prints_the_sheet_after_the_pass
     src = html.unescape(text.split('class="recovery-qr" src="', 1)[1].split('"', 1)[0])
     assert src.startswith("data:image/svg+xml")
     header, _, payload = src.partition(",")
-    svg = base64.b64decode(payload) if header.endswith(";base64") else urllib.parse.unquote(
-        payload
-    ).encode()
+    svg = (
+        base64.b64decode(payload)
+        if header.endswith(";base64")
+        else urllib.parse.unquote(payload).encode()
+    )
     assert b"<svg" in svg
     assert b"<path" in svg
 
