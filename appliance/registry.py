@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.admin.pages import admin_routes
+from appliance.backup.hub_restore import restore_from_hub
 from appliance.backup.offsite.routes import backup_hub_routes
 from appliance.backup.offsite.upload import OffsiteBackup
 from appliance.backup.service import DailyBackup
@@ -130,11 +131,20 @@ def lifelong_services(
 def setup_services(config: Config, guard: AuthGuard, lifecycle: Lifecycle) -> list[Service]:
     """The services of an unprovisioned box: the setup path on the HTTPS port only."""
     api = SetupApi(lifecycle, guard)
-    routes = api.routes() + SetupWizard(config, lifecycle, api).routes()
+    wizard = SetupWizard(config, lifecycle, api, hub_restorer=_restore_from_hub)
+    routes = api.routes() + wizard.routes()
     # Nobody is signed in (there are no users yet); the device's own certificate.
     https = HTTPSService(SetupHost(config), routes, sessions=NoSessions(),
                          tls=lifecycle.device.ssl_context())  # fmt: skip
     return [https]
+
+
+async def _restore_from_hub(
+    staging: Path, hub_url: str, token: str, box_id: str, domain: str, key: bytes
+) -> str:
+    """The wizard's restore from the hub: re-enrol as the old box, fetch, restore."""
+    done = await restore_from_hub(staging, hub_url, token, box_id, domain, key)
+    return done.restored.name
 
 
 # --- provisioned -------------------------------------------------------------------------

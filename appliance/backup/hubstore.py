@@ -202,7 +202,8 @@ def put_piece(
     part = incoming / f"{stem}.part"
     reached = part.stat().st_size if part.exists() else 0
     if offset == 0:
-        write_atomically(part.with_suffix(".json"), json.dumps({"object": name}).encode())
+        # Not fsynced: an upload lost to a power cut on the hub starts again from 0.
+        part.with_suffix(".json").write_text(json.dumps({"object": name}), encoding="utf-8")
         with part.open("wb") as out:
             out.write(data)
         reached = len(data)
@@ -268,6 +269,9 @@ def commit(
     sync_filesystem(folder)
     os.rename(partial, folder / set_name)
     fsync_dir(folder)
+    # Uploads begun and never finished (a blob freed mid-way): the box starts its next
+    # set with an empty spool, so none of them would be resumed.
+    shutil.rmtree(folder / INCOMING, ignore_errors=True)
     return prune(folder, keep)
 
 

@@ -352,11 +352,11 @@ def _resume_at(pending: dict[str, int], obj: str, size: int) -> int:
 
 def _journal(journal: Path, spool: Path, blob_id: str, meta: dict[str, Any]) -> None:
     # The record of a blob the hub holds whole, appended before its spool goes: a run
-    # cut off after this knows the blob's size and hash without sending it again.
+    # cut off after this knows the blob's size and hash without sending it again. Not
+    # fsynced: a line lost to a power cut only means the blob is hashed from the box's
+    # own copy next time (`_known_blobs`), never sent again.
     with journal.open("a", encoding="utf-8") as out:
         out.write(json.dumps({"id": blob_id, **meta}) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
     (spool / blob_id).unlink(missing_ok=True)
     (spool / f"{blob_id}.json").unlink(missing_ok=True)
 
