@@ -202,8 +202,10 @@ def put_piece(
     part = incoming / f"{stem}.part"
     reached = part.stat().st_size if part.exists() else 0
     if offset == 0:
-        # Not fsynced: an upload lost to a power cut on the hub starts again from 0.
-        part.with_suffix(".json").write_text(json.dumps({"object": name}), encoding="utf-8")
+        if not final:
+            # What `begin` reports as begun; not fsynced: an upload lost to a power cut
+            # on the hub starts again from 0. An object sent whole needs none.
+            part.with_suffix(".json").write_text(json.dumps({"object": name}), "utf-8")
         with part.open("wb") as out:
             out.write(data)
         reached = len(data)
@@ -332,16 +334,21 @@ def read_piece(
         raise NotFound(f"set {set_name} has no {name}") from None
 
 
-def set_objects(folder: Path, set_name: str) -> list[str]:
-    """Every object of a complete set: its files, then its blobs (not the manifest)."""
+def set_objects(folder: Path, set_name: str) -> list[tuple[str, int]]:
+    """Every object of a complete set and its size: files, then blobs (not the manifest)."""
     base = folder / set_name
     if not base.is_dir():
         raise NotFound(f"no backup set {set_name}")
     files = sorted(
-        p.relative_to(base).as_posix() for p in (base / "data").rglob("*") if p.is_file()
+        (p.relative_to(base).as_posix(), p.stat().st_size)
+        for p in (base / "data").rglob("*")
+        if p.is_file()
     )
-    blobs = (base / BLOB_IDS).read_text("ascii").split()
-    return [*files, *(f"blob/{b}" for b in blobs)]
+    blobs = []
+    for blob_id in (base / BLOB_IDS).read_text("ascii").split():
+        path = folder / BLOBS_DIR / blob_id[:2] / blob_id
+        blobs.append((f"blob/{blob_id}", path.stat().st_size if path.exists() else 0))
+    return [*files, *blobs]
 
 
 def store_escrow(folder: Path, key_id: str, wrapped: str, at: float) -> None:

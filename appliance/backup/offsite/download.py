@@ -5,6 +5,7 @@ local folder laid out as an onsite backup target, so that the one restore
 (`appliance.backup.restore.restore_backup`) checks and restores it: the hub is trusted
 to keep the files, never to say what they hold. Each object is fetched in pieces into
 ``<file>.part`` and renamed when whole; a fetch cut off goes on from the pieces it has.
+Small objects (most mail) come many to a request, whole.
 
 What this is not: the restore itself, or how the blank box gets a certificate to ask
 with (`appliance.backup.hub_restore`).
@@ -23,7 +24,14 @@ import trio
 
 from appliance.backup.crypto import BackupDamaged, decrypt_bytes
 from appliance.backup.hubstore import object_path
-from appliance.backup.offsite.protocol import GET_PATH, OBJECTS_PATH, SETS_PATH
+from appliance.backup.offsite.protocol import (
+    GET_PATH,
+    MAX_BATCH,
+    OBJECTS_PATH,
+    PIECE,
+    SETS_PATH,
+    SMALL,
+)
 from appliance.backup.snapshot import KEY_ID_FILE, MANIFEST, MANIFEST_FORMAT
 
 Call = Callable[[str, Any], Awaitable[Any]]
@@ -53,14 +61,57 @@ async def fetch_set(
         raise NoBackupAtHub(f"the hub holds no backup set {set_name} for this box")
     scope = {"box": box} if box else {}
     listed = await call(OBJECTS_PATH, {**scope, "set": set_name})
-    objects = [o for o in listed.get("objects", []) if isinstance(o, str)]
-    # The manifest last: a folder with a manifest is a whole set (`complete_backups`).
-    for obj in [KEY_ID_FILE, *objects, MANIFEST]:
+    objects = [
+        (str(o["object"]), int(o["size"]))
+        for o in listed.get("objects", [])
+        if isinstance(o, dict) and isinstance(o.get("object"), str)
+    ]
+    await _fetch(call, scope, set_name, KEY_ID_FILE, object_path(dest, set_name, KEY_ID_FILE,
+                                                                 partial=False))  # fmt: skip
+    batch: list[str] = []
+    batch_bytes = 0
+    for obj, size in objects:
         local = object_path(dest, set_name, obj, partial=False)
-        if local.exists():
+        if await trio.to_thread.run_sync(local.exists):
+            continue  # fetched before a cut
+        if size <= SMALL:
+            if batch and (batch_bytes + size > PIECE or len(batch) >= MAX_BATCH):
+                await _fetch_batch(call, scope, set_name, dest, batch)
+                batch, batch_bytes = [], 0
+            batch.append(obj)
+            batch_bytes += size
             continue
         await _fetch(call, scope, set_name, obj, local)
+    if batch:
+        await _fetch_batch(call, scope, set_name, dest, batch)
+    # The manifest last: a folder with a manifest is a whole set (`complete_backups`).
+    await _fetch(call, scope, set_name, MANIFEST, object_path(dest, set_name, MANIFEST,
+                                                              partial=False))  # fmt: skip
     return dest / set_name
+
+
+async def _fetch_batch(
+    call: Call, scope: dict[str, str], set_name: str, dest: Path, batch: list[str]
+) -> None:
+    """Fetch small objects whole, many in one request."""
+    answer = await call(GET_PATH, {**scope, "set": set_name, "objects": batch})
+    pieces = answer.get("pieces") if isinstance(answer, dict) else None
+    if not isinstance(pieces, list) or len(pieces) != len(batch):
+        raise BackupDamaged("hub", "an unreadable answer to a batched get")
+    for obj, each in zip(batch, pieces, strict=True):
+        data, size = _piece(each)
+        local = object_path(dest, set_name, obj, partial=False)
+        if len(data) == size:
+            await trio.to_thread.run_sync(_write_whole, local, data)
+        else:  # grown since it was listed: the long way
+            await _fetch(call, scope, set_name, obj, local)
+
+
+def _write_whole(local: Path, data: bytes) -> None:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    part = local.with_name(local.name + ".part")
+    part.write_bytes(data)
+    part.rename(local)
 
 
 async def fetch_manifest(call: Call, set_name: str, key: bytes) -> dict[str, Any]:

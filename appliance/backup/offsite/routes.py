@@ -25,6 +25,7 @@ from appliance.backup.offsite.protocol import (
     COMMIT_PATH,
     ESCROW_PATH,
     GET_PATH,
+    MAX_BATCH,
     OBJECTS_PATH,
     PIECE,
     PUT_MAX_BODY,
@@ -73,18 +74,24 @@ def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
     async def put(peer: Peer, body: JSON) -> JSON:
         where = folder(peer, body)
         name = _checked(hubstore.check_set_name, body.get("set"))
-        obj, offset, final, size = (body.get(k) for k in ("object", "offset", "final", "size"))
-        if not isinstance(obj, str) or not _count(offset) or not isinstance(final, bool):
-            raise bad_request("put needs object, offset and final")
-        if final and not _count(size):
-            raise bad_request("a final piece says the object's size")
-        data = _bytes(body.get("data"))
-        if len(data) > PIECE:
-            raise HubError(413, "too_large", f"a piece is at most {PIECE} bytes")
-        reached, complete = await run(
-            hubstore.put_piece, where, name, obj, offset, data, final, size or 0
-        )
-        return {"offset": reached, "complete": complete}
+        batch = body.get("pieces")
+        if batch is None:
+            piece = _piece(body)
+            reached, complete = await run(hubstore.put_piece, where, name, *piece)
+            return {"offset": reached, "complete": complete}
+        # Many small objects in one request: a day's new mail is mostly notes of a few
+        # KB, and a round trip each would cost more than the bytes.
+        if not isinstance(batch, list) or not batch or len(batch) > MAX_BATCH:
+            raise bad_request(f"pieces is a list of 1 to {MAX_BATCH} pieces")
+        pieces = [_piece(each) for each in batch]
+        if sum(len(p[2]) for p in pieces) > PIECE:
+            raise HubError(413, "too_large", f"the pieces of one put are at most {PIECE} bytes")
+
+        def put_all() -> list[tuple[int, bool]]:
+            return [hubstore.put_piece(where, name, *piece) for piece in pieces]
+
+        done = await run(put_all)
+        return {"pieces": [{"offset": r, "complete": c} for r, c in done]}
 
     async def commit(peer: Peer, body: JSON) -> JSON:
         where = folder(peer, body)
@@ -115,11 +122,29 @@ def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
     async def objects(peer: Peer, body: JSON) -> JSON:
         where = folder(peer, body)
         name = _checked(hubstore.check_set_name, body.get("set"))
-        return {"objects": await run(hubstore.set_objects, where, name)}
+        listed = await run(hubstore.set_objects, where, name)
+        return {"objects": [{"object": o, "size": n} for o, n in listed]}
 
     async def get(peer: Peer, body: JSON) -> JSON:
         where = folder(peer, body)
         name = _checked(hubstore.check_set_name, body.get("set"))
+        wanted = body.get("objects")
+        if wanted is not None:
+            # Small objects whole, many at once (the answer stays within a piece).
+            if not _strings(wanted) or not wanted or len(wanted) > MAX_BATCH:
+                raise bad_request(f"objects is a list of 1 to {MAX_BATCH} names")
+
+            def read_all() -> list[tuple[str, bytes, int]]:
+                found, total = [], 0
+                for obj in wanted:
+                    data, size = hubstore.read_piece(where, name, obj, 0, PIECE - total)
+                    total += len(data)
+                    found.append((obj, data, size))
+                return found
+
+            pieces = await run(read_all)
+            return {"pieces": [{"object": o, "data": base64.b64encode(d).decode("ascii"),
+                                "size": n} for o, d, n in pieces]}  # fmt: skip
         obj, offset = body.get("object"), body.get("offset")
         if not isinstance(obj, str) or not _count(offset):
             raise bad_request("get needs object and offset")
@@ -133,8 +158,24 @@ def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
         SyncRoute(ESCROW_PATH, escrow, max_body=8192),
         SyncRoute(SETS_PATH, sets, max_body=4096),
         SyncRoute(OBJECTS_PATH, objects, max_body=4096),
-        SyncRoute(GET_PATH, get, max_body=4096),
+        SyncRoute(GET_PATH, get, max_body=64 * 1024),
     ]
+
+
+def _piece(body: object) -> tuple[str, int, bytes, bool, int]:
+    """(object, offset, data, final, size) of one piece of a put."""
+    if not isinstance(body, dict):
+        raise bad_request("a piece is an object")
+    obj, offset, final, size = (body.get(k) for k in ("object", "offset", "final", "size"))
+    if not isinstance(obj, str) or not _count(offset) or not isinstance(final, bool):
+        raise bad_request("put needs object, offset and final")
+    if final and not _count(size):
+        raise bad_request("a final piece says the object's size")
+    data = _bytes(body.get("data"))
+    if len(data) > PIECE:
+        raise HubError(413, "too_large", f"a piece is at most {PIECE} bytes")
+    assert isinstance(offset, int)
+    return obj, offset, data, final, int(size or 0)
 
 
 def _checked(check: Any, value: object) -> Any:

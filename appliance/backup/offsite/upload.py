@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -56,8 +57,10 @@ from appliance.backup.offsite.protocol import (
     BEGIN_PATH,
     COMMIT_PATH,
     ESCROW_PATH,
+    MAX_BATCH,
     PIECE,
     PUT_PATH,
+    SMALL,
     STREAM,
 )
 from appliance.backup.service import read_state, record
@@ -135,6 +138,23 @@ class _Sender:
                 log.info("offsite backup: %s; trying again in %.0f s", exc, PAUSE)
                 await trio.sleep(PAUSE)
         raise AssertionError("unreachable")
+
+    async def put_batch(self, pieces: list[tuple[str, bytes]]) -> list[tuple[int, bool]]:
+        """Put small objects whole, in one request; return (offset, complete) of each."""
+        size = sum(len(data) for _, data in pieces)
+        wait = self.bucket.delay(trio.current_time(), size)
+        if wait:
+            await trio.sleep(wait)
+        if self.share is not None:
+            await self.share.wait_quiet(self.yield_limit)
+        answer = await self.call(PUT_PATH, {"set": self.name, "pieces": [
+            {"object": obj, "offset": 0, "data": base64.b64encode(data).decode("ascii"),
+             "final": True, "size": len(data)} for obj, data in pieces
+        ]})  # fmt: skip
+        results = answer.get("pieces")
+        if not isinstance(results, list) or len(results) != len(pieces):
+            raise HubUnavailable(f"bad answer to a batched put: {answer!r}"[:300])
+        return [(int(r.get("offset", -1)), r.get("complete") is True) for r in results]
 
     async def send(self, obj: str, spool: Path, size: int, start: int = 0) -> None:
         """Send the file *spool* as object *obj*, from offset *start* (the hub's)."""
@@ -299,23 +319,85 @@ async def _send_blobs(
     journal: Path,
     pending: dict[str, int],
 ) -> None:
-    listed = await trio.to_thread.run_sync(lambda: list(_blob_files(data_dir / "blobs")))
-    for blob_id, path in listed:
-        if blob_id in done:
-            continue
-        if blob_id in known:
-            done[blob_id] = known[blob_id]
+    listed = await trio.to_thread.run_sync(_unsent, data_dir, known, done)
+    small: list[tuple[str, Path]] = []
+    small_bytes = 0
+    for blob_id, path, size in listed:
+        if size <= SMALL:
+            small.append((blob_id, path))
+            small_bytes += size
+            if small_bytes >= PIECE * 3 // 4 or len(small) >= MAX_BATCH:
+                await _send_small(sender, key, small, done, journal)
+                small, small_bytes = [], 0
             continue
         obj = f"blob/{blob_id}"
         prepared = await trio.to_thread.run_sync(_spool, key, obj, path, spool / blob_id)
         if prepared is None:
             continue  # freed since the listing (its message was deleted)
-        meta, size = prepared
-        sender.report.bytes_total += size
-        await sender.send(obj, spool / blob_id, size, _resume_at(pending, obj, size))
+        meta, stored = prepared
+        sender.report.bytes_total += stored
+        await sender.send(obj, spool / blob_id, stored, _resume_at(pending, obj, stored))
         done[blob_id] = meta
         sender.report.blobs_sent += 1
-        await trio.to_thread.run_sync(_journal, journal, spool, blob_id, meta)
+        await trio.to_thread.run_sync(_journal, journal, [(blob_id, meta)], spool)
+    if small:
+        await _send_small(sender, key, small, done, journal)
+
+
+def _unsent(
+    data_dir: Path, known: dict[str, dict[str, Any]], done: dict[str, dict[str, Any]]
+) -> list[tuple[str, Path, int]]:
+    """The blobs still to send, with their sizes; those the hub holds join *done*."""
+    found = []
+    for blob_id, path in _blob_files(data_dir / "blobs"):
+        if blob_id in done:
+            continue
+        if blob_id in known:
+            done[blob_id] = known[blob_id]
+            continue
+        try:
+            found.append((blob_id, path, path.stat().st_size))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+async def _send_small(
+    sender: _Sender,
+    key: bytes,
+    batch: list[tuple[str, Path]],
+    done: dict[str, dict[str, Any]],
+    journal: Path,
+) -> None:
+    """Send small blobs many to a request, each whole, encrypted in memory."""
+    sealed = await trio.to_thread.run_sync(_seal_small, key, batch)
+    if not sealed:
+        return
+    size = sum(len(data) for _, data, _ in sealed)
+    sender.report.bytes_total += size
+    answer = await sender.put_batch([(f"blob/{b}", data) for b, data, _ in sealed])
+    for (blob_id, data, meta), (reached, complete) in zip(sealed, answer, strict=True):
+        if not complete or reached != len(data):
+            raise HubUnavailable(f"blob/{blob_id}: the hub holds {reached} of {len(data)} bytes")
+        done[blob_id] = meta
+    sender.report.blobs_sent += len(sealed)
+    sender.report.bytes_sent += size
+    await trio.to_thread.run_sync(_journal, journal, [(b, m) for b, _, m in sealed], None)
+
+
+def _seal_small(
+    key: bytes, batch: list[tuple[str, Path]]
+) -> list[tuple[str, bytes, dict[str, Any]]]:
+    sealed = []
+    for blob_id, path in batch:
+        out = io.BytesIO()
+        try:
+            with path.open("rb") as plain:
+                size, digest = encrypt_stream(key, f"blob/{blob_id}", plain, out)
+        except FileNotFoundError:
+            continue  # freed since the listing
+        sealed.append((blob_id, out.getvalue(), {"size": size, "sha256": digest}))
+    return sealed
 
 
 def _spool(key: bytes, obj: str, source: Path, dest: Path) -> tuple[dict[str, Any], int] | None:
@@ -350,15 +432,17 @@ def _resume_at(pending: dict[str, int], obj: str, size: int) -> int:
     return reached if isinstance(reached, int) and 0 < reached < size else 0
 
 
-def _journal(journal: Path, spool: Path, blob_id: str, meta: dict[str, Any]) -> None:
-    # The record of a blob the hub holds whole, appended before its spool goes: a run
-    # cut off after this knows the blob's size and hash without sending it again. Not
+def _journal(journal: Path, sent: list[tuple[str, dict[str, Any]]], spool: Path | None) -> None:
+    # The record of blobs the hub holds whole, appended before their spools go: a run
+    # cut off after this knows their sizes and hashes without sending them again. Not
     # fsynced: a line lost to a power cut only means the blob is hashed from the box's
     # own copy next time (`_known_blobs`), never sent again.
     with journal.open("a", encoding="utf-8") as out:
-        out.write(json.dumps({"id": blob_id, **meta}) + "\n")
-    (spool / blob_id).unlink(missing_ok=True)
-    (spool / f"{blob_id}.json").unlink(missing_ok=True)
+        out.write("".join(json.dumps({"id": b, **meta}) + "\n" for b, meta in sent))
+    if spool is not None:
+        for blob_id, _ in sent:
+            (spool / blob_id).unlink(missing_ok=True)
+            (spool / f"{blob_id}.json").unlink(missing_ok=True)
 
 
 def _read_index(work: Path) -> dict[str, dict[str, Any]]:

@@ -47,6 +47,7 @@ class DirectHub:
         self.routes = {r.path: r.handler for r in backup_hub_routes(hub_data, keep)}
         self.peer = Peer(box_id, "backup.go.th")
         self.puts: list[tuple[str, int]] = []
+        self.put_requests = 0
         #: The link goes down after the n-th put at this offset was answered.
         self.cut_after_offset: int | None = None
         self.cut_after_count = 1
@@ -59,12 +60,15 @@ class DirectHub:
             raise HubUnavailable("cut")
         wire = json.loads(json.dumps(body))
         if path == PUT_PATH:
-            self.puts.append((wire["object"], wire["offset"]))
+            self.put_requests += 1
+            # A batched put's pieces (small objects whole) count one by one.
+            self.puts += [(p["object"], p["offset"]) for p in wire.get("pieces") or [wire]]
         try:
             answer = await self.routes[path](self.peer, wire)
         except HubError as exc:
             raise HubRefused(exc.status, exc.code, exc.message) from None
-        if path == PUT_PATH and wire["offset"] == self.cut_after_offset:
+        cut_at = self.cut_after_offset
+        if path == PUT_PATH and cut_at is not None and wire.get("offset") == cut_at:
             self.cut_after_count -= 1
             if not self.cut_after_count:
                 self.cut_after_offset = None
@@ -107,6 +111,8 @@ async def test_an_offsite_backup_restores_every_message_onto_a_blank_box(
     hub = _hub(tmp_path, data)
     report = await create_offsite_backup(data, hub, rate=1e9)
     assert report.blobs_sent == report.blobs > 0
+    # The six small messages went in one request, the files each in their own.
+    assert hub.put_requests == 1 + report.files_sent
     folder = box_folder(tmp_path / "hub", _box_id(data))
     (held,) = complete_backups(folder)
     assert held.name == report.name
