@@ -46,7 +46,6 @@ from typing import Any, Final
 import trio
 
 from appliance.backup.crypto import (
-    BackupDamaged,
     encrypt_bytes,
     encrypt_stream,
     ensure_backup_key,
@@ -74,6 +73,7 @@ from appliance.backup.snapshot import (
     _identity,
 )
 from appliance.backup.throttle import TokenBucket
+from appliance.identity import read_identity
 from appliance.store.files import write_atomically
 from appliance.sync.share import LinkShare
 from appliance.sync.status import SyncStatus
@@ -273,8 +273,6 @@ async def _escrow(sender: _Sender, data_dir: Path, key: bytes, escrow: object) -
     """Send the backup key wrapped to the hub's escrow key, if the hub lacks it."""
     if not isinstance(escrow, dict) or escrow.get("held") or not escrow.get("public_key"):
         return False
-    from appliance.identity import read_identity
-
     identity = read_identity(data_dir)
     if identity is None:
         return False
@@ -560,8 +558,8 @@ class OffsiteBackup:
                 report = await create_offsite_backup(
                     self.data_dir, self.hub, rate=self.rate, share=self.share
                 )
-            except (HubUnavailable, HubRefused, BackupError, BackupDamaged, OSError) as exc:
-                # A failed backup must not stop the box; the set is resumed next time.
+            except Exception as exc:  # a failed backup must not stop the box
+                # The set is resumed next time; the health check reports the error.
                 message = f"{type(exc).__name__}: {exc}"
                 record(self.data_dir, offsite_last_error=message, offsite_last_error_at=time.time())
                 self.status.failure(STREAM, message)
