@@ -314,15 +314,23 @@ def list_sets(folder: Path) -> list[SetInfo]:
 
 
 def read_piece(
-    folder: Path, set_name: str, name: str, offset: int, length: int
+    folder: Path,
+    set_name: str,
+    name: str,
+    offset: int,
+    length: int,
+    set_blobs: set[str] | None = None,
 ) -> tuple[bytes, int]:
-    """Return (up to *length* bytes of object *name* from *offset*, its whole size)."""
+    """Return (up to *length* bytes of object *name* from *offset*, its whole size).
+
+    *set_blobs* is the set's blob ids if the caller read them already (`set_blob_ids`).
+    """
     path = object_path(folder, set_name, name, partial=False)
-    if not name.startswith("blob/") and not (folder / set_name).is_dir():
+    if not (folder / set_name).is_dir():
         raise NotFound(f"no backup set {set_name}")
-    if name.startswith("blob/") and (folder / set_name).is_dir():
+    if name.startswith("blob/"):
         # Only a blob the set needs: a set is what the box may read back.
-        ids = (folder / set_name / BLOB_IDS).read_text("ascii").split()
+        ids = set_blob_ids(folder, set_name) if set_blobs is None else set_blobs
         if name[len("blob/") :] not in ids:
             raise NotFound(f"set {set_name} has no {name}")
     try:
@@ -332,6 +340,14 @@ def read_piece(
             return f.read(min(length, PIECE)), size
     except FileNotFoundError:
         raise NotFound(f"set {set_name} has no {name}") from None
+
+
+def set_blob_ids(folder: Path, set_name: str) -> set[str]:
+    """The blob ids a complete set needs."""
+    try:
+        return set((folder / set_name / BLOB_IDS).read_text("ascii").split())
+    except FileNotFoundError:
+        raise NotFound(f"no backup set {set_name}") from None
 
 
 def set_objects(folder: Path, set_name: str) -> list[tuple[str, int]]:

@@ -70,10 +70,10 @@ async def fetch_set(
                                                                  partial=False))  # fmt: skip
     batch: list[str] = []
     batch_bytes = 0
-    for obj, size in objects:
+    # One look at the disk for all (a thread hop per object costs more than its bytes).
+    missing = await trio.to_thread.run_sync(_missing, dest, set_name, objects)
+    for obj, size in missing:
         local = object_path(dest, set_name, obj, partial=False)
-        if await trio.to_thread.run_sync(local.exists):
-            continue  # fetched before a cut
         if size <= SMALL:
             if batch and (batch_bytes + size > PIECE or len(batch) >= MAX_BATCH):
                 await _fetch_batch(call, scope, set_name, dest, batch)
@@ -98,20 +98,33 @@ async def _fetch_batch(
     pieces = answer.get("pieces") if isinstance(answer, dict) else None
     if not isinstance(pieces, list) or len(pieces) != len(batch):
         raise BackupDamaged("hub", "an unreadable answer to a batched get")
+    whole: list[tuple[Path, bytes, str]] = []
+    partial: list[tuple[Path, bytes, str]] = []
     for obj, each in zip(batch, pieces, strict=True):
         data, size = _piece(each)
         local = object_path(dest, set_name, obj, partial=False)
-        if len(data) == size:
-            await trio.to_thread.run_sync(_write_whole, local, data)
-        else:  # grown since it was listed: the long way
-            await _fetch(call, scope, set_name, obj, local)
+        (whole if len(data) == size else partial).append((local, data, obj))
+    await trio.to_thread.run_sync(_write_whole, whole)
+    for local, _, obj in partial:  # grown since it was listed: the long way
+        await _fetch(call, scope, set_name, obj, local)
 
 
-def _write_whole(local: Path, data: bytes) -> None:
-    local.parent.mkdir(parents=True, exist_ok=True)
-    part = local.with_name(local.name + ".part")
-    part.write_bytes(data)
-    part.rename(local)
+def _missing(dest: Path, set_name: str, objects: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The objects not yet fetched (a fetch cut off has the others)."""
+    return [
+        (o, n) for o, n in objects if not object_path(dest, set_name, o, partial=False).exists()
+    ]
+
+
+def _write_whole(written: list[tuple[Path, bytes, str]]) -> None:
+    # Not fsynced one by one: restore syncs the filesystem before it renames the box
+    # into place, and a file lost to a power cut here fails its check and is fetched
+    # again by the next run.
+    for local, data, _ in written:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        part = local.with_name(local.name + ".part")
+        part.write_bytes(data)
+        part.rename(local)
 
 
 async def fetch_manifest(call: Call, set_name: str, key: bytes) -> dict[str, Any]:

@@ -43,8 +43,8 @@ OBJECTS_PATH: Final = "/sync/v1/backup/objects"
 GET_PATH: Final = "/sync/v1/backup/get"
 #: The status stream's name (appliance.sync.status) for the offsite backup.
 STREAM: Final = "backup"
-#: Objects this small are sent and fetched many to a request.
-SMALL: Final = 256 * 1024
+#: Objects this small are sent and fetched many to a request (a 300 KB attachment is).
+SMALL: Final = 512 * 1024
 #: Objects in one batched put or get.
 MAX_BATCH: Final = 256
 #: A put's body: a piece (or a batch's pieces) in base64 and a little JSON around it.

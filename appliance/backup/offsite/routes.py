@@ -136,8 +136,9 @@ def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
 
             def read_all() -> list[tuple[str, bytes, int]]:
                 found, total = [], 0
+                ids = hubstore.set_blob_ids(where, name)
                 for obj in wanted:
-                    data, size = hubstore.read_piece(where, name, obj, 0, PIECE - total)
+                    data, size = hubstore.read_piece(where, name, obj, 0, PIECE - total, ids)
                     total += len(data)
                     found.append((obj, data, size))
                 return found
