@@ -46,6 +46,8 @@ from typing import Any, Final
 import trio
 
 from appliance.backup.crypto import (
+    HEADER_SIZE,
+    TAG_SIZE,
     encrypt_bytes,
     encrypt_stream,
     ensure_backup_key,
@@ -92,6 +94,8 @@ OUTBOX_LIST: Final = "files.json"
 DEFAULT_RATE: Final = 256 * 1024
 #: Seconds a piece waits at most for the replicators to go quiet.
 YIELD_LIMIT: Final = 10.0
+#: What encryption adds to a small object (header, one tag; `appliance.backup.crypto`).
+_SEAL_OVERHEAD: Final = HEADER_SIZE + TAG_SIZE
 #: Tries of one request across cuts within a run, and the pause between them.
 ATTEMPTS: Final = 4
 PAUSE: Final = 15.0
@@ -322,11 +326,12 @@ async def _send_blobs(
     small_bytes = 0
     for blob_id, path, size in listed:
         if size <= SMALL:
-            small.append((blob_id, path))
-            small_bytes += size
-            if small_bytes >= PIECE * 3 // 4 or len(small) >= MAX_BATCH:
+            # A batch stays within one piece, the encryption's header and tag included.
+            if small and (small_bytes + size + _SEAL_OVERHEAD > PIECE or len(small) >= MAX_BATCH):
                 await _send_small(sender, key, small, done, journal)
                 small, small_bytes = [], 0
+            small.append((blob_id, path))
+            small_bytes += size + _SEAL_OVERHEAD
             continue
         obj = f"blob/{blob_id}"
         prepared = await trio.to_thread.run_sync(_spool, key, obj, path, spool / blob_id)
