@@ -128,9 +128,7 @@ async def test_an_offsite_backup_restores_every_message_onto_a_blank_box(
     assert state["offsite_pending"] is None
 
 
-async def test_batches_of_attachments_stay_within_a_piece(
-    tmp_path: Path, data: Path
-) -> None:
+async def test_batches_of_attachments_stay_within_a_piece(tmp_path: Path, data: Path) -> None:
     # Two of these and the six small notes stay under the old flush mark (3/4 of a
     # piece), and a third took the batch past a piece: the hub refused it (413).
     _big_blobs(data, 6, 370 * 1024)
