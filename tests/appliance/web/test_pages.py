@@ -270,6 +270,7 @@ def _bytes(text: str) -> float:
 
 def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     """The admin overview names services in words; a new service needs its label."""
+    from appliance.backup.offsite.upload import OffsiteBackup
     from appliance.backup.service import DailyBackup
     from appliance.chat.secrets import SecretSweeper
     from appliance.compliance.retention import TrafficLogRetention
@@ -298,10 +299,11 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
                   ChatReplicator, DirectoryReplicator, HubSyncService, LinkMonitor,
                   MailboxReplicator, OutboundRelay, CertificateRenewal, TLSRenewal,
                   HTTPSService, DailyBackup, DiscoveryService, HealthMonitor,
-                  MetricsService, PanelService, UpdateReporter, EngineWatch]  # fmt: skip
+                  MetricsService, PanelService, UpdateReporter, EngineWatch,
+                  OffsiteBackup]  # fmt: skip
     ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
            *(service.name for service in background), *(check.name for check in CHECKS),
-           "certificate", "ca", "sync-certificate"}  # fmt: skip
+           "certificate", "ca", "sync-certificate", "backup-offsite"}  # fmt: skip
     assert ids <= set(SERVICE_LABELS), ids - set(SERVICE_LABELS)
     for check, (thai, english) in SERVICE_LABELS.items():
         assert thai
