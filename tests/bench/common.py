@@ -39,6 +39,7 @@ from typing import Any, TextIO
 import psutil
 
 from tests.peers import LOOPBACK, port_answers
+from tests.peers.dns_stub import loopback_dns_env
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -234,8 +235,8 @@ def running_edgebox(data: Path, log_path: Path, offset: int, timeout: float = 60
     """
     # Every simulated user connects from LOOPBACK: the per-source share of each listener
     # (docs/sign-in-protection.md) would cap the load, so it is lifted to the totals.
-    env = {**os.environ, "EDGEBOX_MAX_CONNECTIONS_PER_SOURCE": "200",
-           "EDGEBOX_MAX_WEB_CONNECTIONS_PER_SOURCE": "5000"}  # fmt: skip
+    env = {**os.environ, **loopback_dns_env({"EDGEBOX_MAX_CONNECTIONS_PER_SOURCE": "200",
+           "EDGEBOX_MAX_WEB_CONNECTIONS_PER_SOURCE": "5000"})}  # fmt: skip
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [edgebox_exe(), "run", "--data", str(data), "--port-offset", str(offset),
@@ -299,6 +300,7 @@ def edgebox_server(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **loopback_dns_env({})},
         )
     try:
         deadline = time.monotonic() + timeout
