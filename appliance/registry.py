@@ -59,6 +59,7 @@ from appliance.mail.webmail.pages import mail_routes
 from appliance.panel import BoxView, BoxViewSlot, panel_service
 from appliance.protection.authentication import InboundAuthenticator
 from appliance.protection.engines import EngineWatch
+from appliance.protection.signatures.sync import SignatureUpdater, signature_routes
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.setup_api import (
     NoSessions,
@@ -238,6 +239,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             *hub_sync_routes(box.chat, box.directory, box.mailstore),
             # The boxes' reports of what became of their updates.
             *update_report_routes(config.data_dir),
+            # The signature sets it mirrors for the boxes (docs/protection.md).
+            *signature_routes(config.data_dir),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
@@ -295,6 +298,14 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         )
         monitor.on_up(reporter.wake)
         services.append(reporter)
+        if box.protection is not None:
+            # Newer ClamAV databases and rspamd rules from the hub's mirror, over GIN.
+            signatures = SignatureUpdater(
+                config, box.protection.clamd, HubClient(keys, config.hub_url, watch=watch),
+                status, clock,
+            )  # fmt: skip
+            monitor.on_up(signatures.wake)
+            services.append(signatures)
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )

@@ -29,7 +29,12 @@ import psutil
 import trio
 
 from appliance.config import Config
-from appliance.protection.scanner import ClamdClient, Protection, RspamdClient
+from appliance.protection.scanner import (
+    ClamdClient,
+    Protection,
+    RspamdClient,
+    ScannerUnavailable,
+)
 from appliance.protection.verdict import Thresholds
 from appliance.store.files import write_atomically
 
@@ -145,6 +150,9 @@ class EngineState:
     restarts: int = 0
     pid: int | None = None
     error: str = ""
+    #: clamd only (VERSION): its loaded database's version and build date, if it has one.
+    database: int | None = None
+    built: str | None = None
 
 
 def protection_from_config(
@@ -277,6 +285,15 @@ class EngineWatch:
                 state.error = ""
             elif not state.error:
                 state.error = f"{name} does not answer"
+        if answers["clamd"]:
+            # For the signature-age check: what clamd has loaded, not what is on disk.
+            try:
+                version = await self.protection.clamd.version()
+            except ScannerUnavailable:
+                pass
+            else:
+                self.states["clamd"].database = version.database
+                self.states["clamd"].built = version.built
         self._write_state()
 
     def _write_state(self) -> None:

@@ -76,6 +76,35 @@ class ClamdClient:
             return False
         return reply.rstrip(b"\0\n") == b"PONG"
 
+    async def version(self) -> clamd.EngineVersion:
+        """Return clamd's engine and loaded database version (``zVERSION``)."""
+        return clamd.parse_version(await self._command(clamd.VERSION_COMMAND))
+
+    async def reload(self) -> None:
+        """Make clamd read its databases again (``zRELOAD``); it answers ``RELOADING``."""
+        reply = await self._command(clamd.RELOAD_COMMAND)
+        if reply.strip() != b"RELOADING":
+            raise ScannerUnavailable(f"clamd: RELOAD answered {reply[:80]!r}")
+
+    async def _command(self, command: bytes) -> bytes:
+        """Send one NUL-terminated control command; return the reply before its NUL."""
+        try:
+            with trio.fail_after(self.timeout):
+                stream = await trio.open_unix_socket(str(self.socket_path))
+                async with stream:
+                    await stream.send_all(command)
+                    reply = bytearray()
+                    while b"\0" not in reply:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                        if not data or len(reply) > clamd.MAX_REPLY:
+                            raise clamd.ClamdProtocolError("clamd reply cut short or too long")
+                        reply += data
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise ScannerUnavailable(f"clamd: {type(exc).__name__}: {exc}") from exc
+        except clamd.ClamdProtocolError as exc:
+            raise ScannerUnavailable(f"clamd: {exc}") from exc
+        return bytes(reply[: reply.index(b"\0")])
+
 
 @dataclass
 class RspamdClient:

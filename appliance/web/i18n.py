@@ -133,6 +133,7 @@ SERVICE_LABELS: Final[dict[str, tuple[str, str]]] = {
     "sync-certificate": ("ใบรับรองสำหรับซิงก์กับส่วนกลาง", "The certificate for sync with the centre"),
     "backup": ("การสำรองข้อมูล", "Backups"),
     "protection": ("การตรวจไวรัสและสแปม", "Virus and spam scanning"),
+    "signatures": ("ฐานข้อมูลไวรัสและกฎสแปม", "Virus signatures and spam rules"),
     "update": ("การปรับปรุงซอฟต์แวร์", "Software updates"),
     "update-report": ("การแจ้งผลการปรับปรุงซอฟต์แวร์ไปยังศูนย์", "Reporting updates to the hub"),
     "certificates": ("ใบรับรองความปลอดภัย", "Security certificates"),

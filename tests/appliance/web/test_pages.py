@@ -283,6 +283,7 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     from appliance.mail.smtp.server import Port
     from appliance.panel import PanelService
     from appliance.protection.engines import EngineWatch
+    from appliance.protection.signatures.sync import SignatureUpdater
     from appliance.security.tls_renewal import TLSRenewal
     from appliance.sync.chat import ChatReplicator
     from appliance.sync.directory import DirectoryReplicator
@@ -298,7 +299,8 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
                   ChatReplicator, DirectoryReplicator, HubSyncService, LinkMonitor,
                   MailboxReplicator, OutboundRelay, CertificateRenewal, TLSRenewal,
                   HTTPSService, DailyBackup, DiscoveryService, HealthMonitor,
-                  MetricsService, PanelService, UpdateReporter, EngineWatch]  # fmt: skip
+                  MetricsService, PanelService, UpdateReporter, EngineWatch,
+                  SignatureUpdater]  # fmt: skip
     ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
            *(service.name for service in background), *(check.name for check in CHECKS),
            "certificate", "ca", "sync-certificate"}  # fmt: skip
