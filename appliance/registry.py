@@ -59,7 +59,11 @@ from appliance.mail.webmail.pages import mail_routes
 from appliance.panel import BoxView, BoxViewSlot, panel_service
 from appliance.protection.authentication import InboundAuthenticator
 from appliance.protection.engines import EngineWatch
-from appliance.protection.signatures.sync import SignatureUpdater, signature_routes
+from appliance.protection.signatures.sync import (
+    SignatureUpdater,
+    signature_routes,
+    stick_installer,
+)
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.setup_api import (
     NoSessions,
@@ -117,7 +121,8 @@ def lifelong_services(
         # The setup code while unprovisioned, the box's state (`views`) after.
         panel_service(config, lifecycle, views),
         hardware_watchdog(config),
-        usb_service(config, lifecycle),
+        # A stick may also bring a signed set of signatures (the offline path).
+        usb_service(config, lifecycle, stick_installer(config) if config.protection else None),
     ]
     return [service for service in services if service is not None]
 

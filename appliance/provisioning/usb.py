@@ -34,7 +34,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -359,14 +359,27 @@ def verify_result(data: bytes, signature: bytes) -> dict[str, Any]:
 # --- the service ----------------------------------------------------------------------------
 
 
+#: A stick's signature set (appliance.protection.signatures, handed in by the registry):
+#: install the set in the folder; return what was applied, or the refusal as a result
+#: error entry (``reason``, ``en``, ``th``).
+SignatureStick = Callable[[Path], Awaitable["str | dict[str, str]"]]
+#: Beside ``edgebox-provisioning``: a signed set of anti-virus signatures and spam rules.
+SIGNATURES_DIR: Final = "edgebox-signatures"
+
+
 class UsbProvisioning:
     """Apply the bundles on the sticks *devices* reports to the running box."""
 
-    def __init__(self, config: Any, lifecycle: Lifecycle, devices: BlockDevices) -> None:
+    def __init__(
+        self, config: Any, lifecycle: Lifecycle, devices: BlockDevices,
+        signatures: SignatureStick | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.data_dir: Path = config.data_dir
         self.lifecycle = lifecycle
         self.devices = devices
+        #: Installs a stick's signature set; None where scanning is off.
+        self.signatures = signatures
         #: Every stick's outcome, in order (tests; the panel later).
         self.outcomes: list[Outcome] = []
 
@@ -386,12 +399,30 @@ class UsbProvisioning:
             await stick.unmount()
             return None
         try:
-            if not (folder / BUNDLE_DIR).is_dir():
+            has_set = self.signatures is not None and (folder / SIGNATURES_DIR).is_dir()
+            if not (folder / BUNDLE_DIR).is_dir() and not has_set:
                 log.info("stick %s carries no %s folder; ignored", stick.name, BUNDLE_DIR)
                 return None
             self.lifecycle.stick_news("USB: checking bundle")
             now = dt.datetime.now(dt.UTC)
-            outcome = await self._check_and_apply(folder / BUNDLE_DIR, now)
+            if (folder / BUNDLE_DIR).is_dir():
+                outcome = await self._check_and_apply(folder / BUNDLE_DIR, now)
+            else:
+                outcome = Outcome(status="nothing")
+            if has_set and self.signatures is not None:
+                # The offline path for signatures (a box cut off from the hub): the set
+                # carries its own signature under the same provisioning CA.
+                self.lifecycle.stick_news("USB: installing signatures")
+                result = await self.signatures(folder / SIGNATURES_DIR)
+                if isinstance(result, str):
+                    outcome.applied.append(result)
+                    outcome.status = "applied" if not outcome.errors else "partial"
+                else:
+                    outcome.errors.append(result)
+                    if outcome.applied:
+                        outcome.status = "partial"
+                    elif outcome.status == "nothing":
+                        outcome.status = result.get("reason", "refused")
             self.outcomes.append(outcome)
             self.lifecycle.stick_news("USB: writing result")
             try:
@@ -541,9 +572,11 @@ class UsbProvisioning:
         os.sync()  # the technician pulls the stick as soon as the panel says done
 
 
-def usb_service(config: Any, lifecycle: Lifecycle) -> UsbProvisioning | None:
+def usb_service(
+    config: Any, lifecycle: Lifecycle, signatures: SignatureStick | None = None
+) -> UsbProvisioning | None:
     """The stick service the settings ask for (``usb_provisioning``), or None (off)."""
     if not config.usb_provisioning:
         return None
     devices = UdevBlockDevices(accepts(config.usb_provisioning))
-    return UsbProvisioning(config, lifecycle, devices)
+    return UsbProvisioning(config, lifecycle, devices, signatures)

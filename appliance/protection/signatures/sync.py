@@ -33,10 +33,11 @@ from typing import Any, Final
 import trio
 
 from appliance.config import Config
-from appliance.protection.engines import engine_dir
+from appliance.protection.engines import clamd_socket, engine_dir
 from appliance.protection.scanner import ClamdClient, ScannerUnavailable
 from appliance.protection.signatures.manifest import (
     MANIFEST,
+    MAX_MANIFEST,
     SIGNATURE,
     SIGNER,
     SignatureSet,
@@ -289,3 +290,47 @@ class SignatureUpdater:
             if len(data) >= size or not chunk:
                 return bytes(data)  # checked against the manifest before any install
             await trio.sleep(self.pause)
+
+
+# --- the offline path: a set on a USB stick ---------------------------------------------------
+
+
+def _read_stick_file(folder: Path, name: str, limit: int) -> bytes:
+    path = folder / name
+    if path.is_symlink() or not path.is_file():
+        raise SignatureSetError(
+            "tampered", f"{name} is missing from the stick", f"ไม่มีไฟล์ {name} ในแฟลชไดรฟ์"
+        )
+    with path.open("rb") as handle:
+        return handle.read(limit + 1)  # a longer file fails its check, unread beyond
+
+
+def stick_installer(config: Config) -> Any:
+    """What the USB stick service calls with a stick's ``edgebox-signatures`` folder."""
+    clamd = ClamdClient(clamd_socket(config), config.protection_scan_timeout)
+
+    async def install(folder: Path) -> str | dict[str, str]:
+        try:
+            raw, signature, chain = await trio.to_thread.run_sync(
+                lambda: tuple(
+                    _read_stick_file(folder, name, MAX_MANIFEST)
+                    for name in (MANIFEST, SIGNATURE, SIGNER)
+                )
+            )
+
+            async def fetch(signature_set: SignatureSet, name: str) -> bytes:
+                size = signature_set.files[name].size
+                return await trio.to_thread.run_sync(_read_stick_file, folder, name, size)
+
+            installed = await apply_set(config, clamd, raw, signature, chain, fetch)
+        except SignatureSetError as exc:
+            write_state(config.data_dir, result="refused", reason=exc.reason,
+                        error=exc.message_en, error_th=exc.message_th)  # fmt: skip
+            log.warning("signature set on a stick refused: %s", exc.message_en)
+            return {"reason": exc.reason, "en": exc.message_en, "th": exc.message_th}
+        except OSError as exc:
+            return {"reason": "unreadable", "en": f"signatures not read: {exc}",
+                    "th": f"อ่านชุดข้อมูลไวรัสไม่ได้: {exc}"}  # fmt: skip
+        return f"signatures:{installed.set_id}"
+
+    return install
