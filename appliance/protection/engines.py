@@ -35,7 +35,7 @@ from appliance.protection.scanner import (
     RspamdClient,
     ScannerUnavailable,
 )
-from appliance.protection.verdict import Thresholds
+from appliance.protection.verdict import SenderLists, Thresholds
 from appliance.store.files import write_atomically
 
 log = logging.getLogger("edgebox.protection")
@@ -175,11 +175,23 @@ def protection_from_config(
             log.warning("bad protection thresholds for %s; using the defaults", domain)
             return defaults
 
+    def lists(domain: str) -> SenderLists:
+        section = agencies() if agencies is not None else {}
+        values = section.get(domain) if isinstance(section, dict) else None
+        if not isinstance(values, dict):
+            return SenderLists()
+        return SenderLists(*(
+            frozenset(str(e).lower() for e in values.get(name, ()) if isinstance(e, str))
+            if isinstance(values.get(name), list) else frozenset()
+            for name in ("allow", "block")
+        ))  # fmt: skip
+
     host, port = rspamd_address(config)
     return Protection(
         ClamdClient(clamd_socket(config), config.protection_scan_timeout),
         RspamdClient(host, port, config.protection_scan_timeout),
         lookup,
+        lists_for=lists,
         submission_unavailable=config.protection_submission_unavailable,
         hostname=hostname or config.hostname or "edgebox",
     )

@@ -24,7 +24,14 @@ import trio
 
 from appliance.protection import clamd, rspamd
 from appliance.protection.notice import pending_virus_notice, virus_notice
-from appliance.protection.verdict import Outcome, Thresholds, Verdict, decide, scan_headers
+from appliance.protection.verdict import (
+    Outcome,
+    SenderLists,
+    Thresholds,
+    Verdict,
+    decide,
+    scan_headers,
+)
 
 log = logging.getLogger("edgebox.protection")
 
@@ -173,6 +180,7 @@ class Protection:
         rspamd_client: RspamdClient,
         thresholds_for: Callable[[str], Thresholds] = lambda domain: Thresholds(),
         *,
+        lists_for: Callable[[str], SenderLists] = lambda domain: SenderLists(),
         submission_unavailable: str = "tempfail",
         hostname: str = "edgebox",
     ) -> None:
@@ -181,6 +189,8 @@ class Protection:
         self.hostname = hostname
         self.rspamd = rspamd_client
         self.thresholds_for = thresholds_for
+        #: An agency's allow and block lists of senders (the admin console sets them).
+        self.lists_for = lists_for
         #: "tempfail" (default) or "accept": what submission does when a scanner is down.
         self.submission_unavailable = submission_unavailable
 
@@ -190,7 +200,9 @@ class Protection:
         """Scan *content* with both engines; judge it with the strictest of *domains*'
         thresholds. Never raises for an engine's failure: that is `Outcome.UNAVAILABLE`.
         """
-        thresholds = Thresholds.strictest([self.thresholds_for(d) for d in set(domains)])
+        domains = set(domains)
+        thresholds = Thresholds.strictest([self.thresholds_for(d) for d in domains])
+        listing = SenderLists.listing([self.lists_for(d) for d in domains], envelope.sender)
         results: dict[str, Any] = {}
 
         async def run(name: str, job: Callable[[], Any]) -> None:
@@ -206,7 +218,7 @@ class Protection:
             if isinstance(results[name], ScannerUnavailable):
                 log.warning("scanner unavailable: %s", results[name])
                 return Verdict(Outcome.UNAVAILABLE, str(results[name]), thresholds=thresholds)
-        return decide(results["clamd"], results["rspamd"], thresholds)
+        return decide(results["clamd"], results["rspamd"], thresholds, listing)
 
     def headers(self, verdict: Verdict) -> bytes:
         """The scan header fields to put on top of an accepted message."""

@@ -50,6 +50,7 @@ from appliance.protection.signatures.manifest import (
     verify_set,
 )
 from appliance.provisioning.usb import known_crls, trust_anchors
+from appliance.security.provisioning_ca import CA_CERT, install_published, published
 from appliance.store.files import write_atomically
 from appliance.sync.clock import Clock
 from appliance.sync.hub.errors import bad_request
@@ -84,7 +85,11 @@ def signature_routes(data_dir: Path) -> list[SyncRoute]:
         files = await trio.to_thread.run_sync(_published, mirror)
         if files is None:
             return {"manifest": None}
-        return {name: base64.b64encode(data).decode() for name, data in files.items()}
+        return {
+            **{name: base64.b64encode(data).decode() for name, data in files.items()},
+            # The CA that signs the sets, for a box enrolled before this hub had one.
+            **published(data_dir / "keys"),
+        }
 
     async def file(peer: Peer, body: JSON) -> JSON:
         if not isinstance(body, dict):
@@ -254,6 +259,10 @@ class SignatureUpdater:
                 base64.b64decode(str(answer.get(k, "")), validate=True)
                 for k in ("manifest", "signature", "signer")
             )
+            if not (data_dir / "keys" / CA_CERT).exists():
+                # Over the mutual-TLS connection pinned to the hub's CA, as at enrolment
+                # (appliance.provisioning.enrol): the hub's own provisioning CA.
+                await trio.to_thread.run_sync(install_published, data_dir / "keys", answer)
             installed = read_installed(data_dir)
             if installed is not None and raw == installed.manifest_bytes:
                 self.status.success(STREAM)

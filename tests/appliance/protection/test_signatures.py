@@ -305,3 +305,13 @@ async def test_the_file_route_refuses_names_outside_the_set(tmp_path: Path, hub_
         await hub("/sync/v1/signatures/file",
                   {"set_id": "0" * 32, "name": "clamd/edgebox-test.ndb", "offset": 0})  # fmt: skip
     assert stale.value.code == "stale_set"
+
+
+async def test_a_box_enrolled_before_the_hub_had_a_ca_gets_it_over_the_sync_link(
+    tmp_path: Path, hub_keys: Path
+) -> None:
+    config = box_config(tmp_path)
+    (config.data_dir / "keys" / CA_CERT).unlink()
+    publish(tmp_path, FILES)
+    assert await updater(config, InProcessHub(tmp_path / "hub")).update_round() == "installed"
+    assert (config.data_dir / "keys" / CA_CERT).read_bytes() == (hub_keys / CA_CERT).read_bytes()
