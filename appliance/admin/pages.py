@@ -41,6 +41,7 @@ from appliance.admin.console import (
     search_users,
     urgency_name,
 )
+from appliance.admin.protection import ProtectionPages
 from appliance.compliance.traffic_log import TrafficLog
 from appliance.config import Config
 from appliance.directory import Directory, DirectoryError, User, normalise_address
@@ -128,6 +129,8 @@ def admin_routes(
         kit, console, config=config, identity=identity, directory=directory,
         mailstore=mailstore, sessions=sessions, signin=signin, guard=guard,
         lifecycle=lifecycle,
+    ).routes() + ProtectionPages(
+        kit, console, config=config, directory=directory, traffic=traffic
     ).routes()  # fmt: skip
 
 

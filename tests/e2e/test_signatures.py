@@ -103,17 +103,23 @@ def test_a_published_ndb_reaches_clamd_and_refuses_the_variant(
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / "edgebox-variant.ndb").write_text(f"Edgebox-Test-Variant:0:*:{VARIANT.hex()}\n")
-    # A set changed on the hub after signing: refused, nothing installed.
-    edgebox("hub", "signatures", "publish", "--data", str(hub_data), str(mirror))
-    served = hub_data / "signatures" / "clamd" / "edgebox-variant.ndb"
-    served.write_text("Edgebox-Evil:0:*:41414141\n")
+    # A set changed after signing (made aside with a technician's key under the same
+    # CA, changed, then put in place in one rename): refused, nothing installed.
+    keys = tmp_path / "tech"
+    edgebox("hub", "provisioning-cert", "--data", str(hub_data), "--name", "tech",
+            "--out", str(keys))  # fmt: skip
+    [key] = keys.glob("*.key")
+    edgebox("signatures", "stick", str(mirror), "--key", str(key),
+            "--cert", str(key.with_suffix(".pem")), "--out", str(tmp_path / "aside"))  # fmt: skip
+    aside = tmp_path / "aside" / "edgebox-signatures"
+    (aside / "clamd" / "edgebox-variant.ndb").write_text("Edgebox-Evil:0:*:41414141\n")
+    aside.rename(hub_data / "signatures")
     refused = wait_for(box, "refused")
     assert refused["reason"] == "tampered"
     assert not (Path(write_engine_files_database(box)) / "edgebox-variant.ndb").exists()
     code, _ = send_mx(box, variant_mail())
     assert code == 250
 
-    time.sleep(1.1)  # a set's date has a resolution of one second; the next must be newer
     edgebox("hub", "signatures", "publish", "--data", str(hub_data), str(mirror))
     installed = wait_for(box, "installed")
     assert installed["files"] == ["clamd/edgebox-variant.ndb"]
