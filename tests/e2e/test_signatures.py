@@ -124,6 +124,7 @@ def test_a_published_ndb_reaches_clamd_and_refuses_the_variant(
     installed = wait_for(box, "installed")
     assert installed["files"] == ["clamd/edgebox-variant.ndb"]
     assert installed["error"] == ""  # clamd answered RELOADING
+    assert "reason" not in installed  # the refusal before it is not carried over
     # clamd loads the new database in the background: bounded wait for the refusal.
     deadline = time.monotonic() + 60
     while True:

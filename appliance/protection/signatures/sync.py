@@ -154,7 +154,8 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
 def write_state(data_dir: Path, **fields: Any) -> None:
     path = data_dir / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {**(read_state(data_dir) or {}), "time": time.time(), **fields}
+    # The last round only: a refusal's reason must not linger beside a later install.
+    document = {"time": time.time(), **fields}
     write_atomically(path, json.dumps(document, ensure_ascii=False).encode())
 
 
