@@ -47,7 +47,7 @@ QUARANTINE_ROWS: Final = 200
 MAX_ENTRIES: Final = 500
 FORM_MAX_BODY: Final = 64 * 1024
 #: The verdicts of the scanner in a traffic-log result (appliance.protection.verdict).
-_VERDICT = re.compile(r"\b(junk|spam|virus|blocked)\b")
+_VERDICT = re.compile(r"\b(junk|spam|virus|blocked)\b(?!=)")
 _SCORE = re.compile(r"\bscore=(-?[0-9.]+)")
 #: An entry: a whole address or a domain (RFC 5321 §4.1.2, loosely: no spaces, at
 #: most one "@", a dotted domain).
@@ -102,7 +102,11 @@ def quarantine(
     """The scanner's refusals and Junk deliveries to *domains*, newest first."""
     rows: collections.deque[QuarantineRow] = collections.deque(maxlen=limit)
     for record in records:
-        if not record.service.startswith("smtp") and record.service != "web":
+        # Mail verdicts only: SMTP on every port and webmail; never the console's own
+        # audit lines (event "admin-...", whose detail may read "junk=5.0").
+        if record.event not in ("accepted", "rejected") or not (
+            record.service.startswith("smtp") or record.service == "webmail"
+        ):
             continue
         found = _VERDICT.search(record.result)
         if found is None or not any(

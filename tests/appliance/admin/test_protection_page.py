@@ -69,6 +69,9 @@ async def test_the_threshold_form_sets_what_the_verdict_reads(console: Console, 
                              {"junk_score": "4.5", "reject_score": "12"})  # fmt: skip
     assert saved.status == 303
     assert section(box)[A] == {"junk_score": 4.5, "reject_score": 12.0}
+    page = await admin.get("/admin/protection")
+    # The console's own audit line ("junk=4.5 reject=12.0") is no verdict.
+    assert not elements(page, "quarantine-row")
     protection = protection_from_config(box.config, lambda: section(box))
     assert protection.thresholds_for(A).junk_score == 4.5
     assert protection.thresholds_for(B).junk_score == box.config.protection_junk_score
@@ -106,9 +109,11 @@ async def test_sender_lists_are_saved_and_applied(console: Console, box: Box) ->
     page = await admin.get("/admin/protection")
     assert "partner@example.org" in text(page)
 
+    await admin.post(f"/admin/protection/{A}/thresholds", {"junk_score": "3"})
     wrong = await admin.post(f"/admin/protection/{A}/lists", {"allow": "not an address"})
     assert wrong.status == 422
     assert "not an address" in text(wrong)
+    assert 'value="3.0"' in text(wrong)  # the other form still shows what is stored
     assert section(box)[A]["allow"] == ["partner@example.org", "friends.example"]  # type: ignore[index]
 
 
