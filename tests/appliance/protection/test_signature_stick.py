@@ -39,7 +39,7 @@ def stick_box(root: Path) -> tuple[UsbProvisioning, Config]:
         protection_clamd_database=str(root / "clamav"),
     )  # fmt: skip
     service = UsbProvisioning(
-        config, Lifecycle(data, device), FolderSticks(), stick_installer(config)
+        config, Lifecycle(data, device), FolderSticks(), signatures=stick_installer(config)
     )
     return service, config
 
