@@ -7,6 +7,8 @@ import base64
 import dataclasses
 import datetime as dt
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.config import Config, load_config
+from appliance.protection.engines import engine_dir
 from appliance.protection.scanner import ClamdClient
 from appliance.protection.signatures.commands import _sign_into
 from appliance.protection.signatures.manifest import (
@@ -36,6 +39,7 @@ from appliance.protection.signatures.sync import (
     MIRROR_DIR,
     SignatureUpdater,
     read_state,
+    reload_engines,
     signature_routes,
 )
 from appliance.security.provisioning_ca import (
@@ -315,3 +319,37 @@ async def test_a_box_enrolled_before_the_hub_had_a_ca_gets_it_over_the_sync_link
     publish(tmp_path, FILES)
     assert await updater(config, InProcessHub(tmp_path / "hub")).update_round() == "installed"
     assert (config.data_dir / "keys" / CA_CERT).read_bytes() == (hub_keys / CA_CERT).read_bytes()
+
+
+async def test_rspamd_is_told_to_reload_with_a_hangup_to_its_main_process(
+    tmp_path: Path, hub_keys: Path
+) -> None:
+    config = box_config(tmp_path)
+    marker = tmp_path / "hangup"
+    # A stand-in for rspamd's main process: it notes SIGHUP (rspamd(8): reload) and ends.
+    script = (
+        "import signal, sys, time\n"
+        "def hup(*_): open(sys.argv[1], 'w').write('reload'); sys.exit(0)\n"
+        "signal.signal(signal.SIGHUP, hup)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", script, str(marker)], stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        assert b"ready" in await process.stdout.receive_some(64)
+        run = engine_dir(config)
+        await trio.Path(run).mkdir(parents=True, exist_ok=True)
+        await trio.Path(run / "rspamd.pid").write_text(f"{process.pid}\n")
+        failed = await reload_engines(config, updater(config, InProcessHub(tmp_path)).clamd,
+                                      {"rspamd"})  # fmt: skip
+        assert failed == []
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+        assert await trio.Path(marker).read_text() == "reload"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
