@@ -57,7 +57,7 @@ from appliance.mail.smtp.server import SMTPService
 from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.mail.webmail.pages import mail_routes
 from appliance.panel import BoxView, BoxViewSlot, panel_service
-from appliance.protection.dkim import InboundDkim
+from appliance.protection.authentication import InboundAuthenticator
 from appliance.protection.engines import EngineWatch
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.setup_api import (
@@ -191,7 +191,7 @@ def smtp_service(box: Box, port: Port) -> SMTPService:
         port, config=box.config, hostname=box.hostname, tls=box.tls, directory=box.directory,
         mailstore=box.mailstore, delivery=box.delivery, signin=box.signin, traffic=box.traffic,
         disk_guard=box.disk_guard, metrics=box.metrics, protection=box.protection,
-        authenticate=InboundDkim(box.hostname) if port is Port.MX else None,
+        authenticate=InboundAuthenticator(box.hostname) if port is Port.MX else None,
     )  # fmt: skip
 
 

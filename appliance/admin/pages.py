@@ -52,6 +52,7 @@ from appliance.identity import Identity
 from appliance.mail.accounts import create_account
 from appliance.mail.mailstore import Mailstore
 from appliance.protection.dkim import DkimKeyError, DkimKeyring, TxtRecord
+from appliance.protection.publish import sender_records
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.security.passwords import MAX_PASSWORD_CHARS
@@ -300,9 +301,12 @@ class AdminPages:
                     found.append((domain, None))
             return found
 
+        # Beside the keys, the SPF and DMARC records each domain should publish too.
+        relay = self.config.central_smtp
         return await self._render(
             request, "admin/dkim.html", scope, section="dkim",
             dkim_domains=await trio.to_thread.run_sync(read),
+            sender_records={domain: sender_records(domain, relay) for domain in domains},
         )  # fmt: skip
 
     # --- users ------------------------------------------------------------------------
