@@ -50,6 +50,7 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
         keyring_pem = read("./etc/rauc/keyring.pem")
         fstab = read("./etc/fstab")
         env = read("./etc/edgebox/edgebox.env")
+        protection = read("./etc/systemd/system/edgebox.service.d/protection.conf")
         clamd = read("./etc/clamav/clamd.conf")
         links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
     blocks = [b for b in status.split("\n\n") if "Status: install ok installed" in b]
@@ -90,6 +91,8 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
         assert f"./etc/systemd/system/{dropin}" in names, dropin
     for inc in ("options.inc", "worker-normal.inc", "logging.inc"):
         assert f"./etc/rspamd/local.d/{inc}" in names, inc
+    assert "SupplementaryGroups=clamav\n" in protection
+    assert "ReadWritePaths=/var/lib/clamav\n" in protection
     assert "LogSyslog true" in clamd
     assert "\nLogFile " not in clamd
     assert "./usr/sbin/edgebox-apply-system-files" in names
