@@ -66,8 +66,10 @@ image: $(VENV)/.installed
 
 ## Two builds of the root tree from this commit must be identical, the full tree holds the
 ## box, and the disk image boots under qemu (software emulation) into a box that answers
-## SMTP and HTTPS (root; minutes each: docs/BENCHMARKS.md). EDGEBOX_TEST_IMAGE=disk.img
-## boots an image `make image` built instead of building one more.
+## SMTP and HTTPS (root; over an hour in all on a shared 2-core machine, the arm64 tree
+## under emulation the longest: docs/BENCHMARKS.md). EDGEBOX_TEST_IMAGE=disk.img,
+## EDGEBOX_TEST_ROOTFS=tar and EDGEBOX_TEST_ROOTFS_ARM64=tar take what `build.py` built
+## from the same commit instead of building again.
 image-test: $(VENV)/.installed
 	$(BIN)/pytest -m "image or qemu" tests/image_build -s
 
