@@ -119,6 +119,11 @@ class ServerConnection:
         elif self.state is not State.LOGOUT:
             self._in += data
 
+    @property
+    def queued(self) -> int:
+        """How many bytes of responses are queued, not yet taken by `data_to_send`."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         """Return and clear the responses queued so far."""
         out = bytes(self._out)
