@@ -83,6 +83,14 @@ FETCH_BATCH = 500
 #: cores busy), once per message for a client that fetches one message per command.
 INLINE_MESSAGES = 8
 INLINE_BYTES = 256 * 1024
+#: A larger FETCH is read this many messages per worker call, one call ahead of the
+#: sending, so the two cores read and send at once.
+READ_BATCH = 100
+#: FETCH responses queued beyond this are sent before the next batch is formatted.
+SEND_AT = 256 * 1024
+
+#: UIDs of a FETCH batch, their rows and their bodies (when the items need them).
+_FetchBatch = tuple[Sequence[int], dict[int, StoredMessage], dict[int, bytes]]
 STORAGE_FULL_TEXT = "insufficient storage on the server, try again later"
 
 
@@ -788,25 +796,67 @@ class ImapSession:
                     selected.messages.update(state)
                 if imap.FetchAttr("FLAGS") not in items:
                     items.append(imap.FetchAttr("FLAGS"))
-        for start in range(0, len(uids), FETCH_BATCH):
-            batch = uids[start : start + FETCH_BATCH]
-            rows: dict[int, StoredMessage] = {}
-            contents: dict[int, bytes] = {}
-            if needs_row:
-                rows, contents = await self._read_batch(selected, batch, needs_content)
-            for uid in batch:
-                if needs_row and uid not in rows:
-                    continue  # removed before this session opened the mailbox
-                line = await self._fetch_line(
-                    selected, uid, items, rows.get(uid), contents.get(uid)
-                )
-                self.conn.untagged(line)
-            if start + FETCH_BATCH < len(uids):
-                # Stream a long answer; the last batch goes with the tagged reply, so
-                # pipelined one-message FETCHes share TLS records (server.py flushes).
-                await self.flush()
+        plain = all(map(_is_plain, items))
+        if not needs_row:
+            batches: list[_FetchBatch] = [
+                (uids[i : i + FETCH_BATCH], {}, {}) for i in range(0, len(uids), FETCH_BATCH)
+            ]
+            for batch in batches:
+                await self._answer_batch(selected, items, plain, False, batch)
+        elif len(uids) <= INLINE_MESSAGES:
+            rows, contents = await self._read_batch(selected, uids, needs_content)
+            await self._answer_batch(selected, items, plain, True, (uids, rows, contents))
+        else:
+            # Read ahead: the next batch is read and decrypted in a worker thread while
+            # this one is formatted and sent. One batch ahead bounds the memory held.
+            send, receive = trio.open_memory_channel[_FetchBatch](0)
+
+            async def read_ahead() -> None:
+                async with send:
+                    for start in range(0, len(uids), READ_BATCH):
+                        batch = uids[start : start + READ_BATCH]
+                        rows, contents = await self._read_batch(selected, batch, needs_content)
+                        try:
+                            await send.send((batch, rows, contents))
+                        except trio.BrokenResourceError:
+                            return  # the answer failed (its error is the command's)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_ahead)
+                    async with receive:
+                        async for batch in receive:
+                            await self._answer_batch(selected, items, plain, True, batch)
+            except BaseExceptionGroup as group:
+                raise _sole(group) from None
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "FETCH completed")
+
+    async def _answer_batch(
+        self,
+        selected: Selected,
+        items: Sequence[imap.FetchItem],
+        plain: bool,
+        needs_row: bool,
+        batch: _FetchBatch,
+    ) -> None:
+        """Queue a FETCH response line per message of *batch*.
+
+        A long answer is sent as it goes; its last part waits for the tagged reply, so
+        pipelined one-message FETCHes share TLS records (server.py sends them).
+        """
+        uids, rows, contents = batch
+        for uid in uids:
+            row = rows.get(uid)
+            if needs_row and row is None:
+                continue  # removed before this session opened the mailbox
+            content = contents.get(uid)
+            line = _plain_fetch_line(selected, uid, items, row, content) if plain else None
+            if line is None:
+                line = await self._fetch_line(selected, uid, items, row, content)
+            self.conn.untagged(line)
+        if self.conn.queued >= SEND_AT:
+            await self.flush()
 
     async def _ensure_bodies(self, selected: Selected, uids: Sequence[int]) -> None:
         """Fetch the pending bodies among *uids* now, or raise `BodyUnavailable`."""
@@ -1521,6 +1571,56 @@ def _needs_body(item: imap.FetchItem) -> bool:
     return bool(section.part) or (section.text or "").upper() not in header_only
 
 
+#: FETCH attributes answered from the view, the row and the stored bytes alone.
+_PLAIN_ATTRS = frozenset({"UID", "FLAGS", "MODSEQ", "INTERNALDATE", "RFC822.SIZE", "RFC822"})
+
+
+def _is_plain(item: imap.FetchItem) -> bool:
+    """Whether *item* needs no MIME parse: `_plain_fetch_line` can answer it."""
+    if isinstance(item, imap.FetchAttr):
+        return item.name in _PLAIN_ATTRS
+    return (
+        isinstance(item, imap.FetchBody) and item.section == _WHOLE_MESSAGE and item.partial is None
+    )
+
+
+_WHOLE_MESSAGE = imap.BodySection()
+
+
+def _plain_fetch_line(
+    selected: Selected,
+    uid: int,
+    items: Sequence[imap.FetchItem],
+    row: StoredMessage | None,
+    content: bytes | None,
+) -> bytes | None:
+    """`ImapSession._fetch_line` for plain items (`_is_plain`), with nothing to await:
+    the common FLAGS sync and whole-message download, per message of a large FETCH.
+    None when a body it needs is not at hand (the caller then reads it)."""
+    state = selected.messages.state(uid)
+    parts: list[bytes] = []
+    for item in items:
+        name = item.name if isinstance(item, imap.FetchAttr) else "BODY[]"
+        if name == "UID":
+            parts.append(b"UID %d" % uid)
+        elif name == "FLAGS":
+            parts.append(b"FLAGS " + selected.flags_of(uid, state.flags).encode())
+        elif name == "MODSEQ":
+            parts.append(b"MODSEQ (%d)" % state.modseq)
+        elif row is None:
+            return None
+        elif name == "INTERNALDATE":
+            when = dt.datetime.fromtimestamp(row.internal_date, dt.UTC)
+            parts.append(f'INTERNALDATE "{imap.imap_date(when)}"'.encode())
+        elif name == "RFC822.SIZE":
+            parts.append(b"RFC822.SIZE %d" % row.size)
+        elif content is None:
+            return None
+        else:  # BODY[] and RFC822: the message as stored
+            parts.append(name.encode() + b" " + _literal(content))
+    return b"%d FETCH (" % selected.seq_of(uid) + b" ".join(parts) + b")"
+
+
 def _section_label(section: imap.BodySection) -> str:
     label = ".".join(str(p) for p in section.part)
     if section.text:
@@ -1532,6 +1632,14 @@ def _section_label(section: imap.BodySection) -> str:
 
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside nested single-member groups (the FETCH read-ahead's)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _decrypt(blobs: BlobStore, rows: Iterable[StoredMessage]) -> dict[int, bytes]:
