@@ -1017,7 +1017,7 @@ class ImapSession:
         if matcher.uses_modseq:
             self._enable_condstore()
         found = await matcher.matching(list(selected.messages))
-        numbers = found if cmd.uid else [selected.seq_of(u) for u in found]
+        numbers = found if cmd.uid else selected.messages.seqs_of(found)
         modseq = 0
         if matcher.uses_modseq:
             # RFC 7162 §3.1.5: the highest MODSEQ of the messages the answer returns;
@@ -1028,7 +1028,7 @@ class ImapSession:
                 returned += [found[-1]] if "MAX" in options else []
             modseq = selected.messages.highest_modseq(returned)
         if options is None:
-            result = "SEARCH" + "".join(f" {n}" for n in numbers)
+            result = " ".join(["SEARCH", *map(str, numbers)])
             if modseq:
                 result += f" (MODSEQ {modseq})"
         else:
@@ -1297,7 +1297,9 @@ class _Matcher:
     async def matching(self, uids: Sequence[int]) -> list[int]:
         """The UIDs of *uids* (ascending) that match, in the same order."""
         found = await self._set(self.criteria, uids)
-        return [u for u in uids if u in found]
+        if len(found) == len(uids):
+            return list(uids)
+        return sorted(found)  # a subset of *uids*, which ascend
 
     async def _set(self, key: imap.SearchKey, uids: Sequence[int]) -> set[int]:
         view = self.selected.messages

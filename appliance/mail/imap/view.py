@@ -24,7 +24,8 @@ import bisect
 import weakref
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from itertools import compress
 
 import trio
 
@@ -160,8 +161,20 @@ class MessageView:
         wanted = {i for i, flags in enumerate(self._flag_sets) if predicate(flags)}
         if not wanted:
             return set()
-        matching = {u for u, f in zip(self.uids, self._flag_ids, strict=True) if f in wanted}
+        # compress() and map() over a C method: no Python step per message.
+        matching = set(compress(self.uids, map(wanted.__contains__, self._flag_ids)))
         return matching.intersection(uids)
+
+    def seqs_of(self, uids: Collection[int]) -> list[int]:
+        """The sequence numbers of *uids* (all present), ascending.
+
+        For a SEARCH answer of tens of thousands of messages: one pass in C over the
+        mailbox rather than a bisection per message.
+        """
+        if len(uids) < len(self.uids) // 64:
+            return sorted(bisect.bisect_left(self.uids, uid) + 1 for uid in uids)
+        wanted = uids if isinstance(uids, set | frozenset) else set(uids)
+        return list(compress(range(1, len(self.uids) + 1), map(wanted.__contains__, self.uids)))
 
     def uid_range(self, first: int, last: int) -> Sequence[int]:
         """The UIDs present in first..last inclusive."""

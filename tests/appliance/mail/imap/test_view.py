@@ -124,3 +124,11 @@ def test_first_with_flags_and_keywords_agree_with_a_scan(
         unseen[0] if unseen else None
     )
     assert view.keywords() == {f for _, flags in kept for f in flags if not f.startswith("\\")}
+
+
+@given(st.sets(st.integers(1, 300), max_size=120), st.data())
+def test_seqs_of_agrees_with_seq_of(uids: set[int], data: st.DataObject) -> None:
+    view = MessageView((uid, "", uid) for uid in sorted(uids))
+    chosen = data.draw(st.sets(st.sampled_from(sorted(uids)))) if uids else set()
+    assert view.seqs_of(chosen) == sorted(view.seq_of(u) for u in chosen)
+    assert view.seqs_of(sorted(chosen)) == sorted(view.seq_of(u) for u in chosen)
