@@ -443,7 +443,7 @@ def _hub_token(args: argparse.Namespace) -> int:
         # The token pins the CA that signs the hub's server certificate (open_box made
         # sure it exists); see appliance.provisioning.enrol.
         ca = x509.load_pem_x509_certificate((args.data / "keys" / "ca.pem").read_bytes())
-        async with open_hub_database(args.data) as db:
+        async with open_hub_database(args.data, box.config.hub_store()) as db:
             try:
                 token = await Enrolment(db).issue_token(
                     domain, fingerprint(ca), args.ttl_hours * 3600
@@ -460,7 +460,7 @@ def _hub_token(args: argparse.Namespace) -> int:
 
 def _hub_boxes(args: argparse.Namespace) -> int:
     async def action(box: Box) -> Any:
-        async with open_hub_database(args.data) as db:
+        async with open_hub_database(args.data, box.config.hub_store()) as db:
             return await Enrolment(db).boxes()
 
     for each in trio.run(_with_box, args, action):
@@ -471,7 +471,7 @@ def _hub_boxes(args: argparse.Namespace) -> int:
 
 def _hub_revoke(args: argparse.Namespace) -> int:
     async def action(box: Box) -> bool:
-        async with open_hub_database(args.data) as db:
+        async with open_hub_database(args.data, box.config.hub_store()) as db:
             return await Enrolment(db).revoke(args.box_id)
 
     if not trio.run(_with_box, args, action):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hw.twins import PanelSimulator, build_firmware
+from tests.postgres import PrivatePostgres
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +28,28 @@ def panel(tmp_path: Path, firmware: Path) -> Iterator[PanelSimulator]:
     finally:
         simulator.close()
         print(simulator.output())
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PrivatePostgres]:
+    """One private PostgreSQL server for the session (tests/postgres.py)."""
+    server = PrivatePostgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgresql: PrivatePostgres) -> str:
+    """The URL of a new, empty database on the session's private PostgreSQL."""
+    return postgresql.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_store(request: pytest.FixtureRequest) -> str:
+    """Run the test on each of the hub's stores: "" (SQLite files) or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return ""
+    server: PrivatePostgres = request.getfixturevalue("postgresql")
+    return server.new_database()

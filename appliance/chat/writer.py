@@ -78,7 +78,7 @@ class ChatWriter:
         """Return the next global id ``"{box}:{seq}"`` of this box."""
         row = conn.execute(
             "INSERT INTO origins (origin, seq) VALUES (?, 1)"
-            " ON CONFLICT (origin) DO UPDATE SET seq = seq + 1 RETURNING seq",
+            " ON CONFLICT (origin) DO UPDATE SET seq = origins.seq + 1 RETURNING seq",
             (self.box_id,),
         ).fetchone()
         assert row is not None  # RETURNING always yields the row it wrote

@@ -140,7 +140,7 @@ class HubSyncService:
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[HubSyncService]:
         """Open the hub database for the block (tests drive `handle` directly)."""
-        async with open_hub_database(self.config.data_dir) as db:
+        async with open_hub_database(self.config.data_dir, self.config.hub_store()) as db:
             self.enrolment = Enrolment(db, self.clock)
             try:
                 yield self
