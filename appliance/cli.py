@@ -76,9 +76,11 @@ from appliance.registry import lifelong_services, provisioned_services, setup_se
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.store.database import limit_allocator_retention
+from appliance.store.postgres import PostgreSQLUnavailable, is_postgresql_url, redact
 from appliance.supervisor import Supervisor
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
+from appliance.sync.hub.move import MoveRefused, move_hub_to_postgresql
 from appliance.sync.uplink import link_report
 from appliance.update import commands as update_commands
 
@@ -220,6 +222,17 @@ def _parser() -> argparse.ArgumentParser:
     hub_command("boxes", _hub_boxes, "list the boxes enrolled at this hub")
     revoke = hub_command("revoke", _hub_revoke, "stop accepting a box's certificate")
     revoke.add_argument("box_id")
+    move = hub_commands.add_parser(
+        "migrate-to-postgresql",
+        help="move a stopped hub's chat and enrolment from SQLite to PostgreSQL",
+        description="Copy the hub's chat and enrolment stores from DATA's SQLite files"
+        " into PostgreSQL and verify counts and content hashes (docs/hub-postgresql.md).",
+    )
+    move.set_defaults(handler=_hub_migrate_to_postgresql)
+    move.add_argument("--from", dest="source", type=Path, required=True, metavar="DATA",
+                      help="the hub's data directory (stop the hub first)")  # fmt: skip
+    move.add_argument("--to", dest="url", required=True, metavar="URL",
+                      help="postgresql://user@host/dbname (an empty database)")  # fmt: skip
 
     provisioning_commands.add(commands, hub_command)
     dkim_commands.add(commands)
@@ -466,6 +479,20 @@ def _hub_boxes(args: argparse.Namespace) -> int:
     for each in trio.run(_with_box, args, action):
         state = "revoked" if each.revoked_at is not None else "enrolled"
         print(f"{each.box_id}\t{each.agency_domain}\t{state}\t{each.service_account}")
+    return 0
+
+
+def _hub_migrate_to_postgresql(args: argparse.Namespace) -> int:
+    if not is_postgresql_url(args.url):
+        raise CommandError("--to must be a postgresql:// URL")
+    try:
+        moved = move_hub_to_postgresql(args.source, args.url)
+    except (MoveRefused, PostgreSQLUnavailable) as exc:
+        raise CommandError(str(exc)) from None
+    for store in moved:
+        for table in store.tables:
+            print(f"{store.schema}.{table.table}\t{table.rows} rows\t{table.digest[:16]}")
+    print(f"moved and verified; set hub_database = {redact(args.url)} and start the hub")
     return 0
 
 
