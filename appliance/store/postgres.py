@@ -8,8 +8,8 @@ over PostgreSQL through `PgConnection`, which is that shape over a psycopg 3 con
 
 The port is deliberately thin. What it carries:
 
-- **placeholders**: SQLite's ``?`` and ``:name`` become psycopg's ``%s`` and
-  ``%(name)s`` (`translate`; a literal ``%`` is doubled);
+- **placeholders**: SQLite's ``?`` and ``:name`` outside quotes become psycopg's
+  ``%s`` and ``%(name)s`` (`translate`; every literal ``%`` is doubled);
 - **dialect**: ``INSERT OR IGNORE`` becomes ``INSERT … ON CONFLICT DO NOTHING``;
   ``BEGIN IMMEDIATE`` (SQLite: take the write lock now) becomes ``BEGIN`` plus the
   store's *writer lock*, a transaction-scoped advisory lock, so that every worker
@@ -114,9 +114,8 @@ def translate(sql: str) -> str:
             return f"%({text[1:]})s"
         if kind == "qmark":
             return "%s"
-        if kind == "percent":
-            return "%%"
-        return text
+        # psycopg reads %-placeholders everywhere, quotes or not: every % is doubled.
+        return text.replace("%", "%%")
 
     out = _TOKENS.sub(token, sql)
     if _OR_IGNORE.match(out):
@@ -172,7 +171,9 @@ class PgConnection:
                 self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._writer_lock,))
             return cursor
         try:
-            cursor = self.raw.execute(translate(sql), _params(params) or None)
+            # Always with params (even none): psycopg then reads %% as %, which
+            # `translate` wrote for every literal %.
+            cursor = self.raw.execute(translate(sql), _params(params))
         except self._integrity as exc:
             raise ConstraintViolation(str(exc).splitlines()[0]) from exc
         self._changes = max(cursor.rowcount, 0)
