@@ -72,7 +72,12 @@ from appliance.provisioning.provision import (
     discard_unfinished,
 )
 from appliance.provisioning.reset import factory_reset
-from appliance.registry import lifelong_services, provisioned_services, setup_services
+from appliance.registry import (
+    lifelong_services,
+    provisioned_services,
+    setup_services,
+    uplink_services,
+)
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.store.database import limit_allocator_retention
@@ -222,6 +227,15 @@ def _parser() -> argparse.ArgumentParser:
     hub_command("boxes", _hub_boxes, "list the boxes enrolled at this hub")
     revoke = hub_command("revoke", _hub_revoke, "stop accepting a box's certificate")
     revoke.add_argument("box_id")
+    worker = hub_command(
+        "worker",
+        _hub_worker,
+        "serve the hub sync API as one more worker process (a hub on PostgreSQL)",
+    )
+    worker.add_argument("--worker", type=int, default=1, metavar="N",
+                        help="this worker's number, for its status file and logs")  # fmt: skip
+    worker.add_argument("--port-offset", type=int, dest="port_offset", help=argparse.SUPPRESS)
+    worker.add_argument("--bind", help="address to listen on (default: the setting)")
     move = hub_commands.add_parser(
         "migrate-to-postgresql",
         help="move a stopped hub's chat and enrolment from SQLite to PostgreSQL",
@@ -480,6 +494,43 @@ def _hub_boxes(args: argparse.Namespace) -> int:
         state = "revoked" if each.revoked_at is not None else "enrolled"
         print(f"{each.box_id}\t{each.agency_domain}\t{state}\t{each.service_account}")
     return 0
+
+
+def _hub_worker(args: argparse.Namespace) -> int:
+    """Serve only the hub-sync listener, beside `edgebox run` and the other workers.
+
+    Every worker shares the one port (SO_REUSEPORT) and the PostgreSQL store; the
+    directory, mail and blobs under DATA are shared through SQLite's file locks. The
+    main `edgebox run --role hub` process runs everything else (and hub-sync too).
+    """
+    args.role = "hub"
+    config = _config(args)
+    if not config.hub_store():
+        raise CommandError(
+            "hub workers share a PostgreSQL store; set hub_database = postgresql://… first"
+            " (a hub on SQLite is one process: `edgebox run --role hub`)"
+        )
+    trio.run(_run_hub_worker, config, args.worker)
+    return 0
+
+
+async def _run_hub_worker(config: Any, number: int) -> None:
+    _raise_open_files_limit()
+    with box_lock(config.data_dir, exclusive=False):
+        async with open_box(config) as box:
+            services = uplink_services(box)
+            status = box.status_file.with_name(f"hub-worker-{number}.json")
+            supervisor = Supervisor(services, status)
+
+            def announce(listeners: dict[str, list[str]]) -> None:
+                for name, addresses in listeners.items():
+                    for address in addresses:
+                        print(f"{name} worker {number} listening on {address}")
+                print("ready", flush=True)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(supervisor.run, announce)
 
 
 def _hub_migrate_to_postgresql(args: argparse.Namespace) -> int:
