@@ -68,6 +68,9 @@ __all__ = [
 #: The PostgreSQL schema of a hub's chat tables.
 CHAT_SCHEMA = "chat"
 
+#: The channel a hub's chat commits notify on PostgreSQL (`CommitFollower`).
+CHAT_NOTIFY = "edgebox_chat"
+
 #: HKDF ``info`` of the chat database key.
 KEY_INFO = b"edgebox chat database v1"
 
@@ -153,6 +156,7 @@ class Chat:
         self.typing = feed.typing
         # The edge side of sync.
         self.add_push_listener = writer.add_push_listener
+        self.publish_committed = writer.publish_committed
         self.apply_remote = edge.apply_remote
         self.outbox = edge.outbox
         self.sync_cursor = edge.sync_cursor
@@ -224,7 +228,7 @@ async def open_chat(
     that server's ``chat`` schema instead, and *path* and *data_key* only name it.
     """
     if database_url:
-        store = PgStore(database_url, CHAT_SCHEMA)
+        store = PgStore(database_url, CHAT_SCHEMA, notify=CHAT_NOTIFY)
         pg_writer, pg_reader = await trio.to_thread.run_sync(
             pg_database, store, CHAT_PG_MIGRATIONS, "chat"
         )

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,9 +145,11 @@ CREATE FUNCTION json_each(list text) RETURNS TABLE (value text)
 class PgConnection:
     """A psycopg connection with the shape the SQLite stores' jobs use (module doc)."""
 
-    def __init__(self, raw: Any, writer_lock: int | None) -> None:
+    def __init__(self, raw: Any, writer_lock: int | None, notify: str = "") -> None:
         self.raw = raw
         self._writer_lock = writer_lock
+        #: Channel told of every commit (`CommitFollower`); "" for none.
+        self._notify = notify
         self._changes = 0
         import psycopg
 
@@ -165,6 +167,10 @@ class PgConnection:
         if text == "ROLLBACK" and not self.raw.autocommit:
             self.raw.rollback()  # a reader's snapshot ends (Database.read)
             return None
+        if text == "COMMIT" and self._notify:
+            # Delivered at the commit, to every process that listens (NOTIFY is
+            # transactional): their live streams then read what this one wrote.
+            self.raw.execute(f'NOTIFY "{self._notify}"')
         if text == "BEGIN IMMEDIATE":
             cursor = self.raw.execute("BEGIN")
             if self._writer_lock is not None:
@@ -213,6 +219,8 @@ class PgStore:
 
     url: str
     schema: str
+    #: A channel every write transaction notifies at its commit ("" = none).
+    notify: str = ""
 
     @property
     def writer_lock(self) -> int:
@@ -241,7 +249,9 @@ class PgStore:
             # One snapshot per read query (Database.read rolls back after each one).
             raw.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             raw.read_only = True
-        return PgConnection(raw, self.writer_lock if writer else None)
+        if not writer:
+            return PgConnection(raw, None)
+        return PgConnection(raw, self.writer_lock, self.notify)
 
 
 # --- migrations ------------------------------------------------------------------------
@@ -324,3 +334,44 @@ async def open_pg_database(
     db: Database[Any] = Database(Path(f"{store.schema}@postgresql"), writer, connect_reader)
     async with running(db):
         yield db
+
+
+class CommitFollower:
+    """Call *on_commit* after other processes commit to *store* (LISTEN, RFC-free).
+
+    A hub's workers share the chat store, but each process hands events to its own
+    live streams (`appliance.chat.stream.Fanout`) only after its own commits. This
+    listens on the store's notify channel and calls *on_commit* (which reads and
+    publishes what is new, in cursor order) after each burst of notifications, so the
+    hub's own users see an event a worker accepted from a box at once.
+    """
+
+    name = "commit-follower"
+
+    #: Seconds one wait for notifications lasts before it is asked again (so that
+    #: cancellation is noticed without leaving a thread behind for long).
+    POLL = 5.0
+
+    def __init__(self, store: PgStore, on_commit: Callable[[], Awaitable[None]]) -> None:
+        if not store.notify:
+            raise ValueError("the store has no notify channel")
+        self.store = store
+        self.on_commit = on_commit
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        conn = await trio.to_thread.run_sync(functools.partial(self.store.connect, writer=True))
+        try:
+            conn.raw.execute(f'LISTEN "{self.store.notify}"')
+            task_status.started([])
+            while True:
+                heard = await trio.to_thread.run_sync(self._wait, conn, abandon_on_cancel=True)
+                if heard:
+                    await self.on_commit()
+        finally:
+            conn.close()
+
+    def _wait(self, conn: PgConnection) -> int:
+        # psycopg ≥ 3.2: return after the first notification, or after POLL seconds.
+        return sum(1 for _ in conn.raw.notifies(timeout=self.POLL, stop_after=1))

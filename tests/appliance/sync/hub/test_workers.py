@@ -34,7 +34,9 @@ from hypothesis import strategies as st
 
 from appliance.chat import Chat, open_chat
 from appliance.chat.errors import ChatError
+from appliance.chat.store import CHAT_NOTIFY, CHAT_SCHEMA
 from appliance.directory import Directory
+from appliance.store.postgres import CommitFollower, PgStore
 from appliance.sync.hub.chat import PUSH_PATH, chat_hub_routes
 from appliance.sync.transport import JSON, Peer
 from tests.appliance.sync.chatnet import A1, A2, B1, B2, A, B, Net, history, open_net, post
@@ -214,3 +216,34 @@ async def test_a_worker_that_lost_a_race_reads_the_winner_s_order(
             await _sync_both(net, routes, (0, 1))
         await _check(net, room.id, tmp_path)
         assert len(await history(net, net.hub, A1, room.id)) == 40
+
+
+async def test_the_hub_s_own_streams_hear_what_a_worker_accepted(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The main process publishes events a worker committed, after the store's notice."""
+    async with AsyncExitStack() as stack:
+        net = await stack.enter_async_context(open_net(tmp_path, hub_database=pg_url))
+        hub = net.hub
+        worker = await stack.enter_async_context(
+            open_chat(
+                tmp_path / "w2.sqlite", bytes(32), hub.chat._blobs, hub.directory,
+                hub.identity.box_id, database_url=pg_url,
+            )
+        )  # fmt: skip
+        follower = CommitFollower(
+            PgStore(pg_url, CHAT_SCHEMA, notify=CHAT_NOTIFY), hub.chat.publish_committed
+        )
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(follower.serve)
+        room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[A2, B1])
+        before = hub.chat.head_cursor
+        # Box A pushes through the worker only: the main process wrote nothing.
+        routes = [_Worker(worker, hub.directory).routes()] * 2
+        await _sync_both(net, routes, (0, 1))
+        with trio.fail_after(30):
+            await hub.chat.fanout.wait(before)
+        assert hub.chat.head_cursor > before
+        events = await hub.chat.events_for(A1, before)
+        assert [e.room_id for e in events.events] == [room.id]
+        nursery.cancel_scope.cancel()
