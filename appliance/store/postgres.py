@@ -206,6 +206,11 @@ class PgConnection:
         self.raw.close()
 
 
+def is_postgresql(conn: object) -> bool:
+    """Return whether a job's *conn* is PostgreSQL's (for the rare SQL only SQLite has)."""
+    return isinstance(conn, PgConnection)
+
+
 def _params(params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
     # SQLite takes bytes-like values as BLOBs; psycopg wants bytes (memoryview is fine).
     if isinstance(params, Mapping):
