@@ -145,34 +145,80 @@ CREATE FUNCTION json_each(list text) RETURNS TABLE (value text)
 class PgConnection:
     """A psycopg connection with the shape the SQLite stores' jobs use (module doc)."""
 
-    def __init__(self, raw: Any, writer_lock: int | None, notify: str = "") -> None:
+    def __init__(
+        self,
+        raw: Any,
+        writer_lock: int | None,
+        notify: str = "",
+        reopen: Callable[[], Any] | None = None,
+    ) -> None:
         self.raw = raw
         self._writer_lock = writer_lock
         #: Channel told of every commit (`CommitFollower`); "" for none.
         self._notify = notify
+        #: Makes a new raw connection after the server went away (`_usable`).
+        self._reopen = reopen
+        #: Inside a write batch (BEGIN IMMEDIATE … COMMIT/ROLLBACK).
+        self._begun = False
         self._changes = 0
         import psycopg
 
         self._integrity = psycopg.IntegrityError
+        self._operational = psycopg.OperationalError
 
     @property
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
 
+        if self.raw.broken or self.raw.closed:
+            return False  # nothing left to roll back: the server ended it
         return bool(self.raw.info.transaction_status != TransactionStatus.IDLE)
+
+    def _usable(self) -> None:
+        """Reconnect if the server went away between transactions (restart, failover).
+
+        Only ever between transactions: one that was under way when the connection
+        broke failed, and its callers were told so (nothing they were promised is
+        lost); the next one starts on a new connection to whatever answers the URL.
+        """
+        if self._reopen is not None and (self.raw.broken or self.raw.closed):
+            self.raw.close()
+            self.raw = self._reopen()
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (), /) -> Any:
         """Run one statement; return its cursor (iterable, ``fetchone``, ``fetchall``)."""
         text = sql.strip().upper()
+        if text == "ROLLBACK" and (self.raw.broken or self.raw.closed):
+            return None  # the server already ended the transaction
         if text == "ROLLBACK" and not self.raw.autocommit:
             self.raw.rollback()  # a reader's snapshot ends (Database.read)
             return None
+        if text in ("COMMIT", "ROLLBACK"):
+            self._begun = False
+        # The first statement of a transaction may go again on a new connection if
+        # the old one turns out dead: nothing of the transaction has run. Never a
+        # later one: a batch must not go on, in autocommit, on a new connection after
+        # the transaction it belonged to was lost.
+        first = text == "BEGIN IMMEDIATE" or (not self._begun and not self.in_transaction)
+        if first:
+            self._usable()
+        try:
+            return self._execute(text, sql, params)
+        except self._operational:
+            if not first or self._reopen is None:
+                raise
+            self.raw.close()
+            self.raw = self._reopen()
+            return self._execute(text, sql, params)
+
+    def _execute(self, text: str, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
         if text == "COMMIT" and self._notify:
             # Delivered at the commit, to every process that listens (NOTIFY is
             # transactional): their live streams then read what this one wrote.
             self.raw.execute(f'NOTIFY "{self._notify}"')
         if text == "BEGIN IMMEDIATE":
             cursor = self.raw.execute("BEGIN")
+            self._begun = True
             if self._writer_lock is not None:
                 self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._writer_lock,))
             return cursor
@@ -240,6 +286,12 @@ class PgStore:
             raise PostgreSQLUnavailable(
                 f"PostgreSQL support needs psycopg and Debian's libpq5: {exc}"
             ) from None
+        reopen = functools.partial(self._raw, psycopg, writer=writer)
+        if not writer:
+            return PgConnection(reopen(), None, reopen=reopen)
+        return PgConnection(reopen(), self.writer_lock, self.notify, reopen=reopen)
+
+    def _raw(self, psycopg: Any, *, writer: bool) -> Any:
         try:
             raw = psycopg.connect(
                 self.url,
@@ -254,9 +306,7 @@ class PgStore:
             # One snapshot per read query (Database.read rolls back after each one).
             raw.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             raw.read_only = True
-        if not writer:
-            return PgConnection(raw, None)
-        return PgConnection(raw, self.writer_lock, self.notify)
+        return raw
 
 
 # --- migrations ------------------------------------------------------------------------

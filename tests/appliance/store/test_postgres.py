@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
@@ -194,3 +196,27 @@ def test_migrations_run_once_and_refuse_a_newer_schema(pg_url: str) -> None:
     assert migrate_store(store, newer) == 2
     with pytest.raises(SchemaTooNew):
         migrate_store(store, STEPS)
+
+
+async def test_the_store_reconnects_between_transactions(pg_url: str) -> None:
+    """A server restart or a failover ends every connection: the next transaction reconnects."""
+    import psycopg
+
+    def insert(key: str) -> Callable[[Any], None]:
+        return lambda conn: conn.execute("INSERT INTO t (k, v) VALUES (?, 1)", (key,))
+
+    def keys(conn: Any) -> list[str]:
+        return sorted(r[0] for r in conn.execute("SELECT k FROM t"))
+
+    async with open_pg_database(PgStore(pg_url, "port"), STEPS) as db:
+        await db.write(insert("before"))
+        assert await db.read(keys) == ["before"]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+            assert ended is not None
+            assert ended[0] >= 2  # the writer and the reader
+        await db.write(insert("after"))
+        assert await db.read(keys) == ["after", "before"]
