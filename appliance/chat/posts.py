@@ -489,7 +489,7 @@ class Posts:
                 counted = conn.execute(
                     "SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.room_id = :room"
                     " AND m.position > :floor AND m.deleted = 0 AND NOT EXISTS (SELECT 1 FROM"
-                    " hidden h WHERE h.address = :me AND h.message_id = m.id) LIMIT :cap)",
+                    " hidden h WHERE h.address = :me AND h.message_id = m.id) LIMIT :cap) AS u",
                     {**params, "floor": floor[0] if floor else 0, "cap": MAX_UNREAD},
                 ).fetchone()
                 unread = counted[0] if counted else 0
