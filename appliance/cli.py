@@ -256,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--token", required=True, help="the token from `edgebox hub token`")
 
     _backup_parser(commands)
-    update_commands.add(commands)
+    update_commands.add(commands, hub_command)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,26 @@ class Config:
     #: developer machine's /etc is never written); ``/`` writes them in place.
     system_root: str = ""
 
+    # --- signed A/B updates (appliance.update; docs/updates.md) -----------------------
+    #: RAUC's system.conf ("" = RAUC's own default, /etc/rauc/system.conf).
+    rauc_conf: str = ""
+    #: Fetch and install what the hub's update channel offers. Off in development (no
+    #: RAUC there); the image turns it on (EDGEBOX_UPDATES=1). Offers are shown either way.
+    updates: bool = False
+    #: The hub's channel this box follows.
+    update_channel: str = "stable"
+    #: The bundles this box takes (RAUC's ``compatible``; the image's system.conf says
+    #: the same).
+    update_compatible: str = "edgebox-amd64"
+    #: When an offered update installs by itself: "HH:MM-HH:MM" in the box's local time
+    #: (may wrap midnight; "" = only when the admin presses "install now").
+    update_window: str = "01:00-05:00"
+    #: Bytes a second an update download may take of the uplink (0 = no limit).
+    update_download_rate: int = 256 * 1024
+    #: Command that reboots into an installed update ("" = the admin reboots; the image
+    #: sets ``systemctl reboot``).
+    update_reboot: str = ""
+
     # --- health (appliance.health; docs/health.md) ---------------------------------
     #: Free bytes on the data volume below which the disk check warns.
     disk_warn_free: int = 2 * 1024**3
@@ -258,6 +279,7 @@ def load_config(
         raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
     _check_port_offset(values.get("port_offset", 0))
     _check_protection(values)
+    _check_updates(values)
     for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
         try:
             ipaddress.ip_network(entry, strict=False)
@@ -277,6 +299,17 @@ def _check_protection(values: Mapping[str, Any]) -> None:
     junk = values.get("protection_junk_score", Config.protection_junk_score)
     if junk > values.get("protection_reject_score", Config.protection_reject_score):
         raise ConfigError("protection_junk_score must not be above protection_reject_score")
+
+
+def _check_updates(values: Mapping[str, Any]) -> None:
+    """Refuse an update channel or window the box could not follow, naming the setting."""
+    if not re.fullmatch(r"[a-z0-9-]{1,32}", values.get("update_channel", "stable")):
+        raise ConfigError("update_channel: a-z, 0-9 and '-' only")
+    window = values.get("update_window", Config.update_window)
+    if window and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d", window):
+        raise ConfigError(f"update_window: expected HH:MM-HH:MM, got {window!r}")
+    if values.get("update_download_rate", 0) < 0:
+        raise ConfigError("update_download_rate must not be negative")
 
 
 def _check_port_offset(offset: int) -> None:

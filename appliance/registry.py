@@ -58,7 +58,7 @@ from appliance.mail.smtp.server import SMTPService
 from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.mail.webmail.pages import mail_routes
 from appliance.panel import BoxView, BoxViewSlot, panel_service
-from appliance.protection.dkim import InboundDkim
+from appliance.protection.authentication import InboundAuthenticator
 from appliance.protection.engines import EngineWatch
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.setup_api import (
@@ -73,6 +73,7 @@ from appliance.security.guard import AuthGuard
 from appliance.security.tls_renewal import TLSRenewal
 from appliance.store.postgres import CommitFollower, PgStore
 from appliance.supervisor import Service
+from appliance.sync.central import central_client_context
 from appliance.sync.chat import POLL_INTERVAL, ChatReplicator
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.directory import DirectoryReplicator
@@ -86,6 +87,10 @@ from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
 from appliance.sync.status import SyncStatus
+from appliance.update.channel import channel_downloads, channel_routes
+from appliance.update.follow import ChannelFollower, reboot_command
+from appliance.update.installer import UpdateInstaller
+from appliance.update.rauc import RaucCommand
 from appliance.update.report import UpdateReporter, update_report_routes
 from appliance.watchdog import hardware_watchdog
 from appliance.web.openapi import openapi_route
@@ -118,7 +123,8 @@ def lifelong_services(
         # The setup code while unprovisioned, the box's state (`views`) after.
         panel_service(config, lifecycle, views),
         hardware_watchdog(config),
-        usb_service(config, lifecycle),
+        # A stick's system update installs the way the hub channel's does.
+        usb_service(config, lifecycle, update_installer(config)),
     ]
     return [service for service in services if service is not None]
 
@@ -198,7 +204,7 @@ def smtp_service(box: Box, port: Port) -> SMTPService:
         port, config=box.config, hostname=box.hostname, tls=box.tls, directory=box.directory,
         mailstore=box.mailstore, delivery=box.delivery, signin=box.signin, traffic=box.traffic,
         disk_guard=box.disk_guard, metrics=box.metrics, protection=box.protection,
-        authenticate=InboundDkim(box.hostname) if port is Port.MX else None,
+        authenticate=InboundAuthenticator(box.hostname) if port is Port.MX else None,
     )  # fmt: skip
 
 
@@ -245,10 +251,12 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             *hub_sync_routes(box.chat, box.directory, box.mailstore),
             # The boxes' reports of what became of their updates.
             *update_report_routes(config.data_dir),
+            # The update channel's offers; its bundles are downloads.
+            *channel_routes(config.data_dir),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
-            mailstore=box.mailstore,
+            mailstore=box.mailstore, downloads=channel_downloads(config.data_dir),
         )  # fmt: skip
         return [hub]
     keys = config.data_dir / "keys"
@@ -298,14 +306,42 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         services.append(chat)
         # What became of the box's updates (rollbacks above all), once the link is up.
         reporter = UpdateReporter(
-            config.data_dir, HubClient(keys, config.hub_url, watch=watch), status, clock
+            config.data_dir,
+            HubClient(keys, config.hub_url, watch=watch),
+            status,
+            clock,
+            interval=config.sync_interval,
         )
         monitor.on_up(reporter.wake)
         services.append(reporter)
+        # The hub's update channel: offers, the bundle's download while the link is up,
+        # the install in the maintenance window or when the admin asks.
+        follower = ChannelFollower(
+            config.data_dir, HubClient(keys, config.hub_url, watch=watch), config.hub_url,
+            lambda: central_client_context(keys), update_rauc(config), status, clock,
+            channel=config.update_channel, compatible=config.update_compatible,
+            installs=config.updates, window=config.update_window,
+            rate=config.update_download_rate, reboot=reboot_command(config.update_reboot),
+            interval=config.sync_interval, on_outcome=reporter.wake,
+        )  # fmt: skip
+        monitor.on_up(follower.wake)
+        services.append(follower)
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )
     return services
+
+
+def update_rauc(config: Config) -> RaucCommand:
+    """RAUC as the box's settings name it (``rauc_conf``)."""
+    return RaucCommand(Path(config.rauc_conf) if config.rauc_conf else None)
+
+
+def update_installer(config: Config) -> UpdateInstaller:
+    """The box's installer for updates that arrive on a stick."""
+    return UpdateInstaller(
+        config.data_dir, update_rauc(config), reboot_command(config.update_reboot)
+    )
 
 
 # --- the HTTPS port ----------------------------------------------------------------------
@@ -377,6 +413,7 @@ def admin_console(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) ->
         kit, config=box.config, identity=box.identity, directory=box.directory,
         mailstore=box.mailstore, sessions=box.sessions, signin=box.signin, guard=box.guard,
         traffic=box.traffic, status_file=box.status_file, lifecycle=lifecycle,
+        rauc=update_rauc(box.config),
     )  # fmt: skip
 
 

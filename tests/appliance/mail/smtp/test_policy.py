@@ -7,6 +7,12 @@ import ipaddress
 import pytest
 
 from appliance.mail.delivery import Envelope, Trace
+from appliance.mail.smtp.authentication import (
+    AUTHENTICATION_UNAVAILABLE,
+    Disposition,
+    MessageCheck,
+    SpfCheck,
+)
 from appliance.mail.smtp.policy import (
     FROM_NOT_OWNED,
     LOCAL_SENDER_FORGED,
@@ -126,6 +132,37 @@ async def test_mx_still_takes_bounces_and_other_domains(box: MailBox) -> None:
     )
 
 
+# --- issue 23: DMARC's proof replaces the blanket refusal --------------------------------
+
+
+def proof(*domains: str, temporary: bool = False) -> MessageCheck:
+    return MessageCheck(b"", Disposition.DELIVER, frozenset(domains), temporary, "")
+
+
+async def test_mx_takes_a_local_sender_that_proves_itself(box: MailBox) -> None:
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore, CENTRE)
+    me, source = box.users[0], "192.168.1.50"
+    # MAIL FROM: the domain's own SPF record names the client.
+    assert await policy.check_sender(mail_from(me), None, source, SpfCheck("pass", DOMAIN)) is None
+    for result in ("fail", "softfail", "neutral", "none", "permerror"):
+        spf = SpfCheck(result, DOMAIN)
+        assert await policy.check_sender(mail_from(me), None, source, spf) == LOCAL_SENDER_FORGED
+    temporary = SpfCheck("temperror", DOMAIN)
+    assert await policy.check_sender(mail_from(me), None, source, temporary) == (
+        AUTHENTICATION_UNAVAILABLE
+    )
+    # From: an SPF or DKIM pass aligned with our domain (DMARC's test, record or not).
+    content = message_from(me)
+    assert await policy.check_message(content, None, "x@o.go.th", source, proof(DOMAIN)) is None
+    assert await policy.check_message(content, None, "x@o.go.th", source, proof("o.go.th")) == (
+        LOCAL_SENDER_FORGED
+    )
+    assert await policy.check_message(
+        content, None, "x@o.go.th", source, proof(temporary=True)
+    ) == (AUTHENTICATION_UNAVAILABLE)
+    assert AUTHENTICATION_UNAVAILABLE.code == 451
+
+
 def test_trusted_relays_setting() -> None:
     assert parse_trusted_relays("") == []
     assert parse_trusted_relays("10.0.0.1") == [ipaddress.ip_network("10.0.0.1/32")]
@@ -181,3 +218,19 @@ async def test_an_admin_named_twice_gets_one_copy(box: MailBox) -> None:
         Envelope("a@other.go.th", tuple(recipients), trace), b"S: x\r\n\r\n.\r\n"
     )
     assert len(await box.mailstore.messages(box.users[0], "INBOX")) == 1
+
+
+async def test_a_thai_domain_proven_in_a_labels_matches_its_own_spelling(
+    box: MailBox,
+) -> None:
+    await box.directory.add_agency("กรม.go.th", name_th="กรม")
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
+    content = message_from("director@กรม.go.th")
+    # The authenticator reports DNS names (A-labels); the directory keeps U-labels.
+    assert (
+        await policy.check_message(content, None, "", "192.168.1.50", proof("xn--12c8df.go.th"))
+        is None
+    )
+    assert await policy.check_message(content, None, "", "192.168.1.50", proof()) == (
+        LOCAL_SENDER_FORGED
+    )
