@@ -126,6 +126,14 @@ class Config:
     backup_target: str = ""
     #: How many backups to keep in the target (the newest); 0 keeps every one.
     backup_keep: int = 14
+    #: Back up to the hub once a day too (offsite), once the box is enrolled
+    #: (``hub_url``); docs/backup.md.
+    backup_offsite: bool = True
+    #: Bytes a second the offsite backup may average on the uplink (it also steps aside
+    #: while mail and chat use the link); 262144 = 2 Mbit/s.
+    backup_offsite_rate: int = 256 * 1024
+    #: On a hub: how many backup sets to keep per box (the newest).
+    backup_hub_keep: int = 14
 
     # --- found on the LAN (appliance.discovery; docs/provisioning.md) -----------------
     #: Announce the box over mDNS / DNS-SD. Off in development and tests; the box's

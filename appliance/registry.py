@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.admin.pages import admin_routes
+from appliance.backup.hub_restore import restore_from_hub
+from appliance.backup.offsite.routes import backup_hub_routes
+from appliance.backup.offsite.upload import OffsiteBackup
 from appliance.backup.service import DailyBackup
 from appliance.box import Box
 from appliance.chat import SecretSweeper
@@ -86,6 +89,7 @@ from appliance.sync.liveness import LinkWatch
 from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
+from appliance.sync.share import LinkShare, SharedHubCall
 from appliance.sync.status import SyncStatus
 from appliance.update.channel import channel_downloads, channel_routes
 from appliance.update.follow import ChannelFollower, reboot_command
@@ -135,11 +139,20 @@ def lifelong_services(
 def setup_services(config: Config, guard: AuthGuard, lifecycle: Lifecycle) -> list[Service]:
     """The services of an unprovisioned box: the setup path on the HTTPS port only."""
     api = SetupApi(lifecycle, guard)
-    routes = api.routes() + SetupWizard(config, lifecycle, api).routes()
+    wizard = SetupWizard(config, lifecycle, api, hub_restorer=_restore_from_hub)
+    routes = api.routes() + wizard.routes()
     # Nobody is signed in (there are no users yet); the device's own certificate.
     https = HTTPSService(SetupHost(config), routes, sessions=NoSessions(),
                          tls=lifecycle.device.ssl_context())  # fmt: skip
     return [https]
+
+
+async def _restore_from_hub(
+    staging: Path, hub_url: str, token: str, box_id: str, domain: str, key: bytes
+) -> str:
+    """The wizard's restore from the hub: re-enrol as the old box, fetch, restore."""
+    done = await restore_from_hub(staging, hub_url, token, box_id, domain, key)
+    return done.restored.name
 
 
 # --- provisioned -------------------------------------------------------------------------
@@ -237,8 +250,10 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     - **edge**: the link monitor always (it says "not set up" until enrolment), then
       each replicator whose central end is configured — the outbound relay
       (``central_smtp``), mailbox replication (``central_imap``), directory and chat
-      replication and the update outcome report (``hub_url``), and the renewal of the
-      box's sync certificate.
+      replication and the update outcome report (``hub_url``), the renewal of the
+      box's sync certificate, and the daily offsite backup to the hub
+      (``backup_offsite``), which steps aside while the replicators use the link
+      (`LinkShare`).
       When GIN comes back up the monitor cuts short every wait on a dead connection
       (one `LinkWatch` shared by the monitor and every replicator's connections) and
       wakes every replicator at once, instead of each waiting out its time-out and
@@ -253,6 +268,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             *update_report_routes(config.data_dir),
             # The update channel's offers; its bundles are downloads.
             *channel_routes(config.data_dir),
+            # Each box's offsite backup sets and its escrowed backup key.
+            *backup_hub_routes(config.data_dir, config.backup_hub_keep),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
@@ -281,12 +298,15 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         monitor.on_up(mailboxes.wake)
         services.append(mailboxes)
     if config.hub_url:
+        # What the offsite backup steps aside for: the replicators' requests to the hub
+        # and mail waiting to leave.
+        share = LinkShare(_mail_waiting(box) if config.central_smtp else None)
         # One connection per stream, so a long chat catch-up never holds up the
         # directory (each client serialises its own requests).
         directory = DirectoryReplicator(
             box.directory,
             box.identity.domain,
-            HubClient(keys, config.hub_url, watch=watch),
+            SharedHubCall(HubClient(keys, config.hub_url, watch=watch), share),
             status,
             clock,
             interval=config.sync_interval,
@@ -297,7 +317,7 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         chat = ChatReplicator(
             box.chat,
             box.identity.domain,
-            HubClient(keys, config.hub_url, watch=watch),
+            SharedHubCall(HubClient(keys, config.hub_url, watch=watch), share),
             status,
             clock,
             poll_interval=min(POLL_INTERVAL, config.sync_interval),
@@ -329,6 +349,14 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )
+        if config.backup_offsite:
+            # Daily to the hub, throttled, on a connection of its own.
+            offsite = OffsiteBackup(
+                config.data_dir, HubClient(keys, config.hub_url, timeout=120, watch=watch),
+                status, rate=config.backup_offsite_rate, share=share,
+            )  # fmt: skip
+            monitor.on_up(offsite.wake)
+            services.append(offsite)
     return services
 
 
@@ -342,6 +370,15 @@ def update_installer(config: Config) -> UpdateInstaller:
     return UpdateInstaller(
         config.data_dir, update_rauc(config), reboot_command(config.update_reboot)
     )
+
+
+def _mail_waiting(box: Box) -> Any:
+    """Whether mail waits in the outbound queue (it needs the link before a backup does)."""
+
+    async def waiting() -> bool:
+        return any(group[2] > 0 for group in await box.mailstore.outbound_groups())
+
+    return waiting
 
 
 # --- the HTTPS port ----------------------------------------------------------------------

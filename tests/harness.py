@@ -52,10 +52,23 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port_offset() -> int:
-    """Return an offset at which every dev port is free right now."""
+    """Return an offset at which every dev port is free right now.
+
+    Every port stays below the kernel's ephemeral range: an outgoing connection (of any
+    process) takes its local port from there, and one that took a killed box's port
+    would keep the box from listening again when the test restarts it.
+    """
+    highest = _ephemeral_ports_start() - max(DEV_PORTS.values()) - 1
     for _ in range(200):
-        offset = random.randrange(10_000, 50_000, 10)
+        offset = random.randrange(10_000, highest, 10)
         if all(_port_free(port + offset) for port in DEV_PORTS.values()):
             return offset
     raise RuntimeError("no free port offset found")

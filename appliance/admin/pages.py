@@ -42,6 +42,8 @@ from appliance.admin.console import (
     search_users,
     urgency_name,
 )
+from appliance.backup.service import read_state as read_backup_state
+from appliance.backup.sheet import RecoverySheet, recovery_sheet
 from appliance.compliance.traffic_log import TrafficLog
 from appliance.config import Config
 from appliance.directory import Directory, DirectoryError, User, normalise_address
@@ -234,6 +236,13 @@ class AdminPages:
             page("POST", "/admin/security/unlock-account", self.unlock_account, "Forget failures"),
             page("GET", "/admin/update", self.update_page, "Admin console: system updates"),
             page("POST", "/admin/update/install-now", self.install_now, "Install the update now"),
+            page("GET", "/admin/backup", self.backup, "Admin console: backups"),
+            page(
+                "POST",
+                "/admin/backup/recovery-sheet",
+                self.recovery_sheet,
+                "The agency's recovery sheet (the backup key; password again)",
+            ),
             page("GET", "/admin/factory-reset", self.factory_reset_page, "Factory reset: confirm"),
             page("POST", "/admin/factory-reset", self.factory_reset, "Factory reset the box"),
         ]
@@ -669,6 +678,47 @@ class AdminPages:
         log.warning("install-now of %s by %s ip=%s", version, scope.admin.address,
                     request.client_ip)  # fmt: skip
         return redirect("/admin/update?saved=install-now")
+
+    # --- backups and the recovery sheet (appliance.backup; docs/backup.md) ---------------
+
+    async def backup(self, request: Request) -> Response:
+        scope = await self._box_admin(request)
+        return await self._backup_page(request, scope)
+
+    async def _backup_page(
+        self, request: Request, scope: AdminScope, *, error: Refusal | None = None,
+        status: int = 200, sheet: RecoverySheet | None = None,
+    ) -> Response:  # fmt: skip
+        state = await trio.to_thread.run_sync(read_backup_state, self.config.data_dir)
+        return await self._render(
+            request, "admin/backup.html", scope, status=status, section="backup",
+            state=state, target=self.config.backup_target, hub_url=self.config.hub_url,
+            offsite=self.config.backup_offsite, error=error, sheet=sheet,
+            identity=self.identity,
+        )  # fmt: skip
+
+    async def recovery_sheet(self, request: Request) -> Response:
+        """Show the backup key as the agency's recovery sheet, after the password again.
+
+        The key opens every backup of the box: like the factory reset, only an admin of
+        the whole box sees it, after typing their password again, and it is logged.
+        """
+        scope = await self._box_admin(request)
+        checked = await self.signin.check(
+            "web", scope.admin.address, request.form.get("password"), request.client_ip
+        )
+        if not isinstance(checked, User) or checked.address != scope.admin.address:
+            return await self._backup_page(
+                request, scope, status=403,
+                error=Refusal("wrong password; the sheet is not shown",
+                              "รหัสผ่านไม่ถูกต้อง จึงไม่แสดงแผ่นกุญแจกู้คืน"),
+            )  # fmt: skip
+        sheet = await trio.to_thread.run_sync(
+            recovery_sheet, self.config.data_dir, self.identity, self.config.hub_url
+        )
+        shown = f"backup key {sheet.key_id} shown"
+        await self.console.record(scope, "recovery-sheet", None, shown, request.client_ip)
+        return await self._backup_page(request, scope, sheet=sheet)
 
     # --- factory reset (appliance.provisioning.reset; docs/provisioning.md) ---------------
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from appliance.backup.health import check_last_backup
+from appliance.backup.health import check_last_backup, check_offsite_backup
 from appliance.config import Config
 from appliance.health import Finding, Level, worst
 from appliance.health.certificates import check_certificates
@@ -80,7 +80,10 @@ async def gather_snapshot(
         now=now,
         data_dir=data_dir,
         certificates=certificates,
-        backup=[check_last_backup(data_dir, config.backup_target, now)],
+        backup=[
+            check_last_backup(data_dir, config.backup_target, now),
+            *_offsite(data_dir, config, now),
+        ],
         protection=[
             check_engines(
                 data_dir,
@@ -194,3 +197,10 @@ class HealthMonitor:
             await trio.to_thread.run_sync(write_atomically, path, body)
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)
+
+
+def _offsite(data_dir: Path, config: Config, now: float) -> list[Finding]:
+    """The offsite backup's finding: judged on an edge box only (a hub keeps the sets)."""
+    if config.role == "hub":
+        return []
+    return [check_offsite_backup(data_dir, config.hub_url, config.backup_offsite, now)]

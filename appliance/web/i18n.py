@@ -132,6 +132,7 @@ SERVICE_LABELS: Final[dict[str, tuple[str, str]]] = {
     "ca": ("ผู้ออกใบรับรองของเครื่อง (CA)", "The box's certificate authority (CA)"),
     "sync-certificate": ("ใบรับรองสำหรับซิงก์กับส่วนกลาง", "The certificate for sync with the centre"),
     "backup": ("การสำรองข้อมูล", "Backups"),
+    "backup-offsite": ("การสำรองข้อมูลไปยังศูนย์ (hub)", "Offsite backup to the hub"),
     "protection": ("การตรวจไวรัสและสแปม", "Virus and spam scanning"),
     "update": ("การปรับปรุงซอฟต์แวร์", "Software updates"),
     "update-report": ("การแจ้งผลการปรับปรุงซอฟต์แวร์ไปยังศูนย์", "Reporting updates to the hub"),
