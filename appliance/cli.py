@@ -67,6 +67,7 @@ from appliance.identity import read_identity
 from appliance.panel import BoxViewSlot
 from appliance.protection import dkim_commands
 from appliance.protection.commands import add_threshold_command
+from appliance.protection.signatures import commands as signature_commands
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.enrol import EnrolError, enroll
@@ -264,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     escrow.add_argument("--qr", type=Path, help="also write the words as a QR code (.svg)")
 
     provisioning_commands.add(commands, hub_command)
+    signature_commands.add(commands, hub_command)
     dkim_commands.add(commands)
 
     enrol = command("enroll", _enroll, "join this box to its hub with a one-time token")

@@ -219,6 +219,10 @@ class Config:
     #: What submission does when a scanner is down: "tempfail" (451) or "accept".
     protection_submission_unavailable: str = "tempfail"
     protection_scan_timeout: float = 60.0
+    #: Signatures older than this many days are a health warning (docs/protection.md).
+    protection_signatures_max_age_days: int = 7
+    #: How often a box asks the hub for newer signatures, in seconds.
+    protection_signatures_interval: float = 3600.0
 
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""

@@ -63,6 +63,11 @@ from appliance.mail.webmail.pages import mail_routes
 from appliance.panel import BoxView, BoxViewSlot, panel_service
 from appliance.protection.authentication import InboundAuthenticator
 from appliance.protection.engines import EngineWatch
+from appliance.protection.signatures.sync import (
+    SignatureUpdater,
+    signature_routes,
+    stick_installer,
+)
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.setup_api import (
     NoSessions,
@@ -121,14 +126,16 @@ def lifelong_services(
     `ConfigError` at start-up. Each is optional: discovery by its setting, the panel
     if the board has one, the watchdog and the USB stick service by theirs.
     """
+    stick_signatures = stick_installer(config) if config.protection else None
     services: list[LifelongService | None] = [
         # The records change with the state; the announcer stays.
         DiscoveryService(config, lifecycle) if config.discovery else None,
         # The setup code while unprovisioned, the box's state (`views`) after.
         panel_service(config, lifecycle, views),
         hardware_watchdog(config),
-        # A stick's system update installs the way the hub channel's does.
-        usb_service(config, lifecycle, update_installer(config)),
+        # A stick's system update installs the way the hub channel's does, and a
+        # stick's signed set of signatures the way the hub mirror's does (offline path).
+        usb_service(config, lifecycle, update_installer(config), stick_signatures),
     ]
     return [service for service in services if service is not None]
 
@@ -266,6 +273,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             *hub_sync_routes(box.chat, box.directory, box.mailstore),
             # The boxes' reports of what became of their updates.
             *update_report_routes(config.data_dir),
+            # The signature sets it mirrors for the boxes (docs/protection.md).
+            *signature_routes(config.data_dir),
             # The update channel's offers; its bundles are downloads.
             *channel_routes(config.data_dir),
             # Each box's offsite backup sets and its escrowed backup key.
@@ -346,6 +355,14 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         )  # fmt: skip
         monitor.on_up(follower.wake)
         services.append(follower)
+        if box.protection is not None:
+            # Newer ClamAV databases and rspamd rules from the hub's mirror, over GIN.
+            signatures = SignatureUpdater(
+                config, box.protection.clamd, HubClient(keys, config.hub_url, watch=watch),
+                status, clock,
+            )  # fmt: skip
+            monitor.on_up(signatures.wake)
+            services.append(signatures)
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )

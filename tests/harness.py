@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from appliance.config import DEV_PORTS
-from tests.peers.dns_stub import no_records
+from tests.peers.dns_stub import loopback_dns_env
 
 EDGEBOX = [sys.executable, "-m", "appliance"]
 READY_TIMEOUT = 60.0
@@ -143,12 +143,7 @@ def start_box(
     """
     offset = free_port_offset() if offset is None else offset
     args = [*wrap, *EDGEBOX, "run", "--data", str(data), "--port-offset", str(offset), *extra]
-    env = dict(env or {})
-    if "PYTHONPATH" not in env:
-        # The box's resolver asks a loopback DNS server that knows no names (the MX's
-        # SPF and DMARC look-ups stay on the machine); a test with records brings its own.
-        _, site = no_records()
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = loopback_dns_env(dict(env or {}))
     if demo:
         args.append("--demo")
     process = subprocess.Popen(

@@ -107,6 +107,8 @@ LAYERS: tuple[Layer, ...] = (
             "appliance.watchdog",
             "appliance.health.monitor",
             "appliance.supervisor",
+            # Signature sets: trusted like provisioning sticks, carried by the uplink.
+            "appliance.protection.signatures",
         ),
     ),
     # The admin console: it reads every capability.

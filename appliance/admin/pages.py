@@ -42,6 +42,7 @@ from appliance.admin.console import (
     search_users,
     urgency_name,
 )
+from appliance.admin.protection import ProtectionPages
 from appliance.backup.service import read_state as read_backup_state
 from appliance.backup.sheet import RecoverySheet, recovery_sheet
 from appliance.compliance.traffic_log import TrafficLog
@@ -138,6 +139,8 @@ def admin_routes(
         kit, console, config=config, identity=identity, directory=directory,
         mailstore=mailstore, sessions=sessions, signin=signin, guard=guard,
         lifecycle=lifecycle, rauc=rauc,
+    ).routes() + ProtectionPages(
+        kit, console, config=config, directory=directory, traffic=traffic
     ).routes()  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from appliance.health.snapshot import (
     read_last_seen_time,
     read_machine,
 )
-from appliance.protection.health import check_engines
+from appliance.protection.health import check_engines, check_signatures
 from appliance.store.files import write_atomically
 from appliance.sync.link import read_link_state
 from appliance.sync.status import read_sync_status
@@ -91,7 +91,10 @@ async def gather_snapshot(
                 box_running,
                 now,
                 config.protection_submission_unavailable,
-            )
+            ),
+            check_signatures(
+                data_dir, config.protection, now, config.protection_signatures_max_age_days
+            ),
         ],
         update=check_updates(data_dir),
         limits=Limits.from_config(config),

@@ -381,6 +381,11 @@ def _trusted_signer(
     return signer, issuer
 
 
+#: The signer check, shared with other signed sets the provisioning CA vouches for
+#: (appliance.protection.signatures: signature sets on the hub and on sticks).
+trusted_signer = _trusted_signer
+
+
 # --- the payload --------------------------------------------------------------------------
 
 

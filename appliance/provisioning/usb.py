@@ -37,7 +37,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -387,12 +387,21 @@ def verify_result(data: bytes, signature: bytes) -> dict[str, Any]:
 # --- the service ----------------------------------------------------------------------------
 
 
+#: A stick's signature set (appliance.protection.signatures, handed in by the registry):
+#: install the set in the folder; return what was applied, or the refusal as a result
+#: error entry (``reason``, ``en``, ``th``).
+SignatureStick = Callable[[Path], Awaitable["str | dict[str, str]"]]
+#: Beside ``edgebox-provisioning``: a signed set of anti-virus signatures and spam rules.
+SIGNATURES_DIR: Final = "edgebox-signatures"
+
+
 class UsbProvisioning:
     """Apply the bundles on the sticks *devices* reports to the running box."""
 
     def __init__(
         self, config: Any, lifecycle: Lifecycle, devices: BlockDevices,
         updates: SystemUpdates | None = None,
+        signatures: SignatureStick | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self.data_dir: Path = config.data_dir
@@ -401,6 +410,8 @@ class UsbProvisioning:
         #: Installs a stick's system update; None: this box refuses them.
         self.updates = updates
         self._reboot_after = False
+        #: Installs a stick's signature set; None where scanning is off.
+        self.signatures = signatures
         #: Every stick's outcome, in order (tests; the panel later).
         self.outcomes: list[Outcome] = []
 
@@ -420,12 +431,30 @@ class UsbProvisioning:
             await stick.unmount()
             return None
         try:
-            if not (folder / BUNDLE_DIR).is_dir():
+            has_set = self.signatures is not None and (folder / SIGNATURES_DIR).is_dir()
+            if not (folder / BUNDLE_DIR).is_dir() and not has_set:
                 log.info("stick %s carries no %s folder; ignored", stick.name, BUNDLE_DIR)
                 return None
             self.lifecycle.stick_news("USB: checking bundle")
             now = dt.datetime.now(dt.UTC)
-            outcome = await self._check_and_apply(folder / BUNDLE_DIR, now)
+            if (folder / BUNDLE_DIR).is_dir():
+                outcome = await self._check_and_apply(folder / BUNDLE_DIR, now)
+            else:
+                outcome = Outcome(status="nothing")
+            if has_set and self.signatures is not None:
+                # The offline path for signatures (a box cut off from the hub): the set
+                # carries its own signature under the same provisioning CA.
+                self.lifecycle.stick_news("USB: installing signatures")
+                result = await self.signatures(folder / SIGNATURES_DIR)
+                if isinstance(result, str):
+                    outcome.applied.append(result)
+                    outcome.status = "applied" if not outcome.errors else "partial"
+                else:
+                    outcome.errors.append(result)
+                    if outcome.applied:
+                        outcome.status = "partial"
+                    elif outcome.status == "nothing":
+                        outcome.status = result.get("reason", "refused")
             self.outcomes.append(outcome)
             self.lifecycle.stick_news("USB: writing result")
             try:
@@ -616,10 +645,13 @@ class UsbProvisioning:
 
 
 def usb_service(
-    config: Any, lifecycle: Lifecycle, updates: SystemUpdates | None = None
+    config: Any,
+    lifecycle: Lifecycle,
+    updates: SystemUpdates | None = None,
+    signatures: SignatureStick | None = None,
 ) -> UsbProvisioning | None:
     """The stick service the settings ask for (``usb_provisioning``), or None (off)."""
     if not config.usb_provisioning:
         return None
     devices = UdevBlockDevices(accepts(config.usb_provisioning))
-    return UsbProvisioning(config, lifecycle, devices, updates)
+    return UsbProvisioning(config, lifecycle, devices, updates, signatures)

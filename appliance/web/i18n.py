@@ -134,6 +134,7 @@ SERVICE_LABELS: Final[dict[str, tuple[str, str]]] = {
     "backup": ("การสำรองข้อมูล", "Backups"),
     "backup-offsite": ("การสำรองข้อมูลไปยังศูนย์ (hub)", "Offsite backup to the hub"),
     "protection": ("การตรวจไวรัสและสแปม", "Virus and spam scanning"),
+    "signatures": ("ฐานข้อมูลไวรัสและกฎสแปม", "Virus signatures and spam rules"),
     "update": ("การปรับปรุงซอฟต์แวร์", "Software updates"),
     "update-report": ("การแจ้งผลการปรับปรุงซอฟต์แวร์ไปยังศูนย์", "Reporting updates to the hub"),
     "certificates": ("ใบรับรองความปลอดภัย", "Security certificates"),

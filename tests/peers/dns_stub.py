@@ -14,6 +14,7 @@ tests/conftest.py), so the MX's SPF and DMARC look-ups never leave the machine.
 from __future__ import annotations
 
 import atexit
+import os
 import socket
 import tempfile
 import threading
@@ -104,3 +105,17 @@ def no_records() -> tuple[int, Path]:
             folder = Path(tempfile.mkdtemp(prefix="edgebox-dns-"))
             _shared = (port, resolver_override(folder, port))
         return _shared
+
+
+def loopback_dns_env(env: dict[str, str]) -> dict[str, str]:
+    """Return *env* for an edgebox process whose resolver asks the shared empty server.
+
+    The MX's SPF and DMARC look-ups then stay on the machine (the network rule) and
+    answer at once; an *env* that sets PYTHONPATH itself (a test with its own records)
+    is returned unchanged.
+    """
+    if "PYTHONPATH" in env:
+        return env
+    _, site = no_records()
+    paths = [str(site), os.environ.get("PYTHONPATH", "")]
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}

@@ -288,6 +288,7 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     from appliance.mail.smtp.server import Port
     from appliance.panel import PanelService
     from appliance.protection.engines import EngineWatch
+    from appliance.protection.signatures.sync import SignatureUpdater
     from appliance.security.tls_renewal import TLSRenewal
     from appliance.sync.chat import ChatReplicator
     from appliance.sync.directory import DirectoryReplicator
@@ -304,7 +305,7 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
                   MailboxReplicator, OutboundRelay, CertificateRenewal, TLSRenewal,
                   HTTPSService, DailyBackup, DiscoveryService, HealthMonitor,
                   MetricsService, PanelService, UpdateReporter, EngineWatch,
-                  OffsiteBackup]  # fmt: skip
+                  SignatureUpdater, OffsiteBackup]  # fmt: skip
     ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
            *(service.name for service in background), *(check.name for check in CHECKS),
            "certificate", "ca", "sync-certificate", "backup-offsite"}  # fmt: skip
