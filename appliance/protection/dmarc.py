@@ -27,6 +27,7 @@ from __future__ import annotations
 import encodings.idna
 import functools
 import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -160,8 +161,19 @@ def ascii_domain(domain: str) -> str | None:
     return ".".join(labels)
 
 
-@functools.cache
+_suffixes_lock = threading.Lock()
+
+
 def _suffixes() -> PublicSuffixList:
+    # One at a time: the MX's first burst asks from every worker thread at once, and
+    # without the lock each built its own list (measured under issue 21: ~20 threads,
+    # ~1 s of the GIL at the start of a benchmark run).
+    with _suffixes_lock:
+        return _load_suffixes()
+
+
+@functools.cache
+def _load_suffixes() -> PublicSuffixList:
     # Loads the list the package ships (a few MB of work, once per process).
     return PublicSuffixList()
 

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
+
+import trio
 
 from appliance.directory import Directory, DirectoryError, normalise_address, normalise_domain
 from appliance.mail import headers
@@ -58,6 +61,12 @@ LOCAL_SENDER_FORGED = Reply(
     " submission port (587 or 465) with their password",
 )
 NO_POSTMASTER = Reply(451, "4.3.0", "No administrator receives postmaster mail yet, try later")
+
+#: Seconds the box's own domains, once read, answer MAIL, RCPT and From checks before
+#: they are read again. Every message asks two or three times; the set changes when
+#: an agency is added, which a new message sees at most this late (a recipient in a
+#: domain not in the set is looked up afresh before it is refused).
+LOCAL_DOMAINS_TTL = 1.0
 
 
 class Port(enum.Enum):
@@ -106,6 +115,16 @@ class SMTPPolicy:
         self.directory = directory
         self.mailstore = mailstore
         self.trusted_relays: Sequence[IPNetwork] = list(trusted_relays)
+        self._domains: frozenset[str] = frozenset()
+        self._domains_until = -math.inf
+
+    async def local_domains(self, *, fresh: bool = False) -> frozenset[str]:
+        """The box's own mail domains, read at most every `LOCAL_DOMAINS_TTL` seconds."""
+        now = trio.current_time()
+        if fresh or now >= self._domains_until:
+            self._domains = await self.directory.local_domains()
+            self._domains_until = now + LOCAL_DOMAINS_TTL
+        return self._domains
 
     def trusted_relay(self, client_ip: str | None) -> bool:
         """Return whether *client_ip* may send mail for the box's own domains on port 25."""
@@ -122,7 +141,7 @@ class SMTPPolicy:
         normalised = _normalised(address) if address else None
         if normalised is None:
             return False
-        return normalised.rpartition("@")[2] in await self.directory.local_domains()
+        return normalised.rpartition("@")[2] in await self.local_domains()
 
     async def check_sender(
         self,
@@ -159,14 +178,16 @@ class SMTPPolicy:
         path = event.forward_path
         if path.lower() == "postmaster":
             # RFC 5321 §4.5.1: the bare form means this box's postmaster.
-            path = f"postmaster@{min(await self.directory.local_domains())}"
+            path = f"postmaster@{min(await self.local_domains())}"
         try:
             address = normalise_address(path)
         except DirectoryError:
             return BAD_RECIPIENT, None
         domain = address.rpartition("@")[2]
         notify, orcpt = event.params.get("NOTIFY"), event.params.get("ORCPT")
-        if domain not in await self.directory.local_domains():
+        if domain not in await self.local_domains() and domain not in await self.local_domains(
+            fresh=True
+        ):
             if not self.port.submission:
                 return RELAY_DENIED, None
             return None, Recipient(address, local=False, notify=notify, orcpt=orcpt)
@@ -182,7 +203,8 @@ class SMTPPolicy:
             return MAILBOX_FULL, None
         if declared_size is not None and used + declared_size > user.quota_bytes:
             return OVER_QUOTA, None
-        return None, Recipient(user.address, local=True, notify=notify, orcpt=orcpt)
+        return None, Recipient(user.address, local=True, notify=notify, orcpt=orcpt,
+                               quota_bytes=user.quota_bytes)  # fmt: skip
 
     async def check_message(
         self,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -202,3 +205,36 @@ def test_no_record_is_none_but_alignment_is_still_told() -> None:
     late = Discovered("temperror", reason="timeout")
     assert dmarc.evaluate("a.go.th", late, []).result == "temperror"
     assert dmarc.evaluate("a.go.th", late, ids(("spf", "pass", "a.go.th"))).result == "pass"
+
+
+def test_the_public_suffix_list_is_loaded_once_by_concurrent_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The MX's first burst asks from many worker threads at once (issue 21)."""
+    built: list[int] = []
+    started = threading.Barrier(8)
+
+    class SlowList:
+        def __init__(self) -> None:
+            built.append(1)
+            time.sleep(0.05)  # long enough that the other threads arrive meanwhile
+
+        def privatesuffix(self, domain: str) -> str:
+            return domain
+
+    monkeypatch.setattr(dmarc, "PublicSuffixList", SlowList)
+    dmarc._load_suffixes.cache_clear()
+    try:
+
+        def ask() -> None:
+            started.wait(timeout=10)
+            dmarc.organizational_domain("mail.example.go.th")
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert built == [1]
+    finally:
+        dmarc._load_suffixes.cache_clear()
