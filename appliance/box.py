@@ -222,7 +222,12 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
             # trio's clock: the guard's delays are trio sleeps (MockClock in tests).
             guard = AuthGuard(guard_policy(config), clock=trio.current_time)
             async with open_chat(
-                data_dir / "db" / "chat.sqlite", data_key, blobs, directory, identity.box_id
+                data_dir / "db" / "chat.sqlite",
+                data_key,
+                blobs,
+                directory,
+                identity.box_id,
+                database_url=config.hub_store(),
             ) as chat:
                 yield Box(
                     config=config,

@@ -79,13 +79,20 @@ from appliance.provisioning.provision import (
     discard_unfinished,
 )
 from appliance.provisioning.reset import factory_reset
-from appliance.registry import lifelong_services, provisioned_services, setup_services
+from appliance.registry import (
+    lifelong_services,
+    provisioned_services,
+    setup_services,
+    uplink_services,
+)
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.store.database import limit_allocator_retention
+from appliance.store.postgres import PostgreSQLUnavailable, is_postgresql_url, redact
 from appliance.supervisor import Supervisor
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
+from appliance.sync.hub.move import MoveRefused, move_hub_to_postgresql
 from appliance.sync.hub_client import HubClient
 from appliance.sync.transport import HubRefused, HubUnavailable
 from appliance.sync.uplink import link_report
@@ -229,6 +236,26 @@ def _parser() -> argparse.ArgumentParser:
     hub_command("boxes", _hub_boxes, "list the boxes enrolled at this hub")
     revoke = hub_command("revoke", _hub_revoke, "stop accepting a box's certificate")
     revoke.add_argument("box_id")
+    worker = hub_command(
+        "worker",
+        _hub_worker,
+        "serve the hub sync API as one more worker process (a hub on PostgreSQL)",
+    )
+    worker.add_argument("--worker", type=int, default=1, metavar="N",
+                        help="this worker's number, for its status file and logs")  # fmt: skip
+    worker.add_argument("--port-offset", type=int, dest="port_offset", help=argparse.SUPPRESS)
+    worker.add_argument("--bind", help="address to listen on (default: the setting)")
+    move = hub_commands.add_parser(
+        "migrate-to-postgresql",
+        help="move a stopped hub's chat and enrolment from SQLite to PostgreSQL",
+        description="Copy the hub's chat and enrolment stores from DATA's SQLite files"
+        " into PostgreSQL and verify counts and content hashes (docs/hub-postgresql.md).",
+    )
+    move.set_defaults(handler=_hub_migrate_to_postgresql)
+    move.add_argument("--from", dest="source", type=Path, required=True, metavar="DATA",
+                      help="the hub's data directory (stop the hub first)")  # fmt: skip
+    move.add_argument("--to", dest="url", required=True, metavar="URL",
+                      help="postgresql://user@host/dbname (an empty database)")  # fmt: skip
     hub_command("backups", _hub_backups, "list the boxes' offsite backup sets at this hub")
     escrow = hub_command(
         "escrow", _hub_escrow, "recover a box's backup key from the hub's escrow (an operator)"
@@ -475,7 +502,7 @@ def _hub_token(args: argparse.Namespace) -> int:
         # The token pins the CA that signs the hub's server certificate (open_box made
         # sure it exists); see appliance.provisioning.enrol.
         ca = x509.load_pem_x509_certificate((args.data / "keys" / "ca.pem").read_bytes())
-        async with open_hub_database(args.data) as db:
+        async with open_hub_database(args.data, box.config.hub_store()) as db:
             try:
                 token = await Enrolment(db).issue_token(
                     domain, fingerprint(ca), args.ttl_hours * 3600
@@ -492,7 +519,7 @@ def _hub_token(args: argparse.Namespace) -> int:
 
 def _hub_boxes(args: argparse.Namespace) -> int:
     async def action(box: Box) -> Any:
-        async with open_hub_database(args.data) as db:
+        async with open_hub_database(args.data, box.config.hub_store()) as db:
             return await Enrolment(db).boxes()
 
     for each in trio.run(_with_box, args, action):
@@ -501,9 +528,60 @@ def _hub_boxes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hub_worker(args: argparse.Namespace) -> int:
+    """Serve only the hub-sync listener, beside `edgebox run` and the other workers.
+
+    Every worker shares the one port (SO_REUSEPORT) and the PostgreSQL store; the
+    directory, mail and blobs under DATA are shared through SQLite's file locks. The
+    main `edgebox run --role hub` process runs everything else (and hub-sync too).
+    """
+    args.role = "hub"
+    config = _config(args)
+    if not config.hub_store():
+        raise CommandError(
+            "hub workers share a PostgreSQL store; set hub_database = postgresql://… first"
+            " (a hub on SQLite is one process: `edgebox run --role hub`)"
+        )
+    trio.run(_run_hub_worker, config, args.worker)
+    return 0
+
+
+async def _run_hub_worker(config: Any, number: int) -> None:
+    _raise_open_files_limit()
+    with box_lock(config.data_dir, exclusive=False):
+        async with open_box(config) as box:
+            services = uplink_services(box)
+            status = box.status_file.with_name(f"hub-worker-{number}.json")
+            supervisor = Supervisor(services, status)
+
+            def announce(listeners: dict[str, list[str]]) -> None:
+                for name, addresses in listeners.items():
+                    for address in addresses:
+                        print(f"{name} worker {number} listening on {address}")
+                print("ready", flush=True)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(supervisor.run, announce)
+
+
+def _hub_migrate_to_postgresql(args: argparse.Namespace) -> int:
+    if not is_postgresql_url(args.url):
+        raise CommandError("--to must be a postgresql:// URL")
+    try:
+        moved = move_hub_to_postgresql(args.source, args.url)
+    except (MoveRefused, PostgreSQLUnavailable) as exc:
+        raise CommandError(str(exc)) from None
+    for store in moved:
+        for table in store.tables:
+            print(f"{store.schema}.{table.table}\t{table.rows} rows\t{table.digest[:16]}")
+    print(f"moved and verified; set hub_database = {redact(args.url)} and start the hub")
+    return 0
+
+
 def _hub_revoke(args: argparse.Namespace) -> int:
     async def action(box: Box) -> bool:
-        async with open_hub_database(args.data) as db:
+        async with open_hub_database(args.data, box.config.hub_store()) as db:
             return await Enrolment(db).revoke(args.box_id)
 
     if not trio.run(_with_box, args, action):

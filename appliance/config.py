@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 #: Development ports (DESIGN.md "Roles and ports"); the box itself uses the standard ones.
 DEV_PORTS: Mapping[str, int] = {
@@ -115,6 +116,12 @@ class Config:
     #: one of the box's own domains as sender on the MX port: the hub and the central
     #: relay (enrolment adds them). Everyone else gets 550 5.7.1 for such mail.
     mx_trusted_relays: str = ""
+
+    # --- the hub's store (appliance.store.postgres; docs/hub-postgresql.md) ------------
+    #: A hub's database: "" keeps the embedded SQLite files under ``DATA/db`` (a small
+    #: hub, development); ``postgresql://user@host/dbname`` puts the hub's chat and
+    #: enrolment on that server, shared by every hub worker. Ignored on an edge box.
+    hub_database: str = ""
 
     # --- the uplink (appliance.sync); enrolment fills these in -----------------------
     #: The hub's sync API, ``https://host:port`` ("" = not enrolled).
@@ -241,6 +248,14 @@ class Config:
     def port(self, service: str) -> int:
         """Return the port of *service* in the configured set, after the offset."""
         return PORT_PROFILES[self.ports][service] + self.port_offset
+
+    def hub_store(self) -> str:
+        """The PostgreSQL URL a hub's stores live at, or "" for the SQLite files."""
+        if self.role != "hub" or not self.hub_database:
+            return ""
+        if urlsplit(self.hub_database).scheme not in ("postgresql", "postgres"):
+            raise ConfigError("hub_database must be a postgresql:// URL (or empty for SQLite)")
+        return self.hub_database
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "data_dir"}

@@ -43,6 +43,7 @@ from appliance.box import Box
 from appliance.chat import SecretSweeper
 from appliance.chat.api import chat_routes
 from appliance.chat.pages import chat_page_routes
+from appliance.chat.store import CHAT_NOTIFY, CHAT_SCHEMA
 from appliance.compliance.retention import TrafficLogRetention
 from appliance.config import Config
 from appliance.directory.preferences import PreferenceStore
@@ -78,6 +79,7 @@ from appliance.provisioning.usb import usb_service
 from appliance.provisioning.wizard_pages import SetupWizard
 from appliance.security.guard import AuthGuard
 from appliance.security.tls_renewal import TLSRenewal
+from appliance.store.postgres import CommitFollower, PgStore
 from appliance.supervisor import Service
 from appliance.sync.central import central_client_context
 from appliance.sync.chat import POLL_INTERVAL, ChatReplicator
@@ -200,6 +202,11 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
         health,
         MetricsService(config, box.metrics),
     ]
+    if config.hub_store():
+        # Workers (`edgebox hub worker`) commit boxes' events to the shared store; this
+        # process's live streams hear of them through the store's notifications.
+        follower = PgStore(config.hub_store(), CHAT_SCHEMA, notify=CHAT_NOTIFY)
+        services.append(CommitFollower(follower, box.chat.publish_committed))
     if config.backup_target:
         services.append(
             DailyBackup(config.data_dir, Path(config.backup_target), keep=config.backup_keep)

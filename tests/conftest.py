@@ -1,6 +1,6 @@
 """Fixtures shared across test folders: the front-panel firmware, built once per session,
-a simulated panel per test (tests/hw and tests/e2e drive the same firmware), and DNS
-on loopback for every in-process test."""
+a simulated panel per test (tests/hw and tests/e2e drive the same firmware), DNS on
+loopback for every in-process test, and a private PostgreSQL for the hub's store."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from hw.twins import PanelSimulator, build_firmware
 from tests.peers.dns_stub import no_records
+from tests.postgres import PrivatePostgres
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -49,3 +50,28 @@ def panel(tmp_path: Path, firmware: Path) -> Iterator[PanelSimulator]:
     finally:
         simulator.close()
         print(simulator.output())
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PrivatePostgres]:
+    """One private PostgreSQL server for the session (tests/postgres.py)."""
+    server = PrivatePostgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgresql: PrivatePostgres) -> str:
+    """The URL of a new, empty database on the session's private PostgreSQL."""
+    return postgresql.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_store(request: pytest.FixtureRequest) -> str:
+    """Run the test on each of the hub's stores: "" (SQLite files) or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return ""
+    server: PrivatePostgres = request.getfixturevalue("postgresql")
+    return server.new_database()

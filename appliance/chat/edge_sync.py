@@ -16,12 +16,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import apsw
-
 from appliance.chat.apply import EventApplier
 from appliance.chat.errors import ChatError
 from appliance.chat.models import Room
 from appliance.chat.tables import (
+    CONSTRAINT_ERRORS,
     ROOM_KEEPING_TYPES,
     WIRE_COLUMNS,
     Conn,
@@ -203,7 +202,7 @@ class EdgeSync:
                 conn.execute("SAVEPOINT pulled")
                 try:
                     blobs += self._apply.materialise(conn, event, None, rooms)
-                except (ChatError, apsw.ConstraintError, KeyError, TypeError, ValueError) as exc:
+                except (ChatError, *CONSTRAINT_ERRORS, KeyError, TypeError, ValueError) as exc:
                     # The hub ordered it, so it stands; what cannot be applied here
                     # (a row this box never had) is skipped, the event still recorded.
                     conn.execute("ROLLBACK TO pulled")

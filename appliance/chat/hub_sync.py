@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, cast
 
-import apsw
-
 from appliance.chat.apply import Authority, EventApplier
 from appliance.chat.errors import ChatError, not_found
 from appliance.chat.models import Room
 from appliance.chat.tables import (
+    CONSTRAINT_ERRORS,
     MAX_PAGE,
     ROOM_KEEPING_TYPES,
     WIRE_COLUMNS,
@@ -119,7 +118,7 @@ class HubSync:
                 except ChatError as exc:
                     conn.execute("ROLLBACK TO pushed")
                     answers.append(HubAnswer.refused(event.id, exc))
-                except apsw.ConstraintError as exc:
+                except CONSTRAINT_ERRORS as exc:
                     conn.execute("ROLLBACK TO pushed")
                     answers.append(HubAnswer.refused(event.id, _conflict(str(exc))))
                 except (KeyError, TypeError, ValueError) as exc:

@@ -47,6 +47,7 @@ from appliance.chat.tables import (
 from appliance.chat.writer import ChatWriter
 from appliance.directory import User
 from appliance.security.untrusted import inline_type
+from appliance.store.postgres import is_postgresql
 
 #: Uploads never used in a message are deleted after this long.
 UPLOAD_TTL = 24 * 3600
@@ -488,7 +489,7 @@ class Posts:
                 counted = conn.execute(
                     "SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.room_id = :room"
                     " AND m.position > :floor AND m.deleted = 0 AND NOT EXISTS (SELECT 1 FROM"
-                    " hidden h WHERE h.address = :me AND h.message_id = m.id) LIMIT :cap)",
+                    " hidden h WHERE h.address = :me AND h.message_id = m.id) LIMIT :cap) AS u",
                     {**params, "floor": floor[0] if floor else 0, "cap": MAX_UNREAD},
                 ).fetchone()
                 unread = counted[0] if counted else 0
@@ -539,14 +540,15 @@ class Posts:
         """
         query_text = fold(clean_text(q, "q", 200, required=True) or "")
         limit = max(1, min(limit, MAX_PAGE))
-        if len(query_text) >= _TRIGRAM:
-            test = "message_text MATCH :q"
-            q_value = '"' + query_text.replace('"', '""') + '"'  # one literal phrase
-        else:
-            test = "instr(t.text, :q) > 0"
-            q_value = query_text
 
         def query(conn: Conn) -> list[Message]:
+            # A hub on PostgreSQL has no FTS5 (appliance.store.postgres): it scans.
+            if len(query_text) >= _TRIGRAM and not is_postgresql(conn):
+                test = "message_text MATCH :q"
+                q_value = '"' + query_text.replace('"', '""') + '"'  # one literal phrase
+            else:
+                test = "instr(t.text, :q) > 0"
+                q_value = query_text
             rows = conn.execute(
                 MESSAGE_COLUMNS + ", EXISTS (SELECT 1 FROM hidden h WHERE h.address = :me"  # noqa: S608 (fixed strings; values are bound)
                 " AND h.message_id = m.id)"

@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import trio
 
@@ -42,7 +43,7 @@ from appliance.chat.files import SharedFiles
 from appliance.chat.hub_sync import HubSync
 from appliance.chat.posts import MAX_UNREAD, Posts, RoomActivity
 from appliance.chat.rooms import Rooms
-from appliance.chat.schema import CHAT_MIGRATIONS
+from appliance.chat.schema import CHAT_MIGRATIONS, CHAT_PG_MIGRATIONS
 from appliance.chat.settings import AgencySettings
 from appliance.chat.stream import Fanout
 from appliance.chat.tables import MAX_UPLOAD, Conn, parse_options, read_room, scalar
@@ -51,6 +52,7 @@ from appliance.directory import Directory
 from appliance.store.blobs import BlobStore
 from appliance.store.database import Database, running
 from appliance.store.encrypted import derive_key, open_encrypted_database
+from appliance.store.postgres import PgStore, pg_database
 
 __all__ = [
     "KEY_INFO",
@@ -62,6 +64,12 @@ __all__ = [
     "open_chat",
     "parse_options",
 ]
+
+#: The PostgreSQL schema of a hub's chat tables.
+CHAT_SCHEMA = "chat"
+
+#: The channel a hub's chat commits notify on PostgreSQL (`CommitFollower`).
+CHAT_NOTIFY = "edgebox_chat"
 
 #: HKDF ``info`` of the chat database key.
 KEY_INFO = b"edgebox chat database v1"
@@ -148,6 +156,7 @@ class Chat:
         self.typing = feed.typing
         # The edge side of sync.
         self.add_push_listener = writer.add_push_listener
+        self.publish_committed = writer.publish_committed
         self.apply_remote = edge.apply_remote
         self.outbox = edge.outbox
         self.sync_cursor = edge.sync_cursor
@@ -211,12 +220,27 @@ async def open_chat(
     box_id: str,
     *,
     clock: Callable[[], float] = time.time,
+    database_url: str = "",
 ) -> AsyncIterator[Chat]:
-    """Open (creating, migrating) the chat database at *path* and yield the `Chat`."""
-    key = derive_key(data_key, KEY_INFO)
-    writer, connect_reader = await trio.to_thread.run_sync(
-        open_encrypted_database, path, key, CHAT_MIGRATIONS
-    )
+    """Open (creating, migrating) the chat database at *path* and yield the `Chat`.
+
+    With a PostgreSQL *database_url* (a hub's ``hub_database``) the tables live in
+    that server's ``chat`` schema instead, and *path* and *data_key* only name it.
+    """
+    if database_url:
+        store = PgStore(database_url, CHAT_SCHEMA, notify=CHAT_NOTIFY)
+        pg_writer, pg_reader = await trio.to_thread.run_sync(
+            pg_database, store, CHAT_PG_MIGRATIONS, "chat"
+        )
+        # Same shape as apsw's connection (appliance.store.postgres): one code path.
+        writer = cast(Conn, pg_writer)
+        connect_reader = cast(Callable[[], Conn], pg_reader)
+        path = Path(f"{CHAT_SCHEMA}@postgresql")
+    else:
+        key = derive_key(data_key, KEY_INFO)
+        writer, connect_reader = await trio.to_thread.run_sync(
+            open_encrypted_database, path, key, CHAT_MIGRATIONS
+        )
 
     def load(conn: Conn) -> tuple[int, list[tuple[str, str]]]:
         head = scalar(conn, "SELECT coalesce(max(cursor), 0) FROM events")

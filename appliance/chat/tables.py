@@ -22,10 +22,16 @@ from appliance.chat.models import MAX_SECRET_TTL, Event, Message, Room, RoomOpti
 from appliance.chat.rules import RoomPolicy
 from appliance.chat.stream import SCRUBBED_TYPES
 from appliance.security.untrusted import display_json, display_text, has_controls
+from appliance.store.postgres import ConstraintViolation
 from appliance.sync.codec.chat import REPLICATED_TYPES, SNAPSHOT_TYPES, ReplicatedEvent, invalid
 
 T = TypeVar("T")
+#: The connection a chat job gets: apsw's on SQLite; on a hub over PostgreSQL a
+#: `PgConnection`, which has the same shape (`appliance.store.postgres`).
 Conn = apsw.Connection
+
+#: What a violated UNIQUE, CHECK or foreign key raises on either store.
+CONSTRAINT_ERRORS: Final = (apsw.ConstraintError, ConstraintViolation)
 
 #: Largest uploaded file (REQUIREMENTS.md-style G-Chat limit).
 MAX_UPLOAD = 25 * 1024 * 1024
@@ -261,7 +267,9 @@ def remember_origin(conn: Conn, origin: str, seq: int) -> None:
     """
     conn.execute(
         "INSERT INTO origins (origin, seq) VALUES (?, ?) ON CONFLICT (origin)"
-        " DO UPDATE SET seq = max(seq, excluded.seq)",
+        # Portable upsert: PostgreSQL wants the old row's column qualified.
+        " DO UPDATE SET seq = CASE WHEN excluded.seq > origins.seq"
+        " THEN excluded.seq ELSE origins.seq END",
         (origin, seq),
     )
 
@@ -382,9 +390,8 @@ def remove_content(conn: Conn, message_id: str) -> list[str]:
     conn.execute("DELETE FROM message_text WHERE rowid = ?", (row[0],))
     placeholders = ",".join("?" for _ in SCRUBBED_TYPES)
     conn.execute(
-        "UPDATE events SET payload = json_object('message_id', message_id, 'removed', json('true'))"  # noqa: S608 (fixed strings; values are bound)
-        f" WHERE message_id = ? AND type IN ({placeholders})",
-        (message_id, *sorted(SCRUBBED_TYPES)),
+        f"UPDATE events SET payload = ? WHERE message_id = ? AND type IN ({placeholders})",  # noqa: S608 (fixed strings; values are bound)
+        (dumps({"message_id": message_id, "removed": True}), message_id, *sorted(SCRUBBED_TYPES)),
     )
     conn.execute("DELETE FROM secret_unread WHERE message_id = ?", (message_id,))
     return [row[1]] if row[1] else []

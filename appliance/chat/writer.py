@@ -21,7 +21,7 @@ import trio
 
 from appliance.chat.errors import ChatError
 from appliance.chat.stream import Fanout
-from appliance.chat.tables import Conn, dumps, event_from_row, events_after
+from appliance.chat.tables import Conn, dumps, event_from_row, events_after, scalar
 from appliance.store.blobs import BlobMissing, BlobStore
 from appliance.store.database import Database
 from appliance.sync.codec.chat import REPLICATED_TYPES
@@ -78,7 +78,7 @@ class ChatWriter:
         """Return the next global id ``"{box}:{seq}"`` of this box."""
         row = conn.execute(
             "INSERT INTO origins (origin, seq) VALUES (?, 1)"
-            " ON CONFLICT (origin) DO UPDATE SET seq = seq + 1 RETURNING seq",
+            " ON CONFLICT (origin) DO UPDATE SET seq = origins.seq + 1 RETURNING seq",
             (self.box_id,),
         ).fetchone()
         assert row is not None  # RETURNING always yields the row it wrote
@@ -138,6 +138,18 @@ class ChatWriter:
             for listener in self._push_listeners:
                 listener()
         return result
+
+    async def publish_committed(self) -> None:
+        """Publish events other processes committed (a hub's workers on PostgreSQL).
+
+        Everything up to the newest cursor committed goes out in cursor order, as after
+        a write of this process: a worker's commit order is its cursor order.
+        """
+        head = self.db.read_now(
+            lambda conn: scalar(conn, "SELECT coalesce(max(cursor), 0) FROM events")
+        )
+        self._emitted = max(self._emitted, int(head))
+        await self._publish()
 
     async def _publish(self) -> None:
         """Hand committed events to live streams, in cursor order (see stream.py)."""

@@ -40,10 +40,18 @@ CLIENT_GONE: tuple[type[BaseException], ...] = (
 )
 
 
-async def open_listeners(name: str, config: Config) -> list[trio.SocketListener]:
-    """Bind service *name*'s port (with the offset); say which service failed and why."""
+async def open_listeners(
+    name: str, config: Config, *, shared: bool = False
+) -> list[trio.SocketListener]:
+    """Bind service *name*'s port (with the offset); say which service failed and why.
+
+    *shared*: several processes of the same user bind the port at once and the kernel
+    spreads new connections among them (``SO_REUSEPORT``): the hub's workers.
+    """
     port = config.port(name)
     try:
+        if shared:
+            return await _open_shared_listeners(port, config.bind)
         return await trio.open_tcp_listeners(port, host=config.bind)
     except OSError as exc:
         raise OSError(
@@ -51,14 +59,51 @@ async def open_listeners(name: str, config: Config) -> list[trio.SocketListener]
         ) from exc
 
 
+#: Connections the kernel queues for a listener before accept (trio's default too).
+_BACKLOG = 0xFFFF
+
+
+async def _open_shared_listeners(port: int, host: str) -> list[trio.SocketListener]:
+    # trio.open_tcp_listeners has no SO_REUSEPORT, so the sockets are made here the
+    # way it makes them (SO_REUSEADDR, IPv6 sockets take IPv6 only), plus the option.
+    found = await trio.socket.getaddrinfo(
+        host or None, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners = []
+    try:
+        for family, kind, proto, _, address in found:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
 async def serve_tcp(
     name: str,
     config: Config,
     handler: Callable[[trio.SocketStream], Awaitable[None]],
     task_status: trio.TaskStatus[list[str]],
+    *,
+    shared: bool = False,
 ) -> None:
-    """Bind *name*'s port, report its addresses to the supervisor, serve forever."""
-    listeners = await open_listeners(name, config)
+    """Bind *name*'s port, report its addresses to the supervisor, serve forever.
+
+    *shared*: see `open_listeners`.
+    """
+    listeners = await open_listeners(name, config, shared=shared)
     task_status.started(addresses(listeners))
     await trio.serve_listeners(handler, listeners)
 

@@ -59,6 +59,13 @@ async def test_a_hub_serves_the_sync_api_instead_of_the_uplink(tmp_path: Path) -
     assert names == [*EDGE[: EDGE.index("link-monitor")], "hub-sync", "health", "metrics"]
 
 
+async def test_a_hub_on_postgresql_follows_its_workers_commits(tmp_path: Path, pg_url: str) -> None:
+    async for box in opened(tmp_path / "data", role="hub", hub_database=pg_url):
+        names = [service.name for service in provisioned_services(box).services]
+    hub = [*EDGE[: EDGE.index("link-monitor")], "hub-sync", "health", "metrics"]
+    assert names == [*hub, "commit-follower"]
+
+
 async def test_the_https_port_serves_every_capability(box: Box) -> None:
     paths = {route.path for route in web_routes(box)}
     for path in (

@@ -127,12 +127,34 @@ def _rate(messages: int, seconds: float) -> float:
 # -- (b) reference: Postfix -> LMTP -> Dovecot -------------------------------------------
 
 
-def bench_reference(workdir: Path, messages: int, sessions: int, size: int) -> dict[str, Any]:
+def bench_reference(
+    workdir: Path,
+    messages: int,
+    sessions: int,
+    size: int,
+    milter: tuple[str, int] | None = None,
+    check: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Postfix -> LMTP -> Dovecot; with *milter*, every message also passes that milter
+    (tests/bench/bench_protection.py: rspamd's proxy worker in milter mode). *check* is
+    called with Postfix's SMTP port before the clock starts."""
     limit = _time_limit(messages)
+    main_cf: dict[str, str] = {}
+    if milter is not None:
+        main_cf = {
+            "smtpd_milters": f"inet:{milter[0]}:{milter[1]}",
+            # As edgebox answers 451 when a scanner is down: never accept unscanned.
+            "milter_default_action": "tempfail",
+            "milter_protocol": "6",
+        }
     with (
         DovecotServer(workdir, users={RCPT: RCPT_PASSWORD}, tls=False) as dc,
-        PostfixServer(workdir, lmtp_to=(dc.host, dc.lmtp_port), relay_domains=[DOMAIN]) as pf,
+        PostfixServer(
+            workdir, lmtp_to=(dc.host, dc.lmtp_port), relay_domains=[DOMAIN], main_cf=main_cf
+        ) as pf,
     ):
+        if check is not None:
+            check(pf.smtp_port)
         pids = [p for p in (pf.pid, dc.pid) if p is not None]
         with RssSampler(lambda: pids, interval=0.5, metric="pss") as mem:
             start = time.monotonic()

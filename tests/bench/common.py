@@ -271,9 +271,16 @@ def running_edgebox(data: Path, log_path: Path, offset: int, timeout: float = 60
 
 @contextmanager
 def edgebox_server(
-    workdir: Path, port_offset: int, timeout: float = 60.0
+    workdir: Path,
+    port_offset: int,
+    timeout: float = 60.0,
+    configure: Callable[[Path], None] | None = None,
 ) -> Iterator[tuple[psutil.Process, int]]:
-    """Init a fresh data dir, add the recipient, run edgebox; yield (process, MX port)."""
+    """Init a fresh data dir, add the recipient, run edgebox; yield (process, MX port).
+
+    *configure*, if given, is called with the data dir after init and before the run
+    (to change settings, e.g. turn scanning on).
+    """
     exe = edgebox_exe()
     data = workdir / "edgebox-data"
     log_path = workdir / "edgebox.log"
@@ -292,6 +299,8 @@ def edgebox_server(
                 f"edgebox {argv[0]} failed ({done.returncode}):\n"
                 f"{(done.stdout + done.stderr).decode(errors='replace')}"
             )
+    if configure is not None:
+        configure(data)
     port = MX_BASE_PORT + port_offset
     if port_answers(LOOPBACK, port):
         raise RuntimeError(f"port {port} already in use; pass another --port-offset")

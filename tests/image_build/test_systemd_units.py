@@ -84,3 +84,22 @@ def test_the_security_exposure_is_the_one_recorded(unit: Path) -> None:
     assert float(match.group(1)) <= EXPOSURE
     docs = (Path(__file__).parents[2] / "docs" / "health.md").read_text()
     assert f"exposure level {EXPOSURE}" in docs
+
+
+def test_the_hub_worker_template_verifies_as_an_instance(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    edgebox = shutil.which("edgebox") or str(Path(sys.executable).parent / "edgebox")
+    template = UNIT.with_name("edgebox-hub-worker@.service")
+    # An instance name, as `systemctl enable edgebox-hub-worker@2` makes it.
+    instance = tmp_path / "edgebox-hub-worker@2.service"
+    instance.write_text(template.read_text().replace("/usr/bin/edgebox", edgebox))
+    done = subprocess.run([analyze, "verify", str(instance)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    # edgebox.service, named in After=/PartOf=, is not beside the copy: that one line only.
+    lines = [
+        line
+        for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and "edgebox.service" not in line and "postgresql.service" not in line
+    ]
+    assert done.returncode == 0, done.stderr
+    assert lines == []

@@ -34,6 +34,7 @@ import trio
 
 from appliance.config import Config
 from appliance.protection.engines import clamd_socket, engine_dir
+from appliance.protection.engines import read_state as read_engine_state
 from appliance.protection.scanner import ClamdClient, ScannerUnavailable
 from appliance.protection.signatures.manifest import (
     MANIFEST,
@@ -169,16 +170,26 @@ async def reload_engines(config: Config, clamd: ClamdClient, engines: set[str]) 
             # Not fatal: clamd's SelfCheck finds the new files by itself within minutes.
             failed.append(str(exc))
     if "rspamd" in engines:
-        pid_file = (
-            engine_dir(config) / "rspamd.pid"
-            if config.protection_engines == "box"
-            else Path(SYSTEM_RSPAMD_PID)
-        )
         try:
-            os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
+            os.kill(_rspamd_pid(config), signal.SIGHUP)
         except (OSError, ValueError) as exc:
             failed.append(f"rspamd: cannot reload: {exc}")
     return failed
+
+
+def _rspamd_pid(config: Config) -> int:
+    """rspamd's main process: the one the box runs, else the one its pid file names."""
+    if config.protection_engines == "box":
+        # The box runs rspamd in the foreground (-f), and rspamd writes its pid file
+        # only when it daemonises; the engine watch records the pid it started.
+        state = read_engine_state(config.data_dir) or {}
+        rspamd = state.get("rspamd")
+        if isinstance(rspamd, dict) and isinstance(rspamd.get("pid"), int):
+            return int(rspamd["pid"])
+        pid_file = engine_dir(config) / "rspamd.pid"
+    else:
+        pid_file = Path(SYSTEM_RSPAMD_PID)
+    return int(pid_file.read_text().strip())
 
 
 async def apply_set(

@@ -29,14 +29,14 @@ import base64
 import binascii
 import hashlib
 import secrets
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from appliance.store.database import SQLiteDatabase, open_database
+from appliance.store.database import Database, open_database
+from appliance.store.postgres import PgMigration, PgStore, open_pg_database
 from appliance.store.schema import Migration
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.transport import Peer
@@ -141,17 +141,63 @@ class EnrolledBox:
     revoked_at: float | None
 
 
+#: The same tables on PostgreSQL (schema ``hub``), for a hub whose ``hub_database``
+#: names a server: version 1 is SQLite's version 2.
+HUB_PG_MIGRATIONS: Final = (
+    PgMigration(
+        1,
+        "enrolment tokens and enrolled boxes, as of SQLite schema 2",
+        """
+        CREATE TABLE tokens (
+            token_hash     bytea PRIMARY KEY CHECK (length(token_hash) = 32),
+            agency_domain  text NOT NULL,
+            created_at     double precision NOT NULL,
+            expires_at     double precision NOT NULL,
+            used_at        double precision,
+            used_by        text
+        );
+
+        CREATE TABLE boxes (
+            box_id           text PRIMARY KEY,
+            agency_domain    text NOT NULL,
+            cert_serial      text NOT NULL,
+            service_account  text NOT NULL,
+            enrolled_at      double precision NOT NULL,
+            revoked_at       double precision,
+            previous_serial  text
+        );
+        """,
+    ),
+)
+
+#: The PostgreSQL schema of the enrolment tables.
+HUB_SCHEMA: Final = "hub"
+
+
 @asynccontextmanager
-async def open_hub_database(data_dir: Path) -> AsyncIterator[SQLiteDatabase]:
-    """Open (creating as needed) the hub's enrolment database."""
+async def open_hub_database(data_dir: Path, database_url: str = "") -> AsyncIterator[Database[Any]]:
+    """Open (creating as needed) the hub's enrolment database.
+
+    ``DATA/db/hub.sqlite``, or the ``hub`` schema of the PostgreSQL server at
+    *database_url* (a hub's ``hub_database``): every worker of the hub then sees one
+    set of tokens and boxes, so any of them can enrol, renew or refuse a box.
+    """
+    if database_url:
+        async with open_pg_database(PgStore(database_url, HUB_SCHEMA), HUB_PG_MIGRATIONS) as pg:
+            yield pg
+        return
     async with open_database(Path(data_dir) / HUB_DB, HUB_MIGRATIONS) as db:
         yield db
 
 
 class Enrolment:
-    """Tokens and enrolled boxes of one hub, over ``hub.sqlite``."""
+    """Tokens and enrolled boxes of one hub, over ``hub.sqlite`` or PostgreSQL.
 
-    def __init__(self, db: SQLiteDatabase, clock: Clock | None = None) -> None:
+    Jobs take the connection of either store (`appliance.store.postgres`): the SQL
+    here is written to read the same on both.
+    """
+
+    def __init__(self, db: Database[Any], clock: Clock | None = None) -> None:
         self._db = db
         self.clock = clock or SystemClock()
 
@@ -164,7 +210,7 @@ class Enrolment:
         token = EnrolmentToken(secrets.token_bytes(_SECRET_BYTES), ca_fingerprint)
         now = self.clock.now()
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: Any) -> None:
             conn.execute(
                 "INSERT INTO tokens (token_hash, agency_domain, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?)",
@@ -195,7 +241,7 @@ class Enrolment:
         """
         now = self.clock.now()
 
-        def job(conn: sqlite3.Connection) -> str:
+        def job(conn: Any) -> str:
             agency = _usable(conn, token.hash, now)
             conn.execute(
                 "UPDATE tokens SET used_at = ?, used_by = ? WHERE token_hash = ?",
@@ -218,7 +264,7 @@ class Enrolment:
     async def peer(self, box_id: str, cert_serial: int) -> Peer | None:
         """Return the enrolled, unrevoked box holding certificate *cert_serial*, or None."""
 
-        def query(conn: sqlite3.Connection) -> Peer | None:
+        def query(conn: Any) -> Peer | None:
             serial = format(cert_serial, "x")
             row = conn.execute(
                 "SELECT agency_domain FROM boxes WHERE box_id = ?"
@@ -240,13 +286,13 @@ class Enrolment:
         """
         calling = format(calling_serial, "x")
 
-        def job(conn: sqlite3.Connection) -> bool:
+        def job(conn: Any) -> bool:
             cursor = conn.execute(
                 "UPDATE boxes SET previous_serial = ?, cert_serial = ? WHERE box_id = ?"
                 " AND (cert_serial = ? OR previous_serial = ?) AND revoked_at IS NULL",
                 (calling, format(new_serial, "x"), box_id, calling, calling),
             )
-            return cursor.rowcount > 0
+            return bool(cursor.rowcount > 0)
 
         return await self._db.write(job)
 
@@ -254,19 +300,19 @@ class Enrolment:
         """Stop accepting *box_id*'s certificate; return False if no such box."""
         now = self.clock.now()
 
-        def job(conn: sqlite3.Connection) -> bool:
+        def job(conn: Any) -> bool:
             cursor = conn.execute(
                 "UPDATE boxes SET revoked_at = ? WHERE box_id = ? AND revoked_at IS NULL",
                 (now, box_id),
             )
-            return cursor.rowcount > 0
+            return bool(cursor.rowcount > 0)
 
         return await self._db.write(job)
 
     async def boxes(self) -> list[EnrolledBox]:
         """Every box ever enrolled here, by agency and id."""
 
-        def query(conn: sqlite3.Connection) -> list[EnrolledBox]:
+        def query(conn: Any) -> list[EnrolledBox]:
             rows = conn.execute(
                 "SELECT box_id, agency_domain, cert_serial, service_account, enrolled_at,"
                 " revoked_at FROM boxes ORDER BY agency_domain, box_id"
@@ -276,7 +322,7 @@ class Enrolment:
         return await self._db.read(query)
 
 
-def _usable(conn: sqlite3.Connection, token_hash: bytes, now: float) -> str:
+def _usable(conn: Any, token_hash: bytes, now: float) -> str:
     row = conn.execute(
         "SELECT agency_domain, expires_at, used_at FROM tokens WHERE token_hash = ?",
         (token_hash,),

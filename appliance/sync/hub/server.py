@@ -152,7 +152,7 @@ class HubSyncService:
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[HubSyncService]:
         """Open the hub database for the block (tests drive `handle` directly)."""
-        async with open_hub_database(self.config.data_dir) as db:
+        async with open_hub_database(self.config.data_dir, self.config.hub_store()) as db:
             self.enrolment = Enrolment(db, self.clock)
             try:
                 yield self
@@ -163,7 +163,10 @@ class HubSyncService:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with self.opened():
-            await serve_tcp(self.name, self.config, self.handle, task_status)
+            # On PostgreSQL every worker process of the hub listens on the one port
+            # (docs/hub-postgresql.md "Workers"); on SQLite the hub is one process.
+            shared = bool(self.config.hub_store())
+            await serve_tcp(self.name, self.config, self.handle, task_status, shared=shared)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""

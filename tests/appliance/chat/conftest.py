@@ -48,7 +48,8 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path, hub_store: str) -> AsyncIterator[World]:
+    """The chat of a box, or of a hub on PostgreSQL (``hub_store``): one code path."""
     async with open_database(tmp_path / "directory.sqlite", DIRECTORY_MIGRATIONS) as db:
         directory = Directory(db)
         await directory.add_agency(A, "กรมเอ", "Department A")
@@ -69,5 +70,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         blobs = BlobStore(tmp_path / "blobs", DATA_KEY)
         clock = Clock()
         path = tmp_path / "chat.sqlite"
-        async with open_chat(path, DATA_KEY, blobs, directory, BOX_ID, clock=clock) as chat:
+        async with open_chat(
+            path, DATA_KEY, blobs, directory, BOX_ID, clock=clock, database_url=hub_store
+        ) as chat:
             yield World(chat, directory, blobs, clock, path, boss, lead, staff, peer, other)

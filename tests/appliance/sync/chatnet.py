@@ -82,17 +82,25 @@ class Net:
     _users: dict[tuple[str, str], User] = field(default_factory=dict)
 
 
-async def _box(stack: AsyncExitStack, data: Path, domain: str) -> Box:
+async def _box(
+    stack: AsyncExitStack, data: Path, domain: str, flags: dict[str, Any] | None = None
+) -> Box:
     await init_box(data, domain)
-    box = await stack.enter_async_context(open_box(load_config(data)))
+    box = await stack.enter_async_context(open_box(load_config(data, flags=flags)))
     return box
 
 
 @asynccontextmanager
-async def open_net(tmp_path: Path, *, batch: int = 200) -> AsyncIterator[Net]:
-    """Open a hub and the edges of agencies A and B, each with everyone's directory."""
+async def open_net(
+    tmp_path: Path, *, batch: int = 200, hub_database: str = ""
+) -> AsyncIterator[Net]:
+    """Open a hub and the edges of agencies A and B, each with everyone's directory.
+
+    With *hub_database* (a PostgreSQL URL) the hub keeps its chat there.
+    """
     async with AsyncExitStack() as stack:
-        hub = await _box(stack, tmp_path / "hub", HUB)
+        hub_flags = {"role": "hub", "hub_database": hub_database} if hub_database else None
+        hub = await _box(stack, tmp_path / "hub", HUB, hub_flags)
         a = await _box(stack, tmp_path / "a", A)
         b = await _box(stack, tmp_path / "b", B)
         users: dict[tuple[str, str], User] = {}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from appliance.box import Box, add_user, init_box, open_box
 from appliance.config import load_config
@@ -237,3 +238,32 @@ async def test_pulled_entries_never_overwrite_the_boxs_own_users(tmp_path: Path)
         user = await a.directory.user("somchai@moe.go.th")
         assert user is not None
         assert (user.name_th, user.disabled, user.remote) == ("สมชาย", False, False)
+
+
+async def test_two_hub_workers_share_the_directory(tmp_path: Path, pg_url: str) -> None:
+    """Two processes of one hub (its data directory opened twice, as by `edgebox hub
+    worker`): each box pushes to one and pulls from the other, at once."""
+    async with boxes(tmp_path, "moe.go.th", "moph.go.th") as (a, b), AsyncExitStack() as stack:
+        data = tmp_path / "hub"
+        await init_box(data, "hub.go.th")
+        flags = {"role": "hub", "hub_database": pg_url}
+        workers = [
+            await stack.enter_async_context(open_box(load_config(data, flags=flags)))
+            for _ in range(2)
+        ]
+        for n in range(6):
+            await add_user(a, f"a{n}@moe.go.th", f"pw-a-{n}-long", name_th=f"เอ {n}")
+            await add_user(b, f"b{n}@moph.go.th", f"pw-b-{n}-long", name_th=f"บี {n}")
+        rep_a, hub_a = replicator(a, workers[0], tmp_path, batch=2)
+        rep_b, hub_b = replicator(b, workers[1], tmp_path, batch=2)
+        for _ in range(4):
+            # Each box's next round goes to the other worker.
+            hub_a.routes, hub_b.routes = hub_b.routes, hub_a.routes
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rep_a.sync_round)
+                nursery.start_soon(rep_b.sync_round)
+        for n in range(6):
+            assert await a.directory.user(f"b{n}@moph.go.th") is not None
+            assert await b.directory.user(f"a{n}@moe.go.th") is not None
+        for worker in workers:
+            assert len([u for u in await worker.directory.users() if "@mo" in u.address]) == 12

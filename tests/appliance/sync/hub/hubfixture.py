@@ -44,12 +44,20 @@ class Hub:
 
 @asynccontextmanager
 async def running_hub(
-    root: Path, *, extra_routes: Sequence[SyncRoute] = (), limits: HubLimits | None = None
+    root: Path,
+    *,
+    extra_routes: Sequence[SyncRoute] = (),
+    limits: HubLimits | None = None,
+    hub_database: str = "",
 ) -> AsyncIterator[Hub]:
-    """Make and start a hub under *root*/hub on free ports; stop it after the block."""
+    """Make and start a hub under *root*/hub on free ports; stop it after the block.
+
+    With *hub_database* (a PostgreSQL URL) its chat and enrolment live there.
+    """
     data = root / "hub"
     await init_box(data, HUB_DOMAIN)
-    config = load_config(data, flags={"port_offset": free_port_offset(), "role": "hub"})
+    flags = {"port_offset": free_port_offset(), "role": "hub", "hub_database": hub_database}
+    config = load_config(data, flags=flags)
     # Real time as the start: the certificates the hub signs must be valid now.
     clock = ManualClock(start=time.time())
     async with open_box(config) as box:

@@ -343,3 +343,14 @@ async def test_hub_refuses_a_broadcast_by_a_non_admin_the_box_declared(
     answer = await _push(net, await _outbox(net))
     (result,) = answer["results"]
     assert (result["status"], result["code"]) == ("rejected", "broadcast_admins_only")
+
+
+async def test_the_hub_s_own_users_find_messages_on_either_store(net: Net) -> None:
+    room = await net.a.chat.create_room(net.user(net.a, A1), "group", members=[B1])
+    await post(net, net.a, A1, room.id, "ประชุมงบประมาณ 100% วันพุธ")
+    await post(net, net.a, A1, room.id, "อื่น ๆ")
+    await net.sync_a.sync_once()
+    hub_a1 = net.user(net.hub, A1)
+    for query in ("งบประมาณ", "ปร", "100%"):  # trigram-long, short, a literal %
+        found = await net.hub.chat.search(hub_a1, query)
+        assert [m.content["text"] for m in found] == ["ประชุมงบประมาณ 100% วันพุธ"]

@@ -38,8 +38,8 @@ async def _ping(data: Path, url: str) -> object:
         await client.aclose()
 
 
-async def test_enrolled_box_is_known_by_its_certificate(tmp_path: Path) -> None:
-    async with running_hub(tmp_path) as hub:
+async def test_enrolled_box_is_known_by_its_certificate(tmp_path: Path, hub_store: str) -> None:
+    async with running_hub(tmp_path, hub_database=hub_store) as hub:
         edge = await new_edge(tmp_path, "moe.go.th")
         done = await enroll(edge, hub.url, await hub.token("moe.go.th"))
         identity = read_identity(edge)
@@ -98,8 +98,10 @@ async def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
             await _ping(edge, hub.url)
 
 
-async def test_revoked_and_replaced_certificates_are_refused(tmp_path: Path) -> None:
-    async with running_hub(tmp_path) as hub:
+async def test_revoked_and_replaced_certificates_are_refused(
+    tmp_path: Path, hub_store: str
+) -> None:
+    async with running_hub(tmp_path, hub_database=hub_store) as hub:
         edge = await new_edge(tmp_path, "moe.go.th")
         await enroll(edge, hub.url, await hub.token("moe.go.th"))
         identity = read_identity(edge)
@@ -124,8 +126,8 @@ async def test_revoked_and_replaced_certificates_are_refused(tmp_path: Path) -> 
         assert refused.value.status == 403
 
 
-async def test_used_token_is_refused(tmp_path: Path) -> None:
-    async with running_hub(tmp_path) as hub:
+async def test_used_token_is_refused(tmp_path: Path, hub_store: str) -> None:
+    async with running_hub(tmp_path, hub_database=hub_store) as hub:
         token = await hub.token("moe.go.th")
         first = await new_edge(tmp_path, "moe.go.th", "first")
         second = await new_edge(tmp_path, "moe.go.th", "second")
