@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -79,6 +80,10 @@ def resolver_override(directory: Path, port: int) -> Path:
     unchanged; only where its resolver asks is.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    # A folder written again for another port (a test's second server) must not run a
+    # cached sitecustomize.pyc: Python trusts it when the source's size and mtime (whole
+    # seconds) match, and the new port has as many digits, written in the same second.
+    shutil.rmtree(directory / "__pycache__", ignore_errors=True)
     (directory / "sitecustomize.py").write_text(
         "import dns.resolver\n"
         "_r = dns.resolver.Resolver(configure=False)\n"
