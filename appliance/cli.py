@@ -76,6 +76,7 @@ from appliance.registry import lifelong_services, provisioned_services, setup_se
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.store.database import limit_allocator_retention
+from appliance.store.sqlite_memory import limit_sqlite_memory
 from appliance.supervisor import Supervisor
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
@@ -491,6 +492,8 @@ def _enroll(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
+    # Process-wide, before any database opens: one figure bounds SQLite's caches.
+    limit_sqlite_memory(config.sqlite_memory_mib * 1024 * 1024)
     if args.demo and read_identity(args.data) is None:
         trio.run(_create_demo, args)
     trio.run(_run_box, config)
