@@ -283,32 +283,6 @@ def test_a_thousand_cuts_converge_with_flat_memory(tmp_path: Path) -> None:
         flapped, wall_end = time.monotonic() - start, time.time()
         assert not worker.errors, worker.errors[:5]
 
-        def mail(box: Any, address: str, sent: list[str]) -> list[str] | None:
-            subjects = [s for s in inbox_subjects(box, address) if s.startswith("soak ")]
-            return subjects if len(subjects) >= len(sent) else None
-
-        on_b = wait_for("every mail on B", lambda: mail(net.b, "dara@b.go.th", worker.to_b),
-                        timeout=SETTLE * 4)  # fmt: skip
-        on_a = wait_for("every mail on A", lambda: mail(net.a, "somchai@a.go.th", worker.to_a),
-                        timeout=SETTLE * 4)  # fmt: skip
-        somchai = sign_in(net.a, "somchai@a.go.th")
-        dara = sign_in(net.b, "dara@b.go.th")
-        expected = sorted(worker.posts)
-
-        def converged() -> list[str] | None:
-            texts_a = all_texts(net.a, somchai, room_id)
-            texts_b = all_texts(net.b, dara, room_id)
-            mine = [t for t in texts_a if t in set(expected)]
-            return texts_a if texts_a == texts_b and sorted(mine) == expected else None
-
-        room = wait_for("one room history on A and B", converged, timeout=SETTLE * 4)
-        time.sleep(5)  # nothing more arrives later: no copy follows
-        assert sorted(on_b) == sorted(worker.to_b)  # each once
-        assert sorted(on_a) == sorted(worker.to_a)
-        assert len(mail(net.b, "dara@b.go.th", worker.to_b) or []) == len(worker.to_b)
-        assert len(mail(net.a, "somchai@a.go.th", worker.to_a) or []) == len(worker.to_a)
-        assert len(room) == len(set(room))
-
         thirds = max(1, len(samples) // 3)
         figures: dict[str, Any] = {
             "history": history,
@@ -347,7 +321,39 @@ def test_a_thousand_cuts_converge_with_flat_memory(tmp_path: Path) -> None:
             }
             if last > first * (1 + RSS_TOLERANCE):
                 grew[name] = (round(first / 2**20, 1), round(last / 2**20, 1))
+        # Written before the convergence is checked: a failure there must not lose them.
+        if os.environ.get("SOAK_FIGURES"):
+            Path(os.environ["SOAK_FIGURES"]).write_text(json.dumps(figures, indent=1))
+
+        def mail(box: Any, address: str, sent: list[str]) -> list[str] | None:
+            subjects = [s for s in inbox_subjects(box, address) if s.startswith("soak ")]
+            return subjects if len(subjects) >= len(sent) else None
+
+        on_b = wait_for("every mail on B", lambda: mail(net.b, "dara@b.go.th", worker.to_b),
+                        timeout=SETTLE * 4)  # fmt: skip
+        on_a = wait_for("every mail on A", lambda: mail(net.a, "somchai@a.go.th", worker.to_a),
+                        timeout=SETTLE * 4)  # fmt: skip
+        somchai = sign_in(net.a, "somchai@a.go.th")
+        dara = sign_in(net.b, "dara@b.go.th")
+        expected = sorted(worker.posts)
+
+        def converged() -> list[str] | None:
+            texts_a = all_texts(net.a, somchai, room_id)
+            texts_b = all_texts(net.b, dara, room_id)
+            mine = [t for t in texts_a if t in set(expected)]
+            return texts_a if texts_a == texts_b and sorted(mine) == expected else None
+
+        room = wait_for("one room history on A and B", converged, timeout=SETTLE * 4)
+        time.sleep(5)  # nothing more arrives later: no copy follows
+        for name, got in (("on_b", on_b), ("on_a", on_a), ("room", room)):
+            figures.setdefault("copies_beyond_one", {})[name] = len(got) - len(set(got))
         print("SOAK", json.dumps(figures, ensure_ascii=False))
         if os.environ.get("SOAK_FIGURES"):
             Path(os.environ["SOAK_FIGURES"]).write_text(json.dumps(figures, indent=1))
+        assert sorted(on_b) == sorted(worker.to_b)  # each once
+        assert sorted(on_a) == sorted(worker.to_a)
+        assert len(mail(net.b, "dara@b.go.th", worker.to_b) or []) == len(worker.to_b)
+        assert len(mail(net.a, "somchai@a.go.th", worker.to_a) or []) == len(worker.to_a)
+        assert len(room) == len(set(room))
+
         assert not grew, f"RSS grew over {RSS_TOLERANCE:.0%} (first third, last third MB): {grew}"
