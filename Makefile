@@ -21,7 +21,8 @@ run: $(VENV)/.installed
 
 ## Install everything (venv; Debian packages when root) and run the whole suite.
 test: system-deps $(VENV)/.installed lint
-	$(BIN)/pytest -m "not bench and not soak and not image and not qemu" --durations=20
+	$(BIN)/pytest -m "not bench and not soak and not image and not qemu" --durations=20 \
+		--numprocesses=2 --dist=loadfile
 
 ## ruff on every Python folder (the firmware's MicroPython too); the format check and mypy
 ## on the CPython code: appliance/, hw/, tests/ and the firmware's build script.

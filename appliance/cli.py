@@ -31,8 +31,14 @@ from appliance.backup.crypto import (
     load_backup_key,
     words_to_key,
 )
+from appliance.backup.escrow import EscrowError, unwrap_key
+from appliance.backup.hub_restore import restore_from_hub
+from appliance.backup.hubstore import box_folder, boxes_with_backups, read_escrow
+from appliance.backup.hubstore import list_sets as hub_sets
+from appliance.backup.offsite.upload import OffsiteReport, create_offsite_backup
 from appliance.backup.restore import RestoreError, restore_backup, verify_backup
 from appliance.backup.service import backup_and_record
+from appliance.backup.service import record as backup_record
 from appliance.backup.snapshot import BackupError
 from appliance.box import (
     Box,
@@ -61,6 +67,7 @@ from appliance.identity import read_identity
 from appliance.panel import BoxViewSlot
 from appliance.protection import dkim_commands
 from appliance.protection.commands import add_threshold_command
+from appliance.protection.signatures import commands as signature_commands
 from appliance.provisioning import commands as provisioning_commands
 from appliance.provisioning.device import ensure_device, read_device
 from appliance.provisioning.enrol import EnrolError, enroll
@@ -80,6 +87,8 @@ from appliance.store.sqlite_memory import limit_sqlite_memory
 from appliance.supervisor import Supervisor
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
+from appliance.sync.hub_client import HubClient
+from appliance.sync.transport import HubRefused, HubUnavailable
 from appliance.sync.uplink import link_report
 from appliance.update import commands as update_commands
 
@@ -221,8 +230,16 @@ def _parser() -> argparse.ArgumentParser:
     hub_command("boxes", _hub_boxes, "list the boxes enrolled at this hub")
     revoke = hub_command("revoke", _hub_revoke, "stop accepting a box's certificate")
     revoke.add_argument("box_id")
+    hub_command("backups", _hub_backups, "list the boxes' offsite backup sets at this hub")
+    escrow = hub_command(
+        "escrow", _hub_escrow, "recover a box's backup key from the hub's escrow (an operator)"
+    )
+    escrow.add_argument("box_id")
+    escrow.add_argument("--key-id", help="which escrowed key (default: the newest)")
+    escrow.add_argument("--qr", type=Path, help="also write the words as a QR code (.svg)")
 
     provisioning_commands.add(commands, hub_command)
+    signature_commands.add(commands, hub_command)
     dkim_commands.add(commands)
 
     enrol = command("enroll", _enroll, "join this box to its hub with a one-time token")
@@ -230,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--token", required=True, help="the token from `edgebox hub token`")
 
     _backup_parser(commands)
-    update_commands.add(commands)
+    update_commands.add(commands, hub_command)
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         required=True, metavar="ACTION"
@@ -290,11 +307,26 @@ def _backup_parser(commands: Any) -> None:
         return sub
 
     create = action("create", _backup_create, "back the data directory up (the box may run)")
-    create.add_argument("--to", type=Path, help="backup target folder (default: backup_target)")
+    create.add_argument(
+        "--to",
+        help="backup target folder, or the hub: https://host:port or "
+        "'hub' for the enrolled hub (default: backup_target)",
+    )
+    create.add_argument(
+        "--rate", type=int, help="offsite: bytes a second on average (default backup_offsite_rate)"
+    )
     restore = action("restore", _backup_restore, "restore a backup onto a blank data directory")
-    restore.add_argument("--from", dest="source", type=Path, required=True,
-                         help="a backup target (its newest) or one backup's folder")  # fmt: skip
+    restore.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="a backup target (its newest), one backup's folder, or the hub (https://host:port)",
+    )
     restore.add_argument("--key", help="the recovery key's words (default: read from stdin)")
+    restore.add_argument("--token", help="from the hub: an enrolment token of the box's agency")
+    restore.add_argument("--box", help="from the hub: the box id (on the recovery sheet)")
+    restore.add_argument("--domain", help="from the hub: the box's agency domain")
+    restore.add_argument("--set", help="from the hub: which backup set (default: the newest)")
     key = action("key", _backup_key, "print the backup key for the agency's recovery sheet")
     key.add_argument("--qr", type=Path, help="also write the key as a QR code (.svg or .png)")
     verify = action("verify", _backup_verify, "check every file of a backup; exit 1 if damaged")
@@ -742,7 +774,11 @@ def _log_verify(args: argparse.Namespace) -> int:
 
 def _backup_create(args: argparse.Namespace) -> int:
     config = _config(args)
-    target = args.to or (Path(config.backup_target) if config.backup_target else None)
+    if args.to == "hub" or (args.to or "").startswith("https://"):
+        return _backup_create_offsite(args, config)
+    target = Path(args.to) if args.to else (
+        Path(config.backup_target) if config.backup_target else None
+    )  # fmt: skip
     if target is None:
         raise CommandError("no --to given and no backup_target configured")
     try:
@@ -750,6 +786,43 @@ def _backup_create(args: argparse.Namespace) -> int:
     except (BackupError, BackupDamaged) as exc:
         raise CommandError(f"backup failed: {exc}") from None
     print(f"backup {name} complete in {target}")
+    return 0
+
+
+def _backup_create_offsite(args: argparse.Namespace, config: Any) -> int:
+    hub_url = config.hub_url if args.to == "hub" else args.to
+    if not hub_url:
+        raise CommandError("this box is not enrolled with a hub (edgebox enroll)")
+
+    async def run() -> OffsiteReport:
+        client = HubClient(args.data / "keys", hub_url, timeout=120)
+        try:
+            return await create_offsite_backup(
+                args.data, client, rate=args.rate or config.backup_offsite_rate
+            )
+        finally:
+            await client.aclose()
+
+    try:
+        report = trio.run(run)
+    except (BackupError, BackupDamaged, HubUnavailable, HubRefused, OSError) as exc:
+        backup_record(
+            args.data,
+            offsite_last_error=f"{type(exc).__name__}: {exc}",
+            offsite_last_error_at=time.time(),
+        )
+        raise CommandError(
+            f"offsite backup failed: {exc} (run it again: it goes on where it stopped)"
+        ) from None
+    print(
+        f"backup {report.name} complete at {hub_url}: {report.files} files "
+        f"({report.files_sent} sent), {report.blobs} blobs ({report.blobs_sent} sent), "
+        f"{report.bytes_sent / 1e6:.1f} MB sent"
+    )
+    if report.escrowed:
+        print("the backup key was escrowed at the hub")
+    if report.removed:
+        print(f"the hub removed older sets: {', '.join(report.removed)}")
     return 0
 
 
@@ -780,9 +853,11 @@ def _recovery_key(args: argparse.Namespace) -> bytes:
 
 
 def _backup_restore(args: argparse.Namespace) -> int:
+    if args.source.startswith("https://"):
+        return _backup_restore_from_hub(args)
     key = _recovery_key(args)
     try:
-        done = restore_backup(args.data, args.source, key)
+        done = restore_backup(args.data, Path(args.source), key)
     except BackupDamaged as exc:
         raise CommandError(
             f"restore refused, {args.data} left untouched: damaged backup: {exc}"
@@ -791,6 +866,78 @@ def _backup_restore(args: argparse.Namespace) -> int:
         raise CommandError(f"restore refused, {args.data} left untouched: {exc}") from None
     print(f"restored backup {done.name} into {args.data}: {done.files} files, "
           f"{done.blobs} blobs, {done.bytes / 1e6:.1f} MB")  # fmt: skip
+    return 0
+
+
+def _backup_restore_from_hub(args: argparse.Namespace) -> int:
+    missing = [f"--{n}" for n in ("token", "box", "domain") if not getattr(args, n)]
+    if missing:
+        raise CommandError(
+            f"a restore from the hub needs {', '.join(missing)} "
+            "(the box id and domain are on the recovery sheet)"
+        )
+    key = _recovery_key(args)
+    try:
+        done = trio.run(
+            lambda: restore_from_hub(args.data, args.source, args.token, args.box,
+                                     normalise_domain(args.domain), key, set_name=args.set)
+        )  # fmt: skip
+    except BackupDamaged as exc:
+        raise CommandError(
+            f"restore refused, {args.data} left untouched: damaged backup: {exc}"
+        ) from None
+    except RestoreError as exc:
+        raise CommandError(f"restore refused, {args.data} left untouched: {exc}") from None
+    restored = done.restored
+    print(
+        f"restored backup {restored.name} from {args.source} into {args.data}: "
+        f"{restored.files} files, {restored.blobs} blobs, {restored.bytes / 1e6:.1f} MB"
+    )
+    print(
+        f"box {done.enrolled.box_id} ({done.enrolled.domain}) re-enrolled with the hub: "
+        "its old certificate no longer works"
+    )
+    return 0
+
+
+def _hub_backups(args: argparse.Namespace) -> int:
+    for box_id, folder in boxes_with_backups(args.data):
+        sets = hub_sets(folder)
+        escrowed = ", ".join(e.get("key_id", "?") for e in read_escrow(folder)) or "none"
+        newest = sets[-1].name if sets else "none"
+        size = sum(s.bytes for s in sets)
+        print(
+            f"{box_id}\t{len(sets)} sets\tnewest {newest}\t{size / 1e6:.1f} MB in sets"
+            f"\tkeys escrowed: {escrowed}"
+        )
+    return 0
+
+
+def _hub_escrow(args: argparse.Namespace) -> int:
+    try:
+        held = read_escrow(box_folder(args.data, args.box_id))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if not held:
+        raise CommandError(f"no backup key of box {args.box_id} is escrowed at this hub")
+    entry = held[0] if args.key_id is None else next(
+        (e for e in held if e.get("key_id") == args.key_id), None
+    )  # fmt: skip
+    if entry is None:
+        raise CommandError(f"no escrowed key {args.key_id} for box {args.box_id}")
+    try:
+        key = unwrap_key(
+            args.data / "keys", args.box_id, str(entry["key_id"]), str(entry["wrapped"])
+        )
+    except (EscrowError, KeyMaterialError) as exc:
+        raise CommandError(f"the escrowed key does not unwrap: {exc}") from None
+    print(f"edgebox backup recovery key of box {args.box_id}, from the hub's escrow")
+    print(f"key id {key_id(key)}; hand it to the agency in person, never by e-mail")
+    words = key_to_words(key)
+    print(words)
+    if args.qr is not None:
+        segno.make(words, error="m").save(str(args.qr), scale=8, border=4)
+        print(f"QR code written to {args.qr}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,14 @@ class Config:
     backup_target: str = ""
     #: How many backups to keep in the target (the newest); 0 keeps every one.
     backup_keep: int = 14
+    #: Back up to the hub once a day too (offsite), once the box is enrolled
+    #: (``hub_url``); docs/backup.md.
+    backup_offsite: bool = True
+    #: Bytes a second the offsite backup may average on the uplink (it also steps aside
+    #: while mail and chat use the link); 262144 = 2 Mbit/s.
+    backup_offsite_rate: int = 256 * 1024
+    #: On a hub: how many backup sets to keep per box (the newest).
+    backup_hub_keep: int = 14
 
     # --- found on the LAN (appliance.discovery; docs/provisioning.md) -----------------
     #: Announce the box over mDNS / DNS-SD. Off in development and tests; the box's
@@ -142,6 +151,26 @@ class Config:
     #: (appliance.provisioning.system_files): "" = under ``DATA/system`` (a test or
     #: developer machine's /etc is never written); ``/`` writes them in place.
     system_root: str = ""
+
+    # --- signed A/B updates (appliance.update; docs/updates.md) -----------------------
+    #: RAUC's system.conf ("" = RAUC's own default, /etc/rauc/system.conf).
+    rauc_conf: str = ""
+    #: Fetch and install what the hub's update channel offers. Off in development (no
+    #: RAUC there); the image turns it on (EDGEBOX_UPDATES=1). Offers are shown either way.
+    updates: bool = False
+    #: The hub's channel this box follows.
+    update_channel: str = "stable"
+    #: The bundles this box takes (RAUC's ``compatible``; the image's system.conf says
+    #: the same).
+    update_compatible: str = "edgebox-amd64"
+    #: When an offered update installs by itself: "HH:MM-HH:MM" in the box's local time
+    #: (may wrap midnight; "" = only when the admin presses "install now").
+    update_window: str = "01:00-05:00"
+    #: Bytes a second an update download may take of the uplink (0 = no limit).
+    update_download_rate: int = 256 * 1024
+    #: Command that reboots into an installed update ("" = the admin reboots; the image
+    #: sets ``systemctl reboot``).
+    update_reboot: str = ""
 
     # --- health (appliance.health; docs/health.md) ---------------------------------
     #: Free bytes on the data volume below which the disk check warns.
@@ -188,6 +217,10 @@ class Config:
     #: What submission does when a scanner is down: "tempfail" (451) or "accept".
     protection_submission_unavailable: str = "tempfail"
     protection_scan_timeout: float = 60.0
+    #: Signatures older than this many days are a health warning (docs/protection.md).
+    protection_signatures_max_age_days: int = 7
+    #: How often a box asks the hub for newer signatures, in seconds.
+    protection_signatures_interval: float = 3600.0
 
     def port(self, service: str) -> int:
         """Return the port of *service* after the offset."""
@@ -248,6 +281,7 @@ def load_config(
         raise ConfigError(f"role must be edge or hub, not {values['role']!r}")
     _check_port_offset(values.get("port_offset", 0))
     _check_protection(values)
+    _check_updates(values)
     for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
         try:
             ipaddress.ip_network(entry, strict=False)
@@ -267,6 +301,17 @@ def _check_protection(values: Mapping[str, Any]) -> None:
     junk = values.get("protection_junk_score", Config.protection_junk_score)
     if junk > values.get("protection_reject_score", Config.protection_reject_score):
         raise ConfigError("protection_junk_score must not be above protection_reject_score")
+
+
+def _check_updates(values: Mapping[str, Any]) -> None:
+    """Refuse an update channel or window the box could not follow, naming the setting."""
+    if not re.fullmatch(r"[a-z0-9-]{1,32}", values.get("update_channel", "stable")):
+        raise ConfigError("update_channel: a-z, 0-9 and '-' only")
+    window = values.get("update_window", Config.update_window)
+    if window and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d", window):
+        raise ConfigError(f"update_window: expected HH:MM-HH:MM, got {window!r}")
+    if values.get("update_download_rate", 0) < 0:
+        raise ConfigError("update_download_rate must not be negative")
 
 
 def _check_port_offset(offset: int) -> None:

@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.admin.pages import admin_routes
+from appliance.backup.hub_restore import restore_from_hub
+from appliance.backup.offsite.routes import backup_hub_routes
+from appliance.backup.offsite.upload import OffsiteBackup
 from appliance.backup.service import DailyBackup
 from appliance.box import Box
 from appliance.chat import SecretSweeper
@@ -57,8 +60,13 @@ from appliance.mail.smtp.server import SMTPService
 from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.mail.webmail.pages import mail_routes
 from appliance.panel import BoxView, BoxViewSlot, panel_service
-from appliance.protection.dkim import InboundDkim
+from appliance.protection.authentication import InboundAuthenticator
 from appliance.protection.engines import EngineWatch
+from appliance.protection.signatures.sync import (
+    SignatureUpdater,
+    signature_routes,
+    stick_installer,
+)
 from appliance.provisioning.lifecycle import Lifecycle
 from appliance.provisioning.setup_api import (
     NoSessions,
@@ -71,6 +79,7 @@ from appliance.provisioning.wizard_pages import SetupWizard
 from appliance.security.guard import AuthGuard
 from appliance.security.tls_renewal import TLSRenewal
 from appliance.supervisor import Service
+from appliance.sync.central import central_client_context
 from appliance.sync.chat import POLL_INTERVAL, ChatReplicator
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.directory import DirectoryReplicator
@@ -83,7 +92,12 @@ from appliance.sync.liveness import LinkWatch
 from appliance.sync.mailbox import MailboxReplicator
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
+from appliance.sync.share import LinkShare, SharedHubCall
 from appliance.sync.status import SyncStatus
+from appliance.update.channel import channel_downloads, channel_routes
+from appliance.update.follow import ChannelFollower, reboot_command
+from appliance.update.installer import UpdateInstaller
+from appliance.update.rauc import RaucCommand
 from appliance.update.report import UpdateReporter, update_report_routes
 from appliance.watchdog import hardware_watchdog
 from appliance.web.openapi import openapi_route
@@ -110,13 +124,16 @@ def lifelong_services(
     `ConfigError` at start-up. Each is optional: discovery by its setting, the panel
     if the board has one, the watchdog and the USB stick service by theirs.
     """
+    stick_signatures = stick_installer(config) if config.protection else None
     services: list[LifelongService | None] = [
         # The records change with the state; the announcer stays.
         DiscoveryService(config, lifecycle) if config.discovery else None,
         # The setup code while unprovisioned, the box's state (`views`) after.
         panel_service(config, lifecycle, views),
         hardware_watchdog(config),
-        usb_service(config, lifecycle),
+        # A stick's system update installs the way the hub channel's does, and a
+        # stick's signed set of signatures the way the hub mirror's does (offline path).
+        usb_service(config, lifecycle, update_installer(config), stick_signatures),
     ]
     return [service for service in services if service is not None]
 
@@ -127,11 +144,20 @@ def lifelong_services(
 def setup_services(config: Config, guard: AuthGuard, lifecycle: Lifecycle) -> list[Service]:
     """The services of an unprovisioned box: the setup path on the HTTPS port only."""
     api = SetupApi(lifecycle, guard)
-    routes = api.routes() + SetupWizard(config, lifecycle, api).routes()
+    wizard = SetupWizard(config, lifecycle, api, hub_restorer=_restore_from_hub)
+    routes = api.routes() + wizard.routes()
     # Nobody is signed in (there are no users yet); the device's own certificate.
     https = HTTPSService(SetupHost(config), routes, sessions=NoSessions(),
                          tls=lifecycle.device.ssl_context())  # fmt: skip
     return [https]
+
+
+async def _restore_from_hub(
+    staging: Path, hub_url: str, token: str, box_id: str, domain: str, key: bytes
+) -> str:
+    """The wizard's restore from the hub: re-enrol as the old box, fetch, restore."""
+    done = await restore_from_hub(staging, hub_url, token, box_id, domain, key)
+    return done.restored.name
 
 
 # --- provisioned -------------------------------------------------------------------------
@@ -191,7 +217,7 @@ def smtp_service(box: Box, port: Port) -> SMTPService:
         port, config=box.config, hostname=box.hostname, tls=box.tls, directory=box.directory,
         mailstore=box.mailstore, delivery=box.delivery, signin=box.signin, traffic=box.traffic,
         disk_guard=box.disk_guard, metrics=box.metrics, protection=box.protection,
-        authenticate=InboundDkim(box.hostname) if port is Port.MX else None,
+        authenticate=InboundAuthenticator(box.hostname) if port is Port.MX else None,
     )  # fmt: skip
 
 
@@ -224,8 +250,10 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
     - **edge**: the link monitor always (it says "not set up" until enrolment), then
       each replicator whose central end is configured — the outbound relay
       (``central_smtp``), mailbox replication (``central_imap``), directory and chat
-      replication and the update outcome report (``hub_url``), and the renewal of the
-      box's sync certificate.
+      replication and the update outcome report (``hub_url``), the renewal of the
+      box's sync certificate, and the daily offsite backup to the hub
+      (``backup_offsite``), which steps aside while the replicators use the link
+      (`LinkShare`).
       When GIN comes back up the monitor cuts short every wait on a dead connection
       (one `LinkWatch` shared by the monitor and every replicator's connections) and
       wakes every replicator at once, instead of each waiting out its time-out and
@@ -238,10 +266,16 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             *hub_sync_routes(box.chat, box.directory, box.mailstore),
             # The boxes' reports of what became of their updates.
             *update_report_routes(config.data_dir),
+            # The signature sets it mirrors for the boxes (docs/protection.md).
+            *signature_routes(config.data_dir),
+            # The update channel's offers; its bundles are downloads.
+            *channel_routes(config.data_dir),
+            # Each box's offsite backup sets and its escrowed backup key.
+            *backup_hub_routes(config.data_dir, config.backup_hub_keep),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
-            mailstore=box.mailstore,
+            mailstore=box.mailstore, downloads=channel_downloads(config.data_dir),
         )  # fmt: skip
         return [hub]
     keys = config.data_dir / "keys"
@@ -266,12 +300,15 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         monitor.on_up(mailboxes.wake)
         services.append(mailboxes)
     if config.hub_url:
+        # What the offsite backup steps aside for: the replicators' requests to the hub
+        # and mail waiting to leave.
+        share = LinkShare(_mail_waiting(box) if config.central_smtp else None)
         # One connection per stream, so a long chat catch-up never holds up the
         # directory (each client serialises its own requests).
         directory = DirectoryReplicator(
             box.directory,
             box.identity.domain,
-            HubClient(keys, config.hub_url, watch=watch),
+            SharedHubCall(HubClient(keys, config.hub_url, watch=watch), share),
             status,
             clock,
             interval=config.sync_interval,
@@ -282,7 +319,7 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         chat = ChatReplicator(
             box.chat,
             box.identity.domain,
-            HubClient(keys, config.hub_url, watch=watch),
+            SharedHubCall(HubClient(keys, config.hub_url, watch=watch), share),
             status,
             clock,
             poll_interval=min(POLL_INTERVAL, config.sync_interval),
@@ -291,14 +328,67 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
         services.append(chat)
         # What became of the box's updates (rollbacks above all), once the link is up.
         reporter = UpdateReporter(
-            config.data_dir, HubClient(keys, config.hub_url, watch=watch), status, clock
+            config.data_dir,
+            HubClient(keys, config.hub_url, watch=watch),
+            status,
+            clock,
+            interval=config.sync_interval,
         )
         monitor.on_up(reporter.wake)
         services.append(reporter)
+        # The hub's update channel: offers, the bundle's download while the link is up,
+        # the install in the maintenance window or when the admin asks.
+        follower = ChannelFollower(
+            config.data_dir, HubClient(keys, config.hub_url, watch=watch), config.hub_url,
+            lambda: central_client_context(keys), update_rauc(config), status, clock,
+            channel=config.update_channel, compatible=config.update_compatible,
+            installs=config.updates, window=config.update_window,
+            rate=config.update_download_rate, reboot=reboot_command(config.update_reboot),
+            interval=config.sync_interval, on_outcome=reporter.wake,
+        )  # fmt: skip
+        monitor.on_up(follower.wake)
+        services.append(follower)
+        if box.protection is not None:
+            # Newer ClamAV databases and rspamd rules from the hub's mirror, over GIN.
+            signatures = SignatureUpdater(
+                config, box.protection.clamd, HubClient(keys, config.hub_url, watch=watch),
+                status, clock,
+            )  # fmt: skip
+            monitor.on_up(signatures.wake)
+            services.append(signatures)
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
         )
+        if config.backup_offsite:
+            # Daily to the hub, throttled, on a connection of its own.
+            offsite = OffsiteBackup(
+                config.data_dir, HubClient(keys, config.hub_url, timeout=120, watch=watch),
+                status, rate=config.backup_offsite_rate, share=share,
+            )  # fmt: skip
+            monitor.on_up(offsite.wake)
+            services.append(offsite)
     return services
+
+
+def update_rauc(config: Config) -> RaucCommand:
+    """RAUC as the box's settings name it (``rauc_conf``)."""
+    return RaucCommand(Path(config.rauc_conf) if config.rauc_conf else None)
+
+
+def update_installer(config: Config) -> UpdateInstaller:
+    """The box's installer for updates that arrive on a stick."""
+    return UpdateInstaller(
+        config.data_dir, update_rauc(config), reboot_command(config.update_reboot)
+    )
+
+
+def _mail_waiting(box: Box) -> Any:
+    """Whether mail waits in the outbound queue (it needs the link before a backup does)."""
+
+    async def waiting() -> bool:
+        return any(group[2] > 0 for group in await box.mailstore.outbound_groups())
+
+    return waiting
 
 
 # --- the HTTPS port ----------------------------------------------------------------------
@@ -370,6 +460,7 @@ def admin_console(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) ->
         kit, config=box.config, identity=box.identity, directory=box.directory,
         mailstore=box.mailstore, sessions=box.sessions, signin=box.signin, guard=box.guard,
         traffic=box.traffic, status_file=box.status_file, lifecycle=lifecycle,
+        rauc=update_rauc(box.config),
     )  # fmt: skip
 
 

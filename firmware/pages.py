@@ -37,13 +37,27 @@ PATTERNS = {
 }
 
 
+#: Update phases (the host's ``uphase``) while the box is busy with an update; the
+#: others say how the last one ended: installed (waits for a reboot), good,
+#: rolled-back, refused.
+UPDATE_BUSY = ("downloading", "verifying", "installing", "rebooting")
+#: Width of the progress bar between its brackets.
+BAR = COLUMNS - 2
+
+
+def updating(state):
+    """Whether the box is busy with an update (an older host sends only ``update``)."""
+    phase = state.get("uphase", "")
+    return phase in UPDATE_BUSY or (not phase and bool(state.get("update")))
+
+
 def led_mode(state):
     """Return the LED mode for *state* (a dict of STATE fields; empty before the host spoke)."""
     if not state:
         return BOOTING
     if state.get("health") == "error":
         return ERROR
-    if state.get("update"):
+    if updating(state):
         return UPDATING
     if state.get("prov") == "no":
         return UNPROVISIONED
@@ -60,7 +74,7 @@ def available(state):
     for page in ORDER:
         if page == SETUP and state.get("prov") != "no":
             continue
-        if page == UPDATE and not state.get("update"):
+        if page == UPDATE and not (state.get("update") or state.get("uphase")):
             continue
         pages.append(page)
     return pages
@@ -130,8 +144,32 @@ def lines(page, state):
             return ["HEALTH", "all checks ok"]
         return ["HEALTH " + state.get("health", "?").upper()] + _wrap(check, COLUMNS, LINES - 1)
     if page == UPDATE:
-        return ["UPDATE", state.get("update", "") + "%", "do not unplug"]
+        return _update_lines(state)
     return []
+
+
+def _update_lines(state):
+    version = state.get("uver", "")
+    title = "UPDATE " + version if version else "UPDATE"
+    phase = state.get("uphase", "") or "installing"
+    percent = state.get("update", "")
+    why = state.get("uwhy", "")
+    if phase in ("downloading", "verifying", "installing"):
+        text = [title, phase + " " + percent + "%" if percent else phase]
+        if percent.isdigit():
+            filled = min(int(percent), 100) * BAR // 100
+            text.append("[" + "#" * filled + "." * (BAR - filled) + "]")
+        # A download may be cut at any time; writing a slot may not.
+        text.append("link may drop" if phase == "downloading" else "do not unplug")
+        return text
+    if phase == "rebooting":
+        return [title, "rebooting", "do not unplug"]
+    if phase == "installed":
+        return [title, "installed:", "runs after the", "next reboot"]
+    if phase == "good":
+        return [title, "good: running", "and committed"]
+    word = "ROLLED BACK" if phase == "rolled-back" else phase.upper()
+    return [title, word] + _wrap(why or "see HEALTH page", COLUMNS, LINES - 2)
 
 
 def fit(text_lines):

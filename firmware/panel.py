@@ -142,6 +142,10 @@ class Panel:
             if state.get("prov") == "no" and self.state.get("prov") != "no":
                 # Unprovisioned: the setup code is what the installer needs first.
                 self.page = pages.SETUP
+            phase = state.get("uphase", "")
+            if phase and phase != self.state.get("uphase", ""):
+                # An update started, moved on or ended: show it without a press.
+                self.page = pages.UPDATE
             self.state = state
             self.dirty = True
         elif event.type == L.WATCHDOG and len(event.body) == 2:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from appliance.config import DEV_PORTS
+from tests.peers.dns_stub import loopback_dns_env
 
 EDGEBOX = [sys.executable, "-m", "appliance"]
 READY_TIMEOUT = 60.0
@@ -51,10 +52,23 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port_offset() -> int:
-    """Return an offset at which every dev port is free right now."""
+    """Return an offset at which every dev port is free right now.
+
+    Every port stays below the kernel's ephemeral range: an outgoing connection (of any
+    process) takes its local port from there, and one that took a killed box's port
+    would keep the box from listening again when the test restarts it.
+    """
+    highest = _ephemeral_ports_start() - max(DEV_PORTS.values()) - 1
     for _ in range(200):
-        offset = random.randrange(10_000, 50_000, 10)
+        offset = random.randrange(10_000, highest, 10)
         if all(_port_free(port + offset) for port in DEV_PORTS.values()):
             return offset
     raise RuntimeError("no free port offset found")
@@ -129,6 +143,7 @@ def start_box(
     """
     offset = free_port_offset() if offset is None else offset
     args = [*wrap, *EDGEBOX, "run", "--data", str(data), "--port-offset", str(offset), *extra]
+    env = loopback_dns_env(dict(env or {}))
     if demo:
         args.append("--demo")
     process = subprocess.Popen(
@@ -137,7 +152,7 @@ def start_box(
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
     )
     box = RunningBox(data, offset, process)
     ready = threading.Event()

@@ -95,7 +95,8 @@ LAYERS: tuple[Layer, ...] = (
     # What works on the whole box's data: the uplink and the hub; backups.
     Layer("uplink", ("appliance.sync", "appliance.backup")),
     # The box's life: its states, setup path, USB stick, factory reset; A/B updates.
-    Layer("lifecycle", ("appliance.provisioning", "appliance.update")),
+    # Offsite backups join the backup and the uplink: the hub's routes, the box's upload.
+    Layer("lifecycle", ("appliance.provisioning", "appliance.update", "appliance.backup.offsite")),
     # Services around the box: mDNS, the front panel, the watchdog, the health monitor,
     # and the supervisor that runs services.
     Layer(
@@ -106,12 +107,22 @@ LAYERS: tuple[Layer, ...] = (
             "appliance.watchdog",
             "appliance.health.monitor",
             "appliance.supervisor",
+            # Signature sets: trusted like provisioning sticks, carried by the uplink.
+            "appliance.protection.signatures",
         ),
     ),
     # The admin console: it reads every capability.
     Layer("presentation", ("appliance.admin",)),
     # Capabilities' sub-commands of `edgebox` (they open the box themselves).
-    Layer("commands", ("appliance.protection.dkim_commands", "appliance.update.commands")),
+    # (A restore from the hub re-enrols the blank box: provisioning and offsite.)
+    Layer(
+        "commands",
+        (
+            "appliance.protection.dkim_commands",
+            "appliance.update.commands",
+            "appliance.backup.hub_restore",
+        ),
+    ),
     # The composition root: which services and routes, each handed its parts.
     Layer("registry", ("appliance.registry",)),
     Layer("command", ("appliance.cli",)),

@@ -1,5 +1,6 @@
 """The ``/admin`` pages: overview, users, one user's settings, org chart, outbound queue,
-sign-in protection (wrong passwords by source and account, and unlocking).
+sign-in protection (wrong passwords by source and account, and unlocking), system
+updates and the factory reset (both box-wide: only an admin of the whole box).
 
 Server-rendered forms, one POST per change, each answered with a 303 back to the page
 it came from and a visible "saved" notice (``?saved=<change>``). The server has already
@@ -41,6 +42,9 @@ from appliance.admin.console import (
     search_users,
     urgency_name,
 )
+from appliance.admin.protection import ProtectionPages
+from appliance.backup.service import read_state as read_backup_state
+from appliance.backup.sheet import RecoverySheet, recovery_sheet
 from appliance.compliance.traffic_log import TrafficLog
 from appliance.config import Config
 from appliance.directory import Directory, DirectoryError, User, normalise_address
@@ -52,10 +56,14 @@ from appliance.identity import Identity
 from appliance.mail.accounts import create_account
 from appliance.mail.mailstore import Mailstore
 from appliance.protection.dkim import DkimKeyError, DkimKeyring, TxtRecord
+from appliance.protection.publish import sender_records
 from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.security.passwords import MAX_PASSWORD_CHARS
 from appliance.sync.uplink import read_uplink
+from appliance.update.follow import request_install_now
+from appliance.update.rauc import Rauc
+from appliance.update.summary import update_summary
 from appliance.web.i18n import service_label
 from appliance.web.pages import PageKit, redirect
 from appliance.web.routes import ApiError, Form, Request, Response, Route
@@ -95,6 +103,8 @@ SAVED: Final = {
                         "Address unlocked: sign-ins from it are checked again"),
     "account-unlocked": ("ล้างการเข้าสู่ระบบผิดของบัญชีนี้แล้ว",
                          "The account's failed sign-ins are forgotten"),
+    "install-now": ("รับคำขอแล้ว เครื่องจะดาวน์โหลดและติดตั้งภายในหนึ่งนาที แล้วเริ่มเครื่องใหม่",
+                    "Asked: the box fetches and installs it within a minute, then reboots"),
 }  # fmt: skip
 
 Change = Callable[[AdminScope, User, Form], Awaitable[str]]
@@ -113,11 +123,13 @@ def admin_routes(
     traffic: TrafficLog,
     status_file: Path,
     lifecycle: Lifecycle | None = None,
+    rauc: Rauc | None = None,
 ) -> list[Route]:
     """Return the routes of the admin console (all under ``/admin``, pages only).
 
     The console reads and changes most of the box, and is handed each part it uses;
-    *lifecycle* (the running box's state) is what its factory reset asks.
+    *lifecycle* (the running box's state) is what its factory reset asks, *rauc* what
+    the updates page asks for the running slot.
     """
     console = AdminConsole(
         config=config, directory=directory, mailstore=mailstore, guard=guard,
@@ -126,7 +138,9 @@ def admin_routes(
     return AdminPages(
         kit, console, config=config, identity=identity, directory=directory,
         mailstore=mailstore, sessions=sessions, signin=signin, guard=guard,
-        lifecycle=lifecycle,
+        lifecycle=lifecycle, rauc=rauc,
+    ).routes() + ProtectionPages(
+        kit, console, config=config, directory=directory, traffic=traffic
     ).routes()  # fmt: skip
 
 
@@ -174,8 +188,10 @@ class AdminPages:
         signin: SignIn,
         guard: AuthGuard,
         lifecycle: Lifecycle | None = None,
+        rauc: Rauc | None = None,
     ) -> None:
         self.kit = kit
+        self.rauc = rauc
         self.console = console
         self.config = config
         self.identity = identity
@@ -221,6 +237,15 @@ class AdminPages:
             page("GET", "/admin/security", self.security, "Admin console: sign-in protection"),
             page("POST", "/admin/security/unlock-source", self.unlock_source, "Unlock an address"),
             page("POST", "/admin/security/unlock-account", self.unlock_account, "Forget failures"),
+            page("GET", "/admin/update", self.update_page, "Admin console: system updates"),
+            page("POST", "/admin/update/install-now", self.install_now, "Install the update now"),
+            page("GET", "/admin/backup", self.backup, "Admin console: backups"),
+            page(
+                "POST",
+                "/admin/backup/recovery-sheet",
+                self.recovery_sheet,
+                "The agency's recovery sheet (the backup key; password again)",
+            ),
             page("GET", "/admin/factory-reset", self.factory_reset_page, "Factory reset: confirm"),
             page("POST", "/admin/factory-reset", self.factory_reset, "Factory reset the box"),
         ]
@@ -300,9 +325,12 @@ class AdminPages:
                     found.append((domain, None))
             return found
 
+        # Beside the keys, the SPF and DMARC records each domain should publish too.
+        relay = self.config.central_smtp
         return await self._render(
             request, "admin/dkim.html", scope, section="dkim",
             dkim_domains=await trio.to_thread.run_sync(read),
+            sender_records={domain: sender_records(domain, relay) for domain in domains},
         )  # fmt: skip
 
     # --- users ------------------------------------------------------------------------
@@ -607,16 +635,106 @@ class AdminPages:
                                   request.client_ip)  # fmt: skip
         return redirect("/admin/security?saved=account-unlocked")
 
+    # --- system updates (appliance.update; docs/updates.md) ------------------------------
+
+    async def update_page(self, request: Request) -> Response:
+        scope = await self._box_admin(request, "see and install its system updates",
+                                      "ดูและติดตั้งการปรับรุ่นระบบ")  # fmt: skip
+        return await self._update_page(request, scope)
+
+    async def _update_page(
+        self, request: Request, scope: AdminScope, *, error: Refusal | None = None,
+        status: int = 200,
+    ) -> Response:  # fmt: skip
+        summary = await trio.to_thread.run_sync(
+            update_summary, self.config.data_dir, self.rauc, time.time()
+        )
+        saved = request.query.get("saved", "") if error is None else ""
+        return await self._render(
+            request, "admin/update.html", scope, status=status, section="update",
+            saved=saved if saved in SAVED else "",
+            update=summary, error=error, installs=self.config.updates,
+            window=self.config.update_window, channel=self.config.update_channel,
+        )  # fmt: skip
+
+    async def install_now(self, request: Request) -> Response:
+        """The admin's "install now": the channel's follower installs at its next look."""
+        scope = await self._box_admin(request, "install system updates",
+                                      "ติดตั้งการปรับรุ่นระบบ")  # fmt: skip
+        summary = await trio.to_thread.run_sync(
+            update_summary, self.config.data_dir, self.rauc, time.time()
+        )
+        if not self.config.updates:
+            return await self._update_page(request, scope, status=409, error=Refusal(
+                "this box does not install updates (the setting updates is off)",
+                "เครื่องนี้ปิดการติดตั้งการปรับรุ่นไว้ (ค่า updates ปิดอยู่)"))  # fmt: skip
+        if not summary.may_install_now or summary.offer is None or summary.offer.offer is None:
+            return await self._update_page(request, scope, status=409, error=Refusal(
+                "the hub offers nothing newer to install",
+                "ศูนย์ไม่มีรุ่นที่ใหม่กว่าให้ติดตั้ง"))  # fmt: skip
+        version = summary.offer.offer.version
+        await trio.to_thread.run_sync(
+            request_install_now, self.config.data_dir, scope.admin.address, time.time()
+        )
+        await self.console.record(scope, "update-install-now", None, f"release {version}",
+                                  request.client_ip)  # fmt: skip
+        log.warning("install-now of %s by %s ip=%s", version, scope.admin.address,
+                    request.client_ip)  # fmt: skip
+        return redirect("/admin/update?saved=install-now")
+
+    # --- backups and the recovery sheet (appliance.backup; docs/backup.md) ---------------
+
+    async def backup(self, request: Request) -> Response:
+        scope = await self._box_admin(request)
+        return await self._backup_page(request, scope)
+
+    async def _backup_page(
+        self, request: Request, scope: AdminScope, *, error: Refusal | None = None,
+        status: int = 200, sheet: RecoverySheet | None = None,
+    ) -> Response:  # fmt: skip
+        state = await trio.to_thread.run_sync(read_backup_state, self.config.data_dir)
+        return await self._render(
+            request, "admin/backup.html", scope, status=status, section="backup",
+            state=state, target=self.config.backup_target, hub_url=self.config.hub_url,
+            offsite=self.config.backup_offsite, error=error, sheet=sheet,
+            identity=self.identity,
+        )  # fmt: skip
+
+    async def recovery_sheet(self, request: Request) -> Response:
+        """Show the backup key as the agency's recovery sheet, after the password again.
+
+        The key opens every backup of the box: like the factory reset, only an admin of
+        the whole box sees it, after typing their password again, and it is logged.
+        """
+        scope = await self._box_admin(request)
+        checked = await self.signin.check(
+            "web", scope.admin.address, request.form.get("password"), request.client_ip
+        )
+        if not isinstance(checked, User) or checked.address != scope.admin.address:
+            return await self._backup_page(
+                request, scope, status=403,
+                error=Refusal("wrong password; the sheet is not shown",
+                              "รหัสผ่านไม่ถูกต้อง จึงไม่แสดงแผ่นกุญแจกู้คืน"),
+            )  # fmt: skip
+        sheet = await trio.to_thread.run_sync(
+            recovery_sheet, self.config.data_dir, self.identity, self.config.hub_url
+        )
+        shown = f"backup key {sheet.key_id} shown"
+        await self.console.record(scope, "recovery-sheet", None, shown, request.client_ip)
+        return await self._backup_page(request, scope, sheet=sheet)
+
     # --- factory reset (appliance.provisioning.reset; docs/provisioning.md) ---------------
 
-    async def _box_admin(self, request: Request) -> AdminScope:
+    async def _box_admin(
+        self, request: Request, what_en: str = "reset it", what_th: str = "ล้างเครื่อง"
+    ) -> AdminScope:
         scope = await self._scope(request)
         if not scope.box_wide:
-            # An agency admin manages their agency; erasing the box takes every agency
-            # on it with it, so only an admin of the whole box may.
+            # An agency admin manages their agency; erasing or updating the box takes
+            # every agency on it along, so only an admin of the whole box may.
             raise ApiError(403, "not_box_admin",
-                           "Only an administrator of the whole box may reset it",
-                           "เฉพาะผู้ดูแลระบบของทั้งเครื่องเท่านั้นที่ล้างเครื่องได้")  # fmt: skip
+                           f"Only an administrator of the whole box may {what_en}",
+                           f"เฉพาะผู้ดูแลระบบของทั้งเครื่องเท่านั้นที่{what_th}ได้")  # fmt: skip
         return scope
 
     async def factory_reset_page(self, request: Request) -> Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,14 @@ def read_state(data_dir: Path) -> dict[str, Any]:
 
 def record(data_dir: Path, **changes: Any) -> None:
     """Merge *changes* into the backup state file, atomically."""
-    state = {**read_state(data_dir), **changes}
-    write_atomically(data_dir / STATE_FILE, json.dumps(state, sort_keys=True).encode("utf-8"))
+    # One lock for the process: the onsite backup (a worker thread) and the offsite one
+    # both record here, and a merge must not drop the other's last good backup.
+    with _RECORD_LOCK:
+        state = {**read_state(data_dir), **changes}
+        write_atomically(data_dir / STATE_FILE, json.dumps(state, sort_keys=True).encode("utf-8"))
+
+
+_RECORD_LOCK = threading.Lock()
 
 
 def backup_and_record(data_dir: Path, target: Path, keep: int = 0) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from appliance.backup.health import check_last_backup
+from appliance.backup.health import check_last_backup, check_offsite_backup
 from appliance.config import Config
 from appliance.health import Finding, Level, worst
 from appliance.health.certificates import check_certificates
@@ -36,7 +36,7 @@ from appliance.health.snapshot import (
     read_last_seen_time,
     read_machine,
 )
-from appliance.protection.health import check_engines
+from appliance.protection.health import check_engines, check_signatures
 from appliance.store.files import write_atomically
 from appliance.sync.link import read_link_state
 from appliance.sync.status import read_sync_status
@@ -80,7 +80,10 @@ async def gather_snapshot(
         now=now,
         data_dir=data_dir,
         certificates=certificates,
-        backup=[check_last_backup(data_dir, config.backup_target, now)],
+        backup=[
+            check_last_backup(data_dir, config.backup_target, now),
+            *_offsite(data_dir, config, now),
+        ],
         protection=[
             check_engines(
                 data_dir,
@@ -88,7 +91,10 @@ async def gather_snapshot(
                 box_running,
                 now,
                 config.protection_submission_unavailable,
-            )
+            ),
+            check_signatures(
+                data_dir, config.protection, now, config.protection_signatures_max_age_days
+            ),
         ],
         update=check_updates(data_dir),
         limits=Limits.from_config(config),
@@ -194,3 +200,10 @@ class HealthMonitor:
             await trio.to_thread.run_sync(write_atomically, path, body)
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)
+
+
+def _offsite(data_dir: Path, config: Config, now: float) -> list[Finding]:
+    """The offsite backup's finding: judged on an edge box only (a hub keeps the sets)."""
+    if config.role == "hub":
+        return []
+    return [check_offsite_backup(data_dir, config.hub_url, config.backup_offsite, now)]

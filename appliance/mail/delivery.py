@@ -40,6 +40,9 @@ class Recipient:
     #: The local users who receive this recipient's copy when the address is not a
     #: user's own (postmaster: the agency admins); empty: the address itself.
     mailboxes: tuple[str, ...] = ()
+    #: The user's quota as the RCPT check read it (the address is then the directory's
+    #: own form): delivery need not look the user up again. None: delivery looks up.
+    quota_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,14 @@ class Delivery:
         local: list[LocalCopy] = []
         outbound: list[OutboundCopy] = []
         for rcpt in envelope.recipients:
-            if rcpt.local:
+            if rcpt.local and rcpt.quota_bytes is not None and not rcpt.mailboxes:
+                # Looked up at RCPT: one directory lookup per recipient, not two. The
+                # directory never deletes a user (disabling keeps the row), so the
+                # address cannot have vanished since; a quota lowered meanwhile only
+                # takes effect from the next message.
+                if all(copy.owner != rcpt.address for copy in local):
+                    local.append(LocalCopy(rcpt.address, rcpt.quota_bytes, folder))
+            elif rcpt.local:
                 for mailbox in rcpt.mailboxes or (rcpt.address,):
                     user = await self.directory.user(mailbox)
                     if user is None:

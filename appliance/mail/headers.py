@@ -51,7 +51,20 @@ def parse_headers(content: bytes) -> list[tuple[str, str]]:
 #: two copies of one message that took different paths or were sent twice. RFC 8601 §2.1
 #: makes Authentication-Results a trace field too: the MX adds one, and a resend may get
 #: another verdict (a DNS look-up that timed out the first time) yet is the same message.
-TRACE_FIELDS = frozenset({"received", "return-path", "authentication-results"})
+#: A signing hop prepends its DKIM-Signature (RFC 6376 §5.6) and ARC sets (RFC 8617 §4.1)
+#: the same way, and a signature carries its signing time (t=): a relay that lost our 250
+#: and signs its stored copy again sends a new signature over the same message.
+TRACE_FIELDS = frozenset(
+    {
+        "received",
+        "return-path",
+        "authentication-results",
+        "dkim-signature",
+        "arc-seal",
+        "arc-message-signature",
+        "arc-authentication-results",
+    }
+)
 
 
 def without_trace(content: bytes) -> bytes:

@@ -115,6 +115,34 @@ class MessageState:
 
 
 @dataclass(frozen=True)
+class MailboxMark:
+    """Where a mailbox stands, without any per-message aggregate (one indexed row).
+
+    What SELECT and a session's check for changes need; `MailboxInfo` adds the counts
+    STATUS needs, which cost a pass over the mailbox's messages.
+    """
+
+    id: int
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    #: The lowest UID no session has claimed as \Recent yet (RFC 3501 §2.3.2).
+    first_recent_uid: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a mailbox after a MODSEQ, read in one snapshot with its mark."""
+
+    #: The mailbox as of the snapshot; None if it no longer exists.
+    mark: MailboxMark | None
+    #: Messages added or changed after the MODSEQ, in UID order (RFC 7162 §3.1).
+    changed: list[MessageState]
+    #: UIDs expunged after it, ascending (RFC 7162 §3.2.5.2).
+    vanished: list[int]
+
+
+@dataclass(frozen=True)
 class StoreResult:
     #: Messages whose flags changed, with their new state.
     changed: tuple[MessageState, ...]
@@ -170,6 +198,54 @@ class Mailboxes:
             raise MailboxError("NONEXISTENT", f"no mailbox {name!r}")
         return found[0]
 
+    def mark_now(self, owner: str, name: str) -> MailboxMark:
+        """Where *owner*'s mailbox *name* stands, read at once (one indexed row)."""
+        name = normalise_name(name)
+        found = self.db.read_now(
+            lambda conn: conn.execute(
+                f"SELECT {_MARK} FROM mailboxes WHERE owner = ? AND name = ?",  # noqa: S608 - our own columns
+                (owner, name),
+            ).fetchone()
+        )
+        if found is None:
+            raise MailboxError("NONEXISTENT", f"no mailbox {name!r}")
+        return MailboxMark(*found)
+
+    def mark_of_now(self, mailbox_id: int) -> MailboxMark | None:
+        """Where mailbox *mailbox_id* stands, read at once; None if it is gone."""
+        return self.db.read_now(lambda conn: _mark(conn, mailbox_id))
+
+    async def changes(self, mailbox_id: int, modseq: int) -> Changes:
+        """What changed after *modseq*, with the mark, in one snapshot (RFC 7162)."""
+
+        def query(conn: sqlite3.Connection) -> Changes:
+            conn.execute("BEGIN")  # the mark and the changes must see the same commit
+            mark = _mark(conn, mailbox_id)
+            if mark is None:
+                return Changes(None, [], [])
+            return Changes(
+                mark, _states(conn, mailbox_id, modseq), _vanished(conn, mailbox_id, modseq)
+            )
+
+        return await self.db.read(query)
+
+    async def snapshot(
+        self, mailbox_id: int, build: Callable[[Iterable[tuple[int, str, int]]], T]
+    ) -> tuple[MailboxMark | None, T]:
+        """`load_states` and the mailbox's mark, in one snapshot."""
+
+        def query(conn: sqlite3.Connection) -> tuple[MailboxMark | None, T]:
+            conn.execute("BEGIN")
+            mark = _mark(conn, mailbox_id)
+            return mark, build(
+                conn.execute(
+                    "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? ORDER BY uid",
+                    (mailbox_id,),
+                )
+            )
+
+        return await self.db.read(query)
+
     async def states(self, mailbox_id: int) -> list[MessageState]:
         """Every message's UID, flags and MODSEQ in UID order (what SELECT shows)."""
         return await self.db.read(lambda conn: _states(conn, mailbox_id, 0))
@@ -195,23 +271,42 @@ class Mailboxes:
 
     async def messages(self, mailbox_id: int, uids: Collection[int]) -> list[StoredMessage]:
         """The stored rows of *uids* (those that still exist), in UID order."""
+        return await self.db.read(lambda conn: _messages(conn, mailbox_id, uids))
 
-        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
-            wanted = sorted(set(uids))
-            found: list[StoredMessage] = []
-            # Chunks keep the statement under SQLite's variable limit on huge sets.
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"{SELECT_MESSAGES} WHERE m.mailbox_id = ? AND m.uid IN ({marks})"
-                    " ORDER BY m.uid",
-                    (mailbox_id, *chunk),
-                )
-                found.extend(row_to_message(row) for row in rows)
-            return found
+    def messages_now(self, mailbox_id: int, uids: Collection[int]) -> list[StoredMessage]:
+        """`messages` read at once, on the calling thread: for a handful of UIDs only."""
+        return self.db.read_now(lambda conn: _messages(conn, mailbox_id, uids))
+
+    async def messages_then(
+        self, mailbox_id: int, uids: Collection[int], then: Callable[[list[StoredMessage]], T]
+    ) -> tuple[list[StoredMessage], T]:
+        """The rows of *uids* and what *then* makes of them, in one worker call.
+
+        For a FETCH batch: the rows, then their decrypted bodies, for one thread hop
+        where two would double the wait a client pipelining one FETCH per message sees.
+        """
+
+        def query(conn: sqlite3.Connection) -> tuple[list[StoredMessage], T]:
+            rows = _messages(conn, mailbox_id, uids)
+            return rows, then(rows)
 
         return await self.db.read(query)
+
+    def any_pending_now(self, mailbox_id: int) -> bool:
+        """Whether any body of the mailbox is still at the centre, read at once.
+
+        One probe of a partial index that holds only such rows: no thread hop before
+        every FETCH of a mailbox that has none.
+        """
+        return bool(
+            self.db.read_now(
+                lambda conn: conn.execute(
+                    "SELECT 1 FROM messages WHERE mailbox_id = ? AND pending_structure IS NOT NULL"
+                    " LIMIT 1",
+                    (mailbox_id,),
+                ).fetchone()
+            )
+        )
 
     async def pending_uids(self, mailbox_id: int) -> set[int]:
         """UIDs whose body is still at the centre (on a partial index: cheap when none)."""
@@ -231,13 +326,7 @@ class Mailboxes:
         """Messages changed after *modseq*, and UIDs expunged after it (RFC 7162)."""
 
         def query(conn: sqlite3.Connection) -> tuple[list[MessageState], list[int]]:
-            vanished = [
-                int(uid)
-                for (uid,) in conn.execute(
-                    "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-                    (mailbox_id, modseq),
-                )
-            ]
+            vanished = _vanished(conn, mailbox_id, modseq)
             return _states(conn, mailbox_id, modseq), vanished
 
         return await self.db.read(query)
@@ -820,6 +909,24 @@ def _infos(conn: sqlite3.Connection, owner: str, name: str | None) -> list[Mailb
     ]
 
 
+_MARK = "id, uidvalidity, uidnext, highestmodseq, first_recent_uid"
+
+
+def _mark(conn: sqlite3.Connection, mailbox_id: int) -> MailboxMark | None:
+    row = conn.execute(f"SELECT {_MARK} FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()  # noqa: S608 - our own columns
+    return None if row is None else MailboxMark(*row)
+
+
+def _vanished(conn: sqlite3.Connection, mailbox_id: int, since: int) -> list[int]:
+    return [
+        int(uid)
+        for (uid,) in conn.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, since),
+        )
+    ]
+
+
 def _highestmodseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
     row = conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
     return 0 if row is None else int(row[0])
@@ -849,6 +956,22 @@ def _rows(conn: sqlite3.Connection, mailbox_id: int, uids: Collection[int] | Non
         " ORDER BY uid",
         (mailbox_id,),
     ).fetchall()
+
+
+def _messages(conn: sqlite3.Connection, mailbox_id: int, uids: Collection[int]
+              ) -> list[StoredMessage]:  # fmt: skip
+    wanted = sorted(set(uids))
+    found: list[StoredMessage] = []
+    # Chunks keep the statement under SQLite's variable limit on huge sets.
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"{SELECT_MESSAGES} WHERE m.mailbox_id = ? AND m.uid IN ({marks}) ORDER BY m.uid",
+            (mailbox_id, *chunk),
+        )
+        found.extend(row_to_message(row) for row in rows)
+    return found
 
 
 def _all_uids(conn: sqlite3.Connection, mailbox_id: int) -> list[int]:

@@ -36,6 +36,8 @@ from appliance.config import Config, ConfigError
 from appliance.health import Finding, Level
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, SetupStatus
 from appliance.sync.link import LinkSnapshot, LinkState, read_link_state
+from appliance.update.progress import UpdateView, update_view
+from hw import panel_link
 from hw.boards import UnknownBoard, detect_board
 from hw.panel import ButtonPressed, HostWasReset, PanelClient, PanelEvent, TTYPort
 
@@ -54,6 +56,11 @@ PROMPT_REPEAT = 4.0
 RESET_PROMPT = "erase ALL mail and reset? press button = yes"
 #: Seconds a USB stick's result stays on the display (repeated every PROMPT_REPEAT).
 STICK_RESULT_HOLD = 60.0
+
+#: What an update's fields may take of the STATE frame (255 bytes for every field):
+#: the release fits the page's title line, the reason its last three lines.
+UPDATE_VERSION_CHARS = 9
+UPDATE_REASON_CHARS = 48
 
 QueueGroups = list[tuple[int, str, int, int]]
 
@@ -76,8 +83,14 @@ def panel_fields(
     setup_code: str = "",
     fingerprint: str = "",
     update_percent: int | None = None,
+    update: UpdateView | None = None,
 ) -> dict[str, str]:
-    """Return the panel's STATE fields for the box's state (firmware/pages.py reads them)."""
+    """Return the panel's STATE fields for the box's state (firmware/pages.py reads them).
+
+    An update adds ``uphase`` (downloading, verifying, installing, rebooting, installed,
+    good, rolled-back, refused), ``update`` (the percentage, while busy), ``uver`` and
+    ``uwhy`` (why it was refused or rolled back, cut to fit one frame).
+    """
     count = 0
     most = None
     for urgency, _sender, waiting, _oldest in queue_groups:
@@ -103,8 +116,34 @@ def panel_fields(
         fields["setup"] = setup_code
         # The certificate the setup page presents: checked before the code is typed.
         fields["fp"] = fingerprint
+    if update is not None:
+        fields["uphase"] = update.phase
+        if update.percent is not None:
+            update_percent = update.percent
+        if update.version:
+            fields["uver"] = update.version[:UPDATE_VERSION_CHARS]
+        if update.reason:
+            fields["uwhy"] = update.reason[:UPDATE_REASON_CHARS]
     if update_percent is not None:
         fields["update"] = str(update_percent)
+    return _fit_frame(fields)
+
+
+def _fit_frame(fields: dict[str, str]) -> dict[str, str]:
+    """Shorten the longest free texts until every field fits one STATE frame.
+
+    `encode_state` leaves out whole lines that overflow, the last keys first (the
+    update's ``u…`` fields): cutting the health check's text (the HEALTH page wraps it
+    anyway) and then the update's reason keeps every field on the panel.
+    """
+    for name in ("check", "uwhy"):
+        size = sum(len(f"{k}={v[: panel_link.MAX_VALUE]}\n".encode()) for k, v in fields.items())
+        over = size - panel_link.MAX_BODY
+        if over <= 0:
+            break
+        if name in fields:
+            text = fields[name][: panel_link.MAX_VALUE]
+            fields[name] = text[: max(16, len(text) - over)]
     return fields
 
 
@@ -226,6 +265,7 @@ class PanelService:
                 provisioned=False,
                 setup_code=status.setup_code or "",
                 fingerprint=status.fingerprint,
+                update=update_view(self.config.data_dir, time.time()),
             )
         return panel_fields(
             name=view.hostname if view else (status.hostname if status else "edgebox"),
@@ -233,6 +273,8 @@ class PanelService:
             link=read_link_state(self.config.data_dir),
             queue_groups=self._queue if view else [],
             findings=view.findings() if view else [],
+            # Written by whoever installs (the channel, a stick, `edgebox update install`).
+            update=update_view(self.config.data_dir, time.time()),
         )
 
     async def _watch_lifecycle(self) -> None:

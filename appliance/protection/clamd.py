@@ -114,3 +114,38 @@ def parse_reply(line: bytes) -> ClamdResult:
         if signature:
             return Infected(signature)
     raise ClamdProtocolError(f"not a clamd reply: {text[:80]!r}")
+
+
+# --- the control commands: VERSION and RELOAD -------------------------------------------
+
+#: clamd(8) "VERSION": the engine's version, the loaded database's version and its date.
+VERSION_COMMAND = b"zVERSION\0"
+#: clamd(8) "RELOAD": read the databases again; answers ``RELOADING``.
+RELOAD_COMMAND = b"zRELOAD\0"
+
+
+@dataclass(frozen=True)
+class EngineVersion:
+    """clamd's answer to VERSION: ``ClamAV 1.0.7/27000/Mon Dec  7 09:30:00 2026``.
+
+    *database* and *built* are None when clamd runs on databases without a daily
+    version (only ``.ndb`` files, as in the tests): then it answers ``ClamAV 1.0.7``.
+    """
+
+    engine: str
+    database: int | None
+    built: str | None
+
+
+def parse_version(line: bytes) -> EngineVersion:
+    """Read clamd's VERSION reply (without its terminator); raise `ClamdProtocolError`."""
+    text = line.decode("utf-8", "replace").strip()
+    if not text.startswith("ClamAV "):
+        raise ClamdProtocolError(f"not a clamd VERSION reply: {text[:80]!r}")
+    parts = text.split("/", 2)
+    engine = parts[0].removeprefix("ClamAV ").strip()
+    if len(parts) == 1:
+        return EngineVersion(engine, None, None)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].strip():
+        raise ClamdProtocolError(f"not a clamd VERSION reply: {text[:80]!r}")
+    return EngineVersion(engine, int(parts[1]), parts[2].strip())

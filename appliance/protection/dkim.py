@@ -28,6 +28,9 @@ is removed first (RFC 8601 §5: it is forged, or at best stale). The DNS look-up
 function passed in (dkimpy's ``dnsfunc``): production uses dkimpy's own, which asks the
 system resolver through dnspython; tests pass a dict.
 
+The MX's one Authentication-Results field, with SPF and DMARC beside DKIM, is written
+by appliance.protection.authentication from `verify`'s results (`result_text`).
+
 What this is not: SPF, DMARC, or virus and spam scanning (the rest of
 appliance.protection); the signing and verification arithmetic (dkimpy).
 """
@@ -355,13 +358,24 @@ class DkimResult:
     reason: str | None = None
 
 
+def _mentions(block: bytes, name: bytes) -> bool:
+    # A field *name* (lower case) can only be in the header block if its bytes are: a
+    # search of the block costs microseconds where parsing it costs far more, and most
+    # mail has neither a signature nor an Authentication-Results field.
+    return name in block.lower()
+
+
 def is_signed(content: bytes) -> bool:
     """Tell whether *content* has a DKIM-Signature field (and so needs key look-ups)."""
+    if not _mentions(headers.header_block(content), b"dkim-signature"):
+        return False
     return any(name.lower() == "dkim-signature" for name, _ in headers.parse_headers(content))
 
 
 def verify(content: bytes, dnsfunc: DnsFunc) -> list[DkimResult]:
     """Verify each DKIM-Signature of *content* (at most `MAX_SIGNATURES`); none: [none]."""
+    if not is_signed(content):
+        return [DkimResult("none")]
     signatures = [
         parse_tags(value)
         for name, value in headers.parse_headers(content)
@@ -375,7 +389,7 @@ def verify(content: bytes, dnsfunc: DnsFunc) -> list[DkimResult]:
     except Exception as exc:
         # Whatever dkimpy makes of hostile bytes, the message still gets its verdict
         # (and is accepted or refused by the rest of the MX), never a failed session.
-        reason = _reason(f"message unreadable: {exc}")
+        reason = reason_comment(f"message unreadable: {exc}")
         return [
             DkimResult("permerror", t.get("d") or None, t.get("s") or None, reason)
             for t in signatures
@@ -393,14 +407,14 @@ def verify(content: bytes, dnsfunc: DnsFunc) -> list[DkimResult]:
             # dkimpy raises for a body hash mismatch (RFC 6376 §6.1.3): verification
             # failed, a "fail" (RFC 8601 §2.7.1); its other checks are of the signature's form.
             verdict = "fail" if "body hash mismatch" in str(exc) else "permerror"
-            results.append(DkimResult(verdict, domain, selector, _reason(str(exc))))
+            results.append(DkimResult(verdict, domain, selector, reason_comment(str(exc))))
             continue
         except Exception as exc:
             # dkimpy's own errors (DKIMException) and anything else its parsers raise
             # on malformed signatures: the signature cannot be evaluated (RFC 8601 §2.7.1).
             if not isinstance(exc, dkim.DKIMException):
                 log.warning("DKIM: dkimpy failed on signature %d: %r", index, exc)
-            results.append(DkimResult("permerror", domain, selector, _reason(str(exc))))
+            results.append(DkimResult("permerror", domain, selector, reason_comment(str(exc))))
             continue
         if ok:
             results.append(DkimResult("pass", domain, selector))
@@ -448,7 +462,7 @@ class _KeyLookup:
         return "fail", "signature did not verify"
 
 
-def _reason(text: str) -> str:
+def reason_comment(text: str) -> str:
     # A comment in the field: printable, no parentheses or quotes, short.
     return "".join(c for c in text if c.isprintable() and c not in '()"\\')[:80]
 
@@ -492,6 +506,8 @@ def _strip_comments(text: str) -> str:
 def without_our_results(content: bytes, our_id: str) -> bytes:
     """Remove every Authentication-Results field claiming *our_id* (RFC 8601 §5)."""
     block = headers.header_block(content)
+    if not _mentions(block, b"authentication-results"):
+        return content
     body = content[len(block) :]
     # Group the lines into fields first: the authserv-id may be on a continuation line.
     fields: list[list[bytes]] = []
@@ -514,22 +530,25 @@ def _claims(field: list[bytes], our_id: str) -> bool:
 
 def results_field(our_id: str, results: Sequence[DkimResult]) -> bytes:
     """Build the Authentication-Results field (RFC 8601 §2.2), folded, CRLF-terminated."""
-    parts: list[str] = []
-    for item in results:
-        text = f"dkim={item.result}"
-        if item.reason:
-            text += f" ({item.reason})"
-        if item.domain:
-            text += f" header.d={_value(item.domain)}"
-        if item.selector:
-            text += f" header.s={_value(item.selector)}"
-        parts.append(text)
+    parts = [result_text(item) for item in results]
     text = f"Authentication-Results: {our_id};\r\n\t" + ";\r\n\t".join(parts) + "\r\n"
     return text.encode("utf-8")
 
 
-def _value(text: str) -> str:
-    # RFC 8601 §2.2 pvalue: a token, or a quoted string for anything else.
+def result_text(item: DkimResult) -> str:
+    """Return one ``dkim=`` resinfo of an Authentication-Results field (RFC 8601 §2.2)."""
+    text = f"dkim={item.result}"
+    if item.reason:
+        text += f" ({item.reason})"
+    if item.domain:
+        text += f" header.d={pvalue(item.domain)}"
+    if item.selector:
+        text += f" header.s={pvalue(item.selector)}"
+    return text
+
+
+def pvalue(text: str) -> str:
+    """Return *text* as an RFC 8601 §2.2 pvalue: a token, or a quoted string."""
     if re.fullmatch(r"[A-Za-z0-9._-]{1,253}", text):
         return text
     return '"' + "".join(c for c in text if c.isprintable() and c not in '"\\')[:253] + '"'
@@ -565,22 +584,3 @@ def system_dnsfunc(name: bytes, timeout: float = DNS_TIMEOUT) -> bytes | None:
             # RFC 6376 §3.6.2.2: the strings of one record are joined without spaces.
             return b"".join(next(iter(rrset)).strings)
     return None
-
-
-@dataclass
-class InboundDkim:
-    """Verify DKIM on the MX port and put our RFC 8601 field on top.
-
-    The registry hands one to the MX's SMTPService, so mail does not import the
-    protection layer; *dns* is the TXT look-up (tests put a dict's here).
-    """
-
-    hostname: str
-    dns: DnsFunc = system_dnsfunc
-
-    def needs_lookup(self, content: bytes) -> bool:
-        """True when verifying needs the DNS (so a worker thread): only signed mail."""
-        return is_signed(content)
-
-    def __call__(self, content: bytes) -> bytes:
-        return authenticate_inbound(content, self.hostname, self.dns)

@@ -1,8 +1,10 @@
 """The command line of DKIM: ``edgebox dkim show | rotate | retire --agency DOMAIN``.
 
 ``show`` makes the agency's first key if it has none and prints the DNS TXT records to
-publish, in zone-file form; ``rotate`` makes a new signing key beside the old one, which
-stays published until ``retire --selector`` is run for it (docs/protection.md).
+publish, in zone-file form: the DKIM keys, then the SPF and DMARC records every agency
+domain should have (appliance.protection.publish: ``-all`` and ``p=reject``).
+``rotate`` makes a new signing key beside the old one, which stays published until
+``retire --selector`` is run for it (docs/protection.md).
 
 What this is not: the keys themselves (appliance.protection.dkim).
 """
@@ -20,6 +22,7 @@ import trio
 
 from appliance.box import Box, configured, open_box
 from appliance.protection.dkim import DkimKeyError, DkimKeyring, TxtRecord
+from appliance.protection.publish import sender_records
 
 #: RFC 1035 §3.3.14 / RFC 6376 §3.6.2.2: one TXT string holds at most 255 octets; a
 #: longer record is several strings, which the verifier joins.
@@ -38,35 +41,43 @@ def add(commands: Any) -> None:
         sub.add_argument("--agency", required=True, help="the agency's mail domain")
         return sub
 
-    action("show", _show, "print the DNS TXT records to publish (makes the first key)")
+    action(
+        "show",
+        _show,
+        "print the DNS TXT records to publish: DKIM (makes the first key), SPF, DMARC",
+    )
     action("rotate", _rotate, "make a new signing key; the old one stays published")
     retire = action("retire", _retire, "stop publishing an old selector and destroy its key")
     retire.add_argument("--selector", required=True)
 
 
-def zone_lines(record: TxtRecord) -> str:
+def zone_lines(record: TxtRecord, note: str | None = None) -> str:
     """Format *record* as a zone-file line, the value cut into 255-octet strings."""
     value = record.value
     strings = " ".join(f'"{value[i : i + TXT_STRING]}"' for i in range(0, len(value), TXT_STRING))
-    note = "signs now" if record.active else "old key, still published"
+    if note is None:
+        note = "signs now" if record.active else "old key, still published"
     return f"{record.name}. IN TXT ( {strings} ) ; {note}"
 
 
-def _run(args: argparse.Namespace, change: Any) -> int:
-    async def act() -> list[TxtRecord]:
+def _run(args: argparse.Namespace, change: Any, *, sender: bool = False) -> int:
+    async def act() -> tuple[list[TxtRecord], list[TxtRecord]]:
         async with open_box(configured(args.data, os.environ, {})) as box:
             domain = await _agency(box, args.agency)
             keyring = DkimKeyring(box.config.data_dir / "keys")
             await trio.to_thread.run_sync(change, keyring, domain)
-            return await trio.to_thread.run_sync(keyring.records, domain)
+            keys = await trio.to_thread.run_sync(keyring.records, domain)
+            return keys, sender_records(domain, box.config.central_smtp) if sender else []
 
     try:
-        records = trio.run(act)
+        records, others = trio.run(act)
     except DkimKeyError as exc:
         print(f"edgebox: {exc}", file=sys.stderr)
         return 1
     for record in records:
         print(zone_lines(record))
+    for record in others:
+        print(zone_lines(record, "DMARC" if record.name.startswith("_dmarc.") else "SPF"))
     return 0
 
 
@@ -82,7 +93,7 @@ def _today() -> Any:
 
 
 def _show(args: argparse.Namespace) -> int:
-    return _run(args, lambda keyring, domain: keyring.ensure(domain, _today()))
+    return _run(args, lambda keyring, domain: keyring.ensure(domain, _today()), sender=True)
 
 
 def _rotate(args: argparse.Namespace) -> int:

@@ -29,8 +29,13 @@ import psutil
 import trio
 
 from appliance.config import Config
-from appliance.protection.scanner import ClamdClient, Protection, RspamdClient
-from appliance.protection.verdict import Thresholds
+from appliance.protection.scanner import (
+    ClamdClient,
+    Protection,
+    RspamdClient,
+    ScannerUnavailable,
+)
+from appliance.protection.verdict import SenderLists, Thresholds
 from appliance.store.files import write_atomically
 
 log = logging.getLogger("edgebox.protection")
@@ -145,6 +150,9 @@ class EngineState:
     restarts: int = 0
     pid: int | None = None
     error: str = ""
+    #: clamd only (VERSION): its loaded database's version and build date, if it has one.
+    database: int | None = None
+    built: str | None = None
 
 
 def protection_from_config(
@@ -167,11 +175,23 @@ def protection_from_config(
             log.warning("bad protection thresholds for %s; using the defaults", domain)
             return defaults
 
+    def lists(domain: str) -> SenderLists:
+        section = agencies() if agencies is not None else {}
+        values = section.get(domain) if isinstance(section, dict) else None
+        if not isinstance(values, dict):
+            return SenderLists()
+        return SenderLists(*(
+            frozenset(str(e).lower() for e in values.get(name, ()) if isinstance(e, str))
+            if isinstance(values.get(name), list) else frozenset()
+            for name in ("allow", "block")
+        ))  # fmt: skip
+
     host, port = rspamd_address(config)
     return Protection(
         ClamdClient(clamd_socket(config), config.protection_scan_timeout),
         RspamdClient(host, port, config.protection_scan_timeout),
         lookup,
+        lists_for=lists,
         submission_unavailable=config.protection_submission_unavailable,
         hostname=hostname or config.hostname or "edgebox",
     )
@@ -277,6 +297,15 @@ class EngineWatch:
                 state.error = ""
             elif not state.error:
                 state.error = f"{name} does not answer"
+        if answers["clamd"]:
+            # For the signature-age check: what clamd has loaded, not what is on disk.
+            try:
+                version = await self.protection.clamd.version()
+            except ScannerUnavailable:
+                pass
+            else:
+                self.states["clamd"].database = version.database
+                self.states["clamd"].built = version.built
         self._write_state()
 
     def _write_state(self) -> None:

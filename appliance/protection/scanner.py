@@ -24,7 +24,14 @@ import trio
 
 from appliance.protection import clamd, rspamd
 from appliance.protection.notice import pending_virus_notice, virus_notice
-from appliance.protection.verdict import Outcome, Thresholds, Verdict, decide, scan_headers
+from appliance.protection.verdict import (
+    Outcome,
+    SenderLists,
+    Thresholds,
+    Verdict,
+    decide,
+    scan_headers,
+)
 
 log = logging.getLogger("edgebox.protection")
 
@@ -75,6 +82,35 @@ class ClamdClient:
         except (OSError, trio.BrokenResourceError, trio.TooSlowError):
             return False
         return reply.rstrip(b"\0\n") == b"PONG"
+
+    async def version(self) -> clamd.EngineVersion:
+        """Return clamd's engine and loaded database version (``zVERSION``)."""
+        return clamd.parse_version(await self._command(clamd.VERSION_COMMAND))
+
+    async def reload(self) -> None:
+        """Make clamd read its databases again (``zRELOAD``); it answers ``RELOADING``."""
+        reply = await self._command(clamd.RELOAD_COMMAND)
+        if reply.strip() != b"RELOADING":
+            raise ScannerUnavailable(f"clamd: RELOAD answered {reply[:80]!r}")
+
+    async def _command(self, command: bytes) -> bytes:
+        """Send one NUL-terminated control command; return the reply before its NUL."""
+        try:
+            with trio.fail_after(self.timeout):
+                stream = await trio.open_unix_socket(str(self.socket_path))
+                async with stream:
+                    await stream.send_all(command)
+                    reply = bytearray()
+                    while b"\0" not in reply:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                        if not data or len(reply) > clamd.MAX_REPLY:
+                            raise clamd.ClamdProtocolError("clamd reply cut short or too long")
+                        reply += data
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise ScannerUnavailable(f"clamd: {type(exc).__name__}: {exc}") from exc
+        except clamd.ClamdProtocolError as exc:
+            raise ScannerUnavailable(f"clamd: {exc}") from exc
+        return bytes(reply[: reply.index(b"\0")])
 
 
 @dataclass
@@ -144,6 +180,7 @@ class Protection:
         rspamd_client: RspamdClient,
         thresholds_for: Callable[[str], Thresholds] = lambda domain: Thresholds(),
         *,
+        lists_for: Callable[[str], SenderLists] = lambda domain: SenderLists(),
         submission_unavailable: str = "tempfail",
         hostname: str = "edgebox",
     ) -> None:
@@ -152,6 +189,8 @@ class Protection:
         self.hostname = hostname
         self.rspamd = rspamd_client
         self.thresholds_for = thresholds_for
+        #: An agency's allow and block lists of senders (the admin console sets them).
+        self.lists_for = lists_for
         #: "tempfail" (default) or "accept": what submission does when a scanner is down.
         self.submission_unavailable = submission_unavailable
 
@@ -161,7 +200,9 @@ class Protection:
         """Scan *content* with both engines; judge it with the strictest of *domains*'
         thresholds. Never raises for an engine's failure: that is `Outcome.UNAVAILABLE`.
         """
-        thresholds = Thresholds.strictest([self.thresholds_for(d) for d in set(domains)])
+        domains = set(domains)
+        thresholds = Thresholds.strictest([self.thresholds_for(d) for d in domains])
+        listing = SenderLists.listing([self.lists_for(d) for d in domains], envelope.sender)
         results: dict[str, Any] = {}
 
         async def run(name: str, job: Callable[[], Any]) -> None:
@@ -177,7 +218,7 @@ class Protection:
             if isinstance(results[name], ScannerUnavailable):
                 log.warning("scanner unavailable: %s", results[name])
                 return Verdict(Outcome.UNAVAILABLE, str(results[name]), thresholds=thresholds)
-        return decide(results["clamd"], results["rspamd"], thresholds)
+        return decide(results["clamd"], results["rspamd"], thresholds, listing)
 
     def headers(self, verdict: Verdict) -> bytes:
         """The scan header fields to put on top of an accepted message."""

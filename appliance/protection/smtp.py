@@ -1,8 +1,9 @@
 """What an SMTP sender is told about a verdict (docs/protection.md, "What the sender sees").
 
-RFC 3463 §3.8 5.7.1 "delivery not authorized, message refused" for a virus and for
-spam; 4.7.1 for the temporary refusal while a scanner is down, so the sending server
-keeps the message and retries (RFC 5321 §4.2.5: a 4yz reply is transient).
+RFC 3463 §3.8 5.7.1 "delivery not authorized, message refused" for a virus, for
+spam and for a sender on the agency's block list; 4.7.1 for the temporary refusal
+while a scanner is down, so the sending server keeps the message and retries
+(RFC 5321 §4.2.5: a 4yz reply is transient).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def refusal(verdict: Verdict, *, submission: bool, submission_unavailable: str) 
     if verdict.outcome is Outcome.SPAM:
         score = verdict.spam.score if verdict.spam is not None else 0.0
         return Reply(550, "5.7.1", f"Message refused as spam (score {score:.1f})")
+    if verdict.outcome is Outcome.BLOCKED:
+        return Reply(550, "5.7.1", "Message refused: the sender is blocked by the recipient agency")
     if verdict.outcome is Outcome.UNAVAILABLE:
         if submission and submission_unavailable == "accept":
             return None

@@ -10,6 +10,10 @@ Pure: no I/O. The rules (docs/protection.md):
 - an engine did not answer → **unavailable**: never accepted unscanned (451 4.7.1 on
   the MX port; submission follows ``protection_submission_unavailable``).
 
+An agency's sender lists come after the virus rule and before the spam rules: a sender
+on a recipient agency's block list is **blocked** (550 5.7.1); a sender on the allow
+list of every recipient agency skips the spam verdict — never the virus verdict.
+
 Every accepted message carries the headers `scan_headers` makes, so that it is
 visible afterwards which engines passed it and with which score.
 """
@@ -33,6 +37,8 @@ class Outcome(enum.Enum):
     VIRUS = "virus"
     #: A scanner did not answer: not accepted.
     UNAVAILABLE = "unavailable"
+    #: The sender is on a recipient agency's block list: refused.
+    BLOCKED = "blocked"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,42 @@ class Thresholds:
         if not thresholds:
             return cls()
         return cls(min(t.junk_score for t in thresholds), min(t.reject_score for t in thresholds))
+
+
+class Listing(enum.Enum):
+    """Where the sender stands on the recipient agencies' lists."""
+
+    #: On no list (or allowed by some recipient agencies only).
+    NONE = "none"
+    #: On the allow list of every recipient agency: no spam verdict.
+    ALLOWED = "allowed"
+    #: On the block list of some recipient agency: refused.
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True)
+class SenderLists:
+    """One agency's allow and block lists: addresses or domains, lower case."""
+
+    allow: frozenset[str] = frozenset()
+    block: frozenset[str] = frozenset()
+
+    def holds(self, entries: frozenset[str], sender: str) -> bool:
+        """Whether *sender* (an address) is in *entries* by address or by its domain."""
+        sender = sender.strip().lower()
+        domain = sender.rpartition("@")[2]
+        return bool(sender) and (sender in entries or domain in entries)
+
+    @staticmethod
+    def listing(lists: list[SenderLists], sender: str | None) -> Listing:
+        """Where *sender* stands with the recipient agencies' *lists*."""
+        if not sender or not lists:
+            return Listing.NONE
+        if any(one.holds(one.block, sender) for one in lists):
+            return Listing.BLOCKED
+        if all(one.holds(one.allow, sender) for one in lists):
+            return Listing.ALLOWED
+        return Listing.NONE
 
 
 @dataclass(frozen=True)
@@ -76,10 +118,17 @@ class Verdict:
         return " ".join(parts)
 
 
-def decide(virus: str | None, spam: SpamReport, thresholds: Thresholds) -> Verdict:
+def decide(
+    virus: str | None, spam: SpamReport, thresholds: Thresholds, listing: Listing = Listing.NONE
+) -> Verdict:
     """Return the verdict on a message both engines scanned."""
     if virus is not None:
+        # Before the lists: an allowed sender's virus is refused all the same.
         return Verdict(Outcome.VIRUS, virus, spam, thresholds)
+    if listing is Listing.BLOCKED:
+        return Verdict(Outcome.BLOCKED, "sender on the block list", spam, thresholds)
+    if listing is Listing.ALLOWED:
+        return Verdict(Outcome.CLEAN, "sender on the allow list", spam, thresholds)
     if spam.pre_rejected or spam.score >= thresholds.reject_score:
         return Verdict(Outcome.SPAM, spam.smtp_message, spam, thresholds)
     if spam.score >= thresholds.junk_score:

@@ -5,7 +5,8 @@ A bundle is a folder ``edgebox-provisioning`` at the top of a stick (`BUNDLE_DIR
     manifest.json      {"format": "edgebox-provisioning/1", "bundle_id": 32 hex digits,
                         "created_at": unix s, "not_after": unix s,
                         "box_ids": [box id, ...] (empty: any box),
-                        "files": {name: SHA-256 hex, ...}}
+                        "files": {name: SHA-256 hex, ...},
+                        "update": {"file", "size", "sha256"} (optional)}
     manifest.sig       ECDSA P-256 / SHA-256 signature (DER) over manifest.json's bytes
     signer.pem         the technician's certificate, then its CA's (``edgebox hub
                        provisioning-cert``)
@@ -13,6 +14,10 @@ A bundle is a folder ``edgebox-provisioning`` at the top of a stick (`BUNDLE_DIR
     answers.toml       the setup answers (the wizard's: agency, first admin, uplink)
     users.csv          optional: users to add
     token.txt          optional: an enrolment token for the hub named in the answers
+    *.raucb            optional: a signed system update (RAUC bundle) the manifest's
+                       ``update`` names with its size and SHA-256; too big to read
+                       whole, it is hashed as it is read (`check_update_file`) and then
+                       RAUC checks its own signature (appliance.update.install)
 
 Only the manifest is signed; every other file (payload, certificates, CRL) is bound to
 it by its hash in the manifest, so a byte flipped anywhere (manifest, signature,
@@ -35,7 +40,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import re
+import shutil
 import tomllib
 import uuid
 import warnings
@@ -75,6 +82,10 @@ _X509_ERRORS: Final = (
     ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
 )  # fmt: skip
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: An update bundle's name on the stick.
+_UPDATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\.raucb")
+#: The largest update bundle a stick may carry (a root slot is smaller).
+MAX_UPDATE: Final = 2 * 1024**3
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -94,12 +105,22 @@ def _malformed(what: str) -> BundleError:
 
 
 @dataclass(frozen=True)
+class UpdateFile:
+    """The system update a stick carries: its file beside the manifest, size, hash."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     bundle_id: str
     created_at: int
     not_after: int
     box_ids: tuple[str, ...]
     files: Mapping[str, str]
+    update: UpdateFile | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +157,8 @@ class Payload:
     #: The wizard's network and time answers (wizard.check_step), or None.
     network: dict[str, Any] | None = None
     time: dict[str, Any] | None = None
+    #: A system update to install (appliance.update.install), or None.
+    update: UpdateFile | None = None
 
 
 # --- parsing (structure only) -----------------------------------------------------------
@@ -201,16 +224,49 @@ def _manifest(body: Any) -> Manifest:
         isinstance(b, str) and _HEX32.fullmatch(b) for b in box_ids
     ):
         raise _malformed("box_ids")
+    update = _update_file(body.get("update"))
     hashes_ = body.get("files")
     if (
         not isinstance(hashes_, dict)
         or SIGNER not in hashes_
-        or not any(n in PAYLOAD_FILES for n in hashes_)
+        or not (update is not None or any(n in PAYLOAD_FILES for n in hashes_))
         or not all(n in HASHED_FILES and isinstance(h, str) and _HEX64.fullmatch(h)
                    for n, h in hashes_.items())
     ):  # fmt: skip
         raise _malformed("files")
-    return Manifest(bundle_id, created_at, not_after, tuple(box_ids), dict(hashes_))
+    return Manifest(bundle_id, created_at, not_after, tuple(box_ids), dict(hashes_), update)
+
+
+def _update_file(raw: Any) -> UpdateFile | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _malformed("update")
+    name, size, digest = raw.get("file"), raw.get("size"), raw.get("sha256")
+    if not (isinstance(name, str) and _UPDATE_NAME.fullmatch(name)
+            and type(size) is int and 0 < size <= MAX_UPDATE
+            and isinstance(digest, str) and _HEX64.fullmatch(digest)):  # fmt: skip
+        raise _malformed("update")
+    return UpdateFile(name, size, digest)
+
+
+def check_update_file(folder: Path, update: UpdateFile) -> Path:
+    """The update bundle on the stick, if it is the one the signed manifest names (size
+    and SHA-256, read in chunks); raise `BundleError` ("tampered") otherwise."""
+    path = folder / update.name
+    tampered = BundleError(
+        "tampered", f"{update.name} does not match the signed manifest",
+        f"ไฟล์ {update.name} ไม่ตรงกับรายการที่ลงลายมือชื่อ (ถูกแก้ไขหรือหายไป)",
+    )  # fmt: skip
+    if path.is_symlink() or not path.is_file() or path.stat().st_size != update.size:
+        raise tampered
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != update.sha256:
+        raise tampered
+    return path
 
 
 # --- verification -------------------------------------------------------------------------
@@ -325,6 +381,11 @@ def _trusted_signer(
     return signer, issuer
 
 
+#: The signer check, shared with other signed sets the provisioning CA vouches for
+#: (appliance.protection.signatures: signature sets on the hub and on sticks).
+trusted_signer = _trusted_signer
+
+
 # --- the payload --------------------------------------------------------------------------
 
 
@@ -349,7 +410,10 @@ def read_payload(bundle: Bundle) -> Payload:
         if not token or not hub_url:
             raise _malformed("an enrolment token needs [uplink] hub in answers.toml")
         kinds.append("enrol")
-    return Payload(request, users, token, hub_url, tuple(kinds), network, time)
+    update = bundle.manifest.update
+    if update is not None:
+        kinds.append("update")
+    return Payload(request, users, token, hub_url, tuple(kinds), network, time, update)
 
 
 def parse_system_answers(data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -472,8 +536,11 @@ def create_bundle(
     box_ids: tuple[str, ...] = (),
     crl_pem: bytes | None = None,
     now: dt.datetime | None = None,
+    update: Path | None = None,
 ) -> str:
     """Write a signed bundle of *payload* into ``out_dir/edgebox-provisioning``; return its id.
+
+    *update*, a signed RAUC bundle, is copied beside it and named in the manifest.
 
     The payload files are checked as the box will parse them, so a technician learns
     of a typo at the desk, not on site.
@@ -496,6 +563,13 @@ def create_bundle(
         "box_ids": list(box_ids),
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in hashed.items()},
     }
+    if update is not None:
+        digest = hashlib.sha256()
+        with update.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        manifest["update"] = {"file": update.name, "size": update.stat().st_size,
+                              "sha256": digest.hexdigest()}  # fmt: skip
     raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
     files = {**hashed, MANIFEST: raw, SIGNATURE: key.sign(raw, ec.ECDSA(hashes.SHA256()))}
     read_payload(parse_bundle(files))  # the box's own reading, before anything is written
@@ -503,6 +577,11 @@ def create_bundle(
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.iterdir():
         stale.unlink()  # an older bundle's files must not mix with this one's
+    if update is not None:
+        copied = folder / update.name
+        shutil.copyfile(update, copied)
+        with copied.open("rb") as f:
+            os.fsync(f.fileno())
     # The manifest last: a stick pulled early has no manifest, so no bundle at all.
     for name, data in sorted(files.items(), key=lambda item: item[0] == MANIFEST):
         write_atomically(folder / name, data, mode=0o600)
@@ -516,6 +595,8 @@ def read_bundle_files(folder: Path) -> dict[str, bytes]:
     for path in folder.iterdir():
         if path.is_symlink() or not path.is_file():
             continue  # a stick is untrusted: no link may point into the box
+        if path.name.endswith(".raucb"):
+            continue  # an update: hashed as it is read, when the manifest names it
         with path.open("rb") as handle:
             data = handle.read(MAX_FILE + 1)
         if len(data) > MAX_FILE:

@@ -52,6 +52,8 @@ def add(commands: Any, hub_command: Any) -> None:
     create.add_argument("--answers", type=Path, help="the setup answers (TOML)")
     create.add_argument("--users", type=Path, help="users to add (CSV)")
     create.add_argument("--token", help="an enrolment token from `edgebox hub token`")
+    create.add_argument("--update", type=Path,
+                        help="a signed system update (.raucb) the box installs")  # fmt: skip
     create.add_argument("--key", type=Path, required=True, help="the provisioning key (PEM)")
     create.add_argument(
         "--cert",
@@ -109,10 +111,10 @@ def _bundle_create(args: argparse.Namespace) -> int:
         payload[USERS] = args.users.read_bytes()
     if args.token:
         payload[TOKEN] = args.token.strip().encode() + b"\n"
-    if not payload:
+    if not payload and args.update is None:
         raise ProvisioningError(
-            "nothing to put in the bundle: give --answers, --users or --token",
-            "ไม่มีข้อมูลสำหรับชุดข้อมูล: ระบุ --answers, --users หรือ --token",
+            "nothing to put in the bundle: give --answers, --users, --token or --update",
+            "ไม่มีข้อมูลสำหรับชุดข้อมูล: ระบุ --answers, --users, --token หรือ --update",
         )
     now = dt.datetime.now(dt.UTC)
     try:
@@ -125,6 +127,7 @@ def _bundle_create(args: argparse.Namespace) -> int:
             not_after=now + dt.timedelta(days=args.days),
             box_ids=tuple(args.box_id),
             now=now,
+            update=args.update,
         )
     except BundleError as exc:
         raise ProvisioningError(exc.message_en, exc.message_th) from None

@@ -10,6 +10,10 @@ A stick is any block device the settings allow (``usb_provisioning``) that carri
 3. apply it: on an unprovisioned box through `provision()` (atomic: the old state or the
    new), then its users and enrolment; on a provisioned box only adding users and
    rotating the enrolment — a bundle that provisions is refused there, never applied;
+   last, on either, a system update the manifest names (its size and SHA-256 checked as
+   it is read, then appliance.update.install: RAUC's signature check, a newer release
+   only), with its progress on the panel's UPDATE page; the box reboots into it
+   (``update_reboot``) after the result is on the stick;
 4. write a result signed with the device key to ``edgebox-results/`` on the stick,
    remounting it read-write just for that, then unmount.
 
@@ -21,8 +25,7 @@ that hands over already mounted folders.
 The panel follows each stick: every phase and the result go to `Lifecycle.stick_news`,
 which the panel service shows as notices (appliance.panel), the result for a minute.
 
-What this is not: the panel itself, or installing an update bundle (not in a stick's
-payload).
+What this is not: the panel itself, or how an update installs (appliance.update).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -52,6 +55,8 @@ from appliance.provisioning.bundle import (
     Bundle,
     BundleError,
     Payload,
+    UpdateFile,
+    check_update_file,
     parse_bundle,
     read_bundle_files,
     read_payload,
@@ -287,6 +292,26 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int:
         return -1
 
 
+# --- a stick's system update -------------------------------------------------------------------
+
+
+class SystemUpdates(Protocol):
+    """The box's installer (appliance.update.installer.UpdateInstaller, handed over by the
+    registry: the stick's path and the hub channel's install the same way)."""
+
+    def install(self, bundle: Path, news: Callable[[str], None]) -> tuple[bool, str]:
+        """Install *bundle* (blocking): (True, its release) or (False, why not)."""
+        ...
+
+    def refuse(self, reason: str) -> None:
+        """Record a bundle refused before the installer saw it."""
+        ...
+
+    def reboot(self) -> None:
+        """Reboot into what was installed (if the settings say to)."""
+        ...
+
+
 # --- the result -------------------------------------------------------------------------------
 
 
@@ -312,6 +337,9 @@ def panel_result(outcome: Outcome) -> str:
         done = ", ".join(outcome.applied)
         word = "done" if outcome.status == "applied" else "partly done"
         return f"USB {word}: {done}; remove stick"
+    if outcome.status == "update-refused" and outcome.errors:
+        # Why, in the panel's English: the UPDATE page and the console say it too.
+        return f"USB update refused: {outcome.errors[-1]['en']}; nothing changed"
     return f"USB refused: {outcome.status}; nothing changed"
 
 
@@ -359,14 +387,31 @@ def verify_result(data: bytes, signature: bytes) -> dict[str, Any]:
 # --- the service ----------------------------------------------------------------------------
 
 
+#: A stick's signature set (appliance.protection.signatures, handed in by the registry):
+#: install the set in the folder; return what was applied, or the refusal as a result
+#: error entry (``reason``, ``en``, ``th``).
+SignatureStick = Callable[[Path], Awaitable["str | dict[str, str]"]]
+#: Beside ``edgebox-provisioning``: a signed set of anti-virus signatures and spam rules.
+SIGNATURES_DIR: Final = "edgebox-signatures"
+
+
 class UsbProvisioning:
     """Apply the bundles on the sticks *devices* reports to the running box."""
 
-    def __init__(self, config: Any, lifecycle: Lifecycle, devices: BlockDevices) -> None:
+    def __init__(
+        self, config: Any, lifecycle: Lifecycle, devices: BlockDevices,
+        updates: SystemUpdates | None = None,
+        signatures: SignatureStick | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.data_dir: Path = config.data_dir
         self.lifecycle = lifecycle
         self.devices = devices
+        #: Installs a stick's system update; None: this box refuses them.
+        self.updates = updates
+        self._reboot_after = False
+        #: Installs a stick's signature set; None where scanning is off.
+        self.signatures = signatures
         #: Every stick's outcome, in order (tests; the panel later).
         self.outcomes: list[Outcome] = []
 
@@ -386,12 +431,30 @@ class UsbProvisioning:
             await stick.unmount()
             return None
         try:
-            if not (folder / BUNDLE_DIR).is_dir():
+            has_set = self.signatures is not None and (folder / SIGNATURES_DIR).is_dir()
+            if not (folder / BUNDLE_DIR).is_dir() and not has_set:
                 log.info("stick %s carries no %s folder; ignored", stick.name, BUNDLE_DIR)
                 return None
             self.lifecycle.stick_news("USB: checking bundle")
             now = dt.datetime.now(dt.UTC)
-            outcome = await self._check_and_apply(folder / BUNDLE_DIR, now)
+            if (folder / BUNDLE_DIR).is_dir():
+                outcome = await self._check_and_apply(folder / BUNDLE_DIR, now)
+            else:
+                outcome = Outcome(status="nothing")
+            if has_set and self.signatures is not None:
+                # The offline path for signatures (a box cut off from the hub): the set
+                # carries its own signature under the same provisioning CA.
+                self.lifecycle.stick_news("USB: installing signatures")
+                result = await self.signatures(folder / SIGNATURES_DIR)
+                if isinstance(result, str):
+                    outcome.applied.append(result)
+                    outcome.status = "applied" if not outcome.errors else "partial"
+                else:
+                    outcome.errors.append(result)
+                    if outcome.applied:
+                        outcome.status = "partial"
+                    elif outcome.status == "nothing":
+                        outcome.status = result.get("reason", "refused")
             self.outcomes.append(outcome)
             self.lifecycle.stick_news("USB: writing result")
             try:
@@ -410,6 +473,10 @@ class UsbProvisioning:
             return outcome
         finally:
             await stick.unmount()
+            if self._reboot_after and self.updates is not None:
+                # After the result is on the stick and the stick is unmounted.
+                self._reboot_after = False
+                self.updates.reboot()
             if box_state(self.data_dir) is BoxState.PROVISIONED and (
                 self.lifecycle.state is BoxState.UNPROVISIONED
             ):
@@ -441,6 +508,9 @@ class UsbProvisioning:
             return outcome
         self.lifecycle.stick_news("USB: applying, keep stick in")
         await self._apply(payload, outcome)
+        # Last, and only if the rest was not refused as a whole: the slowest step.
+        if payload.update is not None and (outcome.applied or not outcome.errors):
+            await self._install_update(folder, payload.update, outcome)
         if outcome.applied:
             # Recorded only once something changed: a bundle refused as a whole (a
             # wrong password length, say) may be fixed at the desk and brought again.
@@ -461,7 +531,7 @@ class UsbProvisioning:
                 " จะตั้งค่าซ้ำไม่ได้ (ต้องล้างเครื่องเป็นค่าโรงงานก่อน)",
             )  # fmt: skip
             return
-        if not provisioned and payload.request is None:
+        if not provisioned and payload.request is None and payload.update is None:
             outcome.refuse(
                 "not-provisioned",
                 "the box is not provisioned yet; the bundle needs [agency] and [admin] answers",
@@ -498,6 +568,39 @@ class UsbProvisioning:
                                        "th": f"ลงทะเบียนกับศูนย์ไม่สำเร็จ: {exc}"})  # fmt: skip
         if outcome.applied:
             outcome.status = "applied" if not outcome.errors else "partial"
+
+    async def _install_update(self, folder: Path, update: UpdateFile, outcome: Outcome) -> None:
+        """Check the stick's update against the manifest and install it; say why if not."""
+        self.lifecycle.stick_news("USB: checking update, keep stick in")
+        updates = self.updates
+        if updates is None:
+            en = "this box does not install system updates from a stick"
+            th = "เครื่องนี้ไม่รับการปรับรุ่นระบบจากแฟลชไดรฟ์"
+            installed, said = False, en
+        else:
+
+            def install() -> tuple[bool, str]:
+                try:
+                    bundle = check_update_file(folder, update)
+                except BundleError as exc:
+                    updates.refuse(exc.message_en)
+                    return False, exc.message_en
+                return updates.install(bundle, lambda text: self.lifecycle.stick_news(
+                    f"USB: {text}, keep stick in"))  # fmt: skip
+
+            installed, said = await trio.to_thread.run_sync(install)
+            en, th = f"update not installed: {said}", f"ไม่ได้ติดตั้งการปรับรุ่น: {said}"
+        if not installed:
+            log.warning("USB update refused: %s", said)
+            if outcome.applied:
+                outcome.errors.append({"reason": "update", "en": en, "th": th})
+                outcome.status = "partial"
+            else:
+                outcome.refuse("update-refused", en, th)
+            return
+        outcome.applied.append(f"update:{said}")
+        outcome.status = "applied" if not outcome.errors else "partial"
+        self._reboot_after = True
 
     async def _add_users(self, payload: Payload, outcome: Outcome) -> None:
         """Add every user, or none if any is refused up front (exists, wrong domain)."""
@@ -541,9 +644,14 @@ class UsbProvisioning:
         os.sync()  # the technician pulls the stick as soon as the panel says done
 
 
-def usb_service(config: Any, lifecycle: Lifecycle) -> UsbProvisioning | None:
+def usb_service(
+    config: Any,
+    lifecycle: Lifecycle,
+    updates: SystemUpdates | None = None,
+    signatures: SignatureStick | None = None,
+) -> UsbProvisioning | None:
     """The stick service the settings ask for (``usb_provisioning``), or None (off)."""
     if not config.usb_provisioning:
         return None
     devices = UdevBlockDevices(accepts(config.usb_provisioning))
-    return UsbProvisioning(config, lifecycle, devices)
+    return UsbProvisioning(config, lifecycle, devices, updates, signatures)

@@ -41,6 +41,7 @@ from appliance.provisioning.provision import MIN_ADMIN_PASSWORD
 from appliance.security.keys import shred
 from appliance.security.passwords import hash_password
 from appliance.store.files import write_atomically
+from appliance.sync.hub.ca import valid_box_id
 
 #: The steps in the order the wizard walks them (claim comes before, apply after).
 STEPS: Final = ("language", "agency", "admin", "network", "time", "uplink", "restore", "review")
@@ -358,7 +359,10 @@ def _uplink(fields: dict[str, str], draft: Draft) -> dict[str, Any]:
 
 
 def _restore(fields: dict[str, str], draft: Draft) -> dict[str, Any]:
-    if fields.get("mode", "new") != "restore":
+    mode = fields.get("mode", "new")
+    if mode == "restore-hub":
+        return _restore_from_hub(fields, draft)
+    if mode != "restore":
         return {}
     source = _required(fields, "source", "the backup's folder", "โฟลเดอร์ของข้อมูลสำรอง", 1000)
     if not source.startswith("/"):
@@ -377,3 +381,33 @@ def _restore(fields: dict[str, str], draft: Draft) -> dict[str, Any]:
     # second typing of 17 groups is a small price for nothing secret on the disk.
     # The backup itself is checked by wizard_pages (it reads the disk).
     return {"source": source, "key_id": key_id(key)}
+
+
+#: The restore step's source when the backup comes from the hub of the uplink step.
+HUB_SOURCE: Final = "hub"
+
+
+def _restore_from_hub(fields: dict[str, str], draft: Draft) -> dict[str, Any]:
+    # The hub and the enrolment token are the uplink step's: apply re-enrols as the old
+    # box with them (appliance.backup.hub_restore) instead of enrolling a new one.
+    if draft.step_answers("uplink").get("mode") != "hub":
+        raise StepError("mode", "a restore from the hub needs the hub and its token at the "
+                        "uplink step",
+                        "การกู้คืนจากศูนย์ต้องระบุศูนย์และรหัสลงทะเบียนในขั้นตอนการเชื่อมต่อ")  # fmt: skip
+    box_id = _required(fields, "box_id", "the box id (on the recovery sheet)",
+                       "รหัสเครื่อง (บนแผ่นกุญแจกู้คืน)", 40).lower()  # fmt: skip
+    if not valid_box_id(box_id):
+        raise StepError("box_id", "a box id is letters, digits and -, as on the sheet",
+                        "รหัสเครื่องประกอบด้วยตัวอักษร ตัวเลข และ - ตามที่พิมพ์ในแผ่น")  # fmt: skip
+    domain_text = _required(fields, "box_domain", "the agency's domain", "โดเมนของหน่วยงาน", 253)
+    try:
+        domain = normalise_domain(domain_text)
+    except DirectoryError as exc:
+        raise StepError("box_domain", str(exc), f"โดเมนไม่ถูกต้อง: {exc}") from None
+    words = _required(fields, "key", "the recovery key", "กุญแจกู้คืน", 2000)
+    try:
+        key = words_to_key(words)
+    except BadRecoveryKey as exc:
+        raise StepError("key", f"the recovery key is not valid: {exc}",
+                        f"กุญแจกู้คืนไม่ถูกต้อง: {exc}") from None  # fmt: skip
+    return {"source": HUB_SOURCE, "box_id": box_id, "domain": domain, "key_id": key_id(key)}

@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -55,6 +55,7 @@ from appliance.provisioning.setup_api import SetupApi, already_provisioned
 from appliance.provisioning.system_files import system_root, write_system_files
 from appliance.provisioning.uplink_check import CheckLine, check_uplink
 from appliance.provisioning.wizard import (
+    HUB_SOURCE,
     STEPS,
     Draft,
     StepError,
@@ -83,6 +84,11 @@ _NEEDED_RESTORE: Final = ("network", "time", "uplink", "restore")
 SKIPPABLE: Final = ("agency", "admin")
 
 
+#: ``(blank staging folder, hub URL, enrolment token, box id, domain, key)`` → the
+#: restored set's name; `appliance.backup.hub_restore.restore_from_hub` in the box.
+HubRestorer = Callable[[Path, str, str, str, str, bytes], Awaitable[str]]
+
+
 @dataclass
 class ApplyReport:
     """What apply did, for the done page (and the log)."""
@@ -99,10 +105,16 @@ class ApplyReport:
 class SetupWizard:
     """The wizard's pages for one unprovisioned box."""
 
-    def __init__(self, config: Any, lifecycle: Lifecycle, api: SetupApi) -> None:
+    def __init__(
+        self, config: Any, lifecycle: Lifecycle, api: SetupApi,
+        *, hub_restorer: HubRestorer | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.lifecycle = lifecycle
         self.api = api
+        #: Restores a box from its hub (appliance.backup.hub_restore, handed in by the
+        #: registry: it re-enrols, which is above this layer); None: folders only.
+        self.hub_restorer = hub_restorer
         self.data_dir: Path = lifecycle.data_dir
         self.static_files: dict[str, StaticFile] = load_static()
         self.env = jinja2.Environment(
@@ -352,12 +364,18 @@ class SetupWizard:
     async def _apply(self, draft: Draft, words: str) -> ApplyReport:
         """Set the box up from *draft*; *words* is the recovery key for a restore."""
         report = ApplyReport()
+        from_hub = draft.step_answers("restore").get("source") == HUB_SOURCE
         if draft.restoring:
-            restore = {"source": draft.step_answers("restore")["source"], "key": words}
+            restore = {**draft.step_answers("restore"), "key": words}
             try:
-                report.restored = await trio.to_thread.run_sync(
-                    restore_onto, self.data_dir, restore
-                )
+                if from_hub:
+                    report.restored = await self._restore_from_hub(
+                        restore, draft.step_answers("uplink")
+                    )
+                else:
+                    report.restored = await trio.to_thread.run_sync(
+                        restore_onto, self.data_dir, restore
+                    )
             except (RestoreError, BadRecoveryKey, OSError) as exc:
                 raise ProvisioningError(f"the backup was not restored: {exc}",
                                         f"กู้คืนข้อมูลสำรองไม่สำเร็จ: {exc}") from None  # fmt: skip
@@ -388,7 +406,10 @@ class SetupWizard:
                 f"เขียนไฟล์ตั้งค่าเครือข่ายและเวลาไม่ได้: {exc}",
             ))  # fmt: skip
         uplink = draft.step_answers("uplink")
-        if uplink.get("mode") == "hub":
+        if from_hub:
+            # The restore re-enrolled the box as itself with the uplink step's token.
+            report.enrolled = uplink["hub_url"]
+        elif uplink.get("mode") == "hub":
             try:
                 done = await enroll(self.data_dir, uplink["hub_url"], uplink["token"])
                 report.enrolled = done.hub_url
@@ -412,6 +433,22 @@ class SetupWizard:
             log.exception("setup: org units not added")
             report.problems.append((f"org units not added: {exc}",
                                     f"เพิ่มหน่วยงานย่อยไม่สำเร็จ: {exc}"))  # fmt: skip
+
+    async def _restore_from_hub(self, answers: dict[str, Any], uplink: dict[str, Any]) -> str:
+        """Restore the box named at the restore step from the uplink step's hub."""
+        if self.hub_restorer is None:
+            raise RestoreError("this server cannot restore from a hub; use "
+                               "`edgebox backup restore --from https://…`")  # fmt: skip
+        key = words_to_key(answers["key"])
+        staging = self.data_dir / "restored"
+        await trio.to_thread.run_sync(discard_unfinished, self.data_dir)
+        if staging.exists():
+            await trio.to_thread.run_sync(shutil.rmtree, staging)
+        name = await self.hub_restorer(
+            staging, uplink["hub_url"], uplink["token"], answers["box_id"], answers["domain"], key
+        )
+        await trio.to_thread.run_sync(adopt_restored, self.data_dir, staging)
+        return name
 
     # --- the rest ----------------------------------------------------------------------
 
@@ -456,8 +493,11 @@ def check_key(words: str, answers: dict[str, Any]) -> None:
 def check_backup(answers: dict[str, Any]) -> None:
     """Refuse a backup folder that holds no backup, or a key that is not its key.
 
-    *answers* are the restore step's: the folder and the key's fingerprint.
+    *answers* are the restore step's: the folder and the key's fingerprint. A backup at
+    the hub is not looked at here: asking would spend the enrolment token.
     """
+    if answers.get("source") == HUB_SOURCE:
+        return
     try:
         backup = find_backup(Path(answers["source"]))
     except (RestoreError, OSError) as exc:
@@ -485,6 +525,16 @@ def restore_onto(data_dir: Path, answers: dict[str, Any]) -> str:
     if staging.exists():
         shutil.rmtree(staging)
     done = restore_backup(staging, Path(answers["source"]), key)
+    adopt_restored(data_dir, staging)
+    return done.name
+
+
+def adopt_restored(data_dir: Path, staging: Path) -> None:
+    """Move a box restored into *staging* into the running blank box at *data_dir*.
+
+    Its entries are moved in, ``config.json`` (the identity) last, so a crash before
+    that last rename leaves an unprovisioned box whose next start discards the rest.
+    """
     entries = sorted(p for p in staging.iterdir() if p.name not in KEPT)
     identity = staging / "config.json"
     if not identity.exists():
@@ -503,4 +553,3 @@ def restore_onto(data_dir: Path, answers: dict[str, Any]) -> str:
     os.replace(identity, data_dir / "config.json")
     fsync_dir(data_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    return done.name

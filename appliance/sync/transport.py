@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 JSON = Any
@@ -63,3 +64,17 @@ class SyncRoute:
     handler: SyncHandler
     #: Largest request body accepted, in bytes (a batch of events or directory rows).
     max_body: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SyncDownload:
+    """Files an enrolled box may fetch: ``GET prefix + name`` (HEAD too), with ranges.
+
+    The one exception to "POST and JSON": an update bundle is hundreds of MiB, and a
+    box on a slow line must be able to resume it (``Range``, RFC 9110 §14) and to read it
+    at its own pace. *locate* maps the name after the prefix to a file, or None (404);
+    it must never let a name reach outside its folder.
+    """
+
+    prefix: str
+    locate: Callable[[Peer, str], Path | None]

@@ -1,5 +1,6 @@
 """``edgebox update …``: make keyrings and bundles (build machine), install and confirm
-updates (the box). Documented in docs/cli.md and docs/updates.md.
+updates (the box); ``edgebox hub update publish`` (the hub's update channel).
+Documented in docs/cli.md and docs/updates.md.
 
 Each handler returns the exit code and prints one line for a refusal (exit 1); RAUC's
 own reason is part of it.
@@ -18,18 +19,22 @@ from typing import Any
 import trio
 
 from appliance.box import configured
-from appliance.update import outcome
+from appliance.sync.central import central_client_context
+from appliance.update import outcome, progress
 from appliance.update.bundle import BundleError, make_bundle
+from appliance.update.channel import PublishError, publish
 from appliance.update.confirm import DEFAULT_WAIT, Action, boot_id, confirm_boot, read_gate
-from appliance.update.install import UpdateError, fetch, install_bundle
+from appliance.update.download import DownloadError, Expected, discard_part, download
+from appliance.update.install import UpdateError, install_bundle
 from appliance.update.keyring import CHANNELS, KeyringError, ensure_keyring, open_keyring
 from appliance.update.manifest import Manifest
 from appliance.update.rauc import RaucCommand, RaucError
 from appliance.update.system_conf import box_system_conf
 
 
-def add(commands: Any) -> None:
-    """Add ``edgebox update`` and its actions to the top-level *commands*."""
+def add(commands: Any, hub_command: Any) -> None:
+    """Add ``edgebox update`` and its actions to the top-level *commands*, and ``hub
+    update publish`` through *hub_command* (the ``edgebox hub`` actions' maker)."""
     update = commands.add_parser("update", help="signed A/B system updates (RAUC)")
     actions = update.add_subparsers(required=True, metavar="ACTION")
 
@@ -67,7 +72,10 @@ def add(commands: Any) -> None:
     conf.add_argument("--compatible", default="edgebox-amd64")
 
     install = action("install", _install, "install a signed bundle into the other slot")
-    install.add_argument("source", help="a bundle file or an https:// URL")
+    install.add_argument("source", help="a bundle file or an https:// URL (fetched with the "
+                         "box's sync certificate, resumable)")  # fmt: skip
+    install.add_argument("--sha256", help="with a URL: the bundle's SHA-256, checked before RAUC")
+    install.add_argument("--size", type=int, help="with a URL: the bundle's size in bytes")
     install.add_argument("--reboot", action="store_true", help="reboot into it when written")
 
     confirm = action(
@@ -81,6 +89,21 @@ def add(commands: Any) -> None:
                          help="mark a failing slot bad, do not reboot")  # fmt: skip
 
     action("status", _status, "show the pending update and the update history")
+
+    hub_update = hub_command("update", None, "the hub's update channel")
+    hub_actions = hub_update.add_subparsers(required=True, metavar="ACTION")
+    published = hub_actions.add_parser(
+        "publish", help="offer a signed bundle to the boxes of a channel",
+        description="offer a signed bundle to the boxes of a channel",
+    )  # fmt: skip
+    published.set_defaults(handler=_publish)
+    published.add_argument("bundle", type=Path, help="the .raucb file")
+    published.add_argument("--channel", default="stable", help="the channel (default stable)")
+    published.add_argument(
+        "--keyring", type=Path, help="check the signature against this CA first (recommended)"
+    )
+    published.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")),
+                           help="the hub's data directory")  # fmt: skip
 
 
 def _keyring(args: argparse.Namespace) -> int:
@@ -112,17 +135,60 @@ def _system_conf(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     data: Path = args.data
+    fetched = "://" in args.source
+
+    def moved(phase: str, percent: int) -> None:
+        progress.write_progress(data, progress.Progress(phase, percent, "", time.time()))
+
     try:
-        bundle = fetch(args.source, data) if "://" in args.source else Path(args.source)
-        done = install_bundle(
-            data, _rauc(args), bundle, now=time.time, this_boot=args.boot_id or boot_id()
-        )
-    except (UpdateError, RaucError) as exc:
+        bundle = _fetch(args, data) if fetched else Path(args.source)
+        done = install_bundle(data, _rauc(args), bundle, now=time.time,
+                              this_boot=args.boot_id or boot_id(), progress=moved)  # fmt: skip
+    except DownloadError as exc:
+        # The part stays: the same command again goes on from where this one stopped.
+        progress.clear_progress(data)
         return _fail(f"update not installed, nothing changed on this system: {exc}")
+    except (UpdateError, RaucError) as exc:
+        progress.clear_progress(data)
+        if fetched:
+            discard_part(data)  # refused: fetching it again would not help
+        return _fail(f"update not installed, nothing changed on this system: {exc}")
+    if fetched:
+        discard_part(data)  # installed: the download's space back
     print(f"edgebox {done.version} written to slot {done.to_slot}; it runs after a reboot "
           "and is kept only if it passes its health checks")  # fmt: skip
     if args.reboot:
+        progress.write_progress(data, progress.Progress(progress.REBOOTING, 100, done.version,
+                                                        time.time()))  # fmt: skip
         _reboot()
+    else:
+        progress.clear_progress(data)
+    return 0
+
+
+def _fetch(args: argparse.Namespace, data: Path) -> Path:
+    """Download the URL with the box's sync certificate; resumes a cut download."""
+    if (args.sha256 is None) != (args.size is None):
+        raise DownloadError("give --sha256 and --size together (or neither)")
+    expected = Expected(args.size, args.sha256.lower()) if args.sha256 else None
+
+    def moved(held: int, total: int) -> None:
+        percent = int(held * 100 / total) if total else 0
+        progress.write_progress(data, progress.Progress(progress.DOWNLOADING, percent, "",
+                                                        time.time()))  # fmt: skip
+
+    context = central_client_context(data / "keys")
+    return trio.run(lambda: download(args.source, data, context, expected=expected,
+                                     progress=moved))  # fmt: skip
+
+
+def _publish(args: argparse.Namespace) -> int:
+    try:
+        done = publish(args.data, args.bundle, args.channel, keyring=args.keyring)
+    except (PublishError, OSError) as exc:
+        return _fail(f"not published: {exc}")
+    print(f"channel {args.channel}: edgebox {done.version} for {done.compatible}, "
+          f"{done.size} bytes, sha256 {done.sha256}")  # fmt: skip
     return 0
 
 

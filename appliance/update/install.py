@@ -1,32 +1,31 @@
-"""``edgebox update install FILE|URL``: fetch a bundle, let RAUC write the other slot.
+"""Install a bundle that is on the box: RAUC writes the other slot. Every path ends here:
+``edgebox update install FILE|URL``, the hub's update channel (appliance.update.follow)
+and a provisioning stick (appliance.provisioning.usb).
 
-RAUC checks the CMS signature against the box's one keyring and the ``compatible``
-string before it writes anything; what it refuses is recorded as ``refused`` with RAUC's
-reason, what it writes as ``installed`` with the `Pending` update the next boot judges
-(appliance.update.confirm). A URL is fetched over HTTPS into ``update/incoming.raucb``
-first: the plain bundle format cannot be streamed, and a partial download must never
-reach RAUC (it would refuse it anyway: the signature covers every byte).
+In order, each step able to refuse with nothing written:
+
+1. RAUC checks the CMS signature against the box's one keyring (``rauc info``);
+2. the bundle's release must be newer than the running one (appliance.update.version):
+   a box never goes backwards;
+3. RAUC checks the ``compatible`` string and writes the other slot (``rauc install``).
+
+What is refused is recorded as ``refused`` with the reason, what is written as
+``installed`` with the `Pending` update the next boot judges (appliance.update.confirm).
+A URL is fetched first (appliance.update.download): a partial download never reaches
+RAUC.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import ssl
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
-from appliance.store.files import fsync_dir
 from appliance.update import outcome
+from appliance.update.download import sha256_of
 from appliance.update.outcome import Pending
 from appliance.update.rauc import Rauc, RaucError
-
-INCOMING: Final = Path("update") / "incoming.raucb"
-#: A bundle bigger than this is refused while downloading (a root slot is smaller).
-MAX_BUNDLE: Final = 2 * 1024**3
+from appliance.update.version import RELEASE_FILE, is_newer, running_version
 
 
 class UpdateError(Exception):
@@ -39,52 +38,44 @@ class Installed:
     to_slot: str
 
 
-def fetch(url: str, data_dir: Path, context: ssl.SSLContext | None = None) -> Path:
-    """Download *url* (https only) into ``update/incoming.raucb``, fsynced."""
-    if not url.startswith("https://"):
-        raise UpdateError(f"only https:// URLs are fetched, not {url!r}")
-    target = data_dir / INCOMING
-    target.parent.mkdir(parents=True, exist_ok=True)
-    size = 0
-    try:
-        with (
-            urllib.request.urlopen(url, timeout=60, context=context) as answer,  # noqa: S310 - https only, checked above
-            target.open("wb") as out,
-        ):
-            while chunk := answer.read(1 << 20):
-                size += len(chunk)
-                if size > MAX_BUNDLE:
-                    raise UpdateError(f"bundle at {url} is larger than {MAX_BUNDLE} bytes")
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-    except OSError as exc:
-        target.unlink(missing_ok=True)
-        raise UpdateError(f"cannot download {url}: {exc}") from None
-    fsync_dir(target.parent)
-    return target
-
-
 def install_bundle(
-    data_dir: Path, rauc: Rauc, bundle: Path, *, now: Callable[[], float], this_boot: str
+    data_dir: Path,
+    rauc: Rauc,
+    bundle: Path,
+    *,
+    now: Callable[[], float],
+    this_boot: str,
+    release_file: Path = RELEASE_FILE,
+    progress: Callable[[str, int], None] | None = None,
 ) -> Installed:
-    """Install *bundle* into the other slot and record it; raise `UpdateError` if refused."""
+    """Install *bundle* into the other slot and record it; raise `UpdateError` if refused.
+
+    *progress* hears ("verifying" | "installing", percent) as RAUC works.
+    """
     status = rauc.status()
     target = status.other().bootname
+    running = running_version(status.running().version, release_file)
+
+    def refuse(reason: str, version: str = "") -> UpdateError:
+        outcome.record(data_dir, "refused", version, target, now(), reason)
+        return UpdateError(f"{bundle.name} refused: {reason}")
+
+    if progress is not None:
+        progress("verifying", 0)
     try:
         version = rauc.info(bundle)
-        rauc.install(bundle)
     except RaucError as exc:
-        outcome.record(data_dir, "refused", "", target, now(), str(exc))
-        raise UpdateError(f"RAUC refused {bundle.name}: {exc}") from None
-    pending = Pending(version, _sha256(bundle), status.booted, target, this_boot, now())
+        raise refuse(f"RAUC: {exc}") from None
+    if not is_newer(version, running):
+        raise refuse(f"release {version} is not newer than the running {running}", version)
+    try:
+        if progress is None:
+            rauc.install(bundle)
+        else:
+            progress("installing", 0)
+            rauc.install(bundle, lambda percent: progress("installing", percent))
+    except RaucError as exc:
+        raise refuse(f"RAUC: {exc}", version) from None
+    pending = Pending(version, sha256_of(bundle), status.booted, target, this_boot, now())
     outcome.record(data_dir, "installed", version, target, now(), pending=pending)
     return Installed(version, target)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

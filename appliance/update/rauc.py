@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,8 @@ class Slot:
     state: str
     #: The bootloader's verdict: "good" or "bad".
     boot_status: str
+    #: The release RAUC last installed into it ("" for what the image came with).
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,14 @@ class RaucStatus:
         """The root slot that is not running: where an install writes."""
         return next(s for s in self.slots if s.bootname != self.booted)
 
+    def running(self) -> Slot:
+        """The root slot that runs now."""
+        return next(s for s in self.slots if s.bootname == self.booted)
+
 
 class Rauc(Protocol):
     def info(self, bundle: Path) -> str: ...
-    def install(self, bundle: Path) -> None: ...
+    def install(self, bundle: Path, progress: Callable[[int], None] | None = None) -> None: ...
     def status(self) -> RaucStatus: ...
     def mark(self, verdict: str) -> None: ...
 
@@ -69,19 +76,46 @@ class RaucCommand:
         raw = json.loads(self._run("info", "--output-format=json", str(bundle.resolve())))
         return str(raw.get("version", ""))
 
-    def install(self, bundle: Path) -> None:
-        """Write *bundle* into the other slot and make it primary; raise `RaucError`."""
-        self._run("install", str(bundle.resolve()))
+    def install(self, bundle: Path, progress: Callable[[int], None] | None = None) -> None:
+        """Write *bundle* into the other slot and make it primary; raise `RaucError`.
+
+        *progress* hears RAUC's percentages as it prints them (" 80% Updating slots").
+        """
+        if progress is None:
+            self._run("install", str(bundle.resolve()))
+            return
+        conf = [f"--conf={self.conf}"] if self.conf else []
+        try:
+            # Fixed argv, no shell; rauc from the system PATH as systemd gives it.
+            process = subprocess.Popen(  # noqa: S603
+                ["rauc", *conf, "install", str(bundle.resolve())],  # noqa: S607
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+            )  # fmt: skip
+        except OSError as exc:
+            raise RaucError(f"rauc install: {exc}") from None
+        output: list[str] = []
+        assert process.stdout is not None
+        with process:
+            for line in process.stdout:
+                output.append(line)
+                if match := _PERCENT.match(line):
+                    progress(int(match.group(1)))
+            code = process.wait()
+        if code != 0:
+            raise RaucError(_last_error("".join(output)) or "rauc install failed")
 
     def status(self) -> RaucStatus:
         """The slots as RAUC sees them."""
-        raw = json.loads(self._run("status", "--output-format=json"))
+        # --detailed: the version RAUC installed into each slot, too.
+        raw = json.loads(self._run("status", "--detailed", "--output-format=json"))
         slots = []
         for entry in raw["slots"]:
             ((name, slot),) = entry.items()
             if slot.get("class") != "rootfs":
                 continue
-            slots.append(Slot(name, slot["bootname"], slot["state"], slot.get("boot_status", "")))
+            bundle = (slot.get("slot_status") or {}).get("bundle") or {}
+            slots.append(Slot(name, slot["bootname"], slot["state"], slot.get("boot_status", ""),
+                              str(bundle.get("version") or "")))  # fmt: skip
         return RaucStatus(
             raw["compatible"], raw["booted"], tuple(sorted(slots, key=lambda s: s.name))
         )
@@ -105,6 +139,10 @@ class RaucCommand:
         if done.returncode != 0:
             raise RaucError(_last_error(done.stdout + done.stderr) or f"rauc {args[0]} failed")
         return done.stdout
+
+
+#: RAUC's progress lines while installing: "  0% Installing", " 99% Copying image …".
+_PERCENT = re.compile(r"^\s*(\d{1,3})% ")
 
 
 def _last_error(output: str) -> str:

@@ -4,6 +4,7 @@ states, and the button's factory reset (hold, prompt, confirm) through the lifec
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import cast
 
@@ -27,6 +28,8 @@ from appliance.provisioning.device import ensure_device
 from appliance.provisioning.lifecycle import BoxState, Lifecycle, ResetHold
 from appliance.provisioning.provision import provision
 from appliance.sync.link import LinkReading, LinkSnapshot, LinkState
+from appliance.update import outcome, progress
+from appliance.update.progress import update_view
 from hw import panel_link
 from hw.panel import ButtonPressed, HostWasReset, PanelClient
 from tests.appliance.provisioning.test_provision import REQUEST
@@ -209,3 +212,61 @@ async def test_a_sticks_steps_show_once_and_its_result_for_a_minute(
     assert set(shown) == {"USB done: provision; remove stick"}
     # Repeated through the minute the firmware's 5-s notice would otherwise leave blank.
     assert len(shown) == int(STICK_RESULT_HOLD / PROMPT_REPEAT)
+
+
+def test_an_update_in_hand_then_how_it_ended_reaches_the_panel(tmp_path: Path) -> None:
+    def fields_now(now: float) -> dict[str, str]:
+        return panel_fields(
+            name="box.moe.go.th", lan="192.168.100.200", link=snapshot(LinkState.UP, LinkState.UP),
+            queue_groups=[(3, "a@moe.go.th", 12, 10)],
+            findings=[Finding("update", Level.WARN, "update 2026.12.2 rolled back: " + "x" * 80,
+                              "...")],
+            update=update_view(tmp_path, now),
+        )  # fmt: skip
+
+    assert "uphase" not in fields_now(1000.0)  # no update yet
+    progress.write_progress(tmp_path, progress.Progress("installing", 42, "2026.12.2", 1000.0))
+    fields = fields_now(1001.0)
+    assert (fields["uphase"], fields["update"], fields["uver"]) == ("installing", "42", "2026.12.2")
+    # The installer died: its progress is not shown for ever.
+    assert "uphase" not in fields_now(1000.0 + progress.STALE_AFTER + 1)
+    # It rolled back: the panel says so, and why, for a day.
+    progress.clear_progress(tmp_path)
+    outcome.record(tmp_path, "rolled_back", "2026.12.2", "A", 2000.0,
+                   "health gate failed: store: the probe blob read back differently")  # fmt: skip
+    fields = fields_now(2001.0)
+    assert (fields["uphase"], fields["uwhy"]) == (
+        "rolled-back",
+        "health gate failed: store: the probe blob read b",
+    )
+    assert "update" not in fields
+    assert "uphase" not in fields_now(2000.0 + progress.RESULT_HOLD + 1)
+    # With every other field at its longest, the free texts give way: no field is lost.
+    crowded = panel_fields(
+        name="n" * 64, lan="192.168.100.200", link=snapshot(LinkState.DOWN, LinkState.DOWN),
+        queue_groups=[(3, "a@moe.go.th", 1200, 10)],
+        findings=[Finding("update", Level.WARN, "c" * 80, "...")],
+        update=update_view(tmp_path, 2001.0),
+    )  # fmt: skip
+    assert panel_link.decode_state(panel_link.encode_state(crowded)) == crowded
+    # Cut, the health text first, each to no less than a display line.
+    assert len(crowded["check"]) == 16
+    assert fields["uwhy"].startswith(crowded["uwhy"])
+    assert len(crowded["uwhy"]) >= 16
+    # A refusal written by the installer (a stick's bad bundle) outranks older history.
+    progress.write_progress(tmp_path, progress.Progress("refused", 0, "", 3000.0, "tampered"))
+    assert (fields_now(3001.0)["uphase"], fields_now(3001.0)["uwhy"]) == ("refused", "tampered")
+
+
+@pytest.mark.parametrize("provisioned", [True, False])
+async def test_the_service_shows_whoever_installs_on_the_update_page(
+    tmp_path: Path, provisioned: bool
+) -> None:
+    # A stick may update an unprovisioned box too: both states carry the fields.
+    service, _client = await _service(tmp_path, provisioned=provisioned)
+    service._status = service.lifecycle.status()
+    assert "uphase" not in service._fields()
+    # Another process (`edgebox update install`) writes its progress; the panel reads it.
+    progress.write_progress(tmp_path, progress.Progress("downloading", 7, "2026.12.2", time.time()))
+    fields = service._fields()
+    assert (fields["uphase"], fields["update"], fields["uver"]) == ("downloading", "7", "2026.12.2")

@@ -8,8 +8,14 @@ small notes and, for one user in five, a 300 KB attachment), then times:
 - a second backup after 50 new messages (the incremental case: only new blobs copy);
 - `verify` of the newest backup and a restore onto a blank directory (MB/s).
 
-The figures go to tests/bench/results/backup.json and docs/BENCHMARKS.md. Not part of
-`make test`:
+`test_bench_backup_to_and_from_the_hub` backs the same office up to a real hub
+(``edgebox run --role hub`` on loopback; mutual TLS, the sync API's JSON pieces) with no
+rate limit, then again after 50 new messages, then restores it from the hub onto a blank
+directory the way a technician does (a fresh enrolment token, re-enrolment as the old
+box, fetch, restore): MB/s over the bytes sent and restored.
+
+The figures go to tests/bench/results/backup.json (backup-hub.json) and
+docs/BENCHMARKS.md. Not part of `make test`:
 
     .venv/bin/python -m pytest tests/bench/bench_backup.py -m bench -s
 """
@@ -24,17 +30,24 @@ import pytest
 import trio
 
 from appliance.backup.crypto import ensure_backup_key
+from appliance.backup.hub_restore import restore_from_hub
+from appliance.backup.offsite.upload import OffsiteReport, create_offsite_backup
 from appliance.backup.restore import restore_backup, verify_backup
 from appliance.backup.snapshot import create_backup
 from appliance.box import add_user, configured, init_box, open_box
+from appliance.identity import read_identity
 from appliance.mail.delivery import Envelope, Recipient, Trace
+from appliance.sync.hub_client import HubClient
 from tests.bench.common import RESULTS_DIR, commit, machine, write_results
+from tests.harness import edgebox, start_box
+from tests.harness import init_box as init_cli_box
 
 DOMAIN = "office.go.th"
 USERS = 500
 MESSAGES_PER_USER = 4
 ATTACHMENT = 300 * 1024
 RESULTS = RESULTS_DIR / "backup.json"
+HUB_RESULTS = RESULTS_DIR / "backup-hub.json"
 TRACE = Trace(helo="hub.go.th", client_ip="192.0.2.1", protocol="ESMTPS")
 
 
@@ -131,3 +144,76 @@ def test_bench_backup_500_users(tmp_path: Path) -> None:
         "target_mb": round(target_bytes / 1e6, 1),
     })  # fmt: skip
     assert second.blobs_copied == 50
+
+
+async def _offsite(data: Path, url: str) -> OffsiteReport:
+    client = HubClient(data / "keys", url, timeout=300)
+    try:
+        # No rate limit: the figure is what the path itself costs.
+        return await create_offsite_backup(data, client, rate=1e12)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(1800)
+def test_bench_backup_to_and_from_the_hub(tmp_path: Path) -> None:
+    data, hub_data = tmp_path / "data", tmp_path / "hub"
+    trio.run(_office, data)
+    data_bytes = _size(data)
+    init_cli_box(hub_data, "hub.go.th", {})
+    hub = start_box(hub_data, extra=["--role", "hub"])
+    try:
+        url = f"https://127.0.0.1:{hub.port('hub-sync')}"
+
+        def token() -> str:
+            issued = edgebox("hub", "token", "--data", str(hub_data), "--agency", DOMAIN)
+            return issued.stdout.strip().splitlines()[-1]
+
+        edgebox("enroll", "--data", str(data), "--hub", url, "--token", token())
+        full = trio.run(_offsite, data, url)
+        full_rate = full.bytes_sent / 1e6 / full.seconds
+        print(f"\nfull backup to the hub: {full.bytes_sent / 1e6:.1f} MB sent "
+              f"({full.files} files, {full.blobs} blobs) in {full.seconds:.2f} s "
+              f"= {full_rate:.1f} MB/s")  # fmt: skip
+
+        trio.run(_deliver, data, random.Random(21), [(u, 9) for u in range(50)])
+        second = trio.run(_offsite, data, url)
+        sent_mb = second.bytes_sent / 1e6
+        print(f"second backup after 50 new messages: {second.blobs_sent} of {second.blobs} "
+              f"blobs sent, {sent_mb:.1f} MB sent in {second.seconds:.2f} s")  # fmt: skip
+
+        key = ensure_backup_key(data / "keys")
+        identity = read_identity(data)
+        assert identity is not None
+        began = time.perf_counter()
+        done = trio.run(
+            lambda: restore_from_hub(tmp_path / "restored", url, token(), identity.box_id,
+                                     DOMAIN, key)
+        )  # fmt: skip
+        restore_s = time.perf_counter() - began
+        restored = done.restored
+        rate = restored.bytes / 1e6 / restore_s
+        print(f"restore from the hub (re-enrol, fetch, check, restore): "
+              f"{restored.bytes / 1e6:.1f} MB in {restore_s:.2f} s = {rate:.1f} MB/s "
+              f"(of which the local restore {restored.seconds:.2f} s)")  # fmt: skip
+    finally:
+        hub.stop()
+    hub_bytes = _size(hub_data / "backups")
+    write_results(HUB_RESULTS, {
+        "benchmark": "backup to and restore from the hub of a 500-user office",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "params": {"users": USERS, "messages_per_user": MESSAGES_PER_USER,
+                   "attachment_bytes": ATTACHMENT, "rate_limit": None},
+        "machine": machine(),
+        "commit": commit(),
+        "data_dir_mb": round(data_bytes / 1e6, 1),
+        "full": {"mb_sent": round(full.bytes_sent / 1e6, 1), "s": round(full.seconds, 2),
+                 "mb_s": round(full_rate, 1), "blobs": full.blobs},
+        "second": {"blobs_sent": second.blobs_sent, "blobs": second.blobs,
+                   "mb_sent": round(second.bytes_sent / 1e6, 1), "s": round(second.seconds, 2)},
+        "restore": {"mb": round(restored.bytes / 1e6, 1), "s": round(restore_s, 2),
+                    "mb_s": round(rate, 1), "local_restore_s": round(restored.seconds, 2)},
+        "hub_mb": round(hub_bytes / 1e6, 1),
+    })  # fmt: skip
+    assert second.blobs_sent == 50

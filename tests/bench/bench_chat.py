@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -367,9 +368,12 @@ async def send_all_rooms(bench: Bench, rate: float, seconds: float) -> float:
 
 
 def drive(port: int, cafile: Path, setup: dict[str, Any], clients: int, rate: float,
-          seconds: float, work: Path, processes: int,
-          server_pid: int) -> dict[str, Any]:  # fmt: skip
+          seconds: float, work: Path, processes: int, server_pid: int,
+          before_sending: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Listeners in *processes* processes (so the client is not the bottleneck), senders here.
+
+    *before_sending* runs once every stream is open, just before the first post (the
+    mixed benchmark starts its SMTP load there).
 
     Times are `time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes). CPU
     seconds of the server and of the listeners are taken over the sending window.
@@ -393,6 +397,8 @@ def drive(port: int, cafile: Path, setup: dict[str, Any], clients: int, rate: fl
     bench = Bench(port, context, setup)
     watched = {"server": [psutil.Process(server_pid)],
                "listeners": [psutil.Process(w.pid) for w, _ in workers]}  # fmt: skip
+    if before_sending is not None:
+        before_sending()
     cpu_before = {name: _cpu(procs) for name, procs in watched.items()}
     sending = trio.run(send_all_rooms, bench, rate, seconds)
     cpu = {name: (_cpu(procs) - cpu_before[name]) / sending for name, procs in watched.items()}

@@ -59,7 +59,8 @@ def main() -> None:
             subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(source), str(rootfs),
                             f"{args.size_mib}M"], check=True)  # fmt: skip
             start = time.perf_counter()
-            manifest = Manifest(sb.COMPATIBLE, "bench", bundle_format="plain")
+            # A release number above any real one: a box installs only newer releases.
+            manifest = Manifest(sb.COMPATIBLE, "9999.0", bundle_format="plain")
             bundle = make_bundle(rootfs, keyring, root / "b.raucb", manifest)
             built = time.perf_counter() - start
             start = time.perf_counter()

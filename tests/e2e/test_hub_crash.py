@@ -54,8 +54,18 @@ class Api:
         if getattr(self, "token", None):
             headers["Authorization"] = f"Bearer {self.token}"
         payload = json.dumps(body).encode() if body is not None else None
-        self.connection.request(method, path, body=payload, headers=headers)
-        response = self.connection.getresponse()
+        try:
+            self.connection.request(method, path, body=payload, headers=headers)
+            response = self.connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The box closes a kept-alive connection idle past its time-out (60 s), and
+            # this one waits out the hub's restarts. Only a GET is sent again (RFC 9110
+            # §9.2.2): a POST sent twice would be a message posted twice.
+            if method != "GET":
+                raise
+            self.connection.close()
+            self.connection.request(method, path, body=payload, headers=headers)
+            response = self.connection.getresponse()
         text = response.read()
         return response.status, json.loads(text) if text.strip() else None
 

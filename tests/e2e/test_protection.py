@@ -235,6 +235,34 @@ async def test_a_senders_own_scan_headers_are_replaced(box: RunningBox) -> None:
     assert junk.count(b"X-Spam-Flag:") == 1
 
 
+async def test_the_agencys_sender_lists_apply_on_the_mx_port(box: RunningBox) -> None:
+    """Set as the admin console stores them, read by the running box per message."""
+    settings = Settings(box.data / "config.json")
+    try:
+        settings.update("protection", {DOMAIN: {"allow": ["partner.example"],
+                                                "block": ["bad@spam.example"]}})  # fmt: skip
+        marker = uuid.uuid4().hex
+        code, text = send_mx(box, message("bad@spam.example", f"bob@{DOMAIN}", marker),
+                             sender="bad@spam.example")  # fmt: skip
+        assert (code, text[:5]) == (550, b"5.7.1")
+        assert b"blocked" in text
+        # Allowed: GTUBE is not refused as spam ...
+        code, _ = send_mx(box, message("a@partner.example", f"bob@{DOMAIN}", marker, GTUBE),
+                          sender="a@partner.example")  # fmt: skip
+        assert code == 250
+        assert len(await copies(box, f"bob@{DOMAIN}", marker)) == 1
+        # ... but a virus from the same sender still is.
+        content = with_attachment("a@partner.example", f"bob@{DOMAIN}", uuid.uuid4().hex, EICAR)
+        code, _ = send_mx(box, content, sender="a@partner.example")
+        assert code == 554
+    finally:
+        settings.update("protection", {DOMAIN: {}})
+        settings.close()
+    results = traffic_results(box)
+    assert any(r.startswith("550 5.7.1 blocked") for r in results)
+    assert any(r.startswith("250 2.0.0 clean sender on the allow list") for r in results)
+
+
 def test_status_reports_the_engines(box: RunningBox) -> None:
     result = edgebox("status", "--data", str(box.data), "--lang", "en", check=False)
     assert "protection: clamd and rspamd answer" in result.stdout, result.stdout

@@ -97,3 +97,37 @@ def test_the_setup_page_shows_the_fingerprint_in_one_line() -> None:
     # A host that sends no fingerprint (an older one): the page without it.
     del state["fp"]
     assert len(pages.lines(pages.SETUP, state)) == 4
+
+
+def test_the_update_page_follows_the_phases() -> None:
+    busy = {**OK, "uphase": "installing", "update": "40", "uver": "2026.12.2"}
+    assert pages.led_mode(busy) == pages.UPDATING
+    assert pages.fit(pages.lines(pages.UPDATE, busy)) == [
+        "UPDATE 2026.12.2", "installing 40%", "[#####.........]", "do not unplug",
+    ]  # fmt: skip
+    fetching = {**busy, "uphase": "downloading", "update": "100"}
+    assert pages.lines(pages.UPDATE, fetching)[1:] == [
+        "downloading 100%", "[##############]", "link may drop",
+    ]  # fmt: skip
+    rebooting = {**OK, "uphase": "rebooting", "uver": "2026.12.2"}
+    assert pages.led_mode(rebooting) == pages.UPDATING
+    assert pages.lines(pages.UPDATE, rebooting) == [
+        "UPDATE 2026.12.2",
+        "rebooting",
+        "do not unplug",
+    ]
+    # How it ended: the page stays available, the LED is back to the box's state.
+    good = {**OK, "uphase": "good", "uver": "2026.12.2"}
+    assert pages.led_mode(good) == pages.OK
+    assert pages.UPDATE in pages.available(good)
+    assert pages.lines(pages.UPDATE, good) == ["UPDATE 2026.12.2", "good: running", "and committed"]
+    back = {**OK, "health": "warn", "uphase": "rolled-back", "uver": "2026.12.2",
+            "uwhy": "health gate failed: store: no write"}  # fmt: skip
+    assert pages.led_mode(back) == pages.DEGRADED
+    assert pages.fit(pages.lines(pages.UPDATE, back)) == [
+        "UPDATE 2026.12.2", "ROLLED BACK", "health gate", "failed: store:", "no write",
+    ]  # fmt: skip
+    refused = {**OK, "uphase": "refused"}
+    assert pages.lines(pages.UPDATE, refused) == ["UPDATE", "REFUSED", "see HEALTH page"]
+    # An older host sends the percentage alone.
+    assert pages.lines(pages.UPDATE, {**OK, "update": "7"})[:2] == ["UPDATE", "installing 7%"]

@@ -200,3 +200,36 @@ async def test_the_led_blinks_while_booting_and_in_error_and_is_steady_when_ok(
         client.show({**STATE, "health": "error", "check": "disk: 0.1 GB free"})
         await eventually(lambda: changes() >= settled + 6)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_update_page_follows_the_host_through_an_update(panel: PanelSimulator) -> None:
+    client = PanelClient(TTYPort(panel.host_path), lambda e: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        with trio.fail_after(20):
+            await client.wait_connected()
+        client.show(STATE)
+        await eventually(lambda: panel.display() == render(["EDGEBOX", "box1.demo.go.th", "LAN",
+                                                            "192.168.1.10"]))  # fmt: skip
+        # The host starts installing: the panel turns to the UPDATE page by itself.
+        update = {**STATE, "uphase": "installing", "update": "40", "uver": "2026.12.2"}
+        client.show(update)
+        forty = ["UPDATE 2026.12.2", "installing 40%", "[#####.........]", "do not unplug"]
+        await eventually(lambda: panel.display() == render(forty))
+        # The percentage moves on the same page.
+        client.show({**update, "update": "99"})
+        almost = ["UPDATE 2026.12.2", "installing 99%", "[#############.]", "do not unplug"]
+        await eventually(lambda: panel.display() == render(almost))
+        client.show({**update, "uphase": "rebooting", "update": ""})
+        await eventually(lambda: panel.display() == render(
+            ["UPDATE 2026.12.2", "rebooting", "do not unplug"]))  # fmt: skip
+        # After the reboot, the old release came back: the page says so and why.
+        client.show({**STATE, "health": "warn", "uphase": "rolled-back", "uver": "2026.12.2",
+                     "uwhy": "health gate failed: store"})  # fmt: skip
+        await eventually(lambda: panel.display() == render(
+            ["UPDATE 2026.12.2", "ROLLED BACK", "health gate", "failed: store"]))  # fmt: skip
+        # A short press walks on, as on every page.
+        await trio.to_thread.run_sync(panel.press)
+        await eventually(lambda: panel.display() == render(["EDGEBOX", "box1.demo.go.th", "LAN",
+                                                            "192.168.1.10"]))  # fmt: skip
+        nursery.cancel_scope.cancel()

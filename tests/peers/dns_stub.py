@@ -5,14 +5,21 @@ such as dkimpy's ``dkimverify`` script can look keys up exactly as it would on a
 network; `resolver_override` writes the ``sitecustomize`` that points its resolver here.
 Names not in the dict get NXDOMAIN. It serves in a thread until the context exits; each
 wait is bounded by a socket timeout.
+
+`no_records` is one such server knowing no names, shared by the whole test run: every
+box a test starts asks it unless the test brings its own (tests/harness.py,
+tests/conftest.py), so the MX's SPF and DMARC look-ups never leave the machine.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dns.message
@@ -81,3 +88,34 @@ def resolver_override(directory: Path, port: int) -> Path:
         "dns.resolver.default_resolver = _r\n"
     )
     return directory
+
+
+_shared: tuple[int, Path] | None = None
+_shared_lock = threading.Lock()
+
+
+def no_records() -> tuple[int, Path]:
+    """Return the port of the run's shared empty DNS server and its override folder."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            stack = ExitStack()
+            port = stack.enter_context(txt_server({}))
+            atexit.register(stack.close)
+            folder = Path(tempfile.mkdtemp(prefix="edgebox-dns-"))
+            _shared = (port, resolver_override(folder, port))
+        return _shared
+
+
+def loopback_dns_env(env: dict[str, str]) -> dict[str, str]:
+    """Return *env* for an edgebox process whose resolver asks the shared empty server.
+
+    The MX's SPF and DMARC look-ups then stay on the machine (the network rule) and
+    answer at once; an *env* that sets PYTHONPATH itself (a test with its own records)
+    is returned unchanged.
+    """
+    if "PYTHONPATH" in env:
+        return env
+    _, site = no_records()
+    paths = [str(site), os.environ.get("PYTHONPATH", "")]
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}

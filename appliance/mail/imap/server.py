@@ -31,6 +31,9 @@ log = logging.getLogger("edgebox.imap")
 #: applies (the RFC allows any timer then).
 AUTOLOGOUT = 30 * 60.0
 RECEIVE_SIZE = 64 * 1024
+#: Responses to pipelined commands are sent together, at the latest once this many
+#: bytes are queued: fewer TLS records and send calls, and a bounded outbox.
+SEND_AT = 64 * 1024
 
 
 class IMAPService:
@@ -131,6 +134,8 @@ class Connection:
             if event is imap.CLOSED:
                 return None
             if event is not imap.NEED_DATA:
+                if self.conn.queued >= SEND_AT:
+                    await self.flush()
                 return cast(imap.Event, event)
             await self.flush()
             data: bytes | bytearray = b""

@@ -9,16 +9,27 @@ per message — and the few distinct flag sets of a mailbox are stored once each
 100,000-message mailbox costs about 1.8 MB per session, and loading it never builds an
 object per message.
 
+Sessions of one mailbox share one picture: `MailboxViews` keeps the view of each
+mailbox as of its last reading and hands every SELECT a copy-on-write twin of it, brought
+up to date with only what changed since (RFC 7162's MODSEQ makes that one indexed query).
+So SELECT of a 100,000-message mailbox copies no array and reads no row when nothing
+changed; a session's twin takes its own arrays at its first change.
+
 What this is not: the truth (the mail database is) or a cache of message content.
 """
 
 from __future__ import annotations
 
 import bisect
+import weakref
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from itertools import compress
 
-from appliance.mail.mailboxes import MessageState
+import trio
+
+from appliance.mail.mailboxes import MailboxError, Mailboxes, MailboxMark, MessageState
 
 #: Above this many removals at once the arrays are rebuilt instead of shifted per UID.
 _REBUILD_AT = 16
@@ -34,6 +45,8 @@ class MessageView:
         self._flag_ids = array("H")
         self._flag_sets: list[tuple[str, ...]] = []
         self._flag_numbers: dict[str, int] = {}
+        #: The arrays may be another view's too (`share`): copy them before a change.
+        self._shared = False
         for uid, flags, modseq in rows:
             self.uids.append(uid)
             self._modseqs.append(modseq)
@@ -42,6 +55,22 @@ class MessageView:
     @classmethod
     def of(cls, states: Iterable[MessageState]) -> MessageView:
         return cls((s.uid, " ".join(s.flags), s.modseq) for s in states)
+
+    def share(self) -> MessageView:
+        """Return a twin holding the same arrays until either of the two changes."""
+        twin = MessageView.__new__(MessageView)
+        twin.uids, twin._modseqs, twin._flag_ids = self.uids, self._modseqs, self._flag_ids
+        twin._flag_sets, twin._flag_numbers = self._flag_sets, self._flag_numbers
+        twin._shared = self._shared = True
+        return twin
+
+    def _own(self) -> None:
+        """Take private copies of shared arrays before changing them (copy on write)."""
+        if self._shared:
+            self.uids, self._modseqs = self.uids[:], self._modseqs[:]
+            self._flag_ids = self._flag_ids[:]
+            self._flag_sets, self._flag_numbers = list(self._flag_sets), dict(self._flag_numbers)
+            self._shared = False
 
     def _number(self, flags: str) -> int:
         number = self._flag_numbers.get(flags)
@@ -105,17 +134,25 @@ class MessageView:
 
     def keywords(self) -> set[str]:
         """Every keyword (a flag without a backslash) some message has now."""
-        used = set(self._flag_ids)
-        return {f for i in used for f in self._flag_sets[i] if not f.startswith("\\")}
+        # Only the few sets holding a keyword are looked for, each by a scan in C.
+        with_keywords = [
+            (i, flags)
+            for i, flags in enumerate(self._flag_sets)
+            if any(not f.startswith("\\") for f in flags)
+        ]
+        return {f for i, flags in with_keywords if i in self._flag_ids for f in flags
+                if not f.startswith("\\")}  # fmt: skip
 
     def first_with_flags(self, predicate: Callable[[tuple[str, ...]], bool]) -> int | None:
         """The lowest UID whose flags satisfy *predicate* (asked once per distinct set)."""
-        wanted = {i for i, flags in enumerate(self._flag_sets) if predicate(flags)}
-        if wanted:
-            for uid, number in zip(self.uids, self._flag_ids, strict=True):
-                if number in wanted:
-                    return uid
-        return None
+        first = len(self._flag_ids)
+        for number, flags in enumerate(self._flag_sets):
+            if predicate(flags):
+                try:  # array.index scans in C and stops at the first match
+                    first = min(first, self._flag_ids.index(number, 0, first))
+                except ValueError:
+                    continue
+        return self.uids[first] if first < len(self._flag_ids) else None
 
     def with_flags(
         self, uids: Iterable[int], predicate: Callable[[tuple[str, ...]], bool]
@@ -124,8 +161,20 @@ class MessageView:
         wanted = {i for i, flags in enumerate(self._flag_sets) if predicate(flags)}
         if not wanted:
             return set()
-        matching = {u for u, f in zip(self.uids, self._flag_ids, strict=True) if f in wanted}
+        # compress() and map() over a C method: no Python step per message.
+        matching = set(compress(self.uids, map(wanted.__contains__, self._flag_ids)))
         return matching.intersection(uids)
+
+    def seqs_of(self, uids: Collection[int]) -> list[int]:
+        """The sequence numbers of *uids* (all present), ascending.
+
+        For a SEARCH answer of tens of thousands of messages: one pass in C over the
+        mailbox rather than a bisection per message.
+        """
+        if len(uids) < len(self.uids) // 64:
+            return sorted(bisect.bisect_left(self.uids, uid) + 1 for uid in uids)
+        wanted = uids if isinstance(uids, set | frozenset) else set(uids)
+        return list(compress(range(1, len(self.uids) + 1), map(wanted.__contains__, self.uids)))
 
     def uid_range(self, first: int, last: int) -> Sequence[int]:
         """The UIDs present in first..last inclusive."""
@@ -138,6 +187,9 @@ class MessageView:
     def update(self, state: MessageState) -> None:
         """Record the flags and MODSEQ last reported for a message already present."""
         i = self._index(state.uid)
+        if self._modseqs[i] == state.modseq and self._flag_sets[self._flag_ids[i]] == state.flags:
+            return  # as recorded: no need to take shared arrays
+        self._own()
         self._modseqs[i] = state.modseq
         self._flag_ids[i] = self._number(" ".join(state.flags))
 
@@ -145,6 +197,7 @@ class MessageView:
         """Add a new message; UIDs only grow (RFC 3501 §2.3.1.1), so it goes last."""
         if state.uid <= self.top:
             raise ValueError(f"UID {state.uid} is not above {self.top}")
+        self._own()
         self.uids.append(state.uid)
         self._modseqs.append(state.modseq)
         self._flag_ids.append(self._number(" ".join(state.flags)))
@@ -155,6 +208,7 @@ class MessageView:
         if not gone:
             return
         if len(gone) < _REBUILD_AT:
+            self._own()
             for uid in sorted(gone, reverse=True):
                 i = self._index(uid)
                 del self.uids[i], self._modseqs[i], self._flag_ids[i]
@@ -163,3 +217,114 @@ class MessageView:
         self.uids = array("Q", (self.uids[i] for i in keep))
         self._modseqs = array("Q", (self._modseqs[i] for i in keep))
         self._flag_ids = array("H", (self._flag_ids[i] for i in keep))
+
+
+#: Messages the shared views may hold in all, at about 18 bytes each: the mailboxes
+#: selected last stay ready for the next SELECT; the least recently used go first.
+VIEW_BUDGET = 2_000_000
+
+
+class MailboxViews:
+    """Each mailbox's `MessageView` as of its last reading, shared by its sessions.
+
+    `current` answers SELECT: a copy-on-write twin of the held view when the mailbox's
+    HIGHESTMODSEQ says nothing changed, else the held view brought forward by what
+    changed since (RFC 7162 §3.1: every change takes a new MODSEQ, expunges are kept
+    with theirs), and only for a mailbox never read, or pushed out by the budget, a
+    reading of every row. One per mail store (`of`), so the IMAP and IMAPS listeners
+    share it.
+    """
+
+    def __init__(self, mailboxes: Mailboxes, budget: int = VIEW_BUDGET) -> None:
+        self.mailboxes = mailboxes
+        self.budget = budget
+        #: (mailbox id, UIDVALIDITY) -> the view and the mark it shows, oldest use first.
+        #: UIDVALIDITY too: SQLite may give a deleted mailbox's id to a new one.
+        self._held: OrderedDict[tuple[int, int], tuple[MessageView, MailboxMark]] = OrderedDict()
+        self._locks: dict[tuple[int, int], trio.Lock] = {}
+
+    @classmethod
+    def of(cls, mailboxes: Mailboxes) -> MailboxViews:
+        """The views of *mailboxes*' mail store, made on first use."""
+        store = mailboxes.store
+        views = _VIEWS.get(store)
+        if views is None:
+            views = _VIEWS[store] = cls(mailboxes)
+        return views
+
+    async def current(self, mark: MailboxMark) -> tuple[MessageView, MailboxMark]:
+        """A view of the mailbox no older than *mark*, for one session, and its mark.
+
+        The mark returned is the one the view shows: everything up to its
+        HIGHESTMODSEQ is in the view, and its UIDNEXT is above every UID in it.
+        Raises `MailboxError` NONEXISTENT if the mailbox went meanwhile.
+        """
+        key = (mark.id, mark.uidvalidity)
+        held = self._held.get(key)
+        if held is not None and held[1].highestmodseq >= mark.highestmodseq:
+            self._held.move_to_end(key)
+            return held[0].share(), held[1] if held[1].highestmodseq > mark.highestmodseq else mark
+        lock = self._locks.setdefault(key, trio.Lock())
+        try:
+            async with lock:
+                held = self._held.get(key)  # another session may have read it meanwhile
+                if held is None or held[1].highestmodseq < mark.highestmodseq:
+                    try:
+                        held = await self._read(mark, held)
+                    except MailboxError:
+                        self._held.pop(key, None)
+                        raise
+                    self._held[key] = held
+                    self._keep_to_budget(key)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(key, None)
+        self._held.move_to_end(key)
+        return held[0].share(), held[1]
+
+    def forget(self) -> None:
+        """Drop every held view (sessions keep theirs)."""
+        self._held.clear()
+
+    async def _read(
+        self, mark: MailboxMark, held: tuple[MessageView, MailboxMark] | None
+    ) -> tuple[MessageView, MailboxMark]:
+        if held is not None:
+            view, since = held
+            changes = await self.mailboxes.changes(mark.id, since.highestmodseq)
+            caught_up = _same_mailbox(changes.mark, mark)
+            if _catch_up(view, changes.changed, changes.vanished):
+                return view, caught_up
+        read, view = await self.mailboxes.snapshot(mark.id, MessageView)
+        return view, _same_mailbox(read, mark)
+
+    def _keep_to_budget(self, newest: tuple[int, int]) -> None:
+        total = sum(len(view) for view, _ in self._held.values())
+        for key in list(self._held):
+            if total <= self.budget:
+                break
+            if key != newest:
+                total -= len(self._held.pop(key)[0])
+
+
+_VIEWS: weakref.WeakKeyDictionary[object, MailboxViews] = weakref.WeakKeyDictionary()
+
+
+def _same_mailbox(now: MailboxMark | None, mark: MailboxMark) -> MailboxMark:
+    if now is None or now.uidvalidity != mark.uidvalidity:
+        # Deleted (and perhaps made again under the same id) since *mark* was read.
+        raise MailboxError("NONEXISTENT", "the mailbox no longer exists")
+    return now
+
+
+def _catch_up(view: MessageView, changed: Sequence[MessageState], vanished: Sequence[int]) -> bool:
+    """Apply changes read after the view's MODSEQ; False if they do not fit it."""
+    view.remove(vanished)
+    for state in changed:  # in UID order: changes to known messages, then new ones
+        if state.uid in view:
+            view.update(state)
+        elif state.uid > view.top:
+            view.append(state)
+        else:
+            return False  # a UID below the top that the view never had: read afresh
+    return True

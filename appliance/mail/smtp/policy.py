@@ -5,12 +5,17 @@ The rules (issue "Foundation", DESIGN.md, REQUIREMENTS.md §2):
 
 - **MX port** (mail from the centre and the LAN): recipients must be users of one of
   the box's own domains. Any other domain is refused: the box is never an open relay.
-  Mail claiming one of the box's own domains as its sender (MAIL FROM or a From
-  address) is refused with 550 5.7.1 unless it comes from a trusted relay (the hub or
-  the central relay: ``mx_trusted_relays``, filled in at enrolment). The box's own users
-  send through submission with a password; anything else claiming to be them on port
-  25 is a forgery that webmail would show exactly like internal mail (issue 16). This
-  stands until DMARC checks (RFC 7489) can tell a forgery apart by itself.
+  Mail claiming one of the box's own domains as its sender must prove it: a MAIL FROM
+  of ours needs an SPF pass (RFC 7208), a From address of ours an SPF or DKIM pass
+  aligned with it — DMARC's test (RFC 7489 §3.1), applied whether or not the domain
+  publishes a DMARC record, because the box knows its own domains: its users send
+  through submission with a password, and anything else claiming to be them on port
+  25 is a forgery that webmail would show exactly like internal mail (issue 16).
+  Unproven, it is refused with 550 5.7.1 (451 4.7.1 when a DNS failure may have hidden
+  the proof). Mail from a trusted relay (the hub or the central relay:
+  ``mx_trusted_relays``, filled in at enrolment) needs no proof. The proofs come from
+  the MX's `InboundAuthentication` (appliance.mail.smtp.authentication); a domain that
+  publishes ``p=reject`` is refused by DMARC itself before this rule is asked.
 - **postmaster** (bare, or at any local domain) is always accepted (RFC 5321 §4.5.1)
   and delivered to the agency's admins unless an account of that name exists.
 - **Submission ports** (Outlook, Thunderbird, phones): AUTH is required (the core
@@ -27,12 +32,16 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
 
-from appliance.directory import Directory, DirectoryError, normalise_address
+import trio
+
+from appliance.directory import Directory, DirectoryError, normalise_address, normalise_domain
 from appliance.mail import headers
 from appliance.mail.delivery import Recipient
 from appliance.mail.mailstore import Mailstore
+from appliance.mail.smtp.authentication import AUTHENTICATION_UNAVAILABLE, MessageCheck, SpfCheck
 from appliance.mail.smtp.protocol import MailFrom, RcptTo, Reply
 
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: this box accepts mail only for its domains")
@@ -52,6 +61,12 @@ LOCAL_SENDER_FORGED = Reply(
     " submission port (587 or 465) with their password",
 )
 NO_POSTMASTER = Reply(451, "4.3.0", "No administrator receives postmaster mail yet, try later")
+
+#: Seconds the box's own domains, once read, answer MAIL, RCPT and From checks before
+#: they are read again. Every message asks two or three times; the set changes when
+#: an agency is added, which a new message sees at most this late (a recipient in a
+#: domain not in the set is looked up afresh before it is refused).
+LOCAL_DOMAINS_TTL = 1.0
 
 
 class Port(enum.Enum):
@@ -100,6 +115,16 @@ class SMTPPolicy:
         self.directory = directory
         self.mailstore = mailstore
         self.trusted_relays: Sequence[IPNetwork] = list(trusted_relays)
+        self._domains: frozenset[str] = frozenset()
+        self._domains_until = -math.inf
+
+    async def local_domains(self, *, fresh: bool = False) -> frozenset[str]:
+        """The box's own mail domains, read at most every `LOCAL_DOMAINS_TTL` seconds."""
+        now = trio.current_time()
+        if fresh or now >= self._domains_until:
+            self._domains = await self.directory.local_domains()
+            self._domains_until = now + LOCAL_DOMAINS_TTL
+        return self._domains
 
     def trusted_relay(self, client_ip: str | None) -> bool:
         """Return whether *client_ip* may send mail for the box's own domains on port 25."""
@@ -116,15 +141,24 @@ class SMTPPolicy:
         normalised = _normalised(address) if address else None
         if normalised is None:
             return False
-        return normalised.rpartition("@")[2] in await self.directory.local_domains()
+        return normalised.rpartition("@")[2] in await self.local_domains()
 
     async def check_sender(
-        self, event: MailFrom, authenticated_as: str | None, client_ip: str | None = None
+        self,
+        event: MailFrom,
+        authenticated_as: str | None,
+        client_ip: str | None = None,
+        spf: SpfCheck | None = None,
     ) -> Reply | None:
+        """*spf* is SPF's answer for this MAIL FROM on the MX port (None: not checked)."""
         if not self.port.submission:
             if await self._claims_local_domain(event.reverse_path) and not self.trusted_relay(
                 client_ip
             ):
+                if spf is not None and spf.passed:
+                    return None  # the domain's own SPF record names this client
+                if spf is not None and spf.result == "temperror":
+                    return AUTHENTICATION_UNAVAILABLE
                 return LOCAL_SENDER_FORGED
             return None
         # RFC 6409 §4.3 lets a submission server check the sender; we insist, so one
@@ -144,14 +178,16 @@ class SMTPPolicy:
         path = event.forward_path
         if path.lower() == "postmaster":
             # RFC 5321 §4.5.1: the bare form means this box's postmaster.
-            path = f"postmaster@{min(await self.directory.local_domains())}"
+            path = f"postmaster@{min(await self.local_domains())}"
         try:
             address = normalise_address(path)
         except DirectoryError:
             return BAD_RECIPIENT, None
         domain = address.rpartition("@")[2]
         notify, orcpt = event.params.get("NOTIFY"), event.params.get("ORCPT")
-        if domain not in await self.directory.local_domains():
+        if domain not in await self.local_domains() and domain not in await self.local_domains(
+            fresh=True
+        ):
             if not self.port.submission:
                 return RELAY_DENIED, None
             return None, Recipient(address, local=False, notify=notify, orcpt=orcpt)
@@ -167,7 +203,8 @@ class SMTPPolicy:
             return MAILBOX_FULL, None
         if declared_size is not None and used + declared_size > user.quota_bytes:
             return OVER_QUOTA, None
-        return None, Recipient(user.address, local=True, notify=notify, orcpt=orcpt)
+        return None, Recipient(user.address, local=True, notify=notify, orcpt=orcpt,
+                               quota_bytes=user.quota_bytes)  # fmt: skip
 
     async def check_message(
         self,
@@ -175,9 +212,11 @@ class SMTPPolicy:
         authenticated_as: str | None,
         envelope_sender: str | None = None,
         client_ip: str | None = None,
+        authentication: MessageCheck | None = None,
     ) -> Reply | None:
         """On submission, every From address must be the authenticated user (or one it
-        may act for).
+        may act for); on the MX, every From address of ours must be proven by
+        *authentication* (the MX's SPF/DKIM/DMARC answer; None: nothing proven).
 
         *envelope_sender* is this transaction's MAIL FROM, which `check_sender` already
         allowed for the same authenticated user (AUTH cannot change inside a
@@ -187,10 +226,16 @@ class SMTPPolicy:
         if not self.port.submission:
             if self.trusted_relay(client_ip):
                 return None
+            proven = _domains(authentication.authenticated if authentication else ())
             # The From is what webmail and every mail client show as the sender.
             for sender in headers.from_addresses(headers.parse_headers(content)):
-                if await self._claims_local_domain(sender):
-                    return LOCAL_SENDER_FORGED
+                if not await self._claims_local_domain(sender):
+                    continue
+                if (_normalised(sender) or sender).rpartition("@")[2] in proven:
+                    continue
+                if authentication is not None and authentication.temporary:
+                    return AUTHENTICATION_UNAVAILABLE
+                return LOCAL_SENDER_FORGED
             return None
         senders = headers.from_addresses(headers.parse_headers(content))
         if not senders:
@@ -234,3 +279,15 @@ def _normalised(address: str) -> str | None:
         return normalise_address(address)
     except DirectoryError:
         return None
+
+
+def _domains(domains: Iterable[str]) -> frozenset[str]:
+    """The directory's form of *domains* (A-labels become U-labels), both spellings kept."""
+    found: set[str] = set()
+    for domain in domains:
+        found.add(domain)
+        try:
+            found.add(normalise_domain(domain))
+        except DirectoryError:
+            pass
+    return frozenset(found)

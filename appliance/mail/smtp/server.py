@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import ssl
 from datetime import UTC, datetime
-from typing import Protocol
 
 import trio
 
@@ -23,6 +22,13 @@ from appliance.health.metrics import BoxMetrics
 from appliance.mail.delivery import Delivery, Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import Mailstore, QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
+from appliance.mail.smtp.authentication import (
+    DMARC_REJECTED,
+    Disposition,
+    InboundAuthentication,
+    MessageCheck,
+    SpfCheck,
+)
 from appliance.mail.smtp.policy import (
     AUTHZ_DENIED,
     OVER_QUOTA,
@@ -37,14 +43,6 @@ from appliance.protection.scanner import Protection
 from appliance.protection.verdict import Outcome, Verdict, strip_scan_headers
 
 log = logging.getLogger("edgebox.smtp")
-
-
-class InboundAuthentication(Protocol):
-    """What the MX asks of a message before storing it (appliance.protection.dkim)."""
-
-    def needs_lookup(self, content: bytes) -> bool: ...
-
-    def __call__(self, content: bytes) -> bytes: ...
 
 
 TOO_MANY_CONNECTIONS = smtp.Reply(421, "4.7.0", "Too many connections, try again later")
@@ -116,7 +114,8 @@ class SMTPService:
             service=self.name,
             per_source=config.max_connections_per_source,
         )
-        #: The MX's DKIM verification (RFC 8601 field on top); None on the other ports.
+        #: The MX's SPF, DKIM and DMARC (appliance.protection.authentication), whose
+        #: RFC 8601 field goes on top of every message; None on the other ports.
         self.authenticate = authenticate
         self.session_config = smtp.SessionConfig(
             hostname=hostname,
@@ -151,6 +150,8 @@ class SMTPSession:
         )
         self.recipients: list[Recipient] = []
         self.auth_failures = 0
+        #: SPF's answer for this transaction's MAIL FROM (MX, untrusted clients only).
+        self.spf: SpfCheck | None = None
 
     def _idle_timeout(self) -> float:
         config = self.service.config
@@ -236,9 +237,26 @@ class SMTPSession:
         if not self.service.disk_guard.room_for(announced):
             self.service.metrics.storage_refusals.labels(self.service.name).inc()
             return STORAGE_FULL
-        return await self.service.policy.check_sender(
-            event, self.conn.authenticated_as, self.client_ip
+        service = self.service
+        self.spf = None
+        if service.authenticate is not None and not service.policy.trusted_relay(self.client_ip):
+            # RFC 7208 §2.4: SPF belongs to MAIL FROM (for a null reverse-path, to the
+            # HELO name). Kept for DMARC at the end of DATA.
+            self.spf = await service.authenticate.check_sender(
+                self.client_ip if self.client_ip != "unknown" else None,
+                self.conn.helo_name,
+                event.reverse_path,
+            )
+        refusal = await service.policy.check_sender(
+            event, self.conn.authenticated_as, self.client_ip, self.spf
         )
+        if refusal is not None and self.spf is not None:
+            await self._record(
+                "sender-rejected",
+                sender=event.reverse_path[:320],
+                result=f"{refusal.code} {refusal.enhanced} spf={self.spf.result}",
+            )
+        return refusal
 
     async def _recipient(self, event: smtp.RcptTo) -> None:
         mail = self.conn.mail_from
@@ -260,14 +278,23 @@ class SMTPSession:
 
     async def _message(self, event: smtp.MessageData) -> None:
         conn = self.conn
-        refusal = await self.service.policy.check_message(
-            event.content, conn.authenticated_as, event.reverse_path, self.client_ip
-        )
+        service = self.service
+        check: MessageCheck | None = None
+        if service.authenticate is not None:
+            # DKIM, and DMARC with this transaction's SPF answer (None from a trusted
+            # relay: DKIM only). RFC 7489 §6.6.4: p=reject is refused here, at DATA.
+            check = await service.authenticate.check_message(event.content, self.spf)
+        if check is not None and check.disposition is Disposition.REFUSE:
+            refusal: smtp.Reply | None = DMARC_REJECTED
+        else:
+            refusal = await service.policy.check_message(
+                event.content, conn.authenticated_as, event.reverse_path, self.client_ip,
+                authentication=check,
+            )  # fmt: skip
         if refusal is not None:
-            await self._record_message(event, refusal)
+            await self._record_message(event, refusal, authentication=check)
             conn.reject(refusal)
             return
-        service = self.service
         if not service.disk_guard.room_for(len(event.content)):
             service.metrics.storage_refusals.labels(self.service.name).inc()
             await self._record_message(event, STORAGE_FULL)
@@ -283,22 +310,20 @@ class SMTPSession:
                 submission_unavailable=protection.submission_unavailable,
             )  # fmt: skip
             if reply is not None:
-                await self._record_message(event, reply, verdict=verdict)
+                await self._record_message(event, reply, verdict=verdict, authentication=check)
                 conn.reject(reply)
                 self.recipients = []
                 return
-        authenticate = service.authenticate
-        if authenticate is not None:
-            # RFC 8601: the DKIM verdict on top, for the recipients' clients and filters.
-            # Only a signed message needs the DNS (and so a worker thread).
-            if authenticate.needs_lookup(content):
-                content = await trio.to_thread.run_sync(authenticate, content)
-            else:
-                content = authenticate(content)
+        if check is not None:
+            # RFC 8601: our verdicts on top, for the recipients' clients and filters.
+            content = check.content
+            if check.disposition is Disposition.JUNK:
+                folder = "Junk"  # RFC 7489 §6.6.4 p=quarantine, or SPF fail
         if protection is not None and verdict is not None and verdict.accepted:
             # A sender's own X-Spam-* fields go: only the box's may say "scanned".
             content = protection.headers(verdict) + strip_scan_headers(content)
-            folder = "Junk" if verdict.outcome is Outcome.JUNK else "INBOX"
+            if verdict.outcome is Outcome.JUNK:
+                folder = "Junk"
         envelope = Envelope(
             sender=event.reverse_path,
             recipients=tuple(self.recipients),
@@ -330,7 +355,9 @@ class SMTPSession:
             conn.reject(reply)
         else:
             accepted = smtp.Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
-            await self._record_message(event, accepted, queue_id, verdict=verdict)
+            await self._record_message(
+                event, accepted, queue_id, verdict=verdict, authentication=check
+            )
             log.info(
                 "accepted id=%s from=<%s> rcpts=%d size=%d ip=%s",
                 queue_id, event.reverse_path, len(self.recipients), len(event.content),
@@ -377,8 +404,18 @@ class SMTPSession:
         queue_id: str | None = None,
         *,
         verdict: Verdict | None = None,
+        authentication: MessageCheck | None = None,
     ) -> None:
         result = "accepted" if reply.code < 400 else "deferred" if reply.code < 500 else "refused"
+        # With scanning on, the verdict follows the reply: "250 2.0.0 junk score=8.10";
+        # on the MX, the authentication verdicts after it: "spf=pass dkim=none dmarc=none".
+        outcome = f"{reply.code} {reply.enhanced}"
+        if verdict is not None:
+            outcome += f" {verdict.log_result()}"
+        if authentication is not None:
+            outcome += f" {authentication.summary}"
+            if reply.code < 400 and authentication.disposition is Disposition.JUNK:
+                outcome += " to-junk"
         self.service.metrics.smtp_messages.labels(self.service.port.value, result).inc()
         await self._record(
             "accepted" if reply.code < 400 else "rejected",
@@ -387,9 +424,7 @@ class SMTPSession:
             user=self.conn.authenticated_as,
             message_id=queue_id,
             size=len(event.content),
-            # With scanning on, the verdict follows the reply: "250 2.0.0 junk score=8.10".
-            result=f"{reply.code} {reply.enhanced}"
-            + (f" {verdict.log_result()}" if verdict is not None else ""),
+            result=outcome,
         )
 
     def _answer(self, refusal: smtp.Reply | None) -> None:

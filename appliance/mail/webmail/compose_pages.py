@@ -608,6 +608,12 @@ def _scan_problem(verdict: Verdict) -> Problem:
             f"Not sent: a virus was found in the message or an attachment ({verdict.detail});"
             " remove that file",
         )
+    if verdict.outcome is Outcome.BLOCKED:
+        return Problem(
+            "to",
+            "ไม่ได้ส่ง: หน่วยงานผู้รับปิดกั้นผู้ส่งรายนี้",
+            "Not sent: the recipient agency blocks this sender",
+        )
     if verdict.outcome is Outcome.SPAM:
         return Problem(
             "body",

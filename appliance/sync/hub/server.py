@@ -31,11 +31,18 @@ detail. Keep-alive is on: a box's replicators send many small requests in a row.
 
 The listener asks for a client certificate (CERT_OPTIONAL) rather than requiring one,
 so that enrolment works on the same port; the check of step 2 is what enforces it.
+
+Downloads (`SyncDownload`: the update channel's bundles) are the one exception to POST
+and JSON: ``GET``/``HEAD`` under a download prefix, by an enrolled box (step 2 as
+above), answered with the file streamed in chunks, one byte range when asked
+(appliance.net.ranges, RFC 9110 §14), each chunk sent within the idle time-out so a box
+that stopped reading does not hold the connection.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -59,6 +66,7 @@ from appliance.net.http1 import (
 )
 from appliance.net.jsonbody import encode_json, parse_json
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp
+from appliance.net.ranges import Unsatisfiable, requested_range
 from appliance.security.tls import server_ssl_context
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
@@ -66,7 +74,7 @@ from appliance.sync.hub.admission import admit_box, central_endpoints, renew_box
 from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
-from appliance.sync.transport import Peer, SyncRoute
+from appliance.sync.transport import Peer, SyncDownload, SyncRoute
 
 log = logging.getLogger("edgebox.hub")
 
@@ -78,6 +86,8 @@ RENEW_PATH: Final = "/sync/v1/renew"
 _SERVER_PATHS: Final = (CA_PATH, ENROLL_PATH, RENEW_PATH)
 #: Enrolment bodies are a token, an id and a CSR: a few KiB.
 ENROLL_MAX_BODY: Final = 64 * 1024
+#: Bytes of a download read and sent at a time.
+DOWNLOAD_CHUNK: Final = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class HubSyncService:
         mailstore: Mailstore,
         clock: Clock | None = None,
         limits: HubLimits | None = None,
+        downloads: Sequence[SyncDownload] = (),
     ) -> None:
         # The hub's settings and name (TLS, the enrol answer), and where admission
         # makes each box's service account.
@@ -119,6 +130,7 @@ class HubSyncService:
         self.directory = directory
         self.mailstore = mailstore
         self.routes = {route.path: route for route in routes}
+        self.downloads = tuple(downloads)
         if any(path in self.routes for path in _SERVER_PATHS):
             raise ValueError("the enrolment and renewal routes belong to the server")
         self.clock = clock or SystemClock()
@@ -203,6 +215,13 @@ class HubSyncService:
             )
         return peer, cert
 
+    def download(self, path: str) -> tuple[SyncDownload, str] | None:
+        """The download *path* falls under, and the name after its prefix; or None."""
+        for download in self.downloads:
+            if path.startswith(download.prefix) and len(path) > len(download.prefix):
+                return download, path[len(download.prefix) :]
+        return None
+
     def max_body(self, path: str) -> int:
         if path in _SERVER_PATHS:
             return ENROLL_MAX_BODY
@@ -266,6 +285,10 @@ class _Connection(HTTPServerConnection):
         headers = header_fields(request.headers)
         gzip_answer = content_coding.accepts_gzip(headers.get("accept-encoding"))
         extra: list[tuple[str, str]] = []
+        found = self.service.download(path) if method in ("GET", "HEAD") else None
+        if found is not None:
+            await self._download(request, method, *found, headers)
+            return
         try:
             status, body = 200, await self._route(request, method, path, headers)
         except HubError as exc:
@@ -319,6 +342,73 @@ class _Connection(HTTPServerConnection):
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
         return await service.answer(path, self.stream, headers.get("host", ""), body)
+
+    async def _download(
+        self, request: h11.Request, method: str, download: SyncDownload, name: str,
+        headers: dict[str, str],
+    ) -> None:  # fmt: skip
+        """Answer a GET or HEAD of a file: whole, or the one range asked for."""
+        try:
+            await self.reader.read_body(request, 0)  # a GET has none; h11 wants its end
+            peer, _cert = await self.service.authenticate(self.stream)
+            path = download.locate(peer, name)
+            if path is None:
+                raise HubError(404, "not_found", f"no file {name}")
+            handle = await trio.open_file(path, "rb")
+        except HubError as exc:
+            await self._send(exc.status, exc.body())
+            return
+        except BodyTooLarge:
+            await self._send(413, _error("too_large", "a download request has no body"))
+            return
+        except OSError:
+            await self._send(404, _error("not_found", f"no file {name}"))
+            return
+        async with handle:
+            size = os.fstat(handle.fileno()).st_size
+            try:
+                wanted = requested_range(headers.get("range"), size)
+            except Unsatisfiable:
+                # RFC 9110 §15.5.17: say how big the file is.
+                await self.send_response(416, [("content-range", f"bytes */{size}"),
+                                               ("content-length", "0")], b"")  # fmt: skip
+                return
+            status, first, length = (200, 0, size) if wanted is None else (
+                206, wanted.first, wanted.length)  # fmt: skip
+            fields = [("content-type", "application/octet-stream"),
+                      ("content-length", str(length)), ("accept-ranges", "bytes")]  # fmt: skip
+            if wanted is not None:
+                fields.append(("content-range", wanted.content_range()))
+            await self._stream_file(status, fields, handle, first, length, head=method == "HEAD")
+
+    async def _stream_file(
+        self, status: int, fields: list[tuple[str, str]], handle: Any, first: int, length: int,
+        *, head: bool,
+    ) -> None:  # fmt: skip
+        conn = self.conn
+        reason = b"Partial Content" if status == 206 else b"OK"
+        await self._send_within(conn.send(h11.Response(status_code=status, headers=fields,
+                                                       reason=reason)))  # fmt: skip
+        if not head:
+            await handle.seek(first)
+            left = length
+            while left:
+                chunk = await handle.read(min(DOWNLOAD_CHUNK, left))
+                if not chunk:
+                    # The file shrank under us (a publish replaced it): end the
+                    # connection; the box resumes and checks the hash.
+                    raise trio.BrokenResourceError("the file shrank while being sent")
+                left -= len(chunk)
+                await self._send_within(conn.send(h11.Data(data=chunk)))
+        await self._send_within(conn.send(h11.EndOfMessage()))
+
+    async def _send_within(self, data: bytes | None) -> None:
+        # A box that stopped reading must not hold a connection for ever. TimeoutError
+        # (not trio's TooSlowError): the listener ends a gone client quietly.
+        with trio.move_on_after(self.service.limits.idle_timeout) as timer:
+            await self.stream.send_all(data or b"")
+        if timer.cancelled_caught:
+            raise TimeoutError("the box stopped reading its download")
 
     async def _send(
         self,

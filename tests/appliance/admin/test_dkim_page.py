@@ -43,3 +43,14 @@ async def test_each_admin_sees_the_records_of_their_agencies_only(
     refused = await staff.get("/admin/dkim")
     assert refused.status != 200
     assert not elements(refused, "dkim-record")
+
+
+async def test_each_agency_gets_its_spf_and_dmarc_records(console: Console) -> None:
+    root = await console.as_user(ROOT)
+    page = await root.get("/admin/dkim")
+    records = elements(page, "sender-record")
+    assert [r["data-kind"] for r in records] == ["spf", "dmarc", "spf", "dmarc"]
+    assert f"_dmarc.{A}" in text(page)
+    assert f"_dmarc.{B}" in text(page)
+    assert text(page).count("v=DMARC1; p=reject; adkim=r; aspf=r") == 2
+    assert text(page).count("v=spf1 mx -all") == 2

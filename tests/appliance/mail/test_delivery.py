@@ -275,6 +275,18 @@ async def test_a_copy_that_came_another_way_is_a_resend_too(box: MailBox) -> Non
     assert len(await box.mailstore.messages(box.users[0])) == 1
 
 
+async def test_a_resend_signed_again_on_the_way_is_a_resend_too(box: MailBox) -> None:
+    # A relay lost our 250 and sent its stored copy again, signing it afresh: the new
+    # DKIM-Signature differs from the first one in its signing time (t=) and its b=.
+    signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=a.go.th; s=s1; t=%d;\r\n\tb=%s\r\n"
+    hop = b"Received: from a ([127.0.0.1])\r\n\tby hub with ESMTPS id 3; now\r\n"
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), signed % (1, b"AAA") + MESSAGE)
+    again = hop + signed % (2, b"BBB") + MESSAGE
+    await box.delivery.deliver(envelope(*to_local(box.users[0])), again)
+
+    assert len(await box.mailstore.messages(box.users[0])) == 1
+
+
 async def test_a_resend_still_reaches_recipients_it_did_not_reach_before(box: MailBox) -> None:
     await box.delivery.deliver(envelope(*to_local(box.users[0])), MESSAGE)
     await box.delivery.deliver(envelope(*to_local(box.users[0], box.users[1])), MESSAGE)

@@ -12,11 +12,13 @@ from appliance.protection.clamd import (
     MAX_REPLY,
     ClamdProtocolError,
     Clean,
+    EngineVersion,
     Infected,
     ReplyReader,
     ScanFailed,
     instream_request,
     parse_reply,
+    parse_version,
 )
 
 
@@ -108,3 +110,26 @@ def test_reader_never_says_clean_unless_clamd_did(pieces: list[bytes]) -> None:
         return
     if isinstance(result, Clean):
         assert received.split(b"\0", 1)[0].decode("utf-8", "replace").strip() == "stream: OK"
+
+
+def test_version_with_a_daily_database_gives_its_number_and_date() -> None:
+    got = parse_version(b"ClamAV 1.0.7/27480/Mon Dec  7 09:30:00 2026")
+    assert got == EngineVersion("1.0.7", 27480, "Mon Dec  7 09:30:00 2026")
+
+
+def test_version_without_a_daily_database_has_no_date() -> None:
+    assert parse_version(b"ClamAV 1.0.7") == EngineVersion("1.0.7", None, None)
+
+
+@pytest.mark.parametrize("line", [b"PONG", b"ClamAV 1.0/x/Mon", b"ClamAV 1.0/12/", b""])
+def test_anything_else_is_not_a_version(line: bytes) -> None:
+    with pytest.raises(ClamdProtocolError):
+        parse_version(line)
+
+
+@given(st.binary(max_size=200))
+def test_version_garbage_raises_only_the_protocol_error(data: bytes) -> None:
+    try:
+        parse_version(data)
+    except ClamdProtocolError:
+        pass

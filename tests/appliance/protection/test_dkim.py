@@ -30,10 +30,12 @@ from appliance.cli import main
 from appliance.config import Config, load_config
 from appliance.mail.smtp.policy import Port
 from appliance.protection import dkim
+from appliance.protection.authentication import InboundAuthenticator
 from appliance.protection.dkim_commands import zone_lines
 from appliance.registry import smtp_service
 from appliance.security.keys import create_box_keys
 from tests.appliance.conftest import BoxFactory, Person
+from tests.appliance.protection.records import DictResolver
 from tests.harness import free_port_offset
 from tests.peers.dns_stub import resolver_override, txt_server
 
@@ -75,6 +77,12 @@ def dict_dns(records: dict[str, str]) -> dkim.DnsFunc:
         return None if value is None else value.encode()
 
     return lookup
+
+
+def dkim_part(field: str) -> str:
+    """The dkim= result of an Authentication-Results value, without its properties."""
+    (part,) = [p.strip() for p in field.split(";") if p.strip().startswith("dkim=")]
+    return part.split(" ")[0]
 
 
 def dkimverify(message: bytes, records: dict[str, str], tmp_path: Path) -> tuple[int, str]:
@@ -201,7 +209,8 @@ def test_signature_verifies_with_dkimverify_and_a_tampered_body_fails(
     assert "body hash mismatch" in output
     # Relaxed canonicalisation (RFC 6376 §3.4.4): white space changes on the way pass.
     rewrapped = signed.replace(b"Body  line two   ", b"Body line two")
-    assert dkimverify(rewrapped, records, tmp_path)[0] == 0
+    code, output = dkimverify(rewrapped, records, tmp_path)
+    assert code == 0, output
 
 
 def test_outbound_is_signed_once_and_only_for_our_domains(keyring: dkim.DkimKeyring) -> None:
@@ -352,7 +361,7 @@ async def test_mx_adds_authentication_results_and_strips_forgeries(
     forged = f"Authentication-Results: {box.hostname}; dkim=pass\r\n".encode()
 
     service = smtp_service(box, Port.MX)
-    service.authenticate = dkim.InboundDkim(box.hostname, dict_dns(dns_of(sender)))
+    service.authenticate = InboundAuthenticator(box.hostname, DictResolver(dns_of(sender)))
     await nursery.start(service.serve)
     port = box.config.port(service.name)
 
@@ -362,18 +371,18 @@ async def test_mx_adds_authentication_results_and_strips_forgeries(
 
     await trio.to_thread.run_sync(send, forged + signed)
     await trio.to_thread.run_sync(send, signed.replace(b"line one", b"line 1"))
-    await trio.to_thread.run_sync(send, message)
+    # Its own Message-ID: the same message unsigned would be taken for a resend of the
+    # first (a signature added on the way is not part of what makes a message itself).
+    await trio.to_thread.run_sync(send, message.replace(b"<dkim-1@", b"<dkim-2@"))
     got = []
     for row in await box.mailstore.messages(f"somchai@{DOMAIN}"):
         parsed = email.message_from_bytes(
             await box.mailstore.content(row), policy=email.policy.compat32
         )
         got.append([" ".join(v.split()) for v in parsed.get_all("Authentication-Results", [])])
-    assert [[v.split(" (")[0].split(" header.")[0] for v in g] for g in got] == [
-        [f"{box.hostname}; dkim=pass"],
-        [f"{box.hostname}; dkim=fail"],
-        [f"{box.hostname}; dkim=none"],
-    ]
+    # One field each, ours (the forged one is gone); its dkim= beside SPF's and DMARC's.
+    assert [[v.split(";")[0] for v in g] for g in got] == [[box.hostname]] * 3
+    assert [[dkim_part(v) for v in g] for g in got] == [["dkim=pass"], ["dkim=fail"], ["dkim=none"]]
 
 
 # -- the command line ----------------------------------------------------------------
@@ -383,7 +392,12 @@ def test_cli_shows_rotates_and_retires(tmp_path: Path, capsys: pytest.CaptureFix
     data = tmp_path / "data"
     trio.run(init_box, data, DOMAIN)
     assert main(["dkim", "show", "--data", str(data), "--agency", DOMAIN]) == 0
-    (line,) = capsys.readouterr().out.splitlines()
+    # The key's record, then the SPF and DMARC records the agency should publish too.
+    line, spf_line, dmarc_line = capsys.readouterr().out.splitlines()
+    assert spf_line == f'{DOMAIN}. IN TXT ( "v=spf1 mx -all" ) ; SPF'
+    assert (
+        dmarc_line == f'_dmarc.{DOMAIN}. IN TXT ( "v=DMARC1; p=reject; adkim=r; aspf=r" ) ; DMARC'
+    )
     assert line.startswith("eb")
     assert '._domainkey.a.go.th. IN TXT ( "v=DKIM1; k=rsa; p=' in line
     assert line.endswith("; signs now")
@@ -481,13 +495,14 @@ async def test_a_resend_with_another_verdict_is_still_stored_once(
     records = dns_of(sender)
     answers = iter(["timeout", "pass"])
 
-    def flaky(name: bytes, timeout: float = 5) -> bytes | None:
-        if next(answers) == "timeout":
-            raise dkim.dkim.DnsTimeoutError("timed out")
-        return dict_dns(records)(name)
+    class Flaky(DictResolver):
+        def dkim_key(self, name: bytes, timeout: float = 5) -> bytes | None:
+            if next(answers) == "timeout":
+                raise dkim.dkim.DnsTimeoutError("timed out")
+            return dict_dns(records)(name)
 
     service = smtp_service(box, Port.MX)
-    service.authenticate = dkim.InboundDkim(box.hostname, flaky)
+    service.authenticate = InboundAuthenticator(box.hostname, Flaky())
     await nursery.start(service.serve)
     port = box.config.port(service.name)
 

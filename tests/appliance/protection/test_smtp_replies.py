@@ -36,3 +36,12 @@ def test_clean_and_junk_are_accepted() -> None:
     for outcome in (Outcome.CLEAN, Outcome.JUNK):
         assert refusal(Verdict(outcome, spam=SPAM), submission=False,
                        submission_unavailable="tempfail") is None  # fmt: skip
+
+
+def test_a_blocked_sender_is_550_571_on_every_port() -> None:
+    for submission in (False, True):
+        reply = refusal(Verdict(Outcome.BLOCKED, "sender on the block list"),
+                        submission=submission, submission_unavailable="accept")  # fmt: skip
+        assert reply is not None
+        assert (reply.code, reply.enhanced) == (550, "5.7.1")
+        assert "blocked" in str(reply.text)

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from appliance.mail import headers
 from appliance.protection.rspamd import SpamReport
 from appliance.protection.verdict import (
+    Listing,
     Outcome,
+    SenderLists,
     Thresholds,
     decide,
     scan_headers,
@@ -78,3 +80,43 @@ def test_headers_are_well_formed(score: float, symbols: dict[str, float]) -> Non
         assert b"\r" not in line
     # Stripping them again leaves nothing: the box's own fields are what it strips.
     assert strip_scan_headers(block + b"\r\n") == b"\r\n"
+
+
+ALLOW_ORG = SenderLists(allow=frozenset({"example.org"}))
+BLOCK_BOB = SenderLists(block=frozenset({"bob@spam.example"}))
+
+
+@pytest.mark.parametrize(
+    ("lists", "sender", "listing"),
+    [
+        ([ALLOW_ORG], "Alice@Example.ORG", Listing.ALLOWED),
+        ([ALLOW_ORG], "alice@sub.example.org", Listing.NONE),  # a domain is exact
+        ([ALLOW_ORG, SenderLists()], "alice@example.org", Listing.NONE),  # every agency
+        ([BLOCK_BOB], "bob@spam.example", Listing.BLOCKED),
+        ([BLOCK_BOB], "carol@spam.example", Listing.NONE),
+        ([ALLOW_ORG, BLOCK_BOB], "bob@spam.example", Listing.BLOCKED),
+        (
+            [SenderLists(allow=frozenset({"x.org"}), block=frozenset({"x.org"}))],
+            "a@x.org",
+            Listing.BLOCKED,
+        ),  # the same entry on both lists: blocked
+        ([ALLOW_ORG], None, Listing.NONE),  # the null sender (bounces) is on no list
+        ([ALLOW_ORG], "", Listing.NONE),
+    ],
+)
+def test_sender_listing(lists: list[SenderLists], sender: str | None, listing: Listing) -> None:
+    assert SenderLists.listing(lists, sender) is listing
+
+
+def test_allowed_skips_the_spam_verdict_but_never_the_virus_verdict() -> None:
+    assert decide(None, report(99.0), T, Listing.ALLOWED).outcome is Outcome.CLEAN
+    assert decide(None, report(0, "reject", True), T, Listing.ALLOWED).outcome is Outcome.CLEAN
+    assert decide("Eicar", report(0.0), T, Listing.ALLOWED).outcome is Outcome.VIRUS
+
+
+def test_blocked_is_refused_even_when_clean_and_a_virus_is_still_named() -> None:
+    blocked = decide(None, report(0.0), T, Listing.BLOCKED)
+    assert blocked.outcome is Outcome.BLOCKED
+    assert not blocked.accepted
+    assert blocked.log_result().startswith("blocked")
+    assert decide("Eicar", report(0.0), T, Listing.BLOCKED).outcome is Outcome.VIRUS

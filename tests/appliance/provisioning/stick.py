@@ -74,6 +74,7 @@ def write_bundle(
     days: float = 7,
     box_ids: tuple[str, ...] = (),
     now: dt.datetime | None = None,
+    update: Path | None = None,
 ) -> str:
     payload = {}
     if answers is not None:
@@ -83,5 +84,5 @@ def write_bundle(
     return create_bundle(
         stick, payload=payload, key_pem=tech.key, chain_pem=tech.chain,
         not_after=(now or dt.datetime.now(dt.UTC)) + dt.timedelta(days=days),
-        box_ids=box_ids, now=now,
+        box_ids=box_ids, now=now, update=update,
     )  # fmt: skip

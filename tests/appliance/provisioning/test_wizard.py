@@ -367,3 +367,67 @@ def test_any_form_gets_answers_or_a_step_error(step: str, fields: dict[str, str]
         refused_field = ""
         assert isinstance(answers, dict)
     assert refused_field in ("", *FIELD_NAMES)
+
+
+HUB_UPLINK = {"mode": "hub", "hub_url": "https://hub.go.th:7443", "token": "eb1.secret.ca"}
+
+
+def test_restore_from_the_hub_needs_the_uplinks_hub_and_the_old_box() -> None:
+    words = key_to_words(bytes(range(32)))
+    fields = {"mode": "restore-hub", "box_id": "D6A5-old", "box_domain": "MOE.go.th",
+              "key": words}  # fmt: skip
+    assert refused("restore", fields).field == "mode"  # no hub at the uplink step
+    draft = answered(("uplink", HUB_UPLINK))
+    assert refused("restore", {**fields, "box_id": "no/such"}, draft).field == "box_id"
+    assert refused("restore", {**fields, "box_domain": ""}, draft).field == "box_domain"
+    assert refused("restore", {**fields, "key": "ab cd"}, draft).field == "key"
+    answers = check_step("restore", fields, draft)
+    assert answers == {"source": "hub", "box_id": "d6a5-old", "domain": "moe.go.th",
+                       "key_id": key_id(bytes(range(32)))}  # fmt: skip
+    draft.save_step("restore", answers)
+    assert draft.restoring
+    check_backup(answers)  # nothing to look at locally: asking would spend the token
+
+
+async def test_the_wizard_restores_from_the_hub_with_the_uplinks_token(tmp_path: Path) -> None:
+    from appliance.backup.restore import restore_backup
+    from appliance.provisioning.lifecycle import Lifecycle
+    from appliance.provisioning.setup_api import SetupApi
+    from appliance.provisioning.wizard_pages import SetupWizard
+    from appliance.security.guard import AuthGuard, GuardPolicy
+
+    old, usb, blank = tmp_path / "old", tmp_path / "usb", tmp_path / "blank"
+    await provision(old, REQUEST)
+    create_backup(old, usb)
+    key = ensure_backup_key(old / "keys")
+    device = ensure_device(blank)
+    asked: list[tuple[str, str, str, str, bytes]] = []
+
+    async def hub_restorer(
+        staging: Path, hub_url: str, token: str, box_id: str, domain: str, given: bytes
+    ) -> str:
+        # The hub's part (re-enrolment, fetch) is tested in tests/e2e/test_backup_hub.py;
+        # here the set comes from a folder, onto the blank staging folder it is given.
+        assert not await trio.Path(staging).exists()
+        asked.append((hub_url, token, box_id, domain, given))
+        return (await trio.to_thread.run_sync(restore_backup, staging, usb, given)).name
+
+    config = configured(blank, {}, {})
+    lifecycle = Lifecycle(blank, device)
+    guard = AuthGuard(GuardPolicy(), clock=trio.current_time)
+    wizard = SetupWizard(config, lifecycle, SetupApi(lifecycle, guard), hub_restorer=hub_restorer)
+    words = key_to_words(key)
+    draft = answered(
+        ("uplink", HUB_UPLINK),
+        ("restore", {"mode": "restore-hub", "box_id": "d6a5", "box_domain": REQUEST.domain,
+                     "key": words}),
+    )  # fmt: skip
+    report = await wizard._apply(draft, words)
+    assert asked == [("https://hub.go.th:7443", "eb1.secret.ca", "d6a5", REQUEST.domain, key)]
+    assert report.restored
+    assert report.enrolled == "https://hub.go.th:7443"  # by the restore, not enrolled again
+    identity = read_identity(blank)
+    assert identity is not None
+    assert identity.domain == REQUEST.domain
+    assert ensure_device(blank).box_id == device.box_id
+    assert not (blank / "restored").exists()

@@ -4,6 +4,7 @@ health finding, the keyrings' certificates, system.conf and the manifest."""
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from appliance.sync.status import SyncStatus
 from appliance.sync.transport import HubUnavailable, Peer
 from appliance.update import outcome
 from appliance.update.confirm import Action, decide
+from appliance.update.download import DownloadError, download
 from appliance.update.gate import GateReading, judge, passed
 from appliance.update.health import check_updates
-from appliance.update.install import UpdateError, fetch
 from appliance.update.keyring import KeyringError, ensure_keyring, open_keyring
 from appliance.update.manifest import Manifest
 from appliance.update.outcome import Pending
@@ -284,9 +285,11 @@ async def test_the_hub_refuses_malformed_reports(tmp_path: Path) -> None:
     assert read_reports(tmp_path, "box-1") == []
 
 
-def test_only_https_urls_are_fetched(tmp_path: Path) -> None:
-    with pytest.raises(UpdateError, match="only https"):
-        fetch("http://127.0.0.1:1/edgebox.raucb", tmp_path)
-    with pytest.raises(UpdateError, match="cannot download"):
-        fetch("https://127.0.0.1:1/edgebox.raucb", tmp_path)
-    assert not (tmp_path / "update" / "incoming.raucb").exists()
+async def test_only_https_urls_are_fetched(tmp_path: Path) -> None:
+    context = ssl.create_default_context()
+    with pytest.raises(DownloadError, match="only https"):
+        await download("http://127.0.0.1:1/edgebox.raucb", tmp_path, context)
+    with pytest.raises(DownloadError, match="cannot download"):
+        await download("https://127.0.0.1:1/edgebox.raucb", tmp_path, context)
+    # Nothing was fetched: the part is empty.
+    assert (tmp_path / "update" / "incoming.part").stat().st_size == 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from fractions import Fraction
 from urllib.parse import urlencode
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from appliance.box import Box
@@ -249,6 +250,7 @@ def test_sizes() -> None:
 
 
 @given(st.integers(min_value=0, max_value=2**50))
+@example(768)  # exactly half a step from 0.8 KB
 def test_every_size_reads_in_one_system_and_keeps_its_order(size: int) -> None:
     text = format_size(size, "th")
     assert text == format_size(size, "en")
@@ -257,19 +259,22 @@ def test_every_size_reads_in_one_system_and_keeps_its_order(size: int) -> None:
     scale = 1024 ** (SIZE_UNITS.index(match.group(3)) + 1)
     # Off by at most half the last digit shown (a tenth or a whole unit), except that
     # a tiny file shows as 0.1 KB rather than as nothing.
-    step = (0.1 if match.group(2) else 1) * scale
+    step = (Fraction(1, 10) if match.group(2) else 1) * scale
     assert abs(_bytes(text) - size) <= step / 2 or text == "0.1 KB"
     # A bigger size never reads smaller.
     assert _bytes(format_size(size + 1024, "th")) >= _bytes(text)
 
 
-def _bytes(text: str) -> float:
+def _bytes(text: str) -> Fraction:
+    # Exact: in floats 0.8 KB is 819.2000000000001 bytes, and a size exactly half a
+    # step away (768 bytes) failed the bound by that last bit.
     number, unit = text.split()
-    return float(number) * 1024 ** (SIZE_UNITS.index(unit) + 1)
+    return Fraction(number) * 1024 ** (SIZE_UNITS.index(unit) + 1)
 
 
 def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     """The admin overview names services in words; a new service needs its label."""
+    from appliance.backup.offsite.upload import OffsiteBackup
     from appliance.backup.service import DailyBackup
     from appliance.chat.secrets import SecretSweeper
     from appliance.compliance.retention import TrafficLogRetention
@@ -283,6 +288,7 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
     from appliance.mail.smtp.server import Port
     from appliance.panel import PanelService
     from appliance.protection.engines import EngineWatch
+    from appliance.protection.signatures.sync import SignatureUpdater
     from appliance.security.tls_renewal import TLSRenewal
     from appliance.sync.chat import ChatReplicator
     from appliance.sync.directory import DirectoryReplicator
@@ -298,10 +304,11 @@ def test_every_service_and_health_check_has_words_in_both_languages() -> None:
                   ChatReplicator, DirectoryReplicator, HubSyncService, LinkMonitor,
                   MailboxReplicator, OutboundRelay, CertificateRenewal, TLSRenewal,
                   HTTPSService, DailyBackup, DiscoveryService, HealthMonitor,
-                  MetricsService, PanelService, UpdateReporter, EngineWatch]  # fmt: skip
+                  MetricsService, PanelService, UpdateReporter, EngineWatch,
+                  SignatureUpdater, OffsiteBackup]  # fmt: skip
     ids = {*DEV_PORTS, *(f"smtp-{port.value}" for port in Port),
            *(service.name for service in background), *(check.name for check in CHECKS),
-           "certificate", "ca", "sync-certificate"}  # fmt: skip
+           "certificate", "ca", "sync-certificate", "backup-offsite"}  # fmt: skip
     assert ids <= set(SERVICE_LABELS), ids - set(SERVICE_LABELS)
     for check, (thai, english) in SERVICE_LABELS.items():
         assert thai

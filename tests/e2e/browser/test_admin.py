@@ -95,3 +95,29 @@ def test_agency_admin_sees_a_guessing_address_and_unlocks_it(browsers: Browsers)
     assert page.get_by_test_id("saved-notice").is_visible()
     assert page.locator(f'[data-testid="guard-source"][data-source="{attacker}"]').count() == 0
     admin.assert_clean()
+
+
+def test_agency_admin_sets_spam_scores_and_a_block_list(browsers: Browsers) -> None:
+    admin = browsers.signed_in(f"somchai@{DOMAIN}")
+    page = admin.page
+    admin.go("/admin")
+    page.get_by_test_id("admin-nav-protection").click()
+    page.wait_for_url(re.compile(r".*/admin/protection$"))
+    assert page.get_by_role("heading", name="การตรวจไวรัสและสแปม").is_visible()
+    page.get_by_label("ย้ายเข้าจดหมายขยะตั้งแต่คะแนน").fill("5")
+    page.get_by_label("ปฏิเสธตั้งแต่คะแนน (550)").fill("12")
+    page.get_by_role("button", name="บันทึกคะแนน").click()
+    page.wait_for_load_state()
+    assert page.get_by_test_id("saved-notice").is_visible()
+    assert page.get_by_label("ย้ายเข้าจดหมายขยะตั้งแต่คะแนน").input_value() == "5.0"
+    page.get_by_test_id("block-list").fill("spammer@example.org\nbad.example")
+    page.get_by_role("button", name="บันทึกรายชื่อ").click()
+    page.wait_for_load_state()
+    assert page.get_by_test_id("block-list").input_value() == "spammer@example.org\nbad.example"
+    page.get_by_test_id("allow-list").fill("not an address")
+    page.get_by_role("button", name="บันทึกรายชื่อ").click()
+    page.wait_for_load_state()
+    assert "not an address" in page.get_by_test_id("form-error").inner_text()
+    admin.screenshot("admin-protection")
+    admin.assert_clean()
+    assert admin.go(f"/admin/protection?agency={OTHER}").status == 404

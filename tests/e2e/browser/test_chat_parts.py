@@ -64,9 +64,9 @@ def test_composer_actions_typing_files_location_and_stickers(browsers: Browsers)
 
     # A reply quotes the message, on both pages.
     message(somchai, "เอกสารถึงแล้วหรือยัง").get_by_test_id("reply").click()
-    assert somchai.page.get_by_test_id("replying").is_visible()
+    expect(somchai.page.get_by_test_id("replying")).to_be_visible()
     say(somchai, "ถึงแล้วครับ")
-    assert somchai.page.get_by_test_id("replying").is_hidden()
+    expect(somchai.page.get_by_test_id("replying")).to_be_hidden()
     quote = message(malee, "ถึงแล้วครับ").get_by_test_id("quote")
     quote.filter(has_text="เอกสารถึงแล้วหรือยัง").wait_for()
 
@@ -121,7 +121,7 @@ def test_composer_actions_typing_files_location_and_stickers(browsers: Browsers)
     somchai.page.get_by_test_id("open-stickers").click()
     somchai.page.get_by_test_id("sticker").first.click()
     malee.page.locator('.message[data-kind="sticker"] img.sticker').wait_for()
-    assert somchai.page.get_by_test_id("sticker-dialog").is_hidden()
+    expect(somchai.page.get_by_test_id("sticker-dialog")).to_be_hidden()
 
     # The media panel lists the file under its tab.
     somchai.page.get_by_test_id("media-panel").locator("summary").click()
@@ -157,7 +157,7 @@ def test_earlier_messages_list_badges_and_alerts(browsers: Browsers) -> None:
     row = malee.page.get_by_test_id("room-item").filter(has_text="ห้องประวัติยาว")
     say(somchai, "ข้อความใหม่ล่าสุด")
     row.get_by_test_id("room-preview").filter(has_text="ข้อความใหม่ล่าสุด").wait_for()
-    assert row.get_by_test_id("unread-count").is_visible()
+    expect(row.get_by_test_id("unread-count")).to_be_visible()
     # The newest room comes first, and the arrows move through the list.
     assert malee.page.get_by_test_id("room-item").first.get_attribute("data-room-id") == room_id
     malee.page.locator(".room-link").first.focus()
@@ -196,15 +196,15 @@ def test_new_room_form_and_search_keyboard(browsers: Browsers) -> None:
     page = tab.page
     form = page.get_by_test_id("new-room-form")
     page.locator("#kind-direct").check()
-    assert form.locator('[data-for="direct"]').is_visible()
-    assert form.locator('[data-for="broadcast"]').is_hidden()
+    expect(form.locator('[data-for="direct"]')).to_be_visible()
+    expect(form.locator('[data-for="broadcast"]')).to_be_hidden()
     page.locator("#kind-broadcast").check()
-    assert form.locator('[data-for="broadcast"]').is_visible()
-    assert form.locator('[data-for="direct"]').is_hidden()
+    expect(form.locator('[data-for="broadcast"]')).to_be_visible()
+    expect(form.locator('[data-for="direct"]')).to_be_hidden()
     # A preset ticks its rule, and the working hours appear with it.
     page.locator("#kind-working_hours").check()
     assert form.locator('input[name="working_hours"]').is_checked()
-    assert form.locator(".hours").is_visible()
+    expect(form.locator(".hours")).to_be_visible()
 
     # Finding a colleague fills the suggestions, and "Add" puts the address in the list.
     page.locator("#find-person").fill("malee")

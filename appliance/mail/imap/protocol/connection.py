@@ -87,7 +87,10 @@ class ServerConnection:
         self.state = State.NOT_AUTHENTICATED
         self.tls_active = tls_active
         self._in = bytearray()
-        self._out = bytearray()
+        # Responses queued, as pieces joined once by `data_to_send`: a FETCH of 500
+        # bodies is not copied again each time a growing buffer moves.
+        self._out: list[bytes] = []
+        self._queued = 0
         self._eof = False
         # Where the search for the next LF resumes: a slow sender does not make us scan
         # the same bytes again.
@@ -119,10 +122,16 @@ class ServerConnection:
         elif self.state is not State.LOGOUT:
             self._in += data
 
+    @property
+    def queued(self) -> int:
+        """How many bytes of responses are queued, not yet taken by `data_to_send`."""
+        return self._queued
+
     def data_to_send(self) -> bytes:
         """Return and clear the responses queued so far."""
-        out = bytes(self._out)
+        out = b"".join(self._out)
         self._out.clear()
+        self._queued = 0
         return out
 
     # -- the server's responses --------------------------------------------------------
@@ -130,7 +139,11 @@ class ServerConnection:
     def untagged(self, text: str | bytes) -> None:
         """Queue ``* text`` (text may hold literals made with `quote`)."""
         raw = text.encode("utf-8") if isinstance(text, str) else text
-        self._out += b"* " + raw + b"\r\n"
+        self._queue(b"* ", raw, b"\r\n")
+
+    def _queue(self, *pieces: bytes) -> None:
+        self._out.extend(pieces)
+        self._queued += sum(map(len, pieces))
 
     def tagged(self, tag: str, status: str, text: str, code: str | None = None) -> None:
         """Queue ``tag OK [CODE] text`` (RFC 3501 §7.1) and end that command's exchange."""
@@ -145,7 +158,7 @@ class ServerConnection:
 
     def continuation(self, text: str = "") -> None:
         """Queue ``+ text``: a SASL challenge (base64) or the ``+ idling`` of IDLE."""
-        self._out += b"+ " + one_line(text) + b"\r\n"
+        self._queue(b"+ ", one_line(text), b"\r\n")
 
     def bye(self, text: str) -> None:
         """Queue ``* BYE text`` and end the session (shutdown, timeout)."""
@@ -158,7 +171,7 @@ class ServerConnection:
             parts.append(b"[" + one_line(code) + b"]")
         if text:
             parts.append(one_line(text))
-        self._out += b" ".join(parts) + b"\r\n"
+        self._queue(b" ".join(parts), b"\r\n")
 
     # -- state changes the server decides ----------------------------------------------
 

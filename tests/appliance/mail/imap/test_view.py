@@ -80,3 +80,55 @@ def test_behaves_like_a_sorted_dict(operations: list[tuple[str, int, tuple[str, 
         for seq, uid in enumerate(sorted(model), 1):
             assert view.state(uid) == model[uid]
             assert view.seq_of(uid) == seq
+
+
+def test_a_shared_twin_keeps_its_picture_when_the_other_changes() -> None:
+    view = MessageView([(1, "", 1), (2, "\\Seen", 2), (3, "", 3)])
+    twin = view.share()
+    assert twin.uids is view.uids, "no copy until a change"
+    view.update(MessageState(1, ("\\Flagged",), 4))
+    view.append(MessageState(4, (), 5))
+    view.remove([2])
+    assert list(twin) == [1, 2, 3]
+    assert twin.state(1) == MessageState(1, (), 1)
+    assert list(view) == [1, 3, 4]
+    twin.update(MessageState(3, ("$Label1",), 6))
+    assert view.state(3) == MessageState(3, (), 3)
+    assert twin.keywords() == {"$Label1"}
+    assert view.keywords() == set()
+
+
+def test_an_update_to_the_same_state_takes_no_copy() -> None:
+    view = MessageView([(1, "\\Seen", 1)])
+    twin = view.share()
+    twin.update(MessageState(1, ("\\Seen",), 1))
+    assert twin.uids is view.uids
+
+
+@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from(FLAG_SETS)), max_size=40))
+def test_first_with_flags_and_keywords_agree_with_a_scan(
+    rows: list[tuple[int, tuple[str, ...]]],
+) -> None:
+    uid = 0
+    built = []
+    for step, flags in rows:
+        uid += step
+        built.append((uid, " ".join(flags), uid))
+    view = MessageView(built)
+    # Sets no longer in use must not count: drop some messages after loading.
+    view.remove([u for u, _, _ in built[::3]])
+    kept = [(u, tuple(f.split())) for u, f, _ in built[1::3] + built[2::3]]
+    kept.sort()
+    unseen = [u for u, flags in kept if "\\Seen" not in flags]
+    assert view.first_with_flags(lambda flags: "\\Seen" not in flags) == (
+        unseen[0] if unseen else None
+    )
+    assert view.keywords() == {f for _, flags in kept for f in flags if not f.startswith("\\")}
+
+
+@given(st.sets(st.integers(1, 300), max_size=120), st.data())
+def test_seqs_of_agrees_with_seq_of(uids: set[int], data: st.DataObject) -> None:
+    view = MessageView((uid, "", uid) for uid in sorted(uids))
+    chosen = data.draw(st.sets(st.sampled_from(sorted(uids)))) if uids else set()
+    assert view.seqs_of(chosen) == sorted(view.seq_of(u) for u in chosen)
+    assert view.seqs_of(sorted(chosen)) == sorted(view.seq_of(u) for u in chosen)

@@ -5,10 +5,19 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+import trio
+import trio.testing
 
 from appliance.mail.delivery import Envelope, Trace
+from appliance.mail.smtp.authentication import (
+    AUTHENTICATION_UNAVAILABLE,
+    Disposition,
+    MessageCheck,
+    SpfCheck,
+)
 from appliance.mail.smtp.policy import (
     FROM_NOT_OWNED,
+    LOCAL_DOMAINS_TTL,
     LOCAL_SENDER_FORGED,
     NO_POSTMASTER,
     SENDER_NOT_OWNED,
@@ -126,6 +135,37 @@ async def test_mx_still_takes_bounces_and_other_domains(box: MailBox) -> None:
     )
 
 
+# --- issue 23: DMARC's proof replaces the blanket refusal --------------------------------
+
+
+def proof(*domains: str, temporary: bool = False) -> MessageCheck:
+    return MessageCheck(b"", Disposition.DELIVER, frozenset(domains), temporary, "")
+
+
+async def test_mx_takes_a_local_sender_that_proves_itself(box: MailBox) -> None:
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore, CENTRE)
+    me, source = box.users[0], "192.168.1.50"
+    # MAIL FROM: the domain's own SPF record names the client.
+    assert await policy.check_sender(mail_from(me), None, source, SpfCheck("pass", DOMAIN)) is None
+    for result in ("fail", "softfail", "neutral", "none", "permerror"):
+        spf = SpfCheck(result, DOMAIN)
+        assert await policy.check_sender(mail_from(me), None, source, spf) == LOCAL_SENDER_FORGED
+    temporary = SpfCheck("temperror", DOMAIN)
+    assert await policy.check_sender(mail_from(me), None, source, temporary) == (
+        AUTHENTICATION_UNAVAILABLE
+    )
+    # From: an SPF or DKIM pass aligned with our domain (DMARC's test, record or not).
+    content = message_from(me)
+    assert await policy.check_message(content, None, "x@o.go.th", source, proof(DOMAIN)) is None
+    assert await policy.check_message(content, None, "x@o.go.th", source, proof("o.go.th")) == (
+        LOCAL_SENDER_FORGED
+    )
+    assert await policy.check_message(
+        content, None, "x@o.go.th", source, proof(temporary=True)
+    ) == (AUTHENTICATION_UNAVAILABLE)
+    assert AUTHENTICATION_UNAVAILABLE.code == 451
+
+
 def test_trusted_relays_setting() -> None:
     assert parse_trusted_relays("") == []
     assert parse_trusted_relays("10.0.0.1") == [ipaddress.ip_network("10.0.0.1/32")]
@@ -181,3 +221,70 @@ async def test_an_admin_named_twice_gets_one_copy(box: MailBox) -> None:
         Envelope("a@other.go.th", tuple(recipients), trace), b"S: x\r\n\r\n.\r\n"
     )
     assert len(await box.mailstore.messages(box.users[0], "INBOX")) == 1
+
+
+async def test_a_recipient_is_looked_up_once_from_rcpt_to_mailbox(
+    box: MailBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RCPT check's lookup carries the quota on to delivery (issue 21)."""
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
+    _, recipient = await policy.check_recipient(RcptTo(box.users[0].upper(), {}), None)
+    assert recipient is not None
+    assert recipient.quota_bytes is not None
+
+    async def no_lookup(address: str) -> None:
+        raise AssertionError(f"{address} looked up again")
+
+    monkeypatch.setattr(box.directory, "user", no_lookup)
+    trace = Trace("client.test", "192.0.2.1", "ESMTP")
+    await box.delivery.deliver(
+        Envelope("a@other.go.th", (recipient,), trace), b"Subject: x\r\n\r\nbody\r\n"
+    )
+    [stored] = await box.mailstore.messages(box.users[0], "INBOX")
+    assert stored.uid == 1
+
+
+async def test_local_domains_are_read_once_per_moment_and_a_new_one_at_once(
+    box: MailBox, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
+    reads: list[int] = []
+    local_domains = box.directory.local_domains
+
+    async def counted() -> frozenset[str]:
+        reads.append(1)
+        return await local_domains()
+
+    monkeypatch.setattr(box.directory, "local_domains", counted)
+    rcpt = RcptTo(box.users[0], {})
+    # One message: MAIL, RCPT and the From check share one read.
+    assert await policy.check_sender(mail_from("a@other.go.th"), None) is None
+    assert (await policy.check_recipient(rcpt, None))[0] is None
+    assert await policy.check_message(message_from("a@other.go.th"), None) is None
+    assert len(reads) == 1
+    # An agency added a moment ago takes mail at once: a recipient outside the set
+    # is looked up afresh before it is refused.
+    await box.directory.add_agency("new.go.th", "ใหม่")
+    await box.directory.add_user("u@new.go.th", password="new-user-pass-1", name_th="ใหม่")
+    assert (await policy.check_recipient(RcptTo("u@new.go.th", {}), None))[0] is None
+    assert len(reads) == 2
+    # And the set is read again once it is older than the TTL.
+    await trio.sleep(LOCAL_DOMAINS_TTL)
+    assert await policy.check_sender(mail_from("a@other.go.th"), None) is None
+    assert len(reads) == 3
+
+
+async def test_a_thai_domain_proven_in_a_labels_matches_its_own_spelling(
+    box: MailBox,
+) -> None:
+    await box.directory.add_agency("กรม.go.th", name_th="กรม")
+    policy = SMTPPolicy(Port.MX, box.directory, box.mailstore)
+    content = message_from("director@กรม.go.th")
+    # The authenticator reports DNS names (A-labels); the directory keeps U-labels.
+    assert (
+        await policy.check_message(content, None, "", "192.168.1.50", proof("xn--12c8df.go.th"))
+        is None
+    )
+    assert await policy.check_message(content, None, "", "192.168.1.50", proof()) == (
+        LOCAL_SENDER_FORGED
+    )

@@ -18,6 +18,7 @@ from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.routes import hub_sync_routes
 from appliance.sync.hub.server import HubLimits, HubSyncService
 from appliance.sync.transport import SyncRoute
+from appliance.update.channel import channel_downloads, channel_routes
 from appliance.update.report import update_report_routes
 from tests.harness import free_port_offset
 
@@ -55,11 +56,13 @@ async def running_hub(
         routes = [
             *hub_sync_routes(box.chat, box.directory, box.mailstore),
             *update_report_routes(box.config.data_dir),
+            *channel_routes(box.config.data_dir),
             *extra_routes,
         ]
         service = HubSyncService(
             routes, config=box.config, hostname=box.hostname, directory=box.directory,
             mailstore=box.mailstore, clock=clock, limits=limits,
+            downloads=channel_downloads(box.config.data_dir),
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(service.serve)
