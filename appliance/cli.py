@@ -89,6 +89,7 @@ from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.store.database import limit_allocator_retention
 from appliance.store.postgres import PostgreSQLUnavailable, is_postgresql_url, redact
+from appliance.store.sqlite_memory import limit_sqlite_memory
 from appliance.supervisor import Supervisor
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
@@ -601,6 +602,8 @@ def _enroll(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
+    # Process-wide, before any database opens: one figure bounds SQLite's caches.
+    limit_sqlite_memory(config.sqlite_memory_mib * 1024 * 1024)
     if args.demo and read_identity(args.data) is None:
         trio.run(_create_demo, args)
     trio.run(_run_box, config)

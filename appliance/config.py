@@ -142,6 +142,11 @@ class Config:
     #: Seconds between rounds of mailbox and directory replication when nothing wakes
     #: them earlier (the link coming back, a local change).
     sync_interval: float = 60.0
+    #: MiB of memory SQLite may keep in the process, most of it page caches: a quarter
+    #: for the mail, directory and sync databases, three quarters for the encrypted chat
+    #: database and search index (appliance.store.sqlite_memory). Reached once the
+    #: databases outgrow it, and held there; 0 = no limit (each connection's own).
+    sqlite_memory_mib: int = 16
     #: Where `edgebox run` writes its daily backup (a USB disk's mount point); empty: none
     #: (docs/backup.md).
     backup_target: str = ""

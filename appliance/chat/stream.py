@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,6 +65,14 @@ RING_SIZE = 10_000
 #: MB. Twice RING_SIZE, as before, let it reach 20,000 and 40-60 MB on a busy hub
 #: (issue 24 soak, where it was part of what grew).
 RING_SLACK = 1 / 8
+#: Seconds an event stays in the ring at most (and an eighth more, as the cut comes in
+#: batches). The ring is for streams that are live, seconds behind; a client back after
+#: minutes away reads from the database, as one older than the ring always did. Without
+#: this a quiet box's ring only ever grew, by every event until the 10,000th (hours or
+#: days of an office's chat, 20-30 MB, at a post a second), so its memory was still
+#: rising after a day of service; with it, a box's ring stops growing after five
+#: minutes at whatever its rate of events holds (issue 24's soak).
+RING_AGE = 300.0
 
 #: Ephemeral notices queued per stream before further ones are dropped.
 EPHEMERAL_BUFFER = 64
@@ -108,13 +117,21 @@ class Subscription:
 class Fanout:
     """The in-process fan-out of one chat database: published events, membership, streams."""
 
-    def __init__(self, head: int, memberships: Iterable[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        head: int,
+        memberships: Iterable[tuple[str, str]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         #: The last cursor published: every event up to it is in the ring or older.
         self.published = head
         #: Events with a cursor above this are all in the ring.
         self.ring_floor = head
         self._ring: list[Event] = []
         self._cursors: list[int] = []
+        #: When each event of the ring was published (`clock`, ascending): the age cut.
+        self._published_at: list[float] = []
+        self._clock = clock
         #: Cursors of the ring's events by room, and by subject (ascending).
         self._by_room: dict[str, list[int]] = {}
         self._by_subject: dict[str, list[int]] = {}
@@ -150,6 +167,7 @@ class Fanout:
         added: list[Event] = []
         concerned: set[str] = set()
         membership = False
+        now = self._clock()
         for event in events:
             if event.cursor <= self.published:
                 continue  # published already by an earlier caller
@@ -165,6 +183,7 @@ class Fanout:
                 self._scrub(str(event.payload["message_id"]))
             self._ring.append(event)
             self._cursors.append(event.cursor)
+            self._published_at.append(now)
             if event.room_id is not None:
                 self._by_room.setdefault(event.room_id, []).append(event.cursor)
             if event.subject is not None:
@@ -172,16 +191,9 @@ class Fanout:
             self.published = event.cursor
             added.append(event)
         if len(self._ring) > RING_SIZE + max(1, int(RING_SIZE * RING_SLACK)):
-            cut = len(self._ring) - RING_SIZE
-            self.ring_floor = self._cursors[cut - 1]
-            del self._ring[:cut]
-            del self._cursors[:cut]
-            for index in (self._by_room, self._by_subject):
-                for key in list(index):
-                    cursors = index[key]
-                    del cursors[: bisect.bisect_right(cursors, self.ring_floor)]
-                    if not cursors:
-                        del index[key]
+            self._drop_oldest(len(self._ring) - RING_SIZE)
+        elif self._published_at and now - self._published_at[0] > RING_AGE * (1 + RING_SLACK):
+            self._drop_oldest(bisect.bisect_left(self._published_at, now - RING_AGE))
         if added:
             wake, self._wake = self._wake, trio.Event()
             wake.set()
@@ -192,6 +204,19 @@ class Fanout:
                 for subscription in self._subscriptions.get(address, ()):
                     if subscription.sink is not None:
                         self._hand_over(subscription, added, membership)
+
+    def _drop_oldest(self, cut: int) -> None:
+        """Drop the ring's *cut* oldest events; streams behind them read the database."""
+        self.ring_floor = self._cursors[cut - 1]
+        del self._ring[:cut]
+        del self._cursors[:cut]
+        del self._published_at[:cut]
+        for index in (self._by_room, self._by_subject):
+            for key in list(index):
+                cursors = index[key]
+                del cursors[: bisect.bisect_right(cursors, self.ring_floor)]
+                if not cursors:
+                    del index[key]
 
     def _hand_over(self, subscription: Subscription, added: list[Event], membership: bool) -> None:
         """Give a parked stream the new events it may see, or unpark and wake it."""

@@ -104,6 +104,38 @@ def test_the_ring_holds_at_most_its_size_and_slack(monkeypatch: pytest.MonkeyPat
     assert fanout.recent("a@x.go.th", fanout.ring_floor, 100) is not None
 
 
+def test_the_ring_forgets_events_older_than_its_age() -> None:
+    # Issue 24: on a quiet box the count bound is hours away, so the ring grew for
+    # hours; by age it stops at what RING_AGE (and its eighth of slack) holds.
+    now = [0.0]
+    fanout = Fanout(0, [("a@x.go.th", "r1")], clock=lambda: now[0])
+    age = stream_module.RING_AGE
+    held = []
+    for cursor in range(1, 401):  # one event every 10 s: 4,000 s, far below RING_SIZE
+        now[0] = cursor * 10.0
+        fanout.publish([_event(cursor, "message.posted", "r1")])
+        held.append(fanout.published - fanout.ring_floor)
+    assert max(held) <= age * (1 + stream_module.RING_SLACK) / 10 + 1
+    assert min(held[100:]) >= age / 10  # never less than RING_AGE's worth
+    assert fanout.recent("a@x.go.th", 0, 10) is None  # the oldest are read from the database
+    page = fanout.recent("a@x.go.th", fanout.ring_floor, 1000)
+    assert page is not None
+    assert [e.cursor for e in page[0]] == list(range(fanout.ring_floor + 1, 401))
+
+
+def test_a_burst_stays_in_the_ring_however_old_the_ring_was() -> None:
+    # The age cut takes only events published long ago, never the burst just published.
+    now = [0.0]
+    fanout = Fanout(0, [("a@x.go.th", "r1")], clock=lambda: now[0])
+    fanout.publish([_event(1, "message.posted", "r1")])
+    now[0] = 10 * stream_module.RING_AGE
+    fanout.publish([_event(c, "message.posted", "r1") for c in range(2, 50)])
+    assert fanout.ring_floor == 1
+    page = fanout.recent("a@x.go.th", 1, 100)
+    assert page is not None
+    assert [e.cursor for e in page[0]] == list(range(2, 50))
+
+
 async def test_a_parked_stream_gets_events_through_its_sink_without_waking() -> None:
     fanout = Fanout(0, [("a@x.go.th", "r1"), ("b@x.go.th", "r2")])
     subscription = fanout.subscribe("a@x.go.th")
