@@ -74,7 +74,6 @@ BLOBS_DIR = "blobs"
 #: The data directory's folders a backup never holds: run-time state, and the blobs
 #: and databases it copies its own way.
 _SKIPPED_DIRS = frozenset({"run", "blobs", "db", "backup"})
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class BackupError(Exception):
@@ -94,6 +93,10 @@ class BackupReport:
     blob_bytes_copied: int = 0
     blobs_vanished: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+#: The databases SQLite3 Multiple Ciphers encrypts (apsw's SQLite); the rest are plain.
+ENCRYPTED_DATABASES = frozenset({"chat.sqlite", "search.sqlite"})
 
 
 def encrypted_database_keys(data_key: bytes) -> dict[str, bytes]:
@@ -213,16 +216,17 @@ def _copy_databases(data_dir: Path, partial: Path, key: bytes) -> list[dict[str,
     try:
         for path in sorted(db_dir.glob("*.sqlite")):
             copy = scratch / path.name
-            with path.open("rb") as f:
-                plain = f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
-            if plain:
-                _snapshot_sqlite3(path, copy)
-            else:
+            # Which driver reads a database is known by its name, never found by opening
+            # the file: this runs inside the serving box, and closing any descriptor of
+            # a database file drops every POSIX lock the process holds on it (fcntl), so
+            # another process (`edgebox status`) could then take the file for its own,
+            # checkpoint and delete the WAL under the box's writer: mail lost.
+            if path.name in ENCRYPTED_DATABASES:
                 if encrypted_keys is None:
                     encrypted_keys = encrypted_database_keys(load_data_key(data_dir / "keys"))
-                if path.name not in encrypted_keys:
-                    raise BackupError(f"{path}: an encrypted database this version does not know")
                 _snapshot_apsw(path, copy, encrypted_keys[path.name])
+            else:
+                _snapshot_sqlite3(path, copy)
             rel = f"db/{path.name}"
             with copy.open("rb") as source:
                 files.append(_write_backup_file(partial, key, rel, source))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from appliance.backup.service import DailyBackup, read_state
 from appliance.backup.snapshot import (
     BLOBS_DIR,
     PARTIAL_PREFIX,
+    _copy_databases,
     complete_backups,
     create_backup,
     prune_backups,
@@ -27,6 +31,7 @@ from appliance.box import add_user, configured, init_box, open_box
 from appliance.cli import main
 from appliance.health import Level
 from appliance.mail.delivery import Envelope, Recipient, Trace
+from appliance.store.database import connect
 
 DOMAIN = "backup.go.th"
 USERS = [f"user{i}@{DOMAIN}" for i in range(3)]
@@ -334,3 +339,34 @@ async def test_daily_service_survives_a_failed_backup_and_tries_again(
             nursery.cancel_scope.cancel()
     assert calls == ["try", "try"]
     assert read_state(data)["last_good"]
+
+
+def test_a_snapshot_in_the_serving_process_keeps_its_database_locks(tmp_path: Path) -> None:
+    """The backup runs inside the box: it must not drop the box's locks on a database.
+
+    Closing any descriptor of a file drops all of a process's POSIX locks on it, so a
+    snapshot that opened the file itself let another process (here: a short reader, as
+    `edgebox status` is) take the database for the last user, checkpoint it and delete
+    the WAL under the box's writer, whose later commits then went into a deleted file.
+    """
+    data = tmp_path / "data"
+    db = data / "db" / "mail.sqlite"
+    db.parent.mkdir(parents=True)
+    writer = connect(db)
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    reader = connect(db)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    (tmp_path / "partial").mkdir()
+    _copy_databases(data, tmp_path / "partial", b"k" * 32)
+
+    other = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "c.execute('SELECT 1 FROM t'); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", other, str(db)], check=True, timeout=60)
+    assert Path(f"{db}-wal").exists()  # still the box's: nobody else checkpointed it away
+    writer.execute("INSERT INTO t VALUES (2)")
+    writer.close()
+    reader.close()
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM t").fetchone() == (2,)
