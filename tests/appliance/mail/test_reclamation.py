@@ -9,9 +9,13 @@ operations that IMAP, the webmail and mailbox replication use.
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable, Collection
+from typing import Any
 
-from appliance.mail.imap.session import ImapSession
+import pytest
+import trio
+
+from appliance.mail.imap.session import INLINE_MESSAGES
 from appliance.mail.mailboxes import FlagMode, Mailboxes
 from appliance.mail.mailstore import Mailstore, StoredMessage
 from appliance.mail.reclamation import Reclamation
@@ -62,24 +66,42 @@ async def test_an_expunge_between_a_fetchs_rows_and_its_bodies_is_answered(
 ) -> None:
     """The interleaving that stopped IMAPS (issue 15), made deterministic: another
     session's EXPUNGE commits, and frees the blobs, after this FETCH read its rows and
-    before it read their bodies."""
+    before it read their bodies.
+
+    A FETCH of more than `INLINE_MESSAGES` reads its rows and then their bodies in one
+    worker call, where the writer can commit in between; a smaller one reads both on
+    the event loop with no await between them, so nothing can come between there.
+    """
     owner = box.users[0]
+    count = INLINE_MESSAGES + 1
     client = await signed_in(box)
-    await fill(box, owner, 3)
+    await fill(box, owner, count)
     await client.send("a SELECT INBOX\r\n")
-    original = ImapSession._contents
+    original = Mailboxes.messages_then
 
-    async def expunge_first(self: ImapSession, rows: dict[int, StoredMessage]) -> dict[int, bytes]:
-        monkeypatch.setattr(ImapSession, "_contents", original)
-        await _expunge_elsewhere(box, owner, [1, 2, 3])
-        return await original(self, rows)
+    async def expunge_first(
+        self: Mailboxes, mailbox_id: int, uids: Collection[int], then: Callable[..., Any]
+    ) -> Any:
+        monkeypatch.setattr(Mailboxes, "messages_then", original)
 
-    monkeypatch.setattr(ImapSession, "_contents", expunge_first)
+        def expunged_then(rows: list[StoredMessage]) -> Any:
+            trio.from_thread.run(expunge_in_another_task)
+            return then(rows)
+
+        return await original(self, mailbox_id, uids, expunged_then)
+
+    async def expunge_in_another_task() -> None:
+        # Another task, as another session is: the FETCH's task holds a worker token.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_expunge_elsewhere, box, owner, list(range(1, count + 1)))
+
+    monkeypatch.setattr(Mailboxes, "messages_then", expunge_first)
     reply = await client.send("b UID FETCH 1:* (BODY.PEEK[])\r\n")
-    assert all(f"body number {n}" in reply for n in range(3))
-    assert reply.count(" FETCH (") == 3
+    assert all(f"body number {n}" in reply for n in range(count))
+    assert reply.count(" FETCH (") == count
     # A UID command may carry the expunges (after the FETCH data); then nothing is held.
-    assert reply.endswith("* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n* 1 EXPUNGE\r\nb OK FETCH completed\r\n")
+    told = "".join(f"* {n} EXPUNGE\r\n" for n in range(count, 0, -1))
+    assert reply.endswith(told + "b OK FETCH completed\r\n")
     assert box.blob_files() == []
     assert box.mailstore.reclamation.pending == frozenset()
 
