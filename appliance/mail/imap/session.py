@@ -27,6 +27,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TypeVar
 
 import trio
@@ -798,11 +799,14 @@ class ImapSession:
                     items.append(imap.FetchAttr("FLAGS"))
         plain = all(map(_is_plain, items))
         if not needs_row:
-            batches: list[_FetchBatch] = [
-                (uids[i : i + FETCH_BATCH], {}, {}) for i in range(0, len(uids), FETCH_BATCH)
-            ]
-            for batch in batches:
-                await self._answer_batch(selected, items, plain, False, batch)
+            # UID, FLAGS and MODSEQ only: what a sync client asks of every message on
+            # each resync (mbsync's `UID FETCH 1:n (UID FLAGS)`). Answered from the view
+            # in one pass per batch, each distinct flag set rendered once.
+            for start in range(0, len(uids), FETCH_BATCH):
+                run = uids[start : start + FETCH_BATCH]
+                self.conn.untagged_block(_state_lines(selected, run, items))
+                if self.conn.queued >= SEND_AT:
+                    await self.flush()
         elif len(uids) <= INLINE_MESSAGES:
             rows, contents = await self._read_batch(selected, uids, needs_content)
             await self._answer_batch(selected, items, plain, True, (uids, rows, contents))
@@ -1621,6 +1625,37 @@ def _plain_fetch_line(
         else:  # BODY[] and RFC822: the message as stored
             parts.append(name.encode() + b" " + _literal(content))
     return b"%d FETCH (" % selected.seq_of(uid) + b" ".join(parts) + b")"
+
+
+#: `_state_lines`' piece of a FETCH response per item it answers, and which value of
+#: (sequence number, UID, flags, MODSEQ) it takes.
+_STATE_FORMATS = {"UID": (b"UID %d", 1), "FLAGS": (b"FLAGS %s", 2), "MODSEQ": (b"MODSEQ (%d)", 3)}
+
+
+def _state_lines(selected: Selected, uids: Sequence[int], items: Sequence[imap.FetchItem]) -> bytes:
+    """The untagged FETCH responses of *uids* for UID, FLAGS and MODSEQ items, framed.
+
+    The same bytes as `_plain_fetch_line` gives, made without an object per message:
+    positions, flag-set numbers and MODSEQs come from the view (`MessageView.entries`)
+    and each distinct flag set is rendered once; only \\Recent messages are rendered
+    one by one (RFC 3501 §2.3.2: that flag is this session's, not the view's).
+    """
+    formats = [_STATE_FORMATS[item.name] for item in items if isinstance(item, imap.FetchAttr)]
+    template = b"* %d FETCH (" + b" ".join(piece for piece, _ in formats) + b")\r\n"
+    pick = itemgetter(0, *(value for _, value in formats))
+    view = selected.messages
+    rendered: dict[int, bytes] = {}
+    recent_from = min((first for first, _ in selected.recent), default=_NO_END)
+    lines = []
+    for seq, uid, number, modseq in view.entries(uids):
+        if uid >= recent_from and selected.is_recent(uid):
+            flags = selected.flags_of(uid, view.flag_set(number)).encode()
+        else:
+            flags = rendered.get(number) or b""
+            if not flags:
+                flags = rendered[number] = imap.flag_list(view.flag_set(number)).encode()
+        lines.append(template % pick((seq, uid, flags, modseq)))
+    return b"".join(lines)
 
 
 def _section_label(section: imap.BodySection) -> str:

@@ -176,6 +176,42 @@ class MessageView:
         wanted = uids if isinstance(uids, set | frozenset) else set(uids)
         return list(compress(range(1, len(self.uids) + 1), map(wanted.__contains__, self.uids)))
 
+    def entries(self, uids: Sequence[int]) -> Iterator[tuple[int, int, int, int]]:
+        """Yield (sequence number, UID, flag-set number, MODSEQ) of each of *uids*.
+
+        Every UID must be present. For a FETCH of flags over the whole mailbox, no
+        object per message: a run of consecutive messages (what `UID FETCH 1:*` asks)
+        is read straight off the arrays, anything else with one bisection each.
+        `flag_set` turns the number into flags, so a caller renders each of the few
+        sets once.
+        """
+        all_uids, flag_ids, modseqs = self.uids, self._flag_ids, self._modseqs
+        if not uids:
+            return iter(())
+        first = bisect.bisect_left(all_uids, uids[0])
+        stop = first + len(uids)
+        if all_uids[first:stop].tolist() == list(uids):
+            return zip(
+                range(first + 1, stop + 1),
+                all_uids[first:stop],
+                flag_ids[first:stop],
+                modseqs[first:stop],
+                strict=True,
+            )
+        return self._each_entry(uids)
+
+    def _each_entry(self, uids: Iterable[int]) -> Iterator[tuple[int, int, int, int]]:
+        all_uids, flag_ids, modseqs = self.uids, self._flag_ids, self._modseqs
+        for uid in uids:
+            i = bisect.bisect_left(all_uids, uid)
+            if i == len(all_uids) or all_uids[i] != uid:
+                raise KeyError(uid)
+            yield i + 1, uid, flag_ids[i], modseqs[i]
+
+    def flag_set(self, number: int) -> tuple[str, ...]:
+        """The flags of flag-set *number* (as `entries` gives it)."""
+        return self._flag_sets[number]
+
     def uid_range(self, first: int, last: int) -> Sequence[int]:
         """The UIDs present in first..last inclusive."""
         start = bisect.bisect_left(self.uids, first)

@@ -1264,6 +1264,18 @@ def test_untagged_and_continuation() -> None:
     )
 
 
+def test_an_untagged_block_is_queued_as_it_is() -> None:
+    conn = ServerConnection()
+    block = b"* 1 FETCH (UID 4 FLAGS ())\r\n* 2 FETCH (UID 7 FLAGS (\\Seen))\r\n"
+    conn.untagged_block(block)
+    conn.untagged_block(b"")
+    assert conn.queued == len(block)
+    assert conn.data_to_send() == block
+    for unframed in (b"1 FETCH (UID 4)\r\n", b"* 1 FETCH (UID 4)"):
+        with pytest.raises(ValueError, match="untagged"):
+            conn.untagged_block(unframed)
+
+
 def test_bye_closes() -> None:
     conn = ServerConnection()
     conn.bye("Server shutting down")

@@ -132,3 +132,26 @@ def test_seqs_of_agrees_with_seq_of(uids: set[int], data: st.DataObject) -> None
     chosen = data.draw(st.sets(st.sampled_from(sorted(uids)))) if uids else set()
     assert view.seqs_of(chosen) == sorted(view.seq_of(u) for u in chosen)
     assert view.seqs_of(sorted(chosen)) == sorted(view.seq_of(u) for u in chosen)
+
+
+@given(st.sets(st.integers(1, 300), min_size=1, max_size=120), st.data())
+def test_entries_agree_with_state_and_seq_of(uids: set[int], data: st.DataObject) -> None:
+    ordered = sorted(uids)
+    view = MessageView((uid, " ".join(FLAG_SETS[uid % 5]), uid * 3) for uid in ordered)
+    # A run of consecutive messages (read off the arrays) or any list of present UIDs.
+    start = data.draw(st.integers(0, len(ordered) - 1))
+    run = ordered[start : data.draw(st.integers(start, len(ordered)))]
+    scattered = data.draw(st.lists(st.sampled_from(ordered), max_size=30))
+    for chosen in (run, scattered):
+        expected = [(view.seq_of(u), u, view.state(u).flags, view.state(u).modseq) for u in chosen]
+        got = [(seq, uid, view.flag_set(n), modseq) for seq, uid, n, modseq in view.entries(chosen)]
+        assert got == expected
+
+
+def test_entries_refuse_a_uid_the_view_does_not_hold() -> None:
+    view = MessageView([(2, "", 1), (4, "", 2)])
+    with pytest.raises(KeyError):
+        list(view.entries([2, 3]))
+    with pytest.raises(KeyError):
+        list(view.entries([5]))
+    assert list(view.entries([])) == []
