@@ -4,7 +4,9 @@ What it measures, in one run: one mailbox of N messages (default 10,000, ~10 KB 
 varied, generated from a fixed seed) put into (a) edgebox, through its SMTP MX port with
 20 parallel smtplib sessions (edgebox answers 250 only once the message is fsynced), and
 (b) a private Dovecot 2.3 (Maildir), through its LMTP port with 20 parallel sessions.
-Population is not timed as a result. Then, over TLS on both (edgebox: imaps; Dovecot: its
+Population is not timed as a result; the rounds start once both servers are idle
+(edgebox's search indexer has indexed the new mail: Dovecot's LMTP indexed during its
+delivery). Then, over TLS on both (edgebox: imaps; Dovecot: its
 imaps listener), alternating server by server each round:
 
 - ``login_select``: TCP + TLS connect, LOGIN, SELECT INBOX (the connect part is also
@@ -67,6 +69,7 @@ from tests.bench.common import (
     machine,
     median,
     ratio,
+    wait_until_idle,
     write_results,
 )
 from tests.peers import LOOPBACK, PeerError, require_binary
@@ -440,6 +443,14 @@ def run(
                 "edgebox_smtp": round(pop_eb, 1),
                 "dovecot_lmtp": round(pop_dc, 1),
             }
+
+            # Both servers as they are once delivery's work is done: edgebox indexes the
+            # new mail for search in the background after a burst, where Dovecot's LMTP
+            # updated its index during the (untimed) delivery itself.
+            print("[bench_imap] waiting for both servers to be idle ...", flush=True)
+            waited, idle = wait_until_idle(lambda: [proc.pid, *([dc.pid] if dc.pid else [])])
+            print(f"[bench_imap]   {waited:.1f} s{'' if idle else ' (still busy)'}", flush=True)
+            result["idle_wait_s"] = {"waited": round(waited, 1), "idle": idle}
 
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SERVERS}
             loads: list[list[float]] = []

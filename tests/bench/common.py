@@ -213,6 +213,54 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the process trees rooted at *pids*, summed."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            try:
+                times = p.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += times.user + times.system
+    return total
+
+
+def wait_until_idle(
+    pids: Callable[[], list[int]],
+    *,
+    quiet: float = 3.0,
+    share: float = 0.05,
+    limit: float = 900.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    cpu: Callable[[list[int]], float] = tree_cpu_seconds,
+) -> tuple[float, bool]:
+    """Wait until the servers of *pids* use under *share* of a core for *quiet* seconds.
+
+    A server that indexes what it was just given in the background (edgebox's search
+    indexer) would otherwise be measured against one that did that work during its
+    untimed population (Dovecot's LMTP updates its index as it delivers). Bounded by
+    *limit*. Returns (seconds waited, whether the servers were idle at the end).
+    """
+    start = clock()
+    window_start, used_at_start = start, cpu(pids())
+    while True:
+        sleep(min(0.5, quiet))
+        now, used = clock(), cpu(pids())
+        if now - window_start >= quiet:
+            if used - used_at_start <= share * (now - window_start):
+                return now - start, True
+            window_start, used_at_start = now, used
+        if now - start >= limit:
+            return now - start, False
+
+
 # -- edgebox for a run -------------------------------------------------------------------
 
 
