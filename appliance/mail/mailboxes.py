@@ -211,6 +211,29 @@ class Mailboxes:
             raise MailboxError("NONEXISTENT", f"no mailbox {name!r}")
         return MailboxMark(*found)
 
+    def names_now(self, owner: str) -> dict[str, str | None]:
+        """*owner*'s mailbox names and special uses, read at once (no per-message work).
+
+        What LIST needs when it returns no STATUS: a few rows of the mailboxes table by
+        its owner index, read on the calling thread (`Database.read_now`), where `of`
+        sums over every message of every mailbox in a worker thread.
+        """
+        rows = self.db.read_now(
+            lambda conn: conn.execute(
+                "SELECT name, special_use FROM mailboxes WHERE owner = ?", (owner,)
+            ).fetchall()
+        )
+        return {str(name): use for name, use in rows}
+
+    def subscriptions_now(self, owner: str) -> set[str]:
+        """`subscriptions`, read at once: a handful of rows by the owner index."""
+        rows = self.db.read_now(
+            lambda conn: conn.execute(
+                "SELECT name FROM subscriptions WHERE owner = ?", (owner,)
+            ).fetchall()
+        )
+        return {str(name) for (name,) in rows}
+
     def mark_of_now(self, mailbox_id: int) -> MailboxMark | None:
         """Where mailbox *mailbox_id* stands, read at once; None if it is gone."""
         return self.db.read_now(lambda conn: _mark(conn, mailbox_id))

@@ -383,8 +383,15 @@ class ImapSession:
             self.conn.untagged(f'{verb} (\\Noselect) "{SEPARATOR}" ""')
             self.conn.tagged(cmd.tag, "OK", f"{verb} completed")
             return
-        boxes = {box.name: box for box in await self.mailboxes.of(self.owner)}
-        subscribed = await self.mailboxes.subscriptions(self.owner)
+        infos: dict[str, MailboxInfo] = {}
+        if "STATUS" in returns:
+            # RFC 5819: the counts cost a pass over every message; only asked for here.
+            infos = {box.name: box for box in await self.mailboxes.of(self.owner)}
+            special = {name: box.special_use for name, box in infos.items()}
+        else:
+            # Names and special uses only, read at once: mbsync lists on every sync.
+            special = self.mailboxes.names_now(self.owner)
+        subscribed = self.mailboxes.subscriptions_now(self.owner)
         full = [cmd.reference + p for p in patterns]
         matchers = [_pattern(p) for p in full]
         # Hierarchy levels are returned for patterns whose last character is "%".
@@ -395,21 +402,17 @@ class ImapSession:
 
         def has_children(name: str) -> bool:
             prefix = name + SEPARATOR
-            return any(n.startswith(prefix) for n in boxes)
+            return any(n.startswith(prefix) for n in special)
 
         # name -> attributes, and the names returned with CHILDINFO (RFC 5258 §3.5).
         answer: dict[str, list[str]] = {}
         childinfo: set[str] = set()
         if not is_list or "SUBSCRIBED" in selection:
-            chosen = {
-                n
-                for n in subscribed
-                if "SPECIAL-USE" not in selection or (n in boxes and boxes[n].special_use)
-            }
+            chosen = {n for n in subscribed if "SPECIAL-USE" not in selection or special.get(n)}
             for name in sorted(chosen):
                 if matches(name):
                     answer[name] = ["\\Subscribed"] if is_list else []
-                    if name not in boxes:
+                    if name not in special:
                         # RFC 5258 §3.4: \\NonExistent (LSUB has only \\Noselect).
                         answer[name].insert(0, "\\NonExistent" if is_list else "\\Noselect")
             # A level above a chosen name that is not returned itself: LSUB with "%"
@@ -422,21 +425,21 @@ class ImapSession:
                         answer.setdefault(ancestor, [])
                         childinfo.add(ancestor)
         else:
-            for name, info in boxes.items():
-                if matches(name) and ("SPECIAL-USE" not in selection or info.special_use):
+            for name, use in special.items():
+                if matches(name) and ("SPECIAL-USE" not in selection or use):
                     answer[name] = []
             if "SPECIAL-USE" not in selection:
-                for name in list(boxes):
+                for name in list(special):
                     for ancestor in _ancestors(name):
-                        if ancestor not in boxes and any(m(ancestor) for m in level_matchers):
+                        if ancestor not in special and any(m(ancestor) for m in level_matchers):
                             answer.setdefault(ancestor, ["\\Noselect"])
         for name in sorted(answer, key=lambda n: (n != "INBOX", n)):
             attrs = answer[name]
-            box = boxes.get(name)
+            use = special.get(name)
             if is_list:
                 attrs.append("\\HasChildren" if has_children(name) else "\\HasNoChildren")
-                if box is not None and box.special_use:
-                    attrs.append(box.special_use)
+                if use:
+                    attrs.append(use)
                 if "SUBSCRIBED" in returns and name in subscribed and "\\Subscribed" not in attrs:
                     attrs.append("\\Subscribed")
             extended = ' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else ""
@@ -445,7 +448,8 @@ class ImapSession:
                 + imap.mailbox_name(name)
                 + extended.encode()
             )
-            if isinstance(cmd, imap.List) and "STATUS" in returns and box is not None:
+            box = infos.get(name)
+            if isinstance(cmd, imap.List) and box is not None:
                 # RFC 5819 §2: a STATUS response follows each selectable mailbox's LIST.
                 self._status_line(box, cmd.status_items)
         self.conn.tagged(cmd.tag, "OK", f"{verb} completed")

@@ -15,7 +15,7 @@ import pytest
 
 from appliance.mail.imap import protocol as imap
 from appliance.mail.imap.session import ImapSession
-from appliance.mail.mailboxes import Mailboxes
+from appliance.mail.mailboxes import Mailboxes, MailboxInfo
 
 from ..conftest import MailBox
 
@@ -127,6 +127,31 @@ async def test_list_extended_selection_and_return_options(box: MailBox) -> None:
     assert '* STATUS "INBOX" (MESSAGES 2 UNSEEN 2)\r\n' in reply
     assert reply.index("* LIST") < reply.index("* STATUS")
     assert "\\Subscribed" not in await client.send('g LIST "" "INBOX"\r\n')
+
+
+async def test_list_sums_no_message_unless_it_returns_status(
+    box: MailBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mbsync lists on every sync: names and special uses are read at once; only
+    # RETURN (STATUS) pays for the per-message counts (Mailboxes.of).
+    client = await signed_in(box)
+    await fill(box, box.users[0], 2)
+    summed: list[str] = []
+    of = Mailboxes.of
+
+    async def counting(self: Mailboxes, owner: str) -> list[MailboxInfo]:
+        summed.append(owner)
+        return await of(self, owner)
+
+    monkeypatch.setattr(Mailboxes, "of", counting)
+    listed = await client.send('a LIST "" "*"\r\nb LSUB "" "*"\r\n')
+    assert '* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n' in listed
+    assert '* LSUB () "/" "INBOX"\r\n' in listed
+    assert "b OK" in listed
+    assert summed == []
+    reply = await client.send('c LIST "" "INBOX" RETURN (STATUS (MESSAGES))\r\n')
+    assert '* STATUS "INBOX" (MESSAGES 2)\r\n' in reply
+    assert summed == [box.users[0]]
 
 
 async def test_store_unchangedsince_reports_modified(box: MailBox) -> None:
