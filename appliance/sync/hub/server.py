@@ -78,6 +78,7 @@ from appliance.security.tls import server_ssl_context
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.hub.admission import admit_box, central_endpoints, renew_box, url_host
+from appliance.sync.hub.admission_report import keep_reporting
 from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
@@ -174,7 +175,10 @@ class HubSyncService:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with self.opened():
+        async with self.opened(), trio.open_nursery() as nursery:
+            # The queue and each box's wait, for `edgebox status` (admission_report).
+            run_dir = self.config.data_dir / "run"
+            nursery.start_soon(keep_reporting, self.request_gate, run_dir, self.clock)
             # On PostgreSQL every worker process of the hub listens on the one port
             # (docs/hub-postgresql.md "Workers"); on SQLite the hub is one process.
             shared = bool(self.config.hub_store())
