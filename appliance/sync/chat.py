@@ -275,6 +275,14 @@ class ChatReplicator:
         """Fetch the content of a file message posted on another box, from the hub."""
         try:
             answer = await self.hub(FILE_GET_PATH, {"message_id": message_id})
+        except HubBusy as exc:
+            seconds = max(1, round(exc.retry_after))
+            raise ChatError(
+                503,
+                "hub_busy",
+                f"The centre is busy; try again in {seconds} s",
+                f"ส่วนกลางมีงานมาก กรุณาลองใหม่ใน {seconds} วินาที",
+            ) from None
         except HubUnavailable:
             raise ChatError(
                 503,

@@ -340,6 +340,8 @@ class _Connection(HTTPServerConnection):
                 extra.append(("retry-after", str(exc.retry_after)))
         except h11.RemoteProtocolError as exc:
             status, body = exc.error_status_hint, _error("bad_request", str(exc))
+        except _BoxLeft:
+            raise  # it hung up while waiting for its turn: nobody to answer, no bug
         except Exception:
             reference = secrets.token_hex(4)
             # Detail to the log only (CWE-209).
@@ -395,7 +397,10 @@ class _Connection(HTTPServerConnection):
         its bytes show the box's link watch that the hub is there, only busy.
         """
         interim = h11.InformationalResponse(status_code=102, headers=[], reason=b"Processing")
-        await self._send_within(self.conn.send(interim))
+        try:
+            await self._send_within(self.conn.send(interim))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TimeoutError) as exc:
+            raise _BoxLeft(f"the box left while its request waited: {exc}") from None
 
     async def _download(
         self, request: h11.Request, method: str, download: SyncDownload, name: str,
@@ -491,6 +496,10 @@ class _Connection(HTTPServerConnection):
             await self.send_response(status, headers, payload)
         except h11.LocalProtocolError:
             return  # the connection is already past answering (h11 says ERROR)
+
+
+class _BoxLeft(trio.BrokenResourceError):
+    """The box went away while its request waited for its turn (the listener ends quietly)."""
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -406,6 +406,14 @@ async def test_a_busy_hub_is_waited_for_as_it_asked_not_backed_off_or_hammered(n
     assert message in [m[0] for m in await hub_history(net, room_id)]
 
 
+async def test_a_file_asked_for_while_the_hub_is_busy_says_when_to_try_again(net: Net) -> None:
+    net.link_a.busy = 12.0
+    with pytest.raises(ChatError) as busy:
+        await net.sync_a.fetch_file("box:1")
+    assert (busy.value.status, busy.value.code) == (503, "hub_busy")
+    assert "12 s" in busy.value.message_en
+
+
 # --- the property: any interleaving converges ----------------------------------------------
 
 _STEP = st.sampled_from(

@@ -28,7 +28,7 @@ from appliance.sync.hub.fair_queue import AdmissionPolicy
 from appliance.sync.hub.server import HubLimits
 from appliance.sync.hub_client import HubClient
 from appliance.sync.liveness import LinkWatch
-from appliance.sync.transport import HubBusy, Peer, SyncRoute
+from appliance.sync.transport import HubBusy, HubUnavailable, Peer, SyncRoute
 from tests.appliance.sync.hub.hubfixture import Hub, new_edge, running_hub
 
 WORK = "/sync/v1/t/work"
@@ -279,3 +279,35 @@ async def test_a_queued_request_keeps_the_box_link_watch_alive(tmp_path: Path) -
         finally:
             for client in (holder, waiter, other_stream):
                 await client.aclose()
+
+
+async def test_a_box_that_hangs_up_while_waiting_frees_its_place_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    work = Work(6.0)
+    policy = AdmissionPolicy(capacity=1, per_box=1, max_wait=10.0)
+    async with running_hub(tmp_path, extra_routes=[work.route()], admission=policy) as hub:
+        edge = await new_edge(tmp_path, AGENCY)
+        await enroll(edge, hub.url, await hub.token(AGENCY))
+        holder = HubClient(edge / "keys", hub.url, timeout=30)
+        impatient = HubClient(edge / "keys", hub.url, timeout=1.0)
+        gate = hub.service.request_gate
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(holder, WORK, {"n": 1})
+                while not work.started:  # noqa: ASYNC110 - polled, bounded by the test
+                    await trio.sleep(0.01)
+                with pytest.raises(HubUnavailable, match="no answer in time"):
+                    await impatient(WORK, {"n": 2})
+                assert gate.figures().waiting == 1
+                # The hub notices at its next "still waiting" and forgets the request.
+                with trio.fail_after(5):
+                    while gate.figures().waiting:  # noqa: ASYNC110 - polled, bounded
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        finally:
+            await holder.aclose()
+            await impatient.aclose()
+    assert len(work.started) == 1  # the impatient request never ran
+    assert gate.figures().busy == {"queue_full": 0, "box_queue_full": 0, "waited_too_long": 0}
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
