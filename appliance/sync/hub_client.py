@@ -264,7 +264,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     back-off.
     """
     text = (value or "").strip()
-    if not text.isdecimal() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         return None
     return float(int(text))
 
