@@ -22,6 +22,7 @@ import pytest
 
 from appliance.protection import spf
 from appliance.protection.resolver import (
+    PROCESS_CACHE,
     DnsCache,
     DnsTemporaryError,
     Resolver,
@@ -242,3 +243,10 @@ def test_a_burst_of_spf_checks_asks_the_stub_once_per_name() -> None:
             assert resolver.txt("_dmarc.b.go.th") == []
         assert cache.misses == 2
         assert cache.hits == 8
+
+
+def test_resolvers_share_the_process_cache_unless_given_another(network: Network) -> None:
+    # The MX's authenticator and pyspf's look-ups each make a `Resolver()`: one cache.
+    assert Resolver().cache is PROCESS_CACHE
+    assert Resolver(network).cache is PROCESS_CACHE
+    assert Resolver(network, cache=None).cache is None
