@@ -7,7 +7,7 @@ gives, \\Recent and keywords included.
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.mail.imap import protocol as imap
@@ -29,6 +29,8 @@ def _general(selected: Selected, uids: list[int], items: list[imap.FetchItem]) -
     return conn.data_to_send()
 
 
+# No deadline: on the shared two-core machine one example can take 0.3 s.
+@settings(deadline=None)
 @given(
     st.lists(st.tuples(st.integers(1, 4), st.sampled_from(FLAG_SETS)), min_size=1, max_size=60),
     st.lists(st.sampled_from(ATTRS), min_size=1, max_size=4),
