@@ -56,6 +56,7 @@ from appliance.health.readings import PsutilReadings
 from appliance.mail.autoconfig_pages import autoconfig_routes
 from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
+from appliance.mail.smtp.budget import MessageBudget
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.mail.webmail.compose_pages import compose_routes
@@ -188,8 +189,10 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
             refusing=lambda: box.disk_guard.refusing,
         )
     )
+    # One budget for all three SMTP ports: it bounds the box's memory, not a port's.
+    budget = MessageBudget()
     services: list[Service] = [
-        *(smtp_service(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)),
+        *(smtp_service(box, port, budget) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)),
         imap_service(box, "imap"),
         imap_service(box, "imaps"),
         https_service(box, lifecycle),
@@ -218,13 +221,14 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
     return Provisioned(services, health, view)
 
 
-def smtp_service(box: Box, port: Port) -> SMTPService:
-    """The SMTP listener of *port* (MX, submission or submissions)."""
+def smtp_service(box: Box, port: Port, budget: MessageBudget | None = None) -> SMTPService:
+    """The SMTP listener of *port* (MX, submission or submissions), sharing *budget*."""
     return SMTPService(
         port, config=box.config, hostname=box.hostname, tls=box.tls, directory=box.directory,
         mailstore=box.mailstore, delivery=box.delivery, signin=box.signin, traffic=box.traffic,
         disk_guard=box.disk_guard, metrics=box.metrics, protection=box.protection,
         authenticate=InboundAuthenticator(box.hostname) if port is Port.MX else None,
+        budget=budget,
     )  # fmt: skip
 
 
