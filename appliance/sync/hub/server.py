@@ -27,7 +27,10 @@ older box) gets identity, as before.
 
 Answers are JSON objects; errors are ``{"error": {"code", "message"}}`` (`HubError`).
 A handler's unexpected exception is logged with a reference and answered 500, without
-detail. Keep-alive is on: a box's replicators send many small requests in a row.
+detail. A request that meets the hub's PostgreSQL store gone (restarting, or the primary
+dead and its replica not yet promoted) is answered 503 with ``Retry-After``
+(`store_unavailable`): nothing of it was promised stored, and the box sends it again.
+Keep-alive is on: a box's replicators send many small requests in a row.
 
 The listener asks for a client certificate (CERT_OPTIONAL) rather than requiring one,
 so that enrolment works on the same port; the check of step 2 is what enforces it.
@@ -68,6 +71,7 @@ from appliance.net.jsonbody import encode_json, parse_json
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.net.ranges import Unsatisfiable, requested_range
 from appliance.security.tls import server_ssl_context
+from appliance.store.postgres import PostgreSQLUnavailable
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.hub.admission import admit_box, central_endpoints, renew_box, url_host
@@ -88,6 +92,12 @@ _SERVER_PATHS: Final = (CA_PATH, ENROLL_PATH, RENEW_PATH)
 ENROLL_MAX_BODY: Final = 64 * 1024
 #: Bytes of a download read and sent at a time.
 DOWNLOAD_CHUNK: Final = 256 * 1024
+#: Seconds a box is asked to wait while the hub's database is away: a restart or a
+#: promotion takes seconds; a box that comes back too early is only told again.
+STORE_RETRY_AFTER: Final = 5
+#: Seconds between two log lines about the store being away (one per request would
+#: flood the log while hundreds of boxes retry).
+_STORE_LOG_EVERY: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -300,6 +310,9 @@ class _Connection(HTTPServerConnection):
                 extra.append(("allow", "POST"))
         except h11.RemoteProtocolError as exc:
             status, body = exc.error_status_hint, _error("bad_request", str(exc))
+        except PostgreSQLUnavailable as exc:
+            status, body, retry = store_unavailable(exc)
+            extra += retry
         except Exception:
             reference = secrets.token_hex(4)
             # Detail to the log only (CWE-209).
@@ -360,6 +373,10 @@ class _Connection(HTTPServerConnection):
             handle = await trio.open_file(path, "rb")
         except HubError as exc:
             await self._send(exc.status, exc.body())
+            return
+        except PostgreSQLUnavailable as exc:
+            status, body, retry = store_unavailable(exc)
+            await self._send(status, body, retry)
             return
         except BodyTooLarge:
             await self._send(413, _error("too_large", "a download request has no body"))
@@ -440,6 +457,28 @@ class _Connection(HTTPServerConnection):
             await self.send_response(status, headers, payload)
         except h11.LocalProtocolError:
             return  # the connection is already past answering (h11 says ERROR)
+
+
+_store_logged_at: float | None = None
+
+
+def store_unavailable(
+    exc: PostgreSQLUnavailable,
+) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    """Answer a request that found the hub's store away: 503 with Retry-After.
+
+    RFC 9110 §15.6.4 (503) and §10.2.3 (Retry-After, in seconds). The box's client
+    reads any 5xx as "try again later; nothing was promised", which is the truth: the
+    transaction this request needed did not commit as far as anyone was told.
+    """
+    global _store_logged_at
+    now = trio.current_time()
+    if _store_logged_at is None or now - _store_logged_at >= _STORE_LOG_EVERY:
+        _store_logged_at = now
+        log.warning("hub store unavailable, answering 503 (retry after %d s): %s",
+                    STORE_RETRY_AFTER, exc)  # fmt: skip
+    body = _error("store_unavailable", "the hub's database is not reachable; try again later")
+    return 503, body, [("retry-after", str(STORE_RETRY_AFTER))]
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
