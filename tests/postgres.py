@@ -169,9 +169,10 @@ class ReplicatedPostgres:
     def _start(self) -> None:
         self._run(PG_BIN / "initdb", "-D", self.primary, "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")  # fmt: skip
+        # track_commit_timestamp: a failover test reads when each row committed.
         common = (
             f"-k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c max_connections=200 -c shared_buffers=32MB"
+            " -c max_connections=200 -c shared_buffers=32MB -c track_commit_timestamp=on"
         )
         primary = (
             f"{common} -p {self.primary_port} -c wal_level=replica -c max_wal_senders=4"
@@ -239,7 +240,10 @@ class ReplicatedPostgres:
         standby, as when the machine under it dies.
         """
         pid = int((self.primary / "postmaster.pid").read_text().split()[0])
-        for victim in [pid, *_children(pid)]:
+        # Stopped first, the postmaster forks no new backend while its children are
+        # listed (on a busy machine that takes a while) and killed.
+        os.kill(pid, signal.SIGSTOP)
+        for victim in [*_children(pid), pid]:
             try:
                 os.kill(victim, signal.SIGKILL)
             except ProcessLookupError:

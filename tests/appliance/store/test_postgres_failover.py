@@ -66,6 +66,7 @@ async def test_acknowledged_writes_survive_the_primary_and_the_store_follows_the
     url = replicated.new_database()
     acknowledged: set[str] = set()
     refused: list[str] = []
+    under_way = trio.Event()  # enough writes acknowledged: time for the crash
     async with open_pg_database(PgStore(url, "port"), STEPS) as db:
 
         async def writer(number: int) -> None:
@@ -77,14 +78,15 @@ async def test_acknowledged_writes_survive_the_primary_and_the_store_follows_the
                     refused.append(key)
                     return  # this writer met the crash
                 acknowledged.add(key)
+                if len(acknowledged) >= 40:
+                    under_way.set()
 
         async with trio.open_nursery() as nursery:
             for number in range(WRITERS):
                 nursery.start_soon(writer, number)
             # The kill lands while every writer is still mid-stream.
             with trio.fail_after(60):
-                while len(acknowledged) < 40:
-                    await trio.sleep(0.01)
+                await under_way.wait()
             await trio.to_thread.run_sync(replicated.kill_primary)
         assert refused, "no write met the crash; the test proves nothing"
         assert len(acknowledged) < WRITERS * ATTEMPTS
@@ -127,10 +129,8 @@ async def test_the_commit_follower_listens_again_on_the_promoted_replica(
         await trio.to_thread.run_sync(replicated.kill_primary)
         await trio.to_thread.run_sync(replicated.promote)
         with trio.fail_after(60):
-            while follower.reconnects == 0:
-                await trio.sleep(0.05)
-        while heard.value:  # the catch-up call after listening again
-            await heard.acquire()
+            await heard.acquire()  # the catch-up call after listening again
+        assert follower.reconnects == 1
         await db.write(_insert("after"))
         with trio.fail_after(30):
             await heard.acquire()

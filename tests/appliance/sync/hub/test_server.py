@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.box import read_identity
 from appliance.provisioning.enrol import EnrolError, enroll
+from appliance.store.postgres import PostgreSQLUnavailable
 from appliance.sync.central import central_client_context, load_credentials
 from appliance.sync.hub import server as hub_server
 from appliance.sync.hub.ca import ensure_sync_ca, issue_box_certificate
@@ -436,5 +437,32 @@ async def test_a_fault_outside_any_handler_ends_only_that_connection(
             # The other connection and new ones are served as before.
             assert await client(PING, {})
             assert await _ping(edge, hub.url)
+        finally:
+            await client.aclose()
+
+
+async def test_a_store_away_is_answered_503_with_retry_after(tmp_path: Path) -> None:
+    """The hub's PostgreSQL gone (restart, failover): 503 + Retry-After, the box retries."""
+
+    async def store_away(peer: Peer, body: object) -> object:
+        raise PostgreSQLUnavailable("postgresql://hub@db1,db2/hub: connection refused")
+
+    routes = [SyncRoute("/sync/v1/t/store", store_away)]
+    async with running_hub(tmp_path, extra_routes=routes) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        json_type = [("content-type", "application/json")]
+        status, headers, raw = await _exchange(hub, edge, "/sync/v1/t/store", b"{}", json_type)
+        assert status == 503
+        # RFC 9110 §10.2.3: delay-seconds.
+        assert headers["retry-after"] == str(hub_server.STORE_RETRY_AFTER)
+        assert json.loads(raw)["error"]["code"] == "store_unavailable"
+        assert "db1" not in raw.decode()  # the server's name stays in the hub's log
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        try:
+            # The box's reading: nothing was promised, try again later.
+            with pytest.raises(HubUnavailable, match="store_unavailable"):
+                await client("/sync/v1/t/store", {})
+            assert await client(PING, {})  # the connection survives
         finally:
             await client.aclose()
