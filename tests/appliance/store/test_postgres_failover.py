@@ -60,6 +60,30 @@ def test_every_connection_asks_for_the_primary_unless_the_url_says_otherwise() -
     assert "connect_timeout" not in own
 
 
+async def test_a_write_that_reaches_a_standby_is_refused_as_unavailable(
+    replicated: ReplicatedPostgres,
+) -> None:
+    """A URL that lets a connection settle on a standby (a demoted primary, say)."""
+    database = replicated.new_database().rpartition("/")[2].split("?")[0]
+    async with open_pg_database(
+        PgStore(replicated.url_of(replicated.primary_port, database), "port"), STEPS
+    ):
+        pass  # the schema, on the primary, streamed to the standby
+    standby = replicated.url_of(replicated.replica_port, database)
+    store = PgStore(standby + "?target_session_attrs=any", "port")
+    conn = await trio.to_thread.run_sync(lambda: store.connect(writer=True))
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        with pytest.raises(PostgreSQLUnavailable, match="read-only"):
+            conn.execute("INSERT INTO t (k, v) VALUES (?, 1)", ("on-standby",))
+        assert conn.raw.closed  # the next transaction looks for the primary again
+    finally:
+        conn.close()
+    # Without the override, the hub never settles on the standby at all.
+    with pytest.raises(PostgreSQLUnavailable):
+        PgStore(standby, "port").connect(writer=True)
+
+
 async def test_acknowledged_writes_survive_the_primary_and_the_store_follows_the_replica(
     replicated: ReplicatedPostgres,
 ) -> None:
