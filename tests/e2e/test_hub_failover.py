@@ -17,7 +17,9 @@ What must hold:
   once, and its messages in that order are exactly what both boxes show, so every
   event the hub answered "accepted" before the crash is there, once;
 - while no server takes writes the hub answers 503 (never a 500, never a 200 for what
-  did not commit), and its processes keep running.
+  did not commit), and its processes keep running;
+- the enrolment register came through: a token issued before the crash enrols a third
+  box after it.
 
 It prints the failover's figures (docs/BENCHMARKS.md, issue 22): time from the
 primary's death to the promoted standby taking writes, and to the first push a hub
@@ -33,12 +35,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from appliance.store.settings import Settings
+from appliance.sync.hub.chat import PULL_PATH
+from appliance.sync.hub_client import HubClient
+from appliance.sync.transport import HubUnavailable
 from tests.appliance.sync.hub.test_worker_processes import _Worker
 from tests.e2e.test_hub_crash import Api, Chatter
 from tests.e2e.uplink import FAST, PASSWORDS, SETTLE, enrol, wait_for
-from tests.harness import RunningBox, init_box, start_box
+from tests.harness import RunningBox, edgebox, init_box, start_box
 from tests.postgres import ReplicatedPostgres
 
 pytestmark = pytest.mark.slow
@@ -74,6 +80,17 @@ def _hub_rows(url: str, room_id: str) -> tuple[list[int], list[str]]:
             )
         ]
     return orders, texts
+
+
+async def _refused_for_now(edge: Path, hub_url: str) -> str:
+    """A box's request while no server takes writes: the 503 it gets, as the box reads it."""
+    client = HubClient(edge / "keys", hub_url, timeout=30)
+    try:
+        with pytest.raises(HubUnavailable) as unavailable:
+            await client(PULL_PATH, {"after": 0, "limit": 1})
+    finally:
+        await client.aclose()
+    return str(unavailable.value)
 
 
 def _first_commit_after(url: str, moment: float) -> float | None:
@@ -156,6 +173,13 @@ def _failover(tmp_path: Path, pair: ReplicatedPostgres) -> None:
         somchai.post(room_id, "เริ่ม")
         wait_for("the room on B", lambda: "เริ่ม" in dara.texts(room_id))
 
+        # A third agency's token, issued on the primary before the crash.
+        c_data = tmp_path / "c"
+        init_box(c_data, "c.go.th", {})
+        issued = edgebox("hub", "token", "--data", str(hub.data), "--agency", "c.go.th")
+        token_c = issued.stdout.strip().splitlines()[-1]
+        hub_url = f"https://127.0.0.1:{hub.port('hub-sync')}"
+
         talkers = [
             Chatter(api(a, "somchai@a.go.th"), room_id, "ก", MESSAGES, GAP),
             Chatter(api(b, "dara@b.go.th"), room_id, "ข", MESSAGES, GAP),
@@ -169,9 +193,15 @@ def _failover(tmp_path: Path, pair: ReplicatedPostgres) -> None:
             timeout=SETTLE,
         )
         # The crash, mid-push: both boxes are posting and pushing.
-        killed = time.time()
         pair.kill_primary()
+        # Its death: the last of its processes is gone (listing them on a busy
+        # machine takes a while, and backends still commit until then).
+        killed = time.time()
         still_posting = [t.is_alive() for t in talkers]
+        # No server takes writes: a clear, retryable answer, not a 500 or a hang.
+        answer = trio.run(_refused_for_now, a.data, hub_url)
+        assert "HTTP 503 store_unavailable" in answer, answer
+        promoting = time.time()
         pair.promote()
         promoted = time.time()
 
@@ -206,10 +236,14 @@ def _failover(tmp_path: Path, pair: ReplicatedPostgres) -> None:
         outputs = [*hub.output, *(line for w in workers for line in w.output)]
         assert not [line for line in outputs if "internal error ref=" in line]
 
+        # The enrolment register came through the crash: the token enrols box C now.
+        edgebox("enroll", "--data", str(c_data), "--hub", hub_url, "--token", token_c)
+
         first = _first_commit_after(survivor, killed)
         assert first is not None
         figures = {
-            "promoted after the kill (s)": promoted - killed,
+            "503 checked, promotion started after the kill (s)": promoting - killed,
+            "pg_ctl promote (s)": promoted - promoting,
             "first push committed after the kill (s)": first - killed,
             "first push after the promotion (s)": first - promoted,
             "messages": len(sent),
