@@ -233,6 +233,28 @@ class ReplicatedPostgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def wait_for_replay(self) -> None:
+        """Wait until the standby has applied everything the primary wrote so far.
+
+        A synchronous COMMIT waits for the standby to have the WAL on disk, not to
+        have applied it: a test reading the standby right after a write waits here.
+        """
+        import psycopg
+
+        with psycopg.connect(self.url_of(self.primary_port), autocommit=True) as primary:
+            row = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        deadline = time.monotonic() + 30
+        with psycopg.connect(self.url_of(self.replica_port), autocommit=True) as standby:
+            while time.monotonic() < deadline:
+                done = standby.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)
+                ).fetchone()
+                if done is not None and done[0]:
+                    return
+                time.sleep(0.05)
+        raise RuntimeError("the standby did not catch up in 30 s:\n" + self.logs())
+
     def kill_primary(self) -> None:
         """SIGKILL the primary's postmaster and every backend of it at once: a crash.
 

@@ -69,6 +69,7 @@ async def test_a_write_that_reaches_a_standby_is_refused_as_unavailable(
         PgStore(replicated.url_of(replicated.primary_port, database), "port"), STEPS
     ):
         pass  # the schema, on the primary, streamed to the standby
+    await trio.to_thread.run_sync(replicated.wait_for_replay)
     standby = replicated.url_of(replicated.replica_port, database)
     store = PgStore(standby + "?target_session_attrs=any", "port")
     conn = await trio.to_thread.run_sync(lambda: store.connect(writer=True))
