@@ -25,7 +25,7 @@ from appliance.sync.hub.ca import ensure_sync_ca, issue_box_certificate
 from appliance.sync.hub.enrolment import EnrolmentToken
 from appliance.sync.hub.errors import HubError
 from appliance.sync.hub_client import HubClient
-from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute
+from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncDownload, SyncRoute
 from tests.appliance.sync.hub.hubfixture import Hub, new_edge, running_hub
 
 PING = "/sync/v1/ping"
@@ -466,3 +466,34 @@ async def test_a_store_away_is_answered_503_with_retry_after(tmp_path: Path) -> 
             assert await client(PING, {})  # the connection survives
         finally:
             await client.aclose()
+
+
+async def test_a_download_that_finds_the_store_away_is_answered_503(tmp_path: Path) -> None:
+    def locate(peer: Peer, name: str) -> Path | None:
+        raise PostgreSQLUnavailable("postgresql://hub@db1,db2/hub: connection refused")
+
+    async with running_hub(tmp_path) as hub:
+        hub.service.downloads = (SyncDownload("/sync/v1/t/files/", locate),)
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        context = central_client_context(edge / "keys")
+        port = int(hub.url.rpartition(":")[2])
+        stream = trio.SSLStream(
+            await trio.open_tcp_stream("127.0.0.1", port), context, server_hostname="127.0.0.1"
+        )
+        conn = h11.Connection(h11.CLIENT)
+        request = h11.Request(method="GET", target="/sync/v1/t/files/b.raucb",
+                              headers=[("host", "h")])  # fmt: skip
+        try:
+            with trio.fail_after(10):
+                await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                event: object = h11.NEED_DATA
+                while not isinstance(event, h11.Response):
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
+        finally:
+            await trio.aclose_forcefully(stream)
+        assert isinstance(event, h11.Response)
+        assert event.status_code == 503
+        assert dict(event.headers)[b"retry-after"] == str(hub_server.STORE_RETRY_AFTER).encode()
