@@ -285,7 +285,7 @@ def uplink_services(
             # The update channel's offers; its bundles are downloads.
             *channel_routes(config.data_dir),
             # Each box's offsite backup sets and its escrowed backup key.
-            *backup_hub_routes(config.data_dir, config.backup_hub_keep),
+            *backup_hub_routes(config.data_dir, config.backup_hub_keep, config.backup_hub_quota),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
