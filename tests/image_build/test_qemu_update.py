@@ -11,7 +11,8 @@ The guest has no shell for a test, so the technician's commands come from the ke
 command line (``systemd.run=``, in the grubenv's EDGEBOX_CMDLINE like the journal's
 forwarding): a script on the data partition waits until the box's MX answers on slot A,
 then, as the box's own user, runs ``edgebox update install`` (RAUC over D-Bus: signature,
-``compatible``, the other slot) and reboots. What follows is the box's own: GRUB tries
+``compatible``, the other slot) and reboots (QEMU runs with ``-no-reboot`` and is
+started again: a power cycle, see `power_on`). What follows is the box's own: GRUB tries
 slot B, ``edgebox-update-confirm.service`` runs the health gate and marks B good, and the
 outcome is in ``update/state.json`` on the data partition. The test measures the time
 the box does not serve across that reboot (the MX's greeting and HTTPS answering), then
