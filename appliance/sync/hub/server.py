@@ -18,7 +18,14 @@ sync request shares, in this order, before a route's handler runs:
    limit is on what it inflates to: it is inflated a step at a time and refused 413
    one byte past ``max_body``, so a small "bomb" never inflates whole; a gzip stream
    that is corrupt or cut short is 400 (`appliance.sync.content_coding`);
-5. a JSON object (400).
+5. a JSON object (400);
+6. its turn: every request of an enrolled box (step 2) waits for its box's turn in the
+   hub's fair admission (`request_gate`, policy in `fair_queue`: a bounded number
+   running per box and overall, round robin over box identities, a bounded wait), with
+   an interim ``102 Processing`` every second while it waits; beyond the bound it is
+   answered ``503`` with ``Retry-After`` and ``{"error": {"code": "hub_busy",
+   "reason", "retry_after", "message"}}`` before its handler ever runs, so nothing is
+   half applied. The server's own enrolment paths and downloads take no turn.
 
 Every answer says ``Accept-Encoding: gzip``: that is how a box learns it may send
 gzip bodies (RFC 9110 §12.5.3). An answer is gzip'ed when the request's
@@ -45,7 +52,7 @@ import logging
 import os
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -71,9 +78,12 @@ from appliance.security.tls import server_ssl_context
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.hub.admission import admit_box, central_endpoints, renew_box, url_host
+from appliance.sync.hub.admission_report import keep_reporting
 from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
+from appliance.sync.hub.fair_queue import AdmissionPolicy
+from appliance.sync.hub.request_gate import RequestGate
 from appliance.sync.transport import Peer, SyncDownload, SyncRoute
 
 log = logging.getLogger("edgebox.hub")
@@ -122,6 +132,7 @@ class HubSyncService:
         clock: Clock | None = None,
         limits: HubLimits | None = None,
         downloads: Sequence[SyncDownload] = (),
+        admission: AdmissionPolicy | None = None,
     ) -> None:
         # The hub's settings and name (TLS, the enrol answer), and where admission
         # makes each box's service account.
@@ -147,6 +158,8 @@ class HubSyncService:
             service=self.name,
             per_source=self.limits.max_connections_per_source,
         )
+        #: Every enrolled box's request waits here for its turn (rule 6).
+        self.request_gate = RequestGate(admission or admission_policy(config))
         self.enrolment: Enrolment | None = None
 
     @asynccontextmanager
@@ -162,7 +175,10 @@ class HubSyncService:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with self.opened():
+        async with self.opened(), trio.open_nursery() as nursery:
+            # The queue and each box's wait, for `edgebox status` (admission_report).
+            run_dir = self.config.data_dir / "run"
+            nursery.start_soon(keep_reporting, self.request_gate, run_dir, self.clock)
             # On PostgreSQL every worker process of the hub listens on the one port
             # (docs/hub-postgresql.md "Workers"); on SQLite the hub is one process.
             shared = bool(self.config.hub_store())
@@ -176,9 +192,18 @@ class HubSyncService:
     # what a request is answered with
 
     async def answer(
-        self, path: str, stream: trio.abc.Stream, host: str, body: Any
+        self,
+        path: str,
+        stream: trio.abc.Stream,
+        host: str,
+        body: Any,
+        *,
+        waiting: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Run the route at *path* for the caller on *stream*; `HubError` to refuse."""
+        """Run the route at *path* for the caller on *stream*; `HubError` to refuse.
+
+        An enrolled box's request runs in its turn (*waiting* is called while it waits).
+        """
         enrolment = self.enrolment
         assert enrolment is not None, "serve() or opened() first"
         if path == CA_PATH:
@@ -192,10 +217,12 @@ class HubSyncService:
                 hostname=self.hostname, directory=self.directory, mailstore=self.mailstore,
             )  # fmt: skip
         peer, cert = await self.authenticate(stream)
-        if path == RENEW_PATH:
-            return await renew_box(enrolment, self.ca, self.clock, peer, cert.serial_number, body)
-        route = self.routes[path]
-        result = await route.handler(peer, body)
+        async with self.request_gate.turn(peer.box_id, waiting):
+            if path == RENEW_PATH:
+                return await renew_box(
+                    enrolment, self.ca, self.clock, peer, cert.serial_number, body
+                )
+            result = await self.routes[path].handler(peer, body)
         if not isinstance(result, dict):
             raise TypeError(f"route {path} answered {type(result).__name__}, not an object")
         return result
@@ -232,6 +259,16 @@ class HubSyncService:
 
     def known(self, path: str) -> bool:
         return path in _SERVER_PATHS or path in self.routes
+
+
+def admission_policy(config: Config) -> AdmissionPolicy:
+    """The fair admission's bounds from the hub's ``hub_*`` settings (docs/hub.md)."""
+    return AdmissionPolicy(
+        capacity=config.hub_requests,
+        per_box=config.hub_box_requests,
+        max_wait=config.hub_queue_wait,
+        max_queue=config.hub_queue,
+    )
 
 
 def _server_context(config: Config, ca: SyncCA) -> ssl.SSLContext:
@@ -298,8 +335,13 @@ class _Connection(HTTPServerConnection):
             status, body = exc.status, exc.body()
             if exc.status == 405:
                 extra.append(("allow", "POST"))
+            if exc.retry_after is not None:
+                # RFC 9110 §10.2.3: delay-seconds; the box waits at least this long.
+                extra.append(("retry-after", str(exc.retry_after)))
         except h11.RemoteProtocolError as exc:
             status, body = exc.error_status_hint, _error("bad_request", str(exc))
+        except _BoxLeft:
+            raise  # it hung up while waiting for its turn: nobody to answer, no bug
         except Exception:
             reference = secrets.token_hex(4)
             # Detail to the log only (CWE-209).
@@ -344,7 +386,21 @@ class _Connection(HTTPServerConnection):
             raise bad_request(f"the body is not JSON: {exc}", "bad_json") from None
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
-        return await service.answer(path, self.stream, headers.get("host", ""), body)
+        return await service.answer(
+            path, self.stream, headers.get("host", ""), body, waiting=self._still_waiting
+        )
+
+    async def _still_waiting(self) -> None:
+        """Tell the box its request waits for its turn: ``102 Processing`` (RFC 2518 §10.1).
+
+        Any 1xx is a valid interim answer a client must read past (RFC 9110 §15.2);
+        its bytes show the box's link watch that the hub is there, only busy.
+        """
+        interim = h11.InformationalResponse(status_code=102, headers=[], reason=b"Processing")
+        try:
+            await self._send_within(self.conn.send(interim))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TimeoutError) as exc:
+            raise _BoxLeft(f"the box left while its request waited: {exc}") from None
 
     async def _download(
         self, request: h11.Request, method: str, download: SyncDownload, name: str,
@@ -440,6 +496,10 @@ class _Connection(HTTPServerConnection):
             await self.send_response(status, headers, payload)
         except h11.LocalProtocolError:
             return  # the connection is already past answering (h11 says ERROR)
+
+
+class _BoxLeft(trio.BrokenResourceError):
+    """The box went away while its request waited for its turn (the listener ends quietly)."""
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
