@@ -34,7 +34,10 @@ older box) gets identity, as before.
 
 Answers are JSON objects; errors are ``{"error": {"code", "message"}}`` (`HubError`).
 A handler's unexpected exception is logged with a reference and answered 500, without
-detail. Keep-alive is on: a box's replicators send many small requests in a row.
+detail. A request that meets the hub's PostgreSQL store gone (restarting, or the primary
+dead and its replica not yet promoted) is answered 503 with ``Retry-After``
+(`store_unavailable`): nothing of it was promised stored, and the box sends it again.
+Keep-alive is on: a box's replicators send many small requests in a row.
 
 The listener asks for a client certificate (CERT_OPTIONAL) rather than requiring one,
 so that enrolment works on the same port; the check of step 2 is what enforces it.
@@ -50,8 +53,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -75,6 +80,7 @@ from appliance.net.jsonbody import encode_json, parse_json
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.net.ranges import Unsatisfiable, requested_range
 from appliance.security.tls import server_ssl_context
+from appliance.store.postgres import PostgreSQLUnavailable
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.hub.admission import admit_box, central_endpoints, renew_box, url_host
@@ -98,6 +104,13 @@ _SERVER_PATHS: Final = (CA_PATH, ENROLL_PATH, RENEW_PATH)
 ENROLL_MAX_BODY: Final = 64 * 1024
 #: Bytes of a download read and sent at a time.
 DOWNLOAD_CHUNK: Final = 256 * 1024
+#: Seconds a box is asked to wait while the hub's database is away, drawn from this
+#: range: a restart or a promotion takes seconds; a box that comes back too early is
+#: only told again.
+STORE_RETRY_AFTER: Final = (2, 5)
+#: Seconds between two log lines about the store being away (one per request would
+#: flood the log while hundreds of boxes retry).
+_STORE_LOG_EVERY: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -386,9 +399,12 @@ class _Connection(HTTPServerConnection):
             raise bad_request(f"the body is not JSON: {exc}", "bad_json") from None
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
-        return await service.answer(
-            path, self.stream, headers.get("host", ""), body, waiting=self._still_waiting
-        )
+        try:
+            return await service.answer(
+                path, self.stream, headers.get("host", ""), body, waiting=self._still_waiting
+            )
+        except PostgreSQLUnavailable as exc:
+            raise store_unavailable(exc) from None
 
     async def _still_waiting(self) -> None:
         """Tell the box its request waits for its turn: ``102 Processing`` (RFC 2518 §10.1).
@@ -416,6 +432,10 @@ class _Connection(HTTPServerConnection):
             handle = await trio.open_file(path, "rb")
         except HubError as exc:
             await self._send(exc.status, exc.body())
+            return
+        except PostgreSQLUnavailable as exc:
+            error = store_unavailable(exc)
+            await self._send(error.status, error.body(), [("retry-after", str(error.retry_after))])
             return
         except BodyTooLarge:
             await self._send(413, _error("too_large", "a download request has no body"))
@@ -496,6 +516,30 @@ class _Connection(HTTPServerConnection):
             await self.send_response(status, headers, payload)
         except h11.LocalProtocolError:
             return  # the connection is already past answering (h11 says ERROR)
+
+
+_store_logged_at: float | None = None
+
+
+def store_unavailable(exc: PostgreSQLUnavailable) -> HubError:
+    """The answer to a request that found the hub's store away: 503 with Retry-After.
+
+    RFC 9110 §15.6.4 (503) and §10.2.3 (Retry-After, in seconds), in the shape of the
+    fair admission's "busy" (the seconds in the body too, a ``reason``): the box holds
+    its requests back that long and does not take the hub for a cut link. The wait is
+    spread over `STORE_RETRY_AFTER` so that boxes do not all come back at one instant
+    when the promoted replica answers. Nothing of the request was promised stored.
+    """
+    global _store_logged_at
+    now = time.monotonic()  # one clock for every trio run in the process
+    if _store_logged_at is None or now - _store_logged_at >= _STORE_LOG_EVERY:
+        _store_logged_at = now
+        log.warning("hub store unavailable, answering 503: %s", exc)
+    wait = random.randint(*STORE_RETRY_AFTER)  # noqa: S311 - jitter, not a secret
+    return HubError(
+        503, "store_unavailable", "the hub's database is not reachable; try again later",
+        retry_after=wait, detail={"reason": "store", "retry_after": wait},
+    )  # fmt: skip
 
 
 class _BoxLeft(trio.BrokenResourceError):
