@@ -40,6 +40,7 @@ from appliance.sync.codec.directory import (
     entry_to_json,
     is_count,
 )
+from appliance.sync.rounds import Rounds
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable
 
@@ -79,31 +80,18 @@ class DirectoryReplicator:
         self.clock = clock
         self.interval = interval
         self.batch = max(1, min(batch, MAX_BATCH))
-        self._wake = trio.Event()
+        # The sync clock's sleep: tests move a manual clock through the waits.
+        self.rounds = Rounds(self.name, lambda: self.interval, sleep=clock.sleep)
 
     def wake(self) -> None:
         """Start a round now (the link came back)."""
-        self._wake.set()
+        self.rounds.wake()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
-        while True:
-            # Reset before the round: a wake during it (the link came back and cut
-            # its dead wait short) starts the next round at once.
-            self._wake = trio.Event()
-            await self.sync_round()
-            with trio.CancelScope() as pause:
-
-                async def woken(scope: trio.CancelScope = pause) -> None:
-                    await self._wake.wait()
-                    scope.cancel()
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(woken)
-                    await self.clock.sleep(self.interval)
-                    nursery.cancel_scope.cancel()
+        await self.rounds.run(self.sync_round)
 
     async def sync_round(self) -> bool:
         """Push, then pull; report to `SyncStatus`; return whether the round succeeded."""
