@@ -244,7 +244,8 @@ def _initramfs_hooks() -> tuple[list[str], str]:
     files, where the trigger would have run. The diversion is removed with the same
     dpkg-divert, so /var/lib/dpkg/diversions ends as it began. initramfs-tools' own
     configuration stays Debian's (MODULES=most: the image boots on any machine of its
-    architecture; MODULES=dep would take the build machine's drivers; COMPRESS=zstd).
+    architecture; MODULES=dep would take the build machine's drivers; COMPRESS=zstd,
+    which falls back to gzip: the root has no zstd).
     """
     update = "/usr/sbin/update-initramfs"
     divert = (f"chroot \"$1\" dpkg-divert --quiet --local --rename "
