@@ -42,7 +42,7 @@ from appliance.sync.codec.directory import (
 )
 from appliance.sync.rounds import Rounds
 from appliance.sync.status import SyncStatus
-from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable
+from appliance.sync.transport import JSON, HubBusy, HubCall, HubRefused, HubUnavailable
 
 log = logging.getLogger("edgebox.sync.directory")
 
@@ -82,6 +82,8 @@ class DirectoryReplicator:
         self.batch = max(1, min(batch, MAX_BATCH))
         # The sync clock's sleep: tests move a manual clock through the waits.
         self.rounds = Rounds(self.name, lambda: self.interval, sleep=clock.sleep)
+        #: Seconds the hub asked to be left alone after the last round (`HubBusy`), or 0.
+        self.busy_wait = 0.0
 
     def wake(self) -> None:
         """Start a round now (the link came back)."""
@@ -95,9 +97,18 @@ class DirectoryReplicator:
 
     async def sync_round(self) -> bool:
         """Push, then pull; report to `SyncStatus`; return whether the round succeeded."""
+        self.busy_wait = 0.0
         try:
             pushed = await self.push()
             pulled = await self.pull()
+        except HubBusy as exc:
+            # The hub is there, only busy: come back when it said (appliance.sync.chat).
+            self.busy_wait = exc.retry_after
+            # A busy hub said when to come back: no wake before then.
+            self.rounds.hold(exc.retry_after)
+            self.status.failure(STREAM, f"hub busy: {exc}")
+            log.info("directory sync: %s", exc)
+            return False
         except (HubUnavailable, HubRefused) as exc:
             self.status.failure(STREAM, f"{type(exc).__name__}: {exc}")
             log.info("directory sync: %s", exc)

@@ -39,10 +39,19 @@ class Rounds:
         #: trio's sleep, or the `Clock`'s of a service that tests drive by its clock.
         self.sleep = sleep
         self._woken = trio.Event()
+        self._held = 0.0
 
     def wake(self) -> None:
         """Start the next round now; during a round, as soon as it ends."""
         self._woken.set()
+
+    def hold(self, seconds: float) -> None:
+        """Wait at least *seconds* after this round, and let no wake cut it short.
+
+        For a round the hub answered "busy, come back in so long" (503, Retry-After):
+        the link is up, so the link monitor's wake must not send the round back early.
+        """
+        self._held = max(self._held, seconds)
 
     async def run(self, round_: Callable[[], Awaitable[object]]) -> NoReturn:
         """Run *round_* now and after every wait, until cancelled."""
@@ -50,6 +59,7 @@ class Rounds:
             # Reset before the round: a wake during it (the link came back and cut its
             # dead wait short) starts the next round at once.
             self._woken = trio.Event()
+            self._held = 0.0
             try:
                 await round_()
             except Exception as exc:  # one bad round must not stop the service
@@ -65,7 +75,10 @@ class Rounds:
                 await self._woken.wait()
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(woken)
+            if self._held:
+                seconds = max(seconds, self._held)
+            else:
+                nursery.start_soon(woken)
             # trio.sleep refuses a negative time; a deadline already past is "now".
             await self.sleep(max(0.0, seconds))
             nursery.cancel_scope.cancel()

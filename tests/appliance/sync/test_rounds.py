@@ -146,3 +146,33 @@ async def test_the_waits_may_run_on_the_sync_clock() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert seen == [start, start + 60, start + 60]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_held_wait_is_at_least_the_hold_and_no_wake_cuts_it(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A busy hub said "come back in 30 s": the link monitor's wake must not send it early."""
+    rounds = Rounds("test", 10.0)
+    times: list[float] = []
+
+    async def busy_once() -> None:
+        times.append(trio.current_time())
+        if len(times) == 1:
+            rounds.hold(30.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rounds.run, busy_once)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(20)
+        rounds.wake()
+        await trio.testing.wait_all_tasks_blocked()
+        assert times == [0.0]
+        mock_clock.jump(10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert times == [0.0, 30.0]
+        # The hold was for one wait: the next is the interval, and a wake cuts it again.
+        mock_clock.jump(1)
+        rounds.wake()
+        await trio.testing.wait_all_tasks_blocked()
+        assert times == [0.0, 30.0, 31.0]
+        nursery.cancel_scope.cancel()
