@@ -169,8 +169,10 @@ def rootfs(
         "--customize-hook=chroot \"$1\" useradd --system --home-dir /var/lib/edgebox "
         "--no-create-home --shell /usr/sbin/nologin edgebox",
     ]
+    essential: list[str] = []
     if not small:
-        hooks += _box_hooks(keyring, arch)
+        essential, initramfs = _initramfs_hooks()
+        hooks += [initramfs, *_box_hooks(keyring, arch)]
     hooks.append("--customize-hook=cd \"$1\" && rm -rf " + " ".join(VOLATILE))
     # An empty machine-id: systemd makes a transient one at every boot of the read-only
     # root (systemd-machine-id-setup), and every image is the same; D-Bus reads the same
@@ -195,7 +197,7 @@ def rootfs(
         # root cannot make at boot.
         ["mmdebstrap", "--variant=minbase", f"--architectures={arch}",
          f"--include={','.join(packages)}", "--mode=root", "--skip=cleanup/reproducible",
-         *hooks, SUITE, str(out),
+         *essential, *hooks, SUITE, str(out),
          f"deb {MIRROR} {SUITE} main"],
         check=True, env=env,
     )  # fmt: skip
@@ -225,6 +227,40 @@ def ensure_binfmt(arch: str) -> None:
     name = {"arm64": "qemu-aarch64"}[arch]
     if not (binfmt / name).exists():
         subprocess.run(["update-binfmts", "--enable", name], check=True)
+
+
+#: Where the real update-initramfs waits while the packages are configured.
+INITRAMFS_DIVERTED = "/usr/sbin/update-initramfs.edgebox-build"
+
+
+def _initramfs_hooks() -> tuple[list[str], str]:
+    """Make the kernel's initramfs once, after every package is configured.
+
+    Configuring the packages runs update-initramfs twice (the kernel's postinst hook,
+    then initramfs-tools' trigger); under qemu-user-static one mkinitramfs takes tens of
+    minutes. So a dpkg diversion puts a no-op in its place before the packages are
+    installed (the essential hook: initramfs-tools is not there yet), and the customize
+    hook takes it away again and runs the real one once per kernel, before the box's own
+    files, where the trigger would have run. The diversion is removed with the same
+    dpkg-divert, so /var/lib/dpkg/diversions ends as it began. initramfs-tools' own
+    configuration stays Debian's (MODULES=most: the image boots on any machine of its
+    architecture; MODULES=dep would take the build machine's drivers; COMPRESS=zstd,
+    which falls back to gzip: the root has no zstd).
+    """
+    update = "/usr/sbin/update-initramfs"
+    divert = (f"chroot \"$1\" dpkg-divert --quiet --local --rename "
+              f"--divert {INITRAMFS_DIVERTED}")  # fmt: skip
+    essential = [
+        f"--essential-hook={divert} --add {update} && "
+        f"printf '#!/bin/sh\\n# edgebox build: made once at the end (image_build/build.py)\\n' "
+        f"> \"$1{update}\" && chmod 0755 \"$1{update}\"",
+    ]
+    customize = (
+        f"--customize-hook=rm \"$1{update}\" && {divert} --remove {update} && "
+        "for modules in \"$1\"/usr/lib/modules/*; do "
+        "chroot \"$1\" update-initramfs -c -k \"${modules##*/}\" || exit 1; done"
+    )
+    return essential, customize
 
 
 def _rspamd_includes(out: Path, folder: str | None = None) -> None:

@@ -40,6 +40,7 @@ from appliance.sync.codec.directory import (
     entry_to_json,
     is_count,
 )
+from appliance.sync.rounds import Rounds
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import JSON, HubBusy, HubCall, HubRefused, HubUnavailable
 
@@ -79,35 +80,20 @@ class DirectoryReplicator:
         self.clock = clock
         self.interval = interval
         self.batch = max(1, min(batch, MAX_BATCH))
-        self._wake = trio.Event()
+        # The sync clock's sleep: tests move a manual clock through the waits.
+        self.rounds = Rounds(self.name, lambda: self.interval, sleep=clock.sleep)
         #: Seconds the hub asked to be left alone after the last round (`HubBusy`), or 0.
         self.busy_wait = 0.0
 
     def wake(self) -> None:
         """Start a round now (the link came back)."""
-        self._wake.set()
+        self.rounds.wake()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
-        while True:
-            # Reset before the round: a wake during it (the link came back and cut
-            # its dead wait short) starts the next round at once.
-            self._wake = trio.Event()
-            await self.sync_round()
-            with trio.CancelScope() as pause:
-
-                async def woken(scope: trio.CancelScope = pause) -> None:
-                    await self._wake.wait()
-                    scope.cancel()
-
-                async with trio.open_nursery() as nursery:
-                    if not self.busy_wait:
-                        # A busy hub said when to come back: no wake before then.
-                        nursery.start_soon(woken)
-                    await self.clock.sleep(max(self.interval, self.busy_wait))
-                    nursery.cancel_scope.cancel()
+        await self.rounds.run(self.sync_round)
 
     async def sync_round(self) -> bool:
         """Push, then pull; report to `SyncStatus`; return whether the round succeeded."""
@@ -118,6 +104,8 @@ class DirectoryReplicator:
         except HubBusy as exc:
             # The hub is there, only busy: come back when it said (appliance.sync.chat).
             self.busy_wait = exc.retry_after
+            # A busy hub said when to come back: no wake before then.
+            self.rounds.hold(exc.retry_after)
             self.status.failure(STREAM, f"hub busy: {exc}")
             log.info("directory sync: %s", exc)
             return False

@@ -49,6 +49,7 @@ import trio
 
 from appliance.store.files import fsync_dir, write_atomically
 from appliance.sync.clock import Clock
+from appliance.sync.rounds import Rounds
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import HubCall, HubRefused, HubUnavailable
 from appliance.update import outcome, progress
@@ -244,23 +245,19 @@ class ChannelFollower:
         self.localtime = localtime
         #: Told when the history got a new event (the reporter sends it to the hub).
         self.on_outcome = on_outcome
-        self._wake = trio.Event()
+        # A minute while a bundle waits for its window; the console's "install now"
+        # rings the bell (`InstallNowBell`) and wakes this at once.
+        self.rounds = Rounds(self.name, lambda: min(self.interval, 60.0))
 
     def wake(self) -> None:
         """Run a round now (the link came back, or the admin pressed "install now")."""
-        self._wake.set()
+        self.rounds.wake()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
-        while True:
-            self._wake = trio.Event()
-            await self.round()
-            # A minute while a bundle waits for its window; the console's "install now"
-            # rings the bell (`InstallNowBell`) and wakes this at once.
-            with trio.move_on_after(min(self.interval, 60.0)):
-                await self._wake.wait()
+        await self.rounds.run(self.round)
 
     async def round(self) -> OfferState:
         """One round: ask, decide, fetch, maybe install. Never raises for the hub's sake."""

@@ -29,6 +29,7 @@ import trio
 from appliance.store.files import write_atomically
 from appliance.sync.clock import Clock
 from appliance.sync.hub.errors import bad_request
+from appliance.sync.rounds import Rounds
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable, Peer, SyncRoute
 from appliance.update import outcome
@@ -57,21 +58,17 @@ class UpdateReporter:
         self.status = status
         self.clock = clock
         self.interval = interval
-        self._wake = trio.Event()
+        self.rounds = Rounds(self.name, lambda: self.interval)
 
     def wake(self) -> None:
         """Report now (the link came back)."""
-        self._wake.set()
+        self.rounds.wake()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
-        while True:
-            self._wake = trio.Event()
-            await self.report_round()
-            with trio.move_on_after(self.interval):
-                await self._wake.wait()
+        await self.rounds.run(self.report_round)
 
     async def report_round(self) -> int:
         """Send what the hub lacks; return how many events it acknowledged (0 on failure)."""

@@ -65,6 +65,7 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
         reload_path = read("./etc/systemd/system/edgebox-rspamd-reload.path")
         data_unit = read("./etc/systemd/system/edgebox-data.service")
         links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
+        check_initramfs(tar)
     blocks = [b for b in status.split("\n\n") if "Status: install ok installed" in b]
     installed = {block.split("\n", 1)[0].removeprefix("Package: ") for block in blocks}
     assert {"rauc", "rauc-service", "systemd", "clamav-daemon", "clamav-freshclam", "rspamd",
@@ -124,6 +125,26 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
     assert "data-directory=/data/rauc" in conf
 
 
+def check_initramfs(tar: tarfile.TarFile) -> None:
+    """One initramfs per kernel, made by the real update-initramfs, and no trace of the
+    diversion that held it back while the packages were configured (build.py)."""
+    names = set(tar.getnames())
+    kernels = {n.removeprefix("./usr/lib/modules/").split("/")[0] for n in names
+               if n.startswith("./usr/lib/modules/") and n.count("/") == 4}  # fmt: skip
+    assert kernels
+    for version in kernels:
+        assert f"./boot/initrd.img-{version}" in names, version
+        assert tar.getmember(f"./boot/initrd.img-{version}").size > 1_000_000
+    update = tar.extractfile("./usr/sbin/update-initramfs")
+    assert update is not None
+    assert b"mkinitramfs" in update.read()
+    assert not [n for n in names if "edgebox-build" in n]
+    if "./var/lib/dpkg/diversions" in names:
+        diversions = tar.extractfile("./var/lib/dpkg/diversions")
+        assert diversions is not None
+        assert b"update-initramfs" not in diversions.read()
+
+
 def elf_machine(data: bytes) -> int:
     """e_machine of an ELF file (62 x86-64, 183 AArch64)."""
     assert data[:4] == b"\x7fELF", "not an ELF file"
@@ -168,6 +189,7 @@ def test_the_arm64_root_tree_is_arm64_through_and_through(tmp_path: Path) -> Non
                 and n.endswith(".so") and "cryptography" in n]  # fmt: skip
         assert rust, "cryptography's compiled module is missing"
         compiled = read(rust[0])
+        check_initramfs(tar)
     assert elf_machine(python) == 183
     assert elf_machine(compiled) == 183
     assert "Package: linux-image-arm64\n" in status

@@ -77,6 +77,7 @@ from appliance.backup.snapshot import (
 from appliance.backup.throttle import TokenBucket
 from appliance.identity import read_identity
 from appliance.store.files import write_atomically
+from appliance.sync.rounds import Rounds
 from appliance.sync.share import LinkShare
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable
@@ -542,39 +543,49 @@ class OffsiteBackup:
         self.share = share
         self.interval = interval
         self.retry = retry
-        self._wake = trio.Event()
+        #: Whether the last round failed: the next waits `retry`, not the day.
+        self._failed = False
+        self.rounds = Rounds(self.name, self._until_next)
 
     def wake(self) -> None:
         """The link came back: a backup that failed for the cut need not wait its hour."""
-        self._wake.set()
+        self.rounds.wake()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
-        while True:
-            last = read_state(self.data_dir).get("offsite_last_good")
-            due = self.interval - (time.time() - last) if isinstance(last, (int, float)) else 0.0
-            if due > 0:
-                await trio.sleep(due)
-                continue
-            self._wake = trio.Event()
-            try:
-                report = await create_offsite_backup(
-                    self.data_dir, self.hub, rate=self.rate, share=self.share
-                )
-            except Exception as exc:  # a failed backup must not stop the box
-                # The set is resumed next time; the health check reports the error.
-                message = f"{type(exc).__name__}: {exc}"
-                record(self.data_dir, offsite_last_error=message, offsite_last_error_at=time.time())
-                self.status.failure(STREAM, message)
-                log.error("offsite backup failed: %s; trying again in %.0f s", exc, self.retry)
-                with trio.move_on_after(self.retry):
-                    await self._wake.wait()
-                continue
-            self.status.success(STREAM, pushed=report.blobs_sent + report.files_sent)
-            log.info(
-                "offsite backup %s: %d files (%d sent), %d blobs (%d sent), %.1f MB sent in %.0f s",
-                report.name, report.files, report.files_sent, report.blobs, report.blobs_sent,
-                report.bytes_sent / 1e6, report.seconds,
-            )  # fmt: skip
+        await self.rounds.run(self.backup_round)
+
+    def _until_due(self) -> float:
+        """Seconds until a day has passed since the last good backup (<= 0: due now)."""
+        last = read_state(self.data_dir).get("offsite_last_good")
+        return self.interval - (time.time() - last) if isinstance(last, (int, float)) else 0.0
+
+    def _until_next(self) -> float:
+        # Woken before a backup is due, the round only looks and waits again.
+        return self.retry if self._failed else self._until_due()
+
+    async def backup_round(self) -> None:
+        """Back up to the hub if one is due; a failure is recorded and tried again later."""
+        self._failed = False
+        if self._until_due() > 0:
+            return
+        try:
+            report = await create_offsite_backup(
+                self.data_dir, self.hub, rate=self.rate, share=self.share
+            )
+        except Exception as exc:  # a failed backup must not stop the box
+            # The set is resumed next time; the health check reports the error.
+            message = f"{type(exc).__name__}: {exc}"
+            record(self.data_dir, offsite_last_error=message, offsite_last_error_at=time.time())
+            self.status.failure(STREAM, message)
+            log.error("offsite backup failed: %s; trying again in %.0f s", exc, self.retry)
+            self._failed = True
+            return
+        self.status.success(STREAM, pushed=report.blobs_sent + report.files_sent)
+        log.info(
+            "offsite backup %s: %d files (%d sent), %d blobs (%d sent), %.1f MB sent in %.0f s",
+            report.name, report.files, report.files_sent, report.blobs, report.blobs_sent,
+            report.bytes_sent / 1e6, report.seconds,
+        )  # fmt: skip

@@ -57,6 +57,7 @@ from appliance.security.provisioning_ca import CA_CERT, install_published, publi
 from appliance.store.files import write_atomically
 from appliance.sync.clock import Clock
 from appliance.sync.hub.errors import bad_request
+from appliance.sync.rounds import Rounds
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable, Peer, SyncRoute
 
@@ -267,21 +268,17 @@ class SignatureUpdater:
         self.status = status
         self.clock = clock
         self.pause = pause
-        self._wake = trio.Event()
+        self.rounds = Rounds(self.name, lambda: self.config.protection_signatures_interval)
 
     def wake(self) -> None:
         """Look now (the link came back)."""
-        self._wake.set()
+        self.rounds.wake()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
-        while True:
-            self._wake = trio.Event()
-            await self.update_round()
-            with trio.move_on_after(self.config.protection_signatures_interval):
-                await self._wake.wait()
+        await self.rounds.run(self.update_round)
 
     async def update_round(self) -> str:
         """One look at the hub; return what happened (installed, current, none, refused,
