@@ -91,6 +91,7 @@ from appliance.store.database import limit_allocator_retention
 from appliance.store.postgres import PostgreSQLUnavailable, is_postgresql_url, redact
 from appliance.store.sqlite_memory import limit_sqlite_memory
 from appliance.supervisor import Supervisor
+from appliance.sync.hub.admission_report import admission_lines, read_admission
 from appliance.sync.hub.ca import fingerprint
 from appliance.sync.hub.enrolment import DEFAULT_TOKEN_TTL, Enrolment, open_hub_database
 from appliance.sync.hub.move import MoveRefused, move_hub_to_postgresql
@@ -813,6 +814,10 @@ def _status(args: argparse.Namespace) -> int:
     # The uplink's state is shown, never counted against health: a cut link is what the
     # box is built to ride out (issue 5), not a fault of the box.
     for line in link_report(config.data_dir, groups, time.time(), lang):
+        print(f"  {line}")
+    # A hub's fair admission: the queue and the boxes that waited longest (issue 22).
+    admission = read_admission(config.data_dir / "run", time.time())
+    for line in admission_lines(admission) if admission is not None else []:
         print(f"  {line}")
     print(f"  store size: {store_bytes / 1024**2:.1f} MB")
     return _verdict(findings)

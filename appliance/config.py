@@ -122,6 +122,14 @@ class Config:
     #: hub, development); ``postgresql://user@host/dbname`` puts the hub's chat and
     #: enrolment on that server, shared by every hub worker. Ignored on an edge box.
     hub_database: str = ""
+    #: A hub's fair admission of boxes' requests (appliance.sync.hub.fair_queue,
+    #: docs/hub.md "When many boxes call at once"), per hub process: requests running at
+    #: once (size it to the store's writers), of one box, seconds a request may wait
+    #: for its turn before a 503 with Retry-After, and requests waiting at once.
+    hub_requests: int = 8
+    hub_box_requests: int = 2
+    hub_queue_wait: float = 20.0
+    hub_queue: int = 2400
 
     # --- the uplink (appliance.sync); enrolment fills these in -----------------------
     #: The hub's sync API, ``https://host:port`` ("" = not enrolled).
@@ -320,6 +328,7 @@ def load_config(
     _check_port_offset(values.get("port_offset", 0), PORT_PROFILES[values.get("ports", "dev")])
     _check_protection(values)
     _check_updates(values)
+    _check_hub_admission(values)
     for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
         try:
             ipaddress.ip_network(entry, strict=False)
@@ -328,6 +337,15 @@ def load_config(
                 f"mx_trusted_relays: {entry!r} is not an IP address or network"
             ) from None
     return Config(data_dir=data_dir, **values)
+
+
+def _check_hub_admission(values: Mapping[str, Any]) -> None:
+    """Refuse fair-admission bounds that would admit nothing, naming the setting."""
+    for name in ("hub_requests", "hub_box_requests", "hub_queue"):
+        if values.get(name, getattr(Config, name)) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if not values.get("hub_queue_wait", Config.hub_queue_wait) > 0:
+        raise ConfigError("hub_queue_wait must be more than 0 seconds")
 
 
 def _check_protection(values: Mapping[str, Any]) -> None:

@@ -85,6 +85,7 @@ from appliance.sync.central import central_client_context
 from appliance.sync.chat import POLL_INTERVAL, ChatReplicator
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.directory import DirectoryReplicator
+from appliance.sync.hub.admission_report import AdmissionCollector
 from appliance.sync.hub.routes import hub_sync_routes
 from appliance.sync.hub.server import HubSyncService
 from appliance.sync.hub_client import HubClient
@@ -284,6 +285,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             routes, config=config, hostname=box.hostname, directory=box.directory,
             mailstore=box.mailstore, downloads=channel_downloads(config.data_dir),
         )  # fmt: skip
+        # The fair admission's queue and each box's wait on /metrics (docs/hub.md).
+        box.metrics.attach(AdmissionCollector(hub.request_gate))
         return [hub]
     keys = config.data_dir / "keys"
     # Before any service opens a connection with the sync key and certificate.

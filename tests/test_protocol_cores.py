@@ -18,6 +18,7 @@ import pytest
 CORES = [
     "appliance.sync.codec.chat",
     "appliance.sync.codec.directory",
+    "appliance.sync.hub.fair_queue",
     "appliance.mail.mime",
     "appliance.mail.smtp.protocol",
     "appliance.mail.smtp.client",

@@ -33,11 +33,23 @@ class SecretSweeper:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
+        failing: str | None = None  # the repeating failure already logged, if any
+        failed = 0
         while True:
             try:
                 self.swept += await self.chat.sweep_secrets()
-            except Exception:
-                # A failed sweep (disk full, say) is retried next time; the messages
-                # wait a few seconds longer, which is better than a dead sweeper.
-                log.exception("chat: sweeping secret messages failed")
+            except Exception as error:
+                # A failed sweep (disk full, a hub's database failing over) is retried
+                # next time; the messages wait a few seconds longer, which is better
+                # than a dead sweeper. The same failure every 5 s is logged once, with
+                # its traceback, not once a sweep.
+                failed += 1
+                reason = f"{type(error).__name__}: {error}"
+                if reason != failing:
+                    log.exception("chat: sweeping secret messages failed")
+                    failing = reason
+            else:
+                if failing is not None:
+                    log.info("chat: secret sweeps work again after %d failures", failed)
+                failing, failed = None, 0
             await trio.sleep(self.interval)

@@ -11,6 +11,12 @@ chunk of length zero to end it. The reply is one of::
     stream: <signature name> FOUND\\0       a signature matched
     <reason> ERROR\\0                       the scan failed (size limit, read error, ...)
 
+A session (``zIDSESSION``, clamd(8) "IDSESSION, END") keeps one connection for many
+commands: clamd then prefixes each reply with the command's number in the session,
+counting from 1 (``3: stream: OK\\0``), and ends the session when the client closes it
+or it stays idle longer than clamd's ``IdleTimeout``. The box keeps a few such sessions
+open so a scan does not pay for a new connection (`ReplyReader` with *session*).
+
 This module makes the bytes and reads the reply; it has no socket and no clock. The
 trio client is `appliance.protection.scanner.ClamdClient`.
 """
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 
 #: clamd(8): the NUL-delimited form of INSTREAM.
 INSTREAM_COMMAND = b"zINSTREAM\0"
+#: clamd(8) "IDSESSION": the commands after it share this connection.
+SESSION_COMMAND = b"zIDSESSION\0"
 #: Below clamd's default StreamMaxLength chunking needs; each chunk is at most this.
 CHUNK_SIZE = 64 * 1024
 #: A reply longer than this is not clamd's (the longest signature names are ~200 bytes).
@@ -68,10 +76,15 @@ def instream_request(content: bytes, chunk_size: int = CHUNK_SIZE) -> Iterator[b
 
 
 class ReplyReader:
-    """Collect a clamd reply from the bytes received; `result` once it is whole."""
+    """Collect a clamd reply from the bytes received; `result` once it is whole.
 
-    def __init__(self) -> None:
+    With *session* set to the command's number in an ``IDSESSION``, the reply must carry
+    that number (``N: ``); a reply to another command is a `ClamdProtocolError`.
+    """
+
+    def __init__(self, session: int | None = None) -> None:
         self._buffer = bytearray()
+        self._session = session
         self.result: ClamdResult | None = None
 
     def receive_data(self, data: bytes) -> ClamdResult | None:
@@ -90,8 +103,24 @@ class ReplyReader:
             if len(self._buffer) > MAX_REPLY:
                 raise ClamdProtocolError("clamd reply too long")
             return None
-        self.result = parse_reply(bytes(self._buffer[:end]))
+        line = bytes(self._buffer[:end])
+        if self._session is not None:
+            number, line = split_session_reply(line)
+            if number != self._session:
+                raise ClamdProtocolError(f"clamd answered command {number}, not {self._session}")
+        self.result = parse_reply(line)
         return self.result
+
+
+def split_session_reply(line: bytes) -> tuple[int, bytes]:
+    """Split a reply inside an ``IDSESSION`` into the command's number and the reply.
+
+    Raises `ClamdProtocolError` when the line does not start with ``<number>: ``.
+    """
+    number, sep, rest = line.partition(b": ")
+    if not sep or not number.isdigit() or len(number) > 9:
+        raise ClamdProtocolError(f"not a clamd session reply: {line[:80]!r}")
+    return int(number), rest
 
 
 def parse_reply(line: bytes) -> ClamdResult:
@@ -102,8 +131,7 @@ def parse_reply(line: bytes) -> ClamdResult:
     text = line.decode("utf-8", "replace").strip()
     if text.endswith(" ERROR"):
         return ScanFailed(text.removesuffix(" ERROR").strip() or "unknown error")
-    # With IDSESSION a reply starts "<id>: "; we never open a session, but the stream
-    # name ("stream") is the part that matters.
+    # With IDSESSION a reply starts "<id>: "; `split_session_reply` takes that off first.
     name, sep, status = text.partition(": ")
     if not sep or name.strip() != "stream":
         raise ClamdProtocolError(f"not a clamd reply: {text[:80]!r}")

@@ -6,7 +6,8 @@ Two ways (``protection_engines``):
   configuration for each engine into ``DATA/run/protection/`` and runs them as its own
   children — clamd on a private unix socket, rspamd's normal worker on a loopback
   port — restarting one that exits, with back-off. A clean stop stops them; after a
-  killed box, the next start stops what it left running (`stop_leftover`).
+  killed box, the next start stops what it left running (`stop_leftover`, from the
+  ``<engine>.started`` run file the box writes at each start).
 - ``system`` (the image): systemd runs them from the units in ``image_build/systemd/``
   on their Debian sockets; edgebox only watches them.
 
@@ -122,20 +123,86 @@ def rspamd_config(config: Config) -> str:
     )
 
 
-def stop_leftover(pid_file: Path, config_file: Path) -> None:
-    """Stop an engine a killed box left running (its pid file names it).
+def started_file(config: Config, name: str) -> Path:
+    """The run file naming the *name* engine process this box started."""
+    return engine_dir(config) / f"{name}.started"
+
+
+def record_started(record: Path, pid: int, command: list[str]) -> None:
+    """Write which engine process the box started, so a later start can stop it."""
+    try:
+        created: float | None = psutil.Process(pid).create_time()
+    except psutil.Error:
+        created = None
+    document = {"pid": pid, "created": created, "command": command}
+    write_atomically(record, json.dumps(document).encode())
+
+
+def _is_ours(process: psutil.Process, command: list[str], created: object) -> bool:
+    """Whether *process* is still the engine the record names, not a reused pid."""
+    if isinstance(created, int | float) and abs(process.create_time() - created) > 1.0:
+        return False
+    cmdline = process.cmdline()
+    if cmdline == command:
+        return True
+    # rspamd rewrites its title (/proc/PID/cmdline) to "rspamd: main process"; with the
+    # start time and the executable matching that is still the one we ran.
+    name = Path(command[0]).name
+    return bool(
+        cmdline
+        and cmdline[0].startswith(f"{name}: main process")
+        and Path(process.exe()).name == name
+    )
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        # A zombie has stopped: its new parent (init, not the dead box) reaps it.
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to *timeout* seconds for *processes* to stop; return those still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in processes if _running(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def stop_leftover(record: Path) -> bool:
+    """Stop the engine a killed box left running, as *record* names it; True if one was.
+
+    The engines run in their own session (a signal to the box's process group must not
+    reach them), so a box killed with SIGKILL leaves them running, holding their socket
+    and port. rspamd started with ``-f`` writes no pid file, so the box keeps its own
+    (`record_started`). Before a signal is sent, /proc/PID/cmdline and the start time
+    must still be the ones recorded: a pid reused by another process is left alone.
 
     Not PR_SET_PDEATHSIG: trio forks from a worker thread, and the signal fires when
     that *thread* ends, killing a healthy engine a few seconds after its start.
     """
     try:
-        pid = int(pid_file.read_text().strip())
+        document = json.loads(record.read_text())
+        pid, command = document["pid"], document["command"]
+        if not isinstance(pid, int) or not isinstance(command, list) or not command:
+            return False
         process = psutil.Process(pid)
-        if str(config_file) in " ".join(process.cmdline()):
-            process.terminate()
-            process.wait(10)
-    except (OSError, ValueError, psutil.Error):
-        return
+        if not _is_ours(process, command, document.get("created")):
+            return False
+        # rspamd's main process stops its workers; any it leaves are stopped too.
+        family = [process, *process.children(recursive=True)]
+        log.warning("stopping %s pid=%d left running by a box that was killed", command[0], pid)
+        process.terminate()
+        for leftover in _wait_gone(family, 10.0):
+            leftover.kill()
+        _wait_gone(family, 5.0)
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return False
+    return True
 
 
 def _append_to(path: Path) -> BinaryIO:
@@ -212,14 +279,15 @@ class EngineWatch:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         config = self.config
-        async with trio.open_nursery() as nursery:
+        # While the box runs, scans reuse clamd sessions (appliance.protection.scanner).
+        async with self.protection.clamd.keep_connections(), trio.open_nursery() as nursery:
             if config.protection_engines == "box":
                 run = engine_dir(config)
                 run.mkdir(parents=True, exist_ok=True)
                 for name in ("rspamd-db", "rspamd-log"):
                     (run / name).mkdir(exist_ok=True)
-                stop_leftover(run / "clamd.pid", run / "clamd.conf")
-                stop_leftover(run / "rspamd.pid", run / "rspamd.conf")
+                for name in ("clamd", "rspamd"):
+                    await trio.to_thread.run_sync(stop_leftover, started_file(config, name))
                 write_atomically(run / "clamd.conf", clamd_config(config).encode())
                 write_atomically(run / "rspamd.conf", rspamd_config(config).encode())
                 nursery.start_soon(self._keep_running, "clamd", self._clamd_command())
@@ -261,6 +329,7 @@ class EngineWatch:
                 state.pid = process.pid
                 log.info("%s started pid=%d", name, process.pid)
                 try:
+                    record_started(started_file(self.config, name), process.pid, command)
                     code = await process.wait()
                 finally:
                     if process.returncode is None:

@@ -36,6 +36,19 @@ origin sequences. Workers still parse, check certificates, compress and read in
 parallel; only the commit section is serial, as it is on SQLite, and group commit
 batches many jobs into it. Readers run in REPEATABLE READ, one snapshot per query.
 
+When the server goes away (a restart; the primary dies and a replica is promoted),
+every connection reconnects at the start of its next transaction, to whichever server
+the URL names that takes writes: a URL may list several hosts
+(``postgresql://h1:5432,h2:5432/db``), and unless it says otherwise every connection asks
+for ``target_session_attrs=read-write``, so a hub never settles on a standby. A statement
+that fails because the server is gone, or is a standby now, raises
+`PostgreSQLUnavailable`: the transaction it belonged to did not commit as far as its
+callers know (it may have, if only the answer to COMMIT was lost: boxes send again,
+and every sync message applies once), and the hub answers 503 with ``Retry-After``
+(`appliance.sync.hub.server`). `CONNECTION_DEFAULTS` bound how long a dead host can
+hold a connection up. What a box was told was stored survives the primary's death only
+with a synchronous standby (docs/hub-postgresql.md, "Running with a replica").
+
 What this is not: an ORM, a connection pool library, or a place for domain SQL.
 psycopg is imported only here and only when a PostgreSQL store is opened, so a box
 without libpq never loads it.
@@ -44,17 +57,50 @@ without libpq never loads it.
 from __future__ import annotations
 
 import functools
+import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
 import trio
 
 from appliance.store.database import Database, running
+
+log = logging.getLogger("edgebox.store.postgres")
+
+#: libpq settings every connection gets unless the hub's URL sets them itself
+#: (https://www.postgresql.org/docs/15/libpq-connect.html#LIBPQ-PARAMKEYWORDS).
+#: Why each:
+#:
+#: - ``target_session_attrs``: with several hosts in the URL, connect to the one that
+#:   takes writes (the primary, or the replica once promoted); a standby is skipped.
+#: - ``connect_timeout``: seconds per host, so a host that does not answer at all
+#:   (a dead machine: no RST, only silence) costs seconds, not the kernel's minutes,
+#:   before the next host is tried.
+#: - ``keepalives_*`` and ``tcp_user_timeout`` (ms): a connection to a machine that
+#:   died mid-statement notices within about 20 s instead of waiting for ever. Over a
+#:   Unix socket libpq ignores them.
+CONNECTION_DEFAULTS: Final[Mapping[str, str]] = {
+    "target_session_attrs": "read-write",
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "20000",
+}
 
 #: Key of the advisory lock every write transaction takes first (see the module doc);
 #: one per schema, so the hub's enrolment and chat stores do not wait on each other.
@@ -66,7 +112,20 @@ class ConstraintViolation(Exception):
 
 
 class PostgreSQLUnavailable(Exception):
-    """psycopg or libpq is missing, or the server cannot be reached; the message says which."""
+    """psycopg or libpq is missing, or the server cannot be reached; the message says which.
+
+    Raised as well by a statement whose server went away (or became a standby) under
+    it: the transaction did not commit as far as anyone was told, and trying again
+    later, once the server (or the promoted replica) answers, is right.
+    """
+
+
+def connection_options(url: str) -> dict[str, str]:
+    """Return the `CONNECTION_DEFAULTS` that *url* does not set itself."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(url)
+    return {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
 
 
 def is_postgresql_url(url: str) -> bool:
@@ -151,6 +210,8 @@ class PgConnection:
         writer_lock: int | None,
         notify: str = "",
         reopen: Callable[[], Any] | None = None,
+        *,
+        where: str = "PostgreSQL",
     ) -> None:
         self.raw = raw
         self._writer_lock = writer_lock
@@ -158,13 +219,18 @@ class PgConnection:
         self._notify = notify
         #: Makes a new raw connection after the server went away (`_usable`).
         self._reopen = reopen
+        #: The server, password left out, for messages.
+        self._where = where
         #: Inside a write batch (BEGIN IMMEDIATE … COMMIT/ROLLBACK).
         self._begun = False
         self._changes = 0
         import psycopg
+        from psycopg.errors import ReadOnlySqlTransaction
 
         self._integrity = psycopg.IntegrityError
         self._operational = psycopg.OperationalError
+        self._interface = psycopg.InterfaceError
+        self._read_only = ReadOnlySqlTransaction
 
     @property
     def in_transaction(self) -> bool:
@@ -185,31 +251,72 @@ class PgConnection:
             self.raw.close()
             self.raw = self._reopen()
 
+    @contextmanager
+    def _server_errors(self) -> Iterator[None]:
+        """Turn "the server is gone, or is a standby now" into `PostgreSQLUnavailable`.
+
+        Everything else (a constraint, a bug in the SQL) passes unchanged.
+        """
+        try:
+            yield
+        except self._operational as exc:
+            # Lost connection, admin shutdown, crash recovery, cancelled statement:
+            # all pass (the next transaction reconnects if the connection is gone).
+            self._gone(exc)
+        except self._read_only as exc:
+            # A write on a server that is no longer the primary (it was demoted, or
+            # a URL without target_session_attrs reached a standby): drop the
+            # connection so the next transaction looks for the primary again.
+            self.raw.close()
+            self._gone(exc)
+        except self._interface as exc:
+            if not (self.raw.broken or self.raw.closed):
+                raise  # a misuse of psycopg, not the server: a bug to see
+            self._gone(exc)
+
+    def _gone(self, exc: Exception) -> NoReturn:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PostgreSQLUnavailable(f"{self._where}: {first}") from exc
+
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (), /) -> Any:
         """Run one statement; return its cursor (iterable, ``fetchone``, ``fetchall``)."""
         text = sql.strip().upper()
-        if text == "ROLLBACK" and (self.raw.broken or self.raw.closed):
-            return None  # the server already ended the transaction
-        if text == "ROLLBACK" and not self.raw.autocommit:
-            self.raw.rollback()  # a reader's snapshot ends (Database.read)
+        if text == "ROLLBACK":
+            self._rollback()
             return None
-        if text in ("COMMIT", "ROLLBACK"):
-            self._begun = False
-        # The first statement of a transaction may go again on a new connection if
-        # the old one turns out dead: nothing of the transaction has run. Never a
-        # later one: a batch must not go on, in autocommit, on a new connection after
-        # the transaction it belonged to was lost.
-        first = text == "BEGIN IMMEDIATE" or (not self._begun and not self.in_transaction)
-        if first:
-            self._usable()
+        with self._server_errors():
+            if text == "COMMIT":
+                self._begun = False
+            # The first statement of a transaction may go again on a new connection if
+            # the old one turns out dead: nothing of the transaction has run. Never a
+            # later one: a batch must not go on, in autocommit, on a new connection
+            # after the transaction it belonged to was lost.
+            first = text == "BEGIN IMMEDIATE" or (not self._begun and not self.in_transaction)
+            if first:
+                self._usable()
+            try:
+                return self._execute(text, sql, params)
+            except self._operational:
+                if not first or self._reopen is None:
+                    raise
+                self.raw.close()
+                self.raw = self._reopen()
+                return self._execute(text, sql, params)
+
+    def _rollback(self) -> None:
+        """End the transaction; never fail because the server is gone (it ended it)."""
+        self._begun = False
+        if self.raw.broken or self.raw.closed:
+            return
         try:
-            return self._execute(text, sql, params)
-        except self._operational:
-            if not first or self._reopen is None:
-                raise
+            if self.raw.autocommit:
+                self.raw.execute("ROLLBACK")  # a write batch (Database._commit_batch)
+            else:
+                self.raw.rollback()  # a reader's snapshot ends (Database.read)
+        except (self._operational, self._interface):
+            # Whatever the server still holds of it goes with the connection; the
+            # next transaction reconnects.
             self.raw.close()
-            self.raw = self._reopen()
-            return self._execute(text, sql, params)
 
     def _execute(self, text: str, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
         if text == "COMMIT" and self._notify:
@@ -232,11 +339,12 @@ class PgConnection:
         return cursor
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None:
-        cursor = self.raw.cursor()
-        try:
-            cursor.executemany(translate(sql), [_params(r) for r in rows])
-        except self._integrity as exc:
-            raise ConstraintViolation(str(exc).splitlines()[0]) from exc
+        with self._server_errors():
+            cursor = self.raw.cursor()
+            try:
+                cursor.executemany(translate(sql), [_params(r) for r in rows])
+            except self._integrity as exc:
+                raise ConstraintViolation(str(exc).splitlines()[0]) from exc
         self._changes = max(cursor.rowcount, 0)
 
     def changes(self) -> int:
@@ -245,7 +353,8 @@ class PgConnection:
 
     def last_insert_rowid(self) -> int:
         """The value this session last took from a sequence (SQLite's rowid of the insert)."""
-        row = self.raw.execute("SELECT lastval()").fetchone()
+        with self._server_errors():
+            row = self.raw.execute("SELECT lastval()").fetchone()
         return int(row[0])
 
     def close(self) -> None:
@@ -287,9 +396,10 @@ class PgStore:
                 f"PostgreSQL support needs psycopg and Debian's libpq5: {exc}"
             ) from None
         reopen = functools.partial(self._raw, psycopg, writer=writer)
+        where = redact(self.url)
         if not writer:
-            return PgConnection(reopen(), None, reopen=reopen)
-        return PgConnection(reopen(), self.writer_lock, self.notify, reopen=reopen)
+            return PgConnection(reopen(), None, reopen=reopen, where=where)
+        return PgConnection(reopen(), self.writer_lock, self.notify, reopen=reopen, where=where)
 
     def _raw(self, psycopg: Any, *, writer: bool) -> Any:
         try:
@@ -298,6 +408,7 @@ class PgStore:
                 autocommit=writer,
                 options=f"-c search_path={self.schema},pg_catalog",
                 application_name="edgebox-hub",
+                **connection_options(self.url),
             )
         except psycopg.OperationalError as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -399,6 +510,11 @@ class CommitFollower:
     listens on the store's notify channel and calls *on_commit* (which reads and
     publishes what is new, in cursor order) after each burst of notifications, so the
     hub's own users see an event a worker accepted from a box at once.
+
+    When the server goes away (a restart, a failover) the follower connects again,
+    every `RETRY` to `MAX_RETRY` seconds, and then calls *on_commit* once: what was
+    committed while nobody listened is published too. Only a failure at the first
+    connection is raised (the hub should not start against a server it cannot reach).
     """
 
     name = "commit-follower"
@@ -406,27 +522,70 @@ class CommitFollower:
     #: Seconds one wait for notifications lasts before it is asked again (so that
     #: cancellation is noticed without leaving a thread behind for long).
     POLL = 5.0
+    #: Seconds before the first attempt to listen again after the server went away,
+    #: doubled after each failed attempt up to `MAX_RETRY`.
+    RETRY = 0.5
+    MAX_RETRY = 10.0
 
     def __init__(self, store: PgStore, on_commit: Callable[[], Awaitable[None]]) -> None:
         if not store.notify:
             raise ValueError("the store has no notify channel")
         self.store = store
         self.on_commit = on_commit
+        #: Times the follower listened again after losing the server (tests, status).
+        self.reconnects = 0
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        conn = await trio.to_thread.run_sync(functools.partial(self.store.connect, writer=True))
-        try:
-            conn.raw.execute(f'LISTEN "{self.store.notify}"')
-            task_status.started([])
+        conn = await trio.to_thread.run_sync(self._listen)
+        task_status.started([])
+        retry = self.RETRY
+        while True:
+            try:
+                await self._follow(conn)
+            except PostgreSQLUnavailable as exc:
+                log.warning("commit follower lost the server (%s); listening again", exc)
+            finally:
+                conn.close()
             while True:
-                heard = await trio.to_thread.run_sync(self._wait, conn, abandon_on_cancel=True)
-                if heard:
+                await trio.sleep(retry)
+                retry = min(retry * 2, self.MAX_RETRY)
+                try:
+                    conn = await trio.to_thread.run_sync(self._listen)
+                except PostgreSQLUnavailable as exc:
+                    log.info("commit follower: the server is still away (%s)", exc)
+                    continue
+                try:
+                    # Whatever committed while nobody listened.
                     await self.on_commit()
-        finally:
+                except BaseException as exc:
+                    conn.close()
+                    if isinstance(exc, PostgreSQLUnavailable):
+                        continue
+                    raise
+                break
+            self.reconnects += 1
+            retry = self.RETRY
+            log.warning("commit follower listening again")
+
+    async def _follow(self, conn: PgConnection) -> None:
+        while True:
+            heard = await trio.to_thread.run_sync(self._wait, conn, abandon_on_cancel=True)
+            if heard:
+                await self.on_commit()
+
+    def _listen(self) -> PgConnection:
+        conn = self.store.connect(writer=True)
+        try:
+            with conn._server_errors():
+                conn.raw.execute(f'LISTEN "{self.store.notify}"')
+        except BaseException:
             conn.close()
+            raise
+        return conn
 
     def _wait(self, conn: PgConnection) -> int:
         # psycopg ≥ 3.2: return after the first notification, or after POLL seconds.
-        return sum(1 for _ in conn.raw.notifies(timeout=self.POLL, stop_after=1))
+        with conn._server_errors():
+            return sum(1 for _ in conn.raw.notifies(timeout=self.POLL, stop_after=1))

@@ -21,7 +21,11 @@ One round (`ChatReplicator.sync_once`):
 Rounds run at start-up, when a local event is written (so live chat between agencies
 is quick), every `POLL_INTERVAL` for news from the hub, and after a failure with
 exponential back-off; `wake` starts one at once (the link monitor calls it when the
-link comes back). Every round drains what is waiting in bounded batches, so catch-up
+link comes back). A hub that answers *busy* (`HubBusy`: 503 with Retry-After, after a
+national cut) is not a failure of the link: the next round waits that long plus up to
+a quarter more (jitter, so the boxes told together do not return together), the
+exponential back-off does not grow, and neither a local post nor the link monitor's
+wake cuts the wait short. Every round drains what is waiting in bounded batches, so catch-up
 after a week's cut sends everything, not just the latest. Timing reads the `Clock`.
 
 Wire format: the first push of a run sends every event whole (format 1); once the
@@ -38,6 +42,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import random
 from typing import Any
 
 import trio
@@ -47,7 +52,7 @@ from appliance.chat.errors import ChatError
 from appliance.sync.clock import Clock
 from appliance.sync.codec.chat import PulledPage, parse_answers, parse_page
 from appliance.sync.status import SyncStatus
-from appliance.sync.transport import HubCall, HubRefused, HubUnavailable
+from appliance.sync.transport import HubBusy, HubCall, HubRefused, HubUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ MAX_REQUESTS = 1_000
 POLL_INTERVAL = 5.0
 #: Back-off after a failed round: 1 s, 2 s, 4 s ... up to this.
 MAX_BACKOFF = 300.0
+#: After a busy hub's Retry-After, up to this fraction more, at random.
+BUSY_JITTER = 0.25
 #: File contents sent up in one round, at most (at least one file goes): after a cut,
 #: chat text keeps flowing between rounds while a backlog of files moves.
 FILE_BYTES_PER_ROUND = 16 * 1024 * 1024
@@ -97,6 +104,7 @@ class ChatReplicator:
         batch: int = BATCH,
         poll_interval: float = POLL_INTERVAL,
         max_backoff: float = MAX_BACKOFF,
+        rng: random.Random | None = None,
     ) -> None:
         self.chat = chat
         #: The agency the hub knows this box by (its certificate's).
@@ -107,11 +115,14 @@ class ChatReplicator:
         self.batch = batch
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.failures = 0
         #: The wire format the hub said it reads (in its push answers); 1 until it has.
         self.hub_wire = 1
         #: True while waiting between rounds (tests move a manual clock only then).
         self.idle = False
+        #: The last round ended with the hub busy (`HubBusy`): its wait is not cut short.
+        self.hub_busy = False
         self._wake = trio.Event()
         self._local = trio.Event()
         self.chat.add_push_listener(self._local_event)
@@ -134,14 +145,18 @@ class ChatReplicator:
             delay, local_cuts_short = await self.run_round()
             self.idle = True
             try:
-                await self._idle(delay, local_cuts_short)
+                await self._idle(delay, local_cuts_short, busy=self.hub_busy)
             finally:
                 self.idle = False
 
     async def run_round(self) -> tuple[float, bool]:
         """Run one round and report it; return (seconds to wait, may a local event cut it)."""
+        self.hub_busy = False
         try:
             pushed, pulled, complete = await self.sync_once()
+        except HubBusy as exc:
+            self.hub_busy = True
+            return self._busy(exc), False
         except HubUnavailable as exc:
             return self._failed(f"hub unavailable: {exc}", refused=False), False
         except HubRefused as exc:
@@ -153,6 +168,13 @@ class ChatReplicator:
         self.status.success(STREAM, pushed=pushed, pulled=pulled, backlog=backlog)
         return (0.0 if not complete else self.poll_interval), True
 
+    def _busy(self, exc: HubBusy) -> float:
+        """Record a round the hub was too busy for; return its Retry-After, jittered."""
+        self.status.failure(STREAM, f"hub busy: {exc}")
+        log.info("chat sync: %s", exc)
+        # Not a failure of the link: the back-off is not made longer by it.
+        return exc.retry_after * (1.0 + BUSY_JITTER * self.rng.random())
+
     def _failed(self, reason: str, *, refused: bool) -> float:
         self.failures += 1
         self.status.failure(STREAM, reason)
@@ -162,7 +184,7 @@ class ChatReplicator:
             return self.max_backoff
         return float(min(self.max_backoff, 2.0 ** min(self.failures - 1, 30)))
 
-    async def _idle(self, seconds: float, local_cuts_short: bool) -> None:
+    async def _idle(self, seconds: float, local_cuts_short: bool, busy: bool = False) -> None:
         if seconds <= 0:
             await trio.lowlevel.checkpoint()
             return
@@ -173,7 +195,9 @@ class ChatReplicator:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(after, lambda: self.clock.sleep(seconds))
-            nursery.start_soon(after, self._wake.wait)
+            if not busy:
+                # A hub that said when to come back is not called before then.
+                nursery.start_soon(after, self._wake.wait)
             if local_cuts_short:
                 # During back-off a local post must not hammer a hub that is down.
                 nursery.start_soon(after, self._local.wait)
@@ -251,6 +275,14 @@ class ChatReplicator:
         """Fetch the content of a file message posted on another box, from the hub."""
         try:
             answer = await self.hub(FILE_GET_PATH, {"message_id": message_id})
+        except HubBusy as exc:
+            seconds = max(1, round(exc.retry_after))
+            raise ChatError(
+                503,
+                "hub_busy",
+                f"The centre is busy; try again in {seconds} s",
+                f"ส่วนกลางมีงานมาก กรุณาลองใหม่ใน {seconds} วินาที",
+            ) from None
         except HubUnavailable:
             raise ChatError(
                 503,

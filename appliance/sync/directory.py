@@ -41,7 +41,7 @@ from appliance.sync.codec.directory import (
     is_count,
 )
 from appliance.sync.status import SyncStatus
-from appliance.sync.transport import JSON, HubCall, HubRefused, HubUnavailable
+from appliance.sync.transport import JSON, HubBusy, HubCall, HubRefused, HubUnavailable
 
 log = logging.getLogger("edgebox.sync.directory")
 
@@ -80,6 +80,8 @@ class DirectoryReplicator:
         self.interval = interval
         self.batch = max(1, min(batch, MAX_BATCH))
         self._wake = trio.Event()
+        #: Seconds the hub asked to be left alone after the last round (`HubBusy`), or 0.
+        self.busy_wait = 0.0
 
     def wake(self) -> None:
         """Start a round now (the link came back)."""
@@ -101,15 +103,24 @@ class DirectoryReplicator:
                     scope.cancel()
 
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(woken)
-                    await self.clock.sleep(self.interval)
+                    if not self.busy_wait:
+                        # A busy hub said when to come back: no wake before then.
+                        nursery.start_soon(woken)
+                    await self.clock.sleep(max(self.interval, self.busy_wait))
                     nursery.cancel_scope.cancel()
 
     async def sync_round(self) -> bool:
         """Push, then pull; report to `SyncStatus`; return whether the round succeeded."""
+        self.busy_wait = 0.0
         try:
             pushed = await self.push()
             pulled = await self.pull()
+        except HubBusy as exc:
+            # The hub is there, only busy: come back when it said (appliance.sync.chat).
+            self.busy_wait = exc.retry_after
+            self.status.failure(STREAM, f"hub busy: {exc}")
+            log.info("directory sync: %s", exc)
+            return False
         except (HubUnavailable, HubRefused) as exc:
             self.status.failure(STREAM, f"{type(exc).__name__}: {exc}")
             log.info("directory sync: %s", exc)

@@ -9,7 +9,17 @@ How failures map, so each replicator knows whether to retry:
 
 - no connection, TLS failure, a cut mid-answer, the time-out, a 5xx, or an answer that
   is not a JSON object → `HubUnavailable` (try again later; nothing was promised);
-- a 4xx → `HubRefused` with the hub's error code (the request as sent never works).
+- a 4xx → `HubRefused` with the hub's error code (the request as sent never works);
+- a 503 with ``Retry-After`` (the hub's fair admission, docs/hub.md "When many boxes call
+  at once") → `HubBusy`, a `HubUnavailable` that says when: the hub is there, only
+  busy. The client tells the box's `LinkWatch` (`LinkWatch.hub_busy`), so every client
+  of the box, not only this one, sends nothing to the hub until then (a call meanwhile
+  raises `HubBusy` at once, without a connection), and the link monitor does not take
+  the busy hub for a cut link. The connection is kept: no reconnect storm either.
+
+While a request waits for its turn at a busy hub, the hub sends ``102 Processing``
+every second (interim answers, RFC 9110 §15.2, read past here): bytes that keep the
+wait from looking like a black hole to the link watch.
 
 Requests go one at a time over one connection, reused while it lives: a cut or an error
 closes it and the next call opens a new one. A request on a reused connection that the
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import ssl
 from pathlib import Path
 from typing import Any, Final
@@ -50,7 +61,7 @@ from appliance.sync.liveness import (
     open_tcp,
     start_tls,
 )
-from appliance.sync.transport import JSON, HubRefused, HubUnavailable
+from appliance.sync.transport import JSON, HubBusy, HubRefused, HubUnavailable
 
 log = logging.getLogger("edgebox.sync.hub")
 
@@ -61,6 +72,9 @@ MAX_RESPONSE: Final = 64 * 1024 * 1024
 #: provincial line, a batch of events seconds.
 SLOWEST_LINE: Final = 128 * 1024
 _RECEIVE: Final = 64 * 1024
+#: The longest Retry-After honoured, in seconds: a hub that asks for more (a bug, a
+#: typo in its settings) must not silence the box for days.
+MAX_RETRY_AFTER: Final = 900.0
 
 
 class _NoAnswer(Exception):
@@ -92,12 +106,18 @@ class HubClient:
         self._lock = trio.Lock()
         #: The hub said it takes gzip request bodies (kept across connections).
         self.hub_takes_gzip = False
+        #: The last answer's ``Retry-After`` header, as sent.
+        self._retry_after: str | None = None
 
     async def __call__(self, path: str, body: JSON) -> JSON:
         if not path.startswith("/sync/v1/"):
             raise ValueError(f"not a sync route: {path!r}")
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         async with self._lock:
+            wait = self.watch.busy_for()
+            if wait > 0:
+                # The hub asked this box to come back later: not before then, on any stream.
+                raise HubBusy(f"{path}: the hub is busy; next try in {wait:.0f} s", wait)
             retried = identity = False
             while True:
                 gzipped = (
@@ -133,7 +153,11 @@ class HubClient:
                     # RFC 9110 §15.5.16: this hub does not take gzip (any more).
                     self.hub_takes_gzip, identity = False, True
                     continue
-                return _interpret(path, status, raw)
+                try:
+                    return _interpret(path, status, raw, self._retry_after)
+                except HubBusy as busy:
+                    self.watch.hub_busy(busy.retry_after)
+                    raise
 
     async def aclose(self) -> None:
         """Close the connection (the next call opens a new one)."""
@@ -159,6 +183,7 @@ class HubClient:
         self, path: str, payload: bytes, limit: trio.CancelScope, *, gzipped: bool
     ) -> tuple[int, bytes]:
         stream, conn = await self._connect()
+        self._retry_after = None
         host = str(self.endpoint)[len("https://") :]
         headers = [
             ("host", host),
@@ -205,6 +230,7 @@ class HubClient:
             if isinstance(event, h11.Response):
                 status = event.status_code
                 fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers]
+                self._retry_after = next((v for n, v in fields if n == "retry-after"), None)
                 codings = [v for n, v in fields if n == "content-encoding"]
                 encoding = ", ".join(codings) if codings else None
                 if content_coding.accepts_gzip(
@@ -230,7 +256,20 @@ class HubClient:
             raise HubUnavailable(f"{path}: answer {status} not readable: {exc}") from None
 
 
-def _interpret(path: str, status: int, raw: bytes) -> JSON:
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds in a ``Retry-After`` of delay-seconds (RFC 9110 §10.2.3), else None.
+
+    The hub sends seconds; the other form, an HTTP-date, would need the wall clock to
+    agree with the hub's and is left to the body's ``retry_after`` or the caller's own
+    back-off.
+    """
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        return None
+    return float(int(text))
+
+
+def _interpret(path: str, status: int, raw: bytes, retry_after: str | None = None) -> JSON:
     try:
         body: Any = json.loads(raw.decode("utf-8")) if raw else None
     except (UnicodeDecodeError, ValueError):
@@ -244,4 +283,15 @@ def _interpret(path: str, status: int, raw: bytes) -> JSON:
     message = str(error.get("message", "")) if isinstance(error, dict) else ""
     if 400 <= status < 500:
         raise HubRefused(status, code or "refused", message or f"HTTP {status}")
+    if status == 503:
+        wait = retry_after_seconds(retry_after)
+        if wait is None and isinstance(error, dict):
+            said = error.get("retry_after")
+            if isinstance(said, int | float) and not isinstance(said, bool) and math.isfinite(said):
+                wait = max(0.0, float(said))
+        if wait is not None:
+            wait = min(wait, MAX_RETRY_AFTER)
+            reason = str(error.get("reason", "")) if isinstance(error, dict) else ""
+            why = f"{code or 'busy'} {reason}".strip()
+            raise HubBusy(f"{path}: hub busy ({why}); retry after {wait:g} s", wait, reason)
     raise HubUnavailable(f"{path}: HTTP {status} {code} {message}".rstrip())

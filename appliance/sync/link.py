@@ -22,6 +22,10 @@ after `UP_AFTER` success (`Hysteresis`, a pure state machine). Only changes are 
 on: each is logged once and written to ``DATA/run/link.json`` (atomically, so `edgebox
 status` and the console never read half a file).
 
+A hub that answered a replicator "busy" (503 with Retry-After, `LinkWatch.hub_busy`) is
+up: until that Retry-After is over a failed gin probe is not counted, so a hub shedding
+load after a national cut never shows as a cut link (issue 22).
+
 Gin is also what tells the replicators the link is back (issue 24). A probe does not
 wait for the one before it: a probe lost in a black hole would otherwise hide the
 link's return until its time-out. While gin is in *trouble* (a probe failed or has
@@ -516,6 +520,13 @@ class LinkMonitor:
         if started < self._counted[name]:
             return  # a newer probe has spoken already; this one is old news
         self._counted[name] = started
+        if not ok and name == "gin" and self.watch.busy_for() > 0:
+            # The hub answered "busy, come back in N s" (a 503 with Retry-After) to one
+            # of the replicators: it is there, so the link is up. A handshake it was
+            # too busy to finish is not a cut, and not counted towards one: no "GIN
+            # down" warning and no cut of the waits for a hub that asked for patience.
+            log.debug("gin probe failed while the hub said it is busy: %s", error)
+            return
         tracker = self._trackers[name]
         before = tracker.reading.state
         changed = tracker.observe(ok, self.clock.now(), error)

@@ -120,6 +120,21 @@ class LinkWatch:
         #: trio time a step last failed on its own (refused, reset, deadline): the
         #: link monitor probes at once rather than at its next interval.
         self.failed_at: float | None = None
+        #: trio time until which the hub asked not to be called (its 503's
+        #: Retry-After): every client of the box holds back until then, and the link
+        #: monitor does not count a failed probe of a hub that said it is busy.
+        self.busy_until: float | None = None
+
+    def hub_busy(self, retry_after: float) -> None:
+        """The hub answered busy: hold every request to it back *retry_after* seconds."""
+        until = trio.current_time() + max(0.0, retry_after)
+        self.busy_until = until if self.busy_until is None else max(self.busy_until, until)
+
+    def busy_for(self) -> float:
+        """Seconds left of the hub's last "busy, come back later"; 0 when none is left."""
+        if self.busy_until is None:
+            return 0.0
+        return max(0.0, self.busy_until - trio.current_time())
 
     @contextmanager
     def step(self, what: str, idle: float, kind: StepKind = StepKind.EXCHANGE) -> Iterator[IoStep]:

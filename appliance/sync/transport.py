@@ -34,6 +34,21 @@ class HubUnavailable(Exception):
     """The hub could not be reached or did not answer in time: try again later."""
 
 
+class HubBusy(HubUnavailable):
+    """The hub answered 503 ``hub_busy``: it is there, but asks to be called again later.
+
+    Not a cut: the link is up (the hub answered), so nothing about the link changes;
+    the caller waits *retry_after* seconds (the hub's Retry-After, already spread
+    between boxes) before it sends anything to the hub again. Nothing was applied.
+    """
+
+    def __init__(self, message: str, retry_after: float, reason: str = "") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        #: The hub's reason (appliance.sync.hub.fair_queue.BusyReason), "" if unsaid.
+        self.reason = reason
+
+
 class HubRefused(Exception):
     """The hub answered with a 4xx: the request as sent will never succeed."""
 
@@ -47,7 +62,8 @@ class HubRefused(Exception):
 class HubCall(Protocol):
     """Send one request to the hub and return its answer (edge side).
 
-    Raises `HubUnavailable` on a cut, time-out or 5xx, `HubRefused` on a 4xx.
+    Raises `HubUnavailable` on a cut, time-out or 5xx (`HubBusy`, a kind of it, when the
+    hub said it is busy and when to come back), `HubRefused` on a 4xx.
     """
 
     async def __call__(self, path: str, body: JSON) -> JSON: ...

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,20 @@ def test_status_runs_every_check_and_says_what_to_do(data: Path, capsys, monkeyp
         assert f"] {check}: " in out, check
     assert "edgebox ไม่ได้ทำงานอยู่" in out
     assert "→ สั่งเริ่มระบบ: systemctl start edgebox" in out
+
+
+def test_status_of_a_hub_shows_its_queue_and_longest_waits(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    report = {
+        "written_at": time.time(), "running": 8, "waiting": 120, "boxes_waiting": 97,
+        "served": 5000, "busy": {"waited_too_long": 3}, "boxes": {
+            "box-moe": {"max_wait": 14.25, "busy": 3}, "box-mof": {"max_wait": 2.0, "busy": 0},
+        },
+    }  # fmt: skip
+    (data / "run").mkdir(exist_ok=True)
+    (data / "run" / "hub-admission-4242.json").write_text(json.dumps(report))
+    _, out, _ = run(capsys, monkeypatch, "status", "--data", str(data))
+    assert "hub admission (1 process(es)): 8 running, 120 waiting from 97 box(es)" in out
+    assert "longest waits for a turn: box-moe 14.2 s, box-mof 2.0 s" in out
 
 
 def test_run_refuses_a_port_offset_past_the_port_range(data: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -261,3 +261,13 @@ def test_mx_trusted_relays_must_be_addresses(tmp_path: Path) -> None:
     assert config.mx_trusted_relays == "10.0.0.5, 10.1.0.0/16"
     with pytest.raises(ConfigError, match="'hub' is not an IP address"):
         load_config(tmp_path, environ={"EDGEBOX_MX_TRUSTED_RELAYS": "10.0.0.5 hub"})
+
+
+def test_hub_admission_bounds_must_admit_something(tmp_path: Path) -> None:
+    config = load_config(tmp_path, flags={"hub_requests": "16", "hub_queue_wait": "7.5"})
+    assert (config.hub_requests, config.hub_box_requests, config.hub_queue_wait) == (16, 2, 7.5)
+    for name, value in (("hub_requests", "0"), ("hub_box_requests", "0"), ("hub_queue", "0")):
+        with pytest.raises(ConfigError, match=f"{name} must be at least 1"):
+            load_config(tmp_path, flags={name: value})
+    with pytest.raises(ConfigError, match="hub_queue_wait"):
+        load_config(tmp_path, flags={"hub_queue_wait": "0"})

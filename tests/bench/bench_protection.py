@@ -1,7 +1,9 @@
 """MX ingest with scanning on: edgebox against Postfix + rspamd as a milter, same run.
 
-What it measures, in one run, for each workload (10 KiB messages, then 1 MiB messages):
-Postfix's ``smtp-source`` (127.0.0.1 only, one recipient, bounded count) sent
+What it measures, in one run, for each workload (10 KiB messages, then 1 MiB messages,
+then the attachment mix): Postfix's ``smtp-source`` (127.0.0.1 only, one recipient,
+bounded count) — for the mix, `send_mix`'s smtplib sessions, because smtp-source cannot
+make MIME — sent
 
 (a) to edgebox's MX port with protection on: the box runs real clamd and rspamd itself
     (``protection_engines=box``, as tests/e2e/test_protection.py sets it up) and scans
@@ -16,8 +18,15 @@ Postfix's ``smtp-source`` (127.0.0.1 only, one recipient, bounded count) sent
 
 Both sides' engines come from the box's own configuration generators
 (appliance.protection.engines) with the e2e test's signature database and rule. The
-figure is wall time until every message is delivered (edgebox: smtp-source returns, a
+figure is wall time until every message is delivered (edgebox: the sender returns, a
 250 is an fsynced message; reference: the Dovecot Maildir holds every message).
+
+The attachment mix (`mix_messages`, seeded, the same bytes to both sides): of every
+`MIX_EVERY` messages one carries a real 1 MB attachment, base64 in multipart/mixed —
+alternately PDF-like binary (``application/pdf``) and a docx-like zip (``[Content_Types]
+.xml``, ``word/document.xml`` deflated, a stored JPEG-like image: clamd opens the zip) —
+and the rest are 10 KiB text messages; no two attachments are alike (clamd caches clean
+files by hash).
 
 Not part of ``make test``: collected by pytest only with ``-m bench``. Run it directly:
 
@@ -30,16 +39,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
+import random
 import shutil
 import smtplib
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +87,13 @@ RESULTS = RESULTS_DIR / "protection.json"
 REFERENCE_CLAMAV = "rspamd antivirus module -> clamd (clamav-milter not installed)"
 #: (name, message size, default count, --small count)
 WORKLOADS = (("10k", 10 * 1024, 1000, 200), ("1m", 1024 * 1024, 100, 20))
+#: The attachment mix: (name, default count, --small count); one message in MIX_EVERY
+#: carries a 1 MB attachment, the others are 10 KiB text.
+MIX = ("mix", 250, 100)
+MIX_EVERY = 5
+ATTACHMENT_SIZE = 1_000_000
+MIX_SEED = 23
+WORKLOAD_NAMES = (*(w[0] for w in WORKLOADS), MIX[0])
 SESSIONS = 10
 PORT_OFFSET = 21000
 
@@ -108,6 +130,106 @@ def refuses_eicar(port: int) -> None:
         code, text = client.data(content)
     if code < 500:
         raise RuntimeError(f"EICAR was not refused on port {port}: {code} {text!r}")
+
+
+# -- the attachment mix: MIME messages smtp-source cannot make --------------------------
+
+#: Thai and English office words; the text parts are drawn from these.
+_WORDS = " ".join((
+    "การ ประชุม หนังสือ ราชการ กรม สำนักงาน จังหวัด งบประมาณ รายงาน โครงการ meeting budget",
+    "report project office province minutes draft annex approved schedule committee memo",
+    "circular request reply attached signed director",
+)).split()  # fmt: skip
+
+
+def _text(rng: random.Random, size: int) -> str:
+    """Seeded words in lines of ~70 characters, about *size* bytes of UTF-8."""
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choices(_WORDS, k=10))
+        lines.append(line)
+        total += len(line.encode()) + 2
+    return "\r\n".join(lines)
+
+
+def _pdf_like(rng: random.Random) -> bytes:
+    body = rng.randbytes(ATTACHMENT_SIZE - 64)
+    return b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + body + b"\n%%EOF\n"
+
+
+def _docx_like(rng: random.Random) -> bytes:
+    """A zip laid out as a .docx: deflated XML text and a stored image, ~1 MB."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as docx:
+        docx.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        paragraphs = "".join(f"<w:p><w:r><w:t>{_text(rng, 400)}</w:t></w:r></w:p>"
+                             for _ in range(600))  # fmt: skip
+        document = f"<w:document><w:body>{paragraphs}</w:body></w:document>"
+        docx.writestr("word/document.xml", document)
+        # The XML deflates to ~35 kB; the image (already compressed, so stored) is the rest.
+        image = b"\xff\xd8\xff\xe0" + rng.randbytes(ATTACHMENT_SIZE - 60_000)
+        docx.writestr("word/media/image1.jpeg", image, compress_type=zipfile.ZIP_STORED)
+    return buffer.getvalue()
+
+
+def mix_messages(count: int, seed: int = MIX_SEED) -> list[bytes]:
+    """*count* messages: every MIX_EVERY-th has a 1 MB attachment (PDF, docx in turn)."""
+    rng = random.Random(seed)
+    messages = []
+    for n in range(count):
+        message = EmailMessage(policy=SMTP)
+        message["From"] = f"<{SENDER}>"
+        message["To"] = f"<{RCPT}>"
+        message["Subject"] = f"bench mix {n}"
+        message["Message-ID"] = f"<mix-{seed}-{n}@sender.bench.test>"
+        if n % MIX_EVERY == MIX_EVERY - 1:
+            message.set_content(_text(rng, 2048), cte="8bit")
+            if (n // MIX_EVERY) % 2 == 0:
+                message.add_attachment(_pdf_like(rng), maintype="application",
+                                       subtype="pdf", filename=f"report-{n}.pdf")  # fmt: skip
+            else:
+                message.add_attachment(
+                    _docx_like(rng), maintype="application",
+                    subtype="vnd.openxmlformats-officedocument.wordprocessingml.document",
+                    filename=f"minutes-{n}.docx",
+                )  # fmt: skip
+        else:
+            message.set_content(_text(rng, 10 * 1024 - 300), cte="8bit")  # 10 KiB in all
+        messages.append(message.as_bytes())
+    return messages
+
+
+def send_mix(port: int, messages: Sequence[bytes], sessions: int, deadline: float) -> None:
+    """Send *messages* over *sessions* parallel smtplib sessions; raise unless all got 250.
+
+    Session k sends messages k, k + sessions, ... one after another (MAIL, RCPT, DATA
+    on one connection), as smtp-source does.
+    """
+    failures: list[str] = []
+
+    def session(k: int) -> None:
+        try:
+            with smtplib.SMTP(LOOPBACK, port, timeout=max(1.0, deadline - time.monotonic())) as c:
+                c.ehlo("bench.test")
+                for content in messages[k::sessions]:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the mix did not finish in time")
+                    refused = c.sendmail(SENDER, [RCPT], content)
+                    if refused:
+                        raise RuntimeError(f"refused: {refused}")
+        except (OSError, smtplib.SMTPException, RuntimeError) as exc:
+            failures.append(f"session {k}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + 30)
+    if any(thread.is_alive() for thread in threads):
+        raise RuntimeError("a mix session did not finish in time")
+    if failures:
+        raise RuntimeError("mix sending failed: " + "; ".join(failures[:3]))
 
 
 # -- (b) the reference's engines: clamd, rspamd with a milter proxy and the AV module ----
@@ -202,7 +324,10 @@ def _engines_answer(data: Path) -> bool:
                for n in ("clamd", "rspamd"))  # fmt: skip
 
 
-def bench_edgebox(workdir: Path, messages: int, size: int) -> dict[str, Any]:
+def bench_edgebox(
+    workdir: Path, messages: int, size: int, mix: Sequence[bytes] | None = None
+) -> dict[str, Any]:
+    """edgebox with scanning on: smtp-source's *messages* of *size*, or the *mix*."""
     database, rule = signature_files(workdir)
 
     def protection_on(data: Path) -> None:
@@ -225,8 +350,11 @@ def bench_edgebox(workdir: Path, messages: int, size: int) -> dict[str, Any]:
         refuses_eicar(port)
         with RssSampler(lambda: [proc.pid], interval=0.5, metric="pss") as mem:
             start = time.monotonic()
-            finish(smtp_source(port, messages, SESSIONS, size),
-                   start + _time_limit(messages, size))  # fmt: skip
+            if mix is not None:
+                send_mix(port, mix, SESSIONS, start + _time_limit(messages, size))
+            else:
+                finish(smtp_source(port, messages, SESSIONS, size),
+                       start + _time_limit(messages, size))  # fmt: skip
             delivered = time.monotonic() - start
     return {
         "delivered_s": round(delivered, 3),  # 250 from edgebox = scanned and fsynced
@@ -254,9 +382,20 @@ def run(small: bool = False, workdir: Path | None = None) -> dict[str, Any]:
         result["error"] = "clamav-milter installed: this benchmark does not drive it yet"
         write_results(RESULTS, result)
         return result
+    mix_count = MIX[2] if small else MIX[1]
+    mix = mix_messages(mix_count)
+    result["params"]["mix"] = {
+        "messages": mix_count, "one_in": MIX_EVERY, "attachment_bytes": ATTACHMENT_SIZE,
+        "attachments": "application/pdf-like binary and docx-like zip, alternately, base64",
+        "others": "10 KiB text/plain", "seed": MIX_SEED, "sender": "smtplib, 10 sessions",
+        "mean_message_bytes": round(sum(map(len, mix)) / len(mix)),
+    }  # fmt: skip
+    workloads = [(name, size, small_count if small else count, None)
+                 for name, size, count, small_count in WORKLOADS]  # fmt: skip
+    # The mix's time limit is figured as if every message were its mean size.
+    workloads.append((MIX[0], round(sum(map(len, mix)) / len(mix)), mix_count, mix))
     try:
-        for name, size, count, small_count in WORKLOADS:
-            messages = small_count if small else count
+        for name, size, messages, messages_mix in workloads:
             entry: dict[str, Any] = {"messages": messages, "size_bytes": size}
             for half in ("reference", "edgebox"):
                 d = base / f"{name}-{half}"
@@ -265,12 +404,19 @@ def run(small: bool = False, workdir: Path | None = None) -> dict[str, Any]:
                 load = [round(x, 2) for x in os.getloadavg()]
                 try:
                     if half == "reference":
+                        send = None
+                        if messages_mix is not None:
+
+                            def send(port: int, deadline: float, m: Any = messages_mix) -> None:
+                                send_mix(port, m, SESSIONS, deadline)
+
                         with reference_engines(d / "engines") as milter_port:
                             r = bench_reference(d, messages, SESSIONS, size,
                                                 milter=(LOOPBACK, milter_port),
-                                                check=refuses_eicar)  # fmt: skip
+                                                check=refuses_eicar, send=send,
+                                                limit=_time_limit(messages, size))  # fmt: skip
                     else:
-                        r = bench_edgebox(d, messages, size)
+                        r = bench_edgebox(d, messages, size, messages_mix)
                 except (PeerError, RuntimeError, OSError, subprocess.SubprocessError) as e:
                     log(f"[bench_protection] {name} {half} FAILED: {e}", file=sys.stderr)
                     entry[half] = {"error": str(e)}
@@ -293,7 +439,7 @@ def run(small: bool = False, workdir: Path | None = None) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     lines = [f"reference ClamAV: {result['params']['reference_clamav']}"]
-    for name, *_ in WORKLOADS:
+    for name in WORKLOAD_NAMES:
         entry = result.get(name)
         if not isinstance(entry, dict):
             continue
@@ -312,7 +458,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def _failed(result: dict[str, Any]) -> list[str]:
-    return [f"{name} {half}" for name, *_ in WORKLOADS
+    return [f"{name} {half}" for name in WORKLOAD_NAMES
             for half in ("reference", "edgebox")
             if "error" in result.get(name, {}).get(half, {})]  # fmt: skip
 

@@ -134,11 +134,15 @@ def bench_reference(
     size: int,
     milter: tuple[str, int] | None = None,
     check: Callable[[int], None] | None = None,
+    send: Callable[[int, float], None] | None = None,
+    limit: float | None = None,
 ) -> dict[str, Any]:
     """Postfix -> LMTP -> Dovecot; with *milter*, every message also passes that milter
     (tests/bench/bench_protection.py: rspamd's proxy worker in milter mode). *check* is
-    called with Postfix's SMTP port before the clock starts."""
-    limit = _time_limit(messages)
+    called with Postfix's SMTP port before the clock starts. *send* (port, deadline), if
+    given, sends the *messages* instead of smtp-source (a MIME mix smtp-source cannot
+    make); *limit* overrides the time limit in seconds."""
+    limit = _time_limit(messages) if limit is None else limit
     main_cf: dict[str, str] = {}
     if milter is not None:
         main_cf = {
@@ -159,8 +163,10 @@ def bench_reference(
         with RssSampler(lambda: pids, interval=0.5, metric="pss") as mem:
             start = time.monotonic()
             deadline = start + limit
-            proc = smtp_source(pf.smtp_port, messages, sessions, size)
-            finish(proc, deadline)
+            if send is not None:
+                send(pf.smtp_port, deadline)
+            else:
+                finish(smtp_source(pf.smtp_port, messages, sessions, size), deadline)
             accepted = time.monotonic() - start
             # Delivered = in the Maildir. Poll the directory; bounded by the deadline.
             while dc.message_count(RCPT) < messages:

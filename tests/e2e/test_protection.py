@@ -203,6 +203,28 @@ async def test_eicar_on_submission_is_refused(box: RunningBox) -> None:
     assert await copies(box, f"bob@{DOMAIN}", marker) == []
 
 
+async def test_a_message_refused_before_its_verdict_leaves_the_session_working(
+    box: RunningBox,
+) -> None:
+    # The scan starts at DATA's end beside the policy check. A forged local sender on
+    # the MX is the policy's refusal, whatever the scan would say (EICAR inside): the
+    # scan is cancelled, and the next message on the same session is scanned and taken.
+    forged, clean = uuid.uuid4().hex, uuid.uuid4().hex
+    with smtplib.SMTP("127.0.0.1", box.port("smtp-mx"), timeout=60) as client:
+        client.ehlo("mx.example.org")
+        client.mail("someone@example.org")
+        assert client.rcpt(f"bob@{DOMAIN}")[0] == 250
+        code, text = client.data(message(f"alice@{DOMAIN}", f"bob@{DOMAIN}", forged, EICAR))
+        assert (code, b"port 25" in text) == (550, True)
+        client.mail("someone@example.org")
+        assert client.rcpt(f"bob@{DOMAIN}")[0] == 250
+        code, _ = client.data(message("someone@example.org", f"bob@{DOMAIN}", clean))
+        assert code == 250
+    assert await copies(box, f"bob@{DOMAIN}", forged) == []
+    [content] = await copies(box, f"bob@{DOMAIN}", clean)
+    assert b"\r\nX-Virus-Scanned: clamd on " in content
+
+
 def test_gtube_is_refused_as_spam(box: RunningBox) -> None:
     marker = uuid.uuid4().hex
     code, text = send_mx(box, message("someone@example.org", f"bob@{DOMAIN}", marker, GTUBE))

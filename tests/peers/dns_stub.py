@@ -3,8 +3,10 @@
 Real DNS over UDP on 127.0.0.1 (dnspython's message codec), so an independent verifier
 such as dkimpy's ``dkimverify`` script can look keys up exactly as it would on a real
 network; `resolver_override` writes the ``sitecustomize`` that points its resolver here.
-Names not in the dict get NXDOMAIN. It serves in a thread until the context exits; each
-wait is bounded by a socket timeout.
+Names not in the dict get NXDOMAIN, and a name in it asked for another type an empty
+answer; both carry an SOA in the authority section as a real server's do (RFC 2308 §3),
+so the box's resolver cache keeps them for its MINIMUM (`NEGATIVE_TTL`). It serves in a
+thread until the context exits; each wait is bounded by a socket timeout.
 
 `no_records` is one such server knowing no names, shared by the whole test run: every
 box a test starts asks it unless the test brings its own (tests/harness.py,
@@ -24,10 +26,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+#: The SOA's TTL and MINIMUM: how long a negative answer may be kept (RFC 2308 §5).
+NEGATIVE_TTL = 60
 
 
 def _quoted(value: str) -> str:
@@ -56,6 +62,7 @@ def txt_server(records: dict[str, str]) -> Iterator[int]:
             value = records.get(name)
             if value is None or question.rdtype != dns.rdatatype.TXT:
                 response.set_rcode(dns.rcode.NXDOMAIN if value is None else dns.rcode.NOERROR)
+                response.authority.append(_soa(question.name))
             else:
                 response.answer.append(
                     dns.rrset.from_text(question.name, 60, dns.rdataclass.IN, "TXT", _quoted(value))
@@ -70,6 +77,15 @@ def txt_server(records: dict[str, str]) -> Iterator[int]:
         stop.set()
         thread.join(timeout=5)
         sock.close()
+
+
+def _soa(name: dns.name.Name) -> dns.rrset.RRset:
+    # The stub plays the authority of the name's parent zone (the root for a TLD).
+    zone = name.parent() if len(name) > 1 else name
+    return dns.rrset.from_text(
+        zone, NEGATIVE_TTL, dns.rdataclass.IN, "SOA",
+        f"ns.invalid. hostmaster.invalid. 1 3600 600 86400 {NEGATIVE_TTL}",
+    )  # fmt: skip
 
 
 def resolver_override(directory: Path, port: int) -> Path:

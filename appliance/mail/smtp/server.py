@@ -277,6 +277,24 @@ class SMTPSession:
         self._answer(refusal)
 
     async def _message(self, event: smtp.MessageData) -> None:
+        protection = self.service.protection
+        if protection is None:
+            await self._decide(event, None)
+            return
+        # The scan starts at DATA's end, beside DKIM/DMARC and the policy: all of them
+        # mostly wait on others (DNS, clamd, rspamd), and the verdict is needed only
+        # after them. A message refused before then has its scan cancelled.
+        envelope, domains = self._scan_request(event)
+        scan = _PendingScan()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scan.run, protection, event.content, envelope, domains)
+            try:
+                await self._decide(event, scan)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _decide(self, event: smtp.MessageData, scan: _PendingScan | None) -> None:
+        """Accept (deliver, then 250) or refuse the message of *event*."""
         conn = self.conn
         service = self.service
         check: MessageCheck | None = None
@@ -303,7 +321,7 @@ class SMTPSession:
             return
         content, folder = event.content, "INBOX"
         protection = service.protection
-        verdict = await self._scan(protection, event) if protection is not None else None
+        verdict = await scan.verdict() if scan is not None else None
         if protection is not None and verdict is not None:
             reply = scanning.refusal(
                 verdict, submission=self.service.port.submission,
@@ -366,8 +384,8 @@ class SMTPSession:
             conn.accept(accepted)
         self.recipients = []
 
-    async def _scan(self, protection: Protection, event: smtp.MessageData) -> Verdict:
-        """Scan the message before it is accepted (appliance.protection)."""
+    def _scan_request(self, event: smtp.MessageData) -> tuple[rspamd.Envelope, list[str]]:
+        """What the scan of *event*'s message is told, and whose thresholds judge it."""
         user = self.conn.authenticated_as
         if self.service.port.submission:
             # The sender's agency sets the thresholds of what its users send.
@@ -379,7 +397,7 @@ class SMTPSession:
             helo=self.conn.helo_name, sender=event.reverse_path,
             recipients=[r.forward_path for r in event.recipients], user=user,
         )  # fmt: skip
-        return await protection.scan_message(event.content, envelope, domains)
+        return envelope, domains
 
     async def _record(self, event: str, **fields: object) -> None:
         """Write one traffic-log line (REQUIREMENTS.md §2: kept 90 days)."""
@@ -444,3 +462,23 @@ def _same_address(address: str) -> str | None:
         return normalise_address(address)
     except Exception:
         return None
+
+
+class _PendingScan:
+    """A scan started at DATA's end (appliance.protection); its verdict awaited when needed."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._verdict: Verdict | None = None
+
+    async def run(
+        self, protection: Protection, content: bytes, envelope: rspamd.Envelope, domains: list[str]
+    ) -> None:
+        self._verdict = await protection.scan_message(content, envelope, domains)
+        self._done.set()
+
+    async def verdict(self) -> Verdict:
+        """Wait for the scan; an engine's failure is a verdict too (never an exception)."""
+        await self._done.wait()
+        assert self._verdict is not None
+        return self._verdict

@@ -18,7 +18,14 @@ sync request shares, in this order, before a route's handler runs:
    limit is on what it inflates to: it is inflated a step at a time and refused 413
    one byte past ``max_body``, so a small "bomb" never inflates whole; a gzip stream
    that is corrupt or cut short is 400 (`appliance.sync.content_coding`);
-5. a JSON object (400).
+5. a JSON object (400);
+6. its turn: every request of an enrolled box (step 2) waits for its box's turn in the
+   hub's fair admission (`request_gate`, policy in `fair_queue`: a bounded number
+   running per box and overall, round robin over box identities, a bounded wait), with
+   an interim ``102 Processing`` every second while it waits; beyond the bound it is
+   answered ``503`` with ``Retry-After`` and ``{"error": {"code": "hub_busy",
+   "reason", "retry_after", "message"}}`` before its handler ever runs, so nothing is
+   half applied. The server's own enrolment paths and downloads take no turn.
 
 Every answer says ``Accept-Encoding: gzip``: that is how a box learns it may send
 gzip bodies (RFC 9110 §12.5.3). An answer is gzip'ed when the request's
@@ -27,7 +34,10 @@ older box) gets identity, as before.
 
 Answers are JSON objects; errors are ``{"error": {"code", "message"}}`` (`HubError`).
 A handler's unexpected exception is logged with a reference and answered 500, without
-detail. Keep-alive is on: a box's replicators send many small requests in a row.
+detail. A request that meets the hub's PostgreSQL store gone (restarting, or the primary
+dead and its replica not yet promoted) is answered 503 with ``Retry-After``
+(`store_unavailable`): nothing of it was promised stored, and the box sends it again.
+Keep-alive is on: a box's replicators send many small requests in a row.
 
 The listener asks for a client certificate (CERT_OPTIONAL) rather than requiring one,
 so that enrolment works on the same port; the check of step 2 is what enforces it.
@@ -43,9 +53,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -68,12 +80,16 @@ from appliance.net.jsonbody import encode_json, parse_json
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp
 from appliance.net.ranges import Unsatisfiable, requested_range
 from appliance.security.tls import server_ssl_context
+from appliance.store.postgres import PostgreSQLUnavailable
 from appliance.sync import content_coding
 from appliance.sync.clock import Clock, SystemClock
 from appliance.sync.hub.admission import admit_box, central_endpoints, renew_box, url_host
+from appliance.sync.hub.admission_report import keep_reporting
 from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_ca
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
+from appliance.sync.hub.fair_queue import AdmissionPolicy
+from appliance.sync.hub.request_gate import RequestGate
 from appliance.sync.transport import Peer, SyncDownload, SyncRoute
 
 log = logging.getLogger("edgebox.hub")
@@ -88,6 +104,13 @@ _SERVER_PATHS: Final = (CA_PATH, ENROLL_PATH, RENEW_PATH)
 ENROLL_MAX_BODY: Final = 64 * 1024
 #: Bytes of a download read and sent at a time.
 DOWNLOAD_CHUNK: Final = 256 * 1024
+#: Seconds a box is asked to wait while the hub's database is away, drawn from this
+#: range: a restart or a promotion takes seconds; a box that comes back too early is
+#: only told again.
+STORE_RETRY_AFTER: Final = (2, 5)
+#: Seconds between two log lines about the store being away (one per request would
+#: flood the log while hundreds of boxes retry).
+_STORE_LOG_EVERY: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,7 @@ class HubSyncService:
         clock: Clock | None = None,
         limits: HubLimits | None = None,
         downloads: Sequence[SyncDownload] = (),
+        admission: AdmissionPolicy | None = None,
     ) -> None:
         # The hub's settings and name (TLS, the enrol answer), and where admission
         # makes each box's service account.
@@ -147,6 +171,8 @@ class HubSyncService:
             service=self.name,
             per_source=self.limits.max_connections_per_source,
         )
+        #: Every enrolled box's request waits here for its turn (rule 6).
+        self.request_gate = RequestGate(admission or admission_policy(config))
         self.enrolment: Enrolment | None = None
 
     @asynccontextmanager
@@ -162,7 +188,10 @@ class HubSyncService:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with self.opened():
+        async with self.opened(), trio.open_nursery() as nursery:
+            # The queue and each box's wait, for `edgebox status` (admission_report).
+            run_dir = self.config.data_dir / "run"
+            nursery.start_soon(keep_reporting, self.request_gate, run_dir, self.clock)
             # On PostgreSQL every worker process of the hub listens on the one port
             # (docs/hub-postgresql.md "Workers"); on SQLite the hub is one process.
             shared = bool(self.config.hub_store())
@@ -176,9 +205,18 @@ class HubSyncService:
     # what a request is answered with
 
     async def answer(
-        self, path: str, stream: trio.abc.Stream, host: str, body: Any
+        self,
+        path: str,
+        stream: trio.abc.Stream,
+        host: str,
+        body: Any,
+        *,
+        waiting: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
-        """Run the route at *path* for the caller on *stream*; `HubError` to refuse."""
+        """Run the route at *path* for the caller on *stream*; `HubError` to refuse.
+
+        An enrolled box's request runs in its turn (*waiting* is called while it waits).
+        """
         enrolment = self.enrolment
         assert enrolment is not None, "serve() or opened() first"
         if path == CA_PATH:
@@ -192,10 +230,12 @@ class HubSyncService:
                 hostname=self.hostname, directory=self.directory, mailstore=self.mailstore,
             )  # fmt: skip
         peer, cert = await self.authenticate(stream)
-        if path == RENEW_PATH:
-            return await renew_box(enrolment, self.ca, self.clock, peer, cert.serial_number, body)
-        route = self.routes[path]
-        result = await route.handler(peer, body)
+        async with self.request_gate.turn(peer.box_id, waiting):
+            if path == RENEW_PATH:
+                return await renew_box(
+                    enrolment, self.ca, self.clock, peer, cert.serial_number, body
+                )
+            result = await self.routes[path].handler(peer, body)
         if not isinstance(result, dict):
             raise TypeError(f"route {path} answered {type(result).__name__}, not an object")
         return result
@@ -232,6 +272,16 @@ class HubSyncService:
 
     def known(self, path: str) -> bool:
         return path in _SERVER_PATHS or path in self.routes
+
+
+def admission_policy(config: Config) -> AdmissionPolicy:
+    """The fair admission's bounds from the hub's ``hub_*`` settings (docs/hub.md)."""
+    return AdmissionPolicy(
+        capacity=config.hub_requests,
+        per_box=config.hub_box_requests,
+        max_wait=config.hub_queue_wait,
+        max_queue=config.hub_queue,
+    )
 
 
 def _server_context(config: Config, ca: SyncCA) -> ssl.SSLContext:
@@ -298,8 +348,13 @@ class _Connection(HTTPServerConnection):
             status, body = exc.status, exc.body()
             if exc.status == 405:
                 extra.append(("allow", "POST"))
+            if exc.retry_after is not None:
+                # RFC 9110 §10.2.3: delay-seconds; the box waits at least this long.
+                extra.append(("retry-after", str(exc.retry_after)))
         except h11.RemoteProtocolError as exc:
             status, body = exc.error_status_hint, _error("bad_request", str(exc))
+        except _BoxLeft:
+            raise  # it hung up while waiting for its turn: nobody to answer, no bug
         except Exception:
             reference = secrets.token_hex(4)
             # Detail to the log only (CWE-209).
@@ -344,7 +399,24 @@ class _Connection(HTTPServerConnection):
             raise bad_request(f"the body is not JSON: {exc}", "bad_json") from None
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
-        return await service.answer(path, self.stream, headers.get("host", ""), body)
+        try:
+            return await service.answer(
+                path, self.stream, headers.get("host", ""), body, waiting=self._still_waiting
+            )
+        except PostgreSQLUnavailable as exc:
+            raise store_unavailable(exc) from None
+
+    async def _still_waiting(self) -> None:
+        """Tell the box its request waits for its turn: ``102 Processing`` (RFC 2518 §10.1).
+
+        Any 1xx is a valid interim answer a client must read past (RFC 9110 §15.2);
+        its bytes show the box's link watch that the hub is there, only busy.
+        """
+        interim = h11.InformationalResponse(status_code=102, headers=[], reason=b"Processing")
+        try:
+            await self._send_within(self.conn.send(interim))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TimeoutError) as exc:
+            raise _BoxLeft(f"the box left while its request waited: {exc}") from None
 
     async def _download(
         self, request: h11.Request, method: str, download: SyncDownload, name: str,
@@ -360,6 +432,10 @@ class _Connection(HTTPServerConnection):
             handle = await trio.open_file(path, "rb")
         except HubError as exc:
             await self._send(exc.status, exc.body())
+            return
+        except PostgreSQLUnavailable as exc:
+            error = store_unavailable(exc)
+            await self._send(error.status, error.body(), [("retry-after", str(error.retry_after))])
             return
         except BodyTooLarge:
             await self._send(413, _error("too_large", "a download request has no body"))
@@ -440,6 +516,34 @@ class _Connection(HTTPServerConnection):
             await self.send_response(status, headers, payload)
         except h11.LocalProtocolError:
             return  # the connection is already past answering (h11 says ERROR)
+
+
+_store_logged_at: float | None = None
+
+
+def store_unavailable(exc: PostgreSQLUnavailable) -> HubError:
+    """The answer to a request that found the hub's store away: 503 with Retry-After.
+
+    RFC 9110 §15.6.4 (503) and §10.2.3 (Retry-After, in seconds), in the shape of the
+    fair admission's "busy" (the seconds in the body too, a ``reason``): the box holds
+    its requests back that long and does not take the hub for a cut link. The wait is
+    spread over `STORE_RETRY_AFTER` so that boxes do not all come back at one instant
+    when the promoted replica answers. Nothing of the request was promised stored.
+    """
+    global _store_logged_at
+    now = time.monotonic()  # one clock for every trio run in the process
+    if _store_logged_at is None or now - _store_logged_at >= _STORE_LOG_EVERY:
+        _store_logged_at = now
+        log.warning("hub store unavailable, answering 503: %s", exc)
+    wait = random.randint(*STORE_RETRY_AFTER)  # noqa: S311 - jitter, not a secret
+    return HubError(
+        503, "store_unavailable", "the hub's database is not reachable; try again later",
+        retry_after=wait, detail={"reason": "store", "retry_after": wait},
+    )  # fmt: skip
+
+
+class _BoxLeft(trio.BrokenResourceError):
+    """The box went away while its request waited for its turn (the listener ends quietly)."""
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

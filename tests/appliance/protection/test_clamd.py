@@ -19,6 +19,7 @@ from appliance.protection.clamd import (
     instream_request,
     parse_reply,
     parse_version,
+    split_session_reply,
 )
 
 
@@ -133,3 +134,29 @@ def test_version_garbage_raises_only_the_protocol_error(data: bytes) -> None:
         parse_version(data)
     except ClamdProtocolError:
         pass
+
+
+def test_a_session_reply_carries_the_commands_number() -> None:
+    reader = ReplyReader(session=2)
+    assert reader.receive_data(b"2: stream: Eicar FOUND\0") == Infected("Eicar")
+    assert ReplyReader(session=7).receive_data(b"7: stream: OK\0") == Clean()
+    assert ReplyReader(session=1).receive_data(b"1: INSTREAM size limit exceeded. ERROR\0") == (
+        ScanFailed("INSTREAM size limit exceeded.")
+    )
+
+
+@pytest.mark.parametrize("line", [b"1: stream: OK\0", b"stream: OK\0", b"x: stream: OK\0"])
+def test_a_reply_to_another_command_or_without_a_number_is_refused(line: bytes) -> None:
+    # Command 2's reply must not be taken from a stray answer to command 1.
+    with pytest.raises(ClamdProtocolError):
+        ReplyReader(session=2).receive_data(line)
+
+
+@given(st.binary(max_size=200))
+def test_any_session_line_splits_or_is_a_protocol_error(line: bytes) -> None:
+    try:
+        number, rest = split_session_reply(line)
+    except ClamdProtocolError:
+        return
+    assert line == str(number).encode() + b": " + rest or line.startswith(b"0")
+    assert number >= 0

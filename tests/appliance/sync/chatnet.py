@@ -26,7 +26,7 @@ from appliance.sync.clock import ManualClock
 from appliance.sync.hub.chat import chat_hub_routes
 from appliance.sync.hub.errors import HubError
 from appliance.sync.status import SyncStatus
-from appliance.sync.transport import JSON, HubRefused, HubUnavailable, Peer
+from appliance.sync.transport import JSON, HubBusy, HubRefused, HubUnavailable, Peer
 
 A = "a.go.th"
 B = "b.go.th"
@@ -46,6 +46,9 @@ class Link:
     #: Call numbers (1-based) whose answer is lost after the hub has acted on them.
     lose: set[int] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
+    #: Set: the hub answers every call "busy, retry after this many seconds" (`HubBusy`).
+    busy: float | None = None
+    busy_calls: int = 0
 
     def __post_init__(self) -> None:
         self.routes = {
@@ -55,6 +58,9 @@ class Link:
     async def __call__(self, path: str, body: JSON) -> JSON:
         if not self.up:
             raise HubUnavailable("link cut")
+        if self.busy is not None:
+            self.busy_calls += 1
+            raise HubBusy(f"{path}: hub busy", self.busy, "waited_too_long")
         self.calls.append(path)
         try:
             answer = await self.routes[path](self.peer, json.loads(json.dumps(body)))

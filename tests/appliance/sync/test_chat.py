@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,45 @@ async def test_service_backs_off_while_cut_and_pushes_at_once_when_woken(net: Ne
     assert status["backlog"] == 0
     await net.sync_b.sync_once()
     assert [m[0] for m in await hub_history(net, room_id)] == [message, second]
+
+
+async def test_a_busy_hub_is_waited_for_as_it_asked_not_backed_off_or_hammered(net: Net) -> None:
+    room_id = await _shared_room(net)
+    sync = net.sync_a
+    sync.rng = random.Random(5)
+    net.link_a.busy = 30.0
+    message = await post(net, net.a, A1, room_id, "หลังตัดขาดทั้งประเทศ")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sync.serve)
+        await _run_for(net, sync, 29)
+        # One try, then the hub's 30 s: no second call, however the box is nudged.
+        assert net.link_a.busy_calls == 1
+        sync.wake()  # the link monitor: "the link is back"
+        await post(net, net.a, A1, room_id, "อีกข้อความ")  # a local post
+        await _run_for(net, sync, 0)
+        assert net.link_a.busy_calls == 1
+        assert sync.failures == 0  # busy is no failure: the back-off does not grow
+        status = read_sync_status(net.a.config.data_dir)["chat"]
+        assert "hub busy" in status["last_error"]
+        # Retry-After plus at most a quarter (jitter): tried again by 37.5 s.
+        await _run_for(net, sync, 9)
+        assert net.link_a.busy_calls == 2
+        net.link_a.busy = None
+        await _run_for(net, sync, 40)
+        assert await net.a.chat.sync_backlog() == 0
+        nursery.cancel_scope.cancel()
+    assert sync.failures == 0
+    assert read_sync_status(net.a.config.data_dir)["chat"]["last_error"] is None
+    await net.sync_b.sync_once()
+    assert message in [m[0] for m in await hub_history(net, room_id)]
+
+
+async def test_a_file_asked_for_while_the_hub_is_busy_says_when_to_try_again(net: Net) -> None:
+    net.link_a.busy = 12.0
+    with pytest.raises(ChatError) as busy:
+        await net.sync_a.fetch_file("box:1")
+    assert (busy.value.status, busy.value.code) == (503, "hub_busy")
+    assert "12 s" in busy.value.message_en
 
 
 # --- the property: any interleaving converges ----------------------------------------------

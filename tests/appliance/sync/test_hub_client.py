@@ -12,12 +12,14 @@ import h11
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from appliance.provisioning.enrol import enroll
 from appliance.sync import hub_client
 from appliance.sync.hub.server import HubLimits
 from appliance.sync.hub_client import HubClient
-from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute
+from appliance.sync.transport import HubBusy, HubRefused, HubUnavailable, Peer, SyncRoute
 from tests.appliance.sync.hub.hubfixture import new_edge, running_hub
 from tests.faults.proxy import FaultProxy
 from tests.harness import free_port_offset
@@ -198,3 +200,38 @@ def test_only_sync_paths_are_called(tmp_path: Path) -> None:
     client = HubClient(tmp_path, "https://127.0.0.1:1")
     with pytest.raises(ValueError, match="sync route"):
         trio.run(client, "/admin", {})
+
+
+def test_retry_after_is_read_as_seconds_and_bounded() -> None:
+    # RFC 9110 §10.2.3: delay-seconds; an HTTP-date (wall clocks that may disagree) or
+    # garbage is not a delay, and the body's retry_after is used instead.
+    assert hub_client.retry_after_seconds("12") == 12.0
+    assert hub_client.retry_after_seconds(" 7 ") == 7.0
+    for text in (None, "", "-3", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT", "9" * 12, "١٢"):
+        assert hub_client.retry_after_seconds(text) is None
+    body = json.dumps({"error": {"code": "hub_busy", "reason": "queue_full", "retry_after": 9}})
+    with pytest.raises(HubBusy) as busy:
+        hub_client._interpret("/sync/v1/ping", 503, body.encode(), "4")
+    assert (busy.value.retry_after, busy.value.reason) == (4.0, "queue_full")
+    with pytest.raises(HubBusy) as busy:
+        hub_client._interpret("/sync/v1/ping", 503, body.encode(), None)
+    assert busy.value.retry_after == 9.0
+    with pytest.raises(HubBusy) as busy:
+        hub_client._interpret("/sync/v1/ping", 503, b"{}", "99999999")
+    assert busy.value.retry_after == hub_client.MAX_RETRY_AFTER
+    # A 503 that says nothing of when is the plain "unavailable" it always was.
+    with pytest.raises(HubUnavailable) as plain:
+        hub_client._interpret("/sync/v1/ping", 503, b"{}", None)
+    assert not isinstance(plain.value, HubBusy)
+
+
+@given(st.text(max_size=40), st.binary(max_size=200))
+def test_any_retry_after_and_503_body_is_busy_or_unavailable(header: str, raw: bytes) -> None:
+    # Whatever a hub (or something in its place) sends, the box gets one of its two
+    # "try again" errors, with a wait that is a number of seconds within the bound.
+    seconds = hub_client.retry_after_seconds(header)
+    assert seconds is None or seconds >= 0
+    with pytest.raises(HubUnavailable) as told:
+        hub_client._interpret("/sync/v1/chat/push", 503, raw, header)
+    if isinstance(told.value, HubBusy):
+        assert 0 <= told.value.retry_after <= hub_client.MAX_RETRY_AFTER

@@ -38,6 +38,7 @@ from appliance.sync.link import (
     LinkState,
     read_link_state,
 )
+from appliance.sync.liveness import LinkWatch
 from appliance.sync.status import SyncStatus
 from appliance.sync.uplink import link_report
 from tests.faults import FaultProxy
@@ -163,6 +164,39 @@ async def test_gin_goes_down_after_two_failures_and_up_after_one_success(
     stopped = read_link_state(box.config.data_dir)
     assert stopped is not None
     assert stopped.gin.state is LinkState.UNKNOWN
+
+
+async def test_a_hub_that_said_busy_is_not_taken_for_a_cut_link(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # Issue 22: after a national cut the hub sheds load (503 + Retry-After). Probes it
+    # is too busy to answer within that Retry-After are not counted: no "GIN down", no
+    # cut of the waits; once the Retry-After is over, failures count again.
+    centre = await start_centre(nursery, tmp_path / "centre")
+    clock = ManualClock(START)
+    async with FaultProxy(centre) as proxy:
+        hub = f"https://127.0.0.1:{proxy.port}"
+        async with edge_box(tmp_path, tmp_path / "centre", hub_url=hub) as box:
+            watch = LinkWatch()
+            monitor = LinkMonitor(
+                box.config, SyncStatus(box.config.data_dir, clock), clock, watch=watch,
+                recovery_interval=INTERVAL,
+            )  # fmt: skip
+            async with running(monitor):
+                with trio.fail_after(30):
+                    await monitor.wait_for_probes("gin", 1)
+                assert monitor.state.gin.state is LinkState.UP
+                watch.hub_busy(600)  # a replicator was told "busy, come back in 600 s"
+                proxy.cut()
+                for probe in (2, 3, 4):
+                    await tick(clock, monitor, probe)
+                    assert monitor.state.gin.state is LinkState.UP
+                assert written(box)["gin"]["state"] == "up"
+                assert watch.returns == 0  # nothing counted as trouble, nothing cut
+                watch.busy_until = trio.current_time()  # its Retry-After is over
+                await tick(clock, monitor, 5)
+                await tick(clock, monitor, 6)
+                assert monitor.state.gin.state is LinkState.DOWN
 
 
 async def test_a_black_hole_is_down_although_tcp_connects(

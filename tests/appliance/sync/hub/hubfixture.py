@@ -15,6 +15,7 @@ from appliance.box import Box, init_box, open_box
 from appliance.config import load_config
 from appliance.sync.clock import ManualClock
 from appliance.sync.hub.ca import fingerprint
+from appliance.sync.hub.fair_queue import AdmissionPolicy
 from appliance.sync.hub.routes import hub_sync_routes
 from appliance.sync.hub.server import HubLimits, HubSyncService
 from appliance.sync.transport import SyncRoute
@@ -49,6 +50,7 @@ async def running_hub(
     extra_routes: Sequence[SyncRoute] = (),
     limits: HubLimits | None = None,
     hub_database: str = "",
+    admission: AdmissionPolicy | None = None,
 ) -> AsyncIterator[Hub]:
     """Make and start a hub under *root*/hub on free ports; stop it after the block.
 
@@ -70,7 +72,7 @@ async def running_hub(
         service = HubSyncService(
             routes, config=box.config, hostname=box.hostname, directory=box.directory,
             mailstore=box.mailstore, clock=clock, limits=limits,
-            downloads=channel_downloads(box.config.data_dir),
+            downloads=channel_downloads(box.config.data_dir), admission=admission,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(service.serve)

@@ -18,13 +18,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.box import read_identity
 from appliance.provisioning.enrol import EnrolError, enroll
+from appliance.store.postgres import PostgreSQLUnavailable
 from appliance.sync.central import central_client_context, load_credentials
 from appliance.sync.hub import server as hub_server
 from appliance.sync.hub.ca import ensure_sync_ca, issue_box_certificate
 from appliance.sync.hub.enrolment import EnrolmentToken
 from appliance.sync.hub.errors import HubError
 from appliance.sync.hub_client import HubClient
-from appliance.sync.transport import HubRefused, HubUnavailable, Peer, SyncRoute
+from appliance.sync.transport import (
+    HubBusy,
+    HubRefused,
+    HubUnavailable,
+    Peer,
+    SyncDownload,
+    SyncRoute,
+)
 from tests.appliance.sync.hub.hubfixture import Hub, new_edge, running_hub
 
 PING = "/sync/v1/ping"
@@ -438,3 +446,68 @@ async def test_a_fault_outside_any_handler_ends_only_that_connection(
             assert await _ping(edge, hub.url)
         finally:
             await client.aclose()
+
+
+async def test_a_store_away_is_answered_503_with_retry_after(tmp_path: Path) -> None:
+    """The hub's PostgreSQL gone (restart, failover): 503 + Retry-After, the box retries."""
+
+    async def store_away(peer: Peer, body: object) -> object:
+        raise PostgreSQLUnavailable("postgresql://hub@db1,db2/hub: connection refused")
+
+    routes = [SyncRoute("/sync/v1/t/store", store_away)]
+    async with running_hub(tmp_path, extra_routes=routes) as hub:
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        json_type = [("content-type", "application/json")]
+        status, headers, raw = await _exchange(hub, edge, "/sync/v1/t/store", b"{}", json_type)
+        assert status == 503
+        # RFC 9110 §10.2.3: delay-seconds, spread over the range; the body says the same.
+        low, high = hub_server.STORE_RETRY_AFTER
+        wait = int(headers["retry-after"])
+        assert low <= wait <= high
+        error = json.loads(raw)["error"]
+        assert (error["code"], error["reason"], error["retry_after"]) == (
+            "store_unavailable", "store", wait)  # fmt: skip
+        assert "db1" not in raw.decode()  # the server's name stays in the hub's log
+        client = HubClient(edge / "keys", hub.url, timeout=10)
+        try:
+            # The box's reading: the hub is there, its store is not; nothing was
+            # promised, and the box holds its requests back as long as it was told.
+            with pytest.raises(HubBusy, match="store_unavailable") as busy:
+                await client("/sync/v1/t/store", {})
+            assert low <= busy.value.retry_after <= high
+            assert client.watch.busy_for() > 0
+        finally:
+            await client.aclose()
+
+
+async def test_a_download_that_finds_the_store_away_is_answered_503(tmp_path: Path) -> None:
+    def locate(peer: Peer, name: str) -> Path | None:
+        raise PostgreSQLUnavailable("postgresql://hub@db1,db2/hub: connection refused")
+
+    async with running_hub(tmp_path) as hub:
+        hub.service.downloads = (SyncDownload("/sync/v1/t/files/", locate),)
+        edge = await new_edge(tmp_path, "moe.go.th")
+        await enroll(edge, hub.url, await hub.token("moe.go.th"))
+        context = central_client_context(edge / "keys")
+        port = int(hub.url.rpartition(":")[2])
+        stream = trio.SSLStream(
+            await trio.open_tcp_stream("127.0.0.1", port), context, server_hostname="127.0.0.1"
+        )
+        conn = h11.Connection(h11.CLIENT)
+        request = h11.Request(method="GET", target="/sync/v1/t/files/b.raucb",
+                              headers=[("host", "h")])  # fmt: skip
+        try:
+            with trio.fail_after(10):
+                await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                event: object = h11.NEED_DATA
+                while not isinstance(event, h11.Response):
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(bytes(await stream.receive_some(65536)))
+        finally:
+            await trio.aclose_forcefully(stream)
+        assert isinstance(event, h11.Response)
+        assert event.status_code == 503
+        low, high = hub_server.STORE_RETRY_AFTER
+        assert low <= int(dict(event.headers)[b"retry-after"]) <= high
