@@ -941,6 +941,7 @@ class Hub:
             self.data, offset=self.offset, env=env, extra=["--role", "hub", "--bind", "127.0.0.1"]
         )
         self.workers: list[subprocess.Popen[str]] = []
+        self.readers: list[threading.Thread] = []
         for number in range(2, workers + 1):
             proc = subprocess.Popen(
                 [
@@ -962,7 +963,7 @@ class Hub:
                 env={**os.environ, **env, "EDGEBOX_ROLE": "hub"},
             )
             self.workers.append(proc)
-            _wait_ready(proc)
+            self.readers.append(_wait_ready(proc))
         self.port = self.main.port("hub-sync")
 
     def pids(self) -> list[int]:
@@ -988,10 +989,17 @@ class Hub:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
+        for reader in self.readers:  # each ends at its worker's end of output
+            reader.join(10)
+        for proc in self.workers:
+            if proc.stdout is not None:
+                proc.stdout.close()
         self.main.stop(timeout=60)
 
 
-def _wait_ready(proc: subprocess.Popen[str]) -> None:
+def _wait_ready(proc: subprocess.Popen[str]) -> threading.Thread:
+    """Wait until a hub worker says ``ready``; return the thread reading its output."""
     ready = threading.Event()
     lines: list[str] = []
 
@@ -1003,10 +1011,12 @@ def _wait_ready(proc: subprocess.Popen[str]) -> None:
                 ready.set()
         ready.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     if not ready.wait(180) or proc.poll() is not None:
         proc.kill()
         raise RuntimeError("hub worker did not start:\n" + "".join(lines))
+    return reader
 
 
 def _tree_cpu(pids: list[int]) -> float:
