@@ -168,6 +168,10 @@ class Config:
     backup_offsite_rate: int = 256 * 1024
     #: On a hub: how many backup sets to keep per box (the newest).
     backup_hub_keep: int = 14
+    #: On a hub: the most bytes of one box's backups it keeps (0: no limit). Beyond it the
+    #: oldest sets go, never the last good one; a box still over it is refused its next
+    #: upload, saying so (docs/backup.md).
+    backup_hub_quota: int = 0
 
     # --- found on the LAN (appliance.discovery; docs/provisioning.md) -----------------
     #: Announce the box over mDNS / DNS-SD. Off in development and tests; the box's

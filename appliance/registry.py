@@ -56,6 +56,7 @@ from appliance.health.readings import PsutilReadings
 from appliance.mail.autoconfig_pages import autoconfig_routes
 from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
+from appliance.mail.smtp.budget import MessageBudget
 from appliance.mail.smtp.policy import Port
 from appliance.mail.smtp.server import SMTPService
 from appliance.mail.webmail.compose_pages import compose_routes
@@ -98,7 +99,7 @@ from appliance.sync.renewal import CertificateRenewal, finish_renewal
 from appliance.sync.share import LinkShare, SharedHubCall
 from appliance.sync.status import SyncStatus
 from appliance.update.channel import channel_downloads, channel_routes
-from appliance.update.follow import ChannelFollower, reboot_command
+from appliance.update.follow import ChannelFollower, InstallNowBell, reboot_command
 from appliance.update.installer import UpdateInstaller
 from appliance.update.rauc import RaucCommand
 from appliance.update.report import UpdateReporter, update_report_routes
@@ -189,17 +190,21 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
             refusing=lambda: box.disk_guard.refusing,
         )
     )
+    # One budget for all three SMTP ports: it bounds the box's memory, not a port's.
+    budget = MessageBudget()
+    # The console's Install now wakes the update channel's follower through this.
+    install_now = InstallNowBell()
     services: list[Service] = [
-        *(smtp_service(box, port) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)),
+        *(smtp_service(box, port, budget) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)),
         imap_service(box, "imap"),
         imap_service(box, "imaps"),
-        https_service(box, lifecycle),
+        https_service(box, lifecycle, install_now),
         SearchIndexer(box.mailstore, box.disk_guard.room_for_background),
         TrafficLogRetention(box.traffic),
         SecretSweeper(box.chat),
         SessionExpiry(box.sessions),
         TLSRenewal(config.data_dir / "keys", box.tls_names, [box.identity.domain]),
-        *uplink_services(box),
+        *uplink_services(box, install_now=install_now),
         health,
         MetricsService(config, box.metrics),
     ]
@@ -219,13 +224,14 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
     return Provisioned(services, health, view)
 
 
-def smtp_service(box: Box, port: Port) -> SMTPService:
-    """The SMTP listener of *port* (MX, submission or submissions)."""
+def smtp_service(box: Box, port: Port, budget: MessageBudget | None = None) -> SMTPService:
+    """The SMTP listener of *port* (MX, submission or submissions), sharing *budget*."""
     return SMTPService(
         port, config=box.config, hostname=box.hostname, tls=box.tls, directory=box.directory,
         mailstore=box.mailstore, delivery=box.delivery, signin=box.signin, traffic=box.traffic,
         disk_guard=box.disk_guard, metrics=box.metrics, protection=box.protection,
         authenticate=InboundAuthenticator(box.hostname) if port is Port.MX else None,
+        budget=budget,
     )  # fmt: skip
 
 
@@ -244,12 +250,17 @@ class _WebSettings:
     config: Config
 
 
-def https_service(box: Box, lifecycle: Lifecycle | None = None) -> HTTPSService:
+def https_service(
+    box: Box, lifecycle: Lifecycle | None = None, install_now: InstallNowBell | None = None
+) -> HTTPSService:
     """The HTTPS listener of a provisioned box, serving `web_routes`."""
-    return HTTPSService(_WebSettings(box.config), web_routes(box, lifecycle), sessions=box.sessions)
+    routes = web_routes(box, lifecycle, install_now)
+    return HTTPSService(_WebSettings(box.config), routes, sessions=box.sessions)
 
 
-def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
+def uplink_services(
+    box: Box, clock: Clock | None = None, *, install_now: InstallNowBell | None = None
+) -> list[Service]:
     """Return the uplink services of the box's role (none of them binds a LAN port).
 
     - **hub**: the mutual-TLS sync API (`HubSyncService`) serving every stream's hub
@@ -279,7 +290,7 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             # The update channel's offers; its bundles are downloads.
             *channel_routes(config.data_dir),
             # Each box's offsite backup sets and its escrowed backup key.
-            *backup_hub_routes(config.data_dir, config.backup_hub_keep),
+            *backup_hub_routes(config.data_dir, config.backup_hub_keep, config.backup_hub_quota),
         ]
         hub = HubSyncService(
             routes, config=config, hostname=box.hostname, directory=box.directory,
@@ -357,6 +368,8 @@ def uplink_services(box: Box, clock: Clock | None = None) -> list[Service]:
             interval=config.sync_interval, on_outcome=reporter.wake,
         )  # fmt: skip
         monitor.on_up(follower.wake)
+        if install_now is not None:
+            install_now.listen(follower.wake)
         services.append(follower)
         if box.protection is not None:
             # Newer ClamAV databases and rspamd rules from the hub's mirror, over GIN.
@@ -420,12 +433,15 @@ def session_api(box: Box) -> SessionApi:
     return SessionApi(box.sessions, box.signin, box.traffic, box.chat.join_audiences)
 
 
-def web_routes(box: Box, lifecycle: Lifecycle | None = None) -> list[Route | StreamRoute]:
+def web_routes(
+    box: Box, lifecycle: Lifecycle | None = None, install_now: InstallNowBell | None = None
+) -> list[Route | StreamRoute]:
     """Return every route of the HTTPS port of a provisioned box.
 
     *lifecycle* is the running box's state (appliance.provisioning.lifecycle): the admin
     console's factory reset asks it to reset; without one (tests that serve the routes
-    in-process) that page says the reset is not available.
+    in-process) that page says the reset is not available. *install_now* is rung by
+    the console's Install now (the update channel's follower listens).
     """
     sessions = session_api(box)
     kit = page_kit(box)
@@ -457,20 +473,25 @@ def web_routes(box: Box, lifecycle: Lifecycle | None = None) -> list[Route | Str
             identity=box.identity,
             hostname=box.hostname,
         ),
-        *admin_console(box, kit, lifecycle),
+        *admin_console(box, kit, lifecycle, install_now),
         # The setup path's pages answer "already set up" on a provisioned box.
         *provisioned_setup_routes(),
     ]
     return [*api, *pages]
 
 
-def admin_console(box: Box, kit: PageKit, lifecycle: Lifecycle | None = None) -> list[Route]:
+def admin_console(
+    box: Box,
+    kit: PageKit,
+    lifecycle: Lifecycle | None = None,
+    install_now: InstallNowBell | None = None,
+) -> list[Route]:
     """The admin console's pages: they read and change most of the box."""
     return admin_routes(
         kit, config=box.config, identity=box.identity, directory=box.directory,
         mailstore=box.mailstore, sessions=box.sessions, signin=box.signin, guard=box.guard,
         traffic=box.traffic, status_file=box.status_file, lifecycle=lifecycle,
-        rauc=update_rauc(box.config),
+        rauc=update_rauc(box.config), install_now_bell=install_now,
     )  # fmt: skip
 
 

@@ -227,6 +227,27 @@ def ensure_binfmt(arch: str) -> None:
         subprocess.run(["update-binfmts", "--enable", name], check=True)
 
 
+def _rspamd_includes(out: Path, folder: str | None = None) -> None:
+    """One /etc/rspamd/local.d/<module>.conf per module a signature set may change: an
+    include of the same name from the data partition (or *folder*), where edgebox
+    installs the set's rspamd files (the root is read-only; docs/protection.md "On the
+    image")."""
+    listed = subprocess.run(
+        [sys.executable, "-c", "from appliance.protection.signatures.sync import "
+         "RSPAMD_SET_MODULES, SYSTEM_RSPAMD_LOCAL as d; print(d, *RSPAMD_SET_MODULES)"],
+        check=True, capture_output=True, text=True, cwd=REPO,
+    ).stdout.split()  # fmt: skip
+    folder, modules = folder or listed[0], listed[1:]
+    out.mkdir(parents=True, exist_ok=True)
+    for module in modules:
+        # rspamd merges local.d/<module>.conf into the module's section; an include
+        # inside it lands in the same place. try=true: no set installed yet is fine.
+        (out / f"{module}.conf").write_text(
+            f"# edgebox: a signature set's {module}.conf, on the data partition\n"
+            f'.include(try=true,priority=1,duplicate=merge) "{folder}/{module}.conf"\n'
+        )
+
+
 def _box_hooks(keyring: Path | None, arch: str) -> list[str]:
     """The box's own files: units and their drop-ins, udev rules, RAUC's config and
     keyring, firmware, the network, clamd's and rspamd's settings, and a read-only root
@@ -241,6 +262,7 @@ def _box_hooks(keyring: Path | None, arch: str) -> list[str]:
     units = " ".join(
         f"{HERE}/systemd/{p.name}" for p in sorted((HERE / "systemd").iterdir())
     )
+    _rspamd_includes(staging / "rspamd")
     return [
         f"--customize-hook=install -D -m 0644 {staging}/system.conf \"$1/etc/rauc/system.conf\"",
         # fstab, edgebox.env, the default network, journald: image_build/etc as it is.
@@ -254,6 +276,7 @@ def _box_hooks(keyring: Path | None, arch: str) -> list[str]:
         f"--customize-hook=install -D -m 0644 -t \"$1/usr/share/edgebox/repart.d\" "
         f"{HERE}/repart.d/*.conf",
         f"--customize-hook=install -D -m 0644 -t \"$1/etc/rspamd/local.d\" {HERE}/rspamd/*.inc",
+        f"--customize-hook=install -m 0644 -t \"$1/etc/rspamd/local.d\" {staging}/rspamd/*.conf",
         # clamd and freshclam log to the journal, not to files (Debian's conf writes
         # /var/log/clamav, which is in memory here anyway).
         "--customize-hook=sed -i -e '/^LogSyslog /d' -e 's/^LogFile .*/LogSyslog true/' "
@@ -267,7 +290,7 @@ def _box_hooks(keyring: Path | None, arch: str) -> list[str]:
         "--customize-hook=chroot \"$1\" systemctl enable edgebox.service "
         "edgebox-update-confirm.service edgebox-system-files.service edgebox-system-files.path "
         "edgebox-grow-data.service systemd-networkd.service systemd-resolved.service "
-        "rspamd.service clamav-daemon.service clamav-freshclam.service",
+        "rspamd.service edgebox-rspamd-reload.path clamav-daemon.service clamav-freshclam.service",
         # Nothing waits for the uplink (edgebox.service says why).
         "--customize-hook=chroot \"$1\" systemctl disable systemd-networkd-wait-online.service",
         f"--customize-hook=mkdir -p \"$1/usr/share/edgebox\" && "

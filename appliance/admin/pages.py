@@ -61,7 +61,7 @@ from appliance.security.guard import AuthGuard
 from appliance.security.keys import KeyMaterialError
 from appliance.security.passwords import MAX_PASSWORD_CHARS
 from appliance.sync.uplink import read_uplink
-from appliance.update.follow import request_install_now
+from appliance.update.follow import InstallNowBell, request_install_now
 from appliance.update.rauc import Rauc
 from appliance.update.summary import update_summary
 from appliance.web.i18n import service_label
@@ -103,8 +103,8 @@ SAVED: Final = {
                         "Address unlocked: sign-ins from it are checked again"),
     "account-unlocked": ("ล้างการเข้าสู่ระบบผิดของบัญชีนี้แล้ว",
                          "The account's failed sign-ins are forgotten"),
-    "install-now": ("รับคำขอแล้ว เครื่องจะดาวน์โหลดและติดตั้งภายในหนึ่งนาที แล้วเริ่มเครื่องใหม่",
-                    "Asked: the box fetches and installs it within a minute, then reboots"),
+    "install-now": ("รับคำขอแล้ว เครื่องเริ่มดาวน์โหลดและติดตั้งทันที แล้วจะเริ่มเครื่องใหม่",
+                    "Asked: the box fetches and installs it now, then reboots"),
 }  # fmt: skip
 
 Change = Callable[[AdminScope, User, Form], Awaitable[str]]
@@ -124,12 +124,14 @@ def admin_routes(
     status_file: Path,
     lifecycle: Lifecycle | None = None,
     rauc: Rauc | None = None,
+    install_now_bell: InstallNowBell | None = None,
 ) -> list[Route]:
     """Return the routes of the admin console (all under ``/admin``, pages only).
 
     The console reads and changes most of the box, and is handed each part it uses;
     *lifecycle* (the running box's state) is what its factory reset asks, *rauc* what
-    the updates page asks for the running slot.
+    the updates page asks for the running slot, *install_now_bell* what wakes the
+    update channel's follower when an admin presses Install now.
     """
     console = AdminConsole(
         config=config, directory=directory, mailstore=mailstore, guard=guard,
@@ -138,7 +140,7 @@ def admin_routes(
     return AdminPages(
         kit, console, config=config, identity=identity, directory=directory,
         mailstore=mailstore, sessions=sessions, signin=signin, guard=guard,
-        lifecycle=lifecycle, rauc=rauc,
+        lifecycle=lifecycle, rauc=rauc, install_now_bell=install_now_bell,
     ).routes() + ProtectionPages(
         kit, console, config=config, directory=directory, traffic=traffic
     ).routes()  # fmt: skip
@@ -189,9 +191,11 @@ class AdminPages:
         guard: AuthGuard,
         lifecycle: Lifecycle | None = None,
         rauc: Rauc | None = None,
+        install_now_bell: InstallNowBell | None = None,
     ) -> None:
         self.kit = kit
         self.rauc = rauc
+        self.install_now_bell = install_now_bell
         self.console = console
         self.config = config
         self.identity = identity
@@ -658,7 +662,7 @@ class AdminPages:
         )  # fmt: skip
 
     async def install_now(self, request: Request) -> Response:
-        """The admin's "install now": the channel's follower installs at its next look."""
+        """The admin's "install now": written down, then the channel's follower woken."""
         scope = await self._box_admin(request, "install system updates",
                                       "ติดตั้งการปรับรุ่นระบบ")  # fmt: skip
         summary = await trio.to_thread.run_sync(
@@ -676,6 +680,8 @@ class AdminPages:
         await trio.to_thread.run_sync(
             request_install_now, self.config.data_dir, scope.admin.address, time.time()
         )
+        if self.install_now_bell is not None:
+            self.install_now_bell.ring()  # the follower acts now, not at its next look
         await self.console.record(scope, "update-install-now", None, f"release {version}",
                                   request.client_ip)  # fmt: skip
         log.warning("install-now of %s by %s ip=%s", version, scope.admin.address,

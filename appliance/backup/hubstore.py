@@ -17,6 +17,12 @@ HUB/backups/<box_id>``), and a copied folder is an ordinary backup target. Added
 - ``escrow.json``: the box's backup keys wrapped to the hub's escrow key
   (`appliance.backup.escrow`).
 
+Retention: the newest ``backup_hub_keep`` sets per box (`prune`), and at most
+``backup_hub_quota`` bytes per box (`prune_to_quota`): beyond it the oldest sets go,
+never the newest complete one (the last good backup). A box still over its quota with
+only that set left is refused its next upload (``over_quota``), saying so; the set in
+flight when the quota was reached is finished, so a box may overshoot by one set.
+
 The hub never decrypts anything here. Every name comes from the caller's certificate
 (the box id) or is checked against a strict pattern, so no request reaches outside its
 box's folder.
@@ -128,8 +134,11 @@ def object_path(folder: Path, set_name: str, name: object, *, partial: bool) -> 
     return base / pure
 
 
-def begin(folder: Path, set_name: str) -> dict[str, Any]:
+def begin(folder: Path, set_name: str, quota: int = 0) -> dict[str, Any]:
     """Open (or reopen) the upload of *set_name*; return what the hub already holds.
+
+    With a *quota* (bytes; 0 = none), older sets are pruned to make room first; a box
+    still over it is refused (`BackupRefused` ``over_quota``).
 
     Another set's unfinished upload is removed: a box uploads one set at a time, and a
     set it abandoned will not be finished. The set's own partial folder is kept, so a
@@ -139,6 +148,16 @@ def begin(folder: Path, set_name: str) -> dict[str, Any]:
     if (folder / set_name).is_dir():
         raise BackupRefused("set_exists", f"set {set_name} exists already; name the new one anew")
     folder.mkdir(parents=True, exist_ok=True)
+    if quota > 0:
+        prune_to_quota(folder, quota)
+        held = usage(folder)
+        if held > quota:
+            raise BackupRefused(
+                "over_quota",
+                f"the hub holds {held / 2**20:.1f} MiB of this box's backups, over its quota of "
+                f"{quota / 2**20:.1f} MiB even with only the last good set kept; the hub's "
+                "operator must raise backup_hub_quota",
+            )
     for other in folder.glob(f"{PARTIAL_PREFIX}*"):
         if other.name != f"{PARTIAL_PREFIX}{set_name}":
             shutil.rmtree(other, ignore_errors=True)
@@ -240,6 +259,7 @@ def commit(
     blobs: list[str],
     files: list[str],
     keep: int,
+    quota: int = 0,
 ) -> list[str]:
     """Finish set *set_name*: check it is whole, publish it, apply retention; return removed.
 
@@ -274,7 +294,29 @@ def commit(
     # Uploads begun and never finished (a blob freed mid-way): the box starts its next
     # set with an empty spool, so none of them would be resumed.
     shutil.rmtree(folder / INCOMING, ignore_errors=True)
-    return prune(folder, keep)
+    return prune(folder, keep) + prune_to_quota(folder, quota)
+
+
+def usage(folder: Path) -> int:
+    """Bytes the hub holds for the box: its sets, blobs and uploads in flight."""
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def prune_to_quota(folder: Path, quota: int) -> list[str]:
+    """Delete the box's oldest sets while it holds more than *quota* bytes (0 = no
+    quota), never its newest complete set; return the names removed."""
+    removed: list[str] = []
+    while quota > 0 and usage(folder) > quota:
+        sets = complete_backups(folder)
+        if len(sets) <= 1:
+            break  # the last good backup stays, whatever its size
+        gone = prune(folder, len(sets) - 1)
+        if not gone:
+            break  # a kept set without its blob list: `prune` sweeps nothing
+        removed += gone
+    return removed
 
 
 def prune(folder: Path, keep: int) -> list[str]:

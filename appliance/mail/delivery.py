@@ -85,15 +85,26 @@ class Delivery:
         self.mailstore = mailstore
         self.hostname = hostname
 
-    async def deliver(self, envelope: Envelope, content: bytes, *, folder: str = "INBOX") -> str:
+    async def deliver(
+        self,
+        envelope: Envelope,
+        content: bytes,
+        *,
+        folder: str = "INBOX",
+        on_top: Sequence[bytes] = (),
+    ) -> str:
         """Store *content* for every recipient; return the queue id once fsynced.
 
         Local copies go into the mailbox *folder* ("Junk": spam below the reject score).
+        *on_top* are header fields the receiving side adds (Authentication-Results,
+        the scan's), topmost first, CRLF-terminated; they go below our Received field.
 
         Raises `QuotaExceeded` (nothing stored) if a local mailbox has no room.
         """
         queue_id = new_queue_id()
-        message = self.received_field(envelope, queue_id) + content
+        # The stored form is built once, in one join: a field added with `+` each
+        # would copy a large message once per field (docs/BENCHMARKS.md, issue 21).
+        message = b"".join((self.received_field(envelope, queue_id), *on_top, content))
         fields = headers.parse_headers(message)
         local: list[LocalCopy] = []
         outbound: list[OutboundCopy] = []
@@ -132,7 +143,7 @@ class Delivery:
                 ret=envelope.ret,
                 envid=envelope.envid,
                 internal_date=int(time.time()),
-                resend_key=self.resend_key(message_id, content),
+                resend_key=self.resend_key(message_id, message),
             ),
             local,
             outbound,
@@ -152,7 +163,8 @@ class Delivery:
         """
         if message_id is None:
             return None
-        body = hashlib.sha256(headers.without_trace(content)).hexdigest()
+        # Hashed in place: a slice of a large message would be another copy of it.
+        body = hashlib.sha256(memoryview(content)[headers.trace_end(content) :]).hexdigest()
         digest = self.mailstore.blobs.digest
         return lambda recipient: digest(
             b"\0".join((message_id.encode(), body.encode(), recipient.lower().encode()))

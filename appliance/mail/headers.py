@@ -73,6 +73,11 @@ def without_trace(content: bytes) -> bytes:
     Only the leading run is removed, continuation lines included: a trace field
     further down belongs to the message as its author sent it.
     """
+    return content[trace_end(content) :]
+
+
+def trace_end(content: bytes) -> int:
+    """Return where the trace fields on top of *content* end (see `without_trace`)."""
     start = 0
     in_trace = False
     while start < len(content):
@@ -88,7 +93,7 @@ def without_trace(content: bytes) -> bytes:
             if not in_trace:
                 break
         start = end
-    return content[start:]
+    return start
 
 
 def first_value(fields: list[tuple[str, str]], name: str) -> str | None:

@@ -202,6 +202,12 @@ BODY_WAIT_SECONDS = 5.0
 #: only while the message is in its queue, which gives up after 14 days by default.
 RESEND_WINDOW_SECONDS = 16 * 86400
 
+#: Message bytes the search index reads and parses for one index transaction (besides
+#: the count the indexer batches by). Without it a batch of 200 queued 1 MiB messages
+#: held 200 MiB of bodies and as much extracted text at once: the 344-412 MB peaks of
+#: `bench_smtp --mode large` (docs/BENCHMARKS.md, issue 21), against a 256 MB bound.
+INDEX_BATCH_BYTES = 8 * 1024 * 1024
+
 
 class BlobVanished(Exception):
     """The blob file a new row would name was deleted meanwhile; write it again."""
@@ -455,14 +461,14 @@ class Mailstore:
         if self.search is None or not keys:
             return
         rows = await self.db.read(partial(_blobs_of, keys=keys))
-        items = []
+        batch = _IndexBatch(self.search)
         for (mailbox_id, uid), blob_id in rows.items():
             try:
                 content = await trio.to_thread.run_sync(self.blobs.get, blob_id)
             except (BlobMissing, BlobCorrupt):
                 continue  # expunged and freed since it was queued
-            items.append((mailbox_id, uid, content))
-        await self.search.add_many(items)
+            await batch.add(mailbox_id, uid, content)
+        await batch.flush()
 
     async def update_index(self, action: Callable[[SearchIndex], Awaitable[object]]) -> None:
         """Apply *action* to the search index if there is one, logging failures."""
@@ -493,13 +499,11 @@ class Mailstore:
             if extra:
                 await search.remove(mailbox_id, extra)
             missing = sorted(rows.keys() - indexed)
-            for start in range(0, len(missing), 200):
-                batch = []
-                for uid in missing[start : start + 200]:
-                    content = await trio.to_thread.run_sync(self.blobs.get, rows[uid])
-                    batch.append((mailbox_id, uid, content))
-                await search.add_many(batch)
-                added += len(batch)
+            batch = _IndexBatch(search)
+            for uid in missing:
+                content = await trio.to_thread.run_sync(self.blobs.get, rows[uid])
+                await batch.add(mailbox_id, uid, content)
+            added += await batch.flush()
         return added
 
     async def usage(self, owner: str) -> int:
@@ -975,6 +979,33 @@ def _insert_local(
 
 
 #: Every StoredMessage column, in field order; callers add WHERE and ORDER BY.
+class _IndexBatch:
+    """Messages for the search index, handed on by the transaction's count or bytes."""
+
+    #: Messages per index transaction (as the indexer's batches).
+    COUNT = 200
+
+    def __init__(self, search: SearchIndex) -> None:
+        self.search = search
+        self.items: list[tuple[int, int, bytes]] = []
+        self.held = 0
+        self.added = 0
+
+    async def add(self, mailbox_id: int, uid: int, content: bytes) -> None:
+        self.items.append((mailbox_id, uid, content))
+        self.held += len(content)
+        if len(self.items) >= self.COUNT or self.held >= INDEX_BATCH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Index what is held in one transaction; return how many since the start."""
+        if self.items:
+            items, self.items, self.held = self.items, [], 0
+            await self.search.add_many(items)
+            self.added += len(items)
+        return self.added
+
+
 SELECT_MESSAGES = (
     "SELECT m.id, b.owner, b.name, m.uid, b.uidvalidity, m.modseq, m.flags,"
     " m.internal_date, m.size, m.blob_id, m.message_id_digest, m.content_hash,"

@@ -119,11 +119,11 @@ class InboundAuthenticator:
         if spf_check is not None:
             parts += [_dmarc_text(v) for v in verdicts] or ["dmarc=none"]
         field_text = f"Authentication-Results: {self.hostname};\r\n\t" + ";\r\n\t".join(parts)
-        stamped = (field_text + "\r\n").encode("utf-8") + dkim.without_our_results(
-            content, self.hostname
-        )
         return MessageCheck(
-            content=stamped,
+            # Kept apart: the MX builds the stored form once, with every field on top
+            # in one join (appliance.mail.delivery), not one copy per field.
+            body=dkim.without_our_results(content, self.hostname),
+            field=(field_text + "\r\n").encode("utf-8"),
             disposition=_disposition(spf_check, verdicts),
             authenticated=frozenset(v.domain for v in verdicts if v.aligned),
             temporary=(spf_check is not None and spf_check.result == "temperror")
@@ -140,8 +140,9 @@ class InboundAuthenticator:
         ]
         checked = self._checked(content, spf_check, [late], verdicts if spf_check else [])
         return MessageCheck(
-            checked.content, Disposition.DELIVER, frozenset(), True, checked.summary
-        )
+            checked.body, Disposition.DELIVER, frozenset(), True, checked.summary,
+            field=checked.field,
+        )  # fmt: skip
 
 
 def from_domains(content: bytes) -> list[str]:

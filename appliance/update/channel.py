@@ -14,6 +14,15 @@ On the hub's data partition::
     update-channel/bundles/<sha256>.raucb     each published bundle, by content
     update-channel/<channel>.json             {"version", "compatible", "size",
                                                "sha256", "published_at"}
+    update-channel/published.json             every publication still held: the
+                                               above plus "channel", oldest first
+
+Garbage collection (`collect_bundles`, after every publish): a bundle file stays while
+it is among the newest *keep* publications of a channel, is what a channel offers now,
+or is the release a box last reported as installed or good (``update-reports/``,
+appliance.update.report) — a box that rolls back or is re-installed from the hub may
+still need it. A bundle the history does not know (published before it was kept) is
+never removed: what cannot be accounted for is not deleted.
 
 Wire format (mutual TLS, like every sync stream)::
 
@@ -36,7 +45,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -44,10 +53,14 @@ from appliance.store.files import fsync_dir, write_atomically
 from appliance.sync.hub.errors import bad_request
 from appliance.sync.transport import JSON, Peer, SyncDownload, SyncRoute
 from appliance.update.download import sha256_of
+from appliance.update.report import REPORTS_DIR, read_reports
 
 OFFER_PATH: Final = "/sync/v1/update/offer"
 BUNDLE_PREFIX: Final = "/sync/v1/update/bundle/"
 CHANNEL_DIR: Final = Path("update-channel")
+HISTORY_FILE: Final = CHANNEL_DIR / "published.json"
+#: Publications kept per channel by default (`collect_bundles`).
+DEFAULT_KEEP: Final = 3
 _CHANNEL: Final = re.compile(r"^[a-z0-9-]{1,32}$")
 _BUNDLE_NAME: Final = re.compile(r"^([0-9a-f]{64})\.raucb$")
 
@@ -102,9 +115,10 @@ def bundle_info(bundle: Path, keyring: Path | None = None) -> tuple[str, str]:
 
 def publish(
     data_dir: Path, bundle: Path, channel: str, *, keyring: Path | None = None,
-    now: float | None = None,
+    now: float | None = None, keep: int = DEFAULT_KEEP,
 ) -> Published:  # fmt: skip
-    """Copy *bundle* into the hub's store and make it what *channel* offers."""
+    """Copy *bundle* into the hub's store and make it what *channel* offers; then remove
+    the bundles nothing needs any more (`collect_bundles`, *keep* per channel)."""
     if not valid_channel(channel):
         raise PublishError(f"bad channel name {channel!r}: a-z, 0-9 and '-' only")
     compatible, version = bundle_info(bundle, keyring)
@@ -126,10 +140,65 @@ def publish(
         fsync_dir(store)
     published = Published(version, compatible, target.stat().st_size, digest,
                           time.time() if now is None else now)  # fmt: skip
+    history = [*read_history(data_dir), {**asdict(published), "channel": channel}]
+    write_atomically(data_dir / HISTORY_FILE, json.dumps(history).encode(), mode=0o644)
     # The channel file last: boxes are offered only a bundle that is whole on disk.
     write_atomically(channel_file(data_dir, channel), json.dumps(asdict(published)).encode(),
                      mode=0o644)  # fmt: skip
+    collect_bundles(data_dir, keep)
     return published
+
+
+def read_history(data_dir: Path) -> list[dict[str, Any]]:
+    """Every publication whose bundle the hub still holds, oldest first."""
+    try:
+        raw = json.loads((data_dir / HISTORY_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
+
+
+def reported_versions(data_dir: Path) -> set[str]:
+    """The release each box last reported as installed or good (what it runs or will)."""
+    found: set[str] = set()
+    folder = data_dir / REPORTS_DIR
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        events = read_reports(data_dir, path.stem)
+        landed = [e for e in events if e.get("event") in ("installed", "good")]
+        if landed:
+            found.add(str(landed[-1].get("version", "")))
+    return found
+
+
+def collect_bundles(data_dir: Path, keep: int = DEFAULT_KEEP) -> list[str]:
+    """Remove the bundle files nothing needs (module docstring); return their SHA-256s."""
+    history = read_history(data_dir)
+    needed: set[str] = set()
+    by_channel: dict[str, list[dict[str, Any]]] = {}
+    for record in history:
+        by_channel.setdefault(str(record.get("channel")), []).append(record)
+    for channel, records in by_channel.items():
+        records.sort(key=lambda r: float(r.get("published_at", 0)))
+        needed.update(str(r.get("sha256")) for r in records[-max(keep, 1) :])
+        offered = read_channel(data_dir, channel)
+        if offered is not None:
+            needed.add(offered.sha256)
+    in_use = reported_versions(data_dir)
+    needed.update(str(r.get("sha256")) for r in history if r.get("version") in in_use)
+    known = {str(r.get("sha256")) for r in history}
+    doomed = known - needed
+    if not doomed:
+        return []
+    # The history first: a crash between the two leaves files it no longer names, which
+    # are then kept for good (unknown) rather than named and missing.
+    kept = [r for r in history if r.get("sha256") not in doomed]
+    write_atomically(data_dir / HISTORY_FILE, json.dumps(kept).encode(), mode=0o644)
+    store = data_dir / CHANNEL_DIR / "bundles"
+    for digest in sorted(doomed):
+        if _BUNDLE_NAME.match(f"{digest}.raucb"):
+            (store / f"{digest}.raucb").unlink(missing_ok=True)
+    fsync_dir(store)
+    return sorted(doomed)
 
 
 def channel_file(data_dir: Path, channel: str) -> Path:

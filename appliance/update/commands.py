@@ -22,7 +22,7 @@ from appliance.box import configured
 from appliance.sync.central import central_client_context
 from appliance.update import outcome, progress
 from appliance.update.bundle import BundleError, make_bundle
-from appliance.update.channel import PublishError, publish
+from appliance.update.channel import DEFAULT_KEEP, PublishError, publish
 from appliance.update.confirm import DEFAULT_WAIT, Action, boot_id, confirm_boot, read_gate
 from appliance.update.download import DownloadError, Expected, discard_part, download
 from appliance.update.install import UpdateError, install_bundle
@@ -104,6 +104,10 @@ def add(commands: Any, hub_command: Any) -> None:
     )
     published.add_argument("--data", type=Path, default=Path(os.environ.get("EDGEBOX_DATA", "var")),
                            help="the hub's data directory")  # fmt: skip
+    published.add_argument(
+        "--keep", type=int, default=DEFAULT_KEEP,
+        help=f"bundles kept per channel; older ones no box reports go (default {DEFAULT_KEEP})",
+    )  # fmt: skip
 
 
 def _keyring(args: argparse.Namespace) -> int:
@@ -184,7 +188,7 @@ def _fetch(args: argparse.Namespace, data: Path) -> Path:
 
 def _publish(args: argparse.Namespace) -> int:
     try:
-        done = publish(args.data, args.bundle, args.channel, keyring=args.keyring)
+        done = publish(args.data, args.bundle, args.channel, keyring=args.keyring, keep=args.keep)
     except (PublishError, OSError) as exc:
         return _fail(f"not published: {exc}")
     print(f"channel {args.channel}: edgebox {done.version} for {done.compatible}, "

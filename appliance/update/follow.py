@@ -130,6 +130,28 @@ def request_install_now(data_dir: Path, who: str, at: float) -> None:
                      mode=0o644)  # fmt: skip
 
 
+class InstallNowBell:
+    """Wake the channel's follower the moment the console's "Install now" is pressed.
+
+    The console (a page of the HTTPS service) and the follower (an uplink service) run in
+    one process but never see each other; appliance.registry hands both the same bell.
+    The request itself is the file `request_install_now` writes, so a follower that
+    was not listening (restarted, or the link down) still finds it at its next round.
+    """
+
+    def __init__(self) -> None:
+        self._followers: list[Callable[[], None]] = []
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call *wake* whenever the bell rings."""
+        self._followers.append(wake)
+
+    def ring(self) -> None:
+        """Wake every follower listening (none: the request waits for the next round)."""
+        for wake in self._followers:
+            wake()
+
+
 def install_requested(data_dir: Path) -> dict[str, object] | None:
     """Who asked for "install now", and when; None if nobody has (or it was tried)."""
     try:
@@ -235,8 +257,8 @@ class ChannelFollower:
         while True:
             self._wake = trio.Event()
             await self.round()
-            # A minute while a bundle waits for its window or an "install now": the
-            # console's button should not wait for the whole sync interval.
+            # A minute while a bundle waits for its window; the console's "install now"
+            # rings the bell (`InstallNowBell`) and wakes this at once.
             with trio.move_on_after(min(self.interval, 60.0)):
                 await self._wake.wait()
 

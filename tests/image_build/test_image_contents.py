@@ -16,6 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance.protection.signatures.sync import (
+    RELOAD_REQUEST,
+    RSPAMD_SET_MODULES,
+    SYSTEM_RSPAMD_LOCAL,
+)
 from appliance.update.keyring import ensure_keyring
 from tests.harness import missing_prerequisite, require_tool
 
@@ -52,6 +57,13 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
         env = read("./etc/edgebox/edgebox.env")
         protection = read("./etc/systemd/system/edgebox.service.d/protection.conf")
         clamd = read("./etc/clamav/clamd.conf")
+        rspamd_local = {
+            m: read(f"./etc/rspamd/local.d/{m}.conf")
+            for m in RSPAMD_SET_MODULES
+            if f"./etc/rspamd/local.d/{m}.conf" in names
+        }
+        reload_path = read("./etc/systemd/system/edgebox-rspamd-reload.path")
+        data_unit = read("./etc/systemd/system/edgebox-data.service")
         links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
     blocks = [b for b in status.split("\n\n") if "Status: install ok installed" in b]
     installed = {block.split("\n", 1)[0].removeprefix("Package: ") for block in blocks}
@@ -91,6 +103,14 @@ def test_the_root_tree_has_the_box_and_no_postfix(tmp_path: Path) -> None:
         assert f"./etc/systemd/system/{dropin}" in names, dropin
     for inc in ("options.inc", "worker-normal.inc", "logging.inc"):
         assert f"./etc/rspamd/local.d/{inc}" in names, inc
+    # A signature set's rspamd files land on the data partition (the root is read-only):
+    # each module's local.d file includes its namesake there, and a path unit has
+    # systemd reload rspamd when edgebox asks (appliance/protection/signatures/sync.py).
+    for module in RSPAMD_SET_MODULES:
+        assert f'"{SYSTEM_RSPAMD_LOCAL}/{module}.conf"' in rspamd_local[module], module
+    assert "./etc/systemd/system/paths.target.wants/edgebox-rspamd-reload.path" in names
+    assert f"PathChanged={SYSTEM_RSPAMD_LOCAL}/{RELOAD_REQUEST}\n" in reload_path
+    assert "install -d -o edgebox -g _rspamd -m 0755 /data/rspamd/local.d" in data_unit
     assert "SupplementaryGroups=clamav\n" in protection
     assert "ReadWritePaths=/var/lib/clamav\n" in protection
     assert "LogSyslog true" in clamd

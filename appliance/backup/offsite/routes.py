@@ -39,8 +39,9 @@ from appliance.sync.transport import JSON, Peer, SyncRoute
 COMMIT_MAX_BODY = 64 * 1024 * 1024
 
 
-def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
-    """The hub's backup routes over *data_dir*, keeping the newest *keep* sets per box."""
+def backup_hub_routes(data_dir: Path, keep: int, quota: int = 0) -> list[SyncRoute]:
+    """The hub's backup routes over *data_dir*, keeping the newest *keep* sets per box and
+    at most *quota* bytes of a box's backups (0: no quota; hubstore's retention)."""
     keys_dir = data_dir / "keys"
 
     def folder(peer: Peer, body: JSON) -> Path:
@@ -57,6 +58,9 @@ def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
         try:
             return await trio.to_thread.run_sync(function, *args)
         except BackupRefused as exc:
+            if exc.code == "over_quota":
+                # 4xx, not 5xx: trying again later will not help until the operator acts.
+                raise HubError(409, exc.code, str(exc)) from None
             raise bad_request(str(exc), exc.code) from None
         except NotFound as exc:
             raise HubError(404, "not_found", str(exc)) from None
@@ -65,7 +69,7 @@ def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
         where = folder(peer, body)
         name, key_id = _checked(hubstore.check_set_name, body.get("set")), body.get("key_id")
         key_id = _checked(hubstore.check_key_id, key_id)
-        answer: dict[str, Any] = await run(hubstore.begin, where, name)
+        answer: dict[str, Any] = await run(hubstore.begin, where, name, quota)
         public = await trio.to_thread.run_sync(ensure_escrow_key, keys_dir)
         held = any(e.get("key_id") == key_id for e in hubstore.read_escrow(where))
         answer["escrow"] = {"public_key": base64.b64encode(public).decode(), "held": held}
@@ -101,7 +105,9 @@ def backup_hub_routes(data_dir: Path, keep: int) -> list[SyncRoute]:
         if not _strings(blobs) or not _strings(files):
             raise bad_request("commit lists the set's blobs and files")
         manifest = _bytes(body.get("manifest"))
-        removed = await run(hubstore.commit, where, name, manifest, key_id, blobs, files, keep)
+        removed = await run(
+            hubstore.commit, where, name, manifest, key_id, blobs, files, keep, quota
+        )
         return {"set": name, "removed": removed}
 
     async def escrow(peer: Peer, body: JSON) -> JSON:

@@ -70,8 +70,9 @@ class SpfCheck:
 class MessageCheck:
     """DKIM and DMARC's answer for one message, with SPF's folded in."""
 
-    #: The message with our Authentication-Results on top and forged ones removed.
-    content: bytes
+    #: The message with forged Authentication-Results of ours removed (the same
+    #: object as the one checked when there were none).
+    body: bytes
     disposition: Disposition
     #: The From domains (lower case, A-labels) proven by a pass of SPF or DKIM that
     #: aligns with them (RFC 7489 §3.1), whether or not they publish DMARC.
@@ -80,6 +81,13 @@ class MessageCheck:
     temporary: bool
     #: The verdicts as the traffic log's short text: ``spf=pass dkim=none dmarc=pass``.
     summary: str
+    #: Our Authentication-Results field (RFC 8601), CRLF-terminated, for the top.
+    field: bytes = b""
+
+    @property
+    def content(self) -> bytes:
+        """The message as it is stored: `field` on top of `body` (a copy: tests, logs)."""
+        return self.field + self.body
 
 
 class InboundAuthentication(Protocol):

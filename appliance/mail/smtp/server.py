@@ -29,6 +29,7 @@ from appliance.mail.smtp.authentication import (
     MessageCheck,
     SpfCheck,
 )
+from appliance.mail.smtp.budget import MessageBudget
 from appliance.mail.smtp.policy import (
     AUTHZ_DENIED,
     OVER_QUOTA,
@@ -41,6 +42,7 @@ from appliance.protection import rspamd
 from appliance.protection import smtp as scanning
 from appliance.protection.scanner import Protection
 from appliance.protection.verdict import Outcome, Verdict, strip_scan_headers
+from appliance.store.database import release_free_heap
 
 log = logging.getLogger("edgebox.smtp")
 
@@ -64,6 +66,11 @@ TOO_MANY_AUTH_FAILURES = smtp.Reply(421, "4.7.0", "Too many failed sign-ins, clo
 STORAGE_FULL = smtp.Reply(452, "4.3.1", "Insufficient system storage, try again later")
 
 RECEIVE_SIZE = 64 * 1024
+
+#: A message at least this big gives glibc's free heap back after it is stored (below).
+TRIM_AFTER_SIZE = 256 * 1024
+#: ...but not more often than this (seconds): a trim walks the heaps.
+TRIM_INTERVAL = 1.0
 
 
 class SMTPService:
@@ -91,8 +98,13 @@ class SMTPService:
         metrics: BoxMetrics,
         protection: Protection | None = None,
         authenticate: InboundAuthentication | None = None,
+        budget: MessageBudget | None = None,
     ) -> None:
         self.port = port
+        #: Bytes of complete messages being checked and stored, shared by the box's
+        #: SMTP ports (appliance.mail.smtp.budget); a service alone gets its own.
+        self.budget = budget if budget is not None else MessageBudget()
+        self._trimmed_at = float("-inf")
         #: Scans every message before it is accepted (appliance.protection); None: off.
         self.protection = protection
         self.config = config
@@ -131,6 +143,19 @@ class SMTPService:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         await serve_tcp(self.name, self.config, self.handle, task_status)
+
+    def release_free_heap(self) -> None:
+        """Give glibc's free heap back after a large message, at most once a second.
+
+        The copies of a large message are freed in the worker threads that made them;
+        with the mapping threshold fixed (`limit_allocator_retention`) the largest go
+        straight back, but a parse's many small pieces leave free pages inside the
+        heaps that RSS keeps counting until the supervisor's trim a minute later.
+        """
+        now = trio.current_time()
+        if now - self._trimmed_at >= TRIM_INTERVAL:
+            self._trimmed_at = now
+            release_free_heap()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection from accept to close."""
@@ -277,6 +302,15 @@ class SMTPSession:
         self._answer(refusal)
 
     async def _message(self, event: smtp.MessageData) -> None:
+        # The copies and parses a message costs from here to the reply are bounded
+        # box-wide; a session beyond the budget waits here, before its reply.
+        size = len(event.content)
+        async with self.service.budget.hold(size):
+            await self._check_and_store(event)
+        if size >= TRIM_AFTER_SIZE:
+            self.service.release_free_heap()
+
+    async def _check_and_store(self, event: smtp.MessageData) -> None:
         protection = self.service.protection
         if protection is None:
             await self._decide(event, None)
@@ -320,6 +354,8 @@ class SMTPSession:
             self.recipients = []
             return
         content, folder = event.content, "INBOX"
+        #: Fields that go on top, built into the stored form once by delivery.
+        on_top: tuple[bytes, ...] = ()
         protection = service.protection
         verdict = await scan.verdict() if scan is not None else None
         if protection is not None and verdict is not None:
@@ -334,12 +370,13 @@ class SMTPSession:
                 return
         if check is not None:
             # RFC 8601: our verdicts on top, for the recipients' clients and filters.
-            content = check.content
+            content, on_top = check.body, (check.field,)
             if check.disposition is Disposition.JUNK:
                 folder = "Junk"  # RFC 7489 §6.6.4 p=quarantine, or SPF fail
         if protection is not None and verdict is not None and verdict.accepted:
             # A sender's own X-Spam-* fields go: only the box's may say "scanned".
-            content = protection.headers(verdict) + strip_scan_headers(content)
+            content = strip_scan_headers(content)
+            on_top = (protection.headers(verdict), *on_top)
             if verdict.outcome is Outcome.JUNK:
                 folder = "Junk"
         envelope = Envelope(
@@ -359,7 +396,9 @@ class SMTPSession:
             envid=event.mail_params.get("ENVID"),
         )
         try:
-            queue_id = await self.service.delivery.deliver(envelope, content, folder=folder)
+            queue_id = await self.service.delivery.deliver(
+                envelope, content, folder=folder, on_top=on_top
+            )
         except QuotaExceeded as exc:
             log.info("over quota owner=%s", exc.owner)
             await self._record_message(event, OVER_QUOTA)

@@ -14,8 +14,10 @@ the files that changed since the set it holds, chunk by chunk with a pause betwe
 chunks (a daily ClamAV update must not crowd out mail on a thin provincial line). Once
 every file is whole and matches the signed manifest, it installs them atomically and
 asks the engines to reload: clamd ``RELOAD`` over its socket, rspamd SIGHUP to its main
-process (rspamd(8): re-read the configuration). A bad or unsigned set changes nothing,
-and the reason is in ``run/signatures.json`` for the health check and the console.
+process (rspamd(8): re-read the configuration) — on the image, where rspamd is systemd's
+and runs as its own user, through a request file and a path unit (`RELOAD_REQUEST`). A
+bad or unsigned set changes nothing, and the reason is in ``run/signatures.json`` for
+the health check and the console.
 """
 
 from __future__ import annotations
@@ -71,8 +73,23 @@ STATE_FILE: Final = Path("run") / "signatures.json"
 CHUNK: Final = 1024 * 1024
 #: Pause between chunks: a throttle, so mail and chat keep most of the link.
 CHUNK_PAUSE: Final = 0.5
-#: On the image, Debian's rspamd (rspamd.service) keeps its pid here.
-SYSTEM_RSPAMD_PID: Final = "/run/rspamd/rspamd.pid"
+#: On the image the root and /etc/rspamd are read-only: a set's rspamd files go to the
+#: data partition (/data/rspamd/local.d, writable by edgebox), which the image's own
+#: /etc/rspamd/local.d/<module>.conf files include (image_build/build.py,
+#: `RSPAMD_SET_MODULES`).
+SYSTEM_RSPAMD_LOCAL: Final = Path("/var/lib/rspamd/local.d")
+#: Written into that folder to ask for a reload: rspamd runs as _rspamd, so edgebox may
+#: not signal it; edgebox-rspamd-reload.path sees the file change and has systemd run
+#: rspamd.service's ExecReload (SIGHUP, as root).
+RELOAD_REQUEST: Final = ".reload-request"
+#: The rspamd modules whose local.d file a signature set may replace on the image: the
+#: image ships an include for each (rspamd merges local.d/<module>.conf into the
+#: module). Other files (maps, rules read by path) land beside them and are used where
+#: one of these names them, as ``${DBDIR}/local.d/<file>``.
+RSPAMD_SET_MODULES: Final = (
+    "multimap", "regexp", "rbl", "phishing", "spamassassin", "mime_types", "groups",
+    "actions", "force_actions", "settings",
+)  # fmt: skip
 
 
 # --- the hub ---------------------------------------------------------------------------------
@@ -137,10 +154,12 @@ def _chunk(mirror: Path, set_id: str, name: str, offset: int) -> JSON:
 # --- the box ---------------------------------------------------------------------------------
 
 
-def targets(config: Config) -> Targets:
-    """clamd's DatabaseDirectory and rspamd's local.d on this box."""
-    local = engine_dir(config) if config.protection_engines == "box" else Path("/etc/rspamd")
-    return Targets(Path(config.protection_clamd_database), local / "local.d")
+def targets(config: Config, system_local: Path = SYSTEM_RSPAMD_LOCAL) -> Targets:
+    """clamd's DatabaseDirectory and rspamd's local.d on this box (on the image, the
+    data partition's folder that /etc/rspamd/local.d includes: *system_local*)."""
+    if config.protection_engines == "box":
+        return Targets(Path(config.protection_clamd_database), engine_dir(config) / "local.d")
+    return Targets(Path(config.protection_clamd_database), system_local)
 
 
 def read_state(data_dir: Path) -> dict[str, Any] | None:
@@ -160,7 +179,10 @@ def write_state(data_dir: Path, **fields: Any) -> None:
     write_atomically(path, json.dumps(document, ensure_ascii=False).encode())
 
 
-async def reload_engines(config: Config, clamd: ClamdClient, engines: set[str]) -> list[str]:
+async def reload_engines(
+    config: Config, clamd: ClamdClient, engines: set[str],
+    system_local: Path = SYSTEM_RSPAMD_LOCAL,
+) -> list[str]:  # fmt: skip
     """Ask the engines whose files changed to read them again; return what failed."""
     failed = []
     if "clamd" in engines:
@@ -169,7 +191,14 @@ async def reload_engines(config: Config, clamd: ClamdClient, engines: set[str]) 
         except ScannerUnavailable as exc:
             # Not fatal: clamd's SelfCheck finds the new files by itself within minutes.
             failed.append(str(exc))
-    if "rspamd" in engines:
+    if "rspamd" in engines and config.protection_engines != "box":
+        # systemd's rspamd: ask through the path unit (RELOAD_REQUEST says why).
+        stamp = f"{time.time():.3f}\n".encode()
+        try:
+            await trio.to_thread.run_sync(write_atomically, system_local / RELOAD_REQUEST, stamp)
+        except OSError as exc:
+            failed.append(f"rspamd: cannot ask for a reload: {exc}")
+    elif "rspamd" in engines:
         try:
             os.kill(_rspamd_pid(config), signal.SIGHUP)
         except (OSError, ValueError) as exc:
@@ -178,18 +207,14 @@ async def reload_engines(config: Config, clamd: ClamdClient, engines: set[str]) 
 
 
 def _rspamd_pid(config: Config) -> int:
-    """rspamd's main process: the one the box runs, else the one its pid file names."""
-    if config.protection_engines == "box":
-        # The box runs rspamd in the foreground (-f), and rspamd writes its pid file
-        # only when it daemonises; the engine watch records the pid it started.
-        state = read_engine_state(config.data_dir) or {}
-        rspamd = state.get("rspamd")
-        if isinstance(rspamd, dict) and isinstance(rspamd.get("pid"), int):
-            return int(rspamd["pid"])
-        pid_file = engine_dir(config) / "rspamd.pid"
-    else:
-        pid_file = Path(SYSTEM_RSPAMD_PID)
-    return int(pid_file.read_text().strip())
+    """The main process of the rspamd the box runs itself."""
+    # The box runs rspamd in the foreground (-f), and rspamd writes its pid file only
+    # when it daemonises; the engine watch records the pid it started.
+    state = read_engine_state(config.data_dir) or {}
+    rspamd = state.get("rspamd")
+    if isinstance(rspamd, dict) and isinstance(rspamd.get("pid"), int):
+        return int(rspamd["pid"])
+    return int((engine_dir(config) / "rspamd.pid").read_text().strip())
 
 
 async def apply_set(

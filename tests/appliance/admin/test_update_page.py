@@ -15,7 +15,13 @@ from appliance.admin.pages import admin_routes
 from appliance.box import Box
 from appliance.registry import page_kit, session_api
 from appliance.update import outcome
-from appliance.update.follow import OFFER_FILE, Offer, OfferState, install_requested
+from appliance.update.follow import (
+    OFFER_FILE,
+    InstallNowBell,
+    Offer,
+    OfferState,
+    install_requested,
+)
 from appliance.update.rauc import RaucError, RaucStatus, Slot
 from appliance.web.pages import CommonPages
 from tests.appliance.web.conftest import Reply, start_server
@@ -54,7 +60,9 @@ def offered(data: Path, decision: str = "newer", stage: str = "ready", reason: s
     (data / OFFER_FILE).write_text(json.dumps(dataclasses.asdict(state)))
 
 
-async def updating_console(box: Box, nursery: trio.Nursery, *, updates: bool) -> Console:
+async def updating_console(
+    box: Box, nursery: trio.Nursery, *, updates: bool, bell: InstallNowBell | None = None
+) -> Console:
     """The console of a box that installs updates (or not), RAUC answering for slot B."""
     config = dataclasses.replace(box.config, updates=updates)
     kit = page_kit(box)
@@ -64,6 +72,7 @@ async def updating_console(box: Box, nursery: trio.Nursery, *, updates: bool) ->
             kit, config=config, identity=box.identity, directory=box.directory,
             mailstore=box.mailstore, sessions=box.sessions, signin=box.signin, guard=box.guard,
             traffic=box.traffic, status_file=box.status_file, rauc=BootedB(),
+            install_now_bell=bell,
         ),
     ]  # fmt: skip
     return Console(box, await start_server(box, nursery, routes, sessions=box.sessions))
@@ -102,16 +111,23 @@ async def test_install_now_asks_the_follower_and_is_recorded(
 ) -> None:
     data = box.config.data_dir
     offered(data)
-    console = await updating_console(box, nursery, updates=True)
+    bell = InstallNowBell()
+    # The follower (appliance.update.follow) listens: it must find the request written
+    # when it wakes.
+    woken: list[object] = []
+    bell.listen(lambda: woken.append(install_requested(data)))
+    console = await updating_console(box, nursery, updates=True, bell=bell)
     root = await console.as_user(ROOT)
     # Without the page's CSRF token: refused, nothing asked.
     refused = await root.post("/admin/update/install-now", csrf=False)
     assert refused.status == 403
     assert install_requested(data) is None
+    assert woken == []
     done = await root.post("/admin/update/install-now")
     assert (done.status, done.header("location")) == (303, "/admin/update?saved=install-now")
     asked = install_requested(data)
     assert asked is not None
+    assert woken == [asked]  # woken once, after the request was written
     assert asked["by"] == ROOT
     page = await root.get("/admin/update?saved=install-now")
     assert 'data-testid="saved-notice"' in text(page)

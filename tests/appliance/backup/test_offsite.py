@@ -20,7 +20,7 @@ import trio.testing
 from appliance.backup.crypto import BackupDamaged, ensure_backup_key, key_id, key_to_words
 from appliance.backup.escrow import EscrowError, ensure_escrow_key, unwrap_key, wrap_key
 from appliance.backup.health import check_offsite_backup
-from appliance.backup.hubstore import BLOB_IDS, box_folder, read_escrow
+from appliance.backup.hubstore import BLOB_IDS, box_folder, read_escrow, usage
 from appliance.backup.offsite.download import fetch_manifest, fetch_set
 from appliance.backup.offsite.protocol import PIECE, PUT_PATH
 from appliance.backup.offsite.routes import backup_hub_routes
@@ -43,8 +43,8 @@ from tests.appliance.backup.test_backup import USERS, _make_data, contents, deli
 class DirectHub:
     """`HubCall` into the hub's backup handlers for one box, with faults on demand."""
 
-    def __init__(self, hub_data: Path, box_id: str, keep: int = 14) -> None:
-        self.routes = {r.path: r.handler for r in backup_hub_routes(hub_data, keep)}
+    def __init__(self, hub_data: Path, box_id: str, keep: int = 14, quota: int = 0) -> None:
+        self.routes = {r.path: r.handler for r in backup_hub_routes(hub_data, keep, quota)}
         self.peer = Peer(box_id, "backup.go.th")
         self.puts: list[tuple[str, int]] = []
         self.put_requests = 0
@@ -329,6 +329,35 @@ async def test_the_hub_keeps_the_newest_sets_and_sweeps_blobs_only_old_sets_used
     assert len(complete_backups(folder)) == 2
     assert not (folder / "blobs" / doomed[:2] / doomed).exists()
     assert _ids_of(tmp_path, data, third.name) <= {p.name for p in folder.glob("blobs/*/*")}
+
+
+async def test_the_hub_keeps_a_box_within_its_quota_but_never_drops_the_last_good_set(
+    tmp_path: Path, data: Path
+) -> None:
+    first = await create_offsite_backup(data, _hub(tmp_path, data), rate=1e9, now=1_800_000_000)
+    folder = box_folder(tmp_path / "hub", _box_id(data))
+    quota = usage(folder) + 256 * 1024
+    hub = DirectHub(tmp_path / "hub", _box_id(data), quota=quota)
+    # A new attachment takes the box past its quota: the oldest set goes at the commit.
+    _big_blobs(data, 1, 512 * 1024)
+    second = await create_offsite_backup(data, hub, rate=1e9, now=1_800_086_400)
+    assert second.removed == (first.name,)
+    assert [p.name for p in complete_backups(folder)] == [second.name]
+    # Still over it with only the last good set: that set stays, the next is refused.
+    assert usage(folder) > quota
+    with pytest.raises(HubRefused) as refused:
+        await create_offsite_backup(data, hub, rate=1e9, now=1_800_172_800)
+    assert (refused.value.status, refused.value.code) == (409, "over_quota")
+    assert "quota" in str(refused.value)
+    assert [p.name for p in complete_backups(folder)] == [second.name]
+    key = ensure_backup_key(data / "keys")
+    fetched = await fetch_set(hub, tmp_path / "download", box=_box_id(data))
+    await trio.to_thread.run_sync(restore_backup, tmp_path / "restored", fetched, key)
+    assert await contents(tmp_path / "restored") == await contents(data)
+    # With room again (the operator raised the quota), the box backs up as before.
+    roomy = DirectHub(tmp_path / "hub", _box_id(data), quota=4 * quota)
+    third = await create_offsite_backup(data, roomy, rate=1e9, now=1_800_259_200)
+    assert [p.name for p in complete_backups(folder)] == [second.name, third.name]
 
 
 def test_the_token_bucket_holds_the_average_and_allows_one_burst() -> None:

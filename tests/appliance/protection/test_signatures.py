@@ -37,10 +37,12 @@ from appliance.protection.signatures.manifest import (
 from appliance.protection.signatures.sync import (
     CHUNK,
     MIRROR_DIR,
+    RELOAD_REQUEST,
     SignatureUpdater,
     read_state,
     reload_engines,
     signature_routes,
+    targets,
 )
 from appliance.security.provisioning_ca import (
     CA_CERT,
@@ -353,3 +355,31 @@ async def test_rspamd_is_told_to_reload_with_a_hangup_to_its_main_process(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_on_the_image_rspamd_files_go_to_the_data_partition_and_systemd_reloads(
+    tmp_path: Path,
+) -> None:
+    # The image's rspamd is systemd's, as _rspamd, under a read-only /etc: the set's
+    # files land in the folder /etc/rspamd/local.d includes, and edgebox asks for the
+    # reload with a request file a path unit watches (no signal to another user).
+    config = dataclasses.replace(load_config(tmp_path / "data"), protection_engines="system")
+    local = tmp_path / "var-lib-rspamd" / "local.d"
+    local.mkdir(parents=True)
+    where = targets(config, system_local=local)
+    assert where.rspamd == local
+    assert where.clamd == Path(config.protection_clamd_database)
+    clamd = ClamdClient(tmp_path / "no-clamd.sock", timeout=1)
+    assert await reload_engines(config, clamd, {"rspamd"}, system_local=local) == []
+    first = (local / RELOAD_REQUEST).read_text()
+    assert float(first) > 0
+    # Each installed set asks again (the path unit sees the file change).
+    await trio.sleep(0.01)
+    assert await reload_engines(config, clamd, {"rspamd"}, system_local=local) == []
+    assert (local / RELOAD_REQUEST).read_text() != first
+    # A folder edgebox cannot write: said, not raised (the set is installed anyway).
+    (tmp_path / "not-a-folder").write_text("")
+    failed = await reload_engines(config, clamd, {"rspamd"},
+                                  system_local=tmp_path / "not-a-folder")  # fmt: skip
+    assert failed
+    assert failed[0].startswith("rspamd: cannot ask for a reload")

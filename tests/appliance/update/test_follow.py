@@ -3,16 +3,32 @@ and when the maintenance window is open."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from appliance.sync.clock import ManualClock
+from appliance.sync.status import SyncStatus
 from appliance.update import outcome, progress
-from appliance.update.follow import Decision, Offer, decide, in_window
+from appliance.update.channel import OFFER_PATH
+from appliance.update.follow import (
+    ChannelFollower,
+    Decision,
+    InstallNowBell,
+    Offer,
+    decide,
+    in_window,
+    install_requested,
+    request_install_now,
+)
 from appliance.update.outcome import Event, Pending, UpdateState
+from appliance.update.rauc import RaucError, RaucStatus
 from appliance.update.version import is_newer, release_key, running_version
 
 OFFER = Offer("2026.12.2", 1000, "a" * 64)
@@ -100,3 +116,59 @@ def test_progress_of_a_dead_installer_is_not_shown(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown update phase"):
         progress.write_progress(data, progress.Progress("sleeping", 0, "", 0.0))
     assert outcome.read_state(data).events == []  # progress is no record
+
+
+class NoRauc:
+    """A box without RAUC (the follower then reads the release file)."""
+
+    def status(self) -> RaucStatus:
+        raise RaucError("no RAUC here")
+
+    def info(self, bundle: Path) -> str:
+        raise RaucError("no RAUC here")
+
+    def install(self, bundle: Path, progress: object = None) -> None:
+        raise RaucError("no RAUC here")
+
+    def mark(self, verdict: str) -> None:
+        raise RaucError("no RAUC here")
+
+
+async def test_install_now_wakes_the_follower_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The console's button and the follower share a bell (appliance.registry): the round
+    # the admin asked for runs at once, not at the follower's next look a minute later.
+    # (The clock jumps whenever every task waits: without the bell the round would come
+    # after the follower's 60 s wait, and the time would show it.)
+    rounds_in, rounds = trio.open_memory_channel[float](10)
+
+    async def hub(path: str, body: dict[str, object]) -> dict[str, object]:
+        assert path == OFFER_PATH
+        await rounds_in.send(trio.current_time())
+        return {"offer": None}
+
+    clock = ManualClock()
+    bell = InstallNowBell()
+    follower = ChannelFollower(tmp_path, hub, "https://hub.go.th:7443", ssl.create_default_context,
+                               NoRauc(), SyncStatus(tmp_path, clock), clock,
+                               release_file=tmp_path / "release")  # fmt: skip
+    bell.listen(follower.wake)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(follower.serve)
+        first = await rounds.receive()  # the round at start
+        # The next look without a wake: a minute on (the clock jumps to it).
+        assert await rounds.receive() == first + 60.0
+        pressed = trio.current_time()
+        request_install_now(tmp_path, "admin@moe.go.th", clock.now())
+        bell.ring()
+        assert await rounds.receive() == pressed  # at once
+        # The round after it (its own minute later) means that one ended; with nothing
+        # offered the request was answered there (the console shows why).
+        assert await rounds.receive() == pressed + 60.0
+        assert install_requested(tmp_path) is None
+        nursery.cancel_scope.cancel()
+
+
+def test_a_bell_nobody_listens_to_is_harmless() -> None:
+    InstallNowBell().ring()  # the follower is not running (no hub): the file waits
