@@ -5,7 +5,8 @@ its own directory (``listen_addresses = ''``: nothing listens on the network), a
 fresh database per test (`PrivatePostgres.new_database`), so tests never see each
 other's rows. PostgreSQL refuses to run as root; as root (the CI machine) the server
 runs as Debian's ``postgres`` user. ``fsync = off``: the tests check order and rules,
-not power cuts, and the machine is shared.
+not power cuts, and the machine is shared; a benchmark asks for ``durable=True`` (fsync
+and synchronous commit on, as a production hub runs, and more shared buffers).
 
 `ReplicatedPostgres` is the other shape, for failover tests: a primary and its
 synchronous streaming standby (``pg_basebackup -R``), each on a private TCP port of
@@ -44,7 +45,7 @@ def _as_server_user(args: Sequence[str]) -> list[str]:
 class PrivatePostgres:
     """A PostgreSQL server of our own under a temporary directory; see the module doc."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
         for tool in ("initdb", "pg_ctl"):
             if not (PG_BIN / tool).exists():
                 missing_prerequisite(f"{PG_BIN / tool} is not installed (Debian postgresql-15)")
@@ -55,9 +56,11 @@ class PrivatePostgres:
         self._names = itertools.count(1)
         self._run(PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")  # fmt: skip
-        options = (
-            f"-k {self.root} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
-            " -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB"
+        options = f"-k {self.root} -c listen_addresses='' -c max_connections=200" + (
+            " -c shared_buffers=256MB"
+            if durable
+            else " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            " -c shared_buffers=32MB"
         )
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options,
                   "-l", self.root / "server.log", "-w", "-t", "60", "start")  # fmt: skip
