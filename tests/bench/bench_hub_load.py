@@ -95,13 +95,19 @@ from typing import Any
 # Runnable as a plain script: the repository root goes first on sys.path, so tests.* resolve.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import psutil
 import pytest
 import trio
 
 from appliance.sync.codec.chat import ReplicatedEvent, parse_answers, parse_page
 from appliance.sync.transport import HubRefused, HubUnavailable
-from tests.bench.common import RESULTS_DIR, log, percentile, stamp, write_results
+from tests.bench.common import (
+    RESULTS_DIR,
+    log,
+    percentile,
+    stamp,
+    tree_cpu_seconds,
+    write_results,
+)
 
 RESULTS = RESULTS_DIR / "hub_load.json"
 
@@ -970,7 +976,7 @@ class Hub:
         return [self.main.process.pid, *(w.pid for w in self.workers)]
 
     def cpu(self) -> float:
-        return _tree_cpu(self.pids())
+        return tree_cpu_seconds(self.pids())
 
     def store_bytes(self) -> int:
         if self.store == "postgresql":
@@ -1017,23 +1023,6 @@ def _wait_ready(proc: subprocess.Popen[str]) -> threading.Thread:
         proc.kill()
         raise RuntimeError("hub worker did not start:\n" + "".join(lines))
     return reader
-
-
-def _tree_cpu(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-    return total
 
 
 def _postgres_pid(pg: Any) -> list[int]:
@@ -1103,11 +1092,11 @@ def run_setup(
             size0, cpu0, pg0, load0 = (
                 hub.store_bytes(),
                 hub.cpu(),
-                _tree_cpu(pg_pids),
+                tree_cpu_seconds(pg_pids),
                 os.getloadavg(),
             )
             _sleep_until(start + args.duration)
-            cpu1, pg1, load1 = hub.cpu(), _tree_cpu(pg_pids), os.getloadavg()
+            cpu1, pg1, load1 = hub.cpu(), tree_cpu_seconds(pg_pids), os.getloadavg()
             figures["live_cpu"] = {
                 "hub_s": cpu1 - cpu0,
                 "postgres_s": pg1 - pg0,
@@ -1119,12 +1108,12 @@ def run_setup(
         if args.backlog > 0:
             start = _wait_for(work / "storm-start", 3600, procs)
             _sleep_until(start)
-            cpu0, pg0, load0 = hub.cpu(), _tree_cpu(pg_pids), os.getloadavg()
+            cpu0, pg0, load0 = hub.cpu(), tree_cpu_seconds(pg_pids), os.getloadavg()
         deadline = time.monotonic() + args.storm_timeout + 600
         for proc in procs:
             proc.wait(max(1.0, deadline - time.monotonic()))
         if args.backlog > 0:
-            cpu1, pg1, load1 = hub.cpu(), _tree_cpu(pg_pids), os.getloadavg()
+            cpu1, pg1, load1 = hub.cpu(), tree_cpu_seconds(pg_pids), os.getloadavg()
             figures["storm_cpu"] = {
                 "hub_s": cpu1 - cpu0,
                 "postgres_s": pg1 - pg0,

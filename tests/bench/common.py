@@ -151,9 +151,10 @@ def ratio(edgebox: float, reference: float) -> float:
 # -- memory and CPU of a process tree ----------------------------------------------------
 
 
-def tree_memory(pids: list[int], metric: str = "rss") -> int:
-    """Bytes of the process trees rooted at *pids*, summed (``rss`` or ``pss``)."""
-    total = 0
+def _tree_sum(pids: list[int], measure: Callable[[psutil.Process], float]) -> float:
+    """*measure* of every process in the trees rooted at *pids*, summed; a process that
+    ends (or hides from us) meanwhile counts nothing."""
+    total = 0.0
     for pid in pids:
         try:
             root = psutil.Process(pid)
@@ -162,13 +163,17 @@ def tree_memory(pids: list[int], metric: str = "rss") -> int:
             continue
         for p in procs:
             try:
-                if metric == "pss":
-                    total += p.memory_full_info().pss
-                else:
-                    total += p.memory_info().rss
+                total += measure(p)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
     return total
+
+
+def tree_memory(pids: list[int], metric: str = "rss") -> int:
+    """Bytes of the process trees rooted at *pids*, summed (``rss`` or ``pss``)."""
+    if metric == "pss":
+        return int(_tree_sum(pids, lambda p: p.memory_full_info().pss))
+    return int(_tree_sum(pids, lambda p: p.memory_info().rss))
 
 
 class RssSampler:
@@ -215,20 +220,7 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of the process trees rooted at *pids*, summed."""
-    total = 0.0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                times = p.cpu_times()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            total += times.user + times.system
-    return total
+    return _tree_sum(pids, lambda p: sum(p.cpu_times()[:2]))
 
 
 def wait_until_idle(

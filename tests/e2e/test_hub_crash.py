@@ -88,6 +88,20 @@ class Api:
         self.connection.close()
 
 
+def shared_room(somchai: Api, dara: Api) -> str:
+    """Open somchai's room with dara once B's directory is on A; return it when B has it."""
+
+    def room_made() -> str | None:
+        status, room = somchai.call("POST", "/api/v1/rooms", {
+            "kind": "group", "name": "ประสานงาน ก-ข", "members": ["dara@b.go.th"]})  # fmt: skip
+        return str(room["id"]) if status == 201 else None
+
+    room_id = wait_for("dara@b.go.th in A's directory", room_made)
+    somchai.post(room_id, "เริ่ม")
+    wait_for("the room on B", lambda: "เริ่ม" in dara.texts(room_id))
+    return room_id
+
+
 def listed(box: RunningBox, agency: str) -> set[str]:
     """Users of *agency* in *box*'s directory (`edgebox user list`, straight from disk)."""
     out = edgebox("user", "list", "--data", str(box.data), "--agency", agency).stdout
@@ -144,15 +158,7 @@ def test_a_hub_killed_mid_sync_many_times_loses_and_doubles_nothing(tmp_path: An
             return session
 
         somchai, dara = api(a, "somchai@a.go.th"), api(b, "dara@b.go.th")
-
-        def room_made() -> str | None:
-            status, room = somchai.call("POST", "/api/v1/rooms", {
-                "kind": "group", "name": "ประสานงาน ก-ข", "members": ["dara@b.go.th"]})  # fmt: skip
-            return str(room["id"]) if status == 201 else None
-
-        room_id = wait_for("dara@b.go.th in A's directory", room_made)
-        somchai.post(room_id, "เริ่ม")
-        wait_for("the room on B", lambda: "เริ่ม" in dara.texts(room_id))
+        room_id = shared_room(somchai, dara)
 
         # The hub dies; a backlog grows on both sides.
         hub = hubs[-1]

@@ -42,7 +42,7 @@ from appliance.sync.hub.chat import PULL_PATH
 from appliance.sync.hub_client import HubClient
 from appliance.sync.transport import HubUnavailable
 from tests.appliance.sync.hub.test_worker_processes import _Worker
-from tests.e2e.test_hub_crash import Api, Chatter
+from tests.e2e.test_hub_crash import Api, Chatter, shared_room
 from tests.e2e.uplink import FAST, PASSWORDS, SETTLE, enrol, wait_for
 from tests.harness import RunningBox, edgebox, init_box, start_box
 from tests.postgres import ReplicatedPostgres
@@ -163,15 +163,7 @@ def _failover(tmp_path: Path, pair: ReplicatedPostgres) -> None:
             return session
 
         somchai, dara = api(a, "somchai@a.go.th"), api(b, "dara@b.go.th")
-
-        def room_made() -> str | None:
-            status, room = somchai.call("POST", "/api/v1/rooms", {
-                "kind": "group", "name": "ประสานงาน ก-ข", "members": ["dara@b.go.th"]})  # fmt: skip
-            return str(room["id"]) if status == 201 else None
-
-        room_id = wait_for("dara@b.go.th in A's directory", room_made)
-        somchai.post(room_id, "เริ่ม")
-        wait_for("the room on B", lambda: "เริ่ม" in dara.texts(room_id))
+        room_id = shared_room(somchai, dara)
 
         # A third agency's token, issued on the primary before the crash.
         c_data = tmp_path / "c"
