@@ -1,6 +1,7 @@
 """Fixtures shared across test folders: the front-panel firmware, built once per session,
 a simulated panel per test (tests/hw and tests/e2e drive the same firmware), DNS on
-loopback for every in-process test, and a private PostgreSQL for the hub's store."""
+loopback for every in-process test, a private PostgreSQL for the hub's store, and a check
+that no test leaves password hashing replaced."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import dns.resolver
 import pytest
 
+from appliance.security import passwords
 from hw.twins import PanelSimulator, build_firmware
 from tests.peers.dns_stub import no_records
 from tests.postgres import PrivatePostgres
@@ -32,6 +34,22 @@ def loopback_dns() -> Iterator[None]:
     dns.resolver.default_resolver = resolver
     yield
     dns.resolver.default_resolver = previous
+
+
+@pytest.fixture(autouse=True)
+def password_hashing_left_alone() -> Iterator[None]:
+    """Fail the test that leaves `passwords.hash_password` replaced, and put it back.
+
+    Benchmarks' set-up skips scrypt for hundreds of users (`passwords_unhashed` in
+    tests/bench/common.py). One left it replaced for good, and a later test in the same
+    pytest worker made a user whose right password was then refused (535), depending on
+    which worker ran which file.
+    """
+    real = passwords.hash_password
+    yield
+    if passwords.hash_password is not real:
+        passwords.hash_password = real
+        pytest.fail("the test left passwords.hash_password replaced; use passwords_unhashed")
 
 
 @pytest.fixture(scope="session")

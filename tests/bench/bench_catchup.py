@@ -84,7 +84,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pytest
 import trio
 
-from tests.bench.common import RESULTS_DIR, RssSampler, commit, log, machine, write_results
+from tests.bench.common import (
+    RESULTS_DIR,
+    RssSampler,
+    commit,
+    log,
+    machine,
+    passwords_unhashed,
+    write_results,
+)
 from tests.faults.proxy import FaultProxy, SharedLink
 from tests.harness import RunningBox, edgebox, start_box
 from tests.peers.postfix import PostfixServer
@@ -305,15 +313,14 @@ async def post_plan(
 
 async def _add_users(data: Path, domain: str, prefix: str, count: int) -> None:
     from appliance.box import add_user, configured, open_box
-    from appliance.security import passwords
 
     # Set-up only: nobody signs in with these passwords, so skip scrypt 700 times.
-    passwords.hash_password = lambda password: passwords.DUMMY_HASH
-    async with open_box(configured(data, {}, {})) as box:
-        if domain != box.identity.domain:
-            await box.directory.add_agency(domain, name_th="หน่วยงาน ข", name_en="Agency B")
-        for n in range(count):
-            await add_user(box, f"{prefix}{n:03d}@{domain}", "x" * 16, name_th=f"ผู้ใช้ {n}")
+    with passwords_unhashed():
+        async with open_box(configured(data, {}, {})) as box:
+            if domain != box.identity.domain:
+                await box.directory.add_agency(domain, name_th="หน่วยงาน ข", name_en="Agency B")
+            for n in range(count):
+                await add_user(box, f"{prefix}{n:03d}@{domain}", "x" * 16, name_th=f"ผู้ใช้ {n}")
 
 
 async def _write_backlog(data: Path, mails: int, chats: int, seed: int) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.bench_catchup import USERS, chat_plan, post_plan
-from tests.bench.common import commit
+from tests.bench.common import commit, passwords_unhashed
 
 ROOMS = 80
 BATCH = 200
@@ -50,15 +50,12 @@ def _dumps(value: Any) -> bytes:
 
 async def run(messages: int, profile: Path | None) -> dict[str, Any]:
     from appliance.box import configured, init_box, open_box
-    from appliance.security import passwords
     from appliance.sync.chat import ChatReplicator
     from appliance.sync.clock import ManualClock
     from appliance.sync.hub.chat import ChatHub
     from appliance.sync.status import SyncStatus
     from appliance.sync.transport import Peer
 
-    # Set-up only: nobody signs in, so skip scrypt for 500 users twice.
-    passwords.hash_password = lambda password: passwords.DUMMY_HASH
     with tempfile.TemporaryDirectory(prefix="edgebox-push-") as tmp:
         root = Path(tmp)
         await init_box(root / "hub", "hub.go.th")
@@ -67,13 +64,15 @@ async def run(messages: int, profile: Path | None) -> dict[str, Any]:
             open_box(configured(root / "hub", {}, {})) as hub,
             open_box(configured(root / "a", {}, {})) as a,
         ):
-            for box in (hub, a):
-                if await box.directory.agency("a.go.th") is None:
-                    await box.directory.add_agency("a.go.th", "กรม ก")
-                for n in range(USERS):
-                    await box.directory.add_user(
-                        f"user{n:03d}@a.go.th", password="x" * 16, name_th=f"ผู้ใช้ {n}"
-                    )
+            # Set-up only: nobody signs in, so skip scrypt for 500 users twice.
+            with passwords_unhashed():
+                for box in (hub, a):
+                    if await box.directory.agency("a.go.th") is None:
+                        await box.directory.add_agency("a.go.th", "กรม ก")
+                    for n in range(USERS):
+                        await box.directory.add_user(
+                            f"user{n:03d}@a.go.th", password="x" * 16, name_th=f"ผู้ใช้ {n}"
+                        )
             layout, posts = chat_plan(7, ROOMS, messages)
             # Only a.go.th people: this bench has no b.go.th.
             layout = [[m for m in ms if m.endswith("@a.go.th")] for ms in layout]

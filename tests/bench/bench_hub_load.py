@@ -1359,9 +1359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 async def test_event_shapes_are_a_boxs(tmp_path: Path) -> None:
     """The generator's events have the shape a box's chat store pushes (same keys)."""
     from appliance.box import configured, init_box, open_box
-    from appliance.security import passwords
 
-    passwords.hash_password = lambda password: passwords.DUMMY_HASH  # set-up only
     await init_box(tmp_path / "a", "a.go.th")
     async with open_box(configured(tmp_path / "a", {}, {})) as box:
         for n in range(2):

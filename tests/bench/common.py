@@ -109,6 +109,25 @@ def write_results(path: Path, result: dict[str, Any]) -> None:
 
 
 @contextmanager
+def passwords_unhashed() -> Iterator[None]:
+    """Within the block, new accounts get a fixed hash instead of running scrypt.
+
+    For set-up that makes hundreds of users nobody signs in as (scrypt costs tens of
+    milliseconds each). Scoped, never left on: pytest runs many modules in one process,
+    and a later test whose user really signs in would be refused (tests/conftest.py
+    checks that every test leaves the hashing as it found it).
+    """
+    from appliance.security import passwords
+
+    real = passwords.hash_password
+    passwords.hash_password = lambda password: passwords.DUMMY_HASH
+    try:
+        yield
+    finally:
+        passwords.hash_password = real
+
+
+@contextmanager
 def scratch_dir(prefix: str) -> Iterator[Path]:
     """A fresh temporary folder for one run, removed with everything in it afterwards."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
