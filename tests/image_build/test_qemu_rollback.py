@@ -248,7 +248,7 @@ def bad_update(tmp_path: Path, version: str, change: Callable[[Path], None],
             https, "POST", "/api/v1/session", {"address": ADMIN, "password": PASSWORD},
             headers={"X-Requested-With": "edgebox"},
         )  # fmt: skip
-        assert status == 200, signed_in
+        assert status == 201, signed_in  # a session made
         cookie = {"Cookie": f"edgebox_session={signed_in['token']}"}
         status, page, _ = https_request(https, "GET", "/admin/update", headers=cookie)
         assert status == 200, page
