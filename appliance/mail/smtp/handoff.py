@@ -116,7 +116,8 @@ class FrameDecoder:
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Add *data* as it came off the stream (any split of the frames)."""
-        self._buffer += data
+        if self._broken is None:  # a broken stream's bytes are not kept
+            self._buffer += data
 
     @property
     def pending(self) -> int:

@@ -36,7 +36,7 @@ import itertools
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,8 +193,8 @@ class Channel:
                 if part:
                     await self.stream.send_all(part)
 
-    async def frames(self) -> AsyncIterator[Frame]:
-        """Yield frames until the other end closes; FrameError on a bad one.
+    async def receive(self) -> Frame | None:
+        """Return the next frame, or None once the other end has closed; FrameError on a bad one.
 
         A frame cut short by the other end's death is dropped: it was never whole, so
         nothing it asked for was done.
@@ -202,14 +202,13 @@ class Channel:
         while True:
             frame = self.decoder.next_frame()
             if frame is not None:
-                yield frame
-                continue
+                return frame
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 if self.decoder.pending:
                     log.warning("hand-off closed inside a frame (%d bytes dropped)",
                                 self.decoder.pending)  # fmt: skip
-                return
+                return None
             self.decoder.receive_data(data)
 
 
@@ -237,19 +236,30 @@ class CommitDesk:
         self.name = name
 
     async def serve(self) -> None:
-        """Serve until the worker closes its end; requests in flight finish first."""
+        """Serve until the worker closes its end; requests in flight finish first.
+
+        Raises `FrameError` (after those requests) if the worker broke the protocol.
+        """
+        bad: FrameError | None = None
         async with trio.open_nursery() as nursery:
-            async for frame in self.channel.frames():
-                if frame.kind is Kind.DELIVER:
-                    nursery.start_soon(self._deliver, frame)
-                elif frame.kind is Kind.RECORD:
-                    nursery.start_soon(self._record, frame)
-                elif frame.kind is Kind.COUNT:
-                    self._count(frame.header)
-                elif frame.kind is Kind.READY:
-                    self.on_ready()
-                else:
-                    raise FrameError(f"{frame.kind.name} is not sent by a worker")
+            try:
+                while (frame := await self.channel.receive()) is not None:
+                    if frame.kind is Kind.DELIVER:
+                        nursery.start_soon(self._deliver, frame)
+                    elif frame.kind is Kind.RECORD:
+                        nursery.start_soon(self._record, frame)
+                    elif frame.kind is Kind.COUNT:
+                        self._count(frame.header)
+                    elif frame.kind is Kind.READY:
+                        self.on_ready()
+                    else:
+                        raise FrameError(f"{frame.kind.name} is not sent by a worker")
+            except FrameError as exc:
+                bad = exc
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the worker died: as good as closed
+        if bad is not None:
+            raise bad
 
     async def _deliver(self, frame: Frame) -> None:
         header = frame.header
@@ -444,17 +454,18 @@ class WorkerLink:
 
     async def hello(self) -> dict[str, Any]:
         """Wait for the main process's HELLO and return its header."""
-        async for frame in self.channel.frames():
-            if frame.kind is not Kind.HELLO:
-                raise FrameError(f"expected HELLO, got {frame.kind.name}")
-            return frame.header
-        raise MainGone("the main process closed the hand-off before its HELLO")
+        frame = await self.channel.receive()
+        if frame is None:
+            raise MainGone("the main process closed the hand-off before its HELLO")
+        if frame.kind is not Kind.HELLO:
+            raise FrameError(f"expected HELLO, got {frame.kind.name}")
+        return frame.header
 
     async def run(self) -> None:
         """Read answers until the main process closes the hand-off; then raise MainGone."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_counts)
-            async for frame in self.channel.frames():
+            while (frame := await self._receive()) is not None:
                 ident = frame.header.get("id")
                 waiting = self._waiting.pop(ident, None) if isinstance(ident, int) else None
                 if waiting is None:
@@ -463,6 +474,12 @@ class WorkerLink:
                 answer.append(frame)
                 event.set()
             raise MainGone("the main process closed the hand-off")
+
+    async def _receive(self) -> Frame | None:
+        try:
+            return await self.channel.receive()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None  # the main process died: as good as closed
 
     async def ready(self) -> None:
         """Tell the main process this worker serves its listener."""
