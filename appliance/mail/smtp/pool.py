@@ -448,6 +448,7 @@ class WorkerLink:
         self.channel = channel
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[Frame]]] = {}
+        self._closed = False
         self._counts_send, self._counts = trio.open_memory_channel[tuple[str, list[str], float]](
             math.inf
         )
@@ -463,17 +464,26 @@ class WorkerLink:
 
     async def run(self) -> None:
         """Read answers until the main process closes the hand-off; then raise MainGone."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_counts)
-            while (frame := await self._receive()) is not None:
-                ident = frame.header.get("id")
-                waiting = self._waiting.pop(ident, None) if isinstance(ident, int) else None
-                if waiting is None:
-                    raise FrameError(f"{frame.kind.name} answers no question (id {ident!r})")
-                event, answer = waiting
-                answer.append(frame)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_counts)
+                while (frame := await self._receive()) is not None:
+                    ident = frame.header.get("id")
+                    waiting = self._waiting.pop(ident, None) if isinstance(ident, int) else None
+                    if waiting is None:
+                        raise FrameError(f"{frame.kind.name} answers no question (id {ident!r})")
+                    event, answer = waiting
+                    answer.append(frame)
+                    event.set()
+                raise MainGone("the main process closed the hand-off")
+        finally:
+            # Questions still open will get no answer: each asker hears "not stored"
+            # (a 4xx to its client, which keeps the message) instead of waiting for ever.
+            self._closed = True
+            for event, answer in self._waiting.values():
+                answer.append(Frame(Kind.REFUSED, {"error": "failed"}))
                 event.set()
-            raise MainGone("the main process closed the hand-off")
+            self._waiting.clear()
 
     async def _receive(self) -> Frame | None:
         try:
@@ -491,6 +501,8 @@ class WorkerLink:
         Shielded, like `Database.write`: once asked, the session must learn whether
         the message was stored, or it could not tell its client the truth.
         """
+        if self._closed:
+            raise DeliveryFailed("the main process is gone")
         ident = next(self._ids)
         event = trio.Event()
         answer: list[Frame] = []
