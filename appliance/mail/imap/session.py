@@ -806,10 +806,14 @@ class ImapSession:
             # UID, FLAGS and MODSEQ only: what a sync client asks of every message on
             # each resync (mbsync's `UID FETCH 1:n (UID FLAGS)`). Answered from the view
             # in one pass per batch, each distinct flag set rendered once.
+            # The first batch of a long answer goes out at once: the client (a Python
+            # or C parser, several times slower per line than these lines are made)
+            # starts on it while the rest is made, instead of idling until SEND_AT.
+            first_alone = len(uids) > FETCH_BATCH
             for start in range(0, len(uids), FETCH_BATCH):
                 run = uids[start : start + FETCH_BATCH]
                 self.conn.untagged_block(_state_lines(selected, run, items))
-                if self.conn.queued >= SEND_AT:
+                if self.conn.queued >= SEND_AT or (first_alone and start == 0):
                     await self.flush()
         elif len(uids) <= INLINE_MESSAGES:
             rows, contents = await self._read_batch(selected, uids, needs_content)
