@@ -1704,20 +1704,49 @@ def _state_lines(selected: Selected, uids: Sequence[int], items: Sequence[imap.F
     """
     formats = [_STATE_FORMATS[item.name] for item in items if isinstance(item, imap.FetchAttr)]
     template = b"* %d FETCH (" + b" ".join(piece for piece, _ in formats) + b")\r\n"
-    pick = itemgetter(0, *(value for _, value in formats))
+    order = (0, *(value for _, value in formats))
     view = selected.messages
-    rendered: dict[int, bytes] = {}
+    columns = view.run_columns(uids)
+    all_recent = _recent_cover(selected.recent, uids[0], uids[-1]) if columns else None
+    if columns is not None and all_recent is not None:
+        # A run of the view, wholly \Recent or wholly not: every line is made in C,
+        # one `%` format over a zip of the columns (~0.2 µs a line).
+        first, run, numbers, modseqs = columns
+        rendered = [b""] * (max(numbers) + 1)
+        for number in set(numbers):
+            stored = view.flag_set(number)
+            rendered[number] = imap.flag_list((RECENT, *stored) if all_recent else stored).encode()
+        seqs = range(first, first + len(run))
+        # A fresh iterator per item: a client may name an item twice.
+        columns_in_order = [
+            map(rendered.__getitem__, numbers) if v == 2 else (seqs, run, None, modseqs)[v]
+            for v in order
+        ]
+        return b"".join(map(template.__mod__, zip(*columns_in_order, strict=True)))
+    pick = itemgetter(*order)
+    plain: dict[int, bytes] = {}
+    recent: dict[int, bytes] = {}
     recent_from = min((first for first, _ in selected.recent), default=_NO_END)
     lines = []
     for seq, uid, number, modseq in view.entries(uids):
-        if uid >= recent_from and selected.is_recent(uid):
-            flags = selected.flags_of(uid, view.flag_set(number)).encode()
-        else:
-            flags = rendered.get(number) or b""
-            if not flags:
-                flags = rendered[number] = imap.flag_list(view.flag_set(number)).encode()
+        is_recent = uid >= recent_from and selected.is_recent(uid)
+        table = recent if is_recent else plain
+        flags = table.get(number)
+        if flags is None:
+            shown = view.flag_set(number)
+            shown = (RECENT, *shown) if is_recent else shown
+            flags = table[number] = imap.flag_list(shown).encode()
         lines.append(template % pick((seq, uid, flags, modseq)))
     return b"".join(lines)
+
+
+def _recent_cover(ranges: Sequence[tuple[int, int]], low: int, high: int) -> bool | None:
+    """True if UIDs *low*..*high* are all \\Recent, False if none is, None if some are."""
+    if any(first <= low and high < last for first, last in ranges):
+        return True
+    if all(last <= low or first > high for first, last in ranges):
+        return False
+    return None
 
 
 def _section_label(section: imap.BodySection) -> str:

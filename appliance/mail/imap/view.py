@@ -227,6 +227,24 @@ class MessageView:
             )
         return self._each_entry(uids)
 
+    def run_columns(
+        self, uids: Sequence[int]
+    ) -> tuple[int, array[int], array[int], array[int]] | None:
+        """(sequence number of the first, UIDs, flag-set numbers, MODSEQs) of *uids*, or None.
+
+        Only for a run of consecutive messages of the view (what `UID FETCH 1:*` asks,
+        batch by batch): slices of the arrays, for a caller that makes every line in C.
+        None for anything else, or for UIDs not all present.
+        """
+        if not uids:
+            return None
+        first = bisect.bisect_left(self.uids, uids[0])
+        stop = first + len(uids)
+        run = self.uids[first:stop]
+        if len(run) != len(uids) or run[-1] != uids[-1] or run.tolist() != list(uids):
+            return None
+        return first + 1, run, self._flag_ids[first:stop], self._modseqs[first:stop]
+
     def _each_entry(self, uids: Iterable[int]) -> Iterator[tuple[int, int, int, int]]:
         all_uids, flag_ids, modseqs = self.uids, self._flag_ids, self._modseqs
         for uid in uids:
