@@ -62,12 +62,12 @@ class CompiledRules:
     def seed(self, database: Path) -> None:
         """Copy the compiled databases into rspamd's *database* folder (DBDIR) before it starts."""
         database.mkdir(parents=True, exist_ok=True)
-        for compiled in self.folder.glob("*.hs*"):
+        for compiled in _compiled_files(self.folder):
             shutil.copy(compiled, database / compiled.name)
 
     def keep(self, database: Path) -> None:
         """Keep what an rspamd that answers has compiled into *database* for the next start."""
-        for compiled in database.glob("*.hs*"):
+        for compiled in _compiled_files(database):
             if (self.folder / compiled.name).exists():
                 continue
             # Two pytest workers may keep the same file: each writes its own copy and
@@ -75,6 +75,13 @@ class CompiledRules:
             partial = self.folder / f".{compiled.name}.{os.getpid()}"
             shutil.copy(compiled, partial)
             partial.replace(self.folder / compiled.name)
+
+
+def _compiled_files(folder: Path) -> list[Path]:
+    """The compiled databases in *folder*: ``.hs`` (regexp), ``.hsmc``/``.hsmp``
+    (multipattern). Not rspamd's ``.unser`` copies, which it remakes from them in well
+    under a second: they would double the 90 MB each box's start copies."""
+    return [path for suffix in (".hs", ".hsmc", ".hsmp") for path in folder.glob(f"*{suffix}")]
 
 
 def box_rspamd_database(data: Path) -> Path:
