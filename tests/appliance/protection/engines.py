@@ -63,7 +63,7 @@ class CompiledRules:
         """Copy the compiled databases into rspamd's *database* folder (DBDIR) before it starts."""
         database.mkdir(parents=True, exist_ok=True)
         for compiled in _compiled_files(self.folder):
-            shutil.copy(compiled, database / compiled.name)
+            _copy_if_there(compiled, database / compiled.name)
 
     def keep(self, database: Path) -> None:
         """Keep what an rspamd that answers has compiled into *database* for the next start."""
@@ -73,8 +73,8 @@ class CompiledRules:
             # Two pytest workers may keep the same file: each writes its own copy and
             # renames it into place, so a reader never sees half a file.
             partial = self.folder / f".{compiled.name}.{os.getpid()}"
-            shutil.copy(compiled, partial)
-            partial.replace(self.folder / compiled.name)
+            if _copy_if_there(compiled, partial):
+                partial.replace(self.folder / compiled.name)
 
 
 def _compiled_files(folder: Path) -> list[Path]:
@@ -82,6 +82,15 @@ def _compiled_files(folder: Path) -> list[Path]:
     (multipattern). Not rspamd's ``.unser`` copies, which it remakes from them in well
     under a second: they would double the 90 MB each box's start copies."""
     return [path for suffix in (".hs", ".hsmc", ".hsmp") for path in folder.glob(f"*{suffix}")]
+
+
+def _copy_if_there(source: Path, target: Path) -> bool:
+    """Copy *source* to *target*; False if rspamd replaced or removed it meanwhile."""
+    try:
+        shutil.copy(source, target)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def box_rspamd_database(data: Path) -> Path:
