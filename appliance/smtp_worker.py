@@ -47,6 +47,7 @@ from appliance.mail.smtp.pool import (
 from appliance.mail.smtp.server import SMTPService
 from appliance.protection.authentication import InboundAuthenticator
 from appliance.store.database import limit_allocator_retention
+from appliance.supervisor import collect_garbage
 
 log = logging.getLogger("edgebox.smtp.worker")
 
@@ -99,6 +100,9 @@ async def serve(number: int, desk_fd: int, listen_fds: Sequence[int]) -> None:
                     # Scans reuse clamd sessions, as in the main process's EngineWatch.
                     await nursery.start(_keep_clamd_connections, parts)
                 nursery.start_soon(service.serve_listeners, listeners)
+                # Closed TLS sessions leave cycles only a full collection frees, here
+                # as in the main process (appliance.supervisor).
+                nursery.start_soon(collect_garbage)
                 await link.ready()
                 log.info("smtp worker %d serving", number)
         except* MainGone:
