@@ -73,6 +73,10 @@ class Config:
     max_recipients: int = 100
     #: Simultaneous SMTP connections per listener before 421.
     max_connections: int = 200
+    #: Processes serving the MX port's sessions (docs/architecture.md, "The process
+    #: model"): 1 serves them in the main process; more start that many workers that
+    #: share the port and hand each message to the main process's one writer.
+    smtp_workers: int = 1
     #: Simultaneous HTTPS connections: every signed-in phone and browser tab holds a
     #: WebSocket stream open, so an office of 1,000 staff needs a few thousand.
     max_web_connections: int = 5000
@@ -233,6 +237,8 @@ class Config:
     panel_heartbeat: float = 2.0
     #: Seconds between looks at the link state and the outbound queue for the panel.
     panel_refresh: float = 0.5
+    #: Seconds the panel's factory-reset prompt waits for the confirming press.
+    panel_reset_window: float = 30.0
 
     # --- the kernel watchdog (appliance.watchdog, hw.watchdog; docs/front-panel.md) ------
     #: Open the board's kernel watchdog and keep it alive while the runner is alive.
@@ -333,6 +339,8 @@ def load_config(
     _check_protection(values)
     _check_updates(values)
     _check_hub_admission(values)
+    if values.get("smtp_workers", 1) < 1:
+        raise ConfigError("smtp_workers must be at least 1")
     for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
         try:
             ipaddress.ip_network(entry, strict=False)
