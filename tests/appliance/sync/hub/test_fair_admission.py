@@ -268,6 +268,7 @@ async def test_a_queued_request_keeps_the_box_link_watch_alive(tmp_path: Path) -
                 nursery.cancel_scope.cancel()
             assert told.value.reason == "waited_too_long"
             assert told.value.retry_after >= 1
+            assert waiter.interim_answers >= 2  # the 102s of its 3 s wait, counted
             assert len(stalled) >= 25
             assert all(since is None for since in stalled)
             # The box's other streams hold back too, without a request to the hub.
