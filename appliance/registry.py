@@ -276,8 +276,9 @@ def uplink_services(
       (`LinkShare`).
       When GIN comes back up the monitor cuts short every wait on a dead connection
       (one `LinkWatch` shared by the monitor and every replicator's connections) and
-      wakes every replicator at once, instead of each waiting out its time-out and
-      back-off.
+      wakes the replicators instead of each waiting out its time-out and back-off: the
+      central mail ones at once, the hub's through `StaggeredWake` after this box's
+      own delay (a national cut's boxes do not all reach the hub in one second).
     """
     config = box.config
     clock = clock or SystemClock()
