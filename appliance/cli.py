@@ -626,7 +626,7 @@ async def _run_box(config: Any) -> None:
     _raise_open_files_limit()
     with box_lock(config.data_dir, exclusive=False):
         device = await trio.to_thread.run_sync(ensure_device, config.data_dir)
-        lifecycle = Lifecycle(config.data_dir, device)
+        lifecycle = Lifecycle(config.data_dir, device, reset_window=config.panel_reset_window)
         views = BoxViewSlot()
         # Made outside the nursery: a bad board setting is a plain ConfigError.
         lifelong = lifelong_services(config, lifecycle, views)

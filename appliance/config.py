@@ -237,6 +237,8 @@ class Config:
     panel_heartbeat: float = 2.0
     #: Seconds between looks at the link state and the outbound queue for the panel.
     panel_refresh: float = 0.5
+    #: Seconds the panel's factory-reset prompt waits for the confirming press.
+    panel_reset_window: float = 30.0
 
     # --- the kernel watchdog (appliance.watchdog, hw.watchdog; docs/front-panel.md) ------
     #: Open the board's kernel watchdog and keep it alive while the runner is alive.

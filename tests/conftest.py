@@ -1,10 +1,12 @@
 """Fixtures shared across test folders: the front-panel firmware, built once per session,
 a simulated panel per test (tests/hw and tests/e2e drive the same firmware), DNS on
-loopback for every in-process test, a private PostgreSQL for the hub's store, and a check
-that no test leaves password hashing replaced."""
+loopback for every in-process test, a private PostgreSQL for the hub's store, a check
+that no test leaves password hashing replaced, and rspamd's compiled rules kept for the
+session."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from appliance.security import passwords
 from hw.twins import PanelSimulator, build_firmware
+from tests.appliance.protection.engines import CompiledRules
 from tests.peers.dns_stub import no_records
 from tests.postgres import PrivatePostgres
 
@@ -93,3 +96,16 @@ def hub_store(request: pytest.FixtureRequest) -> str:
         return ""
     server: PrivatePostgres = request.getfixturevalue("postgresql")
     return server.new_database()
+
+
+@pytest.fixture(scope="session")
+def compiled_rules(tmp_path_factory: pytest.TempPathFactory) -> CompiledRules:
+    """rspamd's compiled hyperscan databases, kept for every rspamd of the session.
+
+    Under pytest-xdist each worker has its own temporary folder; the folder above them
+    is the session's, so both workers share one set (the first rspamd compiles it).
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return CompiledRules(base / "rspamd-hyperscan")

@@ -634,30 +634,27 @@ class Directory:
     async def grant_admin(self, address: str, agency_domain: str | None) -> None:
         """Make the user an admin of one agency, or of the whole box if *agency_domain*
         is None. Granting twice is the same as once."""
-        address = normalise_address(address)
-        domain = None if agency_domain is None else normalise_domain(agency_domain)
-
-        def job(conn: sqlite3.Connection) -> None:
-            user_id = _user_id(conn, address)
-            agency_id = None if domain is None else _agency_id(conn, domain)
-            conn.execute(
-                "INSERT OR IGNORE INTO admins (user_id, agency_id) VALUES (?, ?)",
-                (user_id, agency_id),
-            )
-
-        await self._db.write(job)
+        await self._write_grant(
+            "INSERT OR IGNORE INTO admins (user_id, agency_id) VALUES (?, ?)",
+            address,
+            agency_domain,
+        )
 
     async def revoke_admin(self, address: str, agency_domain: str | None) -> None:
         """Take back one grant made by `grant_admin` (other grants stay)."""
+        await self._write_grant(
+            "DELETE FROM admins WHERE user_id = ? AND agency_id IS ?", address, agency_domain
+        )
+
+    async def _write_grant(self, sql: str, address: str, agency_domain: str | None) -> None:
+        """Run *sql* with (the user's id, the agency's id or NULL for every agency)."""
         address = normalise_address(address)
         domain = None if agency_domain is None else normalise_domain(agency_domain)
 
         def job(conn: sqlite3.Connection) -> None:
             user_id = _user_id(conn, address)
             agency_id = None if domain is None else _agency_id(conn, domain)
-            conn.execute(
-                "DELETE FROM admins WHERE user_id = ? AND agency_id IS ?", (user_id, agency_id)
-            )
+            conn.execute(sql, (user_id, agency_id))
 
         await self._db.write(job)
 
@@ -669,18 +666,11 @@ class Directory:
         This is what a SASL authorisation identity (RFC 4616) is checked against: the
         sync replicator signs in as itself and opens a user's mailbox as that user.
         """
-        address = normalise_address(address)
-        domain = None if agency_domain is None else normalise_domain(agency_domain)
-
-        def job(conn: sqlite3.Connection) -> None:
-            user_id = _user_id(conn, address)
-            agency_id = None if domain is None else _agency_id(conn, domain)
-            conn.execute(
-                "INSERT OR IGNORE INTO delegations (user_id, agency_id) VALUES (?, ?)",
-                (user_id, agency_id),
-            )
-
-        await self._db.write(job)
+        await self._write_grant(
+            "INSERT OR IGNORE INTO delegations (user_id, agency_id) VALUES (?, ?)",
+            address,
+            agency_domain,
+        )
 
     async def act_as(self, actor: User, target_address: str) -> User | None:
         """Return *target_address*'s user if *actor* may act for them, else None.

@@ -43,6 +43,9 @@ log = logging.getLogger("edgebox.protection")
 
 STATE_FILE = Path("run") / "protection.json"
 PROBE_INTERVAL = 10.0
+#: Seconds between probes while an engine does not answer (starting, restarted after a
+#: crash): the status and the health check say "answering" within a second of it.
+PROBE_INTERVAL_DOWN = 1.0
 MAX_BACKOFF = 30.0
 #: On the image (``system``): Debian's clamd socket (clamav-daemon.socket) and rspamd's
 #: normal worker.
@@ -296,7 +299,8 @@ class EngineWatch:
             task_status.started([])
             while True:
                 await self._probe()
-                await trio.sleep(PROBE_INTERVAL)
+                answering = all(state.answering for state in self.states.values())
+                await trio.sleep(PROBE_INTERVAL if answering else PROBE_INTERVAL_DOWN)
 
     def _clamd_command(self) -> list[str]:
         return ["clamd", "-c", str(engine_dir(self.config) / "clamd.conf")]

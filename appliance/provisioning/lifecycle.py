@@ -75,7 +75,9 @@ class StickNews:
 class Lifecycle:
     """The running box's state and the requests that change it."""
 
-    def __init__(self, data_dir: Path, device: Device) -> None:
+    def __init__(
+        self, data_dir: Path, device: Device, *, reset_window: float | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.device = device
         self._state = box_state(data_dir)
@@ -83,7 +85,7 @@ class Lifecycle:
         self._changed = trio.Event()
         self._provisioned = trio.Event()
         self._reset = trio.Event()
-        self.panel_reset = ResetHold(self)
+        self.panel_reset = ResetHold(self, reset_window or ResetHold.CONFIRM_WINDOW)
         #: The last USB stick's progress or result (None: no stick since the start).
         self.stick: StickNews | None = None
 
@@ -166,15 +168,17 @@ class ResetHold:
 
     ``pressed(now)`` when the button goes down, ``released(now)`` when it comes up:
     held at least `HOLD` seconds, the panel asks "reset?" and `confirm(now)` within
-    `CONFIRM_WINDOW` seconds resets. A shorter press, a late confirm or `cancel()`
+    *window* seconds (`CONFIRM_WINDOW` unless the ``panel_reset_window`` setting
+    says otherwise) resets. A shorter press, a late confirm or `cancel()`
     does nothing. Times are the caller's monotonic clock (trio or the panel loop).
     """
 
     HOLD: Final = 10.0
     CONFIRM_WINDOW: Final = 30.0
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, window: float = CONFIRM_WINDOW) -> None:
         self._lifecycle = lifecycle
+        self.window = window
         self._down_at: float | None = None
         self._armed_until: float | None = None
 
@@ -203,7 +207,7 @@ class ResetHold:
         self._down_at = None
         if self._lifecycle.state is not BoxState.PROVISIONED:
             return False  # nothing to reset: an unprovisioned box is already factory-new
-        self._armed_until = now + self.CONFIRM_WINDOW
+        self._armed_until = now + self.window
         return True
 
     def lapse(self, now: float) -> bool:

@@ -76,23 +76,34 @@ async def test_a_service_that_cannot_start_stops_everything(tmp_path: Path) -> N
     assert not (tmp_path / "status.json").exists()
 
 
-async def test_garbage_is_collected_once_a_minute(
+async def test_start_up_is_frozen_then_garbage_is_collected_once_a_minute(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    collected: list[float] = []
+    calls: list[tuple[str, float]] = []
 
     def collect() -> int:
-        collected.append(trio.current_time())
+        calls.append(("collect", trio.current_time()))
         return 0
 
+    def freeze() -> None:
+        calls.append(("freeze", trio.current_time()))
+
     monkeypatch.setattr(supervisor_module.gc, "collect", collect)
+    monkeypatch.setattr(supervisor_module.gc, "freeze", freeze)
     supervisor = Supervisor([Flaky("steady", crashes=0)], tmp_path / "status.json")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(supervisor.run)
         start = trio.current_time()
         await trio.sleep(3 * COLLECT_EVERY + 1)
         nursery.cancel_scope.cancel()
-    assert [round(t - start) for t in collected] == [60, 120, 180]
+    # Once every service is up: collect, then freeze what is left; then once a minute.
+    assert [(what, round(t - start)) for what, t in calls] == [
+        ("collect", 0),
+        ("freeze", 0),
+        ("collect", 60),
+        ("collect", 120),
+        ("collect", 180),
+    ]
 
 
 async def test_the_health_check_sees_a_crashed_service_and_its_restarts(

@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from appliance.store.settings import Settings
+from tests.appliance.protection.engines import CompiledRules, box_rspamd_database
 from tests.harness import RunningBox, curl, edgebox, init_box, require_tool, start_box, stored
 
 pytestmark = pytest.mark.slow
@@ -76,19 +77,25 @@ def engines_state(box: RunningBox) -> dict[str, dict[str, object]]:
         return {}
 
 
-def wait_for_engines(box: RunningBox, timeout: float = ENGINES_TIMEOUT) -> None:
+def wait_for_engines(
+    box: RunningBox, compiled: CompiledRules, timeout: float = ENGINES_TIMEOUT
+) -> None:
+    """Wait until the box says both engines answer; keep what rspamd compiled."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = engines_state(box)
         if all(isinstance(state.get(n), dict) and state[n].get("answering")
                for n in ("clamd", "rspamd")):  # fmt: skip
+            compiled.keep(box_rspamd_database(box.data))
             return
         time.sleep(1)
     raise AssertionError(f"engines did not come up: {engines_state(box)}")
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
+def box(
+    tmp_path_factory: pytest.TempPathFactory, compiled_rules: CompiledRules
+) -> Iterator[RunningBox]:
     require_tool("clamd")
     require_tool("rspamd")
     root = tmp_path_factory.mktemp("protection")
@@ -100,9 +107,10 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
         settings.update("config", write_engine_files(root))
     finally:
         settings.close()
+    compiled_rules.seed(box_rspamd_database(data))
     running = start_box(data)
     try:
-        wait_for_engines(running)
+        wait_for_engines(running, compiled_rules)
         yield running
     finally:
         assert running.stop() == 0

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from appliance.store.settings import Settings
+from tests.appliance.protection.engines import CompiledRules, box_rspamd_database
 from tests.e2e.test_protection import DOMAIN, USERS, wait_for_engines, write_engine_files
 from tests.harness import init_box, require_tool, start_box
 
@@ -49,7 +50,9 @@ def started_pids(data: Path, timeout: float) -> dict[str, int]:
         time.sleep(0.5)
 
 
-def test_the_next_start_stops_what_a_killed_box_left_running(tmp_path: Path) -> None:
+def test_the_next_start_stops_what_a_killed_box_left_running(
+    tmp_path: Path, compiled_rules: CompiledRules
+) -> None:
     require_tool("clamd")
     require_tool("rspamd")
     data = tmp_path / "box"
@@ -59,10 +62,11 @@ def test_the_next_start_stops_what_a_killed_box_left_running(tmp_path: Path) -> 
         settings.update("config", write_engine_files(tmp_path))
     finally:
         settings.close()
+    compiled_rules.seed(box_rspamd_database(data))
     first = start_box(data)
     try:
         # Both engines up, so rspamd has forked its workers and retitled itself.
-        wait_for_engines(first)
+        wait_for_engines(first, compiled_rules)
         left = started_pids(data, 30)
     finally:
         first.kill()
@@ -77,7 +81,7 @@ def test_the_next_start_stops_what_a_killed_box_left_running(tmp_path: Path) -> 
             assert time.monotonic() < deadline, "the leftover engines were not stopped"
             time.sleep(0.5)
         # Their socket and port are free again: the box's own engines come up.
-        wait_for_engines(second)
+        wait_for_engines(second, compiled_rules)
         now = started_pids(data, 30)
         assert set(now.values()).isdisjoint(left.values())
     finally:

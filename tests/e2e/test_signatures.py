@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from appliance.store.settings import Settings
+from tests.appliance.protection.engines import CompiledRules, box_rspamd_database
 from tests.e2e.test_protection import (
     DOMAIN,
     EICAR,
@@ -59,7 +60,9 @@ def wait_for(box: RunningBox, result: str, not_set: str | None = None) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def hub_and_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, RunningBox]]:
+def hub_and_box(
+    tmp_path_factory: pytest.TempPathFactory, compiled_rules: CompiledRules
+) -> Iterator[tuple[Path, RunningBox]]:
     require_tool("clamd")
     require_tool("rspamd")
     root = tmp_path_factory.mktemp("signatures")
@@ -78,9 +81,10 @@ def hub_and_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
                                        "protection_signatures_interval": ROUND})  # fmt: skip
         finally:
             settings.close()
+        compiled_rules.seed(box_rspamd_database(box_data))
         box = start_box(box_data)
         try:
-            wait_for_engines(box)
+            wait_for_engines(box, compiled_rules)
             yield hub_data, box
         finally:
             assert box.stop() == 0

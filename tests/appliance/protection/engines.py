@@ -4,11 +4,19 @@
 signature: freshclam cannot reach the internet here) and one scored rspamd rule, makes
 the configuration files with `appliance.protection.engines` exactly as a box does, and
 runs both daemons on a private socket and a free loopback port.
+
+`CompiledRules` keeps rspamd's compiled hyperscan databases for the whole test session:
+rspamd compiles its regular expressions on the first start in an empty database folder
+(about 30 s on the 2-core machine, the longest part of every engine start), and loads
+them from that folder when they are there. Each test's rspamd still reads the same
+rules and runs the same checks; only the compilation is done once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import socket
 import subprocess
 import time
@@ -39,6 +47,57 @@ regexp {
 START_TIMEOUT = 240.0
 
 
+class CompiledRules:
+    """rspamd's compiled hyperscan databases, shared by every rspamd a test session starts.
+
+    rspamd names each file by a hash of the expressions and the hyperscan build it
+    holds, and checks that hash when it loads one: a file that does not fit the rules
+    is ignored and those rules are compiled again, so sharing can only save time.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def seed(self, database: Path) -> None:
+        """Copy the compiled databases into rspamd's *database* folder (DBDIR) before it starts."""
+        database.mkdir(parents=True, exist_ok=True)
+        for compiled in _compiled_files(self.folder):
+            _copy_if_there(compiled, database / compiled.name)
+
+    def keep(self, database: Path) -> None:
+        """Keep what an rspamd that answers has compiled into *database* for the next start."""
+        for compiled in _compiled_files(database):
+            if (self.folder / compiled.name).exists():
+                continue
+            # Two pytest workers may keep the same file: each writes its own copy and
+            # renames it into place, so a reader never sees half a file.
+            partial = self.folder / f".{compiled.name}.{os.getpid()}"
+            if _copy_if_there(compiled, partial):
+                partial.replace(self.folder / compiled.name)
+
+
+def _compiled_files(folder: Path) -> list[Path]:
+    """The compiled databases in *folder*: ``.hs`` (regexp), ``.hsmc``/``.hsmp``
+    (multipattern). Not rspamd's ``.unser`` copies, which it remakes from them in well
+    under a second: they would double the 90 MB each box's start copies."""
+    return [path for suffix in (".hs", ".hsmc", ".hsmp") for path in folder.glob(f"*{suffix}")]
+
+
+def _copy_if_there(source: Path, target: Path) -> bool:
+    """Copy *source* to *target*; False if rspamd replaced or removed it meanwhile."""
+    try:
+        shutil.copy(source, target)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def box_rspamd_database(data: Path) -> Path:
+    """The DBDIR of the rspamd a box with data directory *data* runs (engines.engine_dir)."""
+    return data / "run" / "protection" / "rspamd-db"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,7 +105,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_engines(root: Path, clamd: str, rspamd: str) -> Iterator[Config]:
+def running_engines(
+    root: Path, clamd: str, rspamd: str, compiled: CompiledRules | None = None
+) -> Iterator[Config]:
     """Run clamd and rspamd for a box whose data directory is *root*/data."""
     database = root / "clamav-db"
     database.mkdir(parents=True)
@@ -60,6 +121,8 @@ def running_engines(root: Path, clamd: str, rspamd: str) -> Iterator[Config]:
     run = engine_dir(config)
     for sub in ("rspamd-db", "rspamd-log"):
         (run / sub).mkdir(parents=True)
+    if compiled is not None:
+        compiled.seed(run / "rspamd-db")
     (run / "clamd.conf").write_text(clamd_config(config))
     (run / "rspamd.conf").write_text(rspamd_config(config))
     processes = [
@@ -81,6 +144,8 @@ def running_engines(root: Path, clamd: str, rspamd: str) -> Iterator[Config]:
             assert time.monotonic() < deadline, "clamd or rspamd did not start"
             assert all(p.poll() is None for p in processes), "an engine exited"
             time.sleep(0.5)
+        if compiled is not None:
+            compiled.keep(run / "rspamd-db")
         yield config
     finally:
         for process in processes:

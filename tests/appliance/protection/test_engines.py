@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import trio
+import trio.testing
 
 from appliance.config import ConfigError, load_config
-from appliance.protection.engines import clamd_config, clamd_socket, rspamd_address, rspamd_config
+from appliance.protection.engines import (
+    PROBE_INTERVAL,
+    PROBE_INTERVAL_DOWN,
+    EngineWatch,
+    clamd_config,
+    clamd_socket,
+    rspamd_address,
+    rspamd_config,
+)
+from appliance.protection.scanner import ScannerUnavailable
 
 
 def test_box_engines_live_in_the_data_directory(tmp_path: Path) -> None:
@@ -66,3 +80,44 @@ def test_agency_thresholds_command_sets_what_the_scanner_reads(
     finally:
         settings.close()
     assert "moe.go.th" in capsys.readouterr().out
+
+
+class Engine:
+    """An engine's client that does not answer its first *silent* pings."""
+
+    def __init__(self, silent: int) -> None:
+        self.silent = silent
+        self.pings: list[float] = []
+
+    async def ping(self) -> bool:
+        self.pings.append(trio.current_time())
+        return len(self.pings) > self.silent
+
+    async def version(self) -> Any:
+        raise ScannerUnavailable("no version in this test")
+
+    @asynccontextmanager
+    async def keep_connections(self) -> AsyncIterator[None]:
+        yield
+
+
+class Engines:
+    def __init__(self, clamd: Engine, rspamd: Engine) -> None:
+        self.clamd, self.rspamd = clamd, rspamd
+
+
+async def test_an_engine_that_does_not_answer_is_probed_every_second_until_it_does(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = load_config(tmp_path, file_values={"protection_engines": "system"})
+    clamd, rspamd = Engine(silent=0), Engine(silent=3)  # rspamd still compiling its rules
+    watch = EngineWatch(config, cast(Any, Engines(clamd, rspamd)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch.serve)
+        await trio.sleep(3 * PROBE_INTERVAL_DOWN + 2 * PROBE_INTERVAL + 0.5)
+        nursery.cancel_scope.cancel()
+    start = rspamd.pings[0]
+    gaps = [b - a for a, b in zip(rspamd.pings, rspamd.pings[1:], strict=False)]
+    # Three probes find rspamd silent, one second apart; then both answer: every 10 s.
+    assert gaps == [PROBE_INTERVAL_DOWN] * 3 + [PROBE_INTERVAL] * 2, (start, gaps)
+    assert watch.states["rspamd"].answering

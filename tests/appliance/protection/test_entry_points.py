@@ -35,7 +35,7 @@ from tests.appliance.mail.webmail.test_compose_pages import (  # noqa: F401 - fi
     send,
     sign_in,
 )
-from tests.appliance.protection.engines import EICAR, running_engines
+from tests.appliance.protection.engines import EICAR, CompiledRules, running_engines
 from tests.appliance.sync.test_mailbox import USER, Env, dovecot, env  # noqa: F401 - fixtures
 from tests.appliance.web.conftest import start_server
 from tests.harness import require_tool
@@ -44,9 +44,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+def engines(
+    tmp_path_factory: pytest.TempPathFactory, compiled_rules: CompiledRules
+) -> Iterator[Config]:
     clamd, rspamd = require_tool("clamd"), require_tool("rspamd")
-    with running_engines(tmp_path_factory.mktemp("engines"), clamd, rspamd) as config:
+    root = tmp_path_factory.mktemp("engines")
+    with running_engines(root, clamd, rspamd, compiled_rules) as config:
         yield config
 
 

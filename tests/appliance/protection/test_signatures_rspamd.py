@@ -27,7 +27,7 @@ from appliance.protection.engines import (
 from appliance.protection.rspamd import Envelope
 from appliance.protection.signatures.sync import read_state
 from appliance.security.provisioning_ca import ensure_provisioning_ca
-from tests.appliance.protection.engines import START_TIMEOUT
+from tests.appliance.protection.engines import START_TIMEOUT, CompiledRules
 from tests.appliance.protection.test_signatures import InProcessHub, box_config, publish, updater
 from tests.harness import require_tool
 from tests.peers import free_port
@@ -51,7 +51,7 @@ MESSAGE = (
 
 
 @pytest.fixture
-def rspamd_box(tmp_path: Path) -> Iterator[Config]:
+def rspamd_box(tmp_path: Path, compiled_rules: CompiledRules) -> Iterator[Config]:
     """A box's config with its own rspamd running (box's configuration, no local rules)."""
     binary = require_tool("rspamd")
     ensure_provisioning_ca(tmp_path / "hub" / "keys")
@@ -59,6 +59,7 @@ def rspamd_box(tmp_path: Path) -> Iterator[Config]:
     run = engine_dir(config)
     for sub in ("rspamd-db", "rspamd-log", "local.d"):
         (run / sub).mkdir(parents=True)
+    compiled_rules.seed(run / "rspamd-db")
     (run / "rspamd.conf").write_text(rspamd_config(config))
     process = subprocess.Popen(
         [binary, "-f", "-i", "-c", str(run / "rspamd.conf"),
@@ -74,6 +75,7 @@ def rspamd_box(tmp_path: Path) -> Iterator[Config]:
     try:
         yield config
     finally:
+        compiled_rules.keep(run / "rspamd-db")
         process.terminate()
         process.wait(30)
 

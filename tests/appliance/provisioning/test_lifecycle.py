@@ -99,6 +99,19 @@ async def test_a_hold_timed_by_the_panel_arms_the_prompt_until_it_lapses(tmp_pat
     assert await _reset_asked(lifecycle)
 
 
+async def test_the_confirm_window_is_the_panel_reset_window_setting(tmp_path: Path) -> None:
+    await provision(tmp_path, REQUEST)
+    lifecycle = Lifecycle(tmp_path, ensure_device(tmp_path), reset_window=5.0)
+    lifecycle.serving(BoxState.PROVISIONED, {})
+    hold = lifecycle.panel_reset
+    assert hold.held(50.0)
+    assert not hold.lapse(55.0)
+    assert hold.lapse(55.1)
+    assert hold.held(100.0)
+    assert not hold.confirm(105.1)  # late for a 5-s window, though within the default 30 s
+    assert not await _reset_asked(lifecycle)
+
+
 async def test_the_panel_cannot_arm_a_reset_on_an_unprovisioned_box(tmp_path: Path) -> None:
     lifecycle = Lifecycle(tmp_path, ensure_device(tmp_path))
     assert not lifecycle.panel_reset.held(0.0)

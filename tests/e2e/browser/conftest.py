@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import RunningBox, edgebox, require_tool, start_box
+from tests.harness import RunningBox, edgebox_commands, require_tool, start_box
 
 DOMAIN = "demo.go.th"
 OTHER = "other.go.th"
@@ -47,11 +47,15 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="session")
 def web_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBox]:
     data = tmp_path_factory.mktemp("browser") / "box"
-    edgebox("init", "--data", str(data), "--domain", DOMAIN, "--agency-name", "สำนักงานสาธิต")
-    edgebox("agency", "add", "--data", str(data), OTHER, "--name", "กรมตัวอย่าง")
-    for address, (password, name, flags) in USERS.items():
-        edgebox("user", "add", "--data", str(data), address, "--name", name, *flags,
-                "--password-stdin", input=password + "\n")  # fmt: skip
+    edgebox_commands(
+        (["init", "--data", str(data), "--domain", DOMAIN, "--agency-name", "สำนักงานสาธิต"], ""),
+        (["agency", "add", "--data", str(data), OTHER, "--name", "กรมตัวอย่าง"], ""),
+        *(
+            (["user", "add", "--data", str(data), address, "--name", name, *flags,
+              "--password-stdin"], password + "\n")
+            for address, (password, name, flags) in USERS.items()
+        ),
+    )  # fmt: skip
     box = start_box(data)
     try:
         yield box
