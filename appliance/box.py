@@ -49,7 +49,7 @@ from appliance.security.guard import AuthGuard, GuardPolicy
 from appliance.security.keys import create_box_keys, load_data_key
 from appliance.security.tls import ensure_tls_material, server_ssl_context
 from appliance.store.blobs import BlobStore
-from appliance.store.database import SQLiteDatabase, open_database
+from appliance.store.database import SQLiteDatabase, open_database, open_readonly_database
 from appliance.store.settings import Settings
 
 
@@ -253,6 +253,61 @@ async def _open_parts(config: Config, identity: Identity) -> AsyncIterator[Box]:
                         else None
                     ),
                 )
+    finally:
+        settings.close()
+
+
+@dataclass
+class WorkerBox:
+    """The parts of a box an MX worker process opens: read-only, never migrated."""
+
+    config: Config
+    hostname: str
+    directory: Directory
+    mailstore: Mailstore
+    tls: ssl.SSLContext
+    guard: AuthGuard
+    disk_guard: DiskGuard
+    protection: Protection | None
+
+
+@asynccontextmanager
+async def open_worker_box(config: Config) -> AsyncIterator[WorkerBox]:
+    """Open what an MX worker reads (docs/architecture.md, "The process model").
+
+    The main process (`open_box`) has made, migrated and owns everything; a worker
+    reads the directory and the mail database (the policy's look-ups and the quota)
+    and loads the TLS context. It writes nothing: its messages, traffic-log lines and
+    counts go to the main process (appliance.mail.smtp.pool).
+    """
+    identity = read_identity(config.data_dir)
+    if identity is None:
+        raise BoxError(f"{config.data_dir} is not an edgebox data directory")
+    data_dir = config.data_dir
+    hostname = config.hostname or f"mail.{identity.domain}"
+    keys_dir = data_dir / "keys"
+    # The mail store's type wants its blobs; a worker never reads or writes one.
+    blobs = BlobStore(data_dir / "blobs", load_data_key(keys_dir))
+    settings = Settings(data_dir / "config.json")
+    try:
+        async with (
+            open_readonly_database(data_dir / "db" / "directory.sqlite") as dir_db,
+            open_readonly_database(data_dir / "db" / "mail.sqlite") as mail_db,
+        ):
+            yield WorkerBox(
+                config=config,
+                hostname=hostname,
+                directory=Directory(dir_db),
+                mailstore=Mailstore(mail_db, blobs),
+                tls=server_ssl_context(keys_dir),
+                guard=AuthGuard(guard_policy(config), clock=trio.current_time),
+                disk_guard=DiskGuard(data_dir, PsutilReadings(), config.disk_hard_free),
+                protection=(
+                    protection_from_config(config, lambda: settings.get("protection"), hostname)
+                    if config.protection
+                    else None
+                ),
+            )
     finally:
         settings.close()
 

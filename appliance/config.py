@@ -73,6 +73,10 @@ class Config:
     max_recipients: int = 100
     #: Simultaneous SMTP connections per listener before 421.
     max_connections: int = 200
+    #: Processes serving the MX port's sessions (docs/architecture.md, "The process
+    #: model"): 1 serves them in the main process; more start that many workers that
+    #: share the port and hand each message to the main process's one writer.
+    smtp_workers: int = 1
     #: Simultaneous HTTPS connections: every signed-in phone and browser tab holds a
     #: WebSocket stream open, so an office of 1,000 staff needs a few thousand.
     max_web_connections: int = 5000
@@ -339,6 +343,8 @@ def load_config(
     _check_protection(values)
     _check_updates(values)
     _check_hub_admission(values)
+    if values.get("smtp_workers", 1) < 1:
+        raise ConfigError("smtp_workers must be at least 1")
     for entry in str(values.get("mx_trusted_relays", "")).replace(",", " ").split():
         try:
             ipaddress.ip_network(entry, strict=False)

@@ -29,6 +29,7 @@ the runner (appliance.cli runs the states, appliance.supervisor the services).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -58,6 +59,7 @@ from appliance.mail.imap.server import IMAPService
 from appliance.mail.indexing import SearchIndexer
 from appliance.mail.smtp.budget import MessageBudget
 from appliance.mail.smtp.policy import Port
+from appliance.mail.smtp.pool import SMTPWorkerPool
 from appliance.mail.smtp.server import SMTPService
 from appliance.mail.webmail.compose_pages import compose_routes
 from appliance.mail.webmail.pages import mail_routes
@@ -196,7 +198,8 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
     # The console's Install now wakes the update channel's follower through this.
     install_now = InstallNowBell()
     services: list[Service] = [
-        *(smtp_service(box, port, budget) for port in (Port.MX, Port.SUBMISSION, Port.SUBMISSIONS)),
+        mx_service(box, budget),
+        *(smtp_service(box, port, budget) for port in (Port.SUBMISSION, Port.SUBMISSIONS)),
         imap_service(box, "imap"),
         imap_service(box, "imaps"),
         https_service(box, lifecycle, install_now),
@@ -223,6 +226,25 @@ def provisioned_services(box: Box, lifecycle: Lifecycle | None = None) -> Provis
         services.insert(0, EngineWatch(config, box.protection))
     view = BoxView(box.hostname, health.findings, box.mailstore.outbound_groups)
     return Provisioned(services, health, view)
+
+
+#: Starts one MX worker process (appliance.smtp_worker); the pool adds its descriptors.
+MX_WORKER_COMMAND = (sys.executable, "-m", "appliance.smtp_worker")
+
+
+def mx_service(box: Box, budget: MessageBudget | None = None) -> SMTPService | SMTPWorkerPool:
+    """The MX port: in this process, or in ``smtp_workers`` worker processes.
+
+    The workers share the port and hand every message to this process's one writer
+    (appliance.mail.smtp.pool); each has its own message budget, so the box's bound
+    on message bytes being checked is the budget times the number of processes.
+    """
+    if box.config.smtp_workers <= 1:
+        return smtp_service(box, Port.MX, budget)
+    return SMTPWorkerPool(
+        box.config, MX_WORKER_COMMAND, delivery=box.delivery, traffic=box.traffic,
+        metrics=box.metrics,
+    )  # fmt: skip
 
 
 def smtp_service(box: Box, port: Port, budget: MessageBudget | None = None) -> SMTPService:

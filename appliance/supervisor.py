@@ -14,7 +14,7 @@ then serves until cancelled. The supervisor:
   restarts, rewritten when one crashes or comes back) for `edgebox status`, and removes
   it on a clean stop; `service_states` gives the same to the health monitor in-process.
 - freezes what start-up left alive out of the garbage collector's reach, then runs a full
-  collection every `COLLECT_EVERY` seconds (see `_collect_garbage`).
+  collection every `COLLECT_EVERY` seconds (see `collect_garbage`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Supervisor:
                     on_ready(self.listeners)
                 notify("READY=1")
                 nursery.start_soon(_feed_watchdog)
-                nursery.start_soon(_collect_garbage)
+                nursery.start_soon(collect_garbage)
         finally:
             self.status_file.unlink(missing_ok=True)
 
@@ -161,7 +161,7 @@ def notify(message: str) -> None:
             log.warning("sd_notify failed: %s", exc)
 
 
-async def _collect_garbage(every: float = COLLECT_EVERY) -> None:
+async def collect_garbage(every: float = COLLECT_EVERY) -> None:
     """Freeze what start-up left alive, then run a full collection every *every* seconds.
 
     Every TLS connection leaves a reference cycle behind when it closes (trio's

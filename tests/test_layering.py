@@ -47,6 +47,8 @@ LAYERS: tuple[Layer, ...] = (
         (
             "appliance.mail.smtp.protocol",
             "appliance.mail.smtp.client",
+            # The MX workers' hand-off frames (appliance.mail.smtp.pool moves them).
+            "appliance.mail.smtp.handoff",
             "appliance.mail.imap.protocol",
             "appliance.mail.imap.client",
             "appliance.mail.imap.mutf7",
@@ -124,7 +126,8 @@ LAYERS: tuple[Layer, ...] = (
         ),
     ),
     # The composition root: which services and routes, each handed its parts.
-    Layer("registry", ("appliance.registry",)),
+    # (An MX worker process composes its one service beside it: appliance.smtp_worker.)
+    Layer("registry", ("appliance.registry", "appliance.smtp_worker")),
     Layer("command", ("appliance.cli",)),
     Layer("entry point", ("appliance.__main__",)),
 )
@@ -265,6 +268,8 @@ BOX_USERS: frozenset[str] = frozenset(
     {
         "appliance.cli",
         "appliance.registry",
+        # An MX worker process's own composition root: it opens the box read-only.
+        "appliance.smtp_worker",
         # Provisioning makes the data directory (init_box); the USB stick and the
         # setup wizard add users.
         "appliance.provisioning.provision",

@@ -22,6 +22,7 @@ CORES = [
     "appliance.mail.mime",
     "appliance.mail.smtp.protocol",
     "appliance.mail.smtp.client",
+    "appliance.mail.smtp.handoff",
     "appliance.mail.imap.protocol",
     "appliance.mail.imap.client",
     "appliance.mail.imap.mutf7",

@@ -132,6 +132,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX entries_by_doc ON entries (doc, mailbox_id)",
     ),
+    # Version 2: the five header columns again, in narrow rows of their own. A 1–2
+    # character SUBJECT/FROM/TO/CC/BCC query, which trigrams cannot answer, scans
+    # these instead of FTS5's content rows, which hold the body too: on 100,000
+    # messages ~150 bytes a row instead of kilobytes (overflow pages included), ~20×
+    # fewer pages to read and decrypt. Filled from the documents already indexed.
+    (
+        """
+        CREATE TABLE fields (
+            doc INTEGER PRIMARY KEY,
+            subject TEXT NOT NULL, from_ TEXT NOT NULL, to_ TEXT NOT NULL,
+            cc TEXT NOT NULL, bcc TEXT NOT NULL
+        )
+        """,
+        "INSERT INTO fields SELECT rowid, subject, from_, to_, cc, bcc FROM docs",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -427,9 +442,13 @@ def _put(conn: apsw.Connection, mailbox_id: int, uid: int, doc: Document) -> Non
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         doc.values(),
     )
+    doc_id = conn.last_insert_rowid()
     conn.execute(
-        "INSERT INTO entries (mailbox_id, uid, doc) VALUES (?, ?, ?)",
-        (mailbox_id, uid, conn.last_insert_rowid()),
+        "INSERT INTO fields (doc, subject, from_, to_, cc, bcc) VALUES (?, ?, ?, ?, ?, ?)",
+        (doc_id, *doc.values()[:5]),
+    )
+    conn.execute(
+        "INSERT INTO entries (mailbox_id, uid, doc) VALUES (?, ?, ?)", (mailbox_id, uid, doc_id)
     )
 
 
@@ -448,6 +467,7 @@ def _drop_orphans(conn: apsw.Connection, docs: Iterable[int]) -> None:
     for doc in docs:
         if conn.execute("SELECT 1 FROM entries WHERE doc = ? LIMIT 1", (doc,)).fetchone() is None:
             conn.execute("DELETE FROM docs WHERE rowid = ?", (doc,))
+            conn.execute("DELETE FROM fields WHERE doc = ?", (doc,))
 
 
 # Column names come only from _FIELD_COLUMNS (never from the request), so the SQL below
@@ -463,11 +483,22 @@ def _match_sql(select: str) -> str:
 
 
 def _scan_sql(select: str, columns: tuple[str, ...]) -> str:
+    if "docs." not in select and set(columns) <= _NARROW_COLUMNS:
+        # Header columns only: the narrow `fields` rows answer (schema version 2).
+        test = " OR ".join(f"instr(f.{column}, ?1) > 0" for column in columns)
+        return (
+            f"SELECT {select} FROM entries AS e JOIN fields AS f ON f.doc = e.doc"  # noqa: S608 (fixed strings)
+            f" WHERE e.mailbox_id = ?2 AND ({test})"
+        )
     test = " OR ".join(f"instr(docs.{column}, ?1) > 0" for column in columns)
     return (
         f"SELECT {select} FROM entries AS e JOIN docs ON docs.rowid = e.doc"  # noqa: S608 (fixed strings)
         f" WHERE e.mailbox_id = ?2 AND ({test})"
     )
+
+
+#: The columns the `fields` table repeats.
+_NARROW_COLUMNS = frozenset(_HEADER_COLUMNS.values())
 
 
 #: (with header text?, columns) -> (MATCH query, scan query)

@@ -308,6 +308,26 @@ async def open_database(
 
 
 @asynccontextmanager
+async def open_readonly_database(path: Path) -> AsyncIterator[SQLiteDatabase]:
+    """Open *path* for reading only: no migrations, no writer; a write raises DatabaseClosed.
+
+    For a process beside the one that owns the database (an MX worker's policy
+    look-ups, appliance.mail.smtp.pool): the owner keeps the one writer, and WAL lets
+    this process read while it writes.
+    """
+
+    def reader() -> sqlite3.Connection:
+        return connect(path, readonly=True)
+
+    db = Database(path, reader(), reader)
+    db._send.close()  # nothing may queue a write here
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@asynccontextmanager
 async def running(db: Database[C]) -> AsyncIterator[Database[C]]:
     """Run *db*'s writer task for the duration of the block, then close it."""
     try:

@@ -238,6 +238,11 @@ def _status(args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.at))
         why = f" — {event.reason}" if event.reason else ""
         print(f"{when} UTC  {event.event:11} {event.version or '-':12} slot {event.slot}{why}")
+    # The report queue (appliance.update.report): what the hub has not acknowledged yet,
+    # so a technician sees whether the centre already knows of a rollback.
+    if waiting := len(state.unreported()):
+        print(f"not yet reported to the hub: {waiting} event{'s' if waiting > 1 else ''} "
+              "(sent once the box is enrolled and the link is up)")  # fmt: skip
     return 0
 
 

@@ -271,3 +271,10 @@ def test_hub_admission_bounds_must_admit_something(tmp_path: Path) -> None:
             load_config(tmp_path, flags={name: value})
     with pytest.raises(ConfigError, match="hub_queue_wait"):
         load_config(tmp_path, flags={"hub_queue_wait": "0"})
+
+
+def test_smtp_workers_is_at_least_one(tmp_path: Path) -> None:
+    config = load_config(tmp_path, environ={"EDGEBOX_SMTP_WORKERS": "2"})
+    assert config.smtp_workers == 2
+    with pytest.raises(ConfigError, match="smtp_workers must be at least 1"):
+        load_config(tmp_path, flags={"smtp_workers": "0"})

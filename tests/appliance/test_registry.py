@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from appliance.box import Box, configured, init_box, open_box
+from appliance.mail.smtp.pool import SMTPWorkerPool
+from appliance.mail.smtp.server import SMTPService
 from appliance.panel import BoxViewSlot
 from appliance.provisioning.device import ensure_device
 from appliance.provisioning.lifecycle import Lifecycle
@@ -64,6 +66,26 @@ async def test_a_hub_on_postgresql_follows_its_workers_commits(tmp_path: Path, p
         names = [service.name for service in provisioned_services(box).services]
     hub = [*EDGE[: EDGE.index("link-monitor")], "hub-sync", "health", "metrics"]
     assert names == [*hub, "commit-follower"]
+
+
+async def test_smtp_workers_put_the_mx_port_in_a_pool_of_processes(tmp_path: Path) -> None:
+    async for box in opened(tmp_path / "data", smtp_workers=2):
+        services = provisioned_services(box).services
+    assert [service.name for service in services] == EDGE
+    mx = services[0]
+    assert isinstance(mx, SMTPWorkerPool)
+    assert mx.workers == 2
+    # Submission stays in this process, and so does the one writer the pool hands to.
+    assert isinstance(services[1], SMTPService)
+    assert mx.delivery is box.delivery
+    assert mx.traffic is box.traffic
+
+
+async def test_one_smtp_worker_is_the_one_process_mx(box: Box) -> None:
+    assert box.config.smtp_workers == 1
+    mx = provisioned_services(box).services[0]
+    assert isinstance(mx, SMTPService)
+    assert mx.name == "smtp-mx"
 
 
 async def test_the_https_port_serves_every_capability(box: Box) -> None:

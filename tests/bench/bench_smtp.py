@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pytest
 
+from appliance.store.settings import Settings
 from tests.bench.common import (
     DOMAIN,
     RCPT,
@@ -190,11 +191,20 @@ def bench_reference(
 
 
 def bench_edgebox(
-    workdir: Path, messages: int, sessions: int, size: int, port_offset: int
+    workdir: Path, messages: int, sessions: int, size: int, port_offset: int, smtp_workers: int = 1
 ) -> dict[str, Any]:
     limit = _time_limit(messages)
+
+    def workers(data: Path) -> None:
+        # The MX in worker processes (docs/architecture.md, "The process model").
+        settings = Settings(data / "config.json")
+        try:
+            settings.update("config", {"smtp_workers": smtp_workers})
+        finally:
+            settings.close()
+
     with (
-        edgebox_server(workdir, port_offset) as (proc, port),
+        edgebox_server(workdir, port_offset, configure=workers) as (proc, port),
         RssSampler(lambda: [proc.pid]) as rss,
     ):
         start = time.monotonic()
@@ -224,6 +234,7 @@ def run(
     edgebox: bool = True,
     rounds: int = 1,
     mode: str = "standard",
+    smtp_workers: int = 1,
 ) -> dict[str, Any]:
     """Run both halves ``rounds`` times and return (and write) the results.
 
@@ -241,11 +252,12 @@ def run(
         "mode": mode,
         "tool": "postfix smtp-source",
         "recipients_per_message": 1,
+        "smtp_workers": smtp_workers,
     }
     result = stamp("smtp ingest to mailbox", params)
     halves: dict[str, Callable[[Path], dict[str, Any]]] = {
         "reference": lambda d: bench_reference(d, messages, sessions, size),
-        "edgebox": lambda d: bench_edgebox(d, messages, sessions, size, port_offset),
+        "edgebox": lambda d: bench_edgebox(d, messages, sessions, size, port_offset, smtp_workers),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in halves}
     errors: dict[str, str] = {}
@@ -347,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat both halves, alternating, and report the median round",
     )
     ap.add_argument(
+        "--smtp-workers",
+        type=int,
+        default=1,
+        help="the box's smtp_workers setting (1: the MX in the main process)",
+    )
+    ap.add_argument(
         "--reference-only",
         action="store_true",
         help="measure only Postfix+Dovecot (edgebox not runnable yet)",
@@ -361,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         edgebox=not args.reference_only,
         rounds=args.rounds,
         mode=args.mode,
+        smtp_workers=args.smtp_workers,
     )
     print(report(result))
     failed = [

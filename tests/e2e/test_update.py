@@ -89,3 +89,5 @@ def test_a_box_that_does_not_come_up_falls_back(sandbox: RaucSandbox, tmp_path: 
     history = edgebox("update", "status", "--data", str(data)).stdout
     assert "rolled_back" in history
     assert "edgebox is not running" in history
+    # Installed and rolled back, neither acknowledged by a hub: both wait in the queue.
+    assert "not yet reported to the hub: 2 events" in history

@@ -104,10 +104,11 @@ class Console:
     def text(self) -> str:
         return self.path.read_bytes().decode(errors="replace")
 
-    def wait_for(self, pattern: str, deadline: float) -> re.Match[str]:
+    def wait_for(self, pattern: str, deadline: float, after: int = 0) -> re.Match[str]:
+        """The first match of *pattern* at or after offset *after*, waited for."""
         while True:
             text = self.text()
-            found = re.search(pattern, text)
+            found = re.compile(pattern).search(text, after)
             if found:
                 return found
             assert "emergency mode" not in text, text[-4000:]
@@ -140,15 +141,22 @@ def wait_for_greeting(port: int, deadline: float, vm: subprocess.Popen[bytes]) -
         time.sleep(0.5)
 
 
-def https_request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
-    """One request to the box's HTTPS port; (status, parsed JSON body, server cert DER)."""
+def https_request(
+    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, bytes]:
+    """One request to the box's HTTPS port; (status, parsed JSON body, server cert DER).
+
+    A body that is not JSON (an HTML page) comes back as text.
+    """
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # checked against the console's fingerprint instead
     payload = json.dumps(body).encode() if body is not None else b""
     head = (
         f"{method} {path} HTTP/1.1\r\nHost: box\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        + "\r\n"
     )
     with (
         socket.create_connection(("127.0.0.1", port), timeout=120) as raw,
@@ -163,7 +171,12 @@ def https_request(port: int, method: str, path: str, body: Any = None) -> tuple[
     status = int(header.split(b" ", 2)[1])
     if b"transfer-encoding: chunked" in header.lower():
         content = _unchunk(content)
-    return status, json.loads(content) if content.strip() else None, der or b""
+    if not content.strip():
+        return status, None, der or b""
+    try:
+        return status, json.loads(content), der or b""
+    except ValueError:
+        return status, content.decode(errors="replace"), der or b""
 
 
 def _unchunk(data: bytes) -> bytes:

@@ -32,6 +32,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,15 @@ from tests.image_build.test_qemu_boot import (
 )
 
 RELEASE = "2026.12.2"
-#: The technician's steps, run as root by kernel-command-line.service on every boot.
-#: systemd-run-generator makes that unit the default target, so it first starts the
-#: box's own target; then it does its work once, on slot A only.
-SCRIPT = f"""#!/bin/sh
+
+
+def technician_script(release: str) -> str:
+    """The technician's steps, run as root by kernel-command-line.service on every boot.
+
+    systemd-run-generator makes that unit the default target, so it first starts the
+    box's own target; then it installs *release* from the stick once, on slot A only.
+    """
+    return f"""#!/bin/sh
 systemctl start --no-block multi-user.target
 echo "qemu-test: booted $(grep -o 'rauc.slot=[AB]' /proc/cmdline)"
 grep -q rauc.slot=A /proc/cmdline || exit 0
@@ -65,7 +71,7 @@ probe='import socket; socket.create_connection(("127.0.0.1", 25), 5)'
 until /usr/lib/edgebox/bin/python -c "$probe" 2>/dev/null; do sleep 5; done
 echo "qemu-test: the MX answers, installing"
 mount -o ro /dev/vdb /mnt || exit 1
-runuser -u edgebox -- /usr/bin/edgebox update install /mnt/edgebox-{RELEASE}.raucb \\
+runuser -u edgebox -- /usr/bin/edgebox update install /mnt/edgebox-{release}.raucb \\
     --data /var/lib/edgebox
 echo "qemu-test: install exit $?"
 touch /data/qemu-test/installed
@@ -73,6 +79,9 @@ umount /mnt
 echo "qemu-test: rebooting"
 systemctl reboot
 """
+
+
+SCRIPT = technician_script(RELEASE)
 CMDLINE = (
     "systemd.journald.forward_to_console=1 systemd.mask=clamav-freshclam.service "
     "systemd.run=/data/qemu-test/run.sh "
@@ -88,7 +97,7 @@ def partition_device(disk: Path, number: int, *, read_only: bool) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def put_script(disk: Path, mnt: Path) -> None:
+def put_script(disk: Path, mnt: Path, script: str = SCRIPT) -> None:
     """Write the technician's script onto the data partition (before the first boot)."""
     loop = partition_device(disk, 4, read_only=False)
     try:
@@ -96,12 +105,40 @@ def put_script(disk: Path, mnt: Path) -> None:
         subprocess.run(["mount", loop, str(mnt)], check=True)
         try:
             (mnt / "qemu-test").mkdir()
-            (mnt / "qemu-test" / "run.sh").write_text(SCRIPT)
+            (mnt / "qemu-test" / "run.sh").write_text(script)
             (mnt / "qemu-test" / "run.sh").chmod(0o755)
         finally:
             subprocess.run(["umount", str(mnt)], check=True)
     finally:
         subprocess.run(["losetup", "-d", loop], check=True)
+
+
+def release_bundle(
+    rootfs: str, keys: str, tmp: Path, version: str, change: Callable[[Path], None]
+) -> Path:
+    """Sign the root of *rootfs*, changed by *change* (given its mount point), as *version*.
+
+    Signed with the channel ``release`` of the keyring folder *keys*, as a release would be.
+    """
+    changed = tmp / f"rootfs-{version}.ext4"
+    subprocess.run(["cp", "--sparse=always", rootfs, str(changed)], check=True)
+    mnt = tmp / f"root-{version}"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(changed), str(mnt)], check=True)
+    try:
+        (mnt / "etc" / "edgebox-release").write_text(version + "\n")
+        change(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    bundle = tmp / f"edgebox-{version}.raucb"
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "appliance", "update", "bundle", "--rootfs",
+                    str(changed), "--keyring", keys, "--channel", "release",
+                    "--version", version, "--out", str(bundle)], check=True)  # fmt: skip
+    print(f"\nedgebox update bundle: {time.monotonic() - started:.0f} s, "
+          f"{bundle.stat().st_size >> 20} MiB")  # fmt: skip
+    changed.unlink()
+    return bundle
 
 
 def stick(bundle: Path, out: Path) -> None:
@@ -115,6 +152,31 @@ def stick(bundle: Path, out: Path) -> None:
     size_mib = bundle.stat().st_size // (1 << 20) + 64
     subprocess.run([require_tool("mkfs.ext4"), "-q", "-F", "-d", str(src), str(out),
                     f"{size_mib}M"], check=True)  # fmt: skip
+
+
+def start_machine(
+    qemu: str, tmp: Path, disk: Path, stick_image: Path, forwards: str, monitor: Path,
+    console_log: Path,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Power the machine on (UEFI vars in *tmp*/vars.fd), its console appended to *console_log*.
+
+    -no-reboot: a guest reboot ends QEMU and the test powers the machine on again. A
+    warm reset (the guest's or the monitor's system_reset) left OVMF spinning in its PEI
+    phase under TCG here (EIP fffcd283, no console output, 2026-12-07), so the reboot is
+    a power cycle; the firmware starts from the top either way.
+    """
+    with console_log.open("ab") as log:
+        return subprocess.Popen(
+            [qemu, "-machine", "q35,accel=tcg", "-m", "2048", "-smp", "2", "-no-reboot",
+             "-nographic", "-monitor", f"unix:{monitor},server,nowait",
+             "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF / 'OVMF_CODE_4M.fd'}",
+             "-drive", f"if=pflash,format=raw,file={tmp / 'vars.fd'}",
+             "-drive", f"file={disk},format=raw,if=virtio",
+             "-drive", f"file={stick_image},format=raw,if=virtio,readonly=on",
+             "-netdev", f"user,id=n0,restrict=on,{forwards}",
+             "-device", "virtio-net-pci,netdev=n0"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
 
 
 def answers(smtp: int, https: int) -> tuple[bool, bool]:
@@ -159,24 +221,8 @@ def test_an_update_installs_reboots_into_slot_b_and_commits_after_its_gate(
         missing_prerequisite("EDGEBOX_TEST_IMAGE, EDGEBOX_TEST_ROOTFS and EDGEBOX_TEST_KEYS")
     bundle = Path(os.environ.get("EDGEBOX_TEST_BUNDLE", ""))
     if not bundle.is_file():
-        # The root of the same build with one file changed, signed as a release would be.
-        changed = tmp_path / "rootfs-b.ext4"
-        subprocess.run(["cp", "--sparse=always", rootfs, str(changed)], check=True)
-        mnt = tmp_path / "root-b"
-        mnt.mkdir()
-        subprocess.run(["mount", "-o", "loop", str(changed), str(mnt)], check=True)
-        try:
-            (mnt / "etc" / "edgebox-release").write_text(RELEASE + "\n")
-        finally:
-            subprocess.run(["umount", str(mnt)], check=True)
-        bundle = tmp_path / f"edgebox-{RELEASE}.raucb"
-        started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "appliance", "update", "bundle", "--rootfs",
-                        str(changed), "--keyring", keys, "--channel", "release",
-                        "--version", RELEASE, "--out", str(bundle)], check=True)  # fmt: skip
-        print(f"\nedgebox update bundle: {time.monotonic() - started:.0f} s, "
-              f"{bundle.stat().st_size >> 20} MiB")  # fmt: skip
-        changed.unlink()
+        # The root of the same build with only its release changed.
+        bundle = release_bundle(rootfs, keys, tmp_path, RELEASE, lambda root: None)
     stick_image = tmp_path / "stick.img"
     stick(bundle, stick_image)
 
@@ -194,22 +240,7 @@ def test_an_update_installs_reboots_into_slot_b_and_commits_after_its_gate(
     console_log.write_bytes(b"")
 
     def power_on() -> subprocess.Popen[bytes]:
-        # -no-reboot: a guest reboot ends QEMU and the test powers the machine on again.
-        # A warm reset (the guest's or the monitor's system_reset) left OVMF spinning in
-        # its PEI phase under TCG here (EIP fffcd283, no console output, 2026-12-07), so
-        # the reboot is a power cycle; the firmware starts from the top either way.
-        with console_log.open("ab") as log:
-            return subprocess.Popen(
-                [qemu, "-machine", "q35,accel=tcg", "-m", "2048", "-smp", "2", "-no-reboot",
-                 "-nographic", "-monitor", f"unix:{monitor},server,nowait",
-                 "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF / 'OVMF_CODE_4M.fd'}",
-                 "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
-                 "-drive", f"file={disk},format=raw,if=virtio",
-                 "-drive", f"file={stick_image},format=raw,if=virtio,readonly=on",
-                 "-netdev", f"user,id=n0,restrict=on,{forwards}",
-                 "-device", "virtio-net-pci,netdev=n0"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+        return start_machine(qemu, tmp_path, disk, stick_image, forwards, monitor, console_log)
 
     vm = power_on()
     console = Console(console_log, vm)

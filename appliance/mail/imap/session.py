@@ -806,10 +806,14 @@ class ImapSession:
             # UID, FLAGS and MODSEQ only: what a sync client asks of every message on
             # each resync (mbsync's `UID FETCH 1:n (UID FLAGS)`). Answered from the view
             # in one pass per batch, each distinct flag set rendered once.
+            # The first batch of a long answer goes out at once: the client (a Python
+            # or C parser, several times slower per line than these lines are made)
+            # starts on it while the rest is made, instead of idling until SEND_AT.
+            first_alone = len(uids) > FETCH_BATCH
             for start in range(0, len(uids), FETCH_BATCH):
                 run = uids[start : start + FETCH_BATCH]
                 self.conn.untagged_block(_state_lines(selected, run, items))
-                if self.conn.queued >= SEND_AT:
+                if self.conn.queued >= SEND_AT or (first_alone and start == 0):
                     await self.flush()
         elif len(uids) <= INLINE_MESSAGES:
             rows, contents = await self._read_batch(selected, uids, needs_content)
@@ -1024,8 +1028,17 @@ class ImapSession:
             return
         if matcher.uses_modseq:
             self._enable_condstore()
-        found = await matcher.matching(list(selected.messages))
-        numbers = found if cmd.uid else selected.messages.seqs_of(found)
+        view = selected.messages
+        live = options is not None and "UPDATE" in options
+        mask = matcher.flag_mask()
+        if mask is not None:
+            # Sequence numbers straight off the mask; the UIDs only when they are sent
+            # or kept (a UID per message of 100,000 is the costlier of the two).
+            found = view.uids_where(mask) if cmd.uid or live else []
+            numbers = found if cmd.uid else view.seqs_where(mask)
+        else:
+            found = await matcher.matching(list(view))
+            numbers = found if cmd.uid else view.seqs_of(found)
         modseq = 0
         if matcher.uses_modseq:
             # RFC 7162 §3.1.5: the highest MODSEQ of the messages the answer returns;
@@ -1044,7 +1057,7 @@ class ImapSession:
             if cmd.partial is not None:
                 result += " " + sort.partial_data(numbers, cmd.partial)
         self.conn.untagged(result)
-        if options is not None and "UPDATE" in options:
+        if live:
             self._start_live(cmd, found)
         await self.report_changes(expunges=cmd.uid)
         self.conn.tagged(cmd.tag, "OK", "SEARCH completed")
@@ -1302,6 +1315,22 @@ class _Matcher:
     async def matches(self, uid: int) -> bool:
         return await self._eval(self.criteria, uid)
 
+    def flag_mask(self) -> bytes | None:
+        """A mask of the mailbox's matches (`MessageView.flag_mask`), or None.
+
+        A key tree made only of stored-flag keys (UNSEEN, DELETED, KEYWORD, with AND,
+        OR and NOT) is a function of a message's flag set, so it is evaluated once per
+        distinct set and the mailbox is answered in C: no UID list, no set per key.
+        None when any key needs more (text, dates, sizes, sequence sets, MODSEQ, or
+        \\Recent, which is this session's).
+        """
+        if not _flags_only(self.criteria):
+            return None
+        criteria = self.criteria
+        return self.selected.messages.flag_mask(
+            lambda flags: _flags_match(criteria, {f.lower() for f in flags})
+        )
+
     async def matching(self, uids: Sequence[int]) -> list[int]:
         """The UIDs of *uids* (ascending) that match, in the same order."""
         found = await self._set(self.criteria, uids)
@@ -1334,8 +1363,10 @@ class _Matcher:
             found = await self._index_hits(key)
             if found is not None:
                 indexed, hits = found
-                unindexed = [u for u in uids if u not in indexed]
-                return {u for u in uids if u in hits} | await self._each(key, unindexed)
+                # Set operations in C: *uids* may be the whole of a 100,000-message box.
+                asked = set(uids)
+                unindexed = sorted(asked.difference(indexed))
+                return hits.intersection(asked) | await self._each(key, unindexed)
         return await self._each(key, uids)
 
     async def _each(self, key: imap.SearchKey, uids: Sequence[int]) -> set[int]:
@@ -1450,6 +1481,33 @@ class _Matcher:
 
 #: SEARCH keys about \Recent, which only the session knows (`_Matcher._recent_key`).
 _RECENT_KEYS = frozenset({"NEW", "OLD", "RECENT"})
+
+
+def _flags_only(key: imap.SearchKey) -> bool:
+    """Whether *key* depends on nothing but a message's stored flags."""
+    if isinstance(key, imap.SearchAnd):
+        return all(map(_flags_only, key.keys))
+    if isinstance(key, imap.SearchOr):
+        return _flags_only(key.left) and _flags_only(key.right)
+    if isinstance(key, imap.SearchNot):
+        return _flags_only(key.key)
+    if isinstance(key, imap.SearchFlag):
+        return key.name.upper() not in _RECENT_KEYS
+    return isinstance(key, imap.SearchKeyword)
+
+
+def _flags_match(key: imap.SearchKey, flags: set[str]) -> bool:
+    """Evaluate a `_flags_only` *key* on one flag set (lower-cased), as `_Matcher._eval`."""
+    if isinstance(key, imap.SearchAnd):
+        return all(_flags_match(sub, flags) for sub in key.keys)
+    if isinstance(key, imap.SearchOr):
+        return _flags_match(key.left, flags) or _flags_match(key.right, flags)
+    if isinstance(key, imap.SearchNot):
+        return not _flags_match(key.key, flags)
+    if isinstance(key, imap.SearchFlag):
+        return _flag_matches(key.name.upper(), flags)
+    assert isinstance(key, imap.SearchKeyword)
+    return (key.flag.lower() in flags) == (key.name.upper() == "KEYWORD")
 
 
 def _flag_matches(name: str, flags: set[str]) -> bool:
@@ -1646,20 +1704,49 @@ def _state_lines(selected: Selected, uids: Sequence[int], items: Sequence[imap.F
     """
     formats = [_STATE_FORMATS[item.name] for item in items if isinstance(item, imap.FetchAttr)]
     template = b"* %d FETCH (" + b" ".join(piece for piece, _ in formats) + b")\r\n"
-    pick = itemgetter(0, *(value for _, value in formats))
+    order = (0, *(value for _, value in formats))
     view = selected.messages
-    rendered: dict[int, bytes] = {}
+    columns = view.run_columns(uids)
+    all_recent = _recent_cover(selected.recent, uids[0], uids[-1]) if columns else None
+    if columns is not None and all_recent is not None:
+        # A run of the view, wholly \Recent or wholly not: every line is made in C,
+        # one `%` format over a zip of the columns (~0.2 µs a line).
+        first, run, numbers, modseqs = columns
+        rendered = [b""] * (max(numbers) + 1)
+        for number in set(numbers):
+            stored = view.flag_set(number)
+            rendered[number] = imap.flag_list((RECENT, *stored) if all_recent else stored).encode()
+        seqs = range(first, first + len(run))
+        # A fresh iterator per item: a client may name an item twice.
+        columns_in_order = [
+            map(rendered.__getitem__, numbers) if v == 2 else (seqs, run, None, modseqs)[v]
+            for v in order
+        ]
+        return b"".join(map(template.__mod__, zip(*columns_in_order, strict=True)))
+    pick = itemgetter(*order)
+    plain: dict[int, bytes] = {}
+    recent: dict[int, bytes] = {}
     recent_from = min((first for first, _ in selected.recent), default=_NO_END)
     lines = []
     for seq, uid, number, modseq in view.entries(uids):
-        if uid >= recent_from and selected.is_recent(uid):
-            flags = selected.flags_of(uid, view.flag_set(number)).encode()
-        else:
-            flags = rendered.get(number) or b""
-            if not flags:
-                flags = rendered[number] = imap.flag_list(view.flag_set(number)).encode()
+        is_recent = uid >= recent_from and selected.is_recent(uid)
+        table = recent if is_recent else plain
+        flags = table.get(number)
+        if flags is None:
+            shown = view.flag_set(number)
+            shown = (RECENT, *shown) if is_recent else shown
+            flags = table[number] = imap.flag_list(shown).encode()
         lines.append(template % pick((seq, uid, flags, modseq)))
     return b"".join(lines)
+
+
+def _recent_cover(ranges: Sequence[tuple[int, int]], low: int, high: int) -> bool | None:
+    """True if UIDs *low*..*high* are all \\Recent, False if none is, None if some are."""
+    if any(first <= low and high < last for first, last in ranges):
+        return True
+    if all(last <= low or first > high for first, last in ranges):
+        return False
+    return None
 
 
 def _section_label(section: imap.BodySection) -> str:

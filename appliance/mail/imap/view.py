@@ -21,6 +21,7 @@ What this is not: the truth (the mail database is) or a cache of message content
 from __future__ import annotations
 
 import bisect
+import sys
 import weakref
 from array import array
 from collections import OrderedDict
@@ -30,6 +31,8 @@ from itertools import compress
 import trio
 
 from appliance.mail.mailboxes import MailboxError, Mailboxes, MailboxMark, MessageState
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 #: Above this many removals at once the arrays are rebuilt instead of shifted per UID.
 _REBUILD_AT = 16
@@ -165,6 +168,30 @@ class MessageView:
         matching = set(compress(self.uids, map(wanted.__contains__, self._flag_ids)))
         return matching.intersection(uids)
 
+    def flag_mask(self, predicate: Callable[[tuple[str, ...]], bool]) -> bytes:
+        """One byte per message in sequence order: 1 where its flags satisfy *predicate*.
+
+        *predicate* is asked once per distinct flag set. For a SEARCH that depends on
+        flags only (UNSEEN, DELETED, NOT KEYWORD $Junk...), the answer over 100,000
+        messages without a Python step per message: with under 256 distinct sets (the
+        usual case) the flag-set numbers are translated to the mask in C.
+        """
+        table = bytes(1 if predicate(flags) else 0 for flags in self._flag_sets)
+        if not table:
+            return bytes(len(self._flag_ids))
+        if len(table) <= 256 and _LITTLE_ENDIAN and self._flag_ids.itemsize == 2:
+            # Each 16-bit number below 256 is its low byte followed by a zero byte.
+            return self._flag_ids.tobytes()[::2].translate(table.ljust(256, b"\0"))
+        return bytes(map(table.__getitem__, self._flag_ids))
+
+    def uids_where(self, mask: bytes) -> list[int]:
+        """The UIDs of the messages *mask* (from `flag_mask`) marks, ascending."""
+        return list(compress(self.uids, mask))
+
+    def seqs_where(self, mask: bytes) -> list[int]:
+        """The sequence numbers of the messages *mask* marks, ascending."""
+        return list(compress(range(1, len(self.uids) + 1), mask))
+
     def seqs_of(self, uids: Collection[int]) -> list[int]:
         """The sequence numbers of *uids* (all present), ascending.
 
@@ -199,6 +226,24 @@ class MessageView:
                 strict=True,
             )
         return self._each_entry(uids)
+
+    def run_columns(
+        self, uids: Sequence[int]
+    ) -> tuple[int, array[int], array[int], array[int]] | None:
+        """(sequence number of the first, UIDs, flag-set numbers, MODSEQs) of *uids*, or None.
+
+        Only for a run of consecutive messages of the view (what `UID FETCH 1:*` asks,
+        batch by batch): slices of the arrays, for a caller that makes every line in C.
+        None for anything else, or for UIDs not all present.
+        """
+        if not uids:
+            return None
+        first = bisect.bisect_left(self.uids, uids[0])
+        stop = first + len(uids)
+        run = self.uids[first:stop]
+        if len(run) != len(uids) or run[-1] != uids[-1] or run.tolist() != list(uids):
+            return None
+        return first + 1, run, self._flag_ids[first:stop], self._modseqs[first:stop]
 
     def _each_entry(self, uids: Iterable[int]) -> Iterator[tuple[int, int, int, int]]:
         all_uids, flag_ids, modseqs = self.uids, self._flag_ids, self._modseqs

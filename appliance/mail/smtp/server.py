@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 
 import trio
 
-from appliance.compliance.traffic_log import TrafficLog, TrafficRecord
+from appliance.compliance.traffic_log import TrafficRecord
 from appliance.config import Config
 from appliance.directory import Directory, normalise_address
 from appliance.directory.signin import Refused, SignIn
 from appliance.health.disk_guard import DiskGuard, is_disk_full
-from appliance.health.metrics import BoxMetrics
-from appliance.mail.delivery import Delivery, Envelope, Recipient, Trace, with_protocol
+from appliance.mail.delivery import Envelope, Recipient, Trace, with_protocol
 from appliance.mail.mailstore import Mailstore, QuotaExceeded
 from appliance.mail.smtp import protocol as smtp
 from appliance.mail.smtp.authentication import (
@@ -37,6 +36,7 @@ from appliance.mail.smtp.policy import (
     SMTPPolicy,
     parse_trusted_relays,
 )
+from appliance.mail.smtp.pool import Deliverer, RecordLog, SMTPMetrics
 from appliance.net.listeners import ConnectionGate, peer_ip, serve_tcp, start_tls
 from appliance.protection import rspamd
 from appliance.protection import smtp as scanning
@@ -79,7 +79,8 @@ class SMTPService:
     It is handed the parts of the box it uses (appliance.registry composes them): the
     settings, the host name it greets with, the TLS context, the directory and the
     mail store (the policy's lookups), delivery, the sign-in check, the traffic log,
-    the disk guard and the metrics.
+    the disk guard and the metrics. In an MX worker process (appliance.mail.smtp.pool)
+    delivery, the traffic log and the metrics are the main process's, forwarded.
     """
 
     def __init__(
@@ -91,11 +92,11 @@ class SMTPService:
         tls: ssl.SSLContext,
         directory: Directory,
         mailstore: Mailstore,
-        delivery: Delivery,
+        delivery: Deliverer,
         signin: SignIn,
-        traffic: TrafficLog,
+        traffic: RecordLog,
         disk_guard: DiskGuard,
-        metrics: BoxMetrics,
+        metrics: SMTPMetrics,
         protection: Protection | None = None,
         authenticate: InboundAuthentication | None = None,
         budget: MessageBudget | None = None,
@@ -143,6 +144,10 @@ class SMTPService:
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         await serve_tcp(self.name, self.config, self.handle, task_status)
+
+    async def serve_listeners(self, listeners: list[trio.SocketListener]) -> None:
+        """Serve sockets bound by another process (an MX worker's inherited listener)."""
+        await trio.serve_listeners(self.handle, listeners)
 
     def release_free_heap(self) -> None:
         """Give glibc's free heap back after a large message, at most once a second.

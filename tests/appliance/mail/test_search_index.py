@@ -15,9 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.mail.search_index import (
+    SCHEMA_VERSION,
     SearchIndex,
     SearchIndexError,
+    _connect,
     delete_search_index,
+    derive_key,
     extract,
     fold,
     open_search_index,
@@ -230,6 +233,58 @@ async def test_remove_mailbox(index: SearchIndex) -> None:
     await index.remove_mailbox(INBOX)
     assert await index.indexed_uids(INBOX) == set()
     assert await index.search(ARCHIVE, "SUBJECT", "หนังสือ") == {1, 2}
+
+
+def _narrow_rows(path: Path) -> tuple[int, int]:
+    """(FTS5 documents, rows of the narrow `fields` table) in the index at *path*."""
+    conn = _connect(path, derive_key(DATA_KEY))
+    try:
+        docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+        fields = conn.execute("SELECT count(*) FROM fields").fetchone()[0]
+        return int(docs), int(fields)
+    finally:
+        conn.close()
+
+
+async def test_narrow_fields_follow_their_documents(tmp_path: Path) -> None:
+    """Every document has its row of header fields, and loses it with its last entry."""
+    path = tmp_path / "search.sqlite"
+    async with open_search_index(path, DATA_KEY) as index:
+        await index.add_many([(INBOX, uid, message(f"งบ {uid}")) for uid in (1, 2, 3)])
+        await index.copy(INBOX, 1, ARCHIVE, 1)
+        await index.add(INBOX, 2, message("แทนที่"))  # replaces uid 2's document
+        assert _narrow_rows(path) == (3, 3)
+        await index.remove(INBOX, [1, 3])  # uid 1's document lives on in ARCHIVE
+        assert _narrow_rows(path) == (2, 2)
+        assert await index.search(ARCHIVE, "SUBJECT", "งบ") == {1}
+        await index.remove_mailbox(ARCHIVE)
+        assert _narrow_rows(path) == (1, 1)
+        assert await index.search(INBOX, "SUBJECT", "งบ") == set()
+        assert await index.search(INBOX, "SUBJECT", "แท") == {2}
+
+
+async def test_version_1_index_gains_its_narrow_fields(tmp_path: Path) -> None:
+    """An index written before schema version 2 is filled in once, at open."""
+    path = tmp_path / "search.sqlite"
+    async with open_search_index(path, DATA_KEY) as index:
+        await index.add_many(
+            [
+                (INBOX, 1, message("งบประมาณ", sender="สมศักดิ์ <so@x.go.th>")),
+                (INBOX, 2, message("x", sender="ab <ab@x.go.th>")),
+            ]
+        )
+    conn = _connect(path, derive_key(DATA_KEY))
+    conn.execute("DROP TABLE fields")  # as version 1 left it
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    async with open_search_index(path, DATA_KEY) as index:
+        assert not index.rebuild_needed
+        assert await index.search(INBOX, "SUBJECT", "งบ") == {1}
+        assert await index.search(INBOX, "FROM", "so") == {1}
+        assert await index.search(INBOX, "SUBJECT", "x") == {2}
+    conn = _connect(path, derive_key(DATA_KEY))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()
 
 
 SPECIAL_SUBJECTS = {

@@ -7,13 +7,20 @@ gives, \\Recent and keywords included.
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.mail.imap import protocol as imap
+from appliance.mail.imap import session as session_module
 from appliance.mail.imap.session import _NO_END, Selected, _plain_fetch_line, _state_lines
 from appliance.mail.imap.view import MessageView
 from appliance.mail.mailboxes import MailboxMark
+
+from ..conftest import MailBox
+from .test_session import fill, signed_in
 
 FLAG_SETS = ["", "\\Seen", "\\Seen \\Flagged", "$Label1 \\Answered", "\\Deleted"]
 ATTRS = ["UID", "FLAGS", "MODSEQ"]
@@ -75,3 +82,27 @@ def test_recent_and_keywords_as_the_client_is_told() -> None:
     )
     modseq: list[imap.FetchItem] = [imap.FetchAttr("MODSEQ"), imap.FetchAttr("UID")]
     assert _state_lines(selected, [2], modseq) == b"* 2 FETCH (MODSEQ (6) UID 2)\r\n"
+
+
+async def test_first_batch_of_a_long_answer_goes_out_at_once(
+    box: MailBox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client parses the first lines while the rest are made; short answers wait."""
+    monkeypatch.setattr(session_module, "FETCH_BATCH", 3)
+    client = await signed_in(box)
+    await fill(box, box.users[0], 7)
+    await client.send("a EXAMINE INBOX\r\n")
+    sent: list[bytes] = []
+
+    async def flush() -> None:
+        sent.append(client.conn.data_to_send())
+
+    client.session.flush = flush
+    rest = await client.send("b UID FETCH 1:* (FLAGS)\r\n")
+    assert [len(re.findall(rb"\* \d+ FETCH", out)) for out in sent] == [3]
+    assert rest.count(" FETCH (") == 4
+    assert "b OK" in rest
+    sent.clear()
+    # Three messages (one batch): queued with the tagged reply, for pipelined commands.
+    assert (await client.send("c FETCH 1:3 (FLAGS)\r\n")).count(" FETCH (") == 3
+    assert sent == []
