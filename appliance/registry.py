@@ -349,7 +349,7 @@ def uplink_services(
         # the boxes of a national cut do not all shake hands with the hub in one second
         # (appliance.sync.reconnect); the central mail streams above keep theirs at once.
         rng = box_rng(box.identity.box_id)
-        stagger = StaggeredWake(rng, clock, watch)
+        stagger = StaggeredWake(rng, clock, watch, cut_length=lambda: monitor.last_cut)
         monitor.on_up(stagger.link_back)
         services.append(stagger)
         # What the offsite backup steps aside for: the replicators' requests to the hub

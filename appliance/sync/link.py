@@ -365,6 +365,8 @@ class LinkMonitor:
         #: Gin is in trouble since this trio time (None: it is not): a probe failed or
         #: hung, so the next success is the link's return.
         self._trouble_since: float | None = None
+        #: How long gin's last trouble lasted (seconds), set as it returns; 0 before any.
+        self.last_cut = 0.0
         #: Probes running, per link: number -> trio time started.
         self._in_flight: dict[LinkName, dict[int, float]] = {"gin": {}, "international": {}}
         #: Start (trio time) of the newest probe whose result was counted; an older
@@ -550,6 +552,8 @@ class LinkMonitor:
                     log.info("gin link down: %d wait(s) on the uplink cut short", cut)
             return
         returned = self._trouble_since is not None or before is LinkState.DOWN
+        if self._trouble_since is not None:
+            self.last_cut = max(0.0, started - self._trouble_since)
         self._trouble_since = None
         cut = self.watch.probe_succeeded(started, after_trouble=returned)
         if cut:

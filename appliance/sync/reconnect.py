@@ -13,7 +13,11 @@ together. Two things here keep them apart:
   same instant, still differ) and a box's draws can be replayed in a test;
 - `StaggeredWake`: the link monitor's "the link is back" reaches the hub's streams after
   a delay drawn from ``[0, spread)`` for each return, not at once. With `RECONNECT_SPREAD`
-  of 10 s, 600 boxes arrive at about 60 a second instead of 600 in one. If the hub has
+  of 10 s, 600 boxes arrive at about 60 a second instead of 600 in one. The window is
+  at most a quarter of the cut that just ended (`CUT_SHARE`): a national cut lasts
+  minutes to days and gets the whole 10 s, while one office's blip of a few seconds,
+  which nobody else shares, gets a second or so, and its chat and directory are back
+  within seconds of the link (issue 24: p99 under 5 s after a cut). If the hub has
   meanwhile said "busy, come back in N s" (`LinkWatch.busy_for`), the wake waits for that
   too: a wake never sends a stream to a hub before the Retry-After it gave.
 
@@ -22,7 +26,7 @@ The streams' own back-off after a failure is jittered from the same source
 
 What this is not: the central mail streams (the relay, mailbox replication), which reach
 the centre's SMTP and IMAP servers, not the hub's sync API, and keep their wake at once
-(docs/outage.md, issue 24's "back within seconds"); nor the hub's own bound on handshakes
+(docs/link-monitor.md, issue 24's "back within seconds"); nor the hub's own bound on handshakes
 (appliance.sync.hub.handshake_gate), which holds whatever boxes do.
 """
 
@@ -42,6 +46,8 @@ log = logging.getLogger("edgebox.sync.reconnect")
 
 #: Seconds over which the boxes' hub streams are spread after the link returns.
 RECONNECT_SPREAD: Final = 10.0
+#: The spread is at most this share of the cut that just ended.
+CUT_SHARE: Final = 0.25
 #: A back-off after a failure is stretched by up to this share, at random.
 BACKOFF_JITTER: Final = 0.25
 
@@ -68,11 +74,15 @@ class StaggeredWake:
         watch: LinkWatch | None = None,
         *,
         spread: float = RECONNECT_SPREAD,
+        cut_length: Callable[[], float] | None = None,
     ) -> None:
         self.rng = rng
         self.clock = clock
         self.watch = watch
         self.spread = spread
+        #: Seconds the cut that just ended lasted (`LinkMonitor.last_cut`); None: the
+        #: whole spread at every return.
+        self.cut_length = cut_length
         self._subscribers: list[Callable[[], None]] = []
         self._returned = trio.Event()
         #: Returns passed on since start, and the last delay drawn (tests, figures).
@@ -87,13 +97,19 @@ class StaggeredWake:
         """The link monitor's `on_up` callback: the link returned (does not block)."""
         self._returned.set()
 
+    def window(self) -> float:
+        """The spread for this return: the whole of it, or a share of a short cut."""
+        if self.cut_length is None:
+            return self.spread
+        return min(self.spread, CUT_SHARE * self.cut_length())
+
     async def serve(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started([])
         while True:
             await self._returned.wait()
-            delay = self.rng.uniform(0.0, self.spread)
+            delay = self.rng.uniform(0.0, self.window())
             busy = self.watch.busy_for() if self.watch is not None else 0.0
             self.last_delay = max(delay, busy)
             await self.clock.sleep(self.last_delay)
@@ -109,4 +125,11 @@ class StaggeredWake:
                     log.exception("hub stream wake failed")
 
 
-__all__ = ["BACKOFF_JITTER", "RECONNECT_SPREAD", "StaggeredWake", "box_rng", "jittered"]
+__all__ = [
+    "BACKOFF_JITTER",
+    "CUT_SHARE",
+    "RECONNECT_SPREAD",
+    "StaggeredWake",
+    "box_rng",
+    "jittered",
+]

@@ -14,7 +14,13 @@ import trio.testing
 
 from appliance.sync.clock import SystemClock
 from appliance.sync.liveness import LinkWatch
-from appliance.sync.reconnect import RECONNECT_SPREAD, StaggeredWake, box_rng, jittered
+from appliance.sync.reconnect import (
+    CUT_SHARE,
+    RECONNECT_SPREAD,
+    StaggeredWake,
+    box_rng,
+    jittered,
+)
 
 
 def test_each_box_draws_its_own_delays_and_the_same_box_the_same() -> None:
@@ -83,3 +89,22 @@ async def test_a_hub_that_said_busy_is_not_called_before_its_retry_after_by_a_wa
         nursery.cancel_scope.cancel()
     # Both healthy streams woken (the broken one did not stop them), at the Retry-After.
     assert woken == [back + 45.0, back + 45.0]
+
+
+@pytest.mark.parametrize(("cut", "window"), [(4.0, 4.0 * CUT_SHARE), (3600.0, RECONNECT_SPREAD)])
+async def test_a_short_cut_is_spread_over_a_share_of_it_a_long_one_over_the_whole_window(
+    autojump_clock: trio.testing.MockClock, cut: float, window: float
+) -> None:
+    """One office's blip is back within seconds (issue 24); a national cut is spread."""
+    stagger = StaggeredWake(box_rng("box0042"), SystemClock(), LinkWatch(), cut_length=lambda: cut)
+    expected = box_rng("box0042").uniform(0, window)
+    woken: list[float] = []
+    stagger.subscribe(lambda: woken.append(trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stagger.serve)
+        back = trio.current_time()
+        stagger.link_back()
+        await trio.sleep(RECONNECT_SPREAD + 1)
+        nursery.cancel_scope.cancel()
+    assert woken == [pytest.approx(back + expected)]
+    assert woken[0] - back < window
