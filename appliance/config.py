@@ -134,6 +134,10 @@ class Config:
     hub_box_requests: int = 2
     hub_queue_wait: float = 20.0
     hub_queue: int = 2400
+    #: TLS handshakes a hub process runs at once (appliance.sync.hub.handshake_gate):
+    #: after a national cut, the boxes' handshakes wait for a slot rather than starve
+    #: the requests in flight. Per hub process, like the four above.
+    hub_handshakes: int = 16
 
     # --- the uplink (appliance.sync); enrolment fills these in -----------------------
     #: The hub's sync API, ``https://host:port`` ("" = not enrolled).
@@ -353,7 +357,7 @@ def load_config(
 
 def _check_hub_admission(values: Mapping[str, Any]) -> None:
     """Refuse fair-admission bounds that would admit nothing, naming the setting."""
-    for name in ("hub_requests", "hub_box_requests", "hub_queue"):
+    for name in ("hub_requests", "hub_box_requests", "hub_queue", "hub_handshakes"):
         if values.get(name, getattr(Config, name)) < 1:
             raise ConfigError(f"{name} must be at least 1")
     if not values.get("hub_queue_wait", Config.hub_queue_wait) > 0:

@@ -96,6 +96,7 @@ from appliance.sync.link import LinkMonitor
 from appliance.sync.link_api import link_routes
 from appliance.sync.liveness import LinkWatch
 from appliance.sync.mailbox import MailboxReplicator
+from appliance.sync.reconnect import StaggeredWake, box_rng
 from appliance.sync.relay import OutboundRelay
 from appliance.sync.renewal import CertificateRenewal, finish_renewal
 from appliance.sync.share import LinkShare, SharedHubCall
@@ -297,8 +298,9 @@ def uplink_services(
       (`LinkShare`).
       When GIN comes back up the monitor cuts short every wait on a dead connection
       (one `LinkWatch` shared by the monitor and every replicator's connections) and
-      wakes every replicator at once, instead of each waiting out its time-out and
-      back-off.
+      wakes the replicators instead of each waiting out its time-out and back-off: the
+      central mail ones at once, the hub's through `StaggeredWake` after this box's
+      own delay (a national cut's boxes do not all reach the hub in one second).
     """
     config = box.config
     clock = clock or SystemClock()
@@ -319,7 +321,7 @@ def uplink_services(
             mailstore=box.mailstore, downloads=channel_downloads(config.data_dir),
         )  # fmt: skip
         # The fair admission's queue and each box's wait on /metrics (docs/hub.md).
-        box.metrics.attach(AdmissionCollector(hub.request_gate))
+        box.metrics.attach(AdmissionCollector(hub.request_gate, hub.handshakes))
         return [hub]
     keys = config.data_dir / "keys"
     # Before any service opens a connection with the sync key and certificate.
@@ -343,6 +345,13 @@ def uplink_services(
         monitor.on_up(mailboxes.wake)
         services.append(mailboxes)
     if config.hub_url:
+        # "The link is back" reaches the hub's streams after this box's own delay, so
+        # the boxes of a national cut do not all shake hands with the hub in one second
+        # (appliance.sync.reconnect); the central mail streams above keep theirs at once.
+        rng = box_rng(box.identity.box_id)
+        stagger = StaggeredWake(rng, clock, watch, cut_length=lambda: monitor.last_cut)
+        monitor.on_up(stagger.link_back)
+        services.append(stagger)
         # What the offsite backup steps aside for: the replicators' requests to the hub
         # and mail waiting to leave.
         share = LinkShare(_mail_waiting(box) if config.central_smtp else None)
@@ -356,7 +365,7 @@ def uplink_services(
             clock,
             interval=config.sync_interval,
         )
-        monitor.on_up(directory.wake)
+        stagger.subscribe(directory.wake)
         services.append(directory)
         # Chat polls the hub more often than mail: people wait for a chat answer.
         chat = ChatReplicator(
@@ -366,8 +375,9 @@ def uplink_services(
             status,
             clock,
             poll_interval=min(POLL_INTERVAL, config.sync_interval),
+            rng=rng,
         )
-        monitor.on_up(chat.wake)
+        stagger.subscribe(chat.wake)
         services.append(chat)
         # What became of the box's updates (rollbacks above all), once the link is up.
         reporter = UpdateReporter(
@@ -377,7 +387,7 @@ def uplink_services(
             clock,
             interval=config.sync_interval,
         )
-        monitor.on_up(reporter.wake)
+        stagger.subscribe(reporter.wake)
         services.append(reporter)
         # The hub's update channel: offers, the bundle's download while the link is up,
         # the install in the maintenance window or when the admin asks.
@@ -389,7 +399,7 @@ def uplink_services(
             rate=config.update_download_rate, reboot=reboot_command(config.update_reboot),
             interval=config.sync_interval, on_outcome=reporter.wake,
         )  # fmt: skip
-        monitor.on_up(follower.wake)
+        stagger.subscribe(follower.wake)
         if install_now is not None:
             install_now.listen(follower.wake)
         services.append(follower)
@@ -399,7 +409,7 @@ def uplink_services(
                 config, box.protection.clamd, HubClient(keys, config.hub_url, watch=watch),
                 status, clock,
             )  # fmt: skip
-            monitor.on_up(signatures.wake)
+            stagger.subscribe(signatures.wake)
             services.append(signatures)
         services.append(
             CertificateRenewal(keys, HubClient(keys, config.hub_url, timeout=300), status, clock)
@@ -410,7 +420,7 @@ def uplink_services(
                 config.data_dir, HubClient(keys, config.hub_url, timeout=120, watch=watch),
                 status, rate=config.backup_offsite_rate, share=share,
             )  # fmt: skip
-            monitor.on_up(offsite.wake)
+            stagger.subscribe(offsite.wake)
             services.append(offsite)
     return services
 

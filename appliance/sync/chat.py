@@ -20,13 +20,16 @@ One round (`ChatReplicator.sync_once`):
 
 Rounds run at start-up, when a local event is written (so live chat between agencies
 is quick), every `POLL_INTERVAL` for news from the hub, and after a failure with
-exponential back-off; `wake` starts one at once (the link monitor calls it when the
-link comes back). A hub that answers *busy* (`HubBusy`: 503 with Retry-After, after a
-national cut) is not a failure of the link: the next round waits that long plus up to
-a quarter more (jitter, so the boxes told together do not return together), the
-exponential back-off does not grow, and neither a local post nor the link monitor's
-wake cuts the wait short. Every round drains what is waiting in bounded batches, so catch-up
-after a week's cut sends everything, not just the latest. Timing reads the `Clock`.
+exponential back-off, stretched by up to a quarter at random from the box's own
+random source (appliance.sync.reconnect: boxes cut together do not retry in step);
+`wake` starts one at once (the link monitor's return reaches it through the box's
+`StaggeredWake`, spread over boxes). A hub that answers *busy* (`HubBusy`: 503 with
+Retry-After, after a national cut) is not a failure of the link: the next round waits
+that long plus up to a quarter more (jitter, so the boxes told together do not return
+together), the exponential back-off does not grow, and neither a local post nor the
+link monitor's wake cuts the wait short. Every round drains what is waiting in bounded
+batches, so catch-up after a week's cut sends everything, not just the latest. Timing
+reads the `Clock`.
 
 Wire format: the first push of a run sends every event whole (format 1); once the
 hub's answer says ``"wire": 2`` the next batches leave out the message snapshots that
@@ -51,6 +54,7 @@ from appliance.chat import Chat
 from appliance.chat.errors import ChatError
 from appliance.sync.clock import Clock
 from appliance.sync.codec.chat import PulledPage, parse_answers, parse_page
+from appliance.sync.reconnect import jittered
 from appliance.sync.status import SyncStatus
 from appliance.sync.transport import HubBusy, HubCall, HubRefused, HubUnavailable
 
@@ -182,7 +186,9 @@ class ChatReplicator:
         if refused:
             # Sent again unchanged it will be refused again: wait long, stay visible.
             return self.max_backoff
-        return float(min(self.max_backoff, 2.0 ** min(self.failures - 1, 30)))
+        # Stretched at random (never shortened): boxes cut together do not retry together.
+        backoff = float(min(self.max_backoff, 2.0 ** min(self.failures - 1, 30)))
+        return min(self.max_backoff, jittered(backoff, self.rng))
 
     async def _idle(self, seconds: float, local_cuts_short: bool, busy: bool = False) -> None:
         if seconds <= 0:

@@ -108,6 +108,9 @@ class HubClient:
         self.hub_takes_gzip = False
         #: The last answer's ``Retry-After`` header, as sent.
         self._retry_after: str | None = None
+        #: Interim answers (1xx: the hub's ``102 Processing`` while a request waits for
+        #: its turn) read since start, for figures.
+        self.interim_answers = 0
 
     async def __call__(self, path: str, body: JSON) -> JSON:
         if not path.startswith("/sync/v1/"):
@@ -227,7 +230,9 @@ class HubClient:
                 limit.deadline += len(data) / SLOWEST_LINE
                 conn.receive_data(bytes(data))
                 continue
-            if isinstance(event, h11.Response):
+            if isinstance(event, h11.InformationalResponse):
+                self.interim_answers += 1  # RFC 9110 §15.2: read past it, the answer follows
+            elif isinstance(event, h11.Response):
                 status = event.status_code
                 fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers]
                 self._retry_after = next((v for n, v in fields if n == "retry-after"), None)

@@ -24,7 +24,9 @@ status` and the console never read half a file).
 
 A hub that answered a replicator "busy" (503 with Retry-After, `LinkWatch.hub_busy`) is
 up: until that Retry-After is over a failed gin probe is not counted, so a hub shedding
-load after a national cut never shows as a cut link (issue 22).
+load after a national cut never shows as a cut link (issue 22), and gin is probed only
+at its interval, never at the faster pace of trouble (each probe is a handshake the
+busy hub pays for).
 
 Gin is also what tells the replicators the link is back (issue 24). A probe does not
 wait for the one before it: a probe lost in a black hole would otherwise hide the
@@ -363,6 +365,8 @@ class LinkMonitor:
         #: Gin is in trouble since this trio time (None: it is not): a probe failed or
         #: hung, so the next success is the link's return.
         self._trouble_since: float | None = None
+        #: How long gin's last trouble lasted (seconds), set as it returns; 0 before any.
+        self.last_cut = 0.0
         #: Probes running, per link: number -> trio time started.
         self._in_flight: dict[LinkName, dict[int, float]] = {"gin": {}, "international": {}}
         #: Start (trio time) of the newest probe whose result was counted; an older
@@ -481,6 +485,11 @@ class LinkMonitor:
 
     def _probe_now(self) -> bool:
         """Whether gin should be probed before its interval is over."""
+        if self.watch.busy_for() > 0:
+            # The hub said "busy, come back in N s": it is up, and every probe is a TLS
+            # handshake it pays for. No recovery probing of a hub shedding load (600
+            # boxes probing each second would be a storm of their own): the interval.
+            return False
         now = trio.current_time()
         for started in self._in_flight["gin"].values():
             if now - started >= SLOW_PROBE:
@@ -543,6 +552,8 @@ class LinkMonitor:
                     log.info("gin link down: %d wait(s) on the uplink cut short", cut)
             return
         returned = self._trouble_since is not None or before is LinkState.DOWN
+        if self._trouble_since is not None:
+            self.last_cut = max(0.0, started - self._trouble_since)
         self._trouble_since = None
         cut = self.watch.probe_succeeded(started, after_trouble=returned)
         if cut:

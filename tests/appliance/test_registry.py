@@ -116,3 +116,26 @@ def test_the_lifelong_services_start_in_order_when_turned_on(tmp_path: Path) -> 
     # The panel, if this machine has one, sits between the two.
     assert names[0] == "DiscoveryService"
     assert names[-1] == "HardwareWatchdogService"
+
+
+async def test_an_enrolled_box_wakes_its_hub_streams_through_its_own_stagger(
+    tmp_path: Path,
+) -> None:
+    """Issue 22: the link's return reaches the hub's streams after the box's delay."""
+    from appliance.registry import uplink_services
+    from appliance.sync.link import LinkMonitor
+    from appliance.sync.reconnect import StaggeredWake
+
+    flags = {"hub_url": "https://127.0.0.1:1", "central_smtp": "smtp://127.0.0.1:2"}
+    async for box in opened(tmp_path / "data", **flags):
+        services = uplink_services(box)
+        monitor = next(s for s in services if isinstance(s, LinkMonitor))
+        stagger = next(s for s in services if isinstance(s, StaggeredWake))
+        relay = next(s for s in services if s.name == "outbound-relay")
+        chat = next(s for s in services if s.name == "chat-sync")
+        # The monitor wakes the relay itself, and the hub's streams only through the stagger.
+        assert stagger.link_back in monitor._on_up
+        assert relay.wake in monitor._on_up  # type: ignore[attr-defined]
+        assert chat.wake not in monitor._on_up  # type: ignore[attr-defined]
+        assert chat.wake in stagger._subscribers  # type: ignore[attr-defined]
+        assert len(stagger._subscribers) >= 4  # chat, directory, update report and offers

@@ -56,11 +56,19 @@ answering the sync port: ``edgebox run --role hub`` plus ``edgebox hub worker``s
    and pulled everything of its rooms, each box's wait for its first answer and its
    finish, requests per box, ``503``s; the throughput limit is the best 30 s of accepted
    events in the storm, and the storm's time is compared with backlog / limit (target
-   1.25). A box not converged within ``--storm-timeout`` is counted as starved.
+   1.25). A box not converged within ``--storm-timeout`` is counted as starved. The cut
+   broke every connection, so each box's first request opens a new one (a TLS
+   handshake), and each box starts after its own delay in ``[0, --spread)``, drawn as
+   its `StaggeredWake` draws it (appliance.sync.reconnect; ``--spread 0``: all at once).
 
-A ``503`` with ``Retry-After`` (the hub's fair admission, issue 22) is "wait and retry":
-counted per box; the wait is the answer's ``retry_after`` when the client exposes it,
-else 1 s.
+A ``503`` with ``Retry-After`` (the hub's fair admission, or its store away) is "wait and
+retry" as the chat replicator does it: the Retry-After plus up to a quarter, counted per
+box and by the hub's reason. Any other failure (no connection, a handshake the hub shed,
+no answer within the client's 120 s: a *time-out*, counted apart) is retried after the
+replicator's back-off. The ``102 Processing`` answers a request reads while it waits for
+its turn are counted too, and at the end the hub's own admission report (every process:
+requests served, 503s, TLS handshakes done and shed, the longest wait for a turn) is
+read into the results.
 
 Database size per day of national traffic: bytes the store grew (``pg_database_size``,
 or the SQLite chat file and its WAL) divided by the events stored, times 16.8 M.
@@ -99,7 +107,8 @@ import pytest
 import trio
 
 from appliance.sync.codec.chat import ReplicatedEvent, parse_answers, parse_page
-from appliance.sync.transport import HubRefused, HubUnavailable
+from appliance.sync.reconnect import RECONNECT_SPREAD, box_rng, jittered
+from appliance.sync.transport import HubBusy, HubRefused, HubUnavailable
 from tests.bench.common import (
     RESULTS_DIR,
     log,
@@ -126,6 +135,8 @@ AGENCY_ROOMS = 12
 INTER_AGENCY_ROOMS = 2
 POLL_INTERVAL = 5.0
 BATCH = 200
+#: A box's back-off after a failed request, at most (appliance.sync.chat.MAX_BACKOFF).
+MAX_BACKOFF = 300.0
 #: The storm's target: converged within this many times backlog / throughput limit.
 STORM_TARGET = 1.25
 #: The target of the issue: p99 of a push under this many seconds at the peak hour.
@@ -402,10 +413,16 @@ class BoxStats:
     requests: int = 0
     shed_503: int = 0
     unavailable: int = 0
+    #: Of `unavailable`: no answer within the client's time limit (sent again after).
+    timeouts: int = 0
+    #: Interim ``102 Processing`` answers read while requests waited for their turn.
+    interim_102: int = 0
     first_answer: float | None = None
     push_done: float | None = None
     converged: float | None = None
     refusals: dict[str, int] = field(default_factory=dict)
+    #: 503s by the hub's reason (queue_full, waited_too_long, store...).
+    busy_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class SimBox:
@@ -423,6 +440,10 @@ class SimBox:
         self.client = HubClient(keys_dir, hub_url, timeout=120.0)
         self.maker = EventMaker(plan.box_id(index))
         self.rng = rng
+        #: The box's own waits (back-off, Retry-After jitter, the return's spread): the
+        #: source a real box draws them from (appliance.sync.reconnect), apart from
+        #: `rng`, which draws the events and must stay as `storm_rooms` replays it.
+        self.pacing = box_rng(plan.box_id(index))
         self.hub_wire = 1
         self.cursor = 0
         self.pending: deque[ReplicatedEvent] = deque()
@@ -482,21 +503,35 @@ class SimBox:
         return event
 
     async def call(self, path: str, body: dict[str, Any]) -> Any:
-        """One request; a 503 (or no answer) is waited out and sent again, and counted."""
+        """One request; a 503 (or no answer) is waited out and sent again, and counted.
+
+        The waits are the chat replicator's (appliance.sync.chat): a busy hub's
+        Retry-After plus up to a quarter, without growing the back-off; any other
+        failure the back-off of 1, 2, 4 ... s stretched by up to a quarter.
+        """
         failures = 0
         while True:
+            interim = self.client.interim_answers
             try:
                 answer = await self.client(path, body)
+            except HubBusy as exc:
+                self.stats.shed_503 += 1
+                reason = exc.reason or "unsaid"
+                self.stats.busy_reasons[reason] = self.stats.busy_reasons.get(reason, 0) + 1
+                await trio.sleep(
+                    max(self.client.watch.busy_for(), jittered(exc.retry_after, self.pacing))
+                )
+                continue
             except HubUnavailable as exc:
                 failures += 1
-                retry_after = getattr(exc, "retry_after", None)
-                if retry_after is not None or " 503" in str(exc):
-                    self.stats.shed_503 += 1
-                    await trio.sleep(float(retry_after) if retry_after is not None else 1.0)
-                else:
-                    self.stats.unavailable += 1
-                    await trio.sleep(min(10.0, 0.5 * 2 ** min(failures, 5)))
+                self.stats.unavailable += 1
+                if "no answer in time" in str(exc):
+                    self.stats.timeouts += 1
+                backoff = min(MAX_BACKOFF, 2.0 ** min(failures - 1, 30))
+                await trio.sleep(min(MAX_BACKOFF, jittered(backoff, self.pacing)))
                 continue
+            finally:
+                self.stats.interim_102 += self.client.interim_answers - interim
             self.stats.requests += 1
             return answer
 
@@ -723,16 +758,26 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
         for sim in sims.values():
             sim.made = {e.id: started for e in sim.pending}  # waited since the cut
             sim.seen.clear()
+            # The cut broke every connection: each box's first request of the storm
+            # opens a new one, with a TLS handshake (what the hub's handshake gate bounds).
+            await sim.client.aclose()
 
         async def storm(sim: SimBox) -> None:
             SOURCE.set(source_address(sim.index))
             with trio.move_on_after(limit):
+                if spec["spread"] > 0:
+                    # The link monitor's return reaches the box's chat after its own
+                    # delay (appliance.sync.reconnect.StaggeredWake).
+                    await trio.sleep(sim.pacing.uniform(0.0, spec["spread"]))
                 await sim.push(started)
                 sim.stats.push_done = time.monotonic() - started
                 while sim.stats.pulled < expected[sim.index]:
                     await sim.pull()
                     if sim.stats.pulled < expected[sim.index]:
-                        await trio.sleep(1.0)  # the others are still pushing
+                        # The others are still pushing: ask again at the replicator's
+                        # poll interval, as a real box does (a pull a second from 600
+                        # boxes was load of the bench's own making).
+                        await trio.sleep(POLL_INTERVAL)
                 sim.stats.converged = time.monotonic() - started
 
         async def progress() -> None:
@@ -772,28 +817,38 @@ async def play(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+#: What each box counts, added up over the boxes of a phase.
+COUNTERS = (
+    "pushed",
+    "accepted",
+    "refused",
+    "pulled",
+    "requests",
+    "shed_503",
+    "unavailable",
+    "timeouts",
+    "interim_102",
+)
+
+
 def _figures(sims: Any, *, start_wall: float, started: float | None = None) -> dict[str, Any]:
     sims = list(sims)
     total = BoxStats()
     refusals: dict[str, int] = {}
+    busy: dict[str, int] = {}
     for s in sims:
-        for name in (
-            "pushed",
-            "accepted",
-            "refused",
-            "pulled",
-            "requests",
-            "shed_503",
-            "unavailable",
-        ):
+        for name in COUNTERS:
             setattr(total, name, getattr(total, name) + getattr(s.stats, name))
         for code, n in s.stats.refusals.items():
             refusals[code] = refusals.get(code, 0) + n
+        for reason, n in s.stats.busy_reasons.items():
+            busy[reason] = busy.get(reason, 0) + n
     base = started if started is not None else min((t for s in sims for t, _ in s.acks), default=0)
     return {
         "start_wall": start_wall,
         **{k: v for k, v in vars(total).items() if isinstance(v, int)},
         "refusals": refusals,
+        "busy_reasons": busy,
         "push_s": [round(x, 5) for s in sims for x in s.push_s],
         "wait_s": [round(x, 5) for s in sims for x in s.wait_s],
         "pull_s": [round(x, 5) for s in sims for x in s.pull_s],
@@ -1075,6 +1130,7 @@ def run_setup(
                 "duration": args.duration,
                 "backlog": args.backlog,
                 "storm_timeout": args.storm_timeout,
+                "spread": args.spread,
             }
             spec_path = work / f"spec-{k}.json"
             spec_path.write_text(json.dumps(spec))
@@ -1122,6 +1178,7 @@ def run_setup(
             }
         if any(p.returncode for p in procs):
             raise RuntimeError(f"a generator failed: {[p.returncode for p in procs]}")
+        figures["hub_admission"] = _hub_admission(hub)
         size1 = hub.store_bytes()
         parts = [json.loads(out.read_text()) for out in outs]
         figures.update(_combine(parts, args, figures))
@@ -1133,6 +1190,28 @@ def run_setup(
     finally:
         hub.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _hub_admission(hub: Hub) -> dict[str, Any] | None:
+    """What the hub's processes say of their admission since they started (every phase).
+
+    Their report files (appliance.sync.hub.admission_report) are rewritten every 5 s:
+    read after the next rewrite, so the storm's end is in them.
+    """
+    from appliance.sync.hub.admission_report import REPORT_EVERY, read_admission
+
+    time.sleep(REPORT_EVERY + 1.0)
+    summary = read_admission(hub.data / "run", time.time())
+    if summary is None:
+        return None
+    return {
+        "processes": summary.processes,
+        "requests_limit_all_processes": summary.capacity,
+        "served": summary.served,
+        "busy": summary.busy,
+        "longest_turn_wait_s": summary.slowest[0][1] if summary.slowest else 0.0,
+        "handshakes": summary.handshakes,
+    }
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:
@@ -1164,7 +1243,7 @@ def _combine(
     parts: list[dict[str, Any]], args: argparse.Namespace, figures: dict[str, Any]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"warmup_refused": sum(p["warmup_refused"] for p in parts)}
-    counters = ("pushed", "accepted", "refused", "pulled", "requests", "shed_503", "unavailable")
+    counters = COUNTERS
     if args.duration > 0:
         live = [p["live"] for p in parts]
         accepted = sum(x["accepted"] for x in live)
@@ -1174,6 +1253,7 @@ def _combine(
             "duration_s": args.duration,
             **{k: sum(x[k] for x in live) for k in counters},
             "refusals": _merge(x["refusals"] for x in live),
+            "busy_reasons": _merge(x.get("busy_reasons", {}) for x in live),
             "events_per_s": round(accepted / args.duration, 1),
             "push_request": _summary([v for x in live for v in x["push_s"]]),
             "event_wait": _summary([v for x in live for v in x["wait_s"]]),
@@ -1208,6 +1288,8 @@ def _combine(
             ),
             **{k: sum(x[k] for x in storm) for k in counters},
             "refusals": _merge(x["refusals"] for x in storm),
+            "busy_reasons": _merge(x.get("busy_reasons", {}) for x in storm),
+            "reconnect_spread_s": args.spread,
             "expected_pulls": sum(p["storm_expected_pulls"] for p in parts),
             "boxes": len(detail),
             "boxes_converged": len(converged),
@@ -1311,6 +1393,9 @@ def _headline(figures: dict[str, Any]) -> dict[str, Any]:
         "storm_limit": storm.get("throughput_limit_events_per_s"),
         "storm_per_ideal": storm.get("converge_per_ideal"),
         "starved": storm.get("starved_boxes"),
+        "storm_503": storm.get("shed_503"),
+        "storm_timeouts": storm.get("timeouts"),
+        "storm_102": storm.get("interim_102"),
         "bytes_per_event": figures.get("store_bytes_per_event"),
     }
 
@@ -1328,6 +1413,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of sustained load")
     parser.add_argument("--backlog", type=int, default=50, help="storm events per box")
     parser.add_argument("--storm-timeout", type=float, default=1200.0)
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=RECONNECT_SPREAD,
+        help="seconds over which the boxes' storm starts are spread, as a box's"
+        " StaggeredWake spreads them (0: all in one instant)",
+    )
     parser.add_argument("--processes", type=int, default=3, help="generator processes")
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--seed", type=int, default=2026)

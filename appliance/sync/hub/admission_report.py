@@ -1,6 +1,7 @@
 """What the hub's fair admission shows its operator: queue depth and each box's wait.
 
-Two surfaces, both read from `RequestGate.figures` (appliance.sync.hub.request_gate):
+Two surfaces, both read from `RequestGate.figures` (appliance.sync.hub.request_gate)
+and `HandshakeGate.figures` (appliance.sync.hub.handshake_gate):
 
 - **/metrics** (`AdmissionCollector`, on the loopback metrics port of ``edgebox run``,
   appliance.health.metrics): requests running and waiting, boxes waiting, requests
@@ -10,8 +11,10 @@ Two surfaces, both read from `RequestGate.figures` (appliance.sync.hub.request_g
 - **``DATA/run/hub-admission-<pid>.json``**, rewritten every `REPORT_EVERY` seconds by
   every process that serves hub-sync (``edgebox run --role hub`` and each ``edgebox hub
   worker``: each admits its own requests), removed when it stops. `read_admission`
-  adds up the fresh ones for ``edgebox status`` (`admission_lines`): the queue now and
-  the boxes that waited longest.
+  adds up the fresh ones for ``edgebox status`` (`admission_lines`): the queue now, the
+  boxes that waited longest, the TLS handshakes, and the limits, which count **per
+  process**: every surface says so and multiplies them by the processes reporting
+  (docs/hub.md, "When many boxes call at once", why they are not shared).
 
 What this is not: the policy (appliance.sync.hub.fair_queue) or the box's side.
 """
@@ -32,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from appliance.store.files import write_atomically
 from appliance.sync.clock import Clock
+from appliance.sync.hub.handshake_gate import HandshakeGate
 from appliance.sync.hub.request_gate import RequestGate
 
 log = logging.getLogger("edgebox.hub")
@@ -48,8 +52,9 @@ SLOWEST_SHOWN: Final = 5
 class AdmissionCollector(Collector):
     """Gauges and counters of one process's `RequestGate`, read at scrape time."""
 
-    def __init__(self, gate: RequestGate) -> None:
+    def __init__(self, gate: RequestGate, handshakes: HandshakeGate | None = None) -> None:
         self.gate = gate
+        self.handshakes = handshakes
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # unchecked collector: the box labels come and go
@@ -99,6 +104,40 @@ class AdmissionCollector(Collector):
         yield waits
         yield box_requests
         yield box_busy
+        # The bounds, labelled as what they are: this process's, not the hub's.
+        policy = self.gate.policy
+        limits = GaugeMetricFamily(
+            "edgebox_hub_admission_limit", "A bound of the hub's admission, in this process",
+            labels=["limit", "scope"],
+        )  # fmt: skip
+        limits.add_metric(["requests", "process"], policy.capacity)
+        limits.add_metric(["box_requests", "process"], policy.per_box)
+        limits.add_metric(["queue", "process"], policy.max_queue)
+        if self.handshakes is not None:
+            limits.add_metric(["handshakes", "process"], self.handshakes.policy.limit)
+        yield limits
+        if self.handshakes is not None:
+            yield from _handshake_metrics(self.handshakes)
+
+
+def _handshake_metrics(gate: HandshakeGate) -> Iterator[Metric]:
+    figures = gate.figures()
+    now = GaugeMetricFamily(
+        "edgebox_hub_handshakes", "TLS handshakes of boxes, running or waiting for a slot",
+        labels=["state"],
+    )  # fmt: skip
+    now.add_metric(["running"], figures.running)
+    now.add_metric(["waiting"], figures.waiting)
+    yield now
+    ended = CounterMetricFamily(
+        "edgebox_hub_handshakes", "TLS handshakes by outcome (shed: closed before TLS)",
+        labels=["outcome"],
+    )  # fmt: skip
+    ended.add_metric(["done"], figures.done)
+    ended.add_metric(["failed"], figures.failed)
+    ended.add_metric(["shed_queue_full"], figures.shed_queue_full)
+    ended.add_metric(["shed_waited_too_long"], figures.shed_waited_too_long)
+    yield ended
 
 
 def report_path(run_dir: Path, pid: int | None = None) -> Path:
@@ -106,10 +145,12 @@ def report_path(run_dir: Path, pid: int | None = None) -> Path:
     return Path(run_dir) / f"{REPORT_PREFIX}{pid or os.getpid()}.json"
 
 
-def admission_report(gate: RequestGate, now: float) -> dict[str, Any]:
-    """The JSON document of *gate*'s figures at Unix time *now*."""
+def admission_report(
+    gate: RequestGate, now: float, handshakes: HandshakeGate | None = None
+) -> dict[str, Any]:
+    """The JSON document of *gate*'s (and *handshakes*') figures at Unix time *now*."""
     figures, policy = gate.figures(), gate.policy
-    return {
+    report: dict[str, Any] = {
         "written_at": now,
         "pid": os.getpid(),
         "capacity": policy.capacity,
@@ -135,16 +176,35 @@ def admission_report(gate: RequestGate, now: float) -> dict[str, Any]:
             for box, each in sorted(figures.boxes.items())
         },
     }
+    if handshakes is not None:
+        shaken = handshakes.figures()
+        report["handshakes"] = {
+            "limit": shaken.limit,
+            "running": shaken.running,
+            "waiting": shaken.waiting,
+            "done": shaken.done,
+            "failed": shaken.failed,
+            "shed_queue_full": shaken.shed_queue_full,
+            "shed_waited_too_long": shaken.shed_waited_too_long,
+            "longest_wait": round(shaken.longest_wait, 3),
+        }
+    return report
 
 
 async def keep_reporting(
-    gate: RequestGate, run_dir: Path, clock: Clock, every: float = REPORT_EVERY
+    gate: RequestGate,
+    run_dir: Path,
+    clock: Clock,
+    every: float = REPORT_EVERY,
+    *,
+    handshakes: HandshakeGate | None = None,
 ) -> None:
     """Rewrite this process's report every *every* seconds until cancelled; then remove it."""
     path = report_path(run_dir)
     try:
         while True:
-            body = json.dumps(admission_report(gate, clock.now()), sort_keys=True).encode()
+            report = admission_report(gate, clock.now(), handshakes)
+            body = json.dumps(report, sort_keys=True).encode()
             try:
                 # fsync'ed: off the event loop, which answers the boxes meanwhile.
                 await trio.to_thread.run_sync(_write, path, body)
@@ -171,6 +231,11 @@ class AdmissionSummary:
     busy: dict[str, int] = field(default_factory=dict)
     #: (box, longest wait in seconds, its busy answers), slowest first.
     slowest: list[tuple[str, float, int]] = field(default_factory=list)
+    #: Each process's bounds added up: the hub's true totals (they count per process).
+    capacity: int = 0
+    per_box: set[int] = field(default_factory=set)
+    #: TLS handshakes, added up over the processes that report them (`handshake_gate`).
+    handshakes: dict[str, float] = field(default_factory=dict)
 
 
 def read_admission(run_dir: Path, now: float) -> AdmissionSummary | None:
@@ -185,6 +250,13 @@ def read_admission(run_dir: Path, now: float) -> AdmissionSummary | None:
             summary.processes += 1
             for name in ("running", "waiting", "boxes_waiting", "served"):
                 setattr(summary, name, getattr(summary, name) + int(report[name]))
+            summary.capacity += int(report.get("capacity", 0))
+            summary.per_box.add(int(report.get("per_box", 0)))
+            for name, value in dict(report.get("handshakes") or {}).items():
+                if name == "longest_wait":
+                    summary.handshakes[name] = max(summary.handshakes.get(name, 0.0), value)
+                else:
+                    summary.handshakes[name] = summary.handshakes.get(name, 0) + int(value)
             for reason, count in dict(report["busy"]).items():
                 summary.busy[reason] = summary.busy.get(reason, 0) + int(count)
             for box, each in dict(report["boxes"]).items():
@@ -210,6 +282,22 @@ def admission_lines(summary: AdmissionSummary) -> list[str]:
     if summary.slowest:
         worst = ", ".join(f"{box} {wait:.1f} s" for box, wait, _ in summary.slowest)
         lines.append(f"longest waits for a turn: {worst}")
+    if summary.capacity:
+        per_box = "/".join(str(n) for n in sorted(summary.per_box))
+        lines.append(
+            f"limits count per process: {summary.capacity} requests running at most over"
+            f" {summary.processes} process(es) (hub_requests each), {per_box} per box in each"
+        )
+    shaken = summary.handshakes
+    if shaken:
+        shed = int(shaken.get("shed_queue_full", 0) + shaken.get("shed_waited_too_long", 0))
+        lines.append(
+            f"TLS handshakes: {int(shaken.get('running', 0))} running of"
+            f" {int(shaken.get('limit', 0))} at most (hub_handshakes per process),"
+            f" {int(shaken.get('waiting', 0))} waiting; done {int(shaken.get('done', 0))},"
+            f" failed {int(shaken.get('failed', 0))}, shed {shed},"
+            f" longest wait {shaken.get('longest_wait', 0.0):.1f} s"
+        )
     return lines
 
 

@@ -60,6 +60,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import h11
@@ -89,6 +90,7 @@ from appliance.sync.hub.ca import SYNC_CA_CERT, SyncCA, box_id_of, ensure_sync_c
 from appliance.sync.hub.enrolment import Enrolment, open_hub_database
 from appliance.sync.hub.errors import HubError, bad_request
 from appliance.sync.hub.fair_queue import AdmissionPolicy
+from appliance.sync.hub.handshake_gate import HandshakeGate, HandshakePolicy
 from appliance.sync.hub.request_gate import RequestGate
 from appliance.sync.transport import Peer, SyncDownload, SyncRoute
 
@@ -162,12 +164,15 @@ class HubSyncService:
         keys_dir = config.data_dir / "keys"
         self.ca: SyncCA = ensure_sync_ca(keys_dir)
         self.tls = _server_context(config, self.ca)
+        #: TLS handshakes run a bounded number at once (a reconnect storm's handshakes
+        #: must not starve the requests in flight; handshake_gate).
+        self.handshakes = HandshakeGate(self.tls, handshake_policy(config))
         # Over the limit a client is closed without a word: the refusal would be
         # written before TLS.
         self.gate = ConnectionGate(
             self.limits.max_connections,
             b"",
-            self.tls,
+            self.handshakes,
             service=self.name,
             per_source=self.limits.max_connections_per_source,
         )
@@ -191,7 +196,12 @@ class HubSyncService:
         async with self.opened(), trio.open_nursery() as nursery:
             # The queue and each box's wait, for `edgebox status` (admission_report).
             run_dir = self.config.data_dir / "run"
-            nursery.start_soon(keep_reporting, self.request_gate, run_dir, self.clock)
+            nursery.start_soon(
+                partial(
+                    keep_reporting, self.request_gate, run_dir, self.clock,
+                    handshakes=self.handshakes,
+                )
+            )  # fmt: skip
             # On PostgreSQL every worker process of the hub listens on the one port
             # (docs/hub-postgresql.md "Workers"); on SQLite the hub is one process.
             shared = bool(self.config.hub_store())
@@ -282,6 +292,11 @@ def admission_policy(config: Config) -> AdmissionPolicy:
         max_wait=config.hub_queue_wait,
         max_queue=config.hub_queue,
     )
+
+
+def handshake_policy(config: Config) -> HandshakePolicy:
+    """The bound on TLS handshakes at once from the hub's ``hub_handshakes`` setting."""
+    return HandshakePolicy(limit=config.hub_handshakes)
 
 
 def _server_context(config: Config, ca: SyncCA) -> ssl.SSLContext:

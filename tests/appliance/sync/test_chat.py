@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from appliance.chat.errors import ChatError
 from appliance.sync.chat import FILE_GET_PATH, FILE_PUT_PATH, PULL_CURSOR, ChatReplicator
 from appliance.sync.codec.chat import REJECTED_TYPE
+from appliance.sync.reconnect import box_rng
 from appliance.sync.status import read_sync_status
 from appliance.sync.transport import HubRefused, HubUnavailable
 from tests.appliance.sync.chatnet import A1, A2, B1, B2, Net, history, hub_history, open_net, post
@@ -404,6 +405,18 @@ async def test_a_busy_hub_is_waited_for_as_it_asked_not_backed_off_or_hammered(n
     assert read_sync_status(net.a.config.data_dir)["chat"]["last_error"] is None
     await net.sync_b.sync_once()
     assert message in [m[0] for m in await hub_history(net, room_id)]
+
+
+async def test_boxes_cut_together_back_off_apart(net: Net) -> None:
+    """Issue 22: each box's back-off is stretched from its own random source, never shortened."""
+    waits = []
+    for sync, box_id in ((net.sync_a, "box-a"), (net.sync_b, "box-b")):
+        sync.rng = box_rng(box_id)
+        waits.append([sync._failed("hub unavailable: cut", refused=False) for _ in range(6)])
+    for n, (a, b) in enumerate(zip(*waits, strict=True)):
+        assert 2.0**n <= a < 1.25 * 2.0**n
+        assert 2.0**n <= b < 1.25 * 2.0**n
+        assert a != b
 
 
 async def test_a_file_asked_for_while_the_hub_is_busy_says_when_to_try_again(net: Net) -> None:

@@ -146,6 +146,7 @@ async def test_gin_goes_down_after_two_failures_and_up_after_one_success(
                 await tick(clock, monitor, 4)
                 assert monitor.state.gin.since == START + 2 * INTERVAL
                 assert woken == []
+                assert monitor.last_cut == 0.0
 
                 proxy.restore()
                 await tick(clock, monitor, 5)
@@ -153,6 +154,8 @@ async def test_gin_goes_down_after_two_failures_and_up_after_one_success(
                 assert monitor.state.gin.since == START + 4 * INTERVAL
                 await tick(clock, monitor, 6)
                 assert woken == [START + 4 * INTERVAL]
+                # From the first failed probe to the one that succeeded (trio time).
+                assert monitor.last_cut > 0
                 assert unsubscribed == []
             assert monitor.state.international.state is LinkState.UNKNOWN
 

@@ -327,3 +327,28 @@ async def test_a_probe_held_by_a_black_hole_does_not_count_after_a_newer_one(
     # and the hung one's late failure was not counted: the link never went down.
     assert set(states) == {LinkState.UP}
     assert monitor.probes["gin"] >= 4
+
+
+async def test_a_hub_that_said_busy_is_probed_at_the_interval_not_every_second(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue 22: a hub shedding load is not handshaken with every second by every box."""
+    watch = LinkWatch()
+    link = ScriptedLink()
+    monitor = scripted_monitor(tmp_path, link, watch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.serve)
+        await trio.sleep(1.0)
+        # Too busy to finish a handshake (it holds them), and it said so: 120 s.
+        watch.hub_busy(120.0)
+        link.set("blackhole")
+        before = len(monitor._in_flight["gin"]) + monitor.probes["gin"]
+        await trio.sleep(100.0)
+        during = len(monitor._in_flight["gin"]) + monitor.probes["gin"] - before
+        assert during <= math.ceil(100.0 / 15.0)  # the 15 s interval, no faster
+        assert monitor.state.gin.state is LinkState.UP
+        # Its Retry-After over and still no handshake: trouble, probed every second.
+        await trio.sleep(30.0)
+        after = len(monitor._in_flight["gin"]) + monitor.probes["gin"] - before - during
+        assert after >= 8  # MAX_IN_FLIGHT caps the hung ones; the rest time out and go
+        nursery.cancel_scope.cancel()

@@ -89,3 +89,37 @@ async def test_a_serving_process_keeps_its_report_fresh_and_removes_it(tmp_path:
         assert summary.running == 1
         nursery.cancel_scope.cancel()
     assert not path.exists()
+
+
+async def test_every_surface_says_the_limits_are_per_process_and_shows_the_handshakes(
+    tmp_path: Path,
+) -> None:
+    """Two processes of hub_requests 1: status says 2 at most over 2, and adds handshakes."""
+    import ssl
+
+    from appliance.sync.hub.handshake_gate import HandshakeGate, HandshakePolicy
+
+    gate = await _busy_gate()
+    handshakes = HandshakeGate(ssl.create_default_context(), HandshakePolicy(limit=3))
+    handshakes.done, handshakes.shed_waited_too_long, handshakes.longest_wait = 40, 2, 3.9
+    registry = CollectorRegistry()
+    registry.register(AdmissionCollector(gate, handshakes))
+    text = generate_latest(registry).decode()
+    assert 'edgebox_hub_admission_limit{limit="requests",scope="process"} 1.0' in text
+    assert 'edgebox_hub_admission_limit{limit="handshakes",scope="process"} 3.0' in text
+    assert 'edgebox_hub_handshakes_total{outcome="shed_waited_too_long"} 2.0' in text
+    assert 'edgebox_hub_handshakes{state="running"} 0.0' in text
+    for pid in (1, 2):
+        report = admission_report(gate, NOW, handshakes)
+        report_path(tmp_path, pid).write_text(json.dumps(report))
+    summary = read_admission(tmp_path, NOW)
+    assert summary is not None
+    lines = admission_lines(summary)
+    assert lines[2] == (
+        "limits count per process: 2 requests running at most over 2 process(es)"
+        " (hub_requests each), 2 per box in each"
+    )
+    assert lines[3] == (
+        "TLS handshakes: 0 running of 6 at most (hub_handshakes per process), 0 waiting;"
+        " done 80, failed 0, shed 4, longest wait 3.9 s"
+    )

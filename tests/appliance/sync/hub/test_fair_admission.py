@@ -21,10 +21,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from appliance.net.listeners import start_tls
 from appliance.provisioning.enrol import enroll
 from appliance.sync.central import CENTRAL_CA_FILE, SYNC_CERT_FILE, SYNC_KEY_FILE
 from appliance.sync.hub.ca import issue_box_certificate
 from appliance.sync.hub.fair_queue import AdmissionPolicy
+from appliance.sync.hub.handshake_gate import HandshakeGate, HandshakePolicy
 from appliance.sync.hub.server import HubLimits
 from appliance.sync.hub_client import HubClient
 from appliance.sync.liveness import LinkWatch
@@ -268,6 +270,7 @@ async def test_a_queued_request_keeps_the_box_link_watch_alive(tmp_path: Path) -
                 nursery.cancel_scope.cancel()
             assert told.value.reason == "waited_too_long"
             assert told.value.retry_after >= 1
+            assert waiter.interim_answers >= 2  # the 102s of its 3 s wait, counted
             assert len(stalled) >= 25
             assert all(since is None for since in stalled)
             # The box's other streams hold back too, without a request to the hub.
@@ -319,3 +322,62 @@ async def test_a_box_that_hangs_up_while_waiting_frees_its_place_quietly(
     assert len(work.started) == 1  # the impatient request never ran
     assert gate.figures().busy == {"queue_full": 0, "box_queue_full": 0, "waited_too_long": 0}
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+
+
+@pytest.mark.slow
+async def test_a_storm_of_new_connections_shakes_hands_a_few_at_a_time_beside_a_served_box(
+    tmp_path: Path,
+) -> None:
+    """Issue 22: 40 boxes connect at once (real mutual TLS); at most 2 handshakes run
+    at once, every box is served, and a box already connected is answered throughout."""
+    work = Work(0.0)
+    async with running_hub(tmp_path, extra_routes=[work.route()], limits=LIMITS) as hub:
+        (steady_keys,) = await enrol_boxes(hub, tmp_path / "steady", 1, prefix="steady")
+        stormers = await enrol_boxes(hub, tmp_path / "storm", 40, prefix="storm")
+        shaking = {"now": 0, "most": 0}
+
+        async def real_handshake(stream: trio.abc.Stream) -> trio.abc.Stream:
+            shaking["now"] += 1
+            shaking["most"] = max(shaking["most"], shaking["now"])
+            try:
+                return await start_tls(stream, hub.service.tls)
+            finally:
+                shaking["now"] -= 1
+
+        handshakes = HandshakeGate(
+            hub.service.tls, HandshakePolicy(limit=2), handshake=real_handshake
+        )
+        hub.service.gate.tls = handshakes
+        steady = HubClient(steady_keys, hub.url, timeout=30)
+        clients = [HubClient(keys, hub.url, timeout=30) for keys in stormers]
+        steady_answers: list[Any] = []
+        storm_answers: list[Any] = []
+        storm_over = trio.Event()
+        try:
+            steady_answers.append(await steady(WORK, {"n": -1}))  # connected before
+
+            async def keep_asking() -> None:
+                for n in range(10_000):  # bounded; ends with the storm
+                    if storm_over.is_set():
+                        return
+                    steady_answers.append(await steady(WORK, {"n": n}))
+
+            async def one(client: HubClient) -> None:
+                storm_answers.append(await client(WORK, {"n": 0}))
+
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(keep_asking)
+                    async with trio.open_nursery() as storm:
+                        for client in clients:
+                            storm.start_soon(one, client)
+                    storm_over.set()
+        finally:
+            for client in (steady, *clients):
+                await client.aclose()
+    assert shaking["most"] <= 2
+    assert len(storm_answers) == 40
+    assert handshakes.done == 41  # the storm's 40 and the steady box's one
+    assert handshakes.shed_waited_too_long == handshakes.shed_queue_full == 0
+    # The connected box was served all through the storm, on its one connection.
+    assert len(steady_answers) >= 2
