@@ -126,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=10, help="cuts of each kind")
     parser.add_argument("--down", type=float, default=6.0, help="seconds each cut lasts")
-    parser.add_argument("--intervals", default="default,e2e", help="default, e2e or both")
+    parser.add_argument("--intervals", default="default,e2e", help="default, e2e or default,e2e")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
