@@ -7,6 +7,7 @@ connect to. Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -20,12 +21,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from appliance.config import DEV_PORTS
 from tests.peers.dns_stub import loopback_dns_env
+
+if TYPE_CHECKING:
+    from appliance.box import Box
 
 EDGEBOX = [sys.executable, "-m", "appliance"]
 READY_TIMEOUT = 60.0
@@ -255,3 +259,34 @@ def read_line(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+async def assert_stored_once(
+    box: Box,
+    users: Sequence[str],
+    attempted: dict[str, tuple[list[str], bytes]],
+    acked: set[str],
+) -> None:
+    """Check a crash test's mailboxes: every acknowledged message stored, each once.
+
+    *attempted* maps each message's Subject marker to (its recipients, its body as
+    sent); *acked* holds the markers a 250 answered. Every stored copy must decrypt to
+    its hash and end with the bytes sent; no marker may be stored twice for a user,
+    only for some of its recipients, or be missing if it was acknowledged.
+    """
+    found: dict[str, list[str]] = {}
+    for user in users:
+        for row in await box.mailstore.messages(user):
+            content = await box.mailstore.content(row)  # raises if not decryptable
+            assert hashlib.sha256(content).hexdigest() == row.content_hash
+            subject = next(line for line in content.split(b"\r\n") if line.startswith(b"Subject: "))
+            marker = subject.removeprefix(b"Subject: ").decode()
+            recipients, sent = attempted[marker]
+            assert content.endswith(sent), f"{marker} is not byte-exact"
+            assert user in recipients
+            found.setdefault(marker, []).append(user)
+    for marker, holders in found.items():
+        assert len(holders) == len(set(holders)), f"{marker} stored twice"
+        assert sorted(holders) == sorted(attempted[marker][0]), f"{marker} is half-stored"
+    missing = [m for m in acked if m not in found]
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:3]}"

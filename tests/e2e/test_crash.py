@@ -12,7 +12,6 @@ After several kill/restart rounds:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import smtplib
 import sqlite3
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.harness import init_box, start_box
+from tests.harness import assert_stored_once, init_box, start_box
 
 pytestmark = pytest.mark.slow
 
@@ -107,25 +106,8 @@ async def _verify(data: Path, attempted: dict[str, tuple[list[str], bytes]],
                   acked: set[str]) -> None:  # fmt: skip
     from appliance.box import configured, open_box
 
-    found: dict[str, list[str]] = {}
     async with open_box(configured(data, {}, {})) as box:
-        for user in USERS:
-            for row in await box.mailstore.messages(user):
-                content = await box.mailstore.content(row)  # raises if not decryptable
-                assert hashlib.sha256(content).hexdigest() == row.content_hash
-                subject = next(
-                    line for line in content.split(b"\r\n") if line.startswith(b"Subject: ")
-                )
-                marker = subject.removeprefix(b"Subject: ").decode()
-                recipients, sent = attempted[marker]
-                assert content.endswith(sent), f"{marker} is not byte-exact"
-                assert user in recipients
-                found.setdefault(marker, []).append(user)
-        for marker, users in found.items():
-            assert len(users) == len(set(users)), f"{marker} delivered twice"
-            assert sorted(users) == sorted(attempted[marker][0]), f"{marker} is half-stored"
-        missing = [m for m in acked if m not in found]
-        assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:3]}"
+        await assert_stored_once(box, USERS, attempted, acked)
 
         def check(conn: sqlite3.Connection) -> tuple[str, list[tuple[str, int, int]], set[str]]:
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import imaplib
 import json
 import os
@@ -26,7 +25,7 @@ import psutil
 import pytest
 import trio
 
-from tests.harness import RunningBox, init_box, start_box
+from tests.harness import RunningBox, assert_stored_once, init_box, start_box
 
 pytestmark = pytest.mark.slow
 
@@ -180,22 +179,5 @@ async def _verify(data: Path, attempted: dict[str, tuple[list[str], bytes]],
                   acked: set[str]) -> None:  # fmt: skip
     from appliance.box import configured, open_box
 
-    found: dict[str, list[str]] = {}
     async with open_box(configured(data, {}, {})) as box:
-        for user in USERS:
-            for row in await box.mailstore.messages(user):
-                content = await box.mailstore.content(row)
-                assert hashlib.sha256(content).hexdigest() == row.content_hash
-                subject = next(
-                    line for line in content.split(b"\r\n") if line.startswith(b"Subject: ")
-                )
-                marker = subject.removeprefix(b"Subject: ").decode()
-                recipients, sent = attempted[marker]
-                assert content.endswith(sent), f"{marker} is not byte-exact"
-                assert user in recipients
-                found.setdefault(marker, []).append(user)
-        for marker, users in found.items():
-            assert len(users) == len(set(users)), f"{marker} stored twice"
-            assert sorted(users) == sorted(attempted[marker][0]), f"{marker} is half-stored"
-        missing = [m for m in acked if m not in found]
-        assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:3]}"
+        await assert_stored_once(box, USERS, attempted, acked)
